@@ -1,0 +1,176 @@
+"""Payloads of the flow-instance lifecycle ("istanza di flusso").
+
+Commands are in the imperative mood of the operator (`LoadRequested` is what an operator or an
+external regional system publishes), facts in the past tense (`LoadChecked`). Every payload
+carries the instance number once it exists; the Kafka key is that number, so one instance's
+events stay in order in one partition.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class FlowType(StrEnum):
+    """The loadable flow types of the "Lista tipi di flusso"."""
+
+    FLUSSO_C = "FLUSSO_C"
+    FLUSSO_C_PACC = "FLUSSO_C_PACC"
+    FLUSSO_MEF = "FLUSSO_MEF"
+    FLUSSO_ALPI_TA = "FLUSSO_ALPI_TA"
+    FLUSSO_730 = "FLUSSO_730"
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    schema_version: Literal[1] = 1
+
+
+class FileRef(BaseModel):
+    """A file produced for an instance, stored by content hash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(examples=["C1_150201_202611_1947.txt"])
+    kind: str = Field(description="C1, C2, MEF, ALPI_TA, 730-zip, feedback, ts-errors ...", examples=["C1"])
+    records: int = Field(ge=0)
+    bytes: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    media_type: str = "text/plain"
+    part: int | None = Field(default=None, description="Submission part (730 zips only).")
+
+
+class Period(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    start: date = Field(description="INIZIO RIFERIMENTO")
+    end: date = Field(description="FINE RIFERIMENTO")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Period:
+        if self.end < self.start:
+            raise ValueError(f"period end {self.end} is before its start {self.start}")
+        return self
+
+
+class LoadRequested(Payload):
+    """Command: load a flow for an entity and a period (creates an instance)."""
+
+    request_id: UUID = Field(description="Idempotency key of the request: the same id never makes two instances.")
+    flow_type: FlowType
+    version: str = Field(default="2020", pattern=r"^[0-9]{4}$", description="Record layout version (year).")
+    ente: str = Field(pattern=r"^[0-9A-Z]{3}$", description="Health entity code (Ente).", examples=["201"])
+    period: Period
+    scheduled_at: datetime | None = Field(default=None, description="Start at this time instead of now.")
+    requested_by: str = Field(min_length=1, description="Operator user id or system name.", examples=["op.rossi"])
+
+
+class LoadScheduled(Payload):
+    instance: int
+    request_id: UUID
+    flow_type: FlowType
+    version: str
+    ente: str
+    period: Period
+    scheduled_at: datetime
+    requested_by: str
+
+
+class LoadRunning(Payload):
+    """The instance exists and its load is Running."""
+
+    instance: int = Field(description="ISTANZA FLUSSO: progressive number of the execution.", examples=[1947])
+    request_id: UUID
+    flow_type: FlowType
+    version: str
+    ente: str
+    period: Period
+    requested_by: str
+
+
+class LoadChecked(Payload):
+    instance: int
+    source_instance: int = Field(description="ISTANZA FONTE: the source snapshot taken for this load.", examples=[1948])
+    counts: dict[str, int] = Field(examples=[{"services": 1200, "prescriptions": 400, "patients": 380}])
+    warnings: int = 0
+    feedback: FileRef | None = Field(default=None, description="Warnings, when there are any.")
+
+
+class LoadFailed(Payload):
+    """Failed loading: the feedback names every bad record, field and code."""
+
+    instance: int
+    source_instance: int | None = None
+    errors: int
+    warnings: int = 0
+    summary: str = Field(examples=["3 errors in 2 records: 2 x CF_CHECK_CHAR, 1 x UNKNOWN_SERVICE_CODE"])
+    feedback: FileRef | None = None
+
+
+class FormatRequested(Payload):
+    instance: int
+    requested_by: str
+
+
+class FormattingStarted(Payload):
+    instance: int
+
+
+class Formatted(Payload):
+    instance: int
+    files: list[FileRef]
+
+
+class FormatFailed(Payload):
+    instance: int
+    reasons: list[str] = Field(min_length=1)
+    feedback: FileRef | None = None
+
+
+class TsSubmissionRequested(Payload):
+    """Command: send a Formatted 730 instance to Sistema TS.
+
+    The credentials (TS user, password, pincode, CF proprietario) are sealed to the gateway's
+    public key (RSA-OAEP + AES-GCM); nobody but the gateway can read them.
+    """
+
+    instance: int
+    sealed_credentials: str = Field(description="Base64 sealed box; never the clear values.")
+    transmission_date: date
+    requested_by: str
+
+
+class TsSubmitted(Payload):
+    """One zip (part) accepted at intake by Sistema TS: the instance is Waiting feedback."""
+
+    instance: int
+    part: int
+    parts: int
+    protocollo: str = Field(pattern=r"^[0-9]{17}$")
+    zip_sha256: str
+    accepted_at: datetime | None = None
+
+
+class TsFeedbackReceived(Payload):
+    """The outcome of one part, and of the whole instance once every part has one."""
+
+    instance: int
+    part: int
+    parts: int
+    protocollo: str | None = None
+    stato: int | None = Field(default=None, description="EsitoInvii stato: 2 ok, 3 with errors, 5/9 rejected.")
+    outcome: Literal["confirmed", "confirmed_with_errors", "rejected"]
+    reason: str | None = None
+    errors_file: FileRef | None = None
+    instance_outcome: Literal["confirmed", "confirmed_with_errors", "rejected"] | None = None
+
+
+class InstanceDeleted(Payload):
+    """Cancella: the instance is marked deleted; its history stays and stays replayable."""
+
+    instance: int
+    deleted_by: str
+    reason: str | None = None

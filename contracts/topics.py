@@ -1,0 +1,101 @@
+"""The topic registry: one topic per event type, named `<area>.<event>`, each with a `.dlq` twin.
+
+The topic name is also the CloudEvents `ce_type`. The key is the aggregate id: the instance
+number for `flows.*`, the request id for `onboarding.*`, the source record id for `sources.*`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from contracts import flows, sources
+
+DLQ_SUFFIX = ".dlq"
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    payload: type[BaseModel]
+    key: str
+    description: str
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...] = ()
+
+    @property
+    def dlq(self) -> str:
+        return self.name + DLQ_SUFFIX
+
+
+_EXT = "external"  # a regional system (the CUP, SINFONIA) or the operator's CLI
+
+FLOW_TOPICS = [
+    Topic("flows.load-requested", flows.LoadRequested, "request_id",
+          "Command: load a flow for an entity and a period.", (_EXT, "cli"), ("loader",)),
+    Topic("flows.load-scheduled", flows.LoadScheduled, "instance", "The load will start at its scheduled time.",
+          ("loader",)),
+    Topic("flows.load-running", flows.LoadRunning, "instance", "An instance was created and is Running.",
+          ("loader",)),
+    Topic("flows.load-checked", flows.LoadChecked, "instance", "The load passed its checks: Checked.", ("loader",)),
+    Topic("flows.load-failed", flows.LoadFailed, "instance",
+          "Failed loading, with a feedback file naming every bad record.", ("loader",)),
+    Topic("flows.format-requested", flows.FormatRequested, "instance", "Command: format a Checked instance.",
+          (_EXT, "cli"), ("formatter",)),
+    Topic("flows.formatting-started", flows.FormattingStarted, "instance", "Formatting in progress.",
+          ("formatter",)),
+    Topic("flows.formatted", flows.Formatted, "instance", "The files are ready: Formatted.", ("formatter",),
+          (_EXT,)),
+    Topic("flows.format-failed", flows.FormatFailed, "instance", "Formatting failed, with reasons.",
+          ("formatter",)),
+    Topic("flows.ts-submission-requested", flows.TsSubmissionRequested, "instance",
+          "Command: send a Formatted 730 instance to Sistema TS (credentials sealed).", ("cli",),
+          ("ts-gateway",)),
+    Topic("flows.ts-submitted", flows.TsSubmitted, "instance",
+          "A zip was accepted by Sistema TS with a protocollo: Waiting feedback.", ("ts-gateway",)),
+    Topic("flows.ts-feedback-received", flows.TsFeedbackReceived, "instance",
+          "Sistema TS's outcome for a part, and for the instance when all parts have one.", ("ts-gateway",),
+          (_EXT,)),
+    Topic("flows.instance-deleted", flows.InstanceDeleted, "instance",
+          "Cancella: the instance is marked deleted; history kept.", ("cli",)),
+]
+
+SOURCE_TOPICS = [
+    Topic("sources.delivered-service", sources.DeliveredService, "source_id",
+          "A delivered outpatient service with its prescription and patient.", (_EXT,), ("loader",)),
+    Topic("sources.payment-document", sources.PaymentDocument, "source_id",
+          "A fiscal document of a payment (source of the 730).", (_EXT,), ("loader",)),
+    Topic("sources.intramoenia-booking", sources.IntramoeniaBooking, "source_id",
+          "A booking of an intramoenia service (source of ALPI TA).", (_EXT,), ("loader",)),
+]
+
+
+class SourceRecordRejected(BaseModel):
+    """A source record the loader could not accept; nothing else in its batch is lost."""
+
+    schema_version: int = 1
+    kind: str
+    source_id: str | None
+    errors: list[dict[str, str]]
+
+
+SOURCE_TOPICS.append(Topic("sources.record-rejected", SourceRecordRejected, "source_id",
+                           "A source record was rejected: each error names the field.", ("loader",), (_EXT,)))
+
+
+def onboarding_topics() -> list[Topic]:
+    from contracts import onboarding
+
+    return list(getattr(onboarding, "TOPICS", []))
+
+
+def all_topics() -> list[Topic]:
+    return [*FLOW_TOPICS, *SOURCE_TOPICS, *onboarding_topics()]
+
+
+def by_name(name: str) -> Topic:
+    for topic in all_topics():
+        if topic.name == name:
+            return topic
+    raise KeyError(f"unknown topic {name!r}")

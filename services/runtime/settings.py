@@ -1,0 +1,33 @@
+"""Settings from the environment (prefix FLOWS_, plus the conventional DATABASE_URL).
+
+One object, built once per process by `Settings()`, passed down explicitly: nothing reads the
+environment below the entrypoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLOWS_", extra="ignore")
+
+    database_url: str = Field(default="postgresql://postgres@127.0.0.1:15432/flows",
+                              validation_alias=AliasChoices("DATABASE_URL", "FLOWS_DATABASE_URL"))
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    files_dir: Path = REPO_ROOT / ".stack" / "files"
+    keys_dir: Path = REPO_ROOT / ".stack" / "keys"
+    # The SanitelCF certificate rotates: a path, never a constant in code.
+    sanitel_cert: Path = REPO_ROOT / ".stack" / "ts-sim" / "sanitel-cf.pem"
+    ts_endpoint: str = "http://127.0.0.1:18443"
+    ts_poll_initial_s: float = 2.0
+    ts_poll_max_s: float = 60.0
+    log_format: str = Field(default="auto", description="auto (JSON when not on a terminal), json or console")
+    log_level: str = "INFO"
+    max_attempts: int = Field(default=3, description="Processing attempts before a message is dead-lettered.")
+    metrics_port: int | None = None

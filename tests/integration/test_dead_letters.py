@@ -1,0 +1,87 @@
+"""A poison message lands in `<topic>.dlq` with its reason, and the next message is processed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import BaseModel, Field
+
+from contracts.envelope import Envelope
+from contracts.topics import Topic
+from services.runtime.broker import Incoming, consume, create_broker
+
+pytestmark = pytest.mark.integration
+
+
+class Greeting(BaseModel):
+    source_id: str
+    words: int = Field(ge=1)
+
+
+async def _drain(bootstrap: str, topic: str, expected: int, timeout: float = 30.0) -> list:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id=f"probe-{uuid.uuid4().hex}")
+    await consumer.start()
+    got: list = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(got) < expected:
+                batch = await consumer.getmany(timeout_ms=500)
+                for records in batch.values():
+                    got.extend(records)
+    finally:
+        await consumer.stop()
+    return got
+
+
+async def test_poison_message_is_dead_lettered_and_the_next_one_is_processed(settings):
+    topic = Topic(f"test.greeting-{uuid.uuid4().hex[:8]}", Greeting, "source_id", "probe", ("test",))
+    handled: list[tuple[str, Incoming]] = []
+    attempts: dict[str, int] = {}
+
+    async def handler(payload: Greeting, incoming: Incoming) -> None:
+        attempts[payload.source_id] = attempts.get(payload.source_id, 0) + 1
+        if payload.source_id == "always-fails":
+            raise RuntimeError("the archive is on fire")
+        handled.append((payload.source_id, incoming))
+
+    broker = create_broker(settings, client_id="dlq-test")
+    consume(broker, topic, group_id="dlq-test", handler=handler, max_attempts=3, retry_delay=0.01)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        def envelope() -> list[tuple[str, bytes]]:
+            return Envelope.new(topic.name, "/test").to_headers()
+
+        await producer.send_and_wait(topic.name, b'{"source_id": "poison", "words": 0}', key=b"k",
+                                     headers=envelope())
+        await producer.send_and_wait(topic.name, b"not json at all", key=b"k", headers=envelope())
+        await producer.send_and_wait(topic.name, b'{"source_id": "no-envelope", "words": 1}', key=b"k")
+        await producer.send_and_wait(topic.name, b'{"source_id": "always-fails", "words": 2}', key=b"k",
+                                     headers=envelope())
+        await producer.send_and_wait(topic.name, b'{"source_id": "good", "words": 3}', key=b"k",
+                                     headers=envelope())
+        await broker.start()
+        async with asyncio.timeout(30):
+            while not handled:
+                await asyncio.sleep(0.1)
+        dead = await _drain(settings.kafka_bootstrap, topic.dlq, expected=4)
+    finally:
+        await producer.stop()
+        await broker.stop()
+
+    assert [h[0] for h in handled] == ["good"]
+    reasons = [dict((k, v.decode()) for k, v in r.headers)["dlq_reason"] for r in dead]
+    assert "source_id=poison" in reasons[0] and "words" in reasons[0]
+    assert "not" in reasons[1].lower() or "expecting value" in reasons[1].lower()
+    assert "ce_specversion" in reasons[2]
+    assert "3 times" in reasons[3] and "the archive is on fire" in reasons[3]
+    assert attempts["always-fails"] == 3
+    # the original body and headers travel with the dead letter
+    assert dead[0].value == b'{"source_id": "poison", "words": 0}'
+    assert dict((k, v.decode()) for k, v in dead[0].headers)["ce_type"] == topic.name
+    assert json.loads(dead[3].value)["source_id"] == "always-fails"
