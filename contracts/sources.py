@@ -33,41 +33,60 @@ class DeliveredService(SourceModel):
     """
 
     schema_version: Literal[1] = 1
-    source_id: str = Field(min_length=1, max_length=64, description="Unique id of this record at the source; idempotency key.",
-                           examples=["CUP-201-2026-11-000001"])
+    source_id: str = Field(
+        min_length=1,
+        max_length=64,
+        description="Unique id of this record at the source; idempotency key.",
+        examples=["CUP-201-2026-11-000001"],
+    )
     ente: Code3 = Field(description="Health entity (ASL / hospital) code, e.g. 201.", examples=["201"])
     region: Code3 = Field(default="150", description="Charging region code (Campania = 150).")
     structure_sts11: Sts11 = Field(description="Delivering structure, STS11.", examples=["000123"])
     structure_type: Literal["1", "2"] = Field(default="1", description="1 public, 2 private accredited.")
     # patient
-    patient_cf: str | None = Field(default=None, max_length=16,
-                                   description="Patient codice fiscale (tax code); null only for legal anonymity.",
-                                   examples=["RSSMRA80A01F839W"])
+    patient_cf: str | None = Field(
+        default=None,
+        max_length=16,
+        description="Patient codice fiscale (tax code); null only for legal anonymity.",
+        examples=["RSSMRA80A01F839W"],
+    )
     patient_surname: str = Field(max_length=60, examples=["ROSSI"])
     patient_name: str = Field(max_length=60, examples=["MARIO"])
     patient_sex: Literal["M", "F"]
     patient_birth_date: date
-    patient_residence_istat: str = Field(pattern=r"^[0-9]{6}$", description="ISTAT code of the municipality of residence.",
-                                         examples=["063049"])
+    patient_residence_istat: str = Field(
+        pattern=r"^[0-9]{6}$", description="ISTAT code of the municipality of residence.", examples=["063049"]
+    )
     patient_residence_asl: str | None = Field(default=None, max_length=3)
-    patient_objection: bool = Field(default=False,
-                                    description="The patient objected to sending spending data to Sistema TS (opposizione).")
+    patient_objection: bool = Field(
+        default=False, description="The patient objected to sending spending data to Sistema TS (opposizione)."
+    )
     # prescription (ricetta)
-    prescription_id: str = Field(min_length=1, max_length=20,
-                                 description="ID of the prescription: same for every row, unique per year and structure.")
-    prescription_number: str = Field(min_length=1, max_length=16,
-                                     description="Prescription number (NRE / barcode), or a progressive for direct access.")
+    prescription_id: str = Field(
+        min_length=1,
+        max_length=20,
+        description="ID of the prescription: same for every row, unique per year and structure.",
+    )
+    prescription_number: str = Field(
+        min_length=1,
+        max_length=16,
+        description="Prescription number (NRE / barcode), or a progressive for direct access.",
+    )
     prescription_date: date | None = None
     prescriber_code: str | None = Field(default=None, max_length=16)
     priority: Literal["U", "B", "D", "P"] | None = Field(default=None, description="Priority class U/B/D/P.")
     exemption_code: str | None = Field(default=None, max_length=6, description="Ticket exemption code (esenzione).")
-    delivery_type: Literal["A", "P", "D", "S"] = Field(default="S",
-                                                      description="A direct access, P emergency, D internal, S SSN prescription.")
+    delivery_type: Literal["A", "P", "D", "S"] = Field(
+        default="S", description="A direct access, P emergency, D internal, S SSN prescription."
+    )
     access_type: Literal["1", "2"] | None = Field(default=None, description="1 first access, 2 subsequent access.")
     # service (prestazione)
-    catalogue_code: str = Field(min_length=1, max_length=7, description="National catalogue code with dots, or regional.",
-                                examples=["89.7"])
-    catalogue_coding: str = Field(default="N", pattern=r"^[Na-z]$", description="N national; regional lower-case letter.")
+    catalogue_code: str = Field(
+        min_length=1, max_length=7, description="National catalogue code with dots, or regional.", examples=["89.7"]
+    )
+    catalogue_coding: str = Field(
+        default="N", pattern=r"^[Na-z]$", description="N national; regional lower-case letter."
+    )
     quantity: int = Field(ge=1, le=999)
     delivery_date: date = Field(description="Date the service was delivered (for cycles: closing date).")
     booking_date: date | None = Field(default=None, description="Date the booking was made (data prenotazione).")
@@ -84,9 +103,11 @@ class SpendingItem(SourceModel):
     """One line of a payment document (voce di spesa)."""
 
     spending_type: Literal["TK", "SR", "SP", "AD", "AS", "CT", "PI", "IC", "AA", "SV", "FC", "FV"] = Field(
-        description="Sistema TS tipoSpesa: TK ticket, SR visit / service, ...")
+        description="Sistema TS tipoSpesa: TK ticket, SR visit / service, ..."
+    )
     flag_spending_type: Literal["1", "2"] | None = Field(
-        default=None, description="flagTipoSpesa: 2 for intramoenia (ALPI) services.")
+        default=None, description="flagTipoSpesa: 2 for intramoenia (ALPI) services."
+    )
     amount: Annotated[Decimal, Field(gt=0, max_digits=7, decimal_places=2)]
     service_source_ids: list[str] = Field(default_factory=list, description="Delivered services this line pays for.")
 

@@ -30,6 +30,13 @@ from services.runtime.logging import bind_message, get_logger
 from services.runtime.settings import Settings
 
 
+class Refused(Exception):
+    """A well-formed command that cannot be carried out (e.g. format a Failed loading instance).
+
+    Retrying cannot help: the message is dead-lettered at once with this reason.
+    """
+
+
 @dataclass(frozen=True)
 class Incoming:
     """What a handler knows about the message besides its payload."""
@@ -46,6 +53,8 @@ class Incoming:
 
 
 Handler = Callable[[Any, Incoming], Awaitable[None]]
+# Called for an invalid message before it is dead-lettered: (record id, parsed body or None, reason).
+InvalidHook = Callable[[str | None, Any, str], Awaitable[None]]
 
 
 def create_broker(settings: Settings, *, client_id: str) -> KafkaBroker:
@@ -79,7 +88,7 @@ def _record_id(payload: dict[str, Any] | None, key: str | None) -> str:
 
 
 async def dead_letter(broker: KafkaBroker, topic: Topic, message: Any, reason: str, attempts: int) -> None:
-    raw = message.raw_message
+    raw: Any = message.raw_message
     headers = {k: (v.decode(errors="replace") if isinstance(v, bytes) else str(v)) for k, v in (raw.headers or [])}
     headers.update({
         "dlq_reason": reason[:4000],
@@ -99,7 +108,7 @@ async def _raw_body(message: Any) -> bytes:
 
 
 def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handler, max_attempts: int = 3,
-            retry_delay: float = 0.2) -> None:
+            retry_delay: float = 0.2, on_invalid: InvalidHook | None = None) -> None:
     """Subscribes `handler(payload_model, incoming)` to `topic` with validation, retries and a DLQ."""
     log = get_logger(group_id)
     model: type[BaseModel] = topic.payload
@@ -108,7 +117,7 @@ def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handle
                        auto_offset_reset="earliest", title=f"{group_id}:{topic.name}",
                        description=topic.description, decoder=_raw_body)
     async def _on_message(message: KafkaMessage) -> None:
-        raw = message.raw_message
+        raw: Any = message.raw_message
         key = raw.key.decode() if isinstance(raw.key, bytes) else raw.key
         body = message.body
         data: Any = None
@@ -120,6 +129,8 @@ def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handle
             reason = validation_reason(exc) if isinstance(exc, ValidationError) else str(exc)
             reason = f"invalid message {_record_id(data, key)} on {topic.name}: {reason}"
             log.warning("message.rejected", reason=reason, offset=raw.offset, partition=raw.partition)
+            if on_invalid is not None:
+                await on_invalid(_record_id(data, key), data, reason)
             await dead_letter(broker, topic, message, reason, attempts=0)
             return
         incoming = Incoming(envelope, key, topic.name, raw.partition, raw.offset)
@@ -127,6 +138,10 @@ def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handle
         for attempt in range(1, max_attempts + 1):
             try:
                 await handler(payload, incoming)
+                return
+            except Refused as exc:
+                log.warning("message.refused", reason=str(exc))
+                await dead_letter(broker, topic, message, f"refused: {exc}", attempts=attempt)
                 return
             except Exception as exc:
                 log.warning("message.failed", attempt=attempt, error=f"{type(exc).__name__}: {exc}")

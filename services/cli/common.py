@@ -1,0 +1,98 @@
+"""What every `flows` command shares: settings, a database pool, user-facing errors, tables.
+
+A user error is printed as one red line that says what to do; never a Python repr or a stack
+trace (set FLOWS_DEBUG=1 to see those).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.runtime.db import create_pool
+from services.runtime.settings import Settings
+
+console = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """Something the operator can fix; its message says how."""
+
+
+def settings() -> Settings:
+    return Settings()
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turns known failures into one clear line and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except UserError as exc:
+            _fail(str(exc))
+        except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
+            if os.environ.get("FLOWS_DEBUG"):
+                raise
+            _fail(f"cannot reach the platform ({type(exc).__name__}: {exc}). Is it running? Try `flows stack up`.")
+        except Exception as exc:
+            if os.environ.get("FLOWS_DEBUG"):
+                raise
+            name = type(exc).__name__
+            if name in ("KafkaConnectionError", "KafkaTimeoutError"):
+                _fail("cannot reach Kafka. Is the platform running? Try `flows stack up`.")
+            _fail(f"{name}: {exc}")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+@contextlib.asynccontextmanager
+async def database(cfg: Settings | None = None) -> AsyncIterator[asyncpg.Pool]:
+    cfg = cfg or settings()
+    try:
+        pool = await create_pool(cfg.database_url, min_size=1, max_size=4, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise UserError(f"cannot reach PostgreSQL at {cfg.database_url.split('@')[-1]} ({exc}). "
+                        "Start the platform with `flows stack up`.") from exc
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+    t = Table(title=title, header_style="bold", show_lines=False)
+    for c in columns:
+        t.add_column(c)
+    for row in rows:
+        t.add_row(*["" if v is None else str(v) for v in row])
+    return t
+
+
+def interactive() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()

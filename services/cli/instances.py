@@ -1,0 +1,237 @@
+"""The operator's commands on flow instances: load, instances, show, format, files, export,
+feedback, delete. They publish commands on Kafka (as any external system may) and read the
+read models in PostgreSQL; deletion is appended to the instance's stream directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import date, datetime
+from pathlib import Path
+
+import asyncpg
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from contracts import flows
+from contracts.states import IllegalTransition, InstanceState, target_of
+from services.cli.common import UserError, console, database, settings, table
+from services.runtime.commands import send_command
+from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent
+from services.runtime.filestore import FileStore
+from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
+
+FINAL_LOAD = {InstanceState.CHECKED.value, InstanceState.FAILED_LOADING.value}
+FINAL_FORMAT = {InstanceState.FORMATTED.value, InstanceState.FORMAT_FAILED.value}
+
+
+async def _instance_row(pool: asyncpg.Pool, instance: int) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT * FROM instance_list WHERE instance = $1", instance)
+    if row is None:
+        raise UserError(f"there is no instance {instance}; `flows instances` lists them")
+    return row
+
+
+async def _wait_for_state(pool: asyncpg.Pool, instance: int, finals: set[str], label: str,
+                          timeout: float) -> asyncpg.Record:
+    deadline = time.monotonic() + timeout
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task(f"{label} instance {instance}", total=None)
+        while True:
+            row = await pool.fetchrow("SELECT * FROM instance_list WHERE instance = $1", instance)
+            if row is not None:
+                progress.update(task, description=f"{label} instance {instance}: {row['state']}")
+                if row["state"] in finals:
+                    return row
+            if time.monotonic() > deadline:
+                raise UserError(f"instance {instance} is still {row['state'] if row else 'not created'} after "
+                                f"{timeout:.0f} s; follow it with `flows show {instance}`")
+            await asyncio.sleep(0.2)
+
+
+def print_outcome(row: asyncpg.Record) -> None:
+    state = row["state"]
+    colour = "green" if state in ("Checked", "Formatted", "Confirmed") else "red"
+    console.print(f"instance [bold]{row['instance']}[/] ({row['flow_type']} {row['ente']} "
+                  f"{row['period_start']}..{row['period_end']}): [{colour}]{state}[/]")
+    if row["counts"]:
+        console.print("  counts: " + ", ".join(f"{k} {v}" for k, v in row["counts"].items()))
+    if row["errors"]:
+        console.print(f"  [red]{row['errors']} errors[/]: {row['summary'] or ''}")
+    if row["warnings"]:
+        console.print(f"  [yellow]{row['warnings']} warnings[/]")
+    if state == "Failed loading":
+        console.print(f"  every bad record is in the feedback: `flows feedback {row['instance']}`")
+
+
+async def load(flow_type: str, ente: str, start: date, end: date, version: str, at: datetime | None,
+               wait: bool, requested_by: str, timeout: float = 600) -> int:
+    cfg = settings()
+    request = flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType(flow_type), version=version,
+                                  ente=ente, period=flows.Period(start=start, end=end), scheduled_at=at,
+                                  requested_by=requested_by)
+    async with database(cfg) as pool:
+        await send_command(cfg.kafka_bootstrap, "flows.load-requested", request, key=str(request.request_id))
+        deadline = time.monotonic() + 60
+        instance = None
+        while instance is None:
+            instance = await pool.fetchval("SELECT instance FROM load_request WHERE request_id = $1",
+                                           request.request_id)
+            if instance is None:
+                if time.monotonic() > deadline:
+                    raise UserError(f"the load request {request.request_id} was sent but no loader took it in "
+                                    "60 s: is the loader running? (`flows stack status`)")
+                await asyncio.sleep(0.1)
+        console.print(f"instance [bold]{instance}[/] created for {flow_type} {ente} {start}..{end}")
+        if wait and at is None:
+            print_outcome(await _wait_for_state(pool, int(instance), FINAL_LOAD, "loading", timeout))
+        return int(instance)
+
+
+async def format_instance(instance: int, wait: bool, requested_by: str, timeout: float = 600) -> None:
+    cfg = settings()
+    async with database(cfg) as pool:
+        row = await _instance_row(pool, instance)
+        try:
+            target_of("flows.formatting-started", {}, InstanceState(row["state"]))
+        except IllegalTransition as exc:
+            raise UserError(f"instance {instance} is {row['state']}: it cannot be formatted "
+                            "(only Checked or Format failed instances can)") from exc
+        await send_command(cfg.kafka_bootstrap, "flows.format-requested",
+                           flows.FormatRequested(instance=instance, requested_by=requested_by), key=str(instance))
+        if wait:
+            await _wait_for_state(pool, instance, {InstanceState.FORMATTING.value, *FINAL_FORMAT}, "formatting", 60)
+            done = await _wait_for_state(pool, instance, FINAL_FORMAT, "formatting", timeout)
+            print_outcome(done)
+            if done["state"] == InstanceState.FORMATTED.value:
+                await list_files(instance)
+            elif done["summary"]:
+                console.print(f"  [red]{done['summary']}[/]")
+
+
+async def list_instances(flow_type: str | None, created_from: date | None, state: str | None) -> None:
+    async with database() as pool:
+        rows = await pool.fetch(
+            """SELECT * FROM instance_list
+               WHERE ($1::text IS NULL OR flow_type = $1) AND ($2::date IS NULL OR created_at >= $2::date)
+                 AND ($3::text IS NULL OR lower(state) = lower($3))
+               ORDER BY instance DESC""", flow_type, created_from, state)
+    console.print(table(
+        "Istanze di flusso",
+        ["NAME", "ENTE", "ISTANZA FLUSSO", "ISTANZA FONTE", "DATA CREAZIONE", "INIZIO RIF.", "FINE RIF.", "STATO"],
+        [(r["flow_type"], r["ente"], r["instance"], r["source_instance"],
+          r["created_at"].strftime("%d/%m/%Y %H:%M"), r["period_start"].strftime("%d/%m/%Y"),
+          r["period_end"].strftime("%d/%m/%Y"), r["state"]) for r in rows]))
+    if not rows:
+        console.print("no instance matches; `flows load` creates one")
+
+
+async def show(instance: int) -> None:
+    async with database() as pool:
+        row = await _instance_row(pool, instance)
+        store = EventStore(pool, source="/flows/cli")
+        history = await store.read_stream(instance_stream(instance))
+    print_outcome(row)
+    console.print(table(f"History of instance {instance}", ["#", "time", "event", "actor", "details"],
+                        [(e.version, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.type, e.actor,
+                          _details(e.data)) for e in history]))
+
+
+def _details(data: dict) -> str:
+    keep = {k: v for k, v in data.items()
+            if k in ("source_instance", "counts", "errors", "warnings", "summary", "reasons", "protocollo", "stato",
+                     "outcome", "instance_outcome", "reason", "part", "parts")}
+    if "files" in data:
+        keep["files"] = [f["name"] for f in data["files"]]
+    return ", ".join(f"{k}={v}" for k, v in keep.items())
+
+
+async def _files(pool: asyncpg.Pool, instance: int) -> list[asyncpg.Record]:
+    await _instance_row(pool, instance)
+    return await pool.fetch("SELECT * FROM instance_files WHERE instance = $1 ORDER BY kind = 'feedback', name",
+                            instance)
+
+
+async def list_files(instance: int) -> None:
+    cfg = settings()
+    async with database(cfg) as pool:
+        rows = await _files(pool, instance)
+    console.print(table(f"Files of instance {instance}", ["name", "kind", "records", "bytes", "sha256", "path"],
+                        [(r["name"], r["kind"], r["records"], r["bytes"], r["sha256"][:16] + "...",
+                          FileStore(cfg.files_dir).path(r["sha256"])) for r in rows]))
+
+
+async def view_file(instance: int, name: str, limit: int, offset: int) -> None:
+    from services.cli.fileview import render_file
+
+    cfg = settings()
+    async with database(cfg) as pool:
+        rows = {r["name"]: r for r in await _files(pool, instance)}
+        created = await pool.fetchrow("SELECT flow_type, version FROM instance_list WHERE instance = $1", instance)
+    if name not in rows:
+        raise UserError(f"instance {instance} has no file {name!r}; it has: {', '.join(rows) or 'none'}")
+    r = rows[name]
+    path = FileStore(cfg.files_dir).path(r["sha256"])
+    render_file(path, r["kind"], created["flow_type"], created["version"], limit, offset)
+
+
+async def export(instance: int, out: Path) -> None:
+    cfg = settings()
+    async with database(cfg) as pool:
+        rows = await _files(pool, instance)
+    if not rows:
+        raise UserError(f"instance {instance} has no files yet")
+    out.mkdir(parents=True, exist_ok=True)
+    store = FileStore(cfg.files_dir)
+    for r in rows:
+        target = out / r["name"]
+        with store.open(r["sha256"]) as src, target.open("wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+        console.print(f"wrote {target} ({r['bytes']} bytes)")
+
+
+async def feedback(instance: int, out: Path | None, limit: int) -> None:
+    cfg = settings()
+    async with database(cfg) as pool:
+        row = await _instance_row(pool, instance)
+        files = [r for r in await _files(pool, instance) if r["kind"] in ("feedback", "ts-errors")]
+    if not files:
+        console.print(f"instance {instance} ({row['state']}) has no feedback: nothing was wrong")
+        return
+    store = FileStore(cfg.files_dir)
+    for f in files:
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with store.open(f["sha256"]) as src:
+                out.write_bytes(src.read())
+            console.print(f"wrote {out}")
+            continue
+        with store.open(f["sha256"]) as src:
+            lines = src.read().decode("utf-8", errors="replace").splitlines()
+        header, body = lines[0].split(";"), [ln.split(";", len(lines[0].split(";")) - 1) for ln in lines[1:]]
+        console.print(table(f"{f['name']}: {len(body)} problems", header, body[:limit]))
+        if len(body) > limit:
+            console.print(f"... {len(body) - limit} more: `flows feedback {instance} --out FILE` writes them all")
+
+
+async def delete(instance: int, deleted_by: str, reason: str | None) -> None:
+    async with database() as pool:
+        store = EventStore(pool, source="/flows/cli", projections=FLOW_PROJECTIONS)
+        row = await _instance_row(pool, instance)
+        try:
+            target_of("flows.instance-deleted", {}, InstanceState(row["state"]))
+        except IllegalTransition as exc:
+            raise UserError(f"instance {instance} is {row['state']}: it cannot be deleted now ({exc})") from exc
+        version = await store.stream_version(instance_stream(instance))
+        event = flows.InstanceDeleted(instance=instance, deleted_by=deleted_by, reason=reason)
+        try:
+            await store.append(instance_stream(instance), [NewEvent("flows.instance-deleted",
+                                                                    event.model_dump(mode="json"), actor=deleted_by)],
+                               expected_version=version, key=str(instance))
+        except ConcurrencyError as exc:
+            raise UserError(f"instance {instance} changed while deleting it; look at `flows show {instance}` "
+                            "and try again") from exc
+    console.print(f"instance {instance} marked deleted; its history is kept (`flows show {instance}`)")

@@ -1,0 +1,229 @@
+"""`flows`: the operator's command line.
+
+    flows stack up|down|status          local Kafka + PostgreSQL + every service
+    flows sources generate|import       source data ("Fonti dati")
+    flows load / instances / show / format / files / export / feedback / delete
+    flows send-730 <n>                  send a Formatted 730 instance to Sistema TS
+    flows deadlines                     due dates per flow type and entity
+    flows replay [<n>|--all] [--verify] rebuild and verify the history
+    flows demo                          the whole walk-through on generated data
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from services.cli import instances as inst
+from services.cli.common import console, run, user_errors
+
+app = typer.Typer(help="Regional health-information flows: load, check, format, send, audit.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+stack_app = typer.Typer(help="The local platform: Kafka, PostgreSQL and the services.", no_args_is_help=True)
+sources_app = typer.Typer(help="Source data (Fonti dati): generate or import.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(sources_app, name="sources")
+
+FLOW_TYPES = ["FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730"]
+
+
+def _operator() -> str:
+    return os.environ.get("FLOWS_OPERATOR") or getpass.getuser()
+
+
+# ---------------------------------------------------------------- stack
+@stack_app.command("up")
+@user_errors
+def stack_up(brokers: Annotated[int, typer.Option(help="1, or 3 for the fault tests")] = 1,
+             services: Annotated[bool, typer.Option(help="also start the services")] = True) -> None:
+    """Start Kafka and PostgreSQL (and the services); reuses .stack/ when it exists."""
+    from services.cli import stack
+
+    stack.up(brokers=brokers, with_services=services)
+
+
+@stack_app.command("down")
+@user_errors
+def stack_down() -> None:
+    """Stop the services, Kafka and PostgreSQL; leaves no process behind. Data stays in .stack/."""
+    from deploy import localstack
+
+    localstack.down(progress=console.print)
+
+
+@stack_app.command("status")
+@user_errors
+def stack_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """What is running, where."""
+    from services.cli import stack
+
+    stack.status(as_json)
+
+
+# ---------------------------------------------------------------- sources
+@sources_app.command("generate")
+@user_errors
+def sources_generate(
+        ente: Annotated[str, typer.Option(help="entity code, e.g. 201")],
+        month: Annotated[str, typer.Option(help="YYYY-MM")],
+        services: Annotated[int, typer.Option(help="number of delivered services")] = 1000,
+        bad: Annotated[int, typer.Option(help="plant this many known bad records")] = 0,
+        seed: Annotated[int, typer.Option()] = 1,
+        out: Annotated[Path | None, typer.Option(help="write CSV files here instead of publishing")] = None) -> None:
+    """Generate a month of realistic source data and publish it as the CUP would (or write CSVs)."""
+    from services.cli import sources
+
+    run(sources.generate(ente, month, services, bad, seed, out))
+
+
+@sources_app.command("import")
+@user_errors
+def sources_import(
+        path: Annotated[Path, typer.Argument(help="CSV file, header = field names")],
+        kind: Annotated[str, typer.Option(help="delivered-service, payment-document or intramoenia-booking")]
+        = "delivered-service") -> None:
+    """Bulk-import a CSV of source records (backfills); bad rows are reported by line and field."""
+    from services.cli import sources
+
+    run(sources.import_csv(path, kind))
+
+
+# ---------------------------------------------------------------- instances
+@app.command()
+@user_errors
+def load(flow_type: Annotated[str, typer.Option("--type", help=" | ".join(FLOW_TYPES))],
+         ente: Annotated[str, typer.Option(help="entity code, e.g. 201")],
+         start: Annotated[datetime, typer.Option("--from", formats=["%Y-%m-%d"], help="period start")],
+         end: Annotated[datetime, typer.Option("--to", formats=["%Y-%m-%d"], help="period end")],
+         version: Annotated[str, typer.Option(help="layout version")] = "2020",
+         at: Annotated[datetime | None, typer.Option(help="schedule at YYYY-MM-DDTHH:MM")] = None,
+         wait: Annotated[bool, typer.Option(help="show progress until Checked or Failed loading")] = True) -> None:
+    """Load a flow for an entity and a period: creates an instance."""
+    if flow_type not in FLOW_TYPES:
+        raise typer.BadParameter(f"{flow_type!r} is not one of {', '.join(FLOW_TYPES)}", param_hint="--type")
+    scheduled = at.astimezone() if at else None
+    run(inst.load(flow_type, ente, start.date(), end.date(), version, scheduled, wait, _operator()))
+
+
+@app.command()
+@user_errors
+def instances(flow_type: Annotated[str | None, typer.Option("--type")] = None,
+              created_from: Annotated[datetime | None, typer.Option("--from", formats=["%Y-%m-%d"],
+                                                                    help="created on or after")] = None,
+              state: Annotated[str | None, typer.Option(help="e.g. Checked, 'Failed loading'")] = None) -> None:
+    """Search instances by type, creation date from, state."""
+    run(inst.list_instances(flow_type, created_from.date() if created_from else None, state))
+
+
+@app.command()
+@user_errors
+def show(instance: int) -> None:
+    """State and every event of an instance, with time and actor."""
+    run(inst.show(instance))
+
+
+@app.command("format")
+@user_errors
+def format_(instance: int, wait: Annotated[bool, typer.Option()] = True) -> None:
+    """Format a Checked instance into its files."""
+    run(inst.format_instance(instance, wait, _operator()))
+
+
+@app.command()
+@user_errors
+def files(instance: int,
+          view: Annotated[str | None, typer.Option(help="show this file as a table of named fields")] = None,
+          limit: Annotated[int, typer.Option()] = 20, offset: Annotated[int, typer.Option()] = 0) -> None:
+    """List the files of an instance, or view one as a table."""
+    if view:
+        run(inst.view_file(instance, view, limit, offset))
+    else:
+        run(inst.list_files(instance))
+
+
+@app.command()
+@user_errors
+def export(instance: int, out: Annotated[Path, typer.Option(help="folder")]) -> None:
+    """Write the files of an instance to a folder."""
+    run(inst.export(instance, out))
+
+
+@app.command()
+@user_errors
+def feedback(instance: int, out: Annotated[Path | None, typer.Option(help="write the CSV here")] = None,
+             limit: Annotated[int, typer.Option()] = 50) -> None:
+    """The feedback of an instance: one line per problem (record, field, code, message)."""
+    run(inst.feedback(instance, out, limit))
+
+
+@app.command()
+@user_errors
+def delete(instance: int, reason: Annotated[str | None, typer.Option()] = None) -> None:
+    """Cancella: mark an instance deleted (its history is kept)."""
+    run(inst.delete(instance, _operator(), reason))
+
+
+@app.command("send-730")
+@user_errors
+def send_730(instance: int,
+             transmission_date: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
+             wait: Annotated[bool, typer.Option()] = True) -> None:
+    """Send a Formatted 730 instance to Sistema TS (asks for the credentials, hidden)."""
+    from services.cli import ts
+
+    cf = typer.prompt("C.F. proprietario")
+    user = typer.prompt("TS user")
+    password = typer.prompt("TS password", hide_input=True)
+    pincode = typer.prompt("Pincode", hide_input=True)
+    when = transmission_date.date() if transmission_date else date.today()
+    run(ts.send_730(instance, cf, user, password, pincode, when, _operator(), wait))
+
+
+@app.command()
+@user_errors
+def deadlines(ente: Annotated[str | None, typer.Option()] = None,
+              month: Annotated[str | None, typer.Option(help="YYYY-MM")] = None) -> None:
+    """Due dates per flow type and entity, and whether an instance covers each."""
+    from services.cli import deadlines as dl
+
+    run(dl.show(ente, month))
+
+
+@app.command()
+@user_errors
+def replay(instance: Annotated[int | None, typer.Argument()] = None,
+           all_: Annotated[bool, typer.Option("--all")] = False,
+           verify: Annotated[bool, typer.Option(help="verify every hash chain")] = False) -> None:
+    """Replay streams, verify hash chains, rebuild the read models and report differences."""
+    from services.cli import replay as rp
+
+    if instance is None and not all_:
+        raise typer.BadParameter("give an instance number or --all")
+    ok = run(rp.replay(instance, verify))
+    if not ok:
+        raise typer.Exit(2)
+
+
+@app.command()
+@user_errors
+def demo(ente: Annotated[str, typer.Option()] = "201",
+         month: Annotated[str | None, typer.Option(help="YYYY-MM; default: last month")] = None,
+         services: Annotated[int, typer.Option()] = 3000) -> None:
+    """Set up, start everything, generate a month, walk a Flusso C and a 730 to Formatted."""
+    from services.cli import demo as dm
+
+    dm.run_demo(ente, month, services)
+
+
+def _json(data: object) -> str:
+    return json.dumps(data, indent=2, default=str)
+
+
+if __name__ == "__main__":
+    app()

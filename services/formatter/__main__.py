@@ -1,0 +1,5 @@
+import asyncio
+
+from services.formatter.app import main
+
+asyncio.run(main())

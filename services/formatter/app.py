@@ -1,0 +1,32 @@
+"""The formatter service: Checked instances -> files (C1/C2, MEF, ALPI TA, 730) -> Formatted."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from contracts.topics import by_name
+from services.formatter import handlers
+from services.runtime.broker import consume
+from services.runtime.host import Runtime, every, runtime, serve
+from services.runtime.settings import Settings
+
+
+def wire(rt: Runtime) -> handlers.FormatterDeps:
+    deps = handlers.FormatterDeps(pool=rt.pool, store=rt.store, files=rt.files,
+                                  sanitel_cert=rt.settings.sanitel_cert)
+    consume(rt.broker, by_name("flows.format-requested"), group_id="formatter",
+            handler=functools.partial(handlers.handle_format_requested, deps=deps),
+            max_attempts=rt.settings.max_attempts)
+    return deps
+
+
+async def main(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
+    settings = settings or Settings()
+    async with runtime(settings, name="formatter") as rt:
+        deps = wire(rt)
+
+        async def resume(stop: asyncio.Event) -> None:
+            await every(5.0, stop, lambda: handlers.resume_interrupted(deps), "formatter.resume")
+
+        await serve(rt, [resume], stop=stop)

@@ -1,0 +1,5 @@
+import asyncio
+
+from services.loader.app import main
+
+asyncio.run(main())

@@ -1,0 +1,110 @@
+"""Runs one service process: database pool and migrations, read models, event store, broker,
+the outbox relay, the service's background loops; stops cleanly on SIGTERM/SIGINT.
+
+Every service runs an outbox relay: only the one holding the advisory lock publishes, the others
+are hot standbys, so losing any one service process never stops events reaching Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+from dataclasses import dataclass
+
+import asyncpg
+from faststream.kafka import KafkaBroker
+
+from services.runtime import projections as projection_tools
+from services.runtime.broker import create_broker
+from services.runtime.db import create_pool
+from services.runtime.eventstore import EventStore
+from services.runtime.filestore import FileStore
+from services.runtime.logging import configure, get_logger
+from services.runtime.migrations import migrate
+from services.runtime.outbox import OutboxRelay
+from services.runtime.projections import Projection
+from services.runtime.read_models import FLOW_PROJECTIONS
+from services.runtime.settings import Settings
+
+Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class Runtime:
+    name: str
+    settings: Settings
+    pool: asyncpg.Pool
+    store: EventStore
+    broker: KafkaBroker
+    files: FileStore
+
+
+async def prepare_database(pool: asyncpg.Pool, projections: Sequence[Projection]) -> None:
+    await migrate(pool)
+    async with pool.acquire() as conn:
+        # Live read-model tables are created by the projections' own DDL (IF NOT EXISTS), the same DDL a
+        # rebuild uses, so live and rebuilt tables cannot differ in shape.
+        await conn.execute("SELECT pg_advisory_lock(7316004003)")
+        try:
+            for projection in projections:
+                await projection_tools.install(conn, projection)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(7316004003)")
+
+
+@contextlib.asynccontextmanager
+async def runtime(settings: Settings, *, name: str,
+                  projections: Sequence[Projection] = FLOW_PROJECTIONS) -> AsyncIterator[Runtime]:
+    configure(settings.log_level, settings.log_format)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=10)
+    try:
+        await prepare_database(pool, projections)
+        store = EventStore(pool, source=f"/flows/{name}", projections=projections)
+        broker = create_broker(settings, client_id=name)
+        settings.files_dir.mkdir(parents=True, exist_ok=True)
+        yield Runtime(name, settings, pool, store, broker, FileStore(settings.files_dir))
+    finally:
+        await pool.close()
+
+
+async def serve(rt: Runtime, loops: Sequence[Loop] = (), stop: asyncio.Event | None = None) -> None:
+    """Consumes until `stop` is set (or a signal arrives), with the relay and `loops` alongside."""
+    log = get_logger(rt.name)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    relay = OutboxRelay(rt.pool, rt.settings.kafka_bootstrap, poll_interval=1.0)
+    await rt.broker.start()
+    tasks = [asyncio.create_task(relay.run(stop), name="outbox-relay")]
+    tasks += [asyncio.create_task(fn(stop), name=getattr(fn, "__name__", "loop")) for fn in loops]
+    log.info("service.started", service=rt.name)
+    try:
+        done, _ = await asyncio.wait([asyncio.create_task(stop.wait()), *tasks],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task in tasks and task.exception() is not None:
+                log.error("service.loop_failed", loop=task.get_name(), error=repr(task.exception()))
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await rt.broker.stop()
+        log.info("service.stopped", service=rt.name)
+
+
+async def every(seconds: float, stop: asyncio.Event, fn: Callable[[], Awaitable[None]], name: str) -> None:
+    """Runs `fn` now and then every `seconds` until stopped; an error is logged and retried next tick."""
+    log = get_logger(name)
+    while not stop.is_set():
+        try:
+            await fn()
+        except Exception as exc:
+            log.error("loop.error", loop=name, error=f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)

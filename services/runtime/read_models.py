@@ -1,0 +1,142 @@
+"""The flow read models: the instance list the operator searches, and the files of each instance.
+
+Both are projections of the `instance-<n>` streams, applied inline in the append transaction by
+every service that writes those streams (so `flows instances` reads its writes), and rebuildable
+by `flows replay`. Every column derives from the events alone (times are `recorded_at`, never
+now()), which is what makes a rebuild equal to the live table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from contracts.states import IllegalTransition, InstanceState, target_of
+from services.runtime.eventstore import StoredEvent
+
+INSTANCE_STREAM_PREFIX = "instance-"
+
+
+def instance_stream(instance: int) -> str:
+    return f"{INSTANCE_STREAM_PREFIX}{instance}"
+
+
+class InstanceList:
+    """One row per instance: the columns of the seed's Figure 6, plus the last event."""
+
+    name = "instance_list"
+    tables = {
+        "instance_list": """
+            CREATE TABLE IF NOT EXISTS instance_list (
+                instance        bigint PRIMARY KEY,
+                flow_type       text NOT NULL,
+                version         text NOT NULL,
+                ente            text NOT NULL,
+                source_instance bigint,
+                created_at      timestamptz NOT NULL,
+                period_start    date NOT NULL,
+                period_end      date NOT NULL,
+                state           text NOT NULL,
+                state_since     timestamptz NOT NULL,
+                requested_by    text NOT NULL,
+                scheduled_at    timestamptz,
+                counts          jsonb,
+                errors          integer,
+                warnings        integer,
+                summary         text,
+                last_event      text NOT NULL,
+                events          integer NOT NULL
+            )""",
+        "instance_files": """
+            CREATE TABLE IF NOT EXISTS instance_files (
+                instance   bigint NOT NULL,
+                name       text NOT NULL,
+                kind       text NOT NULL,
+                records    bigint NOT NULL,
+                bytes      bigint NOT NULL,
+                sha256     text NOT NULL,
+                media_type text NOT NULL,
+                part       integer,
+                added_at   timestamptz NOT NULL,
+                PRIMARY KEY (instance, name)
+            )""",
+    }
+
+    async def apply(self, conn: asyncpg.Connection, event: StoredEvent) -> None:
+        if not event.stream_id.startswith(INSTANCE_STREAM_PREFIX) or not event.type.startswith("flows."):
+            return
+        data = event.data
+        instance = int(event.stream_id.removeprefix(INSTANCE_STREAM_PREFIX))
+        if event.type in ("flows.load-running", "flows.load-scheduled"):
+            await self._created(conn, instance, event)
+            return
+        row = await conn.fetchrow("SELECT state FROM instance_list WHERE instance = $1", instance)
+        if row is None:
+            return  # an event of an instance this read model never saw created: nothing to attach to
+        current = InstanceState(row["state"])
+        try:
+            state = target_of(event.type, data, current)
+        except IllegalTransition:
+            state = current  # the writer enforces transitions; the read model records, never refuses
+        changed = state is not current
+        await conn.execute(
+            """UPDATE instance_list SET state = $2,
+                   state_since = CASE WHEN $3 THEN $4 ELSE state_since END,
+                   source_instance = coalesce($5, source_instance),
+                   counts = coalesce($6, counts), errors = coalesce($7, errors),
+                   warnings = coalesce($8, warnings), summary = coalesce($9, summary),
+                   last_event = $10, events = events + 1
+               WHERE instance = $1""",
+            instance, (state or current).value, changed, event.recorded_at, data.get("source_instance"),
+            data.get("counts"), data.get("errors"), data.get("warnings"), _summary(event),
+            event.type)
+        for file in _files_of(event):
+            await conn.execute(
+                """INSERT INTO instance_files (instance, name, kind, records, bytes, sha256, media_type, part,
+                                              added_at)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                   ON CONFLICT (instance, name) DO UPDATE SET kind = EXCLUDED.kind, records = EXCLUDED.records,
+                       bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, media_type = EXCLUDED.media_type,
+                       part = EXCLUDED.part, added_at = EXCLUDED.added_at""",
+                instance, file["name"], file["kind"], file["records"], file["bytes"], file["sha256"],
+                file.get("media_type", "text/plain"), file.get("part"), event.recorded_at)
+
+    async def _created(self, conn: asyncpg.Connection, instance: int, event: StoredEvent) -> None:
+        data = event.data
+        state = InstanceState.RUNNING if event.type == "flows.load-running" else InstanceState.SCHEDULED
+        await conn.execute(
+            """INSERT INTO instance_list (instance, flow_type, version, ente, created_at, period_start,
+                                          period_end, state, state_since, requested_by, scheduled_at,
+                                          last_event, events)
+               VALUES ($1, $2, $3, $4, $5, $6::text::date, $7::text::date, $8, $5, $9, $10::text::timestamptz,
+                       $11, 1)
+               ON CONFLICT (instance) DO UPDATE SET state = EXCLUDED.state, state_since = EXCLUDED.state_since,
+                   last_event = EXCLUDED.last_event, events = instance_list.events + 1""",
+            instance, data["flow_type"], data["version"], data["ente"], event.recorded_at,
+            data["period"]["start"], data["period"]["end"], state.value, data["requested_by"],
+            data.get("scheduled_at"), event.type)
+
+
+def _summary(event: StoredEvent) -> str | None:
+    data = event.data
+    if event.type == "flows.format-failed":
+        return "; ".join(data.get("reasons", []))[:1000]
+    if event.type == "flows.ts-feedback-received" and data.get("reason"):
+        return str(data["reason"])[:1000]
+    if event.type == "flows.instance-deleted":
+        return f"deleted by {data.get('deleted_by')}: {data.get('reason') or 'no reason given'}"
+    summary = data.get("summary")
+    return str(summary) if summary else None
+
+
+def _files_of(event: StoredEvent) -> list[dict[str, Any]]:
+    data = event.data
+    files: list[dict[str, Any]] = list(data.get("files") or [])
+    for field in ("feedback", "errors_file"):
+        if data.get(field):
+            files.append(data[field])
+    return files
+
+
+FLOW_PROJECTIONS = (InstanceList(),)
