@@ -10,12 +10,12 @@ from deploy import localstack
 from services.cli.common import console, table
 
 # Each runs as `python -m <module>`; the TS simulator stands in for Sistema TS locally.
-SERVICES = {
-    "ts-simulator": "services.ts_gateway.simulator_main",
-    "loader": "services.loader",
-    "formatter": "services.formatter",
-    "ts-gateway": "services.ts_gateway",
-    "onboarding": "services.onboarding",
+SERVICES: dict[str, list[str]] = {
+    "ts-simulator": ["services.ts_gateway.simulator_main", "--port", "18443", "--cert-out", "{state}/ts-sim"],
+    "loader": ["services.loader"],
+    "formatter": ["services.formatter"],
+    "ts-gateway": ["services.ts_gateway"],
+    "onboarding": ["services.onboarding"],
 }
 
 
@@ -38,10 +38,11 @@ def up(brokers: int = 1, with_services: bool = True) -> localstack.StackInfo:
     if with_services:
         env = service_env(info)
         running = localstack.status().get("services", {})
-        for name, module in SERVICES.items():
+        for name, argv in SERVICES.items():
             if running.get(name, {}).get("running"):
                 continue
-            pid = localstack.start_service(name, [sys.executable, "-m", module], env)
+            args = [a.replace("{state}", str(info.state_dir)) for a in argv]
+            pid = localstack.start_service(name, [sys.executable, "-m", *args], env)
             console.print(f"[dim]stack[/] started {name} (pid {pid})")
     console.print(f"[green]platform up[/]: Kafka {info.bootstrap_servers}, PostgreSQL "
                   f"{info.database_url.split('@')[-1]}, state in {info.state_dir}")

@@ -1,0 +1,5 @@
+import asyncio
+
+from services.ts_gateway.app import main
+
+asyncio.run(main())

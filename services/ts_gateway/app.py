@@ -1,0 +1,40 @@
+"""The TS gateway service: sends Formatted 730 instances to Sistema TS and follows their outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+
+from contracts.topics import by_name
+from services.runtime.broker import consume
+from services.runtime.host import every, runtime, serve
+from services.runtime.sanitel import load_certificate
+from services.runtime.settings import Settings
+from services.ts_gateway import handlers
+from services.ts_gateway.client import TsClient, TsClientSettings, TsEndpoints
+from services.ts_gateway.ledger import PgPartLedger
+from services.ts_gateway.submission import BackoffSchedule
+from services.ts_gateway.submitter import SubmissionRunner
+
+
+async def main(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
+    settings = settings or Settings()
+    async with runtime(settings, name="ts-gateway") as rt, contextlib.AsyncExitStack() as stack:
+        # The certificate is read at start: it rotates, and a restart picks up the new one.
+        client = await stack.enter_async_context(TsClient(
+            TsClientSettings(endpoints=TsEndpoints(settings.ts_endpoint)), load_certificate(settings.sanitel_cert)))
+        runner = SubmissionRunner(
+            ledger=PgPartLedger(rt.pool), ts=client,
+            poll_schedule=BackoffSchedule(initial=settings.ts_poll_initial_s, cap=settings.ts_poll_max_s),
+            send_retry=BackoffSchedule(initial=settings.ts_poll_initial_s, cap=settings.ts_poll_max_s))
+        deps = handlers.GatewayDeps(pool=rt.pool, store=rt.store, files=rt.files, runner=runner,
+                                    private_key_pem=handlers.load_private_key(settings.keys_dir))
+        consume(rt.broker, by_name("flows.ts-submission-requested"), group_id="ts-gateway",
+                handler=functools.partial(handlers.handle_submission_requested, deps=deps),
+                max_attempts=settings.max_attempts)
+
+        async def resume(stop: asyncio.Event) -> None:
+            await every(10.0, stop, lambda: handlers.resume_unfinished(deps), "ts-gateway.resume")
+
+        await serve(rt, [resume], stop=stop)

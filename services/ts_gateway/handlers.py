@@ -1,0 +1,186 @@
+"""What the gateway does with a `flows.ts-submission-requested`: send every 730 zip of a Formatted
+instance to Sistema TS, record each protocollo (Waiting feedback), poll the outcomes, and record the
+instance's outcome (Confirmed / Confirmed with errors / Rejected) with the per-document errors as
+its feedback file.
+
+The credentials arrive sealed to the gateway's key. The request (sealed blob only) is recorded in
+the instance's stream, so a restarted gateway can unseal it again and finish the work; clear values
+live only in this process's memory, inside a `Credentials` whose repr hides them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import asyncpg
+
+from contracts import flows
+from contracts.states import SENDABLE_FLOW_TYPES, Actor, IllegalTransition, InstanceState, apply_event, fold
+from services.runtime.broker import Incoming, Refused
+from services.runtime.eventstore import EventStore, NewEvent, StoredEvent
+from services.runtime.filestore import FileStore
+from services.runtime.locks import instance_lock
+from services.runtime.logging import get_logger
+from services.runtime.read_models import instance_stream
+from services.ts_gateway.receipts import feedback_csv
+from services.ts_gateway.sealing import Credentials, SealError, unseal
+from services.ts_gateway.submission import FINAL_STATES, PartKey, PartState, SubmissionPart, file_name_for
+from services.ts_gateway.submission import instance_outcome as combine
+from services.ts_gateway.submitter import SubmissionRunner
+
+CONSUMER = "ts-gateway"
+SUBMIT_LOCK = 7318
+log = get_logger("ts-gateway")
+
+Outcome = Literal["confirmed", "confirmed_with_errors", "rejected"]
+_OUTCOME: dict[PartState, Outcome] = {
+    PartState.CONFIRMED: "confirmed", PartState.CONFIRMED_WITH_ERRORS: "confirmed_with_errors",
+    PartState.REJECTED: "rejected", PartState.UNRESOLVED: "rejected"}
+
+
+@dataclass(frozen=True)
+class GatewayDeps:
+    pool: asyncpg.Pool
+    store: EventStore
+    files: FileStore
+    runner: SubmissionRunner
+    private_key_pem: bytes
+
+
+def _state(history: list[StoredEvent]) -> InstanceState | None:
+    return fold([(e.type, e.data) for e in history])
+
+
+async def handle_submission_requested(cmd: flows.TsSubmissionRequested, msg: Incoming, deps: GatewayDeps) -> None:
+    stream = instance_stream(cmd.instance)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        async with deps.store.consume(conn, consumer=CONSUMER, message_id=msg.message_id) as fresh:
+            if not fresh:
+                return
+        history = await deps.store.read_stream(stream)
+        if not history:
+            raise Refused(f"instance {cmd.instance} does not exist")
+        created = history[0].data
+        if created.get("flow_type") not in SENDABLE_FLOW_TYPES:
+            raise Refused(f"instance {cmd.instance} is {created.get('flow_type')}: only the 730 is sent to "
+                          "Sistema TS by this platform")
+        try:
+            apply_event(_state(history), "flows.ts-submission-requested", {}, Actor.OPERATOR)
+        except IllegalTransition as exc:
+            raise Refused(f"instance {cmd.instance} cannot be sent: {exc}") from exc
+        try:
+            unseal(deps.private_key_pem, cmd.sealed_credentials)
+        except SealError as exc:
+            raise Refused(f"instance {cmd.instance}: the credentials cannot be opened by this gateway "
+                          "(sealed for another key?)") from exc
+        await deps.store.append(stream, [NewEvent("flows.ts-submission-requested", cmd.model_dump(mode="json"),
+                                                  actor=cmd.requested_by,
+                                                  metadata={"causation_id": msg.message_id})],
+                                expected_version=history[-1].version, key=str(cmd.instance), conn=conn,
+                                publish=False)
+    await submit_instance(cmd.instance, deps)
+
+
+async def submit_instance(instance: int, deps: GatewayDeps) -> None:
+    async with instance_lock(deps.pool, SUBMIT_LOCK, instance) as held:
+        if held:
+            await _submit_locked(instance, deps)
+
+
+def _pending_request(history: list[StoredEvent]) -> StoredEvent | None:
+    """The last submission request not yet concluded by an instance outcome."""
+    request = None
+    for event in history:
+        if event.type == "flows.ts-submission-requested":
+            request = event
+        elif event.type == "flows.ts-feedback-received" and event.data.get("instance_outcome"):
+            request = None
+    return request
+
+
+async def _submit_locked(instance: int, deps: GatewayDeps) -> None:
+    stream = instance_stream(instance)
+    history = await deps.store.read_stream(stream)
+    request = _pending_request(history)
+    if request is None:
+        return
+    credentials = unseal(deps.private_key_pem, request.data["sealed_credentials"])
+    zips = sorted((f for f in _latest_files(history) if f["kind"] == "730-zip"), key=lambda f: f.get("part") or 0)
+    if not zips:
+        await _append(deps, stream, "flows.ts-feedback-received", flows.TsFeedbackReceived(
+            instance=instance, part=1, parts=1, outcome="rejected", reason="the instance has no 730 zip to send",
+            instance_outcome="rejected"))
+        return
+    parts = [SubmissionPart(key=PartKey(instance, index, f["sha256"]), parts=len(zips),
+                            file_name=file_name_for(instance, index, f["sha256"]), documents=int(f["records"]))
+             for index, f in enumerate(zips, start=1)]
+    await deps.runner.ledger.register(parts)
+    recorded = {e.data["part"] for e in history[history.index(request):] if e.type == "flows.ts-submitted"}
+    for part, f in zip(parts, zips, strict=True):
+        with deps.files.open(f["sha256"]) as src:
+            zip_bytes = src.read()
+        sent = await deps.runner.send_with_retry(credentials, part.key, zip_bytes)
+        if sent.state is PartState.WAITING_FEEDBACK and sent.key.part not in recorded and sent.protocollo:
+            await _append(deps, stream, "flows.ts-submitted", flows.TsSubmitted(
+                instance=instance, part=sent.key.part, parts=len(parts), protocollo=sent.protocollo,
+                zip_sha256=sent.key.zip_sha256))
+    announced = {e.data["part"] for e in history[history.index(request):] if e.type == "flows.ts-feedback-received"}
+    await _poll_all(instance, credentials, parts, announced, deps)
+
+
+async def _poll_all(instance: int, credentials: Credentials, parts: list[SubmissionPart], announced: set[int],
+                    deps: GatewayDeps) -> None:
+    stream = instance_stream(instance)
+    states: dict[int, PartState] = {}
+    for part in parts:
+        current = await deps.runner.ledger.get(part.key)
+        if part.key.part in announced:
+            states[part.key.part] = current.state
+            continue
+        errors_file = None
+        if current.state is PartState.WAITING_FEEDBACK:
+            feedback = await deps.runner.poll_part(credentials, part.key)
+            current = feedback.part
+            if feedback.errors:
+                data = feedback_csv(feedback.errors)
+                sha, size = deps.files.put_bytes(data)
+                errors_file = flows.FileRef(name=f"ts_errors_{instance}_p{part.key.part}.csv", kind="ts-errors",
+                                            records=len(feedback.errors), bytes=size, sha256=sha,
+                                            media_type="text/csv", part=part.key.part)
+        states[part.key.part] = current.state
+        if current.state not in FINAL_STATES and current.state is not PartState.UNRESOLVED:
+            return  # still in progress (another pass finishes it)
+        outcome = combine([states.get(p.key.part, PartState.PENDING) for p in parts])
+        await _append(deps, stream, "flows.ts-feedback-received", flows.TsFeedbackReceived(
+            instance=instance, part=part.key.part, parts=len(parts), protocollo=current.protocollo,
+            stato=current.stato, outcome=_OUTCOME[current.state], reason=current.reason, errors_file=errors_file,
+            instance_outcome=_OUTCOME[outcome] if outcome is not None else None))
+
+
+def _latest_files(history: list[StoredEvent]) -> list[dict[str, Any]]:
+    formatted = [e for e in history if e.type == "flows.formatted"]
+    return list(formatted[-1].data["files"]) if formatted else []
+
+
+async def _append(deps: GatewayDeps, stream: str, type_: str, payload: flows.Payload) -> None:
+    await deps.store.append(stream, [NewEvent(type_, payload.model_dump(mode="json"), actor="ts-gateway")],
+                            expected_version=None, key=stream.removeprefix("instance-"))
+
+
+async def resume_unfinished(deps: GatewayDeps) -> None:
+    """Instances with a submission request and no outcome yet: a gateway died, or TS was slow."""
+    rows = await deps.pool.fetch(
+        "SELECT instance FROM instance_list WHERE flow_type = 'FLUSSO_730' AND state = ANY($1::text[])",
+        [InstanceState.FORMATTED.value, InstanceState.WAITING_FEEDBACK.value, InstanceState.REJECTED.value])
+    for row in rows:
+        history = await deps.store.read_stream(instance_stream(int(row["instance"])))
+        if _pending_request(history) is not None:
+            await submit_instance(int(row["instance"]), deps)
+
+
+def load_private_key(keys_dir: Path) -> bytes:
+    from services.ts_gateway.sealing import ensure_gateway_keypair
+
+    return ensure_gateway_keypair(keys_dir)[1]

@@ -1,0 +1,301 @@
+"""The four Sistema TS operations as messages: request builders and response parsers (client side),
+request parsers and response builders (simulator side). Pure: bytes in, values out.
+
+Namespaces, element names and order follow the official WSDL/XSD in reference/ts730/
+(WS_AsincronoInvioDati730, WS_Ricevute/{EsitoInvio,DettaglioErrori-CSV,RicevutoPDF}); the schemas
+have no elementFormDefault, so every child element is unqualified.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from lxml import etree
+
+from services.ts_gateway.soap import (
+    SoapFault,
+    SoapFormatError,
+    body_payload,
+    child_text,
+    envelope,
+    xop_include,
+)
+
+INVIO_NS = "http://ejb.invioTelematicoSS730p.sanita.finanze.it/"
+ESITO_NS = "http://esitoinvio.p730.sanita.sogei.it/"
+DETTAGLIO_NS = "http://dettaglioerrori.p730.sanita.sogei.it/"
+PDF_NS = "http://ricevutapdf.p730.sanita.sogei.it/"
+
+# Paths of the Basic-auth endpoints; test and production differ only in host
+# (ws-asincrono-spec-v2.5 4.6.1; ricevute-spec-2015 2.7).
+INVIO_PATH = "/InvioTelematicoSS730pMtomWeb/InvioTelematicoSS730pMtomPort"
+ESITO_PATH = "/EsitoStatoInviiWEB/EsitoInvioDatiSpesa730Service"
+DETTAGLIO_PATH = "/EsitoStatoInviiWEB/DettaglioErrori730Service"
+PDF_PATH = "/Ricevute730ServiceWeb/ricevutePdf"
+
+INTAKE_ACCEPTED = "000"  # codiceEsito of an accepted file (the spec's table 4.7 lists only errors)
+TS_DATE = "%d-%m-%Y"
+TS_DATETIME = "%d-%m-%Y %H:%M:%S"
+
+
+def _q(namespace: str, name: str) -> etree.QName:
+    return etree.QName(namespace, name)
+
+
+def _sub(parent: etree._Element, name: str, text: str | None) -> None:
+    if text is not None:
+        etree.SubElement(parent, name).text = text
+
+
+# ---- inviaFileMtom -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntakeRequest:
+    file_name: str
+    pincode_cifrato: str
+    cf_proprietario_cifrato: str | None
+    document: bytes
+
+
+@dataclass(frozen=True)
+class IntakeReceipt:
+    """ricevutaInvio: the synchronous answer to inviaFileMtom."""
+
+    codice_esito: str
+    descrizione_esito: str
+    protocollo: str
+    data_accoglienza: str
+    file_name: str
+    file_size: int
+    id_errore: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.codice_esito == INTAKE_ACCEPTED
+
+    @property
+    def accepted_at(self) -> datetime | None:
+        try:
+            return datetime.strptime(self.data_accoglienza, TS_DATETIME)
+        except ValueError:
+            return None
+
+
+def build_invia_file(
+    file_name: str, pincode_cifrato: str, cf_proprietario_cifrato: str, content_id: str
+) -> bytes:
+    operation = etree.Element(_q(INVIO_NS, "inviaFileMtom"), nsmap={"inv": INVIO_NS})
+    _sub(operation, "nomeFileAllegato", file_name)
+    _sub(operation, "pincodeInvianteCifrato", pincode_cifrato)
+    proprietario = etree.SubElement(operation, "datiProprietario")
+    _sub(proprietario, "cfProprietario", cf_proprietario_cifrato)
+    xop_include(etree.SubElement(operation, "documento"), content_id)
+    return envelope(operation)
+
+
+def parse_invia_receipt(data: bytes) -> IntakeReceipt | SoapFault:
+    what = "inviaFileMtomResponse"
+    payload = body_payload(data, what)
+    if isinstance(payload, SoapFault):
+        return payload
+    ret = payload.find("return")
+    if payload.tag != _q(INVIO_NS, "inviaFileMtomResponse").text or ret is None:
+        raise SoapFormatError(f"{what}: unexpected body element {payload.tag} (or no <return>)")
+    size = child_text(ret, "dimensioneFileAllegato", what) or "0"
+    return IntakeReceipt(
+        codice_esito=child_text(ret, "codiceEsito", what) or "",
+        descrizione_esito=child_text(ret, "descrizioneEsito", what) or "",
+        protocollo=child_text(ret, "protocollo", what) or "",
+        data_accoglienza=child_text(ret, "dataAccoglienza", what) or "",
+        file_name=child_text(ret, "nomeFileAllegato", what) or "",
+        file_size=int(size) if size.isdigit() else 0,
+        id_errore=child_text(ret, "idErrore", what, required=False) or None,
+    )
+
+
+def build_invia_receipt(receipt: IntakeReceipt) -> bytes:
+    response = etree.Element(_q(INVIO_NS, "inviaFileMtomResponse"), nsmap={"ns2": INVIO_NS})
+    ret = etree.SubElement(response, "return")
+    _sub(ret, "codiceEsito", receipt.codice_esito)
+    _sub(ret, "dataAccoglienza", receipt.data_accoglienza)
+    _sub(ret, "descrizioneEsito", receipt.descrizione_esito)
+    _sub(ret, "dimensioneFileAllegato", str(receipt.file_size))
+    _sub(ret, "nomeFileAllegato", receipt.file_name)
+    _sub(ret, "protocollo", receipt.protocollo)
+    _sub(ret, "idErrore", receipt.id_errore)
+    return envelope(response)
+
+
+# ---- EsitoInvii, DettaglioErrori, RicevutaPdf: requests ----------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceiptQuery:
+    """DatiInputRichiesta of the three receipt services."""
+
+    pincode_cifrato: str
+    protocollo: str | None = None
+    data_inizio: date | None = None
+    data_fine: date | None = None
+
+
+def build_query(namespace: str, operation_name: str, query: ReceiptQuery) -> bytes:
+    operation = etree.Element(_q(namespace, operation_name), nsmap={"tns": namespace})
+    dati = etree.SubElement(operation, "DatiInputRichiesta")
+    _sub(dati, "pinCode", query.pincode_cifrato)
+    # ricevute-spec-2015 2.5: either a protocollo or a dataInizio/dataFine pair, never both.
+    if query.protocollo is None and query.data_inizio is not None and query.data_fine is not None:
+        _sub(dati, "dataInizio", query.data_inizio.strftime(TS_DATE))
+        _sub(dati, "dataFine", query.data_fine.strftime(TS_DATE))
+    _sub(dati, "protocollo", query.protocollo)
+    return envelope(operation)
+
+
+def parse_query(data: bytes, namespace: str, operation_name: str) -> ReceiptQuery:
+    what = operation_name
+    payload = body_payload(data, what)
+    if isinstance(payload, SoapFault) or payload.tag != _q(namespace, operation_name).text:
+        raise SoapFormatError(f"{what}: body is not a {{{namespace}}}{operation_name} request")
+    dati = payload.find("DatiInputRichiesta")
+    if dati is None:
+        raise SoapFormatError(f"{what}: DatiInputRichiesta is missing")
+    start = child_text(dati, "dataInizio", what, required=False)
+    end = child_text(dati, "dataFine", what, required=False)
+    try:
+        return ReceiptQuery(
+            pincode_cifrato=child_text(dati, "pinCode", what) or "",
+            protocollo=child_text(dati, "protocollo", what, required=False) or None,
+            data_inizio=datetime.strptime(start, TS_DATE).date() if start else None,
+            data_fine=datetime.strptime(end, TS_DATE).date() if end else None,
+        )
+    except ValueError as exc:
+        raise SoapFormatError(f"{what}: dataInizio/dataFine must be dd-mm-yyyy ({exc})") from exc
+
+
+# ---- responses ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NegativeOutcome:
+    """dettaglioEsitoNegativo: the call itself failed (e.g. WS37 no csv, or unknown protocollo)."""
+
+    code: str
+    description: str
+
+
+@dataclass(frozen=True)
+class SendStatus:
+    """dettaglioEsitoPositivo of EsitoInvii: where TS is with one file."""
+
+    protocollo: str
+    data_invio: str
+    stato: int
+    descrizione: str
+    n_inviati: int
+    n_accolti: int
+    n_warnings: int
+    n_errori: int
+
+
+@dataclass(frozen=True)
+class QueryAnswer:
+    esito_chiamata: str
+    descrizione_esito: str
+    statuses: tuple[SendStatus, ...] = ()
+    binary: bytes | None = None  # csv zip (DettaglioErrori) or pdf (RicevutaPdf)
+    negatives: tuple[NegativeOutcome, ...] = ()
+
+
+def build_answer(
+    namespace: str, response_name: str, answer: QueryAnswer, binary_name: str | None = None
+) -> bytes:
+    response = etree.Element(_q(namespace, response_name), nsmap={"ns2": namespace})
+    out = etree.SubElement(response, "DatiOutputRichiesta")
+    _sub(out, "esitoChiamata", answer.esito_chiamata)
+    if namespace == ESITO_NS:
+        _sub(out, "descrizioneEsito", answer.descrizione_esito)
+    if answer.statuses or answer.binary is not None:
+        positives = etree.SubElement(out, "esitiPositivi")
+        for status in answer.statuses:
+            detail = etree.SubElement(positives, "dettagliEsito")
+            for name, value in (
+                ("protocollo", status.protocollo),
+                ("dataInvio", status.data_invio),
+                ("stato", str(status.stato)),
+                ("descrizione", status.descrizione),
+                ("nInviati", str(status.n_inviati)),
+                ("nAccolti", str(status.n_accolti)),
+                ("nWarnings", str(status.n_warnings)),
+                ("nErrori", str(status.n_errori)),
+            ):
+                _sub(detail, name, value)
+        if answer.binary is not None and binary_name is not None:
+            detail = etree.SubElement(positives, "dettagliEsito")
+            _sub(detail, binary_name, base64.b64encode(answer.binary).decode("ascii"))
+    if answer.negatives:
+        negatives = etree.SubElement(out, "esitiNegativi")
+        for negative in answer.negatives:
+            detail = etree.SubElement(negatives, "dettaglioEsitoNegativo")
+            _sub(detail, "codice", negative.code)
+            _sub(detail, "descrizione", negative.description)
+    return envelope(response)
+
+
+def _int(element: etree._Element, name: str, what: str) -> int:
+    text = child_text(element, name, what) or ""
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise SoapFormatError(f"{what}: <{name}> is {text!r}, not an integer") from exc
+
+
+def parse_answer(
+    data: bytes, namespace: str, response_name: str, binary_name: str | None = None
+) -> QueryAnswer | SoapFault:
+    what = response_name
+    payload = body_payload(data, what)
+    if isinstance(payload, SoapFault):
+        return payload
+    if payload.tag != _q(namespace, response_name).text:
+        raise SoapFormatError(f"{what}: unexpected body element {payload.tag}")
+    out = payload.find("DatiOutputRichiesta")
+    if out is None:
+        raise SoapFormatError(f"{what}: DatiOutputRichiesta is missing")
+    statuses: list[SendStatus] = []
+    binary: bytes | None = None
+    for detail in out.findall("esitiPositivi/dettagliEsito"):
+        if binary_name is not None:
+            text = child_text(detail, binary_name, what) or ""
+            try:
+                binary = base64.b64decode(text, validate=True)
+            except ValueError as exc:
+                raise SoapFormatError(f"{what}: <{binary_name}> is not base64") from exc
+            continue
+        statuses.append(
+            SendStatus(
+                protocollo=child_text(detail, "protocollo", what) or "",
+                data_invio=child_text(detail, "dataInvio", what) or "",
+                stato=_int(detail, "stato", what),
+                descrizione=child_text(detail, "descrizione", what) or "",
+                n_inviati=_int(detail, "nInviati", what),
+                n_accolti=_int(detail, "nAccolti", what),
+                n_warnings=_int(detail, "nWarnings", what),
+                n_errori=_int(detail, "nErrori", what),
+            )
+        )
+    negatives = tuple(
+        NegativeOutcome(
+            code=child_text(d, "codice", what) or "", description=child_text(d, "descrizione", what) or ""
+        )
+        for d in out.findall("esitiNegativi/dettaglioEsitoNegativo")
+    )
+    return QueryAnswer(
+        esito_chiamata=child_text(out, "esitoChiamata", what) or "",
+        descrizione_esito=child_text(out, "descrizioneEsito", what, required=False) or "",
+        statuses=tuple(statuses),
+        binary=binary,
+        negatives=negatives,
+    )
