@@ -1,0 +1,45 @@
+"""`flows send-730`: seal the operator's TS credentials to the gateway's public key and ask the
+gateway to send a Formatted 730 instance. The clear values never leave this process except inside
+the sealed box; they are not logged, printed or stored.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from contracts import flows
+from contracts.states import IllegalTransition, InstanceState, target_of
+from services.cli.common import UserError, console, database, settings
+from services.cli.instances import _instance_row, _wait_for_state, print_outcome
+from services.runtime.commands import send_command
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, seal
+
+FINAL_TS = {InstanceState.CONFIRMED.value, InstanceState.CONFIRMED_WITH_ERRORS.value, InstanceState.REJECTED.value}
+
+
+async def send_730(instance: int, cf: str, user: str, password: str, pincode: str, when: date, operator: str,
+                   wait: bool, timeout: float = 600) -> None:
+    cfg = settings()
+    public_key = cfg.keys_dir / PUBLIC_KEY_FILE
+    if not public_key.exists():
+        raise UserError(f"the gateway's public key is not at {public_key}: is the TS gateway running?")
+    async with database(cfg) as pool:
+        row = await _instance_row(pool, instance)
+        if row["flow_type"] != "FLUSSO_730":
+            raise UserError(f"instance {instance} is {row['flow_type']}: only 730 instances are sent to Sistema TS")
+        try:
+            target_of("flows.ts-submission-requested", {}, InstanceState(row["state"]))
+        except IllegalTransition as exc:
+            raise UserError(f"instance {instance} is {row['state']}: only Formatted (or Rejected, to resend) "
+                            "instances can be sent") from exc
+        sealed = seal(public_key.read_bytes(), Credentials(user=user, password=password, pincode=pincode,
+                                                           cf_proprietario=cf.strip().upper()))
+        request = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed, transmission_date=when,
+                                              requested_by=operator)
+        await send_command(cfg.kafka_bootstrap, "flows.ts-submission-requested", request, key=str(instance))
+        console.print(f"instance {instance} handed to the TS gateway (credentials sealed)")
+        if wait:
+            done = await _wait_for_state(pool, instance, FINAL_TS, "Sistema TS", timeout)
+            print_outcome(done)
+            if done["summary"]:
+                console.print(f"  {done['summary']}")
