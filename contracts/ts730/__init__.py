@@ -1,0 +1,32 @@
+"""The official schema of the 730 file ("file allegato" of the asynchronous TS submission).
+
+The XSD files here are byte-for-byte copies of the ones Sistema TS publishes
+(TracciatiWS/WS_AsincronoInvioDati730/schemaFileAllegatoInvio/), kept in the product so that
+run-time validation does not depend on anything outside the distribution. A new layout year is
+a new file plus one line in `SCHEMA_FILES`, not new code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SCHEMA_DIR = Path(__file__).resolve().parent
+
+# layout version of FLUSSO_730 -> XSD file; "2020" is TS ver_20201218 (pagamentoTracciato,
+# tipoDocumento, flagOpposizione, aliquotaIVA, naturaIVA added: changeLog.txt).
+SCHEMA_FILES: dict[str, str] = {
+    "2020": "730_precompilata.xsd",
+}
+
+
+class UnknownLayoutVersion(LookupError):
+    """No 730 schema is registered for the requested layout version."""
+
+
+def schema_path(version: str) -> Path:
+    try:
+        return SCHEMA_DIR / SCHEMA_FILES[version]
+    except KeyError:
+        known = ", ".join(sorted(SCHEMA_FILES))
+        raise UnknownLayoutVersion(
+            f"FLUSSO_730 layout version {version!r} is unknown (known: {known})") from None

@@ -1,0 +1,82 @@
+"""Encryption of CFs and pincode under the SanitelCF certificate (RSA PKCS#1 v1.5, base64)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from services.runtime.sanitel import (
+    SanitelError,
+    ciphertext_length,
+    decrypt_with_key,
+    encrypt_for_ts,
+    load_certificate,
+    make_test_certificate,
+)
+
+MARIO_ROSSI = "RSSMRA80A01F839W"
+
+
+@pytest.fixture(scope="module")
+def keys() -> tuple[bytes, bytes]:
+    return make_test_certificate()
+
+
+def test_a_cf_encrypted_for_ts_decrypts_back_with_the_test_key(keys):
+    cert = x509.load_pem_x509_certificate(keys[0])
+    cipher = encrypt_for_ts(cert, MARIO_ROSSI)
+    assert MARIO_ROSSI not in cipher
+    assert decrypt_with_key(keys[1], cipher) == MARIO_ROSSI
+
+
+def test_the_ciphertext_is_base64_of_one_rsa_block_like_the_official_examples(keys):
+    cert = x509.load_pem_x509_certificate(keys[0])
+    cipher = encrypt_for_ts(cert, MARIO_ROSSI)
+    assert len(base64.b64decode(cipher, validate=True)) == 128
+    assert len(cipher) == ciphertext_length(cert) == 172  # the length of cfCittadino in the TS examples
+
+
+def test_encryption_is_randomised_so_equal_cfs_give_different_ciphertexts(keys):
+    cert = x509.load_pem_x509_certificate(keys[0])
+    first, second = encrypt_for_ts(cert, MARIO_ROSSI), encrypt_for_ts(cert, MARIO_ROSSI)
+    assert first != second
+    assert decrypt_with_key(keys[1], first) == decrypt_with_key(keys[1], second) == MARIO_ROSSI
+
+
+def test_the_certificate_loads_from_pem_and_from_der(keys, tmp_path: Path):
+    pem, der = tmp_path / "SanitelCF.pem", tmp_path / "SanitelCF.cer"
+    pem.write_bytes(keys[0])
+    der.write_bytes(x509.load_pem_x509_certificate(keys[0]).public_bytes(serialization.Encoding.DER))
+    for path in (pem, der):
+        cert = load_certificate(path)
+        assert cert.subject.rfc4514_string() == "CN=SanitelCF TEST"
+        assert decrypt_with_key(keys[1], encrypt_for_ts(cert, "1234567890")) == "1234567890"
+
+
+def test_a_missing_or_garbage_certificate_is_an_error_naming_the_path(tmp_path: Path):
+    with pytest.raises(SanitelError, match=r"nowhere\.cer: cannot be read"):
+        load_certificate(tmp_path / "nowhere.cer")
+    garbage = tmp_path / "garbage.cer"
+    garbage.write_bytes(b"this is not a certificate")
+    with pytest.raises(SanitelError, match=r"garbage\.cer: neither a PEM nor a DER"):
+        load_certificate(garbage)
+
+
+def test_a_failed_decryption_never_shows_the_ciphertext_or_the_key(keys):
+    other_cert, _ = make_test_certificate("someone else")
+    cipher = encrypt_for_ts(x509.load_pem_x509_certificate(other_cert), MARIO_ROSSI)
+    with pytest.raises(SanitelError) as caught:
+        decrypt_with_key(keys[1], cipher)
+    assert cipher not in str(caught.value) and MARIO_ROSSI not in str(caught.value)
+
+
+def test_a_value_too_long_for_one_rsa_block_is_refused_without_echoing_it(keys):
+    cert = x509.load_pem_x509_certificate(keys[0])
+    secret = "p" * 200
+    with pytest.raises(SanitelError, match="too long") as caught:
+        encrypt_for_ts(cert, secret)
+    assert secret not in str(caught.value)
