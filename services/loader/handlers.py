@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from contracts import flows
-from contracts.sources import SourceModel
+from contracts.sources import SOURCE_MODELS, SourceModel
 from contracts.states import InstanceState
 from contracts.topics import SourceRecordRejected
 from services.runtime.broker import Incoming
@@ -56,7 +56,7 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
             log.info("load.duplicate_request", request_id=str(cmd.request_id))
             return
         instance = int(taken)
-        common = dict(instance=instance, request_id=cmd.request_id, flow_type=cmd.flow_type,
+        common: dict[str, Any] = dict(instance=instance, request_id=cmd.request_id, flow_type=cmd.flow_type,
                       version=cmd.version, ente=cmd.ente, period=cmd.period, requested_by=cmd.requested_by)
         if scheduled:
             assert cmd.scheduled_at is not None
@@ -139,6 +139,9 @@ async def due_instances(pool: asyncpg.Pool, now: datetime) -> list[int]:
     return [int(r["instance"]) for r in rows]
 
 
+_KIND_OF = {model: kind for kind, model in SOURCE_MODELS.items()}
+
+
 async def handle_source_record(record: SourceModel, msg: Incoming, deps: LoaderDeps) -> None:
     from services.loader import intake
 
@@ -146,7 +149,7 @@ async def handle_source_record(record: SourceModel, msg: Incoming, deps: LoaderD
         async with deps.store.consume(conn, consumer=f"{CONSUMER}-sources", message_id=msg.message_id) as fresh:
             if not fresh:
                 return
-        await intake.store_records(conn, [record])
+        await intake.store(conn, _KIND_OF[type(record)], [record])
 
 
 async def reject_source_record(record_id: str | None, body: Any, reason: str, *, deps: LoaderDeps,
