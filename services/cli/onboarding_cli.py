@@ -1,0 +1,334 @@
+"""`onboarding`: the desk's CLI for requests of private accredited structures (seed 003).
+
+It writes to the event store directly (same process); the events reach Kafka through the outbox.
+
+    onboarding requirements [KIND]
+    onboarding open --kind new-aggregation --name "..." --sts11 150123 --municipality 063049 \\
+                    --spoke 150456:"Lab Partenope":on-cup
+    onboarding add-document REQ FILE --type tracciato-prestazioni
+    onboarding add-document REQ annex-a1.xlsx --type tracciati          # every sheet of the workbook
+    onboarding add-document REQ delibera.pdf --type accreditation-resolution --meta protocol=2026/77 ...
+    onboarding assess REQ DOC --non-compliant --reason "unsigned"
+    onboarding switch REQ --date 2026-10-12 --window 09:00-11:00 [--credentials basic]
+    onboarding status [REQ]
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from contracts.onboarding import SOURCE, Payload, RequestKind, RequestOpened, Spoke
+from services.cli.common import UserError, console, database, run, settings, table, user_errors
+from services.onboarding import domain, handlers
+from services.onboarding.domain import OnboardingError
+from services.onboarding.projection import DashboardProjection, dashboard
+from services.onboarding.requirements import RequirementsError, load_requirements
+from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
+from services.runtime.eventstore import EventStore
+from services.runtime.filestore import FileStore
+from services.runtime.host import prepare_database
+
+T = TypeVar("T")
+app = typer.Typer(
+    help="Onboarding of private accredited structures: requests, documents, switch dates.", no_args_is_help=True
+)
+
+
+def _actor(by: str | None) -> str:
+    return by or f"cli:{getpass.getuser()}"
+
+
+@asynccontextmanager
+async def _deps() -> AsyncIterator[handlers.OnboardingDeps]:
+    cfg = settings()
+    projection = DashboardProjection()
+    async with database(cfg) as pool:
+        await prepare_database(pool, [projection])
+        cfg.files_dir.mkdir(parents=True, exist_ok=True)
+        yield handlers.OnboardingDeps(
+            pool=pool,
+            store=EventStore(pool, source=SOURCE, projections=[projection]),
+            files=FileStore(cfg.files_dir),
+            calendar=SwitchCalendar(load_patron_days()),
+        )
+
+
+def _print_events(events: list[Payload]) -> None:
+    if not events:
+        console.print("nothing changed (already recorded)")
+    for event in events:
+        name = type(event).__name__
+        d = event.model_dump(mode="json")
+        if name == "DocumentAssessed":
+            verdict = "[green]compliant[/]" if d["compliant"] else "[red]NON-COMPLIANT[/]"
+            console.print(f"{d['document_type']} ({d['document_id']}): {verdict}")
+            for problem in event.problems:  # type: ignore[attr-defined]
+                console.print(f"  - {problem.where()}")
+        elif name == "CompletenessChanged":
+            console.print(f"[bold]{d['summary']}[/]")
+        elif name == "TakenInCharge":
+            console.print(
+                f"[green]taken in charge[/] on {d['taken_on']}, expected completion "
+                f"{d['expected_completion_from']} .. {d['expected_completion_to']}"
+            )
+        elif name == "SwitchScheduled":
+            console.print(
+                f"[green]switch scheduled[/] {d['switch_date']} {d['window_start']}-{d['window_end']}"
+                + (f" (warning: {d['warning']})" if d["warning"] else "")
+            )
+        elif name == "SwitchRefused":
+            console.print(
+                f"[red]switch refused[/] {d['switch_date']} {d['window_start']}-{d['window_end']}: "
+                + "; ".join(d["reasons"])
+            )
+            console.print(
+                f"  earliest valid slot: {d['proposed_date']} {d['proposed_window_start']}-{d['proposed_window_end']}"
+            )
+        elif name == "RequestComplete":
+            console.print(f"[green]request complete[/] on {d['completed_on']}")
+
+
+@app.command("requirements")
+@user_errors
+def requirements_cmd(kind: RequestKind | None = typer.Argument(None), version: str | None = None) -> None:
+    """The documents each kind of request needs (from the versioned data)."""
+    req = load_requirements(version)
+    kinds = [kind.value] if kind else list(req.kinds)
+    for k in kinds:
+        spec = req.kind(k)
+        rows = [(t, req.document_type(t).title, req.document_type(t).assessment) for t in spec.documents]
+        console.print(
+            table(
+                f"{k}: {spec.title} (annex {spec.annex}, requirements {req.version})",
+                ["document type", "title", "assessed by"],
+                rows,
+            )
+        )
+
+
+@app.command("open")
+@user_errors
+def open_cmd(
+    kind: RequestKind = typer.Option(..., help="Kind of request."),
+    name: str = typer.Option(..., help="Requesting entity (ente)."),
+    sts11: str = typer.Option(..., help="STS11 of the structure (the HUB for aggregations)."),
+    municipality: str = typer.Option(..., help="ISTAT code of the structure's municipality."),
+    spoke: list[str] = typer.Option([], help="SPOKE as STS11:NAME, or STS11:NAME:on-cup when already on the CUP."),
+    other_structure: list[str] = typer.Option([], help="STS11 of another structure of the entity."),
+    request_id: str | None = typer.Option(None, "--id", help="Request id (generated when omitted)."),
+    by: str | None = typer.Option(None, help="Who opens it (default cli:<user>)."),
+) -> None:
+    """Open a request; prints its id and what it requires."""
+    spokes = []
+    for text in spoke:
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "on-cup"):
+            raise UserError(f"--spoke {text!r}: write STS11:NAME or STS11:NAME:on-cup")
+        spokes.append(Spoke(sts11=parts[0], name=parts[1], already_on_cup=len(parts) == 3))
+    req = load_requirements()
+    try:
+        command = RequestOpened(
+            request_id=request_id or handlers.new_request_id(),
+            kind=kind,
+            structure_name=name,
+            structure_sts11=sts11,
+            municipality_istat=municipality,
+            spokes=spokes,
+            other_structures=other_structure,
+            requirements_version=req.version,
+            opened_at=datetime.now(UTC),
+            opened_by=_actor(by),
+        )
+    except ValueError as exc:
+        raise UserError(f"open: {exc}") from exc
+
+    async def go() -> list[Payload]:
+        async with _deps() as deps:
+            return await handlers.open_request(deps, command, _actor(by))
+
+    events = _guard(go)
+    console.print(f"request [bold]{command.request_id}[/] ({kind.value})")
+    _print_events(events)
+
+
+def _parse_meta(meta: list[str]) -> dict[str, str]:
+    parsed = {}
+    for item in meta:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--meta {item!r}: write key=value")
+        parsed[key.strip()] = value.strip()
+    return parsed
+
+
+@app.command("add-document")
+@user_errors
+def add_document_cmd(
+    request: str = typer.Argument(..., help="Request id."),
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
+    type_: str = typer.Option(..., "--type", help="Document type id, or `tracciati` for a workbook of sheets."),
+    meta: list[str] = typer.Option([], help="Declared fact key=value (protocol, signed, credentials...)."),
+    by: str | None = typer.Option(None),
+) -> None:
+    """Add a document: assessed at once (tracciati cell by cell, others by --meta) or left to the desk."""
+    metadata = _parse_meta(meta)
+    content = file.read_bytes()
+
+    async def go() -> handlers.Added:
+        async with _deps() as deps:
+            return await handlers.add_document(deps, request, file.name, content, type_, metadata, _actor(by))
+
+    added = _guard(go)
+    _print_events(added.events)
+    if added.ignored_sheets:
+        console.print(f"sheets not required for this request, ignored: {', '.join(added.ignored_sheets)}")
+
+
+@app.command("assess")
+@user_errors
+def assess_cmd(
+    request: str = typer.Argument(...),
+    document: str = typer.Argument(..., help="Document id, or a document type (its latest document)."),
+    compliant: bool = typer.Option(..., "--compliant/--non-compliant"),
+    reason: list[str] = typer.Option([], help="Why it is not compliant (repeatable)."),
+    by: str | None = typer.Option(None),
+) -> None:
+    """A desk operator's verdict on a document."""
+
+    async def go() -> list[Payload]:
+        async with _deps() as deps:
+            return await handlers.desk_verdict(deps, request, document, compliant, reason, _actor(by))
+
+    _print_events(_guard(go))
+
+
+@app.command("switch")
+@user_errors
+def switch_cmd(
+    request: str = typer.Argument(...),
+    on: str = typer.Option(..., "--date", help="Desired day, YYYY-MM-DD."),
+    window: str = typer.Option(..., help="Desired window HH:MM-HH:MM within 08:30-17:00."),
+    credentials: str | None = typer.Option(None, help="basic or new-oauth2 (default: as the request states)."),
+    by: str | None = typer.Option(None),
+) -> None:
+    """Ask for a (new) switch slot; refused with the earliest valid slot when a rule is broken."""
+    try:
+        slot = SwitchSlot(date.fromisoformat(on), SwitchWindow.parse(window))
+    except ValueError as exc:
+        raise UserError(f"switch: {exc}") from exc
+
+    async def go() -> list[Payload]:
+        async with _deps() as deps:
+            return await handlers.request_switch(deps, request, slot, credentials, _actor(by))
+
+    _print_events(_guard(go))
+
+
+@app.command("status")
+@user_errors
+def status_cmd(
+    request: str | None = typer.Argument(None, help="A request id; all requests when omitted."),
+    state: str | None = typer.Option(None, "--status", help="Dashboard filter, e.g. non-compliant."),
+) -> None:
+    """What is missing, what is non-compliant, the dates: one request, or the dashboard of all."""
+
+    async def one() -> None:
+        async with _deps() as deps:
+            req = await handlers.require(deps, request or "")
+            _print_request(req)
+
+    async def all_() -> None:
+        async with _deps() as deps:
+            rows = await dashboard(deps.pool, state)
+        console.print(
+            table(
+                f"onboarding requests ({len(rows)})",
+                [
+                    "request",
+                    "kind",
+                    "structure",
+                    "status",
+                    "present",
+                    "compliant",
+                    "taken in charge",
+                    "expected",
+                    "switch",
+                ],
+                [
+                    (
+                        r["request_id"],
+                        r["kind"],
+                        f"{r['structure_name']} ({r['structure_sts11']})",
+                        r["status"],
+                        f"{r['present']}/{r['required']}",
+                        f"{r['compliant']}/{r['required']}",
+                        r["taken_on"],
+                        _span(r["expected_from"], r["expected_to"]),
+                        " ".join(str(x) for x in (r["switch_date"], r["switch_window"]) if x),
+                    )
+                    for r in rows
+                ],
+            )
+        )
+
+    _guard(one if request else all_)
+
+
+def _span(start: object, end: object) -> str:
+    return f"{start} .. {end}" if start else ""
+
+
+def _print_request(req: domain.OnboardingRequest) -> None:
+    o = req.opened
+    console.print(
+        f"[bold]{o.request_id}[/] {o.kind.value}: {o.structure_name} ({o.structure_sts11}), "
+        f"municipality {o.municipality_istat}, requirements {o.requirements_version}"
+    )
+    latest = req.latest_by_slot()
+    rows = []
+    for slot in domain.required_slots(req, req.requirements):
+        doc = latest.get(slot)
+        if doc is None:
+            rows.append((slot, "MISSING", "", ""))
+        elif doc.compliant is None:
+            rows.append((slot, "awaiting assessment", doc.filename, ""))
+        elif doc.compliant:
+            rows.append((slot, "compliant", doc.filename, ""))
+        else:
+            rows.append((slot, "NON-COMPLIANT", doc.filename, "\n".join(doc.problems)))
+    console.print(table(None, ["required document", "state", "file", "problems"], rows))
+    if req.completeness:
+        console.print(req.completeness.summary)
+    if req.taken_in_charge:
+        t = req.taken_in_charge
+        console.print(
+            f"complete on {req.complete_on}; taken in charge on {t.taken_on}; expected completion "
+            f"{t.expected_completion_from} .. {t.expected_completion_to}"
+        )
+    if req.switch:
+        s = req.switch
+        console.print(
+            f"switch: {s.switch_date} {s.window_start}-{s.window_end} ({s.credentials.value})"
+            + (f"; warning: {s.warning}" if s.warning else "")
+        )
+    elif req.switch_refused:
+        r = req.switch_refused
+        console.print(
+            f"switch refused: {'; '.join(r.reasons)}; earliest valid slot {r.proposed_date} "
+            f"{r.proposed_window_start}-{r.proposed_window_end}"
+        )
+
+
+def _guard(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Runs the coroutine; refusals of the domain become one clear line."""
+    try:
+        return run(make())
+    except (OnboardingError, RequirementsError) as exc:
+        raise UserError(str(exc)) from exc

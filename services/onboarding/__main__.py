@@ -1,0 +1,5 @@
+import asyncio
+
+from services.onboarding.app import main
+
+asyncio.run(main())

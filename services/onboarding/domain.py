@@ -1,0 +1,400 @@
+"""The onboarding request ("richiesta") as an event-sourced aggregate, and the decisions on it.
+
+Pure: state is folded from the contract events; every decision takes the state and plain
+values (the time, the findings of an assessment already made) and returns the events to append.
+No I/O here: the handlers read files and the store, then call these functions.
+
+Rules (seed 003, "Si precisa che le richieste potranno essere prese in carico esclusivamente a
+seguito della trasmissione della documentazione completa, correttamente compilata e conforme"):
+- a request is complete only when every required slot holds a document assessed compliant
+  (the latest document of a slot is the one that counts);
+- once complete it is taken in charge at once, expected completion = complete + 4..6 weeks
+  ("tempi medi ... circa 4-6 settimane decorrenti dalla ricezione della documentazione completa");
+- a switch request (software house / interoperability) is then judged for its desired slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from contracts.onboarding import (
+    CompletenessChanged,
+    DocumentAssessed,
+    DocumentReceived,
+    Payload,
+    Problem,
+    RequestComplete,
+    RequestKind,
+    RequestOpened,
+    SwitchRefused,
+    SwitchScheduled,
+    TakenInCharge,
+)
+from services.onboarding.findings import Finding
+from services.onboarding.requirements import Requirements
+from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow, judge_switch
+
+ROME = ZoneInfo("Europe/Rome")
+HANDLING_WEEKS = (4, 6)  # seed 003: "circa 4-6 settimane" from the complete, compliant documentation
+AGGREGATIONS = {RequestKind.NEW_AGGREGATION, RequestKind.AGGREGATOR_REGISTRY_CHANGE}
+SUMMARY_PROBLEMS_PER_DOCUMENT = 1  # the summary shows one; the event's `non_compliant` holds them all
+
+
+class OnboardingError(ValueError):
+    """A command or message that the request's state refuses; the message names request and field."""
+
+
+class RequestNotFound(OnboardingError):
+    pass
+
+
+@dataclass
+class DocumentState:
+    document_id: str
+    document_type: str
+    slot: str
+    filename: str
+    metadata: dict[str, str]
+    compliant: bool | None = None  # None = not assessed yet
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OnboardingRequest:
+    opened: RequestOpened
+    requirements: Requirements  # the version the request was opened with
+    version: int = 0
+    documents: dict[str, DocumentState] = field(default_factory=dict)  # by document_id, arrival order
+    completeness: CompletenessChanged | None = None
+    complete_on: date | None = None
+    taken_in_charge: TakenInCharge | None = None
+    switch: SwitchScheduled | None = None
+    switch_refused: SwitchRefused | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.opened.request_id
+
+    @property
+    def kind(self) -> RequestKind:
+        return self.opened.kind
+
+    @classmethod
+    def replay(cls, events: Iterable[Payload], requirements: Requirements) -> OnboardingRequest:
+        iterator = iter(events)
+        first = next(iterator, None)
+        if not isinstance(first, RequestOpened):
+            raise OnboardingError(f"a request stream must start with request-opened, not {type(first).__name__}")
+        if first.requirements_version != requirements.version:
+            raise OnboardingError(
+                f"request {first.request_id}: opened under requirements "
+                f"{first.requirements_version}, replayed with {requirements.version}"
+            )
+        state = cls(opened=first, requirements=requirements, version=1)
+        for event in iterator:
+            state.apply(event)
+        return state
+
+    def apply(self, event: Payload) -> None:
+        self.version += 1
+        if isinstance(event, DocumentReceived):
+            slot = self.requirements.slot_of(event.document_type, event.metadata)
+            self.documents[event.document_id] = DocumentState(
+                event.document_id, event.document_type, slot, event.filename, dict(event.metadata)
+            )
+        elif isinstance(event, DocumentAssessed):
+            doc = self.documents[event.document_id]
+            doc.compliant, doc.problems = event.compliant, [p.where() for p in event.problems]
+        elif isinstance(event, CompletenessChanged):
+            self.completeness = event
+        elif isinstance(event, RequestComplete):
+            self.complete_on = event.completed_on
+        elif isinstance(event, TakenInCharge):
+            self.taken_in_charge = event
+        elif isinstance(event, SwitchScheduled):
+            self.switch, self.switch_refused = event, None
+        elif isinstance(event, SwitchRefused):
+            self.switch_refused = event
+
+    def clone(self) -> OnboardingRequest:
+        return replace(
+            self,
+            documents={
+                k: replace(d, metadata=dict(d.metadata), problems=list(d.problems)) for k, d in self.documents.items()
+            },
+        )
+
+    def latest_by_slot(self) -> dict[str, DocumentState]:
+        latest: dict[str, DocumentState] = {}
+        for doc in self.documents.values():  # arrival order: a later document replaces an earlier one
+            latest[doc.slot] = doc
+        return latest
+
+
+def local_date(moment: datetime) -> date:
+    return moment.astimezone(ROME).date()
+
+
+# -- decisions ------------------------------------------------------------------------------------
+
+
+def open_request(
+    command: RequestOpened, existing: OnboardingRequest | None, requirements: Requirements
+) -> list[Payload]:
+    """Opens a request; the same opening twice is a no-op, a different one under the same id is refused."""
+    rid = command.request_id
+    if existing is not None:
+        if existing.opened.model_dump(exclude={"opened_at"}) == command.model_dump(exclude={"opened_at"}):
+            return []
+        raise OnboardingError(f"request {rid}: already opened (as {existing.kind}) with other data")
+    if command.requirements_version != requirements.version:
+        raise OnboardingError(
+            f"request {rid}: requirements_version {command.requirements_version!r} "
+            f"is not the loaded {requirements.version!r}"
+        )
+    requirements.kind(command.kind)
+    if command.kind in AGGREGATIONS and not command.spokes:
+        raise OnboardingError(f"request {rid}: spokes is empty; an aggregation needs its SPOKEs (seed 003)")
+    if command.kind not in AGGREGATIONS and command.spokes:
+        raise OnboardingError(f"request {rid}: spokes given for a {command.kind} request (aggregations only)")
+    stsl = [command.structure_sts11, *(s.sts11 for s in command.spokes)]
+    if len(set(stsl)) != len(stsl):
+        raise OnboardingError(f"request {rid}: spokes repeat an STS11 (or the HUB's): {', '.join(stsl)}")
+    return [command, *_completeness_events(OnboardingRequest.replay([command], requirements), requirements)]
+
+
+def receive_document(
+    request: OnboardingRequest,
+    received: DocumentReceived,
+    findings: Sequence[Finding] | None,
+    requirements: Requirements,
+    now: datetime,
+    calendar: SwitchCalendar,
+) -> list[Payload]:
+    """Records a document and, when `findings` is not None, its automatic assessment."""
+    rid = request.request_id
+    if received.document_id in request.documents:
+        known = request.documents[received.document_id]
+        if known.filename == received.filename and known.document_type == received.document_type:
+            return []  # the same document delivered twice
+        raise OnboardingError(f"request {rid}: document_id {received.document_id} is already used for {known.filename}")
+    requirements.document_type(received.document_type)
+    slot = requirements.slot_of(received.document_type, received.metadata)
+    required = required_slots(request, requirements)
+    if slot not in required:
+        hint = (
+            " (metadata spoke_sts11 must name a SPOKE already on the CUP)"
+            if received.document_type == "spoke-closure-act"
+            else ""
+        )
+        raise OnboardingError(
+            f"request {rid}, document {received.filename}: document_type "
+            f"{received.document_type!r} is not required for a {request.kind} request{hint}; "
+            f"required: {', '.join(required)}"
+        )
+    if request.taken_in_charge is not None:
+        raise OnboardingError(
+            f"request {rid}: already taken in charge on {request.taken_in_charge.taken_on}; "
+            f"document {received.filename} is not accepted"
+        )
+    events: list[Payload] = [received]
+    if findings is not None:
+        events.append(assessment(received, findings, "automatic", now))
+    return _then(request, events, requirements, now, calendar)
+
+
+def assessment(received: DocumentReceived, findings: Sequence[Finding], by: str, now: datetime) -> DocumentAssessed:
+    problems = [Problem(message=f.message, sheet=f.sheet, row=f.row, column=f.column, cell=f.cell) for f in findings]
+    return DocumentAssessed(
+        request_id=received.request_id,
+        document_id=received.document_id,
+        document_type=received.document_type,
+        compliant=not problems,
+        problems=problems,
+        assessed_by=by,
+        assessed_at=now,
+    )
+
+
+def assess_document(
+    request: OnboardingRequest,
+    assessed: DocumentAssessed,
+    requirements: Requirements,
+    now: datetime,
+    calendar: SwitchCalendar,
+) -> list[Payload]:
+    """A desk operator's (or an outside tool's) verdict on a document already received."""
+    rid = request.request_id
+    doc = request.documents.get(assessed.document_id)
+    if doc is None:
+        raise OnboardingError(f"request {rid}: document_id {assessed.document_id} was never received")
+    if doc.document_type != assessed.document_type:
+        raise OnboardingError(
+            f"request {rid}, document {assessed.document_id}: document_type "
+            f"{assessed.document_type!r} is not the received {doc.document_type!r}"
+        )
+    if not assessed.compliant and not assessed.problems:
+        raise OnboardingError(
+            f"request {rid}, document {assessed.document_id}: problems is empty; a non-compliant verdict must say why"
+        )
+    if request.taken_in_charge is not None:
+        raise OnboardingError(f"request {rid}: already taken in charge; assessments are closed")
+    if doc.compliant == assessed.compliant and doc.problems == [p.where() for p in assessed.problems]:
+        return []
+    return _then(request, [assessed], requirements, now, calendar)
+
+
+def schedule_switch(
+    request: OnboardingRequest, slot: SwitchSlot, credentials: str | None, calendar: SwitchCalendar
+) -> list[Payload]:
+    """Judges a (new) desired switch slot for a complete switch request."""
+    rid = request.request_id
+    if request.complete_on is None:
+        raise OnboardingError(
+            f"request {rid}: not complete yet ({_summary_of(request)}); a switch is scheduled from the complete request"
+        )
+    chosen = credentials or declared_credentials(request)
+    if chosen is None:
+        raise OnboardingError(f"request {rid}: credentials not stated (basic or new-oauth2)")
+    return [_switch_event(request, slot, chosen, calendar)]
+
+
+def required_slots(request: OnboardingRequest, requirements: Requirements) -> list[str]:
+    on_cup = [s.sts11 for s in request.opened.spokes if s.already_on_cup]
+    return requirements.slots_for(request.kind, on_cup)
+
+
+def completeness(request: OnboardingRequest, requirements: Requirements) -> CompletenessChanged:
+    required = required_slots(request, requirements)
+    latest = request.latest_by_slot()
+    missing = [s for s in required if s not in latest]
+    pending = [s for s in required if s in latest and latest[s].compliant is None]
+    bad = {s: latest[s].problems for s in required if s in latest and latest[s].compliant is False}
+    compliant = sum(1 for s in required if s in latest and latest[s].compliant)
+    present = len(required) - len(missing)
+    parts = [f"{present} of {len(required)} present"]
+    if bad:
+        shown = []
+        for slot, problems in bad.items():
+            more = len(problems) - SUMMARY_PROBLEMS_PER_DOCUMENT
+            extra = f" (+{more} more)" if more > 0 else ""
+            shown.append(f"{slot} ({'; '.join(problems[:SUMMARY_PROBLEMS_PER_DOCUMENT])}{extra})")
+        parts.append(f"{len(bad)} non-compliant: {', '.join(shown)}")
+    if pending:
+        parts.append(f"{len(pending)} awaiting assessment: {', '.join(pending)}")
+    if missing:
+        parts.append(f"missing: {', '.join(missing)}")
+    if not missing and not pending and not bad:
+        parts.append("all compliant")
+    return CompletenessChanged(
+        request_id=request.request_id,
+        required=len(required),
+        present=present,
+        compliant=compliant,
+        missing=missing,
+        pending=pending,
+        non_compliant=bad,
+        summary=", ".join(parts),
+    )
+
+
+def declared_credentials(request: OnboardingRequest) -> str | None:
+    for doc in request.latest_by_slot().values():
+        if doc.compliant and doc.metadata.get("credentials"):
+            return doc.metadata["credentials"]
+    return None
+
+
+def declared_switch_slot(request: OnboardingRequest, requirements: Requirements) -> SwitchSlot | None:
+    source = requirements.kind(request.kind).switch_from
+    doc = request.latest_by_slot().get(source or "")
+    if doc is None or not doc.metadata.get("switch_date") or not doc.metadata.get("switch_window"):
+        return None
+    return SwitchSlot(
+        date.fromisoformat(doc.metadata["switch_date"]), SwitchWindow.parse(doc.metadata["switch_window"])
+    )
+
+
+# -- internals ------------------------------------------------------------------------------------
+
+
+def advance(request: OnboardingRequest, events: Sequence[Payload]) -> OnboardingRequest:
+    """The state after `events`, leaving `request` untouched."""
+    state = request.clone()
+    for event in events:
+        state.apply(event)
+    return state
+
+
+def _completeness_events(request: OnboardingRequest, requirements: Requirements) -> list[Payload]:
+    current = completeness(request, requirements)
+    return [] if request.completeness == current else [current]
+
+
+def _then(
+    request: OnboardingRequest,
+    events: list[Payload],
+    requirements: Requirements,
+    now: datetime,
+    calendar: SwitchCalendar,
+) -> list[Payload]:
+    """After a change: completeness, and when complete, taken in charge and the switch decision."""
+    state = advance(request, events)
+    news = _completeness_events(state, requirements)
+    state = advance(state, news)
+    events += news
+    current = state.completeness
+    if current is None or state.complete_on is not None or current.compliant != current.required:
+        return events
+    today = local_date(now)
+    rid = request.request_id
+    done: list[Payload] = [
+        RequestComplete(request_id=rid, completed_on=today),
+        TakenInCharge(
+            request_id=rid,
+            taken_on=today,
+            expected_completion_from=today + timedelta(weeks=HANDLING_WEEKS[0]),
+            expected_completion_to=today + timedelta(weeks=HANDLING_WEEKS[1]),
+        ),
+    ]
+    state = advance(state, done)
+    events += done
+    if requirements.kind(request.kind).switch:
+        slot = declared_switch_slot(state, requirements)
+        credentials = declared_credentials(state)
+        if slot is not None and credentials is not None:
+            events.append(_switch_event(state, slot, credentials, calendar))
+    return events
+
+
+def _switch_event(request: OnboardingRequest, slot: SwitchSlot, credentials: str, calendar: SwitchCalendar) -> Payload:
+    assert request.complete_on is not None
+    decision = judge_switch(slot, credentials, request.complete_on, request.opened.municipality_istat, calendar)
+    rid = request.request_id
+    if decision.accepted:
+        return SwitchScheduled(
+            request_id=rid,
+            switch_date=slot.day,
+            window_start=f"{slot.window.start:%H:%M}",
+            window_end=f"{slot.window.end:%H:%M}",
+            credentials=credentials,  # type: ignore[arg-type]
+            warning="; ".join(decision.warnings) or None,
+        )
+    proposal = decision.proposal
+    return SwitchRefused(
+        request_id=rid,
+        switch_date=slot.day,
+        window_start=f"{slot.window.start:%H:%M}",
+        window_end=f"{slot.window.end:%H:%M}",
+        reasons=[*decision.reasons, *decision.warnings],
+        proposed_date=proposal.day,
+        proposed_window_start=f"{proposal.window.start:%H:%M}",
+        proposed_window_end=f"{proposal.window.end:%H:%M}",
+    )
+
+
+def _summary_of(request: OnboardingRequest) -> str:
+    return request.completeness.summary if request.completeness else "no documents"

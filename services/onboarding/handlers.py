@@ -1,0 +1,378 @@
+"""What happens, for the CLI and for Kafka intake alike: load the request, decide, append.
+
+Each use case is a plain async function taking its input and `OnboardingDeps`. Appends use the
+stream version read (optimistic concurrency); on `ConcurrencyError` the whole load-decide-append
+is retried, because the decision may change with the other writer's events.
+
+Kafka intake (`on_*`) differs in two ways only:
+- a message whose `ce_source` is our own (`/onboarding`) is our outbox echoing an event we
+  already recorded: it is acknowledged and ignored;
+- the message id (`ce_id`) is recorded in the same transaction as the appended events, so a
+  redelivered message changes nothing. An error raises: the broker helper retries, then dead-letters.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import asyncpg
+
+from contracts.onboarding import (
+    EVENT_TYPES,
+    TYPE_OF,
+    DocumentAssessed,
+    DocumentReceived,
+    Payload,
+    Problem,
+    RequestComplete,
+    RequestOpened,
+    SwitchScheduled,
+    TakenInCharge,
+)
+from services.onboarding import domain, tracciati
+from services.onboarding.domain import OnboardingError, OnboardingRequest, RequestNotFound
+from services.onboarding.findings import Finding
+from services.onboarding.requirements import Requirements, check_metadata, load_requirements
+from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow
+from services.runtime.broker import Incoming
+from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent
+from services.runtime.filestore import FileStore
+
+CONSUMER = "onboarding"
+CONCURRENCY_ATTEMPTS = 5
+T = TypeVar("T")
+
+
+@dataclass
+class OnboardingDeps:
+    pool: asyncpg.Pool
+    store: EventStore
+    files: FileStore
+    calendar: SwitchCalendar
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _requirements: dict[str, Requirements] = field(default_factory=dict)
+
+    def requirements(self, version: str | None = None) -> Requirements:
+        """A version of the requirements data (the latest when None), loaded once."""
+        key = version or "latest"
+        if key not in self._requirements:
+            loaded = load_requirements(version)
+            self._requirements[key] = self._requirements[loaded.version] = loaded
+        return self._requirements[key]
+
+
+def stream_of(request_id: str) -> str:
+    return f"onboarding-{request_id}"
+
+
+async def load(deps: OnboardingDeps, request_id: str) -> OnboardingRequest | None:
+    stored = await deps.store.read_stream(stream_of(request_id))
+    if not stored:
+        return None
+    events = [EVENT_TYPES[e.type].model_validate(e.data) for e in stored]
+    first = events[0]
+    if not isinstance(first, RequestOpened):
+        raise OnboardingError(f"request {request_id}: stream starts with {stored[0].type}, not request-opened")
+    return OnboardingRequest.replay(events, deps.requirements(first.requirements_version))
+
+
+async def require(deps: OnboardingDeps, request_id: str) -> OnboardingRequest:
+    request = await load(deps, request_id)
+    if request is None:
+        raise RequestNotFound(f"request {request_id}: not found")
+    return request
+
+
+async def _append(
+    deps: OnboardingDeps,
+    request_id: str,
+    version: int,
+    events: Sequence[Payload],
+    actor: str,
+    conn: asyncpg.Connection | None = None,
+    causation: str | None = None,
+) -> None:
+    if not events:
+        return
+    meta = {"causation_id": causation} if causation else {}
+    new = [NewEvent(type=TYPE_OF[type(e)], data=e.model_dump(mode="json"), actor=actor, metadata=meta) for e in events]
+    await deps.store.append(stream_of(request_id), new, expected_version=version, key=request_id, conn=conn)
+
+
+async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+    for n in range(1, CONCURRENCY_ATTEMPTS + 1):
+        try:
+            return await attempt()
+        except ConcurrencyError:
+            if n == CONCURRENCY_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+# -- use cases ----------------------------------------------------------------------------------
+
+
+async def open_request(
+    deps: OnboardingDeps,
+    command: RequestOpened,
+    actor: str,
+    conn: asyncpg.Connection | None = None,
+    causation: str | None = None,
+) -> list[Payload]:
+    async def attempt() -> list[Payload]:
+        existing = await load(deps, command.request_id)
+        events = domain.open_request(command, existing, deps.requirements(command.requirements_version))
+        await _append(deps, command.request_id, 0, events, actor, conn, causation)
+        return events
+
+    return await _retrying(attempt)
+
+
+def assess_content(request: OnboardingRequest, received: DocumentReceived, content: bytes) -> list[Finding] | None:
+    """The automatic assessment of one document, or None when only the desk can judge it."""
+    doc_type = request.requirements.document_type(received.document_type)
+    if doc_type.assessment == "metadata":
+        return check_metadata(doc_type, received.metadata) if received.metadata else None
+    layouts = tracciati.load_layouts(request.requirements.tracciati_version)
+    layout = layouts[doc_type.sheet or ""]
+    try:
+        tables = tracciati.read_tables(received.filename, content)
+    except ValueError as exc:
+        return [Finding(f"{received.filename}: {exc}", sheet=layout.name)]
+    except Exception as exc:  # a corrupt workbook is a finding about the document, not a crash
+        return [Finding(f"{received.filename} cannot be read as a spreadsheet: {type(exc).__name__}: {exc}")]
+    wanted = received.metadata.get("sheet")
+    table = next((t for t in tables if t.sheet == wanted), None) if wanted else tracciati.pick_table(tables, layout)
+    if table is None:
+        names = ", ".join(t.sheet for t in tables)
+        return [Finding(f"no sheet {layout.name!r} in {received.filename} (sheets: {names})", sheet=layout.name)]
+    return tracciati.assess_table(table, layout, context_of(request))
+
+
+def context_of(request: OnboardingRequest) -> tracciati.TracciatoContext:
+    opened = request.opened
+    return tracciati.TracciatoContext(
+        structure_sts11=opened.structure_sts11,
+        aggregation=request.requirements.kind(request.kind).iup_ssa_code == "hub",
+        spokes=tuple(s.sts11 for s in opened.spokes),
+        other_structures=tuple(opened.other_structures),
+    )
+
+
+async def record_document(
+    deps: OnboardingDeps,
+    received: DocumentReceived,
+    actor: str,
+    conn: asyncpg.Connection | None = None,
+    causation: str | None = None,
+) -> list[Payload]:
+    """A document already in the file store (by sha256): assess it and record it."""
+    content = _read(deps.files, received)
+
+    async def attempt() -> list[Payload]:
+        request = await require(deps, received.request_id)
+        findings = assess_content(request, received, content)
+        events = domain.receive_document(request, received, findings, request.requirements, deps.clock(), deps.calendar)
+        await _append(deps, received.request_id, request.version, events, actor, conn, causation)
+        return events
+
+    return await _retrying(attempt)
+
+
+@dataclass(frozen=True)
+class Added:
+    events: list[Payload]
+    ignored_sheets: list[str]
+
+
+async def add_document(
+    deps: OnboardingDeps,
+    request_id: str,
+    filename: str,
+    content: bytes,
+    document_type: str,
+    metadata: Mapping[str, str],
+    actor: str,
+) -> Added:
+    """CLI intake: store the file, then record it; type `tracciati` = a workbook of several sheets."""
+    request = await require(deps, request_id)
+    requirements = request.requirements
+    sha256, size = deps.files.put_bytes(content)
+    stored_at = str(deps.files.path(sha256).relative_to(deps.files.root))
+    now = deps.clock()
+
+    def received(doc_type: str, extra: Mapping[str, str]) -> DocumentReceived:
+        meta = {**metadata, **extra}
+        slot = requirements.slot_of(doc_type, meta) if doc_type in requirements.document_types else doc_type
+        # Deterministic id: the same file for the same slot is the same document (a no-op when re-sent).
+        return DocumentReceived(
+            request_id=request_id,
+            document_id=f"{slot.replace(':', '-')}-{sha256[:10]}",
+            document_type=doc_type,
+            filename=filename,
+            sha256=sha256,
+            size=size,
+            stored_at=stored_at,
+            metadata=meta,
+            received_at=now,
+            received_by=actor,
+        )
+
+    if document_type != "tracciati":
+        return Added(await record_document(deps, received(document_type, {}), actor), [])
+    required = domain.required_slots(request, requirements)
+    events: list[Payload] = []
+    ignored = []
+    for table in tracciati.read_tables(filename, content):
+        type_id = requirements.tracciato_type_for_sheet(table.sheet)
+        if type_id is None or type_id not in required:
+            ignored.append(table.sheet)
+            continue
+        events += await record_document(deps, received(type_id, {"sheet": table.sheet}), actor)
+    if not events and not ignored:
+        raise OnboardingError(f"request {request_id}, document {filename}: the workbook has no sheets")
+    return Added(events, ignored)
+
+
+async def assess(
+    deps: OnboardingDeps,
+    assessed: DocumentAssessed,
+    actor: str,
+    conn: asyncpg.Connection | None = None,
+    causation: str | None = None,
+) -> list[Payload]:
+    async def attempt() -> list[Payload]:
+        request = await require(deps, assessed.request_id)
+        events = domain.assess_document(request, assessed, request.requirements, deps.clock(), deps.calendar)
+        await _append(deps, assessed.request_id, request.version, events, actor, conn, causation)
+        return events
+
+    return await _retrying(attempt)
+
+
+async def desk_verdict(
+    deps: OnboardingDeps, request_id: str, document: str, compliant: bool, reasons: Sequence[str], actor: str
+) -> list[Payload]:
+    """`onboarding assess`: `document` is a document id or a slot (its latest document)."""
+    request = await require(deps, request_id)
+    doc = request.documents.get(document) or request.latest_by_slot().get(document)
+    if doc is None:
+        known = ", ".join(request.documents) or "none"
+        raise OnboardingError(f"request {request_id}: no document {document!r} (documents: {known})")
+    verdict = DocumentAssessed(
+        request_id=request_id,
+        document_id=doc.document_id,
+        document_type=doc.document_type,
+        compliant=compliant,
+        problems=[Problem(message=r) for r in reasons],
+        assessed_by=actor,
+        assessed_at=deps.clock(),
+    )
+    return await assess(deps, verdict, actor)
+
+
+async def request_switch(
+    deps: OnboardingDeps,
+    request_id: str,
+    slot: SwitchSlot,
+    credentials: str | None,
+    actor: str,
+    conn: asyncpg.Connection | None = None,
+    causation: str | None = None,
+) -> list[Payload]:
+    async def attempt() -> list[Payload]:
+        request = await require(deps, request_id)
+        events = domain.schedule_switch(request, slot, credentials, deps.calendar)
+        await _append(deps, request_id, request.version, events, actor, conn, causation)
+        return events
+
+    return await _retrying(attempt)
+
+
+# -- Kafka intake -------------------------------------------------------------------------------
+
+
+async def _intake(
+    deps: OnboardingDeps, incoming: Incoming, work: Callable[[asyncpg.Connection], Awaitable[Any]]
+) -> None:
+    if incoming.envelope.source == deps.store.source:
+        return  # our own outbox echo: already recorded
+
+    async def attempt() -> None:
+        async with deps.pool.acquire() as conn, conn.transaction():
+            async with deps.store.consume(conn, consumer=CONSUMER, message_id=incoming.message_id) as fresh:
+                if fresh:
+                    await work(conn)
+
+    await _retrying(attempt)
+
+
+def _actor(incoming: Incoming) -> str:
+    return f"kafka:{incoming.envelope.source}"
+
+
+async def on_request_opened(payload: RequestOpened, incoming: Incoming, deps: OnboardingDeps) -> None:
+    await _intake(deps, incoming, lambda c: open_request(deps, payload, _actor(incoming), c, incoming.message_id))
+
+
+async def on_document_received(payload: DocumentReceived, incoming: Incoming, deps: OnboardingDeps) -> None:
+    await _intake(deps, incoming, lambda c: record_document(deps, payload, _actor(incoming), c, incoming.message_id))
+
+
+async def on_document_assessed(payload: DocumentAssessed, incoming: Incoming, deps: OnboardingDeps) -> None:
+    await _intake(deps, incoming, lambda c: assess(deps, payload, _actor(incoming), c, incoming.message_id))
+
+
+async def on_switch_scheduled(payload: SwitchScheduled, incoming: Incoming, deps: OnboardingDeps) -> None:
+    """A portal asks for a switch slot: judged like the CLI's; refused with a proposal when invalid."""
+    slot = SwitchSlot(payload.switch_date, SwitchWindow.parse(f"{payload.window_start}-{payload.window_end}"))
+    await _intake(
+        deps,
+        incoming,
+        lambda c: request_switch(
+            deps, payload.request_id, slot, payload.credentials.value, _actor(incoming), c, incoming.message_id
+        ),
+    )
+
+
+async def on_request_complete(payload: RequestComplete, incoming: Incoming, deps: OnboardingDeps) -> None:
+    """Completeness is ours to compute: an outside claim is accepted only when our state agrees."""
+
+    async def check(_conn: asyncpg.Connection) -> None:
+        request = await require(deps, payload.request_id)
+        if request.complete_on is None:
+            summary = request.completeness.summary if request.completeness else "no documents"
+            raise OnboardingError(f"request {payload.request_id}: not complete ({summary})")
+
+    await _intake(deps, incoming, check)
+
+
+async def on_taken_in_charge(payload: TakenInCharge, incoming: Incoming, deps: OnboardingDeps) -> None:
+    """Requests are taken in charge automatically once complete; an outside claim must agree."""
+
+    async def check(_conn: asyncpg.Connection) -> None:
+        request = await require(deps, payload.request_id)
+        if request.taken_in_charge is None:
+            summary = request.completeness.summary if request.completeness else "no documents"
+            raise OnboardingError(f"request {payload.request_id}: cannot be taken in charge, not complete ({summary})")
+
+    await _intake(deps, incoming, check)
+
+
+def _read(files: FileStore, received: DocumentReceived) -> bytes:
+    with files.open(received.sha256) as fh:
+        content = fh.read()
+    if len(content) != received.size:
+        raise OnboardingError(
+            f"request {received.request_id}, document {received.document_id}: size is {received.size}, "
+            f"the stored file has {len(content)} bytes"
+        )
+    return content
+
+
+def new_request_id() -> str:
+    return f"ONB-{datetime.now(UTC):%Y%m%d}-{uuid.uuid4().hex[:6].upper()}"

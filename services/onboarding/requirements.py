@@ -1,0 +1,227 @@
+"""The documents each kind of request requires, read from versioned data.
+
+`contracts/data/onboarding/requirements-<version>.toml` transcribes the So.Re.Sa. note (seed 003).
+A request records the version it was opened with and is judged by that version for its whole
+life, so a new note changes new requests only.
+
+A required document is a *slot*: usually the document type id (`tracciato-prestazioni`); for a
+document required once per SPOKE already on the CUP it is `spoke-closure-act:<STS11>`. The latest
+document received for a slot is the one that counts (a corrected file replaces a refused one).
+
+Non-tracciato documents are assessed on declared metadata; the rules are one-word checks
+(`present`, `yes`, `one-of:a|b`, `date`, `window`, `sts11`), each answering one question.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import unicodedata
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from services.onboarding.findings import Finding
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "contracts" / "data" / "onboarding"
+PER_SPOKE_KEY = "spoke_sts11"
+_YES = {"yes", "si", "sì", "true", "1", "y"}
+_STS11 = re.compile(r"^[0-9A-Z]{6}$")
+WINDOW = re.compile(r"^([0-2][0-9]):([0-5][0-9])-([0-2][0-9]):([0-5][0-9])$")
+
+
+class RequirementsError(ValueError):
+    """The requirements data is missing or malformed; the message names file and key."""
+
+
+@dataclass(frozen=True)
+class DocumentType:
+    id: str
+    title: str
+    assessment: str  # "tracciato" | "metadata"
+    sheet: str | None = None
+    meta: Mapping[str, str] = field(default_factory=dict)
+    per_spoke_already_on_cup: bool = False
+
+
+@dataclass(frozen=True)
+class KindRequirements:
+    kind: str
+    title: str
+    annex: str
+    documents: tuple[str, ...]
+    iup_ssa_code: str | None = None  # "hub" | "taking-in-charge"
+    switch: bool = False
+    credentials_from: str | None = None
+    switch_from: str | None = None
+
+
+@dataclass(frozen=True)
+class Requirements:
+    version: str
+    source: str
+    tracciati_version: str
+    document_types: Mapping[str, DocumentType]
+    kinds: Mapping[str, KindRequirements]
+
+    def kind(self, kind: str) -> KindRequirements:
+        try:
+            return self.kinds[kind]
+        except KeyError:
+            raise RequirementsError(f"requirements {self.version}: unknown request kind {kind!r}") from None
+
+    def document_type(self, type_id: str) -> DocumentType:
+        try:
+            return self.document_types[type_id]
+        except KeyError:
+            known = ", ".join(sorted(self.document_types))
+            raise RequirementsError(
+                f"requirements {self.version}: unknown document type {type_id!r} (known: {known})"
+            ) from None
+
+    def slots_for(self, kind: str, spokes_already_on_cup: Iterable[str]) -> list[str]:
+        """The required slots of a request, conditional ones expanded (seed 003, Nuova Aggregazione p.3)."""
+        slots: list[str] = []
+        on_cup = sorted(set(spokes_already_on_cup))
+        for type_id in self.kind(kind).documents:
+            if self.document_type(type_id).per_spoke_already_on_cup:
+                slots.extend(f"{type_id}:{sts11}" for sts11 in on_cup)
+            else:
+                slots.append(type_id)
+        return slots
+
+    def slot_of(self, type_id: str, metadata: Mapping[str, str]) -> str:
+        if self.document_type(type_id).per_spoke_already_on_cup and metadata.get(PER_SPOKE_KEY):
+            return f"{type_id}:{metadata[PER_SPOKE_KEY].strip().upper()}"
+        return type_id
+
+    def tracciato_type_for_sheet(self, sheet: str) -> str | None:
+        for doc_type in self.document_types.values():
+            if doc_type.sheet is not None and sheet_key(doc_type.sheet) == sheet_key(sheet):
+                return doc_type.id
+        return None
+
+
+def sheet_key(name: str) -> str:
+    """Sheet names compare without case or accents: 'Unita eroganti' is 'Unità Eroganti'."""
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return " ".join(plain.casefold().split())
+
+
+def available_versions(data_dir: Path = DATA_DIR) -> list[str]:
+    return sorted(p.stem.removeprefix("requirements-") for p in data_dir.glob("requirements-*.toml"))
+
+
+def load_requirements(version: str | None = None, data_dir: Path = DATA_DIR) -> Requirements:
+    """Loads one version (the latest when `version` is None)."""
+    versions = available_versions(data_dir)
+    if not versions:
+        raise RequirementsError(f"no requirements-*.toml in {data_dir}")
+    chosen = version or versions[-1]
+    path = data_dir / f"requirements-{chosen}.toml"
+    if not path.exists():
+        raise RequirementsError(f"requirements version {chosen!r} not found (available: {', '.join(versions)})")
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:
+        types = {
+            tid: DocumentType(
+                id=tid,
+                title=t["title"],
+                assessment=t["assessment"],
+                sheet=t.get("sheet"),
+                meta=dict(t.get("meta", {})),
+                per_spoke_already_on_cup=bool(t.get("per_spoke_already_on_cup", False)),
+            )
+            for tid, t in raw["document_types"].items()
+        }
+        kinds = {
+            kid: KindRequirements(
+                kind=kid,
+                title=k["title"],
+                annex=k["annex"],
+                documents=tuple(k["documents"]),
+                iup_ssa_code=k.get("iup_ssa_code"),
+                switch=bool(k.get("switch", False)),
+                credentials_from=k.get("credentials_from"),
+                switch_from=k.get("switch_from"),
+            )
+            for kid, k in raw["kinds"].items()
+        }
+        requirements = Requirements(
+            version=raw["version"],
+            source=raw["source"],
+            tracciati_version=raw["tracciati"],
+            document_types=types,
+            kinds=kinds,
+        )
+    except KeyError as exc:
+        raise RequirementsError(f"{path.name}: missing key {exc}") from exc
+    for kind in kinds.values():
+        for type_id in kind.documents:
+            requirements.document_type(type_id)  # every listed document must be defined
+    for doc_type in types.values():
+        for key, rule in doc_type.meta.items():
+            if rule.split(":", 1)[0] not in _RULES:
+                raise RequirementsError(f"{path.name}: document type {doc_type.id}, meta {key}: unknown rule {rule!r}")
+    return requirements
+
+
+def _present(value: str | None, _arg: str) -> str | None:
+    return None if value and value.strip() else "is missing"
+
+
+def _yes(value: str | None, _arg: str) -> str | None:
+    if not value or not value.strip():
+        return "is missing"
+    return None if value.strip().casefold() in _YES else f"is {value!r}, must be yes"
+
+
+def _one_of(value: str | None, arg: str) -> str | None:
+    allowed = arg.split("|")
+    if not value or not value.strip():
+        return f"is missing (one of {', '.join(allowed)})"
+    return None if value.strip() in allowed else f"is {value!r}, must be one of {', '.join(allowed)}"
+
+
+def _date(value: str | None, _arg: str) -> str | None:
+    if not value or not value.strip():
+        return "is missing (YYYY-MM-DD)"
+    try:
+        date.fromisoformat(value.strip())
+    except ValueError:
+        return f"is {value!r}, not a date YYYY-MM-DD"
+    return None
+
+
+def _window(value: str | None, _arg: str) -> str | None:
+    if not value or not value.strip():
+        return "is missing (HH:MM-HH:MM)"
+    return None if WINDOW.match(value.strip()) else f"is {value!r}, not a time window HH:MM-HH:MM"
+
+
+def _sts11(value: str | None, _arg: str) -> str | None:
+    if not value or not value.strip():
+        return "is missing (STS11)"
+    return None if _STS11.match(value.strip().upper()) else f"is {value!r}, not an STS11 code (6 characters)"
+
+
+_RULES = {
+    "present": _present,
+    "yes": _yes,
+    "one-of": _one_of,
+    "date": _date,
+    "window": _window,
+    "sts11": _sts11,
+}
+
+
+def check_metadata(doc_type: DocumentType, metadata: Mapping[str, str]) -> list[Finding]:
+    """Every declared fact the document type needs, judged by its rule; one finding per broken rule."""
+    findings = []
+    for key, rule in doc_type.meta.items():
+        name, _, arg = rule.partition(":")
+        broken = _RULES[name](metadata.get(key), arg)
+        if broken:
+            findings.append(Finding(f"{doc_type.title}: metadata {key} {broken}", column=key))
+    return findings

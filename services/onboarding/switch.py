@@ -1,0 +1,187 @@
+"""Switch dates for a software-house or interoperability change (seed 003).
+
+A slot is a local date (Europe/Rome) and an `HH:MM-HH:MM` window. It is valid when:
+- the window lies within 08:30-17:00 (seed 003: "compresa tra le ore 08:30 e le ore 17:00");
+- the day is Monday to Friday, not an Italian public holiday ("festivi esclusi": the `holidays`
+  package, which knows Easter Monday and, from 2026, 4 October) and not the patron-saint day of
+  the structure's municipality (domain.md 8: Naples has 19 September; data in
+  `contracts/data/onboarding/patron_saints.csv`, keyed by ISTAT code);
+- it comes at least the notice after the day the request became complete: 3 weeks when only the
+  Basic credentials change, 4 weeks for new OAuth2.0 credentials.
+
+Choice: the note says "3/4 weeks" and "4/6 weeks"; we take the LOWER bound as the hard minimum
+and warn (without refusing) under the upper bound. A refusal always proposes the earliest valid
+slot on or after the desired day, keeping the desired window when it is valid.
+A municipality missing from the patron-saint data is not refused: the decision carries a
+warning telling the desk to check that day by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from functools import lru_cache
+from pathlib import Path
+
+import holidays
+
+from services.onboarding.requirements import DATA_DIR, WINDOW
+
+OFFICE_OPENS = time(8, 30)
+OFFICE_CLOSES = time(17, 0)
+# (hard minimum, upper bound) in weeks: seed 003, "preavviso minimo di 3/4 settimane" / "4/6 settimane"
+NOTICE_WEEKS = {"basic": (3, 4), "new-oauth2": (4, 6)}
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+@dataclass(frozen=True)
+class PatronDay:
+    istat: str
+    municipality: str
+    month: int
+    day: int
+    saint: str
+
+
+def load_patron_days(path: Path = DATA_DIR / "patron_saints.csv") -> dict[str, PatronDay]:
+    days = {}
+    with path.open(encoding="utf-8", newline="") as fh:
+        for n, row in enumerate(csv.DictReader(fh), start=2):
+            try:
+                entry = PatronDay(row["istat"], row["municipality"], int(row["month"]), int(row["day"]), row["saint"])
+                date(2024, entry.month, entry.day)  # a leap year accepts every real day
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"{path.name} row {n}: {exc}") from exc
+            days[entry.istat] = entry
+    return days
+
+
+@lru_cache(maxsize=64)
+def _national_holidays(year: int) -> Mapping[date, str]:
+    return dict(holidays.country_holidays("IT", years=year).items())
+
+
+@dataclass(frozen=True)
+class SwitchWindow:
+    start: time
+    end: time
+
+    @classmethod
+    def parse(cls, text: str) -> SwitchWindow:
+        match = WINDOW.match(text.strip())
+        if not match:
+            raise ValueError(f"switch window {text!r} is not HH:MM-HH:MM")
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        try:
+            return cls(time(h1, m1), time(h2, m2))
+        except ValueError as exc:
+            raise ValueError(f"switch window {text!r}: {exc}") from exc
+
+    def minutes(self) -> int:
+        return (self.end.hour * 60 + self.end.minute) - (self.start.hour * 60 + self.start.minute)
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+
+@dataclass(frozen=True)
+class SwitchSlot:
+    day: date
+    window: SwitchWindow
+
+    def __str__(self) -> str:
+        return f"{_WEEKDAYS[self.day.weekday()]} {self.day.isoformat()} {self.window}"
+
+
+@dataclass(frozen=True)
+class SwitchDecision:
+    accepted: bool
+    requested: SwitchSlot
+    reasons: tuple[str, ...]
+    proposal: SwitchSlot  # = requested when accepted
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SwitchCalendar:
+    patron_days: Mapping[str, PatronDay]
+
+    def closed_because(self, day: date, municipality_istat: str) -> str | None:
+        """Why no switch can happen on that day, or None when it can."""
+        if day.weekday() >= 5:
+            return f"{day.isoformat()} is a {_WEEKDAYS[day.weekday()]}"
+        national = _national_holidays(day.year).get(day)
+        if national:
+            return f"{day.isoformat()} is an Italian public holiday ({national})"
+        patron = self.patron_days.get(municipality_istat)
+        if patron and (day.month, day.day) == (patron.month, patron.day):
+            return f"{day.isoformat()} is the patron-saint day of {patron.municipality} ({patron.saint})"
+        return None
+
+
+def window_is_within_office_hours(window: SwitchWindow) -> str | None:
+    if window.minutes() <= 0:
+        return f"window {window} ends before it starts"
+    if window.start < OFFICE_OPENS or window.end > OFFICE_CLOSES:
+        return f"window {window} is outside 08:30-17:00"
+    return None
+
+
+def earliest_switch_day(complete_on: date, credentials: str) -> date:
+    return complete_on + timedelta(weeks=NOTICE_WEEKS[credentials][0])
+
+
+def notice_is_respected(day: date, complete_on: date, credentials: str) -> str | None:
+    minimum = earliest_switch_day(complete_on, credentials)
+    if day >= minimum:
+        return None
+    weeks = NOTICE_WEEKS[credentials][0]
+    return (
+        f"{day.isoformat()} gives {(day - complete_on).days} days of notice from the complete request "
+        f"of {complete_on.isoformat()}; {credentials} credentials need at least {weeks} weeks "
+        f"(from {minimum.isoformat()})"
+    )
+
+
+def _proposed_window(window: SwitchWindow) -> SwitchWindow:
+    if window_is_within_office_hours(window) is None:
+        return window
+    minutes = window.minutes() if 0 < window.minutes() <= 510 else 120
+    end = datetime.combine(date.min, OFFICE_OPENS) + timedelta(minutes=minutes)
+    return SwitchWindow(OFFICE_OPENS, end.time())
+
+
+def judge_switch(
+    requested: SwitchSlot,
+    credentials: str,
+    complete_on: date,
+    municipality_istat: str,
+    calendar: SwitchCalendar,
+) -> SwitchDecision:
+    if credentials not in NOTICE_WEEKS:
+        raise ValueError(f"credentials {credentials!r} is not one of {', '.join(NOTICE_WEEKS)}")
+    reasons = [
+        r
+        for r in (
+            window_is_within_office_hours(requested.window),
+            calendar.closed_because(requested.day, municipality_istat),
+            notice_is_respected(requested.day, complete_on, credentials),
+        )
+        if r
+    ]
+    warnings = []
+    if municipality_istat not in calendar.patron_days:
+        warnings.append(f"patron-saint day of municipality {municipality_istat} is not in our data: check it by hand")
+    day = max(requested.day, earliest_switch_day(complete_on, credentials))
+    while calendar.closed_because(day, municipality_istat):
+        day += timedelta(days=1)
+    proposal = SwitchSlot(day, _proposed_window(requested.window)) if reasons else requested
+    upper = NOTICE_WEEKS[credentials][1]
+    if proposal.day < complete_on + timedelta(weeks=upper):
+        warnings.append(
+            f"notice under the recommended {upper} weeks for {credentials} credentials: "
+            f"the desk may need the upper bound"
+        )
+    return SwitchDecision(not reasons, requested, tuple(reasons), proposal, tuple(warnings))

@@ -1,0 +1,70 @@
+"""The `onboarding` CLI on the real PostgreSQL: open, add documents, see what is wrong, switch, status."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from typer.testing import CliRunner
+
+from services.cli.onboarding_cli import app
+from tests.fixtures.onboarding.workbooks import aggregation_rows, workbook
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_env(fresh_db, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    monkeypatch.setenv("FLOWS_FILES_DIR", str(tmp_path / "files"))
+    monkeypatch.setenv("COLUMNS", "220")  # rich would shorten the dashboard's cells to 80 columns
+    return tmp_path
+
+
+def onboarding(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_the_desk_sees_the_wrong_cell_then_a_switch_refused_on_san_gennaro_with_a_proposal(cli_env):
+    wrong = aggregation_rows()
+    wrong["Prestazioni"][0][3] = "150999"
+    book = cli_env / "annex-a1.xlsx"
+    book.write_bytes(workbook({"Prestazioni": wrong["Prestazioni"]}))
+    onboarding("open", "--id", "ONB-CLI-1", "--kind", "new-aggregation", "--name", "Laboratorio Analisi Vesuvio",
+               "--sts11", "150123", "--municipality", "063049", "--spoke", "150456:Lab Partenope:on-cup",
+               "--spoke", "150789:Lab Posillipo")
+    out = onboarding("add-document", "ONB-CLI-1", str(book), "--type", "tracciato-prestazioni")
+    assert "Prestazioni row 2 IUP_SSA_CODE [D2]: 150999 is not the HUB's STS11 150123" in out
+    assert "1 of 13 present, 1 non-compliant" in " ".join(out.split())
+
+    onboarding("open", "--id", "ONB-CLI-2", "--kind", "software-house-change", "--name", "Centro Vomero",
+               "--sts11", "150321", "--municipality", "063049")
+    pdf = cli_env / "doc.pdf"
+    pdf.write_bytes(b"%PDF-1.7")
+    onboarding("add-document", "ONB-CLI-2", str(pdf), "--type", "formal-request-software-house-change",
+               "--meta", "protocol=2026/5", "--meta", "letterhead=yes", "--meta", "software_house=Medisoft",
+               "--meta", "credentials=new-oauth2")
+    onboarding("add-document", "ONB-CLI-2", str(pdf), "--type", "endpoint-form-b2")  # no meta: for the desk
+    out = onboarding("add-document", "ONB-CLI-2", str(pdf), "--type", "switch-date-request",
+                     "--meta", "switch_date=2026-01-05", "--meta", "switch_window=09:00-10:00")
+    assert "awaiting assessment: endpoint-form-b2" in " ".join(out.split())
+    out = onboarding("assess", "ONB-CLI-2", "endpoint-form-b2", "--compliant")
+    assert "taken in charge" in out and "switch refused" in out and "earliest valid slot" in out
+
+    san_gennaro = next(d for d in (datetime.now(UTC).date() + timedelta(days=n) for n in range(60, 800))
+                       if (d.month, d.day) == (9, 19) and d.weekday() < 5)
+    out = onboarding("switch", "ONB-CLI-2", "--date", san_gennaro.isoformat(), "--window", "09:00-10:00")
+    assert "patron-saint day of Napoli (San Gennaro)" in out and "earliest valid slot" in out
+
+    table = onboarding("status")
+    assert "ONB-CLI-1" in table and "ONB-CLI-2" in table and "switch-refu" in table
+    detail = onboarding("status", "ONB-CLI-1")
+    assert "MISSING" in detail and "NON-COMPLIANT" in detail
+
+
+def test_an_unknown_request_is_one_clear_line(cli_env):
+    result = runner.invoke(app, ["status", "ONB-NOBODY"])
+    assert result.exit_code == 1 and "request ONB-NOBODY: not found" in result.output

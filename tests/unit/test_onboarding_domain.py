@@ -1,0 +1,155 @@
+"""The request as an aggregate: completeness at every change, taken in charge only when all is compliant."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from contracts.onboarding import (
+    CompletenessChanged,
+    DocumentReceived,
+    RequestComplete,
+    RequestKind,
+    RequestOpened,
+    Spoke,
+    SwitchRefused,
+    SwitchScheduled,
+    TakenInCharge,
+)
+from services.onboarding import domain
+from services.onboarding.domain import OnboardingError, OnboardingRequest
+from services.onboarding.findings import Finding
+from services.onboarding.requirements import check_metadata, load_requirements
+from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
+
+REQ = load_requirements()
+CAL = SwitchCalendar(load_patron_days())
+MONDAY_2_MARCH = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+SHA = "a" * 64
+
+
+def opened(kind: RequestKind = RequestKind.SOFTWARE_HOUSE_CHANGE, spokes: list[Spoke] | None = None) -> RequestOpened:
+    return RequestOpened(request_id="ONB-VESUVIO", kind=kind, structure_name="Laboratorio Analisi Vesuvio",
+                         structure_sts11="150123", municipality_istat="063049", spokes=spokes or [],
+                         requirements_version=REQ.version, opened_at=MONDAY_2_MARCH, opened_by="desk:esposito")
+
+
+def start(command: RequestOpened) -> OnboardingRequest:
+    return OnboardingRequest.replay(domain.open_request(command, None, REQ), REQ)
+
+
+def doc(doc_type: str, n: int = 1, /, **meta: str) -> DocumentReceived:
+    return DocumentReceived(request_id="ONB-VESUVIO", document_id=f"{doc_type}-{n}", document_type=doc_type,
+                            filename=f"{doc_type}-{n}.pdf", sha256=SHA, size=10, stored_at="sha256/aa/a",
+                            metadata=meta, received_at=MONDAY_2_MARCH, received_by="mailbox")
+
+
+def receive(state: OnboardingRequest, received: DocumentReceived, now: datetime = MONDAY_2_MARCH):
+    findings = check_metadata(REQ.document_type(received.document_type), received.metadata) \
+        if received.metadata else None
+    events = domain.receive_document(state, received, findings, REQ, now, CAL)
+    return domain.advance(state, events), events
+
+
+SW_REQUEST = {"protocol": "2026/88", "letterhead": "yes", "software_house": "Medisoft", "credentials": "basic"}
+
+
+def test_opening_records_what_is_missing_at_once():
+    events = domain.open_request(opened(), None, REQ)
+    assert isinstance(events[1], CompletenessChanged)
+    assert events[1].summary.startswith("0 of 3 present, missing: formal-request-software-house-change")
+
+
+def test_each_document_changes_the_completeness_summary():
+    state = start(opened())
+    state, _ = receive(state, doc("formal-request-software-house-change", **SW_REQUEST))
+    state, events = receive(state, doc("endpoint-form-b2", filled="no", annex="B2"))
+    [summary] = [e for e in events if isinstance(e, CompletenessChanged)]
+    assert summary.summary.startswith("2 of 3 present, 1 non-compliant: endpoint-form-b2 (")
+    assert summary.summary.endswith("missing: switch-date-request")
+    assert (summary.present, summary.compliant) == (2, 1)
+
+
+def test_a_document_without_metadata_awaits_the_desk_and_blocks_completeness():
+    state = start(opened())
+    state, _ = receive(state, doc("endpoint-form-b2"))
+    assert state.completeness.pending == ["endpoint-form-b2"]
+    assert "awaiting assessment: endpoint-form-b2" in state.completeness.summary
+
+
+def test_the_last_compliant_document_takes_the_request_in_charge_for_4_to_6_weeks_and_schedules_the_switch():
+    state = start(opened())
+    state, _ = receive(state, doc("formal-request-software-house-change", **SW_REQUEST))
+    state, _ = receive(state, doc("endpoint-form-b2", filled="yes", annex="B2"))
+    state, events = receive(state, doc("switch-date-request", switch_date="2026-04-07", switch_window="09:00-11:00"))
+    kinds = [type(e) for e in events]
+    assert kinds[-3:] == [RequestComplete, TakenInCharge, SwitchScheduled]
+    taken = events[-2]
+    assert (taken.taken_on, taken.expected_completion_from, taken.expected_completion_to) == (
+        date(2026, 3, 2), date(2026, 3, 30), date(2026, 4, 13))
+    assert events[-1].switch_date == date(2026, 4, 7) and events[-1].warning is None  # 5 weeks, basic
+
+
+def test_a_desired_switch_on_easter_monday_is_refused_with_the_tuesday_proposed():
+    state = start(opened())
+    state, _ = receive(state, doc("formal-request-software-house-change", **SW_REQUEST))
+    state, _ = receive(state, doc("endpoint-form-b2", filled="yes", annex="B2"))
+    state, events = receive(state, doc("switch-date-request", switch_date="2026-04-06", switch_window="09:00-11:00"))
+    refused = events[-1]
+    assert isinstance(refused, SwitchRefused) and "Easter Monday" in refused.reasons[0]
+    assert (refused.proposed_date, refused.proposed_window_start) == (date(2026, 4, 7), "09:00")
+    again = domain.schedule_switch(domain.advance(state, []), SwitchSlot(date(2026, 4, 8),
+                                                                         SwitchWindow.parse("14:00-16:00")), None, CAL)
+    assert isinstance(again[0], SwitchScheduled)
+
+
+def test_a_corrected_document_replaces_the_refused_one():
+    state = start(opened())
+    state, _ = receive(state, doc("endpoint-form-b2", 1, filled="no", annex="B2"))
+    state, _ = receive(state, doc("endpoint-form-b2", 2, filled="yes", annex="B2"))
+    assert state.completeness.non_compliant == {} and state.completeness.compliant == 1
+
+
+def test_a_document_the_kind_does_not_require_is_refused_naming_the_field():
+    state = start(opened())
+    with pytest.raises(OnboardingError, match="document_type 'suap-authorisation' is not required"):
+        receive(state, doc("suap-authorisation", protocol="1"))
+
+
+def test_a_closure_act_must_name_a_spoke_already_on_the_cup():
+    state = start(opened(RequestKind.NEW_AGGREGATION, [Spoke(sts11="150456", name="Lab Partenope",
+                                                             already_on_cup=True)]))
+    state, _ = receive(state, doc("spoke-closure-act", protocol="9", signed="yes", spoke_sts11="150456"))
+    assert "spoke-closure-act:150456" not in state.completeness.missing
+    with pytest.raises(OnboardingError, match="spoke_sts11 must name a SPOKE already on the CUP"):
+        receive(state, doc("spoke-closure-act", 2, protocol="9", signed="yes", spoke_sts11="150789"))
+
+
+def test_an_aggregation_without_spokes_cannot_be_opened():
+    with pytest.raises(OnboardingError, match="spokes is empty"):
+        domain.open_request(opened(RequestKind.NEW_AGGREGATION), None, REQ)
+
+
+def test_the_same_opening_twice_is_a_no_op_and_a_different_one_is_refused():
+    state = start(opened())
+    assert domain.open_request(opened(), state, REQ) == []
+    with pytest.raises(OnboardingError, match="already opened"):
+        domain.open_request(opened(RequestKind.INTEROPERABILITY_CHANGE), state, REQ)
+
+
+def test_tracciato_findings_are_kept_whole_in_the_event_and_counted_in_the_summary():
+    state = start(opened(RequestKind.NEW_AGGREGATION, [Spoke(sts11="150456", name="Lab Partenope")]))
+    findings = [Finding("150999 is not the HUB's STS11 150123", "Prestazioni", n, "IUP_SSA_CODE", f"D{n}")
+                for n in (2, 3, 4)]
+    events = domain.receive_document(state, doc("tracciato-prestazioni"), findings, REQ, MONDAY_2_MARCH, CAL)
+    summary = next(e for e in events if isinstance(e, CompletenessChanged))
+    assert len(summary.non_compliant["tracciato-prestazioni"]) == 3
+    assert "tracciato-prestazioni (Prestazioni row 2 IUP_SSA_CODE [D2]: 150999 is not the HUB's STS11 150123" \
+           " (+2 more))" in summary.summary
+
+
+def test_a_switch_cannot_be_scheduled_before_the_request_is_complete():
+    with pytest.raises(OnboardingError, match="not complete yet"):
+        domain.schedule_switch(start(opened()), SwitchSlot(date(2026, 5, 5), SwitchWindow.parse("09:00-10:00")),
+                               "basic", CAL)

@@ -1,0 +1,84 @@
+"""The documents each kind requires, as versioned data, conditional ones included."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.onboarding.requirements import (
+    RequirementsError,
+    available_versions,
+    check_metadata,
+    load_requirements,
+)
+
+REQ = load_requirements()
+EIGHT_TRACCIATI = ["tracciato-erogatore", "tracciato-strutture", "tracciato-sedi", "tracciato-raggruppamenti-unita",
+                   "tracciato-unita-eroganti", "tracciato-prestazioni", "tracciato-agende", "tracciato-utenze"]
+
+
+def test_the_latest_version_is_the_note_of_may_2026():
+    assert available_versions()[-1] == REQ.version == "2026-05"
+
+
+def test_a_new_aggregation_without_spokes_on_the_cup_needs_eight_tracciati_and_four_acts():
+    assert REQ.slots_for("new-aggregation", []) == [*EIGHT_TRACCIATI, "accreditation-resolution",
+                                                    "suap-authorisation", "spoke-reconfiguration-act",
+                                                    "formal-request-aggregation"]
+
+
+def test_each_spoke_already_on_the_cup_adds_its_own_closure_act():
+    slots = REQ.slots_for("new-aggregation", ["150789", "150456"])
+    assert [s for s in slots if s.startswith("spoke-closure-act")] == ["spoke-closure-act:150456",
+                                                                       "spoke-closure-act:150789"]
+
+
+def test_a_registry_change_needs_only_three_tracciati():
+    slots = REQ.slots_for("aggregator-registry-change", [])
+    assert [s for s in slots if s.startswith("tracciato")] == EIGHT_TRACCIATI[:3]
+
+
+def test_a_new_acquisition_needs_the_b1_endpoint_form_and_no_suap():
+    slots = REQ.slots_for("new-acquisition", [])
+    assert "endpoint-form-b1" in slots and "suap-authorisation" not in slots and len(slots) == 11
+
+
+def test_switch_kinds_need_their_forms():
+    assert REQ.slots_for("software-house-change", []) == ["formal-request-software-house-change",
+                                                          "endpoint-form-b2", "switch-date-request"]
+    assert REQ.slots_for("interoperability-change", []) == ["formal-request-interoperability-change",
+                                                            "endpoint-form-c"]
+
+
+def test_a_formal_request_must_name_the_software_house():
+    doc = REQ.document_type("formal-request-aggregation")
+    findings = check_metadata(doc, {"protocol": "2026/77", "signed": "yes"})
+    assert [f.column for f in findings] == ["software_house"]
+    assert check_metadata(doc, {"protocol": "2026/77", "signed": "sì", "software_house": "Medisoft"}) == []
+
+
+def test_a_software_house_change_must_state_the_oauth2_option():
+    doc = REQ.document_type("formal-request-software-house-change")
+    base = {"protocol": "2026/78", "letterhead": "yes", "software_house": "Medisoft"}
+    [missing] = check_metadata(doc, base)
+    assert missing.column == "credentials" and "basic, new-oauth2" in missing.message
+    [wrong] = check_metadata(doc, {**base, "credentials": "maybe"})
+    assert "'maybe'" in wrong.message
+    assert check_metadata(doc, {**base, "credentials": "new-oauth2"}) == []
+
+
+def test_an_unsigned_act_is_named():
+    doc = REQ.document_type("spoke-reconfiguration-act")
+    [finding] = check_metadata(doc, {"protocol": "2026/79", "signed": "no"})
+    assert finding.column == "signed" and "must be yes" in finding.message
+
+
+def test_the_per_spoke_slot_comes_from_the_metadata():
+    assert REQ.slot_of("spoke-closure-act", {"spoke_sts11": "150456"}) == "spoke-closure-act:150456"
+    assert REQ.slot_of("tracciato-agende", {"spoke_sts11": "150456"}) == "tracciato-agende"
+
+
+def test_an_unknown_version_or_document_type_is_an_explicit_error():
+    with pytest.raises(RequirementsError, match="2019"):
+        load_requirements("2019")
+    with pytest.raises(RequirementsError, match="unknown document type 'fax'"):
+        REQ.document_type("fax")

@@ -1,0 +1,138 @@
+"""Switch slots: 08:30-17:00, Monday-Friday, no public holiday nor patron-saint day, enough notice."""
+
+from __future__ import annotations
+
+from datetime import date, time
+
+import holidays
+import pytest
+
+from services.onboarding.switch import (
+    SwitchCalendar,
+    SwitchSlot,
+    SwitchWindow,
+    judge_switch,
+    load_patron_days,
+    window_is_within_office_hours,
+)
+
+CALENDAR = SwitchCalendar(load_patron_days())
+NAPOLI, SALERNO, AVELLINO, CASERTA, BENEVENTO = "063049", "065116", "064008", "061022", "062008"
+POZZUOLI = "063060"  # not in our patron-saint data
+MORNING = SwitchWindow.parse("09:00-11:00")
+
+
+def closed(day: date, municipality: str) -> str:
+    return CALENDAR.closed_because(day, municipality) or "open"
+
+
+def judge(day: date, complete_on: date = date(2026, 1, 7), credentials: str = "basic",
+          municipality: str = NAPOLI, window: SwitchWindow = MORNING):
+    return judge_switch(SwitchSlot(day, window), credentials, complete_on, municipality, CALENDAR)
+
+
+@pytest.mark.parametrize(("day", "why"), [
+    (date(2026, 12, 25), "Christmas"),
+    (date(2029, 4, 25), "Liberation"),  # a Wednesday in 2029
+    (date(2028, 6, 2), "Republic"),  # a Friday in 2028
+    (date(2026, 12, 8), "Immaculate"),
+    (date(2026, 10, 5), None),  # the Monday after San Francesco: an ordinary day
+])
+def test_italian_public_holidays_across_years_close_the_switch(day, why):
+    reason = CALENDAR.closed_because(day, NAPOLI)
+    if why is None:
+        assert reason is None
+    else:
+        assert reason is not None and why in reason
+
+
+def test_easter_monday_is_closed_in_2026_and_2027():
+    assert "Easter Monday" in closed(date(2026, 4, 6), NAPOLI)
+    assert "Easter Monday" in closed(date(2027, 3, 29), NAPOLI)
+    assert CALENDAR.closed_because(date(2027, 4, 6), NAPOLI) is None  # a Tuesday, no longer Easter
+
+
+def test_saint_francis_on_4_october_is_a_national_holiday_again_from_2026():
+    assert CALENDAR.closed_because(date(2027, 10, 4), SALERNO) is not None  # a Monday
+    assert CALENDAR.closed_because(date(2024, 10, 4), SALERNO) is None  # a Friday, before the law
+
+
+def test_19_september_is_closed_in_naples_but_open_in_salerno():
+    san_gennaro = date(2028, 9, 19)  # a Tuesday
+    assert "patron-saint day of Napoli (San Gennaro)" in closed(san_gennaro, NAPOLI)
+    assert CALENDAR.closed_because(san_gennaro, SALERNO) is None
+
+
+@pytest.mark.parametrize(("istat", "day"), [
+    (SALERNO, date(2026, 9, 21)), (AVELLINO, date(2029, 2, 14)), (CASERTA, date(2027, 1, 20)),
+    (BENEVENTO, date(2026, 8, 24)),
+])
+def test_each_campania_capoluogo_has_its_patron_saint_day(istat, day):
+    assert "patron-saint day" in closed(day, istat)
+    assert CALENDAR.closed_because(day, NAPOLI) is None
+
+
+def test_our_patron_saint_data_agrees_with_the_holidays_package_for_the_capoluoghi():
+    province_of = {NAPOLI: "NA", SALERNO: "SA", AVELLINO: "AV", CASERTA: "CE", BENEVENTO: "BN"}
+    national = set(holidays.country_holidays("IT", years=2026))
+    for istat, province in province_of.items():
+        entry = load_patron_days()[istat]
+        local = set(holidays.country_holidays("IT", subdiv=province, years=2026)) - national
+        assert local == {date(2026, entry.month, entry.day)}, entry
+
+
+def test_saturday_and_sunday_are_closed():
+    assert "Saturday" in closed(date(2026, 2, 7), NAPOLI)
+    assert "Sunday" in closed(date(2026, 2, 8), NAPOLI)
+
+
+@pytest.mark.parametrize(("window", "ok"), [
+    ("08:30-10:00", True), ("08:29-10:00", False), ("15:00-17:00", True), ("15:00-17:01", False),
+    ("11:00-10:00", False),
+])
+def test_the_window_must_lie_within_08_30_and_17_00(window, ok):
+    assert (window_is_within_office_hours(SwitchWindow.parse(window)) is None) is ok
+
+
+def test_basic_credentials_need_three_weeks_of_notice_to_the_day():
+    complete = date(2026, 1, 7)  # a Wednesday
+    assert judge(date(2026, 1, 28), complete).accepted  # 21 days
+    refused = judge(date(2026, 1, 27), complete)  # 20 days
+    assert not refused.accepted and "at least 3 weeks" in refused.reasons[0]
+    assert refused.proposal == SwitchSlot(date(2026, 1, 28), MORNING)
+
+
+def test_new_oauth2_credentials_need_four_weeks_of_notice_to_the_day():
+    complete = date(2026, 1, 7)
+    assert judge(date(2026, 2, 4), complete, "new-oauth2").accepted  # 28 days
+    refused = judge(date(2026, 2, 3), complete, "new-oauth2")  # 27 days
+    assert not refused.accepted and "at least 4 weeks" in refused.reasons[0]
+
+
+def test_a_slot_under_the_upper_bound_is_accepted_with_a_warning():
+    decision = judge(date(2026, 2, 4), date(2026, 1, 7), "new-oauth2")  # 4 weeks, under 6
+    assert decision.accepted and "recommended 6 weeks" in decision.warnings[0]
+    assert not judge(date(2026, 2, 18), date(2026, 1, 7), "new-oauth2").warnings  # 6 weeks
+
+
+def test_a_refusal_on_san_gennaro_proposes_the_next_working_day():
+    decision = judge(date(2028, 9, 19), complete_on=date(2028, 6, 1))
+    assert not decision.accepted and "San Gennaro" in decision.reasons[0]
+    assert decision.proposal == SwitchSlot(date(2028, 9, 20), MORNING)
+
+
+def test_when_the_notice_ends_on_easter_monday_the_proposal_is_the_tuesday():
+    early = judge(date(2026, 3, 30), complete_on=date(2026, 3, 16))  # Mon 16 Mar + 3 weeks = Easter Monday
+    assert not early.accepted
+    assert early.proposal.day == date(2026, 4, 7)
+
+
+def test_a_window_outside_office_hours_gets_a_proposal_of_the_same_length_from_08_30():
+    decision = judge(date(2026, 3, 4), window=SwitchWindow.parse("17:00-18:30"))
+    assert not decision.accepted
+    assert decision.proposal.window == SwitchWindow(time(8, 30), time(10, 0))
+
+
+def test_a_municipality_without_patron_data_is_accepted_with_a_check_by_hand_warning():
+    decision = judge(date(2026, 3, 4), municipality=POZZUOLI)
+    assert decision.accepted and any("check it by hand" in w for w in decision.warnings)

@@ -1,0 +1,133 @@
+"""Tracciati assessed cell by cell: every problem named by sheet, row, column and cell."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.onboarding.requirements import load_requirements
+from services.onboarding.tracciati import (
+    TracciatoContext,
+    assess_table,
+    load_layouts,
+    pick_table,
+    read_tables,
+)
+from tests.fixtures.onboarding.workbooks import (
+    HUB,
+    PARTENOPE,
+    POSILLIPO,
+    aggregation_rows,
+    csv_bytes,
+    workbook,
+)
+
+LAYOUTS = load_layouts(load_requirements().tracciati_version)
+VESUVIO = TracciatoContext(structure_sts11=HUB, aggregation=True, spokes=(PARTENOPE, POSILLIPO))
+
+
+def assess(sheet: str, content: bytes, filename: str = "annex-a1.xlsx", context: TracciatoContext = VESUVIO):
+    table = pick_table(read_tables(filename, content), LAYOUTS[sheet])
+    assert table is not None
+    return assess_table(table, LAYOUTS[sheet], context)
+
+
+def test_the_vesuvio_aggregation_workbook_is_compliant_on_every_sheet():
+    content = workbook(aggregation_rows())
+    for sheet in LAYOUTS:
+        assert assess(sheet, content) == [], sheet
+
+
+def test_an_xlsx_prestazioni_with_a_wrong_iup_ssa_code_is_rejected_with_the_cell_named():
+    rows = aggregation_rows()
+    rows["Prestazioni"][1][3] = "150999"  # the Emocromo row, spreadsheet row 3, column D
+    [finding] = assess("Prestazioni", workbook(rows))
+    assert (finding.sheet, finding.row, finding.column, finding.cell) == ("Prestazioni", 3, "IUP_SSA_CODE", "D3")
+    assert "150999 is not the HUB's STS11 150123" in finding.message
+    assert finding.where().startswith("Prestazioni row 3 IUP_SSA_CODE [D3]:")
+
+
+def test_a_spoke_missing_from_the_erogatore_sheet_is_named():
+    rows = aggregation_rows()
+    rows["Erogatore"] = [r for r in rows["Erogatore"] if r[3] != POSILLIPO]
+    [finding] = assess("Erogatore", workbook(rows))
+    assert finding.column == "STS11" and f"SPOKE {POSILLIPO} is not listed" in finding.message
+
+
+def test_the_hub_missing_from_the_strutture_sheet_is_named():
+    rows = aggregation_rows()
+    rows["Strutture"] = rows["Strutture"][1:]
+    assert [f.message for f in assess("Strutture", workbook(rows))] == [f"HUB {HUB} is not listed"]
+
+
+def test_a_missing_required_column_is_named_on_the_header_row():
+    headers = {"Utenze": ["CODICE_FISCALE", "COGNOME", "NOME", "EMAIL", "STS11"]}
+    rows = [[r[0], r[1], r[2], r[4], r[5]] for r in aggregation_rows()["Utenze"]]
+    [finding] = assess("Utenze", workbook({"Utenze": rows}, headers))
+    assert (finding.row, finding.column) == (1, "RUOLO") and "missing" in finding.message
+
+
+def test_a_bad_codice_fiscale_and_an_empty_surname_are_two_findings_in_their_cells():
+    rows = aggregation_rows()
+    rows["Utenze"][0][0] = "SPSGNR75P19F839X"  # wrong check character
+    rows["Utenze"][1][1] = ""
+    findings = assess("Utenze", workbook(rows))
+    assert {(f.cell, f.column) for f in findings} == {("A2", "CODICE_FISCALE"), ("B3", "COGNOME")}
+
+
+def test_an_sts11_of_five_characters_is_refused():
+    rows = aggregation_rows()
+    rows["Raggruppamenti Unità"][0][2] = "15012"
+    [finding] = assess("Raggruppamenti Unità", workbook(rows))
+    assert finding.cell == "C2" and "not an STS11" in finding.message
+
+
+def test_an_istat_code_typed_as_a_number_is_refused_not_padded():
+    rows = aggregation_rows()
+    rows["Erogatore"][0][5] = 63049  # Excel dropped the leading zero of 063049
+    [finding] = assess("Erogatore", workbook(rows))
+    assert finding.cell == "F2" and "leading zeros lost" in finding.message
+
+
+def test_a_partita_iva_with_a_wrong_check_digit_is_refused():
+    rows = aggregation_rows()
+    rows["Erogatore"][1][2] = "76543210638"
+    [finding] = assess("Erogatore", workbook(rows))
+    assert finding.cell == "C3" and "partita IVA" in finding.message
+
+
+def test_other_branches_accept_the_iup_ssa_code_of_any_structure_of_the_entity_and_nothing_else():
+    clinic = TracciatoContext(structure_sts11="150300", aggregation=False, other_structures=("150301",))
+    rows = [["89.7", "Visita", "CARDIO", "150300"], ["89.7", "Visita", "CARDIO", "150301"],
+            ["89.7", "Visita", "CARDIO", HUB]]
+    headers = {"Prestazioni": ["CODICE_PRESTAZIONE", "DESCRIZIONE", "CODICE_UNITA", "IUP_SSA_CODE"]}
+    rows = [["89.01.1", *r[1:]] for r in rows]
+    findings = assess("Prestazioni", workbook({"Prestazioni": rows}, headers), context=clinic)
+    assert [(f.row, f.column) for f in findings] == [(4, "IUP_SSA_CODE")]
+    assert "not the STS11 of a structure of the entity" in findings[0].message
+
+
+def test_a_semicolon_csv_is_read_and_its_rows_are_numbered_like_the_spreadsheet():
+    rows = aggregation_rows()["Prestazioni"]
+    rows[2][3] = "150999"
+    [finding] = assess("Prestazioni", csv_bytes("Prestazioni", rows), filename="Prestazioni.csv")
+    assert (finding.row, finding.cell) == (4, "D4")
+
+
+def test_a_sheet_with_only_a_header_has_no_data_rows():
+    [finding] = assess("Agende", workbook({"Agende": []}))
+    assert "no data rows" in finding.message
+
+
+def test_a_pdf_is_not_a_tracciato():
+    with pytest.raises(ValueError, match=r"must be \.xlsx or \.csv"):
+        read_tables("Prestazioni.pdf", b"%PDF-1.7")
+
+
+def test_sheet_names_match_without_accents_or_case():
+    rows = aggregation_rows()
+    book = workbook({"Unità Eroganti": rows["Unità Eroganti"], "Agende": rows["Agende"]})
+    tables = read_tables("a1.xlsx", book)
+    renamed = [t.__class__("unita eroganti" if t.sheet == "Unità Eroganti" else t.sheet, t.header, t.rows)
+               for t in tables]
+    picked = pick_table(renamed, LAYOUTS["Unità Eroganti"])
+    assert picked is not None and picked.sheet == "unita eroganti"
