@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from services.cli.common import console, database, table
 from services.runtime.eventstore import EventStore
-from services.runtime.projections import rebuild_and_diff
+from services.runtime.projections import Projection, rebuild_and_diff
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 
 
-def _projections() -> list:
-    projections = list(FLOW_PROJECTIONS)
-    try:
-        from services.onboarding.projection import PROJECTIONS as ONBOARDING
-    except ImportError:
-        ONBOARDING = ()
-    return projections + list(ONBOARDING)
+def _projections() -> list[Projection]:
+    # The CLI sees every read model of the database; each service only installs its own.
+    from services.onboarding.projection import DashboardProjection
+
+    return [*FLOW_PROJECTIONS, DashboardProjection()]
 
 
 async def replay(instance: int | None, verify: bool) -> bool:
