@@ -11,8 +11,8 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from faststream.kafka import KafkaBroker
@@ -80,7 +80,19 @@ async def serve(rt: Runtime, loops: Sequence[Loop] = (), stop: asyncio.Event | N
             loop.add_signal_handler(sig, stop.set)
     relay = OutboxRelay(rt.pool, rt.settings.kafka_bootstrap, poll_interval=1.0)
     await rt.broker.start()
-    tasks = [asyncio.create_task(relay.run(stop), name="outbox-relay")]
+
+    async def relay_forever(stop: asyncio.Event) -> None:
+        # The relay gives up if Kafka is unreachable when it starts: start it again, never leave the
+        # outbox undelivered while the service otherwise runs.
+        while not stop.is_set():
+            try:
+                await relay.run(stop)
+            except Exception as exc:
+                log.error("outbox.relay_failed", error=f"{type(exc).__name__}: {exc}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0)
+
+    tasks = [asyncio.create_task(relay_forever(stop), name="outbox-relay")]
     tasks += [asyncio.create_task(fn(stop), name=getattr(fn, "__name__", "loop")) for fn in loops]
     log.info("service.started", service=rt.name)
     try:

@@ -1,0 +1,97 @@
+"""PostgreSQL connection pools for every service, and JSON as PostgreSQL keeps it.
+
+The event store, the outbox and the projections pass Python dicts for ``json``/``jsonb`` columns and
+read dicts back, so every connection gets the same JSON codec. Always build pools here.
+
+``canonical_text`` is the one serialisation whose bytes survive a jsonb round trip (sorted keys, no
+spaces, whole floats as ints): what the event store hashes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+
+def dumps_json(value: Any) -> str:
+    # allow_nan=False: PostgreSQL rejects NaN/Infinity in JSON; fail here with Python's clearer message.
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+class _NotJson(Exception):
+    pass
+
+
+def _jsonable(value: Any) -> Any:
+    """The value with whole-number floats as ints, because jsonb gives 1e20 back as the integer
+    100000000000000000000 and 1.0 may come back as 1: the hash must survive the round trip."""
+    if value is None or isinstance(value, str | int):  # bool is an int
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _NotJson
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise _NotJson
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    raise _NotJson
+
+
+def _what_is_not_json(value: Any, where: str) -> str | None:
+    """The first place in ``value`` that JSON cannot hold (slow path, only to word the error)."""
+    if value is None or isinstance(value, str | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is {value}: JSON has no NaN or Infinity"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"{where} has a non-string key {k!r}"
+            if problem := _what_is_not_json(v, f"{where}.{k}" if where else k):
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        return next((p for i, v in enumerate(value) if (p := _what_is_not_json(v, f"{where}[{i}]"))), None)
+    return f"{where} is a {type(value).__name__}, which is not JSON (dump pydantic models with mode='json')"
+
+
+def canonical_text(value: Any, where: str = "value") -> str:
+    """Sorted keys, no spaces: the same text for the same JSON, whoever serialises it."""
+    try:
+        return json.dumps(_jsonable(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except _NotJson:
+        raise ValueError(_what_is_not_json(value, where)) from None
+
+
+def canonical_json(value: Any, where: str = "value") -> bytes:
+    return canonical_text(value, where).encode()
+
+
+async def set_json_codecs(conn: asyncpg.Connection) -> None:
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(type_name, encoder=dumps_json, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(database_url: str, **kw: Any) -> asyncpg.Pool:
+    """An asyncpg pool whose connections encode/decode json and jsonb with json.dumps/loads.
+
+    ``kw`` goes to ``asyncpg.create_pool``; an ``init`` given there runs after the codecs are set.
+    """
+    user_init: Callable[[asyncpg.Connection], Awaitable[None]] | None = kw.pop("init", None)
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await set_json_codecs(conn)
+        if user_init is not None:
+            await user_init(conn)
+
+    pool = await asyncpg.create_pool(database_url, init=init, **kw)
+    if pool is None:  # only when the pool is created without awaiting; typed as Optional upstream
+        raise RuntimeError(f"could not create a connection pool for {database_url.split('@')[-1]}")
+    return pool

@@ -1,0 +1,364 @@
+"""The event store: append-only, hash-chained streams in PostgreSQL, with a tail-safe global order.
+
+Streams (``instance-1947``, ``onboarding-42``) are sequences of events numbered 1, 2, 3... The
+primary key (stream_id, version) is the optimistic-concurrency check: two writers that both saw
+version 7 both try to insert version 8; PostgreSQL lets one commit and gives the other a unique
+violation, which becomes ``ConcurrencyError``. No table lock: writers of different streams never
+wait for each other.
+
+Global order, and why not just the bigserial ``position``: positions are taken when a row is
+inserted, but transactions commit in any order, so a reader that saw position 12 may later find
+11 appear (it was in a slower transaction) and skip it forever. Each event therefore also stores
+the id of the transaction that wrote it (``xid8``, ``pg_current_xact_id()``). A reader only
+returns events whose transaction id is below ``pg_snapshot_xmin(pg_current_snapshot())`` - every
+transaction with a smaller id has finished, so nothing can still appear before that horizon - and
+orders them by (transaction_id, position). The checkpoint is that pair. This costs no lock on the
+write path (the alternative, serialising appends with a table lock as pyeventsourcing does, caps
+throughput at one writer); the price is that a long-running transaction holds the horizon back, so
+tailing readers wait (never skip) until it ends. Transaction ids are cluster-wide: a long
+transaction in ANY database of the server delays tailing, one more reason to give the event store
+its own server in production.
+
+Hash chain: every event stores ``prev_hash`` (the previous event's hash in its stream, 32 zero
+bytes for version 1) and ``hash = sha256(prev_hash || canonical JSON of its fields)``. Editing a
+row in place breaks its hash; rewriting a hash breaks the next event's ``prev_hash``.
+``verify_stream``/``verify_all`` report every broken link.
+
+Outbox and projections ride the same transaction as the events: an append that publishes writes
+its outbox rows (relayed to Kafka by ``services.runtime.outbox.OutboxRelay``) and NOTIFYs the relay
+in the very statement that inserts the events; live projections are applied inline, so a reader
+sees its own writes. Pass ``conn`` to run all of it inside the caller's transaction (effects +
+events + outbox + consumer dedup commit together). An append costs two round trips (head read,
+then one INSERT ... WITH statement), plus a savepoint when it runs inside a transaction or has
+projections to apply.
+
+Pools must come from ``services.runtime.db.create_pool`` (JSON codecs for the jsonb columns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from services.runtime import outbox
+from services.runtime.db import canonical_json, canonical_text, dumps_json
+
+if TYPE_CHECKING:
+    from services.runtime.projections import Projection
+
+__all__ = ["GENESIS_HASH", "ChainBreak", "ConcurrencyError", "EventStore", "NewEvent", "StoredEvent",
+           "canonical_json", "event_hash", "verify_chain"]
+
+# Event types are Kafka topic names too (`flows.load-checked`).
+EVENT_TYPE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: str  # "flows.load-requested"
+    data: dict[str, Any]  # JSON-serialisable payload (pydantic model_dump(mode="json"))
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    actor: str = "system"  # who caused it (operator user id, "ts-gateway", ...)
+    metadata: dict[str, Any] = field(default_factory=dict)  # correlation/causation ids
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    stream_id: str
+    version: int
+    position: int
+    transaction_id: int
+    id: uuid.UUID
+    type: str
+    data: dict[str, Any]
+    actor: str
+    metadata: dict[str, Any]
+    recorded_at: datetime
+    prev_hash: bytes
+    hash: bytes
+
+    @property
+    def global_position(self) -> tuple[int, int]:
+        """The checkpoint to pass back to ``read_all(after=...)``."""
+        return (self.transaction_id, self.position)
+
+
+# --- hash chain (pure functions: no I/O) -------------------------------------------------------
+
+GENESIS_HASH = bytes(32)  # what version 1 chains from
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    """One broken link: ``link`` is "hash" (the row was edited), "prev_hash" (a hash was rewritten
+    or an event removed) or "version" (a gap); expected/found are hex digests or version numbers."""
+
+    stream_id: str
+    version: int
+    link: str
+    expected: str
+    found: str
+
+    def __str__(self) -> str:
+        return f"{self.stream_id} v{self.version}: {self.link} expected {self.expected}, found {self.found}"
+
+
+def _chained(prev_hash: bytes, *, stream_id: str, version: int, event_id: uuid.UUID, type: str,
+             data_json: str, actor: str, recorded_at: datetime, metadata_json: str) -> bytes:
+    # Byte for byte canonical_json() of the whole record (its keys in sorted order), assembled from
+    # the already canonical data and metadata so that an append serialises each payload once.
+    body = (f'{{"actor":{dumps_json(actor)},"data":{data_json},"event_id":"{event_id}",'
+            f'"metadata":{metadata_json},"recorded_at":"{recorded_at.astimezone(UTC).isoformat()}",'
+            f'"stream_id":{dumps_json(stream_id)},"type":{dumps_json(type)},"version":{int(version)}}}')
+    return hashlib.sha256(prev_hash + body.encode()).digest()
+
+
+def event_hash(prev_hash: bytes, *, stream_id: str, version: int, event_id: uuid.UUID, type: str,
+               data: dict[str, Any], actor: str, recorded_at: datetime, metadata: dict[str, Any]) -> bytes:
+    """sha256(prev_hash || canonical JSON of the event's fields)."""
+    where = f"event {version} ({type}) of stream {stream_id}"
+    return _chained(prev_hash, stream_id=stream_id, version=version, event_id=event_id, type=type,
+                    data_json=canonical_text(data, f"{where}: data"), actor=actor, recorded_at=recorded_at,
+                    metadata_json=canonical_text(metadata, f"{where}: metadata"))
+
+
+def verify_chain(events: Iterable[StoredEvent], previous: StoredEvent | None = None) -> Iterator[ChainBreak]:
+    """Every broken link in ``events`` (ordered by stream, version; several streams allowed).
+
+    ``previous``: the event just before the first one, when checking page by page.
+    """
+    for event in events:
+        same_stream = previous is not None and previous.stream_id == event.stream_id
+        want_version = previous.version + 1 if same_stream and previous else 1
+        want_prev = previous.hash if same_stream and previous else GENESIS_HASH
+        if event.version != want_version:
+            yield ChainBreak(event.stream_id, event.version, "version", str(want_version), str(event.version))
+        if event.prev_hash != want_prev:
+            yield ChainBreak(event.stream_id, event.version, "prev_hash", want_prev.hex(),
+                             event.prev_hash.hex())
+        recomputed = event_hash(event.prev_hash, stream_id=event.stream_id, version=event.version,
+                                event_id=event.id, type=event.type, data=event.data, actor=event.actor,
+                                recorded_at=event.recorded_at, metadata=event.metadata)
+        if recomputed != event.hash:
+            yield ChainBreak(event.stream_id, event.version, "hash", recomputed.hex(), event.hash.hex())
+        previous = event
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+class ConcurrencyError(Exception):
+    """Another writer appended to the stream since the caller read it."""
+
+    def __init__(self, stream_id: str, expected: int | None, actual: int | None) -> None:
+        self.stream_id, self.expected, self.actual = stream_id, expected, actual
+        found = f"it is at version {actual}" if actual is not None else \
+            "a concurrent writer took the next version"
+        want = "the current version" if expected is None else f"version {expected}"
+        super().__init__(f"stream {stream_id}: expected {want}, but {found}")
+
+
+_COLUMNS = ("stream_id, version, position, transaction_id, event_id, type, data, actor, metadata, "
+            "recorded_at, prev_hash, hash")
+
+_HEAD = "SELECT version, hash FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1"
+
+_INSERT = """
+INSERT INTO events (stream_id, version, event_id, type, data, actor, metadata, recorded_at, prev_hash, hash)
+SELECT $1, u.version, u.event_id, u.type, u.data::jsonb, u.actor, u.metadata::jsonb, $2, u.prev_hash, u.hash
+FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::bytea[], $10::bytea[])
+     WITH ORDINALITY AS u(version, event_id, type, data, actor, metadata, prev_hash, hash, n)
+ORDER BY u.n
+RETURNING version, position, transaction_id
+"""
+
+# Events, their outbox rows and the relay's wake-up in ONE statement: one round trip, and atomic
+# even without an explicit transaction. Outbox topic = event type, payload = event data.
+_INSERT_AND_QUEUE = f"""
+WITH appended AS ({_INSERT}),
+queued AS (
+    INSERT INTO outbox (event_id, topic, key, headers, payload)
+    SELECT q.event_id, q.topic, $11, q.headers::jsonb, q.payload::jsonb
+    FROM unnest($4::uuid[], $5::text[], $12::text[], $6::text[])
+         WITH ORDINALITY AS q(event_id, topic, headers, payload, n)
+    ORDER BY q.n
+    RETURNING 1
+)
+SELECT a.version, a.position, a.transaction_id
+FROM appended a CROSS JOIN (SELECT pg_notify('{outbox.NOTIFY_CHANNEL}', '')) AS wake
+"""
+
+# Only events of transactions older than every running one: see the module docstring.
+_READ_ALL = f"""
+SELECT {_COLUMNS} FROM events
+WHERE (transaction_id, position) > ($1::xid8, $2::bigint)
+  AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY transaction_id, position
+LIMIT $3
+"""
+
+
+def to_stored(row: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        stream_id=row["stream_id"], version=row["version"], position=row["position"],
+        transaction_id=int(row["transaction_id"]), id=row["event_id"], type=row["type"], data=row["data"],
+        actor=row["actor"], metadata=row["metadata"], recorded_at=row["recorded_at"],
+        prev_hash=bytes(row["prev_hash"]), hash=bytes(row["hash"]))
+
+
+class EventStore:
+    def __init__(self, pool: asyncpg.Pool, *, source: str, projections: Sequence[Projection] = ()) -> None:
+        self._pool = pool
+        self.source = source  # CloudEvents ce_source of what this store publishes, e.g. "/flows/loader"
+        self._projections = tuple(projections)
+
+    async def append(self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int | None,
+                     key: str, conn: asyncpg.Connection | None = None,
+                     publish: bool = True) -> list[StoredEvent]:
+        """Appends ``events`` after ``expected_version`` (0 = new stream, None = wherever it is).
+
+        Raises ConcurrencyError when the stream moved. Inside a caller's transaction (``conn``) the
+        append runs in a savepoint, so a ConcurrencyError leaves the caller's transaction usable.
+        """
+        _check_append(stream_id, events, expected_version, key)
+        if conn is not None:
+            return await self._append(conn, stream_id, events, expected_version, key, publish)
+        async with self._pool.acquire() as own:
+            return await self._append(own, stream_id, events, expected_version, key, publish)
+
+    async def _append(self, conn: asyncpg.Connection, stream_id: str, events: Sequence[NewEvent],
+                      expected_version: int | None, key: str, publish: bool) -> list[StoredEvent]:
+        if self._projections or conn.is_in_transaction():
+            async with conn.transaction():  # a savepoint inside the caller's transaction
+                return await self._write(conn, stream_id, events, expected_version, key, publish)
+        # Without projections the write is one statement, hence one transaction on its own; a stream
+        # that moved after the head read fails on the primary key like any concurrent append.
+        return await self._write(conn, stream_id, events, expected_version, key, publish)
+
+    async def _write(self, conn: asyncpg.Connection, stream_id: str, events: Sequence[NewEvent],
+                     expected_version: int | None, key: str, publish: bool) -> list[StoredEvent]:
+        head = await conn.fetchrow(_HEAD, stream_id)
+        current, prev = (head["version"], bytes(head["hash"])) if head else (0, GENESIS_HASH)
+        if expected_version is not None and current != expected_version:
+            raise ConcurrencyError(stream_id, expected_version, current)
+        # PostgreSQL keeps microseconds; so does the hash.
+        recorded_at = datetime.now(UTC)
+        versions, prev_hashes, hashes, datas, metadatas = [], [], [], [], []
+        for number, event in enumerate(events, start=current + 1):
+            where = f"event {number} ({event.type}) of stream {stream_id}"
+            data_json = canonical_text(event.data, f"{where}: data")
+            metadata_json = "{}" if event.metadata == {} else canonical_text(event.metadata, f"{where}: metadata")
+            digest = _chained(prev, stream_id=stream_id, version=number, event_id=event.id, type=event.type,
+                              data_json=data_json, actor=event.actor, recorded_at=recorded_at,
+                              metadata_json=metadata_json)
+            versions.append(number)
+            prev_hashes.append(prev)
+            hashes.append(digest)
+            datas.append(data_json)
+            metadatas.append(metadata_json)
+            prev = digest
+        args: list[Any] = [stream_id, recorded_at, versions, [e.id for e in events], [e.type for e in events],
+                           datas, [e.actor for e in events], metadatas, prev_hashes, hashes]
+        if publish:
+            args += [key, outbox.headers_json_for_append([(e.id, e.type) for e in events], time=recorded_at,
+                                                         key=key, source=self.source)]
+        try:
+            rows = await conn.fetch(_INSERT_AND_QUEUE if publish else _INSERT, *args)
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name == "events_pkey":
+                raise ConcurrencyError(stream_id, expected_version, None) from exc
+            raise ValueError(f"stream {stream_id}: an event id of this append is already stored "
+                             f"({exc.detail})") from exc
+        by_version = {row["version"]: row for row in rows}
+        stored = [StoredEvent(stream_id=stream_id, version=v, position=by_version[v]["position"],
+                              transaction_id=int(by_version[v]["transaction_id"]), id=e.id, type=e.type,
+                              data=e.data, actor=e.actor, metadata=e.metadata, recorded_at=recorded_at,
+                              prev_hash=p, hash=h)
+                  for v, e, p, h in zip(versions, events, prev_hashes, hashes, strict=True)]
+        for projection in self._projections:
+            for stored_event in stored:
+                await projection.apply(conn, stored_event)
+        return stored
+
+    async def read_stream(self, stream_id: str, from_version: int = 1) -> list[StoredEvent]:
+        rows = await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version",
+            stream_id, from_version)
+        return [to_stored(row) for row in rows]
+
+    async def stream_version(self, stream_id: str, conn: asyncpg.Connection | None = None) -> int:
+        sql = "SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1"
+        value = await (conn or self._pool).fetchval(sql, stream_id)
+        return int(value)
+
+    async def read_all(self, after: tuple[int, int] = (0, 0), limit: int = 1000) -> list[StoredEvent]:
+        """Committed events after the checkpoint ``after`` = (transaction_id, position), in global order.
+
+        Safe to tail: an event is returned only once every transaction that could precede it has
+        ended, so a later call never finds an event before the last checkpoint.
+        """
+        rows = await self._pool.fetch(_READ_ALL, after[0], after[1], limit)
+        return [to_stored(row) for row in rows]
+
+    async def list_streams(self, prefix: str = "") -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT DISTINCT stream_id FROM events WHERE starts_with(stream_id, $1) ORDER BY stream_id",
+            prefix)
+        return [row["stream_id"] for row in rows]
+
+    async def verify_stream(self, stream_id: str) -> list[ChainBreak]:
+        return list(verify_chain(await self.read_stream(stream_id)))
+
+    async def verify_all(self, batch: int = 5000) -> list[ChainBreak]:
+        """Recomputes every stream's chain, page by page (stream, version order) in one snapshot."""
+        breaks: list[ChainBreak] = []
+        async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            last: tuple[str, int] = ("", 0)
+            carry: StoredEvent | None = None  # last event of the previous page: the next one chains from it
+            while True:
+                rows = await conn.fetch(
+                    f"SELECT {_COLUMNS} FROM events WHERE (stream_id, version) > ($1, $2) "
+                    "ORDER BY stream_id, version LIMIT $3", last[0], last[1], batch)
+                if not rows:
+                    return breaks
+                page = [to_stored(row) for row in rows]
+                breaks.extend(verify_chain(page, previous=carry))
+                carry = page[-1]
+                last = (carry.stream_id, carry.version)
+
+    @asynccontextmanager
+    async def consume(self, conn: asyncpg.Connection, *, consumer: str,
+                      message_id: str) -> AsyncIterator[bool]:
+        """``async with store.consume(conn, consumer="loader", message_id=ce_id) as fresh:``.
+
+        ``fresh`` is False when this consumer already processed the message: skip the effects.
+        Must run inside the caller's transaction, the one that holds the effects.
+        """
+        yield await outbox.mark_processed(conn, consumer, message_id)
+
+
+def _check_append(stream_id: str, events: Sequence[NewEvent], expected_version: int | None, key: str) -> None:
+    if not stream_id:
+        raise ValueError("append: stream_id is empty")
+    if not key:
+        raise ValueError(f"append to {stream_id}: key (the aggregate id) is empty")
+    if not events:
+        raise ValueError(f"append to {stream_id}: no events given")
+    if expected_version is not None and expected_version < 0:
+        raise ValueError(f"append to {stream_id}: expected_version {expected_version} is negative")
+    for index, event in enumerate(events, start=1):
+        if not EVENT_TYPE.match(event.type):
+            raise ValueError(f"append to {stream_id}, event {index} ({event.id}): type {event.type!r} "
+                             "is not a topic-style name like 'flows.load-checked'")
+        if not isinstance(event.data, dict):
+            raise ValueError(f"append to {stream_id}, event {index} ({event.type}): data must be a dict, "
+                             f"not {type(event.data).__name__}")

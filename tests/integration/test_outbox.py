@@ -1,0 +1,189 @@
+"""The outbox relay on the real Kafka and PostgreSQL of the local stack (fails, never skips, when down)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from contracts.envelope import from_kafka_headers
+from services.runtime.db import create_pool
+from services.runtime.eventstore import EventStore, NewEvent
+from services.runtime.migrations import MIGRATIONS_DIR, migrate
+from services.runtime.outbox import OutboxRelay, mark_processed
+
+pytestmark = pytest.mark.integration
+
+SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:15432/flows")
+KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+
+
+@pytest.fixture
+async def pool(tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
+    """A database of our own on the shared server, with only this area's migrations."""
+    name = f"test_outbox_{uuid.uuid4().hex[:10]}"
+    for path in MIGRATIONS_DIR.glob("000[1-9]_*.sql"):
+        shutil.copy(path, tmp_path / path.name)
+    admin = await asyncpg.connect(SERVER_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        pool = await create_pool(SERVER_URL.rsplit("/", 1)[0] + "/" + name, min_size=1, max_size=10)
+        await migrate(pool, tmp_path)
+        await pool.execute("CREATE TABLE stamp (event_id uuid NOT NULL)")  # the consumer's effect
+        yield pool
+        await pool.close()
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def fresh_topic() -> str:
+    return f"test.relay-{uuid.uuid4().hex[:8]}"
+
+
+async def append_numbered(store: EventStore, topic: str, keys: list[str], per_key: int) -> list[uuid.UUID]:
+    ids = []
+    for n in range(per_key):
+        for key in keys:
+            written = await store.append(f"instance-{key}", [NewEvent(type=topic, data={"key": key, "n": n})],
+                                         expected_version=n, key=key)
+            ids.append(written[0].id)
+    return ids
+
+
+async def unpublished(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
+    async with asyncio.timeout(within):
+        while not await condition():  # noqa: ASYNC110 - the condition lives in PostgreSQL, no event to wait on
+            await asyncio.sleep(0.05)
+
+
+async def consume_all(topic: str, expected: int, settle: float = 2.0) -> list[tuple[str, dict, dict]]:
+    """(key, headers, payload) of every message, reading until ``expected`` arrived and nothing more comes."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, group_id=f"g-{uuid.uuid4().hex[:6]}",
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    messages: list[tuple[str, dict, dict]] = []
+    try:
+        async with asyncio.timeout(60):
+            quiet_since = None
+            while True:
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for r in records:
+                        assert r.key is not None and r.value is not None
+                        messages.append((r.key.decode(), dict(from_kafka_headers(r.headers).__dict__),
+                                         json.loads(r.value)))
+                now = asyncio.get_running_loop().time()
+                if batch or len(messages) < expected:
+                    quiet_since = now
+                elif quiet_since is not None and now - quiet_since > settle:
+                    return messages
+    finally:
+        await consumer.stop()
+
+
+async def test_a_relay_killed_between_ack_and_mark_resends_and_the_deduping_consumer_applies_once(
+        pool: asyncpg.Pool) -> None:
+    store = EventStore(pool, source="/flows/loader")
+    topic = fresh_topic()
+    ids = await append_numbered(store, topic, keys=["1947", "1948", "2001"], per_key=10)
+    reached_the_window = asyncio.Event()
+
+    async def die_after_ack(acked: list[int]) -> None:
+        reached_the_window.set()
+        await asyncio.Event().wait()  # parked until cancelled: the "kill"
+
+    doomed = asyncio.create_task(OutboxRelay(pool, KAFKA, batch_size=12, after_ack=die_after_ack).run())
+    await asyncio.wait_for(reached_the_window.wait(), 30)
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    assert await unpublished(pool) == 30  # 12 reached Kafka but were never marked
+
+    stop = asyncio.Event()
+    restarted = OutboxRelay(pool, KAFKA, batch_size=12)
+    running = asyncio.create_task(restarted.run(stop))
+    await wait_until(lambda: _none_left(pool))
+    stop.set()
+    await running
+    assert restarted.published == 30
+
+    messages = await consume_all(topic, expected=42)
+    assert len(messages) == 42  # 12 duplicates: at least once, as promised
+    for _key, headers, _payload in messages:
+        async with pool.acquire() as conn, conn.transaction():
+            if await mark_processed(conn, "stamper", headers["id"]):
+                await conn.execute("INSERT INTO stamp VALUES ($1)", uuid.UUID(headers["id"]))
+    stamped = [row["event_id"] for row in await pool.fetch("SELECT event_id FROM stamp")]
+    assert sorted(stamped) == sorted(ids)  # every event, each exactly once
+
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for key, headers, payload in messages:
+        assert headers["type"] == topic and headers["source"] == "/flows/loader" and headers["subject"] == key
+        if payload["n"] not in by_key[key]:
+            by_key[key].append(payload["n"])
+    assert by_key == {k: list(range(10)) for k in ("1947", "1948", "2001")}  # per-key order kept
+
+
+async def _none_left(pool: asyncpg.Pool) -> bool:
+    return await unpublished(pool) == 0
+
+
+async def test_only_one_relay_publishes_and_a_standby_takes_over_when_it_stops(pool: asyncpg.Pool) -> None:
+    store = EventStore(pool, source="/flows/loader")
+    topic = fresh_topic()
+    stop_first, stop_second = asyncio.Event(), asyncio.Event()
+    first, second = OutboxRelay(pool, KAFKA, poll_interval=0.2), OutboxRelay(pool, KAFKA, poll_interval=0.2)
+    first_task = asyncio.create_task(first.run(stop_first))
+    await wait_until(lambda: _is(first.is_leader))
+    second_task = asyncio.create_task(second.run(stop_second))
+    await append_numbered(store, topic, keys=["1947"], per_key=5)
+    await wait_until(lambda: _none_left(pool))
+    assert (first.published, second.is_leader) == (5, False)
+
+    stop_first.set()
+    await first_task
+    await wait_until(lambda: _is(second.is_leader))
+    await append_numbered_from(store, topic, key="1947", start=5, count=3)
+    await wait_until(lambda: _none_left(pool))
+    stop_second.set()
+    await second_task
+    assert second.published == 3
+
+
+async def _is(flag: bool) -> bool:
+    return flag
+
+
+async def append_numbered_from(store: EventStore, topic: str, key: str, start: int, count: int) -> None:
+    for n in range(start, start + count):
+        await store.append(f"instance-{key}", [NewEvent(type=topic, data={"key": key, "n": n})],
+                           expected_version=n, key=key)
+
+
+async def test_the_relay_wakes_on_notify_long_before_its_poll_interval(pool: asyncpg.Pool) -> None:
+    store = EventStore(pool, source="/flows/loader")
+    stop = asyncio.Event()
+    relay = OutboxRelay(pool, KAFKA, poll_interval=60)
+    running = asyncio.create_task(relay.run(stop))
+    await wait_until(lambda: _is(relay.is_leader))
+    await append_numbered(store, fresh_topic(), keys=["3003"], per_key=1)
+    await asyncio.sleep(0.5)  # let the first pass (before the append) go back to waiting
+    await append_numbered_from(store, fresh_topic(), key="3003", start=1, count=1)
+    await wait_until(lambda: _none_left(pool), within=10)  # far below the 60 s poll
+    stop.set()
+    await running
+    assert relay.published == 2
