@@ -216,9 +216,9 @@ def demo(ente: Annotated[str, typer.Option()] = "201",
          month: Annotated[str | None, typer.Option(help="YYYY-MM; default: last month")] = None,
          services: Annotated[int, typer.Option()] = 3000) -> None:
     """Set up, start everything, generate a month, walk a Flusso C and a 730 to Formatted."""
-    from services.cli import demo as dm
+    from services.cli.demo import run_demo
 
-    dm.run_demo(ente, month, services)
+    run_demo(ente, month, services)
 
 
 def _json(data: object) -> str:

@@ -28,7 +28,7 @@ async def publish(generation: Generation, bootstrap: str) -> dict[str, int]:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("publishing source records", total=None)
             for record in generation:
-                source_id: str = record.source_id  # every source model has one
+                source_id = str(vars(record)["source_id"])  # every source record has one
                 kind = SOURCE_FILES[type(record)][0]
                 topic = f"sources.{kind}"
                 headers = Envelope.new(topic, "/cup/campania", subject=source_id).to_headers()
@@ -45,14 +45,16 @@ async def publish(generation: Generation, bootstrap: str) -> dict[str, int]:
     return counts
 
 
-async def wait_stored(ente: str, expected: int, timeout: float = 300) -> None:
-    """Waits until the loader has stored `expected` delivered services of `ente` (intake is async)."""
+async def wait_stored(prefix: str, expected: int, timeout: float = 300) -> None:
+    """Waits until the loader has stored `expected` delivered services whose source_id starts with
+    `prefix` (intake is asynchronous: published is not yet stored)."""
     deadline = time.monotonic() + timeout
     async with database() as pool:
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("loader storing source records", total=expected)
             while True:
-                stored = await pool.fetchval("SELECT count(*) FROM source_service WHERE ente = $1", ente)
+                stored = await pool.fetchval("SELECT count(*) FROM source_service WHERE starts_with(source_id, $1)",
+                                             prefix)
                 progress.update(task, completed=stored)
                 if stored >= expected:
                     return

@@ -1,0 +1,60 @@
+"""`flows demo` (the README's main command): start everything, generate a month of source data for
+one entity, walk a Flusso C and a 730 instance to Formatted, send the 730 to the local TS simulator,
+print where the files are, and leave the platform running to explore with `flows`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date, timedelta
+
+from rich.rule import Rule
+
+from services.cli import instances as inst
+from services.cli import sources, stack
+from services.cli.common import console, settings
+from services.loader.generator import month_period
+
+# The simulator's account (services/ts_gateway/simulator_main.py defaults): test values, not secrets.
+DEMO_TS = {"cf": "PROVAX00X00X000Y", "user": "PROVAX00X00X000Y", "password": "Salve123", "pincode": "1234567890"}
+
+
+def _last_month() -> str:
+    first = date.today().replace(day=1)
+    prev = first - timedelta(days=1)
+    return f"{prev.year:04d}-{prev.month:02d}"
+
+
+async def _walk(ente: str, month: str, services: int) -> None:
+    from services.cli.ts import send_730
+
+    start, end = month_period(month)
+    console.print(Rule(f"1. Source data: {services} services of ente {ente}, {month}"))
+    generation = await sources.generate(ente, month, services, bad=0, seed=1, out=None)
+    delivered = sum(1 for r in generation if type(r).__name__ == "DeliveredService")
+    await sources.wait_stored(generation.prefix, delivered)
+
+    console.print(Rule("2. Flusso C: load -> Checked -> format -> Formatted"))
+    flusso_c = await inst.load("FLUSSO_C", ente, start, end, "2020", None, True, "demo")
+    await inst.format_instance(flusso_c, True, "demo")
+
+    console.print(Rule("3. Flusso 730: load -> Checked -> format -> Formatted -> Sistema TS (simulator)"))
+    f730 = await inst.load("FLUSSO_730", ente, start, end, "2020", None, True, "demo")
+    await inst.format_instance(f730, True, "demo")
+    await send_730(f730, DEMO_TS["cf"], DEMO_TS["user"], DEMO_TS["password"], DEMO_TS["pincode"], date.today(),
+                   "demo", True)
+
+    console.print(Rule("4. Where things are"))
+    await inst.list_instances(None, None, None)
+    cfg = settings()
+    console.print(f"files are stored by content hash under {cfg.files_dir}; `flows export {flusso_c} --out ./out` "
+                  "writes them with their names")
+    console.print(f"try: flows show {flusso_c} | flows files {flusso_c} --view <name> | flows feedback <n> | "
+                  "flows deadlines | flows replay --all --verify")
+    console.print("the platform keeps running; stop it with `flows stack down`")
+
+
+def run_demo(ente: str, month: str | None, services: int) -> None:
+    console.print(Rule("0. Platform: Kafka 3.9 + PostgreSQL + services"))
+    stack.up(brokers=1, with_services=True)
+    asyncio.run(_walk(ente, month or _last_month(), services))
