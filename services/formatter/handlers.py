@@ -84,7 +84,8 @@ async def _format_locked(instance: int, deps: FormatterDeps) -> None:
     result: flows.Payload
     try:
         outcome = await run_format(deps.pool, deps.files, instance, int(checked["source_instance"]),
-                                   created["flow_type"], created["version"])
+                                   created["flow_type"], created["version"],
+                                   options_730={"certificate_path": deps.sanitel_cert})
         if outcome.ok:
             result = flows.Formatted(instance=instance, files=[flows.FileRef(**f) for f in outcome.files])
         else:

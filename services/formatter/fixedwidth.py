@@ -1,0 +1,141 @@
+"""Fixed-width field rules, one value at a time, and the detail view of a produced file.
+
+These scalar functions ARE the formatting rules (spec/flusso-c.md, "General rules"); the column-wise
+engine in `columnar.py` applies the same rules to whole columns for speed, and the tests check
+that both agree. `parse_record` / `iter_table` read a file back as named fields: the seed's
+detail view, and the way tests check files field by field.
+
+Transliteration rule (documented in docs/layouts.md): the Italian accented vowels become the vowel
+followed by an apostrophe, as Italian registries write them (`NICOLÒ` -> `NICOLO'`, `à` -> `a'`,
+then upper-cased); any other letter with a diacritic loses it (`Ç` -> `C`, `Ñ` -> `N`, `Ä` -> `A`);
+typographic apostrophes become `'`. A character still outside printable ASCII is an error.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Iterator
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from services.formatter.layouts import FieldSpec, Layout, RecordKind
+
+_APOSTROPHE_VOWELS = "ÀÁÈÉÌÍÒÓÙÚàáèéìíòóùú"
+TRANSLITERATION: dict[str, str] = {ch: unicodedata.normalize("NFD", ch)[0] + "'" for ch in _APOSTROPHE_VOWELS}
+TRANSLITERATION.update({"’": "'", "‘": "'", "`": "'", "´": "'", "ß": "SS", "Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o"})
+
+PRINTABLE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"\\"}
+
+
+class FieldValueError(ValueError):
+    """A value that cannot be written in its field; `code` is the feedback code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def transliterate(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in TRANSLITERATION:
+            out.append(TRANSLITERATION[ch])
+        elif ord(ch) < 0x80:
+            out.append(ch)
+        else:
+            base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+            out.append(base)
+    return "".join(out)
+
+
+def format_an(value: str | None, length: int, *, upper: bool = True, truncate: bool = False) -> tuple[str, bool]:
+    """Left-aligned, space-padded ASCII. Returns (text, truncated); too long raises unless `truncate`."""
+    if value is None:
+        return " " * length, False
+    text = transliterate(value)
+    if upper:
+        text = text.upper()
+    bad = sorted({ch for ch in text if ch not in PRINTABLE})
+    if bad:
+        raise FieldValueError("CHARSET", f"characters {bad!r} are not printable ASCII (after transliteration)")
+    if len(text) > length:
+        if not truncate:
+            raise FieldValueError("TOO_LONG", f"{text!r} is {len(text)} characters, the field holds {length}")
+        return text[:length], True
+    return text.ljust(length), False
+
+
+def format_n(value: int | None, length: int) -> str:
+    """Right-aligned, zero-padded non-negative integer."""
+    if value is None:
+        return "0" * length
+    if value < 0:
+        raise FieldValueError("NEGATIVE", f"{value} is negative")
+    text = str(value)
+    if len(text) > length:
+        raise FieldValueError("TOO_LONG", f"{value} needs {len(text)} digits, the field holds {length}")
+    return text.rjust(length, "0")
+
+
+def amount_cents(value: Decimal | float | int | str) -> int:
+    return int((Decimal(str(value)) * 100).to_integral_value())
+
+
+def format_amount(cents: int | None, length: int) -> str:
+    """`00123,61` (8) / `0123,61` (7): integer part zero-padded, comma, two decimals."""
+    cents = 0 if cents is None else cents
+    if cents < 0:
+        raise FieldValueError("NEGATIVE", f"amount {cents / 100:.2f} is negative")
+    whole, dec = divmod(cents, 100)
+    text = f"{whole:0{length - 3}d},{dec:02d}"
+    if len(text) > length:
+        raise FieldValueError("TOO_LONG", f"amount {cents / 100:.2f} does not fit {length} characters")
+    return text
+
+
+def format_date(value: date | None) -> str:
+    return "        " if value is None else value.strftime("%d%m%Y")
+
+
+# ---------------------------------------------------------------------------------------------
+# detail view
+
+
+def parse_value(spec: FieldSpec, text: str) -> Any:
+    if spec.type == "AN":
+        return text.rstrip(" ")
+    if spec.type == "N":
+        return int(text) if text.strip() else None
+    if spec.type == "AMOUNT":
+        return Decimal(text.replace(",", "."))
+    if not text.strip():
+        return None
+    return date(int(text[4:8]), int(text[2:4]), int(text[0:2]))
+
+
+def parse_record(layout: Layout, kind: str, line: str | bytes) -> dict[str, Any]:
+    """One record as {field name: value}: AN stripped, N int, AMOUNT Decimal, DATE date or None."""
+    record: RecordKind = layout.record(kind)
+    text = line.decode("ascii") if isinstance(line, bytes) else line
+    text = text.rstrip("\r\n")
+    if len(text) != record.length:
+        raise ValueError(f"{kind} record has {len(text)} characters, the layout says {record.length}: {text[:40]!r}...")
+    values: dict[str, Any] = {}
+    for spec in record.fields:
+        raw = text[spec.offset:spec.offset + spec.length]
+        try:
+            values[spec.name] = parse_value(spec, raw)
+        except ValueError as exc:
+            where = f"{kind} field {spec.name} ({spec.start}-{spec.end})"
+            raise ValueError(f"{where}: {raw!r} is not a valid {spec.type}") from exc
+    return values
+
+
+def iter_table(layout: Layout, kind: str, lines: Iterable[str | bytes]) -> Iterator[dict[str, Any]]:
+    """The records of a file as rows of named fields; an error names the line number."""
+    for number, line in enumerate(lines, start=1):
+        try:
+            yield parse_record(layout, kind, line)
+        except ValueError as exc:
+            raise ValueError(f"line {number}: {exc}") from exc

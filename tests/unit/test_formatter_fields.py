@@ -1,0 +1,111 @@
+from datetime import date
+
+import pytest
+
+from services.formatter.chunks import ChunkFormatter
+from services.formatter.columnar import ProblemLog
+from services.formatter.fixedwidth import (
+    FieldValueError,
+    format_amount,
+    format_an,
+    format_date,
+    format_n,
+    parse_record,
+    transliterate,
+)
+from services.formatter.layouts import load_layout
+from tests.unit.test_formatter_support import service, table
+
+FLUSSO_C = load_layout("FLUSSO_C", "2020")
+
+
+def lines(records) -> list[str]:
+    return records.tobytes().decode("ascii").splitlines()
+
+
+def test_an_is_left_aligned_space_padded_and_upper_case() -> None:
+    assert format_an("Rossi", 8) == ("ROSSI   ", False)
+
+
+def test_n_is_right_aligned_and_zero_padded() -> None:
+    assert format_n(7, 3) == "007"
+
+
+def test_amounts_have_a_comma_and_two_decimals_in_8_and_7_characters() -> None:
+    assert format_amount(12361, 8) == "00123,61"
+    assert format_amount(12361, 7) == "0123,61"
+    assert format_amount(0, 7) == "0000,00"
+
+
+def test_dates_are_ddmmyyyy_and_blank_when_missing() -> None:
+    assert format_date(date(2026, 11, 3)) == "03112026"
+    assert format_date(None) == "        "
+
+
+def test_accented_vowels_become_the_vowel_and_an_apostrophe() -> None:
+    assert transliterate("Nicolò Pàtanè") == "Nicolo' Pa'tane'"
+    assert format_an("Nicolò", 8) == ("NICOLO' ", False)
+    assert transliterate("Çiğdem Muñoz") == "Cigdem Munoz"
+
+
+def test_a_value_longer_than_its_field_is_an_error_never_cut() -> None:
+    with pytest.raises(FieldValueError) as err:
+        format_an("X" * 17, 16)
+    assert err.value.code == "TOO_LONG"
+
+
+def test_an_amount_too_big_for_its_field_is_an_error() -> None:
+    with pytest.raises(FieldValueError):
+        format_amount(100_000_00, 7)
+
+
+def test_engine_reports_a_too_long_prescriber_naming_record_and_field() -> None:
+    log = ProblemLog()
+    ChunkFormatter(FLUSSO_C, log).format(table([service("RX1", 1, prescriber_code="DOTT-GENNARO-ESPO")]))
+    assert log.error_count == 1
+    problem = log.errors[0]
+    assert problem.field == "C1.prescriber"
+    assert problem.code == "TOO_LONG"
+    assert "CUP-RX1-1" in problem.record and "RX1 row 01" in problem.record
+
+
+def test_engine_cuts_a_long_surname_and_warns() -> None:
+    surname = "De Las Mercedes Y Borbon-Dos Sicilie"  # 36 characters
+    log = ProblemLog()
+    out = ChunkFormatter(FLUSSO_C, log).format(table([service("RX1", 1, patient_surname=surname)]))
+    assert log.error_count == 0
+    assert {w.code for w in log.warnings} == {"TRUNCATED"}
+    assert parse_record(FLUSSO_C, "C1", lines(out.records["C1"])[0])["surname"] == surname.upper()[:30]
+
+
+def test_engine_transliterates_names_like_the_scalar_rule() -> None:
+    out = ChunkFormatter(FLUSSO_C, ProblemLog()).format(table([service("RX1", 1, patient_name="Nicolò")]))
+    assert parse_record(FLUSSO_C, "C1", lines(out.records["C1"])[0])["name"] == "NICOLO'"
+
+
+def test_a_character_without_transliteration_is_an_error() -> None:
+    log = ProblemLog()
+    ChunkFormatter(FLUSSO_C, log).format(table([service("RX1", 1, patient_name="Анна")]))
+    assert {(e.field, e.code) for e in log.errors} == {("C1.name", "CHARSET")}
+
+
+def test_a_control_character_is_an_error() -> None:
+    log = ProblemLog()
+    ChunkFormatter(FLUSSO_C, log).format(table([service("RX1", 1, patient_surname="ROS\tSI")]))
+    assert {(e.field, e.code) for e in log.errors} == {("C1.surname", "CHARSET")}
+
+
+def test_engine_output_agrees_with_the_scalar_rules_field_by_field() -> None:
+    row = service("RX7", 2, tariff=123.61, quantity=3, catalogue_coding="c", discipline=None,
+                  patient_residence_asl=None, patient_sex="F", patient_birth_date=date(1931, 2, 28))
+    out = ChunkFormatter(FLUSSO_C, ProblemLog()).format(table([row]))
+    c1, c2 = lines(out.records["C1"])[0], lines(out.records["C2"])[0]
+    assert c1[28:58] == format_an(row["patient_surname"], 30)[0]
+    assert c1[110] == "2"
+    assert c1[111:119] == format_date(row["patient_birth_date"])
+    assert c1[125:128] == "   "
+    assert c1[128:130] == format_n(2, 2)
+    assert c2[38] == "c"  # regional coding letter keeps its lower case
+    assert c2[46:49] == format_n(3, 3)
+    assert c2[58:66] == format_amount(3 * 12361, 8)
+    assert c2[51:58] == format_amount(0, 7)  # ticket is zero on rows 01..98

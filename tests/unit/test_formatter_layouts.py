@@ -1,0 +1,118 @@
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from services.formatter.chunks import ChunkFormatter
+from services.formatter.columnar import ProblemLog
+from services.formatter.fixedwidth import iter_table
+from services.formatter.layouts import DEFAULT_ROOT, LayoutError, LayoutRegistry, load_layout, parse_layout
+from tests.unit.test_formatter_support import service, table
+
+
+def tiny(fields: list[dict], length: int = 5) -> dict:
+    return {"flow_type": "TEST", "version": "1", "records": [{"kind": "T", "length": length, "fields": fields}]}
+
+
+def test_every_shipped_layout_loads_and_validates() -> None:
+    shipped = LayoutRegistry().available()
+    assert ("FLUSSO_C", "2020") in shipped and ("FLUSSO_C_PACC", "2020") in shipped
+    assert ("FLUSSO_MEF", "2020") in shipped and ("FLUSSO_ALPI_TA", "2020") in shipped
+    for flow_type, version in shipped:
+        layout = load_layout(flow_type, version)
+        assert all(sum(f.length for f in r.fields) == r.length for r in layout.records)
+    assert [r.length for r in load_layout("FLUSSO_C", "2020").records] == [150, 113]
+
+
+def test_a_gap_between_fields_is_rejected_naming_the_field() -> None:
+    fields = [{"name": "a", "start": 1, "length": 2, "type": "AN", "filler": True},
+              {"name": "b", "start": 4, "length": 2, "type": "AN", "filler": True}]
+    with pytest.raises(LayoutError, match="field 'b': starts at 4, expected 3"):
+        parse_layout(tiny(fields))
+
+
+def test_fields_not_covering_the_record_length_are_rejected() -> None:
+    fields = [{"name": "a", "start": 1, "length": 3, "type": "AN", "filler": True}]
+    with pytest.raises(LayoutError, match="cover 3 characters, the record length is 5"):
+        parse_layout(tiny(fields))
+
+
+def test_a_field_needs_exactly_one_source() -> None:
+    fields = [{"name": "a", "start": 1, "length": 5, "type": "AN", "column": "x", "constant": "y"}]
+    with pytest.raises(LayoutError, match="exactly one of"):
+        parse_layout(tiny(fields))
+
+
+def test_an_unknown_derivation_is_rejected() -> None:
+    fields = [{"name": "a", "start": 1, "length": 5, "type": "N", "derive": "magic"}]
+    with pytest.raises(LayoutError, match="derive 'magic'"):
+        parse_layout(tiny(fields))
+
+
+def test_a_new_layout_version_is_only_a_data_file(tmp_path: Path) -> None:
+    # 2021 variant: the error flags shrink to 5 characters and a 5-character "lot" constant follows
+    (tmp_path / "FLUSSO_C").mkdir()
+    text = (DEFAULT_ROOT / "FLUSSO_C" / "2020.toml").read_text().replace('version = "2020"', 'version = "2021"')
+    text = text.replace(
+        '{ name = "error_flags", start = 68, length = 10, type = "AN", constant = "0000000000", '
+        'notes = "ERR01..ERR10" },',
+        '{ name = "error_flags", start = 68, length = 5, type = "AN", constant = "00000" },\n'
+        '  { name = "lot", start = 73, length = 5, type = "AN", constant = "L2021" },')
+    (tmp_path / "FLUSSO_C" / "2021.toml").write_text(text)
+    layout = LayoutRegistry(tmp_path).get("FLUSSO_C", "2021")
+    out = ChunkFormatter(layout, ProblemLog()).format(table([service("RX1", 1)]))
+    rows = list(iter_table(layout, "C2", out.records["C2"].tobytes().splitlines()))
+    assert [(r["lot"], r["error_flags"], r["row_number"]) for r in rows] == [("L2021", "00000", 1),
+                                                                            ("L2021", "00000", 99)]
+
+
+def test_a_layout_file_must_be_named_after_its_flow_type_and_version(tmp_path: Path) -> None:
+    (tmp_path / "FLUSSO_C").mkdir()
+    shutil.copy(DEFAULT_ROOT / "FLUSSO_C" / "2020.toml", tmp_path / "FLUSSO_C" / "2022.toml")
+    with pytest.raises(LayoutError, match="declares FLUSSO_C 2020"):
+        LayoutRegistry(tmp_path).get("FLUSSO_C", "2022")
+
+
+def test_pacc_writes_the_closing_date_of_the_pathway_on_every_row() -> None:
+    pacc = load_layout("FLUSSO_C_PACC", "2020")
+    rows = [service("PACC1", 1, catalogue_coding="c", delivery_date=date(2026, 11, 3)),
+            service("PACC1", 2, catalogue_coding="c", delivery_date=date(2026, 11, 24))]
+    out = ChunkFormatter(pacc, ProblemLog()).format(table(rows))
+    c2 = list(iter_table(pacc, "C2", out.records["C2"].tobytes().splitlines()))
+    assert [r["service_date"] for r in c2] == [date(2026, 11, 24), date(2026, 11, 24), None]
+    plain = ChunkFormatter(load_layout("FLUSSO_C", "2020"), ProblemLog()).format(table(rows))
+    assert [r["service_date"] for r in iter_table(pacc, "C2", plain.records["C2"].tobytes().splitlines())][:2] == [
+        date(2026, 11, 3), date(2026, 11, 24)]
+
+
+def test_pacc_rejects_a_national_catalogue_coding() -> None:
+    log = ProblemLog()
+    ChunkFormatter(load_layout("FLUSSO_C_PACC", "2020"), log).format(table([service("PACC1", 1)]))
+    assert [(e.field, e.code) for e in log.errors] == [("C2.catalogue_coding", "NOT_ALLOWED")]
+
+
+def test_mef_has_one_record_per_service_with_booking_and_access_fields() -> None:
+    mef = load_layout("FLUSSO_MEF", "2020")
+    out = ChunkFormatter(mef, ProblemLog()).format(table([service("RX1", 1), service("RX1", 2, access_type="2")]))
+    rows = list(iter_table(mef, "MEF", out.records["MEF"].tobytes().splitlines()))
+    assert [(r["row_number"], r["access_type"], r["booking_date"], r["first_offered_date"]) for r in rows] == [
+        (1, "1", date(2026, 10, 30), date(2026, 11, 2)), (2, "2", date(2026, 10, 30), date(2026, 11, 2))]
+
+
+def test_alpi_ta_counts_waiting_days_and_flags_the_index_week() -> None:
+    alpi = load_layout("FLUSSO_ALPI_TA", "2020")
+    booking = dict(source_id="ALPI-7", ente="201", structure_sts11="000123", catalogue_code="89.7",
+                   booking_date=date(2026, 4, 7), appointment_date=date(2026, 5, 12), priority="D", index_week=True)
+    out = ChunkFormatter(alpi, ProblemLog()).format(table([booking]))
+    (row,) = iter_table(alpi, "ALPI_TA", out.records["ALPI_TA"].tobytes().splitlines())
+    assert (row["waiting_days"], row["index_week"], row["booking_id"]) == (35, 1, "ALPI-7")
+
+
+def test_an_appointment_before_its_booking_is_an_error() -> None:
+    log = ProblemLog()
+    booking = dict(source_id="ALPI-8", ente="201", structure_sts11="000123", catalogue_code="89.7",
+                   booking_date=date(2026, 5, 12), appointment_date=date(2026, 5, 1), priority=None, index_week=False)
+    ChunkFormatter(load_layout("FLUSSO_ALPI_TA", "2020"), log).format(table([booking]))
+    assert [(e.record, e.field, e.code) for e in log.errors] == [
+        ("source_id ALPI-8", "ALPI_TA.waiting_days", "NEGATIVE")]
