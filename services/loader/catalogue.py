@@ -1,0 +1,99 @@
+"""Reference data the checks need, shipped as versioned data files in contracts/data.
+
+- `catalogue/<version>.csv`: the outpatient catalogue (nomenclatore) of a layout version: coding
+  (`N` national, a lower-case letter for a regional catalogue), code with dots, description, tariff.
+  A new year is a new file, not new code.
+- `structures.csv`: the STS11 structures of each entity (Ente), for STRUCTURE_NOT_IN_ENTE.
+
+The files are read into plain dataclasses (no I/O at import); `sync_reference_data` copies them into
+the `catalogue_item` / `ente_structure` tables so the checks can join them in SQL.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from decimal import Decimal
+from functools import cache
+from pathlib import Path
+
+import asyncpg
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "contracts" / "data"
+
+
+class ReferenceDataError(ValueError):
+    """A reference data file is missing or malformed (names the file, line and field)."""
+
+
+@dataclass(frozen=True)
+class CatalogueItem:
+    coding: str
+    code: str
+    description: str
+    tariff: Decimal
+
+
+@dataclass(frozen=True)
+class Structure:
+    ente: str
+    sts11: str
+    name: str
+    structure_type: str
+
+
+def _rows(path: Path, header: list[str]) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise ReferenceDataError(f"reference data file {path} does not exist")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=";")
+        if reader.fieldnames != header:
+            raise ReferenceDataError(f"{path}: header must be {';'.join(header)}, found {reader.fieldnames}")
+        return list(reader)
+
+
+@cache
+def load_catalogue(version: str, data_dir: Path = DATA_DIR) -> tuple[CatalogueItem, ...]:
+    path = data_dir / "catalogue" / f"{version}.csv"
+    items: list[CatalogueItem] = []
+    seen: set[tuple[str, str]] = set()
+    for line, row in enumerate(_rows(path, ["coding", "code", "description", "tariff"]), start=2):
+        key = (row["coding"], row["code"])
+        if key in seen:
+            raise ReferenceDataError(f"{path} line {line}: field code: {row['code']} appears twice")
+        if len(row["code"]) > 7:
+            raise ReferenceDataError(f"{path} line {line}: field code: {row['code']!r} is longer than 7")
+        seen.add(key)
+        try:
+            tariff = Decimal(row["tariff"])
+        except ArithmeticError as exc:
+            raise ReferenceDataError(f"{path} line {line}: field tariff: {row['tariff']!r} is not a number") from exc
+        items.append(CatalogueItem(row["coding"], row["code"], row["description"], tariff))
+    return tuple(items)
+
+
+@cache
+def load_structures(data_dir: Path = DATA_DIR) -> tuple[Structure, ...]:
+    path = data_dir / "structures.csv"
+    return tuple(Structure(r["ente"], r["sts11"], r["name"], r["structure_type"])
+                 for r in _rows(path, ["ente", "sts11", "name", "structure_type"]))
+
+
+def structures_of(ente: str) -> tuple[Structure, ...]:
+    return tuple(s for s in load_structures() if s.ente == ente)
+
+
+async def sync_reference_data(conn: asyncpg.Connection, version: str) -> None:
+    """Make the tables match the data files (idempotent; cheap when nothing changed)."""
+    items = load_catalogue(version)
+    async with conn.transaction():
+        # two loads starting together must not interleave their delete + copy
+        await conn.execute("SELECT pg_advisory_xact_lock(7316004010)")
+        await conn.execute("DELETE FROM catalogue_item WHERE version = $1", version)
+        await conn.copy_records_to_table(
+            "catalogue_item", columns=["version", "coding", "code", "description", "tariff"],
+            records=[(version, i.coding, i.code, i.description, i.tariff) for i in items])
+        await conn.execute("DELETE FROM ente_structure")
+        await conn.copy_records_to_table(
+            "ente_structure", columns=["ente", "sts11", "name", "structure_type"],
+            records=[(s.ente, s.sts11, s.name, s.structure_type) for s in load_structures()])

@@ -1,0 +1,319 @@
+"""Checks at load (spec/flusso-c.md "Checks at load"): named rules, each asking one question.
+
+Every rule has a code, a severity (an `error` blocks the load -> Failed loading; a `warning` does not)
+and the field it is about. Rules are SQL predicates over the snapshot, evaluated set-wise: all the
+row rules of a snapshot in ONE scan, all the prescription rules in ONE aggregate, so a million
+services cost seconds. The codice fiscale rules need arithmetic SQL does badly: they run vectorised
+in numpy over the DISTINCT (cf, sex, birth date) of the snapshot (services.loader.codice_fiscale).
+
+Every broken rule becomes one row of `load_problem` (record key, field, code, severity, message);
+services.loader.feedback streams them into the feedback file.
+
+Record keys: `<source_id>@<prescription_id>/<row>` for a service row, `<first source_id>@<prescription_id>/99`
+for a whole prescription (row 99 is where its totals, ticket and exemption go), `<source_id>` for
+bookings and payment documents.
+
+SQL parameters of every rule: $1 snapshot_id, $2 catalogue version, $3 period start, $4 period end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal
+
+import asyncpg
+
+from services.loader.codice_fiscale import check_codici_fiscali
+from services.loader.snapshot import WORK_MEM
+
+Severity = Literal["error", "warning"]
+ERROR: Severity = "error"
+WARNING: Severity = "warning"
+
+# C2 amount fields: total 8 chars, ticket 7 chars, "integer part, comma, 2 decimals" (spec/flusso-c.md)
+MAX_TOTAL = "99999.99"
+MAX_TICKET = "9999.99"
+# Ticket may exceed the services' value only by the fixed fee per prescription (quota fissa, L. 111/2011 art. 17)
+FIXED_FEE_ALLOWANCE = "10.00"
+# Names are cut to the C1 field with a warning; every other over-long value is an error (spec/flusso-c.md)
+SURNAME_LENGTH, NAME_LENGTH = 30, 20
+
+
+@dataclass(frozen=True)
+class Rule:
+    code: str
+    severity: Severity
+    field: str
+    question: str  # the one question the rule asks, for documentation and the rule list
+    broken: str  # SQL predicate: true when the record breaks the rule
+    message: str  # SQL text expression naming the offending values
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Rules evaluated over one relation of a snapshot, with how to name the record."""
+
+    name: str
+    relation: str  # FROM clause; must expose the snapshot rows as `s`
+    record_key: str  # SQL
+    rules: tuple[Rule, ...]
+
+
+_SERVICE_KEY = "s.source_id || '@' || s.prescription_id || '/' || lpad(s.row_number::text, 2, '0')"
+
+SERVICE_ROW_RULES = RuleSet(
+    "service rows",
+    """snapshot_service s
+       LEFT JOIN catalogue_item c ON c.version = $2 AND c.coding = s.catalogue_coding AND c.code = s.catalogue_code
+       LEFT JOIN ente_structure e ON e.ente = s.ente AND e.sts11 = s.structure_sts11""",
+    _SERVICE_KEY,
+    (
+        Rule("DATE_OUTSIDE_PERIOD", ERROR, "delivery_date",
+             "Is the service dated after the period, or before the previous period (a prescription may span two)?",
+             "s.delivery_date > $4::date OR s.delivery_date < $3::date - ($4::date - $3::date + 1)",
+             "format('delivery date %s is outside %s..%s (the period and, for a prescription spanning two, "
+             "the one before)', s.delivery_date, $3::date - ($4::date - $3::date + 1), $4::date)"),
+        Rule("DELIVERY_BEFORE_PRESCRIPTION", ERROR, "delivery_date",
+             "Was the service delivered before it was prescribed?",
+             "s.delivery_date < s.prescription_date",
+             "format('delivery date %s is before the prescription date %s', s.delivery_date, s.prescription_date)"),
+        Rule("BOOKING_AFTER_DELIVERY", ERROR, "booking_date",
+             "Was the service booked after it was delivered?",
+             "s.booking_date > s.delivery_date",
+             "format('booking date %s is after the delivery date %s', s.booking_date, s.delivery_date)"),
+        Rule("BIRTH_AFTER_DELIVERY", ERROR, "patient_birth_date",
+             "Was the patient born after the service?",
+             "s.patient_birth_date > s.delivery_date",
+             "format('birth date %s is after the delivery date %s', s.patient_birth_date, s.delivery_date)"),
+        Rule("UNKNOWN_SERVICE_CODE", ERROR, "catalogue_code",
+             "Is the service code missing from the catalogue of this version?",
+             "c.code IS NULL",
+             "format('service code %s (coding %s) is not in catalogue %s', s.catalogue_code, s.catalogue_coding, $2)"),
+        Rule("QUANTITY_NOT_POSITIVE", ERROR, "quantity", "Is the quantity below 1?",
+             "s.quantity < 1", "format('quantity %s is below 1', s.quantity)"),
+        Rule("AMOUNT_NEGATIVE", ERROR, "tariff", "Is the tariff negative?",
+             "s.tariff < 0", "format('tariff %s is negative', s.tariff)"),
+        Rule("AMOUNT_NEGATIVE", ERROR, "ticket", "Is the ticket negative?",
+             "s.ticket < 0", "format('ticket %s is negative', s.ticket)"),
+        Rule("AMOUNT_TOO_LARGE", ERROR, "tariff",
+             "Does the row total (quantity x tariff) overflow the 8-character amount?",
+             f"s.quantity * s.tariff > {MAX_TOTAL}",
+             f"format('row total %s x %s = %s exceeds {MAX_TOTAL}', s.quantity, s.tariff, s.quantity * s.tariff)"),
+        Rule("TARIFF_DIFFERS_FROM_CATALOGUE", WARNING, "tariff",
+             "Does the tariff differ from the catalogue's?",
+             "c.tariff <> s.tariff",
+             "format('tariff %s differs from the catalogue tariff %s of %s', s.tariff, c.tariff, s.catalogue_code)"),
+        Rule("TOO_MANY_SERVICES", ERROR, "row_number",
+             "Is this service beyond row 98 of its prescription (row 99 closes it)?",
+             "s.row_number > 98",
+             "format('service %s of prescription %s: at most 98 services per prescription', "
+             "s.row_number, s.prescription_id)"),
+        Rule("STRUCTURE_NOT_IN_ENTE", ERROR, "structure_sts11",
+             "Does the delivering structure belong to another entity?",
+             "e.sts11 IS NULL",
+             "format('structure %s is not a structure of ente %s', s.structure_sts11, s.ente)"),
+        Rule("SURNAME_TOO_LONG", WARNING, "patient_surname",
+             f"Is the surname longer than the C1 field ({SURNAME_LENGTH}) so it will be cut?",
+             f"length(s.patient_surname) > {SURNAME_LENGTH}",
+             f"format('surname %s has %s characters: cut to {SURNAME_LENGTH}', s.patient_surname, "
+             "length(s.patient_surname))"),
+        Rule("NAME_TOO_LONG", WARNING, "patient_name",
+             f"Is the name longer than the C1 field ({NAME_LENGTH}) so it will be cut?",
+             f"length(s.patient_name) > {NAME_LENGTH}",
+             f"format('name %s has %s characters: cut to {NAME_LENGTH}', s.patient_name, length(s.patient_name))"),
+    ),
+)
+
+# One row per prescription of the snapshot, with what the prescription rules ask about.
+_PRESCRIPTIONS = """(
+    SELECT p.*,
+           rank() OVER w AS number_rank, first_value(p.prescription_id) OVER w AS number_owner
+    FROM (
+        SELECT prescription_id, min(source_id) AS first_source_id,
+               sum(quantity * tariff) AS services_total, sum(ticket) AS ticket_total,
+               bool_and(regime = 'SSN') AS ssn,
+               max(delivery_type) AS delivery_type, max(exemption_code) AS exemption_code,
+               min(prescription_number) AS prescription_number,
+               min(coalesce(patient_cf, '')) <> max(coalesce(patient_cf, '')) AS patient_differs,
+               min(delivery_type) <> max(delivery_type) AS delivery_type_differs,
+               min(coalesce(priority, '')) <> max(coalesce(priority, '')) AS priority_differs,
+               min(coalesce(exemption_code, '')) <> max(coalesce(exemption_code, '')) AS exemption_differs,
+               min(prescription_number) <> max(prescription_number) AS number_differs,
+               min(structure_sts11) <> max(structure_sts11) AS structure_differs
+        FROM snapshot_service WHERE snapshot_id = $1 GROUP BY prescription_id
+    ) p
+    WINDOW w AS (PARTITION BY p.prescription_number ORDER BY p.first_source_id, p.prescription_id)
+) s"""
+
+
+def _differs(field: str, flag: str, what: str) -> Rule:
+    return Rule("PRESCRIPTION_FIELD_DIFFERS", ERROR, field,
+                f"Do the services of one prescription disagree on the {what} (row 99 carries one)?",
+                f"s.{flag}", f"format('services of prescription %s have different {what}s', s.prescription_id)")
+
+
+PRESCRIPTION_RULES = RuleSet(
+    "prescriptions",
+    _PRESCRIPTIONS,
+    "s.first_source_id || '@' || s.prescription_id || '/99'",
+    (
+        Rule("EXEMPTION_REQUIRED", ERROR, "exemption_code",
+             "Is an SSN prescription (type S) with no ticket paid missing its exemption code?",
+             "s.ssn AND s.delivery_type = 'S' AND s.ticket_total = 0 AND s.services_total > 0 "
+             "AND s.exemption_code IS NULL",
+             "format('no ticket paid on %s euro of services and no exemption code', s.services_total)"),
+        Rule("AMOUNT_ARITHMETIC", ERROR, "ticket",
+             "Does the ticket paid exceed the value of the services plus the fixed fee?",
+             f"s.ticket_total > s.services_total + {FIXED_FEE_ALLOWANCE}",
+             f"format('ticket %s exceeds the services total %s + fixed fee {FIXED_FEE_ALLOWANCE}', "
+             "s.ticket_total, s.services_total)"),
+        Rule("AMOUNT_TOO_LARGE", ERROR, "ticket",
+             "Does the prescription's ticket overflow the 7-character amount?",
+             f"s.ticket_total > {MAX_TICKET}",
+             f"format('ticket %s exceeds {MAX_TICKET}', s.ticket_total)"),
+        Rule("AMOUNT_TOO_LARGE", ERROR, "tariff",
+             "Does the prescription's net total overflow the 8-character amount?",
+             f"s.services_total - s.ticket_total > {MAX_TOTAL}",
+             f"format('net total %s exceeds {MAX_TOTAL}', s.services_total - s.ticket_total)"),
+        Rule("DUPLICATE_PRESCRIPTION_NUMBER", ERROR, "prescription_number",
+             "Is the prescription number already used by another prescription (ID) of the snapshot?",
+             "s.number_rank > 1",
+             "format('prescription number %s is already used by prescription %s', "
+             "s.prescription_number, s.number_owner)"),
+        _differs("patient_cf", "patient_differs", "patient"),
+        _differs("delivery_type", "delivery_type_differs", "delivery type"),
+        _differs("priority", "priority_differs", "priority class"),
+        _differs("exemption_code", "exemption_differs", "exemption code"),
+        _differs("prescription_number", "number_differs", "prescription number"),
+        _differs("structure_sts11", "structure_differs", "structure"),
+    ),
+)
+
+_STRUCTURE = Rule("STRUCTURE_NOT_IN_ENTE", ERROR, "structure_sts11",
+                  "Does the structure belong to another entity?", "e.sts11 IS NULL",
+                  "format('structure %s is not a structure of ente %s', s.structure_sts11, s.ente)")
+
+BOOKING_RULES = RuleSet(
+    "bookings",
+    """snapshot_booking s
+       LEFT JOIN catalogue_item c ON c.version = $2 AND c.coding = 'N' AND c.code = s.catalogue_code
+       LEFT JOIN ente_structure e ON e.ente = s.ente AND e.sts11 = s.structure_sts11""",
+    "s.source_id",
+    (
+        _STRUCTURE,
+        Rule("UNKNOWN_SERVICE_CODE", ERROR, "catalogue_code", "Is the service code missing from the catalogue?",
+             "c.code IS NULL", "format('service code %s is not in catalogue %s', s.catalogue_code, $2)"),
+        Rule("APPOINTMENT_BEFORE_BOOKING", ERROR, "appointment_date", "Is the appointment before the booking?",
+             "s.appointment_date < s.booking_date",
+             "format('appointment %s is before the booking %s', s.appointment_date, s.booking_date)"),
+    ),
+)
+
+PAYMENT_DOCUMENT_RULES = RuleSet(
+    "payment documents",
+    """snapshot_payment_document s
+       LEFT JOIN ente_structure e ON e.ente = s.ente AND e.sts11 = s.structure_sts11""",
+    "s.source_id",
+    (
+        _STRUCTURE,
+        Rule("PAYMENT_AFTER_PERIOD", ERROR, "payment_date", "Is the payment dated after the period?",
+             "s.payment_date > $4::date", "format('payment date %s is after %s', s.payment_date, $4::date)"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class CheckPlan:
+    """What to check in a snapshot table: the SQL rule sets and how to check codici fiscali."""
+
+    table: str
+    rule_sets: tuple[RuleSet, ...]
+    cf_with_person: bool  # sex and birth date are in the record: compare them with the code
+    record_key: str
+
+
+PLANS: dict[str, CheckPlan] = {
+    "snapshot_service": CheckPlan("snapshot_service", (SERVICE_ROW_RULES, PRESCRIPTION_RULES), True, _SERVICE_KEY),
+    "snapshot_booking": CheckPlan("snapshot_booking", (BOOKING_RULES,), False, "s.source_id"),
+    "snapshot_payment_document": CheckPlan("snapshot_payment_document", (PAYMENT_DOCUMENT_RULES,), False,
+                                           "s.source_id"),
+}
+
+CF_CODES: dict[str, tuple[Severity, str]] = {
+    "CF_FORMAT": (ERROR, "Is the codice fiscale not 16 well-placed letters and digits?"),
+    "CF_CHECK_CHAR": (ERROR, "Is the check character wrong (omocodia allowed)?"),
+    "CF_BIRTH_MISMATCH": (ERROR, "Does the birth date differ from the one the codice fiscale encodes?"),
+    "CF_SEX_MISMATCH": (ERROR, "Does the sex differ from the one the codice fiscale encodes?"),
+}
+
+
+def rule_set_sql(rule_set: RuleSet) -> str:
+    """One INSERT evaluating every rule of the set in a single pass over the relation."""
+    def literal(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    values = ",\n        ".join(
+        f"(coalesce(({r.broken}), false), {literal(r.field)}, {literal(r.code)}, {literal(r.severity)}, "
+        f"{r.message})" for r in rule_set.rules)
+    any_broken = " OR ".join(f"coalesce(({r.broken}), false)" for r in rule_set.rules)
+    snapshot_filter = "" if rule_set is PRESCRIPTION_RULES else "s.snapshot_id = $1 AND "
+    # the params CTE types every parameter even when a rule set does not use all four
+    return f"""
+    WITH params AS (SELECT $1::bigint, $2::text, $3::date, $4::date)
+    INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message)
+    SELECT $1, {rule_set.record_key}, r.field, r.code, r.severity, r.message
+    FROM {rule_set.relation}
+    CROSS JOIN LATERAL (VALUES
+        {values}
+    ) AS r(broken, field, code, severity, message)
+    WHERE {snapshot_filter}({any_broken}) AND r.broken"""
+
+
+async def _run_rule_set(pool: asyncpg.Pool, rule_set: RuleSet, snapshot_id: int, version: str,
+                        period: tuple[object, object]) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        # grouping a million services by prescription fits in memory with this, not with the default 4MB
+        await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        await conn.execute(rule_set_sql(rule_set), snapshot_id, version, *period)
+
+
+async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int) -> None:
+    person = ", patient_sex, patient_birth_date" if plan.cf_with_person else ""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(f"SELECT DISTINCT patient_cf{person} FROM {plan.table} "
+                                f"WHERE snapshot_id = $1 AND patient_cf IS NOT NULL", snapshot_id)
+        codes = [r[0] for r in rows]
+        findings = check_codici_fiscali(
+            codes,
+            sexes=[r[1] for r in rows] if plan.cf_with_person else None,
+            birth_dates=[r[2] for r in rows] if plan.cf_with_person else None)
+        if not findings:
+            return
+        person_cols = ", sex text, birth date" if plan.cf_with_person else ""
+        match = " AND s.patient_sex = f.sex AND s.patient_birth_date = f.birth" if plan.cf_with_person else ""
+        async with conn.transaction():
+            await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS cf_finding_{plan.table} "
+                               f"(cf text, code text, message text{person_cols}) ON COMMIT DROP")
+            await conn.copy_records_to_table(
+                f"cf_finding_{plan.table}",
+                records=[(codes[f.index], f.code, f.message, *tuple(rows[f.index])[1:]) for f in findings])
+            await conn.execute(f"""
+                INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message)
+                SELECT $1, {plan.record_key}, 'patient_cf', f.code, 'error', f.message
+                FROM {plan.table} s JOIN cf_finding_{plan.table} f ON s.patient_cf = f.cf{match}
+                WHERE s.snapshot_id = $1""", snapshot_id)
+
+
+async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, version: str,
+                     period: tuple[object, object]) -> None:
+    """Evaluate every rule on the snapshot into load_problem (previous problems of it are replaced).
+
+    The rule sets and the codice fiscale check run concurrently on separate connections: PostgreSQL
+    runs each INSERT ... SELECT on one core, so parallel statements are how a load uses the machine."""
+    plan = PLANS[snapshot_table]
+    async with pool.acquire() as conn:
+        await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
+    await asyncio.gather(
+        *(_run_rule_set(pool, rs, snapshot_id, version, period) for rs in plan.rule_sets),
+        _run_cf_checks(pool, plan, snapshot_id))

@@ -1,0 +1,115 @@
+"""The feedback of a load: one CSV line per problem, and a one-line human summary.
+
+Format (`;`-separated, RFC 4180 quoting, LF line ends, UTF-8):
+
+    record_key;field;code;severity;message
+    CUP-201-202008-S7-0000012@201202008007000004/01;patient_cf;CF_CHECK_CHAR;error;codice fiscale ...
+
+A load may have millions of problems, so the file is streamed: from PostgreSQL with COPY straight
+into the file store (`export_feedback`), or from Python problems (`feedback_chunks`) with the same
+bytes, which the unit tests pin.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.runtime.filestore import FileStore
+
+FEEDBACK_COLUMNS = ("record_key", "field", "code", "severity", "message")
+FEEDBACK_MEDIA_TYPE = "text/csv"
+
+
+@dataclass(frozen=True)
+class Problem:
+    record_key: str  # names the record: '<source_id>@<prescription_id>/<row>' or '<source_id>'
+    field: str
+    code: str
+    severity: str  # 'error' | 'warning'
+    message: str
+
+
+@dataclass(frozen=True)
+class CodeCount:
+    code: str
+    severity: str
+    problems: int
+
+
+@dataclass(frozen=True)
+class ProblemCounts:
+    errors: int
+    warnings: int
+    error_records: int  # distinct records with at least one error
+    by_code: tuple[CodeCount, ...]
+
+
+@dataclass(frozen=True)
+class FeedbackFile:
+    sha256: str
+    bytes: int
+
+
+def feedback_chunks(problems: Iterable[Problem], chunk_lines: int = 10_000) -> Iterator[bytes]:
+    """The feedback file as byte chunks (header first), never holding more than one chunk."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=";", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+    writer.writerow(FEEDBACK_COLUMNS)
+    pending = 0
+    for p in problems:
+        writer.writerow((p.record_key, p.field, p.code, p.severity, p.message))
+        pending += 1
+        if pending >= chunk_lines:
+            yield buf.getvalue().encode("utf-8")
+            buf.seek(0)
+            buf.truncate()
+            pending = 0
+    yield buf.getvalue().encode("utf-8")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def summarise(counts: ProblemCounts) -> str:
+    """'3 errors in 2 records: 2 x CF_CHECK_CHAR, 1 x UNKNOWN_SERVICE_CODE; 1 warning: 1 x SURNAME_TOO_LONG'."""
+    def listing(severity: str) -> str:
+        items = sorted((c for c in counts.by_code if c.severity == severity), key=lambda c: (-c.problems, c.code))
+        return ", ".join(f"{c.problems} x {c.code}" for c in items)
+
+    parts = []
+    if counts.errors:
+        parts.append(f"{_plural(counts.errors, 'error')} in {_plural(counts.error_records, 'record')}: "
+                     f"{listing('error')}")
+    if counts.warnings:
+        parts.append(f"{_plural(counts.warnings, 'warning')}: {listing('warning')}")
+    return "; ".join(parts) if parts else "no problems"
+
+
+async def problem_counts(conn: asyncpg.Connection, snapshot_id: int) -> ProblemCounts:
+    rows = await conn.fetch("SELECT code, severity, count(*) AS n FROM load_problem WHERE snapshot_id = $1 "
+                            "GROUP BY code, severity", snapshot_id)
+    error_records = await conn.fetchval("SELECT count(DISTINCT record_key) FROM load_problem "
+                                        "WHERE snapshot_id = $1 AND severity = 'error'", snapshot_id)
+    by_code = tuple(CodeCount(r["code"], r["severity"], int(r["n"])) for r in rows)
+    return ProblemCounts(errors=sum(c.problems for c in by_code if c.severity == "error"),
+                         warnings=sum(c.problems for c in by_code if c.severity == "warning"),
+                         error_records=int(error_records), by_code=by_code)
+
+
+async def export_feedback(conn: asyncpg.Connection, snapshot_id: int, store: FileStore) -> FeedbackFile:
+    """Stream the snapshot's problems (sorted by record, then code) into the file store with COPY."""
+    columns = ", ".join(FEEDBACK_COLUMNS)
+    query = (f"SELECT {columns} FROM load_problem WHERE snapshot_id = $1 "
+             f"ORDER BY record_key, code, field, message")
+    with store.writer() as w:
+        async def sink(chunk: bytes) -> None:
+            w.write(chunk)
+
+        await conn.copy_from_query(query, snapshot_id, output=sink, format="csv", delimiter=";", header=True)
+    return FeedbackFile(sha256=w.sha256, bytes=w.size)

@@ -1,0 +1,237 @@
+"""Source intake ("Fonti dati"): store the CUP's records, idempotently by source_id, in bulk.
+
+The same content again is a no-op (a duplicate); new content under a known source_id is a
+correction: the stored row is replaced and its `revision` goes up. Snapshots copy rows, so a
+correction never alters a snapshot already taken. These are source tables, not the event store:
+an upsert is the right tool here.
+
+Bulk path: COPY the batch into a temp table, then ONE `INSERT ... SELECT ... ON CONFLICT (source_id)
+DO UPDATE ... WHERE content_hash differs`. The content hash is computed by PostgreSQL from the row
+(sha256 of its text form), so no Python work per record beyond building the tuple.
+Inside one batch the same source_id twice: the later record wins, the earlier counts as a duplicate.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from pydantic import ValidationError
+
+from contracts.sources import (
+    SOURCE_MODELS,
+    DeliveredService,
+    IntramoeniaBooking,
+    PaymentDocument,
+    SourceModel,
+)
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    name: str  # the key of contracts.sources.SOURCE_MODELS
+    model: type[SourceModel]
+    table: str
+    columns: tuple[str, ...]  # model fields, in model order = table columns
+    json_columns: frozenset[str] = frozenset()
+
+
+def _kind(name: str, table: str, json_columns: frozenset[str] = frozenset()) -> SourceKind:
+    model = SOURCE_MODELS[name]
+    return SourceKind(name, model, table, tuple(model.model_fields), json_columns)
+
+
+KINDS: dict[str, SourceKind] = {
+    "delivered-service": _kind("delivered-service", "source_service"),
+    "payment-document": _kind("payment-document", "source_payment_document", frozenset({"items"})),
+    "intramoenia-booking": _kind("intramoenia-booking", "source_intramoenia_booking"),
+}
+
+
+@dataclass
+class IntakeResult:
+    stored: int = 0
+    duplicates: int = 0
+    corrected: int = 0
+
+    def __iadd__(self, other: IntakeResult) -> IntakeResult:
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.corrected += other.corrected
+        return self
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A source record that cannot be stored: `record` is its source_id (or `line N` without one)."""
+
+    record: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.record}: field {self.field}: {self.message}"
+
+
+@dataclass
+class ImportResult:
+    intake: IntakeResult = field(default_factory=IntakeResult)
+    rejections: list[Rejection] = field(default_factory=list)
+    lines: int = 0
+
+
+def validate_raw(kind: str, raw: dict[str, Any], where: str | None = None) -> tuple[SourceModel | None,
+                                                                                    list[Rejection]]:
+    """Validate one raw record; on failure one Rejection per pydantic error, naming record and field."""
+    model = KINDS[kind].model
+    try:
+        return model.model_validate(raw), []
+    except ValidationError as exc:
+        source_id = raw.get("source_id")
+        record = str(source_id) if source_id else (where or "record without source_id")
+        rejections = [Rejection(record, ".".join(str(p) for p in err["loc"]) or "(record)", err["msg"])
+                      for err in exc.errors(include_url=False)]
+        return None, rejections
+
+
+def _value(record: SourceModel, column: str, json_columns: frozenset[str]) -> Any:
+    value = getattr(record, column)
+    if column in json_columns:
+        return json.dumps([item.model_dump(mode="json") for item in value], separators=(",", ":"))
+    return value
+
+
+async def store(conn: asyncpg.Connection, kind: str, records: Sequence[SourceModel]) -> IntakeResult:
+    """Store one batch of already-validated records of one kind (see module doc for the semantics)."""
+    spec = KINDS[kind]
+    if not records:
+        return IntakeResult()
+    for r in records:
+        if not isinstance(r, spec.model):
+            raise TypeError(f"{kind} intake got a {type(r).__name__} (source_id {getattr(r, 'source_id', '?')})")
+    cols = spec.columns
+    temp = f"intake_{spec.table}"
+    col_list = ", ".join(cols)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != "source_id")
+    async with conn.transaction():
+        # CREATE ... AS (not LIKE): the temp table must not inherit NOT NULL content_hash
+        await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DELETE ROWS AS "
+                           f"SELECT 0::bigint AS ordinal, {col_list} FROM {spec.table} WITH NO DATA")
+        await conn.execute(f"TRUNCATE {temp}")
+        await conn.copy_records_to_table(
+            temp, columns=["ordinal", *cols],
+            records=[(i, *(_value(r, c, spec.json_columns) for c in cols)) for i, r in enumerate(records)])
+        row = await conn.fetchrow(f"""
+            WITH incoming AS (
+                SELECT DISTINCT ON (source_id) {col_list},
+                       sha256(convert_to(ROW({col_list})::text, 'UTF8')) AS content_hash
+                FROM {temp} ORDER BY source_id, ordinal DESC
+            ), upserted AS (
+                INSERT INTO {spec.table} AS s ({col_list}, revision, content_hash, received_at)
+                SELECT {col_list}, 1, content_hash, now() FROM incoming
+                ON CONFLICT (source_id) DO UPDATE
+                   SET {updates}, revision = s.revision + 1, content_hash = EXCLUDED.content_hash,
+                       received_at = EXCLUDED.received_at
+                 WHERE s.content_hash <> EXCLUDED.content_hash
+                RETURNING (xmax = 0) AS inserted
+            )
+            SELECT count(*) FILTER (WHERE inserted) AS stored,
+                   count(*) FILTER (WHERE NOT inserted) AS corrected
+            FROM upserted""")
+    stored, corrected = int(row["stored"]), int(row["corrected"])
+    return IntakeResult(stored=stored, duplicates=len(records) - stored - corrected, corrected=corrected)
+
+
+async def store_services(conn: asyncpg.Connection, records: Sequence[DeliveredService]) -> IntakeResult:
+    return await store(conn, "delivered-service", records)
+
+
+async def store_payment_documents(conn: asyncpg.Connection, records: Sequence[PaymentDocument]) -> IntakeResult:
+    return await store(conn, "payment-document", records)
+
+
+async def store_bookings(conn: asyncpg.Connection, records: Sequence[IntramoeniaBooking]) -> IntakeResult:
+    return await store(conn, "intramoenia-booking", records)
+
+
+# --- CSV import (`flows sources import`) -------------------------------------------------------
+
+CSV_DELIMITER = ";"
+
+
+def csv_header(kind: str) -> list[str]:
+    return [c for c in KINDS[kind].columns if c != "schema_version"]
+
+
+def csv_value(value: Any) -> str:
+    """How a model value is written in the import CSV (the inverse of `_raw_from_csv`)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return json.dumps([v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in value],
+                          separators=(",", ":"))
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    return str(value)
+
+
+def _raw_from_csv(kind: str, row: dict[str, str]) -> dict[str, Any]:
+    """Empty cell = field absent (its default applies); JSON columns are parsed."""
+    raw: dict[str, Any] = {}
+    for key, cell in row.items():
+        if cell == "" or cell is None:
+            continue
+        if key in KINDS[kind].json_columns:
+            try:
+                raw[key] = json.loads(cell)
+            except json.JSONDecodeError:
+                raw[key] = cell  # pydantic then names the field
+        else:
+            raw[key] = cell
+    return raw
+
+
+def _csv_chunks(kind: str, path: Path, chunk_size: int) -> Iterator[list[tuple[int, dict[str, str]]]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter=CSV_DELIMITER)
+        allowed = set(KINDS[kind].columns)
+        unknown = [c for c in reader.fieldnames or [] if c not in allowed]
+        if not reader.fieldnames or unknown:
+            raise ValueError(f"{path}: header has unknown columns {unknown} for {kind}; "
+                             f"expected a subset of {';'.join(csv_header(kind))}")
+        chunk: list[tuple[int, dict[str, str]]] = []
+        for row in reader:
+            chunk.append((reader.line_num, row))
+            if len(chunk) >= chunk_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+async def import_csv(conn: asyncpg.Connection, kind: str, path: Path, chunk_size: int = 5000) -> ImportResult:
+    """Stream a CSV (header = the model's field names, `;`-separated) into the source tables, in chunks.
+
+    Invalid rows are rejected (named by source_id or line) and the valid ones are still stored."""
+    result = ImportResult()
+    for chunk in _csv_chunks(kind, path, chunk_size):
+        valid: list[SourceModel] = []
+        for line, row in chunk:
+            if None in row:
+                result.rejections.append(Rejection(row.get("source_id") or f"line {line}", "(record)",
+                                                   "more cells than header columns"))
+                continue
+            model, rejections = validate_raw(kind, _raw_from_csv(kind, row), where=f"line {line}")
+            result.rejections.extend(rejections)
+            if model is not None:
+                valid.append(model)
+        result.lines += len(chunk)
+        result.intake += await store(conn, kind, valid)
+    return result

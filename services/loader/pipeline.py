@@ -1,0 +1,87 @@
+"""A whole load, as the Kafka handler calls it: snapshot -> checks -> feedback -> outcome.
+
+`run_load` is safe to call again for the same instance (a redelivered LoadRequested): the snapshot
+is taken once and reused, the checks and the feedback are recomputed from it with the same result.
+It records no events: the handler turns the outcome into LoadChecked / LoadFailed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+
+import asyncpg
+
+from contracts.flows import FlowType
+from services.loader.catalogue import sync_reference_data
+from services.loader.checks import run_checks
+from services.loader.feedback import export_feedback, problem_counts, summarise
+from services.loader.snapshot import SELECTIONS, take_snapshot
+from services.runtime.filestore import FileStore
+
+Progress = Callable[[str, int, int], None]  # (step, steps done, steps in all)
+STEPS = ("reference data", "snapshot", "checks", "feedback")
+
+_COUNTS_SQL: dict[str, str] = {
+    # GROUP BY subqueries (hash aggregates) rather than count(DISTINCT), which always sorts
+    "snapshot_service": "SELECT (SELECT count(*) FROM snapshot_service WHERE snapshot_id = $1) AS services, "
+                        "(SELECT count(*) FROM (SELECT FROM snapshot_service WHERE snapshot_id = $1 "
+                        "GROUP BY prescription_id) p) AS prescriptions, "
+                        "(SELECT count(*) FROM (SELECT FROM snapshot_service WHERE snapshot_id = $1 "
+                        "AND patient_cf IS NOT NULL GROUP BY patient_cf) c) AS patients",
+    "snapshot_booking": "SELECT count(*) AS bookings FROM snapshot_booking WHERE snapshot_id = $1",
+    "snapshot_payment_document": "SELECT count(*) AS payment_documents FROM snapshot_payment_document "
+                                 "WHERE snapshot_id = $1",
+}
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    checked: bool  # True -> Checked, False -> Failed loading
+    counts: dict[str, int]
+    errors: int
+    warnings: int
+    feedback_sha256: str | None  # None when there is no problem at all
+    feedback_bytes: int
+    summary: str
+
+
+async def _counts(pool: asyncpg.Pool, table: str, snapshot_id: int) -> dict[str, int]:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(_COUNTS_SQL[table], snapshot_id)
+    return {k: int(v) for k, v in row.items()}
+
+
+async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snapshot_id: int,
+                   flow_type: FlowType | str, version: str, ente: str, period_start: date, period_end: date,
+                   progress: Progress | None = None) -> LoadOutcome:
+    def step(i: int) -> None:
+        if progress is not None:
+            progress(STEPS[i], i, len(STEPS))
+
+    flow = FlowType(flow_type)
+    table = SELECTIONS[flow].snapshot_table
+    step(0)
+    async with pool.acquire() as conn:
+        await sync_reference_data(conn, version)
+        step(1)
+        await take_snapshot(conn, snapshot_id, flow, ente, period_start, period_end,
+                            instance=instance, version=version)
+    step(2)
+    counts, _ = await asyncio.gather(_counts(pool, table, snapshot_id),
+                                     run_checks(pool, table, snapshot_id, version, (period_start, period_end)))
+    step(3)
+    async with pool.acquire() as conn:
+        found = await problem_counts(conn, snapshot_id)
+        sha, size = None, 0
+        if found.errors or found.warnings:
+            feedback = await export_feedback(conn, snapshot_id, filestore)
+            sha, size = feedback.sha256, feedback.bytes
+        # the feedback file is now the durable record of the problems
+        await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
+    if progress is not None:
+        progress("done", len(STEPS), len(STEPS))
+    return LoadOutcome(checked=found.errors == 0, counts=counts, errors=found.errors, warnings=found.warnings,
+                       feedback_sha256=sha, feedback_bytes=size, summary=summarise(found))

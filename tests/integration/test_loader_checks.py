@@ -1,0 +1,150 @@
+"""Every check on PostgreSQL: a record that breaks it is named, a clean one beside it is not; and a
+generated load fails with exactly the planted records named, while a clean one is Checked."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument, SourceModel
+from services.loader.generator import generate
+from services.loader.intake import store, store_services
+from services.loader.pipeline import LoadOutcome, run_load
+from services.runtime.filestore import FileStore
+
+pytestmark = pytest.mark.integration
+AUGUST = (date(2020, 8, 1), date(2020, 8, 31))
+
+
+def ecg(source_id: str, prescription_id: str, **changes: Any) -> DeliveredService:
+    """Mario Rossi's ECG (89.52, 11.62 euro, ticket paid) in a Naples district on 5 August 2020."""
+    values: dict[str, Any] = dict(
+        source_id=source_id, ente="204", structure_sts11="004101", patient_cf="RSSMRA80A01F839W",
+        patient_surname="ROSSI", patient_name="MARIO", patient_sex="M", patient_birth_date=date(1980, 1, 1),
+        patient_residence_istat="063049", prescription_id=prescription_id,
+        prescription_number="150A" + str(sum(map(ord, prescription_id))).zfill(12),
+        prescription_date=date(2020, 8, 1), booking_date=date(2020, 8, 2), priority="D", catalogue_code="89.52",
+        quantity=1, delivery_date=date(2020, 8, 5), tariff=Decimal("11.62"), ticket=Decimal("11.62"))
+    values.update(changes)
+    return DeliveredService(**values)
+
+
+def bad(**changes: Any) -> list[DeliveredService]:
+    return [ecg("B-1", "RX-BAD", **changes)]
+
+
+
+# code, field, the bad prescription, expected record key, optional SQL applied to the source rows
+CASES: list[tuple[str, list[DeliveredService], str, str | None]] = [
+    ("CF_CHECK_CHAR", bad(patient_cf="RSSMRA80A01F839X"), "B-1@RX-BAD/01", None),
+    ("CF_FORMAT", bad(patient_cf="RSSMRA80Z01F839W"), "B-1@RX-BAD/01", None),
+    ("CF_BIRTH_MISMATCH", bad(patient_birth_date=date(1980, 1, 2)), "B-1@RX-BAD/01", None),
+    ("CF_SEX_MISMATCH", bad(patient_sex="F"), "B-1@RX-BAD/01", None),
+    ("DATE_OUTSIDE_PERIOD", [ecg("B-1", "RX-BAD", delivery_date=date(2020, 6, 10), prescription_date=None,
+                                 booking_date=None), ecg("B-2", "RX-BAD")], "B-1@RX-BAD/01", None),
+    ("DELIVERY_BEFORE_PRESCRIPTION", bad(prescription_date=date(2020, 8, 20)), "B-1@RX-BAD/01", None),
+    ("BOOKING_AFTER_DELIVERY", bad(booking_date=date(2020, 8, 20)), "B-1@RX-BAD/01", None),
+    ("BIRTH_AFTER_DELIVERY", bad(patient_birth_date=date(2020, 8, 6)), "B-1@RX-BAD/01", None),
+    ("UNKNOWN_SERVICE_CODE", bad(catalogue_code="89.99.9"), "B-1@RX-BAD/01", None),
+    ("QUANTITY_NOT_POSITIVE", bad(), "B-1@RX-BAD/01", "UPDATE source_service SET quantity = 0 WHERE source_id = 'B-1'"),
+    ("AMOUNT_NEGATIVE", bad(), "B-1@RX-BAD/01", "UPDATE source_service SET tariff = -1 WHERE source_id = 'B-1'"),
+    ("AMOUNT_TOO_LARGE", bad(catalogue_code="13.41", tariff=Decimal("903.42"), quantity=999), "B-1@RX-BAD/01", None),
+    ("TARIFF_DIFFERS_FROM_CATALOGUE", bad(tariff=Decimal("12.00"), ticket=Decimal("12.00")), "B-1@RX-BAD/01", None),
+    ("TOO_MANY_SERVICES", [ecg(f"B-{i:02d}", "RX-BAD", catalogue_code="90.27.1", tariff=Decimal("1.17"),
+                               ticket=Decimal("0.00") if i > 1 else Decimal("36.15")) for i in range(1, 100)],
+     "B-99@RX-BAD/99", None),
+    ("STRUCTURE_NOT_IN_ENTE", bad(structure_sts11="001101"), "B-1@RX-BAD/01", None),
+    ("SURNAME_TOO_LONG", bad(patient_surname="ROSSI DI SANTA MARIA CAPUA VETERE"), "B-1@RX-BAD/01", None),
+    ("NAME_TOO_LONG", bad(patient_name="MARIO GENNARO SALVATORE"), "B-1@RX-BAD/01", None),
+    ("EXEMPTION_REQUIRED", bad(ticket=Decimal("0.00")), "B-1@RX-BAD/99", None),
+    ("AMOUNT_ARITHMETIC", bad(ticket=Decimal("50.00")), "B-1@RX-BAD/99", None),
+    ("DUPLICATE_PRESCRIPTION_NUMBER", bad(prescription_number="150A" + str(sum(map(ord, "RX-OK"))).zfill(12)),
+     "B-1@RX-BAD/99", None),
+    ("PRESCRIPTION_FIELD_DIFFERS", [ecg("B-1", "RX-BAD"), ecg("B-2", "RX-BAD", priority="U")], "B-1@RX-BAD/99",
+     None),
+]
+
+
+@pytest.fixture
+async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(fresh_db, min_size=1, max_size=4) as p:
+        yield p
+
+
+def _feedback(store: FileStore, outcome: LoadOutcome) -> list[dict[str, str]]:
+    if outcome.feedback_sha256 is None:
+        return []
+    with store.open(outcome.feedback_sha256) as f:
+        return list(csv.DictReader(io.StringIO(f.read().decode("utf-8")), delimiter=";"))
+
+
+async def _load(pool: asyncpg.Pool, store: FileStore, flow: str = "FLUSSO_C", n: int = 1) -> LoadOutcome:
+    return await run_load(pool, store, 1946 + 2 * n - 1, 1946 + 2 * n, flow, "2020", "204", *AUGUST)
+
+
+@pytest.mark.parametrize(("code", "services", "key", "sql"), CASES, ids=[c[0] for c in CASES])
+async def test_a_record_breaking_the_check_is_named_and_its_clean_neighbour_is_not(
+        pool: asyncpg.Pool, tmp_path: Path, code: str, services: list[DeliveredService], key: str,
+        sql: str | None) -> None:
+    async with pool.acquire() as conn:
+        await store_services(conn, [ecg("A-1", "RX-OK"), *services])
+        if sql:
+            await conn.execute(sql)
+    store = FileStore(tmp_path)
+    outcome = await _load(pool, store)
+    problems = _feedback(store, outcome)
+    assert (key, code) in {(p["record_key"], p["code"]) for p in problems}
+    assert [p for p in problems if "@RX-OK/" in p["record_key"]] == []
+    severity = next(p["severity"] for p in problems if p["code"] == code)
+    assert outcome.checked == (severity == "warning" and outcome.errors == 0)
+
+
+async def test_a_load_with_planted_bad_records_fails_naming_exactly_those(pool: asyncpg.Pool,
+                                                                          tmp_path: Path) -> None:
+    generation = generate("204", "2020-08", 6000, seed=1947, bad=13)
+    await _store_all(pool, generation)
+    store = FileStore(tmp_path)
+    outcome = await _load(pool, store)
+    named = {(p["record_key"], p["code"], p["field"]) for p in _feedback(store, outcome)}
+    assert named == {(p.record_key, p.code, p.field) for p in generation.planted}
+    assert not outcome.checked and (outcome.errors, outcome.warnings) == (12, 1)
+    assert outcome.summary.startswith("12 errors in 12 records: ")
+
+
+async def test_clean_generated_data_is_checked_for_every_flow_type(pool: asyncpg.Pool, tmp_path: Path) -> None:
+    await _store_all(pool, generate("204", "2020-08", 4000, seed=1948))
+    store = FileStore(tmp_path)
+    for n, flow in enumerate(("FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730"), start=1):
+        outcome = await _load(pool, store, flow, n)
+        assert (outcome.checked, outcome.errors, outcome.warnings, outcome.feedback_sha256) == (True, 0, 0, None)
+        assert sum(outcome.counts.values()) > 0, flow
+
+
+async def test_running_a_load_again_gives_the_same_outcome(pool: asyncpg.Pool, tmp_path: Path) -> None:
+    await _store_all(pool, generate("204", "2020-08", 1500, seed=1949, bad=3))
+    store = FileStore(tmp_path)
+    first = await _load(pool, store)
+    async with pool.acquire() as conn:
+        await store_services(conn, [ecg("LATE-1", "RX-LATE")])
+    again = await _load(pool, store)
+    assert again == first
+
+
+async def _store_all(pool: asyncpg.Pool, records: Any) -> None:
+    batches: dict[type[SourceModel], list[SourceModel]] = {DeliveredService: [], PaymentDocument: [],
+                                                           IntramoeniaBooking: []}
+    kinds = {DeliveredService: "delivered-service", PaymentDocument: "payment-document",
+             IntramoeniaBooking: "intramoenia-booking"}
+    for record in records:
+        batches[type(record)].append(record)
+    async with pool.acquire() as conn:
+        for model, batch in batches.items():
+            await store(conn, kinds[model], batch)

@@ -1,0 +1,134 @@
+"""Snapshots on PostgreSQL: the period rule, row numbers, per-flow selection, consistency under intake."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import AsyncIterator
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from contracts.sources import DeliveredService
+from services.loader.generator import generate
+from services.loader.intake import store_services
+from services.loader.snapshot import SnapshotConflict, next_number, take_snapshot
+
+pytestmark = pytest.mark.integration
+AUGUST = (date(2020, 8, 1), date(2020, 8, 31))
+JULY = (date(2020, 7, 1), date(2020, 7, 31))
+
+
+def service(source_id: str, prescription_id: str, delivered: date, **changes: Any) -> DeliveredService:
+    values: dict[str, Any] = dict(
+        source_id=source_id, ente="204", structure_sts11="004101", patient_cf="RSSMRA80A01F839W",
+        patient_surname="ROSSI", patient_name="MARIO", patient_sex="M", patient_birth_date=date(1980, 1, 1),
+        patient_residence_istat="063049", prescription_id=prescription_id,
+        prescription_number=f"150A{zlib.crc32(prescription_id.encode()):012d}", catalogue_code="89.52",
+        quantity=1, delivery_date=delivered, tariff=Decimal("11.62"))
+    values.update(changes)
+    return DeliveredService(**values)
+
+
+@pytest.fixture
+async def conn(fresh_db: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(fresh_db)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def _rows(conn: asyncpg.Connection, snapshot_id: int) -> list[tuple[str, str, int]]:
+    return [tuple(r) for r in await conn.fetch(  # type: ignore[misc]
+        "SELECT prescription_id, source_id, row_number FROM snapshot_service WHERE snapshot_id = $1 "
+        "ORDER BY prescription_id, row_number", snapshot_id)]
+
+
+async def test_instance_numbers_start_at_1947_like_the_seed(conn: asyncpg.Connection) -> None:
+    assert [await next_number(conn), await next_number(conn)] == [1947, 1948]
+
+
+async def test_a_prescription_spanning_july_and_august_belongs_to_august_whole(conn: asyncpg.Connection) -> None:
+    await store_services(conn, [service("S-1", "RX-SPAN", date(2020, 7, 28)),
+                                service("S-2", "RX-SPAN", date(2020, 8, 3)),
+                                service("S-3", "RX-JULY", date(2020, 7, 20))])
+    await take_snapshot(conn, 1, "FLUSSO_C", "204", *JULY, instance=0)
+    await take_snapshot(conn, 2, "FLUSSO_C", "204", *AUGUST, instance=0)
+    assert await _rows(conn, 1) == [("RX-JULY", "S-3", 1)]
+    assert await _rows(conn, 2) == [("RX-SPAN", "S-1", 1), ("RX-SPAN", "S-2", 2)]
+
+
+async def test_rows_are_numbered_by_delivery_date_then_source_id(conn: asyncpg.Connection) -> None:
+    await store_services(conn, [service("S-9", "RX-A", date(2020, 8, 5)), service("S-3", "RX-A", date(2020, 8, 9)),
+                                service("S-1", "RX-A", date(2020, 8, 9))])
+    await take_snapshot(conn, 1, "FLUSSO_C", "204", *AUGUST, instance=0)
+    assert await _rows(conn, 1) == [("RX-A", "S-9", 1), ("RX-A", "S-1", 2), ("RX-A", "S-3", 3)]
+
+
+async def test_each_flow_type_takes_its_own_services(conn: asyncpg.Connection) -> None:
+    await store_services(conn, [
+        service("S-SSN", "RX-SSN", date(2020, 8, 5)),
+        service("S-PACC", "RX-PACC", date(2020, 8, 5), pacc=True, catalogue_code="PAC01", catalogue_coding="c"),
+        service("S-ALPI", "RX-ALPI", date(2020, 8, 5), regime="ALPI"),
+        service("S-OTHER", "RX-OTHER", date(2020, 8, 5), ente="201", structure_sts11="001101")])
+    taken = {}
+    for n, flow in enumerate(("FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF"), start=1):
+        await take_snapshot(conn, n, flow, "204", *AUGUST, instance=0)
+        taken[flow] = {r[1] for r in await _rows(conn, n)}
+    assert taken == {"FLUSSO_C": {"S-SSN"}, "FLUSSO_C_PACC": {"S-PACC"}, "FLUSSO_MEF": {"S-SSN", "S-PACC"}}
+
+
+async def test_taking_a_snapshot_again_reuses_it_and_another_period_is_refused(conn: asyncpg.Connection) -> None:
+    await store_services(conn, [service("S-1", "RX-1", date(2020, 8, 5))])
+    first = await take_snapshot(conn, 7, "FLUSSO_C", "204", *AUGUST, instance=6)
+    await store_services(conn, [service("S-2", "RX-2", date(2020, 8, 6))])
+    again = await take_snapshot(conn, 7, "FLUSSO_C", "204", *AUGUST, instance=6)
+    assert (first.rows, first.reused, again.rows, again.reused) == (1, False, 1, True)
+    with pytest.raises(SnapshotConflict, match="snapshot 7 already holds FLUSSO_C"):
+        await take_snapshot(conn, 7, "FLUSSO_C", "204", *JULY, instance=6)
+
+
+async def test_a_snapshot_is_consistent_while_another_connection_keeps_inserting(fresh_db: str) -> None:
+    setup = await asyncpg.connect(fresh_db)
+    writer = await asyncpg.connect(fresh_db)
+    try:
+        batch = [r for r in generate("204", "2020-08", 60_000, seed=21) if isinstance(r, DeliveredService)]
+        for i in range(0, len(batch), 20_000):
+            await store_services(setup, batch[i:i + 20_000])
+        snapshot_done = asyncio.Event()
+        commits_after = 0
+        n = 0
+
+        async def keep_inserting() -> None:
+            # each late prescription has two services, committed together
+            nonlocal commits_after, n
+            while commits_after < 5:
+                n += 1
+                await store_services(writer, [service(f"LATE-{n}-a", f"RX-LATE-{n}", date(2020, 8, 20)),
+                                              service(f"LATE-{n}-b", f"RX-LATE-{n}", date(2020, 8, 21))])
+                if snapshot_done.is_set():
+                    commits_after += 1
+
+        task = asyncio.create_task(keep_inserting())
+        while n < 3:
+            await asyncio.sleep(0.01)
+        stats = await take_snapshot(setup, 1, "FLUSSO_MEF", "204", *AUGUST, instance=0)
+        snapshot_done.set()
+        await task
+        partial = await setup.fetchval(
+            "SELECT count(*) FROM (SELECT prescription_id FROM snapshot_service WHERE snapshot_id = 1 "
+            "AND prescription_id LIKE 'RX-LATE-%' GROUP BY prescription_id HAVING count(*) <> 2) p")
+        late_taken = await setup.fetchval("SELECT count(*) FROM snapshot_service WHERE snapshot_id = 1 "
+                                          "AND source_id LIKE 'LATE-%'")
+        assert partial == 0
+        assert 6 <= late_taken < 2 * n  # the writes committed before it, none of those after
+        await take_snapshot(setup, 2, "FLUSSO_MEF", "204", *AUGUST, instance=0)
+        everything = await setup.fetchval("SELECT count(*) FROM snapshot_service WHERE snapshot_id = 2")
+        assert everything == stats.rows + (2 * n - late_taken)
+    finally:
+        await setup.close()
+        await writer.close()

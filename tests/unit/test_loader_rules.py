@@ -1,0 +1,59 @@
+"""The rule catalogue and raw-record validation, without a database."""
+
+from __future__ import annotations
+
+from services.loader.checks import CF_CODES, PLANS, PRESCRIPTION_RULES, SERVICE_ROW_RULES, rule_set_sql
+from services.loader.intake import KINDS, validate_raw
+from services.loader.snapshot import SELECTIONS
+
+SPEC_CODES = {"CF_CHECK_CHAR", "CF_BIRTH_MISMATCH", "DATE_OUTSIDE_PERIOD", "UNKNOWN_SERVICE_CODE",
+              "QUANTITY_NOT_POSITIVE", "AMOUNT_ARITHMETIC", "EXEMPTION_REQUIRED", "TOO_MANY_SERVICES",
+              "DUPLICATE_PRESCRIPTION_NUMBER", "STRUCTURE_NOT_IN_ENTE", "SURNAME_TOO_LONG"}
+
+
+def _all_rules():  # type: ignore[no-untyped-def]
+    return [r for plan in PLANS.values() for rs in plan.rule_sets for r in rs.rules]
+
+
+def test_every_check_named_by_the_spec_has_a_rule() -> None:
+    assert SPEC_CODES <= {r.code for r in _all_rules()} | set(CF_CODES)
+
+
+def test_only_over_long_names_and_catalogue_tariffs_are_warnings() -> None:
+    warnings = {r.code for r in _all_rules() if r.severity == "warning"}
+    assert warnings == {"SURNAME_TOO_LONG", "NAME_TOO_LONG", "TARIFF_DIFFERS_FROM_CATALOGUE"}
+
+
+def test_every_rule_asks_a_question_about_a_field() -> None:
+    for rule in _all_rules():
+        assert rule.question.endswith("?") and rule.field and rule.code.isupper()
+
+
+def test_one_statement_evaluates_every_rule_of_a_set() -> None:
+    for rule_set in (SERVICE_ROW_RULES, PRESCRIPTION_RULES):
+        sql = rule_set_sql(rule_set)
+        assert sql.count("INSERT INTO load_problem") == 1
+        assert all(f"'{r.code}'" in sql for r in rule_set.rules)
+
+
+def test_every_flow_type_has_a_selection_and_a_check_plan() -> None:
+    assert {s.snapshot_table for s in SELECTIONS.values()} == set(PLANS)
+
+
+def test_a_raw_record_with_a_bad_field_is_rejected_naming_record_and_field() -> None:
+    model, rejections = validate_raw("delivered-service", {"source_id": "CUP-204-X-1", "ente": "204",
+                                                           "patient_sex": "X"})
+    assert model is None
+    fields = {r.field for r in rejections}
+    assert {"patient_sex", "structure_sts11", "quantity"} <= fields
+    assert all(r.record == "CUP-204-X-1" for r in rejections)
+    assert "CUP-204-X-1: field patient_sex:" in str(next(r for r in rejections if r.field == "patient_sex"))
+
+
+def test_a_record_without_source_id_is_named_by_its_line() -> None:
+    _, rejections = validate_raw("intramoenia-booking", {"ente": "204"}, where="line 7")
+    assert {r.record for r in rejections} == {"line 7"}
+
+
+def test_source_kinds_cover_every_published_model() -> None:
+    assert set(KINDS) == {"delivered-service", "payment-document", "intramoenia-booking"}
