@@ -117,11 +117,15 @@ async def store(conn: asyncpg.Connection, kind: str, records: Sequence[SourceMod
     cols = spec.columns
     temp = f"intake_{spec.table}"
     col_list = ", ".join(cols)
+    # JSON columns travel as text through the temp table: COPY is binary, and pools with a text json
+    # codec (services.runtime.db) have no binary jsonb encoder.
+    temp_cols = ", ".join(f"{c}::text AS {c}" if c in spec.json_columns else c for c in cols)
+    insert_cols = ", ".join(f"{c}::jsonb" if c in spec.json_columns else c for c in cols)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != "source_id")
     async with conn.transaction():
         # CREATE ... AS (not LIKE): the temp table must not inherit NOT NULL content_hash
         await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DELETE ROWS AS "
-                           f"SELECT 0::bigint AS ordinal, {col_list} FROM {spec.table} WITH NO DATA")
+                           f"SELECT 0::bigint AS ordinal, {temp_cols} FROM {spec.table} WITH NO DATA")
         await conn.execute(f"TRUNCATE {temp}")
         await conn.copy_records_to_table(
             temp, columns=["ordinal", *cols],
@@ -133,7 +137,7 @@ async def store(conn: asyncpg.Connection, kind: str, records: Sequence[SourceMod
                 FROM {temp} ORDER BY source_id, ordinal DESC
             ), upserted AS (
                 INSERT INTO {spec.table} AS s ({col_list}, revision, content_hash, received_at)
-                SELECT {col_list}, 1, content_hash, now() FROM incoming
+                SELECT {insert_cols}, 1, content_hash, now() FROM incoming
                 ON CONFLICT (source_id) DO UPDATE
                    SET {updates}, revision = s.revision + 1, content_hash = EXCLUDED.content_hash,
                        received_at = EXCLUDED.received_at

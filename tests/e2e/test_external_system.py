@@ -23,6 +23,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from services.loader.generator import generate
+from services.runtime.filestore import FileStore
 
 pytestmark = pytest.mark.e2e
 SCHEMAS = Path(__file__).resolve().parents[2] / "contracts" / "schemas"
@@ -134,11 +135,11 @@ async def test_an_external_system_loads_checks_and_formats_a_flusso_c(platform):
 
     files = {f["kind"]: f for f in formatted["files"]}
     assert {"C1", "C2"} <= set(files)
-    store = platform.settings.files_dir
+    # the files as the platform publishes them: content-addressed (an S3 bucket in production)
+    store = FileStore(platform.settings.files_dir)
 
     def read(ref: dict[str, Any]) -> list[str]:
-        path = next(store.rglob(ref["sha256"]))
-        return path.read_bytes().decode("ascii").split("\n")[:-1]
+        return store.path(ref["sha256"]).read_bytes().decode("ascii").split("\n")[:-1]
 
     c1, c2 = read(files["C1"]), read(files["C2"])
     assert len(c1) == len(c2) == files["C1"]["records"] == files["C2"]["records"] > 0
@@ -172,7 +173,7 @@ async def test_a_load_with_planted_bad_records_fails_naming_exactly_those_record
         await ext.producer.stop()
     assert loaded["outcome"] == "failed", loaded
     assert loaded["errors"] >= len(expected)
-    path = next(platform.settings.files_dir.rglob(loaded["feedback"]["sha256"]))
+    path = FileStore(platform.settings.files_dir).path(loaded["feedback"]["sha256"])
     rows = list(csv.DictReader(io.StringIO(path.read_text()), delimiter=";"))
     named = {r["record_key"] for r in rows if r["severity"] == "error"}
     assert named == expected
