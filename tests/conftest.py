@@ -12,10 +12,15 @@ import asyncpg
 import pytest
 
 from services.runtime.settings import Settings
+from tests import stack_urls  # noqa: F401  (sets the test stack's folder and ports before anything starts)
 
 
-@pytest.fixture(scope="session")
-def stack():  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="session", autouse=True)
+def stack(request):  # type: ignore[no-untyped-def]
+    """The test stack, started once per session when any integration or e2e test is collected."""
+    needs = any("/integration/" in str(i.path) or "/e2e/" in str(i.path) for i in request.session.items)
+    if not needs:
+        return None
     from deploy import localstack
 
     return localstack.up(progress=lambda line: None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
 import uuid
@@ -18,10 +17,10 @@ from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent, 
 from services.runtime.migrations import MIGRATIONS_DIR, MigrationError, migrate
 from services.runtime.outbox import mark_processed
 from services.runtime.projections import install, rebuild_and_diff
+from tests.stack_urls import DATABASE_URL
 
 pytestmark = pytest.mark.integration
 
-SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:15432/flows")
 
 
 def foundation_migrations(into: Path) -> Path:
@@ -35,10 +34,10 @@ def foundation_migrations(into: Path) -> Path:
 async def _fresh_database(area: str) -> AsyncIterator[str]:
     """A database of our own on the shared server, dropped afterwards."""
     name = f"test_{area}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(SERVER_URL)
+    admin = await asyncpg.connect(DATABASE_URL)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        yield SERVER_URL.rsplit("/", 1)[0] + "/" + name
+        yield DATABASE_URL.rsplit("/", 1)[0] + "/" + name
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await admin.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,10 +22,10 @@ from services.formatter.layouts import load_layout
 from services.formatter.sample_snapshot import create_tables, generate_services
 from services.formatter.writer import write_flusso_c, write_layout
 from services.runtime.filestore import FileStore
+from tests.stack_urls import DATABASE_URL
 
 pytestmark = pytest.mark.integration
 
-SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:15432/flows")
 FLUSSO_C = load_layout("FLUSSO_C", "2020")
 SNAPSHOT = 1948  # the seed's source instance of flow instance 1947
 
@@ -34,9 +33,9 @@ SNAPSHOT = 1948  # the seed's source instance of flow instance 1947
 @pytest.fixture(scope="module")
 async def pool() -> AsyncIterator[asyncpg.Pool]:
     name = f"test_formatter_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(SERVER_URL)
+    admin = await asyncpg.connect(DATABASE_URL)
     await admin.execute(f"CREATE DATABASE {name}")
-    db_pool = await asyncpg.create_pool(SERVER_URL.rsplit("/", 1)[0] + f"/{name}", min_size=1, max_size=4)
+    db_pool = await asyncpg.create_pool(DATABASE_URL.rsplit("/", 1)[0] + f"/{name}", min_size=1, max_size=4)
     try:
         async with db_pool.acquire() as conn:
             await create_tables(conn)

@@ -35,7 +35,7 @@ def first_open_day(start: date) -> date:
 async def wait_for(predicate, timeout: float = 200.0):  # type: ignore[no-untyped-def]
     """Polls the read model (no event to await across processes); generous: subscribers join slowly."""
     async with asyncio.timeout(timeout):
-        while not (result := await predicate()):  # noqa: ASYNC110
+        while not (result := await predicate()):
             await asyncio.sleep(0.2)
         return result
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import uuid
 from collections import defaultdict
@@ -20,11 +19,10 @@ from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.migrations import MIGRATIONS_DIR, migrate
 from services.runtime.outbox import OutboxRelay, mark_processed
+from tests.stack_urls import DATABASE_URL, KAFKA
 
 pytestmark = pytest.mark.integration
 
-SERVER_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:15432/flows")
-KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
 
 
 @pytest.fixture
@@ -33,10 +31,10 @@ async def pool(tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
     name = f"test_outbox_{uuid.uuid4().hex[:10]}"
     for path in MIGRATIONS_DIR.glob("000[1-9]_*.sql"):
         shutil.copy(path, tmp_path / path.name)
-    admin = await asyncpg.connect(SERVER_URL)
+    admin = await asyncpg.connect(DATABASE_URL)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        pool = await create_pool(SERVER_URL.rsplit("/", 1)[0] + "/" + name, min_size=1, max_size=10)
+        pool = await create_pool(DATABASE_URL.rsplit("/", 1)[0] + "/" + name, min_size=1, max_size=10)
         await migrate(pool, tmp_path)
         await pool.execute("CREATE TABLE stamp (event_id uuid NOT NULL)")  # the consumer's effect
         yield pool
@@ -66,7 +64,7 @@ async def unpublished(pool: asyncpg.Pool) -> int:
 
 async def wait_until(condition: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
     async with asyncio.timeout(within):
-        while not await condition():  # noqa: ASYNC110 - the condition lives in PostgreSQL, no event to wait on
+        while not await condition():
             await asyncio.sleep(0.05)
 
 

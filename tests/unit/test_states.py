@@ -25,7 +25,7 @@ def test_a_failed_load_cannot_be_formatted():
 
 
 def test_an_operator_cannot_declare_an_instance_checked():
-    with pytest.raises(IllegalTransition, match="operator may not cause flows.load-checked"):
+    with pytest.raises(IllegalTransition, match=r"operator may not cause flows\.load-checked"):
         apply_event(S.RUNNING, "flows.load-checked", {}, Actor.OPERATOR)
 
 
