@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -36,6 +37,9 @@ def service_env(info: localstack.StackInfo) -> dict[str, str]:
 def up(brokers: int = 1, with_services: bool = True) -> localstack.StackInfo:
     info = localstack.up(brokers=brokers, progress=lambda line: console.print(f"[dim]stack[/] {line}"))
     if with_services:
+        # Migrate before the services start (they would race to do it) and before the caller's first
+        # query: a command right after `up` must find the schema.
+        asyncio.run(_prepare(info.database_url))
         env = service_env(info)
         running = localstack.status().get("services", {})
         for name, argv in SERVICES.items():
@@ -47,6 +51,19 @@ def up(brokers: int = 1, with_services: bool = True) -> localstack.StackInfo:
     console.print(f"[green]platform up[/]: Kafka {info.bootstrap_servers}, PostgreSQL "
                   f"{info.database_url.split('@')[-1]}, state in {info.state_dir}")
     return info
+
+
+async def _prepare(database_url: str) -> None:
+    from services.onboarding.projection import DashboardProjection
+    from services.runtime.db import create_pool
+    from services.runtime.host import prepare_database
+    from services.runtime.read_models import FLOW_PROJECTIONS
+
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    try:
+        await prepare_database(pool, [*FLOW_PROJECTIONS, DashboardProjection()])
+    finally:
+        await pool.close()
 
 
 def status(as_json: bool) -> None:

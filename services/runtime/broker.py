@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,8 +65,10 @@ def create_broker(settings: Settings, *, client_id: str) -> KafkaBroker:
         from prometheus_client import REGISTRY
 
         middlewares.append(KafkaPrometheusMiddleware(registry=REGISTRY, app_name=client_id))
+    # FastStream logs every message at its log_level: DEBUG keeps that out of production logs (our own
+    # structlog lines say what happened to each message), and the root logger is at WARNING.
     return KafkaBroker(settings.kafka_bootstrap, client_id=client_id, enable_idempotence=True, acks="all",
-                       middlewares=middlewares)
+                       middlewares=middlewares, log_level=logging.DEBUG)
 
 
 def validation_reason(exc: ValidationError) -> str:
