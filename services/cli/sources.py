@@ -73,6 +73,9 @@ async def generate(ente: str, month: str, services: int, bad: int, seed: int, ou
         counts = await publish(generation, settings().kafka_bootstrap)
         console.print(table(f"published for ente {ente}, {month}", ["topic", "records"],
                             [(f"sources.{k}", v) for k, v in counts.items()]))
+        # Intake is asynchronous: a load started before the loader stored everything would snapshot less.
+        await wait_stored(generation.prefix, counts.get("delivered-service", 0))
+        console.print("the loader has stored every delivered service")
     if generation.planted:
         console.print(table("planted bad records", ["record key", "code", "field"],
                             [(p.record_key, p.code, p.field) for p in generation.planted]))
