@@ -1,75 +1,13 @@
-"""Snapshot tables as the formatter reads them, and generated data for tests and the benchmark.
+"""Generated snapshot rows for the formatter's tests and benchmark, fast (SQL generate_series).
 
-The loader owns the real `snapshot_service` / `snapshot_booking` migrations; until they land, the
-DDL here is the equivalent contract the formatter codes against: one column per field of
-`contracts.sources.DeliveredService` / `IntramoeniaBooking` (same names, native types), plus
-`snapshot_id` and, for services, `row_number` (01..98 inside the prescription; row 99 is never
-stored, the formatter derives it). The writer reads `ORDER BY prescription_id, row_number`, so the
-primary key below is also the index that makes that read a plain ordered scan.
+The tables are the real ones (services/runtime/migrations/0011_loader_snapshots.sql): one column per
+field of `contracts.sources.DeliveredService`, plus `snapshot_id` and `row_number` (01..98 inside
+the prescription; row 99 is never stored, the formatter derives it).
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-SNAPSHOT_SERVICE_DDL = """
-CREATE TABLE IF NOT EXISTS snapshot_service (
-    snapshot_id bigint NOT NULL,
-    row_number smallint NOT NULL,
-    schema_version integer NOT NULL DEFAULT 1,
-    source_id text NOT NULL,
-    ente text NOT NULL,
-    region text NOT NULL,
-    structure_sts11 text NOT NULL,
-    structure_type text NOT NULL,
-    patient_cf text,
-    patient_surname text NOT NULL,
-    patient_name text NOT NULL,
-    patient_sex text NOT NULL,
-    patient_birth_date date NOT NULL,
-    patient_residence_istat text NOT NULL,
-    patient_residence_asl text,
-    patient_objection boolean NOT NULL DEFAULT false,
-    prescription_id text NOT NULL,
-    prescription_number text NOT NULL,
-    prescription_date date,
-    prescriber_code text,
-    priority text,
-    exemption_code text,
-    delivery_type text NOT NULL,
-    access_type text,
-    catalogue_code text NOT NULL,
-    catalogue_coding text NOT NULL,
-    quantity integer NOT NULL,
-    delivery_date date NOT NULL,
-    booking_date date,
-    first_offered_date date,
-    discipline text,
-    tariff numeric(9, 2) NOT NULL,
-    ticket numeric(9, 2) NOT NULL,
-    pacc boolean NOT NULL DEFAULT false,
-    pacc_start_date date,
-    regime text NOT NULL DEFAULT 'SSN',
-    PRIMARY KEY (snapshot_id, prescription_id, row_number)
-);
-"""
-
-SNAPSHOT_BOOKING_DDL = """
-CREATE TABLE IF NOT EXISTS snapshot_booking (
-    snapshot_id bigint NOT NULL,
-    schema_version integer NOT NULL DEFAULT 1,
-    source_id text NOT NULL,
-    ente text NOT NULL,
-    structure_sts11 text NOT NULL,
-    catalogue_code text NOT NULL,
-    booking_date date NOT NULL,
-    appointment_date date NOT NULL,
-    priority text,
-    patient_cf text,
-    index_week boolean NOT NULL DEFAULT false,
-    PRIMARY KEY (snapshot_id, source_id)
-);
-"""
 
 # N services in prescriptions of 1..4 services (2.5 on average), a realistic mix: a few accented
 # names, exemptions on one prescription in five, two regional codes in ten, nulls where optional.
@@ -80,7 +18,7 @@ INSERT INTO snapshot_service (
     patient_residence_istat, patient_residence_asl, prescription_id, prescription_number,
     prescription_date, prescriber_code, priority, exemption_code, delivery_type, access_type,
     catalogue_code, catalogue_coding, quantity, delivery_date, booking_date, first_offered_date,
-    discipline, tariff, ticket, pacc)
+    discipline, tariff, ticket, pacc, revision, schema_version, patient_objection, regime)
 SELECT $1, r, 'CUP-' || p || '-' || r, '201', '150', lpad((p % 40)::text, 6, '0'), '1',
        'RSSMRA80A01F839W',
        (ARRAY['ROSSI','ESPOSITO','RUSSO','DE LUCA','D''ANGELO','CAPUTO','DI MARTINO','COPPOLA'])[1 + p % 8],
@@ -98,14 +36,16 @@ SELECT $1, r, 'CUP-' || p || '-' || r, '201', '150', lpad((p % 40)::text, 6, '0'
        CASE WHEN r % 2 = 0 THEN '008' END,
        round((5 + ((p * 37 + r * 11) % 9000) / 100.0)::numeric, 2),
        CASE WHEN r = 1 AND p % 5 <> 0 THEN round((((p * 613) % 3616) / 100.0)::numeric, 2) ELSE 0 END,
-       p % 50 = 0
+       p % 50 = 0, 1, 1, false, 'SSN'
 FROM generate_series($2::int, $3::int) AS p, generate_series(1, 1 + (p * 7) % 4) AS r
 """
 
 
 async def create_tables(conn: Any) -> None:
-    await conn.execute(SNAPSHOT_SERVICE_DDL)
-    await conn.execute(SNAPSHOT_BOOKING_DDL)
+    """The real schema: the loader's migrations own the snapshot tables the formatter reads."""
+    from services.runtime.migrations import migrate
+
+    await migrate(conn)
 
 
 async def generate_services(conn: Any, snapshot_id: int, services: int, batch_prescriptions: int = 200_000) -> int:

@@ -121,7 +121,7 @@ async def test_run_format_stores_both_files_under_their_names(pool: asyncpg.Pool
 async def test_run_format_fails_naming_the_record_and_the_field(pool: asyncpg.Pool, tmp_path: Path) -> None:
     async with pool.acquire() as conn:
         await conn.execute(
-            "INSERT INTO snapshot_service SELECT 7001, row_number, schema_version, 'CUP-BAD', ente, region, "
+            "INSERT INTO snapshot_service SELECT 7001, row_number, 'CUP-BAD', revision, schema_version, ente, region, "
             "structure_sts11, structure_type, patient_cf, patient_surname, patient_name, patient_sex, "
             "patient_birth_date, patient_residence_istat, patient_residence_asl, patient_objection, prescription_id, "
             "prescription_number, prescription_date, 'A-PRESCRIBER-CODE-TOO-LONG', priority, exemption_code, "
@@ -155,8 +155,9 @@ async def test_alpi_ta_file_from_bookings(pool: asyncpg.Pool, tmp_path: Path) ->
     async with pool.acquire() as conn:
         await conn.execute(
             "INSERT INTO snapshot_booking (snapshot_id, source_id, ente, structure_sts11, catalogue_code, booking_date,"
-            " appointment_date, priority, index_week) SELECT 8001, 'ALPI-' || i, '201', '000123', '89.7',"
-            " date '2026-04-01' + i % 5, date '2026-04-20' + i % 9, 'D', i % 2 = 0 FROM generate_series(1, 40) i")
+            " appointment_date, priority, index_week, revision, schema_version)"
+            " SELECT 8001, 'ALPI-' || i, '201', '000123', '89.7',"
+            " date '2026-04-01' + i % 5, date '2026-04-20' + i % 9, 'D', i % 2 = 0, 1, 1 FROM generate_series(1, 40) i")
     store = FileStore(tmp_path)
     outcome = await run_format(pool, store, 1953, 8001, "FLUSSO_ALPI_TA", "2020")
     assert outcome.ok, outcome.reasons
@@ -186,9 +187,10 @@ async def test_a_backslash_or_tab_in_the_database_is_an_error_naming_the_field(p
             "INSERT INTO snapshot_service (snapshot_id, row_number, source_id, ente, region, structure_sts11, "
             "structure_type, patient_surname, patient_name, patient_sex, patient_birth_date, patient_residence_istat, "
             "prescription_id, prescription_number, delivery_type, catalogue_code, catalogue_coding, quantity, "
-            "delivery_date, tariff, ticket) VALUES "
+            "delivery_date, tariff, ticket, revision, schema_version, patient_objection, pacc, regime) VALUES "
             "(7002, 1, 'CUP-SLASH', '201', '150', '000123', '1', E'ROS\\\\SI', E'AN\\tNA', 'F', '1970-01-01', "
-            "'063049', 'RX-SLASH', '1500A4000000009', 'S', '89.7', 'N', 1, '2026-11-03', 20.66, 0)")
+            "'063049', 'RX-SLASH', '1500A4000000009', 'S', '89.7', 'N', 1, '2026-11-03', 20.66, 0, 1, 1, false, false, "
+            "'SSN')")
     outcome = await run_format(pool, FileStore(tmp_path), 1954, 7002, "FLUSSO_C", "2020")
     assert not outcome.ok
     assert {r.split(": ")[1] for r in outcome.reasons} == {"C1.surname CHARSET", "C1.name CHARSET"}
