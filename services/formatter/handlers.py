@@ -13,13 +13,13 @@ from typing import Any
 import asyncpg
 
 from contracts import flows
-from contracts.states import Actor, IllegalTransition, InstanceState, apply_event, fold
+from contracts.states import Actor, IllegalTransition, InstanceState, apply_event
 from services.runtime.broker import Incoming, Refused
-from services.runtime.eventstore import EventStore, NewEvent, StoredEvent
+from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.filestore import FileStore
 from services.runtime.locks import instance_lock, instances_in_state
 from services.runtime.logging import get_logger
-from services.runtime.read_models import instance_stream
+from services.runtime.read_models import instance_state, instance_stream
 
 CONSUMER = "formatter"
 FORMAT_LOCK = 7317
@@ -34,10 +34,6 @@ class FormatterDeps:
     sanitel_cert: Any = None
 
 
-def _state(history: list[StoredEvent]) -> InstanceState | None:
-    return fold([(e.type, e.data) for e in history])
-
-
 async def handle_format_requested(cmd: flows.FormatRequested, msg: Incoming, deps: FormatterDeps) -> None:
     stream = instance_stream(cmd.instance)
     async with deps.pool.acquire() as conn, conn.transaction():
@@ -47,7 +43,7 @@ async def handle_format_requested(cmd: flows.FormatRequested, msg: Incoming, dep
         history = await deps.store.read_stream(stream)
         if not history:
             raise Refused(f"instance {cmd.instance} does not exist")
-        state = _state(history)
+        state = instance_state(history)
         try:
             apply_event(state, "flows.format-requested", {}, Actor.OPERATOR)
             apply_event(state, "flows.formatting-started", {}, Actor.FORMATTER)
@@ -75,7 +71,7 @@ async def _format_locked(instance: int, deps: FormatterDeps) -> None:
 
     stream = instance_stream(instance)
     history = await deps.store.read_stream(stream)
-    if _state(history) is not InstanceState.FORMATTING:
+    if instance_state(history) is not InstanceState.FORMATTING:
         return
     created = next(e for e in history if e.type == "flows.load-running").data
     checked = next(e for e in reversed(history) if e.type == "flows.load-checked").data

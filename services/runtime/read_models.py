@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from contracts.states import IllegalTransition, InstanceState, target_of
+from contracts.states import IllegalTransition, InstanceState, fold, target_of
 from services.runtime.eventstore import StoredEvent
 
 INSTANCE_STREAM_PREFIX = "instance-"
@@ -20,6 +20,11 @@ INSTANCE_STREAM_PREFIX = "instance-"
 
 def instance_stream(instance: int) -> str:
     return f"{INSTANCE_STREAM_PREFIX}{instance}"
+
+
+def instance_state(history: list[StoredEvent]) -> InstanceState | None:
+    """The state an instance's history leads to (the writers' view; the read model may lag)."""
+    return fold([(e.type, e.data) for e in history])
 
 
 class InstanceList:

@@ -17,13 +17,13 @@ from typing import Any, Literal
 import asyncpg
 
 from contracts import flows
-from contracts.states import SENDABLE_FLOW_TYPES, Actor, IllegalTransition, InstanceState, apply_event, fold
+from contracts.states import SENDABLE_FLOW_TYPES, Actor, IllegalTransition, InstanceState, apply_event
 from services.runtime.broker import Incoming, Refused
 from services.runtime.eventstore import EventStore, NewEvent, StoredEvent
 from services.runtime.filestore import FileStore
 from services.runtime.locks import instance_lock
 from services.runtime.logging import get_logger
-from services.runtime.read_models import instance_stream
+from services.runtime.read_models import instance_state, instance_stream
 from services.ts_gateway.receipts import feedback_csv
 from services.ts_gateway.sealing import Credentials, SealError, unseal
 from services.ts_gateway.submission import FINAL_STATES, PartKey, PartState, SubmissionPart, file_name_for
@@ -49,10 +49,6 @@ class GatewayDeps:
     private_key_pem: bytes
 
 
-def _state(history: list[StoredEvent]) -> InstanceState | None:
-    return fold([(e.type, e.data) for e in history])
-
-
 async def handle_submission_requested(cmd: flows.TsSubmissionRequested, msg: Incoming, deps: GatewayDeps) -> None:
     stream = instance_stream(cmd.instance)
     async with deps.pool.acquire() as conn, conn.transaction():
@@ -67,7 +63,7 @@ async def handle_submission_requested(cmd: flows.TsSubmissionRequested, msg: Inc
             raise Refused(f"instance {cmd.instance} is {created.get('flow_type')}: only the 730 is sent to "
                           "Sistema TS by this platform")
         try:
-            apply_event(_state(history), "flows.ts-submission-requested", {}, Actor.OPERATOR)
+            apply_event(instance_state(history), "flows.ts-submission-requested", {}, Actor.OPERATOR)
         except IllegalTransition as exc:
             raise Refused(f"instance {cmd.instance} cannot be sent: {exc}") from exc
         try:
