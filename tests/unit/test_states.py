@@ -10,7 +10,7 @@ S = InstanceState
 
 
 def test_happy_path_of_a_730_ends_confirmed():
-    history = [
+    history: list[tuple[str, dict[str, object]]] = [
         ("flows.load-running", {}), ("flows.load-checked", {}), ("flows.format-requested", {}),
         ("flows.formatting-started", {}), ("flows.formatted", {}), ("flows.ts-submission-requested", {}),
         ("flows.ts-submitted", {}), ("flows.ts-feedback-received", {"instance_outcome": None}),
