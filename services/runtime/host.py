@@ -79,6 +79,11 @@ async def serve(rt: Runtime, loops: Sequence[Loop] = (), stop: asyncio.Event | N
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     relay = OutboxRelay(rt.pool, rt.settings.kafka_bootstrap, poll_interval=1.0)
+    if rt.settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        # FastStream's Prometheus middleware (services.runtime.broker) fills the default registry.
+        start_http_server(rt.settings.metrics_port)
     await rt.broker.start()
 
     async def relay_forever(stop: asyncio.Event) -> None:
