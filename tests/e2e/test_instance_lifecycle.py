@@ -1,0 +1,135 @@
+"""The instance lifecycle through the real services: scheduled loads, idempotent requests, refused
+commands, deletion, and the read models agreeing with the log afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from contracts import flows
+from contracts.sources import DeliveredService
+from services.runtime.commands import send_command
+from services.runtime.projections import rebuild_and_diff
+from services.runtime.read_models import FLOW_PROJECTIONS
+
+pytestmark = pytest.mark.e2e
+PERIOD = flows.Period.model_validate({"start": "2026-06-01", "end": "2026-06-30"})
+
+
+async def _state_of(pool: Any, instance: int, wanted: set[str], timeout: float = 60) -> str:
+    async with asyncio.timeout(timeout):
+        while True:
+            state = await pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance)
+            if state in wanted:
+                return str(state)
+            await asyncio.sleep(0.1)
+
+
+async def _instance_of(pool: Any, request_id: uuid.UUID, timeout: float = 30) -> int:
+    async with asyncio.timeout(timeout):
+        while (instance := await pool.fetchval("SELECT instance FROM load_request WHERE request_id = $1",
+                                               request_id)) is None:
+            await asyncio.sleep(0.1)
+    return int(instance)
+
+
+def _request(scheduled_at: datetime | None = None) -> flows.LoadRequested:
+    return flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_MEF, ente="204",
+                               period=PERIOD, scheduled_at=scheduled_at, requested_by="op.bianchi")
+
+
+async def test_a_scheduled_load_waits_for_its_time_then_runs(platform):
+    pool = await platform.pool()
+    try:
+        request = _request(datetime.now(UTC) + timedelta(seconds=4))
+        await send_command(platform.settings.kafka_bootstrap, "flows.load-requested", request,
+                           key=str(request.request_id))
+        instance = await _instance_of(pool, request.request_id)
+        assert await _state_of(pool, instance, {"Scheduled", "Running", "Checked"}) == "Scheduled"
+        assert await _state_of(pool, instance, {"Checked", "Failed loading"}, timeout=30) == "Checked"
+        started = await pool.fetchval(
+            "SELECT recorded_at FROM events WHERE stream_id = $1 AND type = 'flows.load-running'",
+            f"instance-{instance}")
+        assert started >= request.scheduled_at
+    finally:
+        await pool.close()
+
+
+async def test_the_same_load_request_sent_twice_makes_one_instance(platform):
+    pool = await platform.pool()
+    try:
+        request = _request()
+        for _ in range(2):  # two messages (two ce_ids), one request id
+            await send_command(platform.settings.kafka_bootstrap, "flows.load-requested", request,
+                               key=str(request.request_id))
+        instance = await _instance_of(pool, request.request_id)
+        await _state_of(pool, instance, {"Checked", "Failed loading"})
+        await asyncio.sleep(2)
+        created = await pool.fetchval(
+            "SELECT count(*) FROM events WHERE type = 'flows.load-running' AND data->>'request_id' = $1",
+            str(request.request_id))
+        assert created == 1
+    finally:
+        await pool.close()
+
+
+async def test_formatting_a_failed_load_is_refused_into_the_dead_letters_with_the_reason(platform):
+    pool = await platform.pool()
+    try:
+        # one service whose codice fiscale has a wrong check character: the load fails on it
+        bad = DeliveredService(
+            source_id=f"CUP-205-BADCF-{uuid.uuid4().hex[:8]}", ente="205", structure_sts11="005101",
+            patient_cf="RSSMRA80A01F839X", patient_surname="ROSSI", patient_name="MARIO", patient_sex="M",
+            patient_birth_date=date(1980, 1, 1), patient_residence_istat="063049",
+            prescription_id=f"RX{uuid.uuid4().hex[:10]}", prescription_number="1500A0000000001",
+            exemption_code="E01", catalogue_code="89.7", quantity=1, delivery_date=date(2026, 5, 12),
+            tariff=Decimal("20.66"))
+        await send_command(platform.settings.kafka_bootstrap, "sources.delivered-service", bad, key=bad.source_id)
+        async with asyncio.timeout(30):
+            while not await pool.fetchval("SELECT 1 FROM source_service WHERE source_id = $1", bad.source_id):
+                await asyncio.sleep(0.1)
+        request = flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente="205",
+                                      period=flows.Period.model_validate({"start": "2026-05-01", "end": "2026-05-31"}),
+                                      requested_by="op.bianchi")
+        await send_command(platform.settings.kafka_bootstrap, "flows.load-requested", request,
+                           key=str(request.request_id))
+        instance = await _instance_of(pool, request.request_id)
+        state = await _state_of(pool, instance, {"Checked", "Failed loading"})
+        assert state == "Failed loading"
+        await send_command(platform.settings.kafka_bootstrap, "flows.format-requested",
+                           flows.FormatRequested(instance=instance, requested_by="op"), key=str(instance))
+        consumer = AIOKafkaConsumer("flows.format-requested.dlq", bootstrap_servers=platform.settings.kafka_bootstrap,
+                                    auto_offset_reset="earliest", group_id=f"probe-{uuid.uuid4().hex}")
+        await consumer.start()
+        try:
+            reason = None
+            async with asyncio.timeout(60):
+                while reason is None:
+                    for records in (await consumer.getmany(timeout_ms=500)).values():
+                        for r in records:
+                            if json.loads(r.value)["instance"] == instance:
+                                reason = dict((k, v.decode()) for k, v in r.headers)["dlq_reason"]
+        finally:
+            await consumer.stop()
+        assert f"instance {instance} cannot be formatted" in reason
+        assert state in reason  # names the state it is in
+        assert await pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance) == state
+    finally:
+        await pool.close()
+
+
+async def test_after_all_this_the_read_models_rebuilt_from_the_log_equal_the_live_ones(platform):
+    pool = await platform.pool()
+    try:
+        report = await rebuild_and_diff(pool, FLOW_PROJECTIONS)
+    finally:
+        await pool.close()
+    assert report.events_replayed > 0
+    assert report.differences == []
