@@ -5,10 +5,10 @@ taken-in-charge, switch-scheduled, each in its own consumer group `onboarding.<e
 topics are independent (no order holds across topics anyway), and one group per topic spares
 the six subscribers the cascade of rebalances one shared group costs at every start (~1 min
 measured on the local stack). Messages our own outbox published are
-recognised by their ce_source and skipped (see handlers). Every subscription dead-letters to
-`<topic>.dlq` after `max_attempts` (services.runtime.broker.consume): a refused message (unknown
-request, document type not required, an outside "complete" claim our state contradicts) ends
-there with the reason in the `dlq_reason` header.
+recognised by their ce_source and skipped (see handlers). A message the request's state refuses
+(document type not required, an outside "complete" claim our state contradicts) is dead-lettered at
+once to `<topic>.dlq` with the reason in `dlq_reason`; one for an unknown request is retried
+`max_attempts` times first (it may have overtaken its request-opened), then dead-lettered.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from contracts.topics import by_name
 from services.onboarding import handlers
+from services.onboarding.domain import OnboardingError, RequestNotFound
 from services.onboarding.projection import DashboardProjection
 from services.onboarding.switch import SwitchCalendar, load_patron_days
-from services.runtime.broker import consume
+from services.runtime.broker import Refused, consume
 from services.runtime.host import Runtime, runtime, serve
 from services.runtime.settings import Settings
 
@@ -36,6 +38,22 @@ SUBSCRIPTIONS: dict[str, Callable[..., Awaitable[None]]] = {
 }
 
 
+def _refusing(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A refusal the request's state decides is final: dead-lettered at once, not retried. An unknown
+    request is retried: its document may have overtaken its request-opened on another topic."""
+
+    @functools.wraps(handler)
+    async def wrapped(*args: Any, **kwargs: Any) -> None:
+        try:
+            await handler(*args, **kwargs)
+        except RequestNotFound:
+            raise
+        except OnboardingError as exc:
+            raise Refused(str(exc)) from exc
+
+    return wrapped
+
+
 def wire(rt: Runtime, group: str = GROUP) -> handlers.OnboardingDeps:
     deps = handlers.OnboardingDeps(
         pool=rt.pool, store=rt.store, files=rt.files, calendar=SwitchCalendar(load_patron_days())
@@ -45,7 +63,7 @@ def wire(rt: Runtime, group: str = GROUP) -> handlers.OnboardingDeps:
             rt.broker,
             by_name(topic_name),
             group_id=f"{group}.{topic_name.removeprefix('onboarding.')}",
-            handler=functools.partial(handler, deps=deps),
+            handler=functools.partial(_refusing(handler), deps=deps),
             max_attempts=rt.settings.max_attempts,
         )
     return deps
