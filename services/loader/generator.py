@@ -156,7 +156,9 @@ class Generation:
         if self.bad and self.services < 200 + 3 * self.bad:
             raise ValueError(f"bad={self.bad} needs at least {200 + 3 * self.bad} services")
         self.prefix = f"CUP-{self.ente}-{self.month.replace('-', '')}-S{self.seed}"
-        self.vat = (base := f"0{self.ente}{self.seed % 100000:05d}1") + luhn.calc_check_digit(base)
+        # partita IVA: 7-digit company number, provincial office code (001-100), Luhn check digit
+        base = f"0{self.ente}{self.seed % 1000:03d}{self.seed % 100 + 1:03d}"
+        self.vat = base + luhn.calc_check_digit(base)
 
     # --- patients -------------------------------------------------------------------------------
 
