@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import io
+import logging
+import os
+import sys
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +29,38 @@ from aiokafka.admin import AIOKafkaAdminClient
 from services.runtime.settings import Settings
 
 TS_USER, TS_PASSWORD, TS_PINCODE, TS_CF = "PROVAX00X00X000Y", "Salve123", "1234567890", "PROVAX00X00X000Y"
+_SERVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("e2e_service", default=None)
+_SERVICES_DIR = str(Path(__file__).resolve().parents[2] / "services") + os.sep
+_SERVICE_TASKS: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = weakref.WeakKeyDictionary()
+
+
+def _service_task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+    """Notes which service started each task (the context it is created in), for `Platform.kill`."""
+    task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
+    context = kwargs.get("context")
+    service = context.get(_SERVICE) if context is not None else _SERVICE.get()
+    if service is not None:
+        _SERVICE_TASKS[task] = service
+    return task
+
+
+def _runs_platform_code(task: asyncio.Task[Any]) -> bool:
+    """Whether a frame of the task's await chain is code of services/ (not only a library's)."""
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None and frame.f_code.co_filename.startswith(_SERVICES_DIR):
+            return True
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return False
+
+
+def _track_service_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    current = loop.get_task_factory()
+    if current is None:
+        loop.set_task_factory(_service_task_factory)
+    elif current is not _service_task_factory:
+        raise RuntimeError(f"the event loop already has a task factory ({current!r}): hard stops need their own")
 
 
 @dataclass
@@ -32,19 +70,40 @@ class Platform:
     simulator: Any
     tasks: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = field(default_factory=dict)
     mains: dict[str, Callable[..., Coroutine[Any, Any, None]]] = field(default_factory=dict)
+    log_path: Path | None = None  # every line the services logged this session (see _tee_service_logs)
+    killed: set[str] = field(default_factory=set)
 
     def start(self, name: str) -> None:
         stop = asyncio.Event()
-        task = asyncio.create_task(self.mains[name](self.settings, stop), name=name)
+        _track_service_tasks(asyncio.get_running_loop())
+        context = contextvars.copy_context()
+        context.run(_SERVICE.set, name)  # every task the service starts inherits it
+        task = asyncio.create_task(self.mains[name](self.settings, stop), name=name, context=context)
         self.tasks[name] = (task, stop)
 
+    def kill(self, name: str) -> None:
+        """Cancels, now, every task of the service that is running the platform's code (its handlers,
+        loops and main): the work in flight stops where it is, as in a killed process, and nothing
+        after that point runs. Synchronous, so a test can kill at an exact point (from a simulator
+        hook). Cancelling only the main task would not do: FastStream lets the message in flight
+        finish (its graceful timeout, 15 s) before the service stops. Unlike SIGKILL, the cancelled
+        tasks' finally blocks run: they release locks, roll back transactions and close the pools,
+        as the OS does for a dead process (its PostgreSQL sessions end, their advisory locks too).
+        Library tasks (aiokafka's fetchers, heartbeats, senders) are left alone: cancelled, they
+        would leave that shutdown hanging."""
+        for task in [t for t, service in list(_SERVICE_TASKS.items()) if service == name and not t.done()]:
+            if _runs_platform_code(task):
+                task.cancel()
+        self.killed.add(name)
+
     async def stop(self, name: str, hard: bool = False) -> None:
-        """`hard`: cancel mid-flight, like a killed process (no graceful shutdown)."""
+        """`hard`: `kill` (unless the test already did), then wait until the service has ended."""
         task, stop = self.tasks.pop(name)
-        if hard:
-            task.cancel()
-        else:
+        if not hard:
             stop.set()
+        elif name not in self.killed:
+            self.kill(name)
+        self.killed.discard(name)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 30)
 
@@ -52,6 +111,56 @@ class Platform:
         from services.runtime.db import create_pool
 
         return await create_pool(self.settings.database_url, min_size=1, max_size=4)
+
+
+class _LogTee(io.TextIOBase):
+    """Writes through to the current stderr and appends to a file a test can read back."""
+
+    def __init__(self, path: Path) -> None:
+        self._file: io.TextIOWrapper | None = path.open("a", encoding="utf-8", buffering=1)
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self._file is not None:
+            self._file.write(text)
+        if sys.stderr is not self:
+            sys.stderr.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+        if sys.stderr is not self:
+            sys.stderr.flush()
+
+    def detach_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _tee_service_logs(path: Path, settings: Settings) -> _LogTee:
+    """The services log through structlog, configured once per process onto the stderr it finds then
+    (under pytest, a capture file no test can read): configure it onto a tee, so a test can search
+    every line the services emitted (the secrets canary). Standard-library records (aiokafka,
+    FastStream, asyncio) go to the same tee."""
+    from services.runtime import logging as service_logging
+
+    tee = _LogTee(path)
+    saved, sys.stderr = sys.stderr, tee
+    try:
+        service_logging._configured = False
+        service_logging.configure(settings.log_level, settings.log_format)
+    finally:
+        sys.stderr = saved
+    handler = logging.StreamHandler(tee)
+    for name in ("", "faststream", "faststream.access.kafka"):
+        logger = logging.getLogger(name)
+        if not any(getattr(h, "stream", None) is tee for h in logger.handlers):
+            logger.addHandler(handler)
+    return tee
 
 
 async def _clean_topics(bootstrap: str) -> None:
@@ -86,6 +195,8 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
                         kafka_bootstrap=stack.bootstrap_servers, files_dir=base / "files", keys_dir=base / "keys",
                         sanitel_cert=cert, ts_endpoint=ts_url, ts_poll_initial_s=0.2, ts_poll_max_s=1.0,
                         log_format="json", log_level="INFO")
+    log_path = tmp_path_factory.mktemp("service-logs") / "services.log"
+    tee = _tee_service_logs(log_path, settings)
     # migrate once up front: the services would race to do it
     from services.runtime.host import prepare_database
     from services.runtime.read_models import FLOW_PROJECTIONS
@@ -94,7 +205,8 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
     await prepare_database(pool, FLOW_PROJECTIONS)
     await pool.close()
     p = Platform(settings, ts_url, simulator,
-                 mains={"loader": loader_main, "formatter": formatter_main, "ts-gateway": gateway_main})
+                 mains={"loader": loader_main, "formatter": formatter_main, "ts-gateway": gateway_main},
+                 log_path=log_path)
     for service in p.mains:
         p.start(service)
     await asyncio.sleep(3.0)  # consumer groups join
@@ -106,3 +218,4 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
         await simulator.stop()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+        tee.detach_file()
