@@ -1,0 +1,305 @@
+"""The 730 goes to Sistema TS through the whole platform: source data on Kafka -> loader (Checked)
+-> formatter (730 zips, Formatted) -> TS gateway (sealed credentials, inviaFileMtom, EsitoInvii,
+DettaglioErrori) -> Confirmed / Confirmed with errors / Rejected, against the TS simulator on
+loopback. Each test uses its own entity and month, so instances and zips never mix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import uuid
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from datetime import date
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer
+from lxml import etree
+
+from contracts import flows
+from contracts.states import InstanceState, fold
+from services.cli.sources import publish
+from services.loader.generator import generate, month_period
+from services.runtime.commands import send_command
+from services.runtime.filestore import FileStore
+from services.runtime.read_models import instance_stream
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, seal
+from services.ts_gateway.submission import PROTOCOLLO
+from tests.e2e.conftest import TS_CF, TS_PASSWORD, TS_PINCODE, TS_USER
+
+pytestmark = pytest.mark.e2e
+FINAL = {InstanceState.CONFIRMED.value, InstanceState.CONFIRMED_WITH_ERRORS.value, InstanceState.REJECTED.value}
+
+
+# ---- driving the platform ------------------------------------------------------------------------
+
+
+async def _wait_state(pool: asyncpg.Pool, instance: int, states: set[str], timeout: float = 120) -> asyncpg.Record:
+    """The instance_list row once its state is one of `states` (fails naming the state it is stuck in)."""
+    row = None
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                row = await pool.fetchrow("SELECT * FROM instance_list WHERE instance = $1", instance)
+                if row is not None and row["state"] in states:
+                    return row
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"instance {instance} did not reach {sorted(states)} in {timeout:.0f} s; "
+                             f"it is {dict(row) if row else 'not in instance_list'}") from None
+
+
+async def _formatted_730(platform: Any, ente: str, month: str, services: int = 120) -> int:
+    """Publish a month of source data, load FLUSSO_730 (Checked), format it (Formatted): the instance."""
+    cfg = platform.settings
+    generation = generate(ente, month, services, seed=11)
+    counts = await publish(generation, cfg.kafka_bootstrap)
+    assert counts.get("payment-document", 0) > 0, counts
+    pool = await platform.pool()
+    try:
+        async with asyncio.timeout(120):  # intake is asynchronous: published is not yet stored
+            while (await pool.fetchval("SELECT count(*) FROM source_service WHERE starts_with(source_id, $1)",
+                                       generation.prefix) < counts["delivered-service"]
+                   or await pool.fetchval("SELECT count(*) FROM source_payment_document WHERE ente = $1",
+                                          ente) < counts["payment-document"]):
+                await asyncio.sleep(0.3)
+        start, end = month_period(month)
+        request = flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_730, ente=ente,
+                                      period=flows.Period(start=start, end=end), requested_by="e2e.ts")
+        await send_command(cfg.kafka_bootstrap, "flows.load-requested", request, key=str(request.request_id))
+        async with asyncio.timeout(60):
+            while (instance := await pool.fetchval(
+                    "SELECT instance FROM instance_list WHERE flow_type = 'FLUSSO_730' AND ente = $1 "
+                    "AND period_start = $2", ente, start)) is None:
+                await asyncio.sleep(0.2)
+        checked = await _wait_state(pool, instance, {InstanceState.CHECKED.value, InstanceState.FAILED_LOADING.value})
+        assert checked["state"] == InstanceState.CHECKED.value, f"{checked['state']}: {checked['summary']}"
+        await send_command(cfg.kafka_bootstrap, "flows.format-requested",
+                           flows.FormatRequested(instance=instance, requested_by="e2e.ts"), key=str(instance))
+        formatted = await _wait_state(pool, instance, {InstanceState.FORMATTED.value,
+                                                       InstanceState.FORMAT_FAILED.value})
+        assert formatted["state"] == InstanceState.FORMATTED.value, f"{formatted['state']}: {formatted['summary']}"
+    finally:
+        await pool.close()
+    return int(instance)
+
+
+async def _send_730(platform: Any, instance: int, user: str = TS_USER, password: str = TS_PASSWORD,
+                    pincode: str = TS_PINCODE, cf: str = TS_CF) -> None:
+    """What `flows send-730` does: seal to the gateway's public key, publish the command."""
+    public_key = (platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes()
+    sealed = seal(public_key, Credentials(user=user, password=password, pincode=pincode, cf_proprietario=cf))
+    request = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed,
+                                          transmission_date=date.today(), requested_by="e2e.ts")
+    await send_command(platform.settings.kafka_bootstrap, "flows.ts-submission-requested", request,
+                       key=str(instance))
+
+
+async def _events_on(bootstrap: str, topic: str, match: Callable[[dict[str, Any]], bool], count: int = 1,
+                     timeout: float = 120) -> list[dict[str, Any]]:
+    """The first `count` messages of `topic` (read from the beginning) for which `match` holds."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id=f"e2e-ts-{uuid.uuid4().hex}", enable_auto_commit=False)
+    await consumer.start()
+    found: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(found) < count:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found += [body for r in records if match(body := json.loads(r.value))]
+    except TimeoutError:
+        raise AssertionError(f"{len(found)} of {count} expected messages on {topic} in {timeout:.0f} s: "
+                             f"{found}") from None
+    finally:
+        await consumer.stop()
+    return found[:count]
+
+
+async def _zips(pool: asyncpg.Pool, instance: int) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT * FROM instance_files WHERE instance = $1 AND kind = '730-zip' ORDER BY name",
+                            instance)
+
+
+async def _sim_submissions(platform: Any) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as http, http.get(f"{platform.ts_url}/__sim/submissions") as answer:
+        answer.raise_for_status()
+        return list((await answer.json())["submissions"])
+
+
+async def _set_behaviour(platform: Any, **behaviour: Any) -> None:
+    """Replaces the simulator's whole behaviour (fields not given take their defaults)."""
+    async with aiohttp.ClientSession() as http, http.post(f"{platform.ts_url}/__sim/behaviour",
+                                                         json=behaviour) as answer:
+        assert answer.status == 200, await answer.text()
+
+
+@pytest.fixture
+async def behaviour(platform: Any) -> AsyncIterator[Callable[..., Any]]:
+    """Sets the simulator's behaviour for one test; the defaults are back afterwards, whatever happened."""
+    async def set_(**fields: Any) -> None:
+        await _set_behaviour(platform, **fields)
+
+    try:
+        yield set_
+    finally:
+        await _set_behaviour(platform)
+
+
+@pytest.fixture
+async def pool(platform: Any) -> AsyncIterator[asyncpg.Pool]:
+    pool = await platform.pool()
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def _document_numbers(platform: Any, sha256: str) -> list[str]:
+    """numDocumento of every documentoSpesa in a 730 zip of the file store."""
+    with zipfile.ZipFile(FileStore(platform.settings.files_dir).path(sha256)) as zipped:
+        (entry,) = zipped.namelist()
+        root = etree.fromstring(zipped.read(entry))
+    return [d.findtext("idSpesa/numDocumentoFiscale/numDocumento") or "" for d in root.findall("documentoSpesa")]
+
+
+def _submissions_per_zip(submissions: list[dict[str, Any]], zips: list[asyncpg.Record]) -> dict[str, int]:
+    return {z["name"]: sum(1 for s in submissions if s["zip_sha256"] == z["sha256"]) for z in zips}
+
+
+# ---- the tests -------------------------------------------------------------------------------------
+
+
+async def test_a_730_month_goes_from_source_data_to_confirmed_by_sistema_ts_with_one_submission_per_zip(
+        platform, pool):
+    instance = await _formatted_730(platform, "203", "2026-07")
+    zips = await _zips(pool, instance)
+    assert zips, "a Formatted 730 instance has at least one zip"
+
+    await _send_730(platform, instance)
+
+    bootstrap = platform.settings.kafka_bootstrap
+    submitted = await _events_on(bootstrap, "flows.ts-submitted", lambda b: b["instance"] == instance, len(zips))
+    assert sorted(s["part"] for s in submitted) == list(range(1, len(zips) + 1))
+    assert all(PROTOCOLLO.fullmatch(s["protocollo"]) for s in submitted), submitted
+    assert {s["zip_sha256"] for s in submitted} == {z["sha256"] for z in zips}
+    (final,) = await _events_on(bootstrap, "flows.ts-feedback-received",
+                                lambda b: b["instance"] == instance and b["instance_outcome"] is not None)
+    assert final["instance_outcome"] == "confirmed", final
+
+    row = await _wait_state(pool, instance, FINAL)
+    assert row["state"] == InstanceState.CONFIRMED.value, dict(row)
+    # the history passed through Waiting feedback: every protocollo was recorded before any outcome
+    history = [(r["type"], json.loads(r["data"])) for r in await pool.fetch(
+        "SELECT type, data::text AS data FROM events WHERE stream_id = $1 ORDER BY version", instance_stream(instance))]
+    types = [t for t, _ in history]
+    last_submitted = max(i for i, t in enumerate(types) if t == "flows.ts-submitted")
+    assert fold(history[:last_submitted + 1]) is InstanceState.WAITING_FEEDBACK
+    assert types.index("flows.ts-feedback-received") > last_submitted
+
+    submissions = await _sim_submissions(platform)
+    assert _submissions_per_zip(submissions, zips) == {z["name"]: 1 for z in zips}
+    at_ts = {s["zip_sha256"]: s["protocollo"] for s in submissions}
+    assert {s["zip_sha256"]: s["protocollo"] for s in submitted} == {z["sha256"]: at_ts[z["sha256"]] for z in zips}
+
+
+async def test_documents_sistema_ts_reports_in_error_end_confirmed_with_errors_and_are_named_in_a_ts_errors_file(
+        platform, pool, behaviour):
+    instance = await _formatted_730(platform, "204", "2026-07")
+    zips = await _zips(pool, instance)
+    numbers = _document_numbers(platform, zips[0]["sha256"])
+    in_error = sorted(set(numbers[:2]))
+    assert len(in_error) == 2, numbers
+    await behaviour(error_documents=in_error)
+
+    await _send_730(platform, instance)
+
+    row = await _wait_state(pool, instance, FINAL)
+    assert row["state"] == InstanceState.CONFIRMED_WITH_ERRORS.value, dict(row)
+    error_files = await pool.fetch("SELECT * FROM instance_files WHERE instance = $1 AND kind = 'ts-errors'",
+                                   instance)
+    assert error_files, "Confirmed with errors carries the per-document errors as a ts-errors file"
+    rows = []
+    for ref in error_files:
+        text = FileStore(platform.settings.files_dir).path(ref["sha256"]).read_text(encoding="utf-8")
+        rows += list(csv.DictReader(io.StringIO(text), delimiter=";"))
+    assert {r["DOCUMENTO FISCALE NUMERO"] for r in rows} == set(in_error)
+    every_number = [n for z in zips for n in _document_numbers(platform, z["sha256"])]
+    assert len(rows) == sum(every_number.count(n) for n in in_error), rows
+    assert all(r["CODICE ERRORE"] == "SIM02" for r in rows), rows
+    assert "CF PROPRIETARIO" not in rows[0], "the feedback file never carries the TS user's codice fiscale"
+
+
+async def test_a_wrong_pincode_ends_the_instance_rejected_with_the_intake_code_in_the_reason(platform, pool):
+    instance = await _formatted_730(platform, "205", "2026-07")
+    zips = await _zips(pool, instance)
+    before = _submissions_per_zip(await _sim_submissions(platform), zips)
+
+    await _send_730(platform, instance, pincode="9999999999")
+
+    row = await _wait_state(pool, instance, FINAL)
+    assert row["state"] == InstanceState.REJECTED.value, dict(row)
+    assert row["summary"] and "104" in row["summary"] and "PINCODE ERRATO" in row["summary"], dict(row)
+    assert before == _submissions_per_zip(await _sim_submissions(platform), zips) == {z["name"]: 0 for z in zips}
+    (final,) = await _events_on(platform.settings.kafka_bootstrap, "flows.ts-feedback-received",
+                                lambda b: b["instance"] == instance and b["instance_outcome"] is not None)
+    assert final["instance_outcome"] == "rejected" and "104" in final["reason"], final
+
+
+async def test_a_gateway_killed_after_sistema_ts_accepted_a_zip_adopts_that_protocollo_and_never_sends_it_twice(
+        platform, pool):
+    """The window: TS has accepted the zip, the gateway has not recorded the protocollo. The
+    simulator records an accepted submission (appends it to its list) before it answers, in the
+    same event loop as the services; the test replaces that list with one whose `append` kills the
+    gateway on the spot (`platform.kill`: its tasks are cancelled, so the task waiting for the
+    answer never reads it). A delay would not do: the simulator delays before reading the request,
+    and a request whose client died is never accepted. Restarted, the gateway must find the part
+    "sending", ask EsitoInvii what TS received since, and adopt that protocollo instead of sending
+    the zip again."""
+    instance = await _formatted_730(platform, "206", "2026-07")
+    zips = await _zips(pool, instance)
+    ours = {z["sha256"] for z in zips}
+    simulator = platform.simulator
+    accepted_when_killed: list[Any] = []
+
+    class KillTheGatewayOnAccept(list):  # type: ignore[type-arg]
+        def append(self, submission: Any) -> None:
+            super().append(submission)
+            if submission.zip_sha256 in ours and not accepted_when_killed:
+                accepted_when_killed.append(submission)
+                platform.kill("ts-gateway")
+
+    simulator.submissions = KillTheGatewayOnAccept(simulator.submissions)
+    try:
+        await _send_730(platform, instance)
+        async with asyncio.timeout(60):
+            while not accepted_when_killed:
+                await asyncio.sleep(0.05)
+        await platform.stop("ts-gateway", hard=True)
+    finally:
+        simulator.submissions = list(simulator.submissions)
+        if "ts-gateway" not in platform.tasks:
+            platform.start("ts-gateway")
+    (in_the_window,) = accepted_when_killed
+    # what the dead gateway left: TS has the zip, the ledger says "sending" with no protocollo
+    assert _submissions_per_zip(await _sim_submissions(platform), zips) == {
+        z["name"]: int(z["sha256"] == in_the_window.zip_sha256) for z in zips}
+    part = await pool.fetchrow("SELECT * FROM ts_submission_part WHERE instance = $1 AND zip_sha256 = $2",
+                               instance, in_the_window.zip_sha256)
+    assert part is not None and part["state"] == "sending" and part["protocollo"] is None, part and dict(part)
+
+    row = await _wait_state(pool, instance, FINAL)
+    assert row["state"] == InstanceState.CONFIRMED.value, f"{row['state']}: {row['summary']}"
+    submissions = await _sim_submissions(platform)
+    assert _submissions_per_zip(submissions, zips) == {z["name"]: 1 for z in zips}
+    recorded = await pool.fetchval("SELECT protocollo FROM ts_submission_part WHERE instance = $1 AND zip_sha256 = $2",
+                                   instance, in_the_window.zip_sha256)
+    assert recorded == in_the_window.protocollo
+    submitted = await _events_on(platform.settings.kafka_bootstrap, "flows.ts-submitted",
+                                 lambda b: b["instance"] == instance, len(zips))
+    assert {s["zip_sha256"]: s["protocollo"] for s in submitted}[in_the_window.zip_sha256] == in_the_window.protocollo
