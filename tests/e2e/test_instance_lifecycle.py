@@ -133,3 +133,50 @@ async def test_after_all_this_the_read_models_rebuilt_from_the_log_equal_the_liv
         await pool.close()
     assert report.events_replayed > 0
     assert report.differences == []
+
+
+async def test_an_invalid_source_record_gets_a_rejection_event_naming_the_field_and_the_next_is_stored(platform):
+    from aiokafka import AIOKafkaProducer
+
+    from contracts.envelope import Envelope
+
+    good = DeliveredService(
+        source_id=f"CUP-206-OK-{uuid.uuid4().hex[:8]}", ente="206", structure_sts11="006101",
+        patient_cf="RSSMRA80A01F839W", patient_surname="ROSSI", patient_name="MARIO", patient_sex="M",
+        patient_birth_date=date(1980, 1, 1), patient_residence_istat="063049", prescription_id="RX206",
+        prescription_number="1500A0000000206", catalogue_code="89.7", quantity=1, delivery_date=date(2026, 5, 12),
+        tariff=Decimal("20.66")).model_dump(mode="json")
+    bad = {**good, "source_id": f"CUP-206-BAD-{uuid.uuid4().hex[:8]}", "quantity": 0}
+    producer = AIOKafkaProducer(bootstrap_servers=platform.settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for body in (bad, good):
+            headers = Envelope.new("sources.delivered-service", "/cup/campania").to_headers()
+            await producer.send_and_wait("sources.delivered-service", json.dumps(body).encode(),
+                                         key=body["source_id"].encode(), headers=headers)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer("sources.record-rejected", bootstrap_servers=platform.settings.kafka_bootstrap,
+                                auto_offset_reset="earliest", group_id=f"probe-{uuid.uuid4().hex}")
+    await consumer.start()
+    rejection = None
+    try:
+        async with asyncio.timeout(60):
+            while rejection is None:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for r in records:
+                        body = json.loads(r.value)
+                        if body["source_id"] == bad["source_id"]:
+                            rejection = body
+    finally:
+        await consumer.stop()
+    assert rejection["kind"] == "sources.delivered-service"
+    assert "quantity" in rejection["errors"][0]["reason"]
+    pool = await platform.pool()
+    try:
+        async with asyncio.timeout(30):
+            while not await pool.fetchval("SELECT 1 FROM source_service WHERE source_id = $1", good["source_id"]):
+                await asyncio.sleep(0.1)
+        assert not await pool.fetchval("SELECT 1 FROM source_service WHERE source_id = $1", bad["source_id"])
+    finally:
+        await pool.close()
