@@ -36,7 +36,7 @@ class FileRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(examples=["C1_150201_202611_1947.txt"])
-    kind: str = Field(description="C1, C2, MEF, ALPI_TA, 730-zip, feedback, ts-errors ...", examples=["C1"])
+    kind: str = Field(description="C1, C2, MEF, ALPI_TA, 730-zip, feedback, ts-errors, ts-receipt ...", examples=["C1"])
     records: int = Field(ge=0)
     bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -165,6 +165,8 @@ class TsFeedbackReceived(Payload):
     outcome: Literal["confirmed", "confirmed_with_errors", "rejected"]
     reason: str | None = None
     errors_file: FileRef | None = None
+    receipt_file: FileRef | None = Field(default=None, description="The PDF receipt TS gives a processed file "
+                                                                    "(RicevutaPdf), kind ts-receipt.")
     instance_outcome: Literal["confirmed", "confirmed_with_errors", "rejected"] | None = None
 
 

@@ -65,7 +65,8 @@ TRANSITIONS: dict[str, Transition] = {t.event: t for t in [
     Transition("flows.ts-submitted", frozenset({S.FORMATTED, S.REJECTED, S.WAITING_FEEDBACK}), S.WAITING_FEEDBACK,
                frozenset({Actor.TS_GATEWAY})),
     # The target depends on the payload (instance_outcome): see target_of.
-    Transition("flows.ts-feedback-received", frozenset({S.WAITING_FEEDBACK, S.FORMATTED}), None,
+    # From Rejected too: a resend refused again at intake has no protocollo, so no Waiting feedback.
+    Transition("flows.ts-feedback-received", frozenset({S.WAITING_FEEDBACK, S.FORMATTED, S.REJECTED}), None,
                frozenset({Actor.TS_GATEWAY})),
     Transition("flows.instance-deleted", _DELETABLE, S.DELETED, frozenset({Actor.OPERATOR})),
 ]}

@@ -27,6 +27,8 @@ def render_file(path: Path, kind: str, flow_type: str, version: str, limit: int,
         _render_730(path, limit, offset)
     elif kind in ("feedback", "ts-errors"):
         _render_csv(path, limit, offset)
+    elif kind == "ts-receipt":
+        raise UserError(f"{path.name} is the PDF receipt of Sistema TS, not a table: `flows export` writes it out")
     else:
         layout = load_layout(flow_type, version)
         if kind not in layout.kinds:

@@ -34,7 +34,10 @@ async def _instance_row(pool: asyncpg.Pool, instance: int) -> asyncpg.Record:
 
 
 async def _wait_for_state(pool: asyncpg.Pool, instance: int, finals: set[str], label: str,
-                          timeout: float) -> asyncpg.Record:
+                          timeout: float, ts_outcome_after: int | None = None) -> asyncpg.Record:
+    """The instance row once its state is one of `finals`. With `ts_outcome_after` (a stream
+    version), only once a TS outcome was recorded after it: a resent Rejected instance is already
+    in a final state before the new outcome arrives."""
     deadline = time.monotonic() + timeout
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -43,7 +46,10 @@ async def _wait_for_state(pool: asyncpg.Pool, instance: int, finals: set[str], l
             row = await pool.fetchrow("SELECT * FROM instance_list WHERE instance = $1", instance)
             if row is not None:
                 progress.update(task, description=f"{label} instance {instance}: {row['state']}")
-                if row["state"] in finals:
+                if row["state"] in finals and (ts_outcome_after is None or await pool.fetchval(
+                        "SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1 AND version > $2 "
+                        "AND type = 'flows.ts-feedback-received' AND data->>'instance_outcome' IS NOT NULL)",
+                        instance_stream(instance), ts_outcome_after)):
                     return row
             if time.monotonic() > deadline:
                 raise UserError(f"instance {instance} is still {row['state'] if row else 'not created'} after "

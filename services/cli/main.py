@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from services.cli import instances as inst
-from services.cli.common import console, run, user_errors
+from services.cli.common import UserError, console, run, user_errors
 
 app = typer.Typer(help="Regional health-information flows: load, check, format, send, audit.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -174,14 +174,24 @@ def delete(instance: int, reason: Annotated[str | None, typer.Option()] = None) 
 def send_730(instance: int,
              transmission_date: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
              wait: Annotated[bool, typer.Option()] = True) -> None:
-    """Send a Formatted 730 instance to Sistema TS (asks for the credentials, hidden)."""
+    """Send a Formatted 730 instance to Sistema TS (asks for the credentials, hidden, then the
+    transmission date: today sends now, a later day is sent by the gateway on that day)."""
     from services.cli import ts
 
     cf = typer.prompt("C.F. proprietario")
     user = typer.prompt("TS user")
     password = typer.prompt("TS password", hide_input=True)
     pincode = typer.prompt("Pincode", hide_input=True)
-    when = transmission_date.date() if transmission_date else date.today()
+    if transmission_date is None:
+        answer = typer.prompt("Transmission date (YYYY-MM-DD)", default=date.today().isoformat())
+        try:
+            when = date.fromisoformat(answer.strip())
+        except ValueError:
+            raise UserError(f"transmission date {answer!r} is not a date as YYYY-MM-DD") from None
+    else:
+        when = transmission_date.date()
+    if when < date.today():
+        raise UserError(f"transmission date {when} is in the past: give today ({date.today()}) or a later day")
     run(ts.send_730(instance, cf, user, password, pincode, when, _operator(), wait))
 
 

@@ -12,6 +12,7 @@ from contracts.states import IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError, console, database, settings
 from services.cli.instances import _instance_row, _wait_for_state, print_outcome
 from services.runtime.commands import send_command
+from services.runtime.read_models import instance_stream
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, seal
 
 FINAL_TS = {InstanceState.CONFIRMED.value, InstanceState.CONFIRMED_WITH_ERRORS.value, InstanceState.REJECTED.value}
@@ -36,10 +37,15 @@ async def send_730(instance: int, cf: str, user: str, password: str, pincode: st
                                                            cf_proprietario=cf.strip().upper()))
         request = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed, transmission_date=when,
                                               requested_by=operator)
+        before = await pool.fetchval("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
+                                     instance_stream(instance))
         await send_command(cfg.kafka_bootstrap, "flows.ts-submission-requested", request, key=str(instance))
         console.print(f"instance {instance} handed to the TS gateway (credentials sealed)")
+        if when > date.today():
+            console.print(f"  the gateway sends it on {when}; follow it with `flows show {instance}`")
+            return
         if wait:
-            done = await _wait_for_state(pool, instance, FINAL_TS, "Sistema TS", timeout)
+            done = await _wait_for_state(pool, instance, FINAL_TS, "Sistema TS", timeout, ts_outcome_after=before)
             print_outcome(done)
             if done["summary"]:
                 console.print(f"  {done['summary']}")

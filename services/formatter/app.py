@@ -14,7 +14,8 @@ from services.runtime.settings import Settings
 
 def wire(rt: Runtime) -> handlers.FormatterDeps:
     deps = handlers.FormatterDeps(pool=rt.pool, store=rt.store, files=rt.files,
-                                  sanitel_cert=rt.settings.sanitel_cert)
+                                  sanitel_cert=rt.settings.sanitel_cert,
+                                  max_zip_bytes=rt.settings.ts_max_zip_bytes)
     consume(rt.broker, by_name("flows.format-requested"), group_id="formatter",
             handler=functools.partial(handlers.handle_format_requested, deps=deps),
             max_attempts=rt.settings.max_attempts)

@@ -32,6 +32,7 @@ class FormatterDeps:
     store: EventStore
     files: FileStore
     sanitel_cert: Any = None
+    max_zip_bytes: int = 5 * 1024 * 1024
 
 
 async def handle_format_requested(cmd: flows.FormatRequested, msg: Incoming, deps: FormatterDeps) -> None:
@@ -81,7 +82,8 @@ async def _format_locked(instance: int, deps: FormatterDeps) -> None:
     try:
         outcome = await run_format(deps.pool, deps.files, instance, int(checked["source_instance"]),
                                    created["flow_type"], created["version"],
-                                   options_730={"certificate_path": deps.sanitel_cert})
+                                   options_730={"certificate_path": deps.sanitel_cert,
+                                                "max_zip_bytes": deps.max_zip_bytes})
         if outcome.ok:
             result = flows.Formatted(instance=instance, files=[flows.FileRef(**f) for f in outcome.files])
         else:

@@ -6,7 +6,8 @@ Shape of the output (domain.md §5; ws-asincrono-spec v2.5 §4.5 and §5):
 - each file is a zip holding exactly one XML valid on its own against 730_precompilata.xsd;
 - a zip never exceeds `max_zip_bytes` (TS: 5 MB, error 108): when the next document could push
   the zip past it, the XML and the zip are closed and a new part begins;
-- names follow `xml730_rules.part_file_name` (e.g. `730_150201_000123_2026S2_1947_p1.zip`).
+- names follow `xml730_rules.part_file_name` (e.g. `730_150201_000123_2026S2_1947_p1.zip`); parts
+  are numbered 1..N across the instance, whatever the structure: the part the TS gateway sends.
 
 Memory stays flat however many documents there are: rows come from a server-side cursor in
 batches, each document is serialised by lxml's incremental writer straight into a raw-deflate
@@ -196,6 +197,7 @@ class SubmissionWriter:
     name_part: Callable[[int], str]
     schema: etree.XMLSchema
     max_zip_bytes: int = TS_MAX_ZIP_BYTES
+    first_part: int = 1  # parts are numbered across the instance: the part the TS gateway sends
     when: datetime = field(default_factory=datetime.now)
     problems: list[Problem] = field(default_factory=list)
     parts: list[PartFile] = field(default_factory=list)
@@ -214,7 +216,7 @@ class SubmissionWriter:
         if self._current is not None and not self._current.fits(bound, self.max_zip_bytes):
             self._close_current()
         if self._current is None:
-            self._current = self._open(len(self.parts) + 1)
+            self._current = self._open(self.first_part + len(self.parts))
             if not self._current.fits(bound, self.max_zip_bytes):
                 raise ValueError(f"max_zip_bytes={self.max_zip_bytes} cannot hold even one document "
                                  f"(payment document {doc.source_id} needs up to {bound} bytes)")
@@ -358,7 +360,7 @@ async def format_730(pool: Any, filestore: FileStoreLike, instance: int, snapsho
 
                 writer = SubmissionWriter(
                     owner=Owner(region, ente, sts11, cf_owner), encrypt=encrypt, workdir=Path(tmp),
-                    name_part=name_part, schema=schema, max_zip_bytes=max_zip_bytes)
+                    name_part=name_part, schema=schema, max_zip_bytes=max_zip_bytes, first_part=len(parts) + 1)
                 writer.problems = problems  # one list: once anything is wrong, later parts skip validation
                 async with conn.transaction():  # a server-side cursor lives in a transaction
                     cursor = await conn.cursor(_ROWS_SQL, snapshot_id, ente, sts11)

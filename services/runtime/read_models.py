@@ -138,7 +138,7 @@ def _summary(event: StoredEvent) -> str | None:
 def _files_of(event: StoredEvent) -> list[dict[str, Any]]:
     data = event.data
     files: list[dict[str, Any]] = list(data.get("files") or [])
-    for field in ("feedback", "errors_file"):
+    for field in ("feedback", "errors_file", "receipt_file"):
         if data.get(field):
             files.append(data[field])
     return files

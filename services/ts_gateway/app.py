@@ -37,4 +37,7 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
         async def resume(stop: asyncio.Event) -> None:
             await every(10.0, stop, lambda: handlers.resume_unfinished(deps), "ts-gateway.resume")
 
-        await serve(rt, [resume], stop=stop)
+        try:
+            await serve(rt, [resume], stop=stop)
+        finally:
+            await deps.worker.close()  # a submission cut here resumes, reconciled, at the next start

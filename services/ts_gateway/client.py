@@ -60,8 +60,12 @@ class TsIntakeRejected(TsError):
         self.id_errore = id_errore
 
 
-class ZipTooLarge(TsIntakeRejected):
-    """Refused before sending, with the code TS would give (108)."""
+class RefusedBeforeSending(TsIntakeRejected):
+    """Refused here, before any call, with the code TS would give: nothing reached TS."""
+
+
+class ZipTooLarge(RefusedBeforeSending):
+    """108: over the 5 MB limit."""
 
 
 class TsUnavailable(TsError):
@@ -102,6 +106,9 @@ class TsClientSettings:
     query_attempts: int = 4
     query_backoff: BackoffSchedule = field(default_factory=lambda: BackoffSchedule(initial=1.0, cap=30.0))
     enforce_size_limit: bool = True  # tests switch it off to prove the simulator refuses too
+    # EsitoInvii-by-dates codes that mean "no sends in the range": the spec names none, WS01 is the
+    # simulator's; add the production code once TS is seen to give one (see esiti_between).
+    no_sends_codes: frozenset[str] = frozenset({"WS01"})
 
 
 class TsClient:
@@ -147,10 +154,15 @@ class TsClient:
             raise ZipTooLarge(
                 "108", f"{file_name}: {len(zip_bytes)} bytes exceed the {MAX_ZIP_BYTES}-byte limit; not sent"
             )
+        try:
+            owner = ops.proprietario_of_zip(file_name, zip_bytes)
+        except ValueError as exc:
+            raise RefusedBeforeSending("109", f"{exc}; not sent") from None
         content_id = f"documento-{file_name}@ts-gateway"
         envelope = ops.build_invia_file(
             file_name,
             encrypt_for_ts(self._cert, credentials.pincode),
+            owner,
             encrypt_for_ts(self._cert, credentials.cf_proprietario),
             content_id,
         )
@@ -175,12 +187,20 @@ class TsClient:
         return matches[0]
 
     async def esiti_between(self, credentials: Credentials, start: date, end: date) -> list[ops.SendStatus]:
-        """Every send of this user between two days (inclusive); [] when TS has none."""
+        """Every send of this user between two days (inclusive); [] when TS says it has none.
+
+        esitoChiamata 1 means "error OR no sends in the range" (ricevute-spec-2015 2.6), and the
+        answer decides whether a part found in "sending" is sent again. So only an answer that says
+        "none" (a code of `no_sends_codes`, or a description saying NESSUN INVIO) is an empty list;
+        any other failure is `TsUnavailable`: the caller tries again later and never resends on it.
+        """
         try:
             answer = await self._query("EsitoInvii", credentials, data_inizio=start, data_fine=end)
-        except TsQueryFailed:
-            # esitoChiamata 1 also means "no sends in the range" (ricevute-spec-2015 2.6).
-            return []
+        except TsQueryFailed as exc:
+            if exc.code in self._settings.no_sends_codes or "NESSUN INVIO" in exc.description.upper():
+                return []
+            raise TsUnavailable(f"TS EsitoInvii {start}..{end} answered {exc.code} {exc.description}: "
+                                "cannot tell whether a file was received, so nothing is resent") from None
         return list(answer.statuses)
 
     async def dettaglio_errori_zip(self, credentials: Credentials, protocollo: str) -> bytes:

@@ -6,13 +6,28 @@ its feedback file.
 The credentials arrive sealed to the gateway's key. The request (sealed blob only) is recorded in
 the instance's stream, so a restarted gateway can unseal it again and finish the work; clear values
 live only in this process's memory, inside a `Credentials` whose repr hides them.
+
+The Kafka handler only checks and records the request (one short transaction), then hands the
+instance to the `SubmissionWorker`: sending and polling take minutes to hours (TS processes files
+asynchronously), and a consumer that held its partition that long would be thrown out of its group.
+The worker runs one task per instance, under a PostgreSQL advisory lock (one replica works on an
+instance at a time); its `resume` pass, every few seconds, restarts whatever has a request and no
+outcome: after a crash, after a restart, after a failure, or when a transmission date arrives.
+
+A new request on a Rejected instance (the operator fixed the credentials, or TS discarded a file)
+reopens only the rejected parts; confirmed parts are never sent again. TS answering 401 (user or
+password refused) ends the submission Rejected at once, and a 401 while polling stops every call
+for that request until a new one arrives: retrying a wrong password locks the TS account.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -24,15 +39,17 @@ from services.runtime.filestore import FileStore
 from services.runtime.locks import instance_lock
 from services.runtime.logging import get_logger
 from services.runtime.read_models import instance_state, instance_stream
+from services.ts_gateway.client import TsError
 from services.ts_gateway.receipts import feedback_csv
 from services.ts_gateway.sealing import Credentials, SealError, unseal
 from services.ts_gateway.submission import FINAL_STATES, PartKey, PartState, SubmissionPart, file_name_for
 from services.ts_gateway.submission import instance_outcome as combine
-from services.ts_gateway.submitter import SubmissionRunner
+from services.ts_gateway.submitter import PollingBlocked, SubmissionRunner
 
 CONSUMER = "ts-gateway"
 SUBMIT_LOCK = 7318
 log = get_logger("ts-gateway")
+TS_ZONE = ZoneInfo("Europe/Rome")
 
 Outcome = Literal["confirmed", "confirmed_with_errors", "rejected"]
 _OUTCOME: dict[PartState, Outcome] = {
@@ -40,13 +57,62 @@ _OUTCOME: dict[PartState, Outcome] = {
     PartState.REJECTED: "rejected", PartState.UNRESOLVED: "rejected"}
 
 
-@dataclass(frozen=True)
+@dataclass
 class GatewayDeps:
     pool: asyncpg.Pool
     store: EventStore
     files: FileStore
     runner: SubmissionRunner
     private_key_pem: bytes
+    today: Any = field(default=lambda: datetime.now(TS_ZONE).date())  # () -> date, in TS's time zone
+    worker: SubmissionWorker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.worker = SubmissionWorker(self)
+
+
+class SubmissionWorker:
+    """One task per instance being submitted; `start` is idempotent while a task runs."""
+
+    def __init__(self, deps: GatewayDeps) -> None:
+        self._deps = deps
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        # requests whose credentials TS refused while polling: no more calls until a new request
+        self.blocked_requests: set[str] = set()
+
+    def start(self, instance: int) -> None:
+        running = self._tasks.get(instance)
+        if running is not None and not running.done():
+            return
+        self._tasks[instance] = asyncio.create_task(self._run(instance), name=f"ts-submit-{instance}")
+
+    def running(self) -> list[int]:
+        return [instance for instance, task in self._tasks.items() if not task.done()]
+
+    async def _run(self, instance: int) -> None:
+        log_ = log.bind(aggregate_id=str(instance))
+        try:
+            await submit_instance(instance, self._deps)
+        except PollingBlocked as exc:
+            self.blocked_requests.add(exc.request_id)
+            log_.error("ts.submission_blocked", error=str(exc))
+        except (TsError, asyncpg.PostgresError, OSError) as exc:
+            # the next resume pass tries again (sends reconcile first: nothing goes twice)
+            log_.warning("ts.submission_interrupted", error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            log_.error("ts.submission_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self._tasks.pop(instance, None)
+
+    async def wait_idle(self) -> None:
+        """Tests and shutdown: wait until no submission task runs."""
+        while tasks := [t for t in self._tasks.values() if not t.done()]:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
 
 async def handle_submission_requested(cmd: flows.TsSubmissionRequested, msg: Incoming, deps: GatewayDeps) -> None:
@@ -76,7 +142,10 @@ async def handle_submission_requested(cmd: flows.TsSubmissionRequested, msg: Inc
                                                   metadata={"causation_id": msg.message_id})],
                                 expected_version=history[-1].version, key=str(cmd.instance), conn=conn,
                                 publish=False)
-    await submit_instance(cmd.instance, deps)
+        if instance_state(history) is InstanceState.REJECTED:
+            # a resend: the rejected parts go again, the confirmed ones never do
+            await deps.runner.ledger.reopen_rejected(cmd.instance, conn=conn)
+    deps.worker.start(cmd.instance)
 
 
 async def submit_instance(instance: int, deps: GatewayDeps) -> None:
@@ -96,11 +165,16 @@ def _pending_request(history: list[StoredEvent]) -> StoredEvent | None:
     return request
 
 
+def _due(request: StoredEvent, today: date) -> bool:
+    """A request is sent on its transmission date (the operator may choose a later day)."""
+    return date.fromisoformat(str(request.data["transmission_date"])) <= today
+
+
 async def _submit_locked(instance: int, deps: GatewayDeps) -> None:
     stream = instance_stream(instance)
     history = await deps.store.read_stream(stream)
     request = _pending_request(history)
-    if request is None:
+    if request is None or not _due(request, deps.today()) or str(request.id) in deps.worker.blocked_requests:
         return
     credentials = unseal(deps.private_key_pem, request.data["sealed_credentials"])
     zips = sorted((f for f in _latest_files(history) if f["kind"] == "730-zip"), key=lambda f: f.get("part") or 0)
@@ -123,11 +197,11 @@ async def _submit_locked(instance: int, deps: GatewayDeps) -> None:
                 instance=instance, part=sent.key.part, parts=len(parts), protocollo=sent.protocollo,
                 zip_sha256=sent.key.zip_sha256))
     announced = {e.data["part"] for e in history[history.index(request):] if e.type == "flows.ts-feedback-received"}
-    await _poll_all(instance, credentials, parts, announced, deps)
+    await _poll_all(instance, credentials, parts, announced, str(request.id), deps)
 
 
 async def _poll_all(instance: int, credentials: Credentials, parts: list[SubmissionPart], announced: set[int],
-                    deps: GatewayDeps) -> None:
+                    request_id: str, deps: GatewayDeps) -> None:
     stream = instance_stream(instance)
     states: dict[int, PartState] = {}
     for part in parts:
@@ -135,9 +209,9 @@ async def _poll_all(instance: int, credentials: Credentials, parts: list[Submiss
         if part.key.part in announced:
             states[part.key.part] = current.state
             continue
-        errors_file = None
+        errors_file = receipt_file = None
         if current.state is PartState.WAITING_FEEDBACK:
-            feedback = await deps.runner.poll_part(credentials, part.key)
+            feedback = await deps.runner.poll_part(credentials, part.key, request_id=request_id)
             current = feedback.part
             if feedback.errors:
                 data = feedback_csv(feedback.errors)
@@ -145,6 +219,7 @@ async def _poll_all(instance: int, credentials: Credentials, parts: list[Submiss
                 errors_file = flows.FileRef(name=f"ts_errors_{instance}_p{part.key.part}.csv", kind="ts-errors",
                                             records=len(feedback.errors), bytes=size, sha256=sha,
                                             media_type="text/csv", part=part.key.part)
+            receipt_file = await _receipt(deps, credentials, instance, current)
         states[part.key.part] = current.state
         if current.state not in FINAL_STATES and current.state is not PartState.UNRESOLVED:
             return  # still in progress (another pass finishes it)
@@ -152,7 +227,24 @@ async def _poll_all(instance: int, credentials: Credentials, parts: list[Submiss
         await _append(deps, stream, "flows.ts-feedback-received", flows.TsFeedbackReceived(
             instance=instance, part=part.key.part, parts=len(parts), protocollo=current.protocollo,
             stato=current.stato, outcome=_OUTCOME[current.state], reason=current.reason, errors_file=errors_file,
-            instance_outcome=_OUTCOME[outcome] if outcome is not None else None))
+            receipt_file=receipt_file, instance_outcome=_OUTCOME[outcome] if outcome is not None else None))
+
+
+async def _receipt(deps: GatewayDeps, credentials: Credentials, instance: int,
+                   part: SubmissionPart) -> flows.FileRef | None:
+    """The PDF receipt (RicevutaPdf) of a processed file, kept with the instance's files. The
+    outcome does not wait on it: a receipt TS cannot give now is logged, and TS keeps it."""
+    if part.protocollo is None or part.state not in FINAL_STATES:
+        return None
+    try:
+        pdf = await deps.runner.ts.ricevuta_pdf(credentials, part.protocollo)
+    except TsError as exc:
+        log.warning("ts.receipt_unavailable", aggregate_id=str(instance), protocollo=part.protocollo,
+                    error=f"{type(exc).__name__}: {exc}")
+        return None
+    sha, size = deps.files.put_bytes(pdf)
+    return flows.FileRef(name=f"ts_receipt_{instance}_p{part.key.part}_{part.protocollo}.pdf", kind="ts-receipt",
+                         records=1, bytes=size, sha256=sha, media_type="application/pdf", part=part.key.part)
 
 
 def _latest_files(history: list[StoredEvent]) -> list[dict[str, Any]]:
@@ -166,14 +258,19 @@ async def _append(deps: GatewayDeps, stream: str, type_: str, payload: flows.Pay
 
 
 async def resume_unfinished(deps: GatewayDeps) -> None:
-    """Instances with a submission request and no outcome yet: a gateway died, or TS was slow."""
+    """Instances with a due submission request and no outcome yet (a gateway died, TS was slow or
+    down, a transmission date arrived): each gets a worker task unless one already runs."""
     rows = await deps.pool.fetch(
         "SELECT instance FROM instance_list WHERE flow_type = 'FLUSSO_730' AND state = ANY($1::text[])",
         [InstanceState.FORMATTED.value, InstanceState.WAITING_FEEDBACK.value, InstanceState.REJECTED.value])
+    running = set(deps.worker.running())
     for row in rows:
-        history = await deps.store.read_stream(instance_stream(int(row["instance"])))
-        if _pending_request(history) is not None:
-            await submit_instance(int(row["instance"]), deps)
+        instance = int(row["instance"])
+        if instance in running:
+            continue
+        request = _pending_request(await deps.store.read_stream(instance_stream(instance)))
+        if request is not None and _due(request, deps.today()) and request.id not in deps.worker.blocked_requests:
+            deps.worker.start(instance)
 
 
 def load_private_key(keys_dir: Path) -> bytes:

@@ -40,6 +40,7 @@ class PartLedger(Protocol):
         self, key: PartKey, state: PartState, stato: int | None, reason: str | None
     ) -> SubmissionPart: ...
     async def known_protocolli(self) -> set[str]: ...
+    async def reopen_rejected(self, instance: int, conn: asyncpg.Connection | None = None) -> int: ...
 
 
 def _now() -> datetime:
@@ -96,12 +97,27 @@ class MemoryPartLedger:
         return await self._move(key, state, stato=stato, reason=reason)
 
     async def known_protocolli(self) -> set[str]:
-        return {p.protocollo for p in self._parts.values() if p.protocollo}
+        return {p.protocollo for p in self._parts.values() if p.protocollo} | {
+            earlier for p in self._parts.values() for earlier in p.earlier_protocolli}
+
+    async def reopen_rejected(self, instance: int, conn: asyncpg.Connection | None = None) -> int:
+        reopened = 0
+        for key, part in list(self._parts.items()):
+            if key.instance == instance and part.state is PartState.REJECTED:
+                self._parts[key] = _reopened(part)
+                reopened += 1
+        return reopened
+
+
+def _reopened(part: SubmissionPart) -> SubmissionPart:
+    earlier = (*part.earlier_protocolli, part.protocollo) if part.protocollo else part.earlier_protocolli
+    return dataclasses.replace(part, state=PartState.PENDING, protocollo=None, stato=None, reason=None,
+                               last_error=None, sending_since=None, earlier_protocolli=earlier)
 
 
 _COLUMNS = (
     "instance, part, zip_sha256, parts, file_name, documents, state, protocollo, attempts, last_error, "
-    "sending_since, stato, reason"
+    "sending_since, stato, reason, earlier_protocolli"
 )
 
 
@@ -118,6 +134,7 @@ def _row(record: asyncpg.Record) -> SubmissionPart:
         sending_since=record["sending_since"],
         stato=record["stato"],
         reason=record["reason"],
+        earlier_protocolli=tuple(record["earlier_protocolli"]),
     )
 
 
@@ -194,5 +211,23 @@ class PgPartLedger:
 
     async def known_protocolli(self) -> set[str]:
         async with self._pool.acquire() as conn:
-            records = await conn.fetch("SELECT protocollo FROM ts_submission_part WHERE protocollo IS NOT NULL")
+            records = await conn.fetch(
+                "SELECT protocollo FROM ts_submission_part WHERE protocollo IS NOT NULL "
+                "UNION SELECT unnest(earlier_protocolli) FROM ts_submission_part"
+            )
         return {record["protocollo"] for record in records}
+
+    async def reopen_rejected(self, instance: int, conn: asyncpg.Connection | None = None) -> int:
+        """Rejected parts of the instance back to pending (a resend), in the caller's transaction if given."""
+        sql = (
+            "UPDATE ts_submission_part SET state = 'pending', protocollo = NULL, stato = NULL, reason = NULL, "
+            "last_error = NULL, sending_since = NULL, updated_at = now(), earlier_protocolli = CASE "
+            "WHEN protocollo IS NULL THEN earlier_protocolli ELSE earlier_protocolli || protocollo END "
+            "WHERE instance = $1 AND state = 'rejected'"
+        )
+        if conn is not None:
+            status = await conn.execute(sql, instance)
+        else:
+            async with self._pool.acquire() as own:
+                status = await own.execute(sql, instance)
+        return int(status.split()[-1])

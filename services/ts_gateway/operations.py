@@ -9,6 +9,8 @@ have no elementFormDefault, so every child element is unqualified.
 from __future__ import annotations
 
 import base64
+import io
+import zipfile
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -84,13 +86,48 @@ class IntakeReceipt:
             return None
 
 
+@dataclass(frozen=True)
+class Proprietario:
+    """Who issues the documents of a file (codiceRegione, codiceAsl, codiceSSA): the structure case of
+    the spec (ws-asincrono-spec-v2.5 par. 5, "Sezione Proprietario", all three mandatory)."""
+
+    codice_regione: str
+    codice_asl: str
+    codice_ssa: str
+
+
+def proprietario_of_zip(file_name: str, zip_bytes: bytes) -> Proprietario:
+    """The proprietario block of the one XML inside a 730 zip: the envelope's datiProprietario must
+    name the same structure as the file it carries. Reads only up to that block."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zipped:
+            entries = [info for info in zipped.infolist() if not info.is_dir()]
+            if len(entries) != 1:
+                raise ValueError(f"{file_name}: a 730 zip holds exactly one XML, this one has {len(entries)} entries")
+            with zipped.open(entries[0]) as xml:
+                for _, element in etree.iterparse(xml, events=("end",), tag="proprietario"):
+                    values = [(element.findtext(name) or "").strip()
+                              for name in ("codiceRegione", "codiceAsl", "codiceSSA")]
+                    missing = [name for name, value in zip(("codiceRegione", "codiceAsl", "codiceSSA"), values,
+                                                           strict=True) if not value]
+                    if missing:
+                        raise ValueError(f"{file_name}: proprietario has no {', '.join(missing)}")
+                    return Proprietario(*values)
+    except (zipfile.BadZipFile, etree.XMLSyntaxError) as exc:
+        raise ValueError(f"{file_name}: not a readable 730 zip ({type(exc).__name__})") from None
+    raise ValueError(f"{file_name}: the XML has no proprietario block")
+
+
 def build_invia_file(
-    file_name: str, pincode_cifrato: str, cf_proprietario_cifrato: str, content_id: str
+    file_name: str, pincode_cifrato: str, owner: Proprietario, cf_proprietario_cifrato: str, content_id: str
 ) -> bytes:
     operation = etree.Element(_q(INVIO_NS, "inviaFileMtom"), nsmap={"inv": INVIO_NS})
     _sub(operation, "nomeFileAllegato", file_name)
     _sub(operation, "pincodeInvianteCifrato", pincode_cifrato)
     proprietario = etree.SubElement(operation, "datiProprietario")
+    _sub(proprietario, "codiceRegione", owner.codice_regione)
+    _sub(proprietario, "codiceAsl", owner.codice_asl)
+    _sub(proprietario, "codiceSSA", owner.codice_ssa)
     _sub(proprietario, "cfProprietario", cf_proprietario_cifrato)
     xop_include(etree.SubElement(operation, "documento"), content_id)
     return envelope(operation)

@@ -42,6 +42,7 @@ from services.ts_gateway.simulator_rules import (
     Submission,
     check_pincode,
     check_proprietario,
+    check_proprietario_matches_file,
     load_schema,
     process_file,
     receipt_pdf,
@@ -166,6 +167,7 @@ class TsSimulator:
             check_pincode(account, self._key_pem, child_text(operation, "pincodeInvianteCifrato", "invia") or "")
             check_proprietario(account, self._key_pem, operation.findtext("datiProprietario/cfProprietario"))
             xml = unzip_single_xml(file_name, document)
+            check_proprietario_matches_file(operation, xml)
             if self.behaviour.reject_intake_code:
                 raise IntakeRefusal(self.behaviour.reject_intake_code)
         except IntakeRefusal as refusal:

@@ -150,6 +150,21 @@ def check_proprietario(user: SimUser, private_key_pem: bytes, cf_cifrato: str | 
         raise IntakeRefusal("110")
 
 
+def check_proprietario_matches_file(operation: etree._Element, xml: bytes) -> None:
+    """datiProprietario must name the structure (region, ASL, SSA: mandatory in the structure case,
+    ws-asincrono-spec-v2.5 par. 5) that the file's own proprietario block names: else 109."""
+    names = ("codiceRegione", "codiceAsl", "codiceSSA")
+    envelope = [(operation.findtext(f"datiProprietario/{n}") or "").strip() for n in names]
+    if not all(envelope):
+        raise IntakeRefusal("109")
+    try:
+        root = etree.fromstring(xml, etree.XMLParser(resolve_entities=False, no_network=True))
+    except etree.XMLSyntaxError:
+        return  # processing rejects it (stato 5) with the parser's reason
+    if [(root.findtext(f"proprietario/{n}") or "").strip() for n in names] != envelope:
+        raise IntakeRefusal("109")
+
+
 def unzip_single_xml(file_name: str, document: bytes) -> bytes:
     """The one XML of the zip, or the intake refusal TS gives (101, 103, 108, 102)."""
     if not is_valid_file_name(file_name) or not 6 <= len(file_name) <= 60:

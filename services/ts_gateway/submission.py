@@ -75,6 +75,7 @@ class SubmissionPart:
     sending_since: datetime | None = None
     stato: int | None = None
     reason: str | None = None
+    earlier_protocolli: tuple[str, ...] = ()  # of sends TS discarded before a resend (see ledger.reopen_rejected)
 
 
 # nomeFileAllegato: 6-60 basic latin characters ending in .zip (ws-asincrono-spec-v2.5 4.5, code 101)

@@ -45,10 +45,20 @@ class TsPort(Protocol):
     async def esito_invii(self, credentials: Credentials, protocollo: str) -> SendStatus: ...
     async def esiti_between(self, credentials: Credentials, start: date, end: date) -> list[SendStatus]: ...
     async def dettaglio_errori(self, credentials: Credentials, protocollo: str) -> list[DocumentError]: ...
+    async def ricevuta_pdf(self, credentials: Credentials, protocollo: str) -> bytes: ...
 
 
 class PollingGaveUp(TimeoutError):
     pass
+
+
+class PollingBlocked(Exception):
+    """TS refused the credentials while the file was being processed (changed or expired password):
+    polling stops for this request, since retrying a refused password locks the TS account."""
+
+    def __init__(self, key: PartKey, request_id: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}; send the instance again with valid credentials to follow it")
+        self.request_id = request_id
 
 
 @dataclass(frozen=True)
@@ -82,23 +92,29 @@ class SubmissionRunner:
         return decide_recovery(part, [_record(s) for s in statuses], await self.ledger.known_protocolli())
 
     async def send_part(self, credentials: Credentials, key: PartKey, zip_bytes: bytes) -> SubmissionPart:
-        """One attempt; idempotent: a part with a protocollo or an outcome is returned as is."""
+        """One attempt; idempotent: a part with a protocollo or an outcome is returned as is.
+
+        TS refusing the user or password (HTTP 401/403) is an outcome, not a failure to retry: the
+        part is rejected with that reason (the operator sends again with the right credentials).
+        """
         part = await self.ledger.get(key)
         if not may_send(part):
             return part
-        if needs_recovery(part):
-            decision = await self.recover(credentials, part)
-            if isinstance(decision, Adopt):
-                return await self.ledger.record_submitted(key, decision.protocollo)
-            if isinstance(decision, AskOperator):
-                return await self.ledger.record_outcome(key, PartState.UNRESOLVED, None, decision.reason)
-        # Recorded before the call: a crash from here on leaves "sending", which the next run reconciles.
-        part = await self.ledger.begin_sending(key)
         try:
+            if needs_recovery(part):
+                decision = await self.recover(credentials, part)
+                if isinstance(decision, Adopt):
+                    return await self.ledger.record_submitted(key, decision.protocollo)
+                if isinstance(decision, AskOperator):
+                    return await self.ledger.record_outcome(key, PartState.UNRESOLVED, None, decision.reason)
+            # Recorded before the call: a crash from here on leaves "sending", which the next run reconciles.
+            part = await self.ledger.begin_sending(key)
             receipt = await self.ts.invia_file(credentials, part.file_name, zip_bytes)
         except TsIntakeRejected as exc:
             return await self.ledger.record_outcome(key, PartState.REJECTED, None, f"{exc.code} {exc.description}")
-        except (TsUnavailable, TsAuthError) as exc:
+        except TsAuthError as exc:  # the part is "sending" here, whether refused in recovery or at intake
+            return await self.ledger.record_outcome(key, PartState.REJECTED, None, str(exc))
+        except TsUnavailable as exc:
             await self.ledger.record_failure(key, str(exc))
             raise
         return await self.ledger.record_submitted(key, receipt.protocollo)
@@ -114,7 +130,7 @@ class SubmissionRunner:
                 await self.sleep(self.send_retry.delay(attempt))
         raise AssertionError("unreachable")
 
-    async def poll_part(self, credentials: Credentials, key: PartKey) -> PartFeedback:
+    async def poll_part(self, credentials: Credentials, key: PartKey, request_id: str = "") -> PartFeedback:
         """Poll EsitoInvii until a final stato; fetch the per-document errors for stato 3."""
         part = await self.ledger.get(key)
         if part.state is not PartState.WAITING_FEEDBACK or part.protocollo is None:
@@ -125,6 +141,9 @@ class SubmissionRunner:
             except TsUnavailable:
                 await self.sleep(self.poll_schedule.delay(poll))
                 continue
+            except TsAuthError as exc:
+                await self.ledger.record_failure(key, str(exc))
+                raise PollingBlocked(key, request_id, str(exc)) from None
             state = state_for_stato(status.stato)
             if state is None:
                 await self.sleep(self.poll_schedule.delay(poll))

@@ -28,6 +28,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from services.runtime.settings import Settings
 
+# Small 730 zips, so a month of a hundred services already needs several parts per structure.
+E2E_MAX_ZIP_BYTES = 4_000
 TS_USER, TS_PASSWORD, TS_PINCODE, TS_CF = "PROVAX00X00X000Y", "Salve123", "1234567890", "PROVAX00X00X000Y"
 _SERVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("e2e_service", default=None)
 _SERVICES_DIR = str(Path(__file__).resolve().parents[2] / "services") + os.sep
@@ -194,6 +196,7 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
     settings = Settings(database_url=stack.database_url.rsplit("/", 1)[0] + f"/{name}",
                         kafka_bootstrap=stack.bootstrap_servers, files_dir=base / "files", keys_dir=base / "keys",
                         sanitel_cert=cert, ts_endpoint=ts_url, ts_poll_initial_s=0.2, ts_poll_max_s=1.0,
+                        ts_max_zip_bytes=E2E_MAX_ZIP_BYTES,
                         log_format="json", log_level="INFO")
     log_path = tmp_path_factory.mktemp("service-logs") / "services.log"
     tee = _tee_service_logs(log_path, settings)

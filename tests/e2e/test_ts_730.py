@@ -7,6 +7,7 @@ loopback. Each test uses its own entity and month, so instances and zips never m
 from __future__ import annotations
 
 import asyncio
+import collections
 import csv
 import io
 import json
@@ -177,7 +178,7 @@ def _submissions_per_zip(submissions: list[dict[str, Any]], zips: list[asyncpg.R
 
 async def test_a_730_month_goes_from_source_data_to_confirmed_by_sistema_ts_with_one_submission_per_zip(
         platform, pool):
-    instance = await _formatted_730(platform, "203", "2026-07")
+    instance = await _formatted_730(platform, "203", "2026-07", services=600)
     zips = await _zips(pool, instance)
     assert zips, "a Formatted 730 instance has at least one zip"
 
@@ -206,6 +207,16 @@ async def test_a_730_month_goes_from_source_data_to_confirmed_by_sistema_ts_with
     assert _submissions_per_zip(submissions, zips) == {z["name"]: 1 for z in zips}
     at_ts = {s["zip_sha256"]: s["protocollo"] for s in submissions}
     assert {s["zip_sha256"]: s["protocollo"] for s in submitted} == {z["sha256"]: at_ts[z["sha256"]] for z in zips}
+    # the instance was bigger than one zip (E2E_MAX_ZIP_BYTES): several parts of one structure
+    per_structure = collections.Counter(z["name"].split("_")[2] for z in zips)
+    assert max(per_structure.values()) >= 2, [z["name"] for z in zips]
+    # every processed file's PDF receipt (RicevutaPdf) is kept with the instance's files
+    receipts = await pool.fetch("SELECT * FROM instance_files WHERE instance = $1 AND kind = 'ts-receipt'", instance)
+    assert sorted(r["part"] for r in receipts) == sorted(z["part"] for z in zips)
+    zip_of_part = {z["part"]: z["sha256"] for z in zips}
+    for receipt in receipts:
+        pdf = FileStore(platform.settings.files_dir).path(receipt["sha256"]).read_bytes()
+        assert pdf.startswith(b"%PDF") and receipt["name"].endswith(f"_{at_ts[zip_of_part[receipt['part']]]}.pdf")
 
 
 async def test_documents_sistema_ts_reports_in_error_end_confirmed_with_errors_and_are_named_in_a_ts_errors_file(
@@ -303,3 +314,25 @@ async def test_a_gateway_killed_after_sistema_ts_accepted_a_zip_adopts_that_prot
     submitted = await _events_on(platform.settings.kafka_bootstrap, "flows.ts-submitted",
                                  lambda b: b["instance"] == instance, len(zips))
     assert {s["zip_sha256"]: s["protocollo"] for s in submitted}[in_the_window.zip_sha256] == in_the_window.protocollo
+
+
+async def test_a_rejected_send_with_a_wrong_password_can_be_sent_again_and_ends_confirmed(platform, pool):
+    """TS refuses the password (HTTP 401): Rejected at once, with the reason, and no retry that could
+    lock the TS account. The operator sends again with the right password: only then do the zips go,
+    once each, and the instance ends Confirmed; the history keeps both attempts."""
+    instance = await _formatted_730(platform, "201", "2026-06")
+    zips = await _zips(pool, instance)
+
+    await _send_730(platform, instance, password="Not-The-Password-1")
+    row = await _wait_state(pool, instance, FINAL)
+    assert row["state"] == InstanceState.REJECTED.value, dict(row)
+    assert "HTTP 401" in (row["summary"] or "") and "Not-The-Password-1" not in (row["summary"] or ""), dict(row)
+    assert _submissions_per_zip(await _sim_submissions(platform), zips) == {z["name"]: 0 for z in zips}
+
+    await _send_730(platform, instance)
+    row = await _wait_state(pool, instance, {InstanceState.CONFIRMED.value})
+    assert _submissions_per_zip(await _sim_submissions(platform), zips) == {z["name"]: 1 for z in zips}
+    outcomes = [json.loads(r["data"])["instance_outcome"] for r in await pool.fetch(
+        "SELECT data::text AS data FROM events WHERE stream_id = $1 AND type = 'flows.ts-feedback-received' "
+        "ORDER BY version", instance_stream(instance))]
+    assert [o for o in outcomes if o] == ["rejected", "confirmed"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,7 +23,7 @@ from services.ts_gateway.client import (
 )
 from services.ts_gateway.ledger import PgPartLedger
 from services.ts_gateway.receipts import feedback_csv
-from services.ts_gateway.sample import sample_730_zip, zip_one
+from services.ts_gateway.sample import sample_730_xml, sample_730_zip, zip_one
 from services.ts_gateway.sealing import Credentials
 from services.ts_gateway.simulator import TsSimulator
 from services.ts_gateway.simulator_rules import SimUser
@@ -140,7 +139,10 @@ async def test_a_wrong_pincode_is_refused_at_intake_with_code_104(ts, ledger: Pg
 
 async def test_a_zip_over_5_mb_is_refused_before_sending_and_by_ts_too(ts) -> None:  # type: ignore[no-untyped-def]
     client, url, cert = ts
-    huge = zip_one(os.urandom(5 * 1024 * 1024 + 1024), compress=False)
+    # a real 730 (TS would read its proprietario), stored uncompressed so the zip passes 5 MB
+    huge = zip_one(sample_730_xml(cert, ROSSI.cf_proprietario, documents=1, padding_documents=12_000),
+                   compress=False)
+    assert len(huge) > 5 * 1024 * 1024
     with pytest.raises(ZipTooLarge, match="not sent") as refused:
         await client.invia_file(ROSSI, "730_1947_p1_huge.zip", huge)
     assert refused.value.code == "108"
@@ -251,3 +253,85 @@ async def test_no_credential_reaches_the_ledger_or_the_simulator_listing(
     listing = str(await _admin(url, "/__sim/submissions"))
     for secret in (*ROSSI.secrets(), wrong_pin.pincode):
         assert secret not in dump and secret not in listing
+
+
+async def test_a_wrong_password_ends_the_part_rejected_with_the_reason_and_no_retry(ts, ledger: PgPartLedger) -> None:  # type: ignore[no-untyped-def]
+    client, url, cert = ts
+    zip_bytes = sample_730_zip(cert, ROSSI.cf_proprietario)
+    key = await _one_part(ledger, zip_bytes, 3)
+    wrong = Credentials(ROSSI.user, "Wrong-Password-77", ROSSI.pincode, ROSSI.cf_proprietario)
+
+    part = await _runner(ledger, client).send_with_retry(wrong, key, zip_bytes)
+
+    assert (part.state, part.protocollo, part.attempts) == (PartState.REJECTED, None, 1)
+    assert part.reason is not None and "HTTP 401" in part.reason and "user or password" in part.reason
+    assert "Wrong-Password-77" not in part.reason
+    assert (await _admin(url, "/__sim/submissions"))["intake_calls"] == 0  # refused before intake, once
+
+
+async def test_a_failed_esitoinvii_during_recovery_never_leads_to_a_second_send(ts, ledger: PgPartLedger) -> None:  # type: ignore[no-untyped-def]
+    """A part left in "sending" after TS accepted it; on restart EsitoInvii fails (500s): the runner
+    must not read that as "nothing received" and send again."""
+    client, url, cert = ts
+    zip_bytes = sample_730_zip(cert, ROSSI.cf_proprietario, documents=2)
+    key = await _one_part(ledger, zip_bytes, 2)
+    part = await ledger.begin_sending(key)
+    receipt = await client.invia_file(ROSSI, part.file_name, zip_bytes)
+    await _admin(url, "/__sim/behaviour", {"fail_next": 100, "operations": ["EsitoInvii"]})
+    runner = SubmissionRunner(ledger, client, send_retry=FAST, send_attempts=2, poll_schedule=FAST, max_polls=2)
+
+    with pytest.raises(TsUnavailable):
+        await runner.send_with_retry(ROSSI, key, zip_bytes)
+    assert await _sends(url) == 1
+    assert (await ledger.get(key)).state is PartState.SENDING
+
+    await _admin(url, "/__sim/behaviour", {})
+    recovered = await runner.send_with_retry(ROSSI, key, zip_bytes)
+    assert (recovered.state, recovered.protocollo) == (PartState.WAITING_FEEDBACK, receipt.protocollo)
+    assert await _sends(url) == 1
+
+
+@pytest.mark.parametrize("stato", [5, 9])
+async def test_a_file_ts_discards_in_processing_ends_rejected_with_its_stato_and_reason(
+        ts, ledger: PgPartLedger, stato: int) -> None:  # type: ignore[no-untyped-def]
+    client, url, cert = ts
+    await _admin(url, "/__sim/behaviour", {"final_stato": stato, "polls_in_progress": 1})
+    zip_bytes = sample_730_zip(cert, ROSSI.cf_proprietario, documents=2)
+    key = await _one_part(ledger, zip_bytes, 2, instance=1950 + stato)
+    runner = _runner(ledger, client)
+    await runner.send_with_retry(ROSSI, key, zip_bytes)
+
+    feedback = await runner.poll_part(ROSSI, key)
+
+    assert (feedback.part.state, feedback.part.stato) == (PartState.REJECTED, stato)
+    assert feedback.part.reason and "scartato" in feedback.part.reason.lower()
+    assert instance_outcome([PartState.CONFIRMED, feedback.part.state]) is PartState.REJECTED
+
+
+async def test_the_envelope_names_the_structure_of_the_file_and_ts_refuses_one_that_differs(ts) -> None:  # type: ignore[no-untyped-def]
+    """datiProprietario (region, ASL, SSA) is mandatory for a structure; the client takes it from the
+    file's own proprietario block, so it cannot disagree; a forged envelope gets TS's 109."""
+    client, url, cert = ts
+    from services.runtime.sanitel import encrypt_for_ts
+    from services.ts_gateway import operations as ops
+    from services.ts_gateway.soap import build_mtom
+
+    zip_bytes = sample_730_zip(cert, ROSSI.cf_proprietario)
+    assert ops.proprietario_of_zip("x.zip", zip_bytes) == ops.Proprietario("150", "201", "000123")
+    assert len((await client.invia_file(ROSSI, "730_1947_p1_owner.zip", zip_bytes)).protocollo) == 17
+
+    forged = ops.build_invia_file("730_1947_p1_forged.zip", encrypt_for_ts(cert, ROSSI.pincode),
+                                  ops.Proprietario("150", "999", "000123"),
+                                  encrypt_for_ts(cert, ROSSI.cf_proprietario), "doc@forged")
+    body, content_type = build_mtom(forged, {"doc@forged": zip_bytes})
+    async with aiohttp.ClientSession() as http, http.post(
+            url + ops.INVIO_PATH, data=body, headers={"Content-Type": content_type},
+            auth=aiohttp.BasicAuth(ROSSI.user, ROSSI.password)) as answer:
+        raw = await answer.read()
+        answer_type = answer.headers.get("Content-Type", "")
+    if answer_type.lower().startswith("multipart/related"):
+        from services.ts_gateway.soap import parse_multipart
+
+        raw = parse_multipart(raw, answer_type, "answer")[0].content
+    receipt = ops.parse_invia_receipt(raw)
+    assert not isinstance(receipt, ops.SoapFault) and receipt.codice_esito == "109", receipt

@@ -84,7 +84,7 @@ async def test_two_structures_give_one_valid_zip_each_in_the_file_store(pool, ce
 
     assert [(f["name"], f["records"], f["part"], f["kind"], f["media_type"]) for f in files] == [
         ("730_150201_000123_2026S2_1947_p1.zip", 200, 1, "730-zip", "application/zip"),
-        ("730_150201_000456_2026S2_1947_p1.zip", 100, 1, "730-zip", "application/zip")]
+        ("730_150201_000456_2026S2_1947_p2.zip", 100, 2, "730-zip", "application/zip")]  # parts count per instance
     official = etree.XMLSchema(file=str(OFFICIAL_XSD))
     for file, docs, ssa in zip(files, (mare, cto), ("000123", "000456"), strict=True):
         assert store.path(file["sha256"]).stat().st_size == file["bytes"]

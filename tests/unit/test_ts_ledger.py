@@ -47,6 +47,20 @@ async def check_ledger_contract(ledger: PartLedger, instance: int = 1947) -> Non
 
     assert [p.state for p in await ledger.parts_of(instance)] == [PartState.CONFIRMED_WITH_ERRORS, PartState.REJECTED]
     assert "26012010000100001" in await ledger.known_protocolli()
+
+    # a resend reopens only the rejected part; a file TS discarded keeps its protocollo as "ours"
+    assert await ledger.reopen_rejected(instance) == 1
+    reopened = await ledger.get(second.key)
+    assert (reopened.state, reopened.reason, reopened.sending_since) == (PartState.PENDING, None, None)
+    assert (await ledger.get(first.key)).state is PartState.CONFIRMED_WITH_ERRORS
+    await ledger.begin_sending(second.key)
+    await ledger.record_submitted(second.key, "26012010000100002")
+    await ledger.record_outcome(second.key, PartState.REJECTED, 5, "File scartato in fase di Elaborazione")
+    assert await ledger.reopen_rejected(instance) == 1
+    discarded = await ledger.get(second.key)
+    assert (discarded.protocollo, discarded.earlier_protocolli) == (None, ("26012010000100002",))
+    assert {"26012010000100001", "26012010000100002"} <= await ledger.known_protocolli()
+    assert await ledger.reopen_rejected(instance) == 0
     with pytest.raises(ValueError, match="17 digits"):
         await ledger.record_submitted(second.key, "123")
     with pytest.raises(UnknownPart, match="instance 1 part 9"):

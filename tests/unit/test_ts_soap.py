@@ -25,11 +25,12 @@ from services.ts_gateway.soap import (
 )
 
 # Binary that looks like MIME on purpose: CRLFs, dashes, a fake boundary.
+OWNER = ops.Proprietario("150", "201", "150001")
 NASTY_ZIP = b"PK\x03\x04\r\n--uuid:fake\r\n\r\nContent-ID: <x>\r\n" + bytes(range(256)) * 4
 
 
 def test_the_mtom_attachment_survives_the_round_trip_byte_for_byte() -> None:
-    envelope = ops.build_invia_file("730_1947_p1_abc.zip", "PIN64", "CF64", "doc-1@ts")
+    envelope = ops.build_invia_file("730_1947_p1_abc.zip", "PIN64", OWNER, "CF64", "doc-1@ts")
     body, content_type = build_mtom(envelope, {"doc-1@ts": NASTY_ZIP})
     assert content_type.startswith('multipart/related; type="application/xop+xml"')
     root, attachments = parse_multipart(body, content_type, "request")
@@ -42,8 +43,12 @@ def test_the_mtom_attachment_survives_the_round_trip_byte_for_byte() -> None:
 
 
 def test_the_invia_envelope_follows_the_wsdl_schema_once_the_attachment_is_inlined() -> None:
-    payload = body_payload(ops.build_invia_file("730_1947_p1_abc.zip", "PIN64", "CF64", "doc@ts"), "request")
+    payload = body_payload(ops.build_invia_file("730_1947_p1_abc.zip", "PIN64", OWNER, "CF64", "doc@ts"), "request")
     assert not isinstance(payload, SoapFault)
+    owner = payload.find("datiProprietario")
+    assert owner is not None
+    assert [owner.findtext(n) for n in ("codiceRegione", "codiceAsl", "codiceSSA", "cfProprietario")] == [
+        "150", "201", "150001", "CF64"]
     documento = payload.find("documento")
     assert documento is not None
     for child in list(documento):
@@ -51,6 +56,28 @@ def test_the_invia_envelope_follows_the_wsdl_schema_once_the_attachment_is_inlin
     documento.text = "AA=="
     schema = load_schema(reference_file(INVIO_XSD))
     assert schema.validate(etree.fromstring(etree.tostring(payload))), schema.error_log
+
+
+def test_the_proprietario_is_read_from_the_xml_inside_the_zip_and_a_zip_without_one_is_named() -> None:
+    import io
+    import zipfile
+
+    def zipped(xml: bytes, entries: int = 1) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as z:
+            for n in range(entries):
+                z.writestr(f"f{n}.xml", xml)
+        return buffer.getvalue()
+
+    xml = (b"<precompilata><proprietario><codiceRegione>150</codiceRegione><codiceAsl>203</codiceAsl>"
+           b"<codiceSSA>150777</codiceSSA></proprietario><documentoSpesa/></precompilata>")
+    assert ops.proprietario_of_zip("a.zip", zipped(xml)) == ops.Proprietario("150", "203", "150777")
+    with pytest.raises(ValueError, match=r"b\.zip: proprietario has no codiceSSA"):
+        ops.proprietario_of_zip("b.zip", zipped(xml.replace(b"<codiceSSA>150777</codiceSSA>", b"")))
+    with pytest.raises(ValueError, match="exactly one XML"):
+        ops.proprietario_of_zip("c.zip", zipped(xml, entries=2))
+    with pytest.raises(ValueError, match="no proprietario block"):
+        ops.proprietario_of_zip("d.zip", zipped(b"<precompilata/>"))
 
 
 def test_a_truncated_multipart_body_is_an_explicit_error() -> None:
