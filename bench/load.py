@@ -1,12 +1,20 @@
 """Benchmark: a Flusso C load (snapshot + checks + feedback -> outcome) against PostgreSQL copying the rows.
 
-    uv run python bench/load.py [--services 10000 1000000] [--database-url URL]
+    uv run python bench/load.py [--services 10000 1000000] [--database-url URL] [--no-bad]
 
-On a fresh database (created and dropped here): generate + bulk intake (not timed), then per size:
-- baseline: `INSERT INTO <same-shaped table> SELECT ... FROM source_service` of the same rows, i.e.
-  what PostgreSQL alone takes to copy them;
-- load: `run_load` (snapshot, every check, feedback file, counts), with 0.1% planted bad records.
-Prints seconds and the ratio load / baseline. Targets: 10k under 5 s, 1M under 30 s on 2 cores.
+Default URL: $DATABASE_URL, else the operators' stack postgresql://postgres@127.0.0.1:15432/flows; a fresh
+database `bench_load_<hex>` is created next to it and dropped at the end.
+
+Per size, on an entity of its own (generate + bulk intake not timed):
+- baseline: `INSERT INTO <table LIKE snapshot_service> SELECT ... FROM source_service` of exactly the rows
+  the snapshot takes (the entity's SSN, non-PACC services), i.e. what PostgreSQL alone takes to copy them,
+  measured in the same run right before the load;
+- clean: `run_load` (snapshot, every check, feedback, counts) on generator output with no planted
+  problem. The outcome must be Checked (0 errors; warnings are allowed);
+- bad (unless --no-bad): the same on another entity with 0.1% planted bad records (at most 1000). The
+  outcome must be Failed loading, with the feedback file written to the file store.
+Prints seconds and the ratio load / baseline per row, and the outcome. Aim: 10k under 5 s and 1M under
+30 s (clean path, 2 cores). Exits 1, saying so, when a row does not reach the outcome it must.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -22,21 +31,29 @@ from pathlib import Path
 
 import asyncpg
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from contracts.flows import FlowType
 from contracts.sources import DeliveredService
 from services.loader.generator import generate
 from services.loader.intake import store_services
-from services.loader.pipeline import run_load
+from services.loader.pipeline import LoadOutcome, run_load
+from services.loader.snapshot import SELECTIONS
 from services.runtime.filestore import FileStore
 from services.runtime.migrations import migrate
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:15432/flows"
-ENTES = ("201", "204", "207", "205", "206", "203")
+ENTES = ("201", "204", "207", "205", "206", "203")  # one per row: 3 sizes with the bad row, 6 without
+MONTH, PERIOD = "2020-08", (date(2020, 8, 1), date(2020, 8, 31))
+TARGETS = {10_000: 5.0, 1_000_000: 30.0}  # seconds, clean path
 
 
 async def _intake(pool: asyncpg.Pool, ente: str, services: int, bad: int) -> int:
+    """Generate and store the services; returns how many problems were planted."""
     batch: list[DeliveredService] = []
+    generation = generate(ente, MONTH, services, seed=11, bad=bad)
     async with pool.acquire() as conn:
-        for record in generate(ente, "2020-08", services, seed=11, bad=bad):
+        for record in generation:
             if isinstance(record, DeliveredService):
                 batch.append(record)
                 if len(batch) >= 20_000:
@@ -44,10 +61,12 @@ async def _intake(pool: asyncpg.Pool, ente: str, services: int, bad: int) -> int
                     batch = []
         await store_services(conn, batch)
         await conn.execute("ANALYZE source_service")
-    return bad
+    return len(generation.planted)
 
 
-async def _baseline(pool: asyncpg.Pool, ente: str) -> float:
+async def _baseline(pool: asyncpg.Pool, ente: str) -> tuple[float, int]:
+    """Seconds and rows of PostgreSQL copying the rows a Flusso C snapshot of `ente` takes."""
+    condition = SELECTIONS[FlowType.FLUSSO_C].condition
     async with pool.acquire() as conn:
         await conn.execute("DROP TABLE IF EXISTS bench_copy")
         await conn.execute("CREATE TABLE bench_copy (LIKE snapshot_service)")
@@ -55,49 +74,83 @@ async def _baseline(pool: asyncpg.Pool, ente: str) -> float:
             "SELECT attname FROM pg_attribute WHERE attrelid = 'bench_copy'::regclass AND attnum > 0 "
             "AND NOT attisdropped AND attname NOT IN ('snapshot_id', 'row_number') ORDER BY attnum")]
         started = time.perf_counter()
-        await conn.execute(f"INSERT INTO bench_copy (snapshot_id, row_number, {', '.join(cols)}) "
-                           f"SELECT 0, 1, {', '.join(cols)} FROM source_service WHERE ente = $1", ente)
+        status = await conn.execute(
+            f"INSERT INTO bench_copy (snapshot_id, row_number, {', '.join(cols)}) "
+            f"SELECT 0, 1, {', '.join(f's.{c}' for c in cols)} FROM source_service s "
+            f"WHERE s.ente = $1 AND {condition}", ente)
         elapsed = time.perf_counter() - started
         await conn.execute("DROP TABLE bench_copy")
-    return elapsed
+    return elapsed, int(status.split()[-1])
 
 
-async def main(sizes: list[int], url: str) -> None:
+def _verdict(outcome: LoadOutcome, clean: bool, store: FileStore) -> str | None:
+    """None when the outcome is the one the row must reach, else what is wrong."""
+    if clean:
+        return None if outcome.checked and outcome.errors == 0 else \
+            f"expected Checked, got Failed loading with {outcome.errors} errors: {outcome.summary}"
+    if outcome.checked:
+        return "expected Failed loading (planted bad records), got Checked"
+    if outcome.feedback_sha256 is None or not store.exists(outcome.feedback_sha256):
+        return "Failed loading but no feedback file in the file store"
+    return None
+
+
+async def main(sizes: list[int], url: str, with_bad: bool) -> int:
+    rows = [(size, clean) for size in sizes for clean in ((True, False) if with_bad else (True,))]
+    if len(rows) > len(ENTES):
+        raise SystemExit(f"at most {len(ENTES)} rows (one entity each): got {len(rows)}")
     base, _, _ = url.rpartition("/")
     name = f"bench_load_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(url)
     await admin.execute(f'CREATE DATABASE "{name}"')
+    failures: list[str] = []
     try:
         pool = await asyncpg.create_pool(f"{base}/{name}", min_size=1, max_size=4)
         async with pool.acquire() as conn:
             await migrate(conn)
-        store = FileStore(Path(tempfile.mkdtemp(prefix="bench_load_")))
-        print(f"{'services':>10} {'baseline s':>11} {'load s':>8} {'ratio':>6}  outcome")
-        for ente, size in zip(ENTES, sizes, strict=False):
-            bad = max(1, size // 1000)
-            started = time.perf_counter()
-            await _intake(pool, ente, size, bad=min(bad, 1000))
-            intake_s = time.perf_counter() - started
-            baseline = await _baseline(pool, ente)
-            async with pool.acquire() as conn:
-                instance = int(await conn.fetchval("SELECT nextval('flow_instance_seq')"))
-                snapshot = int(await conn.fetchval("SELECT nextval('flow_instance_seq')"))
-            started = time.perf_counter()
-            outcome = await run_load(pool, store, instance, snapshot, "FLUSSO_C", "2020", ente,
-                                     date(2020, 8, 1), date(2020, 8, 31))
-            load_s = time.perf_counter() - started
-            print(f"{size:>10} {baseline:>11.2f} {load_s:>8.2f} {load_s / baseline:>6.2f}  "
-                  f"{outcome.counts} errors={outcome.errors} warnings={outcome.warnings} "
-                  f"(generate+intake {intake_s:.1f} s, not timed)")
+        with tempfile.TemporaryDirectory(prefix="bench_load_") as root:
+            store = FileStore(Path(root))
+            print(f"{'services':>10} {'path':<6} {'rows':>9} {'baseline s':>11} {'load s':>8} {'ratio':>6}  outcome")
+            for ente, (size, clean) in zip(ENTES, rows, strict=False):
+                started = time.perf_counter()
+                planted = await _intake(pool, ente, size, bad=0 if clean else min(max(1, size // 1000), 1000))
+                intake_s = time.perf_counter() - started
+                baseline, copied = await _baseline(pool, ente)
+                async with pool.acquire() as conn:
+                    instance = int(await conn.fetchval("SELECT nextval('flow_instance_seq')"))
+                    snapshot = int(await conn.fetchval("SELECT nextval('flow_instance_seq')"))
+                started = time.perf_counter()
+                outcome = await run_load(pool, store, instance, snapshot, FlowType.FLUSSO_C, "2020", ente, *PERIOD)
+                load_s = time.perf_counter() - started
+                state = "Checked" if outcome.checked else "Failed loading"
+                path = "clean" if clean else "bad"
+                target = TARGETS.get(size) if clean else None
+                aim = "" if target is None else f", aim < {target:.0f} s: {'met' if load_s < target else 'MISSED'}"
+                print(f"{size:>10} {path:<6} {outcome.counts['services']:>9} {baseline:>11.2f} {load_s:>8.2f} "
+                      f"{load_s / baseline:>6.1f}  {state}: errors={outcome.errors} warnings={outcome.warnings}"
+                      + (f" planted={planted}" if not clean else "")
+                      + (f" feedback={outcome.feedback_bytes} B" if outcome.feedback_sha256 else "")
+                      + f"{aim} (generate+intake {intake_s:.1f} s, not timed)", flush=True)
+                if copied != outcome.counts["services"]:
+                    print(f"  note: baseline copied {copied} rows, the snapshot took {outcome.counts['services']}")
+                wrong = _verdict(outcome, clean, store)
+                if wrong is not None:
+                    failures.append(f"{size} services, {path} path: {wrong}")
+                    print(f"  !!! {failures[-1]}", flush=True)
         await pool.close()
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+    if failures:
+        print("\nFAILED: " + "; ".join(failures), file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--services", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_URL))
+    parser.add_argument("--no-bad", action="store_true", help="only the clean path (no planted bad records)")
     args = parser.parse_args()
-    asyncio.run(main(args.services, args.database_url))
+    sys.exit(asyncio.run(main(args.services, args.database_url, not args.no_bad)))
