@@ -32,11 +32,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts import flows
 from contracts.states import InstanceState
-from services.cli.sources import publish
-from services.loader.generator import generate, month_period
 from services.runtime.commands import send_command
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, seal
 from services.ts_gateway.simulator_rules import SimUser
+from tests.e2e.driving import _formatted_730, _wait_state
 
 pytestmark = pytest.mark.e2e
 
@@ -198,39 +197,6 @@ async def scan_everything(platform: Any, stack: Any, needles: list[Needle]) -> S
 # ---- driving the platform ------------------------------------------------------------------------
 
 
-async def _state(pool: asyncpg.Pool, instance: int, states: set[str], timeout: float = 120) -> asyncpg.Record:
-    async with asyncio.timeout(timeout):
-        while (row := await pool.fetchrow("SELECT * FROM instance_list WHERE instance = $1", instance)) is None \
-                or row["state"] not in states:
-            await asyncio.sleep(0.2)
-    return row
-
-
-async def _formatted_730(platform: Any, pool: asyncpg.Pool, ente: str, month: str) -> int:
-    cfg = platform.settings
-    generation = generate(ente, month, 100, seed=13)
-    counts = await publish(generation, cfg.kafka_bootstrap)
-    async with asyncio.timeout(120):
-        while await pool.fetchval("SELECT count(*) FROM source_payment_document WHERE ente = $1",
-                                  ente) < counts["payment-document"]:
-            await asyncio.sleep(0.3)
-    start, end = month_period(month)
-    request = flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_730, ente=ente,
-                                  period=flows.Period(start=start, end=end), requested_by="e2e.canary")
-    await send_command(cfg.kafka_bootstrap, "flows.load-requested", request, key=str(request.request_id))
-    async with asyncio.timeout(60):
-        while (instance := await pool.fetchval("SELECT instance FROM instance_list WHERE flow_type = 'FLUSSO_730' "
-                                               "AND ente = $1 AND period_start = $2", ente, start)) is None:
-            await asyncio.sleep(0.2)
-    row = await _state(pool, instance, {InstanceState.CHECKED.value, InstanceState.FAILED_LOADING.value})
-    assert row["state"] == InstanceState.CHECKED.value, f"{row['state']}: {row['summary']}"
-    await send_command(cfg.kafka_bootstrap, "flows.format-requested",
-                       flows.FormatRequested(instance=instance, requested_by="e2e.canary"), key=str(instance))
-    row = await _state(pool, instance, {InstanceState.FORMATTED.value, InstanceState.FORMAT_FAILED.value})
-    assert row["state"] == InstanceState.FORMATTED.value, f"{row['state']}: {row['summary']}"
-    return int(instance)
-
-
 async def _behaviour(platform: Any, **fields: Any) -> None:
     async with aiohttp.ClientSession() as http, http.post(f"{platform.ts_url}/__sim/behaviour", json=fields) as r:
         assert r.status == 200, await r.text()
@@ -255,7 +221,7 @@ async def test_planted_ts_credentials_appear_nowhere_on_kafka_in_the_database_in
         platform, stack, canary_account):
     pool = await platform.pool()
     try:
-        instance = await _formatted_730(platform, pool, "207", "2026-07")
+        instance = await _formatted_730(platform, "207", "2026-07", services=100)
         # a failed send and a failed EsitoInvii on the way: error paths are where secrets leak
         await _behaviour(platform, fail_next=2, operations=["inviaFileMtom", "EsitoInvii"])
         public_key = (platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes()
@@ -264,8 +230,9 @@ async def test_planted_ts_credentials_appear_nowhere_on_kafka_in_the_database_in
                            flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed,
                                                        transmission_date=date.today(), requested_by="e2e.canary"),
                            key=str(instance))
-        row = await _state(pool, instance, {InstanceState.CONFIRMED.value, InstanceState.CONFIRMED_WITH_ERRORS.value,
-                                            InstanceState.REJECTED.value})
+        row = await _wait_state(pool, instance, {InstanceState.CONFIRMED.value,
+                                                 InstanceState.CONFIRMED_WITH_ERRORS.value,
+                                                 InstanceState.REJECTED.value})
         assert row["state"] == InstanceState.CONFIRMED.value, f"{row['state']}: {row['summary']}"
         attempts = await pool.fetchval("SELECT max(attempts) FROM ts_submission_part WHERE instance = $1", instance)
         assert attempts >= 2, "the planted TS failure did not happen: the error path was not exercised"
