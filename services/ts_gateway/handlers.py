@@ -104,11 +104,6 @@ class SubmissionWorker:
         finally:
             self._tasks.pop(instance, None)
 
-    async def wait_idle(self) -> None:
-        """Tests and shutdown: wait until no submission task runs."""
-        while tasks := [t for t in self._tasks.values() if not t.done()]:
-            await asyncio.gather(*tasks, return_exceptions=True)
-
     async def close(self) -> None:
         for task in self._tasks.values():
             task.cancel()
