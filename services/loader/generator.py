@@ -269,7 +269,10 @@ class Generation:
                                                  flag_spending_type="2" if alpi else None,
                                                  amount=amount, service_source_ids=ids))
             self._dseq += 1
-            paid = rows[0]["delivery_date"]
+            # paid at the first service of this month: a prescription begun last month is paid when it
+            # resumes here, so every document of the month's generation falls in the month it reports
+            paid = min((r["delivery_date"] for r in rows if r["delivery_date"] >= self.period_start),
+                       default=rows[0]["delivery_date"])
             yield _construct(PaymentDocument, dict(
                 source_id=f"{self.prefix}-D{self._dseq:07d}", ente=self.ente,
                 structure_sts11=first["structure_sts11"], issuer_vat=self.vat, issue_date=paid,
