@@ -57,3 +57,16 @@ async def fresh_db(stack) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
         if not os.environ.get("FLOWS_KEEP_TEST_DB"):
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+@pytest.fixture
+async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
+    """The runtime's pool (services.runtime.db: jsonb as text, as the services use it) on `fresh_db`.
+    A module that needs another pool defines its own `pool`, which takes precedence."""
+    from services.runtime.db import create_pool
+
+    pool = await create_pool(fresh_db, min_size=1, max_size=2)
+    try:
+        yield pool
+    finally:
+        await pool.close()

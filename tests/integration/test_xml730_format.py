@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import zipfile
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +17,6 @@ from lxml import etree
 
 from services.formatter.xml730 import Xml730Rejected, format_730
 from services.formatter.xml730_rules import SpendingDocument, SpendingLine
-from services.runtime.db import create_pool
 from services.runtime.filestore import FileStore
 from services.runtime.sanitel import decrypt_with_key, make_test_certificate
 from tests.unit.test_xml730 import OFFICIAL_XSD, a_month_of_documents
@@ -32,15 +31,6 @@ INSERT INTO snapshot_payment_document (snapshot_id, source_id, revision, schema_
     issuer_vat, issue_date, device, document_number, payment_date, traced_payment, document_kind, patient_cf,
     patient_objection, items)
 VALUES ($1, $2, 1, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"""
-
-
-@pytest.fixture
-async def pool(fresh_db: str) -> AsyncIterator:
-    pool = await create_pool(fresh_db, min_size=1, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture(scope="module")

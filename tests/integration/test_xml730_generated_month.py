@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import zipfile
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -28,7 +27,6 @@ from services.formatter.xml730 import TS_MAX_ZIP_BYTES, format_730
 from services.loader.generator import generate, month_period, write_csv
 from services.loader.intake import import_csv
 from services.loader.snapshot import take_snapshot
-from services.runtime.db import create_pool
 from services.runtime.filestore import FileStore
 from services.runtime.sanitel import decrypt_with_key, make_test_certificate
 
@@ -69,15 +67,6 @@ def certificate(keys: tuple[bytes, bytes], tmp_path: Path) -> Path:
     path = tmp_path / "SanitelCF.pem"
     path.write_bytes(keys[0])
     return path
-
-
-@pytest.fixture
-async def pool(fresh_db: str) -> AsyncIterator:
-    pool = await create_pool(fresh_db, min_size=1, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture
