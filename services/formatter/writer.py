@@ -3,12 +3,22 @@
 How it is fast (design.md "Performance facts"):
 - ONE `COPY (SELECT <the layout's columns> ... ORDER BY <group>, <row>) TO STDOUT` feeds every
   file of the layout (C1 and C2 together); PostgreSQL produces text on its own core.
-- The stream is cut into chunks of whole lines, and then of whole groups (a prescription never
-  spans two chunks: the tail group is carried into the next chunk).
-- Each chunk is parsed by pyarrow's CSV reader (columnar, multi-threaded) and rendered
-  column-wise (columnar.py); a worker thread formats chunk k while the event loop receives k+1.
-- Memory is bounded by the chunk size and a queue of two chunks, not by the snapshot size: the
-  COPY reader awaits the bounded queue, so PostgreSQL is throttled by TCP back-pressure.
+- The stream is cut into chunks of whole lines, and for a grouped layout of whole groups: the
+  group column comes first in the COPY, so a line's group is the text before its first tab (text
+  COPY escapes tabs and newlines inside values), and a prescription never spans two chunks.
+- Each chunk is parsed by pyarrow's CSV reader (columnar) and rendered column-wise (columnar.py)
+  on one worker thread while the event loop receives the next chunk.
+
+How memory stays flat (issue 3: peak RSS at 1M and 3M services within 10%):
+- The queue between the COPY and the worker holds two chunks; the COPY reader awaits it, so
+  PostgreSQL is throttled by TCP back-pressure (asyncpg pauses reading while the sink awaits).
+- A chunk is a memoryview of the received bytes: it is cut, queued and parsed without a copy.
+- Every chunk is rendered on the SAME thread, so numpy's allocations reuse one malloc arena
+  instead of spreading over the default executor's threads.
+- Arrow allocates from jemalloc (unless ARROW_DEFAULT_MEMORY_POOL says otherwise), which returns
+  freed chunk buffers instead of keeping them per thread as mimalloc does. With these and 4 MB
+  chunks, bench/format.py's writer peaks at about 215 MB at 1M and at 3M services; before, it
+  peaked at 370-400 MB and varied by 30 MB from run to run.
 
 Text COPY escapes backslash and control characters; a chunk whose raw bytes are printable ASCII
 only (no backslash) skips the per-value character checks, any other chunk gets them all.
@@ -17,6 +27,8 @@ only (no backslash) skips the per-value character checks, any other chunk gets t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -25,11 +37,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from services.formatter.chunks import ChunkFormatter, group_starts
+from services.formatter.chunks import ChunkFormatter
 from services.formatter.columnar import Problem, ProblemLog
 from services.formatter.layouts import Layout
 
-CHUNK_BYTES = 8 * 1024 * 1024
+CHUNK_BYTES = 4 * 1024 * 1024
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _PG_TO_ARROW = {
     "text": pa.string(), "character varying": pa.string(), "character": pa.string(),
@@ -75,42 +87,110 @@ async def source_types(conn: Any, layout: Layout) -> dict[str, pa.DataType]:
     return types
 
 
+def copy_columns(layout: Layout) -> list[str]:
+    """The COPY's columns: a grouped layout's group column first, so a line starts with its group."""
+    names = list(layout.columns())
+    if layout.grouping:
+        names.remove(layout.grouping.by)
+        names.insert(0, layout.grouping.by)
+    return names
+
+
 def copy_query(layout: Layout, snapshot_id: int) -> str:
     check_identifiers(layout)
     order = list(layout.order_by)
     if layout.grouping:  # the group must come first: a chunk is cut between groups
         order = [layout.grouping.by, layout.grouping.row_number]
-    return (f"SELECT {', '.join(layout.columns())} FROM {layout.source} "
+    return (f"SELECT {', '.join(copy_columns(layout))} FROM {layout.source} "
             f"WHERE snapshot_id = {int(snapshot_id)} ORDER BY {', '.join(order)}")
 
 
+def chunk_end(buf: bytes, start: int, size: int, grouped: bool) -> int:
+    """Where the chunk of about `size` bytes that starts at `start` ends (exclusive).
+
+    Always after a whole line. For a grouped layout (lines start with the group key and a tab,
+    sorted by it) also after a whole group: before the first line of the last group that starts
+    inside the window, which may continue past it. A group longer than the window ends the chunk
+    where the group ends. 0: `buf` does not hold that end yet (wait for more data).
+    """
+    limit = min(start + size, len(buf))
+    end = buf.rfind(b"\n", start, limit) + 1
+    if end <= start:  # one line longer than the window
+        end = buf.find(b"\n", limit) + 1
+        if end == 0:
+            return 0
+    if not grouped:
+        return end
+    last = _line_start(buf, start, end)  # the last whole line
+    key = _key(buf, last, end)
+    cut = last
+    while cut > start:
+        previous = _line_start(buf, start, cut)
+        if not buf.startswith(key, previous):
+            return cut  # the line before `cut` belongs to another group
+        cut = previous
+    # the whole window is one group: it ends at the first line with another key
+    line = end
+    while line < len(buf):
+        if not buf.startswith(key, line):
+            return line
+        next_end = buf.find(b"\n", line) + 1
+        if next_end == 0:
+            return 0
+        line = next_end
+    return 0
+
+
+def _line_start(buf: bytes, start: int, end: int) -> int:
+    """First byte of the line that ends just before `end` (after its newline), never before `start`."""
+    return max(buf.rfind(b"\n", start, end - 1) + 1, start)
+
+
+def _key(buf: bytes, line: int, end: int) -> bytes:
+    """The group key of the line at `line` with the tab after it (the whole line when it has no tab)."""
+    tab = buf.find(b"\t", line, end)
+    return buf[line:tab + 1] if tab >= 0 else buf[line:end]
+
+
+def use_jemalloc_for_arrow() -> None:
+    """Arrow's default pool becomes jemalloc, unless the operator chose one (see the docstring)."""
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a pyarrow built without jemalloc: keep its default
+        return
+    if pa.default_memory_pool().backend_name != pool.backend_name:
+        pa.set_memory_pool(pool)
+
+
 class ChunkPipeline:
-    """Runs in a worker thread: raw COPY text -> arrow table -> records -> sinks."""
+    """Runs on the worker thread: a chunk of raw COPY text (whole groups) -> arrow table -> records -> sinks."""
 
     def __init__(self, layout: Layout, types: dict[str, pa.DataType], sinks: dict[str, BinaryIO],
                  eol: bytes) -> None:
         self.layout = layout
-        self.names = list(layout.columns())
+        self.names = copy_columns(layout)
         self.types = types
         self.sinks = sinks
         self.log = ProblemLog()
         self.formatter = ChunkFormatter(layout, self.log, eol)
         self.stats = FormatStats()
-        self.carry = b""
 
-    def _parse(self, data: bytes) -> pa.Table:
+    def _parse(self, data: memoryview | bytes) -> pa.Table:
         return pacsv.read_csv(
             pa.py_buffer(data),
-            read_options=pacsv.ReadOptions(column_names=self.names, block_size=1 << 22),
+            # one thread: the worker already runs beside the event loop and PostgreSQL on two cores,
+            # and Arrow's own threads would each keep freed memory
+            read_options=pacsv.ReadOptions(column_names=self.names, block_size=1 << 22, use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, double_quote=False,
                                              escape_char=False, newlines_in_values=False),
             convert_options=pacsv.ConvertOptions(column_types=self.types, null_values=["\\N"],
                                                  strings_can_be_null=True, true_values=["t"],
                                                  false_values=["f"]))
 
-    def _charset(self, data: bytes, rows: int) -> tuple[np.ndarray, bool]:
+    def _charset(self, raw: np.ndarray, rows: int) -> tuple[np.ndarray, bool]:
         """(rows holding a byte >= 0x80, no control character / DEL / backslash) of the raw chunk."""
-        raw = np.frombuffer(data, dtype=np.uint8)
         if len(raw) == 0:
             return np.zeros(0, dtype=np.int64), True
         high = np.flatnonzero(raw >= 0x80)
@@ -121,38 +201,29 @@ class ChunkPipeline:
         # Text COPY writes NULL as \N and escapes a real backslash as \\: so the chunk is free of
         # backslashes in values when every backslash starts a \N. Every line has len(names)-1 tabs
         # and one newline: any other byte below 32 is a control character.
-        controls = (data.count(b"\\") != data.count(b"\\N") or data.find(b"\x7f") >= 0
+        backslash = raw == 92
+        backslashes = int(np.count_nonzero(backslash))
+        nulls = int(np.count_nonzero(backslash[:-1] & (raw[1:] == 78))) if backslashes else 0
+        controls = (backslashes != nulls or bool((raw == 0x7F).any())
                     or int(np.count_nonzero(raw < 32)) != rows * len(self.names))
         return non_ascii_rows, not controls
 
-    def process(self, chunk: bytes, final: bool) -> None:
-        data = self.carry + chunk if self.carry else chunk
-        self.carry = b""
-        if not data:
+    def process(self, data: memoryview | bytes) -> None:
+        if not len(data):
             return
         table = self._parse(data)
-        n = table.num_rows
-        keep = n
-        if self.layout.grouping is not None and not final and n:
-            # the last group may continue in the next chunk: carry its lines over
-            starts = group_starts(table.column(self.layout.grouping.by).combine_chunks())
-            keep = int(starts[-1])
-            cut = len(data)
-            for _ in range(n - keep):  # back to the start of the group's first line
-                cut = data.rfind(b"\n", 0, cut - 1) + 1
-            self.carry = data[cut:]
-            data = data[:cut]
-            table = table.slice(0, keep)
-        if keep == 0:
+        rows = table.num_rows
+        if rows == 0:
             return
-        non_ascii_rows, no_controls = self._charset(data, keep)
+        non_ascii_rows, no_controls = self._charset(np.frombuffer(data, dtype=np.uint8), rows)
         result = self.formatter.format(table, non_ascii_rows=non_ascii_rows, no_controls=no_controls)
+        del table
         for kind, matrix in result.records.items():
             self.sinks[kind].write(matrix.tobytes() if not matrix.flags.c_contiguous else matrix.data.cast("B"))
         self.stats.records += next(iter(result.records.values())).shape[0]
         self.stats.prescriptions += result.groups
         self.stats.chunks += 1
-        self.stats.peak_chunk_rows = max(self.stats.peak_chunk_rows, keep)
+        self.stats.peak_chunk_rows = max(self.stats.peak_chunk_rows, rows)
 
     def finish(self) -> FormatStats:
         self.stats.errors, self.stats.warnings = self.log.errors, self.log.warnings
@@ -174,13 +245,17 @@ async def write_layout(conn_or_pool: Any, snapshot_id: int, layout: Layout, sink
 
 async def _write(conn: Any, snapshot_id: int, layout: Layout, sinks: dict[str, BinaryIO], eol: bytes,
                  chunk_bytes: int) -> FormatStats:
+    use_jemalloc_for_arrow()
     pipeline = ChunkPipeline(layout, await source_types(conn, layout), sinks, eol)
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=2)
+    grouped = layout.grouping is not None
+    queue: asyncio.Queue[memoryview | bytes | None] = asyncio.Queue(maxsize=2)
+    loop = asyncio.get_running_loop()
+    worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="formatter-chunks")
 
     async def consume() -> None:
         while (chunk := await queue.get()) is not None:
-            await asyncio.to_thread(pipeline.process, chunk, False)
-        await asyncio.to_thread(pipeline.process, b"", True)
+            await loop.run_in_executor(worker, pipeline.process, chunk)
+            del chunk  # the next chunk is awaited without this one alive
 
     received: list[bytes] = []
     size = 0
@@ -191,21 +266,21 @@ async def _write(conn: Any, snapshot_id: int, layout: Layout, sinks: dict[str, B
         size += len(data)
         if size < chunk_bytes:
             return
-        joined, start = b"".join(received), 0
-        while len(joined) - start >= chunk_bytes:  # whole lines, about chunk_bytes each
-            cut = joined.rfind(b"\n", start, start + chunk_bytes) + 1
-            if cut <= start:  # one line longer than a chunk
-                cut = joined.find(b"\n", start + chunk_bytes) + 1
-                if cut == 0:
-                    break
-            await queue.put(joined[start:cut])
-            start = cut
+        joined = b"".join(received) if len(received) > 1 else received[0]
+        view, start = memoryview(joined), 0
+        while len(joined) - start >= chunk_bytes:
+            end = chunk_end(joined, start, chunk_bytes, grouped)
+            if end == 0:  # a group (or line) longer than a chunk that has not ended yet
+                break
+            await queue.put(view[start:end])
+            start = end
         received[:] = [joined[start:]]
         size = len(received[0])
 
     async def produce() -> None:
         await conn.copy_from_query(copy_query(layout, snapshot_id), output=receive, format="text")
-        await queue.put(b"".join(received))
+        await queue.put(b"".join(received))  # the rest: whole lines, whole groups
+        received.clear()
         await queue.put(None)
 
     # Either side may fail (a sink raising, the server going away): the other must not wait forever.
@@ -220,6 +295,7 @@ async def _write(conn: Any, snapshot_id: int, layout: Layout, sinks: dict[str, B
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        worker.shutdown(wait=False)  # a chunk still on the thread finishes by itself
     return pipeline.finish()
 
 
