@@ -4,7 +4,8 @@ Every rule has a code, a severity (an `error` blocks the load -> Failed loading;
 and the field it is about. Rules are SQL predicates over the snapshot, evaluated set-wise: all the
 row rules of a snapshot in ONE scan, all the prescription rules in ONE aggregate, so a million
 services cost seconds. The codice fiscale rules need arithmetic SQL does badly: they run vectorised
-in numpy over the DISTINCT (cf, sex, birth date) of the snapshot (services.loader.codice_fiscale).
+in numpy over the DISTINCT (cf, sex, birth date) of the snapshot (services.loader.codice_fiscale), read
+through a server-side cursor in batches, so no list of the whole period is ever held.
 
 Every broken rule becomes one row of `load_problem` (record key, field, code, severity, message);
 services.loader.feedback streams them into the feedback file.
@@ -278,31 +279,41 @@ async def _run_rule_set(pool: asyncpg.Pool, rule_set: RuleSet, snapshot_id: int,
         await conn.execute(rule_set_sql(rule_set), snapshot_id, version, *period)
 
 
-async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int) -> None:
+CF_BATCH = 50_000  # distinct codes checked at once: memory is bounded by this, not by the period
+
+
+async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, batch: int = CF_BATCH) -> int:
+    """The codice fiscale rules over the DISTINCT codes of the snapshot, read through a server-side
+    cursor `batch` at a time; each batch's findings go straight to a temporary table, then one
+    INSERT ... SELECT names every record that carries a bad code. Returns how many findings."""
     person = ", patient_sex, patient_birth_date" if plan.cf_with_person else ""
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(f"SELECT DISTINCT patient_cf{person} FROM {plan.table} "
-                                f"WHERE snapshot_id = $1 AND patient_cf IS NOT NULL", snapshot_id)
-        codes = [r[0] for r in rows]
-        findings = check_codici_fiscali(
-            codes,
-            sexes=[r[1] for r in rows] if plan.cf_with_person else None,
-            birth_dates=[r[2] for r in rows] if plan.cf_with_person else None)
-        if not findings:
-            return
-        person_cols = ", sex text, birth date" if plan.cf_with_person else ""
-        match = " AND s.patient_sex = f.sex AND s.patient_birth_date = f.birth" if plan.cf_with_person else ""
-        async with conn.transaction():
-            await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS cf_finding_{plan.table} "
-                               f"(cf text, code text, message text{person_cols}) ON COMMIT DROP")
-            await conn.copy_records_to_table(
-                f"cf_finding_{plan.table}",
-                records=[(codes[f.index], f.code, f.message, *tuple(rows[f.index])[1:]) for f in findings])
+    person_cols = ", sex text, birth date" if plan.cf_with_person else ""
+    match = " AND s.patient_sex = f.sex AND s.patient_birth_date = f.birth" if plan.cf_with_person else ""
+    found = 0
+    async with pool.acquire() as conn, conn.transaction():  # a server-side cursor lives in a transaction
+        await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS cf_finding_{plan.table} "
+                           f"(cf text, code text, message text{person_cols}) ON COMMIT DROP")
+        cursor = await conn.cursor(f"SELECT DISTINCT patient_cf{person} FROM {plan.table} "
+                                   f"WHERE snapshot_id = $1 AND patient_cf IS NOT NULL", snapshot_id)
+        while rows := await cursor.fetch(batch):
+            codes = [r[0] for r in rows]
+            findings = check_codici_fiscali(
+                codes,
+                sexes=[r[1] for r in rows] if plan.cf_with_person else None,
+                birth_dates=[r[2] for r in rows] if plan.cf_with_person else None)
+            if findings:
+                await conn.copy_records_to_table(
+                    f"cf_finding_{plan.table}",
+                    records=[(codes[f.index], f.code, f.message, *tuple(rows[f.index])[1:]) for f in findings])
+                found += len(findings)
+            del rows, codes, findings
+        if found:
             await conn.execute(f"""
                 INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message)
                 SELECT $1, {plan.record_key}, 'patient_cf', f.code, 'error', f.message
                 FROM {plan.table} s JOIN cf_finding_{plan.table} f ON s.patient_cf = f.cf{match}
                 WHERE s.snapshot_id = $1""", snapshot_id)
+    return found
 
 
 async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, version: str,

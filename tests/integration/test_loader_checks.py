@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 
 from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument, SourceModel
+from services.loader.checks import PLANS, _run_cf_checks
 from services.loader.generator import generate
 from services.loader.intake import store, store_services
 from services.loader.pipeline import LoadOutcome, run_load
@@ -148,3 +149,32 @@ async def _store_all(pool: asyncpg.Pool, records: Any) -> None:
     async with pool.acquire() as conn:
         for model, batch in batches.items():
             await store(conn, kinds[model], batch)
+
+
+async def test_the_codice_fiscale_check_in_small_batches_names_the_same_records(pool: asyncpg.Pool,
+                                                                                tmp_path: Path) -> None:
+    """The distinct codes are read through a cursor a batch at a time: batches of 3 (hundreds of
+    batches here) must name exactly what one batch names, so nothing is lost between batches."""
+    generation = generate("204", "2020-08", 3000, seed=1950, bad=13)
+    await _store_all(pool, generation)
+    outcome = await _load(pool, FileStore(tmp_path))
+    assert not outcome.checked
+    snapshot = 1948
+    planted_cf = {p.record_key for p in generation.planted if p.code.startswith("CF_")}
+    assert planted_cf, "the generator planted no codice fiscale problem"
+
+    async def cf_problems(batch: int) -> tuple[int, set[tuple[str, str, str]]]:
+        async with pool.acquire() as conn:
+            await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1 AND field = 'patient_cf'", snapshot)
+        found = await _run_cf_checks(pool, PLANS["snapshot_service"], snapshot, batch=batch)
+        rows = await pool.fetch("SELECT record_key, code, message FROM load_problem "
+                                "WHERE snapshot_id = $1 AND field = 'patient_cf'", snapshot)
+        return found, {(r["record_key"], r["code"], r["message"]) for r in rows}
+
+    distinct = await pool.fetchval("SELECT count(DISTINCT patient_cf) FROM snapshot_service WHERE snapshot_id = $1",
+                                   snapshot)
+    assert distinct > 300
+    found_small, small = await cf_problems(3)
+    found_one, whole = await cf_problems(1_000_000)
+    assert small == whole and found_small == found_one > 0
+    assert {key for key, _, _ in small} == planted_cf
