@@ -31,8 +31,22 @@ class Payload(BaseModel):
     schema_version: Literal[1] = 1
 
 
+FEEDBACK_FORMAT = (
+    "CSV, UTF-8, ';'-separated, RFC 4180 quoting, header `record_key;field;code;severity;message`, one line "
+    "per problem. record_key names the record: `<source_id>@<prescription_id>/<row, 2 digits>` for a "
+    "service row, `<source_id of its first row>@<prescription_id>/99` for a problem of a whole "
+    "prescription (totals, ticket, exemption: row 99 carries them), `<source_id>` for a booking or a "
+    "payment document. severity is `error` (blocks the load) or `warning`."
+)
+
+
 class FileRef(BaseModel):
-    """A file produced for an instance, stored by content hash."""
+    """A file produced for an instance, stored by content hash.
+
+    The bytes are in the platform's file store at `sha256/<first 2 hex digits>/<other 62>` (a folder
+    of the platform host, an S3-compatible bucket in production); `flows export <instance>` writes
+    them out under `name`. Check the bytes against `sha256` after reading them.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field(examples=["C1_150201_202611_1947.txt"])
@@ -96,7 +110,7 @@ class LoadChecked(Payload):
     source_instance: int = Field(description="ISTANZA FONTE: the source snapshot taken for this load.", examples=[1948])
     counts: dict[str, int] = Field(examples=[{"services": 1200, "prescriptions": 400, "patients": 380}])
     warnings: int = 0
-    feedback: FileRef | None = Field(default=None, description="Warnings, when there are any.")
+    feedback: FileRef | None = Field(default=None, description="Warnings, when there are any. " + FEEDBACK_FORMAT)
 
 
 class LoadFailed(Payload):
@@ -107,7 +121,7 @@ class LoadFailed(Payload):
     errors: int
     warnings: int = 0
     summary: str = Field(examples=["3 errors in 2 records: 2 x CF_CHECK_CHAR, 1 x UNKNOWN_SERVICE_CODE"])
-    feedback: FileRef | None = None
+    feedback: FileRef | None = Field(default=None, description="Every error and warning. " + FEEDBACK_FORMAT)
 
 
 class FormatRequested(Payload):
