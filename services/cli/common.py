@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import functools
 import os
+import re
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
+import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -39,6 +41,30 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def month_option(value: str | None) -> str | None:
+    """Typer callback of every `--month`: YYYY-MM with a month 01..12, or a usage error naming it."""
+    if value is None:
+        return None
+    found = _MONTH.match(value)
+    if not found or not 1 <= int(found.group(2)) <= 12:
+        raise typer.BadParameter(f"{value!r} is not a month: give YYYY-MM, e.g. 2026-10")
+    return value
+
+
+def validation_message(exc: pydantic.ValidationError) -> str:
+    """One line per invalid field, `field: what is wrong (got value)`, without pydantic's links."""
+    lines = []
+    for e in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in e["loc"]) or exc.title
+        message = e["msg"].removeprefix("Value error, ")
+        got = "" if e["type"] == "value_error" or isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
+        lines.append(f"{where}: {message}{got}")
+    return "; ".join(lines)
+
+
 def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     """Turns known failures into one clear line and exit code 1."""
 
@@ -46,10 +72,21 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # usage errors: typer prints them with the command's usage
         except UserError as exc:
             _fail(str(exc))
+        except pydantic.ValidationError as exc:
+            _fail(validation_message(exc))
+        except ValueError as exc:  # our own checks of what the operator gave: the message says what is wrong
+            if os.environ.get("FLOWS_DEBUG"):
+                raise
+            _fail(str(exc))
+        except asyncpg.UndefinedTableError as exc:
+            if os.environ.get("FLOWS_DEBUG"):
+                raise
+            _fail(f"the platform database has no such table ({exc}): it is not set up yet. "
+                  "Start the platform with `flows stack up`, which migrates it.")
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
             if os.environ.get("FLOWS_DEBUG"):
                 raise

@@ -21,7 +21,7 @@ from typing import Annotated
 import typer
 
 from services.cli import instances as inst
-from services.cli.common import UserError, console, run, user_errors
+from services.cli.common import UserError, console, month_option, run, user_errors
 
 app = typer.Typer(help="Regional health-information flows: load, check, format, send, audit.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -71,7 +71,7 @@ def stack_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
 @user_errors
 def sources_generate(
         ente: Annotated[str, typer.Option(help="entity code, e.g. 201")],
-        month: Annotated[str, typer.Option(help="YYYY-MM")],
+        month: Annotated[str, typer.Option(help="YYYY-MM", callback=month_option)],
         services: Annotated[int, typer.Option(help="number of delivered services")] = 1000,
         bad: Annotated[int, typer.Option(help="plant this many known bad records")] = 0,
         seed: Annotated[int, typer.Option()] = 1,
@@ -198,7 +198,7 @@ def send_730(instance: int,
 @app.command()
 @user_errors
 def deadlines(ente: Annotated[str | None, typer.Option()] = None,
-              month: Annotated[str | None, typer.Option(help="YYYY-MM")] = None) -> None:
+              month: Annotated[str | None, typer.Option(help="YYYY-MM", callback=month_option)] = None) -> None:
     """Due dates per flow type and entity, and whether an instance covers each."""
     from services.cli import deadlines as dl
 
@@ -223,7 +223,7 @@ def replay(instance: Annotated[int | None, typer.Argument()] = None,
 @app.command()
 @user_errors
 def demo(ente: Annotated[str, typer.Option()] = "201",
-         month: Annotated[str | None, typer.Option(help="YYYY-MM; default: last month")] = None,
+         month: Annotated[str | None, typer.Option(help="YYYY-MM; default: last month", callback=month_option)] = None,
          services: Annotated[int, typer.Option()] = 3000) -> None:
     """Set up, start everything, generate a month, walk a Flusso C and a 730 to Formatted."""
     from services.cli.demo import run_demo

@@ -1,0 +1,59 @@
+"""What the operator sees when a command is given something wrong: one line (or typer's usage box)
+that names the option or field and the value, never a Python repr, a class name or a stack trace.
+These fail before any I/O, so they need no platform."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from services.cli.main import app
+
+runner = CliRunner()
+NEVER = ("Traceback", "ValidationError", "ValueError", "errors.pydantic.dev", "BadParameter")
+
+
+def _run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), env={"FLOWS_DEBUG": ""})
+    text = re.sub(r"[\u2500-\u257f]", " ", result.output or "")  # the usage box's borders
+    out = " ".join(text.split())  # rich wraps long lines
+    for word in NEVER:
+        assert word not in out, out
+    return result.exit_code, out
+
+
+@pytest.mark.parametrize("month", ["13-2026", "2026-13", "2026-1", "October"])
+@pytest.mark.parametrize("command", [["deadlines"], ["sources", "generate", "--ente", "201", "--services", "5"]])
+def test_a_month_that_is_not_yyyy_mm_is_a_usage_error_naming_the_option(command: list[str], month: str) -> None:
+    code, out = _run(*command, "--month", month)
+    assert code == 2
+    assert "--month" in out and f"'{month}' is not a month: give YYYY-MM" in out
+
+
+def test_an_entity_code_of_the_wrong_shape_names_the_field_and_the_value() -> None:
+    code, out = _run("load", "--type", "FLUSSO_C", "--ente", "2x1", "--from", "2026-10-01", "--to", "2026-10-31",
+                     "--no-wait")
+    assert code == 1
+    assert "error: ente: String should match pattern '^[0-9A-Z]{3}$' (got '2x1')" in out
+
+
+def test_a_period_that_ends_before_it_starts_says_so() -> None:
+    code, out = _run("load", "--type", "FLUSSO_C", "--ente", "201", "--from", "2026-10-31", "--to", "2026-10-01",
+                     "--no-wait")
+    assert code == 1
+    assert "period end 2026-10-01 is before its start 2026-10-31" in out
+
+
+def test_an_unknown_flow_type_lists_the_known_ones() -> None:
+    code, out = _run("load", "--type", "FLUSSO_X", "--ente", "201", "--from", "2026-10-01", "--to", "2026-10-31")
+    assert code == 2
+    assert "'FLUSSO_X' is not one of FLUSSO_C, FLUSSO_C_PACC, FLUSSO_MEF, FLUSSO_ALPI_TA, FLUSSO_730" in out
+
+
+def test_an_entity_without_structures_is_named_when_generating(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    code, out = _run("sources", "generate", "--ente", "999", "--month", "2026-10", "--services", "5",
+                     "--out", str(tmp_path))
+    assert code == 1
+    assert out.startswith("error: ente 999: no structures in contracts/data/structures.csv")
