@@ -178,6 +178,7 @@ def send_730(instance: int,
     transmission date: today sends now, a later day is sent by the gateway on that day)."""
     from services.cli import ts
 
+    run(ts.check_sendable(instance))  # refuse before asking for any credential
     cf = typer.prompt("C.F. proprietario")
     user = typer.prompt("TS user")
     password = typer.prompt("TS password", hide_input=True)

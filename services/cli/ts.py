@@ -6,6 +6,8 @@ the sealed box; they are not logged, printed or stored.
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
+from typing import Any
 
 from contracts import flows
 from contracts.states import IllegalTransition, InstanceState, target_of
@@ -18,21 +20,32 @@ from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, seal
 FINAL_TS = {InstanceState.CONFIRMED.value, InstanceState.CONFIRMED_WITH_ERRORS.value, InstanceState.REJECTED.value}
 
 
+async def _ensure_sendable(pool: Any, instance: int, public_key: Path) -> None:
+    if not public_key.exists():
+        raise UserError(f"the gateway's public key is not at {public_key}: is the TS gateway running?")
+    row = await _instance_row(pool, instance)
+    if row["flow_type"] != "FLUSSO_730":
+        raise UserError(f"instance {instance} is {row['flow_type']}: only 730 instances are sent to Sistema TS")
+    try:
+        target_of("flows.ts-submission-requested", {}, InstanceState(row["state"]))
+    except IllegalTransition as exc:
+        raise UserError(f"instance {instance} is {row['state']}: only Formatted (or Rejected, to resend) "
+                        "instances can be sent") from exc
+
+
+async def check_sendable(instance: int) -> None:
+    """Before the operator types any credential: is this an instance the gateway can send?"""
+    cfg = settings()
+    async with database(cfg) as pool:
+        await _ensure_sendable(pool, instance, cfg.keys_dir / PUBLIC_KEY_FILE)
+
+
 async def send_730(instance: int, cf: str, user: str, password: str, pincode: str, when: date, operator: str,
                    wait: bool, timeout: float = 600) -> None:
     cfg = settings()
     public_key = cfg.keys_dir / PUBLIC_KEY_FILE
-    if not public_key.exists():
-        raise UserError(f"the gateway's public key is not at {public_key}: is the TS gateway running?")
     async with database(cfg) as pool:
-        row = await _instance_row(pool, instance)
-        if row["flow_type"] != "FLUSSO_730":
-            raise UserError(f"instance {instance} is {row['flow_type']}: only 730 instances are sent to Sistema TS")
-        try:
-            target_of("flows.ts-submission-requested", {}, InstanceState(row["state"]))
-        except IllegalTransition as exc:
-            raise UserError(f"instance {instance} is {row['state']}: only Formatted (or Rejected, to resend) "
-                            "instances can be sent") from exc
+        await _ensure_sendable(pool, instance, public_key)  # again: it may have changed during the prompts
         sealed = seal(public_key.read_bytes(), Credentials(user=user, password=password, pincode=pincode,
                                                            cf_proprietario=cf.strip().upper()))
         request = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed, transmission_date=when,
