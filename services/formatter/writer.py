@@ -17,7 +17,7 @@ How memory stays flat (issue 3: peak RSS at 1M and 3M services within 10%):
   instead of spreading over the default executor's threads.
 - Arrow allocates from jemalloc (unless ARROW_DEFAULT_MEMORY_POOL says otherwise), which returns
   freed chunk buffers instead of keeping them per thread as mimalloc does. With these and 4 MB
-  chunks, bench/format.py's writer peaks at about 215 MB at 1M and at 3M services; before, it
+  chunks, bench/format.py's writer peaks at about 180 MB at 1M and at 3M services; before, it
   peaked at 370-400 MB and varied by 30 MB from run to run.
 
 Text COPY escapes backslash and control characters; a chunk whose raw bytes are printable ASCII
