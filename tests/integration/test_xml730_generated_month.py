@@ -29,10 +29,11 @@ from services.loader.intake import import_csv
 from services.loader.snapshot import take_snapshot
 from services.runtime.filestore import FileStore
 from services.runtime.sanitel import decrypt_with_key, make_test_certificate
+from tests.shared_paths import TS730_REFERENCE
 
 pytestmark = pytest.mark.integration
 
-REFERENCE = Path("/work/shared/reference/ts730")
+REFERENCE = TS730_REFERENCE
 OFFICIAL_XSD = REFERENCE / "WS_AsincronoInvioDati730" / "schemaFileAllegatoInvio" / "730_precompilata.xsd"
 
 ENTE = "204"  # ASL Napoli 1 Centro: six structures, so several submissions

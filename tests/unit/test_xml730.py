@@ -31,10 +31,10 @@ from services.formatter.xml730 import (
 )
 from services.formatter.xml730_rules import SpendingDocument, SpendingLine, format_amount
 from services.runtime.sanitel import decrypt_with_key, encrypt_for_ts, make_test_certificate
+from tests.shared_paths import TS730_REFERENCE
 
-OFFICIAL_XSD = Path("/work/shared/reference/ts730/WS_AsincronoInvioDati730/schemaFileAllegatoInvio/"
-                    "730_precompilata.xsd")
-EXAMPLE = Path("/work/shared/reference/ts730/EsempiFileXmlInvioAsincrono/strutturaAccreditata.xml")
+OFFICIAL_XSD = TS730_REFERENCE / "WS_AsincronoInvioDati730" / "schemaFileAllegatoInvio" / "730_precompilata.xsd"
+EXAMPLE = TS730_REFERENCE / "EsempiFileXmlInvioAsincrono" / "strutturaAccreditata.xml"
 OSPEDALE_DEL_MARE = Owner(region="150", asl="201", ssa="000123")
 TICKET = Decimal("36.15")
 INTRAMOENIA_VISIT = Decimal("120.00")
