@@ -63,8 +63,8 @@ async def run_format(pool: Any, filestore: FileStore, instance: int, snapshot_id
             files = await xml730.format_730(pool, filestore, instance, snapshot_id, version, **(options_730 or {}))
         except Xml730Rejected as exc:
             reasons = [str(p) for p in exc.problems[:MAX_REASONS]]
-            if len(exc.problems) > len(reasons):
-                reasons.append(f"... {len(exc.problems)} problems in all")
+            if exc.total > len(reasons):
+                reasons.append(f"... {exc.total} problems in all")
             return FormatOutcome(ok=False, reasons=reasons)
         if not files:
             return FormatOutcome(ok=False, reasons=["the snapshot holds no payment document: there is no 730 to make"])

@@ -16,9 +16,10 @@ The budget check is an upper bound (bytes already compressed + the deflate worst
 is pending), made exact with a sync flush only when the bound gets near the limit.
 
 A document that breaks a rule is never written and never crashes the run: every problem is
-collected with its source id and field, and the run ends in `Xml730Rejected` with all of them
-(the handler turns that into FormatFailed). No file is stored unless the whole instance is good,
-because a 730 missing documents would silently under-report a citizen's expenses.
+collected with its source id and field (the first 1,000 kept, all counted), and the run ends in
+`Xml730Rejected` with them (the handler turns that into FormatFailed). No file is stored unless
+the whole instance is good, because a 730 missing documents would silently under-report a
+citizen's expenses.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from services.formatter.xml730_rules import (
     MAX_CIPHERTEXT,
     Owner,
     Problem,
+    ProblemList,
     SpendingDocument,
     Xml730Rejected,
     document_element,
@@ -199,7 +201,7 @@ class SubmissionWriter:
     max_zip_bytes: int = TS_MAX_ZIP_BYTES
     first_part: int = 1  # parts are numbered across the instance: the part the TS gateway sends
     when: datetime = field(default_factory=datetime.now)
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=ProblemList)
     parts: list[PartFile] = field(default_factory=list)
     _current: _PartWriter | None = None
 
@@ -343,7 +345,7 @@ async def format_730(pool: Any, filestore: FileStoreLike, instance: int, snapsho
     def encrypt(value: str) -> str:
         return encrypt_for_ts(cert, value)
 
-    problems: list[Problem] = []
+    problems = ProblemList()
     parts: list[PartFile] = []
     with tempfile.TemporaryDirectory(prefix=f"730-{instance}-", dir=workdir) as tmp:
         async with pool.acquire() as conn:

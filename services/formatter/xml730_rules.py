@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -110,14 +110,31 @@ def is_valid_codice_fiscale(cf: str) -> bool:
     return is_valid_partita_iva(cf)
 
 
+class ProblemList(list[Problem]):
+    """The problems of a run: the first `limit` kept, every one counted in `total`, so a month
+    whose every document is wrong does not hold them all in memory."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        super().__init__()
+        self.limit = limit
+        self.total = 0
+
+    def extend(self, problems: Iterable[Problem]) -> None:  # type: ignore[override]
+        for problem in problems:
+            self.total += 1
+            if len(self) < self.limit:
+                self.append(problem)
+
+
 class Xml730Rejected(Exception):
-    """Source records that cannot become a valid 730; `problems` holds every one of them."""
+    """Source records that cannot become a valid 730: `problems` (the first ones kept) and `total`."""
 
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
+        self.total = problems.total if isinstance(problems, ProblemList) else len(problems)
         shown = "; ".join(str(p) for p in problems[:5])
-        more = f" (and {len(problems) - 5} more, see .problems)" if len(problems) > 5 else ""
-        super().__init__(f"{len(problems)} problem(s) in the 730 source: {shown}{more}")
+        more = f" (and {self.total - 5} more, see .problems)" if self.total > 5 else ""
+        super().__init__(f"{self.total} problem(s) in the 730 source: {shown}{more}")
 
 
 @dataclass(frozen=True)
