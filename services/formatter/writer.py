@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -152,8 +153,10 @@ def _key(buf: bytes, line: int, end: int) -> bytes:
     return buf[line:tab + 1] if tab >= 0 else buf[line:end]
 
 
+@functools.cache
 def use_jemalloc_for_arrow() -> None:
-    """Arrow's default pool becomes jemalloc, unless the operator chose one (see the docstring)."""
+    """Arrow's default pool becomes jemalloc, unless the operator chose one (see the docstring).
+    Process configuration: done by the first format run of the process, not by every one."""
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
         return
     try:
