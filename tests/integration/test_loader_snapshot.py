@@ -101,20 +101,22 @@ async def test_a_snapshot_is_consistent_while_another_connection_keeps_inserting
             await store_services(setup, batch[i:i + 20_000])
         snapshot_done = asyncio.Event()
         commits_after = 0
-        n = 0
+        n = 0  # late prescriptions started
+        committed = 0  # ... and committed: n runs one ahead while a commit is in flight
 
         async def keep_inserting() -> None:
             # each late prescription has two services, committed together
-            nonlocal commits_after, n
+            nonlocal commits_after, n, committed
             while commits_after < 5:
                 n += 1
                 await store_services(writer, [service(f"LATE-{n}-a", f"RX-LATE-{n}", date(2020, 8, 20)),
                                               service(f"LATE-{n}-b", f"RX-LATE-{n}", date(2020, 8, 21))])
+                committed += 1
                 if snapshot_done.is_set():
                     commits_after += 1
 
         task = asyncio.create_task(keep_inserting())
-        while n < 3:
+        while committed < 3:  # three late prescriptions committed before the snapshot starts
             await asyncio.sleep(0.01)
         stats = await take_snapshot(setup, 1, "FLUSSO_MEF", "204", *AUGUST, instance=0)
         snapshot_done.set()
