@@ -14,6 +14,19 @@ from contracts import flows, sources
 
 DLQ_SUFFIX = ".dlq"
 
+# Size limits, one place. A message (value + key + headers) on a topic is at most
+# MAX_MESSAGE_BYTES (Kafka's default, 1 MiB); its `.dlq` twin takes twice that, so a dead letter
+# always fits: the original bytes, untouched, plus a bounded reason (DLQ_REASON_MAX characters).
+MAX_MESSAGE_BYTES = 1024 * 1024
+DLQ_MAX_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
+DLQ_REASON_MAX = 2000
+# Retention: business events are kept a long time on Kafka (the event store keeps them forever);
+# dead letters long enough for an operator to look at them after a holiday.
+DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
+DLQ_RETENTION_MS = 90 * 24 * 3600 * 1000
+# A command that carries sealed credentials lives on Kafka only as long as the gateway needs to read it.
+SECRET_COMMAND_RETENTION_MS = 3600 * 1000
+
 
 @dataclass(frozen=True)
 class Topic:
@@ -23,6 +36,8 @@ class Topic:
     description: str
     producers: tuple[str, ...]
     consumers: tuple[str, ...] = ()
+    retention_ms: int = DEFAULT_RETENTION_MS
+    max_message_bytes: int = MAX_MESSAGE_BYTES
 
     @property
     def dlq(self) -> str:
@@ -51,7 +66,7 @@ FLOW_TOPICS = [
           ("formatter",)),
     Topic("flows.ts-submission-requested", flows.TsSubmissionRequested, "instance",
           "Command: send a Formatted 730 instance to Sistema TS (credentials sealed).", ("cli",),
-          ("ts-gateway",)),
+          ("ts-gateway",), retention_ms=SECRET_COMMAND_RETENTION_MS),
     Topic("flows.ts-submitted", flows.TsSubmitted, "instance",
           "A zip was accepted by Sistema TS with a protocollo: Waiting feedback.", ("ts-gateway",)),
     Topic("flows.ts-feedback-received", flows.TsFeedbackReceived, "instance",
