@@ -4,6 +4,7 @@
     flows sources generate|import       source data ("Fonti dati")
     flows load / instances / show / format / files / export / feedback / delete
     flows send-730 <n>                  send a Formatted 730 instance to Sistema TS
+    flows ts rotate-key                 a new TS gateway sealing key (the old one goes when unused)
     flows deadlines                     due dates per flow type and entity
     flows replay [<n>|--all] [--verify] rebuild and verify the history
     flows demo                          the whole walk-through on generated data
@@ -27,8 +28,10 @@ app = typer.Typer(help="Regional health-information flows: load, check, format, 
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 stack_app = typer.Typer(help="The local platform: Kafka, PostgreSQL and the services.", no_args_is_help=True)
 sources_app = typer.Typer(help="Source data (Fonti dati): generate or import.", no_args_is_help=True)
+ts_app = typer.Typer(help="The TS gateway: its sealing keys.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(sources_app, name="sources")
+app.add_typer(ts_app, name="ts")
 
 FLOW_TYPES = ["FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730"]
 
@@ -194,6 +197,16 @@ def send_730(instance: int,
     if when < date.today():
         raise UserError(f"transmission date {when} is in the past: give today ({date.today()}) or a later day")
     run(ts.send_730(instance, cf, user, password, pincode, when, _operator(), wait))
+
+
+@ts_app.command("rotate-key")
+@user_errors
+def ts_rotate_key() -> None:
+    """New key pair for sealing TS credentials (run on the gateway's host): new seals use it; boxes
+    sealed to the previous key still open until their submissions end, then its private key is deleted."""
+    from services.cli import ts
+
+    ts.rotate_key()
 
 
 @app.command()

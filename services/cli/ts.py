@@ -1,6 +1,8 @@
 """`flows send-730`: seal the operator's TS credentials to the gateway's public key and ask the
 gateway to send a Formatted 730 instance. The clear values never leave this process except inside
 the sealed box; they are not logged, printed or stored.
+
+`flows ts rotate-key`: a new gateway key pair (services/ts_gateway/keys.py); later seals use it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from services.cli.common import UserError, console, database, settings
 from services.cli.instances import _instance_row, _wait_for_state, print_outcome
 from services.runtime.commands import send_command
 from services.runtime.read_models import instance_stream
-from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, seal
+from services.ts_gateway.keys import RETIRED_DIR, RETIRED_KEY_GRACE_S, KeysError, rotate_gateway_key
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, key_id, seal
 
 FINAL_TS = {InstanceState.CONFIRMED.value, InstanceState.CONFIRMED_WITH_ERRORS.value, InstanceState.REJECTED.value}
 
@@ -46,14 +49,15 @@ async def send_730(instance: int, cf: str, user: str, password: str, pincode: st
     public_key = cfg.keys_dir / PUBLIC_KEY_FILE
     async with database(cfg) as pool:
         await _ensure_sendable(pool, instance, public_key)  # again: it may have changed during the prompts
-        sealed = seal(public_key.read_bytes(), Credentials(user=user, password=password, pincode=pincode,
-                                                           cf_proprietario=cf.strip().upper()))
+        public_pem = public_key.read_bytes()
+        sealed = seal(public_pem, Credentials(user=user, password=password, pincode=pincode,
+                                              cf_proprietario=cf.strip().upper()))
         request = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed, transmission_date=when,
                                               requested_by=operator)
         before = await pool.fetchval("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
                                      instance_stream(instance))
         await send_command(cfg.kafka_bootstrap, "flows.ts-submission-requested", request, key=str(instance))
-        console.print(f"instance {instance} handed to the TS gateway (credentials sealed)")
+        console.print(f"instance {instance} handed to the TS gateway (credentials sealed to key {key_id(public_pem)})")
         if when > date.today():
             console.print(f"  the gateway sends it on {when}; follow it with `flows show {instance}`")
             return
@@ -62,3 +66,16 @@ async def send_730(instance: int, cf: str, user: str, password: str, pincode: st
             print_outcome(done)
             if done["summary"]:
                 console.print(f"  {done['summary']}")
+
+
+def rotate_key() -> None:
+    """A new gateway key pair; the previous private key stays until the submissions sealed to it end."""
+    keys_dir = settings().keys_dir
+    try:
+        rotation = rotate_gateway_key(keys_dir)
+    except KeysError as exc:
+        raise UserError(str(exc)) from exc
+    console.print(f"gateway key rotated: new seals use key {rotation.current} ({keys_dir / PUBLIC_KEY_FILE})")
+    console.print(f"  the previous key {rotation.previous} is kept in {keys_dir / RETIRED_DIR} until the "
+                  f"submissions sealed to it end (and at least {RETIRED_KEY_GRACE_S / 3600:g} h, for commands "
+                  "still on Kafka); then the TS gateway deletes it")

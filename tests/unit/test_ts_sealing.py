@@ -3,16 +3,41 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
 import stat
+import struct
+from collections.abc import Iterator
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from services.ts_gateway.sealing import Credentials, SealError, ensure_gateway_keypair, seal, unseal
+from services.ts_gateway import sealing
+from services.ts_gateway.sealing import (
+    _OAEP,
+    Credentials,
+    SealError,
+    ensure_gateway_keypair,
+    key_id,
+    private_key_id,
+    seal,
+    sealed_key_id,
+    unseal,
+)
 
 # Canary values: memorable, and long enough that a chance substring match is impossible.
 CANARY = Credentials(
     user="CANARYUSER0TS0X", password="Canary-Password-42!", pincode="9876543210", cf_proprietario="CNRCNR80A01F839X"
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _small_keys() -> Iterator[None]:
+    """2048-bit keys here: generating 3072-bit ones takes about a second each on this machine."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sealing, "KEY_BITS", 2048)
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +96,48 @@ def test_credentials_repr_and_str_hide_every_value() -> None:
     for text in shown:
         assert "***" in text
         assert all(secret not in text for secret in CANARY.secrets()), text
+
+
+def test_the_box_names_the_key_it_was_sealed_to(keypair: tuple[bytes, bytes]) -> None:
+    public_pem, private_pem = keypair
+    kid = key_id(public_pem)
+    assert len(kid) == 16 and int(kid, 16) >= 0
+    assert private_key_id(private_pem) == kid
+    sealed = seal(public_pem, CANARY)
+    assert sealed_key_id(sealed) == kid
+    assert base64.b64decode(sealed)[:4] == b"TSG2"
+
+
+def test_a_box_relabelled_with_another_key_id_is_refused_by_both_keys(tmp_path, keypair: tuple[bytes, bytes]) -> None:  # type: ignore[no-untyped-def]
+    """The key id is authenticated (AES-GCM associated data): a relabelled box opens with no key."""
+    other_public, other_private = ensure_gateway_keypair(tmp_path / "other")
+    raw = base64.b64decode(seal(keypair[0], CANARY))
+    own, other = key_id(keypair[0]).encode(), key_id(other_public).encode()
+    relabelled = base64.b64encode(raw.replace(own, other, 1)).decode()
+    assert sealed_key_id(relabelled) == other.decode()
+    for private_pem in (keypair[1], other_private):
+        with pytest.raises(SealError, match="cannot be opened"):
+            unseal(private_pem, relabelled)
+
+
+def _seal_v1(public_pem: bytes, credentials: Credentials) -> str:
+    """A box as the first version of the CLI (and an external system following it) seals it."""
+    public_key = serialization.load_pem_public_key(public_pem)
+    content_key, nonce = AESGCM.generate_key(bit_length=256), os.urandom(12)
+    plaintext = json.dumps({"user": credentials.user, "password": credentials.password,
+                            "pincode": credentials.pincode, "cf_proprietario": credentials.cf_proprietario}).encode()
+    ciphertext = AESGCM(content_key).encrypt(nonce, plaintext, b"TSG1")
+    wrapped = public_key.encrypt(content_key, _OAEP)  # type: ignore[union-attr]
+    return base64.b64encode(b"TSG1" + struct.pack(">H", len(wrapped)) + wrapped + nonce + ciphertext).decode()
+
+
+def test_a_version_1_box_without_key_id_still_opens(keypair: tuple[bytes, bytes]) -> None:
+    sealed = _seal_v1(keypair[0], CANARY)
+    assert sealed_key_id(sealed) is None
+    assert unseal(keypair[1], sealed) == CANARY
+
+
+@pytest.mark.parametrize("blob", [b"TSG2", b"TSG2\x10abc", b"TSG2\x00\x00\x01", b"XXXX\x00\x01", b"TSG1\x00"])
+def test_truncated_or_unknown_boxes_are_refused_by_what_is_wrong(keypair: tuple[bytes, bytes], blob: bytes) -> None:
+    with pytest.raises(SealError, match=r"truncated|unknown format"):
+        unseal(keypair[1], base64.b64encode(blob).decode())
