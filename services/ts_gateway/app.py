@@ -13,6 +13,7 @@ from services.runtime.sanitel import load_certificate
 from services.runtime.settings import Settings
 from services.ts_gateway import handlers
 from services.ts_gateway.client import TsClient, TsClientSettings, TsEndpoints
+from services.ts_gateway.keys import GatewayKeys
 from services.ts_gateway.ledger import PgPartLedger
 from services.ts_gateway.submission import BackoffSchedule
 from services.ts_gateway.submitter import SubmissionRunner
@@ -29,7 +30,7 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
             poll_schedule=BackoffSchedule(initial=settings.ts_poll_initial_s, cap=settings.ts_poll_max_s),
             send_retry=BackoffSchedule(initial=settings.ts_poll_initial_s, cap=settings.ts_poll_max_s))
         deps = handlers.GatewayDeps(pool=rt.pool, store=rt.store, files=rt.files, runner=runner,
-                                    private_key_pem=handlers.load_private_key(settings.keys_dir))
+                                    keys=GatewayKeys(settings.keys_dir))
         consume(rt.broker, by_name("flows.ts-submission-requested"), group_id="ts-gateway",
                 handler=functools.partial(handlers.handle_submission_requested, deps=deps),
                 max_attempts=settings.max_attempts)

@@ -3,9 +3,16 @@ instance to Sistema TS, record each protocollo (Waiting feedback), poll the outc
 instance's outcome (Confirmed / Confirmed with errors / Rejected) with the per-document errors as
 its feedback file.
 
-The credentials arrive sealed to the gateway's key. The request (sealed blob only) is recorded in
-the instance's stream, so a restarted gateway can unseal it again and finish the work; clear values
-live only in this process's memory, inside a `Credentials` whose repr hides them.
+The credentials arrive sealed to the gateway's key. The request is recorded in the instance's
+stream WITHOUT the box (who asked, the transmission date, and `sealed_to_key`, the id of the key
+the box was sealed to): the hash-chained history is never erased, and a box in it would stay
+openable as long as the key exists. The box goes to table ts_sealed_credentials (boxes.py) in the
+same transaction, so a restarted gateway can unseal it again and finish the work, and is deleted in
+the transaction that records the instance outcome (Confirmed / Confirmed with errors / Rejected);
+the resume pass deletes the box of a request superseded by a newer one or abandoned (instance
+deleted). A pending request whose box cannot be had or opened (key removed) ends Rejected, naming
+why, and can be sent again. Clear values live only in this process's memory, inside a
+`Credentials` whose repr hides them. The gateway's keys (current and retired) are in keys.py.
 
 The Kafka handler only checks and records the request (one short transaction), then hands the
 instance to the `SubmissionWorker`: sending and polling take minutes to hours (TS processes files
@@ -23,9 +30,9 @@ for that request until a new one arrives: retrying a wrong password locks the TS
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -39,9 +46,11 @@ from services.runtime.filestore import FileStore
 from services.runtime.locks import instance_lock
 from services.runtime.logging import get_logger
 from services.runtime.read_models import instance_state, instance_stream
+from services.ts_gateway import boxes
 from services.ts_gateway.client import TsError
+from services.ts_gateway.keys import GatewayKeys
 from services.ts_gateway.receipts import feedback_csv
-from services.ts_gateway.sealing import Credentials, SealError, unseal
+from services.ts_gateway.sealing import Credentials, SealError
 from services.ts_gateway.submission import FINAL_STATES, PartKey, PartState, SubmissionPart, file_name_for
 from services.ts_gateway.submission import instance_outcome as combine
 from services.ts_gateway.submitter import PollingBlocked, SubmissionRunner
@@ -63,7 +72,7 @@ class GatewayDeps:
     store: EventStore
     files: FileStore
     runner: SubmissionRunner
-    private_key_pem: bytes
+    keys: GatewayKeys
     today: Any = field(default=lambda: datetime.now(TS_ZONE).date())  # () -> date, in TS's time zone
     worker: SubmissionWorker = field(init=False)
 
@@ -128,19 +137,24 @@ async def handle_submission_requested(cmd: flows.TsSubmissionRequested, msg: Inc
         except IllegalTransition as exc:
             raise Refused(f"instance {cmd.instance} cannot be sent: {exc}") from exc
         try:
-            unseal(deps.private_key_pem, cmd.sealed_credentials)
+            _, sealed_to = deps.keys.open(cmd.sealed_credentials)
         except SealError as exc:
-            raise Refused(f"instance {cmd.instance}: the credentials cannot be opened by this gateway "
-                          "(sealed for another key?)") from exc
-        await deps.store.append(stream, [NewEvent("flows.ts-submission-requested", cmd.model_dump(mode="json"),
-                                                  actor=cmd.requested_by,
-                                                  metadata={"causation_id": msg.message_id})],
-                                expected_version=history[-1].version, key=str(cmd.instance), conn=conn,
-                                publish=False)
+            raise Refused(f"instance {cmd.instance}: the credentials cannot be opened by this gateway ({exc})") from exc
+        recorded = NewEvent("flows.ts-submission-requested", recorded_request(cmd, sealed_to), actor=cmd.requested_by,
+                            metadata={"causation_id": msg.message_id})
+        await deps.store.append(stream, [recorded], expected_version=history[-1].version, key=str(cmd.instance),
+                                conn=conn, publish=False)
+        await boxes.keep(conn, cmd.instance, recorded.id, sealed_to, cmd.sealed_credentials)
         if instance_state(history) is InstanceState.REJECTED:
             # a resend: the rejected parts go again, the confirmed ones never do
             await deps.runner.ledger.reopen_rejected(cmd.instance, conn=conn)
     deps.worker.start(cmd.instance)
+
+
+def recorded_request(cmd: flows.TsSubmissionRequested, sealed_to: str) -> dict[str, Any]:
+    """What the instance's history keeps of a request: everything but the box, and the key id it was
+    sealed to (not secret: 16 hex digits of the public key's hash)."""
+    return {**cmd.model_dump(mode="json", exclude={"sealed_credentials"}), "sealed_to_key": sealed_to}
 
 
 async def submit_instance(instance: int, deps: GatewayDeps) -> None:
@@ -171,12 +185,12 @@ async def _submit_locked(instance: int, deps: GatewayDeps) -> None:
     request = _pending_request(history)
     if request is None or not _due(request, deps.today()) or str(request.id) in deps.worker.blocked_requests:
         return
-    credentials = unseal(deps.private_key_pem, request.data["sealed_credentials"])
+    credentials = await _open_request(instance, request, deps)
+    if credentials is None:
+        return
     zips = sorted((f for f in _latest_files(history) if f["kind"] == "730-zip"), key=lambda f: f.get("part") or 0)
     if not zips:
-        await _append(deps, stream, "flows.ts-feedback-received", flows.TsFeedbackReceived(
-            instance=instance, part=1, parts=1, outcome="rejected", reason="the instance has no 730 zip to send",
-            instance_outcome="rejected"))
+        await _abandon(deps, instance, request, "the instance has no 730 zip to send")
         return
     parts = [SubmissionPart(key=PartKey(instance, index, f["sha256"]), parts=len(zips),
                             file_name=file_name_for(instance, index, f["sha256"]), documents=int(f["records"]))
@@ -192,11 +206,40 @@ async def _submit_locked(instance: int, deps: GatewayDeps) -> None:
                 instance=instance, part=sent.key.part, parts=len(parts), protocollo=sent.protocollo,
                 zip_sha256=sent.key.zip_sha256))
     announced = {e.data["part"] for e in history[history.index(request):] if e.type == "flows.ts-feedback-received"}
-    await _poll_all(instance, credentials, parts, announced, str(request.id), deps)
+    await _poll_all(instance, credentials, parts, announced, request.id, deps)
+
+
+async def _open_request(instance: int, request: StoredEvent, deps: GatewayDeps) -> Credentials | None:
+    """The credentials of the pending request, from its stored box; None when the request was
+    superseded meanwhile (the next pass takes the new one) or abandoned here (Rejected, naming why)."""
+    sealed = await boxes.box_of(deps.pool, instance, request.id)
+    if sealed is None:
+        # recorded before migration 0032, the request carried its box in the event itself
+        sealed = request.data.get("sealed_credentials")
+    if sealed is None:
+        pending = _pending_request(await deps.store.read_stream(instance_stream(instance)))
+        if pending is None or pending.id != request.id:
+            return None  # a newer request replaced this one (and its box), or it ended, while we looked
+        reason = "the sealed credentials of this request are no longer held by the gateway"
+    else:
+        try:
+            return deps.keys.open(sealed)[0]
+        except SealError as exc:
+            reason = f"the credentials of this request cannot be opened any more: {exc}"
+    await _abandon(deps, instance, request, f"{reason}; send the instance again")
+    return None
+
+
+async def _abandon(deps: GatewayDeps, instance: int, request: StoredEvent, reason: str) -> None:
+    """Ends the submission Rejected with `reason` (the operator can send again); its box goes."""
+    log.warning("ts.submission_abandoned", aggregate_id=str(instance), reason=reason)
+    await _append(deps, instance_stream(instance), "flows.ts-feedback-received", flows.TsFeedbackReceived(
+        instance=instance, part=1, parts=1, outcome="rejected", reason=reason, instance_outcome="rejected"),
+        ends_request=request.id)
 
 
 async def _poll_all(instance: int, credentials: Credentials, parts: list[SubmissionPart], announced: set[int],
-                    request_id: str, deps: GatewayDeps) -> None:
+                    request_id: uuid.UUID, deps: GatewayDeps) -> None:
     stream = instance_stream(instance)
     states: dict[int, PartState] = {}
     for part in parts:
@@ -206,7 +249,7 @@ async def _poll_all(instance: int, credentials: Credentials, parts: list[Submiss
             continue
         errors_file = receipt_file = None
         if current.state is PartState.WAITING_FEEDBACK:
-            feedback = await deps.runner.poll_part(credentials, part.key, request_id=request_id)
+            feedback = await deps.runner.poll_part(credentials, part.key, request_id=str(request_id))
             current = feedback.part
             if feedback.errors:
                 data = feedback_csv(feedback.errors)
@@ -222,7 +265,8 @@ async def _poll_all(instance: int, credentials: Credentials, parts: list[Submiss
         await _append(deps, stream, "flows.ts-feedback-received", flows.TsFeedbackReceived(
             instance=instance, part=part.key.part, parts=len(parts), protocollo=current.protocollo,
             stato=current.stato, outcome=_OUTCOME[current.state], reason=current.reason, errors_file=errors_file,
-            receipt_file=receipt_file, instance_outcome=_OUTCOME[outcome] if outcome is not None else None))
+            receipt_file=receipt_file, instance_outcome=_OUTCOME[outcome] if outcome is not None else None),
+            ends_request=request_id if outcome is not None else None)
 
 
 async def _receipt(deps: GatewayDeps, credentials: Credentials, instance: int,
@@ -247,9 +291,18 @@ def _latest_files(history: list[StoredEvent]) -> list[dict[str, Any]]:
     return list(formatted[-1].data["files"]) if formatted else []
 
 
-async def _append(deps: GatewayDeps, stream: str, type_: str, payload: flows.Payload) -> None:
-    await deps.store.append(stream, [NewEvent(type_, payload.model_dump(mode="json"), actor="ts-gateway")],
-                            expected_version=None, key=stream.removeprefix("instance-"))
+async def _append(deps: GatewayDeps, stream: str, type_: str, payload: flows.Payload,
+                  ends_request: uuid.UUID | None = None) -> None:
+    """Appends one event; with `ends_request` (an instance outcome), that request's sealed box is
+    deleted in the same transaction: the box lives exactly as long as the submission."""
+    event = NewEvent(type_, payload.model_dump(mode="json"), actor="ts-gateway")
+    key = stream.removeprefix("instance-")
+    if ends_request is None:
+        await deps.store.append(stream, [event], expected_version=None, key=key)
+        return
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await deps.store.append(stream, [event], expected_version=None, key=key, conn=conn)
+        await boxes.forget(conn, int(key), ends_request)
 
 
 async def resume_unfinished(deps: GatewayDeps) -> None:
@@ -258,17 +311,30 @@ async def resume_unfinished(deps: GatewayDeps) -> None:
     rows = await deps.pool.fetch(
         "SELECT instance FROM instance_list WHERE flow_type = 'FLUSSO_730' AND state = ANY($1::text[])",
         [InstanceState.FORMATTED.value, InstanceState.WAITING_FEEDBACK.value, InstanceState.REJECTED.value])
+    await forget_ended_boxes(deps)
     running = set(deps.worker.running())
     for row in rows:
         instance = int(row["instance"])
         if instance in running:
             continue
         request = _pending_request(await deps.store.read_stream(instance_stream(instance)))
-        if request is not None and _due(request, deps.today()) and request.id not in deps.worker.blocked_requests:
+        if request is not None and _due(request, deps.today()) and str(request.id) not in deps.worker.blocked_requests:
             deps.worker.start(instance)
 
 
-def load_private_key(keys_dir: Path) -> bytes:
-    from services.ts_gateway.sealing import ensure_gateway_keypair
-
-    return ensure_gateway_keypair(keys_dir)[1]
+async def forget_ended_boxes(deps: GatewayDeps) -> None:
+    """Deletes the boxes of requests that no longer run (a newer request superseded it, the instance
+    was deleted, or it ended before migration 0032's boxes existed), then the retired private keys
+    no remaining box is sealed to (keys.py: `GatewayKeys.prune`)."""
+    for box in await boxes.stored(deps.pool):
+        history = await deps.store.read_stream(instance_stream(box.instance))
+        request = _pending_request(history)
+        deleted = instance_state(history) is InstanceState.DELETED
+        if request is not None and request.id == box.request_id and not deleted:
+            continue
+        if await boxes.forget(deps.pool, box.instance, box.request_id):
+            why = "instance deleted" if deleted else "request no longer pending"
+            log.info("ts.credentials_forgotten", aggregate_id=str(box.instance), reason=why)
+    in_use = {box.key_id for box in await boxes.stored(deps.pool)}
+    for removed in deps.keys.prune(in_use):
+        log.info("ts.gateway_key_removed", key_id=removed, reason="retired, and no submission is sealed to it")

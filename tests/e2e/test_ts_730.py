@@ -2,6 +2,10 @@
 -> formatter (730 zips, Formatted) -> TS gateway (sealed credentials, inviaFileMtom, EsitoInvii,
 DettaglioErrori) -> Confirmed / Confirmed with errors / Rejected, against the TS simulator on
 loopback. Each test uses its own entity and month, so instances and zips never mix.
+
+Most tests publish the command as an external system would (`_send_730`); `flows_cli` runs the
+real `flows` entry point in its own process, as an operator does (the key rotation test here, and
+the secrets canary). The sealed box lives in ts_sealed_credentials only while its submission runs.
 """
 
 from __future__ import annotations
@@ -11,10 +15,15 @@ import collections
 import csv
 import io
 import json
+import os
+import sys
+import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,13 +37,15 @@ from contracts.states import InstanceState, fold
 from services.runtime.commands import send_command
 from services.runtime.filestore import FileStore
 from services.runtime.read_models import instance_stream
-from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, seal
+from services.ts_gateway import keys as gateway_keys
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, key_id, seal
 from services.ts_gateway.submission import PROTOCOLLO
 from tests.e2e.conftest import TS_CF, TS_PASSWORD, TS_PINCODE, TS_USER
 from tests.e2e.driving import _formatted_730, _wait_state
 
 pytestmark = pytest.mark.e2e
 FINAL = {InstanceState.CONFIRMED.value, InstanceState.CONFIRMED_WITH_ERRORS.value, InstanceState.REJECTED.value}
+FLOWS = Path(sys.executable).with_name("flows")  # the console script `uv sync` installs, as an operator runs it
 
 
 # ---- driving the platform ------------------------------------------------------------------------
@@ -49,6 +60,70 @@ async def _send_730(platform: Any, instance: int, user: str = TS_USER, password:
                                           transmission_date=date.today(), requested_by="e2e.ts")
     await send_command(platform.settings.kafka_bootstrap, "flows.ts-submission-requested", request,
                        key=str(instance))
+
+
+@dataclass(frozen=True)
+class CliRun:
+    args: tuple[str, ...]
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def text(self) -> str:
+        """Both streams, with rich's line wrapping undone."""
+        return " ".join((self.stdout + "\n" + self.stderr).split())
+
+
+async def flows_cli(platform: Any, *args: str, answers: Sequence[str] = (), operator: str = "e2e.ts",
+                    timeout: float = 180) -> CliRun:
+    """Runs `flows ARGS` in its own process against the e2e platform, the prompts answered on stdin.
+    The process has no terminal (a new session), so the hidden prompts read stdin, as they would from
+    a pipe. What it printed is appended to a file beside the services' log: the canary searches it."""
+    cfg = platform.settings
+    env = {**os.environ, "DATABASE_URL": cfg.database_url, "FLOWS_DATABASE_URL": cfg.database_url,
+           "FLOWS_KAFKA_BOOTSTRAP": cfg.kafka_bootstrap, "FLOWS_KEYS_DIR": str(cfg.keys_dir),
+           "FLOWS_FILES_DIR": str(cfg.files_dir), "FLOWS_OPERATOR": operator, "COLUMNS": "200", "NO_COLOR": "1"}
+    process = await asyncio.create_subprocess_exec(
+        str(FLOWS), *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        out, err = await asyncio.wait_for(process.communicate("".join(f"{a}\n" for a in answers).encode()), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"`flows {' '.join(args[:2])}` did not end in {timeout:.0f} s") from None
+    run = CliRun(tuple(args), int(process.returncode or 0), out.decode(errors="replace"), err.decode(errors="replace"))
+    if platform.log_path is not None:
+        with (platform.log_path.parent / "flows-cli.log").open("a", encoding="utf-8") as log:
+            log.write(f"$ flows {' '.join(args)}\n{run.stdout}{run.stderr}\n")
+    return run
+
+
+async def send_730_cli(platform: Any, instance: int, user: str = TS_USER, password: str = TS_PASSWORD,
+                       pincode: str = TS_PINCODE, cf: str = TS_CF, when: date | None = None,
+                       operator: str = "e2e.ts", wait: bool = True) -> CliRun:
+    """`flows send-730 N` as an operator runs it: C.F., user, password, pincode, then the transmission
+    date (Enter: today) when `when` is not given as the option; with `wait` it waits for the outcome
+    (unless the date is later)."""
+    args = ["send-730", str(instance), *(["--transmission-date", when.isoformat()] if when else []),
+            *([] if wait else ["--no-wait"])]
+    run = await flows_cli(platform, *args, answers=[cf, user, password, pincode, *([] if when else [""])],
+                          operator=operator)
+    assert run.code == 0, f"flows send-730 {instance} ended {run.code}"
+    return run
+
+
+async def _box(pool: asyncpg.Pool, instance: int) -> asyncpg.Record | None:
+    """The instance's stored sealed box (ts_sealed_credentials), if a submission of it is running."""
+    return await pool.fetchrow("SELECT * FROM ts_sealed_credentials WHERE instance = $1", instance)
+
+
+async def _requests(pool: asyncpg.Pool, instance: int) -> list[dict[str, Any]]:
+    """The submission requests as the instance's history recorded them."""
+    return [json.loads(r["data"]) for r in await pool.fetch(
+        "SELECT data::text AS data FROM events WHERE stream_id = $1 AND type = 'flows.ts-submission-requested' "
+        "ORDER BY version", instance_stream(instance))]
 
 
 async def _events_on(bootstrap: str, topic: str, match: Callable[[dict[str, Any]], bool], count: int = 1,
@@ -252,9 +327,15 @@ async def test_a_gateway_killed_after_sistema_ts_accepted_a_zip_adopts_that_prot
     part = await pool.fetchrow("SELECT * FROM ts_submission_part WHERE instance = $1 AND zip_sha256 = $2",
                                instance, in_the_window.zip_sha256)
     assert part is not None and part["state"] == "sending" and part["protocollo"] is None, part and dict(part)
+    # the sealed box survived the kill outside the history: the restarted gateway opens it from there
+    box = await _box(pool, instance)
+    assert box is not None, "the dead gateway's submission lost its sealed credentials"
+    assert box["key_id"] == key_id((platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes())
+    assert not await pool.fetchval("SELECT count(*) FROM events WHERE strpos(data::text, $1) > 0", box["sealed"])
 
     row = await _wait_state(pool, instance, FINAL)
     assert row["state"] == InstanceState.CONFIRMED.value, f"{row['state']}: {row['summary']}"
+    assert await _box(pool, instance) is None, "the box outlived its submission"
     submissions = await _sim_submissions(platform)
     assert _submissions_per_zip(submissions, zips) == {z["name"]: 1 for z in zips}
     recorded = await pool.fetchval("SELECT protocollo FROM ts_submission_part WHERE instance = $1 AND zip_sha256 = $2",
@@ -278,6 +359,8 @@ async def test_a_rejected_send_with_a_wrong_password_can_be_sent_again_and_ends_
     assert "HTTP 401" in (row["summary"] or "") and "Not-The-Password-1" not in (row["summary"] or ""), dict(row)
     assert _submissions_per_zip(await _sim_submissions(platform), zips) == {z["name"]: 0 for z in zips}
 
+    assert await _box(pool, instance) is None, "the refused credentials' box outlived the Rejected outcome"
+
     await _send_730(platform, instance)
     row = await _wait_state(pool, instance, {InstanceState.CONFIRMED.value})
     assert _submissions_per_zip(await _sim_submissions(platform), zips) == {z["name"]: 1 for z in zips}
@@ -285,3 +368,64 @@ async def test_a_rejected_send_with_a_wrong_password_can_be_sent_again_and_ends_
         "SELECT data::text AS data FROM events WHERE stream_id = $1 AND type = 'flows.ts-feedback-received' "
         "ORDER BY version", instance_stream(instance))]
     assert [o for o in outcomes if o] == ["rejected", "confirmed"]
+    assert await _box(pool, instance) is None
+    # the history keeps who asked, when for, and which key the box was sealed to; never the box
+    current = key_id((platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes())
+    assert [(r["requested_by"], r["transmission_date"], r["sealed_to_key"], "sealed_credentials" in r)
+            for r in await _requests(pool, instance)] == [("e2e.ts", date.today().isoformat(), current, False)] * 2
+
+
+async def test_a_key_rotated_mid_submission_still_opens_the_old_box_after_a_restart_and_is_deleted_once_unused(
+        platform, pool, behaviour, monkeypatch):
+    """Instance X is sent (sealed to key K1) and held in Waiting feedback by TS; the operator runs
+    `flows ts rotate-key` (K2); the gateway is killed and restarted, so it must open X's stored box
+    with the retired K1. Y, sent after the rotation, is sealed to K2. X ends Confirmed, its box goes,
+    and the next resume pass deletes K1's private key (the grace for commands still on Kafka set to
+    0 here), not before."""
+    keys_dir = platform.settings.keys_dir
+    retired = keys_dir / gateway_keys.RETIRED_DIR
+    x = await _formatted_730(platform, "202", "2026-07")
+    y = await _formatted_730(platform, "202", "2026-08")
+    first = key_id((keys_dir / PUBLIC_KEY_FILE).read_bytes())
+    await behaviour(polls_in_progress=1_000_000)  # TS keeps X "in progress" until told otherwise
+
+    await send_730_cli(platform, x, wait=False)
+    await _wait_state(pool, x, {InstanceState.WAITING_FEEDBACK.value})
+    box = await _box(pool, x)
+    assert box is not None and box["key_id"] == first
+
+    rotation = await flows_cli(platform, "ts", "rotate-key")
+    assert rotation.code == 0, rotation.text
+    second = key_id((keys_dir / PUBLIC_KEY_FILE).read_bytes())
+    assert second != first and f"new seals use key {second}" in rotation.text
+    assert (retired / f"{first}.pem").is_file()
+
+    monkeypatch.setattr(gateway_keys, "RETIRED_KEY_GRACE_S", 0.0)
+    x_zips = {z["sha256"] for z in await _zips(pool, x)}
+    polls_before = sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips)
+    await platform.stop("ts-gateway", hard=True)
+    platform.start("ts-gateway")
+    # the restarted gateway's first resume pass ran (it polls X again), and kept K1: X's box needs it
+    deadline = time.monotonic() + 60
+    while sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips) <= polls_before:
+        assert time.monotonic() < deadline, "the restarted gateway never polled X again"
+        await asyncio.sleep(0.2)
+    assert (retired / f"{first}.pem").is_file(), "K1 was deleted while X's box was sealed to it"
+
+    await send_730_cli(platform, y, wait=False)
+    await _wait_state(pool, y, {InstanceState.WAITING_FEEDBACK.value})
+    box = await _box(pool, y)
+    assert box is not None and box["key_id"] == second
+    await behaviour()  # TS finishes processing
+
+    for instance in (x, y):
+        row = await _wait_state(pool, instance, FINAL)
+        assert row["state"] == InstanceState.CONFIRMED.value, f"{instance}: {row['state']}: {row['summary']}"
+        assert await _box(pool, instance) is None
+    assert [r["sealed_to_key"] for r in await _requests(pool, x)] == [first]
+    assert [r["sealed_to_key"] for r in await _requests(pool, y)] == [second]
+    deadline = time.monotonic() + 30  # the resume pass runs every 10 s
+    while (retired / f"{first}.pem").exists():
+        assert time.monotonic() < deadline, "the retired key outlived the last submission sealed to it"
+        await asyncio.sleep(0.2)
+    assert key_id((keys_dir / PUBLIC_KEY_FILE).read_bytes()) == second
