@@ -1,13 +1,23 @@
-"""TS credentials never leave the gateway's memory in clear.
+"""TS credentials never leave the gateway's memory in clear, and their sealed box lives only while
+its submission runs.
 
-A 730 is sent through the whole platform with planted credential values that exist nowhere else
-(a canary TS account the simulator accepts). Then every place the platform writes is searched for
-them, clear and encoded (base64 at the three byte alignments, as inside an HTTP Basic header,
-base64url, hex as PostgreSQL prints bytea, UTF-16): every message of every non-internal Kafka
-topic, every row of every table of every schema of every database of the test cluster, every file
-under the platform's folder (inside zips too), and every log line: the services' (tee'd by the
-e2e fixture) and the stack's (.stack-test/logs). A self-check plants other marker values in each
-of those places and shows the same search finds them.
+An operator sends 730s with `flows send-730` (the real entry point, in its own process, the prompts
+answered on stdin) with planted credential values that exist nowhere else (a canary TS account the
+simulator accepts, and a canary wrong password it refuses): one instance is Rejected (the wrong
+password), then sent again and Confirmed through a failed send and a failed EsitoInvii; another is
+given a later transmission date, then deleted by the operator before that day. Then every place the
+platform writes is searched for them, clear and encoded (base64 at the three byte alignments, as
+inside an HTTP Basic header, base64url, hex as PostgreSQL prints bytea, UTF-16): every message of
+every non-internal Kafka topic, every row of every table of every schema of every database of the
+test cluster, every file under the platform's folder (inside zips too), and every log line: the
+services' (tee'd by the e2e fixture), the CLI's output and the stack's (.stack-test/logs). A
+self-check plants other marker values in each of those places and shows the same search finds them.
+
+The sealed boxes, as the CLI published them, are searched the same way: they may be on the command
+topic (short retention) and nowhere else once their submissions ended; while the later-dated one
+waits, it is in ts_sealed_credentials and in no event. Events cannot be deleted (a trigger refuses)
+nor rewritten (the hash chains verify), so a box absent from the events table at the end was never
+in it.
 """
 
 from __future__ import annotations
@@ -15,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import logging
+import time
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +42,19 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from contracts import flows
 from contracts.states import InstanceState
-from services.runtime.commands import send_command
-from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, seal
+from services.runtime.eventstore import EventStore
+from services.runtime.read_models import instance_stream
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE, key_id
 from services.ts_gateway.simulator_rules import SimUser
 from tests.e2e.driving import _formatted_730, _wait_state
+from tests.e2e.test_ts_730 import FINAL, flows_cli, send_730_cli
 
 pytestmark = pytest.mark.e2e
 
 CANARY = {"user": "CANARYUSR9F3K2", "password": "Canary-Pw-7x1Q", "pincode": "8811223344",
           "cf_proprietario": "CANARYCF7Q2W9Z4K"}
+WRONG_PASSWORD = "Canary-Wrong-Pw-5k3T"  # refused by TS: it must not leak either
 SELF_CHECK = {"user": "SELFCHKUSR4M7Q", "password": "Selfchk-Pw-2v8R", "pincode": "6655443322"}
 
 
@@ -217,47 +231,115 @@ async def canary_account(platform: Any, monkeypatch: pytest.MonkeyPatch) -> Asyn
 # ---- the tests -------------------------------------------------------------------------------------
 
 
-async def test_planted_ts_credentials_appear_nowhere_on_kafka_in_the_database_in_files_or_in_logs(
+async def _sealed_boxes(bootstrap: str, instances: set[int]) -> list[tuple[int, str]]:
+    """(instance, sealed box) of every flows.ts-submission-requested command of these instances."""
+    found = []
+    async for where, blob in kafka_records(bootstrap):
+        if where.startswith("flows.ts-submission-requested["):
+            body = json.loads(blob.split(b"\n")[1])  # key, value (one line of JSON), headers
+            if body.get("instance") in instances:
+                found.append((int(body["instance"]), str(body["sealed_credentials"])))
+    return found
+
+
+async def _until(what: str, check: Any, timeout: float = 30) -> Any:
+    """Polls `check()` (async) until it returns something truthy; fails naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not (result := await check()):
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"
+        await asyncio.sleep(0.2)
+    return result
+
+
+async def test_planted_ts_credentials_sent_with_flows_send_730_appear_nowhere_and_the_box_only_while_it_is_needed(
         platform, stack, canary_account):
+    operator = f"canary.operator.{uuid.uuid4().hex[:8]}"  # the database search must find it in the events
+    typed = {"user": canary_account["user"], "pincode": canary_account["pincode"],
+             "cf": canary_account["cf_proprietario"]}
+    box_of = "SELECT * FROM ts_sealed_credentials WHERE instance = $1"
     pool = await platform.pool()
     try:
-        instance = await _formatted_730(platform, "207", "2026-07", services=100)
-        # a failed send and a failed EsitoInvii on the way: error paths are where secrets leak
+        sent = await _formatted_730(platform, "207", "2026-07", services=100)
+        later = await _formatted_730(platform, "207", "2026-08", services=60)
+
+        # Rejected: TS refuses the password (HTTP 401); the box goes with the outcome
+        run = await send_730_cli(platform, sent, password=WRONG_PASSWORD, operator=operator, **typed)
+        row = await _wait_state(pool, sent, FINAL)
+        assert row["state"] == InstanceState.REJECTED.value and "HTTP 401" in (row["summary"] or ""), dict(row)
+        assert "Rejected" in run.text and "handed to the TS gateway (credentials sealed to key" in run.text
+        assert await pool.fetchrow(box_of, sent) is None, "the box outlived the Rejected outcome"
+
+        # Confirmed, through a failed send and a failed EsitoInvii: error paths are where secrets leak
         await _behaviour(platform, fail_next=2, operations=["inviaFileMtom", "EsitoInvii"])
-        public_key = (platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes()
-        sealed = seal(public_key, Credentials(**canary_account))
-        await send_command(platform.settings.kafka_bootstrap, "flows.ts-submission-requested",
-                           flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed,
-                                                       transmission_date=date.today(), requested_by="e2e.canary"),
-                           key=str(instance))
-        row = await _wait_state(pool, instance, {InstanceState.CONFIRMED.value,
-                                                 InstanceState.CONFIRMED_WITH_ERRORS.value,
-                                                 InstanceState.REJECTED.value})
+        run = await send_730_cli(platform, sent, password=canary_account["password"], operator=operator, **typed)
+        row = await _wait_state(pool, sent, {InstanceState.CONFIRMED.value, InstanceState.REJECTED.value})
         assert row["state"] == InstanceState.CONFIRMED.value, f"{row['state']}: {row['summary']}"
-        attempts = await pool.fetchval("SELECT max(attempts) FROM ts_submission_part WHERE instance = $1", instance)
+        assert "Confirmed" in run.text
+        attempts = await pool.fetchval("SELECT max(attempts) FROM ts_submission_part WHERE instance = $1", sent)
         assert attempts >= 2, "the planted TS failure did not happen: the error path was not exercised"
+        assert await pool.fetchrow(box_of, sent) is None, "the box outlived the Confirmed outcome"
+
+        # a later transmission date: recorded now, the box kept outside the history, nothing sent yet
+        tomorrow = date.today() + timedelta(days=1)
+        run = await send_730_cli(platform, later, when=tomorrow, password=canary_account["password"],
+                                 operator=operator, **typed)
+        assert f"the gateway sends it on {tomorrow}" in run.text, run.text
+        waiting = await _until("the gateway stores the later-dated request's box",
+                               lambda: pool.fetchrow(box_of, later))
+        assert waiting["key_id"] == key_id((platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes())
+        assert await pool.fetchval("SELECT count(*) FROM events WHERE strpos(data::text, $1) > 0 "
+                                   "OR strpos(metadata::text, $1) > 0", waiting["sealed"]) == 0
+        assert (await _wait_state(pool, later, {InstanceState.FORMATTED.value}))["state"] == "Formatted"
+        assert await pool.fetchval("SELECT count(*) FROM ts_submission_part WHERE instance = $1", later) == 0
+
+        # the operator deletes the instance before that day: the abandoned request's box goes too
+        run = await flows_cli(platform, "delete", str(later), "--reason", "canary: sent by mistake",
+                              operator=operator)
+        assert run.code == 0, run.text
+        await _until("the resume pass deletes the abandoned request's box",
+                     lambda: _none(pool.fetchrow(box_of, later)))
+
+        store = EventStore(pool, source="/e2e/canary")
+        for instance in (sent, later):  # nothing was rewritten: what is absent now was never there
+            assert await store.verify_stream(instance_stream(instance)) == [], instance
         zips = {r["sha256"] for r in await pool.fetch(
-            "SELECT sha256 FROM instance_files WHERE instance = $1 AND kind = '730-zip'", instance)}
-        async with asyncio.timeout(30):  # the outbox relay has published the outcome
-            while await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") > 0:
-                await asyncio.sleep(0.2)
+            "SELECT sha256 FROM instance_files WHERE instance = $1 AND kind = '730-zip'", sent)}
+        await _until("the outbox relay has published every event",
+                     lambda: _zero(pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")))
     finally:
         await pool.close()
 
+    boxes = await _sealed_boxes(platform.settings.kafka_bootstrap, {sent, later})
+    assert sorted(instance for instance, _ in boxes) == sorted([sent, sent, later]), boxes
+    box_values = {f"box:{n}": box for n, (_, box) in enumerate(boxes)}
     # controls: values that must be found, so the search demonstrably read this submission's data
-    controls = {"control:sealed-box": sealed, "control:log-of-this-instance": f'"aggregate_id": "{instance}"'}
-    scan = await scan_everything(platform, stack, needles_for({**canary_account, **controls}))
+    controls = {"control:operator": operator, "control:log-of-this-instance": f'"aggregate_id": "{sent}"',
+                "control:cli-output": f"instance {sent} handed to the TS gateway"}
+    secrets = {**canary_account, "wrong_password": WRONG_PASSWORD}
+    scan = await scan_everything(platform, stack, needles_for({**secrets, **controls, **box_values}))
 
-    leaks = [h for h in scan.hits if not h.name.startswith("control:")]
+    leaks = [h for h in scan.hits if not h.name.startswith(("control:", "box:"))]
     assert leaks == [], f"TS credentials found in clear or encoded: {leaks}"
+    box_hits = {(h.place, h.where.split("[")[0], h.name) for h in scan.hits if h.name.startswith("box:")}
+    assert {(place, where) for place, where, _ in box_hits} == {("kafka", "flows.ts-submission-requested")}, \
+        f"a sealed box outlived its submission: {sorted(box_hits)}"
+    assert {name for _, _, name in box_hits} == set(box_values), "the Kafka search missed a submission request"
     found = {(h.place, h.name) for h in scan.hits}
-    assert ("kafka", "control:sealed-box") in found, "the Kafka search missed the submission request"
-    assert any(h.place == "database" and h.name == "control:sealed-box" and ".public.events" in h.where
-               for h in scan.hits), "the database search missed the instance's stream"
+    assert any(h.place == "database" and h.name == "control:operator" and ".public.events" in h.where
+               for h in scan.hits), "the database search missed the instances' streams"
     assert ("logs", "control:log-of-this-instance") in found, "the log search missed the services' lines"
+    assert ("logs", "control:cli-output") in found, "the log search missed the CLI's output"
     searched_files = {where for where, _ in folder_files(platform.settings.files_dir)}
     assert all(any(where.endswith(sha[2:]) for where in searched_files) for sha in zips)
     assert all(count > 0 for count in scan.seen.values()), scan.seen
+
+
+async def _none(value: Any) -> bool:
+    return await value is None
+
+
+async def _zero(value: Any) -> bool:
+    return await value == 0
 
 
 async def test_the_canary_search_finds_marker_values_planted_in_each_place(platform, stack):
