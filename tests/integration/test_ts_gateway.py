@@ -1,8 +1,16 @@
-"""The TS gateway against the TS simulator over real HTTP on loopback, with the ledger in PostgreSQL."""
+"""The TS gateway against the TS simulator over real HTTP on loopback, with the ledger in PostgreSQL.
+
+The last tests drive the gateway's handlers (GatewayDeps over a real database, file store and key
+folder) without Kafka: where the sealed box of a request lives, and when it goes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -10,8 +18,17 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from contracts import flows
+from contracts.envelope import Envelope
+from services.runtime.broker import Incoming, Refused
 from services.runtime.db import create_pool
+from services.runtime.eventstore import EventStore, NewEvent
+from services.runtime.filestore import FileStore
+from services.runtime.host import prepare_database
+from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 from services.runtime.sanitel import parse_certificate
+from services.ts_gateway import handlers, sealing
+from services.ts_gateway import keys as gateway_keys
 from services.ts_gateway.client import (
     TsAuthError,
     TsClient,
@@ -21,10 +38,11 @@ from services.ts_gateway.client import (
     TsUnavailable,
     ZipTooLarge,
 )
+from services.ts_gateway.keys import GatewayKeys, rotate_gateway_key
 from services.ts_gateway.ledger import PgPartLedger
 from services.ts_gateway.receipts import feedback_csv
 from services.ts_gateway.sample import sample_730_xml, sample_730_zip, zip_one
-from services.ts_gateway.sealing import Credentials
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, ensure_gateway_keypair, key_id, seal
 from services.ts_gateway.simulator import TsSimulator
 from services.ts_gateway.simulator_rules import SimUser
 from services.ts_gateway.submission import (
@@ -335,3 +353,176 @@ async def test_the_envelope_names_the_structure_of_the_file_and_ts_refuses_one_t
         raw = parse_multipart(raw, answer_type, "answer")[0].content
     receipt = ops.parse_invia_receipt(raw)
     assert not isinstance(receipt, ops.SoapFault) and receipt.codice_esito == "109", receipt
+
+
+# ---- the gateway's handlers: the sealed box outside the history ------------------------------------
+
+TODAY = date(2026, 2, 10)
+
+
+@pytest.fixture
+def small_keys() -> Iterator[None]:
+    """2048-bit gateway keys: generating 3072-bit ones takes about a second each on this machine."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sealing, "KEY_BITS", 2048)
+        yield
+
+
+@dataclass
+class Gateway:
+    deps: handlers.GatewayDeps
+    keys_dir: Path
+    url: str
+    cert: Any
+
+    async def restarted(self) -> handlers.GatewayDeps:
+        """A new gateway process on the same database and key folder (nothing kept in memory); the
+        old one's worker tasks end first, as with a dead process (its advisory locks go with it)."""
+        old = self.deps
+        await old.worker.close()
+        return handlers.GatewayDeps(pool=old.pool, store=old.store, files=old.files,
+                                    runner=_runner(PgPartLedger(old.pool), old.runner.ts),  # type: ignore[arg-type]
+                                    keys=GatewayKeys(self.keys_dir), today=old.today)
+
+    def seal(self, credentials: Credentials = ROSSI) -> str:
+        return seal((self.keys_dir / PUBLIC_KEY_FILE).read_bytes(), credentials)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def gateway(ts, fresh_db: str, tmp_path: Path, small_keys: None) -> AsyncIterator[Gateway]:  # type: ignore[no-untyped-def]
+    client, url, cert = ts
+    pool = await create_pool(fresh_db, min_size=1, max_size=4)
+    try:
+        await prepare_database(pool, FLOW_PROJECTIONS)
+        store = EventStore(pool, source="/flows/ts-gateway", projections=FLOW_PROJECTIONS)
+        ensure_gateway_keypair(tmp_path / "keys")
+        deps = handlers.GatewayDeps(pool=pool, store=store, files=FileStore(tmp_path / "files"),
+                                    runner=_runner(PgPartLedger(pool), client), keys=GatewayKeys(tmp_path / "keys"),
+                                    today=lambda: TODAY)
+        yield Gateway(deps, tmp_path / "keys", url, cert)
+        await deps.worker.close()
+    finally:
+        await pool.close()
+
+
+async def _formatted_instance(gateway: Gateway, instance: int, documents: int = 3) -> None:
+    """The history of a Formatted 730 instance with one zip, as the loader and the formatter write it."""
+    sha, size = gateway.deps.files.put_bytes(sample_730_zip(gateway.cert, ROSSI.cf_proprietario, documents=documents))
+    zip_ref = flows.FileRef(name=f"730_{instance}.zip", kind="730-zip", records=documents, bytes=size, sha256=sha,
+                            media_type="application/zip", part=1)
+    period = flows.Period(start=date(2026, 1, 1), end=date(2026, 1, 31))
+    payloads: list[tuple[str, flows.Payload, str]] = [
+        ("flows.load-running", flows.LoadRunning(instance=instance, request_id=uuid.uuid4(),
+                                                 flow_type=flows.FlowType.FLUSSO_730, version="2020", ente="201",
+                                                 period=period, requested_by="it.operator"), "loader"),
+        ("flows.load-checked", flows.LoadChecked(instance=instance, source_instance=1, counts={"documents": 3}),
+         "loader"),
+        ("flows.formatting-started", flows.FormattingStarted(instance=instance), "formatter"),
+        ("flows.formatted", flows.Formatted(instance=instance, files=[zip_ref]), "formatter"),
+    ]
+    await gateway.deps.store.append(
+        instance_stream(instance), [NewEvent(t, p.model_dump(mode="json"), actor=a) for t, p, a in payloads],
+        expected_version=0, key=str(instance))
+
+
+async def _request(gateway: Gateway, instance: int, sealed: str, when: date = TODAY,
+                   deps: handlers.GatewayDeps | None = None) -> None:
+    command = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed, transmission_date=when,
+                                          requested_by="it.operator")
+    incoming = Incoming(Envelope.new("flows.ts-submission-requested", "/it"), str(instance),
+                        "flows.ts-submission-requested", 0, 0)
+    await handlers.handle_submission_requested(command, incoming, deps or gateway.deps)
+
+
+async def _history(gateway: Gateway, instance: int) -> list[tuple[str, dict[str, Any]]]:
+    return [(e.type, e.data) for e in await gateway.deps.store.read_stream(instance_stream(instance))]
+
+
+async def _boxes(gateway: Gateway) -> dict[int, tuple[uuid.UUID, str, str]]:
+    rows = await gateway.deps.pool.fetch("SELECT instance, request_id, key_id, sealed FROM ts_sealed_credentials")
+    return {r["instance"]: (r["request_id"], r["key_id"], r["sealed"]) for r in rows}
+
+
+async def test_the_request_is_recorded_without_its_box_which_survives_a_restart_and_goes_with_the_outcome(
+        gateway: Gateway) -> None:
+    await _formatted_instance(gateway, 4101)
+    sealed = gateway.seal()
+    current = key_id((gateway.keys_dir / PUBLIC_KEY_FILE).read_bytes())
+
+    await _request(gateway, 4101, sealed, when=TODAY + timedelta(days=1))  # not due yet: nothing is sent
+
+    (recorded,) = [d for t, d in await _history(gateway, 4101) if t == "flows.ts-submission-requested"]
+    assert recorded == {"schema_version": 1, "instance": 4101, "transmission_date": "2026-02-11",
+                        "requested_by": "it.operator", "sealed_to_key": current}
+    request_id = (await gateway.deps.store.read_stream(instance_stream(4101)))[-1].id
+    assert await _boxes(gateway) == {4101: (request_id, current, sealed)}
+    assert await _sends(gateway.url) == 0
+
+    # the gateway restarts, and the day comes: the new process opens the stored box and finishes
+    restarted = await gateway.restarted()
+    restarted.today = lambda: TODAY + timedelta(days=1)
+    await handlers.submit_instance(4101, restarted)
+
+    types = [t for t, _ in await _history(gateway, 4101)]
+    assert types[-2:] == ["flows.ts-submitted", "flows.ts-feedback-received"]
+    assert (await _history(gateway, 4101))[-1][1]["instance_outcome"] == "confirmed"
+    assert await _boxes(gateway) == {}, "the box outlived its submission"
+    dump = str(await gateway.deps.pool.fetch("SELECT data::text, metadata::text FROM events"))
+    assert sealed not in dump and all(secret not in dump for secret in ROSSI.secrets())
+
+
+async def test_a_box_whose_key_is_gone_ends_the_request_rejected_naming_the_key_and_sends_nothing(
+        gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    await _formatted_instance(gateway, 4102)
+    sealed = gateway.seal()
+    first = key_id((gateway.keys_dir / PUBLIC_KEY_FILE).read_bytes())
+    await _request(gateway, 4102, sealed, when=TODAY + timedelta(days=1))
+    rotate_gateway_key(gateway.keys_dir)
+    (gateway.keys_dir / gateway_keys.RETIRED_DIR / f"{first}.pem").unlink()  # lost, or deleted by hand
+
+    restarted = await gateway.restarted()
+    restarted.today = lambda: TODAY + timedelta(days=1)
+    await handlers.submit_instance(4102, restarted)
+
+    outcome = (await _history(gateway, 4102))[-1]
+    assert outcome[0] == "flows.ts-feedback-received" and outcome[1]["instance_outcome"] == "rejected"
+    assert f"sealed to key {first}, which this gateway does not hold" in outcome[1]["reason"]
+    assert outcome[1]["reason"].endswith("send the instance again")
+    assert await _boxes(gateway) == {} and await _sends(gateway.url) == 0
+
+
+async def test_a_box_sealed_to_a_key_the_gateway_never_had_is_refused_and_nothing_is_recorded(
+        gateway: Gateway, tmp_path: Path) -> None:
+    await _formatted_instance(gateway, 4103)
+    stranger_public, _ = ensure_gateway_keypair(tmp_path / "another-gateway")
+
+    with pytest.raises(Refused, match=f"sealed to key {key_id(stranger_public)}, which this gateway does not hold"):
+        await _request(gateway, 4103, seal(stranger_public, ROSSI))
+
+    assert [t for t, _ in await _history(gateway, 4103)][-1] == "flows.formatted"
+    assert await _boxes(gateway) == {}
+
+
+async def test_a_newer_request_replaces_the_box_a_deleted_instance_loses_it_and_then_the_retired_key_goes(
+        gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    await _formatted_instance(gateway, 4104)
+    later = TODAY + timedelta(days=5)
+    first = key_id((gateway.keys_dir / PUBLIC_KEY_FILE).read_bytes())
+    await _request(gateway, 4104, gateway.seal(), when=later)
+    rotation = rotate_gateway_key(gateway.keys_dir)
+    newer = gateway.seal()
+    await _request(gateway, 4104, newer, when=later)
+    latest = (await gateway.deps.store.read_stream(instance_stream(4104)))[-1]
+    assert await _boxes(gateway) == {4104: (latest.id, rotation.current, newer)}
+
+    monkeypatch.setattr(gateway_keys, "RETIRED_KEY_GRACE_S", 0.0)
+    await handlers.forget_ended_boxes(gateway.deps)  # the first key serves no box any more: it goes
+    assert not (gateway.keys_dir / gateway_keys.RETIRED_DIR / f"{first}.pem").exists()
+    assert await _boxes(gateway) == {4104: (latest.id, rotation.current, newer)}
+
+    await gateway.deps.store.append(instance_stream(4104), [NewEvent(
+        "flows.instance-deleted", flows.InstanceDeleted(instance=4104, deleted_by="it.operator").model_dump(
+            mode="json"), actor="it.operator")], expected_version=latest.version, key="4104")
+    await handlers.forget_ended_boxes(gateway.deps)
+    assert await _boxes(gateway) == {}
+    assert await _sends(gateway.url) == 0
