@@ -148,11 +148,19 @@ class TsSubmissionRequested(Payload):
     """Command: send a Formatted 730 instance to Sistema TS.
 
     The credentials (TS user, password, pincode, CF proprietario) are sealed to the gateway's
-    public key (RSA-OAEP + AES-GCM); nobody but the gateway can read them.
+    public key (RSA-OAEP + AES-GCM); nobody but the gateway can read them. The box names the key
+    it was sealed to, so it still opens after the gateway rotates its key, until its submission
+    ends. The gateway keeps the box only while the submission runs, never in the instance's
+    history; this topic keeps the command for a short time only.
     """
 
     instance: int
-    sealed_credentials: str = Field(description="Base64 sealed box; never the clear values.")
+    sealed_credentials: str = Field(
+        description="Base64 sealed box; never the clear values. Format TSG2: b'TSG2' | key-id length (1 byte) | "
+                    "key id (16 hex digits of the SHA-256 of the gateway public key's DER) | wrapped-key length "
+                    "(2 bytes, big-endian) | RSA-OAEP-SHA256 wrapped AES-256 key | 12-byte nonce | AES-GCM "
+                    "ciphertext+tag of the JSON {user, password, pincode, cf_proprietario}, with magic and key "
+                    "id as associated data. TSG1 (no key id) is still accepted.")
     transmission_date: date
     requested_by: str
 
