@@ -324,8 +324,8 @@ async def resume_unfinished(deps: GatewayDeps) -> None:
 
 async def forget_ended_boxes(deps: GatewayDeps) -> None:
     """Deletes the boxes of requests that no longer run (a newer request superseded it, the instance
-    was deleted, or it ended before migration 0032's boxes existed), then the retired private keys
-    no remaining box is sealed to (keys.py: `GatewayKeys.prune`)."""
+    was deleted; an outcome deletes its box itself, in its own transaction), then the retired
+    private keys no remaining box is sealed to (keys.py: `GatewayKeys.prune`)."""
     for box in await boxes.stored(deps.pool):
         history = await deps.store.read_stream(instance_stream(box.instance))
         request = _pending_request(history)

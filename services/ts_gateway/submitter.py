@@ -1,7 +1,7 @@
 """Sending parts and polling outcomes: the submission rules (submission.py) over a ledger and a client.
 
-The Kafka wiring (app.py) unseals the credentials, registers the parts, calls `send_part` for each
-(emitting TsSubmitted), then `poll_part` (emitting TsFeedbackReceived). The order inside
+The submission worker (handlers.py) opens the stored sealed credentials, registers the parts, calls
+`send_part` for each (emitting TsSubmitted), then `poll_part` (emitting TsFeedbackReceived). The order inside
 `send_part` is the point: record "sending", call TS, record the protocollo; and on a part found
 in "sending", reconcile with EsitoInvii before any resend (see submission.py).
 """
