@@ -6,37 +6,23 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from services.cli.main import app
-from services.ts_gateway import sealing
 from services.ts_gateway.keys import RETIRED_DIR, GatewayKeys, KeysError, rotate_gateway_key
 from services.ts_gateway.sealing import (
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
-    Credentials,
     SealError,
     ensure_gateway_keypair,
     key_id,
     seal,
     sealed_key_id,
 )
-
-CANARY = Credentials(
-    user="CANARYUSER0TS0X", password="Canary-Password-42!", pincode="9876543210", cf_proprietario="CNRCNR80A01F839X"
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _small_keys() -> Iterator[None]:
-    """2048-bit keys here: generating 3072-bit ones takes about a second each on this machine."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sealing, "KEY_BITS", 2048)
-        yield
+from tests.ts_support import CANARY, _small_keys  # noqa: F401  (_small_keys: autouse fixture)
 
 
 def _public(directory: Path) -> bytes:

@@ -7,13 +7,11 @@ import json
 import os
 import stat
 import struct
-from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from services.ts_gateway import sealing
 from services.ts_gateway.sealing import (
     _OAEP,
     Credentials,
@@ -25,19 +23,7 @@ from services.ts_gateway.sealing import (
     sealed_key_id,
     unseal,
 )
-
-# Canary values: memorable, and long enough that a chance substring match is impossible.
-CANARY = Credentials(
-    user="CANARYUSER0TS0X", password="Canary-Password-42!", pincode="9876543210", cf_proprietario="CNRCNR80A01F839X"
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _small_keys() -> Iterator[None]:
-    """2048-bit keys here: generating 3072-bit ones takes about a second each on this machine."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(sealing, "KEY_BITS", 2048)
-        yield
+from tests.ts_support import CANARY, _small_keys  # noqa: F401  (_small_keys: autouse fixture)
 
 
 @pytest.fixture(scope="module")
