@@ -117,6 +117,7 @@ class StackInfo:
     database_url: str
     brokers: int
     external_database: bool
+    ts_port: int = 0  # the TS simulator `flows stack up` starts for this stack (see ts_sim_port)
 
 
 class StackError(RuntimeError):
@@ -140,6 +141,15 @@ def _kafka_port_base() -> int:
 
 def _pg_port() -> int:
     return int(os.environ.get("FLOWS_PG_PORT", DEFAULT_PG_PORT))
+
+
+def ts_sim_port(kafka_port_base: int | None = None) -> int:
+    """The local TS simulator's port: ``FLOWS_TS_SIM_PORT``, else the Kafka port base + 8 (the first port
+    after the three brokers' pairs), so two stacks on one machine never share it."""
+    raw = os.environ.get("FLOWS_TS_SIM_PORT")
+    if raw:
+        return int(raw)
+    return (kafka_port_base if kafka_port_base is not None else _kafka_port_base()) + 8
 
 
 def _mode_name(brokers: int) -> str:
@@ -429,7 +439,9 @@ def _server_properties(sd: Path, brokers: int, node_id: int, base: int) -> str:
         "offsets.topic.replication.factor": rf,
         "transaction.state.log.replication.factor": rf,
         "transaction.state.log.min.isr": isr,
-        "auto.create.topics.enable": "true",
+        # Topics exist only as provisioned from the registry (`flows topics apply`): a client that asks
+        # for an unknown topic gets an error, never a 1-partition topic with the wrong settings.
+        "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": 0,
     }
     return "# Written by deploy/localstack.py on every start; edit the module, not this file.\n" + "".join(
@@ -450,12 +462,22 @@ def _kafka_java_cmd(sd: Path, libs: Path, log_file: Path, main: list[str]) -> li
     ]
 
 
+def new_cluster_id() -> str:
+    """Same format as `kafka-storage random-uuid` (url-safe base64 of 16 bytes), without starting a JVM.
+
+    Like Kafka's own Uuid.randomUuid(), an id starting with "-" is drawn again: the storage tool would
+    read it as an option (`format -t -abc...` fails), one id in 64."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
 def _cluster_id(sd: Path, brokers: int) -> str:
     path = sd / "kafka" / _mode_name(brokers) / "cluster.id"
     if path.is_file():
         return path.read_text().strip()
-    # Same format as `kafka-storage random-uuid` (url-safe base64 of 16 bytes), without starting a JVM.
-    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    cid = new_cluster_id()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(cid + "\n")
     return cid
@@ -789,6 +811,7 @@ def _info_from_state(sd: Path, state: dict[str, Any]) -> StackInfo:
         database_url=state["database_url"],
         brokers=int(state["brokers"]),
         external_database=bool(state["postgres"].get("external")),
+        ts_port=int(state.get("ts_port") or ts_sim_port(state["kafka"].get("port_base"))),
     )
 
 
@@ -822,6 +845,7 @@ def up(brokers: int = 1, progress: Progress = print, timeout: float = 120.0) -> 
         state["brokers"] = brokers
         state["bootstrap_servers"] = _bootstrap(brokers, base)
         state["kafka"]["port_base"] = base
+        state["ts_port"] = ts_sim_port(base)
         state["kafka"]["version"] = _kafka_version()
         if not running:
             state["kafka"]["nodes"] = {}
@@ -906,6 +930,20 @@ def info() -> StackInfo | None:
     if not state.get("bootstrap_servers") or not _running_brokers(state):
         return None
     return _info_from_state(sd, state)
+
+
+def endpoints() -> StackInfo:
+    """Where every `flows` command finds the platform, without starting anything: the running stack of
+    the state folder (``FLOWS_STACK_DIR``) as its state file records it; when none runs, what ``up``
+    would start from the same settings (``FLOWS_KAFKA_PORT_BASE``, ``FLOWS_PG_PORT``, ``DATABASE_URL``)."""
+    running = info()
+    if running is not None:
+        return running
+    base = _kafka_port_base()
+    ext_url = os.environ.get("DATABASE_URL")
+    return StackInfo(state_dir=state_dir(), bootstrap_servers=_bootstrap(1, base),
+                     database_url=ext_url or _pg_url(_pg_port()), brokers=1, external_database=bool(ext_url),
+                     ts_port=ts_sim_port(base))
 
 
 def status() -> dict[str, Any]:

@@ -22,8 +22,13 @@ def stack(request):  # type: ignore[no-untyped-def]
     if not needs:
         return None
     from deploy import localstack
+    from services.runtime.topics_admin import apply_topics
 
-    return localstack.up(progress=lambda line: None)
+    info = localstack.up(progress=lambda line: None)
+    # The brokers never auto-create topics: the tests run on the registry's topics, provisioned as
+    # `flows stack up` provisions them.
+    localstack._run_async(lambda: apply_topics(info.bootstrap_servers, Settings().topic_partitions))
+    return info
 
 
 @pytest.fixture(scope="session")

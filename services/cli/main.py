@@ -1,6 +1,7 @@
 """`flows`: the operator's command line.
 
     flows stack up|down|status          local Kafka + PostgreSQL + every service
+    flows topics apply|list [--json]    the Kafka topics, provisioned from the topic registry
     flows sources generate|import       source data ("Fonti dati")
     flows load / instances / show / format / files / export / feedback / delete
     flows send-730 <n>                  send a Formatted 730 instance to Sistema TS
@@ -29,9 +30,11 @@ app = typer.Typer(help="Regional health-information flows: load, check, format, 
 stack_app = typer.Typer(help="The local platform: Kafka, PostgreSQL and the services.", no_args_is_help=True)
 sources_app = typer.Typer(help="Source data (Fonti dati): generate or import.", no_args_is_help=True)
 ts_app = typer.Typer(help="The TS gateway: its sealing keys.", no_args_is_help=True)
+topics_app = typer.Typer(help="The Kafka topics, provisioned from the topic registry.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(sources_app, name="sources")
 app.add_typer(ts_app, name="ts")
+app.add_typer(topics_app, name="topics")
 
 FLOW_TYPES = ["FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730"]
 
@@ -67,6 +70,26 @@ def stack_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     from services.cli import stack
 
     stack.status(as_json)
+
+
+# ---------------------------------------------------------------- topics
+@topics_app.command("apply")
+@user_errors
+def topics_apply(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Create every registry topic and its .dlq twin (partitions: FLOWS_TOPIC_PARTITIONS, default 6;
+    replication min(3, brokers)); grow and reconfigure existing ones; never delete. Idempotent."""
+    from services.cli import topics
+
+    run(topics.apply(as_json))
+
+
+@topics_app.command("list")
+@user_errors
+def topics_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every registry topic as the cluster has it, and what differs from the registry."""
+    from services.cli import topics
+
+    run(topics.show(as_json))
 
 
 # ---------------------------------------------------------------- sources

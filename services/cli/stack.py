@@ -8,11 +8,12 @@ import os
 import sys
 
 from deploy import localstack
-from services.cli.common import console, table
+from services.cli import topics
+from services.cli.common import console, stack_environment, table
 
 # Each runs as `python -m <module>`; the TS simulator stands in for Sistema TS locally.
 SERVICES: dict[str, list[str]] = {
-    "ts-simulator": ["services.ts_gateway.simulator_main", "--port", "18443", "--cert-out", "{state}/ts-sim"],
+    "ts-simulator": ["services.ts_gateway.simulator_main", "--port", "{ts_port}", "--cert-out", "{state}/ts-sim"],
     "loader": ["services.loader"],
     "formatter": ["services.formatter"],
     "ts-gateway": ["services.ts_gateway"],
@@ -22,12 +23,8 @@ SERVICES: dict[str, list[str]] = {
 
 def service_env(info: localstack.StackInfo) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWS_") or k == "FLOWS_STACK_DIR"}
+    env.update(stack_environment(info))
     env.update({
-        "DATABASE_URL": info.database_url,
-        "FLOWS_KAFKA_BOOTSTRAP": info.bootstrap_servers,
-        "FLOWS_FILES_DIR": str(info.state_dir / "files"),
-        "FLOWS_KEYS_DIR": str(info.state_dir / "keys"),
-        "FLOWS_SANITEL_CERT": str(info.state_dir / "ts-sim" / "sanitel-cf.pem"),
         "FLOWS_LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
     })
@@ -36,6 +33,8 @@ def service_env(info: localstack.StackInfo) -> dict[str, str]:
 
 def up(brokers: int = 1, with_services: bool = True) -> localstack.StackInfo:
     info = localstack.up(brokers=brokers, progress=lambda line: console.print(f"[dim]stack[/] {line}"))
+    # Topics before any service: the brokers do not auto-create them (see services/runtime/topics_admin.py).
+    asyncio.run(topics.apply(quiet=True))
     if with_services:
         # Migrate before the services start (they would race to do it) and before the caller's first
         # query: a command right after `up` must find the schema.
@@ -45,7 +44,7 @@ def up(brokers: int = 1, with_services: bool = True) -> localstack.StackInfo:
         for name, argv in SERVICES.items():
             if running.get(name, {}).get("running"):
                 continue
-            args = [a.replace("{state}", str(info.state_dir)) for a in argv]
+            args = [a.replace("{state}", str(info.state_dir)).replace("{ts_port}", str(info.ts_port)) for a in argv]
             pid = localstack.start_service(name, [sys.executable, "-m", *args], env)
             console.print(f"[dim]stack[/] started {name} (pid {pid})")
     console.print(f"[green]platform up[/]: Kafka {info.bootstrap_servers}, PostgreSQL "

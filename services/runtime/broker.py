@@ -67,8 +67,10 @@ def create_broker(settings: Settings, *, client_id: str) -> KafkaBroker:
         middlewares.append(KafkaPrometheusMiddleware(registry=REGISTRY, app_name=client_id))
     # FastStream logs every message at its log_level: DEBUG keeps that out of production logs (our own
     # structlog lines say what happened to each message), and the root logger is at WARNING.
-    return KafkaBroker(settings.kafka_bootstrap, client_id=client_id, enable_idempotence=True, acks="all",
-                       middlewares=middlewares, log_level=logging.DEBUG)
+    # A list, never the comma-separated string (see Settings.bootstrap_list). Topics are provisioned by
+    # `flows topics apply` from the registry: the broker must never create one with its own defaults.
+    return KafkaBroker(settings.bootstrap_list(), client_id=client_id, enable_idempotence=True, acks="all",
+                       middlewares=middlewares, log_level=logging.DEBUG, allow_auto_create_topics=False)
 
 
 def validation_reason(exc: ValidationError) -> str:

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     database_url: str = Field(default="postgresql://postgres@127.0.0.1:15432/flows",
                               validation_alias=AliasChoices("DATABASE_URL", "FLOWS_DATABASE_URL"))
     kafka_bootstrap: str = "127.0.0.1:19092"
+    # Partitions of every topic `flows topics apply` creates (and grows to): how many replicas of a
+    # service can share a topic's work.
+    topic_partitions: int = Field(default=6, ge=1, le=1000)
     files_dir: Path = REPO_ROOT / ".stack" / "files"
     keys_dir: Path = REPO_ROOT / ".stack" / "keys"
     # The SanitelCF certificate rotates: a path, never a constant in code.
@@ -33,3 +36,17 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     max_attempts: int = Field(default=3, description="Processing attempts before a message is dead-lettered.")
     metrics_port: int | None = None
+
+    def bootstrap_list(self) -> list[str]:
+        """`kafka_bootstrap` as the list of host:port aiokafka wants. FastStream wraps a plain string
+        into a one-element list, so "a:1,b:2" would reach aiokafka as ONE host named "a:1,b"."""
+        return bootstrap_list(self.kafka_bootstrap)
+
+
+def bootstrap_list(bootstrap: str | list[str]) -> list[str]:
+    """"h1:p1, h2:p2" (or a list of such strings) -> ["h1:p1", "h2:p2"]; empty parts are an error."""
+    parts = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
+    hosts = [h.strip() for part in parts for h in part.split(",")]
+    if not hosts or any(not h for h in hosts):
+        raise ValueError(f"Kafka bootstrap {bootstrap!r} has an empty host: give host:port[,host:port...]")
+    return hosts

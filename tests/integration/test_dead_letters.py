@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from contracts.envelope import Envelope
 from contracts.topics import Topic
 from services.runtime.broker import Incoming, consume, create_broker
+from tests.kafka_topics import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +50,7 @@ async def test_poison_message_is_dead_lettered_and_the_next_one_is_processed(set
             raise RuntimeError("the archive is on fire")
         handled.append((payload.source_id, incoming))
 
+    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)
     broker = create_broker(settings, client_id="dlq-test")
     consume(broker, topic, group_id="dlq-test", handler=handler, max_attempts=3, retry_delay=0.01)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)

@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from deploy import localstack
+from tests.kafka_topics import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -49,12 +50,15 @@ def _free(port: int) -> bool:
 
 
 def _free_ports(brokers: int) -> tuple[int, int]:
-    """A Kafka port base (2 ports per node) and a PostgreSQL port, all currently free."""
-    for base in range(29200, 29900, 20):
-        wanted = [base + i for i in range(2 * brokers)] + [base + 10]
+    """A Kafka port base (2 ports per node), its TS simulator port (base + 8) and a PostgreSQL port (base + 10),
+    all currently free, within the test stack's own range (FLOWS_KAFKA_PORT_BASE + 100 .. + 900): parallel
+    sessions on one machine, each with its own port base, never pick the same ports."""
+    own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
+    for base in range(own + 108, own + 900, 20):
+        wanted = [base + i for i in range(2 * brokers)] + [localstack.ts_sim_port(base), base + 10]
         if all(_free(p) for p in wanted):
             return base, base + 10
-    raise AssertionError("no free ports in 29200-29900")
+    raise AssertionError(f"no free ports in {own + 108}-{own + 900}")
 
 
 async def _roundtrip(
@@ -62,6 +66,7 @@ async def _roundtrip(
 ) -> list[bytes]:
     """Produce ``count`` messages and read them back; ``group=False`` reads without a consumer group, so
     it does not depend on __consumer_offsets (whose creation needs all 3 replicas in 3-broker mode)."""
+    await create_topics(bootstrap, topic)  # auto.create.topics.enable=false: an existing one is kept
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=acks)
     await producer.start()
     try:

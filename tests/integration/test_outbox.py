@@ -19,6 +19,7 @@ from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.migrations import MIGRATIONS_DIR, migrate
 from services.runtime.outbox import OutboxRelay, mark_processed
+from tests.kafka_topics import create_topics
 from tests.stack_urls import DATABASE_URL, KAFKA
 
 pytestmark = pytest.mark.integration
@@ -44,8 +45,11 @@ async def pool(tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
         await admin.close()
 
 
-def fresh_topic() -> str:
-    return f"test.relay-{uuid.uuid4().hex[:8]}"
+async def fresh_topic() -> str:
+    """A topic of its own for the test, created first: the brokers never auto-create one."""
+    name = f"test.relay-{uuid.uuid4().hex[:8]}"
+    await create_topics(KAFKA, name)
+    return name
 
 
 async def append_numbered(store: EventStore, topic: str, keys: list[str], per_key: int) -> list[uuid.UUID]:
@@ -96,7 +100,7 @@ async def consume_all(topic: str, expected: int, settle: float = 2.0) -> list[tu
 async def test_a_relay_killed_between_ack_and_mark_resends_and_the_deduping_consumer_applies_once(
         pool: asyncpg.Pool) -> None:
     store = EventStore(pool, source="/flows/loader")
-    topic = fresh_topic()
+    topic = await fresh_topic()
     ids = await append_numbered(store, topic, keys=["1947", "1948", "2001"], per_key=10)
     reached_the_window = asyncio.Event()
 
@@ -142,7 +146,7 @@ async def _none_left(pool: asyncpg.Pool) -> bool:
 
 async def test_only_one_relay_publishes_and_a_standby_takes_over_when_it_stops(pool: asyncpg.Pool) -> None:
     store = EventStore(pool, source="/flows/loader")
-    topic = fresh_topic()
+    topic = await fresh_topic()
     stop_first, stop_second = asyncio.Event(), asyncio.Event()
     first, second = OutboxRelay(pool, KAFKA, poll_interval=0.2), OutboxRelay(pool, KAFKA, poll_interval=0.2)
     first_task = asyncio.create_task(first.run(stop_first))
@@ -178,9 +182,9 @@ async def test_the_relay_wakes_on_notify_long_before_its_poll_interval(pool: asy
     relay = OutboxRelay(pool, KAFKA, poll_interval=60)
     running = asyncio.create_task(relay.run(stop))
     await wait_until(lambda: _is(relay.is_leader))
-    await append_numbered(store, fresh_topic(), keys=["3003"], per_key=1)
+    await append_numbered(store, await fresh_topic(), keys=["3003"], per_key=1)
     await asyncio.sleep(0.5)  # let the first pass (before the append) go back to waiting
-    await append_numbered_from(store, fresh_topic(), key="3003", start=1, count=1)
+    await append_numbered_from(store, await fresh_topic(), key="3003", start=1, count=1)
     await wait_until(lambda: _none_left(pool), within=10)  # far below the 60 s poll
     stop.set()
     await running
