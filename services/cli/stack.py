@@ -46,7 +46,10 @@ def up(brokers: int = 1, with_services: bool = True) -> localstack.StackInfo:
                 continue
             args = [a.replace("{state}", str(info.state_dir)).replace("{ts_port}", str(info.ts_port)) for a in argv]
             pid = localstack.start_service(name, [sys.executable, "-m", *args], env)
-            console.print(f"[dim]stack[/] started {name} (pid {pid})")
+            console.print(f"[dim]stack[/] started {name} (supervisor pid {pid})")
+        # "platform up" only once every service runs and stays up: a service that exits at start (a bad
+        # bootstrap, a missing topic) fails `up` with its last exit and log, instead of a false success.
+        localstack.wait_services_alive(list(SERVICES))
     console.print(f"[green]platform up[/]: Kafka {info.bootstrap_servers}, PostgreSQL "
                   f"{info.database_url.split('@')[-1]}, state in {info.state_dir}")
     return info
@@ -73,9 +76,16 @@ def status(as_json: bool) -> None:
     rows = []
     kafka = data.get("kafka", {})
     for node, n in (kafka.get("nodes") or {}).items():
-        rows.append((f"kafka-{node}", "running" if n.get("running") else "stopped", n.get("pid"), n.get("port")))
+        state = "running" if n.get("running") else "stopped"
+        rows.append((f"kafka-{node}", state, n.get("pid"), n.get("port"), "", ""))
     pg = data.get("postgres", {})
-    rows.append(("postgres", "running" if pg.get("running") else "stopped", pg.get("pid"), pg.get("url")))
+    rows.append(("postgres", "running" if pg.get("running") else "stopped", pg.get("pid"), pg.get("url"), "", ""))
     for name, s in (data.get("services") or {}).items():
-        rows.append((name, "running" if s.get("running") else "stopped", s.get("pid"), s.get("log")))
-    console.print(table("flows stack", ["component", "state", "pid", "where"], rows))
+        rows.append((name, _service_state(s), s.get("pid"), s.get("log"), s.get("restarts"), s.get("last_exit")))
+    console.print(table("flows stack", ["component", "state", "pid", "where", "restarts", "last exit"], rows))
+
+
+def _service_state(s: dict[str, object]) -> str:
+    if s.get("running"):
+        return "running"
+    return "restarting" if s.get("supervisor_pid") else "stopped"
