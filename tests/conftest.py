@@ -5,12 +5,17 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from deploy import localstack
 from services.runtime.settings import Settings
 from tests import stack_urls  # noqa: F401  (sets the test stack's folder and ports before anything starts)
 
@@ -21,7 +26,6 @@ def stack(request):  # type: ignore[no-untyped-def]
     needs = any("/integration/" in str(i.path) or "/e2e/" in str(i.path) for i in request.session.items)
     if not needs:
         return None
-    from deploy import localstack
     from services.runtime.topics_admin import apply_topics
 
     info = localstack.up(progress=lambda line: None)
@@ -75,3 +79,44 @@ async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+# ---------------------------------------------------------------- private stacks (fault tests)
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_stack_ports(brokers: int) -> tuple[int, int]:
+    """A Kafka port base (2 ports per node), its TS simulator port (base + 8) and a PostgreSQL port (base + 10),
+    all currently free, within the test stack's own range (FLOWS_KAFKA_PORT_BASE + 100 .. + 900): parallel
+    sessions on one machine, each with its own port base, never pick the same ports."""
+    own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
+    for base in range(own + 108, own + 900, 20):
+        wanted = [base + i for i in range(2 * brokers)] + [localstack.ts_sim_port(base), base + 10]
+        if all(_port_free(p) for p in wanted):
+            return base, base + 10
+    raise AssertionError(f"no free ports in {own + 108}-{own + 900}")
+
+
+@pytest.fixture
+def private_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A throw-away state folder on free ports. Deliberately NOT under pytest's tmp_path: every pytest
+    session start chmods /tmp/pytest-of-<user> back to 0700, which would lock the PostgreSQL user out of
+    its data folder if another session starts while this test runs."""
+    base, pg_port = free_stack_ports(brokers=3)
+    state = Path(tempfile.mkdtemp(prefix="flows-stack-test-"))
+    monkeypatch.setenv("FLOWS_STACK_DIR", str(state))
+    monkeypatch.setenv("FLOWS_KAFKA_PORT_BASE", str(base))
+    monkeypatch.setenv("FLOWS_PG_PORT", str(pg_port))
+    for name in ("DATABASE_URL", "FLOWS_DATABASE_URL", "FLOWS_KAFKA_BOOTSTRAP", "FLOWS_TS_SIM_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        yield state
+    finally:
+        localstack.down(progress=lambda _msg: None)  # whatever the test did, leave nothing running
+        shutil.rmtree(state, ignore_errors=True)

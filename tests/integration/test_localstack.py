@@ -9,13 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import socket
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -38,27 +34,6 @@ def _live(pid: int | None) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(brokers: int) -> tuple[int, int]:
-    """A Kafka port base (2 ports per node), its TS simulator port (base + 8) and a PostgreSQL port (base + 10),
-    all currently free, within the test stack's own range (FLOWS_KAFKA_PORT_BASE + 100 .. + 900): parallel
-    sessions on one machine, each with its own port base, never pick the same ports."""
-    own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
-    for base in range(own + 108, own + 900, 20):
-        wanted = [base + i for i in range(2 * brokers)] + [localstack.ts_sim_port(base), base + 10]
-        if all(_free(p) for p in wanted):
-            return base, base + 10
-    raise AssertionError(f"no free ports in {own + 108}-{own + 900}")
 
 
 async def _roundtrip(
@@ -154,24 +129,6 @@ def test_other_broker_count_is_refused_while_running(default_stack: localstack.S
 # ----------------------------------------------------------------------------------------------------
 # a private stack: down() and restarts
 # ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def private_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A throw-away state folder on free ports. Deliberately NOT under pytest's tmp_path: every pytest
-    session start chmods /tmp/pytest-of-<user> back to 0700, which would lock the PostgreSQL user out of
-    its data folder if another session starts while this test runs."""
-    base, pg_port = _free_ports(brokers=3)
-    state = Path(tempfile.mkdtemp(prefix="flows-stack-test-"))
-    monkeypatch.setenv("FLOWS_STACK_DIR", str(state))
-    monkeypatch.setenv("FLOWS_KAFKA_PORT_BASE", str(base))
-    monkeypatch.setenv("FLOWS_PG_PORT", str(pg_port))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    try:
-        yield state
-    finally:
-        localstack.down(progress=lambda _msg: None)  # whatever the test did, leave nothing running
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def _recorded_pids(state: Path) -> list[int]:
