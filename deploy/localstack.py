@@ -1096,6 +1096,18 @@ def stop_service(name: str) -> None:
         _save_state(sd, state)
 
 
+def remove_service(name: str) -> None:
+    """Stop the service (see stop_service) and forget it: `status` no longer lists it."""
+    sd = state_dir()
+    with _locked(sd):
+        stop_service(name)
+        state = _load_state(sd)
+        rec = state["services"].pop(name, None)
+        if rec and rec.get("status_file"):
+            Path(rec["status_file"]).unlink(missing_ok=True)
+        _save_state(sd, state)
+
+
 def stop_kafka_node(node_id: int, hard: bool = False) -> None:
     """Stop one Kafka node (fault tests). Graceful SIGTERM by default; ``hard=True`` is a SIGKILL crash."""
     sd = state_dir()

@@ -179,8 +179,10 @@ def test_a_service_killed_with_sigkill_runs_again_within_10_s(stack, tmp_path: P
     finally:
         pids = [localstack.status()["services"][name]["pid"], supervisor]
         localstack.stop_service(name)
-    # down/stop stops the supervisor first: nothing comes back
+        stopped = localstack.status()["services"][name]
+        localstack.remove_service(name)
+    # stopping stops the supervisor first: nothing comes back
     time.sleep(2)
     assert not [p for p in pids if p and psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
     assert not _listening(port)
-    assert localstack.status()["services"][name]["running"] is False
+    assert stopped["running"] is False and name not in localstack.status()["services"]
