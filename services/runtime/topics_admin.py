@@ -106,12 +106,15 @@ _REPORTED = ("retention.ms", "max.message.bytes", "min.insync.replicas")
 
 
 async def _settled(admin: AIOKafkaAdminClient, specs: list[TopicSpec], wait_s: float = 15.0) -> dict[str, TopicState]:
-    """The topics' state once the metadata shows what was just created or grown (it lags the controller
-    by a moment); after ``wait_s`` what is seen is returned and the differences become warnings."""
+    """The topics' state once the metadata shows what was just created, grown or reconfigured (a broker
+    learns it from the controller a moment later); after ``wait_s`` what is seen is returned and the
+    differences become warnings."""
     deadline = asyncio.get_running_loop().time() + wait_s
     while True:
         found = await _describe(admin, [s.name for s in specs])
-        complete = len(found) == len(specs) and all((found[s.name].partitions or 0) >= s.partitions for s in specs)
+        complete = len(found) == len(specs) and all(
+            (found[s.name].partitions or 0) >= s.partitions
+            and all(found[s.name].configs.get(k) == v for k, v in s.configs.items()) for s in specs)
         if complete or asyncio.get_running_loop().time() > deadline:
             return found
         await asyncio.sleep(0.3)
@@ -172,6 +175,9 @@ async def apply_topics(bootstrap: str, partitions: int) -> list[TopicState]:
             if state.replication_factor is not None and state.replication_factor != spec.replication_factor:
                 state.warnings.append(f"replication factor {state.replication_factor}, wanted "
                                       f"{spec.replication_factor}: needs a partition reassignment")
+            pending = sorted(k for k, v in spec.configs.items() if state.partitions and state.configs.get(k) != v)
+            if pending:
+                state.warnings.append("configs not yet visible after apply: " + ", ".join(pending))
             result.append(state)
         return result
     finally:
