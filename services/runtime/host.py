@@ -41,6 +41,11 @@ class Runtime:
     broker: KafkaBroker
     files: FileStore
 
+    async def probe_database(self) -> None:
+        """Raises while PostgreSQL is unreachable: what a consumer waiting out an outage probes."""
+        async with self.pool.acquire(timeout=5.0) as conn:
+            await conn.fetchval("SELECT 1", timeout=5.0)
+
 
 async def prepare_database(pool: asyncpg.Pool, projections: Sequence[Projection]) -> None:
     await migrate(pool)
