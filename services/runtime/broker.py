@@ -142,6 +142,7 @@ BACKOFF_CAP_S = 30.0
 # How long one delivery waits out an outage before seeking back to the poll loop: far below
 # max.poll.interval (5 min), so a long outage never costs the consumer its group membership.
 OUTAGE_WAIT_PER_DELIVERY_S = 120.0
+PROBE_EVERY_S = 1.0
 
 _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     OSError,  # ConnectionRefusedError, ConnectionResetError, socket timeouts
@@ -204,25 +205,28 @@ class Outage:
         delay = self.delay()
         self.log.warning("dependency.unavailable", waiting=self.what, step=self.step, retry_in_s=delay,
                          error=bounded(f"{type(exc).__name__}: {exc}", LOG_REASON_MAX))
-        await asyncio.sleep(delay)
-        if self.probe is not None:
-            with _suppress_transient():
-                await self.probe()
+        # Probes about every second within the step (quietly): the retry comes as soon as the
+        # dependency answers, not up to 30 s later.
+        deadline = time.monotonic() + delay
+        while (remaining := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(PROBE_EVERY_S, remaining))
+            if self.probe is not None and await self._answers():
+                break
         if time.monotonic() - started > OUTAGE_WAIT_PER_DELIVERY_S:
             raise _SeekBack(self.what)
+
+    async def _answers(self) -> bool:
+        assert self.probe is not None
+        try:
+            await self.probe()
+        except Exception as exc:
+            return not is_transient(exc)
+        return True
 
     def over(self) -> None:
         if self.step:
             self.log.info("dependency.available", waiting=self.what, after_steps=self.step)
         self.step = 0
-
-
-class _suppress_transient:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
-        return exc is not None and is_transient(exc)
 
 
 async def _raw_body(message: Any) -> bytes:
