@@ -208,11 +208,13 @@ class Outage:
         # Probes about every second within the step (quietly): the retry comes as soon as the
         # dependency answers, not up to 30 s later.
         deadline = time.monotonic() + delay
+        answered = False
         while (remaining := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(PROBE_EVERY_S, remaining))
             if self.probe is not None and await self._answers():
+                answered = True
                 break
-        if time.monotonic() - started > OUTAGE_WAIT_PER_DELIVERY_S:
+        if not answered and time.monotonic() - started > OUTAGE_WAIT_PER_DELIVERY_S:
             raise _SeekBack(self.what)
 
     async def _answers(self) -> bool:
@@ -390,6 +392,16 @@ def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handle
                        auto_offset_reset="earliest", title=f"{group_id}:{topic.name}",
                        description=topic.description, decoder=_raw_body, parser=_tolerant_parser)
     async def _on_message(message: KafkaMessage) -> None:
+        try:
+            await deliver(message)
+        except _SeekBack:
+            # Still waiting for a dependency: rewind to this message (no commit) and go back to the poll
+            # loop, so the group does not consider this consumer dead; the backoff step is kept.
+            raw: Any = message.raw_message
+            log.info("message.seek_back", offset=raw.offset, partition=raw.partition)
+            await message.nack()
+
+    async def deliver(message: KafkaMessage) -> None:
         raw: Any = message.raw_message
         started = time.monotonic()
         try:
