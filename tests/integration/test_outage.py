@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,12 +25,12 @@ from contracts.states import InstanceState
 from contracts.topics import SOURCE_TOPICS
 from services.loader.generator import SOURCE_FILES, generate, month_period
 from services.runtime.commands import send_command
+from tests.isolation import logged_process, scratch_database
 from tests.pg_outage import postgres_down
-from tests.stack_urls import DATABASE_URL, KAFKA
+from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 OUTAGE_S = 30.0
 ENTE, MONTH = "204", "2020-08"
 OUTCOMES = {InstanceState.CHECKED.value, InstanceState.FAILED_LOADING.value}
@@ -50,38 +48,12 @@ class Loader:
 @pytest.fixture
 async def loader(stack, tmp_path: Path) -> AsyncIterator[Loader]:  # type: ignore[no-untyped-def]
     """The real loader service (`python -m services.loader`) on a fresh database, its log in a file."""
-    from services.runtime.migrations import migrate
-
-    name = f"t_outage_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(DATABASE_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = DATABASE_URL.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
     log = tmp_path / "loader.log"
-    env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_FILES_DIR": str(tmp_path),
-           "FLOWS_LOG_FORMAT": "json"}
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.loader", cwd=REPO, env=env,
-                                                       stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield Loader(url, log, process)
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        admin = await asyncpg.connect(DATABASE_URL)  # PostgreSQL was restarted: a new connection
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    async with scratch_database("t_outage") as url:
+        env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_FILES_DIR": str(tmp_path),
+               "FLOWS_LOG_FORMAT": "json"}
+        async with logged_process(log, "-m", "services.loader", env=env) as process:
+            yield Loader(url, log, process)
 
 
 async def _publish(records: list[BaseModel]) -> None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,12 +25,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.envelope import Envelope
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_REASON_MAX
-from services.runtime.migrations import migrate
-from tests.stack_urls import DATABASE_URL, KAFKA
+from tests.isolation import logged_process, scratch_database
+from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 PARTITION = 0
 NEXT_WITHIN_S = 10.0
 LOG_GROWTH_MAX = 1_000_000
@@ -74,36 +71,16 @@ async def _wait_for(service: Service, source_id: str, within: float) -> float:
 
 @pytest.fixture(scope="module")
 async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: ignore[no-untyped-def]
-    name = f"t_poison_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(DATABASE_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = DATABASE_URL.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
     folder = tmp_path_factory.mktemp("poison")
     topic = f"test.poison-{uuid.uuid4().hex[:8]}"
     await _create_topics(topic)
-    svc = Service(topic, url, folder / "processed.txt", folder / "service.log")
-    with svc.log.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.integration.poison_consumer", topic, f"poison-{topic}", url, KAFKA,
-            str(svc.processed), cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
-    try:
-        await _publish(topic, b"warm-up", _body("warm-up"))
-        await _wait_for(svc, "warm-up", within=60)  # the group is joined
-        yield svc
-    finally:
-        process.terminate()
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database("t_poison") as url:
+        svc = Service(topic, url, folder / "processed.txt", folder / "service.log")
+        async with logged_process(svc.log, "-m", "tests.integration.poison_consumer", topic, f"poison-{topic}", url,
+                                  KAFKA, str(svc.processed), env={**os.environ}):
+            await _publish(topic, b"warm-up", _body("warm-up"))
+            await _wait_for(svc, "warm-up", within=60)  # the group is joined
+            yield svc
 
 
 def _body(source_id: str, words: Any = 3, **extra: Any) -> bytes:
