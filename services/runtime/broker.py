@@ -102,7 +102,7 @@ def bounded(text: str, limit: int = DLQ_REASON_MAX) -> str:
     """`text` cut to `limit` characters, saying how much was cut: a reason never carries a whole value."""
     if len(text) <= limit:
         return text
-    tail = f"... [{len(text) - limit + 40} more characters cut]"
+    tail = f"... [cut: {len(text)} characters in all]"
     return text[:limit - len(tail)] + tail
 
 
