@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import tempfile
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -48,24 +47,11 @@ def _with_db(url: str, name: str) -> str:
 
 @pytest.fixture
 async def fresh_db(stack) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
-    """A new, migrated database for one test; dropped afterwards."""
-    from services.runtime.migrations import migrate
+    """A new, migrated database for one test; dropped afterwards (kept with FLOWS_KEEP_TEST_DB)."""
+    from tests.isolation import scratch_database
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(stack.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_db(stack.database_url, name)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    try:
+    async with scratch_database("t", keep=bool(os.environ.get("FLOWS_KEEP_TEST_DB"))) as url:
         yield url
-    finally:
-        if not os.environ.get("FLOWS_KEEP_TEST_DB"):
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture
