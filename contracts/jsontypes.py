@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from datetime import date
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BeforeValidator,
@@ -113,12 +113,15 @@ IsoDate = Annotated[date, BeforeValidator(_parse_date),
 
 def _integral(value: Any) -> Any:
     # JSON Schema counts 1.0 as an integer; a bool is never one
+    if isinstance(value, bool):
+        raise ValueError(f"must be an integer, not {str(value).lower()}")
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
 
 
 StrictInt = Annotated[int, BeforeValidator(_integral), Strict()]
+SchemaVersion1 = Annotated[Literal[1], BeforeValidator(_integral)]  # `const: 1`: true is not 1
 StrictBool = Annotated[bool, Strict()]
 
 

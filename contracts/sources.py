@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.jsontypes import Code, CodiceFiscale, IsoDate, Money, StrictBool, StrictInt, Text
+from contracts.jsontypes import Code, CodiceFiscale, IsoDate, Money, SchemaVersion1, StrictBool, StrictInt, Text
 
 Amount = Annotated[Decimal, Money(7)]  # numeric(9,2): up to 9999999.99
 Code3 = Annotated[Code, Field(pattern=r"^[0-9A-Z]{3}$")]
@@ -37,7 +37,7 @@ class DeliveredService(SourceModel):
     on every service: the loader does not deduplicate it, Flusso C repeats it per row by rule.
     """
 
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion1 = 1
     source_id: SourceId = Field(
         min_length=1,
         max_length=64,
@@ -121,7 +121,7 @@ class SpendingItem(SourceModel):
 class PaymentDocument(SourceModel):
     """A fiscal document (invoice or receipt) the entity issued for a payment: the source of the 730."""
 
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion1 = 1
     source_id: SourceId = Field(min_length=1, max_length=64)
     ente: Code3
     structure_sts11: Sts11
@@ -140,7 +140,7 @@ class PaymentDocument(SourceModel):
 class IntramoeniaBooking(SourceModel):
     """A booking of an intramoenia (ALPI) service: the source of ALPI TA waiting-time reporting."""
 
-    schema_version: Literal[1] = 1
+    schema_version: SchemaVersion1 = 1
     source_id: SourceId = Field(min_length=1, max_length=64)
     ente: Code3
     structure_sts11: Sts11
