@@ -21,7 +21,8 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as fuzz_settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError, validators
@@ -135,7 +136,7 @@ async def _store_and_read_back(conn: asyncpg.Connection, kind: str, raw: dict[st
 
 
 # no shrinking: a failure prints its whole record anyway, and shrinking these records takes minutes
-FUZZ = settings(max_examples=30, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
+FUZZ = fuzz_settings(max_examples=30, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -157,7 +158,7 @@ def test_every_schema_valid_record_is_stored(kind: str, db: tuple[asyncio.Abstra
 def test_a_mutated_record_is_refused_exactly_when_the_schema_refuses_it_naming_the_field(kind: str) -> None:
     refused = {"n": 0}
 
-    @settings(FUZZ, max_examples=70)
+    @fuzz_settings(FUZZ, max_examples=70)
     @given(case=mutants(kind))
     def check(case: tuple[dict[str, Any], tuple[str | int, ...]]) -> None:
         record, path = case
@@ -193,7 +194,7 @@ async def test_generated_records_through_kafka_are_stored_or_rejected_naming_the
     kind = "delivered-service"
     valid: list[dict[str, Any]] = []
 
-    @settings(FUZZ, max_examples=1)
+    @fuzz_settings(FUZZ, max_examples=1)
     @given(st.lists(RECORDS[kind], min_size=20, max_size=20))
     def draw(records: list[dict[str, Any]]) -> None:
         valid[:] = records
