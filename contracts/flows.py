@@ -15,6 +15,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contracts.feedback import RECORD_KEY_DESCRIPTION
+
 
 class FlowType(StrEnum):
     """The loadable flow types of the "Lista tipi di flusso"."""
@@ -33,10 +35,8 @@ class Payload(BaseModel):
 
 FEEDBACK_FORMAT = (
     "CSV, UTF-8, ';'-separated, RFC 4180 quoting, header `record_key;field;code;severity;message`, one line "
-    "per problem. record_key names the record: `<source_id>@<prescription_id>/<row, 2 digits>` for a "
-    "service row, `<source_id of its first row>@<prescription_id>/99` for a problem of a whole "
-    "prescription (totals, ticket, exemption: row 99 carries them), `<source_id>` for a booking or a "
-    "payment document. severity is `error` (blocks the load) or `warning`."
+    "per problem, each line as schemas/feedback-line.json says (the fields and codes a load can name). "
+    + RECORD_KEY_DESCRIPTION + " severity is `error` (blocks the load) or `warning`."
 )
 
 
