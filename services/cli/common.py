@@ -82,11 +82,15 @@ def month_option(value: str | None) -> str | None:
     return value
 
 
-def validation_message(exc: pydantic.ValidationError) -> str:
-    """One line per invalid field, `field: what is wrong (got value)`, without pydantic's links."""
+def validation_message(exc: pydantic.ValidationError, names: dict[str, str] | None = None) -> str:
+    """One line per invalid field, `field: what is wrong (got value)`, without pydantic's links;
+    `names` renames a field as the operator knows it (e.g. `structure_sts11` -> `--sts11`)."""
     lines = []
     for e in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in e["loc"]) or exc.title
+        loc = [str(part) for part in e["loc"]]
+        if loc and names and loc[0] in names:
+            loc[0] = names[loc[0]]
+        where = ".".join(loc) or exc.title
         message = e["msg"].removeprefix("Value error, ")
         got = "" if e["type"] == "value_error" or isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
         lines.append(f"{where}: {message}{got}")

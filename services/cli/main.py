@@ -98,8 +98,8 @@ def topics_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
 def sources_generate(
         ente: Annotated[str, typer.Option(help="entity code, e.g. 201")],
         month: Annotated[str, typer.Option(help="YYYY-MM", callback=month_option)],
-        services: Annotated[int, typer.Option(help="number of delivered services")] = 1000,
-        bad: Annotated[int, typer.Option(help="plant this many known bad records")] = 0,
+        services: Annotated[int, typer.Option(help="number of delivered services (1 or more)", min=1)] = 1000,
+        bad: Annotated[int, typer.Option(help="plant this many known bad records", min=0)] = 0,
         seed: Annotated[int, typer.Option()] = 1,
         out: Annotated[Path | None, typer.Option(help="write CSV files here instead of publishing")] = None) -> None:
     """Generate a month of realistic source data and publish it as the CUP would (or write CSVs)."""

@@ -20,7 +20,8 @@ from contracts import flows
 from contracts.sources import SOURCE_MODELS, SourceModel
 from contracts.states import InstanceState
 from contracts.topics import SourceRecordRejected
-from services.runtime.broker import Incoming
+from services.loader.catalogue import unknown_ente_reason
+from services.runtime.broker import Incoming, Refused
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.filestore import FileStore
 from services.runtime.locks import instance_lock
@@ -43,6 +44,9 @@ def _event(type_: str, payload: flows.Payload, actor: str, **metadata: Any) -> N
 
 
 async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: LoaderDeps) -> None:
+    if (unknown := unknown_ente_reason(cmd.ente)) is not None:
+        # no instance: the command goes to flows.load-requested.dlq with this reason
+        raise Refused(f"load request {cmd.request_id}: {unknown}")
     now = datetime.now(UTC)
     scheduled = cmd.scheduled_at is not None and cmd.scheduled_at > now
     async with deps.pool.acquire() as conn, conn.transaction():
