@@ -17,6 +17,7 @@ SERVICES: dict[str, list[str]] = {
     "formatter": ["services.formatter"],
     "ts-gateway": ["services.ts_gateway"],
     "onboarding": ["services.onboarding"],
+    "audit": ["services.audit"],
 }
 
 
@@ -28,6 +29,8 @@ def service_env(info: localstack.StackInfo) -> dict[str, str]:
         "FLOWS_FILES_DIR": str(info.state_dir / "files"),
         "FLOWS_KEYS_DIR": str(info.state_dir / "keys"),
         "FLOWS_SANITEL_CERT": str(info.state_dir / "ts-sim" / "sanitel-cf.pem"),
+        "FLOWS_CHECKPOINT_KEY": str(info.state_dir / "audit" / "checkpoint-signing.key"),
+        "FLOWS_CHECKPOINTS_DIR": str(info.state_dir / "audit" / "checkpoints"),
         "FLOWS_LOG_FORMAT": "json",
         "PYTHONUNBUFFERED": "1",
     })

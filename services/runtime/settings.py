@@ -33,3 +33,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     max_attempts: int = Field(default=3, description="Processing attempts before a message is dead-lettered.")
     metrics_port: int | None = None
+    # Signed checkpoints (services.runtime.checkpoints): the Ed25519 private key is a file outside the
+    # database it protects (created on first use, mode 0600; its public key beside it as <name>.pub).
+    checkpoint_key: Path = REPO_ROOT / ".stack" / "audit" / "checkpoint-signing.key"
+    checkpoints_dir: Path = REPO_ROOT / ".stack" / "audit" / "checkpoints"
+    checkpoint_interval_s: float = Field(default=900.0, ge=0, description="0: only on demand")
