@@ -22,6 +22,7 @@ from typing import Annotated
 import typer
 
 from services.cli import instances as inst
+from services.cli import ops_cli
 from services.cli.audit import audit_app
 from services.cli.common import UserError, console, month_option, run, user_errors
 
@@ -34,6 +35,7 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(sources_app, name="sources")
 app.add_typer(ts_app, name="ts")
 app.add_typer(audit_app, name="audit")
+ops_cli.register(app)  # flows tail, flows lag
 
 FLOW_TYPES = ["FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730"]
 

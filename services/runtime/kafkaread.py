@@ -28,7 +28,8 @@ async def observer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
 async def existing_topics(consumer: AIOKafkaConsumer) -> dict[str, list[int]]:
     """Every topic of the cluster with its partition numbers (fresh metadata)."""
     cluster: Any = await consumer._client.fetch_all_metadata()
-    return {topic: sorted(cluster.partitions_for_topic(topic) or ()) for topic in cluster.topics()}
+    names = cluster.topics(exclude_internal_topics=False)  # `flows lag` reads __consumer_offsets
+    return {topic: sorted(cluster.partitions_for_topic(topic) or ()) for topic in names}
 
 
 async def assign(consumer: AIOKafkaConsumer, topics: Sequence[str], *, from_beginning: bool = False,
@@ -39,6 +40,27 @@ async def assign(consumer: AIOKafkaConsumer, topics: Sequence[str], *, from_begi
     if not parts:
         return []
     consumer.assign(parts)
+    await _position(consumer, parts, from_beginning=from_beginning, since_ms=since_ms)
+    return parts
+
+
+async def add_new_partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
+    """Also assigns the partitions of `topics` created since (read from their beginning: all of
+    them is new), keeping the position of those already assigned."""
+    known = await existing_topics(consumer)
+    assigned = consumer.assignment()
+    new = [TopicPartition(t, p) for t in topics for p in known.get(t, []) if TopicPartition(t, p) not in assigned]
+    if new:
+        kept = {tp: await consumer.position(tp) for tp in assigned}
+        consumer.assign([*kept, *new])
+        for tp, offset in kept.items():
+            consumer.seek(tp, offset)
+        await consumer.seek_to_beginning(*new)
+    return new
+
+
+async def _position(consumer: AIOKafkaConsumer, parts: list[TopicPartition], *, from_beginning: bool,
+                    since_ms: int | None) -> None:
     if since_ms is not None:
         found = await consumer.offsets_for_times({tp: since_ms for tp in parts})
         ends = await consumer.end_offsets(parts)
@@ -49,7 +71,8 @@ async def assign(consumer: AIOKafkaConsumer, topics: Sequence[str], *, from_begi
         await consumer.seek_to_beginning(*parts)
     else:
         await consumer.seek_to_end(*parts)
-    return parts
+    for tp in parts:  # resolve the lazy seeks now: what is published from here on is read
+        await consumer.position(tp)
 
 
 async def read_to_end(bootstrap: str, topics: Sequence[str]) -> list[Any]:
