@@ -64,3 +64,30 @@ def signed_bytes(sequence: int, created_at: datetime, transaction_id: int, posit
     return (f"flows-checkpoint/v1\nsequence={sequence}\ncreated_at={created_at.isoformat()}\n"
             f"transaction_id={transaction_id}\nposition={position}\nevents={events}\n"
             f"tree_size={tree_size}\nroot={root}\n").encode()
+
+
+class DeadLetterRedriven(BaseModel):
+    """An operator re-published a dead letter to its original topic (stream `dead-letter-<id>`).
+
+    The stream holds at most one decision, so a dead letter is redriven (or discarded) once only.
+    """
+
+    schema_version: int = 1
+    dead_letter: str = Field(description="<dlq topic>:<partition>:<offset>")
+    original_topic: str
+    original_partition: int | None = None
+    original_offset: int | None = None
+    key: str
+    new_id: str = Field(description="ce_id of the re-published message")
+    reason: str | None = Field(default=None, description="why it was dead-lettered")
+    by: str
+
+
+class DeadLetterDiscarded(BaseModel):
+    """An operator decided a dead letter is not to be processed, and said why."""
+
+    schema_version: int = 1
+    dead_letter: str
+    original_topic: str | None = None
+    reason: str = Field(min_length=1)
+    by: str

@@ -25,6 +25,7 @@ from services.cli import instances as inst
 from services.cli import ops_cli
 from services.cli.audit import audit_app
 from services.cli.common import UserError, console, month_option, run, user_errors
+from services.cli.dlq_cli import dlq_app
 
 app = typer.Typer(help="Regional health-information flows: load, check, format, send, audit.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -36,6 +37,7 @@ app.add_typer(sources_app, name="sources")
 app.add_typer(ts_app, name="ts")
 app.add_typer(audit_app, name="audit")
 ops_cli.register(app)  # flows tail, flows lag
+app.add_typer(dlq_app, name="dlq")
 
 FLOW_TYPES = ["FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730"]
 
