@@ -4,6 +4,7 @@
     flows audit public-key [--out F]           the public key an auditor verifies with
     flows audit prove N [--out F]              the inclusion proof of instance N's stream
     flows audit verify-proof F --public-key K  check a proof with the public key alone
+    flows audit report N [--out report.pdf]    an instance's whole history as a PDF
 """
 
 from __future__ import annotations
@@ -93,6 +94,31 @@ def verify_proof(file: Path, public_key_file: Annotated[Path, typer.Option("--pu
     console.print(f"[green]proof verifies[/]: {proof.head.stream_id} at version {proof.head.version} "
                   f"(hash {proof.head.hash}) is leaf {proof.leaf_index} of {cp.tree_size} in checkpoint "
                   f"{cp.sequence}, signed {cp.created_at:%Y-%m-%d %H:%M:%S} UTC by key {cp.key_id}")
+
+
+@audit_app.command("report")
+@user_errors
+def report(instance: int,
+           out: Annotated[Path | None, typer.Option(help="the PDF (default report-N.pdf)")] = None) -> None:
+    """An instance's whole history as a PDF: events, actors, files and sha256, feedback, TS protocolli and
+    outcomes, the chain verification and the checkpoint proof."""
+    from services.cli.main import _operator
+    from services.runtime import audit_report
+
+    cfg = settings()
+    target = out or Path(f"report-{instance}.pdf")
+
+    async def go() -> audit_report.ReportData:
+        async with database(cfg) as pool:
+            return await audit_report.gather(pool, cfg, instance)
+
+    data = run(go())
+    audit_report.render(data, target, _operator())
+    verdict = "chain verifies" if not data.chain else f"CHAIN BROKEN ({len(data.chain)} break(s))"
+    proof = {None: "no checkpoint covers it yet", True: "checkpoint proof verifies",
+             False: "CHECKPOINT PROOF FAILS"}[data.checkpoint_ok]
+    console.print(f"report of instance {instance}: {len(data.events)} events, {len(data.files)} file(s), "
+                  f"{verdict}, {proof}: {target}")
 
 
 async def check_latest(pool: asyncpg.Pool, stream_ids: list[str] | None) -> tuple[int | None, list[str]]:

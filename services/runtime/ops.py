@@ -28,6 +28,19 @@ _ACTOR_FIELDS = ("requested_by", "actor", "operator", "decided_by", "assessed_by
 _SUMMARY_SKIP = {"schema_version", "request_id", "period", "files", "problems", "errors", "sealed", "box"}
 
 
+def summarise(data: dict[str, Any], width: int = 160) -> str:
+    """A payload in one line: its telling fields as name=value, lists counted."""
+    parts = []
+    for name, value in data.items():
+        if name in _SUMMARY_SKIP or name in _ACTOR_FIELDS or value is None:
+            continue
+        if isinstance(value, dict | list):
+            value = f"{len(value)} item(s)" if isinstance(value, list) else json.dumps(value, sort_keys=True)
+        parts.append(f"{name}={value}")
+    text = " ".join(parts)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 @dataclass(frozen=True)
 class Seen:
     """One record as the ops tools show it; `problem` is set when it could not be decoded."""
@@ -67,15 +80,7 @@ class Seen:
     def summary(self, width: int = 160) -> str:
         if self.problem:
             return f"UNDECODABLE: {self.problem}"
-        parts = []
-        for name, value in (self.data or {}).items():
-            if name in _SUMMARY_SKIP or name in _ACTOR_FIELDS or value is None:
-                continue
-            if isinstance(value, dict | list):
-                value = f"{len(value)} item(s)" if isinstance(value, list) else json.dumps(value, sort_keys=True)
-            parts.append(f"{name}={value}")
-        text = " ".join(parts)
-        return text if len(text) <= width else text[: width - 1] + "…"
+        return summarise(self.data or {}, width)
 
     def line(self) -> str:
         when = (self.time or self.timestamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
