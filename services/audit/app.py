@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 
-from services.runtime import checkpoints
+from services.runtime import checkpoints, health
 from services.runtime.db import create_pool
 from services.runtime.host import every
 from services.runtime.logging import configure, get_logger
@@ -47,11 +47,17 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
                 log.info("checkpoint.signed", sequence=cp.sequence, streams=cp.tree_size, events=cp.events,
                          root=cp.root, file=str(taken.path))
 
-        log.info("service.started", service="audit", interval_s=settings.checkpoint_interval_s)
-        if settings.checkpoint_interval_s > 0:
-            await every(settings.checkpoint_interval_s, stop, tick, "audit.checkpoint")
-        else:
-            await stop.wait()
+        async def key_check() -> tuple[bool, str]:
+            checkpoints.load_or_create_key(settings.checkpoint_key)  # raises when unreadable or too open
+            return True, f"{settings.checkpoint_key} readable by this user only"
+
+        checks = health.service_checks(pool, None, [("signing_key", key_check)])
+        async with health.serving("audit", checks, settings.health_host, settings.health_port):
+            log.info("service.started", service="audit", interval_s=settings.checkpoint_interval_s)
+            if settings.checkpoint_interval_s > 0:
+                await every(settings.checkpoint_interval_s, stop, tick, "audit.checkpoint")
+            else:
+                await stop.wait()
     finally:
         await pool.close()
         log.info("service.stopped", service="audit")

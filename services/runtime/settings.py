@@ -38,3 +38,6 @@ class Settings(BaseSettings):
     checkpoint_key: Path = REPO_ROOT / ".stack" / "audit" / "checkpoint-signing.key"
     checkpoints_dir: Path = REPO_ROOT / ".stack" / "audit" / "checkpoints"
     checkpoint_interval_s: float = Field(default=900.0, ge=0, description="0: only on demand")
+    # /healthz, /readyz and /metrics of the service process (services.runtime.health); None: not served.
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
