@@ -1,4 +1,5 @@
-"""The audit service: signs a checkpoint of the event store every `checkpoint_interval_s` seconds.
+"""The audit service: signs a checkpoint of the event store every `checkpoint_interval_s` seconds,
+and refreshes the platform's ops figures (services.runtime.opsmetrics) for its /metrics.
 
 It holds the checkpoint signing key (a file on its host, never in the database). A checkpoint is
 only taken when events were appended since the latest one; `flows audit checkpoint` takes one on
@@ -11,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
-from services.runtime import checkpoints, health
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from services.runtime import checkpoints, health, opsmetrics
 from services.runtime.db import create_pool
 from services.runtime.host import every
 from services.runtime.logging import configure, get_logger
@@ -21,7 +26,8 @@ from services.runtime.settings import Settings
 SIGNER_LOCK_KEY = 7_316_004_013
 
 
-async def main(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
+async def main(settings: Settings | None = None, stop: asyncio.Event | None = None,
+               registry: CollectorRegistry | None = None) -> None:
     settings = settings or Settings()
     configure(settings.log_level, settings.log_format)
     log = get_logger("audit")
@@ -51,13 +57,20 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
             checkpoints.load_or_create_key(settings.checkpoint_key)  # raises when unreadable or too open
             return True, f"{settings.checkpoint_key} readable by this user only"
 
+        figures = opsmetrics.for_registry(registry or REGISTRY)
+
+        async def refresh() -> None:
+            await figures.refresh(pool, settings.kafka_bootstrap)
+
+        loops: list[Coroutine[Any, Any, Any]] = [stop.wait()]
+        if settings.checkpoint_interval_s > 0:
+            loops.append(every(settings.checkpoint_interval_s, stop, tick, "audit.checkpoint"))
+        if settings.ops_metrics_interval_s > 0:
+            loops.append(every(settings.ops_metrics_interval_s, stop, refresh, "audit.ops-metrics"))
         checks = health.service_checks(pool, None, [("signing_key", key_check)])
         async with health.serving("audit", checks, settings.health_host, settings.health_port):
             log.info("service.started", service="audit", interval_s=settings.checkpoint_interval_s)
-            if settings.checkpoint_interval_s > 0:
-                await every(settings.checkpoint_interval_s, stop, tick, "audit.checkpoint")
-            else:
-                await stop.wait()
+            await asyncio.gather(*loops)
     finally:
         await pool.close()
         log.info("service.stopped", service="audit")

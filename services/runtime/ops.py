@@ -250,8 +250,10 @@ async def commit_times(bootstrap: str) -> dict[tuple[str, str, int], datetime]:
     return times
 
 
-async def consumer_lag(bootstrap: str, groups: Sequence[str] | None = None) -> list[Lag]:
-    """Committed offset, end offset and lag of every partition each consumer group committed on."""
+async def consumer_lag(bootstrap: str, groups: Sequence[str] | None = None, *,
+                       with_commit_times: bool = True) -> list[Lag]:
+    """Committed offset, end offset and lag of every partition each consumer group committed on
+    (commit times read `__consumer_offsets` whole: the metrics exporter goes without)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="flows-lag")
     await admin.start()
     try:
@@ -269,6 +271,6 @@ async def consumer_lag(bootstrap: str, groups: Sequence[str] | None = None) -> l
     if parts:
         async with observer(bootstrap) as consumer:
             ends = await consumer.end_offsets(parts)
-    times = await commit_times(bootstrap) if parts else {}
+    times = await commit_times(bootstrap) if parts and with_commit_times else {}
     return [Lag(group, tp.topic, tp.partition, offset, ends.get(tp, offset), times.get((group, tp.topic, tp.partition)))
             for group in names for tp, offset in sorted(committed[group].items())]

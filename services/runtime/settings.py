@@ -41,3 +41,5 @@ class Settings(BaseSettings):
     # /healthz, /readyz and /metrics of the service process (services.runtime.health); None: not served.
     health_port: int | None = None
     health_host: str = "127.0.0.1"
+    # The audit service refreshes the platform's ops figures (services.runtime.opsmetrics) this often; 0: never.
+    ops_metrics_interval_s: float = Field(default=15.0, ge=0)
