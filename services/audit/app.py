@@ -68,7 +68,7 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
         if settings.ops_metrics_interval_s > 0:
             loops.append(every(settings.ops_metrics_interval_s, stop, refresh, "audit.ops-metrics"))
         checks = health.service_checks(pool, None, [("signing_key", key_check)])
-        async with health.serving("audit", checks, settings.health_host, settings.health_port):
+        async with health.serving("audit", checks, settings.health_host, settings.health_port, registry):
             log.info("service.started", service="audit", interval_s=settings.checkpoint_interval_s)
             await asyncio.gather(*loops)
     finally:

@@ -50,11 +50,13 @@ def _operator() -> str:
 @stack_app.command("up")
 @user_errors
 def stack_up(brokers: Annotated[int, typer.Option(help="1, or 3 for the fault tests")] = 1,
-             services: Annotated[bool, typer.Option(help="also start the services")] = True) -> None:
+             services: Annotated[bool, typer.Option(help="also start the services")] = True,
+             observability: Annotated[bool, typer.Option(help="also a Prometheus scraping every service")]
+             = False) -> None:
     """Start Kafka and PostgreSQL (and the services); reuses .stack/ when it exists."""
     from services.cli import stack
 
-    stack.up(brokers=brokers, with_services=services)
+    stack.up(brokers=brokers, with_services=services, observability=observability)
 
 
 @stack_app.command("down")

@@ -21,6 +21,13 @@ SERVICES: dict[str, list[str]] = {
 }
 
 
+def observability_ports() -> dict[str, int]:
+    """The health/metrics port of each platform service (not the TS simulator) under --observability."""
+    from services.cli import observability as obs
+
+    return obs.health_ports([name for name in SERVICES if name != "ts-simulator"])
+
+
 def service_env(info: localstack.StackInfo) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWS_") or k == "FLOWS_STACK_DIR"}
     env.update({
@@ -37,7 +44,7 @@ def service_env(info: localstack.StackInfo) -> dict[str, str]:
     return env
 
 
-def up(brokers: int = 1, with_services: bool = True) -> localstack.StackInfo:
+def up(brokers: int = 1, with_services: bool = True, observability: bool = False) -> localstack.StackInfo:
     info = localstack.up(brokers=brokers, progress=lambda line: console.print(f"[dim]stack[/] {line}"))
     if with_services:
         # Migrate before the services start (they would race to do it) and before the caller's first
@@ -45,12 +52,19 @@ def up(brokers: int = 1, with_services: bool = True) -> localstack.StackInfo:
         asyncio.run(_prepare(info.database_url))
         env = service_env(info)
         running = localstack.status().get("services", {})
+        ports = observability_ports() if observability else {}
         for name, argv in SERVICES.items():
-            if running.get(name, {}).get("running"):
+            if running.get(name, {}).get("running") and not observability:
                 continue
             args = [a.replace("{state}", str(info.state_dir)) for a in argv]
-            pid = localstack.start_service(name, [sys.executable, "-m", *args], env)
+            extra = {"FLOWS_HEALTH_PORT": str(ports[name])} if name in ports else {}
+            pid = localstack.start_service(name, [sys.executable, "-m", *args], {**env, **extra})
             console.print(f"[dim]stack[/] started {name} (pid {pid})")
+    if observability:
+        from services.cli import observability as obs
+
+        _, url = obs.start_prometheus(info.state_dir, observability_ports() if with_services else {})
+        console.print(f"[dim]stack[/] Prometheus at {url}, scraping every service's /metrics, alerts loaded")
     console.print(f"[green]platform up[/]: Kafka {info.bootstrap_servers}, PostgreSQL "
                   f"{info.database_url.split('@')[-1]}, state in {info.state_dir}")
     return info

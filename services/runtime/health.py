@@ -74,7 +74,7 @@ async def run_checks(checks: dict[str, Check]) -> list[Result]:
     return list(await asyncio.gather(*(one(n, c) for n, c in checks.items())))
 
 
-def app(service: str, checks: dict[str, Check]) -> web.Application:
+def app(service: str, checks: dict[str, Check], registry: Any = None) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"service": service, "status": "alive"})
 
@@ -88,7 +88,7 @@ def app(service: str, checks: dict[str, Check]) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-        return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=generate_latest(registry or REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     application = web.Application()
     application.router.add_get("/healthz", healthz)
@@ -98,12 +98,13 @@ def app(service: str, checks: dict[str, Check]) -> web.Application:
 
 
 @contextlib.asynccontextmanager
-async def serving(service: str, checks: dict[str, Check], host: str, port: int | None) -> AsyncIterator[None]:
+async def serving(service: str, checks: dict[str, Check], host: str, port: int | None,
+                  registry: Any = None) -> AsyncIterator[None]:
     """Serves /healthz, /readyz and /metrics on host:port while the block runs (nothing when port is None)."""
     if not port:
         yield
         return
-    runner = web.AppRunner(app(service, checks), access_log=None)
+    runner = web.AppRunner(app(service, checks, registry), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
