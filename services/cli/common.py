@@ -44,6 +44,8 @@ def stack_environment(info: StackInfo) -> dict[str, str]:
         "FLOWS_KEYS_DIR": str(info.state_dir / "keys"),
         "FLOWS_SANITEL_CERT": str(info.state_dir / "ts-sim" / "sanitel-cf.pem"),
         "FLOWS_TS_ENDPOINT": f"http://127.0.0.1:{info.ts_port}",
+        "FLOWS_CHECKPOINT_KEY": str(info.state_dir / "audit" / "checkpoint-signing.key"),
+        "FLOWS_CHECKPOINTS_DIR": str(info.state_dir / "audit" / "checkpoints"),
     }
 
 

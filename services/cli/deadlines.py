@@ -154,6 +154,16 @@ def deadlines_for_month(year: int, month: int, rule_book: dict[str, Any] | None 
     return sorted(out, key=lambda d: (d.due, d.flow_type))
 
 
+async def covering_instance(pool: Any, deadline: Deadline, ente: str) -> int | None:
+    """The latest instance of `ente` that covers `deadline`, if any."""
+    found = await pool.fetchval(
+        """SELECT instance FROM instance_list WHERE flow_type = $1 AND ente = $2
+             AND period_start <= $3 AND period_end >= $4 AND state = ANY($5::text[])
+           ORDER BY instance DESC LIMIT 1""",
+        deadline.flow_type, ente, deadline.period_start, deadline.period_end, list(COVERING_STATES))
+    return None if found is None else int(found)
+
+
 async def show(ente: str | None, month: str | None) -> None:
     from services.cli.common import UserError, console, database, table
 
@@ -172,11 +182,7 @@ async def show(ente: str | None, month: str | None) -> None:
         rows = []
         for e in entes or ["(no entity yet)"]:
             for d in items:
-                covering = await pool.fetchval(
-                    """SELECT instance FROM instance_list WHERE flow_type = $1 AND ente = $2
-                         AND period_start <= $3 AND period_end >= $4 AND state = ANY($5::text[])
-                       ORDER BY instance DESC LIMIT 1""",
-                    d.flow_type, e, d.period_start, d.period_end, list(COVERING_STATES))
+                covering = await covering_instance(pool, d, e)
                 late = covering is None and today > d.due
                 status = f"covered by {covering}" if covering else ("[red]LATE[/]" if late else "open")
                 rows.append((e, d.flow_type, f"{d.period_start}..{d.period_end}", d.due.isoformat(), status))

@@ -23,7 +23,10 @@ from typing import Annotated
 import typer
 
 from services.cli import instances as inst
+from services.cli import ops_cli
+from services.cli.audit import audit_app
 from services.cli.common import UserError, console, month_option, run, user_errors
+from services.cli.dlq_cli import dlq_app
 
 app = typer.Typer(help="Regional health-information flows: load, check, format, send, audit.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -35,6 +38,9 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(sources_app, name="sources")
 app.add_typer(ts_app, name="ts")
 app.add_typer(topics_app, name="topics")
+app.add_typer(audit_app, name="audit")
+ops_cli.register(app)  # flows tail, flows lag
+app.add_typer(dlq_app, name="dlq")
 
 FLOW_TYPES = ["FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730"]
 
@@ -47,11 +53,13 @@ def _operator() -> str:
 @stack_app.command("up")
 @user_errors
 def stack_up(brokers: Annotated[int, typer.Option(help="1, or 3 for the fault tests")] = 1,
-             services: Annotated[bool, typer.Option(help="also start the services")] = True) -> None:
+             services: Annotated[bool, typer.Option(help="also start the services")] = True,
+             observability: Annotated[bool, typer.Option(help="also a Prometheus scraping every service")]
+             = False) -> None:
     """Start Kafka and PostgreSQL (and the services); reuses .stack/ when it exists."""
     from services.cli import stack
 
-    stack.up(brokers=brokers, with_services=services)
+    stack.up(brokers=brokers, with_services=services, observability=observability)
 
 
 @stack_app.command("down")

@@ -18,7 +18,15 @@ SERVICES: dict[str, list[str]] = {
     "formatter": ["services.formatter"],
     "ts-gateway": ["services.ts_gateway"],
     "onboarding": ["services.onboarding"],
+    "audit": ["services.audit"],
 }
+
+
+def observability_ports() -> dict[str, int]:
+    """The health/metrics port of each platform service (not the TS simulator) under --observability."""
+    from services.cli import observability as obs
+
+    return obs.health_ports([name for name in SERVICES if name != "ts-simulator"])
 
 
 def service_env(info: localstack.StackInfo) -> dict[str, str]:
@@ -31,7 +39,7 @@ def service_env(info: localstack.StackInfo) -> dict[str, str]:
     return env
 
 
-def up(brokers: int = 1, with_services: bool = True) -> localstack.StackInfo:
+def up(brokers: int = 1, with_services: bool = True, observability: bool = False) -> localstack.StackInfo:
     info = localstack.up(brokers=brokers, progress=lambda line: console.print(f"[dim]stack[/] {line}"))
     # Topics before any service: the brokers do not auto-create them (see services/runtime/topics_admin.py).
     asyncio.run(topics.apply(quiet=True))
@@ -41,15 +49,22 @@ def up(brokers: int = 1, with_services: bool = True) -> localstack.StackInfo:
         asyncio.run(_prepare(info.database_url))
         env = service_env(info)
         running = localstack.status().get("services", {})
+        ports = observability_ports() if observability else {}
         for name, argv in SERVICES.items():
-            if running.get(name, {}).get("running"):
+            if running.get(name, {}).get("running") and not observability:
                 continue
             args = [a.replace("{state}", str(info.state_dir)).replace("{ts_port}", str(info.ts_port)) for a in argv]
-            pid = localstack.start_service(name, [sys.executable, "-m", *args], env)
+            extra = {"FLOWS_HEALTH_PORT": str(ports[name])} if name in ports else {}
+            pid = localstack.start_service(name, [sys.executable, "-m", *args], {**env, **extra})
             console.print(f"[dim]stack[/] started {name} (supervisor pid {pid})")
         # "platform up" only once every service runs and stays up: a service that exits at start (a bad
         # bootstrap, a missing topic) fails `up` with its last exit and log, instead of a false success.
         localstack.wait_services_alive(list(SERVICES))
+    if observability:
+        from services.cli import observability as obs
+
+        _, url = obs.start_prometheus(info.state_dir, observability_ports() if with_services else {})
+        console.print(f"[dim]stack[/] Prometheus at {url}, scraping every service's /metrics, alerts loaded")
     console.print(f"[green]platform up[/]: Kafka {info.bootstrap_servers}, PostgreSQL "
                   f"{info.database_url.split('@')[-1]}, state in {info.state_dir}")
     return info

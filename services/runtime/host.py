@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 from faststream.kafka import KafkaBroker
 
+from services.runtime import health
 from services.runtime import projections as projection_tools
 from services.runtime.broker import create_broker
 from services.runtime.db import create_pool
@@ -91,6 +92,9 @@ async def serve(rt: Runtime, loops: Sequence[Loop] = (), stop: asyncio.Event | N
         # FastStream's Prometheus middleware (services.runtime.broker) fills the default registry.
         start_http_server(rt.settings.metrics_port)
     await rt.broker.start()
+    probes = contextlib.AsyncExitStack()  # /healthz, /readyz, /metrics when health_port is set
+    await probes.enter_async_context(health.serving(rt.name, health.service_checks(rt.pool, rt.broker),
+                                                    rt.settings.health_host, rt.settings.health_port))
 
     async def relay_forever(stop: asyncio.Event) -> None:
         # The relay gives up if Kafka is unreachable when it starts: start it again, never leave the
@@ -123,6 +127,7 @@ async def serve(rt: Runtime, loops: Sequence[Loop] = (), stop: asyncio.Event | N
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await probes.aclose()
         await rt.broker.stop()
         log.info("service.stopped", service=rt.name)
 

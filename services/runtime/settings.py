@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     max_attempts: int = Field(default=3, description="Processing attempts before a message is dead-lettered.")
     metrics_port: int | None = None
+    # Signed checkpoints (services.runtime.checkpoints): the Ed25519 private key is a file outside the
+    # database it protects (created on first use, mode 0600; its public key beside it as <name>.pub).
+    checkpoint_key: Path = REPO_ROOT / ".stack" / "audit" / "checkpoint-signing.key"
+    checkpoints_dir: Path = REPO_ROOT / ".stack" / "audit" / "checkpoints"
+    checkpoint_interval_s: float = Field(default=900.0, ge=0, description="0: only on demand")
+    # /healthz, /readyz and /metrics of the service process (services.runtime.health); None: not served.
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
+    # The audit service refreshes the platform's ops figures (services.runtime.opsmetrics) this often; 0: never.
+    ops_metrics_interval_s: float = Field(default=15.0, ge=0)
 
     def bootstrap_list(self) -> list[str]:
         """`kafka_bootstrap` as the list of host:port aiokafka wants. FastStream wraps a plain string
