@@ -8,6 +8,7 @@
     flows deadlines                     due dates per flow type and entity
     flows replay [<n>|--all] [--verify] rebuild and verify the history
     flows demo                          the whole walk-through on generated data
+    flows users add|list|disable|api-key the console's users; flows access-log: who read personal data
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import typer
 
 from services.cli import instances as inst
 from services.cli.common import UserError, console, month_option, run, user_errors
+from services.cli.users import access_log, users_app
 
 app = typer.Typer(help="Regional health-information flows: load, check, format, send, audit.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -32,6 +34,8 @@ ts_app = typer.Typer(help="The TS gateway: its sealing keys.", no_args_is_help=T
 app.add_typer(stack_app, name="stack")
 app.add_typer(sources_app, name="sources")
 app.add_typer(ts_app, name="ts")
+app.add_typer(users_app, name="users")
+app.command("access-log")(access_log)
 
 FLOW_TYPES = ["FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730"]
 

@@ -17,6 +17,7 @@ SERVICES: dict[str, list[str]] = {
     "formatter": ["services.formatter"],
     "ts-gateway": ["services.ts_gateway"],
     "onboarding": ["services.onboarding"],
+    "console": ["services.console"],
 }
 
 
@@ -29,6 +30,7 @@ def service_env(info: localstack.StackInfo) -> dict[str, str]:
         "FLOWS_KEYS_DIR": str(info.state_dir / "keys"),
         "FLOWS_SANITEL_CERT": str(info.state_dir / "ts-sim" / "sanitel-cf.pem"),
         "FLOWS_LOG_FORMAT": "json",
+        "FLOWS_CONSOLE_PORT": os.environ.get("FLOWS_CONSOLE_PORT", "18080"),
         "PYTHONUNBUFFERED": "1",
     })
     return env

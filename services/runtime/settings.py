@@ -33,3 +33,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     max_attempts: int = Field(default=3, description="Processing attempts before a message is dead-lettered.")
     metrics_port: int | None = None
+    # The operator console (services/console).
+    console_host: str = "127.0.0.1"
+    console_port: int = 18080
+    console_secure_cookies: bool = Field(default=True, description="False only for plain-http tests on localhost.")
+    console_session_ttl_s: int = Field(default=8 * 3600, gt=0)
+    console_login_max_failures: int = Field(default=5, gt=0, description="Per user name in the window.")
+    console_login_window_s: int = Field(default=900, gt=0)
