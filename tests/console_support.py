@@ -92,8 +92,9 @@ def csrf_of(html: str) -> str:
 async def running_console(database_url: str, kafka: str, files_dir: Path, **overrides: Any) -> AsyncIterator[
         RunningConsole]:
     port = free_port()
-    settings = Settings(database_url=database_url, kafka_bootstrap=kafka, files_dir=files_dir,
-                        console_port=port, console_secure_cookies=False, log_format="console", **overrides)
+    values: dict[str, Any] = {"console_secure_cookies": False, "log_format": "console", **overrides}
+    settings = Settings(database_url=database_url, kafka_bootstrap=kafka, files_dir=files_dir, console_port=port,
+                        **values)
     pool = await create_pool(database_url, min_size=1, max_size=4)
     await prepare_database(pool, FLOW_PROJECTIONS)
     app = create_app(settings)

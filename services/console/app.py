@@ -546,6 +546,8 @@ async def instance_events(ctx: Ctx) -> Response:
 
 async def _file(ctx: Ctx, name: str) -> asyncpg.Record:
     assert ctx.row is not None
+    if "\x00" in name:  # PostgreSQL text cannot hold it, so no file has it
+        raise HTTPException(404)
     row = await _console(ctx.request).pool.fetchrow(
         "SELECT * FROM instance_files WHERE instance = $1 AND name = $2", ctx.row["instance"], name)
     if row is None:  # the name is only ever a key of this table, never a path
