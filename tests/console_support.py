@@ -62,7 +62,7 @@ class RunningConsole:
     async def instance(self, ente: str, state_events: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
                        flow_type: str = "FLUSSO_C") -> int:
         """A new instance of `ente`, Running, then through `state_events` (type, data without instance)."""
-        number = int(await self.pool.fetchval("SELECT coalesce(max(instance), 0) + 1 FROM instance_list"))
+        number = int(await self.pool.fetchval("SELECT nextval('flow_instance_seq')"))  # the loader's numbering
         running = flows.LoadRunning(instance=number, request_id=uuid.uuid4(), flow_type=flows.FlowType(flow_type),
                                     version="2020", ente=ente,
                                     period=flows.Period.model_validate({"start": "2026-10-01", "end": "2026-10-31"}),

@@ -1,0 +1,160 @@
+"""The console in real Chromium (Debian's package, driven by Playwright) against the real services:
+an operator of ente 201 logs in, loads a month and watches it go Scheduled -> Running -> Checked
+with no reload, reads the feedback of a failed load, formats and watches Formatted arrive, views a
+file as a table, downloads it; cannot open ente 202's instance; axe-core finds no serious or
+critical violation on any page; the access log holds the file view. Screenshots of every page go
+to out/console-screenshots/ (not committed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from axe_playwright_python.async_playwright import Axe
+from playwright.async_api import Page, async_playwright
+
+from services.loader.generator import month_period
+from tests.console_support import PASSWORD, running_console
+from tests.e2e.driving import publish_month
+
+pytestmark = pytest.mark.e2e
+
+SCREENS = Path(__file__).resolve().parents[2] / "out" / "console-screenshots"
+CHROMIUM = os.environ.get("FLOWS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# Records every state the badge shows, and proves the page was never reloaded (the marker survives).
+WATCH_STATES = """() => {
+  window.__noReload = "kept";
+  window.__states = [document.querySelector('#stato .badge').dataset.state];
+  new MutationObserver(() => {
+    const b = document.querySelector('#stato .badge');
+    if (b && window.__states[window.__states.length - 1] !== b.dataset.state) window.__states.push(b.dataset.state);
+  }).observe(document.getElementById('stato-istanza'), {childList: true, subtree: true});
+}"""
+
+
+async def _axe_clean(page: Page, axe: Axe, name: str) -> None:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
+    results = await axe.run(page)
+    serious = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+               for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+    assert serious == [], f"{name}: {serious}"
+
+
+async def _wait_badge(page: Page, states: set[str], timeout_s: float = 120) -> str:
+    await page.wait_for_function(
+        "states => states.includes(document.querySelector('#stato .badge')?.dataset.state)",
+        arg=sorted(states), timeout=timeout_s * 1000)
+    return str(await page.get_attribute("#stato .badge", "data-state"))
+
+
+async def _submit_load(page: Page, month: str, scheduled: datetime | None) -> None:
+    start, end = month_period(month)
+    await page.goto(page.url.split("/istanze")[0] + "/istanze/nuova")
+    await page.select_option("#tipo", "FLUSSO_C")
+    await page.select_option("#ente", "201")
+    await page.fill("#dal", start.isoformat())
+    await page.fill("#al", end.isoformat())
+    if scheduled is not None:
+        await page.fill("#pianificata", scheduled.strftime("%Y-%m-%dT%H:%M:%S"))
+    # The form is sent from the keyboard: focus on the last field, Enter.
+    await page.focus("#pianificata")
+    async with page.expect_navigation():
+        await page.keyboard.press("Enter")
+
+
+async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None:  # type: ignore[no-untyped-def]
+    pool = await platform.pool()
+    cfg = platform.settings
+    try:
+        await publish_month(platform, pool, "201", "2026-08", 3000, seed=21)
+        await publish_month(platform, pool, "201", "2026-07", 300, seed=22, bad=3)
+        async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir) as console, \
+                async_playwright() as pw:
+            await console.add_users()
+            foreign = await console.instance("202")
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+            context = await browser.new_context(accept_downloads=True, locale="it-IT")
+            page = await context.new_page()
+            axe = Axe()
+
+            await page.goto(console.url + "/istanze")
+            assert "/login" in page.url
+            await _axe_clean(page, axe, "01-login")
+            await page.fill("#utente", "op.201")
+            await page.fill("#password", PASSWORD)
+            async with page.expect_navigation():
+                await page.keyboard.press("Enter")
+            assert page.url.endswith("/istanze")
+            await _axe_clean(page, axe, "02-istanze")
+
+            # A load scheduled a few seconds ahead: the page sees every state arrive, live.
+            await _submit_load(page, "2026-08", datetime.now(ZoneInfo("Europe/Rome")) + timedelta(seconds=4))
+            await _axe_clean(page, axe, "03-istanza-pianificata")
+            checked_url = page.url
+            await page.evaluate(WATCH_STATES)
+            assert await _wait_badge(page, {"Checked", "Failed loading"}) == "Checked"
+            states = await page.evaluate("window.__states")
+            assert states[0] == "Scheduled" and states[-1] == "Checked" and "Running" in states, states
+            assert await page.evaluate("window.__noReload") == "kept"
+            await _axe_clean(page, axe, "04-istanza-verificata")
+
+            # A month with planted bad records fails; its feedback is a table naming each problem.
+            await _submit_load(page, "2026-07", None)
+            assert await _wait_badge(page, {"Checked", "Failed loading"}) == "Failed loading"
+            await page.click("text=Leggi l'esito")
+            assert await page.locator("table#tabella tbody tr").count() >= 3
+            await _axe_clean(page, axe, "05-esito")
+            async with page.expect_download() as csv:
+                await page.click("text=Scarica il file")
+            assert (await csv.value).suggested_filename.endswith(".csv")
+
+            # Format the Checked instance; Formatted and its files arrive without a reload.
+            await page.goto(checked_url)
+            await page.evaluate(WATCH_STATES)
+            await page.click("button:has-text('Formatta')")
+            await page.wait_for_url(checked_url)
+            await page.evaluate(WATCH_STATES)
+            assert await _wait_badge(page, {"Formatted", "Format failed"}) == "Formatted"
+            assert await page.evaluate("window.__noReload") == "kept"
+            await page.wait_for_selector("text=Vedi C2")
+            await _axe_clean(page, axe, "06-istanza-formattata")
+            async with page.expect_download() as one:
+                await page.locator("a:has-text('Scarica C2')").first.click()
+            downloaded = await one.value
+            assert downloaded.suggested_filename.startswith("C2")
+            async with page.expect_download() as zipped:
+                await page.click("text=Scarica tutti i file (zip)")
+            assert (await zipped.value).suggested_filename.endswith(".zip")
+            await page.locator("a:has-text('Vedi C2')").first.click()
+            assert await page.locator("table#tabella tbody tr").count() > 0
+            await _axe_clean(page, axe, "07-file-c2")
+
+            # Another ente's instance does not exist for this operator.
+            response = await page.goto(f"{console.url}/istanze/{foreign}")
+            assert response is not None and response.status == 404
+            assert await page.locator("h1").inner_text() == "Pagina non trovata"
+            await _axe_clean(page, axe, "08-non-trovata")
+
+            await page.goto(console.url + "/istanze/nuova")
+            await _axe_clean(page, axe, "09-nuovo-caricamento")
+            await browser.close()
+
+            instance = int(checked_url.rsplit("/", 1)[1])
+            views = await pool.fetch("SELECT data FROM events WHERE stream_id LIKE 'access-%' AND actor = 'op.201' "
+                                     "AND (data->>'instance')::bigint = $1", instance)
+            assert {"file-view", "file-download", "files-zip"} <= {v["data"]["what"] for v in views}
+            history = await pool.fetch("SELECT type, actor FROM events WHERE stream_id = $1 ORDER BY version",
+                                       f"instance-{instance}")
+            # The history names the user who asked: the load and the format commands carried op.201 as actor.
+            actors = [(h["type"], h["actor"]) for h in history]
+            assert ("flows.load-scheduled", "op.201") in actors and ("flows.format-requested", "op.201") in actors
+            requested = await pool.fetchval("SELECT requested_by FROM instance_list WHERE instance = $1", instance)
+            assert requested == "op.201"
+    finally:
+        await pool.close()
