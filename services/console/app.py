@@ -35,10 +35,11 @@ from fastapi.templating import Jinja2Templates
 from starlette.background import BackgroundTask
 
 from contracts.flows import FlowType
-from contracts.states import IllegalTransition, InstanceState, target_of
+from contracts.states import SENDABLE_FLOW_TYPES, IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError
 from services.cli.fileview import file_rows
 from services.cli.instances import append_deletion, send_format_request, send_load_request
+from services.cli.ts import send_sealed_730
 from services.console import auth
 from services.console.access import (
     ACT_ON_INSTANCE,
@@ -60,6 +61,7 @@ from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
 from services.runtime.read_models import instance_stream
 from services.runtime.settings import Settings
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE
 
 HERE = Path(__file__).resolve().parent
 VENDOR = "/static/vendor/bootstrap-italia-2.18.3"
@@ -501,6 +503,8 @@ async def _instance_view(ctx: Ctx) -> dict[str, Any]:
             with contextlib.suppress(IllegalTransition):
                 target_of(event, {}, InstanceState(ctx.row["state"]))
                 actions.append(action)
+        if _sendable(ctx.row):
+            actions.append("send")
     return {"row": ctx.row, "history": history, "chain_breaks": [str(b) for b in breaks], "files": files,
             "actions": actions}
 
@@ -676,6 +680,48 @@ async def delete_action(ctx: Ctx) -> Response:
         await append_deletion(_console(request).pool, ctx.row, ctx.principal.name, reason, source="/flows/console")
     except UserError as exc:
         raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può cancellare.") from exc
+    return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
+
+
+# ---------------------------------------------------------------- Invia a Sistema TS
+def _sendable(row: asyncpg.Record) -> bool:
+    if row["flow_type"] not in SENDABLE_FLOW_TYPES:
+        return False
+    try:
+        target_of("flows.ts-submission-requested", {}, InstanceState(row["state"]))
+    except IllegalTransition:
+        return False
+    return True
+
+
+@route(pages, "GET", "/istanze/{instance}/invia-ts", ACT_ON_INSTANCE, "page")
+async def ts_send_form(ctx: Ctx) -> Response:
+    assert ctx.row is not None
+    if not _sendable(ctx.row):
+        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può inviare a Sistema TS.")
+    public_key = _console(ctx.request).settings.keys_dir / PUBLIC_KEY_FILE
+    if not public_key.exists():
+        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: il gateway è attivo?")
+    return page(ctx, "ts_send.html", f"Invia a Sistema TS l'istanza {ctx.row['instance']}", active="/istanze",
+                row=ctx.row, public_key=public_key.read_text(), today=date.today().isoformat(), error=None)
+
+
+@route(pages, "POST", "/istanze/{instance}/invia-ts", ACT_ON_INSTANCE, "action")
+async def ts_send(ctx: Ctx) -> Response:
+    """Receives only the box the browser sealed (and the date): never a credential in clear."""
+    assert ctx.row is not None
+    console = _console(ctx.request)
+    form = await ctx.request.form()
+    sealed, when = str(form.get("sigillo") or ""), str(form.get("data") or "")
+    try:
+        transmission = date.fromisoformat(when)
+    except ValueError:
+        raise HTTPException(422, f"Data di trasmissione non valida ({when!r}), attesa AAAA-MM-GG.") from None
+    try:
+        await send_sealed_730(console.settings.kafka_bootstrap, console.pool, console.settings.keys_dir,
+                              int(ctx.row["instance"]), sealed, transmission, ctx.principal.name)
+    except UserError as exc:
+        raise HTTPException(409, f"Invio non possibile: {exc}") from exc
     return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
 
 

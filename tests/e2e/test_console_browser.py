@@ -19,8 +19,10 @@ from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Page, async_playwright
 
 from services.loader.generator import month_period
+from services.ts_gateway.sealing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, key_id, sealed_key_id, unseal
 from tests.console_support import PASSWORD, running_console
-from tests.e2e.driving import publish_month
+from tests.e2e.conftest import TS_CF, TS_PASSWORD, TS_PINCODE, TS_USER
+from tests.e2e.driving import _formatted_730, publish_month
 
 pytestmark = pytest.mark.e2e
 
@@ -156,5 +158,72 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             assert ("flows.load-scheduled", "op.201") in actors and ("flows.format-requested", "op.201") in actors
             requested = await pool.fetchval("SELECT requested_by FROM instance_list WHERE instance = $1", instance)
             assert requested == "op.201"
+    finally:
+        await pool.close()
+
+
+async def test_a_730_sent_with_credentials_sealed_in_the_browser(platform) -> None:  # type: ignore[no-untyped-def]
+    """The browser seals the TS credentials (WebCrypto) into the gateway's box; the console only ever
+    receives the box; the gateway opens it, the simulator confirms, and the page shows Confirmed live."""
+    cfg = platform.settings
+    instance = await _formatted_730(platform, "201", "2026-05", services=120)
+    pool = await platform.pool()
+    secrets = (TS_USER, TS_PASSWORD, TS_PINCODE)
+    try:
+        async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir,
+                                   keys_dir=cfg.keys_dir) as console, async_playwright() as pw:
+            await console.add_users()
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+            page = await (await browser.new_context(locale="it-IT")).new_page()
+            posted: list[str] = []
+            page.on("request", lambda r: posted.append(r.post_data or "") if r.method == "POST" else None)
+            axe = Axe()
+            await page.goto(console.url + "/login")
+            await page.fill("#utente", "op.201")
+            await page.fill("#password", PASSWORD)
+            async with page.expect_navigation():
+                await page.keyboard.press("Enter")
+            await page.goto(f"{console.url}/istanze/{instance}")
+            async with page.expect_navigation():
+                await page.click("text=Invia a Sistema TS")
+            await _axe_clean(page, axe, "10-invia-ts")
+
+            # A box sealed by this browser opens with the gateway's private key, to the same values.
+            public_pem = (cfg.keys_dir / PUBLIC_KEY_FILE).read_text()
+            box = await page.evaluate("pem => window.flowsSealTs(pem, {user: 'u1', password: 'p<w>\"d', "
+                                      "pincode: '42', cf_proprietario: 'RSSMRA80A01H501U'})", public_pem)
+            assert sealed_key_id(box) == key_id(public_pem.encode())
+            opened = unseal((cfg.keys_dir / PRIVATE_KEY_FILE).read_bytes(), box)
+            assert (opened.user, opened.password, opened.pincode, opened.cf_proprietario) == \
+                ("u1", 'p<w>"d', "42", "RSSMRA80A01H501U")
+
+            # The form with the keyboard alone: type, Tab to the next field, Enter sends.
+            await page.focus("#ts-cf")
+            for value in (TS_CF, TS_USER, TS_PASSWORD, TS_PINCODE):
+                await page.keyboard.type(value)
+                await page.keyboard.press("Tab")
+            async with page.expect_navigation(url=f"{console.url}/istanze/{instance}"):
+                await page.keyboard.press("Enter")
+            await page.evaluate(WATCH_STATES)
+            assert await _wait_badge(page, {"Confirmed", "Confirmed with errors", "Rejected"}) == "Confirmed"
+            assert await page.evaluate("window.__noReload") == "kept"
+            await _axe_clean(page, axe, "11-confermata")
+            await browser.close()
+
+        sent = [p for p in posted if "sigillo=" in p]
+        assert len(sent) == 1
+        for secret in secrets:
+            assert all(secret not in body for body in posted), "a credential left the browser in clear"
+        # Nor is any in clear in any table of the platform's database.
+        tables = [r["table_name"] for r in await pool.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
+        for table in tables:
+            for secret in (TS_PASSWORD, TS_PINCODE):
+                found = await pool.fetchval(f'SELECT count(*) FROM "{table}" t WHERE t::text LIKE $1', f"%{secret}%")
+                assert found == 0, f"{table} holds a TS credential in clear"
+        actors = await pool.fetch("SELECT type, actor FROM events WHERE stream_id = $1", f"instance-{instance}")
+        assert ("flows.ts-submission-requested", "op.201") in [(a["type"], a["actor"]) for a in actors] or \
+            await pool.fetchval("SELECT count(*) FROM events WHERE stream_id = $1 AND data->>'requested_by' = "
+                                "'op.201'", f"instance-{instance}") > 0
     finally:
         await pool.close()

@@ -51,5 +51,68 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", function () { liveInstance(); sortableTables(); });
+  // ---- Invia a Sistema TS: the box of services/ts_gateway/sealing.py, made with WebCrypto.
+  // b"TSG2" | u8 key-id length | key id | u16 wrapped-key length | RSA-OAEP(SHA-256) wrapped AES-256 key |
+  // 12-byte nonce | AES-GCM ciphertext+tag, with magic + key id as associated data; base64.
+  function concat(parts) {
+    var size = parts.reduce(function (n, p) { return n + p.length; }, 0);
+    var out = new Uint8Array(size), at = 0;
+    parts.forEach(function (p) { out.set(p, at); at += p.length; });
+    return out;
+  }
+  function toBase64(bytes) {
+    var s = "";
+    for (var i = 0; i < bytes.length; i += 0x8000) { s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000)); }
+    return btoa(s);
+  }
+  async function sealTs(publicKeyPem, credentials) {
+    var b64 = publicKeyPem.replace(/-----[^-]+-----/g, "").replace(/\s+/g, "");
+    var der = Uint8Array.from(atob(b64), function (c) { return c.charCodeAt(0); });
+    var digest = new Uint8Array(await crypto.subtle.digest("SHA-256", der));
+    var kid = Array.prototype.map.call(digest.subarray(0, 8), function (b) { return b.toString(16).padStart(2, "0"); }).join("");
+    var publicKey = await crypto.subtle.importKey("spki", der, { name: "RSA-OAEP", hash: "SHA-256" }, false, ["encrypt"]);
+    var contentKey = await crypto.subtle.generateKey({ name: "AES-GCM", length: 256 }, true, ["encrypt"]);
+    var rawKey = new Uint8Array(await crypto.subtle.exportKey("raw", contentKey));
+    var nonce = crypto.getRandomValues(new Uint8Array(12));
+    var kidBytes = new TextEncoder().encode(kid);
+    var header = concat([new TextEncoder().encode("TSG2"), new Uint8Array([kidBytes.length]), kidBytes]);
+    var plaintext = new TextEncoder().encode(JSON.stringify(credentials));
+    var ciphertext = new Uint8Array(await crypto.subtle.encrypt(
+      { name: "AES-GCM", iv: nonce, additionalData: header, tagLength: 128 }, contentKey, plaintext));
+    var wrapped = new Uint8Array(await crypto.subtle.encrypt({ name: "RSA-OAEP" }, publicKey, rawKey));
+    rawKey.fill(0);
+    var length = new Uint8Array([wrapped.length >> 8, wrapped.length & 0xff]);
+    return toBase64(concat([header, length, wrapped, nonce, ciphertext]));
+  }
+  window.flowsSealTs = sealTs;
+
+  function tsSendForm() {
+    var form = document.getElementById("invia-ts");
+    if (!form) { return; }
+    var fields = ["ts-cf", "ts-utente", "ts-password", "ts-pincode"].map(function (id) { return document.getElementById(id); });
+    var error = document.getElementById("ts-errore");
+    form.addEventListener("submit", function (event) {
+      if (document.getElementById("sigillo").value) { return; }  // sealed: this is the real submit
+      event.preventDefault();
+      if (fields.some(function (f) { return !f.value.trim(); })) {
+        error.textContent = "Compili tutti i campi delle credenziali.";
+        error.classList.remove("d-none");
+        fields.filter(function (f) { return !f.value.trim(); })[0].focus();
+        return;
+      }
+      sealTs(form.dataset.publicKey, {
+        user: fields[1].value, password: fields[2].value, pincode: fields[3].value,
+        cf_proprietario: fields[0].value.trim().toUpperCase()
+      }).then(function (sealed) {
+        fields.forEach(function (f) { f.value = ""; });
+        document.getElementById("sigillo").value = sealed;
+        form.submit();
+      }).catch(function () {
+        error.textContent = "Il browser non ha potuto cifrare le credenziali: nulla è stato inviato.";
+        error.classList.remove("d-none");
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { liveInstance(); sortableTables(); tsSendForm(); });
 })();
