@@ -72,21 +72,24 @@ def print_outcome(row: asyncpg.Record) -> None:
         console.print(f"  every bad record is in the feedback: `flows feedback {row['instance']}`")
 
 
-async def send_load_request(bootstrap: str, flow_type: str, ente: str, start: date, end: date, version: str,
-                            at: datetime | None, requested_by: str) -> flows.LoadRequested:
-    """The load command, as the CLI and the console send it (raises pydantic's ValidationError)."""
-    request = flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType(flow_type), version=version,
-                                  ente=ente, period=flows.Period(start=start, end=end), scheduled_at=at,
-                                  requested_by=requested_by)
+def load_request(flow_type: str, ente: str, start: date, end: date, version: str, at: datetime | None,
+                 requested_by: str) -> flows.LoadRequested:
+    """The load command, as the CLI and the console build it (raises pydantic's ValidationError)."""
+    return flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType(flow_type), version=version,
+                               ente=ente, period=flows.Period(start=start, end=end), scheduled_at=at,
+                               requested_by=requested_by)
+
+
+async def send_load_request(bootstrap: str, request: flows.LoadRequested) -> None:
     await send_command(bootstrap, "flows.load-requested", request, key=str(request.request_id))
-    return request
 
 
 async def load(flow_type: str, ente: str, start: date, end: date, version: str, at: datetime | None,
                wait: bool, requested_by: str, timeout: float = 600) -> int:
     cfg = settings()
+    request = load_request(flow_type, ente, start, end, version, at, requested_by)
     async with database(cfg) as pool:
-        request = await send_load_request(cfg.kafka_bootstrap, flow_type, ente, start, end, version, at, requested_by)
+        await send_load_request(cfg.kafka_bootstrap, request)
         deadline = time.monotonic() + 60
         instance = None
         while instance is None:

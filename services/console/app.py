@@ -34,11 +34,14 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.background import BackgroundTask
 
+from contracts.deadlines import DeadlineDataInvalid, DeadlineDataMissing, deadlines_for_month, default_month
+from contracts.deadlines import status as deadline_status
 from contracts.flows import FlowType
 from contracts.states import SENDABLE_FLOW_TYPES, IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError
+from services.cli.deadlines import coverage
 from services.cli.fileview import file_rows
-from services.cli.instances import append_deletion, send_format_request, send_load_request
+from services.cli.instances import append_deletion, load_request, send_format_request, send_load_request
 from services.cli.ts import send_sealed_730
 from services.console import auth
 from services.console.access import (
@@ -191,6 +194,8 @@ def _nav(principal: auth.Principal) -> list[tuple[str, str]]:
         nav.append(("/istanze", "Istanze di flusso"))
     if principal.role in REQUEST_LOAD.roles:
         nav.append(("/istanze/nuova", "Nuovo caricamento"))
+    if principal.role in LIST_INSTANCES.roles:
+        nav.append(("/scadenze", "Scadenze"))
     if principal.role in READ_ACCESS_LOG.roles:
         nav.append(("/accessi", "Registro accessi"))
     return nav
@@ -468,13 +473,15 @@ async def new_load(ctx: Ctx) -> Response:
     request_id = None
     if not errors:
         try:
-            sent = await send_load_request(console.settings.kafka_bootstrap, form["tipo"], form["ente"], values["dal"],
-                                           values["al"], "2020", values["pianificata"], ctx.principal.name)
-            request_id = sent.request_id
+            command = load_request(form["tipo"], form["ente"], values["dal"], values["al"], "2020",
+                                   values["pianificata"], ctx.principal.name)
         except pydantic.ValidationError as exc:
             for problem in exc.errors():
                 field = next((_FIELD_OF[str(p)] for p in reversed(problem["loc"]) if str(p) in _FIELD_OF), "tipo")
                 errors[field] = problem["msg"]
+        else:
+            await send_load_request(console.settings.kafka_bootstrap, command)
+            request_id = command.request_id
     if errors:
         return page(ctx, "new_load.html", "Nuovo caricamento", status=422, active="/istanze/nuova", form=form,
                     errors=errors, flow_types=[t.value for t in FlowType])
@@ -681,6 +688,36 @@ async def delete_action(ctx: Ctx) -> Response:
     except UserError as exc:
         raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può cancellare.") from exc
     return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
+
+
+# ---------------------------------------------------------------- Scadenze
+DEADLINE_LABELS = {"covered": ("Coperta", "bg-success"), "late": ("In ritardo", "bg-danger"),
+                   "due-soon": ("Scade entro 7 giorni", "bg-warning text-dark"), "open": ("Aperta", "bg-secondary")}
+
+
+@route(pages, "GET", "/scadenze", LIST_INSTANCES, "page")
+async def deadlines_page(ctx: Ctx, mese: str | None = None) -> Response:
+    today = date.today()
+    year, month = default_month(today)
+    error = None
+    if mese:
+        try:
+            year, month = (int(x) for x in mese.split("-"))
+            date(year, month, 1)
+        except ValueError:
+            error, (year, month) = f"Mese {mese!r} non valido: atteso AAAA-MM.", default_month(today)
+    rows: list[dict[str, Any]] = []
+    try:
+        items = deadlines_for_month(year, month)
+    except (DeadlineDataMissing, DeadlineDataInvalid) as exc:
+        error = f"Scadenze non disponibili: {exc}"
+    else:
+        enti = None if ctx.principal.role in ("ops", "auditor") else sorted(ctx.principal.enti)
+        for ente, deadline, covering in await coverage(_console(ctx.request).pool, items, None, enti):
+            label, css = DEADLINE_LABELS[deadline_status(deadline, covering, today)]
+            rows.append({"ente": ente, "d": deadline, "covering": covering, "label": label, "css": css})
+    return page(ctx, "deadlines.html", "Scadenze", active="/scadenze", rows=rows, mese=f"{year:04d}-{month:02d}",
+                error=error)
 
 
 # ---------------------------------------------------------------- Invia a Sistema TS

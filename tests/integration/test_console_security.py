@@ -183,3 +183,20 @@ async def test_every_view_or_download_of_personal_data_is_in_the_access_log(cons
     async with httpx.AsyncClient(follow_redirects=False) as client:
         await console.login(client, "op.201")
         assert (await client.get(console.url + "/accessi")).status_code == 404
+
+
+async def test_deadlines_show_the_operators_enti_only_with_their_coverage(console: RunningConsole) -> None:
+    ref = console.file_ref("C1.txt", "C1", b"x\n", 1)
+    covering = await console.instance("201", [
+        ("flows.load-checked", {"source_instance": 1, "counts": {}}), ("flows.formatting-started", {}),
+        ("flows.formatted", {"files": [ref]})])
+    await console.instance("202")
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        body = (await client.get(console.url + "/scadenze?mese=2026-10")).text
+    assert "<td>201</td>" in body and "<td>202</td>" not in body
+    assert f'href="/istanze/{covering}"' in body  # FLUSSO_C 2026-10 of 201 is covered by it
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "ops.1")
+        body = (await client.get(console.url + "/scadenze?mese=2026-10")).text
+    assert "<td>201</td>" in body and "<td>202</td>" in body
