@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pydantic
-from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -141,11 +141,6 @@ def guard(rule: Rule) -> Callable[[Request], Awaitable[Ctx]]:
         principal = await _principal(console, request)
         if principal is None:
             raise NotLoggedIn()
-        if request.method == "POST" and not principal.name.startswith("api:"):
-            form = await request.form()
-            given = form.get("csrf")
-            if not auth.csrf_ok(principal.csrf_token, given if isinstance(given, str) else None):
-                raise HTTPException(403, "Modulo scaduto o non valido: ricarichi la pagina e riprovi.")
         row = None
         if rule.scope in ("instance", "act"):
             try:
@@ -155,6 +150,13 @@ def guard(rule: Rule) -> Callable[[Request], Awaitable[Ctx]]:
             row = await console.pool.fetchrow("SELECT * FROM instance_list WHERE instance = $1", instance)
         if not may(principal, rule, row["ente"] if row is not None else None):
             raise HTTPException(404)
+        # A browser session's POST carries the session's CSRF token in its form (an API key's does not:
+        # no browser sends it on its own).
+        if request.method == "POST" and not principal.name.startswith("api:"):
+            form = await request.form()
+            given = form.get("csrf")
+            if not auth.csrf_ok(principal.csrf_token, given if isinstance(given, str) else None):
+                raise HTTPException(403, "Modulo scaduto o non valido: ricarichi la pagina e riprovi.")
         return Ctx(principal, request, row)
     return check
 
@@ -168,12 +170,15 @@ def route(router: APIRouter, method: str, path: str, rule: Rule, kind: str,
         check = guard(rule)
 
         @functools.wraps(fn)
-        async def handler(request: Request, **params: Any) -> Response:
-            return await fn(await check(request), **params)
+        async def handler(*, guarded: Ctx, **params: Any) -> Response:
+            return await fn(guarded, **params)
 
-        params = [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)]
-        params += [p.replace(annotation=hints.get(n, p.annotation))
-                   for n, p in inspect.signature(fn).parameters.items() if n != "ctx"]
+        # The guard is a dependency: FastAPI runs it before it reads any parameter or body, so a request
+        # without login or rule is refused (401/303/404) before any validation answers.
+        params = [p.replace(annotation=hints.get(n, p.annotation))
+                  for n, p in inspect.signature(fn).parameters.items() if n != "ctx"]
+        params.append(inspect.Parameter("guarded", inspect.Parameter.KEYWORD_ONLY, annotation=Ctx,
+                                        default=Depends(check)))
         handler.__signature__ = inspect.Signature(params, return_annotation=Response)  # type: ignore[attr-defined]
         del handler.__wrapped__  # FastAPI must read the signature above, not the handler's own
         return routed(router, method, path, rule, kind, **kw)(handler)
@@ -267,7 +272,7 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-pages = APIRouter()
+pages = APIRouter(include_in_schema=False)
 api = APIRouter(prefix="/api")
 
 
@@ -748,6 +753,8 @@ async def ts_send(ctx: Ctx) -> Response:
     """Receives only the box the browser sealed (and the date): never a credential in clear."""
     assert ctx.row is not None
     console = _console(ctx.request)
+    if not _sendable(ctx.row):
+        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può inviare a Sistema TS.")
     form = await ctx.request.form()
     sealed, when = str(form.get("sigillo") or ""), str(form.get("data") or "")
     try:
@@ -802,3 +809,56 @@ async def api_instance(ctx: Ctx, instance: int) -> Response:
     files = await _console(request).pool.fetch(
         "SELECT name, kind, records, bytes, sha256 FROM instance_files WHERE instance = $1 ORDER BY name", instance)
     return JSONResponse({**_instance_json(ctx.row), "files": [dict(f) for f in files]})
+
+
+class LoadRequestBody(pydantic.BaseModel):
+    """A load request of a machine client: one of its enti, a reference period, optionally a start time."""
+
+    flow_type: FlowType
+    ente: str = pydantic.Field(examples=["201"])
+    period_start: date
+    period_end: date
+    scheduled_at: datetime | None = None
+
+
+@route(api, "POST", "/caricamenti", REQUEST_LOAD, "api", status_code=202)
+async def api_request_load(ctx: Ctx, body: LoadRequestBody) -> Response:
+    """Request a load; answers the request id (the instance appears in /api/istanze when the loader takes it)."""
+    problems = {}
+    if body.ente not in ctx.principal.enti:
+        problems["ente"] = f"ente {body.ente!r} is not one of this client's enti"
+    if body.period_end < body.period_start:
+        problems["period_end"] = f"period_end {body.period_end} is before period_start {body.period_start}"
+    if problems:
+        return JSONResponse({"detail": problems}, status_code=422)
+    try:
+        command = load_request(body.flow_type.value, body.ente, body.period_start, body.period_end, "2020",
+                               body.scheduled_at, ctx.principal.name)
+    except pydantic.ValidationError as exc:
+        return JSONResponse({"detail": {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}},
+                            status_code=422)
+    await send_load_request(_console(ctx.request).settings.kafka_bootstrap, command)
+    return JSONResponse({"request_id": str(command.request_id)}, status_code=202)
+
+
+@route(api, "GET", "/istanze/{instance}/feedback", READ_INSTANCE, "api")
+async def api_feedback(ctx: Ctx, instance: int) -> Response:
+    """The feedback CSV of an instance (recorded in the access log: it names codici fiscali)."""
+    files = await _feedback_files(ctx)
+    if not files:
+        raise HTTPException(404)
+    console = _console(ctx.request)
+    await record_access(console.store, ctx.principal, "feedback-download", instance, ctx.address,
+                        {"file": files[0]["name"], "via": "api"})
+    return FileResponse(console.files.path(files[0]["sha256"]), media_type="text/csv",
+                        headers=_attachment(files[0]["name"]))
+
+
+@route(api, "GET", "/istanze/{instance}/file/{name}", READ_INSTANCE, "api")
+async def api_file(ctx: Ctx, instance: int, name: str) -> Response:
+    """One file of an instance (recorded in the access log)."""
+    f = await _file(ctx, name)
+    console = _console(ctx.request)
+    await record_access(console.store, ctx.principal, "file-download", instance, ctx.address,
+                        {"file": name, "via": "api"})
+    return FileResponse(console.files.path(f["sha256"]), media_type=f["media_type"], headers=_attachment(name))

@@ -200,3 +200,29 @@ async def test_deadlines_show_the_operators_enti_only_with_their_coverage(consol
         await console.login(client, "ops.1")
         body = (await client.get(console.url + "/scadenze?mese=2026-10")).text
     assert "<td>201</td>" in body and "<td>202</td>" in body
+
+
+async def test_api_keys_are_stored_hashed_and_bound_to_their_enti(console: RunningConsole) -> None:
+    own = await console.instance("201")
+    other = await console.instance("202")
+    key = await auth.add_api_key(console.pool, "sistema-regionale", ["201"])
+    secret = key.split(".", 1)[1]
+    assert await console.pool.fetchval("SELECT count(*) FROM console_api_key WHERE secret_hash LIKE $1",
+                                       f"%{secret}%") == 0
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
+        listed = (await client.get(console.url + "/api/istanze")).json()["items"]
+        assert [i["instance"] for i in listed] == [own]
+        assert (await client.get(console.url + f"/api/istanze/{own}")).json()["ente"] == "201"
+        assert (await client.get(console.url + f"/api/istanze/{other}")).status_code == 404
+        refused = await client.post(console.url + "/api/caricamenti", json={
+            "flow_type": "FLUSSO_C", "ente": "202", "period_start": "2026-10-01", "period_end": "2026-10-31"})
+        assert refused.status_code == 422 and "ente" in refused.json()["detail"]
+        # The key gives no access to the pages, and a wrong secret no access at all.
+        assert (await client.get(console.url + "/istanze", follow_redirects=False)).status_code == 303
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}x"}) as client:
+        assert (await client.get(console.url + "/api/istanze")).status_code == 401
+    async with httpx.AsyncClient() as client:
+        schema = (await client.get(console.url + "/openapi.json")).json()
+    assert {"/api/istanze", "/api/istanze/{instance}", "/api/caricamenti", "/api/istanze/{instance}/feedback",
+            "/api/istanze/{instance}/file/{name}"} <= set(schema["paths"])
+    assert not any(p.startswith("/istanze") for p in schema["paths"])  # the pages are not the API
