@@ -12,6 +12,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import uvicorn
 from contracts import flows
 from services.console import auth
 from services.console.app import create_app
+from services.onboarding import handlers
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.filestore import FileStore
@@ -30,6 +32,7 @@ from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 from services.runtime.settings import Settings
 
 PASSWORD = "correct horse battery"
+STRUCTURE = "150123"  # the structure user's STS11: the HUB of tests.fixtures.onboarding.workbooks
 ROLE_USERS = {"operator": ("op.201", ["201"]), "structure": ("st.1", []), "desk": ("desk.1", []),
               "ops": ("ops.1", []), "auditor": ("aud.1", []), "admin": ("adm.1", [])}
 
@@ -57,7 +60,7 @@ class RunningConsole:
 
     async def add_users(self) -> None:
         for role, (name, enti) in ROLE_USERS.items():
-            await auth.add_user(self.pool, name, role, enti, "S001" if role == "structure" else None, PASSWORD)
+            await auth.add_user(self.pool, name, role, enti, STRUCTURE if role == "structure" else None, PASSWORD)
 
     async def instance(self, ente: str, state_events: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
                        flow_type: str = "FLUSSO_C") -> int:
@@ -71,6 +74,21 @@ class RunningConsole:
         events += [NewEvent(t, {"instance": number, **d}, actor="loader") for t, d in state_events]
         await self.store.append(instance_stream(number), events, expected_version=0, key=str(number), publish=False)
         return number
+
+    async def onboarding_request(self, request_id: str, sts11: str, name: str = "Laboratorio Analisi Vesuvio") -> str:
+        """An onboarding request of structure `sts11` (a new aggregation with two SPOKEs), opened as the CLI does."""
+        from contracts.onboarding import RequestKind, RequestOpened, Spoke
+        from services.console.app import Console, _onboarding_deps
+
+        deps = _onboarding_deps(Console(self.settings, self.pool, self.store, self.files, None))  # type: ignore[arg-type]
+        command = RequestOpened(request_id=request_id, kind=RequestKind("new-aggregation"), structure_name=name,
+                                structure_sts11=sts11, municipality_istat="063049",
+                                spokes=[Spoke(sts11="150456", name="Lab Partenope", already_on_cup=True),
+                                        Spoke(sts11="150789", name="Lab Posillipo", already_on_cup=False)],
+                                other_structures=[], requirements_version=deps.requirements().version,
+                                opened_at=datetime.now(UTC), opened_by="desk.1")
+        await handlers.open_request(deps, command, "desk.1")
+        return request_id
 
     def file_ref(self, name: str, kind: str, data: bytes, records: int, media_type: str = "text/plain") -> dict:
         sha, size = self.files.put_bytes(data)

@@ -29,6 +29,8 @@ class Rule:
     none      - no object (a page of the role's own, e.g. the list filtered in SQL by its enti)
     instance  - the `{instance}` of the path must belong to an ente the principal sees
     act       - the same, for an ente the principal acts on (operators of that ente only)
+    request   - the `{request}` of the path is an onboarding request the principal sees (a structure
+                user: its own structure's only)
     """
 
     name: str
@@ -36,7 +38,7 @@ class Rule:
     scope: str = "none"
 
     def __post_init__(self) -> None:
-        if not self.roles <= set(ROLES) or self.scope not in ("none", "instance", "act"):
+        if not self.roles <= set(ROLES) or self.scope not in ("none", "instance", "act", "request"):
             raise ValueError(f"rule {self.name}: unknown role or scope")
 
 
@@ -47,6 +49,12 @@ READ_INSTANCE = Rule("one instance of an ente the principal sees", READERS, "ins
 ACT_ON_INSTANCE = Rule("an action on an instance of the operator's ente", frozenset({"operator"}), "act")
 REQUEST_LOAD = Rule("a load request for one of the operator's enti", frozenset({"operator"}))
 READ_ACCESS_LOG = Rule("the access log", frozenset({"auditor"}))
+ONBOARDING_READERS = frozenset({"structure", "desk", "ops", "auditor"})
+LIST_ONBOARDING = Rule("onboarding dashboard (a structure: its own requests)", ONBOARDING_READERS)
+READ_ONBOARDING = Rule("one onboarding request the principal sees", ONBOARDING_READERS, "request")
+UPLOAD_ONBOARDING = Rule("a document for a request (desk, or its own structure)", frozenset({"structure", "desk"}),
+                         "request")
+DESK_VERDICT = Rule("the desk's verdict on a document", frozenset({"desk"}), "request")
 
 
 @dataclass(frozen=True)
@@ -84,9 +92,12 @@ def check_every_route_has_a_rule(routes: list[Any]) -> None:
 
 
 def may(principal: Principal, rule: Rule, ente: str | None) -> bool:
-    """The one decision: role first, then the entity the object belongs to."""
+    """The one decision: role first, then the entity the object belongs to (for an onboarding
+    request, `ente` is its structure's STS11)."""
     if principal.role not in rule.roles:
         return False
+    if rule.scope == "request":
+        return ente is not None and (principal.role != "structure" or ente == principal.structure)
     if rule.scope == "instance":
         return ente is not None and principal.sees_ente(ente)
     if rule.scope == "act":

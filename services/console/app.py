@@ -33,6 +33,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile
 
 from contracts.deadlines import DeadlineDataInvalid, DeadlineDataMissing, deadlines_for_month, default_month
 from contracts.deadlines import status as deadline_status
@@ -47,10 +48,14 @@ from services.console import auth
 from services.console.access import (
     ACT_ON_INSTANCE,
     ANY_USER,
+    DESK_VERDICT,
     LIST_INSTANCES,
+    LIST_ONBOARDING,
     READ_ACCESS_LOG,
     READ_INSTANCE,
+    READ_ONBOARDING,
     REQUEST_LOAD,
+    UPLOAD_ONBOARDING,
     Rule,
     check_every_route_has_a_rule,
     may,
@@ -59,6 +64,10 @@ from services.console.access import (
     routed,
 )
 from services.console.live import LiveFeed
+from services.onboarding import domain, handlers
+from services.onboarding.projection import DashboardProjection
+from services.onboarding.projection import dashboard as onboarding_rows
+from services.onboarding.switch import SwitchCalendar, load_patron_days
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
@@ -141,14 +150,19 @@ def guard(rule: Rule) -> Callable[[Request], Awaitable[Ctx]]:
         principal = await _principal(console, request)
         if principal is None:
             raise NotLoggedIn()
-        row = None
+        row, owner = None, None
         if rule.scope in ("instance", "act"):
             try:
                 instance = int(request.path_params["instance"])
             except (KeyError, ValueError):
                 raise HTTPException(404) from None
             row = await console.pool.fetchrow("SELECT * FROM instance_list WHERE instance = $1", instance)
-        if not may(principal, rule, row["ente"] if row is not None else None):
+            owner = row["ente"] if row is not None else None
+        elif rule.scope == "request":
+            row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
+                                              str(request.path_params.get("request", "")))
+            owner = row["structure_sts11"] if row is not None else None
+        if not may(principal, rule, owner):
             raise HTTPException(404)
         # A browser session's POST carries the session's CSRF token in its form (an API key's does not:
         # no browser sends it on its own).
@@ -201,6 +215,8 @@ def _nav(principal: auth.Principal) -> list[tuple[str, str]]:
         nav.append(("/istanze/nuova", "Nuovo caricamento"))
     if principal.role in LIST_INSTANCES.roles:
         nav.append(("/scadenze", "Scadenze"))
+    if principal.role in LIST_ONBOARDING.roles:
+        nav.append(("/onboarding", "Onboarding"))
     if principal.role in READ_ACCESS_LOG.roles:
         nav.append(("/accessi", "Registro accessi"))
     return nav
@@ -862,3 +878,91 @@ async def api_file(ctx: Ctx, instance: int, name: str) -> Response:
     await record_access(console.store, ctx.principal, "file-download", instance, ctx.address,
                         {"file": name, "via": "api"})
     return FileResponse(console.files.path(f["sha256"]), media_type=f["media_type"], headers=_attachment(name))
+
+
+# ---------------------------------------------------------------- onboarding
+def _onboarding_deps(console: Console) -> handlers.OnboardingDeps:
+    return handlers.OnboardingDeps(pool=console.pool, files=console.files, calendar=SwitchCalendar(load_patron_days()),
+                                   store=EventStore(console.pool, source="/flows/console",
+                                                    projections=[DashboardProjection()]))
+
+
+@route(pages, "GET", "/onboarding", LIST_ONBOARDING, "page")
+async def onboarding_dashboard(ctx: Ctx, stato: str | None = None) -> Response:
+    rows = await onboarding_rows(_console(ctx.request).pool, stato or None)
+    if ctx.principal.role == "structure":
+        rows = [r for r in rows if r["structure_sts11"] == ctx.principal.structure]
+    return page(ctx, "onboarding.html", "Onboarding delle strutture", active="/onboarding", rows=rows, stato=stato)
+
+
+async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "info") -> dict[str, Any]:
+    assert ctx.row is not None
+    deps = _onboarding_deps(_console(ctx.request))
+    request_id = str(ctx.row["request_id"])
+    req = await handlers.require(deps, request_id)
+    history = await deps.store.read_stream(handlers.stream_of(request_id))
+    findings: dict[str, list[dict[str, Any]]] = {}
+    for event in history:
+        if event.type == "onboarding.document-assessed":
+            findings[event.data["document_id"]] = list(event.data.get("problems") or [])
+    latest = req.latest_by_slot()
+    slots = []
+    for slot in domain.required_slots(req, req.requirements):
+        doc = latest.get(slot)
+        state = ("mancante" if doc is None else "da valutare" if doc.compliant is None
+                 else "conforme" if doc.compliant else "non conforme")
+        slots.append({"slot": slot, "state": state, "doc": doc,
+                      "findings": findings.get(doc.document_id, []) if doc else []})
+    return {"row": ctx.row, "req": req, "slots": slots, "message": message, "level": level,
+            "types": ["tracciati", *sorted(req.requirements.document_types)],
+            "can_upload": ctx.principal.role in UPLOAD_ONBOARDING.roles,
+            "is_desk": ctx.principal.role in DESK_VERDICT.roles}
+
+
+@route(pages, "GET", "/onboarding/{request}", READ_ONBOARDING, "page")
+async def onboarding_request(ctx: Ctx) -> Response:
+    assert ctx.row is not None
+    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", active="/onboarding",
+                **await _onboarding_view(ctx))
+
+
+@route(pages, "POST", "/onboarding/{request}/documenti", UPLOAD_ONBOARDING, "action")
+async def onboarding_upload(ctx: Ctx) -> Response:
+    """A document, assessed at once: a tracciato's findings come back with sheet, row, column and rule."""
+    assert ctx.row is not None
+    form = await ctx.request.form()
+    upload, doc_type = form.get("documento"), str(form.get("tipo") or "")
+    status, message, level = 200, None, "success"
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        status, message, level = 422, "Scelga il file da caricare.", "danger"
+    else:
+        content = await upload.read()
+        try:
+            added = await handlers.add_document(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]),
+                                                Path(upload.filename).name, content, doc_type, {}, ctx.principal.name)
+        except (domain.OnboardingError, ValueError) as exc:
+            status, message, level = 422, f"Documento non accettato: {exc}", "danger"
+        else:
+            message = f"Documento {Path(upload.filename).name} ricevuto e valutato."
+            if added.ignored_sheets:
+                message += f" Fogli non richiesti, ignorati: {', '.join(added.ignored_sheets)}."
+    ctx.row = await _console(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
+                                                        ctx.row["request_id"])
+    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
+                active="/onboarding", **await _onboarding_view(ctx, message, level))
+
+
+@route(pages, "POST", "/onboarding/{request}/verdetto", DESK_VERDICT, "action")
+async def onboarding_verdict(ctx: Ctx) -> Response:
+    assert ctx.row is not None
+    form = await ctx.request.form()
+    document, verdict = str(form.get("documento") or ""), str(form.get("esito") or "")
+    reason = str(form.get("motivo") or "").strip()
+    if verdict not in ("conforme", "non-conforme") or (verdict == "non-conforme" and not reason):
+        raise HTTPException(422, "Indichi l'esito e, se non conforme, il motivo.")
+    try:
+        await handlers.desk_verdict(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]), document,
+                                    verdict == "conforme", [reason] if reason else [], ctx.principal.name)
+    except domain.OnboardingError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return RedirectResponse(f"/onboarding/{ctx.row['request_id']}", status_code=303)

@@ -20,9 +20,11 @@ from playwright.async_api import Page, async_playwright
 
 from services.loader.generator import month_period
 from services.ts_gateway.sealing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, key_id, sealed_key_id, unseal
-from tests.console_support import PASSWORD, running_console
+from tests.console_support import PASSWORD, STRUCTURE, running_console
 from tests.e2e.conftest import TS_CF, TS_PASSWORD, TS_PINCODE, TS_USER
 from tests.e2e.driving import _formatted_730, publish_month
+from tests.fixtures.onboarding.workbooks import aggregation_rows, workbook
+from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.e2e
 
@@ -227,3 +229,52 @@ async def test_a_730_sent_with_credentials_sealed_in_the_browser(platform) -> No
                                 "'op.201'", f"instance-{instance}") > 0
     finally:
         await pool.close()
+
+
+async def test_the_desk_sees_the_wrong_cell_of_an_uploaded_workbook(fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A desk user uploads tracciati with a wrong IUP_SSA_CODE and the page names sheet, row, column,
+    cell and rule; the structure sees only its own request; axe on the onboarding pages."""
+    wrong = aggregation_rows()
+    wrong["Prestazioni"][0][3] = "150999"
+    book = tmp_path / "allegato-a1.xlsx"
+    book.write_bytes(workbook({"Prestazioni": wrong["Prestazioni"]}))
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+        await console.add_users()
+        own = await console.onboarding_request("ONB-VESUVIO", STRUCTURE)
+        other = await console.onboarding_request("ONB-VOMERO", "150321", "Centro <b>Vomero</b>")
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        axe = Axe()
+        page = await (await browser.new_context(locale="it-IT")).new_page()
+        await page.goto(console.url + "/login")
+        await page.fill("#utente", "desk.1")
+        await page.fill("#password", PASSWORD)
+        async with page.expect_navigation():
+            await page.keyboard.press("Enter")
+        await page.goto(console.url + "/onboarding")
+        assert await page.locator(f"a[href='/onboarding/{other}']").count() == 1
+        assert "Centro <b>Vomero</b>" in await page.locator("table").inner_text()  # shown, not interpreted
+        await _axe_clean(page, axe, "12-onboarding")
+        await page.goto(f"{console.url}/onboarding/{own}")
+        await page.select_option("#tipo-doc", "tracciato-prestazioni")
+        await page.set_input_files("#documento", str(book))
+        async with page.expect_navigation():
+            await page.click("button:has-text('Carica e valuta')")
+        finding = page.locator("tr.rilievo", has_text="150999")
+        assert await finding.count() == 1
+        cells = await finding.locator("td").all_inner_texts()
+        assert cells[:4] == ["Prestazioni", "2", "IUP_SSA_CODE", "D2"], cells
+        assert "150999 is not the HUB's STS11 150123" in cells[4]
+        await _axe_clean(page, axe, "13-onboarding-richiesta")
+
+        structure = await (await browser.new_context(locale="it-IT")).new_page()
+        await structure.goto(console.url + "/login")
+        await structure.fill("#utente", "st.1")
+        await structure.fill("#password", PASSWORD)
+        async with structure.expect_navigation():
+            await structure.keyboard.press("Enter")
+        await structure.goto(console.url + "/onboarding")
+        assert await structure.locator(f"a[href='/onboarding/{own}']").count() == 1
+        assert await structure.locator(f"a[href='/onboarding/{other}']").count() == 0
+        response = await structure.goto(f"{console.url}/onboarding/{other}")
+        assert response is not None and response.status == 404
+        await browser.close()

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from services.console import app as console_app
 from services.console.access import ROUTE_TABLE, RouteRule, check_every_route_has_a_rule
 from services.console.auth import ROLES
-from tests.console_support import ROLE_USERS, RunningConsole, csrf_of, running_console
+from tests.console_support import ROLE_USERS, STRUCTURE, RunningConsole, csrf_of, running_console
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -67,12 +67,15 @@ def _allowed(route: RouteRule, role: str, own: bool) -> bool:
         return own or role in ("ops", "auditor")
     if rule.scope == "act":
         return own
+    if rule.scope == "request":
+        return own or role != "structure"
     return True
 
 
-async def _call(client: httpx.AsyncClient, c: RunningConsole, route: RouteRule, instance: int, own: bool,
+async def _call(client: httpx.AsyncClient, c: RunningConsole, route: RouteRule, target: int | str, own: bool,
                 csrf: str) -> tuple[int, str]:
-    path = route.path.replace("{instance}", str(instance)).replace("{name}", "errori.csv")
+    path = route.path.replace("{instance}", str(target)).replace("{name}", "errori.csv").replace("{request}",
+                                                                                                  str(target))
     url = c.url + path
     if route.kind == "stream":
         async with client.stream("GET", url) as response:
@@ -98,6 +101,8 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
     own = await _waiting_feedback_instance(console, "201")
     other = await _waiting_feedback_instance(console, "202")
     missing = other + 1000
+    own_request = await console.onboarding_request("ONB-OWN", STRUCTURE)
+    other_request = await console.onboarding_request("ONB-OTHER", "150321", "Centro Vomero")
     checked = denied_cross = 0
     for role in ROLES:
         user, _ = ROLE_USERS[role]
@@ -115,13 +120,17 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
                 assert f'href="/istanze/{own}"' in page
             routes = sorted(ROUTE_TABLE.values(), key=lambda r: r.path == "/logout")  # logout last
             for route in routes:
-                targets = [(own, True), (other, False), (missing, False)] if "{instance}" in route.path \
-                    else [(own, True), (other, False)] if route.path == "/istanze/nuova" and route.method == "POST" \
-                    else [(own, True)]
-                for instance, is_own in targets:
-                    status, body = await _call(client, console, route, instance, is_own, csrf)
-                    where = f"{route.method} {route.path} as {role} on {'own' if is_own else 'other'} ({instance})"
-                    exists = instance != missing
+                targets: list[tuple[int | str, bool]] = [(own, True)]
+                if "{instance}" in route.path:
+                    targets = [(own, True), (other, False), (missing, False)]
+                elif "{request}" in route.path:
+                    targets = [(own_request, True), (other_request, False), ("ONB-MISSING", False)]
+                elif route.path == "/istanze/nuova" and route.method == "POST":
+                    targets = [(own, True), (other, False)]
+                for target, is_own in targets:
+                    status, body = await _call(client, console, route, target, is_own, csrf)
+                    where = f"{route.method} {route.path} as {role} on {'own' if is_own else 'other'} ({target})"
+                    exists = target not in (missing, "ONB-MISSING")
                     allowed = exists and _allowed(route, role, is_own)
                     if route.path == "/istanze/nuova" and route.method == "POST" and role in route.rule.roles:
                         assert status == 422, where
@@ -129,10 +138,12 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
                         assert "viene prima del suo inizio" in body, where
                     elif not allowed:
                         assert status == 404, f"{where}: {status}"
-                        if not is_own and "{instance}" in route.path:
+                        if not is_own and ("{instance}" in route.path or "{request}" in route.path):
                             denied_cross += 1
                     elif route.kind == "api" and route.method == "POST":
                         assert status == 422, f"{where}: {status}"  # authorized; a form is no JSON body
+                    elif route.rule.scope == "request" and route.method == "POST":
+                        assert status == 422, f"{where}: {status}"  # authorized; no file, no verdict given
                     elif route.rule.scope == "act":
                         assert status == 409, f"{where}: {status}"  # authorized, refused by the state machine
                     elif route.kind == "stream":
