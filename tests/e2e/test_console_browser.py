@@ -8,6 +8,7 @@ to out/console-screenshots/ (not committed).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from datetime import datetime, timedelta
@@ -21,12 +22,14 @@ from playwright.async_api import Page, async_playwright
 from services.loader.generator import month_period
 from services.ts_gateway.sealing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, key_id, sealed_key_id, unseal
 from tests.console_support import PASSWORD, STRUCTURE, running_console
-from tests.e2e.conftest import TS_CF, TS_PASSWORD, TS_PINCODE, TS_USER
+from tests.e2e import test_secrets_canary as canary
 from tests.e2e.driving import _formatted_730, publish_month
+from tests.e2e.test_secrets_canary import folder_files, needles_for, scan_everything, search
 from tests.fixtures.onboarding.workbooks import aggregation_rows, workbook
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.e2e
+canary_account = canary.canary_account  # the secrets canary's planted TS account (a fixture)
 
 SCREENS = Path(__file__).resolve().parents[2] / "out" / "console-screenshots"
 CHROMIUM = os.environ.get("FLOWS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -164,13 +167,20 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
         await pool.close()
 
 
-async def test_a_730_sent_with_credentials_sealed_in_the_browser(platform) -> None:  # type: ignore[no-untyped-def]
+async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignore[no-untyped-def]
+        platform, stack, canary_account, tmp_path) -> None:
     """The browser seals the TS credentials (WebCrypto) into the gateway's box; the console only ever
-    receives the box; the gateway opens it, the simulator confirms, and the page shows Confirmed live."""
+    receives the box; the gateway opens it, the simulator confirms, and the page shows Confirmed live.
+    The canary account's values typed in the browser are then nowhere in clear (nor hex, base64,
+    UTF-16): not in Kafka, the database, the files, the services' or the console's logs."""
     cfg = platform.settings
     instance = await _formatted_730(platform, "201", "2026-05", services=120)
     pool = await platform.pool()
-    secrets = (TS_USER, TS_PASSWORD, TS_PINCODE)
+    typed = canary_account
+    console_log = tmp_path / "console-logs" / "console.log"
+    console_log.parent.mkdir()
+    handler = logging.FileHandler(console_log)
+    logging.getLogger().addHandler(handler)  # uvicorn's and the console's records, as a deployment keeps them
     try:
         async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir,
                                    keys_dir=cfg.keys_dir) as console, async_playwright() as pw:
@@ -201,7 +211,7 @@ async def test_a_730_sent_with_credentials_sealed_in_the_browser(platform) -> No
 
             # The form with the keyboard alone: type, Tab to the next field, Enter sends.
             await page.focus("#ts-cf")
-            for value in (TS_CF, TS_USER, TS_PASSWORD, TS_PINCODE):
+            for value in (typed["cf_proprietario"], typed["user"], typed["password"], typed["pincode"]):
                 await page.keyboard.type(value)
                 await page.keyboard.press("Tab")
             async with page.expect_navigation(url=f"{console.url}/istanze/{instance}"):
@@ -214,20 +224,20 @@ async def test_a_730_sent_with_credentials_sealed_in_the_browser(platform) -> No
 
         sent = [p for p in posted if "sigillo=" in p]
         assert len(sent) == 1
-        for secret in secrets:
-            assert all(secret not in body for body in posted), "a credential left the browser in clear"
-        # Nor is any in clear in any table of the platform's database.
-        tables = [r["table_name"] for r in await pool.fetch(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
-        for table in tables:
-            for secret in (TS_PASSWORD, TS_PINCODE):
-                found = await pool.fetchval(f'SELECT count(*) FROM "{table}" t WHERE t::text LIKE $1', f"%{secret}%")
-                assert found == 0, f"{table} holds a TS credential in clear"
+        needles = needles_for(typed)
+        posts = [h for body in posted for h in search("browser POST", "request body", body.encode(), needles)]
+        assert posts == [], "a credential left the browser in clear"
+        scan = await scan_everything(platform, stack, needles)
+        console_logs = [h for where, blob in folder_files(console_log.parent)
+                        for h in search("console logs", where, blob, needles)]
+        assert scan.hits + console_logs == [], scan.hits + console_logs
+        assert all(scan.seen[place] > 0 for place in ("kafka", "database", "files", "logs")), scan.seen
         actors = await pool.fetch("SELECT type, actor FROM events WHERE stream_id = $1", f"instance-{instance}")
         assert ("flows.ts-submission-requested", "op.201") in [(a["type"], a["actor"]) for a in actors] or \
             await pool.fetchval("SELECT count(*) FROM events WHERE stream_id = $1 AND data->>'requested_by' = "
                                 "'op.201'", f"instance-{instance}") > 0
     finally:
+        logging.getLogger().removeHandler(handler)
         await pool.close()
 
 
