@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import getpass
 import sys
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
+import asyncpg
 import typer
 
 from services.cli.common import UserError, console, database, interactive, run, table, user_errors
@@ -14,6 +16,7 @@ from services.console import auth
 from services.console.access import read_access_log
 from services.runtime.migrations import migrate
 
+T = TypeVar("T")
 users_app = typer.Typer(help="The console's users (local accounts) and API keys.", no_args_is_help=True)
 
 
@@ -26,6 +29,19 @@ def _password(name: str, from_stdin: bool) -> str:
     if getpass.getpass("again: ") != first:
         raise UserError("the two passwords differ")
     return first
+
+
+def _with_users(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Runs `work` on the migrated database; the console's refusals become one clear line."""
+    async def go() -> T:
+        async with database() as pool:
+            await migrate(pool)
+            return await work(pool)
+
+    try:
+        return run(go())
+    except auth.UserInputError as exc:
+        raise UserError(str(exc)) from exc
 
 
 @users_app.command("add")
@@ -43,15 +59,7 @@ def users_add(name: str,
         raise UserError(str(exc)) from exc
     password = _password(name, password_stdin)
 
-    async def add() -> None:
-        async with database() as pool:
-            await migrate(pool)
-            await auth.add_user(pool, name, role, ente or [], structure, password)
-
-    try:
-        run(add())
-    except auth.UserInputError as exc:
-        raise UserError(str(exc)) from exc
+    _with_users(lambda pool: auth.add_user(pool, name, role, ente or [], structure, password))
     console.print(f"user [bold]{name}[/] added ({role}{': enti ' + ', '.join(ente) if ente else ''})")
 
 
@@ -59,30 +67,18 @@ def users_add(name: str,
 @user_errors
 def users_list() -> None:
     """The console's users (never their password hashes)."""
-    async def rows() -> list:
-        async with database() as pool:
-            await migrate(pool)
-            return await auth.list_users(pool)
-
+    users = _with_users(auth.list_users)
     console.print(table("Console users", ["name", "role", "enti", "structure", "state", "created"],
                         [(r["name"], r["role"], ", ".join(r["enti"]), r["structure"],
                           "disabled" if r["disabled"] else "active", r["created_at"].strftime("%Y-%m-%d"))
-                         for r in run(rows())]))
+                         for r in users]))
 
 
 @users_app.command("disable")
 @user_errors
 def users_disable(name: str) -> None:
     """Disable a user and end its sessions at once."""
-    async def disable() -> None:
-        async with database() as pool:
-            await migrate(pool)
-            await auth.disable_user(pool, name)
-
-    try:
-        run(disable())
-    except auth.UserInputError as exc:
-        raise UserError(str(exc)) from exc
+    _with_users(lambda pool: auth.disable_user(pool, name))
     console.print(f"user {name} disabled; its sessions are closed")
 
 
@@ -92,15 +88,7 @@ def users_api_key(label: str,
                   ente: Annotated[list[str], typer.Option(help="an entity the key may read and act on (repeatable)")],
                   ) -> None:
     """A new API key for a machine client, bound to its enti; printed once, stored hashed."""
-    async def add() -> str:
-        async with database() as pool:
-            await migrate(pool)
-            return await auth.add_api_key(pool, label, ente)
-
-    try:
-        key = run(add())
-    except auth.UserInputError as exc:
-        raise UserError(str(exc)) from exc
+    key = _with_users(lambda pool: auth.add_api_key(pool, label, ente))
     console.print(f"API key for {label} (enti {', '.join(ente)}); it is shown only now:")
     print(key)
 

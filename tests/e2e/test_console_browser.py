@@ -60,6 +60,15 @@ async def _wait_badge(page: Page, states: set[str], timeout_s: float = 120) -> s
     return str(await page.get_attribute("#stato .badge", "data-state"))
 
 
+async def _log_in(page: Page, url: str, user: str) -> None:
+    """The login form, sent from the keyboard."""
+    await page.goto(url + "/login")
+    await page.fill("#utente", user)
+    await page.fill("#password", PASSWORD)
+    async with page.expect_navigation():
+        await page.keyboard.press("Enter")
+
+
 async def _submit_load(page: Page, month: str, scheduled: datetime | None) -> None:
     start, end = month_period(month)
     await page.goto(page.url.split("/istanze")[0] + "/istanze/nuova")
@@ -190,11 +199,7 @@ async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignor
             posted: list[str] = []
             page.on("request", lambda r: posted.append(r.post_data or "") if r.method == "POST" else None)
             axe = Axe()
-            await page.goto(console.url + "/login")
-            await page.fill("#utente", "op.201")
-            await page.fill("#password", PASSWORD)
-            async with page.expect_navigation():
-                await page.keyboard.press("Enter")
+            await _log_in(page, console.url, "op.201")
             await page.goto(f"{console.url}/istanze/{instance}")
             async with page.expect_navigation():
                 await page.click("text=Invia a Sistema TS")
@@ -255,11 +260,7 @@ async def test_the_desk_sees_the_wrong_cell_of_an_uploaded_workbook(fresh_db, tm
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         axe = Axe()
         page = await (await browser.new_context(locale="it-IT")).new_page()
-        await page.goto(console.url + "/login")
-        await page.fill("#utente", "desk.1")
-        await page.fill("#password", PASSWORD)
-        async with page.expect_navigation():
-            await page.keyboard.press("Enter")
+        await _log_in(page, console.url, "desk.1")
         await page.goto(console.url + "/onboarding")
         assert await page.locator(f"a[href='/onboarding/{other}']").count() == 1
         assert "Centro <b>Vomero</b>" in await page.locator("table").inner_text()  # shown, not interpreted
@@ -277,11 +278,7 @@ async def test_the_desk_sees_the_wrong_cell_of_an_uploaded_workbook(fresh_db, tm
         await _axe_clean(page, axe, "13-onboarding-richiesta")
 
         structure = await (await browser.new_context(locale="it-IT")).new_page()
-        await structure.goto(console.url + "/login")
-        await structure.fill("#utente", "st.1")
-        await structure.fill("#password", PASSWORD)
-        async with structure.expect_navigation():
-            await structure.keyboard.press("Enter")
+        await _log_in(structure, console.url, "st.1")
         await structure.goto(console.url + "/onboarding")
         assert await structure.locator(f"a[href='/onboarding/{own}']").count() == 1
         assert await structure.locator(f"a[href='/onboarding/{other}']").count() == 0
