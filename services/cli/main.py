@@ -9,6 +9,7 @@
     flows deadlines                     due dates per flow type and entity
     flows replay [<n>|--all] [--verify] rebuild and verify the history
     flows demo                          the whole walk-through on generated data
+    flows users add|list|disable|api-key the console's users; flows access-log: who read personal data
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from services.cli import ops_cli
 from services.cli.audit import audit_app
 from services.cli.common import UserError, console, month_option, run, user_errors
 from services.cli.dlq_cli import dlq_app
+from services.cli.users import access_log, users_app
 
 app = typer.Typer(help="Regional health-information flows: load, check, format, send, audit.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -41,6 +43,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(audit_app, name="audit")
 ops_cli.register(app)  # flows tail, flows lag
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(users_app, name="users")
+app.command("access-log")(access_log)
 
 FLOW_TYPES = ["FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730"]
 

@@ -19,6 +19,7 @@ SERVICES: dict[str, list[str]] = {
     "ts-gateway": ["services.ts_gateway"],
     "onboarding": ["services.onboarding"],
     "audit": ["services.audit"],
+    "console": ["services.console"],
 }
 
 
@@ -34,6 +35,7 @@ def service_env(info: localstack.StackInfo) -> dict[str, str]:
     env.update(stack_environment(info))
     env.update({
         "FLOWS_LOG_FORMAT": "json",
+        "FLOWS_CONSOLE_PORT": os.environ.get("FLOWS_CONSOLE_PORT", "18080"),
         "PYTHONUNBUFFERED": "1",
     })
     return env

@@ -66,12 +66,8 @@ class OpsMetrics:
             self.dlq.labels(topic).set(count)
 
     async def _database(self, pool: asyncpg.Pool, today: date) -> None:
-        from services.cli.deadlines import (
-            DeadlineDataInvalid,
-            DeadlineDataMissing,
-            covering_instance,
-            deadlines_for_month,
-        )
+        from contracts.deadlines import DeadlineDataInvalid, DeadlineDataMissing, deadlines_for_month
+        from services.runtime.coverage import coverage
 
         self.instances.clear()
         for row in await pool.fetch("SELECT flow_type, state, count(*) AS n FROM instance_list GROUP BY 1, 2"):
@@ -92,12 +88,10 @@ class OpsMetrics:
                 deadlines = deadlines_for_month(year, month)
             except (DeadlineDataMissing, DeadlineDataInvalid):
                 continue  # `flows deadlines` names what is missing; no figure beats a guessed one
-            for deadline in deadlines:
-                for ente in entes:
-                    covered = await covering_instance(pool, deadline, ente)
-                    if covered is None:
-                        self.deadline.labels(ente, deadline.flow_type, deadline.due.isoformat()).set(
-                            (deadline.due - today).days)
+            for ente, deadline, covered in await coverage(pool, deadlines, None, entes) if entes else []:
+                if covered is None:
+                    self.deadline.labels(ente, deadline.flow_type, deadline.due.isoformat()).set(
+                        (deadline.due - today).days)
 
 
 _BY_REGISTRY: dict[int, OpsMetrics] = {}

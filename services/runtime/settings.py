@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     # The audit service refreshes the platform's ops figures (services.runtime.opsmetrics) this often; 0: never.
     ops_metrics_interval_s: float = Field(default=15.0, ge=0)
 
+    # The operator console (services/console).
+    console_host: str = "127.0.0.1"
+    console_port: int = 18080
+    console_secure_cookies: bool = Field(default=True, description="False only for plain-http tests on localhost.")
+    console_session_ttl_s: int = Field(default=8 * 3600, gt=0)
+    console_login_max_failures: int = Field(default=5, gt=0, description="Per user name in the window.")
+    console_login_window_s: int = Field(default=900, gt=0)
+
     def bootstrap_list(self) -> list[str]:
         """`kafka_bootstrap` as the list of host:port aiokafka wants. FastStream wraps a plain string
         into a one-element list, so "a:1,b:2" would reach aiokafka as ONE host named "a:1,b"."""
