@@ -193,7 +193,7 @@ async def test_the_relay_wakes_on_notify_long_before_its_poll_interval(pool: asy
 
 async def test_a_row_too_large_for_the_broker_is_parked_and_only_its_own_stream_waits(pool: asyncpg.Pool) -> None:
     store = EventStore(pool, source="/flows/loader")
-    topic = fresh_topic()
+    topic = await fresh_topic()
     await append_numbered(store, topic, keys=["7001"], per_key=1)
     # A row from before the append-time size check: 1.2 MB, over the broker's (and producer's) 1 MiB.
     await pool.execute("UPDATE outbox SET payload = jsonb_build_object('key', '7001', 'n', 0, 'blob', "
@@ -226,7 +226,7 @@ async def test_a_row_too_large_for_the_broker_is_parked_and_only_its_own_stream_
 
 async def test_a_parked_row_retried_after_its_cause_is_fixed_is_published_first(pool: asyncpg.Pool) -> None:
     store = EventStore(pool, source="/flows/loader")
-    topic = fresh_topic()
+    topic = await fresh_topic()
     await append_numbered(store, topic, keys=["7101"], per_key=1)
     await pool.execute("UPDATE outbox SET topic = 'not a valid topic name!'")  # InvalidTopic: permanent
     await append_numbered_from(store, topic, key="7101", start=1, count=1)
