@@ -183,7 +183,10 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
     await _clean_topics(stack.bootstrap_servers)
     name = f"e2e_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(stack.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
     base = Path(tmp_path_factory.mktemp("platform"))
     simulator = TsSimulator([SimUser.from_clear(TS_USER, TS_PASSWORD, TS_PINCODE, TS_CF)])
     cert = simulator.write_certificate(base / "ts-sim")
@@ -214,6 +217,10 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
         for service in list(p.tasks):
             await p.stop(service)
         await simulator.stop()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        # A new connection: a fault test (tests/integration/test_outage.py) may have restarted PostgreSQL.
+        admin = await asyncpg.connect(stack.database_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
         tee.detach_file()

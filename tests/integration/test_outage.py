@@ -47,28 +47,34 @@ class Loader:
 
 @pytest.fixture
 async def loader(stack, tmp_path: Path) -> AsyncIterator[Loader]:  # type: ignore[no-untyped-def]
-    """The real loader service (`python -m services.loader`) on a fresh database, its log in a file."""
+    """The real loader service on a fresh database, alone in its consumer groups, its log in a file."""
     log = tmp_path / "loader.log"
     async with scratch_database("t_outage") as url:
         env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_FILES_DIR": str(tmp_path),
                "FLOWS_LOG_FORMAT": "json"}
-        async with logged_process(log, "-m", "services.loader", env=env) as process:
+        async with logged_process(log, "-m", "tests.integration.outage_loader", uuid.uuid4().hex[:8],
+                                  env=env) as process:
             yield Loader(url, log, process)
 
 
-async def _publish(records: list[BaseModel]) -> None:
+async def _publish(records: list[BaseModel]) -> list[str]:
+    """Publishes the records as the CUP would; their ce_ids."""
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, acks="all")
     await producer.start()
+    ids = []
     try:
         acks = []
         for record in records:
             source_id = str(vars(record)["source_id"])
             topic = f"sources.{SOURCE_FILES[type(record)][0]}"
+            envelope = Envelope.new(topic, "/cup/test", subject=source_id)
+            ids.append(envelope.id)
             acks.append(await producer.send(topic, record.model_dump_json().encode(), key=source_id.encode(),
-                                            headers=Envelope.new(topic, "/cup/test", subject=source_id).to_headers()))
+                                            headers=envelope.to_headers()))
         await asyncio.gather(*acks)
     finally:
         await producer.stop()
+    return ids
 
 
 async def _count(url: str, prefix: str) -> dict[str, int]:
@@ -124,14 +130,14 @@ async def test_postgres_stopped_for_30_s_under_intake_and_loads_dead_letters_not
                 for flow in (flows.FlowType.FLUSSO_C, flows.FlowType.FLUSSO_730, flows.FlowType.FLUSSO_MEF)]
     request_ids = {str(r.request_id) for r in requests}
 
-    await _publish(before)
+    ce_ids = await _publish(before)
     async with asyncio.timeout(90):  # the loader is up and consuming
         while sum((await _count(loader.database_url, generation.prefix)).values()) < len(before):
             await asyncio.sleep(0.3)
     log_before = loader.log.stat().st_size
     outage_started = time.monotonic()
     async with postgres_down():
-        await _publish(during)  # intake during the outage
+        ce_ids += await _publish(during)  # intake during the outage
         for request in requests:  # and loads
             await send_command(KAFKA, "flows.load-requested", request, key=str(request.request_id))
         await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - outage_started)))
@@ -155,8 +161,9 @@ async def test_postgres_stopped_for_30_s_under_intake_and_loads_dead_letters_not
         doubled = int(await conn.fetchval(
             "SELECT count(*) FROM source_service WHERE starts_with(source_id, $1) AND revision > 1",
             generation.prefix))
-        handled = int(await conn.fetchval(
-            "SELECT count(*) FROM processed_message WHERE consumer = 'loader-sources'"))
+        handled = int(await conn.fetchval(  # this test's messages the loader applied (one row each at most)
+            "SELECT count(*) FROM processed_message WHERE consumer = 'loader-sources' AND message_id = ANY($1)",
+            ce_ids))
     finally:
         await conn.close()
     log_growth = loader.log.stat().st_size - log_before

@@ -1,0 +1,53 @@
+"""The real loader service for the outage test, alone in its consumer groups.
+
+    python -m tests.integration.outage_loader SUFFIX
+
+`services.loader.app.main()` unchanged, except that its consumer groups are `<group>-SUFFIX`: a
+test session may run other loaders (the e2e platform) in the groups `loader` and `loader-sources`,
+which would otherwise share the partitions with this one. The new groups start at the end of each
+topic (committed before the service starts), not at the session's whole history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from contracts.topics import SOURCE_TOPICS
+from services.loader import app
+from services.runtime import broker
+
+
+async def start_at_the_end(bootstrap: str, group: str, topics: list[str]) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        existing = await consumer.topics()
+        partitions = [TopicPartition(t, p) for t in topics if t in existing
+                      for p in consumer.partitions_for_topic(t) or ()]
+        if partitions:
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await consumer.commit(dict(ends.items()))
+    finally:
+        await consumer.stop()
+
+
+def main(suffix: str) -> None:
+    def consume_alone(b: Any, topic: Any, *, group_id: str, **kw: Any) -> None:
+        broker.consume(b, topic, group_id=f"{group_id}-{suffix}", **kw)
+
+    bootstrap = os.environ["FLOWS_KAFKA_BOOTSTRAP"]
+    sources = [t.name for t in SOURCE_TOPICS if t.name != "sources.record-rejected"]
+    asyncio.run(start_at_the_end(bootstrap, f"loader-{suffix}", ["flows.load-requested"]))
+    asyncio.run(start_at_the_end(bootstrap, f"loader-sources-{suffix}", sources))
+    app.consume = consume_alone  # type: ignore[assignment]
+    asyncio.run(app.main())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
