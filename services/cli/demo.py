@@ -49,7 +49,24 @@ async def _walk(ente: str, month: str, services: int) -> None:
                   "writes them with their names")
     console.print(f"try: flows show {flusso_c} | flows files {flusso_c} --view <name> | flows feedback <n> | "
                   "flows deadlines | flows replay --all --verify")
+    password = await _demo_login(ente)
+    console.print(Rule("5. The operator console"))
+    console.print(f"console: http://127.0.0.1:{cfg.console_port}/ - demo login: user [bold]demo.{ente}[/] "
+                  f"(operator of ente {ente}), password [bold]{password}[/] (new at every demo run)")
     console.print("the platform keeps running; stop it with `flows stack down`")
+
+
+async def _demo_login(ente: str) -> str:
+    """The demo's console user, operator of `ente`, with a fresh random password."""
+    import secrets
+
+    from services.cli.common import database
+    from services.console.auth import set_demo_user
+
+    password = secrets.token_urlsafe(12)
+    async with database() as pool:
+        await set_demo_user(pool, f"demo.{ente}", ente, password)
+    return password
 
 
 def run_demo(ente: str, month: str | None, services: int) -> None:

@@ -23,33 +23,39 @@ _730_FIELDS = ("pIva", "dataEmissione", "dispositivo", "numDocumento", "dataPaga
 
 
 def render_file(path: Path, kind: str, flow_type: str, version: str, limit: int, offset: int) -> None:
+    title, columns, rows = file_rows(path, kind, flow_type, version, limit, offset)
+    console.print(table(title, columns, rows))
+
+
+def file_rows(path: Path, kind: str, flow_type: str, version: str, limit: int,
+              offset: int) -> tuple[str, list[str], list[list[str]]]:
+    """Records offset..offset+limit of a file as (title, columns, rows), as the CLI and the console show it."""
     if kind == "730-zip":
-        _render_730(path, limit, offset)
-    elif kind in ("feedback", "ts-errors"):
-        _render_csv(path, limit, offset)
-    elif kind == "ts-receipt":
+        return _rows_730(path, limit, offset)
+    if kind in ("feedback", "ts-errors"):
+        return _rows_csv(path, limit, offset)
+    if kind == "ts-receipt":
         raise UserError(f"{path.name} is the PDF receipt of Sistema TS, not a table: `flows export` writes it out")
-    else:
-        layout = load_layout(flow_type, version)
-        if kind not in layout.kinds:
-            raise UserError(f"layout {flow_type} {version} has no record kind {kind!r}")
-        with path.open("rb") as lines:
-            rows = list(itertools.islice(iter_table(layout, kind, lines), offset, offset + limit))
-        if not rows:
-            raise UserError(f"no records from {offset}")
-        columns = list(rows[0])
-        console.print(table(f"{kind} records {offset + 1}..{offset + len(rows)}", columns,
-                            [[row[c] for c in columns] for row in rows]))
+    layout = load_layout(flow_type, version)
+    if kind not in layout.kinds:
+        raise UserError(f"layout {flow_type} {version} has no record kind {kind!r}")
+    with path.open("rb") as lines:
+        records = list(itertools.islice(iter_table(layout, kind, lines), offset, offset + limit))
+    if not records:
+        raise UserError(f"no records from {offset}")
+    columns = list(records[0])
+    return (f"{kind} records {offset + 1}..{offset + len(records)}", columns,
+            [[str(row[c]) for c in columns] for row in records])
 
 
-def _render_csv(path: Path, limit: int, offset: int) -> None:
+def _rows_csv(path: Path, limit: int, offset: int) -> tuple[str, list[str], list[list[str]]]:
     reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8")), delimiter=";")
     header = next(reader)
     rows = list(itertools.islice(reader, offset, offset + limit))
-    console.print(table(f"records {offset + 1}..{offset + len(rows)}", header, rows))
+    return f"records {offset + 1}..{offset + len(rows)}", header, rows
 
 
-def _render_730(path: Path, limit: int, offset: int) -> None:
+def _rows_730(path: Path, limit: int, offset: int) -> tuple[str, list[str], list[list[str]]]:
     with zipfile.ZipFile(path) as archive:
         (entry,) = archive.namelist()
         with archive.open(entry) as xml:
@@ -61,4 +67,4 @@ def _render_730(path: Path, limit: int, offset: int) -> None:
                 items = [f"{v.findtext('tipoSpesa')} {v.findtext('importo')}" for v in doc.iter("voceSpesa")]
                 rows.append([*(values.get(f, "") for f in _730_FIELDS), ", ".join(items)])
                 doc.clear()
-    console.print(table(f"{entry}: documents {offset + 1}..{offset + len(rows)}", [*_730_FIELDS, "voceSpesa"], rows))
+    return f"{entry}: documents {offset + 1}..{offset + len(rows)}", [*_730_FIELDS, "voceSpesa"], rows

@@ -76,16 +76,26 @@ def print_outcome(row: asyncpg.Record) -> None:
         console.print(f"  every bad record is in the feedback: `flows feedback {row['instance']}`")
 
 
+def load_request(flow_type: str, ente: str, start: date, end: date, version: str, at: datetime | None,
+                 requested_by: str) -> flows.LoadRequested:
+    """The load command, as the CLI and the console build it (raises pydantic's ValidationError)."""
+    return flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType(flow_type), version=version,
+                               ente=ente, period=flows.Period(start=start, end=end), scheduled_at=at,
+                               requested_by=requested_by)
+
+
+async def send_load_request(bootstrap: str, request: flows.LoadRequested) -> None:
+    await send_command(bootstrap, "flows.load-requested", request, key=str(request.request_id))
+
+
 async def load(flow_type: str, ente: str, start: date, end: date, version: str, at: datetime | None,
                wait: bool, requested_by: str, timeout: float = 600) -> int:
     cfg = settings()
-    request = flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType(flow_type), version=version,
-                                  ente=ente, period=flows.Period(start=start, end=end), scheduled_at=at,
-                                  requested_by=requested_by)
+    request = load_request(flow_type, ente, start, end, version, at, requested_by)
     if (unknown := unknown_ente_reason(ente)) is not None:
         raise UserError(unknown)
     async with database(cfg) as pool:
-        await send_command(cfg.kafka_bootstrap, "flows.load-requested", request, key=str(request.request_id))
+        await send_load_request(cfg.kafka_bootstrap, request)
         deadline = time.monotonic() + 60
         instance = None
         while instance is None:
@@ -102,17 +112,22 @@ async def load(flow_type: str, ente: str, start: date, end: date, version: str, 
         return int(instance)
 
 
+async def send_format_request(bootstrap: str, row: asyncpg.Record, requested_by: str) -> None:
+    """The format command for the instance of `row` (its instance_list row), if its state allows it."""
+    instance = int(row["instance"])
+    try:
+        target_of("flows.formatting-started", {}, InstanceState(row["state"]))
+    except IllegalTransition as exc:
+        raise UserError(f"instance {instance} is {row['state']}: it cannot be formatted "
+                        "(only Checked or Format failed instances can)") from exc
+    await send_command(bootstrap, "flows.format-requested",
+                       flows.FormatRequested(instance=instance, requested_by=requested_by), key=str(instance))
+
+
 async def format_instance(instance: int, wait: bool, requested_by: str, timeout: float = 600) -> None:
     cfg = settings()
     async with database(cfg) as pool:
-        row = await _instance_row(pool, instance)
-        try:
-            target_of("flows.formatting-started", {}, InstanceState(row["state"]))
-        except IllegalTransition as exc:
-            raise UserError(f"instance {instance} is {row['state']}: it cannot be formatted "
-                            "(only Checked or Format failed instances can)") from exc
-        await send_command(cfg.kafka_bootstrap, "flows.format-requested",
-                           flows.FormatRequested(instance=instance, requested_by=requested_by), key=str(instance))
+        await send_format_request(cfg.kafka_bootstrap, await _instance_row(pool, instance), requested_by)
         if wait:
             await _wait_for_state(pool, instance, {InstanceState.FORMATTING.value, *FINAL_FORMAT}, "formatting", 60)
             done = await _wait_for_state(pool, instance, FINAL_FORMAT, "formatting", timeout)
@@ -231,19 +246,25 @@ async def feedback(instance: int, out: Path | None, limit: int) -> None:
 
 async def delete(instance: int, deleted_by: str, reason: str | None) -> None:
     async with database() as pool:
-        store = EventStore(pool, source="/flows/cli", projections=FLOW_PROJECTIONS)
-        row = await _instance_row(pool, instance)
-        try:
-            target_of("flows.instance-deleted", {}, InstanceState(row["state"]))
-        except IllegalTransition as exc:
-            raise UserError(f"instance {instance} is {row['state']}: it cannot be deleted now ({exc})") from exc
-        version = await store.stream_version(instance_stream(instance))
-        event = flows.InstanceDeleted(instance=instance, deleted_by=deleted_by, reason=reason)
-        try:
-            await store.append(instance_stream(instance), [NewEvent("flows.instance-deleted",
-                                                                    event.model_dump(mode="json"), actor=deleted_by)],
-                               expected_version=version, key=str(instance))
-        except ConcurrencyError as exc:
-            raise UserError(f"instance {instance} changed while deleting it; look at `flows show {instance}` "
-                            "and try again") from exc
+        await append_deletion(pool, await _instance_row(pool, instance), deleted_by, reason)
     console.print(f"instance {instance} marked deleted; its history is kept (`flows show {instance}`)")
+
+
+async def append_deletion(pool: asyncpg.Pool, row: asyncpg.Record, deleted_by: str, reason: str | None,
+                          source: str = "/flows/cli") -> None:
+    """Appends the deletion of the instance of `row` (its instance_list row), if its state allows it."""
+    instance = int(row["instance"])
+    store = EventStore(pool, source=source, projections=FLOW_PROJECTIONS)
+    try:
+        target_of("flows.instance-deleted", {}, InstanceState(row["state"]))
+    except IllegalTransition as exc:
+        raise UserError(f"instance {instance} is {row['state']}: it cannot be deleted now ({exc})") from exc
+    version = await store.stream_version(instance_stream(instance))
+    event = flows.InstanceDeleted(instance=instance, deleted_by=deleted_by, reason=reason)
+    try:
+        await store.append(instance_stream(instance), [NewEvent("flows.instance-deleted",
+                                                                event.model_dump(mode="json"), actor=deleted_by)],
+                           expected_version=version, key=str(instance))
+    except ConcurrencyError as exc:
+        raise UserError(f"instance {instance} changed while deleting it; look at `flows show {instance}` "
+                        "and try again") from exc

@@ -18,7 +18,7 @@ from services.cli.instances import _instance_row, _wait_for_state, print_outcome
 from services.runtime.commands import send_command
 from services.runtime.read_models import instance_stream
 from services.ts_gateway.keys import RETIRED_DIR, RETIRED_KEY_GRACE_S, KeysError, rotate_gateway_key
-from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, key_id, seal
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, SealError, key_id, seal, sealed_key_id
 
 FINAL_TS = {InstanceState.CONFIRMED.value, InstanceState.CONFIRMED_WITH_ERRORS.value, InstanceState.REJECTED.value}
 
@@ -43,6 +43,27 @@ async def check_sendable(instance: int) -> None:
         await _ensure_sendable(pool, instance, cfg.keys_dir / PUBLIC_KEY_FILE)
 
 
+async def send_sealed_730(bootstrap: str, pool: Any, keys_dir: Path, instance: int, sealed: str, when: date,
+                          operator: str) -> int:
+    """Asks the gateway to send `instance` with credentials already sealed (by this CLI, or by the
+    console's browser) to the gateway's current key; returns the stream version before the request."""
+    public_key = keys_dir / PUBLIC_KEY_FILE
+    await _ensure_sendable(pool, instance, public_key)
+    try:
+        sealed_to = sealed_key_id(sealed)
+    except SealError as exc:
+        raise UserError(f"the sealed credentials of instance {instance} are not a TS gateway box: {exc}") from exc
+    if sealed_to != key_id(public_key.read_bytes()):
+        raise UserError(f"the credentials were sealed to key {sealed_to}, not to the gateway's current key: "
+                        "seal them again")
+    request = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed, transmission_date=when,
+                                          requested_by=operator)
+    before = int(await pool.fetchval("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
+                                     instance_stream(instance)))
+    await send_command(bootstrap, "flows.ts-submission-requested", request, key=str(instance))
+    return before
+
+
 async def send_730(instance: int, cf: str, user: str, password: str, pincode: str, when: date, operator: str,
                    wait: bool, timeout: float = 600) -> None:
     cfg = settings()
@@ -52,11 +73,7 @@ async def send_730(instance: int, cf: str, user: str, password: str, pincode: st
         public_pem = public_key.read_bytes()
         sealed = seal(public_pem, Credentials(user=user, password=password, pincode=pincode,
                                               cf_proprietario=cf.strip().upper()))
-        request = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed, transmission_date=when,
-                                              requested_by=operator)
-        before = await pool.fetchval("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
-                                     instance_stream(instance))
-        await send_command(cfg.kafka_bootstrap, "flows.ts-submission-requested", request, key=str(instance))
+        before = await send_sealed_730(cfg.kafka_bootstrap, pool, cfg.keys_dir, instance, sealed, when, operator)
         console.print(f"instance {instance} handed to the TS gateway (credentials sealed to key {key_id(public_pem)})")
         if when > date.today():
             console.print(f"  the gateway sends it on {when}; follow it with `flows show {instance}`")

@@ -143,6 +143,8 @@ async def due_instances(pool: asyncpg.Pool, now: datetime) -> list[int]:
     return [int(r["instance"]) for r in rows]
 
 
+# Longer than any id a regional system gives; a longer "source_id" is not used to name a stream.
+SOURCE_ID_MAX = 200
 _KIND_OF = {model: kind for kind, model in SOURCE_MODELS.items()}
 
 
@@ -158,8 +160,15 @@ async def handle_source_record(record: SourceModel, msg: Incoming, deps: LoaderD
 
 async def reject_source_record(record_id: str | None, body: Any, reason: str, *, deps: LoaderDeps,
                                kind: str) -> None:
-    """Publishes `sources.record-rejected` (through the outbox) naming the record and the fields."""
+    """Publishes `sources.record-rejected` (through the outbox) naming the record and the fields.
+
+    The reason comes bounded (services.runtime.broker); a `source_id` that is not a short string (a
+    list, a megabyte) is not an id: the event names the record unidentified, so the hook cannot fail
+    on it.
+    """
     source_id = body.get("source_id") if isinstance(body, dict) else None
+    if not (isinstance(source_id, str) and 0 < len(source_id) <= SOURCE_ID_MAX):
+        source_id = None
     payload = SourceRecordRejected(kind=kind, source_id=source_id, errors=[{"record": record_id or "?",
                                                                             "reason": reason}])
     stream = f"source-{source_id}" if source_id else f"source-unidentified-{uuid.uuid4()}"

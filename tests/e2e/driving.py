@@ -30,20 +30,28 @@ async def _wait_state(pool: asyncpg.Pool, instance: int, states: set[str], timeo
                              f"it is {dict(row) if row else 'not in instance_list'}") from None
 
 
+async def publish_month(platform: Any, pool: asyncpg.Pool, ente: str, month: str, services: int, seed: int,
+                        bad: int = 0) -> dict[str, int]:
+    """Publish a month of generated source data of `ente` and wait until the loader's intake stored it."""
+    generation = generate(ente, month, services, seed=seed, bad=bad)
+    counts = await publish(generation, platform.settings.kafka_bootstrap)
+    assert counts.get("payment-document", 0) > 0, counts
+    async with asyncio.timeout(120):  # intake is asynchronous: published is not yet stored
+        while (await pool.fetchval("SELECT count(*) FROM source_service WHERE starts_with(source_id, $1)",
+                                   generation.prefix) < counts["delivered-service"]
+               or await pool.fetchval("SELECT count(*) FROM source_payment_document WHERE ente = $1 "
+                                      "AND starts_with(source_id, $2)", ente, generation.prefix)
+               < counts["payment-document"]):
+            await asyncio.sleep(0.3)
+    return counts
+
+
 async def _formatted_730(platform: Any, ente: str, month: str, services: int = 120) -> int:
     """Publish a month of source data, load FLUSSO_730 (Checked), format it (Formatted): the instance."""
     cfg = platform.settings
-    generation = generate(ente, month, services, seed=11)
-    counts = await publish(generation, cfg.kafka_bootstrap)
-    assert counts.get("payment-document", 0) > 0, counts
     pool = await platform.pool()
     try:
-        async with asyncio.timeout(120):  # intake is asynchronous: published is not yet stored
-            while (await pool.fetchval("SELECT count(*) FROM source_service WHERE starts_with(source_id, $1)",
-                                       generation.prefix) < counts["delivered-service"]
-                   or await pool.fetchval("SELECT count(*) FROM source_payment_document WHERE ente = $1",
-                                          ente) < counts["payment-document"]):
-                await asyncio.sleep(0.3)
+        await publish_month(platform, pool, ente, month, services, seed=11)
         start, end = month_period(month)
         request = flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_730, ente=ente,
                                       period=flows.Period(start=start, end=end), requested_by="e2e.ts")

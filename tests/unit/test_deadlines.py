@@ -7,15 +7,15 @@ from typing import Any
 import holidays
 import pytest
 
-from services.cli.common import UserError
-from services.cli.deadlines import (
+from contracts.deadlines import (
     DeadlineDataInvalid,
     DeadlineDataMissing,
     deadlines_for_month,
     next_working_day,
     rules,
-    show,
 )
+from services.cli.common import UserError
+from services.cli.deadlines import show
 
 YEARS = (2025, 2026, 2027)
 FLOW_TYPES = ("FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730")
@@ -184,3 +184,14 @@ def test_broken_data_is_an_error_naming_the_flow_and_year(rule, message):
         for month in range(1, 13):
             deadlines_for_month(2026, month, rule_book=_book(**rule))
     assert "[TEST_FLOW.years.2026]" in str(caught.value)
+
+
+def test_status_marks_what_is_due_within_7_days_and_not_covered():
+    from contracts.deadlines import Deadline, status
+
+    d = Deadline("FLUSSO_C", date(2026, 10, 1), date(2026, 10, 31), date(2026, 11, 16))
+    assert status(d, None, date(2026, 11, 8)) == "open"
+    assert status(d, None, date(2026, 11, 9)) == "due-soon"
+    assert status(d, None, date(2026, 11, 16)) == "due-soon"
+    assert status(d, None, date(2026, 11, 17)) == "late"
+    assert status(d, 1947, date(2026, 11, 17)) == "covered"

@@ -1,0 +1,193 @@
+"""The console's two speed targets (issue 12), measured in one run on the local stack:
+
+1. With 100,000 instances, a page of the instance list (HTTP, logged in, rendered HTML) at p95
+   within 2x of the raw SQL query for the same page. Pages are the first one and the next ones by
+   keyset (`prima`), for an operator of two enti and for an ops user, with and without a state
+   filter; console and raw alternate page by page so machine load hits both alike.
+2. An instance's state change reaches an open page within 1 s of its event on Kafka (p95 over 50
+   changes): from the moment the event is acknowledged by Kafka to the moment the page's live
+   stream announced it AND the page fetched the fresh fragment (what console.js does).
+
+    uv run python bench/console.py [--instances 100000] [--changes 50]
+
+Runs on a fresh database of the stack's PostgreSQL (DATABASE_URL, or FLOWS_PG_PORT), dropped at
+the end; Kafka at FLOWS_KAFKA_BOOTSTRAP (or 127.0.0.1:FLOWS_KAFKA_PORT_BASE). The instance rows are
+written straight into the read model (COPY): this measures the console's read path, not the loader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import httpx
+from aiokafka import AIOKafkaProducer
+
+from services.console import auth
+from services.console.app import PAGE_SIZE, Search, search_instances
+from services.runtime.db import create_pool
+from services.runtime.host import prepare_database
+from services.runtime.read_models import FLOW_PROJECTIONS
+
+PG = (os.environ.get("DATABASE_URL")
+      or f"postgresql://postgres@127.0.0.1:{os.environ.get('FLOWS_PG_PORT', '15432')}/flows")
+KAFKA = os.environ.get("FLOWS_KAFKA_BOOTSTRAP") or f"127.0.0.1:{os.environ.get('FLOWS_KAFKA_PORT_BASE', '19092')}"
+PASSWORD = "bench password 1"
+STATES = ["Checked", "Failed loading", "Formatted", "Confirmed", "Running"]
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[18] if len(values) >= 20 else max(values)
+
+
+def free_port() -> int:
+    base = int(os.environ.get("FLOWS_KAFKA_PORT_BASE", "19092")) + 150
+    for port in range(base, base + 100):
+        with socket.socket() as s:
+            with contextlib.suppress(OSError):
+                s.bind(("127.0.0.1", port))
+                return port
+    raise RuntimeError("no free port")
+
+
+async def fill(pool: asyncpg.Pool, n: int) -> None:
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = []
+    for i in range(n):
+        created = start + timedelta(minutes=7 * i)
+        month = created.date().replace(day=1)
+        rows.append((1947 + i, "FLUSSO_C", "2020", f"{201 + i % 10}", created, month, month + timedelta(days=27),
+                     STATES[i % len(STATES)], created, "bench", "flows.load-checked", 3))
+    await pool.copy_records_to_table("instance_list", records=rows, columns=[
+        "instance", "flow_type", "version", "ente", "created_at", "period_start", "period_end", "state",
+        "state_since", "requested_by", "last_event", "events"])
+    await pool.execute("ANALYZE instance_list")
+
+
+async def login(client: httpx.AsyncClient, url: str, user: str) -> None:
+    form = await client.get(url + "/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+    assert token
+    response = await client.post(url + "/login", data={"utente": user, "password": PASSWORD, "csrf": token.group(1)})
+    assert response.status_code == 303, response.status_code
+
+
+async def list_pages(pool: asyncpg.Pool, url: str, rounds: int) -> tuple[list[float], list[float]]:
+    console_ms: list[float] = []
+    raw_ms: list[float] = []
+    for user in ("op.bench", "ops.bench"):
+        principal = auth.Principal(user, "operator" if user == "op.bench" else "ops", frozenset({"201", "202"}))
+        async with httpx.AsyncClient(follow_redirects=False, timeout=30) as client:
+            await login(client, url, user)
+            for state in (None, "Checked"):
+                for _ in range(rounds):
+                    before = None
+                    for _page in range(20):
+                        q = Search(stato=state, prima=before)
+                        t0 = time.perf_counter()
+                        rows = await search_instances(pool, principal, q, PAGE_SIZE + 1)
+                        raw_ms.append((time.perf_counter() - t0) * 1000)
+                        params = {k: v for k, v in (("stato", state), ("prima", before)) if v is not None}
+                        t0 = time.perf_counter()
+                        response = await client.get(url + "/istanze", params=params)
+                        console_ms.append((time.perf_counter() - t0) * 1000)
+                        assert response.status_code == 200
+                        before = rows[PAGE_SIZE - 1]["instance"]
+    return console_ms, raw_ms
+
+
+async def live_changes(pool: asyncpg.Pool, url: str, changes: int) -> list[float]:
+    instance = int(await pool.fetchval("SELECT max(instance) FROM instance_list WHERE ente = '201'"))
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, acks="all")
+    await producer.start()
+    latencies: list[float] = []
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            await login(client, url, "op.bench")
+            async with client.stream("GET", f"{url}/istanze/{instance}/eventi") as stream:
+                lines = stream.aiter_lines()
+                while "ready" not in await anext(lines):
+                    pass
+                for _ in range(changes):
+                    await producer.send_and_wait("flows.load-checked", b"{}", key=str(instance).encode())
+                    t0 = time.perf_counter()
+                    while not (await anext(lines)).startswith("event: change"):
+                        pass
+                    fragment = await client.get(f"{url}/istanze/{instance}/stato")
+                    assert fragment.status_code == 200
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    await asyncio.sleep(0.05)
+    finally:
+        await producer.stop()
+    return latencies
+
+
+async def main(instances: int, changes: int, rounds: int) -> None:
+    name = f"bench_console_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(PG)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url_db = PG.rsplit("/", 1)[0] + f"/{name}"
+    pool = await create_pool(url_db, min_size=1, max_size=4)
+    try:
+        await prepare_database(pool, FLOW_PROJECTIONS)
+        t0 = time.perf_counter()
+        await fill(pool, instances)
+        print(f"{instances:,} instances written in {time.perf_counter() - t0:.1f} s")
+        await auth.add_user(pool, "op.bench", "operator", ["201", "202"], None, PASSWORD)
+        await auth.add_user(pool, "ops.bench", "ops", [], None, PASSWORD)
+        port = free_port()
+        # The console in its own process, as deployed: client and server do not share an event loop.
+        env = {**os.environ, "DATABASE_URL": url_db, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_CONSOLE_PORT": str(port),
+               "FLOWS_CONSOLE_SECURE_COOKIES": "false", "FLOWS_FILES_DIR": tempfile.mkdtemp(),
+               "FLOWS_LOG_LEVEL": "WARNING"}
+        server = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.console", env=env,
+                                                      stdout=asyncio.subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            async with asyncio.timeout(60), httpx.AsyncClient() as ready:
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await ready.get(url + "/readyz")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.2)
+            async with httpx.AsyncClient() as probe:
+                floor = []
+                for _ in range(200):
+                    t0 = time.perf_counter()
+                    await probe.get(url + "/healthz")
+                    floor.append((time.perf_counter() - t0) * 1000)
+            print(f"HTTP floor (GET /healthz, no database): p95 {p95(floor):.1f} ms")
+            console_ms, raw_ms = await list_pages(pool, url, rounds)
+            ratio = p95(console_ms) / p95(raw_ms)
+            print(f"instance list, {len(console_ms)} pages of {PAGE_SIZE}: console p95 {p95(console_ms):.1f} ms, "
+                  f"raw SQL p95 {p95(raw_ms):.1f} ms, ratio {ratio:.2f} (target <= 2)")
+            live = await live_changes(pool, url, changes)
+            print(f"live state change, {len(live)} changes: p95 {p95(live):.0f} ms, max {max(live):.0f} ms "
+                  f"(target p95 <= 1000 ms)")
+        finally:
+            server.terminate()
+            await server.wait()
+    finally:
+        await pool.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=100_000)
+    parser.add_argument("--changes", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    asyncio.run(main(args.instances, args.changes, args.rounds))

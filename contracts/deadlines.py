@@ -1,0 +1,174 @@
+"""The deadline rules: when each flow is due, per entity, and what covers it. Pure (no I/O but
+reading the rule data); `flows deadlines` and the console's Scadenze page both use it.
+
+The rules are data (`contracts/data/deadlines.toml`, one table per flow type and data year) because
+the law moves them; this module only reads them. A year the data does not list is an error naming
+the flow type and the year, never a date guessed from another year. Covered = a Formatted (or, for
+the 730, Confirmed / Waiting feedback) instance of that flow type and entity whose period contains
+the due period.
+"""
+
+from __future__ import annotations
+
+import calendar
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import holidays
+
+DATA = Path(__file__).resolve().parent / "data" / "deadlines.toml"
+DATA_NAME = "contracts/data/deadlines.toml"
+COVERING_STATES = ("Formatted", "Waiting feedback", "Confirmed", "Confirmed with errors")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    flow_type: str
+    period_start: date
+    period_end: date
+    due: date
+
+
+class DeadlineDataMissing(LookupError):
+    """The deadline data has no rule for these flow types in this data year."""
+
+    def __init__(self, year: int, flow_types: Iterable[str], detail: str | None = None) -> None:
+        self.year = year
+        self.flow_types = tuple(flow_types)
+        names = ", ".join(self.flow_types)
+        what = detail or f"add a [{self.flow_types[0]}.years.{year}] table with the official dates"
+        super().__init__(f"no deadline data for {names} in {year} in {DATA_NAME}: {what} "
+                         "(deadlines change by law: they are never guessed from another year)")
+
+
+class DeadlineDataInvalid(ValueError):
+    """The deadline data for a flow type and year cannot be read as a rule."""
+
+    def __init__(self, flow_type: str, year: int, message: str) -> None:
+        self.flow_type, self.year = flow_type, year
+        super().__init__(f"{DATA_NAME}, [{flow_type}.years.{year}]: {message}")
+
+
+@lru_cache(maxsize=1)
+def rules(path: Path = DATA) -> dict[str, Any]:
+    return tomllib.loads(path.read_text())
+
+
+def next_working_day(day: date) -> date:
+    it = holidays.country_holidays("IT", years=[day.year, day.year + 1])
+    while day.weekday() >= 5 or day in it:
+        day += timedelta(days=1)
+    return day
+
+
+def _month_end(year: int, month: int) -> date:
+    return date(year, month, calendar.monthrange(year, month)[1])
+
+
+def _iso(flow_type: str, year: int, rule: dict[str, Any], key: str) -> date:
+    try:
+        return date.fromisoformat(str(rule[key]))
+    except KeyError:
+        raise DeadlineDataInvalid(flow_type, year, f"`{key}` is missing") from None
+    except ValueError:
+        raise DeadlineDataInvalid(flow_type, year, f"`{key}` = {rule[key]!r} is not a YYYY-MM-DD date") from None
+
+
+def _monthly_due(flow_type: str, year: int, month: int, rule: dict[str, Any]) -> date:
+    table = rule.get("calendar")
+    if table is not None:
+        if "day" in rule or "months_after" in rule:
+            raise DeadlineDataInvalid(flow_type, year, "give either a `calendar` or `day`/`months_after`, not both")
+        key = f"{year:04d}-{month:02d}"
+        stray = sorted(k for k in table if not k.startswith(f"{year:04d}-"))
+        if stray:
+            raise DeadlineDataInvalid(flow_type, year, f"the calendar lists months of another year: {stray}")
+        if key not in table:
+            raise DeadlineDataMissing(year, [flow_type], f"the {year} calendar of {flow_type} lists no due date "
+                                                        f"for {key}; it must list all twelve months")
+        return _iso(flow_type, year, table, key)
+    try:
+        day, months_after = int(rule["day"]), int(rule.get("months_after", 1))
+    except (KeyError, TypeError, ValueError):
+        raise DeadlineDataInvalid(flow_type, year, "a monthly rule needs an integer `day` (and optionally "
+                                                   "`months_after`), or a `calendar`") from None
+    if not 1 <= day <= 31 or months_after < 1:
+        raise DeadlineDataInvalid(flow_type, year, f"day = {day} must be 1..31 and months_after = "
+                                                   f"{months_after} at least 1")
+    carry, index = divmod(month - 1 + months_after, 12)
+    due_year, due_month = year + carry, index + 1
+    return date(due_year, due_month, min(day, calendar.monthrange(due_year, due_month)[1]))
+
+
+def _deadlines_of(flow_type: str, year: int, month: int, rule: dict[str, Any]) -> list[Deadline]:
+    """The deadlines of one flow type whose reference period ends in (year, month)."""
+    start, end = date(year, month, 1), _month_end(year, month)
+    kind = rule.get("kind")
+    found: list[tuple[date, date, date]] = []  # (period start, period end, due before moving)
+    if kind == "monthly":
+        found.append((start, end, _monthly_due(flow_type, year, month, rule)))
+    elif kind == "calendar":
+        for n, p in enumerate(rule.get("periods", []), start=1):
+            p_start, p_end = _iso(flow_type, year, p, "start"), _iso(flow_type, year, p, "end")
+            if p_end.year != year or p_start > p_end:
+                raise DeadlineDataInvalid(flow_type, year, f"period {n} ({p_start}..{p_end}) must end in {year} "
+                                                           "and start before it ends")
+            if p_end.month == month:
+                found.append((p_start, p_end, _iso(flow_type, year, p, "due")))
+    elif kind == "semester":
+        if month in (6, 12):
+            due = _iso(flow_type, year, rule, "first_half_due" if month == 6 else "second_half_due")
+            found.append((date(year, month - 5, 1), end, due))
+    elif kind == "annual":
+        if month == 12:
+            found.append((date(year, 1, 1), end, _iso(flow_type, year, rule, "due")))
+    else:
+        raise DeadlineDataInvalid(flow_type, year, f"unknown kind {kind!r} (monthly, calendar, semester, annual)")
+    out = []
+    for p_start, p_end, due in found:
+        if due <= p_end:
+            raise DeadlineDataInvalid(flow_type, year, f"due date {due} is not after the period {p_start}..{p_end}")
+        out.append(Deadline(flow_type, p_start, p_end, next_working_day(due)))
+    return out
+
+
+def deadlines_for_month(year: int, month: int, rule_book: dict[str, Any] | None = None,
+                        flow_types: Iterable[str] | None = None) -> list[Deadline]:
+    """The deadlines whose reference period ends in (year, month), of every flow type (or of `flow_types`).
+
+    Raises DeadlineDataMissing, naming the flow types and the year, when the data has no rule for
+    that data year (or for a flow type asked for).
+    """
+    if not 1 <= month <= 12:
+        raise ValueError(f"month {month} is not 1..12")
+    book = rule_book if rule_book is not None else rules()
+    wanted = list(book) if flow_types is None else list(flow_types)
+    missing = [f for f in wanted if str(year) not in book.get(f, {}).get("years", {})]
+    if missing:
+        raise DeadlineDataMissing(year, missing)
+    out = [d for f in wanted for d in _deadlines_of(f, year, month, book[f]["years"][str(year)])]
+    return sorted(out, key=lambda d: (d.due, d.flow_type))
+
+
+DUE_SOON_DAYS = 7
+
+
+def status(deadline: Deadline, covering: int | None, today: date) -> str:
+    """covered, late (past due, not covered), due-soon (within DUE_SOON_DAYS, not covered) or open."""
+    if covering is not None:
+        return "covered"
+    if today > deadline.due:
+        return "late"
+    if (deadline.due - today).days <= DUE_SOON_DAYS:
+        return "due-soon"
+    return "open"
+
+
+def default_month(today: date) -> tuple[int, int]:
+    """The month whose deadlines matter now: the previous one."""
+    return (today.year, today.month - 1) if today.month > 1 else (today.year - 1, 12)

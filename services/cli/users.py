@@ -1,0 +1,111 @@
+"""`flows users add|list|disable|api-key` (the console's local users and machine clients) and
+`flows access-log` (who viewed or downloaded personal data)."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import asyncpg
+import typer
+
+from services.cli.common import UserError, console, database, interactive, run, table, user_errors
+from services.console import auth
+from services.console.access import read_access_log
+from services.runtime.migrations import migrate
+
+T = TypeVar("T")
+users_app = typer.Typer(help="The console's users (local accounts) and API keys.", no_args_is_help=True)
+
+
+def _password(name: str, from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if not interactive():
+        raise UserError("--password-stdin is needed when not on a terminal (the password is never an argument)")
+    first = getpass.getpass(f"password for {name}: ")
+    if getpass.getpass("again: ") != first:
+        raise UserError("the two passwords differ")
+    return first
+
+
+def _with_users(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+    """Runs `work` on the migrated database; the console's refusals become one clear line."""
+    async def go() -> T:
+        async with database() as pool:
+            await migrate(pool)
+            return await work(pool)
+
+    try:
+        return run(go())
+    except auth.UserInputError as exc:
+        raise UserError(str(exc)) from exc
+
+
+@users_app.command("add")
+@user_errors
+def users_add(name: str,
+              role: Annotated[str, typer.Option(help=" | ".join(auth.ROLES))],
+              ente: Annotated[list[str] | None, typer.Option(help="an operator's entity (repeatable)")] = None,
+              structure: Annotated[str | None, typer.Option(help="private structure code (role structure)")] = None,
+              password_stdin: Annotated[bool, typer.Option(help="read the password from standard input")] = False,
+              ) -> None:
+    """Add a console user; the password is asked (or read from stdin) and stored as an argon2id hash."""
+    try:
+        auth.check_user(name, role, ente or [], structure, "x" * 12)
+    except auth.UserInputError as exc:
+        raise UserError(str(exc)) from exc
+    password = _password(name, password_stdin)
+
+    _with_users(lambda pool: auth.add_user(pool, name, role, ente or [], structure, password))
+    console.print(f"user [bold]{name}[/] added ({role}{': enti ' + ', '.join(ente) if ente else ''})")
+
+
+@users_app.command("list")
+@user_errors
+def users_list() -> None:
+    """The console's users (never their password hashes)."""
+    users = _with_users(auth.list_users)
+    console.print(table("Console users", ["name", "role", "enti", "structure", "state", "created"],
+                        [(r["name"], r["role"], ", ".join(r["enti"]), r["structure"],
+                          "disabled" if r["disabled"] else "active", r["created_at"].strftime("%Y-%m-%d"))
+                         for r in users]))
+
+
+@users_app.command("disable")
+@user_errors
+def users_disable(name: str) -> None:
+    """Disable a user and end its sessions at once."""
+    _with_users(lambda pool: auth.disable_user(pool, name))
+    console.print(f"user {name} disabled; its sessions are closed")
+
+
+@users_app.command("api-key")
+@user_errors
+def users_api_key(label: str,
+                  ente: Annotated[list[str], typer.Option(help="an entity the key may read and act on (repeatable)")],
+                  ) -> None:
+    """A new API key for a machine client, bound to its enti; printed once, stored hashed."""
+    key = _with_users(lambda pool: auth.add_api_key(pool, label, ente))
+    console.print(f"API key for {label} (enti {', '.join(ente)}); it is shown only now:")
+    print(key)
+
+
+@user_errors
+def access_log(user: Annotated[str | None, typer.Option(help="only this user's accesses")] = None,
+               instance: Annotated[int | None, typer.Option(help="only accesses to this instance")] = None,
+               limit: Annotated[int, typer.Option()] = 500) -> None:
+    """Who viewed or downloaded personal data in the console: when, what, from which address."""
+    async def rows() -> list:
+        async with database() as pool:
+            return await read_access_log(pool, user, instance, limit)
+
+    found = run(rows())
+    console.print(table("Access log", ["time", "user", "role", "what", "instance", "detail", "address"],
+                        [(r["recorded_at"].strftime("%Y-%m-%d %H:%M:%S"), r["data"]["user"], r["data"]["role"],
+                          r["data"]["what"], r["data"]["instance"], r["data"].get("file") or "",
+                          r["data"]["address"]) for r in found]))
+    if not found:
+        console.print("no access recorded for this filter")

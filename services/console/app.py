@@ -1,0 +1,989 @@
+"""The operator console: FastAPI pages (Italian) and a JSON API over the read models and streams.
+
+It owns no rule of a service: it reads instance_list / instance_files / the event store, sends the
+same commands as the CLI (services/cli/instances.py), and asks the state machine (contracts.states)
+which actions an instance allows. Authorization is services/console/access.py, checked on the
+server for every route through `guard`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+import json
+import secrets
+import tempfile
+import time
+import typing
+import urllib.parse
+import zipfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import pydantic
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.background import BackgroundTask
+from starlette.datastructures import UploadFile
+
+from contracts.deadlines import DeadlineDataInvalid, DeadlineDataMissing, deadlines_for_month, default_month
+from contracts.deadlines import status as deadline_status
+from contracts.flows import FlowType
+from contracts.states import SENDABLE_FLOW_TYPES, IllegalTransition, InstanceState, target_of
+from services.cli.common import UserError
+from services.cli.fileview import file_rows
+from services.cli.instances import append_deletion, load_request, send_format_request, send_load_request
+from services.cli.ts import send_sealed_730
+from services.console import auth
+from services.console.access import (
+    ACT_ON_INSTANCE,
+    ANY_USER,
+    DESK_VERDICT,
+    LIST_INSTANCES,
+    LIST_ONBOARDING,
+    READ_ACCESS_LOG,
+    READ_INSTANCE,
+    READ_ONBOARDING,
+    REQUEST_LOAD,
+    UPLOAD_ONBOARDING,
+    Rule,
+    check_every_route_has_a_rule,
+    may,
+    read_access_log,
+    record_access,
+    routed,
+)
+from services.console.live import LiveFeed
+from services.onboarding import domain, handlers
+from services.onboarding.projection import DashboardProjection
+from services.onboarding.projection import dashboard as onboarding_rows
+from services.onboarding.switch import SwitchCalendar, load_patron_days
+from services.runtime.coverage import coverage
+from services.runtime.db import create_pool
+from services.runtime.eventstore import EventStore
+from services.runtime.filestore import FileStore
+from services.runtime.read_models import instance_stream
+from services.runtime.settings import Settings
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE
+
+HERE = Path(__file__).resolve().parent
+VENDOR = "/static/vendor/bootstrap-italia-2.18.3"
+ROME = ZoneInfo("Europe/Rome")
+PAGE_SIZE = 50
+FILE_PAGE = 100
+
+STATE_LABELS = {
+    "Scheduled": "Pianificata", "Running": "In esecuzione", "Checked": "Verificata",
+    "Failed loading": "Caricamento fallito", "Formatting in progress": "Formattazione in corso",
+    "Formatted": "Formattata", "Format failed": "Formattazione fallita", "Waiting feedback": "In attesa di esito",
+    "Confirmed": "Confermata", "Confirmed with errors": "Confermata con errori", "Rejected": "Respinta",
+    "Deleted": "Cancellata",
+}
+ROLE_LABELS = {"operator": "operatore", "structure": "struttura", "desk": "sportello", "ops": "esercizio",
+               "auditor": "revisore", "admin": "amministratore"}
+
+
+def _state_class(state: str) -> str:
+    if state in ("Checked", "Formatted", "Confirmed"):
+        return "bg-success"
+    if state in ("Failed loading", "Format failed", "Rejected", "Confirmed with errors"):
+        return "bg-danger"
+    if state == "Deleted":
+        return "bg-dark"
+    return "bg-primary"
+
+
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.filters["ora"] = lambda when, fmt="%d/%m/%Y %H:%M:%S": when.astimezone(ROME).strftime(fmt)
+templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state_class=_state_class,
+                             role_labels=ROLE_LABELS, vendor=VENDOR)
+
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"), (b"referrer-policy", b"same-origin"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                                 b"script-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'self'; "
+                                 b"form-action 'self'"),
+]
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware (no per-request task, unlike @app.middleware): the headers of every answer,
+    and no-store on everything but the static assets."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        cache = [] if scope["path"].startswith("/static") else [(b"cache-control", b"no-store")]
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                names = {k.lower() for k, _ in message.get("headers", [])}
+                message["headers"] = [*message.get("headers", []),
+                                      *[(k, v) for k, v in SECURITY_HEADERS + cache if k not in names]]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class NotLoggedIn(Exception):
+    pass
+
+
+@dataclass
+class Ctx:
+    """What a guarded route gets: who asks, the instance row when the path names one, the request."""
+
+    principal: auth.Principal
+    request: Request
+    row: asyncpg.Record | None = None
+
+    @property
+    def address(self) -> str:
+        return self.request.client.host if self.request.client else "unknown"
+
+
+@dataclass
+class Console:
+    settings: Settings
+    pool: asyncpg.Pool
+    store: EventStore
+    files: FileStore
+    feed: LiveFeed
+
+    @property
+    def cookie_name(self) -> str:
+        # __Host- cookies must be Secure; plain-http test set-ups use the bare name.
+        return "__Host-flows_session" if self.settings.console_secure_cookies else "flows_session"
+
+
+def _console(request: Request) -> Console:
+    console: Console = request.app.state.console
+    return console
+
+
+def guard(rule: Rule) -> Callable[[Request], Awaitable[Ctx]]:
+    """The dependency of every guarded route: login, CSRF on forms, role, then the entity."""
+    async def check(request: Request) -> Ctx:
+        console = _console(request)
+        principal = await _principal(console, request)
+        if principal is None:
+            raise NotLoggedIn()
+        row, owner = None, None
+        if rule.scope in ("instance", "act"):
+            try:
+                instance = int(request.path_params["instance"])
+            except (KeyError, ValueError):
+                raise HTTPException(404) from None
+            row = await console.pool.fetchrow("SELECT * FROM instance_list WHERE instance = $1", instance)
+            owner = row["ente"] if row is not None else None
+        elif rule.scope == "request":
+            row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
+                                              str(request.path_params.get("request", "")))
+            owner = row["structure_sts11"] if row is not None else None
+        if not may(principal, rule, owner):
+            raise HTTPException(404)
+        # A browser session's POST carries the session's CSRF token in its form (an API key's does not:
+        # no browser sends it on its own).
+        if request.method == "POST" and not principal.name.startswith("api:"):
+            form = await request.form()
+            given = form.get("csrf")
+            if not auth.csrf_ok(principal.csrf_token, given if isinstance(given, str) else None):
+                raise HTTPException(403, "Modulo scaduto o non valido: ricarichi la pagina e riprovi.")
+        return Ctx(principal, request, row)
+    return check
+
+
+def route(router: APIRouter, method: str, path: str, rule: Rule, kind: str,
+          **kw: Any) -> Callable[[Callable[..., Awaitable[Response]]], Any]:
+    """Declares a guarded route: its rule goes to the route table (access.routed) and the handler,
+    written as `async def handler(ctx: Ctx, ...)`, only runs after `guard(rule)` let the request in."""
+    def register(fn: Callable[..., Awaitable[Response]]) -> Any:
+        hints = typing.get_type_hints(fn)
+        check = guard(rule)
+
+        @functools.wraps(fn)
+        async def handler(*, guarded: Ctx, **params: Any) -> Response:
+            return await fn(guarded, **params)
+
+        # The guard is a dependency: FastAPI runs it before it reads any parameter or body, so a request
+        # without login or rule is refused (401/303/404) before any validation answers.
+        params = [p.replace(annotation=hints.get(n, p.annotation))
+                  for n, p in inspect.signature(fn).parameters.items() if n != "ctx"]
+        params.append(inspect.Parameter("guarded", inspect.Parameter.KEYWORD_ONLY, annotation=Ctx,
+                                        default=Depends(check)))
+        handler.__signature__ = inspect.Signature(params, return_annotation=Response)  # type: ignore[attr-defined]
+        del handler.__wrapped__  # FastAPI must read the signature above, not the handler's own
+        return routed(router, method, path, rule, kind, **kw)(handler)
+    return register
+
+
+async def _principal(console: Console, request: Request) -> auth.Principal | None:
+    header = request.headers.get("authorization", "")
+    if request.url.path.startswith("/api/") and header.lower().startswith("bearer "):
+        return await auth.api_key_principal(console.pool, header[7:].strip())
+    token = request.cookies.get(console.cookie_name)
+    return await auth.session_principal(console.pool, token) if token else None
+
+
+def _nav(principal: auth.Principal) -> list[tuple[str, str]]:
+    nav = []
+    if principal.role in LIST_INSTANCES.roles:
+        nav.append(("/istanze", "Istanze di flusso"))
+    if principal.role in REQUEST_LOAD.roles:
+        nav.append(("/istanze/nuova", "Nuovo caricamento"))
+    if principal.role in LIST_INSTANCES.roles:
+        nav.append(("/scadenze", "Scadenze"))
+    if principal.role in LIST_ONBOARDING.roles:
+        nav.append(("/onboarding", "Onboarding"))
+    if principal.role in READ_ACCESS_LOG.roles:
+        nav.append(("/accessi", "Registro accessi"))
+    return nav
+
+
+def page(ctx: Ctx | None, name: str, title: str, status: int = 200, **values: Any) -> HTMLResponse:
+    principal = ctx.principal if ctx else None
+    request = ctx.request if ctx else values.pop("request")
+    return templates.TemplateResponse(request, name, {
+        "title": title, "principal": principal, "nav": _nav(principal) if principal else [],
+        "active": values.pop("active", None), **values}, status_code=status)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = await create_pool(settings.database_url, min_size=1, max_size=10)
+        feed = LiveFeed(settings.kafka_bootstrap)
+        app.state.console = Console(settings, pool, EventStore(pool, source="/flows/console"),
+                                    FileStore(settings.files_dir), feed)
+        await feed.start()
+        try:
+            yield
+        finally:
+            await feed.stop()
+            await pool.close()
+
+    app = FastAPI(title="Console dei flussi sanitari", version="1", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url="/openapi.json")
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.include_router(pages)
+    app.include_router(api)
+
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(NotLoggedIn)
+    async def not_logged_in(request: Request, exc: NotLoggedIn) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": "autenticazione richiesta"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        if request.method == "GET" and request.headers.get("accept", "").startswith("text/event-stream"):
+            return Response(status_code=401)
+        target = "/login?" + urllib.parse.urlencode({"next": request.url.path})
+        return RedirectResponse(target, status_code=303)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": exc.detail if exc.status_code != 404 else "non trovato"},
+                                status_code=exc.status_code)
+        message = exc.detail if exc.status_code != 404 else "La pagina richiesta non esiste o non è accessibile."
+        title = {404: "Pagina non trovata", 403: "Richiesta rifiutata", 409: "Azione non consentita"}.get(
+            exc.status_code, "Errore")
+        return page(None, "message.html", title, status=exc.status_code, request=request, message=message,
+                    level="danger", back="/")
+
+    check_every_route_has_a_rule(app.routes)
+    return app
+
+
+pages = APIRouter(include_in_schema=False)
+api = APIRouter(prefix="/api")
+
+
+# ---------------------------------------------------------------- probes and login (public)
+@pages.get("/healthz", include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@pages.get("/readyz", include_in_schema=False)
+async def readyz(request: Request) -> Response:
+    console = _console(request)
+    try:
+        await console.pool.fetchval("SELECT 1 FROM console_user LIMIT 1")
+    except (OSError, asyncpg.PostgresError) as exc:
+        return JSONResponse({"status": "database unavailable", "error": type(exc).__name__}, status_code=503)
+    if not console.feed.ready.is_set():
+        return JSONResponse({"status": "kafka feed not ready"}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+LOGIN_CSRF = "flows_login_csrf"
+
+
+@pages.get("/login", include_in_schema=False)
+async def login_form(request: Request, next: str = "/") -> HTMLResponse:
+    token = secrets.token_urlsafe(24)
+    response = page(None, "login.html", "Accesso", request=request, login_csrf=token, utente="", error=None)
+    _set_cookie(request, response, LOGIN_CSRF, token, max_age=1800)
+    return response
+
+
+@pages.post("/login", include_in_schema=False)
+async def login(request: Request) -> Response:
+    console = _console(request)
+    form = await request.form()
+    name, password, given = (str(form.get(k) or "") for k in ("utente", "password", "csrf"))
+    if not auth.csrf_ok(request.cookies.get(LOGIN_CSRF, ""), given):
+        raise HTTPException(403, "Modulo di accesso scaduto: ricarichi la pagina e riprovi.")
+    address = request.client.host if request.client else "unknown"
+    try:
+        user = await auth.authenticate(console.pool, name, password, address,
+                                       max_failures=console.settings.console_login_max_failures,
+                                       window_s=console.settings.console_login_window_s)
+    except auth.Throttled:
+        return page(None, "login.html", "Accesso", status=429, request=request, login_csrf=given, utente=name,
+                    error="Troppi tentativi non riusciti: riprovi tra qualche minuto.")
+    if user is None:
+        return page(None, "login.html", "Accesso", status=401, request=request, login_csrf=given, utente=name,
+                    error="Utente o password non corretti.")
+    # Always a new session id (no fixation): a cookie set before login is dropped, never promoted.
+    token = await auth.open_session(console.pool, user, console.settings.console_session_ttl_s,
+                                    replaces=request.cookies.get(console.cookie_name))
+    next_url = request.query_params.get("next", "/")
+    if not next_url.startswith("/") or next_url.startswith("//"):
+        next_url = "/"
+    response = RedirectResponse(next_url, status_code=303)
+    _set_cookie(request, response, console.cookie_name, token, max_age=console.settings.console_session_ttl_s)
+    response.delete_cookie(LOGIN_CSRF, path="/")
+    return response
+
+
+def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    secure = _console(request).settings.console_secure_cookies
+    response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, secure=secure, samesite="strict")
+
+
+@route(pages, "POST", "/logout", ANY_USER, "action", include_in_schema=False)
+async def logout(ctx: Ctx) -> Response:
+    request = ctx.request
+    console = _console(request)
+    token = request.cookies.get(console.cookie_name)
+    if token:
+        await auth.close_session(console.pool, token)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(console.cookie_name, path="/")
+    del ctx
+    return response
+
+
+@route(pages, "GET", "/", ANY_USER, "page", include_in_schema=False)
+async def home(ctx: Ctx) -> Response:
+    if ctx.principal.role in LIST_INSTANCES.roles:
+        return RedirectResponse("/istanze", status_code=303)
+    return page(ctx, "home.html", "Console dei flussi")
+
+
+# ---------------------------------------------------------------- instances
+@dataclass
+class Search:
+    tipo: str | None = None
+    ente: str | None = None
+    dal: str | None = None
+    al: str | None = None
+    stato: str | None = None
+    prima: int | None = None
+
+
+def _parse_search(params: Any) -> tuple[Search, list[str]]:
+    q, errors = Search(), []
+    q.tipo = params.get("tipo") or None
+    if q.tipo and q.tipo not in FlowType.__members__.values():
+        errors.append(f"Tipo di flusso {q.tipo!r} sconosciuto.")
+        q.tipo = None
+    q.ente = (params.get("ente") or "").strip().upper() or None
+    for name in ("dal", "al"):
+        value = params.get(name) or None
+        if value:
+            try:
+                date.fromisoformat(value)
+            except ValueError:
+                errors.append(f"Data {name} {value!r}: atteso AAAA-MM-GG.")
+                value = None
+        setattr(q, name, value)
+    q.stato = params.get("stato") or None
+    if q.stato and q.stato not in STATE_LABELS:
+        errors.append(f"Stato {q.stato!r} sconosciuto.")
+        q.stato = None
+    prima = params.get("prima")
+    q.prima = int(prima) if prima and prima.isdigit() else None
+    return q, errors
+
+
+async def search_instances(pool: asyncpg.Pool, principal: auth.Principal, q: Search,
+                           limit: int = PAGE_SIZE) -> list[asyncpg.Record]:
+    """A page of instances, newest first, only of the enti the principal sees (keyset on instance)."""
+    enti = None if principal.role in ("ops", "auditor") else sorted(principal.enti)
+    return await pool.fetch(
+        """SELECT * FROM instance_list
+           WHERE ($1::text IS NULL OR flow_type = $1) AND ($2::text IS NULL OR ente = $2)
+             AND ($3::date IS NULL OR created_at >= $3::date)
+             AND ($4::date IS NULL OR created_at < $4::date + 1)
+             AND ($5::text IS NULL OR state = $5) AND ($6::bigint IS NULL OR instance < $6)
+             AND ($7::text[] IS NULL OR ente = ANY($7))
+           ORDER BY instance DESC LIMIT $8""",
+        q.tipo, q.ente, date.fromisoformat(q.dal) if q.dal else None, date.fromisoformat(q.al) if q.al else None,
+        q.stato, q.prima, enti, limit)
+
+
+@route(pages, "GET", "/istanze", LIST_INSTANCES, "page")
+async def instances_page(ctx: Ctx) -> Response:
+    request = ctx.request
+    q, errors = _parse_search(request.query_params)
+    rows = await search_instances(_console(request).pool, ctx.principal, q, PAGE_SIZE + 1)
+    more, rows = len(rows) > PAGE_SIZE, rows[:PAGE_SIZE]
+    params = {k: v for k, v in vars(q).items() if v is not None and k != "prima"}
+    next_url = "/istanze?" + urllib.parse.urlencode({**params, "prima": rows[-1]["instance"]}) if more else None
+    return page(ctx, "instances.html", "Istanze di flusso", active="/istanze", rows=rows, q=q, errors=errors,
+                flow_types=[t.value for t in FlowType], states=list(STATE_LABELS), next_url=next_url,
+                first_url="/istanze?" + urllib.parse.urlencode(params))
+
+
+def _default_period() -> tuple[str, str]:
+    today = date.today()
+    last = today.replace(day=1).toordinal() - 1
+    end = date.fromordinal(last)
+    return end.replace(day=1).isoformat(), end.isoformat()
+
+
+@route(pages, "GET", "/istanze/nuova", REQUEST_LOAD, "page")
+async def new_load_form(ctx: Ctx) -> Response:
+    start, end = _default_period()
+    form = {"tipo": "FLUSSO_C", "ente": min(ctx.principal.enti), "dal": start, "al": end, "pianificata": ""}
+    return page(ctx, "new_load.html", "Nuovo caricamento", active="/istanze/nuova", form=form, errors={},
+                flow_types=[t.value for t in FlowType])
+
+
+def _load_errors(principal: auth.Principal, form: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
+    errors: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    if form["tipo"] not in FlowType.__members__.values():
+        errors["tipo"] = f"Tipo di flusso {form['tipo']!r} sconosciuto."
+    if form["ente"] not in principal.enti:
+        own = ", ".join(sorted(principal.enti))
+        errors["ente"] = f"Ente {form['ente']!r}: può scegliere solo tra i suoi enti ({own})."
+    for name, label in (("dal", "Inizio riferimento"), ("al", "Fine riferimento")):
+        try:
+            values[name] = date.fromisoformat(form[name])
+        except ValueError:
+            errors[name] = f"{label}: data non valida ({form[name]!r}), attesa AAAA-MM-GG."
+    if "dal" in values and "al" in values and values["al"] < values["dal"]:
+        errors["al"] = "La fine del periodo viene prima del suo inizio."
+    values["pianificata"] = None
+    if form["pianificata"]:
+        try:
+            values["pianificata"] = datetime.fromisoformat(form["pianificata"]).replace(tzinfo=ROME)
+        except ValueError:
+            errors["pianificata"] = f"Avvio pianificato non valido ({form['pianificata']!r})."
+    return errors, values
+
+
+_FIELD_OF = {"flow_type": "tipo", "ente": "ente", "period": "al", "start": "dal", "end": "al",
+             "scheduled_at": "pianificata"}
+
+
+@route(pages, "POST", "/istanze/nuova", REQUEST_LOAD, "action")
+async def new_load(ctx: Ctx) -> Response:
+    request = ctx.request
+    console = _console(request)
+    raw = await request.form()
+    form = {k: str(raw.get(k) or "").strip() for k in ("tipo", "ente", "dal", "al", "pianificata")}
+    errors, values = _load_errors(ctx.principal, form)
+    request_id = None
+    if not errors:
+        try:
+            command = load_request(form["tipo"], form["ente"], values["dal"], values["al"], "2020",
+                                   values["pianificata"], ctx.principal.name)
+        except pydantic.ValidationError as exc:
+            for problem in exc.errors():
+                field = next((_FIELD_OF[str(p)] for p in reversed(problem["loc"]) if str(p) in _FIELD_OF), "tipo")
+                errors[field] = problem["msg"]
+        else:
+            await send_load_request(console.settings.kafka_bootstrap, command)
+            request_id = command.request_id
+    if errors:
+        return page(ctx, "new_load.html", "Nuovo caricamento", status=422, active="/istanze/nuova", form=form,
+                    errors=errors, flow_types=[t.value for t in FlowType])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        instance = await console.pool.fetchval("SELECT instance FROM load_request WHERE request_id = $1", request_id)
+        if instance is not None:
+            return RedirectResponse(f"/istanze/{instance}", status_code=303)
+        await asyncio.sleep(0.1)
+    return page(ctx, "message.html", "Richiesta inviata", status=202, level="info", back="/istanze",
+                message=f"La richiesta {request_id} è stata inviata; il caricatore non l'ha ancora presa in carico. "
+                        "L'istanza comparirà nell'elenco appena creata.")
+
+
+async def _instance_view(ctx: Ctx) -> dict[str, Any]:
+    console = _console(ctx.request)
+    assert ctx.row is not None
+    instance = int(ctx.row["instance"])
+    history = await console.store.read_stream(instance_stream(instance))
+    breaks = await console.store.verify_stream(instance_stream(instance))
+    files = await console.pool.fetch(
+        "SELECT * FROM instance_files WHERE instance = $1 ORDER BY kind = 'feedback', name", instance)
+    actions = []
+    if may(ctx.principal, ACT_ON_INSTANCE, ctx.row["ente"]):
+        for action, event in (("format", "flows.formatting-started"), ("delete", "flows.instance-deleted")):
+            with contextlib.suppress(IllegalTransition):
+                target_of(event, {}, InstanceState(ctx.row["state"]))
+                actions.append(action)
+        if _sendable(ctx.row):
+            actions.append("send")
+    return {"row": ctx.row, "history": history, "chain_breaks": [str(b) for b in breaks], "files": files,
+            "actions": actions}
+
+
+@route(pages, "GET", "/istanze/{instance}", READ_INSTANCE, "page")
+async def instance_page(ctx: Ctx) -> Response:
+    assert ctx.row is not None
+    return page(ctx, "instance.html", f"Istanza {ctx.row['instance']}", active="/istanze", **await _instance_view(ctx))
+
+
+@route(pages, "GET", "/istanze/{instance}/stato", READ_INSTANCE, "page")
+async def instance_fragment(ctx: Ctx) -> Response:
+    request = ctx.request
+    return templates.TemplateResponse(request, "_instance_body.html",
+                                      {"principal": ctx.principal, **await _instance_view(ctx)})
+
+
+@route(pages, "GET", "/istanze/{instance}/eventi", READ_INSTANCE, "stream")
+async def instance_events(ctx: Ctx) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    instance = int(ctx.row["instance"])
+    feed = _console(request).feed
+
+    async def stream() -> AsyncIterator[str]:
+        queue = feed.watch(instance)
+        try:
+            # `ready`: the page refetches once, covering a change between its render and this subscription.
+            yield "event: ready\ndata: {}\n\n"
+            while not await request.is_disconnected():
+                try:
+                    event_type = await asyncio.wait_for(queue.get(), timeout=15)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield f"event: change\ndata: {json.dumps({'event': event_type})}\n\n"
+        finally:
+            feed.unwatch(instance, queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+async def _file(ctx: Ctx, name: str) -> asyncpg.Record:
+    assert ctx.row is not None
+    if "\x00" in name:  # PostgreSQL text cannot hold it, so no file has it
+        raise HTTPException(404)
+    row = await _console(ctx.request).pool.fetchrow(
+        "SELECT * FROM instance_files WHERE instance = $1 AND name = $2", ctx.row["instance"], name)
+    if row is None:  # the name is only ever a key of this table, never a path
+        raise HTTPException(404)
+    return row
+
+
+def _attachment(name: str) -> dict[str, str]:
+    ascii_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "file"
+    return {"Content-Disposition": f"attachment; filename=\"{ascii_name}\"; "
+                                   f"filename*=UTF-8''{urllib.parse.quote(name, safe='')}"}
+
+
+@route(pages, "GET", "/istanze/{instance}/file/{name}", READ_INSTANCE, "page")
+async def file_view(ctx: Ctx, name: str, da: int = 0) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    console = _console(request)
+    f = await _file(ctx, name)
+    offset = max(da, 0)
+    try:
+        caption, columns, rows = file_rows(console.files.path(f["sha256"]), f["kind"], ctx.row["flow_type"],
+                                           ctx.row["version"], FILE_PAGE, offset)
+    except UserError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    await record_access(console.store, ctx.principal, "file-view", int(ctx.row["instance"]), ctx.address,
+                        {"file": name, "from": offset, "records": len(rows)})
+    base = f"/istanze/{ctx.row['instance']}/file/{urllib.parse.quote(name, safe='')}"
+    return page(ctx, "table_view.html", f"{name}", active="/istanze", instance=ctx.row["instance"], caption=caption,
+                columns=columns, rows=rows, download=base + "/scarica",
+                prev_url=f"{base}?da={max(offset - FILE_PAGE, 0)}" if offset else None,
+                next_url=f"{base}?da={offset + FILE_PAGE}" if len(rows) == FILE_PAGE else None)
+
+
+@route(pages, "GET", "/istanze/{instance}/file/{name}/scarica", READ_INSTANCE, "download")
+async def file_download(ctx: Ctx, name: str) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    console = _console(request)
+    f = await _file(ctx, name)
+    await record_access(console.store, ctx.principal, "file-download", int(ctx.row["instance"]), ctx.address,
+                        {"file": name})
+    return FileResponse(console.files.path(f["sha256"]), media_type=f["media_type"], headers=_attachment(name))
+
+
+@route(pages, "GET", "/istanze/{instance}/file.zip", READ_INSTANCE, "download")
+async def files_zip(ctx: Ctx) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    console = _console(request)
+    instance = int(ctx.row["instance"])
+    files = await console.pool.fetch("SELECT * FROM instance_files WHERE instance = $1 ORDER BY name", instance)
+    if not files:
+        raise HTTPException(404)
+    await record_access(console.store, ctx.principal, "files-zip", instance, ctx.address,
+                        {"files": [f["name"] for f in files]})
+    spool = tempfile.NamedTemporaryFile(prefix="console-zip-", suffix=".zip", delete=False)
+    with spool, zipfile.ZipFile(spool, "w", zipfile.ZIP_DEFLATED) as archive:
+        for f in files:
+            archive.write(console.files.path(f["sha256"]), arcname=Path(f["name"]).name)
+    return FileResponse(spool.name, media_type="application/zip", headers=_attachment(f"istanza-{instance}.zip"),
+                        background=BackgroundTask(Path(spool.name).unlink, missing_ok=True))
+
+
+async def _feedback_files(ctx: Ctx) -> list[asyncpg.Record]:
+    assert ctx.row is not None
+    return await _console(ctx.request).pool.fetch(
+        "SELECT * FROM instance_files WHERE instance = $1 AND kind IN ('feedback', 'ts-errors') ORDER BY name",
+        ctx.row["instance"])
+
+
+@route(pages, "GET", "/istanze/{instance}/feedback", READ_INSTANCE, "page")
+async def feedback_page(ctx: Ctx, da: int = 0) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    console = _console(request)
+    files = await _feedback_files(ctx)
+    if not files:
+        return page(ctx, "message.html", f"Esito dell'istanza {ctx.row['instance']}", level="success",
+                    back=f"/istanze/{ctx.row['instance']}",
+                    message="Nessun problema: l'istanza non ha esiti da leggere.")
+    f = files[0]
+    offset = max(da, 0)
+    caption, columns, rows = file_rows(console.files.path(f["sha256"]), f["kind"], ctx.row["flow_type"],
+                                       ctx.row["version"], FILE_PAGE, offset)
+    await record_access(console.store, ctx.principal, "feedback-view", int(ctx.row["instance"]), ctx.address,
+                        {"file": f["name"], "from": offset, "records": len(rows)})
+    base = f"/istanze/{ctx.row['instance']}/feedback"
+    return page(ctx, "table_view.html", f"Esito dell'istanza {ctx.row['instance']}", active="/istanze",
+                instance=ctx.row["instance"], caption=f"{f['name']}: {caption}", columns=columns, rows=rows,
+                download=base + ".csv", prev_url=f"{base}?da={max(offset - FILE_PAGE, 0)}" if offset else None,
+                next_url=f"{base}?da={offset + FILE_PAGE}" if len(rows) == FILE_PAGE else None)
+
+
+@route(pages, "GET", "/istanze/{instance}/feedback.csv", READ_INSTANCE, "download")
+async def feedback_csv(ctx: Ctx) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    console = _console(request)
+    files = await _feedback_files(ctx)
+    if not files:
+        raise HTTPException(404)
+    await record_access(console.store, ctx.principal, "feedback-download", int(ctx.row["instance"]), ctx.address,
+                        {"file": files[0]["name"]})
+    return FileResponse(console.files.path(files[0]["sha256"]), media_type="text/csv",
+                        headers=_attachment(files[0]["name"]))
+
+
+@route(pages, "POST", "/istanze/{instance}/formatta", ACT_ON_INSTANCE, "action")
+async def format_action(ctx: Ctx) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    try:
+        await send_format_request(_console(request).settings.kafka_bootstrap, ctx.row, ctx.principal.name)
+    except UserError as exc:
+        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può formattare.") from exc
+    return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
+
+
+@route(pages, "POST", "/istanze/{instance}/cancella", ACT_ON_INSTANCE, "action")
+async def delete_action(ctx: Ctx) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    reason = str((await request.form()).get("motivo") or "").strip() or None
+    try:
+        await append_deletion(_console(request).pool, ctx.row, ctx.principal.name, reason, source="/flows/console")
+    except UserError as exc:
+        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può cancellare.") from exc
+    return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
+
+
+# ---------------------------------------------------------------- Scadenze
+DEADLINE_LABELS = {"covered": ("Coperta", "bg-success"), "late": ("In ritardo", "bg-danger"),
+                   "due-soon": ("Scade entro 7 giorni", "bg-warning text-dark"), "open": ("Aperta", "bg-secondary")}
+
+
+@route(pages, "GET", "/scadenze", LIST_INSTANCES, "page")
+async def deadlines_page(ctx: Ctx, mese: str | None = None) -> Response:
+    today = date.today()
+    year, month = default_month(today)
+    error = None
+    if mese:
+        try:
+            year, month = (int(x) for x in mese.split("-"))
+            date(year, month, 1)
+        except ValueError:
+            error, (year, month) = f"Mese {mese!r} non valido: atteso AAAA-MM.", default_month(today)
+    rows: list[dict[str, Any]] = []
+    try:
+        items = deadlines_for_month(year, month)
+    except (DeadlineDataMissing, DeadlineDataInvalid) as exc:
+        error = f"Scadenze non disponibili: {exc}"
+    else:
+        enti = None if ctx.principal.role in ("ops", "auditor") else sorted(ctx.principal.enti)
+        for ente, deadline, covering in await coverage(_console(ctx.request).pool, items, None, enti):
+            label, css = DEADLINE_LABELS[deadline_status(deadline, covering, today)]
+            rows.append({"ente": ente, "d": deadline, "covering": covering, "label": label, "css": css})
+    return page(ctx, "deadlines.html", "Scadenze", active="/scadenze", rows=rows, mese=f"{year:04d}-{month:02d}",
+                error=error)
+
+
+# ---------------------------------------------------------------- Invia a Sistema TS
+def _sendable(row: asyncpg.Record) -> bool:
+    if row["flow_type"] not in SENDABLE_FLOW_TYPES:
+        return False
+    try:
+        target_of("flows.ts-submission-requested", {}, InstanceState(row["state"]))
+    except IllegalTransition:
+        return False
+    return True
+
+
+@route(pages, "GET", "/istanze/{instance}/invia-ts", ACT_ON_INSTANCE, "page")
+async def ts_send_form(ctx: Ctx) -> Response:
+    assert ctx.row is not None
+    if not _sendable(ctx.row):
+        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può inviare a Sistema TS.")
+    public_key = _console(ctx.request).settings.keys_dir / PUBLIC_KEY_FILE
+    if not public_key.exists():
+        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: il gateway è attivo?")
+    return page(ctx, "ts_send.html", f"Invia a Sistema TS l'istanza {ctx.row['instance']}", active="/istanze",
+                row=ctx.row, public_key=public_key.read_text(), today=date.today().isoformat(), error=None)
+
+
+@route(pages, "POST", "/istanze/{instance}/invia-ts", ACT_ON_INSTANCE, "action")
+async def ts_send(ctx: Ctx) -> Response:
+    """Receives only the box the browser sealed (and the date): never a credential in clear."""
+    assert ctx.row is not None
+    console = _console(ctx.request)
+    if not _sendable(ctx.row):
+        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può inviare a Sistema TS.")
+    form = await ctx.request.form()
+    sealed, when = str(form.get("sigillo") or ""), str(form.get("data") or "")
+    try:
+        transmission = date.fromisoformat(when)
+    except ValueError:
+        raise HTTPException(422, f"Data di trasmissione non valida ({when!r}), attesa AAAA-MM-GG.") from None
+    try:
+        await send_sealed_730(console.settings.kafka_bootstrap, console.pool, console.settings.keys_dir,
+                              int(ctx.row["instance"]), sealed, transmission, ctx.principal.name)
+    except UserError as exc:
+        raise HTTPException(409, f"Invio non possibile: {exc}") from exc
+    return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
+
+
+# ---------------------------------------------------------------- access log
+@route(pages, "GET", "/accessi", READ_ACCESS_LOG, "page")
+async def access_log_page(ctx: Ctx, utente: str | None = None, istanza: str | None = None) -> Response:
+    request = ctx.request
+    instance = int(istanza) if istanza and istanza.isdigit() else None
+    rows = await read_access_log(_console(request).pool, utente or None, instance)
+    return page(ctx, "access_log.html", "Registro degli accessi", active="/accessi", rows=rows, utente=utente,
+                istanza=istanza)
+
+
+# ---------------------------------------------------------------- JSON API
+def _instance_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {"instance": row["instance"], "flow_type": row["flow_type"], "version": row["version"],
+            "ente": row["ente"], "source_instance": row["source_instance"], "created_at": row["created_at"].isoformat(),
+            "period_start": row["period_start"].isoformat(), "period_end": row["period_end"].isoformat(),
+            "state": row["state"], "counts": row["counts"], "errors": row["errors"], "warnings": row["warnings"],
+            "summary": row["summary"]}
+
+
+@route(api, "GET", "/istanze", LIST_INSTANCES, "api")
+async def api_instances(ctx: Ctx, tipo: str | None = None, ente: str | None = None, dal: str | None = None,
+                        al: str | None = None, stato: str | None = None, prima: int | None = None) -> Response:
+    """Search instances, newest first; `prima` is the keyset cursor (the last instance of the previous page)."""
+    request = ctx.request
+    q, errors = _parse_search(request.query_params)
+    if errors:
+        return JSONResponse({"detail": errors}, status_code=422)
+    rows = await search_instances(_console(request).pool, ctx.principal, q, PAGE_SIZE + 1)
+    more, rows = len(rows) > PAGE_SIZE, rows[:PAGE_SIZE]
+    return JSONResponse({"items": [_instance_json(r) for r in rows],
+                         "next": rows[-1]["instance"] if more else None})
+
+
+@route(api, "GET", "/istanze/{instance}", READ_INSTANCE, "api")
+async def api_instance(ctx: Ctx, instance: int) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    files = await _console(request).pool.fetch(
+        "SELECT name, kind, records, bytes, sha256 FROM instance_files WHERE instance = $1 ORDER BY name", instance)
+    return JSONResponse({**_instance_json(ctx.row), "files": [dict(f) for f in files]})
+
+
+class LoadRequestBody(pydantic.BaseModel):
+    """A load request of a machine client: one of its enti, a reference period, optionally a start time."""
+
+    flow_type: FlowType
+    ente: str = pydantic.Field(examples=["201"])
+    period_start: date
+    period_end: date
+    scheduled_at: datetime | None = None
+
+
+@route(api, "POST", "/caricamenti", REQUEST_LOAD, "api", status_code=202)
+async def api_request_load(ctx: Ctx, body: LoadRequestBody) -> Response:
+    """Request a load; answers the request id (the instance appears in /api/istanze when the loader takes it)."""
+    problems = {}
+    if body.ente not in ctx.principal.enti:
+        problems["ente"] = f"ente {body.ente!r} is not one of this client's enti"
+    if body.period_end < body.period_start:
+        problems["period_end"] = f"period_end {body.period_end} is before period_start {body.period_start}"
+    if problems:
+        return JSONResponse({"detail": problems}, status_code=422)
+    try:
+        command = load_request(body.flow_type.value, body.ente, body.period_start, body.period_end, "2020",
+                               body.scheduled_at, ctx.principal.name)
+    except pydantic.ValidationError as exc:
+        return JSONResponse({"detail": {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}},
+                            status_code=422)
+    await send_load_request(_console(ctx.request).settings.kafka_bootstrap, command)
+    return JSONResponse({"request_id": str(command.request_id)}, status_code=202)
+
+
+@route(api, "GET", "/istanze/{instance}/feedback", READ_INSTANCE, "api")
+async def api_feedback(ctx: Ctx, instance: int) -> Response:
+    """The feedback CSV of an instance (recorded in the access log: it names codici fiscali)."""
+    files = await _feedback_files(ctx)
+    if not files:
+        raise HTTPException(404)
+    console = _console(ctx.request)
+    await record_access(console.store, ctx.principal, "feedback-download", instance, ctx.address,
+                        {"file": files[0]["name"], "via": "api"})
+    return FileResponse(console.files.path(files[0]["sha256"]), media_type="text/csv",
+                        headers=_attachment(files[0]["name"]))
+
+
+@route(api, "GET", "/istanze/{instance}/file/{name}", READ_INSTANCE, "api")
+async def api_file(ctx: Ctx, instance: int, name: str) -> Response:
+    """One file of an instance (recorded in the access log)."""
+    f = await _file(ctx, name)
+    console = _console(ctx.request)
+    await record_access(console.store, ctx.principal, "file-download", instance, ctx.address,
+                        {"file": name, "via": "api"})
+    return FileResponse(console.files.path(f["sha256"]), media_type=f["media_type"], headers=_attachment(name))
+
+
+# ---------------------------------------------------------------- onboarding
+def _onboarding_deps(console: Console) -> handlers.OnboardingDeps:
+    return handlers.OnboardingDeps(pool=console.pool, files=console.files, calendar=SwitchCalendar(load_patron_days()),
+                                   store=EventStore(console.pool, source="/flows/console",
+                                                    projections=[DashboardProjection()]))
+
+
+@route(pages, "GET", "/onboarding", LIST_ONBOARDING, "page")
+async def onboarding_dashboard(ctx: Ctx, stato: str | None = None) -> Response:
+    rows = await onboarding_rows(_console(ctx.request).pool, stato or None)
+    if ctx.principal.role == "structure":
+        rows = [r for r in rows if r["structure_sts11"] == ctx.principal.structure]
+    return page(ctx, "onboarding.html", "Onboarding delle strutture", active="/onboarding", rows=rows, stato=stato)
+
+
+async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "info") -> dict[str, Any]:
+    assert ctx.row is not None
+    deps = _onboarding_deps(_console(ctx.request))
+    request_id = str(ctx.row["request_id"])
+    req = await handlers.require(deps, request_id)
+    history = await deps.store.read_stream(handlers.stream_of(request_id))
+    findings: dict[str, list[dict[str, Any]]] = {}
+    for event in history:
+        if event.type == "onboarding.document-assessed":
+            findings[event.data["document_id"]] = list(event.data.get("problems") or [])
+    latest = req.latest_by_slot()
+    slots = []
+    for slot in domain.required_slots(req, req.requirements):
+        doc = latest.get(slot)
+        state = ("mancante" if doc is None else "da valutare" if doc.compliant is None
+                 else "conforme" if doc.compliant else "non conforme")
+        slots.append({"slot": slot, "state": state, "doc": doc,
+                      "findings": findings.get(doc.document_id, []) if doc else []})
+    return {"row": ctx.row, "req": req, "slots": slots, "message": message, "level": level,
+            "types": ["tracciati", *sorted(req.requirements.document_types)],
+            "can_upload": ctx.principal.role in UPLOAD_ONBOARDING.roles,
+            "is_desk": ctx.principal.role in DESK_VERDICT.roles}
+
+
+@route(pages, "GET", "/onboarding/{request}", READ_ONBOARDING, "page")
+async def onboarding_request(ctx: Ctx) -> Response:
+    assert ctx.row is not None
+    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", active="/onboarding",
+                **await _onboarding_view(ctx))
+
+
+@route(pages, "POST", "/onboarding/{request}/documenti", UPLOAD_ONBOARDING, "action")
+async def onboarding_upload(ctx: Ctx) -> Response:
+    """A document, assessed at once: a tracciato's findings come back with sheet, row, column and rule."""
+    assert ctx.row is not None
+    form = await ctx.request.form()
+    upload, doc_type = form.get("documento"), str(form.get("tipo") or "")
+    status, message, level = 200, None, "success"
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        status, message, level = 422, "Scelga il file da caricare.", "danger"
+    else:
+        content = await upload.read()
+        try:
+            added = await handlers.add_document(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]),
+                                                Path(upload.filename).name, content, doc_type, {}, ctx.principal.name)
+        except (domain.OnboardingError, ValueError) as exc:
+            status, message, level = 422, f"Documento non accettato: {exc}", "danger"
+        else:
+            message = f"Documento {Path(upload.filename).name} ricevuto e valutato."
+            if added.ignored_sheets:
+                message += f" Fogli non richiesti, ignorati: {', '.join(added.ignored_sheets)}."
+    ctx.row = await _console(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
+                                                        ctx.row["request_id"])
+    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
+                active="/onboarding", **await _onboarding_view(ctx, message, level))
+
+
+@route(pages, "POST", "/onboarding/{request}/verdetto", DESK_VERDICT, "action")
+async def onboarding_verdict(ctx: Ctx) -> Response:
+    assert ctx.row is not None
+    form = await ctx.request.form()
+    document, verdict = str(form.get("documento") or ""), str(form.get("esito") or "")
+    reason = str(form.get("motivo") or "").strip()
+    if verdict not in ("conforme", "non-conforme") or (verdict == "non-conforme" and not reason):
+        raise HTTPException(422, "Indichi l'esito e, se non conforme, il motivo.")
+    try:
+        await handlers.desk_verdict(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]), document,
+                                    verdict == "conforme", [reason] if reason else [], ctx.principal.name)
+    except domain.OnboardingError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return RedirectResponse(f"/onboarding/{ctx.row['request_id']}", status_code=303)

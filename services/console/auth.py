@@ -1,0 +1,188 @@
+"""Local users, server-side sessions, CSRF tokens and the login throttle of the console.
+
+Passwords are argon2id hashes (argon2-cffi's PasswordHasher defaults, RFC 9106 low-memory profile).
+A session cookie is 32 random bytes; the database keeps only its SHA-256, so a read of the table
+gives nobody a live session. Each session has its own CSRF token, checked on every form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+ROLES = ("operator", "structure", "desk", "ops", "auditor", "admin")
+USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
+ENTE = re.compile(r"^[0-9A-Z]{3}$")
+_HASHER = PasswordHasher()
+# Verified when the user name is unknown, so that a wrong name costs the same time as a wrong password.
+_DUMMY_HASH = _HASHER.hash("not a password of anyone")
+
+
+class UserInputError(ValueError):
+    """A user definition that cannot be stored; the message names the field and the value."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: a logged-in user or an API key's machine client."""
+
+    name: str
+    role: str
+    enti: frozenset[str] = field(default_factory=frozenset)
+    structure: str | None = None
+    csrf_token: str = ""
+
+    def sees_ente(self, ente: str) -> bool:
+        return self.role in ("ops", "auditor") or (self.role == "operator" and ente in self.enti)
+
+    def acts_on_ente(self, ente: str) -> bool:
+        return self.role == "operator" and ente in self.enti
+
+
+def hash_password(password: str) -> str:
+    return _HASHER.hash(password)
+
+
+def _sha256(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def check_user(name: str, role: str, enti: list[str], structure: str | None, password: str) -> None:
+    if not USER_NAME.match(name):
+        raise UserInputError(f"user name {name!r}: 2-63 characters, lower-case letters, digits, '.', '_', '-'")
+    if role not in ROLES:
+        raise UserInputError(f"--role {role!r}: one of {', '.join(ROLES)}")
+    for ente in enti:
+        if not ENTE.match(ente):
+            raise UserInputError(f"--ente {ente!r}: an entity code of three digits or capitals, e.g. 201")
+    if role == "operator" and not enti:
+        raise UserInputError(f"user {name}: an operator needs at least one --ente")
+    if role != "operator" and enti:
+        raise UserInputError(f"user {name}: --ente is for operators only, not for role {role}")
+    if role == "structure" and not structure:
+        raise UserInputError(f"user {name}: a structure user needs --structure (its code)")
+    if role != "structure" and structure:
+        raise UserInputError(f"user {name}: --structure is for role structure only, not for role {role}")
+    if len(password) < 12:
+        raise UserInputError(f"user {name}: the password must have at least 12 characters")
+
+
+async def add_user(pool: asyncpg.Pool, name: str, role: str, enti: list[str], structure: str | None,
+                   password: str) -> None:
+    check_user(name, role, enti, structure, password)
+    try:
+        await pool.execute("INSERT INTO console_user (name, role, enti, structure, password_hash) "
+                           "VALUES ($1, $2, $3, $4, $5)", name, role, sorted(set(enti)), structure,
+                           hash_password(password))
+    except asyncpg.UniqueViolationError as exc:
+        raise UserInputError(f"user {name!r} already exists") from exc
+
+
+async def set_demo_user(pool: asyncpg.Pool, name: str, ente: str, password: str) -> None:
+    """The demo's operator (`flows demo`): created, or given this new password."""
+    check_user(name, "operator", [ente], None, password)
+    await pool.execute("INSERT INTO console_user (name, role, enti, password_hash) VALUES ($1, 'operator', $2, $3) "
+                       "ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash, disabled = false",
+                       name, [ente], hash_password(password))
+
+
+async def disable_user(pool: asyncpg.Pool, name: str) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        done = await conn.execute("UPDATE console_user SET disabled = true WHERE name = $1", name)
+        if done == "UPDATE 0":
+            raise UserInputError(f"there is no user {name!r}; `flows users list` lists them")
+        await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
+
+
+async def list_users(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    return await pool.fetch("SELECT name, role, enti, structure, disabled, created_at FROM console_user ORDER BY name")
+
+
+class Throttled(Exception):
+    """Too many failed logins for this user name or address in the window."""
+
+
+async def authenticate(pool: asyncpg.Pool, name: str, password: str, address: str, *, max_failures: int,
+                       window_s: int) -> str | None:
+    """The user's name when the password is right; None when not. Raises Throttled before any check
+    once the user name (max_failures) or the address (4 x max_failures) failed too often."""
+    since = datetime.now(UTC) - timedelta(seconds=window_s)
+    by_user, by_address = await pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE user_name = $1), count(*) FILTER (WHERE address = $2) "
+        "FROM console_login_failure WHERE failed_at > $3", name, address, since)
+    if by_user >= max_failures or by_address >= 4 * max_failures:
+        raise Throttled(name)
+    row = await pool.fetchrow("SELECT password_hash FROM console_user WHERE name = $1 AND NOT disabled", name)
+    try:
+        ok = _HASHER.verify(row["password_hash"] if row else _DUMMY_HASH, password) and row is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        ok = False
+    if not ok:
+        await pool.execute("INSERT INTO console_login_failure (user_name, address) VALUES ($1, $2)", name, address)
+        return None
+    await pool.execute("DELETE FROM console_login_failure WHERE user_name = $1 OR failed_at < $2", name, since)
+    return name
+
+
+async def open_session(pool: asyncpg.Pool, user: str, ttl_s: int, replaces: str | None = None) -> str:
+    """A new session token for `user` (always new: a token set before login is never promoted)."""
+    token = secrets.token_urlsafe(32)
+    async with pool.acquire() as conn, conn.transaction():
+        if replaces:
+            await conn.execute("DELETE FROM console_session WHERE token_sha256 = $1", _sha256(replaces))
+        await conn.execute("INSERT INTO console_session (token_sha256, user_name, csrf_token, expires_at) "
+                           "VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+                           _sha256(token), user, secrets.token_urlsafe(32), float(ttl_s))
+    return token
+
+
+async def close_session(pool: asyncpg.Pool, token: str) -> None:
+    await pool.execute("DELETE FROM console_session WHERE token_sha256 = $1", _sha256(token))
+
+
+async def session_principal(pool: asyncpg.Pool, token: str) -> Principal | None:
+    row = await pool.fetchrow(
+        "SELECT u.name, u.role, u.enti, u.structure, s.csrf_token FROM console_session s "
+        "JOIN console_user u ON u.name = s.user_name "
+        "WHERE s.token_sha256 = $1 AND s.expires_at > now() AND NOT u.disabled", _sha256(token))
+    if row is None:
+        return None
+    return Principal(name=row["name"], role=row["role"], enti=frozenset(row["enti"]), structure=row["structure"],
+                     csrf_token=row["csrf_token"])
+
+
+def csrf_ok(expected: str, given: str | None) -> bool:
+    return bool(expected) and given is not None and secrets.compare_digest(expected, given)
+
+
+# ---------------------------------------------------------------- API keys of machine clients
+# A key is "fk_<id>.<secret>" with 32 random bytes of secret: the table keeps the SHA-256 of the
+# secret (a high-entropy token needs no slow hash), and the enti the key is bound to.
+async def add_api_key(pool: asyncpg.Pool, label: str, enti: list[str]) -> str:
+    if not enti:
+        raise UserInputError(f"API key {label!r}: bind it to at least one --ente")
+    for ente in enti:
+        if not ENTE.match(ente):
+            raise UserInputError(f"--ente {ente!r}: an entity code of three digits or capitals, e.g. 201")
+    key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    await pool.execute("INSERT INTO console_api_key (key_id, secret_hash, label, enti) VALUES ($1, $2, $3, $4)",
+                       key_id, _sha256(secret).hex(), label, sorted(set(enti)))
+    return f"fk_{key_id}.{secret}"
+
+
+async def api_key_principal(pool: asyncpg.Pool, key: str) -> Principal | None:
+    head, _, secret = key.partition(".")
+    if not head.startswith("fk_") or not secret:
+        return None
+    row = await pool.fetchrow("SELECT key_id, secret_hash, enti FROM console_api_key WHERE key_id = $1 "
+                              "AND NOT revoked", head[3:])
+    if row is None or not secrets.compare_digest(row["secret_hash"], _sha256(secret).hex()):
+        return None
+    return Principal(name=f"api:{row['key_id']}", role="operator", enti=frozenset(row["enti"]))

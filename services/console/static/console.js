@@ -1,0 +1,118 @@
+// The console's only script: no build step. Live updates of an instance page (server-sent events),
+// sortable tables, and the font path of Bootstrap Italia.
+(function () {
+  "use strict";
+  var me = document.currentScript;
+  if (me && me.dataset.vendor) { window.__PUBLIC_PATH__ = me.dataset.vendor + "/fonts"; }
+
+  function liveInstance() {
+    var root = document.getElementById("istanza");
+    if (!root || !window.EventSource) { return; }
+    var target = document.getElementById("stato-istanza");
+    var announce = document.getElementById("annuncio");
+    var source = new EventSource(root.dataset.events);
+    var pending = false;
+    function refresh() {
+      if (pending) { return; }
+      pending = true;
+      fetch(root.dataset.fragment, { credentials: "same-origin" }).then(function (r) {
+        if (!r.ok) { throw new Error(r.status); }
+        return r.text();
+      }).then(function (html) {
+        var focused = document.activeElement && document.activeElement.id;
+        target.innerHTML = html;
+        if (focused && document.getElementById(focused)) { document.getElementById(focused).focus(); }
+        var state = target.querySelector("#stato .badge");
+        if (announce && state) { announce.textContent = "Stato aggiornato: " + state.textContent; }
+      }).catch(function () { /* the next event tries again */ }).finally(function () { pending = false; });
+    }
+    source.addEventListener("change", refresh);
+    source.addEventListener("ready", function () { root.dataset.live = "ready"; refresh(); });
+  }
+
+  function sortableTables() {
+    document.querySelectorAll("table[data-sortable] .ordina").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var table = button.closest("table");
+        var col = Number(button.dataset.col);
+        var asc = button.closest("th").getAttribute("aria-sort") !== "ascending";
+        table.querySelectorAll("th").forEach(function (th) { th.removeAttribute("aria-sort"); });
+        button.closest("th").setAttribute("aria-sort", asc ? "ascending" : "descending");
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (a, b) {
+          var x = a.cells[col].textContent, y = b.cells[col].textContent;
+          var nx = Number(x), ny = Number(y);
+          var c = (x !== "" && y !== "" && !isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y, "it");
+          return asc ? c : -c;
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+      });
+    });
+  }
+
+  // ---- Invia a Sistema TS: the box of services/ts_gateway/sealing.py, made with WebCrypto.
+  // b"TSG2" | u8 key-id length | key id | u16 wrapped-key length | RSA-OAEP(SHA-256) wrapped AES-256 key |
+  // 12-byte nonce | AES-GCM ciphertext+tag, with magic + key id as associated data; base64.
+  function concat(parts) {
+    var size = parts.reduce(function (n, p) { return n + p.length; }, 0);
+    var out = new Uint8Array(size), at = 0;
+    parts.forEach(function (p) { out.set(p, at); at += p.length; });
+    return out;
+  }
+  function toBase64(bytes) {
+    var s = "";
+    for (var i = 0; i < bytes.length; i += 0x8000) { s += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000)); }
+    return btoa(s);
+  }
+  async function sealTs(publicKeyPem, credentials) {
+    var b64 = publicKeyPem.replace(/-----[^-]+-----/g, "").replace(/\s+/g, "");
+    var der = Uint8Array.from(atob(b64), function (c) { return c.charCodeAt(0); });
+    var digest = new Uint8Array(await crypto.subtle.digest("SHA-256", der));
+    var kid = Array.prototype.map.call(digest.subarray(0, 8), function (b) { return b.toString(16).padStart(2, "0"); }).join("");
+    var publicKey = await crypto.subtle.importKey("spki", der, { name: "RSA-OAEP", hash: "SHA-256" }, false, ["encrypt"]);
+    var contentKey = await crypto.subtle.generateKey({ name: "AES-GCM", length: 256 }, true, ["encrypt"]);
+    var rawKey = new Uint8Array(await crypto.subtle.exportKey("raw", contentKey));
+    var nonce = crypto.getRandomValues(new Uint8Array(12));
+    var kidBytes = new TextEncoder().encode(kid);
+    var header = concat([new TextEncoder().encode("TSG2"), new Uint8Array([kidBytes.length]), kidBytes]);
+    var plaintext = new TextEncoder().encode(JSON.stringify(credentials));
+    var ciphertext = new Uint8Array(await crypto.subtle.encrypt(
+      { name: "AES-GCM", iv: nonce, additionalData: header, tagLength: 128 }, contentKey, plaintext));
+    var wrapped = new Uint8Array(await crypto.subtle.encrypt({ name: "RSA-OAEP" }, publicKey, rawKey));
+    rawKey.fill(0);
+    var length = new Uint8Array([wrapped.length >> 8, wrapped.length & 0xff]);
+    return toBase64(concat([header, length, wrapped, nonce, ciphertext]));
+  }
+  window.flowsSealTs = sealTs;
+
+  function tsSendForm() {
+    var form = document.getElementById("invia-ts");
+    if (!form) { return; }
+    var fields = ["ts-cf", "ts-utente", "ts-password", "ts-pincode"].map(function (id) { return document.getElementById(id); });
+    var error = document.getElementById("ts-errore");
+    form.addEventListener("submit", function (event) {
+      if (document.getElementById("sigillo").value) { return; }  // sealed: this is the real submit
+      event.preventDefault();
+      if (fields.some(function (f) { return !f.value.trim(); })) {
+        error.textContent = "Compili tutti i campi delle credenziali.";
+        error.classList.remove("d-none");
+        fields.filter(function (f) { return !f.value.trim(); })[0].focus();
+        return;
+      }
+      sealTs(form.dataset.publicKey, {
+        user: fields[1].value, password: fields[2].value, pincode: fields[3].value,
+        cf_proprietario: fields[0].value.trim().toUpperCase()
+      }).then(function (sealed) {
+        fields.forEach(function (f) { f.value = ""; });
+        document.getElementById("sigillo").value = sealed;
+        form.submit();
+      }).catch(function () {
+        error.textContent = "Il browser non ha potuto cifrare le credenziali: nulla è stato inviato.";
+        error.classList.remove("d-none");
+      });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { liveInstance(); sortableTables(); tsSendForm(); });
+})();

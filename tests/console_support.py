@@ -1,0 +1,133 @@
+"""The console under test: the real app on a real uvicorn server (a port derived from the test
+stack's FLOWS_KAFKA_PORT_BASE, so parallel checkouts never collide), on a fresh migrated database
+and the test stack's Kafka; instances are written through the event store like the services do."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import uvicorn
+
+from contracts import flows
+from services.console import auth
+from services.console.app import create_app
+from services.onboarding import handlers
+from services.runtime.db import create_pool
+from services.runtime.eventstore import EventStore, NewEvent
+from services.runtime.filestore import FileStore
+from services.runtime.host import prepare_database
+from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
+from services.runtime.settings import Settings
+
+PASSWORD = "correct horse battery"
+STRUCTURE = "150123"  # the structure user's STS11: the HUB of tests.fixtures.onboarding.workbooks
+ROLE_USERS = {"operator": ("op.201", ["201"]), "structure": ("st.1", []), "desk": ("desk.1", []),
+              "ops": ("ops.1", []), "auditor": ("aud.1", []), "admin": ("adm.1", [])}
+
+
+def free_port(offset: int = 100) -> int:
+    """A free port at FLOWS_KAFKA_PORT_BASE + offset or just above (inside this checkout's range)."""
+    base = int(os.environ["FLOWS_KAFKA_PORT_BASE"]) + offset
+    for port in range(base, base + 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base}..{base + 200}")
+
+
+@dataclass
+class RunningConsole:
+    url: str
+    settings: Settings
+    pool: asyncpg.Pool
+    store: EventStore
+    files: FileStore
+
+    async def add_users(self) -> None:
+        for role, (name, enti) in ROLE_USERS.items():
+            await auth.add_user(self.pool, name, role, enti, STRUCTURE if role == "structure" else None, PASSWORD)
+
+    async def instance(self, ente: str, state_events: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
+                       flow_type: str = "FLUSSO_C") -> int:
+        """A new instance of `ente`, Running, then through `state_events` (type, data without instance)."""
+        number = int(await self.pool.fetchval("SELECT nextval('flow_instance_seq')"))  # the loader's numbering
+        running = flows.LoadRunning(instance=number, request_id=uuid.uuid4(), flow_type=flows.FlowType(flow_type),
+                                    version="2020", ente=ente,
+                                    period=flows.Period.model_validate({"start": "2026-10-01", "end": "2026-10-31"}),
+                                    requested_by="op.test")
+        events = [NewEvent("flows.load-running", running.model_dump(mode="json"), actor="loader")]
+        events += [NewEvent(t, {"instance": number, **d}, actor="loader") for t, d in state_events]
+        await self.store.append(instance_stream(number), events, expected_version=0, key=str(number), publish=False)
+        return number
+
+    async def onboarding_request(self, request_id: str, sts11: str, name: str = "Laboratorio Analisi Vesuvio") -> str:
+        """An onboarding request of structure `sts11` (a new aggregation with two SPOKEs), opened as the CLI does."""
+        from contracts.onboarding import RequestKind, RequestOpened, Spoke
+        from services.console.app import Console, _onboarding_deps
+
+        deps = _onboarding_deps(Console(self.settings, self.pool, self.store, self.files, None))  # type: ignore[arg-type]
+        command = RequestOpened(request_id=request_id, kind=RequestKind("new-aggregation"), structure_name=name,
+                                structure_sts11=sts11, municipality_istat="063049",
+                                spokes=[Spoke(sts11="150456", name="Lab Partenope", already_on_cup=True),
+                                        Spoke(sts11="150789", name="Lab Posillipo", already_on_cup=False)],
+                                other_structures=[], requirements_version=deps.requirements().version,
+                                opened_at=datetime.now(UTC), opened_by="desk.1")
+        await handlers.open_request(deps, command, "desk.1")
+        return request_id
+
+    def file_ref(self, name: str, kind: str, data: bytes, records: int, media_type: str = "text/plain") -> dict:
+        sha, size = self.files.put_bytes(data)
+        return {"name": name, "kind": kind, "records": records, "bytes": size, "sha256": sha, "media_type": media_type}
+
+    async def login(self, client: httpx.AsyncClient, user: str, password: str = PASSWORD) -> httpx.Response:
+        form = await client.get(f"{self.url}/login")
+        token = csrf_of(form.text)
+        return await client.post(f"{self.url}/login", data={"utente": user, "password": password, "csrf": token})
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert match, "the page has no CSRF field"
+    return match.group(1)
+
+
+@contextlib.asynccontextmanager
+async def running_console(database_url: str, kafka: str, files_dir: Path, **overrides: Any) -> AsyncIterator[
+        RunningConsole]:
+    port = free_port()
+    values: dict[str, Any] = {"console_secure_cookies": False, "log_format": "console", **overrides}
+    settings = Settings(database_url=database_url, kafka_bootstrap=kafka, files_dir=files_dir, console_port=port,
+                        **values)
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    await prepare_database(pool, FLOW_PROJECTIONS)
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(30):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.05)
+        yield RunningConsole(f"http://127.0.0.1:{port}", settings, pool,
+                             EventStore(pool, source="/flows/test", projections=FLOW_PROJECTIONS), FileStore(files_dir))
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await pool.close()

@@ -1,0 +1,287 @@
+"""The console in real Chromium (Debian's package, driven by Playwright) against the real services:
+an operator of ente 201 logs in, loads a month and watches it go Scheduled -> Running -> Checked
+with no reload, reads the feedback of a failed load, formats and watches Formatted arrive, views a
+file as a table, downloads it; cannot open ente 202's instance; axe-core finds no serious or
+critical violation on any page; the access log holds the file view. Screenshots of every page go
+to out/console-screenshots/ (not committed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from axe_playwright_python.async_playwright import Axe
+from playwright.async_api import Page, async_playwright
+
+from services.loader.generator import month_period
+from services.ts_gateway.sealing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, key_id, sealed_key_id, unseal
+from tests.console_support import PASSWORD, STRUCTURE, running_console
+from tests.e2e import test_secrets_canary as canary
+from tests.e2e.driving import _formatted_730, publish_month
+from tests.e2e.test_secrets_canary import folder_files, needles_for, scan_everything, search
+from tests.fixtures.onboarding.workbooks import aggregation_rows, workbook
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.e2e
+canary_account = canary.canary_account  # the secrets canary's planted TS account (a fixture)
+
+SCREENS = Path(__file__).resolve().parents[2] / "out" / "console-screenshots"
+CHROMIUM = os.environ.get("FLOWS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+# Records every state the badge shows, and proves the page was never reloaded (the marker survives).
+WATCH_STATES = """() => {
+  window.__noReload = "kept";
+  window.__states = [document.querySelector('#stato .badge').dataset.state];
+  new MutationObserver(() => {
+    const b = document.querySelector('#stato .badge');
+    if (b && window.__states[window.__states.length - 1] !== b.dataset.state) window.__states.push(b.dataset.state);
+  }).observe(document.getElementById('stato-istanza'), {childList: true, subtree: true});
+}"""
+
+
+async def _axe_clean(page: Page, axe: Axe, name: str) -> None:
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
+    results = await axe.run(page)
+    serious = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+               for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
+    assert serious == [], f"{name}: {serious}"
+
+
+async def _wait_badge(page: Page, states: set[str], timeout_s: float = 120) -> str:
+    await page.wait_for_function(
+        "states => states.includes(document.querySelector('#stato .badge')?.dataset.state)",
+        arg=sorted(states), timeout=timeout_s * 1000)
+    return str(await page.get_attribute("#stato .badge", "data-state"))
+
+
+async def _log_in(page: Page, url: str, user: str) -> None:
+    """The login form, sent from the keyboard."""
+    await page.goto(url + "/login")
+    await page.fill("#utente", user)
+    await page.fill("#password", PASSWORD)
+    async with page.expect_navigation():
+        await page.keyboard.press("Enter")
+
+
+async def _submit_load(page: Page, month: str, scheduled: datetime | None) -> None:
+    start, end = month_period(month)
+    await page.goto(page.url.split("/istanze")[0] + "/istanze/nuova")
+    await page.select_option("#tipo", "FLUSSO_C")
+    await page.select_option("#ente", "201")
+    await page.fill("#dal", start.isoformat())
+    await page.fill("#al", end.isoformat())
+    if scheduled is not None:
+        await page.fill("#pianificata", scheduled.strftime("%Y-%m-%dT%H:%M:%S"))
+    # The form is sent from the keyboard: focus on the last field, Enter.
+    await page.focus("#pianificata")
+    async with page.expect_navigation():
+        await page.keyboard.press("Enter")
+
+
+async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None:  # type: ignore[no-untyped-def]
+    pool = await platform.pool()
+    cfg = platform.settings
+    try:
+        await publish_month(platform, pool, "201", "2026-08", 3000, seed=21)
+        await publish_month(platform, pool, "201", "2026-07", 300, seed=22, bad=3)
+        async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir) as console, \
+                async_playwright() as pw:
+            await console.add_users()
+            foreign = await console.instance("202")
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+            context = await browser.new_context(accept_downloads=True, locale="it-IT")
+            page = await context.new_page()
+            axe = Axe()
+
+            await page.goto(console.url + "/istanze")
+            assert "/login" in page.url
+            await _axe_clean(page, axe, "01-login")
+            await page.fill("#utente", "op.201")
+            await page.fill("#password", PASSWORD)
+            async with page.expect_navigation():
+                await page.keyboard.press("Enter")
+            assert page.url.endswith("/istanze")
+            await _axe_clean(page, axe, "02-istanze")
+
+            # A load scheduled a few seconds ahead: the page sees every state arrive, live.
+            await _submit_load(page, "2026-08", datetime.now(ZoneInfo("Europe/Rome")) + timedelta(seconds=4))
+            await _axe_clean(page, axe, "03-istanza-pianificata")
+            checked_url = page.url
+            await page.evaluate(WATCH_STATES)
+            assert await _wait_badge(page, {"Checked", "Failed loading"}) == "Checked"
+            states = await page.evaluate("window.__states")
+            assert states[0] == "Scheduled" and states[-1] == "Checked" and "Running" in states, states
+            assert await page.evaluate("window.__noReload") == "kept"
+            await _axe_clean(page, axe, "04-istanza-verificata")
+
+            # A month with planted bad records fails; its feedback is a table naming each problem.
+            await _submit_load(page, "2026-07", None)
+            assert await _wait_badge(page, {"Checked", "Failed loading"}) == "Failed loading"
+            await page.click("text=Leggi l'esito")
+            assert await page.locator("table#tabella tbody tr").count() >= 3
+            await _axe_clean(page, axe, "05-esito")
+            async with page.expect_download() as csv:
+                await page.click("text=Scarica il file")
+            assert (await csv.value).suggested_filename.endswith(".csv")
+
+            # Format the Checked instance; Formatted and its files arrive without a reload.
+            await page.goto(checked_url)
+            await page.evaluate(WATCH_STATES)
+            await page.click("button:has-text('Formatta')")
+            await page.wait_for_url(checked_url)
+            await page.evaluate(WATCH_STATES)
+            assert await _wait_badge(page, {"Formatted", "Format failed"}) == "Formatted"
+            assert await page.evaluate("window.__noReload") == "kept"
+            await page.wait_for_selector("text=Vedi C2")
+            await _axe_clean(page, axe, "06-istanza-formattata")
+            async with page.expect_download() as one:
+                await page.locator("a:has-text('Scarica C2')").first.click()
+            downloaded = await one.value
+            assert downloaded.suggested_filename.startswith("C2")
+            async with page.expect_download() as zipped:
+                await page.click("text=Scarica tutti i file (zip)")
+            assert (await zipped.value).suggested_filename.endswith(".zip")
+            await page.locator("a:has-text('Vedi C2')").first.click()
+            assert await page.locator("table#tabella tbody tr").count() > 0
+            await _axe_clean(page, axe, "07-file-c2")
+
+            # Another ente's instance does not exist for this operator.
+            response = await page.goto(f"{console.url}/istanze/{foreign}")
+            assert response is not None and response.status == 404
+            assert await page.locator("h1").inner_text() == "Pagina non trovata"
+            await _axe_clean(page, axe, "08-non-trovata")
+
+            await page.goto(console.url + "/istanze/nuova")
+            await _axe_clean(page, axe, "09-nuovo-caricamento")
+            await browser.close()
+
+            instance = int(checked_url.rsplit("/", 1)[1])
+            views = await pool.fetch("SELECT data FROM events WHERE stream_id LIKE 'access-%' AND actor = 'op.201' "
+                                     "AND (data->>'instance')::bigint = $1", instance)
+            assert {"file-view", "file-download", "files-zip"} <= {v["data"]["what"] for v in views}
+            history = await pool.fetch("SELECT type, actor FROM events WHERE stream_id = $1 ORDER BY version",
+                                       f"instance-{instance}")
+            # The history names the user who asked: the load and the format commands carried op.201 as actor.
+            actors = [(h["type"], h["actor"]) for h in history]
+            assert ("flows.load-scheduled", "op.201") in actors and ("flows.format-requested", "op.201") in actors
+            requested = await pool.fetchval("SELECT requested_by FROM instance_list WHERE instance = $1", instance)
+            assert requested == "op.201"
+    finally:
+        await pool.close()
+
+
+async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignore[no-untyped-def]
+        platform, stack, canary_account, tmp_path) -> None:
+    """The browser seals the TS credentials (WebCrypto) into the gateway's box; the console only ever
+    receives the box; the gateway opens it, the simulator confirms, and the page shows Confirmed live.
+    The canary account's values typed in the browser are then nowhere in clear (nor hex, base64,
+    UTF-16): not in Kafka, the database, the files, the services' or the console's logs."""
+    cfg = platform.settings
+    instance = await _formatted_730(platform, "201", "2026-05", services=120)
+    pool = await platform.pool()
+    typed = canary_account
+    console_log = tmp_path / "console-logs" / "console.log"
+    console_log.parent.mkdir()
+    handler = logging.FileHandler(console_log)
+    logging.getLogger().addHandler(handler)  # uvicorn's and the console's records, as a deployment keeps them
+    try:
+        async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir,
+                                   keys_dir=cfg.keys_dir) as console, async_playwright() as pw:
+            await console.add_users()
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+            page = await (await browser.new_context(locale="it-IT")).new_page()
+            posted: list[str] = []
+            page.on("request", lambda r: posted.append(r.post_data or "") if r.method == "POST" else None)
+            axe = Axe()
+            await _log_in(page, console.url, "op.201")
+            await page.goto(f"{console.url}/istanze/{instance}")
+            async with page.expect_navigation():
+                await page.click("text=Invia a Sistema TS")
+            await _axe_clean(page, axe, "10-invia-ts")
+
+            # A box sealed by this browser opens with the gateway's private key, to the same values.
+            public_pem = (cfg.keys_dir / PUBLIC_KEY_FILE).read_text()
+            box = await page.evaluate("pem => window.flowsSealTs(pem, {user: 'u1', password: 'p<w>\"d', "
+                                      "pincode: '42', cf_proprietario: 'RSSMRA80A01H501U'})", public_pem)
+            assert sealed_key_id(box) == key_id(public_pem.encode())
+            opened = unseal((cfg.keys_dir / PRIVATE_KEY_FILE).read_bytes(), box)
+            assert (opened.user, opened.password, opened.pincode, opened.cf_proprietario) == \
+                ("u1", 'p<w>"d', "42", "RSSMRA80A01H501U")
+
+            # The form with the keyboard alone: type, Tab to the next field, Enter sends.
+            await page.focus("#ts-cf")
+            for value in (typed["cf_proprietario"], typed["user"], typed["password"], typed["pincode"]):
+                await page.keyboard.type(value)
+                await page.keyboard.press("Tab")
+            async with page.expect_navigation(url=f"{console.url}/istanze/{instance}"):
+                await page.keyboard.press("Enter")
+            await page.evaluate(WATCH_STATES)
+            assert await _wait_badge(page, {"Confirmed", "Confirmed with errors", "Rejected"}) == "Confirmed"
+            assert await page.evaluate("window.__noReload") == "kept"
+            await _axe_clean(page, axe, "11-confermata")
+            await browser.close()
+
+        sent = [p for p in posted if "sigillo=" in p]
+        assert len(sent) == 1
+        needles = needles_for(typed)
+        posts = [h for body in posted for h in search("browser POST", "request body", body.encode(), needles)]
+        assert posts == [], "a credential left the browser in clear"
+        scan = await scan_everything(platform, stack, needles)
+        console_logs = [h for where, blob in folder_files(console_log.parent)
+                        for h in search("console logs", where, blob, needles)]
+        assert scan.hits + console_logs == [], scan.hits + console_logs
+        assert all(scan.seen[place] > 0 for place in ("kafka", "database", "files", "logs")), scan.seen
+        actors = await pool.fetch("SELECT type, actor FROM events WHERE stream_id = $1", f"instance-{instance}")
+        assert ("flows.ts-submission-requested", "op.201") in [(a["type"], a["actor"]) for a in actors] or \
+            await pool.fetchval("SELECT count(*) FROM events WHERE stream_id = $1 AND data->>'requested_by' = "
+                                "'op.201'", f"instance-{instance}") > 0
+    finally:
+        logging.getLogger().removeHandler(handler)
+        await pool.close()
+
+
+async def test_the_desk_sees_the_wrong_cell_of_an_uploaded_workbook(fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A desk user uploads tracciati with a wrong IUP_SSA_CODE and the page names sheet, row, column,
+    cell and rule; the structure sees only its own request; axe on the onboarding pages."""
+    wrong = aggregation_rows()
+    wrong["Prestazioni"][0][3] = "150999"
+    book = tmp_path / "allegato-a1.xlsx"
+    book.write_bytes(workbook({"Prestazioni": wrong["Prestazioni"]}))
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+        await console.add_users()
+        own = await console.onboarding_request("ONB-VESUVIO", STRUCTURE)
+        other = await console.onboarding_request("ONB-VOMERO", "150321", "Centro <b>Vomero</b>")
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        axe = Axe()
+        page = await (await browser.new_context(locale="it-IT")).new_page()
+        await _log_in(page, console.url, "desk.1")
+        await page.goto(console.url + "/onboarding")
+        assert await page.locator(f"a[href='/onboarding/{other}']").count() == 1
+        assert "Centro <b>Vomero</b>" in await page.locator("table").inner_text()  # shown, not interpreted
+        await _axe_clean(page, axe, "12-onboarding")
+        await page.goto(f"{console.url}/onboarding/{own}")
+        await page.select_option("#tipo-doc", "tracciato-prestazioni")
+        await page.set_input_files("#documento", str(book))
+        async with page.expect_navigation():
+            await page.click("button:has-text('Carica e valuta')")
+        finding = page.locator("tr.rilievo", has_text="150999")
+        assert await finding.count() == 1
+        cells = await finding.locator("td").all_inner_texts()
+        assert cells[:4] == ["Prestazioni", "2", "IUP_SSA_CODE", "D2"], cells
+        assert "150999 is not the HUB's STS11 150123" in cells[4]
+        await _axe_clean(page, axe, "13-onboarding-richiesta")
+
+        structure = await (await browser.new_context(locale="it-IT")).new_page()
+        await _log_in(structure, console.url, "st.1")
+        await structure.goto(console.url + "/onboarding")
+        assert await structure.locator(f"a[href='/onboarding/{own}']").count() == 1
+        assert await structure.locator(f"a[href='/onboarding/{other}']").count() == 0
+        response = await structure.goto(f"{console.url}/onboarding/{other}")
+        assert response is not None and response.status == 404
+        await browser.close()

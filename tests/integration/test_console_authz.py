@@ -1,0 +1,157 @@
+"""The authorization matrix, generated from the console's route table: every route x every role x
+an instance of the user's own ente (201) and of another (202), on the real app, PostgreSQL and Kafka.
+
+Denied answers 404 (page, download, stream, action, API alike) whether the object exists or not;
+allowed answers what the route does. A route added without a rule fails `test_every_route_has_a_rule`
+(and the app refuses to start), and a rule this matrix does not know how to exercise fails the matrix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.console import app as console_app
+from services.console.access import ROUTE_TABLE, RouteRule, check_every_route_has_a_rule
+from services.console.auth import ROLES
+from tests.console_support import ROLE_USERS, STRUCTURE, RunningConsole, csrf_of, running_console
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.integration
+
+FEEDBACK = b"record_key;field;code;severity;message\nS1@P1/01;patient_cf;CF_CHECK_CHAR;warning;RSSMRA80A01H501U\n"
+
+
+@pytest.fixture
+async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
+        await running.add_users()
+        yield running
+
+
+async def _waiting_feedback_instance(c: RunningConsole, ente: str) -> int:
+    """An instance with a feedback and a file, in Waiting feedback: no action is allowed in that state,
+    so an allowed action answers 409 and sends nothing."""
+    feedback = c.file_ref("esito.csv", "feedback", FEEDBACK, 1, "text/csv")
+    errors = c.file_ref("errori.csv", "ts-errors", FEEDBACK, 1, "text/csv")
+    return await c.instance(ente, [
+        ("flows.load-checked", {"source_instance": 1, "counts": {"services": 1}, "warnings": 1, "feedback": feedback}),
+        ("flows.formatting-started", {}),
+        ("flows.formatted", {"files": [errors]}),
+        ("flows.ts-submitted", {"part": 1, "parts": 1, "protocollo": "P1"}),
+    ])
+
+
+def test_every_route_has_a_rule() -> None:
+    probe = FastAPI(docs_url=None, redoc_url=None)
+    probe.include_router(console_app.pages)
+    probe.include_router(console_app.api)
+    check_every_route_has_a_rule(probe.routes)  # the table as it is: passes
+
+    @probe.get("/istanze/{instance}/nuova-pagina-senza-regola")
+    async def unguarded() -> dict[str, str]:
+        return {}
+
+    with pytest.raises(RuntimeError, match="nuova-pagina-senza-regola has no authorization rule"):
+        check_every_route_has_a_rule(probe.routes)
+
+
+def _allowed(route: RouteRule, role: str, own: bool) -> bool:
+    rule = route.rule
+    if role not in rule.roles:
+        return False
+    if rule.scope == "instance":
+        return own or role in ("ops", "auditor")
+    if rule.scope == "act":
+        return own
+    if rule.scope == "request":
+        return own or role != "structure"
+    return True
+
+
+async def _call(client: httpx.AsyncClient, c: RunningConsole, route: RouteRule, target: int | str, own: bool,
+                csrf: str) -> tuple[int, str]:
+    path = route.path.replace("{instance}", str(target)).replace("{name}", "errori.csv").replace("{request}",
+                                                                                                  str(target))
+    url = c.url + path
+    if route.kind == "stream":
+        async with client.stream("GET", url) as response:
+            first = b""
+            if response.status_code == 200:
+                async for chunk in response.aiter_bytes():
+                    first = chunk
+                    break
+            return response.status_code, first.decode()
+    if route.method == "GET":
+        response = await client.get(url)
+        return response.status_code, response.text
+    data: dict[str, Any] = {"csrf": csrf}
+    if route.path == "/istanze/nuova":
+        # Own ente with a period that ends before it starts (refused at the field, nothing sent);
+        # the other ente: refused at the ente field.
+        data.update(tipo="FLUSSO_C", ente="201" if own else "202", dal="2026-10-31", al="2026-10-01")
+    response = await client.post(url, data=data)
+    return response.status_code, response.text
+
+
+async def test_every_route_every_role_own_and_other_entity(console: RunningConsole) -> None:
+    own = await _waiting_feedback_instance(console, "201")
+    other = await _waiting_feedback_instance(console, "202")
+    missing = other + 1000
+    own_request = await console.onboarding_request("ONB-OWN", STRUCTURE)
+    other_request = await console.onboarding_request("ONB-OTHER", "150321", "Centro Vomero")
+    checked = denied_cross = 0
+    for role in ROLES:
+        user, _ = ROLE_USERS[role]
+        async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+            assert (await console.login(client, user)).status_code == 303
+            home = await client.get(console.url + "/", follow_redirects=True)
+            csrf = csrf_of(home.text)  # the session's token, from the logout form every page carries
+            # The lists carry only the rows of the principal's enti.
+            if role in ("operator", "ops", "auditor"):
+                page = (await client.get(console.url + "/istanze")).text
+                listed = (await client.get(console.url + "/api/istanze")).json()["items"]
+                sees_other = role != "operator"
+                assert (f'href="/istanze/{other}"' in page) == sees_other, role
+                assert (other in [i["instance"] for i in listed]) == sees_other, role
+                assert f'href="/istanze/{own}"' in page
+            routes = sorted(ROUTE_TABLE.values(), key=lambda r: r.path == "/logout")  # logout last
+            for route in routes:
+                targets: list[tuple[int | str, bool]] = [(own, True)]
+                if "{instance}" in route.path:
+                    targets = [(own, True), (other, False), (missing, False)]
+                elif "{request}" in route.path:
+                    targets = [(own_request, True), (other_request, False), ("ONB-MISSING", False)]
+                elif route.path == "/istanze/nuova" and route.method == "POST":
+                    targets = [(own, True), (other, False)]
+                for target, is_own in targets:
+                    status, body = await _call(client, console, route, target, is_own, csrf)
+                    where = f"{route.method} {route.path} as {role} on {'own' if is_own else 'other'} ({target})"
+                    exists = target not in (missing, "ONB-MISSING")
+                    allowed = exists and _allowed(route, role, is_own)
+                    if route.path == "/istanze/nuova" and route.method == "POST" and role in route.rule.roles:
+                        assert status == 422, where
+                        assert ("solo tra i suoi enti" in body) == (not is_own), where
+                        assert "viene prima del suo inizio" in body, where
+                    elif not allowed:
+                        assert status == 404, f"{where}: {status}"
+                        if not is_own and ("{instance}" in route.path or "{request}" in route.path):
+                            denied_cross += 1
+                    elif route.kind == "api" and route.method == "POST":
+                        assert status == 422, f"{where}: {status}"  # authorized; a form is no JSON body
+                    elif route.rule.scope == "request" and route.method == "POST":
+                        assert status == 422, f"{where}: {status}"  # authorized; no file, no verdict given
+                    elif route.rule.scope == "act":
+                        assert status == 409, f"{where}: {status}"  # authorized, refused by the state machine
+                    elif route.kind == "stream":
+                        assert status == 200 and "event: ready" in body, where
+                    else:
+                        assert status in (200, 303), f"{where}: {status}"
+                    checked += 1
+    assert checked > 150 and denied_cross > 40, (checked, denied_cross)
+    # Nothing of the other ente was ever acted on: its history is what it was.
+    assert await console.pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", other) == \
+        "Waiting feedback"

@@ -1,0 +1,228 @@
+"""The console's security behaviours on the real app and PostgreSQL: nothing without login, no
+session fixation, CSRF on forms, expired sessions, throttled logins, file names that are never
+paths, names with HTML shown escaped, and the access log of personal data."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from services.console import auth
+from services.console.access import ROUTE_TABLE
+from services.runtime.eventstore import EventStore
+from tests.console_support import PASSWORD, RunningConsole, csrf_of, running_console
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.integration
+
+HOSTILE = '<script>alert("x")</script><b>Casa di cura</b>'
+
+
+@pytest.fixture
+async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
+    async with running_console(fresh_db, KAFKA, tmp_path / "files", console_login_max_failures=3) as running:
+        await running.add_users()
+        yield running
+
+
+async def test_no_page_or_api_route_without_login(console: RunningConsole) -> None:
+    instance = await console.instance("201")
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        for route in ROUTE_TABLE.values():
+            url = console.url + route.path.replace("{instance}", str(instance)).replace("{name}", "x.txt")
+            response = await client.request(route.method, url, data={"csrf": "x"} if route.method == "POST" else None)
+            if route.path.startswith("/api/"):
+                assert response.status_code == 401, route
+            else:
+                assert response.status_code == 303 and response.headers["location"].startswith("/login"), route
+        # A forged cookie is no session either.
+        client.cookies.set("flows_session", "forged")
+        assert (await client.get(console.url + f"/istanze/{instance}")).status_code == 303
+
+
+async def test_session_fixation_a_cookie_set_before_login_is_never_promoted(console: RunningConsole) -> None:
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        client.cookies.set("flows_session", "chosen-by-the-attacker")
+        response = await console.login(client, "op.201")
+        assert response.status_code == 303
+        issued = response.cookies["flows_session"]
+        assert issued != "chosen-by-the-attacker"
+        cookie = response.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    async with httpx.AsyncClient(follow_redirects=False, cookies={"flows_session": "chosen-by-the-attacker"}) as c:
+        assert (await c.get(console.url + "/istanze")).status_code == 303
+    # The table holds only the hash of the token.
+    assert await console.pool.fetchval("SELECT count(*) FROM console_session WHERE token_sha256::text LIKE $1",
+                                       f"%{issued}%") == 0
+
+
+async def test_secure_cookie_by_default(fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async with running_console(fresh_db, KAFKA, tmp_path / "f", console_secure_cookies=True) as c:
+        await c.add_users()
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            form = await client.get(c.url + "/login")
+            assert "Secure" in form.headers["set-cookie"]
+            # Over plain http a client keeps Secure cookies to itself: this test hands it back by hand.
+            response = await client.post(c.url + "/login", data={"utente": "op.201", "password": PASSWORD,
+                                                                  "csrf": csrf_of(form.text)},
+                                         headers={"cookie": f"flows_login_csrf={form.cookies['flows_login_csrf']}"})
+            assert response.status_code == 303
+            assert "__Host-flows_session=" in response.headers["set-cookie"]
+            assert "Secure" in response.headers["set-cookie"]
+
+
+async def test_a_form_without_its_csrf_token_is_refused(console: RunningConsole) -> None:
+    instance = await console.instance("201", [("flows.load-checked", {"source_instance": 1, "counts": {}})])
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        for data in ({}, {"csrf": "wrong"}):
+            response = await client.post(console.url + f"/istanze/{instance}/cancella", data={"motivo": "x", **data})
+            assert response.status_code == 403
+        assert await console.pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance) == "Checked"
+        # The login form has its own token too.
+        response = await client.post(console.url + "/login", data={"utente": "op.201", "password": PASSWORD})
+        assert response.status_code == 403
+        # With the token, the same deletion goes through, and the history names the user.
+        page = await client.get(console.url + f"/istanze/{instance}")
+        response = await client.post(console.url + f"/istanze/{instance}/cancella",
+                                     data={"motivo": "doppione", "csrf": csrf_of(page.text)})
+        assert response.status_code == 303
+    assert await console.pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance) == "Deleted"
+    assert await console.pool.fetchval("SELECT actor FROM events WHERE stream_id = $1 AND type = "
+                                       "'flows.instance-deleted'", f"instance-{instance}") == "op.201"
+
+
+async def test_an_expired_session_is_no_session(console: RunningConsole) -> None:
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        assert (await client.get(console.url + "/istanze")).status_code == 200
+        await console.pool.execute("UPDATE console_session SET expires_at = now() - interval '1 second'")
+        assert (await client.get(console.url + "/istanze")).status_code == 303
+        assert (await client.get(console.url + "/api/istanze")).status_code == 401
+
+
+async def test_a_disabled_user_loses_its_sessions(console: RunningConsole) -> None:
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        await auth.disable_user(console.pool, "op.201")
+        assert (await client.get(console.url + "/istanze")).status_code == 303
+        assert (await console.login(client, "op.201")).status_code == 401
+
+
+async def test_brute_force_logins_are_throttled(console: RunningConsole) -> None:
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        for _ in range(3):
+            assert (await console.login(client, "op.201", "wrong password!")).status_code == 401
+        # The limit is reached: even the right password is not checked now.
+        response = await console.login(client, "op.201", PASSWORD)
+        assert response.status_code == 429 and "Troppi tentativi" in response.text
+        # Another user from the same address is not locked out by this one's failures.
+        assert (await console.login(client, "ops.1")).status_code == 303
+
+
+async def test_file_names_are_keys_never_paths(console: RunningConsole) -> None:
+    secret = console.files.put_bytes(b"not a file of this instance")[0]
+    ref = console.file_ref("C1.txt", "ts-errors", b"a;b\n1;2\n", 1, "text/csv")
+    instance = await console.instance("201", [
+        ("flows.load-checked", {"source_instance": 1, "counts": {}}), ("flows.formatting-started", {}),
+        ("flows.formatted", {"files": [ref]})])
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        base = console.url + f"/istanze/{instance}/file/"
+        assert (await client.get(base + "C1.txt/scarica")).content == b"a;b\n1;2\n"
+        for name in ("..%2F..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "C1.txt%00", "%2E%2E",
+                     "C1.txt%2F..%2F..%2Fsecret", f"..%2F..%2Fsha256%2F{secret[:2]}%2F{secret[2:]}"):
+            for suffix in ("", "/scarica"):
+                response = await client.get(base + name + suffix)
+                assert response.status_code == 404, name
+                assert b"not a file of this instance" not in response.content
+
+
+async def test_html_in_names_and_feedback_is_shown_escaped(console: RunningConsole) -> None:
+    feedback = console.file_ref(f"{HOSTILE}.csv", "feedback",
+                                f"record_key;field;code;severity;message\nS1;name;X;error;{HOSTILE}\n".encode(), 1,
+                                "text/csv")
+    instance = await console.instance("201", [("flows.load-failed", {"errors": 1, "summary": HOSTILE,
+                                                                     "feedback": feedback})])
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        for path in (f"/istanze/{instance}", f"/istanze/{instance}/feedback", f"/istanze/{instance}/stato"):
+            body = (await client.get(console.url + path)).text
+            assert "<script>alert" not in body and "<b>Casa di cura</b>" not in body, path
+            assert "&lt;script&gt;alert(" in body, path
+        download = await client.get(console.url + f"/istanze/{instance}/feedback.csv")
+        assert download.headers["content-disposition"].startswith('attachment; filename="')
+        assert "<" not in download.headers["content-disposition"]
+        assert download.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_every_view_or_download_of_personal_data_is_in_the_access_log(console: RunningConsole) -> None:
+    feedback = console.file_ref("esito.csv", "feedback", b"record_key;field;code;severity;message\nS1;cf;X;error;m\n",
+                                1, "text/csv")
+    instance = await console.instance("201", [("flows.load-failed", {"errors": 1, "summary": "1 error",
+                                                                     "feedback": feedback})])
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        for path in ("/feedback", "/feedback.csv", "/file/esito.csv", "/file/esito.csv/scarica", "/file.zip"):
+            assert (await client.get(console.url + f"/istanze/{instance}{path}")).status_code == 200, path
+        # Pages without personal data leave no record.
+        await client.get(console.url + f"/istanze/{instance}")
+    rows = await console.pool.fetch("SELECT stream_id, actor, data FROM events WHERE stream_id LIKE 'access-%' "
+                                    "ORDER BY stream_id, version")
+    assert [r["data"]["what"] for r in rows] == ["feedback-view", "feedback-download", "file-view", "file-download",
+                                                 "files-zip"]
+    assert {(r["actor"], r["data"]["instance"], r["data"]["address"]) for r in rows} == {("op.201", instance,
+                                                                                         "127.0.0.1")}
+    store = EventStore(console.pool, source="/test")
+    assert await store.verify_stream(rows[0]["stream_id"]) == []  # hash-chained like every stream
+    # The auditor reads it in the console; the operator may not.
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "aud.1")
+        page = await client.get(console.url + f"/accessi?istanza={instance}")
+        assert page.status_code == 200 and page.text.count("op.201") >= 5
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        assert (await client.get(console.url + "/accessi")).status_code == 404
+
+
+async def test_deadlines_show_the_operators_enti_only_with_their_coverage(console: RunningConsole) -> None:
+    ref = console.file_ref("C1.txt", "C1", b"x\n", 1)
+    covering = await console.instance("201", [
+        ("flows.load-checked", {"source_instance": 1, "counts": {}}), ("flows.formatting-started", {}),
+        ("flows.formatted", {"files": [ref]})])
+    await console.instance("202")
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        body = (await client.get(console.url + "/scadenze?mese=2026-10")).text
+    assert "<td>201</td>" in body and "<td>202</td>" not in body
+    assert f'href="/istanze/{covering}"' in body  # FLUSSO_C 2026-10 of 201 is covered by it
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "ops.1")
+        body = (await client.get(console.url + "/scadenze?mese=2026-10")).text
+    assert "<td>201</td>" in body and "<td>202</td>" in body
+
+
+async def test_api_keys_are_stored_hashed_and_bound_to_their_enti(console: RunningConsole) -> None:
+    own = await console.instance("201")
+    other = await console.instance("202")
+    key = await auth.add_api_key(console.pool, "sistema-regionale", ["201"])
+    secret = key.split(".", 1)[1]
+    assert await console.pool.fetchval("SELECT count(*) FROM console_api_key WHERE secret_hash LIKE $1",
+                                       f"%{secret}%") == 0
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as client:
+        listed = (await client.get(console.url + "/api/istanze")).json()["items"]
+        assert [i["instance"] for i in listed] == [own]
+        assert (await client.get(console.url + f"/api/istanze/{own}")).json()["ente"] == "201"
+        assert (await client.get(console.url + f"/api/istanze/{other}")).status_code == 404
+        refused = await client.post(console.url + "/api/caricamenti", json={
+            "flow_type": "FLUSSO_C", "ente": "202", "period_start": "2026-10-01", "period_end": "2026-10-31"})
+        assert refused.status_code == 422 and "ente" in refused.json()["detail"]
+        # The key gives no access to the pages, and a wrong secret no access at all.
+        assert (await client.get(console.url + "/istanze", follow_redirects=False)).status_code == 303
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}x"}) as client:
+        assert (await client.get(console.url + "/api/istanze")).status_code == 401
+    async with httpx.AsyncClient() as client:
+        schema = (await client.get(console.url + "/openapi.json")).json()
+    assert {"/api/istanze", "/api/istanze/{instance}", "/api/caricamenti", "/api/istanze/{instance}/feedback",
+            "/api/istanze/{instance}/file/{name}"} <= set(schema["paths"])
+    assert not any(p.startswith("/istanze") for p in schema["paths"])  # the pages are not the API
