@@ -35,6 +35,7 @@ from services.loader.intake import KINDS, store, validate_raw
 from services.runtime.broker import consume, create_broker
 from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
+from tests.kafka_topics import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -205,6 +206,7 @@ async def test_generated_records_through_kafka_are_stored_or_rejected_naming_the
     broken = dict(valid[0], source_id=f"FUZZ-BAD-{uuid.uuid4().hex[:8]}", tariff=12.5)  # a number, not a string
     real = by_name(f"sources.{kind}")
     topic = Topic(f"test.{real.name}-{uuid.uuid4().hex[:8]}", real.payload, real.key, "fuzz", ("loader",))
+    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)  # brokers never auto-create
     deps = handlers.LoaderDeps(pool=pool, store=EventStore(pool, source="/flows/loader"),
                                files=FileStore(tmp_path / "files"))
     broker = create_broker(settings, client_id="fuzz-intake")
