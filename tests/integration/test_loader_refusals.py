@@ -22,6 +22,7 @@ from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
 from services.runtime.host import prepare_database
 from services.runtime.read_models import FLOW_PROJECTIONS
+from tests.kafka_topics import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -51,6 +52,7 @@ async def test_a_load_for_an_unknown_ente_is_dead_lettered_naming_it_and_the_nex
         settings: Any, pool: asyncpg.Pool, tmp_path: Path) -> None:
     real = by_name("flows.load-requested")
     topic = Topic(f"test.{real.name}-{uuid.uuid4().hex[:8]}", real.payload, real.key, "cli", ("loader",))
+    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)  # brokers never auto-create
     await prepare_database(pool, FLOW_PROJECTIONS)
     deps = handlers.LoaderDeps(pool=pool, store=EventStore(pool, source="/flows/loader", projections=FLOW_PROJECTIONS),
                                files=FileStore(tmp_path / "files"))
