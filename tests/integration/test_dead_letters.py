@@ -117,6 +117,7 @@ async def test_a_long_outage_seeks_back_to_the_poll_loop_and_nothing_is_dead_let
 
     broker = create_broker(settings, client_id="outage-test")
     consume(broker, topic, group_id="outage-test", handler=handler, probe=reach_database)
+    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
     await producer.start()
     try:
