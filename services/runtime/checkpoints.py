@@ -33,6 +33,7 @@ from contracts.audit import Checkpoint, CheckpointFile, InclusionProof, StreamHe
 from contracts.envelope import Envelope
 from services.runtime.db import canonical_json
 from services.runtime.eventstore import GENESIS_HASH, event_hash, to_stored
+from services.runtime.settings import bootstrap_list
 
 TOPIC = "audit.checkpoint"
 
@@ -266,7 +267,7 @@ async def publish(checkpoint: Checkpoint, bootstrap: str) -> None:
 
     body = Checkpoint.model_validate(checkpoint.model_dump(exclude={"heads"})).model_dump_json().encode()
     envelope = Envelope.new(TOPIC, "/flows/audit", subject=str(checkpoint.sequence))
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_list(bootstrap), enable_idempotence=True, acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(TOPIC, body, key=b"checkpoint", headers=envelope.to_headers())

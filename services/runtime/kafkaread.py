@@ -12,11 +12,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from services.runtime.settings import bootstrap_list
+
 
 @contextlib.asynccontextmanager
 async def observer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
     """A consumer without group_id (so it cannot commit) and without auto-commit."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(bootstrap), group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="latest", client_id="flows-observer")
     await consumer.start()
     try:

@@ -44,9 +44,9 @@ async def _groups(bootstrap: str) -> set[str]:
         await admin.close()
 
 
-async def _load(platform: Any, ente: str) -> uuid.UUID:
+async def _load(platform: Any, ente: str, period: flows.Period = PERIOD) -> uuid.UUID:
     request = flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_MEF, ente=ente,
-                                  period=PERIOD, requested_by="op.ops")
+                                  period=period, requested_by="op.ops")
     await send_command(platform.settings.kafka_bootstrap, "flows.load-requested", request,
                        key=str(request.request_id))
     return request.request_id
@@ -132,14 +132,17 @@ async def _loader_lag(platform: Any) -> tuple[int, list[dict[str, Any]]]:
 async def test_lag_grows_while_the_loader_is_stopped_and_is_zero_once_it_caught_up(platform):
     pool = await platform.pool()
     try:
+        months = [flows.Period.model_validate({"start": f"2026-0{m}-01", "end": f"2026-0{m}-28"})
+                  for m in (1, 2, 3, 4)]
+        await _instance_of(pool, await _load(platform, "205", months[3]))  # the loader has committed once
         async with asyncio.timeout(60):  # whatever earlier tests requested is consumed first
             while (await _loader_lag(platform))[0]:
                 await asyncio.sleep(0.5)
         await platform.stop("loader")
         stopped_at = datetime.now(UTC) - timedelta(seconds=1)
-        requests = [await _load(platform, "208")]
+        requests = [await _load(platform, "205", months[0])]
         one, _ = await _loader_lag(platform)
-        requests += [await _load(platform, "208"), await _load(platform, "208")]
+        requests += [await _load(platform, "205", months[1]), await _load(platform, "205", months[2])]
         three, rows = await _loader_lag(platform)
         assert (one, three) == (1, 3), rows
         assert all(r["last_commit"] for r in rows) and all(r["end"] - r["committed"] == r["lag"] for r in rows)

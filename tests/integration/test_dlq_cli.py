@@ -21,6 +21,7 @@ from services.runtime.broker import Incoming, consume, create_broker
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
 from services.runtime.outbox import OutboxRelay
+from tests.kafka_topics import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +67,7 @@ async def test_a_poison_message_is_listed_shown_redriven_once_after_its_fix_and_
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWS_")}
     env.update(DATABASE_URL=fresh_db, FLOWS_KAFKA_BOOTSTRAP=settings.kafka_bootstrap, FLOWS_OPERATOR="ops.verdi",
                COLUMNS="300")
+    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)
     await broker.start()
     await producer.start()
     try:

@@ -16,6 +16,7 @@ from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.host import prepare_database
 from services.runtime.opsmetrics import OpsMetrics
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
+from tests.kafka_topics import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +25,7 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
     pool = await create_pool(fresh_db, min_size=1, max_size=2)
     dlq = f"test.figures-{uuid.uuid4().hex[:8]}.dlq"
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await create_topics(settings.kafka_bootstrap, dlq)
     await producer.start()
     try:
         await producer.send_and_wait(dlq, b"{}", key=b"k", headers=[("dlq_reason", b"test")])
