@@ -10,10 +10,21 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from contracts.feedback import RECORD_KEY_DESCRIPTION
+from contracts.jsontypes import Code, Text
+
+# strings an operator or an outside system puts in a command: bounded, as intake checks them
+Actor = Annotated[Text, Field(max_length=100, description="Operator user id or system name.",
+                              examples=["op.rossi"])]
+EnteCode = Annotated[Code, Field(pattern=r"^[0-9A-Z]{3}$", description="Health entity code (Ente).",
+                                 examples=["201"])]
+LayoutVersion = Annotated[Code, Field(pattern=r"^[0-9]{4}$", description="Record layout version (year).")]
+Reason = Annotated[Text, Field(max_length=1000)]
 
 
 class FlowType(StrEnum):
@@ -33,10 +44,8 @@ class Payload(BaseModel):
 
 FEEDBACK_FORMAT = (
     "CSV, UTF-8, ';'-separated, RFC 4180 quoting, header `record_key;field;code;severity;message`, one line "
-    "per problem. record_key names the record: `<source_id>@<prescription_id>/<row, 2 digits>` for a "
-    "service row, `<source_id of its first row>@<prescription_id>/99` for a problem of a whole "
-    "prescription (totals, ticket, exemption: row 99 carries them), `<source_id>` for a booking or a "
-    "payment document. severity is `error` (blocks the load) or `warning`."
+    "per problem, each line as schemas/feedback-line.json says (the fields and codes a load can name). "
+    + RECORD_KEY_DESCRIPTION + " severity is `error` (blocks the load) or `warning`."
 )
 
 
@@ -75,22 +84,22 @@ class LoadRequested(Payload):
 
     request_id: UUID = Field(description="Idempotency key of the request: the same id never makes two instances.")
     flow_type: FlowType
-    version: str = Field(default="2020", pattern=r"^[0-9]{4}$", description="Record layout version (year).")
-    ente: str = Field(pattern=r"^[0-9A-Z]{3}$", description="Health entity code (Ente).", examples=["201"])
+    version: LayoutVersion = "2020"
+    ente: EnteCode
     period: Period
     scheduled_at: datetime | None = Field(default=None, description="Start at this time instead of now.")
-    requested_by: str = Field(min_length=1, description="Operator user id or system name.", examples=["op.rossi"])
+    requested_by: Actor
 
 
 class LoadScheduled(Payload):
     instance: int
     request_id: UUID
     flow_type: FlowType
-    version: str
-    ente: str
+    version: LayoutVersion
+    ente: EnteCode
     period: Period
     scheduled_at: datetime
-    requested_by: str
+    requested_by: Actor
 
 
 class LoadRunning(Payload):
@@ -99,10 +108,10 @@ class LoadRunning(Payload):
     instance: int = Field(description="ISTANZA FLUSSO: progressive number of the execution.", examples=[1947])
     request_id: UUID
     flow_type: FlowType
-    version: str
-    ente: str
+    version: LayoutVersion
+    ente: EnteCode
     period: Period
-    requested_by: str
+    requested_by: Actor
 
 
 class LoadChecked(Payload):
@@ -126,7 +135,7 @@ class LoadFailed(Payload):
 
 class FormatRequested(Payload):
     instance: int
-    requested_by: str
+    requested_by: Actor
 
 
 class FormattingStarted(Payload):
@@ -162,7 +171,7 @@ class TsSubmissionRequested(Payload):
                     "ciphertext+tag of the JSON {user, password, pincode, cf_proprietario}, with magic and key "
                     "id as associated data. TSG1 (no key id) is still accepted.")
     transmission_date: date
-    requested_by: str
+    requested_by: Actor
 
 
 class TsSubmitted(Payload):
@@ -196,5 +205,5 @@ class InstanceDeleted(Payload):
     """Cancella: the instance is marked deleted; its history stays and stays replayable."""
 
     instance: int
-    deleted_by: str
-    reason: str | None = None
+    deleted_by: Actor
+    reason: Reason | None = None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts.envelope import CONTENT_TYPE, SPEC_VERSION
+from contracts.feedback import FeedbackLine
 from contracts.topics import Topic, all_topics
 
 HERE = Path(__file__).parent
@@ -43,6 +44,17 @@ def payload_schema(topic: Topic) -> dict[str, Any]:
     schema.setdefault("description", topic.description)
     schema["x-topic"] = topic.name
     schema["x-key"] = topic.key
+    return schema
+
+
+# documents that are not topic payloads: file formats the platform hands out
+FEEDBACK_LINE_PATH = SCHEMA_DIR / "feedback-line.json"
+
+
+def feedback_line_schema() -> dict[str, Any]:
+    schema = FeedbackLine.model_json_schema(mode="validation")
+    schema["$id"] = "https://flows.regione.example/schemas/feedback-line.json"
+    schema["x-file-kind"] = "feedback"
     return schema
 
 
@@ -101,6 +113,7 @@ def render() -> dict[Path, str]:
     """Every published document, path -> text, as they should be on disk."""
     topics = all_topics()
     out = {SCHEMA_DIR / f"{t.name}.json": _dump(payload_schema(t)) for t in topics}
+    out[FEEDBACK_LINE_PATH] = _dump(feedback_line_schema())
     out[ASYNCAPI_PATH] = _dump(asyncapi(topics))
     return out
 

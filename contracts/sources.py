@@ -5,24 +5,29 @@ These are the edge models an external system (the regional CUP, SINFONIA) publis
 idempotently by `source_id`; a record that fails validation gets a `SourceRecordRejected` event
 naming the field.
 
-Amounts are decimals in euro with two decimals, dates ISO 8601.
+Amounts are euro as decimal strings with two decimals at most ("12.34"), dates ISO 8601 strings
+("2026-11-03"), integers and booleans JSON's own: the types of contracts.jsontypes make the
+published schemas say exactly what intake accepts (lengths, patterns, ranges, enums).
 """
 
 from __future__ import annotations
 
-from datetime import date
 from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Money = Annotated[Decimal, Field(ge=0, max_digits=9, decimal_places=2)]
-Code3 = Annotated[str, Field(pattern=r"^[0-9A-Z]{3}$")]
-Sts11 = Annotated[str, Field(pattern=r"^[0-9A-Z]{6}$", description="STS11 facility code (6 characters)")]
+from contracts.jsontypes import Code, CodiceFiscale, IsoDate, Money, SchemaVersion1, StrictBool, StrictInt, Text
+
+Amount = Annotated[Decimal, Money(7)]  # numeric(9,2): up to 9999999.99
+Code3 = Annotated[Code, Field(pattern=r"^[0-9A-Z]{3}$")]
+Sts11 = Annotated[Code, Field(pattern=r"^[0-9A-Z]{6}$", description="STS11 facility code (6 characters)")]
+SourceId = Annotated[Text, Field(max_length=64)]
 
 
 class SourceModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    # no whitespace stripping: a value is taken as sent, or refused, exactly as the schema says
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class DeliveredService(SourceModel):
@@ -32,8 +37,8 @@ class DeliveredService(SourceModel):
     on every service: the loader does not deduplicate it, Flusso C repeats it per row by rule.
     """
 
-    schema_version: Literal[1] = 1
-    source_id: str = Field(
+    schema_version: SchemaVersion1 = 1
+    source_id: SourceId = Field(
         min_length=1,
         max_length=64,
         description="Unique id of this record at the source; idempotency key.",
@@ -44,58 +49,58 @@ class DeliveredService(SourceModel):
     structure_sts11: Sts11 = Field(description="Delivering structure, STS11.", examples=["000123"])
     structure_type: Literal["1", "2"] = Field(default="1", description="1 public, 2 private accredited.")
     # patient
-    patient_cf: str | None = Field(
+    patient_cf: CodiceFiscale | None = Field(
         default=None,
-        max_length=16,
         description="Patient codice fiscale (tax code); null only for legal anonymity.",
         examples=["RSSMRA80A01F839W"],
     )
-    patient_surname: str = Field(max_length=60, examples=["ROSSI"])
-    patient_name: str = Field(max_length=60, examples=["MARIO"])
+    patient_surname: Text = Field(max_length=60, examples=["ROSSI"])
+    patient_name: Text = Field(max_length=60, examples=["MARIO"])
     patient_sex: Literal["M", "F"]
-    patient_birth_date: date
-    patient_residence_istat: str = Field(
+    patient_birth_date: IsoDate
+    patient_residence_istat: Code = Field(
         pattern=r"^[0-9]{6}$", description="ISTAT code of the municipality of residence.", examples=["063049"]
     )
-    patient_residence_asl: str | None = Field(default=None, max_length=3)
-    patient_objection: bool = Field(
+    patient_residence_asl: Code3 | None = None
+    patient_objection: StrictBool = Field(
         default=False, description="The patient objected to sending spending data to Sistema TS (opposizione)."
     )
     # prescription (ricetta)
-    prescription_id: str = Field(
+    prescription_id: Text = Field(
         min_length=1,
         max_length=20,
         description="ID of the prescription: same for every row, unique per year and structure.",
     )
-    prescription_number: str = Field(
+    prescription_number: Text = Field(
         min_length=1,
         max_length=16,
         description="Prescription number (NRE / barcode), or a progressive for direct access.",
     )
-    prescription_date: date | None = None
-    prescriber_code: str | None = Field(default=None, max_length=16)
+    prescription_date: IsoDate | None = None
+    prescriber_code: Text | None = Field(default=None, max_length=16)
     priority: Literal["U", "B", "D", "P"] | None = Field(default=None, description="Priority class U/B/D/P.")
-    exemption_code: str | None = Field(default=None, max_length=6, description="Ticket exemption code (esenzione).")
+    exemption_code: Text | None = Field(default=None, max_length=6, description="Ticket exemption code (esenzione).")
     delivery_type: Literal["A", "P", "D", "S"] = Field(
         default="S", description="A direct access, P emergency, D internal, S SSN prescription."
     )
     access_type: Literal["1", "2"] | None = Field(default=None, description="1 first access, 2 subsequent access.")
     # service (prestazione)
-    catalogue_code: str = Field(
+    catalogue_code: Text = Field(
         min_length=1, max_length=7, description="National catalogue code with dots, or regional.", examples=["89.7"]
     )
-    catalogue_coding: str = Field(
+    catalogue_coding: Code = Field(
         default="N", pattern=r"^[Na-z]$", description="N national; regional lower-case letter."
     )
-    quantity: int = Field(ge=1, le=999)
-    delivery_date: date = Field(description="Date the service was delivered (for cycles: closing date).")
-    booking_date: date | None = Field(default=None, description="Date the booking was made (data prenotazione).")
-    first_offered_date: date | None = Field(default=None, description="First date offered to the patient.")
-    discipline: str | None = Field(default=None, max_length=3)
-    tariff: Money = Field(description="Unit tariff in euro.")
-    ticket: Money = Field(default=Decimal("0.00"), description="Ticket paid attributed to this service, in euro.")
-    pacc: bool = Field(default=False, description="Delivered inside a PACC (complex coordinated outpatient pathway).")
-    pacc_start_date: date | None = None
+    quantity: StrictInt = Field(ge=1, le=999)
+    delivery_date: IsoDate = Field(description="Date the service was delivered (for cycles: closing date).")
+    booking_date: IsoDate | None = Field(default=None, description="Date the booking was made (data prenotazione).")
+    first_offered_date: IsoDate | None = Field(default=None, description="First date offered to the patient.")
+    discipline: Text | None = Field(default=None, max_length=3)
+    tariff: Amount = Field(description="Unit tariff in euro.")
+    ticket: Amount = Field(default=Decimal("0.00"), description="Ticket paid attributed to this service, in euro.")
+    pacc: StrictBool = Field(default=False,
+                             description="Delivered inside a PACC (complex coordinated outpatient pathway).")
+    pacc_start_date: IsoDate | None = None
     regime: Literal["SSN", "ALPI"] = "SSN"
 
 
@@ -108,42 +113,43 @@ class SpendingItem(SourceModel):
     flag_spending_type: Literal["1", "2"] | None = Field(
         default=None, description="flagTipoSpesa: 2 for intramoenia (ALPI) services."
     )
-    amount: Annotated[Decimal, Field(gt=0, max_digits=7, decimal_places=2)]
-    service_source_ids: list[str] = Field(default_factory=list, description="Delivered services this line pays for.")
+    amount: Annotated[Decimal, Money(5, positive=True)]  # numeric(7,2), more than 0
+    service_source_ids: list[SourceId] = Field(default_factory=list, max_length=1000,
+                                              description="Delivered services this line pays for (1000 at most).")
 
 
 class PaymentDocument(SourceModel):
     """A fiscal document (invoice or receipt) the entity issued for a payment: the source of the 730."""
 
-    schema_version: Literal[1] = 1
-    source_id: str = Field(min_length=1, max_length=64)
+    schema_version: SchemaVersion1 = 1
+    source_id: SourceId = Field(min_length=1, max_length=64)
     ente: Code3
     structure_sts11: Sts11
-    issuer_vat: str = Field(pattern=r"^[0-9]{11}$", description="VAT number (partita IVA) of the issuer.")
-    issue_date: date
-    device: int = Field(ge=1, le=999, description="Issuing device (dispositivo).")
-    document_number: str = Field(pattern=r"^[A-Za-z0-9_./\\-]{1,20}$")
-    payment_date: date
-    traced_payment: bool = Field(description="Paid with a traceable means (pagamentoTracciato).")
+    issuer_vat: Code = Field(pattern=r"^[0-9]{11}$", description="VAT number (partita IVA) of the issuer.")
+    issue_date: IsoDate
+    device: StrictInt = Field(ge=1, le=999, description="Issuing device (dispositivo).")
+    document_number: Code = Field(pattern=r"^[A-Za-z0-9_./\\-]{1,20}$")
+    payment_date: IsoDate
+    traced_payment: StrictBool = Field(description="Paid with a traceable means (pagamentoTracciato).")
     document_kind: Literal["F", "D"] = Field(default="F", description="F invoice, D commercial document.")
-    patient_cf: str | None = Field(default=None, max_length=16)
-    patient_objection: bool = False
-    items: list[SpendingItem] = Field(min_length=1)
+    patient_cf: CodiceFiscale | None = None
+    patient_objection: StrictBool = False
+    items: list[SpendingItem] = Field(min_length=1, max_length=100)
 
 
 class IntramoeniaBooking(SourceModel):
     """A booking of an intramoenia (ALPI) service: the source of ALPI TA waiting-time reporting."""
 
-    schema_version: Literal[1] = 1
-    source_id: str = Field(min_length=1, max_length=64)
+    schema_version: SchemaVersion1 = 1
+    source_id: SourceId = Field(min_length=1, max_length=64)
     ente: Code3
     structure_sts11: Sts11
-    catalogue_code: str = Field(min_length=1, max_length=7)
-    booking_date: date
-    appointment_date: date
+    catalogue_code: Text = Field(min_length=1, max_length=7)
+    booking_date: IsoDate
+    appointment_date: IsoDate
     priority: Literal["U", "B", "D", "P"] | None = None
-    patient_cf: str | None = Field(default=None, max_length=16)
-    index_week: bool = Field(default=False, description="Booked during an AGENAS index week.")
+    patient_cf: CodiceFiscale | None = None
+    index_week: StrictBool = Field(default=False, description="Booked during an AGENAS index week.")
 
 
 SOURCE_MODELS: dict[str, type[SourceModel]] = {

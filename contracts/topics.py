@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from contracts import flows, sources
+from contracts import audit, flows, sources
 
 DLQ_SUFFIX = ".dlq"
 
@@ -99,6 +99,13 @@ SOURCE_TOPICS.append(Topic("sources.record-rejected", SourceRecordRejected, "sou
                            "A source record was rejected: each error names the field.", ("loader",), (_EXT,)))
 
 
+AUDIT_TOPICS = [
+    Topic("audit.checkpoint", audit.Checkpoint, "checkpoint",
+          "A signed checkpoint: the Merkle root of every stream's head and the global position it covers.",
+          ("audit",), (_EXT,)),
+]
+
+
 def onboarding_topics() -> list[Topic]:
     from contracts import onboarding
 
@@ -106,7 +113,7 @@ def onboarding_topics() -> list[Topic]:
 
 
 def all_topics() -> list[Topic]:
-    return [*FLOW_TOPICS, *SOURCE_TOPICS, *onboarding_topics()]
+    return [*FLOW_TOPICS, *SOURCE_TOPICS, *onboarding_topics(), *AUDIT_TOPICS]
 
 
 def by_name(name: str) -> Topic:

@@ -117,6 +117,7 @@ class StackInfo:
     database_url: str
     brokers: int
     external_database: bool
+    ts_port: int = 0  # the TS simulator `flows stack up` starts for this stack (see ts_sim_port)
 
 
 class StackError(RuntimeError):
@@ -140,6 +141,15 @@ def _kafka_port_base() -> int:
 
 def _pg_port() -> int:
     return int(os.environ.get("FLOWS_PG_PORT", DEFAULT_PG_PORT))
+
+
+def ts_sim_port(kafka_port_base: int | None = None) -> int:
+    """The local TS simulator's port: ``FLOWS_TS_SIM_PORT``, else the Kafka port base + 8 (the first port
+    after the three brokers' pairs), so two stacks on one machine never share it."""
+    raw = os.environ.get("FLOWS_TS_SIM_PORT")
+    if raw:
+        return int(raw)
+    return (kafka_port_base if kafka_port_base is not None else _kafka_port_base()) + 8
 
 
 def _mode_name(brokers: int) -> str:
@@ -429,7 +439,9 @@ def _server_properties(sd: Path, brokers: int, node_id: int, base: int) -> str:
         "offsets.topic.replication.factor": rf,
         "transaction.state.log.replication.factor": rf,
         "transaction.state.log.min.isr": isr,
-        "auto.create.topics.enable": "true",
+        # Topics exist only as provisioned from the registry (`flows topics apply`): a client that asks
+        # for an unknown topic gets an error, never a 1-partition topic with the wrong settings.
+        "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": 0,
     }
     return "# Written by deploy/localstack.py on every start; edit the module, not this file.\n" + "".join(
@@ -450,12 +462,22 @@ def _kafka_java_cmd(sd: Path, libs: Path, log_file: Path, main: list[str]) -> li
     ]
 
 
+def new_cluster_id() -> str:
+    """Same format as `kafka-storage random-uuid` (url-safe base64 of 16 bytes), without starting a JVM.
+
+    Like Kafka's own Uuid.randomUuid(), an id starting with "-" is drawn again: the storage tool would
+    read it as an option (`format -t -abc...` fails), one id in 64."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
 def _cluster_id(sd: Path, brokers: int) -> str:
     path = sd / "kafka" / _mode_name(brokers) / "cluster.id"
     if path.is_file():
         return path.read_text().strip()
-    # Same format as `kafka-storage random-uuid` (url-safe base64 of 16 bytes), without starting a JVM.
-    cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    cid = new_cluster_id()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(cid + "\n")
     return cid
@@ -789,6 +811,7 @@ def _info_from_state(sd: Path, state: dict[str, Any]) -> StackInfo:
         database_url=state["database_url"],
         brokers=int(state["brokers"]),
         external_database=bool(state["postgres"].get("external")),
+        ts_port=int(state.get("ts_port") or ts_sim_port(state["kafka"].get("port_base"))),
     )
 
 
@@ -822,6 +845,7 @@ def up(brokers: int = 1, progress: Progress = print, timeout: float = 120.0) -> 
         state["brokers"] = brokers
         state["bootstrap_servers"] = _bootstrap(brokers, base)
         state["kafka"]["port_base"] = base
+        state["ts_port"] = ts_sim_port(base)
         state["kafka"]["version"] = _kafka_version()
         if not running:
             state["kafka"]["nodes"] = {}
@@ -908,6 +932,20 @@ def info() -> StackInfo | None:
     return _info_from_state(sd, state)
 
 
+def endpoints() -> StackInfo:
+    """Where every `flows` command finds the platform, without starting anything: the running stack of
+    the state folder (``FLOWS_STACK_DIR``) as its state file records it; when none runs, what ``up``
+    would start from the same settings (``FLOWS_KAFKA_PORT_BASE``, ``FLOWS_PG_PORT``, ``DATABASE_URL``)."""
+    running = info()
+    if running is not None:
+        return running
+    base = _kafka_port_base()
+    ext_url = os.environ.get("DATABASE_URL")
+    return StackInfo(state_dir=state_dir(), bootstrap_servers=_bootstrap(1, base),
+                     database_url=ext_url or _pg_url(_pg_port()), brokers=1, external_database=bool(ext_url),
+                     ts_port=ts_sim_port(base))
+
+
 def status() -> dict[str, Any]:
     """Per component: running?, pid, port/url, log file. JSON-serialisable."""
     sd = state_dir()
@@ -936,10 +974,7 @@ def status() -> dict[str, Any]:
             "url": pg.get("database_url"),
             "log": pg.get("log"),
         }
-    services = {
-        name: {"running": _alive(rec), "pid": rec.get("pid") if _alive(rec) else None, "log": rec.get("log")}
-        for name, rec in sorted(state["services"].items())
-    }
+    services = {name: _service_status(rec) for name, rec in sorted(state["services"].items())}
     return {
         "state_dir": str(sd),
         "brokers": state.get("brokers"),
@@ -954,8 +989,57 @@ def status() -> dict[str, Any]:
     }
 
 
-def start_service(name: str, argv: list[str], env: dict[str, str]) -> int:
+def _service_status(rec: dict[str, Any]) -> dict[str, Any]:
+    """A service as `flows stack status` shows it. A supervised one (see deploy/supervisor.py) is running
+    when its supervisor and the service under it both are; ``pid`` is the service's, ``restarts`` and
+    ``last_exit`` come from the supervisor's status file."""
+    supervisor_alive = _alive(rec)
+    if not rec.get("status_file"):
+        return {"running": supervisor_alive, "pid": rec.get("pid") if supervisor_alive else None,
+                "log": rec.get("log"), "restarts": None, "last_exit": None, "supervisor_pid": None}
+    from deploy.supervisor import read_status
+
+    sup = read_status(Path(rec["status_file"])) if supervisor_alive else {}
+    child = sup.get("child_pid")
+    child_alive = bool(child) and _alive({"pid": child})
+    return {
+        "running": supervisor_alive and child_alive,
+        "pid": child if child_alive else None,
+        "supervisor_pid": rec.get("pid") if supervisor_alive else None,
+        "restarts": sup.get("restarts", 0),
+        "last_exit": sup.get("last_exit"),
+        "started_at": sup.get("started_at"),
+        "log": rec.get("log"),
+    }
+
+
+def wait_services_alive(names: list[str], settle_s: float = 5.0, timeout: float = 60.0) -> None:
+    """Return once every named service runs and has run ``settle_s`` without a restart; raise StackError
+    naming the first that keeps exiting (with its last exit and the tail of its log)."""
+    deadline = time.monotonic() + timeout
+    restarts = {n: status()["services"].get(n, {}).get("restarts") or 0 for n in names}
+    while True:
+        services = status()["services"]
+        for name in names:
+            svc = services.get(name, {})
+            if (svc.get("restarts") or 0) > restarts[name] or not _alive(_load_state(state_dir())["services"][name]):
+                raise StackError(f"service {name} does not stay up (last {svc.get('last_exit') or 'exit unknown'})"
+                                 f"\n{_tail(Path(svc.get('log') or '/nonexistent'), 20)}")
+        settled = [n for n in names if services[n]["running"] and services[n].get("started_at")
+                   and time.time() - float(services[n]["started_at"]) >= settle_s]
+        if len(settled) == len(names):
+            return
+        if time.monotonic() > deadline:
+            missing = sorted(set(names) - set(settled))
+            raise StackError(f"services not running after {timeout:.0f} s: {', '.join(missing)}")
+        time.sleep(0.2)
+
+
+def start_service(name: str, argv: list[str], env: dict[str, str], supervised: bool = True) -> int:
     """Start a detached process (own session, survives the caller) logging to ``logs/<name>.log``.
+
+    ``supervised`` (the default) runs it under deploy/supervisor.py, which restarts it when it dies; the
+    returned and recorded pid is then the supervisor's (`status` shows the service's own).
 
     ``env`` is laid over the current environment. If ``name`` already runs with the same argv and env,
     its pid is returned and nothing is started (so a repeated ``flows stack up`` is harmless); if it
@@ -974,11 +1058,16 @@ def start_service(name: str, argv: list[str], env: dict[str, str]) -> int:
             state = _load_state(sd)
         log = sd / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        status_file = sd / "supervisor" / f"{name}.json"
+        command = argv
+        if supervised:
+            status_file.unlink(missing_ok=True)
+            command = [sys.executable, "-m", "deploy.supervisor", "--status", str(status_file), "--", *argv]
         with open(log, "ab") as fh:
             fh.write(f"\n=== starting {name} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {argv} ===\n".encode())
             fh.flush()
             proc = subprocess.Popen(
-                argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                command, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **env}, cwd=REPO_ROOT, start_new_session=True,
             )  # fmt: skip
         state["services"][name] = {
@@ -987,21 +1076,35 @@ def start_service(name: str, argv: list[str], env: dict[str, str]) -> int:
             "argv": argv,
             "fingerprint": fingerprint,
             "log": str(log),
+            "status_file": str(status_file) if supervised else None,
         }
         _save_state(sd, state)
         return proc.pid
 
 
 def stop_service(name: str) -> None:
-    """SIGTERM the service's process group, SIGKILL after 15 s; no error if it is not running."""
+    """SIGTERM the service's process group (its supervisor first stops restarting it, then waits for it),
+    SIGKILL after 20 s; no error if it is not running."""
     sd = state_dir()
     with _locked(sd):
         state = _load_state(sd)
         rec = state["services"].get(name)
         if rec is None:
             return
-        _terminate(rec, timeout=15.0, group=True)
+        _terminate(rec, timeout=20.0, group=True)
         rec["pid"] = None
+        _save_state(sd, state)
+
+
+def remove_service(name: str) -> None:
+    """Stop the service (see stop_service) and forget it: `status` no longer lists it."""
+    sd = state_dir()
+    with _locked(sd):
+        stop_service(name)
+        state = _load_state(sd)
+        rec = state["services"].pop(name, None)
+        if rec and rec.get("status_file"):
+            Path(rec["status_file"]).unlink(missing_ok=True)
         _save_state(sd, state)
 
 

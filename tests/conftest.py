@@ -5,12 +5,16 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import AsyncIterator
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+from deploy import localstack
 from services.runtime.settings import Settings
 from tests import stack_urls  # noqa: F401  (sets the test stack's folder and ports before anything starts)
 
@@ -21,9 +25,13 @@ def stack(request):  # type: ignore[no-untyped-def]
     needs = any("/integration/" in str(i.path) or "/e2e/" in str(i.path) for i in request.session.items)
     if not needs:
         return None
-    from deploy import localstack
+    from services.runtime.topics_admin import apply_topics
 
-    return localstack.up(progress=lambda line: None)
+    info = localstack.up(progress=lambda line: None)
+    # The brokers never auto-create topics: the tests run on the registry's topics, provisioned as
+    # `flows stack up` provisions them.
+    localstack._run_async(lambda: apply_topics(info.bootstrap_servers, Settings().topic_partitions))
+    return info
 
 
 @pytest.fixture(scope="session")
@@ -39,24 +47,11 @@ def _with_db(url: str, name: str) -> str:
 
 @pytest.fixture
 async def fresh_db(stack) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
-    """A new, migrated database for one test; dropped afterwards."""
-    from services.runtime.migrations import migrate
+    """A new, migrated database for one test; dropped afterwards (kept with FLOWS_KEEP_TEST_DB)."""
+    from tests.isolation import scratch_database
 
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(stack.database_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = _with_db(stack.database_url, name)
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    try:
+    async with scratch_database("t", keep=bool(os.environ.get("FLOWS_KEEP_TEST_DB"))) as url:
         yield url
-    finally:
-        if not os.environ.get("FLOWS_KEEP_TEST_DB"):
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest.fixture
@@ -70,3 +65,44 @@ async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+# ---------------------------------------------------------------- private stacks (fault tests)
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_stack_ports(brokers: int) -> tuple[int, int]:
+    """A Kafka port base (2 ports per node), its TS simulator port (base + 8) and a PostgreSQL port (base + 10),
+    all currently free, within the test stack's own range (FLOWS_KAFKA_PORT_BASE + 100 .. + 900): parallel
+    sessions on one machine, each with its own port base, never pick the same ports."""
+    own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
+    for base in range(own + 108, own + 900, 20):
+        wanted = [base + i for i in range(2 * brokers)] + [localstack.ts_sim_port(base), base + 10]
+        if all(_port_free(p) for p in wanted):
+            return base, base + 10
+    raise AssertionError(f"no free ports in {own + 108}-{own + 900}")
+
+
+@pytest.fixture
+def private_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A throw-away state folder on free ports. Deliberately NOT under pytest's tmp_path: every pytest
+    session start chmods /tmp/pytest-of-<user> back to 0700, which would lock the PostgreSQL user out of
+    its data folder if another session starts while this test runs."""
+    base, pg_port = free_stack_ports(brokers=3)
+    state = Path(tempfile.mkdtemp(prefix="flows-stack-test-"))
+    monkeypatch.setenv("FLOWS_STACK_DIR", str(state))
+    monkeypatch.setenv("FLOWS_KAFKA_PORT_BASE", str(base))
+    monkeypatch.setenv("FLOWS_PG_PORT", str(pg_port))
+    for name in ("DATABASE_URL", "FLOWS_DATABASE_URL", "FLOWS_KAFKA_BOOTSTRAP", "FLOWS_TS_SIM_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        yield state
+    finally:
+        localstack.down(progress=lambda _msg: None)  # whatever the test did, leave nothing running
+        shutil.rmtree(state, ignore_errors=True)

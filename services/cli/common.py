@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from deploy.localstack import StackInfo
 from services.runtime.db import create_pool
 from services.runtime.settings import Settings
 
@@ -33,8 +34,37 @@ class UserError(Exception):
     """Something the operator can fix; its message says how."""
 
 
+def stack_environment(info: StackInfo) -> dict[str, str]:
+    """The settings that point a process at one stack, as environment variables: what `flows stack up`
+    gives the services it starts, and what every `flows` command resolves for itself (`settings`)."""
+    return {
+        "DATABASE_URL": info.database_url,
+        "FLOWS_KAFKA_BOOTSTRAP": info.bootstrap_servers,
+        "FLOWS_FILES_DIR": str(info.state_dir / "files"),
+        "FLOWS_KEYS_DIR": str(info.state_dir / "keys"),
+        "FLOWS_SANITEL_CERT": str(info.state_dir / "ts-sim" / "sanitel-cf.pem"),
+        "FLOWS_TS_ENDPOINT": f"http://127.0.0.1:{info.ts_port}",
+        "FLOWS_CHECKPOINT_KEY": str(info.state_dir / "audit" / "checkpoint-signing.key"),
+        "FLOWS_CHECKPOINTS_DIR": str(info.state_dir / "audit" / "checkpoints"),
+    }
+
+
 def settings() -> Settings:
-    return Settings()
+    """The one settings source of every `flows` command: the stack of FLOWS_STACK_DIR (the running one as
+    its state file records it, else the one FLOWS_KAFKA_PORT_BASE / FLOWS_PG_PORT describe, see
+    `localstack.endpoints`). A variable set explicitly (DATABASE_URL, FLOWS_KAFKA_BOOTSTRAP, ...) still
+    wins: that is how a deployment without a local stack points the CLI at its cluster."""
+    from deploy import localstack
+
+    values = stack_environment(localstack.endpoints())
+    chosen: dict[str, Any] = {_field(name): value for name, value in values.items()
+              if not os.environ.get(name) and not (name == "DATABASE_URL" and os.environ.get("FLOWS_DATABASE_URL"))}
+    return Settings(**chosen)
+
+
+def _field(env_name: str) -> str:
+    """The keyword Settings takes for an environment variable (DATABASE_URL is an alias of its own)."""
+    return env_name if env_name == "DATABASE_URL" else env_name.removeprefix("FLOWS_").lower()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -54,11 +84,15 @@ def month_option(value: str | None) -> str | None:
     return value
 
 
-def validation_message(exc: pydantic.ValidationError) -> str:
-    """One line per invalid field, `field: what is wrong (got value)`, without pydantic's links."""
+def validation_message(exc: pydantic.ValidationError, names: dict[str, str] | None = None) -> str:
+    """One line per invalid field, `field: what is wrong (got value)`, without pydantic's links;
+    `names` renames a field as the operator knows it (e.g. `structure_sts11` -> `--sts11`)."""
     lines = []
     for e in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in e["loc"]) or exc.title
+        loc = [str(part) for part in e["loc"]]
+        if loc and names and loc[0] in names:
+            loc[0] = names[loc[0]]
+        where = ".".join(loc) or exc.title
         message = e["msg"].removeprefix("Value error, ")
         got = "" if e["type"] == "value_error" or isinstance(e.get("input"), dict) else f" (got {e.get('input')!r})"
         lines.append(f"{where}: {message}{got}")

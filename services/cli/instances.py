@@ -17,6 +17,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from contracts import flows
 from contracts.states import IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError, console, database, settings, table
+from services.loader.catalogue import unknown_ente_reason
 from services.runtime.commands import send_command
 from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent
 from services.runtime.filestore import FileStore
@@ -66,8 +67,11 @@ def print_outcome(row: asyncpg.Record) -> None:
         console.print("  counts: " + ", ".join(f"{k} {v}" for k, v in row["counts"].items()))
     if row["errors"]:
         console.print(f"  [red]{row['errors']} errors[/]: {row['summary'] or ''}")
+    if row["counts"] and not any(row["counts"].values()):
+        console.print(f"  [yellow]no source data for ente {row['ente']} in {row['period_start']}.."
+                      f"{row['period_end']}: the load is empty (NO_SOURCE_DATA)[/]")
     if row["warnings"]:
-        console.print(f"  [yellow]{row['warnings']} warnings[/]")
+        console.print(f"  [yellow]{row['warnings']} warnings[/]: `flows feedback {row['instance']}` lists them")
     if state == "Failed loading":
         console.print(f"  every bad record is in the feedback: `flows feedback {row['instance']}`")
 
@@ -88,6 +92,8 @@ async def load(flow_type: str, ente: str, start: date, end: date, version: str, 
                wait: bool, requested_by: str, timeout: float = 600) -> int:
     cfg = settings()
     request = load_request(flow_type, ente, start, end, version, at, requested_by)
+    if (unknown := unknown_ente_reason(ente)) is not None:
+        raise UserError(unknown)
     async with database(cfg) as pool:
         await send_load_request(cfg.kafka_bootstrap, request)
         deadline = time.monotonic() + 60

@@ -1,6 +1,7 @@
 """`flows`: the operator's command line.
 
     flows stack up|down|status          local Kafka + PostgreSQL + every service
+    flows topics apply|list [--json]    the Kafka topics, provisioned from the topic registry
     flows sources generate|import       source data ("Fonti dati")
     flows load / instances / show / format / files / export / feedback / delete
     flows send-730 <n>                  send a Formatted 730 instance to Sistema TS
@@ -23,7 +24,10 @@ from typing import Annotated
 import typer
 
 from services.cli import instances as inst
+from services.cli import ops_cli
+from services.cli.audit import audit_app
 from services.cli.common import UserError, console, month_option, run, user_errors
+from services.cli.dlq_cli import dlq_app
 from services.cli.users import access_log, users_app
 
 app = typer.Typer(help="Regional health-information flows: load, check, format, send, audit.",
@@ -31,9 +35,14 @@ app = typer.Typer(help="Regional health-information flows: load, check, format, 
 stack_app = typer.Typer(help="The local platform: Kafka, PostgreSQL and the services.", no_args_is_help=True)
 sources_app = typer.Typer(help="Source data (Fonti dati): generate or import.", no_args_is_help=True)
 ts_app = typer.Typer(help="The TS gateway: its sealing keys.", no_args_is_help=True)
+topics_app = typer.Typer(help="The Kafka topics, provisioned from the topic registry.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(sources_app, name="sources")
 app.add_typer(ts_app, name="ts")
+app.add_typer(topics_app, name="topics")
+app.add_typer(audit_app, name="audit")
+ops_cli.register(app)  # flows tail, flows lag
+app.add_typer(dlq_app, name="dlq")
 app.add_typer(users_app, name="users")
 app.command("access-log")(access_log)
 
@@ -48,11 +57,13 @@ def _operator() -> str:
 @stack_app.command("up")
 @user_errors
 def stack_up(brokers: Annotated[int, typer.Option(help="1, or 3 for the fault tests")] = 1,
-             services: Annotated[bool, typer.Option(help="also start the services")] = True) -> None:
+             services: Annotated[bool, typer.Option(help="also start the services")] = True,
+             observability: Annotated[bool, typer.Option(help="also a Prometheus scraping every service")]
+             = False) -> None:
     """Start Kafka and PostgreSQL (and the services); reuses .stack/ when it exists."""
     from services.cli import stack
 
-    stack.up(brokers=brokers, with_services=services)
+    stack.up(brokers=brokers, with_services=services, observability=observability)
 
 
 @stack_app.command("down")
@@ -73,14 +84,34 @@ def stack_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     stack.status(as_json)
 
 
+# ---------------------------------------------------------------- topics
+@topics_app.command("apply")
+@user_errors
+def topics_apply(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Create every registry topic and its .dlq twin (partitions: FLOWS_TOPIC_PARTITIONS, default 6;
+    replication min(3, brokers)); grow and reconfigure existing ones; never delete. Idempotent."""
+    from services.cli import topics
+
+    run(topics.apply(as_json))
+
+
+@topics_app.command("list")
+@user_errors
+def topics_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every registry topic as the cluster has it, and what differs from the registry."""
+    from services.cli import topics
+
+    run(topics.show(as_json))
+
+
 # ---------------------------------------------------------------- sources
 @sources_app.command("generate")
 @user_errors
 def sources_generate(
         ente: Annotated[str, typer.Option(help="entity code, e.g. 201")],
         month: Annotated[str, typer.Option(help="YYYY-MM", callback=month_option)],
-        services: Annotated[int, typer.Option(help="number of delivered services")] = 1000,
-        bad: Annotated[int, typer.Option(help="plant this many known bad records")] = 0,
+        services: Annotated[int, typer.Option(help="number of delivered services (1 or more)", min=1)] = 1000,
+        bad: Annotated[int, typer.Option(help="plant this many known bad records", min=0)] = 0,
         seed: Annotated[int, typer.Option()] = 1,
         out: Annotated[Path | None, typer.Option(help="write CSV files here instead of publishing")] = None) -> None:
     """Generate a month of realistic source data and publish it as the CUP would (or write CSVs)."""

@@ -22,10 +22,11 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pydantic
 import typer
 
 from contracts.onboarding import SOURCE, Payload, RequestKind, RequestOpened, Spoke
-from services.cli.common import UserError, console, database, run, settings, table, user_errors
+from services.cli.common import UserError, console, database, run, settings, table, user_errors, validation_message
 from services.onboarding import domain, handlers
 from services.onboarding.domain import OnboardingError
 from services.onboarding.projection import DashboardProjection, dashboard
@@ -113,6 +114,12 @@ def requirements_cmd(kind: RequestKind | None = typer.Argument(None), version: s
         )
 
 
+# the fields of RequestOpened as the options of `open` name them
+OPEN_OPTIONS = {"structure_sts11": "--sts11", "municipality_istat": "--municipality", "structure_name": "--name",
+                "request_id": "--id", "spokes": "--spoke", "other_structures": "--other-structure",
+                "opened_by": "--by", "kind": "--kind"}
+
+
 @app.command("open")
 @user_errors
 def open_cmd(
@@ -146,6 +153,8 @@ def open_cmd(
             opened_at=datetime.now(UTC),
             opened_by=_actor(by),
         )
+    except pydantic.ValidationError as exc:
+        raise UserError(f"open: {validation_message(exc, OPEN_OPTIONS)}") from exc
     except ValueError as exc:
         raise UserError(f"open: {exc}") from exc
 

@@ -3,6 +3,8 @@ schema and compare them with the live ones. Exit code 2 when anything differs.""
 
 from __future__ import annotations
 
+import asyncpg
+
 from services.cli.common import console, database, table
 from services.runtime.eventstore import EventStore
 from services.runtime.projections import Projection, rebuild_and_diff
@@ -36,6 +38,7 @@ async def replay(instance: int | None, verify: bool) -> bool:
                 console.print(table("[red]hash chain broken[/]", ["where"], [(str(b),) for b in breaks]))
             else:
                 console.print("[green]every hash chain verifies[/]")
+            ok = await _against_checkpoint(pool, streams if instance is not None else None) and ok
         report = await rebuild_and_diff(pool, _projections())
         if report.differences:
             ok = False
@@ -44,3 +47,20 @@ async def replay(instance: int | None, verify: bool) -> bool:
         else:
             console.print(f"[green]read models rebuilt from {report.events_replayed} events equal the live ones[/]")
     return ok
+
+
+async def _against_checkpoint(pool: asyncpg.Pool, streams: list[str] | None) -> bool:
+    """Every stream re-hashed from its rows and compared with the latest signed checkpoint."""
+    from services.cli.audit import check_latest
+
+    sequence, problems = await check_latest(pool, streams)
+    if sequence is None:
+        console.print("[yellow]no signed checkpoint yet (`flows audit checkpoint`): a stream rewritten with "
+                      "recomputed hashes would go unnoticed[/]")
+        return True
+    if problems:
+        console.print(table(f"[red]streams differ from signed checkpoint {sequence}[/]", ["where"],
+                            [(p,) for p in problems]))
+        return False
+    console.print(f"[green]every stream matches signed checkpoint {sequence}[/]")
+    return True

@@ -8,27 +8,32 @@ import os
 import sys
 
 from deploy import localstack
-from services.cli.common import console, table
+from services.cli import topics
+from services.cli.common import console, stack_environment, table
 
 # Each runs as `python -m <module>`; the TS simulator stands in for Sistema TS locally.
 SERVICES: dict[str, list[str]] = {
-    "ts-simulator": ["services.ts_gateway.simulator_main", "--port", "18443", "--cert-out", "{state}/ts-sim"],
+    "ts-simulator": ["services.ts_gateway.simulator_main", "--port", "{ts_port}", "--cert-out", "{state}/ts-sim"],
     "loader": ["services.loader"],
     "formatter": ["services.formatter"],
     "ts-gateway": ["services.ts_gateway"],
     "onboarding": ["services.onboarding"],
+    "audit": ["services.audit"],
     "console": ["services.console"],
 }
 
 
+def observability_ports() -> dict[str, int]:
+    """The health/metrics port of each platform service (not the TS simulator) under --observability."""
+    from services.cli import observability as obs
+
+    return obs.health_ports([name for name in SERVICES if name != "ts-simulator"])
+
+
 def service_env(info: localstack.StackInfo) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWS_") or k == "FLOWS_STACK_DIR"}
+    env.update(stack_environment(info))
     env.update({
-        "DATABASE_URL": info.database_url,
-        "FLOWS_KAFKA_BOOTSTRAP": info.bootstrap_servers,
-        "FLOWS_FILES_DIR": str(info.state_dir / "files"),
-        "FLOWS_KEYS_DIR": str(info.state_dir / "keys"),
-        "FLOWS_SANITEL_CERT": str(info.state_dir / "ts-sim" / "sanitel-cf.pem"),
         "FLOWS_LOG_FORMAT": "json",
         "FLOWS_CONSOLE_PORT": os.environ.get("FLOWS_CONSOLE_PORT", "18080"),
         "PYTHONUNBUFFERED": "1",
@@ -36,20 +41,32 @@ def service_env(info: localstack.StackInfo) -> dict[str, str]:
     return env
 
 
-def up(brokers: int = 1, with_services: bool = True) -> localstack.StackInfo:
+def up(brokers: int = 1, with_services: bool = True, observability: bool = False) -> localstack.StackInfo:
     info = localstack.up(brokers=brokers, progress=lambda line: console.print(f"[dim]stack[/] {line}"))
+    # Topics before any service: the brokers do not auto-create them (see services/runtime/topics_admin.py).
+    asyncio.run(topics.apply(quiet=True))
     if with_services:
         # Migrate before the services start (they would race to do it) and before the caller's first
         # query: a command right after `up` must find the schema.
         asyncio.run(_prepare(info.database_url))
         env = service_env(info)
         running = localstack.status().get("services", {})
+        ports = observability_ports() if observability else {}
         for name, argv in SERVICES.items():
-            if running.get(name, {}).get("running"):
+            if running.get(name, {}).get("running") and not observability:
                 continue
-            args = [a.replace("{state}", str(info.state_dir)) for a in argv]
-            pid = localstack.start_service(name, [sys.executable, "-m", *args], env)
-            console.print(f"[dim]stack[/] started {name} (pid {pid})")
+            args = [a.replace("{state}", str(info.state_dir)).replace("{ts_port}", str(info.ts_port)) for a in argv]
+            extra = {"FLOWS_HEALTH_PORT": str(ports[name])} if name in ports else {}
+            pid = localstack.start_service(name, [sys.executable, "-m", *args], {**env, **extra})
+            console.print(f"[dim]stack[/] started {name} (supervisor pid {pid})")
+        # "platform up" only once every service runs and stays up: a service that exits at start (a bad
+        # bootstrap, a missing topic) fails `up` with its last exit and log, instead of a false success.
+        localstack.wait_services_alive(list(SERVICES))
+    if observability:
+        from services.cli import observability as obs
+
+        _, url = obs.start_prometheus(info.state_dir, observability_ports() if with_services else {})
+        console.print(f"[dim]stack[/] Prometheus at {url}, scraping every service's /metrics, alerts loaded")
     console.print(f"[green]platform up[/]: Kafka {info.bootstrap_servers}, PostgreSQL "
                   f"{info.database_url.split('@')[-1]}, state in {info.state_dir}")
     return info
@@ -76,9 +93,16 @@ def status(as_json: bool) -> None:
     rows = []
     kafka = data.get("kafka", {})
     for node, n in (kafka.get("nodes") or {}).items():
-        rows.append((f"kafka-{node}", "running" if n.get("running") else "stopped", n.get("pid"), n.get("port")))
+        state = "running" if n.get("running") else "stopped"
+        rows.append((f"kafka-{node}", state, n.get("pid"), n.get("port"), "", ""))
     pg = data.get("postgres", {})
-    rows.append(("postgres", "running" if pg.get("running") else "stopped", pg.get("pid"), pg.get("url")))
+    rows.append(("postgres", "running" if pg.get("running") else "stopped", pg.get("pid"), pg.get("url"), "", ""))
     for name, s in (data.get("services") or {}).items():
-        rows.append((name, "running" if s.get("running") else "stopped", s.get("pid"), s.get("log")))
-    console.print(table("flows stack", ["component", "state", "pid", "where"], rows))
+        rows.append((name, _service_state(s), s.get("pid"), s.get("log"), s.get("restarts"), s.get("last_exit")))
+    console.print(table("flows stack", ["component", "state", "pid", "where", "restarts", "last exit"], rows))
+
+
+def _service_state(s: dict[str, object]) -> str:
+    if s.get("running"):
+        return "running"
+    return "restarting" if s.get("supervisor_pid") else "stopped"

@@ -40,7 +40,6 @@ from contracts.deadlines import status as deadline_status
 from contracts.flows import FlowType
 from contracts.states import SENDABLE_FLOW_TYPES, IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError
-from services.cli.deadlines import coverage
 from services.cli.fileview import file_rows
 from services.cli.instances import append_deletion, load_request, send_format_request, send_load_request
 from services.cli.ts import send_sealed_730
@@ -68,6 +67,7 @@ from services.onboarding import domain, handlers
 from services.onboarding.projection import DashboardProjection
 from services.onboarding.projection import dashboard as onboarding_rows
 from services.onboarding.switch import SwitchCalendar, load_patron_days
+from services.runtime.coverage import coverage
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore

@@ -18,7 +18,7 @@ def wire(rt: Runtime) -> handlers.FormatterDeps:
                                   max_zip_bytes=rt.settings.ts_max_zip_bytes)
     consume(rt.broker, by_name("flows.format-requested"), group_id="formatter",
             handler=functools.partial(handlers.handle_format_requested, deps=deps),
-            max_attempts=rt.settings.max_attempts)
+            max_attempts=rt.settings.max_attempts, probe=rt.probe_database)
     return deps
 
 

@@ -20,13 +20,15 @@ def wire(rt: Runtime) -> handlers.LoaderDeps:
     deps = handlers.LoaderDeps(pool=rt.pool, store=rt.store, files=rt.files)
     attempts = rt.settings.max_attempts
     consume(rt.broker, by_name("flows.load-requested"), group_id="loader",
-            handler=functools.partial(handlers.handle_load_requested, deps=deps), max_attempts=attempts)
+            handler=functools.partial(handlers.handle_load_requested, deps=deps), max_attempts=attempts,
+            probe=rt.probe_database)
     for topic in SOURCE_TOPICS:
         if topic.name == "sources.record-rejected":
             continue
         consume(rt.broker, topic, group_id="loader-sources",
                 handler=functools.partial(handlers.handle_source_record, deps=deps), max_attempts=attempts,
-                on_invalid=functools.partial(handlers.reject_source_record, deps=deps, kind=topic.name))
+                on_invalid=functools.partial(handlers.reject_source_record, deps=deps, kind=topic.name),
+                probe=rt.probe_database)
     return deps
 
 

@@ -83,6 +83,20 @@ def structures_of(ente: str) -> tuple[Structure, ...]:
     return tuple(s for s in load_structures() if s.ente == ente)
 
 
+def known_enti() -> frozenset[str]:
+    """The entities the platform knows: those with structures in contracts/data/structures.csv."""
+    return frozenset(s.ente for s in load_structures())
+
+
+def unknown_ente_reason(ente: str) -> str | None:
+    """Why a load for `ente` cannot be made, or None when the entity is known."""
+    known = known_enti()
+    if ente in known:
+        return None
+    return (f"ente {ente} is not a known entity (known: {', '.join(sorted(known))}; "
+            "the entities are those of contracts/data/structures.csv)")
+
+
 async def sync_reference_data(conn: asyncpg.Connection, version: str) -> None:
     """Make the tables match the data files (idempotent; cheap when nothing changed)."""
     items = load_catalogue(version)

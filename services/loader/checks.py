@@ -10,9 +10,11 @@ through a server-side cursor in batches, so no list of the whole period is ever 
 Every broken rule becomes one row of `load_problem` (record key, field, code, severity, message);
 services.loader.feedback streams them into the feedback file.
 
-Record keys: `<source_id>@<prescription_id>/<row>` for a service row, `<first source_id>@<prescription_id>/99`
+Record keys (contracts.feedback.RECORD_KEY_DESCRIPTION): `<source_id>@<prescription_id>/<row>` for a
+service row (2 digits, more past 99: never cut), `<source_id of the first row>@<prescription_id>/99`
 for a whole prescription (row 99 is where its totals, ticket and exemption go), `<source_id>` for
-bookings and payment documents.
+bookings and payment documents, `*` for the whole load. Every code and field is listed in the
+contract (contracts.feedback); `problem_kinds()` is what the rules here can emit.
 
 SQL parameters of every rule: $1 snapshot_id, $2 catalogue version, $3 period start, $4 period end.
 """
@@ -25,6 +27,7 @@ from typing import Literal
 
 import asyncpg
 
+from services.formatter.fixedwidth import TRANSLITERATION
 from services.loader.codice_fiscale import check_codici_fiscali
 from services.loader.snapshot import WORK_MEM
 
@@ -61,7 +64,31 @@ class RuleSet:
     rules: tuple[Rule, ...]
 
 
-_SERVICE_KEY = "s.source_id || '@' || s.prescription_id || '/' || lpad(s.row_number::text, 2, '0')"
+# the row number in 2 digits at least, never cut (lpad would cut 100 to `10`, naming another row)
+_SERVICE_KEY = ("s.source_id || '@' || s.prescription_id || '/' || "
+                "CASE WHEN s.row_number < 10 THEN '0' ELSE '' END || s.row_number::text")
+
+
+def ascii_length_sql(column: str) -> str:
+    """SQL: the length of `column` once transliterated to ASCII as the formatter does
+    (services.formatter.fixedwidth: `Ò` -> `O'`, `ß` -> `SS`): each character that becomes k
+    characters adds k - 1. A name that fits before may not fit after."""
+    by_growth: dict[int, str] = {}
+    for ch, ascii_text in TRANSLITERATION.items():
+        if len(ascii_text) > 1:
+            by_growth[len(ascii_text) - 1] = by_growth.get(len(ascii_text) - 1, "") + ch
+    extra = " + ".join(f"{grow} * (length({column}) - length(translate({column}, '{chars}', '')))"
+                       for grow, chars in sorted(by_growth.items()))
+    return f"(length({column}) + {extra})" if extra else f"length({column})"
+
+
+def _name_rule(code: str, field: str, what: str, length: int) -> Rule:
+    ascii_length = ascii_length_sql(f"s.{field}")
+    return Rule(code, WARNING, field,
+                f"Is the {what}, transliterated to ASCII, longer than the C1 field ({length}) so it will be cut?",
+                f"{ascii_length} > {length}",
+                f"format('{what} %s has %s characters in ASCII: cut to {length}', s.{field}, {ascii_length})")
+
 
 SERVICE_ROW_RULES = RuleSet(
     "service rows",
@@ -114,15 +141,8 @@ SERVICE_ROW_RULES = RuleSet(
              "Does the delivering structure belong to another entity?",
              "e.sts11 IS NULL",
              "format('structure %s is not a structure of ente %s', s.structure_sts11, s.ente)"),
-        Rule("SURNAME_TOO_LONG", WARNING, "patient_surname",
-             f"Is the surname longer than the C1 field ({SURNAME_LENGTH}) so it will be cut?",
-             f"length(s.patient_surname) > {SURNAME_LENGTH}",
-             f"format('surname %s has %s characters: cut to {SURNAME_LENGTH}', s.patient_surname, "
-             "length(s.patient_surname))"),
-        Rule("NAME_TOO_LONG", WARNING, "patient_name",
-             f"Is the name longer than the C1 field ({NAME_LENGTH}) so it will be cut?",
-             f"length(s.patient_name) > {NAME_LENGTH}",
-             f"format('name %s has %s characters: cut to {NAME_LENGTH}', s.patient_name, length(s.patient_name))"),
+        _name_rule("SURNAME_TOO_LONG", "patient_surname", "surname", SURNAME_LENGTH),
+        _name_rule("NAME_TOO_LONG", "patient_name", "name", NAME_LENGTH),
     ),
 )
 
@@ -131,7 +151,7 @@ _PRESCRIPTIONS = """(
     SELECT p.*,
            rank() OVER w AS number_rank, first_value(p.prescription_id) OVER w AS number_owner
     FROM (
-        SELECT prescription_id, min(source_id) AS first_source_id,
+        SELECT prescription_id, min(source_id) FILTER (WHERE row_number = 1) AS first_source_id,
                sum(quantity * tariff) AS services_total, sum(ticket) AS ticket_total,
                bool_and(regime = 'SSN') AS ssn,
                max(delivery_type) AS delivery_type, max(exemption_code) AS exemption_code,
@@ -247,6 +267,19 @@ CF_CODES: dict[str, tuple[Severity, str]] = {
     "CF_BIRTH_MISMATCH": (ERROR, "Does the birth date differ from the one the codice fiscale encodes?"),
     "CF_SEX_MISMATCH": (ERROR, "Does the sex differ from the one the codice fiscale encodes?"),
 }
+
+
+# a problem of the whole load, not of a record (services.loader.pipeline adds it)
+NO_SOURCE_DATA: tuple[str, Severity, str] = ("NO_SOURCE_DATA", WARNING, "period")
+
+
+def problem_kinds() -> set[tuple[str, Severity, str]]:
+    """(code, severity, field) of every problem the checks can put in a feedback."""
+    kinds: set[tuple[str, Severity, str]] = {(r.code, r.severity, r.field) for plan in PLANS.values()
+                                             for rule_set in plan.rule_sets for r in rule_set.rules}
+    kinds |= {(code, severity, "patient_cf") for code, (severity, _) in CF_CODES.items()}
+    kinds.add(NO_SOURCE_DATA)
+    return kinds
 
 
 def rule_set_sql(rule_set: RuleSet) -> str:

@@ -20,7 +20,8 @@ from contracts import flows
 from contracts.sources import SOURCE_MODELS, SourceModel
 from contracts.states import InstanceState
 from contracts.topics import SourceRecordRejected
-from services.runtime.broker import Incoming
+from services.loader.catalogue import unknown_ente_reason
+from services.runtime.broker import Incoming, Refused
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.filestore import FileStore
 from services.runtime.locks import instance_lock
@@ -43,6 +44,9 @@ def _event(type_: str, payload: flows.Payload, actor: str, **metadata: Any) -> N
 
 
 async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: LoaderDeps) -> None:
+    if (unknown := unknown_ente_reason(cmd.ente)) is not None:
+        # no instance: the command goes to flows.load-requested.dlq with this reason
+        raise Refused(f"load request {cmd.request_id}: {unknown}")
     now = datetime.now(UTC)
     scheduled = cmd.scheduled_at is not None and cmd.scheduled_at > now
     async with deps.pool.acquire() as conn, conn.transaction():
@@ -139,6 +143,8 @@ async def due_instances(pool: asyncpg.Pool, now: datetime) -> list[int]:
     return [int(r["instance"]) for r in rows]
 
 
+# Longer than any id a regional system gives; a longer "source_id" is not used to name a stream.
+SOURCE_ID_MAX = 200
 _KIND_OF = {model: kind for kind, model in SOURCE_MODELS.items()}
 
 
@@ -154,8 +160,15 @@ async def handle_source_record(record: SourceModel, msg: Incoming, deps: LoaderD
 
 async def reject_source_record(record_id: str | None, body: Any, reason: str, *, deps: LoaderDeps,
                                kind: str) -> None:
-    """Publishes `sources.record-rejected` (through the outbox) naming the record and the fields."""
+    """Publishes `sources.record-rejected` (through the outbox) naming the record and the fields.
+
+    The reason comes bounded (services.runtime.broker); a `source_id` that is not a short string (a
+    list, a megabyte) is not an id: the event names the record unidentified, so the hook cannot fail
+    on it.
+    """
     source_id = body.get("source_id") if isinstance(body, dict) else None
+    if not (isinstance(source_id, str) and 0 < len(source_id) <= SOURCE_ID_MAX):
+        source_id = None
     payload = SourceRecordRejected(kind=kind, source_id=source_id, errors=[{"record": record_id or "?",
                                                                             "reason": reason}])
     stream = f"source-{source_id}" if source_id else f"source-unidentified-{uuid.uuid4()}"

@@ -14,6 +14,7 @@ Inside one batch the same source_id twice: the later record wins, the earlier co
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -186,9 +187,31 @@ def csv_value(value: Any) -> str:
     return str(value)
 
 
+@functools.cache
+def _json_types(kind: str) -> dict[str, str]:
+    """Field -> its JSON type in the published schema ('boolean', 'integer', ...; null left out)."""
+    types: dict[str, str] = {}
+    for name, prop in KINDS[kind].model.model_json_schema()["properties"].items():
+        options = [o.get("type") for o in prop.get("anyOf", [prop])]
+        types[name] = next((t for t in options if t not in (None, "null")), "string")
+    return types
+
+
+def _csv_cell(json_type: str, cell: str) -> Any:
+    """A CSV cell as the JSON value it stands for (`true`, `12`); left as text when it is not one,
+    so validation names the field."""
+    if json_type == "boolean" and cell in ("true", "false"):
+        return cell == "true"
+    if json_type == "integer" and cell.lstrip("-").isdigit() and cell.isascii():
+        return int(cell)
+    return cell
+
+
 def _raw_from_csv(kind: str, row: dict[str, str]) -> dict[str, Any]:
-    """Empty cell = field absent (its default applies); JSON columns are parsed."""
+    """Empty cell = field absent (its default applies); JSON columns are parsed, booleans and integers
+    read as such: the record is then validated as if it had come as JSON."""
     raw: dict[str, Any] = {}
+    types = _json_types(kind)
     for key, cell in row.items():
         if cell == "" or cell is None:
             continue
@@ -198,7 +221,7 @@ def _raw_from_csv(kind: str, row: dict[str, str]) -> dict[str, Any]:
             except json.JSONDecodeError:
                 raw[key] = cell  # pydantic then names the field
         else:
-            raw[key] = cell
+            raw[key] = _csv_cell(types.get(key, "string"), cell)
     return raw
 
 

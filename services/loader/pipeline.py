@@ -16,7 +16,7 @@ import asyncpg
 
 from contracts.flows import FlowType
 from services.loader.catalogue import sync_reference_data
-from services.loader.checks import run_checks
+from services.loader.checks import NO_SOURCE_DATA, run_checks
 from services.loader.feedback import export_feedback, problem_counts, summarise
 from services.loader.snapshot import SELECTIONS, take_snapshot
 from services.runtime.filestore import FileStore
@@ -74,6 +74,13 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
                                      run_checks(pool, table, snapshot_id, version, (period_start, period_end)))
     step(3)
     async with pool.acquire() as conn:
+        if not next(iter(counts.values())):  # no service / booking / document: say so, never a silent Checked
+            code, severity, field = NO_SOURCE_DATA
+            await conn.execute(
+                "INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message) "
+                "VALUES ($1, '*', $2, $3, $4, $5)", snapshot_id, field, code, severity,
+                f"no source data for ente {ente} in {period_start}..{period_end} ({table.removeprefix('snapshot_')}"
+                f"): the load is empty")
         found = await problem_counts(conn, snapshot_id)
         sha, size = None, 0
         if found.errors or found.warnings:

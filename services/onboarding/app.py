@@ -65,6 +65,7 @@ def wire(rt: Runtime, group: str = GROUP) -> handlers.OnboardingDeps:
             group_id=f"{group}.{topic_name.removeprefix('onboarding.')}",
             handler=functools.partial(_refusing(handler), deps=deps),
             max_attempts=rt.settings.max_attempts,
+            probe=rt.probe_database,
         )
     return deps
 

@@ -22,6 +22,7 @@ import csv
 import io
 import re
 import tomllib
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -125,20 +126,41 @@ def _cell_text(value: object) -> str:
     return str(value).strip()
 
 
+class UnreadableWorkbook(ValueError):
+    """A file named .xlsx that is not a workbook openpyxl can read: damaged, truncated, another format."""
+
+    def __init__(self, filename: str, cause: Exception) -> None:
+        if isinstance(cause, zipfile.BadZipFile):
+            problem = "it is not a ZIP archive, as every XLSX is: the file is damaged or in another format"
+        elif isinstance(cause, KeyError):
+            missing = str(cause.args[0]) if cause.args else "expected part"  # "There is no item named ..."
+            problem = f"{missing.rstrip('.')}: it is a ZIP archive but not an XLSX workbook"
+        else:
+            problem = str(cause) or type(cause).__name__
+        super().__init__(f"{filename}: cannot be read as an XLSX workbook: {problem}")
+
+
+def _xlsx_tables(content: bytes) -> list[Table]:
+    workbook = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
+    tables = []
+    for ws in workbook.worksheets:
+        rows = [tuple(_cell_text(v) for v in row) for row in ws.iter_rows(values_only=True)]
+        while rows and not any(rows[-1]):
+            rows.pop()  # trailing blank rows are formatting, not data
+        header = rows[0] if rows else ()
+        tables.append(Table(ws.title, tuple(h.strip() for h in header), tuple(rows[1:])))
+    workbook.close()
+    return tables
+
+
 def read_tables(filename: str, content: bytes) -> list[Table]:
     """All sheets of an XLSX workbook, or the one table of a CSV (named after the file)."""
     suffix = Path(filename).suffix.lower()
     if suffix in {".xlsx", ".xlsm"}:
-        workbook = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
-        tables = []
-        for ws in workbook.worksheets:
-            rows = [tuple(_cell_text(v) for v in row) for row in ws.iter_rows(values_only=True)]
-            while rows and not any(rows[-1]):
-                rows.pop()  # trailing blank rows are formatting, not data
-            header = rows[0] if rows else ()
-            tables.append(Table(ws.title, tuple(h.strip() for h in header), tuple(rows[1:])))
-        workbook.close()
-        return tables
+        try:
+            return _xlsx_tables(content)
+        except Exception as exc:  # openpyxl says "KeyError: '[Content_Types].xml'", "BadZipFile" ...
+            raise UnreadableWorkbook(filename, exc) from exc
     if suffix in {".csv", ".txt"}:
         try:
             text = content.decode("utf-8-sig")

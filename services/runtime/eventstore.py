@@ -54,7 +54,7 @@ from services.runtime.db import canonical_json, canonical_text, dumps_json
 if TYPE_CHECKING:
     from services.runtime.projections import Projection
 
-__all__ = ["GENESIS_HASH", "ChainBreak", "ConcurrencyError", "EventStore", "NewEvent", "StoredEvent",
+__all__ = ["GENESIS_HASH", "ChainBreak", "ConcurrencyError", "EventStore", "EventTooLarge", "NewEvent", "StoredEvent",
            "canonical_json", "event_hash", "verify_chain"]
 
 # Event types are Kafka topic names too (`flows.load-checked`).
@@ -256,6 +256,8 @@ class EventStore:
         for number, event in enumerate(events, start=current + 1):
             where = f"event {number} ({event.type}) of stream {stream_id}"
             data_json = canonical_text(event.data, f"{where}: data")
+            if publish:
+                _check_size(event, data_json, stream_id, key)
             metadata_json = "{}" if event.metadata == {} else canonical_text(event.metadata, f"{where}: metadata")
             digest = _chained(prev, stream_id=stream_id, version=number, event_id=event.id, type=event.type,
                               data_json=data_json, actor=event.actor, recorded_at=recorded_at,
@@ -344,6 +346,40 @@ class EventStore:
         Must run inside the caller's transaction, the one that holds the effects.
         """
         yield await outbox.mark_processed(conn, consumer, message_id)
+
+
+class EventTooLarge(ValueError):
+    """An event whose Kafka message would be over its topic's max.message.bytes: refused at append,
+    before it could reach the outbox and stop the relay."""
+
+
+# ce_* headers and record framing of one outbox message, generously (they are ~300 bytes).
+_HEADERS_ALLOWANCE = 1024
+_LIMITS: dict[str, int] | None = None
+
+
+def message_limit(event_type: str) -> int:
+    """max.message.bytes of the topic that carries `event_type` (the registry's, default 1 MiB)."""
+    global _LIMITS
+    if _LIMITS is None:
+        from contracts.topics import all_topics
+
+        _LIMITS = {topic.name: topic.max_message_bytes for topic in all_topics()}
+    from contracts.topics import MAX_MESSAGE_BYTES
+
+    return _LIMITS.get(event_type, MAX_MESSAGE_BYTES)
+
+
+def _check_size(event: NewEvent, data_json: str, stream_id: str, key: str) -> None:
+    limit = message_limit(event.type)
+    budget = limit - _HEADERS_ALLOWANCE - len(key.encode())
+    if len(data_json) * 4 <= budget:  # a UTF-8 character is at most 4 bytes: no need to encode
+        return
+    size = len(data_json.encode())
+    if size > budget:
+        raise EventTooLarge(f"event {event.type} of aggregate {key} (stream {stream_id}) is {size} bytes: over the "
+                            f"{budget} bytes a message of {event.type} may carry (limit {limit} bytes with key "
+                            "and headers); nothing was appended")
 
 
 def _check_append(stream_id: str, events: Sequence[NewEvent], expected_version: int | None, key: str) -> None:

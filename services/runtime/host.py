@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 from faststream.kafka import KafkaBroker
 
+from services.runtime import health
 from services.runtime import projections as projection_tools
 from services.runtime.broker import create_broker
 from services.runtime.db import create_pool
@@ -30,6 +31,7 @@ from services.runtime.read_models import FLOW_PROJECTIONS
 from services.runtime.settings import Settings
 
 Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+OUTAGE_BACKOFF_CAP_S = 30.0
 
 
 @dataclass
@@ -40,6 +42,11 @@ class Runtime:
     store: EventStore
     broker: KafkaBroker
     files: FileStore
+
+    async def probe_database(self) -> None:
+        """Raises while PostgreSQL is unreachable: what a consumer waiting out an outage probes."""
+        async with self.pool.acquire(timeout=5.0) as conn:
+            await conn.fetchval("SELECT 1", timeout=5.0)
 
 
 async def prepare_database(pool: asyncpg.Pool, projections: Sequence[Projection]) -> None:
@@ -85,17 +92,26 @@ async def serve(rt: Runtime, loops: Sequence[Loop] = (), stop: asyncio.Event | N
         # FastStream's Prometheus middleware (services.runtime.broker) fills the default registry.
         start_http_server(rt.settings.metrics_port)
     await rt.broker.start()
+    probes = contextlib.AsyncExitStack()  # /healthz, /readyz, /metrics when health_port is set
+    await probes.enter_async_context(health.serving(rt.name, health.service_checks(rt.pool, rt.broker),
+                                                    rt.settings.health_host, rt.settings.health_port))
 
     async def relay_forever(stop: asyncio.Event) -> None:
         # The relay gives up if Kafka is unreachable when it starts: start it again, never leave the
         # outbox undelivered while the service otherwise runs.
+        # An outage (PostgreSQL or Kafka down) is waited out with capped exponential backoff: one log
+        # line per try, at most one every 30 s however long it lasts.
+        failures = 0
         while not stop.is_set():
+            started = loop.time()
             try:
                 await relay.run(stop)
             except Exception as exc:
-                log.error("outbox.relay_failed", error=f"{type(exc).__name__}: {exc}")
+                failures = 1 if loop.time() - started > OUTAGE_BACKOFF_CAP_S else failures + 1
+                delay = min(2.0 * 2 ** (failures - 1), OUTAGE_BACKOFF_CAP_S)
+                log.error("outbox.relay_failed", error=f"{type(exc).__name__}: {exc}"[:500], retry_in_s=delay)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 2.0)
+                    await asyncio.wait_for(stop.wait(), delay)
 
     tasks = [asyncio.create_task(relay_forever(stop), name="outbox-relay")]
     tasks += [asyncio.create_task(fn(stop), name=getattr(fn, "__name__", "loop")) for fn in loops]
@@ -111,6 +127,7 @@ async def serve(rt: Runtime, loops: Sequence[Loop] = (), stop: asyncio.Event | N
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await probes.aclose()
         await rt.broker.stop()
         log.info("service.stopped", service=rt.name)
 
@@ -118,10 +135,16 @@ async def serve(rt: Runtime, loops: Sequence[Loop] = (), stop: asyncio.Event | N
 async def every(seconds: float, stop: asyncio.Event, fn: Callable[[], Awaitable[None]], name: str) -> None:
     """Runs `fn` now and then every `seconds` until stopped; an error is logged and retried next tick."""
     log = get_logger(name)
+    failures = 0
     while not stop.is_set():
+        wait = seconds
         try:
             await fn()
+            failures = 0
         except Exception as exc:
-            log.error("loop.error", loop=name, error=f"{type(exc).__name__}: {exc}")
+            # Failing ticks back off (capped): an outage does not write a line every `seconds`.
+            failures += 1
+            wait = max(seconds, min(seconds * 2 ** (failures - 1), OUTAGE_BACKOFF_CAP_S))
+            log.error("loop.error", loop=name, error=f"{type(exc).__name__}: {exc}"[:500], retry_in_s=wait)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+            await asyncio.wait_for(stop.wait(), wait)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
@@ -29,6 +30,15 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnsupportedForMessageFormatError,
+)
 
 from contracts.envelope import to_kafka_headers
 
@@ -36,10 +46,22 @@ NOTIFY_CHANNEL = "flows_outbox"
 # Arbitrary constant: every relay of this database competes for it.
 RELAY_LOCK_KEY = 7_316_004_002
 
+# Unpublished rows in id order, except parked ones and the rows of a stream (key) behind a parked one.
 _PENDING = """
-SELECT id, event_id, topic, key, headers, payload FROM outbox
-WHERE published_at IS NULL ORDER BY id LIMIT $1
+SELECT id, event_id, topic, key, headers, payload FROM outbox o
+WHERE published_at IS NULL AND parked_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.key = o.key AND p.parked_at IS NOT NULL
+                  AND p.published_at IS NULL AND p.id < o.id)
+ORDER BY id LIMIT $1
 """
+
+# A row with one of these will fail the same way at every try: park it.
+_PERMANENT = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError,
+              TopicAuthorizationFailedError, UnsupportedForMessageFormatError, CorruptRecordException,
+              TypeError, ValueError)  # TypeError/ValueError: the row cannot be serialised
+RETRY_CAP_S = 30.0
+# Kafka's rule for topic names; aiokafka would wait for metadata of an invalid one until it times out.
+_TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 
 
 def cloudevent_headers(*, event_id: uuid.UUID, type: str, time: datetime, key: str,
@@ -83,7 +105,38 @@ async def mark_processed(conn: asyncpg.Connection, consumer: str, message_id: st
 
 
 class RelayError(RuntimeError):
-    """The broker refused an outbox row; the row stays unpublished and is retried."""
+    """The broker refused an outbox row for a transient reason; the row stays unpublished and is retried."""
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True when sending the row again cannot succeed: it is parked instead of retried."""
+    return isinstance(exc, _PERMANENT)
+
+
+async def parked_rows(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    """The parked rows, oldest first: id, event, topic, key, reason, when, and how many rows wait behind."""
+    rows = await pool.fetch("""
+        SELECT p.id, p.event_id, p.topic, p.key, p.parked_reason, p.parked_at,
+               (SELECT count(*) FROM outbox w WHERE w.key = p.key AND w.id > p.id AND w.published_at IS NULL)
+                   AS waiting
+        FROM outbox p WHERE p.parked_at IS NOT NULL AND p.published_at IS NULL ORDER BY p.id""")
+    return [dict(row) for row in rows]
+
+
+async def retry_parked(pool: asyncpg.Pool, row_id: int) -> bool:
+    """Unparks a row (after its cause was fixed, e.g. the topic's limit raised): the relay sends it again."""
+    done = await pool.execute("UPDATE outbox SET parked_at = NULL, parked_reason = NULL "
+                              "WHERE id = $1 AND parked_at IS NOT NULL AND published_at IS NULL", row_id)
+    await pool.execute(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+    return done.endswith(" 1")
+
+
+async def skip_parked(pool: asyncpg.Pool, row_id: int) -> bool:
+    """Gives up on a parked row: it is never published (the event stays in the store), its stream goes on."""
+    done = await pool.execute("UPDATE outbox SET published_at = now(), skipped_at = now() "
+                              "WHERE id = $1 AND parked_at IS NOT NULL AND published_at IS NULL", row_id)
+    await pool.execute(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+    return done.endswith(" 1")
 
 
 class OutboxRelay:
@@ -107,6 +160,7 @@ class OutboxRelay:
         self._log = logger or structlog.get_logger("services.runtime.outbox")
         self.is_leader = False
         self.published = 0  # rows marked published by this relay
+        self.parked = 0  # rows parked by this relay
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Waits for leadership, then publishes until ``stop`` is set (or the task is cancelled)."""
@@ -126,16 +180,24 @@ class OutboxRelay:
             await conn.add_listener(NOTIFY_CHANNEL, on_notify)
             producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap_servers, enable_idempotence=True,
                                         acks="all", **self._producer_options)
+            failures = 0
             try:
                 await producer.start()
                 while not stop.is_set():
                     wake.clear()  # before reading: a NOTIFY during the pass triggers another one
                     try:
                         sent = await self._publish_batch(conn, producer)
+                        failures = 0
                     except RelayError as exc:
-                        self._log.error("outbox relay: publish failed, will retry", error=str(exc))
+                        # Transient (broker unreachable, leader moving): capped exponential backoff,
+                        # one log line per try.
+                        delay = min(self._retry_delay * 2 ** failures, RETRY_CAP_S)
+                        failures += 1
+                        self._log.error("outbox relay: publish failed, will retry", error=str(exc)[:500],
+                                        retry_in_s=delay)
                         sent = 0
-                        await asyncio.sleep(self._retry_delay)
+                        with suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), delay)
                     if sent == self._batch_size:
                         continue  # more may be waiting: no sleep
                     waiter = asyncio.create_task(wake.wait())
@@ -154,19 +216,44 @@ class OutboxRelay:
                     await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
 
     async def _publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
+        """Sends one batch; returns how many rows it marked published or parked (0: nothing to do)."""
         rows = await conn.fetch(_PENDING, self._batch_size)
         if not rows:
             return 0
-        # send() only enqueues (in order); the futures resolve when the broker acknowledged.
-        acks = [await producer.send(row["topic"], key=row["key"].encode(),
-                                    value=json.dumps(row["payload"], ensure_ascii=False).encode(),
-                                    headers=[(name, value.encode()) for name, value in row["headers"]])
-                for row in rows]
-        results = await asyncio.gather(*acks, return_exceptions=True)
+        # send() only enqueues (in order); the futures resolve when the broker acknowledged. A row that
+        # fails at send() (too large for the producer, not serialisable) is parked at once, and the
+        # rows of its stream behind it in this batch are not sent.
+        sent: list[tuple[asyncpg.Record, Any]] = []
+        parked: dict[int, BaseException] = {}
+        blocked: set[str] = set()
+        for row in rows:
+            if row["key"] in blocked:
+                continue
+            try:
+                if not _TOPIC_NAME.match(row["topic"]):
+                    raise InvalidTopicError(f"{row['topic'][:300]!r} is not a valid Kafka topic name")
+                ack = await producer.send(row["topic"], key=row["key"].encode(),
+                                          value=json.dumps(row["payload"], ensure_ascii=False).encode(),
+                                          headers=[(name, value.encode()) for name, value in row["headers"]])
+            except Exception as exc:
+                if not is_permanent(exc):
+                    raise RelayError(f"outbox row {row['id']} (event {row['event_id']}, topic {row['topic']}, "
+                                     f"key {row['key']}): {exc!r}"[:2000]) from exc
+                parked[row["id"]] = exc
+                blocked.add(row["key"])
+                continue
+            sent.append((row, ack))
+        results = await asyncio.gather(*(ack for _, ack in sent), return_exceptions=True)
         acked: list[int] = []
         failure: tuple[asyncpg.Record, BaseException] | None = None
-        for row, result in zip(rows, results, strict=True):
+        for (row, _), result in zip(sent, results, strict=True):
             if isinstance(result, BaseException):
+                if is_permanent(result) and row["key"] not in blocked:
+                    parked[row["id"]] = result
+                    blocked.add(row["key"])
+                    continue
+                if row["key"] in blocked:
+                    continue  # behind a parked row of its stream: it waits
                 failure = (row, result)
                 break  # mark only the prefix: later rows are resent after the failed one
             acked.append(row["id"])
@@ -175,8 +262,19 @@ class OutboxRelay:
                 await self._after_ack(acked)
             await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", acked)
             self.published += len(acked)
+        for row in rows:
+            if row["id"] in parked:
+                await self._park(conn, row, parked[row["id"]])
         if failure is not None:
-            row, exc = failure
-            raise RelayError(f"outbox row {row['id']} (event {row['event_id']}, topic {row['topic']}, "
-                             f"key {row['key']}): {exc!r}") from exc
-        return len(acked)
+            failed, error = failure
+            raise RelayError(f"outbox row {failed['id']} (event {failed['event_id']}, topic {failed['topic']}, "
+                             f"key {failed['key']}): {error!r}"[:2000]) from error
+        return len(acked) + len(parked)
+
+    async def _park(self, conn: asyncpg.Connection, row: asyncpg.Record, exc: BaseException) -> None:
+        size = len(json.dumps(row["payload"], ensure_ascii=False).encode())
+        reason = f"{type(exc).__name__}: {str(exc)[:500]} (payload {size} bytes)"
+        await conn.execute("UPDATE outbox SET parked_at = now(), parked_reason = $2 WHERE id = $1", row["id"], reason)
+        self.parked += 1
+        self._log.error("outbox relay: row parked; its stream waits, the others go on", row=row["id"],
+                        event_id=str(row["event_id"]), topic=row["topic"], key=row["key"][:200], reason=reason)

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     database_url: str = Field(default="postgresql://postgres@127.0.0.1:15432/flows",
                               validation_alias=AliasChoices("DATABASE_URL", "FLOWS_DATABASE_URL"))
     kafka_bootstrap: str = "127.0.0.1:19092"
+    # Partitions of every topic `flows topics apply` creates (and grows to): how many replicas of a
+    # service can share a topic's work.
+    topic_partitions: int = Field(default=6, ge=1, le=1000)
     files_dir: Path = REPO_ROOT / ".stack" / "files"
     keys_dir: Path = REPO_ROOT / ".stack" / "keys"
     # The SanitelCF certificate rotates: a path, never a constant in code.
@@ -33,6 +36,17 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     max_attempts: int = Field(default=3, description="Processing attempts before a message is dead-lettered.")
     metrics_port: int | None = None
+    # Signed checkpoints (services.runtime.checkpoints): the Ed25519 private key is a file outside the
+    # database it protects (created on first use, mode 0600; its public key beside it as <name>.pub).
+    checkpoint_key: Path = REPO_ROOT / ".stack" / "audit" / "checkpoint-signing.key"
+    checkpoints_dir: Path = REPO_ROOT / ".stack" / "audit" / "checkpoints"
+    checkpoint_interval_s: float = Field(default=900.0, ge=0, description="0: only on demand")
+    # /healthz, /readyz and /metrics of the service process (services.runtime.health); None: not served.
+    health_port: int | None = None
+    health_host: str = "127.0.0.1"
+    # The audit service refreshes the platform's ops figures (services.runtime.opsmetrics) this often; 0: never.
+    ops_metrics_interval_s: float = Field(default=15.0, ge=0)
+
     # The operator console (services/console).
     console_host: str = "127.0.0.1"
     console_port: int = 18080
@@ -40,3 +54,17 @@ class Settings(BaseSettings):
     console_session_ttl_s: int = Field(default=8 * 3600, gt=0)
     console_login_max_failures: int = Field(default=5, gt=0, description="Per user name in the window.")
     console_login_window_s: int = Field(default=900, gt=0)
+
+    def bootstrap_list(self) -> list[str]:
+        """`kafka_bootstrap` as the list of host:port aiokafka wants. FastStream wraps a plain string
+        into a one-element list, so "a:1,b:2" would reach aiokafka as ONE host named "a:1,b"."""
+        return bootstrap_list(self.kafka_bootstrap)
+
+
+def bootstrap_list(bootstrap: str | list[str]) -> list[str]:
+    """"h1:p1, h2:p2" (or a list of such strings) -> ["h1:p1", "h2:p2"]; empty parts are an error."""
+    parts = [bootstrap] if isinstance(bootstrap, str) else list(bootstrap)
+    hosts = [h.strip() for part in parts for h in part.split(",")]
+    if not hosts or any(not h for h in hosts):
+        raise ValueError(f"Kafka bootstrap {bootstrap!r} has an empty host: give host:port[,host:port...]")
+    return hosts

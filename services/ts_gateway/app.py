@@ -33,7 +33,7 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
                                     keys=GatewayKeys(settings.keys_dir))
         consume(rt.broker, by_name("flows.ts-submission-requested"), group_id="ts-gateway",
                 handler=functools.partial(handlers.handle_submission_requested, deps=deps),
-                max_attempts=settings.max_attempts)
+                max_attempts=settings.max_attempts, probe=rt.probe_database)
 
         async def resume(stop: asyncio.Event) -> None:
             await every(10.0, stop, lambda: handlers.resume_unfinished(deps), "ts-gateway.resume")

@@ -24,9 +24,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.runtime.settings import Settings
+from services.runtime.topics_admin import apply_topics
+from tests.kafka_topics import delete_all_topics
 
 # Small 730 zips, so a month of a hundred services already needs several parts per structure.
 E2E_MAX_ZIP_BYTES = 4_000
@@ -166,15 +167,9 @@ def _tee_service_logs(path: Path, settings: Settings) -> _LogTee:
 
 
 async def _clean_topics(bootstrap: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if not t.startswith("__")]
-        if topics:
-            await admin.delete_topics(topics)
-    finally:
-        await admin.close()
-    await asyncio.sleep(1.0)
+    """Every topic deleted, then the registry's provisioned again (the brokers never auto-create them)."""
+    await delete_all_topics(bootstrap)
+    await apply_topics(bootstrap, Settings().topic_partitions)
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
+from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel, Field
@@ -13,6 +16,7 @@ from pydantic import BaseModel, Field
 from contracts.envelope import Envelope
 from contracts.topics import Topic
 from services.runtime.broker import Incoming, consume, create_broker
+from tests.kafka_topics import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +53,7 @@ async def test_poison_message_is_dead_lettered_and_the_next_one_is_processed(set
             raise RuntimeError("the archive is on fire")
         handled.append((payload.source_id, incoming))
 
+    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)
     broker = create_broker(settings, client_id="dlq-test")
     consume(broker, topic, group_id="dlq-test", handler=handler, max_attempts=3, retry_delay=0.01)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
@@ -85,3 +90,57 @@ async def test_poison_message_is_dead_lettered_and_the_next_one_is_processed(set
     assert dead[0].value == b'{"source_id": "poison", "words": 0}'
     assert dict((k, v.decode()) for k, v in dead[0].headers)["ce_type"] == topic.name
     assert json.loads(dead[3].value)["source_id"] == "always-fails"
+
+
+async def test_a_long_outage_seeks_back_to_the_poll_loop_and_nothing_is_dead_lettered(settings, monkeypatch):
+    """The handler's database is unreachable (a real refused connection) for longer than one delivery
+    may wait: the consumer seeks back and polls again (keeping its group), then processes the message
+    once the database answers; nothing goes to the DLQ."""
+    from services.runtime import broker as runtime_broker
+
+    monkeypatch.setattr(runtime_broker, "OUTAGE_WAIT_PER_DELIVERY_S", 2.0)
+    topic = Topic(f"test.outage-{uuid.uuid4().hex[:8]}", Greeting, "source_id", "probe", ("test",))
+    closed_port = int(os.environ.get("FLOWS_PG_PORT", "25432")) + 567  # nothing listens there
+    target = {"url": settings.database_url.replace(f":{urlsplit(settings.database_url).port}/",
+                                                   f":{closed_port}/")}
+    calls: list[float] = []
+    handled: list[str] = []
+
+    async def reach_database() -> None:
+        conn = await asyncpg.connect(target["url"], timeout=2)
+        await conn.close()
+
+    async def handler(payload: Greeting, incoming: Incoming) -> None:
+        calls.append(asyncio.get_running_loop().time())
+        await reach_database()
+        handled.append(payload.source_id)
+
+    broker = create_broker(settings, client_id="outage-test")
+    consume(broker, topic, group_id="outage-test", handler=handler, probe=reach_database)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic.name, b'{"source_id": "patient", "words": 1}', key=b"k",
+                                     headers=Envelope.new(topic.name, "/test").to_headers())
+        await broker.start()
+        async with asyncio.timeout(30):
+            while not calls or asyncio.get_running_loop().time() - calls[0] < 6:
+                await asyncio.sleep(0.1)
+        target["url"] = settings.database_url  # the database is back
+        async with asyncio.timeout(30):
+            while not handled:
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(2)  # a duplicate delivery would show now
+    finally:
+        await producer.stop()
+        await broker.stop()
+    assert handled == ["patient"]
+    assert len(calls) >= 3  # retried through the outage, not given up
+    consumer = AIOKafkaConsumer(topic.dlq, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                                group_id=f"probe-{uuid.uuid4().hex}")
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=2000)
+    finally:
+        await consumer.stop()
+    assert sum(len(records) for records in batch.values()) == 0

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from contracts.feedback import FeedbackLine
 from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument, SourceModel
 from services.loader.checks import PLANS, _run_cf_checks
 from services.loader.generator import generate
@@ -84,7 +85,10 @@ def _feedback(store: FileStore, outcome: LoadOutcome) -> list[dict[str, str]]:
     if outcome.feedback_sha256 is None:
         return []
     with store.open(outcome.feedback_sha256) as f:
-        return list(csv.DictReader(io.StringIO(f.read().decode("utf-8")), delimiter=";"))
+        lines = list(csv.DictReader(io.StringIO(f.read().decode("utf-8")), delimiter=";"))
+    for line in lines:  # every line is what the contract (schemas/feedback-line.json) says a line is
+        FeedbackLine.model_validate(line)
+    return lines
 
 
 async def _load(pool: asyncpg.Pool, store: FileStore, flow: str = "FLUSSO_C", n: int = 1) -> LoadOutcome:
@@ -178,3 +182,58 @@ async def test_the_codice_fiscale_check_in_small_batches_names_the_same_records(
     found_one, whole = await cf_problems(1_000_000)
     assert small == whole and found_small == found_one > 0
     assert {key for key, _, _ in small} == planted_cf
+
+
+async def test_a_name_that_grows_past_its_field_in_ascii_gets_a_warning(pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """29 characters fit the 30 of C1; with two `Ò` (`O'` in ASCII) they are 31 and will be cut."""
+    grows = "NICOLÒ DELLA VALLE SANT'ANDRÒ"
+    assert len(grows) == 29
+    fits = "DELLA VALLE DI SANTA MARIA CAP"  # 30 ASCII characters: no cut, no warning
+    async with pool.acquire() as conn:
+        await store_services(conn, [ecg("A-1", "RX-OK", patient_surname=fits),
+                                    ecg("B-1", "RX-GROWS", patient_surname=grows, patient_name="NICOLÒÈÀÙÌ ÒÈÀÙÌÒÈÀ")])
+    store = FileStore(tmp_path)
+    outcome = await _load(pool, store)
+    problems = {(p["record_key"], p["code"], p["field"]): p["message"] for p in _feedback(store, outcome)}
+    assert set(problems) == {("B-1@RX-GROWS/01", "SURNAME_TOO_LONG", "patient_surname"),
+                             ("B-1@RX-GROWS/01", "NAME_TOO_LONG", "patient_name")}
+    assert "31 characters in ASCII: cut to 30" in problems[("B-1@RX-GROWS/01", "SURNAME_TOO_LONG", "patient_surname")]
+    assert outcome.checked and outcome.warnings == 2
+
+
+async def test_a_prescription_problem_names_the_source_id_of_its_first_row(pool: asyncpg.Pool,
+                                                                             tmp_path: Path) -> None:
+    """The first row is the earliest service, whose source_id (Z-...) is not the smallest (A-...)."""
+    async with pool.acquire() as conn:
+        await store_services(conn, [ecg("Z-FIRST", "RX-BAD", delivery_date=date(2020, 8, 3), ticket=Decimal("0.00")),
+                                    ecg("A-LATER", "RX-BAD", delivery_date=date(2020, 8, 10), ticket=Decimal("0.00"))])
+    store = FileStore(tmp_path)
+    outcome = await _load(pool, store)
+    keys = {(p["record_key"], p["code"]) for p in _feedback(store, outcome)}
+    assert keys == {("Z-FIRST@RX-BAD/99", "EXEMPTION_REQUIRED")}
+
+
+async def test_rows_past_98_keep_their_whole_row_number_and_name_their_own_service(pool: asyncpg.Pool,
+                                                                                   tmp_path: Path) -> None:
+    services = [ecg(f"S-{i:03d}", "RX-BIG", catalogue_code="90.27.1", tariff=Decimal("1.17"),
+                    ticket=Decimal("0.00") if i > 1 else Decimal("36.15")) for i in range(1, 102)]
+    async with pool.acquire() as conn:
+        await store_services(conn, services)
+    store = FileStore(tmp_path)
+    outcome = await _load(pool, store)
+    too_many = sorted(p["record_key"] for p in _feedback(store, outcome) if p["code"] == "TOO_MANY_SERVICES")
+    # row n is the n-th service (same date, so by source_id): the key names that very service
+    assert too_many == ["S-099@RX-BIG/99", "S-100@RX-BIG/100", "S-101@RX-BIG/101"]
+
+
+async def test_a_period_with_no_source_data_is_a_warning_the_operator_sees(pool: asyncpg.Pool,
+                                                                           tmp_path: Path) -> None:
+    async with pool.acquire() as conn:
+        await store_services(conn, [ecg("A-1", "RX-OK")])  # August 2020; the load asks for August 2021
+    store = FileStore(tmp_path)
+    outcome = await run_load(pool, store, 1990, 1991, "FLUSSO_C", "2020", "204", date(2021, 8, 1), date(2021, 8, 31))
+    problems = _feedback(store, outcome)
+    assert [(p["record_key"], p["field"], p["code"], p["severity"]) for p in problems] == [
+        ("*", "period", "NO_SOURCE_DATA", "warning")]
+    assert "ente 204" in problems[0]["message"] and "2021-08-01..2021-08-31" in problems[0]["message"]
+    assert outcome.checked and outcome.warnings == 1 and outcome.summary == "1 warning: 1 x NO_SOURCE_DATA"

@@ -9,13 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import socket
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -25,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from deploy import localstack
+from tests.kafka_topics import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -39,29 +36,12 @@ def _live(pid: int | None) -> bool:
         return False
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_ports(brokers: int) -> tuple[int, int]:
-    """A Kafka port base (2 ports per node) and a PostgreSQL port, all currently free."""
-    for base in range(29200, 29900, 20):
-        wanted = [base + i for i in range(2 * brokers)] + [base + 10]
-        if all(_free(p) for p in wanted):
-            return base, base + 10
-    raise AssertionError("no free ports in 29200-29900")
-
-
 async def _roundtrip(
     bootstrap: str, topic: str, acks: str | int = 1, count: int = 5, group: bool = True
 ) -> list[bytes]:
     """Produce ``count`` messages and read them back; ``group=False`` reads without a consumer group, so
     it does not depend on __consumer_offsets (whose creation needs all 3 replicas in 3-broker mode)."""
+    await create_topics(bootstrap, topic)  # auto.create.topics.enable=false: an existing one is kept
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=acks)
     await producer.start()
     try:
@@ -149,24 +129,6 @@ def test_other_broker_count_is_refused_while_running(default_stack: localstack.S
 # ----------------------------------------------------------------------------------------------------
 # a private stack: down() and restarts
 # ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def private_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A throw-away state folder on free ports. Deliberately NOT under pytest's tmp_path: every pytest
-    session start chmods /tmp/pytest-of-<user> back to 0700, which would lock the PostgreSQL user out of
-    its data folder if another session starts while this test runs."""
-    base, pg_port = _free_ports(brokers=3)
-    state = Path(tempfile.mkdtemp(prefix="flows-stack-test-"))
-    monkeypatch.setenv("FLOWS_STACK_DIR", str(state))
-    monkeypatch.setenv("FLOWS_KAFKA_PORT_BASE", str(base))
-    monkeypatch.setenv("FLOWS_PG_PORT", str(pg_port))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
-    try:
-        yield state
-    finally:
-        localstack.down(progress=lambda _msg: None)  # whatever the test did, leave nothing running
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def _recorded_pids(state: Path) -> list[int]:

@@ -68,3 +68,18 @@ def test_the_desk_sees_the_wrong_cell_then_a_switch_refused_on_san_gennaro_with_
 def test_an_unknown_request_is_one_clear_line(cli_env):
     result = runner.invoke(app, ["status", "ONB-NOBODY"])
     assert result.exit_code == 1 and "request ONB-NOBODY: not found" in result.output
+
+
+def test_a_corrupt_workbook_is_one_clear_line_naming_the_file_and_the_problem(cli_env):
+    onboarding("open", "--id", "ONB-CLI-3", "--kind", "new-aggregation", "--name", "Laboratorio Analisi Vesuvio",
+               "--sts11", "150123", "--municipality", "063049", "--spoke", "150456:Lab Partenope")
+    book = cli_env / "annex-a1.xlsx"
+    book.write_bytes(workbook({"Prestazioni": aggregation_rows()["Prestazioni"]})[:300])  # cut short
+    result = runner.invoke(app, ["add-document", "ONB-CLI-3", str(book), "--type", "tracciati"])
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1, out
+    assert out.startswith("error: annex-a1.xlsx: cannot be read as an XLSX workbook: "), out
+    assert "Traceback" not in out and "BadZipFile" not in out
+    # as one document of a given type, the same problem is the document's finding
+    out = onboarding("add-document", "ONB-CLI-3", str(book), "--type", "tracciato-prestazioni")
+    assert "annex-a1.xlsx: cannot be read as an XLSX workbook: " in " ".join(out.split())

@@ -16,9 +16,10 @@ from aiokafka import AIOKafkaConsumer
 
 from contracts.envelope import from_kafka_headers
 from services.runtime.db import create_pool
-from services.runtime.eventstore import EventStore, NewEvent
+from services.runtime.eventstore import EventStore, EventTooLarge, NewEvent
 from services.runtime.migrations import MIGRATIONS_DIR, migrate
-from services.runtime.outbox import OutboxRelay, mark_processed
+from services.runtime.outbox import OutboxRelay, mark_processed, parked_rows, retry_parked, skip_parked
+from tests.kafka_topics import create_topics
 from tests.stack_urls import DATABASE_URL, KAFKA
 
 pytestmark = pytest.mark.integration
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.integration
 async def pool(tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
     """A database of our own on the shared server, with only this area's migrations."""
     name = f"test_outbox_{uuid.uuid4().hex[:10]}"
-    for path in MIGRATIONS_DIR.glob("000[1-9]_*.sql"):
+    for path in [*MIGRATIONS_DIR.glob("000[1-9]_*.sql"), *MIGRATIONS_DIR.glob("0051_*.sql")]:
         shutil.copy(path, tmp_path / path.name)
     admin = await asyncpg.connect(DATABASE_URL)
     try:
@@ -44,8 +45,11 @@ async def pool(tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
         await admin.close()
 
 
-def fresh_topic() -> str:
-    return f"test.relay-{uuid.uuid4().hex[:8]}"
+async def fresh_topic() -> str:
+    """A topic of its own for the test, created first: the brokers never auto-create one."""
+    name = f"test.relay-{uuid.uuid4().hex[:8]}"
+    await create_topics(KAFKA, name)
+    return name
 
 
 async def append_numbered(store: EventStore, topic: str, keys: list[str], per_key: int) -> list[uuid.UUID]:
@@ -96,7 +100,7 @@ async def consume_all(topic: str, expected: int, settle: float = 2.0) -> list[tu
 async def test_a_relay_killed_between_ack_and_mark_resends_and_the_deduping_consumer_applies_once(
         pool: asyncpg.Pool) -> None:
     store = EventStore(pool, source="/flows/loader")
-    topic = fresh_topic()
+    topic = await fresh_topic()
     ids = await append_numbered(store, topic, keys=["1947", "1948", "2001"], per_key=10)
     reached_the_window = asyncio.Event()
 
@@ -142,7 +146,7 @@ async def _none_left(pool: asyncpg.Pool) -> bool:
 
 async def test_only_one_relay_publishes_and_a_standby_takes_over_when_it_stops(pool: asyncpg.Pool) -> None:
     store = EventStore(pool, source="/flows/loader")
-    topic = fresh_topic()
+    topic = await fresh_topic()
     stop_first, stop_second = asyncio.Event(), asyncio.Event()
     first, second = OutboxRelay(pool, KAFKA, poll_interval=0.2), OutboxRelay(pool, KAFKA, poll_interval=0.2)
     first_task = asyncio.create_task(first.run(stop_first))
@@ -178,10 +182,86 @@ async def test_the_relay_wakes_on_notify_long_before_its_poll_interval(pool: asy
     relay = OutboxRelay(pool, KAFKA, poll_interval=60)
     running = asyncio.create_task(relay.run(stop))
     await wait_until(lambda: _is(relay.is_leader))
-    await append_numbered(store, fresh_topic(), keys=["3003"], per_key=1)
+    await append_numbered(store, await fresh_topic(), keys=["3003"], per_key=1)
     await asyncio.sleep(0.5)  # let the first pass (before the append) go back to waiting
-    await append_numbered_from(store, fresh_topic(), key="3003", start=1, count=1)
+    await append_numbered_from(store, await fresh_topic(), key="3003", start=1, count=1)
     await wait_until(lambda: _none_left(pool), within=10)  # far below the 60 s poll
     stop.set()
     await running
     assert relay.published == 2
+
+
+async def test_a_row_too_large_for_the_broker_is_parked_and_only_its_own_stream_waits(pool: asyncpg.Pool) -> None:
+    store = EventStore(pool, source="/flows/loader")
+    topic = await fresh_topic()
+    await append_numbered(store, topic, keys=["7001"], per_key=1)
+    # A row from before the append-time size check: 1.2 MB, over the broker's (and producer's) 1 MiB.
+    await pool.execute("UPDATE outbox SET payload = jsonb_build_object('key', '7001', 'n', 0, 'blob', "
+                       "repeat('x', 1200000))")
+    await append_numbered_from(store, topic, key="7001", start=1, count=2)  # behind it in its stream
+    await append_numbered(store, topic, keys=["7002", "7003"], per_key=3)  # other streams
+    stop = asyncio.Event()
+    relay = OutboxRelay(pool, KAFKA, poll_interval=0.2)
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_until(lambda: _unpublished_is(pool, 3))  # the parked row and the 2 behind it
+        parked = await parked_rows(pool)
+        assert [(p["key"], p["waiting"]) for p in parked] == [("7001", 2)]
+        assert "MessageSizeTooLarge" in parked[0]["parked_reason"] and "bytes" in parked[0]["parked_reason"]
+        assert relay.parked == 1
+        messages = await consume_all(topic, expected=6)
+        assert sorted((k, p["n"]) for k, _, p in messages) == [(k, n) for k in ("7002", "7003") for n in range(3)]
+
+        # The operator skips it: its stream goes on, in order.
+        assert await skip_parked(pool, parked[0]["id"])
+        await wait_until(lambda: _none_left(pool))
+        messages = await consume_all(topic, expected=8)
+        assert [p["n"] for k, _, p in messages if k == "7001"] == [1, 2]
+        assert await parked_rows(pool) == []
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE skipped_at IS NOT NULL") == 1
+    finally:
+        stop.set()
+        await running
+
+
+async def test_a_parked_row_retried_after_its_cause_is_fixed_is_published_first(pool: asyncpg.Pool) -> None:
+    store = EventStore(pool, source="/flows/loader")
+    topic = await fresh_topic()
+    await append_numbered(store, topic, keys=["7101"], per_key=1)
+    await pool.execute("UPDATE outbox SET topic = 'not a valid topic name!'")  # InvalidTopic: permanent
+    await append_numbered_from(store, topic, key="7101", start=1, count=1)
+    stop = asyncio.Event()
+    relay = OutboxRelay(pool, KAFKA, poll_interval=0.2)
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_until(lambda: _parked_count_is(pool, 1))
+        assert await unpublished(pool) == 2
+        row = (await parked_rows(pool))[0]
+        await pool.execute("UPDATE outbox SET topic = $1 WHERE id = $2", topic, row["id"])  # the fix
+        assert await retry_parked(pool, row["id"])
+        await wait_until(lambda: _none_left(pool))
+        messages = await consume_all(topic, expected=2)
+        assert [p["n"] for _, _, p in messages] == [0, 1]
+    finally:
+        stop.set()
+        await running
+
+
+async def test_an_event_over_the_broker_limit_is_refused_at_append_naming_type_aggregate_and_sizes(
+        pool: asyncpg.Pool) -> None:
+    store = EventStore(pool, source="/flows/loader")
+    with pytest.raises(EventTooLarge) as refused:
+        await store.append("instance-7201", [NewEvent(type="flows.load-failed", data={"blob": "é" * 600_000})],
+                           expected_version=0, key="7201")
+    message = str(refused.value)
+    assert "flows.load-failed" in message and "7201" in message and "1200" in message and "1048576" in message
+    assert await pool.fetchval("SELECT count(*) FROM events") == 0
+    assert await unpublished(pool) == 0
+
+
+async def _unpublished_is(pool: asyncpg.Pool, count: int) -> bool:
+    return await unpublished(pool) == count
+
+
+async def _parked_count_is(pool: asyncpg.Pool, count: int) -> bool:
+    return len(await parked_rows(pool)) == count

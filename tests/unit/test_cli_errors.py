@@ -5,6 +5,7 @@ These fail before any I/O, so they need no platform."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -71,3 +72,55 @@ def test_send_730_refuses_an_instance_before_asking_for_any_credential(monkeypat
     assert result.exit_code == 1
     assert "only 730 instances are sent to Sistema TS" in result.output
     assert "C.F. proprietario" not in result.output and "TS password" not in result.output
+
+
+@pytest.mark.parametrize("option", [["--services", "-5"], ["--services", "0"], ["--bad", "-1"]])
+def test_a_negative_count_when_generating_is_a_usage_error_naming_the_option(tmp_path: Path,
+                                                                            option: list[str]) -> None:
+    code, out = _run("sources", "generate", "--ente", "201", "--month", "2026-10", *option, "--out", str(tmp_path))
+    assert code == 2
+    assert f"Invalid value for '{option[0]}'" in out
+    assert not list(tmp_path.iterdir())  # nothing generated
+
+
+def test_a_load_for_an_unknown_entity_is_refused_naming_it_before_sending_anything() -> None:
+    code, out = _run("load", "--type", "FLUSSO_C", "--ente", "999", "--from", "2026-10-01", "--to", "2026-10-31",
+                     "--no-wait")
+    assert code == 1
+    assert out.startswith("error: ente 999 is not a known entity (known: 201,")
+    assert "cannot reach" not in out  # refused before any Kafka or PostgreSQL
+
+
+def test_opening_a_request_with_a_bad_sts11_names_the_option_in_one_line() -> None:
+    from services.cli.onboarding_cli import app as onboarding
+
+    result = runner.invoke(onboarding, ["open", "--kind", "new-aggregation", "--name", "ASL X", "--sts11", "bad",
+                                        "--municipality", "063049"], env={"FLOWS_DEBUG": ""})
+    out = " ".join(result.output.split())
+    for word in NEVER:
+        assert word not in out, out
+    assert result.exit_code == 1
+    assert out == "error: open: --sts11: String should match pattern '^[0-9A-Z]{6}$' (got 'bad')"
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (b"this is no workbook", "it is not a ZIP archive, as every XLSX is"),
+    (b"", "it is not a ZIP archive, as every XLSX is"),
+    ("zip without parts", "There is no item named '[Content_Types].xml' in the archive: it is a ZIP archive but not"),
+])
+def test_a_corrupt_xlsx_is_one_line_naming_the_file_and_the_problem(content: bytes | str, problem: str) -> None:
+    import io
+    import zipfile
+
+    from services.onboarding.tracciati import read_tables
+
+    if isinstance(content, str):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("readme.txt", content)
+        content = buf.getvalue()
+    with pytest.raises(ValueError) as caught:
+        read_tables("annex-a1.xlsx", content)
+    message = str(caught.value)
+    assert message.startswith("annex-a1.xlsx: cannot be read as an XLSX workbook: ") and problem in message
+    assert "\n" not in message

@@ -1,0 +1,5 @@
+import asyncio
+
+from services.audit.app import main
+
+asyncio.run(main())

@@ -1,0 +1,132 @@
+"""`flows audit ...`: signed checkpoints of the event store, inclusion proofs, the auditor's check.
+
+    flows audit checkpoint                     sign the heads of every stream now (checkpoint-N.json)
+    flows audit public-key [--out F]           the public key an auditor verifies with
+    flows audit prove N [--out F]              the inclusion proof of instance N's stream
+    flows audit verify-proof F --public-key K  check a proof with the public key alone
+    flows audit report N [--out report.pdf]    an instance's whole history as a PDF
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import asyncpg
+import pydantic
+import typer
+
+from contracts.audit import InclusionProof
+from services.cli.common import UserError, console, database, run, settings, user_errors
+from services.runtime import checkpoints as cps
+from services.runtime.read_models import instance_stream
+
+audit_app = typer.Typer(help="Audit: signed checkpoints, inclusion proofs, reports.", no_args_is_help=True)
+
+
+@audit_app.command("checkpoint")
+@user_errors
+def checkpoint(force: Annotated[bool, typer.Option(help="sign even when nothing changed")] = False) -> None:
+    """Sign the head of every stream now; writes checkpoint-N.json and publishes it on audit.checkpoint."""
+    cfg = settings()
+
+    async def go() -> cps.Taken:
+        async with database(cfg) as pool:
+            return await cps.take(pool, cfg.checkpoint_key, cfg.checkpoints_dir, cfg.kafka_bootstrap, force=force)
+
+    taken = run(go())
+    cp = taken.checkpoint
+    what = "signed" if taken.new else "nothing appended since; latest is"
+    console.print(f"checkpoint {cp.sequence} {what}: {cp.tree_size} stream(s), {cp.events} event(s), "
+                  f"position ({cp.transaction_id}, {cp.position}), root {cp.root}, key {cp.key_id}")
+    console.print(f"file: {taken.path}")
+
+
+@audit_app.command("public-key")
+@user_errors
+def public_key(out: Annotated[Path | None, typer.Option(help="write the PEM here")] = None) -> None:
+    """The checkpoint signing key's public half (PEM), for auditors."""
+    pem = cps.public_pem(cps.load_or_create_key(settings().checkpoint_key).public_key())
+    if out:
+        out.write_bytes(pem)
+        console.print(f"public key written to {out}")
+    else:
+        typer.echo(pem.decode(), nl=False)
+
+
+def _latest() -> cps.CheckpointFile:
+    directory = settings().checkpoints_dir
+    found = cps.latest(directory)
+    if found is None:
+        raise UserError(f"no checkpoint in {directory}: take one with `flows audit checkpoint`")
+    return found
+
+
+@audit_app.command("prove")
+@user_errors
+def prove(instance: int, out: Annotated[Path | None, typer.Option(help="write the proof (JSON) here")] = None) -> None:
+    """The inclusion proof of instance N's stream in the latest checkpoint (JSON)."""
+    proof = cps.prove(_latest(), instance_stream(instance))
+    text = proof.model_dump_json(indent=2) + "\n"
+    if out:
+        out.write_text(text)
+        console.print(f"proof of {proof.head.stream_id} v{proof.head.version} in checkpoint "
+                      f"{proof.checkpoint.sequence} written to {out}")
+    else:
+        typer.echo(text, nl=False)
+
+
+@audit_app.command("verify-proof")
+@user_errors
+def verify_proof(file: Path, public_key_file: Annotated[Path, typer.Option("--public-key", help="PEM file")]) -> None:
+    """Check a proof with the public key alone: exit 0 when it holds, 2 when it does not."""
+    try:
+        proof = InclusionProof.model_validate_json(file.read_bytes())
+    except pydantic.ValidationError as exc:
+        raise UserError(f"{file} is not an inclusion proof: {exc.errors(include_url=False)[0]['msg']}") from None
+    key = cps.load_public_key(public_key_file)
+    problems = cps.check_proof(proof, key)
+    if problems:
+        for problem in problems:
+            console.print(f"[red]{problem}[/]")
+        raise typer.Exit(2)
+    cp = proof.checkpoint
+    console.print(f"[green]proof verifies[/]: {proof.head.stream_id} at version {proof.head.version} "
+                  f"(hash {proof.head.hash}) is leaf {proof.leaf_index} of {cp.tree_size} in checkpoint "
+                  f"{cp.sequence}, signed {cp.created_at:%Y-%m-%d %H:%M:%S} UTC by key {cp.key_id}")
+
+
+@audit_app.command("report")
+@user_errors
+def report(instance: int,
+           out: Annotated[Path | None, typer.Option(help="the PDF (default report-N.pdf)")] = None) -> None:
+    """An instance's whole history as a PDF: events, actors, files and sha256, feedback, TS protocolli and
+    outcomes, the chain verification and the checkpoint proof."""
+    from services.cli.main import _operator
+    from services.runtime import audit_report
+
+    cfg = settings()
+    target = out or Path(f"report-{instance}.pdf")
+
+    async def go() -> audit_report.ReportData:
+        async with database(cfg) as pool:
+            return await audit_report.gather(pool, cfg, instance)
+
+    data = run(go())
+    audit_report.render(data, target, _operator())
+    verdict = "chain verifies" if not data.chain else f"CHAIN BROKEN ({len(data.chain)} break(s))"
+    proof = {None: "no checkpoint covers it yet", True: "checkpoint proof verifies",
+             False: "CHECKPOINT PROOF FAILS"}[data.checkpoint_ok]
+    console.print(f"report of instance {instance}: {len(data.events)} events, {len(data.files)} file(s), "
+                  f"{verdict}, {proof}: {target}")
+
+
+async def check_latest(pool: asyncpg.Pool, stream_ids: list[str] | None) -> tuple[int | None, list[str]]:
+    """(sequence of the latest checkpoint or None, problems) for `flows replay --verify`."""
+    cfg = settings()
+    found = cps.latest(cfg.checkpoints_dir)
+    if found is None:
+        return None, []
+    pub = cps.public_key_path(cfg.checkpoint_key)
+    key_file = pub if pub.exists() else cfg.checkpoint_key
+    return found.sequence, await cps.check_store(pool, found, cps.load_public_key(key_file), stream_ids=stream_ids)

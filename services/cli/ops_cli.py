@@ -1,0 +1,78 @@
+"""`flows tail` and `flows lag`: the ops team watching the topics, as an observer only
+(no consumer group, no commit: see services.runtime.kafkaread)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+from aiokafka import TopicPartition
+
+from services.cli.common import console, err, settings, table, user_errors
+from services.runtime import ops
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tail")(tail)
+    app.command("lag")(lag)
+
+
+@user_errors
+def tail(topics: Annotated[list[str] | None, typer.Argument(help="topics (default: every business topic)")] = None,
+         instance: Annotated[int | None, typer.Option(help="only this instance's events")] = None,
+         ente: Annotated[str | None, typer.Option(help="only this entity's events")] = None,
+         type_: Annotated[str | None, typer.Option("--type", help="ce type or its prefix, e.g. flows.load")] = None,
+         from_beginning: Annotated[bool, typer.Option("--from-beginning")] = False,
+         since: Annotated[str | None, typer.Option(help="10m, 2h, 3d or an ISO date-time")] = None,
+         as_json: Annotated[bool, typer.Option("--json", help="one full JSON event per line")] = False,
+         limit: Annotated[int | None, typer.Option(help="stop after this many events")] = None) -> None:
+    """Follow topics live, one line per CloudEvent decoded through the contracts. Never joins a
+    consumer group, never commits an offset."""
+    if from_beginning and since:
+        raise typer.BadParameter("give --from-beginning or --since, not both")
+    start = ops.parse_since(since) if since else None
+    names = topics or ops.business_topics()
+    flt = ops.TailFilter(instance=instance, ente=ente, type=type_)
+
+    def ready(parts: list[TopicPartition]) -> None:
+        followed = sorted({tp.topic for tp in parts})
+        err.print(f"following {len(parts)} partition(s) of {len(followed)} topic(s) (Ctrl-C to stop)")
+
+    async def follow() -> None:
+        shown = 0
+        async for seen in ops.tail(settings().kafka_bootstrap, names, flt, from_beginning=from_beginning,
+                                   since=start, on_ready=ready):
+            if as_json:
+                typer.echo(json.dumps(seen.as_json(), default=str, ensure_ascii=False))
+            else:
+                typer.echo(seen.line())
+            shown += 1
+            if limit is not None and shown >= limit:
+                return
+
+    try:
+        asyncio.run(follow())
+    except KeyboardInterrupt:
+        pass
+
+
+@user_errors
+def lag(group: Annotated[list[str] | None, typer.Option(help="only these consumer groups")] = None,
+        as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Per consumer group and partition: committed offset, end offset, lag, last commit time."""
+    rows = asyncio.run(ops.consumer_lag(settings().kafka_bootstrap, group))
+    if as_json:
+        typer.echo(json.dumps([{"group": r.group, "topic": r.topic, "partition": r.partition,
+                                "committed": r.committed, "end": r.end, "lag": r.lag,
+                                "last_commit": r.last_commit.isoformat() if r.last_commit else None}
+                               for r in rows], indent=2))
+        return
+    if not rows:
+        console.print("no consumer group has committed an offset yet")
+        return
+    console.print(table("consumer lag", ["group", "topic", "partition", "committed", "end", "lag", "last commit"],
+                        [(r.group, r.topic, r.partition, r.committed, r.end, r.lag,
+                          r.last_commit.strftime("%Y-%m-%d %H:%M:%S UTC") if r.last_commit else "?")
+                         for r in rows]))

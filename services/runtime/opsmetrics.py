@@ -1,0 +1,104 @@
+"""The platform's figures for Prometheus (deploy/observability/alerts.yml alerts on them).
+
+Refreshed every `ops_metrics_interval_s` by the audit service and served on its /metrics:
+
+    flows_consumer_lag{group,topic,partition}          end offset - committed offset
+    flows_dlq_messages{topic}                          messages on each .dlq topic
+    flows_instances{flow_type,state}                   instances per state (Failed loading...)
+    flows_deadline_uncovered_days{ente,flow_type,due}  days left (negative: late) of a deadline no instance covers
+    flows_ts_outcomes{outcome}                         TS outcomes recorded (confirmed, rejected...)
+    flows_outbox_unpublished                           outbox rows not yet on Kafka
+    flows_outbox_oldest_unpublished_seconds            age of the oldest of them (0: none)
+    flows_ops_refreshed_timestamp_seconds              when these figures were last refreshed
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+
+import asyncpg
+from aiokafka import TopicPartition
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
+
+from contracts.topics import DLQ_SUFFIX
+from services.runtime.kafkaread import existing_topics, observer
+from services.runtime.ops import consumer_lag
+
+
+class OpsMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
+        self.lag = gauge("flows_consumer_lag", "Messages a consumer group has not committed yet",
+                         ("group", "topic", "partition"))
+        self.dlq = gauge("flows_dlq_messages", "Messages on a dead-letter topic", ("topic",))
+        self.instances = gauge("flows_instances", "Instances per flow type and state", ("flow_type", "state"))
+        self.deadline = gauge("flows_deadline_uncovered_days",
+                              "Days left before a deadline that no instance covers (negative: late)",
+                              ("ente", "flow_type", "due"))
+        self.ts = gauge("flows_ts_outcomes", "Sistema TS outcomes recorded, per outcome", ("outcome",))
+        self.outbox = gauge("flows_outbox_unpublished", "Outbox rows not yet published to Kafka")
+        self.outbox_age = gauge("flows_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished outbox row")
+        self.refreshed = gauge("flows_ops_refreshed_timestamp_seconds", "When the ops figures were last refreshed")
+
+    async def refresh(self, pool: asyncpg.Pool, bootstrap: str, today: date | None = None) -> None:
+        await self._kafka(bootstrap)
+        await self._database(pool, today or date.today())
+        self.refreshed.set(time.time())
+
+    async def _kafka(self, bootstrap: str) -> None:
+        rows = await consumer_lag(bootstrap, with_commit_times=False)
+        self.lag.clear()
+        for row in rows:
+            self.lag.labels(row.group, row.topic, str(row.partition)).set(row.lag)
+        async with observer(bootstrap) as consumer:
+            known = await existing_topics(consumer)
+            parts = [TopicPartition(t, p) for t, ps in known.items() if t.endswith(DLQ_SUFFIX) for p in ps]
+            ends = await consumer.end_offsets(parts) if parts else {}
+            begins = await consumer.beginning_offsets(parts) if parts else {}
+        per_topic: dict[str, int] = {}
+        for tp in parts:
+            per_topic[tp.topic] = per_topic.get(tp.topic, 0) + ends[tp] - begins[tp]
+        self.dlq.clear()
+        for topic, count in per_topic.items():
+            self.dlq.labels(topic).set(count)
+
+    async def _database(self, pool: asyncpg.Pool, today: date) -> None:
+        from contracts.deadlines import DeadlineDataInvalid, DeadlineDataMissing, deadlines_for_month
+        from services.runtime.coverage import coverage
+
+        self.instances.clear()
+        for row in await pool.fetch("SELECT flow_type, state, count(*) AS n FROM instance_list GROUP BY 1, 2"):
+            self.instances.labels(row["flow_type"], row["state"]).set(row["n"])
+        self.ts.clear()
+        for row in await pool.fetch("SELECT data->>'outcome' AS outcome, count(*) AS n FROM events "
+                                    "WHERE type = 'flows.ts-feedback-received' GROUP BY 1"):
+            self.ts.labels(row["outcome"] or "unknown").set(row["n"])
+        pending = await pool.fetchrow("SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0) "
+                                      "AS age FROM outbox WHERE published_at IS NULL")
+        self.outbox.set(pending["n"])
+        self.outbox_age.set(float(pending["age"]))
+        self.deadline.clear()
+        months = [(today.year, today.month - 1) if today.month > 1 else (today.year - 1, 12), (today.year, today.month)]
+        entes = [r["ente"] for r in await pool.fetch("SELECT DISTINCT ente FROM instance_list ORDER BY 1")]
+        for year, month in months:
+            try:
+                deadlines = deadlines_for_month(year, month)
+            except (DeadlineDataMissing, DeadlineDataInvalid):
+                continue  # `flows deadlines` names what is missing; no figure beats a guessed one
+            for ente, deadline, covered in await coverage(pool, deadlines, None, entes) if entes else []:
+                if covered is None:
+                    self.deadline.labels(ente, deadline.flow_type, deadline.due.isoformat()).set(
+                        (deadline.due - today).days)
+
+
+_BY_REGISTRY: dict[int, OpsMetrics] = {}
+
+
+def for_registry(registry: CollectorRegistry = REGISTRY) -> OpsMetrics:
+    """The one OpsMetrics of `registry` (a metric name registers once per registry)."""
+    if id(registry) not in _BY_REGISTRY:
+        _BY_REGISTRY[id(registry)] = OpsMetrics(registry)
+    return _BY_REGISTRY[id(registry)]

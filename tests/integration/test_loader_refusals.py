@@ -1,0 +1,82 @@
+"""The loader refuses a load for an entity it does not know: the command goes to its dead-letter
+topic with a reason naming the entity, no instance is made, and the next command is processed."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from contracts import flows
+from contracts.envelope import Envelope
+from contracts.topics import Topic, by_name
+from services.loader import handlers
+from services.runtime.broker import consume, create_broker
+from services.runtime.eventstore import EventStore
+from services.runtime.filestore import FileStore
+from services.runtime.host import prepare_database
+from services.runtime.read_models import FLOW_PROJECTIONS
+
+pytestmark = pytest.mark.integration
+
+
+def _request(ente: str) -> flows.LoadRequested:
+    return flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente=ente,
+                               period=flows.Period(start=date(2021, 8, 1), end=date(2021, 8, 31)),
+                               requested_by="op.test")
+
+
+async def _dead_letters(bootstrap: str, topic: str, timeout: float = 30.0) -> list[Any]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                group_id=f"probe-{uuid.uuid4().hex}")
+    await consumer.start()
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                batch = await consumer.getmany(timeout_ms=500)
+                got = [r for records in batch.values() for r in records]
+                if got:
+                    return got
+    finally:
+        await consumer.stop()
+
+
+async def test_a_load_for_an_unknown_ente_is_dead_lettered_naming_it_and_the_next_load_runs(
+        settings: Any, pool: asyncpg.Pool, tmp_path: Path) -> None:
+    real = by_name("flows.load-requested")
+    topic = Topic(f"test.{real.name}-{uuid.uuid4().hex[:8]}", real.payload, real.key, "cli", ("loader",))
+    await prepare_database(pool, FLOW_PROJECTIONS)
+    deps = handlers.LoaderDeps(pool=pool, store=EventStore(pool, source="/flows/loader", projections=FLOW_PROJECTIONS),
+                               files=FileStore(tmp_path / "files"))
+    broker = create_broker(settings, client_id="refusal-test")
+    consume(broker, topic, group_id=f"refusal-{uuid.uuid4().hex[:6]}",
+            handler=lambda cmd, msg: handlers.handle_load_requested(cmd, msg, deps))
+    unknown, known = _request("999"), _request("204")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for cmd in (unknown, known):  # same key: same partition, the refused one first
+            await producer.send_and_wait(topic.name, cmd.model_dump_json().encode(), key=b"loads",
+                                         headers=Envelope.new(topic.name, "/flows/cli").to_headers())
+        await broker.start()
+        async with asyncio.timeout(30):
+            while (row := await pool.fetchrow(
+                    "SELECT instance, state, warnings FROM instance_list WHERE instance = "
+                    "(SELECT instance FROM load_request WHERE request_id = $1)", known.request_id)) is None \
+                    or row["state"] != "Checked":
+                await asyncio.sleep(0.2)
+        dead = await _dead_letters(settings.kafka_bootstrap, topic.dlq)
+    finally:
+        await producer.stop()
+        await broker.stop()
+    assert row["warnings"] == 1  # 204 has no data in August 2021: NO_SOURCE_DATA, not a silent Checked
+    assert len(dead) == 1
+    reason = dict((k, v.decode()) for k, v in dead[0].headers)["dlq_reason"]
+    assert f"load request {unknown.request_id}" in reason and "ente 999 is not a known entity" in reason
+    assert await pool.fetchval("SELECT count(*) FROM load_request WHERE request_id = $1", unknown.request_id) == 0

@@ -1,0 +1,59 @@
+"""The ops figures the alert rules use, computed from the real stack: an event waiting in the outbox,
+a failed load, a TS rejection and a dead letter each show in the exporter's output."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from prometheus_client import CollectorRegistry, generate_latest
+
+from contracts import flows
+from services.runtime.db import create_pool
+from services.runtime.eventstore import EventStore, NewEvent
+from services.runtime.host import prepare_database
+from services.runtime.opsmetrics import OpsMetrics
+from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
+
+pytestmark = pytest.mark.integration
+
+
+async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_and_deadline(settings, fresh_db):
+    pool = await create_pool(fresh_db, min_size=1, max_size=2)
+    dlq = f"test.figures-{uuid.uuid4().hex[:8]}.dlq"
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(dlq, b"{}", key=b"k", headers=[("dlq_reason", b"test")])
+        await prepare_database(pool, FLOW_PROJECTIONS)
+        store = EventStore(pool, source="/test", projections=FLOW_PROJECTIONS)
+        running = flows.LoadRunning(instance=77, request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C,
+                                    version="2020", ente="201",
+                                    period=flows.Period.model_validate({"start": "2026-10-01", "end": "2026-10-31"}),
+                                    requested_by="op.rossi")
+        failed = flows.LoadFailed(instance=77, errors=2, summary="2 errors in 1 record: 2 x CF_CHECK_CHAR")
+        rejected = flows.TsFeedbackReceived(instance=77, part=1, parts=1, outcome="rejected", reason="test")
+        # published: the outbox rows wait (no relay runs here)
+        await store.append(instance_stream(77), [
+            NewEvent("flows.load-running", running.model_dump(mode="json")),
+            NewEvent("flows.load-failed", failed.model_dump(mode="json")),
+            NewEvent("flows.ts-feedback-received", rejected.model_dump(mode="json"))], expected_version=0, key="77")
+
+        registry = CollectorRegistry()
+        await OpsMetrics(registry).refresh(pool, settings.kafka_bootstrap, today=date(2026, 11, 8))
+        text = generate_latest(registry).decode()
+    finally:
+        await producer.stop()
+        await pool.close()
+    assert "flows_outbox_unpublished 3.0" in text
+    assert 'flows_instances{flow_type="FLUSSO_C",state="Failed loading"} 1.0' in text
+    assert 'flows_ts_outcomes{outcome="rejected"} 1.0' in text
+    assert f'flows_dlq_messages{{topic="{dlq}"}} 1.0' in text
+    assert "flows_ops_refreshed_timestamp_seconds" in text
+    # October's Flusso C of ente 201 is due on 10 November: the failed load does not cover it
+    assert 'flows_deadline_uncovered_days{due="2026-11-10",ente="201",flow_type="FLUSSO_C"} 2.0' in text
+    age = float(next(line.split()[-1] for line in text.splitlines()
+                     if line.startswith("flows_outbox_oldest_unpublished_seconds ")))
+    assert age >= 0

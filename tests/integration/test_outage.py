@@ -1,0 +1,172 @@
+"""PostgreSQL stopped for 30 s under intake and loads (a real `pg_ctl stop`), with the real loader
+service in its own process: nothing is dead-lettered, every source record is stored once, every
+load reaches its outcome. The figures are printed (`pytest -s`) for the issue's note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import BaseModel
+
+from contracts import flows
+from contracts.envelope import Envelope
+from contracts.states import InstanceState
+from contracts.topics import SOURCE_TOPICS
+from services.loader.generator import SOURCE_FILES, generate, month_period
+from services.runtime.commands import send_command
+from tests.isolation import logged_process, scratch_database
+from tests.pg_outage import postgres_down
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_S = 30.0
+ENTE, MONTH = "204", "2020-08"
+OUTCOMES = {InstanceState.CHECKED.value, InstanceState.FAILED_LOADING.value}
+TABLES = {"delivered-service": "source_service", "payment-document": "source_payment_document",
+          "intramoenia-booking": "source_intramoenia_booking"}
+
+
+@dataclass
+class Loader:
+    database_url: str
+    log: Path
+    process: asyncio.subprocess.Process
+
+
+@pytest.fixture
+async def loader(stack, tmp_path: Path) -> AsyncIterator[Loader]:  # type: ignore[no-untyped-def]
+    """The real loader service (`python -m services.loader`) on a fresh database, its log in a file."""
+    log = tmp_path / "loader.log"
+    async with scratch_database("t_outage") as url:
+        env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_FILES_DIR": str(tmp_path),
+               "FLOWS_LOG_FORMAT": "json"}
+        async with logged_process(log, "-m", "services.loader", env=env) as process:
+            yield Loader(url, log, process)
+
+
+async def _publish(records: list[BaseModel]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        acks = []
+        for record in records:
+            source_id = str(vars(record)["source_id"])
+            topic = f"sources.{SOURCE_FILES[type(record)][0]}"
+            acks.append(await producer.send(topic, record.model_dump_json().encode(), key=source_id.encode(),
+                                            headers=Envelope.new(topic, "/cup/test", subject=source_id).to_headers()))
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+
+
+async def _count(url: str, prefix: str) -> dict[str, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {kind: int(await conn.fetchval(f"SELECT count(*) FROM {table} WHERE starts_with(source_id, $1)",
+                                              prefix)) for kind, table in TABLES.items()}
+    finally:
+        await conn.close()
+
+
+async def _dead_letters(prefix: str, request_ids: set[str]) -> int:
+    """Dead letters of this test's records and load requests, on every DLQ the loader writes."""
+    topics = [t.dlq for t in SOURCE_TOPICS if t.name != "sources.record-rejected"] + ["flows.load-requested.dlq"]
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=KAFKA, group_id=f"probe-{uuid.uuid4().hex}",
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    found = 0
+    try:
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < 3.0:
+            batch = await consumer.getmany(timeout_ms=300)
+            if batch:
+                quiet_since = time.monotonic()
+            for records in batch.values():
+                for r in records:
+                    key = (r.key or b"").decode(errors="replace")
+                    found += key.startswith(prefix) or key in request_ids
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def _outcomes(url: str, start: object) -> dict[str, str]:
+    """State of each flow type's instance of the period (one load request per flow type)."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT flow_type, state FROM instance_list WHERE ente = $1 AND period_start = $2",
+                                ENTE, start)
+        return {row["flow_type"]: row["state"] for row in rows}
+    finally:
+        await conn.close()
+
+
+async def test_postgres_stopped_for_30_s_under_intake_and_loads_dead_letters_nothing(loader: Loader) -> None:
+    generation = generate(ENTE, MONTH, 300, seed=random.randrange(10_000, 99_999))
+    records: list[BaseModel] = list(generation)
+    expected = {kind: sum(1 for r in records if SOURCE_FILES[type(r)][0] == kind) for kind in TABLES}
+    before, during = records[: len(records) // 3], records[len(records) // 3:]
+    start, end = month_period(MONTH)
+    requests = [flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flow, ente=ENTE,
+                                    period=flows.Period(start=start, end=end), requested_by="test.outage")
+                for flow in (flows.FlowType.FLUSSO_C, flows.FlowType.FLUSSO_730, flows.FlowType.FLUSSO_MEF)]
+    request_ids = {str(r.request_id) for r in requests}
+
+    await _publish(before)
+    async with asyncio.timeout(90):  # the loader is up and consuming
+        while sum((await _count(loader.database_url, generation.prefix)).values()) < len(before):
+            await asyncio.sleep(0.3)
+    log_before = loader.log.stat().st_size
+    outage_started = time.monotonic()
+    async with postgres_down():
+        await _publish(during)  # intake during the outage
+        for request in requests:  # and loads
+            await send_command(KAFKA, "flows.load-requested", request, key=str(request.request_id))
+        await asyncio.sleep(max(0.0, OUTAGE_S - (time.monotonic() - outage_started)))
+        assert loader.process.returncode is None, "the loader died during the outage"
+    outage_s = time.monotonic() - outage_started
+
+    recovered = time.monotonic()
+    async with asyncio.timeout(180):
+        while True:
+            stored = await _count(loader.database_url, generation.prefix)
+            outcomes = await _outcomes(loader.database_url, start)
+            if stored == expected and len(outcomes) == 3 and set(outcomes.values()) <= OUTCOMES:
+                break
+            await asyncio.sleep(0.5)
+    catch_up_s = time.monotonic() - recovered
+    dead = await _dead_letters(generation.prefix, request_ids)
+    conn = await asyncpg.connect(loader.database_url)
+    try:
+        summaries = {row["flow_type"]: row["summary"] for row in await conn.fetch(
+            "SELECT flow_type, summary FROM instance_list WHERE ente = $1 AND period_start = $2", ENTE, start)}
+        doubled = int(await conn.fetchval(
+            "SELECT count(*) FROM source_service WHERE starts_with(source_id, $1) AND revision > 1",
+            generation.prefix))
+        handled = int(await conn.fetchval(
+            "SELECT count(*) FROM processed_message WHERE consumer = 'loader-sources'"))
+    finally:
+        await conn.close()
+    log_growth = loader.log.stat().st_size - log_before
+    print(f"\nPostgreSQL down {outage_s:.1f} s: {len(records)} source records ({expected}), 3 loads; "
+          f"dead-lettered {dead}, stored {stored}, doubled {doubled}, messages handled {handled}, "
+          f"loads {outcomes}; caught up {catch_up_s:.1f} s after restart; loader log grew {log_growth} bytes; "
+          f"outcomes: {summaries}")
+
+    assert dead == 0
+    assert stored == expected and doubled == 0
+    assert handled == len(records)  # each source message applied once (the dedup table has one row each)
+    assert sorted(outcomes) == sorted(r.flow_type.value for r in requests) and set(outcomes.values()) <= OUTCOMES
+    assert log_growth < 1_000_000

@@ -1,0 +1,183 @@
+"""Every poison class of issue 10 against a consumer running in its own process on the real stack.
+
+Each poison message is published as raw bytes with a plain aiokafka producer, then a valid message
+on the SAME partition. For each: the dead letter holds the original key, headers and body bytes and
+a bounded reason; the valid message is processed within 10 s; the service's log (its stderr, in a
+file) grows by under 1 MB. The figures of each class are printed (`pytest -s`) for the issue's note.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from contracts.envelope import Envelope
+from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_REASON_MAX
+from tests.isolation import logged_process, scratch_database
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.integration
+
+PARTITION = 0
+NEXT_WITHIN_S = 10.0
+LOG_GROWTH_MAX = 1_000_000
+
+
+@dataclass
+class Service:
+    topic: str
+    database_url: str
+    processed: Path
+    log: Path
+
+    def seen(self) -> list[str]:
+        return self.processed.read_text().splitlines() if self.processed.exists() else []
+
+
+async def _create_topics(topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.create_topics([
+            NewTopic(topic, num_partitions=1, replication_factor=1),
+            NewTopic(f"{topic}.dlq", num_partitions=1, replication_factor=1,
+                     topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)}),
+        ])
+    finally:
+        await admin.close()
+
+
+async def _wait_for(service: Service, source_id: str, within: float) -> float:
+    started = time.monotonic()
+    while source_id not in service.seen():
+        if time.monotonic() - started > within:
+            raise AssertionError(f"{source_id} not processed within {within} s; log tail:\n"
+                                 f"{service.log.read_text()[-3000:]}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: ignore[no-untyped-def]
+    folder = tmp_path_factory.mktemp("poison")
+    topic = f"test.poison-{uuid.uuid4().hex[:8]}"
+    await _create_topics(topic)
+    async with scratch_database("t_poison") as url:
+        svc = Service(topic, url, folder / "processed.txt", folder / "service.log")
+        async with logged_process(svc.log, "-m", "tests.integration.poison_consumer", topic, f"poison-{topic}", url,
+                                  KAFKA, str(svc.processed), env={**os.environ}):
+            await _publish(topic, b"warm-up", _body("warm-up"))
+            await _wait_for(svc, "warm-up", within=60)  # the group is joined
+            yield svc
+
+
+def _body(source_id: str, words: Any = 3, **extra: Any) -> bytes:
+    return json.dumps({"source_id": source_id, "words": words, **extra}).encode()
+
+
+def _headers(topic: str, ce_type: str | None = None) -> list[tuple[str, bytes]]:
+    return Envelope.new(ce_type or topic, "/test/poison").to_headers()
+
+
+async def _publish(topic: str, key: bytes | None, value: bytes,
+                   headers: list[tuple[str, bytes]] | None = None) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, max_request_size=DLQ_MAX_MESSAGE_BYTES)
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(topic, value, key=key, partition=PARTITION,
+                                            headers=headers if headers is not None else _headers(topic))
+        return int(sent.offset)
+    finally:
+        await producer.stop()
+
+
+async def _dead_letter(topic: str, offset: int, within: float = 20.0) -> Any:
+    consumer = AIOKafkaConsumer(f"{topic}.dlq", bootstrap_servers=KAFKA, group_id=f"probe-{uuid.uuid4().hex}",
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                fetch_max_bytes=4 * DLQ_MAX_MESSAGE_BYTES,
+                                max_partition_fetch_bytes=4 * DLQ_MAX_MESSAGE_BYTES)
+    await consumer.start()
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                for records in (await consumer.getmany(timeout_ms=300)).values():
+                    for record in records:
+                        if dict(record.headers).get("dlq_original_offset") == str(offset).encode():
+                            return record
+    finally:
+        await consumer.stop()
+
+
+NESTED = b"[" * 200_000 + b"]" * 200_000
+HUGE = "9" * 1_000_000
+
+# class: (key, body, extra headers or None, ce_type or None, what the reason must say)
+POISON: dict[str, tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, str | None, str]] = {
+    "key not UTF-8": (b"\xff\xfekey", _body("bad-key"), None, None, "key is not UTF-8"),
+    "header not UTF-8": (b"k", _body("bad-header"), [("traceparent", b"\xc3\x28\xff")], None,
+                         "header 'traceparent' is not UTF-8"),
+    "deeply nested JSON": (b"k", NESTED, None, None, "nested too deeply"),
+    "near 1 MiB value quoted by its rejection": (b"k", _body("big", HUGE), None, None, "words"),
+    "source_id not a short string": (b"k", _body(["x" * 1000] * 500, 0), None, None, "source_id"),  # type: ignore[arg-type]
+    "failing rejection hook": (b"k", _body("boom", 0, hook="explode"), None, None, "rejection hook failed"),
+    "unknown ce_type": (b"k", _body("stranger"), None, "sources.no-such-event", "not a known event type"),
+    "ce_type of another topic": (b"k", _body("misfiled"), None, "flows.load-checked",
+                                 "an event type of another topic"),
+    "body not JSON": (b"k", b"\x00\xff not json {", None, None, "not JSON"),
+}
+
+FIGURES: dict[str, tuple[float, int]] = {}
+
+
+@pytest.mark.parametrize("kind", list(POISON))
+async def test_a_poison_message_is_dead_lettered_with_its_bytes_and_the_next_one_processed(
+        service: Service, kind: str) -> None:
+    key, body, extra, ce_type, says = POISON[kind]
+    headers = [*_headers(service.topic, ce_type), *(extra or [])]
+    log_before = service.log.stat().st_size
+    offset = await _publish(service.topic, key, body, headers)
+    published = time.monotonic()
+    following = f"after-{uuid.uuid4().hex[:6]}"
+    await _publish(service.topic, b"k", _body(following))
+    await _wait_for(service, following, within=NEXT_WITHIN_S)
+    seconds = time.monotonic() - published  # from the poison's publication to the next one processed
+    dead = await _dead_letter(service.topic, offset)
+    await asyncio.sleep(0.2)  # a line written just after the next message would still count
+    growth = service.log.stat().st_size - log_before
+    FIGURES[kind] = (seconds, growth)
+    print(f"\npoison {kind!r}: next message processed after {seconds:.2f} s, log grew {growth} bytes")
+
+    assert (dead.key, dead.value) == (key, body)  # the original bytes, untouched
+    dlq = {name: value for name, value in dead.headers if name.startswith("dlq_")}
+    assert [(n, v) for n, v in dead.headers if not n.startswith("dlq_")] == headers
+    reason = dlq["dlq_reason"].decode()
+    assert says in reason and len(reason) <= DLQ_REASON_MAX
+    assert dlq["dlq_original_topic"].decode() == service.topic
+    assert (dlq["dlq_original_partition"], dlq["dlq_attempts"]) == (str(PARTITION).encode(), b"0")
+    assert dlq["dlq_consumer_group"].decode() == f"poison-{service.topic}" and dlq["dlq_failed_at"]
+    assert growth < LOG_GROWTH_MAX
+    assert service.seen().count(following) == 1
+
+
+async def test_the_rejection_hook_recorded_the_rejected_records_without_their_values(service: Service) -> None:
+    conn = await asyncpg.connect(service.database_url)
+    try:
+        rows = await conn.fetch("SELECT data FROM events WHERE type = 'sources.record-rejected'")
+    finally:
+        await conn.close()
+    datas = [row["data"] if isinstance(row["data"], dict) else json.loads(row["data"]) for row in rows]
+    assert all(len(json.dumps(d)) < 5 * DLQ_REASON_MAX for d in datas)  # a 1 MB record: a bounded event
+    assert any(d["source_id"] is None and "source_id" in d["errors"][0]["reason"] for d in datas)
+    assert any(d["source_id"] == "big" for d in datas)

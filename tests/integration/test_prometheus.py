@@ -1,0 +1,57 @@
+"""`flows stack up --observability`'s Prometheus, for real: it scrapes a service's /metrics (the audit
+service, running its real main) and loads the alert rules."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from deploy import localstack
+from services.cli import observability as obs
+
+pytestmark = pytest.mark.integration
+
+
+async def _api(url: str, path: str, **params: str) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}{path}", params=params,
+                                                         timeout=aiohttp.ClientTimeout(total=10)) as response:
+        return (await response.json())["data"]
+
+
+async def test_prometheus_scrapes_the_services_and_loads_the_alert_rules(settings, fresh_db, tmp_path, monkeypatch):
+    from services.audit.app import main
+
+    monkeypatch.setenv("FLOWS_OBSERVABILITY_PORT_BASE", str(int(localstack._kafka_port_base()) + 508))
+    ports = obs.health_ports(["audit"])
+    cfg = settings.model_copy(update={"database_url": fresh_db, "health_port": ports["audit"],
+                                      "checkpoint_key": tmp_path / "k" / "signing.key",
+                                      "checkpoints_dir": tmp_path / "cps", "checkpoint_interval_s": 0,
+                                      "ops_metrics_interval_s": 1.0})
+    stop = asyncio.Event()
+    service = asyncio.create_task(main(cfg, stop, registry=CollectorRegistry()))
+    try:
+        _, url = await asyncio.to_thread(obs.start_prometheus, tmp_path, ports)
+        async with asyncio.timeout(90):
+            while True:
+                try:
+                    found = await _api(url, "/api/v1/query", query="flows_ops_refreshed_timestamp_seconds")
+                    if found["result"]:
+                        break
+                except (aiohttp.ClientError, KeyError, ValueError):
+                    pass
+                await asyncio.sleep(1)
+        assert found["result"][0]["metric"]["service"] == "audit"
+        up = await _api(url, "/api/v1/query", query='up{job="audit"}')
+        assert up["result"][0]["value"][1] == "1"
+        rules = await _api(url, "/api/v1/rules")
+        names = {rule["name"] for group in rules["groups"] for rule in group["rules"]}
+        assert names == {"ConsumerLagGrowing", "DeadLetterReceived", "LoadsFailing", "DeadlineNotCovered",
+                         "TsRejections", "OutboxBehind", "OpsFiguresStale"}
+    finally:
+        await asyncio.to_thread(localstack.stop_service, "prometheus")
+        stop.set()
+        await asyncio.wait_for(service, 30)

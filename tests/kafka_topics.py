@@ -1,0 +1,49 @@
+"""Kafka topics for tests. The brokers never auto-create a topic (deploy/localstack.py): the registry's
+topics come from `apply_topics` (the session's `stack` fixture applies them), and a test that uses a topic
+of its own creates it here first."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from services.runtime.settings import bootstrap_list
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+async def create_topics(bootstrap: str, *names: str, partitions: int = 1, replication: int = 1) -> None:
+    """Create the named topics (an existing one is left as it is) and wait until the metadata shows them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_list(bootstrap))
+    await admin.start()
+    try:
+        response = await admin.create_topics([NewTopic(n, partitions, replication) for n in names])
+        failed = [e for e in response.topic_errors if e[1] and e[1] != TOPIC_ALREADY_EXISTS]
+        assert not failed, f"could not create test topics: {failed}"
+        for _ in range(100):
+            described = await admin.describe_topics(list(names))
+            if all(not t["error_code"] and t["partitions"] for t in described):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"test topics {names} not in the cluster metadata after 10 s")
+    finally:
+        await admin.close()
+
+
+async def delete_all_topics(bootstrap: str) -> None:
+    """Delete every topic but Kafka's internal ones and wait until they are gone (a topic re-created while
+    its deletion is still running would be deleted with it)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_list(bootstrap))
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if not t.startswith("__")]
+        if topics:
+            await admin.delete_topics(topics)
+        for _ in range(300):
+            if not [t for t in await admin.list_topics() if not t.startswith("__")]:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError("topics still listed 30 s after their deletion")
+    finally:
+        await admin.close()

@@ -1,0 +1,28 @@
+"""RFC 6962 Merkle tree of the signed checkpoints: known roots, every proof of every small tree."""
+
+from __future__ import annotations
+
+import hashlib
+
+from services.runtime.checkpoints import inclusion_path, leaf_hash, merkle_root, node_hash, verify_inclusion
+
+
+def test_roots_follow_rfc6962_split_at_the_largest_power_of_two():
+    a, b, c = b"a", b"b", b"c"
+    assert merkle_root([]) == hashlib.sha256(b"").digest()
+    assert merkle_root([a]) == hashlib.sha256(b"\x00a").digest()
+    # three leaves: k = 2, so ((a b) c), not (a (b c))
+    assert merkle_root([a, b, c]) == node_hash(node_hash(leaf_hash(a), leaf_hash(b)), leaf_hash(c))
+
+
+def test_every_proof_of_every_tree_up_to_33_leaves_verifies_and_a_wrong_one_does_not():
+    for size in range(1, 34):
+        leaves = [f"leaf-{i}".encode() for i in range(size)]
+        root = merkle_root(leaves)
+        for index in range(size):
+            path = inclusion_path(index, leaves)
+            assert verify_inclusion(leaves[index], index, size, path, root), (size, index)
+            assert not verify_inclusion(b"forged", index, size, path, root)
+            if size > 1:
+                assert not verify_inclusion(leaves[index], (index + 1) % size, size, path, root)
+                assert not verify_inclusion(leaves[index], index, size, path, merkle_root(leaves[:-1]))
