@@ -266,7 +266,7 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url, min_size=1, max_size=10)
-        feed = LiveFeed(settings.kafka_bootstrap)
+        feed = LiveFeed(settings.bootstrap_list())
         app.state.console = Console(settings, pool, EventStore(pool, source="/flows/console"),
                                     FileStore(settings.files_dir), feed)
         await feed.start()

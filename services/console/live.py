@@ -27,7 +27,7 @@ for _name in INSTANCE_TOPICS:
 
 
 class LiveFeed:
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: list[str]) -> None:
         self._bootstrap = bootstrap
         self._watchers: dict[int, set[asyncio.Queue[str]]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
