@@ -31,8 +31,8 @@ def main(name: str, suffix: str) -> None:
     bootstrap = os.environ["FLOWS_KAFKA_BOOTSTRAP"]
     for group, topics in GROUPS[name].items():
         asyncio.run(start_at_the_end(bootstrap, f"{group}-{suffix}", topics))
-    app = importlib.import_module(f"services.{name}.app")
-    app.consume = consume_alone
+    app: Any = importlib.import_module(f"services.{name}.app")
+    app.consume = consume_alone  # the module's own name for broker.consume
     asyncio.run(app.main())
 
 
