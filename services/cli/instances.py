@@ -18,10 +18,12 @@ from contracts import flows
 from contracts.states import IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError, console, database, settings, table
 from services.loader.catalogue import unknown_ente_reason
+from services.runtime import tracing
 from services.runtime.commands import send_command
 from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent
 from services.runtime.filestore import FileStore
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
+from services.runtime.settings import Settings
 
 FINAL_LOAD = {InstanceState.CHECKED.value, InstanceState.FAILED_LOADING.value}
 FINAL_FORMAT = {InstanceState.FORMATTED.value, InstanceState.FORMAT_FAILED.value}
@@ -88,9 +90,31 @@ async def send_load_request(bootstrap: str, request: flows.LoadRequested) -> Non
     await send_command(bootstrap, "flows.load-requested", request, key=str(request.request_id))
 
 
+def traced(cfg: Settings) -> None:
+    """Traces of a CLI command: to the configured OTLP endpoint or file, else to the local stack's
+    <state>/traces/flows-cli.jsonl (beside the services' files)."""
+    if not cfg.otlp_endpoint and cfg.traces_file is None:
+        from deploy import localstack
+
+        cfg = cfg.model_copy(update={"traces_file": localstack.state_dir() / "traces" / "flows-cli.jsonl"})
+    tracing.setup(cfg, "flows-cli")
+
+
 async def load(flow_type: str, ente: str, start: date, end: date, version: str, at: datetime | None,
                wait: bool, requested_by: str, timeout: float = 600) -> int:
+    """`flows load`: a new trace (its root span) that the load request carries to the loader."""
     cfg = settings()
+    traced(cfg)
+    with tracing.tracer().start_as_current_span(
+            "flows load", attributes={"flows.flow_type": flow_type, "flows.ente": ente,
+                                      "flows.period": f"{start}..{end}", "enduser.id": requested_by}) as span:
+        instance = await _load(cfg, flow_type, ente, start, end, version, at, wait, requested_by, timeout)
+        span.set_attribute("flows.instance", instance)
+        return instance
+
+
+async def _load(cfg: Settings, flow_type: str, ente: str, start: date, end: date, version: str,
+                at: datetime | None, wait: bool, requested_by: str, timeout: float) -> int:
     request = load_request(flow_type, ente, start, end, version, at, requested_by)
     if (unknown := unknown_ente_reason(ente)) is not None:
         raise UserError(unknown)
@@ -124,18 +148,36 @@ async def send_format_request(bootstrap: str, row: asyncpg.Record, requested_by:
                        flows.FormatRequested(instance=instance, requested_by=requested_by), key=str(instance))
 
 
+async def instance_trace(pool: asyncpg.Pool, instance: int) -> dict[str, str]:
+    """The trace context stored with the instance's first traced event (its load): {} when none was."""
+    row = await pool.fetchrow(
+        "SELECT metadata->>'traceparent' AS traceparent, metadata->>'tracestate' AS tracestate FROM events "
+        "WHERE stream_id = $1 AND metadata ? 'traceparent' ORDER BY version LIMIT 1", instance_stream(instance))
+    return {k: v for k, v in dict(row or {}).items() if v}
+
+
 async def format_instance(instance: int, wait: bool, requested_by: str, timeout: float = 600) -> None:
+    """`flows format N`: continues the trace of instance N's load (a new trace when the load had none)."""
     cfg = settings()
+    traced(cfg)
     async with database(cfg) as pool:
-        await send_format_request(cfg.kafka_bootstrap, await _instance_row(pool, instance), requested_by)
-        if wait:
-            await _wait_for_state(pool, instance, {InstanceState.FORMATTING.value, *FINAL_FORMAT}, "formatting", 60)
-            done = await _wait_for_state(pool, instance, FINAL_FORMAT, "formatting", timeout)
-            print_outcome(done)
-            if done["state"] == InstanceState.FORMATTED.value:
-                await list_files(instance)
-            elif done["summary"]:
-                console.print(f"  [red]{done['summary']}[/]")
+        with tracing.tracer().start_as_current_span(
+                "flows format", context=tracing.extract(await instance_trace(pool, instance)),
+                attributes={"flows.instance": instance, "enduser.id": requested_by}):
+            await _format(pool, cfg, instance, wait, requested_by, timeout)
+
+
+async def _format(pool: asyncpg.Pool, cfg: Settings, instance: int, wait: bool, requested_by: str,
+                  timeout: float) -> None:
+    await send_format_request(cfg.kafka_bootstrap, await _instance_row(pool, instance), requested_by)
+    if wait:
+        await _wait_for_state(pool, instance, {InstanceState.FORMATTING.value, *FINAL_FORMAT}, "formatting", 60)
+        done = await _wait_for_state(pool, instance, FINAL_FORMAT, "formatting", timeout)
+        print_outcome(done)
+        if done["state"] == InstanceState.FORMATTED.value:
+            await list_files(instance)
+        elif done["summary"]:
+            console.print(f"  [red]{done['summary']}[/]")
 
 
 async def list_instances(flow_type: str | None, created_from: date | None, state: str | None) -> None:

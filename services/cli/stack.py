@@ -41,6 +41,14 @@ def service_env(info: localstack.StackInfo) -> dict[str, str]:
     return env
 
 
+def trace_env(info: localstack.StackInfo, name: str) -> dict[str, str]:
+    """Where a stack service sends its spans: the caller's OTLP endpoint (FLOWS_OTLP_ENDPOINT) when set,
+    else a JSON-lines file per service in the state folder (<state>/traces/<service>.jsonl)."""
+    if endpoint := os.environ.get("FLOWS_OTLP_ENDPOINT"):
+        return {"FLOWS_OTLP_ENDPOINT": endpoint}
+    return {"FLOWS_TRACES_FILE": str(info.state_dir / "traces" / f"{name}.jsonl")}
+
+
 def up(brokers: int = 1, with_services: bool = True, observability: bool = False) -> localstack.StackInfo:
     info = localstack.up(brokers=brokers, progress=lambda line: console.print(f"[dim]stack[/] {line}"))
     # Topics before any service: the brokers do not auto-create them (see services/runtime/topics_admin.py).
@@ -57,6 +65,7 @@ def up(brokers: int = 1, with_services: bool = True, observability: bool = False
                 continue
             args = [a.replace("{state}", str(info.state_dir)).replace("{ts_port}", str(info.ts_port)) for a in argv]
             extra = {"FLOWS_HEALTH_PORT": str(ports[name])} if name in ports else {}
+            extra.update(trace_env(info, name))
             pid = localstack.start_service(name, [sys.executable, "-m", *args], {**env, **extra})
             console.print(f"[dim]stack[/] started {name} (supervisor pid {pid})")
         # "platform up" only once every service runs and stays up: a service that exits at start (a bad

@@ -45,6 +45,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.envelope import Envelope, EnvelopeError, from_kafka_headers
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_REASON_MAX, Topic, all_topics
+from services.runtime import tracing
 from services.runtime.logging import bind_message, get_logger
 from services.runtime.settings import Settings
 
@@ -417,6 +418,18 @@ def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handle
             return
         incoming = Incoming(envelope, key, topic.name, raw.partition, raw.offset)
         bind_message(aggregate_id=key, event_id=envelope.id, topic=topic.name)
+        # One CONSUMER span per delivery, continuing the message's ce_traceparent: what the handler
+        # appends carries it on (EventStore.append stores the current span's context).
+        with tracing.tracer().start_as_current_span(
+                f"consume {topic.name}", context=tracing.extract(envelope.extensions),
+                kind=tracing.trace.SpanKind.CONSUMER,
+                attributes={"messaging.system": "kafka", "messaging.destination.name": topic.name,
+                            "messaging.consumer.group.name": group_id, "messaging.message.id": envelope.id,
+                            "messaging.kafka.message.key": key or "", "messaging.kafka.offset": raw.offset,
+                            "messaging.destination.partition.id": str(raw.partition)}):
+            await handle(payload, incoming, raw, started)
+
+    async def handle(payload: BaseModel, incoming: Incoming, raw: Any, started: float) -> None:
         attempt = 0
         while True:
             try:

@@ -37,6 +37,7 @@ Pools must come from ``services.runtime.db.create_pool`` (JSON codecs for the js
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import uuid
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from services.runtime import outbox
+from services.runtime import outbox, tracing
 from services.runtime.db import canonical_json, canonical_text, dumps_json
 
 if TYPE_CHECKING:
@@ -252,6 +253,12 @@ class EventStore:
             raise ConcurrencyError(stream_id, expected_version, current)
         # PostgreSQL keeps microseconds; so does the hash.
         recorded_at = datetime.now(UTC)
+        # The current span's W3C context (services.runtime.tracing) goes with each event: in its
+        # metadata (an event's own traceparent wins) and in its outbox headers as ce_traceparent.
+        trace = tracing.carrier()
+        if trace:
+            events = [e if all(k in e.metadata for k in trace)
+                      else dataclasses.replace(e, metadata={**trace, **e.metadata}) for e in events]
         versions, prev_hashes, hashes, datas, metadatas = [], [], [], [], []
         for number, event in enumerate(events, start=current + 1):
             where = f"event {number} ({event.type}) of stream {stream_id}"
@@ -272,7 +279,7 @@ class EventStore:
                            datas, [e.actor for e in events], metadatas, prev_hashes, hashes]
         if publish:
             args += [key, outbox.headers_json_for_append([(e.id, e.type) for e in events], time=recorded_at,
-                                                         key=key, source=self.source)]
+                                                         key=key, source=self.source, trace=trace)]
         try:
             rows = await conn.fetch(_INSERT_AND_QUEUE if publish else _INSERT, *args)
         except asyncpg.UniqueViolationError as exc:

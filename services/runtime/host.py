@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 from faststream.kafka import KafkaBroker
 
-from services.runtime import health
+from services.runtime import health, tracing
 from services.runtime import projections as projection_tools
 from services.runtime.broker import create_broker
 from services.runtime.db import create_pool
@@ -66,6 +66,7 @@ async def prepare_database(pool: asyncpg.Pool, projections: Sequence[Projection]
 async def runtime(settings: Settings, *, name: str,
                   projections: Sequence[Projection] = FLOW_PROJECTIONS) -> AsyncIterator[Runtime]:
     configure(settings.log_level, settings.log_format)
+    tracing.setup(settings, name)
     pool = await create_pool(settings.database_url, min_size=1, max_size=10)
     try:
         await prepare_database(pool, projections)

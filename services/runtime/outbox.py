@@ -22,7 +22,7 @@ import asyncio
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from datetime import datetime
 from typing import Any
@@ -41,6 +41,7 @@ from aiokafka.errors import (
 )
 
 from contracts.envelope import to_kafka_headers
+from services.runtime import tracing
 
 NOTIFY_CHANNEL = "flows_outbox"
 # Arbitrary constant: every relay of this database competes for it.
@@ -76,15 +77,17 @@ def cloudevent_headers(*, event_id: uuid.UUID, type: str, time: datetime, key: s
 
 
 def headers_json_for_append(events: Sequence[tuple[uuid.UUID, str]], *, time: datetime, key: str,
-                            source: str) -> list[str]:
+                            source: str, trace: Mapping[str, str] | None = None) -> list[str]:
     """The outbox headers (JSON text) of each (event id, type) of one append.
 
-    One append shares time, key and source: the envelope is built once and only ce_id and ce_type
-    change per event (a hot path: 100-event appends).
+    One append shares time, key, source and trace context (`trace`: traceparent/tracestate, sent as the
+    CloudEvents distributed-tracing extension ce_traceparent/ce_tracestate): the envelope is built once
+    and only ce_id and ce_type change per event (a hot path: 100-event appends).
     """
     template = cloudevent_headers(event_id=uuid.UUID(int=0), type="-", time=time, key=key, source=source)
     per_event = {"ce_id", "ce_type"}
     fixed = [(name, value) for name, value in template if name not in per_event]
+    fixed += [(f"ce_{name}", value) for name, value in (trace or {}).items()]
     return [json.dumps([["ce_id", str(event_id)], ["ce_type", type], *fixed], ensure_ascii=False)
             for event_id, type in events]
 
@@ -226,15 +229,27 @@ class OutboxRelay:
         sent: list[tuple[asyncpg.Record, Any]] = []
         parked: dict[int, BaseException] = {}
         blocked: set[str] = set()
+        spans: dict[int, Any] = {}  # row id -> its relay span (rows that carry a trace context)
         for row in rows:
             if row["key"] in blocked:
                 continue
             try:
                 if not _TOPIC_NAME.match(row["topic"]):
                     raise InvalidTopicError(f"{row['topic'][:300]!r} is not a valid Kafka topic name")
+                headers = row["headers"]
+                incoming = {name[3:]: value for name, value in headers if name in ("ce_traceparent", "ce_tracestate")}
+                if incoming:  # the relay's own span, child of the append's, whose context goes on in the headers
+                    span = tracing.tracer().start_span(
+                        f"outbox publish {row['topic']}", context=tracing.extract(incoming),
+                        kind=tracing.trace.SpanKind.PRODUCER,
+                        attributes={"messaging.system": "kafka", "messaging.destination.name": row["topic"],
+                                    "messaging.message.id": str(row["event_id"]), "outbox.row": row["id"],
+                                    "messaging.kafka.message.key": row["key"]})
+                    spans[row["id"]] = span
+                    headers = tracing.trace_headers(headers, span.get_span_context())
                 ack = await producer.send(row["topic"], key=row["key"].encode(),
                                           value=json.dumps(row["payload"], ensure_ascii=False).encode(),
-                                          headers=[(name, value.encode()) for name, value in row["headers"]])
+                                          headers=[(name, value.encode()) for name, value in headers])
             except Exception as exc:
                 if not is_permanent(exc):
                     raise RelayError(f"outbox row {row['id']} (event {row['event_id']}, topic {row['topic']}, "
@@ -243,7 +258,14 @@ class OutboxRelay:
                 blocked.add(row["key"])
                 continue
             sent.append((row, ack))
-        results = await asyncio.gather(*(ack for _, ack in sent), return_exceptions=True)
+        try:
+            results = await asyncio.gather(*(ack for _, ack in sent), return_exceptions=True)
+        finally:
+            for row_id, span in spans.items():
+                error = parked.get(row_id)
+                if error is not None:
+                    span.set_status(tracing.trace.StatusCode.ERROR, f"parked: {type(error).__name__}")
+                span.end()
         acked: list[int] = []
         failure: tuple[asyncpg.Record, BaseException] | None = None
         for (row, _), result in zip(sent, results, strict=True):

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     console_login_max_failures: int = Field(default=5, gt=0, description="Per user name in the window.")
     console_login_window_s: int = Field(default=900, gt=0)
 
+    # OpenTelemetry traces (services.runtime.tracing): OTLP/HTTP export when an endpoint is set (e.g.
+    # http://collector:4318), a local JSON-lines file of spans when a path is set; service.name of the spans
+    # (default: the process's own name, e.g. "loader", "flows-cli").
+    otlp_endpoint: str | None = None
+    traces_file: Path | None = None
+    service_name: str | None = None
+
     def bootstrap_list(self) -> list[str]:
         """`kafka_bootstrap` as the list of host:port aiokafka wants. FastStream wraps a plain string
         into a one-element list, so "a:1,b:2" would reach aiokafka as ONE host named "a:1,b"."""
