@@ -130,7 +130,13 @@ def test_every_command_talks_to_the_stack_of_its_state_folder(stack, tmp_path: P
     explicit = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True,
                               env={**wrong_ports, "FLOWS_KAFKA_BOOTSTRAP": "kafka-1:9092,kafka-2:9092"})
     assert explicit.stdout.split()[0] == "kafka-1:9092,kafka-2:9092"
-    # and a real command reaches the test stack's PostgreSQL and Kafka through it
+    # and a real command reaches the test stack's PostgreSQL and Kafka through it (on a schema migrated
+    # as `flows stack up` migrates it: the session's stack starts without services, so nothing else did)
+    import asyncio
+
+    from services.cli.stack import _prepare
+
+    asyncio.run(_prepare(stack.database_url))
     shown = _flows("instances", env=wrong_ports)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert settings().kafka_bootstrap == stack.bootstrap_servers
