@@ -229,14 +229,20 @@ async def batched_intake(topics: list[str], n: int, url: str, max_records: int) 
 
 
 async def _timed(what: str, fn: Callable[[], Awaitable[float]], n: int) -> float:
+    """Wall seconds of `fn`; also prints this process's CPU seconds (the machine may be shared: its
+    load slows all three alike, and the CPU figure shows what the Python side itself costs)."""
+    cpu = time.process_time()
     seconds = await fn()
-    print(f"  {what:<8} {n:>9,} messages in {seconds:7.2f} s = {n / seconds:>10,.0f} msg/s", flush=True)
+    cpu = time.process_time() - cpu
+    print(f"  {what:<8} {n:>9,} messages in {seconds:7.2f} s = {n / seconds:>10,.0f} msg/s "
+          f"(this process: {cpu:6.2f} CPU s = {n / cpu:>9,.0f} msg per CPU s)", flush=True)
     return seconds
 
 
 async def main(n: int, max_records: int) -> None:
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
-    print(f"intake bench: {n:,} source messages, Kafka {KAFKA}, PostgreSQL {SERVER_URL.rsplit('@', 1)[-1]}")
+    print(f"intake bench: {n:,} source messages, Kafka {KAFKA}, PostgreSQL {SERVER_URL.rsplit('@', 1)[-1]}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     batch = messages(n, prefix)
     sizes = sum(len(v) for _, _, v, _ in batch)
     kinds: dict[str, int] = {}
