@@ -55,6 +55,11 @@ from services.runtime.logging import get_logger
 
 PAUSE_ENV = "FLOWS_BATCH_PAUSE_BEFORE_COMMIT_S"
 DEFAULT_MAX_RECORDS = 5000
+# Parsing a batch is CPU work on the event loop that also sends the group heartbeats: it yields every
+# YIELD_EVERY records, and the session allows a slow (shared, loaded) machine 30 s, so a busy consumer
+# is not taken for a dead one (its uncommitted batch would then be fetched again).
+YIELD_EVERY = 250
+SESSION_TIMEOUT_MS = 30_000
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,8 @@ class BatchConsumer:
         consumer = AIOKafkaConsumer(
             *self._by_name, bootstrap_servers=self.bootstrap, group_id=self.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024)
+            fetch_max_bytes=64 * 1024 * 1024, session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 10)
         producer = dead_letter_producer(self.bootstrap)
         await consumer.start()
         await producer.start()
@@ -172,9 +178,11 @@ class BatchConsumer:
 
     # --- one batch ------------------------------------------------------------------------------
 
-    def _parse(self, records: Sequence[Any]) -> Batch:
+    async def _parse(self, records: Sequence[Any]) -> Batch:
         batch = Batch(self._dedup_as)
-        for raw in records:
+        for n, raw in enumerate(records):
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # the consumer's heartbeats run on this loop too
             topic = self._by_name[raw.topic]
             tp = (raw.topic, raw.partition)
             batch.last_offsets[tp] = max(batch.last_offsets.get(tp, -1), raw.offset)
@@ -201,7 +209,7 @@ class BatchConsumer:
 
     async def _handle(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> None:
         started = time.monotonic()
-        batch = self._parse(records)
+        batch = await self._parse(records)
         await self._dead_letter_malformed(batch, started)
         try:
             await self._patiently(lambda: self.sink(batch), started)
