@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import BaseModel
 
 from contracts.topics import Topic
@@ -224,7 +225,13 @@ class BatchConsumer:
         if self._pause_s:
             await asyncio.sleep(self._pause_s)
         offsets = {TopicPartition(t, p): o + 1 for (t, p), o in batch.last_offsets.items()}
-        await self._patiently(lambda: consumer.commit(offsets), started)
+        try:
+            await self._patiently(lambda: consumer.commit(offsets), started)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partitions went to another member meanwhile (a rebalance): it gets the batch again and
+            # the dedup makes that a no-op. Not a reason to stop consuming.
+            self.log.warning("batch.commit_failed", error=bounded(f"{type(exc).__name__}: {exc}", LOG_REASON_MAX),
+                             messages=len(batch))
 
     async def _dead_letter_malformed(self, batch: Batch, started: float) -> None:
         if not batch.malformed:
