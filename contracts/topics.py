@@ -86,6 +86,10 @@ SOURCE_TOPICS = [
 ]
 
 
+# What the loader consumes: the records regional systems publish (the rest of SOURCE_TOPICS it publishes).
+INTAKE_TOPICS = list(SOURCE_TOPICS)
+
+
 class SourceRecordRejected(BaseModel):
     """A source record the loader could not accept; nothing else in its batch is lost."""
 
@@ -97,6 +101,22 @@ class SourceRecordRejected(BaseModel):
 
 SOURCE_TOPICS.append(Topic("sources.record-rejected", SourceRecordRejected, "source_id",
                            "A source record was rejected: each error names the field.", ("loader",), (_EXT,)))
+
+
+class SourcesStored(BaseModel):
+    """Intake watermark: every message of `topic` partition `partition` up to `offset` (inclusive) is
+    stored (or rejected, or dead-lettered): an external system learns when its records are in."""
+
+    schema_version: int = 1
+    topic: str
+    partition: int
+    offset: int
+    messages: int  # how many of this partition's messages the batch held (up to `offset`)
+
+
+SOURCE_TOPICS.append(Topic("sources.stored", SourcesStored, "topic_partition",
+                           "Intake watermark per source topic partition: the highest offset stored.", ("loader",),
+                           (_EXT,)))
 
 
 AUDIT_TOPICS = [

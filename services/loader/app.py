@@ -1,6 +1,7 @@
 """The loader service: source intake ("Fonti dati") and loads (snapshot -> checks -> outcome).
 
-Subscriptions: `flows.load-requested`, `sources.*`. Loops: scheduled and interrupted loads.
+Subscriptions: `flows.load-requested`; the source topics (contracts.topics.INTAKE_TOPICS) in batches
+(services.loader.batch_intake). Loops: source intake, scheduled and interrupted loads.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ import asyncio
 import functools
 from datetime import UTC, datetime
 
-from contracts.topics import SOURCE_TOPICS, by_name
-from services.loader import handlers
+from contracts.topics import by_name
+from services.loader import batch_intake, handlers
 from services.runtime.broker import consume
 from services.runtime.host import Runtime, every, runtime, serve
 from services.runtime.settings import Settings
+
+# The consumer group of source intake (a test may give its loader a group of its own).
+SOURCES_GROUP = batch_intake.GROUP
 
 
 def wire(rt: Runtime) -> handlers.LoaderDeps:
@@ -22,13 +26,6 @@ def wire(rt: Runtime) -> handlers.LoaderDeps:
     consume(rt.broker, by_name("flows.load-requested"), group_id="loader",
             handler=functools.partial(handlers.handle_load_requested, deps=deps), max_attempts=attempts,
             probe=rt.probe_database)
-    for topic in SOURCE_TOPICS:
-        if topic.name == "sources.record-rejected":
-            continue
-        consume(rt.broker, topic, group_id="loader-sources",
-                handler=functools.partial(handlers.handle_source_record, deps=deps), max_attempts=attempts,
-                on_invalid=functools.partial(handlers.reject_source_record, deps=deps, kind=topic.name),
-                probe=rt.probe_database)
     return deps
 
 
@@ -36,6 +33,8 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
     settings = settings or Settings()
     async with runtime(settings, name="loader") as rt:
         deps = wire(rt)
+        intake = batch_intake.batch_consumer(rt.store, rt.pool, rt.settings.bootstrap_list(), group_id=SOURCES_GROUP,
+                                             probe=rt.probe_database, max_attempts=rt.settings.max_attempts)
 
         async def start_due_loads(stop: asyncio.Event) -> None:
             async def tick() -> None:
@@ -43,4 +42,4 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
                     await handlers.run_instance(instance, deps)
             await every(2.0, stop, tick, "loader.due-loads")
 
-        await serve(rt, [start_due_loads], stop=stop)
+        await serve(rt, [intake.run, start_due_loads], stop=stop)

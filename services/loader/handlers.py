@@ -9,7 +9,6 @@ is never reused: a new one is taken, with a new number).
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,9 +16,7 @@ from typing import Any
 import asyncpg
 
 from contracts import flows
-from contracts.sources import SOURCE_MODELS, SourceModel
 from contracts.states import InstanceState
-from contracts.topics import SourceRecordRejected
 from services.loader.catalogue import unknown_ente_reason
 from services.runtime.broker import Incoming, Refused
 from services.runtime.eventstore import EventStore, NewEvent
@@ -143,35 +140,12 @@ async def due_instances(pool: asyncpg.Pool, now: datetime) -> list[int]:
     return [int(r["instance"]) for r in rows]
 
 
-# Longer than any id a regional system gives; a longer "source_id" is not used to name a stream.
-SOURCE_ID_MAX = 200
-_KIND_OF = {model: kind for kind, model in SOURCE_MODELS.items()}
-
-
-async def handle_source_record(record: SourceModel, msg: Incoming, deps: LoaderDeps) -> None:
-    from services.loader import intake
-
-    async with deps.pool.acquire() as conn, conn.transaction():
-        async with deps.store.consume(conn, consumer=f"{CONSUMER}-sources", message_id=msg.message_id) as fresh:
-            if not fresh:
-                return
-        await intake.store(conn, _KIND_OF[type(record)], [record])
-
-
 async def reject_source_record(record_id: str | None, body: Any, reason: str, *, deps: LoaderDeps,
                                kind: str) -> None:
-    """Publishes `sources.record-rejected` (through the outbox) naming the record and the fields.
+    """Publishes `sources.record-rejected` (through the outbox) naming the record and the fields: the
+    rejection hook of a per-message consumer. Source intake itself is batched
+    (services.loader.batch_intake, which builds the same event)."""
+    from services.loader.batch_intake import rejection
 
-    The reason comes bounded (services.runtime.broker); a `source_id` that is not a short string (a
-    list, a megabyte) is not an id: the event names the record unidentified, so the hook cannot fail
-    on it.
-    """
-    source_id = body.get("source_id") if isinstance(body, dict) else None
-    if not (isinstance(source_id, str) and 0 < len(source_id) <= SOURCE_ID_MAX):
-        source_id = None
-    payload = SourceRecordRejected(kind=kind, source_id=source_id, errors=[{"record": record_id or "?",
-                                                                            "reason": reason}])
-    stream = f"source-{source_id}" if source_id else f"source-unidentified-{uuid.uuid4()}"
-    await deps.store.append(stream, [NewEvent(type="sources.record-rejected", data=payload.model_dump(mode="json"),
-                                              actor="loader")],
-                            expected_version=None, key=source_id or stream)
+    stream, event, key = rejection(record_id, body, reason, kind)
+    await deps.store.append(stream, [event], expected_version=None, key=key)

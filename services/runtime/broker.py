@@ -332,6 +332,23 @@ async def dead_letter(broker: KafkaBroker, topic: Topic, raw: Any, reason: str, 
     Its own producer: the bytes go untouched (FastStream would encode str headers) and its request size
     fits the DLQ topic's limit, twice the topic's. Dead letters are rare: started for each one.
     """
+    producer = dead_letter_producer(_bootstrap(broker))
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic.dlq, raw.value, key=raw.key,
+                                     headers=dead_letter_headers(topic, raw, reason, attempts, group_id))
+    finally:
+        await producer.stop()
+
+
+def dead_letter_producer(bootstrap: Any) -> AIOKafkaProducer:
+    """A producer whose request size fits the DLQ topics' limit (twice the topic's)."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
+                            max_request_size=DLQ_MAX_MESSAGE_BYTES + 64 * 1024)
+
+
+def dead_letter_headers(topic: Topic, raw: Any, reason: str, attempts: int, group_id: str) -> list[tuple[str, bytes]]:
+    """The original headers (less any dlq_* ones) plus the dlq_* headers saying why and from where."""
     headers = [(k, v or b"") for k, v in raw.headers or [] if not k.startswith("dlq_")]
     headers += [(name, value.encode()) for name, value in (
         ("dlq_reason", bounded(reason)),
@@ -342,13 +359,7 @@ async def dead_letter(broker: KafkaBroker, topic: Topic, raw: Any, reason: str, 
         ("dlq_failed_at", datetime.now(UTC).isoformat()),
         ("dlq_consumer_group", group_id),
     )]
-    producer = AIOKafkaProducer(bootstrap_servers=_bootstrap(broker), enable_idempotence=True, acks="all",
-                                max_request_size=DLQ_MAX_MESSAGE_BYTES + 64 * 1024)
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic.dlq, raw.value, key=raw.key, headers=headers)
-    finally:
-        await producer.stop()
+    return headers
 
 
 def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handler, max_attempts: int = 3,

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from contracts.topics import SOURCE_TOPICS
+from contracts.topics import INTAKE_TOPICS
 from services.loader import app
 from services.runtime import broker
 
@@ -42,10 +42,11 @@ def main(suffix: str) -> None:
         broker.consume(b, topic, group_id=f"{group_id}-{suffix}", **kw)
 
     bootstrap = os.environ["FLOWS_KAFKA_BOOTSTRAP"]
-    sources = [t.name for t in SOURCE_TOPICS if t.name != "sources.record-rejected"]
+    sources = [t.name for t in INTAKE_TOPICS]
     asyncio.run(start_at_the_end(bootstrap, f"loader-{suffix}", ["flows.load-requested"]))
     asyncio.run(start_at_the_end(bootstrap, f"loader-sources-{suffix}", sources))
     app.consume = consume_alone  # type: ignore[assignment]
+    app.SOURCES_GROUP = f"loader-sources-{suffix}"  # the batched intake (services.loader.batch_intake)
     asyncio.run(app.main())
 
 

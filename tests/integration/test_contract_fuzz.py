@@ -6,7 +6,7 @@ PostgreSQL: every schema-valid record is stored (read back from its table). Then
 valid record is mutated (a wrong type, a value past its length or range, a broken pattern, the
 field dropped, an unknown field added): intake's verdict must equal the schema's, and a refused
 record must be refused naming the mutated field. A smaller run goes the whole Kafka way: published
-on a sources topic, consumed by the loader's handlers, stored or rejected naming the field.
+on a sources topic, consumed by the loader's batched intake, stored or rejected naming the field.
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ from jsonschema import Draft202012Validator, FormatChecker, ValidationError, val
 from contracts import schemagen
 from contracts.envelope import Envelope
 from contracts.topics import Topic, by_name
-from services.loader import handlers
+from services.loader.batch_intake import BatchIntake
 from services.loader.intake import KINDS, store, validate_raw
-from services.runtime.broker import consume, create_broker
+from services.runtime.batch import BatchConsumer
 from services.runtime.eventstore import EventStore
-from services.runtime.filestore import FileStore
 from tests.kafka_topics import create_topics
 
 pytestmark = pytest.mark.integration
@@ -207,20 +206,17 @@ async def test_generated_records_through_kafka_are_stored_or_rejected_naming_the
     real = by_name(f"sources.{kind}")
     topic = Topic(f"test.{real.name}-{uuid.uuid4().hex[:8]}", real.payload, real.key, "fuzz", ("loader",))
     await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)  # brokers never auto-create
-    deps = handlers.LoaderDeps(pool=pool, store=EventStore(pool, source="/flows/loader"),
-                               files=FileStore(tmp_path / "files"))
-    broker = create_broker(settings, client_id="fuzz-intake")
-    consume(broker, topic, group_id=f"fuzz-{uuid.uuid4().hex[:6]}",
-            handler=lambda payload, msg: handlers.handle_source_record(payload, msg, deps),
-            on_invalid=lambda record_id, body, reason: handlers.reject_source_record(
-                record_id, body, reason, deps=deps, kind=topic.name))
+    sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)  # the loader's batched intake
+    intake = BatchConsumer(settings.bootstrap_list(), [topic], f"fuzz-{uuid.uuid4().hex[:6]}", sink, pool)
+    stop = asyncio.Event()
+    running: list[asyncio.Task[None]] = []
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
     await producer.start()
     try:
         for record in [*valid, broken]:
             await producer.send_and_wait(topic.name, json.dumps(record).encode(), key=record["source_id"].encode(),
                                          headers=Envelope.new(topic.name, "/cup/fuzz").to_headers())
-        await broker.start()
+        running.append(asyncio.create_task(intake.run(stop)))
         ids = [r["source_id"] for r in valid]
 
         async def all_stored() -> bool:
@@ -236,7 +232,8 @@ async def test_generated_records_through_kafka_are_stored_or_rejected_naming_the
         rejected = await _wait_for(rejection)
     finally:
         await producer.stop()
-        await broker.stop()
+        stop.set()
+        await asyncio.gather(*running)
     reason = (json.loads(rejected) if isinstance(rejected, str) else rejected)["errors"][0]["reason"]
     assert "tariff" in reason and broken["source_id"] in reason
     assert await pool.fetchval("SELECT count(*) FROM source_service WHERE source_id = $1", broken["source_id"]) == 0

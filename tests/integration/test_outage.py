@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from contracts import flows
 from contracts.envelope import Envelope
 from contracts.states import InstanceState
-from contracts.topics import SOURCE_TOPICS
+from contracts.topics import INTAKE_TOPICS
 from services.loader.generator import SOURCE_FILES, generate, month_period
 from services.runtime.commands import send_command
 from tests.isolation import logged_process, scratch_database
@@ -88,7 +88,7 @@ async def _count(url: str, prefix: str) -> dict[str, int]:
 
 async def _dead_letters(prefix: str, request_ids: set[str]) -> int:
     """Dead letters of this test's records and load requests, on every DLQ the loader writes."""
-    topics = [t.dlq for t in SOURCE_TOPICS if t.name != "sources.record-rejected"] + ["flows.load-requested.dlq"]
+    topics = [t.dlq for t in INTAKE_TOPICS] + ["flows.load-requested.dlq"]
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=KAFKA, group_id=f"probe-{uuid.uuid4().hex}",
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()

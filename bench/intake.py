@@ -1,0 +1,290 @@
+"""Source intake throughput: the loader's batched intake against two baselines, measured in one run.
+
+    uv run python bench/intake.py [--messages 200000] [--max-records 5000]
+
+Publishes N source messages (the CUP generator's mix of delivered services, payment documents and
+intramoenia bookings, as `flows sources generate` publishes them) on three fresh topics of the local
+stack, then consumes them three times with three fresh consumer groups, each timed from its consumer's
+start (group join included, the same for all three) until all N are done:
+  consume   a plain aiokafka consumer (getmany), no database: the broker's floor
+  copy      a plain pipeline: getmany, json.loads, one CSV COPY per topic and poll into the same source
+            tables, no validation, no dedup, no upsert (what a quick script would do)
+  intake    services.loader.batch_intake: parse + contract validation of every message, one transaction
+            per batch (processed_message dedup, COPY into staging, one upsert, watermarks, outbox),
+            offsets committed after it. Done when its totals account for all N messages.
+Prints messages/s of each and the ratios intake/consume and intake/copy. Targets (issue 14):
+intake >= 20,000 msg/s and >= 0.25x of copy. Each pipeline writes into a fresh database of the stack's
+PostgreSQL (dropped at the end). Kafka: $FLOWS_KAFKA_BOOTSTRAP, else 127.0.0.1:$FLOWS_KAFKA_PORT_BASE
+(default 19092); PostgreSQL: $DATABASE_URL, else 127.0.0.1:$FLOWS_PG_PORT (default 15432).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import importlib
+import io
+import json
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from contracts.envelope import Envelope
+from contracts.topics import DLQ_MAX_MESSAGE_BYTES, INTAKE_TOPICS, Topic
+from services.loader.batch_intake import BatchIntake
+from services.loader.intake import KINDS
+from services.runtime.batch import BatchConsumer
+from services.runtime.db import create_pool
+from services.runtime.eventstore import EventStore
+from services.runtime.migrations import migrate
+
+KAFKA = os.environ.get("FLOWS_KAFKA_BOOTSTRAP") or f"127.0.0.1:{os.environ.get('FLOWS_KAFKA_PORT_BASE', '19092')}"
+SERVER_URL = (os.environ.get("DATABASE_URL")
+              or f"postgresql://postgres@127.0.0.1:{os.environ.get('FLOWS_PG_PORT', '15432')}/flows")
+PARTITIONS = 6
+
+
+def _generator() -> Any:
+    """The CUP generator (its module moves to simulators/cup/; either place will do)."""
+    for name in ("simulators.cup.generator", "services.loader.generator"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("the CUP generator (simulators.cup.generator or services.loader.generator) is not there")
+
+
+def messages(n: int, prefix: str) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
+    """(topic, key, value, headers) of n generated records, on the bench's topics `<prefix>.<kind>`."""
+    gen = _generator()
+    out: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
+    services = n  # more than enough: a service brings ~1.3 messages
+    for record in gen.generate("204", "2020-08", services, seed=1947):
+        kind = gen.SOURCE_FILES[type(record)][0]
+        topic = f"{prefix}.{kind}"
+        source_id = str(record.source_id)
+        headers = Envelope.new(topic, "/cup/bench", subject=source_id).to_headers()
+        out.append((topic, source_id.encode(), record.model_dump_json().encode(), headers))
+        if len(out) >= n:
+            break
+    return out
+
+
+async def create_topics(prefix: str) -> list[str]:
+    names = [f"{prefix}.{kind}" for kind in KINDS]
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names] + [
+            NewTopic(f"{n}.dlq", 1, 1, topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})
+            for n in names])
+        for _ in range(100):
+            described = await admin.describe_topics(names)
+            if all(not t["error_code"] and t["partitions"] for t in described):
+                return names
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"bench topics {names} not in the metadata after 10 s")
+    finally:
+        await admin.close()
+
+
+async def delete_topics(names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.delete_topics(names + [f"{n}.dlq" for n in names])
+    finally:
+        await admin.close()
+
+
+async def publish(batch: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]) -> float:
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, acks="all", linger_ms=20,
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        futures = [await producer.send(topic, value, key=key, headers=headers) for topic, key, value, headers in batch]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def fresh_database(tag: str) -> str:
+    name = f"bench_intake_{tag}_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(SERVER_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = SERVER_URL.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return url
+
+
+async def drop_database(url: str) -> None:
+    admin = await asyncpg.connect(SERVER_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _consumer(topics: list[str]) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(*topics, bootstrap_servers=KAFKA, group_id=f"bench-{uuid.uuid4().hex[:8]}",
+                            enable_auto_commit=False, auto_offset_reset="earliest",
+                            max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
+
+
+async def plain_consume(topics: list[str], n: int) -> float:
+    consumer = _consumer(topics)
+    started = time.perf_counter()
+    await consumer.start()
+    seen = 0
+    try:
+        while seen < n:
+            polled = await consumer.getmany(timeout_ms=500, max_records=5000)
+            seen += sum(len(rs) for rs in polled.values())
+    finally:
+        await consumer.stop()
+    return time.perf_counter() - started
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return value  # None -> empty = NULL; True/False and numbers as text PostgreSQL reads
+
+
+async def plain_copy(topics: list[str], n: int, url: str) -> float:
+    """getmany, json.loads, one CSV COPY per topic and poll: no validation, no dedup."""
+    kinds = {topic: KINDS[topic.rsplit(".", 1)[1]] for topic in topics}
+    conn = await asyncpg.connect(url)
+    consumer = _consumer(topics)
+    started = time.perf_counter()
+    await consumer.start()
+    seen = 0
+    try:
+        while seen < n:
+            polled = await consumer.getmany(timeout_ms=500, max_records=5000)
+            by_topic: dict[str, list[Any]] = {}
+            for tp, records in polled.items():
+                by_topic.setdefault(tp.topic, []).extend(records)
+            for topic, records in by_topic.items():
+                spec = kinds[topic]
+                buf = io.StringIO()
+                writer = csv.writer(buf)
+                for r in records:
+                    body = json.loads(r.value)
+                    writer.writerow([_csv_cell(body.get(c)) for c in spec.columns]
+                                    + ["\\x" + hashlib.sha256(r.value).hexdigest()])
+                await conn.copy_to_table(spec.table, source=io.BytesIO(buf.getvalue().encode()),
+                                         columns=[*spec.columns, "content_hash"], format="csv")
+                seen += len(records)
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+        await conn.close()
+    return time.perf_counter() - started
+
+
+async def batched_intake(topics: list[str], n: int, url: str, max_records: int) -> tuple[float, BatchIntake]:
+    pool = await create_pool(url, min_size=1, max_size=4)
+    sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)
+    registry = {t.payload: t for t in INTAKE_TOPICS}
+    bench_topics = [Topic(name, registry[KINDS[name.rsplit(".", 1)[1]].model].payload, "source_id", "bench",
+                          ("bench",)) for name in topics]
+    consumer = BatchConsumer([KAFKA], bench_topics, f"bench-{uuid.uuid4().hex[:8]}", sink, pool,
+                             max_records=max_records)
+    stop = asyncio.Event()
+    started = time.perf_counter()
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        while True:
+            t = sink.totals
+            if t.stored + t.corrected + t.duplicates + sink.rejected >= n:
+                break
+            if task.done():
+                task.result()
+                raise RuntimeError("the intake consumer stopped before the end")
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await pool.close()
+    return elapsed, sink
+
+
+async def _timed(what: str, fn: Callable[[], Awaitable[float]], n: int) -> float:
+    """Wall seconds of `fn`; also prints this process's CPU seconds (the machine may be shared: its
+    load slows all three alike, and the CPU figure shows what the Python side itself costs)."""
+    cpu = time.process_time()
+    seconds = await fn()
+    cpu = time.process_time() - cpu
+    print(f"  {what:<8} {n:>9,} messages in {seconds:7.2f} s = {n / seconds:>10,.0f} msg/s "
+          f"(this process: {cpu:6.2f} CPU s = {n / cpu:>9,.0f} msg per CPU s)", flush=True)
+    return seconds
+
+
+async def main(n: int, max_records: int) -> None:
+    prefix = f"bench-{uuid.uuid4().hex[:6]}"
+    print(f"intake bench: {n:,} source messages, Kafka {KAFKA}, PostgreSQL {SERVER_URL.rsplit('@', 1)[-1]}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    batch = messages(n, prefix)
+    sizes = sum(len(v) for _, _, v, _ in batch)
+    kinds: dict[str, int] = {}
+    for topic, *_ in batch:
+        kinds[topic.rsplit(".", 1)[1]] = kinds.get(topic.rsplit(".", 1)[1], 0) + 1
+    print(f"  mix: {kinds}; {sizes / len(batch):,.0f} bytes a body on average")
+    topics = await create_topics(prefix)
+    urls: list[str] = []
+    try:
+        print(f"  published in {await publish(batch):.1f} s")
+        consume_s = await _timed("consume", lambda: plain_consume(topics, n), n)
+        urls.append(await fresh_database("copy"))
+        copy_s = await _timed("copy", lambda: plain_copy(topics, n, urls[-1]), n)
+        urls.append(await fresh_database("intake"))
+        result: list[BatchIntake] = []
+
+        async def intake() -> float:
+            seconds, sink = await batched_intake(topics, n, urls[-1], max_records)
+            result.append(sink)
+            return seconds
+        intake_s = await _timed("intake", intake, n)
+        t = result[0].totals
+        conn = await asyncpg.connect(urls[-1])
+        try:
+            rows = sum([int(await conn.fetchval(f"SELECT count(*) FROM {k.table}")) for k in KINDS.values()])
+        finally:
+            await conn.close()
+        print(f"  intake: stored {t.stored:,}, corrected {t.corrected:,}, duplicates {t.duplicates:,}, "
+              f"rejected {result[0].rejected:,}; rows in the source tables: {rows:,}")
+        rate = n / intake_s
+        print(f"intake {rate:,.0f} msg/s (target >= 20,000): {intake_s / consume_s:.1f}x the time of a plain "
+              f"consume = {consume_s / intake_s:.2f}x its rate; {copy_s / intake_s:.2f}x the rate of plain "
+              f"consume+COPY (target >= 0.25x)")
+    finally:
+        for url in urls:
+            await drop_database(url)
+        await delete_topics(topics)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--max-records", type=int, default=5000, help="intake's batch size (getmany max_records)")
+    args = parser.parse_args()
+    asyncio.run(main(args.messages, args.max_records))

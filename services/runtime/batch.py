@@ -1,0 +1,303 @@
+"""Consuming a topic in batches, with the guarantees of `services.runtime.broker.consume`.
+
+For volume (source intake: millions of records a month) one transaction per message is the cost to
+avoid. `consume_batches` polls with aiokafka `getmany` (no auto-commit), parses every record with the
+same `broker.parse` a single-message consumer uses, and hands the batch to a sink that stores it in
+ONE transaction; the offsets are committed only after that transaction, so a process killed between
+the two gets the batch again, and the sink's dedup (`Batch.claim`, the ce_ids in processed_message in
+the same transaction) makes the redelivery change nothing.
+
+The guarantees of issue 10, kept:
+- malformed (key, headers, body, size, depth, types, ce_type): to `<topic>.dlq` with the original bytes
+  and a bounded reason, BEFORE the transaction that records it (`Malformed.key` in processed_message):
+  a crash in between dead-letters it again (at least once, never lost); a redelivery after the
+  transaction does not (its key is known).
+- an outage (PostgreSQL, Kafka) is waited out with capped exponential backoff and a probe
+  (`broker.Outage`); nothing is dead-lettered for it. A wait past OUTAGE_WAIT_PER_DELIVERY_S seeks back
+  to the batch's first offsets and polls again, so the consumer keeps its group membership.
+- a batch that fails for a reason that is not an outage is split: its messages are stored one by one,
+  each with `max_attempts`, and only the one that keeps failing is dead-lettered. One bad message never
+  blocks a partition.
+
+`FLOWS_BATCH_PAUSE_BEFORE_COMMIT_S` (tests only): sleep that long between the transaction and the
+commit, after logging `batch.stored`: the window a kill -9 test aims at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from pydantic import BaseModel
+
+from contracts.topics import Topic
+from services.runtime.broker import (
+    LOG_REASON_MAX,
+    Incoming,
+    Outage,
+    Poison,
+    Probe,
+    _SeekBack,
+    bounded,
+    dead_letter_headers,
+    dead_letter_producer,
+    is_transient,
+    parse,
+)
+from services.runtime.logging import get_logger
+
+PAUSE_ENV = "FLOWS_BATCH_PAUSE_BEFORE_COMMIT_S"
+DEFAULT_MAX_RECORDS = 5000
+# Parsing a batch is CPU work on the event loop that also sends the group heartbeats: it yields every
+# YIELD_EVERY records, and the session allows a slow (shared, loaded) machine 30 s, so a busy consumer
+# is not taken for a dead one (its uncommitted batch would then be fetched again).
+YIELD_EVERY = 250
+SESSION_TIMEOUT_MS = 30_000
+
+
+@dataclass(frozen=True)
+class Valid:
+    """A message that parsed: its payload model and what a handler knows about it."""
+
+    topic: Topic
+    incoming: Incoming
+    payload: BaseModel
+    raw: Any
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A message that did not parse; `data` is its JSON body when it had one (for a rejection event)."""
+
+    topic: Topic
+    raw: Any
+    reason: str
+    data: Any
+    record_id: str | None
+
+    @property
+    def key(self) -> str:
+        """Its dedup key: it may have no ce_id, so where it was and a digest of its bytes."""
+        digest = hashlib.sha256(self.raw.value or b"").hexdigest()[:16]
+        return f"dlq:{self.raw.topic}/{self.raw.partition}/{self.raw.offset}/{digest}"
+
+
+@dataclass
+class Batch:
+    consumer: str  # the processed_message consumer name: the group id
+    valid: list[Valid] = field(default_factory=list)
+    malformed: list[Malformed] = field(default_factory=list)
+    # (topic, partition) -> the highest offset in this batch
+    last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.valid) + len(self.malformed)
+
+    async def claim(self, conn: asyncpg.Connection) -> tuple[list[Valid], list[Malformed]]:
+        """Records every message of the batch as processed (one statement, inside the caller's
+        transaction) and returns those seen for the first time: the others are redeliveries."""
+        if not conn.is_in_transaction():
+            raise RuntimeError("Batch.claim must run inside the transaction that holds the batch's effects")
+        keys = [v.incoming.message_id for v in self.valid] + [m.key for m in self.malformed]
+        fresh = {r["message_id"] for r in await conn.fetch(
+            "INSERT INTO processed_message (consumer, message_id, processed_at) "
+            "SELECT $1, k, now() FROM (SELECT DISTINCT unnest($2::text[]) AS k) AS ks "
+            "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id", self.consumer, keys)}
+        valid: list[Valid] = []
+        for v in self.valid:  # the same ce_id twice in one batch: the first is the message, the rest copies
+            if v.incoming.message_id in fresh:
+                fresh.discard(v.incoming.message_id)
+                valid.append(v)
+        return valid, [m for m in self.malformed if m.key in fresh]
+
+
+Sink = Callable[[Batch], Awaitable[None]]
+
+
+@dataclass
+class BatchConsumer:
+    """`run(stop)` is a service loop (services.runtime.host.serve)."""
+
+    bootstrap: list[str]
+    topics: Sequence[Topic]
+    group_id: str
+    sink: Sink
+    pool: asyncpg.Pool
+    probe: Probe | None = None
+    max_attempts: int = 3
+    max_records: int = DEFAULT_MAX_RECORDS
+    retry_delay: float = 0.2
+    # The name its messages are recorded under in processed_message (default: the group id). A service's
+    # fixed name, so that a consumer in another group (a test's) still knows what was processed.
+    dedup_as: str | None = None
+
+    def __post_init__(self) -> None:
+        self.log = get_logger(self.group_id)
+        self.outage = Outage(self.log, f"dependencies of {self.group_id}", self.probe)
+        self._by_name = {t.name: t for t in self.topics}
+        self._dedup_as = self.dedup_as or self.group_id
+        pause = os.environ.get(PAUSE_ENV)
+        self._pause_s = float(pause) if pause else 0.0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = AIOKafkaConsumer(
+            *self._by_name, bootstrap_servers=self.bootstrap, group_id=self.group_id,
+            enable_auto_commit=False, auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024, session_timeout_ms=SESSION_TIMEOUT_MS,
+            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 10)
+        producer = dead_letter_producer(self.bootstrap)
+        await consumer.start()
+        await producer.start()
+        self._producer = producer
+        try:
+            while not stop.is_set():
+                polled = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                records = [r for rs in polled.values() for r in rs]
+                if not records:
+                    continue
+                try:
+                    await self._handle(consumer, records)
+                except _SeekBack:
+                    firsts: dict[TopicPartition, int] = {}
+                    for r in records:
+                        tp = TopicPartition(r.topic, r.partition)
+                        firsts[tp] = min(firsts.get(tp, r.offset), r.offset)
+                    self.log.info("batch.seek_back", messages=len(records))
+                    for tp, offset in firsts.items():
+                        consumer.seek(tp, offset)
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+    # --- one batch ------------------------------------------------------------------------------
+
+    async def _parse(self, records: Sequence[Any]) -> Batch:
+        batch = Batch(self._dedup_as)
+        for n, raw in enumerate(records):
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # the consumer's heartbeats run on this loop too
+            topic = self._by_name[raw.topic]
+            tp = (raw.topic, raw.partition)
+            batch.last_offsets[tp] = max(batch.last_offsets.get(tp, -1), raw.offset)
+            try:
+                key, envelope, _, payload = parse(raw, topic)
+            except Poison as poison:
+                batch.malformed.append(self._malformed(topic, raw, poison))
+                continue
+            except Exception as exc:  # whatever else the bytes can do to a parser is the message's fault
+                unreadable = Poison(f"unreadable message: {type(exc).__name__}: {bounded(str(exc), 300)}")
+                batch.malformed.append(self._malformed(topic, raw, unreadable))
+                continue
+            incoming = Incoming(envelope, key, topic.name, raw.partition, raw.offset)
+            batch.valid.append(Valid(topic, incoming, payload, raw))
+        return batch
+
+    def _malformed(self, topic: Topic, raw: Any, poison: Poison) -> Malformed:
+        from services.runtime.broker import _record_id
+
+        key = raw.key.decode(errors="replace") if raw.key else None
+        self.log.warning("message.rejected", reason=bounded(poison.reason, LOG_REASON_MAX), offset=raw.offset,
+                         partition=raw.partition, topic=topic.name)
+        return Malformed(topic, raw, poison.reason, poison.data, _record_id(poison.data, key))
+
+    async def _handle(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> None:
+        started = time.monotonic()
+        batch = await self._parse(records)
+        await self._dead_letter_malformed(batch, started)
+        try:
+            await self._patiently(lambda: self.sink(batch), started)
+        except _SeekBack:
+            raise
+        except Exception as exc:
+            self.log.warning("batch.failed", messages=len(batch),
+                             error=bounded(f"{type(exc).__name__}: {exc}", LOG_REASON_MAX))
+            await self._one_by_one(batch, started)
+        self.log.info("batch.stored", messages=len(batch), valid=len(batch.valid), malformed=len(batch.malformed),
+                      offsets={f"{t}/{p}": o for (t, p), o in batch.last_offsets.items()})
+        if self._pause_s:
+            await asyncio.sleep(self._pause_s)
+        offsets = {TopicPartition(t, p): o + 1 for (t, p), o in batch.last_offsets.items()}
+        try:
+            await self._patiently(lambda: consumer.commit(offsets), started)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # The partitions went to another member meanwhile (a rebalance): it gets the batch again and
+            # the dedup makes that a no-op. Not a reason to stop consuming.
+            self.log.warning("batch.commit_failed", error=bounded(f"{type(exc).__name__}: {exc}", LOG_REASON_MAX),
+                             messages=len(batch))
+
+    async def _dead_letter_malformed(self, batch: Batch, started: float) -> None:
+        if not batch.malformed:
+            return
+        keys = [m.key for m in batch.malformed]
+
+        async def known() -> set[str]:
+            rows = await self.pool.fetch("SELECT message_id FROM processed_message WHERE consumer = $1 "
+                                         "AND message_id = ANY($2::text[])", self._dedup_as, keys)
+            return {r["message_id"] for r in rows}
+
+        done: set[str] = set()
+
+        async def look() -> None:
+            done.update(await known())
+        await self._patiently(look, started)
+        for m in batch.malformed:
+            if m.key not in done:
+                await self._dead_letter(m.topic, m.raw, m.reason, 0, started)
+
+    async def _dead_letter(self, topic: Topic, raw: Any, reason: str, attempts: int, started: float) -> None:
+        headers = dead_letter_headers(topic, raw, reason, attempts, self.group_id)
+
+        async def send() -> None:
+            await self._producer.send_and_wait(topic.dlq, raw.value, key=raw.key, headers=headers)
+        await self._patiently(send, started)
+
+    async def _one_by_one(self, batch: Batch, started: float) -> None:
+        """After a batch failed for a reason that is not an outage: each message alone, `max_attempts`
+        each; the one that keeps failing goes to its DLQ, the others are stored."""
+        singles: list[Batch] = [Batch(batch.consumer, valid=[v]) for v in batch.valid]
+        singles += [Batch(batch.consumer, malformed=[m]) for m in batch.malformed]
+        for single in singles:
+            attempt = 0
+            while True:
+                try:
+                    await self._patiently(lambda s=single: self.sink(s), started)  # type: ignore[misc]
+                    break
+                except _SeekBack:
+                    raise
+                except Exception as exc:
+                    attempt += 1
+                    self.log.warning("message.failed", attempt=attempt,
+                                     error=bounded(f"{type(exc).__name__}: {exc}", LOG_REASON_MAX))
+                    if attempt < self.max_attempts:
+                        await asyncio.sleep(self.retry_delay * 2 ** (attempt - 1))
+                        continue
+                    reason = bounded(f"processing failed {attempt} times: {type(exc).__name__}: {exc}")
+                    if single.valid:
+                        v = single.valid[0]
+                        await self._dead_letter(v.topic, v.raw, reason, attempt, started)
+                    else:
+                        m = single.malformed[0]
+                        await self._dead_letter(m.topic, m.raw, reason, attempt, started)
+                    self.log.error("message.dead_lettered", reason=bounded(reason, LOG_REASON_MAX))
+                    break
+
+    async def _patiently(self, step: Callable[[], Awaitable[Any]], started: float) -> None:
+        """Runs `step` until it does not fail for a transient reason (an outage is waited out)."""
+        while True:
+            try:
+                await step()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                await self.outage.wait(exc, started)
+                continue
+            self.outage.over()
+            return

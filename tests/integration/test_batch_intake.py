@@ -1,0 +1,241 @@
+"""Batched source intake on the real stack (issue 14): one batch holding a valid record, an invalid one,
+a duplicate and corrections; and a loader killed with SIGKILL between the batch's transaction and its
+offset commit, whose redelivered batch changes nothing.
+
+Each test has a topic of its own carrying delivered services (with its `.dlq` twin) and a fresh database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import GroupCoordinatorNotAvailableError
+
+from contracts.envelope import Envelope
+from contracts.sources import DeliveredService
+from contracts.topics import DLQ_MAX_MESSAGE_BYTES, Topic
+from services.loader.batch_intake import BatchIntake
+from services.loader.intake import store_services
+from services.runtime.batch import PAUSE_ENV, BatchConsumer
+from services.runtime.db import create_pool
+from services.runtime.eventstore import EventStore
+from services.runtime.settings import bootstrap_list
+from tests.isolation import logged_process, scratch_database
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.integration
+
+
+def service(source_id: str, **changes: Any) -> dict[str, Any]:
+    """A delivered service as the CUP publishes it (JSON)."""
+    values: dict[str, Any] = dict(
+        source_id=source_id, ente="204", structure_sts11="004101", patient_cf="RSSMRA80A01F839W",
+        patient_surname="ROSSI", patient_name="MARIO", patient_sex="M", patient_birth_date=date(1980, 1, 1),
+        patient_residence_istat="063049", prescription_id=f"RX-{source_id}", prescription_number="150A000000000001",
+        prescription_date=date(2020, 8, 1), priority="D", catalogue_code="89.52", quantity=1,
+        delivery_date=date(2020, 8, 10), booking_date=date(2020, 8, 2), tariff=Decimal("11.62"),
+        ticket=Decimal("11.62"))
+    values.update(changes)
+    return json.loads(DeliveredService(**values).model_dump_json())
+
+
+async def _create_topic(name: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.create_topics([
+            NewTopic(name, num_partitions=1, replication_factor=1),
+            NewTopic(f"{name}.dlq", num_partitions=1, replication_factor=1,
+                     topic_configs={"max.message.bytes": str(DLQ_MAX_MESSAGE_BYTES)})])
+        for _ in range(100):
+            described = await admin.describe_topics([name, f"{name}.dlq"])
+            if all(not t["error_code"] and t["partitions"] for t in described):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"topic {name} not in the metadata after 10 s")
+    finally:
+        await admin.close()
+
+
+async def _publish(topic: str, bodies: list[dict[str, Any]]) -> int:
+    """Publishes the bodies in this order (each with a new ce_id); the offset of the last."""
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        last = -1
+        for body in bodies:
+            sent = await producer.send_and_wait(topic, json.dumps(body).encode(), key=body["source_id"].encode(),
+                                                headers=Envelope.new(topic, "/cup/test").to_headers())
+            last = int(sent.offset)
+        return last
+    finally:
+        await producer.stop()
+
+
+async def _dead_letters(topic: str) -> list[Any]:
+    consumer = AIOKafkaConsumer(f"{topic}.dlq", bootstrap_servers=KAFKA, group_id=f"probe-{uuid.uuid4().hex}",
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        found: list[Any] = []
+        quiet = 0
+        while quiet < 6:
+            polled = await consumer.getmany(timeout_ms=500)
+            quiet = 0 if polled else quiet + 1
+            found += [r for rs in polled.values() for r in rs]
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def _committed(group: str, topic: str) -> int | None:
+    """The group's committed offset of the topic's partition (None: nothing committed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        for _ in range(50):  # the coordinator of a new group can take a moment to be known
+            try:
+                offsets = await admin.list_consumer_group_offsets(group)
+                break
+            except GroupCoordinatorNotAvailableError:
+                await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"no coordinator for the group {group} after 10 s")
+        meta = offsets.get(TopicPartition(topic, 0))
+        return None if meta is None or meta.offset < 0 else int(meta.offset)
+    finally:
+        await admin.close()
+
+
+def _batch() -> list[dict[str, Any]]:
+    """Valid S1, S2; S3 invalid (patient_sex); S1 again (a duplicate); S2 corrected; S0 corrected
+    (stored before the batch); S4 twice corrected inside the batch (A, A', A: revision 3)."""
+    return [service("S1"), service("S2"), service("S3", patient_sex="M") | {"patient_sex": "X"},
+            service("S1"), service("S2", quantity=2), service("S0", quantity=5),
+            service("S4"), service("S4", quantity=3), service("S4")]
+
+
+async def _state(url: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT source_id, quantity, revision, content_hash FROM source_service "
+                                "ORDER BY source_id")
+        events = await conn.fetch("SELECT stream_id, type, data FROM events ORDER BY position")
+        outbox = int(await conn.fetchval("SELECT count(*) FROM outbox"))
+        processed = int(await conn.fetchval("SELECT count(*) FROM processed_message"))
+        def data(value: Any) -> str:  # jsonb comes as text on a plain connection
+            return json.dumps(json.loads(value) if isinstance(value, str) else value, sort_keys=True)
+        return {"rows": [tuple(r) for r in rows],
+                "events": [(e["stream_id"], e["type"], data(e["data"])) for e in events],
+                "outbox": outbox, "processed": processed}
+    finally:
+        await conn.close()
+
+
+async def _expect_batch_applied(url: str, topic: str, last_offset: int) -> None:
+    state = await _state(url)
+    rows = {r[0]: r for r in state["rows"]}
+    assert set(rows) == {"S0", "S1", "S2", "S4"}, "the valid records are stored, the invalid one is not"
+    assert (rows["S0"][1], rows["S0"][2]) == (5, 2), "S0 corrected: its new quantity, revision 2"
+    assert (rows["S1"][1], rows["S1"][2]) == (1, 1), "S1 and its duplicate: stored once, revision 1"
+    assert (rows["S2"][1], rows["S2"][2]) == (2, 2), "S2 then its correction: the later wins, revision 2"
+    assert (rows["S4"][1], rows["S4"][2]) == (1, 3), "S4, S4', S4: the later wins, each change a revision"
+    rejected = [json.loads(e[2]) for e in state["events"] if e[1] == "sources.record-rejected"]
+    assert len(rejected) == 1 and rejected[0]["source_id"] == "S3"
+    assert "patient_sex" in rejected[0]["errors"][0]["reason"], rejected
+    watermarks = [json.loads(e[2]) for e in state["events"] if e[1] == "sources.stored"]
+    assert watermarks and watermarks[-1]["offset"] == last_offset and watermarks[-1]["topic"] == topic
+    dead = await _dead_letters(topic)
+    assert len(dead) == 1, f"the invalid record dead-lettered once, found {len(dead)}"
+    assert json.loads(dead[0].value)["source_id"] == "S3"
+    assert "patient_sex" in dict(dead[0].headers)["dlq_reason"].decode()
+
+
+@pytest.fixture
+async def intake_db(stack) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    async with scratch_database("t_batch") as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await store_services(conn, [DeliveredService(**service("S0"))])  # S0 before the batch
+        finally:
+            await conn.close()
+        yield url
+
+
+async def test_a_batch_with_an_invalid_record_a_duplicate_and_corrections(intake_db: str) -> None:
+    name = f"t-batch-{uuid.uuid4().hex[:8]}"
+    await _create_topic(name)
+    last = await _publish(name, _batch())  # all before the consumer starts: one poll, one batch
+    topic = Topic(name, DeliveredService, "source_id", "batch intake test", ("test",))
+    pool = await create_pool(intake_db, min_size=1, max_size=4)
+    stop = asyncio.Event()
+    sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)
+    group = f"batch-{uuid.uuid4().hex[:8]}"
+    consumer = BatchConsumer(bootstrap_list(KAFKA), [topic], group, sink, pool)
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            while await _committed(group, name) != last + 1:
+                assert not task.done(), task
+                await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await pool.close()
+    # 9 messages: S1, S2, S4 new; S0, S2 and S4 twice corrected; S1 again a duplicate; S3 rejected
+    assert (sink.totals.stored, sink.totals.corrected, sink.totals.duplicates, sink.rejected) == (3, 4, 1, 1)
+    await _expect_batch_applied(intake_db, name, last)
+    state = await _state(intake_db)
+    assert sum(1 for e in state["events"] if e[1] == "sources.stored") == 1, "one batch, one watermark"
+
+
+async def _wait_log(log: Path, text: str, process: asyncio.subprocess.Process, within: float) -> None:
+    async with asyncio.timeout(within):
+        while text not in log.read_text(errors="replace"):
+            assert process.returncode is None, log.read_text(errors="replace")[-3000:]
+            await asyncio.sleep(0.2)
+
+
+async def test_a_loader_killed_between_store_and_commit_gets_the_batch_again_and_changes_nothing(
+        intake_db: str, tmp_path: Path) -> None:
+    name = f"t-batch-kill-{uuid.uuid4().hex[:8]}"
+    group = f"batch-kill-{uuid.uuid4().hex[:8]}"
+    await _create_topic(name)
+    last = await _publish(name, _batch())
+    args = ("-m", "tests.integration.batch_intake_process", name, group, intake_db, KAFKA)
+    first_log = tmp_path / "first.log"
+    async with logged_process(first_log, *args, env={**os.environ, PAUSE_ENV: "120"}) as first:
+        await _wait_log(first_log, "batch.stored", first, within=60)  # stored; now pausing before the commit
+        stored = await _state(intake_db)
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+    assert await _committed(group, name) is None, "nothing committed before the kill"
+    await _expect_batch_applied(intake_db, name, last)
+
+    second_log = tmp_path / "second.log"
+    env = {k: v for k, v in os.environ.items() if k != PAUSE_ENV}
+    async with logged_process(second_log, *args, env=env) as second:
+        async with asyncio.timeout(60):
+            while await _committed(group, name) != last + 1:
+                assert second.returncode is None, second_log.read_text(errors="replace")[-3000:]
+                await asyncio.sleep(0.3)
+        lines = [json.loads(line) for line in second_log.read_text().splitlines() if line.startswith("{")]
+    batches = [line for line in lines if line.get("event") == "intake.batch"]
+    assert batches and sum(b["redelivered"] for b in batches) == len(_batch()), \
+        f"the whole batch came again and was recognised: {batches}"
+    assert sum(b["stored"] + b["corrected"] + b["rejected"] for b in batches) == 0
+    assert await _state(intake_db) == stored, "the redelivery changed nothing"
+    await _expect_batch_applied(intake_db, name, last)  # and the invalid record is still dead-lettered once
