@@ -13,7 +13,7 @@ from services.cli.common import console, stack_environment, table
 
 # Each runs as `python -m <module>`; the TS simulator stands in for Sistema TS locally.
 SERVICES: dict[str, list[str]] = {
-    "ts-simulator": ["services.ts_gateway.simulator_main", "--port", "{ts_port}", "--cert-out", "{state}/ts-sim"],
+    "ts-simulator": ["simulators.sistema_ts", "--port", "{ts_port}", "--cert-out", "{state}/ts-sim"],
     "loader": ["services.loader"],
     "formatter": ["services.formatter"],
     "ts-gateway": ["services.ts_gateway"],
