@@ -73,14 +73,13 @@ def up(brokers: int = 1, with_services: bool = True, observability: bool = False
 
 
 async def _prepare(database_url: str) -> None:
-    from services.onboarding.projection import DashboardProjection
+    from services.cli.replay import all_projections
     from services.runtime.db import create_pool
     from services.runtime.host import prepare_database
-    from services.runtime.read_models import FLOW_PROJECTIONS
 
     pool = await create_pool(database_url, min_size=1, max_size=2)
     try:
-        await prepare_database(pool, [*FLOW_PROJECTIONS, DashboardProjection()])
+        await prepare_database(pool, all_projections())
     finally:
         await pool.close()
 
