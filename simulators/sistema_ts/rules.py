@@ -21,12 +21,12 @@ from typing import Any, cast
 
 from lxml import etree
 
+from contracts.ts730 import MAX_ZIP_BYTES
 from services.runtime.sanitel import SanitelError, cf_shaped, decrypt_with_key
 from services.ts_gateway.receipts import DocumentError
 from services.ts_gateway.submission import is_valid_file_name
 from simulators.sistema_ts.settings import SimulatorSettings
 
-MAX_ZIP_BYTES = 5 * 1024 * 1024
 ALL_OPERATIONS = ("inviaFileMtom", "EsitoInvii", "DettaglioErrori", "RicevutaPdf")
 FILE_XSD = "WS_AsincronoInvioDati730/schemaFileAllegatoInvio/730_precompilata.xsd"
 INVIO_XSD = "WS_AsincronoInvioDati730/InvioTelematicoSpeseSanitarie730p_schema1.xsd"

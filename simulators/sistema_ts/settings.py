@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts import data_file
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TS730 = Path("reference") / "ts730"
 
@@ -34,4 +36,4 @@ class SimulatorSettings(BaseSettings):
         """Where the official schemas are looked up, in order: the copies in contracts/ts730, then the
         configured folder (or, unset, the shared/ reference found beside the checkout)."""
         extra = self.reference_dir or default_reference_dir()
-        return (REPO_ROOT / "contracts" / "ts730", *((extra,) if extra else ()))
+        return (data_file("ts730"), *((extra,) if extra else ()))
