@@ -31,9 +31,9 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from services.formatter.layouts import load_layout
-from services.formatter.sample_snapshot import create_tables, generate_services
 from services.formatter.writer import write_flusso_c
 from services.runtime.filestore import FileStore
+from tests.fixtures.sample_snapshot import create_tables, generate_services
 
 STACK_URL = "postgresql://postgres@127.0.0.1:15432/flows"
 

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import csv
 import hashlib
-import importlib
 import io
 import json
 import os
@@ -53,13 +52,10 @@ PARTITIONS = 6
 
 
 def _generator() -> Any:
-    """The CUP generator (its module moves to simulators/cup/; either place will do)."""
-    for name in ("simulators.cup.generator", "services.loader.generator"):
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise ImportError("the CUP generator (simulators.cup.generator or services.loader.generator) is not there")
+    """The CUP generator (simulators/cup/)."""
+    from simulators.cup import generator
+
+    return generator
 
 
 def messages(n: int, prefix: str) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:

@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from contracts.flows import FlowType
 from contracts.sources import DeliveredService
-from services.loader.generator import generate
 from services.loader.intake import store_services
 from services.loader.pipeline import LoadOutcome, run_load
 from services.loader.snapshot import SELECTIONS
 from services.runtime.filestore import FileStore
 from services.runtime.migrations import migrate
+from simulators.cup.generator import generate
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:15432/flows"
 ENTES = ("201", "204", "207", "205", "206", "203")  # one per row: 3 sizes with the bad row, 6 without

@@ -13,6 +13,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from contracts.topic import EXTERNAL, Topic
+
 HEX32 = r"^[0-9a-f]{64}$"
 
 
@@ -91,3 +93,12 @@ class DeadLetterDiscarded(BaseModel):
     original_topic: str | None = None
     reason: str = Field(min_length=1)
     by: str
+
+
+# ---- topics -------------------------------------------------------------------------------------
+
+TOPICS = [
+    Topic("audit.checkpoint", Checkpoint, "checkpoint",
+          "A signed checkpoint: the Merkle root of every stream's head and the global position it covers.",
+          ("audit",), (EXTERNAL,)),
+]

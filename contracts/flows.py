@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from contracts.feedback import RECORD_KEY_DESCRIPTION
 from contracts.jsontypes import Code, Text
+from contracts.topic import EXTERNAL, SECRET_COMMAND_RETENTION_MS, Topic
 
 # strings an operator or an outside system puts in a command: bounded, as intake checks them
 Actor = Annotated[Text, Field(max_length=100, description="Operator user id or system name.",
@@ -207,3 +208,36 @@ class InstanceDeleted(Payload):
     instance: int
     deleted_by: Actor
     reason: Reason | None = None
+
+
+# ---- topics -------------------------------------------------------------------------------------
+
+TOPICS = [
+    Topic("flows.load-requested", LoadRequested, "request_id",
+          "Command: load a flow for an entity and a period.", (EXTERNAL, "cli"), ("loader",)),
+    Topic("flows.load-scheduled", LoadScheduled, "instance", "The load will start at its scheduled time.",
+          ("loader",)),
+    Topic("flows.load-running", LoadRunning, "instance", "An instance was created and is Running.",
+          ("loader",)),
+    Topic("flows.load-checked", LoadChecked, "instance", "The load passed its checks: Checked.", ("loader",)),
+    Topic("flows.load-failed", LoadFailed, "instance",
+          "Failed loading, with a feedback file naming every bad record.", ("loader",)),
+    Topic("flows.format-requested", FormatRequested, "instance", "Command: format a Checked instance.",
+          (EXTERNAL, "cli"), ("formatter",)),
+    Topic("flows.formatting-started", FormattingStarted, "instance", "Formatting in progress.",
+          ("formatter",)),
+    Topic("flows.formatted", Formatted, "instance", "The files are ready: Formatted.", ("formatter",),
+          (EXTERNAL,)),
+    Topic("flows.format-failed", FormatFailed, "instance", "Formatting failed, with reasons.",
+          ("formatter",)),
+    Topic("flows.ts-submission-requested", TsSubmissionRequested, "instance",
+          "Command: send a Formatted 730 instance to Sistema TS (credentials sealed).", ("cli",),
+          ("ts-gateway",), retention_ms=SECRET_COMMAND_RETENTION_MS),
+    Topic("flows.ts-submitted", TsSubmitted, "instance",
+          "A zip was accepted by Sistema TS with a protocollo: Waiting feedback.", ("ts-gateway",)),
+    Topic("flows.ts-feedback-received", TsFeedbackReceived, "instance",
+          "Sistema TS's outcome for a part, and for the instance when all parts have one.", ("ts-gateway",),
+          (EXTERNAL,)),
+    Topic("flows.instance-deleted", InstanceDeleted, "instance",
+          "Cancella: the instance is marked deleted; history kept.", ("cli",)),
+]

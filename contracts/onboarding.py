@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from contracts.topics import Topic
+from contracts.topic import EXTERNAL, Topic
 
 SOURCE = "/flows/onboarding"  # ce_source of what the onboarding service itself records
 Sts11 = Field(pattern=r"^[0-9A-Z]{6}$", description="STS11 national facility code (6 characters).")
@@ -225,7 +225,7 @@ EVENT_TYPES: dict[str, type[Payload]] = {
 }
 TYPE_OF: dict[type[Payload], str] = {model: name for name, model in EVENT_TYPES.items()}
 
-_EXT = "external"  # mailbox reader, portal, desk tool
+_EXT = EXTERNAL  # mailbox reader, portal, desk tool
 _DESCRIPTIONS = {
     "onboarding.request-opened": ("A request of one of the five kinds was opened.", ("onboarding", _EXT)),
     "onboarding.document-received": ("A document arrived (file in the file store).", ("onboarding", _EXT)),

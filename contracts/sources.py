@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.jsontypes import Code, CodiceFiscale, IsoDate, Money, SchemaVersion1, StrictBool, StrictInt, Text
+from contracts.topic import EXTERNAL, Topic
 
 Amount = Annotated[Decimal, Money(7)]  # numeric(9,2): up to 9999999.99
 Code3 = Annotated[Code, Field(pattern=r"^[0-9A-Z]{3}$")]
@@ -157,3 +158,46 @@ SOURCE_MODELS: dict[str, type[SourceModel]] = {
     "payment-document": PaymentDocument,
     "intramoenia-booking": IntramoeniaBooking,
 }
+
+
+# ---- topics -------------------------------------------------------------------------------------
+
+TOPICS = [
+    Topic("sources.delivered-service", DeliveredService, "source_id",
+          "A delivered outpatient service with its prescription and patient.", (EXTERNAL,), ("loader",)),
+    Topic("sources.payment-document", PaymentDocument, "source_id",
+          "A fiscal document of a payment (source of the 730).", (EXTERNAL,), ("loader",)),
+    Topic("sources.intramoenia-booking", IntramoeniaBooking, "source_id",
+          "A booking of an intramoenia service (source of ALPI TA).", (EXTERNAL,), ("loader",)),
+]
+
+
+
+
+class SourceRecordRejected(BaseModel):
+    """A source record the loader could not accept; nothing else in its batch is lost."""
+
+    schema_version: int = 1
+    kind: str
+    source_id: str | None
+    errors: list[dict[str, str]]
+
+
+TOPICS.append(Topic("sources.record-rejected", SourceRecordRejected, "source_id",
+                           "A source record was rejected: each error names the field.", ("loader",), (EXTERNAL,)))
+
+
+class SourcesStored(BaseModel):
+    """Intake watermark: every message of `topic` partition `partition` up to `offset` (inclusive) is
+    stored (or rejected, or dead-lettered): an external system learns when its records are in."""
+
+    schema_version: int = 1
+    topic: str
+    partition: int
+    offset: int
+    messages: int  # how many of this partition's messages the batch held (up to `offset`)
+
+
+TOPICS.append(Topic("sources.stored", SourcesStored, "topic_partition",
+                    "Intake watermark per source topic partition: the highest offset stored.", ("loader",),
+                    (EXTERNAL,)))

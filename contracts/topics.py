@@ -6,134 +6,50 @@ number for `flows.*`, the request id for `onboarding.*`, the source record id fo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contracts import audit, flows, onboarding, sources
+from contracts.topic import (
+    DEFAULT_RETENTION_MS,
+    DLQ_MAX_MESSAGE_BYTES,
+    DLQ_REASON_MAX,
+    DLQ_RETENTION_MS,
+    DLQ_SUFFIX,
+    EXTERNAL,
+    MAX_MESSAGE_BYTES,
+    SECRET_COMMAND_RETENTION_MS,
+    Topic,
+)
 
-from pydantic import BaseModel
-
-from contracts import audit, flows, sources
-
-DLQ_SUFFIX = ".dlq"
-
-# Size limits, one place. A message (value + key + headers) on a topic is at most
-# MAX_MESSAGE_BYTES (Kafka's default, 1 MiB); its `.dlq` twin takes twice that, so a dead letter
-# always fits: the original bytes, untouched, plus a bounded reason (DLQ_REASON_MAX characters).
-MAX_MESSAGE_BYTES = 1024 * 1024
-DLQ_MAX_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
-DLQ_REASON_MAX = 2000
-# Retention: business events are kept a long time on Kafka (the event store keeps them forever);
-# dead letters long enough for an operator to look at them after a holiday.
-DEFAULT_RETENTION_MS = 30 * 24 * 3600 * 1000
-DLQ_RETENTION_MS = 90 * 24 * 3600 * 1000
-# A command that carries sealed credentials lives on Kafka only as long as the gateway needs to read it.
-SECRET_COMMAND_RETENTION_MS = 3600 * 1000
-
-
-@dataclass(frozen=True)
-class Topic:
-    name: str
-    payload: type[BaseModel]
-    key: str
-    description: str
-    producers: tuple[str, ...]
-    consumers: tuple[str, ...] = ()
-    retention_ms: int = DEFAULT_RETENTION_MS
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-
-    @property
-    def dlq(self) -> str:
-        return self.name + DLQ_SUFFIX
-
-
-_EXT = "external"  # a regional system (the CUP, SINFONIA) or the operator's CLI
-
-FLOW_TOPICS = [
-    Topic("flows.load-requested", flows.LoadRequested, "request_id",
-          "Command: load a flow for an entity and a period.", (_EXT, "cli"), ("loader",)),
-    Topic("flows.load-scheduled", flows.LoadScheduled, "instance", "The load will start at its scheduled time.",
-          ("loader",)),
-    Topic("flows.load-running", flows.LoadRunning, "instance", "An instance was created and is Running.",
-          ("loader",)),
-    Topic("flows.load-checked", flows.LoadChecked, "instance", "The load passed its checks: Checked.", ("loader",)),
-    Topic("flows.load-failed", flows.LoadFailed, "instance",
-          "Failed loading, with a feedback file naming every bad record.", ("loader",)),
-    Topic("flows.format-requested", flows.FormatRequested, "instance", "Command: format a Checked instance.",
-          (_EXT, "cli"), ("formatter",)),
-    Topic("flows.formatting-started", flows.FormattingStarted, "instance", "Formatting in progress.",
-          ("formatter",)),
-    Topic("flows.formatted", flows.Formatted, "instance", "The files are ready: Formatted.", ("formatter",),
-          (_EXT,)),
-    Topic("flows.format-failed", flows.FormatFailed, "instance", "Formatting failed, with reasons.",
-          ("formatter",)),
-    Topic("flows.ts-submission-requested", flows.TsSubmissionRequested, "instance",
-          "Command: send a Formatted 730 instance to Sistema TS (credentials sealed).", ("cli",),
-          ("ts-gateway",), retention_ms=SECRET_COMMAND_RETENTION_MS),
-    Topic("flows.ts-submitted", flows.TsSubmitted, "instance",
-          "A zip was accepted by Sistema TS with a protocollo: Waiting feedback.", ("ts-gateway",)),
-    Topic("flows.ts-feedback-received", flows.TsFeedbackReceived, "instance",
-          "Sistema TS's outcome for a part, and for the instance when all parts have one.", ("ts-gateway",),
-          (_EXT,)),
-    Topic("flows.instance-deleted", flows.InstanceDeleted, "instance",
-          "Cancella: the instance is marked deleted; history kept.", ("cli",)),
+__all__ = [
+    "AUDIT_TOPICS",
+    "DEFAULT_RETENTION_MS",
+    "DLQ_MAX_MESSAGE_BYTES",
+    "DLQ_REASON_MAX",
+    "DLQ_RETENTION_MS",
+    "DLQ_SUFFIX",
+    "EXTERNAL",
+    "FLOW_TOPICS",
+    "INTAKE_TOPICS",
+    "MAX_MESSAGE_BYTES",
+    "ONBOARDING_TOPICS",
+    "SECRET_COMMAND_RETENTION_MS",
+    "SOURCE_TOPICS",
+    "Topic",
+    "all_topics",
+    "by_name",
 ]
 
-SOURCE_TOPICS = [
-    Topic("sources.delivered-service", sources.DeliveredService, "source_id",
-          "A delivered outpatient service with its prescription and patient.", (_EXT,), ("loader",)),
-    Topic("sources.payment-document", sources.PaymentDocument, "source_id",
-          "A fiscal document of a payment (source of the 730).", (_EXT,), ("loader",)),
-    Topic("sources.intramoenia-booking", sources.IntramoeniaBooking, "source_id",
-          "A booking of an intramoenia service (source of ALPI TA).", (_EXT,), ("loader",)),
-]
-
+# Every area declares its own topics beside its payloads; this is where they meet.
+FLOW_TOPICS: list[Topic] = flows.TOPICS
+SOURCE_TOPICS: list[Topic] = sources.TOPICS
+ONBOARDING_TOPICS: list[Topic] = onboarding.TOPICS
+AUDIT_TOPICS: list[Topic] = audit.TOPICS
 
 # What the loader consumes: the records regional systems publish (the rest of SOURCE_TOPICS it publishes).
-INTAKE_TOPICS = list(SOURCE_TOPICS)
-
-
-class SourceRecordRejected(BaseModel):
-    """A source record the loader could not accept; nothing else in its batch is lost."""
-
-    schema_version: int = 1
-    kind: str
-    source_id: str | None
-    errors: list[dict[str, str]]
-
-
-SOURCE_TOPICS.append(Topic("sources.record-rejected", SourceRecordRejected, "source_id",
-                           "A source record was rejected: each error names the field.", ("loader",), (_EXT,)))
-
-
-class SourcesStored(BaseModel):
-    """Intake watermark: every message of `topic` partition `partition` up to `offset` (inclusive) is
-    stored (or rejected, or dead-lettered): an external system learns when its records are in."""
-
-    schema_version: int = 1
-    topic: str
-    partition: int
-    offset: int
-    messages: int  # how many of this partition's messages the batch held (up to `offset`)
-
-
-SOURCE_TOPICS.append(Topic("sources.stored", SourcesStored, "topic_partition",
-                           "Intake watermark per source topic partition: the highest offset stored.", ("loader",),
-                           (_EXT,)))
-
-
-AUDIT_TOPICS = [
-    Topic("audit.checkpoint", audit.Checkpoint, "checkpoint",
-          "A signed checkpoint: the Merkle root of every stream's head and the global position it covers.",
-          ("audit",), (_EXT,)),
-]
-
-
-def onboarding_topics() -> list[Topic]:
-    from contracts import onboarding
-
-    return list(getattr(onboarding, "TOPICS", []))
+INTAKE_TOPICS: list[Topic] = [t for t in SOURCE_TOPICS if "loader" in t.consumers]
 
 
 def all_topics() -> list[Topic]:
-    return [*FLOW_TOPICS, *SOURCE_TOPICS, *onboarding_topics(), *AUDIT_TOPICS]
+    return [*FLOW_TOPICS, *SOURCE_TOPICS, *ONBOARDING_TOPICS, *AUDIT_TOPICS]
 
 
 def by_name(name: str) -> Topic:

@@ -2,7 +2,7 @@
 
     python -m deploy.supervisor --status <file.json> -- <argv of the service...>
 
-`flows stack up` starts one supervisor per service (deploy/localstack.py `start_service`); the supervisor
+`flows stack up` starts one supervisor per service (deploy/localstack/services.py `start_service`); the supervisor
 runs the service as its child, in its own process group, with its stdout/stderr. When the service exits
 for any reason (a crash, SIGKILL, an OOM kill) it is started again after a backoff that doubles from 1 s
 up to 30 s, and goes back to 1 s once the service has run for a minute. Each start and exit is written to

@@ -1,4 +1,4 @@
-"""Kafka topics for tests. The brokers never auto-create a topic (deploy/localstack.py): the registry's
+"""Kafka topics for tests. The brokers never auto-create a topic (deploy/localstack/): the registry's
 topics come from `apply_topics` (the session's `stack` fixture applies them), and a test that uses a topic
 of its own creates it here first."""
 

@@ -1,6 +1,6 @@
 """A real PostgreSQL outage of the TEST stack: `pg_ctl stop -m fast` of its server, then `up` again.
 
-Reads the stack's own state (deploy/localstack.py): the test stack's server is shared by the whole
+Reads the stack's own state (deploy/localstack/): the test stack's server is shared by the whole
 session, so `postgres_down()` always starts it again and waits until it accepts connections, even
 when the body fails.
 """

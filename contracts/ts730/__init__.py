@@ -12,6 +12,11 @@ from pathlib import Path
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 
+# The size limit of one 730 zip: "dimensione massima di 5 MByte" (ws-asincrono-spec-v2.5 4.5); over it
+# TS answers error 108. The one definition: the formatter splits below it, the gateway and the simulator
+# refuse above it, the settings cap ts_max_zip_bytes at it.
+MAX_ZIP_BYTES = 5 * 1024 * 1024
+
 # layout version of FLUSSO_730 -> XSD file; "2020" is TS ver_20201218 (pagamentoTracciato,
 # tipoDocumento, flagOpposizione, aliquotaIVA, naturaIVA added: changeLog.txt).
 SCHEMA_FILES: dict[str, str] = {

@@ -20,10 +20,9 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from services.runtime import checkpoints, health, opsmetrics
 from services.runtime.db import create_pool
 from services.runtime.host import every
+from services.runtime.locks import SIGNER_LOCK_KEY
 from services.runtime.logging import configure, get_logger
 from services.runtime.settings import Settings
-
-SIGNER_LOCK_KEY = 7_316_004_013
 
 
 async def main(settings: Settings | None = None, stop: asyncio.Event | None = None,

@@ -13,9 +13,8 @@ from rich.rule import Rule
 from services.cli import instances as inst
 from services.cli import sources, stack
 from services.cli.common import console, settings
-from services.loader.generator import month_period
 
-# The simulator's account (services/ts_gateway/simulator_main.py defaults): test values, not secrets.
+# The simulator's account (simulators/sistema_ts/__main__.py defaults): test values, not secrets.
 DEMO_TS = {"cf": "PROVAX00X00X000Y", "user": "PROVAX00X00X000Y", "password": "Salve123", "pincode": "1234567890"}
 
 
@@ -27,6 +26,7 @@ def _last_month() -> str:
 
 async def _walk(ente: str, month: str, services: int) -> None:
     from services.cli.ts import send_730
+    from simulators.cup.generator import month_period
 
     start, end = month_period(month)
     console.print(Rule(f"1. Source data: {services} services of ente {ente}, {month}"))

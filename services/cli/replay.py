@@ -11,8 +11,9 @@ from services.runtime.projections import Projection, rebuild_and_diff
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 
 
-def _projections() -> list[Projection]:
-    # The CLI sees every read model of the database; each service only installs its own.
+def all_projections() -> list[Projection]:
+    """Every read model of the database, the one list: the CLI installs (`flows stack up`) and replays
+    them all; each service installs only its own."""
     from services.onboarding.projection import DashboardProjection
 
     return [*FLOW_PROJECTIONS, DashboardProjection()]
@@ -39,7 +40,7 @@ async def replay(instance: int | None, verify: bool) -> bool:
             else:
                 console.print("[green]every hash chain verifies[/]")
             ok = await _against_checkpoint(pool, streams if instance is not None else None) and ok
-        report = await rebuild_and_diff(pool, _projections())
+        report = await rebuild_and_diff(pool, all_projections())
         if report.differences:
             ok = False
             console.print(table("[red]read models differ from the log[/]", ["difference"],

@@ -5,20 +5,25 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
 from rich.progress import Progress
 
 from contracts.envelope import Envelope
 from services.cli.common import UserError, console, database, settings, table
-from services.loader.generator import SOURCE_FILES, Generation, write_csv
-from services.loader.generator import generate as generate_records
 from services.loader.intake import KINDS
 from services.loader.intake import import_csv as import_rows
+
+if TYPE_CHECKING:  # the CUP simulator is a development tool: imported by the commands that use it, so the
+    # production image (which does not ship simulators/) still runs every other command
+    from simulators.cup.generator import Generation
 
 
 async def publish(generation: Generation, bootstrap: str) -> dict[str, int]:
     """Publishes every record on its `sources.<kind>` topic, key = source_id, as the CUP would."""
+    from simulators.cup.generator import SOURCE_FILES
+
     counts: dict[str, int] = {}
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all",
                                 linger_ms=20, max_batch_size=256 * 1024)
@@ -65,6 +70,9 @@ async def wait_stored(prefix: str, expected: int, timeout: float = 300) -> None:
 
 
 async def generate(ente: str, month: str, services: int, bad: int, seed: int, out: Path | None) -> Generation:
+    from simulators.cup.generator import generate as generate_records
+    from simulators.cup.generator import write_csv
+
     generation = generate_records(ente, month, services, seed, bad)
     if out is not None:
         paths = write_csv(out, generation)

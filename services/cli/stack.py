@@ -13,7 +13,7 @@ from services.cli.common import console, stack_environment, table
 
 # Each runs as `python -m <module>`; the TS simulator stands in for Sistema TS locally.
 SERVICES: dict[str, list[str]] = {
-    "ts-simulator": ["services.ts_gateway.simulator_main", "--port", "{ts_port}", "--cert-out", "{state}/ts-sim"],
+    "ts-simulator": ["simulators.sistema_ts", "--port", "{ts_port}", "--cert-out", "{state}/ts-sim"],
     "loader": ["services.loader"],
     "formatter": ["services.formatter"],
     "ts-gateway": ["services.ts_gateway"],
@@ -82,14 +82,13 @@ def up(brokers: int = 1, with_services: bool = True, observability: bool = False
 
 
 async def _prepare(database_url: str) -> None:
-    from services.onboarding.projection import DashboardProjection
+    from services.cli.replay import all_projections
     from services.runtime.db import create_pool
     from services.runtime.host import prepare_database
-    from services.runtime.read_models import FLOW_PROJECTIONS
 
     pool = await create_pool(database_url, min_size=1, max_size=2)
     try:
-        await prepare_database(pool, [*FLOW_PROJECTIONS, DashboardProjection()])
+        await prepare_database(pool, all_projections())
     finally:
         await pool.close()
 

@@ -14,15 +14,15 @@ import asyncpg
 
 from contracts import flows
 from contracts.states import Actor, IllegalTransition, InstanceState, apply_event
+from contracts.ts730 import MAX_ZIP_BYTES
 from services.runtime.broker import Incoming, Refused
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.filestore import FileStore
-from services.runtime.locks import instance_lock, instances_in_state
+from services.runtime.locks import FORMAT_LOCK, instance_lock, instances_in_state
 from services.runtime.logging import get_logger
 from services.runtime.read_models import instance_state, instance_stream
 
 CONSUMER = "formatter"
-FORMAT_LOCK = 7317
 log = get_logger("formatter")
 
 
@@ -32,7 +32,7 @@ class FormatterDeps:
     store: EventStore
     files: FileStore
     sanitel_cert: Any = None
-    max_zip_bytes: int = 5 * 1024 * 1024
+    max_zip_bytes: int = MAX_ZIP_BYTES
 
 
 async def handle_format_requested(cmd: flows.FormatRequested, msg: Incoming, deps: FormatterDeps) -> None:

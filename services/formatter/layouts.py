@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from contracts import data_file
+
 FieldType = Literal["AN", "N", "DATE", "AMOUNT"]
 RowScope = Literal["all", "detail", "closing"]
 
@@ -38,7 +40,7 @@ DERIVATIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "waiting_days": ("N", ("booking_date", "appointment_date")),
 }
 
-DEFAULT_ROOT = Path(__file__).resolve().parent.parent.parent / "contracts" / "layouts"
+DEFAULT_ROOT = data_file("layouts")
 
 
 class LayoutError(ValueError):

@@ -39,7 +39,7 @@ from typing import IO, Any, Protocol
 
 from lxml import etree
 
-from contracts.ts730 import schema_path
+from contracts.ts730 import MAX_ZIP_BYTES, schema_path
 from services.formatter.xml730_rules import (
     MAX_CIPHERTEXT,
     Owner,
@@ -57,7 +57,7 @@ from services.formatter.xml730_rules import (
 )
 from services.runtime.sanitel import ciphertext_length, encrypt_for_ts, load_certificate
 
-TS_MAX_ZIP_BYTES = 5 * 1024 * 1024
+TS_MAX_ZIP_BYTES = MAX_ZIP_BYTES
 KIND = "730-zip"
 MEDIA_TYPE = "application/zip"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"

@@ -26,8 +26,8 @@ from typing import Any
 
 import asyncpg
 
-from contracts.sources import SourceModel
-from contracts.topics import INTAKE_TOPICS, SourceRecordRejected, SourcesStored
+from contracts.sources import SourceModel, SourceRecordRejected, SourcesStored
+from contracts.topics import INTAKE_TOPICS
 from services.loader.intake import KINDS, IntakeResult, _value
 from services.runtime.batch import Batch, BatchConsumer, Malformed
 from services.runtime.broker import is_transient

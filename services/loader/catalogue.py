@@ -19,7 +19,10 @@ from pathlib import Path
 
 import asyncpg
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "contracts" / "data"
+from contracts import data_file
+from services.runtime.locks import CATALOGUE_SYNC_LOCK_KEY
+
+DATA_DIR = data_file("data")
 
 
 class ReferenceDataError(ValueError):
@@ -102,7 +105,7 @@ async def sync_reference_data(conn: asyncpg.Connection, version: str) -> None:
     items = load_catalogue(version)
     async with conn.transaction():
         # two loads starting together must not interleave their delete + copy
-        await conn.execute("SELECT pg_advisory_xact_lock(7316004010)")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOGUE_SYNC_LOCK_KEY)
         await conn.execute("DELETE FROM catalogue_item WHERE version = $1", version)
         await conn.copy_records_to_table(
             "catalogue_item", columns=["version", "coding", "code", "description", "tariff"],

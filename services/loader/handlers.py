@@ -21,7 +21,7 @@ from services.loader.catalogue import unknown_ente_reason
 from services.runtime.broker import Incoming, Refused
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.filestore import FileStore
-from services.runtime.locks import instance_lock
+from services.runtime.locks import LOAD_LOCK, instance_lock
 from services.runtime.logging import get_logger
 from services.runtime.read_models import instance_stream
 
@@ -73,7 +73,6 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
 
 
 # Namespace of the loader's per-instance locks (see services.runtime.locks).
-LOAD_LOCK = 7316
 _RUNNABLE = ("flows.load-running", "flows.load-scheduled")
 
 

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from contracts import data_file
 from services.onboarding.findings import Finding
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "contracts" / "data" / "onboarding"
+DATA_DIR = data_file("data", "onboarding")
 PER_SPOKE_KEY = "spoke_sts11"
 _YES = {"yes", "si", "sì", "true", "1", "y"}
 _STS11 = re.compile(r"^[0-9A-Z]{6}$")

@@ -23,6 +23,7 @@ from services.runtime.broker import create_broker
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
+from services.runtime.locks import PROJECTION_INSTALL_LOCK_KEY
 from services.runtime.logging import configure, get_logger
 from services.runtime.migrations import migrate
 from services.runtime.outbox import OutboxRelay
@@ -54,12 +55,12 @@ async def prepare_database(pool: asyncpg.Pool, projections: Sequence[Projection]
     async with pool.acquire() as conn:
         # Live read-model tables are created by the projections' own DDL (IF NOT EXISTS), the same DDL a
         # rebuild uses, so live and rebuilt tables cannot differ in shape.
-        await conn.execute("SELECT pg_advisory_lock(7316004003)")
+        await conn.execute("SELECT pg_advisory_lock($1)", PROJECTION_INSTALL_LOCK_KEY)
         try:
             for projection in projections:
                 await projection_tools.install(conn, projection)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock(7316004003)")
+            await conn.execute("SELECT pg_advisory_unlock($1)", PROJECTION_INSTALL_LOCK_KEY)
 
 
 @contextlib.asynccontextmanager

@@ -12,6 +12,19 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+# Every PostgreSQL advisory-lock key of the platform, one place: a new one is chosen here, against the
+# others. Single-key locks (pg_advisory_lock(key)); arbitrary constants shared by every process of a
+# database.
+MIGRATION_LOCK_KEY = 7_316_004_001  # migrations: the second process waits, then finds nothing to do
+RELAY_LOCK_KEY = 7_316_004_002  # the outbox relay: only its holder publishes
+PROJECTION_INSTALL_LOCK_KEY = 7_316_004_003  # installing the projections' read-model tables
+CATALOGUE_SYNC_LOCK_KEY = 7_316_004_010  # reference data: two loads must not interleave delete + copy
+SIGNER_LOCK_KEY = 7_316_004_013  # the audit checkpoint signer
+# Two-key locks (instance_lock(pool, namespace, instance)): one namespace per kind of work on an instance.
+LOAD_LOCK = 7316
+FORMAT_LOCK = 7317
+SUBMIT_LOCK = 7318
+
 
 @contextlib.asynccontextmanager
 async def instance_lock(pool: asyncpg.Pool, namespace: int, instance: int) -> AsyncIterator[bool]:

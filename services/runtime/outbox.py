@@ -42,10 +42,9 @@ from aiokafka.errors import (
 
 from contracts.envelope import to_kafka_headers
 from services.runtime import tracing
+from services.runtime.locks import RELAY_LOCK_KEY
 
 NOTIFY_CHANNEL = "flows_outbox"
-# Arbitrary constant: every relay of this database competes for it.
-RELAY_LOCK_KEY = 7_316_004_002
 
 # Unpublished rows in id order, except parked ones and the rows of a stream (key) behind a parked one.
 _PENDING = """

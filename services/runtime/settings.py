@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contracts.ts730 import MAX_ZIP_BYTES
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -31,7 +33,7 @@ class Settings(BaseSettings):
     ts_poll_initial_s: float = 2.0
     ts_poll_max_s: float = 60.0
     # A 730 zip is at most 5 MB (TS error 108); a smaller limit splits an instance into more parts.
-    ts_max_zip_bytes: int = Field(default=5 * 1024 * 1024, gt=0, le=5 * 1024 * 1024)
+    ts_max_zip_bytes: int = Field(default=MAX_ZIP_BYTES, gt=0, le=MAX_ZIP_BYTES)
     log_format: str = Field(default="auto", description="auto (JSON when not on a terminal), json or console")
     log_level: str = "INFO"
     max_attempts: int = Field(default=3, description="Processing attempts before a message is dead-lettered.")

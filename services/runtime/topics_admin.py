@@ -1,6 +1,6 @@
 """Provision the Kafka topics from the topic registry (contracts/topics.py): `flows topics apply|list`.
 
-The brokers never auto-create a topic (deploy/localstack.py sets auto.create.topics.enable=false and
+The brokers never auto-create a topic (deploy/localstack/kafka.py sets auto.create.topics.enable=false and
 the services' clients do not ask): every topic a service produces to or consumes from exists because
 this module created it, with
 

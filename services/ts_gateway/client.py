@@ -28,6 +28,7 @@ from typing import TypeVar
 import aiohttp
 from cryptography import x509
 
+from contracts.ts730 import MAX_ZIP_BYTES
 from services.runtime.sanitel import encrypt_for_ts
 from services.ts_gateway import operations as ops
 from services.ts_gateway.receipts import DocumentError, parse_error_report
@@ -42,7 +43,6 @@ from services.ts_gateway.soap import (
 )
 from services.ts_gateway.submission import PROTOCOLLO, BackoffSchedule
 
-MAX_ZIP_BYTES = 5 * 1024 * 1024  # "dimensione massima di 5 MByte" (ws-asincrono-spec-v2.5 4.5)
 TEST_HOST = "https://invioSS730pTest.sanita.finanze.it"
 PRODUCTION_HOST = "https://invioSS730p.sanita.finanze.it"
 T = TypeVar("T")

@@ -43,7 +43,7 @@ from contracts.states import SENDABLE_FLOW_TYPES, Actor, IllegalTransition, Inst
 from services.runtime.broker import Incoming, Refused
 from services.runtime.eventstore import EventStore, NewEvent, StoredEvent
 from services.runtime.filestore import FileStore
-from services.runtime.locks import instance_lock
+from services.runtime.locks import SUBMIT_LOCK, instance_lock
 from services.runtime.logging import get_logger
 from services.runtime.read_models import instance_state, instance_stream
 from services.ts_gateway import boxes
@@ -56,7 +56,6 @@ from services.ts_gateway.submission import instance_outcome as combine
 from services.ts_gateway.submitter import PollingBlocked, SubmissionRunner
 
 CONSUMER = "ts-gateway"
-SUBMIT_LOCK = 7318
 log = get_logger("ts-gateway")
 TS_ZONE = ZoneInfo("Europe/Rome")
 

@@ -177,8 +177,8 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
     from services.formatter.app import main as formatter_main
     from services.loader.app import main as loader_main
     from services.ts_gateway.app import main as gateway_main
-    from services.ts_gateway.simulator import TsSimulator
-    from services.ts_gateway.simulator_rules import SimUser
+    from simulators.sistema_ts.rules import SimUser
+    from simulators.sistema_ts.simulator import TsSimulator
 
     await _clean_topics(stack.bootstrap_servers)
     name = f"e2e_{uuid.uuid4().hex[:10]}"

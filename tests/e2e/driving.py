@@ -11,8 +11,8 @@ import asyncpg
 from contracts import flows
 from contracts.states import InstanceState
 from services.cli.sources import publish
-from services.loader.generator import generate, month_period
 from services.runtime.commands import send_command
+from simulators.cup.generator import generate, month_period
 
 
 async def _wait_state(pool: asyncpg.Pool, instance: int, states: set[str], timeout: float = 120) -> asyncpg.Record:

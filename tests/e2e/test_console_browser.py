@@ -19,8 +19,8 @@ import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Page, async_playwright
 
-from services.loader.generator import month_period
 from services.ts_gateway.sealing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, key_id, sealed_key_id, unseal
+from simulators.cup.generator import month_period
 from tests.console_support import PASSWORD, STRUCTURE, running_console
 from tests.e2e import test_secrets_canary as canary
 from tests.e2e.driving import _formatted_730, publish_month

@@ -33,8 +33,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from codicefiscale import codicefiscale
 
+from contracts import data_file
+
 pytestmark = pytest.mark.e2e
-CONTRACTS = Path(__file__).resolve().parents[2] / "contracts"
+CONTRACTS = data_file()
 SCHEMAS = CONTRACTS / "schemas"
 TICKET_CAP = Decimal("36.15")  # national ticket ceiling per prescription
 FIXED_FEE = Decimal("5.00")  # a regional fixed fee per prescription: the ticket may exceed the services by it

@@ -46,7 +46,7 @@ from contracts.states import InstanceState
 from services.runtime.eventstore import EventStore
 from services.runtime.read_models import instance_stream
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, key_id
-from services.ts_gateway.simulator_rules import SimUser
+from simulators.sistema_ts.rules import SimUser
 from tests.e2e.driving import _formatted_730, _wait_state
 from tests.e2e.test_ts_730 import FINAL, flows_cli, send_730_cli
 

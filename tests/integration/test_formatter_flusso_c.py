@@ -19,9 +19,9 @@ import pytest
 from services.formatter.engine import run_format
 from services.formatter.fixedwidth import iter_table
 from services.formatter.layouts import load_layout
-from services.formatter.sample_snapshot import create_tables, generate_services
 from services.formatter.writer import write_flusso_c, write_layout
 from services.runtime.filestore import FileStore
+from tests.fixtures.sample_snapshot import create_tables, generate_services
 from tests.stack_urls import DATABASE_URL
 
 pytestmark = pytest.mark.integration

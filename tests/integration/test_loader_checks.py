@@ -17,10 +17,10 @@ import pytest
 from contracts.feedback import FeedbackLine
 from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument, SourceModel
 from services.loader.checks import PLANS, _run_cf_checks
-from services.loader.generator import generate
 from services.loader.intake import store, store_services
 from services.loader.pipeline import LoadOutcome, run_load
 from services.runtime.filestore import FileStore
+from simulators.cup.generator import generate
 
 pytestmark = pytest.mark.integration
 AUGUST = (date(2020, 8, 1), date(2020, 8, 31))

@@ -12,9 +12,9 @@ import asyncpg
 import pytest
 
 from contracts.sources import DeliveredService
-from services.loader.generator import generate, write_csv
 from services.loader.intake import import_csv, store_services
 from services.loader.snapshot import take_snapshot
+from simulators.cup.generator import generate, write_csv
 
 pytestmark = pytest.mark.integration
 

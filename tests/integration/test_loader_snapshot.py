@@ -13,9 +13,9 @@ import asyncpg
 import pytest
 
 from contracts.sources import DeliveredService
-from services.loader.generator import generate
 from services.loader.intake import store_services
 from services.loader.snapshot import SnapshotConflict, next_number, take_snapshot
+from simulators.cup.generator import generate
 
 pytestmark = pytest.mark.integration
 AUGUST = (date(2020, 8, 1), date(2020, 8, 31))

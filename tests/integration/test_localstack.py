@@ -1,4 +1,4 @@
-"""Integration tests of deploy/localstack.py against real processes (no mocks, never skipped).
+"""Integration tests of deploy/localstack/ against real processes (no mocks, never skipped).
 
 The first tests use (and leave running) the shared default stack, as every other integration test
 does; the down()/fault tests run a private stack in a temporary state folder on other ports, so they

@@ -23,8 +23,8 @@ from contracts import flows
 from contracts.envelope import Envelope
 from contracts.states import InstanceState
 from contracts.topics import INTAKE_TOPICS
-from services.loader.generator import SOURCE_FILES, generate, month_period
 from services.runtime.commands import send_command
+from simulators.cup.generator import SOURCE_FILES, generate, month_period
 from tests.isolation import logged_process, scratch_database
 from tests.pg_outage import postgres_down
 from tests.stack_urls import KAFKA

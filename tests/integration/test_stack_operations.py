@@ -154,7 +154,7 @@ def test_a_service_killed_with_sigkill_runs_again_within_10_s(stack, tmp_path: P
     `flows stack status` must show the restart and the last exit."""
     port = localstack.ts_sim_port(int(os.environ["FLOWS_KAFKA_PORT_BASE"])) + 50
     name = f"probe-sim-{os.getpid()}"
-    argv = [sys.executable, "-m", "services.ts_gateway.simulator_main", "--port", str(port),
+    argv = [sys.executable, "-m", "simulators.sistema_ts", "--port", str(port),
             "--cert-out", str(tmp_path / "ts-sim")]
     supervisor = localstack.start_service(name, argv, {})
     try:

@@ -31,9 +31,9 @@ from contracts.states import InstanceState
 from contracts.topics import SOURCE_TOPICS
 from deploy import localstack
 from services.cli.sources import publish
-from services.loader.generator import SOURCE_FILES, generate, month_period
 from services.runtime.commands import send_command
 from services.runtime.settings import bootstrap_list
+from simulators.cup.generator import SOURCE_FILES, generate, month_period
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 REPO = Path(__file__).resolve().parents[2]

@@ -27,7 +27,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts.envelope import Envelope
-from services.loader.generator import SOURCE_FILES, generate
+from simulators.cup.generator import SOURCE_FILES, generate
 from tests.isolation import REPO, logged_process, scratch_database
 from tests.stack_urls import KAFKA
 

@@ -41,10 +41,7 @@ from services.ts_gateway.client import (
 from services.ts_gateway.keys import GatewayKeys, rotate_gateway_key
 from services.ts_gateway.ledger import PgPartLedger
 from services.ts_gateway.receipts import feedback_csv
-from services.ts_gateway.sample import sample_730_xml, sample_730_zip, zip_one
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, ensure_gateway_keypair, key_id, seal
-from services.ts_gateway.simulator import TsSimulator
-from services.ts_gateway.simulator_rules import SimUser
 from services.ts_gateway.submission import (
     BackoffSchedule,
     PartKey,
@@ -54,6 +51,9 @@ from services.ts_gateway.submission import (
     instance_outcome,
 )
 from services.ts_gateway.submitter import SubmissionRunner
+from simulators.sistema_ts.rules import SimUser
+from simulators.sistema_ts.sample import sample_730_xml, sample_730_zip, zip_one
+from simulators.sistema_ts.simulator import TsSimulator
 from tests.unit.test_ts_ledger import check_ledger_contract
 
 pytestmark = pytest.mark.integration

@@ -24,11 +24,11 @@ from lxml import etree
 
 from contracts.sources import PaymentDocument
 from services.formatter.xml730 import TS_MAX_ZIP_BYTES, format_730
-from services.loader.generator import generate, month_period, write_csv
 from services.loader.intake import import_csv
 from services.loader.snapshot import take_snapshot
 from services.runtime.filestore import FileStore
 from services.runtime.sanitel import decrypt_with_key, make_test_certificate
+from simulators.cup.generator import generate, month_period, write_csv
 from tests.shared_paths import TS730_REFERENCE
 
 pytestmark = pytest.mark.integration

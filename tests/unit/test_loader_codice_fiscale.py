@@ -8,7 +8,7 @@ from datetime import date, timedelta
 from codicefiscale import codicefiscale as reference
 
 from services.loader.codice_fiscale import check_codici_fiscali
-from services.loader.generator import FEMALE_NAMES, MALE_NAMES, MUNICIPALITIES, SURNAMES, codice_fiscale
+from simulators.cup.generator import FEMALE_NAMES, MALE_NAMES, MUNICIPALITIES, SURNAMES, codice_fiscale
 
 ROSSI_MARIO = "RSSMRA80A01F839W"  # the textbook example: Mario Rossi, born in Napoli on 1 January 1980
 

@@ -9,7 +9,7 @@ from collections import Counter
 from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument
 from services.loader.catalogue import load_catalogue, structures_of
 from services.loader.codice_fiscale import check_codici_fiscali
-from services.loader.generator import BAD_KINDS, generate
+from simulators.cup.generator import BAD_KINDS, generate
 
 
 def _services(ente: str = "204", n: int = 3000, seed: int = 1947, bad: int = 0) -> list[DeliveredService]:

@@ -13,7 +13,6 @@ from services.ts_gateway.receipts import (
     feedback_csv,
     parse_error_report,
 )
-from services.ts_gateway.simulator_rules import INVIO_XSD, load_schema, receipt_pdf, reference_file
 from services.ts_gateway.soap import (
     SoapFault,
     SoapFormatError,
@@ -23,6 +22,7 @@ from services.ts_gateway.soap import (
     parse_multipart,
     resolve_xop,
 )
+from simulators.sistema_ts.rules import INVIO_XSD, load_schema, receipt_pdf, reference_file
 
 # Binary that looks like MIME on purpose: CRLFs, dashes, a fake boundary.
 OWNER = ops.Proprietario("150", "201", "150001")

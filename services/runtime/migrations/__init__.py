@@ -21,10 +21,10 @@ from pathlib import Path
 
 import asyncpg
 
+from services.runtime.locks import MIGRATION_LOCK_KEY
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-# Arbitrary constant shared by every process that migrates this database.
-MIGRATION_LOCK_KEY = 7_316_004_001
 
 SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -21,14 +21,13 @@ from typing import Any, cast
 
 from lxml import etree
 
+from contracts.ts730 import MAX_ZIP_BYTES
 from services.runtime.sanitel import SanitelError, cf_shaped, decrypt_with_key
 from services.ts_gateway.receipts import DocumentError
 from services.ts_gateway.submission import is_valid_file_name
+from simulators.sistema_ts.settings import SimulatorSettings
 
-MAX_ZIP_BYTES = 5 * 1024 * 1024
 ALL_OPERATIONS = ("inviaFileMtom", "EsitoInvii", "DettaglioErrori", "RicevutaPdf")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-REFERENCE_ROOTS = (REPO_ROOT / "contracts" / "ts730", Path("/work/shared/reference/ts730"))
 FILE_XSD = "WS_AsincronoInvioDati730/schemaFileAllegatoInvio/730_precompilata.xsd"
 INVIO_XSD = "WS_AsincronoInvioDati730/InvioTelematicoSpeseSanitarie730p_schema1.xsd"
 
@@ -57,8 +56,11 @@ STATO_DESCRIPTIONS = {
 }
 
 
-def reference_file(relative: str, roots: tuple[Path, ...] = REFERENCE_ROOTS) -> Path:
-    """The official schema: the copy in contracts/ts730 if present, else the shared reference."""
+def reference_file(relative: str, roots: tuple[Path, ...] | None = None) -> Path:
+    """The official schema: the copy in contracts/ts730 if present, else the reference folder of the
+    settings (FLOWS_TS_SIM_REFERENCE_DIR, by default shared/reference/ts730 beside the checkout)."""
+    if roots is None:
+        roots = SimulatorSettings().reference_roots()
     for root in roots:
         for candidate in (root / relative, root / Path(relative).name):
             if candidate.is_file():

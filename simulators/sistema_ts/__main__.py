@@ -1,4 +1,6 @@
-"""`python -m services.ts_gateway.simulator --port P --cert-out DIR`: run the TS simulator.
+"""`python -m simulators.sistema_ts --cert-out DIR [--port P]`: run the TS simulator.
+
+The port and host default to the settings (FLOWS_TS_SIM_PORT, FLOWS_TS_SIM_HOST; see settings.py).
 
 The account it accepts comes from the environment (TS_SIM_USER, TS_SIM_PASSWORD, TS_SIM_PINCODE,
 TS_SIM_CF_PROPRIETARIO); the defaults are the public test credentials style of Sistema TS.
@@ -12,8 +14,9 @@ import asyncio
 import os
 from pathlib import Path
 
-from services.ts_gateway.simulator import TsSimulator
-from services.ts_gateway.simulator_rules import SimUser
+from simulators.sistema_ts.rules import SimUser
+from simulators.sistema_ts.settings import SimulatorSettings
+from simulators.sistema_ts.simulator import TsSimulator
 
 
 def _account_from_env() -> SimUser:
@@ -53,9 +56,10 @@ async def _serve(host: str, port: int, cert_out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m services.ts_gateway.simulator", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=18443)
+    parser = argparse.ArgumentParser(prog="python -m simulators.sistema_ts", description=__doc__)
+    settings = SimulatorSettings()
+    parser.add_argument("--host", default=settings.host)
+    parser.add_argument("--port", type=int, default=settings.port)
     parser.add_argument("--cert-out", type=Path, required=True, help="directory for sanitel-cf.pem")
     args = parser.parse_args(argv)
     try:

@@ -12,7 +12,7 @@ reject at intake with a code, delay, HTTP 500 for the next N calls, hang, polls 
 forced final stato, per-document errors for given numDocumento values. `GET /__sim/submissions`
 lists accepted files (no credentials); `POST /__sim/reset` forgets everything.
 
-Run it: `python -m services.ts_gateway.simulator --port 18443 --cert-out .stack/ts-sim`.
+Run it: `python -m simulators.sistema_ts --cert-out .stack/ts-sim` (port: --port or FLOWS_TS_SIM_PORT).
 """
 
 from __future__ import annotations
@@ -32,7 +32,18 @@ from lxml import etree
 from services.runtime.sanitel import make_test_certificate
 from services.ts_gateway import operations as ops
 from services.ts_gateway.receipts import build_error_report
-from services.ts_gateway.simulator_rules import (
+from services.ts_gateway.soap import (
+    SOAP_CONTENT_TYPE,
+    SoapFault,
+    SoapFormatError,
+    body_payload,
+    child_text,
+    fault_envelope,
+    parse_multipart,
+    resolve_xop,
+)
+from services.ts_gateway.submission import TS_ZONE
+from simulators.sistema_ts.rules import (
     FILE_XSD,
     INVIO_XSD,
     STATO_DESCRIPTIONS,
@@ -50,17 +61,6 @@ from services.ts_gateway.simulator_rules import (
     schema_errors,
     unzip_single_xml,
 )
-from services.ts_gateway.soap import (
-    SOAP_CONTENT_TYPE,
-    SoapFault,
-    SoapFormatError,
-    body_payload,
-    child_text,
-    fault_envelope,
-    parse_multipart,
-    resolve_xop,
-)
-from services.ts_gateway.submission import TS_ZONE
 
 CERT_FILE = "sanitel-cf.pem"
 
@@ -384,8 +384,3 @@ class TsSimulator:
 def _soap(data: bytes, status: int = 200) -> web.Response:
     return web.Response(body=data, status=status, headers={"Content-Type": SOAP_CONTENT_TYPE})
 
-
-if __name__ == "__main__":
-    from services.ts_gateway.simulator_main import main
-
-    main()

@@ -1,0 +1,140 @@
+"""Services started by the stack (detached, usually under deploy/supervisor.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from deploy.localstack.processes import _alive, _create_time, _tail, _terminate
+from deploy.localstack.state import REPO_ROOT, StackError, _load_state, _locked, _save_state, state_dir
+
+
+def services_status() -> dict[str, dict[str, Any]]:
+    """Every recorded service as `status` shows it, by name."""
+    return {name: _service_status(rec) for name, rec in sorted(_load_state(state_dir())["services"].items())}
+
+
+def _service_status(rec: dict[str, Any]) -> dict[str, Any]:
+    """A service as `flows stack status` shows it. A supervised one (see deploy/supervisor.py) is running
+    when its supervisor and the service under it both are; ``pid`` is the service's, ``restarts`` and
+    ``last_exit`` come from the supervisor's status file."""
+    supervisor_alive = _alive(rec)
+    if not rec.get("status_file"):
+        return {"running": supervisor_alive, "pid": rec.get("pid") if supervisor_alive else None,
+                "log": rec.get("log"), "restarts": None, "last_exit": None, "supervisor_pid": None}
+    from deploy.supervisor import read_status
+
+    sup = read_status(Path(rec["status_file"])) if supervisor_alive else {}
+    child = sup.get("child_pid")
+    child_alive = bool(child) and _alive({"pid": child})
+    return {
+        "running": supervisor_alive and child_alive,
+        "pid": child if child_alive else None,
+        "supervisor_pid": rec.get("pid") if supervisor_alive else None,
+        "restarts": sup.get("restarts", 0),
+        "last_exit": sup.get("last_exit"),
+        "started_at": sup.get("started_at"),
+        "log": rec.get("log"),
+    }
+
+
+def wait_services_alive(names: list[str], settle_s: float = 5.0, timeout: float = 60.0) -> None:
+    """Return once every named service runs and has run ``settle_s`` without a restart; raise StackError
+    naming the first that keeps exiting (with its last exit and the tail of its log)."""
+    deadline = time.monotonic() + timeout
+    restarts = {n: services_status().get(n, {}).get("restarts") or 0 for n in names}
+    while True:
+        services = services_status()
+        for name in names:
+            svc = services.get(name, {})
+            if (svc.get("restarts") or 0) > restarts[name] or not _alive(_load_state(state_dir())["services"][name]):
+                raise StackError(f"service {name} does not stay up (last {svc.get('last_exit') or 'exit unknown'})"
+                                 f"\n{_tail(Path(svc.get('log') or '/nonexistent'), 20)}")
+        settled = [n for n in names if services[n]["running"] and services[n].get("started_at")
+                   and time.time() - float(services[n]["started_at"]) >= settle_s]
+        if len(settled) == len(names):
+            return
+        if time.monotonic() > deadline:
+            missing = sorted(set(names) - set(settled))
+            raise StackError(f"services not running after {timeout:.0f} s: {', '.join(missing)}")
+        time.sleep(0.2)
+
+
+def start_service(name: str, argv: list[str], env: dict[str, str], supervised: bool = True) -> int:
+    """Start a detached process (own session, survives the caller) logging to ``logs/<name>.log``.
+
+    ``supervised`` (the default) runs it under deploy/supervisor.py, which restarts it when it dies; the
+    returned and recorded pid is then the supervisor's (`status` shows the service's own).
+
+    ``env`` is laid over the current environment. If ``name`` already runs with the same argv and env,
+    its pid is returned and nothing is started (so a repeated ``flows stack up`` is harmless); if it
+    runs with different arguments it is restarted."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"bad service name {name!r}")
+    sd = state_dir()
+    with _locked(sd):
+        state = _load_state(sd)
+        rec = state["services"].get(name)
+        fingerprint = hashlib.sha256(json.dumps([argv, sorted(env.items())]).encode()).hexdigest()
+        if rec and _alive(rec):
+            if rec.get("fingerprint") == fingerprint:
+                return int(rec["pid"])
+            stop_service(name)
+            state = _load_state(sd)
+        log = sd / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        status_file = sd / "supervisor" / f"{name}.json"
+        command = argv
+        if supervised:
+            status_file.unlink(missing_ok=True)
+            command = [sys.executable, "-m", "deploy.supervisor", "--status", str(status_file), "--", *argv]
+        with open(log, "ab") as fh:
+            fh.write(f"\n=== starting {name} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {argv} ===\n".encode())
+            fh.flush()
+            proc = subprocess.Popen(
+                command, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **env}, cwd=REPO_ROOT, start_new_session=True,
+            )  # fmt: skip
+        state["services"][name] = {
+            "pid": proc.pid,
+            "create_time": _create_time(proc.pid),
+            "argv": argv,
+            "fingerprint": fingerprint,
+            "log": str(log),
+            "status_file": str(status_file) if supervised else None,
+        }
+        _save_state(sd, state)
+        return proc.pid
+
+
+def stop_service(name: str) -> None:
+    """SIGTERM the service's process group (its supervisor first stops restarting it, then waits for it),
+    SIGKILL after 20 s; no error if it is not running."""
+    sd = state_dir()
+    with _locked(sd):
+        state = _load_state(sd)
+        rec = state["services"].get(name)
+        if rec is None:
+            return
+        _terminate(rec, timeout=20.0, group=True)
+        rec["pid"] = None
+        _save_state(sd, state)
+
+
+def remove_service(name: str) -> None:
+    """Stop the service (see stop_service) and forget it: `status` no longer lists it."""
+    sd = state_dir()
+    with _locked(sd):
+        stop_service(name)
+        state = _load_state(sd)
+        rec = state["services"].pop(name, None)
+        if rec and rec.get("status_file"):
+            Path(rec["status_file"]).unlink(missing_ok=True)
+        _save_state(sd, state)

@@ -1,0 +1,1 @@
+"""A stand-in for the CUP: synthetic source data (services, bookings, payments) with planted problems."""
