@@ -210,7 +210,7 @@ async def test_consecutive_messages_one_rejected_log_with_their_own_ids_only(ser
     ids = dict(sent)
     ours = [line for line in lines if line.get("aggregate_id") in ids or line.get("event_id") in ids.values()]
     for line in ours:  # no line pairs one message's key with another's ce_id
-        assert ids.get(line.get("aggregate_id")) == line.get("event_id"), line
+        assert ids.get(str(line.get("aggregate_id"))) == line.get("event_id"), line
     rejected = [line for line in lines if line.get("event") == "message.rejected"]
     assert [(r["aggregate_id"], r["event_id"]) for r in rejected] == [sent[1]]
     processed = [(line["aggregate_id"], line["event_id"]) for line in lines if line.get("event") == "probe.processed"]
