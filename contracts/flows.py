@@ -207,3 +207,23 @@ class InstanceDeleted(Payload):
     instance: int
     deleted_by: Actor
     reason: Reason | None = None
+
+
+# The one pairing of event type and payload class of the instance lifecycle: the topic registry, the
+# state machine and every writer take the type from here (`TYPE_OF[type(payload)]`), never a literal.
+EVENT_TYPES: dict[str, type[Payload]] = {
+    "flows.load-requested": LoadRequested,
+    "flows.load-scheduled": LoadScheduled,
+    "flows.load-running": LoadRunning,
+    "flows.load-checked": LoadChecked,
+    "flows.load-failed": LoadFailed,
+    "flows.format-requested": FormatRequested,
+    "flows.formatting-started": FormattingStarted,
+    "flows.formatted": Formatted,
+    "flows.format-failed": FormatFailed,
+    "flows.ts-submission-requested": TsSubmissionRequested,
+    "flows.ts-submitted": TsSubmitted,
+    "flows.ts-feedback-received": TsFeedbackReceived,
+    "flows.instance-deleted": InstanceDeleted,
+}
+TYPE_OF: dict[type[Payload], str] = {model: name for name, model in EVENT_TYPES.items()}

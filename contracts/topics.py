@@ -7,6 +7,7 @@ number for `flows.*`, the request id for `onboarding.*`, the source record id fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -46,33 +47,40 @@ class Topic:
 
 _EXT = "external"  # a regional system (the CUP, SINFONIA) or the operator's CLI
 
+
+
+def _flow(model: type[flows.Payload], *args: Any, **kwargs: Any) -> Topic:
+    """The topic of a lifecycle payload, named by flows.TYPE_OF."""
+    return Topic(flows.TYPE_OF[model], model, *args, **kwargs)
+
+
 FLOW_TOPICS = [
-    Topic("flows.load-requested", flows.LoadRequested, "request_id",
+    _flow(flows.LoadRequested, "request_id",
           "Command: load a flow for an entity and a period.", (_EXT, "cli"), ("loader",)),
-    Topic("flows.load-scheduled", flows.LoadScheduled, "instance", "The load will start at its scheduled time.",
+    _flow(flows.LoadScheduled, "instance", "The load will start at its scheduled time.",
           ("loader",)),
-    Topic("flows.load-running", flows.LoadRunning, "instance", "An instance was created and is Running.",
+    _flow(flows.LoadRunning, "instance", "An instance was created and is Running.",
           ("loader",)),
-    Topic("flows.load-checked", flows.LoadChecked, "instance", "The load passed its checks: Checked.", ("loader",)),
-    Topic("flows.load-failed", flows.LoadFailed, "instance",
+    _flow(flows.LoadChecked, "instance", "The load passed its checks: Checked.", ("loader",)),
+    _flow(flows.LoadFailed, "instance",
           "Failed loading, with a feedback file naming every bad record.", ("loader",)),
-    Topic("flows.format-requested", flows.FormatRequested, "instance", "Command: format a Checked instance.",
+    _flow(flows.FormatRequested, "instance", "Command: format a Checked instance.",
           (_EXT, "cli"), ("formatter",)),
-    Topic("flows.formatting-started", flows.FormattingStarted, "instance", "Formatting in progress.",
+    _flow(flows.FormattingStarted, "instance", "Formatting in progress.",
           ("formatter",)),
-    Topic("flows.formatted", flows.Formatted, "instance", "The files are ready: Formatted.", ("formatter",),
+    _flow(flows.Formatted, "instance", "The files are ready: Formatted.", ("formatter",),
           (_EXT,)),
-    Topic("flows.format-failed", flows.FormatFailed, "instance", "Formatting failed, with reasons.",
+    _flow(flows.FormatFailed, "instance", "Formatting failed, with reasons.",
           ("formatter",)),
-    Topic("flows.ts-submission-requested", flows.TsSubmissionRequested, "instance",
+    _flow(flows.TsSubmissionRequested, "instance",
           "Command: send a Formatted 730 instance to Sistema TS (credentials sealed).", ("cli",),
           ("ts-gateway",), retention_ms=SECRET_COMMAND_RETENTION_MS),
-    Topic("flows.ts-submitted", flows.TsSubmitted, "instance",
+    _flow(flows.TsSubmitted, "instance",
           "A zip was accepted by Sistema TS with a protocollo: Waiting feedback.", ("ts-gateway",)),
-    Topic("flows.ts-feedback-received", flows.TsFeedbackReceived, "instance",
+    _flow(flows.TsFeedbackReceived, "instance",
           "Sistema TS's outcome for a part, and for the instance when all parts have one.", ("ts-gateway",),
           (_EXT,)),
-    Topic("flows.instance-deleted", flows.InstanceDeleted, "instance",
+    _flow(flows.InstanceDeleted, "instance",
           "Cancella: the instance is marked deleted; history kept.", ("cli",)),
 ]
 
