@@ -57,13 +57,13 @@ if TYPE_CHECKING:
 __all__ = ["GENESIS_HASH", "ChainBreak", "ConcurrencyError", "EventStore", "EventTooLarge", "NewEvent", "StoredEvent",
            "canonical_json", "event_hash", "verify_chain"]
 
-# Event types are Kafka topic names too (`flows.load-checked`).
+# Event types are Kafka topic names too (`<area>.<event>`, e.g. flows.TYPE_OF[flows.LoadChecked]).
 EVENT_TYPE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
 
 
 @dataclass(frozen=True)
 class NewEvent:
-    type: str  # "flows.load-requested"
+    type: str  # the topic name, e.g. flows.TYPE_OF[flows.LoadChecked]
     data: dict[str, Any]  # JSON-serialisable payload (pydantic model_dump(mode="json"))
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     actor: str = "system"  # who caused it (operator user id, "ts-gateway", ...)
@@ -394,7 +394,7 @@ def _check_append(stream_id: str, events: Sequence[NewEvent], expected_version: 
     for index, event in enumerate(events, start=1):
         if not EVENT_TYPE.match(event.type):
             raise ValueError(f"append to {stream_id}, event {index} ({event.id}): type {event.type!r} "
-                             "is not a topic-style name like 'flows.load-checked'")
+                             "is not a topic-style name like '<area>.<event>'")
         if not isinstance(event.data, dict):
             raise ValueError(f"append to {stream_id}, event {index} ({event.type}): data must be a dict, "
                              f"not {type(event.data).__name__}")

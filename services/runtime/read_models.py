@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from contracts import flows
 from contracts.states import IllegalTransition, InstanceState, fold, target_of
 from services.runtime.eventstore import StoredEvent
 
@@ -73,7 +74,7 @@ class InstanceList:
             return
         data = event.data
         instance = int(event.stream_id.removeprefix(INSTANCE_STREAM_PREFIX))
-        if event.type in ("flows.load-running", "flows.load-scheduled"):
+        if event.type in (flows.TYPE_OF[flows.LoadRunning], flows.TYPE_OF[flows.LoadScheduled]):
             await self._created(conn, instance, event)
             return
         row = await conn.fetchrow("SELECT state FROM instance_list WHERE instance = $1", instance)
@@ -109,7 +110,7 @@ class InstanceList:
 
     async def _created(self, conn: asyncpg.Connection, instance: int, event: StoredEvent) -> None:
         data = event.data
-        state = InstanceState.RUNNING if event.type == "flows.load-running" else InstanceState.SCHEDULED
+        state = InstanceState.RUNNING if event.type == flows.TYPE_OF[flows.LoadRunning] else InstanceState.SCHEDULED
         await conn.execute(
             """INSERT INTO instance_list (instance, flow_type, version, ente, created_at, period_start,
                                           period_end, state, state_since, requested_by, scheduled_at,
@@ -125,11 +126,11 @@ class InstanceList:
 
 def _summary(event: StoredEvent) -> str | None:
     data = event.data
-    if event.type == "flows.format-failed":
+    if event.type == flows.TYPE_OF[flows.FormatFailed]:
         return "; ".join(data.get("reasons", []))[:1000]
-    if event.type == "flows.ts-feedback-received" and data.get("reason"):
+    if event.type == flows.TYPE_OF[flows.TsFeedbackReceived] and data.get("reason"):
         return str(data["reason"])[:1000]
-    if event.type == "flows.instance-deleted":
+    if event.type == flows.TYPE_OF[flows.InstanceDeleted]:
         return f"deleted by {data.get('deleted_by')}: {data.get('reason') or 'no reason given'}"
     summary = data.get("summary")
     return str(summary) if summary else None
