@@ -99,7 +99,7 @@ async def load(flow_type: str, ente: str, start: date, end: date, version: str, 
         deadline = time.monotonic() + 60
         instance = None
         while instance is None:
-            instance = await pool.fetchval("SELECT instance FROM load_request WHERE request_id = $1",
+            instance = await pool.fetchval("SELECT instance FROM instance_list WHERE request_id = $1",
                                            request.request_id)
             if instance is None:
                 if time.monotonic() > deadline:

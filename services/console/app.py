@@ -530,7 +530,7 @@ async def new_load(ctx: Ctx) -> Response:
                     errors=errors, flow_types=[t.value for t in FlowType])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        instance = await console.pool.fetchval("SELECT instance FROM load_request WHERE request_id = $1", request_id)
+        instance = await console.pool.fetchval("SELECT instance FROM instance_list WHERE request_id = $1", request_id)
         if instance is not None:
             return RedirectResponse(f"/istanze/{instance}", status_code=303)
         await asyncio.sleep(0.1)

@@ -136,7 +136,7 @@ async def handle_source_record(record: SourceModel, msg: Incoming, deps: LoaderD
     from services.loader import intake
 
     async with deps.pool.acquire() as conn, conn.transaction():
-        async with deps.store.consume(conn, consumer=f"{CONSUMER}-sources", message_id=msg.message_id) as fresh:
+        async with deps.store.first_delivery(conn, consumer=f"{CONSUMER}-sources", message_id=msg.message_id) as fresh:
             if not fresh:
                 return
         await intake.store(conn, _KIND_OF[type(record)], [record])

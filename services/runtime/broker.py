@@ -4,7 +4,7 @@ Delivery policy (chosen deliberately; FastStream's Kafka default acks BEFORE pro
 `AckPolicy.NACK_ON_ERROR`, no auto-commit. The offset is committed after the handler returned or
 after the message was dead-lettered; if even the dead-lettering fails (broker down) the message
 is nacked and comes back. So delivery is at-least-once and the handlers make it exactly-once by
-recording `ce_id` in the same transaction as their effects (`EventStore.consume`).
+recording `ce_id` in the same transaction as their effects (`EventStore.first_delivery`).
 
 Poison versus outage. Everything that is wrong with the message itself (a key or a header that is
 not UTF-8, a body that is not JSON or nested past the parser's depth, wrong types, an oversize

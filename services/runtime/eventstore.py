@@ -338,9 +338,9 @@ class EventStore:
                 last = (carry.stream_id, carry.version)
 
     @asynccontextmanager
-    async def consume(self, conn: asyncpg.Connection, *, consumer: str,
+    async def first_delivery(self, conn: asyncpg.Connection, *, consumer: str,
                       message_id: str) -> AsyncIterator[bool]:
-        """``async with store.consume(conn, consumer="loader", message_id=ce_id) as fresh:``.
+        """``async with store.first_delivery(conn, consumer="loader", message_id=ce_id) as fresh:``.
 
         ``fresh`` is False when this consumer already processed the message: skip the effects.
         Must run inside the caller's transaction, the one that holds the effects.

@@ -67,7 +67,7 @@ class Instances:
     async def handling(self, msg: Incoming) -> AsyncIterator[Handling | None]:
         """One transaction for a command: None when this consumer already processed `msg`."""
         async with self.pool.acquire() as conn, conn.transaction():
-            async with self.store.consume(conn, consumer=self.consumer, message_id=msg.message_id) as fresh:
+            async with self.store.first_delivery(conn, consumer=self.consumer, message_id=msg.message_id) as fresh:
                 pass
             yield Handling(self, conn, msg) if fresh else None
 

@@ -52,8 +52,10 @@ class InstanceList:
                 warnings        integer,
                 summary         text,
                 last_event      text NOT NULL,
-                events          integer NOT NULL
-            )""",
+                events          integer NOT NULL,
+                request_id      uuid
+            );
+            CREATE INDEX IF NOT EXISTS instance_list_request_id ON instance_list (request_id)""",
         "instance_files": """
             CREATE TABLE IF NOT EXISTS instance_files (
                 instance   bigint NOT NULL,
@@ -114,14 +116,14 @@ class InstanceList:
         await conn.execute(
             """INSERT INTO instance_list (instance, flow_type, version, ente, created_at, period_start,
                                           period_end, state, state_since, requested_by, scheduled_at,
-                                          last_event, events)
+                                          last_event, events, request_id)
                VALUES ($1, $2, $3, $4, $5, $6::text::date, $7::text::date, $8, $5, $9, $10::text::timestamptz,
-                       $11, 1)
+                       $11, 1, $12::text::uuid)
                ON CONFLICT (instance) DO UPDATE SET state = EXCLUDED.state, state_since = EXCLUDED.state_since,
                    last_event = EXCLUDED.last_event, events = instance_list.events + 1""",
             instance, data["flow_type"], data["version"], data["ente"], event.recorded_at,
             data["period"]["start"], data["period"]["end"], state.value, data["requested_by"],
-            data.get("scheduled_at"), event.type)
+            data.get("scheduled_at"), event.type, data.get("request_id"))
 
 
 def _summary(event: StoredEvent) -> str | None:
