@@ -210,34 +210,54 @@ class InstanceDeleted(Payload):
     reason: Reason | None = None
 
 
+# The one pairing of event type and payload class of the instance lifecycle: the topic registry, the
+# state machine and every writer take the type from here (`TYPE_OF[type(payload)]`), never a literal.
+EVENT_TYPES: dict[str, type[Payload]] = {
+    "flows.load-requested": LoadRequested,
+    "flows.load-scheduled": LoadScheduled,
+    "flows.load-running": LoadRunning,
+    "flows.load-checked": LoadChecked,
+    "flows.load-failed": LoadFailed,
+    "flows.format-requested": FormatRequested,
+    "flows.formatting-started": FormattingStarted,
+    "flows.formatted": Formatted,
+    "flows.format-failed": FormatFailed,
+    "flows.ts-submission-requested": TsSubmissionRequested,
+    "flows.ts-submitted": TsSubmitted,
+    "flows.ts-feedback-received": TsFeedbackReceived,
+    "flows.instance-deleted": InstanceDeleted,
+}
+TYPE_OF: dict[type[Payload], str] = {model: name for name, model in EVENT_TYPES.items()}
+
+
 # ---- topics -------------------------------------------------------------------------------------
 
 TOPICS = [
-    Topic("flows.load-requested", LoadRequested, "request_id",
+    Topic(TYPE_OF[LoadRequested], LoadRequested, "request_id",
           "Command: load a flow for an entity and a period.", (EXTERNAL, "cli"), ("loader",)),
-    Topic("flows.load-scheduled", LoadScheduled, "instance", "The load will start at its scheduled time.",
+    Topic(TYPE_OF[LoadScheduled], LoadScheduled, "instance", "The load will start at its scheduled time.",
           ("loader",)),
-    Topic("flows.load-running", LoadRunning, "instance", "An instance was created and is Running.",
+    Topic(TYPE_OF[LoadRunning], LoadRunning, "instance", "An instance was created and is Running.",
           ("loader",)),
-    Topic("flows.load-checked", LoadChecked, "instance", "The load passed its checks: Checked.", ("loader",)),
-    Topic("flows.load-failed", LoadFailed, "instance",
+    Topic(TYPE_OF[LoadChecked], LoadChecked, "instance", "The load passed its checks: Checked.", ("loader",)),
+    Topic(TYPE_OF[LoadFailed], LoadFailed, "instance",
           "Failed loading, with a feedback file naming every bad record.", ("loader",)),
-    Topic("flows.format-requested", FormatRequested, "instance", "Command: format a Checked instance.",
+    Topic(TYPE_OF[FormatRequested], FormatRequested, "instance", "Command: format a Checked instance.",
           (EXTERNAL, "cli"), ("formatter",)),
-    Topic("flows.formatting-started", FormattingStarted, "instance", "Formatting in progress.",
+    Topic(TYPE_OF[FormattingStarted], FormattingStarted, "instance", "Formatting in progress.",
           ("formatter",)),
-    Topic("flows.formatted", Formatted, "instance", "The files are ready: Formatted.", ("formatter",),
+    Topic(TYPE_OF[Formatted], Formatted, "instance", "The files are ready: Formatted.", ("formatter",),
           (EXTERNAL,)),
-    Topic("flows.format-failed", FormatFailed, "instance", "Formatting failed, with reasons.",
+    Topic(TYPE_OF[FormatFailed], FormatFailed, "instance", "Formatting failed, with reasons.",
           ("formatter",)),
-    Topic("flows.ts-submission-requested", TsSubmissionRequested, "instance",
+    Topic(TYPE_OF[TsSubmissionRequested], TsSubmissionRequested, "instance",
           "Command: send a Formatted 730 instance to Sistema TS (credentials sealed).", ("cli",),
           ("ts-gateway",), retention_ms=SECRET_COMMAND_RETENTION_MS),
-    Topic("flows.ts-submitted", TsSubmitted, "instance",
+    Topic(TYPE_OF[TsSubmitted], TsSubmitted, "instance",
           "A zip was accepted by Sistema TS with a protocollo: Waiting feedback.", ("ts-gateway",)),
-    Topic("flows.ts-feedback-received", TsFeedbackReceived, "instance",
+    Topic(TYPE_OF[TsFeedbackReceived], TsFeedbackReceived, "instance",
           "Sistema TS's outcome for a part, and for the instance when all parts have one.", ("ts-gateway",),
           (EXTERNAL,)),
-    Topic("flows.instance-deleted", InstanceDeleted, "instance",
+    Topic(TYPE_OF[InstanceDeleted], InstanceDeleted, "instance",
           "Cancella: the instance is marked deleted; history kept.", ("cli",)),
 ]

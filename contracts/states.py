@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from contracts import flows
+from contracts.flows import TYPE_OF as _T
+
 
 class InstanceState(StrEnum):
     SCHEDULED = "Scheduled"
@@ -51,24 +54,24 @@ _ALIVE = frozenset(set(S) - {S.DELETED})
 _DELETABLE = frozenset(_ALIVE - {S.RUNNING, S.FORMATTING, S.WAITING_FEEDBACK})
 
 TRANSITIONS: dict[str, Transition] = {t.event: t for t in [
-    Transition("flows.load-scheduled", frozenset({None}), S.SCHEDULED, frozenset({Actor.LOADER})),
-    Transition("flows.load-running", frozenset({None, S.SCHEDULED}), S.RUNNING, frozenset({Actor.LOADER})),
-    Transition("flows.load-checked", frozenset({S.RUNNING}), S.CHECKED, frozenset({Actor.LOADER})),
-    Transition("flows.load-failed", frozenset({S.RUNNING}), S.FAILED_LOADING, frozenset({Actor.LOADER})),
-    Transition("flows.format-requested", frozenset({S.CHECKED, S.FORMAT_FAILED}), None, frozenset({Actor.OPERATOR})),
-    Transition("flows.formatting-started", frozenset({S.CHECKED, S.FORMAT_FAILED}), S.FORMATTING,
+    Transition(_T[flows.LoadScheduled], frozenset({None}), S.SCHEDULED, frozenset({Actor.LOADER})),
+    Transition(_T[flows.LoadRunning], frozenset({None, S.SCHEDULED}), S.RUNNING, frozenset({Actor.LOADER})),
+    Transition(_T[flows.LoadChecked], frozenset({S.RUNNING}), S.CHECKED, frozenset({Actor.LOADER})),
+    Transition(_T[flows.LoadFailed], frozenset({S.RUNNING}), S.FAILED_LOADING, frozenset({Actor.LOADER})),
+    Transition(_T[flows.FormatRequested], frozenset({S.CHECKED, S.FORMAT_FAILED}), None, frozenset({Actor.OPERATOR})),
+    Transition(_T[flows.FormattingStarted], frozenset({S.CHECKED, S.FORMAT_FAILED}), S.FORMATTING,
                frozenset({Actor.FORMATTER})),
-    Transition("flows.formatted", frozenset({S.FORMATTING}), S.FORMATTED, frozenset({Actor.FORMATTER})),
-    Transition("flows.format-failed", frozenset({S.FORMATTING}), S.FORMAT_FAILED, frozenset({Actor.FORMATTER})),
-    Transition("flows.ts-submission-requested", frozenset({S.FORMATTED, S.REJECTED}), None,
+    Transition(_T[flows.Formatted], frozenset({S.FORMATTING}), S.FORMATTED, frozenset({Actor.FORMATTER})),
+    Transition(_T[flows.FormatFailed], frozenset({S.FORMATTING}), S.FORMAT_FAILED, frozenset({Actor.FORMATTER})),
+    Transition(_T[flows.TsSubmissionRequested], frozenset({S.FORMATTED, S.REJECTED}), None,
                frozenset({Actor.OPERATOR})),
-    Transition("flows.ts-submitted", frozenset({S.FORMATTED, S.REJECTED, S.WAITING_FEEDBACK}), S.WAITING_FEEDBACK,
+    Transition(_T[flows.TsSubmitted], frozenset({S.FORMATTED, S.REJECTED, S.WAITING_FEEDBACK}), S.WAITING_FEEDBACK,
                frozenset({Actor.TS_GATEWAY})),
     # The target depends on the payload (instance_outcome): see target_of.
     # From Rejected too: a resend refused again at intake has no protocollo, so no Waiting feedback.
-    Transition("flows.ts-feedback-received", frozenset({S.WAITING_FEEDBACK, S.FORMATTED, S.REJECTED}), None,
+    Transition(_T[flows.TsFeedbackReceived], frozenset({S.WAITING_FEEDBACK, S.FORMATTED, S.REJECTED}), None,
                frozenset({Actor.TS_GATEWAY})),
-    Transition("flows.instance-deleted", _DELETABLE, S.DELETED, frozenset({Actor.OPERATOR})),
+    Transition(_T[flows.InstanceDeleted], _DELETABLE, S.DELETED, frozenset({Actor.OPERATOR})),
 ]}
 
 _TS_OUTCOME = {
@@ -90,7 +93,7 @@ def target_of(event_type: str, payload: dict[str, object], current: InstanceStat
         allowed = ", ".join(sorted(s.value if s else "(new)" for s in transition.sources))
         raise IllegalTransition(f"{event_type} is not allowed in state {current.value if current else '(new)'}"
                                 f" (allowed from: {allowed})")
-    if event_type == "flows.ts-feedback-received":
+    if event_type == _T[flows.TsFeedbackReceived]:
         outcome = payload.get("instance_outcome")
         if outcome is None:
             return current if current is not None else None

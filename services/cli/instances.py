@@ -51,8 +51,8 @@ async def _wait_for_state(pool: asyncpg.Pool, instance: int, finals: set[str], l
                 progress.update(task, description=f"{label} instance {instance}: {row['state']}")
                 if row["state"] in finals and (ts_outcome_after is None or await pool.fetchval(
                         "SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1 AND version > $2 "
-                        "AND type = 'flows.ts-feedback-received' AND data->>'instance_outcome' IS NOT NULL)",
-                        instance_stream(instance), ts_outcome_after)):
+                        "AND type = $3 AND data->>'instance_outcome' IS NOT NULL)",
+                        instance_stream(instance), ts_outcome_after, flows.TYPE_OF[flows.TsFeedbackReceived])):
                     return row
             if time.monotonic() > deadline:
                 raise UserError(f"instance {instance} is still {row['state'] if row else 'not created'} after "
@@ -87,7 +87,7 @@ def load_request(flow_type: str, ente: str, start: date, end: date, version: str
 
 
 async def send_load_request(bootstrap: str, request: flows.LoadRequested) -> None:
-    await send_command(bootstrap, "flows.load-requested", request, key=str(request.request_id))
+    await send_command(bootstrap, flows.TYPE_OF[flows.LoadRequested], request, key=str(request.request_id))
 
 
 def traced(cfg: Settings) -> None:
@@ -123,7 +123,7 @@ async def _load(cfg: Settings, flow_type: str, ente: str, start: date, end: date
         deadline = time.monotonic() + 60
         instance = None
         while instance is None:
-            instance = await pool.fetchval("SELECT instance FROM load_request WHERE request_id = $1",
+            instance = await pool.fetchval("SELECT instance FROM instance_list WHERE request_id = $1",
                                            request.request_id)
             if instance is None:
                 if time.monotonic() > deadline:
@@ -140,11 +140,11 @@ async def send_format_request(bootstrap: str, row: asyncpg.Record, requested_by:
     """The format command for the instance of `row` (its instance_list row), if its state allows it."""
     instance = int(row["instance"])
     try:
-        target_of("flows.formatting-started", {}, InstanceState(row["state"]))
+        target_of(flows.TYPE_OF[flows.FormattingStarted], {}, InstanceState(row["state"]))
     except IllegalTransition as exc:
         raise UserError(f"instance {instance} is {row['state']}: it cannot be formatted "
                         "(only Checked or Format failed instances can)") from exc
-    await send_command(bootstrap, "flows.format-requested",
+    await send_command(bootstrap, flows.TYPE_OF[flows.FormatRequested],
                        flows.FormatRequested(instance=instance, requested_by=requested_by), key=str(instance))
 
 
@@ -298,13 +298,13 @@ async def append_deletion(pool: asyncpg.Pool, row: asyncpg.Record, deleted_by: s
     instance = int(row["instance"])
     store = EventStore(pool, source=source, projections=FLOW_PROJECTIONS)
     try:
-        target_of("flows.instance-deleted", {}, InstanceState(row["state"]))
+        target_of(flows.TYPE_OF[flows.InstanceDeleted], {}, InstanceState(row["state"]))
     except IllegalTransition as exc:
         raise UserError(f"instance {instance} is {row['state']}: it cannot be deleted now ({exc})") from exc
     version = await store.stream_version(instance_stream(instance))
     event = flows.InstanceDeleted(instance=instance, deleted_by=deleted_by, reason=reason)
     try:
-        await store.append(instance_stream(instance), [NewEvent("flows.instance-deleted",
+        await store.append(instance_stream(instance), [NewEvent(flows.TYPE_OF[flows.InstanceDeleted],
                                                                 event.model_dump(mode="json"), actor=deleted_by)],
                            expected_version=version, key=str(instance))
     except ConcurrencyError as exc:

@@ -30,7 +30,7 @@ async def _ensure_sendable(pool: Any, instance: int, public_key: Path) -> None:
     if row["flow_type"] != "FLUSSO_730":
         raise UserError(f"instance {instance} is {row['flow_type']}: only 730 instances are sent to Sistema TS")
     try:
-        target_of("flows.ts-submission-requested", {}, InstanceState(row["state"]))
+        target_of(flows.TYPE_OF[flows.TsSubmissionRequested], {}, InstanceState(row["state"]))
     except IllegalTransition as exc:
         raise UserError(f"instance {instance} is {row['state']}: only Formatted (or Rejected, to resend) "
                         "instances can be sent") from exc
@@ -60,7 +60,7 @@ async def send_sealed_730(bootstrap: str, pool: Any, keys_dir: Path, instance: i
                                           requested_by=operator)
     before = int(await pool.fetchval("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
                                      instance_stream(instance)))
-    await send_command(bootstrap, "flows.ts-submission-requested", request, key=str(instance))
+    await send_command(bootstrap, flows.TYPE_OF[flows.TsSubmissionRequested], request, key=str(instance))
     return before
 
 

@@ -35,6 +35,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
+from contracts import flows
 from contracts.deadlines import DeadlineDataInvalid, DeadlineDataMissing, deadlines_for_month, default_month
 from contracts.deadlines import status as deadline_status
 from contracts.flows import FlowType
@@ -529,7 +530,7 @@ async def new_load(ctx: Ctx) -> Response:
                     errors=errors, flow_types=[t.value for t in FlowType])
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        instance = await console.pool.fetchval("SELECT instance FROM load_request WHERE request_id = $1", request_id)
+        instance = await console.pool.fetchval("SELECT instance FROM instance_list WHERE request_id = $1", request_id)
         if instance is not None:
             return RedirectResponse(f"/istanze/{instance}", status_code=303)
         await asyncio.sleep(0.1)
@@ -548,7 +549,8 @@ async def _instance_view(ctx: Ctx) -> dict[str, Any]:
         "SELECT * FROM instance_files WHERE instance = $1 ORDER BY kind = 'feedback', name", instance)
     actions = []
     if may(ctx.principal, ACT_ON_INSTANCE, ctx.row["ente"]):
-        for action, event in (("format", "flows.formatting-started"), ("delete", "flows.instance-deleted")):
+        for action, event in (("format", flows.TYPE_OF[flows.FormattingStarted]),
+                              ("delete", flows.TYPE_OF[flows.InstanceDeleted])):
             with contextlib.suppress(IllegalTransition):
                 target_of(event, {}, InstanceState(ctx.row["state"]))
                 actions.append(action)
@@ -767,7 +769,7 @@ def _sendable(row: asyncpg.Record) -> bool:
     if row["flow_type"] not in SENDABLE_FLOW_TYPES:
         return False
     try:
-        target_of("flows.ts-submission-requested", {}, InstanceState(row["state"]))
+        target_of(flows.TYPE_OF[flows.TsSubmissionRequested], {}, InstanceState(row["state"]))
     except IllegalTransition:
         return False
     return True

@@ -15,13 +15,14 @@ from collections import defaultdict
 import structlog
 from aiokafka import AIOKafkaConsumer
 
+from contracts import flows
 from contracts.topics import by_name
 
 log = structlog.get_logger("console.live")
 
-INSTANCE_TOPICS = ("flows.load-scheduled", "flows.load-running", "flows.load-checked", "flows.load-failed",
-                   "flows.formatting-started", "flows.formatted", "flows.format-failed", "flows.ts-submitted",
-                   "flows.ts-feedback-received", "flows.instance-deleted")
+INSTANCE_TOPICS = tuple(flows.TYPE_OF[model] for model in (
+    flows.LoadScheduled, flows.LoadRunning, flows.LoadChecked, flows.LoadFailed, flows.FormattingStarted,
+    flows.Formatted, flows.FormatFailed, flows.TsSubmitted, flows.TsFeedbackReceived, flows.InstanceDeleted))
 for _name in INSTANCE_TOPICS:
     by_name(_name)  # fails at import when the registry renames a topic
 

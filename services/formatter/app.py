@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 
+from contracts import flows
 from contracts.topics import by_name
 from services.formatter import handlers
 from services.runtime.broker import consume
@@ -16,7 +17,7 @@ def wire(rt: Runtime) -> handlers.FormatterDeps:
     deps = handlers.FormatterDeps(pool=rt.pool, store=rt.store, files=rt.files,
                                   sanitel_cert=rt.settings.sanitel_cert,
                                   max_zip_bytes=rt.settings.ts_max_zip_bytes)
-    consume(rt.broker, by_name("flows.format-requested"), group_id="formatter",
+    consume(rt.broker, by_name(flows.TYPE_OF[flows.FormatRequested]), group_id="formatter",
             handler=functools.partial(handlers.handle_format_requested, deps=deps),
             max_attempts=rt.settings.max_attempts, probe=rt.probe_database)
     return deps

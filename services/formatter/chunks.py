@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from services.formatter.columnar import Problem, ProblemLog, Renderer, RowSet, _cents, _days, _valid, _void
+from services.formatter.columnar import FieldProblem, ProblemLog, Renderer, RowSet, _cents, _days, _valid, _void
 from services.formatter.layouts import Layout
 from services.formatter.rules import net_totals_cents
 
@@ -163,11 +163,11 @@ class ChunkFormatter:
                       rn: np.ndarray, n: int) -> None:
         grp = self.layout.grouping
         assert grp is not None
-        problems: list[Problem] = []
+        problems: list[FieldProblem] = []
         over = np.flatnonzero(sizes > grp.max_rows)
         for k in over[: self.log.limit]:
             gid = cols[grp.by][int(starts[k])].as_py()
-            problems.append(Problem(f"{grp.by} {gid}", "row_number", "TOO_MANY_ROWS",
+            problems.append(FieldProblem(f"{grp.by} {gid}", "row_number", "TOO_MANY_ROWS",
                                     f"{int(sizes[k])} services; at most {grp.max_rows} per {grp.by}"))
         bad_number = (rn < 1) | (rn > grp.max_rows)
         not_increasing = np.zeros(n, dtype=bool)
@@ -176,7 +176,7 @@ class ChunkFormatter:
             not_increasing[starts] = False
         for i in np.flatnonzero(bad_number | not_increasing)[: self.log.limit]:
             why = f"is out of 1..{grp.max_rows}" if bad_number[i] else "repeats or goes back in its group"
-            problems.append(Problem(detail.label(int(i)), "row_number", "BAD_ROW_NUMBER",
+            problems.append(FieldProblem(detail.label(int(i)), "row_number", "BAD_ROW_NUMBER",
                                     f"row number {int(rn[i])} {why}"))
         if problems:
             total = len(over) + int((bad_number | not_increasing).sum())

@@ -39,7 +39,7 @@ _POW10 = 10 ** np.arange(18, -1, -1, dtype=np.int64)
 
 
 @dataclass(frozen=True)
-class Problem:
+class FieldProblem:
     """One feedback line: which record, which field, a code and a message."""
 
     record: str
@@ -53,12 +53,12 @@ class ProblemLog:
     """Errors and warnings of one run; keeps the first `limit` of each, counts them all."""
 
     limit: int = 1000
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
+    errors: list[FieldProblem] = field(default_factory=list)
+    warnings: list[FieldProblem] = field(default_factory=list)
     error_count: int = 0
     warning_count: int = 0
 
-    def add(self, severity: str, problems: list[Problem], total: int | None = None) -> None:
+    def add(self, severity: str, problems: list[FieldProblem], total: int | None = None) -> None:
         target = self.errors if severity == "error" else self.warnings
         room = max(self.limit - len(target), 0)
         target.extend(problems[:room])
@@ -168,7 +168,7 @@ class Renderer:
         if len(idx) == 0:
             return
         listed = idx[: max(self.log.limit, 1)]
-        problems = [Problem(rows.label(int(i)), f"{self.record.kind}.{spec.name}", code, message(int(i)))
+        problems = [FieldProblem(rows.label(int(i)), f"{self.record.kind}.{spec.name}", code, message(int(i)))
                     for i in listed]
         self.log.add(severity, problems, total=len(idx))
 

@@ -17,6 +17,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from contracts.flows import FileRef
 from services.formatter.layouts import LayoutError, LayoutRegistry
 from services.formatter.writer import FormatStats, source_types, write_layout
 from services.runtime.filestore import FileStore, FileWriter
@@ -28,7 +29,7 @@ EOLS = {"LF": b"\n", "CRLF": b"\r\n"}
 @dataclass
 class FormatOutcome:
     ok: bool
-    files: list[dict[str, Any]] = field(default_factory=list)  # FileRef fields (contracts.flows.FileRef)
+    files: list[FileRef] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     stats: FormatStats | None = None
@@ -68,7 +69,7 @@ async def run_format(pool: Any, filestore: FileStore, instance: int, snapshot_id
             return FormatOutcome(ok=False, reasons=reasons)
         if not files:
             return FormatOutcome(ok=False, reasons=["the snapshot holds no payment document: there is no 730 to make"])
-        return FormatOutcome(ok=True, files=list(files))
+        return FormatOutcome(ok=True, files=[FileRef(**f) for f in files])
     try:
         layout = (layouts or LayoutRegistry()).get(flow_type, version)
     except LayoutError as exc:
@@ -90,7 +91,7 @@ async def run_format(pool: Any, filestore: FileStore, instance: int, snapshot_id
         if stats.records == 0:
             reasons.append(f"snapshot {snapshot_id} has no rows in {layout.source}")
         return FormatOutcome(ok=False, reasons=reasons, warnings=warnings, stats=stats)
-    files = [{"name": file_name(kind, entity, period, instance), "kind": kind, "records": stats.records,
-              "bytes": w.size, "sha256": w.sha256, "media_type": "text/plain"} for kind, w in writers.items()]
-    return FormatOutcome(ok=True, files=files, warnings=warnings, stats=stats)
+    refs = [FileRef(name=file_name(kind, entity, period, instance), kind=kind, records=stats.records, bytes=w.size,
+                     sha256=w.sha256, media_type="text/plain") for kind, w in writers.items()]
+    return FormatOutcome(ok=True, files=refs, warnings=warnings, stats=stats)
 

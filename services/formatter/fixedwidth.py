@@ -78,10 +78,6 @@ def format_n(value: int | None, length: int) -> str:
     return text.rjust(length, "0")
 
 
-def amount_cents(value: Decimal | float | int | str) -> int:
-    return int((Decimal(str(value)) * 100).to_integral_value())
-
-
 def format_amount(cents: int | None, length: int) -> str:
     """`00123,61` (8) / `0123,61` (7): integer part zero-padded, comma, two decimals."""
     cents = 0 if cents is None else cents

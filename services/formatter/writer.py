@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from services.formatter.chunks import ChunkFormatter
-from services.formatter.columnar import Problem, ProblemLog
+from services.formatter.columnar import FieldProblem, ProblemLog
 from services.formatter.layouts import Layout
 
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -56,8 +56,8 @@ _PG_TO_ARROW = {
 class FormatStats:
     records: int = 0  # per file: every file of a layout has the same number of records
     prescriptions: int = 0  # groups closed by a row 99 (0 for layouts without grouping)
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
+    errors: list[FieldProblem] = field(default_factory=list)
+    warnings: list[FieldProblem] = field(default_factory=list)
     error_count: int = 0  # all of them; the lists keep the first ProblemLog.limit
     warning_count: int = 0
     chunks: int = 0

@@ -42,8 +42,8 @@ from lxml import etree
 from contracts.ts730 import MAX_ZIP_BYTES, schema_path
 from services.formatter.xml730_rules import (
     MAX_CIPHERTEXT,
+    DocumentProblem,
     Owner,
-    Problem,
     ProblemList,
     SpendingDocument,
     Xml730Rejected,
@@ -201,7 +201,7 @@ class SubmissionWriter:
     max_zip_bytes: int = TS_MAX_ZIP_BYTES
     first_part: int = 1  # parts are numbered across the instance: the part the TS gateway sends
     when: datetime = field(default_factory=datetime.now)
-    problems: list[Problem] = field(default_factory=ProblemList)
+    problems: list[DocumentProblem] = field(default_factory=ProblemList)
     parts: list[PartFile] = field(default_factory=list)
     _current: _PartWriter | None = None
 
@@ -352,7 +352,7 @@ async def format_730(pool: Any, filestore: FileStoreLike, instance: int, snapsho
             for row in await conn.fetch(_DUPLICATES_SQL, snapshot_id):
                 ids = list(row["source_ids"])
                 problems.extend(
-                    Problem(sid, "document_number", "same idSpesa (pIva, issue date, device, number) as "
+                    DocumentProblem(sid, "document_number", "same idSpesa (pIva, issue date, device, number) as "
                             + ", ".join(i for i in ids if i != sid)) for sid in ids)
             for group in await conn.fetch(_GROUPS_SQL, snapshot_id):
                 ente, sts11 = group["ente"], group["structure_sts11"]

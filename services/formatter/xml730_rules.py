@@ -63,7 +63,7 @@ class SpendingDocument:
 
 
 @dataclass(frozen=True, slots=True)
-class Problem:
+class DocumentProblem:
     """Why one source record cannot go into the 730 file."""
 
     source_id: str
@@ -74,7 +74,7 @@ class Problem:
         return f"payment document {self.source_id}, field {self.field}: {self.message}"
 
 
-Rule = Callable[[SpendingDocument], Iterator[Problem]]
+Rule = Callable[[SpendingDocument], Iterator[DocumentProblem]]
 
 
 def format_amount(amount: Decimal) -> str:
@@ -110,7 +110,7 @@ def is_valid_codice_fiscale(cf: str) -> bool:
     return is_valid_partita_iva(cf)
 
 
-class ProblemList(list[Problem]):
+class ProblemList(list[DocumentProblem]):
     """The problems of a run: the first `limit` kept, every one counted in `total`, so a month
     whose every document is wrong does not hold them all in memory."""
 
@@ -119,7 +119,7 @@ class ProblemList(list[Problem]):
         self.limit = limit
         self.total = 0
 
-    def extend(self, problems: Iterable[Problem]) -> None:  # type: ignore[override]
+    def extend(self, problems: Iterable[DocumentProblem]) -> None:  # type: ignore[override]
         for problem in problems:
             self.total += 1
             if len(self) < self.limit:
@@ -129,7 +129,7 @@ class ProblemList(list[Problem]):
 class Xml730Rejected(Exception):
     """Source records that cannot become a valid 730: `problems` (the first ones kept) and `total`."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(self, problems: list[DocumentProblem]) -> None:
         self.problems = problems
         self.total = problems.total if isinstance(problems, ProblemList) else len(problems)
         shown = "; ".join(str(p) for p in problems[:5])
@@ -166,90 +166,90 @@ def document_from_row(row: Mapping[str, Any]) -> SpendingDocument:
 # --- rules: one question each -------------------------------------------------------------------
 
 
-def issuer_vat_must_be_a_valid_partita_iva(doc: SpendingDocument) -> Iterator[Problem]:
+def issuer_vat_must_be_a_valid_partita_iva(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not (len(doc.issuer_vat) == 11 and doc.issuer_vat.isdigit()):
-        yield Problem(doc.source_id, "issuer_vat", "must be 11 digits (partita IVA)")
+        yield DocumentProblem(doc.source_id, "issuer_vat", "must be 11 digits (partita IVA)")
     elif not is_valid_partita_iva(doc.issuer_vat):
-        yield Problem(doc.source_id, "issuer_vat", "check digit of the partita IVA is wrong")
+        yield DocumentProblem(doc.source_id, "issuer_vat", "check digit of the partita IVA is wrong")
 
 
-def ente_must_be_a_3_character_asl_code(doc: SpendingDocument) -> Iterator[Problem]:
+def ente_must_be_a_3_character_asl_code(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not _CODE3.fullmatch(doc.ente):
-        yield Problem(doc.source_id, "ente", "must be 3 upper-case letters or digits (codiceAsl)")
+        yield DocumentProblem(doc.source_id, "ente", "must be 3 upper-case letters or digits (codiceAsl)")
 
 
-def structure_must_be_a_5_or_6_character_ssa_code(doc: SpendingDocument) -> Iterator[Problem]:
+def structure_must_be_a_5_or_6_character_ssa_code(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not _SSA.fullmatch(doc.structure_sts11):
-        yield Problem(doc.source_id, "structure_sts11",
+        yield DocumentProblem(doc.source_id, "structure_sts11",
                       "must be 5-6 upper-case letters or digits (codiceSSA)")
 
 
-def issue_date_must_not_precede_2014(doc: SpendingDocument) -> Iterator[Problem]:
+def issue_date_must_not_precede_2014(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if doc.issue_date < MIN_ISSUE_DATE:
-        yield Problem(doc.source_id, "issue_date", f"{doc.issue_date} is before {MIN_ISSUE_DATE}")
+        yield DocumentProblem(doc.source_id, "issue_date", f"{doc.issue_date} is before {MIN_ISSUE_DATE}")
 
 
-def payment_date_must_not_precede_2015(doc: SpendingDocument) -> Iterator[Problem]:
+def payment_date_must_not_precede_2015(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if doc.payment_date < MIN_PAYMENT_DATE:
-        yield Problem(doc.source_id, "payment_date", f"{doc.payment_date} is before {MIN_PAYMENT_DATE}")
+        yield DocumentProblem(doc.source_id, "payment_date", f"{doc.payment_date} is before {MIN_PAYMENT_DATE}")
 
 
-def device_must_be_between_1_and_999(doc: SpendingDocument) -> Iterator[Problem]:
+def device_must_be_between_1_and_999(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not 1 <= doc.device <= 999:
-        yield Problem(doc.source_id, "device", f"{doc.device} is outside 1..999 (dispositivo)")
+        yield DocumentProblem(doc.source_id, "device", f"{doc.device} is outside 1..999 (dispositivo)")
 
 
-def document_number_must_fit_num_documento(doc: SpendingDocument) -> Iterator[Problem]:
+def document_number_must_fit_num_documento(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not _DOCUMENT_NUMBER.fullmatch(doc.document_number):
-        yield Problem(doc.source_id, "document_number",
+        yield DocumentProblem(doc.source_id, "document_number",
                       "must be 1-20 characters among letters, digits and _ . / \\ - (numDocumento)")
 
 
-def document_kind_must_be_invoice_or_receipt(doc: SpendingDocument) -> Iterator[Problem]:
+def document_kind_must_be_invoice_or_receipt(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if doc.document_kind not in ("F", "D"):
-        yield Problem(doc.source_id, "document_kind",
+        yield DocumentProblem(doc.source_id, "document_kind",
                       f"{doc.document_kind!r} is neither F nor D (tipoDocumento)")
 
 
-def patient_cf_must_be_present_and_valid_unless_objected(doc: SpendingDocument) -> Iterator[Problem]:
+def patient_cf_must_be_present_and_valid_unless_objected(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not sends_patient_cf(doc):
         return
     # The value itself is personal data: messages describe it, never repeat it.
     if not doc.patient_cf:
-        yield Problem(doc.source_id, "patient_cf",
+        yield DocumentProblem(doc.source_id, "patient_cf",
                       "is missing and the patient did not object (flagOpposizione 0)")
     elif not is_valid_codice_fiscale(doc.patient_cf):
-        yield Problem(doc.source_id, "patient_cf",
+        yield DocumentProblem(doc.source_id, "patient_cf",
                       "is not a valid codice fiscale (16 characters or 11 digits)")
 
 
-def items_must_not_be_empty(doc: SpendingDocument) -> Iterator[Problem]:
+def items_must_not_be_empty(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not doc.items:
-        yield Problem(doc.source_id, "items", "a document needs at least one voceSpesa")
+        yield DocumentProblem(doc.source_id, "items", "a document needs at least one voceSpesa")
 
 
-def every_amount_must_be_positive_with_two_decimals(doc: SpendingDocument) -> Iterator[Problem]:
+def every_amount_must_be_positive_with_two_decimals(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     for index, line in enumerate(doc.items):
         try:
             format_amount(line.amount)
         except ValueError as exc:
-            yield Problem(doc.source_id, f"items[{index}].amount", str(exc))
+            yield DocumentProblem(doc.source_id, f"items[{index}].amount", str(exc))
 
 
-def every_spending_type_must_be_a_ts_tipo_spesa(doc: SpendingDocument) -> Iterator[Problem]:
+def every_spending_type_must_be_a_ts_tipo_spesa(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     for index, line in enumerate(doc.items):
         if line.spending_type not in SPENDING_TYPES:
-            yield Problem(doc.source_id, f"items[{index}].spending_type",
+            yield DocumentProblem(doc.source_id, f"items[{index}].spending_type",
                           f"{line.spending_type!r} is not a tipoSpesa of Sistema TS")
 
 
-def flag_spending_type_must_match_its_type(doc: SpendingDocument) -> Iterator[Problem]:
+def flag_spending_type_must_match_its_type(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     # flagTipoSpesa: "1" only with TK (emergency ticket), "2" only with SR (intramoenia): spec v2.5 §5.
     allowed = {"1": "TK", "2": "SR"}
     for index, line in enumerate(doc.items):
         flag = line.flag_spending_type
         if flag is not None and allowed.get(flag) != line.spending_type:
-            yield Problem(doc.source_id, f"items[{index}].flag_spending_type",
+            yield DocumentProblem(doc.source_id, f"items[{index}].flag_spending_type",
                           f"{flag!r} is not allowed with tipoSpesa {line.spending_type!r}"
                           " (1 needs TK, 2 needs SR)")
 
@@ -271,7 +271,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def problems_of(doc: SpendingDocument) -> list[Problem]:
+def problems_of(doc: SpendingDocument) -> list[DocumentProblem]:
     return [problem for rule in RULES for problem in rule(doc)]
 
 

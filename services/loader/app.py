@@ -10,6 +10,7 @@ import asyncio
 import functools
 from datetime import UTC, datetime
 
+from contracts import flows
 from contracts.topics import by_name
 from services.loader import batch_intake, handlers
 from services.runtime.broker import consume
@@ -23,7 +24,7 @@ SOURCES_GROUP = batch_intake.GROUP
 def wire(rt: Runtime) -> handlers.LoaderDeps:
     deps = handlers.LoaderDeps(pool=rt.pool, store=rt.store, files=rt.files)
     attempts = rt.settings.max_attempts
-    consume(rt.broker, by_name("flows.load-requested"), group_id="loader",
+    consume(rt.broker, by_name(flows.TYPE_OF[flows.LoadRequested]), group_id="loader",
             handler=functools.partial(handlers.handle_load_requested, deps=deps), max_attempts=attempts,
             probe=rt.probe_database)
     return deps

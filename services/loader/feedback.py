@@ -26,7 +26,7 @@ FEEDBACK_MEDIA_TYPE = "text/csv"
 
 
 @dataclass(frozen=True)
-class Problem:
+class RecordProblem:
     record_key: str  # names the record: '<source_id>@<prescription_id>/<row>' or '<source_id>'
     field: str
     code: str
@@ -55,7 +55,7 @@ class FeedbackFile:
     bytes: int
 
 
-def feedback_chunks(problems: Iterable[Problem], chunk_lines: int = 10_000) -> Iterator[bytes]:
+def feedback_chunks(problems: Iterable[RecordProblem], chunk_lines: int = 10_000) -> Iterator[bytes]:
     """The feedback file as byte chunks (header first), never holding more than one chunk."""
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=";", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)

@@ -27,8 +27,6 @@ from pydantic import ValidationError
 from contracts.sources import (
     SOURCE_MODELS,
     DeliveredService,
-    IntramoeniaBooking,
-    PaymentDocument,
     SourceModel,
 )
 
@@ -154,14 +152,6 @@ async def store(conn: asyncpg.Connection, kind: str, records: Sequence[SourceMod
 
 async def store_services(conn: asyncpg.Connection, records: Sequence[DeliveredService]) -> IntakeResult:
     return await store(conn, "delivered-service", records)
-
-
-async def store_payment_documents(conn: asyncpg.Connection, records: Sequence[PaymentDocument]) -> IntakeResult:
-    return await store(conn, "payment-document", records)
-
-
-async def store_bookings(conn: asyncpg.Connection, records: Sequence[IntramoeniaBooking]) -> IntakeResult:
-    return await store(conn, "intramoenia-booking", records)
 
 
 # --- CSV import (`flows sources import`) -------------------------------------------------------

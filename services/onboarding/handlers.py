@@ -304,7 +304,7 @@ async def _intake(
 
     async def attempt() -> None:
         async with deps.pool.acquire() as conn, conn.transaction():
-            async with deps.store.consume(conn, consumer=CONSUMER, message_id=incoming.message_id) as fresh:
+            async with deps.store.first_delivery(conn, consumer=CONSUMER, message_id=incoming.message_id) as fresh:
                 if fresh:
                     await work(conn)
 

@@ -22,6 +22,7 @@ from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
 from reportlab.lib.units import mm
 from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from contracts import flows
 from services.runtime import checkpoints as cps
 from services.runtime.eventstore import EventStore, StoredEvent
 from services.runtime.filestore import FileStore
@@ -167,12 +168,12 @@ def render(data: ReportData, out: Path, generated_by: str) -> None:
     feedback = []
     for e in data.events:
         d = e.data
-        if e.type == "flows.load-checked":
+        if e.type == flows.TYPE_OF[flows.LoadChecked]:
             feedback.append(f"v{e.version} Checked: counts {d.get('counts')}, {d.get('warnings', 0)} warning(s)")
-        elif e.type == "flows.load-failed":
+        elif e.type == flows.TYPE_OF[flows.LoadFailed]:
             feedback.append(f"v{e.version} Failed loading: {d.get('errors')} error(s), {d.get('warnings', 0)} "
                             f"warning(s): {d.get('summary')}")
-        elif e.type == "flows.format-failed":
+        elif e.type == flows.TYPE_OF[flows.FormatFailed]:
             feedback.append(f"v{e.version} Format failed: {len(d.get('reasons', []))} reason(s): "
                             + "; ".join(map(str, d.get("reasons", []))))
     story += [p(line, "body") for line in feedback] or [p("No feedback recorded.", "body")]
@@ -182,7 +183,7 @@ def render(data: ReportData, out: Path, generated_by: str) -> None:
            str(e.data.get("protocollo") or ""),
            p(" ".join(f"{k}={e.data[k]}" for k in ("stato", "outcome", "instance_outcome", "reason", "accepted_at")
                       if e.data.get(k) is not None))]
-          for e in data.events if e.type in ("flows.ts-submitted", "flows.ts-feedback-received")]
+          for e in data.events if e.type in (flows.TYPE_OF[flows.TsSubmitted], flows.TYPE_OF[flows.TsFeedbackReceived])]
     story.append(_table([["v", "event", "part", "protocollo", "outcome"], *ts],
                         [10 * mm, 45 * mm, 15 * mm, 45 * mm, 120 * mm]) if ts else p("Not sent to Sistema TS.", "body"))
 

@@ -4,7 +4,7 @@ Delivery policy (chosen deliberately; FastStream's Kafka default acks BEFORE pro
 `AckPolicy.NACK_ON_ERROR`, no auto-commit. The offset is committed after the handler returned or
 after the message was dead-lettered; if even the dead-lettering fails (broker down) the message
 is nacked and comes back. So delivery is at-least-once and the handlers make it exactly-once by
-recording `ce_id` in the same transaction as their effects (`eventstore.mark_processed`).
+recording `ce_id` in the same transaction as their effects (`EventStore.first_delivery`).
 
 Poison versus outage. Everything that is wrong with the message itself (a key or a header that is
 not UTF-8, a body that is not JSON or nested past the parser's depth, wrong types, an oversize
@@ -46,7 +46,7 @@ from pydantic import BaseModel, ValidationError
 from contracts.envelope import Envelope, EnvelopeError, from_kafka_headers
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_REASON_MAX, Topic, all_topics
 from services.runtime import tracing
-from services.runtime.logging import bind_message, get_logger
+from services.runtime.logging import bind_message, forget_message, get_logger
 from services.runtime.settings import Settings
 
 
@@ -321,6 +321,21 @@ async def _tolerant_parser(record: Any, original: Callable[[Any], Awaitable[Any]
         return message
 
 
+_LOGGED_ID_MAX = 100  # a key or ce_id longer than this is shown cut in log lines
+
+
+def _readable(value: bytes | None) -> str | None:
+    """Bytes of a key or header as a log line shows them: decoded with replacement, bounded."""
+    if value is None:
+        return None
+    text = value[:_LOGGED_ID_MAX * 4].decode(errors="replace")
+    return text if len(text) <= _LOGGED_ID_MAX else shown(text, _LOGGED_ID_MAX)
+
+
+def _header(raw: Any, name: str) -> str | None:
+    return next((_readable(v) for k, v in raw.headers or [] if k == name), None)
+
+
 def _bootstrap(broker: KafkaBroker) -> Any:
     return broker._connection_kwargs["bootstrap_servers"]  # the servers given to create_broker
 
@@ -417,6 +432,16 @@ def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handle
 
     async def deliver(message: KafkaMessage) -> None:
         raw: Any = message.raw_message
+        # Every line about this message names it (key and ce_id as far as they can be read, even from a
+        # poison message) and no line names the previous one: the context is replaced here and cleared after.
+        bind_message(aggregate_id=_readable(raw.key), event_id=_header(raw, "ce_id"), topic=topic.name,
+                     partition=raw.partition, offset=raw.offset)
+        try:
+            await _deliver(raw)
+        finally:
+            forget_message()
+
+    async def _deliver(raw: Any) -> None:
         started = time.monotonic()
         try:
             key, envelope, _, payload = parse(raw, topic)
@@ -428,7 +453,8 @@ def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handle
                          started)
             return
         incoming = Incoming(envelope, key, topic.name, raw.partition, raw.offset)
-        bind_message(aggregate_id=key, event_id=envelope.id, topic=topic.name)
+        bind_message(aggregate_id=key, event_id=envelope.id, topic=topic.name, partition=raw.partition,
+                     offset=raw.offset)
         # One CONSUMER span per delivery, continuing the message's ce_traceparent: what the handler
         # appends carries it on (EventStore.append stores the current span's context).
         with tracing.tracer().start_as_current_span(

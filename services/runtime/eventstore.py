@@ -58,13 +58,13 @@ if TYPE_CHECKING:
 __all__ = ["GENESIS_HASH", "ChainBreak", "ConcurrencyError", "EventStore", "EventTooLarge", "NewEvent", "StoredEvent",
            "canonical_json", "event_hash", "verify_chain"]
 
-# Event types are Kafka topic names too (`flows.load-checked`).
+# Event types are Kafka topic names too (`<area>.<event>`, e.g. flows.TYPE_OF[flows.LoadChecked]).
 EVENT_TYPE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
 
 
 @dataclass(frozen=True)
 class NewEvent:
-    type: str  # "flows.load-requested"
+    type: str  # the topic name, e.g. flows.TYPE_OF[flows.LoadChecked]
     data: dict[str, Any]  # JSON-serialisable payload (pydantic model_dump(mode="json"))
     id: uuid.UUID = field(default_factory=uuid.uuid4)
     actor: str = "system"  # who caused it (operator user id, "ts-gateway", ...)
@@ -345,9 +345,9 @@ class EventStore:
                 last = (carry.stream_id, carry.version)
 
     @asynccontextmanager
-    async def consume(self, conn: asyncpg.Connection, *, consumer: str,
+    async def first_delivery(self, conn: asyncpg.Connection, *, consumer: str,
                       message_id: str) -> AsyncIterator[bool]:
-        """``async with store.consume(conn, consumer="loader", message_id=ce_id) as fresh:``.
+        """``async with store.first_delivery(conn, consumer="loader", message_id=ce_id) as fresh:``.
 
         ``fresh`` is False when this consumer already processed the message: skip the effects.
         Must run inside the caller's transaction, the one that holds the effects.
@@ -401,7 +401,7 @@ def _check_append(stream_id: str, events: Sequence[NewEvent], expected_version: 
     for index, event in enumerate(events, start=1):
         if not EVENT_TYPE.match(event.type):
             raise ValueError(f"append to {stream_id}, event {index} ({event.id}): type {event.type!r} "
-                             "is not a topic-style name like 'flows.load-checked'")
+                             "is not a topic-style name like '<area>.<event>'")
         if not isinstance(event.data, dict):
             raise ValueError(f"append to {stream_id}, event {index} ({event.type}): data must be a dict, "
                              f"not {type(event.data).__name__}")

@@ -1,7 +1,8 @@
 """structlog configured once per process: JSON when not on a terminal, readable on one.
 
-Handlers bind `aggregate_id` and `event_id` (see `bind_message`) so every line of their work
-carries the instance or request and the event being handled.
+The consumer (services.runtime.broker) binds `aggregate_id` and `event_id` of each message it takes
+(see `bind_message`), so every line of the work on it carries the key and the event being handled, and
+clears them when the message is done (`forget_message`): a line never names the previous message.
 """
 
 from __future__ import annotations
@@ -38,9 +39,15 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
 
 
 def bind_message(aggregate_id: str | None, event_id: str | None, **extra: Any) -> None:
+    """The message being handled, replacing whatever was bound before."""
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(aggregate_id=aggregate_id, event_id=event_id, **extra)
 
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def forget_message() -> None:
+    """No message is being handled any more: later lines name none."""
+    structlog.contextvars.clear_contextvars()

@@ -21,6 +21,7 @@ import asyncpg
 from aiokafka import TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
+from contracts import flows
 from contracts.topics import DLQ_SUFFIX
 from services.runtime.kafkaread import existing_topics, observer
 from services.runtime.ops import consumer_lag
@@ -74,7 +75,7 @@ class OpsMetrics:
             self.instances.labels(row["flow_type"], row["state"]).set(row["n"])
         self.ts.clear()
         for row in await pool.fetch("SELECT data->>'outcome' AS outcome, count(*) AS n FROM events "
-                                    "WHERE type = 'flows.ts-feedback-received' GROUP BY 1"):
+                                    "WHERE type = $1 GROUP BY 1", flows.TYPE_OF[flows.TsFeedbackReceived]):
             self.ts.labels(row["outcome"] or "unknown").set(row["n"])
         pending = await pool.fetchrow("SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0) "
                                       "AS age FROM outbox WHERE published_at IS NULL")

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from contracts import flows
 from contracts.states import IllegalTransition, InstanceState, fold, target_of
 from services.runtime.eventstore import StoredEvent
 
@@ -51,8 +52,10 @@ class InstanceList:
                 warnings        integer,
                 summary         text,
                 last_event      text NOT NULL,
-                events          integer NOT NULL
-            )""",
+                events          integer NOT NULL,
+                request_id      uuid
+            );
+            CREATE INDEX IF NOT EXISTS instance_list_request_id ON instance_list (request_id)""",
         "instance_files": """
             CREATE TABLE IF NOT EXISTS instance_files (
                 instance   bigint NOT NULL,
@@ -73,7 +76,7 @@ class InstanceList:
             return
         data = event.data
         instance = int(event.stream_id.removeprefix(INSTANCE_STREAM_PREFIX))
-        if event.type in ("flows.load-running", "flows.load-scheduled"):
+        if event.type in (flows.TYPE_OF[flows.LoadRunning], flows.TYPE_OF[flows.LoadScheduled]):
             await self._created(conn, instance, event)
             return
         row = await conn.fetchrow("SELECT state FROM instance_list WHERE instance = $1", instance)
@@ -109,27 +112,27 @@ class InstanceList:
 
     async def _created(self, conn: asyncpg.Connection, instance: int, event: StoredEvent) -> None:
         data = event.data
-        state = InstanceState.RUNNING if event.type == "flows.load-running" else InstanceState.SCHEDULED
+        state = InstanceState.RUNNING if event.type == flows.TYPE_OF[flows.LoadRunning] else InstanceState.SCHEDULED
         await conn.execute(
             """INSERT INTO instance_list (instance, flow_type, version, ente, created_at, period_start,
                                           period_end, state, state_since, requested_by, scheduled_at,
-                                          last_event, events)
+                                          last_event, events, request_id)
                VALUES ($1, $2, $3, $4, $5, $6::text::date, $7::text::date, $8, $5, $9, $10::text::timestamptz,
-                       $11, 1)
+                       $11, 1, $12::text::uuid)
                ON CONFLICT (instance) DO UPDATE SET state = EXCLUDED.state, state_since = EXCLUDED.state_since,
                    last_event = EXCLUDED.last_event, events = instance_list.events + 1""",
             instance, data["flow_type"], data["version"], data["ente"], event.recorded_at,
             data["period"]["start"], data["period"]["end"], state.value, data["requested_by"],
-            data.get("scheduled_at"), event.type)
+            data.get("scheduled_at"), event.type, data.get("request_id"))
 
 
 def _summary(event: StoredEvent) -> str | None:
     data = event.data
-    if event.type == "flows.format-failed":
+    if event.type == flows.TYPE_OF[flows.FormatFailed]:
         return "; ".join(data.get("reasons", []))[:1000]
-    if event.type == "flows.ts-feedback-received" and data.get("reason"):
+    if event.type == flows.TYPE_OF[flows.TsFeedbackReceived] and data.get("reason"):
         return str(data["reason"])[:1000]
-    if event.type == "flows.instance-deleted":
+    if event.type == flows.TYPE_OF[flows.InstanceDeleted]:
         return f"deleted by {data.get('deleted_by')}: {data.get('reason') or 'no reason given'}"
     summary = data.get("summary")
     return str(summary) if summary else None

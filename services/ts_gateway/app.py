@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 
+from contracts import flows
 from contracts.topics import by_name
 from services.runtime.broker import consume
 from services.runtime.host import every, runtime, serve
@@ -31,7 +32,7 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
             send_retry=BackoffSchedule(initial=settings.ts_poll_initial_s, cap=settings.ts_poll_max_s))
         deps = handlers.GatewayDeps(pool=rt.pool, store=rt.store, files=rt.files, runner=runner,
                                     keys=GatewayKeys(settings.keys_dir))
-        consume(rt.broker, by_name("flows.ts-submission-requested"), group_id="ts-gateway",
+        consume(rt.broker, by_name(flows.TYPE_OF[flows.TsSubmissionRequested]), group_id="ts-gateway",
                 handler=functools.partial(handlers.handle_submission_requested, deps=deps),
                 max_attempts=settings.max_attempts, probe=rt.probe_database)
 

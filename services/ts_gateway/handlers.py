@@ -39,13 +39,14 @@ from zoneinfo import ZoneInfo
 import asyncpg
 
 from contracts import flows
-from contracts.states import SENDABLE_FLOW_TYPES, Actor, IllegalTransition, InstanceState, apply_event
+from contracts.instance import FlowInstance, SubmissionRequest
+from contracts.states import SENDABLE_FLOW_TYPES, Actor, InstanceState
 from services.runtime.broker import Incoming, Refused
-from services.runtime.eventstore import EventStore, NewEvent, StoredEvent
+from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
+from services.runtime.instances import Instances
 from services.runtime.locks import SUBMIT_LOCK, instance_lock
 from services.runtime.logging import get_logger
-from services.runtime.read_models import instance_state, instance_stream
 from services.ts_gateway import boxes
 from services.ts_gateway.client import TsError
 from services.ts_gateway.keys import GatewayKeys
@@ -77,6 +78,10 @@ class GatewayDeps:
 
     def __post_init__(self) -> None:
         self.worker = SubmissionWorker(self)
+
+    @property
+    def instances(self) -> Instances:
+        return Instances(self.pool, self.store, actor=Actor.TS_GATEWAY.value, consumer=CONSUMER)
 
 
 class SubmissionWorker:
@@ -119,34 +124,25 @@ class SubmissionWorker:
 
 
 async def handle_submission_requested(cmd: flows.TsSubmissionRequested, msg: Incoming, deps: GatewayDeps) -> None:
-    stream = instance_stream(cmd.instance)
-    async with deps.pool.acquire() as conn, conn.transaction():
-        async with deps.store.consume(conn, consumer=CONSUMER, message_id=msg.message_id) as fresh:
-            if not fresh:
-                return
-        history = await deps.store.read_stream(stream)
-        if not history:
-            raise Refused(f"instance {cmd.instance} does not exist")
-        created = history[0].data
-        if created.get("flow_type") not in SENDABLE_FLOW_TYPES:
-            raise Refused(f"instance {cmd.instance} is {created.get('flow_type')}: only the 730 is sent to "
+    async with deps.instances.handling(msg) as handling:
+        if handling is None:
+            return
+        current = await handling.read(cmd.instance)
+        if current.flow_type not in SENDABLE_FLOW_TYPES:
+            raise Refused(f"instance {cmd.instance} is {current.flow_type}: only the 730 is sent to "
                           "Sistema TS by this platform")
-        try:
-            apply_event(instance_state(history), "flows.ts-submission-requested", {}, Actor.OPERATOR)
-        except IllegalTransition as exc:
-            raise Refused(f"instance {cmd.instance} cannot be sent: {exc}") from exc
+        handling.check(current, [(flows.TsSubmissionRequested, Actor.OPERATOR)], refusal="cannot be sent")
         try:
             _, sealed_to = deps.keys.open(cmd.sealed_credentials)
         except SealError as exc:
             raise Refused(f"instance {cmd.instance}: the credentials cannot be opened by this gateway ({exc})") from exc
-        recorded = NewEvent("flows.ts-submission-requested", recorded_request(cmd, sealed_to), actor=cmd.requested_by,
-                            metadata={"causation_id": msg.message_id})
-        await deps.store.append(stream, [recorded], expected_version=history[-1].version, key=str(cmd.instance),
-                                conn=conn, publish=False)
-        await boxes.keep(conn, cmd.instance, recorded.id, sealed_to, cmd.sealed_credentials)
-        if instance_state(history) is InstanceState.REJECTED:
+        recorded = await handling.append(current, cmd, actor=cmd.requested_by, publish=False,
+                                         data=recorded_request(cmd, sealed_to))
+        assert recorded.request is not None
+        await boxes.keep(handling.conn, cmd.instance, recorded.request.id, sealed_to, cmd.sealed_credentials)
+        if current.state is InstanceState.REJECTED:
             # a resend: the rejected parts go again, the confirmed ones never do
-            await deps.runner.ledger.reopen_rejected(cmd.instance, conn=conn)
+            await deps.runner.ledger.reopen_rejected(cmd.instance, conn=handling.conn)
     deps.worker.start(cmd.instance)
 
 
@@ -162,61 +158,48 @@ async def submit_instance(instance: int, deps: GatewayDeps) -> None:
             await _submit_locked(instance, deps)
 
 
-def _pending_request(history: list[StoredEvent]) -> StoredEvent | None:
-    """The last submission request not yet concluded by an instance outcome."""
-    request = None
-    for event in history:
-        if event.type == "flows.ts-submission-requested":
-            request = event
-        elif event.type == "flows.ts-feedback-received" and event.data.get("instance_outcome"):
-            request = None
-    return request
-
-
-def _due(request: StoredEvent, today: date) -> bool:
+def _due(request: SubmissionRequest, today: date) -> bool:
     """A request is sent on its transmission date (the operator may choose a later day)."""
-    return date.fromisoformat(str(request.data["transmission_date"])) <= today
+    return request.transmission_date <= today
 
 
 async def _submit_locked(instance: int, deps: GatewayDeps) -> None:
-    stream = instance_stream(instance)
-    history = await deps.store.read_stream(stream)
-    request = _pending_request(history)
+    current = await deps.instances.read(instance)
+    request = current.request
     if request is None or not _due(request, deps.today()) or str(request.id) in deps.worker.blocked_requests:
         return
     credentials = await _open_request(instance, request, deps)
     if credentials is None:
         return
-    zips = sorted((f for f in _latest_files(history) if f["kind"] == "730-zip"), key=lambda f: f.get("part") or 0)
+    zips = sorted((f for f in current.files if f.kind == "730-zip"), key=lambda f: f.part or 0)
     if not zips:
         await _abandon(deps, instance, request, "the instance has no 730 zip to send")
         return
-    parts = [SubmissionPart(key=PartKey(instance, index, f["sha256"]), parts=len(zips),
-                            file_name=file_name_for(instance, index, f["sha256"]), documents=int(f["records"]))
+    parts = [SubmissionPart(key=PartKey(instance, index, f.sha256), parts=len(zips),
+                            file_name=file_name_for(instance, index, f.sha256), documents=f.records)
              for index, f in enumerate(zips, start=1)]
     await deps.runner.ledger.register(parts)
-    recorded = {e.data["part"] for e in history[history.index(request):] if e.type == "flows.ts-submitted"}
+    recorded = set(current.ts_submitted)
     for part, f in zip(parts, zips, strict=True):
-        with deps.files.open(f["sha256"]) as src:
+        with deps.files.open(f.sha256) as src:
             zip_bytes = src.read()
         sent = await deps.runner.send_with_retry(credentials, part.key, zip_bytes)
         if sent.state is PartState.WAITING_FEEDBACK and sent.key.part not in recorded and sent.protocollo:
-            await _append(deps, stream, "flows.ts-submitted", flows.TsSubmitted(
+            await _append(deps, instance, flows.TsSubmitted(
                 instance=instance, part=sent.key.part, parts=len(parts), protocollo=sent.protocollo,
                 zip_sha256=sent.key.zip_sha256))
-    announced = {e.data["part"] for e in history[history.index(request):] if e.type == "flows.ts-feedback-received"}
-    await _poll_all(instance, credentials, parts, announced, request.id, deps)
+    await _poll_all(instance, credentials, parts, set(current.ts_feedback), request.id, deps)
 
 
-async def _open_request(instance: int, request: StoredEvent, deps: GatewayDeps) -> Credentials | None:
+async def _open_request(instance: int, request: SubmissionRequest, deps: GatewayDeps) -> Credentials | None:
     """The credentials of the pending request, from its stored box; None when the request was
     superseded meanwhile (the next pass takes the new one) or abandoned here (Rejected, naming why)."""
     sealed = await boxes.box_of(deps.pool, instance, request.id)
     if sealed is None:
         # recorded before migration 0032, the request carried its box in the event itself
-        sealed = request.data.get("sealed_credentials")
+        sealed = request.sealed_credentials
     if sealed is None:
-        pending = _pending_request(await deps.store.read_stream(instance_stream(instance)))
+        pending = (await deps.instances.read(instance)).request
         if pending is None or pending.id != request.id:
             return None  # a newer request replaced this one (and its box), or it ended, while we looked
         reason = "the sealed credentials of this request are no longer held by the gateway"
@@ -229,17 +212,16 @@ async def _open_request(instance: int, request: StoredEvent, deps: GatewayDeps) 
     return None
 
 
-async def _abandon(deps: GatewayDeps, instance: int, request: StoredEvent, reason: str) -> None:
+async def _abandon(deps: GatewayDeps, instance: int, request: SubmissionRequest, reason: str) -> None:
     """Ends the submission Rejected with `reason` (the operator can send again); its box goes."""
     log.warning("ts.submission_abandoned", aggregate_id=str(instance), reason=reason)
-    await _append(deps, instance_stream(instance), "flows.ts-feedback-received", flows.TsFeedbackReceived(
+    await _append(deps, instance, flows.TsFeedbackReceived(
         instance=instance, part=1, parts=1, outcome="rejected", reason=reason, instance_outcome="rejected"),
         ends_request=request.id)
 
 
 async def _poll_all(instance: int, credentials: Credentials, parts: list[SubmissionPart], announced: set[int],
                     request_id: uuid.UUID, deps: GatewayDeps) -> None:
-    stream = instance_stream(instance)
     states: dict[int, PartState] = {}
     for part in parts:
         current = await deps.runner.ledger.get(part.key)
@@ -261,7 +243,7 @@ async def _poll_all(instance: int, credentials: Credentials, parts: list[Submiss
         if current.state not in FINAL_STATES and current.state is not PartState.UNRESOLVED:
             return  # still in progress (another pass finishes it)
         outcome = combine([states.get(p.key.part, PartState.PENDING) for p in parts])
-        await _append(deps, stream, "flows.ts-feedback-received", flows.TsFeedbackReceived(
+        await _append(deps, instance, flows.TsFeedbackReceived(
             instance=instance, part=part.key.part, parts=len(parts), protocollo=current.protocollo,
             stato=current.stato, outcome=_OUTCOME[current.state], reason=current.reason, errors_file=errors_file,
             receipt_file=receipt_file, instance_outcome=_OUTCOME[outcome] if outcome is not None else None),
@@ -285,23 +267,17 @@ async def _receipt(deps: GatewayDeps, credentials: Credentials, instance: int,
                          records=1, bytes=size, sha256=sha, media_type="application/pdf", part=part.key.part)
 
 
-def _latest_files(history: list[StoredEvent]) -> list[dict[str, Any]]:
-    formatted = [e for e in history if e.type == "flows.formatted"]
-    return list(formatted[-1].data["files"]) if formatted else []
-
-
-async def _append(deps: GatewayDeps, stream: str, type_: str, payload: flows.Payload,
+async def _append(deps: GatewayDeps, instance: int, payload: flows.Payload,
                   ends_request: uuid.UUID | None = None) -> None:
-    """Appends one event; with `ends_request` (an instance outcome), that request's sealed box is
-    deleted in the same transaction: the box lives exactly as long as the submission."""
-    event = NewEvent(type_, payload.model_dump(mode="json"), actor="ts-gateway")
-    key = stream.removeprefix("instance-")
+    """Appends one event wherever the stream is; with `ends_request` (an instance outcome), that request's
+    sealed box is deleted in the same transaction: the box lives exactly as long as the submission."""
+    at_head = FlowInstance(instance)  # expect=False: appended after whatever the stream holds
     if ends_request is None:
-        await deps.store.append(stream, [event], expected_version=None, key=key)
+        await deps.instances.append(at_head, payload, expect=False)
         return
     async with deps.pool.acquire() as conn, conn.transaction():
-        await deps.store.append(stream, [event], expected_version=None, key=key, conn=conn)
-        await boxes.forget(conn, int(key), ends_request)
+        await deps.instances.append(at_head, payload, expect=False, conn=conn)
+        await boxes.forget(conn, instance, ends_request)
 
 
 async def resume_unfinished(deps: GatewayDeps) -> None:
@@ -316,7 +292,7 @@ async def resume_unfinished(deps: GatewayDeps) -> None:
         instance = int(row["instance"])
         if instance in running:
             continue
-        request = _pending_request(await deps.store.read_stream(instance_stream(instance)))
+        request = (await deps.instances.read(instance)).request
         if request is not None and _due(request, deps.today()) and str(request.id) not in deps.worker.blocked_requests:
             deps.worker.start(instance)
 
@@ -326,9 +302,9 @@ async def forget_ended_boxes(deps: GatewayDeps) -> None:
     was deleted; an outcome deletes its box itself, in its own transaction), then the retired
     private keys no remaining box is sealed to (keys.py: `GatewayKeys.prune`)."""
     for box in await boxes.stored(deps.pool):
-        history = await deps.store.read_stream(instance_stream(box.instance))
-        request = _pending_request(history)
-        deleted = instance_state(history) is InstanceState.DELETED
+        current = await deps.instances.read(box.instance)
+        request = current.request
+        deleted = current.state is InstanceState.DELETED
         if request is not None and request.id == box.request_id and not deleted:
             continue
         if await boxes.forget(deps.pool, box.instance, box.request_id):

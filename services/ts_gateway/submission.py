@@ -35,6 +35,8 @@ from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
+from contracts.states import IllegalTransition  # one exception for every illegal state change
+
 
 class PartState(StrEnum):
     PENDING = "pending"
@@ -143,10 +145,6 @@ _ALLOWED = {
     PartState.UNRESOLVED: {PartState.WAITING_FEEDBACK, PartState.SENDING},
     PartState.WAITING_FEEDBACK: {PartState.CONFIRMED, PartState.CONFIRMED_WITH_ERRORS, PartState.REJECTED},
 }
-
-
-class IllegalTransition(ValueError):
-    pass
 
 
 def check_transition(key: PartKey, current: PartState, target: PartState) -> None:

@@ -3,7 +3,8 @@ test topic, with the loader's real rejection hook (`reject_source_record`) on a 
 
     python -m tests.integration.poison_consumer TOPIC GROUP DATABASE_URL BOOTSTRAP PROCESSED_FILE
 
-Its structlog output (JSON, stderr) is what the test measures. Each processed message appends its
+Its structlog output (JSON, stderr) is what the test measures; each processed message logs
+`probe.processed`. Each processed message appends its
 `source_id` to PROCESSED_FILE. A rejected body carrying `"hook": "explode"` makes the hook raise, to
 show that a failing rejection hook cannot block the partition.
 """
@@ -24,7 +25,7 @@ from services.runtime.broker import Incoming, consume, create_broker
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
-from services.runtime.logging import configure
+from services.runtime.logging import configure, get_logger
 from services.runtime.settings import Settings
 
 
@@ -42,6 +43,7 @@ async def main(topic_name: str, group: str, database_url: str, bootstrap: str, p
                                files=FileStore(Path(tempfile.mkdtemp())))
 
     async def handler(payload: Greeting, incoming: Incoming) -> None:
+        get_logger("probe").info("probe.processed", source_id=payload.source_id)
         with processed.open("a") as out:
             out.write(f"{payload.source_id}\n")
 

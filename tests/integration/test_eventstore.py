@@ -175,9 +175,9 @@ async def test_a_consumer_marks_a_message_once_inside_its_own_transaction(store:
     async with pool.acquire() as conn:
         with pytest.raises(RuntimeError, match="must run inside the transaction"):
             await mark_processed(conn, "formatter", "ce-1947")
-        async with conn.transaction(), store.consume(conn, consumer="formatter", message_id="ce-1947") as fresh:
+        async with conn.transaction(), store.first_delivery(conn, consumer="formatter", message_id="ce-1947") as fresh:
             assert fresh
-        async with conn.transaction(), store.consume(conn, consumer="formatter", message_id="ce-1947") as fresh:
+        async with conn.transaction(), store.first_delivery(conn, consumer="formatter", message_id="ce-1947") as fresh:
             assert not fresh
         async with conn.transaction():
             assert await mark_processed(conn, "ts-gateway", "ce-1947")  # another consumer, its own record

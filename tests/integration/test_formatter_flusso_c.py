@@ -112,10 +112,10 @@ async def test_run_format_stores_both_files_under_their_names(pool: asyncpg.Pool
     store = FileStore(tmp_path)
     outcome = await run_format(pool, store, 1947, SNAPSHOT, "FLUSSO_C", "2020")
     assert outcome.ok, outcome.reasons
-    assert [f["name"] for f in outcome.files] == ["C1_150201_202611_1947.txt", "C2_150201_202611_1947.txt"]
+    assert [f.name for f in outcome.files] == ["C1_150201_202611_1947.txt", "C2_150201_202611_1947.txt"]
     for f in outcome.files:
-        assert store.path(f["sha256"]).stat().st_size == f["bytes"]
-        assert f["records"] == outcome.stats.records  # type: ignore[union-attr]
+        assert store.path(f.sha256).stat().st_size == f.bytes
+        assert f.records == outcome.stats.records  # type: ignore[union-attr]
 
 
 async def test_run_format_fails_naming_the_record_and_the_field(pool: asyncpg.Pool, tmp_path: Path) -> None:
@@ -145,8 +145,8 @@ async def test_mef_file_has_one_record_per_service(pool: asyncpg.Pool, tmp_path:
     assert outcome.ok, outcome.reasons
     (mef,) = outcome.files
     services = await pool.fetchval("SELECT count(*) FROM snapshot_service WHERE snapshot_id = $1", SNAPSHOT)
-    assert mef["records"] == services and mef["name"] == "MEF_150201_202611_1952.txt"
-    lines = store.path(mef["sha256"]).read_bytes().splitlines()
+    assert mef.records == services and mef.name == "MEF_150201_202611_1952.txt"
+    lines = store.path(mef.sha256).read_bytes().splitlines()
     rows = list(iter_table(load_layout("FLUSSO_MEF", "2020"), "MEF", lines))
     assert len(rows) == services and all(r["booking_date"] is not None for r in rows)
 
@@ -162,8 +162,8 @@ async def test_alpi_ta_file_from_bookings(pool: asyncpg.Pool, tmp_path: Path) ->
     outcome = await run_format(pool, store, 1953, 8001, "FLUSSO_ALPI_TA", "2020")
     assert outcome.ok, outcome.reasons
     (alpi,) = outcome.files
-    assert alpi["name"] == "ALPI_TA_201_202604_1953.txt" and alpi["records"] == 40
-    assert store.path(alpi["sha256"]).read_bytes().count(b"\n") == 40
+    assert alpi.name == "ALPI_TA_201_202604_1953.txt" and alpi.records == 40
+    assert store.path(alpi.sha256).read_bytes().count(b"\n") == 40
 
 
 async def test_write_flusso_c_takes_two_sinks(pool: asyncpg.Pool) -> None:

@@ -181,3 +181,41 @@ async def test_the_rejection_hook_recorded_the_rejected_records_without_their_va
     assert all(len(json.dumps(d)) < 5 * DLQ_REASON_MAX for d in datas)  # a 1 MB record: a bounded event
     assert any(d["source_id"] is None and "source_id" in d["errors"][0]["reason"] for d in datas)
     assert any(d["source_id"] == "big" for d in datas)
+
+
+def _log_lines(service: Service, after: int) -> list[dict[str, Any]]:
+    with service.log.open("rb") as f:
+        f.seek(after)
+        text = f.read().decode(errors="replace")
+    lines = []
+    for line in text.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            continue  # not a structlog line (e.g. a library's plain logging)
+    return lines
+
+
+async def test_consecutive_messages_one_rejected_log_with_their_own_ids_only(service: Service) -> None:
+    """Issue 11 item 7: a valid message, a rejected one, a valid one: each line names its own message."""
+    log_before = service.log.stat().st_size
+    sent: list[tuple[str, str]] = []  # (key, ce_id) in order
+    for n, body in enumerate([_body(f"ids-ok-{n}") if n != 1 else _body("ids-bad", 0) for n in range(3)]):
+        key, headers = f"ids-{uuid.uuid4().hex[:8]}-{n}", _headers(service.topic)
+        sent.append((key, dict(headers)["ce_id"].decode()))
+        await _publish(service.topic, key.encode(), body, headers)
+    await _wait_for(service, "ids-ok-2", within=NEXT_WITHIN_S)
+    await asyncio.sleep(0.3)  # the last message's lines are flushed
+    lines = _log_lines(service, log_before)
+    ids = dict(sent)
+    ours = [line for line in lines if line.get("aggregate_id") in ids or line.get("event_id") in ids.values()]
+    for line in ours:  # no line pairs one message's key with another's ce_id
+        assert ids.get(str(line.get("aggregate_id"))) == line.get("event_id"), line
+    rejected = [line for line in lines if line.get("event") == "message.rejected"]
+    assert [(r["aggregate_id"], r["event_id"]) for r in rejected] == [sent[1]]
+    processed = [(line["aggregate_id"], line["event_id"]) for line in lines if line.get("event") == "probe.processed"]
+    assert processed == [sent[0], sent[2]]
+    # the lines written between messages (the rejection hook's, the dead letter's) name the rejected one or none
+    for line in lines:
+        if line.get("event") not in ("probe.processed", "message.rejected") and line.get("event_id") is not None:
+            assert line["event_id"] in ids.values(), line

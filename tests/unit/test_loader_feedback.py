@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import io
 
-from services.loader.feedback import CodeCount, Problem, ProblemCounts, feedback_chunks, summarise
+from services.loader.feedback import CodeCount, ProblemCounts, RecordProblem, feedback_chunks, summarise
 
 
 def test_feedback_has_the_header_and_one_line_per_problem() -> None:
-    problems = [Problem("CUP-1@RX1/01", "patient_cf", "CF_CHECK_CHAR", "error", "check character should be W"),
-                Problem("CUP-2@RX2/99", "exemption_code", "EXEMPTION_REQUIRED", "error", "no ticket; no code")]
+    problems = [RecordProblem("CUP-1@RX1/01", "patient_cf", "CF_CHECK_CHAR", "error", "check character should be W"),
+                RecordProblem("CUP-2@RX2/99", "exemption_code", "EXEMPTION_REQUIRED", "error", "no ticket; no code")]
     text = b"".join(feedback_chunks(problems)).decode()
     assert text == ("record_key;field;code;severity;message\n"
                     "CUP-1@RX1/01;patient_cf;CF_CHECK_CHAR;error;check character should be W\n"
@@ -18,7 +18,7 @@ def test_feedback_has_the_header_and_one_line_per_problem() -> None:
 
 
 def test_a_million_problems_stream_in_bounded_chunks() -> None:
-    problems = (Problem(f"CUP-{i}", "quantity", "QUANTITY_NOT_POSITIVE", "error", "quantity 0 is below 1")
+    problems = (RecordProblem(f"CUP-{i}", "quantity", "QUANTITY_NOT_POSITIVE", "error", "quantity 0 is below 1")
                 for i in range(1_000_000))
     sizes = [len(chunk) for chunk in feedback_chunks(problems, chunk_lines=50_000)]
     assert len(sizes) == 21 and max(sizes) < 4_000_000  # ~70 bytes x 50,000 lines
@@ -26,7 +26,7 @@ def test_a_million_problems_stream_in_bounded_chunks() -> None:
 
 
 def test_messages_with_quotes_and_newlines_survive_a_csv_reader() -> None:
-    tricky = Problem("CUP-3", "patient_surname", "SURNAME_TOO_LONG", "warning", 'surname "D\'ANGELO\nX"')
+    tricky = RecordProblem("CUP-3", "patient_surname", "SURNAME_TOO_LONG", "warning", 'surname "D\'ANGELO\nX"')
     rows = list(csv.DictReader(io.StringIO(b"".join(feedback_chunks([tricky])).decode()), delimiter=";"))
     assert rows[0]["message"] == tricky.message
 

@@ -67,10 +67,10 @@ def test_memory_does_not_grow_with_the_number_of_documents(tmp_path: Path):
 
 
 def test_a_run_keeps_the_first_problems_and_counts_them_all() -> None:
-    from services.formatter.xml730_rules import Problem, ProblemList, Xml730Rejected
+    from services.formatter.xml730_rules import DocumentProblem, ProblemList, Xml730Rejected
 
     problems = ProblemList(limit=3)
-    problems.extend(Problem(f"CUP-{i}", "patient_cf", "not a codice fiscale") for i in range(10))
+    problems.extend(DocumentProblem(f"CUP-{i}", "patient_cf", "not a codice fiscale") for i in range(10))
     assert len(problems) == 3 and problems.total == 10 and problems
     rejected = Xml730Rejected(problems)
     assert rejected.total == 10 and [p.source_id for p in rejected.problems] == ["CUP-0", "CUP-1", "CUP-2"]
