@@ -15,11 +15,11 @@ import os
 import sys
 from typing import Any
 
-from contracts.topics import SOURCE_TOPICS
+from contracts.topics import INTAKE_TOPICS
 from services.runtime import broker
 from tests.integration.outage_loader import start_at_the_end
 
-SOURCES = [t.name for t in SOURCE_TOPICS if t.name != "sources.record-rejected"]
+SOURCES = [t.name for t in INTAKE_TOPICS]
 GROUPS = {"loader": {"loader": ["flows.load-requested"], "loader-sources": SOURCES},
           "formatter": {"formatter": ["flows.format-requested"]}}
 
@@ -33,6 +33,8 @@ def main(name: str, suffix: str) -> None:
         asyncio.run(start_at_the_end(bootstrap, f"{group}-{suffix}", topics))
     app: Any = importlib.import_module(f"services.{name}.app")
     app.consume = consume_alone  # the module's own name for broker.consume
+    if name == "loader":
+        app.SOURCES_GROUP = f"loader-sources-{suffix}"  # the batched intake (services.loader.batch_intake)
     asyncio.run(app.main())
 
 
