@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,24 +28,12 @@ from services.runtime.filestore import FileStore
 from services.runtime.host import prepare_database
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 from services.runtime.settings import Settings
+from tests.stack_urls import free_port
 
 PASSWORD = "correct horse battery"
 STRUCTURE = "150123"  # the structure user's STS11: the HUB of tests.fixtures.onboarding.workbooks
 ROLE_USERS = {"operator": ("op.201", ["201"]), "structure": ("st.1", []), "desk": ("desk.1", []),
               "ops": ("ops.1", []), "auditor": ("aud.1", []), "admin": ("adm.1", [])}
-
-
-def free_port(offset: int = 100) -> int:
-    """A free port at FLOWS_KAFKA_PORT_BASE + offset or just above (inside this checkout's range)."""
-    base = int(os.environ["FLOWS_KAFKA_PORT_BASE"]) + offset
-    for port in range(base, base + 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {base}..{base + 200}")
 
 
 @dataclass
@@ -111,7 +97,7 @@ def csrf_of(html: str) -> str:
 @contextlib.asynccontextmanager
 async def running_console(database_url: str, kafka: str, files_dir: Path, **overrides: Any) -> AsyncIterator[
         RunningConsole]:
-    port = free_port()
+    port = free_port(100, 300)
     values: dict[str, Any] = {"console_secure_cookies": False, "log_format": "console", **overrides}
     settings = Settings(database_url=database_url, kafka_bootstrap=kafka, files_dir=files_dir, console_port=port,
                         **values)

@@ -17,3 +17,19 @@ os.environ.setdefault("FLOWS_PG_PORT", "25432")
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"postgresql://postgres@127.0.0.1:{os.environ['FLOWS_PG_PORT']}/flows"
 KAFKA = f"127.0.0.1:{os.environ['FLOWS_KAFKA_PORT_BASE']}"
+
+
+def free_port(first: int, last: int) -> int:
+    """A free port between FLOWS_KAFKA_PORT_BASE + first and + last: the machine may run other stacks, so a test
+    stays inside its own stack's range (private stacks take base + 100..900)."""
+    import socket
+
+    base = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
+    for port in range(base + first, base + last):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {base + first}..{base + last - 1}")

@@ -5,29 +5,15 @@ really stopped, yet still alive; ready again once the broker is back."""
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 from typing import Any
 
 import aiohttp
 import pytest
 
 from deploy import localstack
+from tests.stack_urls import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port_in_our_range() -> int:
-    """A free port derived from this stack's Kafka port base (the machine is shared: stay in range)."""
-    base = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
-    for port in range(base + 30, base + 90):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {base + 30}..{base + 89}")
 
 
 async def _get(port: int, path: str) -> tuple[int, dict[str, Any]]:
@@ -52,7 +38,7 @@ async def _until(port: int, path: str, status: int, timeout: float) -> dict[str,
 async def test_readiness_follows_kafka_really_stopping_and_coming_back(settings, fresh_db):
     from services.formatter.app import main
 
-    port = _free_port_in_our_range()
+    port = free_port(30, 90)
     cfg = settings.model_copy(update={"database_url": fresh_db, "health_port": port})
     stop = asyncio.Event()
     service = asyncio.create_task(main(cfg, stop))
@@ -87,7 +73,7 @@ async def test_readiness_follows_kafka_really_stopping_and_coming_back(settings,
 async def test_the_audit_service_is_ready_only_with_its_signing_key_private(settings, fresh_db, tmp_path):
     from services.audit.app import main
 
-    port = _free_port_in_our_range()
+    port = free_port(30, 90)
     key = tmp_path / "keys" / "signing.key"
     cfg = settings.model_copy(update={"database_url": fresh_db, "health_port": port, "checkpoint_key": key,
                                       "checkpoints_dir": tmp_path / "cps", "checkpoint_interval_s": 0})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from contracts.envelope import from_kafka_headers
 from services.runtime import outbox, tracing
+from tests.stack_urls import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,19 +86,6 @@ def test_outbox_headers_carry_the_distributed_tracing_extension(tracer) -> None:
     assert len(relayed) == len(headers)
 
 
-def _free_port() -> int:
-    """A free port in this session's own range (above the private stacks' FLOWS_KAFKA_PORT_BASE + 100..900)."""
-    base = int(os.environ.get("FLOWS_KAFKA_PORT_BASE", "29092"))
-    for port in range(base + 910, base + 990):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port")
-
-
 def test_spans_are_exported_over_otlp_http_when_an_endpoint_is_configured() -> None:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -120,7 +107,7 @@ def test_spans_are_exported_over_otlp_http_when_an_endpoint_is_configured() -> N
         def log_message(self, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", _free_port()), Collector)
+    server = ThreadingHTTPServer(("127.0.0.1", free_port(910, 990)), Collector)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
