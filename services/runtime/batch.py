@@ -49,8 +49,8 @@ from services.runtime.broker import (
     bounded,
     dead_letter_headers,
     dead_letter_producer,
-    is_transient,
     parse,
+    wait_out,
 )
 from services.runtime.logging import get_logger
 
@@ -291,13 +291,4 @@ class BatchConsumer:
 
     async def _patiently(self, step: Callable[[], Awaitable[Any]], started: float) -> None:
         """Runs `step` until it does not fail for a transient reason (an outage is waited out)."""
-        while True:
-            try:
-                await step()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                await self.outage.wait(exc, started)
-                continue
-            self.outage.over()
-            return
+        await wait_out(self.outage, step, started)

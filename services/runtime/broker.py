@@ -234,6 +234,21 @@ class Outage:
         self.step = 0
 
 
+async def wait_out(outage: Outage, step: Callable[[], Awaitable[Any]], started: float) -> None:
+    """Runs `step` until it does not fail for a transient reason: an outage is waited out with `outage`'s capped
+    backoff, which starts again from its first step once the dependency answers."""
+    while True:
+        try:
+            await step()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            await outage.wait(exc, started)
+            continue
+        outage.over()
+        return
+
+
 async def _raw_body(message: Any) -> bytes:
     # FastStream would json-decode before our code runs, and a body that is not JSON would then be
     # nacked forever, blocking the partition: we decode ourselves, inside the dead-letter guard.
@@ -387,17 +402,7 @@ def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handle
     outage = Outage(log, f"dependencies of {group_id}", probe)
 
     async def patiently(step: Callable[[], Awaitable[None]], started: float) -> None:
-        """Runs `step` until it does not fail for a transient reason (an outage is waited out)."""
-        while True:
-            try:
-                await step()
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                await outage.wait(exc, started)
-                continue
-            outage.over()
-            return
+        await wait_out(outage, step, started)
 
     async def reject(raw: Any, key: str | None, poison: Poison, started: float) -> None:
         reason = poison.reason
