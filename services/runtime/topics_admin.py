@@ -120,6 +120,20 @@ async def _settled(admin: AIOKafkaAdminClient, specs: list[TopicSpec], wait_s: f
         await asyncio.sleep(0.3)
 
 
+async def _visible(admin: AIOKafkaAdminClient, names: list[str], wait_s: float = 15.0) -> dict[str, TopicState]:
+    """The named topics, which the controller says exist, once the metadata shows them."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        found = await _describe(admin, names)
+        if len(found) == len(names):
+            return found
+        if asyncio.get_running_loop().time() > deadline:
+            missing = sorted(set(names) - set(found))
+            raise TopicsError(f"the cluster says {', '.join(missing)} exist but does not show them "
+                              f"after {wait_s:.0f} s")
+        await asyncio.sleep(0.3)
+
+
 async def _brokers(admin: AIOKafkaAdminClient) -> int:
     cluster = await admin.describe_cluster()
     return len(cluster["brokers"])
@@ -142,7 +156,13 @@ async def apply_topics(bootstrap: str, partitions: int) -> list[TopicState]:
             response = await admin.create_topics(
                 [NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.configs) for s in missing])
             errors = [(e[0], e[1], e[2] if len(e) > 2 else None) for e in response.topic_errors]
-            _raise_errors("create topics", errors, tolerated=(TOPIC_ALREADY_EXISTS,))  # a concurrent apply
+            _raise_errors("create topics", errors, tolerated=(TOPIC_ALREADY_EXISTS,))
+            # "already exists" for a topic the describe did not show: a concurrent apply created it, or the
+            # broker's metadata had not caught up with a creation yet. It exists with whatever partitions and
+            # configs its creator gave it, so it is grown and configured like any existing topic.
+            raced = [name for name, code, _m in errors if code == TOPIC_ALREADY_EXISTS]
+            if raced:
+                existing.update(await _visible(admin, raced))
         grow = {s.name: NewPartitions(s.partitions) for s in specs
                 if s.name in existing and (existing[s.name].partitions or 0) < s.partitions}
         if grow:

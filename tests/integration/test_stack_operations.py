@@ -48,11 +48,10 @@ async def test_every_registry_topic_and_its_dlq_is_provisioned_as_the_registry_s
         assert not main.warnings and not dlq.warnings, (main.warnings, dlq.warnings)
 
 
-async def test_apply_grows_and_reconfigures_a_topic_and_is_idempotent(stack) -> None:
-    """A registry topic that exists with too few partitions and a wrong retention (as the old subscribers
-    auto-created them) is grown and reconfigured; nothing is deleted; a second apply changes nothing."""
-    name = "sources.intramoenia-booking.dlq"
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
+async def _recreate_small(bootstrap: str, name: str) -> None:
+    """Delete a registry topic and create it again with 1 partition and a 1 s retention, as the old
+    subscribers' auto-creation left topics; returns once the metadata shows the new one."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         await admin.delete_topics([name])
@@ -67,8 +66,21 @@ async def test_apply_grows_and_reconfigures_a_topic_and_is_idempotent(stack) -> 
             await asyncio.sleep(0.2)
         else:
             raise AssertionError(f"could not re-create {name}: {response.topic_errors}")
+        for _ in range(150):
+            described = await admin.describe_topics([name])
+            if not described[0]["error_code"] and len(described[0]["partitions"]) == 1:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{name} re-created but not shown with 1 partition")
     finally:
         await admin.close()
+
+
+async def test_apply_grows_and_reconfigures_a_topic_and_is_idempotent(stack) -> None:
+    """A registry topic that exists with too few partitions and a wrong retention (as the old subscribers
+    auto-created them) is grown and reconfigured; nothing is deleted; a second apply changes nothing."""
+    name = "sources.intramoenia-booking.dlq"
+    await _recreate_small(stack.bootstrap_servers, name)
     partitions = Settings().topic_partitions
     first = {s.name: s for s in await apply_topics(stack.bootstrap_servers, partitions)}
     grown, configured = first[name].actions
@@ -77,6 +89,34 @@ async def test_apply_grows_and_reconfigures_a_topic_and_is_idempotent(stack) -> 
     assert first[name].partitions == partitions and first[name].configs["retention.ms"] == "7776000000"
     second = await apply_topics(stack.bootstrap_servers, partitions)
     assert [s.name for s in second if s.actions] == []
+
+
+async def test_apply_configures_a_topic_its_stale_metadata_did_not_show(stack, monkeypatch) -> None:
+    """A broker's metadata lags a creation by a moment (what failed CI once): apply's first describe does
+    not show a topic that exists with 1 partition and a wrong retention, Kafka answers TOPIC_ALREADY_EXISTS
+    to the create, and apply grows and configures it instead of calling it created."""
+    from services.runtime import topics_admin
+
+    name = "sources.intramoenia-booking.dlq"
+    await _recreate_small(stack.bootstrap_servers, name)
+    real_describe = topics_admin._describe
+    calls = 0
+
+    async def stale_first(admin, names):
+        nonlocal calls
+        calls += 1
+        found = await real_describe(admin, names)
+        if calls == 1:
+            found.pop(name, None)
+        return found
+
+    monkeypatch.setattr(topics_admin, "_describe", stale_first)
+    partitions = Settings().topic_partitions
+    state = {s.name: s for s in await apply_topics(stack.bootstrap_servers, partitions)}[name]
+    assert state.actions[0] == f"partitions 1 -> {partitions}", state
+    assert "retention.ms" in state.actions[1], state
+    assert state.partitions == partitions and state.configs["retention.ms"] == "7776000000"
+    assert not state.warnings, state.warnings
 
 
 async def test_the_brokers_never_auto_create_a_topic(stack) -> None:
