@@ -98,7 +98,7 @@ def kafka_environment(host_port: int, cluster_id: str) -> dict[str, str]:
         "controller.quorum.voters": f"1@localhost:{CONTROLLER_INSIDE}",
         "listeners": f"PLAINTEXT://0.0.0.0:{KAFKA_INSIDE},CONTROLLER://0.0.0.0:{CONTROLLER_INSIDE}",
         "advertised.listeners": f"PLAINTEXT://{HOST}:{host_port}",
-        "log.dirs": "/var/lib/kafka/data",
+        "log.dirs": "/tmp/kraft-combined-logs",  # the folder of the image's own examples, its user's to write
         **broker_settings(1),
     }
     env = {"KAFKA_" + key.upper().replace(".", "_"): str(value) for key, value in props.items()}
