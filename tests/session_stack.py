@@ -32,7 +32,7 @@ def start_postgres() -> None:
 def stop_kafka_node(node_id: int, hard: bool = False) -> None:
     """Graceful by default; `hard` kills (SIGKILL) the node."""
     if (running := containers.running()) is not None:
-        if node_id != running.info.brokers:
+        if node_id != 1:
             raise ValueError(f"the container stack has one Kafka node, not node {node_id}")
         running.halt("kafka", hard)
         return
@@ -41,7 +41,7 @@ def stop_kafka_node(node_id: int, hard: bool = False) -> None:
 
 def start_kafka_node(node_id: int, timeout: float = 60.0) -> None:
     if (running := containers.running()) is not None:
-        if node_id != running.info.brokers:
+        if node_id != 1:
             raise ValueError(f"the container stack has one Kafka node, not node {node_id}")
         running.resume("kafka", timeout)
         return
