@@ -29,20 +29,24 @@ def start_postgres() -> None:
     localstack.up(brokers=brokers, progress=lambda line: None)
 
 
+def _kafka_container(node_id: int) -> containers.ContainerStack | None:
+    """The container stack when the session runs on one (its one Kafka node is node 1), else None."""
+    running = containers.running()
+    if running is not None and node_id != 1:
+        raise ValueError(f"the container stack has one Kafka node, not node {node_id}")
+    return running
+
+
 def stop_kafka_node(node_id: int, hard: bool = False) -> None:
     """Graceful by default; `hard` kills (SIGKILL) the node."""
-    if (running := containers.running()) is not None:
-        if node_id != 1:
-            raise ValueError(f"the container stack has one Kafka node, not node {node_id}")
+    if (running := _kafka_container(node_id)) is not None:
         running.halt("kafka", hard)
-        return
-    localstack.stop_kafka_node(node_id, hard)
+    else:
+        localstack.stop_kafka_node(node_id, hard)
 
 
 def start_kafka_node(node_id: int, timeout: float = 60.0) -> None:
-    if (running := containers.running()) is not None:
-        if node_id != 1:
-            raise ValueError(f"the container stack has one Kafka node, not node {node_id}")
+    if (running := _kafka_container(node_id)) is not None:
         running.resume("kafka", timeout)
-        return
-    localstack.start_kafka_node(node_id, timeout)
+    else:
+        localstack.start_kafka_node(node_id, timeout)
