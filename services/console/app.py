@@ -64,10 +64,10 @@ from services.console.access import (
     routed,
 )
 from services.console.live import LiveFeed
-from services.onboarding import domain, handlers
-from services.onboarding.projection import DashboardProjection
-from services.onboarding.projection import dashboard as onboarding_rows
-from services.onboarding.switch import SwitchCalendar, load_patron_days
+from services.onboarding import facade as domain  # the onboarding service's one door, as the pages name it
+from services.onboarding import facade as handlers
+from services.onboarding.facade import DashboardProjection, SwitchCalendar, load_patron_days
+from services.onboarding.facade import dashboard as onboarding_rows
 from services.runtime.coverage import coverage
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
