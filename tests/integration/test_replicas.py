@@ -111,10 +111,10 @@ def _spread_requests() -> list[flows.LoadRequested]:
     return requests
 
 
-async def _assigned_partitions(session: aiohttp.ClientSession, replica: Replica) -> int:
-    """The partitions the replica's consumers hold once it is ready (/readyz), else -1."""
+async def _assigned_partitions(session: aiohttp.ClientSession, health_port: int) -> int:
+    """The partitions a replica's consumers hold once it is ready (its /readyz), else -1."""
     try:
-        async with session.get(f"http://127.0.0.1:{replica.health_port}/readyz") as response:
+        async with session.get(f"http://127.0.0.1:{health_port}/readyz") as response:
             if response.status != 200:
                 return -1
             detail = (await response.json())["checks"]["consumers"]["detail"]
@@ -131,7 +131,7 @@ async def _wait_for_the_groups(replicas: list[Replica]) -> None:
             while True:
                 for r in replicas:
                     assert r.process.returncode is None, f"{r.name} exited:\n{r.log.read_text()[-3000:]}"
-                shares = [await _assigned_partitions(session, r) for r in replicas]
+                shares = [await _assigned_partitions(session, r.health_port) for r in replicas]
                 if all(s > 0 for s in shares):
                     return
                 await asyncio.sleep(0.5)
@@ -272,3 +272,72 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert "every hash chain verifies" in replay.stdout and "equal the live ones" in replay.stdout, replay.stdout
     assert wall_s < 150
+
+
+def _free_run(count: int) -> int:
+    """A port base whose next `count` ports are free, in this stack's own range (base + 700 .. + 900)."""
+    import socket
+
+    def free(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
+    for base in range(own + 700, own + 900 - count, count + 1):
+        if all(free(p) for p in range(base, base + count + 1)):
+            return base
+    raise AssertionError(f"no {count} free ports in {own + 700}..{own + 900}")
+
+
+def _flows_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "COLUMNS": "250"}, timeout=timeout)
+
+
+def test_stack_up_with_replicas_runs_each_consumer_twice_in_its_group_and_scales_down(
+        private_stack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`flows stack up --replicas 2` on a stack of its own: two processes of each consumer, each with its own
+    log and health port, both members of the group (3 of the 6 partitions each); `flows stack status` lists
+    every replica; `up --replicas 1` stops the second ones."""
+    monkeypatch.setenv("FLOWS_OBSERVABILITY_PORT_BASE", str(_free_run(12)))
+    try:
+        up = _flows_cli("stack", "up", "--replicas", "2")
+        assert up.returncode == 0, up.stdout + up.stderr
+        services = json.loads(_flows_cli("stack", "status", "--json").stdout)["services"]
+        replicated = ("loader", "formatter", "ts-gateway", "onboarding")
+        for name in [*replicated, *(f"{s}-2" for s in replicated), "audit", "console", "ts-simulator"]:
+            assert services[name]["running"], (name, services[name])
+        assert not [n for n in services if n.startswith(("audit-", "console-", "ts-simulator-"))]
+        logs = {services[n]["log"] for n in services}
+        ports = {services[n]["health_port"] for n in services if n != "ts-simulator"}
+        assert len(logs) == len(services) and len(ports) == len(services) - 1
+        table = _flows_cli("stack", "status").stdout
+        for name in ("loader-2", "formatter-2", "ts-gateway-2", "onboarding-2"):
+            row = next(line for line in table.splitlines() if f" {name} " in line)
+            assert "running" in row and f"127.0.0.1:{services[name]['health_port']}" in row, row
+
+        async def shares() -> dict[str, int]:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                async with asyncio.timeout(120):
+                    while True:
+                        found = {}
+                        for name in ("loader", "loader-2", "formatter", "formatter-2"):
+                            found[name] = await _assigned_partitions(session, services[name]["health_port"])
+                        if all(v > 0 for v in found.values()):
+                            return found
+                        await asyncio.sleep(1)
+        split = asyncio.run(shares())
+        partitions = Settings().topic_partitions
+        assert split["loader"] + split["loader-2"] == partitions == split["formatter"] + split["formatter-2"], split
+
+        down = _flows_cli("stack", "up", "--replicas", "1")
+        assert down.returncode == 0, down.stdout + down.stderr
+        after = json.loads(_flows_cli("stack", "status", "--json").stdout)["services"]
+        assert not [n for n in after if n.endswith("-2")], sorted(after)
+        assert all(after[s]["running"] for s in replicated)
+    finally:
+        _flows_cli("stack", "down")
