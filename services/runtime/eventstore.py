@@ -217,9 +217,13 @@ def to_stored(row: asyncpg.Record) -> StoredEvent:
 
 
 class EventStore:
-    def __init__(self, pool: asyncpg.Pool, *, source: str, projections: Sequence[Projection] = ()) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, source: str, projections: Sequence[Projection] = (),
+                 replica: str | None = None) -> None:
         self._pool = pool
         self.source = source  # CloudEvents ce_source of what this store publishes, e.g. "/flows/loader"
+        # Which process of a replicated service appends (Settings.replica, e.g. "loader-2"): recorded in
+        # each event's metadata as `replica`, so the history says which replica did the work.
+        self.replica = replica
         self._projections = tuple(projections)
 
     async def append(self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int | None,
@@ -256,9 +260,10 @@ class EventStore:
         # The current span's W3C context (services.runtime.tracing) goes with each event: in its
         # metadata (an event's own traceparent wins) and in its outbox headers as ce_traceparent.
         trace = tracing.carrier()
-        if trace:
-            events = [e if all(k in e.metadata for k in trace)
-                      else dataclasses.replace(e, metadata={**trace, **e.metadata}) for e in events]
+        stamp = {**trace, "replica": self.replica} if self.replica else trace
+        if stamp:
+            events = [e if all(k in e.metadata for k in stamp)
+                      else dataclasses.replace(e, metadata={**stamp, **e.metadata}) for e in events]
         versions, prev_hashes, hashes, datas, metadatas = [], [], [], [], []
         for number, event in enumerate(events, start=current + 1):
             where = f"event {number} ({event.type}) of stream {stream_id}"
