@@ -141,11 +141,25 @@ def start_loader(url: str, files: Path) -> subprocess.Popen[bytes]:
                             stdout=subprocess.DEVNULL, stderr=open(files / "loader.log", "wb"))
 
 
+async def loader_group_members(admin: AIOKafkaAdminClient) -> int:
+    """Members of the consumer group `loader` now: a running platform loader would take part of the bench's
+    commands (and make instances in ITS database)."""
+    described = await admin.describe_consumer_groups(["loader"])
+    # DescribeGroupsResponse groups: (error_code, group, state, protocol_type, protocol, members)
+    return sum(len(group[5]) for response in described for group in response.groups)
+
+
 async def main(loads: int, services: int) -> int:
-    url = await prepare_database()
-    raw_topic = f"bench.latency-{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
+    if members := await loader_group_members(admin):
+        await admin.close()
+        print(f"the consumer group 'loader' has {members} member(s) on {KAFKA}: a platform loader is running there. "
+              "Stop the platform's services (`flows stack down`, then `flows stack up --no-services`) or point the "
+              "bench at another stack (FLOWS_KAFKA_PORT_BASE, FLOWS_PG_PORT)", file=sys.stderr)
+        return 2
+    url = await prepare_database()
+    raw_topic = f"bench.latency-{uuid.uuid4().hex[:8]}"
     await admin.create_topics([NewTopic(raw_topic, 1, 1)])
     loader: subprocess.Popen[bytes] | None = None
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, acks="all")
