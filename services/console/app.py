@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pydantic
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -48,12 +49,14 @@ from services.console import auth
 from services.console.access import (
     ACT_ON_INSTANCE,
     ANY_USER,
+    DECIDE_DEAD_LETTER,
     DESK_VERDICT,
     LIST_INSTANCES,
     LIST_ONBOARDING,
     READ_ACCESS_LOG,
     READ_INSTANCE,
     READ_ONBOARDING,
+    READ_OPS,
     REQUEST_LOAD,
     UPLOAD_ONBOARDING,
     Rule,
@@ -68,6 +71,8 @@ from services.onboarding import domain, handlers
 from services.onboarding.projection import DashboardProjection
 from services.onboarding.projection import dashboard as onboarding_rows
 from services.onboarding.switch import SwitchCalendar, load_patron_days
+from services.runtime import deadletters as dl
+from services.runtime import ops
 from services.runtime.coverage import coverage
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
@@ -252,6 +257,8 @@ def _nav(principal: auth.Principal) -> list[tuple[str, str]]:
         nav.append(("/onboarding", "Onboarding"))
     if principal.role in READ_ACCESS_LOG.roles:
         nav.append(("/accessi", "Registro accessi"))
+    if principal.role in READ_OPS.roles:
+        nav.append(("/esercizio", "Esercizio"))
     return nav
 
 
@@ -816,6 +823,142 @@ async def access_log_page(ctx: Ctx, utente: str | None = None, istanza: str | No
     rows = await read_access_log(_console(request).pool, utente or None, instance)
     return page(ctx, "access_log.html", "Registro degli accessi", active="/accessi", rows=rows, utente=utente,
                 istanza=istanza)
+
+
+# ---------------------------------------------------------------- Esercizio (ops): dead letters, consumer lag
+# The same functions as `flows dlq` and `flows lag` (services/runtime/deadletters.py, ops.py).
+KAFKA_WAIT_S = 20
+KAFKA_DOWN = "Kafka non risponde entro {s} secondi: i dati di esercizio non sono disponibili ora. Riprovi più tardi."
+
+
+def _decision_text(event: Any) -> str:
+    what = "rilanciato" if event.type == dl.REDRIVEN else "scartato"
+    return f"{what} da {event.actor} il {event.recorded_at.astimezone(ROME):%d/%m/%Y %H:%M:%S}"
+
+
+@route(pages, "GET", "/esercizio", READ_OPS, "page")
+async def ops_page(ctx: Ctx) -> Response:
+    """Per `.dlq` topic: dead letters and those still pending; per consumer group and partition: the lag."""
+    console = _console(ctx.request)
+    topics: list[dict[str, Any]] = []
+    lags: list[ops.Lag] = []
+    error = None
+    try:
+        async with asyncio.timeout(KAFKA_WAIT_S):
+            found = await dl.dlq_topics(console.settings.kafka_bootstrap)
+            decided = await dl.decisions(console.store)
+            lags = await ops.consumer_lag(console.settings.kafka_bootstrap)
+    except (TimeoutError, KafkaError, OSError):
+        error = KAFKA_DOWN.format(s=KAFKA_WAIT_S)
+    else:
+        for t in found:
+            if t.count:
+                done = sum(1 for letter_id in decided if t.holds(letter_id))
+                topics.append({"topic": t.topic, "count": t.count, "pending": max(t.count - done, 0)})
+    groups: dict[str, dict[str, Any]] = {}
+    for lag in lags:
+        g = groups.setdefault(lag.group, {"partitions": 0, "lag": 0, "last": None})
+        g["partitions"] += 1
+        g["lag"] += lag.lag
+        if lag.last_commit and (g["last"] is None or lag.last_commit > g["last"]):
+            g["last"] = lag.last_commit
+    return page(ctx, "ops.html", "Esercizio: messaggi non elaborabili e ritardo dei consumatori", active="/esercizio",
+                topics=topics, groups=groups, lags=lags, error=error)
+
+
+@route(pages, "GET", "/esercizio/scarti", READ_OPS, "page")
+async def dead_letters_page(ctx: Ctx, coda: str | None = None, da_decidere: bool = False) -> Response:
+    """The dead letters of one `.dlq` topic (or of all), oldest first, with what was decided about each."""
+    console = _console(ctx.request)
+    rows: list[dict[str, Any]] = []
+    error = None
+    try:
+        async with asyncio.timeout(KAFKA_WAIT_S):
+            letters = await dl.list_letters(console.settings.kafka_bootstrap, coda or None)
+    except (TimeoutError, KafkaError, OSError):
+        error, letters = KAFKA_DOWN.format(s=KAFKA_WAIT_S), []
+    decided = await dl.decisions(console.store)
+    for letter in letters:
+        decision = decided.get(letter.id)
+        if da_decidere and decision is not None:
+            continue
+        rows.append({"letter": letter, "status": _decision_text(decision) if decision else "da decidere"})
+    title = f"Messaggi non elaborabili di {dl.dlq_topic(coda)}" if coda else "Messaggi non elaborabili"
+    return page(ctx, "dead_letters.html", title, active="/esercizio", rows=rows, coda=coda or "",
+                da_decidere=da_decidere, error=error)
+
+
+async def _letter(ctx: Ctx, letter: str) -> dl.DeadLetter:
+    """The dead letter the path names, or 404 (a malformed id, a topic, partition or offset that does not exist)."""
+    try:
+        dl.parse_id(letter)
+    except ValueError:
+        raise HTTPException(404) from None
+    try:
+        async with asyncio.timeout(KAFKA_WAIT_S):
+            return await dl.fetch(_console(ctx.request).settings.kafka_bootstrap, letter)
+    except ValueError:
+        raise HTTPException(404) from None
+    except (TimeoutError, KafkaError, OSError):
+        raise HTTPException(503, KAFKA_DOWN.format(s=KAFKA_WAIT_S)) from None
+
+
+async def _letter_page(ctx: Ctx, letter: dl.DeadLetter, status: int = 200, message: str | None = None,
+                       level: str = "info") -> Response:
+    console = _console(ctx.request)
+    # A dead letter's body is a message as it was sent: a source record names its patient, so showing it
+    # is a view of personal data, recorded like a file view.
+    await record_access(console.store, ctx.principal, "dead-letter-view", None, ctx.address,
+                        {"dead_letter": letter.id, "topic": letter.original_topic})
+    decision = await dl.decision_about(console.store, letter.id)
+    return page(ctx, "dead_letter.html", f"Messaggio non elaborabile {letter.id}", status=status, active="/esercizio",
+                letter=letter, decision=decision, decision_text=_decision_text(decision) if decision else None,
+                can_decide=ctx.principal.role in DECIDE_DEAD_LETTER.roles and decision is None,
+                message=message, level=level)
+
+
+@route(pages, "GET", "/esercizio/scarti/{letter}", READ_OPS, "page")
+async def dead_letter_page(ctx: Ctx, letter: str) -> Response:
+    """One dead letter: its reason, where it came from, its original headers and body, its decision."""
+    return await _letter_page(ctx, await _letter(ctx, letter))
+
+
+def _refused(letter_id: str, exc: dl.AlreadyDecided) -> str:
+    done = (f"è già stato {_decision_text(exc.decision)}" if exc.decision
+            else "è appena stato trattato da un altro utente")
+    return (f"Il messaggio {letter_id} {done}: un messaggio non elaborabile si rilancia o si scarta una volta sola. "
+            "Nessuna nuova azione è stata eseguita.")
+
+
+@route(pages, "POST", "/esercizio/scarti/{letter}/rilancia", DECIDE_DEAD_LETTER, "action")
+async def dead_letter_redrive(ctx: Ctx, letter: str) -> Response:
+    """Re-publishes the message to its original topic (original key, a new ce id) once; the user is the actor."""
+    found = await _letter(ctx, letter)
+    console = _console(ctx.request)
+    try:
+        await dl.redrive(console.pool, console.store, found, ctx.principal.name)
+    except dl.AlreadyDecided as exc:
+        return await _letter_page(ctx, found, 409, _refused(found.id, exc), "danger")
+    except dl.NotRedrivable as exc:
+        why = ("non ha una chiave, e il suo argomento è partizionato per chiave" if exc.cause == "no-key"
+               else "il suo contenuto non è JSON: nessun consumatore potrebbe leggerlo")
+        return await _letter_page(ctx, found, 409, f"Il messaggio {found.id} non si può rilanciare: {why}. "
+                                                   "Lo scarti indicandone il motivo.", "danger")
+    return RedirectResponse(f"/esercizio/scarti/{urllib.parse.quote(found.id, safe='')}", status_code=303)
+
+
+@route(pages, "POST", "/esercizio/scarti/{letter}/scarta", DECIDE_DEAD_LETTER, "action")
+async def dead_letter_discard(ctx: Ctx, letter: str) -> Response:
+    """Marks the message as not to be processed, with the reason; the user is the actor."""
+    found = await _letter(ctx, letter)
+    reason = str((await ctx.request.form()).get("motivo") or "").strip()
+    if not reason:
+        return await _letter_page(ctx, found, 422, "Indichi il motivo per cui il messaggio va scartato.", "danger")
+    try:
+        await dl.discard(_console(ctx.request).store, found.id, found.original_topic, reason, ctx.principal.name)
+    except dl.AlreadyDecided as exc:
+        return await _letter_page(ctx, found, 409, _refused(found.id, exc), "danger")
+    return RedirectResponse(f"/esercizio/scarti/{urllib.parse.quote(found.id, safe='')}", status_code=303)
 
 
 # ---------------------------------------------------------------- JSON API
