@@ -78,6 +78,17 @@ class RunningConsole:
         await handlers.open_request(deps, command, "desk.1")
         return request_id
 
+    async def onboarding_document(self, request_id: str, filename: str, content: bytes,
+                                  document_type: str = "suap-authorisation") -> str:
+        """A document added to the request as the `onboarding` CLI adds it; its document id."""
+        from contracts.onboarding import DocumentReceived
+        from services.console.app import Console, _onboarding_deps
+
+        deps = _onboarding_deps(Console(self.settings, self.pool, self.store, self.files, None))  # type: ignore[arg-type]
+        added = await handlers.add_document(deps, request_id, filename, content, document_type, {"protocol": "P-7"},
+                                            "desk.1")
+        return next(e.document_id for e in added.events if isinstance(e, DocumentReceived))
+
     def file_ref(self, name: str, kind: str, data: bytes, records: int, media_type: str = "text/plain") -> dict:
         sha, size = self.files.put_bytes(data)
         return {"name": name, "kind": kind, "records": records, "bytes": size, "sha256": sha, "media_type": media_type}

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import inspect
 import json
+import mimetypes
 import secrets
 import tempfile
 import time
@@ -51,6 +52,7 @@ from services.console.access import (
     ANY_USER,
     DECIDE_DEAD_LETTER,
     DESK_VERDICT,
+    DOWNLOAD_ONBOARDING,
     LIST_INSTANCES,
     LIST_ONBOARDING,
     READ_ACCESS_LOG,
@@ -1082,6 +1084,7 @@ async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "i
     return {"row": ctx.row, "req": req, "slots": slots, "message": message, "level": level,
             "types": ["tracciati", *sorted(req.requirements.document_types)],
             "can_upload": ctx.principal.role in UPLOAD_ONBOARDING.roles,
+            "can_download": ctx.principal.role in DOWNLOAD_ONBOARDING.roles,
             "is_desk": ctx.principal.role in DESK_VERDICT.roles}
 
 
@@ -1116,6 +1119,26 @@ async def onboarding_upload(ctx: Ctx) -> Response:
                                                         ctx.row["request_id"])
     return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
                 active="/onboarding", **await _onboarding_view(ctx, message, level))
+
+
+@route(pages, "GET", "/onboarding/{request}/documenti/{document}", DOWNLOAD_ONBOARDING, "download")
+async def onboarding_document(ctx: Ctx, document: str) -> Response:
+    """A document of the request as it was received (a workbook of several tracciati: the whole workbook),
+    recorded in the access log: a structure's documents name people (its staff, its users)."""
+    assert ctx.row is not None
+    console = _console(ctx.request)
+    request_id = str(ctx.row["request_id"])
+    received = [e for e in await console.store.read_stream(handlers.stream_of(request_id))
+                if e.type == "onboarding.document-received" and e.data.get("document_id") == document]
+    if not received:  # the id is only ever looked up in the request's own history, never a path
+        raise HTTPException(404)
+    doc = received[-1].data
+    if not console.files.exists(doc["sha256"]):
+        raise HTTPException(503, "Il documento è registrato ma il suo file non è nell'archivio: avvisi l'esercizio.")
+    await record_access(console.store, ctx.principal, "onboarding-document-download", None, ctx.address,
+                        {"request": request_id, "document": document, "file": doc["filename"]})
+    media_type = mimetypes.guess_type(doc["filename"])[0] or "application/octet-stream"
+    return FileResponse(console.files.path(doc["sha256"]), media_type=media_type, headers=_attachment(doc["filename"]))
 
 
 @route(pages, "POST", "/onboarding/{request}/verdetto", DESK_VERDICT, "action")

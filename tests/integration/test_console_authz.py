@@ -23,6 +23,7 @@ from tests.console_support import ROLE_USERS, STRUCTURE, RunningConsole, csrf_of
 from tests.stack_urls import KAFKA
 
 MISSING_LETTER = "flows.load-requested.dlq:0:999999999"
+DOCUMENT = "suap-authorisation-5d07f8af1f"  # the same bytes in the same slot: the same id in both requests
 
 pytestmark = pytest.mark.integration
 
@@ -95,7 +96,7 @@ async def _call(client: httpx.AsyncClient, c: RunningConsole, route: RouteRule, 
                 csrf: str) -> tuple[int, str]:
     path = route.path.replace("{instance}", str(target)).replace("{name}", "errori.csv").replace("{request}",
                                                                                                   str(target))
-    path = path.replace("{letter}", str(target))
+    path = path.replace("{letter}", str(target)).replace("{document}", DOCUMENT)
     url = c.url + path
     if route.kind == "stream":
         async with client.stream("GET", url) as response:
@@ -124,6 +125,8 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
     own_request = await console.onboarding_request("ONB-OWN", STRUCTURE)
     other_request = await console.onboarding_request("ONB-OTHER", "150321", "Centro Vomero")
     letter = await _keyless_dead_letter()
+    for request in (own_request, other_request):
+        assert await console.onboarding_document(request, "suap.pdf", b"%PDF-1.4 authz probe") == DOCUMENT
     checked = denied_cross = 0
     for role in ROLES:
         user, _ = ROLE_USERS[role]
