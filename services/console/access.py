@@ -55,6 +55,8 @@ READ_ONBOARDING = Rule("one onboarding request the principal sees", ONBOARDING_R
 UPLOAD_ONBOARDING = Rule("a document for a request (desk, or its own structure)", frozenset({"structure", "desk"}),
                          "request")
 DESK_VERDICT = Rule("the desk's verdict on a document", frozenset({"desk"}), "request")
+SWITCH_REQUEST = Rule("a switch request for a request (desk, or its own structure)", frozenset({"structure", "desk"}),
+                      "request")
 DOWNLOAD_ONBOARDING = Rule("a request's document, downloaded (desk, or its own structure)",
                            frozenset({"structure", "desk"}), "request")
 # The ops page: dead letters and consumer lag are no entity's (a dead letter may be malformed beyond

@@ -41,6 +41,7 @@ from contracts import flows
 from contracts.deadlines import DeadlineDataInvalid, DeadlineDataMissing, deadlines_for_month, default_month
 from contracts.deadlines import status as deadline_status
 from contracts.flows import FlowType
+from contracts.onboarding import SwitchRefused, SwitchScheduled
 from contracts.states import SENDABLE_FLOW_TYPES, IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError
 from services.cli.fileview import file_rows
@@ -60,6 +61,7 @@ from services.console.access import (
     READ_ONBOARDING,
     READ_OPS,
     REQUEST_LOAD,
+    SWITCH_REQUEST,
     UPLOAD_ONBOARDING,
     Rule,
     check_every_route_has_a_rule,
@@ -72,7 +74,7 @@ from services.console.live import LiveFeed
 from services.onboarding import domain, handlers
 from services.onboarding.projection import DashboardProjection
 from services.onboarding.projection import dashboard as onboarding_rows
-from services.onboarding.switch import SwitchCalendar, load_patron_days
+from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
 from services.runtime import deadletters as dl
 from services.runtime import ops
 from services.runtime.coverage import coverage
@@ -1063,7 +1065,8 @@ async def onboarding_dashboard(ctx: Ctx, stato: str | None = None) -> Response:
     return page(ctx, "onboarding.html", "Onboarding delle strutture", active="/onboarding", rows=rows, stato=stato)
 
 
-async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "info") -> dict[str, Any]:
+async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "info",
+                           switch: dict[str, Any] | None = None) -> dict[str, Any]:
     assert ctx.row is not None
     deps = _onboarding_deps(_console(ctx.request))
     request_id = str(ctx.row["request_id"])
@@ -1085,6 +1088,11 @@ async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "i
             "types": ["tracciati", *sorted(req.requirements.document_types)],
             "can_upload": ctx.principal.role in UPLOAD_ONBOARDING.roles,
             "can_download": ctx.principal.role in DOWNLOAD_ONBOARDING.roles,
+            # the form is offered where the service would judge a slot (its rule still decides)
+            "can_switch": ctx.principal.role in SWITCH_REQUEST.roles and req.complete_on is not None
+            and req.requirements.kind(req.kind).switch,
+            "switch": switch or {"form": {"data": "", "dalle": "09:00", "alle": "11:00", "credenziali": ""},
+                                 "errors": {}, "proposal": None},
             "is_desk": ctx.principal.role in DESK_VERDICT.roles}
 
 
@@ -1139,6 +1147,65 @@ async def onboarding_document(ctx: Ctx, document: str) -> Response:
                         {"request": request_id, "document": document, "file": doc["filename"]})
     media_type = mimetypes.guess_type(doc["filename"])[0] or "application/octet-stream"
     return FileResponse(console.files.path(doc["sha256"]), media_type=media_type, headers=_attachment(doc["filename"]))
+
+
+WEEKDAYS_IT = ("lunedì", "martedì", "mercoledì", "giovedì", "venerdì", "sabato", "domenica")
+
+
+def _slot_text(day: date, start: str, end: str) -> str:
+    return f"{WEEKDAYS_IT[day.weekday()]} {day:%d/%m/%Y}, {start}-{end}"
+
+
+@route(pages, "POST", "/onboarding/{request}/switch", SWITCH_REQUEST, "action")
+async def onboarding_switch(ctx: Ctx) -> Response:
+    """A (new) switch slot, judged by the onboarding service's own rule (handlers.request_switch, as the
+    `onboarding switch` command): scheduled, or refused with the earliest valid slot proposed."""
+    assert ctx.row is not None
+    raw = await ctx.request.form()
+    form = {k: str(raw.get(k) or "").strip() for k in ("data", "dalle", "alle", "credenziali")}
+    errors: dict[str, str] = {}
+    day = window = None
+    try:
+        day = date.fromisoformat(form["data"])
+    except ValueError:
+        errors["data"] = f"Data non valida ({form['data']!r}): attesa AAAA-MM-GG."
+    try:
+        window = SwitchWindow.parse(f"{form['dalle']}-{form['alle']}")
+    except ValueError:
+        errors["alle"] = f"Fascia oraria non valida ({form['dalle']}-{form['alle']}): attesa OO:MM - OO:MM."
+    if form["credenziali"] not in ("", "basic", "new-oauth2"):
+        errors["credenziali"] = f"Credenziali {form['credenziali']!r} sconosciute: basic o new-oauth2."
+    status, message, level, proposal = 200, None, "success", None
+    if errors:
+        status, message, level = 422, "Lo switch non è stato chiesto: correggere i campi indicati.", "danger"
+    else:
+        assert day is not None and window is not None
+        try:
+            events = await handlers.request_switch(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]),
+                                                   SwitchSlot(day, window), form["credenziali"] or None,
+                                                   ctx.principal.name)
+        except (domain.OnboardingError, ValueError) as exc:
+            status, message, level = 409, f"Switch non accettato: {exc}", "danger"
+        else:
+            decision = events[-1]
+            if isinstance(decision, SwitchScheduled):
+                chosen = _slot_text(decision.switch_date, decision.window_start, decision.window_end)
+                message = f"Switch fissato per {chosen}" + (f" (attenzione: {decision.warning})."
+                                                            if decision.warning else ".")
+            elif isinstance(decision, SwitchRefused):
+                level = "warning"
+                proposal = {"data": decision.proposed_date.isoformat(), "dalle": decision.proposed_window_start,
+                            "alle": decision.proposed_window_end,
+                            "testo": _slot_text(decision.proposed_date, decision.proposed_window_start,
+                                                decision.proposed_window_end)}
+                asked = _slot_text(decision.switch_date, decision.window_start, decision.window_end)
+                message = (f"Lo switch richiesto per {asked} non è possibile: {'; '.join(decision.reasons)}. "
+                           f"Prima data valida: {proposal['testo']}.")
+    ctx.row = await _console(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
+                                                        ctx.row["request_id"])
+    switch = {"form": form, "errors": errors, "proposal": proposal}
+    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
+                active="/onboarding", **await _onboarding_view(ctx, message, level, switch))
 
 
 @route(pages, "POST", "/onboarding/{request}/verdetto", DESK_VERDICT, "action")
