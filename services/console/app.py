@@ -56,6 +56,7 @@ from services.console.access import (
     DOWNLOAD_ONBOARDING,
     LIST_INSTANCES,
     LIST_ONBOARDING,
+    MANAGE_USERS,
     READ_ACCESS_LOG,
     READ_INSTANCE,
     READ_ONBOARDING,
@@ -263,6 +264,8 @@ def _nav(principal: auth.Principal) -> list[tuple[str, str]]:
         nav.append(("/accessi", "Registro accessi"))
     if principal.role in READ_OPS.roles:
         nav.append(("/esercizio", "Esercizio"))
+    if principal.role in MANAGE_USERS.roles:
+        nav.append(("/utenti", "Utenti"))
     return nav
 
 
@@ -406,6 +409,8 @@ async def logout(ctx: Ctx) -> Response:
 async def home(ctx: Ctx) -> Response:
     if ctx.principal.role in LIST_INSTANCES.roles:
         return RedirectResponse("/istanze", status_code=303)
+    if ctx.principal.role in MANAGE_USERS.roles:
+        return RedirectResponse("/utenti", status_code=303)
     return page(ctx, "home.html", "Console dei flussi")
 
 
@@ -963,6 +968,52 @@ async def dead_letter_discard(ctx: Ctx, letter: str) -> Response:
     except dl.AlreadyDecided as exc:
         return await _letter_page(ctx, found, 409, _refused(found.id, exc), "danger")
     return RedirectResponse(f"/esercizio/scarti/{urllib.parse.quote(found.id, safe='')}", status_code=303)
+
+
+# ---------------------------------------------------------------- Utenti (admin)
+# The same functions as `flows users add|list|disable` (services/console/auth.py).
+USER_FIELDS = ("name", "role", "enti", "structure", "password")
+
+
+async def _users_page(ctx: Ctx, status: int = 200, form: dict[str, str] | None = None,
+                      errors: dict[str, str] | None = None, message: str | None = None) -> Response:
+    users = await auth.list_users(_console(ctx.request).pool)
+    return page(ctx, "users.html", "Utenti della console", status=status, active="/utenti", users=users,
+                roles=auth.ROLES, form=form or {"name": "", "role": "operator", "enti": "", "structure": ""},
+                errors=errors or {}, message=message)
+
+
+@route(pages, "GET", "/utenti", MANAGE_USERS, "page")
+async def users_page(ctx: Ctx) -> Response:
+    return await _users_page(ctx)
+
+
+@route(pages, "POST", "/utenti", MANAGE_USERS, "action")
+async def user_add(ctx: Ctx) -> Response:
+    """A local user, checked and stored by auth.add_user (argon2id), as `flows users add`. The password
+    the administrator types is never shown back nor logged."""
+    raw = await ctx.request.form()
+    form = {k: str(raw.get(k) or "").strip() for k in ("name", "role", "enti", "structure")}
+    password = str(raw.get("password") or "")
+    enti = [e.upper() for e in form["enti"].replace(",", " ").split()]
+    try:
+        await auth.add_user(_console(ctx.request).pool, form["name"], form["role"], enti, form["structure"] or None,
+                            password)
+    except auth.UserInputError as exc:
+        return await _users_page(ctx, 422, form, {exc.field: exc.italian})
+    return await _users_page(ctx, message=f"Utente {form['name']} aggiunto ({ROLE_LABELS[form['role']]}).")
+
+
+@route(pages, "POST", "/utenti/{user}/disabilita", MANAGE_USERS, "action")
+async def user_disable(ctx: Ctx, user: str) -> Response:
+    """Disables the user and closes its sessions at once (auth.disable_user, as `flows users disable`)."""
+    if user == ctx.principal.name:
+        raise HTTPException(409, "Non può disattivare il suo stesso utente: lo chieda a un altro amministratore.")
+    try:
+        await auth.disable_user(_console(ctx.request).pool, user)
+    except auth.UserInputError:
+        raise HTTPException(404) from None
+    return await _users_page(ctx, message=f"Utente {user} disattivato; le sue sessioni sono chiuse.")
 
 
 # ---------------------------------------------------------------- JSON API
