@@ -76,7 +76,7 @@ class RouteRule:
 
 ROUTE_TABLE: dict[tuple[str, str], RouteRule] = {}
 # Routes open without login: the login form itself, the probes, the static assets.
-PUBLIC_PATHS = frozenset({"/login", "/healthz", "/readyz", "/static"})
+PUBLIC_PATHS = frozenset({"/login", "/login/oidc", "/login/oidc/callback", "/healthz", "/readyz", "/static"})
 
 
 def routed(router: Any, method: str, path: str, rule: Rule, kind: str, **kw: Any) -> Callable[[Any], Any]:

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pydantic
+import structlog
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
@@ -47,7 +48,7 @@ from services.cli.common import UserError
 from services.cli.fileview import file_rows
 from services.cli.instances import append_deletion, load_request, send_format_request, send_load_request
 from services.cli.ts import send_sealed_730
-from services.console import auth
+from services.console import auth, oidc
 from services.console.access import (
     ACT_ON_INSTANCE,
     ANY_USER,
@@ -72,6 +73,7 @@ from services.console.access import (
     routed,
 )
 from services.console.live import LiveFeed
+from services.console.oidc import OidcLogin
 from services.onboarding import domain, handlers
 from services.onboarding.projection import DashboardProjection
 from services.onboarding.projection import dashboard as onboarding_rows
@@ -87,6 +89,7 @@ from services.runtime.settings import Settings
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE
 
 HERE = Path(__file__).resolve().parent
+log = structlog.get_logger("console")
 VENDOR = "/static/vendor/bootstrap-italia-2.18.3"
 ROME = ZoneInfo("Europe/Rome")
 PAGE_SIZE = 50
@@ -174,6 +177,7 @@ class Console:
     store: EventStore
     files: FileStore
     feed: LiveFeed
+    oidc: OidcLogin | None = None  # set when OIDC login is configured (services/console/oidc.py)
 
     @property
     def cookie_name(self) -> str:
@@ -283,7 +287,8 @@ def create_app(settings: Settings) -> FastAPI:
         pool = await create_pool(settings.database_url, min_size=1, max_size=10)
         feed = LiveFeed(settings.bootstrap_list())
         app.state.console = Console(settings, pool, EventStore(pool, source="/flows/console"),
-                                    FileStore(settings.files_dir), feed)
+                                    FileStore(settings.files_dir), feed,
+                                    OidcLogin(settings) if oidc.enabled(settings) else None)
         await feed.start()
         try:
             yield
@@ -352,9 +357,23 @@ LOGIN_CSRF = "flows_login_csrf"
 @pages.get("/login", include_in_schema=False)
 async def login_form(request: Request, next: str = "/") -> HTMLResponse:
     token = secrets.token_urlsafe(24)
-    response = page(None, "login.html", "Accesso", request=request, login_csrf=token, utente="", error=None)
+    response = page(None, "login.html", "Accesso", request=request, login_csrf=token, utente="", error=None,
+                    **_login_options(request, next))
     _set_cookie(request, response, LOGIN_CSRF, token, max_age=1800)
     return response
+
+
+def _safe_next(next_url: str | None) -> str:
+    """Only a path of this console (never another site: no open redirect)."""
+    if not next_url or not next_url.startswith("/") or next_url.startswith("//") or "\\" in next_url:
+        return "/"
+    return next_url
+
+
+def _login_options(request: Request, next_url: str | None) -> dict[str, Any]:
+    console = _console(request)
+    return {"local_login": console.settings.console_local_login, "oidc_url": (
+        "/login/oidc?" + urllib.parse.urlencode({"next": _safe_next(next_url)})) if console.oidc else None}
 
 
 @pages.post("/login", include_in_schema=False)
@@ -362,6 +381,8 @@ async def login(request: Request) -> Response:
     console = _console(request)
     form = await request.form()
     name, password, given = (str(form.get(k) or "") for k in ("utente", "password", "csrf"))
+    if not console.settings.console_local_login:
+        raise HTTPException(404)
     if not auth.csrf_ok(request.cookies.get(LOGIN_CSRF, ""), given):
         raise HTTPException(403, "Modulo di accesso scaduto: ricarichi la pagina e riprovi.")
     address = request.client.host if request.client else "unknown"
@@ -371,17 +392,16 @@ async def login(request: Request) -> Response:
                                        window_s=console.settings.console_login_window_s)
     except auth.Throttled:
         return page(None, "login.html", "Accesso", status=429, request=request, login_csrf=given, utente=name,
-                    error="Troppi tentativi non riusciti: riprovi tra qualche minuto.")
+                    error="Troppi tentativi non riusciti: riprovi tra qualche minuto.",
+                    **_login_options(request, request.query_params.get("next")))
     if user is None:
         return page(None, "login.html", "Accesso", status=401, request=request, login_csrf=given, utente=name,
-                    error="Utente o password non corretti.")
+                    error="Utente o password non corretti.",
+                    **_login_options(request, request.query_params.get("next")))
     # Always a new session id (no fixation): a cookie set before login is dropped, never promoted.
     token = await auth.open_session(console.pool, user, console.settings.console_session_ttl_s,
                                     replaces=request.cookies.get(console.cookie_name))
-    next_url = request.query_params.get("next", "/")
-    if not next_url.startswith("/") or next_url.startswith("//"):
-        next_url = "/"
-    response = RedirectResponse(next_url, status_code=303)
+    response = RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303)
     _set_cookie(request, response, console.cookie_name, token, max_age=console.settings.console_session_ttl_s)
     response.delete_cookie(LOGIN_CSRF, path="/")
     return response
@@ -390,6 +410,62 @@ async def login(request: Request) -> Response:
 def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
     secure = _console(request).settings.console_secure_cookies
     response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, secure=secure, samesite="strict")
+
+
+# ---------------------------------------------------------------- OpenID Connect login (public)
+OIDC_STATE = "flows_oidc_state"
+
+
+def _redirect_uri(request: Request) -> str:
+    configured = _console(request).settings.console_oidc_redirect_url
+    return configured or str(request.base_url).rstrip("/") + "/login/oidc/callback"
+
+
+@pages.get("/login/oidc", include_in_schema=False)
+async def oidc_start(request: Request, next: str = "/") -> Response:
+    """Sends the browser to the identity provider (code flow, PKCE, state and nonce: services/console/oidc.py)."""
+    console = _console(request)
+    if console.oidc is None:
+        raise HTTPException(404)
+    try:
+        url, state = await console.oidc.start(console.pool, _redirect_uri(request), _safe_next(next))
+    except oidc.OidcRefused as exc:
+        log.warning("console.oidc_refused", reason=str(exc))
+        raise HTTPException(503, exc.italian) from None
+    response = RedirectResponse(url, status_code=303)
+    # Lax, not Strict: the provider's redirect back is a cross-site navigation, which must carry it.
+    response.set_cookie(OIDC_STATE, state, max_age=oidc.LOGIN_TTL_S, path="/login/oidc", httponly=True,
+                        secure=console.settings.console_secure_cookies, samesite="lax")
+    return response
+
+
+@pages.get("/login/oidc/callback", include_in_schema=False)
+async def oidc_callback(request: Request, code: str = "", state: str = "", error: str = "") -> Response:
+    """The provider's answer: the ID token checked, the user made or refreshed from its claims, a new session."""
+    console = _console(request)
+    if console.oidc is None:
+        raise HTTPException(404)
+    options = _login_options(request, "/")
+    try:
+        if error or not code:
+            raise oidc.OidcRefused("Il fornitore di identità non ha concesso l'accesso.", f"OIDC error {error!r}")
+        who, next_url = await console.oidc.finish(console.pool, _redirect_uri(request), state,
+                                                  request.cookies.get(OIDC_STATE), code)
+        await oidc.upsert_user(console.pool, who)
+    except oidc.OidcRefused as exc:
+        log.warning("console.oidc_refused", reason=str(exc))
+        response = page(None, "login.html", "Accesso", status=401, request=request, login_csrf="", utente="",
+                        error=exc.italian, **options)
+        response.delete_cookie(OIDC_STATE, path="/login/oidc")
+        return response
+    token = await auth.open_session(console.pool, who.name, console.settings.console_session_ttl_s,
+                                    replaces=request.cookies.get(console.cookie_name))
+    # A page, not a redirect: the session cookie is SameSite=Strict, and a redirect chain that began on the
+    # provider's site would not carry it; this page's own navigation is same-site.
+    response = page(None, "oidc_done.html", "Accesso eseguito", request=request, next_url=_safe_next(next_url))
+    _set_cookie(request, response, console.cookie_name, token, max_age=console.settings.console_session_ttl_s)
+    response.delete_cookie(OIDC_STATE, path="/login/oidc")
+    return response
 
 
 @route(pages, "POST", "/logout", ANY_USER, "action", include_in_schema=False)
