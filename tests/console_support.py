@@ -63,20 +63,37 @@ class RunningConsole:
         await self.store.append(instance_stream(number), events, expected_version=0, key=str(number), publish=False)
         return number
 
-    async def onboarding_request(self, request_id: str, sts11: str, name: str = "Laboratorio Analisi Vesuvio") -> str:
-        """An onboarding request of structure `sts11` (a new aggregation with two SPOKEs), opened as the CLI does."""
+    async def onboarding_request(self, request_id: str, sts11: str, name: str = "Laboratorio Analisi Vesuvio",
+                                 kind: str = "new-aggregation") -> str:
+        """An onboarding request of structure `sts11` (by default a new aggregation with two SPOKEs), opened as the
+        CLI does."""
         from contracts.onboarding import RequestKind, RequestOpened, Spoke
         from services.console.app import Console, _onboarding_deps
 
         deps = _onboarding_deps(Console(self.settings, self.pool, self.store, self.files, None))  # type: ignore[arg-type]
-        command = RequestOpened(request_id=request_id, kind=RequestKind("new-aggregation"), structure_name=name,
-                                structure_sts11=sts11, municipality_istat="063049",
-                                spokes=[Spoke(sts11="150456", name="Lab Partenope", already_on_cup=True),
-                                        Spoke(sts11="150789", name="Lab Posillipo", already_on_cup=False)],
+        spokes = [Spoke(sts11="150456", name="Lab Partenope", already_on_cup=True),
+                  Spoke(sts11="150789", name="Lab Posillipo", already_on_cup=False)]
+        if kind != "new-aggregation":
+            spokes = []
+        command = RequestOpened(request_id=request_id, kind=RequestKind(kind), structure_name=name,
+                                structure_sts11=sts11, municipality_istat="063049", spokes=spokes,
                                 other_structures=[], requirements_version=deps.requirements().version,
                                 opened_at=datetime.now(UTC), opened_by="desk.1")
         await handlers.open_request(deps, command, "desk.1")
         return request_id
+
+    async def onboarding_document(self, request_id: str, filename: str, content: bytes,
+                                  document_type: str = "suap-authorisation",
+                                  metadata: dict[str, str] | None = None) -> str:
+        """A document added to the request as the `onboarding` CLI adds it; its document id."""
+        from contracts.onboarding import DocumentReceived
+        from services.console.app import Console, _onboarding_deps
+
+        deps = _onboarding_deps(Console(self.settings, self.pool, self.store, self.files, None))  # type: ignore[arg-type]
+        added = await handlers.add_document(deps, request_id, filename, content, document_type,
+                                            {"protocol": "P-7"} if metadata is None else metadata,
+                                            "desk.1")
+        return next(e.document_id for e in added.events if isinstance(e, DocumentReceived))
 
     def file_ref(self, name: str, kind: str, data: bytes, records: int, media_type: str = "text/plain") -> dict:
         sha, size = self.files.put_bytes(data)

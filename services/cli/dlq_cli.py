@@ -81,12 +81,8 @@ def show(letter_id: Annotated[str, typer.Argument(metavar="ID", help="<topic>.dl
     console.print(f"failed at: {letter.failed_at:%Y-%m-%d %H:%M:%S %Z} after {letter.attempts or 0} attempt(s), "
                   f"consumer group {letter.group or unknown}")
     console.print(table("original headers", ["name", "value"], sorted(letter.original_headers().items())))
-    try:
-        body = json.dumps(json.loads(letter.body), indent=2, ensure_ascii=False)
-    except ValueError:
-        body = repr(letter.body[:4000])
     console.print("body:", markup=False)
-    typer.echo(body)
+    typer.echo(letter.body_text())
 
 
 @dlq_app.command("redrive")

@@ -55,6 +55,15 @@ READ_ONBOARDING = Rule("one onboarding request the principal sees", ONBOARDING_R
 UPLOAD_ONBOARDING = Rule("a document for a request (desk, or its own structure)", frozenset({"structure", "desk"}),
                          "request")
 DESK_VERDICT = Rule("the desk's verdict on a document", frozenset({"desk"}), "request")
+SWITCH_REQUEST = Rule("a switch request for a request (desk, or its own structure)", frozenset({"structure", "desk"}),
+                      "request")
+DOWNLOAD_ONBOARDING = Rule("a request's document, downloaded (desk, or its own structure)",
+                           frozenset({"structure", "desk"}), "request")
+MANAGE_USERS = Rule("the users page: list, add, disable (admin)", frozenset({"admin"}))
+# The ops page: dead letters and consumer lag are no entity's (a dead letter may be malformed beyond
+# telling whose it is), so the role is the whole check. The auditor reads them; admin manages users only.
+READ_OPS = Rule("the ops page: dead letters and consumer lag", frozenset({"ops", "auditor"}))
+DECIDE_DEAD_LETTER = Rule("a redrive or discard of a dead letter (actor = the user)", frozenset({"ops"}))
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class RouteRule:
 
 ROUTE_TABLE: dict[tuple[str, str], RouteRule] = {}
 # Routes open without login: the login form itself, the probes, the static assets.
-PUBLIC_PATHS = frozenset({"/login", "/healthz", "/readyz", "/static"})
+PUBLIC_PATHS = frozenset({"/login", "/login/oidc", "/login/oidc/callback", "/healthz", "/readyz", "/static"})
 
 
 def routed(router: Any, method: str, path: str, rule: Rule, kind: str, **kw: Any) -> Callable[[Any], Any]:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import inspect
 import json
+import mimetypes
 import secrets
 import tempfile
 import time
@@ -28,6 +29,8 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pydantic
+import structlog
+from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -39,22 +42,28 @@ from contracts import flows
 from contracts.deadlines import DeadlineDataInvalid, DeadlineDataMissing, deadlines_for_month, default_month
 from contracts.deadlines import status as deadline_status
 from contracts.flows import FlowType
+from contracts.onboarding import SwitchRefused, SwitchScheduled
 from contracts.states import SENDABLE_FLOW_TYPES, IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError
 from services.cli.fileview import file_rows
 from services.cli.instances import append_deletion, load_request, send_format_request, send_load_request
 from services.cli.ts import send_sealed_730
-from services.console import auth
+from services.console import auth, oidc
 from services.console.access import (
     ACT_ON_INSTANCE,
     ANY_USER,
+    DECIDE_DEAD_LETTER,
     DESK_VERDICT,
+    DOWNLOAD_ONBOARDING,
     LIST_INSTANCES,
     LIST_ONBOARDING,
+    MANAGE_USERS,
     READ_ACCESS_LOG,
     READ_INSTANCE,
     READ_ONBOARDING,
+    READ_OPS,
     REQUEST_LOAD,
+    SWITCH_REQUEST,
     UPLOAD_ONBOARDING,
     Rule,
     check_every_route_has_a_rule,
@@ -64,10 +73,13 @@ from services.console.access import (
     routed,
 )
 from services.console.live import LiveFeed
+from services.console.oidc import OidcLogin
 from services.onboarding import facade as domain  # the onboarding service's one door, as the pages name it
 from services.onboarding import facade as handlers
-from services.onboarding.facade import DashboardProjection, SwitchCalendar, load_patron_days
+from services.onboarding.facade import DashboardProjection, SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
 from services.onboarding.facade import dashboard as onboarding_rows
+from services.runtime import deadletters as dl
+from services.runtime import ops
 from services.runtime.coverage import coverage
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
@@ -77,6 +89,7 @@ from services.runtime.settings import Settings
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE
 
 HERE = Path(__file__).resolve().parent
+log = structlog.get_logger("console")
 VENDOR = "/static/vendor/bootstrap-italia-2.18.3"
 ROME = ZoneInfo("Europe/Rome")
 PAGE_SIZE = 50
@@ -164,6 +177,7 @@ class Console:
     store: EventStore
     files: FileStore
     feed: LiveFeed
+    oidc: OidcLogin | None = None  # set when OIDC login is configured (services/console/oidc.py)
 
     @property
     def cookie_name(self) -> str:
@@ -252,6 +266,10 @@ def _nav(principal: auth.Principal) -> list[tuple[str, str]]:
         nav.append(("/onboarding", "Onboarding"))
     if principal.role in READ_ACCESS_LOG.roles:
         nav.append(("/accessi", "Registro accessi"))
+    if principal.role in READ_OPS.roles:
+        nav.append(("/esercizio", "Esercizio"))
+    if principal.role in MANAGE_USERS.roles:
+        nav.append(("/utenti", "Utenti"))
     return nav
 
 
@@ -269,7 +287,8 @@ def create_app(settings: Settings) -> FastAPI:
         pool = await create_pool(settings.database_url, min_size=1, max_size=10)
         feed = LiveFeed(settings.bootstrap_list())
         app.state.console = Console(settings, pool, EventStore(pool, source="/flows/console"),
-                                    FileStore(settings.files_dir), feed)
+                                    FileStore(settings.files_dir), feed,
+                                    OidcLogin(settings) if oidc.enabled(settings) else None)
         await feed.start()
         try:
             yield
@@ -338,9 +357,23 @@ LOGIN_CSRF = "flows_login_csrf"
 @pages.get("/login", include_in_schema=False)
 async def login_form(request: Request, next: str = "/") -> HTMLResponse:
     token = secrets.token_urlsafe(24)
-    response = page(None, "login.html", "Accesso", request=request, login_csrf=token, utente="", error=None)
+    response = page(None, "login.html", "Accesso", request=request, login_csrf=token, utente="", error=None,
+                    **_login_options(request, next))
     _set_cookie(request, response, LOGIN_CSRF, token, max_age=1800)
     return response
+
+
+def _safe_next(next_url: str | None) -> str:
+    """Only a path of this console (never another site: no open redirect)."""
+    if not next_url or not next_url.startswith("/") or next_url.startswith("//") or "\\" in next_url:
+        return "/"
+    return next_url
+
+
+def _login_options(request: Request, next_url: str | None) -> dict[str, Any]:
+    console = _console(request)
+    return {"local_login": console.settings.console_local_login, "oidc_url": (
+        "/login/oidc?" + urllib.parse.urlencode({"next": _safe_next(next_url)})) if console.oidc else None}
 
 
 @pages.post("/login", include_in_schema=False)
@@ -348,6 +381,8 @@ async def login(request: Request) -> Response:
     console = _console(request)
     form = await request.form()
     name, password, given = (str(form.get(k) or "") for k in ("utente", "password", "csrf"))
+    if not console.settings.console_local_login:
+        raise HTTPException(404)
     if not auth.csrf_ok(request.cookies.get(LOGIN_CSRF, ""), given):
         raise HTTPException(403, "Modulo di accesso scaduto: ricarichi la pagina e riprovi.")
     address = request.client.host if request.client else "unknown"
@@ -357,17 +392,16 @@ async def login(request: Request) -> Response:
                                        window_s=console.settings.console_login_window_s)
     except auth.Throttled:
         return page(None, "login.html", "Accesso", status=429, request=request, login_csrf=given, utente=name,
-                    error="Troppi tentativi non riusciti: riprovi tra qualche minuto.")
+                    error="Troppi tentativi non riusciti: riprovi tra qualche minuto.",
+                    **_login_options(request, request.query_params.get("next")))
     if user is None:
         return page(None, "login.html", "Accesso", status=401, request=request, login_csrf=given, utente=name,
-                    error="Utente o password non corretti.")
+                    error="Utente o password non corretti.",
+                    **_login_options(request, request.query_params.get("next")))
     # Always a new session id (no fixation): a cookie set before login is dropped, never promoted.
     token = await auth.open_session(console.pool, user, console.settings.console_session_ttl_s,
                                     replaces=request.cookies.get(console.cookie_name))
-    next_url = request.query_params.get("next", "/")
-    if not next_url.startswith("/") or next_url.startswith("//"):
-        next_url = "/"
-    response = RedirectResponse(next_url, status_code=303)
+    response = RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303)
     _set_cookie(request, response, console.cookie_name, token, max_age=console.settings.console_session_ttl_s)
     response.delete_cookie(LOGIN_CSRF, path="/")
     return response
@@ -376,6 +410,62 @@ async def login(request: Request) -> Response:
 def _set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
     secure = _console(request).settings.console_secure_cookies
     response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, secure=secure, samesite="strict")
+
+
+# ---------------------------------------------------------------- OpenID Connect login (public)
+OIDC_STATE = "flows_oidc_state"
+
+
+def _redirect_uri(request: Request) -> str:
+    configured = _console(request).settings.console_oidc_redirect_url
+    return configured or str(request.base_url).rstrip("/") + "/login/oidc/callback"
+
+
+@pages.get("/login/oidc", include_in_schema=False)
+async def oidc_start(request: Request, next: str = "/") -> Response:
+    """Sends the browser to the identity provider (code flow, PKCE, state and nonce: services/console/oidc.py)."""
+    console = _console(request)
+    if console.oidc is None:
+        raise HTTPException(404)
+    try:
+        url, state = await console.oidc.start(console.pool, _redirect_uri(request), _safe_next(next))
+    except oidc.OidcRefused as exc:
+        log.warning("console.oidc_refused", reason=str(exc))
+        raise HTTPException(503, exc.italian) from None
+    response = RedirectResponse(url, status_code=303)
+    # Lax, not Strict: the provider's redirect back is a cross-site navigation, which must carry it.
+    response.set_cookie(OIDC_STATE, state, max_age=oidc.LOGIN_TTL_S, path="/login/oidc", httponly=True,
+                        secure=console.settings.console_secure_cookies, samesite="lax")
+    return response
+
+
+@pages.get("/login/oidc/callback", include_in_schema=False)
+async def oidc_callback(request: Request, code: str = "", state: str = "", error: str = "") -> Response:
+    """The provider's answer: the ID token checked, the user made or refreshed from its claims, a new session."""
+    console = _console(request)
+    if console.oidc is None:
+        raise HTTPException(404)
+    options = _login_options(request, "/")
+    try:
+        if error or not code:
+            raise oidc.OidcRefused("Il fornitore di identità non ha concesso l'accesso.", f"OIDC error {error!r}")
+        who, next_url = await console.oidc.finish(console.pool, _redirect_uri(request), state,
+                                                  request.cookies.get(OIDC_STATE), code)
+        await oidc.upsert_user(console.pool, who)
+    except oidc.OidcRefused as exc:
+        log.warning("console.oidc_refused", reason=str(exc))
+        response = page(None, "login.html", "Accesso", status=401, request=request, login_csrf="", utente="",
+                        error=exc.italian, **options)
+        response.delete_cookie(OIDC_STATE, path="/login/oidc")
+        return response
+    token = await auth.open_session(console.pool, who.name, console.settings.console_session_ttl_s,
+                                    replaces=request.cookies.get(console.cookie_name))
+    # A page, not a redirect: the session cookie is SameSite=Strict, and a redirect chain that began on the
+    # provider's site would not carry it; this page's own navigation is same-site.
+    response = page(None, "oidc_done.html", "Accesso eseguito", request=request, next_url=_safe_next(next_url))
+    _set_cookie(request, response, console.cookie_name, token, max_age=console.settings.console_session_ttl_s)
+    response.delete_cookie(OIDC_STATE, path="/login/oidc")
+    return response
 
 
 @route(pages, "POST", "/logout", ANY_USER, "action", include_in_schema=False)
@@ -395,6 +485,8 @@ async def logout(ctx: Ctx) -> Response:
 async def home(ctx: Ctx) -> Response:
     if ctx.principal.role in LIST_INSTANCES.roles:
         return RedirectResponse("/istanze", status_code=303)
+    if ctx.principal.role in MANAGE_USERS.roles:
+        return RedirectResponse("/utenti", status_code=303)
     return page(ctx, "home.html", "Console dei flussi")
 
 
@@ -818,6 +910,188 @@ async def access_log_page(ctx: Ctx, utente: str | None = None, istanza: str | No
                 istanza=istanza)
 
 
+# ---------------------------------------------------------------- Esercizio (ops): dead letters, consumer lag
+# The same functions as `flows dlq` and `flows lag` (services/runtime/deadletters.py, ops.py).
+KAFKA_WAIT_S = 20
+KAFKA_DOWN = "Kafka non risponde entro {s} secondi: i dati di esercizio non sono disponibili ora. Riprovi più tardi."
+
+
+def _decision_text(event: Any) -> str:
+    what = "rilanciato" if event.type == dl.REDRIVEN else "scartato"
+    return f"{what} da {event.actor} il {event.recorded_at.astimezone(ROME):%d/%m/%Y %H:%M:%S}"
+
+
+@route(pages, "GET", "/esercizio", READ_OPS, "page")
+async def ops_page(ctx: Ctx) -> Response:
+    """Per `.dlq` topic: dead letters and those still pending; per consumer group and partition: the lag."""
+    console = _console(ctx.request)
+    topics: list[dict[str, Any]] = []
+    lags: list[ops.Lag] = []
+    error = None
+    try:
+        async with asyncio.timeout(KAFKA_WAIT_S):
+            found = await dl.dlq_topics(console.settings.kafka_bootstrap)
+            decided = await dl.decisions(console.store)
+            lags = await ops.consumer_lag(console.settings.kafka_bootstrap)
+    except (TimeoutError, KafkaError, OSError):
+        error = KAFKA_DOWN.format(s=KAFKA_WAIT_S)
+    else:
+        for t in found:
+            if t.count:
+                done = sum(1 for letter_id in decided if t.holds(letter_id))
+                topics.append({"topic": t.topic, "count": t.count, "pending": max(t.count - done, 0)})
+    groups: dict[str, dict[str, Any]] = {}
+    for lag in lags:
+        g = groups.setdefault(lag.group, {"partitions": 0, "lag": 0, "last": None})
+        g["partitions"] += 1
+        g["lag"] += lag.lag
+        if lag.last_commit and (g["last"] is None or lag.last_commit > g["last"]):
+            g["last"] = lag.last_commit
+    return page(ctx, "ops.html", "Esercizio: messaggi non elaborabili e ritardo dei consumatori", active="/esercizio",
+                topics=topics, groups=groups, lags=lags, error=error)
+
+
+@route(pages, "GET", "/esercizio/scarti", READ_OPS, "page")
+async def dead_letters_page(ctx: Ctx, coda: str | None = None, da_decidere: bool = False) -> Response:
+    """The dead letters of one `.dlq` topic (or of all), oldest first, with what was decided about each."""
+    console = _console(ctx.request)
+    rows: list[dict[str, Any]] = []
+    error = None
+    try:
+        async with asyncio.timeout(KAFKA_WAIT_S):
+            letters = await dl.list_letters(console.settings.kafka_bootstrap, coda or None)
+    except (TimeoutError, KafkaError, OSError):
+        error, letters = KAFKA_DOWN.format(s=KAFKA_WAIT_S), []
+    decided = await dl.decisions(console.store)
+    for letter in letters:
+        decision = decided.get(letter.id)
+        if da_decidere and decision is not None:
+            continue
+        rows.append({"letter": letter, "status": _decision_text(decision) if decision else "da decidere"})
+    title = f"Messaggi non elaborabili di {dl.dlq_topic(coda)}" if coda else "Messaggi non elaborabili"
+    return page(ctx, "dead_letters.html", title, active="/esercizio", rows=rows, coda=coda or "",
+                da_decidere=da_decidere, error=error)
+
+
+async def _letter(ctx: Ctx, letter: str) -> dl.DeadLetter:
+    """The dead letter the path names, or 404 (a malformed id, a topic, partition or offset that does not exist)."""
+    try:
+        dl.parse_id(letter)
+    except ValueError:
+        raise HTTPException(404) from None
+    try:
+        async with asyncio.timeout(KAFKA_WAIT_S):
+            return await dl.fetch(_console(ctx.request).settings.kafka_bootstrap, letter)
+    except ValueError:
+        raise HTTPException(404) from None
+    except (TimeoutError, KafkaError, OSError):
+        raise HTTPException(503, KAFKA_DOWN.format(s=KAFKA_WAIT_S)) from None
+
+
+async def _letter_page(ctx: Ctx, letter: dl.DeadLetter, status: int = 200, message: str | None = None,
+                       level: str = "info") -> Response:
+    console = _console(ctx.request)
+    # A dead letter's body is a message as it was sent: a source record names its patient, so showing it
+    # is a view of personal data, recorded like a file view.
+    await record_access(console.store, ctx.principal, "dead-letter-view", None, ctx.address,
+                        {"dead_letter": letter.id, "topic": letter.original_topic})
+    decision = await dl.decision_about(console.store, letter.id)
+    return page(ctx, "dead_letter.html", f"Messaggio non elaborabile {letter.id}", status=status, active="/esercizio",
+                letter=letter, decision=decision, decision_text=_decision_text(decision) if decision else None,
+                can_decide=ctx.principal.role in DECIDE_DEAD_LETTER.roles and decision is None,
+                message=message, level=level)
+
+
+@route(pages, "GET", "/esercizio/scarti/{letter}", READ_OPS, "page")
+async def dead_letter_page(ctx: Ctx, letter: str) -> Response:
+    """One dead letter: its reason, where it came from, its original headers and body, its decision."""
+    return await _letter_page(ctx, await _letter(ctx, letter))
+
+
+def _refused(letter_id: str, exc: dl.AlreadyDecided) -> str:
+    done = (f"è già stato {_decision_text(exc.decision)}" if exc.decision
+            else "è appena stato trattato da un altro utente")
+    return (f"Il messaggio {letter_id} {done}: un messaggio non elaborabile si rilancia o si scarta una volta sola. "
+            "Nessuna nuova azione è stata eseguita.")
+
+
+@route(pages, "POST", "/esercizio/scarti/{letter}/rilancia", DECIDE_DEAD_LETTER, "action")
+async def dead_letter_redrive(ctx: Ctx, letter: str) -> Response:
+    """Re-publishes the message to its original topic (original key, a new ce id) once; the user is the actor."""
+    found = await _letter(ctx, letter)
+    console = _console(ctx.request)
+    try:
+        await dl.redrive(console.pool, console.store, found, ctx.principal.name)
+    except dl.AlreadyDecided as exc:
+        return await _letter_page(ctx, found, 409, _refused(found.id, exc), "danger")
+    except dl.NotRedrivable as exc:
+        why = ("non ha una chiave, e il suo argomento è partizionato per chiave" if exc.cause == "no-key"
+               else "il suo contenuto non è JSON: nessun consumatore potrebbe leggerlo")
+        return await _letter_page(ctx, found, 409, f"Il messaggio {found.id} non si può rilanciare: {why}. "
+                                                   "Lo scarti indicandone il motivo.", "danger")
+    return RedirectResponse(f"/esercizio/scarti/{urllib.parse.quote(found.id, safe='')}", status_code=303)
+
+
+@route(pages, "POST", "/esercizio/scarti/{letter}/scarta", DECIDE_DEAD_LETTER, "action")
+async def dead_letter_discard(ctx: Ctx, letter: str) -> Response:
+    """Marks the message as not to be processed, with the reason; the user is the actor."""
+    found = await _letter(ctx, letter)
+    reason = str((await ctx.request.form()).get("motivo") or "").strip()
+    if not reason:
+        return await _letter_page(ctx, found, 422, "Indichi il motivo per cui il messaggio va scartato.", "danger")
+    try:
+        await dl.discard(_console(ctx.request).store, found.id, found.original_topic, reason, ctx.principal.name)
+    except dl.AlreadyDecided as exc:
+        return await _letter_page(ctx, found, 409, _refused(found.id, exc), "danger")
+    return RedirectResponse(f"/esercizio/scarti/{urllib.parse.quote(found.id, safe='')}", status_code=303)
+
+
+# ---------------------------------------------------------------- Utenti (admin)
+# The same functions as `flows users add|list|disable` (services/console/auth.py).
+USER_FIELDS = ("name", "role", "enti", "structure", "password")
+
+
+async def _users_page(ctx: Ctx, status: int = 200, form: dict[str, str] | None = None,
+                      errors: dict[str, str] | None = None, message: str | None = None) -> Response:
+    users = await auth.list_users(_console(ctx.request).pool)
+    return page(ctx, "users.html", "Utenti della console", status=status, active="/utenti", users=users,
+                roles=auth.ROLES, form=form or {"name": "", "role": "operator", "enti": "", "structure": ""},
+                errors=errors or {}, message=message)
+
+
+@route(pages, "GET", "/utenti", MANAGE_USERS, "page")
+async def users_page(ctx: Ctx) -> Response:
+    return await _users_page(ctx)
+
+
+@route(pages, "POST", "/utenti", MANAGE_USERS, "action")
+async def user_add(ctx: Ctx) -> Response:
+    """A local user, checked and stored by auth.add_user (argon2id), as `flows users add`. The password
+    the administrator types is never shown back nor logged."""
+    raw = await ctx.request.form()
+    form = {k: str(raw.get(k) or "").strip() for k in ("name", "role", "enti", "structure")}
+    password = str(raw.get("password") or "")
+    enti = [e.upper() for e in form["enti"].replace(",", " ").split()]
+    try:
+        await auth.add_user(_console(ctx.request).pool, form["name"], form["role"], enti, form["structure"] or None,
+                            password)
+    except auth.UserInputError as exc:
+        return await _users_page(ctx, 422, form, {exc.field: exc.italian})
+    return await _users_page(ctx, message=f"Utente {form['name']} aggiunto ({ROLE_LABELS[form['role']]}).")
+
+
+@route(pages, "POST", "/utenti/{user}/disabilita", MANAGE_USERS, "action")
+async def user_disable(ctx: Ctx, user: str) -> Response:
+    """Disables the user and closes its sessions at once (auth.disable_user, as `flows users disable`)."""
+    if user == ctx.principal.name:
+        raise HTTPException(409, "Non può disattivare il suo stesso utente: lo chieda a un altro amministratore.")
+    try:
+        await auth.disable_user(_console(ctx.request).pool, user)
+    except auth.UserInputError:
+        raise HTTPException(404) from None
+    return await _users_page(ctx, message=f"Utente {user} disattivato; le sue sessioni sono chiuse.")
+
+
 # ---------------------------------------------------------------- JSON API
 def _instance_json(row: asyncpg.Record) -> dict[str, Any]:
     return {"instance": row["instance"], "flow_type": row["flow_type"], "version": row["version"],
@@ -918,7 +1192,8 @@ async def onboarding_dashboard(ctx: Ctx, stato: str | None = None) -> Response:
     return page(ctx, "onboarding.html", "Onboarding delle strutture", active="/onboarding", rows=rows, stato=stato)
 
 
-async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "info") -> dict[str, Any]:
+async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "info",
+                           switch: dict[str, Any] | None = None) -> dict[str, Any]:
     assert ctx.row is not None
     deps = _onboarding_deps(_console(ctx.request))
     request_id = str(ctx.row["request_id"])
@@ -939,6 +1214,12 @@ async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "i
     return {"row": ctx.row, "req": req, "slots": slots, "message": message, "level": level,
             "types": ["tracciati", *sorted(req.requirements.document_types)],
             "can_upload": ctx.principal.role in UPLOAD_ONBOARDING.roles,
+            "can_download": ctx.principal.role in DOWNLOAD_ONBOARDING.roles,
+            # the form is offered where the service would judge a slot (its rule still decides)
+            "can_switch": ctx.principal.role in SWITCH_REQUEST.roles and req.complete_on is not None
+            and req.requirements.kind(req.kind).switch,
+            "switch": switch or {"form": {"data": "", "dalle": "09:00", "alle": "11:00", "credenziali": ""},
+                                 "errors": {}, "proposal": None},
             "is_desk": ctx.principal.role in DESK_VERDICT.roles}
 
 
@@ -973,6 +1254,85 @@ async def onboarding_upload(ctx: Ctx) -> Response:
                                                         ctx.row["request_id"])
     return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
                 active="/onboarding", **await _onboarding_view(ctx, message, level))
+
+
+@route(pages, "GET", "/onboarding/{request}/documenti/{document}", DOWNLOAD_ONBOARDING, "download")
+async def onboarding_document(ctx: Ctx, document: str) -> Response:
+    """A document of the request as it was received (a workbook of several tracciati: the whole workbook),
+    recorded in the access log: a structure's documents name people (its staff, its users)."""
+    assert ctx.row is not None
+    console = _console(ctx.request)
+    request_id = str(ctx.row["request_id"])
+    received = [e for e in await console.store.read_stream(handlers.stream_of(request_id))
+                if e.type == "onboarding.document-received" and e.data.get("document_id") == document]
+    if not received:  # the id is only ever looked up in the request's own history, never a path
+        raise HTTPException(404)
+    doc = received[-1].data
+    if not console.files.exists(doc["sha256"]):
+        raise HTTPException(503, "Il documento è registrato ma il suo file non è nell'archivio: avvisi l'esercizio.")
+    await record_access(console.store, ctx.principal, "onboarding-document-download", None, ctx.address,
+                        {"request": request_id, "document": document, "file": doc["filename"]})
+    media_type = mimetypes.guess_type(doc["filename"])[0] or "application/octet-stream"
+    return FileResponse(console.files.path(doc["sha256"]), media_type=media_type, headers=_attachment(doc["filename"]))
+
+
+WEEKDAYS_IT = ("lunedì", "martedì", "mercoledì", "giovedì", "venerdì", "sabato", "domenica")
+
+
+def _slot_text(day: date, start: str, end: str) -> str:
+    return f"{WEEKDAYS_IT[day.weekday()]} {day:%d/%m/%Y}, {start}-{end}"
+
+
+@route(pages, "POST", "/onboarding/{request}/switch", SWITCH_REQUEST, "action")
+async def onboarding_switch(ctx: Ctx) -> Response:
+    """A (new) switch slot, judged by the onboarding service's own rule (handlers.request_switch, as the
+    `onboarding switch` command): scheduled, or refused with the earliest valid slot proposed."""
+    assert ctx.row is not None
+    raw = await ctx.request.form()
+    form = {k: str(raw.get(k) or "").strip() for k in ("data", "dalle", "alle", "credenziali")}
+    errors: dict[str, str] = {}
+    day = window = None
+    try:
+        day = date.fromisoformat(form["data"])
+    except ValueError:
+        errors["data"] = f"Data non valida ({form['data']!r}): attesa AAAA-MM-GG."
+    try:
+        window = SwitchWindow.parse(f"{form['dalle']}-{form['alle']}")
+    except ValueError:
+        errors["alle"] = f"Fascia oraria non valida ({form['dalle']}-{form['alle']}): attesa OO:MM - OO:MM."
+    if form["credenziali"] not in ("", "basic", "new-oauth2"):
+        errors["credenziali"] = f"Credenziali {form['credenziali']!r} sconosciute: basic o new-oauth2."
+    status, message, level, proposal = 200, None, "success", None
+    if errors:
+        status, message, level = 422, "Lo switch non è stato chiesto: correggere i campi indicati.", "danger"
+    else:
+        assert day is not None and window is not None
+        try:
+            events = await handlers.request_switch(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]),
+                                                   SwitchSlot(day, window), form["credenziali"] or None,
+                                                   ctx.principal.name)
+        except (domain.OnboardingError, ValueError) as exc:
+            status, message, level = 409, f"Switch non accettato: {exc}", "danger"
+        else:
+            decision = events[-1]
+            if isinstance(decision, SwitchScheduled):
+                chosen = _slot_text(decision.switch_date, decision.window_start, decision.window_end)
+                message = f"Switch fissato per {chosen}" + (f" (attenzione: {decision.warning})."
+                                                            if decision.warning else ".")
+            elif isinstance(decision, SwitchRefused):
+                level = "warning"
+                proposal = {"data": decision.proposed_date.isoformat(), "dalle": decision.proposed_window_start,
+                            "alle": decision.proposed_window_end,
+                            "testo": _slot_text(decision.proposed_date, decision.proposed_window_start,
+                                                decision.proposed_window_end)}
+                asked = _slot_text(decision.switch_date, decision.window_start, decision.window_end)
+                message = (f"Lo switch richiesto per {asked} non è possibile: {'; '.join(decision.reasons)}. "
+                           f"Prima data valida: {proposal['testo']}.")
+    ctx.row = await _console(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
+                                                        ctx.row["request_id"])
+    switch = {"form": form, "errors": errors, "proposal": proposal}
+    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
+                active="/onboarding", **await _onboarding_view(ctx, message, level, switch))
 
 
 @route(pages, "POST", "/onboarding/{request}/verdetto", DESK_VERDICT, "action")

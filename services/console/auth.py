@@ -26,7 +26,13 @@ _DUMMY_HASH = _HASHER.hash("not a password of anyone")
 
 
 class UserInputError(ValueError):
-    """A user definition that cannot be stored; the message names the field and the value."""
+    """A user definition that cannot be stored; the message names the field and the value. `field` and
+    `italian` say the same to the console's users page (the CLI prints the message)."""
+
+    def __init__(self, message: str, field: str = "name", italian: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        self.italian = italian or message
 
 
 @dataclass(frozen=True)
@@ -56,22 +62,29 @@ def _sha256(token: str) -> bytes:
 
 def check_user(name: str, role: str, enti: list[str], structure: str | None, password: str) -> None:
     if not USER_NAME.match(name):
-        raise UserInputError(f"user name {name!r}: 2-63 characters, lower-case letters, digits, '.', '_', '-'")
+        raise UserInputError(f"user name {name!r}: 2-63 characters, lower-case letters, digits, '.', '_', '-'", "name",
+                             f"Nome utente {name!r}: da 2 a 63 caratteri tra lettere minuscole, cifre, '.', '_', '-'.")
     if role not in ROLES:
-        raise UserInputError(f"--role {role!r}: one of {', '.join(ROLES)}")
+        raise UserInputError(f"--role {role!r}: one of {', '.join(ROLES)}", "role", f"Ruolo {role!r} sconosciuto.")
     for ente in enti:
         if not ENTE.match(ente):
-            raise UserInputError(f"--ente {ente!r}: an entity code of three digits or capitals, e.g. 201")
+            raise UserInputError(f"--ente {ente!r}: an entity code of three digits or capitals, e.g. 201", "enti",
+                                 f"Ente {ente!r}: un codice di tre cifre o maiuscole, per esempio 201.")
     if role == "operator" and not enti:
-        raise UserInputError(f"user {name}: an operator needs at least one --ente")
+        raise UserInputError(f"user {name}: an operator needs at least one --ente", "enti",
+                             "Un operatore ha almeno un ente.")
     if role != "operator" and enti:
-        raise UserInputError(f"user {name}: --ente is for operators only, not for role {role}")
+        raise UserInputError(f"user {name}: --ente is for operators only, not for role {role}", "enti",
+                             "Gli enti si indicano solo per gli operatori.")
     if role == "structure" and not structure:
-        raise UserInputError(f"user {name}: a structure user needs --structure (its code)")
+        raise UserInputError(f"user {name}: a structure user needs --structure (its code)", "structure",
+                             "Un utente struttura ha il codice della sua struttura.")
     if role != "structure" and structure:
-        raise UserInputError(f"user {name}: --structure is for role structure only, not for role {role}")
+        raise UserInputError(f"user {name}: --structure is for role structure only, not for role {role}",
+                             "structure", "La struttura si indica solo per il ruolo struttura.")
     if len(password) < 12:
-        raise UserInputError(f"user {name}: the password must have at least 12 characters")
+        raise UserInputError(f"user {name}: the password must have at least 12 characters", "password",
+                             "La password ha almeno 12 caratteri.")
 
 
 async def add_user(pool: asyncpg.Pool, name: str, role: str, enti: list[str], structure: str | None,
@@ -82,7 +95,7 @@ async def add_user(pool: asyncpg.Pool, name: str, role: str, enti: list[str], st
                            "VALUES ($1, $2, $3, $4, $5)", name, role, sorted(set(enti)), structure,
                            hash_password(password))
     except asyncpg.UniqueViolationError as exc:
-        raise UserInputError(f"user {name!r} already exists") from exc
+        raise UserInputError(f"user {name!r} already exists", "name", f"L'utente {name!r} esiste già.") from exc
 
 
 async def set_demo_user(pool: asyncpg.Pool, name: str, ente: str, password: str) -> None:
@@ -97,7 +110,8 @@ async def disable_user(pool: asyncpg.Pool, name: str) -> None:
     async with pool.acquire() as conn, conn.transaction():
         done = await conn.execute("UPDATE console_user SET disabled = true WHERE name = $1", name)
         if done == "UPDATE 0":
-            raise UserInputError(f"there is no user {name!r}; `flows users list` lists them")
+            raise UserInputError(f"there is no user {name!r}; `flows users list` lists them", "name",
+                                 f"Non esiste l'utente {name!r}.")
         await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
 
 

@@ -93,6 +93,13 @@ class DeadLetter:
     def original_headers(self) -> dict[str, str]:
         return {k: v for k, v in self.headers.items() if k not in _DLQ_HEADERS}
 
+    def body_text(self, limit: int = 4000) -> str:
+        """The body as people read it: indented JSON, else the repr of its first `limit` bytes."""
+        try:
+            return json.dumps(json.loads(self.body), indent=2, ensure_ascii=False)
+        except ValueError:
+            return repr(self.body[:limit])
+
 
 def _from_record(record: Any) -> DeadLetter:
     key = record.key.decode(errors="replace") if isinstance(record.key, bytes) else record.key
@@ -121,6 +128,38 @@ async def list_letters(bootstrap: str, topic: str | None = None) -> list[DeadLet
     names = [dlq_topic(topic)] if topic else sorted(t for t in known if t.endswith(DLQ_SUFFIX))
     names = [n for n in names if n in known]
     return [_from_record(r) for r in await read_to_end(bootstrap, names)] if names else []
+
+
+@dataclass(frozen=True)
+class DlqTopic:
+    """A `.dlq` topic and how many dead letters it holds (from its offsets: nothing is read)."""
+
+    topic: str
+    count: int
+    ends: dict[int, tuple[int, int]]  # partition -> (first offset, end offset)
+
+    def holds(self, letter_id: str) -> bool:
+        topic, partition, offset = parse_id(letter_id)
+        first, end = self.ends.get(partition, (0, 0))
+        return topic == self.topic and first <= offset < end
+
+
+async def dlq_topics(bootstrap: str) -> list[DlqTopic]:
+    """Every `.dlq` topic with its count of dead letters, by name: cheap enough for a page, since only
+    offsets are asked (the letters themselves are read by `list_letters` for one topic)."""
+    async with observer(bootstrap) as consumer:
+        known = await existing_topics(consumer)
+        parts = [TopicPartition(t, p) for t in sorted(known) if t.endswith(DLQ_SUFFIX) for p in known[t]]
+        if parts:
+            # assigned first: aiokafka then has their leaders at once (unassigned, the first offsets
+            # request waits ~3 s for a metadata refresh)
+            consumer.assign(parts)
+        begins = await consumer.beginning_offsets(parts) if parts else {}
+        ends = await consumer.end_offsets(parts) if parts else {}
+    found: dict[str, dict[int, tuple[int, int]]] = {}
+    for tp in parts:
+        found.setdefault(tp.topic, {})[tp.partition] = (begins[tp], ends[tp])
+    return [DlqTopic(t, sum(end - first for first, end in per.values()), per) for t, per in found.items()]
 
 
 async def fetch(bootstrap: str, letter_id: str, timeout_ms: int = 10_000) -> DeadLetter:
@@ -158,14 +197,32 @@ async def decisions(store: EventStore) -> dict[str, StoredEvent]:
     return found
 
 
+class NotRedrivable(ValueError):
+    """The message cannot go back to its topic: `cause` is "no-key" or "not-json"; discard it instead."""
+
+    def __init__(self, message: str, cause: str) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 class AlreadyDecided(ValueError):
-    pass
+    """A second decision about a dead letter; `decision` is the first one when it could be read."""
+
+    def __init__(self, message: str, decision: StoredEvent | None = None) -> None:
+        super().__init__(message)
+        self.decision = decision
+
+
+async def decision_about(store: EventStore, letter_id: str) -> StoredEvent | None:
+    """The decision recorded about one dead letter, if any."""
+    history = await store.read_stream(stream_of(letter_id))
+    return history[0] if history else None
 
 
 async def _refuse_if_decided(store: EventStore, letter_id: str) -> None:
-    history = await store.read_stream(stream_of(letter_id))
-    if history:
-        raise AlreadyDecided(_decided_message(letter_id, history[0]))
+    decided = await decision_about(store, letter_id)
+    if decided is not None:
+        raise AlreadyDecided(_decided_message(letter_id, decided), decided)
 
 
 def _decided_message(letter_id: str, event: StoredEvent) -> str:
@@ -178,13 +235,13 @@ async def redrive(pool: asyncpg.Pool, store: EventStore, letter: DeadLetter, by:
     """Records the redrive and queues the original message (new ce_id) for the outbox relay, atomically."""
     await _refuse_if_decided(store, letter.id)
     if not letter.key:
-        raise ValueError(f"cannot redrive {letter.id}: it has no key, and its original topic "
-                         f"{letter.original_topic} is keyed by aggregate")
+        raise NotRedrivable(f"cannot redrive {letter.id}: it has no key, and its original topic "
+                            f"{letter.original_topic} is keyed by aggregate", "no-key")
     try:
         body = json.loads(letter.body)
     except ValueError as exc:
-        raise ValueError(f"cannot redrive {letter.id}: its body is not JSON ({exc}); no consumer can read it, "
-                         "discard it with `flows dlq discard --reason`") from None
+        raise NotRedrivable(f"cannot redrive {letter.id}: its body is not JSON ({exc}); no consumer can read it, "
+                            "discard it with `flows dlq discard --reason`", "not-json") from None
     new_id = uuid.uuid4()
     fact = DeadLetterRedriven(dead_letter=letter.id, original_topic=letter.original_topic,
                               original_partition=letter.original_partition, original_offset=letter.original_offset,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.ts730 import MAX_ZIP_BYTES
@@ -59,6 +59,22 @@ class Settings(BaseSettings):
     console_session_ttl_s: int = Field(default=8 * 3600, gt=0)
     console_login_max_failures: int = Field(default=5, gt=0, description="Per user name in the window.")
     console_login_window_s: int = Field(default=900, gt=0)
+    # OpenID Connect login (services/console/oidc.py), the production option: on when a metadata URL
+    # (the provider's /.well-known/openid-configuration) and a client id are set. The secret comes from
+    # FLOWS_CONSOLE_OIDC_CLIENT_SECRET and is a SecretStr: never printed, logged or stored.
+    console_oidc_metadata_url: str | None = None
+    console_oidc_issuer: str | None = Field(default=None, description="Expected issuer; default: the metadata's.")
+    console_oidc_client_id: str | None = None
+    console_oidc_client_secret: SecretStr | None = None
+    console_oidc_redirect_url: str | None = Field(
+        default=None, description="The callback URL registered at the provider; default: this request's "
+                                  "origin + /login/oidc/callback.")
+    console_oidc_scope: str = "openid profile"
+    console_oidc_username_claim: str = "preferred_username"
+    console_oidc_role_claim: str = "flows_role"
+    console_oidc_enti_claim: str = "flows_enti"
+    console_oidc_structure_claim: str = "flows_structure"
+    console_local_login: bool = Field(default=True, description="False: OIDC only (no password form).")
 
     # OpenTelemetry traces (services.runtime.tracing): OTLP/HTTP export when an endpoint is set (e.g.
     # http://collector:4318), a local JSON-lines file of spans when a path is set; service.name of the spans

@@ -8,17 +8,23 @@ allowed answers what the route does. A route added without a rule fails `test_ev
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 
 from services.console import app as console_app
 from services.console.access import ROUTE_TABLE, RouteRule, check_every_route_has_a_rule
-from services.console.auth import ROLES
-from tests.console_support import ROLE_USERS, STRUCTURE, RunningConsole, csrf_of, running_console
+from services.console.auth import ROLES, add_user
+from tests.console_support import PASSWORD, ROLE_USERS, STRUCTURE, RunningConsole, csrf_of, running_console
 from tests.stack_urls import KAFKA
+
+MISSING_LETTER = "flows.load-requested.dlq:0:999999999"
+VICTIM, NOBODY = "vittima.1", "nessuno.tale"  # the user the admin's disable route acts on; one that does not exist
+DOCUMENT = "suap-authorisation-5d07f8af1f"  # the same bytes in the same slot: the same id in both requests
 
 pytestmark = pytest.mark.integration
 
@@ -43,6 +49,21 @@ async def _waiting_feedback_instance(c: RunningConsole, ente: str) -> int:
         ("flows.formatted", {"files": [errors]}),
         ("flows.ts-submitted", {"part": 1, "parts": 1, "protocollo": "P1"}),
     ])
+
+
+async def _keyless_dead_letter() -> str:
+    """A dead letter as a consumer writes one, but without a key: the ops routes can read it, and an
+    allowed redrive is refused (409: a keyed topic's message without its key) so nothing is re-published."""
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA)
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(
+            "flows.load-requested.dlq", b'{"not": "a load request"}', partition=0,
+            headers=[("dlq_reason", b"authz matrix probe"), ("dlq_original_topic", b"flows.load-requested"),
+                     ("ce_id", str(uuid.uuid4()).encode())])
+    finally:
+        await producer.stop()
+    return f"flows.load-requested.dlq:0:{meta.offset}"
 
 
 def test_every_route_has_a_rule() -> None:
@@ -76,6 +97,7 @@ async def _call(client: httpx.AsyncClient, c: RunningConsole, route: RouteRule, 
                 csrf: str) -> tuple[int, str]:
     path = route.path.replace("{instance}", str(target)).replace("{name}", "errori.csv").replace("{request}",
                                                                                                   str(target))
+    path = path.replace("{letter}", str(target)).replace("{document}", DOCUMENT).replace("{user}", str(target))
     url = c.url + path
     if route.kind == "stream":
         async with client.stream("GET", url) as response:
@@ -103,6 +125,10 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
     missing = other + 1000
     own_request = await console.onboarding_request("ONB-OWN", STRUCTURE)
     other_request = await console.onboarding_request("ONB-OTHER", "150321", "Centro Vomero")
+    letter = await _keyless_dead_letter()
+    await add_user(console.pool, VICTIM, "desk", [], None, PASSWORD)
+    for request in (own_request, other_request):
+        assert await console.onboarding_document(request, "suap.pdf", b"%PDF-1.4 authz probe") == DOCUMENT
     checked = denied_cross = 0
     for role in ROLES:
         user, _ = ROLE_USERS[role]
@@ -125,12 +151,16 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
                     targets = [(own, True), (other, False), (missing, False)]
                 elif "{request}" in route.path:
                     targets = [(own_request, True), (other_request, False), ("ONB-MISSING", False)]
+                elif "{letter}" in route.path:  # no entity: the role is the whole check
+                    targets = [(letter, True), (MISSING_LETTER, False)]
+                elif "{user}" in route.path:
+                    targets = [(VICTIM, True), (NOBODY, False)]
                 elif route.path == "/istanze/nuova" and route.method == "POST":
                     targets = [(own, True), (other, False)]
                 for target, is_own in targets:
                     status, body = await _call(client, console, route, target, is_own, csrf)
                     where = f"{route.method} {route.path} as {role} on {'own' if is_own else 'other'} ({target})"
-                    exists = target not in (missing, "ONB-MISSING")
+                    exists = target not in (missing, "ONB-MISSING", MISSING_LETTER, NOBODY)
                     allowed = exists and _allowed(route, role, is_own)
                     if route.path == "/istanze/nuova" and route.method == "POST" and role in route.rule.roles:
                         assert status == 422, where
@@ -144,6 +174,11 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
                         assert status == 422, f"{where}: {status}"  # authorized; a form is no JSON body
                     elif route.rule.scope == "request" and route.method == "POST":
                         assert status == 422, f"{where}: {status}"  # authorized; no file, no verdict given
+                    elif route.path == "/utenti" and route.method == "POST":
+                        assert status == 422, f"{where}: {status}"  # authorized; a user without a name
+                    elif "{letter}" in route.path and route.method == "POST":
+                        # authorized; a keyless message cannot be redriven, a discard needs its reason
+                        assert status == (409 if route.path.endswith("/rilancia") else 422), f"{where}: {status}"
                     elif route.rule.scope == "act":
                         assert status == 409, f"{where}: {status}"  # authorized, refused by the state machine
                     elif route.kind == "stream":
@@ -155,3 +190,6 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
     # Nothing of the other ente was ever acted on: its history is what it was.
     assert await console.pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", other) == \
         "Waiting feedback"
+    # Only the admin's allowed disable took effect.
+    assert await console.pool.fetchval("SELECT disabled FROM console_user WHERE name = $1", VICTIM) is True
+    assert await console.pool.fetchval("SELECT count(*) FROM console_user WHERE disabled") == 1

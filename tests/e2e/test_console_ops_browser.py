@@ -1,0 +1,149 @@
+"""The console's ops page in real Chromium, on the real Kafka and PostgreSQL: a message a real consumer
+cannot process is dead-lettered, seen on the page (per .dlq topic, then listed, then shown with its
+reason, headers and body), redriven from the page once its cause is fixed (the consumer then processes
+it, under a new ce id, and the decision names the user), and a second redrive from a page opened
+before is refused with an Italian message. The consumer's group and its lag are on the page. An
+auditor reads the same page without the actions. Every view of a message's body is in the access log.
+axe-core on every page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from axe_playwright_python.async_playwright import Axe
+from playwright.async_api import async_playwright
+from pydantic import BaseModel, Field
+
+from contracts.envelope import Envelope
+from contracts.topics import Topic
+from services.runtime import deadletters as dl
+from services.runtime.broker import Incoming, consume, create_broker
+from services.runtime.outbox import OutboxRelay
+from tests.console_support import running_console
+from tests.e2e.test_console_browser import CHROMIUM, _axe_clean, _log_in
+from tests.kafka_topics import create_topics
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.e2e
+
+
+class Filing(BaseModel):
+    source_id: str
+    pages: int = Field(ge=1)
+
+
+async def test_a_poison_message_is_seen_and_redriven_once_from_the_ops_page(settings, fresh_db, tmp_path):  # type: ignore[no-untyped-def]
+    topic = Topic(f"test.filing-{uuid.uuid4().hex[:8]}", Filing, "source_id", "probe", ("test",))
+    group = f"ops-page-{topic.name}"
+    archive = {"fine"}  # the cause: the handler needs an archive entry that is missing
+    processed: list[tuple[str, Incoming]] = []
+
+    async def handler(payload: Filing, incoming: Incoming) -> None:
+        if payload.source_id not in archive:
+            raise RuntimeError(f"no archive entry for {payload.source_id}")
+        processed.append((payload.source_id, incoming))
+
+    broker = create_broker(settings, client_id="ops-page-test")
+    consume(broker, topic, group_id=group, handler=handler, max_attempts=2, retry_delay=0.01)
+    await create_topics(KAFKA, topic.name, topic.dlq)
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True)
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+        await console.add_users()
+        relay = OutboxRelay(console.pool, KAFKA, poll_interval=0.5)  # a service's relay publishes the redrive
+        stop = asyncio.Event()
+        relay_task = asyncio.create_task(relay.run(stop))
+        await broker.start()
+        await producer.start()
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            poison = Envelope.new(topic.name, "/test")
+            await producer.send_and_wait(topic.name, b'{"source_id": "missing", "pages": 3}', key=b"missing",
+                                         headers=poison.to_headers())
+            await producer.send_and_wait(topic.name, b'{"source_id": "fine", "pages": 1}', key=b"fine",
+                                         headers=Envelope.new(topic.name, "/test").to_headers())
+            async with asyncio.timeout(30):
+                while not (letters := await dl.list_letters(KAFKA, topic.name)) or not processed:
+                    await asyncio.sleep(0.3)
+            (letter,) = letters
+            assert [source for source, _ in processed] == ["fine"]  # the poison did not block the partition
+
+            axe = Axe()
+            page = await (await browser.new_context(locale="it-IT")).new_page()
+            await _log_in(page, console.url, "ops.1")
+            await page.goto(console.url + "/esercizio")
+            row = page.locator("#code-dlq tr", has_text=topic.dlq)
+            assert (await row.locator("td").all_inner_texts())[1:] == ["1", "1"]  # one letter, pending
+            # The consumer's group committed past both messages: it is on the page, with no lag.
+            group_row = page.locator("#gruppi tr", has_text=group)
+            assert (await group_row.locator("td").all_inner_texts())[2] == "0"
+            await _axe_clean(page, axe, "20-esercizio")
+
+            await row.locator("a").click()
+            await page.wait_for_url(f"**/esercizio/scarti?coda={topic.dlq}")
+            listed = page.locator("tr.scarto")
+            assert await listed.count() == 1
+            assert "processing failed 2 times: RuntimeError: no archive entry for missing" in \
+                await listed.inner_text()
+            await _axe_clean(page, axe, "21-scarti")
+            await listed.locator("a").click()
+            await page.wait_for_selector("#motivo-scarto")
+            assert "no archive entry for missing" in await page.inner_text("#motivo-scarto")
+            assert poison.id in await page.inner_text("#intestazioni")
+            assert '"source_id": "missing"' in await page.inner_text("#contenuto-scarto")
+            assert await page.inner_text("#stato-scarto") == "da decidere"
+            await _axe_clean(page, axe, "22-scarto")
+
+            # A second operator's page, opened before the redrive: its button is stale.
+            stale = await page.context.new_page()
+            await stale.goto(page.url)
+
+            archive.add("missing")  # the cause is fixed; redrive from the page
+            async with page.expect_navigation():
+                await page.click("#rilancia")
+            assert (await page.inner_text("#stato-scarto")).startswith("rilanciato da ops.1 il ")
+            assert await page.locator("#rilancia").count() == 0
+            async with asyncio.timeout(20):
+                while not any(source == "missing" for source, _ in processed):
+                    await asyncio.sleep(0.1)
+            redriven = next(incoming for source, incoming in processed if source == "missing")
+            assert redriven.key == "missing" and redriven.message_id != poison.id
+            assert redriven.message_id in await page.inner_text("#stato-scarto")
+
+            response = None
+            async with stale.expect_navigation() as navigation:
+                await stale.click("#rilancia")
+            response = await navigation.value
+            assert response is not None and response.status == 409
+            refusal = await stale.inner_text("#esito")
+            assert f"Il messaggio {letter.id} è già stato rilanciato da ops.1 il " in refusal, refusal
+            assert "si rilancia o si scarta una volta sola" in refusal
+            await _axe_clean(stale, axe, "23-scarto-rifiutato")
+
+            await asyncio.sleep(1.5)  # nothing loops: processed once, nothing dead-lettered again
+            assert [source for source, _ in processed] == ["fine", "missing"]
+            assert len(await dl.list_letters(KAFKA, topic.name)) == 1
+            decision = await dl.decision_about(console.store, letter.id)
+            assert decision is not None and decision.type == dl.REDRIVEN and decision.actor == "ops.1"
+            assert decision.data["new_id"] == redriven.message_id
+            # Showing a message's body is a view of personal data: each one is in the access log.
+            views = await console.pool.fetch("SELECT data FROM events WHERE stream_id LIKE 'access-%' "
+                                             "AND actor = 'ops.1' AND data->>'what' = 'dead-letter-view'")
+            assert len(views) >= 3 and {v["data"]["dead_letter"] for v in views} == {letter.id}
+
+            # The auditor reads the same, without the actions.
+            async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+                assert (await console.login(client, "aud.1")).status_code == 303
+                shown = await client.get(f"{console.url}/esercizio/scarti/{letter.id}")
+                assert shown.status_code == 200 and "rilanciato da ops.1" in shown.text
+                assert 'id="rilancia"' not in shown.text and "/scarta" not in shown.text
+        finally:
+            await browser.close()
+            stop.set()
+            await relay_task
+            await producer.stop()
+            await broker.stop()

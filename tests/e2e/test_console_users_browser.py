@@ -1,0 +1,70 @@
+"""The admin's users page in real Chromium: the admin lands on it, adds an operator of two enti (listed
+at once, and by `flows users list`: the same table, the same code), sees a refused user's error next to
+its field, and disables a user whose open session then ends. axe-core on the pages."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from axe_playwright_python.async_playwright import Axe
+from playwright.async_api import async_playwright
+from typer.testing import CliRunner
+
+from services.cli.main import app as flows_app
+from tests.console_support import PASSWORD, running_console
+from tests.e2e.test_console_browser import CHROMIUM, _axe_clean, _log_in
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+        await console.add_users()
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = await (await browser.new_context(locale="it-IT")).new_page()
+            await _log_in(page, console.url, "adm.1")
+            assert page.url.endswith("/utenti")
+            assert await page.locator("tr.utente").count() == 6  # the six role users of console_support
+            assert await page.locator("tr[data-utente='adm.1'] button").count() == 0  # not oneself
+            await _axe_clean(page, Axe(), "40-utenti")
+
+            # An operator without an ente: refused, the error next to the field, nothing stored.
+            await page.fill("#u-name", "op.bianchi")
+            await page.select_option("#u-role", "operator")
+            await page.fill("#u-password", PASSWORD)
+            async with page.expect_navigation():
+                await page.click("#nuovo-utente button[type=submit]")
+            assert await page.inner_text("#err-enti") == "Un operatore ha almeno un ente."
+            assert await page.get_attribute("#u-enti", "aria-describedby") == "err-enti"
+            assert await page.input_value("#u-password") == ""  # the password is never sent back
+            await _axe_clean(page, Axe(), "41-utenti-errore")
+            assert await console.pool.fetchval("SELECT count(*) FROM console_user WHERE name = 'op.bianchi'") == 0
+
+            await page.fill("#u-enti", "201, 202")
+            await page.fill("#u-password", PASSWORD)
+            async with page.expect_navigation():
+                await page.click("#nuovo-utente button[type=submit]")
+            assert "Utente op.bianchi aggiunto (operatore)" in await page.inner_text("#esito")
+            cells = await page.locator("tr[data-utente='op.bianchi'] td").all_inner_texts()
+            assert cells[:5] == ["op.bianchi", "operatore", "201, 202", "", "attivo"], cells
+            monkeypatch.setenv("DATABASE_URL", fresh_db)
+            monkeypatch.setenv("COLUMNS", "220")
+            # the CLI runs its own event loop: in a thread, beside the test's
+            listed = await asyncio.to_thread(CliRunner().invoke, flows_app, ["users", "list"])
+            assert listed.exit_code == 0 and "op.bianchi" in listed.output and "201, 202" in listed.output
+
+            # The new operator logs in; the admin disables it; its open session ends at once.
+            operator = await (await browser.new_context(locale="it-IT")).new_page()
+            await _log_in(operator, console.url, "op.bianchi")
+            assert operator.url.endswith("/istanze")
+            async with page.expect_navigation():
+                await page.click("tr[data-utente='op.bianchi'] button")
+            assert "Utente op.bianchi disattivato" in await page.inner_text("#esito")
+            assert (await page.locator("tr[data-utente='op.bianchi'] td").all_inner_texts())[4] == "disattivato"
+            await operator.goto(console.url + "/istanze")
+            assert "/login" in operator.url
+        finally:
+            await browser.close()

@@ -1,0 +1,154 @@
+"""The console's onboarding pieces over HTTP, on the real app, PostgreSQL and Kafka: a request's document
+downloaded by the desk and by its own structure (the bytes as received, each download in the access
+log with who, when, what and from where), 404 to everyone else and for a document of another request;
+a switch request from the page, refused on a broken rule with the earliest valid slot proposed (the
+onboarding service's rule), then taken for the proposed slot, the structure's user as actor."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+from collections.abc import AsyncIterator
+from datetime import date, timedelta
+
+import httpx
+import pytest
+
+from tests.console_support import ROLE_USERS, STRUCTURE, RunningConsole, csrf_of, running_console
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.integration
+
+PDF = b"%PDF-1.4\n% autorizzazione SUAP del Laboratorio Vesuvio, firmata dal dott. Esposito\n"
+
+
+@pytest.fixture
+async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
+        await running.add_users()
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _client(console: RunningConsole, role: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+        assert (await console.login(client, ROLE_USERS[role][0])).status_code == 303
+        yield client
+
+
+async def _downloads(console: RunningConsole) -> list[dict]:
+    rows = await console.pool.fetch("SELECT actor, recorded_at, data FROM events WHERE stream_id LIKE 'access-%' "
+                                    "AND data->>'what' = 'onboarding-document-download' ORDER BY recorded_at")
+    return [{"actor": r["actor"], "at": r["recorded_at"], **r["data"]} for r in rows]
+
+
+async def test_a_document_is_downloaded_by_the_desk_and_its_structure_only_and_each_download_is_logged(
+        console: RunningConsole) -> None:
+    own = await console.onboarding_request("ONB-VESUVIO", STRUCTURE)
+    other = await console.onboarding_request("ONB-VOMERO", "150321", "Centro Vomero")
+    document = await console.onboarding_document(own, "autorizzazione SUAP.pdf", PDF)
+    foreign = await console.onboarding_document(other, "altro.pdf", b"%PDF-1.4 another structure's act")
+    url = f"{console.url}/onboarding/{own}/documenti/{document}"
+
+    for role in ("desk", "structure"):
+        async with _client(console, role) as client:
+            page = await client.get(f"{console.url}/onboarding/{own}")
+            assert f'href="/onboarding/{own}/documenti/{document}"' in page.text, role  # the page links it
+            got = await client.get(url)
+            assert got.status_code == 200, role
+            assert got.content == PDF and got.headers["content-type"] == "application/pdf"
+            assert "autorizzazione%20SUAP.pdf" in got.headers["content-disposition"]
+            # the structure's own request only; a document id of another request is not found in this one
+            assert (await client.get(f"{console.url}/onboarding/{own}/documenti/{foreign}")).status_code == 404
+            assert (await client.get(f"{console.url}/onboarding/{own}/documenti/..%2F..%2Fetc%2Fpasswd")
+                    ).status_code == 404
+    logged = await _downloads(console)
+    assert [(d["actor"], d["role"], d["request"], d["document"], d["file"]) for d in logged] == [
+        ("desk.1", "desk", own, document, "autorizzazione SUAP.pdf"),
+        ("st.1", "structure", own, document, "autorizzazione SUAP.pdf")]
+    assert all(d["address"] == "127.0.0.1" and d["at"] is not None for d in logged)
+
+    for role in ("operator", "ops", "auditor", "admin"):
+        async with _client(console, role) as client:
+            assert (await client.get(url)).status_code == 404, role
+            page = await client.get(f"{console.url}/onboarding/{own}")
+            assert f"/documenti/{document}" not in page.text, role  # no link to what it may not download
+    async with _client(console, "structure") as client:  # another structure's request: 404, exists or not
+        assert (await client.get(f"{console.url}/onboarding/{other}/documenti/{foreign}")).status_code == 404
+    assert len(await _downloads(console)) == 2  # refused downloads leave no access record
+    assert await console.store.verify_all() == []  # the access stream is hash-chained like every stream
+
+
+async def _complete_switch_request(console: RunningConsole, request_id: str) -> None:
+    """A software-house change of the structure user's own structure, complete: its three documents
+    compliant (their facts declared), so the onboarding service judges switch slots for it."""
+    await console.onboarding_request(request_id, STRUCTURE, "Centro Vomero", kind="software-house-change")
+    pdf = b"%PDF-1.7 switch"
+    await console.onboarding_document(request_id, "richiesta.pdf", pdf, "formal-request-software-house-change",
+                                      {"protocol": "2026/5", "letterhead": "yes", "software_house": "Medisoft",
+                                       "credentials": "new-oauth2"})
+    await console.onboarding_document(request_id, "b2.pdf", pdf, "endpoint-form-b2", {"filled": "yes", "annex": "B2"})
+    far = date.today() + timedelta(days=120)
+    while far.weekday() >= 5:
+        far += timedelta(days=1)
+    await console.onboarding_document(request_id, "data.pdf", pdf, "switch-date-request",
+                                      {"switch_date": far.isoformat(), "switch_window": "09:00-10:00"})
+
+
+def _san_gennaro() -> date:
+    """The next 19 September on a weekday, beyond the notice: refused for Napoli's patron saint only."""
+    return next(d for d in (date.today() + timedelta(days=n) for n in range(60, 800))
+                if (d.month, d.day) == (9, 19) and d.weekday() < 5)
+
+
+async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_valid_slot_then_taken(
+        console: RunningConsole) -> None:
+    rid = "ONB-SWITCH"
+    await _complete_switch_request(console, rid)
+    async with _client(console, "structure") as client:
+        page = await client.get(f"{console.url}/onboarding/{rid}")
+        assert page.status_code == 200 and 'id="switch"' in page.text  # complete: the form is offered
+        csrf = csrf_of(page.text)
+        url = f"{console.url}/onboarding/{rid}/switch"
+
+        # Errors next to the fields they name; nothing is recorded.
+        version = await console.store.stream_version(f"onboarding-{rid}")
+        bad = await client.post(url, data={"csrf": csrf, "data": "19/09", "dalle": "09:00", "alle": "9"})
+        assert bad.status_code == 422
+        assert 'id="switch-data-errore"' in bad.text and "attesa AAAA-MM-GG" in bad.text
+        assert 'id="switch-alle-errore"' in bad.text
+        assert await console.store.stream_version(f"onboarding-{rid}") == version
+
+        # San Gennaro, and a window that ends after the office closes: refused, the earliest valid slot proposed.
+        day = _san_gennaro()
+        refused = await client.post(url, data={"csrf": csrf, "data": day.isoformat(), "dalle": "16:00",
+                                               "alle": "18:00"})
+        assert refused.status_code == 200, refused.text
+        message = html.unescape(refused.text.split('id="esito">', 1)[1].split("</div>", 1)[0])
+        assert "non è possibile" in message and "patron-saint day of Napoli (San Gennaro)" in message
+        assert "outside 08:30-17:00" in message and "Prima data valida:" in message
+        events = await console.store.read_stream(f"onboarding-{rid}")
+        refusal = events[-1]
+        assert refusal.type == "onboarding.switch-refused" and refusal.actor == "st.1"
+        proposed = date.fromisoformat(refusal.data["proposed_date"])
+        assert proposed > day and (refusal.data["proposed_window_start"], refusal.data["proposed_window_end"]) == \
+            ("08:30", "10:30")
+        assert f"{proposed:%d/%m/%Y}, 08:30-10:30" in message
+        # The page offers the proposal as one button: its form carries the proposed slot.
+        proposal_form = refused.text.split('id="switch-proposto"', 1)[1].split("</form>", 1)[0]
+        assert f'name="data" value="{proposed.isoformat()}"' in proposal_form
+        assert 'name="dalle" value="08:30"' in proposal_form and 'name="alle" value="10:30"' in proposal_form
+
+        taken = await client.post(url, data={"csrf": csrf, "data": proposed.isoformat(), "dalle": "08:30",
+                                             "alle": "10:30", "credenziali": ""})
+        assert taken.status_code == 200 and "Switch fissato per" in html.unescape(taken.text)
+        last = (await console.store.read_stream(f"onboarding-{rid}"))[-1]
+        assert last.type == "onboarding.switch-scheduled" and last.actor == "st.1"
+        assert last.data["switch_date"] == proposed.isoformat() and last.data["credentials"] == "new-oauth2"
+
+        # Without the session's CSRF token, nothing is asked.
+        assert (await client.post(url, data={"data": proposed.isoformat(), "dalle": "08:30", "alle": "10:30"})
+                ).status_code == 403
+    for role in ("operator", "ops", "auditor"):  # may not ask (404), and see no form
+        async with _client(console, role) as client:
+            assert (await client.post(f"{console.url}/onboarding/{rid}/switch", data={})).status_code == 404, role
