@@ -20,7 +20,7 @@ from services.cli.common import UserError, console, database, settings, table
 from services.loader.catalogue import unknown_ente_reason
 from services.runtime import tracing
 from services.runtime.commands import send_command
-from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent
+from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent, StoredEvent
 from services.runtime.filestore import FileStore
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 from services.runtime.settings import Settings
@@ -204,8 +204,15 @@ async def show(instance: int) -> None:
         history = await store.read_stream(instance_stream(instance))
     print_outcome(row)
     console.print(table(f"History of instance {instance}", ["#", "time", "event", "actor", "details"],
-                        [(e.version, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.type, e.actor,
+                        [(e.version, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.type, _who(e),
                           _details(e.data)) for e in history]))
+
+
+def _who(event: StoredEvent) -> str:
+    """The actor, and the replica of the service that wrote the event when it recorded one (metadata
+    `replica`, `flows stack up --replicas N`): `loader (loader-2)`."""
+    replica = event.metadata.get("replica")
+    return f"{event.actor} ({replica})" if replica else event.actor
 
 
 def _details(data: dict) -> str:

@@ -54,6 +54,12 @@ async def loader(stack, tmp_path: Path) -> AsyncIterator[Loader]:  # type: ignor
                "FLOWS_LOG_FORMAT": "json"}
         async with logged_process(log, "-m", "tests.integration.outage_loader", uuid.uuid4().hex[:8],
                                   env=env) as process:
+            # Its groups start at the end of the topics (outage_loader.start_at_the_end) before the service
+            # starts: a record published earlier than that would be behind them, never consumed.
+            async with asyncio.timeout(90):
+                while '"service.started"' not in log.read_text(errors="replace"):
+                    assert process.returncode is None, log.read_text()[-3000:]
+                    await asyncio.sleep(0.2)
             yield Loader(url, log, process)
 
 

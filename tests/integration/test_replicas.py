@@ -238,6 +238,10 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
             subprocess.run, [sys.executable, "-m", "services.cli.main", "replay", "--all", "--verify"],
             capture_output=True, text=True, cwd=REPO, timeout=120,
             env={**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "COLUMNS": "200"})
+        show = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "services.cli.main", "show", str(victim)],
+            capture_output=True, text=True, cwd=REPO, timeout=120,
+            env={**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "COLUMNS": "250"})
         logs = {r.name: r.log.read_text(errors="replace") for r in replicas}
     wall_s = time.monotonic() - wall_started
 
@@ -266,6 +270,10 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
     assert victim_events[LOAD_EVENTS[0]]["metadata"]["replica"] == "loader-1"
     assert victim_events[LOAD_EVENTS[1]]["metadata"]["replica"] == "loader-2"
     assert victim_events[LOAD_EVENTS[1]]["data"]["source_instance"] != first_snapshot
+    # and the operator sees it: `flows show` names the replica beside the actor
+    rows = {line.split("│")[3].strip(): line for line in show.stdout.splitlines() if line.count("│") > 5}
+    assert "test.replicas (loader-1)" in rows[LOAD_EVENTS[0]] and "loader (loader-2)" in rows[LOAD_EVENTS[1]], \
+        show.stdout
     # Nothing was dead-lettered, no replica died but the one killed.
     for name, text in logs.items():
         assert "message.dead_lettered" not in text and "service.loop_failed" not in text, name
