@@ -47,7 +47,7 @@ def kafka_check(broker: Any) -> Check:
 
 def consumers_check(broker: Any) -> Check:
     async def check() -> tuple[bool, str]:
-        waiting, partitions = [], 0
+        waiting, held = [], []
         for subscriber in broker.subscribers:
             consumer = getattr(subscriber, "consumer", None)
             subscription = getattr(getattr(consumer, "_subscription", None), "subscription", None)
@@ -55,10 +55,15 @@ def consumers_check(broker: Any) -> Check:
             if consumer is None or assignment is None or getattr(subscription, "_reassignment_in_progress", True):
                 waiting.append(", ".join(getattr(subscriber, "topics", ())) or "?")
             else:
-                partitions += len(consumer.assignment())
+                held.extend(consumer.assignment())
         if waiting:
             return False, f"not yet assigned: {'; '.join(waiting)}"
-        return True, f"{len(broker.subscribers)} consumer(s) assigned, {partitions} partition(s)"
+        by_topic: dict[str, list[int]] = {}
+        for tp in held:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        shares = "; ".join(f"{topic} {','.join(map(str, sorted(ps)))}" for topic, ps in sorted(by_topic.items()))
+        return True, (f"{len(broker.subscribers)} consumer(s) assigned, {len(held)} partition(s)"
+                      + (f": {shares}" if shares else ""))
     return check
 
 
