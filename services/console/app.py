@@ -14,6 +14,7 @@ import functools
 import inspect
 import json
 import mimetypes
+import os
 import secrets
 import tempfile
 import time
@@ -35,6 +36,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
@@ -116,10 +118,22 @@ def _state_class(state: str) -> str:
     return "bg-primary"
 
 
+def _badge(state: str) -> Markup:
+    """A state's badge: a function, not an included template (an include per row of a 50-row list made a
+    new template context each, most of the page's rendering time)."""
+    return Markup(f'<span class="badge {_state_class(state)}" data-state="{escape(state)}">'
+                  f'{escape(STATE_LABELS.get(state, state))}</span>')
+
+
+_BADGES = {state: _badge(state) for state in STATE_LABELS}
+
 templates = Jinja2Templates(directory=str(HERE / "templates"))
+# The templates ship with the code: never re-stat them on every render (FLOWS_CONSOLE_TEMPLATES_RELOAD=1
+# for template work).
+templates.env.auto_reload = os.environ.get("FLOWS_CONSOLE_TEMPLATES_RELOAD") == "1"
 templates.env.filters["ora"] = lambda when, fmt="%d/%m/%Y %H:%M:%S": when.astimezone(ROME).strftime(fmt)
 templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state_class=_state_class,
-                             role_labels=ROLE_LABELS, vendor=VENDOR)
+                             role_labels=ROLE_LABELS, vendor=VENDOR, badge=_badge)
 
 
 SECURITY_HEADERS = [
@@ -281,10 +295,16 @@ def page(ctx: Ctx | None, name: str, title: str, status: int = 200, **values: An
         "active": values.pop("active", None), **values}, status_code=status)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The console's pool skips asyncpg's reset query on release (one more round trip after every query, a
+    page makes two): asyncpg still rolls back an open transaction and drops listeners first, and the console
+    leaves no other session state (no LISTEN, no SET outside a transaction, every lock released in a finally)."""
+
+
 def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = await create_pool(settings.database_url, min_size=1, max_size=10)
+        pool = await create_pool(settings.database_url, min_size=1, max_size=10, reset=_keep_session)
         feed = LiveFeed(settings.bootstrap_list())
         app.state.console = Console(settings, pool, EventStore(pool, source="/flows/console"),
                                     FileStore(settings.files_dir), feed,
@@ -542,6 +562,24 @@ async def search_instances(pool: asyncpg.Pool, principal: auth.Principal, q: Sea
         q.stato, q.prima, enti, limit)
 
 
+def _list_rows(rows: list[asyncpg.Record]) -> Markup:
+    """The list's table rows as one piece of HTML, every text cell escaped. Built here rather than in a Jinja
+    loop: with 50 rows the loop's ~900 output pieces (and Jinja's attribute lookup on a Record, which fails
+    over to an item lookup through an exception per cell) were most of the page's time (bench/console.py)."""
+    out = []
+    for r in rows:
+        n = int(r["instance"])
+        created = r["created_at"].astimezone(ROME)
+        start, end = r["period_start"], r["period_end"]
+        out.append(f'<tr><td>{escape(r["flow_type"])}</td><td>{escape(r["ente"])}</td>'
+                   f'<td><a href="/istanze/{n}">{n}</a></td><td>{r["source_instance"] or ""}</td>'
+                   f"<td>{created.day:02d}/{created.month:02d}/{created.year} {created.hour:02d}:{created.minute:02d}"
+                   f"</td><td>{start.day:02d}/{start.month:02d}/{start.year}</td>"
+                   f"<td>{end.day:02d}/{end.month:02d}/{end.year}</td>"
+                   f"<td>{_BADGES.get(r['state']) or _badge(r['state'])}</td></tr>\n")
+    return Markup("".join(out))
+
+
 @route(pages, "GET", "/istanze", LIST_INSTANCES, "page")
 async def instances_page(ctx: Ctx) -> Response:
     request = ctx.request
@@ -550,9 +588,9 @@ async def instances_page(ctx: Ctx) -> Response:
     more, rows = len(rows) > PAGE_SIZE, rows[:PAGE_SIZE]
     params = {k: v for k, v in vars(q).items() if v is not None and k != "prima"}
     next_url = "/istanze?" + urllib.parse.urlencode({**params, "prima": rows[-1]["instance"]}) if more else None
-    return page(ctx, "instances.html", "Istanze di flusso", active="/istanze", rows=rows, q=q, errors=errors,
-                flow_types=[t.value for t in FlowType], states=list(STATE_LABELS), next_url=next_url,
-                first_url="/istanze?" + urllib.parse.urlencode(params))
+    return page(ctx, "instances.html", "Istanze di flusso", active="/istanze", rows=_list_rows(rows),
+                count=len(rows), q=q, errors=errors, flow_types=[t.value for t in FlowType], states=list(STATE_LABELS),
+                next_url=next_url, first_url="/istanze?" + urllib.parse.urlencode(params))
 
 
 def _default_period() -> tuple[str, str]:
