@@ -474,8 +474,10 @@ async def oidc_callback(request: Request, code: str = "", state: str = "", error
         await oidc.upsert_user(console.pool, who)
     except oidc.OidcRefused as exc:
         log.warning("console.oidc_refused", reason=str(exc))
-        response = page(None, "login.html", "Accesso", status=401, request=request, login_csrf="", utente="",
-                        error=exc.italian, **options)
+        login_csrf = secrets.token_urlsafe(24)  # the page's password form (when local login is on) must work
+        response = page(None, "login.html", "Accesso", status=401, request=request, login_csrf=login_csrf,
+                        utente="", error=exc.italian, **options)
+        _set_cookie(request, response, LOGIN_CSRF, login_csrf, max_age=1800)
         response.delete_cookie(OIDC_STATE, path="/login/oidc")
         return response
     token = await auth.open_session(console.pool, who.name, console.settings.console_session_ttl_s,
