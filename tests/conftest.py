@@ -1,5 +1,8 @@
-"""Shared fixtures. Integration and e2e tests run against the REAL local stack (Kafka + PostgreSQL):
-`stack` starts it if needed (or uses DATABASE_URL) and raises, failing the test, when it can't.
+"""Shared fixtures. Integration and e2e tests run against a REAL Kafka and PostgreSQL: `stack` starts them
+once per session and raises, failing the test, when it can't. FLOWS_TEST_STACK chooses where they run
+(deploy/localstack/containers.py): the local stack (default, or DATABASE_URL for PostgreSQL), or with
+`containers` Docker containers through testcontainers; asked for containers without a Docker daemon
+answering, the session stops at its start with the reason.
 """
 
 from __future__ import annotations
@@ -15,8 +18,20 @@ import asyncpg
 import pytest
 
 from deploy import localstack
+from deploy.localstack import containers
 from services.runtime.settings import Settings
 from tests import stack_urls  # noqa: F401  (sets the test stack's folder and ports before anything starts)
+
+STACK_MODE = pytest.StashKey[containers.Mode]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Decides the stack before any test runs: FLOWS_TEST_STACK=containers with no Docker daemon answering
+    stops the session here, with the reason, instead of falling back to the local stack."""
+    try:
+        config.stash[STACK_MODE] = containers.select()
+    except localstack.StackError as exc:
+        raise pytest.UsageError(str(exc)) from exc
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,7 +42,12 @@ def stack(request):  # type: ignore[no-untyped-def]
         return None
     from services.runtime.topics_admin import apply_topics
 
-    info = localstack.up(progress=lambda line: None)
+    if request.config.stash[STACK_MODE] == "containers":
+        running = containers.start(progress=lambda line: None)
+        request.addfinalizer(running.stop)
+        info = running.info
+    else:
+        info = localstack.up(progress=lambda line: None)
     # The brokers never auto-create topics: the tests run on the registry's topics, provisioned as
     # `flows stack up` provisions them.
     localstack._run_async(lambda: apply_topics(info.bootstrap_servers, Settings().topic_partitions))

@@ -1,8 +1,8 @@
-"""A real PostgreSQL outage of the TEST stack: `pg_ctl stop -m fast` of its server, then `up` again.
+"""A real PostgreSQL outage of the TEST stack: `pg_ctl stop -m fast` of its server (or `docker stop` of its
+container), then `up` again (tests/session_stack.py).
 
-Reads the stack's own state (deploy/localstack/): the test stack's server is shared by the whole
-session, so `postgres_down()` always starts it again and waits until it accepts connections, even
-when the body fails.
+The test stack's server is shared by the whole session, so `postgres_down()` always starts it again and
+waits until it accepts connections, even when the body fails.
 """
 
 from __future__ import annotations
@@ -11,22 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from deploy import localstack
-
-
-def stop_postgres() -> None:
-    sd = localstack.state_dir()
-    with localstack._locked(sd):
-        state = localstack._load_state(sd)
-        if state["postgres"].get("external"):
-            raise RuntimeError("the tests run on an external PostgreSQL (DATABASE_URL): it cannot be stopped here")
-        localstack._stop_postgres(state["postgres"])
-
-
-def start_postgres() -> None:
-    """Starts what is not running (here: PostgreSQL) and waits until it answers."""
-    brokers = int(localstack._load_state(localstack.state_dir()).get("brokers", 1) or 1)
-    localstack.up(brokers=brokers, progress=lambda line: None)
+from tests.session_stack import start_postgres, stop_postgres
 
 
 @asynccontextmanager

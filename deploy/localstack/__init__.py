@@ -19,7 +19,8 @@ Layout of the state folder (default ``<repo>/.stack``, override with ``FLOWS_STA
 
 The package, one module per job: ``state`` (configuration, stack.json and its lock), ``processes``
 (liveness, termination, ports), ``kafka``, ``postgres``, ``services`` (detached, supervised processes),
-``lifecycle`` (up, down, status, one node at a time) and ``cli`` (``python -m deploy.localstack``).
+``lifecycle`` (up, down, status, one node at a time) and ``cli`` (``python -m deploy.localstack``); ``containers``
+is the test stack's other home, Kafka and PostgreSQL in Docker through testcontainers (``FLOWS_TEST_STACK``).
 Callers keep writing ``from deploy import localstack; localstack.up(...)``: the names are re-exported here.
 """
 

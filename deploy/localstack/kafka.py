@@ -122,17 +122,28 @@ def _node_dir(sd: Path, brokers: int, node_id: int) -> Path:
 def _server_properties(sd: Path, brokers: int, node_id: int, base: int) -> str:
     port = _broker_port(node_id, base)
     voters = ",".join(f"{i}@{HOST}:{_broker_port(i, base) + 1}" for i in range(1, brokers + 1))
-    rf, isr = (1, 1) if brokers == 1 else (3, 2)
     props = {
-        "process.roles": "broker,controller",
         "node.id": node_id,
         "controller.quorum.voters": voters,
         "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{port + 1}",
         "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "log.dirs": _node_dir(sd, brokers, node_id) / "data",
+        **broker_settings(brokers),
+    }
+    return "# Written by deploy/localstack/kafka.py on every start; edit the module, not this file.\n" + "".join(
+        f"{k}={v}\n" for k, v in props.items()
+    )
+
+
+def broker_settings(brokers: int) -> dict[str, object]:
+    """What every broker runs with beyond its own node id, ports and folder, whether these processes run it
+    or a container does (deploy/localstack/containers.py): the two stacks cannot drift apart."""
+    rf, isr = (1, 1) if brokers == 1 else (3, 2)
+    return {
+        "process.roles": "broker,controller",
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "log.dirs": _node_dir(sd, brokers, node_id) / "data",
         "num.partitions": 3,
         "default.replication.factor": rf,
         "min.insync.replicas": isr,
@@ -144,9 +155,6 @@ def _server_properties(sd: Path, brokers: int, node_id: int, base: int) -> str:
         "auto.create.topics.enable": "false",
         "group.initial.rebalance.delay.ms": 0,
     }
-    return "# Written by deploy/localstack/kafka.py on every start; edit the module, not this file.\n" + "".join(
-        f"{k}={v}\n" for k, v in props.items()
-    )
 
 
 def _kafka_java_cmd(sd: Path, libs: Path, log_file: Path, main: list[str]) -> list[str]:

@@ -26,9 +26,10 @@ def _service_status(rec: dict[str, Any]) -> dict[str, Any]:
     when its supervisor and the service under it both are; ``pid`` is the service's, ``restarts`` and
     ``last_exit`` come from the supervisor's status file."""
     supervisor_alive = _alive(rec)
+    about = {k: rec[k] for k in ("service", "health_port") if rec.get(k) is not None}
     if not rec.get("status_file"):
         return {"running": supervisor_alive, "pid": rec.get("pid") if supervisor_alive else None,
-                "log": rec.get("log"), "restarts": None, "last_exit": None, "supervisor_pid": None}
+                "log": rec.get("log"), "restarts": None, "last_exit": None, "supervisor_pid": None, **about}
     from deploy.supervisor import read_status
 
     sup = read_status(Path(rec["status_file"])) if supervisor_alive else {}
@@ -42,6 +43,7 @@ def _service_status(rec: dict[str, Any]) -> dict[str, Any]:
         "last_exit": sup.get("last_exit"),
         "started_at": sup.get("started_at"),
         "log": rec.get("log"),
+        **about,
     }
 
 
@@ -67,7 +69,8 @@ def wait_services_alive(names: list[str], settle_s: float = 5.0, timeout: float 
         time.sleep(0.2)
 
 
-def start_service(name: str, argv: list[str], env: dict[str, str], supervised: bool = True) -> int:
+def start_service(name: str, argv: list[str], env: dict[str, str], supervised: bool = True,
+                  about: dict[str, Any] | None = None) -> int:
     """Start a detached process (own session, survives the caller) logging to ``logs/<name>.log``.
 
     ``supervised`` (the default) runs it under deploy/supervisor.py, which restarts it when it dies; the
@@ -75,7 +78,8 @@ def start_service(name: str, argv: list[str], env: dict[str, str], supervised: b
 
     ``env`` is laid over the current environment. If ``name`` already runs with the same argv and env,
     its pid is returned and nothing is started (so a repeated ``flows stack up`` is harmless); if it
-    runs with different arguments it is restarted."""
+    runs with different arguments it is restarted. ``about`` (e.g. the service a replica belongs to, its
+    health port) is recorded with it and shown by `status`."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"bad service name {name!r}")
     sd = state_dir()
@@ -109,6 +113,7 @@ def start_service(name: str, argv: list[str], env: dict[str, str], supervised: b
             "fingerprint": fingerprint,
             "log": str(log),
             "status_file": str(status_file) if supervised else None,
+            **(about or {}),
         }
         _save_state(sd, state)
         return proc.pid

@@ -59,11 +59,13 @@ def _operator() -> str:
 def stack_up(brokers: Annotated[int, typer.Option(help="1, or 3 for the fault tests")] = 1,
              services: Annotated[bool, typer.Option(help="also start the services")] = True,
              observability: Annotated[bool, typer.Option(help="also a Prometheus scraping every service")]
-             = False) -> None:
+             = False,
+             replicas: Annotated[int, typer.Option(min=1, help="processes of each Kafka-consuming service "
+                                                   "(loader, formatter, ts-gateway, onboarding)")] = 1) -> None:
     """Start Kafka and PostgreSQL (and the services); reuses .stack/ when it exists."""
     from services.cli import stack
 
-    stack.up(brokers=brokers, with_services=services, observability=observability)
+    stack.up(brokers=brokers, with_services=services, observability=observability, replicas=replicas)
 
 
 @stack_app.command("down")

@@ -1,6 +1,7 @@
 """`onboarding`: the desk's CLI for requests of private accredited structures (seed 003).
 
-It writes to the event store directly (same process); the events reach Kafka through the outbox.
+It runs the service's use cases in this process through their one door, services/onboarding/facade.py, and
+writes to the event store directly; the events reach Kafka through the outbox.
 
     onboarding requirements [KIND]
     onboarding open --kind new-aggregation --name "..." --sts11 150123 --municipality 063049 \\
@@ -27,14 +28,8 @@ import typer
 
 from contracts.onboarding import SOURCE, Payload, RequestKind, RequestOpened, Spoke
 from services.cli.common import UserError, console, database, run, settings, table, user_errors, validation_message
-from services.onboarding import domain, handlers
-from services.onboarding.domain import OnboardingError
-from services.onboarding.projection import DashboardProjection, dashboard
-from services.onboarding.requirements import RequirementsError, load_requirements
-from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
-from services.runtime.eventstore import EventStore
+from services.onboarding import facade as onboarding
 from services.runtime.filestore import FileStore
-from services.runtime.host import prepare_database
 
 T = TypeVar("T")
 app = typer.Typer(
@@ -47,18 +42,12 @@ def _actor(by: str | None) -> str:
 
 
 @asynccontextmanager
-async def _deps() -> AsyncIterator[handlers.OnboardingDeps]:
+async def _deps() -> AsyncIterator[onboarding.OnboardingDeps]:
     cfg = settings()
-    projection = DashboardProjection()
     async with database(cfg) as pool:
-        await prepare_database(pool, [projection])
+        await onboarding.prepare(pool)
         cfg.files_dir.mkdir(parents=True, exist_ok=True)
-        yield handlers.OnboardingDeps(
-            pool=pool,
-            store=EventStore(pool, source=SOURCE, projections=[projection]),
-            files=FileStore(cfg.files_dir),
-            calendar=SwitchCalendar(load_patron_days()),
-        )
+        yield onboarding.connect(pool, FileStore(cfg.files_dir), source=SOURCE)
 
 
 def _print_events(events: list[Payload]) -> None:
@@ -100,7 +89,7 @@ def _print_events(events: list[Payload]) -> None:
 @user_errors
 def requirements_cmd(kind: RequestKind | None = typer.Argument(None), version: str | None = None) -> None:
     """The documents each kind of request needs (from the versioned data)."""
-    req = load_requirements(version)
+    req = onboarding.load_requirements(version)
     kinds = [kind.value] if kind else list(req.kinds)
     for k in kinds:
         spec = req.kind(k)
@@ -139,10 +128,10 @@ def open_cmd(
         if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "on-cup"):
             raise UserError(f"--spoke {text!r}: write STS11:NAME or STS11:NAME:on-cup")
         spokes.append(Spoke(sts11=parts[0], name=parts[1], already_on_cup=len(parts) == 3))
-    req = load_requirements()
+    req = onboarding.load_requirements()
     try:
         command = RequestOpened(
-            request_id=request_id or handlers.new_request_id(),
+            request_id=request_id or onboarding.new_request_id(),
             kind=kind,
             structure_name=name,
             structure_sts11=sts11,
@@ -160,7 +149,7 @@ def open_cmd(
 
     async def go() -> list[Payload]:
         async with _deps() as deps:
-            return await handlers.open_request(deps, command, _actor(by))
+            return await onboarding.open_request(deps, command, _actor(by))
 
     events = _guard(go)
     console.print(f"request [bold]{command.request_id}[/] ({kind.value})")
@@ -190,9 +179,9 @@ def add_document_cmd(
     metadata = _parse_meta(meta)
     content = file.read_bytes()
 
-    async def go() -> handlers.Added:
+    async def go() -> onboarding.Added:
         async with _deps() as deps:
-            return await handlers.add_document(deps, request, file.name, content, type_, metadata, _actor(by))
+            return await onboarding.add_document(deps, request, file.name, content, type_, metadata, _actor(by))
 
     added = _guard(go)
     _print_events(added.events)
@@ -213,7 +202,7 @@ def assess_cmd(
 
     async def go() -> list[Payload]:
         async with _deps() as deps:
-            return await handlers.desk_verdict(deps, request, document, compliant, reason, _actor(by))
+            return await onboarding.desk_verdict(deps, request, document, compliant, reason, _actor(by))
 
     _print_events(_guard(go))
 
@@ -229,13 +218,13 @@ def switch_cmd(
 ) -> None:
     """Ask for a (new) switch slot; refused with the earliest valid slot when a rule is broken."""
     try:
-        slot = SwitchSlot(date.fromisoformat(on), SwitchWindow.parse(window))
+        slot = onboarding.SwitchSlot(date.fromisoformat(on), onboarding.SwitchWindow.parse(window))
     except ValueError as exc:
         raise UserError(f"switch: {exc}") from exc
 
     async def go() -> list[Payload]:
         async with _deps() as deps:
-            return await handlers.request_switch(deps, request, slot, credentials, _actor(by))
+            return await onboarding.request_switch(deps, request, slot, credentials, _actor(by))
 
     _print_events(_guard(go))
 
@@ -250,12 +239,12 @@ def status_cmd(
 
     async def one() -> None:
         async with _deps() as deps:
-            req = await handlers.require(deps, request or "")
+            req = await onboarding.require(deps, request or "")
             _print_request(req)
 
     async def all_() -> None:
         async with _deps() as deps:
-            rows = await dashboard(deps.pool, state)
+            rows = await onboarding.dashboard(deps.pool, state)
         console.print(
             table(
                 f"onboarding requests ({len(rows)})",
@@ -294,7 +283,7 @@ def _span(start: object, end: object) -> str:
     return f"{start} .. {end}" if start else ""
 
 
-def _print_request(req: domain.OnboardingRequest) -> None:
+def _print_request(req: onboarding.OnboardingRequest) -> None:
     o = req.opened
     console.print(
         f"[bold]{o.request_id}[/] {o.kind.value}: {o.structure_name} ({o.structure_sts11}), "
@@ -302,7 +291,7 @@ def _print_request(req: domain.OnboardingRequest) -> None:
     )
     latest = req.latest_by_slot()
     rows = []
-    for slot in domain.required_slots(req, req.requirements):
+    for slot in onboarding.required_slots(req, req.requirements):
         doc = latest.get(slot)
         if doc is None:
             rows.append((slot, "MISSING", "", ""))
@@ -339,5 +328,5 @@ def _guard(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Runs the coroutine; refusals of the domain become one clear line."""
     try:
         return run(make())
-    except (OnboardingError, RequirementsError) as exc:
+    except (onboarding.OnboardingError, onboarding.RequirementsError) as exc:
         raise UserError(str(exc)) from exc

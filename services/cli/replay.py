@@ -14,9 +14,9 @@ from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 def all_projections() -> list[Projection]:
     """Every read model of the database, the one list: the CLI installs (`flows stack up`) and replays
     them all; each service installs only its own."""
-    from services.onboarding.projection import DashboardProjection
+    from services.onboarding import facade as onboarding
 
-    return [*FLOW_PROJECTIONS, DashboardProjection()]
+    return [*FLOW_PROJECTIONS, *onboarding.projections()]
 
 
 async def replay(instance: int | None, verify: bool) -> bool:

@@ -1,10 +1,20 @@
-"""`flows stack up|status`: the local stack and the service processes on it."""
+"""`flows stack up|status`: the local stack and the service processes on it.
+
+Replicas (`flows stack up --replicas N`): each service of REPLICATED runs as N supervised processes,
+`loader`, `loader-2`, ... `loader-N`, each with its own log (logs/<name>.log), traces file, health port
+(when health ports are served: `--observability` or N > 1) and FLOWS_REPLICA (its name, recorded in the
+metadata of every event it appends: `replica`). They share the consumer groups (Kafka spreads the
+partitions over them), PostgreSQL (the per-instance advisory locks decide who works on an instance) and
+the file store. The TS simulator, the audit service (no consumer; its signer holds a lock anyway) and the
+console stay one process. A later `up` with a smaller N stops and forgets the replicas past N.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import sys
 
 from deploy import localstack
@@ -22,12 +32,39 @@ SERVICES: dict[str, list[str]] = {
     "console": ["services.console"],
 }
 
+# The services that run as N processes under `--replicas N`: every Kafka consumer of the platform.
+REPLICATED = ("loader", "formatter", "ts-gateway", "onboarding")
 
-def observability_ports() -> dict[str, int]:
-    """The health/metrics port of each platform service (not the TS simulator) under --observability."""
+
+def replica_name(service: str, index: int) -> str:
+    """`loader` for the first replica (the name a one-replica stack always had), `loader-2`... after it."""
+    return service if index == 1 else f"{service}-{index}"
+
+
+def processes(replicas: int = 1) -> list[tuple[str, str]]:
+    """(service, process name) of every process `up` starts with `replicas` per replicated service."""
+    if replicas < 1:
+        raise ValueError("replicas must be at least 1")
+    return [(service, replica_name(service, i))
+            for service in SERVICES for i in range(1, (replicas if service in REPLICATED else 1) + 1)]
+
+
+def surplus_replicas(running: list[str], replicas: int) -> list[str]:
+    """The recorded processes that are replicas past `replicas` (a stack scaled down): to be removed."""
+    surplus = []
+    for name in running:
+        for service in REPLICATED:
+            match = re.fullmatch(rf"{re.escape(service)}-(\d+)", name)
+            if match and int(match.group(1)) > replicas:
+                surplus.append(name)
+    return surplus
+
+
+def observability_ports(replicas: int = 1) -> dict[str, int]:
+    """The health/metrics port of each platform process (not the TS simulator): one per replica."""
     from services.cli import observability as obs
 
-    return obs.health_ports([name for name in SERVICES if name != "ts-simulator"])
+    return obs.health_ports([name for service, name in processes(replicas) if service != "ts-simulator"])
 
 
 def service_env(info: localstack.StackInfo) -> dict[str, str]:
@@ -49,7 +86,8 @@ def trace_env(info: localstack.StackInfo, name: str) -> dict[str, str]:
     return {"FLOWS_TRACES_FILE": str(info.state_dir / "traces" / f"{name}.jsonl")}
 
 
-def up(brokers: int = 1, with_services: bool = True, observability: bool = False) -> localstack.StackInfo:
+def up(brokers: int = 1, with_services: bool = True, observability: bool = False,
+       replicas: int = 1) -> localstack.StackInfo:
     info = localstack.up(brokers=brokers, progress=lambda line: console.print(f"[dim]stack[/] {line}"))
     # Topics before any service: the brokers do not auto-create them (see services/runtime/topics_admin.py).
     asyncio.run(topics.apply(quiet=True))
@@ -59,22 +97,31 @@ def up(brokers: int = 1, with_services: bool = True, observability: bool = False
         asyncio.run(_prepare(info.database_url))
         env = service_env(info)
         running = localstack.status().get("services", {})
-        ports = observability_ports() if observability else {}
-        for name, argv in SERVICES.items():
-            if running.get(name, {}).get("running") and not observability:
+        for name in surplus_replicas(list(running), replicas):
+            localstack.remove_service(name)
+            console.print(f"[dim]stack[/] stopped {name} (more than {replicas} replica(s))")
+        ports = observability_ports(replicas) if observability or replicas > 1 else {}
+        names = []
+        for service, name in processes(replicas):
+            names.append(name)
+            if running.get(name, {}).get("running") and not observability and name not in ports:
                 continue
-            args = [a.replace("{state}", str(info.state_dir)).replace("{ts_port}", str(info.ts_port)) for a in argv]
-            extra = {"FLOWS_HEALTH_PORT": str(ports[name])} if name in ports else {}
+            args = [a.replace("{state}", str(info.state_dir)).replace("{ts_port}", str(info.ts_port))
+                    for a in SERVICES[service]]
+            extra = {"FLOWS_REPLICA": name}
+            if name in ports:
+                extra["FLOWS_HEALTH_PORT"] = str(ports[name])
             extra.update(trace_env(info, name))
-            pid = localstack.start_service(name, [sys.executable, "-m", *args], {**env, **extra})
+            pid = localstack.start_service(name, [sys.executable, "-m", *args], {**env, **extra},
+                                           about={"service": service, "health_port": ports.get(name)})
             console.print(f"[dim]stack[/] started {name} (supervisor pid {pid})")
         # "platform up" only once every service runs and stays up: a service that exits at start (a bad
         # bootstrap, a missing topic) fails `up` with its last exit and log, instead of a false success.
-        localstack.wait_services_alive(list(SERVICES))
+        localstack.wait_services_alive(names)
     if observability:
         from services.cli import observability as obs
 
-        _, url = obs.start_prometheus(info.state_dir, observability_ports() if with_services else {})
+        _, url = obs.start_prometheus(info.state_dir, observability_ports(replicas) if with_services else {})
         console.print(f"[dim]stack[/] Prometheus at {url}, scraping every service's /metrics, alerts loaded")
     console.print(f"[green]platform up[/]: Kafka {info.bootstrap_servers}, PostgreSQL "
                   f"{info.database_url.split('@')[-1]}, state in {info.state_dir}")
@@ -102,12 +149,16 @@ def status(as_json: bool) -> None:
     kafka = data.get("kafka", {})
     for node, n in (kafka.get("nodes") or {}).items():
         state = "running" if n.get("running") else "stopped"
-        rows.append((f"kafka-{node}", state, n.get("pid"), n.get("port"), "", ""))
+        rows.append((f"kafka-{node}", state, n.get("pid"), n.get("port"), "", "", ""))
     pg = data.get("postgres", {})
-    rows.append(("postgres", "running" if pg.get("running") else "stopped", pg.get("pid"), pg.get("url"), "", ""))
+    rows.append(("postgres", "running" if pg.get("running") else "stopped", pg.get("pid"), pg.get("url"), "", "", ""))
+    # One row per process: every replica of a service (loader, loader-2, ...) with its own health port.
     for name, s in (data.get("services") or {}).items():
-        rows.append((name, _service_state(s), s.get("pid"), s.get("log"), s.get("restarts"), s.get("last_exit")))
-    console.print(table("flows stack", ["component", "state", "pid", "where", "restarts", "last exit"], rows))
+        health = f"127.0.0.1:{s['health_port']}" if s.get("health_port") else ""
+        rows.append((name, _service_state(s), s.get("pid"), s.get("log"), health, s.get("restarts"),
+                     s.get("last_exit")))
+    console.print(table("flows stack", ["component", "state", "pid", "where", "health", "restarts", "last exit"],
+                        rows))
 
 
 def _service_state(s: dict[str, object]) -> str:

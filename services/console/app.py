@@ -76,10 +76,10 @@ from services.console.access import (
 )
 from services.console.live import LiveFeed
 from services.console.oidc import OidcLogin
-from services.onboarding import domain, handlers
-from services.onboarding.projection import DashboardProjection
-from services.onboarding.projection import dashboard as onboarding_rows
-from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
+from services.onboarding import facade as domain  # the onboarding service's one door, as the pages name it
+from services.onboarding import facade as handlers
+from services.onboarding.facade import DashboardProjection, SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
+from services.onboarding.facade import dashboard as onboarding_rows
 from services.runtime import deadletters as dl
 from services.runtime import ops
 from services.runtime.coverage import coverage

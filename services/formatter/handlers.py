@@ -10,15 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-
 from contracts import flows
 from contracts.states import Actor, InstanceState
 from contracts.ts730 import MAX_ZIP_BYTES
 from services.runtime.broker import Incoming
-from services.runtime.eventstore import EventStore
-from services.runtime.filestore import FileStore
-from services.runtime.instances import Instances
+from services.runtime.instances import ServiceDeps
 from services.runtime.locks import FORMAT_LOCK, instances_in_state
 from services.runtime.logging import get_logger
 
@@ -26,17 +22,12 @@ CONSUMER = "formatter"
 log = get_logger("formatter")
 
 
-@dataclass(frozen=True)
-class FormatterDeps:
-    pool: asyncpg.Pool
-    store: EventStore
-    files: FileStore
+@dataclass
+class FormatterDeps(ServiceDeps):
+    ACTOR = Actor.FORMATTER
+    CONSUMER = CONSUMER
     sanitel_cert: Any = None
     max_zip_bytes: int = MAX_ZIP_BYTES
-
-    @property
-    def instances(self) -> Instances:
-        return Instances(self.pool, self.store, actor=Actor.FORMATTER.value, consumer=CONSUMER)
 
 
 async def handle_format_requested(cmd: flows.FormatRequested, msg: Incoming, deps: FormatterDeps) -> None:

@@ -12,6 +12,7 @@ the `catalogue_item` / `ente_structure` tables so the checks can join them in SQ
 from __future__ import annotations
 
 import csv
+import hashlib
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
@@ -100,12 +101,35 @@ def unknown_ente_reason(ente: str) -> str | None:
             "the entities are those of contracts/data/structures.csv)")
 
 
+@cache
+def reference_digest(version: str) -> bytes:
+    """sha256 of the rows `sync_reference_data` copies for `version` (its catalogue and every structure)."""
+    digest = hashlib.sha256()
+    for item in load_catalogue(version):
+        digest.update(repr((item.coding, item.code, item.description, str(item.tariff))).encode())
+    digest.update(b"\x00structures")
+    for s in load_structures():
+        digest.update(repr((s.ente, s.sts11, s.name, s.structure_type)).encode())
+    return digest.digest()
+
+
+_DIGEST = "SELECT digest FROM reference_data_digest WHERE version = $1"
+
+
 async def sync_reference_data(conn: asyncpg.Connection, version: str) -> None:
-    """Make the tables match the data files (idempotent; cheap when nothing changed)."""
+    """Make the tables match the data files (idempotent). Cheap when nothing changed: one read of
+    `reference_data_digest` (the digest of the rows last copied for this version); only a different
+    digest (new files shipped) deletes and copies again. Rows edited by hand in these tables are not
+    noticed: the files are the reference data, the tables a copy the checks can join."""
     items = load_catalogue(version)
+    wanted = reference_digest(version)
+    if await conn.fetchval(_DIGEST, version) == wanted:
+        return
     async with conn.transaction():
         # two loads starting together must not interleave their delete + copy
         await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOGUE_SYNC_LOCK_KEY)
+        if await conn.fetchval(_DIGEST, version) == wanted:
+            return  # the other load did it
         await conn.execute("DELETE FROM catalogue_item WHERE version = $1", version)
         await conn.copy_records_to_table(
             "catalogue_item", columns=["version", "coding", "code", "description", "tariff"],
@@ -114,3 +138,6 @@ async def sync_reference_data(conn: asyncpg.Connection, version: str) -> None:
         await conn.copy_records_to_table(
             "ente_structure", columns=["ente", "sts11", "name", "structure_type"],
             records=[(s.ente, s.sts11, s.name, s.structure_type) for s in load_structures()])
+        await conn.execute(
+            "INSERT INTO reference_data_digest (version, digest) VALUES ($1, $2) "
+            "ON CONFLICT (version) DO UPDATE SET digest = EXCLUDED.digest, synced_at = now()", version, wanted)

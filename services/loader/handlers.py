@@ -10,7 +10,6 @@ is taken, with a new number).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,9 +20,7 @@ from contracts.instance import FlowInstance
 from contracts.states import Actor, InstanceState
 from services.loader.catalogue import unknown_ente_reason
 from services.runtime.broker import Incoming, Refused
-from services.runtime.eventstore import EventStore
-from services.runtime.filestore import FileStore
-from services.runtime.instances import Instances
+from services.runtime.instances import ServiceDeps
 from services.runtime.locks import LOAD_LOCK
 from services.runtime.logging import get_logger
 
@@ -31,15 +28,9 @@ CONSUMER = "loader"
 log = get_logger("loader")
 
 
-@dataclass(frozen=True)
-class LoaderDeps:
-    pool: asyncpg.Pool
-    store: EventStore
-    files: FileStore
-
-    @property
-    def instances(self) -> Instances:
-        return Instances(self.pool, self.store, actor=Actor.LOADER.value, consumer=CONSUMER)
+class LoaderDeps(ServiceDeps):
+    ACTOR = Actor.LOADER
+    CONSUMER = CONSUMER
 
 
 async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: LoaderDeps) -> None:

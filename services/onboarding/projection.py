@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from services.runtime.db import dumps_json
 from services.runtime.eventstore import StoredEvent
 from services.runtime.migrations import MIGRATIONS_DIR
 
@@ -39,6 +40,9 @@ class DashboardProjection:
     def __init__(self) -> None:
         # One DDL for the live table (the migration) and for rebuilds: they cannot drift apart.
         self.tables: Mapping[str, str] = {TABLE: MIGRATION.read_text(encoding="utf-8")}
+
+    def rebuilder(self) -> DashboardRebuild:
+        return DashboardRebuild()
 
     async def apply(self, conn: asyncpg.Connection, event: StoredEvent) -> None:
         if not event.type.startswith("onboarding."):
@@ -118,6 +122,72 @@ class DashboardProjection:
             )
         else:  # document-received / document-assessed: the completeness event that follows carries the counts
             await conn.execute(f"UPDATE {TABLE} SET {_TOUCH} WHERE request_id = $1", rid, v, at)
+
+
+_COLUMNS = ("request_id", "kind", "structure_name", "structure_sts11", "municipality_istat", "status", "required",
+            "present", "compliant", "missing", "pending", "non_compliant", "summary", "opened_at", "completed_on",
+            "taken_on", "expected_from", "expected_to", "switch_date", "switch_window", "switch_note", "last_version",
+            "updated_at")
+_JSON = frozenset({"missing", "pending", "non_compliant"})
+_WRITE = f"""
+INSERT INTO {TABLE} ({", ".join(_COLUMNS)})
+SELECT {", ".join(f"u.{c}::jsonb" if c in _JSON else f"u.{c}" for c in _COLUMNS)}
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::int[], $9::int[],
+            $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::date[], $16::date[],
+            $17::date[], $18::date[], $19::date[], $20::text[], $21::text[], $22::int[], $23::timestamptz[])
+     AS u({", ".join(_COLUMNS)})
+"""
+
+
+class DashboardRebuild:
+    """The dashboard folded in memory (the rows `apply` leaves after the same events), written in one
+    INSERT ... SELECT FROM unnest: a rebuild without a round trip per event."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, dict[str, Any]] = {}
+
+    def feed(self, event: StoredEvent) -> None:
+        if not event.type.startswith("onboarding."):
+            return
+        d, rid = event.data, event.data["request_id"]
+        kind = event.type.removeprefix("onboarding.")
+        if kind == "request-opened":
+            self._rows[rid] = {
+                "request_id": rid, "kind": d["kind"], "structure_name": d["structure_name"],
+                "structure_sts11": d["structure_sts11"], "municipality_istat": d["municipality_istat"],
+                "status": "documents-awaited", "required": 0, "present": 0, "compliant": 0, "missing": [],
+                "pending": [], "non_compliant": {}, "summary": "", "opened_at": datetime.fromisoformat(d["opened_at"]),
+                "completed_on": None, "taken_on": None, "expected_from": None, "expected_to": None,
+                "switch_date": None, "switch_window": None, "switch_note": None, "last_version": event.version,
+                "updated_at": event.recorded_at}
+            return
+        row = self._rows.get(rid)
+        if row is None:
+            return  # UPDATE ... WHERE request_id = $1 of no row
+        row.update(last_version=event.version, updated_at=event.recorded_at)
+        if kind == "completeness-changed":
+            row.update(required=d["required"], present=d["present"], compliant=d["compliant"], missing=d["missing"],
+                       pending=d["pending"], non_compliant=d["non_compliant"], summary=d["summary"])
+            if row["completed_on"] is None:
+                row["status"] = status_after_completeness(d)
+        elif kind == "request-complete":
+            row.update(status="complete", completed_on=_day(d["completed_on"]))
+        elif kind == "taken-in-charge":
+            row.update(status="taken-in-charge", taken_on=_day(d["taken_on"]),
+                       expected_from=_day(d["expected_completion_from"]),
+                       expected_to=_day(d["expected_completion_to"]))
+        elif kind == "switch-scheduled":
+            row.update(status="switch-scheduled", switch_date=_day(d["switch_date"]),
+                       switch_window=f"{d['window_start']}-{d['window_end']}", switch_note=d.get("warning"))
+        elif kind == "switch-refused":
+            proposal = f"proposed {d['proposed_date']} {d['proposed_window_start']}-{d['proposed_window_end']}"
+            row.update(status="switch-refused", switch_date=None, switch_window=None,
+                       switch_note="; ".join(d["reasons"]) + f"; {proposal}")
+
+    async def write(self, conn: asyncpg.Connection) -> None:
+        rows = list(self._rows.values())
+        if rows:
+            await conn.execute(_WRITE, *([dumps_json(r[c]) if c in _JSON else r[c] for r in rows] for c in _COLUMNS))
 
 
 def _day(value: str) -> date:

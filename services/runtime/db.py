@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import orjson
 
 
 def dumps_json(value: Any) -> str:
@@ -74,9 +76,22 @@ def canonical_json(value: Any, where: str = "value") -> bytes:
     return canonical_text(value, where).encode()
 
 
+# 19 digits in a row: a number that may be beyond 64 bits.
+_LONG_NUMBER = re.compile(r"[0-9]{19}")
+
+
+def loads_json(text: str) -> Any:
+    """jsonb text -> Python, with orjson (a replay decodes every event's payload: 3-4x faster than json).
+    orjson refuses integers beyond 64 bits and reads those below -2**63 as floats, while JSON and jsonb
+    keep them exact (and the hash chain needs them exact): text with such a number takes json's path."""
+    if _LONG_NUMBER.search(text):
+        return json.loads(text)
+    return orjson.loads(text)
+
+
 async def set_json_codecs(conn: asyncpg.Connection) -> None:
     for type_name in ("json", "jsonb"):
-        await conn.set_type_codec(type_name, encoder=dumps_json, decoder=json.loads, schema="pg_catalog")
+        await conn.set_type_codec(type_name, encoder=dumps_json, decoder=loads_json, schema="pg_catalog")
 
 
 async def create_pool(database_url: str, **kw: Any) -> asyncpg.Pool:

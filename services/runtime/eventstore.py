@@ -28,9 +28,11 @@ Outbox and projections ride the same transaction as the events: an append that p
 its outbox rows (relayed to Kafka by ``services.runtime.outbox.OutboxRelay``) and NOTIFYs the relay
 in the very statement that inserts the events; live projections are applied inline, so a reader
 sees its own writes. Pass ``conn`` to run all of it inside the caller's transaction (effects +
-events + outbox + consumer dedup commit together). An append costs two round trips (head read,
-then one INSERT ... WITH statement), plus a savepoint when it runs inside a transaction or has
-projections to apply.
+events + outbox + consumer dedup commit together). An append that names the version it expects costs
+ONE round trip: the statement reads that version's hash, chains the new events from it in PostgreSQL
+(sha256 of prev_hash || the canonical body built here, the same bytes ``verify_chain`` recomputes) and
+inserts events and outbox rows; ``expected_version=None`` reads the head first (two round trips). Add
+a savepoint when it runs inside a transaction or has projections to apply.
 
 Pools must come from ``services.runtime.db.create_pool`` (JSON codecs for the jsonb columns).
 """
@@ -112,14 +114,20 @@ class ChainBreak:
         return f"{self.stream_id} v{self.version}: {self.link} expected {self.expected}, found {self.found}"
 
 
-def _chained(prev_hash: bytes, *, stream_id: str, version: int, event_id: uuid.UUID, type: str,
-             data_json: str, actor: str, recorded_at: datetime, metadata_json: str) -> bytes:
+def _body(*, stream_id: str, version: int, event_id: uuid.UUID, type: str, data_json: str, actor: str,
+          recorded_at: datetime, metadata_json: str) -> bytes:
     # Byte for byte canonical_json() of the whole record (its keys in sorted order), assembled from
     # the already canonical data and metadata so that an append serialises each payload once.
-    body = (f'{{"actor":{dumps_json(actor)},"data":{data_json},"event_id":"{event_id}",'
+    return (f'{{"actor":{dumps_json(actor)},"data":{data_json},"event_id":"{event_id}",'
             f'"metadata":{metadata_json},"recorded_at":"{recorded_at.astimezone(UTC).isoformat()}",'
-            f'"stream_id":{dumps_json(stream_id)},"type":{dumps_json(type)},"version":{int(version)}}}')
-    return hashlib.sha256(prev_hash + body.encode()).digest()
+            f'"stream_id":{dumps_json(stream_id)},"type":{dumps_json(type)},"version":{int(version)}}}').encode()
+
+
+def _chained(prev_hash: bytes, *, stream_id: str, version: int, event_id: uuid.UUID, type: str,
+             data_json: str, actor: str, recorded_at: datetime, metadata_json: str) -> bytes:
+    return hashlib.sha256(prev_hash + _body(stream_id=stream_id, version=version, event_id=event_id, type=type,
+                                            data_json=data_json, actor=actor, recorded_at=recorded_at,
+                                            metadata_json=metadata_json)).digest()
 
 
 def event_hash(prev_hash: bytes, *, stream_id: str, version: int, event_id: uuid.UUID, type: str,
@@ -198,6 +206,51 @@ SELECT a.version, a.position, a.transaction_id
 FROM appended a CROSS JOIN (SELECT pg_notify('{outbox.NOTIFY_CHANNEL}', '')) AS wake
 """
 
+# The append of a caller who names the version it read (expected_version): ONE statement takes the hash
+# of that version from the table, chains the new events from it in PostgreSQL (sha256(prev || body), the
+# bodies built here) and inserts them. A stream that moved past the expected version fails on the primary
+# key; one that never reached it has no such row, so nothing is inserted and no row comes back.
+_CHAIN = f"""
+WITH RECURSIVE prev AS (
+    SELECT hash FROM events WHERE stream_id = $1 AND version = $10 AND $10 > 0
+    UNION ALL SELECT '\\x{GENESIS_HASH.hex()}'::bytea WHERE $10 = 0
+),
+chain AS (
+    SELECT 1 AS n, p.hash AS prev_hash, sha256(p.hash || ($9::bytea[])[1]) AS hash FROM prev p
+    UNION ALL
+    SELECT c.n + 1, c.hash, sha256(c.hash || ($9::bytea[])[c.n + 1]) FROM chain c WHERE c.n < cardinality($9::bytea[])
+),
+appended AS (
+    INSERT INTO events (stream_id, version, event_id, type, data, actor, metadata, recorded_at, prev_hash, hash)
+    SELECT $1, u.version, u.event_id, u.type, u.data::jsonb, u.actor, u.metadata::jsonb, $2, c.prev_hash, c.hash
+    FROM unnest($3::int[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[])
+         WITH ORDINALITY AS u(version, event_id, type, data, actor, metadata, n)
+    JOIN chain c ON c.n = u.n
+    ORDER BY u.n
+    RETURNING version, position, transaction_id, prev_hash, hash, event_id
+)"""
+
+_CHAIN_ONLY = f"{_CHAIN}\nSELECT version, position, transaction_id, prev_hash, hash FROM appended"
+
+_CHAIN_AND_QUEUE = f"""{_CHAIN},
+queued AS (
+    INSERT INTO outbox (event_id, topic, key, headers, payload)
+    SELECT q.event_id, q.topic, $11, q.headers::jsonb, q.payload::jsonb
+    FROM unnest($4::uuid[], $5::text[], $12::text[], $6::text[])
+         WITH ORDINALITY AS q(event_id, topic, headers, payload, n)
+    JOIN appended a ON a.event_id = q.event_id
+    ORDER BY q.n
+    RETURNING 1
+)
+SELECT a.version, a.position, a.transaction_id, a.prev_hash, a.hash
+FROM appended a CROSS JOIN (SELECT pg_notify('{outbox.NOTIFY_CHANNEL}', '')) AS wake
+"""
+
+
+class _Stale(Exception):
+    """The stream is not at the expected version (the caller's ConcurrencyError names where it is)."""
+
+
 # Only events of transactions older than every running one: see the module docstring.
 _READ_ALL = f"""
 SELECT {_COLUMNS} FROM events
@@ -217,9 +270,13 @@ def to_stored(row: asyncpg.Record) -> StoredEvent:
 
 
 class EventStore:
-    def __init__(self, pool: asyncpg.Pool, *, source: str, projections: Sequence[Projection] = ()) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, source: str, projections: Sequence[Projection] = (),
+                 replica: str | None = None) -> None:
         self._pool = pool
         self.source = source  # CloudEvents ce_source of what this store publishes, e.g. "/flows/loader"
+        # Which process of a replicated service appends (Settings.replica, e.g. "loader-2"): recorded in
+        # each event's metadata as `replica`, so the history says which replica did the work.
+        self.replica = replica
         self._projections = tuple(projections)
 
     async def append(self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int | None,
@@ -238,27 +295,33 @@ class EventStore:
 
     async def _append(self, conn: asyncpg.Connection, stream_id: str, events: Sequence[NewEvent],
                       expected_version: int | None, key: str, publish: bool) -> list[StoredEvent]:
-        if self._projections or conn.is_in_transaction():
-            async with conn.transaction():  # a savepoint inside the caller's transaction
-                return await self._write(conn, stream_id, events, expected_version, key, publish)
-        # Without projections the write is one statement, hence one transaction on its own; a stream
-        # that moved after the head read fails on the primary key like any concurrent append.
-        return await self._write(conn, stream_id, events, expected_version, key, publish)
+        try:
+            if self._projections or conn.is_in_transaction():
+                async with conn.transaction():  # a savepoint inside the caller's transaction
+                    return await self._write(conn, stream_id, events, expected_version, key, publish)
+            # Without projections the write is one statement, hence one transaction on its own; a stream
+            # that moved after the head read fails on the primary key like any concurrent append.
+            return await self._write(conn, stream_id, events, expected_version, key, publish)
+        except _Stale:
+            # Read after the savepoint rolled back, so the caller's transaction is still usable.
+            raise ConcurrencyError(stream_id, expected_version, await self.stream_version(stream_id, conn)) from None
 
     async def _write(self, conn: asyncpg.Connection, stream_id: str, events: Sequence[NewEvent],
                      expected_version: int | None, key: str, publish: bool) -> list[StoredEvent]:
-        head = await conn.fetchrow(_HEAD, stream_id)
-        current, prev = (head["version"], bytes(head["hash"])) if head else (0, GENESIS_HASH)
-        if expected_version is not None and current != expected_version:
-            raise ConcurrencyError(stream_id, expected_version, current)
+        if expected_version is not None:  # one round trip: the chain is made in the insert (_CHAIN)
+            current, prev = expected_version, GENESIS_HASH
+        else:
+            head = await conn.fetchrow(_HEAD, stream_id)
+            current, prev = (head["version"], bytes(head["hash"])) if head else (0, GENESIS_HASH)
         # PostgreSQL keeps microseconds; so does the hash.
         recorded_at = datetime.now(UTC)
         # The current span's W3C context (services.runtime.tracing) goes with each event: in its
         # metadata (an event's own traceparent wins) and in its outbox headers as ce_traceparent.
         trace = tracing.carrier()
-        if trace:
-            events = [e if all(k in e.metadata for k in trace)
-                      else dataclasses.replace(e, metadata={**trace, **e.metadata}) for e in events]
+        stamp = {**trace, "replica": self.replica} if self.replica else trace
+        if stamp:
+            events = [e if all(k in e.metadata for k in stamp)
+                      else dataclasses.replace(e, metadata={**stamp, **e.metadata}) for e in events]
         versions, prev_hashes, hashes, datas, metadatas = [], [], [], [], []
         for number, event in enumerate(events, start=current + 1):
             where = f"event {number} ({event.type}) of stream {stream_id}"
@@ -266,28 +329,44 @@ class EventStore:
             if publish:
                 _check_size(event, data_json, stream_id, key)
             metadata_json = "{}" if event.metadata == {} else canonical_text(event.metadata, f"{where}: metadata")
-            digest = _chained(prev, stream_id=stream_id, version=number, event_id=event.id, type=event.type,
-                              data_json=data_json, actor=event.actor, recorded_at=recorded_at,
-                              metadata_json=metadata_json)
+            body = _body(stream_id=stream_id, version=number, event_id=event.id, type=event.type,
+                         data_json=data_json, actor=event.actor, recorded_at=recorded_at, metadata_json=metadata_json)
             versions.append(number)
-            prev_hashes.append(prev)
-            hashes.append(digest)
+            if expected_version is None:
+                digest = hashlib.sha256(prev + body).digest()
+                prev_hashes.append(prev)
+                hashes.append(digest)
+                prev = digest
+            else:
+                hashes.append(body)  # hashed in PostgreSQL (_CHAIN)
             datas.append(data_json)
             metadatas.append(metadata_json)
-            prev = digest
         args: list[Any] = [stream_id, recorded_at, versions, [e.id for e in events], [e.type for e in events],
-                           datas, [e.actor for e in events], metadatas, prev_hashes, hashes]
+                           datas, [e.actor for e in events], metadatas]
+        if expected_version is None:
+            args += [prev_hashes, hashes]
+            sql = _INSERT_AND_QUEUE if publish else _INSERT
+        else:
+            args += [hashes, expected_version]
+            sql = _CHAIN_AND_QUEUE if publish else _CHAIN_ONLY
         if publish:
             args += [key, outbox.headers_json_for_append([(e.id, e.type) for e in events], time=recorded_at,
                                                          key=key, source=self.source, trace=trace)]
         try:
-            rows = await conn.fetch(_INSERT_AND_QUEUE if publish else _INSERT, *args)
+            rows = await conn.fetch(sql, *args)
         except asyncpg.UniqueViolationError as exc:
             if exc.constraint_name == "events_pkey":
+                if expected_version is not None:
+                    raise _Stale from exc  # moved on: ConcurrencyError with the version it is at
                 raise ConcurrencyError(stream_id, expected_version, None) from exc
             raise ValueError(f"stream {stream_id}: an event id of this append is already stored "
                              f"({exc.detail})") from exc
+        if not rows:
+            raise _Stale  # the stream never reached the expected version
         by_version = {row["version"]: row for row in rows}
+        if expected_version is not None:
+            prev_hashes = [bytes(by_version[v]["prev_hash"]) for v in versions]
+            hashes = [bytes(by_version[v]["hash"]) for v in versions]
         stored = [StoredEvent(stream_id=stream_id, version=v, position=by_version[v]["position"],
                               transaction_id=int(by_version[v]["transaction_id"]), id=e.id, type=e.type,
                               data=e.data, actor=e.actor, metadata=e.metadata, recorded_at=recorded_at,

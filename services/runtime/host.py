@@ -71,7 +71,7 @@ async def runtime(settings: Settings, *, name: str,
     pool = await create_pool(settings.database_url, min_size=1, max_size=10)
     try:
         await prepare_database(pool, projections)
-        store = EventStore(pool, source=f"/flows/{name}", projections=projections)
+        store = EventStore(pool, source=f"/flows/{name}", projections=projections, replica=settings.replica)
         broker = create_broker(settings, client_id=name)
         settings.files_dir.mkdir(parents=True, exist_ok=True)
         yield Runtime(name, settings, pool, store, broker, FileStore(settings.files_dir))

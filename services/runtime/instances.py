@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 
@@ -24,6 +24,7 @@ from contracts.instance import FlowInstance
 from contracts.states import Actor, IllegalTransition, apply_event
 from services.runtime.broker import Incoming, Refused
 from services.runtime.eventstore import EventStore, NewEvent
+from services.runtime.filestore import FileStore
 from services.runtime.locks import instance_lock
 from services.runtime.read_models import instance_stream
 
@@ -76,6 +77,23 @@ class Instances:
         """The instance, re-read under this service's work lock; None when another task holds the lock."""
         async with instance_lock(self.pool, namespace, instance) as held:
             yield await self.read(instance) if held else None
+
+
+@dataclass
+class ServiceDeps:
+    """What a flow service's handlers take (loader, formatter, TS gateway extend it with their own): the
+    pool, the event store and the file store. The subclass names its service: `ACTOR` writes its events,
+    `CONSUMER` is its dedup name; `instances` reads and writes flow instances as that service."""
+
+    ACTOR: ClassVar[Actor]
+    CONSUMER: ClassVar[str]
+    pool: asyncpg.Pool
+    store: EventStore
+    files: FileStore
+
+    @property
+    def instances(self) -> Instances:
+        return Instances(self.pool, self.store, actor=self.ACTOR.value, consumer=self.CONSUMER)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import asyncpg
 
 from contracts import flows
 from contracts.states import IllegalTransition, InstanceState, fold, target_of
+from services.runtime.db import dumps_json
 from services.runtime.eventstore import StoredEvent
 
 INSTANCE_STREAM_PREFIX = "instance-"
@@ -110,6 +111,9 @@ class InstanceList:
                 instance, file["name"], file["kind"], file["records"], file["bytes"], file["sha256"],
                 file.get("media_type", "text/plain"), file.get("part"), event.recorded_at)
 
+    def rebuilder(self) -> InstanceListRebuild:
+        return InstanceListRebuild()
+
     async def _created(self, conn: asyncpg.Connection, instance: int, event: StoredEvent) -> None:
         data = event.data
         state = InstanceState.RUNNING if event.type == flows.TYPE_OF[flows.LoadRunning] else InstanceState.SCHEDULED
@@ -124,6 +128,102 @@ class InstanceList:
             instance, data["flow_type"], data["version"], data["ente"], event.recorded_at,
             data["period"]["start"], data["period"]["end"], state.value, data["requested_by"],
             data.get("scheduled_at"), event.type, data.get("request_id"))
+
+
+_INSTANCE_COLUMNS = ("instance", "flow_type", "version", "ente", "source_instance", "created_at", "period_start",
+                     "period_end", "state", "state_since", "requested_by", "scheduled_at", "counts", "errors",
+                     "warnings", "summary", "last_event", "events", "request_id")
+# One statement per table: the rows as arrays, cast as the inline path casts its parameters.
+_WRITE_INSTANCES = """
+INSERT INTO instance_list (instance, flow_type, version, ente, source_instance, created_at, period_start, period_end,
+                           state, state_since, requested_by, scheduled_at, counts, errors, warnings, summary,
+                           last_event, events, request_id)
+SELECT u.instance, u.flow_type, u.version, u.ente, u.source_instance, u.created_at, u.period_start::date,
+       u.period_end::date, u.state, u.state_since, u.requested_by, u.scheduled_at::timestamptz, u.counts::jsonb,
+       u.errors, u.warnings, u.summary, u.last_event, u.events, u.request_id::uuid
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[], $7::text[],
+            $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::int[],
+            $15::int[], $16::text[], $17::text[], $18::int[], $19::text[])
+     AS u(instance, flow_type, version, ente, source_instance, created_at, period_start, period_end, state,
+          state_since, requested_by, scheduled_at, counts, errors, warnings, summary, last_event, events, request_id)
+"""
+_WRITE_FILES = """
+INSERT INTO instance_files (instance, name, kind, records, bytes, sha256, media_type, part, added_at)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
+                     $8::int[], $9::timestamptz[])
+"""
+_WRITE_CHUNK = 50_000  # rows per statement: bounded parameter arrays
+
+
+class InstanceListRebuild:
+    """`InstanceList` folded in memory: the rows `apply` would leave after the same events, written in a
+    few INSERT ... SELECT FROM unnest statements instead of two or three statements per event."""
+
+    def __init__(self) -> None:
+        self._rows: dict[int, dict[str, Any]] = {}
+        self._files: dict[tuple[int, str], tuple[Any, ...]] = {}
+
+    def feed(self, event: StoredEvent) -> None:
+        if not event.stream_id.startswith(INSTANCE_STREAM_PREFIX) or not event.type.startswith("flows."):
+            return
+        data = event.data
+        instance = int(event.stream_id.removeprefix(INSTANCE_STREAM_PREFIX))
+        row = self._rows.get(instance)
+        if event.type in _CREATING:
+            created = _CREATING[event.type]
+            if row is None:  # INSERT
+                self._rows[instance] = {
+                    "instance": instance, "flow_type": data["flow_type"], "version": data["version"],
+                    "ente": data["ente"], "source_instance": None, "created_at": event.recorded_at,
+                    "period_start": data["period"]["start"], "period_end": data["period"]["end"], "state": created,
+                    "state_since": event.recorded_at, "requested_by": data["requested_by"],
+                    "scheduled_at": data.get("scheduled_at"), "counts": None, "errors": None, "warnings": None,
+                    "summary": None, "last_event": event.type, "events": 1, "request_id": data.get("request_id")}
+            else:  # ON CONFLICT DO UPDATE
+                row.update(state=created, state_since=event.recorded_at, last_event=event.type,
+                           events=row["events"] + 1)
+            return
+        if row is None:
+            return
+        current: InstanceState = row["state"]
+        state: InstanceState | None
+        try:
+            state = target_of(event.type, data, current)
+        except IllegalTransition:
+            state = current
+        if state is not current:
+            row["state_since"] = event.recorded_at
+        row["state"] = state or current
+        for column in ("source_instance", "counts", "errors", "warnings"):  # coalesce($n, column)
+            value = data.get(column)
+            if value is not None:
+                row[column] = value
+        summary = _summary(event)
+        if summary is not None:
+            row["summary"] = summary
+        row["last_event"] = event.type
+        row["events"] += 1
+        for file in _files_of(event):  # ON CONFLICT (instance, name) DO UPDATE: the later one wins
+            self._files[(instance, file["name"])] = (
+                instance, file["name"], file["kind"], file["records"], file["bytes"], file["sha256"],
+                file.get("media_type", "text/plain"), file.get("part"), event.recorded_at)
+
+    async def write(self, conn: asyncpg.Connection) -> None:
+        rows = list(self._rows.values())
+        for start in range(0, len(rows), _WRITE_CHUNK):
+            chunk = rows[start:start + _WRITE_CHUNK]
+            columns: list[list[Any]] = [[row[c] for row in chunk] for c in _INSTANCE_COLUMNS]
+            columns[8] = [state.value for state in columns[8]]
+            columns[12] = [None if counts is None else dumps_json(counts) for counts in columns[12]]
+            await conn.execute(_WRITE_INSTANCES, *columns)
+        files = list(self._files.values())
+        for start in range(0, len(files), _WRITE_CHUNK):
+            await conn.execute(_WRITE_FILES, *(list(column) for column in zip(*files[start:start + _WRITE_CHUNK],
+                                                                               strict=True)))
+
+
+_CREATING = {flows.TYPE_OF[flows.LoadRunning]: InstanceState.RUNNING,
+             flows.TYPE_OF[flows.LoadScheduled]: InstanceState.SCHEDULED}
 
 
 def _summary(event: StoredEvent) -> str | None:

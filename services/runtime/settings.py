@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     # Partitions of every topic `flows topics apply` creates (and grows to): how many replicas of a
     # service can share a topic's work.
     topic_partitions: int = Field(default=6, ge=1, le=1000)
+    # This process's name among the replicas of its service (`flows stack up --replicas N` sets loader,
+    # loader-2, ...; a pod name in Kubernetes): recorded as `replica` in the metadata of the events it appends.
+    replica: str | None = Field(default=None, max_length=100)
     files_dir: Path = REPO_ROOT / ".stack" / "files"
     keys_dir: Path = REPO_ROOT / ".stack" / "keys"
     # The SanitelCF certificate rotates: a path, never a constant in code.

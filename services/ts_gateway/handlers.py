@@ -42,9 +42,7 @@ from contracts import flows
 from contracts.instance import FlowInstance, SubmissionRequest
 from contracts.states import SENDABLE_FLOW_TYPES, Actor, InstanceState
 from services.runtime.broker import Incoming, Refused
-from services.runtime.eventstore import EventStore
-from services.runtime.filestore import FileStore
-from services.runtime.instances import Instances
+from services.runtime.instances import ServiceDeps
 from services.runtime.locks import SUBMIT_LOCK, instance_lock
 from services.runtime.logging import get_logger
 from services.ts_gateway import boxes
@@ -67,10 +65,9 @@ _OUTCOME: dict[PartState, Outcome] = {
 
 
 @dataclass
-class GatewayDeps:
-    pool: asyncpg.Pool
-    store: EventStore
-    files: FileStore
+class GatewayDeps(ServiceDeps):
+    ACTOR = Actor.TS_GATEWAY
+    CONSUMER = CONSUMER
     runner: SubmissionRunner
     keys: GatewayKeys
     today: Any = field(default=lambda: datetime.now(TS_ZONE).date())  # () -> date, in TS's time zone
@@ -78,10 +75,6 @@ class GatewayDeps:
 
     def __post_init__(self) -> None:
         self.worker = SubmissionWorker(self)
-
-    @property
-    def instances(self) -> Instances:
-        return Instances(self.pool, self.store, actor=Actor.TS_GATEWAY.value, consumer=CONSUMER)
 
 
 class SubmissionWorker:

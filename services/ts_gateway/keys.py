@@ -29,10 +29,8 @@ the retired copy, written first.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +55,6 @@ from services.ts_gateway.sealing import (
 RETIRED_DIR = "retired"
 # A retired key stays at least as long as a command sealed to it can wait on Kafka.
 RETIRED_KEY_GRACE_S = SECRET_COMMAND_RETENTION_MS / 1000
-_LOCK_FILE = ".rotate.lock"
 
 
 class KeysError(RuntimeError):
@@ -94,14 +91,9 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
         os.close(dir_fd)
 
 
-@contextlib.contextmanager
-def _rotation_lock(directory: Path) -> Iterator[None]:
-    with (directory / _LOCK_FILE).open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _rotation_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
+    """The lock that also serialises the pair's creation (sealing.keys_lock)."""
+    return sealing.keys_lock(directory)
 
 
 def rotate_gateway_key(directory: Path) -> Rotation:

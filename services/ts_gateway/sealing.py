@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,23 +187,41 @@ def unseal(private_key: bytes | rsa.RSAPrivateKey, sealed: str) -> Credentials:
         raise SealError("sealed credentials do not hold the expected JSON object") from None
 
 
-def ensure_gateway_keypair(directory: Path) -> tuple[bytes, bytes]:
-    """Return (public_pem, private_pem), creating the pair once; the private key file is mode 0600."""
+KEYS_LOCK_FILE = ".rotate.lock"
+
+
+@contextlib.contextmanager
+def keys_lock(directory: Path) -> Iterator[None]:
+    """An exclusive lock on the keys folder: whoever creates or rotates its key pair holds it. Every replica
+    of the gateway sharing the folder creates the pair at its first start if it is missing; without the lock
+    two would write two pairs (one fails, or one reads the other's half-written file)."""
     directory.mkdir(parents=True, exist_ok=True)
+    with (directory / KEYS_LOCK_FILE).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_gateway_keypair(directory: Path) -> tuple[bytes, bytes]:
+    """Return (public_pem, private_pem), creating the pair once; the private key file is mode 0600.
+    Under `keys_lock`: replicas starting together create one pair and all read it whole."""
     public_path = directory / PUBLIC_KEY_FILE
     private_path = directory / PRIVATE_KEY_FILE
-    if private_path.exists() and public_path.exists():
-        return public_path.read_bytes(), private_path.read_bytes()
-    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public_pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    # Created with 0600 from the first byte: no window in which the key is world-readable.
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private_pem)
-    public_path.write_bytes(public_pem)
-    return public_pem, private_pem
+    with keys_lock(directory):
+        if private_path.exists() and public_path.exists():
+            return public_path.read_bytes(), private_path.read_bytes()
+        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+        private_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        public_pem = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        # Created with 0600 from the first byte: no window in which the key is world-readable.
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(private_pem)
+        public_path.write_bytes(public_pem)
+        return public_pem, private_pem

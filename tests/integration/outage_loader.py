@@ -26,9 +26,10 @@ async def start_at_the_end(bootstrap: str, group: str, topics: list[str]) -> Non
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
-        existing = await consumer.topics()
-        partitions = [TopicPartition(t, p) for t in topics if t in existing
-                      for p in consumer.partitions_for_topic(t) or ()]
+        # Not consumer.topics() + partitions_for_topic(): the consumer's own metadata only covers the topics it
+        # subscribed to, so that returned None for every topic and nothing was ever committed here.
+        cluster = await consumer._client.fetch_all_metadata()
+        partitions = [TopicPartition(t, p) for t in topics for p in cluster.partitions_for_topic(t) or ()]
         if partitions:
             consumer.assign(partitions)
             ends = await consumer.end_offsets(partitions)

@@ -142,6 +142,23 @@ async def test_a_stale_expected_version_is_refused_naming_both_versions(store: E
         await store.append("instance-2001", [load_checked(3)], expected_version=1, key="2001")
 
 
+async def test_an_expected_version_the_stream_never_reached_is_refused_and_writes_nothing(
+        store: EventStore, pool: asyncpg.Pool) -> None:
+    await store.append("instance-2002", [load_checked(1), load_checked(2)], expected_version=0, key="2002")
+    with pytest.raises(ConcurrencyError, match="stream instance-2002: expected version 5, but it is at version 2"):
+        await store.append("instance-2002", [load_checked(6)], expected_version=5, key="2002")
+    with pytest.raises(ConcurrencyError, match="expected version 0, but it is at version 2"):
+        await store.append("instance-2002", [load_checked(1)], expected_version=0, key="2002")
+    async with pool.acquire() as conn, conn.transaction():  # the caller's transaction stays usable
+        with pytest.raises(ConcurrencyError, match="expected version 3, but it is at version 2"):
+            await store.append("instance-2002", [load_checked(4)], expected_version=3, key="2002", conn=conn)
+        written = await store.append("instance-2002", [load_checked(3)], expected_version=2, key="2002", conn=conn)
+    assert [e.version for e in written] == [3]
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE stream_id = 'instance-2002'") == 3
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE key = '2002'") == 3
+    assert await store.verify_stream("instance-2002") == []
+
+
 async def test_an_append_inside_a_rolled_back_transaction_leaves_no_event_and_no_outbox_row(
         store: EventStore, pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from deploy import localstack
+from tests import session_stack
 from tests.stack_urls import free_port
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ async def test_readiness_follows_kafka_really_stopping_and_coming_back(settings,
         async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as response:
             assert response.status == 200 and "python_info" in await response.text()
 
-        await asyncio.to_thread(localstack.stop_kafka_node, 1)
+        await asyncio.to_thread(session_stack.stop_kafka_node, 1)
         kafka_stopped = True
         down = await _until(port, "/readyz", 503, timeout=60)
         assert down["ready"] is False and down["checks"]["kafka"]["ok"] is False, down
@@ -59,13 +59,13 @@ async def test_readiness_follows_kafka_really_stopping_and_coming_back(settings,
         status, alive = await _get(port, "/healthz")
         assert status == 200 and alive["status"] == "alive"  # not ready, but no reason to restart it
 
-        await asyncio.to_thread(localstack.start_kafka_node, 1, 90)
+        await asyncio.to_thread(session_stack.start_kafka_node, 1, 90)
         kafka_stopped = False
         back = await _until(port, "/readyz", 200, timeout=90)
         assert all(check["ok"] for check in back["checks"].values()), back
     finally:
         if kafka_stopped:
-            await asyncio.to_thread(localstack.start_kafka_node, 1, 90)
+            await asyncio.to_thread(session_stack.start_kafka_node, 1, 90)
         stop.set()
         await asyncio.wait_for(service, 60)
 

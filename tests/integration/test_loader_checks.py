@@ -237,3 +237,25 @@ async def test_a_period_with_no_source_data_is_a_warning_the_operator_sees(pool:
         ("*", "period", "NO_SOURCE_DATA", "warning")]
     assert "ente 204" in problems[0]["message"] and "2021-08-01..2021-08-31" in problems[0]["message"]
     assert outcome.checked and outcome.warnings == 1 and outcome.summary == "1 warning: 1 x NO_SOURCE_DATA"
+
+
+async def test_reference_data_is_copied_once_and_again_only_when_the_files_differ(pool: asyncpg.Pool) -> None:
+    from services.loader.catalogue import load_catalogue, reference_digest, sync_reference_data
+
+    async with pool.acquire() as conn:
+        await sync_reference_data(conn, "2020")
+        count = await conn.fetchval("SELECT count(*) FROM catalogue_item WHERE version = '2020'")
+        assert count == len(load_catalogue("2020")) > 0
+        assert await conn.fetchval("SELECT digest FROM reference_data_digest WHERE version = '2020'") \
+            == reference_digest("2020")
+        first = await conn.fetchval("SELECT xmin::text FROM catalogue_item LIMIT 1")
+        await sync_reference_data(conn, "2020")  # same files: nothing rewritten
+        assert await conn.fetchval("SELECT xmin::text FROM catalogue_item LIMIT 1") == first
+        # What a deploy with other files looks like to the database: the stored digest differs.
+        await conn.execute("DELETE FROM catalogue_item WHERE version = '2020' AND code = "
+                           "(SELECT min(code) FROM catalogue_item WHERE version = '2020')")
+        await conn.execute("UPDATE reference_data_digest SET digest = '\\x00' WHERE version = '2020'")
+        await sync_reference_data(conn, "2020")
+        assert await conn.fetchval("SELECT count(*) FROM catalogue_item WHERE version = '2020'") == count
+        assert await conn.fetchval("SELECT digest FROM reference_data_digest WHERE version = '2020'") \
+            == reference_digest("2020")

@@ -107,3 +107,22 @@ def test_flows_ts_rotate_key_rotates_the_key_of_the_configured_folder(tmp_path: 
     empty = tmp_path / "empty"
     result = CliRunner().invoke(app, ["ts", "rotate-key"], env={"FLOWS_KEYS_DIR": str(empty)})
     assert result.exit_code == 1 and "there is no gateway key in" in " ".join(result.output.split())
+
+
+def _create_at(directory: str, start: float) -> tuple[bytes, bytes]:
+    while time.time() < start:
+        time.sleep(0.001)
+    return ensure_gateway_keypair(Path(directory))
+
+
+def test_gateway_replicas_starting_together_create_one_key_pair_and_all_read_it_whole(tmp_path: Path) -> None:
+    """`flows stack up --replicas N` starts N gateways on one keys folder at once: each creates the pair when
+    it is missing. Four real processes, released at the same instant, must end with one pair, read whole."""
+    import multiprocessing
+
+    start = time.time() + 0.5
+    with multiprocessing.get_context("fork").Pool(4) as workers:  # fork: the children keep the small test keys
+        pairs = workers.starmap(_create_at, [(str(tmp_path), start)] * 4)
+    assert len(set(pairs)) == 1
+    assert pairs[0] == (_public(tmp_path), (tmp_path / PRIVATE_KEY_FILE).read_bytes())
+    assert stat.S_IMODE((tmp_path / PRIVATE_KEY_FILE).stat().st_mode) == 0o600

@@ -1,0 +1,89 @@
+"""The instance list's bulk rebuild (folded in memory, written set-based) leaves exactly the rows the inline,
+event-by-event projection left: every lifecycle path, files replaced by name, illegal and orphan events."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+
+import asyncpg
+
+from contracts import flows
+from services.runtime.eventstore import EventStore, NewEvent
+from services.runtime.host import prepare_database
+from services.runtime.instances import new_event
+from services.runtime.projections import rebuild_and_diff
+from services.runtime.read_models import FLOW_PROJECTIONS, InstanceList, instance_stream
+
+PERIOD = flows.Period(start=date(2026, 10, 1), end=date(2026, 10, 31))
+
+
+def file(name: str, kind: str, sha: str = "a", **extra: object) -> flows.FileRef:
+    return flows.FileRef(name=name, kind=kind, records=3, bytes=120, sha256=sha * 64, **extra)  # type: ignore[arg-type]
+
+
+def created(instance: int, flow: str = "FLUSSO_C", scheduled: bool = False) -> flows.Payload:
+    common = dict(instance=instance, request_id=uuid.uuid4(), flow_type=flows.FlowType(flow), version="2020",
+                  ente="201", period=PERIOD, requested_by="op.rossi")
+    if scheduled:
+        return flows.LoadScheduled(**common, scheduled_at=datetime(2026, 11, 2, 6, tzinfo=UTC))  # type: ignore[arg-type]
+    return flows.LoadRunning(**common)  # type: ignore[arg-type]
+
+
+def histories() -> dict[int, list[flows.Payload | NewEvent]]:
+    fed = file("feedback_3.csv", "feedback", "b", media_type="text/csv")
+    return {
+        1: [created(1), flows.LoadChecked(instance=1, source_instance=11, counts={"services": 12}, warnings=1),
+            flows.FormatRequested(instance=1, requested_by="op.rossi"), flows.FormattingStarted(instance=1),
+            flows.Formatted(instance=1, files=[file("C1_1.txt", "C1"), file("C2_1.txt", "C2", "c")])],
+        2: [created(2, scheduled=True), created(2),
+            flows.LoadFailed(instance=2, source_instance=21, errors=3, summary="3 errors in 2 records",
+                             feedback=fed.model_copy(update={"name": "feedback_2.csv"})),
+            flows.InstanceDeleted(instance=2, deleted_by="op.rossi", reason="loaded twice")],
+        3: [created(3), flows.LoadChecked(instance=3, source_instance=31, counts={}),
+            flows.FormattingStarted(instance=3),
+            flows.FormatFailed(instance=3, reasons=["disk full", "retry"], feedback=fed),
+            flows.FormattingStarted(instance=3),
+            flows.Formatted(instance=3, files=[file("feedback_3.csv", "C1", "d"), file("C2_3.txt", "C2")])],
+        # 4 was never created: the read model ignores its events
+        4: [flows.LoadChecked(instance=4, source_instance=41, counts={"services": 1})],
+        5: [created(5), flows.Formatted(instance=5, files=[file("C1_5.txt", "C1")]),  # illegal: state stays
+            NewEvent(type="audit.note", data={"text": "not a flows event"})],
+        6: [created(6, "FLUSSO_730"), flows.LoadChecked(instance=6, source_instance=61, counts={"services": 2}),
+            flows.FormattingStarted(instance=6),
+            flows.Formatted(instance=6, files=[file("730_6_1.zip", "730-zip", part=1)]),
+            flows.TsSubmitted(instance=6, part=1, parts=1, protocollo="12345678901234567", zip_sha256="e" * 64),
+            flows.TsFeedbackReceived(instance=6, part=1, parts=1, outcome="confirmed_with_errors",
+                                     reason="2 CF unknown", errors_file=file("errors_6.csv", "ts-errors"),
+                                     receipt_file=file("receipt_6.pdf", "ts-receipt", media_type="application/pdf"),
+                                     instance_outcome="confirmed_with_errors"),
+            flows.TsFeedbackReceived(instance=6, part=1, parts=1, outcome="confirmed", instance_outcome=None)],
+    }
+
+
+async def test_the_bulk_rebuild_equals_the_inline_projection(pool: asyncpg.Pool) -> None:
+    await prepare_database(pool, FLOW_PROJECTIONS)
+    store = EventStore(pool, source="/flows/test", projections=FLOW_PROJECTIONS)
+    for instance, history in histories().items():
+        for version, item in enumerate(history):  # one append per event, as the services write them
+            event = item if isinstance(item, NewEvent) else new_event(item, "loader")
+            await store.append(instance_stream(instance), [event], expected_version=version, key=str(instance))
+    live = {r["instance"]: dict(r) for r in await pool.fetch("SELECT * FROM instance_list")}
+    assert {i: r["state"] for i, r in live.items()} == {
+        1: "Formatted", 2: "Deleted", 3: "Formatted", 5: "Running", 6: "Confirmed with errors"}
+    assert live[2]["scheduled_at"] is not None and live[3]["summary"] == "disk full; retry"
+    assert await pool.fetchval("SELECT kind FROM instance_files WHERE name = 'feedback_3.csv'") == "C1"
+    assert await pool.fetchval("SELECT count(*) FROM instance_files") == 9  # the illegal Formatted of 5 too
+
+    assert hasattr(InstanceList(), "rebuilder")  # the bulk path is the one under test
+    report = await rebuild_and_diff(pool, FLOW_PROJECTIONS)
+    assert report.events_replayed == sum(len(h) for h in histories().values())
+    assert report.differences == []
+
+    # The comparison sees a difference in any column: a state, a count, a file's kind.
+    await pool.execute("UPDATE instance_list SET events = events + 1 WHERE instance = 1")
+    await pool.execute("UPDATE instance_files SET kind = 'C9' WHERE name = 'C2_3.txt'")
+    report = await rebuild_and_diff(pool, FLOW_PROJECTIONS)
+    assert sorted((d.table, d.only_in) for d in report.differences) == [
+        ("instance_files", "live"), ("instance_files", "rebuilt"), ("instance_list", "live"),
+        ("instance_list", "rebuilt")]

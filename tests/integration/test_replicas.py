@@ -1,0 +1,343 @@
+"""Replicas share the work and survive each other (issue 14, must-show): two loaders and two formatters,
+real service processes in the same consumer groups (tests/integration/replica_service.py), take 12
+concurrent Flusso C loads of different enti and periods; one loader is killed with SIGKILL in the middle of a
+load (after its snapshot, before its checks) and the other finishes it. Every instance reaches Checked and
+then Formatted exactly once, no event is written twice, `flows replay --all --verify` is clean. Which
+replica did what comes from the events themselves (metadata `replica`, FLOWS_REPLICA).
+
+The figures (`pytest -s`): how the loads and formats split, the takeover time after the kill, wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from contracts import flows
+from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument, SourceModel
+from contracts.states import InstanceState
+from contracts.topics import INTAKE_TOPICS
+from services.loader.intake import store
+from services.runtime.commands import send_command
+from services.runtime.settings import Settings
+from simulators.cup.generator import generate, month_period
+from tests.integration.outage_loader import start_at_the_end
+from tests.isolation import REPO, logged_process, scratch_database
+from tests.stack_urls import KAFKA, free_port
+
+pytestmark = pytest.mark.integration
+
+# 12 loads: every entity the platform knows (contracts/data/structures.csv has 9) in August, three again in
+# September: 12 different (ente, period) instances.
+LOADS = [(e, "2020-08") for e in ("201", "202", "203", "204", "205", "206", "207", "901", "902")] + \
+        [(e, "2020-09") for e in ("201", "202", "203")]
+SERVICES_PER_LOAD = 150
+PAUSE_S = 1.5  # each load waits this long after its snapshot: the window the kill aims at
+KILL_IN_LOAD = 3  # loader-1 is killed in its third load (it finished two)
+KINDS: dict[type[SourceModel], str] = {DeliveredService: "delivered-service", PaymentDocument: "payment-document",
+         IntramoeniaBooking: "intramoenia-booking"}
+LOAD_EVENTS = [flows.TYPE_OF[flows.LoadRunning], flows.TYPE_OF[flows.LoadChecked]]
+FORMAT_EVENTS = [flows.TYPE_OF[flows.FormatRequested], flows.TYPE_OF[flows.FormattingStarted],
+                 flows.TYPE_OF[flows.Formatted]]
+
+
+@dataclass
+class Replica:
+    name: str
+    service: str
+    log: Path
+    health_port: int
+    process: asyncio.subprocess.Process
+
+    def lines(self, event: str) -> list[dict[str, Any]]:
+        """The replica's JSON log lines of `event` (structlog's "event" key)."""
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if f'"{event}"' in line:
+                with contextlib.suppress(json.JSONDecodeError):
+                    record = json.loads(line)
+                    if record.get("event") == event:
+                        found.append(record)
+        return found
+
+
+async def _seed(url: str) -> None:
+    """The source data of the 12 loads, stored as intake stores it (the loads are what this test is about)."""
+    conn = await asyncpg.connect(url)
+    try:
+        for n, (ente, month) in enumerate(LOADS):
+            batches: dict[type[SourceModel], list[SourceModel]] = {model: [] for model in KINDS}
+            for record in generate(ente, month, SERVICES_PER_LOAD, seed=1000 + n):
+                batches[type(record)].append(record)
+            for model, batch in batches.items():
+                await store(conn, KINDS[model], batch)
+    finally:
+        await conn.close()
+
+
+def _spread_requests() -> list[flows.LoadRequested]:
+    """One request per load, their ids (the message keys) chosen so that every partition of
+    flows.load-requested holds two: each loader's share of the partitions holds half the loads."""
+    partitions = list(range(Settings().topic_partitions))
+    per_partition: Counter[int] = Counter()
+    requests = []
+    for ente, month in LOADS:
+        while True:
+            request_id = uuid.uuid4()
+            partition = DefaultPartitioner()(str(request_id).encode(), partitions, partitions)
+            if per_partition[partition] < len(LOADS) // len(partitions):
+                per_partition[partition] += 1
+                break
+        start, end = month_period(month)
+        requests.append(flows.LoadRequested(request_id=request_id, flow_type=flows.FlowType.FLUSSO_C, ente=ente,
+                                            period=flows.Period(start=start, end=end), requested_by="test.replicas"))
+    return requests
+
+
+async def _assigned_partitions(session: aiohttp.ClientSession, health_port: int) -> int:
+    """The partitions a replica's consumers hold once it is ready (its /readyz), else -1."""
+    try:
+        async with session.get(f"http://127.0.0.1:{health_port}/readyz") as response:
+            if response.status != 200:
+                return -1
+            detail = (await response.json())["checks"]["consumers"]["detail"]
+    except (aiohttp.ClientError, OSError):
+        return -1
+    match = re.search(r"(\d+) partition", detail)
+    return int(match.group(1)) if match else -1
+
+
+async def _wait_for_the_groups(replicas: list[Replica]) -> None:
+    """Every replica ready with a share of its group's partitions: both members of each group joined."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with asyncio.timeout(120):
+            while True:
+                for r in replicas:
+                    assert r.process.returncode is None, f"{r.name} exited:\n{r.log.read_text()[-3000:]}"
+                shares = [await _assigned_partitions(session, r.health_port) for r in replicas]
+                if all(s > 0 for s in shares):
+                    return
+                await asyncio.sleep(0.5)
+
+
+async def _states(url: str) -> dict[int, str]:
+    conn = await asyncpg.connect(url)
+    try:
+        return {int(r["instance"]): r["state"] for r in await conn.fetch("SELECT instance, state FROM instance_list")}
+    finally:
+        await conn.close()
+
+
+async def _wait_for(url: str, state: InstanceState, count: int, replicas: list[Replica], limit_s: float) -> None:
+    states: dict[int, str] = {}
+    try:
+        async with asyncio.timeout(limit_s):
+            while True:
+                states = await _states(url)
+                if len(states) == count and set(states.values()) == {state.value}:
+                    return
+                for r in replicas:
+                    if r.name != "loader-1":  # the one the test kills
+                        assert r.process.returncode is None, f"{r.name} exited:\n{r.log.read_text()[-3000:]}"
+                await asyncio.sleep(0.3)
+    except TimeoutError:
+        tails = "\n".join(f"--- {r.name}\n" + "\n".join(line[:400] for line in r.log.read_text().splitlines()
+                                                         if "batch.stored" not in line)[-6000:] for r in replicas)
+        raise AssertionError(f"not all {count} {state.value} within {limit_s:.0f} s: {states}\n{tails}") from None
+
+
+async def _events(url: str) -> list[dict[str, Any]]:
+    """Every event of the instance streams, data and metadata decoded."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT stream_id, version, event_id, type, data::text AS data, "
+                                "metadata::text AS metadata FROM events "
+                                "WHERE stream_id LIKE 'instance-%' ORDER BY stream_id, version")
+    finally:
+        await conn.close()
+    return [{**dict(r), "data": json.loads(r["data"]), "metadata": json.loads(r["metadata"])} for r in rows]
+
+
+async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_the_load_of_a_killed_one(
+        stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    wall_started = time.monotonic()
+    suffix = uuid.uuid4().hex[:8]
+    async with scratch_database("t_replicas") as url, contextlib.AsyncExitStack() as running:
+        await _seed(url)
+        # The test's groups start at the end of their topics, not at the session's whole history.
+        await start_at_the_end(KAFKA, f"loader-{suffix}", ["flows.load-requested"])
+        await start_at_the_end(KAFKA, f"loader-sources-{suffix}", [t.name for t in INTAKE_TOPICS])
+        await start_at_the_end(KAFKA, f"formatter-{suffix}", ["flows.format-requested"])
+
+        replicas: list[Replica] = []
+        for n, (service, index) in enumerate([("loader", 1), ("loader", 2), ("formatter", 1), ("formatter", 2)]):
+            name = f"{service}-{index}"
+            port = free_port(600 + 20 * n, 620 + 20 * n)
+            env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
+                   "FLOWS_FILES_DIR": str(tmp_path / "files"), "FLOWS_REPLICA": name, "FLOWS_HEALTH_PORT": str(port),
+                   "FLOWS_TEST_LOAD_PAUSE_S": str(PAUSE_S), "PYTHONUNBUFFERED": "1"}
+            log = tmp_path / f"{name}.log"
+            process = await running.enter_async_context(
+                logged_process(log, "-m", "tests.integration.replica_service", service, suffix, env=env))
+            replicas.append(Replica(name, service, log, port, process))
+        loader_1, loader_2 = replicas[0], replicas[1]
+        await _wait_for_the_groups(replicas)
+        ready_s = time.monotonic() - wall_started
+
+        # 12 load requests at once, spread over every partition (6 for each loader's share).
+        requests = _spread_requests()
+        await asyncio.gather(*(send_command(KAFKA, "flows.load-requested", r, key=str(r.request_id))
+                               for r in requests))
+
+        # loader-1 is killed in its third load: after the snapshot, before the checks and the outcome.
+        async with asyncio.timeout(90):
+            while len(started := loader_1.lines("load.started")) < KILL_IN_LOAD:
+                assert loader_1.process.returncode is None, loader_1.log.read_text()[-3000:]
+                await asyncio.sleep(0.05)
+        victim = int(started[KILL_IN_LOAD - 1]["instance"])
+        first_snapshot = int(started[KILL_IN_LOAD - 1]["snapshot"])
+        os.kill(loader_1.process.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        assert await loader_1.process.wait() == -signal.SIGKILL
+        assert (await _states(url))[victim] == InstanceState.RUNNING.value  # killed in the middle of it
+        assert not [r for r in loader_1.lines("load.finished") if int(r["instance"]) == victim]
+
+        async with asyncio.timeout(60):  # the other loader takes the load over
+            while not [r for r in loader_2.lines("load.started") if int(r["instance"]) == victim]:
+                await asyncio.sleep(0.1)
+        takeover_s = time.monotonic() - killed_at
+        await _wait_for(url, InstanceState.CHECKED, len(LOADS), replicas, limit_s=120)
+        all_checked_s = time.monotonic() - killed_at
+
+        # then a format request for each, at once: the two formatters share them
+        instances = sorted(await _states(url))
+        await asyncio.gather(*(send_command(KAFKA, "flows.format-requested",
+                                            flows.FormatRequested(instance=i, requested_by="test.replicas"),
+                                            key=str(i)) for i in instances))
+        await _wait_for(url, InstanceState.FORMATTED, len(LOADS), replicas, limit_s=90)
+
+        events = await _events(url)
+        replay = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "services.cli.main", "replay", "--all", "--verify"],
+            capture_output=True, text=True, cwd=REPO, timeout=120,
+            env={**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "COLUMNS": "200"})
+        logs = {r.name: r.log.read_text(errors="replace") for r in replicas}
+    wall_s = time.monotonic() - wall_started
+
+    by_instance: dict[int, list[dict[str, Any]]] = {}
+    for e in events:
+        by_instance.setdefault(int(e["stream_id"].removeprefix("instance-")), []).append(e)
+    loaded_by = Counter(e["metadata"].get("replica") for e in events if e["type"] == LOAD_EVENTS[1])
+    formatted_by = Counter(e["metadata"].get("replica") for e in events if e["type"] == FORMAT_EVENTS[-1])
+    victim_events = {e["type"]: e for e in by_instance[victim]}
+    print(f"\nreplicas: ready after {ready_s:.1f} s; loads Checked by {dict(loaded_by)}, Formatted by "
+          f"{dict(formatted_by)}; loader-1 killed in the load of instance {victim}: loader-2 started it again "
+          f"{takeover_s:.1f} s after the kill, all 12 Checked {all_checked_s:.1f} s after it; wall {wall_s:.1f} s")
+
+    # Every instance went through its states exactly once: no event written twice, none missing.
+    assert sorted(by_instance) == instances and len(instances) == len(LOADS)
+    for instance, history in by_instance.items():
+        assert [e["type"] for e in history] == LOAD_EVENTS + FORMAT_EVENTS, (instance, [e["type"] for e in history])
+        assert [e["version"] for e in history] == list(range(1, len(history) + 1))
+    assert len({e["event_id"] for e in events}) == len(events)
+    assert sorted((e["data"]["ente"], e["data"]["period"]["start"][:7]) for e in events
+                  if e["type"] == LOAD_EVENTS[0]) == sorted((ente, month) for ente, month in LOADS)
+    # Both loaders and both formatters did part of the work.
+    assert set(loaded_by) == {"loader-1", "loader-2"} and sum(loaded_by.values()) == len(LOADS)
+    assert set(formatted_by) == {"formatter-1", "formatter-2"} and sum(formatted_by.values()) == len(LOADS)
+    # The killed load: begun by loader-1, finished by loader-2 from a snapshot of its own.
+    assert victim_events[LOAD_EVENTS[0]]["metadata"]["replica"] == "loader-1"
+    assert victim_events[LOAD_EVENTS[1]]["metadata"]["replica"] == "loader-2"
+    assert victim_events[LOAD_EVENTS[1]]["data"]["source_instance"] != first_snapshot
+    # Nothing was dead-lettered, no replica died but the one killed.
+    for name, text in logs.items():
+        assert "message.dead_lettered" not in text and "service.loop_failed" not in text, name
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "every hash chain verifies" in replay.stdout and "equal the live ones" in replay.stdout, replay.stdout
+    assert wall_s < 150
+
+
+def _free_run(count: int) -> int:
+    """A port base whose next `count` ports are free, in this stack's own range (base + 700 .. + 900)."""
+    import socket
+
+    def free(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
+    for base in range(own + 700, own + 900 - count, count + 1):
+        if all(free(p) for p in range(base, base + count + 1)):
+            return base
+    raise AssertionError(f"no {count} free ports in {own + 700}..{own + 900}")
+
+
+def _flows_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "COLUMNS": "250"}, timeout=timeout)
+
+
+def test_stack_up_with_replicas_runs_each_consumer_twice_in_its_group_and_scales_down(
+        private_stack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`flows stack up --replicas 2` on a stack of its own: two processes of each consumer, each with its own
+    log and health port, both members of the group (3 of the 6 partitions each); `flows stack status` lists
+    every replica; `up --replicas 1` stops the second ones."""
+    monkeypatch.setenv("FLOWS_OBSERVABILITY_PORT_BASE", str(_free_run(12)))
+    try:
+        up = _flows_cli("stack", "up", "--replicas", "2")
+        assert up.returncode == 0, up.stdout + up.stderr
+        services = json.loads(_flows_cli("stack", "status", "--json").stdout)["services"]
+        replicated = ("loader", "formatter", "ts-gateway", "onboarding")
+        for name in [*replicated, *(f"{s}-2" for s in replicated), "audit", "console", "ts-simulator"]:
+            assert services[name]["running"], (name, services[name])
+        assert not [n for n in services if n.startswith(("audit-", "console-", "ts-simulator-"))]
+        logs = {services[n]["log"] for n in services}
+        ports = {services[n]["health_port"] for n in services if n != "ts-simulator"}
+        assert len(logs) == len(services) and len(ports) == len(services) - 1
+        table = _flows_cli("stack", "status").stdout
+        for name in ("loader-2", "formatter-2", "ts-gateway-2", "onboarding-2"):
+            row = next(line for line in table.splitlines() if f" {name} " in line)
+            assert "running" in row and f"127.0.0.1:{services[name]['health_port']}" in row, row
+
+        async def shares() -> dict[str, int]:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                async with asyncio.timeout(120):
+                    while True:
+                        found = {}
+                        for name in ("loader", "loader-2", "formatter", "formatter-2"):
+                            found[name] = await _assigned_partitions(session, services[name]["health_port"])
+                        if all(v > 0 for v in found.values()):
+                            return found
+                        await asyncio.sleep(1)
+        split = asyncio.run(shares())
+        partitions = Settings().topic_partitions
+        assert split["loader"] + split["loader-2"] == partitions == split["formatter"] + split["formatter-2"], split
+
+        down = _flows_cli("stack", "up", "--replicas", "1")
+        assert down.returncode == 0, down.stdout + down.stderr
+        after = json.loads(_flows_cli("stack", "status", "--json").stdout)["services"]
+        assert not [n for n in after if n.endswith("-2")], sorted(after)
+        assert all(after[s]["running"] for s in replicated)
+    finally:
+        _flows_cli("stack", "down")
