@@ -10,6 +10,7 @@ axe-core on every page.
 from __future__ import annotations
 
 import asyncio
+import html
 import uuid
 
 import httpx
@@ -24,7 +25,7 @@ from contracts.topics import Topic
 from services.runtime import deadletters as dl
 from services.runtime.broker import Incoming, consume, create_broker
 from services.runtime.outbox import OutboxRelay
-from tests.console_support import running_console
+from tests.console_support import csrf_of, running_console
 from tests.e2e.test_console_browser import CHROMIUM, _axe_clean, _log_in
 from tests.kafka_topics import create_topics
 from tests.stack_urls import KAFKA
@@ -147,3 +148,41 @@ async def test_a_poison_message_is_seen_and_redriven_once_from_the_ops_page(sett
             await relay_task
             await producer.stop()
             await broker.stop()
+
+
+async def test_a_dead_letter_discarded_from_the_page_names_its_reason_and_cannot_be_redriven(  # type: ignore[no-untyped-def]
+        fresh_db, tmp_path):
+    """Over HTTP: the discard needs a reason (422 without, nothing recorded), is recorded with the user as
+    actor and the reason, and a redrive afterwards is refused in Italian naming the discard."""
+    topic = f"test.discard-{uuid.uuid4().hex[:8]}"
+    await create_topics(KAFKA, topic, topic + ".dlq")
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA)
+    await producer.start()
+    try:
+        meta = await producer.send_and_wait(topic + ".dlq", b'{"pages": 0}', key=b"k1",
+                                            headers=[("dlq_reason", b"pages: must be >= 1"),
+                                                     ("dlq_original_topic", topic.encode())])
+    finally:
+        await producer.stop()
+    letter_id = f"{topic}.dlq:{meta.partition}:{meta.offset}"
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console:
+        await console.add_users()
+        async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+            assert (await console.login(client, "ops.1")).status_code == 303
+            shown = await client.get(f"{console.url}/esercizio/scarti/{letter_id}")
+            assert shown.status_code == 200 and "pages: must be &gt;= 1" in shown.text
+            csrf = csrf_of(shown.text)
+            url = f"{console.url}/esercizio/scarti/{letter_id}"
+            empty = await client.post(url + "/scarta", data={"csrf": csrf, "motivo": "  "})
+            assert empty.status_code == 422 and "Indichi il motivo" in empty.text
+            assert await dl.decision_about(console.store, letter_id) is None
+            done = await client.post(url + "/scarta", data={"csrf": csrf, "motivo": "dati di prova"})
+            assert done.status_code == 303
+            decision = await dl.decision_about(console.store, letter_id)
+            assert decision is not None and decision.type == dl.DISCARDED and decision.actor == "ops.1"
+            assert decision.data["reason"] == "dati di prova"
+            page = await client.get(url)
+            assert "scartato da ops.1" in page.text and "motivo: dati di prova" in page.text
+            refused = await client.post(url + "/rilancia", data={"csrf": csrf})
+            assert refused.status_code == 409
+            assert f"Il messaggio {letter_id} è già stato scartato da ops.1 il " in html.unescape(refused.text)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import async_playwright
 from typer.testing import CliRunner
 
 from services.cli.main import app as flows_app
-from tests.console_support import PASSWORD, running_console
+from tests.console_support import PASSWORD, csrf_of, running_console
 from tests.e2e.test_console_browser import CHROMIUM, _axe_clean, _log_in
 from tests.stack_urls import KAFKA
 
@@ -66,5 +67,13 @@ async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_pat
             assert (await page.locator("tr[data-utente='op.bianchi'] td").all_inner_texts())[4] == "disattivato"
             await operator.goto(console.url + "/istanze")
             assert "/login" in operator.url
+
+            # An admin cannot disable itself (no button, and the route refuses it too).
+            async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+                assert (await console.login(client, "adm.1")).status_code == 303
+                csrf = csrf_of((await client.get(console.url + "/utenti")).text)
+                own = await client.post(console.url + "/utenti/adm.1/disabilita", data={"csrf": csrf})
+                assert own.status_code == 409 and "suo stesso utente" in own.text
+            assert await console.pool.fetchval("SELECT disabled FROM console_user WHERE name = 'adm.1'") is False
         finally:
             await browser.close()

@@ -10,7 +10,7 @@ import logging
 import httpx
 import pytest
 
-from tests.console_support import RunningConsole, running_console
+from tests.console_support import RunningConsole, csrf_of, running_console
 from tests.oidc_provider import Provider, running_provider
 from tests.stack_urls import KAFKA
 
@@ -79,6 +79,10 @@ async def test_a_token_with_a_bad_signature_or_a_foreign_callback_or_bad_claims_
         refused = await _oidc_login(console, client)
         assert refused.status_code == 401 and "il token d&#39;identità non è valido" in refused.text
         assert (await client.get(f"{console.url}/istanze")).status_code == 303  # not logged in
+        # the refusal page's password form works as it is (its own login CSRF token)
+        local = await client.post(f"{console.url}/login", data={"utente": "op.nessuno", "password": "x" * 12,
+                                                                "csrf": csrf_of(refused.text)})
+        assert local.status_code == 401 and "Utente o password non corretti" in local.text
     assert provider.tokens_issued == 1  # the token was issued, and the console refused it
     assert await console.pool.fetchval("SELECT count(*) FROM console_user WHERE name = 'eva.bianchi'") == 0
 
