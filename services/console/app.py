@@ -77,8 +77,7 @@ from services.console.access import (
 )
 from services.console.live import LiveFeed
 from services.console.oidc import OidcLogin
-from services.onboarding import facade as domain  # the onboarding service's one door, as the pages name it
-from services.onboarding import facade as handlers
+from services.onboarding import facade as onboarding  # the onboarding service's one door
 from services.onboarding.facade import DashboardProjection, SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
 from services.onboarding.facade import dashboard as onboarding_rows
 from services.runtime import deadletters as dl
@@ -1225,10 +1224,11 @@ async def api_file(ctx: Ctx, instance: int, name: str) -> Response:
 
 
 # ---------------------------------------------------------------- onboarding
-def _onboarding_deps(console: Console) -> handlers.OnboardingDeps:
-    return handlers.OnboardingDeps(pool=console.pool, files=console.files, calendar=SwitchCalendar(load_patron_days()),
-                                   store=EventStore(console.pool, source="/flows/console",
-                                                    projections=[DashboardProjection()]))
+def _onboarding_deps(console: Console) -> onboarding.OnboardingDeps:
+    return onboarding.OnboardingDeps(pool=console.pool, files=console.files,
+                                     calendar=SwitchCalendar(load_patron_days()),
+                                     store=EventStore(console.pool, source="/flows/console",
+                                                      projections=[DashboardProjection()]))
 
 
 @route(pages, "GET", "/onboarding", LIST_ONBOARDING, "page")
@@ -1244,15 +1244,15 @@ async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "i
     assert ctx.row is not None
     deps = _onboarding_deps(_console(ctx.request))
     request_id = str(ctx.row["request_id"])
-    req = await handlers.require(deps, request_id)
-    history = await deps.store.read_stream(handlers.stream_of(request_id))
+    req = await onboarding.require(deps, request_id)
+    history = await deps.store.read_stream(onboarding.stream_of(request_id))
     findings: dict[str, list[dict[str, Any]]] = {}
     for event in history:
         if event.type == "onboarding.document-assessed":
             findings[event.data["document_id"]] = list(event.data.get("problems") or [])
     latest = req.latest_by_slot()
     slots = []
-    for slot in domain.required_slots(req, req.requirements):
+    for slot in onboarding.required_slots(req, req.requirements):
         doc = latest.get(slot)
         state = ("mancante" if doc is None else "da valutare" if doc.compliant is None
                  else "conforme" if doc.compliant else "non conforme")
@@ -1289,9 +1289,9 @@ async def onboarding_upload(ctx: Ctx) -> Response:
     else:
         content = await upload.read()
         try:
-            added = await handlers.add_document(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]),
+            added = await onboarding.add_document(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]),
                                                 Path(upload.filename).name, content, doc_type, {}, ctx.principal.name)
-        except (domain.OnboardingError, ValueError) as exc:
+        except (onboarding.OnboardingError, ValueError) as exc:
             status, message, level = 422, f"Documento non accettato: {exc}", "danger"
         else:
             message = f"Documento {Path(upload.filename).name} ricevuto e valutato."
@@ -1310,7 +1310,7 @@ async def onboarding_document(ctx: Ctx, document: str) -> Response:
     assert ctx.row is not None
     console = _console(ctx.request)
     request_id = str(ctx.row["request_id"])
-    received = [e for e in await console.store.read_stream(handlers.stream_of(request_id))
+    received = [e for e in await console.store.read_stream(onboarding.stream_of(request_id))
                 if e.type == "onboarding.document-received" and e.data.get("document_id") == document]
     if not received:  # the id is only ever looked up in the request's own history, never a path
         raise HTTPException(404)
@@ -1332,7 +1332,7 @@ def _slot_text(day: date, start: str, end: str) -> str:
 
 @route(pages, "POST", "/onboarding/{request}/switch", SWITCH_REQUEST, "action")
 async def onboarding_switch(ctx: Ctx) -> Response:
-    """A (new) switch slot, judged by the onboarding service's own rule (handlers.request_switch, as the
+    """A (new) switch slot, judged by the onboarding service's own rule (onboarding.request_switch, as the
     `onboarding switch` command): scheduled, or refused with the earliest valid slot proposed."""
     assert ctx.row is not None
     raw = await ctx.request.form()
@@ -1355,10 +1355,10 @@ async def onboarding_switch(ctx: Ctx) -> Response:
     else:
         assert day is not None and window is not None
         try:
-            events = await handlers.request_switch(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]),
-                                                   SwitchSlot(day, window), form["credenziali"] or None,
-                                                   ctx.principal.name)
-        except (domain.OnboardingError, ValueError) as exc:
+            events = await onboarding.request_switch(_onboarding_deps(_console(ctx.request)),
+                                                     str(ctx.row["request_id"]), SwitchSlot(day, window),
+                                                     form["credenziali"] or None, ctx.principal.name)
+        except (onboarding.OnboardingError, ValueError) as exc:
             status, message, level = 409, f"Switch non accettato: {exc}", "danger"
         else:
             decision = events[-1]
@@ -1391,8 +1391,8 @@ async def onboarding_verdict(ctx: Ctx) -> Response:
     if verdict not in ("conforme", "non-conforme") or (verdict == "non-conforme" and not reason):
         raise HTTPException(422, "Indichi l'esito e, se non conforme, il motivo.")
     try:
-        await handlers.desk_verdict(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]), document,
+        await onboarding.desk_verdict(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]), document,
                                     verdict == "conforme", [reason] if reason else [], ctx.principal.name)
-    except domain.OnboardingError as exc:
+    except onboarding.OnboardingError as exc:
         raise HTTPException(409, str(exc)) from exc
     return RedirectResponse(f"/onboarding/{ctx.row['request_id']}", status_code=303)
