@@ -81,7 +81,7 @@ _LONG_NUMBER = re.compile(r"[0-9]{19}")
 
 
 def loads_json(text: str) -> Any:
-    """jsonb text -> Python, with orjson (a replay decodes every event's payload: 3-4x faster than json).
+    """jsonb text -> Python, with orjson (a replay decodes every event's payload: several times faster than json).
     orjson refuses integers beyond 64 bits and reads those below -2**63 as floats, while JSON and jsonb
     keep them exact (and the hash chain needs them exact): text with such a number takes json's path."""
     if _LONG_NUMBER.search(text):

@@ -19,6 +19,7 @@ Kafka delivers at least once; with this the system behaves exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -289,9 +290,9 @@ class OutboxRelay:
             acked.append(row["id"])
         if acked and self._after_ack is not None:
             await self._after_ack(acked)
-        # The batch's outcome in one transaction: nobody sees the acked rows published before the bad row
-        # of the same batch is parked (a reader of the outbox would find it neither published nor parked).
-        async with conn.transaction():
+        # With a parked row, the batch's outcome in one transaction: nobody sees the acked rows published
+        # before the bad row of the same batch is parked (it would look neither published nor parked).
+        async with conn.transaction() if parked else contextlib.nullcontext():
             if acked:
                 await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", acked)
             for row in rows:
