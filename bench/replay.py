@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -51,9 +52,12 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 PERIOD = flows.Period(start=date(2025, 12, 1), end=date(2025, 12, 31))
 
 
+def _sha(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
 def _ref(name: str, kind: str, n: int, **extra: Any) -> flows.FileRef:
-    return flows.FileRef(name=name, kind=kind, records=1000 + n % 977, bytes=150_000 + n, sha256=f"{n:064x}",
-                         **extra)
+    return flows.FileRef(name=name, kind=kind, records=1000 + n % 977, bytes=150_000 + n, sha256=_sha(n), **extra)
 
 
 def instance_history(n: int) -> list[flows.Payload]:
@@ -80,7 +84,7 @@ def instance_history(n: int) -> list[flows.Payload]:
         return history
     history += [
         flows.Formatted(instance=n, files=[_ref(f"730_{n}_1.zip", "730-zip", n, part=1)]),
-        flows.TsSubmitted(instance=n, part=1, parts=1, protocollo=f"{n:017d}", zip_sha256=f"{n:064x}"),
+        flows.TsSubmitted(instance=n, part=1, parts=1, protocollo=f"{n:017d}", zip_sha256=_sha(-n)),
         flows.TsFeedbackReceived(instance=n, part=1, parts=1, protocollo=f"{n:017d}", outcome="confirmed",
                                  receipt_file=_ref(f"receipt_{n}.pdf", "ts-receipt", n, media_type="application/pdf"),
                                  instance_outcome="confirmed")]
