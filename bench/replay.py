@@ -13,6 +13,8 @@ recorded_at one second apart. Then, alternating `--rounds` times so that load fr
   rebuild  what `flows replay` does to the read models (services.runtime.projections.rebuild): every event
            in global order into fresh tables of every projection (instance list, files, onboarding
            dashboard) in a scratch schema, in one repeatable-read transaction, rolled back after
+  --event-by-event: also the rebuild as it was before the in-memory rebuilders (every event applied with its
+           own statements), once, for comparison (slow: about 10x the rebuild)
 Prints events/s of each and the ratio rebuild/raw (aim, issue 14: >= 0.5x at 1,000,000 events).
 PostgreSQL: $DATABASE_URL, else 127.0.0.1:$FLOWS_PG_PORT (default 15432).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -49,9 +52,12 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 PERIOD = flows.Period(start=date(2025, 12, 1), end=date(2025, 12, 31))
 
 
+def _sha(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()
+
+
 def _ref(name: str, kind: str, n: int, **extra: Any) -> flows.FileRef:
-    return flows.FileRef(name=name, kind=kind, records=1000 + n % 977, bytes=150_000 + n, sha256=f"{n:064x}",
-                         **extra)
+    return flows.FileRef(name=name, kind=kind, records=1000 + n % 977, bytes=150_000 + n, sha256=_sha(n), **extra)
 
 
 def instance_history(n: int) -> list[flows.Payload]:
@@ -78,7 +84,7 @@ def instance_history(n: int) -> list[flows.Payload]:
         return history
     history += [
         flows.Formatted(instance=n, files=[_ref(f"730_{n}_1.zip", "730-zip", n, part=1)]),
-        flows.TsSubmitted(instance=n, part=1, parts=1, protocollo=f"{n:017d}", zip_sha256=f"{n:064x}"),
+        flows.TsSubmitted(instance=n, part=1, parts=1, protocollo=f"{n:017d}", zip_sha256=_sha(-n)),
         flows.TsFeedbackReceived(instance=n, part=1, parts=1, protocollo=f"{n:017d}", outcome="confirmed",
                                  receipt_file=_ref(f"receipt_{n}.pdf", "ts-receipt", n, media_type="application/pdf"),
                                  instance_outcome="confirmed")]
@@ -163,7 +169,7 @@ async def raw_select(url: str) -> tuple[float, int]:
         await conn.close()
 
 
-async def rebuild_all(pool: asyncpg.Pool) -> tuple[float, int, int]:
+async def rebuild_all(pool: asyncpg.Pool, bulk: bool = True) -> tuple[float, int, int]:
     from services.cli.replay import all_projections
 
     async with pool.acquire() as conn:
@@ -171,7 +177,7 @@ async def rebuild_all(pool: asyncpg.Pool) -> tuple[float, int, int]:
         tx = conn.transaction(isolation="repeatable_read")
         await tx.start()
         try:
-            replayed = await rebuild(conn, all_projections(), "bench_rebuilt")
+            replayed = await rebuild(conn, all_projections(), "bench_rebuilt", bulk=bulk)
             elapsed = time.perf_counter() - started
             instances = await conn.fetchval("SELECT count(*) FROM bench_rebuilt.instance_list")
         finally:
@@ -179,7 +185,7 @@ async def rebuild_all(pool: asyncpg.Pool) -> tuple[float, int, int]:
     return elapsed, replayed, int(instances)
 
 
-async def main(events: int, rounds: int) -> int:
+async def main(events: int, rounds: int, event_by_event: bool) -> int:
     from services.cli.replay import all_projections
 
     name = f"bench_replay_{uuid.uuid4().hex[:8]}"
@@ -199,6 +205,7 @@ async def main(events: int, rounds: int) -> int:
             rebuild_s += seconds
             if count != events or replayed != events:
                 raise RuntimeError(f"raw read {count}, rebuild replayed {replayed}: both must be {events}")
+        one_by_one_s = (await rebuild_all(pool, bulk=False))[0] if event_by_event else None
         await pool.close()
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -209,6 +216,10 @@ async def main(events: int, rounds: int) -> int:
     print(f"{'raw SELECT (plain asyncpg cursor, jsonb as text)':<52}{raw_s / rounds:>9.2f}{raw_rate:>12,.0f}")
     print(f"{'rebuild every read model (' + str(instances) + ' instances)':<52}{rebuild_s / rounds:>9.2f}"
           f"{rebuild_rate:>12,.0f}")
+    if one_by_one_s is not None:
+        label = "rebuild event by event (before the rebuilders)"
+        print(f"{label:<52}{one_by_one_s:>9.2f}{events / one_by_one_s:>12,.0f}"
+              f"   ratio {raw_s / rounds / one_by_one_s:.3f}x")
     print(f"ratio rebuild/raw: {ratio:.2f}x (aim >= 0.5x: {'met' if ratio >= 0.5 else 'MISSED'})")
     print(json.dumps({"events": events, "rounds": rounds, "raw_s": round(raw_s / rounds, 3),
                       "rebuild_s": round(rebuild_s / rounds, 3), "ratio": round(ratio, 3)}))
@@ -219,5 +230,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--event-by-event", action="store_true", help="also time the rebuild without rebuilders")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.events, args.rounds)))
+    sys.exit(asyncio.run(main(args.events, args.rounds, args.event_by_event)))

@@ -324,8 +324,6 @@ async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, 
     match = " AND s.patient_sex = f.sex AND s.patient_birth_date = f.birth" if plan.cf_with_person else ""
     found = 0
     async with pool.acquire() as conn, conn.transaction():  # a server-side cursor lives in a transaction
-        await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS cf_finding_{plan.table} "
-                           f"(cf text, code text, message text{person_cols}) ON COMMIT DROP")
         cursor = await conn.cursor(f"SELECT DISTINCT patient_cf{person} FROM {plan.table} "
                                    f"WHERE snapshot_id = $1 AND patient_cf IS NOT NULL", snapshot_id)
         while rows := await cursor.fetch(batch):
@@ -335,6 +333,9 @@ async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, 
                 sexes=[r[1] for r in rows] if plan.cf_with_person else None,
                 birth_dates=[r[2] for r in rows] if plan.cf_with_person else None)
             if findings:
+                if not found:  # the table only when there is something to put in it: DDL costs a clean load
+                    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS cf_finding_{plan.table} "
+                                       f"(cf text, code text, message text{person_cols}) ON COMMIT DROP")
                 await conn.copy_records_to_table(
                     f"cf_finding_{plan.table}",
                     records=[(codes[f.index], f.code, f.message, *tuple(rows[f.index])[1:]) for f in findings])

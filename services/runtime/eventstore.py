@@ -323,14 +323,19 @@ class EventStore:
             events = [e if all(k in e.metadata for k in stamp)
                       else dataclasses.replace(e, metadata={**stamp, **e.metadata}) for e in events]
         versions, prev_hashes, hashes, datas, metadatas = [], [], [], [], []
+        # _body's bytes, with what one append shares serialised once (a hot path: 100-event appends).
+        at, sid = recorded_at.astimezone(UTC).isoformat(), dumps_json(stream_id)
+        quoted: dict[str, str] = {}
         for number, event in enumerate(events, start=current + 1):
             where = f"event {number} ({event.type}) of stream {stream_id}"
             data_json = canonical_text(event.data, f"{where}: data")
             if publish:
                 _check_size(event, data_json, stream_id, key)
             metadata_json = "{}" if event.metadata == {} else canonical_text(event.metadata, f"{where}: metadata")
-            body = _body(stream_id=stream_id, version=number, event_id=event.id, type=event.type,
-                         data_json=data_json, actor=event.actor, recorded_at=recorded_at, metadata_json=metadata_json)
+            actor, kind = (quoted.get(event.actor) or quoted.setdefault(event.actor, dumps_json(event.actor)),
+                           quoted.get(event.type) or quoted.setdefault(event.type, dumps_json(event.type)))
+            body = (f'{{"actor":{actor},"data":{data_json},"event_id":"{event.id}","metadata":{metadata_json},'
+                    f'"recorded_at":"{at}","stream_id":{sid},"type":{kind},"version":{number}}}').encode()
             versions.append(number)
             if expected_version is None:
                 digest = hashlib.sha256(prev + body).digest()

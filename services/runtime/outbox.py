@@ -19,6 +19,7 @@ Kafka delivers at least once; with this the system behaves exactly once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -87,8 +88,17 @@ def headers_json_for_append(events: Sequence[tuple[uuid.UUID, str]], *, time: da
     per_event = {"ce_id", "ce_type"}
     fixed = [(name, value) for name, value in template if name not in per_event]
     fixed += [(f"ce_{name}", value) for name, value in (trace or {}).items()]
-    return [json.dumps([["ce_id", str(event_id)], ["ce_type", type], *fixed], ensure_ascii=False)
-            for event_id, type in events]
+    # The fixed headers serialised once; per event only its id (a UUID: nothing to escape) and its type.
+    tail = json.dumps(fixed, ensure_ascii=False)[1:]  # '[...], [...]]' without the opening bracket
+    separator = ", " if fixed else ""
+    types: dict[str, str] = {}
+    out = []
+    for event_id, type in events:
+        type_json = types.get(type)
+        if type_json is None:
+            type_json = types[type] = json.dumps(type, ensure_ascii=False)
+        out.append(f'[["ce_id", "{event_id}"], ["ce_type", {type_json}]{separator}{tail}')
+    return out
 
 
 async def mark_processed(conn: asyncpg.Connection, consumer: str, message_id: str) -> bool:
@@ -278,14 +288,17 @@ class OutboxRelay:
                 failure = (row, result)
                 break  # mark only the prefix: later rows are resent after the failed one
             acked.append(row["id"])
-        if acked:
-            if self._after_ack is not None:
-                await self._after_ack(acked)
-            await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", acked)
-            self.published += len(acked)
-        for row in rows:
-            if row["id"] in parked:
-                await self._park(conn, row, parked[row["id"]])
+        if acked and self._after_ack is not None:
+            await self._after_ack(acked)
+        # With a parked row, the batch's outcome in one transaction: nobody sees the acked rows published
+        # before the bad row of the same batch is parked (it would look neither published nor parked).
+        async with conn.transaction() if parked else contextlib.nullcontext():
+            if acked:
+                await conn.execute("UPDATE outbox SET published_at = now() WHERE id = ANY($1::bigint[])", acked)
+            for row in rows:
+                if row["id"] in parked:
+                    await self._park(conn, row, parked[row["id"]])
+        self.published += len(acked)
         if failure is not None:
             failed, error = failure
             raise RelayError(f"outbox row {failed['id']} (event {failed['event_id']}, topic {failed['topic']}, "

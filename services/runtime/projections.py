@@ -9,8 +9,9 @@ row by row (EXCEPT ALL both ways: a missing, extra, changed or duplicated row al
 
 A rebuild replays every event, so it is where the per-event round trips hurt: a projection may also offer
 ``rebuilder()``, an object that folds the events in memory (``feed``, no I/O) and writes the final rows
-in a few set-based statements (``write``). It must end with exactly the rows ``apply`` would leave (the
-tests rebuild both ways and diff them); projections without one are applied event by event.
+in a few set-based statements (``write``). It must end with exactly the rows ``apply`` would leave
+(tests/integration/test_read_models_rebuild.py diffs a bulk rebuild against tables the inline ``apply``
+built); projections without one are applied event by event.
 
 ``rebuild_and_diff`` does both in ONE repeatable-read transaction and rolls it back: the rebuilt
 tables see exactly the events the live tables were built from (live projections commit with their
@@ -91,8 +92,8 @@ async def rebuild(conn: asyncpg.Connection, projections: Sequence[Projection], i
     """Replays all events visible to ``conn`` into fresh tables in ``into_schema``; returns the count.
 
     Run it inside a transaction (``rebuild_and_diff`` does); ``into_schema`` is dropped first.
-    ``bulk=False`` applies every event one by one even where a projection has a ``rebuilder`` (what
-    the tests compare the bulk path with).
+    ``bulk=False`` applies every event one by one even where a projection has a ``rebuilder`` (the
+    reference the bulk path must equal; bench/replay.py --event-by-event times it).
     """
     if into_schema in ("public", "pg_catalog"):
         raise ValueError(f"rebuild into schema {into_schema!r}: refusing to drop a live schema")

@@ -159,6 +159,17 @@ async def test_an_expected_version_the_stream_never_reached_is_refused_and_write
     assert await store.verify_stream("instance-2002") == []
 
 
+async def test_awkward_names_chain_as_verify_recomputes_them(store: EventStore) -> None:
+    stream = 'instance-"Sant\'Anna" è\\ 🏥'
+    events = [NewEvent(type="flows.load-checked", data={"note": "a\"b\\c\u2028"}, actor='op."rossi" è'),
+              NewEvent(type="flows.formatted", data={"n": 1.0, "big": 10**20}, actor="loader")]
+    written = await store.append(stream, events, expected_version=0, key="k")
+    await store.append(stream, [NewEvent(type="flows.load-checked", data={}, actor="x\ty")], expected_version=2,
+                       key="k")
+    assert await store.verify_stream(stream) == []
+    assert [e.hash for e in written] == [e.hash for e in (await store.read_stream(stream))[:2]]
+
+
 async def test_an_append_inside_a_rolled_back_transaction_leaves_no_event_and_no_outbox_row(
         store: EventStore, pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:

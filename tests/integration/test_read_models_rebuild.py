@@ -87,3 +87,46 @@ async def test_the_bulk_rebuild_equals_the_inline_projection(pool: asyncpg.Pool)
     assert sorted((d.table, d.only_in) for d in report.differences) == [
         ("instance_files", "live"), ("instance_files", "rebuilt"), ("instance_list", "live"),
         ("instance_list", "rebuilt")]
+
+
+def onboarding_history(rid: str) -> list[NewEvent]:
+    def ev(event: str, **data: object) -> NewEvent:
+        return NewEvent(type=f"onboarding.{event}", data={"request_id": rid, **data})
+
+    completeness = dict(required=5, present=3, compliant=2, missing=["contratto"], pending=["tracciato"],
+                        non_compliant={"visura": ["scaduta"]}, summary="3 of 5 present, 1 non-compliant")
+    return [
+        ev("request-opened", kind="new-aggregation", structure_name="Laboratorio Partenope", structure_sts11="150999",
+           municipality_istat="063049", opened_at="2026-09-01T08:00:00+00:00"),
+        ev("document-received", document_id="doc-1"),
+        ev("completeness-changed", **completeness),
+        ev("completeness-changed", **{**completeness, "non_compliant": {}, "missing": [], "pending": [],
+                                      "present": 5, "compliant": 5}),
+        ev("request-complete", completed_on="2026-09-10"),
+        ev("completeness-changed", **completeness),  # after completion the status stays
+        ev("taken-in-charge", taken_on="2026-09-11", expected_completion_from="2026-10-08",
+           expected_completion_to="2026-10-22"),
+        ev("switch-scheduled", switch_date="2026-10-12", window_start="09:00", window_end="11:00",
+           credentials="existing", warning="a Monday"),
+        ev("switch-refused", reasons=["the CUP is frozen that week"], proposed_date="2026-10-19",
+           proposed_window_start="10:00", proposed_window_end="12:00"),
+    ]
+
+
+async def test_the_dashboards_bulk_rebuild_equals_the_inline_projection(pool: asyncpg.Pool) -> None:
+    from services.onboarding.projection import DashboardProjection
+
+    dashboard = DashboardProjection()
+    await prepare_database(pool, [dashboard])
+    store = EventStore(pool, source="/flows/test", projections=[dashboard])
+    histories = {"req-1": onboarding_history("req-1"), "req-2": onboarding_history("req-2")[:4],
+                 "req-3": onboarding_history("req-3")[1:3]}  # req-3 never opened: no row
+    for rid, history in histories.items():
+        await store.append(f"onboarding-{rid}", history, expected_version=0, key=rid, publish=False)
+    live = {r["request_id"]: r for r in await pool.fetch("SELECT * FROM onboarding_dashboard")}
+    assert {rid: r["status"] for rid, r in live.items()} == {"req-1": "switch-refused", "req-2": "compliant"}
+    assert live["req-1"]["switch_note"].startswith("the CUP is frozen") and live["req-1"]["missing"] == ["contratto"]
+    report = await rebuild_and_diff(pool, [dashboard])
+    assert report.events_replayed == sum(len(h) for h in histories.values()) and report.differences == []
+    await pool.execute("UPDATE onboarding_dashboard SET summary = 'edited' WHERE request_id = 'req-2'")
+    assert len((await rebuild_and_diff(pool, [dashboard])).differences) == 2
