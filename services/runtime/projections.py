@@ -27,6 +27,7 @@ events), and nothing is left behind. Columns compared with EXCEPT need equality:
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -181,15 +182,24 @@ async def _replay_narrow(conn: asyncpg.Connection, bulky: Sequence[Rebuilder],
         columns = getattr(rebuilder, "columns", None)
         cursor = await conn.cursor(f"SELECT {columns or _ALL_COLUMNS} FROM events WHERE {where} "
                                    "ORDER BY transaction_id, position")
-        while rows := await cursor.fetch(page):
-            if columns:
-                rebuilder.feed_rows(rows)  # type: ignore[attr-defined]
-            else:
-                for row in rows:
-                    rebuilder.feed(to_stored(row))
-            fed += len(rows)
-            if progress is not None:
-                progress(fed)
+        # The next page is asked for before this one is folded: PostgreSQL (its own process, the other core)
+        # makes it while Python folds.
+        ahead = asyncio.ensure_future(cursor.fetch(page))
+        try:
+            while rows := await ahead:
+                ahead = asyncio.ensure_future(cursor.fetch(page))
+                await asyncio.sleep(0)  # the task sends its Execute now
+                if columns:
+                    rebuilder.feed_rows(rows)  # type: ignore[attr-defined]
+                else:
+                    for row in rows:
+                        rebuilder.feed(to_stored(row))
+                fed += len(rows)
+                if progress is not None:
+                    progress(fed)
+        finally:
+            if not ahead.done():  # a fold that raised: the connection is free again once the fetch is in
+                await asyncio.gather(ahead, return_exceptions=True)
     return int(await conn.fetchval("SELECT count(*) FROM events"))
 
 

@@ -131,29 +131,26 @@ class InstanceList:
             data.get("scheduled_at"), event.type, data.get("request_id"))
 
 
-_INSTANCE_COLUMNS = ("instance", "flow_type", "version", "ente", "source_instance", "created_at", "period_start",
-                     "period_end", "state", "state_since", "requested_by", "scheduled_at", "counts", "errors",
-                     "warnings", "summary", "last_event", "events", "request_id")
-# One statement per table: the rows as arrays, cast as the inline path casts its parameters.
-_WRITE_INSTANCES = """
+# The rows go in by binary COPY (an array parameter costs asyncpg an isinstance check per element: half of a
+# rebuild's write), the instance list through a staging table of the parameters' types, cast on the way in as
+# the inline path casts its parameters.
+_STAGING = "instance_list_rebuilt"
+_STAGE_INSTANCES = f"""
+CREATE TEMP TABLE {_STAGING} (instance bigint, flow_type text, version text, ente text, source_instance bigint,
+                              created_at timestamptz, period_start text, period_end text, state text,
+                              state_since timestamptz, requested_by text, scheduled_at text, counts text,
+                              errors int, warnings int, summary text, last_event text, events int, request_id text)
+"""
+_WRITE_INSTANCES = f"""
 INSERT INTO instance_list (instance, flow_type, version, ente, source_instance, created_at, period_start, period_end,
                            state, state_since, requested_by, scheduled_at, counts, errors, warnings, summary,
                            last_event, events, request_id)
 SELECT u.instance, u.flow_type, u.version, u.ente, u.source_instance, u.created_at, u.period_start::date,
        u.period_end::date, u.state, u.state_since, u.requested_by, u.scheduled_at::timestamptz, u.counts::jsonb,
        u.errors, u.warnings, u.summary, u.last_event, u.events, u.request_id::uuid
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[], $7::text[],
-            $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::int[],
-            $15::int[], $16::text[], $17::text[], $18::int[], $19::text[])
-     AS u(instance, flow_type, version, ente, source_instance, created_at, period_start, period_end, state,
-          state_since, requested_by, scheduled_at, counts, errors, warnings, summary, last_event, events, request_id)
+FROM {_STAGING} AS u
 """
-_WRITE_FILES = """
-INSERT INTO instance_files (instance, name, kind, records, bytes, sha256, media_type, part, added_at)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
-                     $8::int[], $9::timestamptz[])
-"""
-_WRITE_CHUNK = 50_000  # rows per statement: bounded parameter arrays
+_FILE_COLUMNS = ("instance", "name", "kind", "records", "bytes", "sha256", "media_type", "part", "added_at")
 
 
 class InstanceListRebuild:
@@ -266,18 +263,21 @@ class InstanceListRebuild:
                 file.get("media_type", "text/plain"), file.get("part"), event.recorded_at)
 
     async def write(self, conn: asyncpg.Connection) -> None:
-        rows = list(self._rows.values())
-        for start in range(0, len(rows), _WRITE_CHUNK):
-            chunk = rows[start:start + _WRITE_CHUNK]
-            columns: list[list[Any]] = [[row[c] for row in chunk] for c in _INSTANCE_COLUMNS]
-            columns[8] = [state.value for state in columns[8]]
-            columns[12] = [counts if counts is None or isinstance(counts, _JsonText) else dumps_json(counts)
-                           for counts in columns[12]]
-            await conn.execute(_WRITE_INSTANCES, *columns)
-        files = list(self._files.values())
-        for start in range(0, len(files), _WRITE_CHUNK):
-            await conn.execute(_WRITE_FILES, *(list(column) for column in zip(*files[start:start + _WRITE_CHUNK],
-                                                                               strict=True)))
+        dumps, text = dumps_json, _JsonText
+        records = [
+            (r["instance"], r["flow_type"], r["version"], r["ente"], r["source_instance"], r["created_at"],
+             r["period_start"], r["period_end"], r["state"].value, r["state_since"], r["requested_by"],
+             r["scheduled_at"], c if c is None or isinstance(c, text) else dumps(c), r["errors"], r["warnings"],
+             r["summary"], r["last_event"], r["events"], r["request_id"])
+            for r in self._rows.values() for c in (r["counts"],)]
+        await conn.execute(f"DROP TABLE IF EXISTS pg_temp.{_STAGING}")
+        await conn.execute(_STAGE_INSTANCES)
+        try:
+            await conn.copy_records_to_table(_STAGING, records=records, schema_name="pg_temp")
+            await conn.execute(_WRITE_INSTANCES)
+        finally:
+            await conn.execute(f"DROP TABLE pg_temp.{_STAGING}")
+        await conn.copy_records_to_table("instance_files", records=list(self._files.values()), columns=_FILE_COLUMNS)
 
 
 _CREATING = {flows.TYPE_OF[flows.LoadRunning]: InstanceState.RUNNING,
@@ -308,8 +308,9 @@ def _literal(text: str) -> str:
 
 # InstanceListRebuild.columns. The creating events' columns as apply reads them (data[...] as text, ->> of JSON
 # null is NULL as .get() is None); jsonb counts stay text (::jsonb again at the write: the same value). The
-# whole payload (doc) only where Python must look: the three types whose summary is made, any event that has
-# a files / feedback / errors_file / receipt_file key, a summary that is not a string; else the summary is
+# whole payload (doc) only where Python must look: the three types whose summary is made, any event whose
+# files / feedback / errors_file / receipt_file may hold a file (neither missing, null nor []: models dump
+# their None fields), a summary that is not a string; else the summary is
 # the string, '' being no summary (``str(summary) if summary else None``).
 _CREATING_LIST = ", ".join(_literal(t) for t in _CREATING)
 _DOC_TYPES = ", ".join(_literal(t) for t in (_FORMAT_FAILED, _TS_FEEDBACK, _DELETED))
@@ -326,7 +327,8 @@ _NARROW_COLUMNS = f"""stream_id, type, recorded_at,
   CASE WHEN jsonb_typeof(data->'counts') <> 'null' THEN (data->'counts')::text END,
   (data->>'errors')::int, (data->>'warnings')::int,
   nullif(data->>'summary', ''), data->>'instance_outcome',
-  CASE WHEN type IN ({_DOC_TYPES}) OR data ?| ARRAY['files', 'feedback', 'errors_file', 'receipt_file']
+  CASE WHEN type IN ({_DOC_TYPES}) OR data->'files' NOT IN ('null', '[]') OR data->'feedback' <> 'null'
+            OR data->'errors_file' <> 'null' OR data->'receipt_file' <> 'null'
             OR coalesce(jsonb_typeof(data->'summary'), 'null') NOT IN ('string', 'null') THEN data END"""
 
 
