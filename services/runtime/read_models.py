@@ -154,8 +154,8 @@ _FILE_COLUMNS = ("instance", "name", "kind", "records", "bytes", "sha256", "medi
 
 
 class InstanceListRebuild:
-    """`InstanceList` folded in memory: the rows `apply` would leave after the same events, written in a
-    few INSERT ... SELECT FROM unnest statements instead of two or three statements per event."""
+    """`InstanceList` folded in memory: the rows `apply` would leave after the same events, written by two
+    binary COPYs and one INSERT ... SELECT instead of two or three statements per event."""
 
     # Only the instance streams' flows.* events, and only the values the fold reads (``feed_rows``): the
     # payload is decoded whole only where Python decides (summaries made of several fields, files).
