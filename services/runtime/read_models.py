@@ -8,6 +8,7 @@ now()), which is what makes a rebuild equal to the live table.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -130,38 +131,91 @@ class InstanceList:
             data.get("scheduled_at"), event.type, data.get("request_id"))
 
 
-_INSTANCE_COLUMNS = ("instance", "flow_type", "version", "ente", "source_instance", "created_at", "period_start",
-                     "period_end", "state", "state_since", "requested_by", "scheduled_at", "counts", "errors",
-                     "warnings", "summary", "last_event", "events", "request_id")
-# One statement per table: the rows as arrays, cast as the inline path casts its parameters.
-_WRITE_INSTANCES = """
+# The rows go in by binary COPY (an array parameter costs asyncpg an isinstance check per element: half of a
+# rebuild's write), the instance list through a staging table of the parameters' types, cast on the way in as
+# the inline path casts its parameters.
+_STAGING = "instance_list_rebuilt"
+_STAGE_INSTANCES = f"""
+CREATE TEMP TABLE {_STAGING} (instance bigint, flow_type text, version text, ente text, source_instance bigint,
+                              created_at timestamptz, period_start text, period_end text, state text,
+                              state_since timestamptz, requested_by text, scheduled_at text, counts text,
+                              errors int, warnings int, summary text, last_event text, events int, request_id text)
+"""
+_WRITE_INSTANCES = f"""
 INSERT INTO instance_list (instance, flow_type, version, ente, source_instance, created_at, period_start, period_end,
                            state, state_since, requested_by, scheduled_at, counts, errors, warnings, summary,
                            last_event, events, request_id)
 SELECT u.instance, u.flow_type, u.version, u.ente, u.source_instance, u.created_at, u.period_start::date,
        u.period_end::date, u.state, u.state_since, u.requested_by, u.scheduled_at::timestamptz, u.counts::jsonb,
        u.errors, u.warnings, u.summary, u.last_event, u.events, u.request_id::uuid
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::timestamptz[], $7::text[],
-            $8::text[], $9::text[], $10::timestamptz[], $11::text[], $12::text[], $13::text[], $14::int[],
-            $15::int[], $16::text[], $17::text[], $18::int[], $19::text[])
-     AS u(instance, flow_type, version, ente, source_instance, created_at, period_start, period_end, state,
-          state_since, requested_by, scheduled_at, counts, errors, warnings, summary, last_event, events, request_id)
+FROM {_STAGING} AS u
 """
-_WRITE_FILES = """
-INSERT INTO instance_files (instance, name, kind, records, bytes, sha256, media_type, part, added_at)
-SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
-                     $8::int[], $9::timestamptz[])
-"""
-_WRITE_CHUNK = 50_000  # rows per statement: bounded parameter arrays
+_FILE_COLUMNS = ("instance", "name", "kind", "records", "bytes", "sha256", "media_type", "part", "added_at")
 
 
 class InstanceListRebuild:
-    """`InstanceList` folded in memory: the rows `apply` would leave after the same events, written in a
-    few INSERT ... SELECT FROM unnest statements instead of two or three statements per event."""
+    """`InstanceList` folded in memory: the rows `apply` would leave after the same events, written by two
+    binary COPYs and one INSERT ... SELECT instead of two or three statements per event."""
+
+    # Only the instance streams' flows.* events, and only the values the fold reads (``feed_rows``): the
+    # payload is decoded whole only where Python decides (summaries made of several fields, files).
+    events_where = f"stream_id LIKE '{INSTANCE_STREAM_PREFIX}%' AND type LIKE 'flows.%'"
 
     def __init__(self) -> None:
         self._rows: dict[int, dict[str, Any]] = {}
         self._files: dict[tuple[int, str], tuple[Any, ...]] = {}
+        self._next: dict[tuple[str, InstanceState, str | None], tuple[bool, InstanceState]] = {}
+
+    @property
+    def columns(self) -> str:
+        return _NARROW_COLUMNS
+
+    def feed_rows(self, rows: Sequence[asyncpg.Record]) -> None:
+        """``feed`` of the rows of ``columns``: the same fold, on values PostgreSQL took out of the payloads."""
+        instances, files, creating, prefix = self._rows, self._files, _CREATING, len(INSTANCE_STREAM_PREFIX)
+        for (stream_id, kind, at, flow_type, version, ente, period_start, period_end, requested_by, scheduled_at,
+             request_id, source_instance, counts, errors, warnings, summary, outcome, doc) in rows:
+            instance = int(stream_id[prefix:])
+            row = instances.get(instance)
+            created = creating.get(kind)
+            if created is not None:
+                if row is None:
+                    instances[instance] = {
+                        "instance": instance, "flow_type": flow_type, "version": version, "ente": ente,
+                        "source_instance": None, "created_at": at, "period_start": period_start,
+                        "period_end": period_end, "state": created, "state_since": at, "requested_by": requested_by,
+                        "scheduled_at": scheduled_at, "counts": None, "errors": None, "warnings": None,
+                        "summary": None, "last_event": kind, "events": 1, "request_id": request_id}
+                else:
+                    row.update(state=created, state_since=at, last_event=kind, events=row["events"] + 1)
+                continue
+            if row is None:
+                continue
+            key = (kind, row["state"], outcome)
+            step = self._next.get(key)
+            if step is None:
+                step = self._next[key] = _step(kind, row["state"], outcome)
+            changed, row["state"] = step
+            if changed:
+                row["state_since"] = at
+            if source_instance is not None:
+                row["source_instance"] = source_instance
+            if counts is not None:
+                row["counts"] = _JsonText(counts)
+            if errors is not None:
+                row["errors"] = errors
+            if warnings is not None:
+                row["warnings"] = warnings
+            if doc is not None:  # the payload whole: the summary and the files as feed() finds them
+                summary = _summary_of(kind, doc)
+                for file in _files_in(doc):
+                    files[(instance, file["name"])] = (
+                        instance, file["name"], file["kind"], file["records"], file["bytes"], file["sha256"],
+                        file.get("media_type", "text/plain"), file.get("part"), at)
+            if summary is not None:
+                row["summary"] = summary
+            row["last_event"] = kind
+            row["events"] += 1
 
     def feed(self, event: StoredEvent) -> None:
         if not event.stream_id.startswith(INSTANCE_STREAM_PREFIX) or not event.type.startswith("flows."):
@@ -209,37 +263,95 @@ class InstanceListRebuild:
                 file.get("media_type", "text/plain"), file.get("part"), event.recorded_at)
 
     async def write(self, conn: asyncpg.Connection) -> None:
-        rows = list(self._rows.values())
-        for start in range(0, len(rows), _WRITE_CHUNK):
-            chunk = rows[start:start + _WRITE_CHUNK]
-            columns: list[list[Any]] = [[row[c] for row in chunk] for c in _INSTANCE_COLUMNS]
-            columns[8] = [state.value for state in columns[8]]
-            columns[12] = [None if counts is None else dumps_json(counts) for counts in columns[12]]
-            await conn.execute(_WRITE_INSTANCES, *columns)
-        files = list(self._files.values())
-        for start in range(0, len(files), _WRITE_CHUNK):
-            await conn.execute(_WRITE_FILES, *(list(column) for column in zip(*files[start:start + _WRITE_CHUNK],
-                                                                               strict=True)))
+        dumps, text = dumps_json, _JsonText
+        records = [
+            (r["instance"], r["flow_type"], r["version"], r["ente"], r["source_instance"], r["created_at"],
+             r["period_start"], r["period_end"], r["state"].value, r["state_since"], r["requested_by"],
+             r["scheduled_at"], c if c is None or isinstance(c, text) else dumps(c), r["errors"], r["warnings"],
+             r["summary"], r["last_event"], r["events"], r["request_id"])
+            for r in self._rows.values() for c in (r["counts"],)]
+        await conn.execute(f"DROP TABLE IF EXISTS pg_temp.{_STAGING}")
+        await conn.execute(_STAGE_INSTANCES)
+        try:
+            await conn.copy_records_to_table(_STAGING, records=records, schema_name="pg_temp")
+            await conn.execute(_WRITE_INSTANCES)
+        finally:
+            await conn.execute(f"DROP TABLE pg_temp.{_STAGING}")
+        await conn.copy_records_to_table("instance_files", records=list(self._files.values()), columns=_FILE_COLUMNS)
 
 
 _CREATING = {flows.TYPE_OF[flows.LoadRunning]: InstanceState.RUNNING,
              flows.TYPE_OF[flows.LoadScheduled]: InstanceState.SCHEDULED}
 
 
+class _JsonText(str):
+    """jsonb text as PostgreSQL gave it (``feed_rows``): written back as is, where a dict is dumped."""
+
+
+def _step(kind: str, current: InstanceState, outcome: str | None) -> tuple[bool, InstanceState]:
+    """(state changed, state after) of an event of ``kind`` in state ``current``, as ``apply`` decides it:
+    ``target_of`` reads nothing of the payload but ``instance_outcome``."""
+    try:
+        state = target_of(kind, {"instance_outcome": outcome}, current)
+    except IllegalTransition:
+        state = current
+    return state is not current, state or current
+
+
+_FORMAT_FAILED, _TS_FEEDBACK, _DELETED = (flows.TYPE_OF[flows.FormatFailed], flows.TYPE_OF[flows.TsFeedbackReceived],
+                                          flows.TYPE_OF[flows.InstanceDeleted])
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+# InstanceListRebuild.columns. The creating events' columns as apply reads them (data[...] as text, ->> of JSON
+# null is NULL as .get() is None); jsonb counts stay text (::jsonb again at the write: the same value). The
+# whole payload (doc) only where Python must look: the three types whose summary is made, any event whose
+# files / feedback / errors_file / receipt_file may hold a file (neither missing, null nor []: models dump
+# their None fields), a summary that is not a string; else the summary is
+# the string, '' being no summary (``str(summary) if summary else None``).
+_CREATING_LIST = ", ".join(_literal(t) for t in _CREATING)
+_DOC_TYPES = ", ".join(_literal(t) for t in (_FORMAT_FAILED, _TS_FEEDBACK, _DELETED))
+_NARROW_COLUMNS = f"""stream_id, type, recorded_at,
+  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'flow_type' END,
+  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'version' END,
+  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'ente' END,
+  CASE WHEN type IN ({_CREATING_LIST}) THEN data#>>'{{period,start}}' END,
+  CASE WHEN type IN ({_CREATING_LIST}) THEN data#>>'{{period,end}}' END,
+  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'requested_by' END,
+  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'scheduled_at' END,
+  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'request_id' END,
+  (data->>'source_instance')::bigint,
+  CASE WHEN jsonb_typeof(data->'counts') <> 'null' THEN (data->'counts')::text END,
+  (data->>'errors')::int, (data->>'warnings')::int,
+  nullif(data->>'summary', ''), data->>'instance_outcome',
+  CASE WHEN type IN ({_DOC_TYPES}) OR data->'files' NOT IN ('null', '[]') OR data->'feedback' <> 'null'
+            OR data->'errors_file' <> 'null' OR data->'receipt_file' <> 'null'
+            OR coalesce(jsonb_typeof(data->'summary'), 'null') NOT IN ('string', 'null') THEN data END"""
+
+
 def _summary(event: StoredEvent) -> str | None:
-    data = event.data
-    if event.type == flows.TYPE_OF[flows.FormatFailed]:
+    return _summary_of(event.type, event.data)
+
+
+def _summary_of(kind: str, data: dict[str, Any]) -> str | None:
+    if kind == _FORMAT_FAILED:
         return "; ".join(data.get("reasons", []))[:1000]
-    if event.type == flows.TYPE_OF[flows.TsFeedbackReceived] and data.get("reason"):
+    if kind == _TS_FEEDBACK and data.get("reason"):
         return str(data["reason"])[:1000]
-    if event.type == flows.TYPE_OF[flows.InstanceDeleted]:
+    if kind == _DELETED:
         return f"deleted by {data.get('deleted_by')}: {data.get('reason') or 'no reason given'}"
     summary = data.get("summary")
     return str(summary) if summary else None
 
 
 def _files_of(event: StoredEvent) -> list[dict[str, Any]]:
-    data = event.data
+    return _files_in(event.data)
+
+
+def _files_in(data: dict[str, Any]) -> list[dict[str, Any]]:
     files: list[dict[str, Any]] = list(data.get("files") or [])
     for field in ("feedback", "errors_file", "receipt_file"):
         if data.get(field):

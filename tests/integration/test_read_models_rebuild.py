@@ -58,6 +58,10 @@ def histories() -> dict[int, list[flows.Payload | NewEvent]]:
                                      receipt_file=file("receipt_6.pdf", "ts-receipt", media_type="application/pdf"),
                                      instance_outcome="confirmed_with_errors"),
             flows.TsFeedbackReceived(instance=6, part=1, parts=1, outcome="confirmed", instance_outcome=None)],
+        # no feedback file: the bulk rebuild takes summary, errors and warnings from the columns it selects,
+        # without decoding the payload
+        7: [created(7), flows.LoadFailed(instance=7, source_instance=71, errors=2, warnings=1,
+                                         summary="2 errors in 1 record")],
     }
 
 
@@ -70,7 +74,8 @@ async def test_the_bulk_rebuild_equals_the_inline_projection(pool: asyncpg.Pool)
             await store.append(instance_stream(instance), [event], expected_version=version, key=str(instance))
     live = {r["instance"]: dict(r) for r in await pool.fetch("SELECT * FROM instance_list")}
     assert {i: r["state"] for i, r in live.items()} == {
-        1: "Formatted", 2: "Deleted", 3: "Formatted", 5: "Running", 6: "Confirmed with errors"}
+        1: "Formatted", 2: "Deleted", 3: "Formatted", 5: "Running", 6: "Confirmed with errors", 7: "Failed loading"}
+    assert (live[7]["summary"], live[7]["errors"], live[7]["warnings"]) == ("2 errors in 1 record", 2, 1)
     assert live[2]["scheduled_at"] is not None and live[3]["summary"] == "disk full; retry"
     assert await pool.fetchval("SELECT kind FROM instance_files WHERE name = 'feedback_3.csv'") == "C1"
     assert await pool.fetchval("SELECT count(*) FROM instance_files") == 9  # the illegal Formatted of 5 too
