@@ -15,8 +15,8 @@ from datetime import date
 import asyncpg
 
 from contracts.flows import FlowType
-from services.loader.catalogue import sync_reference_data
 from services.loader import checks
+from services.loader.catalogue import sync_reference_data
 from services.loader.checks import NO_SOURCE_DATA, run_checks
 from services.loader.feedback import export_feedback, problem_counts, summarise
 from services.loader.snapshot import SELECTIONS, take_snapshot
