@@ -99,12 +99,22 @@ async def set_json_codecs(conn: asyncpg.Connection) -> None:
 
 # Statements that may leave session state behind them (what asyncpg's reset query undoes): session
 # advisory locks, LISTEN, SET / RESET outside SET LOCAL, set_config, SQL cursors and prepared statements.
-# Matching too much only costs the reset round trip; matching too little would leak state, so the
-# patterns are wide (any "advisory", any line starting with SET but SET LOCAL).
-_SESSION_STATE = re.compile(
-    r"advisory|\blisten\b|set_config|\bdeclare\b|\bprepare\b|\bdiscard\b|\bsession\b"
-    r"|(?:^|;)\s*(?:set|reset)\s+(?!local\b)",
-    re.IGNORECASE | re.MULTILINE)
+# Matching too much only costs the reset round trip; matching too little would leak state, so the test is
+# wide: any of these words anywhere in the lower-cased text, or a SET / RESET (but SET LOCAL) opening a line
+# or following a semicolon.
+_SESSION_WORDS = ("advisory", "listen", "set_config", "declare", "prepare", "discard", "session")
+_SESSION_SET = re.compile(r"(?:^|;)[ \t\r\n]*(?:set|reset)[ \t\r\n]+(?!local\b)", re.MULTILINE)
+_verdicts: dict[str, bool] = {}  # per query text: the services send the same few hundred texts again and again
+
+
+def may_leave_session_state(query: str) -> bool:
+    verdict = _verdicts.get(query)
+    if verdict is None:
+        low = query.lower()
+        verdict = any(word in low for word in _SESSION_WORDS) or ("set" in low and bool(_SESSION_SET.search(low)))
+        if len(_verdicts) < 10_000:  # texts with literals inlined must not grow it without bound
+            _verdicts[query] = verdict
+    return verdict
 
 
 class TrackedConnection(asyncpg.Connection):  # type: ignore[misc]
@@ -117,7 +127,7 @@ class TrackedConnection(asyncpg.Connection):  # type: ignore[misc]
     _flows_session_state = False
 
     def _note(self, query: str) -> None:
-        if not self._flows_session_state and _SESSION_STATE.search(query):
+        if not self._flows_session_state and may_leave_session_state(query):
             self._flows_session_state = True
 
     async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
