@@ -22,6 +22,7 @@ SQL parameters of every rule: $1 snapshot_id, $2 catalogue version, $3 period st
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -353,15 +354,21 @@ async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, 
     return found
 
 
+@functools.cache
+def _small_sql(plan: CheckPlan) -> str:
+    """ONE statement: the previous problems deleted, every rule set inserted (data-modifying CTEs all see the
+    statement's snapshot, so the DELETE never sees the new rows), the distinct codici fiscali returned."""
+    parts = ["dropped AS (DELETE FROM load_problem WHERE snapshot_id = $1)"]
+    parts += [f"rule_set_{i} AS ({rule_set_sql(rule_set)})" for i, rule_set in enumerate(plan.rule_sets)]
+    return "WITH " + ",\n".join(parts) + "\n" + _distinct_cf_sql(plan)
+
+
 async def _run_small(conn: asyncpg.Connection, plan: CheckPlan, snapshot_id: int, version: str,
                      period: tuple[object, object]) -> None:
-    """The checks of a small snapshot on one connection, one statement after the other: each rule set is one
-    round trip (at this size PostgreSQL's default work_mem is plenty, so no transaction for a SET LOCAL), the
-    distinct codici fiscali one fetch; only findings cost a transaction (their temporary table)."""
-    await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
-    for rule_set in plan.rule_sets:
-        await conn.execute(rule_set_sql(rule_set), snapshot_id, version, *period)
-    rows = await conn.fetch(_distinct_cf_sql(plan), snapshot_id)
+    """The checks of a small snapshot on one connection in one round trip (_small_sql; at this size PostgreSQL's
+    default work_mem is plenty, so no transaction for a SET LOCAL); only codici fiscali with findings cost a
+    transaction (their temporary table)."""
+    rows = await conn.fetch(_small_sql(plan), snapshot_id, version, *period)
     codes = [r[0] for r in rows]
     findings = check_codici_fiscali(
         codes,
