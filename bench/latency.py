@@ -35,6 +35,7 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import GroupCoordinatorNotAvailableError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -144,7 +145,14 @@ def start_loader(url: str, files: Path) -> subprocess.Popen[bytes]:
 async def loader_group_members(admin: AIOKafkaAdminClient) -> int:
     """Members of the consumer group `loader` now: a running platform loader would take part of the bench's
     commands (and make instances in ITS database)."""
-    described = await admin.describe_consumer_groups(["loader"])
+    for attempt in range(50):  # a fresh broker creates __consumer_offsets (the coordinators) on first use
+        try:
+            described = await admin.describe_consumer_groups(["loader"])
+            break
+        except GroupCoordinatorNotAvailableError:
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.2)
     # DescribeGroupsResponse groups: (error_code, group, state, protocol_type, protocol, members)
     return sum(len(group[5]) for response in described for group in response.groups)
 

@@ -22,6 +22,7 @@ SQL parameters of every rule: $1 snapshot_id, $2 catalogue version, $3 period st
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -315,17 +316,20 @@ async def _run_rule_set(pool: asyncpg.Pool, rule_set: RuleSet, snapshot_id: int,
 CF_BATCH = 50_000  # distinct codes checked at once: memory is bounded by this, not by the period
 
 
+def _distinct_cf_sql(plan: CheckPlan) -> str:
+    person = ", patient_sex, patient_birth_date" if plan.cf_with_person else ""
+    return f"SELECT DISTINCT patient_cf{person} FROM {plan.table} WHERE snapshot_id = $1 AND patient_cf IS NOT NULL"
+
+
 async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, batch: int = CF_BATCH) -> int:
     """The codice fiscale rules over the DISTINCT codes of the snapshot, read through a server-side
     cursor `batch` at a time; each batch's findings go straight to a temporary table, then one
     INSERT ... SELECT names every record that carries a bad code. Returns how many findings."""
-    person = ", patient_sex, patient_birth_date" if plan.cf_with_person else ""
     person_cols = ", sex text, birth date" if plan.cf_with_person else ""
     match = " AND s.patient_sex = f.sex AND s.patient_birth_date = f.birth" if plan.cf_with_person else ""
     found = 0
     async with pool.acquire() as conn, conn.transaction():  # a server-side cursor lives in a transaction
-        cursor = await conn.cursor(f"SELECT DISTINCT patient_cf{person} FROM {plan.table} "
-                                   f"WHERE snapshot_id = $1 AND patient_cf IS NOT NULL", snapshot_id)
+        cursor = await conn.cursor(_distinct_cf_sql(plan), snapshot_id)
         while rows := await cursor.fetch(batch):
             codes = [r[0] for r in rows]
             findings = check_codici_fiscali(
@@ -350,13 +354,60 @@ async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, 
     return found
 
 
-async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, version: str,
+@functools.cache
+def _small_sql(plan: CheckPlan) -> str:
+    """ONE statement: the previous problems deleted, every rule set inserted (data-modifying CTEs all see the
+    statement's snapshot, so the DELETE never sees the new rows), the distinct codici fiscali returned."""
+    parts = ["dropped AS (DELETE FROM load_problem WHERE snapshot_id = $1)"]
+    parts += [f"rule_set_{i} AS ({rule_set_sql(rule_set)})" for i, rule_set in enumerate(plan.rule_sets)]
+    return "WITH " + ",\n".join(parts) + "\n" + _distinct_cf_sql(plan)
+
+
+async def _run_small(conn: asyncpg.Connection, plan: CheckPlan, snapshot_id: int, version: str,
                      period: tuple[object, object]) -> None:
+    """The checks of a small snapshot on one connection in one round trip (_small_sql; at this size PostgreSQL's
+    default work_mem is plenty, so no transaction for a SET LOCAL); only codici fiscali with findings cost a
+    transaction (their temporary table)."""
+    rows = await conn.fetch(_small_sql(plan), snapshot_id, version, *period)
+    codes = [r[0] for r in rows]
+    findings = check_codici_fiscali(
+        codes,
+        sexes=[r[1] for r in rows] if plan.cf_with_person else None,
+        birth_dates=[r[2] for r in rows] if plan.cf_with_person else None)
+    if not findings:
+        return
+    person_cols = ", sex text, birth date" if plan.cf_with_person else ""
+    match = " AND s.patient_sex = f.sex AND s.patient_birth_date = f.birth" if plan.cf_with_person else ""
+    async with conn.transaction():
+        await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS cf_finding_{plan.table} "
+                           f"(cf text, code text, message text{person_cols}) ON COMMIT DROP")
+        await conn.copy_records_to_table(
+            f"cf_finding_{plan.table}",
+            records=[(codes[f.index], f.code, f.message, *tuple(rows[f.index])[1:]) for f in findings])
+        await conn.execute(f"""
+            INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message)
+            SELECT $1, {plan.record_key}, 'patient_cf', f.code, 'error', f.message
+            FROM {plan.table} s JOIN cf_finding_{plan.table} f ON s.patient_cf = f.cf{match}
+            WHERE s.snapshot_id = $1""", snapshot_id)
+
+
+# Up to this many snapshot rows, the checks run one after the other on one connection (a small load's time is
+# round trips, not work); above, the rule sets run in parallel, each with its own work_mem.
+SMALL_SNAPSHOT = 5_000
+
+
+async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, version: str,
+                     period: tuple[object, object], rows: int | None = None) -> None:
     """Evaluate every rule on the snapshot into load_problem (previous problems of it are replaced).
 
     The rule sets and the codice fiscale check run concurrently on separate connections: PostgreSQL
-    runs each INSERT ... SELECT on one core, so parallel statements are how a load uses the machine."""
+    runs each INSERT ... SELECT on one core, so parallel statements are how a load uses the machine.
+    A snapshot of at most SMALL_SNAPSHOT `rows` (when the caller knows them) is checked on one connection."""
     plan = PLANS[snapshot_table]
+    if rows is not None and rows <= SMALL_SNAPSHOT:
+        async with pool.acquire() as conn:
+            await _run_small(conn, plan, snapshot_id, version, period)
+        return
     async with pool.acquire() as conn:
         await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
     await asyncio.gather(

@@ -92,10 +92,11 @@ def summarise(counts: ProblemCounts) -> str:
 
 
 async def problem_counts(conn: asyncpg.Connection, snapshot_id: int) -> ProblemCounts:
-    rows = await conn.fetch("SELECT code, severity, count(*) AS n FROM load_problem WHERE snapshot_id = $1 "
-                            "GROUP BY code, severity", snapshot_id)
-    error_records = await conn.fetchval("SELECT count(DISTINCT record_key) FROM load_problem "
-                                        "WHERE snapshot_id = $1 AND severity = 'error'", snapshot_id)
+    # one round trip: the records with an error ride on every row (no row: no problem, so no error record)
+    rows = await conn.fetch("SELECT code, severity, count(*) AS n, (SELECT count(DISTINCT record_key) "
+                            "FROM load_problem WHERE snapshot_id = $1 AND severity = 'error') AS error_records "
+                            "FROM load_problem WHERE snapshot_id = $1 GROUP BY code, severity", snapshot_id)
+    error_records = rows[0]["error_records"] if rows else 0
     by_code = tuple(CodeCount(r["code"], r["severity"], int(r["n"])) for r in rows)
     return ProblemCounts(errors=sum(c.problems for c in by_code if c.severity == "error"),
                          warnings=sum(c.problems for c in by_code if c.severity == "warning"),

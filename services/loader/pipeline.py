@@ -15,6 +15,7 @@ from datetime import date
 import asyncpg
 
 from contracts.flows import FlowType
+from services.loader import checks
 from services.loader.catalogue import sync_reference_data
 from services.loader.checks import NO_SOURCE_DATA, run_checks
 from services.loader.feedback import export_feedback, problem_counts, summarise
@@ -67,11 +68,16 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
     async with pool.acquire() as conn:
         await sync_reference_data(conn, version)
         step(1)
-        await take_snapshot(conn, snapshot_id, flow, ente, period_start, period_end,
-                            instance=instance, version=version)
+        stats = await take_snapshot(conn, snapshot_id, flow, ente, period_start, period_end,
+                                    instance=instance, version=version)
     step(2)
-    counts, _ = await asyncio.gather(_counts(pool, table, snapshot_id),
-                                     run_checks(pool, table, snapshot_id, version, (period_start, period_end)))
+    period = (period_start, period_end)
+    if stats.rows <= checks.SMALL_SNAPSHOT:  # a few round trips in a row cost less than parallel connections
+        counts = await _counts(pool, table, snapshot_id)
+        await run_checks(pool, table, snapshot_id, version, period, rows=stats.rows)
+    else:
+        counts, _ = await asyncio.gather(_counts(pool, table, snapshot_id),
+                                         run_checks(pool, table, snapshot_id, version, period, rows=stats.rows))
     step(3)
     async with pool.acquire() as conn:
         if not next(iter(counts.values())):  # no service / booking / document: say so, never a silent Checked

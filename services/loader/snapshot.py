@@ -107,9 +107,16 @@ async def take_snapshot(conn: asyncpg.Connection, snapshot_id: int, flow_type: F
     async with conn.transaction():
         # the period's prescriptions are hashed and sorted in memory rather than spilled to disk
         await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
-        existing = await conn.fetchrow("SELECT * FROM source_snapshot WHERE snapshot_id = $1 FOR UPDATE",
-                                       snapshot_id)
-        if existing is not None:
+        # one round trip for a new snapshot: a concurrent taker of the same number waits on the primary key,
+        # then finds the row below
+        created = await conn.fetchval(
+            "INSERT INTO source_snapshot (snapshot_id, instance, flow_type, version, ente, period_start, "
+            "period_end, source_table, rows) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0) "
+            "ON CONFLICT (snapshot_id) DO NOTHING RETURNING true",
+            snapshot_id, instance, flow.value, version, ente, period_start, period_end, selection.snapshot_table)
+        if not created:
+            existing = await conn.fetchrow("SELECT * FROM source_snapshot WHERE snapshot_id = $1 FOR UPDATE",
+                                           snapshot_id)
             same = (existing["flow_type"], existing["ente"], existing["period_start"], existing["period_end"],
                     existing["instance"]) == (flow.value, ente, period_start, period_end, instance)
             if not same:
@@ -117,10 +124,6 @@ async def take_snapshot(conn: asyncpg.Connection, snapshot_id: int, flow_type: F
                                        f"{existing['ente']} {existing['period_start']}..{existing['period_end']} "
                                        f"for instance {existing['instance']}")
             return SnapshotStats(snapshot_id, selection.snapshot_table, int(existing["rows"]), reused=True)
-        await conn.execute(
-            "INSERT INTO source_snapshot (snapshot_id, instance, flow_type, version, ente, period_start, "
-            "period_end, source_table, rows) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0)",
-            snapshot_id, instance, flow.value, version, ente, period_start, period_end, selection.snapshot_table)
         status = await conn.execute(snapshot_sql(selection), snapshot_id, ente, period_start, period_end)
         rows = int(status.split()[-1])
         await conn.execute("UPDATE source_snapshot SET rows = $2 WHERE snapshot_id = $1", snapshot_id, rows)

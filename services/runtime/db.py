@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -96,11 +97,73 @@ async def set_json_codecs(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(type_name, encoder=dumps_json, decoder=loads_json, schema="pg_catalog")
 
 
+# Statements that may leave session state behind them (what asyncpg's reset query undoes): session
+# advisory locks, LISTEN, SET / RESET outside SET LOCAL, set_config, SQL cursors and prepared statements.
+# Matching too much only costs the reset round trip; matching too little would leak state, so the test is
+# wide: any of these words anywhere in the lower-cased text, or a SET / RESET (but SET LOCAL) opening a line
+# or following a semicolon.
+_SESSION_WORDS = ("advisory", "listen", "set_config", "declare", "prepare", "discard", "session")
+_SESSION_SET = re.compile(r"(?:^|;)[ \t\r\n]*(?:set|reset)[ \t\r\n]+(?!local\b)", re.MULTILINE)
+_verdicts: dict[str, bool] = {}  # per query text: the services send the same few hundred texts again and again
+
+
+def may_leave_session_state(query: str) -> bool:
+    verdict = _verdicts.get(query)
+    if verdict is None:
+        low = query.lower()
+        verdict = any(word in low for word in _SESSION_WORDS) or ("set" in low and bool(_SESSION_SET.search(low)))
+        if len(_verdicts) < 10_000:  # texts with literals inlined must not grow it without bound
+            _verdicts[query] = verdict
+    return verdict
+
+
+class TrackedConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A connection that notes whether any statement sent through it may have left session state.
+
+    Every statement text asyncpg sends goes through ``_get_statement`` (queries with arguments, fetch*,
+    executemany, cursors, prepare) or ``execute`` without arguments (the simple-query protocol); both are
+    checked here, before the statement is sent."""
+
+    _flows_session_state = False
+
+    def _note(self, query: str) -> None:
+        if not self._flows_session_state and may_leave_session_state(query):
+            self._flows_session_state = True
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str:
+        self._note(query)
+        return await super().execute(query, *args, timeout=timeout)  # type: ignore[no-any-return]
+
+    async def _get_statement(self, query: str, *args: Any, **kw: Any) -> Any:
+        self._note(query)
+        return await super()._get_statement(query, *args, **kw)
+
+    async def copy_from_query(self, query: str, *args: Any, **kw: Any) -> str:  # COPY (query): its own path
+        self._note(query)
+        return await super().copy_from_query(query, *args, **kw)  # type: ignore[no-any-return]
+
+
+async def reset_if_needed(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release. asyncpg has already rolled back an open transaction and dropped the
+    listeners (``Connection._reset``); the reset query (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL``: one round trip, on every release by default) runs only when a statement since the last
+    reset may have left session state, so a session advisory lock never passes to the next user."""
+    tracked = isinstance(conn, TrackedConnection)
+    if not tracked or conn._flows_session_state:  # a plain connection: always reset
+        if query := conn.get_reset_query():
+            await conn.execute(query)
+        if tracked:
+            conn._flows_session_state = False
+
+
 async def create_pool(database_url: str, **kw: Any) -> asyncpg.Pool:
     """An asyncpg pool whose connections encode/decode json and jsonb with json.dumps/loads.
 
     ``kw`` goes to ``asyncpg.create_pool``; an ``init`` given there runs after the codecs are set.
+    Releasing a connection resets its session only when it may have session state (``reset_if_needed``).
     """
+    kw.setdefault("connection_class", TrackedConnection)
+    kw.setdefault("reset", reset_if_needed)
     user_init: Callable[[asyncpg.Connection], Awaitable[None]] | None = kw.pop("init", None)
 
     async def init(conn: asyncpg.Connection) -> None:

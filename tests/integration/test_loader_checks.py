@@ -16,6 +16,7 @@ import pytest
 
 from contracts.feedback import FeedbackLine
 from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument, SourceModel
+from services.loader import checks
 from services.loader.checks import PLANS, _run_cf_checks
 from services.loader.intake import store, store_services
 from services.loader.pipeline import LoadOutcome, run_load
@@ -24,6 +25,15 @@ from simulators.cup.generator import generate
 
 pytestmark = pytest.mark.integration
 AUGUST = (date(2020, 8, 1), date(2020, 8, 31))
+
+
+@pytest.fixture(autouse=True, params=["one connection", "parallel"])
+def checks_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test on both paths of run_checks: a small snapshot is checked on one connection, a large one by
+    parallel rule sets (the threshold at -1 sends these small snapshots down the large loads' path)."""
+    if request.param == "parallel":
+        monkeypatch.setattr(checks, "SMALL_SNAPSHOT", -1)
+    return str(request.param)
 
 
 def ecg(source_id: str, prescription_id: str, **changes: Any) -> DeliveredService:

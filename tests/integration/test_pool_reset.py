@@ -1,0 +1,99 @@
+"""The pool's reset on release (services.runtime.db.reset_if_needed), on the real PostgreSQL: whatever session
+state one user of a connection leaves (session advisory locks, SET, set_config, LISTEN) never reaches the next
+user; statements that leave none skip the reset query's round trip."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from services.runtime.db import TrackedConnection, create_pool
+
+pytestmark = pytest.mark.asyncio
+
+LOCK = (7316, 424242)
+
+
+@pytest.fixture
+async def one_conn_pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
+    """One connection: every acquire gets the connection the previous user released."""
+    pool = await create_pool(fresh_db, min_size=1, max_size=1)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def _lock_free_elsewhere(url: str) -> bool:
+    other = await asyncpg.connect(url)
+    try:
+        taken = bool(await other.fetchval("SELECT pg_try_advisory_lock($1, $2)", *LOCK))
+        if taken:
+            await other.execute("SELECT pg_advisory_unlock($1, $2)", *LOCK)
+        return taken
+    finally:
+        await other.close()
+
+
+async def _pid(pool: asyncpg.Pool) -> int:
+    async with pool.acquire() as conn:
+        return int(await conn.fetchval("SELECT pg_backend_pid()"))
+
+
+@pytest.mark.parametrize("how", ["fetchval", "execute-simple", "execute-args", "in-a-cte"])
+async def test_a_leaked_session_advisory_lock_is_released(one_conn_pool: asyncpg.Pool, fresh_db: str,
+                                                          how: str) -> None:
+    pid = await _pid(one_conn_pool)
+    async with one_conn_pool.acquire() as conn:
+        if how == "fetchval":
+            assert await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *LOCK)
+        elif how == "execute-simple":
+            await conn.execute(f"SELECT 1; SELECT pg_advisory_lock({LOCK[0]}, {LOCK[1]})")
+        elif how == "execute-args":
+            await conn.execute("SELECT pg_advisory_lock($1, $2)", *LOCK)
+        else:
+            await conn.fetch("WITH l AS (SELECT PG_ADVISORY_LOCK($1, $2)) SELECT * FROM l", *LOCK)
+        assert not await _lock_free_elsewhere(fresh_db)  # held, and no unlock: the user "forgot"
+    assert await _lock_free_elsewhere(fresh_db)  # released with the connection
+    assert await _pid(one_conn_pool) == pid  # the same session, not a new connection
+    async with one_conn_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                   "AND pid = pg_backend_pid()") == 0
+
+
+async def test_session_settings_and_listen_do_not_reach_the_next_user(one_conn_pool: asyncpg.Pool) -> None:
+    async with one_conn_pool.acquire() as conn:
+        default = await conn.fetchval("SHOW work_mem")
+        await conn.execute("SET work_mem = '77MB'")
+    async with one_conn_pool.acquire() as conn:
+        assert await conn.fetchval("SHOW work_mem") == default
+        await conn.fetchval("SELECT set_config('work_mem', '78MB', false)")
+    async with one_conn_pool.acquire() as conn:
+        assert await conn.fetchval("SHOW work_mem") == default
+        await conn.add_listener("flows_test_channel", lambda *a: None)
+        await conn.execute("select 1;\n  set statement_timeout = 12345")
+    async with one_conn_pool.acquire() as conn:
+        assert await conn.fetch("SELECT pg_listening_channels()") == []
+        assert await conn.fetchval("SHOW statement_timeout") != "12345ms"
+
+
+async def test_statements_without_session_state_skip_the_reset(one_conn_pool: asyncpg.Pool) -> None:
+    async with one_conn_pool.acquire() as conn:
+        raw = conn._con  # the pool's proxy hides the connection; the flag lives on it
+        assert isinstance(raw, TrackedConnection)
+        async with conn.transaction():
+            await conn.execute("SET LOCAL work_mem = '64MB'")  # gone at commit: no reset needed
+            await conn.execute("CREATE TEMP TABLE t (x int) ON COMMIT DROP")
+            await conn.executemany("INSERT INTO t VALUES ($1)", [(1,), (2,)])
+            await conn.fetch("UPDATE t SET x = x + 1 RETURNING x")
+        await conn.fetchval("SELECT count(*) FROM pg_class")
+        assert raw._flows_session_state is False
+        await conn.fetchval("SELECT pg_try_advisory_xact_lock(1)")  # xact lock: still flagged (wide pattern)
+        assert raw._flows_session_state is True
+        raw._flows_session_state = False
+        await conn.fetch("UPDATE pg_class\nSET relname = relname WHERE false")  # a line starting with SET: flagged
+        assert raw._flows_session_state is True
+    async with one_conn_pool.acquire() as conn:
+        assert conn._con._flows_session_state is False  # the reset ran and cleared the flag
