@@ -37,7 +37,7 @@ import httpx
 from aiokafka import AIOKafkaProducer
 
 from services.console import auth
-from services.console.app import PAGE_SIZE, Search, search_instances
+from services.console.app import PAGE_SIZE, Search, list_page_rows
 from services.runtime.db import create_pool
 from services.runtime.host import prepare_database
 from services.runtime.read_models import FLOW_PROJECTIONS
@@ -102,7 +102,7 @@ async def list_pages(pool: asyncpg.Pool, url: str, rounds: int) -> tuple[list[fl
                     for _page in range(20):
                         q = Search(stato=state, prima=before)
                         t0 = time.perf_counter()
-                        rows = await search_instances(pool, principal, q, PAGE_SIZE + 1)
+                        rows = await list_page_rows(pool, principal, q)
                         raw_ms.append((time.perf_counter() - t0) * 1000)
                         params = {k: str(v) for k, v in (("stato", state), ("prima", before)) if v is not None}
                         t0 = time.perf_counter()
