@@ -268,7 +268,8 @@ def route(router: APIRouter, method: str, path: str, rule: Rule, kind: str, with
         check = guard(rule, with_session)
         if with_session is not None:
             # The page takes nothing but its ctx: a plain Starlette route, without FastAPI's per-request parameter
-            # and dependency machinery (a third of the list page's time in bench/console.py); the same guard.
+            # and dependency resolution (bench/console.py: every step of Python per request shows in the ratio);
+            # the same guard, the same rule in the route table.
             if set(inspect.signature(fn).parameters) != {"ctx"}:
                 raise ValueError(f"{method} {path}: a with_session page takes only its ctx")
 
@@ -622,7 +623,7 @@ LIST_PAGE_SQL = _list_sql(LIST_PAGE_COLUMNS, _SEEN_BY_ENTI)
 _LIST_PAGE_WITH_SESSION_SQL = f"""WITH who AS MATERIALIZED ({auth.session_sql("$8")})
     SELECT who.*, {", ".join(f"NULL::{t} AS {c}" for c, t in _LIST_PAGE_TYPES)} FROM who
     UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL, page.* FROM who CROSS JOIN LATERAL ({_list_sql(
+    SELECT {", ".join(["NULL"] * len(auth.SESSION_COLUMNS))}, page.* FROM who CROSS JOIN LATERAL ({_list_sql(
         LIST_PAGE_COLUMNS, "(who.role = ANY($9::text[]) OR (who.role = 'operator' AND ente = ANY(who.enti)))")}
     ) page"""
 

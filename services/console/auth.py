@@ -163,12 +163,15 @@ async def close_session(pool: asyncpg.Pool, token: str) -> None:
     await pool.execute("DELETE FROM console_session WHERE token_sha256 = $1", _sha256(token))
 
 
+SESSION_COLUMNS = ("u.name", "u.role", "u.enti", "u.structure", "s.csrf_token")  # what principal_of reads
+
+
 def session_sql(token: str) -> str:
     """The live session of the cookie whose SHA-256 is the parameter `token` (e.g. "$1"): its user's name, role,
     enti, structure and the session's CSRF token; no row when the session is unknown, expired or its user
     disabled. Checked in the database on every request (no cache to outlive a logout or a disable); a page that
     needs one more query runs it in the same statement as this one (app.py: the instance list)."""
-    return ("SELECT u.name, u.role, u.enti, u.structure, s.csrf_token FROM console_session s "
+    return (f"SELECT {', '.join(SESSION_COLUMNS)} FROM console_session s "
             "JOIN console_user u ON u.name = s.user_name "
             f"WHERE s.token_sha256 = {token} AND s.expires_at > now() AND NOT u.disabled")
 
