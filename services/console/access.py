@@ -79,13 +79,19 @@ ROUTE_TABLE: dict[tuple[str, str], RouteRule] = {}
 PUBLIC_PATHS = frozenset({"/login", "/login/oidc", "/login/oidc/callback", "/healthz", "/readyz", "/static"})
 
 
-def routed(router: Any, method: str, path: str, rule: Rule, kind: str, **kw: Any) -> Callable[[Any], Any]:
-    """Registers `path` on `router` AND its rule in ROUTE_TABLE: the only way a guarded route is declared."""
+def routed(router: Any, method: str, path: str, rule: Rule, kind: str, plain: bool = False,
+           **kw: Any) -> Callable[[Any], Any]:
+    """Registers `path` on `router` AND its rule in ROUTE_TABLE: the only way a guarded route is declared.
+    `plain`: a Starlette route, `fn(request)`, without FastAPI's parameter and dependency handling (the route
+    calls its guard itself: app.route)."""
     def register(fn: Any) -> Any:
         full = getattr(router, "prefix", "") + path
         if (method, full) in ROUTE_TABLE:
             raise RuntimeError(f"route {method} {full} is declared twice")
         ROUTE_TABLE[(method, full)] = RouteRule(method, full, rule, kind)
+        if plain:
+            router.add_route(path, fn, methods=[method], include_in_schema=False, **kw)
+            return fn
         return router.api_route(path, methods=[method], **kw)(fn)
     return register
 

@@ -126,6 +126,8 @@ def _badge(state: str) -> Markup:
 
 
 _BADGE_HTML = {state: str(_badge(state)) for state in STATE_LABELS}
+FLOW_TYPE_VALUES = [t.value for t in FlowType]
+STATE_VALUES = list(STATE_LABELS)
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 # The templates ship with the code: never re-stat them on every render (FLOWS_CONSOLE_TEMPLATES_RELOAD=1
@@ -178,6 +180,7 @@ class Ctx:
     principal: auth.Principal
     request: Request
     row: asyncpg.Record | None = None
+    found: Any = None  # what the route's `with_session` query returned with the principal (see `route`)
 
     @property
     def address(self) -> str:
@@ -204,11 +207,26 @@ def _console(request: Request) -> Console:
     return console
 
 
-def guard(rule: Rule) -> Callable[[Request], Awaitable[Ctx]]:
+# A route's own query run in the same statement as the session lookup: given the pool, the SHA-256 of the
+# session cookie and the request, the principal's row and the route's rows, or None when the session is not live.
+SessionQuery = Callable[[asyncpg.Pool, bytes, Request], Awaitable[tuple[asyncpg.Record, Any] | None]]
+
+
+def guard(rule: Rule, with_session: SessionQuery | None = None) -> Callable[[Request], Awaitable[Ctx]]:
     """The dependency of every guarded route: login, CSRF on forms, role, then the entity."""
     async def check(request: Request) -> Ctx:
         console = _console(request)
-        principal = await _principal(console, request)
+        found = None
+        token = request.cookies.get(console.cookie_name)
+        if with_session is not None and token:
+            # One round trip for the session and the page's rows. The rows are the principal's own (the query
+            # filters them by the session's user, as read in the same statement), and they are dropped unseen
+            # when the rule below refuses the role.
+            answer = await with_session(console.pool, auth.token_sha256(token), request)
+            principal = None if answer is None else auth.principal_of(answer[0])
+            found = None if answer is None else answer[1]
+        else:
+            principal = await _principal(console, request)
         if principal is None:
             raise NotLoggedIn()
         row, owner = None, None
@@ -232,17 +250,34 @@ def guard(rule: Rule) -> Callable[[Request], Awaitable[Ctx]]:
             given = form.get("csrf")
             if not auth.csrf_ok(principal.csrf_token, given if isinstance(given, str) else None):
                 raise HTTPException(403, "Modulo scaduto o non valido: ricarichi la pagina e riprovi.")
-        return Ctx(principal, request, row)
+        return Ctx(principal, request, row, found)
     return check
 
 
-def route(router: APIRouter, method: str, path: str, rule: Rule, kind: str,
+def route(router: APIRouter, method: str, path: str, rule: Rule, kind: str, with_session: SessionQuery | None = None,
           **kw: Any) -> Callable[[Callable[..., Awaitable[Response]]], Any]:
     """Declares a guarded route: its rule goes to the route table (access.routed) and the handler,
-    written as `async def handler(ctx: Ctx, ...)`, only runs after `guard(rule)` let the request in."""
+    written as `async def handler(ctx: Ctx, ...)`, only runs after `guard(rule)` let the request in.
+    `with_session` (a browser page of scope "none" only) fetches the page's rows in the session's own
+    statement: they reach the handler as `ctx.found`."""
+    if with_session is not None and (rule.scope != "none" or router.prefix or method != "GET"):
+        raise ValueError(f"{method} {path}: with_session is for the GET pages of scope 'none'")
+
     def register(fn: Callable[..., Awaitable[Response]]) -> Any:
         hints = typing.get_type_hints(fn)
-        check = guard(rule)
+        check = guard(rule, with_session)
+        if with_session is not None:
+            # The page takes nothing but its ctx: a plain Starlette route, without FastAPI's per-request parameter
+            # and dependency resolution (bench/console.py: every step of Python per request shows in the ratio);
+            # the same guard, the same rule in the route table.
+            if set(inspect.signature(fn).parameters) != {"ctx"}:
+                raise ValueError(f"{method} {path}: a with_session page takes only its ctx")
+
+            async def endpoint(request: Request) -> Response:
+                return await fn(await check(request))
+
+            endpoint.__name__ = fn.__name__
+            return routed(router, method, path, rule, kind, plain=True, **kw)(endpoint)
 
         @functools.wraps(fn)
         async def handler(*, guarded: Ctx, **params: Any) -> Response:
@@ -548,56 +583,125 @@ def _parse_search(params: Any) -> tuple[Search, list[str]]:
     return q, errors
 
 
-async def search_instances(pool: asyncpg.Pool, principal: auth.Principal, q: Search,
-                           limit: int = PAGE_SIZE) -> list[asyncpg.Record]:
-    """A page of instances, newest first, only of the enti the principal sees (keyset on instance)."""
-    enti = None if principal.role in ("ops", "auditor") else sorted(principal.enti)
-    return await pool.fetch(
-        """SELECT * FROM instance_list
+def _list_sql(columns: str, seen: str) -> str:
+    """A page of instances, newest first (keyset on instance): $1-$6 the search, $7 the page size (one more row
+    than shown tells whether a next page exists), `seen` the clause that keeps the enti the principal sees."""
+    return f"""SELECT {columns} FROM instance_list
            WHERE ($1::text IS NULL OR flow_type = $1) AND ($2::text IS NULL OR ente = $2)
              AND ($3::date IS NULL OR created_at >= $3::date)
              AND ($4::date IS NULL OR created_at < $4::date + 1)
              AND ($5::text IS NULL OR state = $5) AND ($6::bigint IS NULL OR instance < $6)
-             AND ($7::text[] IS NULL OR ente = ANY($7))
-           ORDER BY instance DESC LIMIT $8""",
-        q.tipo, q.ente, date.fromisoformat(q.dal) if q.dal else None, date.fromisoformat(q.al) if q.al else None,
-        q.stato, q.prima, enti, limit)
+             AND {seen}
+           ORDER BY instance DESC LIMIT $7"""
 
 
-@functools.lru_cache(maxsize=4096)
+def _search_args(q: Search) -> tuple[Any, ...]:
+    return (q.tipo, q.ente, date.fromisoformat(q.dal) if q.dal else None, date.fromisoformat(q.al) if q.al else None,
+            q.stato, q.prima)
+
+
+def _enti_seen(principal: auth.Principal) -> list[str] | None:
+    """The enti whose instances the principal sees; None for every ente (Principal.sees_ente in SQL)."""
+    if principal.role in auth.EVERY_ENTE_ROLES:
+        return None
+    return sorted(principal.enti) if principal.role == "operator" else []
+
+
+_SEEN_BY_ENTI = "($8::text[] IS NULL OR ente = ANY($8))"
+_SEARCH_SQL = _list_sql("*", _SEEN_BY_ENTI)
+# The list page shows these columns only (an instance's counts, summary, ... are the API's and the instance page's).
+# The creation time as Rome's wall-clock time, converted by PostgreSQL (no time zone arithmetic per row in Python).
+_LIST_PAGE_TYPES = [("instance", "bigint"), ("flow_type", "text"), ("ente", "text"), ("source_instance", "bigint"),
+                    ("created_rome", "timestamp"), ("period_start", "date"), ("period_end", "date"), ("state", "text")]
+LIST_PAGE_COLUMNS = ("instance, flow_type, ente, source_instance, "
+                     f"created_at AT TIME ZONE '{ROME.key}' AS created_rome, period_start, period_end, state")
+LIST_PAGE_SQL = _list_sql(LIST_PAGE_COLUMNS, _SEEN_BY_ENTI)
+# The same page with the session lookup in one statement: the principal is read from the session ($8 the SHA-256
+# of its cookie) and the rows are filtered by what that principal sees (Principal.sees_ente; $9 the roles that
+# see every ente). No row when the session is not live; else the principal's row (its page columns NULL), and one
+# row per instance (its principal columns NULL: not decoded 51 times).
+_LIST_PAGE_WITH_SESSION_SQL = f"""WITH who AS MATERIALIZED ({auth.session_sql("$8")})
+    SELECT who.*, {", ".join(f"NULL::{t} AS {c}" for c, t in _LIST_PAGE_TYPES)} FROM who
+    UNION ALL
+    SELECT {", ".join(["NULL"] * len(auth.SESSION_COLUMNS))}, page.* FROM who CROSS JOIN LATERAL ({_list_sql(
+        LIST_PAGE_COLUMNS, "(who.role = ANY($9::text[]) OR (who.role = 'operator' AND ente = ANY(who.enti)))")}
+    ) page"""
+
+
+async def search_instances(pool: asyncpg.Pool, principal: auth.Principal, q: Search,
+                           limit: int = PAGE_SIZE) -> list[asyncpg.Record]:
+    """A page of instances (every column), newest first, only of the enti the principal sees."""
+    return await pool.fetch(_SEARCH_SQL, *_search_args(q), limit, _enti_seen(principal))
+
+
+async def list_page_rows(pool: asyncpg.Pool, principal: auth.Principal, q: Search) -> list[asyncpg.Record]:
+    """The list page's rows for a principal already known: the page's SQL without the session (bench/console.py
+    times it as the baseline of the page)."""
+    return await pool.fetch(LIST_PAGE_SQL, *_search_args(q), PAGE_SIZE + 1, _enti_seen(principal))
+
+
+async def _list_page_with_session(pool: asyncpg.Pool, token_sha256: bytes,
+                                  request: Request) -> tuple[asyncpg.Record, Any] | None:
+    q, errors = _parse_search(request.query_params)
+    rows = await pool.fetch(_LIST_PAGE_WITH_SESSION_SQL, *_search_args(q), PAGE_SIZE + 1, token_sha256,
+                            list(auth.EVERY_ENTE_ROLES))
+    who = next((r for r in rows if r["name"] is not None), None)
+    if who is None:
+        return None
+    return who, (q, errors, [r for r in rows if r["instance"] is not None])
+
+
+_TEXT_HTML: dict[str, str] = {}  # a list's few distinct flow types and enti, escaped once (bounded below)
+_DAY_TEXT: dict[date, str] = {}
+
+
+def _escaped(text: str) -> str:
+    found = _TEXT_HTML.get(text)
+    if found is None:
+        found = html.escape(text)
+        if len(_TEXT_HTML) < 4096:
+            _TEXT_HTML[text] = found
+    return found
+
+
 def _day(day: date) -> str:
-    return f"{day.day:02d}/{day.month:02d}/{day.year}"
+    found = _DAY_TEXT.get(day)
+    if found is None:
+        found = f"{day.day:02d}/{day.month:02d}/{day.year}"
+        if len(_DAY_TEXT) < 4096:
+            _DAY_TEXT[day] = found
+    return found
 
 
 def _list_rows(rows: list[asyncpg.Record]) -> Markup:
     """The list's table rows as one piece of HTML, every text cell escaped (html.escape: quotes too). Built
     here rather than in a Jinja loop: with 50 rows the loop's ~900 output pieces (and Jinja's attribute lookup
     on a Record, which fails over to an item lookup through an exception per cell) were most of the page's
-    time (bench/console.py); markupsafe's escape and Markup formatting cost 3x html.escape and plain str."""
+    time (bench/console.py); markupsafe's escape and Markup formatting cost 3x html.escape and plain str.
+    The creation time comes as Rome's wall-clock time (LIST_PAGE_COLUMNS: `created_rome`), and the few distinct
+    texts and days are escaped and formatted once (half this function's time)."""
     out = []
-    esc = html.escape
+    badges = _BADGE_HTML
     for r in rows:
         n = int(r["instance"])
-        created = r["created_at"].astimezone(ROME)
+        created = r["created_rome"]
         state = r["state"]
-        out.append(f'<tr><td>{esc(r["flow_type"])}</td><td>{esc(r["ente"])}</td>'
+        out.append(f'<tr><td>{_escaped(r["flow_type"])}</td><td>{_escaped(r["ente"])}</td>'
                    f'<td><a href="/istanze/{n}">{n}</a></td><td>{r["source_instance"] or ""}</td>'
                    f"<td>{_day(created.date())} {created.hour:02d}:{created.minute:02d}</td>"
                    f'<td>{_day(r["period_start"])}</td><td>{_day(r["period_end"])}</td>'
-                   f"<td>{_BADGE_HTML.get(state) or _badge(state)}</td></tr>\n")
+                   f"<td>{badges.get(state) or _badge(state)}</td></tr>\n")
     return Markup("".join(out))
 
 
-@route(pages, "GET", "/istanze", LIST_INSTANCES, "page")
+@route(pages, "GET", "/istanze", LIST_INSTANCES, "page", with_session=_list_page_with_session)
 async def instances_page(ctx: Ctx) -> Response:
-    request = ctx.request
-    q, errors = _parse_search(request.query_params)
-    rows = await search_instances(_console(request).pool, ctx.principal, q, PAGE_SIZE + 1)
+    q, errors, rows = ctx.found
     more, rows = len(rows) > PAGE_SIZE, rows[:PAGE_SIZE]
     params = {k: v for k, v in vars(q).items() if v is not None and k != "prima"}
     next_url = "/istanze?" + urllib.parse.urlencode({**params, "prima": rows[-1]["instance"]}) if more else None
     return page(ctx, "instances.html", "Istanze di flusso", active="/istanze", rows=_list_rows(rows),
-                count=len(rows), q=q, errors=errors, flow_types=[t.value for t in FlowType], states=list(STATE_LABELS),
+                count=len(rows), q=q, errors=errors, flow_types=FLOW_TYPE_VALUES, states=STATE_VALUES,
                 next_url=next_url, first_url="/istanze?" + urllib.parse.urlencode(params))
 
 

@@ -18,6 +18,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 ROLES = ("operator", "structure", "desk", "ops", "auditor", "admin")
+# The roles that read every ente (Principal.sees_ente, and the SQL that filters a list by what the principal sees).
+EVERY_ENTE_ROLES = ("ops", "auditor")
 USER_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,62}$")
 ENTE = re.compile(r"^[0-9A-Z]{3}$")
 _HASHER = PasswordHasher()
@@ -46,7 +48,7 @@ class Principal:
     csrf_token: str = ""
 
     def sees_ente(self, ente: str) -> bool:
-        return self.role in ("ops", "auditor") or (self.role == "operator" and ente in self.enti)
+        return self.role in EVERY_ENTE_ROLES or (self.role == "operator" and ente in self.enti)
 
     def acts_on_ente(self, ente: str) -> bool:
         return self.role == "operator" and ente in self.enti
@@ -161,15 +163,35 @@ async def close_session(pool: asyncpg.Pool, token: str) -> None:
     await pool.execute("DELETE FROM console_session WHERE token_sha256 = $1", _sha256(token))
 
 
-async def session_principal(pool: asyncpg.Pool, token: str) -> Principal | None:
-    row = await pool.fetchrow(
-        "SELECT u.name, u.role, u.enti, u.structure, s.csrf_token FROM console_session s "
-        "JOIN console_user u ON u.name = s.user_name "
-        "WHERE s.token_sha256 = $1 AND s.expires_at > now() AND NOT u.disabled", _sha256(token))
-    if row is None:
-        return None
+SESSION_COLUMNS = ("u.name", "u.role", "u.enti", "u.structure", "s.csrf_token")  # what principal_of reads
+
+
+def session_sql(token: str) -> str:
+    """The live session of the cookie whose SHA-256 is the parameter `token` (e.g. "$1"): its user's name, role,
+    enti, structure and the session's CSRF token; no row when the session is unknown, expired or its user
+    disabled. Checked in the database on every request (no cache to outlive a logout or a disable); a page that
+    needs one more query runs it in the same statement as this one (app.py: the instance list)."""
+    return (f"SELECT {', '.join(SESSION_COLUMNS)} FROM console_session s "
+            "JOIN console_user u ON u.name = s.user_name "
+            f"WHERE s.token_sha256 = {token} AND s.expires_at > now() AND NOT u.disabled")
+
+
+def token_sha256(token: str) -> bytes:
+    return _sha256(token)
+
+
+def principal_of(row: asyncpg.Record) -> Principal:
+    """The principal of a row of `session_sql`."""
     return Principal(name=row["name"], role=row["role"], enti=frozenset(row["enti"]), structure=row["structure"],
                      csrf_token=row["csrf_token"])
+
+
+_SESSION = session_sql("$1")
+
+
+async def session_principal(pool: asyncpg.Pool, token: str) -> Principal | None:
+    row = await pool.fetchrow(_SESSION, _sha256(token))
+    return None if row is None else principal_of(row)
 
 
 def csrf_ok(expected: str, given: str | None) -> bool:

@@ -1,21 +1,22 @@
 """The instance list's rows are built in Python (services/console/app.py `_list_rows`, for speed): every text
-cell is still escaped, and dates are shown in Rome's time, as the template did."""
+cell is still escaped, and dates are shown as the template did (the creation time arrives as Rome's wall-clock time,
+converted by PostgreSQL: tests/integration/test_console_list_page.py checks it on the real page)."""
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 
 from services.console.app import _badge, _list_rows
 
 
 def test_list_rows_escape_every_text_cell_and_show_rome_time() -> None:
     row = {"flow_type": "FLUSSO_C<script>", "ente": "<b>2", "instance": 1947, "source_instance": None,
-           "created_at": datetime(2026, 7, 1, 22, 30, tzinfo=UTC), "period_start": date(2026, 6, 1),
+           "created_rome": datetime(2026, 7, 2, 0, 30), "period_start": date(2026, 6, 1),
            "period_end": date(2026, 6, 30), "state": "Checked"}
     html = str(_list_rows([row]))  # type: ignore[list-item]
     assert "<script>" not in html and "<b>" not in html
     assert "FLUSSO_C&lt;script&gt;" in html and "&lt;b&gt;2" in html
     assert '<a href="/istanze/1947">1947</a>' in html
-    assert "<td>02/07/2026 00:30</td><td>01/06/2026</td><td>30/06/2026</td>" in html  # UTC+2 in summer
+    assert "<td>02/07/2026 00:30</td><td>01/06/2026</td><td>30/06/2026</td>" in html
     assert 'data-state="Checked">Verificata</span>' in html
     assert str(_badge('x"<i>')) == '<span class="badge bg-primary" data-state="x&#34;&lt;i&gt;">x&#34;&lt;i&gt;</span>'

@@ -1,0 +1,79 @@
+"""The instance list page reads its session and its rows in one statement (services/console/app.py,
+`_LIST_PAGE_WITH_SESSION_SQL`): on the real app and PostgreSQL, the session is still checked on every
+request (a user disabled in the table, a logged-out or expired session stop at once), the rows are only
+the principal's enti, a role without the list gets 404, and the page shows Rome's time and escaped text."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from tests.console_support import RunningConsole, csrf_of, running_console
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
+        await running.add_users()
+        yield running
+
+
+def _listed(body: str) -> set[int]:
+    return {int(n) for n in re.findall(r'<a href="/istanze/(\d+)">', body)}
+
+
+async def test_the_list_shows_only_the_principals_enti_and_ends_with_the_session(console: RunningConsole) -> None:
+    own, other = await console.instance("201"), await console.instance("202")
+    async with httpx.AsyncClient(follow_redirects=False) as op, httpx.AsyncClient(follow_redirects=False) as ops:
+        await console.login(op, "op.201")
+        await console.login(ops, "ops.1")
+        assert _listed((await op.get(console.url + "/istanze")).text) == {own}
+        assert _listed((await op.get(console.url + "/istanze", params={"ente": "202"})).text) == set()
+        assert _listed((await ops.get(console.url + "/istanze")).text) == {own, other}
+        # Disabled in the table alone (its sessions left in place): the very next page is refused.
+        await console.pool.execute("UPDATE console_user SET disabled = true WHERE name = 'ops.1'")
+        refused = await ops.get(console.url + "/istanze")
+        assert refused.status_code == 303 and refused.headers["location"].startswith("/login")
+        # A logout ends the session at once too.
+        page = await op.get(console.url + "/istanze")
+        assert (await op.post(console.url + "/logout", data={"csrf": csrf_of(page.text)})).status_code == 303
+        op.cookies.set("flows_session", str(page.request.headers["cookie"]).split("flows_session=")[1].split(";")[0])
+        assert (await op.get(console.url + "/istanze")).status_code == 303
+        # A cookie that is no session at all.
+        op.cookies.set("flows_session", "not-a-session")
+        assert (await op.get(console.url + "/istanze")).status_code == 303
+
+
+async def test_roles_without_the_list_get_404_not_rows(console: RunningConsole) -> None:
+    await console.instance("201")
+    for user in ("desk.1", "st.1", "adm.1"):
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            await console.login(client, user)
+            response = await client.get(console.url + "/istanze")
+            assert response.status_code == 404 and not _listed(response.text), user
+
+
+async def test_rows_show_rome_time_and_escaped_text_and_page_by_keyset(console: RunningConsole) -> None:
+    numbers = [await console.instance("201") for _ in range(52)]
+    hostile = numbers[-1]
+    await console.pool.execute(
+        "UPDATE instance_list SET flow_type = $2, state = $3, created_at = '2026-07-01 22:30+00', "
+        "period_start = '2026-06-01', period_end = '2026-06-30' WHERE instance = $1",
+        hostile, '<script>alert("x")</script>&', "Strano <i>")
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        first = (await client.get(console.url + "/istanze")).text
+        assert "<script>" not in first and "<i>" not in first
+        assert "<td>&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;</td>" in first
+        assert 'data-state="Strano &lt;i&gt;">Strano &lt;i&gt;</span>' in first
+        assert "<td>02/07/2026 00:30</td><td>01/06/2026</td><td>30/06/2026</td>" in first  # UTC+2 in summer
+        assert _listed(first) == set(numbers[-50:]) and "(50 in questa pagina)" in first
+        following = re.search(r'href="(/istanze\?prima=(\d+))"', first)
+        assert following and int(following.group(2)) == numbers[-50]
+        second = (await client.get(console.url + following.group(1))).text
+        assert _listed(second) == set(numbers[:2]) and "Pagina successiva" not in second
