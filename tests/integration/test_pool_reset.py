@@ -63,6 +63,8 @@ async def test_a_leaked_session_advisory_lock_is_released(one_conn_pool: asyncpg
                                    "AND pid = pg_backend_pid()") == 0
 
 
+# the test releases a connection that still listens, on purpose: asyncpg warns, then the reset must UNLISTEN
+@pytest.mark.filterwarnings("ignore:.*active notification listener:asyncpg.exceptions._base.InterfaceWarning")
 async def test_session_settings_and_listen_do_not_reach_the_next_user(one_conn_pool: asyncpg.Pool) -> None:
     async with one_conn_pool.acquire() as conn:
         default = await conn.fetchval("SHOW work_mem")
