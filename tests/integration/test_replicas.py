@@ -302,7 +302,6 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
         assert "message.dead_lettered" not in text and "service.loop_failed" not in text, name
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert "every hash chain verifies" in replay.stdout and "equal the live ones" in replay.stdout, replay.stdout
-    assert wall_s < 150
 
 
 def _free_run(count: int) -> int:
