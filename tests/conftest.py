@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from deploy import localstack
 from deploy.localstack import containers
 from services.runtime.settings import Settings
 from tests import stack_urls  # noqa: F401  (sets the test stack's folder and ports before anything starts)
+from tests.stack_urls import port_free
 
 STACK_MODE = pytest.StashKey[containers.Mode]()
 
@@ -88,15 +88,6 @@ async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 # ---------------------------------------------------------------- private stacks (fault tests)
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_stack_ports(brokers: int) -> tuple[int, int]:
     """A Kafka port base (2 ports per node), its TS simulator port (base + 8) and a PostgreSQL port (base + 10),
     all currently free, within the test stack's own range (FLOWS_KAFKA_PORT_BASE + 100 .. + 900): parallel
@@ -104,7 +95,7 @@ def free_stack_ports(brokers: int) -> tuple[int, int]:
     own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
     for base in range(own + 108, own + 900, 20):
         wanted = [base + i for i in range(2 * brokers)] + [localstack.ts_sim_port(base), base + 10]
-        if all(_port_free(p) for p in wanted):
+        if all(port_free(p) for p in wanted):
             return base, base + 10
     raise AssertionError(f"no free ports in {own + 108}-{own + 900}")
 

@@ -19,17 +19,23 @@ DATABASE_URL = os.environ.get("DATABASE_URL") or f"postgresql://postgres@127.0.0
 KAFKA = f"127.0.0.1:{os.environ['FLOWS_KAFKA_PORT_BASE']}"
 
 
+def port_free(port: int) -> bool:
+    """Whether nothing listens on (or holds) 127.0.0.1:``port`` right now."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(first: int, last: int) -> int:
     """A free port between FLOWS_KAFKA_PORT_BASE + first and + last: the machine may run other stacks, so a test
     stays inside its own stack's range (private stacks take base + 100..900)."""
-    import socket
-
     base = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
     for port in range(base + first, base + last):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port_free(port):
             return port
     raise RuntimeError(f"no free port in {base + first}..{base + last - 1}")

@@ -40,7 +40,7 @@ from services.runtime.settings import Settings
 from simulators.cup.generator import generate, month_period
 from tests.integration.outage_loader import start_at_the_end
 from tests.isolation import REPO, logged_process, scratch_database
-from tests.stack_urls import KAFKA, free_port
+from tests.stack_urls import KAFKA, free_port, port_free
 
 pytestmark = pytest.mark.integration
 
@@ -306,19 +306,9 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
 
 def _free_run(count: int) -> int:
     """A port base whose next `count` ports are free, in this stack's own range (base + 700 .. + 900)."""
-    import socket
-
-    def free(port: int) -> bool:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
-
     own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
     for base in range(own + 700, own + 900 - count, count + 1):
-        if all(free(p) for p in range(base, base + count + 1)):
+        if all(port_free(p) for p in range(base, base + count + 1)):
             return base
     raise AssertionError(f"no {count} free ports in {own + 700}..{own + 900}")
 
