@@ -66,19 +66,27 @@ def to_kafka_headers(*, id: str, type: str, source: str, time: datetime, subject
 def from_kafka_headers(headers: Iterable[tuple[str, bytes | str]] | Mapping[str, bytes | str]) -> Envelope:
     """Reads the envelope back; raises EnvelopeError naming the missing or bad attribute."""
     items = headers.items() if isinstance(headers, Mapping) else headers
-    raw = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in items}
-    missing = [h for h in REQUIRED if not raw.get(h)]
-    if missing:
+    return envelope_from_text({k: (v.decode() if isinstance(v, bytes) else v) for k, v in items})
+
+
+_KNOWN = frozenset({"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject", "ce_dataschema"})
+
+
+def envelope_from_text(raw: dict[str, str]) -> Envelope:
+    """`from_kafka_headers` of headers already decoded (name -> text; the last of a repeated name)."""
+    if not all(map(raw.get, REQUIRED)):
+        missing = [h for h in REQUIRED if not raw.get(h)]
         raise EnvelopeError(f"missing CloudEvents header(s): {', '.join(missing)}")
     if raw["ce_specversion"] != SPEC_VERSION:
         raise EnvelopeError(f"ce_specversion {raw['ce_specversion']!r} is not {SPEC_VERSION}")
-    time = datetime.now(UTC)
-    if raw.get("ce_time"):
+    stamp = raw.get("ce_time")
+    if stamp:
         try:
-            time = datetime.fromisoformat(raw["ce_time"].replace("Z", "+00:00"))
+            time = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
         except ValueError as exc:
-            raise EnvelopeError(f"ce_time {raw['ce_time']!r} is not RFC 3339") from exc
-    known = {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject", "ce_dataschema"}
-    ext = {k[3:]: v for k, v in raw.items() if k.startswith("ce_") and k not in known}
+            raise EnvelopeError(f"ce_time {stamp!r} is not RFC 3339") from exc
+    else:
+        time = datetime.now(UTC)
+    ext = {k[3:]: v for k, v in raw.items() if k.startswith("ce_") and k not in _KNOWN}
     return Envelope(id=raw["ce_id"], type=raw["ce_type"], source=raw["ce_source"], subject=raw.get("ce_subject"),
                     time=time, dataschema=raw.get("ce_dataschema"), extensions=ext)

@@ -19,6 +19,8 @@ Meaning kept from the per-message intake (one message = one `intake.store` of on
 
 from __future__ import annotations
 
+import functools
+import operator
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ import asyncpg
 
 from contracts.sources import SourceModel, SourceRecordRejected, SourcesStored
 from contracts.topics import INTAKE_TOPICS
-from services.loader.intake import KINDS, IntakeResult, _value
+from services.loader.intake import KINDS, IntakeResult, content_hash, stage, staging, upsert_sql
 from services.runtime.batch import Batch, BatchConsumer, Malformed
 from services.runtime.broker import is_transient
 from services.runtime.eventstore import EventStore, NewEvent
@@ -40,30 +42,34 @@ log = get_logger("loader.intake")
 SOURCE_ID_MAX = 200
 GROUP = "loader-sources"
 _KIND_OF_MODEL = {spec.model: kind for kind, spec in KINDS.items()}
+_SOURCE_ID = operator.attrgetter("source_id")
 
 
-def _sequence_sql(kind: str) -> tuple[str, str, str]:
-    """(staging table DDL, its name, the one statement that applies the staged sequence)."""
+@functools.cache
+def sequence_sql(kind: str) -> str:
+    """The one statement that applies a staged SEQUENCE (source_ids may repeat) as if each record had
+    come alone, in `ordinal` order: see the module doc. Returns (stored, corrected, written)."""
     spec = KINDS[kind]
+    _, temp = staging(kind)
     cols = spec.columns
-    temp = f"batch_{spec.table}"
     col_list = ", ".join(cols)
-    # the same text form, hence the same content hash, as services.loader.intake.store
-    temp_cols = ", ".join(f"{c}::text AS {c}" if c in spec.json_columns else c for c in cols)
-    insert_cols = ", ".join(f"{c}::jsonb" if c in spec.json_columns else c for c in cols)
+    insert_cols = [f"j.{c}::jsonb" if c in spec.json_columns else f"j.{c}" for c in cols]
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != "source_id")
-    ddl = (f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DELETE ROWS AS "
-           f"SELECT 0::bigint AS ordinal, {temp_cols} FROM {spec.table} WITH NO DATA")
-    apply = f"""
+    return f"""
         WITH seq AS (
-            SELECT ordinal, {col_list}, sha256(convert_to(ROW({col_list})::text, 'UTF8')) AS content_hash
+            SELECT ordinal, {col_list}, {content_hash(kind)} AS content_hash
             FROM {temp}
+        ), looked_up AS MATERIALIZED (
+            -- one primary-key lookup per staged record (a subplan): a join could scan the whole table
+            SELECT seq.*, (SELECT cur.content_hash FROM {spec.table} cur WHERE cur.source_id = seq.source_id)
+                          AS stored_hash
+            FROM seq
         ), steps AS (
-            SELECT seq.*, cur.content_hash AS stored_hash, cur.source_id IS NULL AS unknown,
-                   lag(seq.content_hash) OVER w AS before,
-                   row_number() OVER (PARTITION BY seq.source_id ORDER BY seq.ordinal DESC) AS from_last
-            FROM seq LEFT JOIN {spec.table} cur ON cur.source_id = seq.source_id
-            WINDOW w AS (PARTITION BY seq.source_id ORDER BY seq.ordinal)
+            SELECT looked_up.*, stored_hash IS NULL AS unknown,  -- content_hash is NOT NULL in the table
+                   lag(content_hash) OVER w AS before,
+                   lead(ordinal) OVER w IS NULL AS is_last
+            FROM looked_up
+            WINDOW w AS (PARTITION BY source_id ORDER BY ordinal)
         ), judged AS (
             SELECT steps.*, (before IS NULL AND unknown) AS is_new,
                    NOT (before IS NULL AND unknown) AND content_hash <> coalesce(before, stored_hash) AS is_change
@@ -73,10 +79,10 @@ def _sequence_sql(kind: str) -> tuple[str, str, str]:
             FROM judged GROUP BY source_id
         ), upserted AS (
             INSERT INTO {spec.table} AS s ({col_list}, revision, content_hash, received_at)
-            SELECT {", ".join(f"j.{c}" for c in insert_cols.split(", "))}, CASE WHEN p.is_new THEN 1 + p.changes
+            SELECT {", ".join(insert_cols)}, CASE WHEN p.is_new THEN 1 + p.changes
                    ELSE p.changes END, j.content_hash, now()
             FROM judged j JOIN per_id p USING (source_id)
-            WHERE j.from_last = 1 AND (p.is_new OR p.changes > 0)
+            WHERE j.is_last AND (p.is_new OR p.changes > 0)
             ON CONFLICT (source_id) DO UPDATE
                SET {updates}, revision = s.revision + EXCLUDED.revision, content_hash = EXCLUDED.content_hash,
                    received_at = EXCLUDED.received_at
@@ -85,28 +91,19 @@ def _sequence_sql(kind: str) -> tuple[str, str, str]:
         SELECT count(*) FILTER (WHERE is_new) AS stored, count(*) FILTER (WHERE is_change) AS corrected,
                (SELECT count(*) FROM upserted) AS written
         FROM judged"""
-    return ddl, temp, apply
-
-
-_SQL: dict[str, tuple[str, str, str]] = {}
 
 
 async def store_sequence(conn: asyncpg.Connection, kind: str, records: Sequence[SourceModel]) -> IntakeResult:
     """Stores `records` (one kind, in offset order) as if each had come alone: see the module doc.
 
-    Must run inside the caller's transaction (the batch's)."""
+    Must run inside the caller's transaction (the batch's). The common batch names each source_id once:
+    then the plain upsert says the same (new, correction or duplicate, record by record) without the
+    window over the sequence."""
     if not records:
         return IntakeResult()
-    spec = KINDS[kind]
-    if kind not in _SQL:
-        _SQL[kind] = _sequence_sql(kind)
-    ddl, temp, apply = _SQL[kind]
-    await conn.execute(ddl)
-    await conn.execute(f"TRUNCATE {temp}")
-    await conn.copy_records_to_table(
-        temp, columns=["ordinal", *spec.columns],
-        records=[(i, *(_value(r, c, spec.json_columns) for c in spec.columns)) for i, r in enumerate(records)])
-    row = await conn.fetchrow(apply)
+    await stage(conn, kind, records)
+    once_each = len(set(map(_SOURCE_ID, records))) == len(records)
+    row = await conn.fetchrow(upsert_sql(kind, latest_only=False) if once_each else sequence_sql(kind))
     stored, corrected = int(row["stored"]), int(row["corrected"])
     return IntakeResult(stored=stored, duplicates=len(records) - stored - corrected, corrected=corrected)
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import csv
 import functools
 import json
-from collections.abc import Iterator, Sequence
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,11 +99,84 @@ def validate_raw(kind: str, raw: dict[str, Any], where: str | None = None) -> tu
         return None, rejections
 
 
-def _value(record: SourceModel, column: str, json_columns: frozenset[str]) -> Any:
-    value = getattr(record, column)
-    if column in json_columns:
-        return json.dumps([item.model_dump(mode="json") for item in value], separators=(",", ":"))
-    return value
+@functools.cache
+def row_maker(kind: str) -> Callable[[SourceModel], tuple[Any, ...]]:
+    """The record as the tuple of its table's columns (`KINDS[kind].columns`), JSON columns as text: one
+    C-level attribute fetch for the plain columns (intake builds millions of these)."""
+    spec = KINDS[kind]
+    fetch = operator.attrgetter(*spec.columns)  # a tuple of them (a table has more than one column)
+    if not spec.json_columns:
+        return fetch  # type: ignore[return-value]
+    positions = [i for i, c in enumerate(spec.columns) if c in spec.json_columns]
+
+    def make(record: SourceModel) -> tuple[Any, ...]:
+        row = list(fetch(record))
+        for i in positions:
+            row[i] = json.dumps([item.model_dump(mode="json") for item in row[i]], separators=(",", ":"))
+        return tuple(row)
+    return make
+
+
+@functools.cache
+def staging(kind: str) -> tuple[str, str]:
+    """(DDL of the kind's staging table, its name): `ordinal` + the table's columns, JSON columns as text.
+
+    JSON columns travel as text through it: COPY is binary, and pools with a text json codec
+    (services.runtime.db) have no binary jsonb encoder. CREATE ... AS (not LIKE): the staging table must
+    not inherit NOT NULL content_hash. Temporary, emptied at every commit."""
+    spec = KINDS[kind]
+    temp = f"staged_{spec.table}"
+    temp_cols = ", ".join(f"{c}::text AS {c}" if c in spec.json_columns else c for c in spec.columns)
+    return (f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DELETE ROWS AS "
+            f"SELECT 0::bigint AS ordinal, {temp_cols} FROM {spec.table} WITH NO DATA"), temp
+
+
+@functools.cache
+def upsert_sql(kind: str, *, latest_only: bool) -> str:
+    """The one statement that applies the staged records (at most one per source_id, or with
+    `latest_only` the highest ordinal of each): new -> stored (revision 1), new content -> corrected
+    (revision + 1), same content -> nothing. Returns (stored, corrected).
+
+    The content hash is computed by PostgreSQL from the row (sha256 of its text form): the same
+    expression wherever records are stored, so a record is a duplicate whichever way it came."""
+    spec = KINDS[kind]
+    _, temp = staging(kind)
+    col_list = ", ".join(spec.columns)
+    insert_cols = ", ".join(f"{c}::jsonb" if c in spec.json_columns else c for c in spec.columns)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in spec.columns if c != "source_id")
+    pick = f"DISTINCT ON (source_id) {col_list}" if latest_only else col_list
+    order = "ORDER BY source_id, ordinal DESC" if latest_only else ""
+    return f"""
+        WITH incoming AS (
+            SELECT {pick}, {content_hash(kind)} AS content_hash
+            FROM {temp} {order}
+        ), upserted AS (
+            INSERT INTO {spec.table} AS s ({col_list}, revision, content_hash, received_at)
+            SELECT {insert_cols}, 1, content_hash, now() FROM incoming
+            ON CONFLICT (source_id) DO UPDATE
+               SET {updates}, revision = s.revision + 1, content_hash = EXCLUDED.content_hash,
+                   received_at = EXCLUDED.received_at
+             WHERE s.content_hash <> EXCLUDED.content_hash
+            RETURNING (xmax = 0) AS inserted
+        )
+        SELECT count(*) FILTER (WHERE inserted) AS stored,
+               count(*) FILTER (WHERE NOT inserted) AS corrected
+        FROM upserted"""
+
+
+def content_hash(kind: str) -> str:
+    """The SQL expression of a staged row's content hash (columns of the staging table)."""
+    return f"sha256(convert_to(ROW({', '.join(KINDS[kind].columns)})::text, 'UTF8'))"
+
+
+async def stage(conn: asyncpg.Connection, kind: str, records: Sequence[SourceModel]) -> None:
+    """COPY `records` (in this order: `ordinal`) into the kind's empty staging table. Inside a transaction."""
+    ddl, temp = staging(kind)
+    await conn.execute(ddl)
+    await conn.execute(f"TRUNCATE {temp}")
+    make = row_maker(kind)
+    await conn.copy_records_to_table(temp, columns=["ordinal", *KINDS[kind].columns],
+                                     records=[(i, *make(r)) for i, r in enumerate(records)])
 
 
 async def store(conn: asyncpg.Connection, kind: str, records: Sequence[SourceModel]) -> IntakeResult:
@@ -113,39 +187,9 @@ async def store(conn: asyncpg.Connection, kind: str, records: Sequence[SourceMod
     for r in records:
         if not isinstance(r, spec.model):
             raise TypeError(f"{kind} intake got a {type(r).__name__} (source_id {getattr(r, 'source_id', '?')})")
-    cols = spec.columns
-    temp = f"intake_{spec.table}"
-    col_list = ", ".join(cols)
-    # JSON columns travel as text through the temp table: COPY is binary, and pools with a text json
-    # codec (services.runtime.db) have no binary jsonb encoder.
-    temp_cols = ", ".join(f"{c}::text AS {c}" if c in spec.json_columns else c for c in cols)
-    insert_cols = ", ".join(f"{c}::jsonb" if c in spec.json_columns else c for c in cols)
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in cols if c != "source_id")
     async with conn.transaction():
-        # CREATE ... AS (not LIKE): the temp table must not inherit NOT NULL content_hash
-        await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DELETE ROWS AS "
-                           f"SELECT 0::bigint AS ordinal, {temp_cols} FROM {spec.table} WITH NO DATA")
-        await conn.execute(f"TRUNCATE {temp}")
-        await conn.copy_records_to_table(
-            temp, columns=["ordinal", *cols],
-            records=[(i, *(_value(r, c, spec.json_columns) for c in cols)) for i, r in enumerate(records)])
-        row = await conn.fetchrow(f"""
-            WITH incoming AS (
-                SELECT DISTINCT ON (source_id) {col_list},
-                       sha256(convert_to(ROW({col_list})::text, 'UTF8')) AS content_hash
-                FROM {temp} ORDER BY source_id, ordinal DESC
-            ), upserted AS (
-                INSERT INTO {spec.table} AS s ({col_list}, revision, content_hash, received_at)
-                SELECT {insert_cols}, 1, content_hash, now() FROM incoming
-                ON CONFLICT (source_id) DO UPDATE
-                   SET {updates}, revision = s.revision + 1, content_hash = EXCLUDED.content_hash,
-                       received_at = EXCLUDED.received_at
-                 WHERE s.content_hash <> EXCLUDED.content_hash
-                RETURNING (xmax = 0) AS inserted
-            )
-            SELECT count(*) FILTER (WHERE inserted) AS stored,
-                   count(*) FILTER (WHERE NOT inserted) AS corrected
-            FROM upserted""")
+        await stage(conn, kind, records)
+        row = await conn.fetchrow(upsert_sql(kind, latest_only=True))
     stored, corrected = int(row["stored"]), int(row["corrected"])
     return IntakeResult(stored=stored, duplicates=len(records) - stored - corrected, corrected=corrected)
 

@@ -2,7 +2,8 @@
 
 For volume (source intake: millions of records a month) one transaction per message is the cost to
 avoid. `consume_batches` polls with aiokafka `getmany` (no auto-commit), parses every record with the
-same `broker.parse` a single-message consumer uses, and hands the batch to a sink that stores it in
+same verdict as the `broker.parse` a single-message consumer uses (`broker.parse_valid`: the
+same checks and contract, the body validated from its bytes), and hands the batch to a sink that stores it in
 ONE transaction; the offsets are committed only after that transaction, so a process killed between
 the two gets the batch again, and the sink's dedup (`Batch.claim`, the ce_ids in processed_message in
 the same transaction) makes the redelivery change nothing.
@@ -26,6 +27,8 @@ commit, after logging `batch.stored`: the window a kill -9 test aims at.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
 import os
 import time
@@ -49,7 +52,7 @@ from services.runtime.broker import (
     bounded,
     dead_letter_headers,
     dead_letter_producer,
-    parse,
+    parse_valid,
     wait_out,
 )
 from services.runtime.logging import get_logger
@@ -59,8 +62,11 @@ DEFAULT_MAX_RECORDS = 5000
 # Parsing a batch is CPU work on the event loop that also sends the group heartbeats: it yields every
 # YIELD_EVERY records, and the session allows a slow (shared, loaded) machine 30 s, so a busy consumer
 # is not taken for a dead one (its uncommitted batch would then be fetched again).
-YIELD_EVERY = 250
+YIELD_EVERY = 100
 SESSION_TIMEOUT_MS = 30_000
+# While a batch is being stored, the next poll waits at most this long for records: an idle topic does not
+# hold back the commit of what is stored.
+PIPELINED_POLL_MS = 20
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ class Batch:
         keys = [v.incoming.message_id for v in self.valid] + [m.key for m in self.malformed]
         fresh = {r["message_id"] for r in await conn.fetch(
             "INSERT INTO processed_message (consumer, message_id, processed_at) "
-            "SELECT $1, k, now() FROM (SELECT DISTINCT unnest($2::text[]) AS k) AS ks "
+            "SELECT $1, k, now() FROM unnest($2::text[]) AS k "  # a key twice: DO NOTHING skips the second
             "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id", self.consumer, keys)}
         valid: list[Valid] = []
         for v in self.valid:  # the same ce_id twice in one batch: the first is the message, the rest copies
@@ -154,32 +160,64 @@ class BatchConsumer:
             fetch_max_bytes=64 * 1024 * 1024, session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=SESSION_TIMEOUT_MS // 10)
         producer = dead_letter_producer(self.bootstrap)
+        gc.freeze()  # what the process holds by now (modules, contract schemas) is never garbage: not walked again
         await consumer.start()
         await producer.start()
         self._producer = producer
+        # Two stages: while batch N is being stored (PostgreSQL works, this loop mostly waits), batch N+1 is
+        # polled and parsed (Python works). N's offsets are committed before N+1 is stored, so the order of
+        # transactions and commits is the one a one-stage loop gives.
+        pending: tuple[list[Any], asyncio.Task[None]] | None = None
         try:
-            while not stop.is_set():
-                polled = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
-                records = [r for rs in polled.values() for r in rs]
-                if not records:
-                    continue
-                try:
-                    await self._handle(consumer, records)
-                except _SeekBack:
-                    firsts: dict[TopicPartition, int] = {}
-                    for r in records:
-                        tp = TopicPartition(r.topic, r.partition)
-                        firsts[tp] = min(firsts.get(tp, r.offset), r.offset)
-                    self.log.info("batch.seek_back", messages=len(records))
-                    for tp, offset in firsts.items():
-                        consumer.seek(tp, offset)
+            while not stop.is_set() or pending:
+                records: list[Any] = []
+                if not stop.is_set():
+                    polled = await consumer.getmany(timeout_ms=PIPELINED_POLL_MS if pending else 500,
+                                                    max_records=self.max_records)
+                    records = [r for rs in polled.values() for r in rs]
+                started = time.monotonic()
+                batch = await self._parse(records) if records else None
+                if pending:
+                    stored, task = pending
+                    pending = None
+                    try:
+                        await task
+                    except _SeekBack:
+                        self._seek_back(consumer, stored + records)
+                        continue
+                if batch is not None:
+                    pending = (records, asyncio.create_task(self._store(consumer, batch, started)))
         finally:
+            if pending:  # leaving on an error or a cancellation: the batch is not committed, it comes again
+                pending[1].cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pending[1]
             await producer.stop()
             await consumer.stop()
+
+    def _seek_back(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> None:
+        """Back to the first offset of every partition in `records`: they are polled again."""
+        firsts: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            firsts[tp] = min(firsts.get(tp, r.offset), r.offset)
+        self.log.info("batch.seek_back", messages=len(records))
+        for tp, offset in firsts.items():
+            consumer.seek(tp, offset)
 
     # --- one batch ------------------------------------------------------------------------------
 
     async def _parse(self, records: Sequence[Any]) -> Batch:
+        # A batch is thousands of small objects that live until it is stored: the cyclic collector would
+        # walk them again and again while they are made (none of them is in a cycle; reference counting
+        # frees them). It runs once after the batch instead.
+        gc.disable()
+        try:
+            return await self._parse_all(records)
+        finally:
+            gc.enable()
+
+    async def _parse_all(self, records: Sequence[Any]) -> Batch:
         batch = Batch(self._dedup_as)
         for n, raw in enumerate(records):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
@@ -188,7 +226,7 @@ class BatchConsumer:
             tp = (raw.topic, raw.partition)
             batch.last_offsets[tp] = max(batch.last_offsets.get(tp, -1), raw.offset)
             try:
-                key, envelope, _, payload = parse(raw, topic)
+                key, envelope, payload = parse_valid(raw, topic)
             except Poison as poison:
                 batch.malformed.append(self._malformed(topic, raw, poison))
                 continue
@@ -208,9 +246,8 @@ class BatchConsumer:
                          partition=raw.partition, topic=topic.name)
         return Malformed(topic, raw, poison.reason, poison.data, _record_id(poison.data, key))
 
-    async def _handle(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> None:
-        started = time.monotonic()
-        batch = await self._parse(records)
+    async def _store(self, consumer: AIOKafkaConsumer, batch: Batch, started: float) -> None:
+        """Dead letters, the sink's transaction, then the offsets' commit."""
         await self._dead_letter_malformed(batch, started)
         try:
             await self._patiently(lambda: self.sink(batch), started)

@@ -27,8 +27,8 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError
 from contracts.envelope import Envelope
 from contracts.sources import DeliveredService
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, Topic
-from services.loader.batch_intake import BatchIntake
-from services.loader.intake import store_services
+from services.loader.batch_intake import BatchIntake, sequence_sql, store_sequence
+from services.loader.intake import stage, store_services
 from services.runtime.batch import PAUSE_ENV, BatchConsumer
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
@@ -200,6 +200,38 @@ async def test_a_batch_with_an_invalid_record_a_duplicate_and_corrections(intake
     await _expect_batch_applied(intake_db, name, last)
     state = await _state(intake_db)
     assert sum(1 for e in state["events"] if e[1] == "sources.stored") == 1, "one batch, one watermark"
+
+
+async def test_a_batch_naming_each_record_once_takes_the_plain_upsert_with_the_same_verdicts(intake_db: str) -> None:
+    """The common batch names each source_id once: it skips the window over the sequence. Its verdicts, rows,
+    revisions and content hashes are those the sequence statement gives for the same batch (run first and
+    rolled back), and S0, stored before by the bulk path, is recognised as a duplicate (the same hash)."""
+    conn = await asyncpg.connect(intake_db)
+    try:
+        await store_services(conn, [DeliveredService(**service("S5"))])
+        once = [DeliveredService(**service(sid, **changes))
+                for sid, changes in (("S0", {}), ("S5", {"quantity": 2}), ("S6", {}))]
+        outcomes = []
+        for statement in (sequence_sql("delivered-service"), None):
+            tx = conn.transaction()
+            await tx.start()
+            if statement is None:
+                result = await store_sequence(conn, "delivered-service", once)
+                counts = (result.stored, result.corrected, result.duplicates)
+            else:
+                await stage(conn, "delivered-service", once)
+                row = await conn.fetchrow(statement)
+                counts = (row["stored"], row["corrected"], len(once) - row["stored"] - row["corrected"])
+            rows = [tuple(r) for r in await conn.fetch(
+                "SELECT source_id, quantity, revision, content_hash FROM source_service ORDER BY source_id")]
+            outcomes.append((counts, rows))
+            await (tx.rollback() if statement is not None else tx.commit())
+    finally:
+        await conn.close()
+    assert outcomes[0] == outcomes[1], "the plain upsert and the sequence statement agree"
+    counts, rows = outcomes[1]
+    assert counts == (1, 1, 1), "S6 stored, S5 corrected, S0 a duplicate"
+    assert [(r[0], r[1], r[2]) for r in rows] == [("S0", 1, 1), ("S5", 2, 2), ("S6", 1, 1)]
 
 
 async def _wait_log(log: Path, text: str, process: asyncio.subprocess.Process, within: float) -> None:
