@@ -101,8 +101,8 @@ async def store_sequence(conn: asyncpg.Connection, kind: str, records: Sequence[
     window over the sequence."""
     if not records:
         return IntakeResult()
-    await stage(conn, kind, records)
     once_each = len(set(map(_SOURCE_ID, records))) == len(records)
+    await stage(conn, kind, records, ordered=not once_each)
     row = await conn.fetchrow(upsert_sql(kind, latest_only=False) if once_each else sequence_sql(kind))
     stored, corrected = int(row["stored"]), int(row["corrected"])
     return IntakeResult(stored=stored, duplicates=len(records) - stored - corrected, corrected=corrected)

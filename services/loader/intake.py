@@ -169,14 +169,17 @@ def content_hash(kind: str) -> str:
     return f"sha256(convert_to(ROW({', '.join(KINDS[kind].columns)})::text, 'UTF8'))"
 
 
-async def stage(conn: asyncpg.Connection, kind: str, records: Sequence[SourceModel]) -> None:
-    """COPY `records` (in this order: `ordinal`) into the kind's empty staging table. Inside a transaction."""
+async def stage(conn: asyncpg.Connection, kind: str, records: Sequence[SourceModel], *, ordered: bool = True) -> None:
+    """COPY `records` into the kind's staging table, emptied first; `ordered`: their positions go in
+    `ordinal` (a statement that reads the order needs them). Inside a transaction."""
     ddl, temp = staging(kind)
-    await conn.execute(ddl)
-    await conn.execute(f"TRUNCATE {temp}")
+    await conn.execute(f"{ddl}; DELETE FROM {temp}")  # one round trip; empty unless this transaction staged
     make = row_maker(kind)
-    await conn.copy_records_to_table(temp, columns=["ordinal", *KINDS[kind].columns],
-                                     records=[(i, *make(r)) for i, r in enumerate(records)])
+    if ordered:
+        await conn.copy_records_to_table(temp, columns=["ordinal", *KINDS[kind].columns],
+                                         records=[(i, *make(r)) for i, r in enumerate(records)])
+    else:
+        await conn.copy_records_to_table(temp, columns=list(KINDS[kind].columns), records=list(map(make, records)))
 
 
 async def store(conn: asyncpg.Connection, kind: str, records: Sequence[SourceModel]) -> IntakeResult:
