@@ -12,6 +12,10 @@ start (group join included, the same for all three) until all N are done:
   intake    services.loader.batch_intake: parse + contract validation of every message, one transaction
             per batch (processed_message dedup, COPY into staging, one upsert, watermarks, outbox),
             offsets committed after it. Done when its totals account for all N messages.
+  intake xR (with --replicas R > 1) the same intake in R processes of one consumer group, as
+            `flows stack up --replicas R` runs the loader: the partitions are shared, each process its own
+            event loop, so the Python work of validation spreads over the cores. Timed from the moment
+            all R have started (imports done) until the source tables hold all N records.
 Prints messages/s of each and the ratios intake/consume and intake/copy. Targets (issue 14):
 intake >= 20,000 msg/s and >= 0.25x of copy. Each pipeline writes into a fresh database of the stack's
 PostgreSQL (dropped at the end). Kafka: $FLOWS_KAFKA_BOOTSTRAP, else 127.0.0.1:$FLOWS_KAFKA_PORT_BASE
@@ -27,6 +31,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -196,13 +201,17 @@ async def plain_copy(topics: list[str], n: int, url: str) -> float:
     return time.perf_counter() - started
 
 
+def _bench_topics(topics: list[str]) -> list[Topic]:
+    """The bench's topics with the contract of the intake topic of the same kind."""
+    registry = {t.payload: t for t in INTAKE_TOPICS}
+    return [Topic(name, registry[KINDS[name.rsplit(".", 1)[1]].model].payload, "source_id", "bench", ("bench",))
+            for name in topics]
+
+
 async def batched_intake(topics: list[str], n: int, url: str, max_records: int) -> tuple[float, BatchIntake]:
     pool = await create_pool(url, min_size=1, max_size=4)
     sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)
-    registry = {t.payload: t for t in INTAKE_TOPICS}
-    bench_topics = [Topic(name, registry[KINDS[name.rsplit(".", 1)[1]].model].payload, "source_id", "bench",
-                          ("bench",)) for name in topics]
-    consumer = BatchConsumer([KAFKA], bench_topics, f"bench-{uuid.uuid4().hex[:8]}", sink, pool,
+    consumer = BatchConsumer([KAFKA], _bench_topics(topics), f"bench-{uuid.uuid4().hex[:8]}", sink, pool,
                              max_records=max_records)
     stop = asyncio.Event()
     started = time.perf_counter()
@@ -224,6 +233,56 @@ async def batched_intake(topics: list[str], n: int, url: str, max_records: int) 
     return elapsed, sink
 
 
+async def replica(topics: list[str], url: str, group: str, max_records: int) -> None:
+    """One intake process of `replicated_intake`: says READY, waits for GO on stdin, consumes until killed."""
+    pool = await create_pool(url, min_size=1, max_size=4)
+    sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)
+    consumer = BatchConsumer([KAFKA], _bench_topics(topics), group, sink, pool, max_records=max_records)
+    print("READY", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await consumer.run(asyncio.Event())
+
+
+async def _drain(stream: asyncio.StreamReader) -> None:
+    while await stream.readline():
+        pass
+
+
+async def replicated_intake(topics: list[str], n: int, url: str, max_records: int, replicas: int) -> float:
+    group = f"bench-{uuid.uuid4().hex[:8]}"
+    procs = [await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--replica-of", ",".join(topics), "--database-url", url, "--group", group,
+        "--max-records", str(max_records), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL) for _ in range(replicas)]
+    conn = await asyncpg.connect(url)
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            if (await asyncio.wait_for(p.stdout.readline(), 120)).strip() != b"READY":
+                raise RuntimeError("an intake replica did not start")
+        drains = [asyncio.create_task(_drain(p.stdout)) for p in procs if p.stdout is not None]  # their log lines
+        started = time.perf_counter()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(b"GO\n")
+            await p.stdin.drain()
+        count = " + ".join(f"(SELECT count(*) FROM {k.table})" for k in KINDS.values())
+        while int(await conn.fetchval(f"SELECT {count}")) < n:
+            if any(p.returncode is not None for p in procs):
+                raise RuntimeError("an intake replica stopped before the end")
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        for d in drains:
+            d.cancel()
+        return elapsed
+    finally:
+        await conn.close()
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+            await p.wait()
+
+
 async def _timed(what: str, fn: Callable[[], Awaitable[float]], n: int) -> float:
     """Wall seconds of `fn`; also prints this process's CPU seconds (the machine may be shared: its
     load slows all three alike, and the CPU figure shows what the Python side itself costs)."""
@@ -235,7 +294,7 @@ async def _timed(what: str, fn: Callable[[], Awaitable[float]], n: int) -> float
     return seconds
 
 
-async def main(n: int, max_records: int) -> None:
+async def main(n: int, max_records: int, replicas: int) -> None:
     prefix = f"bench-{uuid.uuid4().hex[:6]}"
     print(f"intake bench: {n:,} source messages, Kafka {KAFKA}, PostgreSQL {SERVER_URL.rsplit('@', 1)[-1]}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -272,6 +331,13 @@ async def main(n: int, max_records: int) -> None:
         print(f"intake {rate:,.0f} msg/s (target >= 20,000): {intake_s / consume_s:.1f}x the time of a plain "
               f"consume = {consume_s / intake_s:.2f}x its rate; {copy_s / intake_s:.2f}x the rate of plain "
               f"consume+COPY (target >= 0.25x)")
+        if replicas > 1:
+            urls.append(await fresh_database("replicas"))
+            replicas_s = await _timed(f"intake x{replicas}",
+                                      lambda: replicated_intake(topics, n, urls[-1], max_records, replicas), n)
+            print(f"intake x{replicas} replicas {n / replicas_s:,.0f} msg/s (target >= 20,000): "
+                  f"{consume_s / replicas_s:.2f}x the rate of a plain consume; {copy_s / replicas_s:.2f}x the rate "
+                  f"of plain consume+COPY (target >= 0.25x); {intake_s / replicas_s:.2f}x one replica")
     finally:
         for url in urls:
             await drop_database(url)
@@ -282,5 +348,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--max-records", type=int, default=5000, help="intake's batch size (getmany max_records)")
+    parser.add_argument("--replicas", type=int, default=1, help="also time the intake in this many processes")
+    parser.add_argument("--replica-of", help=argparse.SUPPRESS)  # topics: run as one replica (internal)
+    parser.add_argument("--database-url", help=argparse.SUPPRESS)
+    parser.add_argument("--group", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(main(args.messages, args.max_records))
+    if args.replica_of:
+        asyncio.run(replica(args.replica_of.split(","), args.database_url, args.group, args.max_records))
+    else:
+        asyncio.run(main(args.messages, args.max_records, args.replicas))
