@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from contracts.sources import (
     SOURCE_MODELS,
@@ -99,6 +99,13 @@ def validate_raw(kind: str, raw: dict[str, Any], where: str | None = None) -> tu
         return None, rejections
 
 
+def _adapter(model: type[SourceModel], field: str) -> TypeAdapter[Any]:
+    annotation = model.model_fields[field].annotation
+    if annotation is None:
+        raise TypeError(f"{model.__name__}.{field} has no type")
+    return TypeAdapter(annotation)
+
+
 @functools.cache
 def row_maker(kind: str) -> Callable[[SourceModel], tuple[Any, ...]]:
     """The record as the tuple of its table's columns (`KINDS[kind].columns`), JSON columns as text: one
@@ -107,14 +114,21 @@ def row_maker(kind: str) -> Callable[[SourceModel], tuple[Any, ...]]:
     fetch = operator.attrgetter(*spec.columns)  # a tuple of them (a table has more than one column)
     if not spec.json_columns:
         return fetch  # type: ignore[return-value]
-    positions = [i for i, c in enumerate(spec.columns) if c in spec.json_columns]
+    # The JSON text is part of the content hash (upsert_sql): it must stay the text intake has always
+    # written, json.dumps(..., separators=(",", ":")) with ASCII escapes; pydantic writes it in Rust.
+    dumpers = [(i, _adapter(spec.model, c)) for i, c in enumerate(spec.columns) if c in spec.json_columns]
 
     def make(record: SourceModel) -> tuple[Any, ...]:
         row = list(fetch(record))
-        for i in positions:
-            row[i] = json.dumps([item.model_dump(mode="json") for item in row[i]], separators=(",", ":"))
+        for i, adapter in dumpers:
+            row[i] = adapter.dump_json(row[i], ensure_ascii=True).decode()
         return tuple(row)
     return make
+
+
+def json_text(value: Sequence[BaseModel]) -> str:
+    """A JSON column's text as intake writes it (for comparison: `row_maker` writes the same, faster)."""
+    return json.dumps([item.model_dump(mode="json") for item in value], separators=(",", ":"))
 
 
 @functools.cache
