@@ -341,9 +341,7 @@ def parse_valid(raw: Any, topic: Topic) -> tuple[str | None, Envelope, BaseModel
             headers[name] = value.decode() if value else ""
             size += len(name) + len(value or b"")
         if size <= topic.max_message_bytes and headers.get("ce_type") == topic.name:
-            envelope = envelope_from_text(headers)
-            if envelope.type == topic.name:
-                return key, envelope, topic.payload.model_validate_json(body)
+            return key, envelope_from_text(headers), topic.payload.model_validate_json(body)
     except (UnicodeDecodeError, EnvelopeError, ValidationError, RecursionError):
         pass
     key, envelope, _, payload = parse(raw, topic)

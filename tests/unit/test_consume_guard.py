@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from contracts.envelope import Envelope
 from contracts.topics import DLQ_REASON_MAX, Topic
-from services.runtime.broker import Poison, bounded, is_transient, parse
+from services.runtime.broker import Poison, bounded, is_transient, parse, parse_valid
 
 
 class Item(BaseModel):
@@ -83,3 +83,27 @@ def test_an_unreachable_dependency_is_transient(exc: BaseException) -> None:
                                  asyncpg.UniqueViolationError("dup"), KeyError("x")])
 def test_what_is_wrong_with_the_message_is_not_transient(exc: BaseException) -> None:
     assert not is_transient(exc)
+
+
+def test_the_batch_parser_gives_parses_verdict_for_every_malformation_and_the_same_payloads() -> None:
+    """`parse_valid` (volume intake) validates from the bytes and hands anything unusual to `parse`: the same
+    payload for what both accept, the same Poison and reason for what `parse` refuses."""
+    good = b'{"source_id": "a", "words": 2}'
+    bad_header = [*Envelope.new("test.items", "/t").to_headers(), ("x", b"\xff\xfe")]
+    repeated = [*Envelope.new("test.items", "/t").to_headers(), ("ce_type", b"test.nothing")]
+    malformed = [record(good, key=b"\xff"), record(good, headers=bad_header), record(good, headers=repeated),
+                 record(b"[" * 100_000 + b"]" * 100_000), record(b"\xff{"), record(good + b" " * 500_001),
+                 record(good, ce_type="test.nothing"), record(good, ce_type="flows.load-checked"),
+                 record(good, headers=[]), record(b'{"source_id": "a", "words": "two"}'), record(b""),
+                 record(b'{"source_id": "a", "words": 2, "words": "x"}'), record(b"null")]
+    for raw in malformed:
+        reason = poison_reason(raw)
+        with pytest.raises(Poison) as caught:
+            parse_valid(raw, TOPIC)
+        assert caught.value.reason == reason
+    accepted = [record(good), record(good, key=None), record("\ufeff".encode() + good),
+                record(b'{"source_id": "a", "words": "2"}'),  # a lax int, as the test model says
+                record(b'{"source_id": "\\u00e8", "words": 2.0, "words": 3}')]
+    for raw in accepted:
+        key, envelope, _, payload = parse(raw, TOPIC)
+        assert parse_valid(raw, TOPIC) == (key, envelope, payload)
