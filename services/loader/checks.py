@@ -444,7 +444,8 @@ async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, 
         return None
     async with pool.acquire() as conn:
         await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
-    *_, cf = await asyncio.gather(
-        *(_run_rule_set(pool, rs, snapshot_id, version, period) for rs in plan.rule_sets),
-        _run_cf_checks(pool, plan, snapshot_id))
+    cf, *_ = await asyncio.gather(
+        _run_cf_checks(pool, plan, snapshot_id),
+        *(_run_rule_set(pool, rs, snapshot_id, version, period) for rs in plan.rule_sets))
+    assert isinstance(cf, CfCheck)
     return cf.codes
