@@ -264,10 +264,13 @@ class CheckPlan:
     rule_sets: tuple[RuleSet, ...]
     cf_with_person: bool  # sex and birth date are in the record: compare them with the code
     record_key: str
+    first_of_group: str | None = None  # SQL true on one record of each group (prescription), counted on the way
 
 
 PLANS: dict[str, CheckPlan] = {
-    "snapshot_service": CheckPlan("snapshot_service", (SERVICE_ROW_RULES, PRESCRIPTION_RULES), True, _SERVICE_KEY),
+    # every prescription has exactly one row 1 (row_number() over the prescription, snapshot.snapshot_sql)
+    "snapshot_service": CheckPlan("snapshot_service", (SERVICE_ROW_RULES, PRESCRIPTION_RULES), True, _SERVICE_KEY,
+                                  first_of_group="row_number = 1"),
     "snapshot_booking": CheckPlan("snapshot_booking", (BOOKING_RULES,), False, "s.source_id"),
     "snapshot_payment_document": CheckPlan("snapshot_payment_document", (PAYMENT_DOCUMENT_RULES,), False,
                                            "s.source_id"),
@@ -334,18 +337,27 @@ async def _run_rule_set(pool: asyncpg.Pool, rule_set: RuleSet, snapshot_id: int,
 CF_BATCH = 50_000  # distinct codes checked at once: memory is bounded by this, not by the period
 
 
-def _distinct_cf_sql(plan: CheckPlan, ordered: bool = False) -> str:
+def _distinct_cf_sql(plan: CheckPlan) -> str:
     person = ", patient_sex, patient_birth_date" if plan.cf_with_person else ""
-    # ordered: the same code's rows come together, so the distinct codes can be counted a batch at a time
-    order = " ORDER BY patient_cf" if ordered else ""
-    return (f"SELECT DISTINCT patient_cf{person} FROM {plan.table} WHERE snapshot_id = $1 AND patient_cf IS NOT NULL"
-            + order)
+    return f"SELECT DISTINCT patient_cf{person} FROM {plan.table} WHERE snapshot_id = $1 AND patient_cf IS NOT NULL"
+
+
+def _cf_groups_sql(plan: CheckPlan) -> str:
+    """The distinct (code, person) of the snapshot, the records without a code as one more group, each with how
+    many records and first rows of a group (prescriptions) it has: the one scan that also counts the load. In code
+    order, so the distinct codes (the patients) are counted a batch at a time."""
+    person = ", patient_sex, patient_birth_date" if plan.cf_with_person else ""
+    first = f"count(*) FILTER (WHERE {plan.first_of_group})" if plan.first_of_group else "0::bigint"
+    return (f"SELECT patient_cf{person}, count(*) AS records, {first} AS first_rows FROM {plan.table} "
+            f"WHERE snapshot_id = $1 GROUP BY patient_cf{person} ORDER BY patient_cf")
 
 
 @dataclass(frozen=True)
 class CfCheck:
     findings: int  # (code, person) combinations that break a rule
     codes: int  # distinct codici fiscali of the snapshot (its patients)
+    records: int  # records of the snapshot
+    first_rows: int  # records that open a group (CheckPlan.first_of_group): the prescriptions; 0 without groups
 
 
 async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, batch: int = CF_BATCH) -> CfCheck:
@@ -355,11 +367,15 @@ async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, 
     there are (the patients of the load) is counted on the way, holding none of them."""
     person_cols = ", sex text, birth date" if plan.cf_with_person else ""
     match = " AND s.patient_sex = f.sex AND s.patient_birth_date = f.birth" if plan.cf_with_person else ""
-    found = distinct = 0
+    person = 2 if plan.cf_with_person else 0
+    found = distinct = records = first_rows = 0
     last: str | None = None
     async with pool.acquire() as conn, conn.transaction():  # a server-side cursor lives in a transaction
-        cursor = await conn.cursor(_distinct_cf_sql(plan, ordered=True), snapshot_id)
-        while rows := await cursor.fetch(batch):
+        cursor = await conn.cursor(_cf_groups_sql(plan), snapshot_id)
+        while groups := await cursor.fetch(batch):
+            records += sum(g["records"] for g in groups)
+            first_rows += sum(g["first_rows"] for g in groups)
+            rows = [tuple(g)[:1 + person] for g in groups if g[0] is not None]  # (code, sex, birth date)
             codes = [r[0] for r in rows]
             for code in codes:
                 if code != last:
@@ -374,16 +390,16 @@ async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, 
                                        f"(cf text, code text, message text{person_cols}) ON COMMIT DROP")
                 await conn.copy_records_to_table(
                     f"cf_finding_{plan.table}",
-                    records=[(codes[f.index], f.code, f.message, *tuple(rows[f.index])[1:]) for f in findings])
+                    records=[(codes[f.index], f.code, f.message, *rows[f.index][1:]) for f in findings])
                 found += len(findings)
-            del rows, codes, findings
+            del groups, rows, codes, findings
         if found:
             await conn.execute(f"""
                 INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message)
                 SELECT $1, {plan.record_key}, 'patient_cf', f.code, 'error', f.message
                 FROM {plan.table} s JOIN cf_finding_{plan.table} f ON s.patient_cf = f.cf{match}
                 WHERE s.snapshot_id = $1""", snapshot_id)
-    return CfCheck(found, distinct)
+    return CfCheck(found, distinct, records, first_rows)
 
 
 @functools.cache
@@ -429,14 +445,14 @@ SMALL_SNAPSHOT = 5_000
 
 
 async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, version: str,
-                     period: tuple[object, object], rows: int | None = None) -> int | None:
+                     period: tuple[object, object], rows: int | None = None) -> CfCheck | None:
     """Evaluate every rule on the snapshot into load_problem (previous problems of it are replaced).
 
     The rule sets and the codice fiscale check run concurrently on separate connections: PostgreSQL
     runs each INSERT ... SELECT on one core, so parallel statements are how a load uses the machine.
     A snapshot of at most SMALL_SNAPSHOT `rows` (when the caller knows them) is checked on one connection.
-    Returns the distinct codici fiscali of the snapshot when the checks counted them on the way (the parallel
-    path), else None."""
+    Returns what the codice fiscale check counted on the way (records, prescriptions, patients) on the parallel
+    path, else None."""
     plan = PLANS[snapshot_table]
     if rows is not None and rows <= SMALL_SNAPSHOT:
         async with pool.acquire() as conn:
@@ -448,4 +464,4 @@ async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, 
         _run_cf_checks(pool, plan, snapshot_id),
         *(_run_rule_set(pool, rs, snapshot_id, version, period) for rs in plan.rule_sets))
     assert isinstance(cf, CfCheck)
-    return cf.codes
+    return cf

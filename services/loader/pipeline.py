@@ -7,7 +7,6 @@ It records no events: the handler turns the outcome into LoadChecked / LoadFaile
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -39,11 +38,13 @@ _COUNTS_SQL: dict[str, str] = {
     "snapshot_payment_document": "SELECT count(*) AS payment_documents FROM snapshot_payment_document "
                                  "WHERE snapshot_id = $1",
 }
-# A large snapshot's counts beside its checks: one scan, no grouping. Every prescription has exactly one row 1
-# (row_number() over the prescription), and the checks count the distinct codici fiscali (the patients).
-_LARGE_COUNTS_SQL = _COUNTS_SQL | {
-    "snapshot_service": "SELECT count(*) AS services, count(*) FILTER (WHERE row_number = 1) AS prescriptions "
-                        "FROM snapshot_service WHERE snapshot_id = $1"}
+# A large snapshot is counted by the codice fiscale check's scan (checks.CfCheck), no query of its own: the
+# names of _COUNTS_SQL's columns, in order, for (records, first rows of a prescription, distinct codes).
+_COUNTED_BY_CHECKS: dict[str, tuple[str, ...]] = {
+    "snapshot_service": ("services", "prescriptions", "patients"),
+    "snapshot_booking": ("bookings",),
+    "snapshot_payment_document": ("payment_documents",),
+}
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,9 @@ class LoadOutcome:
     summary: str
 
 
-async def _counts(pool: asyncpg.Pool, table: str, snapshot_id: int, large: bool = False) -> dict[str, int]:
+async def _counts(pool: asyncpg.Pool, table: str, snapshot_id: int) -> dict[str, int]:
     async with pool.acquire() as conn:
-        row = await conn.fetchrow((_LARGE_COUNTS_SQL if large else _COUNTS_SQL)[table], snapshot_id)
+        row = await conn.fetchrow(_COUNTS_SQL[table], snapshot_id)
     return {k: int(v) for k, v in row.items()}
 
 
@@ -101,18 +102,15 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
                                     instance=instance, version=version)
     step(2)
     period = (period_start, period_end)
-    if stats.rows > checks.SMALL_SNAPSHOT:
-        await _analyze(pool, table)
     if stats.rows <= checks.SMALL_SNAPSHOT:  # a few round trips in a row cost less than parallel connections
         counts = await _counts(pool, table, snapshot_id)
         await run_checks(pool, table, snapshot_id, version, period, rows=stats.rows)
     else:
-        counts, patients = await asyncio.gather(
-            _counts(pool, table, snapshot_id, large=True),
-            run_checks(pool, table, snapshot_id, version, period, rows=stats.rows))
-        if table == "snapshot_service":
-            assert patients is not None, "the parallel checks count the snapshot's codici fiscali"
-            counts["patients"] = patients
+        await _analyze(pool, table)
+        counted = await run_checks(pool, table, snapshot_id, version, period, rows=stats.rows)
+        assert counted is not None, "the parallel checks count the snapshot"
+        counts = dict(zip(_COUNTED_BY_CHECKS[table], (counted.records, counted.first_rows, counted.codes),
+                          strict=False))
     step(3)
     async with pool.acquire() as conn:
         if not next(iter(counts.values())):  # no service / booking / document: say so, never a silent Checked

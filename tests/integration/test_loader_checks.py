@@ -194,7 +194,11 @@ async def test_the_codice_fiscale_check_in_small_batches_names_the_same_records(
     assert {key for key, _, _ in small} == planted_cf
     # the patients are counted across the batches too: a code whose rows straddle two batches counts once
     assert found_small.codes == found_one.codes == distinct
-    assert outcome.counts["patients"] == distinct
+    assert (found_small.records, found_small.first_rows) == (found_one.records, found_one.first_rows)
+    # the load's counts, on both paths of run_checks, are what SQL counts in the snapshot
+    assert outcome.counts == dict(await pool.fetchrow(
+        "SELECT count(*) AS services, count(DISTINCT prescription_id) AS prescriptions, "
+        "count(DISTINCT patient_cf) AS patients FROM snapshot_service WHERE snapshot_id = $1", snapshot))
 
 
 async def test_a_name_that_grows_past_its_field_in_ascii_gets_a_warning(pool: asyncpg.Pool, tmp_path: Path) -> None:
