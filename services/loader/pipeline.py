@@ -69,7 +69,8 @@ async def _analyze(pool: asyncpg.Pool, table: str) -> None:
     sees the snapshot table as it was (empty, or the average snapshot) and picks plans for a few rows: a hash
     table of a million services, an index probe per row (measured at 1 M services: the row rules 4.7 s -> 0.9 s,
     the prescriptions 3.2 s -> 1.8 s with them). One column suffices (the row count and the snapshot's share of
-    the table); it reads a sample, ~0.2 s at 1 M, and sets the hint bits the checks would otherwise set. A table
+    the table); it reads a sample, 0.15-1 s at 1 M on this shared machine, and sets the hint bits the checks would
+    otherwise set (each of the parallel statements, on the pages it reads first). A table
     being analysed by another load is waited for (a fraction of a second); an autovacuum of the table holding the
     lock is cancelled by PostgreSQL after deadlock_timeout (1 s) once a lock request waits on it; and the load
     before this one is exactly what makes autovacuum visit the table. Skipping instead would plan a million rows
