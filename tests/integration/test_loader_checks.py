@@ -17,7 +17,7 @@ import pytest
 from contracts.feedback import FeedbackLine
 from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument, SourceModel
 from services.loader import checks
-from services.loader.checks import PLANS, _run_cf_checks
+from services.loader.checks import PLANS, CfCheck, _run_cf_checks
 from services.loader.intake import store, store_services
 from services.loader.pipeline import LoadOutcome, run_load
 from services.runtime.filestore import FileStore
@@ -177,7 +177,7 @@ async def test_the_codice_fiscale_check_in_small_batches_names_the_same_records(
     planted_cf = {p.record_key for p in generation.planted if p.code.startswith("CF_")}
     assert planted_cf, "the generator planted no codice fiscale problem"
 
-    async def cf_problems(batch: int) -> tuple[int, set[tuple[str, str, str]]]:
+    async def cf_problems(batch: int) -> tuple[CfCheck, set[tuple[str, str, str]]]:
         async with pool.acquire() as conn:
             await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1 AND field = 'patient_cf'", snapshot)
         found = await _run_cf_checks(pool, PLANS["snapshot_service"], snapshot, batch=batch)
@@ -190,8 +190,15 @@ async def test_the_codice_fiscale_check_in_small_batches_names_the_same_records(
     assert distinct > 300
     found_small, small = await cf_problems(3)
     found_one, whole = await cf_problems(1_000_000)
-    assert small == whole and found_small == found_one > 0
+    assert small == whole and found_small.findings == found_one.findings > 0
     assert {key for key, _, _ in small} == planted_cf
+    # the patients are counted across the batches too: a code whose rows straddle two batches counts once
+    assert found_small.codes == found_one.codes == distinct
+    assert (found_small.records, found_small.first_rows) == (found_one.records, found_one.first_rows)
+    # the load's counts, on both paths of run_checks, are what SQL counts in the snapshot
+    assert outcome.counts == dict(await pool.fetchrow(
+        "SELECT count(*) AS services, count(DISTINCT prescription_id) AS prescriptions, "
+        "count(DISTINCT patient_cf) AS patients FROM snapshot_service WHERE snapshot_id = $1", snapshot))
 
 
 async def test_a_name_that_grows_past_its_field_in_ascii_gets_a_warning(pool: asyncpg.Pool, tmp_path: Path) -> None:
