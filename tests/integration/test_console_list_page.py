@@ -1,16 +1,21 @@
 """The instance list page reads its session and its rows in one statement (services/console/app.py,
 `_LIST_PAGE_WITH_SESSION_SQL`): on the real app and PostgreSQL, the session is still checked on every
 request (a user disabled in the table, a logged-out or expired session stop at once), the rows are only
-the principal's enti, a role without the list gets 404, and the page shows Rome's time and escaped text."""
+the principal's enti, a role without the list gets 404, and the page shows Rome's time and escaped text.
+The page is served by ConsoleApp's direct path (services/console/app.py, DIRECT_PAGES): its answer has the headers of
+every page, and what it does not answer (no login, a refused role, an error) the ordinary path answers."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
 import pytest
 
+from services.console.app import DIRECT_PAGES
 from tests.console_support import RunningConsole, csrf_of, running_console
+from tests.pg_outage import postgres_down
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -77,3 +82,32 @@ async def test_rows_show_rome_time_and_escaped_text_and_page_by_keyset(console: 
         assert following and int(following.group(2)) == numbers[-50]
         second = (await client.get(console.url + following.group(1))).text
         assert _listed(second) == set(numbers[:2]) and "Pagina successiva" not in second
+
+
+async def test_the_direct_answer_has_the_headers_of_every_page(console: RunningConsole) -> None:
+    assert "/istanze" in DIRECT_PAGES  # served by ConsoleApp's direct path, not the router
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        listed = await client.get(console.url + "/istanze")
+        routed = await client.get(console.url + "/istanze/nuova")  # a page through the middleware and the router
+        assert listed.status_code == routed.status_code == 200
+        for name in ("content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy",
+                     "cache-control"):
+            assert listed.headers[name] == routed.headers[name], name
+        assert listed.headers["cache-control"] == "no-store"
+        assert listed.headers["content-type"] == "text/html; charset=utf-8"
+
+
+async def test_with_postgresql_stopped_the_page_fails_like_any_route_and_recovers(console: RunningConsole) -> None:
+    own = await console.instance("201")
+    async with httpx.AsyncClient(follow_redirects=False, timeout=30) as client:
+        await console.login(client, "op.201")
+        async with postgres_down():
+            # The direct path's error goes to the ordinary path, whose error handler answers 500 (no hang, no
+            # dropped connection, no page without its session check).
+            down = await client.get(console.url + "/istanze")
+            assert down.status_code == 500 and not _listed(down.text)
+        async with asyncio.timeout(60):
+            while (page := await client.get(console.url + "/istanze")).status_code != 200:
+                await asyncio.sleep(0.2)
+        assert _listed(page.text) == {own}
