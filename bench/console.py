@@ -4,8 +4,9 @@
    within 2x of the raw SQL query for the same page. Pages are the first one and the next ones by
    keyset (`prima`), for an operator of two enti and for an ops user, with and without a state
    filter; console and raw alternate page by page so machine load hits both alike. The raw query is the
-   page's own list SQL (services/console/app.py LIST_PAGE_SQL: its columns, its filters, the principal
-   given); the page runs the same list with its session lookup in one statement. The pages are
+   page's own list SQL (services/console/app.py `list_page_rows`: its columns, the filters asked, the principal
+   given), the same statement text for the same search, so both run on PostgreSQL's cached generic plan once
+   warm; the page runs the same list with its session lookup in one statement. The pages are
    fetched with aiohttp (C HTTP parser), as the raw query runs on asyncpg's C protocol.
 2. An instance's state change reaches an open page within 1 s of its event on Kafka (p95 over 50
    changes): from the moment the event is acknowledged by Kafka to the moment the page's live
