@@ -1,16 +1,23 @@
 """The instance list page reads its session and its rows in one statement (services/console/app.py,
 `_LIST_PAGE_WITH_SESSION_SQL`): on the real app and PostgreSQL, the session is still checked on every
 request (a user disabled in the table, a logged-out or expired session stop at once), the rows are only
-the principal's enti, a role without the list gets 404, and the page shows Rome's time and escaped text."""
+the principal's enti, a role without the list gets 404, and the page shows Rome's time and escaped text.
+The page is served by ConsoleApp's direct path (services/console/app.py, DIRECT_PAGES): its answer has the headers of
+every page, and what it does not answer (no login, a refused role, an error) the ordinary path answers."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import re
+from datetime import UTC, date, datetime
 
 import httpx
 import pytest
 
+from services.console.app import DIRECT_PAGES
 from tests.console_support import RunningConsole, csrf_of, running_console
+from tests.pg_outage import postgres_down
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -77,3 +84,73 @@ async def test_rows_show_rome_time_and_escaped_text_and_page_by_keyset(console: 
         assert following and int(following.group(2)) == numbers[-50]
         second = (await client.get(console.url + following.group(1))).text
         assert _listed(second) == set(numbers[:2]) and "Pagina successiva" not in second
+
+
+async def test_the_direct_answer_has_the_headers_of_every_page(console: RunningConsole) -> None:
+    assert "/istanze" in DIRECT_PAGES  # served by ConsoleApp's direct path, not the router
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        listed = await client.get(console.url + "/istanze")
+        routed = await client.get(console.url + "/istanze/nuova")  # a page through the middleware and the router
+        assert listed.status_code == routed.status_code == 200
+        for name in ("content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy",
+                     "cache-control"):
+            assert listed.headers[name] == routed.headers[name], name
+        assert listed.headers["cache-control"] == "no-store"
+        assert listed.headers["content-type"] == "text/html; charset=utf-8"
+
+
+async def test_with_postgresql_stopped_the_page_fails_like_any_route_and_recovers(console: RunningConsole) -> None:
+    own = await console.instance("201")
+    async with httpx.AsyncClient(follow_redirects=False, timeout=30) as client:
+        await console.login(client, "op.201")
+        async with postgres_down():
+            # The direct path's error goes to the ordinary path, whose error handler answers 500 (no hang, no
+            # dropped connection, no page without its session check).
+            down = await client.get(console.url + "/istanze")
+            assert down.status_code == 500 and not _listed(down.text)
+        async with asyncio.timeout(60):
+            while (page := await client.get(console.url + "/istanze")).status_code != 200:
+                await asyncio.sleep(0.2)
+        assert _listed(page.text) == {own}
+
+
+async def test_every_combination_of_filters_lists_what_it_asks_for(console: RunningConsole) -> None:
+    """Each set of filters is its own statement (app.py `_filters`): all 64 combinations, on the page and the API,
+    for an operator (its enti only) and ops (every ente), against the table filtered here."""
+    numbers = []
+    for i in range(12):
+        ente, flow_type = ("201", "202", "203")[i % 3], ("FLUSSO_C", "FLUSSO_MEF")[i % 2]
+        numbers.append(await console.instance(ente, flow_type=flow_type))
+    for i, number in enumerate(numbers):
+        await console.pool.execute("UPDATE instance_list SET state = $2, created_at = $3 WHERE instance = $1",
+                                   number, ("Checked", "Running")[i % 2 == 0 and i % 4 != 0],
+                                   datetime(2026, 3, 1 + i, 12, tzinfo=UTC))
+    table = [dict(r) for r in await console.pool.fetch("SELECT instance, flow_type, ente, state, created_at "
+                                                       "FROM instance_list")]
+    asked = {"tipo": "FLUSSO_C", "ente": "201", "dal": "2026-03-03", "al": "2026-03-09", "stato": "Checked",
+             "prima": str(numbers[9])}
+
+    def expected(params: dict[str, str], enti: set[str] | None) -> set[int]:
+        return {r["instance"] for r in table
+                if (enti is None or r["ente"] in enti)
+                and ("tipo" not in params or r["flow_type"] == params["tipo"])
+                and ("ente" not in params or r["ente"] == params["ente"])
+                and ("dal" not in params or r["created_at"].date() >= date.fromisoformat(params["dal"]))
+                and ("al" not in params or r["created_at"].date() <= date.fromisoformat(params["al"]))
+                and ("stato" not in params or r["state"] == params["stato"])
+                and ("prima" not in params or r["instance"] < int(params["prima"]))}
+
+    async with httpx.AsyncClient(follow_redirects=False) as op, httpx.AsyncClient(follow_redirects=False) as ops:
+        await console.login(op, "op.201")
+        await console.login(ops, "ops.1")
+        seen_any = 0
+        for chosen in itertools.product((False, True), repeat=len(asked)):
+            params = {k: v for (k, v), on in zip(asked.items(), chosen, strict=True) if on}
+            for client, enti in ((op, {"201"}), (ops, None)):
+                want = expected(params, enti)
+                seen_any += bool(want)
+                assert _listed((await client.get(console.url + "/istanze", params=params)).text) == want, params
+                items = (await client.get(console.url + "/api/istanze", params=params)).json()["items"]
+                assert {item["instance"] for item in items} == want, params
+        assert seen_any > 64  # the filters leave rows to compare in most combinations, not empty pages only
