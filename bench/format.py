@@ -2,6 +2,8 @@
 
     uv run python bench/format.py [--services 1000000] [--also 3000000]
 
+PostgreSQL: $DATABASE_URL, else 127.0.0.1:$FLOWS_PG_PORT (default 15432), the stack's server.
+
 On a fresh database of the local stack it generates N services (prescriptions of 1..4 services),
 then measures (a) the baseline: two `COPY (SELECT rpad/lpad ...) TO STDOUT` producing C1 and C2
 (row 99 through UNION ALL + GROUP BY) into files, and (b) the writer (services.formatter.writer)
@@ -35,7 +37,8 @@ from services.formatter.writer import write_flusso_c
 from services.runtime.filestore import FileStore
 from tests.fixtures.sample_snapshot import create_tables, generate_services
 
-STACK_URL = "postgresql://postgres@127.0.0.1:15432/flows"
+STACK_URL = (os.environ.get("DATABASE_URL")
+             or f"postgresql://postgres@127.0.0.1:{os.environ.get('FLOWS_PG_PORT', '15432')}/flows")
 
 _ROWS = """
 WITH s AS (SELECT * FROM snapshot_service WHERE snapshot_id = {sid}),
@@ -210,7 +213,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=1_000_000)
     parser.add_argument("--also", type=int, default=0, help="a second size, to compare peak RSS")
-    parser.add_argument("--dsn", default=os.environ.get("DATABASE_URL", STACK_URL))
+    parser.add_argument("--dsn", default=STACK_URL)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--snapshot", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
