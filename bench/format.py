@@ -205,7 +205,7 @@ async def main(args: argparse.Namespace) -> None:
             print(f"  columnar writer         : {sw:6.2f} s  {rw / sw:>10,.0f} records/s per file"
                   f"  peak RSS {mine['peak_rss_mb']:.0f} MB  ({mine['chunks']} chunks, {mine['errors']} errors)")
             print(f"  (kernels compiled or loaded from the disk cache before the clock, as the service does at "
-                  f"start: {float(mine['warm_up']):.2f} s)")
+                  f"start: {float(mine['warm_up']):.2f} s)")  # type: ignore[arg-type]
             # speed ratios: records/s of the writer over records/s of the baseline (> 1 = faster)
             print(f"  speed vs plain COPY     : {plain / sw:.2f}x")
             print(f"  speed vs baseline       : {sb / sw:.2f}x  "

@@ -27,8 +27,20 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
     settings = settings or Settings()
     async with runtime(settings, name="formatter") as rt:
         deps = wire(rt)
+        # Flusso C's compiled kernels (fastpath.py): compiled, or loaded from numba's disk cache, now rather
+        # than by the first format request; a request that comes first waits for the same compilation.
+        warm = asyncio.get_running_loop().run_in_executor(None, _warm_up)
 
         async def resume(stop: asyncio.Event) -> None:
             await every(5.0, stop, lambda: handlers.resume_interrupted(deps), "formatter.resume")
 
-        await serve(rt, [resume], stop=stop)
+        try:
+            await serve(rt, [resume], stop=stop)
+        finally:
+            await asyncio.gather(warm, return_exceptions=True)
+
+
+def _warm_up() -> None:
+    from services.formatter import fastpath
+
+    fastpath.warm_up()

@@ -27,6 +27,7 @@ row_total, closing_date and ticket_position.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numba import njit  # type: ignore[import-untyped]
@@ -154,23 +155,23 @@ def plan(layout: Layout, names: list[str], pg_types: dict[str, str], eol: bytes)
         for spec in rec.fields:
             if spec.filler or spec.constant is not None:
                 continue  # in the templates
-            base = dict(kind=k, scope=spec.rows, offset=spec.offset, length=spec.length, required=spec.required,
-                        upper=spec.case == "upper")
+            base: dict[str, Any] = dict(kind=k, scope=spec.rows, offset=spec.offset, length=spec.length,
+                                        required=spec.required, upper=spec.case == "upper")
             if spec.derive is not None:
                 if spec.map is not None or spec.allowed is not None:
                     return None
                 if spec.derive == "row_number":
-                    ops.append(Op(code="row_number", **base))  # type: ignore[arg-type]
+                    ops.append(Op(code="row_number", **base))
                 elif (spec.derive == "row_total" and spec.type == "AMOUNT" and typed("quantity", _INT)
                       and typed("tariff", {"numeric"}) and typed("ticket", {"numeric"})):
                     totals = True
-                    ops.append(Op(code="row_total", **base))  # type: ignore[arg-type]
+                    ops.append(Op(code="row_total", **base))
                 elif spec.derive == "closing_date" and spec.type == "DATE" and typed("delivery_date", {"date"}):
                     closing_date = True
-                    ops.append(Op(code="closing_date", **base))  # type: ignore[arg-type]
+                    ops.append(Op(code="closing_date", **base))
                 elif (spec.derive == "ticket_position" and spec.type == "AN" and spec.length >= 2
                       and typed("exemption_code", _TEXT)):
-                    ops.append(Op(code="ticket", col=col["exemption_code"], **base))  # type: ignore[arg-type]
+                    ops.append(Op(code="ticket", col=col["exemption_code"], **base))
                 else:
                     return None
                 continue
@@ -205,7 +206,7 @@ def plan(layout: Layout, names: list[str], pg_types: dict[str, str], eol: bytes)
                 code = "amount"
             else:
                 return None
-            ops.append(Op(code=code, col=col[name], map_first=map_first, map_n=map_n,  # type: ignore[arg-type]
+            ops.append(Op(code=code, col=col[name], map_first=map_first, map_n=map_n,
                           allowed_first=allowed_first, allowed_n=allowed_n, summed=summed, **base))
     if any(not e.isascii() or (e and min(e) < 32) or b"\\" in e for e in entries):
         return None
@@ -358,7 +359,7 @@ def _int(raw, a, b):  # type: ignore[no-untyped-def]
         return False, 0
     v = 0
     for i in range(a, b):
-        d = np.int64(raw[i]) - 48
+        d = int(raw[i]) - 48
         if d < 0 or d > 9:
             return False, 0
         v = v * 10 + d

@@ -38,7 +38,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from services.formatter import fastpath
 from services.formatter.chunks import ChunkFormatter
 from services.formatter.columnar import FieldProblem, ProblemLog
 from services.formatter.layouts import Layout
@@ -187,9 +186,13 @@ class ChunkPipeline:
         self.log = ProblemLog()
         self.formatter = ChunkFormatter(layout, self.log, eol)
         self.stats = FormatStats()
-        self.plan = fastpath.plan(layout, self.names, pg_types, eol) if pg_types is not None else None
+        self.plan: Any = None
+        if pg_types is not None:
+            from services.formatter import fastpath  # numba: imported by the processes that format only
 
-    def _parse(self, data: memoryview | bytes) -> pa.Table:
+            self.plan = fastpath.plan(layout, self.names, pg_types, eol)
+
+    def _parse(self, data: memoryview | bytes | np.ndarray) -> pa.Table:
         return pacsv.read_csv(
             pa.py_buffer(data),
             # one thread: the worker already runs beside the event loop and PostgreSQL on two cores,
@@ -242,7 +245,8 @@ class ChunkPipeline:
 
     def _process_fast(self, raw: np.ndarray) -> None:
         """The kernels render the clean groups, the engine the others (fastpath.py), into the same matrices."""
-        assert self.plan is not None
+        from services.formatter import fastpath
+
         done = fastpath.format_chunk(self.plan, raw)
         n, g, dirty = done.rows, len(done.starts), done.dirty
         if len(dirty):
