@@ -27,6 +27,7 @@ only (no backslash) skips the per-value character checks, any other chunk gets t
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import os
@@ -43,6 +44,7 @@ from services.formatter.columnar import FieldProblem, ProblemLog
 from services.formatter.layouts import Layout
 
 CHUNK_BYTES = 4 * 1024 * 1024
+RENDERING = 2  # chunks rendered at once by the fast path's kernels (2 cores)
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _PG_TO_ARROW = {
     "text": pa.string(), "character varying": pa.string(), "character": pa.string(),
@@ -224,10 +226,25 @@ class ChunkPipeline:
         return non_ascii_rows, not controls
 
     def process(self, data: memoryview | bytes) -> None:
-        if not len(data):
+        self.emit(self.prepare(data))
+
+    def prepare(self, data: memoryview | bytes) -> Any:
+        """What may run on several threads at once: the kernels of the fast path (they share nothing and
+        release the GIL). The result goes to `emit`, in chunk order."""
+        if self.plan is None or not len(data):
+            return data
+        from services.formatter import fastpath
+
+        raw = np.frombuffer(data, dtype=np.uint8)
+        return raw, fastpath.format_chunk(self.plan, raw)
+
+    def emit(self, prepared: Any) -> None:
+        """One chunk after the other, on one thread: the engine (problems in chunk order), the sinks, the stats."""
+        if isinstance(prepared, tuple):
+            self._emit_fast(*prepared)
             return
-        if self.plan is not None:
-            self._process_fast(np.frombuffer(data, dtype=np.uint8))
+        data = prepared
+        if not len(data):
             return
         table = self._parse(data)
         rows = table.num_rows
@@ -243,11 +260,8 @@ class ChunkPipeline:
         self.stats.chunks += 1
         self.stats.peak_chunk_rows = max(self.stats.peak_chunk_rows, rows)
 
-    def _process_fast(self, raw: np.ndarray) -> None:
-        """The kernels render the clean groups, the engine the others (fastpath.py), into the same matrices."""
-        from services.formatter import fastpath
-
-        done = fastpath.format_chunk(self.plan, raw)
+    def _emit_fast(self, raw: np.ndarray, done: Any) -> None:
+        """The kernels rendered the clean groups, the engine renders the others (fastpath.py) into the same matrices."""
         n, g, dirty = done.rows, len(done.starts), done.dirty
         if len(dirty):
             firsts, ends = done.starts[dirty], np.append(done.starts[1:], n)[dirty]
@@ -301,12 +315,23 @@ async def _write(conn: Any, snapshot_id: int, layout: Layout, sinks: dict[str, B
     grouped = layout.grouping is not None
     queue: asyncio.Queue[memoryview | bytes | None] = asyncio.Queue(maxsize=2)
     loop = asyncio.get_running_loop()
+    # the engine and the sinks on ONE thread (problems in order, one malloc arena); the fast path's kernels
+    # render up to RENDERING chunks ahead on their own threads, so that both cores work
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="formatter-chunks")
+    renderers = concurrent.futures.ThreadPoolExecutor(max_workers=RENDERING, thread_name_prefix="formatter-render")
 
     async def consume() -> None:
-        while (chunk := await queue.get()) is not None:
-            await loop.run_in_executor(worker, pipeline.process, chunk)
+        pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        finished = False
+        while not finished:
+            chunk = await queue.get()
+            finished = chunk is None
+            if chunk is not None:
+                pending.append(loop.run_in_executor(renderers, pipeline.prepare, chunk)
+                               if pipeline.plan is not None else _done(loop, chunk))
             del chunk  # the next chunk is awaited without this one alive
+            while pending and (finished or len(pending) >= RENDERING):
+                await loop.run_in_executor(worker, pipeline.emit, await pending.popleft())
 
     received: list[bytes] = []
     size = 0
@@ -347,7 +372,14 @@ async def _write(conn: Any, snapshot_id: int, layout: Layout, sinks: dict[str, B
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         worker.shutdown(wait=False)  # a chunk still on the thread finishes by itself
+        renderers.shutdown(wait=False)
     return pipeline.finish()
+
+
+def _done(loop: asyncio.AbstractEventLoop, value: Any) -> asyncio.Future[Any]:
+    future = loop.create_future()
+    future.set_result(value)
+    return future
 
 
 async def write_flusso_c(conn_or_pool: Any, snapshot_id: int, layout: Layout, sink_c1: BinaryIO,
