@@ -8,6 +8,10 @@ How it is fast (design.md "Performance facts"):
   COPY escapes tabs and newlines inside values), and a prescription never spans two chunks.
 - Each chunk is parsed by pyarrow's CSV reader (columnar) and rendered column-wise (columnar.py)
   on one worker thread while the event loop receives the next chunk.
+- Flusso C and C PACC (issue 14: at least 2x PostgreSQL's plain COPY of the rows) take the fast path
+  (fastpath.py): compiled kernels render, without the GIL and two chunks at a time, every prescription
+  the engine would accept straight from the COPY text; the worker thread then hands the others to the
+  engine, in chunk order, and writes the sinks. The engine stays the definition of every byte and problem.
 
 How memory stays flat (issue 3: peak RSS at 1M and 3M services within 10%):
 - The queue between the COPY and the worker holds two chunks; the COPY reader awaits it, so
