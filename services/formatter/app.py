@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import os
+import threading
 
 from contracts import flows
 from contracts.topics import by_name
@@ -27,8 +30,21 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
     settings = settings or Settings()
     async with runtime(settings, name="formatter") as rt:
         deps = wire(rt)
+        # Flusso C's compiled kernels (fastpath.py): compiled, or loaded from numba's disk cache, now rather
+        # than by the first format request; a request that comes first waits for the same compilation.
+        threading.Thread(target=_warm_up, name="formatter-warm-up", daemon=True).start()
 
         async def resume(stop: asyncio.Event) -> None:
             await every(5.0, stop, lambda: handlers.resume_interrupted(deps), "formatter.resume")
 
         await serve(rt, [resume], stop=stop)
+
+
+def _warm_up() -> None:
+    from services.formatter import fastpath
+
+    # a compilation (no disk cache yet) costs ~20 s of a core: at the lowest priority, this thread of its
+    # own only (Linux nices threads one by one), so that it never slows the other services down
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    fastpath.warm_up()

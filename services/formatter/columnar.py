@@ -206,7 +206,7 @@ class Renderer:
                                        f"{spec.length}")
             arr = pc.utf8_slice_codeunits(arr, 0, spec.length)
             lengths = _lengths(arr)
-        if arr.null_count == 0 and len(arr) and lengths.min() == spec.length:
+        if arr.null_count == 0 and len(arr) and lengths.min() == spec.length == lengths.max():
             return fixed_view(arr, spec.length)  # fixed-length codes: no copy, no padding
         padded = pc.ascii_rpad(arr.fill_null(""), width=spec.length, padding=" ")
         if int(_lengths(padded).max(initial=spec.length)) != spec.length:

@@ -8,6 +8,10 @@ How it is fast (design.md "Performance facts"):
   COPY escapes tabs and newlines inside values), and a prescription never spans two chunks.
 - Each chunk is parsed by pyarrow's CSV reader (columnar) and rendered column-wise (columnar.py)
   on one worker thread while the event loop receives the next chunk.
+- Flusso C and C PACC (issue 14: at least 2x PostgreSQL's plain COPY of the rows) take the fast path
+  (fastpath.py): compiled kernels render, without the GIL and two chunks at a time, every prescription
+  the engine would accept straight from the COPY text; the worker thread then hands the others to the
+  engine, in chunk order, and writes the sinks. The engine stays the definition of every byte and problem.
 
 How memory stays flat (issue 3: peak RSS at 1M and 3M services within 10%):
 - The queue between the COPY and the worker holds two chunks; the COPY reader awaits it, so
@@ -27,6 +31,7 @@ only (no backslash) skips the per-value character checks, any other chunk gets t
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import os
@@ -43,6 +48,7 @@ from services.formatter.columnar import FieldProblem, ProblemLog
 from services.formatter.layouts import Layout
 
 CHUNK_BYTES = 4 * 1024 * 1024
+RENDERING = 2  # chunks rendered at once by the fast path's kernels (2 cores)
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _PG_TO_ARROW = {
     "text": pa.string(), "character varying": pa.string(), "character": pa.string(),
@@ -71,12 +77,18 @@ def check_identifiers(layout: Layout) -> None:
         raise ValueError(f"layout {layout.flow_type} {layout.version}: not plain SQL identifiers: {bad}")
 
 
-async def source_types(conn: Any, layout: Layout) -> dict[str, pa.DataType]:
+async def source_pg_types(conn: Any, layout: Layout) -> dict[str, str]:
+    """PostgreSQL data type of every column of the layout's source table."""
     check_identifiers(layout)
     rows = await conn.fetch(
         "SELECT column_name, data_type FROM information_schema.columns "
         "WHERE table_name = $1 AND table_schema = current_schema()", layout.source)
-    found = {r["column_name"]: r["data_type"] for r in rows}
+    return {r["column_name"]: r["data_type"] for r in rows}
+
+
+async def source_types(conn: Any, layout: Layout, found: dict[str, str] | None = None) -> dict[str, pa.DataType]:
+    if found is None:
+        found = await source_pg_types(conn, layout)
     types: dict[str, pa.DataType] = {}
     for name in layout.columns():
         if name not in found:
@@ -171,7 +183,8 @@ class ChunkPipeline:
     """Runs on the worker thread: a chunk of raw COPY text (whole groups) -> arrow table -> records -> sinks."""
 
     def __init__(self, layout: Layout, types: dict[str, pa.DataType], sinks: dict[str, BinaryIO],
-                 eol: bytes) -> None:
+                 eol: bytes, pg_types: dict[str, str] | None = None) -> None:
+        """`pg_types` (the source's PostgreSQL types) enables the compiled fast path where the layout allows."""
         self.layout = layout
         self.names = copy_columns(layout)
         self.types = types
@@ -179,8 +192,13 @@ class ChunkPipeline:
         self.log = ProblemLog()
         self.formatter = ChunkFormatter(layout, self.log, eol)
         self.stats = FormatStats()
+        self.plan: Any = None
+        if pg_types is not None:
+            from services.formatter import fastpath  # numba: imported by the processes that format only
 
-    def _parse(self, data: memoryview | bytes) -> pa.Table:
+            self.plan = fastpath.plan(layout, self.names, pg_types, eol)
+
+    def _parse(self, data: memoryview | bytes | np.ndarray) -> pa.Table:
         return pacsv.read_csv(
             pa.py_buffer(data),
             # one thread: the worker already runs beside the event loop and PostgreSQL on two cores,
@@ -212,6 +230,24 @@ class ChunkPipeline:
         return non_ascii_rows, not controls
 
     def process(self, data: memoryview | bytes) -> None:
+        self.emit(self.prepare(data))
+
+    def prepare(self, data: memoryview | bytes) -> Any:
+        """What may run on several threads at once: the kernels of the fast path (they share nothing and
+        release the GIL). The result goes to `emit`, in chunk order."""
+        if self.plan is None or not len(data):
+            return data
+        from services.formatter import fastpath
+
+        raw = np.frombuffer(data, dtype=np.uint8)
+        return raw, fastpath.format_chunk(self.plan, raw)
+
+    def emit(self, prepared: Any) -> None:
+        """One chunk after the other, on one thread: the engine (problems in chunk order), the sinks, the stats."""
+        if isinstance(prepared, tuple):
+            self._emit_fast(*prepared)
+            return
+        data = prepared
         if not len(data):
             return
         table = self._parse(data)
@@ -227,6 +263,35 @@ class ChunkPipeline:
         self.stats.prescriptions += result.groups
         self.stats.chunks += 1
         self.stats.peak_chunk_rows = max(self.stats.peak_chunk_rows, rows)
+
+    def _emit_fast(self, raw: np.ndarray, done: Any) -> None:
+        """The kernels rendered the clean groups, the engine renders the others (fastpath.py) into the same matrices."""
+        n, g, dirty = done.rows, len(done.starts), done.dirty
+        if len(dirty):
+            firsts, ends = done.starts[dirty], np.append(done.starts[1:], n)[dirty]
+            if len(dirty) == g:
+                sub = raw
+            else:
+                bounds = zip(done.line[firsts].tolist(), done.line[ends].tolist(), strict=True)
+                sub = np.concatenate([raw[a:b] for a, b in bounds])
+            table = self._parse(sub)
+            non_ascii_rows, no_controls = self._charset(sub, table.num_rows)
+            result = self.formatter.format(table, non_ascii_rows=non_ascii_rows, no_controls=no_controls)
+            del table
+            sizes = ends - firsts + 1  # the group's rows and its row 99
+            positions = np.repeat(firsts + dirty - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
+            for k, kind in enumerate(self.layout.kinds):
+                matrix = result.records[kind]
+                if matrix.shape[0] != len(positions) or result.groups != len(dirty):
+                    raise RuntimeError(f"the engine made {matrix.shape[0]} {kind} records of {result.groups} groups "
+                                       f"where the fast path expected {len(positions)} of {len(dirty)}")
+                done.records[k][positions] = matrix
+        for kind, out in zip(self.layout.kinds, done.records, strict=True):
+            self.sinks[kind].write(out.data.cast("B"))
+        self.stats.records += n + g
+        self.stats.prescriptions += g
+        self.stats.chunks += 1
+        self.stats.peak_chunk_rows = max(self.stats.peak_chunk_rows, n)
 
     def finish(self) -> FormatStats:
         self.stats.errors, self.stats.warnings = self.log.errors, self.log.warnings
@@ -249,16 +314,28 @@ async def write_layout(conn_or_pool: Any, snapshot_id: int, layout: Layout, sink
 async def _write(conn: Any, snapshot_id: int, layout: Layout, sinks: dict[str, BinaryIO], eol: bytes,
                  chunk_bytes: int) -> FormatStats:
     use_jemalloc_for_arrow()
-    pipeline = ChunkPipeline(layout, await source_types(conn, layout), sinks, eol)
+    pg_types = await source_pg_types(conn, layout)
+    pipeline = ChunkPipeline(layout, await source_types(conn, layout, pg_types), sinks, eol, pg_types)
     grouped = layout.grouping is not None
     queue: asyncio.Queue[memoryview | bytes | None] = asyncio.Queue(maxsize=2)
     loop = asyncio.get_running_loop()
+    # the engine and the sinks on ONE thread (problems in order, one malloc arena); the fast path's kernels
+    # render up to RENDERING chunks ahead on their own threads, so that both cores work
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="formatter-chunks")
+    renderers = concurrent.futures.ThreadPoolExecutor(max_workers=RENDERING, thread_name_prefix="formatter-render")
 
     async def consume() -> None:
-        while (chunk := await queue.get()) is not None:
-            await loop.run_in_executor(worker, pipeline.process, chunk)
+        pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        finished = False
+        while not finished:
+            chunk = await queue.get()
+            finished = chunk is None
+            if chunk is not None:
+                pending.append(loop.run_in_executor(renderers, pipeline.prepare, chunk)
+                               if pipeline.plan is not None else _done(loop, chunk))
             del chunk  # the next chunk is awaited without this one alive
+            while pending and (finished or len(pending) >= RENDERING):
+                await loop.run_in_executor(worker, pipeline.emit, await pending.popleft())
 
     received: list[bytes] = []
     size = 0
@@ -299,7 +376,14 @@ async def _write(conn: Any, snapshot_id: int, layout: Layout, sinks: dict[str, B
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         worker.shutdown(wait=False)  # a chunk still on the thread finishes by itself
+        renderers.shutdown(wait=False)
     return pipeline.finish()
+
+
+def _done(loop: asyncio.AbstractEventLoop, value: Any) -> asyncio.Future[Any]:
+    future = loop.create_future()
+    future.set_result(value)
+    return future
 
 
 async def write_flusso_c(conn_or_pool: Any, snapshot_id: int, layout: Layout, sink_c1: BinaryIO,
