@@ -189,7 +189,6 @@ class BatchConsumer:
                     polled = await consumer.getmany(timeout_ms=PIPELINED_POLL_MS if pending else 500,
                                                     max_records=self.max_records)
                     records = [r for rs in polled.values() for r in rs]
-                started = time.monotonic()
                 batch = await self._parse(records) if records else None
                 if pending:
                     stored, task = pending
@@ -200,7 +199,7 @@ class BatchConsumer:
                         self._seek_back(consumer, stored + records)
                         continue
                 if batch is not None:
-                    pending = (records, asyncio.create_task(self._store(consumer, batch, started)))
+                    pending = (records, asyncio.create_task(self._store(consumer, batch)))
         finally:
             if pending:  # leaving on an error or a cancellation: the batch is not committed, it comes again
                 pending[1].cancel()
@@ -250,8 +249,10 @@ class BatchConsumer:
                          partition=raw.partition, topic=topic.name)
         return Malformed(topic, raw, poison.reason, poison.data, _record_id(poison.data, key))
 
-    async def _store(self, consumer: AIOKafkaConsumer, batch: Batch, started: float) -> None:
-        """Dead letters, the sink's transaction, then the offsets' commit."""
+    async def _store(self, consumer: AIOKafkaConsumer, batch: Batch) -> None:
+        """Dead letters, the sink's transaction, then the offsets' commit. An outage is waited out from the
+        moment the store starts (not from the parse: the batch before may have waited out one already)."""
+        started = time.monotonic()
         await self._dead_letter_malformed(batch, started)
         try:
             await self._patiently(lambda: self.sink(batch), started)
