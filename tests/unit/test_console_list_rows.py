@@ -1,19 +1,22 @@
 """The instance list's rows are built in Python (services/console/app.py `_list_rows`, for speed): every text
 cell is still escaped, and dates are shown as the template did (the creation time arrives as Rome's wall-clock time,
-converted by PostgreSQL: tests/integration/test_console_list_page.py checks it on the real page)."""
+converted by PostgreSQL: tests/integration/test_console_list_page.py checks it on the real page). A row is read by
+position, its last eight values in `_LIST_PAGE_TYPES` order, as an asyncpg Record unpacks."""
 
 from __future__ import annotations
 
 from datetime import date, datetime
 
-from services.console.app import _badge, _list_rows
+from services.console.app import _LIST_PAGE_TYPES, _badge, _list_rows
 
 
 def test_list_rows_escape_every_text_cell_and_show_rome_time() -> None:
     row = {"flow_type": "FLUSSO_C<script>", "ente": "<b>2", "instance": 1947, "source_instance": None,
            "created_rome": datetime(2026, 7, 2, 0, 30), "period_start": date(2026, 6, 1),
            "period_end": date(2026, 6, 30), "state": "Checked"}
-    html = str(_list_rows([row]))  # type: ignore[list-item]
+    # as the page's statement gives it: the principal's columns first, then the page's eight, in order
+    record = ("operator", *(row[name] for name, _ in _LIST_PAGE_TYPES))
+    html = str(_list_rows([record]))  # type: ignore[list-item]
     assert "<script>" not in html and "<b>" not in html
     assert "FLUSSO_C&lt;script&gt;" in html and "&lt;b&gt;2" in html
     assert '<a href="/istanze/1947">1947</a>' in html
