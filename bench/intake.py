@@ -208,11 +208,17 @@ def _bench_topics(topics: list[str]) -> list[Topic]:
             for name in topics]
 
 
-async def batched_intake(topics: list[str], n: int, url: str, max_records: int) -> tuple[float, BatchIntake]:
+async def _loader_intake(topics: list[str], url: str, group: str,
+                         max_records: int) -> tuple[asyncpg.Pool, BatchIntake, BatchConsumer]:
+    """The loader's batched intake (its sink and consumer, as services.loader.batch_intake.batch_consumer makes
+    them) on the bench's topics."""
     pool = await create_pool(url, min_size=1, max_size=4)
     sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)
-    consumer = BatchConsumer([KAFKA], _bench_topics(topics), f"bench-{uuid.uuid4().hex[:8]}", sink, pool,
-                             max_records=max_records)
+    return pool, sink, BatchConsumer([KAFKA], _bench_topics(topics), group, sink, pool, max_records=max_records)
+
+
+async def batched_intake(topics: list[str], n: int, url: str, max_records: int) -> tuple[float, BatchIntake]:
+    pool, sink, consumer = await _loader_intake(topics, url, f"bench-{uuid.uuid4().hex[:8]}", max_records)
     stop = asyncio.Event()
     started = time.perf_counter()
     task = asyncio.create_task(consumer.run(stop))
@@ -235,9 +241,7 @@ async def batched_intake(topics: list[str], n: int, url: str, max_records: int) 
 
 async def replica(topics: list[str], url: str, group: str, max_records: int) -> None:
     """One intake process of `replicated_intake`: says READY, waits for GO on stdin, consumes until killed."""
-    pool = await create_pool(url, min_size=1, max_size=4)
-    sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)
-    consumer = BatchConsumer([KAFKA], _bench_topics(topics), group, sink, pool, max_records=max_records)
+    _, _, consumer = await _loader_intake(topics, url, group, max_records)
     print("READY", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     await consumer.run(asyncio.Event())

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
@@ -366,8 +366,6 @@ async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, 
     cursor `batch` at a time; each batch's findings go straight to a temporary table, then one
     INSERT ... SELECT names every record that carries a bad code. The codes come in order, so how many
     there are (the patients of the load) is counted on the way, holding none of them."""
-    person_cols = ", sex text, birth date" if plan.cf_with_person else ""
-    match = " AND s.patient_sex = f.sex AND s.patient_birth_date = f.birth" if plan.cf_with_person else ""
     person = 2 if plan.cf_with_person else 0
     found = distinct = records = first_rows = 0
     last: str | None = None
@@ -385,22 +383,35 @@ async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, 
                 codes,
                 sexes=[r[1] for r in rows] if plan.cf_with_person else None,
                 birth_dates=[r[2] for r in rows] if plan.cf_with_person else None)
-            if findings:
-                if not found:  # the table only when there is something to put in it: DDL costs a clean load
-                    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS cf_finding_{plan.table} "
-                                       f"(cf text, code text, message text{person_cols}) ON COMMIT DROP")
-                await conn.copy_records_to_table(
-                    f"cf_finding_{plan.table}",
-                    records=[(codes[f.index], f.code, f.message, *rows[f.index][1:]) for f in findings])
+            if findings:  # the table only when there is something to put in it: DDL costs a clean load
+                await _stage_cf_findings(conn, plan, [(codes[f.index], f.code, f.message, *rows[f.index][1:])
+                                                      for f in findings], create=not found)
                 found += len(findings)
             del groups, rows, codes, findings
         if found:
-            await conn.execute(f"""
-                INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message)
-                SELECT $1, {plan.record_key}, 'patient_cf', f.code, 'error', f.message
-                FROM {plan.table} s JOIN cf_finding_{plan.table} f ON s.patient_cf = f.cf{match}
-                WHERE s.snapshot_id = $1""", snapshot_id)
+            await _record_cf_findings(conn, plan, snapshot_id)
     return CfCheck(found, distinct, records, first_rows)
+
+
+async def _stage_cf_findings(conn: asyncpg.Connection, plan: CheckPlan, findings: list[tuple[Any, ...]],
+                             create: bool = True) -> None:
+    """(code, rule code, message[, sex, birth date]) of bad codici fiscali into this transaction's temporary
+    table (created first when `create`)."""
+    if create:
+        person_cols = ", sex text, birth date" if plan.cf_with_person else ""
+        await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS cf_finding_{plan.table} "
+                           f"(cf text, code text, message text{person_cols}) ON COMMIT DROP")
+    await conn.copy_records_to_table(f"cf_finding_{plan.table}", records=findings)
+
+
+async def _record_cf_findings(conn: asyncpg.Connection, plan: CheckPlan, snapshot_id: int) -> None:
+    """One problem per record that carries a staged bad code (and, with the person, its sex and birth date)."""
+    match = " AND s.patient_sex = f.sex AND s.patient_birth_date = f.birth" if plan.cf_with_person else ""
+    await conn.execute(f"""
+        INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message)
+        SELECT $1, {plan.record_key}, 'patient_cf', f.code, 'error', f.message
+        FROM {plan.table} s JOIN cf_finding_{plan.table} f ON s.patient_cf = f.cf{match}
+        WHERE s.snapshot_id = $1""", snapshot_id)
 
 
 @functools.cache
@@ -425,19 +436,10 @@ async def _run_small(conn: asyncpg.Connection, plan: CheckPlan, snapshot_id: int
         birth_dates=[r[2] for r in rows] if plan.cf_with_person else None)
     if not findings:
         return
-    person_cols = ", sex text, birth date" if plan.cf_with_person else ""
-    match = " AND s.patient_sex = f.sex AND s.patient_birth_date = f.birth" if plan.cf_with_person else ""
     async with conn.transaction():
-        await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS cf_finding_{plan.table} "
-                           f"(cf text, code text, message text{person_cols}) ON COMMIT DROP")
-        await conn.copy_records_to_table(
-            f"cf_finding_{plan.table}",
-            records=[(codes[f.index], f.code, f.message, *tuple(rows[f.index])[1:]) for f in findings])
-        await conn.execute(f"""
-            INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message)
-            SELECT $1, {plan.record_key}, 'patient_cf', f.code, 'error', f.message
-            FROM {plan.table} s JOIN cf_finding_{plan.table} f ON s.patient_cf = f.cf{match}
-            WHERE s.snapshot_id = $1""", snapshot_id)
+        await _stage_cf_findings(conn, plan, [(codes[f.index], f.code, f.message, *tuple(rows[f.index])[1:])
+                                              for f in findings])
+        await _record_cf_findings(conn, plan, snapshot_id)
 
 
 # Up to this many snapshot rows, the checks run one after the other on one connection (a small load's time is

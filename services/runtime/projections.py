@@ -39,9 +39,8 @@ from services.runtime.eventstore import StoredEvent, to_stored
 
 _ALL_COLUMNS = """stream_id, version, position, transaction_id, event_id, type, data, actor, metadata, recorded_at,
        prev_hash, hash"""
-_REPLAY_PAGE = """
-SELECT stream_id, version, position, transaction_id, event_id, type, data, actor, metadata, recorded_at,
-       prev_hash, hash
+_REPLAY_PAGE = f"""
+SELECT {_ALL_COLUMNS}
 FROM events WHERE (transaction_id, position) > ($1::xid8, $2::bigint)
 ORDER BY transaction_id, position LIMIT $3
 """
