@@ -1,19 +1,17 @@
 """The instance list's rows are built in Python (services/console/app.py `_list_rows`, for speed): every text
-cell is still escaped, and dates are shown as the template did (the creation time arrives as Rome's wall-clock time,
-converted by PostgreSQL: tests/integration/test_console_list_page.py checks it on the real page). A row is read by
-position, its last eight values in `_LIST_PAGE_TYPES` order, as an asyncpg Record unpacks."""
+cell is still escaped, and the dates are shown as PostgreSQL wrote them (the creation time as Rome's wall-clock time:
+tests/integration/test_console_list_page.py checks it on the real page). A row is read by position, its last eight
+values in `_LIST_PAGE_TYPES` order, as an asyncpg Record unpacks."""
 
 from __future__ import annotations
-
-from datetime import date, datetime
 
 from services.console.app import _LIST_PAGE_TYPES, _badge, _list_rows
 
 
-def test_list_rows_escape_every_text_cell_and_show_rome_time() -> None:
+def test_list_rows_escape_every_text_cell_and_show_the_dates_as_written() -> None:
     row = {"flow_type": "FLUSSO_C<script>", "ente": "<b>2", "instance": 1947, "source_instance": None,
-           "created_rome": datetime(2026, 7, 2, 0, 30), "period_start": date(2026, 6, 1),
-           "period_end": date(2026, 6, 30), "state": "Checked"}
+           "created_text": "02/07/2026 00:30", "start_text": "01/06/2026", "end_text": "30/06/2026",
+           "state": "Checked"}
     # as the page's statement gives it: the principal's columns first, then the page's eight, in order
     record = ("operator", *(row[name] for name, _ in _LIST_PAGE_TYPES))
     html = str(_list_rows([record]))  # type: ignore[list-item]
