@@ -107,6 +107,7 @@ class PageClient(asyncio.Protocol):
     @classmethod
     async def open(cls, url: str, cookie: str = "") -> PageClient:
         address = urllib.parse.urlsplit(url)
+        assert address.hostname and address.port, url
         _, client = await asyncio.get_running_loop().create_connection(
             lambda: cls(cookie), address.hostname, address.port)
         return client
