@@ -120,6 +120,12 @@ def _parse_csv(name: str, text: str) -> list[DocumentError]:
     return rows
 
 
+def _cells(error: DocumentError) -> tuple[str, ...]:
+    """An error's cells in COLUMNS order, after the CF proprietario."""
+    return (error.codice_regione, error.codice_asl, error.codice_ssa, error.partita_iva, error.data_emissione,
+            error.dispositivo, error.numero_documento, error.tipo_spesa, error.codice_errore, error.descrizione_errore)
+
+
 def build_error_report(
     cf_proprietario: str, errors: list[DocumentError], csv_name: str = "errori.csv"
 ) -> bytes:
@@ -127,22 +133,7 @@ def build_error_report(
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter=";", lineterminator="\r\n")
     writer.writerow(COLUMNS)
-    for error in errors:
-        writer.writerow(
-            (
-                cf_proprietario,
-                error.codice_regione,
-                error.codice_asl,
-                error.codice_ssa,
-                error.partita_iva,
-                error.data_emissione,
-                error.dispositivo,
-                error.numero_documento,
-                error.tipo_spesa,
-                error.codice_errore,
-                error.descrizione_errore,
-            )
-        )
+    writer.writerows((cf_proprietario, *_cells(error)) for error in errors)
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
         zipped.writestr(csv_name, buffer.getvalue().encode("utf-8"))
@@ -154,19 +145,5 @@ def feedback_csv(errors: list[DocumentError]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter=";", lineterminator="\r\n")
     writer.writerow(COLUMNS[1:])
-    for error in errors:
-        writer.writerow(
-            (
-                error.codice_regione,
-                error.codice_asl,
-                error.codice_ssa,
-                error.partita_iva,
-                error.data_emissione,
-                error.dispositivo,
-                error.numero_documento,
-                error.tipo_spesa,
-                error.codice_errore,
-                error.descrizione_errore,
-            )
-        )
+    writer.writerows(_cells(error) for error in errors)
     return buffer.getvalue().encode("utf-8")

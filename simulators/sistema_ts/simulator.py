@@ -305,16 +305,28 @@ class TsSimulator:
             )
         return None
 
-    async def _dettaglio(self, request: web.Request) -> web.StreamResponse:
-        checked = await self._query(request, "DettaglioErrori", ops.DETTAGLIO_NS)
+    async def _about_one(self, request: web.Request, operation: str, namespace: str,
+                         ) -> web.Response | tuple[Submission, None] | tuple[None, ops.QueryAnswer]:
+        """A query about one protocol (DettaglioErrori, RicevutaPdf): the request and its pincode checked and the
+        protocol looked up among the caller's own. Either the submission, or the refusal to answer with."""
+        checked = await self._query(request, operation, namespace)
         if isinstance(checked, web.Response):
             return checked
         account, query = checked
-        answer = self._pincode_refusal(account, query)
+        refusal = self._pincode_refusal(account, query)
+        if refusal is not None:
+            return None, refusal
         found = self._mine(account, query.protocollo)
-        if answer is None and found is None:
-            answer = ops.QueryAnswer("1", "", negatives=(ops.NegativeOutcome("WS01", "PROTOCOLLO NON TROVATO"),))
-        elif answer is None and found is not None:
+        if found is None:
+            return None, ops.QueryAnswer("1", "", negatives=(ops.NegativeOutcome("WS01", "PROTOCOLLO NON TROVATO"),))
+        return found, None
+
+    async def _dettaglio(self, request: web.Request) -> web.StreamResponse:
+        checked = await self._about_one(request, "DettaglioErrori", ops.DETTAGLIO_NS)
+        if isinstance(checked, web.Response):
+            return checked
+        found, answer = checked
+        if found is not None:
             stato = self._status(found).stato
             if stato == 3:
                 archive = build_error_report("CF-NON-RIPORTATO", found.processing.errors)
@@ -331,15 +343,11 @@ class TsSimulator:
         return _soap(ops.build_answer(ops.DETTAGLIO_NS, "DettaglioErroriResponse", answer, "csv"))
 
     async def _pdf(self, request: web.Request) -> web.StreamResponse:
-        checked = await self._query(request, "RicevutaPdf", ops.PDF_NS)
+        checked = await self._about_one(request, "RicevutaPdf", ops.PDF_NS)
         if isinstance(checked, web.Response):
             return checked
-        account, query = checked
-        answer = self._pincode_refusal(account, query)
-        found = self._mine(account, query.protocollo)
-        if answer is None and found is None:
-            answer = ops.QueryAnswer("1", "", negatives=(ops.NegativeOutcome("WS01", "PROTOCOLLO NON TROVATO"),))
-        elif answer is None and found is not None:
+        found, answer = checked
+        if found is not None:
             status = self._status(found)
             pdf = receipt_pdf(
                 [
