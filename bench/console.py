@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 import urllib.parse
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -43,7 +42,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.console import auth
 from services.console.app import PAGE_SIZE, Search, list_page_rows
-from services.runtime.db import create_pool
+from services.runtime.db import create_database, create_pool, drop_database
 from services.runtime.host import prepare_database
 from services.runtime.read_models import FLOW_PROJECTIONS
 
@@ -200,10 +199,7 @@ async def live_changes(pool: asyncpg.Pool, url: str, changes: int) -> list[float
 
 
 async def main(instances: int, changes: int, rounds: int) -> None:
-    name = f"bench_console_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url_db = PG.rsplit("/", 1)[0] + f"/{name}"
+    url_db = await create_database(PG, "bench_console", migrated=False)  # prepare_database migrates
     pool = await create_pool(url_db, min_size=1, max_size=4)
     try:
         await prepare_database(pool, FLOW_PROJECTIONS)
@@ -249,8 +245,7 @@ async def main(instances: int, changes: int, rounds: int) -> None:
             await server.wait()
     finally:
         await pool.close()
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(PG, url_db)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import asyncpg
 
-from services.runtime.db import create_pool
+from services.runtime.db import create_database, create_pool, drop_database
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.migrations import MIGRATIONS_DIR, migrate
 
@@ -80,11 +80,9 @@ async def raw_inserts(pool: asyncpg.Pool, first: int, rows: int, per_tx: int) ->
 
 
 async def main(events: int) -> None:
-    name = f"bench_eventstore_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(SERVER_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = await create_database(SERVER_URL, "bench_eventstore", migrated=False)  # the event store's migrations only
     try:
-        pool = await create_pool(SERVER_URL.rsplit("/", 1)[0] + "/" + name, min_size=1, max_size=2)
+        pool = await create_pool(url, min_size=1, max_size=2)
         with tempfile.TemporaryDirectory() as folder:
             for path in MIGRATIONS_DIR.glob("000[1-9]_*.sql"):
                 shutil.copy(path, Path(folder) / path.name)
@@ -108,8 +106,7 @@ async def main(events: int) -> None:
         chain_ok = not await store.verify_all()
         await pool.close()
     finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(SERVER_URL, url)
 
     print(f"{'mode':<19}{'per tx':>7}{'events':>9}{'store ev/s':>12}{'raw rows/s':>12}{'ratio':>8}")
     for mode, per, count, stored, raw in results:

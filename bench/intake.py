@@ -46,9 +46,8 @@ from contracts.topics import DLQ_MAX_MESSAGE_BYTES, INTAKE_TOPICS, Topic
 from services.loader.batch_intake import BatchIntake
 from services.loader.intake import KINDS
 from services.runtime.batch import BatchConsumer
-from services.runtime.db import create_pool
+from services.runtime.db import create_database, create_pool, drop_database
 from services.runtime.eventstore import EventStore
-from services.runtime.migrations import migrate
 
 KAFKA = os.environ.get("FLOWS_KAFKA_BOOTSTRAP") or f"127.0.0.1:{os.environ.get('FLOWS_KAFKA_PORT_BASE', '19092')}"
 SERVER_URL = (os.environ.get("DATABASE_URL")
@@ -117,30 +116,6 @@ async def publish(batch: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]
     finally:
         await producer.stop()
     return time.perf_counter() - started
-
-
-async def fresh_database(tag: str) -> str:
-    name = f"bench_intake_{tag}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(SERVER_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = SERVER_URL.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return url
-
-
-async def drop_database(url: str) -> None:
-    admin = await asyncpg.connect(SERVER_URL)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def _consumer(topics: list[str]) -> AIOKafkaConsumer:
@@ -313,9 +288,9 @@ async def main(n: int, max_records: int, replicas: int) -> None:
     try:
         print(f"  published in {await publish(batch):.1f} s")
         consume_s = await _timed("consume", lambda: plain_consume(topics, n), n)
-        urls.append(await fresh_database("copy"))
+        urls.append(await create_database(SERVER_URL, "bench_intake_copy"))
         copy_s = await _timed("copy", lambda: plain_copy(topics, n, urls[-1]), n)
-        urls.append(await fresh_database("intake"))
+        urls.append(await create_database(SERVER_URL, "bench_intake_intake"))
         result: list[BatchIntake] = []
 
         async def intake() -> float:
@@ -336,7 +311,7 @@ async def main(n: int, max_records: int, replicas: int) -> None:
               f"consume = {consume_s / intake_s:.2f}x its rate; {copy_s / intake_s:.2f}x the rate of plain "
               f"consume+COPY (target >= 0.25x)")
         if replicas > 1:
-            urls.append(await fresh_database("replicas"))
+            urls.append(await create_database(SERVER_URL, "bench_intake_replicas"))
             replicas_s = await _timed(f"intake x{replicas}",
                                       lambda: replicated_intake(topics, n, urls[-1], max_records, replicas), n)
             print(f"intake x{replicas} replicas {n / replicas_s:,.0f} msg/s (target >= 20,000): "
@@ -344,7 +319,7 @@ async def main(n: int, max_records: int, replicas: int) -> None:
                   f"of plain consume+COPY (target >= 0.25x); {intake_s / replicas_s:.2f}x one replica")
     finally:
         for url in urls:
-            await drop_database(url)
+            await drop_database(SERVER_URL, url)
         await delete_topics(topics)
 
 

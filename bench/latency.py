@@ -43,7 +43,7 @@ from contracts import flows
 from contracts.envelope import Envelope
 from contracts.sources import DeliveredService
 from services.loader.intake import store_services
-from services.runtime.migrations import migrate
+from services.runtime.db import create_database, drop_database
 from simulators.cup.generator import generate
 
 KAFKA = os.environ.get("FLOWS_KAFKA_BOOTSTRAP") or f"127.0.0.1:{os.environ.get('FLOWS_KAFKA_PORT_BASE', '19092')}"
@@ -114,20 +114,9 @@ class Watcher:
         await self._consumer.stop()
 
 
-async def prepare_database() -> str:
-    name = f"bench_latency_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(SERVER_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    return SERVER_URL.rsplit("/", 1)[0] + "/" + name
-
-
 async def store_sources(url: str, services: int) -> None:
     conn = await asyncpg.connect(url)
     try:
-        await migrate(conn)
         records = [r for r in generate(ENTE, MONTH, services, seed=7) if isinstance(r, DeliveredService)]
         await store_services(conn, records)
     finally:
@@ -166,7 +155,7 @@ async def main(loads: int, services: int) -> int:
               "Stop the platform's services (`flows stack down`, then `flows stack up --no-services`) or point the "
               "bench at another stack (FLOWS_KAFKA_PORT_BASE, FLOWS_PG_PORT)", file=sys.stderr)
         return 2
-    url = await prepare_database()
+    url = await create_database(SERVER_URL, "bench_latency")
     raw_topic = f"bench.latency-{uuid.uuid4().hex[:8]}"
     await admin.create_topics([NewTopic(raw_topic, 1, 1)])
     loader: subprocess.Popen[bytes] | None = None
@@ -255,9 +244,7 @@ async def main(loads: int, services: int) -> int:
                 loader.kill()
         await admin.delete_topics([raw_topic])
         await admin.close()
-        admin_pg = await asyncpg.connect(SERVER_URL)
-        await admin_pg.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-        await admin_pg.close()
+        await drop_database(SERVER_URL, url)
 
     figures = {name: {"p50_ms": round(percentile(v, 50) * 1000, 2), "p95_ms": round(percentile(v, 95) * 1000, 2)}
                for name, v in (("raw", raw_s), ("load", load_s))}

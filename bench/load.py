@@ -25,7 +25,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from datetime import date
 from pathlib import Path
 
@@ -38,8 +37,8 @@ from contracts.sources import DeliveredService
 from services.loader.intake import store_services
 from services.loader.pipeline import LoadOutcome, run_load
 from services.loader.snapshot import SELECTIONS
+from services.runtime.db import create_database, drop_database
 from services.runtime.filestore import FileStore
-from services.runtime.migrations import migrate
 from simulators.cup.generator import generate
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:15432/flows"
@@ -99,15 +98,10 @@ async def main(sizes: list[int], url: str, with_bad: bool) -> int:
     rows = [(size, clean) for size in sizes for clean in ((True, False) if with_bad else (True,))]
     if len(rows) > len(ENTES):
         raise SystemExit(f"at most {len(ENTES)} rows (one entity each): got {len(rows)}")
-    base, _, _ = url.rpartition("/")
-    name = f"bench_load_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    scratch = await create_database(url, "bench_load")
     failures: list[str] = []
     try:
-        pool = await asyncpg.create_pool(f"{base}/{name}", min_size=1, max_size=4)
-        async with pool.acquire() as conn:
-            await migrate(conn)
+        pool = await asyncpg.create_pool(scratch, min_size=1, max_size=4)
         with tempfile.TemporaryDirectory(prefix="bench_load_") as root:
             store = FileStore(Path(root))
             print(f"{'services':>10} {'path':<6} {'rows':>9} {'baseline s':>11} {'load s':>8} {'ratio':>6}  outcome")
@@ -139,8 +133,7 @@ async def main(sizes: list[int], url: str, with_bad: bool) -> int:
                     print(f"  !!! {failures[-1]}", flush=True)
         await pool.close()
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(url, scratch)
     if failures:
         print("\nFAILED: " + "; ".join(failures), file=sys.stderr)
         return 1

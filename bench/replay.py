@@ -40,7 +40,7 @@ import asyncpg
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from contracts import flows, onboarding
-from services.runtime.db import canonical_text, create_pool
+from services.runtime.db import canonical_text, create_database, create_pool, drop_database
 from services.runtime.eventstore import GENESIS_HASH, _chained
 from services.runtime.host import prepare_database
 from services.runtime.projections import rebuild
@@ -189,10 +189,7 @@ async def rebuild_all(pool: asyncpg.Pool, bulk: bool = True) -> tuple[float, int
 async def main(events: int, rounds: int, event_by_event: bool) -> int:
     from services.cli.replay import all_projections
 
-    name = f"bench_replay_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(SERVER_URL)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = SERVER_URL.rsplit("/", 1)[0] + "/" + name
+    url = await create_database(SERVER_URL, "bench_replay", migrated=False)  # prepare_database migrates
     try:
         pool = await create_pool(url, min_size=1, max_size=2)
         await prepare_database(pool, all_projections())
@@ -209,8 +206,7 @@ async def main(events: int, rounds: int, event_by_event: bool) -> int:
         one_by_one_s = (await rebuild_all(pool, bulk=False))[0] if event_by_event else None
         await pool.close()
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(SERVER_URL, url)
     raw_rate, rebuild_rate = events * rounds / raw_s, events * rounds / rebuild_s
     ratio = rebuild_rate / raw_rate
     print(f"{'pass':<52}{'s/round':>9}{'events/s':>12}")

@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import asyncpg
-
+from services.runtime import db
 from tests.stack_urls import DATABASE_URL
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,31 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 @asynccontextmanager
 async def scratch_database(prefix: str, keep: bool = False) -> AsyncIterator[str]:
-    """A new, migrated database (its URL); dropped afterwards (unless `keep`) with a NEW connection, so
-    a test may restart the server in between."""
-    from services.runtime.migrations import migrate
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(DATABASE_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = DATABASE_URL.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    try:
+    """A new, migrated database of the test stack (its URL); dropped afterwards (unless `keep`) with a NEW
+    connection, so a test may restart the server in between."""
+    async with db.scratch_database(DATABASE_URL, prefix, keep=keep) as url:
         yield url
-    finally:
-        if not keep:
-            admin = await asyncpg.connect(DATABASE_URL)
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await admin.close()
 
 
 @asynccontextmanager

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -175,3 +177,47 @@ async def create_pool(database_url: str, **kw: Any) -> asyncpg.Pool:
     if pool is None:  # only when the pool is created without awaiting; typed as Optional upstream
         raise RuntimeError(f"could not create a connection pool for {database_url.split('@')[-1]}")
     return pool
+
+
+async def create_database(server_url: str, prefix: str, migrated: bool = True) -> str:
+    """A new database `prefix_<random>` on the server of `server_url` (any database URL of that server), with
+    the platform's schema unless `migrated` is False; its URL. For tests and benches: drop it with
+    `drop_database` (or use `scratch_database`)."""
+    from services.runtime.migrations import migrate
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = server_url.rsplit("/", 1)[0] + "/" + name
+    if migrated:
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+    return url
+
+
+async def drop_database(server_url: str, url: str) -> None:
+    """Drops the database of `url` (its sessions closed first), through a new connection to `server_url`."""
+    admin = await asyncpg.connect(server_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@asynccontextmanager
+async def scratch_database(server_url: str, prefix: str, migrated: bool = True,
+                           keep: bool = False) -> AsyncIterator[str]:
+    """`create_database` for the block, dropped afterwards (unless `keep`) with a NEW connection, so the block
+    may restart the server in between."""
+    url = await create_database(server_url, prefix, migrated)
+    try:
+        yield url
+    finally:
+        if not keep:
+            await drop_database(server_url, url)

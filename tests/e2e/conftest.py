@@ -15,7 +15,6 @@ import io
 import logging
 import os
 import sys
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from services.runtime import db
 from services.runtime.settings import Settings
 from services.runtime.topics_admin import apply_topics
 from tests.kafka_topics import delete_all_topics
@@ -181,17 +181,12 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
     from simulators.sistema_ts.simulator import TsSimulator
 
     await _clean_topics(stack.bootstrap_servers)
-    name = f"e2e_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(stack.database_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    database_url = await db.create_database(stack.database_url, "e2e", migrated=False)  # the services migrate
     base = Path(tmp_path_factory.mktemp("platform"))
     simulator = TsSimulator([SimUser.from_clear(TS_USER, TS_PASSWORD, TS_PINCODE, TS_CF)])
     cert = simulator.write_certificate(base / "ts-sim")
     ts_url = await simulator.start("127.0.0.1", 0)
-    settings = Settings(database_url=stack.database_url.rsplit("/", 1)[0] + f"/{name}",
+    settings = Settings(database_url=database_url,
                         kafka_bootstrap=stack.bootstrap_servers, files_dir=base / "files", keys_dir=base / "keys",
                         sanitel_cert=cert, ts_endpoint=ts_url, ts_poll_initial_s=0.2, ts_poll_max_s=1.0,
                         ts_max_zip_bytes=E2E_MAX_ZIP_BYTES,
@@ -218,9 +213,5 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
             await p.stop(service)
         await simulator.stop()
         # A new connection: a fault test (tests/integration/test_outage.py) may have restarted PostgreSQL.
-        admin = await asyncpg.connect(stack.database_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await db.drop_database(stack.database_url, database_url)
         tee.detach_file()

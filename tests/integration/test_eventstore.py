@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.runtime.db import create_pool
+from services.runtime.db import create_pool, scratch_database
 from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent, StoredEvent
 from services.runtime.migrations import MIGRATIONS_DIR, MigrationError, migrate
 from services.runtime.outbox import mark_processed
@@ -33,14 +33,8 @@ def foundation_migrations(into: Path) -> Path:
 
 async def _fresh_database(area: str) -> AsyncIterator[str]:
     """A database of our own on the shared server, dropped afterwards."""
-    name = f"test_{area}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(DATABASE_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield DATABASE_URL.rsplit("/", 1)[0] + "/" + name
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with scratch_database(DATABASE_URL, f"test_{area}", migrated=False) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from contracts.envelope import from_kafka_headers
-from services.runtime.db import create_pool
+from services.runtime.db import create_pool, scratch_database
 from services.runtime.eventstore import EventStore, EventTooLarge, NewEvent
 from services.runtime.migrations import MIGRATIONS_DIR, migrate
 from services.runtime.outbox import OutboxRelay, mark_processed, parked_rows, retry_parked, skip_parked
@@ -29,20 +29,14 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def pool(tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
     """A database of our own on the shared server, with only this area's migrations."""
-    name = f"test_outbox_{uuid.uuid4().hex[:10]}"
     for path in [*MIGRATIONS_DIR.glob("000[1-9]_*.sql"), *MIGRATIONS_DIR.glob("0051_*.sql")]:
         shutil.copy(path, tmp_path / path.name)
-    admin = await asyncpg.connect(DATABASE_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        pool = await create_pool(DATABASE_URL.rsplit("/", 1)[0] + "/" + name, min_size=1, max_size=10)
+    async with scratch_database(DATABASE_URL, "test_outbox", migrated=False) as url:
+        pool = await create_pool(url, min_size=1, max_size=10)
         await migrate(pool, tmp_path)
         await pool.execute("CREATE TABLE stamp (event_id uuid NOT NULL)")  # the consumer's effect
         yield pool
         await pool.close()
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 async def fresh_topic() -> str:
