@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import itertools
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import date, datetime
 from pathlib import Path
@@ -305,63 +306,50 @@ class TsSimulator:
             )
         return None
 
-    async def _about_one(self, request: web.Request, operation: str, namespace: str,
-                         ) -> web.Response | tuple[Submission, None] | tuple[None, ops.QueryAnswer]:
+    async def _about_one(self, request: web.Request, operation: str, namespace: str, part: str,
+                         answer_for: Callable[[Submission], ops.QueryAnswer]) -> web.StreamResponse:
         """A query about one protocol (DettaglioErrori, RicevutaPdf): the request and its pincode checked and the
-        protocol looked up among the caller's own. Either the submission, or the refusal to answer with."""
+        protocol looked up among the caller's own; `answer_for` answers about the submission found."""
         checked = await self._query(request, operation, namespace)
         if isinstance(checked, web.Response):
             return checked
         account, query = checked
-        refusal = self._pincode_refusal(account, query)
-        if refusal is not None:
-            return None, refusal
-        found = self._mine(account, query.protocollo)
-        if found is None:
-            return None, ops.QueryAnswer("1", "", negatives=(ops.NegativeOutcome("WS01", "PROTOCOLLO NON TROVATO"),))
-        return found, None
+        answer = self._pincode_refusal(account, query)
+        if answer is None:
+            found = self._mine(account, query.protocollo)
+            answer = answer_for(found) if found is not None else ops.QueryAnswer(
+                "1", "", negatives=(ops.NegativeOutcome("WS01", "PROTOCOLLO NON TROVATO"),))
+        return _soap(ops.build_answer(namespace, f"{operation}Response", answer, part))
 
     async def _dettaglio(self, request: web.Request) -> web.StreamResponse:
-        checked = await self._about_one(request, "DettaglioErrori", ops.DETTAGLIO_NS)
-        if isinstance(checked, web.Response):
-            return checked
-        found, answer = checked
-        if found is not None:
-            stato = self._status(found).stato
-            if stato == 3:
-                archive = build_error_report("CF-NON-RIPORTATO", found.processing.errors)
-                answer = ops.QueryAnswer("0", "", binary=archive)
-            elif stato in (5, 9):
-                answer = ops.QueryAnswer(
-                    "1", "", negatives=(ops.NegativeOutcome("WS37", "FILE SCARTATO, CONTROLLARE LA RICEVUTA PDF"),)
-                )
-            else:
-                answer = ops.QueryAnswer(
-                    "1", "", negatives=(ops.NegativeOutcome("WS36", "CSV NON PRESENTE (simulato)"),)
-                )
-        assert answer is not None
-        return _soap(ops.build_answer(ops.DETTAGLIO_NS, "DettaglioErroriResponse", answer, "csv"))
+        return await self._about_one(request, "DettaglioErrori", ops.DETTAGLIO_NS, "csv", self._error_report)
+
+    def _error_report(self, found: Submission) -> ops.QueryAnswer:
+        stato = self._status(found).stato
+        if stato == 3:
+            return ops.QueryAnswer("0", "", binary=build_error_report("CF-NON-RIPORTATO", found.processing.errors))
+        if stato in (5, 9):
+            return ops.QueryAnswer(
+                "1", "", negatives=(ops.NegativeOutcome("WS37", "FILE SCARTATO, CONTROLLARE LA RICEVUTA PDF"),)
+            )
+        return ops.QueryAnswer("1", "", negatives=(ops.NegativeOutcome("WS36", "CSV NON PRESENTE (simulato)"),))
 
     async def _pdf(self, request: web.Request) -> web.StreamResponse:
-        checked = await self._about_one(request, "RicevutaPdf", ops.PDF_NS)
-        if isinstance(checked, web.Response):
-            return checked
-        found, answer = checked
-        if found is not None:
-            status = self._status(found)
-            pdf = receipt_pdf(
-                [
-                    "Sistema Tessera Sanitaria - ricevuta (SIMULATORE)",
-                    f"Protocollo: {found.protocollo}",
-                    f"File: {found.file_name}",
-                    f"Data invio: {status.data_invio}",
-                    f"Stato: {status.stato} {status.descrizione}",
-                    f"Documenti inviati {status.n_inviati}, accolti {status.n_accolti}, errori {status.n_errori}",
-                ]
-            )
-            answer = ops.QueryAnswer("0", "", binary=pdf)
-        assert answer is not None
-        return _soap(ops.build_answer(ops.PDF_NS, "RicevutaPdfResponse", answer, "pdf"))
+        return await self._about_one(request, "RicevutaPdf", ops.PDF_NS, "pdf", self._receipt)
+
+    def _receipt(self, found: Submission) -> ops.QueryAnswer:
+        status = self._status(found)
+        pdf = receipt_pdf(
+            [
+                "Sistema Tessera Sanitaria - ricevuta (SIMULATORE)",
+                f"Protocollo: {found.protocollo}",
+                f"File: {found.file_name}",
+                f"Data invio: {status.data_invio}",
+                f"Stato: {status.stato} {status.descrizione}",
+                f"Documenti inviati {status.n_inviati}, accolti {status.n_accolti}, errori {status.n_errori}",
+            ]
+        )
+        return ops.QueryAnswer("0", "", binary=pdf)
 
     # ---- admin ---------------------------------------------------------------------------------
 
