@@ -35,6 +35,7 @@ from services.ts_gateway.client import (
     TsClientSettings,
     TsEndpoints,
     TsIntakeRejected,
+    TsQueryFailed,
     TsUnavailable,
     ZipTooLarge,
 )
@@ -138,6 +139,21 @@ async def test_happy_path_sends_once_polls_and_ends_confirmed(ts, ledger: PgPart
     assert await _sends(url) == 1
     listed = (await _admin(url, "/__sim/submissions"))["submissions"][0]
     assert listed["polls"] == 3 and listed["documents"] == 3 and listed["file_name"] == submitted.file_name
+    assert (await client.ricevuta_pdf(ROSSI, submitted.protocollo or "")).startswith(b"%PDF")
+
+
+async def test_one_protocol_queries_refuse_an_unknown_protocol_and_a_wrong_pincode(ts, ledger: PgPartLedger) -> None:  # type: ignore[no-untyped-def]
+    client, _, cert = ts
+    zip_bytes = sample_730_zip(cert, ROSSI.cf_proprietario)
+    submitted = await _runner(ledger, client).send_with_retry(ROSSI, await _one_part(ledger, zip_bytes, 1), zip_bytes)
+    wrong_pin = Credentials(ROSSI.user, ROSSI.password, "0000000000", ROSSI.cf_proprietario)
+    for ask in (client.ricevuta_pdf, client.dettaglio_errori_zip):
+        with pytest.raises(TsQueryFailed) as unknown:
+            await ask(ROSSI, "26999999999999999")
+        assert (unknown.value.code, unknown.value.description) == ("WS01", "PROTOCOLLO NON TROVATO")
+        with pytest.raises(TsQueryFailed) as refused:
+            await ask(wrong_pin, submitted.protocollo or "")
+        assert "PINCODE" in refused.value.description
     assert (await client.ricevuta_pdf(ROSSI, submitted.protocollo or "")).startswith(b"%PDF")
 
 
