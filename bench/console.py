@@ -252,6 +252,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=100_000)
     parser.add_argument("--changes", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="passes over the 20 pages of each user and filter (5: 400 pages)")
     args = parser.parse_args()
     asyncio.run(main(args.instances, args.changes, args.rounds))
