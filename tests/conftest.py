@@ -89,12 +89,13 @@ async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
 
 # ---------------------------------------------------------------- private stacks (fault tests)
 def free_stack_ports(brokers: int) -> tuple[int, int]:
-    """A Kafka port base (2 ports per node), its TS simulator port (base + 8) and a PostgreSQL port (base + 10),
-    all currently free, within the test stack's own range (FLOWS_KAFKA_PORT_BASE + 100 .. + 900): parallel
-    sessions on one machine, each with its own port base, never pick the same ports."""
+    """A Kafka port base (2 ports per node), its TS simulator port (base + 8), a PostgreSQL port (base + 10) and
+    a console port (base + 12: `private_stack`), all currently free, within the test stack's own range
+    (FLOWS_KAFKA_PORT_BASE + 100 .. + 900): parallel sessions on one machine, each with its own port base, never
+    pick the same ports."""
     own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
     for base in range(own + 108, own + 900, 20):
-        wanted = [base + i for i in range(2 * brokers)] + [localstack.ts_sim_port(base), base + 10]
+        wanted = [base + i for i in range(2 * brokers)] + [localstack.ts_sim_port(base), base + 10, base + 12]
         if all(port_free(p) for p in wanted):
             return base, base + 10
     raise AssertionError(f"no free ports in {own + 108}-{own + 900}")
@@ -110,6 +111,9 @@ def private_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("FLOWS_STACK_DIR", str(state))
     monkeypatch.setenv("FLOWS_KAFKA_PORT_BASE", str(base))
     monkeypatch.setenv("FLOWS_PG_PORT", str(pg_port))
+    # The console of a stack with services binds FLOWS_CONSOLE_PORT (default 18080): the platform's own stack
+    # (`./run platform`) may hold that one on this machine.
+    monkeypatch.setenv("FLOWS_CONSOLE_PORT", str(base + 12))
     for name in ("DATABASE_URL", "FLOWS_DATABASE_URL", "FLOWS_KAFKA_BOOTSTRAP", "FLOWS_TS_SIM_PORT"):
         monkeypatch.delenv(name, raising=False)
     try:
