@@ -87,6 +87,16 @@ async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
+@pytest.fixture
+async def conn(fresh_db: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection to `fresh_db` (asyncpg's own codecs)."""
+    connection = await asyncpg.connect(fresh_db)
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
 # ---------------------------------------------------------------- private stacks (fault tests)
 def free_stack_ports(brokers: int) -> tuple[int, int]:
     """A Kafka port base (2 ports per node), its TS simulator port (base + 8), a PostgreSQL port (base + 10) and

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -30,15 +29,6 @@ def rossi(**changes: Any) -> DeliveredService:
         ticket=Decimal("11.62"))
     values.update(changes)
     return DeliveredService(**values)
-
-
-@pytest.fixture
-async def conn(fresh_db: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(fresh_db)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def test_the_same_record_twice_is_stored_once(conn: asyncpg.Connection) -> None:

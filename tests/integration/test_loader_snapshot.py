@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import AsyncIterator
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -31,15 +30,6 @@ def service(source_id: str, prescription_id: str, delivered: date, **changes: An
         quantity=1, delivery_date=delivered, tariff=Decimal("11.62"))
     values.update(changes)
     return DeliveredService(**values)
-
-
-@pytest.fixture
-async def conn(fresh_db: str) -> AsyncIterator[asyncpg.Connection]:
-    connection = await asyncpg.connect(fresh_db)
-    try:
-        yield connection
-    finally:
-        await connection.close()
 
 
 async def _rows(conn: asyncpg.Connection, snapshot_id: int) -> list[tuple[str, str, int]]:
