@@ -26,6 +26,7 @@ row_total, closing_date and ticket_position.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ TEXT, DIGITS, INT, AMOUNT_COL, DATE_COL, DATE_AT, VALUE, AMOUNT_VALUE, TICKET = 
 # the rows of the values of derived fields, per side: detail rows | rows 99
 _RN, _TOTAL, _LATEST, _SUMS = 0, 1, 2, 3  # row number | 99; row total | net total; latest date; - | sums
 _TEXT = {"text", "character varying", "character"}
+POOLED = 4  # output matrices kept per record kind: the chunks rendered at once, the one written, one spare
 _INT = {"smallint", "integer", "bigint"}
 
 
@@ -101,6 +103,44 @@ class Plan:
     max_rows: int
     closing_row: int
     _matrices: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    _free: list[list[np.ndarray]] = field(default_factory=list)  # per kind: output matrices to reuse
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def statics(self, kind: int, side: str) -> np.ndarray:
+        """(offset, length) of the template's bytes that no field of this side writes (fillers, constants, the
+        fields of the other side, the eol): all that render copies from the template. The fields write every
+        byte of theirs in a clean group, and the engine rewrites every record of a dirty one."""
+        ops = self.matrix(kind, side)
+        covered = np.zeros(self.widths[kind], dtype=bool)
+        for offset, length in zip(ops[:, 2].tolist(), ops[:, 3].tolist(), strict=True):
+            covered[offset:offset + length] = True
+        edges = np.flatnonzero(np.diff(np.concatenate([[True], covered, [True]]).astype(np.int8)))
+        return np.ascontiguousarray(np.stack([edges[0::2], edges[1::2] - edges[0::2]], axis=1), dtype=np.int64)
+
+    def take(self, kind: int, rows: int) -> np.ndarray:
+        """An output matrix of `rows` records of `kind` (uninitialised: the kernels write every byte), from the
+        ones given back when one is big enough. Reused memory is memory the kernel need not fault in and zero
+        again for every chunk (sys time that grew with the chunks)."""
+        with self._lock:
+            while len(self._free) <= kind:
+                self._free.append([])
+            free = self._free[kind]
+            for i, m in enumerate(free):
+                if m.shape[0] >= rows:
+                    return free.pop(i)[:rows]
+        return np.empty((max(rows, 1), self.widths[kind]), dtype=np.uint8)[:rows]
+
+    def give_back(self, matrices: list[np.ndarray]) -> None:
+        """The chunk's matrices, written: kept for the next chunks (at most POOLED a kind, the largest)."""
+        with self._lock:
+            for kind, m in enumerate(matrices):
+                while len(self._free) <= kind:
+                    self._free.append([])
+                base = m.base if isinstance(m.base, np.ndarray) and m.base.ndim == 2 else m
+                free = self._free[kind]
+                free.append(base)
+                free.sort(key=lambda a: -a.shape[0])
+                del free[POOLED:]
 
     def matrix(self, kind: int, side: str) -> np.ndarray:
         """The ops of one record kind on one side ("detail" or "closing") as the kernel reads them:
@@ -259,15 +299,12 @@ def format_chunk(plan: Plan, raw: np.ndarray) -> ChunkResult:
                          np.vstack([np.full(g, plan.closing_row, dtype=np.int64), nets, latest, sums.T]))}
     outs = []
     for k, width in enumerate(plan.widths):
-        out = np.empty((n + g, width), dtype=np.uint8)
-        out[:] = plan.detail[k, :width]
-        out[closing_at] = plan.closing[k, :width]
+        out = plan.take(k, n + g)
         outs.append(out)
         for side, (src, dst, grp, values) in sides.items():
-            ops = plan.matrix(k, side)
-            if len(ops):
-                render(raw, fs, fe, src, dst, grp, bad, out.reshape(-1), width, ops, values, plan.table,
-                       plan.table_len, _TRANSLIT, _TRANSLIT_AT)
+            template = plan.detail[k, :width] if side == "detail" else plan.closing[k, :width]
+            render(raw, fs, fe, src, dst, grp, bad, out.reshape(-1), width, plan.matrix(k, side), values, plan.table,
+                   plan.table_len, _TRANSLIT, _TRANSLIT_AT, template, plan.statics(k, side))
     return ChunkResult(outs, np.flatnonzero(bad), starts, line, n)
 
 
@@ -486,13 +523,20 @@ _BLOCK = 256  # records rendered field after field while they stay in the cache
 
 @njit(cache=True, nogil=True)
 def render(raw, fs, fe, src, dst, grp, bad, out, width, ops, values, table, table_len, translit,  # type: ignore[no-untyped-def]
-           translit_at):
-    """Every varying field of one record kind on one side (detail rows or rows 99): entry i reads line
-    src[i] and writes record dst[i] of `out` (flat, `width` bytes a record); a group whose value the
-    engine would not accept is marked in `bad` and left alone from then on."""
+           translit_at, template, statics):
+    """Every record of one record kind on one side (detail rows or rows 99): entry i reads line src[i] and
+    writes record dst[i] of `out` (flat, `width` bytes a record): the template's bytes no field writes (`statics`:
+    fillers, constants, eol), then every varying field, a block of records at a time while they stay in the
+    cache; a group whose value the engine would not accept is marked in `bad` and left alone from then on (the
+    engine rewrites its records)."""
     m = src.shape[0]
     for b0 in range(0, m, _BLOCK):
         b1 = min(b0 + _BLOCK, m)
+        for i in range(b0, b1):
+            base = dst[i] * width
+            for t in range(statics.shape[0]):
+                for j in range(statics[t, 0], statics[t, 0] + statics[t, 1]):
+                    out[base + j] = template[j]
         for k in range(ops.shape[0]):
             code = ops[k, 0]
             if code == TEXT or code == DIGITS:
@@ -733,4 +777,5 @@ def warm_up() -> None:
     for code in range(9):
         render(raw, fs, fe, i64, i64, i64, flags, np.zeros(0, dtype=np.uint8), 1,
                np.array([[code, 0, 0, 1, 0, 0, -1, 0, -1, 0, 0]], dtype=np.int64), np.zeros((1, 0), dtype=np.int64),
-               table, i64, _TRANSLIT, _TRANSLIT_AT)
+               table, i64, _TRANSLIT, _TRANSLIT_AT, np.zeros(1, dtype=np.uint8),
+               np.zeros((1, 2), dtype=np.int64))

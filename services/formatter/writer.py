@@ -288,6 +288,7 @@ class ChunkPipeline:
                 done.records[k][positions] = matrix
         for kind, out in zip(self.layout.kinds, done.records, strict=True):
             self.sinks[kind].write(out.data.cast("B"))
+        self.plan.give_back(done.records)  # written (a sink's write consumes the bytes): the next chunks reuse them
         self.stats.records += n + g
         self.stats.prescriptions += g
         self.stats.chunks += 1
