@@ -586,45 +586,68 @@ def _text(raw, fs, fe, src, dst, grp, bad, out, width, op, table, table_len, tra
             for j in range(length):
                 out[base + j] = fill
             continue
-        if e < 0 and not digits:
-            for j in range(a, b):
-                if raw[j] >= 128:
-                    size = -2
-                    break
-        if size == -2:  # UTF-8: the engine's transliteration, character by character (translit_at)
-            if check:
+        if e < 0 and digits:  # N from text: zero-padded, digits only, checked as they are copied
+            if size > length:
                 bad[grp[i]] = True
                 continue
-            size = _transliterate(raw, a, b, out, base, length, translit, translit_at)
-            if size < 0 or (size == 0 and required):
+            pad = length - size
+            for j in range(pad):
+                out[base + j] = 48
+            odd = False
+            for j in range(size):
+                ch = raw[a + j]
+                odd |= ch < 48 or ch > 57
+                out[base + pad + j] = ch
+            if odd:
+                bad[grp[i]] = True
+            continue
+        if e < 0:  # AN from text: copied and upper-cased in one pass that also sees any byte >= 0x80
+            n = min(size, length)
+            high = 0
+            if upper:
+                for j in range(n):
+                    ch = raw[a + j]
+                    high |= ch
+                    out[base + j] = ch - 32 if 97 <= ch <= 122 else ch
+            else:
+                for j in range(n):
+                    ch = raw[a + j]
+                    high |= ch
+                    out[base + j] = ch
+            for j in range(n, size):
+                high |= raw[a + j]
+            if high >= 128:  # UTF-8: the engine's transliteration, character by character (translit_at)
+                if check:
+                    bad[grp[i]] = True
+                    continue
+                size = _transliterate(raw, a, b, out, base, length, translit, translit_at)
+                if size < 0 or (size == 0 and required):
+                    bad[grp[i]] = True
+                    continue
+                if upper:
+                    for j in range(size):
+                        if 97 <= out[base + j] <= 122:
+                            out[base + j] -= 32
+            elif size > length or (check and _lookup(table, table_len, allowed_first, allowed_n, raw, a, b,
+                                                      upper) < 0):
                 bad[grp[i]] = True
                 continue
             for j in range(size, length):
                 out[base + j] = 32
-            if upper:
-                for j in range(size):
-                    if 97 <= out[base + j] <= 122:
-                        out[base + j] -= 32
             continue
+        # a mapped value (e: its entry in the table)
         if size > length:
             bad[grp[i]] = True
             continue
-        if check:
-            hit = (_lookup(table, table_len, allowed_first, allowed_n, table[e], 0, size, upper) if e >= 0
-                   else _lookup(table, table_len, allowed_first, allowed_n, raw, a, b, upper))
-            if hit < 0:
-                bad[grp[i]] = True
-                continue
+        if check and _lookup(table, table_len, allowed_first, allowed_n, table[e], 0, size, upper) < 0:
+            bad[grp[i]] = True
+            continue
         pad = length - size if digits else 0
         for j in range(pad):
             out[base + j] = 48
         at = base + pad
-        if e >= 0:
-            for j in range(size):
-                out[at + j] = table[e, j]
-        else:
-            for j in range(size):
-                out[at + j] = raw[a + j]
+        for j in range(size):
+            out[at + j] = table[e, j]
         for j in range(pad + size, length):
             out[base + j] = 32
         if digits:
