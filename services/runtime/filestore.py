@@ -9,9 +9,10 @@ The interface is deliberately small (put_bytes, put_stream, writer, open, path, 
 S3-compatible store (object key = `sha256/ab/cdef...`, multipart upload in `writer`) can replace
 this local one in production without touching the callers.
 
-Large files bypass the page cache (O_DIRECT): the writer copies what it is given into one reused,
-page-aligned buffer of DIRECT_BYTES and writes every full buffer straight to the disk; the tail (not a
-whole number of blocks) is written normally before the fsync. Why: a produced file is not read back
+Large files bypass the page cache (O_DIRECT): the writer copies what it is given into two reused,
+page-aligned buffers of DIRECT_BYTES in turn and writes every full one straight to the disk on its own
+thread (the caller fills the other meanwhile: a slow disk stalls it only when both are full); the tail
+(not a whole number of blocks) is written normally before the fsync. Why: a produced file is not read back
 soon, and filling the page cache with it costs the writer a fresh kernel page per 4 KB. On this kind of
 machine (a VM whose idle memory goes back to the host) that first touch was 0.1-3 s of system time for
 the 370 MB of a 1 M-service Flusso C (bench/format.py; docs/scaling.md), against ~0.2 s of wall and no
@@ -21,6 +22,7 @@ O_DIRECT (EINVAL) gets plain writes. The bytes, the hash and the fsync before th
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import fcntl
 import hashlib
@@ -86,9 +88,12 @@ class FileWriter:
         self._tmp: Path | None = None
         self.size = 0
         self._sha256: str | None = None
-        self._direct: mmap.mmap | None = None  # the aligned buffer, once the file outgrows it
+        self._direct: mmap.mmap | None = None  # the aligned buffer being filled, once the file outgrows one
         self._held = 0  # bytes in it not yet written
         self._plain = False  # O_DIRECT refused: plain writes from then on
+        self._spare: mmap.mmap | None = None  # the other buffer
+        self._io: concurrent.futures.ThreadPoolExecutor | None = None  # writes the full buffers, in order
+        self._writing: concurrent.futures.Future[None] | None = None  # the spare's write
 
     @property
     def sha256(self) -> str:
@@ -116,6 +121,8 @@ class FileWriter:
             self._file.flush()
             if self._set_direct(True):
                 self._direct = mmap.mmap(-1, DIRECT_BYTES)  # page-aligned, reused for the whole file
+                self._spare = mmap.mmap(-1, DIRECT_BYTES)
+                self._io = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="filestore-io")
             else:
                 self._plain = True
             self.size += head
@@ -136,12 +143,21 @@ class FileWriter:
             self._direct[self._held:self._held + n] = data[at:at + n]
             self._held += n
             at += n
-            if self._held == DIRECT_BYTES:
-                self._flush_direct(DIRECT_BYTES)
+            if self._held == DIRECT_BYTES:  # full: written on the io thread while the spare fills
+                assert self._io is not None and self._spare is not None
+                self._wait()
+                self._writing = self._io.submit(self._write_all, self._direct, DIRECT_BYTES)
+                self._direct, self._spare, self._held = self._spare, self._direct, 0
 
-    def _flush_direct(self, n: int) -> None:
-        assert self._file is not None and self._direct is not None
-        view = memoryview(self._direct)
+    def _wait(self) -> None:
+        """The spare's write done (its error raised here)."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
+
+    def _write_all(self, buffer: mmap.mmap, n: int) -> None:
+        assert self._file is not None
+        view = memoryview(buffer)
         try:
             done = 0
             while done < n:
@@ -152,8 +168,6 @@ class FileWriter:
                         raise
         finally:
             view.release()
-        self._direct[:self._held - n] = self._direct[n:self._held]
-        self._held -= n
 
     def _set_direct(self, on: bool) -> bool:
         assert self._file is not None
@@ -168,14 +182,14 @@ class FileWriter:
         return True
 
     def _end_direct(self) -> None:
-        """The whole blocks of the buffer direct, the tail plainly."""
+        """The writes in flight, the whole blocks of the buffer direct, the tail plainly."""
         if self._direct is None:
             return
+        self._wait()
         whole = self._held - self._held % mmap.PAGESIZE
-        if whole:
-            self._flush_direct(whole)
+        self._write_all(self._direct, whole)
         self._set_direct(False)
-        tail = self._direct[:self._held]
+        tail = self._direct[whole:self._held]
         while tail:
             tail = tail[os.write(self._file.fileno(), tail):]  # type: ignore[union-attr]
         self._held = 0
@@ -197,9 +211,12 @@ class FileWriter:
                 self._file.flush()
                 os.fsync(self._file.fileno())
         finally:
+            if self._io is not None:  # a write in flight ends before the file is closed (or removed)
+                self._io.shutdown(wait=True)
             self._file.close()
-            if self._direct is not None:
-                self._direct.close()
+            for buffer in (self._direct, self._spare):
+                if buffer is not None:
+                    buffer.close()
         if exc_type is not None:
             self._tmp.unlink(missing_ok=True)
             return
