@@ -269,6 +269,10 @@ def plan(layout: Layout, names: list[str], pg_types: dict[str, str], eol: bytes)
                 col["delivery_date"] if closing_date else -1, grp.max_rows, grp.closing_row)
 
 
+_SCRATCH = threading.local()  # per rendering thread: the token bounds' memory, reused
+_NO_SCRATCH = np.zeros(0, dtype=np.int64)
+
+
 @dataclass
 class ChunkResult:
     records: list[np.ndarray]  # per record kind: (n + groups, width) uint8, file order
@@ -283,7 +287,8 @@ def format_chunk(plan: Plan, raw: np.ndarray) -> ChunkResult:
     if raw.flags.writeable:  # one compiled signature: the kernels read a read-only buffer
         raw = raw.view()
         raw.setflags(write=False)
-    fs, fe, line, clean, starts = tokenize(raw, plan.ncols)
+    scratch = getattr(_SCRATCH, "tokens", _NO_SCRATCH)  # this thread's, from its last chunk
+    fs, fe, line, clean, starts, _SCRATCH.tokens = tokenize(raw, plan.ncols, scratch)
     n, g = fs.shape[1], len(starts)
     bad, rn, row_totals, nets, sums, latest = group_values(
         raw, fs, fe, clean, starts, plan.rn_col, plan.max_rows, plan.sum_cols, plan.q_col, plan.t_col,
@@ -313,8 +318,10 @@ def format_chunk(plan: Plan, raw: np.ndarray) -> ChunkResult:
 
 
 @njit(cache=True, nogil=True)
-def tokenize(raw, ncols):  # type: ignore[no-untyped-def]
-    """Field bounds of every line (start -1: NULL), line offsets, clean lines, and group starts.
+def tokenize(raw, ncols, scratch):  # type: ignore[no-untyped-def]
+    """Field bounds of every line (start -1: NULL), line offsets, clean lines, group starts, and the scratch
+    the bounds lie in: `scratch` when it is big enough (the caller's, reused from chunk to chunk: ~10 MB a
+    chunk that need not be faulted in again), else a new one for the caller to keep.
 
     A line is clean when it has `ncols` fields and no control character, DEL or backslash (a \\N null
     aside). Bytes >= 0x80 are left to the kernels: text fields transliterate them, the others fail on them. A group is
@@ -326,8 +333,11 @@ def tokenize(raw, ncols):  # type: ignore[no-untyped-def]
             nrows += 1
     if n > 0 and raw[n - 1] != 10:
         nrows += 1
-    fs = np.empty((ncols, nrows), dtype=np.int64)  # by column: a field is read for all rows in a row
-    fe = np.empty((ncols, nrows), dtype=np.int64)
+    if scratch.shape[0] < 2 * ncols * nrows:
+        scratch = np.empty(2 * ncols * nrows + ncols * 4096, dtype=np.int64)
+    # by column: a field is read for all rows in a row
+    fs = scratch[:ncols * nrows].reshape((ncols, nrows))
+    fe = scratch[ncols * nrows:2 * ncols * nrows].reshape((ncols, nrows))
     line = np.empty(nrows + 1, dtype=np.int64)
     clean = np.ones(nrows, dtype=np.bool_)
     starts = np.empty(nrows, dtype=np.int64)
@@ -386,7 +396,7 @@ def tokenize(raw, ncols):  # type: ignore[no-untyped-def]
             starts[g] = r
             g += 1
     line[nrows] = min(pos, n)
-    return fs, fe, line, clean, starts[:g].copy()
+    return fs, fe, line, clean, starts[:g].copy(), scratch
 
 
 @njit(cache=True, nogil=True)
@@ -792,7 +802,7 @@ def warm_up() -> None:
     """Compiles every kernel, or loads it from numba's disk cache: the service calls it at start, so that
     no format request waits for the compiler (the argument types are those format_chunk passes)."""
     raw = np.frombuffer(b"", dtype=np.uint8)
-    fs, fe, _, clean, starts = tokenize(raw, 1)
+    fs, fe, _, clean, starts, _ = tokenize(raw, 1, _NO_SCRATCH)
     i64, flags = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_)
     table = np.zeros((0, 1), dtype=np.uint8)
     table.setflags(write=False)

@@ -16,7 +16,11 @@ How it is fast (design.md "Performance facts"):
 How memory stays flat (issue 3: peak RSS at 1M and 3M services within 10%):
 - The queue between the COPY and the worker holds two chunks; the COPY reader awaits it, so
   PostgreSQL is throttled by TCP back-pressure (asyncpg pauses reading while the sink awaits).
-- A chunk is a memoryview of the received bytes: it is cut, queued and parsed without a copy.
+- The received bytes are copied once into one of a few reused buffers; a chunk is a memoryview of it, cut,
+  queued and parsed without another copy, and the buffer is reused once its chunks are written. The fast
+  path's output matrices are reused the same way (fastpath.Plan.take / give_back), and the file store writes
+  large files past the page cache: after the first chunks the writer touches no fresh memory (on this kind of
+  VM a fresh page costs a host fault, which made the run's system time, and its wall time, vary by seconds).
 - Every chunk is rendered on the SAME thread, so numpy's allocations reuse one malloc arena
   instead of spreading over the default executor's threads.
 - Arrow allocates from jemalloc (unless ARROW_DEFAULT_MEMORY_POOL says otherwise), which returns
