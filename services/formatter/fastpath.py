@@ -40,8 +40,8 @@ TEXT, DIGITS, INT, AMOUNT_COL, DATE_COL, DATE_AT, VALUE, AMOUNT_VALUE, TICKET = 
 # the rows of the values of derived fields, per side: detail rows | rows 99
 _RN, _TOTAL, _LATEST, _SUMS = 0, 1, 2, 3  # row number | 99; row total | net total; latest date; - | sums
 _TEXT = {"text", "character varying", "character"}
-POOLED = 4  # output matrices kept per record kind: the chunks rendered at once, the one written, one spare
 _INT = {"smallint", "integer", "bigint"}
+POOLED = 4  # output matrices kept per record kind: the chunks rendered at once, the one written, one spare
 
 
 def _translit_table() -> tuple[np.ndarray, np.ndarray]:
