@@ -26,6 +26,7 @@ row_total, closing_date and ticket_position.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ TEXT, DIGITS, INT, AMOUNT_COL, DATE_COL, DATE_AT, VALUE, AMOUNT_VALUE, TICKET = 
 _RN, _TOTAL, _LATEST, _SUMS = 0, 1, 2, 3  # row number | 99; row total | net total; latest date; - | sums
 _TEXT = {"text", "character varying", "character"}
 _INT = {"smallint", "integer", "bigint"}
+POOLED = 4  # output matrices kept per record kind: the chunks rendered at once, the one written, one spare
 
 
 def _translit_table() -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +103,44 @@ class Plan:
     max_rows: int
     closing_row: int
     _matrices: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    _free: list[list[np.ndarray]] = field(default_factory=list)  # per kind: output matrices to reuse
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def statics(self, kind: int, side: str) -> np.ndarray:
+        """(offset, length) of the template's bytes that no field of this side writes (fillers, constants, the
+        fields of the other side, the eol): all that render copies from the template. The fields write every
+        byte of theirs in a clean group, and the engine rewrites every record of a dirty one."""
+        ops = self.matrix(kind, side)
+        covered = np.zeros(self.widths[kind], dtype=bool)
+        for offset, length in zip(ops[:, 2].tolist(), ops[:, 3].tolist(), strict=True):
+            covered[offset:offset + length] = True
+        edges = np.flatnonzero(np.diff(np.concatenate([[True], covered, [True]]).astype(np.int8)))
+        return np.ascontiguousarray(np.stack([edges[0::2], edges[1::2] - edges[0::2]], axis=1), dtype=np.int64)
+
+    def take(self, kind: int, rows: int) -> np.ndarray:
+        """An output matrix of `rows` records of `kind` (uninitialised: the kernels write every byte), from the
+        ones given back when one is big enough. Reused memory is memory the kernel need not fault in and zero
+        again for every chunk (sys time that grew with the chunks)."""
+        with self._lock:
+            while len(self._free) <= kind:
+                self._free.append([])
+            free = self._free[kind]
+            for i, m in enumerate(free):
+                if m.shape[0] >= rows:
+                    return free.pop(i)[:rows]
+        return np.empty((max(rows, 1), self.widths[kind]), dtype=np.uint8)[:rows]
+
+    def give_back(self, matrices: list[np.ndarray]) -> None:
+        """The chunk's matrices, written: kept for the next chunks (at most POOLED a kind, the largest)."""
+        with self._lock:
+            for kind, m in enumerate(matrices):
+                while len(self._free) <= kind:
+                    self._free.append([])
+                base = m.base if isinstance(m.base, np.ndarray) and m.base.ndim == 2 else m
+                free = self._free[kind]
+                free.append(base)
+                free.sort(key=lambda a: -a.shape[0])
+                del free[POOLED:]
 
     def matrix(self, kind: int, side: str) -> np.ndarray:
         """The ops of one record kind on one side ("detail" or "closing") as the kernel reads them:
@@ -229,6 +269,10 @@ def plan(layout: Layout, names: list[str], pg_types: dict[str, str], eol: bytes)
                 col["delivery_date"] if closing_date else -1, grp.max_rows, grp.closing_row)
 
 
+_SCRATCH = threading.local()  # per rendering thread: the token bounds' memory, reused
+_NO_SCRATCH = np.zeros(0, dtype=np.int64)
+
+
 @dataclass
 class ChunkResult:
     records: list[np.ndarray]  # per record kind: (n + groups, width) uint8, file order
@@ -243,7 +287,8 @@ def format_chunk(plan: Plan, raw: np.ndarray) -> ChunkResult:
     if raw.flags.writeable:  # one compiled signature: the kernels read a read-only buffer
         raw = raw.view()
         raw.setflags(write=False)
-    fs, fe, line, clean, starts = tokenize(raw, plan.ncols)
+    scratch = getattr(_SCRATCH, "tokens", _NO_SCRATCH)  # this thread's, from its last chunk
+    fs, fe, line, clean, starts, _SCRATCH.tokens = tokenize(raw, plan.ncols, scratch)
     n, g = fs.shape[1], len(starts)
     bad, rn, row_totals, nets, sums, latest = group_values(
         raw, fs, fe, clean, starts, plan.rn_col, plan.max_rows, plan.sum_cols, plan.q_col, plan.t_col,
@@ -259,15 +304,12 @@ def format_chunk(plan: Plan, raw: np.ndarray) -> ChunkResult:
                          np.vstack([np.full(g, plan.closing_row, dtype=np.int64), nets, latest, sums.T]))}
     outs = []
     for k, width in enumerate(plan.widths):
-        out = np.empty((n + g, width), dtype=np.uint8)
-        out[:] = plan.detail[k, :width]
-        out[closing_at] = plan.closing[k, :width]
+        out = plan.take(k, n + g)
         outs.append(out)
         for side, (src, dst, grp, values) in sides.items():
-            ops = plan.matrix(k, side)
-            if len(ops):
-                render(raw, fs, fe, src, dst, grp, bad, out.reshape(-1), width, ops, values, plan.table,
-                       plan.table_len, _TRANSLIT, _TRANSLIT_AT)
+            template = plan.detail[k, :width] if side == "detail" else plan.closing[k, :width]
+            render(raw, fs, fe, src, dst, grp, bad, out.reshape(-1), width, plan.matrix(k, side), values, plan.table,
+                   plan.table_len, _TRANSLIT, _TRANSLIT_AT, template, plan.statics(k, side))
     return ChunkResult(outs, np.flatnonzero(bad), starts, line, n)
 
 
@@ -276,8 +318,10 @@ def format_chunk(plan: Plan, raw: np.ndarray) -> ChunkResult:
 
 
 @njit(cache=True, nogil=True)
-def tokenize(raw, ncols):  # type: ignore[no-untyped-def]
-    """Field bounds of every line (start -1: NULL), line offsets, clean lines, and group starts.
+def tokenize(raw, ncols, scratch):  # type: ignore[no-untyped-def]
+    """Field bounds of every line (start -1: NULL), line offsets, clean lines, group starts, and the scratch
+    the bounds lie in: `scratch` when it is big enough (the caller's, reused from chunk to chunk: ~10 MB a
+    chunk that need not be faulted in again), else a new one for the caller to keep.
 
     A line is clean when it has `ncols` fields and no control character, DEL or backslash (a \\N null
     aside). Bytes >= 0x80 are left to the kernels: text fields transliterate them, the others fail on them. A group is
@@ -289,8 +333,11 @@ def tokenize(raw, ncols):  # type: ignore[no-untyped-def]
             nrows += 1
     if n > 0 and raw[n - 1] != 10:
         nrows += 1
-    fs = np.empty((ncols, nrows), dtype=np.int64)  # by column: a field is read for all rows in a row
-    fe = np.empty((ncols, nrows), dtype=np.int64)
+    if scratch.shape[0] < 2 * ncols * nrows:
+        scratch = np.empty(2 * ncols * nrows + ncols * 4096, dtype=np.int64)
+    # by column: a field is read for all rows in a row
+    fs = scratch[:ncols * nrows].reshape((ncols, nrows))
+    fe = scratch[ncols * nrows:2 * ncols * nrows].reshape((ncols, nrows))
     line = np.empty(nrows + 1, dtype=np.int64)
     clean = np.ones(nrows, dtype=np.bool_)
     starts = np.empty(nrows, dtype=np.int64)
@@ -349,7 +396,7 @@ def tokenize(raw, ncols):  # type: ignore[no-untyped-def]
             starts[g] = r
             g += 1
     line[nrows] = min(pos, n)
-    return fs, fe, line, clean, starts[:g].copy()
+    return fs, fe, line, clean, starts[:g].copy(), scratch
 
 
 @njit(cache=True, nogil=True)
@@ -486,13 +533,20 @@ _BLOCK = 256  # records rendered field after field while they stay in the cache
 
 @njit(cache=True, nogil=True)
 def render(raw, fs, fe, src, dst, grp, bad, out, width, ops, values, table, table_len, translit,  # type: ignore[no-untyped-def]
-           translit_at):
-    """Every varying field of one record kind on one side (detail rows or rows 99): entry i reads line
-    src[i] and writes record dst[i] of `out` (flat, `width` bytes a record); a group whose value the
-    engine would not accept is marked in `bad` and left alone from then on."""
+           translit_at, template, statics):
+    """Every record of one record kind on one side (detail rows or rows 99): entry i reads line src[i] and
+    writes record dst[i] of `out` (flat, `width` bytes a record): the template's bytes no field writes (`statics`:
+    fillers, constants, eol), then every varying field, a block of records at a time while they stay in the
+    cache; a group whose value the engine would not accept is marked in `bad` and left alone from then on (the
+    engine rewrites its records)."""
     m = src.shape[0]
     for b0 in range(0, m, _BLOCK):
         b1 = min(b0 + _BLOCK, m)
+        for i in range(b0, b1):
+            base = dst[i] * width
+            for t in range(statics.shape[0]):
+                for j in range(statics[t, 0], statics[t, 0] + statics[t, 1]):
+                    out[base + j] = template[j]
         for k in range(ops.shape[0]):
             code = ops[k, 0]
             if code == TEXT or code == DIGITS:
@@ -542,45 +596,68 @@ def _text(raw, fs, fe, src, dst, grp, bad, out, width, op, table, table_len, tra
             for j in range(length):
                 out[base + j] = fill
             continue
-        if e < 0 and not digits:
-            for j in range(a, b):
-                if raw[j] >= 128:
-                    size = -2
-                    break
-        if size == -2:  # UTF-8: the engine's transliteration, character by character (translit_at)
-            if check:
+        if e < 0 and digits:  # N from text: zero-padded, digits only, checked as they are copied
+            if size > length:
                 bad[grp[i]] = True
                 continue
-            size = _transliterate(raw, a, b, out, base, length, translit, translit_at)
-            if size < 0 or (size == 0 and required):
+            pad = length - size
+            for j in range(pad):
+                out[base + j] = 48
+            odd = False
+            for j in range(size):
+                ch = raw[a + j]
+                odd |= ch < 48 or ch > 57
+                out[base + pad + j] = ch
+            if odd:
+                bad[grp[i]] = True
+            continue
+        if e < 0:  # AN from text: copied and upper-cased in one pass that also sees any byte >= 0x80
+            n = min(size, length)
+            high = 0
+            if upper:
+                for j in range(n):
+                    ch = raw[a + j]
+                    high |= ch
+                    out[base + j] = ch - 32 if 97 <= ch <= 122 else ch
+            else:
+                for j in range(n):
+                    ch = raw[a + j]
+                    high |= ch
+                    out[base + j] = ch
+            for j in range(n, size):
+                high |= raw[a + j]
+            if high >= 128:  # UTF-8: the engine's transliteration, character by character (translit_at)
+                if check:
+                    bad[grp[i]] = True
+                    continue
+                size = _transliterate(raw, a, b, out, base, length, translit, translit_at)
+                if size < 0 or (size == 0 and required):
+                    bad[grp[i]] = True
+                    continue
+                if upper:
+                    for j in range(size):
+                        if 97 <= out[base + j] <= 122:
+                            out[base + j] -= 32
+            elif size > length or (check and _lookup(table, table_len, allowed_first, allowed_n, raw, a, b,
+                                                      upper) < 0):
                 bad[grp[i]] = True
                 continue
             for j in range(size, length):
                 out[base + j] = 32
-            if upper:
-                for j in range(size):
-                    if 97 <= out[base + j] <= 122:
-                        out[base + j] -= 32
             continue
+        # a mapped value (e: its entry in the table)
         if size > length:
             bad[grp[i]] = True
             continue
-        if check:
-            hit = (_lookup(table, table_len, allowed_first, allowed_n, table[e], 0, size, upper) if e >= 0
-                   else _lookup(table, table_len, allowed_first, allowed_n, raw, a, b, upper))
-            if hit < 0:
-                bad[grp[i]] = True
-                continue
+        if check and _lookup(table, table_len, allowed_first, allowed_n, table[e], 0, size, upper) < 0:
+            bad[grp[i]] = True
+            continue
         pad = length - size if digits else 0
         for j in range(pad):
             out[base + j] = 48
         at = base + pad
-        if e >= 0:
-            for j in range(size):
-                out[at + j] = table[e, j]
-        else:
-            for j in range(size):
-                out[at + j] = raw[a + j]
+        for j in range(size):
+            out[at + j] = table[e, j]
         for j in range(pad + size, length):
             out[base + j] = 32
         if digits:
@@ -725,7 +802,7 @@ def warm_up() -> None:
     """Compiles every kernel, or loads it from numba's disk cache: the service calls it at start, so that
     no format request waits for the compiler (the argument types are those format_chunk passes)."""
     raw = np.frombuffer(b"", dtype=np.uint8)
-    fs, fe, _, clean, starts = tokenize(raw, 1)
+    fs, fe, _, clean, starts, _ = tokenize(raw, 1, _NO_SCRATCH)
     i64, flags = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.bool_)
     table = np.zeros((0, 1), dtype=np.uint8)
     table.setflags(write=False)
@@ -733,4 +810,5 @@ def warm_up() -> None:
     for code in range(9):
         render(raw, fs, fe, i64, i64, i64, flags, np.zeros(0, dtype=np.uint8), 1,
                np.array([[code, 0, 0, 1, 0, 0, -1, 0, -1, 0, 0]], dtype=np.int64), np.zeros((1, 0), dtype=np.int64),
-               table, i64, _TRANSLIT, _TRANSLIT_AT)
+               table, i64, _TRANSLIT, _TRANSLIT_AT, np.zeros(1, dtype=np.uint8),
+               np.zeros((1, 2), dtype=np.int64))

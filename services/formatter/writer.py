@@ -16,7 +16,11 @@ How it is fast (design.md "Performance facts"):
 How memory stays flat (issue 3: peak RSS at 1M and 3M services within 10%):
 - The queue between the COPY and the worker holds two chunks; the COPY reader awaits it, so
   PostgreSQL is throttled by TCP back-pressure (asyncpg pauses reading while the sink awaits).
-- A chunk is a memoryview of the received bytes: it is cut, queued and parsed without a copy.
+- The received bytes are copied once into one of a few reused buffers; a chunk is a memoryview of it, cut,
+  queued and parsed without another copy, and the buffer is reused once its chunks are written. The fast
+  path's output matrices are reused the same way (fastpath.Plan.take / give_back), and the file store writes
+  large files past the page cache: after the first chunks the writer touches no fresh memory (on this kind of
+  VM a fresh page costs a host fault, which made the run's system time, and its wall time, vary by seconds).
 - Every chunk is rendered on the SAME thread, so numpy's allocations reuse one malloc arena
   instead of spreading over the default executor's threads.
 - Arrow allocates from jemalloc (unless ARROW_DEFAULT_MEMORY_POOL says otherwise), which returns
@@ -118,18 +122,20 @@ def copy_query(layout: Layout, snapshot_id: int) -> str:
             f"WHERE snapshot_id = {int(snapshot_id)} ORDER BY {', '.join(order)}")
 
 
-def chunk_end(buf: bytes, start: int, size: int, grouped: bool) -> int:
+def chunk_end(buf: bytes | bytearray, start: int, size: int, grouped: bool, stop: int | None = None) -> int:
     """Where the chunk of about `size` bytes that starts at `start` ends (exclusive).
 
     Always after a whole line. For a grouped layout (lines start with the group key and a tab,
     sorted by it) also after a whole group: before the first line of the last group that starts
     inside the window, which may continue past it. A group longer than the window ends the chunk
-    where the group ends. 0: `buf` does not hold that end yet (wait for more data).
+    where the group ends. 0: `buf` does not hold that end yet (wait for more data). `stop`: where the data
+    in `buf` ends (a reused buffer is longer), len(buf) by default.
     """
-    limit = min(start + size, len(buf))
+    stop = len(buf) if stop is None else stop
+    limit = min(start + size, stop)
     end = buf.rfind(b"\n", start, limit) + 1
     if end <= start:  # one line longer than the window
-        end = buf.find(b"\n", limit) + 1
+        end = buf.find(b"\n", limit, stop) + 1
         if end == 0:
             return 0
     if not grouped:
@@ -144,22 +150,22 @@ def chunk_end(buf: bytes, start: int, size: int, grouped: bool) -> int:
         cut = previous
     # the whole window is one group: it ends at the first line with another key
     line = end
-    while line < len(buf):
-        if not buf.startswith(key, line):
+    while line < stop:
+        if not buf.startswith(key, line, stop):
             return line
-        next_end = buf.find(b"\n", line) + 1
+        next_end = buf.find(b"\n", line, stop) + 1
         if next_end == 0:
             return 0
         line = next_end
     return 0
 
 
-def _line_start(buf: bytes, start: int, end: int) -> int:
+def _line_start(buf: bytes | bytearray, start: int, end: int) -> int:
     """First byte of the line that ends just before `end` (after its newline), never before `start`."""
     return max(buf.rfind(b"\n", start, end - 1) + 1, start)
 
 
-def _key(buf: bytes, line: int, end: int) -> bytes:
+def _key(buf: bytes | bytearray, line: int, end: int) -> bytes | bytearray:
     """The group key of the line at `line` with the tab after it (the whole line when it has no tab)."""
     tab = buf.find(b"\t", line, end)
     return buf[line:tab + 1] if tab >= 0 else buf[line:end]
@@ -288,6 +294,7 @@ class ChunkPipeline:
                 done.records[k][positions] = matrix
         for kind, out in zip(self.layout.kinds, done.records, strict=True):
             self.sinks[kind].write(out.data.cast("B"))
+        self.plan.give_back(done.records)  # written (a sink's write consumes the bytes): the next chunks reuse them
         self.stats.records += n + g
         self.stats.prescriptions += g
         self.stats.chunks += 1
@@ -317,25 +324,43 @@ async def _write(conn: Any, snapshot_id: int, layout: Layout, sinks: dict[str, B
     pg_types = await source_pg_types(conn, layout)
     pipeline = ChunkPipeline(layout, await source_types(conn, layout, pg_types), sinks, eol, pg_types)
     grouped = layout.grouping is not None
-    queue: asyncio.Queue[memoryview | bytes | None] = asyncio.Queue(maxsize=2)
+    # a chunk and the buffer it lies in (None: its own bytes)
+    queue: asyncio.Queue[tuple[memoryview | bytes, bytearray | None] | None] = asyncio.Queue(maxsize=2)
     loop = asyncio.get_running_loop()
     # the engine and the sinks on ONE thread (problems in order, one malloc arena); the fast path's kernels
     # render up to RENDERING chunks ahead on their own threads, so that both cores work
     worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="formatter-chunks")
     renderers = concurrent.futures.ThreadPoolExecutor(max_workers=RENDERING, thread_name_prefix="formatter-render")
+    # The received bytes are gathered into a few buffers reused from chunk to chunk: a fresh 4 MB object per
+    # chunk is memory the kernel must fault in and zero every time (on this kind of VM, ~0.3 s of the event
+    # loop's time at 1 M services). A buffer is reused once every chunk cut from it is written.
+    free: list[bytearray] = []
+    chunks_in: dict[int, int] = {}  # id(buffer) -> its chunks not yet written
+
+    def done_with(buffer: bytearray | None) -> None:
+        if buffer is None:
+            return
+        chunks_in[id(buffer)] -= 1
+        if not chunks_in[id(buffer)]:
+            del chunks_in[id(buffer)]
+            if len(free) < RENDERING + 4:
+                free.append(buffer)
 
     async def consume() -> None:
-        pending: collections.deque[asyncio.Future[Any]] = collections.deque()
+        pending: collections.deque[tuple[asyncio.Future[Any], bytearray | None]] = collections.deque()
         finished = False
         while not finished:
-            chunk = await queue.get()
-            finished = chunk is None
-            if chunk is not None:
-                pending.append(loop.run_in_executor(renderers, pipeline.prepare, chunk)
-                               if pipeline.plan is not None else _done(loop, chunk))
-            del chunk  # the next chunk is awaited without this one alive
+            item = await queue.get()
+            finished = item is None
+            if item is not None:
+                chunk, buffer = item
+                pending.append((loop.run_in_executor(renderers, pipeline.prepare, chunk)
+                                if pipeline.plan is not None else _done(loop, chunk), buffer))
+                del chunk, item  # the next chunk is awaited without this one alive
             while pending and (finished or len(pending) >= RENDERING):
-                await loop.run_in_executor(worker, pipeline.emit, await pending.popleft())
+                future, buffer = pending.popleft()
+                await loop.run_in_executor(worker, pipeline.emit, await future)
+                done_with(buffer)
 
     received: list[bytes] = []
     size = 0
@@ -346,20 +371,33 @@ async def _write(conn: Any, snapshot_id: int, layout: Layout, sinks: dict[str, B
         size += len(data)
         if size < chunk_bytes:
             return
-        joined = b"".join(received) if len(received) > 1 else received[0]
-        view, start = memoryview(joined), 0
-        while len(joined) - start >= chunk_bytes:
-            end = chunk_end(joined, start, chunk_bytes, grouped)
+        buffer = next((free.pop(i) for i, b in enumerate(free) if len(b) >= size), None)
+        if buffer is None:
+            buffer = bytearray(size + chunk_bytes // 2)
+        at = 0
+        for piece in received:
+            buffer[at:at + len(piece)] = piece
+            at += len(piece)
+        cuts, start = [], 0
+        while size - start >= chunk_bytes:
+            end = chunk_end(buffer, start, chunk_bytes, grouped, stop=size)
             if end == 0:  # a group (or line) longer than a chunk that has not ended yet
                 break
-            await queue.put(view[start:end])
+            cuts.append((start, end))
             start = end
-        received[:] = [joined[start:]]
+        view = memoryview(buffer)
+        received[:] = [bytes(view[start:size])]  # the rest goes to the next buffer
         size = len(received[0])
+        if not cuts:
+            free.append(buffer)
+            return
+        chunks_in[id(buffer)] = len(cuts)  # counted before the first is queued (and maybe written)
+        for start, end in cuts:
+            await queue.put((view[start:end], buffer))
 
     async def produce() -> None:
         await conn.copy_from_query(copy_query(layout, snapshot_id), output=receive, format="text")
-        await queue.put(b"".join(received))  # the rest: whole lines, whole groups
+        await queue.put((b"".join(received), None))  # the rest: whole lines, whole groups
         received.clear()
         await queue.put(None)
 

@@ -177,3 +177,27 @@ def test_a_wide_character_in_a_full_width_field_does_not_shift_the_other_rows() 
     closing = [r for r in files["C2"].splitlines() if r[28:30] == b"99"]
     assert {r[105:106] for r in closing[1:]} == {b"U"}
     same(layout, b"\n".join(lines))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda la: la.flow_type)
+def test_reused_matrices_keep_no_byte_of_the_chunk_before(layout: Layout, seed: int, monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """The kernels copy only the template bytes no field writes, into matrices reused from chunk to chunk: every
+    other byte must be written again. The matrices given back are poisoned (0xFF, never in a record), so a byte
+    a field leaves alone shows up in the files."""
+    give_back = fastpath.Plan.give_back
+    poisoned = []
+
+    def poison(self: fastpath.Plan, matrices: list[np.ndarray]) -> None:
+        for m in matrices:
+            (m.base if isinstance(m.base, np.ndarray) else m)[:] = 0xFF
+        poisoned.append(len(matrices))
+        give_back(self, matrices)
+
+    monkeypatch.setattr(fastpath.Plan, "give_back", poison)
+    rnd = random.Random(100 + seed)
+    data = copy_text(layout, rnd, 400, hostile=rnd.choice([0.0, 0.01, 0.05]))
+    fast_files, _ = run(layout, data, fast=True)
+    assert len(poisoned) > 20 and all(b"\xff" not in f for f in fast_files.values())
+    same(layout, data)
