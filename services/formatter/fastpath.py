@@ -103,6 +103,7 @@ class Plan:
     max_rows: int
     closing_row: int
     _matrices: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    _statics: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
     _free: list[list[np.ndarray]] = field(default_factory=list)  # per kind: output matrices to reuse
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -110,12 +111,16 @@ class Plan:
         """(offset, length) of the template's bytes that no field of this side writes (fillers, constants, the
         fields of the other side, the eol): all that render copies from the template. The fields write every
         byte of theirs in a clean group, and the engine rewrites every record of a dirty one."""
+        if (kind, side) in self._statics:  # made once per plan, like `matrix`: every chunk asks again
+            return self._statics[kind, side]
         ops = self.matrix(kind, side)
         covered = np.zeros(self.widths[kind], dtype=bool)
         for offset, length in zip(ops[:, 2].tolist(), ops[:, 3].tolist(), strict=True):
             covered[offset:offset + length] = True
         edges = np.flatnonzero(np.diff(np.concatenate([[True], covered, [True]]).astype(np.int8)))
-        return np.ascontiguousarray(np.stack([edges[0::2], edges[1::2] - edges[0::2]], axis=1), dtype=np.int64)
+        spans = np.ascontiguousarray(np.stack([edges[0::2], edges[1::2] - edges[0::2]], axis=1), dtype=np.int64)
+        self._statics[kind, side] = spans
+        return spans
 
     def take(self, kind: int, rows: int) -> np.ndarray:
         """An output matrix of `rows` records of `kind` (uninitialised: the kernels write every byte), from the
