@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import asyncio
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 
-from services.runtime.settings import bootstrap_list
+from services.runtime.kafkaadmin import admin_client
 
 TOPIC_ALREADY_EXISTS = 36
 
 
 async def create_topics(bootstrap: str, *names: str, partitions: int = 1, replication: int = 1) -> None:
     """Create the named topics (an existing one is left as it is) and wait until the metadata shows them."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_list(bootstrap))
+    admin = admin_client(bootstrap)
     await admin.start()
     try:
         response = await admin.create_topics([NewTopic(n, partitions, replication) for n in names])
@@ -34,7 +34,7 @@ async def create_topics(bootstrap: str, *names: str, partitions: int = 1, replic
 async def delete_all_topics(bootstrap: str) -> None:
     """Delete every topic but Kafka's internal ones and wait until they are gone (a topic re-created while
     its deletion is still running would be deleted with it)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_list(bootstrap))
+    admin = admin_client(bootstrap)
     await admin.start()
     try:
         topics = [t for t in await admin.list_topics() if not t.startswith("__")]

@@ -15,13 +15,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from contracts.envelope import EnvelopeError, from_kafka_headers
 from contracts.topics import DLQ_SUFFIX, all_topics, by_name
+from services.runtime.kafkaadmin import admin_client
 from services.runtime.kafkaread import add_new_partitions, assign, observer, read_to_end
-from services.runtime.settings import bootstrap_list
 
 # --- decoding -----------------------------------------------------------------------------------
 
@@ -255,7 +254,7 @@ async def consumer_lag(bootstrap: str, groups: Sequence[str] | None = None, *,
                        with_commit_times: bool = True) -> list[Lag]:
     """Committed offset, end offset and lag of every partition each consumer group committed on
     (commit times read `__consumer_offsets` whole: the metrics exporter goes without)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_list(bootstrap), client_id="flows-lag")
+    admin = admin_client(bootstrap, client_id="flows-lag")
     await admin.start()
     try:
         names = sorted({g[0] for g in await admin.list_consumer_groups()})

@@ -26,7 +26,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_RETENTION_MS, all_topics
-from services.runtime.settings import bootstrap_list
+from services.runtime.kafkaadmin import admin_client
 
 TOPIC_ALREADY_EXISTS = 36
 
@@ -140,8 +140,7 @@ async def _brokers(admin: AIOKafkaAdminClient) -> int:
 
 
 def _admin(bootstrap: str) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(bootstrap_servers=bootstrap_list(bootstrap), client_id="flows-topics",
-                               request_timeout_ms=30_000)
+    return admin_client(bootstrap, client_id="flows-topics", request_timeout_ms=30_000)
 
 
 async def apply_topics(bootstrap: str, partitions: int) -> list[TopicState]:

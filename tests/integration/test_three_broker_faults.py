@@ -23,7 +23,6 @@ from typing import Any
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts import flows
 from contracts.envelope import Envelope
@@ -32,6 +31,7 @@ from contracts.topics import SOURCE_TOPICS
 from deploy import localstack
 from services.cli.sources import publish
 from services.runtime.commands import send_command
+from services.runtime.kafkaadmin import admin_client
 from services.runtime.settings import bootstrap_list
 from simulators.cup.generator import SOURCE_FILES, generate, month_period
 
@@ -129,7 +129,7 @@ async def _outcomes(pool: asyncpg.Pool, loads: list[tuple[str, str]], timeout: f
 async def _dead_letters(bootstrap: str) -> int:
     """Messages on the dead-letter topics of intake and of the load command."""
     topics = [t.dlq for t in SOURCE_TOPICS] + ["flows.load-requested.dlq"]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_list(bootstrap))
+    admin = admin_client(bootstrap)
     await admin.start()
     try:
         described = await admin.describe_topics(topics)

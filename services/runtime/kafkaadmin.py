@@ -1,0 +1,47 @@
+"""A Kafka admin client that keeps working while one broker of the cluster is down.
+
+aiokafka's `AIOKafkaAdminClient` sends every request that is not addressed to a node (describe topics, the
+cluster's metadata, list groups...) to a node drawn at random from the cluster metadata. A broker that was
+stopped or crashed stays in that metadata until the controller fences it (seconds later), so with one of
+three brokers down a third of those requests failed at once with NodeNotReadyError: `flows topics apply`,
+`flows topics list` and `flows lag` failed at random exactly when an operator needs them.
+`admin_client` tries the nodes in random order and takes the first it can reach; it fails only when none can
+be reached (the error names the last). Requests addressed to a node (a group coordinator, the controller)
+are left as aiokafka sends them.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError, NodeNotReadyError
+
+from services.runtime.settings import bootstrap_list
+
+
+class _AnyLiveNodeAdmin(AIOKafkaAdminClient):
+    async def _send_request(self, request: Any, node_id: int | None = None) -> Any:
+        if node_id is not None:
+            return await super()._send_request(request, node_id)
+        nodes = [broker.nodeId for broker in self._client.cluster.brokers()]
+        random.shuffle(nodes)
+        unreachable: Exception | None = None
+        for node in nodes:
+            if not await self._client.ready(node):
+                unreachable = NodeNotReadyError(f"Kafka node {node} is not reachable")
+                continue
+            try:
+                return await self._client.send(node, request)
+            except (NodeNotReadyError, KafkaConnectionError) as exc:  # went down between ready() and send
+                unreachable = exc
+        if unreachable is None:  # no node in the metadata at all: aiokafka's own answer
+            return await super()._send_request(request)
+        raise unreachable
+
+
+def admin_client(bootstrap: str, **options: Any) -> AIOKafkaAdminClient:
+    """An admin client of the cluster at `bootstrap` ("host:port,host:port" or a list) whose requests that
+    any node can answer go to a node that is up."""
+    return _AnyLiveNodeAdmin(bootstrap_servers=bootstrap_list(bootstrap), **options)
