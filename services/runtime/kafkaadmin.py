@@ -6,8 +6,9 @@ stopped or crashed stays in that metadata until the controller fences it (second
 three brokers down a third of those requests failed at once with NodeNotReadyError: `flows topics apply`,
 `flows topics list` and `flows lag` failed at random exactly when an operator needs them.
 `admin_client` tries the nodes in random order and takes the first it can reach; it fails only when none can
-be reached (the error names the last). Requests addressed to a node (a group coordinator, the controller)
-are left as aiokafka sends them.
+be reached (the error names the last). `list_consumer_groups` asks the brokers it can reach (a group whose
+coordinator is down moves to another broker). Other requests addressed to a node (a group coordinator, the
+controller) are left as aiokafka sends them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ class _AnyLiveNodeAdmin(AIOKafkaAdminClient):
         if unreachable is None:  # no node in the metadata at all: aiokafka's own answer
             return await super()._send_request(request)
         raise unreachable
+
+    async def list_consumer_groups(self, broker_ids: list[int] | None = None) -> list[tuple[Any, ...]]:
+        if broker_ids is None:
+            metadata = await self._get_cluster_metadata()
+            broker_ids = [broker[0] for broker in metadata.brokers if await self._client.ready(broker[0])]
+        return await super().list_consumer_groups(broker_ids)
 
 
 def admin_client(bootstrap: str, **options: Any) -> AIOKafkaAdminClient:
