@@ -82,7 +82,7 @@ async def test_poison_message_is_dead_lettered_and_the_next_one_is_processed(set
     assert [h[0] for h in handled] == ["good"]
     reasons = [dict((k, v.decode()) for k, v in r.headers)["dlq_reason"] for r in dead]
     assert "source_id=poison" in reasons[0] and "words" in reasons[0]
-    assert "not" in reasons[1].lower() or "expecting value" in reasons[1].lower()
+    assert "is not JSON" in reasons[1]  # not any reason holding the word "not" (UTF-8, a type, a topic...)
     assert "ce_specversion" in reasons[2]
     assert "3 times" in reasons[3] and "the archive is on fire" in reasons[3]
     assert attempts["always-fails"] == 3
