@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from urllib.parse import urlsplit
 
@@ -17,6 +16,7 @@ from contracts.envelope import Envelope
 from contracts.topics import Topic
 from services.runtime.broker import Incoming, consume, create_broker
 from tests.kafka_topics import create_topics, records_now_on
+from tests.stack_urls import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +100,7 @@ async def test_a_long_outage_seeks_back_to_the_poll_loop_and_nothing_is_dead_let
 
     monkeypatch.setattr(runtime_broker, "OUTAGE_WAIT_PER_DELIVERY_S", 2.0)
     topic = Topic(f"test.outage-{uuid.uuid4().hex[:8]}", Greeting, "source_id", "probe", ("test",))
-    closed_port = int(os.environ.get("FLOWS_PG_PORT", "25432")) + 567  # nothing listens there
+    closed_port = free_port(880, 900)  # nothing listens there; in this session's own range, not PG port + 567
     target = {"url": settings.database_url.replace(f":{urlsplit(settings.database_url).port}/",
                                                    f":{closed_port}/")}
     calls: list[float] = []
