@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import io
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from structlog._config import BoundLoggerLazyProxy
 
 from services.runtime import db
 from services.runtime.settings import Settings
@@ -158,6 +160,12 @@ def _tee_service_logs(path: Path, settings: Settings) -> _LogTee:
         service_logging.configure(settings.log_level, settings.log_format)
     finally:
         sys.stderr = saved
+    # configure() caches each module-level logger on its first use (cache_logger_on_first_use), onto the stream
+    # of that time: a logger an earlier test of the session used (the gateway's, the loader's, the console's)
+    # would keep writing there, and none of its lines would reach the tee the canary searches. Un-cached, each
+    # proxy assembles its logger again from the configuration above.
+    for proxy in [o for o in gc.get_objects() if isinstance(o, BoundLoggerLazyProxy)]:
+        proxy.__dict__.pop("bind", None)
     handler = logging.StreamHandler(tee)
     for name in ("", "faststream", "faststream.access.kafka"):
         logger = logging.getLogger(name)
