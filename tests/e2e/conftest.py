@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import gc
 import io
 import logging
 import os
@@ -24,12 +23,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from structlog._config import BoundLoggerLazyProxy
 
 from services.runtime import db
 from services.runtime.settings import Settings
 from services.runtime.topics_admin import apply_topics
 from tests.kafka_topics import delete_all_topics
+from tests.log_capture import configure_onto
 
 # Small 730 zips, so a month of a hundred services already needs several parts per structure.
 E2E_MAX_ZIP_BYTES = 4_000
@@ -151,21 +150,10 @@ def _tee_service_logs(path: Path, settings: Settings) -> _LogTee:
     (under pytest, a capture file no test can read): configure it onto a tee, so a test can search
     every line the services emitted (the secrets canary). Standard-library records (aiokafka,
     FastStream, asyncio) go to the same tee."""
-    from services.runtime import logging as service_logging
-
     tee = _LogTee(path)
-    saved, sys.stderr = sys.stderr, tee
-    try:
-        service_logging._configured = False
-        service_logging.configure(settings.log_level, settings.log_format)
-    finally:
-        sys.stderr = saved
-    # configure() caches each module-level logger on its first use (cache_logger_on_first_use), onto the stream
-    # of that time: a logger an earlier test of the session used (the gateway's, the loader's, the console's)
-    # would keep writing there, and none of its lines would reach the tee the canary searches. Un-cached, each
-    # proxy assembles its logger again from the configuration above.
-    for proxy in [o for o in gc.get_objects() if isinstance(o, BoundLoggerLazyProxy)]:
-        proxy.__dict__.pop("bind", None)
+    # onto the tee, the loggers an earlier test of the session already used too (tests/log_capture.py): before,
+    # their lines went on to the stream of their first use and the canary never searched them
+    configure_onto(tee, settings.log_level, settings.log_format)  # type: ignore[arg-type]
     handler = logging.StreamHandler(tee)
     for name in ("", "faststream", "faststream.access.kafka"):
         logger = logging.getLogger(name)
