@@ -5,10 +5,12 @@ of its own creates it here first."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiokafka.admin import NewTopic
 
 from services.runtime.kafkaadmin import admin_client
+from services.runtime.kafkaread import read_to_end
 
 TOPIC_ALREADY_EXISTS = 36
 
@@ -47,3 +49,18 @@ async def delete_all_topics(bootstrap: str) -> None:
         raise AssertionError("topics still listed 30 s after their deletion")
     finally:
         await admin.close()
+
+
+async def records_now_on(bootstrap: str, *topics: str) -> list[Any]:
+    """Every record on `topics` up to their end offsets read now, without a consumer group: an absence check
+    built on it cannot pass because a group's join or first fetch was slow (a quiet poll of a fresh group
+    reads nothing until it is assigned). Fails when a topic does not exist, rather than reading nothing."""
+    admin = admin_client(bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(list(topics))
+    finally:
+        await admin.close()
+    missing = [t["topic"] for t in described if t["error_code"] or not t["partitions"]]
+    assert not missing, f"topics not in the cluster: {missing}"
+    return await read_to_end(bootstrap, list(topics))

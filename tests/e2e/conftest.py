@@ -28,6 +28,7 @@ from services.runtime import db
 from services.runtime.settings import Settings
 from services.runtime.topics_admin import apply_topics
 from tests.kafka_topics import delete_all_topics
+from tests.log_capture import configure_onto
 
 # Small 730 zips, so a month of a hundred services already needs several parts per structure.
 E2E_MAX_ZIP_BYTES = 4_000
@@ -149,15 +150,10 @@ def _tee_service_logs(path: Path, settings: Settings) -> _LogTee:
     (under pytest, a capture file no test can read): configure it onto a tee, so a test can search
     every line the services emitted (the secrets canary). Standard-library records (aiokafka,
     FastStream, asyncio) go to the same tee."""
-    from services.runtime import logging as service_logging
-
     tee = _LogTee(path)
-    saved, sys.stderr = sys.stderr, tee
-    try:
-        service_logging._configured = False
-        service_logging.configure(settings.log_level, settings.log_format)
-    finally:
-        sys.stderr = saved
+    # onto the tee, the loggers an earlier test of the session already used too (tests/log_capture.py): before,
+    # their lines went on to the stream of their first use and the canary never searched them
+    configure_onto(tee, settings.log_level, settings.log_format)  # type: ignore[arg-type]
     handler = logging.StreamHandler(tee)
     for name in ("", "faststream", "faststream.access.kafka"):
         logger = logging.getLogger(name)

@@ -109,11 +109,13 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             assert page.url.endswith("/istanze")
             await _axe_clean(page, axe, "02-istanze")
 
-            # A load scheduled a few seconds ahead: the page sees every state arrive, live.
-            await _submit_load(page, "2026-08", datetime.now(ZoneInfo("Europe/Rome")) + timedelta(seconds=4))
+            # A load scheduled a few seconds ahead: the page sees every state arrive, live. The watcher goes on
+            # first, then the accessibility scan (a screenshot and axe take seconds on a loaded machine: with the
+            # watcher after them and 4 s of lead, the load could already be Running when it began to watch).
+            await _submit_load(page, "2026-08", datetime.now(ZoneInfo("Europe/Rome")) + timedelta(seconds=10))
+            await page.evaluate(WATCH_STATES)
             await _axe_clean(page, axe, "03-istanza-pianificata")
             checked_url = page.url
-            await page.evaluate(WATCH_STATES)
             assert await _wait_badge(page, {"Checked", "Failed loading"}) == "Checked"
             states = await page.evaluate("window.__states")
             assert states[0] == "Scheduled" and states[-1] == "Checked" and "Running" in states, states

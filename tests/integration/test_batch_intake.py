@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
@@ -34,6 +34,7 @@ from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
 from services.runtime.settings import bootstrap_list
 from tests.isolation import logged_process, scratch_database
+from tests.kafka_topics import records_now_on
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -86,19 +87,9 @@ async def _publish(topic: str, bodies: list[dict[str, Any]]) -> int:
 
 
 async def _dead_letters(topic: str) -> list[Any]:
-    consumer = AIOKafkaConsumer(f"{topic}.dlq", bootstrap_servers=KAFKA, group_id=f"probe-{uuid.uuid4().hex}",
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        found: list[Any] = []
-        quiet = 0
-        while quiet < 6:
-            polled = await consumer.getmany(timeout_ms=500)
-            quiet = 0 if polled else quiet + 1
-            found += [r for rs in polled.values() for r in rs]
-        return found
-    finally:
-        await consumer.stop()
+    """Every dead letter of `topic` up to the DLQ's end offsets (no group: a quiet poll of a fresh group reads
+    nothing while it joins; called after the batch's commit, which follows its dead letters)."""
+    return await records_now_on(KAFKA, f"{topic}.dlq")
 
 
 async def _committed(group: str, topic: str) -> int | None:

@@ -5,16 +5,26 @@ browser that did not start the login; the client secret never reaches a log line
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.console_support import RunningConsole, csrf_of, running_console
+from tests.log_capture import service_log_lines
 from tests.oidc_provider import Provider, running_provider
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def service_log() -> Iterator[io.StringIO]:
+    """The console's own structlog lines during the test: caplog holds only the standard library's records."""
+    with service_log_lines() as lines:
+        yield lines
 
 
 @pytest.fixture
@@ -39,7 +49,8 @@ async def _oidc_login(console: RunningConsole, client: httpx.AsyncClient, next_u
 
 
 async def test_oidc_login_takes_user_role_and_enti_from_the_claims(console: RunningConsole, provider: Provider,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+                                                                   caplog: pytest.LogCaptureFixture,
+                                                                   service_log: io.StringIO) -> None:
     caplog.set_level(logging.DEBUG)
     own, other = await console.instance("201"), await console.instance("202")
     provider.next_claims = {"preferred_username": "mario.rossi", "flows_role": "operator", "flows_enti": ["201"]}
@@ -67,11 +78,11 @@ async def test_oidc_login_takes_user_role_and_enti_from_the_claims(console: Runn
     async with httpx.AsyncClient(timeout=20) as client:
         assert (await console.login(client, "mario.rossi", "!oidc")).status_code == 401
     assert provider.tokens_issued == 2
-    assert provider.client_secret not in caplog.text
+    assert provider.client_secret not in caplog.text and provider.client_secret not in service_log.getvalue()
 
 
 async def test_a_token_with_a_bad_signature_or_a_foreign_callback_or_bad_claims_is_refused(
-        console: RunningConsole, provider: Provider) -> None:
+        console: RunningConsole, provider: Provider, service_log: io.StringIO) -> None:
     sessions = await console.pool.fetchval("SELECT count(*) FROM console_session")
     provider.next_claims = {"preferred_username": "eva.bianchi", "flows_role": "operator", "flows_enti": ["201"]}
     provider.sign_with_other_key = True  # same kid, a key the provider never published
@@ -107,3 +118,6 @@ async def test_a_token_with_a_bad_signature_or_a_foreign_callback_or_bad_claims_
         assert (await _oidc_login(console, client)).status_code == 200
         assert "eva.bianchi (operatore: enti 201, 202)" in (await client.get(f"{console.url}/istanze")).text
     assert await console.pool.fetchval("SELECT count(*) FROM console_session") == sessions + 1
+    # The refusals were logged, by the console's own logger, and not one line holds the client secret.
+    assert service_log.getvalue().count('"console.oidc_refused"') >= 2, service_log.getvalue()[-3000:]
+    assert provider.client_secret not in service_log.getvalue()

@@ -4,6 +4,8 @@ paths, names with HTML shown escaped, and the access log of personal data."""
 
 from __future__ import annotations
 
+import hashlib
+
 import httpx
 import pytest
 
@@ -51,9 +53,13 @@ async def test_session_fixation_a_cookie_set_before_login_is_never_promoted(cons
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie
     async with httpx.AsyncClient(follow_redirects=False, cookies={"flows_session": "chosen-by-the-attacker"}) as c:
         assert (await c.get(console.url + "/istanze")).status_code == 303
-    # The table holds only the hash of the token.
-    assert await console.pool.fetchval("SELECT count(*) FROM console_session WHERE token_sha256::text LIKE $1",
-                                       f"%{issued}%") == 0
+    # The table holds only the hash of the token: its session is keyed by sha256(token), and no row holds the
+    # token itself, as text or as the bytes PostgreSQL prints in hex (a bytea column's text is hex: the token
+    # could never appear LIKE itself in token_sha256::text, whatever was stored there).
+    rows = await console.pool.fetchval("SELECT string_agg(s::text, ' ') FROM console_session s")
+    assert issued not in rows and issued.encode().hex() not in rows
+    assert await console.pool.fetchval("SELECT count(*) FROM console_session WHERE token_sha256 = $1",
+                                       hashlib.sha256(issued.encode()).digest()) == 1
 
 
 async def test_secure_cookie_by_default(fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -14,11 +14,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from contracts.envelope import Envelope
 from contracts.onboarding import DocumentReceived, Payload, RequestComplete, RequestKind, RequestOpened
-from services.onboarding.app import wire
+from services.onboarding.app import SUBSCRIPTIONS, wire
 from services.onboarding.projection import DashboardProjection, dashboard
 from services.onboarding.requirements import load_requirements
 from services.onboarding.switch import SwitchCalendar, load_patron_days
 from services.runtime.host import runtime, serve
+from tests.integration.outage_loader import start_at_the_end
 
 pytestmark = pytest.mark.integration
 PORTAL = "/portal/sinfonia-test"
@@ -47,9 +48,13 @@ async def test_a_portal_request_is_taken_in_charge_and_its_switch_scheduled(sett
     producer = AIOKafkaProducer(bootstrap_servers=cfg.kafka_bootstrap, enable_idempotence=True)
     stop = asyncio.Event()
     async with runtime(cfg, name="onboarding", projections=[DashboardProjection()]) as rt:
-        # A fixed group: committed offsets carry over, so a run reads only its own messages (plus the
-        # leftovers of an aborted run), not the whole history of the topics.
-        wire(rt, group="onboarding-it")
+        # Groups of this run alone, started at the end of their topics: neither the session's history nor an
+        # aborted run's leftovers (a fixed group's committed offsets) come through this consumer.
+        group = f"onboarding-it-{uuid.uuid4().hex[:8]}"
+        for topic_name in SUBSCRIPTIONS:
+            await start_at_the_end(cfg.kafka_bootstrap, f"{group}.{topic_name.removeprefix('onboarding.')}",
+                                   [topic_name])
+        wire(rt, group=group)
         service = asyncio.create_task(serve(rt, stop=stop))
         await producer.start()
         try:

@@ -42,6 +42,10 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
             NewEvent("flows.load-running", running.model_dump(mode="json")),
             NewEvent("flows.load-failed", failed.model_dump(mode="json")),
             NewEvent("flows.ts-feedback-received", rejected.model_dump(mode="json"))], expected_version=0, key="77")
+        # the oldest waits for an hour: the age must say so (an age of a just-appended row is ~0, as a broken
+        # figure stuck at 0 would be)
+        await pool.execute("UPDATE outbox SET created_at = now() - interval '1 hour' "
+                           "WHERE id = (SELECT min(id) FROM outbox)")
 
         registry = CollectorRegistry()
         await OpsMetrics(registry).refresh(pool, settings.kafka_bootstrap, today=date(2026, 11, 8))
@@ -58,4 +62,4 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
     assert 'flows_deadline_uncovered_days{due="2026-11-10",ente="201",flow_type="FLUSSO_C"} 2.0' in text
     age = float(next(line.split()[-1] for line in text.splitlines()
                      if line.startswith("flows_outbox_oldest_unpublished_seconds ")))
-    assert age >= 0
+    assert 3600 <= age < 3600 + 300, age

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +21,7 @@ from services.runtime.db import create_pool, scratch_database
 from services.runtime.eventstore import EventStore, EventTooLarge, NewEvent
 from services.runtime.migrations import MIGRATIONS_DIR, migrate
 from services.runtime.outbox import OutboxRelay, mark_processed, parked_rows, retry_parked, skip_parked
+from tests.isolation import logged_process
 from tests.kafka_topics import create_topics
 from tests.stack_urls import DATABASE_URL, KAFKA
 
@@ -27,16 +30,25 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def pool(tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
-    """A database of our own on the shared server, with only this area's migrations."""
+async def outbox_db(tmp_path: Path) -> AsyncIterator[str]:
+    """A database of our own on the shared server, with only this area's migrations: its URL."""
     for path in [*MIGRATIONS_DIR.glob("000[1-9]_*.sql"), *MIGRATIONS_DIR.glob("0051_*.sql")]:
         shutil.copy(path, tmp_path / path.name)
     async with scratch_database(DATABASE_URL, "test_outbox", migrated=False) as url:
-        pool = await create_pool(url, min_size=1, max_size=10)
-        await migrate(pool, tmp_path)
-        await pool.execute("CREATE TABLE stamp (event_id uuid NOT NULL)")  # the consumer's effect
-        yield pool
-        await pool.close()
+        pool = await create_pool(url, min_size=1, max_size=2)
+        try:
+            await migrate(pool, tmp_path)
+            await pool.execute("CREATE TABLE stamp (event_id uuid NOT NULL)")  # the consumer's effect
+        finally:
+            await pool.close()
+        yield url
+
+
+@pytest.fixture
+async def pool(outbox_db: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(outbox_db, min_size=1, max_size=10)
+    yield pool
+    await pool.close()
 
 
 async def fresh_topic() -> str:
@@ -92,21 +104,22 @@ async def consume_all(topic: str, expected: int, settle: float = 2.0) -> list[tu
 
 
 async def test_a_relay_killed_between_ack_and_mark_resends_and_the_deduping_consumer_applies_once(
-        pool: asyncpg.Pool) -> None:
+        pool: asyncpg.Pool, outbox_db: str, tmp_path: Path) -> None:
     store = EventStore(pool, source="/flows/loader")
     topic = await fresh_topic()
     ids = await append_numbered(store, topic, keys=["1947", "1948", "2001"], per_key=10)
-    reached_the_window = asyncio.Event()
 
-    async def die_after_ack(acked: list[int]) -> None:
-        reached_the_window.set()
-        await asyncio.Event().wait()  # parked until cancelled: the "kill"
-
-    doomed = asyncio.create_task(OutboxRelay(pool, KAFKA, batch_size=12, after_ack=die_after_ack).run())
-    await asyncio.wait_for(reached_the_window.wait(), 30)
-    doomed.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await doomed
+    # The relay in a process of its own, killed with SIGKILL once Kafka acknowledged its first 12 rows and
+    # before it marked them (no finally, no cleanup: its leader lock goes with its dropped connection).
+    log = tmp_path / "relay.log"
+    async with logged_process(log, "-m", "tests.integration.outbox_relay_process", outbox_db, KAFKA, "12",
+                              env={**os.environ}) as doomed:
+        async with asyncio.timeout(60):
+            while "acked 12" not in log.read_text(errors="replace"):
+                assert doomed.returncode is None, log.read_text(errors="replace")[-3000:]
+                await asyncio.sleep(0.05)
+        doomed.send_signal(signal.SIGKILL)
+        assert await doomed.wait() == -signal.SIGKILL
     assert await unpublished(pool) == 30  # 12 reached Kafka but were never marked
 
     stop = asyncio.Event()

@@ -171,16 +171,29 @@ async def test_a_poison_message_is_dead_lettered_with_its_bytes_and_the_next_one
     assert service.seen().count(following) == 1
 
 
-async def test_the_rejection_hook_recorded_the_rejected_records_without_their_values(service: Service) -> None:
+async def _rejections(service: Service) -> list[dict[str, Any]]:
     conn = await asyncpg.connect(service.database_url)
     try:
-        rows = await conn.fetch("SELECT data FROM events WHERE type = 'sources.record-rejected'")
+        rows = await conn.fetch("SELECT data FROM events WHERE type = 'sources.record-rejected' ORDER BY position")
     finally:
         await conn.close()
-    datas = [row["data"] if isinstance(row["data"], dict) else json.loads(row["data"]) for row in rows]
+    return [row["data"] if isinstance(row["data"], dict) else json.loads(row["data"]) for row in rows]
+
+
+async def test_the_rejection_hook_recorded_the_rejected_records_without_their_values(service: Service) -> None:
+    """Its own two rejected records (it used to read those of the parametrized test above, and failed alone)."""
+    before = await _rejections(service)
+    big = f"big-{uuid.uuid4().hex[:6]}"
+    await _publish(service.topic, b"k", _body(big, HUGE))  # a near 1 MiB value
+    await _publish(service.topic, b"k", _body(["x" * 1000] * 500, 0))  # type: ignore[arg-type]  # a source_id not a short string
+    following = f"after-{uuid.uuid4().hex[:6]}"
+    await _publish(service.topic, b"k", _body(following))
+    await _wait_for(service, following, within=NEXT_WITHIN_S)  # the hook ran for both before it
+    datas = (await _rejections(service))[len(before):]
+    assert len(datas) == 2, datas
     assert all(len(json.dumps(d)) < 5 * DLQ_REASON_MAX for d in datas)  # a 1 MB record: a bounded event
-    assert any(d["source_id"] is None and "source_id" in d["errors"][0]["reason"] for d in datas)
-    assert any(d["source_id"] == "big" for d in datas)
+    assert datas[0]["source_id"] == big
+    assert datas[1]["source_id"] is None and "source_id" in datas[1]["errors"][0]["reason"]
 
 
 def _log_lines(service: Service, after: int) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import pytest
 
 from services.runtime.db import TrackedConnection, create_pool
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 LOCK = (7316, 424242)
 

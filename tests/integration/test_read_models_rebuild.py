@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, date, datetime
 
 import asyncpg
+import pytest
 
 from contracts import flows
 from services.runtime.eventstore import EventStore, NewEvent
@@ -14,6 +15,8 @@ from services.runtime.host import prepare_database
 from services.runtime.instances import new_event
 from services.runtime.projections import rebuild_and_diff
 from services.runtime.read_models import FLOW_PROJECTIONS, InstanceList, instance_stream
+
+pytestmark = pytest.mark.integration
 
 PERIOD = flows.Period(start=date(2026, 10, 1), end=date(2026, 10, 31))
 

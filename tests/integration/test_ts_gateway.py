@@ -224,7 +224,9 @@ async def test_stato_3_brings_the_per_document_errors_as_rows(ts, ledger: PgPart
     assert (status.n_inviati, status.n_accolti, status.n_errori) == (5, 3, 2)
 
 
-async def test_a_gateway_killed_after_sending_does_not_send_twice_on_restart(ts, ledger: PgPartLedger) -> None:  # type: ignore[no-untyped-def]
+async def test_a_part_left_sending_after_ts_accepted_it_is_adopted_not_sent_twice(ts, ledger: PgPartLedger) -> None:  # type: ignore[no-untyped-def]
+    """The state a gateway killed after sending leaves (no process is killed here: the runner's recovery from
+    that ledger state; the kill itself is tests/e2e/test_ts_730.py's)."""
     client, url, cert = ts
     zip_bytes = sample_730_zip(cert, ROSSI.cf_proprietario, documents=4)
     key = await _one_part(ledger, zip_bytes, 4)
@@ -242,7 +244,8 @@ async def test_a_gateway_killed_after_sending_does_not_send_twice_on_restart(ts,
     assert await _sends(url) == 1
 
 
-async def test_a_gateway_killed_before_ts_saw_the_file_sends_it_on_restart(ts, ledger: PgPartLedger) -> None:  # type: ignore[no-untyped-def]
+async def test_a_part_left_sending_before_ts_saw_the_file_is_sent_on_restart(ts, ledger: PgPartLedger) -> None:  # type: ignore[no-untyped-def]
+    """The state a gateway killed before its HTTP call leaves (no process is killed here: the runner's recovery)."""
     client, url, cert = ts
     zip_bytes = sample_730_zip(cert, ROSSI.cf_proprietario, documents=2)
     key = await _one_part(ledger, zip_bytes, 2)

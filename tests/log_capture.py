@@ -1,0 +1,54 @@
+"""The services' structlog lines, where a test can read them.
+
+services.runtime.logging.configure() writes to the stderr of the moment it runs and caches each module-level
+logger on its first use (cache_logger_on_first_use). A test that re-configures structlog onto a stream of its
+own must also drop those cached loggers, or the ones an earlier test used keep writing to the old stream.
+pytest's caplog sees only the standard library's records, none of these.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
+
+import structlog
+from structlog._config import BoundLoggerLazyProxy
+
+
+def uncache_loggers() -> None:
+    """Every lazy logger assembles itself again from the current configuration at its next use."""
+    for proxy in [o for o in gc.get_objects() if isinstance(o, BoundLoggerLazyProxy)]:
+        proxy.__dict__.pop("bind", None)
+
+
+def configure_onto(stream: TextIO, level: str, fmt: str) -> None:
+    """The services' own configure(), onto `stream`, for every logger including those already used."""
+    from services.runtime import logging as service_logging
+
+    saved, sys.stderr = sys.stderr, stream
+    try:
+        service_logging._configured = False
+        service_logging.configure(level, fmt)
+    finally:
+        sys.stderr = saved
+    uncache_loggers()
+
+
+@contextmanager
+def service_log_lines(level: str = "DEBUG") -> Iterator[io.StringIO]:
+    """For the block: every structlog line, as JSON, in the StringIO yielded; then the configuration as it was."""
+    from services.runtime import logging as service_logging
+
+    saved_config, saved_configured = structlog.get_config(), service_logging._configured
+    buffer = io.StringIO()
+    configure_onto(buffer, level, "json")
+    try:
+        yield buffer
+    finally:
+        structlog.configure(**saved_config)
+        service_logging._configured = saved_configured
+        uncache_loggers()
