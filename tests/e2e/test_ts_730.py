@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import csv
 import io
 import json
 import os
+import signal
 import sys
 import time
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -37,11 +40,14 @@ from contracts.states import InstanceState, fold
 from services.runtime.commands import send_command
 from services.runtime.filestore import FileStore
 from services.runtime.read_models import instance_stream
+from services.runtime.settings import Settings
 from services.ts_gateway import keys as gateway_keys
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, key_id, seal
 from services.ts_gateway.submission import PROTOCOLLO
 from tests.e2e.conftest import TS_CF, TS_PASSWORD, TS_PINCODE, TS_USER
 from tests.e2e.driving import _formatted_730, _wait_state
+from tests.isolation import logged_process
+from tests.stack_urls import free_port
 
 pytestmark = pytest.mark.e2e
 FINAL = {InstanceState.CONFIRMED.value, InstanceState.CONFIRMED_WITH_ERRORS.value, InstanceState.REJECTED.value}
@@ -112,6 +118,58 @@ async def send_730_cli(platform: Any, instance: int, user: str = TS_USER, passwo
                           operator=operator)
     assert run.code == 0, f"flows send-730 {instance} ended {run.code}"
     return run
+
+
+def _settings_env(settings: Settings, **overrides: Any) -> dict[str, str]:
+    """The environment from which a service process's `Settings()` reads `settings` back: every field
+    set as FLOWS_<NAME> (and DATABASE_URL), none left to what the test process's own environment says."""
+    fields = type(settings).model_fields
+    env = {k: v for k, v in os.environ.items()
+           if k != "DATABASE_URL" and not (k.startswith("FLOWS_") and k[len("FLOWS_"):].lower() in fields)}
+    for name, value in {**settings.model_dump(), **overrides}.items():
+        if value is not None:
+            env[f"FLOWS_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    env["DATABASE_URL"] = settings.database_url
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@asynccontextmanager
+async def gateway_process(platform: Any, name: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """The TS gateway as a process of its own (`python -m services.ts_gateway`, the platform's settings),
+    in place of the platform's in-process one, so a test can SIGKILL it: nothing of a dead process runs
+    after the signal (no finally, no rollback, no lock released by the code), unlike cancelled tasks.
+    Yields once its consumer holds the partitions (its /readyz); at the end the in-process gateway is
+    started again, and the process, if still alive, stopped. Its log goes beside the services' log, where
+    the secrets canary searches it."""
+    await platform.stop("ts-gateway")  # gracefully: it leaves the group, the process gets every partition
+    try:
+        port = free_port(700, 760)
+        log = platform.log_path.parent / f"ts-gateway-{name}.log"
+        env = _settings_env(platform.settings, health_port=port)
+        async with logged_process(log, "-m", "services.ts_gateway", env=env) as process, \
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+            try:
+                async with asyncio.timeout(60):
+                    while True:
+                        assert process.returncode is None, f"the gateway exited:\n{log.read_text()[-3000:]}"
+                        with contextlib.suppress(aiohttp.ClientError, OSError):
+                            async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
+                                if ready.status == 200:
+                                    break
+                        await asyncio.sleep(0.2)
+            except TimeoutError:
+                raise AssertionError(f"the gateway process not ready in 60 s:\n{log.read_text()[-3000:]}") from None
+            yield process
+    finally:
+        platform.start("ts-gateway")
+
+
+def _sigkill(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL, synchronous: the process is gone before the caller's next line (the kernel closes its sockets,
+    so PostgreSQL ends its sessions and Kafka sees its connections drop; its group membership stays until
+    the session times out)."""
+    os.kill(process.pid, signal.SIGKILL)
 
 
 async def _box(pool: asyncpg.Pool, instance: int) -> asyncpg.Record | None:
@@ -288,51 +346,50 @@ async def test_a_wrong_pincode_ends_the_instance_rejected_with_the_intake_code_i
 
 async def test_a_gateway_killed_after_sistema_ts_accepted_a_zip_adopts_that_protocollo_and_never_sends_it_twice(
         platform, pool):
-    """The window: TS has accepted the zip, the gateway has not recorded the protocollo. The
-    simulator records an accepted submission (appends it to its list) before it answers, in the
-    same event loop as the services; the test replaces that list with one whose `append` kills the
-    gateway on the spot (`platform.kill`: its tasks are cancelled, so the task waiting for the
-    answer never reads it). A delay would not do: the simulator delays before reading the request,
-    and a request whose client died is never accepted. Restarted, the gateway must find the part
-    "sending", ask EsitoInvii what TS received since, and adopt that protocollo instead of sending
-    the zip again."""
+    """The window: TS has accepted the zip, the gateway has not recorded the protocollo. The gateway
+    runs as a process of its own (`gateway_process`); the simulator, in the test's event loop, records
+    an accepted submission (appends it to its list) before it answers: the test replaces that list with
+    one whose `append` SIGKILLs the gateway process on the spot, so the answer never reaches it. A delay
+    would not do: the simulator delays before reading the request, and a request whose client died is
+    never accepted. Restarted, the gateway must find the part "sending", ask EsitoInvii what TS received
+    since, and adopt that protocollo instead of sending the zip again."""
     instance = await _formatted_730(platform, "206", "2026-07")
     zips = await _zips(pool, instance)
     ours = {z["sha256"] for z in zips}
     simulator = platform.simulator
     accepted_when_killed: list[Any] = []
 
-    class KillTheGatewayOnAccept(list):  # type: ignore[type-arg]
-        def append(self, submission: Any) -> None:
-            super().append(submission)
-            if submission.zip_sha256 in ours and not accepted_when_killed:
-                accepted_when_killed.append(submission)
-                platform.kill("ts-gateway")
+    async with gateway_process(platform, "killed-on-accept") as gateway:
+        class KillTheGatewayOnAccept(list):  # type: ignore[type-arg]
+            def append(self, submission: Any) -> None:
+                super().append(submission)
+                if submission.zip_sha256 in ours and not accepted_when_killed:
+                    accepted_when_killed.append(submission)
+                    _sigkill(gateway)
 
-    simulator.submissions = KillTheGatewayOnAccept(simulator.submissions)
-    try:
-        await _send_730(platform, instance)
-        async with asyncio.timeout(60):
-            while not accepted_when_killed:
-                await asyncio.sleep(0.05)
-        await platform.stop("ts-gateway", hard=True)
-    finally:
-        simulator.submissions = list(simulator.submissions)
-        if "ts-gateway" not in platform.tasks:
-            platform.start("ts-gateway")
-    (in_the_window,) = accepted_when_killed
-    # what the dead gateway left: TS has the zip, the ledger says "sending" with no protocollo
-    assert _submissions_per_zip(await _sim_submissions(platform), zips) == {
-        z["name"]: int(z["sha256"] == in_the_window.zip_sha256) for z in zips}
-    part = await pool.fetchrow("SELECT * FROM ts_submission_part WHERE instance = $1 AND zip_sha256 = $2",
-                               instance, in_the_window.zip_sha256)
-    assert part is not None and part["state"] == "sending" and part["protocollo"] is None, part and dict(part)
-    # the sealed box survived the kill outside the history: the restarted gateway opens it from there
-    box = await _box(pool, instance)
-    assert box is not None, "the dead gateway's submission lost its sealed credentials"
-    assert box["key_id"] == key_id((platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes())
-    assert not await pool.fetchval("SELECT count(*) FROM events WHERE strpos(data::text, $1) > 0", box["sealed"])
-
+        simulator.submissions = KillTheGatewayOnAccept(simulator.submissions)
+        try:
+            await _send_730(platform, instance)
+            async with asyncio.timeout(60):
+                while not accepted_when_killed:
+                    await asyncio.sleep(0.05)
+            assert await asyncio.wait_for(gateway.wait(), 10) == -signal.SIGKILL
+        finally:
+            simulator.submissions = list(simulator.submissions)
+        (in_the_window,) = accepted_when_killed
+        # what the dead gateway left (no gateway runs yet): TS has the zip, the ledger says "sending", no protocollo
+        assert _submissions_per_zip(await _sim_submissions(platform), zips) == {
+            z["name"]: int(z["sha256"] == in_the_window.zip_sha256) for z in zips}
+        part = await pool.fetchrow("SELECT * FROM ts_submission_part WHERE instance = $1 AND zip_sha256 = $2",
+                                   instance, in_the_window.zip_sha256)
+        assert part is not None and part["state"] == "sending" and part["protocollo"] is None, part and dict(part)
+        # the sealed box survived the kill outside the history: the restarted gateway opens it from there
+        box = await _box(pool, instance)
+        assert box is not None, "the dead gateway's submission lost its sealed credentials"
+        assert box["key_id"] == key_id((platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes())
+        assert not await pool.fetchval("SELECT count(*) FROM events WHERE strpos(data::text, $1) > 0", box["sealed"])
+    # the gateway restarted (in the test process): its dead predecessor still holds the group's partitions
+    # until its Kafka session times out; the resume pass finds the instance in the database meanwhile
     row = await _wait_state(pool, instance, FINAL)
     assert row["state"] == InstanceState.CONFIRMED.value, f"{row['state']}: {row['summary']}"
     assert await _box(pool, instance) is None, "the box outlived its submission"
