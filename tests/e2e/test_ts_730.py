@@ -435,10 +435,10 @@ async def test_a_rejected_send_with_a_wrong_password_can_be_sent_again_and_ends_
 async def test_a_key_rotated_mid_submission_still_opens_the_old_box_after_a_restart_and_is_deleted_once_unused(
         platform, pool, behaviour, monkeypatch):
     """Instance X is sent (sealed to key K1) and held in Waiting feedback by TS; the operator runs
-    `flows ts rotate-key` (K2); the gateway is killed and restarted, so it must open X's stored box
-    with the retired K1. Y, sent after the rotation, is sealed to K2. X ends Confirmed, its box goes,
-    and the next resume pass deletes K1's private key (the grace for commands still on Kafka set to
-    0 here), not before."""
+    `flows ts rotate-key` (K2); the gateway (a process of its own, `gateway_process`) is killed with
+    SIGKILL and restarted, so it must open X's stored box with the retired K1. Y, sent after the
+    rotation, is sealed to K2. X ends Confirmed, its box goes, and the next resume pass deletes K1's
+    private key (the grace for commands still on Kafka set to 0 here), not before."""
     keys_dir = platform.settings.keys_dir
     retired = keys_dir / gateway_keys.RETIRED_DIR
     x = await _formatted_730(platform, "202", "2026-07")
@@ -446,22 +446,24 @@ async def test_a_key_rotated_mid_submission_still_opens_the_old_box_after_a_rest
     first = key_id((keys_dir / PUBLIC_KEY_FILE).read_bytes())
     await behaviour(polls_in_progress=1_000_000)  # TS keeps X "in progress" until told otherwise
 
-    await send_730_cli(platform, x, wait=False)
-    await _wait_state(pool, x, {InstanceState.WAITING_FEEDBACK.value})
-    box = await _box(pool, x)
-    assert box is not None and box["key_id"] == first
+    async with gateway_process(platform, "killed-after-rotation") as gateway:
+        await send_730_cli(platform, x, wait=False)
+        await _wait_state(pool, x, {InstanceState.WAITING_FEEDBACK.value})
+        box = await _box(pool, x)
+        assert box is not None and box["key_id"] == first
 
-    rotation = await flows_cli(platform, "ts", "rotate-key")
-    assert rotation.code == 0, rotation.text
-    second = key_id((keys_dir / PUBLIC_KEY_FILE).read_bytes())
-    assert second != first and f"new seals use key {second}" in rotation.text
-    assert (retired / f"{first}.pem").is_file()
+        rotation = await flows_cli(platform, "ts", "rotate-key")
+        assert rotation.code == 0, rotation.text
+        second = key_id((keys_dir / PUBLIC_KEY_FILE).read_bytes())
+        assert second != first and f"new seals use key {second}" in rotation.text
+        assert (retired / f"{first}.pem").is_file()
 
-    monkeypatch.setattr(gateway_keys, "RETIRED_KEY_GRACE_S", 0.0)
-    x_zips = {z["sha256"] for z in await _zips(pool, x)}
-    polls_before = sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips)
-    await platform.stop("ts-gateway", hard=True)
-    platform.start("ts-gateway")
+        _sigkill(gateway)  # in the middle of X's polling, K1 retired
+        assert await asyncio.wait_for(gateway.wait(), 10) == -signal.SIGKILL
+        x_zips = {z["sha256"] for z in await _zips(pool, x)}
+        polls_before = sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips)
+        assert polls_before > 0, "the killed gateway never polled X"
+        monkeypatch.setattr(gateway_keys, "RETIRED_KEY_GRACE_S", 0.0)  # for the gateway that restarts now
     # the restarted gateway's first resume pass ran (it polls X again), and kept K1: X's box needs it
     deadline = time.monotonic() + 60
     while sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips) <= polls_before:
