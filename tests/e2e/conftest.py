@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import io
 import logging
-import os
 import sys
-import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,38 +30,6 @@ from tests.log_capture import configure_onto
 # Small 730 zips, so a month of a hundred services already needs several parts per structure.
 E2E_MAX_ZIP_BYTES = 4_000
 TS_USER, TS_PASSWORD, TS_PINCODE, TS_CF = "PROVAX00X00X000Y", "Salve123", "1234567890", "PROVAX00X00X000Y"
-_SERVICE: contextvars.ContextVar[str | None] = contextvars.ContextVar("e2e_service", default=None)
-_SERVICES_DIR = str(Path(__file__).resolve().parents[2] / "services") + os.sep
-_SERVICE_TASKS: weakref.WeakKeyDictionary[asyncio.Task[Any], str] = weakref.WeakKeyDictionary()
-
-
-def _service_task_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-    """Notes which service started each task (the context it is created in), for `Platform.kill`."""
-    task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, **kwargs)
-    context = kwargs.get("context")
-    service = context.get(_SERVICE) if context is not None else _SERVICE.get()
-    if service is not None:
-        _SERVICE_TASKS[task] = service
-    return task
-
-
-def _runs_platform_code(task: asyncio.Task[Any]) -> bool:
-    """Whether a frame of the task's await chain is code of services/ (not only a library's)."""
-    awaited: Any = task.get_coro()
-    while awaited is not None:
-        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
-        if frame is not None and frame.f_code.co_filename.startswith(_SERVICES_DIR):
-            return True
-        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-    return False
-
-
-def _track_service_tasks(loop: asyncio.AbstractEventLoop) -> None:
-    current = loop.get_task_factory()
-    if current is None:
-        loop.set_task_factory(_service_task_factory)
-    elif current is not _service_task_factory:
-        raise RuntimeError(f"the event loop already has a task factory ({current!r}): hard stops need their own")
 
 
 @dataclass
@@ -75,39 +40,17 @@ class Platform:
     tasks: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = field(default_factory=dict)
     mains: dict[str, Callable[..., Coroutine[Any, Any, None]]] = field(default_factory=dict)
     log_path: Path | None = None  # every line the services logged this session (see _tee_service_logs)
-    killed: set[str] = field(default_factory=set)
 
     def start(self, name: str) -> None:
         stop = asyncio.Event()
-        _track_service_tasks(asyncio.get_running_loop())
-        context = contextvars.copy_context()
-        context.run(_SERVICE.set, name)  # every task the service starts inherits it
-        task = asyncio.create_task(self.mains[name](self.settings, stop), name=name, context=context)
+        task = asyncio.create_task(self.mains[name](self.settings, stop), name=name)
         self.tasks[name] = (task, stop)
 
-    def kill(self, name: str) -> None:
-        """Cancels, now, every task of the service that is running the platform's code (its handlers,
-        loops and main): the work in flight stops where it is, as in a killed process, and nothing
-        after that point runs. Synchronous, so a test can kill at an exact point (from a simulator
-        hook). Cancelling only the main task would not do: FastStream lets the message in flight
-        finish (its graceful timeout, 15 s) before the service stops. Unlike SIGKILL, the cancelled
-        tasks' finally blocks run: they release locks, roll back transactions and close the pools,
-        as the OS does for a dead process (its PostgreSQL sessions end, their advisory locks too).
-        Library tasks (aiokafka's fetchers, heartbeats, senders) are left alone: cancelled, they
-        would leave that shutdown hanging."""
-        for task in [t for t, service in list(_SERVICE_TASKS.items()) if service == name and not t.done()]:
-            if _runs_platform_code(task):
-                task.cancel()
-        self.killed.add(name)
-
-    async def stop(self, name: str, hard: bool = False) -> None:
-        """`hard`: `kill` (unless the test already did), then wait until the service has ended."""
+    async def stop(self, name: str) -> None:
+        """Graceful: the service's stop event set, then its end awaited. A test that needs a crash runs
+        the service as a process of its own and SIGKILLs it (tests/e2e/test_ts_730.py `gateway_process`)."""
         task, stop = self.tasks.pop(name)
-        if not hard:
-            stop.set()
-        elif name not in self.killed:
-            self.kill(name)
-        self.killed.discard(name)
+        stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 30)
 
