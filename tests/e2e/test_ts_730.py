@@ -6,6 +6,7 @@ loopback. Each test uses its own entity and month, so instances and zips never m
 Most tests publish the command as an external system would (`_send_730`); `flows_cli` runs the
 real `flows` entry point in its own process, as an operator does (the key rotation test here, and
 the secrets canary). The sealed box lives in ts_sealed_credentials only while its submission runs.
+The crash tests run the gateway as a process of its own (`gateway_process`) and kill it with SIGKILL.
 """
 
 from __future__ import annotations
