@@ -14,16 +14,25 @@ import calendar
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import holidays
 
 DATA = Path(__file__).resolve().parent / "data" / "deadlines.toml"
 DATA_NAME = "contracts/data/deadlines.toml"
 COVERING_STATES = ("Formatted", "Waiting feedback", "Confirmed", "Confirmed with errors")
+ITALY = ZoneInfo("Europe/Rome")
+
+
+def italian_today(now: datetime | None = None) -> date:
+    """Today's date in Italy: the day the deadlines, a 730's transmission date and Sistema TS count in, whatever
+    the host's time zone. Services run in UTC containers, where `date.today()` is still yesterday for the
+    first hour or two of every Italian day (23:00 UTC in winter is 00:00 in Rome)."""
+    return (now or datetime.now(UTC)).astimezone(ITALY).date()
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,12 @@ The rules are contracts/deadlines.py, shared with the console's Scadenze page.""
 
 from __future__ import annotations
 
-from datetime import date
-
 from contracts.deadlines import (
     DeadlineDataInvalid,
     DeadlineDataMissing,
     deadlines_for_month,
     default_month,
+    italian_today,
     status,
 )
 from services.runtime.coverage import coverage
@@ -18,7 +17,7 @@ from services.runtime.coverage import coverage
 async def show(ente: str | None, month: str | None) -> None:
     from services.cli.common import UserError, console, database, table
 
-    today = date.today()
+    today = italian_today()
     year, mon = (int(x) for x in month.split("-")) if month else default_month(today)
     try:
         items = deadlines_for_month(year, mon)

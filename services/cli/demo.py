@@ -6,10 +6,11 @@ print where the files are, and leave the platform running to explore with `flows
 from __future__ import annotations
 
 import asyncio
-from datetime import date, timedelta
+from datetime import timedelta
 
 from rich.rule import Rule
 
+from contracts.deadlines import italian_today
 from services.cli import instances as inst
 from services.cli import sources, stack
 from services.cli.common import console, settings
@@ -19,7 +20,7 @@ DEMO_TS = {"cf": "PROVAX00X00X000Y", "user": "PROVAX00X00X000Y", "password": "Sa
 
 
 def _last_month() -> str:
-    first = date.today().replace(day=1)
+    first = italian_today().replace(day=1)
     prev = first - timedelta(days=1)
     return f"{prev.year:04d}-{prev.month:02d}"
 
@@ -39,7 +40,7 @@ async def _walk(ente: str, month: str, services: int) -> None:
     console.print(Rule("3. Flusso 730: load -> Checked -> format -> Formatted -> Sistema TS (simulator)"))
     f730 = await inst.load("FLUSSO_730", ente, start, end, "2020", None, True, "demo")
     await inst.format_instance(f730, True, "demo")
-    await send_730(f730, DEMO_TS["cf"], DEMO_TS["user"], DEMO_TS["password"], DEMO_TS["pincode"], date.today(),
+    await send_730(f730, DEMO_TS["cf"], DEMO_TS["user"], DEMO_TS["password"], DEMO_TS["pincode"], italian_today(),
                    "demo", True)
 
     console.print(Rule("4. Where things are"))

@@ -23,6 +23,7 @@ from typing import Annotated
 
 import typer
 
+from contracts.deadlines import italian_today
 from services.cli import instances as inst
 from services.cli import ops_cli
 from services.cli.audit import audit_app
@@ -224,15 +225,16 @@ def send_730(instance: int,
     password = typer.prompt("TS password", hide_input=True)
     pincode = typer.prompt("Pincode", hide_input=True)
     if transmission_date is None:
-        answer = typer.prompt("Transmission date (YYYY-MM-DD)", default=date.today().isoformat())
+        answer = typer.prompt("Transmission date (YYYY-MM-DD)", default=italian_today().isoformat())
         try:
             when = date.fromisoformat(answer.strip())
         except ValueError:
             raise UserError(f"transmission date {answer!r} is not a date as YYYY-MM-DD") from None
     else:
         when = transmission_date.date()
-    if when < date.today():
-        raise UserError(f"transmission date {when} is in the past: give today ({date.today()}) or a later day")
+    today = italian_today()
+    if when < today:
+        raise UserError(f"transmission date {when} is in the past: give today ({today}, in Italy) or a later day")
     run(ts.send_730(instance, cf, user, password, pincode, when, _operator(), wait))
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts import flows
+from contracts.deadlines import italian_today
 from contracts.states import IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError, console, database, settings
 from services.cli.instances import _instance_row, _wait_for_state, print_outcome
@@ -75,7 +76,7 @@ async def send_730(instance: int, cf: str, user: str, password: str, pincode: st
                                               cf_proprietario=cf.strip().upper()))
         before = await send_sealed_730(cfg.kafka_bootstrap, pool, cfg.keys_dir, instance, sealed, when, operator)
         console.print(f"instance {instance} handed to the TS gateway (credentials sealed to key {key_id(public_pem)})")
-        if when > date.today():
+        if when > italian_today():
             console.print(f"  the gateway sends it on {when}; follow it with `flows show {instance}`")
             return
         if wait:

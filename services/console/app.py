@@ -42,7 +42,13 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
 
 from contracts import flows
-from contracts.deadlines import DeadlineDataInvalid, DeadlineDataMissing, deadlines_for_month, default_month
+from contracts.deadlines import (
+    DeadlineDataInvalid,
+    DeadlineDataMissing,
+    deadlines_for_month,
+    default_month,
+    italian_today,
+)
 from contracts.deadlines import status as deadline_status
 from contracts.flows import FlowType
 from contracts.onboarding import SwitchRefused, SwitchScheduled
@@ -770,7 +776,7 @@ async def instances_page(ctx: Ctx) -> Response:
 
 
 def _default_period() -> tuple[str, str]:
-    today = date.today()
+    today = italian_today()
     last = today.replace(day=1).toordinal() - 1
     end = date.fromordinal(last)
     return end.replace(day=1).isoformat(), end.isoformat()
@@ -1047,7 +1053,7 @@ DEADLINE_LABELS = {"covered": ("Coperta", "bg-success"), "late": ("In ritardo", 
 
 @route(pages, "GET", "/scadenze", LIST_INSTANCES, "page")
 async def deadlines_page(ctx: Ctx, mese: str | None = None) -> Response:
-    today = date.today()
+    today = italian_today()
     year, month = default_month(today)
     error = None
     if mese:
@@ -1090,7 +1096,7 @@ async def ts_send_form(ctx: Ctx) -> Response:
     if not public_key.exists():
         raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: il gateway è attivo?")
     return page(ctx, "ts_send.html", f"Invia a Sistema TS l'istanza {ctx.row['instance']}", active="/istanze",
-                row=ctx.row, public_key=public_key.read_text(), today=date.today().isoformat(), error=None)
+                row=ctx.row, public_key=public_key.read_text(), today=italian_today().isoformat(), error=None)
 
 
 @route(pages, "POST", "/istanze/{instance}/invia-ts", ACT_ON_INSTANCE, "action")

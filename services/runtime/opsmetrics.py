@@ -22,6 +22,7 @@ from aiokafka import TopicPartition
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from contracts import flows
+from contracts.deadlines import italian_today
 from contracts.topics import DLQ_SUFFIX
 from services.runtime.kafkaread import existing_topics, observer
 from services.runtime.ops import consumer_lag
@@ -46,7 +47,7 @@ class OpsMetrics:
 
     async def refresh(self, pool: asyncpg.Pool, bootstrap: str, today: date | None = None) -> None:
         await self._kafka(bootstrap)
-        await self._database(pool, today or date.today())
+        await self._database(pool, today or italian_today())
         self.refreshed.set(time.time())
 
     async def _kafka(self, bootstrap: str) -> None:

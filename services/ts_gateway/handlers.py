@@ -32,13 +32,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from contracts import flows
+from contracts.deadlines import italian_today
 from contracts.instance import FlowInstance, SubmissionRequest
 from contracts.states import SENDABLE_FLOW_TYPES, Actor, InstanceState
 from services.runtime.broker import Incoming, Refused
@@ -56,7 +56,6 @@ from services.ts_gateway.submitter import PollingBlocked, SubmissionRunner
 
 CONSUMER = "ts-gateway"
 log = get_logger("ts-gateway")
-TS_ZONE = ZoneInfo("Europe/Rome")
 
 Outcome = Literal["confirmed", "confirmed_with_errors", "rejected"]
 _OUTCOME: dict[PartState, Outcome] = {
@@ -70,7 +69,7 @@ class GatewayDeps(ServiceDeps):
     CONSUMER = CONSUMER
     runner: SubmissionRunner
     keys: GatewayKeys
-    today: Any = field(default=lambda: datetime.now(TS_ZONE).date())  # () -> date, in TS's time zone
+    today: Any = field(default=italian_today)  # () -> date, in TS's time zone
     worker: SubmissionWorker = field(init=False)
 
     def __post_init__(self) -> None:

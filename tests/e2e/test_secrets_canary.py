@@ -32,7 +32,7 @@ import uuid
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from contracts.deadlines import italian_today
 from contracts.states import InstanceState
 from services.runtime.eventstore import EventStore
 from services.runtime.read_models import instance_stream
@@ -280,7 +281,7 @@ async def test_planted_ts_credentials_sent_with_flows_send_730_appear_nowhere_an
         assert await pool.fetchrow(box_of, sent) is None, "the box outlived the Confirmed outcome"
 
         # a later transmission date: recorded now, the box kept outside the history, nothing sent yet
-        tomorrow = date.today() + timedelta(days=1)
+        tomorrow = italian_today() + timedelta(days=1)  # the gateway counts days in Italy, not on this host
         run = await send_730_cli(platform, later, when=tomorrow, password=canary_account["password"],
                                  operator=operator, **typed)
         assert f"the gateway sends it on {tomorrow}" in run.text, run.text

@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer
 from lxml import etree
 
 from contracts import flows
+from contracts.deadlines import italian_today
 from contracts.states import InstanceState, fold
 from services.runtime.commands import send_command
 from services.runtime.filestore import FileStore
@@ -64,7 +65,7 @@ async def _send_730(platform: Any, instance: int, user: str = TS_USER, password:
     public_key = (platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes()
     sealed = seal(public_key, Credentials(user=user, password=password, pincode=pincode, cf_proprietario=cf))
     request = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed,
-                                          transmission_date=date.today(), requested_by="e2e.ts")
+                                          transmission_date=italian_today(), requested_by="e2e.ts")
     await send_command(platform.settings.kafka_bootstrap, "flows.ts-submission-requested", request,
                        key=str(instance))
 
@@ -430,7 +431,7 @@ async def test_a_rejected_send_with_a_wrong_password_can_be_sent_again_and_ends_
     # the history keeps who asked, when for, and which key the box was sealed to; never the box
     current = key_id((platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes())
     assert [(r["requested_by"], r["transmission_date"], r["sealed_to_key"], "sealed_credentials" in r)
-            for r in await _requests(pool, instance)] == [("e2e.ts", date.today().isoformat(), current, False)] * 2
+            for r in await _requests(pool, instance)] == [("e2e.ts", italian_today().isoformat(), current, False)] * 2
 
 
 async def test_a_key_rotated_mid_submission_still_opens_the_old_box_after_a_restart_and_is_deleted_once_unused(

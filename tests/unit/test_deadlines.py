@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import holidays
@@ -11,6 +11,7 @@ from contracts.deadlines import (
     DeadlineDataInvalid,
     DeadlineDataMissing,
     deadlines_for_month,
+    italian_today,
     next_working_day,
     rules,
 )
@@ -195,3 +196,14 @@ def test_status_marks_what_is_due_within_7_days_and_not_covered():
     assert status(d, None, date(2026, 11, 16)) == "due-soon"
     assert status(d, None, date(2026, 11, 17)) == "late"
     assert status(d, 1947, date(2026, 11, 17)) == "covered"
+
+
+@pytest.mark.parametrize(("utc", "italian"), [
+    ("2026-12-03T22:59:59", date(2026, 12, 3)),  # winter, CET = UTC+1
+    ("2026-12-03T23:00:00", date(2026, 12, 4)),  # on a UTC host date.today() still says the 3rd for an hour
+    ("2026-07-10T21:59:59", date(2026, 7, 10)),  # summer, CEST = UTC+2
+    ("2026-07-10T22:00:00", date(2026, 7, 11)),
+    ("2026-12-31T23:30:00", date(2027, 1, 1)),
+])
+def test_today_is_the_date_in_italy_whatever_the_host_clock_zone(utc: str, italian: date) -> None:
+    assert italian_today(datetime.fromisoformat(utc).replace(tzinfo=UTC)) == italian
