@@ -48,7 +48,7 @@ class _AnyLiveNodeAdmin(AIOKafkaAdminClient):
         return await super().list_consumer_groups(broker_ids)
 
 
-def admin_client(bootstrap: str, **options: Any) -> AIOKafkaAdminClient:
+def admin_client(bootstrap: str | list[str], **options: Any) -> AIOKafkaAdminClient:
     """An admin client of the cluster at `bootstrap` ("host:port,host:port" or a list) whose requests that
     any node can answer go to a node that is up."""
     return _AnyLiveNodeAdmin(bootstrap_servers=bootstrap_list(bootstrap), **options)
