@@ -1112,6 +1112,10 @@ async def ts_send(ctx: Ctx) -> Response:
         transmission = date.fromisoformat(when)
     except ValueError:
         raise HTTPException(422, f"Data di trasmissione non valida ({when!r}), attesa AAAA-MM-GG.") from None
+    today = italian_today()  # the CLI's rule (flows send-730): today in Italy or a later day, never a past one
+    if transmission < today:
+        raise HTTPException(422, f"La data di trasmissione {transmission:%d/%m/%Y} è nel passato: indichi oggi "
+                                 f"({today:%d/%m/%Y}) o un giorno successivo.")
     try:
         await send_sealed_730(console.settings.kafka_bootstrap, console.pool, console.settings.keys_dir,
                               int(ctx.row["instance"]), sealed, transmission, ctx.principal.name)

@@ -5,10 +5,12 @@ paths, names with HTML shown escaped, and the access log of personal data."""
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
 import httpx
 import pytest
 
+from contracts.deadlines import italian_today
 from services.console import auth
 from services.console.access import ROUTE_TABLE
 from services.runtime.eventstore import EventStore
@@ -232,3 +234,23 @@ async def test_api_keys_are_stored_hashed_and_bound_to_their_enti(console: Runni
     assert {"/api/istanze", "/api/istanze/{instance}", "/api/caricamenti", "/api/istanze/{instance}/feedback",
             "/api/istanze/{instance}/file/{name}"} <= set(schema["paths"])
     assert not any(p.startswith("/istanze") for p in schema["paths"])  # the pages are not the API
+
+
+async def test_a_transmission_date_in_the_past_is_refused_and_nothing_is_sent(console: RunningConsole) -> None:
+    """The CLI's rule (`flows send-730`): today in Italy or a later day. Before, the form took a past date and the
+    gateway sent the 730 at once, as if for today."""
+    zipped = console.file_ref("730_201.zip", "730-zip", b"PK zip", 1, "application/zip")
+    instance = await console.instance("201", [("flows.load-checked", {"source_instance": 1, "counts": {}}),
+                                              ("flows.formatting-started", {}),
+                                              ("flows.formatted", {"files": [zipped]})], flow_type="FLUSSO_730")
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        csrf = csrf_of((await client.get(console.url + f"/istanze/{instance}")).text)
+        yesterday = italian_today() - timedelta(days=1)
+        response = await client.post(console.url + f"/istanze/{instance}/invia-ts",
+                                     data={"csrf": csrf, "sigillo": "not read", "data": yesterday.isoformat()})
+    assert response.status_code == 422, response.text
+    assert f"{yesterday:%d/%m/%Y} è nel passato" in response.text
+    assert await console.pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance) == "Formatted"
+    assert await console.pool.fetchval("SELECT count(*) FROM events WHERE stream_id = $1 AND type LIKE 'flows.ts-%'",
+                                       f"instance-{instance}") == 0
