@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,3 +23,12 @@ def _small_keys() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sealing, "KEY_BITS", 2048)
         yield
+
+
+def create_keypair_together(directory: str, barrier: Any, key_bits: int, results: Any) -> None:
+    """A gateway's start in a process of its own (tests/unit/test_ts_keys.py): keys of `key_bits`, created
+    (or read) in `directory` once all the processes of `barrier` are there; the (public, private) PEMs go to
+    `results`."""
+    sealing.KEY_BITS = key_bits
+    barrier.wait(timeout=120)
+    results.put(sealing.ensure_gateway_keypair(Path(directory)))

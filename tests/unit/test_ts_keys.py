@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli.main import app
+from services.ts_gateway import sealing
 from services.ts_gateway.keys import RETIRED_DIR, GatewayKeys, KeysError, rotate_gateway_key
 from services.ts_gateway.sealing import (
     PRIVATE_KEY_FILE,
@@ -22,7 +23,7 @@ from services.ts_gateway.sealing import (
     seal,
     sealed_key_id,
 )
-from tests.ts_support import CANARY, _small_keys  # noqa: F401  (_small_keys: autouse fixture)
+from tests.ts_support import CANARY, _small_keys, create_keypair_together  # noqa: F401  (_small_keys: autouse)
 
 
 def _public(directory: Path) -> bytes:
@@ -109,20 +110,29 @@ def test_flows_ts_rotate_key_rotates_the_key_of_the_configured_folder(tmp_path: 
     assert result.exit_code == 1 and "there is no gateway key in" in " ".join(result.output.split())
 
 
-def _create_at(directory: str, start: float) -> tuple[bytes, bytes]:
-    while time.time() < start:
-        time.sleep(0.001)
-    return ensure_gateway_keypair(Path(directory))
-
-
 def test_gateway_replicas_starting_together_create_one_key_pair_and_all_read_it_whole(tmp_path: Path) -> None:
     """`flows stack up --replicas N` starts N gateways on one keys folder at once: each creates the pair when
-    it is missing. Four real processes, released at the same instant, must end with one pair, read whole."""
+    it is missing. Four real processes, released at the same instant, must end with one pair, read whole.
+
+    Spawned, not forked: this pytest process has threads by now (two idle executor threads of an event loop),
+    and a forked pool's child hung once in a full run (its terminate waited 300 s for a child): a child forked
+    from a threaded process may inherit a lock held by a thread that does not exist in it."""
     import multiprocessing
 
-    start = time.time() + 0.5
-    with multiprocessing.get_context("fork").Pool(4) as workers:  # fork: the children keep the small test keys
-        pairs = workers.starmap(_create_at, [(str(tmp_path), start)] * 4)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(4), ctx.Queue()
+    workers = [ctx.Process(target=create_keypair_together, args=(str(tmp_path), barrier, sealing.KEY_BITS, results))
+               for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        pairs = [results.get(timeout=120) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.kill()
+    assert [w.exitcode for w in workers] == [0] * 4
     assert len(set(pairs)) == 1
     assert pairs[0] == (_public(tmp_path), (tmp_path / PRIVATE_KEY_FILE).read_bytes())
     assert stat.S_IMODE((tmp_path / PRIVATE_KEY_FILE).stat().st_mode) == 0o600
