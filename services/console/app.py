@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import asyncpg
 import pydantic
@@ -43,6 +42,7 @@ from starlette.datastructures import UploadFile
 
 from contracts import flows
 from contracts.deadlines import (
+    ITALY,
     DeadlineDataInvalid,
     DeadlineDataMissing,
     deadlines_for_month,
@@ -99,7 +99,7 @@ from services.ts_gateway.sealing import PUBLIC_KEY_FILE
 HERE = Path(__file__).resolve().parent
 log = structlog.get_logger("console")
 VENDOR = "/static/vendor/bootstrap-italia-2.18.3"
-ROME = ZoneInfo("Europe/Rome")
+ROME = ITALY
 PAGE_SIZE = 50
 FILE_PAGE = 100
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
 
+from contracts.deadlines import ITALY, italian_today
 from contracts.onboarding import (
     CompletenessChanged,
     DocumentAssessed,
@@ -37,7 +37,7 @@ from services.onboarding.findings import Finding
 from services.onboarding.requirements import Requirements
 from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow, judge_switch
 
-ROME = ZoneInfo("Europe/Rome")
+ROME = ITALY
 HANDLING_WEEKS = (4, 6)  # seed 003: "circa 4-6 settimane" from the complete, compliant documentation
 AGGREGATIONS = {RequestKind.NEW_AGGREGATION, RequestKind.AGGREGATOR_REGISTRY_CHANGE}
 SUMMARY_PROBLEMS_PER_DOCUMENT = 1  # the summary shows one; the event's `non_compliant` holds them all
@@ -135,7 +135,7 @@ class OnboardingRequest:
 
 
 def local_date(moment: datetime) -> date:
-    return moment.astimezone(ROME).date()
+    return italian_today(moment)
 
 
 # -- decisions ------------------------------------------------------------------------------------

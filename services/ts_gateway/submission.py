@@ -33,8 +33,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from zoneinfo import ZoneInfo
 
+from contracts.deadlines import ITALY
 from contracts.states import IllegalTransition  # one exception for every illegal state change
 
 
@@ -212,7 +212,7 @@ RecoveryDecision = Adopt | Resend | AskOperator
 # Clocks of the gateway and of TS differ; a send is ours if TS saw it at most this long before we
 # recorded "sending" (we write "sending" before the call, so TS can only be later, minus skew).
 CLOCK_SKEW = timedelta(minutes=5)
-TS_ZONE = ZoneInfo("Europe/Rome")  # Sistema TS writes its times in Italian local time
+TS_ZONE = ITALY  # Sistema TS writes its times in Italian local time
 
 
 def parse_data_invio(text: str) -> tuple[datetime | None, date]:
