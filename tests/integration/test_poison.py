@@ -133,6 +133,7 @@ POISON: dict[str, tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, str
     "body not JSON": (b"k", b"\x00\xff not json {", None, None, "not JSON"),
 }
 
+
 @pytest.mark.parametrize("kind", list(POISON))
 async def test_a_poison_message_is_dead_lettered_with_its_bytes_and_the_next_one_processed(
         service: Service, kind: str) -> None:
