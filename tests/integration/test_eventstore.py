@@ -47,6 +47,17 @@ async def pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[asyncp
 
 
 @pytest.fixture
+async def own_pool(tmp_path: Path) -> AsyncIterator[asyncpg.Pool]:
+    """A database of this test alone, with the foundation migrations: the migration tests change what is applied
+    (one adds a later file), so on the module's database each saw what the one before it left."""
+    async for url in _fresh_database("migrations"):
+        pool = await create_pool(url, min_size=1, max_size=2)
+        await migrate(pool, foundation_migrations(tmp_path / "foundation"))
+        yield pool
+        await pool.close()
+
+
+@pytest.fixture
 def store(pool: asyncpg.Pool) -> EventStore:
     return EventStore(pool, source="/flows/test")
 
@@ -58,7 +69,8 @@ def load_checked(rows: int, **extra: object) -> NewEvent:
 # --- migrations ---------------------------------------------------------------------------------
 
 
-async def test_migrations_are_recorded_and_applied_only_once(pool: asyncpg.Pool, tmp_path: Path) -> None:
+async def test_migrations_are_recorded_and_applied_only_once(own_pool: asyncpg.Pool, tmp_path: Path) -> None:
+    pool = own_pool
     recorded = await pool.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     assert [(r["version"], r["name"]) for r in recorded] == [
         (1, "event_store"), (2, "outbox"), (3, "processed_message")]
@@ -66,7 +78,8 @@ async def test_migrations_are_recorded_and_applied_only_once(pool: asyncpg.Pool,
 
 
 async def test_migrations_pick_up_later_files_and_refuse_an_edited_applied_one(
-        pool: asyncpg.Pool, tmp_path: Path) -> None:
+        own_pool: asyncpg.Pool, tmp_path: Path) -> None:
+    pool = own_pool
     folder = foundation_migrations(tmp_path / "migrations")
     (folder / "0010_instance_list.sql").write_text("CREATE TABLE instance_list (instance int PRIMARY KEY);")
     assert await migrate(pool, folder) == ["0010_instance_list.sql"]
@@ -75,7 +88,8 @@ async def test_migrations_pick_up_later_files_and_refuse_an_edited_applied_one(
         await migrate(pool, folder)
 
 
-async def test_migrations_refuse_two_files_with_the_same_number(tmp_path: Path, pool: asyncpg.Pool) -> None:
+async def test_migrations_refuse_two_files_with_the_same_number(tmp_path: Path, own_pool: asyncpg.Pool) -> None:
+    pool = own_pool
     (tmp_path / "0011_files.sql").write_text("SELECT 1;")
     (tmp_path / "0011_onboarding.sql").write_text("SELECT 1;")
     with pytest.raises(MigrationError, match="0011 is used twice"):

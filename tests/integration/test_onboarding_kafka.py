@@ -20,6 +20,8 @@ from services.onboarding.projection import DashboardProjection, dashboard
 from services.onboarding.requirements import load_requirements
 from services.onboarding.switch import SwitchCalendar, load_patron_days
 from services.runtime.host import runtime, serve
+from services.runtime.kafkaadmin import admin_client
+from services.runtime.kafkaread import assign, observer
 from tests.integration.outage_loader import start_at_the_end
 
 pytestmark = pytest.mark.integration
@@ -93,7 +95,7 @@ async def test_a_portal_request_is_taken_in_charge_and_its_switch_scheduled(sett
                           RequestComplete(request_id=unknown, completed_on=now.date()))
 
             row = await wait_for(lambda: _row(rt.pool, rid, "switch-scheduled"))
-            await asyncio.sleep(3)  # let our own outbox echoes come back through the consumer
+            await _echoes_consumed(rt.pool, cfg.kafka_bootstrap, group)  # they come back through our consumers
             events = await rt.store.read_stream(f"onboarding-{rid}")
         finally:
             stop.set()
@@ -107,6 +109,44 @@ async def test_a_portal_request_is_taken_in_charge_and_its_switch_scheduled(sett
     assert types[-3:] == ["request-complete", "taken-in-charge", "switch-scheduled"] and len(types) == 14
     reasons = await _dead_letter_reasons(cfg.kafka_bootstrap, "onboarding.request-complete.dlq", unknown)
     assert any(f"request {unknown}: not found" in r for r in reasons)
+
+
+async def _echoes_consumed(pool, bootstrap: str, group: str) -> None:  # type: ignore[no-untyped-def]
+    """Our outbox published every event recorded so far, and each of the service's groups has handled its
+    topic up to the end offsets read then (commits follow the handling: AckPolicy.NACK_ON_ERROR): the echoes
+    of our own events went through the consumers."""
+    await wait_for(lambda: _none_unpublished(pool))
+    async with observer(bootstrap) as consumer:
+        parts = await assign(consumer, list(SUBSCRIPTIONS))
+        ends = await consumer.end_offsets(parts)
+    assert {tp.topic for tp in parts} == set(SUBSCRIPTIONS), parts
+    admin = admin_client(bootstrap)
+    await admin.start()
+    try:
+        async def behind() -> dict[str, int]:
+            left: dict[str, int] = {}
+            for topic in SUBSCRIPTIONS:
+                committed = await admin.list_consumer_group_offsets(f"{group}.{topic.removeprefix('onboarding.')}")
+                for tp in (tp for tp in parts if tp.topic == topic):
+                    done = committed[tp].offset if tp in committed else -1
+                    if done < ends[tp]:
+                        left[f"{tp.topic}[{tp.partition}]"] = ends[tp] - max(done, 0)
+            return left
+
+        async def caught_up() -> bool:
+            return not await behind()
+
+        try:
+            await wait_for(caught_up, timeout=120)
+        except TimeoutError:
+            raise AssertionError(f"the service's groups never handled their topics to the end: {await behind()}"
+                                 ) from None
+    finally:
+        await admin.close()
+
+
+async def _none_unpublished(pool) -> bool:  # type: ignore[no-untyped-def]
+    return not await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
 
 
 async def _row(pool, rid: str, status: str | None = None):  # type: ignore[no-untyped-def]

@@ -127,9 +127,13 @@ async def test_postgres_stopped_for_30_s_under_intake_and_loads_dead_letters_not
     request_ids = {str(r.request_id) for r in requests}
 
     ce_ids = await _publish(before)
-    async with asyncio.timeout(90):  # the loader is up and consuming
-        while sum((await _count(loader.database_url, generation.prefix)).values()) < len(before):
-            await asyncio.sleep(0.3)
+    try:
+        async with asyncio.timeout(90):  # the loader is up and consuming (a hang guard)
+            while sum((await _count(loader.database_url, generation.prefix)).values()) < len(before):
+                await asyncio.sleep(0.3)
+    except TimeoutError:
+        raise AssertionError(f"the records published before the outage were never all stored: "
+                             f"{await _count(loader.database_url, generation.prefix)} of {len(before)}") from None
     log_before = loader.log.stat().st_size
     outage_started = time.monotonic()
     async with postgres_down():
@@ -141,13 +145,19 @@ async def test_postgres_stopped_for_30_s_under_intake_and_loads_dead_letters_not
     outage_s = time.monotonic() - outage_started
 
     recovered = time.monotonic()
-    async with asyncio.timeout(180):
-        while True:
-            stored = await _count(loader.database_url, generation.prefix)
-            outcomes = await _outcomes(loader.database_url, start)
-            if stored == expected and len(outcomes) == 3 and set(outcomes.values()) <= OUTCOMES:
-                break
-            await asyncio.sleep(0.5)
+    stored: dict[str, int] = {}
+    outcomes: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(180):  # a hang guard, no speed target
+            while True:
+                stored = await _count(loader.database_url, generation.prefix)
+                outcomes = await _outcomes(loader.database_url, start)
+                if stored == expected and len(outcomes) == 3 and set(outcomes.values()) <= OUTCOMES:
+                    break
+                await asyncio.sleep(0.5)
+    except TimeoutError:
+        raise AssertionError(f"never caught up after PostgreSQL came back: stored {stored} of {expected}, loads "
+                             f"{outcomes}; loader log tail:\n{loader.log.read_text()[-3000:]}") from None
     catch_up_s = time.monotonic() - recovered
     dead = await _dead_letters(generation.prefix, request_ids)
     conn = await asyncpg.connect(loader.database_url)

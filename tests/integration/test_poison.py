@@ -2,8 +2,9 @@
 
 Each poison message is published as raw bytes with a plain aiokafka producer, then a valid message
 on the SAME partition. For each: the dead letter holds the original key, headers and body bytes and
-a bounded reason; the valid message is processed within 10 s; the service's log (its stderr, in a
-file) grows by under 1 MB. The figures of each class are printed (`pytest -s`) for the issue's note.
+a bounded reason; the valid message is processed, the poison dead-lettered before it (the partition moves
+on past the poison, in order); the service's log (its stderr, in a file) grows by under 1 MB. How fast is not
+asserted (no timed tests): the waits only stop a hang. The figures of each class are printed (`pytest -s`).
 """
 
 from __future__ import annotations
@@ -20,18 +21,19 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from contracts.envelope import Envelope
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_REASON_MAX
 from tests.isolation import logged_process, scratch_database
+from tests.kafka_topics import records_now_on
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
 
 PARTITION = 0
-NEXT_WITHIN_S = 10.0
+HANG_S = 120.0  # a wait gives up after this, naming what never happened; it is no speed target
 LOG_GROWTH_MAX = 1_000_000
 
 
@@ -59,14 +61,14 @@ async def _create_topics(topic: str) -> None:
         await admin.close()
 
 
-async def _wait_for(service: Service, source_id: str, within: float) -> float:
+async def _wait_for(service: Service, source_id: str) -> None:
+    """Until the service processed `source_id`; after HANG_S the test fails: the partition is blocked."""
     started = time.monotonic()
     while source_id not in service.seen():
-        if time.monotonic() - started > within:
-            raise AssertionError(f"{source_id} not processed within {within} s; log tail:\n"
+        if time.monotonic() - started > HANG_S:
+            raise AssertionError(f"{source_id} never processed (the partition is blocked); log tail:\n"
                                  f"{service.log.read_text()[-3000:]}")
         await asyncio.sleep(0.05)
-    return time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,7 @@ async def service(stack, tmp_path_factory) -> AsyncIterator[Service]:  # type: i
         async with logged_process(svc.log, "-m", "tests.integration.poison_consumer", topic, f"poison-{topic}", url,
                                   KAFKA, str(svc.processed), env={**os.environ}):
             await _publish(topic, b"warm-up", _body("warm-up"))
-            await _wait_for(svc, "warm-up", within=60)  # the group is joined
+            await _wait_for(svc, "warm-up")  # the group is joined
             yield svc
 
 
@@ -103,21 +105,14 @@ async def _publish(topic: str, key: bytes | None, value: bytes,
         await producer.stop()
 
 
-async def _dead_letter(topic: str, offset: int, within: float = 20.0) -> Any:
-    consumer = AIOKafkaConsumer(f"{topic}.dlq", bootstrap_servers=KAFKA, group_id=f"probe-{uuid.uuid4().hex}",
-                                auto_offset_reset="earliest", enable_auto_commit=False,
-                                fetch_max_bytes=4 * DLQ_MAX_MESSAGE_BYTES,
-                                max_partition_fetch_bytes=4 * DLQ_MAX_MESSAGE_BYTES)
-    await consumer.start()
-    try:
-        async with asyncio.timeout(within):
-            while True:
-                for records in (await consumer.getmany(timeout_ms=300)).values():
-                    for record in records:
-                        if dict(record.headers).get("dlq_original_offset") == str(offset).encode():
-                            return record
-    finally:
-        await consumer.stop()
+async def _dead_letter_now(topic: str, offset: int) -> Any:
+    """The dead letter of the message at `offset`, among the records on the DLQ NOW (no waiting: the test reads
+    it once the next message was processed, and the consumer dead-letters a poison before it moves on)."""
+    found = [r for r in await records_now_on(KAFKA, f"{topic}.dlq")
+             if dict(r.headers).get("dlq_original_offset") == str(offset).encode()]
+    assert len(found) == 1, (f"the message at offset {offset} is dead-lettered {len(found)} times by the time the "
+                             "next one was processed (skipped, or dead-lettered late or twice)")
+    return found[0]
 
 
 NESTED = b"[" * 200_000 + b"]" * 200_000
@@ -138,8 +133,6 @@ POISON: dict[str, tuple[bytes | None, bytes, list[tuple[str, bytes]] | None, str
     "body not JSON": (b"k", b"\x00\xff not json {", None, None, "not JSON"),
 }
 
-FIGURES: dict[str, tuple[float, int]] = {}
-
 
 @pytest.mark.parametrize("kind", list(POISON))
 async def test_a_poison_message_is_dead_lettered_with_its_bytes_and_the_next_one_processed(
@@ -151,12 +144,11 @@ async def test_a_poison_message_is_dead_lettered_with_its_bytes_and_the_next_one
     published = time.monotonic()
     following = f"after-{uuid.uuid4().hex[:6]}"
     await _publish(service.topic, b"k", _body(following))
-    await _wait_for(service, following, within=NEXT_WITHIN_S)
+    await _wait_for(service, following)  # the poison did not block its partition
     seconds = time.monotonic() - published  # from the poison's publication to the next one processed
-    dead = await _dead_letter(service.topic, offset)
+    dead = await _dead_letter_now(service.topic, offset)  # and it was dead-lettered before the next one
     await asyncio.sleep(0.2)  # a line written just after the next message would still count
     growth = service.log.stat().st_size - log_before
-    FIGURES[kind] = (seconds, growth)
     print(f"\npoison {kind!r}: next message processed after {seconds:.2f} s, log grew {growth} bytes")
 
     assert (dead.key, dead.value) == (key, body)  # the original bytes, untouched
@@ -188,7 +180,7 @@ async def test_the_rejection_hook_recorded_the_rejected_records_without_their_va
     await _publish(service.topic, b"k", _body(["x" * 1000] * 500, 0))  # type: ignore[arg-type]  # a source_id not a short string
     following = f"after-{uuid.uuid4().hex[:6]}"
     await _publish(service.topic, b"k", _body(following))
-    await _wait_for(service, following, within=NEXT_WITHIN_S)  # the hook ran for both before it
+    await _wait_for(service, following)  # the hook ran for both before it
     datas = (await _rejections(service))[len(before):]
     assert len(datas) == 2, datas
     assert all(len(json.dumps(d)) < 5 * DLQ_REASON_MAX for d in datas)  # a 1 MB record: a bounded event
@@ -217,7 +209,7 @@ async def test_consecutive_messages_one_rejected_log_with_their_own_ids_only(ser
         key, headers = f"ids-{uuid.uuid4().hex[:8]}-{n}", _headers(service.topic)
         sent.append((key, dict(headers)["ce_id"].decode()))
         await _publish(service.topic, key.encode(), body, headers)
-    await _wait_for(service, "ids-ok-2", within=NEXT_WITHIN_S)
+    await _wait_for(service, "ids-ok-2")
     await asyncio.sleep(0.3)  # the last message's lines are flushed
     lines = _log_lines(service, log_before)
     ids = dict(sent)

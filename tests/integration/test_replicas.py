@@ -216,10 +216,14 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
                                for r in requests))
 
         # loader-1 is killed in its third load: after the snapshot, before the checks and the outcome.
-        async with asyncio.timeout(90):
-            while len(started := loader_1.lines("load.started")) < KILL_IN_LOAD:
-                assert loader_1.process.returncode is None, loader_1.log.read_text()[-3000:]
-                await asyncio.sleep(0.05)
+        try:
+            async with asyncio.timeout(90):  # a hang guard, no speed target
+                while len(started := loader_1.lines("load.started")) < KILL_IN_LOAD:
+                    assert loader_1.process.returncode is None, loader_1.log.read_text()[-3000:]
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"loader-1 never started its load {KILL_IN_LOAD}: "
+                                 f"{len(loader_1.lines('load.started'))} started") from None
         victim = int(started[KILL_IN_LOAD - 1]["instance"])
         first_snapshot = int(started[KILL_IN_LOAD - 1]["snapshot"])
         os.kill(loader_1.process.pid, signal.SIGKILL)
@@ -228,9 +232,14 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
         assert (await _states(url))[victim] == InstanceState.RUNNING.value  # killed in the middle of it
         assert not [r for r in loader_1.lines("load.finished") if int(r["instance"]) == victim]
 
-        async with asyncio.timeout(60):  # the other loader takes the load over
-            while not [r for r in loader_2.lines("load.started") if int(r["instance"]) == victim]:
-                await asyncio.sleep(0.1)
+        try:
+            async with asyncio.timeout(120):  # the other loader takes the load over (a hang guard, no speed target)
+                while not [r for r in loader_2.lines("load.started") if int(r["instance"]) == victim]:
+                    assert loader_2.process.returncode is None, loader_2.log.read_text()[-3000:]
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise AssertionError(f"loader-2 never took over the load of instance {victim} after loader-1 was killed:"
+                                 f"\n{loader_2.log.read_text()[-3000:]}") from None
         takeover_s = time.monotonic() - killed_at
         await _wait_for(url, InstanceState.CHECKED, len(LOADS), replicas, limit_s=120)
         all_checked_s = time.monotonic() - killed_at

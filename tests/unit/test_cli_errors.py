@@ -60,20 +60,6 @@ def test_an_entity_without_structures_is_named_when_generating(tmp_path) -> None
     assert out.startswith("error: ente 999: no structures in contracts/data/structures.csv")
 
 
-def test_send_730_refuses_an_instance_before_asking_for_any_credential(monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.cli import ts
-    from services.cli.common import UserError
-
-    async def refuse(instance: int) -> None:
-        raise UserError(f"instance {instance} is FLUSSO_C: only 730 instances are sent to Sistema TS")
-
-    monkeypatch.setattr(ts, "check_sendable", refuse)
-    result = runner.invoke(app, ["send-730", "1947"], input="SHOULD-NOT-BE-READ\n" * 5)
-    assert result.exit_code == 1
-    assert "only 730 instances are sent to Sistema TS" in result.output
-    assert "C.F. proprietario" not in result.output and "TS password" not in result.output
-
-
 @pytest.mark.parametrize("option", [["--services", "-5"], ["--services", "0"], ["--bad", "-1"]])
 def test_a_negative_count_when_generating_is_a_usage_error_naming_the_option(tmp_path: Path,
                                                                             option: list[str]) -> None:
