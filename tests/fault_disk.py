@@ -57,11 +57,12 @@ def mounted(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def small_disk(path: Path, size_kb: int) -> Iterator[SmallDisk]:
-    """A tmpfs of `size_kb` KB mounted on `path` (created if needed), unmounted on the way out."""
+def small_disk(path: Path, size_kb: int, inodes: int | None = None) -> Iterator[SmallDisk]:
+    """A tmpfs of `size_kb` KB (and `inodes` files and folders, when given) mounted on `path` (created if
+    needed), unmounted on the way out."""
     path.mkdir(parents=True, exist_ok=True)
-    _mount_cmd(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0755", "tmpfs", str(path)],
-               f"mount a {size_kb} KB tmpfs on {path}")
+    options = f"size={size_kb}k,mode=0755" + (f",nr_inodes={inodes}" if inodes else "")
+    _mount_cmd(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], f"mount a {size_kb} KB tmpfs on {path}")
     try:
         yield SmallDisk(path)
     finally:
