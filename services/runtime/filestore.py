@@ -43,6 +43,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
 
+from prometheus_client import Gauge
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DIRECT_BYTES = 4 * 1024 * 1024  # the aligned buffer of a large file's writer: a multiple of any block size
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -294,6 +296,9 @@ def _os_error(exc: BaseException | None) -> OSError:
 SPACE_WAIT_INITIAL_S = 5.0
 SPACE_WAIT_CAP_S = 300.0
 SPACE_FREED_MARGIN = 1024 * 1024  # free space grown by more than this since the failure: retry at once
+# On each service's /metrics; deploy/observability/alerts.yml (FileStoreFull) alerts on it.
+STORE_WAITING = Gauge("flows_file_store_waiting", "Instances of this process waiting for space on a full file store",
+                      ("path",))
 
 
 @dataclass
@@ -318,10 +323,16 @@ class SpaceWaits:
     first success after waiting writes `store.space_again` (attempts, waited_s). Nothing blocks meanwhile: the
     handler returns, the partition and the other instances go on. The state is per process: after a restart,
     or on another replica, the first attempt finds out again (one more line), then backs off the same way.
+
+    Where the operator sees it: the log lines, and the gauge `flows_file_store_waiting{path}` on the service's
+    /metrics (the alert FileStoreFull). Not in the instance's history: the hash-chained, audited history
+    records what happened to the instance, and a full disk happened to the platform; the instance's state
+    (still Formatting in progress / Running) is true, and what it waits for is in the service's figures.
     """
 
     log: Any
     waiting: dict[int, _Waiting] = field(default_factory=dict)
+    _published: set[str] = field(default_factory=set)  # the paths of the gauge this process has set
 
     def due(self, key: int) -> bool:
         wait = self.waiting.get(key)
@@ -344,6 +355,7 @@ class SpaceWaits:
         wait.needed = max(wait.needed, full.written if full is not None else 0)
         delay = min(SPACE_WAIT_INITIAL_S * 2 ** (wait.attempts - 1), SPACE_WAIT_CAP_S)
         wait.next_at = time.monotonic() + delay
+        self._publish()
         self.log.warning("store.full", path=str(root), instance=key, free_bytes=wait.free,
                          written_before_full=wait.needed, attempt=wait.attempts, retry_in_s=delay,
                          error=f"{type(cause).__name__}: [Errno {cause.errno}] {cause.strerror}", **context)
@@ -351,13 +363,22 @@ class SpaceWaits:
 
     def forget(self, key: int) -> None:
         """The work is no longer this process's (done elsewhere, deleted): no line."""
-        self.waiting.pop(key, None)
+        if self.waiting.pop(key, None) is not None:
+            self._publish()
 
     def done(self, key: int) -> None:
         wait = self.waiting.pop(key, None)
         if wait is not None:
+            self._publish()
             self.log.info("store.space_again", path=str(wait.root), instance=key, attempts=wait.attempts,
                           waited_s=round(time.monotonic() - wait.since, 1))
+
+
+    def _publish(self) -> None:
+        roots = {str(w.root) for w in self.waiting.values()} | set(self._published)
+        for root in roots:
+            STORE_WAITING.labels(path=root).set(sum(str(w.root) == root for w in self.waiting.values()))
+        self._published = roots
 
 
 def _chain(exc: BaseException | None) -> list[BaseException]:

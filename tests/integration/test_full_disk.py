@@ -183,6 +183,15 @@ def _assert_backed_off(lines: list[dict[str, Any]], disk: SmallDisk, instance: i
     assert len(lines) <= 4, [(line["timestamp"], line["retry_in_s"]) for line in lines]
 
 
+async def _waiting_figure(service: Service, disk: SmallDisk) -> float | None:
+    """flows_file_store_waiting{path=<the store>} on the service's /metrics (what FileStoreFull alerts on)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with session.get(f"http://127.0.0.1:{service.health_port}/metrics") as response:
+            text = await response.text()
+    prefix = f'flows_file_store_waiting{{path="{disk.path}"}} '
+    return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), None)
+
+
 def _file_checks(disk: SmallDisk, ref: dict[str, Any]) -> bytes:
     path = disk.path / "sha256" / ref["sha256"][:2] / ref["sha256"][2:]
     data = path.read_bytes()
@@ -235,6 +244,7 @@ async def test_the_formatter_waits_for_space_on_a_full_store_and_finishes_the_fi
         lines = _full_lines(formatter, big)
         _assert_backed_off(lines, disk, big)
         assert flows.TYPE_OF[flows.FormatFailed] not in [t for t, _ in await _events(url, big)]
+        assert await _waiting_figure(formatter, disk) == 1.0  # the operator's alert (FileStoreFull)
 
         disk.grow(ROOMY_KB)
         freed_at = time.monotonic()
@@ -243,6 +253,7 @@ async def test_the_formatter_waits_for_space_on_a_full_store_and_finishes_the_fi
         resumed_s = time.monotonic() - freed_at
         history = await _events(url, big)
         resumed = [r for r in formatter.lines("store.space_again") if r.get("instance") == big]
+        assert await _waiting_figure(formatter, disk) == 0.0
         snapshot = next(d for t, d in history if t == flows.TYPE_OF[flows.LoadChecked])["source_instance"]
         conn = await asyncpg.connect(url)
         try:
@@ -311,6 +322,7 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
         _store_is_whole(disk)
         lines = _full_lines(loader, big)
         _assert_backed_off(lines, disk, big)
+        assert await _waiting_figure(loader, disk) == 1.0
         started = [r for r in loader.lines("load.started") if r.get("instance") == big]
         assert len(started) == 1, f"the load was started again (a new snapshot) instead of waiting: {started}"
 
