@@ -11,8 +11,8 @@ A full file store while the feedback file is written is not a Failed loading: th
 the snapshot and its checked problems are kept in this process (`LoaderDeps.checked`), and the next pass
 writes only the feedback once space is freed, backed off meanwhile (services.runtime.filestore.SpaceWaits:
 one `store.full` warning per attempt, naming the store's path and the instance). The handler returns at once,
-so the partition and the other loads go on. After a restart (the kept snapshot is this process's memory) the
-load runs again from a new snapshot, as after a crash.
+so the partition and the other loads go on. After a restart, or on another replica (the kept snapshot is
+this process's memory), the load runs again from a new snapshot, as after a crash, then waits the same way.
 """
 
 from __future__ import annotations
