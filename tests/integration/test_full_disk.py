@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -87,34 +88,53 @@ async def _seed(url: str, loads: list[tuple[str, str, int, int]]) -> None:
         await conn.close()
 
 
-@contextlib.asynccontextmanager
-async def _services(url: str, files: Path, tmp_path: Path, *names: str) -> AsyncIterator[dict[str, Service]]:
-    """The real loader / formatter processes on `url` and the file store `files`, ready (their /readyz)."""
-    suffix = uuid.uuid4().hex[:8]
-    await start_at_the_end(KAFKA, f"loader-{suffix}", ["flows.load-requested"])
-    await start_at_the_end(KAFKA, f"loader-sources-{suffix}", [t.name for t in INTAKE_TOPICS])
-    await start_at_the_end(KAFKA, f"formatter-{suffix}", ["flows.format-requested"])
-    async with contextlib.AsyncExitStack() as running:
-        services: dict[str, Service] = {}
-        for n, name in enumerate(names):
-            port = free_port(300 + 20 * n, 320 + 20 * n)
-            env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
-                   "FLOWS_FILES_DIR": str(files), "FLOWS_REPLICA": name, "FLOWS_HEALTH_PORT": str(port),
-                   "PYTHONUNBUFFERED": "1"}
-            log = tmp_path / f"{name}.log"
-            process = await running.enter_async_context(
-                logged_process(log, "-m", "tests.integration.replica_service", name, suffix, env=env))
-            services[name] = Service(name, log, port, process)
+class Services(dict[str, Service]):
+    """The real loader / formatter processes of a test, by name; `restart` kills one with SIGKILL and starts
+    another in its place (same groups, same store)."""
+
+    def __init__(self, running: contextlib.AsyncExitStack, url: str, files: Path, tmp_path: Path) -> None:
+        super().__init__()
+        self.running, self.url, self.files, self.tmp_path = running, url, files, tmp_path
+        self.suffix = uuid.uuid4().hex[:8]
+        self.started = 0
+
+    async def start(self, name: str) -> Service:
+        port = free_port(300 + 20 * self.started, 320 + 20 * self.started)
+        self.started += 1
+        env = {**os.environ, "DATABASE_URL": self.url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
+               "FLOWS_FILES_DIR": str(self.files), "FLOWS_REPLICA": name, "FLOWS_HEALTH_PORT": str(port),
+               "PYTHONUNBUFFERED": "1"}
+        log = self.tmp_path / f"{name}-{self.started}.log"
+        process = await self.running.enter_async_context(
+            logged_process(log, "-m", "tests.integration.replica_service", name, self.suffix, env=env))
+        self[name] = service = Service(name, log, port, process)
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             async with asyncio.timeout(120):
-                for service in services.values():
-                    while True:
-                        assert service.process.returncode is None, service.tail()
-                        with contextlib.suppress(aiohttp.ClientError, OSError):
-                            async with session.get(f"http://127.0.0.1:{service.health_port}/readyz") as response:
-                                if response.status == 200:
-                                    break
-                        await asyncio.sleep(0.5)
+                while True:
+                    assert service.process.returncode is None, service.tail()
+                    with contextlib.suppress(aiohttp.ClientError, OSError):
+                        async with session.get(f"http://127.0.0.1:{service.health_port}/readyz") as response:
+                            if response.status == 200:
+                                return service
+                    await asyncio.sleep(0.5)
+
+    async def restart(self, name: str) -> Service:
+        old = self[name]
+        old.process.kill()
+        assert await old.process.wait() == -signal.SIGKILL
+        return await self.start(name)
+
+
+@contextlib.asynccontextmanager
+async def _services(url: str, files: Path, tmp_path: Path, *names: str) -> AsyncIterator[Services]:
+    """The real loader / formatter processes on `url` and the file store `files`, ready (their /readyz)."""
+    async with contextlib.AsyncExitStack() as running:
+        services = Services(running, url, files, tmp_path)
+        await start_at_the_end(KAFKA, f"loader-{services.suffix}", ["flows.load-requested"])
+        await start_at_the_end(KAFKA, f"loader-sources-{services.suffix}", [t.name for t in INTAKE_TOPICS])
+        await start_at_the_end(KAFKA, f"formatter-{services.suffix}", ["flows.format-requested"])
+        for name in names:
+            await services.start(name)
         yield services
 
 
@@ -192,6 +212,11 @@ async def _waiting_figure(service: Service, disk: SmallDisk) -> float | None:
     return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), None)
 
 
+def _stored_size(disk: SmallDisk, ref: dict[str, Any]) -> int:
+    """The space a stored file takes on the tmpfs (whole pages)."""
+    return (disk.path / "sha256" / ref["sha256"][:2] / ref["sha256"][2:]).stat().st_blocks * 512
+
+
 def _file_checks(disk: SmallDisk, ref: dict[str, Any]) -> bytes:
     path = disk.path / "sha256" / ref["sha256"][:2] / ref["sha256"][2:]
     data = path.read_bytes()
@@ -237,6 +262,7 @@ async def test_the_formatter_waits_for_space_on_a_full_store_and_finishes_the_fi
             instance=small, requested_by="test.fulldisk"), key=str(small))
         await _until("the small instance Formatted", _in_state(url, InstanceState.FORMATTED, "202"), services, 60)
         assert (await _instances(url))[big][0] == InstanceState.FORMATTING.value
+        small_files = (await _events(url, small))[-1][1]["files"]
 
         await asyncio.sleep(max(0.0, WAIT_S - (time.monotonic() - full_at)))
         assert (await _instances(url))[big][0] == InstanceState.FORMATTING.value
@@ -246,6 +272,17 @@ async def test_the_formatter_waits_for_space_on_a_full_store_and_finishes_the_fi
         assert flows.TYPE_OF[flows.FormatFailed] not in [t for t, _ in await _events(url, big)]
         assert await _waiting_figure(formatter, disk) == 1.0  # the operator's alert (FileStoreFull)
 
+        # The wait is this process's memory: a formatter killed while it waits (kill -9, between two attempts)
+        # loses no work: its successor finds the instance Formatting in progress and waits the same way.
+        formatter = await services.restart("formatter")
+
+        async def full_again() -> Any:
+            return _full_lines(formatter, big)
+        await _until("the new formatter finding the store full", full_again, services, 60)
+        assert (await _instances(url))[big][0] == InstanceState.FORMATTING.value
+        _store_is_whole(disk)
+        assert disk.free_bytes() == free_before - sum(_stored_size(disk, ref) for ref in small_files)
+
         disk.grow(ROOMY_KB)
         freed_at = time.monotonic()
         await _until("the big instance Formatted once space is freed",
@@ -253,6 +290,7 @@ async def test_the_formatter_waits_for_space_on_a_full_store_and_finishes_the_fi
         resumed_s = time.monotonic() - freed_at
         history = await _events(url, big)
         resumed = [r for r in formatter.lines("store.space_again") if r.get("instance") == big]
+        waited_again = _full_lines(formatter, big)
         assert await _waiting_figure(formatter, disk) == 0.0
         snapshot = next(d for t, d in history if t == flows.TYPE_OF[flows.LoadChecked])["source_instance"]
         conn = await asyncpg.connect(url)
@@ -270,7 +308,7 @@ async def test_the_formatter_waits_for_space_on_a_full_store_and_finishes_the_fi
     types = [t for t, _ in history]
     assert flows.TYPE_OF[flows.FormatFailed] not in types
     assert types[-1] == flows.TYPE_OF[flows.Formatted] and types.count(flows.TYPE_OF[flows.Formatted]) == 1
-    assert resumed and resumed[0]["attempts"] == len(lines), resumed
+    assert resumed and resumed[0]["attempts"] == len(waited_again), resumed
     assert sorted(files) == ["C1", "C2"]
     for kind, ref in files.items():
         data = stored[kind]
@@ -325,6 +363,19 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
         assert await _waiting_figure(loader, disk) == 1.0
         started = [r for r in loader.lines("load.started") if r.get("instance") == big]
         assert len(started) == 1, f"the load was started again (a new snapshot) instead of waiting: {started}"
+        assert len([r for r in loader.lines("load.feedback_again") if r.get("instance") == big]) == len(lines) - 1
+
+        # A loader killed while it waits (kill -9, between two attempts) loses no work: its successor finds the
+        # load Running, takes a snapshot of its own (the kept one was the dead process's memory) and waits.
+        loader = await services.restart("loader")
+
+        async def full_again() -> Any:
+            return _full_lines(loader, big)
+        await _until("the new loader finding the store full", full_again, services, 60)
+        assert (await _instances(url))[big][0] == InstanceState.RUNNING.value
+        _store_is_whole(disk)
+        assert disk.free_bytes() == free_before - _stored_size(disk, small_feedback)
+        started = [r for r in loader.lines("load.started") if r.get("instance") == big]
 
         disk.grow(ROOMY_KB)
         freed_at = time.monotonic()
@@ -333,6 +384,7 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
         resumed_s = time.monotonic() - freed_at
         history = await _events(url, big)
         resumed = [r for r in loader.lines("store.space_again") if r.get("instance") == big]
+        waited_again = _full_lines(loader, big)
         _store_is_whole(disk)
         ref = history[-1][1]["feedback"]
         data = _file_checks(disk, ref)
@@ -341,10 +393,10 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
           f"{[r['retry_in_s'] for r in lines]}); Failed loading {resumed_s:.1f} s after the space was freed")
     failed = history[-1][1]
     assert [t for t, _ in history] == [flows.TYPE_OF[flows.LoadRunning], flows.TYPE_OF[flows.LoadFailed]]
-    assert failed["source_instance"] == started[0]["snapshot"]  # the snapshot of the first attempt, kept
+    assert len(started) == 1 and failed["source_instance"] == started[0]["snapshot"]  # its first, kept
     # the planted problems (a few bad records fall on the same prescription, one error for them all)
     assert failed["errors"] >= 500 and "could not complete" not in failed["summary"], failed
-    assert resumed and resumed[0]["attempts"] == len(lines), resumed
+    assert resumed and resumed[0]["attempts"] == len(waited_again), resumed
     lines_in_file = data.decode().splitlines()
     assert lines_in_file[0] == "record_key;field;code;severity;message"
     assert len(lines_in_file) - 1 == ref["records"] == failed["errors"] + failed["warnings"], ref
