@@ -24,11 +24,14 @@ temporary file, a write, the flush, the fsync, the folder of the final name) the
 file, so a failed attempt leaves no bytes behind to fill the disk further, and raises `StoreFull` (an OSError,
 errno kept), which names the store's folder and how far the file got. The services wait for space instead
 of failing the work (`SpaceWaits`: per instance, backed off, retried at once when the free space grows).
+A temporary file can only outlive its writer when the process dies mid-file (kill -9): `sweep_temporaries`
+removes those not written for STALE_TEMPORARY_S, at every service start and whenever the store is full.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -48,6 +51,10 @@ from prometheus_client import Gauge
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DIRECT_BYTES = 4 * 1024 * 1024  # the aligned buffer of a large file's writer: a multiple of any block size
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# A temporary file nobody has written for this long was left by a writer that died mid-file (kill -9, power
+# loss): every writer of the store writes its file continuously from a stream (a COPY, a local file), so a
+# live one never pauses near this long. Removed at service start and whenever the store is found full.
+STALE_TEMPORARY_S = 1800.0
 
 
 class StoreFull(OSError):
@@ -103,6 +110,25 @@ class FileStore:
     def writer(self) -> FileWriter:
         """A BinaryIO-like sink: `with store.writer() as w: w.write(b)`; then `w.sha256`, `w.size`."""
         return FileWriter(self)
+
+    def sweep_temporaries(self, older_than_s: float = STALE_TEMPORARY_S) -> list[tuple[Path, int]]:
+        """Removes the temporary files not written for `older_than_s` (see STALE_TEMPORARY_S): (path, bytes)
+        of each. A writer's own failure removes its file itself; these are what a killed process left."""
+        removed: list[tuple[Path, int]] = []
+        try:
+            entries = list(os.scandir(self.root / "tmp"))
+        except FileNotFoundError:
+            return removed
+        now = time.time()
+        for entry in entries:
+            if not entry.name.startswith("part-"):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = entry.stat(follow_symlinks=False)
+                if now - st.st_mtime > older_than_s:
+                    os.unlink(entry.path)
+                    removed.append((Path(entry.path), st.st_size))
+        return removed
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         with self.writer() as w:
@@ -351,6 +377,8 @@ class SpaceWaits:
         if wait is None:
             wait = self.waiting[key] = _Waiting(root, None, 0, time.monotonic())
         wait.attempts += 1
+        for path, size in FileStore(root).sweep_temporaries() if full is not None else ():
+            self.log.warning("store.stale_temporary_removed", path=str(path), bytes=size)
         wait.root, wait.free = root, free_bytes(root)
         wait.needed = max(wait.needed, full.written if full is not None else 0)
         delay = min(SPACE_WAIT_INITIAL_S * 2 ** (wait.attempts - 1), SPACE_WAIT_CAP_S)

@@ -12,11 +12,23 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
-from services.runtime.filestore import DIRECT_BYTES, FileStore, StoreFull, is_full
+from services.runtime.filestore import (
+    DIRECT_BYTES,
+    SPACE_WAIT_INITIAL_S,
+    STALE_TEMPORARY_S,
+    FileStore,
+    SpaceWaits,
+    StoreFull,
+    is_full,
+)
 from tests.fault_disk import SmallDisk, small_disk
 
 pytestmark = pytest.mark.integration
@@ -97,3 +109,60 @@ def test_no_inode_left_for_the_temporary_file_is_a_full_store_too(tmp_path: Path
                 w.write(b"never")
         _full(exc, disk)
         assert disk.files("tmp") == []
+
+
+def test_a_temporary_file_left_by_a_killed_writer_is_swept_once_stale_and_a_live_one_is_kept(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "files", size_kb=256) as disk:
+        store = FileStore(disk.path)
+        (disk.path / "tmp").mkdir()
+        left = disk.path / "tmp" / "part-killed"  # what a writer killed with SIGKILL mid-file leaves
+        left.write_bytes(b"k" * 200 * 1024)
+        stale = time.time() - STALE_TEMPORARY_S - 60
+        os.utime(left, (stale, stale))
+        live = disk.path / "tmp" / "part-live"
+        live.write_bytes(b"l" * 4096)
+        with pytest.raises(StoreFull):
+            store.put_bytes(b"d" * 100 * 1024)
+        assert store.sweep_temporaries() == [(left, 200 * 1024)]
+        assert disk.files("tmp") == [live]
+        sha, _ = store.put_bytes(b"d" * 100 * 1024)  # the space it held is the store's again
+        assert store.exists(sha)
+
+
+class _Lines:
+    """Collects what SpaceWaits logs (structlog's call shape)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.lines.append(("warning", event, kw))
+
+    def info(self, event: str, **kw: Any) -> None:
+        self.lines.append(("info", event, kw))
+
+
+def test_space_waits_back_off_and_retry_at_once_when_space_is_freed(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "files", size_kb=64) as disk:
+        store = FileStore(disk.path)
+        log = _Lines()
+        waits = SpaceWaits(log)
+        assert waits.due(7)  # nothing known: try
+        for attempt in (1, 2):
+            with pytest.raises(StoreFull) as full:
+                store.put_bytes(b"x" * 100 * 1024)
+            assert waits.failed(7, full.value) == SPACE_WAIT_INITIAL_S * attempt
+            assert not waits.due(7)  # backed off: not before the delay ...
+        assert [(level, event) for level, event, _ in log.lines] == [("warning", "store.full")] * 2
+        line = log.lines[-1][2]
+        assert line["path"] == str(disk.path) and line["instance"] == 7 and line["attempt"] == 2
+        assert "No space left on device" in line["error"] and line["free_bytes"] == disk.free_bytes()
+        assert REGISTRY.get_sample_value("flows_file_store_waiting", {"path": str(disk.path)}) == 1
+        disk.grow(4 * 1024)
+        assert waits.due(7)  # ... unless space was freed: then at once
+        store.put_bytes(b"x" * 100 * 1024)
+        waits.done(7)
+        assert log.lines[-1][:2] == ("info", "store.space_again") and log.lines[-1][2]["attempts"] == 2
+        assert REGISTRY.get_sample_value("flows_file_store_waiting", {"path": str(disk.path)}) == 0
+        waits.done(7)  # done twice, or for work that never waited: no line
+        assert len(log.lines) == 3
