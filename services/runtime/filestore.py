@@ -401,7 +401,6 @@ class SpaceWaits:
             self.log.info("store.space_again", path=str(wait.root), instance=key, attempts=wait.attempts,
                           waited_s=round(time.monotonic() - wait.since, 1))
 
-
     def _publish(self) -> None:
         roots = {str(w.root) for w in self.waiting.values()} | set(self._published)
         for root in roots:
