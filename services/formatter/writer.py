@@ -395,14 +395,19 @@ async def _write(conn: Any, snapshot_id: int, layout: Layout, sinks: dict[str, B
         for start, end in cuts:
             await queue.put((view[start:end], buffer))
 
+    copied = False
+
     async def produce() -> None:
+        nonlocal copied
         await conn.copy_from_query(copy_query(layout, snapshot_id), output=receive, format="text")
+        copied = True
         await queue.put((b"".join(received), None))  # the rest: whole lines, whole groups
         received.clear()
         await queue.put(None)
 
     # Either side may fail (a sink raising, the server going away): the other must not wait forever.
-    tasks = {asyncio.create_task(produce()), asyncio.create_task(consume())}
+    producer = asyncio.create_task(produce())
+    tasks = {producer, asyncio.create_task(consume())}
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
@@ -413,6 +418,11 @@ async def _write(conn: Any, snapshot_id: int, layout: Layout, sinks: dict[str, B
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if not copied:
+            # The COPY was abandoned (the worker or a sink failed, e.g. a full disk): asyncpg answers with a
+            # cancel request, and when the server had already sent everything that cancel never completes and
+            # the connection's next use (even a pool's reset) waits forever. Closed, it is never reused.
+            conn.terminate()
         worker.shutdown(wait=False)  # a chunk still on the thread finishes by itself
         renderers.shutdown(wait=False)
     return pipeline.finish()

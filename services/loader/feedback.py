@@ -109,8 +109,24 @@ async def export_feedback(conn: asyncpg.Connection, snapshot_id: int, store: Fil
     query = (f"SELECT {columns} FROM load_problem WHERE snapshot_id = $1 "
              f"ORDER BY record_key, code, field, message")
     with store.writer() as w:
-        async def sink(chunk: bytes) -> None:
-            w.write(chunk)
+        failed = False
 
-        await conn.copy_from_query(query, snapshot_id, output=sink, format="csv", delimiter=";", header=True)
+        async def sink(chunk: bytes) -> None:
+            nonlocal failed
+            try:
+                w.write(chunk)
+            except BaseException:
+                failed = True
+                raise
+
+        try:
+            await conn.copy_from_query(query, snapshot_id, output=sink, format="csv", delimiter=";", header=True)
+        except BaseException:
+            if failed:
+                # asyncpg answers a failing sink with a cancel request; when the server had already sent the
+                # whole COPY, that cancel never completes and the connection's next use (even the pool's reset)
+                # waits forever: found with a real full disk (tests/integration/test_full_disk.py). Closed here,
+                # the pool opens a fresh one.
+                conn.terminate()
+            raise
     return FeedbackFile(sha256=w.sha256, bytes=w.size)

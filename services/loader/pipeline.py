@@ -3,6 +3,10 @@
 `run_load` is safe to call again for the same instance (a redelivered LoadRequested): the snapshot
 is taken once and reused, the checks and the feedback are recomputed from it with the same result.
 It records no events: the handler turns the outcome into LoadChecked / LoadFailed.
+
+A full file store while the feedback is written (ENOSPC) raises `FeedbackNotWritten`: the snapshot and its
+checked problems are kept (the problems are deleted only once the feedback file is stored), and
+`finish_load(pool, filestore, exc.checked)` writes the feedback later, without a new snapshot or new checks.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from services.loader.catalogue import sync_reference_data
 from services.loader.checks import NO_SOURCE_DATA, run_checks
 from services.loader.feedback import export_feedback, problem_counts, summarise
 from services.loader.snapshot import SELECTIONS, take_snapshot
-from services.runtime.filestore import FileStore
+from services.runtime.filestore import FileStore, is_full
 from services.runtime.logging import get_logger
 
 log = get_logger("loader")
@@ -86,6 +90,44 @@ async def _analyze(pool: asyncpg.Pool, table: str) -> None:
                         lock_timeout=ANALYZE_LOCK_TIMEOUT)
 
 
+@dataclass(frozen=True)
+class ChecksDone:
+    """A load whose snapshot is taken and checked: only its feedback and outcome are left (`finish_load`)."""
+
+    snapshot_id: int
+    counts: dict[str, int]
+
+
+class FeedbackNotWritten(Exception):
+    """The checks are done but the file store is full: `finish_load(..., exc.checked)` once there is space."""
+
+    def __init__(self, checked: ChecksDone) -> None:
+        super().__init__(f"snapshot {checked.snapshot_id} is checked, its feedback file is not written: "
+                         f"the file store is full")
+        self.checked = checked
+
+
+async def finish_load(pool: asyncpg.Pool, filestore: FileStore, checked: ChecksDone) -> LoadOutcome:
+    """The feedback file of a checked snapshot and the outcome. Repeatable: the problems stay in load_problem
+    until the feedback file holds them. A full store raises FeedbackNotWritten."""
+    snapshot_id = checked.snapshot_id
+    async with pool.acquire() as conn:
+        found = await problem_counts(conn, snapshot_id)
+        sha, size = None, 0
+        if found.errors or found.warnings:
+            try:
+                feedback = await export_feedback(conn, snapshot_id, filestore)
+            except Exception as exc:
+                if is_full(exc):
+                    raise FeedbackNotWritten(checked) from exc
+                raise
+            sha, size = feedback.sha256, feedback.bytes
+        # the feedback file is now the durable record of the problems
+        await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
+    return LoadOutcome(checked=found.errors == 0, counts=checked.counts, errors=found.errors, warnings=found.warnings,
+                       feedback_sha256=sha, feedback_bytes=size, summary=summarise(found))
+
+
 async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snapshot_id: int,
                    flow_type: FlowType | str, version: str, ente: str, period_start: date, period_end: date,
                    progress: Progress | None = None) -> LoadOutcome:
@@ -121,14 +163,7 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
                 "VALUES ($1, '*', $2, $3, $4, $5)", snapshot_id, field, code, severity,
                 f"no source data for ente {ente} in {period_start}..{period_end} ({table.removeprefix('snapshot_')}"
                 f"): the load is empty")
-        found = await problem_counts(conn, snapshot_id)
-        sha, size = None, 0
-        if found.errors or found.warnings:
-            feedback = await export_feedback(conn, snapshot_id, filestore)
-            sha, size = feedback.sha256, feedback.bytes
-        # the feedback file is now the durable record of the problems
-        await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
+    outcome = await finish_load(pool, filestore, ChecksDone(snapshot_id, counts))
     if progress is not None:
         progress("done", len(STEPS), len(STEPS))
-    return LoadOutcome(checked=found.errors == 0, counts=counts, errors=found.errors, warnings=found.warnings,
-                       feedback_sha256=sha, feedback_bytes=size, summary=summarise(found))
+    return outcome

@@ -18,11 +18,20 @@ machine (a VM whose idle memory goes back to the host) that first touch was 0.1-
 the 370 MB of a 1 M-service Flusso C (bench/format.py; docs/scaling.md), against ~0.2 s of wall and no
 CPU written direct. A file smaller than one buffer never goes direct. A file system that refuses
 O_DIRECT (EINVAL) gets plain writes. The bytes, the hash and the fsync before the rename are the same.
+
+A full file system (ENOSPC, or EDQUOT over a quota) is not the file's fault: whatever step meets it (the
+temporary file, a write, the flush, the fsync, the folder of the final name) the writer removes its temporary
+file, so a failed attempt leaves no bytes behind to fill the disk further, and raises `StoreFull` (an OSError,
+errno kept), which names the store's folder and how far the file got. The services wait for space instead
+of failing the work (`SpaceWaits`: per instance, backed off, retried at once when the free space grows).
+A temporary file can only outlive its writer when the process dies mid-file (kill -9): `sweep_temporaries`
+removes those not written for STALE_TEMPORARY_S, at every service start and whenever the store is full.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -30,13 +39,52 @@ import mmap
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from prometheus_client import Gauge
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DIRECT_BYTES = 4 * 1024 * 1024  # the aligned buffer of a large file's writer: a multiple of any block size
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# A temporary file nobody has written for this long was left by a writer that died mid-file (kill -9, power
+# loss): every writer of the store writes its file continuously from a stream (a COPY, a local file), so a
+# live one never pauses near this long. Removed at service start and whenever the store is found full.
+STALE_TEMPORARY_S = 1800.0
+
+
+class StoreFull(OSError):
+    """The file store's file system has no space left: the work waits for space, it is not failed."""
+
+    def __init__(self, root: Path, written: int, cause: OSError) -> None:
+        super().__init__(cause.errno, f"{cause.strerror or os.strerror(cause.errno or errno.ENOSPC)}: file store "
+                                      f"{root}, after {written} bytes of a file")
+        self.root = root
+        self.written = written
+
+
+def is_full(exc: BaseException | None) -> bool:
+    """True when `exc`, or what it was raised from, is a full file system (ENOSPC, EDQUOT)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def free_bytes(root: Path) -> int | None:
+    """Bytes an unprivileged writer may still write on `root`'s file system (None: cannot tell)."""
+    try:
+        st = os.statvfs(root)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 class FileStore:
@@ -62,6 +110,25 @@ class FileStore:
     def writer(self) -> FileWriter:
         """A BinaryIO-like sink: `with store.writer() as w: w.write(b)`; then `w.sha256`, `w.size`."""
         return FileWriter(self)
+
+    def sweep_temporaries(self, older_than_s: float = STALE_TEMPORARY_S) -> list[tuple[Path, int]]:
+        """Removes the temporary files not written for `older_than_s` (see STALE_TEMPORARY_S): (path, bytes)
+        of each. A writer's own failure removes its file itself; these are what a killed process left."""
+        removed: list[tuple[Path, int]] = []
+        try:
+            entries = list(os.scandir(self.root / "tmp"))
+        except FileNotFoundError:
+            return removed
+        now = time.time()
+        for entry in entries:
+            if not entry.name.startswith("part-"):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                st = entry.stat(follow_symlinks=False)
+                if now - st.st_mtime > older_than_s:
+                    os.unlink(entry.path)
+                    removed.append((Path(entry.path), st.st_size))
+        return removed
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         with self.writer() as w:
@@ -103,8 +170,13 @@ class FileWriter:
 
     def __enter__(self) -> FileWriter:
         tmp_dir = self._store.root / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="part-")
+        try:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="part-")
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                raise StoreFull(self._store.root, 0, exc) from exc
+            raise
         self._tmp = Path(name)
         self._file = os.fdopen(fd, "wb")
         return self
@@ -206,23 +278,139 @@ class FileWriter:
     ) -> None:
         assert self._file is not None and self._tmp is not None
         try:
+            try:
+                if exc_type is None:
+                    self._end_direct()
+                    self._file.flush()
+                    os.fsync(self._file.fileno())
+            finally:
+                if self._io is not None:  # a write in flight ends before the file is closed (or removed)
+                    self._io.shutdown(wait=True)
+                self._file.close()  # after a failed flush, close() fails again (the same bytes) but closes
+                for buffer in (self._direct, self._spare):
+                    if buffer is not None:
+                        buffer.close()
             if exc_type is None:
-                self._end_direct()
-                self._file.flush()
-                os.fsync(self._file.fileno())
-        finally:
-            if self._io is not None:  # a write in flight ends before the file is closed (or removed)
-                self._io.shutdown(wait=True)
-            self._file.close()
-            for buffer in (self._direct, self._spare):
-                if buffer is not None:
-                    buffer.close()
-        if exc_type is not None:
+                digest = self._hash.hexdigest()
+                final = self._store.path(digest)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                # Same content, same name: replacing an existing file is harmless and atomic.
+                os.replace(self._tmp, final)
+                self._sha256 = digest
+                return
+        except BaseException as failure:  # the file is not stored: its temporary bytes go
             self._tmp.unlink(missing_ok=True)
-            return
-        digest = self._hash.hexdigest()
-        final = self._store.path(digest)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # Same content, same name: replacing an existing file is harmless and atomic.
-        os.replace(self._tmp, final)
-        self._sha256 = digest
+            if is_full(failure) and not isinstance(failure, StoreFull):
+                raise StoreFull(self._store.root, self.size, _os_error(failure)) from failure
+            raise
+        self._tmp.unlink(missing_ok=True)
+        if is_full(exc) and not isinstance(exc, StoreFull):
+            raise StoreFull(self._store.root, self.size, _os_error(exc)) from exc
+
+
+def _os_error(exc: BaseException | None) -> OSError:
+    """The ENOSPC / EDQUOT OSError in `exc`'s chain (is_full(exc) holds)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+# --- waiting for space ----------------------------------------------------------------------------
+
+SPACE_WAIT_INITIAL_S = 5.0
+SPACE_WAIT_CAP_S = 300.0
+SPACE_FREED_MARGIN = 1024 * 1024  # free space grown by more than this since the failure: retry at once
+# On each service's /metrics; deploy/observability/alerts.yml (FileStoreFull) alerts on it.
+STORE_WAITING = Gauge("flows_file_store_waiting", "Instances of this process waiting for space on a full file store",
+                      ("path",))
+
+
+@dataclass
+class _Waiting:
+    root: Path
+    free: int | None  # free bytes right after the failed attempt (its temporary file removed)
+    needed: int  # bytes the attempt had written when the space ran out: at least that much is needed
+    since: float
+    attempts: int = 0
+    next_at: float = 0.0
+
+
+@dataclass
+class SpaceWaits:
+    """Work (per instance) that found the file store full, waiting for space in THIS process.
+
+    Decision: a full disk is the platform's condition, not the instance's fault, so the instance keeps its state
+    (Formatting in progress, Running) and nothing is appended to its history while it waits; the service's
+    periodic pass asks `due(key)` and tries again: after SPACE_WAIT_INITIAL_S doubling to SPACE_WAIT_CAP_S, or
+    at once when the store's free space has grown past what the failed attempt had (an operator freed space).
+    Every attempt that fails writes ONE warning `store.full` (path, instance, free bytes, retry_in_s); the
+    first success after waiting writes `store.space_again` (attempts, waited_s). Nothing blocks meanwhile: the
+    handler returns, the partition and the other instances go on. The state is per process: after a restart,
+    or on another replica, the first attempt finds out again (one more line), then backs off the same way.
+
+    Where the operator sees it: the log lines, and the gauge `flows_file_store_waiting{path}` on the service's
+    /metrics (the alert FileStoreFull). Not in the instance's history: the hash-chained, audited history
+    records what happened to the instance, and a full disk happened to the platform; the instance's state
+    (still Formatting in progress / Running) is true, and what it waits for is in the service's figures.
+    """
+
+    log: Any
+    waiting: dict[int, _Waiting] = field(default_factory=dict)
+    _published: set[str] = field(default_factory=set)  # the paths of the gauge this process has set
+
+    def due(self, key: int) -> bool:
+        wait = self.waiting.get(key)
+        if wait is None or time.monotonic() >= wait.next_at:
+            return True
+        free = free_bytes(wait.root)
+        return free is not None and free > max(wait.free or 0, wait.needed) + SPACE_FREED_MARGIN
+
+    def failed(self, key: int, exc: BaseException, **context: Any) -> float:
+        """Records a failed attempt (one log line); returns the seconds until the next one."""
+        full = exc if isinstance(exc, StoreFull) else next(
+            (e for e in _chain(exc) if isinstance(e, StoreFull)), None)
+        cause = _os_error(exc)
+        root = full.root if full is not None else Path(str(cause.filename or "."))
+        wait = self.waiting.get(key)
+        if wait is None:
+            wait = self.waiting[key] = _Waiting(root, None, 0, time.monotonic())
+        wait.attempts += 1
+        for path, size in FileStore(root).sweep_temporaries() if full is not None else ():
+            self.log.warning("store.stale_temporary_removed", path=str(path), bytes=size)
+        wait.root, wait.free = root, free_bytes(root)
+        wait.needed = max(wait.needed, full.written if full is not None else 0)
+        delay = min(SPACE_WAIT_INITIAL_S * 2 ** (wait.attempts - 1), SPACE_WAIT_CAP_S)
+        wait.next_at = time.monotonic() + delay
+        self._publish()
+        self.log.warning("store.full", path=str(root), instance=key, free_bytes=wait.free,
+                         written_before_full=wait.needed, attempt=wait.attempts, retry_in_s=delay,
+                         error=f"{type(cause).__name__}: [Errno {cause.errno}] {cause.strerror}", **context)
+        return delay
+
+    def forget(self, key: int) -> None:
+        """The work is no longer this process's (done elsewhere, deleted): no line."""
+        if self.waiting.pop(key, None) is not None:
+            self._publish()
+
+    def done(self, key: int) -> None:
+        wait = self.waiting.pop(key, None)
+        if wait is not None:
+            self._publish()
+            self.log.info("store.space_again", path=str(wait.root), instance=key, attempts=wait.attempts,
+                          waited_s=round(time.monotonic() - wait.since, 1))
+
+    def _publish(self) -> None:
+        roots = {str(w.root) for w in self.waiting.values()} | set(self._published)
+        for root in roots:
+            STORE_WAITING.labels(path=root).set(sum(str(w.root) == root for w in self.waiting.values()))
+        self._published = roots
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    found: list[BaseException] = []
+    while exc is not None and exc not in found:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found

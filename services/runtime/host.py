@@ -74,7 +74,10 @@ async def runtime(settings: Settings, *, name: str,
         store = EventStore(pool, source=f"/flows/{name}", projections=projections, replica=settings.replica)
         broker = create_broker(settings, client_id=name)
         settings.files_dir.mkdir(parents=True, exist_ok=True)
-        yield Runtime(name, settings, pool, store, broker, FileStore(settings.files_dir))
+        files = FileStore(settings.files_dir)
+        for path, size in files.sweep_temporaries():  # left by a process killed mid-file
+            get_logger(name).warning("store.stale_temporary_removed", path=str(path), bytes=size)
+        yield Runtime(name, settings, pool, store, broker, files)
     finally:
         await pool.close()
 

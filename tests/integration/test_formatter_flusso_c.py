@@ -202,8 +202,16 @@ class FullDisk(io.BytesIO):
 
 
 async def test_a_failing_sink_stops_the_writer_with_its_error_instead_of_hanging(pool: asyncpg.Pool) -> None:
+    """The writer's own contract with ANY sink (a BinaryIO, not only the file store): one sink failing on its
+    first write while the other takes everything stops the COPY and the worker with that error, at once, and
+    the pool stays usable (the abandoned COPY's connection is closed, a fresh one serves). A stand-in sink on
+    purpose: it fails deterministically on the first chunk. The REAL full disk, with the real formatter and the
+    file store on a tmpfs that fills up, is tests/integration/test_full_disk.py (and test_filestore_full.py
+    for the writer of the store at each step)."""
     sinks = {"C1": FullDisk(), "C2": io.BytesIO()}
     with pytest.raises(OSError, match="No space left"):
         await asyncio.wait_for(write_layout(pool, SNAPSHOT, FLUSSO_C, sinks, chunk_bytes=16 * 1024),  # type: ignore[arg-type]
                                timeout=60)
     assert await pool.fetchval("SELECT 1") == 1  # the pool is still usable
+    async with pool.acquire() as conn:  # ... every connection of it: none waits on the abandoned COPY
+        assert await asyncio.wait_for(conn.fetchval("SELECT 2"), timeout=10) == 2
