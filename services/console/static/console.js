@@ -11,10 +11,13 @@
     var target = document.getElementById("stato-istanza");
     var announce = document.getElementById("annuncio");
     var source = new EventSource(root.dataset.events);
-    var pending = false;
+    // One fetch at a time; a change announced while one is on its way (a load that finishes meanwhile) is fetched
+    // again after it: the answer on its way may predate that change, and nothing else would come to correct it.
+    var pending = false, again = false;
     function refresh() {
-      if (pending) { return; }
+      if (pending) { again = true; return; }
       pending = true;
+      again = false;
       fetch(root.dataset.fragment, { credentials: "same-origin" }).then(function (r) {
         if (!r.ok) { throw new Error(r.status); }
         return r.text();
@@ -24,7 +27,10 @@
         if (focused && document.getElementById(focused)) { document.getElementById(focused).focus(); }
         var state = target.querySelector("#stato .badge");
         if (announce && state) { announce.textContent = "Stato aggiornato: " + state.textContent; }
-      }).catch(function () { /* the next event tries again */ }).finally(function () { pending = false; });
+      }).catch(function () { /* the next event tries again */ }).finally(function () {
+        pending = false;
+        if (again) { refresh(); }
+      });
     }
     source.addEventListener("change", refresh);
     source.addEventListener("ready", function () { root.dataset.live = "ready"; refresh(); });
