@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from deploy.localstack.processes import _alive, _create_time, _port_in_use, _tail
+from deploy.localstack.processes import _alive, _identity, _port_in_use, _tail
 from deploy.localstack.state import HOST, REPO_ROOT, Progress, StackError, _broker_port, _kafka_port_base, _mode_name
 
 POM_PATH = Path(__file__).resolve().parents[1] / "kafka" / "pom.xml"
@@ -244,7 +244,7 @@ def _start_kafka_process(sd: Path, brokers: int, node_id: int, libs: Path) -> di
         )
     return {
         "pid": proc.pid,
-        "create_time": _create_time(proc.pid),
+        **_identity(proc.pid),
         "port": port,
         "controller_port": port + 1,
         "log": str(log_file),

@@ -16,7 +16,7 @@ from typing import Any
 
 import psutil
 
-from deploy.localstack.processes import _create_time, _port_in_use, _tail, _terminate
+from deploy.localstack.processes import _identity, _port_in_use, _tail, _terminate
 from deploy.localstack.state import DB_NAME, HOST, Progress, StackError, _pg_url
 
 PG_USER = "embedded_postgres"  # PostgreSQL refuses to run as root; this OS user owns PGDATA.
@@ -108,7 +108,7 @@ def _is_our_postgres(pid: int | None, pgdata: Path) -> bool:
 def _pg_record(pid: int, port: int, pgdata: Path, sock: Path, pg_log: Path) -> dict[str, Any]:
     return {
         "pid": pid,
-        "create_time": _create_time(pid),
+        **_identity(pid),
         "port": port,
         "pgdata": str(pgdata),
         "socket_dir": str(sock),
@@ -214,4 +214,4 @@ def _stop_postgres(rec: dict[str, Any]) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         _pg_run(args, log, _pg_runas(), timeout=40)
     if _is_our_postgres(pid, pgdata):  # pg_ctl failed or hung
-        _terminate({"pid": pid, "create_time": _create_time(pid or 0)}, timeout=15)
+        _terminate({"pid": pid, **_identity(pid or 0)}, timeout=15)

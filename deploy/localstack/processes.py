@@ -33,6 +33,26 @@ def _create_time(pid: int) -> float | None:
         return None
 
 
+def _started(pid: int) -> float | None:
+    """Seconds from boot to the process's start (Linux: `starttime` of /proc/<pid>/stat), or None elsewhere.
+
+    What a record is checked against (`_alive`). psutil's create_time is the boot time AS THE WALL CLOCK NOW
+    SAYS plus that: a clock step (NTP, a VM resumed) moves it for every running process. One step of 10 s
+    during a test run made up() take the stack's own running Kafka for a dead one and fail to start another
+    on its port ("in use by a process this stack does not know")."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _identity(pid: int) -> dict[str, float | None]:
+    """What a process record holds to tell this process from a later one that got the same pid."""
+    return {"create_time": _create_time(pid), "started": _started(pid)}
+
+
 def _reap(pid: int) -> None:
     """Collect a zombie if it is our own child (happens when up() and down() run in one process)."""
     with contextlib.suppress(ChildProcessError, OSError):
@@ -41,15 +61,21 @@ def _reap(pid: int) -> None:
 
 def _alive(rec: dict[str, Any] | None) -> bool:
     """True if the recorded process still runs. The recorded start time guards against a recycled pid
-    (after a reboot or a long time, another process may carry the same number)."""
+    (after a reboot or a long time, another process may carry the same number): the time since boot
+    (`_started`), which clock steps do not move."""
     if not rec or not rec.get("pid"):
         return False
     pid = int(rec["pid"])
     try:
         proc = psutil.Process(pid)
-        created = rec.get("create_time")
-        if created is not None and abs(proc.create_time() - float(created)) >= 1.0:
-            return False
+        started, now_started = rec.get("started"), _started(pid)
+        if started is not None and now_started is not None:
+            if abs(now_started - float(started)) > 0.05:  # clock ticks: exact; a recycled pid started later
+                return False
+        else:  # a record written before "started" existed, or no /proc: the wall-clock start time, +-1 s
+            created = rec.get("create_time")
+            if created is not None and abs(proc.create_time() - float(created)) >= 1.0:
+                return False
         if proc.status() == psutil.STATUS_ZOMBIE:
             _reap(pid)
             return _threads_still_exiting(pid)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deploy.localstack.processes import _alive, _create_time, _tail, _terminate
+from deploy.localstack.processes import _alive, _identity, _tail, _terminate
 from deploy.localstack.state import REPO_ROOT, StackError, _load_state, _locked, _save_state, state_dir
 
 
@@ -108,7 +108,7 @@ def start_service(name: str, argv: list[str], env: dict[str, str], supervised: b
             )  # fmt: skip
         state["services"][name] = {
             "pid": proc.pid,
-            "create_time": _create_time(proc.pid),
+            **_identity(proc.pid),
             "argv": argv,
             "fingerprint": fingerprint,
             "log": str(log),

@@ -70,12 +70,17 @@ async def test_the_same_load_request_sent_twice_makes_one_instance(platform):
     pool = await platform.pool()
     try:
         request = _request()
-        for _ in range(2):  # two messages (two ce_ids), one request id
-            await send_command(platform.settings.kafka_bootstrap, "flows.load-requested", request,
-                               key=str(request.request_id))
+        sent = [await send_command(platform.settings.kafka_bootstrap, "flows.load-requested", request,
+                                   key=str(request.request_id))
+                for _ in range(2)]  # two messages (two ce_ids), one request id
         instance = await _instance_of(pool, request.request_id)
         await _state_of(pool, instance, {"Checked", "Failed loading"})
-        await asyncio.sleep(2)
+        # Both messages handled: the loader records each ce_id in the transaction of its effects (none, for the
+        # second); only then can the count below say that the second one made no instance.
+        async with asyncio.timeout(60):
+            while await pool.fetchval("SELECT count(*) FROM processed_message WHERE consumer = 'loader' "
+                                      "AND message_id = ANY($1::text[])", sent) < 2:
+                await asyncio.sleep(0.1)
         created = await pool.fetchval(
             "SELECT count(*) FROM events WHERE type = 'flows.load-running' AND data->>'request_id' = $1",
             str(request.request_id))
