@@ -8,12 +8,15 @@ pytest's caplog sees only the standard library's records, none of these.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TextIO
+from pathlib import Path
+from typing import Any, TextIO
 
 import structlog
 from structlog._config import BoundLoggerLazyProxy
@@ -52,3 +55,15 @@ def service_log_lines(level: str = "DEBUG") -> Iterator[io.StringIO]:
         structlog.configure(**saved_config)
         service_logging._configured = saved_configured
         uncache_loggers()
+
+
+def json_lines(log: Path, event: str) -> list[dict[str, Any]]:
+    """The JSON log lines (FLOWS_LOG_FORMAT=json) of `event` (structlog's "event" key) in a service's log file."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        if f'"{event}"' in line:
+            with contextlib.suppress(json.JSONDecodeError):
+                record = json.loads(line)
+                if record.get("event") == event:
+                    found.append(record)
+    return found

@@ -41,6 +41,7 @@ from simulators.cup.generator import generate, month_period
 from tests.fault_disk import SmallDisk, small_disk
 from tests.integration.outage_loader import start_at_the_end
 from tests.isolation import logged_process, scratch_database
+from tests.log_capture import json_lines
 from tests.stack_urls import KAFKA, free_port
 
 pytestmark = pytest.mark.integration
@@ -60,14 +61,7 @@ class Service:
 
     def lines(self, event: str) -> list[dict[str, Any]]:
         """The JSON log lines of `event` (structlog's "event" key)."""
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if f'"{event}"' in line:
-                with contextlib.suppress(json.JSONDecodeError):
-                    record = json.loads(line)
-                    if record.get("event") == event:
-                        found.append(record)
-        return found
+        return json_lines(self.log, event)
 
     def tail(self) -> str:
         return f"--- {self.name}\n" + "\n".join(line[:500] for line in self.log.read_text(errors="replace")

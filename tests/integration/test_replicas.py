@@ -40,6 +40,7 @@ from services.runtime.settings import Settings
 from simulators.cup.generator import generate, month_period
 from tests.integration.outage_loader import start_at_the_end
 from tests.isolation import REPO, logged_process, scratch_database
+from tests.log_capture import json_lines
 from tests.stack_urls import KAFKA, free_port, port_free
 
 pytestmark = pytest.mark.integration
@@ -68,14 +69,7 @@ class Replica:
 
     def lines(self, event: str) -> list[dict[str, Any]]:
         """The replica's JSON log lines of `event` (structlog's "event" key)."""
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if f'"{event}"' in line:
-                with contextlib.suppress(json.JSONDecodeError):
-                    record = json.loads(line)
-                    if record.get("event") == event:
-                        found.append(record)
-        return found
+        return json_lines(self.log, event)
 
 
 async def _seed(url: str) -> None:
