@@ -249,6 +249,14 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
                            for r in replicas if r.service == "formatter"}
 
         events = await _events(url)
+        conn = await asyncpg.connect(url)
+        try:
+            snapshots = {int(r["instance"]): sorted(r["ids"]) for r in await conn.fetch(
+                "SELECT instance, array_agg(snapshot_id) AS ids FROM source_snapshot GROUP BY instance")}
+            dead_rows = await conn.fetchval("SELECT count(*) FROM snapshot_service WHERE snapshot_id = $1",
+                                            first_snapshot)
+        finally:
+            await conn.close()
         replay = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "services.cli.main", "replay", "--all", "--verify"],
             capture_output=True, text=True, cwd=REPO, timeout=120,
@@ -296,6 +304,11 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
     assert victim_events[LOAD_EVENTS[0]]["metadata"]["replica"] == "loader-1"
     assert victim_events[LOAD_EVENTS[1]]["metadata"]["replica"] == "loader-2"
     assert victim_events[LOAD_EVENTS[1]]["data"]["source_instance"] != first_snapshot
+    # whose snapshot (dead with loader-1) loader-2 dropped before taking its own: no rows left behind
+    assert dead_rows == 0 and [r["snapshot"] for r in loader_2.lines("load.dead_run_dropped")] == [first_snapshot]
+    # every instance keeps one snapshot: the one its outcome names
+    assert snapshots == {i: [next(e for e in by_instance[i] if e["type"] == LOAD_EVENTS[1])["data"]["source_instance"]]
+                         for i in instances}, snapshots
     # and the operator sees it: `flows show` names the replica beside the actor
     rows = {line.split("│")[3].strip(): line for line in show.stdout.splitlines() if line.count("│") > 5}
     assert "test.replicas (loader-1)" in rows[LOAD_EVENTS[0]] and "loader (loader-2)" in rows[LOAD_EVENTS[1]], \
