@@ -28,11 +28,12 @@ from contracts import flows
 from contracts.instance import FlowInstance
 from contracts.states import Actor, InstanceState
 from services.loader.catalogue import unknown_ente_reason
-from services.runtime.broker import Incoming, Refused
+from services.runtime.broker import Incoming, Refused, is_transient
 from services.runtime.filestore import SpaceWaits, is_full
 from services.runtime.instances import ServiceDeps
 from services.runtime.locks import LOAD_LOCK
 from services.runtime.logging import get_logger
+from services.runtime.read_models import instance_stream
 
 CONSUMER = "loader"
 log = get_logger("loader")
@@ -79,7 +80,14 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
 
 async def run_instance(instance: int, deps: LoaderDeps) -> None:
     """Runs the load of a Running (or due Scheduled) instance, once, whoever asks first."""
-    from services.loader.pipeline import FeedbackNotWritten, checked_snapshot, drop_dead_runs, finish_load, run_load
+    from services.loader.pipeline import (
+        FeedbackNotWritten,
+        RunTakenOver,
+        checked_snapshot,
+        drop_dead_runs,
+        finish_load,
+        run_load,
+    )
 
     if not deps.space.due(instance):
         return  # the store was full at its last attempt: later, or once space is freed
@@ -98,7 +106,15 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
             snapshot_id = checked.snapshot_id
             log.info("load.feedback_again", instance=instance, snapshot=snapshot_id)
         else:
-            await drop_dead_runs(deps.pool, instance)
+            read_at = current
+
+            async def unchanged(conn: asyncpg.Connection) -> bool:
+                return await deps.store.stream_version(instance_stream(instance), conn) == read_at.version
+            try:
+                await drop_dead_runs(deps.pool, instance, unchanged)
+            except RunTakenOver:
+                log.warning("load.taken_over", instance=instance, reason="its outcome was written meanwhile")
+                return
             async with deps.pool.acquire() as conn:
                 snapshot_id = int(await conn.fetchval("SELECT nextval('flow_instance_seq')"))
             log.info("load.started", instance=instance, snapshot=snapshot_id, flow_type=current.flow_type)
@@ -116,6 +132,10 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
             if is_full(exc):  # a full disk before the checks were done: the whole load again, later
                 deps.space.failed(instance, exc, snapshot=snapshot_id)
                 return
+            if is_transient(exc):  # PostgreSQL gone or a connection cut under the load: not the load's fault
+                log.warning("load.interrupted", instance=instance, snapshot=snapshot_id,
+                            error=f"{type(exc).__name__}: {exc}"[:300])
+                return  # it stays Running: the next pass (due_instances) takes it again
             log.exception("load.crashed", instance=instance)
             await deps.instances.append(current, flows.LoadFailed(
                 instance=instance, source_instance=snapshot_id, errors=1,
@@ -133,7 +153,14 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
         else:
             result = flows.LoadFailed(instance=instance, source_instance=snapshot_id, errors=outcome.errors,
                                       warnings=outcome.warnings, summary=outcome.summary, feedback=feedback)
-        await deps.instances.append(current, result)
+        async with deps.pool.acquire() as conn, conn.transaction():
+            # the snapshot is still this run's: see pipeline.drop_dead_runs (a lock whose connection was cut)
+            if not await conn.fetchval("SELECT true FROM source_snapshot WHERE snapshot_id = $1 FOR SHARE",
+                                       snapshot_id):
+                log.warning("load.taken_over", instance=instance, snapshot=snapshot_id,
+                            reason="its snapshot was dropped by another run: this run's lock was lost")
+                return
+            await deps.instances.append(current, result, conn=conn)
         deps.space.done(instance)
         log.info("load.finished", instance=instance, outcome=flows.TYPE_OF[type(result)], errors=outcome.errors)
 

@@ -16,7 +16,7 @@ run works): `drop_dead_runs` deletes it, rows and problems, before the instance'
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -140,11 +140,21 @@ async def checked_snapshot(pool: asyncpg.Pool, instance: int) -> ChecksDone | No
     return ChecksDone(int(row["snapshot_id"]), {k: int(v) for k, v in json.loads(row["checked_counts"]).items()})
 
 
-async def drop_dead_runs(pool: asyncpg.Pool, instance: int) -> list[tuple[int, int]]:
+class RunTakenOver(Exception):
+    """The instance moved on while this run held what it took for its lock: its outcome is written already."""
+
+
+async def drop_dead_runs(pool: asyncpg.Pool, instance: int,
+                         unchanged: Callable[[asyncpg.Connection], Awaitable[bool]]) -> list[tuple[int, int]]:
     """Deletes every snapshot of the instance (rows, problems, record): called holding the instance's load lock,
     before a new snapshot is taken, when `checked_snapshot` found none to finish. Each belongs to a run that died
     (a kill, a crash, a full disk before its checks were done); nothing reads them (an outcome names its own
-    snapshot, and no outcome is recorded while the instance is Running). Returns (snapshot, rows deleted)."""
+    snapshot, and no outcome is recorded while the instance is Running). Returns (snapshot, rows deleted).
+
+    A run whose lock's connection was cut goes on without knowing it: its outcome (`append_outcome`) re-reads its
+    snapshot's row FOR SHARE, and this DELETE locks the rows. `unchanged(conn)`, asked after the DELETE in the same
+    transaction, says whether the instance's stream is still where this run read it: if such a run wrote its
+    outcome first, RunTakenOver rolls the delete back (that snapshot is the one the outcome names)."""
     dropped: list[tuple[int, int]] = []
     async with pool.acquire() as conn, conn.transaction():
         for row in await conn.fetch("DELETE FROM source_snapshot WHERE instance = $1 "
@@ -155,6 +165,8 @@ async def drop_dead_runs(pool: asyncpg.Pool, instance: int) -> list[tuple[int, i
             status = await conn.execute(f"DELETE FROM {table} WHERE snapshot_id = $1", snapshot_id)
             await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
             dropped.append((snapshot_id, int(status.split()[-1])))
+        if dropped and not await unchanged(conn):
+            raise RunTakenOver(f"instance {instance} moved on while its snapshots were dropped")
     for snapshot_id, rows in dropped:
         log.info("load.dead_run_dropped", instance=instance, snapshot=snapshot_id, rows=rows)
     return dropped
