@@ -7,12 +7,13 @@ instance Running: `due_instances` finds it again (services/loader/app.py runs it
 its schedule), and the load runs again (the snapshot of a crashed run is never reused: a new one
 is taken, with a new number).
 
-A full file store while the feedback file is written is not a Failed loading: the instance stays Running,
-the snapshot and its checked problems are kept in this process (`LoaderDeps.checked`), and the next pass
-writes only the feedback once space is freed, backed off meanwhile (services.runtime.filestore.SpaceWaits:
-one `store.full` warning per attempt, naming the store's path and the instance). The handler returns at once,
-so the partition and the other loads go on. After a restart, or on another replica (the kept snapshot is
-this process's memory), the load runs again from a new snapshot, as after a crash, then waits the same way.
+A full file store while the feedback file is written is not a Failed loading: the instance stays Running, its
+snapshot is marked checked and its problems kept in the database (services/loader/pipeline.py), and the next pass
+writes only the feedback once space is freed, backed off meanwhile (services.runtime.filestore.SpaceWaits: one
+`store.full` warning per attempt, naming the store's path and the instance). The handler returns at once, so the
+partition and the other loads go on. A restarted loader, or another replica, finishes the same checked snapshot:
+no new snapshot, no new checks. A run that died before its checks were done is taken again from a new snapshot,
+and the dead run's snapshot is dropped first (rows and problems), so a crash leaves no rows behind.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from contracts import flows
 from contracts.instance import FlowInstance
 from contracts.states import Actor, InstanceState
 from services.loader.catalogue import unknown_ente_reason
-from services.runtime.broker import Incoming, Refused
+from services.runtime.broker import Incoming, Refused, is_transient
 from services.runtime.filestore import SpaceWaits, is_full
 from services.runtime.instances import ServiceDeps
 from services.runtime.locks import LOAD_LOCK
 from services.runtime.logging import get_logger
+from services.runtime.read_models import instance_stream
 
 CONSUMER = "loader"
 log = get_logger("loader")
@@ -42,7 +44,6 @@ class LoaderDeps(ServiceDeps):
     ACTOR = Actor.LOADER
     CONSUMER = CONSUMER
     space: SpaceWaits = field(default_factory=lambda: SpaceWaits(log))  # loads waiting for a full store
-    checked: dict[int, Any] = field(default_factory=dict)  # instance -> pipeline.ChecksDone of a waiting load
 
 
 async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: LoaderDeps) -> None:
@@ -79,7 +80,14 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
 
 async def run_instance(instance: int, deps: LoaderDeps) -> None:
     """Runs the load of a Running (or due Scheduled) instance, once, whoever asks first."""
-    from services.loader.pipeline import FeedbackNotWritten, finish_load, run_load
+    from services.loader.pipeline import (
+        FeedbackNotWritten,
+        RunTakenOver,
+        checked_snapshot,
+        drop_dead_runs,
+        finish_load,
+        run_load,
+    )
 
     if not deps.space.due(instance):
         return  # the store was full at its last attempt: later, or once space is freed
@@ -87,18 +95,26 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
         if current is None or current.state not in (InstanceState.RUNNING, InstanceState.SCHEDULED):
             if current is not None:  # finished elsewhere (another replica) or deleted meanwhile
                 deps.space.forget(instance)
-                deps.checked.pop(instance, None)
             return  # another task has it, or it finished meanwhile
         if isinstance(current.created, flows.LoadScheduled):
             spec = current.created
             current = await deps.instances.append(current, flows.LoadRunning(
                 instance=instance, request_id=spec.request_id, flow_type=spec.flow_type, version=spec.version,
                 ente=spec.ente, period=spec.period, requested_by=spec.requested_by))
-        checked = deps.checked.get(instance)
-        if checked is not None:  # snapshot and checks done, the feedback waited for space
+        checked = await checked_snapshot(deps.pool, instance)
+        if checked is not None:  # snapshot and checks done (by this process or one that died): the feedback is left
             snapshot_id = checked.snapshot_id
             log.info("load.feedback_again", instance=instance, snapshot=snapshot_id)
         else:
+            read_at = current
+
+            async def unchanged(conn: asyncpg.Connection) -> bool:
+                return await deps.store.stream_version(instance_stream(instance), conn) == read_at.version
+            try:
+                await drop_dead_runs(deps.pool, instance, unchanged)
+            except RunTakenOver:
+                log.warning("load.taken_over", instance=instance, reason="its outcome was written meanwhile")
+                return
             async with deps.pool.acquire() as conn:
                 snapshot_id = int(await conn.fetchval("SELECT nextval('flow_instance_seq')"))
             log.info("load.started", instance=instance, snapshot=snapshot_id, flow_type=current.flow_type)
@@ -109,14 +125,17 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
                 outcome = await run_load(deps.pool, deps.files, instance, snapshot_id, current.flow_type,
                                          current.layout_version, current.ente, current.period.start,
                                          current.period.end, None)
-        except FeedbackNotWritten as exc:  # the platform's disk, not the load: it stays Running
-            deps.checked[instance] = exc.checked
+        except FeedbackNotWritten as exc:  # the platform's disk, not the load: it stays Running, its snapshot checked
             deps.space.failed(instance, exc, snapshot=exc.checked.snapshot_id)
             return
         except Exception as exc:  # an unexpected failure is still a Failed loading, with its reason
             if is_full(exc):  # a full disk before the checks were done: the whole load again, later
                 deps.space.failed(instance, exc, snapshot=snapshot_id)
                 return
+            if is_transient(exc):  # PostgreSQL gone or a connection cut under the load: not the load's fault
+                log.warning("load.interrupted", instance=instance, snapshot=snapshot_id,
+                            error=f"{type(exc).__name__}: {exc}"[:300])
+                return  # it stays Running: the next pass (due_instances) takes it again
             log.exception("load.crashed", instance=instance)
             await deps.instances.append(current, flows.LoadFailed(
                 instance=instance, source_instance=snapshot_id, errors=1,
@@ -134,8 +153,14 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
         else:
             result = flows.LoadFailed(instance=instance, source_instance=snapshot_id, errors=outcome.errors,
                                       warnings=outcome.warnings, summary=outcome.summary, feedback=feedback)
-        await deps.instances.append(current, result)
-        deps.checked.pop(instance, None)
+        async with deps.pool.acquire() as conn, conn.transaction():
+            # the snapshot is still this run's: see pipeline.drop_dead_runs (a lock whose connection was cut)
+            if not await conn.fetchval("SELECT true FROM source_snapshot WHERE snapshot_id = $1 FOR SHARE",
+                                       snapshot_id):
+                log.warning("load.taken_over", instance=instance, snapshot=snapshot_id,
+                            reason="its snapshot was dropped by another run: this run's lock was lost")
+                return
+            await deps.instances.append(current, result, conn=conn)
         deps.space.done(instance)
         log.info("load.finished", instance=instance, outcome=flows.TYPE_OF[type(result)], errors=outcome.errors)
 

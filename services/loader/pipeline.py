@@ -4,14 +4,19 @@
 is taken once and reused, the checks and the feedback are recomputed from it with the same result.
 It records no events: the handler turns the outcome into LoadChecked / LoadFailed.
 
-A full file store while the feedback is written (ENOSPC) raises `FeedbackNotWritten`: the snapshot and its
-checked problems are kept (the problems are deleted only once the feedback file is stored), and
-`finish_load(pool, filestore, exc.checked)` writes the feedback later, without a new snapshot or new checks.
+Once its checks are done a snapshot is marked checked (source_snapshot.checked_counts / checked_problems), so any
+loader process finishes it without a new snapshot or new checks (`checked_snapshot`, then `finish_load`): after a
+full file store while the feedback is written (`FeedbackNotWritten`: the problems are deleted only once the
+feedback file holds them), after a kill between the checks and the outcome, on another replica. The problems are
+in an UNLOGGED table, which PostgreSQL empties after a crash: a checked snapshot whose problems are not all there
+is not resumed. A snapshot that is not checked belongs to a run that died (the instance's lock is held while a
+run works): `drop_dead_runs` deletes it, rows and problems, before the instance's next snapshot is taken.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
 
@@ -30,6 +35,7 @@ log = get_logger("loader")
 ANALYZE_LOCK_TIMEOUT = "5s"
 Progress = Callable[[str, int, int], None]  # (step, steps done, steps in all)
 STEPS = ("reference data", "snapshot", "checks", "feedback")
+_SNAPSHOT_TABLES = frozenset(s.snapshot_table for s in SELECTIONS.values())
 
 _COUNTS_SQL: dict[str, str] = {
     # GROUP BY subqueries (hash aggregates) rather than count(DISTINCT), which always sorts
@@ -107,6 +113,65 @@ class FeedbackNotWritten(Exception):
         self.checked = checked
 
 
+async def mark_checked(pool: asyncpg.Pool, checked: ChecksDone) -> None:
+    """Records that the snapshot's checks are done, with the counts and the number of problems they left."""
+    await pool.execute(
+        "UPDATE source_snapshot SET checked_counts = $2::jsonb, "
+        "checked_problems = (SELECT count(*) FROM load_problem WHERE snapshot_id = $1) WHERE snapshot_id = $1",
+        checked.snapshot_id, json.dumps(checked.counts))
+
+
+async def checked_snapshot(pool: asyncpg.Pool, instance: int) -> ChecksDone | None:
+    """The instance's newest checked snapshot whose problems are all still in load_problem, if any: its load
+    needs only its feedback and outcome. Call it holding the instance's load lock."""
+    row = await pool.fetchrow(
+        "SELECT s.snapshot_id, s.checked_counts, s.checked_problems, "
+        "(SELECT count(*) FROM load_problem p WHERE p.snapshot_id = s.snapshot_id) AS problems "
+        "FROM source_snapshot s WHERE s.instance = $1 AND s.checked_counts IS NOT NULL "
+        "ORDER BY s.snapshot_id DESC LIMIT 1", instance)
+    if row is None:
+        return None
+    if row["problems"] != row["checked_problems"]:
+        # emptied by a crash of PostgreSQL, or deleted once the feedback was written by a run that died before
+        # its outcome: the checks must run again (from a new snapshot; this one is dropped as a dead run's)
+        log.warning("load.checked_problems_lost", instance=instance, snapshot=int(row["snapshot_id"]),
+                    checked=int(row["checked_problems"]), found=int(row["problems"]))
+        return None
+    return ChecksDone(int(row["snapshot_id"]), {k: int(v) for k, v in json.loads(row["checked_counts"]).items()})
+
+
+class RunTakenOver(Exception):
+    """The instance moved on while this run held what it took for its lock: its outcome is written already."""
+
+
+async def drop_dead_runs(pool: asyncpg.Pool, instance: int,
+                         unchanged: Callable[[asyncpg.Connection], Awaitable[bool]]) -> list[tuple[int, int]]:
+    """Deletes every snapshot of the instance (rows, problems, record): called holding the instance's load lock,
+    before a new snapshot is taken, when `checked_snapshot` found none to finish. Each belongs to a run that died
+    (a kill, a crash, a full disk before its checks were done); nothing reads them (an outcome names its own
+    snapshot, and no outcome is recorded while the instance is Running). Returns (snapshot, rows deleted).
+
+    A run whose lock's connection was cut goes on without knowing it: its outcome (`append_outcome`) re-reads its
+    snapshot's row FOR SHARE, and this DELETE locks the rows. `unchanged(conn)`, asked after the DELETE in the same
+    transaction, says whether the instance's stream is still where this run read it: if such a run wrote its
+    outcome first, RunTakenOver rolls the delete back (that snapshot is the one the outcome names)."""
+    dropped: list[tuple[int, int]] = []
+    async with pool.acquire() as conn, conn.transaction():
+        for row in await conn.fetch("DELETE FROM source_snapshot WHERE instance = $1 "
+                                    "RETURNING snapshot_id, source_table", instance):
+            snapshot_id, table = int(row["snapshot_id"]), row["source_table"]
+            if table not in _SNAPSHOT_TABLES:  # a table name from the database is not put in SQL unchecked
+                raise ValueError(f"snapshot {snapshot_id}: unknown snapshot table {table!r}")
+            status = await conn.execute(f"DELETE FROM {table} WHERE snapshot_id = $1", snapshot_id)
+            await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
+            dropped.append((snapshot_id, int(status.split()[-1])))
+        if dropped and not await unchanged(conn):
+            raise RunTakenOver(f"instance {instance} moved on while its snapshots were dropped")
+    for snapshot_id, rows in dropped:
+        log.info("load.dead_run_dropped", instance=instance, snapshot=snapshot_id, rows=rows)
+    return dropped
+
+
 async def finish_load(pool: asyncpg.Pool, filestore: FileStore, checked: ChecksDone) -> LoadOutcome:
     """The feedback file of a checked snapshot and the outcome. Repeatable: the problems stay in load_problem
     until the feedback file holds them. A full store raises FeedbackNotWritten."""
@@ -163,7 +228,9 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
                 "VALUES ($1, '*', $2, $3, $4, $5)", snapshot_id, field, code, severity,
                 f"no source data for ente {ente} in {period_start}..{period_end} ({table.removeprefix('snapshot_')}"
                 f"): the load is empty")
-    outcome = await finish_load(pool, filestore, ChecksDone(snapshot_id, counts))
+    checked = ChecksDone(snapshot_id, counts)
+    await mark_checked(pool, checked)
+    outcome = await finish_load(pool, filestore, checked)
     if progress is not None:
         progress("done", len(STEPS), len(STEPS))
     return outcome

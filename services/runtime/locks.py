@@ -34,7 +34,7 @@ async def instance_lock(pool: asyncpg.Pool, namespace: int, instance: int) -> As
         try:
             yield held
         finally:
-            if held:
+            if held and not conn.is_closed():  # a connection cut took the lock with it
                 await conn.execute("SELECT pg_advisory_unlock($1, $2)", namespace, instance)
 
 

@@ -7,6 +7,8 @@
   loader or formatter of the test session (the e2e platform's) takes their partitions;
 - FLOWS_TEST_LOAD_PAUSE_S (loader): after each snapshot the load sleeps that long before its checks, the
   window in which the test kills a loader in the middle of a load. The load itself is the real one.
+- FLOWS_TEST_LOAD_HOLD_DIR (loader): after each snapshot the load also waits while that folder holds a file
+  `hold` and no file `go-<snapshot number>`: the test decides when each run of a load goes on.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from services.runtime import broker
@@ -29,11 +32,14 @@ def loader(suffix: str) -> None:
     from services.loader import app, pipeline
 
     pause = float(os.environ.get("FLOWS_TEST_LOAD_PAUSE_S", "0"))
+    holds = Path(os.environ["FLOWS_TEST_LOAD_HOLD_DIR"]) if "FLOWS_TEST_LOAD_HOLD_DIR" in os.environ else None
     take_snapshot = pipeline.take_snapshot
 
     async def snapshot_then_pause(*args: Any, **kwargs: Any) -> Any:
         taken = await take_snapshot(*args, **kwargs)
         await asyncio.sleep(pause)
+        while holds is not None and (holds / "hold").exists() and not (holds / f"go-{taken.snapshot_id}").exists():
+            await asyncio.sleep(0.05)
         return taken
 
     pipeline.take_snapshot = snapshot_then_pause  # type: ignore[assignment]

@@ -206,6 +206,18 @@ async def _waiting_figure(service: Service, disk: SmallDisk) -> float | None:
     return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), None)
 
 
+async def _snapshots(url: str, instance: int) -> list[tuple[int, int]]:
+    """(snapshot, its rows left in load_problem) of every source snapshot the instance has."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT snapshot_id, (SELECT count(*) FROM load_problem p WHERE p.snapshot_id = "
+                                "s.snapshot_id) AS problems FROM source_snapshot s WHERE instance = $1 "
+                                "ORDER BY snapshot_id", instance)
+    finally:
+        await conn.close()
+    return [(int(r["snapshot_id"]), int(r["problems"])) for r in rows]
+
+
 def _stored_size(disk: SmallDisk, ref: dict[str, Any]) -> int:
     """The space a stored file takes on the tmpfs (whole pages)."""
     return (disk.path / "sha256" / ref["sha256"][:2] / ref["sha256"][2:]).stat().st_blocks * 512
@@ -360,7 +372,9 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
         assert len([r for r in loader.lines("load.feedback_again") if r.get("instance") == big]) == len(lines) - 1
 
         # A loader killed while it waits (kill -9, between two attempts) loses no work: its successor finds the
-        # load Running, takes a snapshot of its own (the kept one was the dead process's memory) and waits.
+        # load Running and its snapshot checked (recorded in the database), and waits to write only the feedback:
+        # no new snapshot, no new checks.
+        first_snapshot = started[0]["snapshot"]
         loader = await services.restart("loader")
 
         async def full_again() -> Any:
@@ -369,7 +383,10 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
         assert (await _instances(url))[big][0] == InstanceState.RUNNING.value
         _store_is_whole(disk)
         assert disk.free_bytes() == free_before - _stored_size(disk, small_feedback)
-        started = [r for r in loader.lines("load.started") if r.get("instance") == big]
+        assert [r for r in loader.lines("load.started") if r.get("instance") == big] == [], \
+            "the new loader took a new snapshot instead of finishing the checked one"
+        assert [r["snapshot"] for r in loader.lines("load.feedback_again") if r.get("instance") == big][:1] == \
+            [first_snapshot]
 
         disk.grow(ROOMY_KB)
         freed_at = time.monotonic()
@@ -382,15 +399,86 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
         _store_is_whole(disk)
         ref = history[-1][1]["feedback"]
         data = _file_checks(disk, ref)
+        snapshots = await _snapshots(url, big)
 
     print(f"\nfull disk (loader): {len(lines)} store.full lines in {WAIT_S:.0f} s (retry_in_s "
           f"{[r['retry_in_s'] for r in lines]}); Failed loading {resumed_s:.1f} s after the space was freed")
     failed = history[-1][1]
     assert [t for t, _ in history] == [flows.TYPE_OF[flows.LoadRunning], flows.TYPE_OF[flows.LoadFailed]]
-    assert len(started) == 1 and failed["source_instance"] == started[0]["snapshot"]  # its first, kept
+    assert failed["source_instance"] == first_snapshot  # the first loader's, checked, kept, finished by the second
+    assert snapshots == [(first_snapshot, 0)], snapshots  # one snapshot; its problems are in the feedback file now
     # the planted problems (a few bad records fall on the same prescription, one error for them all)
     assert failed["errors"] >= 500 and "could not complete" not in failed["summary"], failed
     assert resumed and resumed[0]["attempts"] == len(waited_again), resumed
     lines_in_file = data.decode().splitlines()
     assert lines_in_file[0] == "record_key;field;code;severity;message"
     assert len(lines_in_file) - 1 == ref["records"] == failed["errors"] + failed["warnings"], ref
+
+
+async def _crash_postgres(url: str) -> None:
+    """A real crash of the session's PostgreSQL: one of its backends killed with SIGKILL. The postmaster then ends
+    every other backend and runs crash recovery, which empties every UNLOGGED table (load_problem among them), as
+    after a power cut. Returns once it accepts connections again."""
+    conn = await asyncpg.connect(url)
+    pid = await conn.fetchval("SELECT pg_backend_pid()")
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        await conn.close(timeout=2)
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                conn = await asyncpg.connect(url, timeout=5)
+            except (OSError, asyncpg.PostgresError, TimeoutError):
+                await asyncio.sleep(0.2)
+                continue
+            await conn.close()
+            return
+
+
+async def test_a_postgres_crash_while_a_load_waits_for_space_makes_the_loader_check_again_not_pass_it(
+        stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The problems of a checked snapshot wait in load_problem, an UNLOGGED table, until the feedback file holds
+    them. A crash of PostgreSQL while the load waits for space empties that table: finishing the load from the
+    checked snapshot would then write an outcome with no problem (a Checked load of 600 bad records). The loader
+    must see that the problems are gone, drop that snapshot and take the load again: Failed loading, every problem
+    in its feedback, one snapshot left."""
+    async with scratch_database("t_fulldisk_crash") as url, contextlib.AsyncExitStack() as context:
+        disk = context.enter_context(small_disk(tmp_path / "files", size_kb=48))
+        services = await context.enter_async_context(_services(url, disk.path, tmp_path, "loader"))
+        await _seed(url, [("201", "2020-08", 2000, 600)])
+        loader = services["loader"]
+        start, end = month_period("2020-08")
+        await send_command(KAFKA, "flows.load-requested", flows.LoadRequested(
+            request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente="201",
+            period=flows.Period(start=start, end=end), requested_by="test.fulldisk"), key="201")
+
+        async def waiting() -> Any:
+            found = {e: s for s, e, _ in (await _instances(url)).values()}
+            if found.get("201") not in (None, InstanceState.RUNNING.value):
+                return True
+            return next((r for r in loader.lines("store.full")), None)
+        await _until("the loader finding the store full", waiting, services, 90)
+        big = next(iter(await _instances(url)))
+        assert (await _instances(url))[big][0] == InstanceState.RUNNING.value
+        [(first_snapshot, problems)] = await _snapshots(url, big)
+        assert problems >= 500
+
+        await _crash_postgres(url)
+        assert await _snapshots(url, big) == [(first_snapshot, 0)], "crash recovery did not empty load_problem"
+        disk.grow(ROOMY_KB)
+        final = await _until("the load ended", _in_state(url, InstanceState.FAILED_LOADING, "201"), services, 120)
+        history = await _events(url, big)
+        snapshots = await _snapshots(url, big)
+        lost = [r for r in loader.lines("load.checked_problems_lost") if r.get("instance") == big]
+        dropped = [r for r in loader.lines("load.dead_run_dropped") if r.get("instance") == big]
+        ref = history[-1][1]["feedback"]
+        data = _file_checks(disk, ref)
+
+    assert final == big
+    failed = history[-1][1]
+    assert [t for t, _ in history] == [flows.TYPE_OF[flows.LoadRunning], flows.TYPE_OF[flows.LoadFailed]], history
+    assert failed["errors"] >= 500 and "could not complete" not in failed["summary"], failed
+    assert lost and lost[0]["snapshot"] == first_snapshot and lost[0]["found"] == 0, lost
+    assert [r["snapshot"] for r in dropped] == [first_snapshot], dropped
+    assert failed["source_instance"] != first_snapshot and snapshots == [(failed["source_instance"], 0)], snapshots
+    assert len(data.decode().splitlines()) - 1 == ref["records"] == failed["errors"] + failed["warnings"], ref

@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from contracts.states import InstanceState
 from contracts.topics import INTAKE_TOPICS
 from services.loader.intake import store
 from services.runtime.commands import send_command
+from services.runtime.locks import LOAD_LOCK
 from services.runtime.settings import Settings
 from simulators.cup.generator import generate, month_period
 from tests.integration.outage_loader import start_at_the_end
@@ -72,15 +74,19 @@ class Replica:
         return json_lines(self.log, event)
 
 
+def _by_kind(records: Iterable[SourceModel]) -> dict[type[SourceModel], list[SourceModel]]:
+    batches: dict[type[SourceModel], list[SourceModel]] = {model: [] for model in KINDS}
+    for record in records:
+        batches[type(record)].append(record)
+    return batches
+
+
 async def _seed(url: str) -> None:
     """The source data of the 12 loads, stored as intake stores it (the loads are what this test is about)."""
     conn = await asyncpg.connect(url)
     try:
         for n, (ente, month) in enumerate(LOADS):
-            batches: dict[type[SourceModel], list[SourceModel]] = {model: [] for model in KINDS}
-            for record in generate(ente, month, SERVICES_PER_LOAD, seed=1000 + n):
-                batches[type(record)].append(record)
-            for model, batch in batches.items():
+            for model, batch in _by_kind(generate(ente, month, SERVICES_PER_LOAD, seed=1000 + n)).items():
                 await store(conn, KINDS[model], batch)
     finally:
         await conn.close()
@@ -249,6 +255,14 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
                            for r in replicas if r.service == "formatter"}
 
         events = await _events(url)
+        conn = await asyncpg.connect(url)
+        try:
+            snapshots = {int(r["instance"]): sorted(r["ids"]) for r in await conn.fetch(
+                "SELECT instance, array_agg(snapshot_id) AS ids FROM source_snapshot GROUP BY instance")}
+            dead_rows = await conn.fetchval("SELECT count(*) FROM snapshot_service WHERE snapshot_id = $1",
+                                            first_snapshot)
+        finally:
+            await conn.close()
         replay = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "services.cli.main", "replay", "--all", "--verify"],
             capture_output=True, text=True, cwd=REPO, timeout=120,
@@ -296,6 +310,11 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
     assert victim_events[LOAD_EVENTS[0]]["metadata"]["replica"] == "loader-1"
     assert victim_events[LOAD_EVENTS[1]]["metadata"]["replica"] == "loader-2"
     assert victim_events[LOAD_EVENTS[1]]["data"]["source_instance"] != first_snapshot
+    # whose snapshot (dead with loader-1) loader-2 dropped before taking its own: no rows left behind
+    assert dead_rows == 0 and [r["snapshot"] for r in loader_2.lines("load.dead_run_dropped")] == [first_snapshot]
+    # every instance keeps one snapshot: the one its outcome names
+    assert snapshots == {i: [next(e for e in by_instance[i] if e["type"] == LOAD_EVENTS[1])["data"]["source_instance"]]
+                         for i in instances}, snapshots
     # and the operator sees it: `flows show` names the replica beside the actor
     rows = {line.split("│")[3].strip(): line for line in show.stdout.splitlines() if line.count("│") > 5}
     assert "test.replicas (loader-1)" in rows[LOAD_EVENTS[0]] and "loader (loader-2)" in rows[LOAD_EVENTS[1]], \
@@ -305,6 +324,111 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
         assert "message.dead_lettered" not in text and "service.loop_failed" not in text, name
     assert replay.returncode == 0, replay.stdout + replay.stderr
     assert "every hash chain verifies" in replay.stdout and "equal the live ones" in replay.stdout, replay.stdout
+
+
+def _logged(replicas: list[Replica], event: str, **match: Any) -> list[dict[str, Any]]:
+    """`event` lines of every replica whose fields hold `match`, each with the replica's name under "replica"."""
+    return [{**r, "replica": rep.name} for rep in replicas for r in rep.lines(event)
+            if all(r.get(k) == v for k, v in match.items())]
+
+
+async def _until_logged(replicas: list[Replica], event: str, limit_s: float, **match: Any) -> dict[str, Any]:
+    try:
+        async with asyncio.timeout(limit_s):  # a hang guard, no speed target
+            while not (found := _logged(replicas, event, **match)):
+                for r in replicas:
+                    assert r.process.returncode is None, f"{r.name} exited:\n{r.log.read_text()[-3000:]}"
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        tails = "\n".join(f"--- {r.name}\n" + "\n".join(line[:400] for line in r.log.read_text().splitlines()
+                                                         if "batch.stored" not in line)[-5000:] for r in replicas)
+        raise AssertionError(f"no {event} {match} within {limit_s:.0f} s\n{tails}") from None
+    return found[0]
+
+
+async def test_a_loader_that_lost_its_lock_writes_nothing_over_the_run_that_took_its_load_over(
+        stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A loader holds its lock on an instance through one PostgreSQL session. A cut of that one connection (here
+    `pg_terminate_backend`, as a DBA, an idle-session timeout or a proxy would do it) frees the lock while the
+    loader works on. The next pass of a loader then takes the load over and drops the snapshot it finds, the
+    first run's. The first run must not write its outcome when it ends: it would name a snapshot that no longer
+    exists (a Checked load with no rows; the formatter would write empty files)."""
+    suffix = uuid.uuid4().hex[:8]
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    (holds / "hold").touch()  # every run waits after its snapshot until the test writes go-<snapshot>
+    async with scratch_database("t_lock_lost") as url, contextlib.AsyncExitStack() as running:
+        conn = await asyncpg.connect(url)
+        try:
+            for model, batch in _by_kind(generate("201", "2020-08", SERVICES_PER_LOAD, seed=77)).items():
+                await store(conn, KINDS[model], batch)
+        finally:
+            await conn.close()
+        await start_at_the_end(KAFKA, f"loader-{suffix}", ["flows.load-requested"])
+        await start_at_the_end(KAFKA, f"loader-sources-{suffix}", [t.name for t in INTAKE_TOPICS])
+        replicas: list[Replica] = []
+        for n in (1, 2):
+            name = f"loader-{n}"
+            port = free_port(600 + 20 * n, 620 + 20 * n)
+            env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
+                   "FLOWS_FILES_DIR": str(tmp_path / "files"), "FLOWS_REPLICA": name, "FLOWS_HEALTH_PORT": str(port),
+                   "FLOWS_TEST_LOAD_HOLD_DIR": str(holds), "PYTHONUNBUFFERED": "1"}
+            log = tmp_path / f"{name}.log"
+            process = await running.enter_async_context(
+                logged_process(log, "-m", "tests.integration.replica_service", "loader", suffix, env=env))
+            replicas.append(Replica(name, "loader", log, port, process))
+        await _wait_for_the_groups(replicas)
+
+        start, end = month_period("2020-08")
+        await send_command(KAFKA, "flows.load-requested", flows.LoadRequested(
+            request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente="201",
+            period=flows.Period(start=start, end=end), requested_by="test.replicas"), key="201")
+        first = await _until_logged(replicas, "load.started", 60)
+        instance, first_snapshot = int(first["instance"]), int(first["snapshot"])
+
+        conn = await asyncpg.connect(url)
+        try:  # the first run's lock goes with its connection; the run itself waits on, unaware
+            cut = await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND classid = $1 AND objid = $2 AND objsubid = 2", LOAD_LOCK, instance)
+        finally:
+            await conn.close()
+        assert cut == 1, "no session held the load's lock"
+        dropped = await _until_logged(replicas, "load.dead_run_dropped", 60, instance=instance)
+        # the run that dropped it takes its own snapshot next (logged after the drop)
+        seconds = [r for r in _logged(replicas, "load.started", instance=instance) if r["snapshot"] != first_snapshot]
+        assert len(seconds) == 1 and seconds[0]["replica"] == dropped["replica"], seconds
+        second = seconds[0]
+        second_snapshot = int(second["snapshot"])
+
+        (holds / f"go-{first_snapshot}").touch()  # the first run goes on: its checks, its feedback, its outcome
+        refused = await _until_logged(replicas, "load.taken_over", 60, instance=instance)
+        assert (await _states(url))[instance] == InstanceState.RUNNING.value
+        between = [e["type"] for e in await _events(url)]
+
+        (holds / f"go-{second_snapshot}").touch()
+        await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)
+        events = await _events(url)
+        conn = await asyncpg.connect(url)
+        try:
+            snapshots = [(int(r["snapshot_id"]), int(r["rows"])) for r in await conn.fetch(
+                "SELECT s.snapshot_id, (SELECT count(*) FROM snapshot_service x WHERE x.snapshot_id = s.snapshot_id) "
+                "AS rows FROM source_snapshot s WHERE s.instance = $1", instance)]
+        finally:
+            await conn.close()
+
+    print(f"\nlock lost: run 1 (snapshot {first_snapshot}, {first['replica']}) cut off, run 2 (snapshot "
+          f"{second_snapshot}, {second['replica']}) dropped it; run 1's outcome refused: {refused['reason']}")
+    assert dropped["snapshot"] == first_snapshot and second_snapshot != first_snapshot
+    assert refused["snapshot"] == first_snapshot, refused
+    assert between == [LOAD_EVENTS[0]], between  # nothing written by the run that lost its lock
+    assert [e["type"] for e in events] == LOAD_EVENTS, [e["type"] for e in events]
+    checked = events[-1]["data"]
+    assert checked["source_instance"] == second_snapshot and checked["counts"]["services"] > 0, checked
+    assert snapshots == [(second_snapshot, checked["counts"]["services"])], snapshots
+    for r in replicas:
+        text = r.log.read_text(errors="replace")
+        assert "message.dead_lettered" not in text and "service.loop_failed" not in text, r.name
 
 
 def _free_run(count: int) -> int:
