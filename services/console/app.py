@@ -91,7 +91,7 @@ from services.runtime import ops
 from services.runtime.coverage import coverage
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
-from services.runtime.filestore import FileStore
+from services.runtime.filestore import FileStore, is_full
 from services.runtime.read_models import instance_stream
 from services.runtime.settings import Settings
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE
@@ -285,12 +285,31 @@ def guard(rule: Rule, with_session: SessionQuery | None = None) -> Callable[[Req
         # A browser session's POST carries the session's CSRF token in its form (an API key's does not:
         # no browser sends it on its own).
         if request.method == "POST" and not principal.name.startswith("api:"):
-            form = await request.form()
+            form = await read_form(request)
             given = form.get("csrf")
             if not auth.csrf_ok(principal.csrf_token, given if isinstance(given, str) else None):
                 raise HTTPException(403, "Modulo scaduto o non valido: ricarichi la pagina e riprovi.")
         return Ctx(principal, request, row, found)
     return check
+
+
+UPLOAD_SPACE_REFUSED = ("Documento non ricevuto: spazio su disco esaurito sul server durante il caricamento. Non è "
+                        "stato salvato né registrato nulla: riprovare più tardi (se il problema continua, avvisare "
+                        "l'esercizio).")
+
+
+async def read_form(request: Request) -> Any:
+    """The request's form (Starlette caches it: the guard's read and the route's are one). A file part larger than
+    1 MB is spooled to this server's temporary folder while it arrives: that disk full is answered 507 at once,
+    nothing kept (Starlette closes the spooled files), and logged `store.full` for the operators."""
+    try:
+        return await request.form()
+    except OSError as exc:
+        if not is_full(exc):
+            raise
+        log.warning("store.full", path=tempfile.gettempdir(), route=request.url.path, step="form upload spooled",
+                    error=f"{type(exc).__name__}: {exc}")
+        raise HTTPException(507, UPLOAD_SPACE_REFUSED) from exc
 
 
 def route(router: APIRouter, method: str, path: str, rule: Rule, kind: str, with_session: SessionQuery | None = None,
@@ -1455,26 +1474,40 @@ async def onboarding_request(ctx: Ctx) -> Response:
                 **await _onboarding_view(ctx))
 
 
+async def _add_uploaded(ctx: Ctx, request_id: str, form: Any) -> tuple[int, str | None, str]:
+    """The uploaded document given to the onboarding service: (status, message, level) for the page."""
+    upload, doc_type = form.get("documento"), str(form.get("tipo") or "")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return 422, "Scelga il file da caricare.", "danger"
+    name = Path(upload.filename).name
+    content = await upload.read()
+    try:
+        added = await onboarding.add_document(_onboarding_deps(_console(ctx.request)), request_id,
+                                              name, content, doc_type, {}, ctx.principal.name)
+    except onboarding.DocumentNotStored as exc:
+        log.warning("store.full", path=str(exc.path), request=request_id, document=name, bytes=exc.size,
+                    error=str(exc.__cause__), step="onboarding document")
+        return 507, (f"Documento {name} non salvato: spazio su disco esaurito nell'archivio dei documenti. Non è "
+                     "stato registrato nulla: riprovare più tardi (se il problema continua, avvisare l'esercizio)."), \
+            "danger"
+    except (onboarding.OnboardingError, ValueError) as exc:
+        return 422, f"Documento non accettato: {exc}", "danger"
+    message = f"Documento {name} ricevuto e valutato."
+    if added.ignored_sheets:
+        message += f" Fogli non richiesti, ignorati: {', '.join(added.ignored_sheets)}."
+    return 200, message, "success"
+
+
 @route(pages, "POST", "/onboarding/{request}/documenti", UPLOAD_ONBOARDING, "action")
 async def onboarding_upload(ctx: Ctx) -> Response:
-    """A document, assessed at once: a tracciato's findings come back with sheet, row, column and rule."""
+    """A document, assessed at once: a tracciato's findings come back with sheet, row, column and rule.
+
+    A full disk answers 507 at once with nothing stored or recorded (the file store removes a partial file), and
+    the person uploading tries again later: the file store's disk (the page names the document), or this server's
+    temporary folder, where a large upload is spooled while it arrives (read_form: the name is not known yet).
+    Each refusal is a `store.full` warning for the operators."""
     assert ctx.row is not None
-    form = await ctx.request.form()
-    upload, doc_type = form.get("documento"), str(form.get("tipo") or "")
-    status, message, level = 200, None, "success"
-    if not isinstance(upload, UploadFile) or not upload.filename:
-        status, message, level = 422, "Scelga il file da caricare.", "danger"
-    else:
-        content = await upload.read()
-        try:
-            added = await onboarding.add_document(_onboarding_deps(_console(ctx.request)), str(ctx.row["request_id"]),
-                                                Path(upload.filename).name, content, doc_type, {}, ctx.principal.name)
-        except (onboarding.OnboardingError, ValueError) as exc:
-            status, message, level = 422, f"Documento non accettato: {exc}", "danger"
-        else:
-            message = f"Documento {Path(upload.filename).name} ricevuto e valutato."
-            if added.ignored_sheets:
-                message += f" Fogli non richiesti, ignorati: {', '.join(added.ignored_sheets)}."
+    status, message, level = await _add_uploaded(ctx, str(ctx.row["request_id"]), await read_form(ctx.request))
     ctx.row = await _console(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
                                                         ctx.row["request_id"])
     return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,

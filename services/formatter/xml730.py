@@ -20,11 +20,19 @@ collected with its source id and field (the first 1,000 kept, all counted), and 
 `Xml730Rejected` with them (the handler turns that into FormatFailed). No file is stored unless
 the whole instance is good, because a 730 missing documents would silently under-report a
 citizen's expenses.
+
+Where the parts are built: in a work folder under the file store's own `tmp/` (`work-730-<instance>-...`), on
+the disk the files go to, as the fixed-width files are; before, the process's temporary folder, a disk nobody
+sized for zips of up to 5 MB each (in a container, its ephemeral storage). A full disk at any step (building a
+part, or storing it) is StoreFull naming the store: the formatter keeps the instance Formatting in progress and
+waits for space (services.formatter.handlers). The work folder goes with the attempt, its open part closed first
+so its space is given back at once; a folder a killed process left is swept like the store's temporary files.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import struct
 import tempfile
@@ -55,6 +63,7 @@ from services.formatter.xml730_rules import (
     period_label,
     problems_of,
 )
+from services.runtime.filestore import WORK_PREFIX, StoreFull, is_full
 from services.runtime.sanitel import ciphertext_length, encrypt_for_ts, load_certificate
 
 TS_MAX_ZIP_BYTES = MAX_ZIP_BYTES
@@ -188,6 +197,11 @@ class _PartWriter:
         size = self._zip.close()
         return PartFile(self.path, self.name, self.part, self.records, size)
 
+    def abort(self) -> None:
+        """The part's file closed as it is (its bytes are discarded with the work folder)."""
+        with contextlib.suppress(OSError):  # a full disk fails the flush of the buffered tail: closed all the same
+            self._zip._file.close()
+
 
 @dataclass
 class SubmissionWriter:
@@ -228,6 +242,15 @@ class SubmissionWriter:
         if self._current is not None:
             self._close_current()
         return self.parts
+
+    def abort(self) -> None:
+        """The open part's file closed (the writer is not used after this; `written` still counts it)."""
+        if self._current is not None:
+            self._current.abort()
+
+    def written(self) -> int:
+        """Bytes of zip written so far (closed parts and the open one)."""
+        return sum(p.bytes for p in self.parts) + (self._current._zip.compressed if self._current else 0)
 
     def _open(self, part: int) -> _PartWriter:
         name = self.name_part(part)
@@ -346,35 +369,60 @@ async def format_730(pool: Any, filestore: FileStoreLike, instance: int, snapsho
         return encrypt_for_ts(cert, value)
 
     problems = ProblemList()
-    parts: list[PartFile] = []
-    with tempfile.TemporaryDirectory(prefix=f"730-{instance}-", dir=workdir) as tmp:
-        async with pool.acquire() as conn:
-            for row in await conn.fetch(_DUPLICATES_SQL, snapshot_id):
-                ids = list(row["source_ids"])
-                problems.extend(
-                    DocumentProblem(sid, "document_number", "same idSpesa (pIva, issue date, device, number) as "
-                            + ", ".join(i for i in ids if i != sid)) for sid in ids)
-            for group in await conn.fetch(_GROUPS_SQL, snapshot_id):
-                ente, sts11 = group["ente"], group["structure_sts11"]
-                label = period or period_label(group["first_payment"], group["last_payment"])
-                def name_part(n: int, e: str = ente, s: str = sts11, p: str = label) -> str:
-                    return part_file_name(region, e, s, p, instance, n)
+    writers: list[SubmissionWriter] = []
+    store_root = getattr(filestore, "root", None)
+    if workdir is None and store_root is not None:
+        workdir = Path(store_root) / "tmp"
+    try:
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f"{WORK_PREFIX}730-{instance}-", dir=workdir) as tmp:
+            try:
+                return await _build_and_store(pool, filestore, instance, snapshot_id, schema, encrypt, cf_owner,
+                                              region, period, max_zip_bytes, Path(tmp), problems, writers)
+            finally:  # a failed attempt's open part is closed before its folder goes: its space comes back at once
+                for writer in writers:
+                    writer.abort()
+    except OSError as exc:
+        if store_root is None or not is_full(exc) or isinstance(exc, StoreFull):
+            raise
+        raise StoreFull(Path(store_root), sum(w.written() for w in writers), exc) from exc
 
-                writer = SubmissionWriter(
-                    owner=Owner(region, ente, sts11, cf_owner), encrypt=encrypt, workdir=Path(tmp),
-                    name_part=name_part, schema=schema, max_zip_bytes=max_zip_bytes, first_part=len(parts) + 1)
-                writer.problems = problems  # one list: once anything is wrong, later parts skip validation
-                async with conn.transaction():  # a server-side cursor lives in a transaction
-                    cursor = await conn.cursor(_ROWS_SQL, snapshot_id, ente, sts11)
-                    await _pipeline(cursor, writer)
-                parts.extend(await asyncio.to_thread(writer.finish))
-        if problems:
-            raise Xml730Rejected(problems)
-        files = []
-        for part in parts:
-            sha256, size = await asyncio.to_thread(filestore.put_stream, _chunks(part.path))
-            files.append({"name": part.name, "kind": KIND, "records": part.records, "bytes": size,
-                          "sha256": sha256, "media_type": MEDIA_TYPE, "part": part.part})
+
+async def _build_and_store(pool: Any, filestore: FileStoreLike, instance: int, snapshot_id: int,
+                           schema: etree.XMLSchema, encrypt: Callable[[str], str], cf_owner: str | None, region: str,
+                           period: str | None, max_zip_bytes: int, tmp: Path, problems: ProblemList,
+                           writers: list[SubmissionWriter]) -> list[dict[str, Any]]:
+    """The parts built in `tmp`, then (the whole instance good) stored; `writers` collects the writers made."""
+    parts: list[PartFile] = []
+    async with pool.acquire() as conn:
+        for row in await conn.fetch(_DUPLICATES_SQL, snapshot_id):
+            ids = list(row["source_ids"])
+            problems.extend(
+                DocumentProblem(sid, "document_number", "same idSpesa (pIva, issue date, device, number) as "
+                        + ", ".join(i for i in ids if i != sid)) for sid in ids)
+        for group in await conn.fetch(_GROUPS_SQL, snapshot_id):
+            ente, sts11 = group["ente"], group["structure_sts11"]
+            label = period or period_label(group["first_payment"], group["last_payment"])
+            def name_part(n: int, e: str = ente, s: str = sts11, p: str = label) -> str:
+                return part_file_name(region, e, s, p, instance, n)
+
+            writer = SubmissionWriter(
+                owner=Owner(region, ente, sts11, cf_owner), encrypt=encrypt, workdir=Path(tmp),
+                name_part=name_part, schema=schema, max_zip_bytes=max_zip_bytes, first_part=len(parts) + 1)
+            writer.problems = problems  # one list: once anything is wrong, later parts skip validation
+            writers.append(writer)
+            async with conn.transaction():  # a server-side cursor lives in a transaction
+                cursor = await conn.cursor(_ROWS_SQL, snapshot_id, ente, sts11)
+                await _pipeline(cursor, writer)
+            parts.extend(await asyncio.to_thread(writer.finish))
+    if problems:
+        raise Xml730Rejected(problems)
+    files = []
+    for part in parts:
+        sha256, size = await asyncio.to_thread(filestore.put_stream, _chunks(part.path))
+        files.append({"name": part.name, "kind": KIND, "records": part.records, "bytes": size,
+                      "sha256": sha256, "media_type": MEDIA_TYPE, "part": part.part})
     return files
 
 

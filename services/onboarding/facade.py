@@ -25,6 +25,7 @@ from services.onboarding.domain import (
 )
 from services.onboarding.handlers import (
     Added,
+    DocumentNotStored,
     OnboardingDeps,
     add_document,
     desk_verdict,
@@ -44,6 +45,7 @@ from services.runtime.host import prepare_database
 __all__ = [
     "Added",
     "DashboardProjection",
+    "DocumentNotStored",
     "DocumentState",
     "OnboardingDeps",
     "OnboardingError",

@@ -40,7 +40,7 @@ from services.onboarding.requirements import Requirements, check_metadata, load_
 from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow
 from services.runtime.broker import Incoming
 from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent
-from services.runtime.filestore import FileStore
+from services.runtime.filestore import FileStore, StoreFull
 
 CONSUMER = "onboarding"
 CONCURRENCY_ATTEMPTS = 5
@@ -183,6 +183,17 @@ async def record_document(
     return await _retrying(attempt)
 
 
+class DocumentNotStored(OnboardingError):
+    """The file store is full (ENOSPC): the document was not stored and nothing of it was recorded (the store
+    removed its partial bytes); whoever is uploading tries again once space is freed. Not a finding about the
+    document, and nothing the service retries by itself: the person uploading is there, and told at once."""
+
+    def __init__(self, request_id: str, filename: str, size: int, cause: StoreFull) -> None:
+        super().__init__(f"request {request_id}, document {filename}: not stored, the file store is full "
+                         f"({cause}); nothing was recorded: send it again once space is freed")
+        self.request_id, self.filename, self.size, self.path = request_id, filename, size, cause.root
+
+
 @dataclass(frozen=True)
 class Added:
     events: list[Payload]
@@ -198,10 +209,14 @@ async def add_document(
     metadata: Mapping[str, str],
     actor: str,
 ) -> Added:
-    """CLI intake: store the file, then record it; type `tracciati` = a workbook of several sheets."""
+    """CLI intake: store the file, then record it; type `tracciati` = a workbook of several sheets.
+    A full file store raises DocumentNotStored before anything is recorded."""
     request = await require(deps, request_id)
     requirements = request.requirements
-    sha256, size = deps.files.put_bytes(content)
+    try:
+        sha256, size = deps.files.put_bytes(content)
+    except StoreFull as exc:
+        raise DocumentNotStored(request_id, filename, len(content), exc) from exc
     stored_at = str(deps.files.path(sha256).relative_to(deps.files.root))
     now = deps.clock()
 

@@ -25,7 +25,8 @@ file, so a failed attempt leaves no bytes behind to fill the disk further, and r
 errno kept), which names the store's folder and how far the file got. The services wait for space instead
 of failing the work (`SpaceWaits`: per instance, backed off, retried at once when the free space grows).
 A temporary file can only outlive its writer when the process dies mid-file (kill -9): `sweep_temporaries`
-removes those not written for STALE_TEMPORARY_S, at every service start and whenever the store is full.
+removes those not written for STALE_TEMPORARY_S, at every service start and whenever the store is full, and
+so the work folders (WORK_PREFIX) in which the 730 formatter builds its parts before storing them.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import hashlib
 import mmap
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable
@@ -55,6 +57,9 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # loss): every writer of the store writes its file continuously from a stream (a COPY, a local file), so a
 # live one never pauses near this long. Removed at service start and whenever the store is found full.
 STALE_TEMPORARY_S = 1800.0
+# A writer that builds several files before storing them (the 730 formatter's zip parts) does it in a folder of
+# tmp/ named with this prefix, on the store's disk: swept by the same rule, its newest file deciding its age.
+WORK_PREFIX = "work-"
 
 
 class StoreFull(OSError):
@@ -121,13 +126,18 @@ class FileStore:
             return removed
         now = time.time()
         for entry in entries:
-            if not entry.name.startswith("part-"):
-                continue
             with contextlib.suppress(FileNotFoundError):
-                st = entry.stat(follow_symlinks=False)
-                if now - st.st_mtime > older_than_s:
-                    os.unlink(entry.path)
-                    removed.append((Path(entry.path), st.st_size))
+                if entry.name.startswith("part-"):
+                    st = entry.stat(follow_symlinks=False)
+                    if now - st.st_mtime > older_than_s:
+                        os.unlink(entry.path)
+                        removed.append((Path(entry.path), st.st_size))
+                elif entry.name.startswith(WORK_PREFIX) and entry.is_dir(follow_symlinks=False):
+                    inside = [entry.stat(follow_symlinks=False)] + [
+                        p.lstat() for p in Path(entry.path).rglob("*")]
+                    if now - max(st.st_mtime for st in inside) > older_than_s:
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                        removed.append((Path(entry.path), sum(st.st_size for st in inside[1:])))
         return removed
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:

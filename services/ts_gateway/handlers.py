@@ -25,6 +25,15 @@ A new request on a Rejected instance (the operator fixed the credentials, or TS 
 reopens only the rejected parts; confirmed parts are never sent again. TS answering 401 (user or
 password refused) ends the submission Rejected at once, and a 401 while polling stops every call
 for that request until a new one arrives: retrying a wrong password locks the TS account.
+
+A full file store (ENOSPC) while keeping a part's feedback (the per-document errors CSV, the PDF receipt) is the
+platform's condition, not TS's outcome: the instance stays Waiting feedback, nothing is appended, and the resume
+pass tries again backed off, or at once when space grows (services.runtime.filestore.SpaceWaits: one `store.full`
+warning per attempt naming the store and the instance; flows_file_store_waiting on /metrics, alert FileStoreFull).
+The send itself never touches the disk: a part is never marked sent or failed by it. The part's outcome is
+already in the ledger by then (polling recorded it): a part with an outcome from TS that the history has not
+announced (a full store, or a crash, came between) has its errors and receipt fetched from TS again, which keeps
+them, so the outcome is never announced without its errors file.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from contracts.deadlines import italian_today
 from contracts.instance import FlowInstance, SubmissionRequest
 from contracts.states import SENDABLE_FLOW_TYPES, Actor, InstanceState
 from services.runtime.broker import Incoming, Refused
+from services.runtime.filestore import SpaceWaits, is_full
 from services.runtime.instances import ServiceDeps
 from services.runtime.locks import SUBMIT_LOCK, instance_lock
 from services.runtime.logging import get_logger
@@ -70,6 +80,7 @@ class GatewayDeps(ServiceDeps):
     runner: SubmissionRunner
     keys: GatewayKeys
     today: Any = field(default=italian_today)  # () -> date, in TS's time zone
+    space: SpaceWaits = field(default_factory=lambda: SpaceWaits(log))  # instances waiting for a full store
     worker: SubmissionWorker = field(init=False)
 
     def __post_init__(self) -> None:
@@ -98,14 +109,19 @@ class SubmissionWorker:
         log_ = log.bind(aggregate_id=str(instance))
         try:
             await submit_instance(instance, self._deps)
-        except PollingBlocked as exc:
-            self.blocked_requests.add(exc.request_id)
-            log_.error("ts.submission_blocked", error=str(exc))
-        except (TsError, asyncpg.PostgresError, OSError) as exc:
-            # the next resume pass tries again (sends reconcile first: nothing goes twice)
-            log_.warning("ts.submission_interrupted", error=f"{type(exc).__name__}: {exc}")
         except Exception as exc:
-            log_.error("ts.submission_failed", error=f"{type(exc).__name__}: {exc}")
+            if is_full(exc):  # a feedback file did not fit: the instance waits (Waiting feedback), backed off
+                self._deps.space.failed(instance, exc, step="ts feedback files")
+            elif isinstance(exc, PollingBlocked):
+                self.blocked_requests.add(exc.request_id)
+                log_.error("ts.submission_blocked", error=str(exc))
+            elif isinstance(exc, TsError | asyncpg.PostgresError | OSError):
+                # the next resume pass tries again (sends reconcile first: nothing goes twice)
+                log_.warning("ts.submission_interrupted", error=f"{type(exc).__name__}: {exc}")
+            else:
+                log_.error("ts.submission_failed", error=f"{type(exc).__name__}: {exc}")
+        else:
+            self._deps.space.done(instance)
         finally:
             self._tasks.pop(instance, None)
 
@@ -221,15 +237,22 @@ async def _poll_all(instance: int, credentials: Credentials, parts: list[Submiss
             states[part.key.part] = current.state
             continue
         errors_file = receipt_file = None
+        processed = current.state is PartState.WAITING_FEEDBACK or _processed_unannounced(current)
         if current.state is PartState.WAITING_FEEDBACK:
             feedback = await deps.runner.poll_part(credentials, part.key, request_id=str(request_id))
-            current = feedback.part
-            if feedback.errors:
-                data = feedback_csv(feedback.errors)
-                sha, size = deps.files.put_bytes(data)
-                errors_file = flows.FileRef(name=f"ts_errors_{instance}_p{part.key.part}.csv", kind="ts-errors",
-                                            records=len(feedback.errors), bytes=size, sha256=sha,
-                                            media_type="text/csv", part=part.key.part)
+            current, errors = feedback.part, feedback.errors
+        elif processed and current.state is PartState.CONFIRMED_WITH_ERRORS:
+            # its outcome is in the ledger, not in the history: the store was full (or the gateway died) when
+            # its errors were to be kept; TS keeps them, so they are fetched again rather than announced lost
+            errors = await deps.runner.ts.dettaglio_errori(credentials, current.protocollo or "")
+        else:
+            errors = []
+        if errors:
+            sha, size = deps.files.put_bytes(feedback_csv(errors))  # StoreFull: the instance waits for space
+            errors_file = flows.FileRef(name=f"ts_errors_{instance}_p{part.key.part}.csv", kind="ts-errors",
+                                        records=len(errors), bytes=size, sha256=sha,
+                                        media_type="text/csv", part=part.key.part)
+        if processed:
             receipt_file = await _receipt(deps, credentials, instance, current)
         states[part.key.part] = current.state
         if current.state not in FINAL_STATES and current.state is not PartState.UNRESOLVED:
@@ -240,6 +263,12 @@ async def _poll_all(instance: int, credentials: Credentials, parts: list[Submiss
             stato=current.stato, outcome=_OUTCOME[current.state], reason=current.reason, errors_file=errors_file,
             receipt_file=receipt_file, instance_outcome=_OUTCOME[outcome] if outcome is not None else None),
             ends_request=request_id if outcome is not None else None)
+
+
+def _processed_unannounced(part: SubmissionPart) -> bool:
+    """A part TS processed (a protocollo and a stato from EsitoInvii) whose outcome the history has not
+    announced yet (the caller looks only at those): the pass that polled it did not get to append it."""
+    return part.state in FINAL_STATES and part.protocollo is not None and part.stato is not None
 
 
 async def _receipt(deps: GatewayDeps, credentials: Credentials, instance: int,
@@ -286,7 +315,8 @@ async def resume_unfinished(deps: GatewayDeps) -> None:
             continue
         request = (await deps.instances.read(instance)).request
         if request is not None and _due(request, deps.today()) and str(request.id) not in deps.worker.blocked_requests:
-            deps.worker.start(instance)
+            if deps.space.due(instance):  # a full store: later, or once space is freed
+                deps.worker.start(instance)
 
 
 async def forget_ended_boxes(deps: GatewayDeps) -> None:

@@ -2,12 +2,16 @@
 downloaded by the desk and by its own structure (the bytes as received, each download in the access
 log with who, when, what and from where), 404 to everyone else and for a document of another request;
 a switch request from the page, refused on a broken rule with the earliest valid slot proposed (the
-onboarding service's rule), then taken for the proposed slot, the structure's user as actor."""
+onboarding service's rule), then taken for the proposed slot, the structure's user as actor; a document
+uploaded on a REAL full disk (tests/fault_disk.py), refused at once in Italian with nothing kept."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import html
+import os
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
 
@@ -15,6 +19,7 @@ import httpx
 import pytest
 
 from tests.console_support import ROLE_USERS, STRUCTURE, RunningConsole, csrf_of, running_console
+from tests.fault_disk import small_disk
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -152,3 +157,56 @@ async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_vali
     for role in ("operator", "ops", "auditor"):  # may not ask (404), and see no form
         async with _client(console, role) as client:
             assert (await client.post(f"{console.url}/onboarding/{rid}/switch", data={})).status_code == 404, role
+
+
+async def test_a_document_uploaded_on_a_full_disk_is_refused_at_once_in_italian_and_nothing_is_kept(
+        fresh_db, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The file store full (a 256 KB tmpfs, a 600 KB document): 507 and a page naming the document, saying the disk
+    is full and to try again; no file, no temporary file, no space held, nothing in the request's history. The same
+    for the console's own temporary folder, where an upload over 1 MB is spooled while it arrives (a 512 KB tmpfs,
+    a 2 MB document). Space freed: the same uploads are received, whole."""
+    small, large = b"%PDF-1.4\n" + os.urandom(600 * 1024), b"%PDF-1.4\n" + os.urandom(2 * 1024 * 1024)
+    with small_disk(tmp_path / "files", size_kb=256) as disk, small_disk(tmp_path / "spool", size_kb=512) as spool:
+        monkeypatch.setattr(tempfile, "tempdir", str(spool.path))  # where this process spools uploads (as TMPDIR)
+        async with running_console(fresh_db, KAFKA, disk.path) as console:
+            await console.add_users()
+            own = await console.onboarding_request("ONB-PIENO", STRUCTURE)
+            url = f"{console.url}/onboarding/{own}"
+
+            async def history() -> list[str]:
+                rows = await console.pool.fetch("SELECT type FROM events WHERE stream_id = $1 ORDER BY version",
+                                                f"onboarding-{own}")
+                return [r["type"] for r in rows]
+
+            before, free, spool_free = await history(), disk.free_bytes(), spool.free_bytes()
+            async with _client(console, "structure") as client:
+                async def upload(name: str, content: bytes) -> httpx.Response:
+                    csrf = csrf_of((await client.get(url)).text)
+                    return await client.post(f"{url}/documenti", data={"csrf": csrf, "tipo": "suap-authorisation"},
+                                             files={"documento": (name, content, "application/pdf")})
+
+                refused = await upload("autorizzazione SUAP.pdf", small)
+                text = html.unescape(refused.text)
+                assert refused.status_code == 507, text[-2000:]
+                assert "Documento autorizzazione SUAP.pdf non salvato: spazio su disco esaurito" in text, text[-2000:]
+                assert "riprovare più tardi" in text
+                assert disk.files() == [] and disk.free_bytes() == free, disk.files()
+                assert await history() == before
+
+                spooled = await upload("planimetria.pdf", large)
+                text = html.unescape(spooled.text)
+                assert spooled.status_code == 507, text[-2000:]
+                assert "Documento non ricevuto: spazio su disco esaurito" in text and "riprovare più tardi" in text
+                assert spool.files() == [] and spool.free_bytes() == spool_free, "the spooled upload holds space"
+                assert disk.files() == [] and await history() == before
+
+                disk.grow(16 * 1024)  # the operators free space
+                spool.grow(16 * 1024)
+                received = [await upload("autorizzazione SUAP.pdf", small), await upload("planimetria.pdf", large)]
+            assert [r.status_code for r in received] == [200, 200], html.unescape(received[-1].text)[-2000:]
+            assert "Documento planimetria.pdf ricevuto e valutato." in html.unescape(received[-1].text)
+            stored = {p.read_bytes() for p in disk.files("sha256")}
+            assert stored == {small, large} and disk.files("tmp") == []
+            for path in disk.files("sha256"):
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == path.parent.name + path.name
+            assert (await history()).count("onboarding.document-received") == 2

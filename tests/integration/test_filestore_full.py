@@ -24,6 +24,7 @@ from services.runtime.filestore import (
     DIRECT_BYTES,
     SPACE_WAIT_INITIAL_S,
     STALE_TEMPORARY_S,
+    WORK_PREFIX,
     FileStore,
     SpaceWaits,
     StoreFull,
@@ -127,6 +128,27 @@ def test_a_temporary_file_left_by_a_killed_writer_is_swept_once_stale_and_a_live
         assert disk.files("tmp") == [live]
         sha, _ = store.put_bytes(b"d" * 100 * 1024)  # the space it held is the store's again
         assert store.exists(sha)
+
+
+
+def test_a_730_work_folder_left_by_a_killed_formatter_is_swept_once_its_newest_file_is_stale(tmp_path: Path) -> None:
+    """The 730 formatter builds its zip parts in tmp/work-730-...; a kill -9 leaves the folder. It goes once nothing
+    in it was written for STALE_TEMPORARY_S; one with a fresh part (a formatter still building) stays."""
+    with small_disk(tmp_path / "files", size_kb=512) as disk:
+        store = FileStore(disk.path)
+        stale = time.time() - STALE_TEMPORARY_S - 60
+        left, live = disk.path / "tmp" / f"{WORK_PREFIX}730-7-abc", disk.path / "tmp" / f"{WORK_PREFIX}730-8-def"
+        for folder in (left, live):
+            folder.mkdir(parents=True)
+            (folder / "p1.zip").write_bytes(b"z" * 100 * 1024)
+            (folder / "p2.zip").write_bytes(b"z" * 50 * 1024)
+            for path in (folder / "p1.zip", folder / "p2.zip", folder):
+                os.utime(path, (stale, stale))
+        os.utime(live / "p2.zip")  # being written now
+        free = disk.free_bytes()
+        assert store.sweep_temporaries() == [(left, 150 * 1024)]
+        assert not left.exists() and sorted(p.name for p in live.iterdir()) == ["p1.zip", "p2.zip"]
+        assert disk.free_bytes() >= free + 150 * 1024  # (and the folder's own page)
 
 
 class _Lines:

@@ -1,11 +1,18 @@
 """The TS gateway against the TS simulator over real HTTP on loopback, with the ledger in PostgreSQL.
 
 The last tests drive the gateway's handlers (GatewayDeps over a real database, file store and key
-folder) without Kafka: where the sealed box of a request lives, and when it goes.
+folder) without Kafka: where the sealed box of a request lives, and when it goes; and what a REAL full
+file store (tests/fault_disk.py: a small tmpfs) does to the feedback files the gateway keeps.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
+import hashlib
+import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,9 +24,11 @@ import aiohttp
 import asyncpg
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from contracts import flows
 from contracts.envelope import Envelope
+from contracts.states import InstanceState
 from services.runtime.broker import Incoming, Refused
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore, NewEvent
@@ -55,6 +64,8 @@ from services.ts_gateway.submitter import SubmissionRunner
 from simulators.sistema_ts.rules import SimUser
 from simulators.sistema_ts.sample import sample_730_xml, sample_730_zip, zip_one
 from simulators.sistema_ts.simulator import TsSimulator
+from tests.fault_disk import SmallDisk, small_disk
+from tests.log_capture import service_log_lines
 from tests.unit.test_ts_ledger import check_ledger_contract
 
 pytestmark = pytest.mark.integration
@@ -545,3 +556,86 @@ async def test_a_newer_request_replaces_the_box_a_deleted_instance_loses_it_and_
     await handlers.forget_ended_boxes(gateway.deps)
     assert await _boxes(gateway) == {}
     assert await _sends(gateway.url) == 0
+
+
+def _fill(path: Path, disk: SmallDisk) -> None:
+    """A file that takes every free page of the disk (written until the kernel answers ENOSPC)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (b"\0" * 65536, b"\0" * 4096):
+            try:
+                while True:
+                    os.write(fd, chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+    finally:
+        os.close(fd)
+    assert disk.free_bytes() == 0
+
+
+async def _worker_idle(deps: handlers.GatewayDeps, instance: int) -> None:
+    """The worker task of `instance` ended (a hang guard, not a speed target)."""
+    async with asyncio.timeout(60):
+        while instance in deps.worker.running():
+            await asyncio.sleep(0.05)
+
+
+def _stored(disk: SmallDisk, ref: dict[str, Any]) -> bytes:
+    data = (disk.path / "sha256" / ref["sha256"][:2] / ref["sha256"][2:]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == ref["sha256"] and len(data) == ref["bytes"], ref
+    return data
+
+
+async def test_a_full_store_keeps_a_processed_part_waiting_feedback_until_its_errors_file_fits(
+        gateway: Gateway, tmp_path: Path) -> None:
+    """TS processed the file with errors (stato 3) but the store has no room for the errors CSV (or the receipt):
+    the instance stays Waiting feedback with nothing announced (never Confirmed with errors without its errors
+    file: they were lost that way before), no temporary file left, one `store.full` warning naming the store
+    and the instance, the alert's figure at 1, and the resume pass backs off instead of asking TS again every
+    10 s. Space freed: Confirmed with errors, with the whole errors file (both documents) and the receipt; TS
+    got the file once."""
+    await _admin(gateway.url, "/__sim/behaviour", {"error_documents": ["DOC-2", "DOC-4"], "polls_in_progress": 0})
+    deps = gateway.deps
+    with small_disk(tmp_path / "files", size_kb=3 * 1024) as disk, service_log_lines() as logs:
+        await _formatted_instance(gateway, 4105, documents=5)
+        filler = disk.path / "filler"
+        _fill(filler, disk)
+
+        await _request(gateway, 4105, gateway.seal())
+        await _worker_idle(deps, 4105)
+
+        history = await _history(gateway, 4105)
+        assert [t for t, _ in history][-2:] == ["flows.ts-submission-requested", "flows.ts-submitted"], history[-1]
+        assert (await deps.instances.read(4105)).state is InstanceState.WAITING_FEEDBACK
+        assert disk.files("tmp") == [] and disk.free_bytes() == 0, disk.files("tmp")
+        gauge = {"path": str(disk.path)}
+        assert REGISTRY.get_sample_value("flows_file_store_waiting", gauge) == 1.0
+        full = [json.loads(line) for line in logs.getvalue().splitlines() if '"store.full"' in line]
+        assert len(full) == 1 and full[0]["instance"] == 4105 and full[0]["path"] == str(disk.path), full
+        assert "No space left on device" in full[0]["error"] and full[0]["level"] == "warning", full
+
+        await handlers.resume_unfinished(deps)  # the service's 10 s pass, before the backoff is over
+        assert deps.worker.running() == [], "tried again at once on a disk that is still full"
+
+        filler.unlink()  # the operator frees space: the next pass tries at once
+        await handlers.resume_unfinished(deps)
+        await _worker_idle(deps, 4105)
+        history = await _history(gateway, 4105)
+        lines = logs.getvalue().splitlines()
+        again = [json.loads(line) for line in lines if '"store.space_again"' in line]
+        errors_data = receipt = b""
+        outcome = history[-1][1]
+        with contextlib.suppress(TypeError, KeyError):
+            errors_data, receipt = _stored(disk, outcome["errors_file"]), _stored(disk, outcome["receipt_file"])
+        assert disk.files("tmp") == []
+
+    types = [t for t, _ in history]
+    assert types[-1] == "flows.ts-feedback-received" and types.count("flows.ts-feedback-received") == 1, types
+    assert outcome["instance_outcome"] == "confirmed_with_errors" and outcome["stato"] == 3, outcome
+    assert outcome["errors_file"] is not None and outcome["errors_file"]["records"] == 2, outcome
+    rows = errors_data.decode().splitlines()
+    assert len(rows) == 3 and "DOC-2" in rows[1] and "DOC-4" in rows[2], rows
+    assert outcome["receipt_file"] is not None and receipt.startswith(b"%PDF"), outcome
+    assert REGISTRY.get_sample_value("flows_file_store_waiting", gauge) == 0.0
+    assert again and again[0]["instance"] == 4105 and again[0]["attempts"] == 1, again
+    assert await _sends(gateway.url) == 1

@@ -1,10 +1,13 @@
 """format_730 on a real PostgreSQL snapshot: files in the store, per structure, split, or rejected.
 
 Two structures of ASL 201 pay in November 2026: Ospedale del Mare (000123) and the CTO (000456).
+The last test builds on a REAL full disk (tests/fault_disk.py: small tmpfs mounts).
 """
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 import zipfile
 from collections import Counter
 from collections.abc import Iterable
@@ -17,8 +20,9 @@ from lxml import etree
 
 from services.formatter.xml730 import Xml730Rejected, format_730
 from services.formatter.xml730_rules import SpendingDocument, SpendingLine
-from services.runtime.filestore import FileStore
+from services.runtime.filestore import FileStore, StoreFull
 from services.runtime.sanitel import decrypt_with_key, make_test_certificate
+from tests.fault_disk import small_disk
 from tests.unit.test_xml730 import OFFICIAL_XSD, a_month_of_documents
 
 pytestmark = pytest.mark.integration
@@ -142,3 +146,32 @@ async def test_an_unknown_layout_version_is_refused_before_any_work(pool, certif
 async def test_an_empty_snapshot_gives_no_files(pool, certificate, tmp_path):
     assert await format_730(pool, FileStore(tmp_path), INSTANCE, SNAPSHOT, "2020", certificate_path=certificate) == []
 
+
+
+async def test_the_parts_are_built_on_the_store_disk_and_a_full_one_is_store_full_leaving_nothing(
+        pool, certificate, tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """The parts are built in the file store's own tmp/, not in the process's temporary folder (here a 64 KB
+    tmpfs that would not hold one part); the store full while a part is built (a 128 KB tmpfs, a ~1 MB zip) is
+    StoreFull naming the store (what the formatter waits on), with no work folder or part left and every byte
+    given back while the error is still held. Space freed: the same call stores a whole, valid zip."""
+    docs = list(a_month_of_documents(5000))
+    await insert(pool, docs)
+    with small_disk(tmp_path / "files", size_kb=128) as disk, small_disk(tmp_path / "proc-tmp", size_kb=64) as proc:
+        monkeypatch.setattr(tempfile, "tempdir", str(proc.path))  # the process's temporary folder (as TMPDIR)
+        store = FileStore(disk.path)
+        free = disk.free_bytes()
+        with pytest.raises(StoreFull) as full:
+            await format_730(pool, store, INSTANCE, SNAPSHOT, "2020", certificate_path=certificate)
+        assert full.value.root == disk.path and str(disk.path) in str(full.value), full.value
+        assert 0 < full.value.written < 256 * 1024, full.value  # met while the part was built (~600 KB in all)
+        left = sorted(str(p.relative_to(disk.path)) for p in disk.path.rglob("*"))
+        assert left in ([], ["tmp"]), left
+        assert disk.free_bytes() == free, "the failed attempt still holds space"
+
+        disk.grow(16 * 1024)
+        [file] = await format_730(pool, store, INSTANCE, SNAPSHOT, "2020", certificate_path=certificate)
+        data = store.path(file["sha256"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == file["sha256"] and len(data) == file["bytes"], file
+        print(f"\n730 zip of {len(docs)} documents: {len(data)} bytes")
+        assert file["records"] == len(docs) and list((disk.path / "tmp").iterdir()) == []
+        assert proc.files() == []
