@@ -29,7 +29,6 @@ the retired copy, written first.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +47,10 @@ from services.ts_gateway.sealing import (
     key_id,
     load_private_key,
     private_key_id,
+    public_of,
     sealed_key_id,
     unseal,
+    write_atomically,
 )
 
 RETIRED_DIR = "retired"
@@ -65,30 +66,6 @@ class KeysError(RuntimeError):
 class Rotation:
     previous: str  # key id, now retired
     current: str  # key id new seals use
-
-
-def _public_of(private_pem: bytes) -> bytes:
-    private_key = serialization.load_pem_private_key(private_pem, password=None)
-    return private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Write to a hidden temporary file created with `mode` (never readable by others), fsync, rename."""
-    tmp = path.with_name(f".{path.name}.new")
-    tmp.unlink(missing_ok=True)  # left by a crash in the middle of a rotation
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _rotation_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
@@ -108,14 +85,14 @@ def rotate_gateway_key(directory: Path) -> Rotation:
         retired.mkdir(mode=0o700, exist_ok=True)
         kept = retired / f"{previous}.pem"
         if not kept.exists():
-            _write_atomically(kept, old_private, 0o600)
+            write_atomically(kept, old_private, 0o600)
         key = rsa.generate_private_key(public_exponent=65537, key_size=sealing.KEY_BITS)
         new_private = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        new_public = _public_of(new_private)
-        _write_atomically(private_path, new_private, 0o600)
-        _write_atomically(public_path, new_public, 0o644)
+        new_public = public_of(new_private)
+        write_atomically(private_path, new_private, 0o600)
+        write_atomically(public_path, new_public, 0o644)
         return Rotation(previous=previous, current=key_id(new_public))
 
 
@@ -141,7 +118,7 @@ class GatewayKeys:
             current_key, self._current_pem = load_private_key(private_pem), private_pem
         current = private_key_id(current_key)
         if key_id(public_pem) != current:  # a rotation died between its two renames
-            _write_atomically(self.directory / PUBLIC_KEY_FILE, _public_of(private_pem), 0o644)
+            write_atomically(self.directory / PUBLIC_KEY_FILE, public_of(private_pem), 0o644)
         keys, retired = {current: current_key}, {}
         for path in sorted(self._retired_files()):
             # a key we hold already (e.g. the current key, just retired): named by its id, not parsed again

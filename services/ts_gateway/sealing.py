@@ -204,14 +204,54 @@ def keys_lock(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def public_of(private_pem: bytes) -> bytes:
+    """The public key (PEM) of a private key (PEM)."""
+    private_key = serialization.load_pem_private_key(private_pem, password=None)
+    return private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Write to a hidden temporary file created with `mode` (never readable by others, from its first byte),
+    fsync, rename. A write that fails (a full disk) leaves neither a partial file nor its temporary one."""
+    tmp = path.with_name(f".{path.name}.new")
+    tmp.unlink(missing_ok=True)  # left by a crash in the middle of a write
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def ensure_gateway_keypair(directory: Path) -> tuple[bytes, bytes]:
     """Return (public_pem, private_pem), creating the pair once; the private key file is mode 0600.
-    Under `keys_lock`: replicas starting together create one pair and all read it whole."""
+    Under `keys_lock`: replicas starting together create one pair and all read it whole.
+
+    Each file is written whole or not at all (`write_atomically`), the private key first: a first start that
+    stops between the two (a full disk, a kill) leaves the private key alone, and the next start derives its
+    public key instead of failing on the private key that exists (nothing can have been sealed to a public key
+    that was never written)."""
     public_path = directory / PUBLIC_KEY_FILE
     private_path = directory / PRIVATE_KEY_FILE
     with keys_lock(directory):
-        if private_path.exists() and public_path.exists():
-            return public_path.read_bytes(), private_path.read_bytes()
+        if private_path.exists():
+            private_pem = private_path.read_bytes()
+            if public_path.exists():
+                return public_path.read_bytes(), private_pem
+            public_pem = public_of(private_pem)
+            write_atomically(public_path, public_pem, 0o644)
+            return public_pem, private_pem
         key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
         private_pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -219,9 +259,6 @@ def ensure_gateway_keypair(directory: Path) -> tuple[bytes, bytes]:
         public_pem = key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-        # Created with 0600 from the first byte: no window in which the key is world-readable.
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(private_pem)
-        public_path.write_bytes(public_pem)
+        write_atomically(private_path, private_pem, 0o600)
+        write_atomically(public_path, public_pem, 0o644)
         return public_pem, private_pem
