@@ -431,6 +431,80 @@ async def test_a_loader_that_lost_its_lock_writes_nothing_over_the_run_that_took
         assert "message.dead_lettered" not in text and "service.loop_failed" not in text, r.name
 
 
+async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass_finishes_it(
+        stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The loader's connection is cut in the middle of a statement of a load (pg_terminate_backend of the session
+    running it, while it waits on a lock the test holds): PostgreSQL's fault, not the load's. The instance stays
+    Running (no Failed loading the operator would have to request again) and the loader's next pass takes the
+    load again, from a snapshot of its own, to its real outcome."""
+    suffix = uuid.uuid4().hex[:8]
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    (holds / "hold").touch()
+    async with scratch_database("t_conn_cut") as url, contextlib.AsyncExitStack() as running:
+        conn = await asyncpg.connect(url)
+        try:
+            for model, batch in _by_kind(generate("202", "2020-08", SERVICES_PER_LOAD, seed=78)).items():
+                await store(conn, KINDS[model], batch)
+        finally:
+            await conn.close()
+        await start_at_the_end(KAFKA, f"loader-{suffix}", ["flows.load-requested"])
+        await start_at_the_end(KAFKA, f"loader-sources-{suffix}", [t.name for t in INTAKE_TOPICS])
+        port = free_port(700, 720)
+        env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
+               "FLOWS_FILES_DIR": str(tmp_path / "files"), "FLOWS_REPLICA": "loader-1",
+               "FLOWS_HEALTH_PORT": str(port), "FLOWS_TEST_LOAD_HOLD_DIR": str(holds), "PYTHONUNBUFFERED": "1"}
+        log = tmp_path / "loader-1.log"
+        process = await running.enter_async_context(
+            logged_process(log, "-m", "tests.integration.replica_service", "loader", suffix, env=env))
+        replicas = [Replica("loader-1", "loader", log, port, process)]
+        await _wait_for_the_groups(replicas)
+
+        start, end = month_period("2020-08")
+        await send_command(KAFKA, "flows.load-requested", flows.LoadRequested(
+            request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente="202",
+            period=flows.Period(start=start, end=end), requested_by="test.replicas"), key="202")
+        first = await _until_logged(replicas, "load.started", 60)
+        instance, first_snapshot = int(first["instance"]), int(first["snapshot"])
+
+        blocker = await asyncpg.connect(url)
+        try:
+            blocking = blocker.transaction()
+            await blocking.start()
+            await blocker.execute("LOCK TABLE load_problem IN ACCESS EXCLUSIVE MODE")  # the checks write there
+            (holds / f"go-{first_snapshot}").touch()  # the run goes on into its checks, and waits on the lock
+            async with asyncio.timeout(60):  # a hang guard
+                while not (waiting := await blocker.fetch(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> "
+                        "pg_backend_pid() AND wait_event_type = 'Lock'")):
+                    await asyncio.sleep(0.05)
+            cut = await blocker.fetchval("SELECT count(pg_terminate_backend(pid)) FROM unnest($1::int[]) pid",
+                                         [r["pid"] for r in waiting])
+            interrupted = await _until_logged(replicas, "load.interrupted", 60, instance=instance)
+            between = [(e["type"], e["version"]) for e in await _events(url)]
+            state_between = (await _states(url))[instance]
+            await blocking.rollback()
+        finally:
+            await blocker.close()
+
+        # the next pass (every 2 s) takes the load again, from a snapshot of its own
+        again = await _until_logged(replicas, "load.dead_run_dropped", 60, instance=instance)
+        seconds = [r for r in _logged(replicas, "load.started", instance=instance) if r["snapshot"] != first_snapshot]
+        assert len(seconds) == 1, seconds
+        (holds / f"go-{seconds[0]['snapshot']}").touch()
+        await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)
+        events = await _events(url)
+
+    print(f"\nconnection cut: {cut} session(s) ended under the load of instance {instance}: "
+          f"{interrupted['error'][:120]}; taken again from snapshot {seconds[0]['snapshot']}")
+    assert cut >= 1
+    assert state_between == InstanceState.RUNNING.value and between == [(LOAD_EVENTS[0], 1)], between
+    assert interrupted["snapshot"] == first_snapshot and again["snapshot"] == first_snapshot
+    assert [e["type"] for e in events] == LOAD_EVENTS, [e["type"] for e in events]
+    assert events[-1]["data"]["source_instance"] == seconds[0]["snapshot"]
+    assert events[-1]["data"]["counts"]["services"] > 0
+
+
 def _free_run(count: int) -> int:
     """A port base whose next `count` ports are free, in this stack's own range (base + 700 .. + 900)."""
     own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
