@@ -19,7 +19,7 @@ from typing import Any
 from contracts import flows
 from contracts.states import Actor, InstanceState
 from contracts.ts730 import MAX_ZIP_BYTES
-from services.runtime.broker import Incoming
+from services.runtime.broker import Incoming, is_transient
 from services.runtime.filestore import SpaceWaits, is_full
 from services.runtime.instances import ServiceDeps
 from services.runtime.locks import FORMAT_LOCK, instances_in_state
@@ -75,6 +75,9 @@ async def format_instance(instance: int, deps: FormatterDeps) -> None:
             if is_full(exc):  # the platform's disk, not the instance: it stays Formatting in progress
                 deps.space.failed(instance, exc, flow_type=current.flow_type)
                 return
+            if is_transient(exc):  # PostgreSQL gone or a connection cut under the work: not the instance's fault
+                log.warning("format.interrupted", instance=instance, error=f"{type(exc).__name__}: {exc}"[:300])
+                return  # it stays Formatting in progress: the next resume pass formats it again
             log.exception("format.crashed", instance=instance)
             result = flows.FormatFailed(instance=instance, reasons=[f"{type(exc).__name__}: {exc}"])
         await deps.instances.append(current, result)

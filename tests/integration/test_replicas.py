@@ -431,6 +431,24 @@ async def test_a_loader_that_lost_its_lock_writes_nothing_over_the_run_that_took
         assert "message.dead_lettered" not in text and "service.loop_failed" not in text, r.name
 
 
+async def _cut_sessions_waiting_on_a_lock(url: str) -> int:
+    """Terminates (pg_terminate_backend) the sessions of `url`'s database that wait on a lock, once there are any.
+    Asked from a connection of its own, outside the blocking transaction: pg_stat_activity is read once per
+    transaction, so a poll inside it would see the same rows again and again."""
+    async with asyncio.timeout(60):  # a hang guard
+        while True:
+            conn = await asyncpg.connect(url)
+            try:
+                cut = await conn.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'")
+            finally:
+                await conn.close()
+            if cut:
+                return int(cut)
+            await asyncio.sleep(0.05)
+
+
 async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass_finishes_it(
         stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The loader's connection is cut in the middle of a statement of a load (pg_terminate_backend of the session
@@ -473,13 +491,7 @@ async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass
             await blocking.start()
             await blocker.execute("LOCK TABLE load_problem IN ACCESS EXCLUSIVE MODE")  # the checks write there
             (holds / f"go-{first_snapshot}").touch()  # the run goes on into its checks, and waits on the lock
-            async with asyncio.timeout(60):  # a hang guard
-                while not (waiting := await blocker.fetch(
-                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> "
-                        "pg_backend_pid() AND wait_event_type = 'Lock'")):
-                    await asyncio.sleep(0.05)
-            cut = await blocker.fetchval("SELECT count(pg_terminate_backend(pid)) FROM unnest($1::int[]) pid",
-                                         [r["pid"] for r in waiting])
+            cut = await _cut_sessions_waiting_on_a_lock(url)
             interrupted = await _until_logged(replicas, "load.interrupted", 60, instance=instance)
             between = [(e["type"], e["version"]) for e in await _events(url)]
             state_between = (await _states(url))[instance]
@@ -503,6 +515,62 @@ async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass
     assert [e["type"] for e in events] == LOAD_EVENTS, [e["type"] for e in events]
     assert events[-1]["data"]["source_instance"] == seconds[0]["snapshot"]
     assert events[-1]["data"]["counts"]["services"] > 0
+
+
+async def test_a_connection_cut_under_a_format_leaves_it_formatting_and_the_next_pass_finishes_it(
+        stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The formatter's connection is cut while it reads the snapshot (pg_terminate_backend of the session, while
+    it waits on a lock the test holds): the instance stays Formatting in progress, not Format failed, and the
+    formatter's next pass writes its files."""
+    suffix = uuid.uuid4().hex[:8]
+    async with scratch_database("t_conn_cut_fmt") as url, contextlib.AsyncExitStack() as running:
+        conn = await asyncpg.connect(url)
+        try:
+            for model, batch in _by_kind(generate("203", "2020-08", SERVICES_PER_LOAD, seed=79)).items():
+                await store(conn, KINDS[model], batch)
+        finally:
+            await conn.close()
+        await start_at_the_end(KAFKA, f"loader-{suffix}", ["flows.load-requested"])
+        await start_at_the_end(KAFKA, f"loader-sources-{suffix}", [t.name for t in INTAKE_TOPICS])
+        await start_at_the_end(KAFKA, f"formatter-{suffix}", ["flows.format-requested"])
+        replicas: list[Replica] = []
+        for n, service in enumerate(("loader", "formatter")):
+            port = free_port(740 + 20 * n, 760 + 20 * n)
+            env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
+                   "FLOWS_FILES_DIR": str(tmp_path / "files"), "FLOWS_REPLICA": f"{service}-1",
+                   "FLOWS_HEALTH_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+            log = tmp_path / f"{service}-1.log"
+            process = await running.enter_async_context(
+                logged_process(log, "-m", "tests.integration.replica_service", service, suffix, env=env))
+            replicas.append(Replica(f"{service}-1", service, log, port, process))
+        await _wait_for_the_groups(replicas)
+        start, end = month_period("2020-08")
+        await send_command(KAFKA, "flows.load-requested", flows.LoadRequested(
+            request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente="203",
+            period=flows.Period(start=start, end=end), requested_by="test.replicas"), key="203")
+        await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)
+        [instance] = await _states(url)
+
+        blocker = await asyncpg.connect(url)
+        try:
+            blocking = blocker.transaction()
+            await blocking.start()
+            await blocker.execute("LOCK TABLE snapshot_service IN ACCESS EXCLUSIVE MODE")  # what the formatter reads
+            await send_command(KAFKA, "flows.format-requested", flows.FormatRequested(
+                instance=instance, requested_by="test.replicas"), key=str(instance))
+            cut = await _cut_sessions_waiting_on_a_lock(url)
+            interrupted = await _until_logged(replicas, "format.interrupted", 60, instance=instance)
+            state_between = (await _states(url))[instance]
+            await blocking.rollback()
+        finally:
+            await blocker.close()
+        await _wait_for(url, InstanceState.FORMATTED, 1, replicas, limit_s=60)
+        events = await _events(url)
+
+    print(f"\nconnection cut under a format: {cut} session(s) ended: {interrupted['error'][:100]}")
+    assert cut >= 1 and state_between == InstanceState.FORMATTING.value, state_between
+    assert [e["type"] for e in events] == LOAD_EVENTS + FORMAT_EVENTS, [e["type"] for e in events]
+    assert {f["kind"] for f in events[-1]["data"]["files"]} >= {"C1", "C2"}, events[-1]["data"]
 
 
 def _free_run(count: int) -> int:
