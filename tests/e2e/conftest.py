@@ -21,15 +21,19 @@ from typing import Any
 import asyncpg
 import pytest
 
+from services.loader.app import SOURCES_GROUP
 from services.runtime import db
 from services.runtime.settings import Settings
 from services.runtime.topics_admin import apply_topics
+from tests.kafka_groups import members_of, wait_until_joined
 from tests.kafka_topics import delete_all_topics
 from tests.log_capture import configure_onto
 
 # Small 730 zips, so a month of a hundred services already needs several parts per structure.
 E2E_MAX_ZIP_BYTES = 4_000
 TS_USER, TS_PASSWORD, TS_PINCODE, TS_CF = "PROVAX00X00X000Y", "Salve123", "1234567890", "PROVAX00X00X000Y"
+# The consumer groups each service's main() joins (services/<service>/app.py): the platform is up once all have.
+SERVICE_GROUPS = {"loader": ("loader", SOURCES_GROUP), "formatter": ("formatter",), "ts-gateway": ("ts-gateway",)}
 
 
 @dataclass
@@ -53,6 +57,13 @@ class Platform:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 30)
+
+    def check_running(self) -> None:
+        """Raises, naming the service, when a started service has already ended (a crash at start-up)."""
+        for name, (task, _) in self.tasks.items():
+            if task.done():
+                error = None if task.cancelled() else task.exception()
+                raise AssertionError(f"service {name} ended while the platform was starting: {error!r}")
 
     async def pool(self) -> asyncpg.Pool:
         from services.runtime.db import create_pool
@@ -142,9 +153,12 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
     p = Platform(settings, ts_url, simulator,
                  mains={"loader": loader_main, "formatter": formatter_main, "ts-gateway": gateway_main},
                  log_path=log_path)
+    # Up once every consumer group of the services has a new member and all its partitions assigned (a message
+    # published before would wait for a rebalance); the error names a group that did not join.
+    before = await members_of(stack.bootstrap_servers, [g for s in p.mains for g in SERVICE_GROUPS[s]])
     for service in p.mains:
         p.start(service)
-    await asyncio.sleep(3.0)  # consumer groups join
+    await wait_until_joined(stack.bootstrap_servers, before, deadline_s=180, alive=p.check_running)
     try:
         yield p
     finally:
