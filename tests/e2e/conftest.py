@@ -156,9 +156,12 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
     # Up once every consumer group of the services has a new member and all its partitions assigned (a message
     # published before would wait for a rebalance); the error names a group that did not join.
     before = await members_of(stack.bootstrap_servers, [g for s in p.mains for g in SERVICE_GROUPS[s]])
+    started = asyncio.get_running_loop().time()
     for service in p.mains:
         p.start(service)
     await wait_until_joined(stack.bootstrap_servers, before, deadline_s=180, alive=p.check_running)
+    logging.getLogger(__name__).info("e2e platform: consumer groups %s joined in %.1f s", sorted(before),
+                                     asyncio.get_running_loop().time() - started)
     try:
         yield p
     finally:
