@@ -159,15 +159,22 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
     started = asyncio.get_running_loop().time()
     for service in p.mains:
         p.start(service)
-    await wait_until_joined(stack.bootstrap_servers, before, deadline_s=180, alive=p.check_running)
-    logging.getLogger(__name__).info("e2e platform: consumer groups %s joined in %.1f s", sorted(before),
-                                     asyncio.get_running_loop().time() - started)
     try:
+        await wait_until_joined(stack.bootstrap_servers, before, deadline_s=180, alive=p.check_running)
+        logging.getLogger(__name__).info("e2e platform: consumer groups %s joined in %.1f s", sorted(before),
+                                         asyncio.get_running_loop().time() - started)
         yield p
     finally:
+        # Every service stopped, even after one that crashed (its error is raised once all is cleaned up).
+        crashed: list[Exception] = []
         for service in list(p.tasks):
-            await p.stop(service)
+            try:
+                await p.stop(service)
+            except Exception as exc:
+                crashed.append(exc)
         await simulator.stop()
         # A new connection: a fault test (tests/integration/test_outage.py) may have restarted PostgreSQL.
         await db.drop_database(stack.database_url, database_url)
         tee.detach_file()
+        if crashed:
+            raise crashed[0]
