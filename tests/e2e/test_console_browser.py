@@ -108,6 +108,13 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             await page.goto(console.url + "/istanze")
             assert "/login" in page.url
             await _axe_clean(page, axe, "01-login")
+            # console.js hands Bootstrap Italia its font path (window.__PUBLIC_PATH__, from data-vendor): the font
+            # URLs the bundle builds below it carry the vendor directory's fingerprint. The console never calls the
+            # bundle's loadFonts, so the page fetches one such URL itself.
+            fonts = await page.evaluate("window.__PUBLIC_PATH__")
+            assert fonts.endswith("/fonts") and is_current_static_url(fonts.removesuffix("/fonts")), fonts
+            assert await page.evaluate("p => fetch(p + '/Titillium_Web/titillium-web-v10-latin-ext_latin-regular"
+                                       ".woff2').then(r => r.status)", fonts) == 200
             await page.fill("#utente", "op.201")
             await page.fill("#password", PASSWORD)
             async with page.expect_navigation():
@@ -170,7 +177,7 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             await browser.close()
 
             # The browser asked for nothing under /static but the current content, and was told to keep it.
-            assert any(url.endswith(".woff2") for url, _, _ in assets), assets  # fonts through data-vendor
+            assert any(url.endswith(".woff2") for url, _, _ in assets), assets  # the font, below data-vendor
             assert [a for a in assets if not is_current_static_url(a[0]) or a[1] not in (200, 304)
                     or a[2] != "public, max-age=31536000, immutable"] == []
 
