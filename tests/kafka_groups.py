@@ -56,9 +56,12 @@ async def describe_groups(admin: AIOKafkaAdminClient, groups: Iterable[str]) -> 
             subscribed: set[str] = set()
             assigned: set[tuple[str, int]] = set()
             for _member_id, _client_id, _host, metadata, assignment in members:
+                # Kafka sends a member's subscription and assignment only while the group is Stable: empty bytes
+                # during a rebalance (found on a run where the services' groups were still joining).
                 if protocol_type != "consumer":
                     continue
-                subscribed.update(ConsumerProtocolMemberMetadata.decode(metadata).subscription)
+                if metadata:
+                    subscribed.update(ConsumerProtocolMemberMetadata.decode(metadata).subscription)
                 if assignment:
                     assigned.update((tp.topic, tp.partition)
                                     for tp in ConsumerProtocolMemberAssignment.decode(assignment).partitions())
