@@ -146,6 +146,7 @@ class FingerprintedStaticFiles(StaticFiles):
         response.headers["cache-control"] = IMMUTABLE if current else REVALIDATE
         return response
 
+
 def _route_path(scope: Any) -> str:
     """The path below the mount point (Starlette keeps the whole path, and the mount's in root_path)."""
     path: str = scope["path"]
