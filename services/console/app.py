@@ -138,7 +138,6 @@ STATE_VALUES = tuple(STATE_LABELS)
 STATE_LABEL_VALUES = tuple(STATE_LABELS.values())
 
 
-
 def _asset_urls(request: Request) -> dict[str, Any]:
     """Every template's `asset(path)` (a file's URL under /static, fingerprinted), `vendor_dir` (Bootstrap Italia's
     directory under /static) and `vendor` (that directory's URL, fingerprinted: its bundle builds the URLs of its
