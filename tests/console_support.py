@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import html
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +22,7 @@ import uvicorn
 
 from contracts import flows
 from services.console import auth
-from services.console.app import create_app
+from services.console.app import STATIC, VENDOR, create_app
 from services.onboarding import handlers
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore, NewEvent
@@ -111,16 +113,64 @@ def csrf_of(html: str) -> str:
     return match.group(1)
 
 
+# Any /static URL in a page: in an attribute (src, href, data-vendor, ...) or a CSS url(...).
+STATIC_URL = re.compile(r"""(?<=["'(])/static/[^"'()\s]*""")
+FILE_URL = re.compile(r"^/static/(?P<rel>[^?@]+)\?v=(?P<v>[0-9a-f]{12})$")
+DIRECTORY_URL = re.compile(r"^/static/(?P<rel>[^?@]+)@(?P<v>[0-9a-f]{12})$")
+
+
+def static_urls(page: str) -> set[str]:
+    return {html.unescape(u) for u in STATIC_URL.findall(page)}
+
+
+def file_fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def directory_fingerprint(directory: Path) -> str:
+    """As services/console/assets.py documents it: the lines `<path below>\\0<sha256 of the file>\\n` of every file
+    beneath, in the order of their paths."""
+    hasher = hashlib.sha256()
+    for rel in sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()):
+        hasher.update(f"{rel}\0{hashlib.sha256((directory / rel).read_bytes()).hexdigest()}\n".encode())
+    return hasher.hexdigest()[:12]
+
+
+def is_current_static_url(url: str, static_dir: Path = STATIC) -> bool:
+    """Whether `url` (path and query) carries the current fingerprint of its content: a file's own (`?v=`), or that
+    of Bootstrap Italia's directory (`@`: data-vendor, and the URLs console.js and the bundle build below it)."""
+    file, directory = FILE_URL.match(url), DIRECTORY_URL.match(_directory_part(url))
+    if file:
+        return (static_dir / file["rel"]).is_file() and file["v"] == file_fingerprint(static_dir / file["rel"])
+    if directory:
+        below = url[len(directory.group(0)):]  # "" (data-vendor itself) or a file's path below the directory
+        exists = below == "" or (below[:1] == "/" and "?" not in below and (static_dir / VENDOR / below[1:]).is_file())
+        return directory["rel"] == VENDOR and directory["v"] == directory_fingerprint(static_dir / VENDOR) and exists
+    return False
+
+
+def _directory_part(url: str) -> str:
+    """`url` up to the end of its directory@fingerprint segment (the whole URL when it has none)."""
+    at = url.find("@")
+    return url if at < 0 else url[:at + 13]
+
+
+def stale_static_urls(page: str, static_dir: Path = STATIC) -> list[str]:
+    """The /static URLs of `page` that do not carry the current fingerprint of their content."""
+    return [url for url in sorted(static_urls(page)) if not is_current_static_url(url, static_dir)]
+
+
 @contextlib.asynccontextmanager
-async def running_console(database_url: str, kafka: str, files_dir: Path, **overrides: Any) -> AsyncIterator[
-        RunningConsole]:
+async def running_console(database_url: str, kafka: str, files_dir: Path, static_dir: Path | None = None,
+                          **overrides: Any) -> AsyncIterator[RunningConsole]:
+    """The console on its port until the block ends; `static_dir`: its static assets (default: the app's own)."""
     port = free_port(100, 300)
     values: dict[str, Any] = {"console_secure_cookies": False, "log_format": "console", **overrides}
     settings = Settings(database_url=database_url, kafka_bootstrap=kafka, files_dir=files_dir, console_port=port,
                         **values)
     pool = await create_pool(database_url, min_size=1, max_size=4)
     await prepare_database(pool, FLOW_PROJECTIONS)
-    app = create_app(settings)
+    app = create_app(settings) if static_dir is None else create_app(settings, static_dir)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     try:

@@ -34,7 +34,6 @@ import structlog
 from aiokafka.errors import KafkaError
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
-from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 from starlette.background import BackgroundTask
@@ -81,6 +80,7 @@ from services.console.access import (
     record_access,
     routed,
 )
+from services.console.assets import FingerprintedStaticFiles, StaticAssets
 from services.console.live import LiveFeed
 from services.console.oidc import OidcLogin
 from services.onboarding import facade as onboarding  # the onboarding service's one door
@@ -98,7 +98,8 @@ from services.ts_gateway.sealing import PUBLIC_KEY_FILE
 
 HERE = Path(__file__).resolve().parent
 log = structlog.get_logger("console")
-VENDOR = "/static/vendor/bootstrap-italia-2.18.3"
+STATIC = HERE / "static"
+VENDOR = "vendor/bootstrap-italia-2.18.3"  # under STATIC
 ROME = ITALY
 PAGE_SIZE = 50
 FILE_PAGE = 100
@@ -136,13 +137,22 @@ FLOW_TYPE_VALUES = tuple(t.value for t in FlowType)
 STATE_VALUES = tuple(STATE_LABELS)
 STATE_LABEL_VALUES = tuple(STATE_LABELS.values())
 
-templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+def _asset_urls(request: Request) -> dict[str, Any]:
+    """Every template's `asset(path)` (a file's URL under /static, fingerprinted), `vendor_dir` (Bootstrap Italia's
+    directory under /static) and `vendor` (that directory's URL, fingerprinted: its bundle builds the URLs of its
+    fonts below it, from console.js's data-vendor): services/console/assets.py."""
+    urls: dict[str, Any] = request.app.state.asset_urls
+    return urls
+
+
+templates = Jinja2Templates(directory=str(HERE / "templates"), context_processors=[_asset_urls])
 # The templates ship with the code: never re-stat them on every render (FLOWS_CONSOLE_TEMPLATES_RELOAD=1
 # for template work).
 templates.env.auto_reload = os.environ.get("FLOWS_CONSOLE_TEMPLATES_RELOAD") == "1"
 templates.env.filters["ora"] = lambda when, fmt="%d/%m/%Y %H:%M:%S": when.astimezone(ROME).strftime(fmt)
 templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state_class=_state_class,
-                             role_labels=ROLE_LABELS, vendor=VENDOR, badge=_badge)
+                             role_labels=ROLE_LABELS, badge=_badge)
 
 
 SECURITY_HEADERS = [
@@ -155,8 +165,8 @@ SECURITY_HEADERS = [
 
 def _with_security_headers(scope: Any, send: Any) -> Any:
     """`send`, adding the security headers to the answer's start (those it does not set itself), and no-store on
-    everything but the static assets."""
-    cache = [] if scope["path"].startswith("/static") else [(b"cache-control", b"no-store")]
+    every answer that sets no Cache-Control of its own (the static assets set theirs: services/console/assets.py)."""
+    cache = [(b"cache-control", b"no-store")]
 
     async def send_with_headers(message: Any) -> None:
         if message["type"] == "http.response.start":
@@ -170,7 +180,7 @@ def _with_security_headers(scope: Any, send: Any) -> Any:
 
 class SecurityHeaders:
     """Pure ASGI middleware (no per-request task, unlike @app.middleware): the headers of every answer,
-    and no-store on everything but the static assets."""
+    and no-store on every answer without a Cache-Control of its own."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -395,7 +405,8 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     leaves no other session state (no LISTEN, no SET outside a transaction, every lock released in a finally)."""
 
 
-def create_app(settings: Settings) -> ConsoleApp:
+def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
+    """The console over `settings`, serving the assets of `static_dir` (fingerprinted once, here)."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url, min_size=1, max_size=10, reset=_keep_session)
@@ -412,7 +423,9 @@ def create_app(settings: Settings) -> ConsoleApp:
 
     app = ConsoleApp(title="Console dei flussi sanitari", version="1", lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json")
-    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    assets = StaticAssets(static_dir, "/static")
+    app.state.asset_urls = {"asset": assets.url, "vendor_dir": VENDOR, "vendor": assets.directory_url(VENDOR)}
+    app.mount("/static", FingerprintedStaticFiles(assets), name="static")
     app.include_router(pages)
     app.include_router(api)
 

@@ -21,15 +21,19 @@ from typing import Any
 import asyncpg
 import pytest
 
+from services.loader.app import SOURCES_GROUP
 from services.runtime import db
 from services.runtime.settings import Settings
 from services.runtime.topics_admin import apply_topics
+from tests.kafka_groups import members_of, wait_until_joined
 from tests.kafka_topics import delete_all_topics
 from tests.log_capture import configure_onto
 
 # Small 730 zips, so a month of a hundred services already needs several parts per structure.
 E2E_MAX_ZIP_BYTES = 4_000
 TS_USER, TS_PASSWORD, TS_PINCODE, TS_CF = "PROVAX00X00X000Y", "Salve123", "1234567890", "PROVAX00X00X000Y"
+# The consumer groups each service's main() joins (services/<service>/app.py): the platform is up once all have.
+SERVICE_GROUPS = {"loader": ("loader", SOURCES_GROUP), "formatter": ("formatter",), "ts-gateway": ("ts-gateway",)}
 
 
 @dataclass
@@ -53,6 +57,13 @@ class Platform:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 30)
+
+    def check_running(self) -> None:
+        """Raises, naming the service, when a started service has already ended (a crash at start-up)."""
+        for name, (task, _) in self.tasks.items():
+            if task.done():
+                error = None if task.cancelled() else task.exception()
+                raise AssertionError(f"service {name} ended while the platform was starting: {error!r}")
 
     async def pool(self) -> asyncpg.Pool:
         from services.runtime.db import create_pool
@@ -142,15 +153,28 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
     p = Platform(settings, ts_url, simulator,
                  mains={"loader": loader_main, "formatter": formatter_main, "ts-gateway": gateway_main},
                  log_path=log_path)
+    # Up once every consumer group of the services has a new member and all its partitions assigned (a message
+    # published before would wait for a rebalance); the error names a group that did not join.
+    before = await members_of(stack.bootstrap_servers, [g for s in p.mains for g in SERVICE_GROUPS[s]])
+    started = asyncio.get_running_loop().time()
     for service in p.mains:
         p.start(service)
-    await asyncio.sleep(3.0)  # consumer groups join
     try:
+        await wait_until_joined(stack.bootstrap_servers, before, deadline_s=180, alive=p.check_running)
+        logging.getLogger(__name__).info("e2e platform: consumer groups %s joined in %.1f s", sorted(before),
+                                         asyncio.get_running_loop().time() - started)
         yield p
     finally:
+        # Every service stopped, even after one that crashed (its error is raised once all is cleaned up).
+        crashed: list[Exception] = []
         for service in list(p.tasks):
-            await p.stop(service)
+            try:
+                await p.stop(service)
+            except Exception as exc:
+                crashed.append(exc)
         await simulator.stop()
         # A new connection: a fault test (tests/integration/test_outage.py) may have restarted PostgreSQL.
         await db.drop_database(stack.database_url, database_url)
         tee.detach_file()
+        if crashed:
+            raise crashed[0]

@@ -21,7 +21,7 @@ from playwright.async_api import Page, async_playwright
 
 from services.ts_gateway.sealing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, key_id, sealed_key_id, unseal
 from simulators.cup.generator import month_period
-from tests.console_support import PASSWORD, STRUCTURE, running_console
+from tests.console_support import PASSWORD, STRUCTURE, is_current_static_url, running_console
 from tests.e2e import test_secrets_canary as canary
 from tests.e2e.driving import _formatted_730, publish_month
 from tests.e2e.test_secrets_canary import folder_files, needles_for, scan_everything, search
@@ -98,10 +98,23 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             context = await browser.new_context(accept_downloads=True, locale="it-IT")
             page = await context.new_page()
             axe = Axe()
+            # Every asset the browser fetches, console.js's fonts of Bootstrap Italia included (built below
+            # data-vendor): the URL, its status and Cache-Control (services/console/assets.py).
+            assets: list[tuple[str, int, str | None]] = []
+            page.on("response", lambda r: assets.append((r.url.removeprefix(console.url), r.status,
+                                                         r.headers.get("cache-control")))
+                    if r.url.startswith(console.url + "/static/") else None)
 
             await page.goto(console.url + "/istanze")
             assert "/login" in page.url
             await _axe_clean(page, axe, "01-login")
+            # console.js hands Bootstrap Italia its font path (window.__PUBLIC_PATH__, from data-vendor): the font
+            # URLs the bundle builds below it carry the vendor directory's fingerprint. The console never calls the
+            # bundle's loadFonts, so the page fetches one such URL itself.
+            fonts = await page.evaluate("window.__PUBLIC_PATH__")
+            assert fonts.endswith("/fonts") and is_current_static_url(fonts.removesuffix("/fonts")), fonts
+            assert await page.evaluate("p => fetch(p + '/Titillium_Web/titillium-web-v10-latin-ext_latin-regular"
+                                       ".woff2').then(r => r.status)", fonts) == 200
             await page.fill("#utente", "op.201")
             await page.fill("#password", PASSWORD)
             async with page.expect_navigation():
@@ -162,6 +175,11 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             await page.goto(console.url + "/istanze/nuova")
             await _axe_clean(page, axe, "09-nuovo-caricamento")
             await browser.close()
+
+            # The browser asked for nothing under /static but the current content, and was told to keep it.
+            assert any(url.endswith(".woff2") for url, _, _ in assets), assets  # the font, below data-vendor
+            assert [a for a in assets if not is_current_static_url(a[0]) or a[1] not in (200, 304)
+                    or a[2] != "public, max-age=31536000, immutable"] == []
 
             instance = int(checked_url.rsplit("/", 1)[1])
             views = await pool.fetch("SELECT data FROM events WHERE stream_id LIKE 'access-%' AND actor = 'op.201' "

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.console_support import RunningConsole, csrf_of, running_console
+from tests.console_support import RunningConsole, csrf_of, running_console, stale_static_urls, static_urls
 from tests.log_capture import service_log_lines
 from tests.oidc_provider import Provider, running_provider
 from tests.stack_urls import KAFKA
@@ -58,6 +58,8 @@ async def test_oidc_login_takes_user_role_and_enti_from_the_claims(console: Runn
         done = await _oidc_login(console, client)
         assert done.status_code == 200 and str(done.url).startswith(f"{console.url}/login/oidc/callback?code=")
         assert 'http-equiv="refresh" content="0;url=/istanze"' in done.text  # same-site hop to the page asked
+        # a page of its own (oidc_done.html): its assets too carry their fingerprints (test_console_assets.py)
+        assert len(static_urls(done.text)) == 5 and stale_static_urls(done.text) == []
         listed = await client.get(f"{console.url}/istanze")
         assert listed.status_code == 200 and "mario.rossi (operatore: enti 201)" in listed.text
         assert f'href="/istanze/{own}"' in listed.text and f'href="/istanze/{other}"' not in listed.text

@@ -1,0 +1,70 @@
+"""tests/kafka_groups.py, the wait the e2e platform uses instead of a sleep, on the real broker: it returns once a
+group's new members hold every partition, it reads a group in the middle of a rebalance (Kafka then sends empty
+member metadata), and it fails naming the group that never joined."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from tests.kafka_groups import _admin, describe_groups, members_of, wait_until_joined
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.integration
+
+TOPIC = "flows.load-requested"  # provisioned by the test stack, 6 partitions
+
+
+async def _polling(consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        await consumer.getmany(timeout_ms=100)
+
+
+async def test_a_second_member_joining_is_waited_for_through_the_rebalance() -> None:
+    group = f"groups-{uuid.uuid4().hex[:8]}"
+    first = AIOKafkaConsumer(TOPIC, bootstrap_servers=KAFKA, group_id=group, heartbeat_interval_ms=1000)
+    await first.start()
+    stop = asyncio.Event()
+    polling = asyncio.create_task(_polling(first, stop))
+    second = AIOKafkaConsumer(TOPIC, bootstrap_servers=KAFKA, group_id=group)
+    try:
+        before = await members_of(KAFKA, [group])
+        assert len(before[group]) == 1
+        joining = asyncio.create_task(second.start())
+        # The first member rejoins on its next heartbeat: the group is rebalancing meanwhile, and read as such.
+        states = set()
+        async with _admin(KAFKA) as admin:
+            while not joining.done():
+                states.add((await describe_groups(admin, [group]))[group].state)
+                await asyncio.sleep(0.05)
+        await joining
+        assert states & {"PreparingRebalance", "CompletingRebalance"}, states
+        await wait_until_joined(KAFKA, before, deadline_s=120)
+        async with _admin(KAFKA) as admin:
+            state = (await describe_groups(admin, [group]))[group]
+        assert state.state == "Stable" and len(state.members) == 2 and len(state.members - before[group]) == 1
+        assert state.subscribed == {TOPIC} and state.assigned == {(TOPIC, p) for p in range(6)}
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await polling
+        await second.stop()
+        await first.stop()
+
+
+async def test_a_group_nobody_joins_is_named_when_the_deadline_passes() -> None:
+    joined, never = f"groups-{uuid.uuid4().hex[:8]}", f"groups-never-{uuid.uuid4().hex[:8]}"
+    before = await members_of(KAFKA, [joined, never])
+    consumer = AIOKafkaConsumer(TOPIC, bootstrap_servers=KAFKA, group_id=joined)
+    await consumer.start()
+    try:
+        with pytest.raises(AssertionError) as refused:
+            await wait_until_joined(KAFKA, before, deadline_s=3)
+        assert f"'{never}': no member joined yet" in str(refused.value) and f"'{joined}'" not in str(refused.value)
+        await wait_until_joined(KAFKA, {joined: before[joined]}, deadline_s=120)
+    finally:
+        await consumer.stop()
