@@ -23,7 +23,14 @@ from structlog._config import BoundLoggerLazyProxy
 
 
 def uncache_loggers() -> None:
-    """Every lazy logger assembles itself again from the current configuration at its next use."""
+    """Every lazy logger assembles itself again from the current configuration at its next use.
+
+    gc.get_objects() does not list what gc.freeze() put in the permanent generation, and a batch consumer
+    started in this process froze everything it found (services.runtime.batch.tune_gc: the e2e platform runs
+    the loader in the test process), module-level loggers included: those kept writing to the stream of their
+    first use (a gateway test read no `store.full` line after the e2e folder had run). Unfrozen first: in a test
+    process the collector walking them again costs nothing that matters."""
+    gc.unfreeze()
     for proxy in [o for o in gc.get_objects() if isinstance(o, BoundLoggerLazyProxy)]:
         proxy.__dict__.pop("bind", None)
 
