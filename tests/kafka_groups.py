@@ -18,6 +18,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment, ConsumerProtocolMemberMetadata
+from aiokafka.errors import KafkaError
 from aiokafka.protocol.admin import DescribeGroupsRequest_v0, DescribeGroupsRequest_v1, DescribeGroupsRequest_v2
 from aiokafka.protocol.api import Request
 
@@ -44,29 +45,56 @@ class GroupState:
     assigned: frozenset[tuple[str, int]]
 
 
+# COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR: the group's coordinator is not there
+# yet. A new cluster has no __consumer_offsets until the first FindCoordinator asks for it (CI's fresh stack: the
+# e2e platform is the first to use a group), and a coordinator moves when a broker stops.
+_COORDINATOR_NOT_YET = frozenset({14, 15, 16})
+COORDINATOR_WAIT_S = 60.0
+
+
+async def _describe_one(admin: AIOKafkaAdminClient, group: str) -> Any:
+    """The DescribeGroups entry of `group`, asked again while its coordinator is not ready (for a while)."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + COORDINATOR_WAIT_S
+    while True:
+        try:
+            coordinator = await admin.find_coordinator(group)
+            response = await admin._client.send(coordinator, _DescribeGroups([group]))
+            [entry] = response.groups
+            if entry[0] not in _COORDINATOR_NOT_YET:
+                return entry
+            why = f"Kafka error {entry[0]}"
+        except KafkaError as exc:
+            if not exc.retriable:
+                raise
+            why = f"{type(exc).__name__}: {exc}"
+        if loop.time() > give_up:
+            raise AssertionError(f"consumer group {group!r}: no coordinator within {COORDINATOR_WAIT_S:.0f} s "
+                                 f"({why})")
+        await asyncio.sleep(0.2)
+
+
 async def describe_groups(admin: AIOKafkaAdminClient, groups: Iterable[str]) -> dict[str, GroupState]:
     """Each group's state, members, the topics they subscribe to and the partitions assigned to them."""
     found: dict[str, GroupState] = {}
     for group in groups:
-        coordinator = await admin.find_coordinator(group)
-        response = await admin._client.send(coordinator, _DescribeGroups([group]))
-        for error_code, name, state, protocol_type, _, members in response.groups:
-            if error_code != 0:
-                raise RuntimeError(f"describing consumer group {name!r}: Kafka error {error_code}")
-            subscribed: set[str] = set()
-            assigned: set[tuple[str, int]] = set()
-            for _member_id, _client_id, _host, metadata, assignment in members:
-                # Kafka sends a member's subscription and assignment only while the group is Stable: empty bytes
-                # during a rebalance (found on a run where the services' groups were still joining).
-                if protocol_type != "consumer":
-                    continue
-                if metadata:
-                    subscribed.update(ConsumerProtocolMemberMetadata.decode(metadata).subscription)
-                if assignment:
-                    assigned.update((tp.topic, tp.partition)
-                                    for tp in ConsumerProtocolMemberAssignment.decode(assignment).partitions())
-            found[name] = GroupState(name, state, frozenset(m[0] for m in members), frozenset(subscribed),
-                                     frozenset(assigned))
+        error_code, name, state, protocol_type, _, members = await _describe_one(admin, group)
+        if error_code != 0:
+            raise RuntimeError(f"describing consumer group {name!r}: Kafka error {error_code}")
+        subscribed: set[str] = set()
+        assigned: set[tuple[str, int]] = set()
+        for _member_id, _client_id, _host, metadata, assignment in members:
+            # Kafka sends a member's subscription and assignment only while the group is Stable: empty bytes
+            # during a rebalance (found on a run where the services' groups were still joining).
+            if protocol_type != "consumer":
+                continue
+            if metadata:
+                subscribed.update(ConsumerProtocolMemberMetadata.decode(metadata).subscription)
+            if assignment:
+                assigned.update((tp.topic, tp.partition)
+                                for tp in ConsumerProtocolMemberAssignment.decode(assignment).partitions())
+        found[name] = GroupState(name, state, frozenset(m[0] for m in members), frozenset(subscribed),
+                                 frozenset(assigned))
     return found
 
 

@@ -174,6 +174,16 @@ def _in_state(url: str, state: InstanceState, ente: str) -> Any:
     return check
 
 
+def _full_or_done(url: str, loader: Service, ente: str) -> Any:
+    """A check for _until: the loader found the store full (its first store.full line), or the ente's load ended."""
+    async def check() -> Any:
+        found = {e: s for s, e, _ in (await _instances(url)).values()}
+        if found.get(ente) not in (None, InstanceState.RUNNING.value):
+            return True
+        return next((r for r in loader.lines("store.full")), None)
+    return check
+
+
 def _full_lines(service: Service, instance: int) -> list[dict[str, Any]]:
     return [r for r in service.lines("store.full") if r.get("instance") == instance]
 
@@ -342,12 +352,7 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
         free_before = disk.free_bytes()
         await load("201")
 
-        async def full_or_done() -> Any:
-            found = {e: s for s, e, _ in (await _instances(url)).values()}
-            if found.get("201") not in (None, InstanceState.RUNNING.value):
-                return True
-            return next((r for r in loader.lines("store.full")), None)
-        await _until("the loader finding the store full", full_or_done, services, 90)
+        await _until("the loader finding the store full", _full_or_done(url, loader, "201"), services, 90)
         full_at = time.monotonic()
         big = next(i for i, (_, e, _) in (await _instances(url)).items() if e == "201")
         history = await _events(url, big)
@@ -452,12 +457,7 @@ async def test_a_postgres_crash_while_a_load_waits_for_space_makes_the_loader_ch
             request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente="201",
             period=flows.Period(start=start, end=end), requested_by="test.fulldisk"), key="201")
 
-        async def waiting() -> Any:
-            found = {e: s for s, e, _ in (await _instances(url)).values()}
-            if found.get("201") not in (None, InstanceState.RUNNING.value):
-                return True
-            return next((r for r in loader.lines("store.full")), None)
-        await _until("the loader finding the store full", waiting, services, 90)
+        await _until("the loader finding the store full", _full_or_done(url, loader, "201"), services, 90)
         big = next(iter(await _instances(url)))
         assert (await _instances(url))[big][0] == InstanceState.RUNNING.value
         [(first_snapshot, problems)] = await _snapshots(url, big)

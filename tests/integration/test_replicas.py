@@ -154,6 +154,12 @@ async def _states(url: str) -> dict[int, str]:
         await conn.close()
 
 
+def _tails(replicas: list[Replica]) -> str:
+    """The end of each replica's log, without the intake's batch lines."""
+    return "\n".join(f"--- {r.name}\n" + "\n".join(line[:400] for line in r.log.read_text().splitlines()
+                                                  if "batch.stored" not in line)[-6000:] for r in replicas)
+
+
 async def _wait_for(url: str, state: InstanceState, count: int, replicas: list[Replica], limit_s: float) -> None:
     states: dict[int, str] = {}
     try:
@@ -167,9 +173,8 @@ async def _wait_for(url: str, state: InstanceState, count: int, replicas: list[R
                         assert r.process.returncode is None, f"{r.name} exited:\n{r.log.read_text()[-3000:]}"
                 await asyncio.sleep(0.3)
     except TimeoutError:
-        tails = "\n".join(f"--- {r.name}\n" + "\n".join(line[:400] for line in r.log.read_text().splitlines()
-                                                         if "batch.stored" not in line)[-6000:] for r in replicas)
-        raise AssertionError(f"not all {count} {state.value} within {limit_s:.0f} s: {states}\n{tails}") from None
+        raise AssertionError(f"not all {count} {state.value} within {limit_s:.0f} s: {states}\n"
+                             f"{_tails(replicas)}") from None
 
 
 async def _events(url: str) -> list[dict[str, Any]]:
@@ -184,30 +189,57 @@ async def _events(url: str) -> list[dict[str, Any]]:
     return [{**dict(r), "data": json.loads(r["data"]), "metadata": json.loads(r["metadata"])} for r in rows]
 
 
+async def _store_month(url: str, ente: str, seed: int) -> None:
+    """One load's source data (ente, August 2020), stored as intake stores it."""
+    conn = await asyncpg.connect(url)
+    try:
+        for model, batch in _by_kind(generate(ente, "2020-08", SERVICES_PER_LOAD, seed=seed)).items():
+            await store(conn, KINDS[model], batch)
+    finally:
+        await conn.close()
+
+
+async def _start_replicas(running: contextlib.AsyncExitStack, url: str, tmp_path: Path, suffix: str,
+                          names: list[tuple[str, str]], ports_from: int, **env: str) -> list[Replica]:
+    """The processes (name, service) of tests/integration/replica_service.py in the test's own groups, which start
+    at the end of their topics (not at the session's whole history), each ready with its share of the partitions.
+    `env`: more environment (FLOWS_TEST_LOAD_PAUSE_S, FLOWS_TEST_LOAD_HOLD_DIR)."""
+    await start_at_the_end(KAFKA, f"loader-{suffix}", ["flows.load-requested"])
+    await start_at_the_end(KAFKA, f"loader-sources-{suffix}", [t.name for t in INTAKE_TOPICS])
+    await start_at_the_end(KAFKA, f"formatter-{suffix}", ["flows.format-requested"])
+    replicas: list[Replica] = []
+    for n, (name, service) in enumerate(names):
+        port = free_port(ports_from + 20 * n, ports_from + 20 * n + 20)
+        environment = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
+                       "FLOWS_FILES_DIR": str(tmp_path / "files"), "FLOWS_REPLICA": name,
+                       "FLOWS_HEALTH_PORT": str(port), "PYTHONUNBUFFERED": "1", **env}
+        log = tmp_path / f"{name}.log"
+        process = await running.enter_async_context(
+            logged_process(log, "-m", "tests.integration.replica_service", service, suffix, env=environment))
+        replicas.append(Replica(name, service, log, port, process))
+    await _wait_for_the_groups(replicas)
+    return replicas
+
+
+async def _request_load(ente: str) -> None:
+    """A Flusso C load of August 2020 for `ente`."""
+    start, end = month_period("2020-08")
+    await send_command(KAFKA, "flows.load-requested", flows.LoadRequested(
+        request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente=ente,
+        period=flows.Period(start=start, end=end), requested_by="test.replicas"), key=ente)
+
+
 async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_the_load_of_a_killed_one(
         stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     wall_started = time.monotonic()
     suffix = uuid.uuid4().hex[:8]
     async with scratch_database("t_replicas") as url, contextlib.AsyncExitStack() as running:
         await _seed(url)
-        # The test's groups start at the end of their topics, not at the session's whole history.
-        await start_at_the_end(KAFKA, f"loader-{suffix}", ["flows.load-requested"])
-        await start_at_the_end(KAFKA, f"loader-sources-{suffix}", [t.name for t in INTAKE_TOPICS])
-        await start_at_the_end(KAFKA, f"formatter-{suffix}", ["flows.format-requested"])
-
-        replicas: list[Replica] = []
-        for n, (service, index) in enumerate([("loader", 1), ("loader", 2), ("formatter", 1), ("formatter", 2)]):
-            name = f"{service}-{index}"
-            port = free_port(600 + 20 * n, 620 + 20 * n)
-            env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
-                   "FLOWS_FILES_DIR": str(tmp_path / "files"), "FLOWS_REPLICA": name, "FLOWS_HEALTH_PORT": str(port),
-                   "FLOWS_TEST_LOAD_PAUSE_S": str(PAUSE_S), "PYTHONUNBUFFERED": "1"}
-            log = tmp_path / f"{name}.log"
-            process = await running.enter_async_context(
-                logged_process(log, "-m", "tests.integration.replica_service", service, suffix, env=env))
-            replicas.append(Replica(name, service, log, port, process))
+        replicas = await _start_replicas(
+            running, url, tmp_path, suffix, [("loader-1", "loader"), ("loader-2", "loader"),
+                                             ("formatter-1", "formatter"), ("formatter-2", "formatter")],
+            600, FLOWS_TEST_LOAD_PAUSE_S=str(PAUSE_S))
         loader_1, loader_2 = replicas[0], replicas[1]
-        await _wait_for_the_groups(replicas)
         ready_s = time.monotonic() - wall_started
 
         # 12 load requests at once, spread over every partition (6 for each loader's share).
@@ -340,9 +372,7 @@ async def _until_logged(replicas: list[Replica], event: str, limit_s: float, **m
                     assert r.process.returncode is None, f"{r.name} exited:\n{r.log.read_text()[-3000:]}"
                 await asyncio.sleep(0.1)
     except TimeoutError:
-        tails = "\n".join(f"--- {r.name}\n" + "\n".join(line[:400] for line in r.log.read_text().splitlines()
-                                                         if "batch.stored" not in line)[-5000:] for r in replicas)
-        raise AssertionError(f"no {event} {match} within {limit_s:.0f} s\n{tails}") from None
+        raise AssertionError(f"no {event} {match} within {limit_s:.0f} s\n{_tails(replicas)}") from None
     return found[0]
 
 
@@ -358,31 +388,11 @@ async def test_a_loader_that_lost_its_lock_writes_nothing_over_the_run_that_took
     holds.mkdir()
     (holds / "hold").touch()  # every run waits after its snapshot until the test writes go-<snapshot>
     async with scratch_database("t_lock_lost") as url, contextlib.AsyncExitStack() as running:
-        conn = await asyncpg.connect(url)
-        try:
-            for model, batch in _by_kind(generate("201", "2020-08", SERVICES_PER_LOAD, seed=77)).items():
-                await store(conn, KINDS[model], batch)
-        finally:
-            await conn.close()
-        await start_at_the_end(KAFKA, f"loader-{suffix}", ["flows.load-requested"])
-        await start_at_the_end(KAFKA, f"loader-sources-{suffix}", [t.name for t in INTAKE_TOPICS])
-        replicas: list[Replica] = []
-        for n in (1, 2):
-            name = f"loader-{n}"
-            port = free_port(600 + 20 * n, 620 + 20 * n)
-            env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
-                   "FLOWS_FILES_DIR": str(tmp_path / "files"), "FLOWS_REPLICA": name, "FLOWS_HEALTH_PORT": str(port),
-                   "FLOWS_TEST_LOAD_HOLD_DIR": str(holds), "PYTHONUNBUFFERED": "1"}
-            log = tmp_path / f"{name}.log"
-            process = await running.enter_async_context(
-                logged_process(log, "-m", "tests.integration.replica_service", "loader", suffix, env=env))
-            replicas.append(Replica(name, "loader", log, port, process))
-        await _wait_for_the_groups(replicas)
-
-        start, end = month_period("2020-08")
-        await send_command(KAFKA, "flows.load-requested", flows.LoadRequested(
-            request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente="201",
-            period=flows.Period(start=start, end=end), requested_by="test.replicas"), key="201")
+        await _store_month(url, "201", seed=77)
+        replicas = await _start_replicas(running, url, tmp_path, suffix,
+                                         [("loader-1", "loader"), ("loader-2", "loader")], 620,
+                                         FLOWS_TEST_LOAD_HOLD_DIR=str(holds))
+        await _request_load("201")
         first = await _until_logged(replicas, "load.started", 60)
         instance, first_snapshot = int(first["instance"]), int(first["snapshot"])
 
@@ -460,28 +470,10 @@ async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass
     holds.mkdir()
     (holds / "hold").touch()
     async with scratch_database("t_conn_cut") as url, contextlib.AsyncExitStack() as running:
-        conn = await asyncpg.connect(url)
-        try:
-            for model, batch in _by_kind(generate("202", "2020-08", SERVICES_PER_LOAD, seed=78)).items():
-                await store(conn, KINDS[model], batch)
-        finally:
-            await conn.close()
-        await start_at_the_end(KAFKA, f"loader-{suffix}", ["flows.load-requested"])
-        await start_at_the_end(KAFKA, f"loader-sources-{suffix}", [t.name for t in INTAKE_TOPICS])
-        port = free_port(700, 720)
-        env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
-               "FLOWS_FILES_DIR": str(tmp_path / "files"), "FLOWS_REPLICA": "loader-1",
-               "FLOWS_HEALTH_PORT": str(port), "FLOWS_TEST_LOAD_HOLD_DIR": str(holds), "PYTHONUNBUFFERED": "1"}
-        log = tmp_path / "loader-1.log"
-        process = await running.enter_async_context(
-            logged_process(log, "-m", "tests.integration.replica_service", "loader", suffix, env=env))
-        replicas = [Replica("loader-1", "loader", log, port, process)]
-        await _wait_for_the_groups(replicas)
-
-        start, end = month_period("2020-08")
-        await send_command(KAFKA, "flows.load-requested", flows.LoadRequested(
-            request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente="202",
-            period=flows.Period(start=start, end=end), requested_by="test.replicas"), key="202")
+        await _store_month(url, "202", seed=78)
+        replicas = await _start_replicas(running, url, tmp_path, suffix, [("loader-1", "loader")], 700,
+                                         FLOWS_TEST_LOAD_HOLD_DIR=str(holds))
+        await _request_load("202")
         first = await _until_logged(replicas, "load.started", 60)
         instance, first_snapshot = int(first["instance"]), int(first["snapshot"])
 
@@ -524,30 +516,10 @@ async def test_a_connection_cut_under_a_format_leaves_it_formatting_and_the_next
     formatter's next pass writes its files."""
     suffix = uuid.uuid4().hex[:8]
     async with scratch_database("t_conn_cut_fmt") as url, contextlib.AsyncExitStack() as running:
-        conn = await asyncpg.connect(url)
-        try:
-            for model, batch in _by_kind(generate("203", "2020-08", SERVICES_PER_LOAD, seed=79)).items():
-                await store(conn, KINDS[model], batch)
-        finally:
-            await conn.close()
-        await start_at_the_end(KAFKA, f"loader-{suffix}", ["flows.load-requested"])
-        await start_at_the_end(KAFKA, f"loader-sources-{suffix}", [t.name for t in INTAKE_TOPICS])
-        await start_at_the_end(KAFKA, f"formatter-{suffix}", ["flows.format-requested"])
-        replicas: list[Replica] = []
-        for n, service in enumerate(("loader", "formatter")):
-            port = free_port(740 + 20 * n, 760 + 20 * n)
-            env = {**os.environ, "DATABASE_URL": url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
-                   "FLOWS_FILES_DIR": str(tmp_path / "files"), "FLOWS_REPLICA": f"{service}-1",
-                   "FLOWS_HEALTH_PORT": str(port), "PYTHONUNBUFFERED": "1"}
-            log = tmp_path / f"{service}-1.log"
-            process = await running.enter_async_context(
-                logged_process(log, "-m", "tests.integration.replica_service", service, suffix, env=env))
-            replicas.append(Replica(f"{service}-1", service, log, port, process))
-        await _wait_for_the_groups(replicas)
-        start, end = month_period("2020-08")
-        await send_command(KAFKA, "flows.load-requested", flows.LoadRequested(
-            request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente="203",
-            period=flows.Period(start=start, end=end), requested_by="test.replicas"), key="203")
+        await _store_month(url, "203", seed=79)
+        replicas = await _start_replicas(running, url, tmp_path, suffix,
+                                         [("loader-1", "loader"), ("formatter-1", "formatter")], 740)
+        await _request_load("203")
         await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)
         [instance] = await _states(url)
 
