@@ -83,8 +83,8 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
     from services.loader.pipeline import (
         FeedbackNotWritten,
         RunTakenOver,
-        checked_snapshot,
         drop_dead_runs,
+        earlier_runs,
         finish_load,
         run_load,
     )
@@ -101,7 +101,8 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
             current = await deps.instances.append(current, flows.LoadRunning(
                 instance=instance, request_id=spec.request_id, flow_type=spec.flow_type, version=spec.version,
                 ente=spec.ente, period=spec.period, requested_by=spec.requested_by))
-        checked = await checked_snapshot(deps.pool, instance)
+        earlier = await earlier_runs(deps.pool, instance)
+        checked = earlier.checked
         if checked is not None:  # snapshot and checks done (by this process or one that died): the feedback is left
             snapshot_id = checked.snapshot_id
             log.info("load.feedback_again", instance=instance, snapshot=snapshot_id)
@@ -111,7 +112,8 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
             async def unchanged(conn: asyncpg.Connection) -> bool:
                 return await deps.store.stream_version(instance_stream(instance), conn) == read_at.version
             try:
-                await drop_dead_runs(deps.pool, instance, unchanged)
+                if earlier.snapshots:  # none on a load's first run: no transaction for nothing
+                    await drop_dead_runs(deps.pool, instance, unchanged)
             except RunTakenOver:
                 log.warning("load.taken_over", instance=instance, reason="its outcome was written meanwhile")
                 return

@@ -5,7 +5,7 @@ is taken once and reused, the checks and the feedback are recomputed from it wit
 It records no events: the handler turns the outcome into LoadChecked / LoadFailed.
 
 Once its checks are done a snapshot is marked checked (source_snapshot.checked_counts / checked_problems), so any
-loader process finishes it without a new snapshot or new checks (`checked_snapshot`, then `finish_load`): after a
+loader process finishes it without a new snapshot or new checks (`earlier_runs`, then `finish_load`): after a
 full file store while the feedback is written (`FeedbackNotWritten`: the problems are deleted only once the
 feedback file holds them), after a kill between the checks and the outcome, on another replica. The problems are
 in an UNLOGGED table, which PostgreSQL empties after a crash: a checked snapshot whose problems are not all there
@@ -121,23 +121,33 @@ async def mark_checked(pool: asyncpg.Pool, checked: ChecksDone) -> None:
         checked.snapshot_id, json.dumps(checked.counts))
 
 
-async def checked_snapshot(pool: asyncpg.Pool, instance: int) -> ChecksDone | None:
-    """The instance's newest checked snapshot whose problems are all still in load_problem, if any: its load
-    needs only its feedback and outcome. Call it holding the instance's load lock."""
-    row = await pool.fetchrow(
-        "SELECT s.snapshot_id, s.checked_counts, s.checked_problems, "
-        "(SELECT count(*) FROM load_problem p WHERE p.snapshot_id = s.snapshot_id) AS problems "
-        "FROM source_snapshot s WHERE s.instance = $1 AND s.checked_counts IS NOT NULL "
-        "ORDER BY s.snapshot_id DESC LIMIT 1", instance)
+@dataclass(frozen=True)
+class EarlierRuns:
+    """What earlier runs of an instance's load left: `checked`, a snapshot to finish (its feedback and outcome
+    only), and how many snapshots the instance has in all (none for a load's first run: nothing to drop)."""
+
+    checked: ChecksDone | None
+    snapshots: int
+
+
+async def earlier_runs(pool: asyncpg.Pool, instance: int) -> EarlierRuns:
+    """The instance's snapshots; `checked` is its newest checked one whose problems are all still in load_problem.
+    One query. Call it holding the instance's load lock."""
+    rows = await pool.fetch(
+        "SELECT s.snapshot_id, s.checked_counts, s.checked_problems, CASE WHEN s.checked_counts IS NOT NULL THEN "
+        "(SELECT count(*) FROM load_problem p WHERE p.snapshot_id = s.snapshot_id) END AS problems "
+        "FROM source_snapshot s WHERE s.instance = $1 ORDER BY s.snapshot_id DESC", instance)
+    row = next((r for r in rows if r["checked_counts"] is not None), None)
     if row is None:
-        return None
+        return EarlierRuns(None, len(rows))
     if row["problems"] != row["checked_problems"]:
         # emptied by a crash of PostgreSQL, or deleted once the feedback was written by a run that died before
         # its outcome: the checks must run again (from a new snapshot; this one is dropped as a dead run's)
         log.warning("load.checked_problems_lost", instance=instance, snapshot=int(row["snapshot_id"]),
                     checked=int(row["checked_problems"]), found=int(row["problems"]))
-        return None
-    return ChecksDone(int(row["snapshot_id"]), {k: int(v) for k, v in json.loads(row["checked_counts"]).items()})
+        return EarlierRuns(None, len(rows))
+    counts = {k: int(v) for k, v in json.loads(row["checked_counts"]).items()}
+    return EarlierRuns(ChecksDone(int(row["snapshot_id"]), counts), len(rows))
 
 
 class RunTakenOver(Exception):
@@ -147,7 +157,7 @@ class RunTakenOver(Exception):
 async def drop_dead_runs(pool: asyncpg.Pool, instance: int,
                          unchanged: Callable[[asyncpg.Connection], Awaitable[bool]]) -> list[tuple[int, int]]:
     """Deletes every snapshot of the instance (rows, problems, record): called holding the instance's load lock,
-    before a new snapshot is taken, when `checked_snapshot` found none to finish. Each belongs to a run that died
+    before a new snapshot is taken, when `earlier_runs` found none to finish. Each belongs to a run that died
     (a kill, a crash, a full disk before its checks were done); nothing reads them (an outcome names its own
     snapshot, and no outcome is recorded while the instance is Running). Returns (snapshot, rows deleted).
 
