@@ -161,8 +161,8 @@ async def drop_dead_runs(pool: asyncpg.Pool, instance: int,
     (a kill, a crash, a full disk before its checks were done); nothing reads them (an outcome names its own
     snapshot, and no outcome is recorded while the instance is Running). Returns (snapshot, rows deleted).
 
-    A run whose lock's connection was cut goes on without knowing it: its outcome (`append_outcome`) re-reads its
-    snapshot's row FOR SHARE, and this DELETE locks the rows. `unchanged(conn)`, asked after the DELETE in the same
+    A run whose lock's connection was cut goes on without knowing it: its outcome (handlers.run_instance) re-reads
+    its snapshot's row FOR SHARE, and this DELETE locks the rows. `unchanged(conn)`, asked after the DELETE in the same
     transaction, says whether the instance's stream is still where this run read it: if such a run wrote its
     outcome first, RunTakenOver rolls the delete back (that snapshot is the one the outcome names)."""
     dropped: list[tuple[int, int]] = []

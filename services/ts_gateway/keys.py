@@ -33,7 +33,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from contracts.topics import SECRET_COMMAND_RETENTION_MS
@@ -46,6 +45,7 @@ from services.ts_gateway.sealing import (
     ensure_gateway_keypair,
     key_id,
     load_private_key,
+    new_key_pair,
     private_key_id,
     public_of,
     sealed_key_id,
@@ -86,11 +86,7 @@ def rotate_gateway_key(directory: Path) -> Rotation:
         kept = retired / f"{previous}.pem"
         if not kept.exists():
             write_atomically(kept, old_private, 0o600)
-        key = rsa.generate_private_key(public_exponent=65537, key_size=sealing.KEY_BITS)
-        new_private = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        new_public = public_of(new_private)
+        new_public, new_private = new_key_pair()
         write_atomically(private_path, new_private, 0o600)
         write_atomically(public_path, new_public, 0o644)
         return Rotation(previous=previous, current=key_id(new_public))

@@ -212,6 +212,15 @@ def public_of(private_pem: bytes) -> bytes:
     )
 
 
+def new_key_pair() -> tuple[bytes, bytes]:
+    """A new gateway key pair of KEY_BITS: (public_pem, private_pem), the private key PKCS8 unencrypted."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return public_of(private_pem), private_pem
+
+
 def write_atomically(path: Path, data: bytes, mode: int) -> None:
     """Write to a hidden temporary file created with `mode` (never readable by others, from its first byte),
     fsync, rename. A write that fails (a full disk) leaves neither a partial file nor its temporary one."""
@@ -252,13 +261,7 @@ def ensure_gateway_keypair(directory: Path) -> tuple[bytes, bytes]:
             public_pem = public_of(private_pem)
             write_atomically(public_path, public_pem, 0o644)
             return public_pem, private_pem
-        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
-        private_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        public_pem = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        public_pem, private_pem = new_key_pair()
         write_atomically(private_path, private_pem, 0o600)
         write_atomically(public_path, public_pem, 0o644)
         return public_pem, private_pem
