@@ -25,6 +25,7 @@ import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup, escape
 from starlette.background import BackgroundTask
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contracts import flows
 from contracts.deadlines import (
@@ -441,16 +443,23 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
         target = "/login?" + urllib.parse.urlencode({"next": request.url.path})
         return RedirectResponse(target, status_code=303)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> Response:
+    # Starlette's class, not FastAPI's subclass: the router's own 404 (a path no route has) and 405 (a method the
+    # path does not take), and the static files' 404, get the same Italian page (or API answer) as a route's.
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = exc.status_code
+        title, message, api_detail = ERROR_DETAILS.get(code, ("Errore", "La richiesta non è andata a buon fine.",
+                                                              "errore"))
+        if code != 404 and exc.detail != _phrase(code):  # a route's own message, in Italian: it says more
+            message = api_detail = exc.detail
+        headers = getattr(exc, "headers", None)
         if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": exc.detail if exc.status_code != 404 else "non trovato"},
-                                status_code=exc.status_code)
-        message = exc.detail if exc.status_code != 404 else "La pagina richiesta non esiste o non è accessibile."
-        title = {404: "Pagina non trovata", 403: "Richiesta rifiutata", 409: "Azione non consentita"}.get(
-            exc.status_code, "Errore")
-        return page(None, "message.html", title, status=exc.status_code, request=request, message=message,
-                    level="danger", back="/")
+            return JSONResponse({"detail": api_detail}, status_code=exc.status_code, headers=headers)
+        response = page(None, "message.html", title, status=exc.status_code, request=request,
+                        message=message, level="danger", back="/")
+        if headers:
+            response.headers.update(headers)
+        return response
 
     check_every_route_has_a_rule(app.routes)
     return app
@@ -458,6 +467,24 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
 
 pages = APIRouter(include_in_schema=False)
 api = APIRouter(prefix="/api")
+
+# The answers of an HTTP error raised without an Italian message of its own (the router's 404 and 405, a bare
+# HTTPException(404)): the page's title, its message, the API's detail. A 404 never says whether the thing exists
+# and belongs to someone else (the guard answers 404 for another ente's instance, too).
+ERROR_DETAILS: dict[int, tuple[str, str, str]] = {
+    404: ("Pagina non trovata", "La pagina richiesta non esiste o non è accessibile.", "non trovato"),
+    405: ("Richiesta non valida", "Questa pagina non accetta questo tipo di richiesta.", "metodo non consentito"),
+    403: ("Richiesta rifiutata", "La richiesta è stata rifiutata.", "richiesta rifiutata"),
+    409: ("Azione non consentita", "L'azione non è consentita nello stato attuale.", "azione non consentita"),
+}
+
+
+def _phrase(code: int) -> str | None:
+    """Starlette's detail when none is given (HTTPStatus' English phrase)."""
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return None
 
 
 # ---------------------------------------------------------------- probes and login (public)

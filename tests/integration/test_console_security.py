@@ -254,3 +254,24 @@ async def test_a_transmission_date_in_the_past_is_refused_and_nothing_is_sent(co
     assert await console.pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance) == "Formatted"
     assert await console.pool.fetchval("SELECT count(*) FROM events WHERE stream_id = $1 AND type LIKE 'flows.ts-%'",
                                        f"instance-{instance}") == 0
+
+
+async def test_a_path_or_method_no_route_has_gets_the_italian_error_page(console: RunningConsole) -> None:
+    """The router's own 404 and 405 (no route runs, so no guard raises them) answer like a route's 404: the
+    console's Italian page in its layout, or the API's Italian detail, never Starlette's English JSON."""
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        for who in (None, "op.201"):  # before and after login: an unknown path says nothing more to either
+            if who is not None:
+                await console.login(client, who)
+            for path in ("/pagina-che-non-esiste", "/istanze/1/nulla", "/static/nessun-file.css"):
+                response = await client.get(console.url + path)
+                assert response.status_code == 404, (who, path)
+                assert response.headers["content-type"].startswith("text/html"), (who, path, response.text[:200])
+                assert "<h1" in response.text and "Pagina non trovata" in response.text, (who, path)
+                assert 'lang="it"' in response.text and "Not Found" not in response.text, (who, path)
+            response = await client.get(console.url + "/api/nulla")
+            assert response.status_code == 404 and response.json() == {"detail": "non trovato"}, who
+            response = await client.delete(console.url + "/login")  # a path that exists, a method it does not take
+            assert response.status_code == 405 and "Richiesta non valida" in response.text, who
+            assert response.headers["allow"], who  # the methods it does take, as HTTP asks of a 405
+            assert "Method Not Allowed" not in response.text, who

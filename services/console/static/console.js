@@ -1,5 +1,5 @@
 // The console's only script: no build step. Live updates of an instance page (server-sent events),
-// sortable tables, and the font path of Bootstrap Italia.
+// sortable tables, and the fonts of Bootstrap Italia (Titillium Web, Roboto Mono, Lora: the Designers Italia look).
 (function () {
   "use strict";
   var me = document.currentScript;
@@ -120,5 +120,12 @@
     });
   }
 
-  document.addEventListener("DOMContentLoaded", function () { liveInstance(); sortableTables(); tsSendForm(); });
+  // The bundle declares its fonts only when asked (loadFonts adds their @font-face rules, below __PUBLIC_PATH__):
+  // without this the pages fall back to the system's sans-serif. The bundle runs after this file (both deferred,
+  // in order), before DOMContentLoaded.
+  function fonts() {
+    if (window.bootstrap && typeof window.bootstrap.loadFonts === "function") { window.bootstrap.loadFonts(); }
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { fonts(); liveInstance(); sortableTables(); tsSendForm(); });
 })();
