@@ -154,6 +154,14 @@ async def _states(url: str) -> dict[int, str]:
         await conn.close()
 
 
+async def _snapshot_committed(url: str, snapshot_id: int) -> bool:
+    conn = await asyncpg.connect(url)
+    try:
+        return bool(await conn.fetchval("SELECT true FROM source_snapshot WHERE snapshot_id = $1", snapshot_id))
+    finally:
+        await conn.close()
+
+
 def _tails(replicas: list[Replica]) -> str:
     """The end of each replica's log, without the intake's batch lines."""
     return "\n".join(f"--- {r.name}\n" + "\n".join(line[:400] for line in r.log.read_text().splitlines()
@@ -258,6 +266,12 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
                                  f"{len(loader_1.lines('load.started'))} started") from None
         victim = int(started[KILL_IN_LOAD - 1]["instance"])
         first_snapshot = int(started[KILL_IN_LOAD - 1]["snapshot"])
+        # "load.started" comes before the snapshot: the kill waits for its commit, and lands in the pause after it
+        # (killed sooner, the snapshot's transaction is rolled back, and there is no dead run to drop)
+        async with asyncio.timeout(60):  # a hang guard, no speed target
+            while not await _snapshot_committed(url, first_snapshot):
+                assert loader_1.process.returncode is None, loader_1.log.read_text()[-3000:]
+                await asyncio.sleep(0.02)
         os.kill(loader_1.process.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         assert await loader_1.process.wait() == -signal.SIGKILL
