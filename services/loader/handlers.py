@@ -117,8 +117,7 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
             except RunTakenOver:
                 log.warning("load.taken_over", instance=instance, reason="its outcome was written meanwhile")
                 return
-            async with deps.pool.acquire() as conn:
-                snapshot_id = int(await conn.fetchval("SELECT nextval('flow_instance_seq')"))
+            snapshot_id = earlier.next_snapshot_id
             log.info("load.started", instance=instance, snapshot=snapshot_id, flow_type=current.flow_type)
         try:
             if checked is not None:

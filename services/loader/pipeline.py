@@ -124,30 +124,36 @@ async def mark_checked(pool: asyncpg.Pool, checked: ChecksDone) -> None:
 @dataclass(frozen=True)
 class EarlierRuns:
     """What earlier runs of an instance's load left: `checked`, a snapshot to finish (its feedback and outcome
-    only), and how many snapshots the instance has in all (none for a load's first run: nothing to drop)."""
+    only), and how many snapshots the instance has in all (none for a load's first run: nothing to drop); and the
+    number a new snapshot takes when there is none to finish."""
 
     checked: ChecksDone | None
     snapshots: int
+    next_snapshot_id: int
 
 
 async def earlier_runs(pool: asyncpg.Pool, instance: int) -> EarlierRuns:
     """The instance's snapshots; `checked` is its newest checked one whose problems are all still in load_problem.
-    One query. Call it holding the instance's load lock."""
+    One query, which also draws the number a new snapshot would take (`next_snapshot_id`: a number drawn and not
+    used is a gap in a sequence, nothing more). Call it holding the instance's load lock."""
     rows = await pool.fetch(
-        "SELECT s.snapshot_id, s.checked_counts, s.checked_problems, CASE WHEN s.checked_counts IS NOT NULL THEN "
-        "(SELECT count(*) FROM load_problem p WHERE p.snapshot_id = s.snapshot_id) END AS problems "
-        "FROM source_snapshot s WHERE s.instance = $1 ORDER BY s.snapshot_id DESC", instance)
-    row = next((r for r in rows if r["checked_counts"] is not None), None)
+        "SELECT n.next_id, s.snapshot_id, s.checked_counts, s.checked_problems, CASE WHEN s.checked_counts IS NOT "
+        "NULL THEN (SELECT count(*) FROM load_problem p WHERE p.snapshot_id = s.snapshot_id) END AS problems "
+        "FROM (SELECT nextval('flow_instance_seq') AS next_id) n "
+        "LEFT JOIN source_snapshot s ON s.instance = $1 ORDER BY s.snapshot_id DESC", instance)
+    next_id = int(rows[0]["next_id"])
+    snapshots = [r for r in rows if r["snapshot_id"] is not None]
+    row = next((r for r in snapshots if r["checked_counts"] is not None), None)
     if row is None:
-        return EarlierRuns(None, len(rows))
+        return EarlierRuns(None, len(snapshots), next_id)
     if row["problems"] != row["checked_problems"]:
         # emptied by a crash of PostgreSQL, or deleted once the feedback was written by a run that died before
         # its outcome: the checks must run again (from a new snapshot; this one is dropped as a dead run's)
         log.warning("load.checked_problems_lost", instance=instance, snapshot=int(row["snapshot_id"]),
                     checked=int(row["checked_problems"]), found=int(row["problems"]))
-        return EarlierRuns(None, len(rows))
+        return EarlierRuns(None, len(snapshots), next_id)
     counts = {k: int(v) for k, v in json.loads(row["checked_counts"]).items()}
-    return EarlierRuns(ChecksDone(int(row["snapshot_id"]), counts), len(rows))
+    return EarlierRuns(ChecksDone(int(row["snapshot_id"]), counts), len(snapshots), next_id)
 
 
 class RunTakenOver(Exception):
@@ -230,9 +236,9 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
         counts = dict(zip(_COUNTED_BY_CHECKS[table], (counted.records, counted.first_rows, counted.codes),
                           strict=False))
     step(3)
-    async with pool.acquire() as conn:
-        if not next(iter(counts.values())):  # no service / booking / document: say so, never a silent Checked
-            code, severity, field = NO_SOURCE_DATA
+    if not next(iter(counts.values())):  # no service / booking / document: say so, never a silent Checked
+        code, severity, field = NO_SOURCE_DATA
+        async with pool.acquire() as conn:
             await conn.execute(
                 "INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message) "
                 "VALUES ($1, '*', $2, $3, $4, $5)", snapshot_id, field, code, severity,
