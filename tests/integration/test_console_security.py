@@ -269,6 +269,8 @@ async def test_a_path_or_method_no_route_has_gets_the_italian_error_page(console
                 assert response.headers["content-type"].startswith("text/html"), (who, path, response.text[:200])
                 assert "<h1" in response.text and "Pagina non trovata" in response.text, (who, path)
                 assert 'lang="it"' in response.text and "Not Found" not in response.text, (who, path)
+                # signed in, the page keeps the user's header and menu; signed out, it shows neither
+                assert ("op.201" in response.text and 'href="/istanze"' in response.text) == (who is not None), path
             response = await client.get(console.url + "/api/nulla")
             assert response.status_code == 404 and response.json() == {"detail": "non trovato"}, who
             response = await client.delete(console.url + "/login")  # a path that exists, a method it does not take
