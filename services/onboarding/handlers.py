@@ -13,6 +13,7 @@ Kafka intake (`on_*`) differs in two ways only:
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -214,7 +215,8 @@ async def add_document(
     request = await require(deps, request_id)
     requirements = request.requirements
     try:
-        sha256, size = deps.files.put_bytes(content)
+        # off the event loop: a document of megabytes and its fsync would stall every other request meanwhile
+        sha256, size = await asyncio.to_thread(deps.files.put_bytes, content)
     except StoreFull as exc:
         raise DocumentNotStored(request_id, filename, len(content), exc) from exc
     stored_at = str(deps.files.path(sha256).relative_to(deps.files.root))

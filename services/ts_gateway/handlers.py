@@ -248,7 +248,8 @@ async def _poll_all(instance: int, credentials: Credentials, parts: list[Submiss
         else:
             errors = []
         if errors:
-            sha, size = deps.files.put_bytes(feedback_csv(errors))  # StoreFull: the instance waits for space
+            # StoreFull: the instance waits for space; the write and its fsync run off the event loop
+            sha, size = await asyncio.to_thread(deps.files.put_bytes, feedback_csv(errors))
             errors_file = flows.FileRef(name=f"ts_errors_{instance}_p{part.key.part}.csv", kind="ts-errors",
                                         records=len(errors), bytes=size, sha256=sha,
                                         media_type="text/csv", part=part.key.part)
@@ -283,7 +284,7 @@ async def _receipt(deps: GatewayDeps, credentials: Credentials, instance: int,
         log.warning("ts.receipt_unavailable", aggregate_id=str(instance), protocollo=part.protocollo,
                     error=f"{type(exc).__name__}: {exc}")
         return None
-    sha, size = deps.files.put_bytes(pdf)
+    sha, size = await asyncio.to_thread(deps.files.put_bytes, pdf)  # its fsync off the event loop
     return flows.FileRef(name=f"ts_receipt_{instance}_p{part.key.part}_{part.protocollo}.pdf", kind="ts-receipt",
                          records=1, bytes=size, sha256=sha, media_type="application/pdf", part=part.key.part)
 
