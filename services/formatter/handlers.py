@@ -120,5 +120,10 @@ async def _format(instance: int, current: FlowInstance, deps: FormatterDeps) -> 
 
 
 async def resume_interrupted(deps: FormatterDeps) -> None:
-    for instance in await instances_in_state(deps.pool, InstanceState.FORMATTING.value):
+    """The pass (every RESUME_PASS_S): each instance left Formatting in progress (its formatter died, or it was
+    interrupted). An interrupted instance it no longer lists was finished or deleted elsewhere: forgotten."""
+    asked_at = time.monotonic()
+    formatting = await instances_in_state(deps.pool, InstanceState.FORMATTING.value)
+    deps.interrupted.forget_unlisted(formatting, asked_at)
+    for instance in formatting:
         await format_instance(instance, deps)

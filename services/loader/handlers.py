@@ -210,8 +210,12 @@ async def _load(instance: int, current: FlowInstance, deps: LoaderDeps, attempt:
 
 async def run_due(deps: LoaderDeps) -> None:
     """The pass (every PASS_S): the load of each Running instance (a loader died mid-load, or it was interrupted)
-    and of each Scheduled one whose time has come. PostgreSQL down: its query raises, and no instance is tried."""
-    for instance in await due_instances(deps.pool, datetime.now(UTC)):
+    and of each Scheduled one whose time has come. PostgreSQL down: its query raises, and no instance is tried.
+    An interrupted instance it no longer lists was finished or deleted elsewhere: forgotten, without a line."""
+    asked_at = time.monotonic()
+    due = await due_instances(deps.pool, datetime.now(UTC))
+    deps.interrupted.forget_unlisted(due, asked_at)
+    for instance in due:
         await run_instance(instance, deps)
 
 

@@ -14,6 +14,7 @@ the first attempt finds out again and the count starts from one.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -76,6 +77,15 @@ class Backoffs(Generic[W]):
         """The work is no longer this process's (done elsewhere, deleted): no line."""
         self._ended(key)
 
+    def forget_unlisted(self, listed: Collection[int], asked_at: float) -> None:
+        """Forgets, without a line, each instance a pass's query (begun at time.monotonic() `asked_at`) did not
+        list although it was waiting before: it was finished, deleted or taken over elsewhere meanwhile (another
+        replica), and this process would never visit it again, its figure up for ever. One that began waiting
+        after the query was asked (a message's run, meanwhile) is kept."""
+        listed = set(listed)
+        for key in [key for key, wait in self.waiting.items() if key not in listed and wait.since < asked_at]:
+            self._ended(key)
+
     def _ended(self, key: int) -> W | None:
         wait = self.waiting.pop(key, None)
         if wait is not None:
@@ -98,9 +108,11 @@ class Interruptions(Backoffs[Wait]):
     interruption writes ONE warning `<work>.interrupted` (instance, attempt, retry_in_s, ran_s: how long the
     attempt ran, the error, bounded: connection errors name no secret); the first attempt after interruptions that
     the database carries to its end writes `<work>.recovered` (attempts, waited_s): an outcome recorded, or a full
-    file store met (that wait is SpaceWaits'). Figures: `flows_work_interrupted{service}` (how many instances back
-    off) and `flows_work_interrupted_longest_seconds{service}` (since the first interruption of the one waiting
-    the longest; alert WorkInterrupted at 15 minutes).
+    file store met (that wait is SpaceWaits'). An instance finished, deleted or taken over elsewhere (another
+    replica) is forgotten without a line: when its attempt finds it so, or when the pass no longer lists it
+    (`forget_unlisted`), so no figure stays up for work this process will never see again. Figures:
+    `flows_work_interrupted{service}` (how many instances back off) and `flows_work_interrupted_longest_seconds
+    {service}` (since the first interruption of the one waiting the longest; alert WorkInterrupted at 15 minutes).
 
     The outage rule: only an attempt that RAN is counted. The service calls `failed` only for a transient error
     met after it holds the instance's work lock and has read its history, i.e. after the database answered the

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from contracts import flows
 from contracts.instance import FlowInstance
@@ -230,6 +231,30 @@ class _Lines:
     info = warning
 
 
+def _loader(pool: asyncpg.Pool, log: _Lines, files: Path, service: str, first_s: float = 1.0,
+            ) -> loader_handlers.LoaderDeps:
+    """A loader's handlers in the test's process (one replica), its interruptions logged into `log`."""
+    return loader_handlers.LoaderDeps(
+        pool=pool, store=EventStore(pool, source="/flows/loader", projections=FLOW_PROJECTIONS), files=FileStore(files),
+        interrupted=Interruptions(log, initial_s=first_s, service=service, work="load"))
+
+
+async def _cut_once(url: str, deps: loader_handlers.LoaderDeps, instance: int) -> None:
+    """One real interruption of the instance's load: its session ended (pg_terminate_backend) while it waits on
+    a lock the test holds."""
+    blocker = await asyncpg.connect(url)
+    try:
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("LOCK TABLE load_problem IN ACCESS EXCLUSIVE MODE")
+        run = asyncio.create_task(loader_handlers.run_instance(instance, deps))
+        await _cut_sessions_waiting_on_a_lock(url)
+        await asyncio.wait_for(run, 60)  # interrupted: it returns, the instance backed off
+        await blocking.rollback()
+    finally:
+        await blocker.close()
+
+
 async def _running(deps: loader_handlers.LoaderDeps, ente: str) -> int:
     """A Running instance of a Flusso C load of August 2020, as a load request leaves it."""
     number = int(await deps.pool.fetchval("SELECT nextval('flow_instance_seq')"))
@@ -254,23 +279,9 @@ async def test_postgres_down_for_everyone_charges_no_instance_an_attempt_it_did_
         pool = await create_pool(url, min_size=1, max_size=6)
         try:
             await prepare_database(pool, FLOW_PROJECTIONS)
-            deps = loader_handlers.LoaderDeps(
-                pool=pool, store=EventStore(pool, source="/flows/loader", projections=FLOW_PROJECTIONS),
-                files=FileStore(tmp_path / "files"),
-                interrupted=Interruptions(log, initial_s=first_s, service="test-outage", work="load"))
+            deps = _loader(pool, log, tmp_path / "files", "test-outage", first_s)
             cut, waiting = await _running(deps, "207"), await _running(deps, "201")
-
-            blocker = await asyncpg.connect(url)
-            try:
-                blocking = blocker.transaction()
-                await blocking.start()
-                await blocker.execute("LOCK TABLE load_problem IN ACCESS EXCLUSIVE MODE")
-                run = asyncio.create_task(loader_handlers.run_instance(cut, deps))
-                await _cut_sessions_waiting_on_a_lock(url)
-                await asyncio.wait_for(run, 60)  # interrupted: it returns, the instance backed off
-                await blocking.rollback()
-            finally:
-                await blocker.close()
+            await _cut_once(url, deps, cut)
             assert [(e, kw["instance"], kw["attempt"]) for e, kw in log.lines] == [("load.interrupted", cut, 1)]
             await asyncio.sleep(first_s)  # its delay is over: due at the next pass
 
@@ -306,3 +317,34 @@ async def test_postgres_down_for_everyone_charges_no_instance_an_attempt_it_did_
     assert log.lines[-1][1]["attempts"] == 1
     assert deps.interrupted.waiting == {}
     assert histories == {cut: LOAD_EVENTS, waiting: LOAD_EVENTS}, histories
+
+
+async def test_an_instance_another_replica_finished_is_forgotten_without_a_line_and_its_figure_goes_down(
+        stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Replica A's load of an instance is cut (it backs off); replica B's pass takes the instance and finishes it.
+    A's next pass no longer lists it: A forgets it without a line and its figure goes back to 0, else
+    flows_work_interrupted_longest_seconds would grow on A for ever and WorkInterrupted fire 15 minutes later
+    for work that is done."""
+    service = f"test-replica-a-{uuid.uuid4().hex[:6]}"
+    log_a, log_b = _Lines(), _Lines()
+    async with scratch_database("t_forgotten") as url:
+        await _store_month(url, "202", seed=86)
+        pool = await create_pool(url, min_size=1, max_size=6)
+        try:
+            await prepare_database(pool, FLOW_PROJECTIONS)
+            a = _loader(pool, log_a, tmp_path / "files", service, first_s=60.0)
+            b = _loader(pool, log_b, tmp_path / "files", f"test-replica-b-{uuid.uuid4().hex[:6]}")
+            instance = await _running(a, "202")
+            await _cut_once(url, a, instance)
+            waiting = REGISTRY.get_sample_value("flows_work_interrupted", {"service": service})
+            await loader_handlers.run_due(b)  # B never saw it interrupted: it loads it at once
+            state = await pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance)
+            await loader_handlers.run_due(a)
+        finally:
+            await pool.close()
+
+    assert waiting == 1.0 and state == InstanceState.CHECKED.value
+    assert [e for e, _ in log_a.lines] == ["load.interrupted"] and log_b.lines == []  # no line for forgetting
+    assert a.interrupted.waiting == {}
+    assert REGISTRY.get_sample_value("flows_work_interrupted", {"service": service}) == 0.0
+    assert REGISTRY.get_sample_value("flows_work_interrupted_longest_seconds", {"service": service}) == 0.0

@@ -127,3 +127,18 @@ def test_the_first_retry_is_the_services_next_pass_unless_the_environment_says_o
     settings = Settings()
     waits = loader.interruptions(settings.interrupted_retry_initial_s, settings.interrupted_retry_cap_s)
     assert [waits.delay(n) for n in range(1, 6)] == [0.5, 1, 2, 4, 4]
+
+
+def test_a_pass_that_no_longer_lists_an_instance_forgets_it_unless_it_was_cut_after_the_query(clock: _Clock) -> None:
+    log = _Lines()
+    service = f"t-{uuid.uuid4().hex[:6]}"
+    waits = Interruptions(log, service=service, work="load")
+    waits.failed(7, _cut(), ran_s=1.0)  # finished by another replica later
+    waits.failed(8, _cut(), ran_s=1.0)  # still Running
+    clock.now += 1
+    asked_at = clock.now  # the pass asks which instances are Running ...
+    clock.now += 0.1
+    waits.failed(9, _cut(), ran_s=0.1)  # ... meanwhile a message's run of a new instance is cut
+    waits.forget_unlisted([8], asked_at)  # ... and the answer lists 8 only
+    assert sorted(waits.waiting) == [8, 9] and len(log.lines) == 3  # 7 forgotten without a line
+    assert _figures(service)[0] == 2.0
