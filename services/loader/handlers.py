@@ -91,8 +91,6 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
         await run_instance(instance, deps)
 
 
-
-
 async def run_instance(instance: int, deps: LoaderDeps) -> None:
     """Runs the load of a Running (or due Scheduled) instance, once, whoever asks first.
 
