@@ -19,7 +19,9 @@ from services.runtime.settings import Settings
 def wire(rt: Runtime) -> handlers.FormatterDeps:
     deps = handlers.FormatterDeps(pool=rt.pool, store=rt.store, files=rt.files,
                                   sanitel_cert=rt.settings.sanitel_cert,
-                                  max_zip_bytes=rt.settings.ts_max_zip_bytes)
+                                  max_zip_bytes=rt.settings.ts_max_zip_bytes,
+                                  interrupted=handlers.interruptions(rt.settings.interrupted_retry_initial_s,
+                                                                     rt.settings.interrupted_retry_cap_s))
     consume(rt.broker, by_name(flows.TYPE_OF[flows.FormatRequested]), group_id="formatter",
             handler=functools.partial(handlers.handle_format_requested, deps=deps),
             max_attempts=rt.settings.max_attempts, probe=rt.probe_database)
@@ -35,7 +37,7 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
         threading.Thread(target=_warm_up, name="formatter-warm-up", daemon=True).start()
 
         async def resume(stop: asyncio.Event) -> None:
-            await every(5.0, stop, lambda: handlers.resume_interrupted(deps), "formatter.resume")
+            await every(handlers.RESUME_PASS_S, stop, lambda: handlers.resume_interrupted(deps), "formatter.resume")
 
         await serve(rt, [resume], stop=stop)
 

@@ -9,16 +9,25 @@ attempt is left (the file store removes its temporary files), and the periodic p
 space is freed, backed off meanwhile (services.runtime.filestore.SpaceWaits: one `store.full` warning per
 attempt, naming the store's path and the instance). The Kafka handler returns at once: the partition and
 the other instances go on.
+
+PostgreSQL gone or a connection cut under a format (a transient error) is not a Format failed either: the instance
+stays Formatting in progress, nothing is appended to its history, and the resume pass formats it again, backed off
+per instance (services.runtime.backoff.Interruptions: the next pass first, then doubling to 5 minutes; one
+`format.interrupted` warning per attempt, `format.recovered` once an attempt gets through). Only an attempt that
+ran is counted: one cut after the instance's lock was taken and its history read.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from contracts import flows
+from contracts.instance import FlowInstance
 from contracts.states import Actor, InstanceState
 from contracts.ts730 import MAX_ZIP_BYTES
+from services.runtime.backoff import INTERRUPTED_CAP_S, Interruptions
 from services.runtime.broker import Incoming, is_transient
 from services.runtime.filestore import SpaceWaits, is_full
 from services.runtime.instances import ServiceDeps
@@ -26,7 +35,14 @@ from services.runtime.locks import FORMAT_LOCK, instances_in_state
 from services.runtime.logging import get_logger
 
 CONSUMER = "formatter"
+RESUME_PASS_S = 5.0  # the period of the pass that formats the instances left Formatting in progress (app.py)
 log = get_logger("formatter")
+
+
+def interruptions(initial_s: float | None = None, cap_s: float = INTERRUPTED_CAP_S) -> Interruptions:
+    """The backoff of interrupted formats: the first retry at the next resume pass, unless told otherwise."""
+    return Interruptions(log, initial_s=initial_s or RESUME_PASS_S, cap_s=cap_s, service="formatter",
+                         work="format")
 
 
 @dataclass
@@ -36,6 +52,7 @@ class FormatterDeps(ServiceDeps):
     sanitel_cert: Any = None
     max_zip_bytes: int = MAX_ZIP_BYTES
     space: SpaceWaits = field(default_factory=lambda: SpaceWaits(log))  # instances waiting for a full store
+    interrupted: Interruptions = field(default_factory=interruptions)  # formats cut by a transient error
 
 
 async def handle_format_requested(cmd: flows.FormatRequested, msg: Incoming, deps: FormatterDeps) -> None:
@@ -50,41 +67,63 @@ async def handle_format_requested(cmd: flows.FormatRequested, msg: Incoming, dep
 
 
 async def format_instance(instance: int, deps: FormatterDeps) -> None:
-    from services.formatter.engine import run_format
-
-    if not deps.space.due(instance):
-        return  # the store was full at its last attempt: later, or once space is freed
+    """Formats an instance left Formatting in progress, once, whoever asks first. An attempt starts once its lock
+    is held and its history read: a transient error before that propagates (the pass's loop, the consumer wait
+    the outage out) and charges it nothing; one after it is an interruption, backed off (deps.interrupted)."""
+    if not (deps.space.due(instance) and deps.interrupted.due(instance)):
+        return  # the store was full at its last attempt, or it was interrupted: later (or once space is freed)
     async with deps.instances.working(FORMAT_LOCK, instance) as current:
         if current is None or current.state is not InstanceState.FORMATTING:
-            if current is not None:
-                deps.space.forget(instance)  # finished (or deleted) elsewhere meanwhile
+            if current is not None:  # finished (or deleted) elsewhere meanwhile
+                deps.space.forget(instance)
+                deps.interrupted.forget(instance)
             return
-        log.info("format.started", instance=instance, flow_type=current.flow_type)
-        result: flows.Payload
+        began = time.monotonic()
         try:
-            assert current.source_instance is not None  # Formatting in progress comes after Checked
-            outcome = await run_format(deps.pool, deps.files, instance, current.source_instance, current.flow_type,
-                                       current.layout_version,
-                                       options_730={"certificate_path": deps.sanitel_cert,
-                                                    "max_zip_bytes": deps.max_zip_bytes})
-            if outcome.ok:
-                result = flows.Formatted(instance=instance, files=outcome.files)
-            else:
-                result = flows.FormatFailed(instance=instance, reasons=outcome.reasons or ["no reason given"])
+            await _format(instance, current, deps)
         except Exception as exc:
-            if is_full(exc):  # the platform's disk, not the instance: it stays Formatting in progress
-                deps.space.failed(instance, exc, flow_type=current.flow_type)
-                return
-            if is_transient(exc):  # PostgreSQL gone or a connection cut under the work: not the instance's fault
-                log.warning("format.interrupted", instance=instance, error=f"{type(exc).__name__}: {exc}"[:300])
-                return  # it stays Formatting in progress: the next resume pass formats it again
-            log.exception("format.crashed", instance=instance)
-            result = flows.FormatFailed(instance=instance, reasons=[f"{type(exc).__name__}: {exc}"])
-        await deps.instances.append(current, result)
-        deps.space.done(instance)
-        log.info("format.finished", instance=instance, outcome=flows.TYPE_OF[type(result)])
+            if not is_transient(exc) or is_full(exc):
+                raise
+            # PostgreSQL gone or a connection cut under the work: not the instance's fault, nothing in its history
+            deps.interrupted.failed(instance, exc, ran_s=time.monotonic() - began, flow_type=current.flow_type)
+
+
+async def _format(instance: int, current: FlowInstance, deps: FormatterDeps) -> None:
+    """One attempt (format_instance holds its lock): an outcome, a wait for space, or a transient error raised."""
+    from services.formatter.engine import run_format
+
+    log.info("format.started", instance=instance, flow_type=current.flow_type)
+    result: flows.Payload
+    try:
+        assert current.source_instance is not None  # Formatting in progress comes after Checked
+        outcome = await run_format(deps.pool, deps.files, instance, current.source_instance, current.flow_type,
+                                   current.layout_version,
+                                   options_730={"certificate_path": deps.sanitel_cert,
+                                                "max_zip_bytes": deps.max_zip_bytes})
+        if outcome.ok:
+            result = flows.Formatted(instance=instance, files=outcome.files)
+        else:
+            result = flows.FormatFailed(instance=instance, reasons=outcome.reasons or ["no reason given"])
+    except Exception as exc:
+        if is_full(exc):  # the platform's disk, not the instance: it stays Formatting in progress
+            deps.space.failed(instance, exc, flow_type=current.flow_type)
+            deps.interrupted.done(instance)  # the database carried this attempt: what it waits for now is space
+            return
+        if is_transient(exc):  # PostgreSQL gone or a connection cut under the work: format_instance backs it off
+            raise
+        log.exception("format.crashed", instance=instance)
+        result = flows.FormatFailed(instance=instance, reasons=[f"{type(exc).__name__}: {exc}"])
+    await deps.instances.append(current, result)
+    deps.space.done(instance)
+    deps.interrupted.done(instance)
+    log.info("format.finished", instance=instance, outcome=flows.TYPE_OF[type(result)])
 
 
 async def resume_interrupted(deps: FormatterDeps) -> None:
-    for instance in await instances_in_state(deps.pool, InstanceState.FORMATTING.value):
+    """The pass (every RESUME_PASS_S): each instance left Formatting in progress (its formatter died, or it was
+    interrupted). An interrupted instance it no longer lists was finished or deleted elsewhere: forgotten."""
+    asked_at = time.monotonic()
+    formatting = await instances_in_state(deps.pool, InstanceState.FORMATTING.value)
+    deps.interrupted.forget_unlisted(formatting, asked_at)
+    for instance in formatting:
         await format_instance(instance, deps)

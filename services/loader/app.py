@@ -1,14 +1,13 @@
 """The loader service: source intake ("Fonti dati") and loads (snapshot -> checks -> outcome).
 
 Subscriptions: `flows.load-requested`; the source topics (contracts.topics.INTAKE_TOPICS) in batches
-(services.loader.batch_intake). Loops: source intake, scheduled and interrupted loads.
+(services.loader.batch_intake). Loops: source intake, scheduled and interrupted loads (handlers.run_due).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from datetime import UTC, datetime
 
 from contracts import flows
 from contracts.topics import by_name
@@ -22,7 +21,8 @@ SOURCES_GROUP = batch_intake.GROUP
 
 
 def wire(rt: Runtime) -> handlers.LoaderDeps:
-    deps = handlers.LoaderDeps(pool=rt.pool, store=rt.store, files=rt.files)
+    deps = handlers.LoaderDeps(pool=rt.pool, store=rt.store, files=rt.files, interrupted=handlers.interruptions(
+        rt.settings.interrupted_retry_initial_s, rt.settings.interrupted_retry_cap_s))
     attempts = rt.settings.max_attempts
     consume(rt.broker, by_name(flows.TYPE_OF[flows.LoadRequested]), group_id="loader",
             handler=functools.partial(handlers.handle_load_requested, deps=deps), max_attempts=attempts,
@@ -38,9 +38,6 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
                                              probe=rt.probe_database, max_attempts=rt.settings.max_attempts)
 
         async def start_due_loads(stop: asyncio.Event) -> None:
-            async def tick() -> None:
-                for instance in await handlers.due_instances(rt.pool, datetime.now(UTC)):
-                    await handlers.run_instance(instance, deps)
-            await every(2.0, stop, tick, "loader.due-loads")
+            await every(handlers.PASS_S, stop, lambda: handlers.run_due(deps), "loader.due-loads")
 
         await serve(rt, [intake.run, start_due_loads], stop=stop)

@@ -14,10 +14,17 @@ writes only the feedback once space is freed, backed off meanwhile (services.run
 partition and the other loads go on. A restarted loader, or another replica, finishes the same checked snapshot:
 no new snapshot, no new checks. A run that died before its checks were done is taken again from a new snapshot,
 and the dead run's snapshot is dropped first (rows and problems), so a crash leaves no rows behind.
+
+PostgreSQL gone or a connection cut under a load (a transient error, services.runtime.broker.is_transient) is not a
+Failed loading either: the instance stays Running, nothing is appended to its history, and the next pass takes it
+again, backed off per instance (services.runtime.backoff.Interruptions: the next pass first, then doubling to 5
+minutes; one `load.interrupted` warning per attempt, `load.recovered` once an attempt gets through). Only an
+attempt that ran is counted: one cut after the instance's lock was taken and its history read.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +35,7 @@ from contracts import flows
 from contracts.instance import FlowInstance
 from contracts.states import Actor, InstanceState
 from services.loader.catalogue import unknown_ente_reason
+from services.runtime.backoff import INTERRUPTED_CAP_S, Interruptions
 from services.runtime.broker import Incoming, Refused, is_transient
 from services.runtime.filestore import SpaceWaits, is_full
 from services.runtime.instances import ServiceDeps
@@ -36,7 +44,13 @@ from services.runtime.logging import get_logger
 from services.runtime.read_models import instance_stream
 
 CONSUMER = "loader"
+PASS_S = 2.0  # the period of the pass that starts Running and due Scheduled loads (services/loader/app.py)
 log = get_logger("loader")
+
+
+def interruptions(initial_s: float | None = None, cap_s: float = INTERRUPTED_CAP_S) -> Interruptions:
+    """The backoff of interrupted loads: the first retry at the next pass (PASS_S), unless told otherwise."""
+    return Interruptions(log, initial_s=initial_s or PASS_S, cap_s=cap_s, service="loader", work="load")
 
 
 @dataclass
@@ -44,6 +58,7 @@ class LoaderDeps(ServiceDeps):
     ACTOR = Actor.LOADER
     CONSUMER = CONSUMER
     space: SpaceWaits = field(default_factory=lambda: SpaceWaits(log))  # loads waiting for a full store
+    interrupted: Interruptions = field(default_factory=interruptions)  # loads cut by a transient error
 
 
 async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: LoaderDeps) -> None:
@@ -76,10 +91,36 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
         await run_instance(instance, deps)
 
 
-
-
 async def run_instance(instance: int, deps: LoaderDeps) -> None:
-    """Runs the load of a Running (or due Scheduled) instance, once, whoever asks first."""
+    """Runs the load of a Running (or due Scheduled) instance, once, whoever asks first.
+
+    An attempt starts once the instance's lock is held and its history read: a transient error before that
+    (PostgreSQL down when the pass or the message comes) propagates to the caller, whose loop waits the outage
+    out, and charges the instance nothing. One after it (PostgreSQL gone or restarted, this load's session
+    terminated, a connection cut) is an interruption: the instance stays Running and is tried again backed off
+    (deps.interrupted; the outage rule is services.runtime.backoff.Interruptions')."""
+    if not (deps.space.due(instance) and deps.interrupted.due(instance)):
+        return  # the store was full at its last attempt, or it was interrupted: later (or once space is freed)
+    async with deps.instances.working(LOAD_LOCK, instance) as current:
+        if current is None or current.state not in (InstanceState.RUNNING, InstanceState.SCHEDULED):
+            if current is not None:  # finished elsewhere (another replica) or deleted meanwhile
+                deps.space.forget(instance)
+                deps.interrupted.forget(instance)
+            return  # another task has it, or it finished meanwhile
+        began = time.monotonic()
+        attempt: dict[str, Any] = {}  # what the interruption line names besides the instance (its snapshot)
+        try:
+            await _load(instance, current, deps, attempt)
+        except Exception as exc:
+            if not is_transient(exc) or is_full(exc):
+                raise
+            # PostgreSQL gone or a connection cut under the load: not the load's fault, nothing in its history
+            deps.interrupted.failed(instance, exc, ran_s=time.monotonic() - began, **attempt)
+
+
+async def _load(instance: int, current: FlowInstance, deps: LoaderDeps, attempt: dict[str, Any]) -> None:
+    """One attempt of the load (run_instance holds its lock): an outcome, a wait for space, or a transient error
+    raised (an interruption)."""
     from services.loader.pipeline import (
         FeedbackNotWritten,
         RunTakenOver,
@@ -89,81 +130,90 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
         run_load,
     )
 
-    if not deps.space.due(instance):
-        return  # the store was full at its last attempt: later, or once space is freed
-    async with deps.instances.working(LOAD_LOCK, instance) as current:
-        if current is None or current.state not in (InstanceState.RUNNING, InstanceState.SCHEDULED):
-            if current is not None:  # finished elsewhere (another replica) or deleted meanwhile
-                deps.space.forget(instance)
-            return  # another task has it, or it finished meanwhile
-        if isinstance(current.created, flows.LoadScheduled):
-            spec = current.created
-            current = await deps.instances.append(current, flows.LoadRunning(
-                instance=instance, request_id=spec.request_id, flow_type=spec.flow_type, version=spec.version,
-                ente=spec.ente, period=spec.period, requested_by=spec.requested_by))
-        earlier = await earlier_runs(deps.pool, instance)
-        checked = earlier.checked
-        if checked is not None:  # snapshot and checks done (by this process or one that died): the feedback is left
-            snapshot_id = checked.snapshot_id
-            log.info("load.feedback_again", instance=instance, snapshot=snapshot_id)
-        else:
-            read_at = current
+    if isinstance(current.created, flows.LoadScheduled):
+        spec = current.created
+        current = await deps.instances.append(current, flows.LoadRunning(
+            instance=instance, request_id=spec.request_id, flow_type=spec.flow_type, version=spec.version,
+            ente=spec.ente, period=spec.period, requested_by=spec.requested_by))
+    earlier = await earlier_runs(deps.pool, instance)
+    checked = earlier.checked
+    if checked is not None:  # snapshot and checks done (by this process or one that died): the feedback is left
+        snapshot_id = checked.snapshot_id
+        log.info("load.feedback_again", instance=instance, snapshot=snapshot_id)
+    else:
+        read_at = current
 
-            async def unchanged(conn: asyncpg.Connection) -> bool:
-                return await deps.store.stream_version(instance_stream(instance), conn) == read_at.version
-            try:
-                if earlier.snapshots:  # none on a load's first run: no transaction for nothing
-                    await drop_dead_runs(deps.pool, instance, unchanged)
-            except RunTakenOver:
-                log.warning("load.taken_over", instance=instance, reason="its outcome was written meanwhile")
-                return
-            snapshot_id = earlier.next_snapshot_id
-            log.info("load.started", instance=instance, snapshot=snapshot_id, flow_type=current.flow_type)
+        async def unchanged(conn: asyncpg.Connection) -> bool:
+            return await deps.store.stream_version(instance_stream(instance), conn) == read_at.version
         try:
-            if checked is not None:
-                outcome = await finish_load(deps.pool, deps.files, checked)
-            else:
-                outcome = await run_load(deps.pool, deps.files, instance, snapshot_id, current.flow_type,
-                                         current.layout_version, current.ente, current.period.start,
-                                         current.period.end, None)
-        except FeedbackNotWritten as exc:  # the platform's disk, not the load: it stays Running, its snapshot checked
-            deps.space.failed(instance, exc, snapshot=exc.checked.snapshot_id)
+            if earlier.snapshots:  # none on a load's first run: no transaction for nothing
+                await drop_dead_runs(deps.pool, instance, unchanged)
+        except RunTakenOver:
+            log.warning("load.taken_over", instance=instance, reason="its outcome was written meanwhile")
+            deps.interrupted.forget(instance)
             return
-        except Exception as exc:  # an unexpected failure is still a Failed loading, with its reason
-            if is_full(exc):  # a full disk before the checks were done: the whole load again, later
-                deps.space.failed(instance, exc, snapshot=snapshot_id)
-                return
-            if is_transient(exc):  # PostgreSQL gone or a connection cut under the load: not the load's fault
-                log.warning("load.interrupted", instance=instance, snapshot=snapshot_id,
-                            error=f"{type(exc).__name__}: {exc}"[:300])
-                return  # it stays Running: the next pass (due_instances) takes it again
-            log.exception("load.crashed", instance=instance)
-            await deps.instances.append(current, flows.LoadFailed(
-                instance=instance, source_instance=snapshot_id, errors=1,
-                summary=f"the load could not complete: {type(exc).__name__}: {exc}"))
-            return
-        feedback = None
-        if outcome.feedback_sha256:
-            feedback = flows.FileRef(name=f"feedback_{instance}.csv", kind="feedback",
-                                     records=outcome.errors + outcome.warnings, bytes=outcome.feedback_bytes,
-                                     sha256=outcome.feedback_sha256, media_type="text/csv")
-        result: flows.Payload
-        if outcome.checked:
-            result = flows.LoadChecked(instance=instance, source_instance=snapshot_id, counts=outcome.counts,
-                                       warnings=outcome.warnings, feedback=feedback)
+        snapshot_id = earlier.next_snapshot_id
+        log.info("load.started", instance=instance, snapshot=snapshot_id, flow_type=current.flow_type)
+    attempt["snapshot"] = snapshot_id
+    try:
+        if checked is not None:
+            outcome = await finish_load(deps.pool, deps.files, checked)
         else:
-            result = flows.LoadFailed(instance=instance, source_instance=snapshot_id, errors=outcome.errors,
-                                      warnings=outcome.warnings, summary=outcome.summary, feedback=feedback)
-        async with deps.pool.acquire() as conn, conn.transaction():
-            # the snapshot is still this run's: see pipeline.drop_dead_runs (a lock whose connection was cut)
-            if not await conn.fetchval("SELECT true FROM source_snapshot WHERE snapshot_id = $1 FOR SHARE",
-                                       snapshot_id):
-                log.warning("load.taken_over", instance=instance, snapshot=snapshot_id,
-                            reason="its snapshot was dropped by another run: this run's lock was lost")
-                return
-            await deps.instances.append(current, result, conn=conn)
-        deps.space.done(instance)
-        log.info("load.finished", instance=instance, outcome=flows.TYPE_OF[type(result)], errors=outcome.errors)
+            outcome = await run_load(deps.pool, deps.files, instance, snapshot_id, current.flow_type,
+                                     current.layout_version, current.ente, current.period.start,
+                                     current.period.end, None)
+    except FeedbackNotWritten as exc:  # the platform's disk, not the load: it stays Running, its snapshot checked
+        deps.space.failed(instance, exc, snapshot=exc.checked.snapshot_id)
+        deps.interrupted.done(instance)  # the database carried this attempt: what it waits for now is space
+        return
+    except Exception as exc:  # an unexpected failure is still a Failed loading, with its reason
+        if is_full(exc):  # a full disk before the checks were done: the whole load again, later
+            deps.space.failed(instance, exc, snapshot=snapshot_id)
+            deps.interrupted.done(instance)
+            return
+        if is_transient(exc):  # PostgreSQL gone or a connection cut under the load: run_instance backs it off
+            raise
+        log.exception("load.crashed", instance=instance)
+        await deps.instances.append(current, flows.LoadFailed(
+            instance=instance, source_instance=snapshot_id, errors=1,
+            summary=f"the load could not complete: {type(exc).__name__}: {exc}"))
+        deps.interrupted.done(instance)
+        return
+    feedback = None
+    if outcome.feedback_sha256:
+        feedback = flows.FileRef(name=f"feedback_{instance}.csv", kind="feedback",
+                                 records=outcome.errors + outcome.warnings, bytes=outcome.feedback_bytes,
+                                 sha256=outcome.feedback_sha256, media_type="text/csv")
+    result: flows.Payload
+    if outcome.checked:
+        result = flows.LoadChecked(instance=instance, source_instance=snapshot_id, counts=outcome.counts,
+                                   warnings=outcome.warnings, feedback=feedback)
+    else:
+        result = flows.LoadFailed(instance=instance, source_instance=snapshot_id, errors=outcome.errors,
+                                  warnings=outcome.warnings, summary=outcome.summary, feedback=feedback)
+    async with deps.pool.acquire() as conn, conn.transaction():
+        # the snapshot is still this run's: see pipeline.drop_dead_runs (a lock whose connection was cut)
+        if not await conn.fetchval("SELECT true FROM source_snapshot WHERE snapshot_id = $1 FOR SHARE",
+                                   snapshot_id):
+            log.warning("load.taken_over", instance=instance, snapshot=snapshot_id,
+                        reason="its snapshot was dropped by another run: this run's lock was lost")
+            deps.interrupted.forget(instance)
+            return
+        await deps.instances.append(current, result, conn=conn)
+    deps.space.done(instance)
+    deps.interrupted.done(instance)
+    log.info("load.finished", instance=instance, outcome=flows.TYPE_OF[type(result)], errors=outcome.errors)
+
+
+async def run_due(deps: LoaderDeps) -> None:
+    """The pass (every PASS_S): the load of each Running instance (a loader died mid-load, or it was interrupted)
+    and of each Scheduled one whose time has come. PostgreSQL down: its query raises, and no instance is tried.
+    An interrupted instance it no longer lists was finished or deleted elsewhere: forgotten, without a line."""
+    asked_at = time.monotonic()
+    due = await due_instances(deps.pool, datetime.now(UTC))
+    deps.interrupted.forget_unlisted(due, asked_at)
+    for instance in due:
+        await run_instance(instance, deps)
 
 
 async def due_instances(pool: asyncpg.Pool, now: datetime) -> list[int]:

@@ -50,6 +50,8 @@ from typing import Any, BinaryIO
 
 from prometheus_client import Gauge
 
+from services.runtime.backoff import Backoffs, Wait
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 DIRECT_BYTES = 4 * 1024 * 1024  # the aligned buffer of a large file's writer: a multiple of any block size
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -337,18 +339,15 @@ STORE_WAITING = Gauge("flows_file_store_waiting", "Instances of this process wai
                       ("path",))
 
 
-@dataclass
-class _Waiting:
+@dataclass(kw_only=True)
+class _Waiting(Wait):
     root: Path
     free: int | None  # free bytes right after the failed attempt (its temporary file removed)
     needed: int  # bytes the attempt had written when the space ran out: at least that much is needed
-    since: float
-    attempts: int = 0
-    next_at: float = 0.0
 
 
 @dataclass
-class SpaceWaits:
+class SpaceWaits(Backoffs[_Waiting]):
     """Work (per instance) that found the file store full, waiting for space in THIS process.
 
     Decision: a full disk is the platform's condition, not the instance's fault, so the instance keeps its state
@@ -359,6 +358,7 @@ class SpaceWaits:
     first success after waiting writes `store.space_again` (attempts, waited_s). Nothing blocks meanwhile: the
     handler returns, the partition and the other instances go on. The state is per process: after a restart,
     or on another replica, the first attempt finds out again (one more line), then backs off the same way.
+    The arithmetic is services.runtime.backoff's, shared with interrupted work (backoff.Interruptions).
 
     Where the operator sees it: the log lines, and the gauge `flows_file_store_waiting{path}` on the service's
     /metrics (the alert FileStoreFull). Not in the instance's history: the hash-chained, audited history
@@ -366,14 +366,14 @@ class SpaceWaits:
     (still Formatting in progress / Running) is true, and what it waits for is in the service's figures.
     """
 
-    log: Any
-    waiting: dict[int, _Waiting] = field(default_factory=dict)
+    initial_s: float = SPACE_WAIT_INITIAL_S
+    cap_s: float = SPACE_WAIT_CAP_S
     _published: set[str] = field(default_factory=set)  # the paths of the gauge this process has set
 
     def due(self, key: int) -> bool:
-        wait = self.waiting.get(key)
-        if wait is None or time.monotonic() >= wait.next_at:
+        if super().due(key):
             return True
+        wait = self.waiting[key]
         free = free_bytes(wait.root)
         return free is not None and free > max(wait.free or 0, wait.needed) + SPACE_FREED_MARGIN
 
@@ -385,29 +385,20 @@ class SpaceWaits:
         root = full.root if full is not None else Path(str(cause.filename or "."))
         wait = self.waiting.get(key)
         if wait is None:
-            wait = self.waiting[key] = _Waiting(root, None, 0, time.monotonic())
-        wait.attempts += 1
+            wait = self.waiting[key] = _Waiting(root=root, free=None, needed=0)
         for path, size in FileStore(root).sweep_temporaries() if full is not None else ():
             self.log.warning("store.stale_temporary_removed", path=str(path), bytes=size)
         wait.root, wait.free = root, free_bytes(root)
         wait.needed = max(wait.needed, full.written if full is not None else 0)
-        delay = min(SPACE_WAIT_INITIAL_S * 2 ** (wait.attempts - 1), SPACE_WAIT_CAP_S)
-        wait.next_at = time.monotonic() + delay
-        self._publish()
+        delay = self._attempt_failed(wait)
         self.log.warning("store.full", path=str(root), instance=key, free_bytes=wait.free,
                          written_before_full=wait.needed, attempt=wait.attempts, retry_in_s=delay,
                          error=f"{type(cause).__name__}: [Errno {cause.errno}] {cause.strerror}", **context)
         return delay
 
-    def forget(self, key: int) -> None:
-        """The work is no longer this process's (done elsewhere, deleted): no line."""
-        if self.waiting.pop(key, None) is not None:
-            self._publish()
-
     def done(self, key: int) -> None:
-        wait = self.waiting.pop(key, None)
+        wait = self._ended(key)
         if wait is not None:
-            self._publish()
             self.log.info("store.space_again", path=str(wait.root), instance=key, attempts=wait.attempts,
                           waited_s=round(time.monotonic() - wait.since, 1))
 

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     log_format: str = Field(default="auto", description="auto (JSON when not on a terminal), json or console")
     log_level: str = "INFO"
     max_attempts: int = Field(default=3, description="Processing attempts before a message is dead-lettered.")
+    # A load / format interrupted by a transient error (services.runtime.backoff.Interruptions) is tried again
+    # after this long, doubling to the cap. None: the service's own pass period (loader 2 s, formatter 5 s).
+    interrupted_retry_initial_s: float | None = Field(default=None, gt=0)
+    interrupted_retry_cap_s: float = Field(default=300.0, gt=0)
     metrics_port: int | None = None
     # Signed checkpoints (services.runtime.checkpoints): the Ed25519 private key is a file outside the
     # database it protects (created on first use, mode 0600; its public key beside it as <name>.pub).

@@ -1,0 +1,350 @@
+"""Interrupted work, backed off per instance (services.runtime.backoff.Interruptions), on the real stack.
+
+A load / a format whose PostgreSQL session is ended again and again (pg_terminate_backend of the session, as a
+DBA, an idle-session timeout or a proxy would do it; an OOM-killed backend ends it the same way) is tried again
+by the service's pass, but no sooner than its backoff says: the first delay, then doubling. One warning per
+interruption (instance, attempt, retry_in_s, ran_s, error); the instance stays Running / Formatting in progress
+with nothing in its history; once the cuts stop it finishes exactly once, with one `*.recovered` line (attempts,
+waited_s); its figure on /metrics is 1 while it waits, 0 after. And PostgreSQL stopped for everyone (a real
+`pg_ctl stop`, tests/pg_outage.py) charges no instance an attempt it did not run: the outage rule.
+
+The services are the real ones in their own processes (tests/integration/replica_service.py, through
+test_replicas' helpers), with FLOWS_INTERRUPTED_RETRY_INITIAL_S shortening the first delay (production: the pass's
+own period, 2 s for the loader, 5 s for the formatter). Every cut is made while the work waits on a table lock the
+test holds, so the test decides how many attempts are cut. The spacing is asserted as a lower bound only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from contracts import flows
+from contracts.instance import FlowInstance
+from contracts.states import InstanceState
+from services.loader import handlers as loader_handlers
+from services.runtime.backoff import Interruptions
+from services.runtime.broker import is_transient
+from services.runtime.commands import send_command
+from services.runtime.db import create_pool
+from services.runtime.eventstore import EventStore
+from services.runtime.filestore import FileStore
+from services.runtime.host import prepare_database
+from services.runtime.read_models import FLOW_PROJECTIONS
+from simulators.cup.generator import month_period
+from tests.integration.test_replicas import (
+    FORMAT_EVENTS,
+    LOAD_EVENTS,
+    Replica,
+    _cut_sessions_waiting_on_a_lock,
+    _events,
+    _logged,
+    _request_load,
+    _start_replicas,
+    _states,
+    _store_month,
+    _until_logged,
+    _wait_for,
+)
+from tests.isolation import scratch_database
+from tests.pg_outage import postgres_down
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.integration
+
+# Log timestamps (wall clock, when the line is written) against the service's monotonic clock (when it decided):
+# the lower bounds allow this much for the moments each is read and for ran_s' rounding. Not a speed target.
+CLOCKS_S = 0.05
+QUIET = ("loop.error", "message.dead_lettered", "service.loop_failed", "load.crashed", "format.crashed")
+
+
+async def _figure(replica: Replica, name: str) -> float | None:
+    """`name{service=<the replica's service>}` on its /metrics."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with session.get(f"http://127.0.0.1:{replica.health_port}/metrics") as response:
+            text = await response.text()
+    prefix = f'{name}{{service="{replica.service}"}} '
+    return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), None)
+
+
+async def _figures(replica: Replica) -> tuple[float | None, float | None]:
+    return (await _figure(replica, "flows_work_interrupted"),
+            await _figure(replica, "flows_work_interrupted_longest_seconds"))
+
+
+async def _interrupt(url: str, replicas: list[Replica], event: str, attempt: int) -> dict[str, Any]:
+    """Ends the sessions that wait on the test's lock until the service logs interruption `attempt`. (A session
+    of the attempt before, still waiting after its attempt ended, may be the one cut: then cut again.)"""
+    try:
+        async with asyncio.timeout(120):  # a hang guard
+            while True:
+                await _cut_sessions_waiting_on_a_lock(url)
+                for _ in range(40):
+                    if found := _logged(replicas, event, attempt=attempt):
+                        return found[0]
+                    await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"no {event} attempt {attempt} within 120 s") from None
+
+
+def _at(line: dict[str, Any]) -> float:
+    return datetime.fromisoformat(line["timestamp"]).timestamp()
+
+
+def _assert_backed_off(lines: list[dict[str, Any]], first_s: float, started: dict[str, Any],
+                       recovered: dict[str, Any]) -> None:
+    """Attempts 1..N, retry_in_s first_s doubling; attempt n+1 began no sooner than attempt n's retry_in_s after it
+    was cut (its start: its line's time less its ran_s), the successful attempt (`started`, its first line) no
+    sooner than the last one's; the recovered line counts the N attempts and at least the sum of their delays."""
+    assert [line["attempt"] for line in lines] == list(range(1, len(lines) + 1)), lines
+    assert [line["retry_in_s"] for line in lines] == [first_s * 2 ** n for n in range(len(lines))], lines
+    for line in lines:
+        assert line["level"] == "warning" and line["error"] and line["ran_s"] >= 0, line
+    for before, after in itertools.pairwise(lines):
+        began = _at(after) - after["ran_s"]
+        assert began >= _at(before) + before["retry_in_s"] - CLOCKS_S, (before, after)
+    assert _at(started) >= _at(lines[-1]) + lines[-1]["retry_in_s"] - CLOCKS_S, (lines[-1], started)
+    assert recovered["attempts"] == len(lines), recovered
+    assert recovered["waited_s"] >= sum(line["retry_in_s"] for line in lines) - CLOCKS_S, recovered
+
+
+async def test_a_load_cut_again_and_again_is_retried_backed_off_and_finishes_once(
+        stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cuts, first_s = 4, 1.0
+    suffix = uuid.uuid4().hex[:8]
+    async with scratch_database("t_load_cuts") as url, contextlib.AsyncExitStack() as running:
+        await _store_month(url, "205", seed=83)
+        replicas = await _start_replicas(running, url, tmp_path, suffix, [("loader-1", "loader")], 780,
+                                         FLOWS_INTERRUPTED_RETRY_INITIAL_S=str(first_s))
+        loader = replicas[0]
+        blocker = await asyncpg.connect(url)
+        try:
+            blocking = blocker.transaction()
+            await blocking.start()
+            # every attempt reads the problems of the instance's earlier runs first (pipeline.earlier_runs): it
+            # waits on this lock, and the test ends its session there
+            await blocker.execute("LOCK TABLE load_problem IN ACCESS EXCLUSIVE MODE")
+            await _request_load("205")
+            lines = [await _interrupt(url, replicas, "load.interrupted", n) for n in range(1, cuts + 1)]
+            instance = lines[0]["instance"]
+            state_between = (await _states(url))[instance]
+            between = [e["type"] for e in await _events(url)]
+            waiting = await _figures(loader)
+            await blocking.rollback()
+        finally:
+            await blocker.close()
+        await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=90)
+        recovered = await _until_logged(replicas, "load.recovered", 30, instance=instance)
+        events = await _events(url)
+        after = await _figures(loader)
+        started = _logged(replicas, "load.started", instance=instance)
+        interrupted = _logged(replicas, "load.interrupted", instance=instance)
+        text = loader.log.read_text(errors="replace")
+
+    print(f"\nload cut {cuts} times: retry_in_s {[r['retry_in_s'] for r in lines]}, recovered after "
+          f"{recovered['waited_s']} s; error {lines[0]['error'][:100]}")
+    assert {line["instance"] for line in lines} == {instance}
+    assert interrupted == lines  # one line per interruption, no attempt more
+    assert len(started) == 1, started  # each cut attempt was ended before its snapshot; the last one took it
+    _assert_backed_off(lines, first_s, started[0], recovered)
+    # an outage of the platform, not of the instance: its state and history did not move ...
+    assert state_between == InstanceState.RUNNING.value and between == LOAD_EVENTS[:1], between
+    # ... and it finished exactly once
+    assert [e["type"] for e in events] == LOAD_EVENTS, [e["type"] for e in events]
+    assert events[-1]["data"]["source_instance"] == started[0]["snapshot"]
+    assert waiting[0] == 1.0 and waiting[1] is not None and waiting[1] > 0, waiting
+    assert after == (0.0, 0.0), after
+    for event in QUIET:  # every cut was this instance's interruption: none escaped to the pass's loop
+        assert f'"{event}"' not in text, event
+
+
+async def test_a_format_cut_again_and_again_is_retried_backed_off_and_finishes_once(
+        stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cuts, first_s = 3, 2.0
+    suffix = uuid.uuid4().hex[:8]
+    async with scratch_database("t_format_cuts") as url, contextlib.AsyncExitStack() as running:
+        await _store_month(url, "206", seed=84)
+        replicas = await _start_replicas(running, url, tmp_path, suffix,
+                                         [("loader-1", "loader"), ("formatter-1", "formatter")], 780,
+                                         FLOWS_INTERRUPTED_RETRY_INITIAL_S=str(first_s))
+        formatter = replicas[1]
+        await _request_load("206")
+        await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)
+        [instance] = await _states(url)
+        blocker = await asyncpg.connect(url)
+        try:
+            blocking = blocker.transaction()
+            await blocking.start()
+            await blocker.execute("LOCK TABLE snapshot_service IN ACCESS EXCLUSIVE MODE")  # what a format reads
+            await send_command(KAFKA, "flows.format-requested", flows.FormatRequested(
+                instance=instance, requested_by="test.interruptions"), key=str(instance))
+            lines = [await _interrupt(url, replicas, "format.interrupted", n) for n in range(1, cuts + 1)]
+            state_between = (await _states(url))[instance]
+            between = [e["type"] for e in await _events(url)]
+            waiting = await _figures(formatter)
+            await blocking.rollback()
+        finally:
+            await blocker.close()
+        await _wait_for(url, InstanceState.FORMATTED, 1, replicas, limit_s=90)
+        recovered = await _until_logged(replicas, "format.recovered", 30, instance=instance)
+        events = await _events(url)
+        after = await _figures(formatter)
+        started = _logged(replicas, "format.started", instance=instance)
+        interrupted = _logged(replicas, "format.interrupted", instance=instance)
+        text = formatter.log.read_text(errors="replace")
+
+    print(f"\nformat cut {cuts} times: retry_in_s {[r['retry_in_s'] for r in lines]}, recovered after "
+          f"{recovered['waited_s']} s; error {lines[0]['error'][:100]}")
+    assert {line["instance"] for line in lines} == {instance}
+    assert interrupted == lines
+    assert len(started) == cuts + 1, started  # one per attempt: the cut ones and the last
+    _assert_backed_off(lines, first_s, started[-1], recovered)
+    assert state_between == InstanceState.FORMATTING.value, state_between
+    assert between == LOAD_EVENTS + FORMAT_EVENTS[:2], between
+    assert [e["type"] for e in events] == LOAD_EVENTS + FORMAT_EVENTS, [e["type"] for e in events]
+    assert {f["kind"] for f in events[-1]["data"]["files"]} >= {"C1", "C2"}, events[-1]["data"]
+    assert waiting[0] == 1.0 and waiting[1] is not None and waiting[1] > 0, waiting
+    assert after == (0.0, 0.0), after
+    for event in QUIET:
+        assert f'"{event}"' not in text, event
+
+
+class _Lines:
+    """What the backoff logs (structlog's call shape)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.lines.append((event, kw))
+
+    info = warning
+
+
+def _loader(pool: asyncpg.Pool, log: _Lines, files: Path, service: str, first_s: float = 1.0,
+            ) -> loader_handlers.LoaderDeps:
+    """A loader's handlers in the test's process (one replica), its interruptions logged into `log`."""
+    return loader_handlers.LoaderDeps(
+        pool=pool, store=EventStore(pool, source="/flows/loader", projections=FLOW_PROJECTIONS), files=FileStore(files),
+        interrupted=Interruptions(log, initial_s=first_s, service=service, work="load"))
+
+
+async def _cut_once(url: str, deps: loader_handlers.LoaderDeps, instance: int) -> None:
+    """One real interruption of the instance's load: its session ended (pg_terminate_backend) while it waits on
+    a lock the test holds."""
+    blocker = await asyncpg.connect(url)
+    try:
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("LOCK TABLE load_problem IN ACCESS EXCLUSIVE MODE")
+        run = asyncio.create_task(loader_handlers.run_instance(instance, deps))
+        await _cut_sessions_waiting_on_a_lock(url)
+        await asyncio.wait_for(run, 60)  # interrupted: it returns, the instance backed off
+        await blocking.rollback()
+    finally:
+        await blocker.close()
+
+
+async def _running(deps: loader_handlers.LoaderDeps, ente: str) -> int:
+    """A Running instance of a Flusso C load of August 2020, as a load request leaves it."""
+    number = int(await deps.pool.fetchval("SELECT nextval('flow_instance_seq')"))
+    start, end = month_period("2020-08")
+    await deps.instances.append(FlowInstance(number), flows.LoadRunning(
+        instance=number, request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, version="2020", ente=ente,
+        period=flows.Period(start=start, end=end), requested_by="test.interruptions"))
+    return number
+
+
+async def test_postgres_down_for_everyone_charges_no_instance_an_attempt_it_did_not_run(
+        stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two Running loads: `cut` was interrupted once (a real pg_terminate_backend: attempt 1, due again after the
+    first delay), `waiting` was never tried. PostgreSQL is stopped for real. The loader's pass fails as a whole
+    (its own query), and a run asked for while the server is down (the pass's query answered just before it went)
+    fails before it holds the instance's lock: neither instance is charged. Once the server is back, the next pass
+    runs both: `cut` recovers after its ONE attempt, `waiting` was never interrupted."""
+    first_s = 1.0
+    log = _Lines()
+    async with scratch_database("t_outage_rule") as url:
+        await _store_month(url, "207", seed=85)
+        pool = await create_pool(url, min_size=1, max_size=6)
+        try:
+            await prepare_database(pool, FLOW_PROJECTIONS)
+            deps = _loader(pool, log, tmp_path / "files", "test-outage", first_s)
+            cut, waiting = await _running(deps, "207"), await _running(deps, "201")
+            await _cut_once(url, deps, cut)
+            assert [(e, kw["instance"], kw["attempt"]) for e, kw in log.lines] == [("load.interrupted", cut, 1)]
+            await asyncio.sleep(first_s)  # its delay is over: due at the next pass
+
+            async with postgres_down():
+                for _ in range(2):  # the pass: its own query fails, no instance is tried
+                    with pytest.raises(Exception) as failed:
+                        await loader_handlers.run_due(deps)
+                    assert is_transient(failed.value), repr(failed.value)
+                for instance in (cut, waiting):  # a run asked for while the server is down
+                    assert deps.interrupted.due(instance)
+                    with pytest.raises(Exception) as failed:
+                        await loader_handlers.run_instance(instance, deps)
+                    assert is_transient(failed.value), repr(failed.value)
+                charged = {key: wait.attempts for key, wait in deps.interrupted.waiting.items()}
+                lines_during = list(log.lines)
+
+            states: dict[int, str] = {}
+            async with asyncio.timeout(120):  # a hang guard: the passes run as `every` runs them
+                while set(states.values()) != {InstanceState.CHECKED.value} or len(states) != 2:
+                    with contextlib.suppress(Exception):
+                        await loader_handlers.run_due(deps)
+                    states = {int(r["instance"]): r["state"] for r in await pool.fetch(
+                        "SELECT instance, state FROM instance_list WHERE instance = ANY($1)", [cut, waiting])}
+                    await asyncio.sleep(0.2)
+            histories = {i: [e.type for e in await deps.store.read_stream(f"instance-{i}")] for i in (cut, waiting)}
+        finally:
+            await pool.close()
+
+    assert charged == {cut: 1}, charged  # as before the outage: nothing charged for what did not run
+    assert lines_during == log.lines[:1], lines_during
+    assert [(e, kw["instance"]) for e, kw in log.lines] == [("load.interrupted", cut), ("load.recovered", cut)], \
+        log.lines
+    assert log.lines[-1][1]["attempts"] == 1
+    assert deps.interrupted.waiting == {}
+    assert histories == {cut: LOAD_EVENTS, waiting: LOAD_EVENTS}, histories
+
+
+async def test_an_instance_another_replica_finished_is_forgotten_without_a_line_and_its_figure_goes_down(
+        stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Replica A's load of an instance is cut (it backs off); replica B's pass takes the instance and finishes it.
+    A's next pass no longer lists it: A forgets it without a line and its figure goes back to 0, else
+    flows_work_interrupted_longest_seconds would grow on A for ever and WorkInterrupted fire 15 minutes later
+    for work that is done."""
+    service = f"test-replica-a-{uuid.uuid4().hex[:6]}"
+    log_a, log_b = _Lines(), _Lines()
+    async with scratch_database("t_forgotten") as url:
+        await _store_month(url, "202", seed=86)
+        pool = await create_pool(url, min_size=1, max_size=6)
+        try:
+            await prepare_database(pool, FLOW_PROJECTIONS)
+            a = _loader(pool, log_a, tmp_path / "files", service, first_s=60.0)
+            b = _loader(pool, log_b, tmp_path / "files", f"test-replica-b-{uuid.uuid4().hex[:6]}")
+            instance = await _running(a, "202")
+            await _cut_once(url, a, instance)
+            waiting = REGISTRY.get_sample_value("flows_work_interrupted", {"service": service})
+            await loader_handlers.run_due(b)  # B never saw it interrupted: it loads it at once
+            state = await pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance)
+            await loader_handlers.run_due(a)
+        finally:
+            await pool.close()
+
+    assert waiting == 1.0 and state == InstanceState.CHECKED.value
+    assert [e for e, _ in log_a.lines] == ["load.interrupted"] and log_b.lines == []  # no line for forgetting
+    assert a.interrupted.waiting == {}
+    assert REGISTRY.get_sample_value("flows_work_interrupted", {"service": service}) == 0.0
+    assert REGISTRY.get_sample_value("flows_work_interrupted_longest_seconds", {"service": service}) == 0.0

@@ -1,0 +1,144 @@
+"""services.runtime.backoff: the arithmetic of the per-instance backoff (Interruptions, and SpaceWaits on the same
+base), its lines and its figures, on a clock the test moves. The behaviour on the real stack (a load and a format
+cut again and again, PostgreSQL stopped for everyone): tests/integration/test_interruptions.py."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from services.formatter import handlers as formatter
+from services.loader import handlers as loader
+from services.runtime import backoff
+from services.runtime.backoff import MAX_DOUBLINGS, Interruptions
+from services.runtime.filestore import SPACE_WAIT_CAP_S, SPACE_WAIT_INITIAL_S, SpaceWaits
+from services.runtime.settings import Settings
+
+
+class _Lines:
+    """What a backoff logs (structlog's call shape)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.lines.append(("warning", event, kw))
+
+    def info(self, event: str, **kw: Any) -> None:
+        self.lines.append(("info", event, kw))
+
+
+class _Clock:
+    now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    found = _Clock()
+    monkeypatch.setattr(backoff, "time", found)
+    return found
+
+
+def _cut() -> Exception:
+    """The error asyncpg raises when the server ends the session (pg_terminate_backend)."""
+    return asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command")
+
+
+def _figures(service: str) -> tuple[float | None, float | None]:
+    return (REGISTRY.get_sample_value("flows_work_interrupted", {"service": service}),
+            REGISTRY.get_sample_value("flows_work_interrupted_longest_seconds", {"service": service}))
+
+
+def test_an_interrupted_instance_waits_the_first_delay_then_doubling_to_the_cap(clock: _Clock) -> None:
+    log = _Lines()
+    waits = Interruptions(log, initial_s=2.0, cap_s=300.0, service=f"t-{uuid.uuid4().hex[:6]}", work="load")
+    delays = []
+    for attempt in range(1, 12):
+        assert waits.due(7)  # its time has come (or it never failed)
+        clock.now += 0.5  # the attempt runs half a second, then is cut
+        delays.append(waits.failed(7, _cut(), ran_s=0.5, snapshot=1950 + attempt))
+        assert not waits.due(7) and waits.due(8)  # only this instance waits
+        clock.now += delays[-1] - 0.01
+        assert not waits.due(7)  # not one moment before its delay
+        clock.now += 0.01
+    assert delays == [2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]
+    assert [(level, event) for level, event, _ in log.lines] == [("warning", "load.interrupted")] * 11
+    first, last = log.lines[0][2], log.lines[-1][2]
+    assert first == {"instance": 7, "attempt": 1, "retry_in_s": 2.0, "ran_s": 0.5, "snapshot": 1951,
+                     "error": "AdminShutdownError: terminating connection due to administrator command"}
+    assert last["attempt"] == 11 and last["retry_in_s"] == 300.0
+
+
+def test_the_first_success_says_how_long_it_waited_and_finished_elsewhere_says_nothing(clock: _Clock) -> None:
+    log = _Lines()
+    service = f"t-{uuid.uuid4().hex[:6]}"
+    waits = Interruptions(log, initial_s=5.0, service=service, work="format")
+    assert _figures(service) == (0.0, 0.0)  # exported from the start: an alert rule sees the series
+    started = clock.now
+    waits.failed(7, _cut(), ran_s=3.0)
+    clock.now += 5
+    waits.failed(7, _cut(), ran_s=3.0)
+    waits.failed(9, _cut(), ran_s=1.0)
+    clock.now += 10
+    assert _figures(service) == (2.0, clock.now - started)  # two instances; the longest since its first cut
+    waits.done(7)
+    assert log.lines[-1] == ("info", "format.recovered", {"instance": 7, "attempts": 2, "waited_s": 15.0})
+    assert _figures(service) == (1.0, 10.0)
+    waits.done(7)  # done again, or for work never interrupted: no line
+    waits.done(8)
+    waits.forget(9)  # finished or deleted elsewhere: forgotten without a line
+    assert len(log.lines) == 4 and _figures(service) == (0.0, 0.0)
+    assert waits.due(7) and waits.due(9)
+
+
+def test_a_long_error_is_cut_and_the_exponent_never_overflows() -> None:
+    waits = Interruptions(_Lines(), initial_s=2.0, cap_s=300.0, service="t-long", work="load")
+    assert waits.delay(1) == 2.0 and waits.delay(10_000) == 300.0  # days of retries every cap_s
+    assert Interruptions(_Lines(), initial_s=1e-9, cap_s=1e9).delay(10_000) == 1e-9 * 2.0 ** MAX_DOUBLINGS
+    log = _Lines()
+    Interruptions(log, service="t-long", work="load").failed(1, OSError("x" * 5000), ran_s=1.0)
+    assert len(log.lines[0][2]["error"]) == backoff.ERROR_MAX
+
+
+def test_space_waits_keep_their_own_arithmetic_on_the_shared_base() -> None:
+    waits = SpaceWaits(_Lines())
+    assert (waits.initial_s, waits.cap_s) == (SPACE_WAIT_INITIAL_S, SPACE_WAIT_CAP_S) == (5.0, 300.0)
+    assert [waits.delay(n) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
+
+
+def test_the_first_retry_is_the_services_next_pass_unless_the_environment_says_otherwise(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLOWS_INTERRUPTED_RETRY_INITIAL_S", raising=False)
+    monkeypatch.delenv("FLOWS_INTERRUPTED_RETRY_CAP_S", raising=False)
+    settings = Settings()
+    production = (settings.interrupted_retry_initial_s, settings.interrupted_retry_cap_s)
+    assert (loader.interruptions(*production).initial_s, loader.interruptions(*production).cap_s) == \
+        (loader.PASS_S, 300.0) == (2.0, 300.0)
+    assert formatter.interruptions(*production).initial_s == formatter.RESUME_PASS_S == 5.0
+    monkeypatch.setenv("FLOWS_INTERRUPTED_RETRY_INITIAL_S", "0.5")
+    monkeypatch.setenv("FLOWS_INTERRUPTED_RETRY_CAP_S", "4")
+    settings = Settings()
+    waits = loader.interruptions(settings.interrupted_retry_initial_s, settings.interrupted_retry_cap_s)
+    assert [waits.delay(n) for n in range(1, 6)] == [0.5, 1, 2, 4, 4]
+
+
+def test_a_pass_that_no_longer_lists_an_instance_forgets_it_unless_it_was_cut_after_the_query(clock: _Clock) -> None:
+    log = _Lines()
+    service = f"t-{uuid.uuid4().hex[:6]}"
+    waits = Interruptions(log, service=service, work="load")
+    waits.failed(7, _cut(), ran_s=1.0)  # finished by another replica later
+    waits.failed(8, _cut(), ran_s=1.0)  # still Running
+    clock.now += 1
+    asked_at = clock.now  # the pass asks which instances are Running ...
+    clock.now += 0.1
+    waits.failed(9, _cut(), ran_s=0.1)  # ... meanwhile a message's run of a new instance is cut
+    waits.forget_unlisted([8], asked_at)  # ... and the answer lists 8 only
+    assert sorted(waits.waiting) == [8, 9] and len(log.lines) == 3  # 7 forgotten without a line
+    assert _figures(service)[0] == 2.0
