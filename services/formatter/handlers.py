@@ -125,5 +125,6 @@ async def resume_interrupted(deps: FormatterDeps) -> None:
     asked_at = time.monotonic()
     formatting = await instances_in_state(deps.pool, InstanceState.FORMATTING.value)
     deps.interrupted.forget_unlisted(formatting, asked_at)
+    deps.space.forget_unlisted(formatting, asked_at)  # the same for a full store's waits: no FileStoreFull for them
     for instance in formatting:
         await format_instance(instance, deps)

@@ -212,6 +212,7 @@ async def run_due(deps: LoaderDeps) -> None:
     asked_at = time.monotonic()
     due = await due_instances(deps.pool, datetime.now(UTC))
     deps.interrupted.forget_unlisted(due, asked_at)
+    deps.space.forget_unlisted(due, asked_at)  # the same for a full store's waits: no FileStoreFull for them
     for instance in due:
         await run_instance(instance, deps)
 

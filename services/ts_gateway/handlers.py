@@ -39,6 +39,7 @@ them, so the outcome is never announced without its errors file.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import date
@@ -305,9 +306,13 @@ async def _append(deps: GatewayDeps, instance: int, payload: flows.Payload,
 async def resume_unfinished(deps: GatewayDeps) -> None:
     """Instances with a due submission request and no outcome yet (a gateway died, TS was slow or
     down, a transmission date arrived): each gets a worker task unless one already runs."""
+    asked_at = time.monotonic()
     rows = await deps.pool.fetch(
         "SELECT instance FROM instance_list WHERE flow_type = 'FLUSSO_730' AND state = ANY($1::text[])",
         [InstanceState.FORMATTED.value, InstanceState.WAITING_FEEDBACK.value, InstanceState.REJECTED.value])
+    # an instance that waited for space and is no longer listed ended elsewhere (another gateway, a deletion):
+    # forgotten, so its figure does not keep FileStoreFull firing for work this gateway will never see again
+    deps.space.forget_unlisted([int(r["instance"]) for r in rows], asked_at)
     await forget_ended_boxes(deps)
     running = set(deps.worker.running())
     for row in rows:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import uuid
 from datetime import datetime
@@ -38,7 +39,7 @@ from services.runtime.broker import is_transient
 from services.runtime.commands import send_command
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
-from services.runtime.filestore import FileStore
+from services.runtime.filestore import FileStore, StoreFull
 from services.runtime.host import prepare_database
 from services.runtime.read_models import FLOW_PROJECTIONS
 from simulators.cup.generator import month_period
@@ -337,6 +338,10 @@ async def test_an_instance_another_replica_finished_is_forgotten_without_a_line_
             instance = await _running(a, "202")
             await _cut_once(url, a, instance)
             waiting = REGISTRY.get_sample_value("flows_work_interrupted", {"service": service})
+            # and A's store had been full for it too: that wait is forgotten the same way (no FileStoreFull for it)
+            store = tmp_path / "files"
+            store.mkdir(exist_ok=True)
+            a.space.failed(instance, StoreFull(store, 4096, OSError(errno.ENOSPC, "No space left on device")))
             await loader_handlers.run_due(b)  # B never saw it interrupted: it loads it at once
             state = await pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance)
             await loader_handlers.run_due(a)
@@ -345,6 +350,6 @@ async def test_an_instance_another_replica_finished_is_forgotten_without_a_line_
 
     assert waiting == 1.0 and state == InstanceState.CHECKED.value
     assert [e for e, _ in log_a.lines] == ["load.interrupted"] and log_b.lines == []  # no line for forgetting
-    assert a.interrupted.waiting == {}
+    assert a.interrupted.waiting == {} and a.space.waiting == {}
     assert REGISTRY.get_sample_value("flows_work_interrupted", {"service": service}) == 0.0
     assert REGISTRY.get_sample_value("flows_work_interrupted_longest_seconds", {"service": service}) == 0.0

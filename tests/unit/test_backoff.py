@@ -4,7 +4,10 @@ cut again and again, PostgreSQL stopped for everyone): tests/integration/test_in
 
 from __future__ import annotations
 
+import errno
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -15,7 +18,7 @@ from services.formatter import handlers as formatter
 from services.loader import handlers as loader
 from services.runtime import backoff
 from services.runtime.backoff import MAX_DOUBLINGS, Interruptions
-from services.runtime.filestore import SPACE_WAIT_CAP_S, SPACE_WAIT_INITIAL_S, SpaceWaits
+from services.runtime.filestore import SPACE_WAIT_CAP_S, SPACE_WAIT_INITIAL_S, SpaceWaits, StoreFull
 from services.runtime.settings import Settings
 
 
@@ -142,3 +145,20 @@ def test_a_pass_that_no_longer_lists_an_instance_forgets_it_unless_it_was_cut_af
     waits.forget_unlisted([8], asked_at)  # ... and the answer lists 8 only
     assert sorted(waits.waiting) == [8, 9] and len(log.lines) == 3  # 7 forgotten without a line
     assert _figures(service)[0] == 2.0
+
+
+def test_a_full_stores_wait_is_forgotten_by_the_pass_too(tmp_path: Path) -> None:
+    """SpaceWaits on the shared base: an instance that waited for space and that the pass no longer lists (finished
+    by another replica) is forgotten without a line, and flows_file_store_waiting for its path drops to 0."""
+    log = _Lines()
+    waits = SpaceWaits(log)
+    full = StoreFull(tmp_path, 4096, OSError(errno.ENOSPC, "No space left on device"))
+    waits.failed(21, full)
+    waits.failed(22, full)
+    gauge = {"path": str(tmp_path)}
+    assert REGISTRY.get_sample_value("flows_file_store_waiting", gauge) == 2.0
+    waits.forget_unlisted([22], time.monotonic())
+    assert sorted(waits.waiting) == [22] and [event for _, event, _ in log.lines] == ["store.full", "store.full"]
+    assert REGISTRY.get_sample_value("flows_file_store_waiting", gauge) == 1.0
+    waits.forget_unlisted([], time.monotonic())
+    assert waits.waiting == {} and REGISTRY.get_sample_value("flows_file_store_waiting", gauge) == 0.0
