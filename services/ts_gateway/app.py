@@ -31,13 +31,15 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
             poll_schedule=BackoffSchedule(initial=settings.ts_poll_initial_s, cap=settings.ts_poll_max_s),
             send_retry=BackoffSchedule(initial=settings.ts_poll_initial_s, cap=settings.ts_poll_max_s))
         deps = handlers.GatewayDeps(pool=rt.pool, store=rt.store, files=rt.files, runner=runner,
-                                    keys=GatewayKeys(settings.keys_dir))
+                                    keys=GatewayKeys(settings.keys_dir),
+                                    interrupted=handlers.interruptions(settings.interrupted_retry_initial_s,
+                                                                       settings.interrupted_retry_cap_s))
         consume(rt.broker, by_name(flows.TYPE_OF[flows.TsSubmissionRequested]), group_id="ts-gateway",
                 handler=functools.partial(handlers.handle_submission_requested, deps=deps),
                 max_attempts=settings.max_attempts, probe=rt.probe_database)
 
         async def resume(stop: asyncio.Event) -> None:
-            await every(10.0, stop, lambda: handlers.resume_unfinished(deps), "ts-gateway.resume")
+            await every(handlers.RESUME_PASS_S, stop, lambda: handlers.resume_unfinished(deps), "ts-gateway.resume")
 
         try:
             await serve(rt, [resume], stop=stop)

@@ -51,6 +51,7 @@ from contracts import flows
 from contracts.deadlines import italian_today
 from contracts.instance import FlowInstance, SubmissionRequest
 from contracts.states import SENDABLE_FLOW_TYPES, Actor, InstanceState
+from services.runtime.backoff import INTERRUPTED_CAP_S, Interruptions
 from services.runtime.broker import Incoming, Refused
 from services.runtime.filestore import SpaceWaits, is_full
 from services.runtime.instances import ServiceDeps
@@ -74,6 +75,19 @@ _OUTCOME: dict[PartState, Outcome] = {
     PartState.REJECTED: "rejected", PartState.UNRESOLVED: "rejected"}
 
 
+RESUME_PASS_S = 10.0  # the resume pass's period (app.py)
+
+
+def interruptions(initial_s: float | None = None, cap_s: float = INTERRUPTED_CAP_S) -> Interruptions:
+    """The backoff of interrupted submissions: Sistema TS unreachable or answering 500 past the runner's own
+    retries, PostgreSQL cut under the work. The first retry at the next resume pass, doubling to 5 minutes: a
+    national service that is down is not asked again every 10 s for every instance. `ts.submission.interrupted`
+    / `ts.submission.recovered` lines; flows_work_interrupted{service="ts_gateway"} and the WorkInterrupted alert
+    (the same instance interrupted for 15 minutes)."""
+    return Interruptions(log, initial_s=initial_s or RESUME_PASS_S, cap_s=cap_s, service="ts_gateway",
+                         work="ts.submission")
+
+
 @dataclass
 class GatewayDeps(ServiceDeps):
     ACTOR = Actor.TS_GATEWAY
@@ -82,6 +96,7 @@ class GatewayDeps(ServiceDeps):
     keys: GatewayKeys
     today: Any = field(default=italian_today)  # () -> date, in TS's time zone
     space: SpaceWaits = field(default_factory=lambda: SpaceWaits(log))  # instances waiting for a full store
+    interrupted: Interruptions = field(default_factory=lambda: interruptions())  # submissions TS or PG cut
     worker: SubmissionWorker = field(init=False)
 
     def __post_init__(self) -> None:
@@ -108,21 +123,27 @@ class SubmissionWorker:
 
     async def _run(self, instance: int) -> None:
         log_ = log.bind(aggregate_id=str(instance))
+        began = time.monotonic()
+        deps = self._deps
         try:
-            await submit_instance(instance, self._deps)
+            await submit_instance(instance, deps)
         except Exception as exc:
             if is_full(exc):  # a feedback file did not fit: the instance waits (Waiting feedback), backed off
-                self._deps.space.failed(instance, exc, step="ts feedback files")
+                deps.space.failed(instance, exc, step="ts feedback files")
+                deps.interrupted.done(instance)  # TS answered this attempt: what it waits for now is space
             elif isinstance(exc, PollingBlocked):
                 self.blocked_requests.add(exc.request_id)
+                deps.interrupted.forget(instance)  # no retry until a new request: not a backoff
                 log_.error("ts.submission_blocked", error=str(exc))
             elif isinstance(exc, TsError | asyncpg.PostgresError | OSError):
-                # the next resume pass tries again (sends reconcile first: nothing goes twice)
-                log_.warning("ts.submission_interrupted", error=f"{type(exc).__name__}: {exc}")
+                # a later resume pass tries again, backed off (sends reconcile first: nothing goes twice)
+                deps.interrupted.failed(instance, exc, ran_s=time.monotonic() - began)
             else:
+                deps.interrupted.forget(instance)
                 log_.error("ts.submission_failed", error=f"{type(exc).__name__}: {exc}")
         else:
-            self._deps.space.done(instance)
+            deps.space.done(instance)
+            deps.interrupted.done(instance)
         finally:
             self._tasks.pop(instance, None)
 
@@ -313,6 +334,7 @@ async def resume_unfinished(deps: GatewayDeps) -> None:
     # an instance that waited for space and is no longer listed ended elsewhere (another gateway, a deletion):
     # forgotten, so its figure does not keep FileStoreFull firing for work this gateway will never see again
     deps.space.forget_unlisted([int(r["instance"]) for r in rows], asked_at)
+    deps.interrupted.forget_unlisted([int(r["instance"]) for r in rows], asked_at)
     await forget_ended_boxes(deps)
     running = set(deps.worker.running())
     for row in rows:
@@ -321,7 +343,8 @@ async def resume_unfinished(deps: GatewayDeps) -> None:
             continue
         request = (await deps.instances.read(instance)).request
         if request is not None and _due(request, deps.today()) and str(request.id) not in deps.worker.blocked_requests:
-            if deps.space.due(instance):  # a full store: later, or once space is freed
+            # a full store: later, or once space is freed; an interrupted submission: backed off
+            if deps.space.due(instance) and deps.interrupted.due(instance):
                 deps.worker.start(instance)
 
 

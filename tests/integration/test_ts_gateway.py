@@ -639,3 +639,52 @@ async def test_a_full_store_keeps_a_processed_part_waiting_feedback_until_its_er
     assert REGISTRY.get_sample_value("flows_file_store_waiting", gauge) == 0.0
     assert again and again[0]["instance"] == 4105 and again[0]["attempts"] == 1, again
     assert await _sends(gateway.url) == 1
+
+
+async def test_ts_down_backs_a_submission_off_then_it_is_sent_once_when_ts_is_back(gateway: Gateway) -> None:
+    """Sistema TS answers 500 to every call, past the runner's own retries: the submission is interrupted (one
+    `ts.submission.interrupted` warning, attempt 1), the instance keeps its state and history, and the resume pass
+    does NOT ask TS again before the backoff is over (a national service that is down is not asked every 10 s
+    for every instance); a second interruption doubles the wait. TS back: the next due pass sends it, once, and
+    `ts.submission.recovered` says after how many attempts."""
+    deps = gateway.deps
+    deps.interrupted = handlers.interruptions(0.5, 4.0)  # the production wait is the 10 s pass, doubling to 5 min
+    service = {"service": "ts_gateway"}
+    await _admin(gateway.url, "/__sim/behaviour", {"fail_next": 1000, "operations": ["inviaFileMtom", "EsitoInvii"]})
+    with service_log_lines() as logs:
+        await _formatted_instance(gateway, 4107)
+        await _request(gateway, 4107, gateway.seal())
+        await _worker_idle(deps, 4107)
+        state_down = (await deps.instances.read(4107)).state
+        waiting_down = REGISTRY.get_sample_value("flows_work_interrupted", service)
+
+        await handlers.resume_unfinished(deps)  # the next pass, before the first wait is over
+        started_early = deps.worker.running()
+        async with asyncio.timeout(30):  # a hang guard: the wait is 0.5 s
+            while not deps.interrupted.due(4107):
+                await asyncio.sleep(0.05)
+        await handlers.resume_unfinished(deps)  # due: tried again, TS still down
+        await _worker_idle(deps, 4107)
+
+        await _admin(gateway.url, "/__sim/behaviour", {"fail_next": 0, "polls_in_progress": 0})
+        async with asyncio.timeout(30):  # the second wait, 1 s
+            while not deps.interrupted.due(4107):
+                await handlers.resume_unfinished(deps)
+                assert deps.worker.running() == [], "tried again before its second wait was over"
+                await asyncio.sleep(0.05)
+        await handlers.resume_unfinished(deps)
+        await _worker_idle(deps, 4107)
+        lines = [json.loads(line) for line in logs.getvalue().splitlines()]
+    history = [t for t, _ in await _history(gateway, 4107)]
+
+    assert state_down is InstanceState.FORMATTED and waiting_down == 1.0 and started_early == []
+    cut = [line for line in lines if line["event"] == "ts.submission.interrupted"]
+    assert [(c["instance"], c["attempt"], c["retry_in_s"]) for c in cut] == [(4107, 1, 0.5), (4107, 2, 1.0)], cut
+    assert all("TsUnavailable" in c["error"] or "500" in c["error"] for c in cut), cut
+    recovered = [line for line in lines if line["event"] == "ts.submission.recovered"]
+    assert len(recovered) == 1 and recovered[0]["attempts"] == 2, recovered
+    assert history[-1] in ("flows.ts-submitted", "flows.ts-feedback-received"), history
+    assert history.count("flows.ts-submitted") == 1, history
+    assert await _sends(gateway.url) == 1
+    assert REGISTRY.get_sample_value("flows_work_interrupted", service) == 0.0
+    assert ROSSI.password not in logs.getvalue() and ROSSI.pincode not in logs.getvalue()
