@@ -90,6 +90,7 @@ from services.onboarding.facade import DashboardProjection, SwitchCalendar, Swit
 from services.onboarding.facade import dashboard as onboarding_rows
 from services.runtime import deadletters as dl
 from services.runtime import ops
+from services.runtime.broker import is_transient
 from services.runtime.coverage import coverage
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
@@ -465,6 +466,35 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
                         **({} if ctx else {"request": request}), message=message, level="danger", back="/")
         if headers:
             response.headers.update(headers)
+        return response
+
+    # Anything else a request meets (PostgreSQL or Kafka down or cut, a bug): an Italian page that says what to do,
+    # never Starlette's English "Internal Server Error". The error goes to the log with a reference the page shows,
+    # so the help desk finds it; the page itself names no internal detail. Starlette still re-raises it afterwards
+    # (the server logs the traceback).
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        reference = secrets.token_hex(4).upper()
+        transient = is_transient(exc)
+        log.error("console.request_failed", reference=reference, method=request.method, path=request.url.path,
+                  transient=transient, error=f"{type(exc).__name__}: {exc}"[:300])
+        if transient:
+            status, title, message = 503, "Servizio temporaneamente non disponibile", (
+                "La console non raggiunge in questo momento il database o il broker della piattaforma. Riprovi tra "
+                "qualche minuto: nulla di quanto già registrato è andato perso. Se stava eseguendo un'operazione, "
+                f"controlli lo stato dell'istanza prima di ripeterla. Riferimento per l'assistenza: {reference}.")
+        else:
+            status, title, message = 500, "Errore interno", (
+                "Si è verificato un errore inatteso e la richiesta non è stata completata. Se si ripete, comunichi "
+                f"all'assistenza il riferimento {reference}.")
+        headers = {"Retry-After": "30"} if transient else {}
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": message, "riferimento": reference}, status_code=status, headers=headers)
+        path = request.url.path
+        again = path if transient and request.method == "GET" and not path.startswith("//") else None
+        response = page(None, "message.html", title, status=status, request=request, message=message,
+                        level="danger", back="/", again=again)
+        response.headers.update(headers)
         return response
 
     check_every_route_has_a_rule(app.routes)
