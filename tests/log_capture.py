@@ -74,3 +74,17 @@ def json_lines(log: Path, event: str) -> list[dict[str, Any]]:
                 if record.get("event") == event:
                     found.append(record)
     return found
+
+
+class RecordedLog:
+    """A logger with structlog's call shape that keeps what it is given as (level, event, fields): for the classes
+    that take their logger (services.runtime.backoff's SpaceWaits, Interruptions)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.lines.append(("warning", event, kw))
+
+    def info(self, event: str, **kw: Any) -> None:
+        self.lines.append(("info", event, kw))

@@ -15,7 +15,6 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -31,6 +30,7 @@ from services.runtime.filestore import (
     is_full,
 )
 from tests.fault_disk import SmallDisk, small_disk
+from tests.log_capture import RecordedLog
 
 pytestmark = pytest.mark.integration
 
@@ -151,23 +151,10 @@ def test_a_730_work_folder_left_by_a_killed_formatter_is_swept_once_its_newest_f
         assert disk.free_bytes() >= free + 150 * 1024  # (and the folder's own page)
 
 
-class _Lines:
-    """Collects what SpaceWaits logs (structlog's call shape)."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self.lines.append(("warning", event, kw))
-
-    def info(self, event: str, **kw: Any) -> None:
-        self.lines.append(("info", event, kw))
-
-
 def test_space_waits_back_off_and_retry_at_once_when_space_is_freed(tmp_path: Path) -> None:
     with small_disk(tmp_path / "files", size_kb=64) as disk:
         store = FileStore(disk.path)
-        log = _Lines()
+        log = RecordedLog()
         waits = SpaceWaits(log)
         assert waits.due(7)  # nothing known: try
         for attempt in (1, 2):

@@ -21,6 +21,8 @@ import contextlib
 import errno
 import itertools
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -98,6 +100,22 @@ async def _interrupt(url: str, replicas: list[Replica], event: str, attempt: int
         raise AssertionError(f"no {event} attempt {attempt} within 120 s") from None
 
 
+@contextlib.asynccontextmanager
+async def _locked(url: str, table: str) -> AsyncIterator[None]:
+    """`table` locked (ACCESS EXCLUSIVE) by a session of the test for the block: the work that reads it waits there,
+    where the test ends its session (_cut_sessions_waiting_on_a_lock). The lock goes with the block (rolled back:
+    nothing was written)."""
+    blocker = await asyncpg.connect(url)
+    try:
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        yield
+        await blocking.rollback()
+    finally:
+        await blocker.close()
+
+
 def _at(line: dict[str, Any]) -> float:
     return datetime.fromisoformat(line["timestamp"]).timestamp()
 
@@ -119,6 +137,58 @@ def _assert_backed_off(lines: list[dict[str, Any]], first_s: float, started: dic
     assert recovered["waited_s"] >= sum(line["retry_in_s"] for line in lines) - CLOCKS_S, recovered
 
 
+@dataclass
+class _Cut:
+    """What a run of cuts left: the interruption lines (one per cut), the instance's state, history and figures
+    while it waited, then the recovered line, its history, figures, `<work>.started` and `<work>.interrupted`
+    lines and its replica's whole log once it had recovered."""
+
+    work: str
+    lines: list[dict[str, Any]]
+    instance: int
+    state_between: str
+    between: list[str]
+    waiting: tuple[float | None, float | None]
+    recovered: dict[str, Any]
+    events: list[dict[str, Any]]
+    after: tuple[float | None, float | None]
+    started: list[dict[str, Any]]
+    interrupted: list[dict[str, Any]]
+    text: str
+
+
+async def _cut_until_recovered(url: str, replicas: list[Replica], replica: Replica, table: str, work: str, cuts: int,
+                               done: InstanceState, start: Callable[[], Awaitable[Any]]) -> _Cut:
+    """`start()` asks for the work (a load, a format) with `table` locked: each attempt waits on the lock and the
+    test ends its session there, `cuts` times; then the lock goes, and the work reaches `done` and recovers."""
+    async with _locked(url, table):
+        await start()
+        lines = [await _interrupt(url, replicas, f"{work}.interrupted", n) for n in range(1, cuts + 1)]
+        instance = lines[0]["instance"]
+        state_between = (await _states(url))[instance]
+        between = [e["type"] for e in await _events(url)]
+        waiting = await _figures(replica)
+    await _wait_for(url, done, 1, replicas, limit_s=90)
+    recovered = await _until_logged(replicas, f"{work}.recovered", 30, instance=instance)
+    return _Cut(work, lines, instance, state_between, between, waiting, recovered, await _events(url),
+                await _figures(replica), _logged(replicas, f"{work}.started", instance=instance),
+                _logged(replicas, f"{work}.interrupted", instance=instance), replica.log.read_text(errors="replace"))
+
+
+def _assert_cut_then_recovered(cut: _Cut, first_s: float, succeeded: dict[str, Any]) -> None:
+    """One line per cut and no attempt more, backed off (_assert_backed_off; `succeeded`: the first line of the
+    attempt that got through), the figures up while it waited and down after, nothing escaped to the loops."""
+    print(f"\n{cut.work} cut {len(cut.lines)} times: retry_in_s {[r['retry_in_s'] for r in cut.lines]}, recovered "
+          f"after {cut.recovered['waited_s']} s; error {cut.lines[0]['error'][:100]}")
+    assert {line["instance"] for line in cut.lines} == {cut.instance}
+    assert cut.interrupted == cut.lines  # one line per interruption, no attempt more
+    _assert_backed_off(cut.lines, first_s, succeeded, cut.recovered)
+    assert cut.waiting[0] == 1.0 and cut.waiting[1] is not None and cut.waiting[1] > 0, cut.waiting
+    assert cut.after == (0.0, 0.0), cut.after
+    for event in QUIET:  # every cut was this instance's interruption: none escaped to the pass's loop
+        assert f'"{event}"' not in cut.text, event
+
+
 async def test_a_load_cut_again_and_again_is_retried_backed_off_and_finishes_once(
         stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cuts, first_s = 4, 1.0
@@ -128,45 +198,18 @@ async def test_a_load_cut_again_and_again_is_retried_backed_off_and_finishes_onc
         replicas = await _start_replicas(running, url, tmp_path, suffix, [("loader-1", "loader")], 780,
                                          FLOWS_INTERRUPTED_RETRY_INITIAL_S=str(first_s))
         loader = replicas[0]
-        blocker = await asyncpg.connect(url)
-        try:
-            blocking = blocker.transaction()
-            await blocking.start()
-            # every attempt reads the problems of the instance's earlier runs first (pipeline.earlier_runs): it
-            # waits on this lock, and the test ends its session there
-            await blocker.execute("LOCK TABLE load_problem IN ACCESS EXCLUSIVE MODE")
-            await _request_load("205")
-            lines = [await _interrupt(url, replicas, "load.interrupted", n) for n in range(1, cuts + 1)]
-            instance = lines[0]["instance"]
-            state_between = (await _states(url))[instance]
-            between = [e["type"] for e in await _events(url)]
-            waiting = await _figures(loader)
-            await blocking.rollback()
-        finally:
-            await blocker.close()
-        await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=90)
-        recovered = await _until_logged(replicas, "load.recovered", 30, instance=instance)
-        events = await _events(url)
-        after = await _figures(loader)
-        started = _logged(replicas, "load.started", instance=instance)
-        interrupted = _logged(replicas, "load.interrupted", instance=instance)
-        text = loader.log.read_text(errors="replace")
+        # every attempt reads the problems of the instance's earlier runs first (pipeline.earlier_runs): it
+        # waits on this lock, and the test ends its session there
+        cut = await _cut_until_recovered(url, replicas, loader, "load_problem", "load", cuts, InstanceState.CHECKED,
+                                         lambda: _request_load("205"))
 
-    print(f"\nload cut {cuts} times: retry_in_s {[r['retry_in_s'] for r in lines]}, recovered after "
-          f"{recovered['waited_s']} s; error {lines[0]['error'][:100]}")
-    assert {line["instance"] for line in lines} == {instance}
-    assert interrupted == lines  # one line per interruption, no attempt more
-    assert len(started) == 1, started  # each cut attempt was ended before its snapshot; the last one took it
-    _assert_backed_off(lines, first_s, started[0], recovered)
+    assert len(cut.started) == 1, cut.started  # each cut attempt was ended before its snapshot; the last one took it
+    _assert_cut_then_recovered(cut, first_s, cut.started[0])
     # an outage of the platform, not of the instance: its state and history did not move ...
-    assert state_between == InstanceState.RUNNING.value and between == LOAD_EVENTS[:1], between
+    assert cut.state_between == InstanceState.RUNNING.value and cut.between == LOAD_EVENTS[:1], cut.between
     # ... and it finished exactly once
-    assert [e["type"] for e in events] == LOAD_EVENTS, [e["type"] for e in events]
-    assert events[-1]["data"]["source_instance"] == started[0]["snapshot"]
-    assert waiting[0] == 1.0 and waiting[1] is not None and waiting[1] > 0, waiting
-    assert after == (0.0, 0.0), after
-    for event in QUIET:  # every cut was this instance's interruption: none escaped to the pass's loop
-        assert f'"{event}"' not in text, event
+    assert [e["type"] for e in cut.events] == LOAD_EVENTS, [e["type"] for e in cut.events]
+    assert cut.events[-1]["data"]["source_instance"] == cut.started[0]["snapshot"]
 
 
 async def test_a_format_cut_again_and_again_is_retried_backed_off_and_finishes_once(
@@ -182,42 +225,18 @@ async def test_a_format_cut_again_and_again_is_retried_backed_off_and_finishes_o
         await _request_load("206")
         await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)
         [instance] = await _states(url)
-        blocker = await asyncpg.connect(url)
-        try:
-            blocking = blocker.transaction()
-            await blocking.start()
-            await blocker.execute("LOCK TABLE snapshot_service IN ACCESS EXCLUSIVE MODE")  # what a format reads
-            await send_command(KAFKA, "flows.format-requested", flows.FormatRequested(
-                instance=instance, requested_by="test.interruptions"), key=str(instance))
-            lines = [await _interrupt(url, replicas, "format.interrupted", n) for n in range(1, cuts + 1)]
-            state_between = (await _states(url))[instance]
-            between = [e["type"] for e in await _events(url)]
-            waiting = await _figures(formatter)
-            await blocking.rollback()
-        finally:
-            await blocker.close()
-        await _wait_for(url, InstanceState.FORMATTED, 1, replicas, limit_s=90)
-        recovered = await _until_logged(replicas, "format.recovered", 30, instance=instance)
-        events = await _events(url)
-        after = await _figures(formatter)
-        started = _logged(replicas, "format.started", instance=instance)
-        interrupted = _logged(replicas, "format.interrupted", instance=instance)
-        text = formatter.log.read_text(errors="replace")
+        cut = await _cut_until_recovered(
+            url, replicas, formatter, "snapshot_service", "format", cuts, InstanceState.FORMATTED,  # what it reads
+            lambda: send_command(KAFKA, "flows.format-requested", flows.FormatRequested(
+                instance=instance, requested_by="test.interruptions"), key=str(instance)))
 
-    print(f"\nformat cut {cuts} times: retry_in_s {[r['retry_in_s'] for r in lines]}, recovered after "
-          f"{recovered['waited_s']} s; error {lines[0]['error'][:100]}")
-    assert {line["instance"] for line in lines} == {instance}
-    assert interrupted == lines
-    assert len(started) == cuts + 1, started  # one per attempt: the cut ones and the last
-    _assert_backed_off(lines, first_s, started[-1], recovered)
-    assert state_between == InstanceState.FORMATTING.value, state_between
-    assert between == LOAD_EVENTS + FORMAT_EVENTS[:2], between
-    assert [e["type"] for e in events] == LOAD_EVENTS + FORMAT_EVENTS, [e["type"] for e in events]
-    assert {f["kind"] for f in events[-1]["data"]["files"]} >= {"C1", "C2"}, events[-1]["data"]
-    assert waiting[0] == 1.0 and waiting[1] is not None and waiting[1] > 0, waiting
-    assert after == (0.0, 0.0), after
-    for event in QUIET:
-        assert f'"{event}"' not in text, event
+    assert cut.instance == instance
+    assert len(cut.started) == cuts + 1, cut.started  # one per attempt: the cut ones and the last
+    _assert_cut_then_recovered(cut, first_s, cut.started[-1])
+    assert cut.state_between == InstanceState.FORMATTING.value, cut.state_between
+    assert cut.between == LOAD_EVENTS + FORMAT_EVENTS[:2], cut.between
+    assert [e["type"] for e in cut.events] == LOAD_EVENTS + FORMAT_EVENTS, [e["type"] for e in cut.events]
+    assert {f["kind"] for f in cut.events[-1]["data"]["files"]} >= {"C1", "C2"}, cut.events[-1]["data"]
 
 
 class _Lines:
@@ -243,17 +262,10 @@ def _loader(pool: asyncpg.Pool, log: _Lines, files: Path, service: str, first_s:
 async def _cut_once(url: str, deps: loader_handlers.LoaderDeps, instance: int) -> None:
     """One real interruption of the instance's load: its session ended (pg_terminate_backend) while it waits on
     a lock the test holds."""
-    blocker = await asyncpg.connect(url)
-    try:
-        blocking = blocker.transaction()
-        await blocking.start()
-        await blocker.execute("LOCK TABLE load_problem IN ACCESS EXCLUSIVE MODE")
+    async with _locked(url, "load_problem"):
         run = asyncio.create_task(loader_handlers.run_instance(instance, deps))
         await _cut_sessions_waiting_on_a_lock(url)
         await asyncio.wait_for(run, 60)  # interrupted: it returns, the instance backed off
-        await blocking.rollback()
-    finally:
-        await blocker.close()
 
 
 async def _running(deps: loader_handlers.LoaderDeps, ente: str) -> int:

@@ -8,7 +8,6 @@ import errno
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -20,19 +19,7 @@ from services.runtime import backoff
 from services.runtime.backoff import MAX_DOUBLINGS, Interruptions
 from services.runtime.filestore import SPACE_WAIT_CAP_S, SPACE_WAIT_INITIAL_S, SpaceWaits, StoreFull
 from services.runtime.settings import Settings
-
-
-class _Lines:
-    """What a backoff logs (structlog's call shape)."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self.lines.append(("warning", event, kw))
-
-    def info(self, event: str, **kw: Any) -> None:
-        self.lines.append(("info", event, kw))
+from tests.log_capture import RecordedLog
 
 
 class _Clock:
@@ -60,7 +47,7 @@ def _figures(service: str) -> tuple[float | None, float | None]:
 
 
 def test_an_interrupted_instance_waits_the_first_delay_then_doubling_to_the_cap(clock: _Clock) -> None:
-    log = _Lines()
+    log = RecordedLog()
     waits = Interruptions(log, initial_s=2.0, cap_s=300.0, service=f"t-{uuid.uuid4().hex[:6]}", work="load")
     delays = []
     for attempt in range(1, 12):
@@ -80,7 +67,7 @@ def test_an_interrupted_instance_waits_the_first_delay_then_doubling_to_the_cap(
 
 
 def test_the_first_success_says_how_long_it_waited_and_finished_elsewhere_says_nothing(clock: _Clock) -> None:
-    log = _Lines()
+    log = RecordedLog()
     service = f"t-{uuid.uuid4().hex[:6]}"
     waits = Interruptions(log, initial_s=5.0, service=service, work="format")
     assert _figures(service) == (0.0, 0.0)  # exported from the start: an alert rule sees the series
@@ -102,16 +89,16 @@ def test_the_first_success_says_how_long_it_waited_and_finished_elsewhere_says_n
 
 
 def test_a_long_error_is_cut_and_the_exponent_never_overflows() -> None:
-    waits = Interruptions(_Lines(), initial_s=2.0, cap_s=300.0, service="t-long", work="load")
+    waits = Interruptions(RecordedLog(), initial_s=2.0, cap_s=300.0, service="t-long", work="load")
     assert waits.delay(1) == 2.0 and waits.delay(10_000) == 300.0  # days of retries every cap_s
-    assert Interruptions(_Lines(), initial_s=1e-9, cap_s=1e9).delay(10_000) == 1e-9 * 2.0 ** MAX_DOUBLINGS
-    log = _Lines()
+    assert Interruptions(RecordedLog(), initial_s=1e-9, cap_s=1e9).delay(10_000) == 1e-9 * 2.0 ** MAX_DOUBLINGS
+    log = RecordedLog()
     Interruptions(log, service="t-long", work="load").failed(1, OSError("x" * 5000), ran_s=1.0)
     assert len(log.lines[0][2]["error"]) == backoff.ERROR_MAX
 
 
 def test_space_waits_keep_their_own_arithmetic_on_the_shared_base() -> None:
-    waits = SpaceWaits(_Lines())
+    waits = SpaceWaits(RecordedLog())
     assert (waits.initial_s, waits.cap_s) == (SPACE_WAIT_INITIAL_S, SPACE_WAIT_CAP_S) == (5.0, 300.0)
     assert [waits.delay(n) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
 
@@ -133,7 +120,7 @@ def test_the_first_retry_is_the_services_next_pass_unless_the_environment_says_o
 
 
 def test_a_pass_that_no_longer_lists_an_instance_forgets_it_unless_it_was_cut_after_the_query(clock: _Clock) -> None:
-    log = _Lines()
+    log = RecordedLog()
     service = f"t-{uuid.uuid4().hex[:6]}"
     waits = Interruptions(log, service=service, work="load")
     waits.failed(7, _cut(), ran_s=1.0)  # finished by another replica later
@@ -150,7 +137,7 @@ def test_a_pass_that_no_longer_lists_an_instance_forgets_it_unless_it_was_cut_af
 def test_a_full_stores_wait_is_forgotten_by_the_pass_too(tmp_path: Path) -> None:
     """SpaceWaits on the shared base: an instance that waited for space and that the pass no longer lists (finished
     by another replica) is forgotten without a line, and flows_file_store_waiting for its path drops to 0."""
-    log = _Lines()
+    log = RecordedLog()
     waits = SpaceWaits(log)
     full = StoreFull(tmp_path, 4096, OSError(errno.ENOSPC, "No space left on device"))
     waits.failed(21, full)
