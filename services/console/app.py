@@ -457,10 +457,10 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": api_detail}, status_code=exc.status_code, headers=headers)
         # A signed-in user keeps the header with their name and menu on the error page (a way on, not a dead end).
-        principal = None
-        if request.cookies.get(request.app.state.console.cookie_name):
+        principal, console = None, _console(request)
+        if request.cookies.get(console.cookie_name):
             with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                principal = await _principal(_console(request), request)
+                principal = await _principal(console, request)
         ctx = Ctx(principal, request) if principal is not None else None
         response = page(ctx, "message.html", title, status=exc.status_code,
                         **({} if ctx else {"request": request}), message=message, level="danger", back="/")

@@ -96,7 +96,7 @@ class GatewayDeps(ServiceDeps):
     keys: GatewayKeys
     today: Any = field(default=italian_today)  # () -> date, in TS's time zone
     space: SpaceWaits = field(default_factory=lambda: SpaceWaits(log))  # instances waiting for a full store
-    interrupted: Interruptions = field(default_factory=lambda: interruptions())  # submissions TS or PG cut
+    interrupted: Interruptions = field(default_factory=interruptions)  # submissions TS or PG cut
     worker: SubmissionWorker = field(init=False)
 
     def __post_init__(self) -> None:
@@ -331,10 +331,11 @@ async def resume_unfinished(deps: GatewayDeps) -> None:
     rows = await deps.pool.fetch(
         "SELECT instance FROM instance_list WHERE flow_type = 'FLUSSO_730' AND state = ANY($1::text[])",
         [InstanceState.FORMATTED.value, InstanceState.WAITING_FEEDBACK.value, InstanceState.REJECTED.value])
-    # an instance that waited for space and is no longer listed ended elsewhere (another gateway, a deletion):
-    # forgotten, so its figure does not keep FileStoreFull firing for work this gateway will never see again
-    deps.space.forget_unlisted([int(r["instance"]) for r in rows], asked_at)
-    deps.interrupted.forget_unlisted([int(r["instance"]) for r in rows], asked_at)
+    # an instance that waited (for space, or after an interruption) and is no longer listed ended elsewhere (another
+    # gateway, a deletion): forgotten, so its figure does not keep an alert firing for work it will never see again
+    listed = [int(r["instance"]) for r in rows]
+    deps.space.forget_unlisted(listed, asked_at)
+    deps.interrupted.forget_unlisted(listed, asked_at)
     await forget_ended_boxes(deps)
     running = set(deps.worker.running())
     for row in rows:

@@ -42,6 +42,7 @@ from tests.fault_disk import SmallDisk, small_disk
 from tests.integration.outage_loader import start_at_the_end
 from tests.isolation import logged_process, scratch_database
 from tests.log_capture import json_lines
+from tests.scrape import scraped
 from tests.stack_urls import KAFKA, free_port
 
 pytestmark = pytest.mark.integration
@@ -209,11 +210,7 @@ def _assert_backed_off(lines: list[dict[str, Any]], disk: SmallDisk, instance: i
 
 async def _waiting_figure(service: Service, disk: SmallDisk) -> float | None:
     """flows_file_store_waiting{path=<the store>} on the service's /metrics (what FileStoreFull alerts on)."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        async with session.get(f"http://127.0.0.1:{service.health_port}/metrics") as response:
-            text = await response.text()
-    prefix = f'flows_file_store_waiting{{path="{disk.path}"}} '
-    return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), None)
+    return await scraped(service.health_port, f'flows_file_store_waiting{{path="{disk.path}"}}')
 
 
 async def _snapshots(url: str, instance: int) -> list[tuple[int, int]]:

@@ -27,7 +27,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 from prometheus_client import REGISTRY
@@ -61,6 +60,7 @@ from tests.integration.test_replicas import (
 )
 from tests.isolation import scratch_database
 from tests.pg_outage import postgres_down
+from tests.scrape import scraped
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -73,11 +73,7 @@ QUIET = ("loop.error", "message.dead_lettered", "service.loop_failed", "load.cra
 
 async def _figure(replica: Replica, name: str) -> float | None:
     """`name{service=<the replica's service>}` on its /metrics."""
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        async with session.get(f"http://127.0.0.1:{replica.health_port}/metrics") as response:
-            text = await response.text()
-    prefix = f'{name}{{service="{replica.service}"}} '
-    return next((float(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), None)
+    return await scraped(replica.health_port, f'{name}{{service="{replica.service}"}}')
 
 
 async def _figures(replica: Replica) -> tuple[float | None, float | None]:
