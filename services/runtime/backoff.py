@@ -139,14 +139,17 @@ class Interruptions(Backoffs[Wait]):
         WORK_INTERRUPTED_LONGEST.labels(service=self.service).set_function(self.longest_s)
         self._publish()
 
-    def failed(self, key: int, exc: BaseException, *, ran_s: float, **context: Any) -> float:
-        """Records an interrupted attempt (one warning); returns the seconds until the next one."""
+    def failed(self, key: int, exc: BaseException, *, ran_s: float, line: str | None = None, level: str = "warning",
+               **context: Any) -> float:
+        """Records an interrupted attempt (one line: `<work>.interrupted`, a warning, unless `line` and `level`
+        name another, as the TS gateway's unexpected errors do); returns the seconds until the next one."""
         wait = self.waiting.get(key)
         if wait is None:
             wait = self.waiting[key] = Wait()
         delay = self._attempt_failed(wait)
-        self.log.warning(f"{self.work}.interrupted", instance=key, attempt=wait.attempts, retry_in_s=delay,
-                         ran_s=round(ran_s, 3), error=f"{type(exc).__name__}: {exc}"[:ERROR_MAX], **context)
+        getattr(self.log, level)(line or f"{self.work}.interrupted", instance=key, attempt=wait.attempts,
+                                 retry_in_s=delay, ran_s=round(ran_s, 3),
+                                 error=f"{type(exc).__name__}: {exc}"[:ERROR_MAX], **context)
         return delay
 
     def done(self, key: int) -> None:

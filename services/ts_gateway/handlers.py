@@ -139,8 +139,11 @@ class SubmissionWorker:
                 # a later resume pass tries again, backed off (sends reconcile first: nothing goes twice)
                 deps.interrupted.failed(instance, exc, ran_s=time.monotonic() - began)
             else:
-                deps.interrupted.forget(instance)
-                log_.error("ts.submission_failed", error=f"{type(exc).__name__}: {exc}")
+                # not foreseen (a defect, data the code did not expect): one error line per attempt, and the
+                # attempts backed off like an interruption, not repeated at every 10 s pass with a line each time;
+                # the same figure and alert (WorkInterrupted) show an instance that keeps failing so
+                deps.interrupted.failed(instance, exc, ran_s=time.monotonic() - began, line="ts.submission_failed",
+                                        level="error")
         else:
             deps.space.done(instance)
             deps.interrupted.done(instance)

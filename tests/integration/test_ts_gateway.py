@@ -688,3 +688,52 @@ async def test_ts_down_backs_a_submission_off_then_it_is_sent_once_when_ts_is_ba
     assert await _sends(gateway.url) == 1
     assert REGISTRY.get_sample_value("flows_work_interrupted", service) == 0.0
     assert ROSSI.password not in logs.getvalue() and ROSSI.pincode not in logs.getvalue()
+
+
+async def test_an_unforeseen_error_is_logged_once_per_attempt_and_backed_off_not_retried_every_pass(
+        gateway: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error the gateway does not foresee (a defect: here the runner raising KeyError twice, as a bug in
+    reading an answer would) is one `ts.submission_failed` ERROR line per attempt with attempt and retry_in_s,
+    and the attempts are backed off like an interruption: the resume pass does not start it again before its
+    wait is over (before, every 10 s pass ran it again and logged the error again, for ever). Once the defect is
+    gone the next due pass sends it, once; the figure returns to 0."""
+    deps = gateway.deps
+    deps.interrupted = handlers.interruptions(0.5, 4.0)
+    service = {"service": "ts_gateway"}
+    real_send = deps.runner.send_with_retry
+    defects = 2
+
+    async def send_with_a_defect(*args: Any, **kwargs: Any) -> Any:
+        nonlocal defects
+        if defects:
+            defects -= 1
+            raise KeyError("protocollo")
+        return await real_send(*args, **kwargs)
+
+    monkeypatch.setattr(deps.runner, "send_with_retry", send_with_a_defect)
+    with service_log_lines() as logs:
+        await _formatted_instance(gateway, 4108)
+        await _request(gateway, 4108, gateway.seal())
+        await _worker_idle(deps, 4108)
+        waiting = REGISTRY.get_sample_value("flows_work_interrupted", service)
+        async with asyncio.timeout(30):  # the waits are 0.5 s then 1 s; a hang guard
+            while defects or not deps.interrupted.due(4108) or (await deps.instances.read(4108)).state \
+                    is InstanceState.FORMATTED:
+                await handlers.resume_unfinished(deps)
+                if not deps.interrupted.due(4108):
+                    assert deps.worker.running() == [], "started again before its wait was over"
+                await _worker_idle(deps, 4108)
+                await asyncio.sleep(0.05)
+        lines = [json.loads(line) for line in logs.getvalue().splitlines()]
+
+    failed = [line for line in lines if line["event"] == "ts.submission_failed"]
+    assert [(f["instance"], f["attempt"], f["retry_in_s"], f["level"]) for f in failed] == [
+        (4108, 1, 0.5, "error"), (4108, 2, 1.0, "error")], failed
+    assert all(f["error"] == "KeyError: 'protocollo'" for f in failed), failed
+    assert waiting == 1.0
+    recovered = [line for line in lines if line["event"] == "ts.submission.recovered"]
+    assert len(recovered) == 1 and recovered[0]["attempts"] == 2, recovered
+    history = [t for t, _ in await _history(gateway, 4108)]
+    assert history.count("flows.ts-submitted") == 1, history
+    assert await _sends(gateway.url) == 1
+    assert REGISTRY.get_sample_value("flows_work_interrupted", service) == 0.0
