@@ -980,12 +980,35 @@ async def instance_fragment(ctx: Ctx) -> Response:
                                       {"principal": ctx.principal, **await _instance_view(ctx)})
 
 
+# An open event stream's keep-alive period, and how often it checks again that its session still may read the
+# instance (the tests shorten it).
+STREAM_CHECK_S = 15.0
+
+
+async def _stream_still_allowed(console: Console, request: Request, ente: str) -> bool:
+    """Whether the session of an open event stream still reads the instance of `ente`: not logged out, expired or
+    disabled, and still bound to the ente. Every other request checks its session in the database; a stream lives
+    for hours, so it does so at each keep-alive. When the check cannot be made (PostgreSQL down) the stream ends
+    too: the page reconnects through the guard, which answers 503 until the database is back (console.js then
+    tries again, backed off)."""
+    try:
+        principal = await _principal(console, request)
+    except Exception as exc:
+        log.info("console.stream_ended", path=request.url.path, reason=f"session not checked: {type(exc).__name__}")
+        return False
+    if principal is None or not may(principal, READ_INSTANCE, ente):
+        log.info("console.stream_ended", path=request.url.path, reason="session no longer valid for this instance")
+        return False
+    return True
+
+
 @route(pages, "GET", "/istanze/{instance}/eventi", READ_INSTANCE, "stream")
 async def instance_events(ctx: Ctx) -> Response:
     request = ctx.request
     assert ctx.row is not None
-    instance = int(ctx.row["instance"])
-    feed = _console(request).feed
+    instance, ente = int(ctx.row["instance"]), str(ctx.row["ente"])
+    console = _console(request)
+    feed = console.feed
 
     async def stream() -> AsyncIterator[str]:
         queue = feed.watch(instance)
@@ -994,8 +1017,10 @@ async def instance_events(ctx: Ctx) -> Response:
             yield "event: ready\ndata: {}\n\n"
             while not await request.is_disconnected():
                 try:
-                    event_type = await asyncio.wait_for(queue.get(), timeout=15)
+                    event_type = await asyncio.wait_for(queue.get(), timeout=STREAM_CHECK_S)
                 except TimeoutError:
+                    if not await _stream_still_allowed(console, request, ente):
+                        return
                     yield ": keep-alive\n\n"
                     continue
                 yield f"event: change\ndata: {json.dumps({'event': event_type})}\n\n"

@@ -1,5 +1,5 @@
 """The live instance page in real Chromium: a change that arrives while the page is still fetching the state of
-the previous one is not lost.
+the previous one is not lost; a stream that ends while PostgreSQL is down comes back by itself once it is up.
 
 The page learns of a change from its event stream and then fetches the instance's fresh state (console.js). A load
 that finishes while that fetch is on its way (a small load, a slow network, a busy browser) sends its next event
@@ -18,11 +18,13 @@ from playwright.async_api import Route, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from contracts import flows
+from services.console import app as console_app
 from services.runtime.eventstore import NewEvent
 from services.runtime.outbox import OutboxRelay
 from services.runtime.read_models import instance_stream
 from tests.console_support import running_console
 from tests.e2e.test_console_browser import CHROMIUM, _log_in
+from tests.pg_outage import postgres_down
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.e2e
@@ -93,3 +95,81 @@ async def test_a_change_during_a_slow_refresh_is_not_lost(fresh_db, tmp_path) ->
             await browser.close()
             stop.set()
             await relay_task
+
+
+LIVE = "() => document.getElementById('istanza').dataset.live"
+
+
+async def test_the_page_comes_back_live_after_postgresql_was_down_and_says_so_meanwhile(  # type: ignore[no-untyped-def]
+        fresh_db, tmp_path, monkeypatch) -> None:
+    """PostgreSQL stops for real while an instance page is open. The stream's next check of its session cannot be
+    made, so the stream ends; the browser reconnects and the console answers 503 (the guard cannot read the
+    session). A browser does not reconnect a stream by itself after such an answer: before, the page then stayed
+    still for good, showing an old state as if it were current. Now the page says that its updates stopped and
+    tries again, backed off; once PostgreSQL is up it is live again and shows the next change without a reload."""
+    monkeypatch.setattr(console_app, "STREAM_CHECK_S", 0.5)  # production: 15 s, the keep-alive
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+        await console.add_users()
+        instance = await console.instance("201")  # Running
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        relay_task, stop = None, asyncio.Event()
+        try:
+            page = await (await browser.new_context(locale="it-IT")).new_page()
+            await _log_in(page, console.url, "op.201")
+            await page.goto(f"{console.url}/istanze/{instance}")
+            await page.wait_for_function(f"() => ({LIVE})() === 'ready'", timeout=30_000)
+            assert await page.is_hidden("#aggiornamento")
+
+            async with postgres_down():
+                await page.wait_for_function(f"() => ({LIVE})() === 'closed'", timeout=60_000)
+                notice = await page.inner_text("#aggiornamento")
+                assert await page.is_visible("#aggiornamento")
+            assert notice.startswith("Aggiornamento automatico interrotto: nuovo tentativo tra "), notice
+
+            await page.wait_for_function(f"() => ({LIVE})() === 'ready'", timeout=120_000)  # back by itself
+            assert await page.is_hidden("#aggiornamento")
+            relay = OutboxRelay(console.pool, KAFKA, poll_interval=0.5)  # the loader's and formatter's relay
+            relay_task = asyncio.create_task(relay.run(stop))
+            checked = flows.LoadChecked(instance=instance, source_instance=instance + 1, counts={"services": 3})
+            await console.store.append(instance_stream(instance), [
+                NewEvent("flows.load-checked", checked.model_dump(mode="json"), actor="loader")],
+                expected_version=1, key=str(instance))
+            try:
+                await page.wait_for_function("s => document.querySelector('#stato .badge')?.dataset.state === s",
+                                             arg="Checked", timeout=30_000)
+            except PlaywrightTimeout:
+                pytest.fail(f"the page stayed on {await page.evaluate(BADGE)!r} after PostgreSQL came back")
+        finally:
+            await browser.close()
+            stop.set()
+            if relay_task is not None:
+                await relay_task
+
+
+async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: ignore[no-untyped-def]
+        fresh_db, tmp_path, monkeypatch) -> None:
+    """Every request checks its session in the database; an event stream lives for hours, so it checks again at
+    each keep-alive. The user logs out in another tab: the open page's stream ends (before, it went on feeding a
+    logged-out page for as long as the tab stayed open) and the page says its updates stopped."""
+    monkeypatch.setattr(console_app, "STREAM_CHECK_S", 0.5)
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+        await console.add_users()
+        instance = await console.instance("201")
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            context = await browser.new_context(locale="it-IT")
+            page = await context.new_page()
+            await _log_in(page, console.url, "op.201")
+            await page.goto(f"{console.url}/istanze/{instance}")
+            await page.wait_for_function(f"() => ({LIVE})() === 'ready'", timeout=30_000)
+
+            other = await context.new_page()  # another tab of the same browser: the same session
+            await other.goto(f"{console.url}/istanze")
+            async with other.expect_navigation():
+                await other.click("form[action='/logout'] button")
+            assert "/login" in other.url
+
+            await page.wait_for_function(f"() => ({LIVE})() === 'closed'", timeout=30_000)
+            assert await page.is_visible("#aggiornamento")
+        finally:
+            await browser.close()

@@ -10,7 +10,7 @@
     if (!root || !window.EventSource) { return; }
     var target = document.getElementById("stato-istanza");
     var announce = document.getElementById("annuncio");
-    var source = new EventSource(root.dataset.events);
+    var notice = document.getElementById("aggiornamento");
     // One fetch at a time; a change announced while one is on its way (a load that finishes meanwhile) is fetched
     // again after it: the answer on its way may predate that change, and nothing else would come to correct it.
     var pending = false, again = false;
@@ -32,8 +32,33 @@
         if (again) { refresh(); }
       });
     }
-    source.addEventListener("change", refresh);
-    source.addEventListener("ready", function () { root.dataset.live = "ready"; refresh(); });
+    // The browser reconnects a stream by itself after a network error, but not after an answer that is not the
+    // stream (a 503 while PostgreSQL is down, a proxy's 502 while the console restarts, the login page once the
+    // session ended): the page would stay still with nothing to say so. Then it tries again here, 2 s doubling to
+    // 60 s, and says so on the page; `ready` refetches the state, covering what changed meanwhile.
+    var delay = 2000;
+    function connect() {
+      var source = new EventSource(root.dataset.events);
+      source.addEventListener("change", refresh);
+      source.addEventListener("ready", function () {
+        delay = 2000;
+        root.dataset.live = "ready";
+        if (notice) { notice.hidden = true; }
+        refresh();
+      });
+      source.addEventListener("error", function () {
+        if (source.readyState !== EventSource.CLOSED) { root.dataset.live = "reconnecting"; return; }
+        root.dataset.live = "closed";
+        if (notice) {
+          notice.textContent = "Aggiornamento automatico interrotto: nuovo tentativo tra " + Math.round(delay / 1000) +
+            " secondi. Lo stato mostrato potrebbe non essere aggiornato.";
+          notice.hidden = false;
+        }
+        setTimeout(connect, delay);
+        delay = Math.min(delay * 2, 60000);
+      });
+    }
+    connect();
   }
 
   function sortableTables() {
