@@ -15,6 +15,8 @@ from services.runtime.broker import consume
 from services.runtime.host import Runtime, every, runtime, serve
 from services.runtime.settings import Settings
 
+GROUP = "formatter"  # the consumer group of the format commands
+
 
 def wire(rt: Runtime) -> handlers.FormatterDeps:
     deps = handlers.FormatterDeps(pool=rt.pool, store=rt.store, files=rt.files,
@@ -22,7 +24,7 @@ def wire(rt: Runtime) -> handlers.FormatterDeps:
                                   max_zip_bytes=rt.settings.ts_max_zip_bytes,
                                   interrupted=handlers.interruptions(rt.settings.interrupted_retry_initial_s,
                                                                      rt.settings.interrupted_retry_cap_s))
-    consume(rt.broker, by_name(flows.TYPE_OF[flows.FormatRequested]), group_id="formatter",
+    consume(rt.broker, by_name(flows.TYPE_OF[flows.FormatRequested]), group_id=GROUP,
             handler=functools.partial(handlers.handle_format_requested, deps=deps),
             max_attempts=rt.settings.max_attempts, probe=rt.probe_database)
     return deps

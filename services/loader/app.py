@@ -16,7 +16,8 @@ from services.runtime.broker import consume
 from services.runtime.host import Runtime, every, runtime, serve
 from services.runtime.settings import Settings
 
-# The consumer group of source intake (a test may give its loader a group of its own).
+# The consumer group of the load commands, and that of source intake (a test may give its loader a group of its own).
+COMMANDS_GROUP = "loader"
 SOURCES_GROUP = batch_intake.GROUP
 
 
@@ -24,7 +25,7 @@ def wire(rt: Runtime) -> handlers.LoaderDeps:
     deps = handlers.LoaderDeps(pool=rt.pool, store=rt.store, files=rt.files, interrupted=handlers.interruptions(
         rt.settings.interrupted_retry_initial_s, rt.settings.interrupted_retry_cap_s))
     attempts = rt.settings.max_attempts
-    consume(rt.broker, by_name(flows.TYPE_OF[flows.LoadRequested]), group_id="loader",
+    consume(rt.broker, by_name(flows.TYPE_OF[flows.LoadRequested]), group_id=COMMANDS_GROUP,
             handler=functools.partial(handlers.handle_load_requested, deps=deps), max_attempts=attempts,
             probe=rt.probe_database)
     return deps

@@ -19,6 +19,8 @@ from services.ts_gateway.ledger import PgPartLedger
 from services.ts_gateway.submission import BackoffSchedule
 from services.ts_gateway.submitter import SubmissionRunner
 
+GROUP = "ts-gateway"  # the consumer group of the submission requests
+
 
 async def main(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
     settings = settings or Settings()
@@ -34,7 +36,7 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
                                     keys=GatewayKeys(settings.keys_dir),
                                     interrupted=handlers.interruptions(settings.interrupted_retry_initial_s,
                                                                        settings.interrupted_retry_cap_s))
-        consume(rt.broker, by_name(flows.TYPE_OF[flows.TsSubmissionRequested]), group_id="ts-gateway",
+        consume(rt.broker, by_name(flows.TYPE_OF[flows.TsSubmissionRequested]), group_id=GROUP,
                 handler=functools.partial(handlers.handle_submission_requested, deps=deps),
                 max_attempts=settings.max_attempts, probe=rt.probe_database)
 

@@ -21,10 +21,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.loader.app import SOURCES_GROUP
+from services.formatter.app import GROUP as FORMATTER_GROUP
+from services.loader.app import COMMANDS_GROUP, SOURCES_GROUP
 from services.runtime import db
 from services.runtime.settings import Settings
 from services.runtime.topics_admin import apply_topics
+from services.ts_gateway.app import GROUP as GATEWAY_GROUP
 from tests.kafka_groups import members_of, wait_until_joined
 from tests.kafka_topics import delete_all_topics
 from tests.log_capture import configure_onto
@@ -33,7 +35,8 @@ from tests.log_capture import configure_onto
 E2E_MAX_ZIP_BYTES = 4_000
 TS_USER, TS_PASSWORD, TS_PINCODE, TS_CF = "PROVAX00X00X000Y", "Salve123", "1234567890", "PROVAX00X00X000Y"
 # The consumer groups each service's main() joins (services/<service>/app.py): the platform is up once all have.
-SERVICE_GROUPS = {"loader": ("loader", SOURCES_GROUP), "formatter": ("formatter",), "ts-gateway": ("ts-gateway",)}
+SERVICE_GROUPS = {"loader": (COMMANDS_GROUP, SOURCES_GROUP), "formatter": (FORMATTER_GROUP,),
+                  "ts-gateway": (GATEWAY_GROUP,)}
 
 
 @dataclass

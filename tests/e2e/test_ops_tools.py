@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from contracts import flows
 from services.runtime.commands import send_command
+from tests.e2e.conftest import SERVICE_GROUPS
 
 pytestmark = pytest.mark.e2e
 PERIOD = flows.Period.model_validate({"start": "2026-05-01", "end": "2026-05-31"})
@@ -104,7 +105,7 @@ async def test_tail_shows_a_load_as_it_happens_and_filters_by_instance(platform)
         request = next(e for e in seen if e["type"] == "flows.load-requested")
         assert request["data"]["request_id"] == str(mine)  # the command itself, with its actor
         groups = await _groups(bootstrap)  # while tail runs: no group of its own (it has no group id)
-        assert groups <= {"loader", "loader-sources", "formatter", "ts-gateway"} | groups_before, groups
+        assert groups <= {g for gs in SERVICE_GROUPS.values() for g in gs} | groups_before, groups
     finally:
         _stop(live)
         await live.wait()
