@@ -561,9 +561,11 @@ def _safe_next(next_url: str | None) -> str:
 
 
 def _login_options(request: Request, next_url: str | None) -> dict[str, Any]:
+    """The login page's ways in, each bringing the user back to `next_url` (the page that asked for a login)."""
     console = _console(request)
-    return {"local_login": console.settings.console_local_login, "oidc_url": (
-        "/login/oidc?" + urllib.parse.urlencode({"next": _safe_next(next_url)})) if console.oidc else None}
+    next_url = _safe_next(next_url)
+    return {"local_login": console.settings.console_local_login, "next_url": next_url, "oidc_url": (
+        "/login/oidc?" + urllib.parse.urlencode({"next": next_url})) if console.oidc else None}
 
 
 @pages.post("/login", include_in_schema=False)
@@ -571,6 +573,8 @@ async def login(request: Request) -> Response:
     console = _console(request)
     form = await request.form()
     name, password, given = (str(form.get(k) or "") for k in ("utente", "password", "csrf"))
+    # the page that asked for the login: the form's own field (the login page's `next`, carried through a failed try)
+    next_url = str(form.get("next") or "") or request.query_params.get("next")
     if not console.settings.console_local_login:
         raise HTTPException(404)
     if not auth.csrf_ok(request.cookies.get(LOGIN_CSRF, ""), given):
@@ -583,15 +587,15 @@ async def login(request: Request) -> Response:
     except auth.Throttled:
         return page(None, "login.html", "Accesso", status=429, request=request, login_csrf=given, utente=name,
                     error="Troppi tentativi non riusciti: riprovi tra qualche minuto.",
-                    **_login_options(request, request.query_params.get("next")))
+                    **_login_options(request, next_url))
     if user is None:
         return page(None, "login.html", "Accesso", status=401, request=request, login_csrf=given, utente=name,
                     error="Utente o password non corretti.",
-                    **_login_options(request, request.query_params.get("next")))
+                    **_login_options(request, next_url))
     # Always a new session id (no fixation): a cookie set before login is dropped, never promoted.
     token = await auth.open_session(console.pool, user, console.settings.console_session_ttl_s,
                                     replaces=request.cookies.get(console.cookie_name))
-    response = RedirectResponse(_safe_next(request.query_params.get("next")), status_code=303)
+    response = RedirectResponse(_safe_next(next_url), status_code=303)
     _set_cookie(request, response, console.cookie_name, token, max_age=console.settings.console_session_ttl_s)
     response.delete_cookie(LOGIN_CSRF, path="/")
     return response

@@ -341,3 +341,31 @@ async def test_an_unexpected_error_answers_an_italian_500_with_the_reference_of_
     assert [(line["reference"], line["transient"]) for line in lines] == [(reference[1], False)], lines
     assert "ValueError" in lines[0]["error"] and "Stato ignoto" in lines[0]["error"]
     assert still.status_code == 200
+
+
+async def test_a_login_asked_by_a_page_brings_the_user_back_to_it_and_never_to_another_site(
+        console: RunningConsole) -> None:
+    """A link to an instance opened without a session goes to the login with `next`; the login form carries it
+    (through a failed try too) and the login lands on that page. Before, the form lost it and every login landed
+    on the list. `next` is only ever a path of this console: another site's address lands on the list."""
+    instance = await console.instance("201")
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        asked = await client.get(f"{console.url}/istanze/{instance}")
+        assert asked.status_code == 303 and asked.headers["location"] == f"/login?next=%2Fistanze%2F{instance}"
+        form = await client.get(console.url + asked.headers["location"])
+        assert f'name="next" value="/istanze/{instance}"' in form.text
+        wrong = await client.post(console.url + "/login", data={
+            "utente": "op.201", "password": "not it", "csrf": csrf_of(form.text), "next": f"/istanze/{instance}"})
+        assert wrong.status_code == 401 and f'name="next" value="/istanze/{instance}"' in wrong.text
+        right = await client.post(console.url + "/login", data={
+            "utente": "op.201", "password": PASSWORD, "csrf": csrf_of(form.text), "next": f"/istanze/{instance}"})
+        assert right.status_code == 303 and right.headers["location"] == f"/istanze/{instance}"
+        assert (await client.get(console.url + right.headers["location"])).status_code == 200
+
+    for elsewhere in ("https://evil.example/x", "//evil.example/x", "/\\evil.example", "istanze"):
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            form = await client.get(f"{console.url}/login", params={"next": elsewhere})
+            assert 'name="next" value="/"' in form.text, elsewhere
+            landed = await client.post(console.url + "/login", data={
+                "utente": "op.201", "password": PASSWORD, "csrf": csrf_of(form.text), "next": elsewhere})
+            assert landed.status_code == 303 and landed.headers["location"] == "/", (elsewhere, landed.headers)
