@@ -22,7 +22,7 @@ from services.console import app as console_app
 from services.runtime.eventstore import NewEvent
 from services.runtime.outbox import OutboxRelay
 from services.runtime.read_models import instance_stream
-from tests.console_support import running_console
+from tests.console_support import PASSWORD, running_console
 from tests.e2e.test_console_browser import CHROMIUM, _log_in
 from tests.pg_outage import postgres_down
 from tests.stack_urls import KAFKA
@@ -150,7 +150,8 @@ async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: igno
         fresh_db, tmp_path, monkeypatch) -> None:
     """Every request checks its session in the database; an event stream lives for hours, so it checks again at
     each keep-alive. The user logs out in another tab: the open page's stream ends (before, it went on feeding a
-    logged-out page for as long as the tab stayed open) and the page says its updates stopped."""
+    logged-out page for as long as the tab stayed open); the page says the session ended, does not try again, and
+    links to the login, which brings the operator back to the instance, live again."""
     monkeypatch.setattr(console_app, "STREAM_CHECK_S", 0.5)
     async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
         await console.add_users()
@@ -169,7 +170,21 @@ async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: igno
                 await other.click("form[action='/logout'] button")
             assert "/login" in other.url
 
-            await page.wait_for_function(f"() => ({LIVE})() === 'closed'", timeout=30_000)
-            assert await page.is_visible("#aggiornamento")
+            await page.wait_for_function(f"() => ({LIVE})() === 'ended'", timeout=30_000)
+            notice = await page.inner_text("#aggiornamento")
+            assert notice.startswith("Aggiornamento automatico terminato: la sessione è scaduta o chiusa."), notice
+            again = page.locator("#aggiornamento a")
+            assert await again.get_attribute("href") == f"/login?next=%2Fistanze%2F{instance}"
+            await page.wait_for_timeout(3_000)  # a first retry would have come by now (2 s)
+            assert await page.evaluate(LIVE) == "ended", "an ended session is tried again"
+
+            async with page.expect_navigation():  # back in, then to the instance it was on
+                await again.click()
+            await page.fill("#utente", "op.201")
+            await page.fill("#password", PASSWORD)
+            async with page.expect_navigation():
+                await page.keyboard.press("Enter")
+            assert page.url == f"{console.url}/istanze/{instance}", page.url
+            await page.wait_for_function(f"() => ({LIVE})() === 'ready'", timeout=30_000)
         finally:
             await browser.close()

@@ -48,14 +48,30 @@
       });
       source.addEventListener("error", function () {
         if (source.readyState !== EventSource.CLOSED) { root.dataset.live = "reconnecting"; return; }
-        root.dataset.live = "closed";
-        if (notice) {
-          notice.textContent = "Aggiornamento automatico interrotto: nuovo tentativo tra " + Math.round(delay / 1000) +
-            " secondi. Lo stato mostrato potrebbe non essere aggiornato.";
-          notice.hidden = false;
-        }
-        setTimeout(connect, delay);
-        delay = Math.min(delay * 2, 60000);
+        // Why it was refused: a session that ended (the login page) or an instance no longer readable (404) is not
+        // tried again; anything else (503, 502, the network) is.
+        fetch(root.dataset.fragment, { credentials: "same-origin", redirect: "manual" }).then(function (r) {
+          return r.type === "opaqueredirect" || r.status === 401 || r.status === 404;
+        }, function () { return false; }).then(function (ended) {
+          root.dataset.live = ended ? "ended" : "closed";
+          if (notice) {
+            notice.hidden = false;
+            if (ended) {
+              notice.textContent = "Aggiornamento automatico terminato: la sessione è scaduta o chiusa. ";
+              var again = document.createElement("a");
+              again.href = "/login?next=" + encodeURIComponent(location.pathname);
+              again.textContent = "Accedi di nuovo";
+              notice.appendChild(again);
+            } else {
+              notice.textContent = "Aggiornamento automatico interrotto: nuovo tentativo tra " +
+                Math.round(delay / 1000) + " secondi. Lo stato mostrato potrebbe non essere aggiornato.";
+            }
+          }
+          if (!ended) {
+            setTimeout(connect, delay);
+            delay = Math.min(delay * 2, 60000);
+          }
+        });
       });
     }
     connect();
