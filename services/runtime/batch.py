@@ -39,11 +39,11 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from pydantic import BaseModel
 
 from contracts.topics import Topic
 from services.runtime.broker import (
     LOG_REASON_MAX,
+    Decoder,
     Incoming,
     Outage,
     Poison,
@@ -85,11 +85,12 @@ def tune_gc() -> None:
 
 @dataclass(frozen=True)
 class Valid:
-    """A message that parsed: its payload model and what a handler knows about it."""
+    """A message that parsed: its payload (the model, or the sink's decoder's value) and what a handler knows
+    about it."""
 
     topic: Topic
     incoming: Incoming
-    payload: BaseModel
+    payload: Any
     raw: Any
 
 
@@ -140,6 +141,8 @@ class Batch:
 
 
 Sink = Callable[[Batch], Awaitable[None]]
+# A sink may also have a method `decoder(topic) -> broker.Decoder | None`: how it wants that topic's valid
+# bodies (a row, say) instead of the payload model; `Valid.payload` is then the decoder's value.
 
 
 @dataclass
@@ -163,6 +166,8 @@ class BatchConsumer:
         self.log = get_logger(self.group_id)
         self.outage = Outage(self.log, f"dependencies of {self.group_id}", self.probe)
         self._by_name = {t.name: t for t in self.topics}
+        decoder = getattr(self.sink, "decoder", None)
+        self._decoders: dict[str, Decoder | None] = {t.name: decoder(t) if decoder else None for t in self.topics}
         self._dedup_as = self.dedup_as or self.group_id
         pause = os.environ.get(PAUSE_ENV)
         self._pause_s = float(pause) if pause else 0.0
@@ -229,7 +234,7 @@ class BatchConsumer:
             tp = (raw.topic, raw.partition)
             batch.last_offsets[tp] = max(batch.last_offsets.get(tp, -1), raw.offset)
             try:
-                key, envelope, payload = parse_valid(raw, topic)
+                key, envelope, payload = parse_valid(raw, topic, self._decoders[raw.topic])
             except Poison as poison:
                 batch.malformed.append(self._malformed(topic, raw, poison))
                 continue
