@@ -190,14 +190,14 @@ class BatchIntake:
         batch appends nothing."""
         fresh: dict[tuple[str, int], int] = {}
         for item in valid:
-            tp = (item.topic.name, item.incoming.partition)
+            tp = (item.topic.name, item.raw.partition)
             fresh[tp] = fresh.get(tp, 0) + 1
         for m in malformed:
             tp = (m.topic.name, m.raw.partition)
             fresh[tp] = fresh.get(tp, 0) + 1
         counts: dict[tuple[str, int], int] = {}
         for item in batch.valid:
-            tp = (item.topic.name, item.incoming.partition)
+            tp = (item.topic.name, item.raw.partition)
             counts[tp] = counts.get(tp, 0) + 1
         for m in batch.malformed:
             tp = (m.topic.name, m.raw.partition)

@@ -43,7 +43,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel, ValidationError
 
-from contracts.envelope import Envelope, EnvelopeError, envelope_from_text, from_kafka_headers
+from contracts.envelope import Envelope, EnvelopeError, check_envelope_text, envelope_from_text, from_kafka_headers
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_REASON_MAX, Topic, all_topics
 from services.runtime import tracing
 from services.runtime.logging import bind_message, forget_message, get_logger
@@ -348,6 +348,14 @@ def parse_valid(raw: Any, topic: Topic, decoder: Decoder | None = None) -> tuple
 
     With a `decoder` the payload is the decoder's value (`from_json` of the body, or `from_model` of what
     `parse` accepted after `from_json` refused) instead of the model."""
+    key, headers, time, payload = parse_checked(raw, topic, decoder)
+    return key, envelope_from_text(headers, time), payload
+
+
+def parse_checked(raw: Any, topic: Topic,
+                  decoder: Decoder | None = None) -> tuple[str | None, dict[str, str], datetime, Any]:
+    """`parse_valid` with the envelope checked but not built: (key, its headers as text, its time, payload);
+    `contracts.envelope.envelope_from_text(headers, time)` is the envelope."""
     try:
         key = None if raw.key is None else raw.key.decode()
         body = raw.value or b""
@@ -357,17 +365,19 @@ def parse_valid(raw: Any, topic: Topic, decoder: Decoder | None = None) -> tuple
             headers[name] = value.decode() if value else ""
             size += len(name) + len(value or b"")
         if size <= topic.max_message_bytes and headers.get("ce_type") == topic.name:
-            envelope = envelope_from_text(headers)
+            time = check_envelope_text(headers)
             if decoder is None:
-                return key, envelope, topic.payload.model_validate_json(body)
+                return key, headers, time, topic.payload.model_validate_json(body)
             try:
-                return key, envelope, decoder.from_json(body)
+                return key, headers, time, decoder.from_json(body)
             except Exception:  # whatever the decoder refuses, `parse` judges
                 pass
     except (UnicodeDecodeError, EnvelopeError, ValidationError, RecursionError):
         pass
     key, envelope, _, payload = parse(raw, topic)
-    return key, envelope, payload if decoder is None else decoder.from_model(payload)
+    # what `parse` accepted: every header is text (the last of a repeated name, as from_kafka_headers reads them)
+    headers = {name: value.decode() if value else "" for name, value in raw.headers or ()}
+    return key, headers, envelope.time, payload if decoder is None else decoder.from_model(payload)
 
 
 async def _tolerant_parser(record: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:
