@@ -134,3 +134,36 @@ CodiceFiscale = Annotated[Code, Field(
     pattern=CODICE_FISCALE, description="Codice fiscale (tax code): 16 upper-case letters and digits; their "
                                         "placement and the check character are checked at load (CF_FORMAT, "
                                         "CF_CHECK_CHAR).", examples=["RSSMRA80A01F839W"])]
+
+
+# --- the same rules without Python ----------------------------------------------------------------
+
+def rust_only(schema: Any) -> Any:
+    """A copy of the pydantic core `schema` in which the Python validators of these types (`IsoDate`,
+    `Money`, `StrictInt`, `SchemaVersion1`) are pydantic-core's own, for JSON input.
+
+    Volume intake validates millions of bodies: each of those validators is a call back into Python per field.
+    What the copy accepts, the original accepts, with the same value; the copy may refuse a little more (a JSON
+    1.0 where an integer is due, which the original takes as 1): a caller gives anything the copy refuses to
+    the original, whose verdict and messages are the contract's. Any other validator is kept as it is.
+    tests/unit/test_contract_types.py holds the two against each other."""
+    if isinstance(schema, list):
+        return [rust_only(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    function = schema.get("function")
+    if schema.get("type") == "function-before" and isinstance(function, dict) and function.get("type") == "no-info":
+        check, inner = function["function"], rust_only(schema["schema"])
+        if check is _parse_date and inner.get("type") == "date":
+            return core_schema.chain_schema([core_schema.str_schema(strict=True, pattern=DATE_PATTERN), inner])
+        money = getattr(check, "__self__", None)
+        if isinstance(money, Money) and getattr(check, "__func__", None) is Money._parse \
+                and inner.get("type") == "decimal" and len(inner) == 1:
+            return core_schema.chain_schema([core_schema.str_schema(strict=True, pattern=money.pattern), inner])
+        if check is _integral and inner.get("type") == "int" and inner.get("strict"):
+            return inner
+        if check is _integral and inner.get("type") == "literal" and all(
+                type(v) is int for v in inner["expected"]):
+            return core_schema.chain_schema([core_schema.int_schema(strict=True), inner])
+        return {**schema, "schema": inner}
+    return {k: v if k in ("cls", "metadata", "function", "serialization") else rust_only(v) for k, v in schema.items()}

@@ -27,12 +27,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+from pydantic import BaseModel
 
-from contracts.sources import SourceModel, SourceRecordRejected, SourcesStored
+from contracts.sources import SourceRecordRejected, SourcesStored
+from contracts.topic import Topic
 from contracts.topics import INTAKE_TOPICS
-from services.loader.intake import KINDS, IntakeResult, content_hash, stage, staging, upsert_sql
+from services.loader.intake import (
+    KINDS,
+    IntakeResult,
+    body_row_maker,
+    content_hash,
+    row_maker,
+    stage_rows,
+    staging,
+    upsert_sql,
+)
 from services.runtime.batch import Batch, BatchConsumer, Malformed
-from services.runtime.broker import is_transient
+from services.runtime.broker import Decoder, is_transient
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.logging import get_logger
 
@@ -41,8 +52,13 @@ log = get_logger("loader.intake")
 # Longer than any id a regional system gives; a longer "source_id" is not used to name a stream.
 SOURCE_ID_MAX = 200
 GROUP = "loader-sources"
-_KIND_OF_MODEL = {spec.model: kind for kind, spec in KINDS.items()}
-_SOURCE_ID = operator.attrgetter("source_id")
+_KIND_OF_MODEL: dict[type[BaseModel], str] = {spec.model: kind for kind, spec in KINDS.items()}
+_SOURCE_ID = {kind: operator.itemgetter(spec.columns.index("source_id")) for kind, spec in KINDS.items()}
+
+
+@functools.cache
+def _decoder(kind: str) -> Decoder:
+    return Decoder(body_row_maker(kind), row_maker(kind))
 
 
 @functools.cache
@@ -93,16 +109,17 @@ def sequence_sql(kind: str) -> str:
         FROM judged"""
 
 
-async def store_sequence(conn: asyncpg.Connection, kind: str, records: Sequence[SourceModel]) -> IntakeResult:
-    """Stores `records` (one kind, in offset order) as if each had come alone: see the module doc.
+async def store_sequence(conn: asyncpg.Connection, kind: str, records: Sequence[tuple[Any, ...]]) -> IntakeResult:
+    """Stores `records` (rows of one kind as `intake.row_maker` makes them, in offset order) as if each had come
+    alone: see the module doc.
 
     Must run inside the caller's transaction (the batch's). The common batch names each source_id once:
     then the plain upsert says the same (new, correction or duplicate, record by record) without the
     window over the sequence."""
     if not records:
         return IntakeResult()
-    once_each = len(set(map(_SOURCE_ID, records))) == len(records)
-    await stage(conn, kind, records, ordered=not once_each)
+    once_each = len(set(map(_SOURCE_ID[kind], records))) == len(records)
+    await stage_rows(conn, kind, records, ordered=not once_each)
     row = await conn.fetchrow(upsert_sql(kind, latest_only=False) if once_each else sequence_sql(kind))
     stored, corrected = int(row["stored"]), int(row["corrected"])
     return IntakeResult(stored=stored, duplicates=len(records) - stored - corrected, corrected=corrected)
@@ -131,14 +148,20 @@ class BatchIntake:
     totals: IntakeResult = field(default_factory=IntakeResult)
     rejected: int = 0
 
+    @staticmethod
+    def decoder(topic: Topic) -> Decoder:
+        """A valid body reaches this sink as its row (`intake.body_row_maker`): no model is built for it."""
+        kind = _KIND_OF_MODEL.get(topic.payload)
+        if kind is None:
+            raise TypeError(f"{topic.name} carries {topic.payload.__name__}, not a source record")
+        return _decoder(kind)
+
     async def __call__(self, batch: Batch) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             valid, malformed = await batch.claim(conn)
-            by_kind: dict[str, list[SourceModel]] = {}
-            for v in valid:  # in poll order: offsets ascending within each partition
-                payload = v.payload
-                assert isinstance(payload, SourceModel)
-                by_kind.setdefault(_KIND_OF_MODEL[type(payload)], []).append(payload)
+            by_kind: dict[str, list[tuple[Any, ...]]] = {}
+            for v in valid:  # in poll order: offsets ascending within each partition; the payload is the row
+                by_kind.setdefault(_KIND_OF_MODEL[v.topic.payload], []).append(v.payload)
             total = IntakeResult()
             for kind, records in by_kind.items():
                 total += await store_sequence(conn, kind, records)
@@ -167,14 +190,14 @@ class BatchIntake:
         batch appends nothing."""
         fresh: dict[tuple[str, int], int] = {}
         for item in valid:
-            tp = (item.topic.name, item.incoming.partition)
+            tp = (item.topic.name, item.raw.partition)
             fresh[tp] = fresh.get(tp, 0) + 1
         for m in malformed:
             tp = (m.topic.name, m.raw.partition)
             fresh[tp] = fresh.get(tp, 0) + 1
         counts: dict[tuple[str, int], int] = {}
         for item in batch.valid:
-            tp = (item.topic.name, item.incoming.partition)
+            tp = (item.topic.name, item.raw.partition)
             counts[tp] = counts.get(tp, 0) + 1
         for m in batch.malformed:
             tp = (m.topic.name, m.raw.partition)

@@ -2,7 +2,7 @@
 
 For volume (source intake: millions of records a month) one transaction per message is the cost to
 avoid. `consume_batches` polls with aiokafka `getmany` (no auto-commit), parses every record with the
-same verdict as the `broker.parse` a single-message consumer uses (`broker.parse_valid`: the
+same verdict as the `broker.parse` a single-message consumer uses (`broker.parse_checked`: the
 same checks and contract, the body validated from its bytes), and hands the batch to a sink that stores it in
 ONE transaction; the offsets are committed only after that transaction, so a process killed between
 the two gets the batch again, and the sink's dedup (`Batch.claim`, the ce_ids in processed_message in
@@ -34,16 +34,18 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
-from pydantic import BaseModel
 
+from contracts.envelope import envelope_from_text
 from contracts.topics import Topic
 from services.runtime.broker import (
     LOG_REASON_MAX,
+    Decoder,
     Incoming,
     Outage,
     Poison,
@@ -52,7 +54,7 @@ from services.runtime.broker import (
     bounded,
     dead_letter_headers,
     dead_letter_producer,
-    parse_valid,
+    parse_checked,
     wait_out,
 )
 from services.runtime.logging import get_logger
@@ -83,14 +85,26 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-@dataclass(frozen=True)
-class Valid:
-    """A message that parsed: its payload model and what a handler knows about it."""
+class Valid(NamedTuple):
+    """A message that parsed: its payload (the model, or the sink's decoder's value) and what a handler knows
+    about it (`incoming`). A tuple with the envelope checked but built only when asked for: a batch holds
+    thousands, and a sink mostly reads `message_id`."""
 
     topic: Topic
-    incoming: Incoming
-    payload: BaseModel
     raw: Any
+    key: str | None
+    headers: dict[str, str]  # the envelope's headers as text, checked (broker.parse_checked)
+    time: datetime  # the envelope's time
+    payload: Any
+
+    @property
+    def message_id(self) -> str:
+        return self.headers["ce_id"]
+
+    @property
+    def incoming(self) -> Incoming:
+        return Incoming(envelope_from_text(self.headers, self.time), self.key, self.topic.name, self.raw.partition,
+                        self.raw.offset)
 
 
 @dataclass(frozen=True)
@@ -126,20 +140,22 @@ class Batch:
         transaction) and returns those seen for the first time: the others are redeliveries."""
         if not conn.is_in_transaction():
             raise RuntimeError("Batch.claim must run inside the transaction that holds the batch's effects")
-        keys = [v.incoming.message_id for v in self.valid] + [m.key for m in self.malformed]
+        keys = [v.message_id for v in self.valid] + [m.key for m in self.malformed]
         fresh = {r["message_id"] for r in await conn.fetch(
             "INSERT INTO processed_message (consumer, message_id, processed_at) "
             "SELECT $1, k, now() FROM unnest($2::text[]) AS k "  # a key twice: DO NOTHING skips the second
             "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id", self.consumer, keys)}
         valid: list[Valid] = []
         for v in self.valid:  # the same ce_id twice in one batch: the first is the message, the rest copies
-            if v.incoming.message_id in fresh:
-                fresh.discard(v.incoming.message_id)
+            if v.message_id in fresh:
+                fresh.discard(v.message_id)
                 valid.append(v)
         return valid, [m for m in self.malformed if m.key in fresh]
 
 
 Sink = Callable[[Batch], Awaitable[None]]
+# A sink may also have a method `decoder(topic) -> broker.Decoder | None`: how it wants that topic's valid
+# bodies (a row, say) instead of the payload model; `Valid.payload` is then the decoder's value.
 
 
 @dataclass
@@ -163,6 +179,8 @@ class BatchConsumer:
         self.log = get_logger(self.group_id)
         self.outage = Outage(self.log, f"dependencies of {self.group_id}", self.probe)
         self._by_name = {t.name: t for t in self.topics}
+        decoder = getattr(self.sink, "decoder", None)
+        self._decoders: dict[str, Decoder | None] = {t.name: decoder(t) if decoder else None for t in self.topics}
         self._dedup_as = self.dedup_as or self.group_id
         pause = os.environ.get(PAUSE_ENV)
         self._pause_s = float(pause) if pause else 0.0
@@ -229,7 +247,7 @@ class BatchConsumer:
             tp = (raw.topic, raw.partition)
             batch.last_offsets[tp] = max(batch.last_offsets.get(tp, -1), raw.offset)
             try:
-                key, envelope, payload = parse_valid(raw, topic)
+                key, headers, time, payload = parse_checked(raw, topic, self._decoders[raw.topic])
             except Poison as poison:
                 batch.malformed.append(self._malformed(topic, raw, poison))
                 continue
@@ -237,8 +255,7 @@ class BatchConsumer:
                 unreadable = Poison(f"unreadable message: {type(exc).__name__}: {bounded(str(exc), 300)}")
                 batch.malformed.append(self._malformed(topic, raw, unreadable))
                 continue
-            incoming = Incoming(envelope, key, topic.name, raw.partition, raw.offset)
-            batch.valid.append(Valid(topic, incoming, payload, raw))
+            batch.valid.append(Valid(topic, raw, key, headers, time, payload))
         return batch
 
     def _malformed(self, topic: Topic, raw: Any, poison: Poison) -> Malformed:

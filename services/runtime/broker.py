@@ -43,7 +43,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from pydantic import BaseModel, ValidationError
 
-from contracts.envelope import Envelope, EnvelopeError, envelope_from_text, from_kafka_headers
+from contracts.envelope import Envelope, EnvelopeError, check_envelope_text, envelope_from_text, from_kafka_headers
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_REASON_MAX, Topic, all_topics
 from services.runtime import tracing
 from services.runtime.logging import bind_message, forget_message, get_logger
@@ -323,7 +323,20 @@ def parse(raw: Any, topic: Topic) -> tuple[str | None, Envelope, Any, BaseModel]
     return key, envelope, data, payload
 
 
-def parse_valid(raw: Any, topic: Topic) -> tuple[str | None, Envelope, BaseModel]:
+@dataclass(frozen=True)
+class Decoder:
+    """What a volume consumer wants of a topic's valid bodies instead of the payload model.
+
+    `from_json(body)` validates the body's bytes against the topic's contract and returns the value (a
+    row, say) without building the model; it raises (ValidationError, ValueError) on anything it does not
+    accept, and must never accept what the contract refuses. `from_model(payload)` makes the same value
+    from the contract model, for a message `from_json` refused and `parse` accepted."""
+
+    from_json: Callable[[bytes], Any]
+    from_model: Callable[[Any], Any]
+
+
+def parse_valid(raw: Any, topic: Topic, decoder: Decoder | None = None) -> tuple[str | None, Envelope, Any]:
     """(key, envelope, payload) of a raw Kafka record: `parse`'s verdict, cheaper for the common case.
 
     Volume intake (services.runtime.batch) parses millions of messages: here the headers are decoded in
@@ -331,7 +344,18 @@ def parse_valid(raw: Any, topic: Topic) -> tuple[str | None, Envelope, BaseModel
     the JSON in Rust), with the same contract model and the same validators. Anything this path does
     not accept at once (bytes that are not UTF-8, a header missing, an invalid body, a body over the
     limit) is handed to `parse`, which gives the verdict and its reason: this path never accepts what
-    `parse` would refuse, it only skips `parse`'s work for the messages both accept."""
+    `parse` would refuse, it only skips `parse`'s work for the messages both accept.
+
+    With a `decoder` the payload is the decoder's value (`from_json` of the body, or `from_model` of what
+    `parse` accepted after `from_json` refused) instead of the model."""
+    key, headers, time, payload = parse_checked(raw, topic, decoder)
+    return key, envelope_from_text(headers, time), payload
+
+
+def parse_checked(raw: Any, topic: Topic,
+                  decoder: Decoder | None = None) -> tuple[str | None, dict[str, str], datetime, Any]:
+    """`parse_valid` with the envelope checked but not built: (key, its headers as text, its time, payload);
+    `contracts.envelope.envelope_from_text(headers, time)` is the envelope."""
     try:
         key = None if raw.key is None else raw.key.decode()
         body = raw.value or b""
@@ -341,11 +365,19 @@ def parse_valid(raw: Any, topic: Topic) -> tuple[str | None, Envelope, BaseModel
             headers[name] = value.decode() if value else ""
             size += len(name) + len(value or b"")
         if size <= topic.max_message_bytes and headers.get("ce_type") == topic.name:
-            return key, envelope_from_text(headers), topic.payload.model_validate_json(body)
+            time = check_envelope_text(headers)
+            if decoder is None:
+                return key, headers, time, topic.payload.model_validate_json(body)
+            try:
+                return key, headers, time, decoder.from_json(body)
+            except Exception:  # whatever the decoder refuses, `parse` judges
+                pass
     except (UnicodeDecodeError, EnvelopeError, ValidationError, RecursionError):
         pass
     key, envelope, _, payload = parse(raw, topic)
-    return key, envelope, payload
+    # what `parse` accepted: every header is text (the last of a repeated name, as from_kafka_headers reads them)
+    headers = {name: value.decode() if value else "" for name, value in raw.headers or ()}
+    return key, headers, envelope.time, payload if decoder is None else decoder.from_model(payload)
 
 
 async def _tolerant_parser(record: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:

@@ -28,7 +28,7 @@ from contracts.envelope import Envelope
 from contracts.sources import DeliveredService
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, Topic
 from services.loader.batch_intake import BatchIntake, sequence_sql, store_sequence
-from services.loader.intake import stage, store_services
+from services.loader.intake import row_maker, stage, store_services
 from services.runtime.batch import PAUSE_ENV, BatchConsumer
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
@@ -207,7 +207,8 @@ async def test_a_batch_naming_each_record_once_takes_the_plain_upsert_with_the_s
             tx = conn.transaction()
             await tx.start()
             if statement is None:
-                result = await store_sequence(conn, "delivered-service", once)
+                staged = list(map(row_maker("delivered-service"), once))
+                result = await store_sequence(conn, "delivered-service", staged)
                 counts = (result.stored, result.corrected, result.duplicates)
             else:
                 await stage(conn, "delivered-service", once)

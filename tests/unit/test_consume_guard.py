@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import asyncpg
 import pytest
@@ -12,7 +14,8 @@ from pydantic import BaseModel
 
 from contracts.envelope import Envelope
 from contracts.topics import DLQ_REASON_MAX, Topic
-from services.runtime.broker import Poison, bounded, is_transient, parse, parse_valid
+from services.runtime.batch import BatchConsumer
+from services.runtime.broker import Incoming, Poison, bounded, is_transient, parse, parse_valid
 
 
 class Item(BaseModel):
@@ -107,3 +110,27 @@ def test_the_batch_parser_gives_parses_verdict_for_every_malformation_and_the_sa
     for raw in accepted:
         key, envelope, _, payload = parse(raw, TOPIC)
         assert parse_valid(raw, TOPIC) == (key, envelope, payload)
+
+
+def test_the_batch_parser_checks_each_envelope_and_builds_the_one_parse_builds_on_demand() -> None:
+    """`BatchConsumer._parse` checks every envelope as `parse` does (a bad one is Malformed with `parse`'s reason)
+    but builds it only when a sink asks `Valid.incoming`: then it is the envelope `parse` gives."""
+    good = b'{"source_id": "a", "words": 2}'
+    headers = Envelope.new("test.items", "/t", subject="a", trace="x").to_headers()
+    bad_time = [(k, b"yesterday" if k == "ce_time" else v) for k, v in headers]
+    no_id = [(k, v) for k, v in headers if k != "ce_id"]
+    records = [record(good, headers=headers), record(good, headers=bad_time), record(good, headers=no_id),
+               record(b'{"source_id": "b", "words": 3}', headers=[(k, v) for k, v in headers if k != "ce_time"])]
+    batch = asyncio.run(BatchConsumer([], [TOPIC], "g", _no_sink, None)._parse(records))  # type: ignore[arg-type]
+    assert [m.reason for m in batch.malformed] == [poison_reason(records[1]), poison_reason(records[2])]
+    assert len(batch.valid) == 2
+    for valid, raw in zip(batch.valid, (records[0], records[3]), strict=True):
+        key, envelope, _, payload = parse(raw, TOPIC)
+        assert valid.payload == payload and valid.message_id == envelope.id
+        if raw is records[0]:  # with a ce_time: the very envelope (without one, parse stamps its own "now")
+            assert valid.incoming == Incoming(envelope, key, TOPIC.name, raw.partition, raw.offset)
+        assert valid.incoming == valid.incoming, "built again, the same envelope"
+
+
+async def _no_sink(batch: Any) -> None:
+    raise AssertionError("not stored here")
