@@ -141,15 +141,28 @@ STATE_VALUES = tuple(STATE_LABELS)
 STATE_LABEL_VALUES = tuple(STATE_LABELS.values())
 
 
-def _asset_urls(request: Request) -> dict[str, Any]:
-    """Every template's `asset(path)` (a file's URL under /static, fingerprinted), `vendor_dir` (Bootstrap Italia's
-    directory under /static) and `vendor` (that directory's URL, fingerprinted: its bundle builds the URLs of its
-    fonts below it, from console.js's data-vendor): services/console/assets.py."""
-    urls: dict[str, Any] = request.app.state.asset_urls
-    return urls
+@dataclass(frozen=True)
+class PageAssets:
+    """Every page's `assets` (services/console/assets.py): the URLs of what base.html links, fingerprinted and
+    resolved once at start-up (a call per link and render was a third of the list page's template time), `vendor`
+    (Bootstrap Italia's directory URL, fingerprinted: its bundle builds the URLs of its fonts below it, from
+    console.js's data-vendor), and `url(path)` for any other file under /static."""
+
+    url: Callable[[str], str]
+    vendor: str
+    bootstrap_css: str
+    bootstrap_js: str
+    console_css: str
+    console_js: str
+
+    @classmethod
+    def of(cls, assets: StaticAssets) -> PageAssets:
+        return cls(assets.url, assets.directory_url(VENDOR), assets.url(f"{VENDOR}/css/bootstrap-italia.min.css"),
+                   assets.url(f"{VENDOR}/js/bootstrap-italia.bundle.min.js"), assets.url("console.css"),
+                   assets.url("console.js"))
 
 
-templates = Jinja2Templates(directory=str(HERE / "templates"), context_processors=[_asset_urls])
+templates = Jinja2Templates(directory=str(HERE / "templates"))
 # The templates ship with the code: never re-stat them on every render (FLOWS_CONSOLE_TEMPLATES_RELOAD=1
 # for template work).
 templates.env.auto_reload = os.environ.get("FLOWS_CONSOLE_TEMPLATES_RELOAD") == "1"
@@ -395,11 +408,16 @@ def _nav(principal: auth.Principal) -> list[tuple[str, str]]:
 
 
 def page(ctx: Ctx | None, name: str, title: str, status: int = 200, **values: Any) -> HTMLResponse:
+    """A page of the console: the template `name` (extending base.html) rendered for the signed-in `ctx` (None: the
+    signed-out header; then `request` is among the values). Rendered here rather than through Starlette's
+    TemplateResponse: no template needs the request, and its context processors and debug hook are per-page
+    Python the list page pays for (bench/console.py)."""
     principal = ctx.principal if ctx else None
     request = ctx.request if ctx else values.pop("request")
-    return templates.TemplateResponse(request, name, {
-        "title": title, "principal": principal, "nav": _nav(principal) if principal else [],
-        "active": values.pop("active", None), **values}, status_code=status)
+    body = templates.get_template(name).render(
+        title=title, principal=principal, nav=_nav(principal) if principal else [], active=values.pop("active", None),
+        assets=request.app.state.assets, **values)
+    return HTMLResponse(body, status_code=status)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -427,7 +445,7 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
     app = ConsoleApp(title="Console dei flussi sanitari", version="1", lifespan=lifespan, docs_url=None,
                   redoc_url=None, openapi_url="/openapi.json")
     assets = StaticAssets(static_dir, "/static")
-    app.state.asset_urls = {"asset": assets.url, "vendor_dir": VENDOR, "vendor": assets.directory_url(VENDOR)}
+    app.state.assets = PageAssets.of(assets)
     app.mount("/static", FingerprintedStaticFiles(assets), name="static")
     app.include_router(pages)
     app.include_router(api)
