@@ -13,7 +13,13 @@
    changes): from the moment the event is acknowledged by Kafka to the moment the page's live
    stream announced it AND the page fetched the fresh fragment (what console.js does).
 
-    uv run python bench/console.py [--instances 100000] [--changes 50]
+    uv run python bench/console.py [--instances 100000] [--changes 50] [--against DIR]
+
+`--against DIR` also starts the console of another checkout (DIR holds its `services` and `contracts`, e.g.
+`git archive main services contracts | tar -x -C DIR`) and fetches each page from both consoles in turn, their
+order swapped every other pass, after the raw query: the two pages' figures come from the same seconds of the
+machine, which one run's p95 of a shared machine does not give from run to run. The raw query and the ratio
+printed first stay this checkout's.
 
 Runs on a fresh database of the stack's PostgreSQL (DATABASE_URL, or FLOWS_PG_PORT), dropped at
 the end; Kafka at FLOWS_KAFKA_BOOTSTRAP (or 127.0.0.1:FLOWS_KAFKA_PORT_BASE). The instance rows are
@@ -143,33 +149,55 @@ class PageClient(asyncio.Protocol):
             self.transport.close()
 
 
-async def list_pages(pool: asyncpg.Pool, url: str, rounds: int) -> tuple[list[float], list[float]]:
-    console_ms: list[float] = []
+async def list_pages(pool: asyncpg.Pool, urls: list[str], rounds: int) -> tuple[list[list[float]], list[float]]:
+    """The pages of each console of `urls` (their times, in the order of `urls`) and the raw query's times."""
+    consoles_ms: list[list[float]] = [[] for _ in urls]
     raw_ms: list[float] = []
     for user in ("op.bench", "ops.bench"):
         principal = auth.Principal(user, "operator" if user == "op.bench" else "ops", frozenset({"201", "202"}))
-        async with httpx.AsyncClient(follow_redirects=False, timeout=30) as client:
-            await login(client, url, user)
-            cookie = f"flows_session={client.cookies.get('flows_session')}"
-        session = await PageClient.open(url, cookie)
+        sessions = []
+        for url in urls:
+            async with httpx.AsyncClient(follow_redirects=False, timeout=30) as client:
+                await login(client, url, user)
+                sessions.append(await PageClient.open(url, f"flows_session={client.cookies.get('flows_session')}"))
         try:
             for state in (None, "Checked"):
-                for _ in range(rounds):
+                for n in range(rounds):
                     before = None
+                    order = list(range(len(urls)))[::-1 if n % 2 else 1]
                     for _page in range(20):
                         q = Search(stato=state, prima=before)
                         t0 = time.perf_counter()
                         rows = await list_page_rows(pool, principal, q)
                         raw_ms.append((time.perf_counter() - t0) * 1000)
                         params = {k: str(v) for k, v in (("stato", state), ("prima", before)) if v is not None}
-                        t0 = time.perf_counter()
-                        status, html = await session.get("/istanze", params)
-                        console_ms.append((time.perf_counter() - t0) * 1000)
-                        assert status == 200 and f'href="/istanze/{rows[0]["instance"]}"' in html
+                        for i in order:
+                            t0 = time.perf_counter()
+                            status, html = await sessions[i].get("/istanze", params)
+                            consoles_ms[i].append((time.perf_counter() - t0) * 1000)
+                            assert status == 200 and f'href="/istanze/{rows[0]["instance"]}"' in html
                         before = rows[PAGE_SIZE - 1]["instance"]
         finally:
-            session.close()
-    return console_ms, raw_ms
+            for session in sessions:
+                session.close()
+    return consoles_ms, raw_ms
+
+
+async def start_console(env: dict[str, str], port: int, checkout: str | None = None) -> asyncio.subprocess.Process:
+    """The console in its own process, as deployed (client and server do not share an event loop); `checkout`: a
+    folder whose `services` it runs (default: this checkout's), until /readyz answers."""
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.console", env={**env, "FLOWS_CONSOLE_PORT": str(port)},
+        stdout=asyncio.subprocess.DEVNULL, cwd=checkout)
+    url = f"http://127.0.0.1:{port}"
+    async with asyncio.timeout(60), httpx.AsyncClient() as ready:
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (await ready.get(url + "/readyz")).status_code == 200:
+                    return server
+            if server.returncode is not None:
+                raise RuntimeError(f"the console of {checkout or 'this checkout'} exited ({server.returncode})")
+            await asyncio.sleep(0.2)
 
 
 async def live_changes(pool: asyncpg.Pool, url: str, changes: int) -> list[float]:
@@ -198,9 +226,10 @@ async def live_changes(pool: asyncpg.Pool, url: str, changes: int) -> list[float
     return latencies
 
 
-async def main(instances: int, changes: int, rounds: int) -> None:
+async def main(instances: int, changes: int, rounds: int, against: str | None) -> None:
     url_db = await create_database(PG, "bench_console", migrated=False)  # prepare_database migrates
     pool = await create_pool(url_db, min_size=1, max_size=4)
+    servers: list[asyncio.subprocess.Process] = []
     try:
         await prepare_database(pool, FLOW_PROJECTIONS)
         t0 = time.perf_counter()
@@ -208,42 +237,39 @@ async def main(instances: int, changes: int, rounds: int) -> None:
         print(f"{instances:,} instances written in {time.perf_counter() - t0:.1f} s")
         await auth.add_user(pool, "op.bench", "operator", ["201", "202"], None, PASSWORD)
         await auth.add_user(pool, "ops.bench", "ops", [], None, PASSWORD)
-        port = free_port()
-        # The console in its own process, as deployed: client and server do not share an event loop.
-        env = {**os.environ, "DATABASE_URL": url_db, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_CONSOLE_PORT": str(port),
+        env = {**os.environ, "DATABASE_URL": url_db, "FLOWS_KAFKA_BOOTSTRAP": KAFKA,
                "FLOWS_CONSOLE_SECURE_COOKIES": "false", "FLOWS_FILES_DIR": tempfile.mkdtemp(),
                "FLOWS_LOG_LEVEL": "WARNING"}
-        server = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.console", env=env,
-                                                      stdout=asyncio.subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            async with asyncio.timeout(60), httpx.AsyncClient() as ready:
-                while True:
-                    with contextlib.suppress(httpx.TransportError):
-                        if (await ready.get(url + "/readyz")).status_code == 200:
-                            break
-                    await asyncio.sleep(0.2)
-            probe = await PageClient.open(url)
-            floor = []
-            for _ in range(200):
-                t0 = time.perf_counter()
-                status, _ = await probe.get("/healthz")
-                floor.append((time.perf_counter() - t0) * 1000)
-                assert status == 200
-            probe.close()
-            print(f"HTTP floor (GET /healthz, no database): p95 {p95(floor):.1f} ms")
-            console_ms, raw_ms = await list_pages(pool, url, rounds)
-            ratio = p95(console_ms) / p95(raw_ms)
-            print(f"instance list, {len(console_ms)} pages of {PAGE_SIZE}: console p95 {p95(console_ms):.1f} ms, "
-                  f"raw SQL p95 {p95(raw_ms):.1f} ms, ratio {ratio:.2f} (target <= 2); p50 console "
-                  f"{statistics.median(console_ms):.2f} ms, raw {statistics.median(raw_ms):.2f} ms")
-            live = await live_changes(pool, url, changes)
-            print(f"live state change, {len(live)} changes: p95 {p95(live):.0f} ms, max {max(live):.0f} ms "
-                  f"(target p95 <= 1000 ms)")
-        finally:
+        urls = []
+        for checkout in (None, against) if against else (None,):
+            port = free_port()  # after the previous console took its own
+            servers.append(await start_console(env, port, checkout))
+            urls.append(f"http://127.0.0.1:{port}")
+        url = urls[0]
+        probe = await PageClient.open(url)
+        floor = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            status, _ = await probe.get("/healthz")
+            floor.append((time.perf_counter() - t0) * 1000)
+            assert status == 200
+        probe.close()
+        print(f"HTTP floor (GET /healthz, no database): p95 {p95(floor):.1f} ms")
+        (console_ms, *other_ms), raw_ms = await list_pages(pool, urls, rounds)
+        ratio = p95(console_ms) / p95(raw_ms)
+        print(f"instance list, {len(console_ms)} pages of {PAGE_SIZE}: console p95 {p95(console_ms):.1f} ms, "
+              f"raw SQL p95 {p95(raw_ms):.1f} ms, ratio {ratio:.2f} (target <= 2); p50 console "
+              f"{statistics.median(console_ms):.2f} ms, raw {statistics.median(raw_ms):.2f} ms")
+        for other in other_ms:
+            print(f"  the console of {against}, the same pages in turn: p95 {p95(other):.1f} ms, ratio "
+                  f"{p95(other) / p95(raw_ms):.2f}; p50 {statistics.median(other):.2f} ms")
+        live = await live_changes(pool, url, changes)
+        print(f"live state change, {len(live)} changes: p95 {p95(live):.0f} ms, max {max(live):.0f} ms "
+              f"(target p95 <= 1000 ms)")
+    finally:
+        for server in servers:
             server.terminate()
             await server.wait()
-    finally:
         await pool.close()
         await drop_database(PG, url_db)
 
@@ -254,5 +280,7 @@ if __name__ == "__main__":
     parser.add_argument("--changes", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=5,
                         help="passes over the 20 pages of each user and filter (5: 400 pages)")
+    parser.add_argument("--against", metavar="DIR",
+                        help="also the console of the checkout in DIR, page by page in turn with this one")
     args = parser.parse_args()
-    asyncio.run(main(args.instances, args.changes, args.rounds))
+    asyncio.run(main(args.instances, args.changes, args.rounds, args.against))
