@@ -82,6 +82,25 @@ def users_disable(name: str) -> None:
     console.print(f"user {name} disabled; its sessions are closed")
 
 
+@users_app.command("enable")
+@user_errors
+def users_enable(name: str) -> None:
+    """Make a disabled user active again (it logs in with its own password)."""
+    _with_users(lambda pool: auth.enable_user(pool, name))
+    console.print(f"user {name} enabled")
+
+
+@users_app.command("password")
+@user_errors
+def users_password(name: str,
+                   password_stdin: Annotated[bool, typer.Option(help="read the password from standard input")] = False,
+                   ) -> None:
+    """Set a new password for a user (asked, or read from stdin; stored as an argon2id hash); its sessions end."""
+    password = _password(name, password_stdin)
+    _with_users(lambda pool: auth.set_password(pool, name, password))
+    console.print(f"user {name}: new password set; its sessions are closed")
+
+
 @users_app.command("api-key")
 @user_errors
 def users_api_key(label: str,

@@ -1418,11 +1418,12 @@ USER_FIELDS = ("name", "role", "enti", "structure", "password")
 
 
 async def _users_page(ctx: Ctx, status: int = 200, form: dict[str, str] | None = None,
-                      errors: dict[str, str] | None = None, message: str | None = None) -> Response:
+                      errors: dict[str, str] | None = None, message: str | None = None,
+                      reset: dict[str, str] | None = None, reset_errors: dict[str, str] | None = None) -> Response:
     users = await auth.list_users(_console(ctx.request).pool)
     return page(ctx, "users.html", "Utenti della console", status=status, active="/utenti", users=users,
                 roles=auth.ROLES, form=form or {"name": "", "role": "operator", "enti": "", "structure": ""},
-                errors=errors or {}, message=message)
+                errors=errors or {}, message=message, reset=reset or {"name": ""}, reset_errors=reset_errors or {})
 
 
 @route(pages, "GET", "/utenti", MANAGE_USERS, "page")
@@ -1456,6 +1457,30 @@ async def user_disable(ctx: Ctx, user: str) -> Response:
     except auth.UserInputError:
         raise HTTPException(404) from None
     return await _users_page(ctx, message=f"Utente {user} disattivato; le sue sessioni sono chiuse.")
+
+
+@route(pages, "POST", "/utenti/{user}/riattiva", MANAGE_USERS, "action")
+async def user_enable(ctx: Ctx, user: str) -> Response:
+    """A disabled user active again (auth.enable_user, as `flows users enable`): it logs in with its own password."""
+    try:
+        await auth.enable_user(_console(ctx.request).pool, user)
+    except auth.UserInputError:
+        raise HTTPException(404) from None
+    return await _users_page(ctx, message=f"Utente {user} riattivato.")
+
+
+@route(pages, "POST", "/utenti/password", MANAGE_USERS, "action")
+async def user_password(ctx: Ctx) -> Response:
+    """A new password the administrator gives a user (auth.set_password, as `flows users password`): stored as an
+    argon2id hash, never shown back nor logged; the user's open sessions are closed. The user is a field of the
+    form (a select of the users): no script needed."""
+    raw = await ctx.request.form()
+    user, password = str(raw.get("name") or "").strip(), str(raw.get("password") or "")
+    try:
+        await auth.set_password(_console(ctx.request).pool, user, password)
+    except auth.UserInputError as exc:
+        return await _users_page(ctx, 422, reset={"name": user}, reset_errors={exc.field: exc.italian})
+    return await _users_page(ctx, message=f"Nuova password impostata per {user}; le sue sessioni sono chiuse.")
 
 
 # ---------------------------------------------------------------- JSON API

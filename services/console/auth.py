@@ -84,6 +84,10 @@ def check_user(name: str, role: str, enti: list[str], structure: str | None, pas
     if role != "structure" and structure:
         raise UserInputError(f"user {name}: --structure is for role structure only, not for role {role}",
                              "structure", "La struttura si indica solo per il ruolo struttura.")
+    check_password(name, password)
+
+
+def check_password(name: str, password: str) -> None:
     if len(password) < 12:
         raise UserInputError(f"user {name}: the password must have at least 12 characters", "password",
                              "La password ha almeno 12 caratteri.")
@@ -111,6 +115,27 @@ async def set_demo_user(pool: asyncpg.Pool, name: str, ente: str, password: str)
 async def disable_user(pool: asyncpg.Pool, name: str) -> None:
     async with pool.acquire() as conn, conn.transaction():
         done = await conn.execute("UPDATE console_user SET disabled = true WHERE name = $1", name)
+        if done == "UPDATE 0":
+            raise UserInputError(f"there is no user {name!r}; `flows users list` lists them", "name",
+                                 f"Non esiste l'utente {name!r}.")
+        await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
+
+
+async def enable_user(pool: asyncpg.Pool, name: str) -> None:
+    """A disabled user active again (disabled by mistake, back from leave): it logs in with its own password."""
+    done = await pool.execute("UPDATE console_user SET disabled = false WHERE name = $1", name)
+    if done == "UPDATE 0":
+        raise UserInputError(f"there is no user {name!r}; `flows users list` lists them", "name",
+                             f"Non esiste l'utente {name!r}.")
+
+
+async def set_password(pool: asyncpg.Pool, name: str, password: str) -> None:
+    """A new password for `name` (forgotten, or maybe known to someone else), stored as an argon2id hash; the
+    user's open sessions are closed at once, as with a disable, so a session opened with the old one ends too."""
+    check_password(name, password)
+    async with pool.acquire() as conn, conn.transaction():
+        done = await conn.execute("UPDATE console_user SET password_hash = $2 WHERE name = $1", name,
+                                  hash_password(password))
         if done == "UPDATE 0":
             raise UserInputError(f"there is no user {name!r}; `flows users list` lists them", "name",
                                  f"Non esiste l'utente {name!r}.")

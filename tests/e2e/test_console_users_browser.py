@@ -1,6 +1,7 @@
 """The admin's users page in real Chromium: the admin lands on it, adds an operator of two enti (listed
 at once, and by `flows users list`: the same table, the same code), sees a refused user's error next to
-its field, and disables a user whose open session then ends. axe-core on the pages."""
+its field, disables a user whose open session then ends, enables it again, and gives it a new password (its
+session ends again, the old password no longer opens one). axe-core on the pages."""
 
 from __future__ import annotations
 
@@ -67,6 +68,40 @@ async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_pat
             assert (await page.locator("tr[data-utente='op.bianchi'] td").all_inner_texts())[4] == "disattivato"
             await operator.goto(console.url + "/istanze")
             assert "/login" in operator.url
+
+            # Disabled by mistake: enabled again, it logs in with its own password.
+            async with page.expect_navigation():
+                await page.click("tr[data-utente='op.bianchi'] button")  # now "Riattiva"
+            assert "Utente op.bianchi riattivato" in await page.inner_text("#esito")
+            assert (await page.locator("tr[data-utente='op.bianchi'] td").all_inner_texts())[4] == "attivo"
+            await _log_in(operator, console.url, "op.bianchi")
+            assert operator.url.endswith("/istanze")
+
+            # A forgotten password: the admin sets a new one. Too short first: refused next to the field.
+            await page.select_option("#r-name", "op.bianchi")
+            await page.fill("#r-password", "corta")
+            async with page.expect_navigation():
+                await page.click("#reimposta-password button[type=submit]")
+            assert await page.inner_text("#err-r-password") == "La password ha almeno 12 caratteri."
+            assert await page.input_value("#r-name") == "op.bianchi" and await page.input_value("#r-password") == ""
+            await _axe_clean(page, Axe(), "42-utenti-password-errore")
+            new_password = "una nuova password 2026"
+            await page.fill("#r-password", new_password)
+            async with page.expect_navigation():
+                await page.click("#reimposta-password button[type=submit]")
+            assert "Nuova password impostata per op.bianchi" in await page.inner_text("#esito")
+            await operator.goto(console.url + "/istanze")
+            assert "/login" in operator.url  # its session ended with the old password
+            async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+                form = await client.get(console.url + "/login")
+                old = await client.post(console.url + "/login", data={
+                    "utente": "op.bianchi", "password": PASSWORD, "csrf": csrf_of(form.text)})
+                assert old.status_code == 401
+                new = await client.post(console.url + "/login", data={
+                    "utente": "op.bianchi", "password": new_password, "csrf": csrf_of(form.text)})
+                assert new.status_code == 303
+            stored = await console.pool.fetchval("SELECT password_hash FROM console_user WHERE name = 'op.bianchi'")
+            assert stored.startswith("$argon2id$") and new_password not in stored
 
             # An admin cannot disable itself (no button, and the route refuses it too).
             async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:

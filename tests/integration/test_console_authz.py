@@ -127,6 +127,7 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
     other_request = await console.onboarding_request("ONB-OTHER", "150321", "Centro Vomero")
     letter = await _keyless_dead_letter()
     await add_user(console.pool, VICTIM, "desk", [], None, PASSWORD)
+    victim_hash = await console.pool.fetchval("SELECT password_hash FROM console_user WHERE name = $1", VICTIM)
     for request in (own_request, other_request):
         assert await console.onboarding_document(request, "suap.pdf", b"%PDF-1.4 authz probe") == DOCUMENT
     checked = denied_cross = 0
@@ -174,7 +175,7 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
                         assert status == 422, f"{where}: {status}"  # authorized; a form is no JSON body
                     elif route.rule.scope == "request" and route.method == "POST":
                         assert status == 422, f"{where}: {status}"  # authorized; no file, no verdict given
-                    elif route.path == "/utenti" and route.method == "POST":
+                    elif route.path in ("/utenti", "/utenti/password") and route.method == "POST":
                         assert status == 422, f"{where}: {status}"  # authorized; a user without a name
                     elif "{letter}" in route.path and route.method == "POST":
                         # authorized; a keyless message cannot be redriven, a discard needs its reason
@@ -190,6 +191,9 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
     # Nothing of the other ente was ever acted on: its history is what it was.
     assert await console.pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", other) == \
         "Waiting feedback"
-    # Only the admin's allowed disable took effect.
-    assert await console.pool.fetchval("SELECT disabled FROM console_user WHERE name = $1", VICTIM) is True
-    assert await console.pool.fetchval("SELECT count(*) FROM console_user WHERE disabled") == 1
+    # Only the admin's allowed disable, then re-enable, took effect: the victim is active again, nobody else was
+    # disabled, and no password changed (the password form without a user and a password is refused).
+    assert await console.pool.fetchval("SELECT disabled FROM console_user WHERE name = $1", VICTIM) is False
+    assert await console.pool.fetchval("SELECT count(*) FROM console_user WHERE disabled") == 0
+    assert await console.pool.fetchval("SELECT password_hash FROM console_user WHERE name = $1", VICTIM) == \
+        victim_hash

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from services.cli.main import app
+from services.console import auth
 from services.console.access import record_access
 from services.console.auth import Principal
 from services.runtime.db import create_pool
@@ -54,6 +55,41 @@ def test_users_are_added_listed_and_disabled_and_the_password_is_only_a_hash(cli
 
     stored = asyncio.run(stored_hash())
     assert stored.startswith("$argon2id$") and "una password lunga" not in stored
+
+
+def test_a_user_is_enabled_again_and_given_a_new_password_which_ends_its_sessions(cli_env) -> None:  # type: ignore[no-untyped-def]
+    flows("users", "add", "op.verdi", "--role", "operator", "--ente", "201", "--password-stdin",
+          stdin="la prima password\n")
+
+    async def session_then(work: str) -> tuple[int, str | None, str | None]:
+        """A session of op.verdi opened before `work` runs; then its sessions left, and who the two passwords
+        authenticate."""
+        pool = await create_pool(cli_env, min_size=1, max_size=2)
+        try:
+            await auth.open_session(pool, "op.verdi", 3600)
+            await asyncio.to_thread(flows, *work.split(), stdin="una seconda password\n")
+            left = int(await pool.fetchval("SELECT count(*) FROM console_session WHERE user_name = 'op.verdi'"))
+            first = await auth.authenticate(pool, "op.verdi", "la prima password", "test", max_failures=50,
+                                            window_s=60)
+            second = await auth.authenticate(pool, "op.verdi", "una seconda password", "test", max_failures=50,
+                                             window_s=60)
+            return left, first, second
+        finally:
+            await pool.close()
+
+    flows("users", "disable", "op.verdi")
+    assert "disabled" in flows("users", "list")
+    assert "user op.verdi enabled" in flows("users", "enable", "op.verdi")
+    assert "active" in flows("users", "list") and "disabled" not in flows("users", "list")
+    assert "there is no user 'nessuno'" in flows("users", "enable", "nessuno", code=1)
+    assert "at least 12 characters" in flows("users", "password", "op.verdi", "--password-stdin", stdin="corta\n",
+                                             code=1)
+    assert "there is no user 'nessuno'" in flows("users", "password", "nessuno", "--password-stdin",
+                                                 stdin="una seconda password\n", code=1)
+
+    left, first, second = asyncio.run(session_then("users password op.verdi --password-stdin"))
+    assert left == 0  # the session opened with the old password ended
+    assert first is None and second == "op.verdi"
 
 
 def test_the_access_log_filters_by_user_and_instance(cli_env) -> None:  # type: ignore[no-untyped-def]
