@@ -235,8 +235,8 @@ async def main(instances: int, changes: int, rounds: int, against: str | None) -
         t0 = time.perf_counter()
         await fill(pool, instances)
         print(f"{instances:,} instances written in {time.perf_counter() - t0:.1f} s")
-        await auth.add_user(pool, "op.bench", "operator", ["201", "202"], None, PASSWORD)
-        await auth.add_user(pool, "ops.bench", "ops", [], None, PASSWORD)
+        await auth.add_user(pool, "op.bench", "operator", ["201", "202"], None, PASSWORD, by="bench")
+        await auth.add_user(pool, "ops.bench", "ops", [], None, PASSWORD, by="bench")
         env = {**os.environ, "DATABASE_URL": url_db, "FLOWS_KAFKA_BOOTSTRAP": KAFKA,
                "FLOWS_CONSOLE_SECURE_COOKIES": "false", "FLOWS_FILES_DIR": tempfile.mkdtemp(),
                "FLOWS_LOG_LEVEL": "WARNING"}

@@ -50,7 +50,8 @@ class RunningConsole:
         for role, (name, enti) in ROLE_USERS.items():
             if await self.pool.fetchval("SELECT 1 FROM console_user WHERE name = $1", name):
                 continue  # a session-wide database (the e2e platform's) has them from an earlier test
-            await auth.add_user(self.pool, name, role, enti, STRUCTURE if role == "structure" else None, PASSWORD)
+            await auth.add_user(self.pool, name, role, enti, STRUCTURE if role == "structure" else None, PASSWORD,
+                                    by="test")
 
     async def instance(self, ente: str, state_events: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
                        flow_type: str = "FLUSSO_C") -> int:

@@ -17,7 +17,7 @@ import pydantic
 import typer
 
 from contracts.audit import InclusionProof
-from services.cli.common import UserError, console, database, run, settings, user_errors
+from services.cli.common import UserError, console, database, operator_name, run, settings, user_errors
 from services.runtime import checkpoints as cps
 from services.runtime.read_models import instance_stream
 
@@ -102,7 +102,6 @@ def report(instance: int,
            out: Annotated[Path | None, typer.Option(help="the PDF (default report-N.pdf)")] = None) -> None:
     """An instance's whole history as a PDF: events, actors, files and sha256, feedback, TS protocolli and
     outcomes, the chain verification and the checkpoint proof."""
-    from services.cli.main import _operator
     from services.runtime import audit_report
 
     cfg = settings()
@@ -113,7 +112,7 @@ def report(instance: int,
             return await audit_report.gather(pool, cfg, instance)
 
     data = run(go())
-    audit_report.render(data, target, _operator())
+    audit_report.render(data, target, operator_name())
     verdict = "chain verifies" if not data.chain else f"CHAIN BROKEN ({len(data.chain)} break(s))"
     proof = {None: "no checkpoint covers it yet", True: "checkpoint proof verifies",
              False: "CHECKPOINT PROOF FAILS"}[data.checkpoint_ok]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import getpass
 import os
 import re
 import sys
@@ -32,6 +33,11 @@ T = TypeVar("T")
 
 class UserError(Exception):
     """Something the operator can fix; its message says how."""
+
+
+def operator_name() -> str:
+    """Who runs the command, as the history records them: FLOWS_OPERATOR, or the login name."""
+    return os.environ.get("FLOWS_OPERATOR") or getpass.getuser()
 
 
 def stack_environment(info: StackInfo) -> dict[str, str]:

@@ -8,17 +8,11 @@ from typing import Annotated
 
 import typer
 
-from services.cli.common import UserError, console, database, settings, table, user_errors
+from services.cli.common import UserError, console, database, operator_name, settings, table, user_errors
 from services.runtime import deadletters as dl
 from services.runtime.eventstore import EventStore
 
 dlq_app = typer.Typer(help="Dead letters: list, show, redrive (once), discard.", no_args_is_help=True)
-
-
-def _operator() -> str:
-    from services.cli.main import _operator as operator
-
-    return operator()
 
 
 def _short(text: str, width: int = 90) -> str:
@@ -94,7 +88,7 @@ def redrive(letter_id: Annotated[str | None, typer.Argument(metavar="[ID]")] = N
     if (letter_id is None) == (topic is None):
         raise typer.BadParameter("give a dead letter ID or --topic T --all")
     cfg = settings()
-    by = _operator()
+    by = operator_name()
 
     async def go() -> list[str]:
         if letter_id is not None:
@@ -137,7 +131,7 @@ def discard(letter_id: Annotated[str, typer.Argument(metavar="ID")],
         letter = await dl.fetch(cfg.kafka_bootstrap, letter_id)
         async with database(cfg) as pool:
             await dl.discard(EventStore(pool, source="/flows/cli"), letter.id, letter.original_topic, reason,
-                             _operator())
+                             operator_name())
 
     try:
         asyncio.run(go())

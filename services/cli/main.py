@@ -14,9 +14,7 @@
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated
@@ -27,7 +25,7 @@ from contracts.deadlines import italian_today
 from services.cli import instances as inst
 from services.cli import ops_cli
 from services.cli.audit import audit_app
-from services.cli.common import UserError, console, month_option, run, user_errors
+from services.cli.common import UserError, console, month_option, operator_name, run, user_errors
 from services.cli.dlq_cli import dlq_app
 from services.cli.users import access_log, users_app
 
@@ -48,10 +46,6 @@ app.add_typer(users_app, name="users")
 app.command("access-log")(access_log)
 
 FLOW_TYPES = ["FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730"]
-
-
-def _operator() -> str:
-    return os.environ.get("FLOWS_OPERATOR") or getpass.getuser()
 
 
 # ---------------------------------------------------------------- stack
@@ -149,7 +143,7 @@ def load(flow_type: Annotated[str, typer.Option("--type", help=" | ".join(FLOW_T
     if flow_type not in FLOW_TYPES:
         raise typer.BadParameter(f"{flow_type!r} is not one of {', '.join(FLOW_TYPES)}", param_hint="--type")
     scheduled = at.astimezone() if at else None
-    run(inst.load(flow_type, ente, start.date(), end.date(), version, scheduled, wait, _operator()))
+    run(inst.load(flow_type, ente, start.date(), end.date(), version, scheduled, wait, operator_name()))
 
 
 @app.command()
@@ -173,7 +167,7 @@ def show(instance: int) -> None:
 @user_errors
 def format_(instance: int, wait: Annotated[bool, typer.Option()] = True) -> None:
     """Format a Checked instance into its files."""
-    run(inst.format_instance(instance, wait, _operator()))
+    run(inst.format_instance(instance, wait, operator_name()))
 
 
 @app.command()
@@ -207,7 +201,7 @@ def feedback(instance: int, out: Annotated[Path | None, typer.Option(help="write
 @user_errors
 def delete(instance: int, reason: Annotated[str | None, typer.Option()] = None) -> None:
     """Cancella: mark an instance deleted (its history is kept)."""
-    run(inst.delete(instance, _operator(), reason))
+    run(inst.delete(instance, operator_name(), reason))
 
 
 @app.command("send-730")
@@ -235,7 +229,7 @@ def send_730(instance: int,
     today = italian_today()
     if when < today:
         raise UserError(f"transmission date {when} is in the past: give today ({today}, in Italy) or a later day")
-    run(ts.send_730(instance, cf, user, password, pincode, when, _operator(), wait))
+    run(ts.send_730(instance, cf, user, password, pincode, when, operator_name(), wait))
 
 
 @ts_app.command("rotate-key")

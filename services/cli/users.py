@@ -1,5 +1,5 @@
-"""`flows users add|list|disable|api-key` (the console's local users and machine clients) and
-`flows access-log` (who viewed or downloaded personal data)."""
+"""`flows users add|list|disable|enable|password|history|api-key` (the console's local users, the record of their
+administration, and machine clients) and `flows access-log` (who viewed or downloaded personal data)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Annotated, TypeVar
 import asyncpg
 import typer
 
-from services.cli.common import UserError, console, database, interactive, run, table, user_errors
+from services.cli.common import UserError, console, database, interactive, operator_name, run, table, user_errors
 from services.console import auth
 from services.console.access import read_access_log
 from services.runtime.migrations import migrate
@@ -29,6 +29,11 @@ def _password(name: str, from_stdin: bool) -> str:
     if getpass.getpass("again: ") != first:
         raise UserError("the two passwords differ")
     return first
+
+
+def _by() -> str:
+    """Who administers users from the shell, as the record of user administration names them."""
+    return f"cli:{operator_name()}"
 
 
 def _with_users(work: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
@@ -59,7 +64,8 @@ def users_add(name: str,
         raise UserError(str(exc)) from exc
     password = _password(name, password_stdin)
 
-    _with_users(lambda pool: auth.add_user(pool, name, role, ente or [], structure, password))
+    _with_users(lambda pool: auth.add_user(pool, name, role, ente or [], structure, password,
+                                                   by=_by()))
     console.print(f"user [bold]{name}[/] added ({role}{': enti ' + ', '.join(ente) if ente else ''})")
 
 
@@ -78,7 +84,7 @@ def users_list() -> None:
 @user_errors
 def users_disable(name: str) -> None:
     """Disable a user and end its sessions at once."""
-    _with_users(lambda pool: auth.disable_user(pool, name))
+    _with_users(lambda pool: auth.disable_user(pool, name, by=_by()))
     console.print(f"user {name} disabled; its sessions are closed")
 
 
@@ -86,7 +92,7 @@ def users_disable(name: str) -> None:
 @user_errors
 def users_enable(name: str) -> None:
     """Make a disabled user active again (it logs in with its own password)."""
-    _with_users(lambda pool: auth.enable_user(pool, name))
+    _with_users(lambda pool: auth.enable_user(pool, name, by=_by()))
     console.print(f"user {name} enabled")
 
 
@@ -97,8 +103,25 @@ def users_password(name: str,
                    ) -> None:
     """Set a new password for a user (asked, or read from stdin; stored as an argon2id hash); its sessions end."""
     password = _password(name, password_stdin)
-    _with_users(lambda pool: auth.set_password(pool, name, password))
+    _with_users(lambda pool: auth.set_password(pool, name, password, by=_by()))
     console.print(f"user {name}: new password set; its sessions are closed")
+
+
+@users_app.command("history")
+@user_errors
+def users_history(user: Annotated[str | None, typer.Option(help="only the changes of this user")] = None,
+                  limit: Annotated[int, typer.Option()] = 500) -> None:
+    """Who added, disabled, enabled a user or set its password, and when (the latest first; never a password)."""
+    rows = _with_users(lambda pool: auth.user_history(pool, user, limit))
+    console.print(table("Console user administration", ["when", "change", "user", "by", "details"],
+                        [(r["recorded_at"].strftime("%Y-%m-%d %H:%M:%S"), r["type"].removeprefix("console."),
+                          r["data"]["user"], r["actor"], _details(r["data"])) for r in rows]))
+
+
+def _details(data: dict[str, object]) -> str:
+    """A user's role, enti and structure as recorded at its creation ('' for the other changes)."""
+    values = ((k, data.get(k)) for k in ("role", "enti", "structure"))
+    return "; ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in values if v)
 
 
 @users_app.command("api-key")

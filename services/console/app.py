@@ -1271,9 +1271,16 @@ async def ts_send(ctx: Ctx) -> Response:
 async def access_log_page(ctx: Ctx, utente: str | None = None, istanza: str | None = None) -> Response:
     request = ctx.request
     instance = int(istanza) if istanza and istanza.isdigit() else None
-    rows = await read_access_log(_console(request).pool, utente or None, instance)
+    pool = _console(request).pool
+    rows = await read_access_log(pool, utente or None, instance)
+    # the record of user administration (auth.USERS_STREAM): the changes of the user asked for, or all
+    changes = await auth.user_history(pool, utente or None, limit=200)
     return page(ctx, "access_log.html", "Registro degli accessi", active="/accessi", rows=rows, utente=utente,
-                istanza=istanza)
+                istanza=istanza, changes=changes, change_labels=USER_CHANGE_LABELS)
+
+
+USER_CHANGE_LABELS = {auth.USER_ADDED: "aggiunto", auth.USER_DISABLED: "disattivato",
+                      auth.USER_ENABLED: "riattivato", auth.USER_PASSWORD_SET: "nuova password"}
 
 
 # ---------------------------------------------------------------- Esercizio (ops): dead letters, consumer lag
@@ -1441,7 +1448,7 @@ async def user_add(ctx: Ctx) -> Response:
     enti = [e.upper() for e in form["enti"].replace(",", " ").split()]
     try:
         await auth.add_user(_console(ctx.request).pool, form["name"], form["role"], enti, form["structure"] or None,
-                            password)
+                            password, by=ctx.principal.name)
     except auth.UserInputError as exc:
         return await _users_page(ctx, 422, form, {exc.field: exc.italian})
     return await _users_page(ctx, message=f"Utente {form['name']} aggiunto ({ROLE_LABELS[form['role']]}).")
@@ -1453,7 +1460,7 @@ async def user_disable(ctx: Ctx, user: str) -> Response:
     if user == ctx.principal.name:
         raise HTTPException(409, "Non può disattivare il suo stesso utente: lo chieda a un altro amministratore.")
     try:
-        await auth.disable_user(_console(ctx.request).pool, user)
+        await auth.disable_user(_console(ctx.request).pool, user, by=ctx.principal.name)
     except auth.UserInputError:
         raise HTTPException(404) from None
     return await _users_page(ctx, message=f"Utente {user} disattivato; le sue sessioni sono chiuse.")
@@ -1463,7 +1470,7 @@ async def user_disable(ctx: Ctx, user: str) -> Response:
 async def user_enable(ctx: Ctx, user: str) -> Response:
     """A disabled user active again (auth.enable_user, as `flows users enable`): it logs in with its own password."""
     try:
-        await auth.enable_user(_console(ctx.request).pool, user)
+        await auth.enable_user(_console(ctx.request).pool, user, by=ctx.principal.name)
     except auth.UserInputError:
         raise HTTPException(404) from None
     return await _users_page(ctx, message=f"Utente {user} riattivato.")
@@ -1477,7 +1484,7 @@ async def user_password(ctx: Ctx) -> Response:
     raw = await ctx.request.form()
     user, password = str(raw.get("name") or "").strip(), str(raw.get("password") or "")
     try:
-        await auth.set_password(_console(ctx.request).pool, user, password)
+        await auth.set_password(_console(ctx.request).pool, user, password, by=ctx.principal.name)
     except auth.UserInputError as exc:
         return await _users_page(ctx, 422, reset={"name": user}, reset_errors={exc.field: exc.italian})
     return await _users_page(ctx, message=f"Nuova password impostata per {user}; le sue sessioni sono chiuse.")

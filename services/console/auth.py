@@ -7,6 +7,7 @@ gives nobody a live session. Each session has its own CSRF token, checked on eve
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import secrets
@@ -16,6 +17,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent
 
 ROLES = ("operator", "structure", "desk", "ops", "auditor", "admin")
 # The roles that read every ente (Principal.sees_ente, and the SQL that filters a list by what the principal sees).
@@ -93,13 +96,49 @@ def check_password(name: str, password: str) -> None:
                              "La password ha almeno 12 caratteri.")
 
 
+# ---------------------------------------------------------------- the record of user administration
+# Who added, disabled, enabled a user or set its password, and when: one hash-chained stream of the event store
+# (never a password nor its hash), written in the same transaction as the change, so no change goes unrecorded.
+# `flows users history` and the auditor's page (/accessi) read it; `flows replay --all --verify` verifies it.
+USERS_STREAM = "console-users"
+USER_ADDED, USER_DISABLED, USER_ENABLED, USER_PASSWORD_SET = (
+    "console.user-added", "console.user-disabled", "console.user-enabled", "console.user-password-set")
+USER_EVENTS = (USER_ADDED, USER_DISABLED, USER_ENABLED, USER_PASSWORD_SET)
+
+
+async def _recorded(pool: asyncpg.Pool, conn: asyncpg.Connection, event_type: str, data: dict[str, object],
+                    by: str) -> None:
+    """Appends the change to USERS_STREAM inside the change's own transaction (`conn`); another administrator's
+    change appended meanwhile is waited out (the append's savepoint leaves the transaction usable)."""
+    store, event = EventStore(pool, source="/flows/console"), NewEvent(event_type, data, actor=by)
+    for attempt in range(20):
+        try:
+            await store.append(USERS_STREAM, [event], expected_version=None, key=USERS_STREAM, conn=conn,
+                               publish=False)
+            return
+        except ConcurrencyError:
+            await asyncio.sleep(0.005 * (attempt + 1))
+    raise RuntimeError(f"the record of user administration could not be written ({event_type}, {data['user']})")
+
+
+async def user_history(pool: asyncpg.Pool, user: str | None = None, limit: int = 500) -> list[asyncpg.Record]:
+    """The record of user administration, the latest first (`user`: only the changes of that user)."""
+    return await pool.fetch(
+        "SELECT recorded_at, type, actor, data FROM events WHERE stream_id = $1 "
+        "AND ($2::text IS NULL OR data->>'user' = $2) ORDER BY version DESC LIMIT $3", USERS_STREAM, user, limit)
+
+
 async def add_user(pool: asyncpg.Pool, name: str, role: str, enti: list[str], structure: str | None,
-                   password: str) -> None:
+                   password: str, *, by: str) -> None:
+    """A new local user; `by`: who adds it (an administrator, `cli:<login>`), recorded with it."""
     check_user(name, role, enti, structure, password)
     try:
-        await pool.execute("INSERT INTO console_user (name, role, enti, structure, password_hash) "
-                           "VALUES ($1, $2, $3, $4, $5)", name, role, sorted(set(enti)), structure,
-                           hash_password(password))
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("INSERT INTO console_user (name, role, enti, structure, password_hash) "
+                               "VALUES ($1, $2, $3, $4, $5)", name, role, sorted(set(enti)), structure,
+                               hash_password(password))
+            await _recorded(pool, conn, USER_ADDED, {"user": name, "role": role, "enti": sorted(set(enti)),
+                                               "structure": structure}, by)
     except asyncpg.UniqueViolationError as exc:
         raise UserInputError(f"user {name!r} already exists", "name", f"L'utente {name!r} esiste già.") from exc
 
@@ -112,34 +151,40 @@ async def set_demo_user(pool: asyncpg.Pool, name: str, ente: str, password: str)
                        name, [ente], hash_password(password))
 
 
-async def disable_user(pool: asyncpg.Pool, name: str) -> None:
+def _no_user(name: str) -> UserInputError:
+    return UserInputError(f"there is no user {name!r}; `flows users list` lists them", "name",
+                          f"Non esiste l'utente {name!r}.")
+
+
+async def disable_user(pool: asyncpg.Pool, name: str, *, by: str) -> None:
+    """Disables `name` and closes its sessions at once; recorded as done `by`."""
     async with pool.acquire() as conn, conn.transaction():
-        done = await conn.execute("UPDATE console_user SET disabled = true WHERE name = $1", name)
-        if done == "UPDATE 0":
-            raise UserInputError(f"there is no user {name!r}; `flows users list` lists them", "name",
-                                 f"Non esiste l'utente {name!r}.")
+        if await conn.execute("UPDATE console_user SET disabled = true WHERE name = $1", name) == "UPDATE 0":
+            raise _no_user(name)
         await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
+        await _recorded(pool, conn, USER_DISABLED, {"user": name}, by)
 
 
-async def enable_user(pool: asyncpg.Pool, name: str) -> None:
+async def enable_user(pool: asyncpg.Pool, name: str, *, by: str) -> None:
     """A disabled user active again (disabled by mistake, back from leave): it logs in with its own password."""
-    done = await pool.execute("UPDATE console_user SET disabled = false WHERE name = $1", name)
-    if done == "UPDATE 0":
-        raise UserInputError(f"there is no user {name!r}; `flows users list` lists them", "name",
-                             f"Non esiste l'utente {name!r}.")
+    async with pool.acquire() as conn, conn.transaction():
+        if await conn.execute("UPDATE console_user SET disabled = false WHERE name = $1", name) == "UPDATE 0":
+            raise _no_user(name)
+        await _recorded(pool, conn, USER_ENABLED, {"user": name}, by)
 
 
-async def set_password(pool: asyncpg.Pool, name: str, password: str) -> None:
+async def set_password(pool: asyncpg.Pool, name: str, password: str, *, by: str) -> None:
     """A new password for `name` (forgotten, or maybe known to someone else), stored as an argon2id hash; the
-    user's open sessions are closed at once, as with a disable, so a session opened with the old one ends too."""
+    user's open sessions are closed at once, as with a disable, so a session opened with the old one ends too.
+    Recorded as done `by` (the record never holds the password nor its hash)."""
     check_password(name, password)
     async with pool.acquire() as conn, conn.transaction():
         done = await conn.execute("UPDATE console_user SET password_hash = $2 WHERE name = $1", name,
                                   hash_password(password))
         if done == "UPDATE 0":
-            raise UserInputError(f"there is no user {name!r}; `flows users list` lists them", "name",
-                                 f"Non esiste l'utente {name!r}.")
+            raise _no_user(name)
         await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
+        await _recorded(pool, conn, USER_PASSWORD_SET, {"user": name}, by)
 
 
 async def list_users(pool: asyncpg.Pool) -> list[asyncpg.Record]:

@@ -1,7 +1,8 @@
 """The admin's users page in real Chromium: the admin lands on it, adds an operator of two enti (listed
 at once, and by `flows users list`: the same table, the same code), sees a refused user's error next to
 its field, disables a user whose open session then ends, enables it again, and gives it a new password (its
-session ends again, the old password no longer opens one). axe-core on the pages."""
+session ends again, the old password no longer opens one); the auditor reads who did each change. axe-core on
+the pages."""
 
 from __future__ import annotations
 
@@ -102,6 +103,21 @@ async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_pat
                 assert new.status_code == 303
             stored = await console.pool.fetchval("SELECT password_hash FROM console_user WHERE name = 'op.bianchi'")
             assert stored.startswith("$argon2id$") and new_password not in stored
+
+            # The auditor reads who did each of these, and when, on the access log's page; the refused tries
+            # (an operator without an ente, a short password) changed nothing and are not there.
+            auditor = await (await browser.new_context(locale="it-IT")).new_page()
+            await _log_in(auditor, console.url, "aud.1")
+            await auditor.goto(console.url + "/accessi?utente=op.bianchi")
+            rows = [[cell.strip() for cell in row] for row in await auditor.locator(
+                "#gestione-utenti tbody tr").evaluate_all("rows => rows.map(r => [...r.cells].map(c => c.innerText))")]
+            assert [r[1:] for r in rows] == [
+                ["op.bianchi", "nuova password", "", "adm.1"], ["op.bianchi", "riattivato", "", "adm.1"],
+                ["op.bianchi", "disattivato", "", "adm.1"],
+                ["op.bianchi", "aggiunto", "operatore: enti 201, 202", "adm.1"],
+            ], rows
+            assert new_password not in await auditor.content()
+            await _axe_clean(auditor, Axe(), "43-accessi-gestione-utenti")
 
             # An admin cannot disable itself (no button, and the route refuses it too).
             async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:

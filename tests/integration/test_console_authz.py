@@ -126,7 +126,7 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
     own_request = await console.onboarding_request("ONB-OWN", STRUCTURE)
     other_request = await console.onboarding_request("ONB-OTHER", "150321", "Centro Vomero")
     letter = await _keyless_dead_letter()
-    await add_user(console.pool, VICTIM, "desk", [], None, PASSWORD)
+    await add_user(console.pool, VICTIM, "desk", [], None, PASSWORD, by="test")
     victim_hash = await console.pool.fetchval("SELECT password_hash FROM console_user WHERE name = $1", VICTIM)
     for request in (own_request, other_request):
         assert await console.onboarding_document(request, "suap.pdf", b"%PDF-1.4 authz probe") == DOCUMENT

@@ -117,7 +117,7 @@ async def test_an_expired_session_is_no_session(console: RunningConsole) -> None
 async def test_a_disabled_user_loses_its_sessions(console: RunningConsole) -> None:
     async with httpx.AsyncClient(follow_redirects=False) as client:
         await console.login(client, "op.201")
-        await auth.disable_user(console.pool, "op.201")
+        await auth.disable_user(console.pool, "op.201", by="test")
         assert (await client.get(console.url + "/istanze")).status_code == 303
         assert (await console.login(client, "op.201")).status_code == 401
 

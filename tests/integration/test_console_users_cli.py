@@ -14,6 +14,8 @@ from services.console.access import record_access
 from services.console.auth import Principal
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
+from services.runtime.host import prepare_database
+from services.runtime.read_models import FLOW_PROJECTIONS
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -22,6 +24,7 @@ runner = CliRunner()
 @pytest.fixture
 def cli_env(fresh_db, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("DATABASE_URL", fresh_db)
+    monkeypatch.setenv("FLOWS_OPERATOR", "tester")
     monkeypatch.setenv("COLUMNS", "220")
     return fresh_db
 
@@ -90,6 +93,38 @@ def test_a_user_is_enabled_again_and_given_a_new_password_which_ends_its_session
     left, first, second = asyncio.run(session_then("users password op.verdi --password-stdin"))
     assert left == 0  # the session opened with the old password ended
     assert first is None and second == "op.verdi"
+
+    # Every change is in the record of user administration, by whom, the latest first; never a password, nor its
+    # hash; the refused ones are not there. The stream is hash-chained like every other.
+    history = flows("users", "history", "--user", "op.verdi")
+    changes = [[cell.strip() for cell in line.split("│")[1:-1]] for line in history.splitlines() if "op.verdi" in line]
+    assert [c[1] for c in changes] == ["user-password-set", "user-enabled", "user-disabled", "user-added"], history
+    assert all(c[3] == "cli:tester" for c in changes), history
+    assert "role operator; enti 201" in history
+
+    async def recorded() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(cli_env)
+        try:
+            return await conn.fetch("SELECT type, actor, data::text AS data FROM events WHERE stream_id = $1 "
+                                    "ORDER BY version", auth.USERS_STREAM)
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(recorded())
+    assert [r["type"] for r in rows] == ["console.user-added", "console.user-disabled", "console.user-enabled",
+                                         "console.user-password-set"], rows
+    assert not any(secret in r["data"] for r in rows for secret in ("la prima", "seconda", "argon2")), rows
+
+    async def platform_tables() -> None:  # what the services create at start: the replay rebuilds them
+        pool = await create_pool(cli_env, min_size=1, max_size=2)
+        try:
+            await prepare_database(pool, FLOW_PROJECTIONS)
+        finally:
+            await pool.close()
+
+    asyncio.run(platform_tables())
+    verified = flows("replay", "--all", "--verify")
+    assert "replayed 1 stream(s), 4 events" in verified and "every hash chain verifies" in verified, verified
 
 
 def test_the_access_log_filters_by_user_and_instance(cli_env) -> None:  # type: ignore[no-untyped-def]
