@@ -144,11 +144,18 @@ async def add_user(pool: asyncpg.Pool, name: str, role: str, enti: list[str], st
 
 
 async def set_demo_user(pool: asyncpg.Pool, name: str, ente: str, password: str) -> None:
-    """The demo's operator (`flows demo`): created, or given this new password."""
+    """The demo's operator (`flows demo`): created, or given this new password (recorded as done by `demo`)."""
     check_user(name, "operator", [ente], None, password)
-    await pool.execute("INSERT INTO console_user (name, role, enti, password_hash) VALUES ($1, 'operator', $2, $3) "
-                       "ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash, disabled = false",
-                       name, [ente], hash_password(password))
+    async with pool.acquire() as conn, conn.transaction():
+        added = await conn.fetchval(
+            "INSERT INTO console_user (name, role, enti, password_hash) VALUES ($1, 'operator', $2, $3) "
+            "ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash, disabled = false "
+            "RETURNING xmax = 0", name, [ente], hash_password(password))
+        if added:
+            await _recorded(pool, conn, USER_ADDED, {"user": name, "role": "operator", "enti": [ente],
+                                                     "structure": None}, "demo")
+        else:
+            await _recorded(pool, conn, USER_PASSWORD_SET, {"user": name}, "demo")
 
 
 def _no_user(name: str) -> UserInputError:

@@ -15,6 +15,7 @@ from services.console.auth import Principal
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
 from services.runtime.host import prepare_database
+from services.runtime.migrations import migrate
 from services.runtime.read_models import FLOW_PROJECTIONS
 
 pytestmark = pytest.mark.integration
@@ -145,3 +146,21 @@ def test_the_access_log_filters_by_user_and_instance(cli_env) -> None:  # type: 
     assert "C2_150201_202610_1947.txt" in out and "10.0.0.7" in out and "aud.1" not in out
     out = flows("access-log", "--instance", "1948")
     assert "feedback-view" in out and "op.rossi" not in out
+
+
+def test_the_demo_user_is_recorded_added_then_given_its_new_password(cli_env) -> None:  # type: ignore[no-untyped-def]
+    async def twice() -> None:
+        pool = await create_pool(cli_env, min_size=1, max_size=2)
+        try:
+            await migrate(pool)
+            await auth.set_demo_user(pool, "demo.201", "201", "prima password demo")
+            await auth.set_demo_user(pool, "demo.201", "201", "seconda password demo")
+            assert await auth.authenticate(pool, "demo.201", "seconda password demo", "test", max_failures=5,
+                                           window_s=60) == "demo.201"
+        finally:
+            await pool.close()
+
+    asyncio.run(twice())
+    history = flows("users", "history")
+    changes = [[cell.strip() for cell in line.split("│")[1:-1]] for line in history.splitlines() if "demo.201" in line]
+    assert [(c[1], c[3]) for c in changes] == [("user-password-set", "demo"), ("user-added", "demo")], history
