@@ -1459,21 +1459,23 @@ async def user_disable(ctx: Ctx, user: str) -> Response:
     """Disables the user and closes its sessions at once (auth.disable_user, as `flows users disable`)."""
     if user == ctx.principal.name:
         raise HTTPException(409, "Non può disattivare il suo stesso utente: lo chieda a un altro amministratore.")
-    try:
-        await auth.disable_user(_console(ctx.request).pool, user, by=ctx.principal.name)
-    except auth.UserInputError:
-        raise HTTPException(404) from None
-    return await _users_page(ctx, message=f"Utente {user} disattivato; le sue sessioni sono chiuse.")
+    return await _changed_user(ctx, user, auth.disable_user, f"Utente {user} disattivato; le sue sessioni sono chiuse.")
 
 
 @route(pages, "POST", "/utenti/{user}/riattiva", MANAGE_USERS, "action")
 async def user_enable(ctx: Ctx, user: str) -> Response:
     """A disabled user active again (auth.enable_user, as `flows users enable`): it logs in with its own password."""
+    return await _changed_user(ctx, user, auth.enable_user, f"Utente {user} riattivato.")
+
+
+async def _changed_user(ctx: Ctx, user: str, change: Callable[..., Awaitable[None]], message: str) -> Response:
+    """An administrator's change of `user` (one of auth's, recorded as done by the administrator); the users page
+    with `message`, or 404 for a user that does not exist."""
     try:
-        await auth.enable_user(_console(ctx.request).pool, user, by=ctx.principal.name)
+        await change(_console(ctx.request).pool, user, by=ctx.principal.name)
     except auth.UserInputError:
         raise HTTPException(404) from None
-    return await _users_page(ctx, message=f"Utente {user} riattivato.")
+    return await _users_page(ctx, message=message)
 
 
 @route(pages, "POST", "/utenti/password", MANAGE_USERS, "action")
