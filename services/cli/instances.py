@@ -150,10 +150,7 @@ async def send_format_request(bootstrap: str, row: asyncpg.Record, requested_by:
 
 async def instance_trace(pool: asyncpg.Pool, instance: int) -> dict[str, str]:
     """The trace context stored with the instance's first traced event (its load): {} when none was."""
-    row = await pool.fetchrow(
-        "SELECT metadata->>'traceparent' AS traceparent, metadata->>'tracestate' AS tracestate FROM events "
-        "WHERE stream_id = $1 AND metadata ? 'traceparent' ORDER BY version LIMIT 1", instance_stream(instance))
-    return {k: v for k, v in dict(row or {}).items() if v}
+    return await tracing.stored_trace(pool, instance_stream(instance))
 
 
 async def format_instance(instance: int, wait: bool, requested_by: str, timeout: float = 600) -> None:

@@ -19,6 +19,7 @@ ran is counted: one cut after the instance's lock was taken and its history read
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +28,14 @@ from contracts import flows
 from contracts.instance import FlowInstance
 from contracts.states import Actor, InstanceState
 from contracts.ts730 import MAX_ZIP_BYTES
+from services.runtime import tracing
 from services.runtime.backoff import INTERRUPTED_CAP_S, Interruptions
 from services.runtime.broker import Incoming, is_transient
 from services.runtime.filestore import SpaceWaits, is_full
 from services.runtime.instances import ServiceDeps
 from services.runtime.locks import FORMAT_LOCK, instances_in_state
 from services.runtime.logging import get_logger
+from services.runtime.read_models import instance_stream
 
 CONSUMER = "formatter"
 RESUME_PASS_S = 5.0  # the period of the pass that formats the instances left Formatting in progress (app.py)
@@ -66,10 +69,12 @@ async def handle_format_requested(cmd: flows.FormatRequested, msg: Incoming, dep
     await format_instance(cmd.instance, deps)
 
 
-async def format_instance(instance: int, deps: FormatterDeps) -> None:
+async def format_instance(instance: int, deps: FormatterDeps, *, taken_up: bool = False) -> None:
     """Formats an instance left Formatting in progress, once, whoever asks first. An attempt starts once its lock
     is held and its history read: a transient error before that propagates (the pass's loop, the consumer wait
-    the outage out) and charges it nothing; one after it is an interruption, backed off (deps.interrupted)."""
+    the outage out) and charges it nothing; one after it is an interruption, backed off (deps.interrupted).
+    `taken_up`: the pass runs it, not its command (see the loader's run_instance): the attempt continues the trace
+    of the instance's latest format request."""
     if not (deps.space.due(instance) and deps.interrupted.due(instance)):
         return  # the store was full at its last attempt, or it was interrupted: later (or once space is freed)
     async with deps.instances.working(FORMAT_LOCK, instance) as current:
@@ -80,7 +85,10 @@ async def format_instance(instance: int, deps: FormatterDeps) -> None:
             return
         began = time.monotonic()
         try:
-            await _format(instance, current, deps)
+            async with (tracing.continued(deps.pool, instance_stream(instance), "formatter pass: format taken up",
+                                          flows.TYPE_OF[flows.FormatRequested]) if taken_up
+                        else contextlib.nullcontext()):
+                await _format(instance, current, deps)
         except Exception as exc:
             if not is_transient(exc) or is_full(exc):
                 raise
@@ -127,4 +135,4 @@ async def resume_interrupted(deps: FormatterDeps) -> None:
     deps.interrupted.forget_unlisted(formatting, asked_at)
     deps.space.forget_unlisted(formatting, asked_at)  # the same for a full store's waits: no FileStoreFull for them
     for instance in formatting:
-        await format_instance(instance, deps)
+        await format_instance(instance, deps, taken_up=True)

@@ -24,6 +24,7 @@ attempt that ran is counted: one cut after the instance's lock was taken and its
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from contracts import flows
 from contracts.instance import FlowInstance
 from contracts.states import Actor, InstanceState
 from services.loader.catalogue import unknown_ente_reason
+from services.runtime import tracing
 from services.runtime.backoff import INTERRUPTED_CAP_S, Interruptions
 from services.runtime.broker import Incoming, Refused, is_transient
 from services.runtime.filestore import SpaceWaits, is_full
@@ -91,14 +93,19 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
         await run_instance(instance, deps)
 
 
-async def run_instance(instance: int, deps: LoaderDeps) -> None:
+async def run_instance(instance: int, deps: LoaderDeps, *, taken_up: bool = False) -> None:
     """Runs the load of a Running (or due Scheduled) instance, once, whoever asks first.
 
     An attempt starts once the instance's lock is held and its history read: a transient error before that
     (PostgreSQL down when the pass or the message comes) propagates to the caller, whose loop waits the outage
     out, and charges the instance nothing. One after it (PostgreSQL gone or restarted, this load's session
     terminated, a connection cut) is an interruption: the instance stays Running and is tried again backed off
-    (deps.interrupted; the outage rule is services.runtime.backoff.Interruptions')."""
+    (deps.interrupted; the outage rule is services.runtime.backoff.Interruptions').
+
+    `taken_up`: the pass runs it, not the load's own command (a loader died, it was interrupted, its time came, or
+    the pass got to it between the command's Running and the command's own run): the attempt then continues the
+    load's trace (the traceparent stored with its first event), so the trace of `flows load` shows the outcome
+    whoever reaches it; the command's run is inside that trace already."""
     if not (deps.space.due(instance) and deps.interrupted.due(instance)):
         return  # the store was full at its last attempt, or it was interrupted: later (or once space is freed)
     async with deps.instances.working(LOAD_LOCK, instance) as current:
@@ -110,7 +117,9 @@ async def run_instance(instance: int, deps: LoaderDeps) -> None:
         began = time.monotonic()
         attempt: dict[str, Any] = {}  # what the interruption line names besides the instance (its snapshot)
         try:
-            await _load(instance, current, deps, attempt)
+            async with (tracing.continued(deps.pool, instance_stream(instance), "loader pass: load taken up")
+                        if taken_up else contextlib.nullcontext()):
+                await _load(instance, current, deps, attempt)
         except Exception as exc:
             if not is_transient(exc) or is_full(exc):
                 raise
@@ -214,7 +223,7 @@ async def run_due(deps: LoaderDeps) -> None:
     deps.interrupted.forget_unlisted(due, asked_at)
     deps.space.forget_unlisted(due, asked_at)  # the same for a full store's waits: no FileStoreFull for them
     for instance in due:
-        await run_instance(instance, deps)
+        await run_instance(instance, deps, taken_up=True)
 
 
 async def due_instances(pool: asyncpg.Pool, now: datetime) -> list[int]:

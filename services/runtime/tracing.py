@@ -23,9 +23,10 @@ written when the span ends). Neither set: nothing is recorded, but the context i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,26 @@ def extract(attributes: Mapping[str, Any] | None) -> otel_context.Context:
     an empty context (a new root) when they are missing or malformed."""
     found = {k: str(attributes[k]) for k in TRACE_KEYS if attributes and attributes.get(k)}
     return _PROPAGATOR.extract(found, context=otel_context.Context())
+
+
+async def stored_trace(pool: Any, stream_id: str, event_type: str | None = None) -> dict[str, str]:
+    """The trace context stored with the first traced event of `stream_id` (an instance's: its load's, so a later
+    step continues the load's trace), or with its latest traced `event_type` event; {} when none was."""
+    row = await pool.fetchrow(
+        "SELECT metadata->>'traceparent' AS traceparent, metadata->>'tracestate' AS tracestate FROM events "
+        "WHERE stream_id = $1 AND metadata ? 'traceparent' AND ($2::text IS NULL OR type = $2) "
+        "ORDER BY CASE WHEN $2::text IS NULL THEN version ELSE -version END LIMIT 1", stream_id, event_type)
+    return {k: v for k, v in dict(row or {}).items() if v}
+
+
+@contextlib.asynccontextmanager
+async def continued(pool: Any, stream_id: str, name: str, event_type: str | None = None) -> AsyncIterator[None]:
+    """A span `name` in the trace stored with `stream_id` (`stored_trace`): work a service's periodic pass takes up
+    (a process died, the work was interrupted, the pass got there before the command's own run) stays in the trace
+    of the command that asked for it."""
+    stored = await stored_trace(pool, stream_id, event_type)
+    with tracer().start_as_current_span(name, context=extract(stored)):
+        yield
 
 
 def with_trace(attributes: Mapping[str, Any]) -> dict[str, Any]:

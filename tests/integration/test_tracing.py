@@ -26,8 +26,17 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from contracts import flows
 from contracts.envelope import Envelope
+from services.formatter import handlers as formatter_handlers
+from services.loader import handlers as loader_handlers
+from services.runtime import tracing
+from services.runtime.db import create_pool
+from services.runtime.host import prepare_database
+from services.runtime.locks import FORMAT_LOCK
+from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 from simulators.cup.generator import SOURCE_FILES, generate
+from tests.integration.test_interruptions import LOAD_EVENTS, _Lines, _loader, _running, _store_month
 from tests.isolation import REPO, logged_process, scratch_database
 from tests.stack_urls import KAFKA
 
@@ -176,3 +185,46 @@ async def test_a_load_and_its_format_are_one_trace_across_four_processes(world: 
     assert f"0x{event_trace}" == trace_id
     consumer = next(s for s in in_trace if s["name"] == "consume flows.format-requested")
     assert f"0x{parent}" == consumer["context"]["span_id"]
+
+
+async def test_a_load_the_loaders_pass_takes_up_continues_the_trace_of_its_command(stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A load recorded Running by its command, whose own run never came (the loader died, or its 2 s pass got to the
+    instance first: the commit of Running and the command's run are two steps): the pass takes it up, and every
+    event of the load, the outcome too, is in the command's trace. Before, the pass ran it outside any trace, so
+    the trace of `flows load` lost the load's outcome (and its relay span: the flake this test was written for)."""
+    trace_id = "0af7651916cd43dd8448eb211c80319c"
+    command = {"traceparent": f"00-{trace_id}-b7ad6b7169203331-01"}
+    format_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    asked = {"traceparent": f"00-{format_trace}-00f067aa0ba902b7-01"}
+    async with scratch_database("t_trace_pass") as url:
+        await _store_month(url, "203", seed=87)
+        pool = await create_pool(url, min_size=1, max_size=6)
+        try:
+            await prepare_database(pool, FLOW_PROJECTIONS)
+            deps = _loader(pool, _Lines(), tmp_path / "files", "test-trace-pass")
+            with tracing.tracer().start_as_current_span("flows load", context=tracing.extract(command)):
+                instance = await _running(deps, "203")  # what the command's handler records before it runs it
+            await loader_handlers.run_due(deps)  # the pass takes it up
+            loaded = await pool.fetch("SELECT type, metadata->>'traceparent' AS traceparent FROM events "
+                                      "WHERE stream_id = $1 ORDER BY version", instance_stream(instance))
+
+            # The same for a format: requested (in a trace of its own: the console's), then taken up by the pass.
+            formatter = formatter_handlers.FormatterDeps(pool=pool, store=deps.store, files=deps.files)
+            with tracing.tracer().start_as_current_span("console: formatta", context=tracing.extract(asked)):
+                async with formatter.instances.working(FORMAT_LOCK, instance) as current:
+                    assert current is not None
+                    current = await formatter.instances.append(current, flows.FormatRequested(
+                        instance=instance, requested_by="test.trace"), actor="test.trace", publish=False)
+                    await formatter.instances.append(current, flows.FormattingStarted(instance=instance))
+            await formatter_handlers.resume_interrupted(formatter)
+            formatted = await pool.fetch("SELECT type, metadata->>'traceparent' AS traceparent FROM events "
+                                         "WHERE stream_id = $1 AND version > $2 ORDER BY version",
+                                         instance_stream(instance), len(loaded))
+        finally:
+            await pool.close()
+
+    assert [r["type"] for r in loaded] == LOAD_EVENTS, loaded
+    assert all(r["traceparent"] and r["traceparent"].split("-")[1] == trace_id for r in loaded), loaded
+    assert [r["type"] for r in formatted] == ["flows.format-requested", "flows.formatting-started",
+                                              "flows.formatted"], formatted
+    assert all(r["traceparent"] and r["traceparent"].split("-")[1] == format_trace for r in formatted), formatted
