@@ -64,8 +64,7 @@ def users_add(name: str,
         raise UserError(str(exc)) from exc
     password = _password(name, password_stdin)
 
-    _with_users(lambda pool: auth.add_user(pool, name, role, ente or [], structure, password,
-                                                   by=_by()))
+    _with_users(lambda pool: auth.add_user(pool, name, role, ente or [], structure, password, by=_by()))
     console.print(f"user [bold]{name}[/] added ({role}{': enti ' + ', '.join(ente) if ente else ''})")
 
 

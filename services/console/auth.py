@@ -103,7 +103,6 @@ def check_password(name: str, password: str) -> None:
 USERS_STREAM = "console-users"
 USER_ADDED, USER_DISABLED, USER_ENABLED, USER_PASSWORD_SET = (
     "console.user-added", "console.user-disabled", "console.user-enabled", "console.user-password-set")
-USER_EVENTS = (USER_ADDED, USER_DISABLED, USER_ENABLED, USER_PASSWORD_SET)
 
 
 async def _recorded(pool: asyncpg.Pool, conn: asyncpg.Connection, event_type: str, data: dict[str, object],
