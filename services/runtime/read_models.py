@@ -8,13 +8,14 @@ now()), which is what makes a rebuild equal to the live table.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
 from contracts import flows
-from contracts.states import IllegalTransition, InstanceState, fold, target_of
+from contracts.states import TRANSITIONS, IllegalTransition, InstanceState, fold, target_of
 from services.runtime.db import dumps_json
 from services.runtime.eventstore import StoredEvent
 
@@ -28,6 +29,28 @@ def instance_stream(instance: int) -> str:
 def instance_state(history: list[StoredEvent]) -> InstanceState | None:
     """The state an instance's history leads to (the writers' view; the read model may lag)."""
     return fold([(e.type, e.data) for e in history])
+
+
+@functools.lru_cache(maxsize=256)
+def _moves_cached(event_type: str, outcome: object) -> dict[str, str]:
+    payload = {} if outcome is None else {"instance_outcome": outcome}
+    moves = {}
+    for current in InstanceState:
+        try:
+            state = target_of(event_type, payload, current)
+        except IllegalTransition:
+            continue  # the writer enforces transitions; the read model records, never refuses
+        if state is not None and state is not current:
+            moves[current.value] = state.value
+    return moves
+
+
+def _moves(event_type: str, outcome: object) -> dict[str, str]:
+    """{current state: the state `event_type` leads to} for every state it changes (the read model's view of
+    the transition table: an illegal move, or none, keeps the state)."""
+    if event_type not in TRANSITIONS:
+        return {}
+    return _moves_cached(event_type, None if outcome is None else str(outcome))
 
 
 class InstanceList:
@@ -81,26 +104,21 @@ class InstanceList:
         if event.type in (flows.TYPE_OF[flows.LoadRunning], flows.TYPE_OF[flows.LoadScheduled]):
             await self._created(conn, instance, event)
             return
-        row = await conn.fetchrow("SELECT state FROM instance_list WHERE instance = $1", instance)
-        if row is None:
+        # One round trip: the state each current state moves to is computed here for every state (a dict of
+        # the moves; a state absent from it stays), and PostgreSQL picks the row's own.
+        found = await conn.fetchval(
+            """UPDATE instance_list SET state = coalesce($2::jsonb ->> state, state),
+                   state_since = CASE WHEN $2::jsonb ? state THEN $3 ELSE state_since END,
+                   source_instance = coalesce($4, source_instance),
+                   counts = coalesce($5, counts), errors = coalesce($6, errors),
+                   warnings = coalesce($7, warnings), summary = coalesce($8, summary),
+                   last_event = $9, events = events + 1
+               WHERE instance = $1 RETURNING true""",
+            instance, _moves(event.type, data.get("instance_outcome")), event.recorded_at,
+            data.get("source_instance"), data.get("counts"), data.get("errors"), data.get("warnings"),
+            _summary(event), event.type)
+        if not found:
             return  # an event of an instance this read model never saw created: nothing to attach to
-        current = InstanceState(row["state"])
-        try:
-            state = target_of(event.type, data, current)
-        except IllegalTransition:
-            state = current  # the writer enforces transitions; the read model records, never refuses
-        changed = state is not current
-        await conn.execute(
-            """UPDATE instance_list SET state = $2,
-                   state_since = CASE WHEN $3 THEN $4 ELSE state_since END,
-                   source_instance = coalesce($5, source_instance),
-                   counts = coalesce($6, counts), errors = coalesce($7, errors),
-                   warnings = coalesce($8, warnings), summary = coalesce($9, summary),
-                   last_event = $10, events = events + 1
-               WHERE instance = $1""",
-            instance, (state or current).value, changed, event.recorded_at, data.get("source_instance"),
-            data.get("counts"), data.get("errors"), data.get("warnings"), _summary(event),
-            event.type)
         for file in _files_of(event):
             await conn.execute(
                 """INSERT INTO instance_files (instance, name, kind, records, bytes, sha256, media_type, part,
