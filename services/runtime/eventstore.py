@@ -281,30 +281,35 @@ class EventStore:
 
     async def append(self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int | None,
                      key: str, conn: asyncpg.Connection | None = None,
-                     publish: bool = True) -> list[StoredEvent]:
+                     publish: bool = True, savepoint: bool = True) -> list[StoredEvent]:
         """Appends ``events`` after ``expected_version`` (0 = new stream, None = wherever it is).
 
         Raises ConcurrencyError when the stream moved. Inside a caller's transaction (``conn``) the
-        append runs in a savepoint, so a ConcurrencyError leaves the caller's transaction usable.
+        append runs in a savepoint, so a ConcurrencyError leaves the caller's transaction usable;
+        ``savepoint=False`` spares its two round trips for a caller that ends its transaction on any error
+        of the append (the error then leaves the transaction aborted).
         """
         _check_append(stream_id, events, expected_version, key)
         if conn is not None:
-            return await self._append(conn, stream_id, events, expected_version, key, publish)
+            return await self._append(conn, stream_id, events, expected_version, key, publish, savepoint)
         async with self._pool.acquire() as own:
-            return await self._append(own, stream_id, events, expected_version, key, publish)
+            return await self._append(own, stream_id, events, expected_version, key, publish, savepoint)
 
     async def _append(self, conn: asyncpg.Connection, stream_id: str, events: Sequence[NewEvent],
-                      expected_version: int | None, key: str, publish: bool) -> list[StoredEvent]:
+                      expected_version: int | None, key: str, publish: bool, savepoint: bool) -> list[StoredEvent]:
+        in_callers = conn.is_in_transaction()
         try:
-            if self._projections or conn.is_in_transaction():
-                async with conn.transaction():  # a savepoint inside the caller's transaction
+            if (in_callers and savepoint) or (self._projections and not in_callers):
+                async with conn.transaction():  # a savepoint inside the caller's transaction, else its own
                     return await self._write(conn, stream_id, events, expected_version, key, publish)
             # Without projections the write is one statement, hence one transaction on its own; a stream
             # that moved after the head read fails on the primary key like any concurrent append.
             return await self._write(conn, stream_id, events, expected_version, key, publish)
         except _Stale:
-            # Read after the savepoint rolled back, so the caller's transaction is still usable.
-            raise ConcurrencyError(stream_id, expected_version, await self.stream_version(stream_id, conn)) from None
+            # Read after the savepoint rolled back, so the caller's transaction is still usable; without a
+            # savepoint the caller's transaction is aborted: read outside it.
+            reader = None if in_callers and not savepoint else conn
+            raise ConcurrencyError(stream_id, expected_version, await self.stream_version(stream_id, reader)) from None
 
     async def _write(self, conn: asyncpg.Connection, stream_id: str, events: Sequence[NewEvent],
                      expected_version: int | None, key: str, publish: bool) -> list[StoredEvent]:

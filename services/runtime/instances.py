@@ -53,11 +53,14 @@ class Instances:
                      conn: asyncpg.Connection | None = None, publish: bool = True, data: dict[str, Any] | None = None,
                      expect: bool = True, **metadata: Any) -> FlowInstance:
         """Appends `payloads` after `current` and returns the instance after them; with `expect=False`,
-        wherever the stream is, and `current` comes back as it was (the events in between were not read)."""
+        wherever the stream is, and `current` comes back as it was (the events in between were not read).
+        In a caller's transaction (`conn`) without a savepoint: every caller (a command's `handling`, the loader's
+        outcome) lets an error of the append end its transaction, so the savepoint's two round trips bought
+        nothing."""
         events = [new_event(p, actor or self.actor, data=data, **metadata) for p in payloads]
         stored = await self.store.append(instance_stream(current.number), events,
                                          expected_version=current.version if expect else None,
-                                         key=str(current.number), conn=conn, publish=publish)
+                                         key=str(current.number), conn=conn, publish=publish, savepoint=False)
         if not expect:
             return current
         for event in stored:

@@ -167,6 +167,26 @@ async def test_an_expected_version_the_stream_never_reached_is_refused_and_write
     assert await store.verify_stream("instance-2002") == []
 
 
+async def test_without_a_savepoint_a_stale_append_names_the_versions_and_ends_the_callers_transaction(
+        store: EventStore, pool: asyncpg.Pool) -> None:
+    """savepoint=False (Instances.append in a command's transaction): two round trips fewer; the error still names
+    the version the stream is at, read outside the aborted transaction, and nothing of the transaction stays."""
+    await store.append("instance-2003", [load_checked(1), load_checked(2)], expected_version=0, key="2003")
+    with pytest.raises(ConcurrencyError, match="stream instance-2003: expected version 1, but it is at version 2"):
+        async with pool.acquire() as conn, conn.transaction():
+            await store.append("instance-2004", [load_checked(1)], expected_version=0, key="2004", conn=conn,
+                               savepoint=False)
+            await store.append("instance-2003", [load_checked(2)], expected_version=1, key="2003", conn=conn,
+                               savepoint=False)
+    assert await pool.fetchval("SELECT count(*) FROM events WHERE stream_id IN ('instance-2003', 'instance-2004')") == 2
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE key IN ('2003', '2004')") == 2
+    async with pool.acquire() as conn, conn.transaction():
+        written = await store.append("instance-2003", [load_checked(3)], expected_version=2, key="2003", conn=conn,
+                                     savepoint=False)
+    assert [e.version for e in written] == [3]
+    assert await store.verify_stream("instance-2003") == []
+
+
 async def test_awkward_names_chain_as_verify_recomputes_them(store: EventStore) -> None:
     stream = 'instance-"Sant\'Anna" è\\ 🏥'
     events = [NewEvent(type="flows.load-checked", data={"note": "a\"b\\c\u2028"}, actor='op."rossi" è'),
