@@ -22,6 +22,7 @@ SQL parameters of every rule: $1 snapshot_id, $2 catalogue version, $3 period st
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -338,11 +339,6 @@ async def _run_rule_set(pool: asyncpg.Pool, rule_set: RuleSet, snapshot_id: int,
 CF_BATCH = 50_000  # distinct codes checked at once: memory is bounded by this, not by the period
 
 
-def _distinct_cf_sql(plan: CheckPlan) -> str:
-    person = ", patient_sex, patient_birth_date" if plan.cf_with_person else ""
-    return f"SELECT DISTINCT patient_cf{person} FROM {plan.table} WHERE snapshot_id = $1 AND patient_cf IS NOT NULL"
-
-
 def _cf_groups_sql(plan: CheckPlan) -> str:
     """The distinct (code, person) of the snapshot, the records without a code as one more group, each with how
     many records and first rows of a group (prescriptions) it has: the one scan that also counts the load. In code
@@ -417,29 +413,35 @@ async def _record_cf_findings(conn: asyncpg.Connection, plan: CheckPlan, snapsho
 @functools.cache
 def _small_sql(plan: CheckPlan) -> str:
     """ONE statement: the previous problems deleted, every rule set inserted (data-modifying CTEs all see the
-    statement's snapshot, so the DELETE never sees the new rows), the distinct codici fiscali returned."""
+    statement's snapshot, so the DELETE never sees the new rows), and the snapshot's codici fiscali grouped with
+    their counts (_cf_groups_sql: the groups count the load too, as on the parallel path)."""
     parts = ["dropped AS (DELETE FROM load_problem WHERE snapshot_id = $1)"]
     parts += [f"rule_set_{i} AS ({rule_set_sql(rule_set)})" for i, rule_set in enumerate(plan.rule_sets)]
-    return "WITH " + ",\n".join(parts) + "\n" + _distinct_cf_sql(plan)
+    return "WITH " + ",\n".join(parts) + "\n" + _cf_groups_sql(plan)
 
 
 async def _run_small(conn: asyncpg.Connection, plan: CheckPlan, snapshot_id: int, version: str,
-                     period: tuple[object, object]) -> None:
+                     period: tuple[object, object]) -> CfCheck:
     """The checks of a small snapshot on one connection in one round trip (_small_sql; at this size PostgreSQL's
-    default work_mem is plenty, so no transaction for a SET LOCAL); only codici fiscali with findings cost a
-    transaction (their temporary table)."""
-    rows = await conn.fetch(_small_sql(plan), snapshot_id, version, *period)
+    default work_mem is plenty, so no transaction for a SET LOCAL), which counts the load on the way; only codici
+    fiscali with findings cost a transaction (their temporary table)."""
+    groups = await conn.fetch(_small_sql(plan), snapshot_id, version, *period)
+    person = 2 if plan.cf_with_person else 0
+    rows = [tuple(g)[:1 + person] for g in groups if g[0] is not None]  # (code, sex, birth date), in code order
     codes = [r[0] for r in rows]
+    counted = CfCheck(findings=0, codes=len(set(codes)), records=sum(g["records"] for g in groups),
+                      first_rows=sum(g["first_rows"] for g in groups))
     findings = check_codici_fiscali(
         codes,
         sexes=[r[1] for r in rows] if plan.cf_with_person else None,
         birth_dates=[r[2] for r in rows] if plan.cf_with_person else None)
     if not findings:
-        return
+        return counted
     async with conn.transaction():
-        await _stage_cf_findings(conn, plan, [(codes[f.index], f.code, f.message, *tuple(rows[f.index])[1:])
+        await _stage_cf_findings(conn, plan, [(codes[f.index], f.code, f.message, *rows[f.index][1:])
                                               for f in findings])
         await _record_cf_findings(conn, plan, snapshot_id)
+    return dataclasses.replace(counted, findings=len(findings))
 
 
 # Up to this many snapshot rows, the checks run one after the other on one connection (a small load's time is
@@ -448,19 +450,17 @@ SMALL_SNAPSHOT = 5_000
 
 
 async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, version: str,
-                     period: tuple[object, object], rows: int | None = None) -> CfCheck | None:
+                     period: tuple[object, object], rows: int | None = None) -> CfCheck:
     """Evaluate every rule on the snapshot into load_problem (previous problems of it are replaced).
 
     The rule sets and the codice fiscale check run concurrently on separate connections: PostgreSQL
     runs each INSERT ... SELECT on one core, so parallel statements are how a load uses the machine.
     A snapshot of at most SMALL_SNAPSHOT `rows` (when the caller knows them) is checked on one connection.
-    Returns what the codice fiscale check counted on the way (records, prescriptions, patients) on the parallel
-    path, else None."""
+    Returns what the codice fiscale check counted on the way (records, prescriptions, patients)."""
     plan = PLANS[snapshot_table]
     if rows is not None and rows <= SMALL_SNAPSHOT:
         async with pool.acquire() as conn:
-            await _run_small(conn, plan, snapshot_id, version, period)
-        return None
+            return await _run_small(conn, plan, snapshot_id, version, period)
     async with pool.acquire() as conn:
         await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
     cf, *_ = await asyncio.gather(

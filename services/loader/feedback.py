@@ -91,11 +91,18 @@ def summarise(counts: ProblemCounts) -> str:
     return "; ".join(parts) if parts else "no problems"
 
 
-async def problem_counts(conn: asyncpg.Connection, snapshot_id: int) -> ProblemCounts:
-    # one round trip: the records with an error ride on every row (no row: no problem, so no error record)
-    rows = await conn.fetch("SELECT code, severity, count(*) AS n, (SELECT count(DISTINCT record_key) "
+async def problem_counts(conn: asyncpg.Connection, snapshot_id: int, *, mark_checked: str | None = None,
+                         ) -> ProblemCounts:
+    """The snapshot's problems counted by code and severity, in one round trip (the records with an error ride on
+    every row; no row: no problem, so no error record). With `mark_checked` (the load's counts as JSON) the same
+    statement records the snapshot as checked, with how many problems its checks left (pipeline.mark_checked)."""
+    mark = ("WITH marked AS (UPDATE source_snapshot SET checked_counts = $2::jsonb, checked_problems = "
+            "(SELECT count(*) FROM load_problem WHERE snapshot_id = $1) WHERE snapshot_id = $1) "
+            if mark_checked is not None else "")
+    rows = await conn.fetch(f"{mark}SELECT code, severity, count(*) AS n, (SELECT count(DISTINCT record_key) "
                             "FROM load_problem WHERE snapshot_id = $1 AND severity = 'error') AS error_records "
-                            "FROM load_problem WHERE snapshot_id = $1 GROUP BY code, severity", snapshot_id)
+                            "FROM load_problem WHERE snapshot_id = $1 GROUP BY code, severity", snapshot_id,
+                            *(() if mark_checked is None else (mark_checked,)))
     error_records = rows[0]["error_records"] if rows else 0
     by_code = tuple(CodeCount(r["code"], r["severity"], int(r["n"])) for r in rows)
     return ProblemCounts(errors=sum(c.problems for c in by_code if c.severity == "error"),

@@ -26,7 +26,7 @@ from contracts.flows import FlowType
 from services.loader import checks
 from services.loader.catalogue import sync_reference_data
 from services.loader.checks import NO_SOURCE_DATA, run_checks
-from services.loader.feedback import export_feedback, problem_counts, summarise
+from services.loader.feedback import ProblemCounts, export_feedback, problem_counts, summarise
 from services.loader.snapshot import SELECTIONS, take_snapshot
 from services.runtime.filestore import FileStore, is_full
 from services.runtime.logging import get_logger
@@ -37,19 +37,8 @@ Progress = Callable[[str, int, int], None]  # (step, steps done, steps in all)
 STEPS = ("reference data", "snapshot", "checks", "feedback")
 _SNAPSHOT_TABLES = frozenset(s.snapshot_table for s in SELECTIONS.values())
 
-_COUNTS_SQL: dict[str, str] = {
-    # GROUP BY subqueries (hash aggregates) rather than count(DISTINCT), which always sorts
-    "snapshot_service": "SELECT (SELECT count(*) FROM snapshot_service WHERE snapshot_id = $1) AS services, "
-                        "(SELECT count(*) FROM (SELECT FROM snapshot_service WHERE snapshot_id = $1 "
-                        "GROUP BY prescription_id) p) AS prescriptions, "
-                        "(SELECT count(*) FROM (SELECT FROM snapshot_service WHERE snapshot_id = $1 "
-                        "AND patient_cf IS NOT NULL GROUP BY patient_cf) c) AS patients",
-    "snapshot_booking": "SELECT count(*) AS bookings FROM snapshot_booking WHERE snapshot_id = $1",
-    "snapshot_payment_document": "SELECT count(*) AS payment_documents FROM snapshot_payment_document "
-                                 "WHERE snapshot_id = $1",
-}
-# A large snapshot is counted by the codice fiscale check's scan (checks.CfCheck), no query of its own: the
-# names of _COUNTS_SQL's columns, in order, for (records, first rows of a prescription, distinct codes).
+# What the codice fiscale check counts on the way (checks.CfCheck: records, first rows of a prescription, distinct
+# codes), named per snapshot table: the load's counts, no query of their own.
 _COUNTED_BY_CHECKS: dict[str, tuple[str, ...]] = {
     "snapshot_service": ("services", "prescriptions", "patients"),
     "snapshot_booking": ("bookings",),
@@ -66,12 +55,6 @@ class LoadOutcome:
     feedback_sha256: str | None  # None when there is no problem at all
     feedback_bytes: int
     summary: str
-
-
-async def _counts(pool: asyncpg.Pool, table: str, snapshot_id: int) -> dict[str, int]:
-    async with pool.acquire() as conn:
-        row = await conn.fetchrow(_COUNTS_SQL[table], snapshot_id)
-    return {k: int(v) for k, v in row.items()}
 
 
 async def _analyze(pool: asyncpg.Pool, table: str) -> None:
@@ -113,12 +96,11 @@ class FeedbackNotWritten(Exception):
         self.checked = checked
 
 
-async def mark_checked(pool: asyncpg.Pool, checked: ChecksDone) -> None:
-    """Records that the snapshot's checks are done, with the counts and the number of problems they left."""
-    await pool.execute(
-        "UPDATE source_snapshot SET checked_counts = $2::jsonb, "
-        "checked_problems = (SELECT count(*) FROM load_problem WHERE snapshot_id = $1) WHERE snapshot_id = $1",
-        checked.snapshot_id, json.dumps(checked.counts))
+async def mark_checked(pool: asyncpg.Pool, checked: ChecksDone) -> ProblemCounts:
+    """Records that the snapshot's checks are done, with the counts and the number of problems they left; returns
+    those problems counted by code (feedback.problem_counts, in the same round trip)."""
+    async with pool.acquire() as conn:
+        return await problem_counts(conn, checked.snapshot_id, mark_checked=json.dumps(checked.counts))
 
 
 @dataclass(frozen=True)
@@ -188,12 +170,15 @@ async def drop_dead_runs(pool: asyncpg.Pool, instance: int,
     return dropped
 
 
-async def finish_load(pool: asyncpg.Pool, filestore: FileStore, checked: ChecksDone) -> LoadOutcome:
+async def finish_load(pool: asyncpg.Pool, filestore: FileStore, checked: ChecksDone,
+                      found: ProblemCounts | None = None) -> LoadOutcome:
     """The feedback file of a checked snapshot and the outcome. Repeatable: the problems stay in load_problem
-    until the feedback file holds them. A full store raises FeedbackNotWritten."""
+    until the feedback file holds them. A full store raises FeedbackNotWritten. `found`: the problems as
+    `mark_checked` counted them (else they are counted here)."""
     snapshot_id = checked.snapshot_id
     async with pool.acquire() as conn:
-        found = await problem_counts(conn, snapshot_id)
+        if found is None:
+            found = await problem_counts(conn, snapshot_id)
         sha, size = None, 0
         if found.errors or found.warnings:
             try:
@@ -203,8 +188,8 @@ async def finish_load(pool: asyncpg.Pool, filestore: FileStore, checked: ChecksD
                     raise FeedbackNotWritten(checked) from exc
                 raise
             sha, size = feedback.sha256, feedback.bytes
-        # the feedback file is now the durable record of the problems
-        await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
+        if found.by_code:  # the feedback file is now the durable record of the problems (none: nothing to delete)
+            await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
     return LoadOutcome(checked=found.errors == 0, counts=checked.counts, errors=found.errors, warnings=found.warnings,
                        feedback_sha256=sha, feedback_bytes=size, summary=summarise(found))
 
@@ -226,15 +211,10 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
                                     instance=instance, version=version)
     step(2)
     period = (period_start, period_end)
-    if stats.rows <= checks.SMALL_SNAPSHOT:  # a few round trips in a row cost less than parallel connections
-        counts = await _counts(pool, table, snapshot_id)
-        await run_checks(pool, table, snapshot_id, version, period, rows=stats.rows)
-    else:
+    if stats.rows > checks.SMALL_SNAPSHOT:  # a small one is checked in one statement: the statistics don't matter
         await _analyze(pool, table)
-        counted = await run_checks(pool, table, snapshot_id, version, period, rows=stats.rows)
-        assert counted is not None, "the parallel checks count the snapshot"
-        counts = dict(zip(_COUNTED_BY_CHECKS[table], (counted.records, counted.first_rows, counted.codes),
-                          strict=False))
+    counted = await run_checks(pool, table, snapshot_id, version, period, rows=stats.rows)
+    counts = dict(zip(_COUNTED_BY_CHECKS[table], (counted.records, counted.first_rows, counted.codes), strict=False))
     step(3)
     if not next(iter(counts.values())):  # no service / booking / document: say so, never a silent Checked
         code, severity, field = NO_SOURCE_DATA
@@ -245,8 +225,8 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
                 f"no source data for ente {ente} in {period_start}..{period_end} ({table.removeprefix('snapshot_')}"
                 f"): the load is empty")
     checked = ChecksDone(snapshot_id, counts)
-    await mark_checked(pool, checked)
-    outcome = await finish_load(pool, filestore, checked)
+    found = await mark_checked(pool, checked)
+    outcome = await finish_load(pool, filestore, checked, found)
     if progress is not None:
         progress("done", len(STEPS), len(STEPS))
     return outcome
