@@ -145,6 +145,24 @@ class TrackedConnection(asyncpg.Connection):  # type: ignore[misc]
         return await super().copy_from_query(query, *args, **kw)  # type: ignore[no-any-return]
 
 
+def _tracked(conn: asyncpg.Connection) -> TrackedConnection | None:
+    raw = getattr(conn, "_con", conn)  # a pool's connection is a proxy of the connection
+    return raw if isinstance(raw, TrackedConnection) else None
+
+
+def has_session_state(conn: asyncpg.Connection) -> bool:
+    """Whether releasing `conn` would reset its session (a plain connection: always)."""
+    tracked = _tracked(conn)
+    return tracked is None or tracked._flows_session_state
+
+
+def session_state_undone(conn: asyncpg.Connection) -> None:
+    """The caller has undone the only session state `conn` got since it was clean (a session advisory lock it took
+    and released itself): its release needs no reset."""
+    if (tracked := _tracked(conn)) is not None:
+        tracked._flows_session_state = False
+
+
 async def reset_if_needed(conn: asyncpg.Connection) -> None:
     """The pool's reset on release. asyncpg has already rolled back an open transaction and dropped the
     listeners (``Connection._reset``); the reset query (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;

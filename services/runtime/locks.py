@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
+from services.runtime.db import has_session_state, session_state_undone
+
 # Every PostgreSQL advisory-lock key of the platform, one place: a new one is chosen here, against the
 # others. Single-key locks (pg_advisory_lock(key)); arbitrary constants shared by every process of a
 # database.
@@ -30,12 +32,15 @@ SUBMIT_LOCK = 7318
 async def instance_lock(pool: asyncpg.Pool, namespace: int, instance: int) -> AsyncIterator[bool]:
     """Yields True when this task holds the lock, False when someone else is working on it."""
     async with pool.acquire() as conn:
+        clean = not has_session_state(conn)
         held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", namespace, instance))
         try:
             yield held
         finally:
             if held and not conn.is_closed():  # a connection cut took the lock with it
-                await conn.execute("SELECT pg_advisory_unlock($1, $2)", namespace, instance)
+                released = await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", namespace, instance)
+                if released and clean:  # the lock was its only session state: no reset query on release
+                    session_state_undone(conn)
 
 
 async def instances_in_state(pool: asyncpg.Pool, *states: str) -> list[int]:

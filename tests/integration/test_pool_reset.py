@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from services.runtime.db import TrackedConnection, create_pool
+from services.runtime.locks import instance_lock
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -99,3 +100,23 @@ async def test_statements_without_session_state_skip_the_reset(one_conn_pool: as
         assert raw._flows_session_state is True
     async with one_conn_pool.acquire() as conn:
         assert conn._con._flows_session_state is False  # the reset ran and cleared the flag
+
+
+async def test_an_instance_lock_released_by_its_holder_needs_no_reset(one_conn_pool: asyncpg.Pool,
+                                                                      fresh_db: str) -> None:
+    """instance_lock unlocks its own lock: the release skips the reset query's round trip (a load's or a format's
+    path), and the lock is free for the next user of the connection and for every other session."""
+    pid = await _pid(one_conn_pool)
+    async with instance_lock(one_conn_pool, *LOCK) as held:
+        assert held and not await _lock_free_elsewhere(fresh_db)
+    other = await asyncpg.connect(fresh_db)
+    try:  # the session's last statement is the unlock: no reset query was sent on release
+        last = await other.fetchval("SELECT query FROM pg_stat_activity WHERE pid = $1", pid)
+    finally:
+        await other.close()
+    assert "pg_advisory_unlock(" in last and "unlock_all" not in last, last
+    async with one_conn_pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                   "AND pid = pg_backend_pid()") == 0
+    assert await _lock_free_elsewhere(fresh_db)
+    assert await _pid(one_conn_pool) == pid
