@@ -44,6 +44,34 @@ WATCH_STATES = """() => {
 }"""
 
 
+# The visible form fields whose boundary cannot be seen (WCAG 2.1 1.4.11, non-text contrast: no side with a border
+# of at least 1px whose colour has 3:1 against the background behind the field). axe does not check this; an
+# <input> without a type once got no border at all from Bootstrap Italia, whose rules name input[type=text].
+UNSEEN_FIELDS = """() => {
+  const rgb = c => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => [r, g, b].map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; })
+                                     .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const ratio = (a, b) => { const [x, y] = [lum(a), lum(b)].sort((p, q) => q - p); return (x + 0.05) / (y + 0.05); };
+  const behind = el => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length >= 3 && (c.length < 4 || c[3] > 0.5)) return c;
+    }
+    return [255, 255, 255];
+  };
+  const skip = new Set(['hidden', 'submit', 'button', 'checkbox', 'radio', 'file', 'reset', 'image']);
+  return [...document.querySelectorAll('input, select, textarea')]
+    .filter(el => el.getClientRects().length > 0 && !skip.has(el.type))
+    .filter(el => {
+      const s = getComputedStyle(el), bg = behind(el.parentElement || el);
+      return !['Top', 'Right', 'Bottom', 'Left'].some(side =>
+        parseFloat(s['border' + side + 'Width']) >= 1 && s['border' + side + 'Style'] !== 'none'
+        && ratio(rgb(s['border' + side + 'Color']), bg) >= 3);
+    })
+    .map(el => el.id || el.name || el.outerHTML.slice(0, 80));
+}"""
+
+
 async def _axe_clean(page: Page, axe: Axe, name: str) -> None:
     SCREENS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SCREENS / f"{name}.png"), full_page=True)
@@ -51,6 +79,7 @@ async def _axe_clean(page: Page, axe: Axe, name: str) -> None:
     serious = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
                for v in results.response["violations"] if v["impact"] in ("serious", "critical")]
     assert serious == [], f"{name}: {serious}"
+    assert await page.evaluate(UNSEEN_FIELDS) == [], f"{name}: form fields without a visible boundary"
 
 
 async def _wait_badge(page: Page, states: set[str], timeout_s: float = 120) -> str:
