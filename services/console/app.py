@@ -116,6 +116,39 @@ STATE_LABELS = {
 }
 ROLE_LABELS = {"operator": "operatore", "structure": "struttura", "desk": "sportello", "ops": "esercizio",
                "auditor": "revisore", "admin": "amministratore"}
+# What the operators read instead of the platform's identifiers (the values stay in forms, URLs and the API).
+# The flow types as the Flow Manager's "Lista tipi di flusso" names them (seed, Figura 2).
+FLOW_TYPE_LABELS = {"FLUSSO_C": "FLUSSO C", "FLUSSO_C_PACC": "FLUSSO C PACC", "FLUSSO_MEF": "FLUSSO MEF SOGEI",
+                    "FLUSSO_ALPI_TA": "FLUSSO ALPI TA", "FLUSSO_730": "FLUSSO 730"}
+# An instance's history: every lifecycle event (contracts.flows.EVENT_TYPES; a test keeps them in step).
+EVENT_LABELS = {
+    "flows.load-requested": "Caricamento richiesto", "flows.load-scheduled": "Caricamento pianificato",
+    "flows.load-running": "Caricamento avviato", "flows.load-checked": "Caricamento verificato",
+    "flows.load-failed": "Caricamento fallito", "flows.format-requested": "Formattazione richiesta",
+    "flows.formatting-started": "Formattazione avviata", "flows.formatted": "Formattazione completata",
+    "flows.format-failed": "Formattazione fallita", "flows.ts-submission-requested": "Invio a Sistema TS richiesto",
+    "flows.ts-submitted": "File inviato a Sistema TS", "flows.ts-feedback-received": "Esito di Sistema TS ricevuto",
+    "flows.instance-deleted": "Istanza cancellata",
+}
+# A load's counts (services.loader.pipeline: what each snapshot table counts).
+COUNT_LABELS = {"services": "prestazioni", "prescriptions": "ricette", "patients": "assistiti",
+                "bookings": "prenotazioni", "payment_documents": "documenti di spesa"}
+# Onboarding: the five kinds of request as the So.Re.Sa. note names them (seed 003; contracts.onboarding.RequestKind)
+# and the dashboard's states (services.onboarding.projection; a test keeps both in step).
+ONBOARDING_KIND_LABELS = {
+    "new-aggregation": "Nuova aggregazione (laboratorio)",
+    "aggregator-registry-change": "Variazioni anagrafiche per aggregatori",
+    "new-acquisition": "Nuova acquisizione ente", "software-house-change": "Cambio software house",
+    "interoperability-change": "Cambio modello di interoperabilità",
+}
+ONBOARDING_STATUS_LABELS = {
+    "documents-awaited": "documenti attesi", "incomplete": "incompleta", "non-compliant": "non conforme",
+    "compliant": "conforme", "complete": "completa", "taken-in-charge": "presa in carico",
+    "switch-scheduled": "switch pianificato", "switch-refused": "switch rifiutato",
+}
+# The kinds of an instance's files other than a layout's record kinds (C1, C2...), which keep their names.
+FILE_KIND_LABELS = {"feedback": "esito dei controlli", "ts-errors": "errori di Sistema TS",
+                    "ts-receipt": "ricevuta di Sistema TS", "730-zip": "730 (zip)"}
 
 
 def _state_class(state: str) -> str:
@@ -137,6 +170,8 @@ def _badge(state: str) -> Markup:
 
 _BADGE_HTML = {state: str(_badge(state)) for state in STATE_LABELS}
 FLOW_TYPE_VALUES = tuple(t.value for t in FlowType)
+FLOW_TYPE_LABEL_VALUES = tuple(FLOW_TYPE_LABELS.get(t, t) for t in FLOW_TYPE_VALUES)
+FLOW_TYPE_CHOICES = dict(zip(FLOW_TYPE_VALUES, FLOW_TYPE_LABEL_VALUES, strict=True))  # value -> label, in order
 STATE_VALUES = tuple(STATE_LABELS)
 STATE_LABEL_VALUES = tuple(STATE_LABELS.values())
 
@@ -168,7 +203,14 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 templates.env.auto_reload = os.environ.get("FLOWS_CONSOLE_TEMPLATES_RELOAD") == "1"
 templates.env.filters["ora"] = lambda when, fmt="%d/%m/%Y %H:%M:%S": when.astimezone(ROME).strftime(fmt)
 templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state_class=_state_class,
-                             role_labels=ROLE_LABELS, badge=_badge)
+                             role_labels=ROLE_LABELS, badge=_badge,
+                             flow_type_label=lambda t: FLOW_TYPE_LABELS.get(t, t),
+                             event_label=lambda t: EVENT_LABELS.get(t, t),
+                             count_label=lambda k: COUNT_LABELS.get(k, k),
+                             file_kind_label=lambda k: FILE_KIND_LABELS.get(k, k),
+                             onboarding_kind_label=lambda k: ONBOARDING_KIND_LABELS.get(k, k),
+                             onboarding_status_label=lambda k: ONBOARDING_STATUS_LABELS.get(k, k),
+                             onboarding_statuses=ONBOARDING_STATUS_LABELS)
 
 
 SECURITY_HEADERS = [
@@ -841,7 +883,8 @@ async def _list_page_with_session(pool: asyncpg.Pool, token_sha256: bytes,
     return who, (q, errors, [r for r in rows if r["instance"] is not None])
 
 
-_TEXT_HTML: dict[str, str] = {}  # a list's few distinct flow types and enti, escaped once (bounded below)
+_TEXT_HTML: dict[str, str] = {}  # a list's few distinct enti, escaped once (bounded below)
+_FLOW_TYPE_HTML = {value: html.escape(label) for value, label in FLOW_TYPE_LABELS.items()}
 
 
 def _escaped(text: str) -> str:
@@ -862,9 +905,10 @@ def _list_rows(rows: list[asyncpg.Record]) -> Markup:
     (LIST_PAGE_COLUMNS), made of digits and '/', ':' and ' ' only. A row's page columns are its last eight
     (`_LIST_PAGE_TYPES`), unpacked at once: a third less than a lookup by name per cell."""
     out = []
-    badges, texts = _BADGE_HTML, _TEXT_HTML
+    badges, texts, flow_types = _BADGE_HTML, _TEXT_HTML, _FLOW_TYPE_HTML
     for *_, n, flow_type, ente, source, created, start, end, state in rows:
-        out.append(f'<tr><td>{texts.get(flow_type) or _escaped(flow_type)}</td><td>{texts.get(ente) or _escaped(ente)}'
+        out.append(f'<tr><td>{flow_types.get(flow_type) or _escaped(flow_type)}</td>'
+                   f'<td>{texts.get(ente) or _escaped(ente)}'
                    f'</td><td><a href="/istanze/{n}">{n}</a></td><td>{"" if source is None else source}</td>'
                    f"<td>{created}</td><td>{start}</td><td>{end}</td>"
                    f"<td>{badges.get(state) or _badge(state)}</td></tr>\n")
@@ -888,7 +932,7 @@ async def instances_page(ctx: Ctx) -> Response:
     next_url = f"{first_url}{'&' if params else ''}prima={int(rows[-1]['instance'])}" if more else None
     return page(ctx, "instances.html", "Istanze di flusso", active="/istanze", rows=_list_rows(rows),
                 count=len(rows), q=q, errors=errors, next_url=next_url, first_url=first_url,
-                tipo_options=_options(FLOW_TYPE_VALUES, FLOW_TYPE_VALUES, q.tipo),
+                tipo_options=_options(FLOW_TYPE_VALUES, FLOW_TYPE_LABEL_VALUES, q.tipo),
                 stato_options=_options(STATE_VALUES, STATE_LABEL_VALUES, q.stato))
 
 
@@ -904,7 +948,7 @@ async def new_load_form(ctx: Ctx) -> Response:
     start, end = _default_period()
     form = {"tipo": "FLUSSO_C", "ente": min(ctx.principal.enti), "dal": start, "al": end, "pianificata": ""}
     return page(ctx, "new_load.html", "Nuovo caricamento", active="/istanze/nuova", form=form, errors={},
-                flow_types=[t.value for t in FlowType])
+                flow_types=FLOW_TYPE_CHOICES)
 
 
 def _load_errors(principal: auth.Principal, form: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
@@ -956,7 +1000,7 @@ async def new_load(ctx: Ctx) -> Response:
             request_id = command.request_id
     if errors:
         return page(ctx, "new_load.html", "Nuovo caricamento", status=422, active="/istanze/nuova", form=form,
-                    errors=errors, flow_types=[t.value for t in FlowType])
+                    errors=errors, flow_types=FLOW_TYPE_CHOICES)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         instance = await console.pool.fetchval("SELECT instance FROM instance_list WHERE request_id = $1", request_id)

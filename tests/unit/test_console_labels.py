@@ -1,0 +1,44 @@
+"""What the console's users read instead of the platform's identifiers: every flow type, lifecycle event, count,
+onboarding kind and onboarding state the platform can produce has its Italian label, so a new one added without
+a label fails here rather than showing a raw identifier to an operator."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from contracts.flows import EVENT_TYPES, FlowType
+from contracts.onboarding import RequestKind
+from services.console.app import (
+    COUNT_LABELS,
+    EVENT_LABELS,
+    FLOW_TYPE_CHOICES,
+    FLOW_TYPE_LABELS,
+    ONBOARDING_KIND_LABELS,
+    ONBOARDING_STATUS_LABELS,
+    _list_rows,
+)
+from services.loader.pipeline import _COUNTED_BY_CHECKS
+from services.onboarding import projection
+
+
+def test_every_flow_type_event_and_count_has_an_italian_label() -> None:
+    assert set(FLOW_TYPE_LABELS) == {t.value for t in FlowType}
+    assert list(FLOW_TYPE_CHOICES) == [t.value for t in FlowType]  # the form's order, values unchanged
+    assert set(EVENT_LABELS) == set(EVENT_TYPES)
+    assert {name for names in _COUNTED_BY_CHECKS.values() for name in names} <= set(COUNT_LABELS)
+
+
+def test_every_onboarding_kind_and_state_has_an_italian_label() -> None:
+    assert set(ONBOARDING_KIND_LABELS) == {k.value for k in RequestKind}
+    source = Path(projection.__file__).read_text(encoding="utf-8")
+    states = set(re.findall(r"status = '([a-z-]+)'", source)) | set(re.findall(r'"status": "([a-z-]+)"', source))
+    states |= set(re.findall(r'return "([a-z-]+)"', source))
+    assert {"documents-awaited", "incomplete", "non-compliant", "compliant", "complete"} <= states  # the scan works
+    assert states <= set(ONBOARDING_STATUS_LABELS), states - set(ONBOARDING_STATUS_LABELS)
+
+
+def test_the_instance_list_shows_the_flow_types_as_the_flow_manager_names_them() -> None:
+    record = ("operator", 1947, "FLUSSO_MEF", "201", None, "02/07/2026 00:30", "01/06/2026", "30/06/2026", "Checked")
+    html = str(_list_rows([record]))  # type: ignore[list-item]
+    assert html.startswith("<tr><td>FLUSSO MEF SOGEI</td><td>201</td>")
