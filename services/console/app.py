@@ -22,7 +22,7 @@ import time
 import typing
 import urllib.parse
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from http import HTTPStatus
@@ -130,6 +130,34 @@ EVENT_LABELS = {
     "flows.ts-submitted": "File inviato a Sistema TS", "flows.ts-feedback-received": "Esito di Sistema TS ricevuto",
     "flows.instance-deleted": "Istanza cancellata",
 }
+TS_OUTCOME_LABELS = {"confirmed": "confermato", "confirmed_with_errors": "confermato con errori",
+                     "rejected": "respinto"}
+
+
+def event_detail(event_type: str, data: Mapping[str, Any]) -> str:
+    """What an operator needs of an event besides its name, in Italian (the history's Dettaglio column): the part and
+    the protocollo of a TS submission, its outcome, a failure's summary, a deletion's reason. Plain text: the
+    template escapes it."""
+    def part() -> str:
+        return f"parte {data.get('part')} di {data.get('parts')}"
+
+    if event_type == "flows.load-scheduled" and data.get("scheduled_at"):
+        return f"avvio alle {datetime.fromisoformat(str(data['scheduled_at'])).astimezone(ROME):%d/%m/%Y %H:%M}"
+    if event_type == "flows.load-failed":
+        return str(data.get("summary") or "")
+    if event_type == "flows.format-failed":
+        return "; ".join(str(r) for r in data.get("reasons") or [])
+    if event_type == "flows.ts-submitted":
+        return f"{part()}, protocollo {data.get('protocollo')}"
+    if event_type == "flows.ts-feedback-received":
+        outcome = TS_OUTCOME_LABELS.get(str(data.get("outcome")), str(data.get("outcome")))
+        reason = f" ({data['reason']})" if data.get("reason") else ""
+        return f"{part()}: {outcome}{reason}"
+    if event_type == "flows.instance-deleted" and data.get("reason"):
+        return f"motivo: {data['reason']}"
+    return ""
+
+
 # A load's counts (services.loader.pipeline: what each snapshot table counts).
 COUNT_LABELS = {"services": "prestazioni", "prescriptions": "ricette", "patients": "assistiti",
                 "bookings": "prenotazioni", "payment_documents": "documenti di spesa"}
@@ -207,7 +235,7 @@ templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state
                              flow_type_label=lambda t: FLOW_TYPE_LABELS.get(t, t),
                              event_label=lambda t: EVENT_LABELS.get(t, t),
                              count_label=lambda k: COUNT_LABELS.get(k, k),
-                             file_kind_label=lambda k: FILE_KIND_LABELS.get(k, k),
+                             file_kind_label=lambda k: FILE_KIND_LABELS.get(k, k), event_detail=event_detail,
                              onboarding_kind_label=lambda k: ONBOARDING_KIND_LABELS.get(k, k),
                              onboarding_status_label=lambda k: ONBOARDING_STATUS_LABELS.get(k, k),
                              onboarding_statuses=ONBOARDING_STATUS_LABELS)

@@ -17,6 +17,7 @@ from services.console.app import (
     ONBOARDING_KIND_LABELS,
     ONBOARDING_STATUS_LABELS,
     _list_rows,
+    event_detail,
 )
 from services.loader.pipeline import _COUNTED_BY_CHECKS
 from services.onboarding import projection
@@ -42,3 +43,16 @@ def test_the_instance_list_shows_the_flow_types_as_the_flow_manager_names_them()
     record = ("operator", 1947, "FLUSSO_MEF", "201", None, "02/07/2026 00:30", "01/06/2026", "30/06/2026", "Checked")
     html = str(_list_rows([record]))  # type: ignore[list-item]
     assert html.startswith("<tr><td>FLUSSO MEF SOGEI</td><td>201</td>")
+
+
+def test_the_history_says_in_italian_which_part_went_to_ts_and_how_it_ended() -> None:
+    assert event_detail("flows.ts-submitted", {"part": 2, "parts": 4, "protocollo": "26120422011800002"}) == (
+        "parte 2 di 4, protocollo 26120422011800002")
+    assert event_detail("flows.ts-feedback-received", {"part": 1, "parts": 4, "outcome": "confirmed_with_errors",
+                                                       "reason": "2 CF sconosciuti"}) == (
+        "parte 1 di 4: confermato con errori (2 CF sconosciuti)")
+    assert event_detail("flows.load-scheduled", {"scheduled_at": "2026-11-02T05:00:00+00:00"}) == (
+        "avvio alle 02/11/2026 06:00")  # Rome's time
+    assert event_detail("flows.instance-deleted", {"reason": "caricata due volte"}) == "motivo: caricata due volte"
+    assert event_detail("flows.format-failed", {"reasons": ["disco pieno", "riprova"]}) == "disco pieno; riprova"
+    assert event_detail("flows.load-checked", {"counts": {"services": 1}}) == ""
