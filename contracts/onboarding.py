@@ -130,6 +130,45 @@ class DocumentReceived(Payload):
     received_by: str = Field(min_length=1, max_length=120, examples=["mailbox:progettocup.privati"])
 
 
+# Italian names of the document types (seed 003's wording), by the ids of requirements-<version>.toml; a slot
+# `<id>:<STS11>` (one document per SPOKE already on the CUP) is labelled with its STS11 after the name.
+# `tracciati` is no document type: it is the upload of a workbook whose sheets are several tracciati.
+DOCUMENT_LABELS: dict[str, str] = {
+    "tracciati": "Tracciati (cartella di lavoro con più fogli)",
+    "tracciato-erogatore": "Tracciato Erogatore",
+    "tracciato-strutture": "Tracciato Strutture",
+    "tracciato-sedi": "Tracciato Sedi",
+    "tracciato-raggruppamenti-unita": "Tracciato Raggruppamenti Unità",
+    "tracciato-unita-eroganti": "Tracciato Unità Eroganti",
+    "tracciato-prestazioni": "Tracciato Prestazioni",
+    "tracciato-agende": "Tracciato Agende",
+    "tracciato-utenze": "Tracciato Utenze",
+    "accreditation-resolution": "Delibera di accreditamento",
+    "suap-authorisation": "Autorizzazione SUAP",
+    "spoke-reconfiguration-act": "Documento formale di riconfigurazione come Spoke dell'HUB",
+    "spoke-closure-act": "Atto di chiusura dello spoke",
+    "formal-request-aggregation": "Richiesta formale di nuova Aggregazione",
+    "formal-request-acquisition": "Richiesta formale di nuova acquisizione sul Sistema CUP Regionale",
+    "formal-request-software-house-change": "Richiesta formale di cambio Software House",
+    "formal-request-interoperability-change": "Richiesta formale di cambio modello di interoperabilità",
+    "endpoint-form-b1": "Form di abilitazione degli endpoint per l'ambiente di produzione (Allegato B1)",
+    "endpoint-form-b2": "Form di abilitazione degli endpoint per l'ambiente di produzione (Allegato B2)",
+    "endpoint-form-c": "Form di abilitazione degli endpoint per l'ambiente di produzione (Allegato C)",
+    "switch-date-request": "Data e fascia oraria desiderate per lo switch",
+}
+
+
+def document_label(document_id: str) -> str:
+    """The Italian name of a document type or slot: `spoke-closure-act:150456` is "Atto di chiusura dello spoke
+    150456". An id without a label (a type of a newer note not named here yet) is returned as it is: a page shows
+    the id rather than fail (tests/unit/test_onboarding_labels.py holds every required type to a label)."""
+    base, sep, sts11 = document_id.partition(":")
+    label = DOCUMENT_LABELS.get(base)
+    if label is None:
+        return document_id
+    return f"{label} {sts11}" if sep else label
+
+
 class Problem(BaseModel):
     """One reason a document is not compliant, located as precisely as possible (sheet, row, column)."""
 
