@@ -11,6 +11,11 @@ Dates and times of a switch are local to Italy (Europe/Rome), written as a plain
 
 Documents travel by reference: the publisher first stores the file in the shared file store
 (`files_dir` locally, S3 in production) and then publishes `document-received` with `stored_at`.
+
+What people read is Italian (the onboarding desk, the private structures): a problem's message and its
+location (`Problem.where`), the completeness summary, the switch reasons and warnings, and the document
+labels (`document_label`, the names of seed 003). Ids, kinds, statuses and field names stay as they are:
+they are the contract.
 """
 
 from __future__ import annotations
@@ -169,11 +174,32 @@ def document_label(document_id: str) -> str:
     return f"{label} {sts11}" if sep else label
 
 
+def problem_where(
+    message: str, sheet: str | None, row: int | None, column: str | None, cell: str | None
+) -> str:
+    """A problem as one line, its place first: "foglio Prestazioni, riga 4, campo IUP_SSA_CODE, cella D4: ..."
+    ("campo" is the note's own word for a column: "il campo IUP_SSA_CODE deve essere valorizzato")."""
+    parts = [
+        text
+        for text in (
+            f"foglio {sheet}" if sheet else None,
+            f"riga {row}" if row else None,
+            f"campo {column}" if column else None,
+            f"cella {cell}" if cell else None,
+        )
+        if text
+    ]
+    return (", ".join(parts) + ": " if parts else "") + message
+
+
 class Problem(BaseModel):
     """One reason a document is not compliant, located as precisely as possible (sheet, row, column)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    message: str = Field(examples=["IUP_SSA_CODE 150999 is not the HUB's STS11 150123"])
+    message: str = Field(
+        description="What is wrong, in Italian, naming the wrong value.",
+        examples=["150999 non è l'STS11 dell'HUB 150123"],
+    )
     sheet: str | None = Field(default=None, examples=["Prestazioni"])
     row: int | None = Field(
         default=None, ge=1, description="Spreadsheet row number (header = row 1).", examples=[4]
@@ -184,9 +210,7 @@ class Problem(BaseModel):
     )
 
     def where(self) -> str:
-        parts = [p for p in (self.sheet, f"row {self.row}" if self.row else None, self.column) if p]
-        cell = f" [{self.cell}]" if self.cell else ""
-        return (" ".join(parts) + cell + ": " if parts else "") + self.message
+        return problem_where(self.message, self.sheet, self.row, self.column, self.cell)
 
 
 class DocumentAssessed(Payload):
@@ -211,7 +235,12 @@ class CompletenessChanged(Payload):
     non_compliant: dict[str, list[str]] = Field(
         default_factory=dict, description="Slot -> problems of its latest document."
     )
-    summary: str = Field(examples=["3 of 5 present, 1 non-compliant: tracciato-prestazioni"])
+    summary: str = Field(
+        description="The same in one Italian sentence, documents by their labels (document_label).",
+        examples=["3 di 5 presenti, 1 non conforme: Tracciato Prestazioni (foglio Prestazioni, riga 4, "
+                  "campo IUP_SSA_CODE, cella D4: 150999 non è l'STS11 dell'HUB 150123), "
+                  "mancanti: Delibera di accreditamento, Autorizzazione SUAP"],
+    )
 
 
 class RequestComplete(Payload):
@@ -236,7 +265,9 @@ class SwitchScheduled(Payload):
     window_end: str = Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$", examples=["11:00"])
     credentials: Credentials
     warning: str | None = Field(
-        default=None, description="Set when the notice is under the upper bound (4 or 6 weeks)."
+        default=None,
+        description="Set (in Italian) when the notice is under the upper bound (4 or 6 weeks), or the "
+        "municipality's patron-saint day is not known.",
     )
 
 
@@ -246,7 +277,10 @@ class SwitchRefused(Payload):
     switch_date: date
     window_start: str
     window_end: str
-    reasons: list[str]
+    reasons: list[str] = Field(
+        description="Why the slot is refused, in Italian (then any warning).",
+        examples=[["il 19/09/2028 è la festa del santo patrono di Napoli (San Gennaro)"]],
+    )
     proposed_date: date
     proposed_window_start: str
     proposed_window_end: str
