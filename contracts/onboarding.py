@@ -11,6 +11,11 @@ Dates and times of a switch are local to Italy (Europe/Rome), written as a plain
 
 Documents travel by reference: the publisher first stores the file in the shared file store
 (`files_dir` locally, S3 in production) and then publishes `document-received` with `stored_at`.
+
+What people read is Italian (the onboarding desk, the private structures): a problem's message and its
+location (`Problem.where`), the completeness summary, the switch reasons and warnings, and the document
+labels (`document_label`, the names of seed 003). Ids, kinds, statuses and field names stay as they are:
+they are the contract.
 """
 
 from __future__ import annotations
@@ -130,11 +135,71 @@ class DocumentReceived(Payload):
     received_by: str = Field(min_length=1, max_length=120, examples=["mailbox:progettocup.privati"])
 
 
+# Italian names of the document types (seed 003's wording), by the ids of requirements-<version>.toml; a slot
+# `<id>:<STS11>` (one document per SPOKE already on the CUP) is labelled with its STS11 after the name.
+# `tracciati` is no document type: it is the upload of a workbook whose sheets are several tracciati.
+DOCUMENT_LABELS: dict[str, str] = {
+    "tracciati": "Tracciati (cartella di lavoro con più fogli)",
+    "tracciato-erogatore": "Tracciato Erogatore",
+    "tracciato-strutture": "Tracciato Strutture",
+    "tracciato-sedi": "Tracciato Sedi",
+    "tracciato-raggruppamenti-unita": "Tracciato Raggruppamenti Unità",
+    "tracciato-unita-eroganti": "Tracciato Unità Eroganti",
+    "tracciato-prestazioni": "Tracciato Prestazioni",
+    "tracciato-agende": "Tracciato Agende",
+    "tracciato-utenze": "Tracciato Utenze",
+    "accreditation-resolution": "Delibera di accreditamento",
+    "suap-authorisation": "Autorizzazione SUAP",
+    "spoke-reconfiguration-act": "Documento formale di riconfigurazione come Spoke dell'HUB",
+    "spoke-closure-act": "Atto di chiusura dello spoke",
+    "formal-request-aggregation": "Richiesta formale di nuova Aggregazione",
+    "formal-request-acquisition": "Richiesta formale di nuova acquisizione sul Sistema CUP Regionale",
+    "formal-request-software-house-change": "Richiesta formale di cambio Software House",
+    "formal-request-interoperability-change": "Richiesta formale di cambio modello di interoperabilità",
+    "endpoint-form-b1": "Form di abilitazione degli endpoint per l'ambiente di produzione (Allegato B1)",
+    "endpoint-form-b2": "Form di abilitazione degli endpoint per l'ambiente di produzione (Allegato B2)",
+    "endpoint-form-c": "Form di abilitazione degli endpoint per l'ambiente di produzione (Allegato C)",
+    "switch-date-request": "Data e fascia oraria desiderate per lo switch",
+}
+
+
+def document_label(document_id: str) -> str:
+    """The Italian name of a document type or slot: `spoke-closure-act:150456` is "Atto di chiusura dello spoke
+    150456". An id without a label (a type of a newer note not named here yet) is returned as it is: a page shows
+    the id rather than fail (tests/unit/test_onboarding_labels.py holds every required type to a label)."""
+    base, sep, sts11 = document_id.partition(":")
+    label = DOCUMENT_LABELS.get(base)
+    if label is None:
+        return document_id
+    return f"{label} {sts11}" if sep else label
+
+
+def problem_where(
+    message: str, sheet: str | None, row: int | None, column: str | None, cell: str | None
+) -> str:
+    """A problem as one line, its place first: "foglio Prestazioni, riga 4, campo IUP_SSA_CODE, cella D4: ..."
+    ("campo" is the note's own word for a column: "il campo IUP_SSA_CODE deve essere valorizzato")."""
+    parts = [
+        text
+        for text in (
+            f"foglio {sheet}" if sheet else None,
+            f"riga {row}" if row else None,
+            f"campo {column}" if column else None,
+            f"cella {cell}" if cell else None,
+        )
+        if text
+    ]
+    return (", ".join(parts) + ": " if parts else "") + message
+
+
 class Problem(BaseModel):
     """One reason a document is not compliant, located as precisely as possible (sheet, row, column)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    message: str = Field(examples=["IUP_SSA_CODE 150999 is not the HUB's STS11 150123"])
+    message: str = Field(
+        description="What is wrong, in Italian, naming the wrong value.",
+        examples=["150999 non è l'STS11 dell'HUB 150123"],
+    )
     sheet: str | None = Field(default=None, examples=["Prestazioni"])
     row: int | None = Field(
         default=None, ge=1, description="Spreadsheet row number (header = row 1).", examples=[4]
@@ -145,9 +210,7 @@ class Problem(BaseModel):
     )
 
     def where(self) -> str:
-        parts = [p for p in (self.sheet, f"row {self.row}" if self.row else None, self.column) if p]
-        cell = f" [{self.cell}]" if self.cell else ""
-        return (" ".join(parts) + cell + ": " if parts else "") + self.message
+        return problem_where(self.message, self.sheet, self.row, self.column, self.cell)
 
 
 class DocumentAssessed(Payload):
@@ -172,7 +235,12 @@ class CompletenessChanged(Payload):
     non_compliant: dict[str, list[str]] = Field(
         default_factory=dict, description="Slot -> problems of its latest document."
     )
-    summary: str = Field(examples=["3 of 5 present, 1 non-compliant: tracciato-prestazioni"])
+    summary: str = Field(
+        description="The same in one Italian sentence, documents by their labels (document_label).",
+        examples=["3 di 5 presenti, 1 non conforme: Tracciato Prestazioni (foglio Prestazioni, riga 4, "
+                  "campo IUP_SSA_CODE, cella D4: 150999 non è l'STS11 dell'HUB 150123), "
+                  "mancanti: Delibera di accreditamento, Autorizzazione SUAP"],
+    )
 
 
 class RequestComplete(Payload):
@@ -197,7 +265,9 @@ class SwitchScheduled(Payload):
     window_end: str = Field(pattern=r"^[0-2][0-9]:[0-5][0-9]$", examples=["11:00"])
     credentials: Credentials
     warning: str | None = Field(
-        default=None, description="Set when the notice is under the upper bound (4 or 6 weeks)."
+        default=None,
+        description="Set (in Italian) when the notice is under the upper bound (4 or 6 weeks), or the "
+        "municipality's patron-saint day is not known.",
     )
 
 
@@ -207,7 +277,10 @@ class SwitchRefused(Payload):
     switch_date: date
     window_start: str
     window_end: str
-    reasons: list[str]
+    reasons: list[str] = Field(
+        description="Why the slot is refused, in Italian (then any warning).",
+        examples=[["il 19/09/2028 è la festa del santo patrono di Napoli (San Gennaro)"]],
+    )
     proposed_date: date
     proposed_window_start: str
     proposed_window_end: str

@@ -11,6 +11,10 @@ seguito della trasmissione della documentazione completa, correttamente compilat
 - once complete it is taken in charge at once, expected completion = complete + 4..6 weeks
   ("tempi medi ... circa 4-6 settimane decorrenti dalla ricezione della documentazione completa");
 - a switch request (software house / interoperability) is then judged for its desired slot.
+
+What people read is Italian: the completeness summary (documents by their `document_label`) and every
+refusal (`OnboardingError`), which the console shows as the reason a document or a switch was not accepted.
+Ids, kinds and field names in them stay as they are: they are what the desk types and the contract names.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from contracts.onboarding import (
     SwitchRefused,
     SwitchScheduled,
     TakenInCharge,
+    document_label,
 )
 from services.onboarding.findings import Finding
 from services.onboarding.requirements import Requirements
@@ -87,11 +92,13 @@ class OnboardingRequest:
         iterator = iter(events)
         first = next(iterator, None)
         if not isinstance(first, RequestOpened):
-            raise OnboardingError(f"a request stream must start with request-opened, not {type(first).__name__}")
+            raise OnboardingError(
+                f"lo stream di una richiesta deve cominciare con request-opened, non con {type(first).__name__}"
+            )
         if first.requirements_version != requirements.version:
             raise OnboardingError(
-                f"request {first.request_id}: opened under requirements "
-                f"{first.requirements_version}, replayed with {requirements.version}"
+                f"richiesta {first.request_id}: aperta con i requisiti "
+                f"{first.requirements_version}, ricostruita con {requirements.version}"
             )
         state = cls(opened=first, requirements=requirements, version=1)
         for event in iterator:
@@ -149,20 +156,26 @@ def open_request(
     if existing is not None:
         if existing.opened.model_dump(exclude={"opened_at"}) == command.model_dump(exclude={"opened_at"}):
             return []
-        raise OnboardingError(f"request {rid}: already opened (as {existing.kind}) with other data")
+        raise OnboardingError(f"richiesta {rid}: già aperta (come {existing.kind}) con altri dati")
     if command.requirements_version != requirements.version:
         raise OnboardingError(
-            f"request {rid}: requirements_version {command.requirements_version!r} "
-            f"is not the loaded {requirements.version!r}"
+            f"richiesta {rid}: requirements_version {command.requirements_version!r} "
+            f"non è la versione dei requisiti in uso {requirements.version!r}"
         )
     requirements.kind(command.kind)
     if command.kind in AGGREGATIONS and not command.spokes:
-        raise OnboardingError(f"request {rid}: spokes is empty; an aggregation needs its SPOKEs (seed 003)")
+        raise OnboardingError(
+            f"richiesta {rid}: spokes è vuoto; un'aggregazione deve indicare i suoi SPOKE (nota So.Re.Sa.)"
+        )
     if command.kind not in AGGREGATIONS and command.spokes:
-        raise OnboardingError(f"request {rid}: spokes given for a {command.kind} request (aggregations only)")
+        raise OnboardingError(
+            f"richiesta {rid}: spokes indicati per una richiesta {command.kind} (ammessi solo nelle aggregazioni)"
+        )
     stsl = [command.structure_sts11, *(s.sts11 for s in command.spokes)]
     if len(set(stsl)) != len(stsl):
-        raise OnboardingError(f"request {rid}: spokes repeat an STS11 (or the HUB's): {', '.join(stsl)}")
+        raise OnboardingError(
+            f"richiesta {rid}: in spokes un STS11 è ripetuto o è quello dell'HUB: {', '.join(stsl)}"
+        )
     return [command, *_completeness_events(OnboardingRequest.replay([command], requirements), requirements)]
 
 
@@ -180,25 +193,27 @@ def receive_document(
         known = request.documents[received.document_id]
         if known.filename == received.filename and known.document_type == received.document_type:
             return []  # the same document delivered twice
-        raise OnboardingError(f"request {rid}: document_id {received.document_id} is already used for {known.filename}")
+        raise OnboardingError(
+            f"richiesta {rid}: il document_id {received.document_id} è già usato per {known.filename}"
+        )
     requirements.document_type(received.document_type)
     slot = requirements.slot_of(received.document_type, received.metadata)
     required = required_slots(request, requirements)
     if slot not in required:
         hint = (
-            " (metadata spoke_sts11 must name a SPOKE already on the CUP)"
+            " (il dato spoke_sts11 deve indicare uno SPOKE già presente sul CUP)"
             if received.document_type == "spoke-closure-act"
             else ""
         )
         raise OnboardingError(
-            f"request {rid}, document {received.filename}: document_type "
-            f"{received.document_type!r} is not required for a {request.kind} request{hint}; "
-            f"required: {', '.join(required)}"
+            f"richiesta {rid}, documento {received.filename}: il document_type "
+            f"{received.document_type!r} non è richiesto per una richiesta {request.kind}{hint}; "
+            f"richiesti: {', '.join(required)}"
         )
     if request.taken_in_charge is not None:
         raise OnboardingError(
-            f"request {rid}: already taken in charge on {request.taken_in_charge.taken_on}; "
-            f"document {received.filename} is not accepted"
+            f"richiesta {rid}: già presa in carico il {request.taken_in_charge.taken_on:%d/%m/%Y}; "
+            f"il documento {received.filename} non è accettato"
         )
     events: list[Payload] = [received]
     if findings is not None:
@@ -230,18 +245,19 @@ def assess_document(
     rid = request.request_id
     doc = request.documents.get(assessed.document_id)
     if doc is None:
-        raise OnboardingError(f"request {rid}: document_id {assessed.document_id} was never received")
+        raise OnboardingError(f"richiesta {rid}: il document_id {assessed.document_id} non è mai stato ricevuto")
     if doc.document_type != assessed.document_type:
         raise OnboardingError(
-            f"request {rid}, document {assessed.document_id}: document_type "
-            f"{assessed.document_type!r} is not the received {doc.document_type!r}"
+            f"richiesta {rid}, documento {assessed.document_id}: il document_type "
+            f"{assessed.document_type!r} non è quello ricevuto, {doc.document_type!r}"
         )
     if not assessed.compliant and not assessed.problems:
         raise OnboardingError(
-            f"request {rid}, document {assessed.document_id}: problems is empty; a non-compliant verdict must say why"
+            f"richiesta {rid}, documento {assessed.document_id}: problems è vuoto; "
+            "un esito di non conformità deve indicarne il motivo"
         )
     if request.taken_in_charge is not None:
-        raise OnboardingError(f"request {rid}: already taken in charge; assessments are closed")
+        raise OnboardingError(f"richiesta {rid}: già presa in carico; le valutazioni sono chiuse")
     if doc.compliant == assessed.compliant and doc.problems == [p.where() for p in assessed.problems]:
         return []
     return _then(request, [assessed], requirements, now, calendar)
@@ -254,11 +270,12 @@ def schedule_switch(
     rid = request.request_id
     if request.complete_on is None:
         raise OnboardingError(
-            f"request {rid}: not complete yet ({_summary_of(request)}); a switch is scheduled from the complete request"
+            f"richiesta {rid}: non ancora completa ({_summary_of(request)}); "
+            "lo switch si fissa quando la richiesta è completa"
         )
     chosen = credentials or declared_credentials(request)
     if chosen is None:
-        raise OnboardingError(f"request {rid}: credentials not stated (basic or new-oauth2)")
+        raise OnboardingError(f"richiesta {rid}: credenziali non indicate (basic o new-oauth2)")
     return [_switch_event(request, slot, chosen, calendar)]
 
 
@@ -275,20 +292,21 @@ def completeness(request: OnboardingRequest, requirements: Requirements) -> Comp
     bad = {s: latest[s].problems for s in required if s in latest and latest[s].compliant is False}
     compliant = sum(1 for s in required if s in latest and latest[s].compliant)
     present = len(required) - len(missing)
-    parts = [f"{present} of {len(required)} present"]
+    parts = [f"{present} di {len(required)} presenti"]
     if bad:
         shown = []
         for slot, problems in bad.items():
             more = len(problems) - SUMMARY_PROBLEMS_PER_DOCUMENT
-            extra = f" (+{more} more)" if more > 0 else ""
-            shown.append(f"{slot} ({'; '.join(problems[:SUMMARY_PROBLEMS_PER_DOCUMENT])}{extra})")
-        parts.append(f"{len(bad)} non-compliant: {', '.join(shown)}")
+            extra = "; e un altro rilievo" if more == 1 else f"; e altri {more} rilievi" if more > 1 else ""
+            first = "; ".join(problems[:SUMMARY_PROBLEMS_PER_DOCUMENT])
+            shown.append(f"{document_label(slot)} ({first}{extra})")
+        parts.append(f"{len(bad)} {'non conforme' if len(bad) == 1 else 'non conformi'}: {', '.join(shown)}")
     if pending:
-        parts.append(f"{len(pending)} awaiting assessment: {', '.join(pending)}")
+        parts.append(f"{len(pending)} in attesa di valutazione: {_labels(pending)}")
     if missing:
-        parts.append(f"missing: {', '.join(missing)}")
+        parts.append(f"{'manca' if len(missing) == 1 else 'mancano'}: {_labels(missing)}")
     if not missing and not pending and not bad:
-        parts.append("all compliant")
+        parts.append("tutti conformi")
     return CompletenessChanged(
         request_id=request.request_id,
         required=len(required),
@@ -299,6 +317,10 @@ def completeness(request: OnboardingRequest, requirements: Requirements) -> Comp
         non_compliant=bad,
         summary=", ".join(parts),
     )
+
+
+def _labels(slots: Iterable[str]) -> str:
+    return ", ".join(document_label(slot) for slot in slots)
 
 
 def declared_credentials(request: OnboardingRequest) -> str | None:
@@ -397,4 +419,4 @@ def _switch_event(request: OnboardingRequest, slot: SwitchSlot, credentials: str
 
 
 def _summary_of(request: OnboardingRequest) -> str:
-    return request.completeness.summary if request.completeness else "no documents"
+    return request.completeness.summary if request.completeness else "nessun documento"

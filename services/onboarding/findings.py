@@ -1,8 +1,14 @@
-"""A finding: one reason a document is not compliant, located by sheet, row, column and cell."""
+"""A finding: one reason a document is not compliant, located by sheet, row, column and cell.
+
+The message is Italian (the desk and the structures read it); `where()` is the contract's
+`problem_where`, so a finding reads the same before and after it is recorded as a `Problem`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from contracts.onboarding import problem_where
 
 
 @dataclass(frozen=True)
@@ -14,6 +20,4 @@ class Finding:
     cell: str | None = None  # A1 reference, e.g. "E4"
 
     def where(self) -> str:
-        parts = [p for p in (self.sheet, f"row {self.row}" if self.row else None, self.column) if p]
-        cell = f" [{self.cell}]" if self.cell else ""
-        return (" ".join(parts) + cell + ": " if parts else "") + self.message
+        return problem_where(self.message, self.sheet, self.row, self.column, self.cell)

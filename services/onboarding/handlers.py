@@ -9,6 +9,9 @@ Kafka intake (`on_*`) differs in two ways only:
   already recorded: it is acknowledged and ignored;
 - the message id (`ce_id`) is recorded in the same transaction as the appended events, so a
   redelivered message changes nothing. An error raises: the broker helper retries, then dead-letters.
+
+Refusals (`OnboardingError`) and the findings about a document are Italian: the console shows them to the
+structure and the desk as the reason (see domain.py); a dead letter keeps the same reason.
 """
 
 from __future__ import annotations
@@ -77,14 +80,16 @@ async def load(deps: OnboardingDeps, request_id: str) -> OnboardingRequest | Non
     events = [EVENT_TYPES[e.type].model_validate(e.data) for e in stored]
     first = events[0]
     if not isinstance(first, RequestOpened):
-        raise OnboardingError(f"request {request_id}: stream starts with {stored[0].type}, not request-opened")
+        raise OnboardingError(
+            f"richiesta {request_id}: lo stream comincia con {stored[0].type}, non con request-opened"
+        )
     return OnboardingRequest.replay(events, deps.requirements(first.requirements_version))
 
 
 async def require(deps: OnboardingDeps, request_id: str) -> OnboardingRequest:
     request = await load(deps, request_id)
     if request is None:
-        raise RequestNotFound(f"request {request_id}: not found")
+        raise RequestNotFound(f"richiesta {request_id}: non trovata")
     return request
 
 
@@ -142,15 +147,16 @@ def assess_content(request: OnboardingRequest, received: DocumentReceived, conte
     layout = layouts[doc_type.sheet or ""]
     try:
         tables = tracciati.read_tables(received.filename, content)
-    except ValueError as exc:
-        return [Finding(f"{received.filename}: {exc}", sheet=layout.name)]
+    except ValueError as exc:  # its message names the file already
+        return [Finding(str(exc), sheet=layout.name)]
     except Exception as exc:  # a corrupt workbook is a finding about the document, not a crash
-        return [Finding(f"{received.filename} cannot be read as a spreadsheet: {type(exc).__name__}: {exc}")]
+        return [Finding(f"{received.filename}: non è leggibile come foglio di calcolo: {type(exc).__name__}: {exc}")]
     wanted = received.metadata.get("sheet")
     table = next((t for t in tables if t.sheet == wanted), None) if wanted else tracciati.pick_table(tables, layout)
     if table is None:
         names = ", ".join(t.sheet for t in tables)
-        return [Finding(f"no sheet {layout.name!r} in {received.filename} (sheets: {names})", sheet=layout.name)]
+        missing = f"nessun foglio {layout.name!r} in {received.filename} (fogli presenti: {names})"
+        return [Finding(missing, sheet=layout.name)]
     return tracciati.assess_table(table, layout, context_of(request))
 
 
@@ -190,8 +196,9 @@ class DocumentNotStored(OnboardingError):
     document, and nothing the service retries by itself: the person uploading is there, and told at once."""
 
     def __init__(self, request_id: str, filename: str, size: int, cause: StoreFull) -> None:
-        super().__init__(f"request {request_id}, document {filename}: not stored, the file store is full "
-                         f"({cause}); nothing was recorded: send it again once space is freed")
+        super().__init__(f"richiesta {request_id}, documento {filename}: non salvato, l'archivio dei documenti è "
+                         f"pieno ({cause}); non è stato registrato nulla: inviarlo di nuovo quando si sarà liberato "
+                         "spazio")
         self.request_id, self.filename, self.size, self.path = request_id, filename, size, cause.root
 
 
@@ -251,7 +258,7 @@ async def add_document(
             continue
         events += await record_document(deps, received(type_id, {"sheet": table.sheet}), actor)
     if not events and not ignored:
-        raise OnboardingError(f"request {request_id}, document {filename}: the workbook has no sheets")
+        raise OnboardingError(f"richiesta {request_id}, documento {filename}: la cartella di lavoro non ha fogli")
     return Added(events, ignored)
 
 
@@ -278,8 +285,8 @@ async def desk_verdict(
     request = await require(deps, request_id)
     doc = request.documents.get(document) or request.latest_by_slot().get(document)
     if doc is None:
-        known = ", ".join(request.documents) or "none"
-        raise OnboardingError(f"request {request_id}: no document {document!r} (documents: {known})")
+        known = ", ".join(request.documents) or "nessuno"
+        raise OnboardingError(f"richiesta {request_id}: nessun documento {document!r} (documenti: {known})")
     verdict = DocumentAssessed(
         request_id=request_id,
         document_id=doc.document_id,
@@ -362,8 +369,8 @@ async def on_request_complete(payload: RequestComplete, incoming: Incoming, deps
     async def check(_conn: asyncpg.Connection) -> None:
         request = await require(deps, payload.request_id)
         if request.complete_on is None:
-            summary = request.completeness.summary if request.completeness else "no documents"
-            raise OnboardingError(f"request {payload.request_id}: not complete ({summary})")
+            summary = request.completeness.summary if request.completeness else "nessun documento"
+            raise OnboardingError(f"richiesta {payload.request_id}: non completa ({summary})")
 
     await _intake(deps, incoming, check)
 
@@ -374,8 +381,10 @@ async def on_taken_in_charge(payload: TakenInCharge, incoming: Incoming, deps: O
     async def check(_conn: asyncpg.Connection) -> None:
         request = await require(deps, payload.request_id)
         if request.taken_in_charge is None:
-            summary = request.completeness.summary if request.completeness else "no documents"
-            raise OnboardingError(f"request {payload.request_id}: cannot be taken in charge, not complete ({summary})")
+            summary = request.completeness.summary if request.completeness else "nessun documento"
+            raise OnboardingError(
+                f"richiesta {payload.request_id}: non può essere presa in carico, non è completa ({summary})"
+            )
 
     await _intake(deps, incoming, check)
 
@@ -385,8 +394,8 @@ def _read(files: FileStore, received: DocumentReceived) -> bytes:
         content = fh.read()
     if len(content) != received.size:
         raise OnboardingError(
-            f"request {received.request_id}, document {received.document_id}: size is {received.size}, "
-            f"the stored file has {len(content)} bytes"
+            f"richiesta {received.request_id}, documento {received.document_id}: size è {received.size}, "
+            f"il file archiviato ha {len(content)} byte"
         )
     return content
 

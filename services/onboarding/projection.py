@@ -111,7 +111,7 @@ class DashboardProjection:
                 d.get("warning"),
             )
         elif kind == "switch-refused":
-            proposal = f"proposed {d['proposed_date']} {d['proposed_window_start']}-{d['proposed_window_end']}"
+            proposal = _proposal(d)
             await conn.execute(
                 f"UPDATE {TABLE} SET {_TOUCH}, status = 'switch-refused', switch_date = NULL, switch_window = NULL, "
                 "switch_note = $4 WHERE request_id = $1",
@@ -182,7 +182,7 @@ class DashboardRebuild:
             row.update(status="switch-scheduled", switch_date=_day(d["switch_date"]),
                        switch_window=f"{d['window_start']}-{d['window_end']}", switch_note=d.get("warning"))
         elif kind == "switch-refused":
-            proposal = f"proposed {d['proposed_date']} {d['proposed_window_start']}-{d['proposed_window_end']}"
+            proposal = _proposal(d)
             row.update(status="switch-refused", switch_date=None, switch_window=None,
                        switch_note="; ".join(d["reasons"]) + f"; {proposal}")
 
@@ -190,6 +190,12 @@ class DashboardRebuild:
         rows = list(self._rows.values())
         if rows:
             await conn.execute(_WRITE, *([dumps_json(r[c]) if c in _JSON else r[c] for r in rows] for c in _COLUMNS))
+
+
+def _proposal(d: Mapping[str, Any]) -> str:
+    """The refused switch's proposal in the note after its (Italian) reasons; apply and rebuild share it."""
+    day = _day(d["proposed_date"])
+    return f"prima data valida {day:%d/%m/%Y} {d['proposed_window_start']}-{d['proposed_window_end']}"
 
 
 def _day(value: str) -> date:

@@ -9,7 +9,10 @@ document required once per SPOKE already on the CUP it is `spoke-closure-act:<ST
 document received for a slot is the one that counts (a corrected file replaces a refused one).
 
 Non-tracciato documents are assessed on declared metadata; the rules are one-word checks
-(`present`, `yes`, `one-of:a|b`, `date`, `window`, `sts11`), each answering one question.
+(`present`, `yes`, `one-of:a|b`, `date`, `window`, `sts11`), each answering one question. A broken
+rule is a finding in Italian naming the declared key and value; it is always read next to its document.
+The lookups a user's input reaches (an unknown request kind or document type) refuse in Italian too;
+a missing or malformed data file is the operators' business and says so in English.
 """
 
 from __future__ import annotations
@@ -70,7 +73,10 @@ class Requirements:
         try:
             return self.kinds[kind]
         except KeyError:
-            raise RequirementsError(f"requirements {self.version}: unknown request kind {kind!r}") from None
+            known = ", ".join(sorted(self.kinds))
+            raise RequirementsError(
+                f"requisiti {self.version}: tipo di richiesta {kind!r} sconosciuto (previsti: {known})"
+            ) from None
 
     def document_type(self, type_id: str) -> DocumentType:
         try:
@@ -78,7 +84,7 @@ class Requirements:
         except KeyError:
             known = ", ".join(sorted(self.document_types))
             raise RequirementsError(
-                f"requirements {self.version}: unknown document type {type_id!r} (known: {known})"
+                f"requisiti {self.version}: tipo di documento {type_id!r} sconosciuto (previsti: {known})"
             ) from None
 
     def slots_for(self, kind: str, spokes_already_on_cup: Iterable[str]) -> list[str]:
@@ -168,43 +174,44 @@ def load_requirements(version: str | None = None, data_dir: Path = DATA_DIR) -> 
     return requirements
 
 
+# Each rule says what is wrong with the declared value, after "il dato dichiarato <key>", or None when it is good.
 def _present(value: str | None, _arg: str) -> str | None:
-    return None if value and value.strip() else "is missing"
+    return None if value and value.strip() else "manca"
 
 
 def _yes(value: str | None, _arg: str) -> str | None:
     if not value or not value.strip():
-        return "is missing"
-    return None if value.strip().casefold() in _YES else f"is {value!r}, must be yes"
+        return "manca"
+    return None if value.strip().casefold() in _YES else f"è {value!r}, deve essere sì"
 
 
 def _one_of(value: str | None, arg: str) -> str | None:
     allowed = arg.split("|")
     if not value or not value.strip():
-        return f"is missing (one of {', '.join(allowed)})"
-    return None if value.strip() in allowed else f"is {value!r}, must be one of {', '.join(allowed)}"
+        return f"manca (uno tra {', '.join(allowed)})"
+    return None if value.strip() in allowed else f"è {value!r}, deve essere uno tra {', '.join(allowed)}"
 
 
 def _date(value: str | None, _arg: str) -> str | None:
     if not value or not value.strip():
-        return "is missing (YYYY-MM-DD)"
+        return "manca (AAAA-MM-GG)"
     try:
         date.fromisoformat(value.strip())
     except ValueError:
-        return f"is {value!r}, not a date YYYY-MM-DD"
+        return f"è {value!r}, non una data AAAA-MM-GG"
     return None
 
 
 def _window(value: str | None, _arg: str) -> str | None:
     if not value or not value.strip():
-        return "is missing (HH:MM-HH:MM)"
-    return None if WINDOW.match(value.strip()) else f"is {value!r}, not a time window HH:MM-HH:MM"
+        return "manca (OO:MM-OO:MM)"
+    return None if WINDOW.match(value.strip()) else f"è {value!r}, non una fascia oraria OO:MM-OO:MM"
 
 
 def _sts11(value: str | None, _arg: str) -> str | None:
     if not value or not value.strip():
-        return "is missing (STS11)"
-    return None if _STS11.match(value.strip().upper()) else f"is {value!r}, not an STS11 code (6 characters)"
+        return "manca (STS11)"
+    return None if _STS11.match(value.strip().upper()) else f"è {value!r}, non un codice STS11 (6 caratteri)"
 
 
 _RULES = {
@@ -224,5 +231,5 @@ def check_metadata(doc_type: DocumentType, metadata: Mapping[str, str]) -> list[
         name, _, arg = rule.partition(":")
         broken = _RULES[name](metadata.get(key), arg)
         if broken:
-            findings.append(Finding(f"{doc_type.title}: metadata {key} {broken}", column=key))
+            findings.append(Finding(f"il dato dichiarato {key} {broken}", column=key))
     return findings

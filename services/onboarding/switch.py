@@ -14,6 +14,10 @@ and warn (without refusing) under the upper bound. A refusal always proposes the
 slot on or after the desired day, keeping the desired window when it is valid.
 A municipality missing from the patron-saint data is not refused: the decision carries a
 warning telling the desk to check that day by hand.
+
+Reasons and warnings are Italian (the structure and the desk read them on the console), with days
+written as Italian users write them (lunedì 21/09/2026) and holidays by their Italian names (the
+`holidays` package's it_IT names: "Lunedì dell'Angelo", "Natale").
 """
 
 from __future__ import annotations
@@ -33,7 +37,12 @@ OFFICE_OPENS = time(8, 30)
 OFFICE_CLOSES = time(17, 0)
 # (hard minimum, upper bound) in weeks: seed 003, "preavviso minimo di 3/4 settimane" / "4/6 settimane"
 NOTICE_WEEKS = {"basic": (3, 4), "new-oauth2": (4, 6)}
-_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_WEEKDAYS = ("lunedì", "martedì", "mercoledì", "giovedì", "venerdì", "sabato", "domenica")
+# what each credentials option changes, in the note's words: "aggiornamento delle sole credenziali Basic"
+_CREDENTIALS_TEXT = {
+    "basic": "l'aggiornamento delle sole credenziali Basic",
+    "new-oauth2": "nuove credenziali OAuth2.0",
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,12 @@ def load_patron_days(path: Path = DATA_DIR / "patron_saints.csv") -> dict[str, P
 
 @lru_cache(maxsize=64)
 def _national_holidays(year: int) -> Mapping[date, str]:
-    return dict(holidays.country_holidays("IT", years=year).items())
+    return dict(holidays.country_holidays("IT", years=year, language="it_IT").items())
+
+
+def day_text(day: date) -> str:
+    """A day as an Italian user reads it: "lunedì 21/09/2026"."""
+    return f"{_WEEKDAYS[day.weekday()]} {day:%d/%m/%Y}"
 
 
 @dataclass(frozen=True)
@@ -72,12 +86,12 @@ class SwitchWindow:
     def parse(cls, text: str) -> SwitchWindow:
         match = WINDOW.match(text.strip())
         if not match:
-            raise ValueError(f"switch window {text!r} is not HH:MM-HH:MM")
+            raise ValueError(f"fascia oraria {text!r} non nel formato OO:MM-OO:MM")
         h1, m1, h2, m2 = (int(g) for g in match.groups())
         try:
             return cls(time(h1, m1), time(h2, m2))
         except ValueError as exc:
-            raise ValueError(f"switch window {text!r}: {exc}") from exc
+            raise ValueError(f"fascia oraria {text!r} non valida: non è un orario della giornata") from exc
 
     def minutes(self) -> int:
         return (self.end.hour * 60 + self.end.minute) - (self.start.hour * 60 + self.start.minute)
@@ -92,7 +106,7 @@ class SwitchSlot:
     window: SwitchWindow
 
     def __str__(self) -> str:
-        return f"{_WEEKDAYS[self.day.weekday()]} {self.day.isoformat()} {self.window}"
+        return f"{day_text(self.day)} {self.window}"
 
 
 @dataclass(frozen=True)
@@ -111,21 +125,21 @@ class SwitchCalendar:
     def closed_because(self, day: date, municipality_istat: str) -> str | None:
         """Why no switch can happen on that day, or None when it can."""
         if day.weekday() >= 5:
-            return f"{day.isoformat()} is a {_WEEKDAYS[day.weekday()]}"
+            return f"{day_text(day)} non è un giorno lavorativo: lo switch si esegue dal lunedì al venerdì"
         national = _national_holidays(day.year).get(day)
         if national:
-            return f"{day.isoformat()} is an Italian public holiday ({national})"
+            return f"{day_text(day)} è un giorno festivo ({national})"
         patron = self.patron_days.get(municipality_istat)
         if patron and (day.month, day.day) == (patron.month, patron.day):
-            return f"{day.isoformat()} is the patron-saint day of {patron.municipality} ({patron.saint})"
+            return f"{day_text(day)} è la festa del santo patrono di {patron.municipality} ({patron.saint})"
         return None
 
 
 def window_is_within_office_hours(window: SwitchWindow) -> str | None:
     if window.minutes() <= 0:
-        return f"window {window} ends before it starts"
+        return f"la fascia oraria {window} finisce prima di cominciare"
     if window.start < OFFICE_OPENS or window.end > OFFICE_CLOSES:
-        return f"window {window} is outside 08:30-17:00"
+        return f"la fascia oraria {window} non è compresa tra le ore 08:30 e le ore 17:00"
     return None
 
 
@@ -139,9 +153,9 @@ def notice_is_respected(day: date, complete_on: date, credentials: str) -> str |
         return None
     weeks = NOTICE_WEEKS[credentials][0]
     return (
-        f"{day.isoformat()} gives {(day - complete_on).days} days of notice from the complete request "
-        f"of {complete_on.isoformat()}; {credentials} credentials need at least {weeks} weeks "
-        f"(from {minimum.isoformat()})"
+        f"{day_text(day)} è a {(day - complete_on).days} giorni dal completamento della richiesta "
+        f"({day_text(complete_on)}); per {_CREDENTIALS_TEXT[credentials]} è richiesto un preavviso minimo "
+        f"di {weeks} settimane: non prima di {day_text(minimum)}"
     )
 
 
@@ -161,7 +175,7 @@ def judge_switch(
     calendar: SwitchCalendar,
 ) -> SwitchDecision:
     if credentials not in NOTICE_WEEKS:
-        raise ValueError(f"credentials {credentials!r} is not one of {', '.join(NOTICE_WEEKS)}")
+        raise ValueError(f"credenziali {credentials!r} sconosciute: previste {', '.join(NOTICE_WEEKS)}")
     reasons = [
         r
         for r in (
@@ -173,15 +187,18 @@ def judge_switch(
     ]
     warnings = []
     if municipality_istat not in calendar.patron_days:
-        warnings.append(f"patron-saint day of municipality {municipality_istat} is not in our data: check it by hand")
+        warnings.append(
+            f"il santo patrono del comune con codice ISTAT {municipality_istat} non è nei nostri dati: "
+            "verificare a mano che il giorno non sia la sua festa"
+        )
     day = max(requested.day, earliest_switch_day(complete_on, credentials))
     while calendar.closed_because(day, municipality_istat):
         day += timedelta(days=1)
     proposal = SwitchSlot(day, _proposed_window(requested.window)) if reasons else requested
-    upper = NOTICE_WEEKS[credentials][1]
+    lower, upper = NOTICE_WEEKS[credentials]
     if proposal.day < complete_on + timedelta(weeks=upper):
         warnings.append(
-            f"notice under the recommended {upper} weeks for {credentials} credentials: "
-            f"the desk may need the upper bound"
+            f"preavviso inferiore a {upper} settimane (la nota indica {lower}/{upper} settimane per "
+            f"{_CREDENTIALS_TEXT[credentials]}): lo sportello potrebbe avere bisogno del preavviso più lungo"
         )
     return SwitchDecision(not reasons, requested, tuple(reasons), proposal, tuple(warnings))

@@ -14,6 +14,9 @@ Rules, each a small function answering one question:
 
 Numbers are never silently repaired: an ISTAT code typed as a number (63049) is refused with the
 cell named, not padded back to 063049.
+
+The findings' messages are Italian (the desk and the structures read them) and name the wrong value;
+the rule is told by the message, the place by sheet, row, column (the note's "campo") and cell.
 """
 
 from __future__ import annotations
@@ -131,13 +134,15 @@ class UnreadableWorkbook(ValueError):
 
     def __init__(self, filename: str, cause: Exception) -> None:
         if isinstance(cause, zipfile.BadZipFile):
-            problem = "it is not a ZIP archive, as every XLSX is: the file is damaged or in another format"
+            problem = "non è un archivio ZIP, come ogni file XLSX: il file è danneggiato o in un altro formato"
         elif isinstance(cause, KeyError):
-            missing = str(cause.args[0]) if cause.args else "expected part"  # "There is no item named ..."
-            problem = f"{missing.rstrip('.')}: it is a ZIP archive but not an XLSX workbook"
+            said = str(cause.args[0]) if cause.args else ""  # zipfile: "There is no item named 'x' in the archive"
+            named = re.search(r"named '([^']+)'", said)
+            part = f" (manca la parte {named.group(1)})" if named else f" ({said.rstrip('.')})" if said else ""
+            problem = f"è un archivio ZIP ma non una cartella di lavoro XLSX{part}"
         else:
             problem = str(cause) or type(cause).__name__
-        super().__init__(f"{filename}: cannot be read as an XLSX workbook: {problem}")
+        super().__init__(f"{filename}: non è leggibile come cartella di lavoro XLSX: {problem}")
 
 
 def _xlsx_tables(content: bytes) -> list[Table]:
@@ -173,7 +178,9 @@ def read_tables(filename: str, content: bytes) -> list[Table]:
             rows.pop()
         header = rows[0] if rows else ()
         return [Table(Path(filename).stem, tuple(header), tuple(rows[1:]))]
-    raise ValueError(f"{filename}: a tracciato must be .xlsx or .csv, not {suffix or 'a file without extension'}")
+    raise ValueError(
+        f"{filename}: un tracciato deve essere un file .xlsx o .csv, non {suffix or 'un file senza estensione'}"
+    )
 
 
 def pick_table(tables: Sequence[Table], layout: SheetLayout) -> Table | None:
@@ -189,53 +196,53 @@ def pick_table(tables: Sequence[Table], layout: SheetLayout) -> Table | None:
 
 def _text(v: str, c: Column) -> str | None:
     if c.max_length and len(v) > c.max_length:
-        return f"is {len(v)} characters long, at most {c.max_length}"
+        return f"{v[:20]!r}{'...' if len(v) > 20 else ''} è lungo {len(v)} caratteri, al massimo {c.max_length}"
     return None
 
 
 def _sts11(v: str, _c: Column) -> str | None:
-    return None if _STS11.match(v) else f"{v!r} is not an STS11 code (6 characters A-Z 0-9)"
+    return None if _STS11.match(v) else f"{v!r} non è un codice STS11 (6 caratteri A-Z 0-9)"
 
 
 def _vat(v: str, _c: Column) -> str | None:
-    return None if v.isdigit() and len(v) == 11 and iva.is_valid(v) else f"{v!r} is not a valid partita IVA"
+    return None if v.isdigit() and len(v) == 11 and iva.is_valid(v) else f"{v!r} non è una partita IVA valida"
 
 
 def _cf(v: str, _c: Column) -> str | None:
     if len(v) == 11 and v.isdigit():
-        return None if iva.is_valid(v) else f"{v!r} is not a valid numeric codice fiscale"
-    return None if codicefiscale.is_valid(v.upper()) else f"{v!r} is not a valid codice fiscale"
+        return None if iva.is_valid(v) else f"{v!r} non è un codice fiscale numerico valido"
+    return None if codicefiscale.is_valid(v.upper()) else f"{v!r} non è un codice fiscale valido"
 
 
 def _istat(v: str, _c: Column) -> str | None:
     if re.fullmatch(r"[0-9]{6}", v):
         return None
-    hint = " (leading zeros lost? format the cell as text)" if v.isdigit() and len(v) < 6 else ""
-    return f"{v!r} is not an ISTAT municipality code (6 digits){hint}"
+    hint = " (zeri iniziali persi? formattare la cella come testo)" if v.isdigit() and len(v) < 6 else ""
+    return f"{v!r} non è un codice ISTAT di comune (6 cifre){hint}"
 
 
 def _cap(v: str, _c: Column) -> str | None:
-    return None if re.fullmatch(r"[0-9]{5}", v) else f"{v!r} is not a CAP (5 digits)"
+    return None if re.fullmatch(r"[0-9]{5}", v) else f"{v!r} non è un CAP (5 cifre)"
 
 
 def _date(v: str, _c: Column) -> str | None:
     try:
         date.fromisoformat(v[:10])
     except ValueError:
-        return f"{v!r} is not a date (YYYY-MM-DD)"
+        return f"{v!r} non è una data (AAAA-MM-GG)"
     return None
 
 
 def _email(v: str, _c: Column) -> str | None:
-    return None if _EMAIL.match(v) else f"{v!r} is not an e-mail address"
+    return None if _EMAIL.match(v) else f"{v!r} non è un indirizzo e-mail"
 
 
 def _enum(v: str, c: Column) -> str | None:
-    return None if v in c.values else f"{v!r} is not one of {', '.join(c.values)}"
+    return None if v in c.values else f"{v!r} non è tra i valori ammessi: {', '.join(c.values)}"
 
 
 def _code(v: str, c: Column) -> str | None:
-    return None if c.pattern is None or re.fullmatch(c.pattern, v) else f"{v!r} does not match {c.pattern}"
+    return None if c.pattern is None or re.fullmatch(c.pattern, v) else f"{v!r} non rispetta il formato {c.pattern}"
 
 
 _VALUE_RULES: dict[str, Callable[[str, Column], str | None]] = {
@@ -280,10 +287,11 @@ def assess_table(table: Table, layout: SheetLayout, context: TracciatoContext) -
     located = _Located(table, layout, {c.name: header[c.name] for c in layout.columns if c.name in header})
     missing = [c.name for c in layout.columns if c.name not in header]
     findings = [
-        located.finding(f"required column {name} is missing from the header", row=1, column=name) for name in missing
+        located.finding(f"la colonna obbligatoria {name} manca nell'intestazione", row=1, column=name)
+        for name in missing
     ]
     if not any(any(r) for r in table.rows):
-        findings.append(located.finding("the sheet has no data rows"))
+        findings.append(located.finding("il foglio non contiene righe di dati"))
         return findings
     for column in layout.columns:
         if column.name in missing:
@@ -291,7 +299,7 @@ def assess_table(table: Table, layout: SheetLayout, context: TracciatoContext) -
         for n, value in located.values(column.name):
             if not value:
                 if column.required:
-                    findings.append(located.finding("is empty", n, column.name))
+                    findings.append(located.finding("campo obbligatorio vuoto", n, column.name))
                 continue
             broken = _VALUE_RULES[column.type](value, column)
             if broken:
@@ -307,10 +315,10 @@ def structures_are_all_listed(located: _Located, context: TracciatoContext) -> l
     if column is None or column not in located.index:
         return []
     listed = {v for _, v in located.values(column)}
-    expected = [("HUB" if context.aggregation else "structure", context.structure_sts11)]
-    expected += [("SPOKE", s) for s in context.spokes]
+    expected = [("l'HUB" if context.aggregation else "la struttura", context.structure_sts11)]
+    expected += [("lo SPOKE", s) for s in context.spokes]
     return [
-        located.finding(f"{role} {sts11} is not listed", column=column)
+        located.finding(f"{role} {sts11} manca nel tracciato", column=column)
         for role, sts11 in expected
         if sts11 not in listed
     ]
@@ -327,8 +335,9 @@ def iup_ssa_code_is_the_structure_taking_in_charge(located: _Located, context: T
             if not value or value in allowed:
                 continue
             if context.aggregation:
-                why = f"{value} is not the HUB's STS11 {context.structure_sts11}"
+                why = f"{value} non è l'STS11 dell'HUB {context.structure_sts11}"
             else:
-                why = f"{value} is not the STS11 of a structure of the entity ({', '.join(sorted(allowed))})"
+                why = (f"{value} non è l'STS11 di una struttura dell'Ente che prende in carico la prestazione "
+                       f"({', '.join(sorted(allowed))})")
             findings.append(located.finding(why, n, column.name))
     return findings

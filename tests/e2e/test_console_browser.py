@@ -324,7 +324,7 @@ async def test_the_desk_sees_the_wrong_cell_of_an_uploaded_workbook(fresh_db, tm
         assert await finding.count() == 1
         cells = await finding.locator("td").all_inner_texts()
         assert cells[:4] == ["Prestazioni", "2", "IUP_SSA_CODE", "D2"], cells
-        assert "150999 is not the HUB's STS11 150123" in cells[4]
+        assert cells[4] == "150999 non è l'STS11 dell'HUB 150123", cells
         await _axe_clean(page, axe, "13-onboarding-richiesta")
 
         structure = await (await browser.new_context(locale="it-IT")).new_page()

@@ -34,7 +34,8 @@ async def test_a_structure_takes_the_proposed_switch_slot_in_the_browser(fresh_d
             async with page.expect_navigation():
                 await page.keyboard.press("Enter")
             refusal = await page.inner_text("#esito")
-            assert "San Gennaro" in refusal and "Prima data valida:" in refusal, refusal
+            assert f"{day:%d/%m/%Y} è la festa del santo patrono di Napoli (San Gennaro)" in refusal, refusal
+            assert "Prima data valida:" in refusal, refusal
             await _axe_clean(page, Axe(), "31-switch-rifiutato")
             async with page.expect_navigation():
                 await page.click("#switch-proposto button")

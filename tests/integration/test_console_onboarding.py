@@ -130,8 +130,9 @@ async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_vali
                                                "alle": "18:00"})
         assert refused.status_code == 200, refused.text
         message = html.unescape(refused.text.split('id="esito">', 1)[1].split("</div>", 1)[0])
-        assert "non è possibile" in message and "patron-saint day of Napoli (San Gennaro)" in message
-        assert "outside 08:30-17:00" in message and "Prima data valida:" in message
+        assert "non è possibile" in message and "Prima data valida:" in message
+        assert f"{day:%d/%m/%Y} è la festa del santo patrono di Napoli (San Gennaro)" in message
+        assert "la fascia oraria 16:00-18:00 non è compresa tra le ore 08:30 e le ore 17:00" in message
         events = await console.store.read_stream(f"onboarding-{rid}")
         refusal = events[-1]
         assert refusal.type == "onboarding.switch-refused" and refusal.actor == "st.1"

@@ -37,8 +37,9 @@ def test_the_desk_sees_the_wrong_cell_then_a_switch_refused_on_san_gennaro_with_
                "--sts11", "150123", "--municipality", "063049", "--spoke", "150456:Lab Partenope:on-cup",
                "--spoke", "150789:Lab Posillipo")
     out = onboarding("add-document", "ONB-CLI-1", str(book), "--type", "tracciato-prestazioni")
-    assert "Prestazioni row 2 IUP_SSA_CODE [D2]: 150999 is not the HUB's STS11 150123" in out
-    assert "1 of 13 present, 1 non-compliant" in " ".join(out.split())
+    assert "foglio Prestazioni, riga 2, campo IUP_SSA_CODE, cella D2: 150999 non è l'STS11 dell'HUB 150123" in \
+        " ".join(out.split())
+    assert "1 di 13 presenti, 1 non conforme: Tracciato Prestazioni (foglio Prestazioni" in " ".join(out.split())
 
     onboarding("open", "--id", "ONB-CLI-2", "--kind", "software-house-change", "--name", "Centro Vomero",
                "--sts11", "150321", "--municipality", "063049")
@@ -50,14 +51,16 @@ def test_the_desk_sees_the_wrong_cell_then_a_switch_refused_on_san_gennaro_with_
     onboarding("add-document", "ONB-CLI-2", str(pdf), "--type", "endpoint-form-b2")  # no meta: for the desk
     out = onboarding("add-document", "ONB-CLI-2", str(pdf), "--type", "switch-date-request",
                      "--meta", "switch_date=2026-01-05", "--meta", "switch_window=09:00-10:00")
-    assert "awaiting assessment: endpoint-form-b2" in " ".join(out.split())
+    assert "1 in attesa di valutazione: Form di abilitazione degli endpoint per l'ambiente di produzione " \
+        "(Allegato B2)" in " ".join(out.split())
     out = onboarding("assess", "ONB-CLI-2", "endpoint-form-b2", "--compliant")
     assert "taken in charge" in out and "switch refused" in out and "earliest valid slot" in out
 
     san_gennaro = next(d for d in (datetime.now(UTC).date() + timedelta(days=n) for n in range(60, 800))
                        if (d.month, d.day) == (9, 19) and d.weekday() < 5)
     out = onboarding("switch", "ONB-CLI-2", "--date", san_gennaro.isoformat(), "--window", "09:00-10:00")
-    assert "patron-saint day of Napoli (San Gennaro)" in out and "earliest valid slot" in out
+    assert "è la festa del santo patrono di Napoli (San Gennaro)" in " ".join(out.split())
+    assert "earliest valid slot" in out
 
     table = onboarding("status")
     assert "ONB-CLI-1" in table and "ONB-CLI-2" in table and "switch-refu" in table
@@ -67,7 +70,7 @@ def test_the_desk_sees_the_wrong_cell_then_a_switch_refused_on_san_gennaro_with_
 
 def test_an_unknown_request_is_one_clear_line(cli_env):
     result = runner.invoke(app, ["status", "ONB-NOBODY"])
-    assert result.exit_code == 1 and "request ONB-NOBODY: not found" in result.output
+    assert result.exit_code == 1 and "richiesta ONB-NOBODY: non trovata" in result.output
 
 
 def test_a_corrupt_workbook_is_one_clear_line_naming_the_file_and_the_problem(cli_env):
@@ -78,8 +81,8 @@ def test_a_corrupt_workbook_is_one_clear_line_naming_the_file_and_the_problem(cl
     result = runner.invoke(app, ["add-document", "ONB-CLI-3", str(book), "--type", "tracciati"])
     out = " ".join(result.output.split())
     assert result.exit_code == 1, out
-    assert out.startswith("error: annex-a1.xlsx: cannot be read as an XLSX workbook: "), out
+    assert out.startswith("error: annex-a1.xlsx: non è leggibile come cartella di lavoro XLSX: "), out
     assert "Traceback" not in out and "BadZipFile" not in out
     # as one document of a given type, the same problem is the document's finding
     out = onboarding("add-document", "ONB-CLI-3", str(book), "--type", "tracciato-prestazioni")
-    assert "annex-a1.xlsx: cannot be read as an XLSX workbook: " in " ".join(out.split())
+    assert "annex-a1.xlsx: non è leggibile come cartella di lavoro XLSX: " in " ".join(out.split())

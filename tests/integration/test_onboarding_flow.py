@@ -68,7 +68,7 @@ async def test_an_aggregation_goes_from_opening_to_taken_in_charge(deps):
     [row] = await dashboard(deps.pool)
     assert row["status"] == "non-compliant" and (row["present"], row["compliant"]) == (8, 7)
     assert row["non_compliant"]["tracciato-prestazioni"] == [
-        "Prestazioni row 3 IUP_SSA_CODE [D3]: 150999 is not the HUB's STS11 150123"]
+        "foglio Prestazioni, riga 3, campo IUP_SSA_CODE, cella D3: 150999 non è l'STS11 dell'HUB 150123"]
 
     fixed = csv_bytes("Prestazioni", aggregation_rows()["Prestazioni"])
     await handlers.add_document(deps, rid, "Prestazioni.csv", fixed, "tracciato-prestazioni", {}, "desk:esposito")
@@ -84,7 +84,7 @@ async def test_an_aggregation_goes_from_opening_to_taken_in_charge(deps):
     assert row["status"] == "taken-in-charge"
     assert (row["completed_on"], row["expected_from"], row["expected_to"]) == (
         date(2026, 3, 2), date(2026, 3, 30), date(2026, 4, 13))
-    assert row["summary"] == "13 of 13 present, all compliant"
+    assert row["summary"] == "13 di 13 presenti, tutti conformi"
 
     assert await deps.store.verify_stream(f"onboarding-{rid}") == []
     report = await rebuild_and_diff(deps.pool, [DashboardProjection()])

@@ -108,7 +108,7 @@ async def test_a_portal_request_is_taken_in_charge_and_its_switch_scheduled(sett
     assert types.count("document-received") == 3 and types.count("request-opened") == 1
     assert types[-3:] == ["request-complete", "taken-in-charge", "switch-scheduled"] and len(types) == 14
     reasons = await _dead_letter_reasons(cfg.kafka_bootstrap, "onboarding.request-complete.dlq", unknown)
-    assert any(f"request {unknown}: not found" in r for r in reasons)
+    assert any(f"richiesta {unknown}: non trovata" in r for r in reasons)
 
 
 async def _echoes_consumed(pool, bootstrap: str, group: str) -> None:  # type: ignore[no-untyped-def]

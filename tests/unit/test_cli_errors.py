@@ -90,9 +90,9 @@ def test_opening_a_request_with_a_bad_sts11_names_the_option_in_one_line() -> No
 
 
 @pytest.mark.parametrize(("content", "problem"), [
-    (b"this is no workbook", "it is not a ZIP archive, as every XLSX is"),
-    (b"", "it is not a ZIP archive, as every XLSX is"),
-    ("zip without parts", "There is no item named '[Content_Types].xml' in the archive: it is a ZIP archive but not"),
+    (b"this is no workbook", "non è un archivio ZIP, come ogni file XLSX"),
+    (b"", "non è un archivio ZIP, come ogni file XLSX"),
+    ("zip without parts", "è un archivio ZIP ma non una cartella di lavoro XLSX (manca la parte [Content_Types].xml)"),
 ])
 def test_a_corrupt_xlsx_is_one_line_naming_the_file_and_the_problem(content: bytes | str, problem: str) -> None:
     import io
@@ -108,5 +108,5 @@ def test_a_corrupt_xlsx_is_one_line_naming_the_file_and_the_problem(content: byt
     with pytest.raises(ValueError) as caught:
         read_tables("annex-a1.xlsx", content)
     message = str(caught.value)
-    assert message.startswith("annex-a1.xlsx: cannot be read as an XLSX workbook: ") and problem in message
+    assert message.startswith("annex-a1.xlsx: non è leggibile come cartella di lavoro XLSX: ") and problem in message
     assert "\n" not in message

@@ -58,7 +58,10 @@ SW_REQUEST = {"protocol": "2026/88", "letterhead": "yes", "software_house": "Med
 def test_opening_records_what_is_missing_at_once():
     events = domain.open_request(opened(), None, REQ)
     assert isinstance(events[1], CompletenessChanged)
-    assert events[1].summary.startswith("0 of 3 present, missing: formal-request-software-house-change")
+    assert events[1].summary == ("0 di 3 presenti, mancano: Richiesta formale di cambio Software House, Form di "
+                                 "abilitazione degli endpoint per l'ambiente di produzione (Allegato B2), Data e "
+                                 "fascia oraria desiderate per lo switch")
+    assert events[1].missing == ["formal-request-software-house-change", "endpoint-form-b2", "switch-date-request"]
 
 
 def test_each_document_changes_the_completeness_summary():
@@ -66,8 +69,10 @@ def test_each_document_changes_the_completeness_summary():
     state, _ = receive(state, doc("formal-request-software-house-change", **SW_REQUEST))
     state, events = receive(state, doc("endpoint-form-b2", filled="no", annex="B2"))
     [summary] = [e for e in events if isinstance(e, CompletenessChanged)]
-    assert summary.summary.startswith("2 of 3 present, 1 non-compliant: endpoint-form-b2 (")
-    assert summary.summary.endswith("missing: switch-date-request")
+    assert summary.summary == ("2 di 3 presenti, 1 non conforme: Form di abilitazione degli endpoint per l'ambiente "
+                               "di produzione (Allegato B2) (campo filled: il dato dichiarato filled è 'no', deve "
+                               "essere sì), manca: Data e fascia oraria desiderate per lo switch")
+    assert list(summary.non_compliant) == ["endpoint-form-b2"] and summary.missing == ["switch-date-request"]
     assert (summary.present, summary.compliant) == (2, 1)
 
 
@@ -75,7 +80,8 @@ def test_a_document_without_metadata_awaits_the_desk_and_blocks_completeness():
     state = start(opened())
     state, _ = receive(state, doc("endpoint-form-b2"))
     assert state.completeness.pending == ["endpoint-form-b2"]
-    assert "awaiting assessment: endpoint-form-b2" in state.completeness.summary
+    assert "1 in attesa di valutazione: Form di abilitazione degli endpoint per l'ambiente di produzione " \
+           "(Allegato B2)" in state.completeness.summary
 
 
 def test_the_last_compliant_document_takes_the_request_in_charge_for_4_to_6_weeks_and_schedules_the_switch():
@@ -97,7 +103,8 @@ def test_a_desired_switch_on_easter_monday_is_refused_with_the_tuesday_proposed(
     state, _ = receive(state, doc("endpoint-form-b2", filled="yes", annex="B2"))
     state, events = receive(state, doc("switch-date-request", switch_date="2026-04-06", switch_window="09:00-11:00"))
     refused = events[-1]
-    assert isinstance(refused, SwitchRefused) and "Easter Monday" in refused.reasons[0]
+    assert isinstance(refused, SwitchRefused)
+    assert refused.reasons[0] == "lunedì 06/04/2026 è un giorno festivo (Lunedì dell'Angelo)"
     assert (refused.proposed_date, refused.proposed_window_start) == (date(2026, 4, 7), "09:00")
     again = domain.schedule_switch(domain.advance(state, []), SwitchSlot(date(2026, 4, 8),
                                                                          SwitchWindow.parse("14:00-16:00")), None, CAL)
@@ -113,7 +120,8 @@ def test_a_corrected_document_replaces_the_refused_one():
 
 def test_a_document_the_kind_does_not_require_is_refused_naming_the_field():
     state = start(opened())
-    with pytest.raises(OnboardingError, match="document_type 'suap-authorisation' is not required"):
+    with pytest.raises(OnboardingError, match="document_type 'suap-authorisation' non è richiesto per una richiesta "
+                                              "software-house-change; richiesti: formal-request-software-house-change"):
         receive(state, doc("suap-authorisation", protocol="1"))
 
 
@@ -122,34 +130,34 @@ def test_a_closure_act_must_name_a_spoke_already_on_the_cup():
                                                              already_on_cup=True)]))
     state, _ = receive(state, doc("spoke-closure-act", protocol="9", signed="yes", spoke_sts11="150456"))
     assert "spoke-closure-act:150456" not in state.completeness.missing
-    with pytest.raises(OnboardingError, match="spoke_sts11 must name a SPOKE already on the CUP"):
+    with pytest.raises(OnboardingError, match="il dato spoke_sts11 deve indicare uno SPOKE già presente sul CUP"):
         receive(state, doc("spoke-closure-act", 2, protocol="9", signed="yes", spoke_sts11="150789"))
 
 
 def test_an_aggregation_without_spokes_cannot_be_opened():
-    with pytest.raises(OnboardingError, match="spokes is empty"):
+    with pytest.raises(OnboardingError, match="richiesta ONB-VESUVIO: spokes è vuoto; un'aggregazione deve indicare"):
         domain.open_request(opened(RequestKind.NEW_AGGREGATION), None, REQ)
 
 
 def test_the_same_opening_twice_is_a_no_op_and_a_different_one_is_refused():
     state = start(opened())
     assert domain.open_request(opened(), state, REQ) == []
-    with pytest.raises(OnboardingError, match="already opened"):
+    with pytest.raises(OnboardingError, match=r"richiesta ONB-VESUVIO: già aperta \(come software-house-change\)"):
         domain.open_request(opened(RequestKind.INTEROPERABILITY_CHANGE), state, REQ)
 
 
 def test_tracciato_findings_are_kept_whole_in_the_event_and_counted_in_the_summary():
     state = start(opened(RequestKind.NEW_AGGREGATION, [Spoke(sts11="150456", name="Lab Partenope")]))
-    findings = [Finding("150999 is not the HUB's STS11 150123", "Prestazioni", n, "IUP_SSA_CODE", f"D{n}")
+    findings = [Finding("150999 non è l'STS11 dell'HUB 150123", "Prestazioni", n, "IUP_SSA_CODE", f"D{n}")
                 for n in (2, 3, 4)]
     events = domain.receive_document(state, doc("tracciato-prestazioni"), findings, REQ, MONDAY_2_MARCH, CAL)
     summary = next(e for e in events if isinstance(e, CompletenessChanged))
     assert len(summary.non_compliant["tracciato-prestazioni"]) == 3
-    assert "tracciato-prestazioni (Prestazioni row 2 IUP_SSA_CODE [D2]: 150999 is not the HUB's STS11 150123" \
-           " (+2 more))" in summary.summary
+    assert "1 non conforme: Tracciato Prestazioni (foglio Prestazioni, riga 2, campo IUP_SSA_CODE, cella D2: 150999 " \
+           "non è l'STS11 dell'HUB 150123; e altri 2 rilievi)" in summary.summary
 
 
 def test_a_switch_cannot_be_scheduled_before_the_request_is_complete():
-    with pytest.raises(OnboardingError, match="not complete yet"):
+    with pytest.raises(OnboardingError, match=r"richiesta ONB-VESUVIO: non ancora completa \(0 di 3 presenti"):
         domain.schedule_switch(start(opened()), SwitchSlot(date(2026, 5, 5), SwitchWindow.parse("09:00-10:00")),
                                "basic", CAL)

@@ -60,16 +60,18 @@ def test_a_software_house_change_must_state_the_oauth2_option():
     doc = REQ.document_type("formal-request-software-house-change")
     base = {"protocol": "2026/78", "letterhead": "yes", "software_house": "Medisoft"}
     [missing] = check_metadata(doc, base)
-    assert missing.column == "credentials" and "basic, new-oauth2" in missing.message
+    assert missing.column == "credentials" and missing.message == (
+        "il dato dichiarato credentials manca (uno tra basic, new-oauth2)")
     [wrong] = check_metadata(doc, {**base, "credentials": "maybe"})
-    assert "'maybe'" in wrong.message
+    assert wrong.message == "il dato dichiarato credentials è 'maybe', deve essere uno tra basic, new-oauth2"
     assert check_metadata(doc, {**base, "credentials": "new-oauth2"}) == []
 
 
 def test_an_unsigned_act_is_named():
     doc = REQ.document_type("spoke-reconfiguration-act")
     [finding] = check_metadata(doc, {"protocol": "2026/79", "signed": "no"})
-    assert finding.column == "signed" and "must be yes" in finding.message
+    assert finding.column == "signed" and finding.message == (
+        "il dato dichiarato signed è 'no', deve essere sì")
 
 
 def test_the_per_spoke_slot_comes_from_the_metadata():
@@ -80,5 +82,5 @@ def test_the_per_spoke_slot_comes_from_the_metadata():
 def test_an_unknown_version_or_document_type_is_an_explicit_error():
     with pytest.raises(RequirementsError, match="2019"):
         load_requirements("2019")
-    with pytest.raises(RequirementsError, match="unknown document type 'fax'"):
+    with pytest.raises(RequirementsError, match="requisiti 2026-05: tipo di documento 'fax' sconosciuto"):
         REQ.document_type("fax")

@@ -32,10 +32,10 @@ def judge(day: date, complete_on: date = date(2026, 1, 7), credentials: str = "b
 
 
 @pytest.mark.parametrize(("day", "why"), [
-    (date(2026, 12, 25), "Christmas"),
-    (date(2029, 4, 25), "Liberation"),  # a Wednesday in 2029
-    (date(2028, 6, 2), "Republic"),  # a Friday in 2028
-    (date(2026, 12, 8), "Immaculate"),
+    (date(2026, 12, 25), "venerdì 25/12/2026 è un giorno festivo (Natale)"),
+    (date(2029, 4, 25), "Anniversario della Liberazione"),  # a Wednesday in 2029
+    (date(2028, 6, 2), "Festa della Repubblica"),  # a Friday in 2028
+    (date(2026, 12, 8), "Immacolata Concezione"),
     (date(2026, 10, 5), None),  # the Monday after San Francesco: an ordinary day
 ])
 def test_italian_public_holidays_across_years_close_the_switch(day, why):
@@ -47,8 +47,8 @@ def test_italian_public_holidays_across_years_close_the_switch(day, why):
 
 
 def test_easter_monday_is_closed_in_2026_and_2027():
-    assert "Easter Monday" in closed(date(2026, 4, 6), NAPOLI)
-    assert "Easter Monday" in closed(date(2027, 3, 29), NAPOLI)
+    assert "Lunedì dell'Angelo" in closed(date(2026, 4, 6), NAPOLI)
+    assert "Lunedì dell'Angelo" in closed(date(2027, 3, 29), NAPOLI)
     assert CALENDAR.closed_because(date(2027, 4, 6), NAPOLI) is None  # a Tuesday, no longer Easter
 
 
@@ -59,7 +59,7 @@ def test_saint_francis_on_4_october_is_a_national_holiday_again_from_2026():
 
 def test_19_september_is_closed_in_naples_but_open_in_salerno():
     san_gennaro = date(2028, 9, 19)  # a Tuesday
-    assert "patron-saint day of Napoli (San Gennaro)" in closed(san_gennaro, NAPOLI)
+    assert closed(san_gennaro, NAPOLI) == "martedì 19/09/2028 è la festa del santo patrono di Napoli (San Gennaro)"
     assert CALENDAR.closed_because(san_gennaro, SALERNO) is None
 
 
@@ -68,7 +68,7 @@ def test_19_september_is_closed_in_naples_but_open_in_salerno():
     (BENEVENTO, date(2026, 8, 24)),
 ])
 def test_each_campania_capoluogo_has_its_patron_saint_day(istat, day):
-    assert "patron-saint day" in closed(day, istat)
+    assert "è la festa del santo patrono di" in closed(day, istat)
     assert CALENDAR.closed_because(day, NAPOLI) is None
 
 
@@ -82,8 +82,9 @@ def test_our_patron_saint_data_agrees_with_the_holidays_package_for_the_capoluog
 
 
 def test_saturday_and_sunday_are_closed():
-    assert "Saturday" in closed(date(2026, 2, 7), NAPOLI)
-    assert "Sunday" in closed(date(2026, 2, 8), NAPOLI)
+    assert closed(date(2026, 2, 7), NAPOLI) == ("sabato 07/02/2026 non è un giorno lavorativo: lo switch si esegue "
+                                                "dal lunedì al venerdì")
+    assert closed(date(2026, 2, 8), NAPOLI).startswith("domenica 08/02/2026 non è un giorno lavorativo")
 
 
 @pytest.mark.parametrize(("window", "ok"), [
@@ -94,11 +95,21 @@ def test_the_window_must_lie_within_08_30_and_17_00(window, ok):
     assert (window_is_within_office_hours(SwitchWindow.parse(window)) is None) is ok
 
 
+def test_a_window_out_of_office_hours_is_refused_in_the_words_of_the_note():
+    assert window_is_within_office_hours(SwitchWindow.parse("15:00-17:01")) == \
+        "la fascia oraria 15:00-17:01 non è compresa tra le ore 08:30 e le ore 17:00"
+    assert window_is_within_office_hours(SwitchWindow.parse("11:00-10:00")) == \
+        "la fascia oraria 11:00-10:00 finisce prima di cominciare"
+
+
 def test_basic_credentials_need_three_weeks_of_notice_to_the_day():
     complete = date(2026, 1, 7)  # a Wednesday
     assert judge(date(2026, 1, 28), complete).accepted  # 21 days
     refused = judge(date(2026, 1, 27), complete)  # 20 days
-    assert not refused.accepted and "at least 3 weeks" in refused.reasons[0]
+    assert not refused.accepted and refused.reasons[0] == (
+        "martedì 27/01/2026 è a 20 giorni dal completamento della richiesta (mercoledì 07/01/2026); per "
+        "l'aggiornamento delle sole credenziali Basic è richiesto un preavviso minimo di 3 settimane: "
+        "non prima di mercoledì 28/01/2026")
     assert refused.proposal == SwitchSlot(date(2026, 1, 28), MORNING)
 
 
@@ -106,12 +117,14 @@ def test_new_oauth2_credentials_need_four_weeks_of_notice_to_the_day():
     complete = date(2026, 1, 7)
     assert judge(date(2026, 2, 4), complete, "new-oauth2").accepted  # 28 days
     refused = judge(date(2026, 2, 3), complete, "new-oauth2")  # 27 days
-    assert not refused.accepted and "at least 4 weeks" in refused.reasons[0]
+    assert not refused.accepted and "per nuove credenziali OAuth2.0 è richiesto un preavviso minimo di 4 settimane" \
+        in refused.reasons[0]
 
 
 def test_a_slot_under_the_upper_bound_is_accepted_with_a_warning():
     decision = judge(date(2026, 2, 4), date(2026, 1, 7), "new-oauth2")  # 4 weeks, under 6
-    assert decision.accepted and "recommended 6 weeks" in decision.warnings[0]
+    assert decision.accepted and decision.warnings[0].startswith(
+        "preavviso inferiore a 6 settimane (la nota indica 4/6 settimane per nuove credenziali OAuth2.0)")
     assert not judge(date(2026, 2, 18), date(2026, 1, 7), "new-oauth2").warnings  # 6 weeks
 
 
@@ -135,4 +148,5 @@ def test_a_window_outside_office_hours_gets_a_proposal_of_the_same_length_from_0
 
 def test_a_municipality_without_patron_data_is_accepted_with_a_check_by_hand_warning():
     decision = judge(date(2026, 3, 4), municipality=POZZUOLI)
-    assert decision.accepted and any("check it by hand" in w for w in decision.warnings)
+    assert decision.accepted and "il santo patrono del comune con codice ISTAT 063060 non è nei nostri dati: " \
+        "verificare a mano che il giorno non sia la sua festa" in decision.warnings

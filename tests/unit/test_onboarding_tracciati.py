@@ -42,28 +42,29 @@ def test_an_xlsx_prestazioni_with_a_wrong_iup_ssa_code_is_rejected_with_the_cell
     rows["Prestazioni"][1][3] = "150999"  # the Emocromo row, spreadsheet row 3, column D
     [finding] = assess("Prestazioni", workbook(rows))
     assert (finding.sheet, finding.row, finding.column, finding.cell) == ("Prestazioni", 3, "IUP_SSA_CODE", "D3")
-    assert "150999 is not the HUB's STS11 150123" in finding.message
-    assert finding.where().startswith("Prestazioni row 3 IUP_SSA_CODE [D3]:")
+    assert finding.message == "150999 non è l'STS11 dell'HUB 150123"
+    assert finding.where() == "foglio Prestazioni, riga 3, campo IUP_SSA_CODE, cella D3: " + finding.message
 
 
 def test_a_spoke_missing_from_the_erogatore_sheet_is_named():
     rows = aggregation_rows()
     rows["Erogatore"] = [r for r in rows["Erogatore"] if r[3] != POSILLIPO]
     [finding] = assess("Erogatore", workbook(rows))
-    assert finding.column == "STS11" and f"SPOKE {POSILLIPO} is not listed" in finding.message
+    assert finding.column == "STS11" and finding.message == f"lo SPOKE {POSILLIPO} manca nel tracciato"
 
 
 def test_the_hub_missing_from_the_strutture_sheet_is_named():
     rows = aggregation_rows()
     rows["Strutture"] = rows["Strutture"][1:]
-    assert [f.message for f in assess("Strutture", workbook(rows))] == [f"HUB {HUB} is not listed"]
+    assert [f.message for f in assess("Strutture", workbook(rows))] == [f"l'HUB {HUB} manca nel tracciato"]
 
 
 def test_a_missing_required_column_is_named_on_the_header_row():
     headers = {"Utenze": ["CODICE_FISCALE", "COGNOME", "NOME", "EMAIL", "STS11"]}
     rows = [[r[0], r[1], r[2], r[4], r[5]] for r in aggregation_rows()["Utenze"]]
     [finding] = assess("Utenze", workbook({"Utenze": rows}, headers))
-    assert (finding.row, finding.column) == (1, "RUOLO") and "missing" in finding.message
+    assert (finding.row, finding.column) == (1, "RUOLO")
+    assert finding.message == "la colonna obbligatoria RUOLO manca nell'intestazione"
 
 
 def test_a_bad_codice_fiscale_and_an_empty_surname_are_two_findings_in_their_cells():
@@ -71,28 +72,31 @@ def test_a_bad_codice_fiscale_and_an_empty_surname_are_two_findings_in_their_cel
     rows["Utenze"][0][0] = "SPSGNR75P19F839X"  # wrong check character
     rows["Utenze"][1][1] = ""
     findings = assess("Utenze", workbook(rows))
-    assert {(f.cell, f.column) for f in findings} == {("A2", "CODICE_FISCALE"), ("B3", "COGNOME")}
+    assert {(f.cell, f.column, f.message) for f in findings} == {
+        ("A2", "CODICE_FISCALE", "'SPSGNR75P19F839X' non è un codice fiscale valido"),
+        ("B3", "COGNOME", "campo obbligatorio vuoto")}
 
 
 def test_an_sts11_of_five_characters_is_refused():
     rows = aggregation_rows()
     rows["Raggruppamenti Unità"][0][2] = "15012"
     [finding] = assess("Raggruppamenti Unità", workbook(rows))
-    assert finding.cell == "C2" and "not an STS11" in finding.message
+    assert finding.cell == "C2" and finding.message == "'15012' non è un codice STS11 (6 caratteri A-Z 0-9)"
 
 
 def test_an_istat_code_typed_as_a_number_is_refused_not_padded():
     rows = aggregation_rows()
     rows["Erogatore"][0][5] = 63049  # Excel dropped the leading zero of 063049
     [finding] = assess("Erogatore", workbook(rows))
-    assert finding.cell == "F2" and "leading zeros lost" in finding.message
+    assert finding.cell == "F2" and finding.message == ("'63049' non è un codice ISTAT di comune (6 cifre) "
+                                                        "(zeri iniziali persi? formattare la cella come testo)")
 
 
 def test_a_partita_iva_with_a_wrong_check_digit_is_refused():
     rows = aggregation_rows()
     rows["Erogatore"][1][2] = "76543210638"
     [finding] = assess("Erogatore", workbook(rows))
-    assert finding.cell == "C3" and "partita IVA" in finding.message
+    assert finding.cell == "C3" and finding.message == "'76543210638' non è una partita IVA valida"
 
 
 def test_other_branches_accept_the_iup_ssa_code_of_any_structure_of_the_entity_and_nothing_else():
@@ -103,7 +107,8 @@ def test_other_branches_accept_the_iup_ssa_code_of_any_structure_of_the_entity_a
     rows = [["89.01.1", *r[1:]] for r in rows]
     findings = assess("Prestazioni", workbook({"Prestazioni": rows}, headers), context=clinic)
     assert [(f.row, f.column) for f in findings] == [(4, "IUP_SSA_CODE")]
-    assert "not the STS11 of a structure of the entity" in findings[0].message
+    assert findings[0].message == (f"{HUB} non è l'STS11 di una struttura dell'Ente che prende in carico la "
+                                   "prestazione (150300, 150301)")
 
 
 def test_a_semicolon_csv_is_read_and_its_rows_are_numbered_like_the_spreadsheet():
@@ -115,11 +120,12 @@ def test_a_semicolon_csv_is_read_and_its_rows_are_numbered_like_the_spreadsheet(
 
 def test_a_sheet_with_only_a_header_has_no_data_rows():
     [finding] = assess("Agende", workbook({"Agende": []}))
-    assert "no data rows" in finding.message
+    assert finding.message == "il foglio non contiene righe di dati"
 
 
 def test_a_pdf_is_not_a_tracciato():
-    with pytest.raises(ValueError, match=r"must be \.xlsx or \.csv"):
+    with pytest.raises(ValueError, match=r"^Prestazioni\.pdf: un tracciato deve essere un file \.xlsx o \.csv, "
+                                         r"non \.pdf$"):
         read_tables("Prestazioni.pdf", b"%PDF-1.7")
 
 
