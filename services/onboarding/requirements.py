@@ -203,9 +203,19 @@ def _date(value: str | None, _arg: str) -> str | None:
 
 
 def _window(value: str | None, _arg: str) -> str | None:
+    """A time window of one day: its shape, then real times (25:00 has the shape), then a start before the end (the
+    switch's window is taken as such: a document passing here must not fail once the switch is recorded)."""
     if not value or not value.strip():
         return "manca (OO:MM-OO:MM)"
-    return None if WINDOW.match(value.strip()) else f"è {value!r}, non una fascia oraria OO:MM-OO:MM"
+    match = WINDOW.match(value.strip())
+    if not match:
+        return f"è {value!r}, non una fascia oraria OO:MM-OO:MM"
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or h2 > 23:
+        return f"è {value!r}, non una fascia oraria: le ore vanno da 00 a 23"
+    if (h1, m1) >= (h2, m2):
+        return f"è {value!r}: la fascia oraria deve finire dopo il suo inizio"
+    return None
 
 
 def _sts11(value: str | None, _arg: str) -> str | None:

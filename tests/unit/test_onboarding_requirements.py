@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.onboarding.requirements import (
+    _RULES,
     RequirementsError,
     available_versions,
     check_metadata,
@@ -84,3 +85,16 @@ def test_an_unknown_version_or_document_type_is_an_explicit_error():
         load_requirements("2019")
     with pytest.raises(RequirementsError, match="requisiti 2026-05: tipo di documento 'fax' sconosciuto"):
         REQ.document_type("fax")
+
+
+@pytest.mark.parametrize(("value", "verdict"), [
+    ("09:00-11:00", None),
+    ("9-11", "non una fascia oraria OO:MM-OO:MM"),
+    ("25:00-26:00", "le ore vanno da 00 a 23"),  # the shape of a window, not one: the switch could not take it
+    ("11:00-09:00", "deve finire dopo il suo inizio"),
+    ("10:00-10:00", "deve finire dopo il suo inizio"),
+    ("", "manca"),
+])
+def test_a_declared_window_must_be_a_real_window_of_one_day(value: str, verdict: str | None) -> None:
+    found = _RULES["window"](value, "")
+    assert found == verdict if verdict is None else (found is not None and verdict in found), found
