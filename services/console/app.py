@@ -52,7 +52,7 @@ from contracts.deadlines import (
 )
 from contracts.deadlines import status as deadline_status
 from contracts.flows import FlowType
-from contracts.onboarding import SwitchRefused, SwitchScheduled
+from contracts.onboarding import SwitchRefused, SwitchScheduled, document_label
 from contracts.states import SENDABLE_FLOW_TYPES, IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError
 from services.cli.fileview import file_rows
@@ -236,6 +236,7 @@ templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state
                              event_label=lambda t: EVENT_LABELS.get(t, t),
                              count_label=lambda k: COUNT_LABELS.get(k, k),
                              file_kind_label=lambda k: FILE_KIND_LABELS.get(k, k), event_detail=event_detail,
+                             document_label=document_label,
                              onboarding_kind_label=lambda k: ONBOARDING_KIND_LABELS.get(k, k),
                              onboarding_status_label=lambda k: ONBOARDING_STATUS_LABELS.get(k, k),
                              onboarding_statuses=ONBOARDING_STATUS_LABELS)
