@@ -121,14 +121,15 @@ ROLE_LABELS = {"operator": "operatore", "structure": "struttura", "desk": "sport
 FLOW_TYPE_LABELS = {"FLUSSO_C": "FLUSSO C", "FLUSSO_C_PACC": "FLUSSO C PACC", "FLUSSO_MEF": "FLUSSO MEF SOGEI",
                     "FLUSSO_ALPI_TA": "FLUSSO ALPI TA", "FLUSSO_730": "FLUSSO 730"}
 # An instance's history: every lifecycle event (contracts.flows.EVENT_TYPES; a test keeps them in step).
+_T = flows.TYPE_OF
 EVENT_LABELS = {
-    "flows.load-requested": "Caricamento richiesto", "flows.load-scheduled": "Caricamento pianificato",
-    "flows.load-running": "Caricamento avviato", "flows.load-checked": "Caricamento verificato",
-    "flows.load-failed": "Caricamento fallito", "flows.format-requested": "Formattazione richiesta",
-    "flows.formatting-started": "Formattazione avviata", "flows.formatted": "Formattazione completata",
-    "flows.format-failed": "Formattazione fallita", "flows.ts-submission-requested": "Invio a Sistema TS richiesto",
-    "flows.ts-submitted": "File inviato a Sistema TS", "flows.ts-feedback-received": "Esito di Sistema TS ricevuto",
-    "flows.instance-deleted": "Istanza cancellata",
+    _T[flows.LoadRequested]: "Caricamento richiesto", _T[flows.LoadScheduled]: "Caricamento pianificato",
+    _T[flows.LoadRunning]: "Caricamento avviato", _T[flows.LoadChecked]: "Caricamento verificato",
+    _T[flows.LoadFailed]: "Caricamento fallito", _T[flows.FormatRequested]: "Formattazione richiesta",
+    _T[flows.FormattingStarted]: "Formattazione avviata", _T[flows.Formatted]: "Formattazione completata",
+    _T[flows.FormatFailed]: "Formattazione fallita", _T[flows.TsSubmissionRequested]: "Invio a Sistema TS richiesto",
+    _T[flows.TsSubmitted]: "File inviato a Sistema TS", _T[flows.TsFeedbackReceived]: "Esito di Sistema TS ricevuto",
+    _T[flows.InstanceDeleted]: "Istanza cancellata",
 }
 TS_OUTCOME_LABELS = {"confirmed": "confermato", "confirmed_with_errors": "confermato con errori",
                      "rejected": "respinto"}
@@ -141,19 +142,19 @@ def event_detail(event_type: str, data: Mapping[str, Any]) -> str:
     def part() -> str:
         return f"parte {data.get('part')} di {data.get('parts')}"
 
-    if event_type == "flows.load-scheduled" and data.get("scheduled_at"):
+    if event_type == _T[flows.LoadScheduled] and data.get("scheduled_at"):
         return f"avvio alle {datetime.fromisoformat(str(data['scheduled_at'])).astimezone(ROME):%d/%m/%Y %H:%M}"
-    if event_type == "flows.load-failed":
+    if event_type == _T[flows.LoadFailed]:
         return str(data.get("summary") or "")
-    if event_type == "flows.format-failed":
+    if event_type == _T[flows.FormatFailed]:
         return "; ".join(str(r) for r in data.get("reasons") or [])
-    if event_type == "flows.ts-submitted":
+    if event_type == _T[flows.TsSubmitted]:
         return f"{part()}, protocollo {data.get('protocollo')}"
-    if event_type == "flows.ts-feedback-received":
+    if event_type == _T[flows.TsFeedbackReceived]:
         outcome = TS_OUTCOME_LABELS.get(str(data.get("outcome")), str(data.get("outcome")))
         reason = f" ({data['reason']})" if data.get("reason") else ""
         return f"{part()}: {outcome}{reason}"
-    if event_type == "flows.instance-deleted" and data.get("reason"):
+    if event_type == _T[flows.InstanceDeleted] and data.get("reason"):
         return f"motivo: {data['reason']}"
     return ""
 
