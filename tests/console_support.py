@@ -73,7 +73,7 @@ class RunningConsole:
         from contracts.onboarding import RequestKind, RequestOpened, Spoke
         from services.console.app import Console, _onboarding_deps
 
-        deps = _onboarding_deps(Console(self.settings, self.pool, self.store, self.files, None))  # type: ignore[arg-type]
+        deps = _onboarding_deps(Console(self.settings, self.pool, self.store, self.files, None, None))  # type: ignore[arg-type]
         spokes = [Spoke(sts11="150456", name="Lab Partenope", already_on_cup=True),
                   Spoke(sts11="150789", name="Lab Posillipo", already_on_cup=False)]
         if kind != "new-aggregation":
@@ -92,7 +92,7 @@ class RunningConsole:
         from contracts.onboarding import DocumentReceived
         from services.console.app import Console, _onboarding_deps
 
-        deps = _onboarding_deps(Console(self.settings, self.pool, self.store, self.files, None))  # type: ignore[arg-type]
+        deps = _onboarding_deps(Console(self.settings, self.pool, self.store, self.files, None, None))  # type: ignore[arg-type]
         added = await handlers.add_document(deps, request_id, filename, content, document_type,
                                             {"protocol": "P-7"} if metadata is None else metadata,
                                             "desk.1")

@@ -82,8 +82,9 @@ from services.console.access import (
     record_access,
     routed,
 )
+from services.console.access_watch import AccessWatch
 from services.console.assets import FingerprintedStaticFiles, StaticAssets
-from services.console.live import LiveFeed
+from services.console.live import LiveFeed, next_change
 from services.console.oidc import OidcLogin
 from services.onboarding import facade as onboarding  # the onboarding service's one door
 from services.onboarding.facade import DashboardProjection, SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
@@ -331,6 +332,7 @@ class Console:
     store: EventStore
     files: FileStore
     feed: LiveFeed
+    access: AccessWatch  # ends the open streams of a session or user at once (access_watch.py)
     oidc: OidcLogin | None = None  # set when OIDC login is configured (services/console/oidc.py)
 
     @property
@@ -495,7 +497,8 @@ def page(ctx: Ctx | None, name: str, title: str, status: int = 200, **values: An
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """The console's pool skips asyncpg's reset query on release (one more round trip after every query, a
     page makes two): asyncpg still rolls back an open transaction and drops listeners first, and the console
-    leaves no other session state (no LISTEN, no SET outside a transaction, every lock released in a finally)."""
+    leaves no other session state (no LISTEN: access_watch.py listens on a connection of its own; no SET outside a
+    transaction, every lock released in a finally)."""
 
 
 def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
@@ -503,14 +506,16 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = await create_pool(settings.database_url, min_size=1, max_size=10, reset=_keep_session)
-        feed = LiveFeed(settings.bootstrap_list())
+        feed, access = LiveFeed(settings.bootstrap_list()), AccessWatch(settings.database_url)
         app.state.console = Console(settings, pool, EventStore(pool, source="/flows/console"),
-                                    FileStore(settings.files_dir), feed,
+                                    FileStore(settings.files_dir), feed, access,
                                     OidcLogin(settings) if oidc.enabled(settings) else None)
         await feed.start()
+        await access.start()
         try:
             yield
         finally:
+            await access.stop()
             await feed.stop()
             await pool.close()
 
@@ -1077,50 +1082,65 @@ async def instance_fragment(ctx: Ctx) -> Response:
 
 
 # An open event stream's keep-alive period, and how often it checks again that its session still may read the
-# instance (the tests shorten it).
+# instance (the tests shorten it, or make it an hour to show that a notice, not this check, ended a stream). A
+# logout, a disable, a new password or a lost ente wakes the stream's check at once (access_watch.py): this period
+# is the safety net for a notice that never came.
 STREAM_CHECK_S = 15.0
+STREAM_ENDED = "event: ended\ndata: {}\n\n"
 
 
-async def _stream_still_allowed(console: Console, request: Request, ente: str) -> bool:
+async def _stream_still_allowed(console: Console, request: Request, ente: str, why: str) -> bool:
     """Whether the session of an open event stream still reads the instance of `ente`: not logged out, expired or
     disabled, and still bound to the ente. Every other request checks its session in the database; a stream lives
-    for hours, so it does so at each keep-alive. When the check cannot be made (PostgreSQL down) the stream ends
-    too: the page reconnects through the guard, which answers 503 until the database is back (console.js then
-    tries again, backed off)."""
+    for hours, so it does so at each keep-alive, and at once when access_watch.py announces that its session or
+    user changed (`why`: "keep-alive" or "woken", for the log). When the check cannot be made (PostgreSQL down)
+    the stream ends too: the page reconnects through the guard, which answers 503 until the database is back
+    (console.js then tries again, backed off)."""
     try:
         principal = await _principal(console, request)
     except Exception as exc:
-        log.info("console.stream_ended", path=request.url.path, reason=f"session not checked: {type(exc).__name__}")
+        log.info("console.stream_ended", path=request.url.path, checked_on=why,
+                 reason=f"session not checked: {type(exc).__name__}")
         return False
     if principal is None or not may(principal, READ_INSTANCE, ente):
-        log.info("console.stream_ended", path=request.url.path, reason="session no longer valid for this instance")
+        log.info("console.stream_ended", path=request.url.path, checked_on=why,
+                 reason="session no longer valid for this instance")
         return False
     return True
 
 
 @route(pages, "GET", "/istanze/{instance}/eventi", READ_INSTANCE, "stream")
 async def instance_events(ctx: Ctx) -> Response:
+    """The instance's changes as server-sent events: `ready` once subscribed, `change` per event (its type only),
+    `ended` before the server ends a stream whose session no longer reads the instance (console.js then asks why,
+    without waiting for the browser's own reconnection, and says so)."""
     request = ctx.request
     assert ctx.row is not None
     instance, ente = int(ctx.row["instance"]), str(ctx.row["ente"])
     console = _console(request)
     feed = console.feed
+    token = request.cookies.get(console.cookie_name, "")  # the guard read the session from it
 
     async def stream() -> AsyncIterator[str]:
         queue = feed.watch(instance)
+        watched = console.access.watch(auth.token_sha256(token), ctx.principal.name)
+        watched.recheck.set()  # a logout between the guard's check and this watch was announced to nobody
         try:
             # `ready`: the page refetches once, covering a change between its render and this subscription.
             yield "event: ready\ndata: {}\n\n"
             while not await request.is_disconnected():
-                try:
-                    event_type = await asyncio.wait_for(queue.get(), timeout=STREAM_CHECK_S)
-                except TimeoutError:
-                    if not await _stream_still_allowed(console, request, ente):
+                event_type = await next_change(queue, watched.recheck, STREAM_CHECK_S)
+                if event_type is None:  # the keep-alive, or a notice that the session or its user changed
+                    why = "woken" if watched.recheck.is_set() else "keep-alive"
+                    watched.recheck.clear()  # before the check: a notice during it asks for another one
+                    if not await _stream_still_allowed(console, request, ente, why):
+                        yield STREAM_ENDED
                         return
                     yield ": keep-alive\n\n"
                     continue
                 yield f"event: change\ndata: {json.dumps({'event': event_type})}\n\n"
         finally:
+            console.access.unwatch(watched)
             feed.unwatch(instance, queue)
 
     return StreamingResponse(stream(), media_type="text/event-stream",

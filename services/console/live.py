@@ -27,6 +27,24 @@ for _name in INSTANCE_TOPICS:
     by_name(_name)  # fails at import when the registry renames a topic
 
 
+async def next_change(queue: asyncio.Queue[str], wake: asyncio.Event, timeout: float) -> str | None:
+    """The next event type of `queue`; None once `wake` is set (at once if it already is) or `timeout` passed. An
+    event that arrives meanwhile stays in the queue for the next call (asyncio.Queue.get takes it only when it
+    runs)."""
+    if wake.is_set():
+        return None
+    if not queue.empty():
+        return queue.get_nowait()
+    getter, waker = asyncio.ensure_future(queue.get()), asyncio.ensure_future(wake.wait())
+    try:
+        await asyncio.wait((getter, waker), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waker.cancel()
+        if not getter.done():
+            getter.cancel()
+    return getter.result() if getter.done() and not getter.cancelled() else None
+
+
 class LiveFeed:
     def __init__(self, bootstrap: list[str]) -> None:
         self._bootstrap = bootstrap

@@ -1,5 +1,6 @@
 """The live instance page in real Chromium: a change that arrives while the page is still fetching the state of
-the previous one is not lost; a stream that ends while PostgreSQL is down comes back by itself once it is up.
+the previous one is not lost; a stream that ends while PostgreSQL is down comes back by itself once it is up; a
+logout in another tab and an administrator's disable end an open page's stream at once.
 
 The page learns of a change from its event stream and then fetches the instance's fresh state (console.js). A load
 that finishes while that fetch is on its way (a small load, a slow network, a busy browser) sends its next event
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from playwright.async_api import Route, async_playwright
+from playwright.async_api import Page, Route, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from contracts import flows
@@ -146,13 +147,26 @@ async def test_the_page_comes_back_live_after_postgresql_was_down_and_says_so_me
                 await relay_task
 
 
+# The keep-alive check of an open stream an hour away: what ends a stream within these tests is the database's notice
+# (services/console/access_watch.py), never that check. The waits below are conditions with deadlines.
+AN_HOUR = 3600.0
+
+
+def _subscriptions(page: Page) -> list[str]:
+    """The URLs of the event streams the page opens from now on (each reconnection is one more)."""
+    opened: list[str] = []
+    page.on("request", lambda request: opened.append(request.url) if request.url.endswith("/eventi") else None)
+    return opened
+
+
 async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: ignore[no-untyped-def]
         fresh_db, tmp_path, monkeypatch) -> None:
-    """Every request checks its session in the database; an event stream lives for hours, so it checks again at
-    each keep-alive. The user logs out in another tab: the open page's stream ends (before, it went on feeding a
-    logged-out page for as long as the tab stayed open); the page says the session ended, does not try again, and
-    links to the login, which brings the operator back to the instance, live again."""
-    monkeypatch.setattr(console_app, "STREAM_CHECK_S", 0.5)
+    """Every request checks its session in the database; an event stream lives for hours. The user logs out in
+    another tab: the open page's stream ends at once (before, it went on feeding a logged-out page for up to the
+    15 s of its keep-alive check: here that check is an hour away, so the logout's NOTIFY is what ends it); the page
+    says the session ended, does not try again, and links to the login, which brings the operator back to the
+    instance, live again."""
+    monkeypatch.setattr(console_app, "STREAM_CHECK_S", AN_HOUR)
     async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
         await console.add_users()
         instance = await console.instance("201")
@@ -161,6 +175,7 @@ async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: igno
             context = await browser.new_context(locale="it-IT")
             page = await context.new_page()
             await _log_in(page, console.url, "op.201")
+            subscriptions = _subscriptions(page)
             await page.goto(f"{console.url}/istanze/{instance}")
             await page.wait_for_function(f"() => ({LIVE})() === 'ready'", timeout=30_000)
 
@@ -173,6 +188,8 @@ async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: igno
             await page.wait_for_function(f"() => ({LIVE})() === 'ended'", timeout=30_000)
             notice = await page.inner_text("#aggiornamento")
             assert notice.startswith("Aggiornamento automatico terminato: la sessione è scaduta o chiusa."), notice
+            # The server said `ended` and the page asked why at once: no reconnection of the browser's own came first.
+            assert subscriptions == [f"{console.url}/istanze/{instance}/eventi"], subscriptions
             again = page.locator("#aggiornamento a")
             assert await again.get_attribute("href") == f"/login?next=%2Fistanze%2F{instance}"
             await page.wait_for_timeout(3_000)  # a first retry would have come by now (2 s)
@@ -186,5 +203,35 @@ async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: igno
                 await page.keyboard.press("Enter")
             assert page.url == f"{console.url}/istanze/{instance}", page.url
             await page.wait_for_function(f"() => ({LIVE})() === 'ready'", timeout=30_000)
+        finally:
+            await browser.close()
+
+
+async def test_an_administrators_disable_ends_an_operators_open_stream_at_once(  # type: ignore[no-untyped-def]
+        fresh_db, tmp_path, monkeypatch) -> None:
+    """An operator has an instance page open, live; the administrator disables it on the users page (another
+    browser). The operator's stream ends at once (its keep-alive check is an hour away) and its page says so."""
+    monkeypatch.setattr(console_app, "STREAM_CHECK_S", AN_HOUR)
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+        await console.add_users()
+        instance = await console.instance("201")
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            operator = await (await browser.new_context(locale="it-IT")).new_page()
+            await _log_in(operator, console.url, "op.201")
+            subscriptions = _subscriptions(operator)
+            await operator.goto(f"{console.url}/istanze/{instance}")
+            await operator.wait_for_function(f"() => ({LIVE})() === 'ready'", timeout=30_000)
+
+            admin = await (await browser.new_context(locale="it-IT")).new_page()
+            await _log_in(admin, console.url, "adm.1")
+            async with admin.expect_navigation():
+                await admin.click("tr[data-utente='op.201'] button")
+            assert "Utente op.201 disattivato" in await admin.inner_text("#esito")
+
+            await operator.wait_for_function(f"() => ({LIVE})() === 'ended'", timeout=30_000)
+            notice = await operator.inner_text("#aggiornamento")
+            assert notice.startswith("Aggiornamento automatico terminato: la sessione è scaduta o chiusa."), notice
+            assert len(subscriptions) == 1, subscriptions
         finally:
             await browser.close()

@@ -46,8 +46,15 @@
         if (notice) { notice.hidden = true; }
         refresh();
       });
+      // The server ends a stream whose session no longer reads the instance (a logout, a disable, a new password, a
+      // lost ente: at once; or PostgreSQL down at a keep-alive) and says so first: the page asks why at once rather
+      // than after the browser's own reconnection delay.
+      source.addEventListener("ended", function () { source.close(); stopped(); });
       source.addEventListener("error", function () {
         if (source.readyState !== EventSource.CLOSED) { root.dataset.live = "reconnecting"; return; }
+        stopped();
+      });
+      function stopped() {
         // Why it was refused: a session that ended (the login page) or an instance no longer readable (404) is not
         // tried again; anything else (503, 502, the network) is.
         fetch(root.dataset.fragment, { credentials: "same-origin", redirect: "manual" }).then(function (r) {
@@ -72,7 +79,7 @@
             delay = Math.min(delay * 2, 60000);
           }
         });
-      });
+      }
     }
     connect();
   }
