@@ -14,9 +14,7 @@ from services.console.access import record_access
 from services.console.auth import Principal
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
-from services.runtime.host import prepare_database
 from services.runtime.migrations import migrate
-from services.runtime.read_models import FLOW_PROJECTIONS
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -116,14 +114,6 @@ def test_a_user_is_enabled_again_and_given_a_new_password_which_ends_its_session
                                          "console.user-password-set"], rows
     assert not any(secret in r["data"] for r in rows for secret in ("la prima", "seconda", "argon2")), rows
 
-    async def platform_tables() -> None:  # what the services create at start: the replay rebuilds them
-        pool = await create_pool(cli_env, min_size=1, max_size=2)
-        try:
-            await prepare_database(pool, FLOW_PROJECTIONS)
-        finally:
-            await pool.close()
-
-    asyncio.run(platform_tables())
     verified = flows("replay", "--all", "--verify")
     assert "replayed 1 stream(s), 4 events" in verified and "every hash chain verifies" in verified, verified
 
