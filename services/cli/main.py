@@ -9,7 +9,9 @@
     flows deadlines                     due dates per flow type and entity
     flows replay [<n>|--all] [--verify] rebuild and verify the history
     flows demo                          the whole walk-through on generated data
-    flows users add|list|disable|api-key the console's users; flows access-log: who read personal data
+    flows users add|list|disable|enable|password|history   the console's users and their record
+    flows users api-key|api-keys|api-key-revoke           API keys of machine clients
+    flows access-log                    who read personal data
 """
 
 from __future__ import annotations

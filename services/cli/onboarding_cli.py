@@ -16,7 +16,6 @@ writes to the event store directly; the events reach Kafka through the outbox.
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
@@ -27,7 +26,17 @@ import pydantic
 import typer
 
 from contracts.onboarding import SOURCE, Payload, RequestKind, RequestOpened, Spoke
-from services.cli.common import UserError, console, database, run, settings, table, user_errors, validation_message
+from services.cli.common import (
+    UserError,
+    console,
+    database,
+    operator_name,
+    run,
+    settings,
+    table,
+    user_errors,
+    validation_message,
+)
 from services.onboarding import facade as onboarding
 from services.runtime.filestore import FileStore
 
@@ -38,7 +47,9 @@ app = typer.Typer(
 
 
 def _actor(by: str | None) -> str:
-    return by or f"cli:{getpass.getuser()}"
+    """Who acts, as the request's history records them: --by, else `cli:` and the shared operator name of every
+    `flows` command (FLOWS_OPERATOR, or the login), so a shell's actor is named the same way everywhere."""
+    return by or f"cli:{operator_name()}"
 
 
 @asynccontextmanager
@@ -119,7 +130,7 @@ def open_cmd(
     spoke: list[str] = typer.Option([], help="SPOKE as STS11:NAME, or STS11:NAME:on-cup when already on the CUP."),
     other_structure: list[str] = typer.Option([], help="STS11 of another structure of the entity."),
     request_id: str | None = typer.Option(None, "--id", help="Request id (generated when omitted)."),
-    by: str | None = typer.Option(None, help="Who opens it (default cli:<user>)."),
+    by: str | None = typer.Option(None, help="Who opens it (default cli:<FLOWS_OPERATOR or login>)."),
 ) -> None:
     """Open a request; prints its id and what it requires."""
     spokes = []

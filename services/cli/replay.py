@@ -1,5 +1,8 @@
 """`flows replay`: read streams back, verify every hash chain, rebuild the read models in a scratch
-schema and compare them with the live ones. Exit code 2 when anything differs."""
+schema and compare them with the live ones. Exit code 2 when anything differs.
+
+It first prepares the database as a service does at start-up (migrations, the read models' live tables), so it
+also works where only the migrations ran."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ def all_projections() -> list[Projection]:
 async def replay(instance: int | None, verify: bool) -> bool:
     ok = True
     async with database() as pool:
+        await _prepare(pool)
         store = EventStore(pool, source="/flows/cli")
         streams = [instance_stream(instance)] if instance is not None else await store.list_streams()
         events = 0
@@ -48,6 +52,17 @@ async def replay(instance: int | None, verify: bool) -> bool:
         else:
             console.print(f"[green]read models rebuilt from {report.events_replayed} events equal the live ones[/]")
     return ok
+
+
+async def _prepare(pool: asyncpg.Pool) -> None:
+    """The schema and every read model's live tables, as the services create them at start-up (the same function,
+    host.prepare_database; idempotent): a database where only the migrations ran (no service started yet, events
+    appended by `flows users` or the access log) is replayed and compared like any other, its live tables empty.
+    A read-only replica (the replay may run there, docs/scaling.md) is left as it is: its schema is the primary's."""
+    from services.runtime.host import prepare_database
+
+    if not await pool.fetchval("SELECT pg_is_in_recovery()"):
+        await prepare_database(pool, all_projections())
 
 
 async def _against_checkpoint(pool: asyncpg.Pool, streams: list[str] | None) -> bool:

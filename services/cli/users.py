@@ -1,5 +1,6 @@
-"""`flows users add|list|disable|enable|password|history|api-key` (the console's local users, the record of their
-administration, and machine clients) and `flows access-log` (who viewed or downloaded personal data)."""
+"""`flows users add|list|disable|enable|password|history|api-key|api-keys|api-key-revoke` (the console's local
+users, the API keys of machine clients, and the record of their administration) and `flows access-log` (who viewed
+or downloaded personal data)."""
 
 from __future__ import annotations
 
@@ -110,16 +111,23 @@ def users_password(name: str,
 @user_errors
 def users_history(user: Annotated[str | None, typer.Option(help="only the changes of this user")] = None,
                   limit: Annotated[int, typer.Option()] = 500) -> None:
-    """Who added, disabled, enabled a user or set its password, and when (the latest first; never a password)."""
+    """Who added, disabled, enabled a user or set its password, who issued or revoked an API key, and when (the
+    latest first; never a password nor a key's secret). An API key is named api:<key id>, as in the access log."""
     rows = _with_users(lambda pool: auth.user_history(pool, user, limit))
-    console.print(table("Console user administration", ["when", "change", "user", "by", "details"],
+    console.print(table("Console user administration", ["when", "change", "user or key", "by", "details"],
                         [(r["recorded_at"].strftime("%Y-%m-%d %H:%M:%S"), r["type"].removeprefix("console."),
-                          r["data"]["user"], r["actor"], _details(r["data"])) for r in rows]))
+                          _subject(r["data"]), r["actor"], _details(r["data"])) for r in rows]))
+
+
+def _subject(data: dict[str, object]) -> str:
+    """The user a record is about, or the API key as the access log names it (api:<key id>)."""
+    return str(data["user"]) if data.get("user") else f"{auth.API_KEY_PRINCIPAL}{data['key']}"
 
 
 def _details(data: dict[str, object]) -> str:
-    """A user's role, enti and structure as recorded at its creation ('' for the other changes)."""
-    values = ((k, data.get(k)) for k in ("role", "enti", "structure"))
+    """A user's role, enti and structure as recorded at its creation, an API key's label and enti at its issue ('' for
+    the other changes)."""
+    values = ((k, data.get(k)) for k in ("role", "label", "enti", "structure"))
     return "; ".join(f"{k} {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in values if v)
 
 
@@ -128,10 +136,46 @@ def _details(data: dict[str, object]) -> str:
 def users_api_key(label: str,
                   ente: Annotated[list[str], typer.Option(help="an entity the key may read and act on (repeatable)")],
                   ) -> None:
-    """A new API key for a machine client, bound to its enti; printed once, stored hashed."""
-    key = _with_users(lambda pool: auth.add_api_key(pool, label, ente))
-    console.print(f"API key for {label} (enti {', '.join(ente)}); it is shown only now:")
+    """A new API key for a machine client, bound to its enti; printed once, stored hashed; its issue is recorded."""
+    try:
+        auth.check_api_key(label, ente)
+    except auth.UserInputError as exc:
+        raise UserError(str(exc)) from exc
+    key = _with_users(lambda pool: auth.add_api_key(pool, label, ente, by=_by()))
+    key_id = key.partition(".")[0].removeprefix("fk_")
+    console.print(f"API key {key_id} for {label} (enti {', '.join(sorted(set(ente)))}); it is shown only now:")
     print(key)
+
+
+@users_app.command("api-keys")
+@user_errors
+def users_api_keys() -> None:
+    """The API keys: id, label, enti, when issued, whether and when revoked (never a secret nor its hash)."""
+    keys = _with_users(auth.list_api_keys)
+    console.print(table("API keys", ["id", "label", "enti", "created", "revoked"],
+                        [(r["key_id"], r["label"], ", ".join(r["enti"]), r["created_at"].strftime("%Y-%m-%d %H:%M"),
+                          _revoked(r)) for r in keys]))
+    if not keys:
+        console.print("no API key yet (`flows users api-key LABEL --ente E` issues one)")
+
+
+def _revoked(row: asyncpg.Record) -> str:
+    if not row["revoked"]:
+        return "no"
+    return row["revoked_at"].strftime("%Y-%m-%d %H:%M") if row["revoked_at"] else "yes"
+
+
+@users_app.command("api-key-revoke")
+@user_errors
+def users_api_key_revoke(key_id: Annotated[str, typer.Argument(help="the key's id, as `flows users api-keys` "
+                                                                     "lists it (not the key itself)")]) -> None:
+    """Revoke an API key (leaked, or its client retired): the API refuses it from the next request on; recorded."""
+    try:
+        key_id = auth.api_key_id(key_id)
+    except auth.UserInputError as exc:
+        raise UserError(str(exc)) from exc
+    _with_users(lambda pool: auth.revoke_api_key(pool, key_id, by=_by()))
+    console.print(f"API key {key_id} revoked: the API refuses it from now on")
 
 
 @user_errors

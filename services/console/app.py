@@ -1367,14 +1367,16 @@ async def access_log_page(ctx: Ctx, utente: str | None = None, istanza: str | No
     instance = int(istanza) if istanza and istanza.isdigit() else None
     pool = _console(request).pool
     rows = await read_access_log(pool, utente or None, instance)
-    # the record of user administration (auth.USERS_STREAM): the changes of the user asked for, or all
+    # the record of user administration (auth.USERS_STREAM): the changes of the user asked for, or all; an API key's
+    # issue and revocation come with its access-log name, api:<key id> (auth.user_history)
     changes = await auth.user_history(pool, utente or None, limit=200)
     return page(ctx, "access_log.html", "Registro degli accessi", active="/accessi", rows=rows, utente=utente,
                 istanza=istanza, changes=changes, change_labels=USER_CHANGE_LABELS)
 
 
 USER_CHANGE_LABELS = {auth.USER_ADDED: "aggiunto", auth.USER_DISABLED: "disattivato",
-                      auth.USER_ENABLED: "riattivato", auth.USER_PASSWORD_SET: "nuova password"}
+                      auth.USER_ENABLED: "riattivato", auth.USER_PASSWORD_SET: "nuova password",
+                      auth.API_KEY_ADDED: "chiave API emessa", auth.API_KEY_REVOKED: "chiave API revocata"}
 
 
 # ---------------------------------------------------------------- Esercizio (ops): dead letters, consumer lag

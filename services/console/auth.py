@@ -97,12 +97,16 @@ def check_password(name: str, password: str) -> None:
 
 
 # ---------------------------------------------------------------- the record of user administration
-# Who added, disabled, enabled a user or set its password, and when: one hash-chained stream of the event store
-# (never a password nor its hash), written in the same transaction as the change, so no change goes unrecorded.
-# `flows users history` and the auditor's page (/accessi) read it; `flows replay --all --verify` verifies it.
+# Who added, disabled, enabled a user or set its password, and who issued or revoked an API key, and when: one
+# hash-chained stream of the event store (never a password, an API key's secret, nor their hashes), written in the
+# same transaction as the change, so no change goes unrecorded. `flows users history` and the auditor's page
+# (/accessi) read it; `flows replay --all --verify` verifies it. A user's record has `user`; an API key's has `key`
+# (its id) and no user.
 USERS_STREAM = "console-users"
 USER_ADDED, USER_DISABLED, USER_ENABLED, USER_PASSWORD_SET = (
     "console.user-added", "console.user-disabled", "console.user-enabled", "console.user-password-set")
+API_KEY_ADDED, API_KEY_REVOKED = "console.api-key-added", "console.api-key-revoked"
+API_KEY_PRINCIPAL = "api:"  # an API key's principal is "api:<key id>": the name the access log records it by
 
 
 async def _recorded(pool: asyncpg.Pool, conn: asyncpg.Connection, event_type: str, data: dict[str, object],
@@ -117,14 +121,18 @@ async def _recorded(pool: asyncpg.Pool, conn: asyncpg.Connection, event_type: st
             return
         except ConcurrencyError:
             await asyncio.sleep(0.005 * (attempt + 1))
-    raise RuntimeError(f"the record of user administration could not be written ({event_type}, {data['user']})")
+    subject = data.get("user") or f"API key {data.get('key')}"
+    raise RuntimeError(f"the record of user administration could not be written ({event_type}, {subject})")
 
 
 async def user_history(pool: asyncpg.Pool, user: str | None = None, limit: int = 500) -> list[asyncpg.Record]:
-    """The record of user administration, the latest first (`user`: only the changes of that user)."""
+    """The record of user administration, the latest first. `user`: only the changes of that user; an API key's
+    records concern no user, so they come with `api:<key id>`, the name the key acts under in the access log (an
+    auditor filtering both by the same name sees what the key did and who issued and revoked it)."""
     return await pool.fetch(
         "SELECT recorded_at, type, actor, data FROM events WHERE stream_id = $1 "
-        "AND ($2::text IS NULL OR data->>'user' = $2) ORDER BY version DESC LIMIT $3", USERS_STREAM, user, limit)
+        "AND ($2::text IS NULL OR data->>'user' = $2 OR $4 || (data->>'key') = $2) ORDER BY version DESC LIMIT $3",
+        USERS_STREAM, user, limit, API_KEY_PRINCIPAL)
 
 
 async def add_user(pool: asyncpg.Pool, name: str, role: str, enti: list[str], structure: str | None,
@@ -276,17 +284,71 @@ def csrf_ok(expected: str, given: str | None) -> bool:
 
 # ---------------------------------------------------------------- API keys of machine clients
 # A key is "fk_<id>.<secret>" with 32 random bytes of secret: the table keeps the SHA-256 of the
-# secret (a high-entropy token needs no slow hash), and the enti the key is bound to.
-async def add_api_key(pool: asyncpg.Pool, label: str, enti: list[str]) -> str:
+# secret (a high-entropy token needs no slow hash), and the enti the key is bound to. Issue and revocation are
+# recorded in USERS_STREAM (id, label, enti; never the secret nor its hash); a revoked key is refused at once,
+# as the table is read on every request.
+API_KEY_ID = re.compile(r"^[0-9a-f]{12}$")
+API_KEY_LABEL_MAX = 100
+
+
+def check_api_key(label: str, enti: list[str]) -> None:
+    if not label.strip() or len(label) > API_KEY_LABEL_MAX or not label.isprintable():
+        raise UserInputError(f"API key label {label[:API_KEY_LABEL_MAX]!r}: 1-{API_KEY_LABEL_MAX} printable "
+                             "characters, e.g. the client system's name", "label")
     if not enti:
-        raise UserInputError(f"API key {label!r}: bind it to at least one --ente")
+        raise UserInputError(f"API key {label!r}: bind it to at least one --ente", "enti")
     for ente in enti:
         if not ENTE.match(ente):
-            raise UserInputError(f"--ente {ente!r}: an entity code of three digits or capitals, e.g. 201")
+            raise UserInputError(f"--ente {ente!r}: an entity code of three digits or capitals, e.g. 201", "enti")
+
+
+async def add_api_key(pool: asyncpg.Pool, label: str, enti: list[str], *, by: str) -> str:
+    """A new key bound to `enti`, returned once (only its secret's SHA-256 is kept); recorded as issued `by`."""
+    check_api_key(label, enti)
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
-    await pool.execute("INSERT INTO console_api_key (key_id, secret_hash, label, enti) VALUES ($1, $2, $3, $4)",
-                       key_id, _sha256(secret).hex(), label, sorted(set(enti)))
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("INSERT INTO console_api_key (key_id, secret_hash, label, enti) VALUES ($1, $2, $3, $4)",
+                           key_id, _sha256(secret).hex(), label, sorted(set(enti)))
+        await _recorded(pool, conn, API_KEY_ADDED, {"key": key_id, "label": label, "enti": sorted(set(enti))}, by)
     return f"fk_{key_id}.{secret}"
+
+
+def api_key_id(given: str) -> str:
+    """The key id an operator gave (`flows users api-keys` shows it; `fk_<id>` is taken too). A whole key (id and
+    secret) is refused without being repeated: the message would carry the secret into a terminal's scrollback or
+    a log."""
+    head, dot, _ = given.partition(".")
+    key_id = head.removeprefix("fk_")
+    if dot:
+        raise UserInputError(f"give the key id ({key_id if API_KEY_ID.match(key_id) else 'see flows users api-keys'})"
+                             ", not the whole key: its secret is not needed to revoke it", "key")
+    if not API_KEY_ID.match(key_id):
+        # A short value is a mistyped id, shown back; a long one may be a secret pasted alone: not repeated.
+        shown = repr(given) if len(given) <= 16 else f"of {len(given)} characters"
+        raise UserInputError(f"API key id {shown}: 12 hexadecimal digits, as `flows users api-keys` lists them", "key")
+    return key_id
+
+
+async def revoke_api_key(pool: asyncpg.Pool, key_id: str, *, by: str) -> None:
+    """Revokes the key (refused from the next request on, 401 as an unknown key); recorded as done `by`. Unknown
+    or already revoked: UserInputError naming it (a second revocation records nothing)."""
+    key_id = api_key_id(key_id)
+    async with pool.acquire() as conn, conn.transaction():
+        done = await conn.execute("UPDATE console_api_key SET revoked = true, revoked_at = now() "
+                                  "WHERE key_id = $1 AND NOT revoked", key_id)
+        if done == "UPDATE 0":
+            row = await conn.fetchrow("SELECT revoked_at FROM console_api_key WHERE key_id = $1", key_id)
+            if row is None:
+                raise UserInputError(f"there is no API key {key_id!r}; `flows users api-keys` lists them", "key")
+            since = f" since {row['revoked_at']:%Y-%m-%d %H:%M:%S %Z}" if row["revoked_at"] else ""
+            raise UserInputError(f"API key {key_id} is already revoked{since}; nothing changed", "key")
+        await _recorded(pool, conn, API_KEY_REVOKED, {"key": key_id}, by)
+
+
+async def list_api_keys(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    """Every key, the oldest first: id, label, enti, created_at, revoked, revoked_at (never its secret's hash)."""
+    return await pool.fetch("SELECT key_id, label, enti, created_at, revoked, revoked_at FROM console_api_key "
+                            "ORDER BY created_at, key_id")
 
 
 async def api_key_principal(pool: asyncpg.Pool, key: str) -> Principal | None:
@@ -297,4 +359,4 @@ async def api_key_principal(pool: asyncpg.Pool, key: str) -> Principal | None:
                               "AND NOT revoked", head[3:])
     if row is None or not secrets.compare_digest(row["secret_hash"], _sha256(secret).hex()):
         return None
-    return Principal(name=f"api:{row['key_id']}", role="operator", enti=frozenset(row["enti"]))
+    return Principal(name=f"{API_KEY_PRINCIPAL}{row['key_id']}", role="operator", enti=frozenset(row["enti"]))

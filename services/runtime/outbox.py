@@ -11,6 +11,9 @@ rows leave in id order. One aggregate's rows have increasing ids because its str
 serialise the appends (an append that committed before the next one started took its ids first),
 and the idempotent producer keeps them in order inside the partition chosen by the key.
 
+The leader's connection (its lock, its LISTEN) goes back to the pool clean, or is terminated when it cannot be
+cleaned (PostgreSQL down): see ``OutboxRelay._let_go``.
+
 Consumer side. ``mark_processed`` records (consumer, ce_id) in the consumer's own transaction, the
 one that holds its effects: a redelivered message finds its id and the consumer skips its effects.
 Kafka delivers at least once; with this the system behaves exactly once.
@@ -222,10 +225,32 @@ class OutboxRelay:
                         stopper.cancel()
             finally:
                 self.is_leader = False
-                await producer.stop()
-                with suppress(asyncpg.PostgresError, asyncpg.InterfaceError):
-                    await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
-                    await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
+                try:
+                    await producer.stop()
+                finally:
+                    await self._let_go(conn, on_notify)
+
+    async def _let_go(self, conn: asyncpg.Connection, on_notify: Callable[..., None]) -> None:
+        """Gives the leader's connection back clean: no listener, no leader lock. When that cannot be done (the
+        connection lost or aborted with PostgreSQL down, the clean-up failing or cancelled), the connection is
+        terminated instead, so the pool replaces it: released as it is, it would keep the listener (asyncpg warns
+        "... released to the pool but has 1 active notification listener") and maybe the session's leader lock.
+        A connection that asyncpg aborted by itself is closed but still holds the listener: remove_listener does
+        nothing on it, which is why a closed connection is never taken for a clean one."""
+        problem = "the connection was lost"
+        try:
+            if not conn.is_closed():
+                await conn.remove_listener(NOTIFY_CHANNEL, on_notify)
+                await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
+                if not conn.is_closed():
+                    problem = ""
+        except Exception as exc:  # PostgresError, InterfaceError, InternalClientError, OSError, TimeoutError
+            problem = f"{type(exc).__name__}: {exc}"[:500]
+        finally:
+            if problem:  # also when cancelled mid-way (problem still set): never released half cleaned
+                conn.terminate()
+                self._log.warning("outbox relay: its connection could not be cleaned up; terminated, the pool "
+                                  "replaces it", error=problem)
 
     async def _publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
         """Sends one batch; returns how many rows it marked published or parked (0: nothing to do)."""

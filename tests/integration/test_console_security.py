@@ -218,7 +218,7 @@ async def test_deadlines_show_the_operators_enti_only_with_their_coverage(consol
 async def test_api_keys_are_stored_hashed_and_bound_to_their_enti(console: RunningConsole) -> None:
     own = await console.instance("201")
     other = await console.instance("202")
-    key = await auth.add_api_key(console.pool, "sistema-regionale", ["201"])
+    key = await auth.add_api_key(console.pool, "sistema-regionale", ["201"], by="cli:tester")
     secret = key.split(".", 1)[1]
     assert await console.pool.fetchval("SELECT count(*) FROM console_api_key WHERE secret_hash LIKE $1",
                                        f"%{secret}%") == 0
@@ -239,6 +239,48 @@ async def test_api_keys_are_stored_hashed_and_bound_to_their_enti(console: Runni
     assert {"/api/istanze", "/api/istanze/{instance}", "/api/caricamenti", "/api/istanze/{instance}/feedback",
             "/api/istanze/{instance}/file/{name}"} <= set(schema["paths"])
     assert not any(p.startswith("/istanze") for p in schema["paths"])  # the pages are not the API
+
+
+async def test_a_revoked_api_key_is_refused_at_once_like_an_unknown_one_and_the_auditor_sees_who_did_it(
+        console: RunningConsole) -> None:
+    """A leaked key revoked (`flows users api-key-revoke`, auth.revoke_api_key): the very next request with it is
+    401, the same answer as a key that never existed, while another key goes on working. Its issue and its
+    revocation, by whom, are on the auditor's page next to what the key read, under the key's one name there:
+    api:<key id>."""
+    feedback = console.file_ref("esito.csv", "feedback", b"record_key;field;code;severity;message\nS1;cf;X;error;m\n",
+                                1, "text/csv")
+    instance = await console.instance("201", [("flows.load-failed", {"errors": 1, "summary": "1 error",
+                                                                     "feedback": feedback})])
+    leaked = await auth.add_api_key(console.pool, "sistema-regionale", ["201"], by="cli:tester")
+    other = await auth.add_api_key(console.pool, "cruscotto", ["201"], by="cli:tester")
+    key_id = leaked.partition(".")[0].removeprefix("fk_")
+    unknown = f"fk_{'0' * 12}.{leaked.partition('.')[2]}"
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {leaked}"}) as client:
+        assert (await client.get(console.url + "/api/istanze")).status_code == 200
+        assert (await client.get(console.url + f"/api/istanze/{instance}/feedback")).status_code == 200  # logged
+        await auth.revoke_api_key(console.pool, key_id, by="cli:tester")
+        refused = await client.get(console.url + "/api/istanze")
+        assert refused.status_code == 401, refused.text
+        assert (await client.get(console.url + f"/api/istanze/{instance}/feedback")).status_code == 401
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {unknown}"}) as client:
+        never = await client.get(console.url + "/api/istanze")
+    assert (refused.status_code, refused.content) == (never.status_code, never.content)  # nothing tells them apart
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {other}"}) as client:
+        assert (await client.get(console.url + "/api/istanze")).status_code == 200
+    with pytest.raises(auth.UserInputError, match="already revoked"):
+        await auth.revoke_api_key(console.pool, key_id, by="cli:tester")
+
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "aud.1")
+        page = (await client.get(console.url + f"/accessi?utente=api:{key_id}")).text
+    administration = page[page.index('id="gestione-utenti"'):]
+    rows = re.findall(r"<tr><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>",
+                      administration)
+    assert rows == [(f"api:{key_id}", "chiave API revocata", "", "cli:tester"),
+                    (f"api:{key_id}", "chiave API emessa", "sistema-regionale: enti 201", "cli:tester")], rows
+    accesses = page[:page.index('id="gestione-utenti"')]
+    assert f"api:{key_id}" in accesses and "feedback-download" in accesses  # what it read, under the same name
+    assert leaked.partition(".")[2] not in page and "cruscotto" not in page  # no secret; not the other key
 
 
 async def test_a_transmission_date_in_the_past_is_refused_and_nothing_is_sent(console: RunningConsole) -> None:

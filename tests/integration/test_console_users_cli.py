@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import asyncpg
 import pytest
@@ -14,9 +15,7 @@ from services.console.access import record_access
 from services.console.auth import Principal
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
-from services.runtime.host import prepare_database
 from services.runtime.migrations import migrate
-from services.runtime.read_models import FLOW_PROJECTIONS
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -116,14 +115,6 @@ def test_a_user_is_enabled_again_and_given_a_new_password_which_ends_its_session
                                          "console.user-password-set"], rows
     assert not any(secret in r["data"] for r in rows for secret in ("la prima", "seconda", "argon2")), rows
 
-    async def platform_tables() -> None:  # what the services create at start: the replay rebuilds them
-        pool = await create_pool(cli_env, min_size=1, max_size=2)
-        try:
-            await prepare_database(pool, FLOW_PROJECTIONS)
-        finally:
-            await pool.close()
-
-    asyncio.run(platform_tables())
     verified = flows("replay", "--all", "--verify")
     assert "replayed 1 stream(s), 4 events" in verified and "every hash chain verifies" in verified, verified
 
@@ -164,3 +155,69 @@ def test_the_demo_user_is_recorded_added_then_given_its_new_password(cli_env) ->
     history = flows("users", "history")
     changes = [[cell.strip() for cell in line.split("│")[1:-1]] for line in history.splitlines() if "demo.201" in line]
     assert [(c[1], c[3]) for c in changes] == [("user-password-set", "demo"), ("user-added", "demo")], history
+
+
+def test_api_keys_are_listed_revoked_and_their_issue_and_revocation_recorded_without_the_secret(cli_env) -> None:  # type: ignore[no-untyped-def]
+    out = flows("users", "api-key", "sistema-regionale", "--ente", "202", "--ente", "201")
+    key = out.strip().splitlines()[-1]
+    key_id, secret = key.removeprefix("fk_").split(".")
+    assert f"API key {key_id} for sistema-regionale (enti 201, 202)" in " ".join(out.split()), out
+    second = flows("users", "api-key", "cruscotto", "--ente", "201").strip().splitlines()[-1]
+    second_id = second.removeprefix("fk_").split(".")[0]
+    assert "--ente" in flows("users", "api-key", "senza-enti", code=2)  # typer: the option is required
+    assert "label" in flows("users", "api-key", " ", "--ente", "201", code=1)
+    assert "'2011'" in flows("users", "api-key", "x", "--ente", "2011", code=1)
+
+    def listed() -> dict[str, list[str]]:
+        lines = flows("users", "api-keys").splitlines()
+        cells = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if "│" in line]
+        return {c[0]: c[1:] for c in cells if c and c[0] in (key_id, second_id)}
+
+    keys = listed()
+    assert keys[key_id][:2] == ["sistema-regionale", "201, 202"] and keys[key_id][3] == "no", keys
+    assert keys[second_id][3] == "no", keys
+
+    assert f"API key {key_id} revoked" in flows("users", "api-key-revoke", key_id)
+    keys = listed()
+    assert keys[key_id][3] not in ("no", ""), keys  # when it was revoked
+    assert keys[second_id][3] == "no", keys
+    assert "already revoked" in flows("users", "api-key-revoke", f"fk_{key_id}", code=1)
+    assert "there is no API key '000000000000'" in flows("users", "api-key-revoke", "000000000000", code=1)
+    whole = flows("users", "api-key-revoke", second, code=1)
+    assert "not the whole key" in whole and second.split(".")[1] not in whole, whole  # the secret never echoed
+    alone = flows("users", "api-key-revoke", second.split(".")[1], code=1)
+    assert "12 hexadecimal digits" in alone and second.split(".")[1] not in alone, alone
+    assert listed()[second_id][3] == "no"  # refused tries changed nothing
+
+    # The record: issue and revocation by whom, with id, label and enti; with --user api:<id> (the key's name in
+    # the access log) only that key's; a user's filter leaves keys out.
+    history = flows("users", "history")
+    changes = [[c.strip() for c in line.split("│")[1:-1]] for line in history.splitlines() if "api:" in line]
+    assert [c[1:4] for c in changes] == [["api-key-revoked", f"api:{key_id}", "cli:tester"],
+                                         ["api-key-added", f"api:{second_id}", "cli:tester"],
+                                         ["api-key-added", f"api:{key_id}", "cli:tester"]], history
+    assert "label sistema-regionale; enti 201, 202" in history
+    mine = flows("users", "history", "--user", f"api:{key_id}")
+    assert key_id in mine and second_id not in mine, mine
+    assert "api:" not in flows("users", "history", "--user", "op.rossi")
+
+    async def recorded() -> tuple[list[asyncpg.Record], list[str]]:
+        conn = await asyncpg.connect(cli_env)
+        try:
+            rows = await conn.fetch("SELECT type, actor, data::text AS data FROM events WHERE stream_id = $1 "
+                                    "ORDER BY version", auth.USERS_STREAM)
+            hashes = [r["secret_hash"] for r in await conn.fetch("SELECT secret_hash FROM console_api_key")]
+            return rows, hashes
+        finally:
+            await conn.close()
+
+    rows, hashes = asyncio.run(recorded())
+    assert [r["type"] for r in rows] == ["console.api-key-added", "console.api-key-added", "console.api-key-revoked"]
+    assert {r["actor"] for r in rows} == {"cli:tester"}
+    for secret_or_hash in (secret, second.split(".")[1], *hashes):
+        assert not any(secret_or_hash in r["data"] for r in rows), rows
+    assert [json.loads(r["data"]) for r in rows] == [
+        {"key": key_id, "label": "sistema-regionale", "enti": ["201", "202"]},
+        {"key": second_id, "label": "cruscotto", "enti": ["201"]}, {"key": key_id}]
+    verified = flows("replay", "--all", "--verify")
+    assert "replayed 1 stream(s), 3 events" in verified and "every hash chain verifies" in verified, verified

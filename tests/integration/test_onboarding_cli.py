@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 from typer.testing import CliRunner
 
@@ -86,3 +89,30 @@ def test_a_corrupt_workbook_is_one_clear_line_naming_the_file_and_the_problem(cl
     # as one document of a given type, the same problem is the document's finding
     out = onboarding("add-document", "ONB-CLI-3", str(book), "--type", "tracciato-prestazioni")
     assert "annex-a1.xlsx: non è leggibile come cartella di lavoro XLSX: " in " ".join(out.split())
+
+
+def test_the_shell_actor_of_an_onboarding_command_is_the_shared_operator_name(cli_env, fresh_db, monkeypatch):
+    """FLOWS_OPERATOR names who acts, as in every other `flows` command (cli.common.operator_name); before, the
+    onboarding CLI took the login by itself and recorded `cli:<login>` whoever the operator said they were."""
+    monkeypatch.setenv("FLOWS_OPERATOR", "desk.esposito")
+    onboarding("open", "--id", "ONB-CLI-OP", "--kind", "software-house-change", "--name", "Centro Vomero",
+               "--sts11", "150321", "--municipality", "063049")
+    pdf = cli_env / "doc.pdf"
+    pdf.write_bytes(b"%PDF-1.7")
+    onboarding("add-document", "ONB-CLI-OP", str(pdf), "--type", "endpoint-form-b2")  # no meta: for the desk
+    onboarding("assess", "ONB-CLI-OP", "endpoint-form-b2", "--compliant")
+
+    async def recorded() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            return await conn.fetch("SELECT type, actor, data::jsonb AS data FROM events WHERE stream_id = $1 "
+                                    "ORDER BY version", "onboarding-ONB-CLI-OP")
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(recorded())
+    assert {r["type"] for r in rows} >= {"onboarding.request-opened", "onboarding.document-received",
+                                         "onboarding.document-assessed"}, rows
+    assert {r["actor"] for r in rows} == {"cli:desk.esposito"}, rows
+    opened = json.loads(rows[0]["data"])
+    assert opened["opened_by"] == "cli:desk.esposito", opened

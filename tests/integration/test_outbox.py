@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import uuid
+import warnings
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from services.runtime.migrations import MIGRATIONS_DIR, migrate
 from services.runtime.outbox import OutboxRelay, mark_processed, parked_rows, retry_parked, skip_parked
 from tests.isolation import logged_process
 from tests.kafka_topics import create_topics
+from tests.pg_outage import late_close_proxy, postgres_down
 from tests.stack_urls import DATABASE_URL, KAFKA
 
 pytestmark = pytest.mark.integration
@@ -279,3 +281,61 @@ async def _unpublished_is(pool: asyncpg.Pool, count: int) -> bool:
 
 async def _parked_count_is(pool: asyncpg.Pool, count: int) -> bool:
     return len(await parked_rows(pool)) == count
+
+
+async def test_a_relay_stopped_while_postgres_is_down_never_gives_its_listening_connection_back(
+        outbox_db: str) -> None:
+    """PostgreSQL stopped for real (pg_ctl stop) under the leading relay: its LISTEN connection dies, and the relay's
+    clean-up (remove the listener, unlock) cannot reach the server. The connection must then be terminated, never
+    released to the pool with its listener still set (asyncpg's InterfaceWarning "... is being released to the pool
+    but has 1 active notification listener", seen in a CI run). The relay's pool goes through `late_close_proxy`,
+    which lets the server's FATAL reach the relay before the close: the relay's next poll then lands in the window
+    where asyncpg aborts the connection without its own clean-up, every time rather than once in a while. The server
+    back, the same pool serves a new relay, which leads (the old session and its leader lock are gone) and
+    publishes."""
+    async with late_close_proxy(outbox_db, close_delay=5.0) as through_proxy:
+        pool = await create_pool(through_proxy, min_size=1, max_size=2)
+        try:
+            store = EventStore(pool, source="/flows/loader")
+            topic = await fresh_topic()
+            relay = OutboxRelay(pool, KAFKA, poll_interval=0.5)  # polls within the window, rarely mid-query
+            running = asyncio.create_task(relay.run())
+            await append_numbered(store, topic, keys=["7300"], per_key=1)
+            await wait_until(lambda: _none_left(pool), within=60)  # leading, its producer up, a pass done
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                async with postgres_down():
+                    # Its next poll finds the connection lost, and the relay ends on that error, through the same
+                    # clean-up as a stop (a stop set before that poll would find a connection asyncpg still calls
+                    # open, and clean it up: not the case under test).
+                    async with asyncio.timeout(60):  # a hang guard, no speed target
+                        ended = await asyncio.gather(running, return_exceptions=True)
+            assert isinstance(ended[0], asyncpg.InterfaceError | asyncpg.InternalClientError | asyncpg.PostgresError), \
+                ended
+            released = [str(w.message) for w in caught if "released to the pool" in str(w.message)]
+            assert released == [], released
+            assert not relay.is_leader
+
+            # The server accepts connections again: the pool connects anew. Its other connection, idle when the
+            # FATAL came, may still be in the relay's window (closed 5 s later) and fail the first try: asyncpg's
+            # InternalClientError there, which aborts it.
+            async with asyncio.timeout(60):
+                while True:
+                    try:
+                        assert await pool.fetchval("SELECT 1") == 1
+                        break
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError):
+                        await asyncio.sleep(0.2)
+            again = asyncio.Event()
+            second = OutboxRelay(pool, KAFKA, poll_interval=0.2)
+            second_task = asyncio.create_task(second.run(again))
+            try:
+                await wait_until(lambda: _is(second.is_leader), within=60)
+                await append_numbered_from(store, topic, key="7300", start=1, count=2)
+                await wait_until(lambda: _none_left(pool), within=60)
+            finally:
+                again.set()
+                await second_task
+            assert second.published == 2
+        finally:
+            await pool.close()

@@ -12,6 +12,10 @@ from typer.testing import CliRunner
 
 from contracts import flows
 from services.cli.main import app
+from services.cli.replay import all_projections
+from services.console import auth
+from services.console.access import record_access
+from services.console.auth import Principal
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.host import prepare_database
@@ -63,3 +67,36 @@ def test_replay_verify_passes_on_an_intact_log_and_reports_a_tampered_row(fresh_
     assert "instance-1947" in tampered.output
     # the read model still holds what was recorded at the time; rebuilt from the tampered log it differs
     assert "read models differ from the log" in tampered.output
+
+
+def test_replay_all_verify_works_on_a_database_where_only_the_migrations_ran(fresh_db, monkeypatch):
+    """A database no service has started on (fresh_db: migrated, nothing else) has no read-model tables, which the
+    services create at start-up (host.prepare_database); `flows users` and the access log append there all the
+    same. The replay creates them itself, with the same function, instead of failing on a missing live table."""
+    async def migrations_only_then_some_events() -> None:
+        pool = await create_pool(fresh_db, min_size=1, max_size=2)
+        try:
+            assert await pool.fetchval("SELECT to_regclass('instance_list')") is None  # only the migrations ran
+            await auth.add_user(pool, "op.rossi", "operator", ["201"], None, "una password lunga", by="cli:tester")
+            await auth.disable_user(pool, "op.rossi", by="cli:tester")
+            await record_access(EventStore(pool, source="/test"), Principal("aud.1", "auditor"), "feedback-view",
+                                1947, "10.0.0.8")
+        finally:
+            await pool.close()
+
+    asyncio.run(migrations_only_then_some_events())
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    replayed = CliRunner().invoke(app, ["replay", "--all", "--verify"], env={"COLUMNS": "200"})
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed 2 stream(s), 3 events" in replayed.output, replayed.output
+    assert "every hash chain verifies" in replayed.output and "equal the live ones" in replayed.output
+
+    async def read_models() -> list[str]:
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            return [table for projection in all_projections() for table in projection.tables
+                    if await conn.fetchval("SELECT to_regclass($1)", table) is None]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(read_models()) == []  # every read model's table is there now, as a service would leave it
