@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -141,6 +142,13 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             assert await _wait_badge(page, {"Checked", "Failed loading"}) == "Failed loading"
             await page.click("text=Leggi l'esito")
             assert await page.locator("table#tabella tbody tr").count() >= 3
+            # What the operator reads is Italian: the titles, the severity, the messages (the file keeps its contract)
+            assert await page.locator("table#tabella thead th").all_inner_texts() == [
+                "Record", "Campo", "Codice", "Gravità", "Messaggio"]
+            severities = set(await page.locator("table#tabella tbody td:nth-child(4)").all_inner_texts())
+            assert "errore" in severities and severities <= {"errore", "avviso"}, severities
+            messages = await page.locator("table#tabella tbody td:nth-child(5)").all_inner_texts()
+            assert all(re.match(r"(il|la|le|nessun|prestazione) ", m) for m in messages), messages
             await _axe_clean(page, axe, "05-esito")
             async with page.expect_download() as csv:
                 await page.click("text=Scarica il file")
@@ -165,6 +173,19 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             assert (await zipped.value).suggested_filename.endswith(".zip")
             await page.locator("a:has-text('Vedi C2')").first.click()
             assert await page.locator("table#tabella tbody tr").count() > 0
+            # The columns are the layout's Italian labels; a value a record does not have is an empty cell
+            titles = await page.locator("table#tabella thead th").all_inner_texts()
+            assert titles[:6] == ["Regione addebitante", "Azienda inviante", "Struttura erogatrice", "Numero ricetta",
+                                  "Progressivo riga", "Data erogazione"], titles
+            assert "None" not in await page.locator("table#tabella tbody td").all_inner_texts()
+            # and the table still sorts by a column (console.js), numbers as numbers, both ways
+            row_column = page.locator("table#tabella tbody td:nth-child(5)")
+            await page.locator("table#tabella thead th").nth(4).locator("button").click()
+            assert await page.locator("table#tabella thead th").nth(4).get_attribute("aria-sort") == "ascending"
+            rows = [int(v) for v in await row_column.all_inner_texts()]
+            assert rows == sorted(rows) and rows[-1] == 99 and rows[0] == 1, rows
+            await page.locator("table#tabella thead th").nth(4).locator("button").click()
+            assert [int(v) for v in await row_column.all_inner_texts()] == sorted(rows, reverse=True)
             await _axe_clean(page, axe, "07-file-c2")
 
             # Another ente's instance does not exist for this operator.
