@@ -105,4 +105,8 @@ class FeedbackLine(BaseModel):
     severity: Literal["error", "warning"] = Field(
         description="`error` blocks the load (Failed loading); `warning` does not. Each code has one severity, "
                     "given in the description of `code`.")
-    message: str = Field(min_length=1, description="Human text naming the offending values.")
+    message: str = Field(min_length=1, description="Text for the operators, in Italian, naming the offending "
+                                                   "values (and, where there is one, the expected value). Not an "
+                                                   "identifier: match on `code` and `field`, never on the message.",
+                         examples=["il carattere di controllo del codice fiscale RSSMRA80A01F839X dovrebbe essere W, "
+                                   "non X"])

@@ -46,7 +46,8 @@ class Payload(BaseModel):
 FEEDBACK_FORMAT = (
     "CSV, UTF-8, ';'-separated, RFC 4180 quoting, header `record_key;field;code;severity;message`, one line "
     "per problem, each line as schemas/feedback-line.json says (the fields and codes a load can name). "
-    + RECORD_KEY_DESCRIPTION + " severity is `error` (blocks the load) or `warning`."
+    + RECORD_KEY_DESCRIPTION + " severity is `error` (blocks the load) or `warning`. The message is for the "
+    "operators, in Italian; the other columns are identifiers."
 )
 
 
@@ -130,7 +131,9 @@ class LoadFailed(Payload):
     source_instance: int | None = None
     errors: int
     warnings: int = 0
-    summary: str = Field(examples=["3 errors in 2 records: 2 x CF_CHECK_CHAR, 1 x UNKNOWN_SERVICE_CODE"])
+    summary: str = Field(description="One line for the operators, in Italian: how many errors in how many records, "
+                                     "and how many of each code.",
+                         examples=["3 errori in 2 record: 2 x CF_CHECK_CHAR, 1 x UNKNOWN_SERVICE_CODE"])
     feedback: FileRef | None = Field(default=None, description="Every error and warning. " + FEEDBACK_FORMAT)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import httpx
 import uvicorn
+from playwright.async_api import Browser, BrowserContext
 
 from contracts import flows
 from services.console import auth
@@ -36,6 +37,15 @@ PASSWORD = "correct horse battery"
 STRUCTURE = "150123"  # the structure user's STS11: the HUB of tests.fixtures.onboarding.workbooks
 ROLE_USERS = {"operator": ("op.201", ["201"]), "structure": ("st.1", []), "desk": ("desk.1", []),
               "ops": ("ops.1", []), "auditor": ("aud.1", []), "admin": ("adm.1", [])}
+# The browser of an Italian operator: the console's pages, date inputs and screenshots as they see them. Every
+# Playwright context of the console's browser tests is made by `italian_context`; date inputs are still
+# filled with ISO values, which work in any locale.
+BROWSER_LOCALE, BROWSER_TIMEZONE = "it-IT", "Europe/Rome"
+
+
+async def italian_context(browser: Browser, **options: Any) -> BrowserContext:
+    """A new Playwright browser context with the Italian operator's locale and time zone."""
+    return await browser.new_context(locale=BROWSER_LOCALE, timezone_id=BROWSER_TIMEZONE, **options)
 
 
 @dataclass

@@ -69,13 +69,13 @@ class ChunkFormatter:
 
         def label(i: int) -> str:
             if grp is None:
-                return f"{rid} {cols[rid][i].as_py()}" if rid else f"row {i + 1}"
+                return f"{rid} {cols[rid][i].as_py()}" if rid else f"riga {i + 1}"
             gid = cols[grp.by][i].as_py()
             if closing:
-                return f"{grp.by} {gid} row {grp.closing_row}"
+                return f"{grp.by} {gid} riga {grp.closing_row}"
             own = f"{rid} {cols[rid][i].as_py()} " if rid else ""
             number = int(rn[i]) if rn is not None else 0
-            return f"{own}({grp.by} {gid} row {number:02d})"
+            return f"{own}({grp.by} {gid} riga {number:02d})"
         return label
 
     def _derived(self, cols: dict[str, pa.Array], n: int) -> tuple[dict, dict]:  # type: ignore[type-arg]
@@ -168,16 +168,16 @@ class ChunkFormatter:
         for k in over[: self.log.limit]:
             gid = cols[grp.by][int(starts[k])].as_py()
             problems.append(FieldProblem(f"{grp.by} {gid}", "row_number", "TOO_MANY_ROWS",
-                                    f"{int(sizes[k])} services; at most {grp.max_rows} per {grp.by}"))
+                                    f"{int(sizes[k])} prestazioni: al massimo {grp.max_rows} per {grp.by}"))
         bad_number = (rn < 1) | (rn > grp.max_rows)
         not_increasing = np.zeros(n, dtype=bool)
         if n > 1:
             not_increasing[1:] = rn[1:] <= rn[:-1]
             not_increasing[starts] = False
         for i in np.flatnonzero(bad_number | not_increasing)[: self.log.limit]:
-            why = f"is out of 1..{grp.max_rows}" if bad_number[i] else "repeats or goes back in its group"
+            why = f"è fuori da 1-{grp.max_rows}" if bad_number[i] else "si ripete o torna indietro nel suo gruppo"
             problems.append(FieldProblem(detail.label(int(i)), "row_number", "BAD_ROW_NUMBER",
-                                    f"row number {int(rn[i])} {why}"))
+                                    f"il progressivo riga {int(rn[i])} {why}"))
         if problems:
             total = len(over) + int((bad_number | not_increasing).sum())
             self.log.add("error", problems, total=total)

@@ -40,7 +40,8 @@ _POW10 = 10 ** np.arange(18, -1, -1, dtype=np.int64)
 
 @dataclass(frozen=True)
 class FieldProblem:
-    """One feedback line: which record, which field, a code and a message."""
+    """One feedback line: which record, which field, a code and a message (Italian: the operators read it in the
+    reasons of a Format failed; record and field name identifiers, the code is one)."""
 
     record: str
     field: str
@@ -183,26 +184,26 @@ class Renderer:
             arr = pc.ascii_upper(arr)
         if spec.required:
             missing = ~_valid(arr) | (_lengths(arr) == 0)
-            self._report(rows, missing, spec, "MISSING", lambda i: "required value is missing")
+            self._report(rows, missing, spec, "MISSING", lambda i: "valore obbligatorio mancante")
         if spec.allowed is not None:
             bad = (~pc.is_in(arr, value_set=pa.array(spec.allowed, pa.string())).to_numpy(zero_copy_only=False)
                    & _valid(arr))
             self._report(rows, bad, spec, "NOT_ALLOWED",
-                         lambda i: f"{arr[i].as_py()!r} is not one of {list(spec.allowed or ())}")
+                         lambda i: f"{arr[i].as_py()!r} non è tra i valori ammessi {list(spec.allowed or ())}")
         if not rows.no_controls:
             bad = pc.match_substring_regex(arr, r"[\x00-\x1f\x7f\\]").fill_null(False).to_numpy(
                 zero_copy_only=False)
             self._report(rows, bad, spec, "CHARSET",
-                         lambda i: f"{arr[i].as_py()!r} has a control character or a backslash")
+                         lambda i: f"{arr[i].as_py()!r} contiene un carattere di controllo o una barra rovesciata")
         lengths = _lengths(arr)
         too_long = lengths > spec.length
         if too_long.any():
             if spec.truncate:
                 self._report(rows, too_long, spec, "TRUNCATED",
-                             lambda i: f"{arr[i].as_py()!r} cut to {spec.length} characters", "warning")
+                             lambda i: f"{arr[i].as_py()!r} troncato a {spec.length} caratteri", "warning")
             else:
                 self._report(rows, too_long, spec, "TOO_LONG",
-                             lambda i: f"{arr[i].as_py()!r} is {lengths[i]} characters, the field holds "
+                             lambda i: f"{arr[i].as_py()!r} ha {lengths[i]} caratteri, il campo ne contiene "
                                        f"{spec.length}")
             arr = pc.utf8_slice_codeunits(arr, 0, spec.length)
             lengths = _lengths(arr)
@@ -230,7 +231,7 @@ class Renderer:
         still = np.zeros(len(arr), dtype=bool)
         still[idx] = [not v.isascii() for v in fixed]
         self._report(rows, still, spec, "CHARSET",
-                     lambda i: f"{arr[i].as_py()!r} has a character with no ASCII transliteration")
+                     lambda i: f"{arr[i].as_py()!r} contiene un carattere senza traslitterazione ASCII")
         mask = np.zeros(len(arr), dtype=bool)
         mask[idx] = True
         return pc.replace_with_mask(arr, pa.array(mask), pa.array(fixed, pa.string()))
@@ -242,18 +243,18 @@ class Renderer:
         idx = pc.index_in(arr, value_set=keys)
         unknown = (~_valid(idx)) & _valid(arr)
         self._report(rows, unknown, spec, "NOT_ALLOWED",
-                     lambda i: f"{arr[i].as_py()!r} is not one of {list(spec.map or {})}")
+                     lambda i: f"{arr[i].as_py()!r} non è tra i valori ammessi {list(spec.map or {})}")
         return pc.take(values, idx)
 
     def n(self, spec: FieldSpec, rows: RowSet, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
         if spec.required:
-            self._report(rows, ~valid, spec, "MISSING", lambda i: "required value is missing")
+            self._report(rows, ~valid, spec, "MISSING", lambda i: "valore obbligatorio mancante")
         values = np.where(valid, values, 0)
         negative = values < 0
-        self._report(rows, negative, spec, "NEGATIVE", lambda i: f"{values[i]} is negative")
+        self._report(rows, negative, spec, "NEGATIVE", lambda i: f"{values[i]} è negativo")
         too_big = values >= 10 ** spec.length
         self._report(rows, too_big, spec, "TOO_LONG",
-                     lambda i: f"{values[i]} needs more than {spec.length} digits")
+                     lambda i: f"{values[i]} ha più di {spec.length} cifre")
         return digits(np.clip(values, 0, 10 ** spec.length - 1), spec.length)
 
     def n_text(self, spec: FieldSpec, rows: RowSet, arr: pa.Array) -> np.ndarray:
@@ -262,11 +263,11 @@ class Renderer:
         if spec.map is not None:
             arr = self._mapped(spec, rows, arr)
         if spec.required:
-            self._report(rows, ~_valid(arr), spec, "MISSING", lambda i: "required value is missing")
+            self._report(rows, ~_valid(arr), spec, "MISSING", lambda i: "valore obbligatorio mancante")
         lengths = _lengths(arr)
         too_long = lengths > spec.length
         self._report(rows, too_long, spec, "TOO_LONG",
-                     lambda i: f"{arr[i].as_py()!r} is longer than {spec.length} digits")
+                     lambda i: f"{arr[i].as_py()!r} ha più di {spec.length} cifre")
         if too_long.any():
             arr = pc.utf8_slice_codeunits(arr, 0, spec.length)
         padded = pc.ascii_lpad(arr.fill_null(""), width=spec.length, padding="0")
@@ -274,18 +275,18 @@ class Renderer:
             padded = pc.utf8_slice_codeunits(pc.replace_substring_regex(padded, r"[^\x00-\x7f]", "?"), 0, spec.length)
         view = fixed_view(padded, spec.length)
         not_digit = np.asarray(((view - ZERO) > 9).any(axis=1), dtype=bool)
-        self._report(rows, not_digit, spec, "NOT_NUMERIC", lambda i: f"{arr[i].as_py()!r} is not a number")
+        self._report(rows, not_digit, spec, "NOT_NUMERIC", lambda i: f"{arr[i].as_py()!r} non è un numero")
         return view
 
     def amount(self, spec: FieldSpec, rows: RowSet, cents: np.ndarray, valid: np.ndarray) -> np.ndarray:
         if spec.required:
-            self._report(rows, ~valid, spec, "MISSING", lambda i: "required amount is missing")
+            self._report(rows, ~valid, spec, "MISSING", lambda i: "importo obbligatorio mancante")
         cents = np.where(valid, cents, 0)
-        self._report(rows, cents < 0, spec, "NEGATIVE", lambda i: f"amount {cents[i] / 100:.2f} is negative")
+        self._report(rows, cents < 0, spec, "NEGATIVE", lambda i: f"l'importo {cents[i] / 100:.2f} è negativo")
         width = spec.length - 3
         too_big = cents >= 10 ** width * 100
         self._report(rows, too_big, spec, "TOO_LONG",
-                     lambda i: f"amount {cents[i] / 100:.2f} does not fit {spec.length} characters")
+                     lambda i: f"l'importo {cents[i] / 100:.2f} non sta in {spec.length} caratteri")
         cents = np.clip(cents, 0, 10 ** width * 100 - 1)
         out = np.empty((len(cents), spec.length), dtype=np.uint8)
         out[:, :width] = digits(cents // 100, width)
@@ -295,7 +296,7 @@ class Renderer:
 
     def date(self, spec: FieldSpec, rows: RowSet, days: np.ndarray, valid: np.ndarray) -> np.ndarray:
         if spec.required:
-            self._report(rows, ~valid, spec, "MISSING", lambda i: "required date is missing")
+            self._report(rows, ~valid, spec, "MISSING", lambda i: "data obbligatoria mancante")
         days = np.where(valid, days, 0).astype(np.int64)
         if len(days) == 0:
             return np.empty((0, 8), dtype=np.uint8)
@@ -310,7 +311,7 @@ class Renderer:
         table = digits(np.clip(day * 1_000_000 + month * 10_000 + year, 0, 99_999_999), 8)
         out = table[days - low]
         out_of_range = np.asarray(valid & bad_year[days - low], dtype=bool)
-        self._report(rows, out_of_range, spec, "BAD_DATE", lambda i: "year outside 0001..9999")
+        self._report(rows, out_of_range, spec, "BAD_DATE", lambda i: "anno fuori dall'intervallo 0001-9999")
         out[~valid] = SPACE
         return out
 

@@ -7,8 +7,9 @@ service (delivery date, or appointment date for bookings) -- a prescription span
 belongs to the period of its last service (spec/flusso-c.md); INSTANCE is the instance number.
 
 Outcome: `ok` with the files (sha256 in the file store), or not ok with the reasons (the first
-errors, each naming the record and the field, and how many there are in all). Files of a failed
-run may remain in the store (content-addressed, harmless) but are not reported.
+errors, each naming the record and the field, and how many there are in all). The reasons are what the
+operators read (a Format failed on the console): Italian, around the identifiers (columns, fields, codes).
+Files of a failed run may remain in the store (content-addressed, harmless) but are not reported.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from services.formatter.writer import FormatStats, source_types, write_layout
 from services.runtime.filestore import FileStore, FileWriter
 
 MAX_REASONS = 20
+NO_730 = "l'istanza fonte non contiene documenti di spesa: non c'è alcun 730 da produrre"
 EOLS = {"LF": b"\n", "CRLF": b"\r\n"}
 
 
@@ -65,10 +67,10 @@ async def run_format(pool: Any, filestore: FileStore, instance: int, snapshot_id
         except Xml730Rejected as exc:
             reasons = [str(p) for p in exc.problems[:MAX_REASONS]]
             if exc.total > len(reasons):
-                reasons.append(f"... {exc.total} problems in all")
+                reasons.append(f"... {exc.total} problemi in tutto")
             return FormatOutcome(ok=False, reasons=reasons)
         if not files:
-            return FormatOutcome(ok=False, reasons=["the snapshot holds no payment document: there is no 730 to make"])
+            return FormatOutcome(ok=False, reasons=[NO_730])
         return FormatOutcome(ok=True, files=[FileRef(**f) for f in files])
     try:
         layout = (layouts or LayoutRegistry()).get(flow_type, version)
@@ -87,9 +89,9 @@ async def run_format(pool: Any, filestore: FileStore, instance: int, snapshot_id
     if stats.error_count or stats.records == 0:
         reasons = [_problem_text(p) for p in stats.errors[:MAX_REASONS]]
         if stats.error_count > len(reasons):
-            reasons.append(f"... {stats.error_count} errors in all")
+            reasons.append(f"... {stats.error_count} errori in tutto")
         if stats.records == 0:
-            reasons.append(f"snapshot {snapshot_id} has no rows in {layout.source}")
+            reasons.append(f"l'istanza fonte {snapshot_id} non ha righe in {layout.source}")
         return FormatOutcome(ok=False, reasons=reasons, warnings=warnings, stats=stats)
     refs = [FileRef(name=file_name(kind, entity, period, instance), kind=kind, records=stats.records, bytes=w.size,
                      sha256=w.sha256, media_type="text/plain") for kind, w in writers.items()]

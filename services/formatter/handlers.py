@@ -40,6 +40,8 @@ from services.runtime.read_models import instance_stream
 CONSUMER = "formatter"
 RESUME_PASS_S = 5.0  # the period of the pass that formats the instances left Formatting in progress (app.py)
 log = get_logger("formatter")
+# the reason of a format that failed on something unexpected (the console shows it): Italian, then the exception
+FORMAT_NOT_COMPLETED = "la formattazione non è stata completata"
 
 
 def interruptions(initial_s: float | None = None, cap_s: float = INTERRUPTED_CAP_S) -> Interruptions:
@@ -111,7 +113,7 @@ async def _format(instance: int, current: FlowInstance, deps: FormatterDeps) -> 
         if outcome.ok:
             result = flows.Formatted(instance=instance, files=outcome.files)
         else:
-            result = flows.FormatFailed(instance=instance, reasons=outcome.reasons or ["no reason given"])
+            result = flows.FormatFailed(instance=instance, reasons=outcome.reasons or ["nessun motivo indicato"])
     except Exception as exc:
         if is_full(exc):  # the platform's disk, not the instance: it stays Formatting in progress
             deps.space.failed(instance, exc, flow_type=current.flow_type)
@@ -120,7 +122,7 @@ async def _format(instance: int, current: FlowInstance, deps: FormatterDeps) -> 
         if is_transient(exc):  # PostgreSQL gone or a connection cut under the work: format_instance backs it off
             raise
         log.exception("format.crashed", instance=instance)
-        result = flows.FormatFailed(instance=instance, reasons=[f"{type(exc).__name__}: {exc}"])
+        result = flows.FormatFailed(instance=instance, reasons=[f"{FORMAT_NOT_COMPLETED}: {type(exc).__name__}: {exc}"])
     await deps.instances.append(current, result)
     deps.space.done(instance)
     deps.interrupted.done(instance)

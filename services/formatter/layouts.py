@@ -11,6 +11,10 @@ Where a value comes from is a small closed vocabulary, exactly one per field:
 - `filler = true`               spaces;
 - `derive = "<name>"`           one of DERIVATIONS (computed by the engine, documented there).
 
+`label` is the field's Italian name (the specifications' own, e.g. "Regione addebitante"): what the operators
+read as the column title of a file viewed as a table (services/cli/fileview.py). `name` stays the identifier;
+a field without a label is titled by its name (`FieldSpec.title`).
+
 `rows` says on which records of a group the value is written: "all" (default), "detail" (rows
 01..98 only) or "closing" (row 99 only); elsewhere the field is blank (AN, DATE) or zero (N,
 AMOUNT). A layout without `[grouping]` has no closing rows (one record per source row).
@@ -64,6 +68,12 @@ class FieldSpec:
     truncate: bool = False  # only names: a longer value is cut and reported as a warning
     case: Literal["upper", "keep"] = "upper"
     notes: str = ""
+    label: str | None = None  # the Italian name the operators read (column title); None: the name
+
+    @property
+    def title(self) -> str:
+        """The column title of the field in a table view: its label, or its name when it has none."""
+        return self.label if self.label is not None else self.name
 
     @property
     def end(self) -> int:
@@ -160,11 +170,17 @@ def validate_record(where: str, rec: RecordKind, grouped: bool) -> None:
     """Positions contiguous from 1, lengths summing to the record length, one source per field."""
     position = 1
     names: set[str] = set()
+    titles: set[str] = set()
     for f in rec.fields:
         at = f"{where} record {rec.kind} field {f.name!r}"
         if f.name in names:
             raise LayoutError(f"{at}: duplicate field name")
         names.add(f.name)
+        if f.label is not None and (not isinstance(f.label, str) or not f.label.strip()):
+            raise LayoutError(f"{at}: label {f.label!r} must be a non-empty text")
+        if f.title in titles:
+            raise LayoutError(f"{at}: title {f.title!r} repeats another field's (a table view's columns must differ)")
+        titles.add(f.title)
         if f.type not in FIELD_TYPES:
             raise LayoutError(f"{at}: type {f.type!r} is not one of {sorted(FIELD_TYPES)}")
         if f.length < 1:

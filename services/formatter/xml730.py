@@ -399,7 +399,7 @@ async def _build_and_store(pool: Any, filestore: FileStoreLike, instance: int, s
         for row in await conn.fetch(_DUPLICATES_SQL, snapshot_id):
             ids = list(row["source_ids"])
             problems.extend(
-                DocumentProblem(sid, "document_number", "same idSpesa (pIva, issue date, device, number) as "
+                DocumentProblem(sid, "document_number", "stesso idSpesa (pIva, data emissione, dispositivo, numero) di "
                         + ", ".join(i for i in ids if i != sid)) for sid in ids)
         for group in await conn.fetch(_GROUPS_SQL, snapshot_id):
             ente, sts11 = group["ente"], group["structure_sts11"]

@@ -64,14 +64,15 @@ class SpendingDocument:
 
 @dataclass(frozen=True, slots=True)
 class DocumentProblem:
-    """Why one source record cannot go into the 730 file."""
+    """Why one source record cannot go into the 730 file. The operators read it (a Format failed's reasons):
+    the message, and the text around the record and the field, are Italian; the field is an identifier."""
 
     source_id: str
     field: str
     message: str
 
     def __str__(self) -> str:
-        return f"payment document {self.source_id}, field {self.field}: {self.message}"
+        return f"documento di spesa {self.source_id}, campo {self.field}: {self.message}"
 
 
 Rule = Callable[[SpendingDocument], Iterator[DocumentProblem]]
@@ -80,9 +81,9 @@ Rule = Callable[[SpendingDocument], Iterator[DocumentProblem]]
 def format_amount(amount: Decimal) -> str:
     """Euro amount as the schema wants it (`[0-9]{1,5}.[0-9]{2}`); never rounds silently."""
     if amount != amount.quantize(Decimal("0.01")):
-        raise ValueError(f"amount {amount} has more than two decimals")
+        raise ValueError(f"l'importo {amount} ha più di due decimali")  # a DocumentProblem's message: Italian
     if not Decimal("0.01") <= amount <= MAX_AMOUNT:
-        raise ValueError(f"amount {amount} is outside 0.01..{MAX_AMOUNT}")
+        raise ValueError(f"l'importo {amount} è fuori dall'intervallo 0.01-{MAX_AMOUNT}")
     return f"{amount:.2f}"
 
 
@@ -168,47 +169,47 @@ def document_from_row(row: Mapping[str, Any]) -> SpendingDocument:
 
 def issuer_vat_must_be_a_valid_partita_iva(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not (len(doc.issuer_vat) == 11 and doc.issuer_vat.isdigit()):
-        yield DocumentProblem(doc.source_id, "issuer_vat", "must be 11 digits (partita IVA)")
+        yield DocumentProblem(doc.source_id, "issuer_vat", "deve essere di 11 cifre (partita IVA)")
     elif not is_valid_partita_iva(doc.issuer_vat):
-        yield DocumentProblem(doc.source_id, "issuer_vat", "check digit of the partita IVA is wrong")
+        yield DocumentProblem(doc.source_id, "issuer_vat", "la cifra di controllo della partita IVA è errata")
 
 
 def ente_must_be_a_3_character_asl_code(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not _CODE3.fullmatch(doc.ente):
-        yield DocumentProblem(doc.source_id, "ente", "must be 3 upper-case letters or digits (codiceAsl)")
+        yield DocumentProblem(doc.source_id, "ente", "deve essere di 3 lettere maiuscole o cifre (codiceAsl)")
 
 
 def structure_must_be_a_5_or_6_character_ssa_code(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not _SSA.fullmatch(doc.structure_sts11):
         yield DocumentProblem(doc.source_id, "structure_sts11",
-                      "must be 5-6 upper-case letters or digits (codiceSSA)")
+                      "deve essere di 5-6 lettere maiuscole o cifre (codiceSSA)")
 
 
 def issue_date_must_not_precede_2014(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if doc.issue_date < MIN_ISSUE_DATE:
-        yield DocumentProblem(doc.source_id, "issue_date", f"{doc.issue_date} is before {MIN_ISSUE_DATE}")
+        yield DocumentProblem(doc.source_id, "issue_date", f"{doc.issue_date} è precedente al {MIN_ISSUE_DATE}")
 
 
 def payment_date_must_not_precede_2015(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if doc.payment_date < MIN_PAYMENT_DATE:
-        yield DocumentProblem(doc.source_id, "payment_date", f"{doc.payment_date} is before {MIN_PAYMENT_DATE}")
+        yield DocumentProblem(doc.source_id, "payment_date", f"{doc.payment_date} è precedente al {MIN_PAYMENT_DATE}")
 
 
 def device_must_be_between_1_and_999(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not 1 <= doc.device <= 999:
-        yield DocumentProblem(doc.source_id, "device", f"{doc.device} is outside 1..999 (dispositivo)")
+        yield DocumentProblem(doc.source_id, "device", f"{doc.device} è fuori dall'intervallo 1-999 (dispositivo)")
 
 
 def document_number_must_fit_num_documento(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not _DOCUMENT_NUMBER.fullmatch(doc.document_number):
         yield DocumentProblem(doc.source_id, "document_number",
-                      "must be 1-20 characters among letters, digits and _ . / \\ - (numDocumento)")
+                      "deve essere di 1-20 caratteri tra lettere, cifre e _ . / \\ - (numDocumento)")
 
 
 def document_kind_must_be_invoice_or_receipt(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if doc.document_kind not in ("F", "D"):
         yield DocumentProblem(doc.source_id, "document_kind",
-                      f"{doc.document_kind!r} is neither F nor D (tipoDocumento)")
+                      f"{doc.document_kind!r} non è né F né D (tipoDocumento)")
 
 
 def patient_cf_must_be_present_and_valid_unless_objected(doc: SpendingDocument) -> Iterator[DocumentProblem]:
@@ -217,15 +218,15 @@ def patient_cf_must_be_present_and_valid_unless_objected(doc: SpendingDocument) 
     # The value itself is personal data: messages describe it, never repeat it.
     if not doc.patient_cf:
         yield DocumentProblem(doc.source_id, "patient_cf",
-                      "is missing and the patient did not object (flagOpposizione 0)")
+                      "manca e il paziente non si è opposto (flagOpposizione 0)")
     elif not is_valid_codice_fiscale(doc.patient_cf):
         yield DocumentProblem(doc.source_id, "patient_cf",
-                      "is not a valid codice fiscale (16 characters or 11 digits)")
+                      "non è un codice fiscale valido (16 caratteri o 11 cifre)")
 
 
 def items_must_not_be_empty(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not doc.items:
-        yield DocumentProblem(doc.source_id, "items", "a document needs at least one voceSpesa")
+        yield DocumentProblem(doc.source_id, "items", "un documento deve avere almeno una voceSpesa")
 
 
 def every_amount_must_be_positive_with_two_decimals(doc: SpendingDocument) -> Iterator[DocumentProblem]:
@@ -240,7 +241,7 @@ def every_spending_type_must_be_a_ts_tipo_spesa(doc: SpendingDocument) -> Iterat
     for index, line in enumerate(doc.items):
         if line.spending_type not in SPENDING_TYPES:
             yield DocumentProblem(doc.source_id, f"items[{index}].spending_type",
-                          f"{line.spending_type!r} is not a tipoSpesa of Sistema TS")
+                          f"{line.spending_type!r} non è un tipoSpesa di Sistema TS")
 
 
 def flag_spending_type_must_match_its_type(doc: SpendingDocument) -> Iterator[DocumentProblem]:
@@ -250,8 +251,8 @@ def flag_spending_type_must_match_its_type(doc: SpendingDocument) -> Iterator[Do
         flag = line.flag_spending_type
         if flag is not None and allowed.get(flag) != line.spending_type:
             yield DocumentProblem(doc.source_id, f"items[{index}].flag_spending_type",
-                          f"{flag!r} is not allowed with tipoSpesa {line.spending_type!r}"
-                          " (1 needs TK, 2 needs SR)")
+                          f"{flag!r} non è ammesso con tipoSpesa {line.spending_type!r}"
+                          " (1 richiede TK, 2 richiede SR)")
 
 
 RULES: tuple[Rule, ...] = (

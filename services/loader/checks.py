@@ -8,7 +8,10 @@ in numpy over the DISTINCT (cf, sex, birth date) of the snapshot (services.loade
 through a server-side cursor in batches, so no list of the whole period is ever held.
 
 Every broken rule becomes one row of `load_problem` (record key, field, code, severity, message);
-services.loader.feedback streams them into the feedback file.
+services.loader.feedback streams them into the feedback file. The message is what the operators read, so it is
+in Italian (plain administrative Italian, naming the record's values verbatim: ISO dates, amounts with a decimal
+point, as the source holds them); the code, the field and the `question` of each rule are identifiers and
+documentation, in English.
 
 Record keys (contracts.feedback.RECORD_KEY_DESCRIPTION): `<source_id>@<prescription_id>/<row>` for a
 service row (2 digits, more past 99: never cut), `<source_id of the first row>@<prescription_id>/99`
@@ -53,7 +56,7 @@ class Rule:
     field: str
     question: str  # the one question the rule asks, for documentation and the rule list
     broken: str  # SQL predicate: true when the record breaks the rule
-    message: str  # SQL text expression naming the offending values
+    message: str  # SQL text expression naming the offending values, in Italian (a quote inside a literal: '')
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,16 @@ assert all(len(ascii_text) <= len(ch.encode("utf-8")) for ch, ascii_text in TRAN
     "a transliteration longer than its character's UTF-8 bytes: the names' octet_length guard no longer holds"
 
 
-def _name_rule(code: str, field: str, what: str, length: int) -> Rule:
+def _name_rule(code: str, field: str, what: str, italian: str, length: int) -> Rule:
     ascii_length = ascii_length_sql(f"s.{field}")
     return Rule(code, WARNING, field,
                 f"Is the {what}, transliterated to ASCII, longer than the C1 field ({length}) so it will be cut?",
                 f"octet_length(s.{field}) > {length} AND {ascii_length} > {length}",
-                f"format('{what} %s has %s characters in ASCII: cut to {length}', s.{field}, {ascii_length})")
+                f"format('{italian} %s ha %s caratteri in ASCII: sarà troncato a {length}', s.{field}, "
+                f"{ascii_length})")
+
+
+_STRUCTURE_MESSAGE = "format('la struttura %s non è una struttura dell''ente %s', s.structure_sts11, s.ente)"
 
 
 SERVICE_ROW_RULES = RuleSet(
@@ -112,49 +119,56 @@ SERVICE_ROW_RULES = RuleSet(
         Rule("DATE_OUTSIDE_PERIOD", ERROR, "delivery_date",
              "Is the service dated after the period, or before the previous period (a prescription may span two)?",
              "s.delivery_date > $4::date OR s.delivery_date < $3::date - ($4::date - $3::date + 1)",
-             "format('delivery date %s is outside %s..%s (the period and, for a prescription spanning two, "
-             "the one before)', s.delivery_date, $3::date - ($4::date - $3::date + 1), $4::date)"),
+             "format('la data di erogazione %s è fuori dal periodo ammesso, dal %s al %s (il periodo del "
+             "caricamento e, per una ricetta a cavallo di due periodi, quello precedente)', s.delivery_date, "
+             "$3::date - ($4::date - $3::date + 1), $4::date)"),
         Rule("DELIVERY_BEFORE_PRESCRIPTION", ERROR, "delivery_date",
              "Was the service delivered before it was prescribed?",
              "s.delivery_date < s.prescription_date",
-             "format('delivery date %s is before the prescription date %s', s.delivery_date, s.prescription_date)"),
+             "format('la data di erogazione %s è precedente alla data di prescrizione %s', s.delivery_date, "
+             "s.prescription_date)"),
         Rule("BOOKING_AFTER_DELIVERY", ERROR, "booking_date",
              "Was the service booked after it was delivered?",
              "s.booking_date > s.delivery_date",
-             "format('booking date %s is after the delivery date %s', s.booking_date, s.delivery_date)"),
+             "format('la data di prenotazione %s è successiva alla data di erogazione %s', s.booking_date, "
+             "s.delivery_date)"),
         Rule("BIRTH_AFTER_DELIVERY", ERROR, "patient_birth_date",
              "Was the patient born after the service?",
              "s.patient_birth_date > s.delivery_date",
-             "format('birth date %s is after the delivery date %s', s.patient_birth_date, s.delivery_date)"),
+             "format('la data di nascita %s è successiva alla data di erogazione %s', s.patient_birth_date, "
+             "s.delivery_date)"),
         Rule("UNKNOWN_SERVICE_CODE", ERROR, "catalogue_code",
              "Is the service code missing from the catalogue of this version?",
              "c.code IS NULL",
-             "format('service code %s (coding %s) is not in catalogue %s', s.catalogue_code, s.catalogue_coding, $2)"),
+             "format('il codice prestazione %s (codifica %s) non è presente nel catalogo %s', s.catalogue_code, "
+             "s.catalogue_coding, $2)"),
         Rule("QUANTITY_NOT_POSITIVE", ERROR, "quantity", "Is the quantity below 1?",
-             "s.quantity < 1", "format('quantity %s is below 1', s.quantity)"),
+             "s.quantity < 1", "format('la quantità %s è inferiore a 1', s.quantity)"),
         Rule("AMOUNT_NEGATIVE", ERROR, "tariff", "Is the tariff negative?",
-             "s.tariff < 0", "format('tariff %s is negative', s.tariff)"),
+             "s.tariff < 0", "format('la tariffa %s è negativa', s.tariff)"),
         Rule("AMOUNT_NEGATIVE", ERROR, "ticket", "Is the ticket negative?",
-             "s.ticket < 0", "format('ticket %s is negative', s.ticket)"),
+             "s.ticket < 0", "format('il ticket %s è negativo', s.ticket)"),
         Rule("AMOUNT_TOO_LARGE", ERROR, "tariff",
              "Does the row total (quantity x tariff) overflow the 8-character amount?",
              f"s.quantity * s.tariff > {MAX_TOTAL}",
-             f"format('row total %s x %s = %s exceeds {MAX_TOTAL}', s.quantity, s.tariff, s.quantity * s.tariff)"),
+             f"format('il totale di riga %s x %s = %s supera {MAX_TOTAL}', s.quantity, s.tariff, "
+             "s.quantity * s.tariff)"),
         Rule("TARIFF_DIFFERS_FROM_CATALOGUE", WARNING, "tariff",
              "Does the tariff differ from the catalogue's?",
              "c.tariff <> s.tariff",
-             "format('tariff %s differs from the catalogue tariff %s of %s', s.tariff, c.tariff, s.catalogue_code)"),
+             "format('la tariffa %s è diversa dalla tariffa %s del catalogo per la prestazione %s', s.tariff, "
+             "c.tariff, s.catalogue_code)"),
         Rule("TOO_MANY_SERVICES", ERROR, "row_number",
              "Is this service beyond row 98 of its prescription (row 99 closes it)?",
              "s.row_number > 98",
-             "format('service %s of prescription %s: at most 98 services per prescription', "
+             "format('prestazione %s della ricetta %s: una ricetta può avere al massimo 98 prestazioni', "
              "s.row_number, s.prescription_id)"),
         Rule("STRUCTURE_NOT_IN_ENTE", ERROR, "structure_sts11",
              "Does the delivering structure belong to another entity?",
              "e.sts11 IS NULL",
-             "format('structure %s is not a structure of ente %s', s.structure_sts11, s.ente)"),
-        _name_rule("SURNAME_TOO_LONG", "patient_surname", "surname", SURNAME_LENGTH),
-        _name_rule("NAME_TOO_LONG", "patient_name", "name", NAME_LENGTH),
+             _STRUCTURE_MESSAGE),
+        _name_rule("SURNAME_TOO_LONG", "patient_surname", "surname", "il cognome", SURNAME_LENGTH),
+        _name_rule("NAME_TOO_LONG", "patient_name", "name", "il nome", NAME_LENGTH),
     ),
 )
 
@@ -180,10 +194,12 @@ _PRESCRIPTIONS = """(
 ) s"""
 
 
-def _differs(field: str, flag: str, what: str) -> Rule:
+def _differs(field: str, flag: str, what: str, italian: str) -> Rule:
+    """`italian`: what the services should share, with its article ("lo stesso paziente")."""
     return Rule("PRESCRIPTION_FIELD_DIFFERS", ERROR, field,
                 f"Do the services of one prescription disagree on the {what} (row 99 carries one)?",
-                f"s.{flag}", f"format('services of prescription %s have different {what}s', s.prescription_id)")
+                f"s.{flag}",
+                f"format('le prestazioni della ricetta %s non riportano tutte {italian}', s.prescription_id)")
 
 
 PRESCRIPTION_RULES = RuleSet(
@@ -195,38 +211,38 @@ PRESCRIPTION_RULES = RuleSet(
              "Is an SSN prescription (type S) with no ticket paid missing its exemption code?",
              "s.ssn AND s.delivery_type = 'S' AND s.ticket_total = 0 AND s.services_total > 0 "
              "AND s.exemption_code IS NULL",
-             "format('no ticket paid on %s euro of services and no exemption code', s.services_total)"),
+             "format('nessun ticket pagato su %s euro di prestazioni e nessun codice di esenzione', "
+             "s.services_total)"),
         Rule("AMOUNT_ARITHMETIC", ERROR, "ticket",
              "Does the ticket paid exceed the value of the services plus the fixed fee?",
              f"s.ticket_total > s.services_total + {FIXED_FEE_ALLOWANCE}",
-             f"format('ticket %s exceeds the services total %s + fixed fee {FIXED_FEE_ALLOWANCE}', "
-             "s.ticket_total, s.services_total)"),
+             f"format('il ticket %s supera il totale delle prestazioni %s più la quota fissa di "
+             f"{FIXED_FEE_ALLOWANCE} euro', s.ticket_total, s.services_total)"),
         Rule("AMOUNT_TOO_LARGE", ERROR, "ticket",
              "Does the prescription's ticket overflow the 7-character amount?",
              f"s.ticket_total > {MAX_TICKET}",
-             f"format('ticket %s exceeds {MAX_TICKET}', s.ticket_total)"),
+             f"format('il ticket %s supera {MAX_TICKET}', s.ticket_total)"),
         Rule("AMOUNT_TOO_LARGE", ERROR, "tariff",
              "Does the prescription's net total overflow the 8-character amount?",
              f"s.services_total - s.ticket_total > {MAX_TOTAL}",
-             f"format('net total %s exceeds {MAX_TOTAL}', s.services_total - s.ticket_total)"),
+             f"format('il totale netto %s supera {MAX_TOTAL}', s.services_total - s.ticket_total)"),
         Rule("DUPLICATE_PRESCRIPTION_NUMBER", ERROR, "prescription_number",
              "Is the prescription number already used by another prescription (ID) of the snapshot?",
              "s.number_rank > 1",
-             "format('prescription number %s is already used by prescription %s', "
+             "format('il numero ricetta %s è già usato dalla ricetta %s', "
              "s.prescription_number, s.number_owner)"),
-        _differs("patient_cf", "patient_differs", "patient"),
-        _differs("delivery_type", "delivery_type_differs", "delivery type"),
-        _differs("priority", "priority_differs", "priority class"),
-        _differs("exemption_code", "exemption_differs", "exemption code"),
-        _differs("prescription_number", "number_differs", "prescription number"),
-        _differs("structure_sts11", "structure_differs", "structure"),
+        _differs("patient_cf", "patient_differs", "patient", "lo stesso paziente"),
+        _differs("delivery_type", "delivery_type_differs", "delivery type", "lo stesso tipo di erogazione"),
+        _differs("priority", "priority_differs", "priority class", "la stessa classe di priorità"),
+        _differs("exemption_code", "exemption_differs", "exemption code", "lo stesso codice di esenzione"),
+        _differs("prescription_number", "number_differs", "prescription number", "lo stesso numero ricetta"),
+        _differs("structure_sts11", "structure_differs", "structure", "la stessa struttura"),
     ),
     grouped_in_index_order=True,
 )
 
 _STRUCTURE = Rule("STRUCTURE_NOT_IN_ENTE", ERROR, "structure_sts11",
-                  "Does the structure belong to another entity?", "e.sts11 IS NULL",
-                  "format('structure %s is not a structure of ente %s', s.structure_sts11, s.ente)")
+                  "Does the structure belong to another entity?", "e.sts11 IS NULL", _STRUCTURE_MESSAGE)
 
 BOOKING_RULES = RuleSet(
     "bookings",
@@ -237,10 +253,12 @@ BOOKING_RULES = RuleSet(
     (
         _STRUCTURE,
         Rule("UNKNOWN_SERVICE_CODE", ERROR, "catalogue_code", "Is the service code missing from the catalogue?",
-             "c.code IS NULL", "format('service code %s is not in catalogue %s', s.catalogue_code, $2)"),
+             "c.code IS NULL",
+             "format('il codice prestazione %s non è presente nel catalogo %s', s.catalogue_code, $2)"),
         Rule("APPOINTMENT_BEFORE_BOOKING", ERROR, "appointment_date", "Is the appointment before the booking?",
              "s.appointment_date < s.booking_date",
-             "format('appointment %s is before the booking %s', s.appointment_date, s.booking_date)"),
+             "format('la data dell''appuntamento %s è precedente alla data di prenotazione %s', "
+             "s.appointment_date, s.booking_date)"),
     ),
 )
 
@@ -252,7 +270,8 @@ PAYMENT_DOCUMENT_RULES = RuleSet(
     (
         _STRUCTURE,
         Rule("PAYMENT_AFTER_PERIOD", ERROR, "payment_date", "Is the payment dated after the period?",
-             "s.payment_date > $4::date", "format('payment date %s is after %s', s.payment_date, $4::date)"),
+             "s.payment_date > $4::date",
+             "format('la data di pagamento %s è successiva alla fine del periodo, %s', s.payment_date, $4::date)"),
     ),
 )
 

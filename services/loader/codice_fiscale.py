@@ -52,7 +52,7 @@ _IS_LETTER = _lut({chr(65 + i): 1 for i in range(26)}, missing=0)
 class CfFinding:
     index: int  # position in the input sequences
     code: str  # CF_FORMAT, CF_CHECK_CHAR, CF_BIRTH_MISMATCH, CF_SEX_MISMATCH
-    message: str
+    message: str  # for the operators' feedback: Italian
 
 
 def check_character(first15: str) -> str:
@@ -76,7 +76,7 @@ def check_codici_fiscali(codes: Sequence[str], sexes: Sequence[str] | None = Non
     candidates = []
     for i, cf in enumerate(codes):
         if len(cf) != 16 or not cf.isascii():
-            findings.append(CfFinding(i, "CF_FORMAT", f"codice fiscale {cf!r} is not 16 ASCII characters"))
+            findings.append(CfFinding(i, "CF_FORMAT", f"il codice fiscale {cf!r} non è di 16 caratteri ASCII"))
         elif not _is_foreigner_code(cf):
             candidates.append(i)
     if not candidates:
@@ -119,12 +119,15 @@ def check_codici_fiscali(codes: Sequence[str], sexes: Sequence[str] | None = Non
 
 
 def _message(code: str, cf: str, sexes: Sequence[str] | None, births: Sequence[date] | None, i: int) -> str:
+    """The finding's text in the operators' language (Italian), naming the code and what was expected."""
     if code == "CF_FORMAT":
-        return f"codice fiscale {cf} is not well formed (letters/digits/month/day in the wrong places)"
+        return (f"il codice fiscale {cf} non è formalmente corretto (lettere, cifre, mese o giorno "
+                "in posizioni sbagliate)")
     if code == "CF_CHECK_CHAR":
-        return f"codice fiscale {cf}: check character should be {check_character(cf[:15])}, not {cf[15]}"
+        return (f"il carattere di controllo del codice fiscale {cf} dovrebbe essere "
+                f"{check_character(cf[:15])}, non {cf[15]}")
     if code == "CF_BIRTH_MISMATCH":
         assert births is not None
-        return f"codice fiscale {cf} does not encode the birth date {births[i].isoformat()}"
+        return f"il codice fiscale {cf} non corrisponde alla data di nascita {births[i].isoformat()}"
     assert sexes is not None
-    return f"codice fiscale {cf} does not encode sex {sexes[i]}"
+    return f"il codice fiscale {cf} non corrisponde al sesso {sexes[i]}"

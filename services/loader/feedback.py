@@ -3,7 +3,10 @@
 Format (`;`-separated, RFC 4180 quoting, LF line ends, UTF-8):
 
     record_key;field;code;severity;message
-    CUP-201-202008-S7-0000012@201202008007000004/01;patient_cf;CF_CHECK_CHAR;error;codice fiscale ...
+    CUP-201-202008-S7-0000012@201202008007000004/01;patient_cf;CF_CHECK_CHAR;error;il carattere di controllo ...
+
+The columns, the codes, the fields and the severities (`error`, `warning`) are identifiers of the published
+contract (contracts.feedback); the message is for the operators, in Italian.
 
 A load may have millions of problems, so the file is streamed: from PostgreSQL with COPY straight
 into the file store (`export_feedback`), or from Python problems (`feedback_chunks`) with the same
@@ -72,23 +75,25 @@ def feedback_chunks(problems: Iterable[RecordProblem], chunk_lines: int = 10_000
     yield buf.getvalue().encode("utf-8")
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def summarise(counts: ProblemCounts) -> str:
-    """'3 errors in 2 records: 2 x CF_CHECK_CHAR, 1 x UNKNOWN_SERVICE_CODE; 1 warning: 1 x SURNAME_TOO_LONG'."""
+    """The load's one line for the operators (the console's instance page), in Italian:
+    '3 errori in 2 record: 2 x CF_CHECK_CHAR, 1 x UNKNOWN_SERVICE_CODE; 1 avviso: 1 x SURNAME_TOO_LONG'.
+    The codes stay as they are: they are the identifiers the feedback file and the contract use."""
     def listing(severity: str) -> str:
         items = sorted((c for c in counts.by_code if c.severity == severity), key=lambda c: (-c.problems, c.code))
         return ", ".join(f"{c.problems} x {c.code}" for c in items)
 
     parts = []
     if counts.errors:
-        parts.append(f"{_plural(counts.errors, 'error')} in {_plural(counts.error_records, 'record')}: "
+        parts.append(f"{_count(counts.errors, 'errore', 'errori')} in {counts.error_records} record: "
                      f"{listing('error')}")
     if counts.warnings:
-        parts.append(f"{_plural(counts.warnings, 'warning')}: {listing('warning')}")
-    return "; ".join(parts) if parts else "no problems"
+        parts.append(f"{_count(counts.warnings, 'avviso', 'avvisi')}: {listing('warning')}")
+    return "; ".join(parts) if parts else "nessun problema"
 
 
 async def problem_counts(conn: asyncpg.Connection, snapshot_id: int, *, mark_checked: str | None = None,

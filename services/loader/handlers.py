@@ -48,6 +48,8 @@ from services.runtime.read_models import instance_stream
 CONSUMER = "loader"
 PASS_S = 2.0  # the period of the pass that starts Running and due Scheduled loads (services/loader/app.py)
 log = get_logger("loader")
+# the summary of a load that failed on something unexpected (the console shows it): Italian, then the exception
+LOAD_NOT_COMPLETED = "il caricamento non è stato completato"
 
 
 def interruptions(initial_s: float | None = None, cap_s: float = INTERRUPTED_CAP_S) -> Interruptions:
@@ -185,7 +187,7 @@ async def _load(instance: int, current: FlowInstance, deps: LoaderDeps, attempt:
         log.exception("load.crashed", instance=instance)
         await deps.instances.append(current, flows.LoadFailed(
             instance=instance, source_instance=snapshot_id, errors=1,
-            summary=f"the load could not complete: {type(exc).__name__}: {exc}"))
+            summary=f"{LOAD_NOT_COMPLETED}: {type(exc).__name__}: {exc}"))
         deps.interrupted.done(instance)
         return
     feedback = None

@@ -36,6 +36,9 @@ ANALYZE_LOCK_TIMEOUT = "5s"
 Progress = Callable[[str, int, int], None]  # (step, steps done, steps in all)
 STEPS = ("reference data", "snapshot", "checks", "feedback")
 _SNAPSHOT_TABLES = frozenset(s.snapshot_table for s in SELECTIONS.values())
+# what a snapshot table holds, as the NO_SOURCE_DATA message names it to the operators (in Italian)
+_SOURCE_DATA = {"snapshot_service": "prestazioni erogate", "snapshot_booking": "prenotazioni",
+                "snapshot_payment_document": "documenti di spesa"}
 
 # What the codice fiscale check counts on the way (checks.CfCheck: records, first rows of a prescription, distinct
 # codes), named per snapshot table: the load's counts, no query of their own.
@@ -222,8 +225,8 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
             await conn.execute(
                 "INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message) "
                 "VALUES ($1, '*', $2, $3, $4, $5)", snapshot_id, field, code, severity,
-                f"no source data for ente {ente} in {period_start}..{period_end} ({table.removeprefix('snapshot_')}"
-                f"): the load is empty")
+                f"nessun dato di origine ({_SOURCE_DATA[table]}) per l'ente {ente} dal {period_start} al "
+                f"{period_end}: il caricamento è vuoto")
     checked = ChecksDone(snapshot_id, counts)
     found = await mark_checked(pool, checked)
     outcome = await finish_load(pool, filestore, checked, found)

@@ -75,6 +75,17 @@ class TsUnavailable(TsError):
 class TsAuthError(TsError):
     """HTTP 401/403: the TS user or password is wrong (the values are never shown)."""
 
+    def __init__(self, operation: str, status: int) -> None:
+        super().__init__(f"TS {operation}: HTTP {status}, the TS user or password was refused")
+        self.operation = operation
+        self.status = status
+
+    @property
+    def reason(self) -> str:
+        """The outcome the operators read (a Rejected submission): Italian, never a credential."""
+        return (f"Sistema TS ha rifiutato l'utente o la password (HTTP {self.status}, {self.operation}): "
+                "inviare di nuovo l'istanza con le credenziali corrette")
+
 
 class TsQueryFailed(TsError):
     def __init__(self, operation: str, code: str, description: str) -> None:
@@ -151,13 +162,14 @@ class TsClient:
     ) -> ops.IntakeReceipt:
         """Send one zip; the receipt of an accepted file (codiceEsito 000, 17-digit protocollo)."""
         if self._settings.enforce_size_limit and len(zip_bytes) > MAX_ZIP_BYTES:
+            # the description becomes the part's reason, which the operators read: Italian, as TS's own are
             raise ZipTooLarge(
-                "108", f"{file_name}: {len(zip_bytes)} bytes exceed the {MAX_ZIP_BYTES}-byte limit; not sent"
+                "108", f"{file_name}: {len(zip_bytes)} byte superano il limite di {MAX_ZIP_BYTES} byte; non inviato"
             )
         try:
             owner = ops.proprietario_of_zip(file_name, zip_bytes)
         except ValueError as exc:
-            raise RefusedBeforeSending("109", f"{exc}; not sent") from None
+            raise RefusedBeforeSending("109", f"blocco proprietario non leggibile ({exc}); non inviato") from None
         content_id = f"documento-{file_name}@ts-gateway"
         envelope = ops.build_invia_file(
             file_name,
@@ -283,7 +295,7 @@ class TsClient:
         except aiohttp.ClientError as exc:
             raise TsUnavailable(f"TS {operation}: connection failed ({type(exc).__name__})") from None
         if status in (401, 403):
-            raise TsAuthError(f"TS {operation}: HTTP {status}, the TS user or password was refused")
+            raise TsAuthError(operation, status)
         if answer_type.lower().startswith("multipart/related"):
             root, _ = parse_multipart(payload, answer_type, f"TS {operation} answer")
             payload = root.content

@@ -206,7 +206,7 @@ async def _submit_locked(instance: int, deps: GatewayDeps) -> None:
         return
     zips = sorted((f for f in current.files if f.kind == "730-zip"), key=lambda f: f.part or 0)
     if not zips:
-        await _abandon(deps, instance, request, "the instance has no 730 zip to send")
+        await _abandon(deps, instance, request, "l'istanza non ha alcun file 730 da inviare")
         return
     parts = [SubmissionPart(key=PartKey(instance, index, f.sha256), parts=len(zips),
                             file_name=file_name_for(instance, index, f.sha256), documents=f.records)
@@ -235,18 +235,19 @@ async def _open_request(instance: int, request: SubmissionRequest, deps: Gateway
         pending = (await deps.instances.read(instance)).request
         if pending is None or pending.id != request.id:
             return None  # a newer request replaced this one (and its box), or it ended, while we looked
-        reason = "the sealed credentials of this request are no longer held by the gateway"
+        reason = "le credenziali sigillate di questa richiesta non sono più custodite dal gateway"
     else:
         try:
             return deps.keys.open(sealed)[0]
         except SealError as exc:
-            reason = f"the credentials of this request cannot be opened any more: {exc}"
-    await _abandon(deps, instance, request, f"{reason}; send the instance again")
+            reason = f"le credenziali di questa richiesta non si possono più aprire ({exc})"
+    await _abandon(deps, instance, request, f"{reason}; inviare di nuovo l'istanza")
     return None
 
 
 async def _abandon(deps: GatewayDeps, instance: int, request: SubmissionRequest, reason: str) -> None:
-    """Ends the submission Rejected with `reason` (the operator can send again); its box goes."""
+    """Ends the submission Rejected with `reason` (the operator can send again); its box goes. The reason is what
+    the operators read (the console's instance page): Italian."""
     log.warning("ts.submission_abandoned", aggregate_id=str(instance), reason=reason)
     await _append(deps, instance, flows.TsFeedbackReceived(
         instance=instance, part=1, parts=1, outcome="rejected", reason=reason, instance_outcome="rejected"),

@@ -254,8 +254,9 @@ def decide_recovery(part: SubmissionPart, records: Sequence[TsRecord], known: se
     if len(candidates) == 1:
         return Adopt(candidates[0].protocollo)
     listed = ", ".join(record.protocollo for record in candidates)
+    # the reason the operators read (an unresolved part): Italian
     return AskOperator(
-        f"{part.key}: TS lists {len(candidates)} sends with {part.documents} documents since "
-        f"{part.sending_since:%Y-%m-%d %H:%M} that are not recorded here ({listed}); resending could "
-        "file the expenses twice, so an operator must say which one is ours"
+        f"istanza {part.key.instance} parte {part.key.part}: Sistema TS elenca {len(candidates)} invii con "
+        f"{part.documents} documenti dal {part.sending_since:%Y-%m-%d %H:%M} che qui non risultano ({listed}); "
+        "un nuovo invio potrebbe registrare due volte le spese, quindi un operatore deve indicare quale è il nostro"
     )

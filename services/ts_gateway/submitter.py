@@ -113,7 +113,7 @@ class SubmissionRunner:
         except TsIntakeRejected as exc:
             return await self.ledger.record_outcome(key, PartState.REJECTED, None, f"{exc.code} {exc.description}")
         except TsAuthError as exc:  # the part is "sending" here, whether refused in recovery or at intake
-            return await self.ledger.record_outcome(key, PartState.REJECTED, None, str(exc))
+            return await self.ledger.record_outcome(key, PartState.REJECTED, None, exc.reason)
         except TsUnavailable as exc:
             await self.ledger.record_failure(key, str(exc))
             raise

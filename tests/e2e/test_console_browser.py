@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from playwright.async_api import Page, async_playwright
 
 from services.ts_gateway.sealing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, key_id, sealed_key_id, unseal
 from simulators.cup.generator import month_period
-from tests.console_support import PASSWORD, STRUCTURE, is_current_static_url, running_console
+from tests.console_support import PASSWORD, STRUCTURE, is_current_static_url, italian_context, running_console
 from tests.e2e import test_secrets_canary as canary
 from tests.e2e.driving import _formatted_730, publish_month
 from tests.e2e.test_secrets_canary import folder_files, needles_for, scan_everything, search
@@ -124,7 +125,7 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             await console.add_users()
             foreign = await console.instance("202")
             browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
-            context = await browser.new_context(accept_downloads=True, locale="it-IT")
+            context = await italian_context(browser, accept_downloads=True)
             page = await context.new_page()
             axe = Axe()
             # Every asset the browser fetches, console.js's fonts of Bootstrap Italia included (built below
@@ -150,6 +151,9 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             async with page.expect_navigation():
                 await page.keyboard.press("Enter")
             assert page.url.endswith("/istanze")
+            # the browser is an Italian operator's: its language and its clock (tests.console_support.italian_context)
+            assert await page.evaluate("[navigator.language, Intl.DateTimeFormat().resolvedOptions().timeZone]") == [
+                "it-IT", "Europe/Rome"]
             await _axe_clean(page, axe, "02-istanze")
 
             # A load scheduled a few seconds ahead: the page sees every state arrive, live. The watcher goes on
@@ -170,6 +174,13 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             assert await _wait_badge(page, {"Checked", "Failed loading"}) == "Failed loading"
             await page.click("text=Leggi l'esito")
             assert await page.locator("table#tabella tbody tr").count() >= 3
+            # What the operator reads is Italian: the titles, the severity, the messages (the file keeps its contract)
+            assert await page.locator("table#tabella thead th").all_inner_texts() == [
+                "Record", "Campo", "Codice", "Gravità", "Messaggio"]
+            severities = set(await page.locator("table#tabella tbody td:nth-child(4)").all_inner_texts())
+            assert "errore" in severities and severities <= {"errore", "avviso"}, severities
+            messages = await page.locator("table#tabella tbody td:nth-child(5)").all_inner_texts()
+            assert all(re.match(r"(il|la|le|nessun|prestazione) ", m) for m in messages), messages
             await _axe_clean(page, axe, "05-esito")
             async with page.expect_download() as csv:
                 await page.click("text=Scarica il file")
@@ -194,7 +205,20 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             assert (await zipped.value).suggested_filename.endswith(".zip")
             await page.locator("a:has-text('Vedi C2')").first.click()
             assert await page.locator("table#tabella tbody tr").count() > 0
+            # The columns are the layout's Italian labels; a value a record does not have is an empty cell
+            titles = await page.locator("table#tabella thead th").all_inner_texts()
+            assert titles[:6] == ["Regione addebitante", "Azienda inviante", "Struttura erogatrice", "Numero ricetta",
+                                  "Progressivo riga", "Data erogazione"], titles
+            assert "None" not in await page.locator("table#tabella tbody td").all_inner_texts()
             await _axe_clean(page, axe, "07-file-c2")
+            # The table still sorts by a column (console.js), numbers as numbers, both ways
+            row_column = page.locator("table#tabella tbody td:nth-child(5)")
+            await page.locator("table#tabella thead th").nth(4).locator("button").click()
+            assert await page.locator("table#tabella thead th").nth(4).get_attribute("aria-sort") == "ascending"
+            rows = [int(v) for v in await row_column.all_inner_texts()]
+            assert rows == sorted(rows) and rows[-1] == 99 and rows[0] == 1, rows
+            await page.locator("table#tabella thead th").nth(4).locator("button").click()
+            assert [int(v) for v in await row_column.all_inner_texts()] == sorted(rows, reverse=True)
 
             # Another ente's instance does not exist for this operator.
             response = await page.goto(f"{console.url}/istanze/{foreign}")
@@ -245,7 +269,7 @@ async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignor
                                    keys_dir=cfg.keys_dir) as console, async_playwright() as pw:
             await console.add_users()
             browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
-            page = await (await browser.new_context(locale="it-IT")).new_page()
+            page = await (await italian_context(browser)).new_page()
             posted: list[str] = []
             page.on("request", lambda r: posted.append(r.post_data or "") if r.method == "POST" else None)
             axe = Axe()
@@ -309,7 +333,7 @@ async def test_the_desk_sees_the_wrong_cell_of_an_uploaded_workbook(fresh_db, tm
         other = await console.onboarding_request("ONB-VOMERO", "150321", "Centro <b>Vomero</b>")
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         axe = Axe()
-        page = await (await browser.new_context(locale="it-IT")).new_page()
+        page = await (await italian_context(browser)).new_page()
         await _log_in(page, console.url, "desk.1")
         await page.goto(console.url + "/onboarding")
         assert await page.locator(f"a[href='/onboarding/{other}']").count() == 1
@@ -327,7 +351,7 @@ async def test_the_desk_sees_the_wrong_cell_of_an_uploaded_workbook(fresh_db, tm
         assert cells[4] == "150999 non è l'STS11 dell'HUB 150123", cells
         await _axe_clean(page, axe, "13-onboarding-richiesta")
 
-        structure = await (await browser.new_context(locale="it-IT")).new_page()
+        structure = await (await italian_context(browser)).new_page()
         await _log_in(structure, console.url, "st.1")
         await structure.goto(console.url + "/onboarding")
         assert await structure.locator(f"a[href='/onboarding/{own}']").count() == 1

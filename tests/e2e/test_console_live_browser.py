@@ -23,7 +23,7 @@ from services.console import app as console_app
 from services.runtime.eventstore import NewEvent
 from services.runtime.outbox import OutboxRelay
 from services.runtime.read_models import instance_stream
-from tests.console_support import PASSWORD, running_console
+from tests.console_support import PASSWORD, italian_context, running_console
 from tests.e2e.test_console_browser import CHROMIUM, _log_in
 from tests.pg_outage import postgres_down
 from tests.stack_urls import KAFKA
@@ -49,7 +49,7 @@ async def test_a_change_during_a_slow_refresh_is_not_lost(fresh_db, tmp_path) ->
         relay_task = asyncio.create_task(relay.run(stop))
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
-            page = await (await browser.new_context(locale="it-IT")).new_page()
+            page = await (await italian_context(browser)).new_page()
             await _log_in(page, console.url, "op.201")
             holding = False
             held, release = asyncio.Event(), asyncio.Event()
@@ -115,7 +115,7 @@ async def test_the_page_comes_back_live_after_postgresql_was_down_and_says_so_me
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         relay_task, stop = None, asyncio.Event()
         try:
-            page = await (await browser.new_context(locale="it-IT")).new_page()
+            page = await (await italian_context(browser)).new_page()
             await _log_in(page, console.url, "op.201")
             await page.goto(f"{console.url}/istanze/{instance}")
             await page.wait_for_function(f"() => ({LIVE})() === 'ready'", timeout=30_000)
@@ -172,7 +172,7 @@ async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: igno
         instance = await console.instance("201")
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
-            context = await browser.new_context(locale="it-IT")
+            context = await italian_context(browser)
             page = await context.new_page()
             await _log_in(page, console.url, "op.201")
             subscriptions = _subscriptions(page)

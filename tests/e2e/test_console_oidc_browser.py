@@ -9,7 +9,7 @@ import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import async_playwright
 
-from tests.console_support import running_console
+from tests.console_support import italian_context, running_console
 from tests.e2e.test_console_browser import CHROMIUM, _axe_clean
 from tests.oidc_provider import running_provider
 from tests.stack_urls import KAFKA
@@ -26,7 +26,7 @@ async def test_an_operator_logs_in_through_the_identity_provider(fresh_db, tmp_p
         provider.next_claims = {"preferred_username": "mario.rossi", "flows_role": "operator", "flows_enti": ["201"]}
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
-            page = await (await browser.new_context(locale="it-IT")).new_page()
+            page = await (await italian_context(browser)).new_page()
             await page.goto(f"{console.url}/istanze/{own}")
             assert "/login" in page.url
             await _axe_clean(page, Axe(), "50-accesso-oidc")

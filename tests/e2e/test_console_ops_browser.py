@@ -25,7 +25,7 @@ from contracts.topics import Topic
 from services.runtime import deadletters as dl
 from services.runtime.broker import Incoming, consume, create_broker
 from services.runtime.outbox import OutboxRelay
-from tests.console_support import csrf_of, running_console
+from tests.console_support import csrf_of, italian_context, running_console
 from tests.e2e.test_console_browser import CHROMIUM, _axe_clean, _log_in
 from tests.kafka_topics import create_topics
 from tests.stack_urls import KAFKA
@@ -74,7 +74,7 @@ async def test_a_poison_message_is_seen_and_redriven_once_from_the_ops_page(sett
             assert [source for source, _ in processed] == ["fine"]  # the poison did not block the partition
 
             axe = Axe()
-            page = await (await browser.new_context(locale="it-IT")).new_page()
+            page = await (await italian_context(browser)).new_page()
             await _log_in(page, console.url, "ops.1")
             await page.goto(console.url + "/esercizio")
             row = page.locator("#code-dlq tr", has_text=topic.dlq)

@@ -7,7 +7,7 @@ import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import async_playwright
 
-from tests.console_support import running_console
+from tests.console_support import italian_context, running_console
 from tests.e2e.test_console_browser import CHROMIUM, _axe_clean, _log_in
 from tests.integration.test_console_onboarding import _complete_switch_request, _san_gennaro
 from tests.stack_urls import KAFKA
@@ -21,7 +21,7 @@ async def test_a_structure_takes_the_proposed_switch_slot_in_the_browser(fresh_d
         await _complete_switch_request(console, "ONB-SWITCH")
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
-            page = await (await browser.new_context(locale="it-IT")).new_page()
+            page = await (await italian_context(browser)).new_page()
             await _log_in(page, console.url, "st.1")
             await page.goto(console.url + "/onboarding/ONB-SWITCH")
             await _axe_clean(page, Axe(), "30-switch-modulo")

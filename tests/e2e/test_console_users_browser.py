@@ -15,7 +15,7 @@ from playwright.async_api import async_playwright
 from typer.testing import CliRunner
 
 from services.cli.main import app as flows_app
-from tests.console_support import PASSWORD, csrf_of, running_console
+from tests.console_support import PASSWORD, csrf_of, italian_context, running_console
 from tests.e2e.test_console_browser import CHROMIUM, _axe_clean, _log_in
 from tests.stack_urls import KAFKA
 
@@ -27,7 +27,7 @@ async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_pat
         await console.add_users()
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
-            page = await (await browser.new_context(locale="it-IT")).new_page()
+            page = await (await italian_context(browser)).new_page()
             await _log_in(page, console.url, "adm.1")
             assert page.url.endswith("/utenti")
             assert await page.locator("tr.utente").count() == 6  # the six role users of console_support
@@ -60,7 +60,7 @@ async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_pat
             assert listed.exit_code == 0 and "op.bianchi" in listed.output and "201, 202" in listed.output
 
             # The new operator logs in; the admin disables it; its open session ends at once.
-            operator = await (await browser.new_context(locale="it-IT")).new_page()
+            operator = await (await italian_context(browser)).new_page()
             await _log_in(operator, console.url, "op.bianchi")
             assert operator.url.endswith("/istanze")
             async with page.expect_navigation():
@@ -106,7 +106,7 @@ async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_pat
 
             # The auditor reads who did each of these, and when, on the access log's page; the refused tries
             # (an operator without an ente, a short password) changed nothing and are not there.
-            auditor = await (await browser.new_context(locale="it-IT")).new_page()
+            auditor = await (await italian_context(browser)).new_page()
             await _log_in(auditor, console.url, "aud.1")
             await auditor.goto(console.url + "/accessi?utente=op.bianchi")
             rows = [[cell.strip() for cell in row] for row in await auditor.locator(

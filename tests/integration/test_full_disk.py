@@ -35,6 +35,7 @@ from contracts import flows
 from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument, SourceModel
 from contracts.states import InstanceState
 from contracts.topics import INTAKE_TOPICS
+from services.loader.handlers import LOAD_NOT_COMPLETED
 from services.loader.intake import store
 from services.runtime.commands import send_command
 from simulators.cup.generator import generate, month_period
@@ -410,7 +411,7 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
     assert failed["source_instance"] == first_snapshot  # the first loader's, checked, kept, finished by the second
     assert snapshots == [(first_snapshot, 0)], snapshots  # one snapshot; its problems are in the feedback file now
     # the planted problems (a few bad records fall on the same prescription, one error for them all)
-    assert failed["errors"] >= 500 and "could not complete" not in failed["summary"], failed
+    assert failed["errors"] >= 500 and LOAD_NOT_COMPLETED not in failed["summary"], failed
     assert resumed and resumed[0]["attempts"] == len(waited_again), resumed
     lines_in_file = data.decode().splitlines()
     assert lines_in_file[0] == "record_key;field;code;severity;message"
@@ -474,7 +475,7 @@ async def test_a_postgres_crash_while_a_load_waits_for_space_makes_the_loader_ch
     assert final == big
     failed = history[-1][1]
     assert [t for t, _ in history] == [flows.TYPE_OF[flows.LoadRunning], flows.TYPE_OF[flows.LoadFailed]], history
-    assert failed["errors"] >= 500 and "could not complete" not in failed["summary"], failed
+    assert failed["errors"] >= 500 and LOAD_NOT_COMPLETED not in failed["summary"], failed
     assert lost and lost[0]["snapshot"] == first_snapshot and lost[0]["found"] == 0, lost
     assert [r["snapshot"] for r in dropped] == [first_snapshot], dropped
     assert failed["source_instance"] != first_snapshot and snapshots == [(failed["source_instance"], 0)], snapshots

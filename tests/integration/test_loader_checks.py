@@ -54,34 +54,62 @@ def bad(**changes: Any) -> list[DeliveredService]:
 
 
 
-# code, field, the bad prescription, expected record key, optional SQL applied to the source rows
-CASES: list[tuple[str, list[DeliveredService], str, str | None]] = [
-    ("CF_CHECK_CHAR", bad(patient_cf="RSSMRA80A01F839X"), "B-1@RX-BAD/01", None),
-    ("CF_FORMAT", bad(patient_cf="RSSMRA80Z01F839W"), "B-1@RX-BAD/01", None),
-    ("CF_BIRTH_MISMATCH", bad(patient_birth_date=date(1980, 1, 2)), "B-1@RX-BAD/01", None),
-    ("CF_SEX_MISMATCH", bad(patient_sex="F"), "B-1@RX-BAD/01", None),
-    ("DATE_OUTSIDE_PERIOD", [ecg("B-1", "RX-BAD", delivery_date=date(2020, 6, 10), prescription_date=None,
-                                 booking_date=None), ecg("B-2", "RX-BAD")], "B-1@RX-BAD/01", None),
-    ("DELIVERY_BEFORE_PRESCRIPTION", bad(prescription_date=date(2020, 8, 20)), "B-1@RX-BAD/01", None),
-    ("BOOKING_AFTER_DELIVERY", bad(booking_date=date(2020, 8, 20)), "B-1@RX-BAD/01", None),
-    ("BIRTH_AFTER_DELIVERY", bad(patient_birth_date=date(2020, 8, 6)), "B-1@RX-BAD/01", None),
-    ("UNKNOWN_SERVICE_CODE", bad(catalogue_code="89.99.9"), "B-1@RX-BAD/01", None),
-    ("QUANTITY_NOT_POSITIVE", bad(), "B-1@RX-BAD/01", "UPDATE source_service SET quantity = 0 WHERE source_id = 'B-1'"),
-    ("AMOUNT_NEGATIVE", bad(), "B-1@RX-BAD/01", "UPDATE source_service SET tariff = -1 WHERE source_id = 'B-1'"),
-    ("AMOUNT_TOO_LARGE", bad(catalogue_code="13.41", tariff=Decimal("903.42"), quantity=999), "B-1@RX-BAD/01", None),
-    ("TARIFF_DIFFERS_FROM_CATALOGUE", bad(tariff=Decimal("12.00"), ticket=Decimal("12.00")), "B-1@RX-BAD/01", None),
-    ("TOO_MANY_SERVICES", [ecg(f"B-{i:02d}", "RX-BAD", catalogue_code="90.27.1", tariff=Decimal("1.17"),
-                               ticket=Decimal("0.00") if i > 1 else Decimal("36.15")) for i in range(1, 100)],
-     "B-99@RX-BAD/99", None),
-    ("STRUCTURE_NOT_IN_ENTE", bad(structure_sts11="001101"), "B-1@RX-BAD/01", None),
-    ("SURNAME_TOO_LONG", bad(patient_surname="ROSSI DI SANTA MARIA CAPUA VETERE"), "B-1@RX-BAD/01", None),
-    ("NAME_TOO_LONG", bad(patient_name="MARIO GENNARO SALVATORE"), "B-1@RX-BAD/01", None),
-    ("EXEMPTION_REQUIRED", bad(ticket=Decimal("0.00")), "B-1@RX-BAD/99", None),
-    ("AMOUNT_ARITHMETIC", bad(ticket=Decimal("50.00")), "B-1@RX-BAD/99", None),
-    ("DUPLICATE_PRESCRIPTION_NUMBER", bad(prescription_number="150A" + str(sum(map(ord, "RX-OK"))).zfill(12)),
-     "B-1@RX-BAD/99", None),
-    ("PRESCRIPTION_FIELD_DIFFERS", [ecg("B-1", "RX-BAD"), ecg("B-2", "RX-BAD", priority="U")], "B-1@RX-BAD/99",
-     None),
+# code, field, the bad prescription, expected record key, optional SQL applied to the source rows, and the
+# message the operator reads (Italian, naming the values): every rule family's text is pinned here
+_CF_FORMAT = ("il codice fiscale RSSMRA80Z01F839W non è formalmente corretto (lettere, cifre, mese o giorno in "
+              "posizioni sbagliate)")
+_OUTSIDE = ("la data di erogazione 2020-06-10 è fuori dal periodo ammesso, dal 2020-07-01 al 2020-08-31 (il periodo "
+            "del caricamento e, per una ricetta a cavallo di due periodi, quello precedente)")
+_OK_NUMBER = "150A" + str(sum(map(ord, "RX-OK"))).zfill(12)  # RX-OK's prescription number (ecg)
+CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
+    ("CF_CHECK_CHAR", "patient_cf", bad(patient_cf="RSSMRA80A01F839X"), "B-1@RX-BAD/01", None,
+     "il carattere di controllo del codice fiscale RSSMRA80A01F839X dovrebbe essere W, non X"),
+    ("CF_FORMAT", "patient_cf", bad(patient_cf="RSSMRA80Z01F839W"), "B-1@RX-BAD/01", None, _CF_FORMAT),
+    ("CF_BIRTH_MISMATCH", "patient_cf", bad(patient_birth_date=date(1980, 1, 2)), "B-1@RX-BAD/01", None,
+     "il codice fiscale RSSMRA80A01F839W non corrisponde alla data di nascita 1980-01-02"),
+    ("CF_SEX_MISMATCH", "patient_cf", bad(patient_sex="F"), "B-1@RX-BAD/01", None,
+     "il codice fiscale RSSMRA80A01F839W non corrisponde al sesso F"),
+    ("DATE_OUTSIDE_PERIOD", "delivery_date",
+     [ecg("B-1", "RX-BAD", delivery_date=date(2020, 6, 10), prescription_date=None, booking_date=None),
+      ecg("B-2", "RX-BAD")], "B-1@RX-BAD/01", None, _OUTSIDE),
+    ("DELIVERY_BEFORE_PRESCRIPTION", "delivery_date", bad(prescription_date=date(2020, 8, 20)), "B-1@RX-BAD/01", None,
+     "la data di erogazione 2020-08-05 è precedente alla data di prescrizione 2020-08-20"),
+    ("BOOKING_AFTER_DELIVERY", "booking_date", bad(booking_date=date(2020, 8, 20)), "B-1@RX-BAD/01", None,
+     "la data di prenotazione 2020-08-20 è successiva alla data di erogazione 2020-08-05"),
+    ("BIRTH_AFTER_DELIVERY", "patient_birth_date", bad(patient_birth_date=date(2020, 8, 6)), "B-1@RX-BAD/01", None,
+     "la data di nascita 2020-08-06 è successiva alla data di erogazione 2020-08-05"),
+    ("UNKNOWN_SERVICE_CODE", "catalogue_code", bad(catalogue_code="89.99.9"), "B-1@RX-BAD/01", None,
+     "il codice prestazione 89.99.9 (codifica N) non è presente nel catalogo 2020"),
+    ("QUANTITY_NOT_POSITIVE", "quantity", bad(), "B-1@RX-BAD/01",
+     "UPDATE source_service SET quantity = 0 WHERE source_id = 'B-1'", "la quantità 0 è inferiore a 1"),
+    ("AMOUNT_NEGATIVE", "tariff", bad(), "B-1@RX-BAD/01",
+     "UPDATE source_service SET tariff = -1 WHERE source_id = 'B-1'", "la tariffa -1.00 è negativa"),
+    ("AMOUNT_NEGATIVE", "ticket", bad(), "B-1@RX-BAD/01",
+     "UPDATE source_service SET ticket = -1 WHERE source_id = 'B-1'", "il ticket -1.00 è negativo"),
+    ("AMOUNT_TOO_LARGE", "tariff", bad(catalogue_code="13.41", tariff=Decimal("903.42"), quantity=999),
+     "B-1@RX-BAD/01", None, "il totale di riga 999 x 903.42 = 902516.58 supera 99999.99"),
+    ("TARIFF_DIFFERS_FROM_CATALOGUE", "tariff", bad(tariff=Decimal("12.00"), ticket=Decimal("12.00")),
+     "B-1@RX-BAD/01", None, "la tariffa 12.00 è diversa dalla tariffa 11.62 del catalogo per la prestazione 89.52"),
+    ("TOO_MANY_SERVICES", "row_number",
+     [ecg(f"B-{i:02d}", "RX-BAD", catalogue_code="90.27.1", tariff=Decimal("1.17"),
+          ticket=Decimal("0.00") if i > 1 else Decimal("36.15")) for i in range(1, 100)], "B-99@RX-BAD/99", None,
+     "prestazione 99 della ricetta RX-BAD: una ricetta può avere al massimo 98 prestazioni"),
+    ("STRUCTURE_NOT_IN_ENTE", "structure_sts11", bad(structure_sts11="001101"), "B-1@RX-BAD/01", None,
+     "la struttura 001101 non è una struttura dell'ente 204"),
+    ("SURNAME_TOO_LONG", "patient_surname", bad(patient_surname="ROSSI DI SANTA MARIA CAPUA VETERE"),
+     "B-1@RX-BAD/01", None,
+     "il cognome ROSSI DI SANTA MARIA CAPUA VETERE ha 33 caratteri in ASCII: sarà troncato a 30"),
+    ("NAME_TOO_LONG", "patient_name", bad(patient_name="MARIO GENNARO SALVATORE"), "B-1@RX-BAD/01", None,
+     "il nome MARIO GENNARO SALVATORE ha 23 caratteri in ASCII: sarà troncato a 20"),
+    ("EXEMPTION_REQUIRED", "exemption_code", bad(ticket=Decimal("0.00")), "B-1@RX-BAD/99", None,
+     "nessun ticket pagato su 11.62 euro di prestazioni e nessun codice di esenzione"),
+    ("AMOUNT_ARITHMETIC", "ticket", bad(ticket=Decimal("50.00")), "B-1@RX-BAD/99", None,
+     "il ticket 50.00 supera il totale delle prestazioni 11.62 più la quota fissa di 10.00 euro"),
+    ("DUPLICATE_PRESCRIPTION_NUMBER", "prescription_number",
+     bad(prescription_number=_OK_NUMBER), "B-1@RX-BAD/99", None,
+     f"il numero ricetta {_OK_NUMBER} è già usato dalla ricetta RX-OK"),
+    ("PRESCRIPTION_FIELD_DIFFERS", "priority", [ecg("B-1", "RX-BAD"), ecg("B-2", "RX-BAD", priority="U")],
+     "B-1@RX-BAD/99", None, "le prestazioni della ricetta RX-BAD non riportano tutte la stessa classe di priorità"),
 ]
 
 
@@ -105,10 +133,11 @@ async def _load(pool: asyncpg.Pool, store: FileStore, flow: str = "FLUSSO_C", n:
     return await run_load(pool, store, 1946 + 2 * n - 1, 1946 + 2 * n, flow, "2020", "204", *AUGUST)
 
 
-@pytest.mark.parametrize(("code", "services", "key", "sql"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("code", "field", "services", "key", "sql", "message"), CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in CASES])
 async def test_a_record_breaking_the_check_is_named_and_its_clean_neighbour_is_not(
-        pool: asyncpg.Pool, tmp_path: Path, code: str, services: list[DeliveredService], key: str,
-        sql: str | None) -> None:
+        pool: asyncpg.Pool, tmp_path: Path, code: str, field: str, services: list[DeliveredService], key: str,
+        sql: str | None, message: str) -> None:
     async with pool.acquire() as conn:
         await store_services(conn, [ecg("A-1", "RX-OK"), *services])
         if sql:
@@ -116,7 +145,9 @@ async def test_a_record_breaking_the_check_is_named_and_its_clean_neighbour_is_n
     store = FileStore(tmp_path)
     outcome = await _load(pool, store)
     problems = _feedback(store, outcome)
-    assert (key, code) in {(p["record_key"], p["code"]) for p in problems}
+    named = {(p["record_key"], p["code"], p["field"]): p["message"] for p in problems}
+    assert (key, code, field) in named, named
+    assert named[(key, code, field)] == message  # what the operator reads: Italian, with the values
     assert [p for p in problems if "@RX-OK/" in p["record_key"]] == []
     severity = next(p["severity"] for p in problems if p["code"] == code)
     assert outcome.checked == (severity == "warning" and outcome.errors == 0)
@@ -131,7 +162,8 @@ async def test_a_load_with_planted_bad_records_fails_naming_exactly_those(pool: 
     named = {(p["record_key"], p["code"], p["field"]) for p in _feedback(store, outcome)}
     assert named == {(p.record_key, p.code, p.field) for p in generation.planted}
     assert not outcome.checked and (outcome.errors, outcome.warnings) == (12, 1)
-    assert outcome.summary.startswith("12 errors in 12 records: ")
+    assert outcome.summary.startswith("12 errori in 12 record: ") and "; 1 avviso: 1 x " in outcome.summary, \
+        outcome.summary
 
 
 async def test_clean_generated_data_is_checked_for_every_flow_type(pool: asyncpg.Pool, tmp_path: Path) -> None:
@@ -214,7 +246,8 @@ async def test_a_name_that_grows_past_its_field_in_ascii_gets_a_warning(pool: as
     problems = {(p["record_key"], p["code"], p["field"]): p["message"] for p in _feedback(store, outcome)}
     assert set(problems) == {("B-1@RX-GROWS/01", "SURNAME_TOO_LONG", "patient_surname"),
                              ("B-1@RX-GROWS/01", "NAME_TOO_LONG", "patient_name")}
-    assert "31 characters in ASCII: cut to 30" in problems[("B-1@RX-GROWS/01", "SURNAME_TOO_LONG", "patient_surname")]
+    assert problems[("B-1@RX-GROWS/01", "SURNAME_TOO_LONG", "patient_surname")] == \
+        f"il cognome {grows} ha 31 caratteri in ASCII: sarà troncato a 30"
     assert outcome.checked and outcome.warnings == 2
 
 
@@ -252,8 +285,9 @@ async def test_a_period_with_no_source_data_is_a_warning_the_operator_sees(pool:
     problems = _feedback(store, outcome)
     assert [(p["record_key"], p["field"], p["code"], p["severity"]) for p in problems] == [
         ("*", "period", "NO_SOURCE_DATA", "warning")]
-    assert "ente 204" in problems[0]["message"] and "2021-08-01..2021-08-31" in problems[0]["message"]
-    assert outcome.checked and outcome.warnings == 1 and outcome.summary == "1 warning: 1 x NO_SOURCE_DATA"
+    assert problems[0]["message"] == ("nessun dato di origine (prestazioni erogate) per l'ente 204 dal 2021-08-01 "
+                                      "al 2021-08-31: il caricamento è vuoto")
+    assert outcome.checked and outcome.warnings == 1 and outcome.summary == "1 avviso: 1 x NO_SOURCE_DATA"
 
 
 async def test_reference_data_is_copied_once_and_again_only_when_the_files_differ(pool: asyncpg.Pool) -> None:

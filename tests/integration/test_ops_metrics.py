@@ -35,7 +35,7 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
                                     version="2020", ente="201",
                                     period=flows.Period.model_validate({"start": "2026-10-01", "end": "2026-10-31"}),
                                     requested_by="op.rossi")
-        failed = flows.LoadFailed(instance=77, errors=2, summary="2 errors in 1 record: 2 x CF_CHECK_CHAR")
+        failed = flows.LoadFailed(instance=77, errors=2, summary="2 errori in 1 record: 2 x CF_CHECK_CHAR")
         rejected = flows.TsFeedbackReceived(instance=77, part=1, parts=1, outcome="rejected", reason="test")
         # published: the outbox rows wait (no relay runs here)
         await store.append(instance_stream(77), [

@@ -40,7 +40,7 @@ def histories() -> dict[int, list[flows.Payload | NewEvent]]:
             flows.FormatRequested(instance=1, requested_by="op.rossi"), flows.FormattingStarted(instance=1),
             flows.Formatted(instance=1, files=[file("C1_1.txt", "C1"), file("C2_1.txt", "C2", "c")])],
         2: [created(2, scheduled=True), created(2),
-            flows.LoadFailed(instance=2, source_instance=21, errors=3, summary="3 errors in 2 records",
+            flows.LoadFailed(instance=2, source_instance=21, errors=3, summary="3 errori in 2 record",
                              feedback=fed.model_copy(update={"name": "feedback_2.csv"})),
             flows.InstanceDeleted(instance=2, deleted_by="op.rossi", reason="loaded twice")],
         3: [created(3), flows.LoadChecked(instance=3, source_instance=31, counts={}),
@@ -64,7 +64,7 @@ def histories() -> dict[int, list[flows.Payload | NewEvent]]:
         # no feedback file: the bulk rebuild takes summary, errors and warnings from the columns it selects,
         # without decoding the payload
         7: [created(7), flows.LoadFailed(instance=7, source_instance=71, errors=2, warnings=1,
-                                         summary="2 errors in 1 record")],
+                                         summary="2 errori in 1 record")],
     }
 
 
@@ -78,7 +78,7 @@ async def test_the_bulk_rebuild_equals_the_inline_projection(pool: asyncpg.Pool)
     live = {r["instance"]: dict(r) for r in await pool.fetch("SELECT * FROM instance_list")}
     assert {i: r["state"] for i, r in live.items()} == {
         1: "Formatted", 2: "Deleted", 3: "Formatted", 5: "Running", 6: "Confirmed with errors", 7: "Failed loading"}
-    assert (live[7]["summary"], live[7]["errors"], live[7]["warnings"]) == ("2 errors in 1 record", 2, 1)
+    assert (live[7]["summary"], live[7]["errors"], live[7]["warnings"]) == ("2 errori in 1 record", 2, 1)
     assert live[2]["scheduled_at"] is not None and live[3]["summary"] == "disk full; retry"
     assert await pool.fetchval("SELECT kind FROM instance_files WHERE name = 'feedback_3.csv'") == "C1"
     assert await pool.fetchval("SELECT count(*) FROM instance_files") == 9  # the illegal Formatted of 5 too

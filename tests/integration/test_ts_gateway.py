@@ -188,7 +188,7 @@ async def test_a_zip_over_5_mb_is_refused_before_sending_and_by_ts_too(ts) -> No
     huge = zip_one(sample_730_xml(cert, ROSSI.cf_proprietario, documents=1, padding_documents=12_000),
                    compress=False)
     assert len(huge) > 5 * 1024 * 1024
-    with pytest.raises(ZipTooLarge, match="not sent") as refused:
+    with pytest.raises(ZipTooLarge, match="superano il limite di 5242880 byte; non inviato") as refused:
         await client.invia_file(ROSSI, "730_1947_p1_huge.zip", huge)
     assert refused.value.code == "108"
     assert (await _admin(url, "/__sim/submissions"))["intake_calls"] == 0
@@ -312,7 +312,8 @@ async def test_a_wrong_password_ends_the_part_rejected_with_the_reason_and_no_re
     part = await _runner(ledger, client).send_with_retry(wrong, key, zip_bytes)
 
     assert (part.state, part.protocollo, part.attempts) == (PartState.REJECTED, None, 1)
-    assert part.reason is not None and "HTTP 401" in part.reason and "user or password" in part.reason
+    assert part.reason == ("Sistema TS ha rifiutato l'utente o la password (HTTP 401, inviaFileMtom): inviare di "
+                           "nuovo l'istanza con le credenziali corrette")
     assert "Wrong-Password-77" not in part.reason
     assert (await _admin(url, "/__sim/submissions"))["intake_calls"] == 0  # refused before intake, once
 
@@ -517,7 +518,8 @@ async def test_a_box_whose_key_is_gone_ends_the_request_rejected_naming_the_key_
     outcome = (await _history(gateway, 4102))[-1]
     assert outcome[0] == "flows.ts-feedback-received" and outcome[1]["instance_outcome"] == "rejected"
     assert f"sealed to key {first}, which this gateway does not hold" in outcome[1]["reason"]
-    assert outcome[1]["reason"].endswith("send the instance again")
+    assert outcome[1]["reason"].startswith("le credenziali di questa richiesta non si possono più aprire (")
+    assert outcome[1]["reason"].endswith("; inviare di nuovo l'istanza")
     assert await _boxes(gateway) == {} and await _sends(gateway.url) == 0
 
 

@@ -66,7 +66,8 @@ def test_engine_reports_a_too_long_prescriber_naming_record_and_field() -> None:
     problem = log.errors[0]
     assert problem.field == "C1.prescriber"
     assert problem.code == "TOO_LONG"
-    assert "CUP-RX1-1" in problem.record and "RX1 row 01" in problem.record
+    assert problem.record == "source_id CUP-RX1-1 (prescription_id RX1 riga 01)"
+    assert problem.message == "'DOTT-GENNARO-ESPO' ha 17 caratteri, il campo ne contiene 16"  # for the operators
 
 
 def test_engine_cuts_a_long_surname_and_warns() -> None:

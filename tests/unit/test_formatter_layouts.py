@@ -55,16 +55,48 @@ def test_a_new_layout_version_is_only_a_data_file(tmp_path: Path) -> None:
     (tmp_path / "FLUSSO_C").mkdir()
     text = (DEFAULT_ROOT / "FLUSSO_C" / "2020.toml").read_text().replace('version = "2020"', 'version = "2021"')
     text = text.replace(
-        '{ name = "error_flags", start = 68, length = 10, type = "AN", constant = "0000000000", '
-        'notes = "ERR01..ERR10" },',
-        '{ name = "error_flags", start = 68, length = 5, type = "AN", constant = "00000" },\n'
+        '{ name = "error_flags", label = "Codici errore ERR01-ERR10", start = 68, length = 10, type = "AN", '
+        'constant = "0000000000", notes = "ERR01..ERR10" },',
+        '{ name = "error_flags", label = "Codici errore", start = 68, length = 5, type = "AN", constant = "00000" },\n'
         '  { name = "lot", start = 73, length = 5, type = "AN", constant = "L2021" },')
+    assert "L2021" in text
     (tmp_path / "FLUSSO_C" / "2021.toml").write_text(text)
     layout = LayoutRegistry(tmp_path).get("FLUSSO_C", "2021")
     out = ChunkFormatter(layout, ProblemLog()).format(table([service("RX1", 1)]))
     rows = list(iter_table(layout, "C2", out.records["C2"].tobytes().splitlines()))
     assert [(r["lot"], r["error_flags"], r["row_number"]) for r in rows] == [("L2021", "00000", 1),
                                                                             ("L2021", "00000", 99)]
+    assert [f.title for f in layout.record("C2").fields][13:16] == ["Codici errore", "lot", "ID"]  # no label: name
+
+
+def test_every_field_of_every_shipped_layout_has_its_italian_label() -> None:
+    """The operators read a file as a table titled by these labels: none may be missing or be the identifier."""
+    for flow_type, version in LayoutRegistry().available():
+        for record in load_layout(flow_type, version).records:
+            unlabelled = [f.name for f in record.fields if f.label is None or f.label == f.name]
+            assert unlabelled == [], (flow_type, version, record.kind, unlabelled)
+            assert len({f.title for f in record.fields}) == len(record.fields)
+    c2 = load_layout("FLUSSO_C", "2020").record("C2")
+    assert [c2.field(n).title for n in ("charging_region", "sending_asl", "prescription_number", "row_number",
+                                        "service_date")] == ["Regione addebitante", "Azienda inviante",
+                                                             "Numero ricetta", "Progressivo riga", "Data erogazione"]
+
+
+def test_a_field_without_a_label_is_titled_by_its_name() -> None:
+    fields = [{"name": "a", "start": 1, "length": 2, "type": "AN", "filler": True},
+              {"name": "b", "label": "Campo B", "start": 3, "length": 3, "type": "AN", "filler": True}]
+    (record,) = parse_layout(tiny(fields)).records
+    assert [(f.label, f.title) for f in record.fields] == [(None, "a"), ("Campo B", "Campo B")]
+
+
+@pytest.mark.parametrize(("label", "error"), [("", "label '' must be a non-empty text"),
+                                              (7, "label 7 must be a non-empty text"),
+                                              ("a", "title 'a' repeats another field's")])
+def test_a_label_that_cannot_title_a_column_is_rejected_naming_the_field(label: object, error: str) -> None:
+    fields = [{"name": "a", "start": 1, "length": 2, "type": "AN", "filler": True},
+              {"name": "b", "label": label, "start": 3, "length": 3, "type": "AN", "filler": True}]
+    with pytest.raises(LayoutError, match=f"field 'b': {error}"):
+        parse_layout(tiny(fields))
 
 
 def test_a_layout_file_must_be_named_after_its_flow_type_and_version(tmp_path: Path) -> None:

@@ -51,14 +51,16 @@ def test_more_than_98_services_in_one_prescription_is_an_error() -> None:
     log = ProblemLog()
     ChunkFormatter(FLUSSO_C, log).format(table([service("BIG", i) for i in range(1, 100)]))
     assert {e.code for e in log.errors} == {"TOO_MANY_ROWS", "BAD_ROW_NUMBER"}
-    assert any(e.record == "prescription_id BIG" for e in log.errors)
+    assert [e.message for e in log.errors if e.record == "prescription_id BIG"] == [
+        "99 prestazioni: al massimo 98 per prescription_id"]
 
 
 def test_a_repeated_row_number_is_an_error() -> None:
     log = ProblemLog()
     ChunkFormatter(FLUSSO_C, log).format(table([service("RX1", 1), service("RX1", 1, source_id="CUP-DUP")]))
-    assert [(e.code, e.record) for e in log.errors] == [
-        ("BAD_ROW_NUMBER", "source_id CUP-DUP (prescription_id RX1 row 01)")]
+    assert [(e.code, e.record, e.message) for e in log.errors] == [
+        ("BAD_ROW_NUMBER", "source_id CUP-DUP (prescription_id RX1 riga 01)",
+         "il progressivo riga 1 si ripete o torna indietro nel suo gruppo")]
 
 
 def test_c1_personal_data_repeats_on_row_99() -> None:

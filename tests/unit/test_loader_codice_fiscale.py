@@ -90,3 +90,20 @@ def test_short_lower_case_and_misplaced_codes_are_format_errors() -> None:
 
 def test_stp_codes_of_foreigners_are_not_codici_fiscali_and_pass() -> None:
     assert check_codici_fiscali(["STP1500000000123"], ["M"], [date(1990, 5, 5)]) == []
+
+
+def test_each_finding_tells_the_operator_in_italian_what_is_wrong_and_what_was_expected() -> None:
+    """The message lands in the feedback the operators read: Italian, naming the code, the wrong value and the
+    expected one (the code CF_* stays an identifier)."""
+    wrong_check = ROSSI_MARIO[:15] + "X"
+    findings = check_codici_fiscali([wrong_check, "RSSMRA80A01F839", "RSSMRA80Z01F839W", ROSSI_MARIO, ROSSI_MARIO],
+                                    ["M", "M", "M", "F", "M"],
+                                    [date(1980, 1, 1)] * 4 + [date(1980, 1, 2)])
+    assert [(f.code, f.message) for f in findings] == [
+        ("CF_CHECK_CHAR", "il carattere di controllo del codice fiscale RSSMRA80A01F839X dovrebbe essere W, non X"),
+        ("CF_FORMAT", "il codice fiscale 'RSSMRA80A01F839' non è di 16 caratteri ASCII"),
+        ("CF_FORMAT", "il codice fiscale RSSMRA80Z01F839W non è formalmente corretto (lettere, cifre, mese o giorno "
+                      "in posizioni sbagliate)"),
+        ("CF_SEX_MISMATCH", "il codice fiscale RSSMRA80A01F839W non corrisponde al sesso F"),
+        ("CF_BIRTH_MISMATCH", "il codice fiscale RSSMRA80A01F839W non corrisponde alla data di nascita 1980-01-02"),
+    ]

@@ -142,6 +142,9 @@ def test_two_candidate_sends_go_to_an_operator_instead_of_a_resend() -> None:
     decision = decide_recovery(_sending(), [_record("26012010000100001", 1), _record("26012010000100002", 3)], set())
     assert isinstance(decision, AskOperator)
     assert "26012010000100001" in decision.reason and "26012010000100002" in decision.reason
+    # the operators read it: Italian, saying what they must decide
+    assert decision.reason.startswith("istanza 1947 parte 1: Sistema TS elenca 2 invii con ")
+    assert decision.reason.endswith("un operatore deve indicare quale è il nostro")
 
 
 def test_day_only_dates_match_from_the_day_of_the_attempt() -> None:

@@ -235,7 +235,13 @@ def test_an_invalid_document_is_reported_by_source_id_and_field_and_the_others_s
     assert [(p.source_id, p.field) for p in writer.problems] == [
         ("CUP-ZERO", "items[0].amount"), ("CUP-BADVAT", "issuer_vat"), ("CUP-NOCF", "patient_cf"),
         ("CUP-FLAG", "items[0].flag_spending_type")]
-    assert "payment document CUP-ZERO, field items[0].amount" in str(writer.problems[0])
+    # what the operator reads in the Format failed: Italian around the record and the field
+    assert [str(p) for p in writer.problems] == [
+        "documento di spesa CUP-ZERO, campo items[0].amount: l'importo 0.00 è fuori dall'intervallo 0.01-99999.99",
+        "documento di spesa CUP-BADVAT, campo issuer_vat: la cifra di controllo della partita IVA è errata",
+        "documento di spesa CUP-NOCF, campo patient_cf: manca e il paziente non si è opposto (flagOpposizione 0)",
+        "documento di spesa CUP-FLAG, campo items[0].flag_spending_type: '2' non è ammesso con tipoSpesa 'TK' "
+        "(1 richiede TK, 2 richiede SR)"]
     assert [p.records for p in writer.parts] == [4]
 
 
