@@ -217,13 +217,13 @@ async def test_an_administrators_disable_ends_an_operators_open_stream_at_once( 
         instance = await console.instance("201")
         browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
-            operator = await (await browser.new_context(locale="it-IT")).new_page()
+            operator = await (await italian_context(browser)).new_page()
             await _log_in(operator, console.url, "op.201")
             subscriptions = _subscriptions(operator)
             await operator.goto(f"{console.url}/istanze/{instance}")
             await operator.wait_for_function(f"() => ({LIVE})() === 'ready'", timeout=30_000)
 
-            admin = await (await browser.new_context(locale="it-IT")).new_page()
+            admin = await (await italian_context(browser)).new_page()
             await _log_in(admin, console.url, "adm.1")
             async with admin.expect_navigation():
                 await admin.click("tr[data-utente='op.201'] button")
