@@ -137,10 +137,6 @@ def users_api_key(label: str,
                   ente: Annotated[list[str], typer.Option(help="an entity the key may read and act on (repeatable)")],
                   ) -> None:
     """A new API key for a machine client, bound to its enti; printed once, stored hashed; its issue is recorded."""
-    try:
-        auth.check_api_key(label, ente)
-    except auth.UserInputError as exc:
-        raise UserError(str(exc)) from exc
     key = _with_users(lambda pool: auth.add_api_key(pool, label, ente, by=_by()))
     key_id = key.partition(".")[0].removeprefix("fk_")
     console.print(f"API key {key_id} for {label} (enti {', '.join(sorted(set(ente)))}); it is shown only now:")
