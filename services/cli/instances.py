@@ -76,6 +76,8 @@ def print_outcome(row: asyncpg.Record) -> None:
         console.print(f"  [yellow]{row['warnings']} warnings[/]: `flows feedback {row['instance']}` lists them")
     if state == "Failed loading":
         console.print(f"  every bad record is in the feedback: `flows feedback {row['instance']}`")
+    if row["deleted_by"]:
+        console.print(f"  deleted by {row['deleted_by']}: {row['deletion_reason'] or 'no reason given'}")
 
 
 def load_request(flow_type: str, ente: str, start: date, end: date, version: str, at: datetime | None,

@@ -1590,11 +1590,15 @@ async def user_password(ctx: Ctx) -> Response:
 
 # ---------------------------------------------------------------- JSON API
 def _instance_json(row: asyncpg.Record) -> dict[str, Any]:
+    """An instance as the API gives it: values, no sentences of ours. `summary` is the text of the instance's last
+    outcome as its producer wrote it (a failed load's '3 errori in 2 record', a format failure's reasons, Sistema
+    TS's reason), or null; a deletion is `deleted_by` and `deletion_reason` (null when none was given), null
+    while the instance is not deleted."""
     return {"instance": row["instance"], "flow_type": row["flow_type"], "version": row["version"],
             "ente": row["ente"], "source_instance": row["source_instance"], "created_at": row["created_at"].isoformat(),
             "period_start": row["period_start"].isoformat(), "period_end": row["period_end"].isoformat(),
             "state": row["state"], "counts": row["counts"], "errors": row["errors"], "warnings": row["warnings"],
-            "summary": row["summary"]}
+            "summary": row["summary"], "deleted_by": row["deleted_by"], "deletion_reason": row["deletion_reason"]}
 
 
 @route(api, "GET", "/istanze", LIST_INSTANCES, "api")

@@ -137,7 +137,7 @@ def render(data: ReportData, out: Path, generated_by: str) -> None:
     story.append(p(f"Stream {data.stream}, {len(data.events)} events. Generated {now:%Y-%m-%d %H:%M:%S} UTC "
                    f"by {generated_by}.", "body"))
     if data.state:
-        keys = ("flow_type", "ente", "period_start", "period_end", "state", "summary")
+        keys = ("flow_type", "ente", "period_start", "period_end", "state", "summary", "deleted_by", "deletion_reason")
         story.append(p("; ".join(f"{k}: {data.state[k]}" for k in keys if data.state.get(k) is not None), "body"))
 
     story += [p("History", "h2")]

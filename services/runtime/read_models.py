@@ -4,6 +4,12 @@ Both are projections of the `instance-<n>` streams, applied inline in the append
 every service that writes those streams (so `flows instances` reads its writes), and rebuildable
 by `flows replay`. Every column derives from the events alone (times are `recorded_at`, never
 now()), which is what makes a rebuild equal to the live table.
+
+The rows keep data, not sentences: the pages and the CLI write the words, each in its reader's language (the
+console Italian, the CLI English). `summary` is the text the event that last had one carries (a failed load's
+summary, a format failure's reasons, Sistema TS's reason), as its producer wrote it; a deletion has none and
+leaves it as it was. A deletion is `deleted_by` and `deletion_reason` (the reason as given, NULL when none was),
+as the `flows.instance-deleted` event has them (migration 0072 moved the rows written before into that shape).
 """
 
 from __future__ import annotations
@@ -78,7 +84,9 @@ class InstanceList:
                 summary         text,
                 last_event      text NOT NULL,
                 events          integer NOT NULL,
-                request_id      uuid
+                request_id      uuid,
+                deleted_by      text,
+                deletion_reason text
             );
             CREATE INDEX IF NOT EXISTS instance_list_request_id ON instance_list (request_id)""",
         "instance_files": """
@@ -112,11 +120,12 @@ class InstanceList:
                    source_instance = coalesce($4, source_instance),
                    counts = coalesce($5, counts), errors = coalesce($6, errors),
                    warnings = coalesce($7, warnings), summary = coalesce($8, summary),
-                   last_event = $9, events = events + 1
+                   last_event = $9, events = events + 1, deleted_by = coalesce($10, deleted_by),
+                   deletion_reason = CASE WHEN $10::text IS NULL THEN deletion_reason ELSE $11 END
                WHERE instance = $1 RETURNING true""",
             instance, _moves(event.type, data.get("instance_outcome")), event.recorded_at,
             data.get("source_instance"), data.get("counts"), data.get("errors"), data.get("warnings"),
-            _summary(event), event.type)
+            _summary(event), event.type, *(_deletion_of(event.type, data) or (None, None)))
         if not found:
             return  # an event of an instance this read model never saw created: nothing to attach to
         for file in _files_of(event):
@@ -157,15 +166,16 @@ _STAGE_INSTANCES = f"""
 CREATE TEMP TABLE {_STAGING} (instance bigint, flow_type text, version text, ente text, source_instance bigint,
                               created_at timestamptz, period_start text, period_end text, state text,
                               state_since timestamptz, requested_by text, scheduled_at text, counts text,
-                              errors int, warnings int, summary text, last_event text, events int, request_id text)
+                              errors int, warnings int, summary text, last_event text, events int, request_id text,
+                              deleted_by text, deletion_reason text)
 """
 _WRITE_INSTANCES = f"""
 INSERT INTO instance_list (instance, flow_type, version, ente, source_instance, created_at, period_start, period_end,
                            state, state_since, requested_by, scheduled_at, counts, errors, warnings, summary,
-                           last_event, events, request_id)
+                           last_event, events, request_id, deleted_by, deletion_reason)
 SELECT u.instance, u.flow_type, u.version, u.ente, u.source_instance, u.created_at, u.period_start::date,
        u.period_end::date, u.state, u.state_since, u.requested_by, u.scheduled_at::timestamptz, u.counts::jsonb,
-       u.errors, u.warnings, u.summary, u.last_event, u.events, u.request_id::uuid
+       u.errors, u.warnings, u.summary, u.last_event, u.events, u.request_id::uuid, u.deleted_by, u.deletion_reason
 FROM {_STAGING} AS u
 """
 _FILE_COLUMNS = ("instance", "name", "kind", "records", "bytes", "sha256", "media_type", "part", "added_at")
@@ -203,7 +213,8 @@ class InstanceListRebuild:
                         "source_instance": None, "created_at": at, "period_start": period_start,
                         "period_end": period_end, "state": created, "state_since": at, "requested_by": requested_by,
                         "scheduled_at": scheduled_at, "counts": None, "errors": None, "warnings": None,
-                        "summary": None, "last_event": kind, "events": 1, "request_id": request_id}
+                        "summary": None, "last_event": kind, "events": 1, "request_id": request_id,
+                        "deleted_by": None, "deletion_reason": None}
                 else:
                     row.update(state=created, state_since=at, last_event=kind, events=row["events"] + 1)
                 continue
@@ -224,8 +235,11 @@ class InstanceListRebuild:
                 row["errors"] = errors
             if warnings is not None:
                 row["warnings"] = warnings
-            if doc is not None:  # the payload whole: the summary and the files as feed() finds them
+            if doc is not None:  # the payload whole: the summary, the deletion and the files as feed() finds them
                 summary = _summary_of(kind, doc)
+                deletion = _deletion_of(kind, doc)
+                if deletion is not None:
+                    row["deleted_by"], row["deletion_reason"] = deletion
                 for file in _files_in(doc):
                     files[(instance, file["name"])] = (
                         instance, file["name"], file["kind"], file["records"], file["bytes"], file["sha256"],
@@ -250,7 +264,8 @@ class InstanceListRebuild:
                     "period_start": data["period"]["start"], "period_end": data["period"]["end"], "state": created,
                     "state_since": event.recorded_at, "requested_by": data["requested_by"],
                     "scheduled_at": data.get("scheduled_at"), "counts": None, "errors": None, "warnings": None,
-                    "summary": None, "last_event": event.type, "events": 1, "request_id": data.get("request_id")}
+                    "summary": None, "last_event": event.type, "events": 1, "request_id": data.get("request_id"),
+                    "deleted_by": None, "deletion_reason": None}
             else:  # ON CONFLICT DO UPDATE
                 row.update(state=created, state_since=event.recorded_at, last_event=event.type,
                            events=row["events"] + 1)
@@ -273,6 +288,9 @@ class InstanceListRebuild:
         summary = _summary(event)
         if summary is not None:
             row["summary"] = summary
+        deletion = _deletion_of(event.type, data)
+        if deletion is not None:
+            row["deleted_by"], row["deletion_reason"] = deletion
         row["last_event"] = event.type
         row["events"] += 1
         for file in _files_of(event):  # ON CONFLICT (instance, name) DO UPDATE: the later one wins
@@ -286,7 +304,7 @@ class InstanceListRebuild:
             (r["instance"], r["flow_type"], r["version"], r["ente"], r["source_instance"], r["created_at"],
              r["period_start"], r["period_end"], r["state"].value, r["state_since"], r["requested_by"],
              r["scheduled_at"], c if c is None or isinstance(c, text) else dumps(c), r["errors"], r["warnings"],
-             r["summary"], r["last_event"], r["events"], r["request_id"])
+             r["summary"], r["last_event"], r["events"], r["request_id"], r["deleted_by"], r["deletion_reason"])
             for r in self._rows.values() for c in (r["counts"],)]
         await conn.execute(f"DROP TABLE IF EXISTS pg_temp.{_STAGING}")
         await conn.execute(_STAGE_INSTANCES)
@@ -326,7 +344,7 @@ def _literal(text: str) -> str:
 
 # InstanceListRebuild.columns. The creating events' columns as apply reads them (data[...] as text, ->> of JSON
 # null is NULL as .get() is None); jsonb counts stay text (::jsonb again at the write: the same value). The
-# whole payload (doc) only where Python must look: the three types whose summary is made, any event whose
+# whole payload (doc) only where Python must look: the types whose summary or deletion is made, any event whose
 # files / feedback / errors_file / receipt_file may hold a file (neither missing, null nor []: models dump
 # their None fields), a summary that is not a string; else the summary is
 # the string, '' being no summary (``str(summary) if summary else None``).
@@ -355,14 +373,24 @@ def _summary(event: StoredEvent) -> str | None:
 
 
 def _summary_of(kind: str, data: dict[str, Any]) -> str | None:
+    """The event's own text for the `summary` column, or None (the column keeps what it had): a deletion has no
+    summary (it is `_deletion_of`'s data). Migration 0072 repeats this in SQL for the rows written before it."""
     if kind == _FORMAT_FAILED:
         return "; ".join(data.get("reasons", []))[:1000]
     if kind == _TS_FEEDBACK and data.get("reason"):
         return str(data["reason"])[:1000]
     if kind == _DELETED:
-        return f"deleted by {data.get('deleted_by')}: {data.get('reason') or 'no reason given'}"
+        return None
     summary = data.get("summary")
     return str(summary) if summary else None
+
+
+def _deletion_of(kind: str, data: dict[str, Any]) -> tuple[str, str | None] | None:
+    """(deleted_by, reason) of a deletion as its event has them (no reason: None), None for any other event."""
+    if kind != _DELETED:
+        return None
+    reason = data.get("reason")
+    return str(data.get("deleted_by")), (str(reason) if reason else None)
 
 
 def _files_of(event: StoredEvent) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
 """The instance list's bulk rebuild (folded in memory, written set-based) leaves exactly the rows the inline,
-event-by-event projection left: every lifecycle path, files replaced by name, illegal and orphan events."""
+event-by-event projection left: every lifecycle path, files replaced by name, illegal and orphan events, a
+deletion kept as data (who, the reason or none) beside the summary it leaves as it was."""
 
 from __future__ import annotations
 
@@ -65,6 +66,14 @@ def histories() -> dict[int, list[flows.Payload | NewEvent]]:
         # without decoding the payload
         7: [created(7), flows.LoadFailed(instance=7, source_instance=71, errors=2, warnings=1,
                                          summary="2 errori in 1 record")],
+        # deleted without a reason, with no summary before it
+        8: [created(8), flows.LoadChecked(instance=8, source_instance=81, counts={"services": 4}),
+            flows.InstanceDeleted(instance=8, deleted_by="op.bianchi")],
+        # deleted after a format failure, then an (illegal) late outcome with a summary of its own
+        9: [created(9), flows.LoadChecked(instance=9, source_instance=91, counts={}),
+            flows.FormattingStarted(instance=9), flows.FormatFailed(instance=9, reasons=["disco pieno"]),
+            flows.InstanceDeleted(instance=9, deleted_by="op.rossi", reason="doppione"),
+            flows.LoadFailed(instance=9, errors=1, summary="1 errore in 1 record")],
     }
 
 
@@ -77,8 +86,15 @@ async def test_the_bulk_rebuild_equals_the_inline_projection(pool: asyncpg.Pool)
             await store.append(instance_stream(instance), [event], expected_version=version, key=str(instance))
     live = {r["instance"]: dict(r) for r in await pool.fetch("SELECT * FROM instance_list")}
     assert {i: r["state"] for i, r in live.items()} == {
-        1: "Formatted", 2: "Deleted", 3: "Formatted", 5: "Running", 6: "Confirmed with errors", 7: "Failed loading"}
+        1: "Formatted", 2: "Deleted", 3: "Formatted", 5: "Running", 6: "Confirmed with errors", 7: "Failed loading",
+        8: "Deleted", 9: "Deleted"}
     assert (live[7]["summary"], live[7]["errors"], live[7]["warnings"]) == ("2 errori in 1 record", 2, 1)
+    # A deletion is data, and the summary stays the last outcome's own text (no sentence of the read model's).
+    deletions = {i: (r["summary"], r["deleted_by"], r["deletion_reason"]) for i, r in live.items()}
+    assert deletions[2] == ("3 errori in 2 record", "op.rossi", "loaded twice")
+    assert deletions[8] == (None, "op.bianchi", None)
+    assert deletions[9] == ("1 errore in 1 record", "op.rossi", "doppione")
+    assert deletions[7] == ("2 errori in 1 record", None, None)
     assert live[2]["scheduled_at"] is not None and live[3]["summary"] == "disk full; retry"
     assert await pool.fetchval("SELECT kind FROM instance_files WHERE name = 'feedback_3.csv'") == "C1"
     assert await pool.fetchval("SELECT count(*) FROM instance_files") == 9  # the illegal Formatted of 5 too

@@ -1,0 +1,98 @@
+"""The read models keep data; the pages and the CLI write the words, each in its reader's language. A deleted
+instance: its row has who deleted it and why (or no reason), its summary stays the load's own; the console's page
+says it in Italian ("Cancellata da op.201: caricata due volte"), the API gives the values, `flows show` says it in
+English. On the real console, PostgreSQL and the CLI as a process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.console_support import ROLE_USERS, RunningConsole, running_console
+from tests.stack_urls import KAFKA
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
+        await running.add_users()
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _client(console: RunningConsole, role: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+        assert (await console.login(client, ROLE_USERS[role][0])).status_code == 303
+        yield client
+
+
+async def _flows(console: RunningConsole, *args: str) -> str:
+    """`flows ARGS` as a process on the console's database: its output (it must succeed)."""
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "services.cli.main", *args], capture_output=True, text=True, cwd=REPO,
+        timeout=120, env={**os.environ, "DATABASE_URL": console.settings.database_url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA,
+                          "COLUMNS": "250"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _dd(page: str, term: str) -> str:
+    """The text of the page's <dd> after the <dt> `term` (unescaped)."""
+    after = page.split(f">{term}</dt>", 1)[1]
+    return html.unescape(after.split("<dd", 1)[1].split(">", 1)[1].split("</dd>", 1)[0])
+
+
+async def test_a_deleted_instance_is_written_in_italian_on_the_page_from_the_read_models_data(
+        console: RunningConsole) -> None:
+    failed = ("flows.load-failed", {"source_instance": 5, "errors": 3, "warnings": 0,
+                                    "summary": "3 errori in 2 record"})
+    with_reason = await console.instance("201", [failed, ("flows.instance-deleted",
+                                                          {"deleted_by": "op.201", "reason": "caricata due volte"})])
+    without = await console.instance("201", [("flows.load-checked", {"source_instance": 6, "counts": {}}),
+                                             ("flows.instance-deleted", {"deleted_by": "op.201"})])
+    alive = await console.instance("201", [failed])
+
+    rows = {r["instance"]: r for r in await console.pool.fetch(
+        "SELECT instance, summary, deleted_by, deletion_reason FROM instance_list")}
+    assert tuple(rows[with_reason])[1:] == ("3 errori in 2 record", "op.201", "caricata due volte")
+    assert tuple(rows[without])[1:] == (None, "op.201", None)
+    assert tuple(rows[alive])[1:] == ("3 errori in 2 record", None, None)
+
+    async with _client(console, "operator") as client:
+        page = (await client.get(f"{console.url}/istanze/{with_reason}")).text
+        assert _dd(page, "Errori, avvisi") == "3 errori, 0 avvisi: 3 errori in 2 record"  # the load's own summary
+        assert _dd(page, "Cancellazione") == "Cancellata da op.201: caricata due volte"
+        assert "deleted by" not in page and "no reason given" not in page
+        page = (await client.get(f"{console.url}/istanze/{without}")).text
+        assert _dd(page, "Errori, avvisi") == "0 errori, 0 avvisi"
+        assert _dd(page, "Cancellazione") == "Cancellata da op.201 (nessun motivo indicato)"
+        page = (await client.get(f"{console.url}/istanze/{alive}")).text
+        assert "Cancellazione" not in page and "Cancellata da" not in page
+
+        # The API: the same values, no sentence.
+        got = (await client.get(f"{console.url}/api/istanze/{with_reason}")).json()
+        assert (got["summary"], got["deleted_by"], got["deletion_reason"]) == (
+            "3 errori in 2 record", "op.201", "caricata due volte")
+        listed = {i["instance"]: i for i in (await client.get(f"{console.url}/api/istanze")).json()["items"]}
+        assert (listed[without]["summary"], listed[without]["deleted_by"], listed[without]["deletion_reason"]) == (
+            None, "op.201", None)
+        assert (listed[alive]["deleted_by"], listed[alive]["deletion_reason"]) == (None, None)
+
+    # The CLI writes its own English from the same row.
+    shown = await _flows(console, "show", str(with_reason))
+    assert "deleted by op.201: caricata due volte" in shown and "3 errors: 3 errori in 2 record" in shown
+    assert "deleted by op.201: no reason given" in await _flows(console, "show", str(without))
+    assert "deleted by" not in await _flows(console, "show", str(alive))
