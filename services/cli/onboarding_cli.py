@@ -16,7 +16,7 @@ writes to the event store directly; the events reach Kafka through the outbox.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -280,7 +280,7 @@ def status_cmd(
                         f"{r['compliant']}/{r['required']}",
                         r["taken_on"],
                         _span(r["expected_from"], r["expected_to"]),
-                        " ".join(str(x) for x in (r["switch_date"], r["switch_window"]) if x),
+                        _switch(r),
                     )
                     for r in rows
                 ],
@@ -292,6 +292,14 @@ def status_cmd(
 
 def _span(start: object, end: object) -> str:
     return f"{start} .. {end}" if start else ""
+
+
+def _switch(row: Mapping[str, Any]) -> str:
+    """The dashboard's switch column from the row's data: the scheduled slot, or a refusal's earliest valid slot
+    (its reasons are the onboarding service's Italian sentences: `onboarding status REQUEST` prints them)."""
+    if row["proposed_date"] is not None:
+        return f"refused; earliest valid {row['proposed_date']} {row['proposed_window']}"
+    return " ".join(str(x) for x in (row["switch_date"], row["switch_window"]) if x)
 
 
 def _print_request(req: onboarding.OnboardingRequest) -> None:

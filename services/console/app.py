@@ -160,6 +160,15 @@ def event_detail(event_type: str, data: Mapping[str, Any]) -> str:
     return ""
 
 
+def switch_proposal(day: date | None, window: str | None) -> str:
+    """A refused switch's earliest valid slot, from the dashboard's data (`proposed_date`, `proposed_window`), in the
+    desk's words: "prima data valida lunedì 21/09/2026, 08:30-10:30"."""
+    if day is None or not window:
+        return ""
+    start, _, end = window.partition("-")
+    return f"prima data valida {_slot_text(day, start, end)}"
+
+
 # A load's counts (services.loader.pipeline: what each snapshot table counts).
 COUNT_LABELS = {"services": "prestazioni", "prescriptions": "ricette", "patients": "assistiti",
                 "bookings": "prenotazioni", "payment_documents": "documenti di spesa"}
@@ -241,7 +250,7 @@ templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state
                              document_label=document_label,
                              onboarding_kind_label=lambda k: ONBOARDING_KIND_LABELS.get(k, k),
                              onboarding_status_label=lambda k: ONBOARDING_STATUS_LABELS.get(k, k),
-                             onboarding_statuses=ONBOARDING_STATUS_LABELS)
+                             onboarding_statuses=ONBOARDING_STATUS_LABELS, switch_proposal=switch_proposal)
 
 
 SECURITY_HEADERS = [

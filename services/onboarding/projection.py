@@ -6,6 +6,14 @@ every value comes from the events, `updated_at` included (the event's `recorded_
 
 Status follows the last milestone: documents-awaited -> incomplete / non-compliant -> complete ->
 taken-in-charge -> switch-scheduled | switch-refused.
+
+The rows keep data, not sentences: the console writes the Italian words, `onboarding status` its English. A
+scheduled switch is `switch_date`, `switch_window` ("HH:MM-HH:MM") and `switch_note` (the event's own warning, or
+NULL); a refused one is `switch_refused_reasons` (the reasons as the event has them, a JSON list of the onboarding
+service's Italian sentences: the event carries no codes), `proposed_date` and `proposed_window` (the earliest valid
+slot), with the scheduled columns NULL; a later scheduled switch clears the refusal's columns. The live table's DDL
+is migration 0040 then 0073, which added the refusal's columns and moved the rows written before into them (they
+had the refusal as one Italian note in `switch_note`).
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from services.runtime.migrations import MIGRATIONS_DIR
 
 TABLE = "onboarding_dashboard"
 MIGRATION = MIGRATIONS_DIR / "0040_onboarding_dashboard.sql"
+# The switch refusal's columns (ALTER TABLE ... IF NOT EXISTS, then a move of rows in the old shape: none in a new
+# or rebuilt table): part of the DDL, so the rebuilt table has the live one's columns.
+MIGRATION_REFUSAL = MIGRATIONS_DIR / "0073_onboarding_switch_refusal.sql"
 
 _TOUCH = "last_version = $2, updated_at = $3"
 
@@ -39,7 +50,8 @@ class DashboardProjection:
 
     def __init__(self) -> None:
         # One DDL for the live table (the migration) and for rebuilds: they cannot drift apart.
-        self.tables: Mapping[str, str] = {TABLE: MIGRATION.read_text(encoding="utf-8")}
+        self.tables: Mapping[str, str] = {
+            TABLE: MIGRATION.read_text(encoding="utf-8") + "\n" + MIGRATION_REFUSAL.read_text(encoding="utf-8")}
 
     def rebuilder(self) -> DashboardRebuild:
         return DashboardRebuild()
@@ -102,7 +114,8 @@ class DashboardProjection:
         elif kind == "switch-scheduled":
             await conn.execute(
                 f"UPDATE {TABLE} SET {_TOUCH}, status = 'switch-scheduled', switch_date = $4, "
-                "switch_window = $5, switch_note = $6 WHERE request_id = $1",
+                "switch_window = $5, switch_note = $6, switch_refused_reasons = NULL, proposed_date = NULL, "
+                "proposed_window = NULL WHERE request_id = $1",
                 rid,
                 v,
                 at,
@@ -111,14 +124,16 @@ class DashboardProjection:
                 d.get("warning"),
             )
         elif kind == "switch-refused":
-            proposal = _proposal(d)
             await conn.execute(
                 f"UPDATE {TABLE} SET {_TOUCH}, status = 'switch-refused', switch_date = NULL, switch_window = NULL, "
-                "switch_note = $4 WHERE request_id = $1",
+                "switch_note = NULL, switch_refused_reasons = $4, proposed_date = $5, proposed_window = $6 "
+                "WHERE request_id = $1",
                 rid,
                 v,
                 at,
-                "; ".join(d["reasons"]) + f"; {proposal}",
+                list(d["reasons"]),
+                _day(d["proposed_date"]),
+                _proposed_window(d),
             )
         else:  # document-received / document-assessed: the completeness event that follows carries the counts
             await conn.execute(f"UPDATE {TABLE} SET {_TOUCH} WHERE request_id = $1", rid, v, at)
@@ -127,14 +142,15 @@ class DashboardProjection:
 _COLUMNS = ("request_id", "kind", "structure_name", "structure_sts11", "municipality_istat", "status", "required",
             "present", "compliant", "missing", "pending", "non_compliant", "summary", "opened_at", "completed_on",
             "taken_on", "expected_from", "expected_to", "switch_date", "switch_window", "switch_note", "last_version",
-            "updated_at")
-_JSON = frozenset({"missing", "pending", "non_compliant"})
+            "updated_at", "switch_refused_reasons", "proposed_date", "proposed_window")
+_JSON = frozenset({"missing", "pending", "non_compliant", "switch_refused_reasons"})
 _WRITE = f"""
 INSERT INTO {TABLE} ({", ".join(_COLUMNS)})
 SELECT {", ".join(f"u.{c}::jsonb" if c in _JSON else f"u.{c}" for c in _COLUMNS)}
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::int[], $9::int[],
             $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::date[], $16::date[],
-            $17::date[], $18::date[], $19::date[], $20::text[], $21::text[], $22::int[], $23::timestamptz[])
+            $17::date[], $18::date[], $19::date[], $20::text[], $21::text[], $22::int[], $23::timestamptz[],
+            $24::text[], $25::date[], $26::text[])
      AS u({", ".join(_COLUMNS)})
 """
 
@@ -161,7 +177,8 @@ class DashboardRebuild:
                 "pending": [], "non_compliant": {}, "summary": "", "opened_at": datetime.fromisoformat(d["opened_at"]),
                 "completed_on": None, "taken_on": None, "expected_from": None, "expected_to": None,
                 "switch_date": None, "switch_window": None, "switch_note": None, "last_version": event.version,
-                "updated_at": event.recorded_at}
+                "updated_at": event.recorded_at, "switch_refused_reasons": None, "proposed_date": None,
+                "proposed_window": None}
             return
         row = self._rows.get(rid)
         if row is None:
@@ -180,22 +197,24 @@ class DashboardRebuild:
                        expected_to=_day(d["expected_completion_to"]))
         elif kind == "switch-scheduled":
             row.update(status="switch-scheduled", switch_date=_day(d["switch_date"]),
-                       switch_window=f"{d['window_start']}-{d['window_end']}", switch_note=d.get("warning"))
+                       switch_window=f"{d['window_start']}-{d['window_end']}", switch_note=d.get("warning"),
+                       switch_refused_reasons=None, proposed_date=None, proposed_window=None)
         elif kind == "switch-refused":
-            proposal = _proposal(d)
-            row.update(status="switch-refused", switch_date=None, switch_window=None,
-                       switch_note="; ".join(d["reasons"]) + f"; {proposal}")
+            row.update(status="switch-refused", switch_date=None, switch_window=None, switch_note=None,
+                       switch_refused_reasons=list(d["reasons"]), proposed_date=_day(d["proposed_date"]),
+                       proposed_window=_proposed_window(d))
 
     async def write(self, conn: asyncpg.Connection) -> None:
         rows = list(self._rows.values())
         if rows:
-            await conn.execute(_WRITE, *([dumps_json(r[c]) if c in _JSON else r[c] for r in rows] for c in _COLUMNS))
+            await conn.execute(_WRITE, *([dumps_json(r[c]) if c in _JSON and r[c] is not None else r[c] for r in rows]
+                                         for c in _COLUMNS))
 
 
-def _proposal(d: Mapping[str, Any]) -> str:
-    """The refused switch's proposal in the note after its (Italian) reasons; apply and rebuild share it."""
-    day = _day(d["proposed_date"])
-    return f"prima data valida {day:%d/%m/%Y} {d['proposed_window_start']}-{d['proposed_window_end']}"
+def _proposed_window(d: Mapping[str, Any]) -> str:
+    """The refused switch's proposed window as `switch_window` writes a window ("08:30-10:30"); apply and rebuild
+    share it, and migration 0073 writes the same."""
+    return f"{d['proposed_window_start']}-{d['proposed_window_end']}"
 
 
 def _day(value: str) -> date:

@@ -2,7 +2,8 @@
 downloaded by the desk and by its own structure (the bytes as received, each download in the access
 log with who, when, what and from where), 404 to everyone else and for a document of another request;
 a switch request from the page, refused on a broken rule with the earliest valid slot proposed (the
-onboarding service's rule), then taken for the proposed slot, the structure's user as actor; a document
+onboarding service's rule; the dashboard keeps the refusal as data, the pages write it in Italian), then taken
+for the proposed slot, the structure's user as actor; a document
 uploaded on a REAL full disk (tests/fault_disk.py), refused at once in Italian with nothing kept."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from datetime import date, timedelta
 import httpx
 import pytest
 
+from services.console.app import WEEKDAYS_IT
 from tests.console_support import ROLE_USERS, STRUCTURE, RunningConsole, csrf_of, running_console
 from tests.fault_disk import small_disk
 from tests.stack_urls import KAFKA
@@ -84,16 +86,17 @@ async def test_a_document_is_downloaded_by_the_desk_and_its_structure_only_and_e
     assert await console.store.verify_all() == []  # the access stream is hash-chained like every stream
 
 
-async def _complete_switch_request(console: RunningConsole, request_id: str) -> None:
+async def _complete_switch_request(console: RunningConsole, request_id: str, declared: date | None = None) -> None:
     """A software-house change of the structure user's own structure, complete: its three documents
-    compliant (their facts declared), so the onboarding service judges switch slots for it."""
+    compliant (their facts declared), so the onboarding service judges switch slots for it. The slot its switch
+    document declares (`declared`, 09:00-10:00; by default a valid weekday in 120 days) is judged on completion."""
     await console.onboarding_request(request_id, STRUCTURE, "Centro Vomero", kind="software-house-change")
     pdf = b"%PDF-1.7 switch"
     await console.onboarding_document(request_id, "richiesta.pdf", pdf, "formal-request-software-house-change",
                                       {"protocol": "2026/5", "letterhead": "yes", "software_house": "Medisoft",
                                        "credentials": "new-oauth2"})
     await console.onboarding_document(request_id, "b2.pdf", pdf, "endpoint-form-b2", {"filled": "yes", "annex": "B2"})
-    far = date.today() + timedelta(days=120)
+    far = declared or date.today() + timedelta(days=120)
     while far.weekday() >= 5:
         far += timedelta(days=1)
     await console.onboarding_document(request_id, "data.pdf", pdf, "switch-date-request",
@@ -144,6 +147,13 @@ async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_vali
         proposal_form = refused.text.split('id="switch-proposto"', 1)[1].split("</form>", 1)[0]
         assert f'name="data" value="{proposed.isoformat()}"' in proposal_form
         assert 'name="dalle" value="08:30"' in proposal_form and 'name="alle" value="10:30"' in proposal_form
+        # The dashboard keeps the refusal as the event has it; the request page and the dashboard page write it.
+        row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1", rid)
+        assert (row["status"], row["switch_note"], row["switch_refused_reasons"], row["proposed_date"],
+                row["proposed_window"]) == ("switch-refused", None, refusal.data["reasons"], proposed, "08:30-10:30")
+        slot = f"{WEEKDAYS_IT[proposed.weekday()]} {proposed:%d/%m/%Y}, 08:30-10:30"
+        listed = html.unescape((await client.get(f"{console.url}/onboarding")).text)
+        assert f"prima data valida {slot}" in listed.split(f">{rid}</a>", 1)[1].split("</tr>", 1)[0]
 
         taken = await client.post(url, data={"csrf": csrf, "data": proposed.isoformat(), "dalle": "08:30",
                                              "alle": "10:30", "credenziali": ""})
@@ -151,6 +161,9 @@ async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_vali
         last = (await console.store.read_stream(f"onboarding-{rid}"))[-1]
         assert last.type == "onboarding.switch-scheduled" and last.actor == "st.1"
         assert last.data["switch_date"] == proposed.isoformat() and last.data["credentials"] == "new-oauth2"
+        row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1", rid)
+        assert (row["switch_date"], row["switch_window"], row["switch_refused_reasons"], row["proposed_date"],
+                row["proposed_window"]) == (proposed, "08:30-10:30", None, None, None)
 
         # Without the session's CSRF token, nothing is asked.
         assert (await client.post(url, data={"data": proposed.isoformat(), "dalle": "08:30", "alle": "10:30"})
@@ -158,6 +171,28 @@ async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_vali
     for role in ("operator", "ops", "auditor"):  # may not ask (404), and see no form
         async with _client(console, role) as client:
             assert (await client.post(f"{console.url}/onboarding/{rid}/switch", data={})).status_code == 404, role
+
+
+async def test_a_refused_switch_is_written_in_italian_from_the_dashboards_data(console: RunningConsole) -> None:
+    """The slot declared on completion is San Gennaro: refused. The request page and the dashboard page write the
+    refusal from the dashboard's row (its reasons as the event has them, the proposed day and window); the row has
+    no note of its own."""
+    rid = "ONB-RIFIUTO"
+    await _complete_switch_request(console, rid, _san_gennaro())
+    refusal = (await console.store.read_stream(f"onboarding-{rid}"))[-1]
+    assert refusal.type == "onboarding.switch-refused"
+    proposed = date.fromisoformat(refusal.data["proposed_date"])
+    row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1", rid)
+    assert (row["switch_note"], row["switch_refused_reasons"], row["proposed_date"], row["proposed_window"]) == (
+        None, refusal.data["reasons"], proposed, "09:00-10:00")
+    slot = f"{WEEKDAYS_IT[proposed.weekday()]} {proposed:%d/%m/%Y}, 09:00-10:00"
+    async with _client(console, "desk") as client:
+        page = html.unescape((await client.get(f"{console.url}/onboarding/{rid}")).text)
+        shown = page.split('id="switch-rifiutato">', 1)[1].split("</dd>", 1)[0]
+        assert shown == "; ".join(refusal.data["reasons"]) + f"; prima data valida {slot}"
+        assert "è la festa del santo patrono di Napoli (San Gennaro)" in shown
+        listed = html.unescape((await client.get(f"{console.url}/onboarding")).text)
+        assert f"prima data valida {slot}" in listed.split(f">{rid}</a>", 1)[1].split("</tr>", 1)[0]
 
 
 async def test_a_document_uploaded_on_a_full_disk_is_refused_at_once_in_italian_and_nothing_is_kept(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -63,10 +64,13 @@ def test_the_desk_sees_the_wrong_cell_then_a_switch_refused_on_san_gennaro_with_
                        if (d.month, d.day) == (9, 19) and d.weekday() < 5)
     out = onboarding("switch", "ONB-CLI-2", "--date", san_gennaro.isoformat(), "--window", "09:00-10:00")
     assert "è la festa del santo patrono di Napoli (San Gennaro)" in " ".join(out.split())
-    assert "earliest valid slot" in out
+    proposal = re.search(r"earliest valid slot: (\d{4}-\d\d-\d\d \d\d:\d\d-\d\d:\d\d)", out)
+    assert proposal, out
 
     table = onboarding("status")
     assert "ONB-CLI-1" in table and "ONB-CLI-2" in table and "switch-refu" in table
+    # the dashboard's row keeps the refusal as data; the CLI writes its English from it
+    assert f"refused; earliest valid {proposal.group(1)}" in table, table
     detail = onboarding("status", "ONB-CLI-1")
     assert "MISSING" in detail and "NON-COMPLIANT" in detail
 

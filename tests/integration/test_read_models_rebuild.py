@@ -137,6 +137,13 @@ def onboarding_history(rid: str) -> list[NewEvent]:
     ]
 
 
+def refused_then_scheduled(rid: str) -> list[NewEvent]:
+    """A refusal, then the proposed slot taken: the refusal's columns are cleared."""
+    scheduled = onboarding_history(rid)[7]
+    return [*onboarding_history(rid), NewEvent(type=scheduled.type, data={**scheduled.data, "switch_date": "2026-10-19",
+                                                                          "window_start": "10:00", "warning": None})]
+
+
 async def test_the_dashboards_bulk_rebuild_equals_the_inline_projection(pool: asyncpg.Pool) -> None:
     from services.onboarding.projection import DashboardProjection
 
@@ -144,12 +151,21 @@ async def test_the_dashboards_bulk_rebuild_equals_the_inline_projection(pool: as
     await prepare_database(pool, [dashboard])
     store = EventStore(pool, source="/flows/test", projections=[dashboard])
     histories = {"req-1": onboarding_history("req-1"), "req-2": onboarding_history("req-2")[:4],
-                 "req-3": onboarding_history("req-3")[1:3]}  # req-3 never opened: no row
+                 "req-3": onboarding_history("req-3")[1:3],  # req-3 never opened: no row
+                 "req-4": refused_then_scheduled("req-4")}
     for rid, history in histories.items():
         await store.append(f"onboarding-{rid}", history, expected_version=0, key=rid, publish=False)
     live = {r["request_id"]: r for r in await pool.fetch("SELECT * FROM onboarding_dashboard")}
-    assert {rid: r["status"] for rid, r in live.items()} == {"req-1": "switch-refused", "req-2": "compliant"}
-    assert live["req-1"]["switch_note"].startswith("the CUP is frozen") and live["req-1"]["missing"] == ["contratto"]
+    assert {rid: r["status"] for rid, r in live.items()} == {"req-1": "switch-refused", "req-2": "compliant",
+                                                             "req-4": "switch-scheduled"}
+    assert live["req-1"]["missing"] == ["contratto"]
+    # A refusal is data, as its event has it: no note of the read model's.
+    switch = ("switch_date", "switch_window", "switch_note", "switch_refused_reasons", "proposed_date",
+              "proposed_window")
+    assert tuple(live["req-1"][c] for c in switch) == (
+        None, None, None, ["the CUP is frozen that week"], date(2026, 10, 19), "10:00-12:00")
+    assert tuple(live["req-4"][c] for c in switch) == (date(2026, 10, 19), "10:00-11:00", None, None, None, None)
+    assert tuple(live["req-2"][c] for c in switch) == (None,) * 6
     report = await rebuild_and_diff(pool, [dashboard])
     assert report.events_replayed == sum(len(h) for h in histories.values()) and report.differences == []
     await pool.execute("UPDATE onboarding_dashboard SET summary = 'edited' WHERE request_id = 'req-2'")
