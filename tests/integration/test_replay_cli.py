@@ -1,10 +1,12 @@
 """`flows replay --verify` on a real database: silent when the log is intact, loud when a row was
-rewritten behind the event store's back, and the read models rebuilt from the log equal the live ones."""
+rewritten behind the event store's back, and the read models rebuilt from the log equal the live ones, also on a
+database whose read models were written before a migration changed their shape (0072, 0073)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import date
 
 import asyncpg
 import pytest
@@ -19,6 +21,7 @@ from services.console.auth import Principal
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.host import prepare_database
+from services.runtime.instances import new_event
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 
 pytestmark = pytest.mark.integration
@@ -100,3 +103,137 @@ def test_replay_all_verify_works_on_a_database_where_only_the_migrations_ran(fre
             await conn.close()
 
     assert asyncio.run(read_models()) == []  # every read model's table is there now, as a service would leave it
+
+
+# ---- a database written before the read models kept data (migrations 0072 and 0073) --------------------------------
+# What the projections wrote before those migrations, kept here as the record of the old shape: a deletion's
+# English sentence in instance_list.summary, a refused switch's Italian note in onboarding_dashboard.switch_note.
+def _old_deletion_summary(deleted_by: str, reason: str | None) -> str:
+    return f"deleted by {deleted_by}: {reason or 'no reason given'}"
+
+
+def _old_refusal_note(refused: dict) -> str:
+    day = date.fromisoformat(refused["proposed_date"])
+    return "; ".join(refused["reasons"]) + (f"; prima data valida {day:%d/%m/%Y} {refused['proposed_window_start']}-"
+                                            f"{refused['proposed_window_end']}")
+
+
+def _instance_histories() -> dict[int, list[flows.Payload]]:
+    def created(n: int, flow: str = "FLUSSO_C") -> flows.Payload:
+        return flows.LoadRunning(instance=n, request_id=uuid.uuid4(), flow_type=flows.FlowType(flow), version="2020",
+                                 ente="201", period=flows.Period.model_validate({"start": "2026-10-01",
+                                                                                 "end": "2026-10-31"}),
+                                 requested_by="op.rossi")
+
+    def deleted(n: int, reason: str | None) -> flows.Payload:
+        return flows.InstanceDeleted(instance=n, deleted_by="op.rossi", reason=reason)
+
+    checked = [flows.LoadChecked(instance=0, source_instance=9, counts={"services": 2})]
+    return {
+        1: [created(1), flows.LoadFailed(instance=1, errors=3, summary="3 errori in 2 record"),
+            deleted(1, "caricata due volte")],
+        2: [created(2), *checked, deleted(2, None)],
+        3: [created(3), *checked, flows.FormattingStarted(instance=3),
+            flows.FormatFailed(instance=3, reasons=["disco pieno", "riprovare"]), deleted(3, "doppione")],
+        # a later (illegal) outcome after the deletion: its summary was the row's before and stays
+        4: [created(4), flows.LoadFailed(instance=4, errors=1, summary="1 errore in 1 record"), deleted(4, "x"),
+            flows.LoadFailed(instance=4, errors=2, summary="2 errori in 1 record")],
+        5: [created(5), flows.LoadFailed(instance=5, errors=1, summary="1 errore in 1 record")],
+        6: [created(6, "FLUSSO_730"), *checked, flows.FormattingStarted(instance=6),
+            flows.Formatted(instance=6, files=[]),
+            flows.TsSubmitted(instance=6, part=1, parts=1, protocollo="12345678901234567", zip_sha256="e" * 64),
+            flows.TsFeedbackReceived(instance=6, part=1, parts=1, outcome="confirmed_with_errors",
+                                     reason="2 CF sconosciuti", instance_outcome="confirmed_with_errors"),
+            deleted(6, "inviato per errore")],
+    }
+
+
+def _onboarding_histories() -> dict[str, list[tuple[str, dict]]]:
+    opened = ("request-opened", {"kind": "software-house-change", "structure_name": "Centro Vomero",
+                                 "structure_sts11": "150321", "municipality_istat": "063049",
+                                 "opened_at": "2026-09-01T08:00:00+00:00"})
+    scheduled = ("switch-scheduled", {"switch_date": "2026-10-12", "window_start": "09:00", "window_end": "11:00",
+                                      "credentials": "basic", "warning": "preavviso sotto le 4 settimane"})
+
+    def refused(day: str, start: str = "08:30") -> tuple[str, dict]:
+        return ("switch-refused", {"switch_date": "2026-09-19", "window_start": "09:00", "window_end": "11:00",
+                                   "reasons": ["sabato 19/09/2026 non è un giorno lavorativo"], "proposed_date": day,
+                                   "proposed_window_start": start, "proposed_window_end": "10:30"})
+
+    taken = ("taken-in-charge", {"taken_on": "2026-09-11", "expected_completion_from": "2026-10-08",
+                                 "expected_completion_to": "2026-10-22"})
+    return {"R1": [opened, refused("2026-09-21")],
+            "R2": [opened, scheduled, refused("2026-09-21"), (scheduled[0], {**scheduled[1], "warning": None})],
+            "R3": [opened, refused("2026-09-21"), refused("2026-09-22", "09:30")],  # the last refusal counts
+            "R4": [opened, refused("2026-09-23"), taken],  # the refusal's note stayed after another milestone
+            "R5": [opened, scheduled]}
+
+
+def test_replay_verify_finds_no_difference_on_a_database_written_before_the_read_models_kept_data(
+        fresh_db, monkeypatch):
+    """The live rows as the projections wrote them before migrations 0072 and 0073 (a deletion's sentence as the
+    summary, a refused switch's note), those migrations not yet applied: `flows replay --all --verify` migrates
+    (as a service's start does), and the live rows equal the ones rebuilt from the unchanged log, keeping data."""
+    deletions = {n: next(p for p in h if isinstance(p, flows.InstanceDeleted))
+                 for n, h in _instance_histories().items() if any(isinstance(p, flows.InstanceDeleted) for p in h)}
+
+    async def written_before() -> None:
+        pool = await create_pool(fresh_db, min_size=1, max_size=2)
+        try:
+            await prepare_database(pool, all_projections())
+            store = EventStore(pool, source="/test", projections=all_projections())
+            for n, history in _instance_histories().items():
+                events = [new_event(p.model_copy(update={"instance": n}), "loader") for p in history]
+                await store.append(instance_stream(n), events, expected_version=0, key=str(n), publish=False)
+            for rid, requested in _onboarding_histories().items():
+                await store.append(f"onboarding-{rid}", [NewEvent(f"onboarding.{kind}", {"request_id": rid, **data})
+                                                         for kind, data in requested],
+                                   expected_version=0, key=rid, publish=False)
+            # Back to the shape the code before 0072 and 0073 left, as if those had never run.
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("ALTER TABLE instance_list DROP COLUMN deleted_by, DROP COLUMN deletion_reason")
+                for n in (1, 2, 3, 6):  # the deletion was the last event with a summary
+                    await conn.execute("UPDATE instance_list SET summary = $2 WHERE instance = $1", n,
+                                       _old_deletion_summary(deletions[n].deleted_by, deletions[n].reason))
+                await conn.execute("ALTER TABLE onboarding_dashboard DROP COLUMN switch_refused_reasons, "
+                                   "DROP COLUMN proposed_date, DROP COLUMN proposed_window")
+                for rid in ("R1", "R3", "R4"):  # the last switch event was a refusal
+                    last = [d for kind, d in _onboarding_histories()[rid] if kind == "switch-refused"][-1]
+                    await conn.execute("UPDATE onboarding_dashboard SET switch_note = $2 WHERE request_id = $1",
+                                       rid, _old_refusal_note(last))
+                await conn.execute("DELETE FROM schema_migrations WHERE version IN (72, 73)")
+        finally:
+            await pool.close()
+
+    asyncio.run(written_before())
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    replayed = CliRunner().invoke(app, ["replay", "--all", "--verify"], env={"COLUMNS": "200"})
+    assert replayed.exit_code == 0, replayed.output
+    assert "every hash chain verifies" in replayed.output and "equal the live ones" in replayed.output
+
+    async def rows() -> tuple[dict, dict]:
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            instances = {r["instance"]: tuple(r)[1:] for r in await conn.fetch(
+                "SELECT instance, summary, deleted_by, deletion_reason FROM instance_list")}
+            dashboard = {r["request_id"]: tuple(r)[1:] for r in await conn.fetch(
+                "SELECT request_id, status, switch_date, switch_note, switch_refused_reasons::text, proposed_date, "
+                "proposed_window FROM onboarding_dashboard")}
+            return instances, dashboard
+        finally:
+            await conn.close()
+
+    instances, dashboard = asyncio.run(rows())
+    assert instances == {1: ("3 errori in 2 record", "op.rossi", "caricata due volte"),
+                         2: (None, "op.rossi", None),
+                         3: ("disco pieno; riprovare", "op.rossi", "doppione"),
+                         4: ("2 errori in 1 record", "op.rossi", "x"),
+                         5: ("1 errore in 1 record", None, None),
+                         6: ("2 CF sconosciuti", "op.rossi", "inviato per errore")}
+    reasons = '["sabato 19/09/2026 non è un giorno lavorativo"]'
+    assert dashboard == {
+        "R1": ("switch-refused", None, None, reasons, date(2026, 9, 21), "08:30-10:30"),
+        "R2": ("switch-scheduled", date(2026, 10, 12), None, None, None, None),
+        "R3": ("switch-refused", None, None, reasons, date(2026, 9, 22), "09:30-10:30"),
+        "R4": ("taken-in-charge", None, None, reasons, date(2026, 9, 23), "08:30-10:30"),
+        "R5": ("switch-scheduled", date(2026, 10, 12), "preavviso sotto le 4 settimane", None, None, None)}
