@@ -99,19 +99,30 @@ def _print_events(events: list[Payload]) -> None:
 @app.command("requirements")
 @user_errors
 def requirements_cmd(kind: RequestKind | None = typer.Argument(None), version: str | None = None) -> None:
-    """The documents each kind of request needs (from the versioned data)."""
+    """The documents each kind of request needs (from the versioned data): each by its Italian name, and what is
+    checked of it (the tracciato's sheet, or the facts declared with --meta and their rules)."""
     req = onboarding.load_requirements(version)
     kinds = [kind.value] if kind else list(req.kinds)
     for k in kinds:
         spec = req.kind(k)
-        rows = [(t, req.document_type(t).title, req.document_type(t).assessment) for t in spec.documents]
+        rows = [(t, req.document_type(t).title, req.document_type(t).assessment, _checks(req.document_type(t)))
+                for t in spec.documents]
         console.print(
             table(
                 f"{k}: {spec.title} (annex {spec.annex}, requirements {req.version})",
-                ["document type", "title", "assessed by"],
+                ["document type", "name", "assessed by", "checks"],
                 rows,
             )
         )
+
+
+def _checks(doc: onboarding.DocumentType) -> str:
+    """What the requirements check of a document type, from their data: `sheet Prestazioni`, or the declared facts
+    and their rules (`protocol present, signed yes`), once per SPOKE already on the CUP where so required."""
+    if doc.sheet is not None:
+        return f"sheet {doc.sheet}"
+    facts = ", ".join(f"{key} {rule}" for key, rule in doc.meta.items())
+    return facts + ("; one per SPOKE already on the CUP" if doc.per_spoke_already_on_cup else "")
 
 
 # the fields of RequestOpened as the options of `open` name them

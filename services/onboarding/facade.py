@@ -36,7 +36,7 @@ from services.onboarding.handlers import (
     stream_of,
 )
 from services.onboarding.projection import DashboardProjection, dashboard
-from services.onboarding.requirements import Requirements, RequirementsError, load_requirements
+from services.onboarding.requirements import DocumentType, Requirements, RequirementsError, load_requirements
 from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
 from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
@@ -47,6 +47,7 @@ __all__ = [
     "DashboardProjection",
     "DocumentNotStored",
     "DocumentState",
+    "DocumentType",
     "OnboardingDeps",
     "OnboardingError",
     "OnboardingRequest",

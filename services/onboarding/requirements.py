@@ -13,6 +13,13 @@ Non-tracciato documents are assessed on declared metadata; the rules are one-wor
 rule is a finding in Italian naming the declared key and value; it is always read next to its document.
 The lookups a user's input reaches (an unknown request kind or document type) refuse in Italian too;
 a missing or malformed data file is the operators' business and says so in English.
+
+A document type's name is not in this data: it is `contracts.onboarding.DOCUMENT_LABELS` (`DocumentType.title`
+is taken from there). The name is part of the public language every reader shares (console, CLI, the completeness
+summary recorded in events) and must stay the same for an id across versions of the note, while this data is
+versioned per note; contracts keeps it pure, with no file to read. A file that names a type (`title`) or a type
+without a label is refused when loaded, naming the file and the type, so the two can neither drift nor leave a
+document unnamed.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from datetime import date
 from pathlib import Path
 
 from contracts import data_file
+from contracts.onboarding import DOCUMENT_LABELS
 from services.onboarding.findings import Finding
 
 DATA_DIR = data_file("data", "onboarding")
@@ -42,7 +50,7 @@ class RequirementsError(ValueError):
 @dataclass(frozen=True)
 class DocumentType:
     id: str
-    title: str
+    title: str  # its Italian name, contracts.onboarding.DOCUMENT_LABELS[id] (never from the data file)
     assessment: str  # "tracciato" | "metadata"
     sheet: str | None = None
     meta: Mapping[str, str] = field(default_factory=dict)
@@ -130,11 +138,18 @@ def load_requirements(version: str | None = None, data_dir: Path = DATA_DIR) -> 
     if not path.exists():
         raise RequirementsError(f"requirements version {chosen!r} not found (available: {', '.join(versions)})")
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    for tid, t in raw.get("document_types", {}).items():
+        if "title" in t:
+            raise RequirementsError(f"{path.name}: document type {tid}: 'title' is not requirements data: a document "
+                                    "type's name is contracts.onboarding.DOCUMENT_LABELS; remove it from the file")
+        if tid not in DOCUMENT_LABELS:
+            raise RequirementsError(f"{path.name}: document type {tid} has no label: add its Italian name to "
+                                    "contracts.onboarding.DOCUMENT_LABELS")
     try:
         types = {
             tid: DocumentType(
                 id=tid,
-                title=t["title"],
+                title=DOCUMENT_LABELS[tid],
                 assessment=t["assessment"],
                 sheet=t.get("sheet"),
                 meta=dict(t.get("meta", {})),
