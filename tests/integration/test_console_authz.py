@@ -177,6 +177,8 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
                         assert status == 422, f"{where}: {status}"  # authorized; no file, no verdict given
                     elif route.path in ("/utenti", "/utenti/password") and route.method == "POST":
                         assert status == 422, f"{where}: {status}"  # authorized; a user without a name
+                    elif route.path in ("/utenti/chiavi", "/utenti/chiavi/revoca"):
+                        assert status == 422, f"{where}: {status}"  # authorized; a key without a label, or an id
                     elif "{letter}" in route.path and route.method == "POST":
                         # authorized; a keyless message cannot be redriven, a discard needs its reason
                         assert status == (409 if route.path.endswith("/rilancia") else 422), f"{where}: {status}"
@@ -197,3 +199,7 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
     assert await console.pool.fetchval("SELECT count(*) FROM console_user WHERE disabled") == 0
     assert await console.pool.fetchval("SELECT password_hash FROM console_user WHERE name = $1", VICTIM) == \
         victim_hash
+    # No API key was issued nor revoked (the admin's forms without a label, or without a key id, are refused).
+    assert await console.pool.fetchval("SELECT count(*) FROM console_api_key") == 0
+    assert await console.pool.fetchval("SELECT count(*) FROM events WHERE stream_id = 'console-users' AND type LIKE "
+                                       "'console.api-key-%'") == 0

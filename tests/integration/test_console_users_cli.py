@@ -167,6 +167,8 @@ def test_api_keys_are_listed_revoked_and_their_issue_and_revocation_recorded_wit
     assert "--ente" in flows("users", "api-key", "senza-enti", code=2)  # typer: the option is required
     assert "label" in flows("users", "api-key", " ", "--ente", "201", code=1)
     assert "'2011'" in flows("users", "api-key", "x", "--ente", "2011", code=1)
+    assert "--ente 999: not an entity of the platform (known: 201, 202" in " ".join(
+        flows("users", "api-key", "x", "--ente", "201", "--ente", "999", code=1).split())
 
     def listed() -> dict[str, list[str]]:
         lines = flows("users", "api-keys").splitlines()
