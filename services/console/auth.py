@@ -153,7 +153,9 @@ async def add_user(pool: asyncpg.Pool, name: str, role: str, enti: list[str], st
 
 
 async def set_demo_user(pool: asyncpg.Pool, name: str, ente: str, password: str) -> None:
-    """The demo's operator (`flows demo`): created, or given this new password (recorded as done by `demo`)."""
+    """The demo's operator (`flows demo`): created, or given this new password (recorded as done by `demo`). A new
+    password closes the user's open sessions, as `set_password` does: a session opened with the password of an
+    earlier demo run (printed on a terminal, maybe shared) ends with it."""
     check_user(name, "operator", [ente], None, password)
     async with pool.acquire() as conn, conn.transaction():
         added = await conn.fetchval(
@@ -164,7 +166,14 @@ async def set_demo_user(pool: asyncpg.Pool, name: str, ente: str, password: str)
             await _recorded(pool, conn, USER_ADDED, {"user": name, "role": "operator", "enti": [ente],
                                                      "structure": None}, "demo")
         else:
+            await _close_sessions(conn, name)
             await _recorded(pool, conn, USER_PASSWORD_SET, {"user": name}, "demo")
+
+
+async def _close_sessions(conn: asyncpg.Connection, name: str) -> None:
+    """Closes every open session of `name`, inside the caller's transaction (a disable, a new password): the next
+    request of each is refused, and its open streams end at once (migration 0066's trigger announces each row)."""
+    await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
 
 
 def _no_user(name: str) -> UserInputError:
@@ -177,7 +186,7 @@ async def disable_user(pool: asyncpg.Pool, name: str, *, by: str) -> None:
     async with pool.acquire() as conn, conn.transaction():
         if await conn.execute("UPDATE console_user SET disabled = true WHERE name = $1", name) == "UPDATE 0":
             raise _no_user(name)
-        await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
+        await _close_sessions(conn, name)
         await _recorded(pool, conn, USER_DISABLED, {"user": name}, by)
 
 
@@ -199,7 +208,7 @@ async def set_password(pool: asyncpg.Pool, name: str, password: str, *, by: str)
                                   hash_password(password))
         if done == "UPDATE 0":
             raise _no_user(name)
-        await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
+        await _close_sessions(conn, name)
         await _recorded(pool, conn, USER_PASSWORD_SET, {"user": name}, by)
 
 
