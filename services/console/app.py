@@ -1525,17 +1525,30 @@ async def dead_letter_discard(ctx: Ctx, letter: str) -> Response:
 
 
 # ---------------------------------------------------------------- Utenti (admin)
-# The same functions as `flows users add|list|disable` (services/console/auth.py).
+# The same functions as `flows users add|list|disable|password` and `flows users api-key|api-keys|api-key-revoke`
+# (services/console/auth.py): the same checks, the same records in the `console-users` stream, by the admin's name.
 USER_FIELDS = ("name", "role", "enti", "structure", "password")
+
+
+def _enti_field(text: str) -> list[str]:
+    """The enti typed in a form's field, separated by spaces or commas (upper-cased: codes like 9A1)."""
+    return [e.upper() for e in text.replace(",", " ").split()]
 
 
 async def _users_page(ctx: Ctx, status: int = 200, form: dict[str, str] | None = None,
                       errors: dict[str, str] | None = None, message: str | None = None,
-                      reset: dict[str, str] | None = None, reset_errors: dict[str, str] | None = None) -> Response:
-    users = await auth.list_users(_console(ctx.request).pool)
+                      reset: dict[str, str] | None = None, reset_errors: dict[str, str] | None = None,
+                      key_form: dict[str, str] | None = None, key_errors: dict[str, str] | None = None,
+                      revoke_error: str | None = None, issued: dict[str, Any] | None = None) -> Response:
+    """The users page: the users and the API keys, each with its forms. `issued`: a key just issued, whose whole
+    key (with its secret) this answer shows, the only time it is ever shown."""
+    pool = _console(ctx.request).pool
+    users, keys = await auth.list_users(pool), await auth.list_api_keys(pool)
     return page(ctx, "users.html", "Utenti della console", status=status, active="/utenti", users=users,
                 roles=auth.ROLES, form=form or {"name": "", "role": "operator", "enti": "", "structure": ""},
-                errors=errors or {}, message=message, reset=reset or {"name": ""}, reset_errors=reset_errors or {})
+                errors=errors or {}, message=message, reset=reset or {"name": ""}, reset_errors=reset_errors or {},
+                keys=keys, key_form=key_form or {"label": "", "enti": ""}, key_errors=key_errors or {},
+                revoke_error=revoke_error, issued=issued, label_max=auth.API_KEY_LABEL_MAX)
 
 
 @route(pages, "GET", "/utenti", MANAGE_USERS, "page")
@@ -1550,7 +1563,7 @@ async def user_add(ctx: Ctx) -> Response:
     raw = await ctx.request.form()
     form = {k: str(raw.get(k) or "").strip() for k in ("name", "role", "enti", "structure")}
     password = str(raw.get("password") or "")
-    enti = [e.upper() for e in form["enti"].replace(",", " ").split()]
+    enti = _enti_field(form["enti"])
     try:
         await auth.add_user(_console(ctx.request).pool, form["name"], form["role"], enti, form["structure"] or None,
                             password, by=ctx.principal.name)
@@ -1595,6 +1608,39 @@ async def user_password(ctx: Ctx) -> Response:
     except auth.UserInputError as exc:
         return await _users_page(ctx, 422, reset={"name": user}, reset_errors={exc.field: exc.italian})
     return await _users_page(ctx, message=f"Nuova password impostata per {user}; le sue sessioni sono chiuse.")
+
+
+@route(pages, "POST", "/utenti/chiavi", MANAGE_USERS, "action")
+async def api_key_add(ctx: Ctx) -> Response:
+    """A new API key for a regional system, bound to its enti (auth.add_api_key, as `flows users api-key`; recorded
+    as issued by the administrator). The whole key is in this answer only: not a redirect (a URL would carry it),
+    no-store like every answer, never logged, never in the record (which has its id, label and enti)."""
+    raw = await ctx.request.form()
+    form = {k: str(raw.get(k) or "").strip() for k in ("label", "enti")}
+    enti = _enti_field(form["enti"])
+    try:
+        key = await auth.add_api_key(_console(ctx.request).pool, form["label"], enti, by=ctx.principal.name)
+    except auth.UserInputError as exc:
+        return await _users_page(ctx, 422, key_form=form, key_errors={exc.field: exc.italian})
+    key_id = key.partition(".")[0].removeprefix("fk_")
+    enti = sorted(set(enti))
+    return await _users_page(ctx, message=f"Chiave API {key_id} emessa per {form['label']} (enti {', '.join(enti)}).",
+                             issued={"id": key_id, "label": form["label"], "enti": enti, "key": key})
+
+
+@route(pages, "POST", "/utenti/chiavi/revoca", MANAGE_USERS, "action")
+async def api_key_revoke(ctx: Ctx) -> Response:
+    """Revokes the key whose id the form carries (auth.revoke_api_key, as `flows users api-key-revoke`; recorded as
+    done by the administrator): the API answers 401 to it from the next request on. An unknown id, one already
+    revoked (another administrator, a stale page) or a whole key given is refused, said above the keys' table (a
+    whole key or a long value is never repeated: it may be a secret)."""
+    given = str((await ctx.request.form()).get("key") or "").strip()
+    try:
+        key_id = auth.api_key_id(given)
+        await auth.revoke_api_key(_console(ctx.request).pool, key_id, by=ctx.principal.name)
+    except auth.UserInputError as exc:
+        return await _users_page(ctx, 422, revoke_error=exc.italian)
+    return await _users_page(ctx, message=f"Chiave API {key_id} revocata: l'API la rifiuta da ora.")
 
 
 # ---------------------------------------------------------------- JSON API

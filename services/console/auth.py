@@ -18,6 +18,8 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from contracts.deadlines import ITALY
+from services.loader.catalogue import known_enti
 from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent
 
 ROLES = ("operator", "structure", "desk", "ops", "auditor", "admin")
@@ -151,7 +153,9 @@ async def add_user(pool: asyncpg.Pool, name: str, role: str, enti: list[str], st
 
 
 async def set_demo_user(pool: asyncpg.Pool, name: str, ente: str, password: str) -> None:
-    """The demo's operator (`flows demo`): created, or given this new password (recorded as done by `demo`)."""
+    """The demo's operator (`flows demo`): created, or given this new password (recorded as done by `demo`). A new
+    password closes the user's open sessions, as `set_password` does: a session opened with the password of an
+    earlier demo run (printed on a terminal, maybe shared) ends with it."""
     check_user(name, "operator", [ente], None, password)
     async with pool.acquire() as conn, conn.transaction():
         added = await conn.fetchval(
@@ -162,7 +166,14 @@ async def set_demo_user(pool: asyncpg.Pool, name: str, ente: str, password: str)
             await _recorded(pool, conn, USER_ADDED, {"user": name, "role": "operator", "enti": [ente],
                                                      "structure": None}, "demo")
         else:
+            await _close_sessions(conn, name)
             await _recorded(pool, conn, USER_PASSWORD_SET, {"user": name}, "demo")
+
+
+async def _close_sessions(conn: asyncpg.Connection, name: str) -> None:
+    """Closes every open session of `name`, inside the caller's transaction (a disable, a new password): the next
+    request of each is refused, and its open streams end at once (migration 0066's trigger announces each row)."""
+    await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
 
 
 def _no_user(name: str) -> UserInputError:
@@ -175,7 +186,7 @@ async def disable_user(pool: asyncpg.Pool, name: str, *, by: str) -> None:
     async with pool.acquire() as conn, conn.transaction():
         if await conn.execute("UPDATE console_user SET disabled = true WHERE name = $1", name) == "UPDATE 0":
             raise _no_user(name)
-        await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
+        await _close_sessions(conn, name)
         await _recorded(pool, conn, USER_DISABLED, {"user": name}, by)
 
 
@@ -197,7 +208,7 @@ async def set_password(pool: asyncpg.Pool, name: str, password: str, *, by: str)
                                   hash_password(password))
         if done == "UPDATE 0":
             raise _no_user(name)
-        await conn.execute("DELETE FROM console_session WHERE user_name = $1", name)
+        await _close_sessions(conn, name)
         await _recorded(pool, conn, USER_PASSWORD_SET, {"user": name}, by)
 
 
@@ -292,14 +303,27 @@ API_KEY_LABEL_MAX = 100
 
 
 def check_api_key(label: str, enti: list[str]) -> None:
+    """A key's label and enti as `flows users api-key` and the console's users page take them: the refusal names
+    the field, in English (the CLI) and Italian (the page). An ente must be one the platform knows (those of
+    contracts/data/structures.csv, as a load's): a key bound to another could never read nor load anything."""
     if not label.strip() or len(label) > API_KEY_LABEL_MAX or not label.isprintable():
         raise UserInputError(f"API key label {label[:API_KEY_LABEL_MAX]!r}: 1-{API_KEY_LABEL_MAX} printable "
-                             "characters, e.g. the client system's name", "label")
+                             "characters, e.g. the client system's name", "label",
+                             f"Etichetta: da 1 a {API_KEY_LABEL_MAX} caratteri stampabili, per esempio il nome del "
+                             "sistema che userà la chiave.")
     if not enti:
-        raise UserInputError(f"API key {label!r}: bind it to at least one --ente", "enti")
+        raise UserInputError(f"API key {label!r}: bind it to at least one --ente", "enti",
+                             "Una chiave API ha almeno un ente.")
+    known = known_enti()
     for ente in enti:
         if not ENTE.match(ente):
-            raise UserInputError(f"--ente {ente!r}: an entity code of three digits or capitals, e.g. 201", "enti")
+            raise UserInputError(f"--ente {ente!r}: an entity code of three digits or capitals, e.g. 201", "enti",
+                                 f"Ente {ente!r}: un codice di tre cifre o maiuscole, per esempio 201.")
+        if ente not in known:
+            raise UserInputError(f"--ente {ente}: not an entity of the platform (known: {', '.join(sorted(known))}; "
+                                 "contracts/data/structures.csv)", "enti",
+                                 f"Ente {ente} sconosciuto: gli enti della piattaforma sono "
+                                 f"{', '.join(sorted(known))}.")
 
 
 async def add_api_key(pool: asyncpg.Pool, label: str, enti: list[str], *, by: str) -> str:
@@ -321,11 +345,16 @@ def api_key_id(given: str) -> str:
     key_id = head.removeprefix("fk_")
     if dot:
         raise UserInputError(f"give the key id ({key_id if API_KEY_ID.match(key_id) else 'see flows users api-keys'})"
-                             ", not the whole key: its secret is not needed to revoke it", "key")
+                             ", not the whole key: its secret is not needed to revoke it", "key",
+                             "Indichi l'identificativo della chiave, non la chiave intera: per revocarla non serve "
+                             "il suo segreto.")
     if not API_KEY_ID.match(key_id):
         # A short value is a mistyped id, shown back; a long one may be a secret pasted alone: not repeated.
         shown = repr(given) if len(given) <= 16 else f"of {len(given)} characters"
-        raise UserInputError(f"API key id {shown}: 12 hexadecimal digits, as `flows users api-keys` lists them", "key")
+        mostrato = repr(given) if len(given) <= 16 else f"di {len(given)} caratteri"
+        raise UserInputError(f"API key id {shown}: 12 hexadecimal digits, as `flows users api-keys` lists them", "key",
+                             f"Identificativo di chiave {mostrato}: 12 cifre esadecimali, come nell'elenco delle "
+                             "chiavi.")
     return key_id
 
 
@@ -339,9 +368,12 @@ async def revoke_api_key(pool: asyncpg.Pool, key_id: str, *, by: str) -> None:
         if done == "UPDATE 0":
             row = await conn.fetchrow("SELECT revoked_at FROM console_api_key WHERE key_id = $1", key_id)
             if row is None:
-                raise UserInputError(f"there is no API key {key_id!r}; `flows users api-keys` lists them", "key")
+                raise UserInputError(f"there is no API key {key_id!r}; `flows users api-keys` lists them", "key",
+                                     f"Non esiste la chiave API {key_id!r}.")
             since = f" since {row['revoked_at']:%Y-%m-%d %H:%M:%S %Z}" if row["revoked_at"] else ""
-            raise UserInputError(f"API key {key_id} is already revoked{since}; nothing changed", "key")
+            dal = f" dal {row['revoked_at'].astimezone(ITALY):%d/%m/%Y %H:%M}" if row["revoked_at"] else ""
+            raise UserInputError(f"API key {key_id} is already revoked{since}; nothing changed", "key",
+                                 f"La chiave API {key_id} è già revocata{dal}: nulla è cambiato.")
         await _recorded(pool, conn, API_KEY_REVOKED, {"key": key_id}, by)
 
 

@@ -1,12 +1,14 @@
 """The admin's users page in real Chromium: the admin lands on it, adds an operator of two enti (listed
 at once, and by `flows users list`: the same table, the same code), sees a refused user's error next to
 its field, disables a user whose open session then ends, enables it again, and gives it a new password (its
-session ends again, the old password no longer opens one); the auditor reads who did each change. axe-core on
-the pages."""
+session ends again, the old password no longer opens one); the auditor reads who did each change. The admin
+issues an API key for a regional system (refused next to its field first), sees it once, the key works on /api,
+the admin revokes it and /api answers 401. axe-core on the pages."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 import pytest
@@ -14,7 +16,9 @@ from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import async_playwright
 from typer.testing import CliRunner
 
+from contracts.deadlines import ITALY
 from services.cli.main import app as flows_app
+from services.console import auth
 from tests.console_support import PASSWORD, csrf_of, italian_context, running_console
 from tests.e2e.test_console_browser import CHROMIUM, _axe_clean, _log_in
 from tests.stack_urls import KAFKA
@@ -126,5 +130,84 @@ async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_pat
                 own = await client.post(console.url + "/utenti/adm.1/disabilita", data={"csrf": csrf})
                 assert own.status_code == 409 and "suo stesso utente" in own.text
             assert await console.pool.fetchval("SELECT disabled FROM console_user WHERE name = 'adm.1'") is False
+        finally:
+            await browser.close()
+
+
+async def test_the_admin_issues_an_api_key_sees_it_once_and_revokes_it_from_the_page(fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+        await console.add_users()
+        own = await console.instance("201")
+        await console.instance("202")
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = await (await italian_context(browser)).new_page()
+            visited: list[str] = []
+            page.on("request", lambda r: visited.append(r.url))
+            await _log_in(page, console.url, "adm.1")
+            assert page.url.endswith("/utenti")
+            assert await page.inner_text("#chiavi tbody") == "Nessuna chiave API emessa."
+            await _axe_clean(page, Axe(), "44-utenti-chiavi")
+
+            # Refused next to its field, in Italian, what was typed kept: no label, then an ente nobody knows.
+            await page.fill("#k-enti", "201 999")
+            async with page.expect_navigation():
+                await page.click("#nuova-chiave button[type=submit]")
+            assert await page.inner_text("#err-k-label") == ("Etichetta: da 1 a 100 caratteri stampabili, per esempio "
+                                                             "il nome del sistema che userà la chiave.")
+            assert await page.get_attribute("#k-label", "aria-describedby") == "err-k-label"
+            await page.fill("#k-label", "Sistema ASL Avellino")
+            async with page.expect_navigation():
+                await page.click("#nuova-chiave button[type=submit]")
+            assert (await page.inner_text("#err-k-enti")).startswith("Ente 999 sconosciuto: gli enti della "
+                                                                      "piattaforma sono 201, 202")
+            assert await page.input_value("#k-label") == "Sistema ASL Avellino"
+            await _axe_clean(page, Axe(), "45-utenti-chiave-errore")
+            assert await console.pool.fetchval("SELECT count(*) FROM console_api_key") == 0
+
+            await page.fill("#k-enti", "201")
+            async with page.expect_navigation():
+                await page.click("#nuova-chiave button[type=submit]")
+            key = await page.input_value("#chiave-segreta")
+            assert re.fullmatch(r"fk_[0-9a-f]{12}\.[A-Za-z0-9_-]{43}", key), key
+            key_id, secret = key.removeprefix("fk_").split(".")
+            assert "non sarà mostrata di nuovo" in await page.inner_text("#chiave-emessa")
+            assert f"Chiave API {key_id} emessa per Sistema ASL Avellino (enti 201)." in await page.inner_text("#esito")
+            await _axe_clean(page, Axe(), "46-utenti-chiave-emessa")
+
+            # The key works on /api as an operator of 201.
+            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=20) as api:
+                listed = await api.get(console.url + "/api/istanze")
+                assert listed.status_code == 200 and [i["instance"] for i in listed.json()["items"]] == [own]
+
+                # Shown once: the page again lists the key, never its secret.
+                await page.goto(console.url + "/utenti")
+                assert secret not in await page.content() and await page.locator("#chiave-segreta").count() == 0
+                cells = await page.locator(f"tr[data-chiave='{key_id}'] td").all_inner_texts()
+                created = (await auth.list_api_keys(console.pool))[0]["created_at"].astimezone(ITALY)
+                assert cells[:5] == [key_id, "Sistema ASL Avellino", "201", f"{created:%d/%m/%Y %H:%M}",
+                                     "attiva"], cells
+
+                async with page.expect_navigation():
+                    await page.click(f"tr[data-chiave='{key_id}'] button")  # Revoca
+                assert f"Chiave API {key_id} revocata" in await page.inner_text("#esito")
+                revoked = (await auth.list_api_keys(console.pool))[0]["revoked_at"].astimezone(ITALY)
+                cells = await page.locator(f"tr[data-chiave='{key_id}'] td").all_inner_texts()
+                assert cells[4] == f"revocata il {revoked:%d/%m/%Y %H:%M}", cells
+                assert await page.locator(f"tr[data-chiave='{key_id}'] button").count() == 0
+                await _axe_clean(page, Axe(), "47-utenti-chiave-revocata")
+                assert (await api.get(console.url + "/api/istanze")).status_code == 401
+            assert not any(secret in url for url in visited), visited  # never in a URL the browser asked for
+
+            # The auditor reads who issued and revoked it, under the key's name.
+            auditor = await (await italian_context(browser)).new_page()
+            await _log_in(auditor, console.url, "aud.1")
+            await auditor.goto(console.url + f"/accessi?utente=api:{key_id}")
+            rows = [[cell.strip() for cell in row] for row in await auditor.locator(
+                "#gestione-utenti tbody tr").evaluate_all("rows => rows.map(r => [...r.cells].map(c => c.innerText))")]
+            assert [r[1:] for r in rows] == [
+                [f"api:{key_id}", "chiave API revocata", "", "adm.1"],
+                [f"api:{key_id}", "chiave API emessa", "Sistema ASL Avellino: enti 201", "adm.1"]], rows
+            assert secret not in await auditor.content()
         finally:
             await browser.close()

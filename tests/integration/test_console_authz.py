@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from services.console import app as console_app
 from services.console.access import ROUTE_TABLE, RouteRule, check_every_route_has_a_rule
@@ -70,7 +70,23 @@ def test_every_route_has_a_rule() -> None:
     probe = FastAPI(docs_url=None, redoc_url=None)
     probe.include_router(console_app.pages)
     probe.include_router(console_app.api)
-    check_every_route_has_a_rule(probe.routes)  # the table as it is: passes
+    # The table as it is: passes, having checked every route of the table (those of the included routers: FastAPI
+    # keeps an included router as one entry of the app's routes, and a walk of that list alone checked none).
+    assert check_every_route_has_a_rule(probe.routes) == len(ROUTE_TABLE)
+
+    # A route declared on a router the app includes, as the console's own are, without `route(...)`: refused.
+    extra = APIRouter()
+
+    @extra.post("/utenti/chiavi/nuova-azione-senza-regola")
+    async def unguarded_action() -> dict[str, str]:
+        return {}
+
+    included = FastAPI(docs_url=None, redoc_url=None)
+    included.include_router(console_app.pages)
+    included.include_router(extra, prefix="/dentro")
+    with pytest.raises(RuntimeError, match="POST /dentro/utenti/chiavi/nuova-azione-senza-regola has no "
+                                           "authorization rule"):
+        check_every_route_has_a_rule(included.routes)
 
     @probe.get("/istanze/{instance}/nuova-pagina-senza-regola")
     async def unguarded() -> dict[str, str]:
@@ -163,6 +179,10 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
                     where = f"{route.method} {route.path} as {role} on {'own' if is_own else 'other'} ({target})"
                     exists = target not in (missing, "ONB-MISSING", MISSING_LETTER, NOBODY)
                     allowed = exists and _allowed(route, role, is_own)
+                    if route.path.startswith("/utenti") and role != "admin":
+                        # The users page and its actions (users, passwords, API keys) are the admin's alone, whatever
+                        # rule the table holds: a route there declared with a wider rule fails here.
+                        assert status == 404, f"{where}: {status} (only admin manages users and API keys)"
                     if route.path == "/istanze/nuova" and route.method == "POST" and role in route.rule.roles:
                         assert status == 422, where
                         assert ("solo tra i suoi enti" in body) == (not is_own), where
@@ -177,6 +197,8 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
                         assert status == 422, f"{where}: {status}"  # authorized; no file, no verdict given
                     elif route.path in ("/utenti", "/utenti/password") and route.method == "POST":
                         assert status == 422, f"{where}: {status}"  # authorized; a user without a name
+                    elif route.path in ("/utenti/chiavi", "/utenti/chiavi/revoca"):
+                        assert status == 422, f"{where}: {status}"  # authorized; a key without a label, or an id
                     elif "{letter}" in route.path and route.method == "POST":
                         # authorized; a keyless message cannot be redriven, a discard needs its reason
                         assert status == (409 if route.path.endswith("/rilancia") else 422), f"{where}: {status}"
@@ -197,3 +219,7 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
     assert await console.pool.fetchval("SELECT count(*) FROM console_user WHERE disabled") == 0
     assert await console.pool.fetchval("SELECT password_hash FROM console_user WHERE name = $1", VICTIM) == \
         victim_hash
+    # No API key was issued nor revoked (the admin's forms without a label, or without a key id, are refused).
+    assert await console.pool.fetchval("SELECT count(*) FROM console_api_key") == 0
+    assert await console.pool.fetchval("SELECT count(*) FROM events WHERE stream_id = 'console-users' AND type LIKE "
+                                       "'console.api-key-%'") == 0

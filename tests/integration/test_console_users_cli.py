@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import asyncpg
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -16,6 +17,8 @@ from services.console.auth import Principal
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
 from services.runtime.migrations import migrate
+from tests.console_support import running_console
+from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -157,6 +160,32 @@ def test_the_demo_user_is_recorded_added_then_given_its_new_password(cli_env) ->
     assert [(c[1], c[3]) for c in changes] == [("user-password-set", "demo"), ("user-added", "demo")], history
 
 
+async def test_flows_demo_run_again_closes_the_demo_users_sessions_of_the_old_password(fresh_db, tmp_path,  # type: ignore[no-untyped-def]
+                                                                                      monkeypatch) -> None:
+    """`flows demo` gives demo.<ente> a new password at every run (services/cli/demo.py `_demo_login`): a browser
+    session opened with the previous run's password (printed on a terminal, maybe shared) is refused afterwards, as
+    after `flows users password`; the new password opens a new one."""
+    from services.cli.demo import _demo_login
+
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console:
+        first = await _demo_login("201")
+        async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+            assert (await console.login(client, "demo.201", first)).status_code == 303
+            assert (await client.get(console.url + "/istanze")).status_code == 200
+            second = await _demo_login("201")  # `flows demo` run again
+            refused = await client.get(console.url + "/istanze")
+            assert refused.status_code == 303 and refused.headers["location"].startswith("/login"), refused.text
+        assert await console.pool.fetchval("SELECT count(*) FROM console_session WHERE user_name = 'demo.201'") == 0
+        async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+            assert (await console.login(client, "demo.201", first)).status_code == 401
+            assert (await console.login(client, "demo.201", second)).status_code == 303
+            assert (await client.get(console.url + "/istanze")).status_code == 200
+        recorded = await auth.user_history(console.pool, "demo.201")
+        assert [(r["type"], r["actor"]) for r in recorded] == [("console.user-password-set", "demo"),
+                                                               ("console.user-added", "demo")]
+
+
 def test_api_keys_are_listed_revoked_and_their_issue_and_revocation_recorded_without_the_secret(cli_env) -> None:  # type: ignore[no-untyped-def]
     out = flows("users", "api-key", "sistema-regionale", "--ente", "202", "--ente", "201")
     key = out.strip().splitlines()[-1]
@@ -167,6 +196,8 @@ def test_api_keys_are_listed_revoked_and_their_issue_and_revocation_recorded_wit
     assert "--ente" in flows("users", "api-key", "senza-enti", code=2)  # typer: the option is required
     assert "label" in flows("users", "api-key", " ", "--ente", "201", code=1)
     assert "'2011'" in flows("users", "api-key", "x", "--ente", "2011", code=1)
+    assert "--ente 999: not an entity of the platform (known: 201, 202" in " ".join(
+        flows("users", "api-key", "x", "--ente", "201", "--ente", "999", code=1).split())
 
     def listed() -> dict[str, list[str]]:
         lines = flows("users", "api-keys").splitlines()
