@@ -308,9 +308,12 @@ def _span(start: object, end: object) -> str:
 def _switch(row: Mapping[str, Any]) -> str:
     """The dashboard's switch column from the row's data: the scheduled slot, or a refusal's earliest valid slot
     (its reasons are the onboarding service's Italian sentences: `onboarding status REQUEST` prints them)."""
-    if row["proposed_date"] is not None:
-        return f"refused; earliest valid {row['proposed_date']} {row['proposed_window']}"
-    return " ".join(str(x) for x in (row["switch_date"], row["switch_window"]) if x)
+    scheduled = " ".join(str(x) for x in (row["switch_date"], row["switch_window"]) if x)
+    if row["proposed_date"] is None:
+        return scheduled
+    refused = f"refused; earliest valid {row['proposed_date']} {row['proposed_window']}"
+    # a refused new slot leaves a switch already scheduled as it was
+    return f"{scheduled}; a new slot {refused}" if scheduled else refused
 
 
 def _print_request(req: onboarding.OnboardingRequest) -> None:
@@ -346,11 +349,11 @@ def _print_request(req: onboarding.OnboardingRequest) -> None:
             f"switch: {s.switch_date} {s.window_start}-{s.window_end} ({s.credentials.value})"
             + (f"; warning: {s.warning}" if s.warning else "")
         )
-    elif req.switch_refused:
+    if req.switch_refused:  # the last slot asked was refused (a switch already scheduled stays)
         r = req.switch_refused
         console.print(
-            f"switch refused: {'; '.join(r.reasons)}; earliest valid slot {r.proposed_date} "
-            f"{r.proposed_window_start}-{r.proposed_window_end}"
+            f"{'new slot refused' if req.switch else 'switch refused'}: {'; '.join(r.reasons)}; earliest valid "
+            f"slot {r.proposed_date} {r.proposed_window_start}-{r.proposed_window_end}"
         )
 
 

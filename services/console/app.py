@@ -160,13 +160,20 @@ def event_detail(event_type: str, data: Mapping[str, Any]) -> str:
     return ""
 
 
-def switch_proposal(day: date | None, window: str | None) -> str:
-    """A refused switch's earliest valid slot, from the dashboard's data (`proposed_date`, `proposed_window`), in the
-    desk's words: "prima data valida lunedì 21/09/2026, 08:30-10:30"."""
+def switch_slot(day: date | None, window: str | None) -> str:
+    """A switch's day and window (the dashboard's `switch_date`, `switch_window`, or a scheduled switch's), in the
+    desk's words: "lunedì 21/09/2026, 08:30-10:30"."""
     if day is None or not window:
         return ""
     start, _, end = window.partition("-")
-    return f"prima data valida {_slot_text(day, start, end)}"
+    return _slot_text(day, start, end)
+
+
+def switch_proposal(day: date | None, window: str | None) -> str:
+    """A refused switch's earliest valid slot, from the dashboard's data (`proposed_date`, `proposed_window`), in the
+    desk's words: "prima data valida lunedì 21/09/2026, 08:30-10:30"."""
+    slot = switch_slot(day, window)
+    return f"prima data valida {slot}" if slot else ""
 
 
 # A load's counts (services.loader.pipeline: what each snapshot table counts).
@@ -241,6 +248,7 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 # for template work).
 templates.env.auto_reload = os.environ.get("FLOWS_CONSOLE_TEMPLATES_RELOAD") == "1"
 templates.env.filters["ora"] = lambda when, fmt="%d/%m/%Y %H:%M:%S": when.astimezone(ROME).strftime(fmt)
+templates.env.filters["giorno"] = lambda day: "" if day is None else f"{day:%d/%m/%Y}"  # a date, as Italians write it
 templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state_class=_state_class,
                              role_labels=ROLE_LABELS, badge=_badge,
                              flow_type_label=lambda t: FLOW_TYPE_LABELS.get(t, t),
@@ -250,7 +258,9 @@ templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state
                              document_label=document_label,
                              onboarding_kind_label=lambda k: ONBOARDING_KIND_LABELS.get(k, k),
                              onboarding_status_label=lambda k: ONBOARDING_STATUS_LABELS.get(k, k),
-                             onboarding_statuses=ONBOARDING_STATUS_LABELS, switch_proposal=switch_proposal)
+                             onboarding_statuses=ONBOARDING_STATUS_LABELS, switch_proposal=switch_proposal,
+                             switch_slot=switch_slot,
+                             quanti=lambda n, one, many: f"{n} {one if n == 1 else many}")
 
 
 SECURITY_HEADERS = [

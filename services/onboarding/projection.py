@@ -11,7 +11,10 @@ The rows keep data, not sentences: the console writes the Italian words, `onboar
 scheduled switch is `switch_date`, `switch_window` ("HH:MM-HH:MM") and `switch_note` (the event's own warning, or
 NULL); a refused one is `switch_refused_reasons` (the reasons as the event has them, a JSON list of the onboarding
 service's Italian sentences: the event carries no codes), `proposed_date` and `proposed_window` (the earliest valid
-slot), with the scheduled columns NULL; a later scheduled switch clears the refusal's columns. The live table's DDL
+slot); a later scheduled switch clears the refusal's columns. A refused new slot does not cancel a switch already
+scheduled (the request's history keeps it, services/onboarding/domain.py): the row keeps its date, window and
+status `switch-scheduled`, with the refusal beside it; `switch-refused` is the status of a request with no switch
+scheduled. The live table's DDL
 is migration 0040 then 0073, which added the refusal's columns and moved the rows written before into them (they
 had the refusal as one Italian note in `switch_note`).
 """
@@ -125,8 +128,9 @@ class DashboardProjection:
             )
         elif kind == "switch-refused":
             await conn.execute(
-                f"UPDATE {TABLE} SET {_TOUCH}, status = 'switch-refused', switch_date = NULL, switch_window = NULL, "
-                "switch_note = NULL, switch_refused_reasons = $4, proposed_date = $5, proposed_window = $6 "
+                # a switch already scheduled stays (the request's history keeps it: services/onboarding/domain.py)
+                f"UPDATE {TABLE} SET {_TOUCH}, status = CASE WHEN switch_date IS NULL THEN 'switch-refused' "
+                "ELSE status END, switch_refused_reasons = $4, proposed_date = $5, proposed_window = $6 "
                 "WHERE request_id = $1",
                 rid,
                 v,
@@ -200,7 +204,7 @@ class DashboardRebuild:
                        switch_window=f"{d['window_start']}-{d['window_end']}", switch_note=d.get("warning"),
                        switch_refused_reasons=None, proposed_date=None, proposed_window=None)
         elif kind == "switch-refused":
-            row.update(status="switch-refused", switch_date=None, switch_window=None, switch_note=None,
+            row.update(status="switch-refused" if row["switch_date"] is None else row["status"],
                        switch_refused_reasons=list(d["reasons"]), proposed_date=_day(d["proposed_date"]),
                        proposed_window=_proposed_window(d))
 

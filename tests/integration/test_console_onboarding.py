@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import html
 import os
+import re
 import tempfile
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
@@ -149,8 +150,9 @@ async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_vali
         assert 'name="dalle" value="08:30"' in proposal_form and 'name="alle" value="10:30"' in proposal_form
         # The dashboard keeps the refusal as the event has it; the request page and the dashboard page write it.
         row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1", rid)
+        # (the slot declared on completion stays scheduled: a refused new slot does not cancel it)
         assert (row["status"], row["switch_note"], row["switch_refused_reasons"], row["proposed_date"],
-                row["proposed_window"]) == ("switch-refused", None, refusal.data["reasons"], proposed, "08:30-10:30")
+                row["proposed_window"]) == ("switch-scheduled", None, refusal.data["reasons"], proposed, "08:30-10:30")
         slot = f"{WEEKDAYS_IT[proposed.weekday()]} {proposed:%d/%m/%Y}, 08:30-10:30"
         listed = html.unescape((await client.get(f"{console.url}/onboarding")).text)
         assert f"prima data valida {slot}" in listed.split(f">{rid}</a>", 1)[1].split("</tr>", 1)[0]
@@ -164,6 +166,25 @@ async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_vali
         row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1", rid)
         assert (row["switch_date"], row["switch_window"], row["switch_refused_reasons"], row["proposed_date"],
                 row["proposed_window"]) == (proposed, "08:30-10:30", None, None, None)
+
+        # A new slot refused does not cancel the switch already scheduled: the request's history keeps it, so do the
+        # dashboard's row and both pages, the refusal beside it (dates as Italians write them).
+        again = await client.post(url, data={"csrf": csrf, "data": day.isoformat(), "dalle": "09:00", "alle": "10:00"})
+        assert again.status_code == 200 and "non è possibile" in html.unescape(again.text)
+        refusal = (await console.store.read_stream(f"onboarding-{rid}"))[-1]
+        assert refusal.type == "onboarding.switch-refused"
+        row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1", rid)
+        assert (row["status"], row["switch_date"], row["switch_window"], row["switch_refused_reasons"]) == (
+            "switch-scheduled", proposed, "08:30-10:30", refusal.data["reasons"])
+        scheduled = f"{WEEKDAYS_IT[proposed.weekday()]} {proposed:%d/%m/%Y}, 08:30-10:30"
+        shown = html.unescape((await client.get(f"{console.url}/onboarding/{rid}")).text)
+        assert shown.split('id="switch-pianificato">', 1)[1].split("</dd>", 1)[0] == scheduled
+        assert "Nuova data di switch rifiutata" in shown and "switch pianificato" in shown.split("Stato", 1)[1]
+        listed = html.unescape((await client.get(f"{console.url}/onboarding")).text)
+        cells = listed.split(f">{rid}</a>", 1)[1].split("</tr>", 1)[0]
+        assert scheduled in cells and "nuova data rifiutata" in cells and "switch pianificato" in cells
+        facts = shown.split('<dl class="row">', 1)[1].split("</dl>", 1)[0]
+        assert not re.search(r"\d{4}-\d{2}-\d{2}", facts + cells), "a date written as ISO, not dd/mm/yyyy"
 
         # Without the session's CSRF token, nothing is asked.
         assert (await client.post(url, data={"data": proposed.isoformat(), "dalle": "08:30", "alle": "10:30"})

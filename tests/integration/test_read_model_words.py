@@ -64,6 +64,8 @@ async def test_a_deleted_instance_is_written_in_italian_on_the_page_from_the_rea
     without = await console.instance("201", [("flows.load-checked", {"source_instance": 6, "counts": {}}),
                                              ("flows.instance-deleted", {"deleted_by": "op.201"})])
     alive = await console.instance("201", [failed])
+    one_each = await console.instance("201", [("flows.load-failed", {"source_instance": 7, "errors": 1, "warnings": 1,
+                                                                     "summary": "1 errore in 1 record"})])
 
     rows = {r["instance"]: r for r in await console.pool.fetch(
         "SELECT instance, summary, deleted_by, deletion_reason FROM instance_list")}
@@ -81,6 +83,8 @@ async def test_a_deleted_instance_is_written_in_italian_on_the_page_from_the_rea
         assert _dd(page, "Cancellazione") == "Cancellata da op.201 (nessun motivo indicato)"
         page = (await client.get(f"{console.url}/istanze/{alive}")).text
         assert "Cancellazione" not in page and "Cancellata da" not in page
+        page = (await client.get(f"{console.url}/istanze/{one_each}")).text
+        assert _dd(page, "Errori, avvisi") == "1 errore, 1 avviso: 1 errore in 1 record"  # one, not "1 errori"
 
         # The API: the same values, no sentence.
         got = (await client.get(f"{console.url}/api/istanze/{with_reason}")).json()

@@ -152,17 +152,23 @@ async def test_the_dashboards_bulk_rebuild_equals_the_inline_projection(pool: as
     store = EventStore(pool, source="/flows/test", projections=[dashboard])
     histories = {"req-1": onboarding_history("req-1"), "req-2": onboarding_history("req-2")[:4],
                  "req-3": onboarding_history("req-3")[1:3],  # req-3 never opened: no row
-                 "req-4": refused_then_scheduled("req-4")}
+                 "req-4": refused_then_scheduled("req-4"),
+                 "req-5": [e for e in onboarding_history("req-5") if e.type != "onboarding.switch-scheduled"]}
     for rid, history in histories.items():
         await store.append(f"onboarding-{rid}", history, expected_version=0, key=rid, publish=False)
     live = {r["request_id"]: r for r in await pool.fetch("SELECT * FROM onboarding_dashboard")}
-    assert {rid: r["status"] for rid, r in live.items()} == {"req-1": "switch-refused", "req-2": "compliant",
-                                                             "req-4": "switch-scheduled"}
+    # req-1: a new slot refused after a switch was scheduled, which stays (the request's history keeps it too);
+    # req-5: a refusal with no switch scheduled.
+    assert {rid: r["status"] for rid, r in live.items()} == {"req-1": "switch-scheduled", "req-2": "compliant",
+                                                             "req-4": "switch-scheduled", "req-5": "switch-refused"}
     assert live["req-1"]["missing"] == ["contratto"]
     # A refusal is data, as its event has it: no note of the read model's.
     switch = ("switch_date", "switch_window", "switch_note", "switch_refused_reasons", "proposed_date",
               "proposed_window")
     assert tuple(live["req-1"][c] for c in switch) == (
+        date(2026, 10, 12), "09:00-11:00", "a Monday", ["the CUP is frozen that week"], date(2026, 10, 19),
+        "10:00-12:00")
+    assert tuple(live["req-5"][c] for c in switch) == (
         None, None, None, ["the CUP is frozen that week"], date(2026, 10, 19), "10:00-12:00")
     assert tuple(live["req-4"][c] for c in switch) == (date(2026, 10, 19), "10:00-11:00", None, None, None, None)
     assert tuple(live["req-2"][c] for c in switch) == (None,) * 6

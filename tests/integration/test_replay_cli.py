@@ -166,14 +166,16 @@ def _onboarding_histories() -> dict[str, list[tuple[str, dict]]]:
             "R2": [opened, scheduled, refused("2026-09-21"), (scheduled[0], {**scheduled[1], "warning": None})],
             "R3": [opened, refused("2026-09-21"), refused("2026-09-22", "09:30")],  # the last refusal counts
             "R4": [opened, refused("2026-09-23"), taken],  # the refusal's note stayed after another milestone
-            "R5": [opened, scheduled]}
+            "R5": [opened, scheduled],
+            "R6": [opened, scheduled, refused("2026-09-24")]}  # a new slot refused: the scheduled switch stays
 
 
 def test_replay_verify_finds_no_difference_on_a_database_written_before_the_read_models_kept_data(
         fresh_db, monkeypatch):
-    """The live rows as the projections wrote them before migrations 0072 and 0073 (a deletion's sentence as the
-    summary, a refused switch's note), those migrations not yet applied: `flows replay --all --verify` migrates
-    (as a service's start does), and the live rows equal the ones rebuilt from the unchanged log, keeping data."""
+    """The live rows as the projections wrote them before migrations 0072, 0073 and 0074 (a deletion's sentence as
+    the summary, a refused switch's note, a scheduled switch dropped by a refusal), those migrations not yet
+    applied: `flows replay --all --verify` migrates (as a service's start does), and the live rows equal the ones
+    rebuilt from the unchanged log, keeping data."""
     deletions = {n: next(p for p in h if isinstance(p, flows.InstanceDeleted))
                  for n, h in _instance_histories().items() if any(isinstance(p, flows.InstanceDeleted) for p in h)}
 
@@ -197,11 +199,14 @@ def test_replay_verify_finds_no_difference_on_a_database_written_before_the_read
                                        _old_deletion_summary(deletions[n].deleted_by, deletions[n].reason))
                 await conn.execute("ALTER TABLE onboarding_dashboard DROP COLUMN switch_refused_reasons, "
                                    "DROP COLUMN proposed_date, DROP COLUMN proposed_window")
-                for rid in ("R1", "R3", "R4"):  # the last switch event was a refusal
+                for rid in ("R1", "R3", "R4", "R6"):  # the last switch event was a refusal
                     last = [d for kind, d in _onboarding_histories()[rid] if kind == "switch-refused"][-1]
-                    await conn.execute("UPDATE onboarding_dashboard SET switch_note = $2 WHERE request_id = $1",
+                    # the code before 0074 also dropped a switch already scheduled (R6) on a refusal
+                    await conn.execute("UPDATE onboarding_dashboard SET switch_note = $2, switch_date = NULL, "
+                                       "switch_window = NULL, status = CASE WHEN status = 'switch-scheduled' THEN "
+                                       "'switch-refused' ELSE status END WHERE request_id = $1",
                                        rid, _old_refusal_note(last))
-                await conn.execute("DELETE FROM schema_migrations WHERE version IN (72, 73)")
+                await conn.execute("DELETE FROM schema_migrations WHERE version IN (72, 73, 74)")
         finally:
             await pool.close()
 
@@ -236,4 +241,6 @@ def test_replay_verify_finds_no_difference_on_a_database_written_before_the_read
         "R2": ("switch-scheduled", date(2026, 10, 12), None, None, None, None),
         "R3": ("switch-refused", None, None, reasons, date(2026, 9, 22), "09:30-10:30"),
         "R4": ("taken-in-charge", None, None, reasons, date(2026, 9, 23), "08:30-10:30"),
-        "R5": ("switch-scheduled", date(2026, 10, 12), "preavviso sotto le 4 settimane", None, None, None)}
+        "R5": ("switch-scheduled", date(2026, 10, 12), "preavviso sotto le 4 settimane", None, None, None),
+        "R6": ("switch-scheduled", date(2026, 10, 12), "preavviso sotto le 4 settimane", reasons, date(2026, 9, 24),
+               "08:30-10:30")}
