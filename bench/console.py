@@ -4,8 +4,8 @@
    within 2x of the raw SQL query for the same page. Pages are the first one and the next ones by
    keyset (`prima`), for an operator of two enti and for an ops user, with and without a state
    filter; console and raw alternate page by page so machine load hits both alike. The raw query is the
-   page's own list SQL (services/console/app.py `list_page_rows`: its columns, the filters asked, the principal
-   given), the same statement text for the same search, so both run on PostgreSQL's cached generic plan once
+   page's own list SQL (services/console/instance_pages.py `list_page_rows`: its columns, the filters asked, the
+   principal given), the same statement text for the same search, so both run on PostgreSQL's cached generic plan once
    warm; the page runs the same list with its session lookup in one statement. The pages are
    fetched over one keep-alive connection and parsed by httptools (llhttp, C), as the raw query runs on
    asyncpg's Cython protocol (`PageClient`).
@@ -47,7 +47,8 @@ import httpx
 from aiokafka import AIOKafkaProducer
 
 from services.console import auth
-from services.console.app import PAGE_SIZE, Search, list_page_rows
+from services.console.instance_pages import Search, list_page_rows
+from services.console.web import PAGE_SIZE
 from services.runtime.db import create_database, create_pool, drop_database
 from services.runtime.host import prepare_database
 from services.runtime.read_models import FLOW_PROJECTIONS

@@ -23,7 +23,8 @@ from playwright.async_api import Browser, BrowserContext
 
 from contracts import flows
 from services.console import auth
-from services.console.app import STATIC, VENDOR, create_app
+from services.console.app import create_app
+from services.console.web import STATIC, VENDOR
 from services.onboarding import handlers
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore, NewEvent
@@ -81,7 +82,8 @@ class RunningConsole:
         """An onboarding request of structure `sts11` (by default a new aggregation with two SPOKEs), opened as the
         CLI does."""
         from contracts.onboarding import RequestKind, RequestOpened, Spoke
-        from services.console.app import Console, _onboarding_deps
+        from services.console.onboarding_pages import _onboarding_deps
+        from services.console.web import Console
 
         deps = _onboarding_deps(Console(self.settings, self.pool, self.store, self.files, None, None))  # type: ignore[arg-type]
         spokes = [Spoke(sts11="150456", name="Lab Partenope", already_on_cup=True),
@@ -100,7 +102,8 @@ class RunningConsole:
                                   metadata: dict[str, str] | None = None) -> str:
         """A document added to the request as the `onboarding` CLI adds it; its document id."""
         from contracts.onboarding import DocumentReceived
-        from services.console.app import Console, _onboarding_deps
+        from services.console.onboarding_pages import _onboarding_deps
+        from services.console.web import Console
 
         deps = _onboarding_deps(Console(self.settings, self.pool, self.store, self.files, None, None))  # type: ignore[arg-type]
         added = await handlers.add_document(deps, request_id, filename, content, document_type,

@@ -11,9 +11,10 @@ claims (oidc.upsert_user), a row changed by hand.
 Every console process (each replica) LISTENs on a connection of its own, outside the pool (the pool's connections
 go from request to request, and asyncpg drops a connection's listeners when it goes back). A notice does not end a
 stream by itself: it wakes the open streams of that session or user, and each checks its session in the database
-at once, exactly as at its keep-alive (app.py `_stream_still_allowed`); one that no longer reads its instance ends
-(console.js: "Aggiornamento automatico terminato ..."). So a NOTIFY sent by anyone else ends nothing still allowed,
-and a lost notice costs at most the keep-alive period (app.py STREAM_CHECK_S, 15 s), which stays as the safety net.
+at once, exactly as at its keep-alive (instance_pages.py `_stream_still_allowed`); one that no longer reads its
+instance ends (console.js: "Aggiornamento automatico terminato ..."). So a NOTIFY sent by anyone else ends nothing
+still allowed, and a lost notice costs at most the keep-alive period (instance_pages.py STREAM_CHECK_S, 15 s), which
+stays as the safety net.
 
 A LISTEN connection that dies (PostgreSQL restarted, the backend terminated; a silent network is found by a probe
 every PROBE_S) is opened again, RELISTEN_FIRST_S doubling to RELISTEN_CAP_S; once it listens again every open

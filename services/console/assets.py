@@ -15,7 +15,7 @@ immutable``: the browser never asks again, and a new release emits new URLs. Any
 stale one from a page of the previous release, a file added or changed on disk since start-up) gets the file
 as it is now with ``Cache-Control: no-cache``: the browser may keep it but revalidates (ETag / Last-Modified)
 before every use, so it never pins an old file. The security headers are added by the app's middleware
-(services/console/app.py), which leaves this Cache-Control alone.
+(services/console/web.py), which leaves this Cache-Control alone.
 """
 
 from __future__ import annotations

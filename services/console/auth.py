@@ -265,7 +265,7 @@ def session_sql(token: str) -> str:
     """The live session of the cookie whose SHA-256 is the parameter `token` (e.g. "$1"): its user's name, role,
     enti, structure and the session's CSRF token; no row when the session is unknown, expired or its user
     disabled. Checked in the database on every request (no cache to outlive a logout or a disable); a page that
-    needs one more query runs it in the same statement as this one (app.py: the instance list)."""
+    needs one more query runs it in the same statement as this one (instance_pages.py: the instance list)."""
     return (f"SELECT {', '.join(SESSION_COLUMNS)} FROM console_session s "
             "JOIN console_user u ON u.name = s.user_name "
             f"WHERE s.token_sha256 = {token} AND s.expires_at > now() AND NOT u.disabled")

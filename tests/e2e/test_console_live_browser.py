@@ -19,7 +19,7 @@ from playwright.async_api import Page, Route, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from contracts import flows
-from services.console import app as console_app
+from services.console import instance_pages
 from services.runtime.eventstore import NewEvent
 from services.runtime.outbox import OutboxRelay
 from services.runtime.read_models import instance_stream
@@ -108,7 +108,7 @@ async def test_the_page_comes_back_live_after_postgresql_was_down_and_says_so_me
     session). A browser does not reconnect a stream by itself after such an answer: before, the page then stayed
     still for good, showing an old state as if it were current. Now the page says that its updates stopped and
     tries again, backed off; once PostgreSQL is up it is live again and shows the next change without a reload."""
-    monkeypatch.setattr(console_app, "STREAM_CHECK_S", 0.5)  # production: 15 s, the keep-alive
+    monkeypatch.setattr(instance_pages, "STREAM_CHECK_S", 0.5)  # production: 15 s, the keep-alive
     async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
         await console.add_users()
         instance = await console.instance("201")  # Running
@@ -166,7 +166,7 @@ async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: igno
     15 s of its keep-alive check: here that check is an hour away, so the logout's NOTIFY is what ends it); the page
     says the session ended, does not try again, and links to the login, which brings the operator back to the
     instance, live again."""
-    monkeypatch.setattr(console_app, "STREAM_CHECK_S", AN_HOUR)
+    monkeypatch.setattr(instance_pages, "STREAM_CHECK_S", AN_HOUR)
     async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
         await console.add_users()
         instance = await console.instance("201")
@@ -211,7 +211,7 @@ async def test_an_administrators_disable_ends_an_operators_open_stream_at_once( 
         fresh_db, tmp_path, monkeypatch) -> None:
     """An operator has an instance page open, live; the administrator disables it on the users page (another
     browser). The operator's stream ends at once (its keep-alive check is an hour away) and its page says so."""
-    monkeypatch.setattr(console_app, "STREAM_CHECK_S", AN_HOUR)
+    monkeypatch.setattr(instance_pages, "STREAM_CHECK_S", AN_HOUR)
     async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
         await console.add_users()
         instance = await console.instance("201")

@@ -20,8 +20,7 @@ import httpx
 import pytest
 
 from contracts import flows
-from services.console import access_watch, auth, oidc
-from services.console import app as console_app
+from services.console import access_watch, auth, instance_pages, oidc
 from services.runtime.eventstore import NewEvent
 from services.runtime.outbox import OutboxRelay
 from services.runtime.read_models import instance_stream
@@ -125,7 +124,7 @@ async def test_two_replicas_end_the_streams_of_a_logout_and_of_a_disable_at_once
     """op.201 has two sessions (two browsers) and three open streams on two console replicas. A logout on replica
     A ends the logged-out session's streams on A and on B at once, and not the other session's, which still gets
     the instance's changes; the administrator's disable then ends that one too."""
-    monkeypatch.setattr(console_app, "STREAM_CHECK_S", AN_HOUR)
+    monkeypatch.setattr(instance_pages, "STREAM_CHECK_S", AN_HOUR)
     files = tmp_path / "files"
     async with running_console(fresh_db, KAFKA, files) as a, running_console(fresh_db, KAFKA, files) as b, \
             relaying(a), httpx.AsyncClient(timeout=10) as first, httpx.AsyncClient(timeout=10) as second:
@@ -162,7 +161,7 @@ async def test_an_ente_no_longer_the_users_ends_its_streams_of_that_ente(  # typ
     """An OIDC operator of 201 and 202 watches one instance of each; it logs in again (another browser) and the
     identity provider's claims now give it 202 only (oidc.upsert_user, the callback's own function). The stream of
     the 201 instance ends at once; that of the 202 instance was woken too, checked, and stays."""
-    monkeypatch.setattr(console_app, "STREAM_CHECK_S", AN_HOUR)
+    monkeypatch.setattr(instance_pages, "STREAM_CHECK_S", AN_HOUR)
     async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, \
             httpx.AsyncClient(timeout=10) as client:
         await oidc.upsert_user(console.pool, oidc.Identity("op.oidc", "operator", ["201", "202"], None))
@@ -186,7 +185,7 @@ async def test_a_lost_listen_connection_is_opened_again_and_every_open_stream_ch
     would). While nobody listens the operator's session is deleted: its notice reaches no one. Once the console
     listens again (the first retry is set 3 s away here, so the deletion surely falls before it), every open stream
     checks once, and the stream of the deleted session ends."""
-    monkeypatch.setattr(console_app, "STREAM_CHECK_S", AN_HOUR)
+    monkeypatch.setattr(instance_pages, "STREAM_CHECK_S", AN_HOUR)
     monkeypatch.setattr(access_watch, "RELISTEN_FIRST_S", 3.0)
     async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, \
             httpx.AsyncClient(timeout=10) as client:
@@ -207,7 +206,7 @@ async def test_a_change_that_announced_nothing_is_caught_by_the_keep_alive_check
         fresh_db, tmp_path, monkeypatch) -> None:
     """The safety net. A session deleted with the triggers off (session_replication_role = replica, as a
     replication tool or a restore would) announces nothing; the stream's next keep-alive check ends it."""
-    monkeypatch.setattr(console_app, "STREAM_CHECK_S", 0.5)
+    monkeypatch.setattr(instance_pages, "STREAM_CHECK_S", 0.5)
     async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, \
             httpx.AsyncClient(timeout=10) as client:
         await console.add_users()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from services.console.access import ROUTE_TABLE
-from services.console.app import STATIC, VENDOR
+from services.console.web import STATIC, VENDOR
 from tests.console_support import (
     DIRECTORY_URL,
     FILE_URL,

@@ -16,7 +16,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, FastAPI
 
-from services.console import app as console_app
+from services.console import web as console_web
 from services.console.access import ROUTE_TABLE, RouteRule, check_every_route_has_a_rule
 from services.console.auth import ROLES, add_user
 from tests.console_support import PASSWORD, ROLE_USERS, STRUCTURE, RunningConsole, csrf_of, running_console
@@ -68,8 +68,8 @@ async def _keyless_dead_letter() -> str:
 
 def test_every_route_has_a_rule() -> None:
     probe = FastAPI(docs_url=None, redoc_url=None)
-    probe.include_router(console_app.pages)
-    probe.include_router(console_app.api)
+    probe.include_router(console_web.pages)
+    probe.include_router(console_web.api)
     # The table as it is: passes, having checked every route of the table (those of the included routers: FastAPI
     # keeps an included router as one entry of the app's routes, and a walk of that list alone checked none).
     assert check_every_route_has_a_rule(probe.routes) == len(ROUTE_TABLE)
@@ -82,7 +82,7 @@ def test_every_route_has_a_rule() -> None:
         return {}
 
     included = FastAPI(docs_url=None, redoc_url=None)
-    included.include_router(console_app.pages)
+    included.include_router(console_web.pages)
     included.include_router(extra, prefix="/dentro")
     with pytest.raises(RuntimeError, match="POST /dentro/utenti/chiavi/nuova-azione-senza-regola has no "
                                            "authorization rule"):

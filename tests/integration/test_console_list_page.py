@@ -1,8 +1,8 @@
-"""The instance list page reads its session and its rows in one statement (services/console/app.py,
+"""The instance list page reads its session and its rows in one statement (services/console/instance_pages.py,
 `_LIST_PAGE_WITH_SESSION_SQL`): on the real app and PostgreSQL, the session is still checked on every
 request (a user disabled in the table, a logged-out or expired session stop at once), the rows are only
 the principal's enti, a role without the list gets 404, and the page shows Rome's time and escaped text.
-The page is served by ConsoleApp's direct path (services/console/app.py, DIRECT_PAGES): its answer has the headers of
+The page is served by ConsoleApp's direct path (services/console/web.py, DIRECT_PAGES): its answer has the headers of
 every page, and what it does not answer (no login, a refused role, an error) the ordinary path answers."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime
 import httpx
 import pytest
 
-from services.console.app import DIRECT_PAGES
+from services.console.web import DIRECT_PAGES
 from tests.console_support import RunningConsole, csrf_of, running_console
 from tests.pg_outage import postgres_down
 from tests.stack_urls import KAFKA

@@ -20,7 +20,7 @@ from datetime import date, timedelta
 import httpx
 import pytest
 
-from services.console.app import WEEKDAYS_IT
+from services.console.labels import WEEKDAYS_IT
 from tests.console_support import ROLE_USERS, STRUCTURE, RunningConsole, csrf_of, running_console
 from tests.fault_disk import small_disk
 from tests.stack_urls import KAFKA

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from contracts.flows import EVENT_TYPES, FlowType
 from contracts.onboarding import RequestKind
-from services.console.app import (
+from services.console.instance_pages import _list_rows
+from services.console.labels import (
     COUNT_LABELS,
     EVENT_LABELS,
     FLOW_TYPE_CHOICES,
     FLOW_TYPE_LABELS,
     ONBOARDING_KIND_LABELS,
     ONBOARDING_STATUS_LABELS,
-    _list_rows,
     event_detail,
 )
 from services.loader.pipeline import _COUNTED_BY_CHECKS

@@ -1,11 +1,12 @@
-"""The instance list's rows are built in Python (services/console/app.py `_list_rows`, for speed): every text
+"""The instance list's rows are built in Python (services/console/instance_pages.py `_list_rows`, for speed): every text
 cell is still escaped, and the dates are shown as PostgreSQL wrote them (the creation time as Rome's wall-clock time:
 tests/integration/test_console_list_page.py checks it on the real page). A row is read by position, its last eight
 values in `_LIST_PAGE_TYPES` order, as an asyncpg Record unpacks."""
 
 from __future__ import annotations
 
-from services.console.app import _LIST_PAGE_TYPES, _badge, _list_rows
+from services.console.instance_pages import _LIST_PAGE_TYPES, _list_rows
+from services.console.labels import badge
 
 
 def test_list_rows_escape_every_text_cell_and_show_the_dates_as_written() -> None:
@@ -20,4 +21,4 @@ def test_list_rows_escape_every_text_cell_and_show_the_dates_as_written() -> Non
     assert '<a href="/istanze/1947">1947</a>' in html
     assert "<td>02/07/2026 00:30</td><td>01/06/2026</td><td>30/06/2026</td>" in html
     assert 'data-state="Checked">Verificata</span>' in html
-    assert str(_badge('x"<i>')) == '<span class="badge bg-primary" data-state="x&#34;&lt;i&gt;">x&#34;&lt;i&gt;</span>'
+    assert str(badge('x"<i>')) == '<span class="badge bg-primary" data-state="x&#34;&lt;i&gt;">x&#34;&lt;i&gt;</span>'

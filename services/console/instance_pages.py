@@ -1,0 +1,662 @@
+"""The instance pages: the list (keyset search), a new load, an instance (history, feedback, files, actions,
+its live stream), the deadlines, and the 730's send to Sistema TS with credentials sealed in the browser."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import html
+import json
+import tempfile
+import time
+import urllib.parse
+import zipfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pydantic
+import structlog
+from fastapi import HTTPException, Request, Response
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from markupsafe import Markup
+from starlette.background import BackgroundTask
+
+from contracts import flows
+from contracts.deadlines import (
+    DeadlineDataInvalid,
+    DeadlineDataMissing,
+    deadlines_for_month,
+    default_month,
+    italian_today,
+)
+from contracts.deadlines import status as deadline_status
+from contracts.flows import FlowType
+from contracts.states import SENDABLE_FLOW_TYPES, IllegalTransition, InstanceState, target_of
+from services.cli.common import UserError
+from services.cli.fileview import file_rows
+from services.cli.instances import append_deletion, load_request, send_format_request, send_load_request
+from services.cli.ts import send_sealed_730
+from services.console import auth
+from services.console.access import (
+    ACT_ON_INSTANCE,
+    LIST_INSTANCES,
+    READ_INSTANCE,
+    REQUEST_LOAD,
+    may,
+    record_access,
+)
+from services.console.labels import (
+    BADGE_HTML,
+    FLOW_TYPE_CHOICES,
+    FLOW_TYPE_LABEL_VALUES,
+    FLOW_TYPE_LABELS,
+    FLOW_TYPE_VALUES,
+    ROME,
+    STATE_LABEL_VALUES,
+    STATE_LABELS,
+    STATE_VALUES,
+    badge,
+)
+from services.console.live import next_change
+from services.console.web import (
+    FILE_PAGE,
+    PAGE_SIZE,
+    Console,
+    Ctx,
+    console_of,
+    page,
+    pages,
+    request_principal,
+    route,
+    templates,
+)
+from services.runtime.coverage import coverage
+from services.runtime.read_models import instance_stream
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE
+
+log = structlog.get_logger("console")
+
+# ---------------------------------------------------------------- instances
+@dataclass
+class Search:
+    tipo: str | None = None
+    ente: str | None = None
+    dal: str | None = None
+    al: str | None = None
+    stato: str | None = None
+    prima: int | None = None
+
+
+def parse_search(params: Any) -> tuple[Search, list[str]]:
+    q, errors = Search(), []
+    q.tipo = params.get("tipo") or None
+    if q.tipo and q.tipo not in FlowType.__members__.values():
+        errors.append(f"Tipo di flusso {q.tipo!r} sconosciuto.")
+        q.tipo = None
+    q.ente = (params.get("ente") or "").strip().upper() or None
+    for name in ("dal", "al"):
+        value = params.get(name) or None
+        if value:
+            try:
+                date.fromisoformat(value)
+            except ValueError:
+                errors.append(f"Data {name} {value!r}: atteso AAAA-MM-GG.")
+                value = None
+        setattr(q, name, value)
+    q.stato = params.get("stato") or None
+    if q.stato and q.stato not in STATE_LABELS:
+        errors.append(f"Stato {q.stato!r} sconosciuto.")
+        q.stato = None
+    prima = params.get("prima")
+    q.prima = int(prima) if prima and prima.isdigit() else None
+    return q, errors
+
+
+# The search's filters, in this order, each in the statement only when it is set (`_filters`).
+_FILTERS = (("tipo", "flow_type = ${}"), ("ente", "ente = ${}"), ("dal", "created_at >= ${}::date"),
+            ("al", "created_at < ${}::date + 1"), ("stato", "state = ${}"), ("prima", "instance < ${}"))
+
+
+def _filters(q: Search) -> tuple[tuple[str, ...], list[Any]]:
+    """The names of the search's filters that are set, and their values ($1, $2, ... in `_FILTERS` order). Only
+    what is asked goes into the statement, so each combination is its own prepared statement, for which PostgreSQL
+    keeps one generic plan: no planning per execution (the statement with the session was planned anew each time,
+    ~0.15 ms, about as long as it ran). With the former `($n IS NULL OR ...)` clauses a generic plan looked costlier
+    than a custom one (and could not use the keyset `instance < $n` on the index), so every execution was planned."""
+    names: list[str] = []
+    values: list[Any] = []
+    for name, _ in _FILTERS:
+        value = getattr(q, name)
+        if value is not None:
+            names.append(name)
+            values.append(date.fromisoformat(value) if name in ("dal", "al") else value)
+    return tuple(names), values
+
+
+def _list_sql(columns: str, names: tuple[str, ...], seen: str | None, limit: int) -> str:
+    """A page of instances, newest first (keyset on instance): the filters `names` ($1, $2, ...), `seen` the clause
+    that keeps the enti the principal sees (None: every ente); `limit` the page size (one more row than shown tells
+    whether a next page exists)."""
+    clauses = [clause.format(n + 1) for n, clause in enumerate(c for name, c in _FILTERS if name in names)]
+    return (f"SELECT {columns} FROM instance_list WHERE {' AND '.join([*clauses, *([seen] if seen else [])]) or 'true'}"
+            f" ORDER BY instance DESC LIMIT {int(limit)}")
+
+
+def _enti_seen(principal: auth.Principal) -> list[str] | None:
+    """The enti whose instances the principal sees; None for every ente (Principal.sees_ente in SQL)."""
+    if principal.role in auth.EVERY_ENTE_ROLES:
+        return None
+    return sorted(principal.enti) if principal.role == "operator" else []
+
+
+@functools.cache
+def _list_for_principal_sql(columns: str, names: tuple[str, ...], every_ente: bool, limit: int) -> str:
+    """The list for a principal already known: its enti the parameter after the filters' (none for every ente)."""
+    return _list_sql(columns, names, None if every_ente else f"ente = ANY(${len(names) + 1}::text[])", limit)
+
+
+# The list page shows these columns only (an instance's counts, summary, ... are the API's and the instance page's).
+# Its three dates come as the page shows them, written by PostgreSQL: the creation time as Rome's wall-clock time
+# (to_char of `AT TIME ZONE`), the period's days as dd/mm/yyyy. Three date objects a row decoded and formatted back
+# to text in Python were most of the rows' Python time (bench/console.py).
+_LIST_PAGE_TYPES = [("instance", "bigint"), ("flow_type", "text"), ("ente", "text"), ("source_instance", "bigint"),
+                    ("created_text", "text"), ("start_text", "text"), ("end_text", "text"), ("state", "text")]
+LIST_PAGE_COLUMNS = ("instance, flow_type, ente, source_instance, "
+                     f"to_char(created_at AT TIME ZONE '{ROME.key}', 'DD/MM/YYYY HH24:MI') AS created_text, "
+                     "to_char(period_start, 'DD/MM/YYYY') AS start_text, "
+                     "to_char(period_end, 'DD/MM/YYYY') AS end_text, state")
+
+
+@functools.cache
+def _list_page_with_session_sql(names: tuple[str, ...]) -> str:
+    """The page with the session lookup in one statement: the principal is read from the session (the parameter
+    after the filters': the SHA-256 of its cookie) and the rows are filtered by what that principal sees
+    (Principal.sees_ente). No row when the session is not live; else the principal's row (its page columns NULL),
+    and one row per instance (its principal columns NULL: not decoded 51 times)."""
+    every = ",".join(auth.EVERY_ENTE_ROLES)
+    seen = f"(who.role = ANY('{{{every}}}'::text[]) OR (who.role = 'operator' AND ente = ANY(who.enti)))"
+    return f"""WITH who AS MATERIALIZED ({auth.session_sql(f"${len(names) + 1}")})
+    SELECT who.*, {", ".join(f"NULL::{t} AS {c}" for c, t in _LIST_PAGE_TYPES)} FROM who
+    UNION ALL
+    SELECT {", ".join(["NULL"] * len(auth.SESSION_COLUMNS))}, page.* FROM who CROSS JOIN LATERAL ({_list_sql(
+        LIST_PAGE_COLUMNS, names, seen, PAGE_SIZE + 1)}) page"""
+
+
+async def _list_for_principal(pool: asyncpg.Pool, principal: auth.Principal, q: Search, columns: str,
+                              limit: int) -> list[asyncpg.Record]:
+    names, values = _filters(q)
+    enti = _enti_seen(principal)
+    sql = _list_for_principal_sql(columns, names, enti is None, limit)
+    return await pool.fetch(sql, *values) if enti is None else await pool.fetch(sql, *values, enti)
+
+
+async def search_instances(pool: asyncpg.Pool, principal: auth.Principal, q: Search,
+                           limit: int = PAGE_SIZE) -> list[asyncpg.Record]:
+    """A page of instances (every column), newest first, only of the enti the principal sees."""
+    return await _list_for_principal(pool, principal, q, "*", limit)
+
+
+async def list_page_rows(pool: asyncpg.Pool, principal: auth.Principal, q: Search) -> list[asyncpg.Record]:
+    """The list page's rows for a principal already known: the page's SQL without the session (bench/console.py
+    times it as the baseline of the page)."""
+    return await _list_for_principal(pool, principal, q, LIST_PAGE_COLUMNS, PAGE_SIZE + 1)
+
+
+async def _list_page_with_session(pool: asyncpg.Pool, token_sha256: bytes,
+                                  request: Request) -> tuple[asyncpg.Record, Any] | None:
+    q, errors = parse_search(request.query_params)
+    names, values = _filters(q)
+    rows = await pool.fetch(_list_page_with_session_sql(names), *values, token_sha256)
+    who = next((r for r in rows if r["name"] is not None), None)
+    if who is None:
+        return None
+    return who, (q, errors, [r for r in rows if r["instance"] is not None])
+
+
+_TEXT_HTML: dict[str, str] = {}  # a list's few distinct enti, escaped once (bounded below)
+_FLOW_TYPE_HTML = {value: html.escape(label) for value, label in FLOW_TYPE_LABELS.items()}
+
+
+def _escaped(text: str) -> str:
+    found = _TEXT_HTML.get(text)
+    if found is None:
+        found = html.escape(text)
+        if len(_TEXT_HTML) < 4096:
+            _TEXT_HTML[text] = found
+    return found
+
+
+def _list_rows(rows: list[asyncpg.Record]) -> Markup:
+    """The list's table rows as one piece of HTML, every text cell escaped (html.escape: quotes too). Built
+    here rather than in a Jinja loop: with 50 rows the loop's ~900 output pieces (and Jinja's attribute lookup
+    on a Record, which fails over to an item lookup through an exception per cell) were most of the page's
+    time (bench/console.py); markupsafe's escape and Markup formatting cost 3x html.escape and plain str.
+    The few distinct flow types and enti are escaped once; the dates come as text from PostgreSQL
+    (LIST_PAGE_COLUMNS), made of digits and '/', ':' and ' ' only. A row's page columns are its last eight
+    (`_LIST_PAGE_TYPES`), unpacked at once: a third less than a lookup by name per cell."""
+    out = []
+    badges, texts, flow_types = BADGE_HTML, _TEXT_HTML, _FLOW_TYPE_HTML
+    for *_, n, flow_type, ente, source, created, start, end, state in rows:
+        out.append(f'<tr><td>{flow_types.get(flow_type) or _escaped(flow_type)}</td>'
+                   f'<td>{texts.get(ente) or _escaped(ente)}'
+                   f'</td><td><a href="/istanze/{n}">{n}</a></td><td>{"" if source is None else source}</td>'
+                   f"<td>{created}</td><td>{start}</td><td>{end}</td>"
+                   f"<td>{badges.get(state) or badge(state)}</td></tr>\n")
+    return Markup("".join(out))
+
+
+@functools.cache
+def _options(values: tuple[str, ...], labels: tuple[str, ...], selected: str | None) -> Markup:
+    """A select's options, `selected` marked: once per select and choice (the search's values are checked against
+    these lists first, so the cache stays as small as they are); a Jinja loop over them was half the template."""
+    return Markup("".join(f'<option value="{html.escape(v)}"{" selected" if v == selected else ""}>{html.escape(label)}'
+                          "</option>" for v, label in zip(values, labels, strict=True)))
+
+
+@route(pages, "GET", "/istanze", LIST_INSTANCES, "page", with_session=_list_page_with_session)
+async def instances_page(ctx: Ctx) -> Response:
+    q, errors, rows = ctx.found
+    more, rows = len(rows) > PAGE_SIZE, rows[:PAGE_SIZE]
+    params = {k: v for k, v in vars(q).items() if v is not None and k != "prima"}
+    first_url = "/istanze?" + urllib.parse.urlencode(params)
+    next_url = f"{first_url}{'&' if params else ''}prima={int(rows[-1]['instance'])}" if more else None
+    return page(ctx, "instances.html", "Istanze di flusso", active="/istanze", rows=_list_rows(rows),
+                count=len(rows), q=q, errors=errors, next_url=next_url, first_url=first_url,
+                tipo_options=_options(FLOW_TYPE_VALUES, FLOW_TYPE_LABEL_VALUES, q.tipo),
+                stato_options=_options(STATE_VALUES, STATE_LABEL_VALUES, q.stato))
+
+
+def _default_period() -> tuple[str, str]:
+    today = italian_today()
+    last = today.replace(day=1).toordinal() - 1
+    end = date.fromordinal(last)
+    return end.replace(day=1).isoformat(), end.isoformat()
+
+
+@route(pages, "GET", "/istanze/nuova", REQUEST_LOAD, "page")
+async def new_load_form(ctx: Ctx) -> Response:
+    start, end = _default_period()
+    form = {"tipo": "FLUSSO_C", "ente": min(ctx.principal.enti), "dal": start, "al": end, "pianificata": ""}
+    return page(ctx, "new_load.html", "Nuovo caricamento", active="/istanze/nuova", form=form, errors={},
+                flow_types=FLOW_TYPE_CHOICES)
+
+
+def _load_errors(principal: auth.Principal, form: dict[str, str]) -> tuple[dict[str, str], dict[str, Any]]:
+    errors: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    if form["tipo"] not in FlowType.__members__.values():
+        errors["tipo"] = f"Tipo di flusso {form['tipo']!r} sconosciuto."
+    if form["ente"] not in principal.enti:
+        own = ", ".join(sorted(principal.enti))
+        errors["ente"] = f"Ente {form['ente']!r}: può scegliere solo tra i suoi enti ({own})."
+    for name, label in (("dal", "Inizio riferimento"), ("al", "Fine riferimento")):
+        try:
+            values[name] = date.fromisoformat(form[name])
+        except ValueError:
+            errors[name] = f"{label}: data non valida ({form[name]!r}), attesa AAAA-MM-GG."
+    if "dal" in values and "al" in values and values["al"] < values["dal"]:
+        errors["al"] = "La fine del periodo viene prima del suo inizio."
+    values["pianificata"] = None
+    if form["pianificata"]:
+        try:
+            values["pianificata"] = datetime.fromisoformat(form["pianificata"]).replace(tzinfo=ROME)
+        except ValueError:
+            errors["pianificata"] = f"Avvio pianificato non valido ({form['pianificata']!r})."
+    return errors, values
+
+
+_FIELD_OF = {"flow_type": "tipo", "ente": "ente", "period": "al", "start": "dal", "end": "al",
+             "scheduled_at": "pianificata"}
+
+
+@route(pages, "POST", "/istanze/nuova", REQUEST_LOAD, "action")
+async def new_load(ctx: Ctx) -> Response:
+    request = ctx.request
+    console = console_of(request)
+    raw = await request.form()
+    form = {k: str(raw.get(k) or "").strip() for k in ("tipo", "ente", "dal", "al", "pianificata")}
+    errors, values = _load_errors(ctx.principal, form)
+    request_id = None
+    if not errors:
+        try:
+            command = load_request(form["tipo"], form["ente"], values["dal"], values["al"], "2020",
+                                   values["pianificata"], ctx.principal.name)
+        except pydantic.ValidationError as exc:
+            for problem in exc.errors():
+                field = next((_FIELD_OF[str(p)] for p in reversed(problem["loc"]) if str(p) in _FIELD_OF), "tipo")
+                errors[field] = problem["msg"]
+        else:
+            await send_load_request(console.settings.kafka_bootstrap, command)
+            request_id = command.request_id
+    if errors:
+        return page(ctx, "new_load.html", "Nuovo caricamento", status=422, active="/istanze/nuova", form=form,
+                    errors=errors, flow_types=FLOW_TYPE_CHOICES)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        instance = await console.pool.fetchval("SELECT instance FROM instance_list WHERE request_id = $1", request_id)
+        if instance is not None:
+            return RedirectResponse(f"/istanze/{instance}", status_code=303)
+        await asyncio.sleep(0.1)
+    return page(ctx, "message.html", "Richiesta inviata", status=202, level="info", back="/istanze",
+                message=f"La richiesta {request_id} è stata inviata; il caricatore non l'ha ancora presa in carico. "
+                        "L'istanza comparirà nell'elenco appena creata.")
+
+
+async def _instance_view(ctx: Ctx) -> dict[str, Any]:
+    console = console_of(ctx.request)
+    assert ctx.row is not None
+    instance = int(ctx.row["instance"])
+    history = await console.store.read_stream(instance_stream(instance))
+    breaks = await console.store.verify_stream(instance_stream(instance))
+    files = await console.pool.fetch(
+        "SELECT * FROM instance_files WHERE instance = $1 ORDER BY kind = 'feedback', name", instance)
+    actions = []
+    if may(ctx.principal, ACT_ON_INSTANCE, ctx.row["ente"]):
+        for action, event in (("format", flows.TYPE_OF[flows.FormattingStarted]),
+                              ("delete", flows.TYPE_OF[flows.InstanceDeleted])):
+            with contextlib.suppress(IllegalTransition):
+                target_of(event, {}, InstanceState(ctx.row["state"]))
+                actions.append(action)
+        if _sendable(ctx.row):
+            actions.append("send")
+    return {"row": ctx.row, "history": history, "chain_breaks": [str(b) for b in breaks], "files": files,
+            "actions": actions}
+
+
+@route(pages, "GET", "/istanze/{instance}", READ_INSTANCE, "page")
+async def instance_page(ctx: Ctx) -> Response:
+    assert ctx.row is not None
+    return page(ctx, "instance.html", f"Istanza {ctx.row['instance']}", active="/istanze", **await _instance_view(ctx))
+
+
+@route(pages, "GET", "/istanze/{instance}/stato", READ_INSTANCE, "page")
+async def instance_fragment(ctx: Ctx) -> Response:
+    request = ctx.request
+    return templates.TemplateResponse(request, "_instance_body.html",
+                                      {"principal": ctx.principal, **await _instance_view(ctx)})
+
+
+# An open event stream's keep-alive period, and how often it checks again that its session still may read the
+# instance (the tests shorten it, or make it an hour to show that a notice, not this check, ended a stream). A
+# logout, a disable, a new password or a lost ente wakes the stream's check at once (access_watch.py): this period
+# is the safety net for a notice that never came.
+STREAM_CHECK_S = 15.0
+STREAM_ENDED = "event: ended\ndata: {}\n\n"
+
+
+async def _stream_still_allowed(console: Console, request: Request, ente: str, why: str) -> bool:
+    """Whether the session of an open event stream still reads the instance of `ente`: not logged out, expired or
+    disabled, and still bound to the ente. Every other request checks its session in the database; a stream lives
+    for hours, so it does so at each keep-alive, and at once when access_watch.py announces that its session or
+    user changed (`why`: "keep-alive" or "woken", for the log). When the check cannot be made (PostgreSQL down)
+    the stream ends too: the page reconnects through the guard, which answers 503 until the database is back
+    (console.js then tries again, backed off)."""
+    try:
+        principal = await request_principal(console, request)
+    except Exception as exc:
+        log.info("console.stream_ended", path=request.url.path, checked_on=why,
+                 reason=f"session not checked: {type(exc).__name__}")
+        return False
+    if principal is None or not may(principal, READ_INSTANCE, ente):
+        log.info("console.stream_ended", path=request.url.path, checked_on=why,
+                 reason="session no longer valid for this instance")
+        return False
+    return True
+
+
+@route(pages, "GET", "/istanze/{instance}/eventi", READ_INSTANCE, "stream")
+async def instance_events(ctx: Ctx) -> Response:
+    """The instance's changes as server-sent events: `ready` once subscribed, `change` per event (its type only),
+    `ended` before the server ends a stream whose session no longer reads the instance (console.js then asks why,
+    without waiting for the browser's own reconnection, and says so)."""
+    request = ctx.request
+    assert ctx.row is not None
+    instance, ente = int(ctx.row["instance"]), str(ctx.row["ente"])
+    console = console_of(request)
+    feed = console.feed
+    token = request.cookies.get(console.cookie_name, "")  # the guard read the session from it
+
+    async def stream() -> AsyncIterator[str]:
+        queue = feed.watch(instance)
+        watched = console.access.watch(auth.token_sha256(token), ctx.principal.name)
+        watched.recheck.set()  # a logout between the guard's check and this watch was announced to nobody
+        try:
+            # `ready`: the page refetches once, covering a change between its render and this subscription.
+            yield "event: ready\ndata: {}\n\n"
+            while not await request.is_disconnected():
+                event_type = await next_change(queue, watched.recheck, STREAM_CHECK_S)
+                if event_type is None:  # the keep-alive, or a notice that the session or its user changed
+                    why = "woken" if watched.recheck.is_set() else "keep-alive"
+                    watched.recheck.clear()  # before the check: a notice during it asks for another one
+                    if not await _stream_still_allowed(console, request, ente, why):
+                        yield STREAM_ENDED
+                        return
+                    yield ": keep-alive\n\n"
+                    continue
+                yield f"event: change\ndata: {json.dumps({'event': event_type})}\n\n"
+        finally:
+            console.access.unwatch(watched)
+            feed.unwatch(instance, queue)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+async def instance_file(ctx: Ctx, name: str) -> asyncpg.Record:
+    assert ctx.row is not None
+    if "\x00" in name:  # PostgreSQL text cannot hold it, so no file has it
+        raise HTTPException(404)
+    row = await console_of(ctx.request).pool.fetchrow(
+        "SELECT * FROM instance_files WHERE instance = $1 AND name = $2", ctx.row["instance"], name)
+    if row is None:  # the name is only ever a key of this table, never a path
+        raise HTTPException(404)
+    return row
+
+
+def attachment_headers(name: str) -> dict[str, str]:
+    ascii_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name) or "file"
+    return {"Content-Disposition": f"attachment; filename=\"{ascii_name}\"; "
+                                   f"filename*=UTF-8''{urllib.parse.quote(name, safe='')}"}
+
+
+@route(pages, "GET", "/istanze/{instance}/file/{name}", READ_INSTANCE, "page")
+async def file_view(ctx: Ctx, name: str, da: int = 0) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    console = console_of(request)
+    f = await instance_file(ctx, name)
+    offset = max(da, 0)
+    try:
+        caption, columns, rows = file_rows(console.files.path(f["sha256"]), f["kind"], ctx.row["flow_type"],
+                                           ctx.row["version"], FILE_PAGE, offset)
+    except UserError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    await record_access(console.store, ctx.principal, "file-view", int(ctx.row["instance"]), ctx.address,
+                        {"file": name, "from": offset, "records": len(rows)})
+    base = f"/istanze/{ctx.row['instance']}/file/{urllib.parse.quote(name, safe='')}"
+    return page(ctx, "table_view.html", f"{name}", active="/istanze", instance=ctx.row["instance"], caption=caption,
+                columns=columns, rows=rows, download=base + "/scarica",
+                prev_url=f"{base}?da={max(offset - FILE_PAGE, 0)}" if offset else None,
+                next_url=f"{base}?da={offset + FILE_PAGE}" if len(rows) == FILE_PAGE else None)
+
+
+@route(pages, "GET", "/istanze/{instance}/file/{name}/scarica", READ_INSTANCE, "download")
+async def file_download(ctx: Ctx, name: str) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    console = console_of(request)
+    f = await instance_file(ctx, name)
+    await record_access(console.store, ctx.principal, "file-download", int(ctx.row["instance"]), ctx.address,
+                        {"file": name})
+    return FileResponse(console.files.path(f["sha256"]), media_type=f["media_type"], headers=attachment_headers(name))
+
+
+@route(pages, "GET", "/istanze/{instance}/file.zip", READ_INSTANCE, "download")
+async def files_zip(ctx: Ctx) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    console = console_of(request)
+    instance = int(ctx.row["instance"])
+    files = await console.pool.fetch("SELECT * FROM instance_files WHERE instance = $1 ORDER BY name", instance)
+    if not files:
+        raise HTTPException(404)
+    await record_access(console.store, ctx.principal, "files-zip", instance, ctx.address,
+                        {"files": [f["name"] for f in files]})
+    spool = tempfile.NamedTemporaryFile(prefix="console-zip-", suffix=".zip", delete=False)
+    with spool, zipfile.ZipFile(spool, "w", zipfile.ZIP_DEFLATED) as archive:
+        for f in files:
+            archive.write(console.files.path(f["sha256"]), arcname=Path(f["name"]).name)
+    return FileResponse(spool.name, media_type="application/zip", headers=attachment_headers(f"istanza-{instance}.zip"),
+                        background=BackgroundTask(Path(spool.name).unlink, missing_ok=True))
+
+
+async def feedback_files(ctx: Ctx) -> list[asyncpg.Record]:
+    assert ctx.row is not None
+    return await console_of(ctx.request).pool.fetch(
+        "SELECT * FROM instance_files WHERE instance = $1 AND kind IN ('feedback', 'ts-errors') ORDER BY name",
+        ctx.row["instance"])
+
+
+@route(pages, "GET", "/istanze/{instance}/feedback", READ_INSTANCE, "page")
+async def feedback_page(ctx: Ctx, da: int = 0) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    console = console_of(request)
+    files = await feedback_files(ctx)
+    if not files:
+        return page(ctx, "message.html", f"Esito dell'istanza {ctx.row['instance']}", level="success",
+                    back=f"/istanze/{ctx.row['instance']}",
+                    message="Nessun problema: l'istanza non ha esiti da leggere.")
+    f = files[0]
+    offset = max(da, 0)
+    caption, columns, rows = file_rows(console.files.path(f["sha256"]), f["kind"], ctx.row["flow_type"],
+                                       ctx.row["version"], FILE_PAGE, offset)
+    await record_access(console.store, ctx.principal, "feedback-view", int(ctx.row["instance"]), ctx.address,
+                        {"file": f["name"], "from": offset, "records": len(rows)})
+    base = f"/istanze/{ctx.row['instance']}/feedback"
+    return page(ctx, "table_view.html", f"Esito dell'istanza {ctx.row['instance']}", active="/istanze",
+                instance=ctx.row["instance"], caption=f"{f['name']}: {caption}", columns=columns, rows=rows,
+                download=base + ".csv", prev_url=f"{base}?da={max(offset - FILE_PAGE, 0)}" if offset else None,
+                next_url=f"{base}?da={offset + FILE_PAGE}" if len(rows) == FILE_PAGE else None)
+
+
+@route(pages, "GET", "/istanze/{instance}/feedback.csv", READ_INSTANCE, "download")
+async def feedback_csv(ctx: Ctx) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    console = console_of(request)
+    files = await feedback_files(ctx)
+    if not files:
+        raise HTTPException(404)
+    await record_access(console.store, ctx.principal, "feedback-download", int(ctx.row["instance"]), ctx.address,
+                        {"file": files[0]["name"]})
+    return FileResponse(console.files.path(files[0]["sha256"]), media_type="text/csv",
+                        headers=attachment_headers(files[0]["name"]))
+
+
+@route(pages, "POST", "/istanze/{instance}/formatta", ACT_ON_INSTANCE, "action")
+async def format_action(ctx: Ctx) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    try:
+        await send_format_request(console_of(request).settings.kafka_bootstrap, ctx.row, ctx.principal.name)
+    except UserError as exc:
+        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può formattare.") from exc
+    return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
+
+
+@route(pages, "POST", "/istanze/{instance}/cancella", ACT_ON_INSTANCE, "action")
+async def delete_action(ctx: Ctx) -> Response:
+    request = ctx.request
+    assert ctx.row is not None
+    reason = str((await request.form()).get("motivo") or "").strip() or None
+    try:
+        await append_deletion(console_of(request).pool, ctx.row, ctx.principal.name, reason, source="/flows/console")
+    except UserError as exc:
+        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può cancellare.") from exc
+    return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
+
+
+# ---------------------------------------------------------------- Scadenze
+DEADLINE_LABELS = {"covered": ("Coperta", "bg-success"), "late": ("In ritardo", "bg-danger"),
+                   "due-soon": ("Scade entro 7 giorni", "bg-warning text-dark"), "open": ("Aperta", "bg-secondary")}
+
+
+@route(pages, "GET", "/scadenze", LIST_INSTANCES, "page")
+async def deadlines_page(ctx: Ctx, mese: str | None = None) -> Response:
+    today = italian_today()
+    year, month = default_month(today)
+    error = None
+    if mese:
+        try:
+            year, month = (int(x) for x in mese.split("-"))
+            date(year, month, 1)
+        except ValueError:
+            error, (year, month) = f"Mese {mese!r} non valido: atteso AAAA-MM.", default_month(today)
+    rows: list[dict[str, Any]] = []
+    try:
+        items = deadlines_for_month(year, month)
+    except (DeadlineDataMissing, DeadlineDataInvalid) as exc:
+        error = f"Scadenze non disponibili: {exc}"
+    else:
+        enti = None if ctx.principal.role in ("ops", "auditor") else sorted(ctx.principal.enti)
+        for ente, deadline, covering in await coverage(console_of(ctx.request).pool, items, None, enti):
+            label, css = DEADLINE_LABELS[deadline_status(deadline, covering, today)]
+            rows.append({"ente": ente, "d": deadline, "covering": covering, "label": label, "css": css})
+    return page(ctx, "deadlines.html", "Scadenze", active="/scadenze", rows=rows, mese=f"{year:04d}-{month:02d}",
+                error=error)
+
+
+# ---------------------------------------------------------------- Invia a Sistema TS
+def _sendable(row: asyncpg.Record) -> bool:
+    if row["flow_type"] not in SENDABLE_FLOW_TYPES:
+        return False
+    try:
+        target_of(flows.TYPE_OF[flows.TsSubmissionRequested], {}, InstanceState(row["state"]))
+    except IllegalTransition:
+        return False
+    return True
+
+
+@route(pages, "GET", "/istanze/{instance}/invia-ts", ACT_ON_INSTANCE, "page")
+async def ts_send_form(ctx: Ctx) -> Response:
+    assert ctx.row is not None
+    if not _sendable(ctx.row):
+        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può inviare a Sistema TS.")
+    public_key = console_of(ctx.request).settings.keys_dir / PUBLIC_KEY_FILE
+    if not public_key.exists():
+        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: il gateway è attivo?")
+    return page(ctx, "ts_send.html", f"Invia a Sistema TS l'istanza {ctx.row['instance']}", active="/istanze",
+                row=ctx.row, public_key=public_key.read_text(), today=italian_today().isoformat(), error=None)
+
+
+@route(pages, "POST", "/istanze/{instance}/invia-ts", ACT_ON_INSTANCE, "action")
+async def ts_send(ctx: Ctx) -> Response:
+    """Receives only the box the browser sealed (and the date): never a credential in clear."""
+    assert ctx.row is not None
+    console = console_of(ctx.request)
+    if not _sendable(ctx.row):
+        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può inviare a Sistema TS.")
+    form = await ctx.request.form()
+    sealed, when = str(form.get("sigillo") or ""), str(form.get("data") or "")
+    try:
+        transmission = date.fromisoformat(when)
+    except ValueError:
+        raise HTTPException(422, f"Data di trasmissione non valida ({when!r}), attesa AAAA-MM-GG.") from None
+    today = italian_today()  # the CLI's rule (flows send-730): today in Italy or a later day, never a past one
+    if transmission < today:
+        raise HTTPException(422, f"La data di trasmissione {transmission:%d/%m/%Y} è nel passato: indichi oggi "
+                                 f"({today:%d/%m/%Y}) o un giorno successivo.")
+    try:
+        await send_sealed_730(console.settings.kafka_bootstrap, console.pool, console.settings.keys_dir,
+                              int(ctx.row["instance"]), sealed, transmission, ctx.principal.name)
+    except UserError as exc:
+        raise HTTPException(409, f"Invio non possibile: {exc}") from exc
+    return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
+
+

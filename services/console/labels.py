@@ -1,0 +1,139 @@
+"""The console's Italian vocabulary: what an operator reads instead of the platform's identifiers (states,
+flow types, events, counts, onboarding kinds and states, file kinds), and the few sentences built from data (an
+event's detail, a switch slot). Values stay in forms, URLs and the API; tests/unit/test_console_labels.py keeps
+the labels in step with the contracts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+
+from markupsafe import Markup, escape
+
+from contracts import flows
+from contracts.deadlines import (
+    ITALY,
+)
+from contracts.flows import FlowType
+
+ROME = ITALY
+
+STATE_LABELS = {
+    "Scheduled": "Pianificata", "Running": "In esecuzione", "Checked": "Verificata",
+    "Failed loading": "Caricamento fallito", "Formatting in progress": "Formattazione in corso",
+    "Formatted": "Formattata", "Format failed": "Formattazione fallita", "Waiting feedback": "In attesa di esito",
+    "Confirmed": "Confermata", "Confirmed with errors": "Confermata con errori", "Rejected": "Respinta",
+    "Deleted": "Cancellata",
+}
+ROLE_LABELS = {"operator": "operatore", "structure": "struttura", "desk": "sportello", "ops": "esercizio",
+               "auditor": "revisore", "admin": "amministratore"}
+# What the operators read instead of the platform's identifiers (the values stay in forms, URLs and the API).
+# The flow types as the Flow Manager's "Lista tipi di flusso" names them (seed, Figura 2).
+FLOW_TYPE_LABELS = {"FLUSSO_C": "FLUSSO C", "FLUSSO_C_PACC": "FLUSSO C PACC", "FLUSSO_MEF": "FLUSSO MEF SOGEI",
+                    "FLUSSO_ALPI_TA": "FLUSSO ALPI TA", "FLUSSO_730": "FLUSSO 730"}
+# An instance's history: every lifecycle event (contracts.flows.EVENT_TYPES; a test keeps them in step).
+_T = flows.TYPE_OF
+EVENT_LABELS = {
+    _T[flows.LoadRequested]: "Caricamento richiesto", _T[flows.LoadScheduled]: "Caricamento pianificato",
+    _T[flows.LoadRunning]: "Caricamento avviato", _T[flows.LoadChecked]: "Caricamento verificato",
+    _T[flows.LoadFailed]: "Caricamento fallito", _T[flows.FormatRequested]: "Formattazione richiesta",
+    _T[flows.FormattingStarted]: "Formattazione avviata", _T[flows.Formatted]: "Formattazione completata",
+    _T[flows.FormatFailed]: "Formattazione fallita", _T[flows.TsSubmissionRequested]: "Invio a Sistema TS richiesto",
+    _T[flows.TsSubmitted]: "File inviato a Sistema TS", _T[flows.TsFeedbackReceived]: "Esito di Sistema TS ricevuto",
+    _T[flows.InstanceDeleted]: "Istanza cancellata",
+}
+TS_OUTCOME_LABELS = {"confirmed": "confermato", "confirmed_with_errors": "confermato con errori",
+                     "rejected": "respinto"}
+
+
+def event_detail(event_type: str, data: Mapping[str, Any]) -> str:
+    """What an operator needs of an event besides its name, in Italian (the history's Dettaglio column): the part and
+    the protocollo of a TS submission, its outcome, a failure's summary, a deletion's reason. Plain text: the
+    template escapes it."""
+    def part() -> str:
+        return f"parte {data.get('part')} di {data.get('parts')}"
+
+    if event_type == _T[flows.LoadScheduled] and data.get("scheduled_at"):
+        return f"avvio alle {datetime.fromisoformat(str(data['scheduled_at'])).astimezone(ROME):%d/%m/%Y %H:%M}"
+    if event_type == _T[flows.LoadFailed]:
+        return str(data.get("summary") or "")
+    if event_type == _T[flows.FormatFailed]:
+        return "; ".join(str(r) for r in data.get("reasons") or [])
+    if event_type == _T[flows.TsSubmitted]:
+        return f"{part()}, protocollo {data.get('protocollo')}"
+    if event_type == _T[flows.TsFeedbackReceived]:
+        outcome = TS_OUTCOME_LABELS.get(str(data.get("outcome")), str(data.get("outcome")))
+        reason = f" ({data['reason']})" if data.get("reason") else ""
+        return f"{part()}: {outcome}{reason}"
+    if event_type == _T[flows.InstanceDeleted] and data.get("reason"):
+        return f"motivo: {data['reason']}"
+    return ""
+
+
+def switch_slot(day: date | None, window: str | None) -> str:
+    """A switch's day and window (the dashboard's `switch_date`, `switch_window`, or a scheduled switch's), in the
+    desk's words: "lunedì 21/09/2026, 08:30-10:30"."""
+    if day is None or not window:
+        return ""
+    start, _, end = window.partition("-")
+    return slot_text(day, start, end)
+
+
+def switch_proposal(day: date | None, window: str | None) -> str:
+    """A refused switch's earliest valid slot, from the dashboard's data (`proposed_date`, `proposed_window`), in the
+    desk's words: "prima data valida lunedì 21/09/2026, 08:30-10:30"."""
+    slot = switch_slot(day, window)
+    return f"prima data valida {slot}" if slot else ""
+
+
+# A load's counts (services.loader.pipeline: what each snapshot table counts).
+COUNT_LABELS = {"services": "prestazioni", "prescriptions": "ricette", "patients": "assistiti",
+                "bookings": "prenotazioni", "payment_documents": "documenti di spesa"}
+# Onboarding: the five kinds of request as the So.Re.Sa. note names them (seed 003; contracts.onboarding.RequestKind)
+# and the dashboard's states (services.onboarding.projection; a test keeps both in step).
+ONBOARDING_KIND_LABELS = {
+    "new-aggregation": "Nuova aggregazione (laboratorio)",
+    "aggregator-registry-change": "Variazioni anagrafiche per aggregatori",
+    "new-acquisition": "Nuova acquisizione ente", "software-house-change": "Cambio software house",
+    "interoperability-change": "Cambio modello di interoperabilità",
+}
+ONBOARDING_STATUS_LABELS = {
+    "documents-awaited": "documenti attesi", "incomplete": "incompleta", "non-compliant": "non conforme",
+    "compliant": "conforme", "complete": "completa", "taken-in-charge": "presa in carico",
+    "switch-scheduled": "switch pianificato", "switch-refused": "switch rifiutato",
+}
+# The kinds of an instance's files other than a layout's record kinds (C1, C2...), which keep their names.
+FILE_KIND_LABELS = {"feedback": "esito dei controlli", "ts-errors": "errori di Sistema TS",
+                    "ts-receipt": "ricevuta di Sistema TS", "730-zip": "730 (zip)"}
+
+
+def state_class(state: str) -> str:
+    if state in ("Checked", "Formatted", "Confirmed"):
+        return "bg-success"
+    if state in ("Failed loading", "Format failed", "Rejected", "Confirmed with errors"):
+        return "bg-danger"
+    if state == "Deleted":
+        return "bg-dark"
+    return "bg-primary"
+
+
+def badge(state: str) -> Markup:
+    """A state's badge: a function, not an included template (an include per row of a 50-row list made a
+    new template context each, most of the page's rendering time)."""
+    return Markup(f'<span class="badge {state_class(state)}" data-state="{escape(state)}">'
+                  f'{escape(STATE_LABELS.get(state, state))}</span>')
+
+
+BADGE_HTML = {state: str(badge(state)) for state in STATE_LABELS}
+FLOW_TYPE_VALUES = tuple(t.value for t in FlowType)
+FLOW_TYPE_LABEL_VALUES = tuple(FLOW_TYPE_LABELS.get(t, t) for t in FLOW_TYPE_VALUES)
+FLOW_TYPE_CHOICES = dict(zip(FLOW_TYPE_VALUES, FLOW_TYPE_LABEL_VALUES, strict=True))  # value -> label, in order
+STATE_VALUES = tuple(STATE_LABELS)
+STATE_LABEL_VALUES = tuple(STATE_LABELS.values())
+
+WEEKDAYS_IT = ("lunedì", "martedì", "mercoledì", "giovedì", "venerdì", "sabato", "domenica")
+
+
+def slot_text(day: date, start: str, end: str) -> str:
+    return f"{WEEKDAYS_IT[day.weekday()]} {day:%d/%m/%Y}, {start}-{end}"

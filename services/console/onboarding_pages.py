@@ -1,0 +1,219 @@
+"""The onboarding pages: the desk's dashboard, a request's page (documents assessed at once, the desk's
+verdicts) and the switch request judged by the onboarding service's own rule."""
+
+from __future__ import annotations
+
+import mimetypes
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import structlog
+from fastapi import HTTPException, Response
+from fastapi.responses import FileResponse, RedirectResponse
+from starlette.datastructures import UploadFile
+
+from contracts.onboarding import SwitchRefused, SwitchScheduled
+from services.console.access import (
+    DESK_VERDICT,
+    DOWNLOAD_ONBOARDING,
+    LIST_ONBOARDING,
+    READ_ONBOARDING,
+    SWITCH_REQUEST,
+    UPLOAD_ONBOARDING,
+    record_access,
+)
+from services.console.instance_pages import attachment_headers
+from services.console.labels import slot_text
+from services.console.web import Console, Ctx, console_of, page, pages, read_form, route
+from services.onboarding import facade as onboarding  # the onboarding service's one door
+from services.onboarding.facade import DashboardProjection, SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
+from services.onboarding.facade import dashboard as onboarding_rows
+from services.runtime.eventstore import EventStore
+
+log = structlog.get_logger("console")
+
+# ---------------------------------------------------------------- onboarding
+def _onboarding_deps(console: Console) -> onboarding.OnboardingDeps:
+    return onboarding.OnboardingDeps(pool=console.pool, files=console.files,
+                                     calendar=SwitchCalendar(load_patron_days()),
+                                     store=EventStore(console.pool, source="/flows/console",
+                                                      projections=[DashboardProjection()]))
+
+
+@route(pages, "GET", "/onboarding", LIST_ONBOARDING, "page")
+async def onboarding_dashboard(ctx: Ctx, stato: str | None = None) -> Response:
+    rows = await onboarding_rows(console_of(ctx.request).pool, stato or None)
+    if ctx.principal.role == "structure":
+        rows = [r for r in rows if r["structure_sts11"] == ctx.principal.structure]
+    return page(ctx, "onboarding.html", "Onboarding delle strutture", active="/onboarding", rows=rows, stato=stato)
+
+
+async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "info",
+                           switch: dict[str, Any] | None = None) -> dict[str, Any]:
+    assert ctx.row is not None
+    deps = _onboarding_deps(console_of(ctx.request))
+    request_id = str(ctx.row["request_id"])
+    req = await onboarding.require(deps, request_id)
+    history = await deps.store.read_stream(onboarding.stream_of(request_id))
+    findings: dict[str, list[dict[str, Any]]] = {}
+    for event in history:
+        if event.type == "onboarding.document-assessed":
+            findings[event.data["document_id"]] = list(event.data.get("problems") or [])
+    latest = req.latest_by_slot()
+    slots = []
+    for slot in onboarding.required_slots(req, req.requirements):
+        doc = latest.get(slot)
+        state = ("mancante" if doc is None else "da valutare" if doc.compliant is None
+                 else "conforme" if doc.compliant else "non conforme")
+        slots.append({"slot": slot, "state": state, "doc": doc,
+                      "findings": findings.get(doc.document_id, []) if doc else []})
+    return {"row": ctx.row, "req": req, "slots": slots, "message": message, "level": level,
+            "types": ["tracciati", *sorted(req.requirements.document_types)],
+            "can_upload": ctx.principal.role in UPLOAD_ONBOARDING.roles,
+            "can_download": ctx.principal.role in DOWNLOAD_ONBOARDING.roles,
+            # the form is offered where the service would judge a slot (its rule still decides)
+            "can_switch": ctx.principal.role in SWITCH_REQUEST.roles and req.complete_on is not None
+            and req.requirements.kind(req.kind).switch,
+            "switch": switch or {"form": {"data": "", "dalle": "09:00", "alle": "11:00", "credenziali": ""},
+                                 "errors": {}, "proposal": None},
+            "is_desk": ctx.principal.role in DESK_VERDICT.roles}
+
+
+@route(pages, "GET", "/onboarding/{request}", READ_ONBOARDING, "page")
+async def onboarding_request(ctx: Ctx) -> Response:
+    assert ctx.row is not None
+    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", active="/onboarding",
+                **await _onboarding_view(ctx))
+
+
+async def _add_uploaded(ctx: Ctx, request_id: str, form: Any) -> tuple[int, str | None, str]:
+    """The uploaded document given to the onboarding service: (status, message, level) for the page."""
+    upload, doc_type = form.get("documento"), str(form.get("tipo") or "")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return 422, "Scelga il file da caricare.", "danger"
+    name = Path(upload.filename).name
+    content = await upload.read()
+    try:
+        added = await onboarding.add_document(_onboarding_deps(console_of(ctx.request)), request_id,
+                                              name, content, doc_type, {}, ctx.principal.name)
+    except onboarding.DocumentNotStored as exc:
+        log.warning("store.full", path=str(exc.path), request=request_id, document=name, bytes=exc.size,
+                    error=str(exc.__cause__), step="onboarding document")
+        return 507, (f"Documento {name} non salvato: spazio su disco esaurito nell'archivio dei documenti. Non è "
+                     "stato registrato nulla: riprovare più tardi (se il problema continua, avvisare l'esercizio)."), \
+            "danger"
+    except (onboarding.OnboardingError, ValueError) as exc:
+        return 422, f"Documento non accettato: {exc}", "danger"
+    message = f"Documento {name} ricevuto e valutato."
+    if added.ignored_sheets:
+        message += f" Fogli non richiesti, ignorati: {', '.join(added.ignored_sheets)}."
+    return 200, message, "success"
+
+
+@route(pages, "POST", "/onboarding/{request}/documenti", UPLOAD_ONBOARDING, "action")
+async def onboarding_upload(ctx: Ctx) -> Response:
+    """A document, assessed at once: a tracciato's findings come back with sheet, row, column and rule.
+
+    A full disk answers 507 at once with nothing stored or recorded (the file store removes a partial file), and
+    the person uploading tries again later: the file store's disk (the page names the document), or this server's
+    temporary folder, where a large upload is spooled while it arrives (read_form: the name is not known yet).
+    Each refusal is a `store.full` warning for the operators."""
+    assert ctx.row is not None
+    status, message, level = await _add_uploaded(ctx, str(ctx.row["request_id"]), await read_form(ctx.request))
+    ctx.row = await console_of(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
+                                                        ctx.row["request_id"])
+    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
+                active="/onboarding", **await _onboarding_view(ctx, message, level))
+
+
+@route(pages, "GET", "/onboarding/{request}/documenti/{document}", DOWNLOAD_ONBOARDING, "download")
+async def onboarding_document(ctx: Ctx, document: str) -> Response:
+    """A document of the request as it was received (a workbook of several tracciati: the whole workbook),
+    recorded in the access log: a structure's documents name people (its staff, its users)."""
+    assert ctx.row is not None
+    console = console_of(ctx.request)
+    request_id = str(ctx.row["request_id"])
+    received = [e for e in await console.store.read_stream(onboarding.stream_of(request_id))
+                if e.type == "onboarding.document-received" and e.data.get("document_id") == document]
+    if not received:  # the id is only ever looked up in the request's own history, never a path
+        raise HTTPException(404)
+    doc = received[-1].data
+    if not console.files.exists(doc["sha256"]):
+        raise HTTPException(503, "Il documento è registrato ma il suo file non è nell'archivio: avvisi l'esercizio.")
+    await record_access(console.store, ctx.principal, "onboarding-document-download", None, ctx.address,
+                        {"request": request_id, "document": document, "file": doc["filename"]})
+    media_type = mimetypes.guess_type(doc["filename"])[0] or "application/octet-stream"
+    return FileResponse(console.files.path(doc["sha256"]), media_type=media_type,
+                        headers=attachment_headers(doc["filename"]))
+
+
+
+
+@route(pages, "POST", "/onboarding/{request}/switch", SWITCH_REQUEST, "action")
+async def onboarding_switch(ctx: Ctx) -> Response:
+    """A (new) switch slot, judged by the onboarding service's own rule (onboarding.request_switch, as the
+    `onboarding switch` command): scheduled, or refused with the earliest valid slot proposed."""
+    assert ctx.row is not None
+    raw = await ctx.request.form()
+    form = {k: str(raw.get(k) or "").strip() for k in ("data", "dalle", "alle", "credenziali")}
+    errors: dict[str, str] = {}
+    day = window = None
+    try:
+        day = date.fromisoformat(form["data"])
+    except ValueError:
+        errors["data"] = f"Data non valida ({form['data']!r}): attesa AAAA-MM-GG."
+    try:
+        window = SwitchWindow.parse(f"{form['dalle']}-{form['alle']}")
+    except ValueError:
+        errors["alle"] = f"Fascia oraria non valida ({form['dalle']}-{form['alle']}): attesa OO:MM - OO:MM."
+    if form["credenziali"] not in ("", "basic", "new-oauth2"):
+        errors["credenziali"] = f"Credenziali {form['credenziali']!r} sconosciute: basic o new-oauth2."
+    status, message, level, proposal = 200, None, "success", None
+    if errors:
+        status, message, level = 422, "Lo switch non è stato chiesto: correggere i campi indicati.", "danger"
+    else:
+        assert day is not None and window is not None
+        try:
+            events = await onboarding.request_switch(_onboarding_deps(console_of(ctx.request)),
+                                                     str(ctx.row["request_id"]), SwitchSlot(day, window),
+                                                     form["credenziali"] or None, ctx.principal.name)
+        except (onboarding.OnboardingError, ValueError) as exc:
+            status, message, level = 409, f"Switch non accettato: {exc}", "danger"
+        else:
+            decision = events[-1]
+            if isinstance(decision, SwitchScheduled):
+                chosen = slot_text(decision.switch_date, decision.window_start, decision.window_end)
+                message = f"Switch fissato per {chosen}" + (f" (attenzione: {decision.warning})."
+                                                            if decision.warning else ".")
+            elif isinstance(decision, SwitchRefused):
+                level = "warning"
+                proposal = {"data": decision.proposed_date.isoformat(), "dalle": decision.proposed_window_start,
+                            "alle": decision.proposed_window_end,
+                            "testo": slot_text(decision.proposed_date, decision.proposed_window_start,
+                                                decision.proposed_window_end)}
+                asked = slot_text(decision.switch_date, decision.window_start, decision.window_end)
+                message = (f"Lo switch richiesto per {asked} non è possibile: {'; '.join(decision.reasons)}. "
+                           f"Prima data valida: {proposal['testo']}.")
+    ctx.row = await console_of(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
+                                                        ctx.row["request_id"])
+    switch = {"form": form, "errors": errors, "proposal": proposal}
+    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
+                active="/onboarding", **await _onboarding_view(ctx, message, level, switch))
+
+
+@route(pages, "POST", "/onboarding/{request}/verdetto", DESK_VERDICT, "action")
+async def onboarding_verdict(ctx: Ctx) -> Response:
+    assert ctx.row is not None
+    form = await ctx.request.form()
+    document, verdict = str(form.get("documento") or ""), str(form.get("esito") or "")
+    reason = str(form.get("motivo") or "").strip()
+    if verdict not in ("conforme", "non-conforme") or (verdict == "non-conforme" and not reason):
+        raise HTTPException(422, "Indichi l'esito e, se non conforme, il motivo.")
+    try:
+        await onboarding.desk_verdict(_onboarding_deps(console_of(ctx.request)), str(ctx.row["request_id"]), document,
+                                    verdict == "conforme", [reason] if reason else [], ctx.principal.name)
+    except onboarding.OnboardingError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    return RedirectResponse(f"/onboarding/{ctx.row['request_id']}", status_code=303)
+

@@ -1,0 +1,387 @@
+"""The console's web frame, shared by its pages: the templates, the security headers, the direct path of the
+instance list, the guard every route passes (login, CSRF, role, entity: services/console/access.py), `route`,
+`page`, and the two routers the pages and the JSON API are declared on (services/console/app.py assembles them)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import tempfile
+import typing
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+
+from contracts.onboarding import document_label
+from services.console import auth
+from services.console.access import (
+    LIST_INSTANCES,
+    LIST_ONBOARDING,
+    MANAGE_USERS,
+    READ_ACCESS_LOG,
+    READ_OPS,
+    REQUEST_LOAD,
+    Rule,
+    may,
+    routed,
+)
+from services.console.access_watch import AccessWatch
+from services.console.assets import StaticAssets
+from services.console.labels import (
+    COUNT_LABELS,
+    EVENT_LABELS,
+    FILE_KIND_LABELS,
+    FLOW_TYPE_LABELS,
+    ONBOARDING_KIND_LABELS,
+    ONBOARDING_STATUS_LABELS,
+    ROLE_LABELS,
+    ROME,
+    STATE_LABELS,
+    badge,
+    event_detail,
+    state_class,
+    switch_proposal,
+    switch_slot,
+)
+from services.console.live import LiveFeed
+from services.console.oidc import OidcLogin
+from services.runtime.eventstore import EventStore
+from services.runtime.filestore import FileStore, is_full
+from services.runtime.settings import Settings
+
+HERE = Path(__file__).resolve().parent
+log = structlog.get_logger("console")
+STATIC = HERE / "static"
+VENDOR = "vendor/bootstrap-italia-2.18.3"  # under STATIC
+PAGE_SIZE = 50
+FILE_PAGE = 100
+
+
+@dataclass(frozen=True)
+class PageAssets:
+    """Every page's `assets` (services/console/assets.py): the URLs of what base.html links, fingerprinted and
+    resolved once at start-up (a call per link and render was a third of the list page's template time), `vendor`
+    (Bootstrap Italia's directory URL, fingerprinted: its bundle builds the URLs of its fonts below it, from
+    console.js's data-vendor), and `url(path)` for any other file under /static."""
+
+    url: Callable[[str], str]
+    vendor: str
+    bootstrap_css: str
+    bootstrap_js: str
+    console_css: str
+    console_js: str
+
+    @classmethod
+    def of(cls, assets: StaticAssets) -> PageAssets:
+        return cls(assets.url, assets.directory_url(VENDOR), assets.url(f"{VENDOR}/css/bootstrap-italia.min.css"),
+                   assets.url(f"{VENDOR}/js/bootstrap-italia.bundle.min.js"), assets.url("console.css"),
+                   assets.url("console.js"))
+
+
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+# The templates ship with the code: never re-stat them on every render (FLOWS_CONSOLE_TEMPLATES_RELOAD=1
+# for template work).
+templates.env.auto_reload = os.environ.get("FLOWS_CONSOLE_TEMPLATES_RELOAD") == "1"
+templates.env.filters["ora"] = lambda when, fmt="%d/%m/%Y %H:%M:%S": when.astimezone(ROME).strftime(fmt)
+templates.env.filters["giorno"] = lambda day: "" if day is None else f"{day:%d/%m/%Y}"  # a date, as Italians write it
+templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state_class=state_class,
+                             role_labels=ROLE_LABELS, badge=badge,
+                             flow_type_label=lambda t: FLOW_TYPE_LABELS.get(t, t),
+                             event_label=lambda t: EVENT_LABELS.get(t, t),
+                             count_label=lambda k: COUNT_LABELS.get(k, k),
+                             file_kind_label=lambda k: FILE_KIND_LABELS.get(k, k), event_detail=event_detail,
+                             document_label=document_label,
+                             onboarding_kind_label=lambda k: ONBOARDING_KIND_LABELS.get(k, k),
+                             onboarding_status_label=lambda k: ONBOARDING_STATUS_LABELS.get(k, k),
+                             onboarding_statuses=ONBOARDING_STATUS_LABELS, switch_proposal=switch_proposal,
+                             switch_slot=switch_slot,
+                             quanti=lambda n, one, many: f"{n} {one if n == 1 else many}")
+
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"), (b"referrer-policy", b"same-origin"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                                 b"script-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'self'; "
+                                 b"form-action 'self'"),
+]
+
+
+def _with_security_headers(scope: Any, send: Any) -> Any:
+    """`send`, adding the security headers to the answer's start (those it does not set itself), and no-store on
+    every answer that sets no Cache-Control of its own (the static assets set theirs: services/console/assets.py)."""
+    cache = [(b"cache-control", b"no-store")]
+
+    async def send_with_headers(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            names = {k.lower() for k, _ in message.get("headers", [])}
+            message["headers"] = [*message.get("headers", []),
+                                  *[(k, v) for k, v in SECURITY_HEADERS + cache if k not in names]]
+        await send(message)
+
+    return send_with_headers
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware (no per-request task, unlike @app.middleware): the headers of every answer,
+    and no-store on every answer without a Cache-Control of its own."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, receive, _with_security_headers(scope, send))
+
+
+# The with_session pages (GET, no path parameter), by path: ConsoleApp calls them straight (see `route`).
+DIRECT_PAGES: dict[str, Callable[[Request], Awaitable[Response]]] = {}
+
+
+class ConsoleApp(FastAPI):
+    """FastAPI, with one shortcut: a GET of a with_session page (the instance list) goes straight to its endpoint,
+    the same guard and the same rule, without the middleware stack and the router's walk over every route
+    (bench/console.py: ~0.25 ms a page in-process, a quarter of what the page adds to its SQL). Its answer gets the
+    same security headers. Anything but an answer (no login, a role refused, a bad request, an error) is left to
+    the ordinary path, which runs the request again through the app's handlers: the same 303, 404 or 500 as any
+    route. The ordinary path still serves these pages too (HEAD, and the app mounted under another app)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        endpoint = DIRECT_PAGES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
+        if endpoint is not None:
+            scope["app"] = self
+            try:
+                response = await endpoint(Request(scope, receive))
+            except Exception:  # answered below, by the ordinary path and its handlers
+                response = None
+            if response is not None:
+                await response(scope, receive, _with_security_headers(scope, send))
+                return
+        await super().__call__(scope, receive, send)
+
+
+class NotLoggedIn(Exception):
+    pass
+
+
+@dataclass
+class Ctx:
+    """What a guarded route gets: who asks, the instance row when the path names one, the request."""
+
+    principal: auth.Principal
+    request: Request
+    row: asyncpg.Record | None = None
+    found: Any = None  # what the route's `with_session` query returned with the principal (see `route`)
+
+    @property
+    def address(self) -> str:
+        return self.request.client.host if self.request.client else "unknown"
+
+
+@dataclass
+class Console:
+    settings: Settings
+    pool: asyncpg.Pool
+    store: EventStore
+    files: FileStore
+    feed: LiveFeed
+    access: AccessWatch  # ends the open streams of a session or user at once (access_watch.py)
+    oidc: OidcLogin | None = None  # set when OIDC login is configured (services/console/oidc.py)
+
+    @property
+    def cookie_name(self) -> str:
+        # __Host- cookies must be Secure; plain-http test set-ups use the bare name.
+        return "__Host-flows_session" if self.settings.console_secure_cookies else "flows_session"
+
+
+def console_of(request: Request) -> Console:
+    console: Console = request.app.state.console
+    return console
+
+
+# A route's own query run in the same statement as the session lookup: given the pool, the SHA-256 of the
+# session cookie and the request, the principal's row and the route's rows, or None when the session is not live.
+SessionQuery = Callable[[asyncpg.Pool, bytes, Request], Awaitable[tuple[asyncpg.Record, Any] | None]]
+
+
+def guard(rule: Rule, with_session: SessionQuery | None = None) -> Callable[[Request], Awaitable[Ctx]]:
+    """The dependency of every guarded route: login, CSRF on forms, role, then the entity."""
+    async def check(request: Request) -> Ctx:
+        console = console_of(request)
+        found = None
+        token = request.cookies.get(console.cookie_name)
+        if with_session is not None and token:
+            # One round trip for the session and the page's rows. The rows are the principal's own (the query
+            # filters them by the session's user, as read in the same statement), and they are dropped unseen
+            # when the rule below refuses the role.
+            answer = await with_session(console.pool, auth.token_sha256(token), request)
+            principal = None if answer is None else auth.principal_of(answer[0])
+            found = None if answer is None else answer[1]
+        else:
+            principal = await request_principal(console, request)
+        if principal is None:
+            raise NotLoggedIn()
+        row, owner = None, None
+        if rule.scope in ("instance", "act"):
+            try:
+                instance = int(request.path_params["instance"])
+            except (KeyError, ValueError):
+                raise HTTPException(404) from None
+            row = await console.pool.fetchrow("SELECT * FROM instance_list WHERE instance = $1", instance)
+            owner = row["ente"] if row is not None else None
+        elif rule.scope == "request":
+            row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
+                                              str(request.path_params.get("request", "")))
+            owner = row["structure_sts11"] if row is not None else None
+        if not may(principal, rule, owner):
+            raise HTTPException(404)
+        # A browser session's POST carries the session's CSRF token in its form (an API key's does not:
+        # no browser sends it on its own).
+        if request.method == "POST" and not principal.name.startswith("api:"):
+            form = await read_form(request)
+            given = form.get("csrf")
+            if not auth.csrf_ok(principal.csrf_token, given if isinstance(given, str) else None):
+                raise HTTPException(403, "Modulo scaduto o non valido: ricarichi la pagina e riprovi.")
+        return Ctx(principal, request, row, found)
+    return check
+
+
+UPLOAD_SPACE_REFUSED = ("Documento non ricevuto: spazio su disco esaurito sul server durante il caricamento. Non è "
+                        "stato salvato né registrato nulla: riprovare più tardi (se il problema continua, avvisare "
+                        "l'esercizio).")
+
+
+async def read_form(request: Request) -> Any:
+    """The request's form (Starlette caches it: the guard's read and the route's are one). A file part larger than
+    1 MB is spooled to this server's temporary folder while it arrives: that disk full is answered 507 at once,
+    nothing kept (Starlette closes the spooled files), and logged `store.full` for the operators."""
+    try:
+        return await request.form()
+    except OSError as exc:
+        if not is_full(exc):
+            raise
+        log.warning("store.full", path=tempfile.gettempdir(), route=request.url.path, step="form upload spooled",
+                    error=f"{type(exc).__name__}: {exc}")
+        raise HTTPException(507, UPLOAD_SPACE_REFUSED) from exc
+
+
+def route(router: APIRouter, method: str, path: str, rule: Rule, kind: str, with_session: SessionQuery | None = None,
+          **kw: Any) -> Callable[[Callable[..., Awaitable[Response]]], Any]:
+    """Declares a guarded route: its rule goes to the route table (access.routed) and the handler,
+    written as `async def handler(ctx: Ctx, ...)`, only runs after `guard(rule)` let the request in.
+    `with_session` (a browser page of scope "none" only) fetches the page's rows in the session's own
+    statement: they reach the handler as `ctx.found`."""
+    if with_session is not None and (rule.scope != "none" or router.prefix or method != "GET"):
+        raise ValueError(f"{method} {path}: with_session is for the GET pages of scope 'none'")
+
+    def register(fn: Callable[..., Awaitable[Response]]) -> Any:
+        hints = typing.get_type_hints(fn)
+        check = guard(rule, with_session)
+        if with_session is not None:
+            # The page takes nothing but its ctx: a plain Starlette route, without FastAPI's per-request parameter
+            # and dependency resolution (bench/console.py: every step of Python per request shows in the ratio);
+            # the same guard, the same rule in the route table.
+            if set(inspect.signature(fn).parameters) != {"ctx"}:
+                raise ValueError(f"{method} {path}: a with_session page takes only its ctx")
+
+            async def endpoint(request: Request) -> Response:
+                return await fn(await check(request))
+
+            endpoint.__name__ = fn.__name__
+            DIRECT_PAGES[path] = endpoint
+            return routed(router, method, path, rule, kind, plain=True, **kw)(endpoint)
+
+        @functools.wraps(fn)
+        async def handler(*, guarded: Ctx, **params: Any) -> Response:
+            return await fn(guarded, **params)
+
+        # The guard is a dependency: FastAPI runs it before it reads any parameter or body, so a request
+        # without login or rule is refused (401/303/404) before any validation answers.
+        params = [p.replace(annotation=hints.get(n, p.annotation))
+                  for n, p in inspect.signature(fn).parameters.items() if n != "ctx"]
+        params.append(inspect.Parameter("guarded", inspect.Parameter.KEYWORD_ONLY, annotation=Ctx,
+                                        default=Depends(check)))
+        handler.__signature__ = inspect.Signature(params, return_annotation=Response)  # type: ignore[attr-defined]
+        del handler.__wrapped__  # FastAPI must read the signature above, not the handler's own
+        return routed(router, method, path, rule, kind, **kw)(handler)
+    return register
+
+
+async def request_principal(console: Console, request: Request) -> auth.Principal | None:
+    header = request.headers.get("authorization", "")
+    if request.url.path.startswith("/api/") and header.lower().startswith("bearer "):
+        return await auth.api_key_principal(console.pool, header[7:].strip())
+    token = request.cookies.get(console.cookie_name)
+    return await auth.session_principal(console.pool, token) if token else None
+
+
+def _nav(principal: auth.Principal) -> list[tuple[str, str]]:
+    nav = []
+    if principal.role in LIST_INSTANCES.roles:
+        nav.append(("/istanze", "Istanze di flusso"))
+    if principal.role in REQUEST_LOAD.roles:
+        nav.append(("/istanze/nuova", "Nuovo caricamento"))
+    if principal.role in LIST_INSTANCES.roles:
+        nav.append(("/scadenze", "Scadenze"))
+    if principal.role in LIST_ONBOARDING.roles:
+        nav.append(("/onboarding", "Onboarding"))
+    if principal.role in READ_ACCESS_LOG.roles:
+        nav.append(("/accessi", "Registro accessi"))
+    if principal.role in READ_OPS.roles:
+        nav.append(("/esercizio", "Esercizio"))
+    if principal.role in MANAGE_USERS.roles:
+        nav.append(("/utenti", "Utenti"))
+    return nav
+
+
+def page(ctx: Ctx | None, name: str, title: str, status: int = 200, **values: Any) -> HTMLResponse:
+    """A page of the console: the template `name` (extending base.html) rendered for the signed-in `ctx` (None: the
+    signed-out header; then `request` is among the values). Rendered here rather than through Starlette's
+    TemplateResponse: no template needs the request, and its context processors and debug hook are per-page
+    Python the list page pays for (bench/console.py)."""
+    principal = ctx.principal if ctx else None
+    request = ctx.request if ctx else values.pop("request")
+    body = templates.get_template(name).render(
+        title=title, principal=principal, nav=_nav(principal) if principal else [], active=values.pop("active", None),
+        assets=request.app.state.assets, **values)
+    return HTMLResponse(body, status_code=status)
+
+
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """The console's pool skips asyncpg's reset query on release (one more round trip after every query, a
+    page makes two): asyncpg still rolls back an open transaction and drops listeners first, and the console
+    leaves no other session state (no LISTEN: access_watch.py listens on a connection of its own; no SET outside a
+    transaction, every lock released in a finally)."""
+
+
+pages = APIRouter(include_in_schema=False)
+api = APIRouter(prefix="/api")
+
+# The answers of an HTTP error raised without an Italian message of its own (the router's 404 and 405, a bare
+# HTTPException(404)): the page's title, its message, the API's detail. A 404 never says whether the thing exists
+# and belongs to someone else (the guard answers 404 for another ente's instance, too).
+ERROR_DETAILS: dict[int, tuple[str, str, str]] = {
+    404: ("Pagina non trovata", "La pagina richiesta non esiste o non è accessibile.", "non trovato"),
+    405: ("Richiesta non valida", "Questa pagina non accetta questo tipo di richiesta.", "metodo non consentito"),
+    403: ("Richiesta rifiutata", "La richiesta è stata rifiutata.", "richiesta rifiutata"),
+    409: ("Azione non consentita", "L'azione non è consentita nello stato attuale.", "azione non consentita"),
+}
+
+
+def status_phrase(code: int) -> str | None:
+    """Starlette's detail when none is given (HTTPStatus' English phrase)."""
+    try:
+        return HTTPStatus(code).phrase
+    except ValueError:
+        return None
+
