@@ -73,10 +73,7 @@ def check_user(name: str, role: str, enti: list[str], structure: str | None, pas
                              f"Nome utente {name!r}: da 2 a 63 caratteri tra lettere minuscole, cifre, '.', '_', '-'.")
     if role not in ROLES:
         raise UserInputError(f"--role {role!r}: one of {', '.join(ROLES)}", "role", f"Ruolo {role!r} sconosciuto.")
-    for ente in enti:
-        if not ENTE.match(ente):
-            raise UserInputError(f"--ente {ente!r}: an entity code of three digits or capitals, e.g. 201", "enti",
-                                 f"Ente {ente!r}: un codice di tre cifre o maiuscole, per esempio 201.")
+    check_enti(enti)
     if role == "operator" and not enti:
         raise UserInputError(f"user {name}: an operator needs at least one --ente", "enti",
                              "Un operatore ha almeno un ente.")
@@ -314,6 +311,13 @@ def check_api_key(label: str, enti: list[str]) -> None:
     if not enti:
         raise UserInputError(f"API key {label!r}: bind it to at least one --ente", "enti",
                              "Una chiave API ha almeno un ente.")
+    check_enti(enti)
+
+
+def check_enti(enti: list[str]) -> None:
+    """The enti of an operator or of an API key: each one the platform knows (those of contracts/data/structures.csv,
+    as a load's). An operator or a key bound to another could never read nor load anything, and a typo would pass
+    unnoticed until someone asked why the list is empty."""
     known = known_enti()
     for ente in enti:
         if not ENTE.match(ente):

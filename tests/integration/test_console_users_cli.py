@@ -46,6 +46,11 @@ def test_users_are_added_listed_and_disabled_and_the_password_is_only_a_hash(cli
                                                    "--password-stdin", stdin="una password lunga\n", code=1)
     assert "at least 12 characters" in flows("users", "add", "aud.1", "--role", "auditor", "--password-stdin",
                                              stdin="corta\n", code=1)
+    # an ente the platform does not know (a typo of 201): refused, naming it, as for an API key; nothing added
+    assert "--ente 209: not an entity of the platform" in " ".join(flows(
+        "users", "add", "op.bianchi", "--role", "operator", "--ente", "209", "--password-stdin",
+        stdin="una password lunga\n", code=1).split())
+    assert "op.bianchi" not in flows("users", "list")
     assert "already exists" in flows("users", "add", "op.rossi", "--role", "operator", "--ente", "201",
                                      "--password-stdin", stdin="una password lunga\n", code=1)
     listed = flows("users", "list")
