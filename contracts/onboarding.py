@@ -135,6 +135,19 @@ class DocumentReceived(Payload):
     received_by: str = Field(min_length=1, max_length=120, examples=["mailbox:progettocup.privati"])
 
 
+# Italian names of the five kinds of request (seed 003's list, its capitals in sentence case), by RequestKind value:
+# the one source for the console, the CLI and the requirements (a kind's `title` in requirements-<version>.toml is
+# refused, as a document type's).
+KIND_LABELS: dict[str, str] = {
+    RequestKind.NEW_AGGREGATION.value: "Nuova aggregazione (laboratorio)",
+    RequestKind.AGGREGATOR_REGISTRY_CHANGE.value: "Variazioni anagrafiche per aggregatori (laboratorio)",
+    RequestKind.NEW_ACQUISITION.value: "Nuova acquisizione ente sul Sistema CUP regionale (altre branche di "
+                                       "accreditamento)",
+    RequestKind.SOFTWARE_HOUSE_CHANGE.value: "Cambio software house",
+    RequestKind.INTEROPERABILITY_CHANGE.value: "Cambio modello di interoperabilità",
+}
+
+
 # Italian names of the document types (seed 003's wording), by the ids of requirements-<version>.toml; a slot
 # `<id>:<STS11>` (one document per SPOKE already on the CUP) is labelled with its STS11 after the name.
 # `tracciati` is no document type: it is the upload of a workbook whose sheets are several tracciati.

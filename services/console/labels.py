@@ -16,6 +16,7 @@ from contracts.deadlines import (
     ITALY,
 )
 from contracts.flows import FlowType
+from contracts.onboarding import KIND_LABELS
 
 ROME = ITALY
 
@@ -90,14 +91,10 @@ def switch_proposal(day: date | None, window: str | None) -> str:
 # A load's counts (services.loader.pipeline: what each snapshot table counts).
 COUNT_LABELS = {"services": "prestazioni", "prescriptions": "ricette", "patients": "assistiti",
                 "bookings": "prenotazioni", "payment_documents": "documenti di spesa"}
-# Onboarding: the five kinds of request as the So.Re.Sa. note names them (seed 003; contracts.onboarding.RequestKind)
-# and the dashboard's states (services.onboarding.projection; a test keeps both in step).
-ONBOARDING_KIND_LABELS = {
-    "new-aggregation": "Nuova aggregazione (laboratorio)",
-    "aggregator-registry-change": "Variazioni anagrafiche per aggregatori",
-    "new-acquisition": "Nuova acquisizione ente", "software-house-change": "Cambio software house",
-    "interoperability-change": "Cambio modello di interoperabilità",
-}
+# Onboarding: the five kinds of request as the So.Re.Sa. note names them (contracts.onboarding.KIND_LABELS, shared
+# with the CLI and the requirements) and the dashboard's states (services.onboarding.projection; a test keeps them in
+# step).
+ONBOARDING_KIND_LABELS = KIND_LABELS
 ONBOARDING_STATUS_LABELS = {
     "documents-awaited": "documenti attesi", "incomplete": "incompleta", "non-compliant": "non conforme",
     "compliant": "conforme", "complete": "completa", "taken-in-charge": "presa in carico",

@@ -15,11 +15,12 @@ The lookups a user's input reaches (an unknown request kind or document type) re
 a missing or malformed data file is the operators' business and says so in English.
 
 A document type's name is not in this data: it is `contracts.onboarding.DOCUMENT_LABELS` (`DocumentType.title`
-is taken from there). The name is part of the public language every reader shares (console, CLI, the completeness
-summary recorded in events) and must stay the same for an id across versions of the note, while this data is
-versioned per note; contracts keeps it pure, with no file to read. A file that names a type (`title`) or a type
-without a label is refused when loaded, naming the file and the type, so the two can neither drift nor leave a
-document unnamed.
+is taken from there); a kind's, likewise, is `contracts.onboarding.KIND_LABELS` (`KindRequirements.title`). The
+name is part of the public language every reader shares (console, CLI, the completeness summary recorded in
+events) and must stay the same for an id across versions of the note, while this data is versioned per note;
+contracts keeps it pure, with no file to read. A file that names a type or a kind (`title`), or one without a
+label, is refused when loaded, naming the file and the type or kind, so the two can neither drift nor leave a
+document or kind unnamed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from datetime import date
 from pathlib import Path
 
 from contracts import data_file
-from contracts.onboarding import DOCUMENT_LABELS
+from contracts.onboarding import DOCUMENT_LABELS, KIND_LABELS
 from services.onboarding.findings import Finding
 
 DATA_DIR = data_file("data", "onboarding")
@@ -145,6 +146,13 @@ def load_requirements(version: str | None = None, data_dir: Path = DATA_DIR) -> 
         if tid not in DOCUMENT_LABELS:
             raise RequirementsError(f"{path.name}: document type {tid} has no label: add its Italian name to "
                                     "contracts.onboarding.DOCUMENT_LABELS")
+    for kid, k in raw.get("kinds", {}).items():
+        if "title" in k:
+            raise RequirementsError(f"{path.name}: kind {kid}: 'title' is not requirements data: a kind's name is "
+                                    "contracts.onboarding.KIND_LABELS; remove it from the file")
+        if kid not in KIND_LABELS:
+            raise RequirementsError(f"{path.name}: kind {kid} has no label: add its Italian name to "
+                                    "contracts.onboarding.KIND_LABELS")
     try:
         types = {
             tid: DocumentType(
@@ -160,7 +168,7 @@ def load_requirements(version: str | None = None, data_dir: Path = DATA_DIR) -> 
         kinds = {
             kid: KindRequirements(
                 kind=kid,
-                title=k["title"],
+                title=KIND_LABELS[kid],
                 annex=k["annex"],
                 documents=tuple(k["documents"]),
                 iup_ssa_code=k.get("iup_ssa_code"),

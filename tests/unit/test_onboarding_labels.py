@@ -111,3 +111,26 @@ def test_onboarding_requirements_lists_each_document_by_its_label_and_what_is_ch
                                                  "protocol present, date date"]
     assert lines["spoke-closure-act"][0] == DOCUMENT_LABELS["spoke-closure-act"]
     assert lines["spoke-closure-act"][2].endswith("one per SPOKE already on the CUP")
+
+
+def test_every_kind_has_one_italian_name_from_contracts() -> None:
+    """The five kinds of the note: named in contracts.onboarding.KIND_LABELS only; the requirements take their
+    titles from there and the console shows the same words (a kind's `title` in the data file is refused)."""
+    from contracts.onboarding import KIND_LABELS, RequestKind
+    from services.console.labels import ONBOARDING_KIND_LABELS
+
+    assert set(KIND_LABELS) == {k.value for k in RequestKind}
+    assert len(set(KIND_LABELS.values())) == len(KIND_LABELS)
+    for version in available_versions():
+        kinds = load_requirements(version).kinds
+        assert {k: spec.title for k, spec in kinds.items()} == {k: KIND_LABELS[k] for k in kinds}, version
+    assert ONBOARDING_KIND_LABELS == KIND_LABELS
+
+
+def test_a_requirements_file_that_names_a_kind_or_has_one_without_a_label_is_refused(tmp_path: Path) -> None:
+    data = _shipped_with(tmp_path, '\ntitle = "Cambio Software House"', after="[kinds.software-house-change]")
+    with pytest.raises(RequirementsError, match=r"requirements-.*\.toml: kind software-house-change: 'title'"):
+        load_requirements(data_dir=data)
+    data = _shipped_with(tmp_path, '\n[kinds.cambio-sede]\nannex = "D"\ndocuments = ["endpoint-form-b2"]\n')
+    with pytest.raises(RequirementsError, match="kind cambio-sede has no label"):
+        load_requirements(data_dir=data)
