@@ -15,13 +15,20 @@ Per size, on an entity of its own (generate + bulk intake not timed):
   outcome must be Failed loading, with the feedback file written to the file store.
 Prints seconds and the ratio load / baseline per row, and the outcome. Aim: 10k under 5 s and 1M under
 30 s (clean path, 2 cores). Exits 1, saying so, when a row does not reach the outcome it must.
+
+--cpu (PostgreSQL on this machine, as the local stack's): also the CPU seconds of the baseline and of each step of
+the load, PostgreSQL's (every process of the cluster, exited parallel workers included) and this process's, and
+the load's CPU floor: its CPU seconds spread over every core (os.cpu_count()) as a ratio of the baseline's wall
+time, the best ratio any scheduling of that work could reach on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -82,6 +89,57 @@ async def _baseline(pool: asyncpg.Pool, ente: str) -> tuple[float, int]:
     return elapsed, int(status.split()[-1])
 
 
+class ClusterCpu:
+    """CPU seconds of the PostgreSQL cluster a connection belongs to (it runs on this machine): its postmaster's
+    children now running plus those it has reaped (its cutime/cstime: exited backends and parallel workers)."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, postmaster: int) -> None:
+        self.postmaster = postmaster
+
+    @classmethod
+    async def of(cls, conn: asyncpg.Connection) -> ClusterCpu:
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        return cls(int(cls._stat(backend)[1]))
+
+    @staticmethod
+    def _stat(pid: int | str) -> list[str]:
+        with open(f"/proc/{pid}/stat") as f:  # the fields after "(comm)"; [1] is the parent's pid
+            return f.read().rsplit(")", 1)[1].split()
+
+    def seconds(self) -> float:
+        postmaster = self._stat(self.postmaster)
+        ticks = int(postmaster[11]) + int(postmaster[12]) + int(postmaster[13]) + int(postmaster[14])
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    stat = self._stat(pid)
+                except OSError:  # gone meanwhile: reaped into the postmaster's cutime
+                    continue
+                if int(stat[1]) == self.postmaster:
+                    ticks += int(stat[11]) + int(stat[12])
+        return ticks / self.TICK
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class StepCpu:
+    """run_load's progress callback: at the start of each step (and at the end), the time, the cluster's CPU seconds
+    and this process's."""
+
+    def __init__(self, cluster: ClusterCpu) -> None:
+        self.cluster = cluster
+        self.marks: list[tuple[str, float, float, float]] = []
+        self("start")
+
+    def __call__(self, step: str, *_: int) -> None:
+        self.marks.append((step, time.perf_counter(), self.cluster.seconds(), _own_cpu()))
+
+
 def _verdict(outcome: LoadOutcome, clean: bool, store: FileStore) -> str | None:
     """None when the outcome is the one the row must reach, else what is wrong."""
     if clean:
@@ -94,7 +152,7 @@ def _verdict(outcome: LoadOutcome, clean: bool, store: FileStore) -> str | None:
     return None
 
 
-async def main(sizes: list[int], url: str, with_bad: bool) -> int:
+async def main(sizes: list[int], url: str, with_bad: bool, cpu: bool = False) -> int:
     rows = [(size, clean) for size in sizes for clean in ((True, False) if with_bad else (True,))]
     if len(rows) > len(ENTES):
         raise SystemExit(f"at most {len(ENTES)} rows (one entity each): got {len(rows)}")
@@ -109,12 +167,18 @@ async def main(sizes: list[int], url: str, with_bad: bool) -> int:
                 started = time.perf_counter()
                 planted = await _intake(pool, ente, size, bad=0 if clean else min(max(1, size // 1000), 1000))
                 intake_s = time.perf_counter() - started
+                async with pool.acquire() as conn:
+                    cluster = await ClusterCpu.of(conn) if cpu else None
+                base_cpu = cluster.seconds() if cluster else 0.0
                 baseline, copied = await _baseline(pool, ente)
+                base_cpu = cluster.seconds() - base_cpu if cluster else 0.0
                 async with pool.acquire() as conn:
                     instance = int(await conn.fetchval("SELECT nextval('flow_instance_seq')"))
                     snapshot = int(await conn.fetchval("SELECT nextval('flow_instance_seq')"))
+                steps = StepCpu(cluster) if cluster else None
                 started = time.perf_counter()
-                outcome = await run_load(pool, store, instance, snapshot, FlowType.FLUSSO_C, "2020", ente, *PERIOD)
+                outcome = await run_load(pool, store, instance, snapshot, FlowType.FLUSSO_C, "2020", ente, *PERIOD,
+                                         steps)
                 load_s = time.perf_counter() - started
                 state = "Checked" if outcome.checked else "Failed loading"
                 path = "clean" if clean else "bad"
@@ -125,6 +189,17 @@ async def main(sizes: list[int], url: str, with_bad: bool) -> int:
                       + (f" planted={planted}" if not clean else "")
                       + (f" feedback={outcome.feedback_bytes} B" if outcome.feedback_sha256 else "")
                       + f"{aim} (generate+intake {intake_s:.1f} s, not timed)", flush=True)
+                if steps is not None:
+                    marks = steps.marks
+                    for (step, t0, pg0, own0), (_, t1, pg1, own1) in itertools.pairwise(marks[1:]):
+                        print(f"    {step:<15} {t1 - t0:6.2f} s, CPU s: PostgreSQL {pg1 - pg0:6.2f}, "
+                              f"this process {own1 - own0:5.2f}")
+                    pg, own = marks[-1][2] - marks[0][2], marks[-1][3] - marks[0][3]
+                    cores = os.cpu_count() or 1
+                    print(f"    CPU s: baseline PostgreSQL {base_cpu:.2f}; load PostgreSQL {pg:.2f} + this process "
+                          f"{own:.2f} = {pg + own:.2f}, {(pg + own) / max(base_cpu, 1e-9):.1f}x the baseline's; "
+                          f"floor on {cores} cores {(pg + own) / cores:.2f} s = "
+                          f"{(pg + own) / cores / baseline:.2f}x the baseline's wall", flush=True)
                 if copied != outcome.counts["services"]:
                     print(f"  note: baseline copied {copied} rows, the snapshot took {outcome.counts['services']}")
                 wrong = _verdict(outcome, clean, store)
@@ -145,5 +220,7 @@ if __name__ == "__main__":
     parser.add_argument("--services", type=int, nargs="+", default=[10_000, 1_000_000])
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", DEFAULT_URL))
     parser.add_argument("--no-bad", action="store_true", help="only the clean path (no planted bad records)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="also CPU seconds per step and the CPU floor (PostgreSQL on this machine)")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.services, args.database_url, not args.no_bad)))
+    sys.exit(asyncio.run(main(args.services, args.database_url, not args.no_bad, args.cpu)))
