@@ -92,6 +92,7 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 # for template work).
 templates.env.auto_reload = os.environ.get("FLOWS_CONSOLE_TEMPLATES_RELOAD") == "1"
 templates.env.filters["ora"] = lambda when, fmt="%d/%m/%Y %H:%M:%S": when.astimezone(ROME).strftime(fmt)
+templates.env.filters["numero"] = lambda n: "" if n is None else f"{n:,}".replace(",", ".")  # 597.507, as in Italy
 templates.env.filters["giorno"] = lambda day: "" if day is None else f"{day:%d/%m/%Y}"  # a date, as Italians write it
 templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state_class=state_class,
                              role_labels=ROLE_LABELS, badge=badge,

@@ -196,6 +196,14 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
             assert await page.evaluate("window.__noReload") == "kept"
             await page.wait_for_selector("text=Vedi C2")
             await _axe_clean(page, axe, "06-istanza-formattata")
+            # Each file's links say "Vedi" and "Scarica" on screen (the row names the file) and name it for a screen
+            # reader: every link's accessible name is its own.
+            names = await page.locator("table:has(caption:has-text('File dell')) a").evaluate_all(
+                "links => links.map(a => a.textContent.replace(/\\s+/g, ' ').trim())")
+            assert len(names) == len(set(names)) == 4 and all(n.split(" ", 1)[1].startswith(("C1_", "C2_"))
+                                                              for n in names), names
+            shown = await page.locator("table:has(caption:has-text('File dell')) td.text-end").all_inner_texts()
+            assert all(c.replace(".", "").isdigit() for c in shown) and any("." in c for c in shown), shown
             async with page.expect_download() as one:
                 await page.locator("a:has-text('Scarica C2')").first.click()
             downloaded = await one.value
