@@ -75,6 +75,7 @@ from services.console.web import (
     route,
     templates,
 )
+from services.loader.catalogue import known_enti
 from services.runtime.coverage import coverage
 from services.runtime.read_models import instance_stream
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE
@@ -250,6 +251,16 @@ def _list_rows(rows: list[asyncpg.Record]) -> Markup:
     return Markup("".join(out))
 
 
+def _enti_choices(principal: auth.Principal) -> tuple[str, ...]:
+    """The list's Ente filter: an operator's own enti; every ente the platform knows for the roles that see all."""
+    return tuple(sorted(principal.enti if principal.role == "operator" else _known_enti()))
+
+
+@functools.cache
+def _known_enti() -> frozenset[str]:
+    return known_enti()
+
+
 @functools.cache
 def _options(values: tuple[str, ...], labels: tuple[str, ...], selected: str | None) -> Markup:
     """A select's options, `selected` marked: once per select and choice (the search's values are checked against
@@ -268,6 +279,7 @@ async def instances_page(ctx: Ctx) -> Response:
     return page(ctx, "instances.html", "Istanze di flusso", active="/istanze", rows=_list_rows(rows),
                 count=len(rows), q=q, errors=errors, next_url=next_url, first_url=first_url,
                 tipo_options=_options(FLOW_TYPE_VALUES, FLOW_TYPE_LABEL_VALUES, q.tipo),
+                ente_options=_options(*(_enti_choices(ctx.principal),) * 2, q.ente),
                 stato_options=_options(STATE_VALUES, STATE_LABEL_VALUES, q.stato))
 
 

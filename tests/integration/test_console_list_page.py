@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from services.console.web import DIRECT_PAGES
+from services.loader.catalogue import known_enti
 from tests.console_support import RunningConsole, csrf_of, running_console
 from tests.pg_outage import postgres_down
 from tests.stack_urls import KAFKA
@@ -42,6 +43,15 @@ async def test_the_list_shows_only_the_principals_enti_and_ends_with_the_session
         assert _listed((await op.get(console.url + "/istanze")).text) == {own}
         assert _listed((await op.get(console.url + "/istanze", params={"ente": "202"})).text) == set()
         assert _listed((await ops.get(console.url + "/istanze")).text) == {own, other}
+        # The Ente filter offers what each may see: an operator its own enti, ops every ente the platform knows.
+        offered = re.compile(r'<select id="f-ente"[^>]*>(.*?)</select>', re.S)
+        op_enti = re.findall(r'<option value="(\w+)"', offered.findall(
+            (await op.get(console.url + "/istanze", params={"ente": "201"})).text)[0])
+        assert op_enti == ["201"]
+        assert '<option value="201" selected>' in (await op.get(console.url + "/istanze", params={"ente": "201"})).text
+        ops_page = (await ops.get(console.url + "/istanze")).text
+        ops_enti = re.findall(r'<option value="(\w+)"', offered.findall(ops_page)[0])
+        assert ops_enti == sorted(known_enti()) and "202" in ops_enti
         # Disabled in the table alone (its sessions left in place): the very next page is refused.
         await console.pool.execute("UPDATE console_user SET disabled = true WHERE name = 'ops.1'")
         refused = await ops.get(console.url + "/istanze")
