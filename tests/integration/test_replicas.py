@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -400,10 +400,12 @@ def _logged(replicas: list[Replica], event: str, **match: Any) -> list[dict[str,
             if all(r.get(k) == v for k, v in match.items())]
 
 
-async def _until_logged(replicas: list[Replica], event: str, limit_s: float, **match: Any) -> dict[str, Any]:
+async def _until_logged(replicas: list[Replica], event: str, limit_s: float,
+                        where: Callable[[dict[str, Any]], bool] = lambda line: True, **match: Any) -> dict[str, Any]:
+    """The first `event` line of the replicas that holds `match` and `where`, once one is written."""
     try:
         async with asyncio.timeout(limit_s):  # a hang guard, no speed target
-            while not (found := _logged(replicas, event, **match)):
+            while not (found := [line for line in _logged(replicas, event, **match) if where(line)]):
                 for r in replicas:
                     assert r.process.returncode is None, f"{r.name} exited:\n{r.log.read_text()[-3000:]}"
                 await asyncio.sleep(0.1)
@@ -441,7 +443,10 @@ async def test_a_loader_that_lost_its_lock_writes_nothing_over_the_run_that_took
             await conn.close()
         assert cut == 1, "no session held the load's lock"
         dropped = await _until_logged(replicas, "load.dead_run_dropped", 60, instance=instance)
-        # the run that dropped it takes its own snapshot next (logged after the drop)
+        # the run that dropped it takes its own snapshot next (its line comes after the drop's: waited for, not
+        # read at once, which could fall between the two lines)
+        await _until_logged(replicas, "load.started", 60, lambda r: r["snapshot"] != first_snapshot,
+                            instance=instance)
         seconds = [r for r in _logged(replicas, "load.started", instance=instance) if r["snapshot"] != first_snapshot]
         assert len(seconds) == 1 and seconds[0]["replica"] == dropped["replica"], seconds
         second = seconds[0]
@@ -529,6 +534,8 @@ async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass
 
         # the next pass (every 2 s) takes the load again, from a snapshot of its own
         again = await _until_logged(replicas, "load.dead_run_dropped", 60, instance=instance)
+        await _until_logged(replicas, "load.started", 60, lambda r: r["snapshot"] != first_snapshot,
+                            instance=instance)  # its line comes after the drop's
         seconds = [r for r in _logged(replicas, "load.started", instance=instance) if r["snapshot"] != first_snapshot]
         assert len(seconds) == 1, seconds
         (holds / f"go-{seconds[0]['snapshot']}").touch()
