@@ -460,9 +460,16 @@ async def test_a_key_rotated_mid_submission_still_opens_the_old_box_after_a_rest
         assert second != first and f"new seals use key {second}" in rotation.text
         assert (retired / f"{first}.pem").is_file()
 
-        _sigkill(gateway)  # in the middle of X's polling, K1 retired
-        assert await asyncio.wait_for(gateway.wait(), 10) == -signal.SIGKILL
+        # in the middle of X's polling, K1 retired: the kill waits for the gateway's first poll of X (Waiting
+        # feedback is recorded before it, and on a loaded machine the rotation's CLI can end before that poll)
         x_zips = {z["sha256"] for z in await _zips(pool, x)}
+        deadline = time.monotonic() + 60
+        while not sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips):
+            assert time.monotonic() < deadline, "the gateway never polled X"
+            assert gateway.returncode is None, "the gateway died before it polled X"
+            await asyncio.sleep(0.05)
+        _sigkill(gateway)
+        assert await asyncio.wait_for(gateway.wait(), 10) == -signal.SIGKILL
         polls_before = sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips)
         assert polls_before > 0, "the killed gateway never polled X"
         monkeypatch.setattr(gateway_keys, "RETIRED_KEY_GRACE_S", 0.0)  # for the gateway that restarts now

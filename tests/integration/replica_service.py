@@ -5,8 +5,8 @@
 `services.loader.app.main()` / `services.formatter.app.main()` unchanged, except:
 - its consumer groups are `<group>-SUFFIX`: the test's two replicas of a service share them, and no other
   loader or formatter of the test session (the e2e platform's) takes their partitions;
-- FLOWS_TEST_LOAD_PAUSE_S (loader): after each snapshot the load sleeps that long before its checks, the
-  window in which the test kills a loader in the middle of a load. The load itself is the real one.
+- FLOWS_TEST_LOAD_PAUSE_S (loader): after each snapshot the load sleeps that long before its checks, so that
+  concurrent loads overlap. The load itself is the real one.
 - FLOWS_TEST_LOAD_HOLD_DIR (loader): after each snapshot the load also waits while that folder holds a file
   `hold` and no file `go-<snapshot number>`: the test decides when each run of a load goes on.
 """

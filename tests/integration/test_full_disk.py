@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
+import itertools
 import json
 import os
 import signal
@@ -24,6 +26,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,11 @@ KINDS: dict[type[SourceModel], str] = {DeliveredService: "delivered-service", Pa
                                        IntramoeniaBooking: "intramoenia-booking"}
 ROOMY_KB = 16 * 1024  # what the disk grows to once the test "frees space"
 WAIT_S = 12.0  # how long the test watches the full disk before freeing space
+# Log timestamps (wall clock, when a line is written) against the service's monotonic clock (when it decided):
+# the spacing's lower bound allows this much for the moments each is read. Not a speed target.
+CLOCKS_S = 0.05
+FORMAT_BEGUN = ("format.started",)  # the line each attempt of a format writes first
+LOAD_BEGUN = ("load.started", "load.feedback_again")  # the line each attempt of a load writes first
 
 
 @dataclass
@@ -198,15 +206,59 @@ def _store_is_whole(disk: SmallDisk) -> None:
 
 
 def _assert_backed_off(lines: list[dict[str, Any]], disk: SmallDisk, instance: int) -> None:
-    """One line per attempt, naming the path and the instance, the retry delays growing."""
+    """One line per attempt, naming the path and the instance, the retry delays growing, and each attempt no sooner
+    than the delay its predecessor announced. A hot loop would write a line every pass (every 2-5 s) or more: the
+    spacing catches it at any speed. (A count of lines in the test's window would not: a loaded machine stretches
+    the window, and with it the count of attempts that are on time.)"""
     assert lines, "no store.full line"
     for line in lines:
         assert line["path"] == str(disk.path) and line["instance"] == instance, line
         assert line["level"] == "warning" and "No space left on device" in line["error"], line
     delays = [line["retry_in_s"] for line in lines]
     assert delays == sorted(delays) and (len(delays) == 1 or delays[-1] > delays[0]), delays
-    # a hot loop would have written a line every pass (every 2-5 s) or more: the backoff writes a few
-    assert len(lines) <= 4, [(line["timestamp"], line["retry_in_s"]) for line in lines]
+    for before, after in itertools.pairwise(lines):  # an attempt's line comes after the attempt ran
+        assert _at(after) >= _at(before) + before["retry_in_s"] - CLOCKS_S, \
+            [(line["timestamp"], line["retry_in_s"]) for line in lines]
+
+
+def _at(line: dict[str, Any]) -> float:
+    return datetime.fromisoformat(line["timestamp"]).timestamp()
+
+
+def _attempts(service: Service, instance: int, began: tuple[str, ...]) -> tuple[int, int]:
+    """(attempts begun, attempts that met the full store) of `instance`, as `service` has logged them so far."""
+    begun = sum(1 for event in began for line in service.lines(event) if line.get("instance") == instance)
+    return begun, len(_full_lines(service, instance))
+
+
+async def _between_attempts(what: str, service: Service, instance: int, began: tuple[str, ...], look: Any,
+                            services: dict[str, Service], limit_s: float = 120) -> Any:
+    """`look()` (its asserts, what it returns) taken while `instance` rests between two attempts: every attempt
+    begun so far has met the full store (its store.full line comes after its temporary files are gone) and none
+    began while `look` ran. An attempt running meanwhile rightly holds a temporary file and the space it wrote, and
+    has not written its line yet; when one comes (the service's pass meets its time whenever the test looks, on a
+    loaded machine too), the test looks again once it is over."""
+    try:
+        async with asyncio.timeout(limit_s):  # a hang guard, no speed target
+            while True:
+                before = _attempts(service, instance, began)
+                if before[0] == before[1]:
+                    try:
+                        found = look()
+                        if inspect.isawaitable(found):
+                            found = await found
+                    except AssertionError:
+                        if _attempts(service, instance, began) == before:
+                            raise  # nothing ran meanwhile: what `look` saw is the rest between attempts
+                    else:
+                        if _attempts(service, instance, began) == before:
+                            return found
+                for running in services.values():
+                    assert running.process.returncode is None, running.tail()
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"{what}: instance {instance} never between two attempts within {limit_s:.0f} s\n"
+                             f"{service.tail()}") from None
 
 
 async def _waiting_figure(service: Service, disk: SmallDisk) -> float | None:
@@ -267,9 +319,13 @@ async def test_the_formatter_waits_for_space_on_a_full_store_and_finishes_the_fi
         full_at = time.monotonic()
         history = await _events(url, big)
         assert (await _instances(url))[big][0] == InstanceState.FORMATTING.value, history[-1]
-        _store_is_whole(disk)
-        # nor space held by a file removed but still open: the failed attempt gave all of it back
-        assert disk.free_bytes() == free_before
+
+        def whole_and_given_back() -> None:
+            _store_is_whole(disk)
+            # nor space held by a file removed but still open: the failed attempt gave all of it back
+            assert disk.free_bytes() == free_before
+        await _between_attempts("the store after a failed format", formatter, big, FORMAT_BEGUN,
+                                whole_and_given_back, services)
 
         # the rest of the service goes on: a small instance's files fit, it is Formatted while the big one waits
         await send_command(KAFKA, "flows.format-requested", flows.FormatRequested(
@@ -280,8 +336,12 @@ async def test_the_formatter_waits_for_space_on_a_full_store_and_finishes_the_fi
 
         await asyncio.sleep(max(0.0, WAIT_S - (time.monotonic() - full_at)))
         assert (await _instances(url))[big][0] == InstanceState.FORMATTING.value
-        _store_is_whole(disk)
-        lines = _full_lines(formatter, big)
+
+        def whole_then_lines() -> list[dict[str, Any]]:
+            _store_is_whole(disk)
+            return _full_lines(formatter, big)
+        lines = await _between_attempts("the store after the formats that waited", formatter, big, FORMAT_BEGUN,
+                                        whole_then_lines, services)
         _assert_backed_off(lines, disk, big)
         assert flows.TYPE_OF[flows.FormatFailed] not in [t for t, _ in await _events(url, big)]
         assert await _waiting_figure(formatter, disk) == 1.0  # the operator's alert (FileStoreFull)
@@ -294,8 +354,12 @@ async def test_the_formatter_waits_for_space_on_a_full_store_and_finishes_the_fi
             return _full_lines(formatter, big)
         await _until("the new formatter finding the store full", full_again, services, 60)
         assert (await _instances(url))[big][0] == InstanceState.FORMATTING.value
-        _store_is_whole(disk)
-        assert disk.free_bytes() == free_before - sum(_stored_size(disk, ref) for ref in small_files)
+
+        def whole_with_the_small_files() -> None:
+            _store_is_whole(disk)
+            assert disk.free_bytes() == free_before - sum(_stored_size(disk, ref) for ref in small_files)
+        await _between_attempts("the store after the new formatter's attempt", formatter, big, FORMAT_BEGUN,
+                                whole_with_the_small_files, services)
 
         disk.grow(ROOMY_KB)
         freed_at = time.monotonic()
@@ -355,8 +419,12 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
         big = next(i for i, (_, e, _) in (await _instances(url)).items() if e == "201")
         history = await _events(url, big)
         assert (await _instances(url))[big][0] == InstanceState.RUNNING.value, history[-1]
-        _store_is_whole(disk)
-        assert disk.free_bytes() == free_before  # no space held by a removed but open file either
+
+        def whole_and_given_back() -> None:
+            _store_is_whole(disk)
+            assert disk.free_bytes() == free_before  # no space held by a removed but open file either
+        await _between_attempts("the store after a failed feedback", loader, big, LOAD_BEGUN, whole_and_given_back,
+                                services)
 
         await load("202")  # not blocked behind the waiting load
         small = await _until("the small load Failed loading", _in_state(url, InstanceState.FAILED_LOADING, "202"),
@@ -366,13 +434,17 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
 
         await asyncio.sleep(max(0.0, WAIT_S - (time.monotonic() - full_at)))
         assert (await _instances(url))[big][0] == InstanceState.RUNNING.value
-        _store_is_whole(disk)
-        lines = _full_lines(loader, big)
+
+        def whole_then_lines() -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+            _store_is_whole(disk)
+            return (_full_lines(loader, big), [r for r in loader.lines("load.started") if r.get("instance") == big],
+                    len([r for r in loader.lines("load.feedback_again") if r.get("instance") == big]))
+        lines, started, again = await _between_attempts("the store after the feedbacks that waited", loader, big,
+                                                        LOAD_BEGUN, whole_then_lines, services)
         _assert_backed_off(lines, disk, big)
         assert await _waiting_figure(loader, disk) == 1.0
-        started = [r for r in loader.lines("load.started") if r.get("instance") == big]
         assert len(started) == 1, f"the load was started again (a new snapshot) instead of waiting: {started}"
-        assert len([r for r in loader.lines("load.feedback_again") if r.get("instance") == big]) == len(lines) - 1
+        assert again == len(lines) - 1
 
         # A loader killed while it waits (kill -9, between two attempts) loses no work: its successor finds the
         # load Running and its snapshot checked (recorded in the database), and waits to write only the feedback:
@@ -384,8 +456,12 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
             return _full_lines(loader, big)
         await _until("the new loader finding the store full", full_again, services, 60)
         assert (await _instances(url))[big][0] == InstanceState.RUNNING.value
-        _store_is_whole(disk)
-        assert disk.free_bytes() == free_before - _stored_size(disk, small_feedback)
+
+        def whole_with_the_small_feedback() -> None:
+            _store_is_whole(disk)
+            assert disk.free_bytes() == free_before - _stored_size(disk, small_feedback)
+        await _between_attempts("the store after the new loader's attempt", loader, big, LOAD_BEGUN,
+                                whole_with_the_small_feedback, services)
         assert [r for r in loader.lines("load.started") if r.get("instance") == big] == [], \
             "the new loader took a new snapshot instead of finishing the checked one"
         assert [r["snapshot"] for r in loader.lines("load.feedback_again") if r.get("instance") == big][:1] == \

@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,8 +52,8 @@ pytestmark = pytest.mark.integration
 LOADS = [(e, "2020-08") for e in ("201", "202", "203", "204", "205", "206", "207", "901", "902")] + \
         [(e, "2020-09") for e in ("201", "202", "203")]
 SERVICES_PER_LOAD = 150
-PAUSE_S = 1.5  # each load waits this long after its snapshot: the window the kill aims at
-KILL_IN_LOAD = 3  # loader-1 is killed in its third load (it finished two)
+PAUSE_S = 1.5  # each load waits this long after its snapshot, so the loads overlap and both loaders take some
+KILL_IN_LOAD = 3  # loader-1 is killed in its third load (it finished two), held after its snapshot until then
 KINDS: dict[type[SourceModel], str] = {DeliveredService: "delivered-service", PaymentDocument: "payment-document",
          IntramoeniaBooking: "intramoenia-booking"}
 LOAD_EVENTS = [flows.TYPE_OF[flows.LoadRunning], flows.TYPE_OF[flows.LoadChecked]]
@@ -241,14 +241,36 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
         stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     wall_started = time.monotonic()
     suffix = uuid.uuid4().hex[:8]
+    holds = tmp_path / "holds"
+    holds.mkdir()
+    (holds / "hold").touch()  # every run waits after its snapshot until go-<snapshot>: `releasing` writes them
     async with scratch_database("t_replicas") as url, contextlib.AsyncExitStack() as running:
         await _seed(url)
         replicas = await _start_replicas(
             running, url, tmp_path, suffix, [("loader-1", "loader"), ("loader-2", "loader"),
                                              ("formatter-1", "formatter"), ("formatter-2", "formatter")],
-            600, FLOWS_TEST_LOAD_PAUSE_S=str(PAUSE_S))
+            600, FLOWS_TEST_LOAD_PAUSE_S=str(PAUSE_S), FLOWS_TEST_LOAD_HOLD_DIR=str(holds))
         loader_1, loader_2 = replicas[0], replicas[1]
         ready_s = time.monotonic() - wall_started
+
+        async def releasing() -> None:
+            """Every run goes on after its snapshot but loader-1's KILL_IN_LOAD-th, which waits there for the kill:
+            the kill lands after its snapshot and before its checks however long the test takes to aim (a pause
+            alone was a window of 1.5 s, which a loaded machine can miss: the load Checked before the kill)."""
+            while True:
+                for replica in (loader_1, loader_2):
+                    for n, line in enumerate(replica.lines("load.started")):
+                        if not (replica is loader_1 and n == KILL_IN_LOAD - 1):
+                            (holds / f"go-{line['snapshot']}").touch()
+                await asyncio.sleep(0.1)
+
+        release = asyncio.create_task(releasing())
+
+        async def stop_releasing() -> None:
+            release.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await release
+        running.push_async_callback(stop_releasing)
 
         # 12 load requests at once, spread over every partition (6 for each loader's share).
         requests = _spread_requests()
@@ -266,7 +288,7 @@ async def test_two_loaders_and_two_formatters_share_12_loads_and_one_finishes_th
                                  f"{len(loader_1.lines('load.started'))} started") from None
         victim = int(started[KILL_IN_LOAD - 1]["instance"])
         first_snapshot = int(started[KILL_IN_LOAD - 1]["snapshot"])
-        # "load.started" comes before the snapshot: the kill waits for its commit, and lands in the pause after it
+        # "load.started" comes before the snapshot: the kill waits for its commit, and lands in the hold after it
         # (killed sooner, the snapshot's transaction is rolled back, and there is no dead run to drop)
         async with asyncio.timeout(60):  # a hang guard, no speed target
             while not await _snapshot_committed(url, first_snapshot):
@@ -378,10 +400,12 @@ def _logged(replicas: list[Replica], event: str, **match: Any) -> list[dict[str,
             if all(r.get(k) == v for k, v in match.items())]
 
 
-async def _until_logged(replicas: list[Replica], event: str, limit_s: float, **match: Any) -> dict[str, Any]:
+async def _until_logged(replicas: list[Replica], event: str, limit_s: float,
+                        where: Callable[[dict[str, Any]], bool] = lambda line: True, **match: Any) -> dict[str, Any]:
+    """The first `event` line of the replicas that holds `match` and `where`, once one is written."""
     try:
         async with asyncio.timeout(limit_s):  # a hang guard, no speed target
-            while not (found := _logged(replicas, event, **match)):
+            while not (found := [line for line in _logged(replicas, event, **match) if where(line)]):
                 for r in replicas:
                     assert r.process.returncode is None, f"{r.name} exited:\n{r.log.read_text()[-3000:]}"
                 await asyncio.sleep(0.1)
@@ -419,7 +443,10 @@ async def test_a_loader_that_lost_its_lock_writes_nothing_over_the_run_that_took
             await conn.close()
         assert cut == 1, "no session held the load's lock"
         dropped = await _until_logged(replicas, "load.dead_run_dropped", 60, instance=instance)
-        # the run that dropped it takes its own snapshot next (logged after the drop)
+        # the run that dropped it takes its own snapshot next (its line comes after the drop's: waited for, not
+        # read at once, which could fall between the two lines)
+        await _until_logged(replicas, "load.started", 60, lambda r: r["snapshot"] != first_snapshot,
+                            instance=instance)
         seconds = [r for r in _logged(replicas, "load.started", instance=instance) if r["snapshot"] != first_snapshot]
         assert len(seconds) == 1 and seconds[0]["replica"] == dropped["replica"], seconds
         second = seconds[0]
@@ -507,6 +534,8 @@ async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass
 
         # the next pass (every 2 s) takes the load again, from a snapshot of its own
         again = await _until_logged(replicas, "load.dead_run_dropped", 60, instance=instance)
+        await _until_logged(replicas, "load.started", 60, lambda r: r["snapshot"] != first_snapshot,
+                            instance=instance)  # its line comes after the drop's
         seconds = [r for r in _logged(replicas, "load.started", instance=instance) if r["snapshot"] != first_snapshot]
         assert len(seconds) == 1, seconds
         (holds / f"go-{seconds[0]['snapshot']}").touch()
