@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import os
 import threading
 
 from contracts import flows
@@ -45,10 +43,13 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
 
 
 def _warm_up() -> None:
+    """Loads the kernels at the service's own priority. Not niced: this thread holds the GIL and numba's compiler
+    lock while it loads them (about 1.3 s of a core from the disk cache ./run fills; a compilation without it, ~20 s,
+    is once per checkout or image), so a thread at nice 19, starved on a loaded host, stalled the whole service
+    with it: under 8 busy loops the load took 46 s instead of 7 s, the event loop stood still up to 8 s at a time
+    (Kafka heartbeats missed: the consumer thrown out of its group, twice in a row) and a format waited for the
+    kernels for over a minute (the format after a connection cut, tests/integration/test_replicas.py, Formatting
+    in progress after 60 s). At the process's priority the event loop stood still at most 0.8 s."""
     from services.formatter import fastpath
 
-    # a compilation (no disk cache yet) costs ~20 s of a core: at the lowest priority, this thread of its
-    # own only (Linux nices threads one by one), so that it never slows the other services down
-    with contextlib.suppress(OSError, AttributeError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
     fastpath.warm_up()

@@ -9,12 +9,14 @@ source's PostgreSQL types (engine only, as before the fast path) and with them (
 from __future__ import annotations
 
 import io
+import os
 import random
+import threading
 
 import numpy as np
 import pytest
 
-from services.formatter import fastpath
+from services.formatter import app, fastpath
 from services.formatter.layouts import Layout, load_layout
 from services.formatter.writer import _PG_TO_ARROW, ChunkPipeline, chunk_end, copy_columns
 
@@ -201,3 +203,17 @@ def test_reused_matrices_keep_no_byte_of_the_chunk_before(layout: Layout, seed: 
     fast_files, _ = run(layout, data, fast=True)
     assert len(poisoned) > 20 and all(b"\xff" not in f for f in fast_files.values())
     same(layout, data)
+
+
+def test_the_service_loads_the_kernels_at_its_own_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The formatter's warm-up thread (services/formatter/app.py) holds the GIL and numba's compiler lock while it
+    loads the kernels: niced, it was starved on a loaded host and stalled the service's event loop and its formats
+    with it (Kafka heartbeats missed, a format waiting over a minute). It runs at the priority of the thread that
+    starts it."""
+    seen: list[int] = []
+    monkeypatch.setattr(fastpath, "warm_up", lambda: seen.append(os.getpriority(os.PRIO_PROCESS,
+                                                                                 threading.get_native_id())))
+    warming = threading.Thread(target=app._warm_up, name="formatter-warm-up")
+    warming.start()
+    warming.join(60)
+    assert seen == [os.getpriority(os.PRIO_PROCESS, threading.get_native_id())]
