@@ -120,6 +120,13 @@ class RunningConsole:
         token = csrf_of(form.text)
         return await client.post(f"{self.url}/login", data={"utente": user, "password": password, "csrf": token})
 
+    @contextlib.asynccontextmanager
+    async def client(self, role: str) -> AsyncIterator[httpx.AsyncClient]:
+        """An HTTP client logged in as the console_support user of `role` (ROLE_USERS)."""
+        async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+            assert (await self.login(client, ROLE_USERS[role][0])).status_code == 303
+            yield client
+
 
 def csrf_of(html: str) -> str:
     match = re.search(r'name="csrf" value="([^"]+)"', html)

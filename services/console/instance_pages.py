@@ -253,12 +253,7 @@ def _list_rows(rows: list[asyncpg.Record]) -> Markup:
 
 def _enti_choices(principal: auth.Principal) -> tuple[str, ...]:
     """The list's Ente filter: an operator's own enti; every ente the platform knows for the roles that see all."""
-    return tuple(sorted(principal.enti if principal.role == "operator" else _known_enti()))
-
-
-@functools.cache
-def _known_enti() -> frozenset[str]:
-    return known_enti()
+    return tuple(sorted(principal.enti if principal.role == "operator" else known_enti()))
 
 
 @functools.cache

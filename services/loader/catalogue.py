@@ -87,8 +87,10 @@ def structures_of(ente: str) -> tuple[Structure, ...]:
     return tuple(s for s in load_structures() if s.ente == ente)
 
 
+@cache
 def known_enti() -> frozenset[str]:
-    """The entities the platform knows: those with structures in contracts/data/structures.csv."""
+    """The entities the platform knows: those with structures in contracts/data/structures.csv (read once, as
+    load_structures; asked on every console list page and every user or key checked)."""
     return frozenset(s.ente for s in load_structures())
 
 

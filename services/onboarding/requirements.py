@@ -139,20 +139,15 @@ def load_requirements(version: str | None = None, data_dir: Path = DATA_DIR) -> 
     if not path.exists():
         raise RequirementsError(f"requirements version {chosen!r} not found (available: {', '.join(versions)})")
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    for tid, t in raw.get("document_types", {}).items():
-        if "title" in t:
-            raise RequirementsError(f"{path.name}: document type {tid}: 'title' is not requirements data: a document "
-                                    "type's name is contracts.onboarding.DOCUMENT_LABELS; remove it from the file")
-        if tid not in DOCUMENT_LABELS:
-            raise RequirementsError(f"{path.name}: document type {tid} has no label: add its Italian name to "
-                                    "contracts.onboarding.DOCUMENT_LABELS")
-    for kid, k in raw.get("kinds", {}).items():
-        if "title" in k:
-            raise RequirementsError(f"{path.name}: kind {kid}: 'title' is not requirements data: a kind's name is "
-                                    "contracts.onboarding.KIND_LABELS; remove it from the file")
-        if kid not in KIND_LABELS:
-            raise RequirementsError(f"{path.name}: kind {kid} has no label: add its Italian name to "
-                                    "contracts.onboarding.KIND_LABELS")
+    for section, what, labels, source in (("document_types", "document type", DOCUMENT_LABELS, "DOCUMENT_LABELS"),
+                                          ("kinds", "kind", KIND_LABELS, "KIND_LABELS")):
+        for eid, entry in raw.get(section, {}).items():
+            if "title" in entry:
+                raise RequirementsError(f"{path.name}: {what} {eid}: 'title' is not requirements data: a {what}'s "
+                                        f"name is contracts.onboarding.{source}; remove it from the file")
+            if eid not in labels:
+                raise RequirementsError(f"{path.name}: {what} {eid} has no label: add its Italian name to "
+                                        f"contracts.onboarding.{source}")
     try:
         types = {
             tid: DocumentType(

@@ -8,20 +8,18 @@ uploaded on a REAL full disk (tests/fault_disk.py), refused at once in Italian w
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import html
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
 from datetime import date, timedelta
 
 import httpx
 import pytest
 
 from services.console.labels import WEEKDAYS_IT
-from tests.console_support import ROLE_USERS, STRUCTURE, RunningConsole, csrf_of, running_console
+from tests.console_support import STRUCTURE, RunningConsole, csrf_of, running_console
 from tests.fault_disk import small_disk
 from tests.stack_urls import KAFKA
 
@@ -35,13 +33,6 @@ async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
     async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
         await running.add_users()
         yield running
-
-
-@contextlib.asynccontextmanager
-async def _client(console: RunningConsole, role: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
-        assert (await console.login(client, ROLE_USERS[role][0])).status_code == 303
-        yield client
 
 
 async def _downloads(console: RunningConsole) -> list[dict]:
@@ -59,7 +50,7 @@ async def test_a_document_is_downloaded_by_the_desk_and_its_structure_only_and_e
     url = f"{console.url}/onboarding/{own}/documenti/{document}"
 
     for role in ("desk", "structure"):
-        async with _client(console, role) as client:
+        async with console.client(role) as client:
             page = await client.get(f"{console.url}/onboarding/{own}")
             assert f'href="/onboarding/{own}/documenti/{document}"' in page.text, role  # the page links it
             got = await client.get(url)
@@ -77,11 +68,11 @@ async def test_a_document_is_downloaded_by_the_desk_and_its_structure_only_and_e
     assert all(d["address"] == "127.0.0.1" and d["at"] is not None for d in logged)
 
     for role in ("operator", "ops", "auditor", "admin"):
-        async with _client(console, role) as client:
+        async with console.client(role) as client:
             assert (await client.get(url)).status_code == 404, role
             page = await client.get(f"{console.url}/onboarding/{own}")
             assert f"/documenti/{document}" not in page.text, role  # no link to what it may not download
-    async with _client(console, "structure") as client:  # another structure's request: 404, exists or not
+    async with console.client("structure") as client:  # another structure's request: 404, exists or not
         assert (await client.get(f"{console.url}/onboarding/{other}/documenti/{foreign}")).status_code == 404
     assert len(await _downloads(console)) == 2  # refused downloads leave no access record
     assert await console.store.verify_all() == []  # the access stream is hash-chained like every stream
@@ -114,7 +105,7 @@ async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_vali
         console: RunningConsole) -> None:
     rid = "ONB-SWITCH"
     await _complete_switch_request(console, rid)
-    async with _client(console, "structure") as client:
+    async with console.client("structure") as client:
         page = await client.get(f"{console.url}/onboarding/{rid}")
         assert page.status_code == 200 and 'id="switch"' in page.text  # complete: the form is offered
         csrf = csrf_of(page.text)
@@ -190,7 +181,7 @@ async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_vali
         assert (await client.post(url, data={"data": proposed.isoformat(), "dalle": "08:30", "alle": "10:30"})
                 ).status_code == 403
     for role in ("operator", "ops", "auditor"):  # may not ask (404), and see no form
-        async with _client(console, role) as client:
+        async with console.client(role) as client:
             assert (await client.post(f"{console.url}/onboarding/{rid}/switch", data={})).status_code == 404, role
 
 
@@ -207,7 +198,7 @@ async def test_a_refused_switch_is_written_in_italian_from_the_dashboards_data(c
     assert (row["switch_note"], row["switch_refused_reasons"], row["proposed_date"], row["proposed_window"]) == (
         None, refusal.data["reasons"], proposed, "09:00-10:00")
     slot = f"{WEEKDAYS_IT[proposed.weekday()]} {proposed:%d/%m/%Y}, 09:00-10:00"
-    async with _client(console, "desk") as client:
+    async with console.client("desk") as client:
         page = html.unescape((await client.get(f"{console.url}/onboarding/{rid}")).text)
         shown = page.split('id="switch-rifiutato">', 1)[1].split("</dd>", 1)[0]
         assert shown == "; ".join(refusal.data["reasons"]) + f"; prima data valida {slot}"
@@ -236,7 +227,7 @@ async def test_a_document_uploaded_on_a_full_disk_is_refused_at_once_in_italian_
                 return [r["type"] for r in rows]
 
             before, free, spool_free = await history(), disk.free_bytes(), spool.free_bytes()
-            async with _client(console, "structure") as client:
+            async with console.client("structure") as client:
                 async def upload(name: str, content: bytes) -> httpx.Response:
                     csrf = csrf_of((await client.get(url)).text)
                     return await client.post(f"{url}/documenti", data={"csrf": csrf, "tipo": "suap-authorisation"},

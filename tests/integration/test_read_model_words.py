@@ -6,18 +6,15 @@ English. On the real console, PostgreSQL and the CLI as a process."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.console_support import ROLE_USERS, RunningConsole, running_console
+from tests.console_support import RunningConsole, running_console
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -30,13 +27,6 @@ async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
     async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
         await running.add_users()
         yield running
-
-
-@contextlib.asynccontextmanager
-async def _client(console: RunningConsole, role: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
-        assert (await console.login(client, ROLE_USERS[role][0])).status_code == 303
-        yield client
 
 
 async def _flows(console: RunningConsole, *args: str) -> str:
@@ -73,7 +63,7 @@ async def test_a_deleted_instance_is_written_in_italian_on_the_page_from_the_rea
     assert tuple(rows[without])[1:] == (None, "op.201", None)
     assert tuple(rows[alive])[1:] == ("3 errori in 2 record", None, None)
 
-    async with _client(console, "operator") as client:
+    async with console.client("operator") as client:
         page = (await client.get(f"{console.url}/istanze/{with_reason}")).text
         assert _dd(page, "Errori, avvisi") == "3 errori, 0 avvisi: 3 errori in 2 record"  # the load's own summary
         assert _dd(page, "Cancellazione") == "Cancellata da op.201: caricata due volte"
