@@ -30,6 +30,7 @@ from services.console import admin_pages, auth, instance_pages, json_api, oidc, 
 from services.console.access import (
     ANY_USER,
     LIST_INSTANCES,
+    LIST_ONBOARDING,
     MANAGE_USERS,
     check_every_route_has_a_rule,
 )
@@ -318,10 +319,10 @@ async def logout(ctx: Ctx) -> Response:
 
 @route(pages, "GET", "/", ANY_USER, "page", include_in_schema=False)
 async def home(ctx: Ctx) -> Response:
-    if ctx.principal.role in LIST_INSTANCES.roles:
-        return RedirectResponse("/istanze", status_code=303)
-    if ctx.principal.role in MANAGE_USERS.roles:
-        return RedirectResponse("/utenti", status_code=303)
+    """Each role lands on its first page: the instances, the onboarding (desk, a structure), the users (admin)."""
+    for rule, path in ((LIST_INSTANCES, "/istanze"), (LIST_ONBOARDING, "/onboarding"), (MANAGE_USERS, "/utenti")):
+        if ctx.principal.role in rule.roles:
+            return RedirectResponse(path, status_code=303)
     return page(ctx, "home.html", "Console dei flussi")
 
 

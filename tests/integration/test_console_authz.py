@@ -38,6 +38,11 @@ async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
         yield running
 
 
+# Where "/" sends each role.
+LANDING = {"operator": "/istanze", "ops": "/istanze", "auditor": "/istanze", "desk": "/onboarding",
+           "structure": "/onboarding", "admin": "/utenti"}
+
+
 async def _waiting_feedback_instance(c: RunningConsole, ente: str) -> int:
     """An instance with a feedback and a file, in Waiting feedback: no action is allowed in that state,
     so an allowed action answers 409 and sends nothing."""
@@ -152,6 +157,8 @@ async def test_every_route_every_role_own_and_other_entity(console: RunningConso
         async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
             assert (await console.login(client, user)).status_code == 303
             home = await client.get(console.url + "/", follow_redirects=True)
+            # "/" lands each role on its first page (none on a page with nothing but the menu)
+            assert home.url.path == LANDING[role], (role, home.url)
             csrf = csrf_of(home.text)  # the session's token, from the logout form every page carries
             # The lists carry only the rows of the principal's enti.
             if role in ("operator", "ops", "auditor"):
