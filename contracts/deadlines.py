@@ -35,6 +35,14 @@ def italian_today(now: datetime | None = None) -> date:
     return (now or datetime.now(UTC)).astimezone(ITALY).date()
 
 
+def italian_day_start_sql(day: str) -> str:
+    """SQL for the instant an Italian day begins (a timestamptz), `day` being SQL for a date (a parameter such as
+    `$2::date`). A search "created from / to" a date means Italian days, as the console and the CLI show times in
+    Italy: `created_at >= $2::date` would start the day at the database session's midnight (UTC on these hosts, so an
+    instance made at 00:30 in Rome would fall on the day before)."""
+    return f"(({day})::timestamp AT TIME ZONE '{ITALY.key}')"
+
+
 @dataclass(frozen=True)
 class Deadline:
     flow_type: str

@@ -32,6 +32,7 @@ from contracts.deadlines import (
     DeadlineDataMissing,
     deadlines_for_month,
     default_month,
+    italian_day_start_sql,
     italian_today,
 )
 from contracts.deadlines import status as deadline_status
@@ -119,8 +120,10 @@ def parse_search(params: Any) -> tuple[Search, list[str]]:
 
 
 # The search's filters, in this order, each in the statement only when it is set (`_filters`).
-_FILTERS = (("tipo", "flow_type = ${}"), ("ente", "ente = ${}"), ("dal", "created_at >= ${}::date"),
-            ("al", "created_at < ${}::date + 1"), ("stato", "state = ${}"), ("prima", "instance < ${}"))
+_FILTERS = (("tipo", "flow_type = ${}"), ("ente", "ente = ${}"),
+            ("dal", f"created_at >= {italian_day_start_sql('${}::date')}"),  # Italian days, as the page shows times
+            ("al", f"created_at < {italian_day_start_sql('${}::date + 1')}"), ("stato", "state = ${}"),
+            ("prima", "instance < ${}"))
 
 
 def _filters(q: Search) -> tuple[tuple[str, ...], list[Any]]:

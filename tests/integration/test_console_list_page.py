@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 import httpx
 import pytest
 
+from contracts.deadlines import ITALY
 from services.console.web import DIRECT_PAGES
 from services.loader.catalogue import known_enti
 from tests.console_support import RunningConsole, csrf_of, running_console
@@ -128,7 +129,8 @@ async def test_with_postgresql_stopped_the_page_fails_like_any_route_and_recover
 
 async def test_every_combination_of_filters_lists_what_it_asks_for(console: RunningConsole) -> None:
     """Each set of filters is its own statement (app.py `_filters`): all 64 combinations, on the page and the API,
-    for an operator (its enti only) and ops (every ente), against the table filtered here."""
+    for an operator (its enti only) and ops (every ente), against the table filtered here. The dates are Italian
+    days, as the page shows the times."""
     numbers = []
     for i in range(12):
         ente, flow_type = ("201", "202", "203")[i % 3], ("FLUSSO_C", "FLUSSO_MEF")[i % 2]
@@ -136,19 +138,21 @@ async def test_every_combination_of_filters_lists_what_it_asks_for(console: Runn
     for i, number in enumerate(numbers):
         await console.pool.execute("UPDATE instance_list SET state = $2, created_at = $3 WHERE instance = $1",
                                    number, ("Checked", "Running")[i % 2 == 0 and i % 4 != 0],
-                                   datetime(2026, 3, 1 + i, 12, tzinfo=UTC))
+                                   # every third at 23:30 UTC: 00:30 of the next day in Rome, the day it is found by
+                                   datetime(2026, 3, 1 + i, 23 if i % 3 == 1 else 12, 30, tzinfo=UTC))
     table = [dict(r) for r in await console.pool.fetch("SELECT instance, flow_type, ente, state, created_at "
                                                        "FROM instance_list")]
     asked = {"tipo": "FLUSSO_C", "ente": "201", "dal": "2026-03-03", "al": "2026-03-09", "stato": "Checked",
              "prima": str(numbers[9])}
 
     def expected(params: dict[str, str], enti: set[str] | None) -> set[int]:
+        day = {r["instance"]: r["created_at"].astimezone(ITALY).date() for r in table}
         return {r["instance"] for r in table
                 if (enti is None or r["ente"] in enti)
                 and ("tipo" not in params or r["flow_type"] == params["tipo"])
                 and ("ente" not in params or r["ente"] == params["ente"])
-                and ("dal" not in params or r["created_at"].date() >= date.fromisoformat(params["dal"]))
-                and ("al" not in params or r["created_at"].date() <= date.fromisoformat(params["al"]))
+                and ("dal" not in params or day[r["instance"]] >= date.fromisoformat(params["dal"]))
+                and ("al" not in params or day[r["instance"]] <= date.fromisoformat(params["al"]))
                 and ("stato" not in params or r["state"] == params["stato"])
                 and ("prima" not in params or r["instance"] < int(params["prima"]))}
 
