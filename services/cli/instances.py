@@ -15,8 +15,9 @@ import asyncpg
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from contracts import flows
+from contracts.deadlines import italian_day_start_sql
 from contracts.states import IllegalTransition, InstanceState, target_of
-from services.cli.common import UserError, console, database, settings, table
+from services.cli.common import UserError, console, database, italian_time, settings, table
 from services.loader.catalogue import unknown_ente_reason
 from services.runtime import tracing
 from services.runtime.commands import send_command
@@ -182,15 +183,16 @@ async def _format(pool: asyncpg.Pool, cfg: Settings, instance: int, wait: bool, 
 async def list_instances(flow_type: str | None, created_from: date | None, state: str | None) -> None:
     async with database() as pool:
         rows = await pool.fetch(
-            """SELECT * FROM instance_list
-               WHERE ($1::text IS NULL OR flow_type = $1) AND ($2::date IS NULL OR created_at >= $2::date)
+            f"""SELECT * FROM instance_list
+               WHERE ($1::text IS NULL OR flow_type = $1)
+                 AND ($2::date IS NULL OR created_at >= {italian_day_start_sql('$2::date')})
                  AND ($3::text IS NULL OR lower(state) = lower($3))
                ORDER BY instance DESC""", flow_type, created_from, state)
     console.print(table(
         "Istanze di flusso",
         ["NAME", "ENTE", "ISTANZA FLUSSO", "ISTANZA FONTE", "DATA CREAZIONE", "INIZIO RIF.", "FINE RIF.", "STATO"],
         [(r["flow_type"], r["ente"], r["instance"], r["source_instance"],
-          r["created_at"].strftime("%d/%m/%Y %H:%M"), r["period_start"].strftime("%d/%m/%Y"),
+          italian_time(r["created_at"], "%d/%m/%Y %H:%M"), r["period_start"].strftime("%d/%m/%Y"),
           r["period_end"].strftime("%d/%m/%Y"), r["state"]) for r in rows]))
     if not rows:
         console.print("no instance matches; `flows load` creates one")
@@ -203,7 +205,7 @@ async def show(instance: int) -> None:
         history = await store.read_stream(instance_stream(instance))
     print_outcome(row)
     console.print(table(f"History of instance {instance}", ["#", "time", "event", "actor", "details"],
-                        [(e.version, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3], e.type, _who(e),
+                        [(e.version, italian_time(e.recorded_at, "%Y-%m-%d %H:%M:%S.%f")[:-3], e.type, _who(e),
                           _details(e.data)) for e in history]))
 
 

@@ -12,7 +12,17 @@ from typing import Annotated, TypeVar
 import asyncpg
 import typer
 
-from services.cli.common import UserError, console, database, interactive, operator_name, run, table, user_errors
+from services.cli.common import (
+    UserError,
+    console,
+    database,
+    interactive,
+    italian_time,
+    operator_name,
+    run,
+    table,
+    user_errors,
+)
 from services.console import auth
 from services.console.access import read_access_log
 from services.runtime.migrations import migrate
@@ -76,7 +86,7 @@ def users_list() -> None:
     users = _with_users(auth.list_users)
     console.print(table("Console users", ["name", "role", "enti", "structure", "state", "created"],
                         [(r["name"], r["role"], ", ".join(r["enti"]), r["structure"],
-                          "disabled" if r["disabled"] else "active", r["created_at"].strftime("%Y-%m-%d"))
+                          "disabled" if r["disabled"] else "active", italian_time(r["created_at"], "%Y-%m-%d"))
                          for r in users]))
 
 
@@ -115,7 +125,7 @@ def users_history(user: Annotated[str | None, typer.Option(help="only the change
     latest first; never a password nor a key's secret). An API key is named api:<key id>, as in the access log."""
     rows = _with_users(lambda pool: auth.user_history(pool, user, limit))
     console.print(table("Console user administration", ["when", "change", "user or key", "by", "details"],
-                        [(r["recorded_at"].strftime("%Y-%m-%d %H:%M:%S"), r["type"].removeprefix("console."),
+                        [(italian_time(r["recorded_at"]), r["type"].removeprefix("console."),
                           _subject(r["data"]), r["actor"], _details(r["data"])) for r in rows]))
 
 
@@ -149,8 +159,8 @@ def users_api_keys() -> None:
     """The API keys: id, label, enti, when issued, whether and when revoked (never a secret nor its hash)."""
     keys = _with_users(auth.list_api_keys)
     console.print(table("API keys", ["id", "label", "enti", "created", "revoked"],
-                        [(r["key_id"], r["label"], ", ".join(r["enti"]), r["created_at"].strftime("%Y-%m-%d %H:%M"),
-                          _revoked(r)) for r in keys]))
+                        [(r["key_id"], r["label"], ", ".join(r["enti"]),
+                          italian_time(r["created_at"], "%Y-%m-%d %H:%M"), _revoked(r)) for r in keys]))
     if not keys:
         console.print("no API key yet (`flows users api-key LABEL --ente E` issues one)")
 
@@ -158,7 +168,7 @@ def users_api_keys() -> None:
 def _revoked(row: asyncpg.Record) -> str:
     if not row["revoked"]:
         return "no"
-    return row["revoked_at"].strftime("%Y-%m-%d %H:%M") if row["revoked_at"] else "yes"
+    return italian_time(row["revoked_at"], "%Y-%m-%d %H:%M") if row["revoked_at"] else "yes"
 
 
 @users_app.command("api-key-revoke")
@@ -185,7 +195,7 @@ def access_log(user: Annotated[str | None, typer.Option(help="only this user's a
 
     found = run(rows())
     console.print(table("Access log", ["time", "user", "role", "what", "instance", "detail", "address"],
-                        [(r["recorded_at"].strftime("%Y-%m-%d %H:%M:%S"), r["data"]["user"], r["data"]["role"],
+                        [(italian_time(r["recorded_at"]), r["data"]["user"], r["data"]["role"],
                           r["data"]["what"], r["data"]["instance"], r["data"].get("file") or "",
                           r["data"]["address"]) for r in found]))
     if not found:

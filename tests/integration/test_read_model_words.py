@@ -10,10 +10,13 @@ import html
 import os
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 
 import pytest
 
+from contracts.deadlines import ITALY
+from services.runtime.read_models import instance_stream
 from tests.console_support import RunningConsole, running_console
 from tests.stack_urls import KAFKA
 
@@ -90,3 +93,24 @@ async def test_a_deleted_instance_is_written_in_italian_on_the_page_from_the_rea
     assert "deleted by op.201: caricata due volte" in shown and "3 errors: 3 errori in 2 record" in shown
     assert "deleted by op.201: no reason given" in await _flows(console, "show", str(without))
     assert "deleted by" not in await _flows(console, "show", str(alive))
+
+
+async def test_the_cli_and_the_console_show_and_search_the_same_italian_times(console: RunningConsole) -> None:
+    """Both write a recorded instant in Italian time and search "created from" by Italian days: an instance made at
+    23:30 UTC on 4 March is made at 00:30 on 5 March for its operators, on the page, in `flows instances` (and found
+    from the 5th there), and `flows show` writes its history in the same time."""
+    late, early = await console.instance("201"), await console.instance("201")
+    await console.pool.execute("UPDATE instance_list SET created_at = '2026-03-04 23:30+00' WHERE instance = $1", late)
+    await console.pool.execute("UPDATE instance_list SET created_at = '2026-03-04 22:30+00' WHERE instance = $1", early)
+    async with console.client("operator") as client:
+        page = (await client.get(f"{console.url}/istanze", params={"dal": "2026-03-05"})).text
+        assert f'href="/istanze/{late}"' in page and f'href="/istanze/{early}"' not in page
+        assert "<td>05/03/2026 00:30</td>" in page
+    listed = await _flows(console, "instances", "--from", "2026-03-05")
+    assert "05/03/2026 00:30" in listed and "04/03/2026 23:30" not in listed
+    assert f" {late} " in listed and f" {early} " not in listed
+    recorded = await console.pool.fetchval("SELECT recorded_at FROM events WHERE stream_id = $1 AND version = 1",
+                                           instance_stream(late))
+    shown = await _flows(console, "show", str(late))
+    assert f"{recorded.astimezone(ITALY):%Y-%m-%d %H:%M:%S}" in shown
+    assert f"{recorded.astimezone(UTC):%Y-%m-%d %H:%M:%S}" not in shown
