@@ -114,3 +114,25 @@ async def test_the_cli_and_the_console_show_and_search_the_same_italian_times(co
     shown = await _flows(console, "show", str(late))
     assert f"{recorded.astimezone(ITALY):%Y-%m-%d %H:%M:%S}" in shown
     assert f"{recorded.astimezone(UTC):%Y-%m-%d %H:%M:%S}" not in shown
+
+
+async def test_deleting_an_instance_sistema_ts_accepted_says_it_does_not_withdraw_the_documents(
+        console: RunningConsole) -> None:
+    """Cancella marks an instance deleted here; it sends nothing to Sistema TS. On a 730 that TS accepted, the form
+    says so next to the reason's field, so no operator takes it for a withdrawal; elsewhere it says only that the
+    history stays."""
+    sent = [("flows.load-checked", {"source_instance": 1, "counts": {"payment_documents": 1}}),
+            ("flows.formatting-started", {}), ("flows.formatted", {"files": []}),
+            ("flows.ts-submitted", {"part": 1, "parts": 1, "protocollo": "P1"})]
+    confirmed = {"part": 1, "parts": 1, "protocollo": "P1", "stato": 2, "outcome": "confirmed",
+                 "instance_outcome": "confirmed"}
+    accepted = await console.instance("201", [*sent, ("flows.ts-feedback-received", confirmed)], flow_type="FLUSSO_730")
+    checked = await console.instance("201", sent[:1], flow_type="FLUSSO_730")
+    async with console.client("operator") as client:
+        page = (await client.get(f"{console.url}/istanze/{accepted}")).text
+        assert 'data-state="Confirmed">Confermata<' in _dd(page, "Stato")
+        hint = html.unescape(page.split('id="motivo-aiuto"', 1)[1].split("</p>", 1)[0])
+        assert "non ritira i documenti inviati a Sistema TS" in hint and "La storia dell'istanza resta" in hint
+        page = (await client.get(f"{console.url}/istanze/{checked}")).text
+        hint = html.unescape(page.split('id="motivo-aiuto"', 1)[1].split("</p>", 1)[0])
+        assert "Sistema TS" not in hint and "La storia dell'istanza resta consultabile." in hint
