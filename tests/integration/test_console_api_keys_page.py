@@ -13,20 +13,12 @@ import pytest
 
 from contracts.deadlines import ITALY
 from services.console import auth
-from tests.console_support import ROLE_USERS, RunningConsole, csrf_of, running_console
+from tests.console_support import ROLE_USERS, RunningConsole, csrf_of
 from tests.log_capture import service_log_lines
-from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
 
 ISSUE, REVOKE = "/utenti/chiavi", "/utenti/chiavi/revoca"
-
-
-@pytest.fixture
-async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
-        await running.add_users()
-        yield running
 
 
 async def _signed_in(console: RunningConsole, client: httpx.AsyncClient, user: str) -> str:

@@ -14,19 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.console_support import RunningConsole, running_console
+from tests.console_support import RunningConsole
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
-        await running.add_users()
-        yield running
 
 
 async def _flows(console: RunningConsole, *args: str) -> str:
