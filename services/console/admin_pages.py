@@ -4,6 +4,8 @@ consumer lag (Esercizio), the users and the API keys (Utenti)."""
 from __future__ import annotations
 
 import asyncio
+import re
+import secrets
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -199,16 +201,19 @@ async def _users_page(ctx: Ctx, status: int = 200, form: dict[str, str] | None =
                       errors: dict[str, str] | None = None, message: str | None = None,
                       reset: dict[str, str] | None = None, reset_errors: dict[str, str] | None = None,
                       key_form: dict[str, str] | None = None, key_errors: dict[str, str] | None = None,
-                      revoke_error: str | None = None, issued: dict[str, Any] | None = None) -> Response:
+                      revoke_error: str | None = None, issued: dict[str, Any] | None = None,
+                      repeated: str | None = None) -> Response:
     """The users page: the users and the API keys, each with its forms. `issued`: a key just issued, whose whole
-    key (with its secret) this answer shows, the only time it is ever shown."""
+    key (with its secret) this answer shows, the only time it is ever shown. `repeated`: why a key form sent
+    again issued nothing. Every rendering gives the key form a new one-time request id (KEY_REQUEST)."""
     pool = console_of(ctx.request).pool
     users, keys = await auth.list_users(pool), await auth.list_api_keys(pool)
     return page(ctx, "users.html", "Utenti della console", status=status, active="/utenti", users=users,
                 roles=auth.ROLES, form=form or {"name": "", "role": "operator", "enti": "", "structure": ""},
                 errors=errors or {}, message=message, reset=reset or {"name": ""}, reset_errors=reset_errors or {},
                 keys=keys, key_form=key_form or {"label": "", "enti": ""}, key_errors=key_errors or {},
-                revoke_error=revoke_error, issued=issued, label_max=auth.API_KEY_LABEL_MAX)
+                revoke_error=revoke_error, issued=issued, repeated=repeated, label_max=auth.API_KEY_LABEL_MAX,
+                key_request=secrets.token_urlsafe(KEY_REQUEST_BYTES))
 
 
 @route(pages, "GET", "/utenti", MANAGE_USERS, "page")
@@ -270,18 +275,40 @@ async def user_password(ctx: Ctx) -> Response:
     return await _users_page(ctx, message=f"Nuova password impostata per {user}; le sue sessioni sono chiuse.")
 
 
+# The key form's one-time request id: random, made when the page is rendered, kept with the key it issues
+# (auth.add_api_key, migration 0075). The same form sent again (a refresh of the answer re-sends the POST; a double
+# click; a browser restoring the form on Back) issues nothing: the answer names the key it issued, whose secret was
+# shown once.
+KEY_REQUEST_BYTES = 16
+KEY_REQUEST = re.compile(r"^[A-Za-z0-9_-]{22}$")  # secrets.token_urlsafe(KEY_REQUEST_BYTES)
+KEY_REQUEST_MISSING = ("Il modulo non ha il suo identificativo (una pagina di una versione precedente?): invii di "
+                       "nuovo il modulo qui sotto.")
+
+
 @route(pages, "POST", "/utenti/chiavi", MANAGE_USERS, "action")
 async def api_key_add(ctx: Ctx) -> Response:
     """A new API key for a regional system, bound to its enti (auth.add_api_key, as `flows users api-key`; recorded
     as issued by the administrator). The whole key is in this answer only: not a redirect (a URL would carry it),
-    no-store like every answer, never logged, never in the record (which has its id, label and enti)."""
+    no-store like every answer, never logged, never in the record (which has its id, label and enti). One form
+    issues one key at most: sent again, it answers 409 naming the key it issued, without any secret."""
     raw = await ctx.request.form()
     form = {k: str(raw.get(k) or "").strip() for k in ("label", "enti")}
+    request_id = str(raw.get("request") or "")
     enti = _enti_field(form["enti"])
+    if not KEY_REQUEST.match(request_id):
+        return await _users_page(ctx, 422, key_form=form, key_errors={"request": KEY_REQUEST_MISSING})
     try:
-        key = await auth.add_api_key(console_of(ctx.request).pool, form["label"], enti, by=ctx.principal.name)
+        key = await auth.add_api_key(console_of(ctx.request).pool, form["label"], enti, by=ctx.principal.name,
+                                     request_id=request_id)
     except auth.UserInputError as exc:
         return await _users_page(ctx, 422, key_form=form, key_errors={exc.field: exc.italian})
+    except auth.ApiKeyAlreadyIssued as exc:
+        return await _users_page(ctx, 409, repeated=(
+            f"Questo modulo ha già emesso la chiave API {exc.key_id} per {exc.label} il "
+            f"{exc.created_at.astimezone(ROME):%d/%m/%Y %H:%M}: nessuna nuova chiave è stata emessa. La chiave intera "
+            "è stata mostrata una sola volta, nella risposta a quell'invio, e non può essere mostrata di nuovo (la "
+            f"console ne conserva solo l'impronta). Se non è stata copiata, revochi la chiave {exc.key_id} e ne "
+            "emetta un'altra con il modulo qui sotto."))
     key_id = key.partition(".")[0].removeprefix("fk_")
     enti = sorted(set(enti))
     return await _users_page(ctx, message=f"Chiave API {key_id} emessa per {form['label']} (enti {', '.join(enti)}).",

@@ -330,13 +330,34 @@ def check_enti(enti: list[str]) -> None:
                                  f"{', '.join(sorted(known))}.")
 
 
-async def add_api_key(pool: asyncpg.Pool, label: str, enti: list[str], *, by: str) -> str:
-    """A new key bound to `enti`, returned once (only its secret's SHA-256 is kept); recorded as issued `by`."""
+class ApiKeyAlreadyIssued(Exception):
+    """The request (the console's form) that asked for a key already issued one: that key's id, label and time of
+    issue; never its secret, which was shown once and is not kept."""
+
+    def __init__(self, key_id: str, label: str, created_at: datetime) -> None:
+        super().__init__(f"API key {key_id} ({label}) was already issued for this request")
+        self.key_id, self.label, self.created_at = key_id, label, created_at
+
+
+async def add_api_key(pool: asyncpg.Pool, label: str, enti: list[str], *, by: str,
+                      request_id: str | None = None) -> str:
+    """A new key bound to `enti`, returned once (only its secret's SHA-256 is kept); recorded as issued `by`.
+    `request_id`: the one-time id of the request asking for it (the console's form, migration 0075); a request
+    that already issued a key issues no other: ApiKeyAlreadyIssued names the first. Two at once: the unique index
+    makes the second wait for the first, then find its key."""
     check_api_key(label, enti)
     key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("INSERT INTO console_api_key (key_id, secret_hash, label, enti) VALUES ($1, $2, $3, $4)",
-                           key_id, _sha256(secret).hex(), label, sorted(set(enti)))
+        inserted = await conn.fetchval(
+            "INSERT INTO console_api_key (key_id, secret_hash, label, enti, request_id) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING key_id",
+            key_id, _sha256(secret).hex(), label, sorted(set(enti)), request_id)
+        if inserted is None:
+            first = await conn.fetchrow("SELECT key_id, label, created_at FROM console_api_key WHERE request_id = $1",
+                                        request_id)
+            if first is None:  # keys are never deleted: the row that conflicted is there
+                raise RuntimeError(f"API key request {request_id!r}: taken, yet no key has it")
+            raise ApiKeyAlreadyIssued(first["key_id"], first["label"], first["created_at"])
         await _recorded(pool, conn, API_KEY_ADDED, {"key": key_id, "label": label, "enti": sorted(set(enti))}, by)
     return f"fk_{key_id}.{secret}"
 

@@ -2,8 +2,8 @@
 at once, and by `flows users list`: the same table, the same code), sees a refused user's error next to
 its field, disables a user whose open session then ends, enables it again, and gives it a new password (its
 session ends again, the old password no longer opens one); the auditor reads who did each change. The admin
-issues an API key for a regional system (refused next to its field first), sees it once, the key works on /api,
-the admin revokes it and /api answers 401. axe-core on the pages."""
+issues an API key for a regional system (refused next to its field first), sees it once (a refresh of the page
+issues no other), the key works on /api, the admin revokes it and /api answers 401. axe-core on the pages."""
 
 from __future__ import annotations
 
@@ -174,6 +174,16 @@ async def test_the_admin_issues_an_api_key_sees_it_once_and_revokes_it_from_the_
             assert "non sarà mostrata di nuovo" in await page.inner_text("#chiave-emessa")
             assert f"Chiave API {key_id} emessa per Sistema ASL Avellino (enti 201)." in await page.inner_text("#esito")
             await _axe_clean(page, Axe(), "46-utenti-chiave-emessa")
+
+            # The browser's refresh sends the same form again (Chromium re-posts it): no second key, no secret; the
+            # page names the key and says its secret was shown once.
+            again = await page.reload()
+            assert again is not None and (again.request.method, again.status) == ("POST", 409)
+            assert await page.locator("#chiave-segreta").count() == 0 and secret not in await page.content()
+            assert (await page.inner_text("#chiave-gia-emessa")).startswith(
+                f"Questo modulo ha già emesso la chiave API {key_id} per Sistema ASL Avellino il ")
+            assert [r["key_id"] for r in await auth.list_api_keys(console.pool)] == [key_id]
+            await _axe_clean(page, Axe(), "46b-utenti-chiave-gia-emessa")
 
             # The key works on /api as an operator of 201.
             async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=20) as api:

@@ -5,6 +5,7 @@ input is refused next to its field, in Italian, with nothing stored or recorded.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
 
@@ -13,20 +14,12 @@ import pytest
 
 from contracts.deadlines import ITALY
 from services.console import auth
-from tests.console_support import ROLE_USERS, RunningConsole, csrf_of, running_console
+from tests.console_support import ROLE_USERS, RunningConsole, csrf_of
 from tests.log_capture import service_log_lines
-from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
 
 ISSUE, REVOKE = "/utenti/chiavi", "/utenti/chiavi/revoca"
-
-
-@pytest.fixture
-async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
-        await running.add_users()
-        yield running
 
 
 async def _signed_in(console: RunningConsole, client: httpx.AsyncClient, user: str) -> str:
@@ -49,6 +42,19 @@ def _field_error(page: str, field: str) -> str:
     found = re.search(rf'id="err-{field}">(.*?)</div>', page, re.S)
     assert found, f"no error for {field} on the page"
     return html.unescape(re.sub(r"<[^>]+>", "", found.group(1))).strip()
+
+
+def _key_form(page: str) -> dict[str, str]:
+    """The hidden fields of the page's "Emetti una chiave API" form, as a browser sends them with the typed ones."""
+    form = re.search(r'<form [^>]*id="nuova-chiave".*?</form>', page, re.S)
+    assert form, "no key form on the page"
+    hidden = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form.group(0))
+    return {name: html.unescape(value) for name, value in hidden}
+
+
+def _issued_key(page: str) -> str | None:
+    found = re.search(r'id="chiave-segreta"[^>]*value="(fk_[0-9a-f]{12}\.[A-Za-z0-9_-]+)"', page)
+    return found.group(1) if found else None
 
 
 async def test_a_form_without_its_csrf_token_is_refused_and_changes_nothing(console: RunningConsole) -> None:
@@ -92,15 +98,16 @@ async def test_the_admin_issues_a_key_seen_once_that_works_then_revokes_it_and_t
     await console.instance("202")
     async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
         csrf = await _signed_in(console, client, "adm.1")
-        assert "Nessuna chiave API emessa" in (await client.get(console.url + "/utenti")).text
+        users = (await client.get(console.url + "/utenti")).text
+        assert "Nessuna chiave API emessa" in users
         with service_log_lines() as logs:
-            answer = await client.post(console.url + ISSUE, data={"csrf": csrf, "label": "Sistema ASL Avellino",
+            answer = await client.post(console.url + ISSUE, data={**_key_form(users), "label": "Sistema ASL Avellino",
                                                                   "enti": "201 , 203"})
         assert answer.status_code == 200, answer.text  # the answer itself: no redirect, no URL carries the key
         assert str(answer.url) == console.url + ISSUE and answer.headers["cache-control"] == "no-store"
-        key = re.search(r'id="chiave-segreta"[^>]*value="(fk_[0-9a-f]{12}\.[A-Za-z0-9_-]+)"', answer.text)
+        key = _issued_key(answer.text)
         assert key, answer.text
-        key_id, secret = key.group(1).removeprefix("fk_").split(".")
+        key_id, secret = key.removeprefix("fk_").split(".")
         assert "non sarà mostrata di nuovo" in answer.text
         assert f"Chiave API {key_id} emessa per Sistema ASL Avellino (enti 201, 203)." in answer.text
         # Never again: the page shows its id and state, never the key.
@@ -115,7 +122,7 @@ async def test_the_admin_issues_a_key_seen_once_that_works_then_revokes_it_and_t
         assert "Revoca" in cells[5]
 
         # The key works on /api, as an operator of its enti.
-        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key.group(1)}"}) as api:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as api:
             listed = await api.get(console.url + "/api/istanze")
             assert listed.status_code == 200 and [i["instance"] for i in listed.json()["items"]] == [own]
 
@@ -155,8 +162,10 @@ async def test_bad_input_is_refused_next_to_its_field_in_italian_and_nothing_is_
     ]
     async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
         csrf = await _signed_in(console, client, "adm.1")
+        form = _key_form((await client.get(console.url + "/utenti")).text)
         for data, field, message in cases:
-            answer = await client.post(console.url + ISSUE, data={"csrf": csrf, **data})
+            answer = await client.post(console.url + ISSUE, data={**form, **data})
+            form = _key_form(answer.text)  # the answer's form, as the admin would correct it
             assert answer.status_code == 422, (data, answer.status_code)
             assert message in _field_error(answer.text, field), (data, answer.text)
             assert f'aria-describedby="err-{field}"' in answer.text
@@ -171,6 +180,64 @@ async def test_bad_input_is_refused_next_to_its_field_in_italian_and_nothing_is_
         answer = await client.post(console.url + REVOKE, data={"csrf": csrf, "key": whole})
         assert answer.status_code == 422 and "non la chiave intera" in _field_error(answer.text, "k-key")
         assert "S" * 43 not in answer.text
+        # A key form without its one-time id (a page of an older version), or with one the console never makes:
+        # refused above the form, what was typed kept, and the answer's form has a new id to send it again.
+        for request in ({}, {"request": "corto"}):
+            answer = await client.post(console.url + ISSUE, data={"csrf": csrf, "label": "cruscotto", "enti": "201",
+                                                                  **request})
+            assert answer.status_code == 422, (request, answer.text)
+            assert "Il modulo non ha il suo identificativo" in _field_error(answer.text, "k-request"), answer.text
+            assert 'value="cruscotto"' in answer.text and 'id="chiave-segreta"' not in answer.text
+            assert re.fullmatch(r"[A-Za-z0-9_-]{22}", _key_form(answer.text)["request"])
     assert await _keys(console) == []
     assert await _key_records(console) == []
 
+
+async def test_a_form_sent_again_by_a_refresh_issues_no_second_key_and_says_the_first_was_shown_once(
+        console: RunningConsole) -> None:
+    """A browser's refresh of the answer (or back and submit again) sends the very same form again: it issues
+    nothing, and the answer names the key that form issued, says its secret was shown once, and shows no secret."""
+    async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+        await _signed_in(console, client, "adm.1")
+        sent = {**_key_form((await client.get(console.url + "/utenti")).text), "label": "Cruscotto ASL", "enti": "201"}
+        first = await client.post(console.url + ISSUE, data=sent)
+        assert first.status_code == 200, first.text
+        key = _issued_key(first.text)
+        assert key, first.text
+        key_id, secret = key.removeprefix("fk_").split(".")
+        with service_log_lines() as logs:
+            again = await client.post(console.url + ISSUE, data=sent)
+        assert await _keys(console) == [(key_id, False)], again.text  # one form, one key
+        assert [t for t, _, _ in await _key_records(console)] == ["console.api-key-added"]
+        assert again.status_code == 409, again.text
+        assert _issued_key(again.text) is None and 'id="chiave-segreta"' not in again.text
+        assert secret not in again.text and secret not in logs.getvalue()
+        said = re.search(r'id="chiave-gia-emessa"[^>]*>(.*?)</div>', again.text, re.S)
+        assert said, again.text
+        text = html.unescape(re.sub(r"<[^>]+>|\s+", " ", said.group(1))).strip()
+        created = (await auth.list_api_keys(console.pool))[0]["created_at"].astimezone(ITALY)
+        assert text.startswith(f"Questo modulo ha già emesso la chiave API {key_id} per Cruscotto ASL il "
+                               f"{created:%d/%m/%Y %H:%M}: nessuna nuova chiave è stata emessa."), text
+        assert "è stata mostrata una sola volta" in text, text
+
+        # The answer's own form is a new one: it issues another key, once.
+        other = {**_key_form(again.text), "label": "Cruscotto ASL", "enti": "201"}
+        assert other.get("request") != sent.get("request")
+        issued = await client.post(console.url + ISSUE, data=other)
+        assert issued.status_code == 200 and _issued_key(issued.text) not in (None, key), issued.text
+        assert (await client.post(console.url + ISSUE, data=other)).status_code == 409
+    assert len(await _keys(console)) == 2
+    # Nowhere in clear: the table keeps the secret's SHA-256 and the form's id, never the secret.
+    rows = await console.pool.fetch("SELECT * FROM console_api_key")
+    assert all(secret not in str(dict(r)) for r in rows)
+
+
+async def test_a_double_click_sends_the_form_twice_at_once_and_issues_one_key(console: RunningConsole) -> None:
+    """Two posts of one form at the same time: the second waits for the first's transaction, then finds its key."""
+    async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+        await _signed_in(console, client, "adm.1")
+        sent = {**_key_form((await client.get(console.url + "/utenti")).text), "label": "Cruscotto ASL", "enti": "201"}
+        answers = await asyncio.gather(*(client.post(console.url + ISSUE, data=sent) for _ in range(2)))
+    assert sorted(a.status_code for a in answers) == [200, 409], [a.text for a in answers]
+    assert len(await _keys(console)) == 1
+    assert [t for t, _, _ in await _key_records(console)] == ["console.api-key-added"]

@@ -65,13 +65,6 @@ async def _pages(console: RunningConsole) -> dict[str, str]:
     return pages
 
 
-@pytest.fixture
-async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
-        await running.add_users()
-        yield running
-
-
 async def test_every_static_url_of_every_page_carries_the_current_fingerprint(console: RunningConsole) -> None:
     pages = await _pages(console)
     print(f"{len(pages)} pages:", ", ".join(pages))

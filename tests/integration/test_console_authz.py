@@ -19,7 +19,7 @@ from fastapi import APIRouter, FastAPI
 from services.console import web as console_web
 from services.console.access import ROUTE_TABLE, RouteRule, check_every_route_has_a_rule
 from services.console.auth import ROLES, add_user
-from tests.console_support import PASSWORD, ROLE_USERS, STRUCTURE, RunningConsole, csrf_of, running_console
+from tests.console_support import PASSWORD, ROLE_USERS, STRUCTURE, RunningConsole, csrf_of
 from tests.stack_urls import KAFKA
 
 MISSING_LETTER = "flows.load-requested.dlq:0:999999999"
@@ -29,13 +29,6 @@ DOCUMENT = "suap-authorisation-5d07f8af1f"  # the same bytes in the same slot: t
 pytestmark = pytest.mark.integration
 
 FEEDBACK = b"record_key;field;code;severity;message\nS1@P1/01;patient_cf;CF_CHECK_CHAR;warning;RSSMRA80A01H501U\n"
-
-
-@pytest.fixture
-async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
-        await running.add_users()
-        yield running
 
 
 # Where "/" sends each role.

@@ -18,18 +18,10 @@ import pytest
 from contracts.deadlines import ITALY
 from services.console.web import DIRECT_PAGES
 from services.loader.catalogue import known_enti
-from tests.console_support import RunningConsole, csrf_of, running_console
+from tests.console_support import RunningConsole, csrf_of
 from tests.pg_outage import postgres_down
-from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
-        await running.add_users()
-        yield running
 
 
 def _listed(body: str) -> set[int]:

@@ -33,6 +33,8 @@ async def provider():  # type: ignore[no-untyped-def]
         yield running
 
 
+# Its own console, not the shared one (tests/integration/conftest.py): signed in through the provider, with no
+# local users.
 @pytest.fixture
 async def console(fresh_db, tmp_path, provider: Provider):  # type: ignore[no-untyped-def]
     async with running_console(fresh_db, KAFKA, tmp_path / "files", console_oidc_metadata_url=provider.metadata_url,

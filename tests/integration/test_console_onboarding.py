@@ -28,13 +28,6 @@ pytestmark = pytest.mark.integration
 PDF = b"%PDF-1.4\n% autorizzazione SUAP del Laboratorio Vesuvio, firmata dal dott. Esposito\n"
 
 
-@pytest.fixture
-async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
-        await running.add_users()
-        yield running
-
-
 async def _downloads(console: RunningConsole) -> list[dict]:
     rows = await console.pool.fetch("SELECT actor, recorded_at, data FROM events WHERE stream_id LIKE 'access-%' "
                                     "AND data->>'what' = 'onboarding-document-download' ORDER BY recorded_at")

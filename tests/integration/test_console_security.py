@@ -9,6 +9,7 @@ import hashlib
 import json
 import re
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -28,10 +29,9 @@ HOSTILE = '<script>alert("x")</script><b>Casa di cura</b>'
 
 
 @pytest.fixture
-async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files", console_login_max_failures=3) as running:
-        await running.add_users()
-        yield running
+def console_settings() -> dict[str, Any]:
+    """The shared `console` (tests/integration/conftest.py) with a login throttle of 3 failures."""
+    return {"console_login_max_failures": 3}
 
 
 async def test_no_page_or_api_route_without_login(console: RunningConsole) -> None:

@@ -12,24 +12,18 @@ import subprocess
 import sys
 from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from contracts.deadlines import ITALY
 from services.runtime.read_models import instance_stream
-from tests.console_support import RunningConsole, running_console
+from tests.console_support import RunningConsole
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def console(fresh_db, tmp_path):  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as running:
-        await running.add_users()
-        yield running
 
 
 async def _flows(console: RunningConsole, *args: str) -> str:
@@ -121,9 +115,10 @@ async def test_deleting_an_instance_sistema_ts_accepted_says_it_does_not_withdra
     """Cancella marks an instance deleted here; it sends nothing to Sistema TS. On a 730 that TS accepted, the form
     says so next to the reason's field, so no operator takes it for a withdrawal; elsewhere it says only that the
     history stays."""
-    sent = [("flows.load-checked", {"source_instance": 1, "counts": {"payment_documents": 1}}),
-            ("flows.formatting-started", {}), ("flows.formatted", {"files": []}),
-            ("flows.ts-submitted", {"part": 1, "parts": 1, "protocollo": "P1"})]
+    sent: list[tuple[str, dict[str, Any]]] = [
+        ("flows.load-checked", {"source_instance": 1, "counts": {"payment_documents": 1}}),
+        ("flows.formatting-started", {}), ("flows.formatted", {"files": []}),
+        ("flows.ts-submitted", {"part": 1, "parts": 1, "protocollo": "P1"})]
     confirmed = {"part": 1, "parts": 1, "protocollo": "P1", "stato": 2, "outcome": "confirmed",
                  "instance_outcome": "confirmed"}
     accepted = await console.instance("201", [*sent, ("flows.ts-feedback-received", confirmed)], flow_type="FLUSSO_730")
