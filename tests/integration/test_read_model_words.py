@@ -126,8 +126,8 @@ async def test_deleting_an_instance_sistema_ts_accepted_says_it_does_not_withdra
     async with console.client("operator") as client:
         page = (await client.get(f"{console.url}/istanze/{accepted}")).text
         assert 'data-state="Confirmed">Confermata<' in _dd(page, "Stato")
-        hint = html.unescape(page.split('id="motivo-aiuto"', 1)[1].split("</p>", 1)[0])
+        hint = " ".join(html.unescape(page.split('id="motivo-aiuto"', 1)[1].split("</p>", 1)[0]).split())
         assert "non ritira i documenti inviati a Sistema TS" in hint and "La storia dell'istanza resta" in hint
         page = (await client.get(f"{console.url}/istanze/{checked}")).text
-        hint = html.unescape(page.split('id="motivo-aiuto"', 1)[1].split("</p>", 1)[0])
+        hint = " ".join(html.unescape(page.split('id="motivo-aiuto"', 1)[1].split("</p>", 1)[0]).split())
         assert "Sistema TS" not in hint and "La storia dell'istanza resta consultabile." in hint
