@@ -79,6 +79,8 @@ def print_outcome(row: asyncpg.Record) -> None:
         console.print(f"  every bad record is in the feedback: `flows feedback {row['instance']}`")
     if row["deleted_by"]:
         console.print(f"  deleted by {row['deleted_by']}: {row['deletion_reason'] or 'no reason given'}")
+    if state == "Scheduled" and row["scheduled_at"]:
+        console.print(f"  starts at {italian_time(row['scheduled_at'], '%Y-%m-%d %H:%M')} (Italian time)")
 
 
 def load_request(flow_type: str, ente: str, start: date, end: date, version: str, at: datetime | None,

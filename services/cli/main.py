@@ -23,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from contracts.deadlines import italian_today
+from contracts.deadlines import ITALY, italian_today
 from services.cli import instances as inst
 from services.cli import ops_cli
 from services.cli.audit import audit_app
@@ -139,12 +139,14 @@ def load(flow_type: Annotated[str, typer.Option("--type", help=" | ".join(FLOW_T
          start: Annotated[datetime, typer.Option("--from", formats=["%Y-%m-%d"], help="period start")],
          end: Annotated[datetime, typer.Option("--to", formats=["%Y-%m-%d"], help="period end")],
          version: Annotated[str, typer.Option(help="layout version")] = "2020",
-         at: Annotated[datetime | None, typer.Option(help="schedule at YYYY-MM-DDTHH:MM")] = None,
+         at: Annotated[datetime | None, typer.Option(help="schedule at YYYY-MM-DDTHH:MM, Italian time (as the "
+                                                          "console's Avvio pianificato)")] = None,
          wait: Annotated[bool, typer.Option(help="show progress until Checked or Failed loading")] = True) -> None:
     """Load a flow for an entity and a period: creates an instance."""
     if flow_type not in FLOW_TYPES:
         raise typer.BadParameter(f"{flow_type!r} is not one of {', '.join(FLOW_TYPES)}", param_hint="--type")
-    scheduled = at.astimezone() if at else None
+    # A time without a zone is Italy's, whatever the host's zone (UTC in the containers): as the console reads it.
+    scheduled = (at if at.tzinfo else at.replace(tzinfo=ITALY)) if at else None
     run(inst.load(flow_type, ente, start.date(), end.date(), version, scheduled, wait, operator_name()))
 
 

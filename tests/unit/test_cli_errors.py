@@ -110,3 +110,27 @@ def test_a_corrupt_xlsx_is_one_line_naming_the_file_and_the_problem(content: byt
     message = str(caught.value)
     assert message.startswith("annex-a1.xlsx: non è leggibile come cartella di lavoro XLSX: ") and problem in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(("given", "meant"), [
+    ("2026-12-06T06:00", "2026-12-06T05:00:00+00:00"),  # winter: Rome is UTC+1
+    ("2026-07-06T06:00", "2026-07-06T04:00:00+00:00"),  # summer: UTC+2
+])
+def test_a_scheduled_time_without_a_zone_is_italian_time_as_in_the_console(
+        monkeypatch: pytest.MonkeyPatch, given: str, meant: str) -> None:
+    """`flows load --at 06:00` starts the load at 06:00 in Italy, as the console's Avvio pianificato does, whatever
+    the host's zone (these hosts run in UTC: the CLI used to take 06:00 UTC, 07:00 in Rome)."""
+    from datetime import UTC, datetime
+
+    from services.cli import instances
+
+    asked: list[datetime | None] = []
+
+    async def load(*args: object) -> None:  # what the command hands on, before any I/O
+        asked.append(args[5])  # type: ignore[arg-type]
+
+    monkeypatch.setattr(instances, "load", load)
+    code, out = _run("load", "--type", "FLUSSO_C", "--ente", "201", "--from", "2026-10-01", "--to", "2026-10-31",
+                     "--at", given, "--no-wait")
+    assert code == 0, out
+    assert asked[0] is not None and asked[0].astimezone(UTC).isoformat() == meant
