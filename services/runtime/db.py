@@ -150,6 +150,18 @@ def _tracked(conn: asyncpg.Connection) -> TrackedConnection | None:
     return raw if isinstance(raw, TrackedConnection) else None
 
 
+def connection_gone(conn: asyncpg.Connection) -> bool:
+    """Whether `conn` is closed, or, taken from a pool, was handed back by asyncpg itself: when a pooled connection
+    is lost (PostgreSQL crashed or stopped, the session terminated), asyncpg releases it at once and detaches the
+    caller's proxy, on which every method, `is_closed()` and `terminate()` included, then raises InterfaceError
+    ("connection has been released back to the pool"). Either way nothing is left to unlock or clean up on it:
+    its session ended with the connection, and the pool makes a new one."""
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        return True
+
+
 def has_session_state(conn: asyncpg.Connection) -> bool:
     """Whether releasing `conn` would reset its session (a plain connection: always)."""
     tracked = _tracked(conn)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 
-from services.runtime.db import has_session_state, session_state_undone
+from services.runtime.db import connection_gone, has_session_state, session_state_undone
 
 # Every PostgreSQL advisory-lock key of the platform, one place: a new one is chosen here, against the
 # others. Single-key locks (pg_advisory_lock(key)); arbitrary constants shared by every process of a
@@ -37,8 +37,15 @@ async def instance_lock(pool: asyncpg.Pool, namespace: int, instance: int) -> As
         try:
             yield held
         finally:
-            if held and not conn.is_closed():  # a connection cut took the lock with it
-                released = await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", namespace, instance)
+            # A connection cut took the lock with it (its session ended): nothing to unlock. PostgreSQL crashed or
+            # stopped under the work, asyncpg may have handed the connection back already (connection_gone), or
+            # not have noticed yet, and the unlock then fails on the dead socket: the lock is gone as well. Were the
+            # connection alive after all, it keeps its session state flagged and the pool's reset unlocks it.
+            if held and not connection_gone(conn):
+                try:
+                    released = await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", namespace, instance)
+                except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+                    released = False
                 if released and clean:  # the lock was its only session state: no reset query on release
                     session_state_undone(conn)
 
