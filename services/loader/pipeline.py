@@ -102,7 +102,10 @@ class FeedbackNotWritten(Exception):
 async def mark_checked(pool: asyncpg.Pool, checked: ChecksDone) -> ProblemCounts:
     """Records that the snapshot's checks are done, with the counts and the number of problems they left; returns
     those problems counted by code (feedback.problem_counts, in the same round trip)."""
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
+        # Without waiting for the WAL flush, like the snapshot (snapshot.take_snapshot): the outcome's synchronous
+        # commit flushes it; lost in a PostgreSQL crash before that, the checks run again from a new snapshot.
+        await conn.execute("SET LOCAL synchronous_commit = off")
         return await problem_counts(conn, checked.snapshot_id, mark_checked=json.dumps(checked.counts))
 
 

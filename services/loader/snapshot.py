@@ -105,8 +105,12 @@ async def take_snapshot(conn: asyncpg.Connection, snapshot_id: int, flow_type: F
     if period_end < period_start:
         raise ValueError(f"snapshot {snapshot_id}: period end {period_end} is before its start {period_start}")
     async with conn.transaction():
-        # the period's prescriptions are hashed and sorted in memory rather than spilled to disk
-        await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        # The period's prescriptions are hashed and sorted in memory rather than spilled to disk. The commit does not
+        # wait for the WAL flush (in the same round trip): nothing outside the database depends on the snapshot
+        # before the load's outcome, whose synchronous commit flushes the WAL up to itself, so this with it; a
+        # PostgreSQL crash before that loses at most a snapshot that no outcome names, which is a dead run's
+        # (pipeline.drop_dead_runs), taken again.
+        await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'; SET LOCAL synchronous_commit = off")
         # one round trip for a new snapshot: a concurrent taker of the same number waits on the primary key,
         # then finds the row below
         created = await conn.fetchval(
