@@ -8,14 +8,23 @@ while the page is waiting: the page must fetch again afterwards, or it stays on 
 to come. Here the fetch is really slow: the browser's own network layer holds the answer (Playwright's route), the
 console answered it before the second change, and the second change's event reaches the page while the first
 answer is held.
+
+That the page's own subscription got the second change before the answer is released is what makes the case: had
+it come after, the page would fetch afresh and show the new state whether or not it fetches again, and the test
+would pass without testing anything. Nothing on the page shows that a change arrived while a fetch is pending (the
+page only notes it), so the test learns it from the browser: Chromium's DevTools protocol reports each message the
+page's event stream dispatches (Network.eventSourceMessageReceived, sent from the renderer just before it runs the
+page's listeners, in the same task). The held answer reaches the page in a later task, so the page's listener has
+run by then, at any speed of the machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
-from playwright.async_api import Page, Route, async_playwright
+from playwright.async_api import CDPSession, Page, Route, async_playwright
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from contracts import flows
@@ -31,13 +40,42 @@ from tests.stack_urls import KAFKA
 pytestmark = pytest.mark.e2e
 
 BADGE = "() => document.querySelector('#stato .badge')?.dataset.state"
-# A second subscription to the same stream, in the page: it counts the change events the page's own one receives.
-SHADOW = """url => new Promise(resolve => {
-  window.__changes = 0;
-  const shadow = new EventSource(url);
-  shadow.addEventListener("change", () => { window.__changes += 1; });
-  shadow.addEventListener("ready", () => resolve(true));
-})"""
+
+
+class StreamMessages:
+    """The messages the page's event streams (requests to `.../eventi`) dispatched, by event name, as Chromium's
+    DevTools protocol reports them; `arrived` is set at each one. Started before the page opens its stream."""
+
+    def __init__(self) -> None:
+        self.streams: set[str] = set()
+        self.names: list[str] = []
+        self.arrived = asyncio.Event()
+
+    async def start(self, cdp: CDPSession) -> None:
+        cdp.on("Network.requestWillBeSent", self._request)
+        cdp.on("Network.eventSourceMessageReceived", self._message)
+        await cdp.send("Network.enable")
+
+    def _request(self, event: dict[str, Any]) -> None:
+        if event["request"]["url"].endswith("/eventi"):
+            self.streams.add(event["requestId"])
+
+    def _message(self, event: dict[str, Any]) -> None:
+        if event["requestId"] in self.streams:
+            self.names.append(event["eventName"])
+            self.arrived.set()
+
+    def count(self, name: str) -> int:
+        return self.names.count(name)
+
+    async def until(self, name: str, count: int, timeout: float = 30) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while self.count(name) < count:
+                    self.arrived.clear()
+                    await self.arrived.wait()
+        except TimeoutError:
+            pytest.fail(f"the page's stream dispatched {self.names} in {timeout:.0f} s, not {count} {name!r}")
 
 
 async def test_a_change_during_a_slow_refresh_is_not_lost(fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -64,11 +102,14 @@ async def test_a_change_during_a_slow_refresh_is_not_lost(fresh_db, tmp_path) ->
                 await route.fulfill(response=answer)
 
             await page.route("**/stato", slow_network)
+            messages = StreamMessages()
+            await messages.start(await page.context.new_cdp_session(page))
             await page.goto(f"{console.url}/istanze/{instance}")
             # Subscribed, and the refresh that follows the subscription is done (it announces the state).
             await page.wait_for_function("() => document.getElementById('annuncio').textContent.startsWith('Stato')")
             assert await page.evaluate(BADGE) == "Running"
-            assert await page.evaluate(SHADOW, f"/istanze/{instance}/eventi")
+            await messages.until("ready", 1)  # the browser's report may come after the page's own doings
+            assert messages.names == ["ready"], messages.names
 
             holding = True
             checked = flows.LoadChecked(instance=instance, source_instance=instance + 1, counts={"services": 3})
@@ -80,9 +121,9 @@ async def test_a_change_during_a_slow_refresh_is_not_lost(fresh_db, tmp_path) ->
             await console.store.append(instance_stream(instance), [
                 NewEvent("flows.formatting-started", {"instance": instance}, actor="formatter")],
                 expected_version=2, key=str(instance))
-            # The formatting's event reaches the page while the answer about the check is still on its way.
-            await page.wait_for_function("() => window.__changes >= 2", timeout=30_000)
-            await page.wait_for_timeout(300)  # the page's own subscription got it too (the shadow's may come first)
+            # The formatting's event reaches the page's own stream while the answer about the check is still held:
+            # the page's listener runs before the answer can reach it (module docstring).
+            await messages.until("change", 2)
             release.set()
 
             try:
@@ -90,7 +131,7 @@ async def test_a_change_during_a_slow_refresh_is_not_lost(fresh_db, tmp_path) ->
                                              arg="Formatting in progress", timeout=30_000)
             except PlaywrightTimeout:
                 pytest.fail(f"the page stayed on {await page.evaluate(BADGE)!r} after the formatting began")
-            assert await page.evaluate("() => window.__changes") == 2
+            assert messages.names == ["ready", "change", "change"], messages.names  # no third change showed it
         finally:
             release.set()
             await browser.close()
@@ -152,6 +193,13 @@ async def test_the_page_comes_back_live_after_postgresql_was_down_and_says_so_me
 AN_HOUR = 3600.0
 
 
+# Counts the event streams the page opens (each retry is one), in the page itself, where console.js's timers run.
+COUNT_STREAMS = """window.__streamsOpened = 0;
+window.EventSource = class extends window.EventSource {
+  constructor(url, init) { super(url, init); window.__streamsOpened += 1; }
+};"""
+
+
 def _subscriptions(page: Page) -> list[str]:
     """The URLs of the event streams the page opens from now on (each reconnection is one more)."""
     opened: list[str] = []
@@ -176,6 +224,7 @@ async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: igno
             page = await context.new_page()
             await _log_in(page, console.url, "op.201")
             subscriptions = _subscriptions(page)
+            await page.add_init_script(COUNT_STREAMS)
             await page.goto(f"{console.url}/istanze/{instance}")
             await page.wait_for_function(f"() => ({LIVE})() === 'ready'", timeout=30_000)
 
@@ -192,8 +241,13 @@ async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: igno
             assert subscriptions == [f"{console.url}/istanze/{instance}/eventi"], subscriptions
             again = page.locator("#aggiornamento a")
             assert await again.get_attribute("href") == f"/login?next=%2Fistanze%2F{instance}"
-            await page.wait_for_timeout(3_000)  # a first retry would have come by now (2 s)
-            assert await page.evaluate(LIVE) == "ended", "an ended session is tried again"
+            # A retry would open a stream 2 s after the page said `ended` (console.js's first delay), from a timer set
+            # before the test saw it: a timer of the page's own of 3 s, set now, fires after that one at any speed
+            # (timers of one page run in the order they fall due). The page's state cannot show a retry: a refused one
+            # ends `ended` again.
+            await page.evaluate("() => new Promise(resolve => setTimeout(resolve, 3000))")
+            assert await page.evaluate("() => window.__streamsOpened") == 1, "an ended session is tried again"
+            assert await page.evaluate(LIVE) == "ended"
 
             async with page.expect_navigation():  # back in, then to the instance it was on
                 await again.click()

@@ -243,8 +243,11 @@ async def _sealed_boxes(bootstrap: str, instances: set[int]) -> list[tuple[int, 
     return found
 
 
-async def _until(what: str, check: Any, timeout: float = 30) -> Any:
-    """Polls `check()` (async) until it returns something truthy; fails naming `what` after `timeout`."""
+async def _until(what: str, check: Any, timeout: float = 120) -> Any:
+    """Polls `check()` (async) until it returns something truthy; fails naming `what` after `timeout`. The deadline
+    is for what never comes, not for a slow machine: the box of a deleted instance goes at the TS gateway's next
+    resume pass (every RESUME_PASS_S, 10 s), which can come a whole period after the deletion and then take its own
+    time on a loaded machine (2 to 7 s measured under two busy loops); the 30 s this was were three periods."""
     deadline = time.monotonic() + timeout
     while not (result := await check()):
         assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"

@@ -158,12 +158,14 @@ async def test_restart_node_then_down_leaves_no_process(private_stack: Path) -> 
     )
     svc_pid = localstack.start_service("sleeper", [sys.executable, "-c", code], {"FLOWS_TEST": "1"})
     assert localstack.start_service("sleeper", [sys.executable, "-c", code], {"FLOWS_TEST": "1"}) == svc_pid
-    for _ in range(100):  # the child appears once the interpreter has started
-        if psutil.Process(svc_pid).children():
-            break
+    # The whole tree before down(): the supervisor's child (the service) and the service's own child, each once its
+    # interpreter has started. Not the service alone: its child comes tens of ms later, and a list taken before it
+    # holds only the process the supervisor stops by itself, so a down() that spares the group would pass.
+    deadline = time.monotonic() + 60
+    while len(child_pids := [c.pid for c in psutil.Process(svc_pid).children(recursive=True)]) < 2:
+        assert time.monotonic() < deadline, f"the service and its child not both started in 60 s: {child_pids}"
         await asyncio.sleep(0.1)
-    child_pids = [c.pid for c in psutil.Process(svc_pid).children(recursive=True)]
-    assert child_pids
+    assert len(child_pids) == 2, child_pids
     pg_children = [c.pid for c in psutil.Process(localstack.status()["postgres"]["pid"]).children()]
 
     pids = _recorded_pids(private_stack)
