@@ -35,6 +35,12 @@ def italian_today(now: datetime | None = None) -> date:
     return (now or datetime.now(UTC)).astimezone(ITALY).date()
 
 
+def italian_time(when: datetime, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A recorded instant as the operators read it, in Italian time, whatever zone it comes in (PostgreSQL hands
+    timestamps over in its session's zone, UTC on these hosts): the CLI's tables and the console's `ora` filter."""
+    return when.astimezone(ITALY).strftime(fmt)
+
+
 def italian_day_start_sql(day: str) -> str:
     """SQL for the instant an Italian day begins (a timestamptz), `day` being SQL for a date (a parameter such as
     `$2::date`). A search "created from / to" a date means Italian days, as the console and the CLI show times in

@@ -14,7 +14,6 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from datetime import datetime
 from typing import Any, TypeVar
 
 import asyncpg
@@ -23,7 +22,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from contracts.deadlines import ITALY
 from deploy.localstack import StackInfo
 from services.runtime.db import create_pool
 from services.runtime.settings import Settings
@@ -163,11 +161,6 @@ async def database(cfg: Settings | None = None) -> AsyncIterator[asyncpg.Pool]:
     finally:
         await pool.close()
 
-
-def italian_time(when: datetime, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
-    """A recorded instant as the operators read it: Italian time, as the console shows it (PostgreSQL hands
-    timestamps over in its session's zone, UTC on these hosts)."""
-    return when.astimezone(ITALY).strftime(fmt)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:

@@ -15,9 +15,9 @@ import asyncpg
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from contracts import flows
-from contracts.deadlines import italian_day_start_sql
+from contracts.deadlines import italian_day_start_sql, italian_time
 from contracts.states import IllegalTransition, InstanceState, target_of
-from services.cli.common import UserError, console, database, italian_time, settings, table
+from services.cli.common import UserError, console, database, settings, table
 from services.loader.catalogue import unknown_ente_reason
 from services.runtime import tracing
 from services.runtime.commands import send_command

@@ -12,12 +12,12 @@ from typing import Annotated, TypeVar
 import asyncpg
 import typer
 
+from contracts.deadlines import italian_time
 from services.cli.common import (
     UserError,
     console,
     database,
     interactive,
-    italian_time,
     operator_name,
     run,
     table,

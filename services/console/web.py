@@ -21,6 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from contracts.deadlines import italian_time
 from contracts.onboarding import document_label
 from services.console import auth
 from services.console.access import (
@@ -44,7 +45,6 @@ from services.console.labels import (
     ONBOARDING_KIND_LABELS,
     ONBOARDING_STATUS_LABELS,
     ROLE_LABELS,
-    ROME,
     STATE_LABELS,
     badge,
     event_detail,
@@ -91,7 +91,7 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 # The templates ship with the code: never re-stat them on every render (FLOWS_CONSOLE_TEMPLATES_RELOAD=1
 # for template work).
 templates.env.auto_reload = os.environ.get("FLOWS_CONSOLE_TEMPLATES_RELOAD") == "1"
-templates.env.filters["ora"] = lambda when, fmt="%d/%m/%Y %H:%M:%S": when.astimezone(ROME).strftime(fmt)
+templates.env.filters["ora"] = lambda when, fmt="%d/%m/%Y %H:%M:%S": italian_time(when, fmt)
 templates.env.filters["numero"] = lambda n: "" if n is None else f"{n:,}".replace(",", ".")  # 597.507, as in Italy
 templates.env.filters["giorno"] = lambda day: "" if day is None else f"{day:%d/%m/%Y}"  # a date, as Italians write it
 templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state_class=state_class,
