@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from deploy import localstack
 from services.runtime import ops, topics_admin
+from services.runtime.kafkaadmin import admin_client
 from tests.kafka_topics import create_topics
 
 pytestmark = pytest.mark.integration
@@ -212,16 +213,29 @@ async def test_three_brokers_survive_one_node_down(private_stack: Path) -> None:
         await admin.create_topics([NewTopic("rf3", num_partitions=3, replication_factor=3)])
     finally:
         await admin.close()
-    localstack.stop_kafka_node(2)
-    assert localstack.status()["kafka"]["nodes"]["2"]["running"] is False
+    # An admin client whose metadata was read with every node up. The node it names as controller (in KRaft a
+    # live broker drawn at random) is the one stopped: aiokafka sent topic creation to that node alone and
+    # waited for it until the request timed out, which failed `flows topics apply` (and a CI run) whenever a
+    # fresh metadata read still named a node that had just stopped.
+    stale = admin_client(info.bootstrap_servers, request_timeout_ms=20_000)
+    await stale.start()
+    first = stale._client.cluster.controller.nodeId  # the node this client would wait for
+    second = next(n for n in (1, 2, 3) if n != first)
+    localstack.stop_kafka_node(first)
+    assert localstack.status()["kafka"]["nodes"][str(first)]["running"] is False
+    try:
+        response = await stale.create_topics([NewTopic("made-with-a-node-down", 1, 2)])
+        assert [e[1] for e in response.topic_errors] == [0], response.topic_errors
+    finally:
+        await stale.close()
     await _operator_tools_answer(info.bootstrap_servers)
     # min.insync.replicas=2: acks=all still succeeds with two of three nodes
     got = await _roundtrip(info.bootstrap_servers, "rf3", acks="all", count=3, group=False)
     assert got == [b"m0", b"m1", b"m2"]
-    localstack.start_kafka_node(2, timeout=60)
+    localstack.start_kafka_node(first, timeout=60)
     assert localstack.status()["kafka"]["running"] is True
     # A crash (SIGKILL): the node stays in the cluster metadata until its session with the controller expires.
-    localstack.stop_kafka_node(3, hard=True)
+    localstack.stop_kafka_node(second, hard=True)
     await _operator_tools_answer(info.bootstrap_servers)
-    localstack.start_kafka_node(3, timeout=60)
+    localstack.start_kafka_node(second, timeout=60)
     assert localstack.status()["kafka"]["running"] is True
