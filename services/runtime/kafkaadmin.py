@@ -12,10 +12,10 @@ coordinator is down moves to another broker).
 Requests for the controller (create topics, add partitions, delete topics) went to the node the metadata names
 as controller, and aiokafka waited for that one node until the request timed out. In KRaft mode that name is a
 live broker drawn at random by the broker that answered the metadata request, whose view can still hold a
-broker that has just stopped: `flows topics apply` hung 30-40 s and failed about one time in three with a
-broker down. Every KRaft broker forwards these requests to the active controller (KIP-590), so they go to the
-named node when it can be reached and otherwise to any node that can. Other requests addressed to a node (a
-group coordinator) are left as aiokafka sends them.
+broker that has just stopped: then `flows topics apply` waited out its 30 s request timeout and failed (as a
+CI run's three-broker test did). Every KRaft broker forwards these requests to the active controller (KIP-590),
+so they go to the named node when it can be reached and otherwise to any node that can. Other requests addressed
+to a node (a group coordinator) are left as aiokafka sends them.
 """
 
 from __future__ import annotations
