@@ -481,18 +481,38 @@ async def file_view(ctx: Ctx, name: str, da: int = 0) -> Response:
     console = console_of(request)
     f = await instance_file(ctx, name)
     offset = max(da, 0)
+    path, kind = console.files.path(f["sha256"]), f["kind"]
+    flow_type, version = ctx.row["flow_type"], ctx.row["version"]
+    base = f"/istanze/{ctx.row['instance']}/file/{urllib.parse.quote(name, safe='')}"
     try:
-        caption, columns, rows = file_rows(console.files.path(f["sha256"]), f["kind"], ctx.row["flow_type"],
-                                           ctx.row["version"], FILE_PAGE, offset)
+        caption, columns, rows = file_rows(path, kind, flow_type, version, FILE_PAGE, offset)
     except UserError as exc:
+        if offset and _has_records_from(path, kind, flow_type, version, 0):
+            return _past_the_end(ctx, name, name, offset, base)
         raise HTTPException(409, str(exc)) from exc
     await record_access(console.store, ctx.principal, "file-view", int(ctx.row["instance"]), ctx.address,
                         {"file": name, "from": offset, "records": len(rows)})
-    base = f"/istanze/{ctx.row['instance']}/file/{urllib.parse.quote(name, safe='')}"
+    more = len(rows) == FILE_PAGE and _has_records_from(path, kind, flow_type, version, offset + FILE_PAGE)
     return page(ctx, "table_view.html", f"{name}", active="/istanze", instance=ctx.row["instance"], caption=caption,
                 columns=columns, rows=rows, download=base + "/scarica",
                 prev_url=f"{base}?da={max(offset - FILE_PAGE, 0)}" if offset else None,
-                next_url=f"{base}?da={offset + FILE_PAGE}" if len(rows) == FILE_PAGE else None)
+                next_url=f"{base}?da={offset + FILE_PAGE}" if more else None)
+
+
+def _has_records_from(path: Path, kind: str, flow_type: str, version: str, offset: int) -> bool:
+    """Whether the file has a record at `offset` (0: its first): a page offers "Record successivi" only then."""
+    try:
+        return bool(file_rows(path, kind, flow_type, version, 1, offset)[2])
+    except UserError:
+        return False
+
+
+def _past_the_end(ctx: Ctx, title: str, name: str, offset: int, first_page: str) -> Response:
+    """A page of a file asked from beyond its last record (an old link, a changed ?da=): say so, and lead back to
+    its first records."""
+    return page(ctx, "message.html", title, status=404, active="/istanze", level="warning", back=first_page,
+                back_label="Torna ai primi record",
+                message=f"Il file {name} non ha record dalla posizione {offset + 1:,}: è più corto.".replace(",", "."))
 
 
 @route(pages, "GET", "/istanze/{instance}/file/{name}/scarica", READ_INSTANCE, "download")
@@ -544,15 +564,20 @@ async def feedback_page(ctx: Ctx, da: int = 0) -> Response:
                     message="Nessun problema: l'istanza non ha esiti da leggere.")
     f = files[0]
     offset = max(da, 0)
-    caption, columns, rows = file_rows(console.files.path(f["sha256"]), f["kind"], ctx.row["flow_type"],
-                                       ctx.row["version"], FILE_PAGE, offset)
+    path, kind = console.files.path(f["sha256"]), f["kind"]
+    flow_type, version = ctx.row["flow_type"], ctx.row["version"]
+    base = f"/istanze/{ctx.row['instance']}/feedback"
+    title = f"Esito dell'istanza {ctx.row['instance']}"
+    caption, columns, rows = file_rows(path, kind, flow_type, version, FILE_PAGE, offset)
+    if not rows and offset:
+        return _past_the_end(ctx, title, f["name"], offset, base)
     await record_access(console.store, ctx.principal, "feedback-view", int(ctx.row["instance"]), ctx.address,
                         {"file": f["name"], "from": offset, "records": len(rows)})
-    base = f"/istanze/{ctx.row['instance']}/feedback"
-    return page(ctx, "table_view.html", f"Esito dell'istanza {ctx.row['instance']}", active="/istanze",
+    more = len(rows) == FILE_PAGE and _has_records_from(path, kind, flow_type, version, offset + FILE_PAGE)
+    return page(ctx, "table_view.html", title, active="/istanze",
                 instance=ctx.row["instance"], caption=f"{f['name']}: {caption}", columns=columns, rows=rows,
                 download=base + ".csv", prev_url=f"{base}?da={max(offset - FILE_PAGE, 0)}" if offset else None,
-                next_url=f"{base}?da={offset + FILE_PAGE}" if len(rows) == FILE_PAGE else None)
+                next_url=f"{base}?da={offset + FILE_PAGE}" if more else None)
 
 
 @route(pages, "GET", "/istanze/{instance}/feedback.csv", READ_INSTANCE, "download")

@@ -58,3 +58,44 @@ async def test_a_page_parameter_it_cannot_read_gets_an_italian_page_naming_it(co
         # the header with the user and the menu, and a way back: not a dead end
         assert "op.201" in await page.inner_text("header")
         assert await page.locator("main a", has_text="Torna indietro").count() == 1
+
+
+def _c1_file(records: int) -> bytes:
+    """A real C1 file of `records` records, as the formatter writes them."""
+    from services.formatter.chunks import ChunkFormatter
+    from services.formatter.columnar import ProblemLog
+    from services.formatter.layouts import load_layout
+    from tests.unit.test_formatter_support import service, table
+
+    out = ChunkFormatter(load_layout("FLUSSO_C", "2020"), ProblemLog()).format(
+        table([service(f"RX{n}", 1) for n in range(records)]))
+    return bytes(out.records["C1"].tobytes())
+
+
+async def test_a_file_page_offers_more_records_only_when_there_are_and_past_its_end_says_so(
+        console: RunningConsole) -> None:
+    # A feedback of exactly one page (100 problems): "Record successivi" would lead to "record da 101 a 100".
+    hundred = b"record_key;field;code;severity;message\n" + b"".join(
+        f"S{n};patient_cf;CF_CHECK_CHAR;error;controllo {n}\n".encode() for n in range(100))
+    instance = await _failed_load(console, hundred, 100)
+    c1_data = _c1_file(1)
+    c1 = console.file_ref("C1_150201_202610_1.txt", "C1", c1_data, len(c1_data.splitlines()))
+    formatted = await console.instance("201", [("flows.load-checked", {"source_instance": 2, "counts": {}}),
+                                               ("flows.formatting-started", {}),
+                                               ("flows.formatted", {"files": [c1]})])
+    async with signed_in(console, "op.201") as page:
+        await page.goto(f"{console.url}/istanze/{instance}/feedback")
+        assert await page.locator("#tabella tbody tr").count() == 100
+        assert await page.locator("nav a", has_text="Record successivi").count() == 0
+        # Past the end, by an old link or a changed ?da=: an Italian page that leads back to the first records.
+        for url, title in ((f"/istanze/{instance}/feedback?da=500", f"Esito dell'istanza {instance}"),
+                           (f"/istanze/{formatted}/file/C1_150201_202610_1.txt?da=100", "C1_150201_202610_1.txt")):
+            answer = await page.goto(console.url + url)
+            assert answer is not None and answer.status == 404, url
+            text = await page.inner_text("main")
+            assert title in text and "non ha record dalla posizione" in text, text
+            assert "no records" not in text and "da 501 a 500" not in text, text
+            back = page.locator("main a", has_text="Torna ai primi record")
+            assert await back.get_attribute("href") == url.split("?")[0]
+        await page.goto(f"{console.url}/istanze/{formatted}/file/C1_150201_202610_1.txt")
+        assert await page.locator("#tabella tbody tr").count() == len(c1_data.splitlines()) < 100
