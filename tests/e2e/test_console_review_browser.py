@@ -99,3 +99,14 @@ async def test_a_file_page_offers_more_records_only_when_there_are_and_past_its_
             assert await back.get_attribute("href") == url.split("?")[0]
         await page.goto(f"{console.url}/istanze/{formatted}/file/C1_150201_202610_1.txt")
         assert await page.locator("#tabella tbody tr").count() == len(c1_data.splitlines()) < 100
+
+
+async def test_the_access_log_says_in_italian_who_read_what(console: RunningConsole) -> None:
+    instance = await _failed_load(console)
+    async with signed_in(console, "op.201") as page:
+        await page.goto(f"{console.url}/istanze/{instance}/feedback")
+    async with signed_in(console, "aud.1") as page:
+        await page.goto(f"{console.url}/accessi")
+        cells = await page.locator("main table").first.locator("tbody tr").first.locator("td").all_inner_texts()
+        # Ruolo and Cosa in words, with the file read: never the identifiers "operator", "feedback-view"
+        assert cells[1:5] == ["op.201", "operatore", "consultazione dell'esito feedback.csv", str(instance)], cells
