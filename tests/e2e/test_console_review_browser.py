@@ -110,3 +110,17 @@ async def test_the_access_log_says_in_italian_who_read_what(console: RunningCons
         cells = await page.locator("main table").first.locator("tbody tr").first.locator("td").all_inner_texts()
         # Ruolo and Cosa in words, with the file read: never the identifiers "operator", "feedback-view"
         assert cells[1:5] == ["op.201", "operatore", "consultazione dell'esito feedback.csv", str(instance)], cells
+
+
+async def test_an_access_log_filter_that_is_no_instance_number_is_refused_not_dropped(
+        console: RunningConsole) -> None:
+    instance = await _failed_load(console)
+    async with signed_in(console, "op.201") as page:
+        await page.goto(f"{console.url}/istanze/{instance}/feedback")
+    async with signed_in(console, "aud.1") as page:
+        await page.goto(f"{console.url}/accessi?istanza=abc")
+        assert "Istanza 'abc' non valida" in await page.inner_text("main")
+        # not every access listed as if it were that instance's
+        assert await page.locator("main table").first.locator("tbody tr", has_text="op.201").count() == 0
+        await page.goto(f"{console.url}/accessi?istanza={instance}")
+        assert await page.locator("main table").first.locator("tbody tr", has_text="op.201").count() == 1
