@@ -124,3 +124,13 @@ async def test_an_access_log_filter_that_is_no_instance_number_is_refused_not_dr
         assert await page.locator("main table").first.locator("tbody tr", has_text="op.201").count() == 0
         await page.goto(f"{console.url}/accessi?istanza={instance}")
         assert await page.locator("main table").first.locator("tbody tr", has_text="op.201").count() == 1
+
+
+async def test_a_hash_chain_of_one_event_is_said_in_the_singular(console: RunningConsole) -> None:
+    one = await console.instance("201")  # Running: one event in its stream
+    two = await _failed_load(console)
+    async with signed_in(console, "op.201") as page:
+        await page.goto(f"{console.url}/istanze/{one}")
+        assert await page.inner_text("#catena") == "verificata (1 evento)"
+        await page.goto(f"{console.url}/istanze/{two}")
+        assert await page.inner_text("#catena") == "verificata (2 eventi)"
