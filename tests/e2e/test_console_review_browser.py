@@ -134,3 +134,11 @@ async def test_a_hash_chain_of_one_event_is_said_in_the_singular(console: Runnin
         assert await page.inner_text("#catena") == "verificata (1 evento)"
         await page.goto(f"{console.url}/istanze/{two}")
         assert await page.inner_text("#catena") == "verificata (2 eventi)"
+
+
+async def test_the_errors_of_a_load_are_counted_as_italians_write_numbers(console: RunningConsole) -> None:
+    instance = await _failed_load(console, count=1500)
+    async with signed_in(console, "op.201") as page:
+        await page.goto(f"{console.url}/istanze/{instance}")
+        said = await page.inner_text("dt:has-text('Errori, avvisi') + dd")
+        assert said.startswith("1.500 errori, 0 avvisi"), said
