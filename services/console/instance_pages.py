@@ -644,7 +644,12 @@ async def deadlines_page(ctx: Ctx, mese: str | None = None) -> Response:
             label, css = DEADLINE_LABELS[deadline_status(deadline, covering, today)]
             rows.append({"ente": ente, "d": deadline, "covering": covering, "label": label, "css": css})
     return page(ctx, "deadlines.html", "Scadenze", active="/scadenze", rows=rows, mese=f"{year:04d}-{month:02d}",
-                error=error)
+                mese_detto=f"{MONTHS[month - 1]} {year}", error=error)
+
+
+# The months as the caption says them ("Scadenze dei periodi che finiscono in novembre 2026"), not 2026-11.
+MONTHS = ("gennaio", "febbraio", "marzo", "aprile", "maggio", "giugno", "luglio", "agosto", "settembre", "ottobre",
+          "novembre", "dicembre")
 
 
 # ---------------------------------------------------------------- Invia a Sistema TS

@@ -142,3 +142,11 @@ async def test_the_errors_of_a_load_are_counted_as_italians_write_numbers(consol
         await page.goto(f"{console.url}/istanze/{instance}")
         said = await page.inner_text("dt:has-text('Errori, avvisi') + dd")
         assert said.startswith("1.500 errori, 0 avvisi"), said
+
+
+async def test_the_deadlines_caption_names_the_month_in_italian(console: RunningConsole) -> None:
+    async with signed_in(console, "op.201") as page:
+        await page.goto(f"{console.url}/scadenze?mese=2026-11")
+        caption = await page.inner_text("main table caption")
+        assert caption.startswith("Scadenze dei periodi che finiscono in novembre 2026 ("), caption
+        assert await page.input_value("#mese") == "2026-11"  # the field keeps the value a month input takes
