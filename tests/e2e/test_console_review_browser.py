@@ -150,3 +150,14 @@ async def test_the_deadlines_caption_names_the_month_in_italian(console: Running
         caption = await page.inner_text("main table caption")
         assert caption.startswith("Scadenze dei periodi che finiscono in novembre 2026 ("), caption
         assert await page.input_value("#mese") == "2026-11"  # the field keeps the value a month input takes
+
+
+async def test_an_onboarding_state_the_dashboard_does_not_know_is_said_not_applied(console: RunningConsole) -> None:
+    await console.onboarding_request("R-REVIEW-1", "150123")
+    async with signed_in(console, "desk.1") as page:
+        await page.goto(f"{console.url}/onboarding?stato=in-lavorazione")
+        assert "Stato 'in-lavorazione' sconosciuto" in await page.inner_text("main")
+        assert await page.locator("main table tbody tr", has_text="R-REVIEW-1").count() == 1  # not 'Nessuna richiesta'
+        await page.goto(f"{console.url}/onboarding?stato=complete")
+        assert await page.locator("main .alert-danger").count() == 0
+        assert await page.locator("main table tbody tr", has_text="R-REVIEW-1").count() == 0
