@@ -24,6 +24,7 @@ from typing import Annotated
 import typer
 
 from contracts.deadlines import ITALY, italian_today
+from contracts.states import InstanceState
 from services.cli import instances as inst
 from services.cli import ops_cli
 from services.cli.audit import audit_app
@@ -152,11 +153,18 @@ def load(flow_type: Annotated[str, typer.Option("--type", help=" | ".join(FLOW_T
 
 @app.command()
 @user_errors
-def instances(flow_type: Annotated[str | None, typer.Option("--type")] = None,
+def instances(flow_type: Annotated[str | None, typer.Option("--type", help=" | ".join(FLOW_TYPES))] = None,
               created_from: Annotated[datetime | None, typer.Option("--from", formats=["%Y-%m-%d"],
                                                                     help="created on or after")] = None,
               state: Annotated[str | None, typer.Option(help="e.g. Checked, 'Failed loading'")] = None) -> None:
     """Search instances by type, creation date from, state."""
+    # An unknown type or state is refused naming the known ones: searched as given, it matched nothing and the
+    # operator read "no instance matches", as if there were none of it.
+    if flow_type is not None and flow_type not in FLOW_TYPES:
+        raise typer.BadParameter(f"{flow_type!r} is not one of {', '.join(FLOW_TYPES)}", param_hint="--type")
+    if state is not None and state.lower() not in {s.value.lower() for s in InstanceState}:
+        raise typer.BadParameter(f"{state!r} is not a state: one of {', '.join(s.value for s in InstanceState)}",
+                                 param_hint="--state")
     run(inst.list_instances(flow_type, created_from.date() if created_from else None, state))
 
 

@@ -134,3 +134,14 @@ def test_a_scheduled_time_without_a_zone_is_italian_time_as_in_the_console(
                      "--at", given, "--no-wait")
     assert code == 0, out
     assert asked[0] is not None and asked[0].astimezone(UTC).isoformat() == meant
+
+
+@pytest.mark.parametrize(("option", "value", "said"), [
+    ("--type", "FLUSSO_X", "'FLUSSO_X' is not one of FLUSSO_C, FLUSSO_C_PACC, FLUSSO_MEF, FLUSSO_ALPI_TA, FLUSSO_730"),
+    ("--state", "Checkd", "'Checkd' is not a state: one of Scheduled, Running, Checked, Failed loading,"),
+])
+def test_a_search_for_an_unknown_type_or_state_is_refused_not_answered_no_instance(option: str, value: str,
+                                                                                   said: str) -> None:
+    code, out = _run("instances", option, value)
+    assert code == 2 and f"Invalid value for {option}: {said}" in out, out
+    assert "no instance matches" not in out and "cannot reach" not in out  # refused before any query
