@@ -260,7 +260,12 @@ def deadlines(ente: Annotated[str | None, typer.Option()] = None,
               month: Annotated[str | None, typer.Option(help="YYYY-MM", callback=month_option)] = None) -> None:
     """Due dates per flow type and entity, and whether an instance covers each."""
     from services.cli import deadlines as dl
+    from services.loader.catalogue import unknown_ente_reason
 
+    # An entity the platform does not know (a typo) is refused, as `flows load` refuses it: it used to get a table of
+    # deadlines 'due within 7 days' for an entity that has none.
+    if ente is not None and (reason := unknown_ente_reason(ente)):
+        raise typer.BadParameter(reason, param_hint="--ente")
     run(dl.show(ente, month))
 
 

@@ -145,3 +145,9 @@ def test_a_search_for_an_unknown_type_or_state_is_refused_not_answered_no_instan
     code, out = _run("instances", option, value)
     assert code == 2 and f"Invalid value for {option}: {said}" in out, out
     assert "no instance matches" not in out and "cannot reach" not in out  # refused before any query
+
+
+def test_the_deadlines_of_an_unknown_entity_are_refused_naming_it() -> None:
+    code, out = _run("deadlines", "--ente", "999", "--month", "2026-11")
+    assert code == 2 and "Invalid value for --ente: ente 999 is not a known entity (known: 201," in out, out
+    assert "due within 7 days" not in out and "cannot reach" not in out  # refused before any query
