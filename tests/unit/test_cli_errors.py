@@ -151,3 +151,11 @@ def test_the_deadlines_of_an_unknown_entity_are_refused_naming_it() -> None:
     code, out = _run("deadlines", "--ente", "999", "--month", "2026-11")
     assert code == 2 and "Invalid value for --ente: ente 999 is not a known entity (known: 201," in out, out
     assert "due within 7 days" not in out and "cannot reach" not in out  # refused before any query
+
+
+def test_an_export_to_a_file_names_the_option_not_an_unreachable_platform(tmp_path: Path) -> None:
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    code, out = _run("export", "1947", "--out", str(existing))
+    assert code == 1 and f"error: --out {existing} is a file, not a folder" in out, out
+    assert "cannot reach the platform" not in out and existing.read_text() == "mine"
