@@ -258,6 +258,13 @@ def status_cmd(
     state: str | None = typer.Option(None, "--status", help="Dashboard filter, e.g. non-compliant."),
 ) -> None:
     """What is missing, what is non-compliant, the dates: one request, or the dashboard of all."""
+    from services.console.labels import ONBOARDING_STATUS_LABELS  # the dashboard's states (a unit test keeps them)
+
+    # An unknown state is refused naming the known ones: applied, it printed "onboarding requests (0)" as if none
+    # were in it.
+    if state is not None and state not in ONBOARDING_STATUS_LABELS:
+        raise typer.BadParameter(f"{state!r} is not a dashboard state: one of {', '.join(ONBOARDING_STATUS_LABELS)}",
+                                 param_hint="--status")
 
     async def one() -> None:
         async with _deps() as deps:

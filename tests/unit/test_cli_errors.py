@@ -159,3 +159,21 @@ def test_an_export_to_a_file_names_the_option_not_an_unreachable_platform(tmp_pa
     code, out = _run("export", "1947", "--out", str(existing))
     assert code == 1 and f"error: --out {existing} is a file, not a folder" in out, out
     assert "cannot reach the platform" not in out and existing.read_text() == "mine"
+
+
+def _onboarding(*args: str) -> tuple[int, str]:
+    from services.cli.onboarding_cli import app as onboarding
+
+    result = runner.invoke(onboarding, list(args), env={"FLOWS_DEBUG": ""})
+    out = " ".join(re.sub(r"[\u2500-\u257f]", " ", result.output or "").split())
+    for word in NEVER:
+        assert word not in out, out
+    return result.exit_code, out
+
+
+def test_an_onboarding_dashboard_state_it_does_not_know_is_refused_naming_the_known_ones() -> None:
+    code, out = _onboarding("status", "--status", "non-conforme")
+    assert code == 2 and "Invalid value for --status: 'non-conforme' is not a dashboard state: one of " \
+                         "documents-awaited, incomplete, non-compliant," in out, out
+    assert "onboarding requests (0)" not in out
+
