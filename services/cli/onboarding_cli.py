@@ -240,7 +240,12 @@ def switch_cmd(
 ) -> None:
     """Ask for a (new) switch slot; refused with the earliest valid slot when a rule is broken."""
     try:
-        slot = onboarding.SwitchSlot(date.fromisoformat(on), onboarding.SwitchWindow.parse(window))
+        day = date.fromisoformat(on)
+    except ValueError:  # Python's own words ("month must be in 1..12") named neither the option nor the value
+        raise typer.BadParameter(f"{on!r} is not a day: give YYYY-MM-DD, e.g. 2026-12-21",
+                                 param_hint="--date") from None
+    try:
+        slot = onboarding.SwitchSlot(day, onboarding.SwitchWindow.parse(window))
     except ValueError as exc:
         raise UserError(f"switch: {exc}") from exc
 

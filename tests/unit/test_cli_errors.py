@@ -177,3 +177,8 @@ def test_an_onboarding_dashboard_state_it_does_not_know_is_refused_naming_the_kn
                          "documents-awaited, incomplete, non-compliant," in out, out
     assert "onboarding requests (0)" not in out
 
+
+@pytest.mark.parametrize("day", ["2026-13-01", "21/12/2026", "domani"])
+def test_a_switch_day_that_is_no_date_names_the_option_and_the_value(day: str) -> None:
+    code, out = _onboarding("switch", "R-1", "--date", day, "--window", "09:00-10:00")
+    assert code == 2 and f"Invalid value for --date: '{day}' is not a day: give YYYY-MM-DD" in out, out
