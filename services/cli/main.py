@@ -140,15 +140,30 @@ def load(flow_type: Annotated[str, typer.Option("--type", help=" | ".join(FLOW_T
          start: Annotated[datetime, typer.Option("--from", formats=["%Y-%m-%d"], help="period start")],
          end: Annotated[datetime, typer.Option("--to", formats=["%Y-%m-%d"], help="period end")],
          version: Annotated[str, typer.Option(help="layout version")] = "2020",
-         at: Annotated[datetime | None, typer.Option(help="schedule at YYYY-MM-DDTHH:MM, Italian time (as the "
-                                                          "console's Avvio pianificato)")] = None,
+         at: Annotated[str | None, typer.Option(help="schedule at YYYY-MM-DDTHH:MM, Italian time (as the "
+                                                     "console's Avvio pianificato)", callback=time_option)] = None,
          wait: Annotated[bool, typer.Option(help="show progress until Checked or Failed loading")] = True) -> None:
     """Load a flow for an entity and a period: creates an instance."""
     if flow_type not in FLOW_TYPES:
         raise typer.BadParameter(f"{flow_type!r} is not one of {', '.join(FLOW_TYPES)}", param_hint="--type")
     # A time without a zone is Italy's, whatever the host's zone (UTC in the containers): as the console reads it.
-    scheduled = (at if at.tzinfo else at.replace(tzinfo=ITALY)) if at else None
+    when = datetime.fromisoformat(at) if at else None
+    scheduled = (when if when.tzinfo else when.replace(tzinfo=ITALY)) if when else None
     run(inst.load(flow_type, ente, start.date(), end.date(), version, scheduled, wait, operator_name()))
+
+
+def time_option(value: str | None) -> str | None:
+    """Typer callback of `--at`: an ISO time (a zone optional), or a usage error naming the value and the form. The
+    datetime type answered pydantic's words alone ("input is too short", "unexpected extra characters at the end of
+    the input" for 25:00), neither the value nor the form wanted."""
+    if value is None:
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a time: give YYYY-MM-DDTHH:MM, Italian time, "
+                                 "e.g. 2026-11-02T06:00") from None
+    return value
 
 
 @app.command()

@@ -182,3 +182,11 @@ def test_an_onboarding_dashboard_state_it_does_not_know_is_refused_naming_the_kn
 def test_a_switch_day_that_is_no_date_names_the_option_and_the_value(day: str) -> None:
     code, out = _onboarding("switch", "R-1", "--date", day, "--window", "09:00-10:00")
     assert code == 2 and f"Invalid value for --date: '{day}' is not a day: give YYYY-MM-DD" in out, out
+
+
+@pytest.mark.parametrize("at", ["tomorrow", "2026-11-02T25:00", "02/11/2026 06:00"])
+def test_a_scheduled_time_that_is_no_time_names_the_value_and_the_form(at: str) -> None:
+    code, out = _run("load", "--type", "FLUSSO_C", "--ente", "201", "--from", "2026-10-01", "--to", "2026-10-31",
+                     "--at", at, "--no-wait")
+    assert code == 2, out
+    assert f"Invalid value for '--at': '{at}' is not a time: give YYYY-MM-DDTHH:MM, Italian time" in out, out
