@@ -79,7 +79,7 @@ from services.console.web import (
 from services.loader.catalogue import known_enti
 from services.runtime.coverage import coverage
 from services.runtime.read_models import instance_stream
-from services.ts_gateway.sealing import PUBLIC_KEY_FILE
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE, SealError, key_id, sealed_key_id
 
 log = structlog.get_logger("console")
 
@@ -692,6 +692,20 @@ async def ts_send(ctx: Ctx) -> Response:
     if transmission < today:
         raise HTTPException(422, f"La data di trasmissione {transmission:%d/%m/%Y} è nel passato: indichi oggi "
                                  f"({today:%d/%m/%Y}) o un giorno successivo.")
+    # What send_sealed_730 would refuse in the CLI's English, said here in Italian first: the gateway's key rotated
+    # while this page was open (`flows ts rotate-key`), a box that did not arrive whole, no key at all.
+    public_key = console.settings.keys_dir / PUBLIC_KEY_FILE
+    if not public_key.exists():
+        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: il gateway è attivo? "
+                                 "Nulla è stato inviato.")
+    try:
+        sealed_to = sealed_key_id(sealed)
+    except SealError:
+        raise HTTPException(422, "Le credenziali cifrate non sono arrivate integre: ricarichi la pagina e le inserisca "
+                                 "di nuovo. Nulla è stato inviato.") from None
+    if sealed_to != key_id(public_key.read_bytes()):
+        raise HTTPException(409, "La chiave del gateway TS è cambiata dopo l'apertura di questa pagina: ricarichi la "
+                                 "pagina e inserisca di nuovo le credenziali. Nulla è stato inviato.")
     try:
         await send_sealed_730(console.settings.kafka_bootstrap, console.pool, console.settings.keys_dir,
                               int(ctx.row["instance"]), sealed, transmission, ctx.principal.name)

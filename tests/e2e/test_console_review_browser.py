@@ -161,3 +161,27 @@ async def test_an_onboarding_state_the_dashboard_does_not_know_is_said_not_appli
         await page.goto(f"{console.url}/onboarding?stato=complete")
         assert await page.locator("main .alert-danger").count() == 0
         assert await page.locator("main table tbody tr", has_text="R-REVIEW-1").count() == 0
+
+
+async def test_a_730_sent_after_the_gateway_key_rotated_is_refused_in_italian(fresh_db: str, tmp_path: Path) -> None:
+    from services.ts_gateway.sealing import PUBLIC_KEY_FILE, ensure_gateway_keypair, new_key_pair, write_atomically
+
+    keys = tmp_path / "keys"
+    ensure_gateway_keypair(keys)
+    async with running_console(fresh_db, KAFKA, tmp_path / "files", keys_dir=keys) as console:
+        await console.add_users()
+        zipped = console.file_ref("730_150201_001101_2026S2_1_p1.zip", "730-zip", b"PK", 1, "application/zip")
+        instance = await console.instance("201", [("flows.load-checked", {"source_instance": 2, "counts": {}}),
+                                                  ("flows.formatting-started", {}),
+                                                  ("flows.formatted", {"files": [zipped]})], flow_type="FLUSSO_730")
+        async with signed_in(console, "op.201") as page:
+            await page.goto(f"{console.url}/istanze/{instance}/invia-ts")
+            write_atomically(keys / PUBLIC_KEY_FILE, new_key_pair()[0], 0o644)  # flows ts rotate-key, meanwhile
+            for field, value in (("#ts-cf", "RSSMRA80A01F839W"), ("#ts-utente", "utente"), ("#ts-password", "pw"),
+                                 ("#ts-pincode", "1234")):
+                await page.fill(field, value)
+            async with page.expect_navigation():
+                await page.click("#invia-ts button[type=submit]")
+            text = await page.inner_text("main")
+            assert "La chiave del gateway TS è cambiata" in text and "Nulla è stato inviato" in text, text
+            assert "sealed to key" not in text and "seal them again" not in text
