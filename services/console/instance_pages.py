@@ -11,6 +11,7 @@ import json
 import tempfile
 import time
 import urllib.parse
+import uuid
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -291,7 +292,10 @@ def _default_period() -> tuple[str, str]:
 @route(pages, "GET", "/istanze/nuova", REQUEST_LOAD, "page")
 async def new_load_form(ctx: Ctx) -> Response:
     start, end = _default_period()
-    form = {"tipo": "FLUSSO_C", "ente": min(ctx.principal.enti), "dal": start, "al": end, "pianificata": ""}
+    # `richiesta`: the load's request_id, drawn with the form, so the same form sent twice (a double click, the
+    # browser's resubmission on F5) is one request, and the loader's idempotency makes one instance of it.
+    form = {"tipo": "FLUSSO_C", "ente": min(ctx.principal.enti), "dal": start, "al": end, "pianificata": "",
+            "richiesta": str(uuid.uuid4())}
     return page(ctx, "new_load.html", "Nuovo caricamento", active="/istanze/nuova", form=form, errors={},
                 flow_types=FLOW_TYPE_CHOICES)
 
@@ -329,13 +333,20 @@ async def new_load(ctx: Ctx) -> Response:
     request = ctx.request
     console = console_of(request)
     raw = await request.form()
-    form = {k: str(raw.get(k) or "").strip() for k in ("tipo", "ente", "dal", "al", "pianificata")}
+    form = {k: str(raw.get(k) or "").strip() for k in ("tipo", "ente", "dal", "al", "pianificata", "richiesta")}
+    try:
+        same_request: uuid.UUID | None = uuid.UUID(form["richiesta"])
+    except ValueError:  # a form of an older page (none): a request of its own, as before
+        same_request = None
+    form["richiesta"] = str(same_request or uuid.uuid4())  # kept when the form comes back with errors
     errors, values = _load_errors(ctx.principal, form)
     request_id = None
     if not errors:
         try:
             command = load_request(form["tipo"], form["ente"], values["dal"], values["al"], "2020",
                                    values["pianificata"], ctx.principal.name)
+            if same_request is not None:
+                command = command.model_copy(update={"request_id": same_request})
         except pydantic.ValidationError as exc:
             for problem in exc.errors():
                 field = next((_FIELD_OF[str(p)] for p in reversed(problem["loc"]) if str(p) in _FIELD_OF), "tipo")

@@ -185,3 +185,30 @@ async def test_a_730_sent_after_the_gateway_key_rotated_is_refused_in_italian(fr
             text = await page.inner_text("main")
             assert "La chiave del gateway TS è cambiata" in text and "Nulla è stato inviato" in text, text
             assert "sealed to key" not in text and "seal them again" not in text
+
+
+async def test_a_load_form_sent_twice_makes_one_instance(platform) -> None:  # type: ignore[no-untyped-def]
+    """The same Nuovo caricamento form sent a second time (a double click, the browser's resubmission on F5 of the
+    'Richiesta inviata' page) is the same request: the loader's idempotency (request_id) makes one instance of it."""
+    cfg = platform.settings
+    async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir) as console:
+        await console.add_users()
+        async with signed_in(console, "op.201") as page:
+            await page.goto(console.url + "/istanze/nuova")
+            await page.select_option("#tipo", "FLUSSO_MEF")
+            await page.fill("#dal", "2024-03-01")
+            await page.fill("#al", "2024-03-31")
+            sent = []
+            page.on("request", lambda r: sent.append(r.post_data) if r.method == "POST" else None)
+            async with page.expect_navigation():
+                await page.click("main form button[type=submit]")
+            first = page.url
+            assert "/istanze/" in first and len(sent) == 1
+            again = await page.request.post(console.url + "/istanze/nuova", data=sent[0], max_redirects=0, headers={
+                "content-type": "application/x-www-form-urlencoded"})
+            assert again.status == 303, again.status
+            assert again.headers["location"] == first.removeprefix(console.url)
+        count = await console.pool.fetchval(
+            "SELECT count(*) FROM instance_list WHERE flow_type = 'FLUSSO_MEF' AND ente = '201' "
+            "AND period_start = '2024-03-01'")
+        assert count == 1, f"{count} instances of one form"
