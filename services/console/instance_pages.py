@@ -564,7 +564,7 @@ async def feedback_files(ctx: Ctx) -> list[asyncpg.Record]:
 
 
 @route(pages, "GET", "/istanze/{instance}/feedback", READ_INSTANCE, "page")
-async def feedback_page(ctx: Ctx, da: int = 0) -> Response:
+async def feedback_page(ctx: Ctx, da: int = 0, file: str | None = None) -> Response:
     request = ctx.request
     assert ctx.row is not None
     console = console_of(request)
@@ -573,22 +573,29 @@ async def feedback_page(ctx: Ctx, da: int = 0) -> Response:
         return page(ctx, "message.html", f"Esito dell'istanza {ctx.row['instance']}", level="success",
                     back=f"/istanze/{ctx.row['instance']}",
                     message="Nessun problema: l'istanza non ha esiti da leggere.")
-    f = files[0]
+    # An instance can have several: the load's feedback and Sistema TS's errors of each part of a 730 (`file` names
+    # the one to read; the instance page links each). Only the first was ever shown, whichever link was followed.
+    f = next((x for x in files if x["name"] == file), None) if file else files[0]
+    if f is None:
+        raise HTTPException(404)
     offset = max(da, 0)
     path, kind = console.files.path(f["sha256"]), f["kind"]
     flow_type, version = ctx.row["flow_type"], ctx.row["version"]
-    base = f"/istanze/{ctx.row['instance']}/feedback"
-    title = f"Esito dell'istanza {ctx.row['instance']}"
+    instance = ctx.row["instance"]
+    quoted = urllib.parse.quote(f["name"], safe="")
+    base = f"/istanze/{instance}/feedback" + (f"?file={quoted}&" if file else "?")  # + da=N
+    title = f"Esito dell'istanza {instance}"
     caption, columns, rows = file_rows(path, kind, flow_type, version, FILE_PAGE, offset)
     if not rows and offset:
-        return _past_the_end(ctx, title, f["name"], offset, base)
-    await record_access(console.store, ctx.principal, "feedback-view", int(ctx.row["instance"]), ctx.address,
+        return _past_the_end(ctx, title, f["name"], offset, base.rstrip("?&"))
+    await record_access(console.store, ctx.principal, "feedback-view", int(instance), ctx.address,
                         {"file": f["name"], "from": offset, "records": len(rows)})
     more = len(rows) == FILE_PAGE and _has_records_from(path, kind, flow_type, version, offset + FILE_PAGE)
+    download = f"/istanze/{instance}/file/{quoted}/scarica" if file else f"/istanze/{instance}/feedback.csv"
     return page(ctx, "table_view.html", title, active="/istanze",
-                instance=ctx.row["instance"], caption=f"{f['name']}: {caption}", columns=columns, rows=rows,
-                download=base + ".csv", prev_url=f"{base}?da={max(offset - FILE_PAGE, 0)}" if offset else None,
-                next_url=f"{base}?da={offset + FILE_PAGE}" if more else None)
+                instance=instance, caption=f"{f['name']}: {caption}", columns=columns, rows=rows,
+                download=download, prev_url=f"{base}da={max(offset - FILE_PAGE, 0)}" if offset else None,
+                next_url=f"{base}da={offset + FILE_PAGE}" if more else None)
 
 
 @route(pages, "GET", "/istanze/{instance}/feedback.csv", READ_INSTANCE, "download")

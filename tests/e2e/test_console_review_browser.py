@@ -212,3 +212,25 @@ async def test_a_load_form_sent_twice_makes_one_instance(platform) -> None:  # t
             "SELECT count(*) FROM instance_list WHERE flow_type = 'FLUSSO_MEF' AND ente = '201' "
             "AND period_start = '2024-03-01'")
         assert count == 1, f"{count} instances of one form"
+
+
+async def test_each_esito_of_an_instance_is_read_from_its_own_link(console: RunningConsole) -> None:
+    """A 730 whose load warned and which Sistema TS refused in part: the load's feedback and TS's errors of each
+    part. Every 'Leggi l'esito' led to the same page, the first file's, so TS's errors could not be read there."""
+    feedback = console.file_ref("feedback_1.csv", "feedback", FEEDBACK, 1, "text/csv")
+    ts_csv = "COD REGIONE;DESCRIZIONE ERRORE\n150;documento {} rifiutato\n"
+    parts = [console.file_ref(f"ts_errors_1_p{n}.csv", "ts-errors", ts_csv.format(f"P{n}").encode(), 1, "text/csv")
+             for n in (1, 2)]
+    instance = await console.instance("201", [("flows.load-checked", {"source_instance": 2, "counts": {},
+                                                                      "warnings": 1, "feedback": feedback}),
+                                              ("flows.formatting-started", {}),
+                                              ("flows.formatted", {"files": parts})], flow_type="FLUSSO_730")
+    async with signed_in(console, "op.201") as page:
+        for name, said in (("ts_errors_1_p2.csv", "documento P2 rifiutato"),
+                           ("ts_errors_1_p1.csv", "documento P1 rifiutato"),
+                           ("feedback_1.csv", "il carattere di controllo")):
+            await page.goto(f"{console.url}/istanze/{instance}")
+            async with page.expect_navigation():
+                await page.click(f"a:has-text(\"Leggi l'esito\"):has-text('{name}')")
+            assert (await page.inner_text("main table caption")).startswith(f"{name}: "), name
+            assert said in await page.inner_text("#tabella"), name
