@@ -234,3 +234,15 @@ async def test_each_esito_of_an_instance_is_read_from_its_own_link(console: Runn
                 await page.click(f"a:has-text(\"Leggi l'esito\"):has-text('{name}')")
             assert (await page.inner_text("main table caption")).startswith(f"{name}: "), name
             assert said in await page.inner_text("#tabella"), name
+
+
+async def test_a_730_or_ts_csv_page_past_its_end_says_so_too(console: RunningConsole) -> None:
+    errors = console.file_ref("ts_errors_1_p1.csv", "ts-errors", b"COD REGIONE;DESCRIZIONE ERRORE\n150;x\n", 1,
+                              "text/csv")
+    instance = await console.instance("201", [("flows.load-checked", {"source_instance": 2, "counts": {}}),
+                                              ("flows.formatting-started", {}),
+                                              ("flows.formatted", {"files": [errors]})], flow_type="FLUSSO_730")
+    async with signed_in(console, "op.201") as page:
+        answer = await page.goto(f"{console.url}/istanze/{instance}/file/ts_errors_1_p1.csv?da=500")
+        assert answer is not None and answer.status == 404
+        assert "non ha record dalla posizione 501" in await page.inner_text("main")
