@@ -257,19 +257,28 @@ async def view_file(instance: int, name: str, limit: int, offset: int) -> None:
 
 
 async def export(instance: int, out: Path) -> None:
+    # A folder that cannot be one is said naming --out: the OSError reached user_errors, which read it as
+    # "cannot reach the platform ... Is it running?", with the platform up.
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: give a folder (created when missing)")
     cfg = settings()
     async with database(cfg) as pool:
         rows = await _files(pool, instance)
     if not rows:
         raise UserError(f"instance {instance} has no files yet")
-    out.mkdir(parents=True, exist_ok=True)
     store = FileStore(cfg.files_dir)
-    for r in rows:
-        target = out / r["name"]
-        with store.open(r["sha256"]) as src, target.open("wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-        console.print(f"wrote {target} ({r['bytes']} bytes)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for r in rows:
+            target = out / r["name"]
+            with store.open(r["sha256"]) as src, target.open("wb") as dst:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+            console.print(f"wrote {target} ({r['bytes']} bytes)")
+    except OSError as exc:
+        if exc.filename is None or not str(exc.filename).startswith(str(out)):
+            raise  # the file store's side, not the folder given
+        raise UserError(f"--out {out}: cannot write {exc.filename} ({exc.strerror})") from exc
 
 
 async def feedback(instance: int, out: Path | None, limit: int) -> None:

@@ -24,6 +24,7 @@ from typing import Annotated
 import typer
 
 from contracts.deadlines import ITALY, italian_today
+from contracts.states import InstanceState
 from services.cli import instances as inst
 from services.cli import ops_cli
 from services.cli.audit import audit_app
@@ -139,24 +140,46 @@ def load(flow_type: Annotated[str, typer.Option("--type", help=" | ".join(FLOW_T
          start: Annotated[datetime, typer.Option("--from", formats=["%Y-%m-%d"], help="period start")],
          end: Annotated[datetime, typer.Option("--to", formats=["%Y-%m-%d"], help="period end")],
          version: Annotated[str, typer.Option(help="layout version")] = "2020",
-         at: Annotated[datetime | None, typer.Option(help="schedule at YYYY-MM-DDTHH:MM, Italian time (as the "
-                                                          "console's Avvio pianificato)")] = None,
+         at: Annotated[str | None, typer.Option(help="schedule at YYYY-MM-DDTHH:MM, Italian time (as the "
+                                                     "console's Avvio pianificato)", callback=time_option)] = None,
          wait: Annotated[bool, typer.Option(help="show progress until Checked or Failed loading")] = True) -> None:
     """Load a flow for an entity and a period: creates an instance."""
     if flow_type not in FLOW_TYPES:
         raise typer.BadParameter(f"{flow_type!r} is not one of {', '.join(FLOW_TYPES)}", param_hint="--type")
     # A time without a zone is Italy's, whatever the host's zone (UTC in the containers): as the console reads it.
-    scheduled = (at if at.tzinfo else at.replace(tzinfo=ITALY)) if at else None
+    when = datetime.fromisoformat(at) if at else None
+    scheduled = (when if when.tzinfo else when.replace(tzinfo=ITALY)) if when else None
     run(inst.load(flow_type, ente, start.date(), end.date(), version, scheduled, wait, operator_name()))
+
+
+def time_option(value: str | None) -> str | None:
+    """Typer callback of `--at`: an ISO time (a zone optional), or a usage error naming the value and the form. The
+    datetime type answered pydantic's words alone ("input is too short", "unexpected extra characters at the end of
+    the input" for 25:00), neither the value nor the form wanted."""
+    if value is None:
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a time: give YYYY-MM-DDTHH:MM, Italian time, "
+                                 "e.g. 2026-11-02T06:00") from None
+    return value
 
 
 @app.command()
 @user_errors
-def instances(flow_type: Annotated[str | None, typer.Option("--type")] = None,
+def instances(flow_type: Annotated[str | None, typer.Option("--type", help=" | ".join(FLOW_TYPES))] = None,
               created_from: Annotated[datetime | None, typer.Option("--from", formats=["%Y-%m-%d"],
                                                                     help="created on or after")] = None,
               state: Annotated[str | None, typer.Option(help="e.g. Checked, 'Failed loading'")] = None) -> None:
     """Search instances by type, creation date from, state."""
+    # An unknown type or state is refused naming the known ones: searched as given, it matched nothing and the
+    # operator read "no instance matches", as if there were none of it.
+    if flow_type is not None and flow_type not in FLOW_TYPES:
+        raise typer.BadParameter(f"{flow_type!r} is not one of {', '.join(FLOW_TYPES)}", param_hint="--type")
+    if state is not None and state.lower() not in {s.value.lower() for s in InstanceState}:
+        raise typer.BadParameter(f"{state!r} is not a state: one of {', '.join(s.value for s in InstanceState)}",
+                                 param_hint="--state")
     run(inst.list_instances(flow_type, created_from.date() if created_from else None, state))
 
 
@@ -252,7 +275,12 @@ def deadlines(ente: Annotated[str | None, typer.Option()] = None,
               month: Annotated[str | None, typer.Option(help="YYYY-MM", callback=month_option)] = None) -> None:
     """Due dates per flow type and entity, and whether an instance covers each."""
     from services.cli import deadlines as dl
+    from services.loader.catalogue import unknown_ente_reason
 
+    # An entity the platform does not know (a typo) is refused, as `flows load` refuses it: it used to get a table of
+    # deadlines 'due within 7 days' for an entity that has none.
+    if ente is not None and (reason := unknown_ente_reason(ente)):
+        raise typer.BadParameter(reason, param_hint="--ente")
     run(dl.show(ente, month))
 
 

@@ -240,7 +240,12 @@ def switch_cmd(
 ) -> None:
     """Ask for a (new) switch slot; refused with the earliest valid slot when a rule is broken."""
     try:
-        slot = onboarding.SwitchSlot(date.fromisoformat(on), onboarding.SwitchWindow.parse(window))
+        day = date.fromisoformat(on)
+    except ValueError:  # Python's own words ("month must be in 1..12") named neither the option nor the value
+        raise typer.BadParameter(f"{on!r} is not a day: give YYYY-MM-DD, e.g. 2026-12-21",
+                                 param_hint="--date") from None
+    try:
+        slot = onboarding.SwitchSlot(day, onboarding.SwitchWindow.parse(window))
     except ValueError as exc:
         raise UserError(f"switch: {exc}") from exc
 
@@ -258,6 +263,13 @@ def status_cmd(
     state: str | None = typer.Option(None, "--status", help="Dashboard filter, e.g. non-compliant."),
 ) -> None:
     """What is missing, what is non-compliant, the dates: one request, or the dashboard of all."""
+    from services.console.labels import ONBOARDING_STATUS_LABELS  # the dashboard's states (a unit test keeps them)
+
+    # An unknown state is refused naming the known ones: applied, it printed "onboarding requests (0)" as if none
+    # were in it.
+    if state is not None and state not in ONBOARDING_STATUS_LABELS:
+        raise typer.BadParameter(f"{state!r} is not a dashboard state: one of {', '.join(ONBOARDING_STATUS_LABELS)}",
+                                 param_hint="--status")
 
     async def one() -> None:
         async with _deps() as deps:

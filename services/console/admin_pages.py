@@ -35,14 +35,18 @@ log = structlog.get_logger("console")
 @route(pages, "GET", "/accessi", READ_ACCESS_LOG, "page")
 async def access_log_page(ctx: Ctx, utente: str | None = None, istanza: str | None = None) -> Response:
     request = ctx.request
-    instance = int(istanza) if istanza and istanza.isdigit() else None
+    istanza = (istanza or "").strip() or None
+    # A value that is no instance number is said, not dropped: dropped, the page listed every access as if they were
+    # that instance's.
+    error = None if istanza is None or istanza.isdigit() else (
+        f"Istanza {istanza!r} non valida: indichi il numero dell'istanza (per esempio 1947).")
     pool = console_of(request).pool
-    rows = await read_access_log(pool, utente or None, instance)
+    rows = [] if error else await read_access_log(pool, utente or None, int(istanza) if istanza else None)
     # the record of user administration (auth.USERS_STREAM): the changes of the user asked for, or all; an API key's
     # issue and revocation come with its access-log name, api:<key id> (auth.user_history)
     changes = await auth.user_history(pool, utente or None, limit=200)
     return page(ctx, "access_log.html", "Registro degli accessi", active="/accessi", rows=rows, utente=utente,
-                istanza=istanza, changes=changes, change_labels=USER_CHANGE_LABELS)
+                istanza=istanza, changes=changes, change_labels=USER_CHANGE_LABELS, error=error)
 
 
 USER_CHANGE_LABELS = {auth.USER_ADDED: "aggiunto", auth.USER_DISABLED: "disattivato",

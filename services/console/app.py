@@ -23,6 +23,8 @@ from typing import Any
 import asyncpg
 import structlog
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -129,6 +131,15 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
             response.headers.update(headers)
         return response
 
+    # A page's parameter the console cannot read (`?da=abc` on a file or feedback page, a field a form lacks): the
+    # page's Italian error naming the parameter and what it takes, with the header and a way back, not FastAPI's
+    # English JSON. /api keeps FastAPI's answer, the one /openapi.json describes.
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/api/"):
+            return await request_validation_exception_handler(request, exc)
+        return await http_error(request, StarletteHTTPException(422, invalid_parameters(exc.errors())))
+
     # Anything else a request meets (PostgreSQL or Kafka down or cut, a bug): an Italian page that says what to do,
     # never Starlette's English "Internal Server Error". The error goes to the log with a reference the page shows,
     # so the help desk finds it; the page itself names no internal detail. Starlette still re-raises it afterwards
@@ -161,6 +172,26 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
     check_every_route_has_a_rule(app.routes)
     return app
 
+
+# What a parameter takes, by pydantic's error type, in the words of the pages' other errors ("atteso AAAA-MM-GG").
+EXPECTED = {"int_parsing": "un numero intero", "int_type": "un numero intero", "int_from_float": "un numero intero",
+            "date_parsing": "una data AAAA-MM-GG", "date_from_datetime_parsing": "una data AAAA-MM-GG",
+            "bool_parsing": "sì o no"}
+
+
+def invalid_parameters(errors: Any) -> str:
+    """FastAPI's validation errors as one Italian sentence each: which parameter, the value given, what it takes."""
+    said = []
+    for e in errors:
+        loc = [str(part) for part in e.get("loc", ()) if part not in ("query", "path", "body", "header", "cookie")]
+        name = ".".join(loc) or "richiesta"
+        if e.get("type") == "missing":
+            said.append(f"Manca il parametro «{name}».")
+        else:
+            value = str(e.get("input", ""))[:50]
+            said.append(f"Il parametro «{name}» vale {value!r}, che non è valido: atteso "
+                        f"{EXPECTED.get(e.get('type', ''), 'un valore valido')}.")
+    return " ".join(said) or "La richiesta non è valida."
 
 
 # ---------------------------------------------------------------- probes and login (public)

@@ -11,6 +11,7 @@ import json
 import tempfile
 import time
 import urllib.parse
+import uuid
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -79,7 +80,7 @@ from services.console.web import (
 from services.loader.catalogue import known_enti
 from services.runtime.coverage import coverage
 from services.runtime.read_models import instance_stream
-from services.ts_gateway.sealing import PUBLIC_KEY_FILE
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE, SealError, key_id, sealed_key_id
 
 log = structlog.get_logger("console")
 
@@ -291,7 +292,10 @@ def _default_period() -> tuple[str, str]:
 @route(pages, "GET", "/istanze/nuova", REQUEST_LOAD, "page")
 async def new_load_form(ctx: Ctx) -> Response:
     start, end = _default_period()
-    form = {"tipo": "FLUSSO_C", "ente": min(ctx.principal.enti), "dal": start, "al": end, "pianificata": ""}
+    # `richiesta`: the load's request_id, drawn with the form, so the same form sent twice (a double click, the
+    # browser's resubmission on F5) is one request, and the loader's idempotency makes one instance of it.
+    form = {"tipo": "FLUSSO_C", "ente": min(ctx.principal.enti), "dal": start, "al": end, "pianificata": "",
+            "richiesta": str(uuid.uuid4())}
     return page(ctx, "new_load.html", "Nuovo caricamento", active="/istanze/nuova", form=form, errors={},
                 flow_types=FLOW_TYPE_CHOICES)
 
@@ -329,13 +333,20 @@ async def new_load(ctx: Ctx) -> Response:
     request = ctx.request
     console = console_of(request)
     raw = await request.form()
-    form = {k: str(raw.get(k) or "").strip() for k in ("tipo", "ente", "dal", "al", "pianificata")}
+    form = {k: str(raw.get(k) or "").strip() for k in ("tipo", "ente", "dal", "al", "pianificata", "richiesta")}
+    try:
+        same_request: uuid.UUID | None = uuid.UUID(form["richiesta"])
+    except ValueError:  # a form of an older page (none): a request of its own, as before
+        same_request = None
+    form["richiesta"] = str(same_request or uuid.uuid4())  # kept when the form comes back with errors
     errors, values = _load_errors(ctx.principal, form)
     request_id = None
     if not errors:
         try:
             command = load_request(form["tipo"], form["ente"], values["dal"], values["al"], "2020",
                                    values["pianificata"], ctx.principal.name)
+            if same_request is not None:
+                command = command.model_copy(update={"request_id": same_request})
         except pydantic.ValidationError as exc:
             for problem in exc.errors():
                 field = next((_FIELD_OF[str(p)] for p in reversed(problem["loc"]) if str(p) in _FIELD_OF), "tipo")
@@ -481,18 +492,40 @@ async def file_view(ctx: Ctx, name: str, da: int = 0) -> Response:
     console = console_of(request)
     f = await instance_file(ctx, name)
     offset = max(da, 0)
+    path, kind = console.files.path(f["sha256"]), f["kind"]
+    flow_type, version = ctx.row["flow_type"], ctx.row["version"]
+    base = f"/istanze/{ctx.row['instance']}/file/{urllib.parse.quote(name, safe='')}"
     try:
-        caption, columns, rows = file_rows(console.files.path(f["sha256"]), f["kind"], ctx.row["flow_type"],
-                                           ctx.row["version"], FILE_PAGE, offset)
+        caption, columns, rows = file_rows(path, kind, flow_type, version, FILE_PAGE, offset)
     except UserError as exc:
+        if offset and _has_records_from(path, kind, flow_type, version, 0):
+            return _past_the_end(ctx, name, name, offset, base)
         raise HTTPException(409, str(exc)) from exc
+    if not rows and offset:  # a 730 zip or Sistema TS's CSV past its end: no error of file_rows, an empty page
+        return _past_the_end(ctx, name, name, offset, base)
     await record_access(console.store, ctx.principal, "file-view", int(ctx.row["instance"]), ctx.address,
                         {"file": name, "from": offset, "records": len(rows)})
-    base = f"/istanze/{ctx.row['instance']}/file/{urllib.parse.quote(name, safe='')}"
+    more = len(rows) == FILE_PAGE and _has_records_from(path, kind, flow_type, version, offset + FILE_PAGE)
     return page(ctx, "table_view.html", f"{name}", active="/istanze", instance=ctx.row["instance"], caption=caption,
                 columns=columns, rows=rows, download=base + "/scarica",
                 prev_url=f"{base}?da={max(offset - FILE_PAGE, 0)}" if offset else None,
-                next_url=f"{base}?da={offset + FILE_PAGE}" if len(rows) == FILE_PAGE else None)
+                next_url=f"{base}?da={offset + FILE_PAGE}" if more else None)
+
+
+def _has_records_from(path: Path, kind: str, flow_type: str, version: str, offset: int) -> bool:
+    """Whether the file has a record at `offset` (0: its first): a page offers "Record successivi" only then."""
+    try:
+        return bool(file_rows(path, kind, flow_type, version, 1, offset)[2])
+    except UserError:
+        return False
+
+
+def _past_the_end(ctx: Ctx, title: str, name: str, offset: int, first_page: str) -> Response:
+    """A page of a file asked from beyond its last record (an old link, a changed ?da=): say so, and lead back to
+    its first records."""
+    return page(ctx, "message.html", title, status=404, active="/istanze", level="warning", back=first_page,
+                back_label="Torna ai primi record",
+                message=f"Il file {name} non ha record dalla posizione {offset + 1:,}: è più corto.".replace(",", "."))
 
 
 @route(pages, "GET", "/istanze/{instance}/file/{name}/scarica", READ_INSTANCE, "download")
@@ -533,7 +566,7 @@ async def feedback_files(ctx: Ctx) -> list[asyncpg.Record]:
 
 
 @route(pages, "GET", "/istanze/{instance}/feedback", READ_INSTANCE, "page")
-async def feedback_page(ctx: Ctx, da: int = 0) -> Response:
+async def feedback_page(ctx: Ctx, da: int = 0, file: str | None = None) -> Response:
     request = ctx.request
     assert ctx.row is not None
     console = console_of(request)
@@ -542,17 +575,29 @@ async def feedback_page(ctx: Ctx, da: int = 0) -> Response:
         return page(ctx, "message.html", f"Esito dell'istanza {ctx.row['instance']}", level="success",
                     back=f"/istanze/{ctx.row['instance']}",
                     message="Nessun problema: l'istanza non ha esiti da leggere.")
-    f = files[0]
+    # An instance can have several: the load's feedback and Sistema TS's errors of each part of a 730 (`file` names
+    # the one to read; the instance page links each). Only the first was ever shown, whichever link was followed.
+    f = next((x for x in files if x["name"] == file), None) if file else files[0]
+    if f is None:
+        raise HTTPException(404)
     offset = max(da, 0)
-    caption, columns, rows = file_rows(console.files.path(f["sha256"]), f["kind"], ctx.row["flow_type"],
-                                       ctx.row["version"], FILE_PAGE, offset)
-    await record_access(console.store, ctx.principal, "feedback-view", int(ctx.row["instance"]), ctx.address,
+    path, kind = console.files.path(f["sha256"]), f["kind"]
+    flow_type, version = ctx.row["flow_type"], ctx.row["version"]
+    instance = ctx.row["instance"]
+    quoted = urllib.parse.quote(f["name"], safe="")
+    base = f"/istanze/{instance}/feedback" + (f"?file={quoted}&" if file else "?")  # + da=N
+    title = f"Esito dell'istanza {instance}"
+    caption, columns, rows = file_rows(path, kind, flow_type, version, FILE_PAGE, offset)
+    if not rows and offset:
+        return _past_the_end(ctx, title, f["name"], offset, base.rstrip("?&"))
+    await record_access(console.store, ctx.principal, "feedback-view", int(instance), ctx.address,
                         {"file": f["name"], "from": offset, "records": len(rows)})
-    base = f"/istanze/{ctx.row['instance']}/feedback"
-    return page(ctx, "table_view.html", f"Esito dell'istanza {ctx.row['instance']}", active="/istanze",
-                instance=ctx.row["instance"], caption=f"{f['name']}: {caption}", columns=columns, rows=rows,
-                download=base + ".csv", prev_url=f"{base}?da={max(offset - FILE_PAGE, 0)}" if offset else None,
-                next_url=f"{base}?da={offset + FILE_PAGE}" if len(rows) == FILE_PAGE else None)
+    more = len(rows) == FILE_PAGE and _has_records_from(path, kind, flow_type, version, offset + FILE_PAGE)
+    download = f"/istanze/{instance}/file/{quoted}/scarica" if file else f"/istanze/{instance}/feedback.csv"
+    return page(ctx, "table_view.html", title, active="/istanze",
+                instance=instance, caption=f"{f['name']}: {caption}", columns=columns, rows=rows,
+                download=download, prev_url=f"{base}da={max(offset - FILE_PAGE, 0)}" if offset else None,
+                next_url=f"{base}da={offset + FILE_PAGE}" if more else None)
 
 
 @route(pages, "GET", "/istanze/{instance}/feedback.csv", READ_INSTANCE, "download")
@@ -619,7 +664,12 @@ async def deadlines_page(ctx: Ctx, mese: str | None = None) -> Response:
             label, css = DEADLINE_LABELS[deadline_status(deadline, covering, today)]
             rows.append({"ente": ente, "d": deadline, "covering": covering, "label": label, "css": css})
     return page(ctx, "deadlines.html", "Scadenze", active="/scadenze", rows=rows, mese=f"{year:04d}-{month:02d}",
-                error=error)
+                mese_detto=f"{MONTHS[month - 1]} {year}", error=error)
+
+
+# The months as the caption says them ("Scadenze dei periodi che finiscono in novembre 2026"), not 2026-11.
+MONTHS = ("gennaio", "febbraio", "marzo", "aprile", "maggio", "giugno", "luglio", "agosto", "settembre", "ottobre",
+          "novembre", "dicembre")
 
 
 # ---------------------------------------------------------------- Invia a Sistema TS
@@ -662,6 +712,20 @@ async def ts_send(ctx: Ctx) -> Response:
     if transmission < today:
         raise HTTPException(422, f"La data di trasmissione {transmission:%d/%m/%Y} è nel passato: indichi oggi "
                                  f"({today:%d/%m/%Y}) o un giorno successivo.")
+    # What send_sealed_730 would refuse in the CLI's English, said here in Italian first: the gateway's key rotated
+    # while this page was open (`flows ts rotate-key`), a box that did not arrive whole, no key at all.
+    public_key = console.settings.keys_dir / PUBLIC_KEY_FILE
+    if not public_key.exists():
+        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: il gateway è attivo? "
+                                 "Nulla è stato inviato.")
+    try:
+        sealed_to = sealed_key_id(sealed)
+    except SealError:
+        raise HTTPException(422, "Le credenziali cifrate non sono arrivate integre: ricarichi la pagina e le inserisca "
+                                 "di nuovo. Nulla è stato inviato.") from None
+    if sealed_to != key_id(public_key.read_bytes()):
+        raise HTTPException(409, "La chiave del gateway TS è cambiata dopo l'apertura di questa pagina: ricarichi la "
+                                 "pagina e inserisca di nuovo le credenziali. Nulla è stato inviato.")
     try:
         await send_sealed_730(console.settings.kafka_bootstrap, console.pool, console.settings.keys_dir,
                               int(ctx.row["instance"]), sealed, transmission, ctx.principal.name)

@@ -29,6 +29,12 @@ STATE_LABELS = {
 }
 ROLE_LABELS = {"operator": "operatore", "structure": "struttura", "desk": "sportello", "ops": "esercizio",
                "auditor": "revisore", "admin": "amministratore"}
+# The access log's "Cosa": what was read or downloaded (the `what` of access.record_access; a test finds every one).
+ACCESS_LABELS = {"file-view": "consultazione del file", "file-download": "scaricamento del file",
+                 "files-zip": "scaricamento di tutti i file (zip)", "feedback-view": "consultazione dell'esito",
+                 "feedback-download": "scaricamento dell'esito",
+                 "dead-letter-view": "consultazione di un messaggio non elaborabile",
+                 "onboarding-document-download": "scaricamento di un documento di onboarding"}
 # What the operators read instead of the platform's identifiers (the values stay in forms, URLs and the API).
 # The flow types as the Flow Manager's "Lista tipi di flusso" names them (seed, Figura 2).
 FLOW_TYPE_LABELS = {"FLUSSO_C": "FLUSSO C", "FLUSSO_C_PACC": "FLUSSO C PACC", "FLUSSO_MEF": "FLUSSO MEF SOGEI",

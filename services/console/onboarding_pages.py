@@ -24,7 +24,7 @@ from services.console.access import (
     record_access,
 )
 from services.console.instance_pages import attachment_headers
-from services.console.labels import slot_text
+from services.console.labels import ONBOARDING_STATUS_LABELS, slot_text
 from services.console.web import Console, Ctx, console_of, page, pages, read_form, route
 from services.onboarding import facade as onboarding  # the onboarding service's one door
 from services.onboarding.facade import DashboardProjection, SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
@@ -43,10 +43,16 @@ def _onboarding_deps(console: Console) -> onboarding.OnboardingDeps:
 
 @route(pages, "GET", "/onboarding", LIST_ONBOARDING, "page")
 async def onboarding_dashboard(ctx: Ctx, stato: str | None = None) -> Response:
+    # A state the dashboard does not know (an old link, a hand-typed URL) is said and not applied, as the instance
+    # list does with its filters: applied, it listed no request, as if none were in that state.
+    error = None
+    if stato and stato not in ONBOARDING_STATUS_LABELS:
+        error, stato = f"Stato {stato!r} sconosciuto: sono mostrate tutte le richieste.", None
     rows = await onboarding_rows(console_of(ctx.request).pool, stato or None)
     if ctx.principal.role == "structure":
         rows = [r for r in rows if r["structure_sts11"] == ctx.principal.structure]
-    return page(ctx, "onboarding.html", "Onboarding delle strutture", active="/onboarding", rows=rows, stato=stato)
+    return page(ctx, "onboarding.html", "Onboarding delle strutture", active="/onboarding", rows=rows, stato=stato,
+                error=error)
 
 
 async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "info",

@@ -38,6 +38,7 @@ from services.console.access import (
 from services.console.access_watch import AccessWatch
 from services.console.assets import StaticAssets
 from services.console.labels import (
+    ACCESS_LABELS,
     COUNT_LABELS,
     EVENT_LABELS,
     FILE_KIND_LABELS,
@@ -94,8 +95,15 @@ templates.env.auto_reload = os.environ.get("FLOWS_CONSOLE_TEMPLATES_RELOAD") == 
 templates.env.filters["ora"] = lambda when, fmt="%d/%m/%Y %H:%M:%S": italian_time(when, fmt)
 templates.env.filters["numero"] = lambda n: "" if n is None else f"{n:,}".replace(",", ".")  # 597.507, as in Italy
 templates.env.filters["giorno"] = lambda day: "" if day is None else f"{day:%d/%m/%Y}"  # a date, as Italians write it
+
+
+def quanti(n: int, one: str, many: str) -> str:
+    """A count and its noun, the number as Italians write it: "1 avviso", "1.500 errori"."""
+    return f"{n:,}".replace(",", ".") + f" {one if n == 1 else many}"
+
+
 templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state_class=state_class,
-                             role_labels=ROLE_LABELS, badge=badge,
+                             role_labels=ROLE_LABELS, badge=badge, access_label=lambda w: ACCESS_LABELS.get(w, w),
                              flow_type_label=lambda t: FLOW_TYPE_LABELS.get(t, t),
                              event_label=lambda t: EVENT_LABELS.get(t, t),
                              count_label=lambda k: COUNT_LABELS.get(k, k),
@@ -105,7 +113,7 @@ templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state
                              onboarding_status_label=lambda k: ONBOARDING_STATUS_LABELS.get(k, k),
                              onboarding_statuses=ONBOARDING_STATUS_LABELS, switch_proposal=switch_proposal,
                              switch_slot=switch_slot,
-                             quanti=lambda n, one, many: f"{n} {one if n == 1 else many}")
+                             quanti=quanti)
 
 
 SECURITY_HEADERS = [

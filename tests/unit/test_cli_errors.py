@@ -134,3 +134,59 @@ def test_a_scheduled_time_without_a_zone_is_italian_time_as_in_the_console(
                      "--at", given, "--no-wait")
     assert code == 0, out
     assert asked[0] is not None and asked[0].astimezone(UTC).isoformat() == meant
+
+
+@pytest.mark.parametrize(("option", "value", "said"), [
+    ("--type", "FLUSSO_X", "'FLUSSO_X' is not one of FLUSSO_C, FLUSSO_C_PACC, FLUSSO_MEF, FLUSSO_ALPI_TA, FLUSSO_730"),
+    ("--state", "Checkd", "'Checkd' is not a state: one of Scheduled, Running, Checked, Failed loading,"),
+])
+def test_a_search_for_an_unknown_type_or_state_is_refused_not_answered_no_instance(option: str, value: str,
+                                                                                   said: str) -> None:
+    code, out = _run("instances", option, value)
+    assert code == 2 and f"Invalid value for {option}: {said}" in out, out
+    assert "no instance matches" not in out and "cannot reach" not in out  # refused before any query
+
+
+def test_the_deadlines_of_an_unknown_entity_are_refused_naming_it() -> None:
+    code, out = _run("deadlines", "--ente", "999", "--month", "2026-11")
+    assert code == 2 and "Invalid value for --ente: ente 999 is not a known entity (known: 201," in out, out
+    assert "due within 7 days" not in out and "cannot reach" not in out  # refused before any query
+
+
+def test_an_export_to_a_file_names_the_option_not_an_unreachable_platform(tmp_path: Path) -> None:
+    existing = tmp_path / "notes.txt"
+    existing.write_text("mine")
+    code, out = _run("export", "1947", "--out", str(existing))
+    assert code == 1 and f"error: --out {existing} is a file, not a folder" in out, out
+    assert "cannot reach the platform" not in out and existing.read_text() == "mine"
+
+
+def _onboarding(*args: str) -> tuple[int, str]:
+    from services.cli.onboarding_cli import app as onboarding
+
+    result = runner.invoke(onboarding, list(args), env={"FLOWS_DEBUG": ""})
+    out = " ".join(re.sub(r"[\u2500-\u257f]", " ", result.output or "").split())
+    for word in NEVER:
+        assert word not in out, out
+    return result.exit_code, out
+
+
+def test_an_onboarding_dashboard_state_it_does_not_know_is_refused_naming_the_known_ones() -> None:
+    code, out = _onboarding("status", "--status", "non-conforme")
+    assert code == 2 and "Invalid value for --status: 'non-conforme' is not a dashboard state: one of " \
+                         "documents-awaited, incomplete, non-compliant," in out, out
+    assert "onboarding requests (0)" not in out
+
+
+@pytest.mark.parametrize("day", ["2026-13-01", "21/12/2026", "domani"])
+def test_a_switch_day_that_is_no_date_names_the_option_and_the_value(day: str) -> None:
+    code, out = _onboarding("switch", "R-1", "--date", day, "--window", "09:00-10:00")
+    assert code == 2 and f"Invalid value for --date: '{day}' is not a day: give YYYY-MM-DD" in out, out
+
+
+@pytest.mark.parametrize("at", ["tomorrow", "2026-11-02T25:00", "02/11/2026 06:00"])
+def test_a_scheduled_time_that_is_no_time_names_the_value_and_the_form(at: str) -> None:
+    code, out = _run("load", "--type", "FLUSSO_C", "--ente", "201", "--from", "2026-10-01", "--to", "2026-10-31",
+                     "--at", at, "--no-wait")
+    assert code == 2, out
+    assert f"Invalid value for '--at': '{at}' is not a time: give YYYY-MM-DDTHH:MM, Italian time" in out, out

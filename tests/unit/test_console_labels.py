@@ -11,6 +11,7 @@ from contracts.flows import EVENT_TYPES, FlowType
 from contracts.onboarding import RequestKind
 from services.console.instance_pages import _list_rows
 from services.console.labels import (
+    ACCESS_LABELS,
     COUNT_LABELS,
     EVENT_LABELS,
     FLOW_TYPE_CHOICES,
@@ -28,6 +29,14 @@ def test_every_flow_type_event_and_count_has_an_italian_label() -> None:
     assert list(FLOW_TYPE_CHOICES) == [t.value for t in FlowType]  # the form's order, values unchanged
     assert set(EVENT_LABELS) == set(EVENT_TYPES)
     assert {name for names in _COUNTED_BY_CHECKS.values() for name in names} <= set(COUNT_LABELS)
+
+
+def test_every_kind_of_access_in_the_access_log_has_an_italian_label() -> None:
+    console = Path(__file__).resolve().parents[2] / "services" / "console"
+    source = "\n".join(p.read_text(encoding="utf-8") for p in console.glob("*.py"))
+    kinds = set(re.findall(r'record_access\([^,]+, [^,]+, "([a-z-]+)"', source))
+    assert {"file-view", "feedback-download", "onboarding-document-download"} <= kinds  # the scan works
+    assert kinds <= set(ACCESS_LABELS), kinds - set(ACCESS_LABELS)
 
 
 def test_every_onboarding_kind_and_state_has_an_italian_label() -> None:
