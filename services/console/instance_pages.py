@@ -328,6 +328,15 @@ _FIELD_OF = {"flow_type": "tipo", "ente": "ente", "period": "al", "start": "dal"
              "scheduled_at": "pianificata"}
 
 
+def form_request_id(form_id: uuid.UUID, command: flows.LoadRequested) -> uuid.UUID:
+    """The request_id of a load asked by the Nuovo caricamento form whose page drew `form_id`: the same form sent
+    again with the same load (a double click, F5 on the answer) is the same request, which the loader makes one
+    instance of; the same form sent again for another load (Back, another month or ente, sent) is another request.
+    The form's id alone would make the second load a duplicate of the first, and the operator would be led to the
+    first instance with no word that the month asked for was never loaded."""
+    load = command.model_dump_json(exclude={"request_id"})
+    return uuid.uuid5(form_id, load)
+
 @route(pages, "POST", "/istanze/nuova", REQUEST_LOAD, "action")
 async def new_load(ctx: Ctx) -> Response:
     request = ctx.request
@@ -346,7 +355,7 @@ async def new_load(ctx: Ctx) -> Response:
             command = load_request(form["tipo"], form["ente"], values["dal"], values["al"], "2020",
                                    values["pianificata"], ctx.principal.name)
             if same_request is not None:
-                command = command.model_copy(update={"request_id": same_request})
+                command = command.model_copy(update={"request_id": form_request_id(same_request, command)})
         except pydantic.ValidationError as exc:
             for problem in exc.errors():
                 field = next((_FIELD_OF[str(p)] for p in reversed(problem["loc"]) if str(p) in _FIELD_OF), "tipo")

@@ -189,7 +189,8 @@ async def test_a_730_sent_after_the_gateway_key_rotated_is_refused_in_italian(fr
 
 async def test_a_load_form_sent_twice_makes_one_instance(platform) -> None:  # type: ignore[no-untyped-def]
     """The same Nuovo caricamento form sent a second time (a double click, the browser's resubmission on F5 of the
-    'Richiesta inviata' page) is the same request: the loader's idempotency (request_id) makes one instance of it."""
+    'Richiesta inviata' page) is the same request: the loader's idempotency (request_id) makes one instance of it.
+    The same form sent for another period is another request."""
     cfg = platform.settings
     async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir) as console:
         await console.add_users()
@@ -208,10 +209,22 @@ async def test_a_load_form_sent_twice_makes_one_instance(platform) -> None:  # t
                 "content-type": "application/x-www-form-urlencoded"})
             assert again.status == 303, again.status
             assert again.headers["location"] == first.removeprefix(console.url)
+            # The same form changed and sent again (Back, another month, Invia) is another load: a new instance,
+            # not the first one again (the form's id alone made it a duplicate, and April was never loaded).
+            april = sent[0].replace("dal=2024-03-01", "dal=2024-04-01").replace("al=2024-03-31", "al=2024-04-30")
+            assert april != sent[0]
+            other = await page.request.post(console.url + "/istanze/nuova", data=april, max_redirects=0, headers={
+                "content-type": "application/x-www-form-urlencoded"})
+            assert other.status == 303, other.status
+            assert other.headers["location"] != first.removeprefix(console.url)
         count = await console.pool.fetchval(
             "SELECT count(*) FROM instance_list WHERE flow_type = 'FLUSSO_MEF' AND ente = '201' "
             "AND period_start = '2024-03-01'")
         assert count == 1, f"{count} instances of one form"
+        aprils = await console.pool.fetchval(
+            "SELECT count(*) FROM instance_list WHERE flow_type = 'FLUSSO_MEF' AND ente = '201' "
+            "AND period_start = '2024-04-01'")
+        assert aprils == 1, f"{aprils} instances of April, asked from the same form"
 
 
 async def test_each_esito_of_an_instance_is_read_from_its_own_link(console: RunningConsole) -> None:
