@@ -1,5 +1,5 @@
-import uvloop
+import asyncio
 
 from services.ts_gateway.app import main
 
-uvloop.run(main())  # uvloop's event loop (C, libuv): bench/latency.py load p95 -15% (docs/scaling.md)
+asyncio.run(main())
