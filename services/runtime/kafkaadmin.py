@@ -30,12 +30,10 @@ from services.runtime.settings import bootstrap_list
 
 
 class _AnyLiveNodeAdmin(AIOKafkaAdminClient):
-    async def _send_request(self, request: Any, node_id: int | None = None) -> Any:
-        if node_id is not None:
-            return await super()._send_request(request, node_id)
-        nodes = [broker.nodeId for broker in self._client.cluster.brokers()]
-        random.shuffle(nodes)
-        unreachable: Exception | None = None
+    async def _send_to_first_live(self, nodes: list[int], request: Any) -> Any:
+        """`request` sent to the first of `nodes` that can be reached; raises the last node's error when none can
+        (`nodes` must not be empty)."""
+        unreachable: Exception = NodeNotReadyError("no Kafka node to send to")
         for node in nodes:
             if not await self._client.ready(node):
                 unreachable = NodeNotReadyError(f"Kafka node {node} is not reachable")
@@ -44,9 +42,16 @@ class _AnyLiveNodeAdmin(AIOKafkaAdminClient):
                 return await self._client.send(node, request)
             except (NodeNotReadyError, KafkaConnectionError) as exc:  # went down between ready() and send
                 unreachable = exc
-        if unreachable is None:  # no node in the metadata at all: aiokafka's own answer
-            return await super()._send_request(request)
         raise unreachable
+
+    async def _send_request(self, request: Any, node_id: int | None = None) -> Any:
+        if node_id is not None:
+            return await super()._send_request(request, node_id)
+        nodes = [broker.nodeId for broker in self._client.cluster.brokers()]
+        if not nodes:  # no node in the metadata at all: aiokafka's own answer
+            return await super()._send_request(request)
+        random.shuffle(nodes)
+        return await self._send_to_first_live(nodes, request)
 
     async def _send_to_controller(self, request: Any) -> Any:
         if self._client.cluster.controller is None:
@@ -56,17 +61,7 @@ class _AnyLiveNodeAdmin(AIOKafkaAdminClient):
             return await super()._send_to_controller(request)
         others = [b.nodeId for b in self._client.cluster.brokers() if b.nodeId != controller.nodeId]
         random.shuffle(others)
-        unreachable: Exception | None = None
-        for node in [controller.nodeId, *others]:
-            if not await self._client.ready(node):
-                unreachable = NodeNotReadyError(f"Kafka node {node} is not reachable")
-                continue
-            try:
-                return await self._client.send(node, request)
-            except (NodeNotReadyError, KafkaConnectionError) as exc:  # went down between ready() and send
-                unreachable = exc
-        assert unreachable is not None
-        raise unreachable
+        return await self._send_to_first_live([controller.nodeId, *others], request)
 
     async def list_consumer_groups(self, broker_ids: list[int] | None = None) -> list[tuple[Any, ...]]:
         if broker_ids is None:
