@@ -29,7 +29,5 @@ async def show(ente: str | None, month: str | None) -> None:
               "open": "open"}
     rows = [(e, d.flow_type, f"{d.period_start}..{d.period_end}", d.due.isoformat(),
              labels[status(d, covering, today)].format(covering)) for e, d, covering in found]
-    if not found:
-        rows = [("(no entity yet)", "", "", "", "")]
     console.print(table(f"Deadlines for periods ending {year:04d}-{mon:02d}",
                         ["ente", "flow", "period", "due", "status"], rows))

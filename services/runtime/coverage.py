@@ -6,19 +6,23 @@ from __future__ import annotations
 import asyncpg
 
 from contracts.deadlines import COVERING_STATES, Deadline
+from services.loader.catalogue import known_enti
 
 
 async def coverage(pool: asyncpg.Pool, items: list[Deadline], ente: str | None,
                    enti: list[str] | None = None) -> list[tuple[str, Deadline, int | None]]:
-    """(ente, deadline, covering instance or None) for each of `items` (contracts.deadlines): of
-    `ente`, or of `enti`, or of every entity known."""
+    """(ente, deadline, covering instance or None) for each of `items` (contracts.deadlines): of `ente`, or of every
+    one of `enti`, or of every entity the platform knows (its catalogue, and any other that has data). An entity
+    that has loaded nothing yet is listed too: it is the one most likely to miss its deadline (it used to be left
+    out whenever another had data)."""
     if ente:
         entes = [ente]
+    elif enti is not None:
+        entes = sorted(set(enti))
     else:
-        entes = [r["ente"] for r in await pool.fetch(
-            "SELECT DISTINCT ente FROM instance_list UNION SELECT DISTINCT ente FROM source_service ORDER BY 1")]
-        if enti is not None:
-            entes = [e for e in entes if e in enti] or sorted(enti)
+        with_data = {r["ente"] for r in await pool.fetch(
+            "SELECT DISTINCT ente FROM instance_list UNION SELECT DISTINCT ente FROM source_service")}
+        entes = sorted(known_enti() | with_data)
     out = []
     for e in entes:
         for d in items:

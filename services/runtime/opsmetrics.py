@@ -84,13 +84,13 @@ class OpsMetrics:
         self.outbox_age.set(float(pending["age"]))
         self.deadline.clear()
         months = [(today.year, today.month - 1) if today.month > 1 else (today.year - 1, 12), (today.year, today.month)]
-        entes = [r["ente"] for r in await pool.fetch("SELECT DISTINCT ente FROM instance_list ORDER BY 1")]
         for year, month in months:
             try:
                 deadlines = deadlines_for_month(year, month)
             except (DeadlineDataMissing, DeadlineDataInvalid):
                 continue  # `flows deadlines` names what is missing; no figure beats a guessed one
-            for ente, deadline, covered in await coverage(pool, deadlines, None, entes) if entes else []:
+            # every entity known, those that loaded nothing yet too: theirs are the deadlines most likely missed
+            for ente, deadline, covered in await coverage(pool, deadlines, None):
                 if covered is None:
                     self.deadline.labels(ente, deadline.flow_type, deadline.due.isoformat()).set(
                         (deadline.due - today).days)

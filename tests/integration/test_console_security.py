@@ -213,6 +213,15 @@ async def test_deadlines_show_the_operators_enti_only_with_their_coverage(consol
         await console.login(client, "ops.1")
         body = (await client.get(console.url + "/scadenze?mese=2026-10")).text
     assert "<td>201</td>" in body and "<td>202</td>" in body
+    # An entity of the catalogue that has loaded nothing yet is listed too: its deadlines are the ones most likely
+    # missed (they were left out whenever another entity had data).
+    assert "<td>205</td>" in body
+    # An operator of two enti, one without any data yet, sees the deadlines of both (not only of the one with data).
+    await auth.add_user(console.pool, "op.201.203", "operator", ["201", "203"], None, PASSWORD, by="test")
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201.203")
+        body = (await client.get(console.url + "/scadenze?mese=2026-10")).text
+    assert "<td>201</td>" in body and "<td>203</td>" in body and "<td>202</td>" not in body
 
 
 async def test_api_keys_are_stored_hashed_and_bound_to_their_enti(console: RunningConsole) -> None:
