@@ -162,7 +162,6 @@ async def database(cfg: Settings | None = None) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
     t = Table(title=title, header_style="bold", show_lines=False)
     for c in columns:

@@ -63,6 +63,7 @@ from services.console.labels import (
     STATE_LABELS,
     STATE_VALUES,
     badge,
+    italian_number,
 )
 from services.console.live import next_change
 from services.console.web import (
@@ -534,7 +535,7 @@ def _past_the_end(ctx: Ctx, title: str, name: str, offset: int, first_page: str)
     its first records."""
     return page(ctx, "message.html", title, status=404, active="/istanze", level="warning", back=first_page,
                 back_label="Torna ai primi record",
-                message=f"Il file {name} non ha record dalla posizione {offset + 1:,}: è più corto.".replace(",", "."))
+                message=f"Il file {name} non ha record dalla posizione {italian_number(offset + 1)}: è più corto.")
 
 
 @route(pages, "GET", "/istanze/{instance}/file/{name}/scarica", READ_INSTANCE, "download")

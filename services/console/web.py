@@ -49,6 +49,7 @@ from services.console.labels import (
     STATE_LABELS,
     badge,
     event_detail,
+    italian_number,
     state_class,
     switch_proposal,
     switch_slot,
@@ -93,13 +94,13 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 # for template work).
 templates.env.auto_reload = os.environ.get("FLOWS_CONSOLE_TEMPLATES_RELOAD") == "1"
 templates.env.filters["ora"] = lambda when, fmt="%d/%m/%Y %H:%M:%S": italian_time(when, fmt)
-templates.env.filters["numero"] = lambda n: "" if n is None else f"{n:,}".replace(",", ".")  # 597.507, as in Italy
+templates.env.filters["numero"] = lambda n: "" if n is None else italian_number(n)  # 597.507, as in Italy
 templates.env.filters["giorno"] = lambda day: "" if day is None else f"{day:%d/%m/%Y}"  # a date, as Italians write it
 
 
 def quanti(n: int, one: str, many: str) -> str:
     """A count and its noun, the number as Italians write it: "1 avviso", "1.500 errori"."""
-    return f"{n:,}".replace(",", ".") + f" {one if n == 1 else many}"
+    return f"{italian_number(n)} {one if n == 1 else many}"
 
 
 templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state_class=state_class,
