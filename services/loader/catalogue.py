@@ -115,22 +115,23 @@ def reference_digest(version: str) -> bytes:
     return digest.digest()
 
 
-_DIGEST = "SELECT digest FROM reference_data_digest WHERE version = $1"
+DIGEST_SQL = "SELECT digest FROM reference_data_digest WHERE version = $1"
 
 
-async def sync_reference_data(conn: asyncpg.Connection, version: str) -> None:
+async def sync_reference_data(conn: asyncpg.Connection, version: str, stored: bytes | None = None) -> None:
     """Make the tables match the data files (idempotent). Cheap when nothing changed: one read of
-    `reference_data_digest` (the digest of the rows last copied for this version); only a different
-    digest (new files shipped) deletes and copies again. Rows edited by hand in these tables are not
-    noticed: the files are the reference data, the tables a copy the checks can join."""
+    `reference_data_digest` (the digest of the rows last copied for this version), none when the caller read it
+    (`stored`); only a different digest (new files shipped) deletes and copies again, after reading it again under
+    the sync's lock. Rows edited by hand in these tables are not noticed: the files are the reference data, the
+    tables a copy the checks can join."""
     items = load_catalogue(version)
     wanted = reference_digest(version)
-    if await conn.fetchval(_DIGEST, version) == wanted:
+    if (stored if stored is not None else await conn.fetchval(DIGEST_SQL, version)) == wanted:
         return
     async with conn.transaction():
         # two loads starting together must not interleave their delete + copy
         await conn.execute("SELECT pg_advisory_xact_lock($1)", CATALOGUE_SYNC_LOCK_KEY)
-        if await conn.fetchval(_DIGEST, version) == wanted:
+        if await conn.fetchval(DIGEST_SQL, version) == wanted:
             return  # the other load did it
         await conn.execute("DELETE FROM catalogue_item WHERE version = $1", version)
         await conn.copy_records_to_table(

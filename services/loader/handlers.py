@@ -146,7 +146,7 @@ async def _load(instance: int, current: FlowInstance, deps: LoaderDeps, attempt:
         current = await deps.instances.append(current, flows.LoadRunning(
             instance=instance, request_id=spec.request_id, flow_type=spec.flow_type, version=spec.version,
             ente=spec.ente, period=spec.period, requested_by=spec.requested_by))
-    earlier = await earlier_runs(deps.pool, instance)
+    earlier = await earlier_runs(deps.pool, instance, current.layout_version)
     checked = earlier.checked
     if checked is not None:  # snapshot and checks done (by this process or one that died): the feedback is left
         snapshot_id = checked.snapshot_id
@@ -172,7 +172,7 @@ async def _load(instance: int, current: FlowInstance, deps: LoaderDeps, attempt:
         else:
             outcome = await run_load(deps.pool, deps.files, instance, snapshot_id, current.flow_type,
                                      current.layout_version, current.ente, current.period.start,
-                                     current.period.end, None)
+                                     current.period.end, None, earlier.reference_digest)
     except FeedbackNotWritten as exc:  # the platform's disk, not the load: it stays Running, its snapshot checked
         deps.space.failed(instance, exc, snapshot=exc.checked.snapshot_id)
         deps.interrupted.done(instance)  # the database carried this attempt: what it waits for now is space

@@ -24,7 +24,7 @@ import asyncpg
 
 from contracts.flows import FlowType
 from services.loader import checks
-from services.loader.catalogue import sync_reference_data
+from services.loader.catalogue import DIGEST_SQL, sync_reference_data
 from services.loader.checks import NO_SOURCE_DATA, run_checks
 from services.loader.feedback import ProblemCounts, export_feedback, problem_counts, summarise
 from services.loader.snapshot import SELECTIONS, take_snapshot
@@ -102,10 +102,11 @@ class FeedbackNotWritten(Exception):
 async def mark_checked(pool: asyncpg.Pool, checked: ChecksDone) -> ProblemCounts:
     """Records that the snapshot's checks are done, with the counts and the number of problems they left; returns
     those problems counted by code (feedback.problem_counts, in the same round trip)."""
-    async with pool.acquire() as conn, conn.transaction():
-        # Without waiting for the WAL flush, like the snapshot (snapshot.take_snapshot): the outcome's synchronous
-        # commit flushes it; lost in a PostgreSQL crash before that, the checks run again from a new snapshot.
-        await conn.execute("SET LOCAL synchronous_commit = off")
+    async with pool.acquire() as conn:
+        # One statement, its own transaction, committed without waiting for the WAL flush like the snapshot
+        # (snapshot.take_snapshot; problem_counts sets synchronous_commit for that transaction only): the outcome's
+        # synchronous commit flushes it; lost in a PostgreSQL crash before that, the checks run again from a new
+        # snapshot.
         return await problem_counts(conn, checked.snapshot_id, mark_checked=json.dumps(checked.counts))
 
 
@@ -118,30 +119,33 @@ class EarlierRuns:
     checked: ChecksDone | None
     snapshots: int
     next_snapshot_id: int
+    reference_digest: bytes | None = None  # the reference data's stored digest (catalogue.sync_reference_data)
 
 
-async def earlier_runs(pool: asyncpg.Pool, instance: int) -> EarlierRuns:
+async def earlier_runs(pool: asyncpg.Pool, instance: int, version: str) -> EarlierRuns:
     """The instance's snapshots; `checked` is its newest checked one whose problems are all still in load_problem.
     One query, which also draws the number a new snapshot would take (`next_snapshot_id`: a number drawn and not
-    used is a gap in a sequence, nothing more). Call it holding the instance's load lock."""
+    used is a gap in a sequence, nothing more) and reads the stored digest of the reference data of the layout
+    `version` (run_load's `reference_digest`: one round trip less). Call it holding the instance's load lock."""
     rows = await pool.fetch(
-        "SELECT n.next_id, s.snapshot_id, s.checked_counts, s.checked_problems, CASE WHEN s.checked_counts IS NOT "
-        "NULL THEN (SELECT count(*) FROM load_problem p WHERE p.snapshot_id = s.snapshot_id) END AS problems "
-        "FROM (SELECT nextval('flow_instance_seq') AS next_id) n "
-        "LEFT JOIN source_snapshot s ON s.instance = $1 ORDER BY s.snapshot_id DESC", instance)
-    next_id = int(rows[0]["next_id"])
+        "SELECT n.next_id, n.reference_digest, s.snapshot_id, s.checked_counts, s.checked_problems, CASE WHEN "
+        "s.checked_counts IS NOT NULL THEN (SELECT count(*) FROM load_problem p WHERE p.snapshot_id = s.snapshot_id) "
+        "END AS problems FROM (SELECT nextval('flow_instance_seq') AS next_id, "
+        f"({DIGEST_SQL.replace('$1', '$2')}) AS reference_digest) n "
+        "LEFT JOIN source_snapshot s ON s.instance = $1 ORDER BY s.snapshot_id DESC", instance, version)
+    next_id, digest = int(rows[0]["next_id"]), rows[0]["reference_digest"]
     snapshots = [r for r in rows if r["snapshot_id"] is not None]
     row = next((r for r in snapshots if r["checked_counts"] is not None), None)
     if row is None:
-        return EarlierRuns(None, len(snapshots), next_id)
+        return EarlierRuns(None, len(snapshots), next_id, digest)
     if row["problems"] != row["checked_problems"]:
         # emptied by a crash of PostgreSQL, or deleted once the feedback was written by a run that died before
         # its outcome: the checks must run again (from a new snapshot; this one is dropped as a dead run's)
         log.warning("load.checked_problems_lost", instance=instance, snapshot=int(row["snapshot_id"]),
                     checked=int(row["checked_problems"]), found=int(row["problems"]))
-        return EarlierRuns(None, len(snapshots), next_id)
+        return EarlierRuns(None, len(snapshots), next_id, digest)
     counts = {k: int(v) for k, v in json.loads(row["checked_counts"]).items()}
-    return EarlierRuns(ChecksDone(int(row["snapshot_id"]), counts), len(snapshots), next_id)
+    return EarlierRuns(ChecksDone(int(row["snapshot_id"]), counts), len(snapshots), next_id, digest)
 
 
 class RunTakenOver(Exception):
@@ -202,7 +206,9 @@ async def finish_load(pool: asyncpg.Pool, filestore: FileStore, checked: ChecksD
 
 async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snapshot_id: int,
                    flow_type: FlowType | str, version: str, ente: str, period_start: date, period_end: date,
-                   progress: Progress | None = None) -> LoadOutcome:
+                   progress: Progress | None = None, reference_digest: bytes | None = None) -> LoadOutcome:
+    """`reference_digest`: the reference data's stored digest when the caller read it already (earlier_runs);
+    None: read here."""
     def step(i: int) -> None:
         if progress is not None:
             progress(STEPS[i], i, len(STEPS))
@@ -211,7 +217,7 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
     table = SELECTIONS[flow].snapshot_table
     step(0)
     async with pool.acquire() as conn:
-        await sync_reference_data(conn, version)
+        await sync_reference_data(conn, version, reference_digest)
         step(1)
         stats = await take_snapshot(conn, snapshot_id, flow, ente, period_start, period_end,
                                     instance=instance, version=version)

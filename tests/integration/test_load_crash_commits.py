@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import uuid
@@ -146,3 +147,39 @@ async def test_a_postgres_crash_after_the_snapshot_commit_takes_the_load_again_t
     assert current.state == InstanceState.FAILED_LOADING
     assert len(left) == 1 and left[0][0] != first_snapshot and left[0][0] == failed["source_instance"], left
     assert left[0][1] == crashed[0][0][1]  # the same rows as the first run's snapshot, once
+
+
+async def _wal_fsyncs(conn: asyncpg.Connection) -> int:
+    """WAL fsyncs this connection's backend has made (PostgreSQL 18's per-backend I/O statistics, flushed first)."""
+    await conn.execute("SELECT pg_stat_force_next_flush()")
+    return int(await conn.fetchval("SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_get_backend_io(pg_backend_pid()) "
+                                   "WHERE object = 'wal'"))
+
+
+async def test_the_checked_mark_commits_in_one_statement_without_waiting_for_the_wal_flush(fresh_db: str) -> None:
+    """pipeline.mark_checked is one statement, its own transaction, whose commit does not flush the WAL (like the
+    snapshot's): the outcome's synchronous commit flushes it. Measured on the backend that ran it: a plain UPDATE
+    of the same row costs a WAL fsync (the measure sees a synchronous commit), the mark none, and the session's
+    synchronous_commit is back to on after it (the setting was the transaction's only)."""
+    pool = await create_pool(fresh_db, min_size=1, max_size=1)  # one connection: the mark's backend is the measured one
+    try:
+        await prepare_database(pool, FLOW_PROJECTIONS)
+        async with pool.acquire() as conn:
+            await conn.execute("INSERT INTO source_snapshot (snapshot_id, instance, flow_type, version, ente, "
+                               "period_start, period_end, source_table, rows) VALUES (7, 6, 'FLUSSO_C', '2020', "
+                               "'204', $1, $2, 'snapshot_service', 3)", *AUGUST)
+            before = await _wal_fsyncs(conn)
+            await conn.execute("UPDATE source_snapshot SET rows = 4 WHERE snapshot_id = 7")
+            synchronous = await _wal_fsyncs(conn) - before
+        found = await pipeline.mark_checked(pool, pipeline.ChecksDone(7, {"services": 4}))
+        async with pool.acquire() as conn:
+            marked = await _wal_fsyncs(conn) - before - synchronous
+            setting = await conn.fetchval("SHOW synchronous_commit")
+            row = await conn.fetchrow("SELECT checked_counts, checked_problems FROM source_snapshot "
+                                      "WHERE snapshot_id = 7")
+        assert synchronous == 1, synchronous
+        assert marked == 0, f"the checked mark flushed the WAL {marked} time(s)"
+        assert setting == "on"
+        assert (json.loads(row["checked_counts"]), row["checked_problems"], found.errors) == ({"services": 4}, 0, 0)
+    finally:
+        await pool.close()
