@@ -259,3 +259,32 @@ async def test_a_730_or_ts_csv_page_past_its_end_says_so_too(console: RunningCon
         answer = await page.goto(f"{console.url}/istanze/{instance}/file/ts_errors_1_p1.csv?da=500")
         assert answer is not None and answer.status == 404
         assert "non ha record dalla posizione 501" in await page.inner_text("main")
+
+
+# Every Content-Security-Policy violation of the page, as the browser reports it (the `securitypolicyviolation`
+# event): installed before any of the page's own scripts and styles run.
+COLLECT_CSP_VIOLATIONS = """
+window.__csp = [];
+document.addEventListener('securitypolicyviolation',
+  e => window.__csp.push(`${e.effectiveDirective} blocked ${e.blockedURI.slice(0, 40)} (${e.sourceFile})`));
+"""
+
+
+async def test_no_page_breaks_its_own_content_security_policy(console: RunningConsole) -> None:
+    """Bootstrap Italia's CSS embeds the VideoJS icon font as a data: URL; under `default-src 'self'` the browser
+    refused it (seen only in its console). The pages load with no CSP violation and no console error."""
+    instance = await _failed_load(console)
+    async with signed_in(console, "op.201") as page:
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text[:160]) if m.type == "error" else None)
+        await page.add_init_script(COLLECT_CSP_VIOLATIONS)
+        for path in ("/istanze", "/istanze/nuova", f"/istanze/{instance}", f"/istanze/{instance}/feedback",
+                     "/scadenze"):
+            answer = await page.goto(console.url + path)
+            assert answer is not None and answer.ok, path
+            await page.evaluate("document.fonts.ready")
+            violations = await page.evaluate("window.__csp")
+            assert (violations, errors) == ([], []), f"{path}: {violations} {errors}"
+        # What was allowed is that font, and no more: fonts from the console itself or a data: URL, nowhere else.
+        policy = (await page.request.get(console.url + "/istanze")).headers["content-security-policy"]
+        assert "font-src 'self' data:" in [d.strip() for d in policy.split(";")], policy
