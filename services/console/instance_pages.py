@@ -80,6 +80,7 @@ from services.console.web import (
 )
 from services.loader.catalogue import known_enti
 from services.runtime.coverage import coverage
+from services.runtime.esiti import esiti, esiti_csv, esiti_csv_name
 from services.runtime.read_models import instance_stream
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, SealError, key_id, sealed_key_id
 
@@ -569,10 +570,16 @@ async def files_zip(ctx: Ctx) -> Response:
 
 
 async def feedback_files(ctx: Ctx) -> list[asyncpg.Record]:
+    """The instance's esiti, as `flows feedback` lists them too (services/runtime/esiti.py)."""
     assert ctx.row is not None
-    return await console_of(ctx.request).pool.fetch(
-        "SELECT * FROM instance_files WHERE instance = $1 AND kind IN ('feedback', 'ts-errors') ORDER BY name",
-        ctx.row["instance"])
+    return await esiti(console_of(ctx.request).pool, int(ctx.row["instance"]))
+
+
+def all_esiti_response(console: Console, instance: int, files: list[asyncpg.Record]) -> Response:
+    """Every esito of the instance in one CSV (esiti.esiti_csv: one esito is its file as is)."""
+    body = esiti_csv([(f["name"], console.files.path(f["sha256"])) for f in files])
+    name = esiti_csv_name(instance, [f["name"] for f in files])
+    return StreamingResponse(body, media_type="text/csv", headers=attachment_headers(name))
 
 
 @route(pages, "GET", "/istanze/{instance}/feedback", READ_INSTANCE, "page")
@@ -603,10 +610,15 @@ async def feedback_page(ctx: Ctx, da: int = 0, file: str | None = None) -> Respo
     await record_access(console.store, ctx.principal, "feedback-view", int(instance), ctx.address,
                         {"file": f["name"], "from": offset, "records": len(rows)})
     more = len(rows) == FILE_PAGE and _has_records_from(path, kind, flow_type, version, offset + FILE_PAGE)
-    download = f"/istanze/{instance}/file/{quoted}/scarica" if file else f"/istanze/{instance}/feedback.csv"
+    # 'Scarica il file' is the esito shown; with several, 'Scarica tutti gli esiti' is feedback.csv (one esito:
+    # feedback.csv is that file, and the one link says so).
+    several = len(files) > 1
+    download = (f"/istanze/{instance}/file/{quoted}/scarica" if file or several
+                else f"/istanze/{instance}/feedback.csv")
     return page(ctx, "table_view.html", title, active="/istanze",
                 instance=instance, caption=f"{f['name']}: {caption}", columns=columns, rows=rows,
-                download=download, prev_url=f"{base}da={max(offset - FILE_PAGE, 0)}" if offset else None,
+                download=download, download_all=f"/istanze/{instance}/feedback.csv" if several else None,
+                esiti_count=len(files), prev_url=f"{base}da={max(offset - FILE_PAGE, 0)}" if offset else None,
                 next_url=f"{base}da={offset + FILE_PAGE}" if more else None)
 
 
@@ -618,10 +630,10 @@ async def feedback_csv(ctx: Ctx) -> Response:
     files = await feedback_files(ctx)
     if not files:
         raise HTTPException(404)
+    # Every esito the pages list (the first alone was given: a 730's TS errors were never in it)
     await record_access(console.store, ctx.principal, "feedback-download", int(ctx.row["instance"]), ctx.address,
-                        {"file": files[0]["name"]})
-    return FileResponse(console.files.path(files[0]["sha256"]), media_type="text/csv",
-                        headers=attachment_headers(files[0]["name"]))
+                        {"file": ", ".join(f["name"] for f in files)})
+    return all_esiti_response(console, int(ctx.row["instance"]), files)
 
 
 @route(pages, "POST", "/istanze/{instance}/formatta", ACT_ON_INSTANCE, "action")
