@@ -38,6 +38,7 @@ from contracts.deadlines import (
 )
 from contracts.deadlines import status as deadline_status
 from contracts.flows import FlowType
+from contracts.italian import italian_number
 from contracts.states import SENDABLE_FLOW_TYPES, IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError
 from services.cli.fileview import file_rows
@@ -63,7 +64,6 @@ from services.console.labels import (
     STATE_LABELS,
     STATE_VALUES,
     badge,
-    italian_number,
 )
 from services.console.live import next_change
 from services.console.web import (
