@@ -79,6 +79,7 @@ from services.console.web import (
     templates,
 )
 from services.loader.catalogue import known_enti
+from services.loader.load_rules import period_not_over
 from services.runtime.coverage import coverage
 from services.runtime.esiti import esiti, esiti_csv, esiti_csv_name
 from services.runtime.read_models import instance_stream
@@ -323,6 +324,10 @@ def _load_errors(principal: auth.Principal, form: dict[str, str]) -> tuple[dict[
             values["pianificata"] = datetime.fromisoformat(form["pianificata"]).replace(tzinfo=ROME)
         except ValueError:
             errors["pianificata"] = f"Avvio pianificato non valido ({form['pianificata']!r})."
+    # The loader's own rule (it refuses such a load too): a period not over when the load would start, now or at
+    # its Avvio pianificato. Said beside Fine riferimento; the same month scheduled after its end is sent.
+    if not errors and (not_over := period_not_over(values["al"], values["pianificata"])) is not None:
+        errors["al"] = not_over.italian()
     return errors, values
 
 

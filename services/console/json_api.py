@@ -29,6 +29,7 @@ from services.console.instance_pages import (
     search_instances,
 )
 from services.console.web import PAGE_SIZE, Ctx, api, console_of, route
+from services.loader.load_rules import period_not_over
 
 log = structlog.get_logger("console")
 
@@ -86,6 +87,9 @@ async def api_request_load(ctx: Ctx, body: LoadRequestBody) -> Response:
         problems["ente"] = f"ente {body.ente!r} is not one of this client's enti"
     if body.period_end < body.period_start:
         problems["period_end"] = f"period_end {body.period_end} is before period_start {body.period_start}"
+    # the loader's own rule, asked first so the client is told at once (the loader would dead-letter the command)
+    elif (not_over := period_not_over(body.period_end, body.scheduled_at)) is not None:
+        problems["period_end"] = f"period_end {body.period_end}: {not_over.reason()}"
     if problems:
         return JSONResponse({"detail": problems}, status_code=422)
     try:
