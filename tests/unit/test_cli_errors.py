@@ -247,3 +247,21 @@ def test_a_load_of_this_month_scheduled_after_its_end_is_sent(monkeypatch: pytes
                      "--at", f"{end}T23:30", "--no-wait")
     assert code == 1 and f"error: --to {end}: the period is not over on {end} (its scheduled start" in out, out
     assert len(sent) == 1
+
+
+def test_a_demo_of_a_month_not_over_is_refused_before_anything_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its loads would be refused by the loader, and the demo would wait for instances that never come."""
+    from services.cli import demo, stack
+
+    started: list[str] = []
+    monkeypatch.setattr(stack, "up", lambda **_: started.append("stack"))
+
+    async def walk(*args: object) -> None:
+        started.append("walk")
+
+    monkeypatch.setattr(demo, "_walk", walk)
+    month = _this_month()[0][:7]
+    code, out = _run("demo", "--month", month)
+    assert code == 1, out
+    assert out.startswith(f"error: --month {month}: the period is not over on "), out
+    assert started == []
