@@ -88,7 +88,10 @@ class LoadRequested(Payload):
     flow_type: FlowType
     version: LayoutVersion = "2020"
     ente: EnteCode
-    period: Period
+    period: Period = Field(description="The reference period. It must be over when the load runs (its end before "
+                                       "that day, Italian time; the load runs now, or at scheduled_at when later): "
+                                       "a request for a period not over makes no instance and goes to the topic's "
+                                       ".dlq, its dlq_reason naming period.end.")
     scheduled_at: datetime | None = Field(default=None, description="Start at this time instead of now.")
     requested_by: Actor
 

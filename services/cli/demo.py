@@ -13,7 +13,7 @@ from rich.rule import Rule
 from contracts.deadlines import italian_today
 from services.cli import instances as inst
 from services.cli import sources, stack
-from services.cli.common import console, settings
+from services.cli.common import UserError, console, settings
 
 # The simulator's account (simulators/sistema_ts/__main__.py defaults): test values, not secrets.
 DEMO_TS = {"cf": "PROVAX00X00X000Y", "user": "PROVAX00X00X000Y", "password": "Salve123", "pincode": "1234567890"}
@@ -71,6 +71,14 @@ async def _demo_login(ente: str) -> str:
 
 
 def run_demo(ente: str, month: str | None, services: int) -> None:
+    from services.loader.load_rules import period_not_over
+    from simulators.cup.generator import month_period
+
+    month = month or _last_month()
+    # A month not over cannot be loaded (the loader would refuse the demo's loads, and the demo wait for them):
+    # said before anything starts, with the loader's own rule.
+    if (not_over := period_not_over(month_period(month)[1], None)) is not None:
+        raise UserError(f"--month {month}: {not_over.reason()}")
     console.print(Rule("0. Platform: Kafka 3.9 + PostgreSQL + services"))
     stack.up(brokers=1, with_services=True)
-    asyncio.run(_walk(ente, month or _last_month(), services))
+    asyncio.run(_walk(ente, month, services))

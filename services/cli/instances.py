@@ -282,21 +282,27 @@ async def export(instance: int, out: Path) -> None:
 
 
 async def feedback(instance: int, out: Path | None, limit: int) -> None:
+    from services.runtime.esiti import esiti, esiti_csv
+
     cfg = settings()
     async with database(cfg) as pool:
         row = await _instance_row(pool, instance)
-        files = [r for r in await _files(pool, instance) if r["kind"] in ("feedback", "ts-errors")]
+        files = await esiti(pool, instance)  # the console's feedback pages list the same, in the same order
     if not files:
         console.print(f"instance {instance} ({row['state']}) has no feedback: nothing was wrong")
         return
     store = FileStore(cfg.files_dir)
+    if out is not None:
+        # One file with every esito (each written over the one before kept only the last): services/runtime/esiti.py
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("wb") as dst:
+            for chunk in esiti_csv([(f["name"], store.path(f["sha256"])) for f in files]):
+                dst.write(chunk)
+        names = ", ".join(f["name"] for f in files)
+        console.print(f"wrote {out} ({names})" if len(files) == 1 else
+                      f"wrote {out}: {len(files)} esiti ({names}), each line led by its esito")
+        return
     for f in files:
-        if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with store.open(f["sha256"]) as src:
-                out.write_bytes(src.read())
-            console.print(f"wrote {out}")
-            continue
         with store.open(f["sha256"]) as src:
             lines = src.read().decode("utf-8", errors="replace").splitlines()
         header, body = lines[0].split(";"), [ln.split(";", len(lines[0].split(";")) - 1) for ln in lines[1:]]

@@ -149,6 +149,12 @@ def load(flow_type: Annotated[str, typer.Option("--type", help=" | ".join(FLOW_T
     # A time without a zone is Italy's, whatever the host's zone (UTC in the containers): as the console reads it.
     when = datetime.fromisoformat(at) if at else None
     scheduled = (when if when.tzinfo else when.replace(tzinfo=ITALY)) if when else None
+    # A period not over when the load would run (now, or --at) is refused before anything is sent: the loader's
+    # own rule (it refuses such a command too), not a copy of it.
+    from services.loader.load_rules import period_not_over
+
+    if end >= start and (not_over := period_not_over(end.date(), scheduled)) is not None:
+        raise UserError(f"--to {end.date()}: {not_over.reason()}")
     run(inst.load(flow_type, ente, start.date(), end.date(), version, scheduled, wait, operator_name()))
 
 

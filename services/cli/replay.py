@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from services.cli.common import console, database, table
+from services.cli.common import UserError, console, database, table
 from services.runtime.eventstore import EventStore
 from services.runtime.projections import Projection, rebuild_and_diff
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
@@ -32,8 +32,9 @@ async def replay(instance: int | None, verify: bool) -> bool:
         for stream in streams:
             history = await store.read_stream(stream)
             if not history:
-                console.print(f"[red]no stream {stream}[/]")
-                return False
+                # Bad input, said as every command says it (exit 1), not a replay that found a difference (exit 2).
+                # The log, not instance_list, decides: the read model is what a replay may be rebuilding.
+                raise UserError(f"there is no instance {instance}; `flows instances` lists them")
             events += len(history)
         console.print(f"replayed {len(streams)} stream(s), {events} events")
         if verify:

@@ -38,6 +38,7 @@ from contracts.deadlines import (
 )
 from contracts.deadlines import status as deadline_status
 from contracts.flows import FlowType
+from contracts.italian import italian_number
 from contracts.states import SENDABLE_FLOW_TYPES, IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError
 from services.cli.fileview import file_rows
@@ -63,7 +64,6 @@ from services.console.labels import (
     STATE_LABELS,
     STATE_VALUES,
     badge,
-    italian_number,
 )
 from services.console.live import next_change
 from services.console.web import (
@@ -79,7 +79,9 @@ from services.console.web import (
     templates,
 )
 from services.loader.catalogue import known_enti
+from services.loader.load_rules import period_not_over
 from services.runtime.coverage import coverage
+from services.runtime.esiti import esiti, esiti_csv, esiti_csv_name
 from services.runtime.read_models import instance_stream
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, SealError, key_id, sealed_key_id
 
@@ -322,6 +324,10 @@ def _load_errors(principal: auth.Principal, form: dict[str, str]) -> tuple[dict[
             values["pianificata"] = datetime.fromisoformat(form["pianificata"]).replace(tzinfo=ROME)
         except ValueError:
             errors["pianificata"] = f"Avvio pianificato non valido ({form['pianificata']!r})."
+    # The loader's own rule (it refuses such a load too): a period not over when the load would start, now or at
+    # its Avvio pianificato. Said beside Fine riferimento; the same month scheduled after its end is sent.
+    if not errors and (not_over := period_not_over(values["al"], values["pianificata"])) is not None:
+        errors["al"] = not_over.italian()
     return errors, values
 
 
@@ -569,10 +575,16 @@ async def files_zip(ctx: Ctx) -> Response:
 
 
 async def feedback_files(ctx: Ctx) -> list[asyncpg.Record]:
+    """The instance's esiti, as `flows feedback` lists them too (services/runtime/esiti.py)."""
     assert ctx.row is not None
-    return await console_of(ctx.request).pool.fetch(
-        "SELECT * FROM instance_files WHERE instance = $1 AND kind IN ('feedback', 'ts-errors') ORDER BY name",
-        ctx.row["instance"])
+    return await esiti(console_of(ctx.request).pool, int(ctx.row["instance"]))
+
+
+def all_esiti_response(console: Console, instance: int, files: list[asyncpg.Record]) -> Response:
+    """Every esito of the instance in one CSV (esiti.esiti_csv: one esito is its file as is)."""
+    body = esiti_csv([(f["name"], console.files.path(f["sha256"])) for f in files])
+    name = esiti_csv_name(instance, [f["name"] for f in files])
+    return StreamingResponse(body, media_type="text/csv", headers=attachment_headers(name))
 
 
 @route(pages, "GET", "/istanze/{instance}/feedback", READ_INSTANCE, "page")
@@ -603,10 +615,15 @@ async def feedback_page(ctx: Ctx, da: int = 0, file: str | None = None) -> Respo
     await record_access(console.store, ctx.principal, "feedback-view", int(instance), ctx.address,
                         {"file": f["name"], "from": offset, "records": len(rows)})
     more = len(rows) == FILE_PAGE and _has_records_from(path, kind, flow_type, version, offset + FILE_PAGE)
-    download = f"/istanze/{instance}/file/{quoted}/scarica" if file else f"/istanze/{instance}/feedback.csv"
+    # 'Scarica il file' is the esito shown; with several, 'Scarica tutti gli esiti' is feedback.csv (one esito:
+    # feedback.csv is that file, and the one link says so).
+    several = len(files) > 1
+    download = (f"/istanze/{instance}/file/{quoted}/scarica" if file or several
+                else f"/istanze/{instance}/feedback.csv")
     return page(ctx, "table_view.html", title, active="/istanze",
                 instance=instance, caption=f"{f['name']}: {caption}", columns=columns, rows=rows,
-                download=download, prev_url=f"{base}da={max(offset - FILE_PAGE, 0)}" if offset else None,
+                download=download, download_all=f"/istanze/{instance}/feedback.csv" if several else None,
+                esiti_count=len(files), prev_url=f"{base}da={max(offset - FILE_PAGE, 0)}" if offset else None,
                 next_url=f"{base}da={offset + FILE_PAGE}" if more else None)
 
 
@@ -618,10 +635,10 @@ async def feedback_csv(ctx: Ctx) -> Response:
     files = await feedback_files(ctx)
     if not files:
         raise HTTPException(404)
+    # Every esito the pages list (the first alone was given: a 730's TS errors were never in it)
     await record_access(console.store, ctx.principal, "feedback-download", int(ctx.row["instance"]), ctx.address,
-                        {"file": files[0]["name"]})
-    return FileResponse(console.files.path(files[0]["sha256"]), media_type="text/csv",
-                        headers=attachment_headers(files[0]["name"]))
+                        {"file": ", ".join(f["name"] for f in files)})
+    return all_esiti_response(console, int(ctx.row["instance"]), files)
 
 
 @route(pages, "POST", "/istanze/{instance}/formatta", ACT_ON_INSTANCE, "action")

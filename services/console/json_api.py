@@ -21,6 +21,7 @@ from services.console.access import (
     record_access,
 )
 from services.console.instance_pages import (
+    all_esiti_response,
     attachment_headers,
     feedback_files,
     instance_file,
@@ -28,6 +29,7 @@ from services.console.instance_pages import (
     search_instances,
 )
 from services.console.web import PAGE_SIZE, Ctx, api, console_of, route
+from services.loader.load_rules import period_not_over
 
 log = structlog.get_logger("console")
 
@@ -85,6 +87,9 @@ async def api_request_load(ctx: Ctx, body: LoadRequestBody) -> Response:
         problems["ente"] = f"ente {body.ente!r} is not one of this client's enti"
     if body.period_end < body.period_start:
         problems["period_end"] = f"period_end {body.period_end} is before period_start {body.period_start}"
+    # the loader's own rule, asked first so the client is told at once (the loader would dead-letter the command)
+    elif (not_over := period_not_over(body.period_end, body.scheduled_at)) is not None:
+        problems["period_end"] = f"period_end {body.period_end}: {not_over.reason()}"
     if problems:
         return JSONResponse({"detail": problems}, status_code=422)
     try:
@@ -99,15 +104,16 @@ async def api_request_load(ctx: Ctx, body: LoadRequestBody) -> Response:
 
 @route(api, "GET", "/istanze/{instance}/feedback", READ_INSTANCE, "api")
 async def api_feedback(ctx: Ctx, instance: int) -> Response:
-    """The feedback CSV of an instance (recorded in the access log: it names codici fiscali)."""
+    """The feedback CSV of an instance, every esito (recorded in the access log: it names codici fiscali). One esito
+    (the load's feedback) is its file as is; several (a 730's load feedback and Sistema TS's errors of each part)
+    come in turn, each after its own header, every line led by a column `esito` naming its file."""
     files = await feedback_files(ctx)
     if not files:
         raise HTTPException(404)
     console = console_of(ctx.request)
     await record_access(console.store, ctx.principal, "feedback-download", instance, ctx.address,
-                        {"file": files[0]["name"], "via": "api"})
-    return FileResponse(console.files.path(files[0]["sha256"]), media_type="text/csv",
-                        headers=attachment_headers(files[0]["name"]))
+                        {"file": ", ".join(f["name"] for f in files), "via": "api"})
+    return all_esiti_response(console, instance, files)
 
 
 @route(api, "GET", "/istanze/{instance}/file/{name}", READ_INSTANCE, "api")

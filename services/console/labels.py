@@ -21,10 +21,6 @@ from contracts.onboarding import KIND_LABELS
 ROME = ITALY
 
 
-def italian_number(n: int) -> str:
-    """A whole number as Italians write it, thousands grouped by a dot: 597.507."""
-    return f"{n:,}".replace(",", ".")
-
 STATE_LABELS = {
     "Scheduled": "Pianificata", "Running": "In esecuzione", "Checked": "Verificata",
     "Failed loading": "Caricamento fallito", "Formatting in progress": "Formattazione in corso",

@@ -9,9 +9,9 @@ through a server-side cursor in batches, so no list of the whole period is ever 
 
 Every broken rule becomes one row of `load_problem` (record key, field, code, severity, message);
 services.loader.feedback streams them into the feedback file. The message is what the operators read, so it is
-in Italian (plain administrative Italian, naming the record's values verbatim: ISO dates, amounts with a decimal
-point, as the source holds them); the code, the field and the `question` of each rule are identifiers and
-documentation, in English.
+in Italian (plain administrative Italian, naming the record's values, its days and amounts written as Italians
+write them, 05/08/2020 and 1.234,50 €, by contracts.italian's SQL twins; codes as they are, 89.52); the code, the
+field and the `question` of each rule are identifiers and documentation, in English.
 
 Record keys (contracts.feedback.RECORD_KEY_DESCRIPTION): `<source_id>@<prescription_id>/<row>` for a
 service row (2 digits, more past 99: never cut), `<source_id of the first row>@<prescription_id>/99`
@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from contracts.italian import italian_amount, italian_amount_sql, italian_date_sql
 from services.formatter.fixedwidth import TRANSLITERATION
 from services.loader.codice_fiscale import check_codici_fiscali
 from services.loader.snapshot import WORK_MEM
@@ -107,6 +108,8 @@ def _name_rule(code: str, field: str, what: str, italian: str, length: int) -> R
 
 
 _STRUCTURE_MESSAGE = "format('la struttura %s non è una struttura dell''ente %s', s.structure_sts11, s.ente)"
+# the SQL of a day (05/08/2020) and of an amount (1.234,50 €) in a message, as the console writes them
+_day, _euro = italian_date_sql, italian_amount_sql
 
 
 SERVICE_ROW_RULES = RuleSet(
@@ -120,23 +123,23 @@ SERVICE_ROW_RULES = RuleSet(
              "Is the service dated after the period, or before the previous period (a prescription may span two)?",
              "s.delivery_date > $4::date OR s.delivery_date < $3::date - ($4::date - $3::date + 1)",
              "format('la data di erogazione %s è fuori dal periodo ammesso, dal %s al %s (il periodo del "
-             "caricamento e, per una ricetta a cavallo di due periodi, quello precedente)', s.delivery_date, "
-             "$3::date - ($4::date - $3::date + 1), $4::date)"),
+             "caricamento e, per una ricetta a cavallo di due periodi, quello precedente)', "
+             f"{_day('s.delivery_date')}, {_day('$3::date - ($4::date - $3::date + 1)')}, {_day('$4::date')})"),
         Rule("DELIVERY_BEFORE_PRESCRIPTION", ERROR, "delivery_date",
              "Was the service delivered before it was prescribed?",
              "s.delivery_date < s.prescription_date",
-             "format('la data di erogazione %s è precedente alla data di prescrizione %s', s.delivery_date, "
-             "s.prescription_date)"),
+             "format('la data di erogazione %s è precedente alla data di prescrizione %s', "
+             f"{_day('s.delivery_date')}, {_day('s.prescription_date')})"),
         Rule("BOOKING_AFTER_DELIVERY", ERROR, "booking_date",
              "Was the service booked after it was delivered?",
              "s.booking_date > s.delivery_date",
-             "format('la data di prenotazione %s è successiva alla data di erogazione %s', s.booking_date, "
-             "s.delivery_date)"),
+             "format('la data di prenotazione %s è successiva alla data di erogazione %s', "
+             f"{_day('s.booking_date')}, {_day('s.delivery_date')})"),
         Rule("BIRTH_AFTER_DELIVERY", ERROR, "patient_birth_date",
              "Was the patient born after the service?",
              "s.patient_birth_date > s.delivery_date",
-             "format('la data di nascita %s è successiva alla data di erogazione %s', s.patient_birth_date, "
-             "s.delivery_date)"),
+             "format('la data di nascita %s è successiva alla data di erogazione %s', "
+             f"{_day('s.patient_birth_date')}, {_day('s.delivery_date')})"),
         Rule("UNKNOWN_SERVICE_CODE", ERROR, "catalogue_code",
              "Is the service code missing from the catalogue of this version?",
              "c.code IS NULL",
@@ -145,19 +148,19 @@ SERVICE_ROW_RULES = RuleSet(
         Rule("QUANTITY_NOT_POSITIVE", ERROR, "quantity", "Is the quantity below 1?",
              "s.quantity < 1", "format('la quantità %s è inferiore a 1', s.quantity)"),
         Rule("AMOUNT_NEGATIVE", ERROR, "tariff", "Is the tariff negative?",
-             "s.tariff < 0", "format('la tariffa %s è negativa', s.tariff)"),
+             "s.tariff < 0", f"format('la tariffa %s è negativa', {_euro('s.tariff')})"),
         Rule("AMOUNT_NEGATIVE", ERROR, "ticket", "Is the ticket negative?",
-             "s.ticket < 0", "format('il ticket %s è negativo', s.ticket)"),
+             "s.ticket < 0", f"format('il ticket %s è negativo', {_euro('s.ticket')})"),
         Rule("AMOUNT_TOO_LARGE", ERROR, "tariff",
              "Does the row total (quantity x tariff) overflow the 8-character amount?",
              f"s.quantity * s.tariff > {MAX_TOTAL}",
-             f"format('il totale di riga %s x %s = %s supera {MAX_TOTAL}', s.quantity, s.tariff, "
-             "s.quantity * s.tariff)"),
+             f"format('il totale di riga %s x %s = %s supera {italian_amount(MAX_TOTAL)}', s.quantity, "
+             f"{_euro('s.tariff')}, {_euro('s.quantity * s.tariff')})"),
         Rule("TARIFF_DIFFERS_FROM_CATALOGUE", WARNING, "tariff",
              "Does the tariff differ from the catalogue's?",
              "c.tariff <> s.tariff",
-             "format('la tariffa %s è diversa dalla tariffa %s del catalogo per la prestazione %s', s.tariff, "
-             "c.tariff, s.catalogue_code)"),
+             "format('la tariffa %s è diversa dalla tariffa %s del catalogo per la prestazione %s', "
+             f"{_euro('s.tariff')}, {_euro('c.tariff')}, s.catalogue_code)"),
         Rule("TOO_MANY_SERVICES", ERROR, "row_number",
              "Is this service beyond row 98 of its prescription (row 99 closes it)?",
              "s.row_number > 98",
@@ -211,21 +214,22 @@ PRESCRIPTION_RULES = RuleSet(
              "Is an SSN prescription (type S) with no ticket paid missing its exemption code?",
              "s.ssn AND s.delivery_type = 'S' AND s.ticket_total = 0 AND s.services_total > 0 "
              "AND s.exemption_code IS NULL",
-             "format('nessun ticket pagato su %s euro di prestazioni e nessun codice di esenzione', "
-             "s.services_total)"),
+             "format('nessun ticket pagato su %s di prestazioni e nessun codice di esenzione', "
+             f"{_euro('s.services_total')})"),
         Rule("AMOUNT_ARITHMETIC", ERROR, "ticket",
              "Does the ticket paid exceed the value of the services plus the fixed fee?",
              f"s.ticket_total > s.services_total + {FIXED_FEE_ALLOWANCE}",
              f"format('il ticket %s supera il totale delle prestazioni %s più la quota fissa di "
-             f"{FIXED_FEE_ALLOWANCE} euro', s.ticket_total, s.services_total)"),
+             f"{italian_amount(FIXED_FEE_ALLOWANCE)}', {_euro('s.ticket_total')}, {_euro('s.services_total')})"),
         Rule("AMOUNT_TOO_LARGE", ERROR, "ticket",
              "Does the prescription's ticket overflow the 7-character amount?",
              f"s.ticket_total > {MAX_TICKET}",
-             f"format('il ticket %s supera {MAX_TICKET}', s.ticket_total)"),
+             f"format('il ticket %s supera {italian_amount(MAX_TICKET)}', {_euro('s.ticket_total')})"),
         Rule("AMOUNT_TOO_LARGE", ERROR, "tariff",
              "Does the prescription's net total overflow the 8-character amount?",
              f"s.services_total - s.ticket_total > {MAX_TOTAL}",
-             f"format('il totale netto %s supera {MAX_TOTAL}', s.services_total - s.ticket_total)"),
+             f"format('il totale netto %s supera {italian_amount(MAX_TOTAL)}', "
+             f"{_euro('s.services_total - s.ticket_total')})"),
         Rule("DUPLICATE_PRESCRIPTION_NUMBER", ERROR, "prescription_number",
              "Is the prescription number already used by another prescription (ID) of the snapshot?",
              "s.number_rank > 1",
@@ -258,7 +262,7 @@ BOOKING_RULES = RuleSet(
         Rule("APPOINTMENT_BEFORE_BOOKING", ERROR, "appointment_date", "Is the appointment before the booking?",
              "s.appointment_date < s.booking_date",
              "format('la data dell''appuntamento %s è precedente alla data di prenotazione %s', "
-             "s.appointment_date, s.booking_date)"),
+             f"{_day('s.appointment_date')}, {_day('s.booking_date')})"),
     ),
 )
 
@@ -271,7 +275,8 @@ PAYMENT_DOCUMENT_RULES = RuleSet(
         _STRUCTURE,
         Rule("PAYMENT_AFTER_PERIOD", ERROR, "payment_date", "Is the payment dated after the period?",
              "s.payment_date > $4::date",
-             "format('la data di pagamento %s è successiva alla fine del periodo, %s', s.payment_date, $4::date)"),
+             "format('la data di pagamento %s è successiva alla fine del periodo, %s', "
+             f"{_day('s.payment_date')}, {_day('$4::date')})"),
     ),
 )
 

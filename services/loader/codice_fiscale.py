@@ -24,6 +24,8 @@ from datetime import date
 import numpy as np
 import numpy.typing as npt
 
+from contracts.italian import italian_date
+
 OMOCODE_LETTERS = "LMNPQRSTUV"
 MONTH_LETTERS = "ABCDEHLMPRST"
 _ODD_VALUES = dict(zip("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ",
@@ -128,6 +130,6 @@ def _message(code: str, cf: str, sexes: Sequence[str] | None, births: Sequence[d
                 f"{check_character(cf[:15])}, non {cf[15]}")
     if code == "CF_BIRTH_MISMATCH":
         assert births is not None
-        return f"il codice fiscale {cf} non corrisponde alla data di nascita {births[i].isoformat()}"
+        return f"il codice fiscale {cf} non corrisponde alla data di nascita {italian_date(births[i])}"
     assert sexes is not None
     return f"il codice fiscale {cf} non corrisponde al sesso {sexes[i]}"

@@ -36,6 +36,7 @@ from contracts import flows
 from contracts.instance import FlowInstance
 from contracts.states import Actor, InstanceState
 from services.loader.catalogue import unknown_ente_reason
+from services.loader.load_rules import period_not_over
 from services.runtime import tracing
 from services.runtime.backoff import INTERRUPTED_CAP_S, Interruptions
 from services.runtime.broker import Incoming, Refused, is_transient
@@ -70,6 +71,10 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
         # no instance: the command goes to flows.load-requested.dlq with this reason
         raise Refused(f"load request {cmd.request_id}: {unknown}")
     now = datetime.now(UTC)
+    if (not_over := period_not_over(cmd.period.end, cmd.scheduled_at, now)) is not None:
+        # likewise: a period not over when the load would run, now or at its scheduled start (load_rules.py). A
+        # command accepted once is accepted again when redelivered: the time only moves on.
+        raise Refused(f"load request {cmd.request_id}: period.end {cmd.period.end}: {not_over.reason()}")
     scheduled = cmd.scheduled_at is not None and cmd.scheduled_at > now
     async with deps.instances.handling(msg) as handling:
         if handling is None:

@@ -23,6 +23,7 @@ from datetime import date
 import asyncpg
 
 from contracts.flows import FlowType
+from contracts.italian import italian_date
 from services.loader import checks
 from services.loader.catalogue import DIGEST_SQL, sync_reference_data
 from services.loader.checks import NO_SOURCE_DATA, run_checks
@@ -234,8 +235,8 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
             await conn.execute(
                 "INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message) "
                 "VALUES ($1, '*', $2, $3, $4, $5)", snapshot_id, field, code, severity,
-                f"nessun dato di origine ({_SOURCE_DATA[table]}) per l'ente {ente} dal {period_start} al "
-                f"{period_end}: il caricamento è vuoto")
+                f"nessun dato di origine ({_SOURCE_DATA[table]}) per l'ente {ente} dal {italian_date(period_start)} al "
+                f"{italian_date(period_end)}: il caricamento è vuoto")
     checked = ChecksDone(snapshot_id, counts)
     found = await mark_checked(pool, checked)
     outcome = await finish_load(pool, filestore, checked, found)

@@ -5,6 +5,8 @@ user-eye review found, each checked where the user reads it. A page's parameter 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -249,6 +251,47 @@ async def test_each_esito_of_an_instance_is_read_from_its_own_link(console: Runn
             assert said in await page.inner_text("#tabella"), name
 
 
+async def test_the_feedback_download_holds_every_esito_each_line_once_naming_its_esito(
+        console: RunningConsole) -> None:
+    """feedback.csv (and the API's feedback) gave the first esito alone: the load's feedback of a 730, without a line
+    of Sistema TS's errors. It now holds every esito the pages list, each line once, led by the esito's file name
+    (the caption of its page), each esito after its own header; from any esito's page 'Scarica tutti gli esiti'
+    downloads it, 'Scarica il file' that esito alone."""
+    esiti = {"feedback_1.csv": FEEDBACK,
+             **{f"ts_errors_1_p{n}.csv": f"COD REGIONE;DESCRIZIONE ERRORE\r\n150;documento P{n} rifiutato\r\n"
+                .encode() for n in (1, 2)}}
+    refs = {name: console.file_ref(name, "feedback" if name.startswith("feedback") else "ts-errors", data, 1,
+                                   "text/csv") for name, data in esiti.items()}
+    instance = await console.instance("201", [("flows.load-checked", {"source_instance": 2, "counts": {},
+                                                                      "warnings": 1,
+                                                                      "feedback": refs["feedback_1.csv"]}),
+                                              ("flows.formatting-started", {}),
+                                              ("flows.formatted", {"files": [refs["ts_errors_1_p1.csv"],
+                                                                             refs["ts_errors_1_p2.csv"]]})],
+                                     flow_type="FLUSSO_730")
+    expected = []
+    for name, data in esiti.items():
+        header, *lines = _csv_rows(data)
+        expected += [["esito", *header], *[[name, *line] for line in lines]]
+    async with signed_in(console, "op.201") as page:
+        for url in (f"/istanze/{instance}/feedback.csv", f"/api/istanze/{instance}/feedback"):
+            answer = await page.request.get(console.url + url)
+            assert answer.ok, url
+            assert _csv_rows(await answer.body()) == expected, url
+            assert f'filename="esiti_{instance}.csv"' in answer.headers["content-disposition"], url
+        await page.goto(f"{console.url}/istanze/{instance}/feedback?file=ts_errors_1_p2.csv")
+        async with page.expect_download() as every:
+            await page.click("text=Scarica tutti gli esiti")
+        assert _csv_rows((await (await every.value).path()).read_bytes()) == expected
+        async with page.expect_download() as one:
+            await page.click("text=Scarica il file")
+        assert (await (await one.value).path()).read_bytes() == esiti["ts_errors_1_p2.csv"]
+
+
+def _csv_rows(data: bytes) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=";"))
+
+
 async def test_a_730_or_ts_csv_page_past_its_end_says_so_too(console: RunningConsole) -> None:
     errors = console.file_ref("ts_errors_1_p1.csv", "ts-errors", b"COD REGIONE;DESCRIZIONE ERRORE\n150;x\n", 1,
                               "text/csv")
@@ -259,3 +302,32 @@ async def test_a_730_or_ts_csv_page_past_its_end_says_so_too(console: RunningCon
         answer = await page.goto(f"{console.url}/istanze/{instance}/file/ts_errors_1_p1.csv?da=500")
         assert answer is not None and answer.status == 404
         assert "non ha record dalla posizione 501" in await page.inner_text("main")
+
+
+# Every Content-Security-Policy violation of the page, as the browser reports it (the `securitypolicyviolation`
+# event): installed before any of the page's own scripts and styles run.
+COLLECT_CSP_VIOLATIONS = """
+window.__csp = [];
+document.addEventListener('securitypolicyviolation',
+  e => window.__csp.push(`${e.effectiveDirective} blocked ${e.blockedURI.slice(0, 40)} (${e.sourceFile})`));
+"""
+
+
+async def test_no_page_breaks_its_own_content_security_policy(console: RunningConsole) -> None:
+    """Bootstrap Italia's CSS embeds the VideoJS icon font as a data: URL; under `default-src 'self'` the browser
+    refused it (seen only in its console). The pages load with no CSP violation and no console error."""
+    instance = await _failed_load(console)
+    async with signed_in(console, "op.201") as page:
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text[:160]) if m.type == "error" else None)
+        await page.add_init_script(COLLECT_CSP_VIOLATIONS)
+        for path in ("/istanze", "/istanze/nuova", f"/istanze/{instance}", f"/istanze/{instance}/feedback",
+                     "/scadenze"):
+            answer = await page.goto(console.url + path)
+            assert answer is not None and answer.ok, path
+            await page.evaluate("document.fonts.ready")
+            violations = await page.evaluate("window.__csp")
+            assert (violations, errors) == ([], []), f"{path}: {violations} {errors}"
+        # What was allowed is that font, and no more: fonts from the console itself or a data: URL, nowhere else.
+        policy = (await page.request.get(console.url + "/istanze")).headers["content-security-policy"]
+        assert "font-src 'self' data:" in [d.strip() for d in policy.split(";")], policy

@@ -55,10 +55,11 @@ def bad(**changes: Any) -> list[DeliveredService]:
 
 
 # code, field, the bad prescription, expected record key, optional SQL applied to the source rows, and the
-# message the operator reads (Italian, naming the values): every rule family's text is pinned here
+# message the operator reads (Italian, naming the values, days and amounts written as Italians write them:
+# 05/08/2020, 1.234,50 €; codes as they are: 89.52): every rule family's text is pinned here
 _CF_FORMAT = ("il codice fiscale RSSMRA80Z01F839W non è formalmente corretto (lettere, cifre, mese o giorno in "
               "posizioni sbagliate)")
-_OUTSIDE = ("la data di erogazione 2020-06-10 è fuori dal periodo ammesso, dal 2020-07-01 al 2020-08-31 (il periodo "
+_OUTSIDE = ("la data di erogazione 10/06/2020 è fuori dal periodo ammesso, dal 01/07/2020 al 31/08/2020 (il periodo "
             "del caricamento e, per una ricetta a cavallo di due periodi, quello precedente)")
 _OK_NUMBER = "150A" + str(sum(map(ord, "RX-OK"))).zfill(12)  # RX-OK's prescription number (ecg)
 CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
@@ -66,30 +67,34 @@ CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
      "il carattere di controllo del codice fiscale RSSMRA80A01F839X dovrebbe essere W, non X"),
     ("CF_FORMAT", "patient_cf", bad(patient_cf="RSSMRA80Z01F839W"), "B-1@RX-BAD/01", None, _CF_FORMAT),
     ("CF_BIRTH_MISMATCH", "patient_cf", bad(patient_birth_date=date(1980, 1, 2)), "B-1@RX-BAD/01", None,
-     "il codice fiscale RSSMRA80A01F839W non corrisponde alla data di nascita 1980-01-02"),
+     "il codice fiscale RSSMRA80A01F839W non corrisponde alla data di nascita 02/01/1980"),
     ("CF_SEX_MISMATCH", "patient_cf", bad(patient_sex="F"), "B-1@RX-BAD/01", None,
      "il codice fiscale RSSMRA80A01F839W non corrisponde al sesso F"),
     ("DATE_OUTSIDE_PERIOD", "delivery_date",
      [ecg("B-1", "RX-BAD", delivery_date=date(2020, 6, 10), prescription_date=None, booking_date=None),
       ecg("B-2", "RX-BAD")], "B-1@RX-BAD/01", None, _OUTSIDE),
     ("DELIVERY_BEFORE_PRESCRIPTION", "delivery_date", bad(prescription_date=date(2020, 8, 20)), "B-1@RX-BAD/01", None,
-     "la data di erogazione 2020-08-05 è precedente alla data di prescrizione 2020-08-20"),
+     "la data di erogazione 05/08/2020 è precedente alla data di prescrizione 20/08/2020"),
     ("BOOKING_AFTER_DELIVERY", "booking_date", bad(booking_date=date(2020, 8, 20)), "B-1@RX-BAD/01", None,
-     "la data di prenotazione 2020-08-20 è successiva alla data di erogazione 2020-08-05"),
+     "la data di prenotazione 20/08/2020 è successiva alla data di erogazione 05/08/2020"),
     ("BIRTH_AFTER_DELIVERY", "patient_birth_date", bad(patient_birth_date=date(2020, 8, 6)), "B-1@RX-BAD/01", None,
-     "la data di nascita 2020-08-06 è successiva alla data di erogazione 2020-08-05"),
+     "la data di nascita 06/08/2020 è successiva alla data di erogazione 05/08/2020"),
     ("UNKNOWN_SERVICE_CODE", "catalogue_code", bad(catalogue_code="89.99.9"), "B-1@RX-BAD/01", None,
      "il codice prestazione 89.99.9 (codifica N) non è presente nel catalogo 2020"),
     ("QUANTITY_NOT_POSITIVE", "quantity", bad(), "B-1@RX-BAD/01",
      "UPDATE source_service SET quantity = 0 WHERE source_id = 'B-1'", "la quantità 0 è inferiore a 1"),
     ("AMOUNT_NEGATIVE", "tariff", bad(), "B-1@RX-BAD/01",
-     "UPDATE source_service SET tariff = -1 WHERE source_id = 'B-1'", "la tariffa -1.00 è negativa"),
+     "UPDATE source_service SET tariff = -1 WHERE source_id = 'B-1'", "la tariffa -1,00 € è negativa"),
     ("AMOUNT_NEGATIVE", "ticket", bad(), "B-1@RX-BAD/01",
-     "UPDATE source_service SET ticket = -1 WHERE source_id = 'B-1'", "il ticket -1.00 è negativo"),
+     "UPDATE source_service SET ticket = -1 WHERE source_id = 'B-1'", "il ticket -1,00 € è negativo"),
     ("AMOUNT_TOO_LARGE", "tariff", bad(catalogue_code="13.41", tariff=Decimal("903.42"), quantity=999),
-     "B-1@RX-BAD/01", None, "il totale di riga 999 x 903.42 = 902516.58 supera 99999.99"),
+     "B-1@RX-BAD/01", None, "il totale di riga 999 x 903,42 € = 902.516,58 € supera 99.999,99 €"),
+    ("AMOUNT_TOO_LARGE", "tariff", bad(catalogue_code="13.41", tariff=Decimal("903.42"), quantity=999),
+     "B-1@RX-BAD/99", None, "il totale netto 902.504,96 € supera 99.999,99 €"),
+    ("AMOUNT_TOO_LARGE", "ticket", bad(), "B-1@RX-BAD/99",
+     "UPDATE source_service SET ticket = 12345.6 WHERE source_id = 'B-1'", "il ticket 12.345,60 € supera 9.999,99 €"),
     ("TARIFF_DIFFERS_FROM_CATALOGUE", "tariff", bad(tariff=Decimal("12.00"), ticket=Decimal("12.00")),
-     "B-1@RX-BAD/01", None, "la tariffa 12.00 è diversa dalla tariffa 11.62 del catalogo per la prestazione 89.52"),
+     "B-1@RX-BAD/01", None, "la tariffa 12,00 € è diversa dalla tariffa 11,62 € del catalogo per la prestazione 89.52"),
     ("TOO_MANY_SERVICES", "row_number",
      [ecg(f"B-{i:02d}", "RX-BAD", catalogue_code="90.27.1", tariff=Decimal("1.17"),
           ticket=Decimal("0.00") if i > 1 else Decimal("36.15")) for i in range(1, 100)], "B-99@RX-BAD/99", None,
@@ -102,9 +107,9 @@ CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
     ("NAME_TOO_LONG", "patient_name", bad(patient_name="MARIO GENNARO SALVATORE"), "B-1@RX-BAD/01", None,
      "il nome MARIO GENNARO SALVATORE ha 23 caratteri in ASCII: sarà troncato a 20"),
     ("EXEMPTION_REQUIRED", "exemption_code", bad(ticket=Decimal("0.00")), "B-1@RX-BAD/99", None,
-     "nessun ticket pagato su 11.62 euro di prestazioni e nessun codice di esenzione"),
+     "nessun ticket pagato su 11,62 € di prestazioni e nessun codice di esenzione"),
     ("AMOUNT_ARITHMETIC", "ticket", bad(ticket=Decimal("50.00")), "B-1@RX-BAD/99", None,
-     "il ticket 50.00 supera il totale delle prestazioni 11.62 più la quota fissa di 10.00 euro"),
+     "il ticket 50,00 € supera il totale delle prestazioni 11,62 € più la quota fissa di 10,00 €"),
     ("DUPLICATE_PRESCRIPTION_NUMBER", "prescription_number",
      bad(prescription_number=_OK_NUMBER), "B-1@RX-BAD/99", None,
      f"il numero ricetta {_OK_NUMBER} è già usato dalla ricetta RX-OK"),
@@ -285,9 +290,37 @@ async def test_a_period_with_no_source_data_is_a_warning_the_operator_sees(pool:
     problems = _feedback(store, outcome)
     assert [(p["record_key"], p["field"], p["code"], p["severity"]) for p in problems] == [
         ("*", "period", "NO_SOURCE_DATA", "warning")]
-    assert problems[0]["message"] == ("nessun dato di origine (prestazioni erogate) per l'ente 204 dal 2021-08-01 "
-                                      "al 2021-08-31: il caricamento è vuoto")
+    assert problems[0]["message"] == ("nessun dato di origine (prestazioni erogate) per l'ente 204 dal 01/08/2021 "
+                                      "al 31/08/2021: il caricamento è vuoto")
     assert outcome.checked and outcome.warnings == 1 and outcome.summary == "1 avviso: 1 x NO_SOURCE_DATA"
+
+
+async def test_booking_and_payment_problems_write_their_days_as_italians_do(pool: asyncpg.Pool,
+                                                                            tmp_path: Path) -> None:
+    """The rules over bookings (ALPI TA) and payment documents (730) name their days as the others do: 05/08/2020."""
+    await _store_all(pool, generate("204", "2020-08", 400, seed=1951))
+    async with pool.acquire() as conn:
+        booking = await conn.fetchrow(
+            "UPDATE source_intramoenia_booking SET appointment_date = booking_date - 3 WHERE source_id = "
+            "(SELECT min(source_id) FROM source_intramoenia_booking) RETURNING source_id, booking_date, "
+            "appointment_date")
+    store = FileStore(tmp_path)
+    outcome = await _load(pool, store, "FLUSSO_ALPI_TA")
+    named = {(p["record_key"], p["code"]): p["message"] for p in _feedback(store, outcome)}
+    assert named[(booking["source_id"], "APPOINTMENT_BEFORE_BOOKING")] == (
+        f"la data dell'appuntamento {booking['appointment_date']:%d/%m/%Y} è precedente alla data di prenotazione "
+        f"{booking['booking_date']:%d/%m/%Y}")
+    # A 730's payments are taken by their payment date, so none is after the period it was loaded for: checked
+    # again against a period ending on 10 August, the later ones are.
+    loaded = await _load(pool, store, "FLUSSO_730", 2)
+    assert loaded.checked
+    await checks.run_checks(pool, "snapshot_payment_document", 1950, "2020", (AUGUST[0], date(2020, 8, 10)))
+    late = await pool.fetchrow("SELECT p.message, d.payment_date FROM load_problem p JOIN snapshot_payment_document d "
+                               "ON d.snapshot_id = p.snapshot_id AND d.source_id = p.record_key "
+                               "WHERE p.snapshot_id = 1950 AND p.code = 'PAYMENT_AFTER_PERIOD' LIMIT 1")
+    assert late is not None
+    assert late["message"] == (f"la data di pagamento {late['payment_date']:%d/%m/%Y} è successiva alla fine del "
+                               "periodo, 10/08/2020")
 
 
 async def test_reference_data_is_copied_once_and_again_only_when_the_files_differ(pool: asyncpg.Pool) -> None:

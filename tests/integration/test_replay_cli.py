@@ -72,6 +72,22 @@ def test_replay_verify_passes_on_an_intact_log_and_reports_a_tampered_row(fresh_
     assert "read models differ from the log" in tampered.output
 
 
+def test_replay_of_an_instance_that_does_not_exist_is_an_error_like_every_command_s(fresh_db, monkeypatch):
+    """`flows replay 99999` printed its own red line ('no stream instance-99999') and ended with the exit code of a
+    replay that found the log tampered (2); every other command given an instance the platform does not have says
+    `error: there is no instance N; ...` and exits 1 (services/cli/common.py, user_errors)."""
+    asyncio.run(_an_instance_checked(fresh_db))
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["show", "99999"], env={"COLUMNS": "200"})
+    assert shown.exit_code == 1 and "error: there is no instance 99999" in shown.output, shown.output
+    for args in (["replay", "99999"], ["replay", "99999", "--verify"]):
+        replayed = runner.invoke(app, args, env={"COLUMNS": "200"})
+        assert (replayed.exit_code, replayed.output) == (shown.exit_code, shown.output), args
+    # an instance that exists is replayed as before
+    assert runner.invoke(app, ["replay", "1947", "--verify"], env={"COLUMNS": "200"}).exit_code == 0
+
+
 def test_replay_all_verify_works_on_a_database_where_only_the_migrations_ran(fresh_db, monkeypatch):
     """A database no service has started on (fresh_db: migrated, nothing else) has no read-model tables, which the
     services create at start-up (host.prepare_database); `flows users` and the access log append there all the

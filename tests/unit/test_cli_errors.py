@@ -5,6 +5,7 @@ These fail before any I/O, so they need no platform."""
 from __future__ import annotations
 
 import re
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,77 @@ def test_a_scheduled_time_that_is_no_time_names_the_value_and_the_form(at: str) 
                      "--at", at, "--no-wait")
     assert code == 2, out
     assert f"Invalid value for '--at': '{at}' is not a time: give YYYY-MM-DDTHH:MM, Italian time" in out, out
+
+
+def _this_month() -> tuple[str, str]:
+    """The Italian month of today: not over yet, whatever the day."""
+    from contracts.deadlines import italian_today
+
+    today = italian_today()
+    start = today.replace(day=1)
+    end = (start + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+    return start.isoformat(), end.isoformat()
+
+
+@pytest.mark.parametrize("period", ["this month", "next month"])
+def test_a_load_of_a_period_not_over_is_refused_naming_the_period_end_before_sending_anything(
+        monkeypatch: pytest.MonkeyPatch, period: str) -> None:
+    """A month not ended (or not begun) was sent, and came back Checked with no record and a warning."""
+    from services.cli import instances
+
+    sent: list[object] = []
+
+    async def load(*args: object) -> None:
+        sent.append(args)
+
+    monkeypatch.setattr(instances, "load", load)
+    start, end = _this_month()
+    if period == "next month":
+        start = (date.fromisoformat(end) + timedelta(days=1)).isoformat()
+        end = (date.fromisoformat(start) + timedelta(days=27)).isoformat()
+    code, out = _run("load", "--type", "FLUSSO_C", "--ente", "201", "--from", start, "--to", end, "--no-wait")
+    assert code == 1, out
+    assert out.startswith(f"error: --to {end}: the period is not over on "), out
+    assert "a period that has not ended cannot be loaded" in out
+    assert sent == []  # refused before any Kafka or PostgreSQL
+
+
+def test_a_load_of_this_month_scheduled_after_its_end_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked in advance, it runs once the month is over: the rule is about when the load runs, not when it is asked."""
+    from services.cli import instances
+
+    sent: list[tuple[object, ...]] = []
+
+    async def load(*args: object) -> None:
+        sent.append(args)
+
+    monkeypatch.setattr(instances, "load", load)
+    start, end = _this_month()
+    after = f"{date.fromisoformat(end) + timedelta(days=1)}T06:00"
+    code, out = _run("load", "--type", "FLUSSO_C", "--ente", "201", "--from", start, "--to", end, "--at", after,
+                     "--no-wait")
+    assert code == 0, out
+    assert len(sent) == 1
+    # scheduled on the period's last day, it would still run inside the period
+    code, out = _run("load", "--type", "FLUSSO_C", "--ente", "201", "--from", start, "--to", end,
+                     "--at", f"{end}T23:30", "--no-wait")
+    assert code == 1 and f"error: --to {end}: the period is not over on {end} (its scheduled start" in out, out
+    assert len(sent) == 1
+
+
+def test_a_demo_of_a_month_not_over_is_refused_before_anything_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its loads would be refused by the loader, and the demo would wait for instances that never come."""
+    from services.cli import demo, stack
+
+    started: list[str] = []
+    monkeypatch.setattr(stack, "up", lambda **_: started.append("stack"))
+
+    async def walk(*args: object) -> None:
+        started.append("walk")
+
+    monkeypatch.setattr(demo, "_walk", walk)
+    month = _this_month()[0][:7]
+    code, out = _run("demo", "--month", month)
+    assert code == 1, out
+    assert out.startswith(f"error: --month {month}: the period is not over on "), out
+    assert started == []

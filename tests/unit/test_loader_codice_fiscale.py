@@ -105,5 +105,5 @@ def test_each_finding_tells_the_operator_in_italian_what_is_wrong_and_what_was_e
         ("CF_FORMAT", "il codice fiscale RSSMRA80Z01F839W non è formalmente corretto (lettere, cifre, mese o giorno "
                       "in posizioni sbagliate)"),
         ("CF_SEX_MISMATCH", "il codice fiscale RSSMRA80A01F839W non corrisponde al sesso F"),
-        ("CF_BIRTH_MISMATCH", "il codice fiscale RSSMRA80A01F839W non corrisponde alla data di nascita 1980-01-02"),
+        ("CF_BIRTH_MISMATCH", "il codice fiscale RSSMRA80A01F839W non corrisponde alla data di nascita 02/01/1980"),
     ]
