@@ -130,6 +130,10 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
             if os.environ.get("FLOWS_DEBUG"):
                 raise
+            if isinstance(exc, OSError) and exc.filename is not None:
+                # A file or folder the command reads or writes (an --out that is a folder, a path under a file, no
+                # permission), not the platform: a connection's errors name no file.
+                _fail(f"cannot use {exc.filename}: {exc.strerror or exc}")
             _fail(f"cannot reach the platform ({type(exc).__name__}: {exc}). Is it running? Try `flows stack up`.")
         except Exception as exc:
             if os.environ.get("FLOWS_DEBUG"):

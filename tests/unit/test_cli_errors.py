@@ -265,3 +265,15 @@ def test_a_demo_of_a_month_not_over_is_refused_before_anything_starts(monkeypatc
     assert code == 1, out
     assert out.startswith(f"error: --month {month}: the period is not over on "), out
     assert started == []
+
+
+def test_a_path_the_command_cannot_write_is_named_not_taken_for_the_platform_down(tmp_path: Path) -> None:
+    """A file error is the path's (here: a folder asked under a file), said with the path; it was 'cannot reach
+    the platform ... Is it running?', which sends the operator to a platform that is fine."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, out = _run("sources", "generate", "--ente", "201", "--month", "2020-08", "--services", "5",
+                     "--out", str(blocker / "csv"))
+    assert code == 1
+    assert "cannot reach the platform" not in out
+    assert f"error: cannot use {blocker / 'csv'}" in out and "Not a directory" in out
