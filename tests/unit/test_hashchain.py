@@ -39,29 +39,56 @@ def chain(stream_id: str, payloads: list[dict]) -> list[StoredEvent]:
 INSTANCE_1947 = chain("instance-1947", [{"rows": 120}, {"rows": 121, "ente": "ASL Napoli 1"}, {"rows": 0}])
 
 
+# The bytes a hash covers are written out here, never built by canonical_json (the code under test): every chain
+# already stored was hashed over exactly these bytes, so a change of the canonical form (an escape, a separator, the
+# time's format) must fail here, not only break the chains of a database in production. Known answers, not copies.
+FIRST_BODY = (b'{"actor":"operator-rossi","data":{"rows":120},"event_id":"12e0c3b4-cc36-513b-b207-8e5816a320a7",'
+              b'"metadata":{"correlation_id":"req-1947"},"recorded_at":"2024-03-10T09:30:00.123456+00:00",'
+              b'"stream_id":"instance-1947","type":"flows.load-checked","version":1}')
+SECOND_BODY = (b'{"actor":"operator-rossi","data":{"ente":"ASL Napoli 1","rows":121},'
+               b'"event_id":"cfd26fe3-10a0-5ca5-a24a-eb75de181b49","metadata":{"correlation_id":"req-1947"},'
+               b'"recorded_at":"2024-03-10T09:30:00.123456+00:00","stream_id":"instance-1947",'
+               b'"type":"flows.load-checked","version":2}')
+INSTANCE_1947_HASHES = ["6fc3a9cf44a9e3f447d3677c0aa60ca5aea1ab551ea63797880e8c8445d5199f",
+                        "9705457ccc904c3a5f66b0f2f94eddac72cee32dd0a0db98230a7bc84c31c5c5",
+                        "17c76e92bb9be354414ba2e8725311d2087edf92f9759da42cd07126a04e8f1d"]
+
+
 def test_first_event_chains_from_32_zero_bytes() -> None:
     first = INSTANCE_1947[0]
-    body = canonical_json({"stream_id": "instance-1947", "version": 1, "event_id": str(first.id),
-                           "type": "flows.load-checked", "data": {"rows": 120}, "actor": "operator-rossi",
-                           "recorded_at": "2024-03-10T09:30:00.123456+00:00",
-                           "metadata": {"correlation_id": "req-1947"}})
+    assert str(first.id) == "12e0c3b4-cc36-513b-b207-8e5816a320a7"  # uuid5: the body below names it
     assert first.prev_hash == bytes(32)
-    assert first.hash == hashlib.sha256(bytes(32) + body).digest()
+    assert first.hash == hashlib.sha256(bytes(32) + FIRST_BODY).digest()
 
 
 def test_awkward_strings_hash_as_the_canonical_json_of_the_whole_record() -> None:
-    event_id, stream, actor = uuid.uuid4(), 'onboarding-"Villa Sorriso"', 'operatore "Esposito"'
+    """Quotes, a backslash, a newline and non-ASCII letters: escaped as JSON escapes them, the letters kept as UTF-8."""
+    event_id, stream, actor = uuid.UUID("6f1c2a9e-0000-4000-8000-000000001947"), 'onboarding-"Villa Sorriso"', \
+        'operatore "Esposito"'
     data = {"nota": "àèìòù \\ \n €", "pagine": [1, 2.5]}
+    body = ('{"actor":"operatore \\"Esposito\\"","data":{"nota":"àèìòù \\\\ \\n €","pagine":[1,2.5]},'
+            '"event_id":"6f1c2a9e-0000-4000-8000-000000001947","metadata":{},'
+            '"recorded_at":"2024-03-10T09:30:00.123456+00:00","stream_id":"onboarding-\\"Villa Sorriso\\"",'
+            '"type":"onboarding.document-received","version":12}').encode()
     record = {"stream_id": stream, "version": 12, "event_id": str(event_id), "type": "onboarding.document-received",
               "data": data, "actor": actor, "recorded_at": WHEN.isoformat(), "metadata": {}}
-    expected = hashlib.sha256(GENESIS_HASH + canonical_json(record)).digest()
-    assert event_hash(GENESIS_HASH, stream_id=stream, version=12, event_id=event_id,
-                      type="onboarding.document-received", data=data, actor=actor, recorded_at=WHEN,
-                      metadata={}) == expected
+    assert canonical_json(record) == body  # the canonical JSON of the whole record is these bytes
+    got = event_hash(GENESIS_HASH, stream_id=stream, version=12, event_id=event_id,
+                     type="onboarding.document-received", data=data, actor=actor, recorded_at=WHEN, metadata={})
+    assert got == hashlib.sha256(GENESIS_HASH + body).digest()
+    assert got.hex() == "847310cf9093bedc38b5798571017057f510075802018e06c394c371afb95726"
 
 
 def test_each_event_chains_from_the_previous_hash() -> None:
-    assert [e.prev_hash for e in INSTANCE_1947[1:]] == [e.hash for e in INSTANCE_1947[:-1]]
+    """Each hash covers the previous event's: asserted on the hashes event_hash computed (the fixture sets prev_hash
+    itself, so comparing prev_hash with the hash before it would only read the fixture back)."""
+    first, second, _ = INSTANCE_1947
+    assert second.hash == hashlib.sha256(first.hash + SECOND_BODY).digest()
+    after_genesis = event_hash(GENESIS_HASH, stream_id=second.stream_id, version=2, event_id=second.id,
+                               type=second.type, data=second.data, actor=second.actor, recorded_at=WHEN,
+                               metadata=second.metadata)
+    assert after_genesis != second.hash  # the same event after another hash: another hash
+    assert [e.hash.hex() for e in INSTANCE_1947] == INSTANCE_1947_HASHES
 
 
 def test_an_untouched_chain_has_no_breaks() -> None:

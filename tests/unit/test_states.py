@@ -27,6 +27,9 @@ def test_a_failed_load_cannot_be_formatted():
 def test_an_operator_cannot_declare_an_instance_checked():
     with pytest.raises(IllegalTransition, match=r"operator may not cause flows\.load-checked"):
         apply_event(S.RUNNING, "flows.load-checked", {}, Actor.OPERATOR)
+    # the loader may: a check that refused every actor would pass the refusal alone
+    assert apply_event(S.RUNNING, "flows.load-checked", {}, Actor.LOADER) is S.CHECKED
+    assert apply_event(S.CHECKED, "flows.format-requested", {}, Actor.OPERATOR) is S.CHECKED
 
 
 def test_a_running_instance_cannot_be_deleted_but_a_checked_one_can():
