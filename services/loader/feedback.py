@@ -15,13 +15,13 @@ bytes, which the unit tests pin.
 
 from __future__ import annotations
 
-import csv
-import io
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import asyncpg
 
+from services.runtime.csvout import semicolon_csv
 from services.runtime.filestore import FileStore
 
 FEEDBACK_COLUMNS = ("record_key", "field", "code", "severity", "message")
@@ -60,19 +60,8 @@ class FeedbackFile:
 
 def feedback_chunks(problems: Iterable[RecordProblem], chunk_lines: int = 10_000) -> Iterator[bytes]:
     """The feedback file as byte chunks (header first), never holding more than one chunk."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter=";", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-    writer.writerow(FEEDBACK_COLUMNS)
-    pending = 0
-    for p in problems:
-        writer.writerow((p.record_key, p.field, p.code, p.severity, p.message))
-        pending += 1
-        if pending >= chunk_lines:
-            yield buf.getvalue().encode("utf-8")
-            buf.seek(0)
-            buf.truncate()
-            pending = 0
-    yield buf.getvalue().encode("utf-8")
+    return semicolon_csv(itertools.chain([FEEDBACK_COLUMNS], ((p.record_key, p.field, p.code, p.severity, p.message)
+                                                              for p in problems)), chunk_lines)
 
 
 def _count(n: int, one: str, many: str) -> str:

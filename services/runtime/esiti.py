@@ -16,11 +16,12 @@ download kept only the first, `flows feedback --out` only the last (each file wr
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import asyncpg
+
+from services.runtime.csvout import semicolon_csv
 
 FEEDBACK_KINDS = ("feedback", "ts-errors")
 ESITO_COLUMN = "esito"
@@ -47,18 +48,10 @@ def esiti_csv(files: Sequence[tuple[str, Path]]) -> Iterator[bytes]:
             while chunk := src.read(_READ_BYTES):
                 yield chunk
         return
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter=";", lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-    pending = 0
-    for name, path in files:
-        # newline="": a quoted message may hold a line break, which the csv reader keeps inside its field
-        with path.open(encoding="utf-8", errors="replace", newline="") as src:
-            for n, row in enumerate(csv.reader(src, delimiter=";")):
-                writer.writerow([ESITO_COLUMN if n == 0 else name, *row])
-                pending += 1
-                if pending >= _CHUNK_LINES:
-                    yield buf.getvalue().encode("utf-8")
-                    buf.seek(0)
-                    buf.truncate()
-                    pending = 0
-    yield buf.getvalue().encode("utf-8")
+    def rows() -> Iterator[Sequence[str]]:
+        for name, path in files:
+            # newline="": a quoted message may hold a line break, which the csv reader keeps inside its field
+            with path.open(encoding="utf-8", errors="replace", newline="") as src:
+                for n, row in enumerate(csv.reader(src, delimiter=";")):
+                    yield [ESITO_COLUMN if n == 0 else name, *row]
+    yield from semicolon_csv(rows(), _CHUNK_LINES)
