@@ -134,6 +134,17 @@ def test_a_pass_that_no_longer_lists_an_instance_forgets_it_unless_it_was_cut_af
     assert _figures(service)[0] == 2.0
 
 
+def test_an_instance_cut_at_the_very_moment_the_pass_asked_is_kept(clock: _Clock) -> None:
+    """The pass's query, begun at `asked_at`, may not have seen an instance cut at that same moment: forgetting it
+    would reset its backoff, and a load that brings PostgreSQL down would be retried at once. Kept, it costs at
+    most a figure up until the next pass."""
+    waits = Interruptions(RecordedLog(), service=f"t-{uuid.uuid4().hex[:6]}", work="load")
+    asked_at = clock.now
+    waits.failed(9, _cut(), ran_s=0.1)  # since == asked_at
+    waits.forget_unlisted([], asked_at)
+    assert sorted(waits.waiting) == [9] and not waits.due(9)
+
+
 def test_a_full_stores_wait_is_forgotten_by_the_pass_too(tmp_path: Path) -> None:
     """SpaceWaits on the shared base: an instance that waited for space and that the pass no longer lists (finished
     by another replica) is forgotten without a line, and flows_file_store_waiting for its path drops to 0."""

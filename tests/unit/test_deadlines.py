@@ -8,9 +8,11 @@ import holidays
 import pytest
 
 from contracts.deadlines import (
+    Deadline,
     DeadlineDataInvalid,
     DeadlineDataMissing,
     deadlines_for_month,
+    default_month,
     italian_today,
     next_working_day,
     rules,
@@ -36,6 +38,13 @@ def _book(**year_rule: Any) -> dict[str, Any]:
 
 def test_flusso_c_of_october_is_due_on_the_tenth_of_november():
     assert _due(2026, 10)["FLUSSO_C"] == date(2026, 11, 10)
+
+
+def test_a_monthly_deadline_covers_its_whole_month_from_the_first_to_the_last_day():
+    """The reference period of a monthly flow is the calendar month, 1st to last day: an instance covers it only
+    when its period contains both ends."""
+    (c,) = deadlines_for_month(2026, 10, flow_types=["FLUSSO_C"])
+    assert c == Deadline("FLUSSO_C", date(2026, 10, 1), date(2026, 10, 31), date(2026, 11, 10))
 
 
 def test_mef_follows_the_official_calendar():
@@ -130,6 +139,13 @@ def test_months_after_is_honoured_and_crosses_the_year():
     assert _due(2026, 10, rule_book=_book(kind="monthly", day=8)) == {"TEST_FLOW": date(2026, 11, 9)}  # 8 Nov: Sun
 
 
+def test_the_first_and_the_last_day_of_a_month_are_valid_due_days():
+    # day = 1: due on the 1st of the next month (Tuesday 1 December 2026); months_after = 1 is the default, written
+    assert _due(2026, 11, rule_book=_book(kind="monthly", day=1, months_after=1)) == {"TEST_FLOW": date(2026, 12, 1)}
+    # day = 31 in a month of 31 days: Saturday 31 October 2026 -> Monday 2 November
+    assert _due(2026, 9, rule_book=_book(kind="monthly", day=31)) == {"TEST_FLOW": date(2026, 11, 2)}
+
+
 def test_a_day_past_the_end_of_the_month_means_its_last_day():
     # 31 -> 28 February 2026, a Saturday -> Monday 2 March
     assert _due(2026, 1, rule_book=_book(kind="monthly", day=31)) == {"TEST_FLOW": date(2026, 3, 2)}
@@ -173,12 +189,20 @@ def test_an_incomplete_calendar_is_an_error_not_the_default_rule():
     ({"kind": "weekly"}, "unknown kind 'weekly'"),
     ({"kind": "monthly"}, "integer `day`"),
     ({"kind": "monthly", "day": 10, "months_after": 0}, "months_after"),
+    ({"kind": "monthly", "day": 0}, r"day = 0 must be 1\.\.31"),  # no month has a day 0 ...
+    ({"kind": "monthly", "day": 32}, r"day = 32 must be 1\.\.31"),  # ... nor a 32nd
+    # due on the period's last day is not after it: the data of a day cannot be sent by the end of that day
+    ({"kind": "annual", "due": "2026-12-31"}, r"due date 2026-12-31 is not after the period 2026-01-01\.\.2026-12-31"),
     ({"kind": "monthly", "day": 10, "calendar": {"2026-01": "2026-02-10"}}, "not both"),
     ({"kind": "monthly", "calendar": {"2025-01": "2025-02-10"}}, "another year"),
     ({"kind": "annual", "due": "2026-12-01"}, "not after the period"),
     ({"kind": "annual", "due": "31/01/2027"}, "not a YYYY-MM-DD date"),
     ({"kind": "calendar", "periods": [{"start": "2025-10-13", "end": "2025-10-17", "due": "2025-11-28"}]},
      "must end in 2026"),
+    # an index week typed backwards is named by its place in the calendar
+    ({"kind": "calendar", "periods": [{"start": "2026-10-12", "end": "2026-10-16", "due": "2026-11-30"},
+                                      {"start": "2026-10-16", "end": "2026-10-12", "due": "2026-11-30"}]},
+     r"period 2 \(2026-10-16\.\.2026-10-12\) must end in 2026 and start before it ends"),
 ])
 def test_broken_data_is_an_error_naming_the_flow_and_year(rule, message):
     with pytest.raises(DeadlineDataInvalid, match=message) as caught:
@@ -187,8 +211,36 @@ def test_broken_data_is_an_error_naming_the_flow_and_year(rule, message):
     assert "[TEST_FLOW.years.2026]" in str(caught.value)
 
 
+def test_a_due_date_the_day_after_the_period_is_accepted():
+    # 1 January 2027 (Capodanno, a Friday) -> Monday 4 January
+    assert _due(2026, 12, rule_book=_book(kind="annual", due="2027-01-01")) == {"TEST_FLOW": date(2027, 1, 4)}
+
+
+def test_a_calendar_period_of_one_day_is_a_period():
+    """A period's days are inclusive: start = end is one day, not a period that ends before it starts."""
+    book = _book(kind="calendar", periods=[{"start": "2026-10-14", "end": "2026-10-14", "due": "2026-11-30"}])
+    assert deadlines_for_month(2026, 10, rule_book=book) == [
+        Deadline("TEST_FLOW", date(2026, 10, 14), date(2026, 10, 14), date(2026, 11, 30))]
+
+
+@pytest.mark.parametrize("month", [0, 13])
+def test_a_month_outside_1_to_12_is_refused(month: int) -> None:
+    with pytest.raises(ValueError, match=rf"^month {month} is not 1\.\.12$"):
+        deadlines_for_month(2026, month)
+
+
+@pytest.mark.parametrize(("today", "month"), [
+    (date(2027, 1, 1), (2026, 12)),  # in January the month that matters is December of the year before
+    (date(2027, 1, 31), (2026, 12)),
+    (date(2026, 2, 1), (2026, 1)),  # in February, January of the same year
+    (date(2026, 12, 31), (2026, 11)),
+])
+def test_the_month_whose_deadlines_matter_today_is_the_previous_one(today: date, month: tuple[int, int]) -> None:
+    assert default_month(today) == month
+
+
 def test_status_marks_what_is_due_within_7_days_and_not_covered():
-    from contracts.deadlines import Deadline, status
+    from contracts.deadlines import status
 
     d = Deadline("FLUSSO_C", date(2026, 10, 1), date(2026, 10, 31), date(2026, 11, 16))
     assert status(d, None, date(2026, 11, 8)) == "open"

@@ -44,3 +44,12 @@ def test_a_scheduled_start_already_past_runs_now_and_is_judged_now() -> None:
     now = datetime(2026, 11, 25, 10, tzinfo=UTC)
     refused = period_not_over(NOVEMBER_END, datetime(2026, 11, 1, 6, tzinfo=ITALY), now)
     assert refused is not None and not refused.scheduled and refused.runs_on == date(2026, 11, 25)
+
+
+def test_a_scheduled_start_at_this_very_moment_runs_now_as_the_loader_does() -> None:
+    """The loader schedules a load only when its start is LATER than now (handlers.py: `scheduled_at > now`); a start
+    at this very moment runs at once, so the refusal speaks of today, not of a scheduled start."""
+    now = datetime(2026, 11, 25, 10, tzinfo=UTC)
+    refused = period_not_over(NOVEMBER_END, now, now)
+    assert refused is not None and not refused.scheduled and refused.runs_on == date(2026, 11, 25)
+    assert "(today, Italian time)" in refused.reason()

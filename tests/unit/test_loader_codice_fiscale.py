@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+import string
 from datetime import date, timedelta
 
 from codicefiscale import codicefiscale as reference
 
-from services.loader.codice_fiscale import check_codici_fiscali
+from services.loader.codice_fiscale import check_character, check_codici_fiscali
 from simulators.cup.generator import FEMALE_NAMES, MALE_NAMES, MUNICIPALITIES, SURNAMES, codice_fiscale
 
 ROSSI_MARIO = "RSSMRA80A01F839W"  # the textbook example: Mario Rossi, born in Napoli on 1 January 1980
@@ -92,6 +93,13 @@ def test_stp_codes_of_foreigners_are_not_codici_fiscali_and_pass() -> None:
     assert check_codici_fiscali(["STP1500000000123"], ["M"], [date(1990, 5, 5)]) == []
 
 
+def test_eni_codes_pass_too_but_only_with_thirteen_digits() -> None:
+    """ENI (European citizens not registered with the SSN) codes are the STP's kind: prefix and 13 digits. With a
+    letter among the digits it is no such code, and is judged as a codice fiscale."""
+    assert check_codici_fiscali(["ENI1500000000123"], ["F"], [date(1990, 5, 5)]) == []
+    assert [f.code for f in check_codici_fiscali(["STPA500000000123", "STP15000000001A3"])] == ["CF_FORMAT"] * 2
+
+
 def test_each_finding_tells_the_operator_in_italian_what_is_wrong_and_what_was_expected() -> None:
     """The message lands in the feedback the operators read: Italian, naming the code, the wrong value and the
     expected one (the code CF_* stays an identifier)."""
@@ -107,3 +115,56 @@ def test_each_finding_tells_the_operator_in_italian_what_is_wrong_and_what_was_e
         ("CF_SEX_MISMATCH", "il codice fiscale RSSMRA80A01F839W non corrisponde al sesso F"),
         ("CF_BIRTH_MISMATCH", "il codice fiscale RSSMRA80A01F839W non corrisponde alla data di nascita 02/01/1980"),
     ]
+
+
+def _with(position: int, char: str, code: str = ROSSI_MARIO) -> str:
+    """`code` with `char` at `position` (0-based) and the check character the reference computes for it."""
+    first15 = code[:position] + char + code[position + 1:15]
+    return first15 + reference.encode_cin(first15)
+
+
+def test_the_check_character_follows_the_official_tables_for_every_letter_and_digit() -> None:
+    """DM 23/12/1976: a character counts one value at an odd position (1st, 3rd ...) and another at an even one.
+    Every letter and every digit is put at an odd and at an even position; the check character the reference
+    computes must be the one accepted here (generated people rarely have a J, a K or an O at an odd position)."""
+    codes = [_with(position, char) for position, alphabet in ((0, string.ascii_uppercase), (1, string.ascii_uppercase),
+                                                              (6, string.digits), (7, string.digits))
+             for char in alphabet]
+    assert check_codici_fiscali(codes) == []
+    assert [check_character(code[:15]) for code in codes] == [code[15] for code in codes]
+
+
+def test_a_digit_where_a_letter_goes_or_a_letter_where_a_digit_goes_is_a_format_error() -> None:
+    """Letters at positions 1-6 (surname, name), 9 (month), 12 (birthplace) and 16 (check character); digits, or
+    the omocodia letters LMNPQRSTUV, at 7-8 (year), 10-11 (day) and 13-15 (birthplace). Each code has the check
+    character of its first 15, so only its form is wrong."""
+    codes = ([_with(position, "1") for position in (0, 1, 2, 3, 4, 5, 8, 11)]
+             + [_with(position, "A") for position in (6, 7, 9, 10, 12, 13, 14)] + [ROSSI_MARIO[:15] + "1"])
+    findings = check_codici_fiscali(codes)
+    assert [(f.index, f.code) for f in findings] == [(i, "CF_FORMAT") for i in range(len(codes))]
+
+
+def test_one_code_alone_is_checked_too() -> None:
+    """A load whose snapshot has a single patient checks a single code."""
+    assert [f.code for f in check_codici_fiscali([ROSSI_MARIO[:15] + "X"])] == ["CF_CHECK_CHAR"]
+
+
+def test_every_month_letter_and_every_omocodia_letter_decodes_to_the_birth_date() -> None:
+    """The month letters ABCDEHLMPRST, and the letters LMNPQRSTUV standing for 0-9 in an omocode, read as the
+    reference reads them: one person born in each month, and every omocode of three people whose digits hold 0-9."""
+    births = [date(1990, month, 10) for month in range(1, 13)]
+    codes = [reference.encode("BIANCHI", "LUCA", "M", b.isoformat(), "Napoli") for b in births]
+    assert check_codici_fiscali(codes, ["M"] * 12, births) == []
+    for code, sex, birth in (("RSSMRA80A01F839W", "M", date(1980, 1, 1)), ("SPSMRA67T45F839E", "F", date(1967, 12, 5)),
+                             ("RSSNNA32S69H703U", "F", date(1932, 11, 29))):
+        variants = reference.decode(code)["omocodes"]
+        assert check_codici_fiscali(variants, [sex] * len(variants), [birth] * len(variants)) == [], code
+
+
+def test_the_day_is_01_to_31_for_men_and_41_to_71_for_women_and_nothing_in_between() -> None:
+    """Day of birth, plus 40 for women: 01-31 and 41-71 are days, 00, 32-40 and 72 on are not."""
+    days = ["01", "31", "41", "71", "00", "32", "40", "72"]
+    codes = [_with(9, day[0], _with(10, day[1])) for day in days]
+    findings = check_codici_fiscali(codes)
+    assert [(f.index, f.code) for f in findings] == [(4, "CF_FORMAT"), (5, "CF_FORMAT"), (6, "CF_FORMAT"),
+                                                      (7, "CF_FORMAT")]

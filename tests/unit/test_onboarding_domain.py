@@ -161,3 +161,86 @@ def test_a_switch_cannot_be_scheduled_before_the_request_is_complete():
     with pytest.raises(OnboardingError, match=r"richiesta ONB-VESUVIO: non ancora completa \(0 di 3 presenti"):
         domain.schedule_switch(start(opened()), SwitchSlot(date(2026, 5, 5), SwitchWindow.parse("09:00-10:00")),
                                "basic", CAL)
+
+
+def test_the_stream_version_counts_every_event_so_the_next_append_expects_it():
+    """The handlers append a decision's events at `request.version` (optimistic concurrency): it must be the number of
+    events of the stream, the opening included, or every append would conflict or overwrite."""
+    state = start(opened())
+    assert state.version == 2  # request-opened, completeness-changed
+    after, events = receive(state, doc("endpoint-form-b2", filled="yes", annex="B2"))
+    assert len(events) == 3 and after.version == 5  # received, assessed, completeness-changed
+
+
+def test_the_same_document_delivered_twice_is_recorded_once_and_another_under_its_id_is_refused():
+    """The mailbox may deliver a message again: the same file under the same id is a no-op. Another file, or the same
+    file as another document type, under an id already used is refused naming the id and the file it belongs to."""
+    b2 = doc("endpoint-form-b2", filled="yes", annex="B2")
+    state, _ = receive(start(opened()), b2)
+    assert domain.receive_document(state, b2, None, REQ, MONDAY_2_MARCH, CAL) == []
+    for clash in (b2.model_copy(update={"filename": "altro.pdf"}),
+                  b2.model_copy(update={"document_type": "switch-date-request"})):
+        with pytest.raises(OnboardingError, match=r"^richiesta ONB-VESUVIO: il document_id endpoint-form-b2-1 è già "
+                                                  r"usato per endpoint-form-b2-1\.pdf$"):
+            domain.receive_document(state, clash, None, REQ, MONDAY_2_MARCH, CAL)
+
+
+def _verdict(received: DocumentReceived, *problems: str, **update: object):
+    verdict = domain.assessment(received, [Finding(p) for p in problems], "desk:esposito", MONDAY_2_MARCH)
+    return verdict.model_copy(update=update)
+
+
+def test_a_desk_verdict_is_refused_for_a_document_never_received_or_of_another_type():
+    b2 = doc("endpoint-form-b2")
+    state, _ = receive(start(opened()), b2)
+    with pytest.raises(OnboardingError, match="il document_id endpoint-form-b2-9 non è mai stato ricevuto"):
+        domain.assess_document(state, _verdict(b2, document_id="endpoint-form-b2-9"), REQ, MONDAY_2_MARCH, CAL)
+    with pytest.raises(OnboardingError, match="il document_type 'switch-date-request' non è quello ricevuto, "
+                                              "'endpoint-form-b2'"):
+        domain.assess_document(state, _verdict(b2, document_type="switch-date-request"), REQ, MONDAY_2_MARCH, CAL)
+
+
+def test_a_non_compliant_verdict_must_say_why_and_a_compliant_one_needs_no_problem():
+    b2 = doc("endpoint-form-b2")
+    state, _ = receive(start(opened()), b2)
+    with pytest.raises(OnboardingError, match="problems è vuoto; un esito di non conformità deve indicarne il motivo"):
+        domain.assess_document(state, _verdict(b2, compliant=False), REQ, MONDAY_2_MARCH, CAL)
+    events = domain.assess_document(state, _verdict(b2), REQ, MONDAY_2_MARCH, CAL)
+    assert events[0].compliant and domain.advance(state, events).completeness.compliant == 1
+
+
+def test_the_same_verdict_twice_is_a_no_op_and_a_changed_one_is_recorded():
+    b2 = doc("endpoint-form-b2")
+    state, _ = receive(start(opened()), b2)
+    refused = _verdict(b2, "il timbro manca")
+    state = domain.advance(state, domain.assess_document(state, refused, REQ, MONDAY_2_MARCH, CAL))
+    assert domain.assess_document(state, refused, REQ, MONDAY_2_MARCH, CAL) == []
+    changed = domain.assess_document(state, _verdict(b2), REQ, MONDAY_2_MARCH, CAL)
+    assert changed[0].compliant and domain.advance(state, changed).completeness.non_compliant == {}
+
+
+def test_a_request_completed_by_the_desk_without_a_declared_date_is_taken_in_charge_without_a_switch():
+    """The switch-date document assessed compliant by the desk, with no date or window declared: the request is
+    complete and taken in charge; no switch is decided (the desk fixes it with schedule_switch), none is invented."""
+    state = start(opened())
+    state, _ = receive(state, doc("formal-request-software-house-change", **SW_REQUEST))
+    state, _ = receive(state, doc("endpoint-form-b2", filled="yes", annex="B2"))
+    undated = doc("switch-date-request")
+    state, _ = receive(state, undated)
+    events = domain.assess_document(state, _verdict(undated), REQ, MONDAY_2_MARCH, CAL)
+    assert [type(e) for e in events][-2:] == [RequestComplete, TakenInCharge]
+    state = domain.advance(state, events)
+    with pytest.raises(OnboardingError, match=r"^richiesta ONB-VESUVIO: già presa in carico; le valutazioni sono "
+                                              r"chiuse$"):
+        domain.assess_document(state, _verdict(undated, "data mancante"), REQ, MONDAY_2_MARCH, CAL)
+
+
+def test_the_credentials_are_those_declared_whatever_order_the_documents_arrive_in():
+    """The endpoint form, which declares no credentials, may come before the formal request that does."""
+    state = start(opened())
+    state, _ = receive(state, doc("endpoint-form-b2", filled="yes", annex="B2"))
+    oauth2 = {**SW_REQUEST, "credentials": "new-oauth2"}
+    state, _ = receive(state, doc("formal-request-software-house-change", **oauth2))
+    state, events = receive(state, doc("switch-date-request", switch_date="2026-04-14", switch_window="09:00-11:00"))
+    assert isinstance(events[-1], SwitchScheduled) and events[-1].credentials == "new-oauth2"
+    assert state.completeness.summary == "3 di 3 presenti, tutti conformi"

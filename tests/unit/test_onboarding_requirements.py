@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from services.onboarding.requirements import (
     _RULES,
+    DATA_DIR,
     RequirementsError,
     available_versions,
     check_metadata,
@@ -19,6 +22,16 @@ EIGHT_TRACCIATI = ["tracciato-erogatore", "tracciato-strutture", "tracciato-sedi
 
 def test_the_latest_version_is_the_note_of_may_2026():
     assert available_versions()[-1] == REQ.version == "2026-05"
+
+
+def test_a_new_note_is_the_one_new_requests_get_and_the_old_one_stays_loadable(tmp_path: Path):
+    """A request is judged by the note it was opened with; one opened today gets the latest note."""
+    current = (DATA_DIR / "requirements-2026-05.toml").read_text(encoding="utf-8")
+    (tmp_path / "requirements-2026-05.toml").write_text(current, encoding="utf-8")
+    newer = current.replace('version = "2026-05"', 'version = "2027-01"')
+    (tmp_path / "requirements-2027-01.toml").write_text(newer, encoding="utf-8")
+    assert load_requirements(data_dir=tmp_path).version == "2027-01"
+    assert load_requirements("2026-05", data_dir=tmp_path).version == "2026-05"
 
 
 def test_a_new_aggregation_without_spokes_on_the_cup_needs_eight_tracciati_and_four_acts():
@@ -75,6 +88,30 @@ def test_an_unsigned_act_is_named():
         "il dato dichiarato signed è 'no', deve essere sì")
 
 
+@pytest.mark.parametrize("rule", sorted(_RULES))
+@pytest.mark.parametrize("value", [None, "", "   "])
+def test_every_rule_says_a_missing_or_blank_value_is_missing(rule: str, value: str | None) -> None:
+    """A key not declared at all, declared empty or only blanks: "manca", never a complaint about its form."""
+    found = _RULES[rule](value, "basic|new-oauth2")
+    assert found is not None and found.startswith("manca"), found
+
+
+@pytest.mark.parametrize(("value", "verdict"), [
+    ("150456", None), ("15a45b", None),  # letters are read in upper case
+    ("15045", "non un codice STS11 (6 caratteri)"), ("1504567", "non un codice STS11 (6 caratteri)"),
+    ("150-45", "non un codice STS11 (6 caratteri)"),
+])
+def test_a_declared_sts11_is_six_letters_or_digits(value: str, verdict: str | None) -> None:
+    found = _RULES["sts11"](value, "")
+    assert found == verdict if verdict is None else (found is not None and verdict in found), found
+
+
+def test_a_sheet_is_matched_to_its_tracciato_without_case_or_accents():
+    assert REQ.tracciato_type_for_sheet("Unità Eroganti") == "tracciato-unita-eroganti"
+    assert REQ.tracciato_type_for_sheet("  unita   EROGANTI ") == "tracciato-unita-eroganti"
+    assert REQ.tracciato_type_for_sheet("Foglio1") is None  # and a document type without a sheet matches none
+
+
 def test_the_per_spoke_slot_comes_from_the_metadata():
     assert REQ.slot_of("spoke-closure-act", {"spoke_sts11": "150456"}) == "spoke-closure-act:150456"
     assert REQ.slot_of("tracciato-agende", {"spoke_sts11": "150456"}) == "tracciato-agende"
@@ -94,6 +131,9 @@ def test_an_unknown_version_or_document_type_is_an_explicit_error():
     ("11:00-09:00", "deve finire dopo il suo inizio"),
     ("10:00-10:00", "deve finire dopo il suo inizio"),
     ("", "manca"),
+    ("23:00-23:59", None),  # the last hour of the day is an hour
+    ("24:00-23:00", "le ore vanno da 00 a 23"),  # the start is checked ...
+    ("09:00-24:00", "le ore vanno da 00 a 23"),  # ... and the end
 ])
 def test_a_declared_window_must_be_a_real_window_of_one_day(value: str, verdict: str | None) -> None:
     found = _RULES["window"](value, "")

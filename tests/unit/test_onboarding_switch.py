@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, time
+from pathlib import Path
 
 import holidays
 import pytest
@@ -90,9 +91,28 @@ def test_saturday_and_sunday_are_closed():
 @pytest.mark.parametrize(("window", "ok"), [
     ("08:30-10:00", True), ("08:29-10:00", False), ("15:00-17:00", True), ("15:00-17:01", False),
     ("11:00-10:00", False),
+    ("08:30-17:00", True),  # the whole office day
+    ("16:59-17:00", True),  # its last minute is a window
+    ("10:00-10:00", False),  # a window of no minutes is no window
 ])
 def test_the_window_must_lie_within_08_30_and_17_00(window, ok):
     assert (window_is_within_office_hours(SwitchWindow.parse(window)) is None) is ok
+
+
+def test_a_malformed_patron_saint_row_is_named_by_its_line_in_the_file(tmp_path: Path):
+    """The header is line 1, so the first data row is line 2: the line a spreadsheet or an editor shows."""
+    data = tmp_path / "patron_saints.csv"
+    data.write_text("istat,municipality,province,month,day,saint\n063049,Napoli,NA,9,19,San Gennaro\n"
+                    "065116,Salerno,SA,2,31,San Matteo\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^patron_saints\.csv row 3: day is out of range for month"):
+        load_patron_days(data)
+
+
+def test_a_patron_saint_on_29_february_is_a_real_day(tmp_path: Path):
+    data = tmp_path / "patron_saints.csv"
+    data.write_text("istat,municipality,province,month,day,saint\n099999,Bisestile,NA,2,29,San Bisesto\n",
+                    encoding="utf-8")
+    assert load_patron_days(data)["099999"].day == 29
 
 
 def test_a_window_out_of_office_hours_is_refused_in_the_words_of_the_note():
@@ -128,6 +148,16 @@ def test_a_slot_under_the_upper_bound_is_accepted_with_a_warning():
     assert not judge(date(2026, 2, 18), date(2026, 1, 7), "new-oauth2").warnings  # 6 weeks
 
 
+def test_basic_credentials_warn_under_four_weeks_and_not_from_the_fourth():
+    """Basic credentials: "preavviso minimo di 3/4 settimane"; 3 weeks is the hard minimum, under 4 a warning."""
+    complete = date(2026, 1, 7)
+    assert not judge(date(2026, 2, 4), complete).warnings  # 28 days
+    warned = judge(date(2026, 2, 3), complete)  # 27 days
+    assert warned.accepted and warned.warnings == (
+        "preavviso inferiore a 4 settimane (la nota indica 3/4 settimane per l'aggiornamento delle sole credenziali "
+        "Basic): lo sportello potrebbe avere bisogno del preavviso più lungo",)
+
+
 def test_a_refusal_on_san_gennaro_proposes_the_next_working_day():
     decision = judge(date(2028, 9, 19), complete_on=date(2028, 6, 1))
     assert not decision.accepted and "San Gennaro" in decision.reasons[0]
@@ -150,3 +180,19 @@ def test_a_municipality_without_patron_data_is_accepted_with_a_check_by_hand_war
     decision = judge(date(2026, 3, 4), municipality=POZZUOLI)
     assert decision.accepted and "il santo patrono del comune con codice ISTAT 063060 non è nei nostri dati: " \
         "verificare a mano che il giorno non sia la sua festa" in decision.warnings
+
+
+@pytest.mark.parametrize(("window", "proposed"), [
+    ("09:00-17:30", "08:30-17:00"),  # 510 minutes, the whole office day: kept
+    ("16:30-18:00", "08:30-10:00"),  # 90 minutes, starting on the half hour
+    ("17:00-17:01", "08:30-08:31"),  # one minute, the shortest window: kept
+    ("08:00-16:31", "08:30-10:30"),  # 511 minutes do not fit in 08:30-17:00: two hours instead
+    ("10:00-10:00", "08:30-10:30"),  # no length to keep: two hours
+    ("11:00-10:00", "08:30-10:30"),
+])
+def test_a_refused_window_is_proposed_from_08_30_with_its_length_when_the_office_day_holds_it(window, proposed):
+    """The proposal must itself be a valid slot: the desired length when 08:30 + length <= 17:00, else two hours."""
+    decision = judge(date(2026, 3, 4), window=SwitchWindow.parse(window))
+    assert not decision.accepted
+    assert str(decision.proposal.window) == proposed
+    assert window_is_within_office_hours(decision.proposal.window) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from services.onboarding.requirements import load_requirements
@@ -13,6 +15,7 @@ from services.onboarding.tracciati import (
     read_tables,
 )
 from tests.fixtures.onboarding.workbooks import (
+    HEADERS,
     HUB,
     PARTENOPE,
     POSILLIPO,
@@ -137,3 +140,90 @@ def test_sheet_names_match_without_accents_or_case():
                for t in tables]
     picked = pick_table(renamed, LAYOUTS["Unità Eroganti"])
     assert picked is not None and picked.sheet == "unita eroganti"
+
+
+def test_a_name_of_the_longest_allowed_length_is_accepted_and_one_character_more_is_not():
+    """DENOMINAZIONE holds at most 200 characters: the 200th is in, the 201st out."""
+    rows = aggregation_rows()
+    rows["Erogatore"][0][1] = "L" * 200
+    assert assess("Erogatore", workbook(rows)) == []
+    rows["Erogatore"][0][1] = "L" * 201
+    [finding] = assess("Erogatore", workbook(rows))
+    assert finding.cell == "B2" and finding.message == "'LLLLLLLLLLLLLLLLLLLL'... è lungo 201 caratteri, al massimo 200"
+
+
+def test_a_user_may_be_registered_under_a_numeric_codice_fiscale_checked_as_a_partita_iva():
+    """A codice fiscale of 11 digits is a legal person's, checked with the partita IVA's check digit."""
+    rows = aggregation_rows()
+    rows["Utenze"][0][0] = "12345670637"
+    assert assess("Utenze", workbook(rows)) == []
+    rows["Utenze"][0][0] = "12345670638"
+    [finding] = assess("Utenze", workbook(rows))
+    assert finding.cell == "A2" and finding.message == "'12345670638' non è un codice fiscale numerico valido"
+    rows["Utenze"][0][0] = "1234567063X"  # 11 characters, not all digits: a personal code, and a wrong one
+    [finding] = assess("Utenze", workbook(rows))
+    assert finding.message == "'1234567063X' non è un codice fiscale valido"
+
+
+def test_the_lost_leading_zeros_hint_is_only_for_a_number_shorter_than_six_digits():
+    rows = aggregation_rows()
+    rows["Erogatore"][0][5] = "NA"  # the province where the municipality's code goes: no talk of zeros
+    [finding] = assess("Erogatore", workbook(rows))
+    assert finding.message == "'NA' non è un codice ISTAT di comune (6 cifre)"
+
+
+def test_a_service_code_without_its_dots_breaks_the_code_format():
+    rows = aggregation_rows()
+    rows["Prestazioni"][0][0] = "90271"
+    [finding] = assess("Prestazioni", workbook(rows))
+    assert finding.cell == "A2" and finding.message.startswith("'90271' non rispetta il formato ^[0-9]{2}")
+
+
+def test_date_cells_are_read_as_the_day_they_show_and_a_time_after_the_day_is_allowed():
+    """Excel stores a date as a date-time at midnight: the cell reads 2026-09-01, as typed. A date-time with an hour
+    reads whole and is still a valid DATA_INIZIO_VALIDITA (its first ten characters are the day)."""
+    rows = aggregation_rows()
+    rows["Agende"][0][2] = datetime(2026, 9, 1)
+    (table,) = read_tables("a1.xlsx", workbook({"Agende": rows["Agende"]}))
+    assert table.rows[0][2] == "2026-09-01"
+    rows["Agende"][0][2] = datetime(2026, 9, 1, 8, 30)
+    content = workbook({"Agende": rows["Agende"]})
+    (table,) = read_tables("a1.xlsx", content)
+    assert table.rows[0][2] == "2026-09-01T08:30:00"
+    assert assess("Agende", content) == []
+
+
+def test_an_italian_csv_with_commas_in_its_descriptions_is_split_on_its_semicolons():
+    """Excel's "CSV (separato da ;)": the header decides the separator, whatever commas the descriptions hold."""
+    rows = aggregation_rows()["Prestazioni"]
+    for row in rows:
+        row[1] = f"{row[1]}, dosaggio, siero, plasma, urine"
+    assert assess("Prestazioni", csv_bytes("Prestazioni", rows), filename="Prestazioni.csv") == []
+
+
+def test_a_csv_with_only_its_header_has_no_data_rows():
+    content = b"CODICE_AGENDA;CODICE_UNITA;DATA_INIZIO_VALIDITA;DATA_FINE_VALIDITA;IUP_SSA_CODE\n"
+    [finding] = assess("Agende", content, filename="Agende.csv")
+    assert finding.message == "il foglio non contiene righe di dati"
+
+
+def test_a_short_csv_row_has_its_missing_cells_empty():
+    content = b"CODICE_PRESTAZIONE;DESCRIZIONE;CODICE_UNITA;IUP_SSA_CODE\n90.27.1;Glucosio;PRELIEVI\n"
+    [finding] = assess("Prestazioni", content, filename="Prestazioni.csv")
+    assert (finding.cell, finding.message) == ("D2", "campo obbligatorio vuoto")
+
+
+def test_a_lone_table_is_taken_whatever_its_name_and_among_several_only_the_named_one():
+    rows = aggregation_rows()
+    lone = read_tables("export-gestionale.csv", csv_bytes("Prestazioni", rows["Prestazioni"]))
+    assert pick_table(lone, LAYOUTS["Prestazioni"]) is lone[0]
+    two = read_tables("a1.xlsx", workbook({"Agende": rows["Agende"], "Utenze": rows["Utenze"]}))
+    assert pick_table(two, LAYOUTS["Prestazioni"]) is None
+
+
+def test_a_structure_sheet_without_its_sts11_column_names_the_column_only():
+    """Without the column, "the HUB is missing" would be a guess: the missing column is the one finding."""
+    headers = {"Strutture": HEADERS["Strutture"][1:]}
+    content = workbook({"Strutture": [r[1:] for r in aggregation_rows()["Strutture"]]}, headers)
+    assert [(f.row, f.column, f.message) for f in assess("Strutture", content)] == [
+        (1, "STS11", "la colonna obbligatoria STS11 manca nell'intestazione")]

@@ -23,6 +23,7 @@ from services.ts_gateway.submission import (
     instance_outcome,
     is_valid_file_name,
     may_send,
+    needs_recovery,
     parse_data_invio,
     state_for_stato,
 )
@@ -78,6 +79,29 @@ def test_backoff_refuses_a_cap_below_the_first_delay() -> None:
         BackoffSchedule(initial=5, cap=1)
 
 
+def test_backoff_by_default_doubles_from_two_seconds_to_five_minutes() -> None:
+    delays = BackoffSchedule().delays()
+    assert [next(delays) for _ in range(10)] == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0, 300.0]
+
+
+@pytest.mark.parametrize("kwargs", [{"initial": 0.0}, {"factor": 0.99}, {"initial": 5.0, "cap": 4.99}])
+def test_backoff_refuses_no_first_delay_a_shrinking_factor_or_a_cap_below_the_first_delay(
+        kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="backoff needs initial > 0, factor >= 1, cap >= initial"):
+        BackoffSchedule(**kwargs)
+
+
+def test_backoff_takes_a_constant_delay_and_a_cap_equal_to_the_first_delay() -> None:
+    assert BackoffSchedule(initial=3.0, factor=1.0, cap=10.0).delay(5) == 3.0
+    assert BackoffSchedule(initial=5.0, cap=5.0).delay(3) == 5.0
+
+
+def test_retries_are_numbered_from_one() -> None:
+    assert BackoffSchedule(initial=2.0).delay(1) == 2.0
+    with pytest.raises(ValueError, match="attempt numbers start at 1, got 0"):
+        BackoffSchedule(initial=2.0).delay(0)
+
+
 def test_the_file_name_carries_the_zip_hash_prefix_and_follows_the_ts_rule() -> None:
     name = file_name_for(1947, 2, SHA)
     assert name == "730_1947_p2_abababababababab.zip"
@@ -101,6 +125,19 @@ def test_only_parts_without_protocollo_may_be_sent() -> None:
     part = SubmissionPart(PartKey(1947, 1, SHA), 1, "730_1947_p1.zip", 3)
     assert may_send(part)
     assert not may_send(_sending(protocollo="26112205400300001", state=PartState.WAITING_FEEDBACK))
+
+
+def test_a_part_refused_at_intake_is_neither_sent_again_nor_recovered_until_reopened() -> None:
+    """104 PINCODE ERRATO: rejected with no protocollo. Only a resend request reopens it (ledger.reopen_rejected)."""
+    refused = _sending(state=PartState.REJECTED)
+    assert not may_send(refused) and not needs_recovery(refused)
+
+
+def test_a_part_never_sent_needs_no_recovery() -> None:
+    pending = SubmissionPart(PartKey(1947, 1, SHA), 1, "730_1947_p1.zip", 3)
+    assert may_send(pending) and not needs_recovery(pending)
+    with pytest.raises(ValueError, match="nothing to recover"):
+        decide_recovery(pending, [], set())
 
 
 def test_ts_send_dates_are_read_as_italian_local_time() -> None:
@@ -145,6 +182,18 @@ def test_two_candidate_sends_go_to_an_operator_instead_of_a_resend() -> None:
     # the operators read it: Italian, saying what they must decide
     assert decision.reason.startswith("istanza 1947 parte 1: Sistema TS elenca 2 invii con ")
     assert decision.reason.endswith("un operatore deve indicare quale è il nostro")
+
+
+def test_a_send_up_to_five_minutes_before_our_attempt_is_ours_and_not_a_second_more() -> None:
+    """TS's clock may be behind ours by up to CLOCK_SKEW (5 minutes): a send TS dates 5 minutes before we recorded
+    "sending" can be ours; one second earlier, it was made before our attempt began."""
+    def sent(protocollo: str, before: timedelta) -> TsRecord:
+        moment = (SENT_AT - before).astimezone(TS_ZONE)
+        return TsRecord(protocollo, moment, moment.date(), 3, 1)
+
+    at_the_skew = sent("26012009550000001", timedelta(minutes=5))
+    assert decide_recovery(_sending(), [at_the_skew], set()) == Adopt("26012009550000001")
+    assert decide_recovery(_sending(), [sent("26012009545900001", timedelta(minutes=5, seconds=1))], set()) == Resend()
 
 
 def test_day_only_dates_match_from_the_day_of_the_attempt() -> None:
