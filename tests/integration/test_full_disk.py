@@ -497,13 +497,24 @@ async def test_the_loader_waits_for_space_to_write_a_feedback_and_fails_the_load
 async def _crash_postgres(url: str) -> None:
     """A real crash of the session's PostgreSQL: one of its backends killed with SIGKILL. The postmaster then ends
     every other backend and runs crash recovery, which empties every UNLOGGED table (load_problem among them), as
-    after a power cut. Returns once it accepts connections again."""
+    after a power cut. Returns once it accepts connections again AFTER the crash: a witness connection, opened
+    before the kill, is ended by the postmaster when it reacts to the crash; until then the server still takes
+    connections as if nothing had happened (on a loaded machine the reaction comes late, and a connection made in
+    between said "up" just before recovery mode refused the next one: CI, 2026-12-05)."""
+    witness = await asyncpg.connect(url)
     conn = await asyncpg.connect(url)
     pid = await conn.fetchval("SELECT pg_backend_pid()")
     os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(Exception):
         await conn.close(timeout=2)
     async with asyncio.timeout(60):
+        while True:  # the postmaster has reacted once the witness's backend is gone
+            try:
+                await witness.fetchval("SELECT 1", timeout=5)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                break
+            await asyncio.sleep(0.05)
+        witness.terminate()
         while True:
             try:
                 conn = await asyncpg.connect(url, timeout=5)
