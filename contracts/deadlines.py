@@ -28,6 +28,11 @@ COVERING_STATES = ("Formatted", "Waiting feedback", "Confirmed", "Confirmed with
 ITALY = ZoneInfo("Europe/Rome")
 
 
+def covering_states(flow_type: str) -> tuple[str, ...]:
+    """The states in which an instance of `flow_type` covers its deadline."""
+    return COVERING_STATES
+
+
 def italian_today(now: datetime | None = None) -> date:
     """Today's date in Italy: the day the deadlines, a 730's transmission date and Sistema TS count in, whatever
     the host's time zone. Services run in UTC containers, where `date.today()` is still yesterday for the
