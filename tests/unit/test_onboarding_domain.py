@@ -8,6 +8,7 @@ import pytest
 
 from contracts.onboarding import (
     CompletenessChanged,
+    DocumentAssessed,
     DocumentReceived,
     RequestComplete,
     RequestKind,
@@ -206,7 +207,9 @@ def test_a_non_compliant_verdict_must_say_why_and_a_compliant_one_needs_no_probl
     with pytest.raises(OnboardingError, match="problems è vuoto; un esito di non conformità deve indicarne il motivo"):
         domain.assess_document(state, _verdict(b2, compliant=False), REQ, MONDAY_2_MARCH, CAL)
     events = domain.assess_document(state, _verdict(b2), REQ, MONDAY_2_MARCH, CAL)
-    assert events[0].compliant and domain.advance(state, events).completeness.compliant == 1
+    completeness = domain.advance(state, events).completeness
+    assert isinstance(events[0], DocumentAssessed) and events[0].compliant
+    assert completeness is not None and completeness.compliant == 1
 
 
 def test_the_same_verdict_twice_is_a_no_op_and_a_changed_one_is_recorded():
@@ -216,7 +219,9 @@ def test_the_same_verdict_twice_is_a_no_op_and_a_changed_one_is_recorded():
     state = domain.advance(state, domain.assess_document(state, refused, REQ, MONDAY_2_MARCH, CAL))
     assert domain.assess_document(state, refused, REQ, MONDAY_2_MARCH, CAL) == []
     changed = domain.assess_document(state, _verdict(b2), REQ, MONDAY_2_MARCH, CAL)
-    assert changed[0].compliant and domain.advance(state, changed).completeness.non_compliant == {}
+    completeness = domain.advance(state, changed).completeness
+    assert isinstance(changed[0], DocumentAssessed) and changed[0].compliant
+    assert completeness is not None and completeness.non_compliant == {}
 
 
 def test_a_request_completed_by_the_desk_without_a_declared_date_is_taken_in_charge_without_a_switch():
