@@ -3,9 +3,9 @@ reading the rule data); `flows deadlines` and the console's Scadenze page both u
 
 The rules are data (`contracts/data/deadlines.toml`, one table per flow type and data year) because
 the law moves them; this module only reads them. A year the data does not list is an error naming
-the flow type and the year, never a date guessed from another year. Covered = a Formatted (or, for
-the 730, Confirmed / Waiting feedback) instance of that flow type and entity whose period contains
-the due period.
+the flow type and the year, never a date guessed from another year. Covered = an instance of that flow type and
+entity whose period contains the due period, Formatted for a flow the platform exports, sent to Sistema TS (Waiting
+feedback, Confirmed, Confirmed with errors) for the 730, which it sends itself (`covering_states`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,22 @@ from zoneinfo import ZoneInfo
 
 import holidays
 
+from contracts.states import SENDABLE_FLOW_TYPES
+
 DATA = Path(__file__).resolve().parent / "data" / "deadlines.toml"
 DATA_NAME = "contracts/data/deadlines.toml"
-COVERING_STATES = ("Formatted", "Waiting feedback", "Confirmed", "Confirmed with errors")
+# Tabella 1 (seed 000) dates the transmission to the competent body. A flow the platform only exports (C, C PACC,
+# MEF, ALPI TA: the operator uploads the files) is covered once its files are Formatted, as far as the platform can
+# see; the 730, which the platform sends to Sistema TS itself, once Sistema TS has it. A Formatted 730 is a file
+# nobody has sent: it covers nothing; a Rejected one was refused.
+EXPORTED_COVERED_BY = ("Formatted",)
+SENT_COVERED_BY = ("Waiting feedback", "Confirmed", "Confirmed with errors")
 ITALY = ZoneInfo("Europe/Rome")
+
+
+def covering_states(flow_type: str) -> tuple[str, ...]:
+    """The states in which an instance of `flow_type` covers its deadline."""
+    return SENT_COVERED_BY if flow_type in SENDABLE_FLOW_TYPES else EXPORTED_COVERED_BY
 
 
 def italian_today(now: datetime | None = None) -> date:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from contracts.deadlines import COVERING_STATES, Deadline
+from contracts.deadlines import Deadline, covering_states
 from services.loader.catalogue import known_enti
 
 
@@ -30,6 +30,6 @@ async def coverage(pool: asyncpg.Pool, items: list[Deadline], ente: str | None,
                 """SELECT instance FROM instance_list WHERE flow_type = $1 AND ente = $2
                      AND period_start <= $3 AND period_end >= $4 AND state = ANY($5::text[])
                    ORDER BY instance DESC LIMIT 1""",
-                d.flow_type, e, d.period_start, d.period_end, list(COVERING_STATES))
+                d.flow_type, e, d.period_start, d.period_end, list(covering_states(d.flow_type)))
             out.append((e, d, covering))
     return out

@@ -11,6 +11,7 @@ from contracts.deadlines import (
     Deadline,
     DeadlineDataInvalid,
     DeadlineDataMissing,
+    covering_states,
     deadlines_for_month,
     default_month,
     italian_today,
@@ -248,6 +249,16 @@ def test_status_marks_what_is_due_within_7_days_and_not_covered():
     assert status(d, None, date(2026, 11, 16)) == "due-soon"
     assert status(d, None, date(2026, 11, 17)) == "late"
     assert status(d, 1947, date(2026, 11, 17)) == "covered"
+
+
+def test_an_exported_flow_is_covered_once_formatted_and_the_730_once_sent_to_sistema_ts():
+    """Tabella 1 (seed 000) dates the TRANSMISSION to the competent body. C, C PACC, MEF and ALPI TA are exported (the
+    upload is the operator's, outside the platform): their Formatted files are as far as the platform sees. The 730
+    is sent by the platform itself: Formatted, its file has reached nobody, and its deadline is not met until Sistema
+    TS has it (Waiting feedback, then Confirmed or Confirmed with errors); a Rejected one was refused."""
+    assert covering_states("FLUSSO_730") == ("Waiting feedback", "Confirmed", "Confirmed with errors")
+    for flow_type in ("FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA"):
+        assert covering_states(flow_type) == ("Formatted",), flow_type
 
 
 @pytest.mark.parametrize(("utc", "italian"), [

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from services.loader.checks import CF_CODES, PLANS, PRESCRIPTION_RULES, SERVICE_ROW_RULES, rule_set_sql
+import re
+
+from services.formatter.fixedwidth import TRANSLITERATION
+from services.formatter.layouts import load_layout
+from services.loader.checks import (
+    CF_CODES,
+    NAME_LENGTH,
+    PLANS,
+    PRESCRIPTION_RULES,
+    SERVICE_ROW_RULES,
+    SURNAME_LENGTH,
+    ascii_length_sql,
+    rule_set_sql,
+)
 from services.loader.intake import KINDS, validate_raw
 from services.loader.snapshot import SELECTIONS
 
@@ -34,6 +47,33 @@ def test_one_statement_evaluates_every_rule_of_a_set() -> None:
         sql = rule_set_sql(rule_set)
         assert sql.count("INSERT INTO load_problem") == 1
         assert all(f"'{r.code}'" in sql for r in rule_set.rules)
+
+
+def test_every_rule_set_reads_the_snapshot_of_its_load_only() -> None:
+    """The snapshots of every load share their tables: a rule set without its `snapshot_id = $1` would judge (and
+    name in this load's feedback) the rows of every other load."""
+    for plan in PLANS.values():
+        for rule_set in plan.rule_sets:
+            assert rule_set_sql(rule_set).count("snapshot_id = $1") == 1, rule_set.name
+
+
+def test_the_name_warnings_cut_where_the_c1_fields_end() -> None:
+    """SURNAME_TOO_LONG and NAME_TOO_LONG tell the operator the formatter will cut the name: at the length of the
+    C1 field it is written in (Cognome 30, Nome 20 in Flusso C and C PACC, spec/flusso-c.md), not at another."""
+    for flow_type in ("FLUSSO_C", "FLUSSO_C_PACC"):
+        c1 = load_layout(flow_type, "2020").record("C1")
+        assert (c1.field("surname").length, c1.field("name").length) == (SURNAME_LENGTH, NAME_LENGTH) == (30, 20)
+    rules = {r.code: r for r in SERVICE_ROW_RULES.rules}
+    assert "> 30 AND" in rules["SURNAME_TOO_LONG"].broken and "> 20 AND" in rules["NAME_TOO_LONG"].broken
+
+
+def test_the_ascii_length_adds_what_each_transliterated_character_grows_by() -> None:
+    """A name's length in the C1 file is its length after transliteration (`Ò` -> `O'` and `ß` -> `SS` add one
+    character each): the SQL adds k for each character that becomes k + 1, every such character with its own k."""
+    terms = re.findall(r"(\d+) \* \(length\(x\) - length\(translate\(x, '([^']*)', ''\)\)\)", ascii_length_sql("x"))
+    counted = {char: int(grows) for grows, chars in terms for char in chars}
+    assert counted == {char: len(ascii) - 1 for char, ascii in TRANSLITERATION.items() if len(ascii) > 1}
+    assert counted["Ò"] == counted["ß"] == 1
 
 
 def test_every_flow_type_has_a_selection_and_a_check_plan() -> None:

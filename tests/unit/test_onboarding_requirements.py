@@ -132,6 +132,9 @@ def test_an_unknown_version_or_document_type_is_an_explicit_error():
     ("10:00-10:00", "deve finire dopo il suo inizio"),
     ("", "manca"),
     ("23:00-23:59", None),  # the last hour of the day is an hour
+    ("9:00-11:00", "non una fascia oraria OO:MM-OO:MM"),  # two digits for the hour
+    ("09:60-10:00", "non una fascia oraria OO:MM-OO:MM"),  # minutes go from 00 to 59 ...
+    ("09:00-10:60", "non una fascia oraria OO:MM-OO:MM"),  # ... at either end
     ("24:00-23:00", "le ore vanno da 00 a 23"),  # the start is checked ...
     ("09:00-24:00", "le ore vanno da 00 a 23"),  # ... and the end
 ])

@@ -227,3 +227,22 @@ def test_a_structure_sheet_without_its_sts11_column_names_the_column_only():
     content = workbook({"Strutture": [r[1:] for r in aggregation_rows()["Strutture"]]}, headers)
     assert [(f.row, f.column, f.message) for f in assess("Strutture", content)] == [
         (1, "STS11", "la colonna obbligatoria STS11 manca nell'intestazione")]
+
+
+@pytest.mark.parametrize(("sheet", "row", "column", "value", "message"), [
+    ("Sedi", 0, 5, "8013", "'8013' non è un CAP (5 cifre)"),
+    ("Sedi", 0, 5, "801340", "'801340' non è un CAP (5 cifre)"),
+    ("Erogatore", 0, 5, "0630490", "'0630490' non è un codice ISTAT di comune (6 cifre)"),
+    ("Raggruppamenti Unità", 0, 2, "1501234", "'1501234' non è un codice STS11 (6 caratteri A-Z 0-9)"),
+    ("Raggruppamenti Unità", 0, 2, "15012a", "'15012a' non è un codice STS11 (6 caratteri A-Z 0-9)"),
+    ("Utenze", 0, 4, "g.esposito@vesuvio", "'g.esposito@vesuvio' non è un indirizzo e-mail"),
+    ("Utenze", 0, 4, "g.esposito@vesuvio .it", "'g.esposito@vesuvio .it' non è un indirizzo e-mail"),
+])
+def test_codes_have_exactly_their_length_and_an_address_a_domain(sheet: str, row: int, column: int, value: str,
+                                                                 message: str) -> None:
+    """CAP 5 digits, ISTAT 6, STS11 6 letters or digits as typed (upper case), an e-mail a dotted domain and no
+    blanks: one character more or less is a wrong code, not a near one."""
+    rows = aggregation_rows()
+    rows[sheet][row][column] = value
+    [finding] = assess(sheet, workbook(rows))
+    assert finding.message == message

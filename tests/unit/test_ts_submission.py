@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from services.ts_gateway.submission import (
+    PROTOCOLLO,
     TS_ZONE,
     Adopt,
     AskOperator,
@@ -106,6 +107,21 @@ def test_the_file_name_carries_the_zip_hash_prefix_and_follows_the_ts_rule() -> 
     name = file_name_for(1947, 2, SHA)
     assert name == "730_1947_p2_abababababababab.zip"
     assert is_valid_file_name(name) and 6 <= len(name) <= 60
+
+
+def test_a_file_name_is_6_to_60_basic_latin_characters_ending_in_zip() -> None:
+    """ws-asincrono-spec v2.5 4.5 and esito 101: nomeFileAllegato has 6 to 60 basic latin characters, ending in
+    .zip; a name TS would refuse must never be sent."""
+    assert is_valid_file_name("ab.zip") and is_valid_file_name("a" * 56 + ".zip")  # 6 and 60
+    assert not is_valid_file_name("a.zip") and not is_valid_file_name("a" * 57 + ".zip")  # 5 and 61
+    assert is_valid_file_name("file 01.zip")  # a space is basic latin
+    assert not is_valid_file_name("fileè1.zip") and not is_valid_file_name("file01.txt")
+
+
+def test_a_protocollo_is_seventeen_digits_no_more_no_less() -> None:
+    """ws-asincrono-spec v2.5: "Stringa numerica di 17 cifre"."""
+    assert PROTOCOLLO.fullmatch("2" * 17)
+    assert not PROTOCOLLO.fullmatch("2" * 16) and not PROTOCOLLO.fullmatch("2" * 18)
 
 
 def test_a_file_name_needs_a_real_sha256() -> None:
