@@ -1,5 +1,4 @@
-import asyncio
-
 from services.audit.app import main
+from services.runtime.host import run_process
 
-asyncio.run(main())
+run_process(main)

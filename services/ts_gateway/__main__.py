@@ -1,5 +1,4 @@
-import asyncio
-
+from services.runtime.host import run_process
 from services.ts_gateway.app import main
 
-asyncio.run(main())
+run_process(main)
