@@ -134,6 +134,11 @@ class LoadFailed(Payload):
     source_instance: int | None = None
     errors: int
     warnings: int = 0
+    counts: dict[str, int] | None = Field(
+        default=None, description="What the load's snapshot held, as a Checked load's counts: the records the "
+                                  "errors are counted against. None when the load stopped before its checks "
+                                  "counted them (an unexpected failure).",
+        examples=[{"services": 1200, "prescriptions": 400, "patients": 380}])
     summary: str = Field(description="One line for the operators, in Italian: how many errors in how many records, "
                                      "and how many of each code.",
                          examples=["3 errori in 2 record: 2 x CF_CHECK_CHAR, 1 x UNKNOWN_SERVICE_CODE"])

@@ -206,7 +206,8 @@ async def _load(instance: int, current: FlowInstance, deps: LoaderDeps, attempt:
                                    warnings=outcome.warnings, feedback=feedback)
     else:
         result = flows.LoadFailed(instance=instance, source_instance=snapshot_id, errors=outcome.errors,
-                                  warnings=outcome.warnings, summary=outcome.summary, feedback=feedback)
+                                  warnings=outcome.warnings, counts=outcome.counts, summary=outcome.summary,
+                                  feedback=feedback)
     async with deps.pool.acquire() as conn, conn.transaction():
         # the snapshot is still this run's: see pipeline.drop_dead_runs (a lock whose connection was cut)
         if not await conn.fetchval("SELECT true FROM source_snapshot WHERE snapshot_id = $1 FOR SHARE",

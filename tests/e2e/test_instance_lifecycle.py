@@ -120,6 +120,11 @@ async def test_formatting_a_failed_load_is_refused_into_the_dead_letters_with_th
         instance = await _instance_of(pool, request.request_id)
         state = await _state_of(pool, instance, {"Checked", "Failed loading"})
         assert state == "Failed loading"
+        # the failed load says what it checked, as a Checked one does: its errors are counted against its records
+        row = await pool.fetchrow("SELECT l.counts, s.rows FROM instance_list l "
+                                  "JOIN source_snapshot s ON s.snapshot_id = l.source_instance WHERE l.instance = $1",
+                                  instance)
+        assert row is not None and row["counts"]["services"] == row["rows"] >= 1, row
         await send_command(platform.settings.kafka_bootstrap, "flows.format-requested",
                            flows.FormatRequested(instance=instance, requested_by="op"), key=str(instance))
         consumer = AIOKafkaConsumer("flows.format-requested.dlq", bootstrap_servers=platform.settings.kafka_bootstrap,
