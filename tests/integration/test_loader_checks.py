@@ -16,6 +16,7 @@ import pytest
 
 from contracts.feedback import FeedbackLine
 from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument, SourceModel
+from services.formatter.engine import run_format
 from services.loader import checks
 from services.loader.checks import PLANS, CfCheck, _run_cf_checks
 from services.loader.intake import store, store_services
@@ -254,6 +255,32 @@ async def test_a_name_that_grows_past_its_field_in_ascii_gets_a_warning(pool: as
     assert problems[("B-1@RX-GROWS/01", "SURNAME_TOO_LONG", "patient_surname")] == \
         f"il cognome {grows} ha 31 caratteri in ASCII: sarà troncato a 30"
     assert outcome.checked and outcome.warnings == 2
+
+
+async def test_the_loader_warns_about_exactly_the_names_the_formatter_cuts(pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """A real load, then a real format of its snapshot: a name is warned about at load if and only if the formatter
+    cuts it. Characters the formatter writes through NFKD grow (`ﬁ` -> `FI`; `⑽` -> `(10)`, 4 characters from 3
+    UTF-8 bytes, past the byte-count guard) or vanish (a combining accent): the loader counted each as one."""
+    surnames = {"B-1": "\ufb01\ufb01" + "A" * 27,  # 29 characters, 31 in ASCII: cut
+                "B-2": "A" * 30 + "\u0300",  # 31 characters, 30 in ASCII: not cut
+                "B-3": "\ufb01" + "A" * 28}  # 29 characters, 30 in ASCII: not cut
+    names = {"B-1": "MARIO", "B-2": "\u247d" * 5 + "A",  # 6 characters (16 bytes), 21 in ASCII: cut
+             "B-3": "\u247d" * 5}  # 5 characters, 20 in ASCII: not cut
+    async with pool.acquire() as conn:
+        await store_services(conn, [ecg(key, f"RX-{key}", patient_surname=surnames[key], patient_name=names[key])
+                                    for key in surnames])
+    store = FileStore(tmp_path)
+    loaded = await _load(pool, store)
+    warned = {(p["record_key"].split("@")[0], p["field"]): p["message"] for p in _feedback(store, loaded)}
+    formatted = await run_format(pool, store, 1947, 1948, "FLUSSO_C", "2020")
+    assert formatted.ok and formatted.stats is not None
+    cut = {(p.record.split()[1], {"C1.surname": "patient_surname", "C1.name": "patient_name"}[p.field])
+           for p in formatted.stats.warnings if p.code == "TRUNCATED"}
+    assert cut == {("B-1", "patient_surname"), ("B-2", "patient_name")}, formatted.warnings
+    assert set(warned) == cut, warned
+    assert warned[("B-1", "patient_surname")] == \
+        f"il cognome {surnames['B-1']} ha 31 caratteri in ASCII: sarà troncato a 30"
+    assert warned[("B-2", "patient_name")] == f"il nome {names['B-2']} ha 21 caratteri in ASCII: sarà troncato a 20"
 
 
 async def test_a_prescription_problem_names_the_source_id_of_its_first_row(pool: asyncpg.Pool,
