@@ -65,12 +65,13 @@ class RunningConsole:
                                     by="test")
 
     async def instance(self, ente: str, state_events: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
-                       flow_type: str = "FLUSSO_C") -> int:
-        """A new instance of `ente`, Running, then through `state_events` (type, data without instance)."""
+                       flow_type: str = "FLUSSO_C", period: tuple[str, str] = ("2026-10-01", "2026-10-31")) -> int:
+        """A new instance of `ente` for `period` (start, end), Running, then through `state_events` (type, data
+        without instance)."""
         number = int(await self.pool.fetchval("SELECT nextval('flow_instance_seq')"))  # the loader's numbering
         running = flows.LoadRunning(instance=number, request_id=uuid.uuid4(), flow_type=flows.FlowType(flow_type),
                                     version="2020", ente=ente,
-                                    period=flows.Period.model_validate({"start": "2026-10-01", "end": "2026-10-31"}),
+                                    period=flows.Period.model_validate({"start": period[0], "end": period[1]}),
                                     requested_by="op.test")
         events = [NewEvent("flows.load-running", running.model_dump(mode="json"), actor="loader")]
         events += [NewEvent(t, {"instance": number, **d}, actor="loader") for t, d in state_events]

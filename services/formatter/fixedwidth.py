@@ -13,6 +13,7 @@ typographic apostrophes become `'`. A character still outside printable ASCII is
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import date
@@ -47,6 +48,27 @@ def transliterate(text: str) -> str:
             base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
             out.append(base)
     return "".join(out)
+
+
+@functools.cache
+def length_changes() -> dict[str, int]:
+    """Every character `transliterate` writes as printable ASCII of another length than one, with how many characters
+    it adds (`Ò` -> `O'`: 1; NFKD: `ﬁ` -> `fi`: 1, `⑽` -> `(10)`: 3) or removes (a combining accent, dropped: -1).
+
+    Over every code point, so nothing the NFKD branch maps is missed: the loader's name-length check
+    (services.loader.checks.ascii_length_sql) counts with this, hence as the formatter writes. A character that is
+    not in TRANSLITERATION, already NFKD and not combining is written as itself (one character, not ASCII): skipped
+    without calling `transliterate` (half a second for the scan instead of two)."""
+    changes = {}
+    for cp in range(0x80, 0x110000):
+        ch = chr(cp)
+        if 0xD800 <= cp <= 0xDFFF or (ch not in TRANSLITERATION and unicodedata.is_normalized("NFKD", ch)
+                                      and not unicodedata.combining(ch)):
+            continue
+        text = transliterate(ch)
+        if len(text) != 1 and all(c in PRINTABLE for c in text):
+            changes[ch] = len(text) - 1
+    return changes
 
 
 def format_an(value: str | None, length: int, *, upper: bool = True, truncate: bool = False) -> tuple[str, bool]:

@@ -16,6 +16,7 @@ import pytest
 
 from contracts.feedback import FeedbackLine
 from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument, SourceModel
+from services.formatter.engine import run_format
 from services.loader import checks
 from services.loader.checks import PLANS, CfCheck, _run_cf_checks
 from services.loader.intake import store, store_services
@@ -118,6 +119,68 @@ CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
 ]
 
 
+# The edges of the checks, each through a real load: a prescription exactly AT the edge (no problem of that code
+# and field) beside one a unit (a cent, a day) PAST it (named, with its message). Moving an edge by one unit in
+# services/loader/checks.py (a constant, `>` for `>=`) fails its case. The edges pinned elsewhere: a row past 98
+# (test_rows_past_98...), a quantity of 1 (the clean RX-OK above), a name of 30/31 characters in ASCII
+# (test_a_name_that_grows..., tests/integration/test_name_length_sql.py).
+def _rx(key: str, rows: int = 1, **changes: Any) -> list[DeliveredService]:
+    """Prescription RX-<key> of `rows` services <key>-1.. (the first row's changes, then `row2` for the second)."""
+    second = changes.pop("row2", {})
+    return [ecg(f"{key}-{i}", f"RX-{key}", **(changes if i == 1 else {**changes, **second}))
+            for i in range(1, rows + 1)]
+
+
+_BIG: dict[str, Any] = {"catalogue_code": "13.41"}
+_IN_PERIOD: dict[str, Any] = {"prescription_date": None, "booking_date": None}
+_AUG_5 = date(2020, 8, 5)
+EDGES: list[tuple[str, str, str, list[DeliveredService], list[DeliveredService], str | None, str, str]] = [
+    ("row-total-99999.99-100000.00", "AMOUNT_TOO_LARGE", "tariff",
+     _rx("AT", quantity=3, tariff=Decimal("33333.33"), ticket=Decimal("36.15"), **_BIG),
+     _rx("OVER", quantity=4, tariff=Decimal("25000.00"), ticket=Decimal("36.15"), **_BIG), None,
+     "OVER-1@RX-OVER/01", "il totale di riga 4 x 25.000,00 € = 100.000,00 € supera 99.999,99 €"),
+    ("net-total-99999.99-100000.00", "AMOUNT_TOO_LARGE", "tariff",
+     _rx("AT", 2, tariff=Decimal("50000.00"), ticket=Decimal("0.01"), row2=dict(ticket=Decimal("0.00")), **_BIG),
+     _rx("OVER", 2, tariff=Decimal("50000.00"), ticket=Decimal("0.01"),
+         row2=dict(tariff=Decimal("50000.01"), ticket=Decimal("0.00")), **_BIG), None,
+     "OVER-1@RX-OVER/99", "il totale netto 100.000,00 € supera 99.999,99 €"),
+    ("ticket-total-9999.99-10000.00", "AMOUNT_TOO_LARGE", "ticket",
+     _rx("AT", 2, tariff=Decimal("6000.00"), ticket=Decimal("5000.00"), row2=dict(ticket=Decimal("4999.99")),
+         **_BIG),
+     _rx("OVER", 2, tariff=Decimal("6000.00"), ticket=Decimal("5000.00"), **_BIG), None,
+     "OVER-1@RX-OVER/99", "il ticket 10.000,00 € supera 9.999,99 €"),
+    ("ticket-over-services-10.00-10.01", "AMOUNT_ARITHMETIC", "ticket",
+     _rx("AT", ticket=Decimal("21.62")), _rx("OVER", ticket=Decimal("21.63")), None, "OVER-1@RX-OVER/99",
+     "il ticket 21,63 € supera il totale delle prestazioni 11,62 € più la quota fissa di 10,00 €"),
+    ("first-allowed-day-07-01-06-30", "DATE_OUTSIDE_PERIOD", "delivery_date",
+     _rx("AT", 2, delivery_date=date(2020, 7, 1), row2=dict(delivery_date=_AUG_5), **_IN_PERIOD),
+     _rx("OVER", 2, delivery_date=date(2020, 6, 30), row2=dict(delivery_date=_AUG_5), **_IN_PERIOD), None,
+     "OVER-1@RX-OVER/01", _OUTSIDE.replace("10/06/2020", "30/06/2020")),
+    ("exemption-ticket-0.01-or-services-0.00-ticket-0.00", "EXEMPTION_REQUIRED", "exemption_code",
+     _rx("AT", ticket=Decimal("0.01")) + _rx("FREE", tariff=Decimal("0.00"), ticket=Decimal("0.00")),
+     _rx("OVER", ticket=Decimal("0.00")), None, "OVER-1@RX-OVER/99",
+     "nessun ticket pagato su 11,62 € di prestazioni e nessun codice di esenzione"),
+    ("negative-tariff-0.00--0.01", "AMOUNT_NEGATIVE", "tariff",
+     _rx("AT", tariff=Decimal("0.00"), ticket=Decimal("0.00")), _rx("OVER"),
+     "UPDATE source_service SET tariff = -0.01 WHERE source_id = 'OVER-1'", "OVER-1@RX-OVER/01",
+     "la tariffa -0,01 € è negativa"),
+    ("negative-ticket-0.00--0.01", "AMOUNT_NEGATIVE", "ticket",
+     _rx("AT", ticket=Decimal("0.00"), exemption_code="048"), _rx("OVER"),
+     "UPDATE source_service SET ticket = -0.01 WHERE source_id = 'OVER-1'", "OVER-1@RX-OVER/01",
+     "il ticket -0,01 € è negativo"),
+    ("prescribed-on-the-day-the-day-after", "DELIVERY_BEFORE_PRESCRIPTION", "delivery_date",
+     _rx("AT", prescription_date=_AUG_5, booking_date=None), _rx("OVER", prescription_date=date(2020, 8, 6),
+                                                                 booking_date=None), None,
+     "OVER-1@RX-OVER/01", "la data di erogazione 05/08/2020 è precedente alla data di prescrizione 06/08/2020"),
+    ("booked-on-the-day-the-day-after", "BOOKING_AFTER_DELIVERY", "booking_date",
+     _rx("AT", booking_date=_AUG_5), _rx("OVER", booking_date=date(2020, 8, 6)), None,
+     "OVER-1@RX-OVER/01", "la data di prenotazione 06/08/2020 è successiva alla data di erogazione 05/08/2020"),
+    ("born-on-the-day-the-day-after", "BIRTH_AFTER_DELIVERY", "patient_birth_date",
+     _rx("AT", patient_birth_date=_AUG_5), _rx("OVER", patient_birth_date=date(2020, 8, 6)), None,
+     "OVER-1@RX-OVER/01", "la data di nascita 06/08/2020 è successiva alla data di erogazione 05/08/2020"),
+]
+
+
 @pytest.fixture
 async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
     async with asyncpg.create_pool(fresh_db, min_size=1, max_size=4) as p:
@@ -156,6 +219,23 @@ async def test_a_record_breaking_the_check_is_named_and_its_clean_neighbour_is_n
     assert [p for p in problems if "@RX-OK/" in p["record_key"]] == []
     severity = next(p["severity"] for p in problems if p["code"] == code)
     assert outcome.checked == (severity == "warning" and outcome.errors == 0)
+
+
+@pytest.mark.parametrize(("code", "field", "at", "over", "sql", "key", "message"), [e[1:] for e in EDGES],
+                         ids=[e[0] for e in EDGES])
+async def test_a_check_takes_the_record_at_its_edge_and_names_the_one_a_unit_past_it(
+        pool: asyncpg.Pool, tmp_path: Path, code: str, field: str, at: list[DeliveredService],
+        over: list[DeliveredService], sql: str | None, key: str, message: str) -> None:
+    async with pool.acquire() as conn:
+        await store_services(conn, [*at, *over])
+        if sql:
+            await conn.execute(sql)
+    store = FileStore(tmp_path)
+    outcome = await _load(pool, store)
+    named = {p["record_key"]: p["message"] for p in _feedback(store, outcome)
+             if (p["code"], p["field"]) == (code, field)}
+    assert named == {key: message}
+    assert not outcome.checked
 
 
 async def test_a_load_with_planted_bad_records_fails_naming_exactly_those(pool: asyncpg.Pool,
@@ -254,6 +334,32 @@ async def test_a_name_that_grows_past_its_field_in_ascii_gets_a_warning(pool: as
     assert problems[("B-1@RX-GROWS/01", "SURNAME_TOO_LONG", "patient_surname")] == \
         f"il cognome {grows} ha 31 caratteri in ASCII: sarà troncato a 30"
     assert outcome.checked and outcome.warnings == 2
+
+
+async def test_the_loader_warns_about_exactly_the_names_the_formatter_cuts(pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """A real load, then a real format of its snapshot: a name is warned about at load if and only if the formatter
+    cuts it. Characters the formatter writes through NFKD grow (`ﬁ` -> `FI`; `⑽` -> `(10)`, 4 characters from 3
+    UTF-8 bytes, past the byte-count guard) or vanish (a combining accent): the loader counted each as one."""
+    surnames = {"B-1": "\ufb01\ufb01" + "A" * 27,  # 29 characters, 31 in ASCII: cut
+                "B-2": "A" * 30 + "\u0300",  # 31 characters, 30 in ASCII: not cut
+                "B-3": "\ufb01" + "A" * 28}  # 29 characters, 30 in ASCII: not cut
+    names = {"B-1": "MARIO", "B-2": "\u247d" * 5 + "A",  # 6 characters (16 bytes), 21 in ASCII: cut
+             "B-3": "\u247d" * 5}  # 5 characters, 20 in ASCII: not cut
+    async with pool.acquire() as conn:
+        await store_services(conn, [ecg(key, f"RX-{key}", patient_surname=surnames[key], patient_name=names[key])
+                                    for key in surnames])
+    store = FileStore(tmp_path)
+    loaded = await _load(pool, store)
+    warned = {(p["record_key"].split("@")[0], p["field"]): p["message"] for p in _feedback(store, loaded)}
+    formatted = await run_format(pool, store, 1947, 1948, "FLUSSO_C", "2020")
+    assert formatted.ok and formatted.stats is not None
+    cut = {(p.record.split()[1], {"C1.surname": "patient_surname", "C1.name": "patient_name"}[p.field])
+           for p in formatted.stats.warnings if p.code == "TRUNCATED"}
+    assert cut == {("B-1", "patient_surname"), ("B-2", "patient_name")}, formatted.warnings
+    assert set(warned) == cut, warned
+    assert warned[("B-1", "patient_surname")] == \
+        f"il cognome {surnames['B-1']} ha 31 caratteri in ASCII: sarà troncato a 30"
+    assert warned[("B-2", "patient_name")] == f"il nome {names['B-2']} ha 21 caratteri in ASCII: sarà troncato a 20"
 
 
 async def test_a_prescription_problem_names_the_source_id_of_its_first_row(pool: asyncpg.Pool,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from services.formatter.fixedwidth import TRANSLITERATION
+from services.formatter.fixedwidth import TRANSLITERATION, length_changes
 from services.formatter.layouts import load_layout
 from services.loader.checks import (
     CF_CODES,
@@ -14,6 +14,7 @@ from services.loader.checks import (
     SERVICE_ROW_RULES,
     SURNAME_LENGTH,
     ascii_length_sql,
+    ascii_longer_sql,
     rule_set_sql,
 )
 from services.loader.intake import KINDS, validate_raw
@@ -64,16 +65,30 @@ def test_the_name_warnings_cut_where_the_c1_fields_end() -> None:
         c1 = load_layout(flow_type, "2020").record("C1")
         assert (c1.field("surname").length, c1.field("name").length) == (SURNAME_LENGTH, NAME_LENGTH) == (30, 20)
     rules = {r.code: r for r in SERVICE_ROW_RULES.rules}
-    assert "> 30 AND" in rules["SURNAME_TOO_LONG"].broken and "> 20 AND" in rules["NAME_TOO_LONG"].broken
+    assert rules["SURNAME_TOO_LONG"].broken == ascii_longer_sql("s.patient_surname", 30)
+    assert rules["NAME_TOO_LONG"].broken == ascii_longer_sql("s.patient_name", 20)
+    assert "THEN length(s.patient_surname) > 30 ELSE" in rules["SURNAME_TOO_LONG"].broken
 
 
 def test_the_ascii_length_adds_what_each_transliterated_character_grows_by() -> None:
     """A name's length in the C1 file is its length after transliteration (`Ò` -> `O'` and `ß` -> `SS` add one
-    character each): the SQL adds k for each character that becomes k + 1, every such character with its own k."""
-    terms = re.findall(r"(\d+) \* \(length\(x\) - length\(translate\(x, '([^']*)', ''\)\)\)", ascii_length_sql("x"))
+    character each, NFKD's `ﬁ` -> `FI` one and `⑽` -> `(10)` three, a combining accent is dropped): the SQL adds k
+    for each character that becomes k + 1, every such character with its own k. The same on a real PostgreSQL over
+    every character: tests/integration/test_name_length_sql.py."""
+    terms = re.findall(r"\((-?\d+)\) \* regexp_count\(x, '\[([^']*)\]'\)", ascii_length_sql("x"))
     counted = {char: int(grows) for grows, chars in terms for char in chars}
-    assert counted == {char: len(ascii) - 1 for char, ascii in TRANSLITERATION.items() if len(ascii) > 1}
-    assert counted["Ò"] == counted["ß"] == 1
+    assert counted == length_changes()
+    assert {char: len(ascii) - 1 for char, ascii in TRANSLITERATION.items() if len(ascii) > 1}.items() <= \
+        counted.items()
+    assert (counted["Ò"], counted["ß"], counted["\ufb01"], counted["\u247d"], counted["\u0300"]) == (1, 1, 1, 3, -1)
+
+
+def test_only_a_name_of_more_bytes_than_three_quarters_of_its_field_can_outgrow_it() -> None:
+    """`⑽` is 3 UTF-8 bytes and 4 ASCII characters, the most any character grows per byte: a name of 22 bytes is at
+    most 29 characters in ASCII, so the surname's guard lets through from 23 bytes (it let through from 31, so
+    `⑽⑽⑽⑽⑽⑽⑽AAA`, 24 bytes and 31 characters, was never counted)."""
+    assert "CASE WHEN octet_length(x) <= 22 THEN false" in ascii_longer_sql("x", 30)
+    assert "CASE WHEN octet_length(x) <= 15 THEN false" in ascii_longer_sql("x", 20)
 
 
 def test_every_flow_type_has_a_selection_and_a_check_plan() -> None:

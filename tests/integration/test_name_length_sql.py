@@ -1,0 +1,75 @@
+"""The loader's name-length warnings (SURNAME_TOO_LONG, NAME_TOO_LONG) ask, on a real PostgreSQL, what the formatter
+will do to the name: cut it when its transliteration (services.formatter.fixedwidth.transliterate) is longer than the
+C1 field. Compared here over EVERY character the formatter writes as printable ASCII, not only the few of its
+TRANSLITERATION table: the NFKD ones too (`ﬁ` -> `FI`, `⑽` -> `(10)`, a combining accent -> nothing)."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import asyncpg
+import pytest
+
+from services.formatter.fixedwidth import PRINTABLE, transliterate
+from services.loader.checks import NAME_LENGTH, SERVICE_ROW_RULES, SURNAME_LENGTH, ascii_length_sql
+
+pytestmark = pytest.mark.integration
+
+
+def _written_as_ascii() -> dict[str, str]:
+    """Every non-ASCII character the formatter writes in a C1 text field, with what it writes (upper case)."""
+    mapped = {}
+    for cp in range(0x80, 0x110000):
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        text = transliterate(chr(cp)).upper()
+        if all(c in PRINTABLE for c in text):
+            mapped[chr(cp)] = text
+    return mapped
+
+
+WRITTEN = _written_as_ascii()
+
+
+def test_the_formatter_writes_ligatures_numerals_and_combining_marks_at_other_lengths() -> None:
+    """What the comparison below covers, besides the table's `Ò` and `ß`: NFKD characters whose ASCII is longer
+    (longer even than their UTF-8 bytes) and combining marks the formatter drops."""
+    assert WRITTEN["Ò"] == "O'" and WRITTEN["ß"] == "SS"
+    assert WRITTEN["\ufb01"] == "FI" and WRITTEN["\u2026"] == "..." and WRITTEN["\u247d"] == "(10)"
+    assert WRITTEN["\u0300"] == "" and unicodedata.combining("\u0300")
+    assert len(WRITTEN["\u247d"]) > len("\u247d".encode())
+
+
+async def test_the_sql_ascii_length_of_every_character_is_the_formatters(conn: asyncpg.Connection) -> None:
+    chars = sorted(WRITTEN)
+    rows = await conn.fetch(f"SELECT c, {ascii_length_sql('c')} AS n FROM unnest($1::text[]) AS c", chars)
+    counted = {r["c"]: r["n"] for r in rows}
+    wrong = {c: (counted[c], len(WRITTEN[c])) for c in chars if counted[c] != len(WRITTEN[c])}
+    assert not wrong, f"{len(wrong)} characters counted (SQL, formatter) differently, e.g. " \
+                      f"{dict(list(wrong.items())[:8])}"
+
+
+def _names_at_the_edge(char: str, field: int) -> list[str]:
+    """Names with `char` as many times as fit, padded with `A` to the field's length in ASCII and to one more."""
+    grows = len(WRITTEN[char])
+    names = []
+    for ascii_length in (field, field + 1):
+        times = ascii_length // grows if grows else 1
+        names.append(char * times + "A" * (ascii_length - times * grows))
+    return names
+
+
+@pytest.mark.parametrize(("code", "column", "field"), [("SURNAME_TOO_LONG", "patient_surname", SURNAME_LENGTH),
+                                                       ("NAME_TOO_LONG", "patient_name", NAME_LENGTH)])
+async def test_the_name_rule_warns_exactly_when_the_formatter_will_cut(conn: asyncpg.Connection, code: str,
+                                                                       column: str, field: int) -> None:
+    """The rule itself (its SQL predicate, with the cheap byte-count guard in front of the ASCII length): for every
+    character, a name written in exactly the field's length is not warned about and one a character longer is."""
+    rule = next(r for r in SERVICE_ROW_RULES.rules if r.code == code)
+    names = [name for char in sorted(WRITTEN) for name in _names_at_the_edge(char, field)]
+    rows = await conn.fetch(f"SELECT s.{column} AS name, coalesce(({rule.broken}), false) AS warned "
+                            f"FROM unnest($1::text[]) AS s({column})", names)
+    wrong = {r["name"]: r["warned"] for r in rows
+             if r["warned"] != (len(transliterate(r["name"]).upper()) > field)}
+    assert not wrong, f"{len(wrong)} names warned about (True) or not (False) against what the formatter does, " \
+                      f"e.g. {dict(list(wrong.items())[:6])}"
