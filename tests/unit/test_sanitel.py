@@ -94,3 +94,40 @@ def test_a_value_too_long_for_one_rsa_block_is_refused_without_echoing_it(keys):
     with pytest.raises(SanitelError, match="too long") as caught:
         encrypt_for_ts(cert, secret)
     assert secret not in str(caught.value)
+
+
+def _numbers(private_key_pem: bytes):  # type: ignore[no-untyped-def]
+    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    return key.private_numbers()  # type: ignore[union-attr]
+
+
+def test_the_ciphertext_is_pkcs1_v1_5_as_rfc_8017_writes_it_read_by_plain_arithmetic(keys):
+    """Sistema TS decrypts with its own RSA, not ours: the block must be RFC 8017's RSAES-PKCS1-v1_5 (7.2.1),
+    checked here by the textbook arithmetic, without the library that wrote it. EM = 0x00 || 0x02 || PS || 0x00 || M,
+    PS at least 8 non-zero random octets, and the ciphertext is EM^e mod n (so EM = c^d mod n), k octets long."""
+    private = _numbers(keys[1])
+    n, d = private.public_numbers.n, private.d
+    k = (n.bit_length() + 7) // 8
+    for cf in (MARIO_ROSSI, "PROVAX00X00X000Y", "1234567890"):
+        raw = base64.b64decode(encrypt_for_ts(x509.load_pem_x509_certificate(keys[0]), cf), validate=True)
+        assert len(raw) == k
+        em = pow(int.from_bytes(raw, "big"), d, n).to_bytes(k, "big")
+        assert em[:2] == b"\x00\x02", em[:2]
+        separator = em.index(b"\x00", 2)
+        padding_string = em[2:separator]
+        assert len(padding_string) >= 8 and 0 not in padding_string
+        assert em[separator + 1:] == cf.encode("ascii")
+
+
+def test_a_block_built_by_rfc_8017_arithmetic_decrypts_in_the_simulator(keys):
+    """The other way: a ciphertext made by hand as the RFC says (as another RSA implementation would) is read by
+    `decrypt_with_key`, the Sistema TS simulator's side."""
+    private = _numbers(keys[1])
+    n, e = private.public_numbers.n, private.public_numbers.e
+    k = (n.bit_length() + 7) // 8
+    message = MARIO_ROSSI.encode("ascii")
+    padding_string = bytes(range(1, k - len(message) - 2))  # non-zero octets (random in real use)
+    em = b"\x00\x02" + padding_string + b"\x00" + message
+    assert len(em) == k
+    cipher = base64.b64encode(pow(int.from_bytes(em, "big"), e, n).to_bytes(k, "big")).decode("ascii")
+    assert decrypt_with_key(keys[1], cipher, cf_shaped) == MARIO_ROSSI
