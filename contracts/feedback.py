@@ -31,6 +31,8 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "STRUCTURE_NOT_IN_ENTE": (ERROR, "The structure (STS11) belongs to another entity."),
     "SURNAME_TOO_LONG": (WARNING, "The surname, transliterated to ASCII, is longer than its field: it is cut."),
     "NAME_TOO_LONG": (WARNING, "The name, transliterated to ASCII, is longer than its field: it is cut."),
+    "CHARSET": (ERROR, "A text the flow's fixed-width layout writes holds a character with no ASCII transliteration "
+                       "(Cyrillic, CJK, `Œ`, a backslash): the file could not be written."),
     "EXEMPTION_REQUIRED": (ERROR, "An SSN prescription with no ticket paid has no exemption code."),
     "AMOUNT_ARITHMETIC": (ERROR, "The ticket paid exceeds the value of the services plus the fixed fee."),
     "DUPLICATE_PRESCRIPTION_NUMBER": (ERROR, "The prescription number is used by another prescription (ID)."),
@@ -66,6 +68,16 @@ FEEDBACK_FIELDS: dict[str, str] = {
     "appointment_date": "booking: appointment date",
     "payment_date": "payment document: payment date",
     "period": "the whole load: its entity and period",
+    "region": "delivered service: charging region",
+    "ente": "any record: entity (ASL / hospital)",
+    "prescriber_code": "delivered service: prescriber",
+    "patient_residence_istat": "delivered service: patient's municipality of residence (ISTAT)",
+    "patient_residence_asl": "delivered service: patient's ASL of residence",
+    "prescription_id": "prescription: ID",
+    "catalogue_coding": "delivered service: catalogue coding (N or a regional letter)",
+    "discipline": "delivered service: discipline",
+    "access_type": "delivered service: first or subsequent access",
+    "source_id": "booking: its source id (ALPI TA writes it)",
 }
 
 RECORD_KEY_DESCRIPTION = (

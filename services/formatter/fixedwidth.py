@@ -51,24 +51,51 @@ def transliterate(text: str) -> str:
 
 
 @functools.cache
-def length_changes() -> dict[str, int]:
-    """Every character `transliterate` writes as printable ASCII of another length than one, with how many characters
-    it adds (`Ò` -> `O'`: 1; NFKD: `ﬁ` -> `fi`: 1, `⑽` -> `(10)`: 3) or removes (a combining accent, dropped: -1).
-
-    Over every code point, so nothing the NFKD branch maps is missed: the loader's name-length check
-    (services.loader.checks.ascii_length_sql) counts with this, hence as the formatter writes. A character that is
-    not in TRANSLITERATION, already NFKD and not combining is written as itself (one character, not ASCII): skipped
-    without calling `transliterate` (half a second for the scan instead of two)."""
-    changes = {}
+def _non_ascii_written() -> dict[str, str]:
+    """What `transliterate` writes for every non-ASCII code point it does not write as itself (one scan per process,
+    shared by length_changes and writable_ranges). A character that is not in TRANSLITERATION, already NFKD and not
+    combining is written as itself (one character, not ASCII): skipped without calling `transliterate` (half a
+    second for the scan instead of two)."""
+    written = {}
     for cp in range(0x80, 0x110000):
         ch = chr(cp)
         if 0xD800 <= cp <= 0xDFFF or (ch not in TRANSLITERATION and unicodedata.is_normalized("NFKD", ch)
                                       and not unicodedata.combining(ch)):
             continue
-        text = transliterate(ch)
-        if len(text) != 1 and all(c in PRINTABLE for c in text):
-            changes[ch] = len(text) - 1
-    return changes
+        written[ch] = transliterate(ch)
+    return written
+
+
+@functools.cache
+def length_changes() -> dict[str, int]:
+    """Every character `transliterate` writes as printable ASCII of another length than one, with how many characters
+    it adds (`Ò` -> `O'`: 1; NFKD: `ﬁ` -> `fi`: 1, `⑽` -> `(10)`: 3) or removes (a combining accent, dropped: -1).
+
+    Over every code point, so nothing the NFKD branch maps is missed: the loader's name-length check
+    (services.loader.checks.ascii_length_sql) counts with this, hence as the formatter writes."""
+    return {ch: len(text) - 1 for ch, text in _non_ascii_written().items()
+            if len(text) != 1 and all(c in PRINTABLE for c in text)}
+
+
+def writable(ch: str) -> bool:
+    """Can `format_an` write this character: does `transliterate` make it printable ASCII (or nothing, a combining
+    accent)? Anything else (Cyrillic, CJK, `Œ`, a backslash, a control character) is its CHARSET error."""
+    return all(c in PRINTABLE for c in transliterate(ch))
+
+
+@functools.cache
+def writable_ranges() -> tuple[tuple[int, int], ...]:
+    """The code points `format_an` can write (`writable`), as sorted inclusive ranges, over every code point: the
+    loader's CHARSET check (services.loader.checks.charset_sql) asks the same question in SQL with them."""
+    points = [cp for cp in range(0x80) if writable(chr(cp))]
+    points += sorted(ord(ch) for ch, text in _non_ascii_written().items() if all(c in PRINTABLE for c in text))
+    ranges: list[tuple[int, int]] = []
+    for cp in points:
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1] = (ranges[-1][0], cp)
+        else:
+            ranges.append((cp, cp))
+    return tuple(ranges)
 
 
 def format_an(value: str | None, length: int, *, upper: bool = True, truncate: bool = False) -> tuple[str, bool]:

@@ -34,7 +34,8 @@ from typing import Any, Literal
 import asyncpg
 
 from contracts.italian import italian_amount, italian_amount_sql, italian_date_sql
-from services.formatter.fixedwidth import length_changes
+from services.formatter.fixedwidth import length_changes, writable_ranges
+from services.formatter.layouts import LayoutRegistry
 from services.loader.codice_fiscale import check_codici_fiscali
 from services.loader.snapshot import WORK_MEM
 
@@ -120,6 +121,75 @@ def _name_rule(code: str, field: str, what: str, italian: str, length: int) -> R
                 ascii_longer_sql(f"s.{field}", length),
                 f"format('{italian} %s ha %s caratteri in ASCII: sarà troncato a {length}', s.{field}, "
                 f"{ascii_length})")
+
+
+def _regex_char(cp: int) -> str:
+    """One code point inside a PostgreSQL regular expression bracket, as an escape (`\\u005d`, `\\U0001f600`): no
+    character is then special in the bracket (`]`, `\\`, `^`, `-`) nor in the SQL literal (`'`)."""
+    return f"\\u{cp:04x}" if cp <= 0xFFFF else f"\\U{cp:08x}"
+
+
+@functools.cache
+def writable_bracket() -> str:
+    """The bracket's inside, ranges of every character the formatter can write in a fixed-width text field
+    (services.formatter.fixedwidth.writable_ranges: its transliterate() over every code point, computed once)."""
+    return "".join(_regex_char(a) if a == b else f"{_regex_char(a)}-{_regex_char(b)}" for a, b in writable_ranges())
+
+
+def _ascii_bracket() -> str:
+    """The ASCII part of writable_bracket: what a plain-ASCII value must keep to (no backslash, no control)."""
+    return "".join(_regex_char(a) if a == b else f"{_regex_char(a)}-{_regex_char(b)}"
+                   for a, b in writable_ranges() if b < 0x80)
+
+
+def charset_sql(column: str) -> str:
+    """SQL: does `column` hold a character the formatter cannot write in a fixed-width file (CHARSET when it formats)?
+    A plain-ASCII value (as many bytes as characters: most of them) is asked only about the backslash and control
+    characters; any other against every writable range."""
+    return (f"CASE WHEN octet_length({column}) = length({column}) THEN {column} ~ '[^{_ascii_bracket()}]' "
+            f"ELSE {column} ~ '[^{writable_bracket()}]' END")
+
+
+def unwritable_sql(column: str) -> str:
+    """SQL: the characters of `column` the formatter cannot write, each once in order of appearance with its code
+    point, so an invisible one is named too: `И (U+0418), В (U+0412)`."""
+    return ("(SELECT string_agg(format('%s (U+%s)', u.c, upper(lpad(to_hex(ascii(u.c)), 4, '0'))), ', ' "
+            "ORDER BY u.first) FROM (SELECT t.c, min(t.i) AS first FROM regexp_split_to_table("
+            f"regexp_replace({column}, '[{writable_bracket()}]+', '', 'g'), '') WITH ORDINALITY AS t(c, i) "
+            "GROUP BY t.c) u)")
+
+
+def _charset_rule(flow_type: str, version: str, column: str, label: str) -> Rule:
+    italian = label.replace("'", "''").replace("%", "%%")
+    return Rule("CHARSET", ERROR, column,
+                f"Does the value hold a character the {flow_type} {version} fixed-width layout cannot write, even "
+                "transliterated to ASCII (the formatter would fail it: CHARSET)?",
+                charset_sql(f"s.{column}"),
+                f"format('il valore %s del campo {italian} contiene caratteri senza traslitterazione in ASCII, che il "
+                f"tracciato {flow_type} {version} non può scrivere: %s', s.{column}, {unwritable_sql(f's.{column}')})")
+
+
+def written_text_columns(flow_type: str, version: str) -> dict[str, str]:
+    """The snapshot columns the flow's fixed-width layout (contracts/layouts/<flow>/<version>.toml) writes in a text
+    field (AN with a `column`), each with the Italian label of its first field: what the formatter transliterates, so
+    where it can fail with CHARSET. A field with a `map` writes the mapped value (the layout's own text), not the
+    column's. None without a fixed-width layout: the 730 is XML in UTF-8, written as it is (and its text fields are
+    codes the intake holds to ASCII patterns); a version with no layout file fails its format with its own error."""
+    registry = LayoutRegistry()
+    if (flow_type, version) not in registry.available():
+        return {}
+    columns: dict[str, str] = {}
+    for record in registry.get(flow_type, version).records:
+        for spec in record.fields:
+            if spec.type == "AN" and spec.column is not None and spec.map is None:
+                columns.setdefault(spec.column, spec.title)
+    return columns
+
+
+def charset_rules(flow_type: str, version: str) -> tuple[Rule, ...]:
+    """One CHARSET rule per text column the flow's layout writes (written_text_columns)."""
+    return tuple(_charset_rule(flow_type, version, column, label)
+                 for column, label in written_text_columns(flow_type, version).items())
 
 
 _STRUCTURE_MESSAGE = "format('la struttura %s non è una struttura dell''ente %s', s.structure_sts11, s.ente)"
@@ -328,10 +398,25 @@ CF_CODES: dict[str, tuple[Severity, str]] = {
 NO_SOURCE_DATA: tuple[str, Severity, str] = ("NO_SOURCE_DATA", WARNING, "period")
 
 
+@functools.cache
+def plan_for(flow_type: str, version: str, snapshot_table: str) -> CheckPlan:
+    """PLANS[snapshot_table] with the CHARSET rules of the flow's layout (charset_rules) in its row rule set (the
+    first: one scan of the snapshot for them all). Built once per (flow, version) and process."""
+    plan = PLANS[snapshot_table]
+    extra = charset_rules(flow_type, version)
+    if not extra:
+        return plan
+    rows, *rest = plan.rule_sets
+    assert not rows.grouped_in_index_order, "the first rule set of a plan is over the snapshot's rows"
+    return dataclasses.replace(plan, rule_sets=(dataclasses.replace(rows, rules=rows.rules + extra), *rest))
+
+
 def problem_kinds() -> set[tuple[str, Severity, str]]:
-    """(code, severity, field) of every problem the checks can put in a feedback."""
+    """(code, severity, field) of every problem the checks can put in a feedback, with any layout's CHARSET."""
     kinds: set[tuple[str, Severity, str]] = {(r.code, r.severity, r.field) for plan in PLANS.values()
                                              for rule_set in plan.rule_sets for r in rule_set.rules}
+    kinds |= {(r.code, r.severity, r.field) for flow_type, version in LayoutRegistry().available()
+              for r in charset_rules(flow_type, version)}
     kinds |= {(code, severity, "patient_cf") for code, (severity, _) in CF_CODES.items()}
     kinds.add(NO_SOURCE_DATA)
     return kinds
@@ -489,14 +574,15 @@ SMALL_SNAPSHOT = 5_000
 
 
 async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, version: str,
-                     period: tuple[object, object], rows: int | None = None) -> CfCheck:
-    """Evaluate every rule on the snapshot into load_problem (previous problems of it are replaced).
+                     period: tuple[object, object], rows: int | None = None, *, flow_type: str) -> CfCheck:
+    """Evaluate every rule on the snapshot into load_problem (previous problems of it are replaced); the rules of
+    the flow's layout `version` too (plan_for: CHARSET).
 
     The rule sets and the codice fiscale check run concurrently on separate connections: PostgreSQL
     runs each INSERT ... SELECT on one core, so parallel statements are how a load uses the machine.
     A snapshot of at most SMALL_SNAPSHOT `rows` (when the caller knows them) is checked on one connection.
     Returns what the codice fiscale check counted on the way (records, prescriptions, patients)."""
-    plan = PLANS[snapshot_table]
+    plan = plan_for(flow_type, version, snapshot_table)
     if rows is not None and rows <= SMALL_SNAPSHOT:
         async with pool.acquire() as conn:
             return await _run_small(conn, plan, snapshot_id, version, period)

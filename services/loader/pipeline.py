@@ -226,7 +226,8 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
     period = (period_start, period_end)
     if stats.rows > checks.SMALL_SNAPSHOT:  # a small one is checked in one statement: the statistics don't matter
         await _analyze(pool, table)
-    counted = await run_checks(pool, table, snapshot_id, version, period, rows=stats.rows)
+    counted = await run_checks(pool, table, snapshot_id, version, period, rows=stats.rows,
+                               flow_type=flow.value)
     counts = dict(zip(_COUNTED_BY_CHECKS[table], (counted.records, counted.first_rows, counted.codes), strict=False))
     step(3)
     if not next(iter(counts.values())):  # no service / booking / document: say so, never a silent Checked

@@ -17,6 +17,7 @@ import pytest
 from contracts.feedback import FeedbackLine
 from contracts.sources import DeliveredService, IntramoeniaBooking, PaymentDocument, SourceModel
 from services.formatter.engine import run_format
+from services.formatter.layouts import load_layout
 from services.loader import checks
 from services.loader.checks import PLANS, CfCheck, _run_cf_checks
 from services.loader.intake import store, store_services
@@ -107,6 +108,15 @@ CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
      "il cognome ROSSI DI SANTA MARIA CAPUA VETERE ha 33 caratteri in ASCII: sarà troncato a 30"),
     ("NAME_TOO_LONG", "patient_name", bad(patient_name="MARIO GENNARO SALVATORE"), "B-1@RX-BAD/01", None,
      "il nome MARIO GENNARO SALVATORE ha 23 caratteri in ASCII: sarà troncato a 20"),
+    ("CHARSET", "patient_surname", bad(patient_surname="ИВАНОВ"), "B-1@RX-BAD/01", None,
+     "il valore ИВАНОВ del campo Cognome contiene caratteri senza traslitterazione in ASCII, che il tracciato FLUSSO_C "
+     "2020 non può scrivere: И (U+0418), В (U+0412), А (U+0410), Н (U+041D), О (U+041E)"),
+    ("CHARSET", "patient_name", bad(patient_name="ŒDIPE"), "B-1@RX-BAD/01", None,
+     "il valore ŒDIPE del campo Nome contiene caratteri senza traslitterazione in ASCII, che il tracciato FLUSSO_C "
+     "2020 non può scrivere: Œ (U+0152)"),
+    ("CHARSET", "prescriber_code", bad(prescriber_code="MED\\01"), "B-1@RX-BAD/01", None,
+     "il valore MED\\01 del campo Medico prescrittore contiene caratteri senza traslitterazione in ASCII, che il "
+     "tracciato FLUSSO_C 2020 non può scrivere: \\ (U+005C)"),
     ("EXEMPTION_REQUIRED", "exemption_code", bad(ticket=Decimal("0.00")), "B-1@RX-BAD/99", None,
      "nessun ticket pagato su 11,62 € di prestazioni e nessun codice di esenzione"),
     ("AMOUNT_ARITHMETIC", "ticket", bad(ticket=Decimal("50.00")), "B-1@RX-BAD/99", None,
@@ -362,6 +372,76 @@ async def test_the_loader_warns_about_exactly_the_names_the_formatter_cuts(pool:
     assert warned[("B-2", "patient_name")] == f"il nome {names['B-2']} ha 21 caratteri in ASCII: sarà troncato a 20"
 
 
+# Values the formatter writes (transliterated: `NICOLÒ` -> `NICOLO'`, `Ç` -> `C`, `ß` -> `SS`, a combining accent
+# dropped, `ﬁ` -> `FI`) and values it cannot (CHARSET when it formats): Cyrillic, `Œ`, CJK, a backslash, the
+# fullwidth backslash whose NFKD is one, a Cyrillic letter in a text the layout writes other than a name.
+_WRITTEN: dict[str, dict[str, Any]] = {
+    "W-1": dict(patient_surname="NICOLÒ DELL'ÀNCORA", patient_name="NICOLÒ"),
+    "W-2": dict(patient_surname="ÇELIK", patient_name="GRÜß"),
+    "W-3": dict(patient_surname="E\u0301SPOSITO", patient_name="\ufb01LIPPO", prescriber_code="DR’ROSSI"),
+}
+_NOT_WRITTEN: dict[str, dict[str, Any]] = {
+    "N-1": dict(patient_surname="ИВАНОВ"),
+    "N-2": dict(patient_name="ŒDIPE"),
+    "N-3": dict(patient_surname="王", patient_name="小明"),
+    "N-4": dict(prescriber_code="MED\\01"),
+    "N-5": dict(prescriber_code="MED\uff3c01"),
+    "N-6": dict(prescription_number="150AБ00000000001"),
+}
+
+
+async def test_a_character_the_format_could_not_write_fails_the_load_naming_record_and_field(
+        pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """The loader names, as CHARSET errors, exactly the values the formatter then fails with CHARSET: a real load,
+    then a real format of its snapshot. Accented Italian names, `Ç`, `ß`, a combining accent are written, not named."""
+    services = [ecg(key, f"RX-{key}", **changes) for key, changes in {**_WRITTEN, **_NOT_WRITTEN}.items()]
+    async with pool.acquire() as conn:
+        await store_services(conn, services)
+    store = FileStore(tmp_path)
+    loaded = await _load(pool, store)
+    named = {(p["record_key"], p["field"]): p for p in _feedback(store, loaded) if p["code"] == "CHARSET"}
+    assert set(named) == {(f"{key}@RX-{key}/01", field) for key, changes in _NOT_WRITTEN.items()
+                          for field in changes}, named
+    assert {p["severity"] for p in named.values()} == {"error"} and not loaded.checked
+    assert "CHARSET" in loaded.summary
+    assert named[("N-5@RX-N-5/01", "prescriber_code")]["message"] == (
+        "il valore MED\uff3c01 del campo Medico prescrittore contiene caratteri senza traslitterazione in ASCII, che "
+        "il tracciato FLUSSO_C 2020 non può scrivere: \uff3c (U+FF3C)")
+    assert named[("N-3@RX-N-3/01", "patient_name")]["message"].endswith(": 小 (U+5C0F), 明 (U+660E)")
+    # what the format of the same snapshot says (its fields named by the layout: C1.surname is patient_surname)
+    formatted = await run_format(pool, store, 1947, 1948, "FLUSSO_C", "2020")
+    columns = {f"{record.kind}.{spec.name}": spec.column for record in load_layout("FLUSSO_C", "2020").records
+               for spec in record.fields}
+    assert not formatted.ok and formatted.stats is not None
+    failed = {(p.record.split()[1], columns[p.field]) for p in formatted.stats.errors if p.code == "CHARSET"}
+    assert failed == {(key.split("@")[0], field) for key, field in named}, formatted.reasons
+
+
+async def test_a_flow_whose_layout_does_not_write_a_field_is_not_failed_for_it(pool: asyncpg.Pool,
+                                                                               tmp_path: Path) -> None:
+    """MEF writes no name: a Cyrillic surname does not fail its load, nor its format; Flusso C and C PACC write it
+    (C1). MEF writes the prescriber: a backslash there fails the MEF load too. ALPI TA reads the bookings only."""
+    async with pool.acquire() as conn:
+        await store_services(conn, [ecg("A-1", "RX-OK"), ecg("B-1", "RX-BAD", patient_surname="ИВАНОВ")])
+    store = FileStore(tmp_path)
+    mef = await _load(pool, store, "FLUSSO_MEF", 1)
+    assert (mef.checked, mef.errors, mef.feedback_sha256) == (True, 0, None)
+    formatted = await run_format(pool, store, 1947, 1948, "FLUSSO_MEF", "2020")
+    assert formatted.ok, formatted.reasons
+    flusso_c = await _load(pool, store, "FLUSSO_C", 2)
+    assert {(p["record_key"], p["field"], p["code"]) for p in _feedback(store, flusso_c)} == {
+        ("B-1@RX-BAD/01", "patient_surname", "CHARSET")}
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE source_service SET pacc = true, catalogue_coding = 'a'")
+        await store_services(conn, [ecg("C-1", "RX-PRESCRIBER", prescriber_code="MED\\01")])
+    pacc = await _load(pool, store, "FLUSSO_C_PACC", 3)
+    assert ("B-1@RX-BAD/01", "patient_surname", "CHARSET") in {
+        (p["record_key"], p["field"], p["code"]) for p in _feedback(store, pacc)}
+    mef = await _load(pool, store, "FLUSSO_MEF", 4)
+    assert {(p["record_key"], p["field"]) for p in _feedback(store, mef) if p["code"] == "CHARSET"} == {
+        ("C-1@RX-PRESCRIBER/01", "prescriber_code")}
+
+
 async def test_a_prescription_problem_names_the_source_id_of_its_first_row(pool: asyncpg.Pool,
                                                                              tmp_path: Path) -> None:
     """The first row is the earliest service, whose source_id (Z-...) is not the smallest (A-...)."""
@@ -420,7 +500,8 @@ async def test_booking_and_payment_problems_write_their_days_as_italians_do(pool
     # again against a period ending on 10 August, the later ones are.
     loaded = await _load(pool, store, "FLUSSO_730", 2)
     assert loaded.checked
-    await checks.run_checks(pool, "snapshot_payment_document", 1950, "2020", (AUGUST[0], date(2020, 8, 10)))
+    await checks.run_checks(pool, "snapshot_payment_document", 1950, "2020", (AUGUST[0], date(2020, 8, 10)),
+                            flow_type="FLUSSO_730")
     late = await pool.fetchrow("SELECT p.message, d.payment_date FROM load_problem p JOIN snapshot_payment_document d "
                                "ON d.snapshot_id = p.snapshot_id AND d.source_id = p.record_key "
                                "WHERE p.snapshot_id = 1950 AND p.code = 'PAYMENT_AFTER_PERIOD' LIMIT 1")

@@ -1,0 +1,80 @@
+"""The loader's CHARSET check asks, on a real PostgreSQL, what the formatter will do to a text: fail it with CHARSET
+when a character stays outside printable ASCII once transliterated (services.formatter.fixedwidth.transliterate, then
+PRINTABLE). Compared over EVERY code point PostgreSQL can hold (each alone: an ASCII one takes the rule's plain-ASCII
+fast path, any other its full bracket; and each ASCII one after an accented letter, on the full bracket), with the
+formatter's rule and with what its column engine (services.formatter.columnar, the one that writes the files) reports;
+and the characters its message names."""
+
+from __future__ import annotations
+
+import asyncpg
+import pyarrow as pa
+import pytest
+
+from services.formatter.columnar import ProblemLog, Renderer, RowSet
+from services.formatter.fixedwidth import PRINTABLE, transliterate, writable_ranges
+from services.formatter.layouts import FieldSpec, RecordKind
+from services.loader.checks import charset_rules, charset_sql, unwritable_sql
+
+pytestmark = pytest.mark.integration
+
+
+def _formatter_fails(text: str) -> bool:
+    """The formatter's rule: a character stays outside printable ASCII once transliterated."""
+    return any(c not in PRINTABLE for c in transliterate(text))
+
+
+# every code point but NUL (PostgreSQL's text cannot hold it) and the surrogates (not characters), each alone; then
+# each ASCII one after an accented letter: a value that is not plain ASCII, so the full bracket must refuse `\` and
+# control characters too. Built on the server (the texts stay there; only the few the rule takes come back).
+TEXTS_SQL = """SELECT chr(cp) AS t FROM generate_series(1, 1114111) AS cp WHERE cp NOT BETWEEN 55296 AND 57343
+               UNION ALL SELECT 'È' || chr(cp) FROM generate_series(1, 127) AS cp"""
+TEXTS = [chr(cp) for cp in range(1, 0x110000) if not 0xD800 <= cp <= 0xDFFF] + ["È" + chr(cp) for cp in range(1, 0x80)]
+
+
+def _engine_charset(texts: list[str]) -> ProblemLog:
+    """What the column engine reports for the texts written in a 16-character name field (as C1's): its CHARSET
+    errors are counted, the first `limit` listed (record: the index of the text)."""
+    spec = FieldSpec("surname", 1, 16, "AN", column="patient_surname", truncate=True)
+    log = ProblemLog(limit=len(texts) if len(texts) < 10_000 else 0)
+    rows = RowSet(columns={}, n=len(texts), closing=False, derived={}, valid={}, label=str)
+    Renderer(RecordKind("C1", 16, (spec,)), log).an(spec, rows, pa.array(texts, pa.string()))
+    return log
+
+
+def test_the_formatter_fails_cyrillic_cjk_oe_and_a_backslash_and_writes_italian_accents() -> None:
+    """What the comparison covers: the characters the brief names, on both sides of the rule."""
+    assert all(_formatter_fails(c) for c in ("И", "王", "Œ", "\\", "\uff3c", "\x1f", "\x7f"))
+    assert not any(_formatter_fails(c) for c in ("Ò", "Ç", "ß", "\u0301", "\ufb01", "’", "A", " "))
+    assert sum(b - a + 1 for a, b in writable_ranges()) > 2_000
+
+
+async def test_the_sql_rule_flags_exactly_the_characters_the_formatter_fails(conn: asyncpg.Connection) -> None:
+    counted, taken = await conn.fetchrow(
+        f"SELECT count(*), array_agg(t) FILTER (WHERE NOT ({charset_sql('t')})) FROM ({TEXTS_SQL}) AS s")
+    assert counted == len(TEXTS)
+    writes = [t for t in TEXTS if not _formatter_fails(t)]
+    wrong = sorted(set(taken) ^ set(writes))
+    assert not wrong, f"{len(wrong)} texts taken in SQL and refused by the formatter's rule, or the reverse, e.g. " \
+                      f"{[ascii(t) for t in wrong[:8]]}"
+    assert 2_000 < len(writes) < 10_000  # the comparison is not empty on either side
+    # the engine that writes the files: CHARSET for as many texts as the rule refuses, and for none it takes
+    assert _engine_charset(TEXTS).error_count == len(TEXTS) - len(writes)
+    assert _engine_charset(writes).error_count == 0
+
+
+async def test_the_message_names_each_character_the_formatter_cannot_write_once(conn: asyncpg.Connection) -> None:
+    text = "ЖÒЖ\\A\u200b王Œß王"
+    named = await conn.fetchval(f"SELECT {unwritable_sql('t')} FROM (SELECT $1::text AS t) s", text)
+    assert named == "Ж (U+0416), \\ (U+005C), \u200b (U+200B), 王 (U+738B), Œ (U+0152)"
+    assert all(_formatter_fails(c) for c in "Ж\\\u200b王Œ") and not any(_formatter_fails(c) for c in "ÒAß")
+
+
+async def test_the_rule_of_each_written_field_is_this_sql(conn: asyncpg.Connection) -> None:
+    """The rules the loader runs for Flusso C are this predicate on their column (the comparison above holds for
+    them), one per text the layout writes: the names among them."""
+    rules = {r.field: r for r in charset_rules("FLUSSO_C", "2020")}
+    assert {"patient_surname", "patient_name", "prescriber_code", "prescription_number"} <= set(rules)
+    assert "patient_sex" not in rules  # written through its map (M -> 1): never the column's own text
+    for field, rule in rules.items():
+        assert (rule.code, rule.severity, rule.broken) == ("CHARSET", "error", charset_sql(f"s.{field}"))
