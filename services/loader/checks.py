@@ -60,6 +60,9 @@ class Rule:
     question: str  # the one question the rule asks, for documentation and the rule list
     broken: str  # SQL predicate: true when the record breaks the rule
     message: str  # SQL text expression naming the offending values, in Italian (a quote inside a literal: '')
+    # SQL predicate true whenever `broken` may be (false: it is not), shared by rules that are asked together: the
+    # rule set asks it once per record and its rules only when it holds (rule_set_sql)
+    guard: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,9 +190,14 @@ def written_text_columns(flow_type: str, version: str) -> dict[str, str]:
 
 
 def charset_rules(flow_type: str, version: str) -> tuple[Rule, ...]:
-    """One CHARSET rule per text column the flow's layout writes (written_text_columns)."""
-    return tuple(_charset_rule(flow_type, version, column, label)
-                 for column, label in written_text_columns(flow_type, version).items())
+    """One CHARSET rule per text column the flow's layout writes (written_text_columns), all behind one guard: the
+    record's written texts together hold a character outside plain printable ASCII (a backslash, a control, any
+    non-ASCII one). Almost every record has none, so its rules are not asked: one regular expression per record,
+    not one per column (Flusso C writes 17 such columns)."""
+    columns = written_text_columns(flow_type, version)
+    guard = f"concat({', '.join(f's.{c}' for c in columns)}) ~ '[^{_ascii_bracket()}]'"
+    return tuple(dataclasses.replace(_charset_rule(flow_type, version, column, label), guard=guard)
+                 for column, label in columns.items())
 
 
 _STRUCTURE_MESSAGE = "format('la struttura %s non è una struttura dell''ente %s', s.structure_sts11, s.ente)"
@@ -430,7 +438,12 @@ def rule_set_sql(rule_set: RuleSet) -> str:
     values = ",\n        ".join(
         f"(coalesce(({r.broken}), false), {literal(r.field)}, {literal(r.code)}, {literal(r.severity)}, "
         f"{r.message})" for r in rule_set.rules)
-    any_broken = " OR ".join(f"coalesce(({r.broken}), false)" for r in rule_set.rules)
+    def any_of(guard: str | None) -> str:
+        return " OR ".join(f"coalesce(({r.broken}), false)" for r in rule_set.rules if r.guard == guard)
+
+    # which records break a rule: the rules behind a guard only asked when it holds (Rule.guard)
+    any_broken = " OR ".join(any_of(None) if guard is None else f"(coalesce(({guard}), false) AND ({any_of(guard)}))"
+                             for guard in dict.fromkeys(r.guard for r in rule_set.rules))
     snapshot_filter = "" if rule_set is PRESCRIPTION_RULES else "s.snapshot_id = $1 AND "
     # the params CTE types every parameter even when a rule set does not use all four
     return f"""
