@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from services.formatter.fixedwidth import transliterate
+from services.formatter.fixedwidth import PRINTABLE, transliterate
 from services.formatter.layouts import FieldSpec, RecordKind
 
 SPACE, ZERO = 32, 48
@@ -229,9 +229,13 @@ class Renderer:
             return arr
         fixed = [transliterate(v) for v in arr.take(pa.array(idx)).to_pylist()]
         still = np.zeros(len(arr), dtype=bool)
-        still[idx] = [not v.isascii() for v in fixed]
+        # printable ASCII, as format_an asks: a character that transliterates to a backslash or a control (U+FF3C
+        # FULLWIDTH REVERSE SOLIDUS -> `\`) is as unwritable as one with no ASCII form, and a chunk whose raw bytes
+        # hold no backslash skips the control check below (no_controls)
+        still[idx] = [not PRINTABLE.issuperset(v) for v in fixed]
         self._report(rows, still, spec, "CHARSET",
-                     lambda i: f"{arr[i].as_py()!r} contiene un carattere senza traslitterazione ASCII")
+                     lambda i: f"{arr[i].as_py()!r} contiene un carattere che il tracciato non può scrivere, nemmeno "
+                               "traslitterato in ASCII")
         mask = np.zeros(len(arr), dtype=bool)
         mask[idx] = True
         return pc.replace_with_mask(arr, pa.array(mask), pa.array(fixed, pa.string()))

@@ -90,6 +90,15 @@ def test_a_character_without_transliteration_is_an_error() -> None:
     assert {(e.field, e.code) for e in log.errors} == {("C1.name", "CHARSET")}
 
 
+def test_a_character_that_transliterates_to_a_backslash_is_an_error_in_a_chunk_without_one() -> None:
+    """The writer tells the engine when a chunk's raw bytes hold no control and no backslash (no_controls), and the
+    engine then skips that check: U+FF3C FULLWIDTH REVERSE SOLIDUS is no backslash in the raw bytes, but NFKD makes
+    it one. It was written into the file as `\\`; format_an refuses it, and so must the engine."""
+    log = ProblemLog()
+    ChunkFormatter(FLUSSO_C, log).format(table([service("RX1", 1, prescriber_code="MED\uff3c01")]), no_controls=True)
+    assert {(e.field, e.code) for e in log.errors} == {("C1.prescriber", "CHARSET")}
+
+
 def test_a_control_character_is_an_error() -> None:
     log = ProblemLog()
     ChunkFormatter(FLUSSO_C, log).format(table([service("RX1", 1, patient_surname="ROS\tSI")]))
