@@ -230,9 +230,10 @@ class Renderer:
         fixed = [transliterate(v) for v in arr.take(pa.array(idx)).to_pylist()]
         still = np.zeros(len(arr), dtype=bool)
         # printable ASCII, as format_an asks: a character that transliterates to a backslash or a control (U+FF3C
-        # FULLWIDTH REVERSE SOLIDUS -> `\`) is as unwritable as one with no ASCII form, and a chunk whose raw bytes
-        # hold no backslash skips the control check below (no_controls)
-        still[idx] = [not PRINTABLE.issuperset(v) for v in fixed]
+        # FULLWIDTH REVERSE SOLIDUS -> `\`) is as unwritable as one with no ASCII form. The control check of `an`
+        # finds it in the transliterated text, but a chunk whose raw bytes hold none skips that check (no_controls):
+        # then it is named here (only then: once per value)
+        still[idx] = [not v.isascii() or (rows.no_controls and not PRINTABLE.issuperset(v)) for v in fixed]
         self._report(rows, still, spec, "CHARSET",
                      lambda i: f"{arr[i].as_py()!r} contiene un carattere che il tracciato non può scrivere, nemmeno "
                                "traslitterato in ASCII")
