@@ -32,7 +32,7 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "SURNAME_TOO_LONG": (WARNING, "The surname, transliterated to ASCII, is longer than its field: it is cut."),
     "NAME_TOO_LONG": (WARNING, "The name, transliterated to ASCII, is longer than its field: it is cut."),
     "CHARSET": (ERROR, "A text the flow's fixed-width layout writes holds a character with no ASCII transliteration "
-                       "(Cyrillic, CJK, `Œ`, a backslash): the file could not be written."),
+                       "(Cyrillic, Greek, CJK, a backslash): the file could not be written."),
     "EXEMPTION_REQUIRED": (ERROR, "An SSN prescription with no ticket paid has no exemption code."),
     "AMOUNT_ARITHMETIC": (ERROR, "The ticket paid exceeds the value of the services plus the fixed fee."),
     "DUPLICATE_PRESCRIPTION_NUMBER": (ERROR, "The prescription number is used by another prescription (ID)."),

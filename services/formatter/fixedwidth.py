@@ -25,6 +25,10 @@ from services.formatter.layouts import FieldSpec, Layout, RecordKind
 _APOSTROPHE_VOWELS = "ÀÁÈÉÌÍÒÓÙÚàáèéìíòóùú"
 TRANSLITERATION: dict[str, str] = {ch: unicodedata.normalize("NFD", ch)[0] + "'" for ch in _APOSTROPHE_VOWELS}
 TRANSLITERATION.update({"’": "'", "‘": "'", "`": "'", "´": "'", "ß": "SS", "Æ": "AE", "æ": "ae", "Ø": "O", "ø": "o"})
+# Latin letters of European names that Unicode does not decompose (NFKD leaves them as they are): written as the
+# letter they are read as, as a registry office would (Łukasz, Đoković, Yıldırım, Œuvray, Þóra), not refused
+TRANSLITERATION.update({"Ł": "L", "ł": "l", "Đ": "D", "đ": "d", "Ð": "D", "ð": "d", "ı": "i", "Œ": "OE", "œ": "oe",
+                        "Þ": "TH", "þ": "th", "Ħ": "H", "ħ": "h", "Ŧ": "T", "ŧ": "t"})
 
 PRINTABLE = frozenset(chr(c) for c in range(0x20, 0x7F)) - {"\\"}
 

@@ -44,7 +44,7 @@ def _engine_charset(texts: list[str]) -> ProblemLog:
 
 def test_the_formatter_fails_cyrillic_cjk_oe_and_a_backslash_and_writes_italian_accents() -> None:
     """What the comparison covers: the characters the brief names, on both sides of the rule."""
-    assert all(_formatter_fails(c) for c in ("И", "王", "Œ", "\\", "\uff3c", "\x1f", "\x7f"))
+    assert all(_formatter_fails(c) for c in ("И", "王", "Ω", "\\", "\uff3c", "\x1f", "\x7f"))
     assert not any(_formatter_fails(c) for c in ("Ò", "Ç", "ß", "\u0301", "\ufb01", "’", "A", " "))
     assert sum(b - a + 1 for a, b in writable_ranges()) > 2_000
 
@@ -64,10 +64,10 @@ async def test_the_sql_rule_flags_exactly_the_characters_the_formatter_fails(con
 
 
 async def test_the_message_names_each_character_the_formatter_cannot_write_once(conn: asyncpg.Connection) -> None:
-    text = "ЖÒЖ\\A\u200b王Œß王"
+    text = "ЖÒЖ\\A\u200b王Ωß王"
     named = await conn.fetchval(f"SELECT {unwritable_sql('t')} FROM (SELECT $1::text AS t) s", text)
-    assert named == "Ж (U+0416), \\ (U+005C), \u200b (U+200B), 王 (U+738B), Œ (U+0152)"
-    assert all(_formatter_fails(c) for c in "Ж\\\u200b王Œ") and not any(_formatter_fails(c) for c in "ÒAß")
+    assert named == "Ж (U+0416), \\ (U+005C), \u200b (U+200B), 王 (U+738B), Ω (U+03A9)"
+    assert all(_formatter_fails(c) for c in "Ж\\\u200b王Ω") and not any(_formatter_fails(c) for c in "ÒAß")
 
 
 async def test_the_rule_of_each_written_field_is_this_sql(conn: asyncpg.Connection) -> None:

@@ -111,9 +111,9 @@ CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
     ("CHARSET", "patient_surname", bad(patient_surname="ИВАНОВ"), "B-1@RX-BAD/01", None,
      "il valore ИВАНОВ del campo Cognome contiene caratteri senza traslitterazione in ASCII, che il tracciato FLUSSO_C "
      "2020 non può scrivere: И (U+0418), В (U+0412), А (U+0410), Н (U+041D), О (U+041E)"),
-    ("CHARSET", "patient_name", bad(patient_name="ŒDIPE"), "B-1@RX-BAD/01", None,
-     "il valore ŒDIPE del campo Nome contiene caratteri senza traslitterazione in ASCII, che il tracciato FLUSSO_C "
-     "2020 non può scrivere: Œ (U+0152)"),
+    ("CHARSET", "patient_name", bad(patient_name="ΩDIPE"), "B-1@RX-BAD/01", None,
+     "il valore ΩDIPE del campo Nome contiene caratteri senza traslitterazione in ASCII, che il tracciato FLUSSO_C "
+     "2020 non può scrivere: Ω (U+03A9)"),
     ("CHARSET", "prescriber_code", bad(prescriber_code="MED\\01"), "B-1@RX-BAD/01", None,
      "il valore MED\\01 del campo Medico prescrittore contiene caratteri senza traslitterazione in ASCII, che il "
      "tracciato FLUSSO_C 2020 non può scrivere: \\ (U+005C)"),
@@ -373,16 +373,18 @@ async def test_the_loader_warns_about_exactly_the_names_the_formatter_cuts(pool:
 
 
 # Values the formatter writes (transliterated: `NICOLÒ` -> `NICOLO'`, `Ç` -> `C`, `ß` -> `SS`, a combining accent
-# dropped, `ﬁ` -> `FI`) and values it cannot (CHARSET when it formats): Cyrillic, `Œ`, CJK, a backslash, the
+# dropped, `ﬁ` -> `FI`) and values it cannot (CHARSET when it formats): Cyrillic, Greek `Ω`, CJK, a backslash, the
 # fullwidth backslash whose NFKD is one, a Cyrillic letter in a text the layout writes other than a name.
 _WRITTEN: dict[str, dict[str, Any]] = {
     "W-1": dict(patient_surname="NICOLÒ DELL'ÀNCORA", patient_name="NICOLÒ"),
     "W-2": dict(patient_surname="ÇELIK", patient_name="GRÜß"),
     "W-3": dict(patient_surname="E\u0301SPOSITO", patient_name="\ufb01LIPPO", prescriber_code="DR’ROSSI"),
+    "W-4": dict(patient_surname="ĐOKOVIĆ", patient_name="ŁUKASZ"),  # letters NFKD leaves alone, written as read
+    "W-5": dict(patient_surname="YıLDıRıM ŒUVRAY", patient_name="ÞÓRA"),
 }
 _NOT_WRITTEN: dict[str, dict[str, Any]] = {
     "N-1": dict(patient_surname="ИВАНОВ"),
-    "N-2": dict(patient_name="ŒDIPE"),
+    "N-2": dict(patient_name="ΩDIPE"),
     "N-3": dict(patient_surname="王", patient_name="小明"),
     "N-4": dict(prescriber_code="MED\\01"),
     "N-5": dict(prescriber_code="MED\uff3c01"),

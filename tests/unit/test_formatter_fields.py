@@ -84,6 +84,16 @@ def test_engine_transliterates_names_like_the_scalar_rule() -> None:
     assert parse_record(FLUSSO_C, "C1", lines(out.records["C1"])[0])["name"] == "NICOLO'"
 
 
+def test_latin_letters_unicode_does_not_decompose_are_written_as_read_on_both_paths() -> None:
+    names = {"Łukasz": "LUKASZ", "Đoković": "DOKOVIC", "Yıldırım": "YILDIRIM", "Œuvray": "OEUVRAY", "Þóra": "THO'RA"}
+    for name, written in names.items():
+        log = ProblemLog()
+        out = ChunkFormatter(FLUSSO_C, log).format(table([service("RX1", 1, patient_name=name)]))
+        assert log.error_count == 0, (name, log.errors)
+        assert parse_record(FLUSSO_C, "C1", lines(out.records["C1"])[0])["name"] == written
+        assert format_an(name, 20)[0].rstrip() == written
+
+
 def test_a_character_without_transliteration_is_an_error() -> None:
     log = ProblemLog()
     ChunkFormatter(FLUSSO_C, log).format(table([service("RX1", 1, patient_name="Анна")]))
