@@ -5,6 +5,7 @@ user; statements that leave none skip the reset query's round trip."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import date
 
 import asyncpg
 import pytest
@@ -120,3 +121,20 @@ async def test_an_instance_lock_released_by_its_holder_needs_no_reset(one_conn_p
                                    "AND pid = pg_backend_pid()") == 0
     assert await _lock_free_elsewhere(fresh_db)
     assert await _pid(one_conn_pool) == pid
+
+
+async def test_the_small_loads_checks_statement_is_prepared_once_per_connection(one_conn_pool: asyncpg.Pool) -> None:
+    """asyncpg keeps no statement longer than 15 KB by default: it would be parsed and planned at every small load.
+    The pool's connections keep the loader's checks of a small load (services/loader/checks.py _small_sql)."""
+    from services.loader import checks
+    from services.runtime.host import prepare_database
+    from services.runtime.read_models import FLOW_PROJECTIONS
+
+    await prepare_database(one_conn_pool, FLOW_PROJECTIONS)
+    sql = checks._small_sql(checks.plan_for("FLUSSO_C", "2020", "snapshot_service"))
+    assert len(sql) > 15 * 1024  # what the default would not keep
+    async with one_conn_pool.acquire() as conn:
+        for _ in range(2):
+            await conn.fetch(sql, 1, "2020", date(2020, 8, 1), date(2020, 8, 31))
+        kept = await conn.fetchval("SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", sql)
+    assert kept == 1
