@@ -187,11 +187,6 @@ class OutboxRelay:
                 if stop.is_set():
                     return
             self.is_leader = True
-            # The relay's own writes (a row marked published or parked) need no flush of the WAL before the next
-            # batch: lost in a crash of PostgreSQL, the rows are sent again, which at-least-once delivery allows
-            # (consumers deduplicate on ce_id). Their fsyncs would queue with the appenders' commits, the
-            # events' own. The pool's reset undoes the SET when the connection goes back.
-            await conn.execute("SET synchronous_commit = off")
             wake = asyncio.Event()
 
             def on_notify(*_: object) -> None:
