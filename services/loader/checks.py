@@ -48,8 +48,6 @@ MAX_TOTAL = "99999.99"
 MAX_TICKET = "9999.99"
 # Ticket may exceed the services' value only by the fixed fee per prescription (quota fissa, L. 111/2011 art. 17)
 FIXED_FEE_ALLOWANCE = "10.00"
-# Names are cut to the C1 field with a warning; every other over-long value is an error (spec/flusso-c.md)
-SURNAME_LENGTH, NAME_LENGTH = 30, 20
 
 
 @dataclass(frozen=True)
@@ -117,10 +115,10 @@ def ascii_longer_sql(column: str, length: int) -> str:
             f"ELSE {ascii_length_sql(column)} > {length} END")
 
 
-def _name_rule(code: str, field: str, what: str, italian: str, length: int) -> Rule:
+def _name_rule(code: str, field: str, what: str, italian: str, length: int, record: str) -> Rule:
     ascii_length = ascii_length_sql(f"s.{field}")
     return Rule(code, WARNING, field,
-                f"Is the {what}, transliterated to ASCII, longer than the C1 field ({length}) so it will be cut?",
+                f"Is the {what}, transliterated to ASCII, longer than the {record} field ({length}) so it will be cut?",
                 ascii_longer_sql(f"s.{field}", length),
                 f"format('{italian} %s ha %s caratteri in ASCII: sarà troncato a {length}', s.{field}, "
                 f"{ascii_length})")
@@ -187,6 +185,30 @@ def written_text_columns(flow_type: str, version: str) -> dict[str, str]:
             if spec.type == "AN" and spec.column is not None and spec.map is None:
                 columns.setdefault(spec.column, spec.title)
     return columns
+
+
+# A name the layout cuts (a field with truncate = true: Cognome and Nome of Flusso C's C1, spec/flusso-c.md) gets a
+# warning at load; every other over-long value is an error when it formats. Their codes and words, by the column.
+_CUT_NAMES = {"patient_surname": ("SURNAME_TOO_LONG", "surname", "il cognome"),
+              "patient_name": ("NAME_TOO_LONG", "name", "il nome")}
+
+
+def name_rules(flow_type: str, version: str) -> tuple[Rule, ...]:
+    """A warning per name the flow's layout cuts, at the length of the field it is cut to: none for a flow whose layout
+    writes no name (MEF, ALPI TA: their operators are not told of a cut that never happens)."""
+    registry = LayoutRegistry()
+    if (flow_type, version) not in registry.available():
+        return ()
+    rules: dict[str, Rule] = {}
+    for record in registry.get(flow_type, version).records:
+        for spec in record.fields:
+            if spec.truncate and spec.column is not None and spec.column not in rules:
+                if spec.column not in _CUT_NAMES:
+                    raise ValueError(f"layout {flow_type} {version}: {record.kind}.{spec.name} is cut (truncate), "
+                                     f"and the loader has no warning for its column {spec.column}")
+                code, what, italian = _CUT_NAMES[spec.column]
+                rules[spec.column] = _name_rule(code, spec.column, what, italian, spec.length, record.kind)
+    return tuple(rules.values())
 
 
 def charset_rules(flow_type: str, version: str) -> tuple[Rule, ...]:
@@ -263,8 +285,6 @@ SERVICE_ROW_RULES = RuleSet(
              "Does the delivering structure belong to another entity?",
              "e.sts11 IS NULL",
              _STRUCTURE_MESSAGE),
-        _name_rule("SURNAME_TOO_LONG", "patient_surname", "surname", "il cognome", SURNAME_LENGTH),
-        _name_rule("NAME_TOO_LONG", "patient_name", "name", "il nome", NAME_LENGTH),
     ),
 )
 
@@ -408,10 +428,10 @@ NO_SOURCE_DATA: tuple[str, Severity, str] = ("NO_SOURCE_DATA", WARNING, "period"
 
 @functools.cache
 def plan_for(flow_type: str, version: str, snapshot_table: str) -> CheckPlan:
-    """PLANS[snapshot_table] with the CHARSET rules of the flow's layout (charset_rules) in its row rule set (the
+    """PLANS[snapshot_table] with the rules of the flow's layout (name_rules, charset_rules) in its row rule set (the
     first: one scan of the snapshot for them all). Built once per (flow, version) and process."""
     plan = PLANS[snapshot_table]
-    extra = charset_rules(flow_type, version)
+    extra = name_rules(flow_type, version) + charset_rules(flow_type, version)
     if not extra:
         return plan
     rows, *rest = plan.rule_sets
@@ -420,11 +440,11 @@ def plan_for(flow_type: str, version: str, snapshot_table: str) -> CheckPlan:
 
 
 def problem_kinds() -> set[tuple[str, Severity, str]]:
-    """(code, severity, field) of every problem the checks can put in a feedback, with any layout's CHARSET."""
+    """(code, severity, field) of every problem the checks can put in a feedback, with any layout's own rules."""
     kinds: set[tuple[str, Severity, str]] = {(r.code, r.severity, r.field) for plan in PLANS.values()
                                              for rule_set in plan.rule_sets for r in rule_set.rules}
     kinds |= {(r.code, r.severity, r.field) for flow_type, version in LayoutRegistry().available()
-              for r in charset_rules(flow_type, version)}
+              for r in name_rules(flow_type, version) + charset_rules(flow_type, version)}
     kinds |= {(code, severity, "patient_cf") for code, (severity, _) in CF_CODES.items()}
     kinds.add(NO_SOURCE_DATA)
     return kinds

@@ -421,18 +421,20 @@ async def test_a_character_the_format_could_not_write_fails_the_load_naming_reco
 
 async def test_a_flow_whose_layout_does_not_write_a_field_is_not_failed_for_it(pool: asyncpg.Pool,
                                                                                tmp_path: Path) -> None:
-    """MEF writes no name: a Cyrillic surname does not fail its load, nor its format; Flusso C and C PACC write it
-    (C1). MEF writes the prescriber: a backslash there fails the MEF load too. ALPI TA reads the bookings only."""
+    """MEF writes no name: a Cyrillic surname does not fail its load, nor its format, and a surname longer than
+    Flusso C's field gets no warning of a cut; Flusso C and C PACC write them (C1). MEF writes the prescriber: a
+    backslash there fails the MEF load too. ALPI TA reads the bookings only."""
     async with pool.acquire() as conn:
-        await store_services(conn, [ecg("A-1", "RX-OK"), ecg("B-1", "RX-BAD", patient_surname="ИВАНОВ")])
+        await store_services(conn, [ecg("A-1", "RX-OK", patient_surname="DE LAS MERCEDES Y BORBON DOS SICILIE"),
+                                    ecg("B-1", "RX-BAD", patient_surname="ИВАНОВ")])
     store = FileStore(tmp_path)
     mef = await _load(pool, store, "FLUSSO_MEF", 1)
-    assert (mef.checked, mef.errors, mef.feedback_sha256) == (True, 0, None)
+    assert (mef.checked, mef.errors, mef.warnings, mef.feedback_sha256) == (True, 0, 0, None)
     formatted = await run_format(pool, store, 1947, 1948, "FLUSSO_MEF", "2020")
     assert formatted.ok, formatted.reasons
     flusso_c = await _load(pool, store, "FLUSSO_C", 2)
     assert {(p["record_key"], p["field"], p["code"]) for p in _feedback(store, flusso_c)} == {
-        ("B-1@RX-BAD/01", "patient_surname", "CHARSET")}
+        ("B-1@RX-BAD/01", "patient_surname", "CHARSET"), ("A-1@RX-OK/01", "patient_surname", "SURNAME_TOO_LONG")}
     async with pool.acquire() as conn:
         await conn.execute("UPDATE source_service SET pacc = true, catalogue_coding = 'a'")
         await store_services(conn, [ecg("C-1", "RX-PRESCRIBER", prescriber_code="MED\\01")])

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from services.formatter.fixedwidth import PRINTABLE, transliterate
-from services.loader.checks import NAME_LENGTH, SERVICE_ROW_RULES, SURNAME_LENGTH, ascii_length_sql
+from services.loader.checks import ascii_length_sql, name_rules
 
 pytestmark = pytest.mark.integration
 
@@ -59,13 +59,13 @@ def _names_at_the_edge(char: str, field: int) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize(("code", "column", "field"), [("SURNAME_TOO_LONG", "patient_surname", SURNAME_LENGTH),
-                                                       ("NAME_TOO_LONG", "patient_name", NAME_LENGTH)])
+@pytest.mark.parametrize(("code", "column", "field"), [("SURNAME_TOO_LONG", "patient_surname", 30),
+                                                       ("NAME_TOO_LONG", "patient_name", 20)])
 async def test_the_name_rule_warns_exactly_when_the_formatter_will_cut(conn: asyncpg.Connection, code: str,
                                                                        column: str, field: int) -> None:
     """The rule itself (its SQL predicate, with the cheap byte-count guard in front of the ASCII length): for every
     character, a name written in exactly the field's length is not warned about and one a character longer is."""
-    rule = next(r for r in SERVICE_ROW_RULES.rules if r.code == code)
+    rule = next(r for r in name_rules("FLUSSO_C", "2020") if r.code == code)  # C1: Cognome 30, Nome 20
     names = [name for char in sorted(WRITTEN) for name in _names_at_the_edge(char, field)]
     rows = await conn.fetch(f"SELECT s.{column} AS name, coalesce(({rule.broken}), false) AS warned "
                             f"FROM unnest($1::text[]) AS s({column})", names)

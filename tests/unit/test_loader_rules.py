@@ -8,13 +8,13 @@ from services.formatter.fixedwidth import TRANSLITERATION, length_changes
 from services.formatter.layouts import load_layout
 from services.loader.checks import (
     CF_CODES,
-    NAME_LENGTH,
     PLANS,
     PRESCRIPTION_RULES,
     SERVICE_ROW_RULES,
-    SURNAME_LENGTH,
     ascii_length_sql,
     ascii_longer_sql,
+    name_rules,
+    plan_for,
     rule_set_sql,
 )
 from services.loader.intake import KINDS, validate_raw
@@ -26,7 +26,9 @@ SPEC_CODES = {"CF_CHECK_CHAR", "CF_BIRTH_MISMATCH", "DATE_OUTSIDE_PERIOD", "UNKN
 
 
 def _all_rules():  # type: ignore[no-untyped-def]
-    return [r for plan in PLANS.values() for rs in plan.rule_sets for r in rs.rules]
+    """Every rule of every flow's load: the shared ones (PLANS) with those of each flow's layout (plan_for)."""
+    return [r for flow, selection in SELECTIONS.items()
+            for rs in plan_for(flow.value, "2020", selection.snapshot_table).rule_sets for r in rs.rules]
 
 
 def test_every_check_named_by_the_spec_has_a_rule() -> None:
@@ -63,11 +65,21 @@ def test_the_name_warnings_cut_where_the_c1_fields_end() -> None:
     C1 field it is written in (Cognome 30, Nome 20 in Flusso C and C PACC, spec/flusso-c.md), not at another."""
     for flow_type in ("FLUSSO_C", "FLUSSO_C_PACC"):
         c1 = load_layout(flow_type, "2020").record("C1")
-        assert (c1.field("surname").length, c1.field("name").length) == (SURNAME_LENGTH, NAME_LENGTH) == (30, 20)
-    rules = {r.code: r for r in SERVICE_ROW_RULES.rules}
-    assert rules["SURNAME_TOO_LONG"].broken == ascii_longer_sql("s.patient_surname", 30)
-    assert rules["NAME_TOO_LONG"].broken == ascii_longer_sql("s.patient_name", 20)
-    assert "THEN length(s.patient_surname) > 30 ELSE" in rules["SURNAME_TOO_LONG"].broken
+        assert (c1.field("surname").length, c1.field("name").length) == (30, 20)
+        rules = {r.code: r for r in name_rules(flow_type, "2020")}
+        assert set(rules) == {"SURNAME_TOO_LONG", "NAME_TOO_LONG"}
+        assert rules["SURNAME_TOO_LONG"].broken == ascii_longer_sql("s.patient_surname", 30)
+        assert rules["NAME_TOO_LONG"].broken == ascii_longer_sql("s.patient_name", 20)
+        assert "THEN length(s.patient_surname) > 30 ELSE" in rules["SURNAME_TOO_LONG"].broken
+        assert "longer than the C1 field (30)" in rules["SURNAME_TOO_LONG"].question
+        # in the plan of the flow's load, with the rules every snapshot_service flow shares
+        plan_rules = plan_for(flow_type, "2020", "snapshot_service").rule_sets[0].rules
+        assert {r.code for r in plan_rules} >= {"SURNAME_TOO_LONG", "NAME_TOO_LONG", "STRUCTURE_NOT_IN_ENTE"}
+    # MEF and ALPI TA write no name: their operators are not warned of a cut that never happens
+    for flow_type, table in (("FLUSSO_MEF", "snapshot_service"), ("FLUSSO_ALPI_TA", "snapshot_booking")):
+        assert name_rules(flow_type, "2020") == ()
+        assert not {r.code for rs in plan_for(flow_type, "2020", table).rule_sets for r in rs.rules} & {
+            "SURNAME_TOO_LONG", "NAME_TOO_LONG"}
 
 
 def test_the_ascii_length_adds_what_each_transliterated_character_grows_by() -> None:
