@@ -33,6 +33,7 @@ from services.runtime.batch import PAUSE_ENV, BatchConsumer
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
 from services.runtime.settings import bootstrap_list
+from tests.integration.batch_intake_process import SESSION_ENV
 from tests.isolation import logged_process, scratch_database
 from tests.kafka_topics import records_now_on
 from tests.stack_urls import KAFKA
@@ -241,7 +242,12 @@ async def test_a_loader_killed_between_store_and_commit_gets_the_batch_again_and
     last = await _publish(name, _batch())
     args = ("-m", "tests.integration.batch_intake_process", name, group, intake_db, KAFKA)
     first_log = tmp_path / "first.log"
-    async with logged_process(first_log, *args, env={**os.environ, PAUSE_ENV: "120"}) as first:
+    # The killed process stays a member of the group until its session expires: only then does the second one get
+    # the partitions. The service's 30 s session (for a loaded machine) made the second wait ~30 s for nothing;
+    # 6 s is the broker's minimum. Its heartbeats run while it pauses, and should it be dropped from the group all
+    # the same, before its kill, nothing changes: it never commits, and the second one gets the batch again.
+    first_env = {**os.environ, PAUSE_ENV: "120", SESSION_ENV: "6000"}
+    async with logged_process(first_log, *args, env=first_env) as first:
         await _wait_log(first_log, "batch.stored", first, within=60)  # stored; now pausing before the commit
         stored = await _state(intake_db)
         first.send_signal(signal.SIGKILL)

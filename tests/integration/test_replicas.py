@@ -624,18 +624,33 @@ def test_stack_up_with_replicas_runs_each_consumer_twice_in_its_group_and_scales
             row = next(line for line in table.splitlines() if f" {name} " in line)
             assert "running" in row and f"127.0.0.1:{services[name]['health_port']}" in row, row
 
-        async def shares() -> dict[str, int]:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-                async with asyncio.timeout(120):
-                    while True:
-                        found = {}
-                        for name in ("loader", "loader-2", "formatter", "formatter-2"):
-                            found[name] = await _assigned_partitions(session, services[name]["health_port"])
-                        if all(v > 0 for v in found.values()):
-                            return found
-                        await asyncio.sleep(1)
-        split = asyncio.run(shares())
         partitions = Settings().topic_partitions
+
+        async def shares() -> dict[str, int]:
+            """Each replica's share, once both members of each group hold one and the two add up to the topic.
+            The four are read one after the other, and `stack up` does not wait for the groups: a rebalance may end
+            between two reads and show a moment's mix. A replica starved past its session on a loaded machine is
+            dropped from its group, the other one takes every partition, and the starved one, running again,
+            answers with its old share before it learns it was dropped (loader 3, loader-2 6); the second replica
+            joining late does the same the other way (loader 6, loader-2 3). Such a reading is taken again.
+            Replicas that are not one group never add up (6 and 6): the deadline fails them, naming what they
+            held."""
+            found: dict[str, int] = {}
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+                try:
+                    async with asyncio.timeout(120):
+                        while True:
+                            found = {}
+                            for name in ("loader", "loader-2", "formatter", "formatter-2"):
+                                found[name] = await _assigned_partitions(session, services[name]["health_port"])
+                            if all(v > 0 for v in found.values()) and found["loader"] + found["loader-2"] == \
+                                    partitions == found["formatter"] + found["formatter-2"]:
+                                return found
+                            await asyncio.sleep(1)
+                except TimeoutError:
+                    raise AssertionError(f"the replicas never shared their groups' {partitions} partitions in "
+                                         f"120 s: {found}") from None
+        split = asyncio.run(shares())
         assert split["loader"] + split["loader-2"] == partitions == split["formatter"] + split["formatter-2"], split
 
         down = _flows_cli("stack", "up", "--replicas", "1")
