@@ -153,11 +153,8 @@ def charset_sql(column: str) -> str:
 
 def unwritable_sql(column: str) -> str:
     """SQL: the characters of `column` the formatter cannot write, each once in order of appearance with its code
-    point, so an invisible one is named too: `И (U+0418), В (U+0412)`."""
-    return ("(SELECT string_agg(format('%s (U+%s)', u.c, upper(lpad(to_hex(ascii(u.c)), 4, '0'))), ', ' "
-            "ORDER BY u.first) FROM (SELECT t.c, min(t.i) AS first FROM regexp_split_to_table("
-            f"regexp_replace({column}, '[{writable_bracket()}]+', '', 'g'), '') WITH ORDINALITY AS t(c, i) "
-            "GROUP BY t.c) u)")
+    point, so an invisible one is named too: `И (U+0418), В (U+0412)` (migration 0076's function)."""
+    return f"unwritable_characters({column}, '[{writable_bracket()}]+')"
 
 
 def _charset_rule(flow_type: str, version: str, column: str, label: str) -> Rule:
