@@ -83,7 +83,7 @@ def length_changes() -> dict[str, int]:
 
 def writable(ch: str) -> bool:
     """Can `format_an` write this character: does `transliterate` make it printable ASCII (or nothing, a combining
-    accent)? Anything else (Cyrillic, CJK, `Œ`, a backslash, a control character) is its CHARSET error."""
+    accent)? Anything else (Cyrillic, Greek, CJK, a backslash, a control character) is its CHARSET error."""
     return all(c in PRINTABLE for c in transliterate(ch))
 
 
