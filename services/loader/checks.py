@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Literal
@@ -35,7 +36,7 @@ import asyncpg
 
 from contracts.italian import italian_amount, italian_amount_sql, italian_date_sql
 from services.formatter.fixedwidth import length_changes, writable_ranges
-from services.formatter.layouts import LayoutRegistry
+from services.formatter.layouts import FieldSpec, LayoutRegistry
 from services.loader.codice_fiscale import check_codici_fiscali
 from services.loader.snapshot import WORK_MEM
 
@@ -130,17 +131,21 @@ def _regex_char(cp: int) -> str:
     return f"\\u{cp:04x}" if cp <= 0xFFFF else f"\\U{cp:08x}"
 
 
+def _bracket(ranges: Iterable[tuple[int, int]]) -> str:
+    return "".join(_regex_char(a) if a == b else f"{_regex_char(a)}-{_regex_char(b)}" for a, b in ranges)
+
+
 @functools.cache
 def writable_bracket() -> str:
     """The bracket's inside, ranges of every character the formatter can write in a fixed-width text field
     (services.formatter.fixedwidth.writable_ranges: its transliterate() over every code point, computed once)."""
-    return "".join(_regex_char(a) if a == b else f"{_regex_char(a)}-{_regex_char(b)}" for a, b in writable_ranges())
+    return _bracket(writable_ranges())
 
 
+@functools.cache
 def _ascii_bracket() -> str:
     """The ASCII part of writable_bracket: what a plain-ASCII value must keep to (no backslash, no control)."""
-    return "".join(_regex_char(a) if a == b else f"{_regex_char(a)}-{_regex_char(b)}"
-                   for a, b in writable_ranges() if b < 0x80)
+    return _bracket((a, b) for a, b in writable_ranges() if b < 0x80)
 
 
 def charset_sql(column: str) -> str:
@@ -173,15 +178,20 @@ def written_text_columns(flow_type: str, version: str) -> dict[str, str]:
     where it can fail with CHARSET. A field with a `map` writes the mapped value (the layout's own text), not the
     column's. None without a fixed-width layout: the 730 is XML in UTF-8, written as it is (and its text fields are
     codes the intake holds to ASCII patterns); a version with no layout file fails its format with its own error."""
-    registry = LayoutRegistry()
-    if (flow_type, version) not in registry.available():
-        return {}
     columns: dict[str, str] = {}
-    for record in registry.get(flow_type, version).records:
-        for spec in record.fields:
-            if spec.type == "AN" and spec.column is not None and spec.map is None:
-                columns.setdefault(spec.column, spec.title)
+    for _, spec in _layout_fields(flow_type, version):
+        if spec.type == "AN" and spec.column is not None and spec.map is None:
+            columns.setdefault(spec.column, spec.title)
     return columns
+
+
+def _layout_fields(flow_type: str, version: str) -> Iterator[tuple[str, FieldSpec]]:
+    """(record kind, field) of the flow's fixed-width layout in order; none when it has no layout file (the 730)."""
+    registry = LayoutRegistry()
+    if (flow_type, version) in registry.available():
+        for record in registry.get(flow_type, version).records:
+            for spec in record.fields:
+                yield record.kind, spec
 
 
 # A name the layout cuts (a field with truncate = true: Cognome and Nome of Flusso C's C1, spec/flusso-c.md) gets a
@@ -193,18 +203,14 @@ _CUT_NAMES = {"patient_surname": ("SURNAME_TOO_LONG", "surname", "il cognome"),
 def name_rules(flow_type: str, version: str) -> tuple[Rule, ...]:
     """A warning per name the flow's layout cuts, at the length of the field it is cut to: none for a flow whose layout
     writes no name (MEF, ALPI TA: their operators are not told of a cut that never happens)."""
-    registry = LayoutRegistry()
-    if (flow_type, version) not in registry.available():
-        return ()
     rules: dict[str, Rule] = {}
-    for record in registry.get(flow_type, version).records:
-        for spec in record.fields:
-            if spec.truncate and spec.column is not None and spec.column not in rules:
-                if spec.column not in _CUT_NAMES:
-                    raise ValueError(f"layout {flow_type} {version}: {record.kind}.{spec.name} is cut (truncate), "
-                                     f"and the loader has no warning for its column {spec.column}")
-                code, what, italian = _CUT_NAMES[spec.column]
-                rules[spec.column] = _name_rule(code, spec.column, what, italian, spec.length, record.kind)
+    for kind, spec in _layout_fields(flow_type, version):
+        if spec.truncate and spec.column is not None and spec.column not in rules:
+            if spec.column not in _CUT_NAMES:
+                raise ValueError(f"layout {flow_type} {version}: {kind}.{spec.name} is cut (truncate), "
+                                 f"and the loader has no warning for its column {spec.column}")
+            code, what, italian = _CUT_NAMES[spec.column]
+            rules[spec.column] = _name_rule(code, spec.column, what, italian, spec.length, kind)
     return tuple(rules.values())
 
 
