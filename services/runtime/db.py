@@ -103,16 +103,20 @@ async def set_json_codecs(conn: asyncpg.Connection) -> None:
 # advisory locks, LISTEN, SET / RESET outside SET LOCAL, set_config, SQL cursors and prepared statements.
 # Matching too much only costs the reset round trip; matching too little would leak state, so the test is
 # wide: any of these words anywhere in the lower-cased text, or a SET / RESET (but SET LOCAL) opening a line
-# or following a semicolon.
+# or following a semicolon. The one exception is a set_config whose third argument is the literal `true`
+# (is_local: the setting ends with its transaction, like SET LOCAL) and whose name and value are each a
+# plain quoted literal or a parameter: the loader's marking of a checked snapshot, once per load, sets
+# synchronous_commit that way.
 _SESSION_WORDS = ("advisory", "listen", "set_config", "declare", "prepare", "discard", "session")
 _SESSION_SET = re.compile(r"(?:^|;)[ \t\r\n]*(?:set|reset)[ \t\r\n]+(?!local\b)", re.MULTILINE)
+_LOCAL_SET_CONFIG = re.compile(r"\bset_config\s*\(\s*(?:'[^']*'|\$\d+)\s*,\s*(?:'[^']*'|\$\d+)\s*,\s*true\s*\)")
 _verdicts: dict[str, bool] = {}  # per query text: the services send the same few hundred texts again and again
 
 
 def may_leave_session_state(query: str) -> bool:
     verdict = _verdicts.get(query)
     if verdict is None:
-        low = query.lower()
+        low = _LOCAL_SET_CONFIG.sub("", query.lower())
         verdict = any(word in low for word in _SESSION_WORDS) or ("set" in low and bool(_SESSION_SET.search(low)))
         if len(_verdicts) < 10_000:  # texts with literals inlined must not grow it without bound
             _verdicts[query] = verdict

@@ -103,6 +103,24 @@ async def test_statements_without_session_state_skip_the_reset(one_conn_pool: as
         assert conn._con._flows_session_state is False  # the reset ran and cleared the flag
 
 
+async def test_a_transaction_local_set_config_skips_the_reset(one_conn_pool: asyncpg.Pool) -> None:
+    """set_config(name, value, true) ends with its transaction, like SET LOCAL: the loader marks a checked snapshot
+    with one, once per load, and its release needs no reset. Any other set_config is still session state."""
+    async with one_conn_pool.acquire() as conn:
+        raw = conn._con
+        default = await conn.fetchval("SHOW work_mem")
+        assert await conn.fetchval("SELECT set_config('work_mem', '65MB', true)") == "65MB"
+        assert await conn.fetchval("SELECT set_config($1, $2, true)", "work_mem", "66MB") == "66MB"
+        assert raw._flows_session_state is False
+        assert await conn.fetchval("SHOW work_mem") == default  # each statement was its own transaction, ended
+        # a literal `true` inside a quoted value is not the third argument: session state, reset on release
+        assert await conn.fetchval("SELECT set_config('application_name', 'x, true)', false)") == "x, true)"
+        assert raw._flows_session_state is True
+    async with one_conn_pool.acquire() as conn:
+        assert await conn.fetchval("SHOW application_name") != "x, true)"
+        assert conn._con._flows_session_state is False
+
+
 async def test_an_instance_lock_released_by_its_holder_needs_no_reset(one_conn_pool: asyncpg.Pool,
                                                                       fresh_db: str) -> None:
     """instance_lock unlocks its own lock: the release skips the reset query's round trip (a load's or a format's
