@@ -115,7 +115,13 @@ def reference_digest(version: str) -> bytes:
     return digest.digest()
 
 
-DIGEST_SQL = "SELECT digest FROM reference_data_digest WHERE version = $1"
+def digest_sql(version_param: str = "$1") -> str:
+    """The stored digest of a layout version's reference data; `version_param` names the version's parameter (a
+    caller that reads it inside a statement of its own numbers its parameters)."""
+    return f"SELECT digest FROM reference_data_digest WHERE version = {version_param}"
+
+
+DIGEST_SQL = digest_sql()
 
 
 async def sync_reference_data(conn: asyncpg.Connection, version: str, stored: bytes | None = None) -> None:

@@ -25,7 +25,7 @@ import asyncpg
 from contracts.flows import FlowType
 from contracts.italian import italian_date
 from services.loader import checks
-from services.loader.catalogue import DIGEST_SQL, sync_reference_data
+from services.loader.catalogue import digest_sql, sync_reference_data
 from services.loader.checks import NO_SOURCE_DATA, run_checks
 from services.loader.feedback import ProblemCounts, export_feedback, problem_counts, summarise
 from services.loader.snapshot import SELECTIONS, take_snapshot
@@ -132,7 +132,7 @@ async def earlier_runs(pool: asyncpg.Pool, instance: int, version: str) -> Earli
         "SELECT n.next_id, n.reference_digest, s.snapshot_id, s.checked_counts, s.checked_problems, CASE WHEN "
         "s.checked_counts IS NOT NULL THEN (SELECT count(*) FROM load_problem p WHERE p.snapshot_id = s.snapshot_id) "
         "END AS problems FROM (SELECT nextval('flow_instance_seq') AS next_id, "
-        f"({DIGEST_SQL.replace('$1', '$2')}) AS reference_digest) n "
+        f"({digest_sql('$2')}) AS reference_digest) n "
         "LEFT JOIN source_snapshot s ON s.instance = $1 ORDER BY s.snapshot_id DESC", instance, version)
     next_id, digest = int(rows[0]["next_id"]), rows[0]["reference_digest"]
     snapshots = [r for r in rows if r["snapshot_id"] is not None]
