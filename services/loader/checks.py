@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -35,7 +36,7 @@ from typing import Any, Literal
 import asyncpg
 
 from contracts.italian import italian_amount, italian_amount_sql, italian_date_sql
-from services.formatter.fixedwidth import length_changes, writable_ranges
+from services.formatter.fixedwidth import TRANSLITERATION, length_changes, writable_ranges
 from services.formatter.layouts import FieldSpec, LayoutRegistry
 from services.loader.codice_fiscale import check_codici_fiscali
 from services.loader.snapshot import WORK_MEM
@@ -82,11 +83,17 @@ _SERVICE_KEY = ("s.source_id || '@' || s.prescription_id || '/' || "
                 "CASE WHEN s.row_number < 10 THEN '0' ELSE '' END || s.row_number::text")
 
 
+def nfc_sql(column: str) -> str:
+    """SQL: `column` in Unicode's composed form, as the formatter transliterates it (fixedwidth.transliterate: NFC
+    first, so `O` + U+0300 is `Ò`, written `O'`, as `Ò` itself). The database is UTF8, which normalize() needs."""
+    return f"normalize({column}, NFC)"
+
+
 def ascii_length_sql(column: str) -> str:
-    """SQL: the length of `column` once transliterated to ASCII as the formatter writes it
-    (services.formatter.fixedwidth.length_changes: `Ò` -> `O'`, `ß` -> `SS`, `ﬁ` -> `FI`, `⑽` -> `(10)`, a combining
-    accent dropped): each character that becomes k characters adds k - 1. A name that fits before may not fit after,
-    and one that does not fit before may fit after."""
+    """SQL: the length of `column` once transliterated to ASCII as the formatter writes it: of its NFC form (nfc_sql),
+    where each character that becomes k characters adds k - 1 (services.formatter.fixedwidth.length_changes: `Ò` ->
+    `O'`, `ß` -> `SS`, `ﬁ` -> `FI`, `⑽` -> `(10)`, a combining accent NFC left alone dropped). A name that fits before
+    may not fit after, and one that does not fit before may fit after."""
     by_change: dict[int, str] = {}
     for ch, change in length_changes().items():
         by_change[change] = by_change.get(change, "") + ch
@@ -94,22 +101,58 @@ def ascii_length_sql(column: str) -> str:
     # the name with each of the bracket's (a thousand combining marks: 29 s for 200,000 names, regexp_count 0.5 s).
     # Every character is outside ASCII, so none is special in a bracket (`]`, `-`, `^`, a backslash) or in the
     # literal (`'`).
-    extra = " + ".join(f"({change}) * regexp_count({column}, '[{chars}]')"
+    text = nfc_sql(column)
+    extra = " + ".join(f"({change}) * regexp_count({text}, '[{chars}]')"
                        for change, chars in sorted(by_change.items()))
-    return f"(length({column}) + {extra})" if extra else f"length({column})"
+    return f"(length({text}) + {extra})" if extra else f"length({text})"
 
 
-# A character becomes at most this many ASCII characters per UTF-8 byte (`Ò`, 2 bytes, `O'`; `⑽`, 3 bytes, `(10)`;
-# ASCII itself 1): a name of n bytes is at most n x this long in ASCII. So only a name of more than `length` / this
-# bytes can pass `length` once transliterated: the byte count (no scan of the text) rules out almost every name
-# before the transliterated length (a regexp_count() per change) is computed.
-CHARS_PER_BYTE = max([Fraction(1)] + [Fraction(1 + change, len(ch.encode("utf-8")))
-                                      for ch, change in length_changes().items()])
+def _written_weight(ch: str) -> int:
+    """What one character of a text counts toward its ASCII length in ascii_length_sql (a character the formatter
+    cannot write counts 1: the load fails with CHARSET anyway)."""
+    return 1 + length_changes().get(ch, 0)
+
+
+def _composed_growth(ch: str) -> int:
+    """What NFC composition can add to the ASCII length beyond the parts of `ch`'s decomposition: a table vowel
+    (`Ò` -> `O'`, `O` + U+0300 -> `Ò`) writes one character more than its letter and its accent. Counted on the
+    precomposed vowel, and on a character that starts with that accent (U+0300, U+0301, U+0340, U+0341), which may
+    compose with the letter before it. Any other accent inside a precomposed character stays on that character's own
+    letter (NFC composes a mark with the starter before it): `Ǽ` is Æ with an acute and never `Æ'`."""
+    vowels, accents = _apostrophe_vowels()
+    return int(unicodedata.normalize("NFC", ch) in vowels or unicodedata.normalize("NFD", ch)[0] in accents)
+
+
+@functools.cache
+def _apostrophe_vowels() -> tuple[frozenset[str], frozenset[str]]:
+    """The table's letters that are a letter and one accent (`Ò`: `O` + U+0300), and those accents."""
+    vowels = frozenset(k for k in TRANSLITERATION if len(unicodedata.normalize("NFD", k)) == 2)
+    return vowels, frozenset(unicodedata.normalize("NFD", k)[1] for k in vowels)
+
+
+def written_weight_bound(ch: str) -> int:
+    """At most how much `ch` adds to the ASCII length of any text it is part of, once the text is composed (NFC):
+    what its decomposition's characters count, plus what composing them with a neighbour may add (_composed_growth).
+    Checked over every character by tests/unit/test_loader_rules.py."""
+    return sum(_written_weight(c) for c in unicodedata.normalize("NFD", ch)) + _composed_growth(ch)
+
+
+# A text becomes at most this many ASCII characters per UTF-8 byte (`Ò`, 2 bytes, `O'`; `⑽`, 3 bytes, `(10)`; ASCII
+# itself 1), with NFC composing across characters (`O` + U+0300, 3 bytes, `O'`): each character of the text adds at
+# most written_weight_bound, so a name of n bytes is at most n x this long in ASCII. So only a name of more than
+# `length` / this bytes can pass `length` once transliterated: the byte count (no scan of the text) rules out almost
+# every name before the transliterated length (a normalize() and a regexp_count() per change) is computed.
+CHARS_PER_BYTE = max([Fraction(1)] + [Fraction(written_weight_bound(ch), len(ch.encode("utf-8")))
+                                      for ch in set(length_changes()) | set(TRANSLITERATION)
+                                      | {chr(cp) for cp in range(0x80, 0x110000)
+                                         if not 0xD800 <= cp <= 0xDFFF
+                                         and not unicodedata.is_normalized("NFD", chr(cp))}])
 
 
 def ascii_longer_sql(column: str, length: int) -> str:
     """SQL: is `column`, transliterated as the formatter writes it, longer than `length`? ascii_length_sql only for a
-    name the byte count (CHARS_PER_BYTE) does not rule out and that is not plain ASCII (as long as it is)."""
+    name the byte count (CHARS_PER_BYTE) does not rule out and that is not plain ASCII (as long as it is: NFC leaves
+    ASCII as it is)."""
     could = length * CHARS_PER_BYTE.denominator // CHARS_PER_BYTE.numerator
     return (f"CASE WHEN octet_length({column}) <= {could} THEN false "  # cannot grow past `length`
             f"WHEN octet_length({column}) = length({column}) THEN length({column}) > {length} "  # ASCII: as it is
@@ -151,15 +194,17 @@ def _ascii_bracket() -> str:
 def charset_sql(column: str) -> str:
     """SQL: does `column` hold a character the formatter cannot write in a fixed-width file (CHARSET when it formats)?
     A plain-ASCII value (as many bytes as characters: most of them) is asked only about the backslash and control
-    characters; any other against every writable range."""
+    characters; any other, in its NFC form as the formatter transliterates it (nfc_sql), against every writable
+    range."""
     return (f"CASE WHEN octet_length({column}) = length({column}) THEN {column} ~ '[^{_ascii_bracket()}]' "
-            f"ELSE {column} ~ '[^{writable_bracket()}]' END")
+            f"ELSE {nfc_sql(column)} ~ '[^{writable_bracket()}]' END")
 
 
 def unwritable_sql(column: str) -> str:
-    """SQL: the characters of `column` the formatter cannot write, each once in order of appearance with its code
-    point, so an invisible one is named too: `И (U+0418), В (U+0412)` (migration 0076's function)."""
-    return f"unwritable_characters({column}, '[{writable_bracket()}]+')"
+    """SQL: the characters of `column`'s NFC form (what the formatter transliterates) that the formatter cannot write,
+    each once in order of appearance with its code point, so an invisible one is named too: `И (U+0418), В (U+0412)`
+    (migration 0076's function)."""
+    return f"unwritable_characters({nfc_sql(column)}, '[{writable_bracket()}]+')"
 
 
 def _charset_rule(flow_type: str, version: str, column: str, label: str) -> Rule:
@@ -218,7 +263,8 @@ def charset_rules(flow_type: str, version: str) -> tuple[Rule, ...]:
     """One CHARSET rule per text column the flow's layout writes (written_text_columns), all behind one guard: the
     record's written texts together hold a character outside plain printable ASCII (a backslash, a control, any
     non-ASCII one). Almost every record has none, so its rules are not asked: one regular expression per record,
-    not one per column (Flusso C writes 17 such columns)."""
+    not one per column (Flusso C writes 17 such columns). The guard reads the texts as they are, not in NFC: NFC
+    leaves printable ASCII as it is, so a record it passes has nothing for its rules to find."""
     columns = written_text_columns(flow_type, version)
     guard = f"concat({', '.join(f's.{c}' for c in columns)}) ~ '[^{_ascii_bracket()}]'"
     return tuple(dataclasses.replace(_charset_rule(flow_type, version, column, label), guard=guard)
