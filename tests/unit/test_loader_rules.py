@@ -15,13 +15,17 @@ from services.loader.checks import (
     PLANS,
     PRESCRIPTION_RULES,
     SERVICE_ROW_RULES,
+    _small_sql,
     ascii_length_sql,
     ascii_longer_sql,
+    charset_patterns,
     charset_sql,
     name_rules,
     plan_for,
+    rule_args,
     rule_set_sql,
     unwritable_sql,
+    writable_bracket,
     written_weight_bound,
 )
 from services.loader.intake import KINDS, validate_raw
@@ -134,6 +138,24 @@ def test_no_character_adds_more_to_a_composed_text_than_its_bound() -> None:
         written = sum(weight(c) for c in unicodedata.normalize("NFC", text))
         assert written <= sum(written_weight_bound(c) for c in text) <= CHARS_PER_BYTE * len(text.encode()), text
     assert CHARS_PER_BYTE == Fraction(4, 3)  # `⑽`: composition (`O` + U+0300, 3 bytes -> 2) adds less per byte
+
+
+def test_the_charset_patterns_are_parameters_of_the_checks_not_written_into_them() -> None:
+    """The writable ranges (~4 KB) were written into Flusso C's small-load checks 51 times (248,006 characters, 262,868
+    bytes); they are the statement's $5 and $6 (rule_args), typed in every rule set's params CTE, so every rule set
+    takes the same six arguments whether it has CHARSET rules or not."""
+    refused, run = charset_patterns()
+    assert (refused, run) == (f"[^{writable_bracket()}]", f"[{writable_bracket()}]+") and len(writable_bracket()) > 4000
+    for flow_type, table in (("FLUSSO_C", "snapshot_service"), ("FLUSSO_C_PACC", "snapshot_service"),
+                             ("FLUSSO_MEF", "snapshot_service"), ("FLUSSO_ALPI_TA", "snapshot_booking")):
+        plan = plan_for(flow_type, "2020", table)
+        sql = _small_sql(plan)
+        assert writable_bracket() not in sql and len(sql.encode()) < 50_000, (flow_type, len(sql.encode()))
+        for rule_set in plan.rule_sets:
+            assert "$5::text, $6::text)" in rule_set_sql(rule_set)
+    charset = [r for r in plan_for("FLUSSO_C", "2020", "snapshot_service").rule_sets[0].rules if r.code == "CHARSET"]
+    assert len(charset) == 17 and all("~ $5" in r.broken and ", $6)" in r.message for r in charset)
+    assert rule_args(1, "2020", ("a", "b")) == (1, "2020", "a", "b", refused, run)
 
 
 def test_only_a_name_of_more_bytes_than_three_quarters_of_its_field_can_outgrow_it() -> None:
