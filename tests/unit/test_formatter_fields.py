@@ -167,3 +167,16 @@ def test_letters_of_the_table_under_an_accent_are_written_as_the_letter() -> Non
     formatter wrote as `O` would have become unwritable."""
     assert transliterate("Ǿ") == transliterate("Ø\u0301") == "O"
     assert transliterate("ǽ") == "ae" and transliterate("Ǣ") == "AE"
+
+
+def test_the_characters_nfc_may_change_in_context_are_the_marks_and_the_second_halves_of_compositions() -> None:
+    """What the compiled kernels leave to the engine (services.formatter.fastpath): a combining mark, the Bengali
+    vowel sign that composes with the one before it though it combines with nothing (U+09BE), a Hangul vowel; not a
+    letter, nor an accented one already composed."""
+    import unicodedata
+
+    from services.formatter.fixedwidth import composes_in_context
+
+    assert all(composes_in_context(c) for c in ("\u0300", "\u0301", "\u0327", "\u09be", "\u1161"))
+    assert not any(composes_in_context(c) for c in ("A", "Ò", "\u00d8", "\u0418", " "))
+    assert unicodedata.combining("\u09be") == 0 and unicodedata.normalize("NFC", "\u09c7\u09be") == "\u09cb"
