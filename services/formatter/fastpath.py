@@ -47,13 +47,15 @@ POOLED = 4  # output matrices kept per record kind: the chunks rendered at once,
 def _translit_table() -> tuple[np.ndarray, np.ndarray]:
     """fixedwidth.transliterate of every 2-byte UTF-8 character (U+0080..U+07FF), concatenated:
     character cp becomes TRANSLIT[AT[2 i]:AT[2 i] + AT[2 i + 1]], i = cp - 0x80; length -1 where the
-    engine would not accept the result (not printable ASCII, or a backslash): it must see the value."""
-    from services.formatter.fixedwidth import transliterate
+    engine would not accept the result (not printable ASCII, or a backslash), or where the character is not written
+    alone: a combining mark, which NFC composes with the letter before it (`O` + U+0300 is `Ò`, `O'`; alone it is
+    dropped). The engine must see those values."""
+    from services.formatter.fixedwidth import composes_in_context, transliterate
 
     data, at = bytearray(), []
     for cp in range(0x80, 0x800):
         text = transliterate(chr(cp))
-        if all(0x20 <= ord(c) < 0x7F and c != "\\" for c in text):
+        if not composes_in_context(chr(cp)) and all(0x20 <= ord(c) < 0x7F and c != "\\" for c in text):
             at += [len(data), len(text)]
             data += text.encode("ascii")
         else:

@@ -5,10 +5,12 @@ engine in `columnar.py` applies the same rules to whole columns for speed, and t
 that both agree. `parse_record` / `iter_table` read a file back as named fields: the seed's
 detail view, and the way tests check files field by field.
 
-Transliteration rule (documented in docs/layouts.md): the Italian accented vowels become the vowel
-followed by an apostrophe, as Italian registries write them (`NICOLÒ` -> `NICOLO'`, `à` -> `a'`,
-then upper-cased); any other letter with a diacritic loses it (`Ç` -> `C`, `Ñ` -> `N`, `Ä` -> `A`);
-typographic apostrophes become `'`. A character still outside printable ASCII is an error.
+Transliteration rule (documented in docs/layouts.md): the text is first put in Unicode's composed form (NFC), so a
+name is written one way whichever form it came in (`Ò` as one code point, or `O` then a combining grave as macOS
+sends it); then the Italian accented vowels become the vowel followed by an apostrophe, as Italian registries write
+them (`NICOLÒ` -> `NICOLO'`, `à` -> `a'`, then upper-cased); any other letter with a diacritic loses it (`Ç` -> `C`,
+`Ñ` -> `N`, `Ä` -> `A`, `Ǿ` -> `O`); typographic apostrophes become `'`. A character still outside printable ASCII is
+an error.
 """
 
 from __future__ import annotations
@@ -42,16 +44,49 @@ class FieldValueError(ValueError):
 
 
 def transliterate(text: str) -> str:
+    """`text` as the fixed-width files write it (before upper-casing), character by character of its NFC form: the
+    table's letters as the table says, ASCII as it is, any other character as its compatibility decomposition (NFKD)
+    without the combining marks, each letter left of it again by the table (`Ǿ` -> `Ø` -> `O`). A combining mark NFC
+    could not compose with the letter before it (`X` + U+0300: no such letter) is dropped, as it always was.
+
+    NFC first: the same name in its decomposed form (`O` + U+0300) was written `O`, its composed one (`Ò`) `O'`, so one
+    patient's surname could be written two ways. The loader asks the same of PostgreSQL (normalize(..., NFC) in
+    services.loader.checks), and the compiled kernels leave every text with a combining mark to this function
+    (services.formatter.fastpath._translit_table)."""
+    if text.isascii():  # NFC, the table and NFKD leave ASCII as it is: most values
+        return text
     out = []
-    for ch in text:
+    for ch in unicodedata.normalize("NFC", text):
         if ch in TRANSLITERATION:
             out.append(TRANSLITERATION[ch])
         elif ord(ch) < 0x80:
             out.append(ch)
         else:
-            base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
-            out.append(base)
+            out.extend(TRANSLITERATION.get(c, c) for c in unicodedata.normalize("NFKD", ch)
+                       if not unicodedata.combining(c))
     return "".join(out)
+
+
+def composes_in_context(ch: str) -> bool:
+    """Can NFC change `ch` depending on the characters around it: a combining mark (reordered, or composed with the
+    letter before it: `O` + U+0300 -> `Ò`), or a character that composes with the one before it though it combines
+    with nothing by class (a few Indic vowel signs)? Such a character is transliterated only within its text
+    (`transliterate`), never alone: the compiled kernels leave it to the engine."""
+    return unicodedata.combining(ch) != 0 or ch in _backward_composing()
+
+
+@functools.cache
+def _backward_composing() -> frozenset[str]:
+    """The second characters of Unicode's canonical compositions (those NFC composes back), and the Hangul jamo that
+    compose algorithmically (a vowel after a leading consonant, a trailing consonant after both)."""
+    seconds = {chr(cp) for cp in range(0x1161, 0x1176)} | {chr(cp) for cp in range(0x11A8, 0x11C3)}
+    for cp in range(0xC0, 0x30000):  # from `À` to past the last character with a decomposition (U+2FA1D)
+        parts = unicodedata.decomposition(chr(cp)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            pair = "".join(chr(int(p, 16)) for p in parts)
+            if unicodedata.normalize("NFC", pair) == chr(cp):
+                seconds.add(pair[1])
+    return frozenset(seconds)
 
 
 @functools.cache

@@ -19,7 +19,8 @@ for a whole prescription (row 99 is where its totals, ticket and exemption go), 
 bookings and payment documents, `*` for the whole load. Every code and field is listed in the
 contract (contracts.feedback); `problem_kinds()` is what the rules here can emit.
 
-SQL parameters of every rule: $1 snapshot_id, $2 catalogue version, $3 period start, $4 period end.
+SQL parameters of every rule: $1 snapshot_id, $2 catalogue version, $3 period start, $4 period end, $5 and $6 the
+CHARSET patterns (charset_patterns); rule_args gives them in that order.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -35,7 +37,7 @@ from typing import Any, Literal
 import asyncpg
 
 from contracts.italian import italian_amount, italian_amount_sql, italian_date_sql
-from services.formatter.fixedwidth import length_changes, writable_ranges
+from services.formatter.fixedwidth import TRANSLITERATION, length_changes, writable_ranges
 from services.formatter.layouts import FieldSpec, LayoutRegistry
 from services.loader.codice_fiscale import check_codici_fiscali
 from services.loader.snapshot import WORK_MEM
@@ -82,11 +84,17 @@ _SERVICE_KEY = ("s.source_id || '@' || s.prescription_id || '/' || "
                 "CASE WHEN s.row_number < 10 THEN '0' ELSE '' END || s.row_number::text")
 
 
+def nfc_sql(column: str) -> str:
+    """SQL: `column` in Unicode's composed form, as the formatter transliterates it (fixedwidth.transliterate: NFC
+    first, so `O` + U+0300 is `Ò`, written `O'`, as `Ò` itself). The database is UTF8, which normalize() needs."""
+    return f"normalize({column}, NFC)"
+
+
 def ascii_length_sql(column: str) -> str:
-    """SQL: the length of `column` once transliterated to ASCII as the formatter writes it
-    (services.formatter.fixedwidth.length_changes: `Ò` -> `O'`, `ß` -> `SS`, `ﬁ` -> `FI`, `⑽` -> `(10)`, a combining
-    accent dropped): each character that becomes k characters adds k - 1. A name that fits before may not fit after,
-    and one that does not fit before may fit after."""
+    """SQL: the length of `column` once transliterated to ASCII as the formatter writes it: of its NFC form (nfc_sql),
+    where each character that becomes k characters adds k - 1 (services.formatter.fixedwidth.length_changes: `Ò` ->
+    `O'`, `ß` -> `SS`, `ﬁ` -> `FI`, `⑽` -> `(10)`, a combining accent NFC left alone dropped). A name that fits before
+    may not fit after, and one that does not fit before may fit after."""
     by_change: dict[int, str] = {}
     for ch, change in length_changes().items():
         by_change[change] = by_change.get(change, "") + ch
@@ -94,22 +102,58 @@ def ascii_length_sql(column: str) -> str:
     # the name with each of the bracket's (a thousand combining marks: 29 s for 200,000 names, regexp_count 0.5 s).
     # Every character is outside ASCII, so none is special in a bracket (`]`, `-`, `^`, a backslash) or in the
     # literal (`'`).
-    extra = " + ".join(f"({change}) * regexp_count({column}, '[{chars}]')"
+    text = nfc_sql(column)
+    extra = " + ".join(f"({change}) * regexp_count({text}, '[{chars}]')"
                        for change, chars in sorted(by_change.items()))
-    return f"(length({column}) + {extra})" if extra else f"length({column})"
+    return f"(length({text}) + {extra})" if extra else f"length({text})"
 
 
-# A character becomes at most this many ASCII characters per UTF-8 byte (`Ò`, 2 bytes, `O'`; `⑽`, 3 bytes, `(10)`;
-# ASCII itself 1): a name of n bytes is at most n x this long in ASCII. So only a name of more than `length` / this
-# bytes can pass `length` once transliterated: the byte count (no scan of the text) rules out almost every name
-# before the transliterated length (a regexp_count() per change) is computed.
-CHARS_PER_BYTE = max([Fraction(1)] + [Fraction(1 + change, len(ch.encode("utf-8")))
-                                      for ch, change in length_changes().items()])
+def _written_weight(ch: str) -> int:
+    """What one character of a text counts toward its ASCII length in ascii_length_sql (a character the formatter
+    cannot write counts 1: the load fails with CHARSET anyway)."""
+    return 1 + length_changes().get(ch, 0)
+
+
+def _composed_growth(ch: str) -> int:
+    """What NFC composition can add to the ASCII length beyond the parts of `ch`'s decomposition: a table vowel
+    (`Ò` -> `O'`, `O` + U+0300 -> `Ò`) writes one character more than its letter and its accent. Counted on the
+    precomposed vowel, and on a character that starts with that accent (U+0300, U+0301, U+0340, U+0341), which may
+    compose with the letter before it. Any other accent inside a precomposed character stays on that character's own
+    letter (NFC composes a mark with the starter before it): `Ǽ` is Æ with an acute and never `Æ'`."""
+    vowels, accents = _apostrophe_vowels()
+    return int(unicodedata.normalize("NFC", ch) in vowels or unicodedata.normalize("NFD", ch)[0] in accents)
+
+
+@functools.cache
+def _apostrophe_vowels() -> tuple[frozenset[str], frozenset[str]]:
+    """The table's letters that are a letter and one accent (`Ò`: `O` + U+0300), and those accents."""
+    vowels = frozenset(k for k in TRANSLITERATION if len(unicodedata.normalize("NFD", k)) == 2)
+    return vowels, frozenset(unicodedata.normalize("NFD", k)[1] for k in vowels)
+
+
+def written_weight_bound(ch: str) -> int:
+    """At most how much `ch` adds to the ASCII length of any text it is part of, once the text is composed (NFC):
+    what its decomposition's characters count, plus what composing them with a neighbour may add (_composed_growth).
+    Checked over every character by tests/unit/test_loader_rules.py."""
+    return sum(_written_weight(c) for c in unicodedata.normalize("NFD", ch)) + _composed_growth(ch)
+
+
+# A text becomes at most this many ASCII characters per UTF-8 byte (`Ò`, 2 bytes, `O'`; `⑽`, 3 bytes, `(10)`; ASCII
+# itself 1), with NFC composing across characters (`O` + U+0300, 3 bytes, `O'`): each character of the text adds at
+# most written_weight_bound, so a name of n bytes is at most n x this long in ASCII. So only a name of more than
+# `length` / this bytes can pass `length` once transliterated: the byte count (no scan of the text) rules out almost
+# every name before the transliterated length (a normalize() and a regexp_count() per change) is computed.
+CHARS_PER_BYTE = max([Fraction(1)] + [Fraction(written_weight_bound(ch), len(ch.encode("utf-8")))
+                                      for ch in set(length_changes()) | set(TRANSLITERATION)
+                                      | {chr(cp) for cp in range(0x80, 0x110000)
+                                         if not 0xD800 <= cp <= 0xDFFF
+                                         and not unicodedata.is_normalized("NFD", chr(cp))}])
 
 
 def ascii_longer_sql(column: str, length: int) -> str:
     """SQL: is `column`, transliterated as the formatter writes it, longer than `length`? ascii_length_sql only for a
-    name the byte count (CHARS_PER_BYTE) does not rule out and that is not plain ASCII (as long as it is)."""
+    name the byte count (CHARS_PER_BYTE) does not rule out and that is not plain ASCII (as long as it is: NFC leaves
+    ASCII as it is)."""
     could = length * CHARS_PER_BYTE.denominator // CHARS_PER_BYTE.numerator
     return (f"CASE WHEN octet_length({column}) <= {could} THEN false "  # cannot grow past `length`
             f"WHEN octet_length({column}) = length({column}) THEN length({column}) > {length} "  # ASCII: as it is
@@ -148,18 +192,40 @@ def _ascii_bracket() -> str:
     return _bracket((a, b) for a, b in writable_ranges() if b < 0x80)
 
 
-def charset_sql(column: str) -> str:
+# The CHARSET patterns are the statement's parameters $5 and $6 (charset_patterns), not written into it: each holds
+# every writable range (writable_bracket, ~4 KB), and Flusso C's 17 rules wrote them 51 times (each rule's predicate
+# twice, its message once): its small load's checks were one 248 KB statement, parsed and kept by every connection.
+REFUSED = "$5"  # a character the formatter cannot write: `[^...]`
+WRITABLE_RUN = "$6"  # a run of characters it can: `[...]+`
+
+
+@functools.cache
+def charset_patterns() -> tuple[str, str]:
+    """The values of REFUSED and WRITABLE_RUN: the writable ranges, computed once per process from the formatter's own
+    rule (nothing of it is frozen in the database, nor in the statement)."""
+    return f"[^{writable_bracket()}]", f"[{writable_bracket()}]+"
+
+
+def rule_args(snapshot_id: int, version: str, period: tuple[object, object]) -> tuple[object, ...]:
+    """The parameters of every rule set's SQL, in order ($1 .. $6)."""
+    return (snapshot_id, version, *period, *charset_patterns())
+
+
+def charset_sql(column: str, refused: str = REFUSED) -> str:
     """SQL: does `column` hold a character the formatter cannot write in a fixed-width file (CHARSET when it formats)?
     A plain-ASCII value (as many bytes as characters: most of them) is asked only about the backslash and control
-    characters; any other against every writable range."""
+    characters (a bracket of 26 characters, written here); any other, in its NFC form as the formatter
+    transliterates it (nfc_sql), against every writable range: the pattern `refused` (a parameter, charset_patterns'
+    first)."""
     return (f"CASE WHEN octet_length({column}) = length({column}) THEN {column} ~ '[^{_ascii_bracket()}]' "
-            f"ELSE {column} ~ '[^{writable_bracket()}]' END")
+            f"ELSE {nfc_sql(column)} ~ {refused} END")
 
 
-def unwritable_sql(column: str) -> str:
-    """SQL: the characters of `column` the formatter cannot write, each once in order of appearance with its code
-    point, so an invisible one is named too: `И (U+0418), В (U+0412)` (migration 0076's function)."""
-    return f"unwritable_characters({column}, '[{writable_bracket()}]+')"
+def unwritable_sql(column: str, writable_run: str = WRITABLE_RUN) -> str:
+    """SQL: the characters of `column`'s NFC form (what the formatter transliterates) that the formatter cannot write,
+    each once in order of appearance with its code point, so an invisible one is named too: `И (U+0418), В (U+0412)`
+    (migration 0076's function, given the pattern `writable_run`: a parameter, charset_patterns' second)."""
+    return f"unwritable_characters({nfc_sql(column)}, {writable_run})"
 
 
 def _charset_rule(flow_type: str, version: str, column: str, label: str) -> Rule:
@@ -218,7 +284,8 @@ def charset_rules(flow_type: str, version: str) -> tuple[Rule, ...]:
     """One CHARSET rule per text column the flow's layout writes (written_text_columns), all behind one guard: the
     record's written texts together hold a character outside plain printable ASCII (a backslash, a control, any
     non-ASCII one). Almost every record has none, so its rules are not asked: one regular expression per record,
-    not one per column (Flusso C writes 17 such columns)."""
+    not one per column (Flusso C writes 17 such columns). The guard reads the texts as they are, not in NFC: NFC
+    leaves printable ASCII as it is, so a record it passes has nothing for its rules to find."""
     columns = written_text_columns(flow_type, version)
     guard = f"concat({', '.join(f's.{c}' for c in columns)}) ~ '[^{_ascii_bracket()}]'"
     return tuple(dataclasses.replace(_charset_rule(flow_type, version, column, label), guard=guard)
@@ -468,9 +535,9 @@ def rule_set_sql(rule_set: RuleSet) -> str:
     any_broken = " OR ".join(any_of(None) if guard is None else f"(coalesce(({guard}), false) AND ({any_of(guard)}))"
                              for guard in dict.fromkeys(r.guard for r in rule_set.rules))
     snapshot_filter = "" if rule_set is PRESCRIPTION_RULES else "s.snapshot_id = $1 AND "
-    # the params CTE types every parameter even when a rule set does not use all four
+    # the params CTE types every parameter even when a rule set does not use all six (rule_args)
     return f"""
-    WITH params AS (SELECT $1::bigint, $2::text, $3::date, $4::date)
+    WITH params AS (SELECT $1::bigint, $2::text, $3::date, $4::date, {REFUSED}::text, {WRITABLE_RUN}::text)
     INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message)
     SELECT $1, {rule_set.record_key}, r.field, r.code, r.severity, r.message
     FROM {rule_set.relation}
@@ -493,7 +560,7 @@ async def _run_rule_set(pool: asyncpg.Pool, rule_set: RuleSet, snapshot_id: int,
             # rows: the index order is the only way left, whatever the statistics say.
             await conn.execute("SET LOCAL enable_hashagg = off")
             await conn.execute("SET LOCAL enable_sort = off")
-        await conn.execute(rule_set_sql(rule_set), snapshot_id, version, *period)
+        await conn.execute(rule_set_sql(rule_set), *rule_args(snapshot_id, version, period))
 
 
 CF_BATCH = 50_000  # distinct codes checked at once: memory is bounded by this, not by the period
@@ -585,7 +652,7 @@ async def _run_small(conn: asyncpg.Connection, plan: CheckPlan, snapshot_id: int
     """The checks of a small snapshot on one connection in one round trip (_small_sql; at this size PostgreSQL's
     default work_mem is plenty, so no transaction for a SET LOCAL), which counts the load on the way; only codici
     fiscali with findings cost a transaction (their temporary table)."""
-    groups = await conn.fetch(_small_sql(plan), snapshot_id, version, *period)
+    groups = await conn.fetch(_small_sql(plan), *rule_args(snapshot_id, version, period))
     person = 2 if plan.cf_with_person else 0
     rows = [tuple(g)[:1 + person] for g in groups if g[0] is not None]  # (code, sex, birth date), in code order
     codes = [r[0] for r in rows]

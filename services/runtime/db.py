@@ -194,9 +194,10 @@ async def reset_if_needed(conn: asyncpg.Connection) -> None:
 
 # asyncpg prepares a statement once per connection and keeps it, unless its text is longer than 15 KB (its default):
 # such a statement is parsed and planned again at every call. The loader's checks of a small load are one statement
-# (services/loader/checks.py _small_sql), run by every small load: ~20 KB without the CHARSET rules, ~250 KB for a
-# Flusso C load with them (each rule writes the formatter's writable ranges out). Kept, a small load's checks took
-# ~3 ms less (bench/latency.py, Running -> Checked p50 10.1-11.5 -> 6.9-9.3 ms, three alternating pairs, at ~20 KB).
+# (services/loader/checks.py _small_sql), run by every small load: ~19 KB for MEF, ~47 KB for Flusso C with its name
+# and CHARSET rules (the writable ranges are its parameters; written into it, they made it 263 KB). Kept, a small
+# load's checks took ~3 ms less (bench/latency.py, Running -> Checked p50 10.1-11.5 -> 6.9-9.3 ms, three alternating
+# pairs, at ~20 KB).
 # The limit leaves room above the largest: a statement past it would be planned at every load again, silently.
 MAX_CACHEABLE_STATEMENT = 1024 * 1024
 

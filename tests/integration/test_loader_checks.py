@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import csv
 import io
+import unicodedata
 from collections.abc import AsyncIterator
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import pytest
@@ -349,12 +350,14 @@ async def test_a_name_that_grows_past_its_field_in_ascii_gets_a_warning(pool: as
 async def test_the_loader_warns_about_exactly_the_names_the_formatter_cuts(pool: asyncpg.Pool, tmp_path: Path) -> None:
     """A real load, then a real format of its snapshot: a name is warned about at load if and only if the formatter
     cuts it. Characters the formatter writes through NFKD grow (`ﬁ` -> `FI`; `⑽` -> `(10)`, 4 characters from 3
-    UTF-8 bytes, past the byte-count guard) or vanish (a combining accent): the loader counted each as one."""
+    UTF-8 bytes, past the byte-count guard) or vanish (a combining accent on a letter it does not compose with): the
+    loader counted each as one. A combining grave on `A` composes (NFC) to `À`, written `A'`: it grows by one."""
     surnames = {"B-1": "\ufb01\ufb01" + "A" * 27,  # 29 characters, 31 in ASCII: cut
-                "B-2": "A" * 30 + "\u0300",  # 31 characters, 30 in ASCII: not cut
-                "B-3": "\ufb01" + "A" * 28}  # 29 characters, 30 in ASCII: not cut
+                "B-2": "A" * 29 + "X\u0300",  # 31 characters, 30 in ASCII (no X with a grave: dropped): not cut
+                "B-3": "\ufb01" + "A" * 28,  # 29 characters, 30 in ASCII: not cut
+                "B-4": "A" * 30 + "\u0300"}  # 31 characters, `À` at the end, 31 in ASCII: cut
     names = {"B-1": "MARIO", "B-2": "\u247d" * 5 + "A",  # 6 characters (16 bytes), 21 in ASCII: cut
-             "B-3": "\u247d" * 5}  # 5 characters, 20 in ASCII: not cut
+             "B-3": "\u247d" * 5, "B-4": "MARIO"}  # 5 characters, 20 in ASCII: not cut
     async with pool.acquire() as conn:
         await store_services(conn, [ecg(key, f"RX-{key}", patient_surname=surnames[key], patient_name=names[key])
                                     for key in surnames])
@@ -365,11 +368,56 @@ async def test_the_loader_warns_about_exactly_the_names_the_formatter_cuts(pool:
     assert formatted.ok and formatted.stats is not None
     cut = {(p.record.split()[1], {"C1.surname": "patient_surname", "C1.name": "patient_name"}[p.field])
            for p in formatted.stats.warnings if p.code == "TRUNCATED"}
-    assert cut == {("B-1", "patient_surname"), ("B-2", "patient_name")}, formatted.warnings
+    assert cut == {("B-1", "patient_surname"), ("B-2", "patient_name"), ("B-4", "patient_surname")}, formatted.warnings
     assert set(warned) == cut, warned
     assert warned[("B-1", "patient_surname")] == \
         f"il cognome {surnames['B-1']} ha 31 caratteri in ASCII: sarà troncato a 30"
     assert warned[("B-2", "patient_name")] == f"il nome {names['B-2']} ha 21 caratteri in ASCII: sarà troncato a 20"
+    assert warned[("B-4", "patient_surname")] == \
+        f"il cognome {surnames['B-4']} ha 31 caratteri in ASCII: sarà troncato a 30"
+
+
+# One patient's names as two systems send them: composed (NFC: `Ò` one code point, as most do) and decomposed (NFD:
+# `O` then a combining grave U+0300, as macOS and some keyboards do). The surname is 29 characters, 31 in ASCII: cut
+# to 30 and warned about; the name 20 in ASCII: it fits. Decomposed, they were written without the apostrophes
+# (`NICOLO DELLA VALLE SANT'ANDRO`, 29: not cut, no warning) and the two files of one patient differed.
+_COMPOSED = {"patient_surname": "NICOLÒ DELLA VALLE SANT'ANDRÒ", "patient_name": "NICOLÒ PIÈR ÀNGEL"}
+
+
+async def test_names_in_either_unicode_form_load_and_format_to_the_same_bytes_and_warnings(
+        pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """A real load and a real format of the composed names, then of the same rows rewritten decomposed
+    (normalize(..., NFD) in PostgreSQL): the same warnings at load (messages alike but for the name as it was sent),
+    the same cut at format, byte-identical C1 and C2 files."""
+    assert all(len(unicodedata.normalize("NFD", v)) > len(v) for v in _COMPOSED.values())
+    async with pool.acquire() as conn:
+        await store_services(conn, [ecg("F-1", "RX-F", **_COMPOSED), ecg("F-2", "RX-F", **_COMPOSED)])
+    store = FileStore(tmp_path)
+    seen = []
+    forms: tuple[tuple[int, Literal["NFC", "NFD"]], ...] = ((1, "NFC"), (2, "NFD"))
+    for n, form in forms:
+        if form == "NFD":
+            async with pool.acquire() as conn:
+                await conn.execute("UPDATE source_service SET patient_surname = normalize(patient_surname, NFD), "
+                                   "patient_name = normalize(patient_name, NFD)")
+        stored = await pool.fetch("SELECT patient_surname, patient_name FROM source_service")
+        assert {tuple(r) for r in stored} == {tuple(unicodedata.normalize(form, v) for v in _COMPOSED.values())}
+        loaded = await _load(pool, store, n=n)
+        assert loaded.checked and (loaded.errors, loaded.warnings) == (0, 2), loaded.summary
+        warned = sorted((p["record_key"], p["code"], p["field"], unicodedata.normalize("NFC", p["message"]))
+                        for p in _feedback(store, loaded))
+        formatted = await run_format(pool, store, 1945 + 2 * n, 1946 + 2 * n, "FLUSSO_C", "2020")
+        assert formatted.ok, formatted.reasons
+        files = {f.kind: store.open(f.sha256).read() for f in formatted.files}
+        seen.append((warned, formatted.warnings, files))
+    (warned, cut, files), decomposed = seen
+    assert decomposed == seen[0]
+    assert warned == [(f"F-{i}@RX-F/0{i}", "SURNAME_TOO_LONG", "patient_surname",
+                       f"il cognome {_COMPOSED['patient_surname']} ha 31 caratteri in ASCII: sarà troncato a 30")
+                      for i in (1, 2)]
+    said = "C1.surname TRUNCATED: \"NICOLO' DELLA VALLE SANT'ANDRO'\" troncato a 30 caratteri"
+    assert [w.split(": ", 1)[1] for w in cut] == [said] * 2, cut
+    assert b"NICOLO' DELLA VALLE SANT'ANDRONICOLO' PIE'R A'NGEL   " in files["C1"]
 
 
 # Values the formatter writes (transliterated: `NICOLÒ` -> `NICOLO'`, `Ç` -> `C`, `ß` -> `SS`, a combining accent

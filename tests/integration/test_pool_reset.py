@@ -153,6 +153,6 @@ async def test_the_small_loads_checks_statement_is_prepared_once_per_connection(
     assert len(sql) > 15 * 1024  # what the default would not keep
     async with one_conn_pool.acquire() as conn:
         for _ in range(2):
-            await conn.fetch(sql, 1, "2020", date(2020, 8, 1), date(2020, 8, 31))
+            await conn.fetch(sql, *checks.rule_args(1, "2020", (date(2020, 8, 1), date(2020, 8, 31))))
         kept = await conn.fetchval("SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", sql)
     assert kept == 1

@@ -33,8 +33,8 @@ PG_TYPES = {
 LAYOUTS = [load_layout("FLUSSO_C", "2020"), load_layout("FLUSSO_C_PACC", "2020")]
 
 # what a field may hold: mostly valid values, and every kind of value the engine objects to or must transliterate
-HOSTILE_TEXT = ["NICOLÒ", "Müller", "straße", "Ø", "e\u0301", "caffè", "\u00a0", "€", "’", "\u0080", "x\\ty",
-                "a\\\\b", "", "  ", "A" * 40, "d'angelo", "\\N", "ÿ"]
+HOSTILE_TEXT = ["NICOLÒ", "NICOLO\u0300", "Müller", "straße", "Ø", "e\u0301", "X\u0300", "caffè", "\u00a0", "€", "’",
+                "\u0080", "x\\ty", "a\\\\b", "", "  ", "A" * 40, "d'angelo", "\\N", "ÿ"]
 
 
 def service_row(rnd: random.Random, pid: str, rn: int, hostile: float, pacc: bool) -> dict[str, str]:
@@ -217,3 +217,17 @@ def test_the_service_loads_the_kernels_at_its_own_priority(monkeypatch: pytest.M
     warming.start()
     warming.join(60)
     assert seen == [os.getpriority(os.PRIO_PROCESS, threading.get_native_id())]
+
+
+def test_a_combining_mark_leaves_its_prescription_to_the_engine() -> None:
+    """`NICOLO` + U+0300 (the decomposed form of `NICOLÒ`) is written `NICOLO'`, as the composed form: the kernels
+    transliterate one character at a time and would drop the mark (`NICOLO`), so its group is the engine's."""
+    layout = LAYOUTS[0]
+    clean = copy_text(layout, random.Random(2), 50, hostile=0.0)
+    composed = clean.replace(b"MARIO", "NICOLÒ".encode())
+    decomposed = clean.replace(b"MARIO", "NICOLO\u0300".encode())
+    plan = fastpath.plan(layout, copy_columns(layout), PG_TYPES, b"\n")
+    assert plan is not None and composed != decomposed and b"NICOL" in composed
+    assert len(fastpath.format_chunk(plan, np.frombuffer(decomposed, dtype=np.uint8)).dirty) > 0
+    same(layout, decomposed)
+    assert run(layout, decomposed, fast=True)[0] == run(layout, composed, fast=True)[0]

@@ -129,3 +129,54 @@ def test_engine_output_agrees_with_the_scalar_rules_field_by_field() -> None:
     assert c2[46:49] == format_n(3, 3)
     assert c2[58:66] == format_amount(3 * 12361, 8)
     assert c2[51:58] == format_amount(0, 7)  # ticket is zero on rows 01..98
+
+
+# One name in the two Unicode forms a system may send: NFC (`Ò`, one code point, as most do) and NFD (`O` then a
+# combining grave U+0300, as macOS and some keyboards do). The formatter writes them alike: NFC first.
+NFC_NFD = [("NICOLÒ", "NICOLO\u0300"), ("Pàtanè", "Pa\u0300tane\u0300"), ("Müller", "Mu\u0308ller"),
+           ("Çelik", "C\u0327elik"), ("Ǿrsted", "Ø\u0301rsted")]
+
+
+@pytest.mark.parametrize(("nfc", "nfd"), NFC_NFD)
+def test_a_name_in_either_unicode_form_is_written_the_same_on_both_paths(nfc: str, nfd: str) -> None:
+    import unicodedata
+
+    assert unicodedata.normalize("NFC", nfd) == nfc != nfd
+    assert transliterate(nfd) == transliterate(nfc)
+    assert format_an(nfd, 20) == format_an(nfc, 20)
+    written = []
+    for name in (nfc, nfd):
+        log = ProblemLog()
+        out = ChunkFormatter(FLUSSO_C, log).format(table([service("RX1", 1, patient_surname=name)]))
+        assert log.error_count == 0, (name, log.errors)
+        written.append(lines(out.records["C1"])[0])
+    assert written[0] == written[1]
+    assert parse_record(FLUSSO_C, "C1", written[0])["surname"] == format_an(nfc, 30)[0].rstrip()
+
+
+def test_a_stray_combining_mark_that_composes_with_nothing_is_dropped_as_before() -> None:
+    """No letter `X` with a grave exists: NFC keeps `X` + U+0300, and the mark is dropped, as it was before NFC. A
+    second grave after `O` composes with nothing either (the first one made `Ò`): `O'`, where it was `O`."""
+    assert transliterate("X\u0300") == "X" and transliterate("\u0300A") == "A"
+    assert transliterate("O\u0300\u0300") == "O'"
+
+
+def test_letters_of_the_table_under_an_accent_are_written_as_the_letter() -> None:
+    """`Ǿ` (Ø with an acute) and `Ǽ` (Æ with an acute) decompose to Ø and Æ, which the table writes O and AE: they
+    were CHARSET (NFKD left Ø and Æ as they are). NFC makes `Ø` + U+0301 into `Ǿ`, so without this a name the
+    formatter wrote as `O` would have become unwritable."""
+    assert transliterate("Ǿ") == transliterate("Ø\u0301") == "O"
+    assert transliterate("ǽ") == "ae" and transliterate("Ǣ") == "AE"
+
+
+def test_the_characters_nfc_may_change_in_context_are_the_marks_and_the_second_halves_of_compositions() -> None:
+    """What the compiled kernels leave to the engine (services.formatter.fastpath): a combining mark, the Bengali
+    vowel sign that composes with the one before it though it combines with nothing (U+09BE), a Hangul vowel; not a
+    letter, nor an accented one already composed."""
+    import unicodedata
+
+    from services.formatter.fixedwidth import composes_in_context
+
+    assert all(composes_in_context(c) for c in ("\u0300", "\u0301", "\u0327", "\u09be", "\u1161"))
+    assert not any(composes_in_context(c) for c in ("A", "Ò", "\u00d8", "\u0418", " "))
+    assert unicodedata.combining("\u09be") == 0 and unicodedata.normalize("NFC", "\u09c7\u09be") == "\u09cb"

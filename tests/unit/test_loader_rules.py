@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import random
 import re
+import unicodedata
+from fractions import Fraction
 
 from services.formatter.fixedwidth import TRANSLITERATION, length_changes
 from services.formatter.layouts import load_layout
 from services.loader.checks import (
     CF_CODES,
+    CHARS_PER_BYTE,
     PLANS,
     PRESCRIPTION_RULES,
     SERVICE_ROW_RULES,
+    _small_sql,
     ascii_length_sql,
     ascii_longer_sql,
+    charset_patterns,
+    charset_sql,
     name_rules,
     plan_for,
+    rule_args,
     rule_set_sql,
+    unwritable_sql,
+    writable_bracket,
+    written_weight_bound,
 )
 from services.loader.intake import KINDS, validate_raw
 from services.loader.snapshot import SELECTIONS
@@ -87,12 +98,64 @@ def test_the_ascii_length_adds_what_each_transliterated_character_grows_by() -> 
     character each, NFKD's `ﬁ` -> `FI` one and `⑽` -> `(10)` three, a combining accent is dropped): the SQL adds k
     for each character that becomes k + 1, every such character with its own k. The same on a real PostgreSQL over
     every character: tests/integration/test_name_length_sql.py."""
-    terms = re.findall(r"\((-?\d+)\) \* regexp_count\(x, '\[([^']*)\]'\)", ascii_length_sql("x"))
+    terms = re.findall(r"\((-?\d+)\) \* regexp_count\(normalize\(x, NFC\), '\[([^']*)\]'\)", ascii_length_sql("x"))
     counted = {char: int(grows) for grows, chars in terms for char in chars}
     assert counted == length_changes()
     assert {char: len(ascii) - 1 for char, ascii in TRANSLITERATION.items() if len(ascii) > 1}.items() <= \
         counted.items()
     assert (counted["Ò"], counted["ß"], counted["\ufb01"], counted["\u247d"], counted["\u0300"]) == (1, 1, 1, 3, -1)
+
+
+def test_the_sql_counts_and_checks_each_text_in_its_composed_form() -> None:
+    """The formatter transliterates a text's NFC form (`O` + U+0300 is `Ò`, `O'`): the length, the CHARSET question and
+    the characters its message names are asked of normalize(..., NFC) too, in every term. On a real PostgreSQL:
+    tests/integration/test_name_length_sql.py, test_charset_sql.py."""
+    length = ascii_length_sql("s.patient_surname")
+    assert "length(normalize(s.patient_surname, NFC))" in length
+    assert "patient_surname" not in length.replace("normalize(s.patient_surname, NFC)", "")
+    assert "ELSE normalize(x, NFC) ~ " in charset_sql("x")
+    assert unwritable_sql("x").startswith("unwritable_characters(normalize(x, NFC), ")
+
+
+def test_no_character_adds_more_to_a_composed_text_than_its_bound() -> None:
+    """The byte-count guard (CHARS_PER_BYTE) holds for a text as NFC writes it when each character of it adds at most
+    written_weight_bound to its ASCII length. NFC makes a text's characters out of the parts of its characters'
+    decompositions: it holds when no composed character counts more than its parts' bounds, over every character
+    NFC can leave in a text. And on texts where composition adds the most (a vowel, then its accent: `O` + U+0300,
+    3 bytes, is `O'`)."""
+    def weight(ch: str) -> int:
+        return 1 + length_changes().get(ch, 0)
+
+    over = [hex(cp) for cp in range(0x80, 0x110000) if not 0xD800 <= cp <= 0xDFFF
+            and unicodedata.is_normalized("NFC", chr(cp))
+            and weight(chr(cp)) > sum(written_weight_bound(c) for c in unicodedata.normalize("NFD", chr(cp)))]
+    assert not over
+    rnd = random.Random(7)
+    pieces = ["A", "O", "e", "Ò", "Æ", "Ǽ", "\u0300", "\u0301", "\u0340", "\u0308", "\u0323", "\u247d", "\ufb01", "ß",
+              "\u0344", "X"]
+    for _ in range(20_000):
+        text = "".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 12)))
+        written = sum(weight(c) for c in unicodedata.normalize("NFC", text))
+        assert written <= sum(written_weight_bound(c) for c in text) <= CHARS_PER_BYTE * len(text.encode()), text
+    assert CHARS_PER_BYTE == Fraction(4, 3)  # `⑽`: composition (`O` + U+0300, 3 bytes -> 2) adds less per byte
+
+
+def test_the_charset_patterns_are_parameters_of_the_checks_not_written_into_them() -> None:
+    """The writable ranges (~4 KB) were written into Flusso C's small-load checks 51 times (248,006 characters, 262,868
+    bytes); they are the statement's $5 and $6 (rule_args), typed in every rule set's params CTE, so every rule set
+    takes the same six arguments whether it has CHARSET rules or not."""
+    refused, run = charset_patterns()
+    assert (refused, run) == (f"[^{writable_bracket()}]", f"[{writable_bracket()}]+") and len(writable_bracket()) > 4000
+    for flow_type, table in (("FLUSSO_C", "snapshot_service"), ("FLUSSO_C_PACC", "snapshot_service"),
+                             ("FLUSSO_MEF", "snapshot_service"), ("FLUSSO_ALPI_TA", "snapshot_booking")):
+        plan = plan_for(flow_type, "2020", table)
+        sql = _small_sql(plan)
+        assert writable_bracket() not in sql and len(sql.encode()) < 50_000, (flow_type, len(sql.encode()))
+        for rule_set in plan.rule_sets:
+            assert "$5::text, $6::text)" in rule_set_sql(rule_set)
+    charset = [r for r in plan_for("FLUSSO_C", "2020", "snapshot_service").rule_sets[0].rules if r.code == "CHARSET"]
+    assert len(charset) == 17 and all("~ $5" in r.broken and ", $6)" in r.message for r in charset)
+    assert rule_args(1, "2020", ("a", "b")) == (1, "2020", "a", "b", refused, run)
 
 
 def test_only_a_name_of_more_bytes_than_three_quarters_of_its_field_can_outgrow_it() -> None:
