@@ -215,11 +215,11 @@ async def list_page_rows(pool: asyncpg.Pool, principal: auth.Principal, q: Searc
     return await _list_for_principal(pool, principal, q, LIST_PAGE_COLUMNS, PAGE_SIZE + 1)
 
 
-async def _list_page_with_session(pool: asyncpg.Pool, token_sha256: bytes,
+async def _list_page_with_session(conn: asyncpg.Connection, token_sha256: bytes,
                                   request: Request) -> tuple[asyncpg.Record, Any] | None:
     q, errors = parse_search(request.query_params)
     names, values = _filters(q)
-    rows = await pool.fetch(_list_page_with_session_sql(names), *values, token_sha256)
+    rows = await conn.fetch(_list_page_with_session_sql(names), *values, token_sha256)
     who = next((r for r in rows if r["name"] is not None), None)
     if who is None:
         return None

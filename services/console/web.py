@@ -171,6 +171,9 @@ class SecurityHeaders:
 
 # The with_session pages (GET, no path parameter), by path: ConsoleApp calls them straight (see `route`).
 DIRECT_PAGES: dict[str, Callable[[Request], Awaitable[Response]]] = {}
+# In the scope of a request ConsoleApp answers directly: the pool connections its page took, which ConsoleApp gives
+# back once the page is sent (see `route`).
+HELD_CONNECTIONS = "flows.held_connections"
 
 
 class ConsoleApp(FastAPI):
@@ -179,19 +182,31 @@ class ConsoleApp(FastAPI):
     (bench/console.py: ~0.25 ms a page in-process, a quarter of what the page adds to its SQL). Its answer gets the
     same security headers. Anything but an answer (no login, a role refused, a bad request, an error) is left to
     the ordinary path, which runs the request again through the app's handlers: the same 303, 404 or 500 as any
-    route. The ordinary path still serves these pages too (HEAD, and the app mounted under another app)."""
+    route. The ordinary path still serves these pages too (HEAD, and the app mounted under another app).
+
+    The page's pool connection goes back to the pool after the page is handed to the server, not between its query
+    and its rendering: asyncpg's release is a task of its own and two more turns of the event loop (~60 us of the
+    console's CPU a page on the bench's machine), and uvicorn's event loop writes the page out at the end of the
+    turn in which it was sent, before the release's task runs. Given back in every case: sent, refused, failed."""
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         endpoint = DIRECT_PAGES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
         if endpoint is not None:
             scope["app"] = self
+            held: list[asyncpg.Connection] = []
+            scope[HELD_CONNECTIONS] = held
             try:
-                response = await endpoint(Request(scope, receive))
-            except Exception:  # answered below, by the ordinary path and its handlers
-                response = None
-            if response is not None:
-                await response(scope, receive, _with_security_headers(scope, send))
-                return
+                try:
+                    response = await endpoint(Request(scope, receive))
+                except Exception:  # answered below, by the ordinary path and its handlers
+                    response = None
+                if response is not None:
+                    await response(scope, receive, _with_security_headers(scope, send))
+                    return
+            finally:
+                del scope[HELD_CONNECTIONS]  # the ordinary path's run of the page gives its own back itself
+                for conn in held:
+                    await self.state.console.pool.release(conn)
         await super().__call__(scope, receive, send)
 
 
@@ -234,51 +249,64 @@ def console_of(request: Request) -> Console:
     return console
 
 
-# A route's own query run in the same statement as the session lookup: given the pool, the SHA-256 of the
-# session cookie and the request, the principal's row and the route's rows, or None when the session is not live.
-SessionQuery = Callable[[asyncpg.Pool, bytes, Request], Awaitable[tuple[asyncpg.Record, Any] | None]]
+# A route's own query run in the same statement as the session lookup: given the request's pool connection, the
+# SHA-256 of the session cookie and the request, the principal's row and the route's rows, or None when the session
+# is not live.
+SessionQuery = Callable[[asyncpg.Connection, bytes, Request], Awaitable[tuple[asyncpg.Record, Any] | None]]
 
 
-def guard(rule: Rule, with_session: SessionQuery | None = None) -> Callable[[Request], Awaitable[Ctx]]:
-    """The dependency of every guarded route: login, CSRF on forms, role, then the entity."""
+def guard(rule: Rule) -> Callable[[Request], Awaitable[Ctx]]:
+    """The dependency of every guarded route but the with_session pages: login, CSRF on forms, role, then the
+    entity."""
     async def check(request: Request) -> Ctx:
         console = console_of(request)
-        found = None
-        token = request.cookies.get(console.cookie_name)
-        if with_session is not None and token:
-            # One round trip for the session and the page's rows. The rows are the principal's own (the query
-            # filters them by the session's user, as read in the same statement), and they are dropped unseen
-            # when the rule below refuses the role.
-            answer = await with_session(console.pool, auth.token_sha256(token), request)
-            principal = None if answer is None else auth.principal_of(answer[0])
-            found = None if answer is None else answer[1]
-        else:
-            principal = await request_principal(console, request)
-        if principal is None:
-            raise NotLoggedIn()
-        row, owner = None, None
-        if rule.scope in ("instance", "act"):
-            try:
-                instance = int(request.path_params["instance"])
-            except (KeyError, ValueError):
-                raise HTTPException(404) from None
-            row = await console.pool.fetchrow("SELECT * FROM instance_list WHERE instance = $1", instance)
-            owner = row["ente"] if row is not None else None
-        elif rule.scope == "request":
-            row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
-                                              str(request.path_params.get("request", "")))
-            owner = row["structure_sts11"] if row is not None else None
-        if not may(principal, rule, owner):
-            raise HTTPException(404)
-        # A browser session's POST carries the session's CSRF token in its form (an API key's does not:
-        # no browser sends it on its own).
-        if request.method == "POST" and not principal.name.startswith("api:"):
-            form = await read_form(request)
-            given = form.get("csrf")
-            if not auth.csrf_ok(principal.csrf_token, given if isinstance(given, str) else None):
-                raise HTTPException(403, "Modulo scaduto o non valido: ricarichi la pagina e riprovi.")
-        return Ctx(principal, request, row, found)
+        return await _admitted(console, request, rule, await request_principal(console, request))
     return check
+
+
+def session_guard(rule: Rule, with_session: SessionQuery) -> Callable[[Request, asyncpg.Connection], Awaitable[Ctx]]:
+    """The guard of a with_session page (see `route`), on the page's pool connection `conn`: the same checks as
+    `guard`'s, the principal read in the statement of the page's rows."""
+    async def check(request: Request, conn: asyncpg.Connection) -> Ctx:
+        console = console_of(request)
+        token = request.cookies.get(console.cookie_name)
+        # One round trip for the session and the page's rows. The rows are the principal's own (the query filters
+        # them by the session's user, as read in the same statement), and they are dropped unseen when the rule
+        # refuses the role.
+        answer = await with_session(conn, auth.token_sha256(token), request) if token else None
+        if answer is None:
+            raise NotLoggedIn()
+        return await _admitted(console, request, rule, auth.principal_of(answer[0]), answer[1])
+    return check
+
+
+async def _admitted(console: Console, request: Request, rule: Rule, principal: auth.Principal | None,
+                    found: Any = None) -> Ctx:
+    """`principal`'s Ctx when `rule` lets it in: logged in, its role, the entity the path names, a form's CSRF."""
+    if principal is None:
+        raise NotLoggedIn()
+    row, owner = None, None
+    if rule.scope in ("instance", "act"):
+        try:
+            instance = int(request.path_params["instance"])
+        except (KeyError, ValueError):
+            raise HTTPException(404) from None
+        row = await console.pool.fetchrow("SELECT * FROM instance_list WHERE instance = $1", instance)
+        owner = row["ente"] if row is not None else None
+    elif rule.scope == "request":
+        row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
+                                          str(request.path_params.get("request", "")))
+        owner = row["structure_sts11"] if row is not None else None
+    if not may(principal, rule, owner):
+        raise HTTPException(404)
+    # A browser session's POST carries the session's CSRF token in its form (an API key's does not:
+    # no browser sends it on its own).
+    if request.method == "POST" and not principal.name.startswith("api:"):
+        form = await read_form(request)
+        given = form.get("csrf")
+        if not auth.csrf_ok(principal.csrf_token, given if isinstance(given, str) else None):
+            raise HTTPException(403, "Modulo scaduto o non valido: ricarichi la pagina e riprovi.")
+    return Ctx(principal, request, row, found)
 
 
 UPLOAD_SPACE_REFUSED = ("Documento non ricevuto: spazio su disco esaurito sul server durante il caricamento. Non è "
@@ -305,22 +333,32 @@ def route(router: APIRouter, method: str, path: str, rule: Rule, kind: str, with
     """Declares a guarded route: its rule goes to the route table (access.routed) and the handler,
     written as `async def handler(ctx: Ctx, ...)`, only runs after `guard(rule)` let the request in.
     `with_session` (a browser page of scope "none" only) fetches the page's rows in the session's own
-    statement: they reach the handler as `ctx.found`."""
+    statement (`session_guard`), on a pool connection the request holds until its page is sent: they reach the
+    handler as `ctx.found`."""
     if with_session is not None and (rule.scope != "none" or router.prefix or method != "GET"):
         raise ValueError(f"{method} {path}: with_session is for the GET pages of scope 'none'")
 
     def register(fn: Callable[..., Awaitable[Response]]) -> Any:
         hints = typing.get_type_hints(fn)
-        check = guard(rule, with_session)
         if with_session is not None:
             # The page takes nothing but its ctx: a plain Starlette route, without FastAPI's per-request parameter
             # and dependency resolution (bench/console.py: every step of Python per request shows in the ratio);
-            # the same guard, the same rule in the route table.
+            # the same checks, the same rule in the route table.
             if set(inspect.signature(fn).parameters) != {"ctx"}:
                 raise ValueError(f"{method} {path}: a with_session page takes only its ctx")
+            check_session = session_guard(rule, with_session)
 
             async def endpoint(request: Request) -> Response:
-                return await fn(await check(request))
+                pool = console_of(request).pool
+                held = request.scope.get(HELD_CONNECTIONS)
+                conn = await pool.acquire()
+                if held is not None:  # ConsoleApp's direct path: it gives the connection back once the page is sent
+                    held.append(conn)
+                    return await fn(await check_session(request, conn))
+                try:
+                    return await fn(await check_session(request, conn))
+                finally:
+                    await pool.release(conn)
 
             endpoint.__name__ = fn.__name__
             DIRECT_PAGES[path] = endpoint
@@ -335,7 +373,7 @@ def route(router: APIRouter, method: str, path: str, rule: Rule, kind: str, with
         params = [p.replace(annotation=hints.get(n, p.annotation))
                   for n, p in inspect.signature(fn).parameters.items() if n != "ctx"]
         params.append(inspect.Parameter("guarded", inspect.Parameter.KEYWORD_ONLY, annotation=Ctx,
-                                        default=Depends(check)))
+                                        default=Depends(guard(rule))))
         handler.__signature__ = inspect.Signature(params, return_annotation=Response)  # type: ignore[attr-defined]
         del handler.__wrapped__  # FastAPI must read the signature above, not the handler's own
         return routed(router, method, path, rule, kind, **kw)(handler)

@@ -11,7 +11,9 @@ import asyncio
 import itertools
 import re
 from datetime import UTC, date, datetime
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -103,6 +105,67 @@ async def test_the_direct_answer_has_the_headers_of_every_page(console: RunningC
         assert listed.headers["content-type"] == "text/html; charset=utf-8"
 
 
+def _console_pool(console: RunningConsole) -> asyncpg.Pool:
+    assert console.app is not None
+    pool: asyncpg.Pool = console.app.state.console.pool
+    return pool
+
+
+async def _all_given_back(pool: asyncpg.Pool) -> bool:
+    """Whether every connection of the console's pool is back in it (a release ends a loop turn or two after the
+    page is sent: waited for up to a second)."""
+    async with asyncio.timeout(1):
+        while pool.get_idle_size() != pool.get_size():
+            await asyncio.sleep(0.01)
+    return True
+
+
+async def test_the_page_is_sent_before_its_connection_goes_back_and_it_always_goes_back(
+        console: RunningConsole) -> None:
+    """ConsoleApp gives the page's pool connection back once the page is handed to the server (web.py,
+    HELD_CONNECTIONS): when the body is sent the page's connection is still out, and after the request every
+    connection is back, whether the page was sent, refused or failed."""
+    await console.instance("201")
+    pool = _console_pool(console)
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        cookie = f"flows_session={client.cookies['flows_session']}".encode()
+    assert await _all_given_back(pool)
+    idle_when_sent: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            idle_when_sent.append(pool.get_idle_size())
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/istanze", "raw_path": b"/istanze", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1"), (b"cookie", cookie)], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 2)}
+    assert console.app is not None
+    await console.app(scope, receive, send)
+    assert idle_when_sent == [pool.get_size() - 1]  # the page went out with its connection still held
+    assert await _all_given_back(pool) and "flows.held_connections" not in scope
+    # Refused (no session, a bad one, a role without the list), and answered by the ordinary path: given back too.
+    for user in (None, "desk.1"):
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            if user:
+                await console.login(client, user)
+            else:
+                client.cookies.set("flows_session", "not-a-session")
+            for _ in range(3):
+                assert (await client.get(console.url + "/istanze")).status_code in (303, 404)
+                assert await _all_given_back(pool)
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        for _ in range(12):  # more pages than the pool has connections
+            assert (await client.get(console.url + "/istanze")).status_code == 200
+            assert (await client.head(console.url + "/istanze")).status_code == 200  # the ordinary path
+        assert await _all_given_back(pool)
+
+
 async def test_with_postgresql_stopped_the_page_fails_like_any_route_and_recovers(console: RunningConsole) -> None:
     own = await console.instance("201")
     async with httpx.AsyncClient(follow_redirects=False, timeout=30) as client:
@@ -117,6 +180,7 @@ async def test_with_postgresql_stopped_the_page_fails_like_any_route_and_recover
             while (page := await client.get(console.url + "/istanze")).status_code != 200:
                 await asyncio.sleep(0.2)
         assert _listed(page.text) == {own}
+    assert await _all_given_back(_console_pool(console))  # the failed pages' connections too
 
 
 async def test_every_combination_of_filters_lists_what_it_asks_for(console: RunningConsole) -> None:
