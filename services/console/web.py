@@ -21,6 +21,7 @@ import structlog
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
 from contracts.deadlines import italian_time
 from contracts.italian import italian_date, italian_number
@@ -74,7 +75,8 @@ class PageAssets:
     """Every page's `assets` (services/console/assets.py): the URLs of what base.html links, fingerprinted and
     resolved once at start-up (a call per link and render was a third of the list page's template time), `vendor`
     (Bootstrap Italia's directory URL, fingerprinted: its bundle builds the URLs of its fonts below it, from
-    console.js's data-vendor), and `url(path)` for any other file under /static."""
+    console.js's data-vendor), and `url(path)` for any other file under /static. `head`: base.html's links to them
+    (_head.html), rendered once here, not at every page (five lookups and escapes of the same URLs)."""
 
     url: Callable[[str], str]
     vendor: str
@@ -82,12 +84,15 @@ class PageAssets:
     bootstrap_js: str
     console_css: str
     console_js: str
+    head: Markup
 
     @classmethod
     def of(cls, assets: StaticAssets) -> PageAssets:
-        return cls(assets.url, assets.directory_url(VENDOR), assets.url(f"{VENDOR}/css/bootstrap-italia.min.css"),
-                   assets.url(f"{VENDOR}/js/bootstrap-italia.bundle.min.js"), assets.url("console.css"),
-                   assets.url("console.js"))
+        urls = {"vendor": assets.directory_url(VENDOR),
+                "bootstrap_css": assets.url(f"{VENDOR}/css/bootstrap-italia.min.css"),
+                "bootstrap_js": assets.url(f"{VENDOR}/js/bootstrap-italia.bundle.min.js"),
+                "console_css": assets.url("console.css"), "console_js": assets.url("console.js")}
+        return cls(assets.url, **urls, head=Markup(templates.get_template("_head.html").render(assets=urls)))
 
 
 class _PagesEnvironment(jinja2.Environment):
@@ -389,22 +394,35 @@ async def request_principal(console: Console, request: Request) -> auth.Principa
 
 
 def _nav(principal: auth.Principal) -> list[tuple[str, str]]:
+    return _nav_of(principal.role)
+
+
+def _nav_of(role: str) -> list[tuple[str, str]]:
+    """The pages a role's menu leads to: (path, label)."""
     nav = []
-    if principal.role in LIST_INSTANCES.roles:
+    if role in LIST_INSTANCES.roles:
         nav.append(("/istanze", "Istanze di flusso"))
-    if principal.role in REQUEST_LOAD.roles:
+    if role in REQUEST_LOAD.roles:
         nav.append(("/istanze/nuova", "Nuovo caricamento"))
-    if principal.role in LIST_INSTANCES.roles:
+    if role in LIST_INSTANCES.roles:
         nav.append(("/scadenze", "Scadenze"))
-    if principal.role in LIST_ONBOARDING.roles:
+    if role in LIST_ONBOARDING.roles:
         nav.append(("/onboarding", "Onboarding"))
-    if principal.role in READ_ACCESS_LOG.roles:
+    if role in READ_ACCESS_LOG.roles:
         nav.append(("/accessi", "Registro accessi"))
-    if principal.role in READ_OPS.roles:
+    if role in READ_OPS.roles:
         nav.append(("/esercizio", "Esercizio"))
-    if principal.role in MANAGE_USERS.roles:
+    if role in MANAGE_USERS.roles:
         nav.append(("/utenti", "Utenti"))
     return nav
+
+
+@functools.cache
+def _menu(role: str, active: str | None) -> Markup:
+    """The header's menu of a role, `active` its current entry (the paths the pages pass, a handful): rendered once
+    for each (_menu.html), not at every page. (_menu.html and _head.html are read once: FLOWS_CONSOLE_TEMPLATES_RELOAD
+    does not reload them.)"""
+    return Markup(templates.get_template("_menu.html").render(nav=_nav_of(role), active=active))
 
 
 def page(ctx: Ctx | None, name: str, title: str, status: int = 200, **values: Any) -> HTMLResponse:
@@ -414,9 +432,10 @@ def page(ctx: Ctx | None, name: str, title: str, status: int = 200, **values: An
     Python the list page pays for (bench/console.py)."""
     principal = ctx.principal if ctx else None
     request = ctx.request if ctx else values.pop("request")
+    active = values.pop("active", None)
     body = templates.get_template(name).render(
-        title=title, principal=principal, nav=_nav(principal) if principal else [], active=values.pop("active", None),
-        assets=request.app.state.assets, **values)
+        title=title, principal=principal, nav=_nav(principal) if principal else [],
+        menu=_menu(principal.role, active) if principal else "", assets=request.app.state.assets, **values)
     return HTMLResponse(body, status_code=status)
 
 
