@@ -176,9 +176,8 @@ class SecurityHeaders:
 
 # The with_session pages (GET, no path parameter), by path: ConsoleApp calls them straight (see `route`).
 DIRECT_PAGES: dict[str, Callable[[Request], Awaitable[Response]]] = {}
-# In the scope of a request ConsoleApp answers directly: the pool connections its page took, which ConsoleApp gives
-# back once the page is sent (see `route`).
-HELD_CONNECTIONS = "flows.held_connections"
+# In the scope of a request ConsoleApp answers directly: where its page takes its pool connection from (see `route`).
+PAGE_LEASE = "flows.page_lease"
 
 
 class ConsoleApp(FastAPI):
@@ -189,30 +188,83 @@ class ConsoleApp(FastAPI):
     the ordinary path, which runs the request again through the app's handlers: the same 303, 404 or 500 as any
     route. The ordinary path still serves these pages too (HEAD, and the app mounted under another app).
 
-    The page's pool connection goes back to the pool after the page is handed to the server, not between its query
-    and its rendering: asyncpg's release is a task of its own and two more turns of the event loop (~60 us of the
-    console's CPU a page on the bench's machine), and uvicorn's event loop writes the page out at the end of the
-    turn in which it was sent, before the release's task runs. Given back in every case: sent, refused, failed."""
+    These pages run their one statement on a pool connection the app keeps between them (`kept`), not on one taken
+    from the pool and given back at each page: asyncpg's acquire and release are a few coroutines, a task and two
+    more turns of the event loop (~30 us and ~60 us of the console's CPU a page on the bench's machine). A page
+    takes another from the pool when the kept one is busy (pages at the same time), and gives that back after the
+    page is handed to the server (uvicorn's loop writes the page at the end of the turn in which it was sent, before
+    the release's task runs). A connection a page failed on (its query, the database) goes back to the pool, which
+    closes it if broken; the next page keeps another. Nothing of a request stays on the kept connection: the page
+    runs one SELECT outside any transaction; the session is read in it at every page."""
+
+    kept: asyncpg.Connection | None = None  # the kept connection, when there is one
+    kept_busy = False  # a page runs on it
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         endpoint = DIRECT_PAGES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "GET" else None
         if endpoint is not None:
             scope["app"] = self
-            held: list[asyncpg.Connection] = []
-            scope[HELD_CONNECTIONS] = held
+            lease = scope[PAGE_LEASE] = PageLease(self)
+            failed = True
             try:
                 try:
                     response = await endpoint(Request(scope, receive))
+                    failed = False
+                except (NotLoggedIn, HTTPException):  # refused after a good query: the connection is sound
+                    response, failed = None, False
                 except Exception:  # answered below, by the ordinary path and its handlers
                     response = None
                 if response is not None:
                     await response(scope, receive, _with_security_headers(scope, send))
                     return
             finally:
-                del scope[HELD_CONNECTIONS]  # the ordinary path's run of the page gives its own back itself
-                for conn in held:
-                    await self.state.console.pool.release(conn)
+                del scope[PAGE_LEASE]  # the ordinary path's run of the page gives its own connection back itself
+                await lease.end(failed)
         await super().__call__(scope, receive, send)
+
+    async def give_back_kept(self) -> None:
+        """The kept connection back to the pool (before the pool closes: it waits for every connection out)."""
+        kept, self.kept = self.kept, None
+        if kept is not None:
+            await self.state.console.pool.release(kept)
+
+
+class PageLease:
+    """A direct page's connection: the app's kept one when no other page holds it (the first page keeps one), else
+    one of the pool's for this page only."""
+
+    def __init__(self, app: ConsoleApp) -> None:
+        self.app = app
+        self.conn: asyncpg.Connection | None = None
+        self.kept = False
+
+    async def connection(self) -> asyncpg.Connection:
+        app = self.app
+        if not app.kept_busy:
+            app.kept_busy = True  # before any await: a page arriving meanwhile takes one of the pool's
+            if app.kept is None:
+                try:
+                    app.kept = await app.state.console.pool.acquire()
+                except BaseException:
+                    app.kept_busy = False
+                    raise
+            self.kept, self.conn = True, app.kept
+        else:
+            self.conn = await app.state.console.pool.acquire()
+        return self.conn
+
+    async def end(self, failed: bool) -> None:
+        conn, app = self.conn, self.app
+        if conn is None:
+            return
+        if not self.kept:
+            await app.state.console.pool.release(conn)
+            return
+        app.kept_busy = False
+        if failed or conn.is_closed():
+            if app.kept is conn:
+                app.kept = None
+            await app.state.console.pool.release(conn)
 
 
 class NotLoggedIn(Exception):
@@ -338,8 +390,8 @@ def route(router: APIRouter, method: str, path: str, rule: Rule, kind: str, with
     """Declares a guarded route: its rule goes to the route table (access.routed) and the handler,
     written as `async def handler(ctx: Ctx, ...)`, only runs after `guard(rule)` let the request in.
     `with_session` (a browser page of scope "none" only) fetches the page's rows in the session's own
-    statement (`session_guard`), on a pool connection the request holds until its page is sent: they reach the
-    handler as `ctx.found`."""
+    statement (`session_guard`), on the connection ConsoleApp lends it (or one of the pool's on the ordinary path):
+    they reach the handler as `ctx.found`."""
     if with_session is not None and (rule.scope != "none" or router.prefix or method != "GET"):
         raise ValueError(f"{method} {path}: with_session is for the GET pages of scope 'none'")
 
@@ -354,12 +406,11 @@ def route(router: APIRouter, method: str, path: str, rule: Rule, kind: str, with
             check_session = session_guard(rule, with_session)
 
             async def endpoint(request: Request) -> Response:
+                lease = request.scope.get(PAGE_LEASE)
+                if lease is not None:  # ConsoleApp's direct path: its kept connection, or one it gives back itself
+                    return await fn(await check_session(request, await lease.connection()))
                 pool = console_of(request).pool
-                held = request.scope.get(HELD_CONNECTIONS)
                 conn = await pool.acquire()
-                if held is not None:  # ConsoleApp's direct path: it gives the connection back once the page is sent
-                    held.append(conn)
-                    return await fn(await check_session(request, conn))
                 try:
                     return await fn(await check_session(request, conn))
                 finally:
