@@ -255,14 +255,14 @@ async def main(instances: int, changes: int, rounds: int, against: str | None) -
             floor.append((time.perf_counter() - t0) * 1000)
             assert status == 200
         probe.close()
-        print(f"HTTP floor (GET /healthz, no database): p95 {p95(floor):.1f} ms")
+        print(f"HTTP floor (GET /healthz, no database): p95 {p95(floor):.2f} ms")
         (console_ms, *other_ms), raw_ms = await list_pages(pool, urls, rounds)
         ratio = p95(console_ms) / p95(raw_ms)
-        print(f"instance list, {len(console_ms)} pages of {PAGE_SIZE}: console p95 {p95(console_ms):.1f} ms, "
-              f"raw SQL p95 {p95(raw_ms):.1f} ms, ratio {ratio:.2f} (target <= 2); p50 console "
+        print(f"instance list, {len(console_ms)} pages of {PAGE_SIZE}: console p95 {p95(console_ms):.2f} ms, "
+              f"raw SQL p95 {p95(raw_ms):.2f} ms, ratio {ratio:.2f} (target <= 2); p50 console "
               f"{statistics.median(console_ms):.2f} ms, raw {statistics.median(raw_ms):.2f} ms")
         for other in other_ms:
-            print(f"  the console of {against}, the same pages in turn: p95 {p95(other):.1f} ms, ratio "
+            print(f"  the console of {against}, the same pages in turn: p95 {p95(other):.2f} ms, ratio "
                   f"{p95(other) / p95(raw_ms):.2f}; p50 {statistics.median(other):.2f} ms")
         live = await live_changes(pool, url, changes)
         print(f"live state change, {len(live)} changes: p95 {p95(live):.0f} ms, max {max(live):.0f} ms "

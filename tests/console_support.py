@@ -24,7 +24,7 @@ from playwright.async_api import Browser, BrowserContext
 from contracts import flows
 from services.console import auth
 from services.console.app import create_app
-from services.console.web import STATIC, VENDOR
+from services.console.web import STATIC, VENDOR, ConsoleApp
 from services.onboarding import handlers
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore, NewEvent
@@ -56,6 +56,7 @@ class RunningConsole:
     pool: asyncpg.Pool
     store: EventStore
     files: FileStore
+    app: ConsoleApp | None = None  # the app the server runs (its own pool: app.state.console.pool)
 
     async def add_users(self) -> None:
         for role, (name, enti) in ROLE_USERS.items():
@@ -202,7 +203,8 @@ async def running_console(database_url: str, kafka: str, files_dir: Path, static
                     task.result()
                 await asyncio.sleep(0.05)
         yield RunningConsole(f"http://127.0.0.1:{port}", settings, pool,
-                             EventStore(pool, source="/flows/test", projections=FLOW_PROJECTIONS), FileStore(files_dir))
+                             EventStore(pool, source="/flows/test", projections=FLOW_PROJECTIONS), FileStore(files_dir),
+                             app)
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):

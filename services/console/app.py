@@ -85,6 +85,8 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
         finally:
             await access.stop()
             await feed.stop()
+            if isinstance(app, ConsoleApp):
+                await app.give_back_kept()  # the list page's connection (web.py ConsoleApp): pool.close waits for it
             await pool.close()
 
     app = ConsoleApp(title="Console dei flussi sanitari", version="1", lifespan=lifespan, docs_url=None,

@@ -185,14 +185,19 @@ def _list_page_with_session_sql(names: tuple[str, ...]) -> str:
     """The page with the session lookup in one statement: the principal is read from the session (the parameter
     after the filters': the SHA-256 of its cookie) and the rows are filtered by what that principal sees
     (Principal.sees_ente). No row when the session is not live; else the principal's row (its page columns NULL),
-    and one row per instance (its principal columns NULL: not decoded 51 times)."""
+    and one row per instance (its principal columns NULL: not decoded 51 times). What the principal sees is worked
+    out once, with the session (`every_ente`, else the enti `seen`: an operator's own, none for other roles), not
+    for each row the index walk reads (~260 for a page of an operator of 2 enti out of 10): the page's statement
+    ~15 us faster (p50 274 -> 259 us, timed alone, alternated)."""
     every = ",".join(auth.EVERY_ENTE_ROLES)
-    seen = f"(who.role = ANY('{{{every}}}'::text[]) OR (who.role = 'operator' AND ente = ANY(who.enti)))"
-    return f"""WITH who AS MATERIALIZED ({auth.session_sql(f"${len(names) + 1}")})
-    SELECT who.*, {", ".join(f"NULL::{t} AS {c}" for c, t in _LIST_PAGE_TYPES)} FROM who
+    principal = ", ".join(column.split(".")[1] for column in auth.SESSION_COLUMNS)
+    return f"""WITH who AS MATERIALIZED (SELECT *, role = ANY('{{{every}}}'::text[]) AS every_ente,
+        CASE WHEN role = 'operator' THEN enti ELSE '{{}}'::text[] END AS seen
+        FROM ({auth.session_sql(f"${len(names) + 1}")}) live)
+    SELECT {principal}, {", ".join(f"NULL::{t} AS {c}" for c, t in _LIST_PAGE_TYPES)} FROM who
     UNION ALL
     SELECT {", ".join(["NULL"] * len(auth.SESSION_COLUMNS))}, page.* FROM who CROSS JOIN LATERAL ({_list_sql(
-        LIST_PAGE_COLUMNS, names, seen, PAGE_SIZE + 1)}) page"""
+        LIST_PAGE_COLUMNS, names, "(who.every_ente OR ente = ANY(who.seen))", PAGE_SIZE + 1)}) page"""
 
 
 async def _list_for_principal(pool: asyncpg.Pool, principal: auth.Principal, q: Search, columns: str,
@@ -215,11 +220,11 @@ async def list_page_rows(pool: asyncpg.Pool, principal: auth.Principal, q: Searc
     return await _list_for_principal(pool, principal, q, LIST_PAGE_COLUMNS, PAGE_SIZE + 1)
 
 
-async def _list_page_with_session(pool: asyncpg.Pool, token_sha256: bytes,
+async def _list_page_with_session(conn: asyncpg.Connection, token_sha256: bytes,
                                   request: Request) -> tuple[asyncpg.Record, Any] | None:
     q, errors = parse_search(request.query_params)
     names, values = _filters(q)
-    rows = await pool.fetch(_list_page_with_session_sql(names), *values, token_sha256)
+    rows = await conn.fetch(_list_page_with_session_sql(names), *values, token_sha256)
     who = next((r for r in rows if r["name"] is not None), None)
     if who is None:
         return None
@@ -239,6 +244,9 @@ def _escaped(text: str) -> str:
     return found
 
 
+_PAGE_COLUMNS = -len(_LIST_PAGE_TYPES)  # a row of the page's statement ends with the page's columns
+
+
 def _list_rows(rows: list[asyncpg.Record]) -> Markup:
     """The list's table rows as one piece of HTML, every text cell escaped (html.escape: quotes too). Built
     here rather than in a Jinja loop: with 50 rows the loop's ~900 output pieces (and Jinja's attribute lookup
@@ -246,10 +254,12 @@ def _list_rows(rows: list[asyncpg.Record]) -> Markup:
     time (bench/console.py); markupsafe's escape and Markup formatting cost 3x html.escape and plain str.
     The few distinct flow types and enti are escaped once; the dates come as text from PostgreSQL
     (LIST_PAGE_COLUMNS), made of digits and '/', ':' and ' ' only. A row's page columns are its last eight
-    (`_LIST_PAGE_TYPES`), unpacked at once: a third less than a lookup by name per cell."""
+    (`_LIST_PAGE_TYPES`), sliced off and unpacked at once: a third less than a lookup by name per cell, and a
+    fifth less than a starred unpacking (which builds a list of the principal's five columns for every row)."""
     out = []
     badges, texts, flow_types = BADGE_HTML, _TEXT_HTML, _FLOW_TYPE_HTML
-    for *_, n, flow_type, ente, source, created, start, end, state in rows:
+    for row in rows:
+        n, flow_type, ente, source, created, start, end, state = row[_PAGE_COLUMNS:]
         out.append(f'<tr><td>{flow_types.get(flow_type) or _escaped(flow_type)}</td>'
                    f'<td>{texts.get(ente) or _escaped(ente)}'
                    f'</td><td><a href="/istanze/{n}">{n}</a></td><td>{"" if source is None else source}</td>'

@@ -11,12 +11,14 @@ import asyncio
 import itertools
 import re
 from datetime import UTC, date, datetime
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from contracts.deadlines import ITALY
-from services.console.web import DIRECT_PAGES
+from services.console.web import DIRECT_PAGES, ConsoleApp
 from services.loader.catalogue import known_enti
 from tests.console_support import RunningConsole, csrf_of
 from tests.pg_outage import postgres_down
@@ -103,6 +105,91 @@ async def test_the_direct_answer_has_the_headers_of_every_page(console: RunningC
         assert listed.headers["content-type"] == "text/html; charset=utf-8"
 
 
+def _app(console: RunningConsole) -> ConsoleApp:
+    assert console.app is not None
+    return console.app
+
+
+async def _all_given_back(console: RunningConsole) -> bool:
+    """Whether every connection of the console's pool is back in it but the one ConsoleApp keeps for the list page,
+    and that one is free (a release ends a loop turn or two after the page is sent: waited for up to a second)."""
+    app = _app(console)
+    pool: asyncpg.Pool = app.state.console.pool
+    async with asyncio.timeout(1):
+        while app.kept_busy or pool.get_idle_size() != pool.get_size() - (app.kept is not None):
+            await asyncio.sleep(0.01)
+    return True
+
+
+async def test_the_list_page_keeps_one_connection_and_gives_back_every_other(console: RunningConsole) -> None:
+    """ConsoleApp runs the list page on one pool connection it keeps between pages (web.py, PageLease): the same
+    one page after page; pages at the same time take others from the pool, given back once their page is sent; a
+    refused page keeps it; a page that failed on it (PostgreSQL stopped: the next test) gives it back."""
+    await console.instance("201")
+    app = _app(console)
+    pool: asyncpg.Pool = app.state.console.pool
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        assert (await client.get(console.url + "/istanze")).status_code == 200
+        kept = app.kept
+        assert kept is not None and await _all_given_back(console)
+        for _ in range(12):  # more pages than the pool has connections
+            assert (await client.get(console.url + "/istanze")).status_code == 200
+            assert (await client.head(console.url + "/istanze")).status_code == 200  # the ordinary path: its own
+        assert app.kept is kept and await _all_given_back(console)
+        at_once = await asyncio.gather(*(client.get(console.url + "/istanze") for _ in range(8)))
+        assert {page.status_code for page in at_once} == {200}
+        assert app.kept is kept and await _all_given_back(console)
+        assert pool.get_size() > 1  # the pages at the same time did take others
+    # Refused (no session, one that is not, a role without the list; the ordinary path answers): it stays kept.
+    for user, cookie in ((None, None), (None, "not-a-session"), ("desk.1", None)):
+        async with httpx.AsyncClient(follow_redirects=False) as client:
+            if user:
+                await console.login(client, user)
+            if cookie:
+                client.cookies.set("flows_session", cookie)
+            for _ in range(3):
+                assert (await client.get(console.url + "/istanze")).status_code == (404 if user else 303)
+                assert app.kept is kept and await _all_given_back(console)
+
+
+async def test_the_page_is_sent_while_its_connection_is_still_out(console: RunningConsole) -> None:
+    """A page that took one of the pool's connections (the kept one busy) gives it back after the page is sent: when
+    its body goes out, the connection is still out of the pool."""
+    await console.instance("201")
+    app = _app(console)
+    pool: asyncpg.Pool = app.state.console.pool
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        cookie = f"flows_session={client.cookies['flows_session']}".encode()
+        assert (await client.get(console.url + "/istanze")).status_code == 200
+    assert await _all_given_back(console)
+    idle_when_sent: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            idle_when_sent.append(pool.get_idle_size())
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/istanze", "raw_path": b"/istanze", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1"), (b"cookie", cookie)], "client": ("127.0.0.1", 1),
+             "server": ("127.0.0.1", 2)}
+    app.kept_busy = True  # as when another page runs on it
+    try:
+        idle = pool.get_idle_size()
+        await app(scope, receive, send)
+        assert idle_when_sent == [idle - 1] or (idle == 0 and idle_when_sent == [0])  # its own, still out
+        async with asyncio.timeout(1):
+            while pool.get_idle_size() < max(idle, 1):
+                await asyncio.sleep(0.01)
+    finally:
+        app.kept_busy = False
+    assert await _all_given_back(console) and "flows.page_lease" not in scope
+
+
 async def test_with_postgresql_stopped_the_page_fails_like_any_route_and_recovers(console: RunningConsole) -> None:
     own = await console.instance("201")
     async with httpx.AsyncClient(follow_redirects=False, timeout=30) as client:
@@ -117,6 +204,7 @@ async def test_with_postgresql_stopped_the_page_fails_like_any_route_and_recover
             while (page := await client.get(console.url + "/istanze")).status_code != 200:
                 await asyncio.sleep(0.2)
         assert _listed(page.text) == {own}
+    assert await _all_given_back(console)  # the failed pages' connections too, the kept one free
 
 
 async def test_every_combination_of_filters_lists_what_it_asks_for(console: RunningConsole) -> None:
