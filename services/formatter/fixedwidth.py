@@ -75,12 +75,17 @@ def composes_in_context(ch: str) -> bool:
     return unicodedata.combining(ch) != 0 or ch in _backward_composing()
 
 
+# Every code point with a canonical decomposition (the only ones NFC can compose, or NFD change on their own): from
+# `À` (U+00C0) to past the last one (U+2FA1D). Scans of "what can (de)composition change" read only these.
+DECOMPOSABLE = range(0xC0, 0x30000)
+
+
 @functools.cache
 def _backward_composing() -> frozenset[str]:
     """The second characters of Unicode's canonical compositions (those NFC composes back), and the Hangul jamo that
     compose algorithmically (a vowel after a leading consonant, a trailing consonant after both)."""
     seconds = {chr(cp) for cp in range(0x1161, 0x1176)} | {chr(cp) for cp in range(0x11A8, 0x11C3)}
-    for cp in range(0xC0, 0x30000):  # from `À` to past the last character with a decomposition (U+2FA1D)
+    for cp in DECOMPOSABLE:
         parts = unicodedata.decomposition(chr(cp)).split()
         if len(parts) == 2 and not parts[0].startswith("<"):
             pair = "".join(chr(int(p, 16)) for p in parts)

@@ -37,7 +37,7 @@ from typing import Any, Literal
 import asyncpg
 
 from contracts.italian import italian_amount, italian_amount_sql, italian_date_sql
-from services.formatter.fixedwidth import TRANSLITERATION, length_changes, writable_ranges
+from services.formatter.fixedwidth import DECOMPOSABLE, TRANSLITERATION, length_changes, writable_ranges
 from services.formatter.layouts import FieldSpec, LayoutRegistry
 from services.loader.codice_fiscale import check_codici_fiscali
 from services.loader.snapshot import WORK_MEM
@@ -145,9 +145,8 @@ def written_weight_bound(ch: str) -> int:
 # every name before the transliterated length (a normalize() and a regexp_count() per change) is computed.
 CHARS_PER_BYTE = max([Fraction(1)] + [Fraction(written_weight_bound(ch), len(ch.encode("utf-8")))
                                       for ch in set(length_changes()) | set(TRANSLITERATION)
-                                      | {chr(cp) for cp in range(0x80, 0x110000)
-                                         if not 0xD800 <= cp <= 0xDFFF
-                                         and not unicodedata.is_normalized("NFD", chr(cp))}])
+                                      | {chr(cp) for cp in DECOMPOSABLE
+                                         if not unicodedata.is_normalized("NFD", chr(cp))}])
 
 
 def ascii_longer_sql(column: str, length: int) -> str:
