@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.message import KafkaMessage  # the class itself: no FastDepends Context (see create_broker)
 from pydantic import BaseModel, ValidationError
 
 from contracts.envelope import Envelope, EnvelopeError, check_envelope_text, envelope_from_text, from_kafka_headers
@@ -90,8 +90,13 @@ def create_broker(settings: Settings, *, client_id: str) -> KafkaBroker:
     # structlog lines say what happened to each message), and the root logger is at WARNING.
     # A list, never the comma-separated string (see Settings.bootstrap_list). Topics are provisioned by
     # `flows topics apply` from the registry: the broker must never create one with its own defaults.
+    # apply_types=False: no FastDepends around the one subscriber (`consume`), which takes the message itself from
+    # its decoder (_the_message). With it, a handler's `message: KafkaMessage` was a Context field that FastDepends
+    # resolved through a sync function run on a worker thread (anyio.to_thread), inside a task group, for every
+    # message: two thread switches and a loop wake-up per message for a dict lookup.
     return KafkaBroker(settings.bootstrap_list(), client_id=client_id, enable_idempotence=True, acks="all",
-                       middlewares=middlewares, log_level=logging.DEBUG, allow_auto_create_topics=False)
+                       middlewares=middlewares, log_level=logging.DEBUG, allow_auto_create_topics=False,
+                       apply_types=False)
 
 
 
@@ -249,10 +254,11 @@ async def wait_out(outage: Outage, step: Callable[[], Awaitable[Any]], started: 
         return
 
 
-async def _raw_body(message: Any) -> bytes:
-    # FastStream would json-decode before our code runs, and a body that is not JSON would then be
-    # nacked forever, blocking the partition: we decode ourselves, inside the dead-letter guard.
-    return bytes(message.body)
+async def _the_message(message: Any) -> Any:
+    # The "body" a subscriber gets is the message itself: FastStream would json-decode before our code runs, and a
+    # body that is not JSON would then be nacked forever, blocking the partition: we decode ourselves, inside the
+    # dead-letter guard, from the raw record.
+    return message
 
 
 # --- poison ----------------------------------------------------------------------------------------
@@ -481,8 +487,8 @@ def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handle
 
     @broker.subscriber(topic.name, group_id=group_id, ack_policy=AckPolicy.NACK_ON_ERROR,
                        auto_offset_reset="earliest", title=f"{group_id}:{topic.name}",
-                       description=topic.description, decoder=_raw_body, parser=_tolerant_parser)
-    async def _on_message(message: KafkaMessage) -> None:
+                       description=topic.description, decoder=_the_message, parser=_tolerant_parser)
+    async def _on_message(message: KafkaMessage) -> None:  # the decoder's value, given as is (apply_types=False)
         try:
             await deliver(message)
         except _SeekBack:

@@ -92,6 +92,50 @@ async def test_poison_message_is_dead_lettered_and_the_next_one_is_processed(set
     assert json.loads(dead[3].value)["source_id"] == "always-fails"
 
 
+async def test_a_message_reaches_its_handler_without_a_worker_thread(settings, monkeypatch):
+    """The consumer hands each message to its handler on the event loop, with nothing between them run on a
+    worker thread: FastDepends used to resolve the subscriber's `message` Context through a sync function on
+    anyio's thread pool for every message (two thread switches and a loop wake-up per message)."""
+    import anyio.to_thread
+
+    thread_calls: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted_run_sync(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+        thread_calls.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted_run_sync)
+    topic = Topic(f"test.thread-{uuid.uuid4().hex[:8]}", Greeting, "source_id", "probe", ("test",))
+    handled: list[tuple[str, Incoming]] = []
+
+    async def handler(payload: Greeting, incoming: Incoming) -> None:
+        handled.append((payload.source_id, incoming))
+
+    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)
+    broker = create_broker(settings, client_id="thread-test")
+    consume(broker, topic, group_id="thread-test", handler=handler)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        sent = [Envelope.new(topic.name, "/test") for _ in range(3)]
+        for number, envelope in enumerate(sent):
+            await producer.send_and_wait(topic.name, json.dumps({"source_id": f"s{number}", "words": 1}).encode(),
+                                         key=b"k", headers=envelope.to_headers())
+        await broker.start()
+        async with asyncio.timeout(30):
+            while len(handled) < 3:
+                await asyncio.sleep(0.05)
+    finally:
+        await producer.stop()
+        await broker.stop()
+
+    assert [h[0] for h in handled] == ["s0", "s1", "s2"]
+    assert [h[1].message_id for h in handled] == [e.id for e in sent]
+    assert [(h[1].key, h[1].topic, h[1].offset) for h in handled] == [("k", topic.name, n) for n in range(3)]
+    assert thread_calls == []
+
+
 async def test_a_long_outage_seeks_back_to_the_poll_loop_and_nothing_is_dead_lettered(settings, monkeypatch):
     """The handler's database is unreachable (a real refused connection) for longer than one delivery
     may wait: the consumer seeks back and polls again (keeping its group), then processes the message
