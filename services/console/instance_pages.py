@@ -275,10 +275,18 @@ def _enti_choices(principal: auth.Principal) -> tuple[str, ...]:
 
 @functools.cache
 def _options(values: tuple[str, ...], labels: tuple[str, ...], selected: str | None) -> Markup:
-    """A select's options, `selected` marked: once per select and choice (the search's values are checked against
-    these lists first, so the cache stays as small as they are); a Jinja loop over them was half the template."""
+    """A select's options, `selected` marked: once per select and choice (`selected` is one of `values` or None, never
+    a value as a user typed it: the cache stays as small as the lists); a Jinja loop over them was half the template."""
     return Markup("".join(f'<option value="{html.escape(v)}"{" selected" if v == selected else ""}>{html.escape(label)}'
                           "</option>" for v, label in zip(values, labels, strict=True)))
+
+
+def _ente_options(choices: tuple[str, ...], asked: str | None) -> Markup:
+    """The Ente filter's options. The asked ente is free text from the query string (the statement filters by it as
+    typed: one not among the choices finds nothing); it marks an option only when it is one of them, and only then is
+    it part of _options' cache key: any other value shows the same options as no value, and a cache keyed by it would
+    grow by one entry at every new `?ente=` a signed-in user sends."""
+    return _options(choices, choices, asked if asked in choices else None)
 
 
 @route(pages, "GET", "/istanze", LIST_INSTANCES, "page", with_session=_list_page_with_session)
@@ -291,7 +299,7 @@ async def instances_page(ctx: Ctx) -> Response:
     return page(ctx, "instances.html", "Istanze di flusso", active="/istanze", rows=_list_rows(rows),
                 count=len(rows), q=q, errors=errors, next_url=next_url, first_url=first_url,
                 tipo_options=_options(FLOW_TYPE_VALUES, FLOW_TYPE_LABEL_VALUES, q.tipo),
-                ente_options=_options(*(_enti_choices(ctx.principal),) * 2, q.ente),
+                ente_options=_ente_options(_enti_choices(ctx.principal), q.ente),
                 stato_options=_options(STATE_VALUES, STATE_LABEL_VALUES, q.stato))
 
 

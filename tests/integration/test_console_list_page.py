@@ -249,3 +249,24 @@ async def test_every_combination_of_filters_lists_what_it_asks_for(console: Runn
                 items = (await client.get(console.url + "/api/istanze", params=params)).json()["items"]
                 assert {item["instance"] for item in items} == want, params
         assert seen_any > 64  # the filters leave rows to compare in most combinations, not empty pages only
+
+
+async def test_an_ente_typed_in_the_address_is_no_key_of_the_options_cache(console: RunningConsole) -> None:
+    """The Ente filter comes from the query string as typed: an ente that is not one of the user's choices finds
+    nothing and marks no option, and it is not kept by the cache of the rendered options (instance_pages._options),
+    which would otherwise grow by one entry at every new `?ente=` a signed-in user sends."""
+    from services.console.instance_pages import _options
+
+    own = await console.instance("201")
+    async with httpx.AsyncClient(follow_redirects=False) as op:
+        await console.login(op, "op.201")
+        assert _listed((await op.get(console.url + "/istanze")).text) == {own}  # the options of no choice, cached
+        before = _options.cache_info().currsize
+        for n in range(40):
+            page = await op.get(console.url + "/istanze", params={"ente": f"X{n}<b>"})
+            assert page.status_code == 200 and _listed(page.text) == set()
+            assert " selected>" not in page.text.split('id="f-ente"')[1].split("</select>")[0]
+            assert f"X{n}<b>" not in page.text  # nowhere unescaped
+        assert _options.cache_info().currsize == before
+        chosen = await op.get(console.url + "/istanze", params={"ente": "201"})
+        assert '<option value="201" selected>' in chosen.text and _listed(chosen.text) == {own}
