@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     # after this long, doubling to the cap. None: the service's own pass period (loader 2 s, formatter 5 s).
     interrupted_retry_initial_s: float | None = Field(default=None, gt=0)
     interrupted_retry_cap_s: float = Field(default=300.0, gt=0)
+    # The period of the service's periodic pass: the loader's (Running and due Scheduled loads), the formatter's and the
+    # TS gateway's resume passes, where interrupted work and work waiting for space is tried again. None: the service's
+    # own (loader 2 s, formatter 5 s, ts-gateway 10 s). The first retry of interrupted work follows it.
+    pass_s: float | None = Field(default=None, gt=0)
+    # A load / format that found the file store full is tried again after this long, doubling to 5 minutes (or at
+    # the next pass once the free space grew). None: 5 s (services.runtime.filestore.SPACE_WAIT_INITIAL_S).
+    space_wait_initial_s: float | None = Field(default=None, gt=0)
     metrics_port: int | None = None
     # Signed checkpoints (services.runtime.checkpoints): the Ed25519 private key is a file outside the
     # database it protects (created on first use, mode 0600; its public key beside it as <name>.pub).
