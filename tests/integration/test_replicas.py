@@ -52,7 +52,9 @@ pytestmark = pytest.mark.integration
 LOADS = [(e, "2020-08") for e in ("201", "202", "203", "204", "205", "206", "207", "901", "902")] + \
         [(e, "2020-09") for e in ("201", "202", "203")]
 SERVICES_PER_LOAD = 150
-PAUSE_S = 1.5  # each load waits this long after its snapshot, so the loads overlap and both loaders take some
+# Each load waits this long after its snapshot, so the loads overlap. (Both loaders take some because each holds half
+# of the partitions; loader-1's third load waits for the kill in the hold, below, whatever this is.)
+PAUSE_S = 0.3
 KILL_IN_LOAD = 3  # loader-1 is killed in its third load (it finished two), held after its snapshot until then
 KINDS: dict[type[SourceModel], str] = {DeliveredService: "delivered-service", PaymentDocument: "payment-document",
          IntramoeniaBooking: "intramoenia-booking"}
@@ -500,6 +502,11 @@ async def _cut_sessions_waiting_on_a_lock(url: str) -> int:
             await asyncio.sleep(0.05)
 
 
+# The services' periodic pass, shortened for the tests that wait for it (production: loader 2 s, formatter 5 s, the
+# first retry of interrupted work at the next one): the same pass, sooner.
+QUICK_PASS = {"FLOWS_PASS_S": "0.5"}
+
+
 async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass_finishes_it(
         stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The loader's connection is cut in the middle of a statement of a load (pg_terminate_backend of the session
@@ -513,7 +520,7 @@ async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass
     async with scratch_database("t_conn_cut") as url, contextlib.AsyncExitStack() as running:
         await _store_month(url, "202", seed=78)
         replicas = await _start_replicas(running, url, tmp_path, suffix, [("loader-1", "loader")], 700,
-                                         FLOWS_TEST_LOAD_HOLD_DIR=str(holds))
+                                         FLOWS_TEST_LOAD_HOLD_DIR=str(holds), **QUICK_PASS)
         await _request_load("202")
         first = await _until_logged(replicas, "load.started", 60)
         instance, first_snapshot = int(first["instance"]), int(first["snapshot"])
@@ -532,7 +539,7 @@ async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass
         finally:
             await blocker.close()
 
-        # the next pass (every 2 s) takes the load again, from a snapshot of its own
+        # the next pass (every 0.5 s here, QUICK_PASS) takes the load again, from a snapshot of its own
         again = await _until_logged(replicas, "load.dead_run_dropped", 60, instance=instance)
         await _until_logged(replicas, "load.started", 60, lambda r: r["snapshot"] != first_snapshot,
                             instance=instance)  # its line comes after the drop's
@@ -561,7 +568,7 @@ async def test_a_connection_cut_under_a_format_leaves_it_formatting_and_the_next
     async with scratch_database("t_conn_cut_fmt") as url, contextlib.AsyncExitStack() as running:
         await _store_month(url, "203", seed=79)
         replicas = await _start_replicas(running, url, tmp_path, suffix,
-                                         [("loader-1", "loader"), ("formatter-1", "formatter")], 740)
+                                         [("loader-1", "loader"), ("formatter-1", "formatter")], 740, **QUICK_PASS)
         await _request_load("203")
         await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)
         [instance] = await _states(url)
