@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     console_host: str = "127.0.0.1"
     console_port: int = 18080
     console_secure_cookies: bool = Field(default=True, description="False only for plain-http tests on localhost.")
+    # How long the Nuovo caricamento form waits for the loader to take a load request (then it opens the instance)
+    # before it answers that the request was sent and the instance will appear in the list.
+    console_load_wait_s: float = Field(default=10.0, gt=0)
     console_session_ttl_s: int = Field(default=8 * 3600, gt=0)
     console_login_max_failures: int = Field(default=5, gt=0, description="Per user name in the window.")
     console_login_window_s: int = Field(default=900, gt=0)
