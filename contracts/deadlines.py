@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import holidays
-
 from contracts.states import SENDABLE_FLOW_TYPES
 
 DATA = Path(__file__).resolve().parent / "data" / "deadlines.toml"
@@ -95,6 +93,10 @@ def rules(path: Path = DATA) -> dict[str, Any]:
 
 
 def next_working_day(day: date) -> date:
+    # Imported here, at the first working day asked for: the package loads every country's calendars (~0.2 s of CPU),
+    # and most processes that import this module (every `flows` command) never ask.
+    import holidays
+
     it = holidays.country_holidays("IT", years=[day.year, day.year + 1])
     while day.weekday() >= 5 or day in it:
         day += timedelta(days=1)

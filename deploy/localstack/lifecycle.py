@@ -116,14 +116,24 @@ def up(brokers: int = 1, progress: Progress = print, timeout: float = 120.0) -> 
         return _info_from_state(sd, state)
 
 
-def down(progress: Progress = print) -> None:
+def down(progress: Progress = print, hard: bool = False) -> None:
     """Stop services, then Kafka, then PostgreSQL; leave no process behind. Data is kept (see README
-    for a full reset). Safe to call when nothing runs or when the recorded pids are stale."""
+    for a full reset). Safe to call when nothing runs or when the recorded pids are stale.
+
+    ``hard``: everything killed at once, without a graceful stop (services and brokers SIGKILL, PostgreSQL
+    `pg_ctl stop -m immediate`), as a crash of the whole machine would: for a throw-away stack whose data goes
+    with it (the fault tests' private stacks), where a broker's controlled shutdown or a checkpoint is only
+    waiting. The data is kept and recovers at the next up, as after a crash."""
     sd = state_dir()
     if not (sd / "stack.json").exists():
         return
     with _locked(sd):
         state = _load_state(sd)
+        if hard:
+            _kill_everything(state, progress)
+            _save_state(sd, state)
+            progress("stack killed")
+            return
         for name in list(state["services"]):
             if _alive(state["services"][name]):
                 progress(f"stopping service {name}...")
@@ -150,6 +160,31 @@ def down(progress: Progress = print) -> None:
             pg["pid"] = None
         _save_state(sd, state)
         progress("stack stopped")
+
+
+def _kill_everything(state: dict[str, Any], progress: Progress) -> None:
+    """down(hard=True): every service's process group and every Kafka node SIGKILLed at once (each waited for
+    until it is gone), PostgreSQL stopped in immediate mode meanwhile."""
+    targets = [(rec, True) for rec in state["services"].values()] + [(rec, False) for rec in
+                                                                      state["kafka"]["nodes"].values()]
+    alive = [(rec, group) for rec, group in targets if _alive(rec)]
+    if alive:
+        progress(f"killing {len(alive)} processes (services, Kafka)...")
+    threads = [threading.Thread(target=_terminate, kwargs={"rec": rec, "group": group, "hard": True})
+               for rec, group in alive]
+    pg = state["postgres"]
+    if not pg.get("external") and pg.get("pgdata"):
+        if _alive(pg) or _is_our_postgres(_pg_pid(Path(pg["pgdata"])), Path(pg["pgdata"])):
+            progress("stopping PostgreSQL (immediate)...")
+        threads.append(threading.Thread(target=_stop_postgres, args=(pg, "immediate")))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for rec, _group in targets:
+        rec["pid"] = None
+    if not pg.get("external"):
+        pg["pid"] = None
 
 
 def info() -> StackInfo | None:

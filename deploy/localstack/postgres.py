@@ -202,15 +202,16 @@ async def _pg_ready(url: str, create_db: bool, wait_s: float) -> None:
             await asyncio.sleep(0.2)
 
 
-def _stop_postgres(rec: dict[str, Any]) -> None:
-    """pg_ctl stop -m fast; by hand if that fails. Only when postmaster.pid names a live server of THIS
+def _stop_postgres(rec: dict[str, Any], mode: str = "fast") -> None:
+    """pg_ctl stop -m fast (``mode`` "immediate": no shutdown checkpoint, the server recovers from its WAL at the
+    next start, as after a crash); by hand if that fails. Only when postmaster.pid names a live server of THIS
     data folder: pg_ctl trusts the file and would signal whatever process now has a stale pid."""
     pgdata = Path(rec["pgdata"])
     pid = _pg_pid(pgdata)
     if not _is_our_postgres(pid, pgdata):
         return
     log = Path(rec["log"]).parent / "pg_ctl.log"
-    args = [_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "30", "stop"]
+    args = [_pg_bin("pg_ctl"), "-D", str(pgdata), "-m", mode, "-w", "-t", "30", "stop"]
     with contextlib.suppress(subprocess.TimeoutExpired):
         _pg_run(args, log, _pg_runas(), timeout=40)
     if _is_our_postgres(pid, pgdata):  # pg_ctl failed or hung

@@ -391,7 +391,7 @@ async def new_load(ctx: Ctx) -> Response:
     if errors:
         return page(ctx, "new_load.html", "Nuovo caricamento", status=422, active="/istanze/nuova", form=form,
                     errors=errors, flow_types=FLOW_TYPE_CHOICES)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + console.settings.console_load_wait_s
     while time.monotonic() < deadline:
         instance = await console.pool.fetchval("SELECT instance FROM instance_list WHERE request_id = $1", request_id)
         if instance is not None:

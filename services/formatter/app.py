@@ -10,6 +10,7 @@ from contracts import flows
 from contracts.topics import by_name
 from services.formatter import handlers
 from services.runtime.broker import consume
+from services.runtime.filestore import SPACE_WAIT_INITIAL_S, SpaceWaits
 from services.runtime.host import Runtime, every, runtime, serve
 from services.runtime.settings import Settings
 
@@ -17,15 +18,24 @@ GROUP = "formatter"  # the consumer group of the format commands
 
 
 def wire(rt: Runtime) -> handlers.FormatterDeps:
+    settings = rt.settings
     deps = handlers.FormatterDeps(pool=rt.pool, store=rt.store, files=rt.files,
-                                  sanitel_cert=rt.settings.sanitel_cert,
-                                  max_zip_bytes=rt.settings.ts_max_zip_bytes,
-                                  interrupted=handlers.interruptions(rt.settings.interrupted_retry_initial_s,
-                                                                     rt.settings.interrupted_retry_cap_s))
+                                  sanitel_cert=settings.sanitel_cert,
+                                  max_zip_bytes=settings.ts_max_zip_bytes,
+                                  interrupted=handlers.interruptions(
+                                      settings.interrupted_retry_initial_s or settings.pass_s,
+                                      settings.interrupted_retry_cap_s),
+                                  space=SpaceWaits(handlers.log, initial_s=settings.space_wait_initial_s
+                                                   or SPACE_WAIT_INITIAL_S))
     consume(rt.broker, by_name(flows.TYPE_OF[flows.FormatRequested]), group_id=GROUP,
             handler=functools.partial(handlers.handle_format_requested, deps=deps),
             max_attempts=rt.settings.max_attempts, probe=rt.probe_database)
     return deps
+
+
+def pass_period(settings: Settings) -> float:
+    """Seconds between two resume passes (FLOWS_PASS_S, else RESUME_PASS_S)."""
+    return settings.pass_s or handlers.RESUME_PASS_S
 
 
 async def main(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
@@ -37,7 +47,7 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
         threading.Thread(target=_warm_up, name="formatter-warm-up", daemon=True).start()
 
         async def resume(stop: asyncio.Event) -> None:
-            await every(handlers.RESUME_PASS_S, stop, lambda: handlers.resume_interrupted(deps), "formatter.resume")
+            await every(pass_period(settings), stop, lambda: handlers.resume_interrupted(deps), "formatter.resume")
 
         await serve(rt, [resume], stop=stop)
 

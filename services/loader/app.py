@@ -13,6 +13,7 @@ from contracts import flows
 from contracts.topics import by_name
 from services.loader import batch_intake, handlers
 from services.runtime.broker import consume
+from services.runtime.filestore import SPACE_WAIT_INITIAL_S, SpaceWaits
 from services.runtime.host import Runtime, every, runtime, serve
 from services.runtime.settings import Settings
 
@@ -22,13 +23,20 @@ SOURCES_GROUP = batch_intake.GROUP
 
 
 def wire(rt: Runtime) -> handlers.LoaderDeps:
+    settings = rt.settings
     deps = handlers.LoaderDeps(pool=rt.pool, store=rt.store, files=rt.files, interrupted=handlers.interruptions(
-        rt.settings.interrupted_retry_initial_s, rt.settings.interrupted_retry_cap_s))
+        settings.interrupted_retry_initial_s or settings.pass_s, settings.interrupted_retry_cap_s),
+        space=SpaceWaits(handlers.log, initial_s=settings.space_wait_initial_s or SPACE_WAIT_INITIAL_S))
     attempts = rt.settings.max_attempts
     consume(rt.broker, by_name(flows.TYPE_OF[flows.LoadRequested]), group_id=COMMANDS_GROUP,
             handler=functools.partial(handlers.handle_load_requested, deps=deps), max_attempts=attempts,
             probe=rt.probe_database)
     return deps
+
+
+def pass_period(settings: Settings) -> float:
+    """Seconds between two passes over Running and due Scheduled loads (FLOWS_PASS_S, else PASS_S)."""
+    return settings.pass_s or handlers.PASS_S
 
 
 async def main(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
@@ -39,6 +47,6 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
                                              probe=rt.probe_database, max_attempts=rt.settings.max_attempts)
 
         async def start_due_loads(stop: asyncio.Event) -> None:
-            await every(handlers.PASS_S, stop, lambda: handlers.run_due(deps), "loader.due-loads")
+            await every(pass_period(settings), stop, lambda: handlers.run_due(deps), "loader.due-loads")
 
         await serve(rt, [intake.run, start_due_loads], stop=stop)

@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     # after this long, doubling to the cap. None: the service's own pass period (loader 2 s, formatter 5 s).
     interrupted_retry_initial_s: float | None = Field(default=None, gt=0)
     interrupted_retry_cap_s: float = Field(default=300.0, gt=0)
+    # The period of the service's periodic pass: the loader's (Running and due Scheduled loads), the formatter's and the
+    # TS gateway's resume passes, where interrupted work and work waiting for space is tried again. None: the service's
+    # own (loader 2 s, formatter 5 s, ts-gateway 10 s). The first retry of interrupted work follows it.
+    pass_s: float | None = Field(default=None, gt=0)
+    # A load / format that found the file store full is tried again after this long, doubling to 5 minutes (or at
+    # the next pass once the free space grew). None: 5 s (services.runtime.filestore.SPACE_WAIT_INITIAL_S).
+    space_wait_initial_s: float | None = Field(default=None, gt=0)
     metrics_port: int | None = None
     # Signed checkpoints (services.runtime.checkpoints): the Ed25519 private key is a file outside the
     # database it protects (created on first use, mode 0600; its public key beside it as <name>.pub).
@@ -60,6 +67,9 @@ class Settings(BaseSettings):
     console_host: str = "127.0.0.1"
     console_port: int = 18080
     console_secure_cookies: bool = Field(default=True, description="False only for plain-http tests on localhost.")
+    # How long the Nuovo caricamento form waits for the loader to take a load request (then it opens the instance)
+    # before it answers that the request was sent and the instance will appear in the list.
+    console_load_wait_s: float = Field(default=10.0, gt=0)
     console_session_ttl_s: int = Field(default=8 * 3600, gt=0)
     console_login_max_failures: int = Field(default=5, gt=0, description="Per user name in the window.")
     console_login_window_s: int = Field(default=900, gt=0)

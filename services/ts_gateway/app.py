@@ -9,6 +9,7 @@ import functools
 from contracts import flows
 from contracts.topics import by_name
 from services.runtime.broker import consume
+from services.runtime.filestore import SPACE_WAIT_INITIAL_S, SpaceWaits
 from services.runtime.host import every, runtime, serve
 from services.runtime.sanitel import load_certificate
 from services.runtime.settings import Settings
@@ -20,6 +21,11 @@ from services.ts_gateway.submission import BackoffSchedule
 from services.ts_gateway.submitter import SubmissionRunner
 
 GROUP = "ts-gateway"  # the consumer group of the submission requests
+
+
+def pass_period(settings: Settings) -> float:
+    """Seconds between two resume passes (FLOWS_PASS_S, else RESUME_PASS_S)."""
+    return settings.pass_s or handlers.RESUME_PASS_S
 
 
 async def main(settings: Settings | None = None, stop: asyncio.Event | None = None) -> None:
@@ -34,14 +40,17 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
             send_retry=BackoffSchedule(initial=settings.ts_poll_initial_s, cap=settings.ts_poll_max_s))
         deps = handlers.GatewayDeps(pool=rt.pool, store=rt.store, files=rt.files, runner=runner,
                                     keys=GatewayKeys(settings.keys_dir),
-                                    interrupted=handlers.interruptions(settings.interrupted_retry_initial_s,
-                                                                       settings.interrupted_retry_cap_s))
+                                    interrupted=handlers.interruptions(
+                                        settings.interrupted_retry_initial_s or settings.pass_s,
+                                        settings.interrupted_retry_cap_s),
+                                    space=SpaceWaits(handlers.log, initial_s=settings.space_wait_initial_s
+                                                     or SPACE_WAIT_INITIAL_S))
         consume(rt.broker, by_name(flows.TYPE_OF[flows.TsSubmissionRequested]), group_id=GROUP,
                 handler=functools.partial(handlers.handle_submission_requested, deps=deps),
                 max_attempts=settings.max_attempts, probe=rt.probe_database)
 
         async def resume(stop: asyncio.Event) -> None:
-            await every(handlers.RESUME_PASS_S, stop, lambda: handlers.resume_unfinished(deps), "ts-gateway.resume")
+            await every(pass_period(settings), stop, lambda: handlers.resume_unfinished(deps), "ts-gateway.resume")
 
         try:
             await serve(rt, [resume], stop=stop)

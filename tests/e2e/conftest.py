@@ -143,6 +143,10 @@ async def platform(stack, tmp_path_factory) -> AsyncIterator[Platform]:  # type:
                         kafka_bootstrap=stack.bootstrap_servers, files_dir=base / "files", keys_dir=base / "keys",
                         sanitel_cert=cert, ts_endpoint=ts_url, ts_poll_initial_s=0.2, ts_poll_max_s=1.0,
                         ts_max_zip_bytes=E2E_MAX_ZIP_BYTES,
+                        # the services' periodic passes every second (production: loader 2 s, formatter 5 s, TS
+                        # gateway 10 s): what a test waits for at the next pass (a retired key deleted, an abandoned
+                        # box removed, a due load started) comes as it would, sooner
+                        pass_s=1.0,
                         log_format="json", log_level="INFO")
     log_path = tmp_path_factory.mktemp("service-logs") / "services.log"
     tee = _tee_service_logs(log_path, settings)

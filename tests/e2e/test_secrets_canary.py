@@ -246,8 +246,9 @@ async def _sealed_boxes(bootstrap: str, instances: set[int]) -> list[tuple[int, 
 async def _until(what: str, check: Any, timeout: float = 120) -> Any:
     """Polls `check()` (async) until it returns something truthy; fails naming `what` after `timeout`. The deadline
     is for what never comes, not for a slow machine: the box of a deleted instance goes at the TS gateway's next
-    resume pass (every RESUME_PASS_S, 10 s), which can come a whole period after the deletion and then take its own
-    time on a loaded machine (2 to 7 s measured under two busy loops); the 30 s this was were three periods."""
+    resume pass (in production every RESUME_PASS_S, 10 s; here the platform's pass_s, 1 s), which can come a whole
+    period after the deletion and then take its own time on a loaded machine (2 to 7 s measured under two busy loops
+    with the 10 s pass)."""
     deadline = time.monotonic() + timeout
     while not (result := await check()):
         assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s"

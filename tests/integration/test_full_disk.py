@@ -54,7 +54,10 @@ pytestmark = pytest.mark.integration
 KINDS: dict[type[SourceModel], str] = {DeliveredService: "delivered-service", PaymentDocument: "payment-document",
                                        IntramoeniaBooking: "intramoenia-booking"}
 ROOMY_KB = 16 * 1024  # what the disk grows to once the test "frees space"
-WAIT_S = 12.0  # how long the test watches the full disk before freeing space
+# The services' pass and first wait for space, shortened (production: a pass every 2 s / 5 s, a first wait of 5 s
+# doubling): the same attempts, backed off the same way (1, 2, 4 s ...), in less time.
+QUICK = {"FLOWS_PASS_S": "0.25", "FLOWS_SPACE_WAIT_INITIAL_S": "1"}
+WAIT_S = 4.0  # how long the test watches the full disk before freeing space: three attempts or so (1 + 2 s apart)
 # Log timestamps (wall clock, when a line is written) against the service's monotonic clock (when it decided):
 # the spacing's lower bound allows this much for the moments each is read. Not a speed target.
 CLOCKS_S = 0.05
@@ -107,7 +110,7 @@ class Services(dict[str, Service]):
         self.started += 1
         env = {**os.environ, "DATABASE_URL": self.url, "FLOWS_KAFKA_BOOTSTRAP": KAFKA, "FLOWS_LOG_FORMAT": "json",
                "FLOWS_FILES_DIR": str(self.files), "FLOWS_REPLICA": name, "FLOWS_HEALTH_PORT": str(port),
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", **QUICK}
         log = self.tmp_path / f"{name}-{self.started}.log"
         process = await self.running.enter_async_context(
             logged_process(log, "-m", "tests.integration.replica_service", name, self.suffix, env=env))
@@ -207,7 +210,7 @@ def _store_is_whole(disk: SmallDisk) -> None:
 
 def _assert_backed_off(lines: list[dict[str, Any]], disk: SmallDisk, instance: int) -> None:
     """One line per attempt, naming the path and the instance, the retry delays growing, and each attempt no sooner
-    than the delay its predecessor announced. A hot loop would write a line every pass (every 2-5 s) or more: the
+    than the delay its predecessor announced. A hot loop would write a line every pass (here every 0.25 s) or more: the
     spacing catches it at any speed. (A count of lines in the test's window would not: a loaded machine stretches
     the window, and with it the count of attempts that are on time.)"""
     assert lines, "no store.full line"

@@ -10,8 +10,10 @@ waited_s); its figure on /metrics is 1 while it waits, 0 after. And PostgreSQL s
 
 The services are the real ones in their own processes (tests/integration/replica_service.py, through
 test_replicas' helpers), with FLOWS_INTERRUPTED_RETRY_INITIAL_S shortening the first delay (production: the pass's
-own period, 2 s for the loader, 5 s for the formatter). Every cut is made while the work waits on a table lock the
-test holds, so the test decides how many attempts are cut. The spacing is asserted as a lower bound only.
+own period, 2 s for the loader, 5 s for the formatter) and FLOWS_PASS_S the pass (QUICK_PASS), which would otherwise
+add up to a whole production period to each delay: the same attempts, backed off the same way, in less time. Every
+cut is made while the work waits on a table lock the test holds, so the test decides how many attempts are cut. The
+spacing is asserted as a lower bound only.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ pytestmark = pytest.mark.integration
 # Log timestamps (wall clock, when the line is written) against the service's monotonic clock (when it decided):
 # the lower bounds allow this much for the moments each is read and for ran_s' rounding. Not a speed target.
 CLOCKS_S = 0.05
+QUICK_PASS = {"FLOWS_PASS_S": "0.2"}
 QUIET = ("loop.error", "message.dead_lettered", "service.loop_failed", "load.crashed", "format.crashed")
 
 
@@ -187,12 +190,12 @@ def _assert_cut_then_recovered(cut: _Cut, first_s: float, succeeded: dict[str, A
 
 async def test_a_load_cut_again_and_again_is_retried_backed_off_and_finishes_once(
         stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cuts, first_s = 4, 1.0
+    cuts, first_s = 4, 0.25
     suffix = uuid.uuid4().hex[:8]
     async with scratch_database("t_load_cuts") as url, contextlib.AsyncExitStack() as running:
         await _store_month(url, "205", seed=83)
         replicas = await _start_replicas(running, url, tmp_path, suffix, [("loader-1", "loader")], 780,
-                                         FLOWS_INTERRUPTED_RETRY_INITIAL_S=str(first_s))
+                                         FLOWS_INTERRUPTED_RETRY_INITIAL_S=str(first_s), **QUICK_PASS)
         loader = replicas[0]
         # every attempt reads the problems of the instance's earlier runs first (pipeline.earlier_runs): it
         # waits on this lock, and the test ends its session there
@@ -210,13 +213,13 @@ async def test_a_load_cut_again_and_again_is_retried_backed_off_and_finishes_onc
 
 async def test_a_format_cut_again_and_again_is_retried_backed_off_and_finishes_once(
         stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cuts, first_s = 3, 2.0
+    cuts, first_s = 3, 0.5
     suffix = uuid.uuid4().hex[:8]
     async with scratch_database("t_format_cuts") as url, contextlib.AsyncExitStack() as running:
         await _store_month(url, "206", seed=84)
         replicas = await _start_replicas(running, url, tmp_path, suffix,
                                          [("loader-1", "loader"), ("formatter-1", "formatter")], 780,
-                                         FLOWS_INTERRUPTED_RETRY_INITIAL_S=str(first_s))
+                                         FLOWS_INTERRUPTED_RETRY_INITIAL_S=str(first_s), **QUICK_PASS)
         formatter = replicas[1]
         await _request_load("206")
         await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import re
 from datetime import date, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -24,6 +25,12 @@ def this_month() -> tuple[date, date]:
     """Today's Italian month: not over, whatever the day."""
     start = italian_today().replace(day=1)
     return start, (start + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+
+
+@pytest.fixture
+def console_settings() -> dict[str, Any]:
+    """No loader runs here: the form waits for one only a second (production: 10 s) before it says it was sent."""
+    return {"console_load_wait_s": 1.0}
 
 
 def _error_beside(page: str, field: str) -> str | None:
@@ -51,6 +58,8 @@ async def test_the_load_form_refuses_a_month_not_over_beside_its_end_and_sends_o
         after = {**sent, "pianificata": f"{end + timedelta(days=1)}T06:00"}
         accepted = await client.post(console.url + "/istanze/nuova", data=after, timeout=30)
         assert accepted.status_code in (202, 303), accepted.text[:300]
+        if accepted.status_code == 202:  # it waited for a loader as long as console_load_wait_s says (1 s), not 10 s
+            assert 1.0 <= accepted.elapsed.total_seconds() < 10.0, accepted.elapsed
         assert _error_beside(accepted.text, "al") is None
 
 

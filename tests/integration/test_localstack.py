@@ -193,6 +193,21 @@ async def test_restart_node_then_down_leaves_no_process(private_stack: Path) -> 
     assert info2 == info
     assert not any(w in m for m in messages for w in ("jars", "formatting", "initialising")), messages
 
+    # down(hard=True), the private stacks' teardown (tests/conftest.py): killed, yet nothing left either, the
+    # service's child included
+    svc_pid = localstack.start_service("sleeper", [sys.executable, "-c", code], {"FLOWS_TEST": "1"})
+    deadline = time.monotonic() + 60
+    while len(child_pids := [c.pid for c in psutil.Process(svc_pid).children(recursive=True)]) < 2:
+        assert time.monotonic() < deadline, f"the service and its child not both started in 60 s: {child_pids}"
+        await asyncio.sleep(0.1)
+    pg_children = [c.pid for c in psutil.Process(localstack.status()["postgres"]["pid"]).children()]
+    pids = _recorded_pids(private_stack)
+    assert len(pids) == 3 and all(_live(p) for p in pids)
+    localstack.down(progress=lambda _msg: None, hard=True)
+    alive = [p for p in pids + child_pids + pg_children if _live(p)]
+    assert alive == [], f"still running after down(hard=True): {alive}"
+    assert localstack.info() is None and not localstack.status()["postgres"]["running"]
+
 
 async def _operator_tools_answer(bootstrap: str) -> None:
     """`flows topics list` and `flows lag` answer with a broker down. aiokafka's admin sent each request to a node

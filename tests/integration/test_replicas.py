@@ -52,7 +52,9 @@ pytestmark = pytest.mark.integration
 LOADS = [(e, "2020-08") for e in ("201", "202", "203", "204", "205", "206", "207", "901", "902")] + \
         [(e, "2020-09") for e in ("201", "202", "203")]
 SERVICES_PER_LOAD = 150
-PAUSE_S = 1.5  # each load waits this long after its snapshot, so the loads overlap and both loaders take some
+# Each load waits this long after its snapshot, so the loads overlap. (Both loaders take some because each holds half
+# of the partitions; loader-1's third load waits for the kill in the hold, below, whatever this is.)
+PAUSE_S = 0.3
 KILL_IN_LOAD = 3  # loader-1 is killed in its third load (it finished two), held after its snapshot until then
 KINDS: dict[type[SourceModel], str] = {DeliveredService: "delivered-service", PaymentDocument: "payment-document",
          IntramoeniaBooking: "intramoenia-booking"}
@@ -500,6 +502,11 @@ async def _cut_sessions_waiting_on_a_lock(url: str) -> int:
             await asyncio.sleep(0.05)
 
 
+# The services' periodic pass, shortened for the tests that wait for it (production: loader 2 s, formatter 5 s, the
+# first retry of interrupted work at the next one): the same pass, sooner.
+QUICK_PASS = {"FLOWS_PASS_S": "0.5"}
+
+
 async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass_finishes_it(
         stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The loader's connection is cut in the middle of a statement of a load (pg_terminate_backend of the session
@@ -513,7 +520,7 @@ async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass
     async with scratch_database("t_conn_cut") as url, contextlib.AsyncExitStack() as running:
         await _store_month(url, "202", seed=78)
         replicas = await _start_replicas(running, url, tmp_path, suffix, [("loader-1", "loader")], 700,
-                                         FLOWS_TEST_LOAD_HOLD_DIR=str(holds))
+                                         FLOWS_TEST_LOAD_HOLD_DIR=str(holds), **QUICK_PASS)
         await _request_load("202")
         first = await _until_logged(replicas, "load.started", 60)
         instance, first_snapshot = int(first["instance"]), int(first["snapshot"])
@@ -532,7 +539,7 @@ async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass
         finally:
             await blocker.close()
 
-        # the next pass (every 2 s) takes the load again, from a snapshot of its own
+        # the next pass (every 0.5 s here, QUICK_PASS) takes the load again, from a snapshot of its own
         again = await _until_logged(replicas, "load.dead_run_dropped", 60, instance=instance)
         await _until_logged(replicas, "load.started", 60, lambda r: r["snapshot"] != first_snapshot,
                             instance=instance)  # its line comes after the drop's
@@ -561,7 +568,7 @@ async def test_a_connection_cut_under_a_format_leaves_it_formatting_and_the_next
     async with scratch_database("t_conn_cut_fmt") as url, contextlib.AsyncExitStack() as running:
         await _store_month(url, "203", seed=79)
         replicas = await _start_replicas(running, url, tmp_path, suffix,
-                                         [("loader-1", "loader"), ("formatter-1", "formatter")], 740)
+                                         [("loader-1", "loader"), ("formatter-1", "formatter")], 740, **QUICK_PASS)
         await _request_load("203")
         await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)
         [instance] = await _states(url)
@@ -608,55 +615,54 @@ def test_stack_up_with_replicas_runs_each_consumer_twice_in_its_group_and_scales
     log and health port, both members of the group (3 of the 6 partitions each); `flows stack status` lists
     every replica; `up --replicas 1` stops the second ones."""
     monkeypatch.setenv("FLOWS_OBSERVABILITY_PORT_BASE", str(_free_run(12)))
-    try:
-        up = _flows_cli("stack", "up", "--replicas", "2")
-        assert up.returncode == 0, up.stdout + up.stderr
-        services = json.loads(_flows_cli("stack", "status", "--json").stdout)["services"]
-        replicated = ("loader", "formatter", "ts-gateway", "onboarding")
-        for name in [*replicated, *(f"{s}-2" for s in replicated), "audit", "console", "ts-simulator"]:
-            assert services[name]["running"], (name, services[name])
-        assert not [n for n in services if n.startswith(("audit-", "console-", "ts-simulator-"))]
-        logs = {services[n]["log"] for n in services}
-        ports = {services[n]["health_port"] for n in services if n != "ts-simulator"}
-        assert len(logs) == len(services) and len(ports) == len(services) - 1
-        table = _flows_cli("stack", "status").stdout
-        for name in ("loader-2", "formatter-2", "ts-gateway-2", "onboarding-2"):
-            row = next(line for line in table.splitlines() if f" {name} " in line)
-            assert "running" in row and f"127.0.0.1:{services[name]['health_port']}" in row, row
+    # (no `flows stack down` at the end: `private_stack` kills the whole stack, however the test ended)
+    up = _flows_cli("stack", "up", "--replicas", "2")
+    assert up.returncode == 0, up.stdout + up.stderr
+    services = json.loads(_flows_cli("stack", "status", "--json").stdout)["services"]
+    replicated = ("loader", "formatter", "ts-gateway", "onboarding")
+    for name in [*replicated, *(f"{s}-2" for s in replicated), "audit", "console", "ts-simulator"]:
+        assert services[name]["running"], (name, services[name])
+    assert not [n for n in services if n.startswith(("audit-", "console-", "ts-simulator-"))]
+    logs = {services[n]["log"] for n in services}
+    ports = {services[n]["health_port"] for n in services if n != "ts-simulator"}
+    assert len(logs) == len(services) and len(ports) == len(services) - 1
+    table = _flows_cli("stack", "status").stdout
+    for name in ("loader-2", "formatter-2", "ts-gateway-2", "onboarding-2"):
+        row = next(line for line in table.splitlines() if f" {name} " in line)
+        assert "running" in row and f"127.0.0.1:{services[name]['health_port']}" in row, row
 
-        partitions = Settings().topic_partitions
+    partitions = Settings().topic_partitions
 
-        async def shares() -> dict[str, int]:
-            """Each replica's share, once both members of each group hold one and the two add up to the topic.
-            The four are read one after the other, and `stack up` does not wait for the groups: a rebalance may end
-            between two reads and show a moment's mix. A replica starved past its session on a loaded machine is
-            dropped from its group, the other one takes every partition, and the starved one, running again,
-            answers with its old share before it learns it was dropped (loader 3, loader-2 6); the second replica
-            joining late does the same the other way (loader 6, loader-2 3). Such a reading is taken again.
-            Replicas that are not one group never add up (6 and 6): the deadline fails them, naming what they
-            held."""
-            found: dict[str, int] = {}
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-                try:
-                    async with asyncio.timeout(120):
-                        while True:
-                            found = {}
-                            for name in ("loader", "loader-2", "formatter", "formatter-2"):
-                                found[name] = await _assigned_partitions(session, services[name]["health_port"])
-                            if all(v > 0 for v in found.values()) and found["loader"] + found["loader-2"] == \
-                                    partitions == found["formatter"] + found["formatter-2"]:
-                                return found
-                            await asyncio.sleep(1)
-                except TimeoutError:
-                    raise AssertionError(f"the replicas never shared their groups' {partitions} partitions in "
-                                         f"120 s: {found}") from None
-        split = asyncio.run(shares())
-        assert split["loader"] + split["loader-2"] == partitions == split["formatter"] + split["formatter-2"], split
+    async def shares() -> dict[str, int]:
+        """Each replica's share, once both members of each group hold one and the two add up to the topic.
+        The four are read one after the other, and `stack up` does not wait for the groups: a rebalance may end
+        between two reads and show a moment's mix. A replica starved past its session on a loaded machine is
+        dropped from its group, the other one takes every partition, and the starved one, running again,
+        answers with its old share before it learns it was dropped (loader 3, loader-2 6); the second replica
+        joining late does the same the other way (loader 6, loader-2 3). Such a reading is taken again.
+        Replicas that are not one group never add up (6 and 6): the deadline fails them, naming what they
+        held."""
+        found: dict[str, int] = {}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            try:
+                async with asyncio.timeout(120):
+                    while True:
+                        found = {}
+                        for name in ("loader", "loader-2", "formatter", "formatter-2"):
+                            found[name] = await _assigned_partitions(session, services[name]["health_port"])
+                        if all(v > 0 for v in found.values()) and found["loader"] + found["loader-2"] == \
+                                partitions == found["formatter"] + found["formatter-2"]:
+                            return found
+                        await asyncio.sleep(1)
+            except TimeoutError:
+                raise AssertionError(f"the replicas never shared their groups' {partitions} partitions in "
+                                     f"120 s: {found}") from None
+    split = asyncio.run(shares())
+    assert split["loader"] + split["loader-2"] == partitions == split["formatter"] + split["formatter-2"], split
 
-        down = _flows_cli("stack", "up", "--replicas", "1")
-        assert down.returncode == 0, down.stdout + down.stderr
-        after = json.loads(_flows_cli("stack", "status", "--json").stdout)["services"]
-        assert not [n for n in after if n.endswith("-2")], sorted(after)
-        assert all(after[s]["running"] for s in replicated)
-    finally:
-        _flows_cli("stack", "down")
+    down = _flows_cli("stack", "up", "--replicas", "1")
+    assert down.returncode == 0, down.stdout + down.stderr
+    after = json.loads(_flows_cli("stack", "status", "--json").stdout)["services"]
+    assert not [n for n in after if n.endswith("-2")], sorted(after)
+    assert all(after[s]["running"] for s in replicated)
+

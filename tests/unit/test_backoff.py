@@ -119,6 +119,44 @@ def test_the_first_retry_is_the_services_next_pass_unless_the_environment_says_o
     assert [waits.delay(n) for n in range(1, 6)] == [0.5, 1, 2, 4, 4]
 
 
+def test_the_pass_and_the_space_wait_are_settings_the_services_read_with_the_production_defaults(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """FLOWS_PASS_S sets the period of the loader's, the formatter's and the TS gateway's periodic pass, and with it
+    the first retry of interrupted work (unless FLOWS_INTERRUPTED_RETRY_INITIAL_S says otherwise);
+    FLOWS_SPACE_WAIT_INITIAL_S the first wait of work that found the store full. Unset: each service's own."""
+    from faststream.kafka import KafkaBroker
+
+    from services.formatter import app as formatter_app
+    from services.loader import app as loader_app
+    from services.runtime.filestore import FileStore
+    from services.runtime.host import Runtime
+    from services.ts_gateway import app as gateway_app
+
+    for name in ("FLOWS_PASS_S", "FLOWS_SPACE_WAIT_INITIAL_S", "FLOWS_INTERRUPTED_RETRY_INITIAL_S"):
+        monkeypatch.delenv(name, raising=False)
+
+    def wired(app: object, settings: Settings) -> object:
+        rt = Runtime(name="t", settings=settings, pool=None, store=None,  # type: ignore[arg-type]
+                     broker=KafkaBroker("127.0.0.1:9"), files=FileStore(tmp_path))
+        return app.wire(rt)  # type: ignore[attr-defined]
+
+    production = Settings()
+    assert [a.pass_period(production) for a in (loader_app, formatter_app, gateway_app)] == [2.0, 5.0, 10.0]
+    for app, own in ((loader_app, 2.0), (formatter_app, 5.0)):
+        deps = wired(app, production)
+        assert (deps.interrupted.initial_s, deps.space.initial_s) == (own, 5.0), app  # type: ignore[attr-defined]
+
+    monkeypatch.setenv("FLOWS_PASS_S", "0.25")
+    monkeypatch.setenv("FLOWS_SPACE_WAIT_INITIAL_S", "1.5")
+    quick = Settings()
+    assert [a.pass_period(quick) for a in (loader_app, formatter_app, gateway_app)] == [0.25] * 3
+    for app in (loader_app, formatter_app):
+        deps = wired(app, quick)
+        assert (deps.interrupted.initial_s, deps.space.initial_s) == (0.25, 1.5), app  # type: ignore[attr-defined]
+    monkeypatch.setenv("FLOWS_INTERRUPTED_RETRY_INITIAL_S", "0.5")
+    assert wired(loader_app, Settings()).interrupted.initial_s == 0.5  # type: ignore[attr-defined]
+
+
 def test_a_pass_that_no_longer_lists_an_instance_forgets_it_unless_it_was_cut_after_the_query(clock: _Clock) -> None:
     log = RecordedLog()
     service = f"t-{uuid.uuid4().hex[:6]}"
