@@ -49,6 +49,7 @@ from services.console.web import (
     NotLoggedIn,
     PageAssets,
     SecurityHeaders,
+    _nav,
     api,
     console_of,
     keep_session,
@@ -356,6 +357,6 @@ async def home(ctx: Ctx) -> Response:
     for rule, path in ((LIST_INSTANCES, "/istanze"), (LIST_ONBOARDING, "/onboarding"), (MANAGE_USERS, "/utenti")):
         if ctx.principal.role in rule.roles:
             return RedirectResponse(path, status_code=303)
-    return page(ctx, "home.html", "Console dei flussi")
+    return page(ctx, "home.html", "Console dei flussi", nav=_nav(ctx.principal))
 
 

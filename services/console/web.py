@@ -485,8 +485,7 @@ def page(ctx: Ctx | None, name: str, title: str, status: int = 200, **values: An
     request = ctx.request if ctx else values.pop("request")
     active = values.pop("active", None)
     body = templates.get_template(name).render(
-        title=title, principal=principal, nav=_nav(principal) if principal else [],
-        menu=_menu(principal.role, active) if principal else "",
+        title=title, principal=principal, menu=_menu(principal.role, active) if principal else "",
         enti_text=", ".join(sorted(principal.enti)) if principal else "",  # Jinja's sort filter: ~3 us a page
         assets=request.app.state.assets, **values)
     return HTMLResponse(body, status_code=status)
