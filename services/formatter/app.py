@@ -10,8 +10,7 @@ from contracts import flows
 from contracts.topics import by_name
 from services.formatter import handlers
 from services.runtime.broker import consume
-from services.runtime.filestore import SPACE_WAIT_INITIAL_S, SpaceWaits
-from services.runtime.host import Runtime, every, runtime, serve
+from services.runtime.host import Runtime, every, first_retry_s, runtime, serve, space_waits
 from services.runtime.settings import Settings
 
 GROUP = "formatter"  # the consumer group of the format commands
@@ -22,11 +21,9 @@ def wire(rt: Runtime) -> handlers.FormatterDeps:
     deps = handlers.FormatterDeps(pool=rt.pool, store=rt.store, files=rt.files,
                                   sanitel_cert=settings.sanitel_cert,
                                   max_zip_bytes=settings.ts_max_zip_bytes,
-                                  interrupted=handlers.interruptions(
-                                      settings.interrupted_retry_initial_s or settings.pass_s,
-                                      settings.interrupted_retry_cap_s),
-                                  space=SpaceWaits(handlers.log, initial_s=settings.space_wait_initial_s
-                                                   or SPACE_WAIT_INITIAL_S))
+                                  interrupted=handlers.interruptions(first_retry_s(settings),
+                                                                     settings.interrupted_retry_cap_s),
+                                  space=space_waits(settings, handlers.log))
     consume(rt.broker, by_name(flows.TYPE_OF[flows.FormatRequested]), group_id=GROUP,
             handler=functools.partial(handlers.handle_format_requested, deps=deps),
             max_attempts=rt.settings.max_attempts, probe=rt.probe_database)

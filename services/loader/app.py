@@ -13,8 +13,7 @@ from contracts import flows
 from contracts.topics import by_name
 from services.loader import batch_intake, handlers
 from services.runtime.broker import consume
-from services.runtime.filestore import SPACE_WAIT_INITIAL_S, SpaceWaits
-from services.runtime.host import Runtime, every, runtime, serve
+from services.runtime.host import Runtime, every, first_retry_s, runtime, serve, space_waits
 from services.runtime.settings import Settings
 
 # The consumer group of the load commands, and that of source intake (a test may give its loader a group of its own).
@@ -25,8 +24,7 @@ SOURCES_GROUP = batch_intake.GROUP
 def wire(rt: Runtime) -> handlers.LoaderDeps:
     settings = rt.settings
     deps = handlers.LoaderDeps(pool=rt.pool, store=rt.store, files=rt.files, interrupted=handlers.interruptions(
-        settings.interrupted_retry_initial_s or settings.pass_s, settings.interrupted_retry_cap_s),
-        space=SpaceWaits(handlers.log, initial_s=settings.space_wait_initial_s or SPACE_WAIT_INITIAL_S))
+        first_retry_s(settings), settings.interrupted_retry_cap_s), space=space_waits(settings, handlers.log))
     attempts = rt.settings.max_attempts
     consume(rt.broker, by_name(flows.TYPE_OF[flows.LoadRequested]), group_id=COMMANDS_GROUP,
             handler=functools.partial(handlers.handle_load_requested, deps=deps), max_attempts=attempts,

@@ -22,7 +22,7 @@ from services.runtime import projections as projection_tools
 from services.runtime.broker import create_broker
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
-from services.runtime.filestore import FileStore
+from services.runtime.filestore import SPACE_WAIT_INITIAL_S, FileStore, SpaceWaits
 from services.runtime.locks import PROJECTION_INSTALL_LOCK_KEY
 from services.runtime.logging import configure, get_logger
 from services.runtime.migrations import migrate
@@ -43,6 +43,18 @@ def run_process(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 
     uvloop.run(main())
 
+
+
+def first_retry_s(settings: Settings) -> float | None:
+    """The first delay of interrupted work: FLOWS_INTERRUPTED_RETRY_INITIAL_S, else FLOWS_PASS_S (the pass's own
+    period, which the first retry follows), else None: the service's own pass period (handlers.interruptions)."""
+    return settings.interrupted_retry_initial_s or settings.pass_s
+
+
+def space_waits(settings: Settings, log: Any) -> SpaceWaits:
+    """The service's work waiting for a full file store: its first wait FLOWS_SPACE_WAIT_INITIAL_S, else
+    SPACE_WAIT_INITIAL_S."""
+    return SpaceWaits(log, initial_s=settings.space_wait_initial_s or SPACE_WAIT_INITIAL_S)
 
 @dataclass
 class Runtime:

@@ -9,8 +9,7 @@ import functools
 from contracts import flows
 from contracts.topics import by_name
 from services.runtime.broker import consume
-from services.runtime.filestore import SPACE_WAIT_INITIAL_S, SpaceWaits
-from services.runtime.host import every, runtime, serve
+from services.runtime.host import every, first_retry_s, runtime, serve, space_waits
 from services.runtime.sanitel import load_certificate
 from services.runtime.settings import Settings
 from services.ts_gateway import handlers
@@ -40,11 +39,9 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
             send_retry=BackoffSchedule(initial=settings.ts_poll_initial_s, cap=settings.ts_poll_max_s))
         deps = handlers.GatewayDeps(pool=rt.pool, store=rt.store, files=rt.files, runner=runner,
                                     keys=GatewayKeys(settings.keys_dir),
-                                    interrupted=handlers.interruptions(
-                                        settings.interrupted_retry_initial_s or settings.pass_s,
-                                        settings.interrupted_retry_cap_s),
-                                    space=SpaceWaits(handlers.log, initial_s=settings.space_wait_initial_s
-                                                     or SPACE_WAIT_INITIAL_S))
+                                    interrupted=handlers.interruptions(first_retry_s(settings),
+                                                                       settings.interrupted_retry_cap_s),
+                                    space=space_waits(settings, handlers.log))
         consume(rt.broker, by_name(flows.TYPE_OF[flows.TsSubmissionRequested]), group_id=GROUP,
                 handler=functools.partial(handlers.handle_submission_requested, deps=deps),
                 max_attempts=settings.max_attempts, probe=rt.probe_database)
