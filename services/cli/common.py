@@ -6,7 +6,6 @@ trace (set FLOWS_DEBUG=1 to see those).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import getpass
@@ -14,17 +13,20 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import asyncpg
-import pydantic
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from deploy.localstack import StackInfo
-from services.runtime.db import create_pool
-from services.runtime.settings import Settings
+if TYPE_CHECKING:
+    # Types only: every `flows` command imports this module, most never reach a database, pydantic's models nor
+    # the local stack's code (`flows --help`, a usage error), so those load where they are used.
+    import asyncpg
+    import pydantic
+
+    from deploy.localstack import StackInfo
+    from services.runtime.settings import Settings
 
 console = Console()
 err = Console(stderr=True)
@@ -61,6 +63,7 @@ def settings() -> Settings:
     `localstack.endpoints`). A variable set explicitly (DATABASE_URL, FLOWS_KAFKA_BOOTSTRAP, ...) still
     wins: that is how a deployment without a local stack points the CLI at its cluster."""
     from deploy import localstack
+    from services.runtime.settings import Settings
 
     values = stack_environment(localstack.endpoints())
     chosen: dict[str, Any] = {_field(name): value for name, value in values.items()
@@ -74,6 +77,8 @@ def _field(env_name: str) -> str:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # not at import: `flows --help` and the usage errors never run a coroutine
+
     return asyncio.run(coro)
 
 
@@ -116,35 +121,45 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
             raise  # usage errors: typer prints them with the command's usage
         except UserError as exc:
             _fail(str(exc))
-        except pydantic.ValidationError as exc:
-            _fail(validation_message(exc))
-        except ValueError as exc:  # our own checks of what the operator gave: the message says what is wrong
-            if os.environ.get("FLOWS_DEBUG"):
-                raise
-            _fail(str(exc))
-        except asyncpg.UndefinedTableError as exc:
-            if os.environ.get("FLOWS_DEBUG"):
-                raise
-            _fail(f"the platform database has no such table ({exc}): it is not set up yet. "
-                  "Start the platform with `flows stack up`, which migrates it.")
-        except (OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError) as exc:
-            if os.environ.get("FLOWS_DEBUG"):
-                raise
-            if isinstance(exc, OSError) and exc.filename is not None:
-                # A file or folder the command reads or writes (an --out that is a folder, a path under a file, no
-                # permission), not the platform: a connection's errors name no file.
-                _fail(f"cannot use {exc.filename}: {exc.strerror or exc}")
-            _fail(f"cannot reach the platform ({type(exc).__name__}: {exc}). Is it running? Try `flows stack up`.")
         except Exception as exc:
-            if os.environ.get("FLOWS_DEBUG"):
+            message = _known_failure(exc)
+            if message is None:
                 raise
-            name = type(exc).__name__
-            if name in ("KafkaConnectionError", "KafkaTimeoutError"):
-                _fail("cannot reach Kafka. Is the platform running? Try `flows stack up`.")
-            _fail(f"{name}: {exc}")
+            _fail(message)
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+def _known_failure(exc: Exception) -> str | None:
+    """The one line `user_errors` prints for `exc`, or None to let it go up (FLOWS_DEBUG=1). pydantic and asyncpg
+    are looked up in sys.modules, not imported: an exception of theirs exists only once they were imported, and
+    importing them here would cost every command (`flows --help` included) their import time."""
+    debug = bool(os.environ.get("FLOWS_DEBUG"))
+    pydantic_core = sys.modules.get("pydantic_core")  # pydantic.ValidationError is pydantic_core's
+    if pydantic_core is not None and isinstance(exc, pydantic_core.ValidationError):
+        return validation_message(exc)
+    if isinstance(exc, ValueError):  # our own checks of what the operator gave: the message says what is wrong
+        return None if debug else str(exc)
+    apg = sys.modules.get("asyncpg")
+    if apg is not None and isinstance(exc, apg.UndefinedTableError):
+        return None if debug else (f"the platform database has no such table ({exc}): it is not set up yet. "
+                                   "Start the platform with `flows stack up`, which migrates it.")
+    if isinstance(exc, OSError) or (apg is not None and isinstance(exc, (apg.PostgresConnectionError,
+                                                                           apg.CannotConnectNowError))):
+        if debug:
+            return None
+        if isinstance(exc, OSError) and exc.filename is not None:
+            # A file or folder the command reads or writes (an --out that is a folder, a path under a file, no
+            # permission), not the platform: a connection's errors name no file.
+            return f"cannot use {exc.filename}: {exc.strerror or exc}"
+        return f"cannot reach the platform ({type(exc).__name__}: {exc}). Is it running? Try `flows stack up`."
+    if debug:
+        return None
+    name = type(exc).__name__
+    if name in ("KafkaConnectionError", "KafkaTimeoutError"):
+        return "cannot reach Kafka. Is the platform running? Try `flows stack up`."
+    return f"{name}: {exc}"
 
 
 def _fail(message: str) -> None:
@@ -154,6 +169,10 @@ def _fail(message: str) -> None:
 
 @contextlib.asynccontextmanager
 async def database(cfg: Settings | None = None) -> AsyncIterator[asyncpg.Pool]:
+    import asyncpg
+
+    from services.runtime.db import create_pool
+
     cfg = cfg or settings()
     try:
         pool = await create_pool(cfg.database_url, min_size=1, max_size=4, timeout=5)

@@ -16,24 +16,85 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NamedTuple
 
 import typer
+import typer.core
+import typer.main
+from typer import _click
 
-from contracts.deadlines import ITALY, italian_today
-from contracts.states import InstanceState
-from services.cli import instances as inst
-from services.cli import ops_cli
-from services.cli.audit import audit_app
-from services.cli.common import UserError, console, month_option, operator_name, run, user_errors
-from services.cli.dlq_cli import dlq_app
-from services.cli.users import access_log, users_app
+from services.cli.common import UserError, month_option, operator_name, run, user_errors
 
-app = typer.Typer(help="Regional health-information flows: load, check, format, send, audit.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+class Lazy(NamedTuple):
+    """A top-level command or group defined in another module, imported only when it runs."""
+    module: str
+    attribute: str  # a typer.Typer (a group) or a command function
+    help: str  # its help's first paragraph, as `flows --help` shows it (tests/unit/test_cli_startup.py checks it)
+    group: bool = False  # a typer.Typer: listed after main's own groups, as typer orders groups after commands
+
+
+# The commands whose module costs: `flows --help` lists them from here; `flows NAME ...` imports NAME's module alone.
+# Groups keep typer's order: these commands before main's own, these groups after main's own groups.
+LAZY: dict[str, Lazy] = {
+    "tail": Lazy("services.cli.ops_cli", "tail",
+                 "Follow topics live, one line per CloudEvent decoded through the contracts. Never joins a\n"
+                 "consumer group, never commits an offset."),
+    "lag": Lazy("services.cli.ops_cli", "lag",
+                "Per consumer group and partition: committed offset, end offset, lag, last commit time."),
+    "access-log": Lazy("services.cli.users", "access_log",
+                       "Who viewed or downloaded personal data in the console: when, what, from which address."),
+    "audit": Lazy("services.cli.audit", "audit_app", "Audit: signed checkpoints, inclusion proofs, reports.",
+                  group=True),
+    "dlq": Lazy("services.cli.dlq_cli", "dlq_app", "Dead letters: list, show, redrive (once), discard.", group=True),
+    "users": Lazy("services.cli.users", "users_app", "The console's users (local accounts) and API keys.",
+                  group=True),
+}
+APP_SETTINGS: dict[str, Any] = {"no_args_is_help": True, "pretty_exceptions_enable": False, "add_completion": False}
+
+
+def load_lazy(name: str) -> _click.Command:
+    """The real command `name` of LAZY, built as `app.add_typer` / `app.command` built it when main imported it."""
+    entry = LAZY[name]
+    target = getattr(importlib.import_module(entry.module), entry.attribute)
+    holder = typer.Typer(**APP_SETTINGS)
+    if isinstance(target, typer.Typer):
+        holder.add_typer(target, name=name)
+    else:
+        holder.command(name)(target)
+    return typer.main.get_group(holder).commands[name]
+
+
+class LazyGroup(typer.core.TyperGroup):
+    """`flows`: main's own commands, and LAZY's as placeholders that carry the short help `flows --help` shows
+    (and the names a typo is matched against) until one is run: then its module is imported and the placeholder
+    replaced by the real command."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        own = dict(self.commands)
+        placeholders: dict[str, _click.Command] = {
+            name: typer.core.TyperCommand(name=name, help=entry.help) for name, entry in LAZY.items()}
+        self.commands = {**{n: c for n, c in placeholders.items() if not LAZY[n].group},
+                         **{n: c for n, c in own.items() if not isinstance(c, typer.core.TyperGroup)},
+                         **{n: c for n, c in own.items() if isinstance(c, typer.core.TyperGroup)},
+                         **{n: c for n, c in placeholders.items() if LAZY[n].group}}
+        self._placeholders = placeholders
+
+    def resolve_command(self, ctx: _click.Context, args: list[str]) -> tuple[str | None, _click.Command | None,
+                                                                              list[str]]:
+        name = args[0] if args else None
+        if name in self._placeholders and self.commands.get(name) is self._placeholders[name]:
+            self.commands[name] = load_lazy(name)
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(cls=LazyGroup, help="Regional health-information flows: load, check, format, send, audit.",
+                  **APP_SETTINGS)
 stack_app = typer.Typer(help="The local platform: Kafka, PostgreSQL and the services.", no_args_is_help=True)
 sources_app = typer.Typer(help="Source data (Fonti dati): generate or import.", no_args_is_help=True)
 ts_app = typer.Typer(help="The TS gateway: its sealing keys.", no_args_is_help=True)
@@ -42,11 +103,6 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(sources_app, name="sources")
 app.add_typer(ts_app, name="ts")
 app.add_typer(topics_app, name="topics")
-app.add_typer(audit_app, name="audit")
-ops_cli.register(app)  # flows tail, flows lag
-app.add_typer(dlq_app, name="dlq")
-app.add_typer(users_app, name="users")
-app.command("access-log")(access_log)
 
 FLOW_TYPES = ["FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA", "FLUSSO_730"]
 
@@ -71,6 +127,7 @@ def stack_up(brokers: Annotated[int, typer.Option(help="1, or 3 for the fault te
 def stack_down() -> None:
     """Stop the services, Kafka and PostgreSQL; leaves no process behind. Data stays in .stack/."""
     from deploy import localstack
+    from services.cli.common import console
 
     localstack.down(progress=console.print)
 
@@ -146,6 +203,9 @@ def load(flow_type: Annotated[str, typer.Option("--type", help=" | ".join(FLOW_T
     """Load a flow for an entity and a period: creates an instance."""
     if flow_type not in FLOW_TYPES:
         raise typer.BadParameter(f"{flow_type!r} is not one of {', '.join(FLOW_TYPES)}", param_hint="--type")
+    from contracts.deadlines import ITALY
+    from services.cli import instances as inst
+
     # A time without a zone is Italy's, whatever the host's zone (UTC in the containers): as the console reads it.
     when = datetime.fromisoformat(at) if at else None
     scheduled = (when if when.tzinfo else when.replace(tzinfo=ITALY)) if when else None
@@ -179,6 +239,8 @@ def instances(flow_type: Annotated[str | None, typer.Option("--type", help=" | "
                                                                     help="created on or after")] = None,
               state: Annotated[str | None, typer.Option(help="e.g. Checked, 'Failed loading'")] = None) -> None:
     """Search instances by type, creation date from, state."""
+    from contracts.states import InstanceState
+
     # An unknown type or state is refused naming the known ones: searched as given, it matched nothing and the
     # operator read "no instance matches", as if there were none of it.
     if flow_type is not None and flow_type not in FLOW_TYPES:
@@ -186,6 +248,8 @@ def instances(flow_type: Annotated[str | None, typer.Option("--type", help=" | "
     if state is not None and state.lower() not in {s.value.lower() for s in InstanceState}:
         raise typer.BadParameter(f"{state!r} is not a state: one of {', '.join(s.value for s in InstanceState)}",
                                  param_hint="--state")
+    from services.cli import instances as inst
+
     run(inst.list_instances(flow_type, created_from.date() if created_from else None, state))
 
 
@@ -193,6 +257,8 @@ def instances(flow_type: Annotated[str | None, typer.Option("--type", help=" | "
 @user_errors
 def show(instance: int) -> None:
     """State and every event of an instance, with time and actor."""
+    from services.cli import instances as inst
+
     run(inst.show(instance))
 
 
@@ -200,6 +266,8 @@ def show(instance: int) -> None:
 @user_errors
 def format_(instance: int, wait: Annotated[bool, typer.Option()] = True) -> None:
     """Format a Checked instance into its files."""
+    from services.cli import instances as inst
+
     run(inst.format_instance(instance, wait, operator_name()))
 
 
@@ -209,6 +277,8 @@ def files(instance: int,
           view: Annotated[str | None, typer.Option(help="show this file as a table of named fields")] = None,
           limit: Annotated[int, typer.Option()] = 20, offset: Annotated[int, typer.Option()] = 0) -> None:
     """List the files of an instance, or view one as a table."""
+    from services.cli import instances as inst
+
     if view:
         run(inst.view_file(instance, view, limit, offset))
     else:
@@ -219,6 +289,8 @@ def files(instance: int,
 @user_errors
 def export(instance: int, out: Annotated[Path, typer.Option(help="folder")]) -> None:
     """Write the files of an instance to a folder."""
+    from services.cli import instances as inst
+
     run(inst.export(instance, out))
 
 
@@ -227,6 +299,8 @@ def export(instance: int, out: Annotated[Path, typer.Option(help="folder")]) -> 
 def feedback(instance: int, out: Annotated[Path | None, typer.Option(help="write the CSV here")] = None,
              limit: Annotated[int, typer.Option()] = 50) -> None:
     """The feedback of an instance: one line per problem (record, field, code, message)."""
+    from services.cli import instances as inst
+
     run(inst.feedback(instance, out, limit))
 
 
@@ -234,6 +308,8 @@ def feedback(instance: int, out: Annotated[Path | None, typer.Option(help="write
 @user_errors
 def delete(instance: int, reason: Annotated[str | None, typer.Option()] = None) -> None:
     """Cancella: mark an instance deleted (its history is kept)."""
+    from services.cli import instances as inst
+
     run(inst.delete(instance, operator_name(), reason))
 
 
@@ -244,6 +320,7 @@ def send_730(instance: int,
              wait: Annotated[bool, typer.Option()] = True) -> None:
     """Send a Formatted 730 instance to Sistema TS (asks for the credentials, hidden, then the
     transmission date: today sends now, a later day is sent by the gateway on that day)."""
+    from contracts.deadlines import italian_today
     from services.cli import ts
 
     run(ts.check_sendable(instance))  # refuse before asking for any credential
