@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from contracts.states import SENDABLE_FLOW_TYPES
-
 DATA = Path(__file__).resolve().parent / "data" / "deadlines.toml"
 DATA_NAME = "contracts/data/deadlines.toml"
 # Tabella 1 (seed 000) dates the transmission to the competent body. A flow the platform only exports (C, C PACC,
@@ -35,6 +33,10 @@ ITALY = ZoneInfo("Europe/Rome")
 
 def covering_states(flow_type: str) -> tuple[str, ...]:
     """The states in which an instance of `flow_type` covers its deadline."""
+    # Imported here: contracts.states loads every event model (contracts.flows, ~0.25 s), and most importers of this
+    # module (the `flows` commands) want a date or a zone from it, not the coverage rule.
+    from contracts.states import SENDABLE_FLOW_TYPES
+
     return SENT_COVERED_BY if flow_type in SENDABLE_FLOW_TYPES else EXPORTED_COVERED_BY
 
 
