@@ -10,24 +10,31 @@ import time
 import uuid
 from datetime import date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncpg
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-from contracts import flows
 from contracts.deadlines import italian_day_start_sql, italian_time
-from contracts.states import IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError, console, database, settings, table
-from services.loader.catalogue import unknown_ente_reason
-from services.runtime import tracing
-from services.runtime.commands import send_command
-from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent, StoredEvent
-from services.runtime.filestore import FileStore
-from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
-from services.runtime.settings import Settings
 
-FINAL_LOAD = {InstanceState.CHECKED.value, InstanceState.FAILED_LOADING.value}
-FINAL_FORMAT = {InstanceState.FORMATTED.value, InstanceState.FORMAT_FAILED.value}
+if TYPE_CHECKING:
+    # Imported where used: `flows instances`, `files`, `feedback`, `export` read PostgreSQL alone and need neither
+    # the event models (contracts.flows, ~0.25 s) nor Kafka, tracing, the event store or rich.progress.
+    import asyncpg
+
+    from contracts import flows
+    from services.runtime.eventstore import StoredEvent
+    from services.runtime.settings import Settings
+
+
+def final_load() -> set[str]:
+    from contracts.states import InstanceState
+
+    return {InstanceState.CHECKED.value, InstanceState.FAILED_LOADING.value}
+
+
+def final_format() -> set[str]:
+    from contracts.states import InstanceState
+
+    return {InstanceState.FORMATTED.value, InstanceState.FORMAT_FAILED.value}
 
 
 async def _instance_row(pool: asyncpg.Pool, instance: int) -> asyncpg.Record:
@@ -42,6 +49,11 @@ async def _wait_for_state(pool: asyncpg.Pool, instance: int, finals: set[str], l
     """The instance row once its state is one of `finals`. With `ts_outcome_after` (a stream
     version), only once a TS outcome was recorded after it: a resent Rejected instance is already
     in a final state before the new outcome arrives."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from contracts import flows
+    from services.runtime.read_models import instance_stream
+
     deadline = time.monotonic() + timeout
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
@@ -86,18 +98,25 @@ def print_outcome(row: asyncpg.Record) -> None:
 def load_request(flow_type: str, ente: str, start: date, end: date, version: str, at: datetime | None,
                  requested_by: str) -> flows.LoadRequested:
     """The load command, as the CLI and the console build it (raises pydantic's ValidationError)."""
+    from contracts import flows
+
     return flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType(flow_type), version=version,
                                ente=ente, period=flows.Period(start=start, end=end), scheduled_at=at,
                                requested_by=requested_by)
 
 
 async def send_load_request(bootstrap: str, request: flows.LoadRequested) -> None:
+    from contracts import flows
+    from services.runtime.commands import send_command
+
     await send_command(bootstrap, flows.TYPE_OF[flows.LoadRequested], request, key=str(request.request_id))
 
 
 def traced(cfg: Settings) -> None:
     """Traces of a CLI command: to the configured OTLP endpoint or file, else to the local stack's
     <state>/traces/flows-cli.jsonl (beside the services' files)."""
+    from services.runtime import tracing
+
     if not cfg.otlp_endpoint and cfg.traces_file is None:
         from deploy import localstack
 
@@ -108,6 +127,8 @@ def traced(cfg: Settings) -> None:
 async def load(flow_type: str, ente: str, start: date, end: date, version: str, at: datetime | None,
                wait: bool, requested_by: str, timeout: float = 600) -> int:
     """`flows load`: a new trace (its root span) that the load request carries to the loader."""
+    from services.runtime import tracing
+
     cfg = settings()
     traced(cfg)
     with tracing.tracer().start_as_current_span(
@@ -120,6 +141,8 @@ async def load(flow_type: str, ente: str, start: date, end: date, version: str, 
 
 async def _load(cfg: Settings, flow_type: str, ente: str, start: date, end: date, version: str,
                 at: datetime | None, wait: bool, requested_by: str, timeout: float) -> int:
+    from services.loader.catalogue import unknown_ente_reason
+
     request = load_request(flow_type, ente, start, end, version, at, requested_by)
     if (unknown := unknown_ente_reason(ente)) is not None:
         raise UserError(unknown)
@@ -137,12 +160,16 @@ async def _load(cfg: Settings, flow_type: str, ente: str, start: date, end: date
                 await asyncio.sleep(0.1)
         console.print(f"instance [bold]{instance}[/] created for {flow_type} {ente} {start}..{end}")
         if wait and at is None:
-            print_outcome(await _wait_for_state(pool, int(instance), FINAL_LOAD, "loading", timeout))
+            print_outcome(await _wait_for_state(pool, int(instance), final_load(), "loading", timeout))
         return int(instance)
 
 
 async def send_format_request(bootstrap: str, row: asyncpg.Record, requested_by: str) -> None:
     """The format command for the instance of `row` (its instance_list row), if its state allows it."""
+    from contracts import flows
+    from contracts.states import IllegalTransition, InstanceState, target_of
+    from services.runtime.commands import send_command
+
     instance = int(row["instance"])
     try:
         target_of(flows.TYPE_OF[flows.FormattingStarted], {}, InstanceState(row["state"]))
@@ -155,11 +182,16 @@ async def send_format_request(bootstrap: str, row: asyncpg.Record, requested_by:
 
 async def instance_trace(pool: asyncpg.Pool, instance: int) -> dict[str, str]:
     """The trace context stored with the instance's first traced event (its load): {} when none was."""
+    from services.runtime import tracing
+    from services.runtime.read_models import instance_stream
+
     return await tracing.stored_trace(pool, instance_stream(instance))
 
 
 async def format_instance(instance: int, wait: bool, requested_by: str, timeout: float = 600) -> None:
     """`flows format N`: continues the trace of instance N's load (a new trace when the load had none)."""
+    from services.runtime import tracing
+
     cfg = settings()
     traced(cfg)
     async with database(cfg) as pool:
@@ -171,10 +203,12 @@ async def format_instance(instance: int, wait: bool, requested_by: str, timeout:
 
 async def _format(pool: asyncpg.Pool, cfg: Settings, instance: int, wait: bool, requested_by: str,
                   timeout: float) -> None:
+    from contracts.states import InstanceState
+
     await send_format_request(cfg.kafka_bootstrap, await _instance_row(pool, instance), requested_by)
     if wait:
-        await _wait_for_state(pool, instance, {InstanceState.FORMATTING.value, *FINAL_FORMAT}, "formatting", 60)
-        done = await _wait_for_state(pool, instance, FINAL_FORMAT, "formatting", timeout)
+        await _wait_for_state(pool, instance, {InstanceState.FORMATTING.value, *final_format()}, "formatting", 60)
+        done = await _wait_for_state(pool, instance, final_format(), "formatting", timeout)
         print_outcome(done)
         if done["state"] == InstanceState.FORMATTED.value:
             await list_files(instance)
@@ -201,6 +235,9 @@ async def list_instances(flow_type: str | None, created_from: date | None, state
 
 
 async def show(instance: int) -> None:
+    from services.runtime.eventstore import EventStore
+    from services.runtime.read_models import instance_stream
+
     async with database() as pool:
         row = await _instance_row(pool, instance)
         store = EventStore(pool, source="/flows/cli")
@@ -234,6 +271,8 @@ async def _files(pool: asyncpg.Pool, instance: int) -> list[asyncpg.Record]:
 
 
 async def list_files(instance: int) -> None:
+    from services.runtime.filestore import FileStore
+
     cfg = settings()
     async with database(cfg) as pool:
         rows = await _files(pool, instance)
@@ -244,6 +283,7 @@ async def list_files(instance: int) -> None:
 
 async def view_file(instance: int, name: str, limit: int, offset: int) -> None:
     from services.cli.fileview import render_file
+    from services.runtime.filestore import FileStore
 
     cfg = settings()
     async with database(cfg) as pool:
@@ -257,6 +297,8 @@ async def view_file(instance: int, name: str, limit: int, offset: int) -> None:
 
 
 async def export(instance: int, out: Path) -> None:
+    from services.runtime.filestore import FileStore
+
     # A folder that cannot be one is said naming --out: the OSError reached user_errors, which read it as
     # "cannot reach the platform ... Is it running?", with the platform up.
     if out.exists() and not out.is_dir():
@@ -283,6 +325,7 @@ async def export(instance: int, out: Path) -> None:
 
 async def feedback(instance: int, out: Path | None, limit: int) -> None:
     from services.runtime.esiti import esiti, esiti_csv
+    from services.runtime.filestore import FileStore
 
     cfg = settings()
     async with database(cfg) as pool:
@@ -320,6 +363,11 @@ async def delete(instance: int, deleted_by: str, reason: str | None) -> None:
 async def append_deletion(pool: asyncpg.Pool, row: asyncpg.Record, deleted_by: str, reason: str | None,
                           source: str = "/flows/cli") -> None:
     """Appends the deletion of the instance of `row` (its instance_list row), if its state allows it."""
+    from contracts import flows
+    from contracts.states import IllegalTransition, InstanceState, target_of
+    from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent
+    from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
+
     instance = int(row["instance"])
     store = EventStore(pool, source=source, projections=FLOW_PROJECTIONS)
     try:
