@@ -51,7 +51,6 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from services.runtime import outbox, tracing
 from services.runtime.db import canonical_json, canonical_text, dumps_json
 
 if TYPE_CHECKING:
@@ -59,6 +58,12 @@ if TYPE_CHECKING:
 
 __all__ = ["GENESIS_HASH", "ChainBreak", "ConcurrencyError", "EventStore", "EventTooLarge", "NewEvent", "StoredEvent",
            "canonical_json", "event_hash", "verify_chain"]
+
+# The channel an append NOTIFYs and the outbox relay LISTENs on (services.runtime.outbox takes it from here). The
+# outbox and tracing modules are imported where an append or a delivery uses them, not here: they bring aiokafka,
+# structlog and OpenTelemetry (~0.3 s), which a process that only reads streams (`flows show`, `flows users list`)
+# never uses.
+NOTIFY_CHANNEL = "flows_outbox"
 
 # Event types are Kafka topic names too (`<area>.<event>`, e.g. flows.TYPE_OF[flows.LoadChecked]).
 EVENT_TYPE = re.compile(r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$")
@@ -203,7 +208,7 @@ queued AS (
     RETURNING 1
 )
 SELECT a.version, a.position, a.transaction_id
-FROM appended a CROSS JOIN (SELECT pg_notify('{outbox.NOTIFY_CHANNEL}', '')) AS wake
+FROM appended a CROSS JOIN (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) AS wake
 """
 
 # The append of a caller who names the version it read (expected_version): ONE statement takes the hash
@@ -243,7 +248,7 @@ queued AS (
     RETURNING 1
 )
 SELECT a.version, a.position, a.transaction_id, a.prev_hash, a.hash
-FROM appended a CROSS JOIN (SELECT pg_notify('{outbox.NOTIFY_CHANNEL}', '')) AS wake
+FROM appended a CROSS JOIN (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) AS wake
 """
 
 
@@ -322,6 +327,8 @@ class EventStore:
         recorded_at = datetime.now(UTC)
         # The current span's W3C context (services.runtime.tracing) goes with each event: in its
         # metadata (an event's own traceparent wins) and in its outbox headers as ce_traceparent.
+        from services.runtime import outbox, tracing
+
         trace = tracing.carrier()
         stamp = {**trace, "replica": self.replica} if self.replica else trace
         if stamp:
@@ -441,6 +448,8 @@ class EventStore:
         ``fresh`` is False when this consumer already processed the message: skip the effects.
         Must run inside the caller's transaction, the one that holds the effects.
         """
+        from services.runtime import outbox
+
         yield await outbox.mark_processed(conn, consumer, message_id)
 
 

@@ -46,9 +46,8 @@ from aiokafka.errors import (
 
 from contracts.envelope import to_kafka_headers
 from services.runtime import tracing
+from services.runtime.eventstore import NOTIFY_CHANNEL  # the appends' NOTIFY, the relay's LISTEN
 from services.runtime.locks import RELAY_LOCK_KEY
-
-NOTIFY_CHANNEL = "flows_outbox"
 
 # Unpublished rows in id order, except parked ones and the rows of a stream (key) behind a parked one.
 _PENDING = """
