@@ -112,3 +112,12 @@ def test_a_command_imports_its_own_module_alone(argv: list[str], module: str | N
     code, heavy = _imported_after(*argv)
     assert code == 0
     assert CLI_MODULES & set(heavy) == ({module} if module else set())
+
+
+def test_reading_streams_imports_no_kafka_client_nor_tracing() -> None:
+    """services.cli.users imports the console's auth, which imports the event store: reading or appending to
+    PostgreSQL needs neither aiokafka nor structlog nor OpenTelemetry (the outbox relay and tracing do)."""
+    code, heavy = _imported_after("users", "--help")
+    assert code == 0
+    assert {"services.runtime.eventstore", "services.cli.users"} <= set(heavy)
+    assert not {"aiokafka", "structlog", "services.runtime.tracing"} & set(heavy)
