@@ -14,11 +14,6 @@ from services.cli.common import console, err, settings, table, user_errors
 from services.runtime import ops
 
 
-def register(app: typer.Typer) -> None:
-    app.command("tail")(tail)
-    app.command("lag")(lag)
-
-
 @user_errors
 def tail(topics: Annotated[list[str] | None, typer.Argument(help="topics (default: every business topic)")] = None,
          instance: Annotated[int | None, typer.Option(help="only this instance's events")] = None,
