@@ -140,11 +140,18 @@ class Batch:
         transaction) and returns those seen for the first time: the others are redeliveries."""
         if not conn.is_in_transaction():
             raise RuntimeError("Batch.claim must run inside the transaction that holds the batch's effects")
-        keys = [v.message_id for v in self.valid] + [m.key for m in self.malformed]
-        fresh = {r["message_id"] for r in await conn.fetch(
-            "INSERT INTO processed_message (consumer, message_id, processed_at) "
+        keys = [v.headers["ce_id"] for v in self.valid] + [m.key for m in self.malformed]  # ce_id: message_id
+        # One row: NULL when every key was recorded now (none seen before, none twice), the common batch;
+        # else the keys recorded now.
+        claimed = await conn.fetchval(
+            "WITH claimed AS (INSERT INTO processed_message (consumer, message_id, processed_at) "
             "SELECT $1, k, now() FROM unnest($2::text[]) AS k "  # a key twice: DO NOTHING skips the second
-            "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id", self.consumer, keys)}
+            "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id) "
+            "SELECT CASE WHEN count(*) = $3 THEN NULL ELSE coalesce(array_agg(message_id), '{}') END FROM claimed",
+            self.consumer, keys, len(keys))
+        if claimed is None:
+            return list(self.valid), list(self.malformed)
+        fresh = set(claimed)
         valid: list[Valid] = []
         for v in self.valid:  # the same ce_id twice in one batch: the first is the message, the rest copies
             if v.message_id in fresh:
