@@ -247,22 +247,27 @@ class BatchConsumer:
 
     async def _parse(self, records: Sequence[Any]) -> Batch:
         batch = Batch(self._dedup_as)
-        for n, raw in enumerate(records):
-            if n % YIELD_EVERY == YIELD_EVERY - 1:
+        last, by_name, decoders = batch.last_offsets, self._by_name, self._decoders
+        new_valid, append = tuple.__new__, batch.valid.append  # Valid(...) without its Python-level __new__
+        for start in range(0, len(records), YIELD_EVERY):
+            if start:
                 await asyncio.sleep(0)  # the consumer's heartbeats run on this loop too
-            topic = self._by_name[raw.topic]
-            tp = (raw.topic, raw.partition)
-            batch.last_offsets[tp] = max(batch.last_offsets.get(tp, -1), raw.offset)
-            try:
-                key, headers, time, payload = parse_checked(raw, topic, self._decoders[raw.topic])
-            except Poison as poison:
-                batch.malformed.append(self._malformed(topic, raw, poison))
-                continue
-            except Exception as exc:  # whatever else the bytes can do to a parser is the message's fault
-                unreadable = Poison(f"unreadable message: {type(exc).__name__}: {bounded(str(exc), 300)}")
-                batch.malformed.append(self._malformed(topic, raw, unreadable))
-                continue
-            batch.valid.append(Valid(topic, raw, key, headers, time, payload))
+            for raw in records[start:start + YIELD_EVERY]:
+                name, offset = raw.topic, raw.offset
+                topic = by_name[name]
+                tp = (name, raw.partition)
+                if offset > last.get(tp, -1):
+                    last[tp] = offset
+                try:
+                    key, headers, time, payload = parse_checked(raw, topic, decoders[name])
+                except Poison as poison:
+                    batch.malformed.append(self._malformed(topic, raw, poison))
+                    continue
+                except Exception as exc:  # whatever else the bytes can do to a parser is the message's fault
+                    unreadable = Poison(f"unreadable message: {type(exc).__name__}: {bounded(str(exc), 300)}")
+                    batch.malformed.append(self._malformed(topic, raw, unreadable))
+                    continue
+                append(new_valid(Valid, (topic, raw, key, headers, time, payload)))
         return batch
 
     def _malformed(self, topic: Topic, raw: Any, poison: Poison) -> Malformed:
