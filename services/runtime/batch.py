@@ -71,18 +71,30 @@ SESSION_TIMEOUT_MS = 30_000
 PIPELINED_POLL_MS = 20
 
 
-GC_THRESHOLDS = (50_000, 20, 100)
+GC_THRESHOLDS = (50_000, 20, 100)  # the young generation's is the least: see gc_young_threshold
+# Objects the collector tracks that a polled, parsed or storing batch keeps alive, per record: ~33 at the generator's
+# mix (records, their header lists, Valid tuples, rows until the collector untracks them); twice that, for margin.
+GC_TRACKED_PER_RECORD = 70
 
 
-def tune_gc() -> None:
+def gc_young_threshold(max_records: int) -> int:
+    """Allocations between young collections: more than the batches in flight keep alive (up to three: polled,
+    parsed, being stored; bench/intake.py at 5,000 a batch: a steady ~167,000 tracked objects), so that a young
+    collection does not walk them batch after batch. At 50,000 one came at every batch and walked them: 39
+    collections of ~14 ms in a bench run of 200,000 messages (gc.callbacks), none at 350,000."""
+    return max(GC_THRESHOLDS[0], GC_TRACKED_PER_RECORD * max_records)
+
+
+def tune_gc(max_records: int = DEFAULT_MAX_RECORDS) -> None:
     """For a process that consumes in batches. A batch is some 100,000 small objects (records, envelopes,
     payload models) that live until it is stored, none of them in a cycle: reference counting frees them. With
     the default thresholds the cyclic collector walked them again every 700 allocations, and each batch
     promoted into the old generation set off full collections (bench/intake.py: ~10 us a message, an eighth
     of the Python work). What the process holds by now (modules, contract schemas) is frozen: never walked
-    again; young collections come every 50,000 allocations. Cycles are still collected, later."""
+    again; young collections come after `gc_young_threshold(max_records)` allocations. Cycles are still
+    collected, later (at most that many objects' worth of cyclic garbage waits for it)."""
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(gc_young_threshold(max_records), *GC_THRESHOLDS[1:])
 
 
 class Valid(NamedTuple):
@@ -199,7 +211,7 @@ class BatchConsumer:
             fetch_max_bytes=64 * 1024 * 1024, session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=SESSION_TIMEOUT_MS // 10)
         producer = dead_letter_producer(self.bootstrap)
-        tune_gc()
+        tune_gc(self.max_records)
         await consumer.start()
         await producer.start()
         self._producer = producer
