@@ -19,6 +19,7 @@ Meaning kept from the per-message intake (one message = one `intake.store` of on
 
 from __future__ import annotations
 
+import collections
 import functools
 import operator
 import uuid
@@ -187,21 +188,12 @@ class BatchIntake:
     async def _watermarks(self, conn: asyncpg.Connection, batch: Batch, valid: Sequence[Any],
                           malformed: Sequence[Malformed]) -> None:
         """One `sources.stored` per topic partition of the batch that held anything new: a redelivered
-        batch appends nothing."""
-        fresh: dict[tuple[str, int], int] = {}
-        for item in valid:
-            tp = (item.topic.name, item.raw.partition)
-            fresh[tp] = fresh.get(tp, 0) + 1
-        for m in malformed:
-            tp = (m.topic.name, m.raw.partition)
-            fresh[tp] = fresh.get(tp, 0) + 1
-        counts: dict[tuple[str, int], int] = {}
-        for item in batch.valid:
-            tp = (item.topic.name, item.raw.partition)
-            counts[tp] = counts.get(tp, 0) + 1
-        for m in batch.malformed:
-            tp = (m.topic.name, m.raw.partition)
-            counts[tp] = counts.get(tp, 0) + 1
+        batch appends nothing.
+
+        Appended without a savepoint each: any error of an append leaves this method and the sink, so the
+        batch's transaction is rolled back whether or not a savepoint had kept it usable."""
+        fresh = _per_partition(valid, malformed)
+        counts = fresh if len(valid) + len(malformed) == len(batch) else _per_partition(batch.valid, batch.malformed)
         for (topic, partition), offset in sorted(batch.last_offsets.items()):
             if not fresh.get((topic, partition)):
                 continue
@@ -211,7 +203,14 @@ class BatchIntake:
             await self.store.append(f"intake-{key}", [NewEvent(type="sources.stored",
                                                                data=payload.model_dump(mode="json"),
                                                                actor="loader")],
-                                    expected_version=None, key=key, conn=conn)
+                                    expected_version=None, key=key, conn=conn, savepoint=False)
+
+
+def _per_partition(valid: Sequence[Any], malformed: Sequence[Malformed]) -> dict[tuple[str, int], int]:
+    """How many of these messages each (topic, partition) holds."""
+    counts = collections.Counter((v.topic.name, v.raw.partition) for v in valid)
+    counts.update((m.topic.name, m.raw.partition) for m in malformed)
+    return counts
 
 
 def batch_consumer(store: EventStore, pool: asyncpg.Pool, bootstrap: list[str], *, group_id: str = GROUP,

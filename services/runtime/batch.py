@@ -71,18 +71,30 @@ SESSION_TIMEOUT_MS = 30_000
 PIPELINED_POLL_MS = 20
 
 
-GC_THRESHOLDS = (50_000, 20, 100)
+GC_THRESHOLDS = (50_000, 20, 100)  # the young generation's is the least: see gc_young_threshold
+# Objects the collector tracks that a polled, parsed or storing batch keeps alive, per record: ~33 at the generator's
+# mix (records, their header lists, Valid tuples, rows until the collector untracks them); twice that, for margin.
+GC_TRACKED_PER_RECORD = 70
 
 
-def tune_gc() -> None:
+def gc_young_threshold(max_records: int) -> int:
+    """Allocations between young collections: more than the batches in flight keep alive (up to three: polled,
+    parsed, being stored; bench/intake.py at 5,000 a batch: a steady ~167,000 tracked objects), so that a young
+    collection does not walk them batch after batch. At 50,000 one came at every batch and walked them: 39
+    collections of ~14 ms in a bench run of 200,000 messages (gc.callbacks), none at 350,000."""
+    return max(GC_THRESHOLDS[0], GC_TRACKED_PER_RECORD * max_records)
+
+
+def tune_gc(max_records: int = DEFAULT_MAX_RECORDS) -> None:
     """For a process that consumes in batches. A batch is some 100,000 small objects (records, envelopes,
     payload models) that live until it is stored, none of them in a cycle: reference counting frees them. With
     the default thresholds the cyclic collector walked them again every 700 allocations, and each batch
     promoted into the old generation set off full collections (bench/intake.py: ~10 us a message, an eighth
     of the Python work). What the process holds by now (modules, contract schemas) is frozen: never walked
-    again; young collections come every 50,000 allocations. Cycles are still collected, later."""
+    again; young collections come after `gc_young_threshold(max_records)` allocations. Cycles are still
+    collected, later (at most that many objects' worth of cyclic garbage waits for it)."""
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(gc_young_threshold(max_records), *GC_THRESHOLDS[1:])
 
 
 class Valid(NamedTuple):
@@ -140,11 +152,18 @@ class Batch:
         transaction) and returns those seen for the first time: the others are redeliveries."""
         if not conn.is_in_transaction():
             raise RuntimeError("Batch.claim must run inside the transaction that holds the batch's effects")
-        keys = [v.message_id for v in self.valid] + [m.key for m in self.malformed]
-        fresh = {r["message_id"] for r in await conn.fetch(
-            "INSERT INTO processed_message (consumer, message_id, processed_at) "
+        keys = [v.headers["ce_id"] for v in self.valid] + [m.key for m in self.malformed]  # ce_id: message_id
+        # One row: NULL when every key was recorded now (none seen before, none twice), the common batch;
+        # else the keys recorded now.
+        claimed = await conn.fetchval(
+            "WITH claimed AS (INSERT INTO processed_message (consumer, message_id, processed_at) "
             "SELECT $1, k, now() FROM unnest($2::text[]) AS k "  # a key twice: DO NOTHING skips the second
-            "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id", self.consumer, keys)}
+            "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING message_id) "
+            "SELECT CASE WHEN count(*) = $3 THEN NULL ELSE coalesce(array_agg(message_id), '{}') END FROM claimed",
+            self.consumer, keys, len(keys))
+        if claimed is None:
+            return list(self.valid), list(self.malformed)
+        fresh = set(claimed)
         valid: list[Valid] = []
         for v in self.valid:  # the same ce_id twice in one batch: the first is the message, the rest copies
             if v.message_id in fresh:
@@ -192,7 +211,7 @@ class BatchConsumer:
             fetch_max_bytes=64 * 1024 * 1024, session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=SESSION_TIMEOUT_MS // 10)
         producer = dead_letter_producer(self.bootstrap)
-        tune_gc()
+        tune_gc(self.max_records)
         await consumer.start()
         await producer.start()
         self._producer = producer
@@ -240,22 +259,27 @@ class BatchConsumer:
 
     async def _parse(self, records: Sequence[Any]) -> Batch:
         batch = Batch(self._dedup_as)
-        for n, raw in enumerate(records):
-            if n % YIELD_EVERY == YIELD_EVERY - 1:
+        last, by_name, decoders = batch.last_offsets, self._by_name, self._decoders
+        new_valid, append = tuple.__new__, batch.valid.append  # Valid(...) without its Python-level __new__
+        for start in range(0, len(records), YIELD_EVERY):
+            if start:
                 await asyncio.sleep(0)  # the consumer's heartbeats run on this loop too
-            topic = self._by_name[raw.topic]
-            tp = (raw.topic, raw.partition)
-            batch.last_offsets[tp] = max(batch.last_offsets.get(tp, -1), raw.offset)
-            try:
-                key, headers, time, payload = parse_checked(raw, topic, self._decoders[raw.topic])
-            except Poison as poison:
-                batch.malformed.append(self._malformed(topic, raw, poison))
-                continue
-            except Exception as exc:  # whatever else the bytes can do to a parser is the message's fault
-                unreadable = Poison(f"unreadable message: {type(exc).__name__}: {bounded(str(exc), 300)}")
-                batch.malformed.append(self._malformed(topic, raw, unreadable))
-                continue
-            batch.valid.append(Valid(topic, raw, key, headers, time, payload))
+            for raw in records[start:start + YIELD_EVERY]:
+                name, offset = raw.topic, raw.offset
+                topic = by_name[name]
+                tp = (name, raw.partition)
+                if offset > last.get(tp, -1):
+                    last[tp] = offset
+                try:
+                    key, headers, time, payload = parse_checked(raw, topic, decoders[name])
+                except Poison as poison:
+                    batch.malformed.append(self._malformed(topic, raw, poison))
+                    continue
+                except Exception as exc:  # whatever else the bytes can do to a parser is the message's fault
+                    unreadable = Poison(f"unreadable message: {type(exc).__name__}: {bounded(str(exc), 300)}")
+                    batch.malformed.append(self._malformed(topic, raw, unreadable))
+                    continue
+                append(new_valid(Valid, (topic, raw, key, headers, time, payload)))
         return batch
 
     def _malformed(self, topic: Topic, raw: Any, poison: Poison) -> Malformed:
