@@ -72,6 +72,33 @@ async def test_each_flow_type_takes_its_own_services(conn: asyncpg.Connection) -
     assert taken == {"FLUSSO_C": {"S-SSN"}, "FLUSSO_C_PACC": {"S-PACC"}, "FLUSSO_MEF": {"S-SSN", "S-PACC"}}
 
 
+async def test_the_period_rule_and_the_row_numbers_count_only_the_rows_the_flow_takes_of_its_entity(
+        conn: asyncpg.Connection) -> None:
+    """A prescription's last service is the last of the rows the flow takes (its condition, its entity): a later
+    PACC service moves it out of Flusso C's month only for the flows that take PACC, another entity's service under
+    the same id moves nothing, and a row the flow does not take is neither numbered nor a reason to take it."""
+    pacc = {"pacc": True, "catalogue_code": "PAC01", "catalogue_coding": "c"}
+    await store_services(conn, [
+        service("M-1", "RX-MIX", date(2020, 8, 4)), service("M-2", "RX-MIX", date(2020, 8, 6), regime="ALPI"),
+        service("M-3", "RX-MIX", date(2020, 8, 8)), service("M-4", "RX-MIX", date(2020, 9, 1), **pacc),
+        service("O-1", "RX-OTHER", date(2020, 8, 4)),
+        service("O-2", "RX-OTHER", date(2020, 9, 10), ente="201", structure_sts11="001101"),
+        service("C-1", "RX-COND", date(2020, 7, 30)), service("C-2", "RX-COND", date(2020, 8, 2), regime="ALPI")])
+    september = (date(2020, 9, 1), date(2020, 9, 30))
+    taken = {}
+    for n, (flow, period) in enumerate((("FLUSSO_C", JULY), ("FLUSSO_C", AUGUST), ("FLUSSO_MEF", AUGUST),
+                                        ("FLUSSO_MEF", september), ("FLUSSO_C_PACC", september)), start=1):
+        await take_snapshot(conn, n, flow, "204", *period, instance=0)
+        taken[flow, period[0].month] = await _rows(conn, n)
+    assert taken == {
+        ("FLUSSO_C", 7): [("RX-COND", "C-1", 1)],
+        ("FLUSSO_C", 8): [("RX-MIX", "M-1", 1), ("RX-MIX", "M-3", 2), ("RX-OTHER", "O-1", 1)],
+        ("FLUSSO_MEF", 8): [("RX-OTHER", "O-1", 1)],
+        ("FLUSSO_MEF", 9): [("RX-MIX", "M-1", 1), ("RX-MIX", "M-3", 2), ("RX-MIX", "M-4", 3)],
+        ("FLUSSO_C_PACC", 9): [("RX-MIX", "M-4", 1)],
+    }
+
+
 async def test_taking_a_snapshot_again_reuses_it_and_another_period_is_refused(conn: asyncpg.Connection) -> None:
     await store_services(conn, [service("S-1", "RX-1", date(2020, 8, 5))])
     first = await take_snapshot(conn, 7, "FLUSSO_C", "204", *AUGUST, instance=6)
