@@ -20,7 +20,13 @@ async def observer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
     """A consumer without group_id (so it cannot commit) and without auto-commit."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(bootstrap), group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="latest", client_id="flows-observer")
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        # No broker (the platform down): closed here, else aiokafka warns "Unclosed AIOKafkaConsumer" on the
+        # operator's terminal after the command's own error line (`flows tail`, `flows lag`, `flows dlq list`).
+        await consumer.stop()
+        raise
     try:
         yield consumer
     finally:
