@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -140,7 +140,10 @@ async def test_lag_grows_while_the_loader_is_stopped_and_is_zero_once_it_caught_
             while (await _loader_lag(platform))[0]:
                 await asyncio.sleep(0.5)
         await platform.stop("loader")
-        stopped_at = datetime.now(UTC) - timedelta(seconds=1)
+        # The instant before our first request, no margin: the producer stamps each message after it (CreateTime, in
+        # ms; --since is floored to the ms). With a margin of a second, the months[3] request sent just before the
+        # loop above was inside it whenever `flows lag` and the stop took less than that, and filled --limit 3.
+        stopped_at = datetime.now(UTC)
         requests = [await _load(platform, "205", months[0])]
         one, _ = await _loader_lag(platform)
         requests += [await _load(platform, "205", months[1]), await _load(platform, "205", months[2])]
