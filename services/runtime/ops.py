@@ -6,15 +6,18 @@ Everything here reads as an observer (services.runtime.kafkaread): no group id, 
 from __future__ import annotations
 
 import asyncio
+import collections
+import heapq
+import itertools
 import json
 import re
 import struct
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
 from contracts.envelope import EnvelopeError, from_kafka_headers
@@ -177,7 +180,7 @@ class TailFilter:
 
 async def tail(bootstrap: str, topics: Sequence[str], flt: TailFilter, *, from_beginning: bool = False,
                since: datetime | None = None, on_ready: Callable[[list[TopicPartition]], None] | None = None,
-               rescan_s: float = 2.0) -> AsyncIterator[Seen]:
+               rescan_s: float = 2.0) -> AsyncGenerator[Seen, None]:
     """Follows `topics` and yields the records `flt` accepts, forever. A topic created meanwhile (its
     first message) is picked up within `rescan_s` and read from its beginning."""
     async with observer(bootstrap) as consumer:
@@ -185,6 +188,11 @@ async def tail(bootstrap: str, topics: Sequence[str], flt: TailFilter, *, from_b
         parts = await assign(consumer, topics, from_beginning=from_beginning, since_ms=since_ms)
         if on_ready is not None:
             on_ready(parts)
+        if parts and (from_beginning or since is not None):
+            async for record in history(consumer, parts):
+                seen = decode(record)
+                if flt.accepts(seen):
+                    yield seen
         loop = asyncio.get_running_loop()
         rescan_at = loop.time() + rescan_s
         while True:
@@ -200,6 +208,53 @@ async def tail(bootstrap: str, topics: Sequence[str], flt: TailFilter, *, from_b
                 seen = decode(record)
                 if flt.accepts(seen):
                     yield seen
+
+
+async def history(consumer: AIOKafkaConsumer, parts: Sequence[TopicPartition], *,
+                  poll_ms: int = 500) -> AsyncIterator[ConsumerRecord]:
+    """The records already on `parts` (from their positions up to their end offsets as this starts), in timestamp
+    order across partitions: a k-way merge of the partitions' heads. getmany hands records over a fetch at a time
+    and a fetch at a time per partition (1 MB each), so sorting each batch is not enough: a topic with a long
+    history ahead of an instance's first event would show its later events, on smaller topics, first.
+
+    The earliest head is given only once every partition still behind its end has a head. Only partitions whose
+    heads ran out are fetched, the others paused, so what is held is at most a fetch per partition. A partition
+    that is behind but gives nothing for two polls (records gone under retention) is no longer waited for. Records
+    fetched past the end (published meanwhile) are merged too. Every partition is resumed at the end."""
+    ends = await consumer.end_offsets(list(parts))
+    behind = {tp for tp in parts if await consumer.position(tp) < ends[tp]}
+    queued: dict[TopicPartition, collections.deque[ConsumerRecord]] = {tp: collections.deque() for tp in parts}
+    heads: list[tuple[int, int, TopicPartition]] = []  # (timestamp, tie-break, partition) of each queue's first
+    order = itertools.count()
+    quiet: dict[TopicPartition, int] = {}
+    try:
+        while behind or heads:
+            starved = [tp for tp in behind if not queued[tp]]
+            if starved:
+                consumer.pause(*parts)
+                consumer.resume(*starved)
+                batches = await consumer.getmany(*starved, timeout_ms=poll_ms)
+                for tp in starved:
+                    records = batches.get(tp, [])
+                    if records:
+                        queued[tp].extend(records)
+                        heapq.heappush(heads, (records[0].timestamp, next(order), tp))
+                        quiet[tp] = 0
+                    if await consumer.position(tp) >= ends[tp]:
+                        behind.discard(tp)
+                    elif not records:
+                        quiet[tp] = quiet.get(tp, 0) + 1
+                        if quiet[tp] >= 2:
+                            behind.discard(tp)
+                continue
+            _, _, tp = heapq.heappop(heads)
+            queue = queued[tp]
+            record = queue.popleft()
+            if queue:
+                heapq.heappush(heads, (queue[0].timestamp, next(order), tp))
+            yield record
+    finally:
+        consumer.resume(*parts)
 
 
 # --- lag ------------------------------------------------------------------------------------------

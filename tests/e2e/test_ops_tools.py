@@ -87,39 +87,41 @@ async def test_tail_shows_a_load_as_it_happens_and_filters_by_instance(platform)
     bootstrap = platform.settings.kafka_bootstrap
     groups_before = await _groups(bootstrap)
     pool = await platform.pool()
-    live = await _flows(platform, "tail", "--ente", "206", "--json")
     try:
-        await _wait_ready(live)
-        mine, other = await _load(platform, "206"), await _load(platform, "207")
-        instance, other_instance = await _instance_of(pool, mine), await _instance_of(pool, other)
+        live = await _flows(platform, "tail", "--ente", "206", "--json")
+        try:
+            await _wait_ready(live)
+            mine, other = await _load(platform, "206"), await _load(platform, "207")
+            instance, other_instance = await _instance_of(pool, mine), await _instance_of(pool, other)
 
-        def finished(got: list[dict[str, Any]]) -> bool:
-            return any(e["type"] in ("flows.load-checked", "flows.load-failed") and e["data"]["instance"] == instance
-                       for e in got)
+            def finished(got: list[dict[str, Any]]) -> bool:
+                return any(e["type"] in ("flows.load-checked", "flows.load-failed")
+                           and e["data"]["instance"] == instance for e in got)
 
-        seen = await _lines_until(live, finished, timeout=60)
-        types = [e["type"] for e in seen if (e["data"] or {}).get("instance") == instance]
-        assert types[0] == "flows.load-running" and types[-1] in ("flows.load-checked", "flows.load-failed"), types
-        assert all(e["subject"] != str(other_instance) for e in seen), "--ente 206 showed another entity's load"
-        assert all(e["problem"] is None for e in seen)
-        request = next(e for e in seen if e["type"] == "flows.load-requested")
-        assert request["data"]["request_id"] == str(mine)  # the command itself, with its actor
-        groups = await _groups(bootstrap)  # while tail runs: no group of its own (it has no group id)
-        assert groups <= {g for gs in SERVICE_GROUPS.values() for g in gs} | groups_before, groups
+            seen = await _lines_until(live, finished, timeout=60)
+            types = [e["type"] for e in seen if (e["data"] or {}).get("instance") == instance]
+            assert types[0] == "flows.load-running" and types[-1] in ("flows.load-checked", "flows.load-failed"), types
+            assert all(e["subject"] != str(other_instance) for e in seen), "--ente 206 showed another entity's load"
+            assert all(e["problem"] is None for e in seen)
+            request = next(e for e in seen if e["type"] == "flows.load-requested")
+            assert request["data"]["request_id"] == str(mine)  # the command itself, with its actor
+            groups = await _groups(bootstrap)  # while tail runs: no group of its own (it has no group id)
+            assert groups <= {g for gs in SERVICE_GROUPS.values() for g in gs} | groups_before, groups
+        finally:
+            _stop(live)
+            await live.wait()
+
+        only = await _flows(platform, "tail", "--instance", str(other_instance), "--from-beginning", "--limit", "2")
+        try:
+            out, errors = await asyncio.wait_for(only.communicate(), 60)
+        finally:
+            _stop(only)
+        lines = out.decode().splitlines()
+        assert only.returncode == 0, errors.decode()
+        assert len(lines) == 2 and all(f" {other_instance} " in line for line in lines), lines
+        assert "flows.load-running" in lines[0] and "op.ops" in lines[0], lines
     finally:
-        _stop(live)
-        await live.wait()
-
-    only = await _flows(platform, "tail", "--instance", str(other_instance), "--from-beginning", "--limit", "2")
-    try:
-        out, errors = await asyncio.wait_for(only.communicate(), 60)
-    finally:
-        _stop(only)
-    lines = out.decode().splitlines()
-    assert only.returncode == 0, errors.decode()
-    assert len(lines) == 2 and all(f" {other_instance} " in line for line in lines), lines
-    assert "flows.load-running" in lines[0] and "op.ops" in lines[0], lines
-    await pool.close()
+        await pool.close()
 
 
 async def _loader_lag(platform: Any) -> tuple[int, list[dict[str, Any]]]:
