@@ -211,7 +211,7 @@ async def tail(bootstrap: str, topics: Sequence[str], flt: TailFilter, *, from_b
 
 
 async def history(consumer: AIOKafkaConsumer, parts: Sequence[TopicPartition], *,
-                  poll_ms: int = 500) -> AsyncIterator[ConsumerRecord]:
+                  poll_ms: int = 500, give_up_s: float = 10.0) -> AsyncIterator[ConsumerRecord]:
     """The records already on `parts` (from their positions up to their end offsets as this starts), in timestamp
     order across partitions: a k-way merge of the partitions' heads. getmany hands records over a fetch at a time
     and a fetch at a time per partition (1 MB each), so sorting each batch is not enough: a topic with a long
@@ -219,14 +219,18 @@ async def history(consumer: AIOKafkaConsumer, parts: Sequence[TopicPartition], *
 
     The earliest head is given only once every partition still behind its end has a head. Only partitions whose
     heads ran out are fetched, the others paused, so what is held is at most a fetch per partition. A partition
-    that is behind but gives nothing for two polls (records gone under retention) is no longer waited for. Records
+    that is behind but gives nothing for `give_up_s` (it should not happen: records gone under retention move its
+    position to the end) is no longer waited for: its records then come live. A count of empty polls would not do:
+    a poll ends as soon as ANY partition has data, so a partition still resetting its offset had two empty polls
+    within milliseconds under load, and its Running came after the history (seen once in 40 runs). Records
     fetched past the end (published meanwhile) are merged too. Every partition is resumed at the end."""
     ends = await consumer.end_offsets(list(parts))
     behind = {tp for tp in parts if await consumer.position(tp) < ends[tp]}
     queued: dict[TopicPartition, collections.deque[ConsumerRecord]] = {tp: collections.deque() for tp in parts}
     heads: list[tuple[int, int, TopicPartition]] = []  # (timestamp, tie-break, partition) of each queue's first
     order = itertools.count()
-    quiet: dict[TopicPartition, int] = {}
+    loop = asyncio.get_running_loop()
+    empty_since: dict[TopicPartition, float] = {}  # when a starved partition last had records or began to wait
     try:
         while behind or heads:
             starved = [tp for tp in behind if not queued[tp]]
@@ -239,13 +243,11 @@ async def history(consumer: AIOKafkaConsumer, parts: Sequence[TopicPartition], *
                     if records:
                         queued[tp].extend(records)
                         heapq.heappush(heads, (records[0].timestamp, next(order), tp))
-                        quiet[tp] = 0
+                        empty_since.pop(tp, None)
                     if await consumer.position(tp) >= ends[tp]:
                         behind.discard(tp)
-                    elif not records:
-                        quiet[tp] = quiet.get(tp, 0) + 1
-                        if quiet[tp] >= 2:
-                            behind.discard(tp)
+                    elif not records and loop.time() - empty_since.setdefault(tp, loop.time()) >= give_up_s:
+                        behind.discard(tp)
                 continue
             _, _, tp = heapq.heappop(heads)
             queue = queued[tp]
