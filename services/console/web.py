@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
+from starlette.requests import cookie_parser
 
 from contracts.deadlines import italian_time
 from contracts.italian import italian_date, italian_number
@@ -344,7 +345,7 @@ def session_guard(rule: Rule, with_session: SessionQuery) -> Callable[[Request, 
     `guard`'s, the principal read in the statement of the page's rows."""
     async def check(request: Request, conn: asyncpg.Connection) -> Ctx:
         console = console_of(request)
-        token = request.cookies.get(console.cookie_name)
+        token = request_cookie(request, console.cookie_name)
         # One round trip for the session and the page's rows. The rows are the principal's own (the query filters
         # them by the session's user, as read in the same statement), and they are dropped unseen when the rule
         # refuses the role.
@@ -353,6 +354,16 @@ def session_guard(rule: Rule, with_session: SessionQuery) -> Callable[[Request, 
             raise NotLoggedIn()
         return await _admitted(console, request, rule, auth.principal_of(answer[0]), answer[1])
     return check
+
+
+def request_cookie(request: Request, name: str) -> str | None:
+    """The cookie `name` of the request, as `request.cookies` reads it (every Cookie header, each by Starlette's
+    cookie_parser, the last of a name kept), without its Headers object and the dict of every cookie."""
+    found = None
+    for key, value in request.scope["headers"]:
+        if key == b"cookie":
+            found = cookie_parser(value.decode("latin-1")).get(name, found)
+    return found
 
 
 async def _admitted(console: Console, request: Request, rule: Rule, principal: auth.Principal | None,
