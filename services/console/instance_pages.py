@@ -220,15 +220,25 @@ async def list_page_rows(pool: asyncpg.Pool, principal: auth.Principal, q: Searc
     return await _list_for_principal(pool, principal, q, LIST_PAGE_COLUMNS, PAGE_SIZE + 1)
 
 
+def query_values(query_string: bytes) -> dict[str, str]:
+    """The query string's values by name, as `request.query_params.get` reads them (Starlette's QueryParams: the
+    string as latin-1, parse_qsl keeping blank values, the last value of a name kept), without the multidict and its
+    two copies of every pair: the list page reads its search from it."""
+    if not query_string:
+        return {}
+    return dict(urllib.parse.parse_qsl(query_string.decode("latin-1"), keep_blank_values=True))
+
+
 async def _list_page_with_session(conn: asyncpg.Connection, token_sha256: bytes,
                                   request: Request) -> tuple[asyncpg.Record, Any] | None:
-    q, errors = parse_search(request.query_params)
+    q, errors = parse_search(query_values(request.scope["query_string"]))
     names, values = _filters(q)
     rows = await conn.fetch(_list_page_with_session_sql(names), *values, token_sha256)
-    who = next((r for r in rows if r["name"] is not None), None)
+    # By position, not by name (a lookup in the record's mapping per row).
+    who = next((r for r in rows if r[_NAME_COLUMN] is not None), None)
     if who is None:
         return None
-    return who, (q, errors, [r for r in rows if r["instance"] is not None])
+    return who, (q, errors, [r for r in rows if r[_INSTANCE_COLUMN] is not None])
 
 
 _TEXT_HTML: dict[str, str] = {}  # a list's few distinct enti, escaped once (bounded below)
@@ -245,6 +255,8 @@ def _escaped(text: str) -> str:
 
 
 _PAGE_COLUMNS = -len(_LIST_PAGE_TYPES)  # a row of the page's statement ends with the page's columns
+_INSTANCE_COLUMN = _PAGE_COLUMNS  # the first of them, the instance's number
+_NAME_COLUMN = auth.SESSION_COLUMNS.index("u.name")  # the principal's name, first of the principal's columns
 
 
 def _list_rows(rows: list[asyncpg.Record]) -> Markup:

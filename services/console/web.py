@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
+from starlette.requests import cookie_parser
 
 from contracts.deadlines import italian_time
 from contracts.italian import italian_date, italian_number
@@ -160,6 +161,24 @@ def _with_security_headers(scope: Any, send: Any) -> Any:
     return send_with_headers
 
 
+_ADDED_HEADERS = [*SECURITY_HEADERS, (b"cache-control", b"no-store")]  # what _with_security_headers adds to a page
+_ADDED_NAMES = frozenset(k for k, _ in _ADDED_HEADERS)
+
+
+async def _send_direct(response: Response, scope: Any, receive: Any, send: Any) -> None:
+    """A direct page's answer: a plain HTMLResponse (no background task, none of the added headers its own) sent as
+    its two ASGI messages with the headers _with_security_headers gives it, in the same order, from a list built
+    once (the wrapper's closures, header-name set and list copies were ~10 us a page); anything else through
+    the wrapper."""
+    headers = response.raw_headers
+    if type(response) is not HTMLResponse or response.background is not None or any(
+            k in _ADDED_NAMES for k, _ in headers):
+        await response(scope, receive, _with_security_headers(scope, send))
+        return
+    await send({"type": "http.response.start", "status": response.status_code, "headers": headers + _ADDED_HEADERS})
+    await send({"type": "http.response.body", "body": response.body})
+
+
 class SecurityHeaders:
     """Pure ASGI middleware (no per-request task, unlike @app.middleware): the headers of every answer,
     and no-store on every answer without a Cache-Control of its own."""
@@ -215,7 +234,7 @@ class ConsoleApp(FastAPI):
                 except Exception:  # answered below, by the ordinary path and its handlers
                     response = None
                 if response is not None:
-                    await response(scope, receive, _with_security_headers(scope, send))
+                    await _send_direct(response, scope, receive, send)
                     return
             finally:
                 del scope[PAGE_LEASE]  # the ordinary path's run of the page gives its own connection back itself
@@ -326,7 +345,7 @@ def session_guard(rule: Rule, with_session: SessionQuery) -> Callable[[Request, 
     `guard`'s, the principal read in the statement of the page's rows."""
     async def check(request: Request, conn: asyncpg.Connection) -> Ctx:
         console = console_of(request)
-        token = request.cookies.get(console.cookie_name)
+        token = request_cookie(request, console.cookie_name)
         # One round trip for the session and the page's rows. The rows are the principal's own (the query filters
         # them by the session's user, as read in the same statement), and they are dropped unseen when the rule
         # refuses the role.
@@ -335,6 +354,16 @@ def session_guard(rule: Rule, with_session: SessionQuery) -> Callable[[Request, 
             raise NotLoggedIn()
         return await _admitted(console, request, rule, auth.principal_of(answer[0]), answer[1])
     return check
+
+
+def request_cookie(request: Request, name: str) -> str | None:
+    """The cookie `name` of the request, as `request.cookies` reads it (every Cookie header, each by Starlette's
+    cookie_parser, the last of a name kept), without its Headers object and the dict of every cookie."""
+    found = None
+    for key, value in request.scope["headers"]:
+        if key == b"cookie":
+            found = cookie_parser(value.decode("latin-1")).get(name, found)
+    return found
 
 
 async def _admitted(console: Console, request: Request, rule: Rule, principal: auth.Principal | None,
@@ -476,6 +505,20 @@ def _menu(role: str, active: str | None) -> Markup:
     return Markup(templates.get_template("_menu.html").render(nav=_nav_of(role), active=active))
 
 
+_TEMPLATES: dict[str, jinja2.Template] = {}  # by name, once loaded (FLOWS_CONSOLE_TEMPLATES_RELOAD: not kept)
+
+
+def _template(name: str) -> jinja2.Template:
+    """The template `name`: kept here once loaded, not looked up again at every page through Starlette's and Jinja's
+    loaders and Jinja's LRU cache (its lock, its reordering): ~3 us of the list page."""
+    template = _TEMPLATES.get(name)
+    if template is None:
+        template = templates.get_template(name)
+        if not templates.env.auto_reload:
+            _TEMPLATES[name] = template
+    return template
+
+
 def page(ctx: Ctx | None, name: str, title: str, status: int = 200, **values: Any) -> HTMLResponse:
     """A page of the console: the template `name` (extending base.html) rendered for the signed-in `ctx` (None: the
     signed-out header; then `request` is among the values). Rendered here rather than through Starlette's
@@ -484,7 +527,7 @@ def page(ctx: Ctx | None, name: str, title: str, status: int = 200, **values: An
     principal = ctx.principal if ctx else None
     request = ctx.request if ctx else values.pop("request")
     active = values.pop("active", None)
-    body = templates.get_template(name).render(
+    body = _template(name).render(
         title=title, principal=principal, menu=_menu(principal.role, active) if principal else "",
         enti_text=", ".join(sorted(principal.enti)) if principal else "",  # Jinja's sort filter: ~3 us a page
         assets=request.app.state.assets, **values)

@@ -8,6 +8,7 @@ every page, and what it does not answer (no login, a refused role, an error) the
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import re
 from datetime import UTC, date, datetime
@@ -16,6 +17,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from contracts.deadlines import ITALY
 from services.console.web import DIRECT_PAGES, ConsoleApp
@@ -103,6 +105,40 @@ async def test_the_direct_answer_has_the_headers_of_every_page(console: RunningC
             assert listed.headers[name] == routed.headers[name], name
         assert listed.headers["cache-control"] == "no-store"
         assert listed.headers["content-type"] == "text/html; charset=utf-8"
+
+
+async def test_the_direct_answer_is_the_ordinary_paths_byte_for_byte(console: RunningConsole) -> None:
+    """ConsoleApp sends a direct page's answer itself (web.py `_send_direct`), reading the cookie and the search
+    without Starlette's Request properties: for the same request, the same ASGI messages as the ordinary path (the
+    middleware and the router) sends, to the byte: the status, every header in the same order, the body."""
+    await console.instance("201")
+    app = _app(console)
+    name = app.state.console.cookie_name
+    async with httpx.AsyncClient(follow_redirects=False) as client:
+        await console.login(client, "op.201")
+        cookie = f"other=1; {name}={client.cookies.get(name)}".encode()
+
+    async def answer(call: Any, query: bytes) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+
+        await call({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+                    "scheme": "http", "path": "/istanze", "raw_path": b"/istanze", "root_path": "",
+                    "query_string": query, "headers": [(b"host", b"127.0.0.1"), (b"cookie", cookie)],
+                    "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 80), "state": {}}, receive, send)
+        return messages
+
+    for query in (b"", b"stato=Checked", b"ente=201&stato=&stato=Running", b"tipo=nessuno"):
+        direct = await answer(app, query)
+        ordinary = await answer(functools.partial(FastAPI.__call__, app), query)  # not ConsoleApp's shortcut
+        assert [m["type"] for m in direct] == ["http.response.start", "http.response.body"], query
+        assert direct[0]["status"] == 200 and b"<table" in direct[1]["body"], query
+        assert direct == ordinary, query
 
 
 def _app(console: RunningConsole) -> ConsoleApp:
