@@ -1,10 +1,10 @@
 """`flows tail --from-beginning` / `--since` show what is already on the topics in time order across partitions,
-then follow live (services.runtime.ops.history).
+then follow live (services.runtime.kafkaread.history).
 
 getmany hands records over a fetch at a time, and a fetch carries at most 1 MB a partition: with a long history on
 one topic, an instance's later event on a small topic came in the first batch and its earlier one in a later batch,
 so `flows tail --instance N --from-beginning` printed Checked before Running (tests/e2e/test_ops_tools.py failed so
-once in ~100 runs). Here the long history is planted, so the old per-batch sort fails every time."""
+once in 30 runs beside a CI run). Here the long history is planted, so the old per-batch sort fails every time."""
 
 from __future__ import annotations
 
