@@ -54,12 +54,15 @@ async def test_the_load_form_refuses_a_month_not_over_beside_its_end_and_sends_o
         assert f"Lo carichi dal {italian_date(end + timedelta(days=1))}" in said
         assert 'id="al" name="al" type="date" class="form-control is-invalid"' in refused.text
         assert 'aria-describedby="err-al"' in refused.text
-        # asked in advance, to start once the month is over: sent (no loader here: the console says it was sent)
+        # asked in advance, to start once the month is over: sent. No loader runs here (none writes this test's
+        # database), so no instance can appear: the console waits for one (console_load_wait_s), then says the
+        # request was sent, 202. The wait is a minimum, never a speed target: how long it may take is bench's.
         after = {**sent, "pianificata": f"{end + timedelta(days=1)}T06:00"}
         accepted = await client.post(console.url + "/istanze/nuova", data=after, timeout=30)
-        assert accepted.status_code in (202, 303), accepted.text[:300]
-        if accepted.status_code == 202:  # it waited for a loader as long as console_load_wait_s says (1 s), not 10 s
-            assert 1.0 <= accepted.elapsed.total_seconds() < 10.0, accepted.elapsed
+        assert accepted.status_code == 202, accepted.text[:300]
+        assert "Richiesta inviata" in accepted.text and "il caricatore non l&#39;ha ancora presa in carico" in \
+            accepted.text, accepted.text[:300]
+        assert accepted.elapsed.total_seconds() >= 1.0, accepted.elapsed  # it did wait for a loader first
         assert _error_beside(accepted.text, "al") is None
 
 
