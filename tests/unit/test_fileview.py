@@ -41,6 +41,7 @@ def test_a_flusso_c_file_is_titled_by_its_italian_labels_and_a_missing_date_is_a
 
 def test_c1_of_flusso_c_and_of_c_pacc_is_shown_under_their_labels(tmp_path: Path) -> None:
     c1 = _c_file(tmp_path, "C1")
+    shown = []
     for flow_type, version in LayoutRegistry().available():
         for record in load_layout(flow_type, version).records:
             if record.length != 150:  # a C1 file at hand: the C1 of FLUSSO_C and of FLUSSO_C_PACC
@@ -48,6 +49,9 @@ def test_c1_of_flusso_c_and_of_c_pacc_is_shown_under_their_labels(tmp_path: Path
             _, columns, rows = file_rows(c1, record.kind, flow_type, version, 10, 0)
             assert columns == [f.label for f in record.fields] and len(rows) == 3
             assert "Codice fiscale assistito" in columns and "patient_cf" not in columns
+            shown.append((flow_type, record.kind))
+    # the loop found both: a record it skipped (or no layout listed) must not pass for one that was shown
+    assert sorted(shown) == [("FLUSSO_C", "C1"), ("FLUSSO_C_PACC", "C1")], shown
 
 
 def test_the_feedback_is_shown_with_italian_titles_and_severities_and_the_file_keeps_its_contract(
