@@ -6,6 +6,7 @@ These tests FAIL when no server answers: start it with `flows stack up` (or depl
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import re
 import uuid
@@ -22,6 +23,7 @@ from services.formatter.fixedwidth import iter_table
 from services.formatter.layouts import load_layout
 from services.formatter.writer import write_flusso_c, write_layout
 from services.runtime.filestore import FileStore
+from tests.fault_disk import small_disk
 from tests.fixtures.sample_snapshot import create_tables, generate_services
 from tests.stack_urls import DATABASE_URL
 
@@ -201,22 +203,25 @@ async def test_a_backslash_or_tab_in_the_database_is_an_error_naming_the_field(p
         outcome.reasons
 
 
-class FullDisk(io.BytesIO):
-    def write(self, data: object) -> int:  # type: ignore[override]
-        raise OSError(28, "No space left on device")
-
-
-async def test_a_failing_sink_stops_the_writer_with_its_error_instead_of_hanging(pool: asyncpg.Pool) -> None:
-    """The writer's own contract with ANY sink (a BinaryIO, not only the file store): one sink failing on its
-    first write while the other takes everything stops the COPY and the worker with that error, at once, and
-    the pool stays usable (the abandoned COPY's connection is closed, a fresh one serves). A stand-in sink on
-    purpose: it fails deterministically on the first chunk. The REAL full disk, with the real formatter and the
-    file store on a tmpfs that fills up, is tests/integration/test_full_disk.py (and test_filestore_full.py
-    for the writer of the store at each step)."""
-    sinks = {"C1": FullDisk(), "C2": io.BytesIO()}
-    with pytest.raises(OSError, match="No space left"):
-        await asyncio.wait_for(write_layout(pool, SNAPSHOT, FLUSSO_C, sinks, chunk_bytes=16 * 1024),  # type: ignore[arg-type]
-                               timeout=60)
+async def test_a_failing_sink_stops_the_writer_with_its_error_instead_of_hanging(pool: asyncpg.Pool,
+                                                                                 tmp_path: Path) -> None:
+    """The writer's own contract with ANY sink (a BinaryIO, not only the file store): one sink failing while the
+    other takes everything stops the COPY and the worker with that error, and the pool stays usable (the
+    abandoned COPY's connection is closed, a fresh one serves). The failure is a REAL full disk: C1's sink is a
+    plain file on a 4 KB tmpfs (tests/fault_disk.py), which the kernel refuses with ENOSPC long before C1
+    (thousands of 150-character records) is written; C2's takes everything. The real formatter and the file
+    store on a tmpfs that fills up: tests/integration/test_full_disk.py (and test_filestore_full.py for the
+    store's writer at each step). The waits only stop a hang."""
+    with small_disk(tmp_path / "full", size_kb=4) as disk:
+        full = (disk.path / "C1.txt").open("wb")
+        try:
+            with pytest.raises(OSError) as failed:
+                await asyncio.wait_for(write_layout(pool, SNAPSHOT, FLUSSO_C, {"C1": full, "C2": io.BytesIO()},
+                                                    chunk_bytes=16 * 1024), timeout=60)
+            assert failed.value.errno == errno.ENOSPC, failed.value
+        finally:
+            disk.grow(4 * 1024)  # the space freed: what the file still buffers is written as it closes
+            full.close()
     assert await pool.fetchval("SELECT 1") == 1  # the pool is still usable
     async with pool.acquire() as conn:  # ... every connection of it: none waits on the abandoned COPY
         assert await asyncio.wait_for(conn.fetchval("SELECT 2"), timeout=10) == 2
