@@ -7,6 +7,7 @@ answering, the session stops at its start with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -32,6 +33,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[STACK_MODE] = containers.select()
     except localstack.StackError as exc:
         raise pytest.UsageError(str(exc)) from exc
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The scratch databases' template (tests/isolation.py) dropped, when the session made one."""
+    from tests import isolation
+
+    if isolation._template is not None:
+        try:
+            asyncio.run(isolation.drop_template())
+        except (OSError, asyncpg.PostgresError) as exc:  # the server is gone: it goes with the stack
+            print(f"the session's template database was not dropped: {exc}")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import html
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import asyncpg
 import httpx
@@ -49,6 +51,17 @@ async def italian_context(browser: Browser, **options: Any) -> BrowserContext:
     return await browser.new_context(locale=BROWSER_LOCALE, timezone_id=BROWSER_TIMEZONE, **options)
 
 
+@functools.cache
+def password_hash(hasher: Callable[[str], str] = auth.hash_password) -> str:
+    """PASSWORD's argon2id hash (auth.hash_password, the console's own), made once a session."""
+    return hasher(PASSWORD)
+
+
+def _session_hash(password: str) -> str:
+    assert password == PASSWORD, "the session's hash is PASSWORD's only"
+    return password_hash()
+
+
 @dataclass
 class RunningConsole:
     url: str
@@ -59,11 +72,14 @@ class RunningConsole:
     app: ConsoleApp | None = None  # the app the server runs (its own pool: app.state.console.pool)
 
     async def add_users(self) -> None:
-        for role, (name, enti) in ROLE_USERS.items():
-            if await self.pool.fetchval("SELECT 1 FROM console_user WHERE name = $1", name):
-                continue  # a session-wide database (the e2e platform's) has them from an earlier test
-            await auth.add_user(self.pool, name, role, enti, STRUCTURE if role == "structure" else None, PASSWORD,
-                                    by="test")
+        """The users of ROLE_USERS, added by auth.add_user (checked, recorded) with PASSWORD's hash of the session
+        (`password_hash`): six argon2id hashes cost a console fixture ~0.6-1 s of CPU, before every test."""
+        with mock.patch.object(auth, "hash_password", _session_hash):
+            for role, (name, enti) in ROLE_USERS.items():
+                if await self.pool.fetchval("SELECT 1 FROM console_user WHERE name = $1", name):
+                    continue  # a session-wide database (the e2e platform's) has them from an earlier test
+                await auth.add_user(self.pool, name, role, enti, STRUCTURE if role == "structure" else None,
+                                    PASSWORD, by="test")
 
     async def instance(self, ente: str, state_events: list[tuple[str, dict[str, Any]]] = (),  # type: ignore[assignment]
                        flow_type: str = "FLUSSO_C", period: tuple[str, str] = ("2026-10-01", "2026-10-31")) -> int:

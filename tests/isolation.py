@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+import asyncpg
 
 from services.runtime import db
 from tests.stack_urls import DATABASE_URL
@@ -17,12 +20,54 @@ from tests.stack_urls import DATABASE_URL
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The session's migrated template (its URL): made by `migrate` at the first scratch database, then copied by
+# PostgreSQL for each one (CREATE DATABASE ... TEMPLATE), the same schema and rows without running the migrations
+# again for every test. Dropped at the end of the session (tests/conftest.py pytest_sessionfinish).
+_template: str | None = None
+
+
+async def _migrated_template() -> str:
+    global _template
+    if _template is None:
+        made = await db.create_database(DATABASE_URL, "t_template")
+        # no session on it, ever (autovacuum's included): PostgreSQL copies a template only while nobody is connected
+        admin = await asyncpg.connect(DATABASE_URL)
+        try:
+            await admin.execute(f'ALTER DATABASE "{made.rsplit("/", 1)[1]}" WITH ALLOW_CONNECTIONS false')
+        finally:
+            await admin.close()
+        if _template is None:
+            _template = made
+        else:  # another task of this loop made one meanwhile
+            await db.drop_database(DATABASE_URL, made)
+    return _template
+
+
+async def drop_template() -> None:
+    """Drops the session's template, if one was made."""
+    global _template
+    if _template is not None:
+        template, _template = _template, None
+        await db.drop_database(DATABASE_URL, template)
+
+
 @asynccontextmanager
 async def scratch_database(prefix: str, keep: bool = False) -> AsyncIterator[str]:
-    """A new, migrated database of the test stack (its URL); dropped afterwards (unless `keep`) with a NEW
-    connection, so a test may restart the server in between."""
-    async with db.scratch_database(DATABASE_URL, prefix, keep=keep) as url:
+    """A new, migrated database of the test stack (its URL): a copy of the session's template, which `migrate` made;
+    dropped afterwards (unless `keep`) with a NEW connection, so a test may restart the server in between."""
+    template = (await _migrated_template()).rsplit("/", 1)[1]
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(DATABASE_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await admin.close()
+    url = f"{DATABASE_URL.rsplit('/', 1)[0]}/{name}"
+    try:
         yield url
+    finally:
+        if not keep:
+            await db.drop_database(DATABASE_URL, url)
 
 
 @asynccontextmanager

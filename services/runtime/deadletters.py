@@ -29,7 +29,7 @@ from contracts.audit import DeadLetterDiscarded, DeadLetterRedriven
 from contracts.topics import DLQ_SUFFIX
 from services.runtime import outbox
 from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent, StoredEvent
-from services.runtime.kafkaread import existing_topics, observer, read_to_end
+from services.runtime.kafkaread import existing_topics, observer, offset_ranges, read_to_end
 from services.runtime.ops import decode_headers
 
 STREAM_PREFIX = "dead-letter-"
@@ -150,12 +150,7 @@ async def dlq_topics(bootstrap: str) -> list[DlqTopic]:
     async with observer(bootstrap) as consumer:
         known = await existing_topics(consumer)
         parts = [TopicPartition(t, p) for t in sorted(known) if t.endswith(DLQ_SUFFIX) for p in known[t]]
-        if parts:
-            # assigned first: aiokafka then has their leaders at once (unassigned, the first offsets
-            # request waits ~3 s for a metadata refresh)
-            consumer.assign(parts)
-        begins = await consumer.beginning_offsets(parts) if parts else {}
-        ends = await consumer.end_offsets(parts) if parts else {}
+        begins, ends = await offset_ranges(consumer, parts)
     found: dict[str, dict[int, tuple[int, int]]] = {}
     for tp in parts:
         found.setdefault(tp.topic, {})[tp.partition] = (begins[tp], ends[tp])

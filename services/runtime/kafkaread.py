@@ -44,6 +44,18 @@ async def existing_topics(consumer: AIOKafkaConsumer) -> dict[str, list[int]]:
     return {topic: sorted(cluster.partitions_for_topic(topic) or ()) for topic in names}
 
 
+async def offset_ranges(consumer: AIOKafkaConsumer, parts: Sequence[TopicPartition]
+                        ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """The beginning and the end offsets of `parts`, which this observer assigns first: aiokafka then learns the
+    leaders of all their topics in one metadata update. Unassigned, an offsets request learns one unknown topic at a
+    time, each after its 100 ms back-off (retry_backoff_ms): `flows lag` on the 33 topics a test stack's groups had
+    committed on took 3.3 s for its end offsets, 8 ms assigned first."""
+    if not parts:
+        return {}, {}
+    consumer.assign(list(parts))
+    return await consumer.beginning_offsets(list(parts)), await consumer.end_offsets(list(parts))
+
+
 async def assign(consumer: AIOKafkaConsumer, topics: Sequence[str], *, from_beginning: bool = False,
                  since_ms: int | None = None) -> list[TopicPartition]:
     """Assigns every partition of the `topics` that exist; positions at the end, the beginning or a time."""

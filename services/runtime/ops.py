@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from contracts.envelope import EnvelopeError, from_kafka_headers
 from contracts.topics import DLQ_SUFFIX, all_topics, by_name
 from services.runtime.kafkaadmin import admin_client
-from services.runtime.kafkaread import add_new_partitions, assign, history, observer, read_to_end
+from services.runtime.kafkaread import add_new_partitions, assign, history, observer, offset_ranges, read_to_end
 
 # --- decoding -----------------------------------------------------------------------------------
 
@@ -275,7 +275,7 @@ async def consumer_lag(bootstrap: str, groups: Sequence[str] | None = None, *,
     ends: dict[TopicPartition, int] = {}
     if parts:
         async with observer(bootstrap) as consumer:
-            ends = await consumer.end_offsets(parts)
+            _, ends = await offset_ranges(consumer, parts)
     times = await commit_times(bootstrap) if parts and with_commit_times else {}
     return [Lag(group, tp.topic, tp.partition, offset, ends.get(tp, offset), times.get((group, tp.topic, tp.partition)))
             for group in names for tp, offset in sorted(committed[group].items())]

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from contracts import flows
 from contracts.deadlines import italian_today
 from contracts.topics import DLQ_SUFFIX
-from services.runtime.kafkaread import existing_topics, observer
+from services.runtime.kafkaread import existing_topics, observer, offset_ranges
 from services.runtime.ops import consumer_lag
 
 
@@ -58,8 +58,7 @@ class OpsMetrics:
         async with observer(bootstrap) as consumer:
             known = await existing_topics(consumer)
             parts = [TopicPartition(t, p) for t, ps in known.items() if t.endswith(DLQ_SUFFIX) for p in ps]
-            ends = await consumer.end_offsets(parts) if parts else {}
-            begins = await consumer.beginning_offsets(parts) if parts else {}
+            begins, ends = await offset_ranges(consumer, parts)
         per_topic: dict[str, int] = {}
         for tp in parts:
             per_topic[tp.topic] = per_topic.get(tp.topic, 0) + ends[tp] - begins[tp]
