@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -56,13 +55,7 @@ async def scratch_database(prefix: str, keep: bool = False) -> AsyncIterator[str
     """A new, migrated database of the test stack (its URL): a copy of the session's template, which `migrate` made;
     dropped afterwards (unless `keep`) with a NEW connection, so a test may restart the server in between."""
     template = (await _migrated_template()).rsplit("/", 1)[1]
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(DATABASE_URL)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
-    finally:
-        await admin.close()
-    url = f"{DATABASE_URL.rsplit('/', 1)[0]}/{name}"
+    url = await db.create_database(DATABASE_URL, prefix, template=template)
     try:
         yield url
     finally:

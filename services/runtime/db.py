@@ -224,20 +224,21 @@ async def create_pool(database_url: str, **kw: Any) -> asyncpg.Pool:
     return pool
 
 
-async def create_database(server_url: str, prefix: str, migrated: bool = True) -> str:
+async def create_database(server_url: str, prefix: str, migrated: bool = True, template: str | None = None) -> str:
     """A new database `prefix_<random>` on the server of `server_url` (any database URL of that server), with
-    the platform's schema unless `migrated` is False; its URL. For tests and benches: drop it with
-    `drop_database` (or use `scratch_database`)."""
+    the platform's schema unless `migrated` is False; its URL. With `template` (a database name), a copy of that
+    database instead, not migrated again. For tests and benches: drop it with `drop_database` (or use
+    `scratch_database`)."""
     from services.runtime.migrations import migrate
 
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(server_url)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     finally:
         await admin.close()
     url = server_url.rsplit("/", 1)[0] + "/" + name
-    if migrated:
+    if migrated and template is None:
         conn = await asyncpg.connect(url)
         try:
             await migrate(conn)
