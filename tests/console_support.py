@@ -9,7 +9,9 @@ import contextlib
 import functools
 import hashlib
 import html
+import os
 import re
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -46,7 +48,41 @@ ROLE_USERS = {"operator": ("op.201", ["201"]), "structure": ("st.1", []), "desk"
 BROWSER_LOCALE, BROWSER_TIMEZONE = "it-IT", "Europe/Rome"
 
 
-async def italian_context(browser: Browser, **options: Any) -> BrowserContext:
+CHROMIUM = os.environ.get("FLOWS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+class BrowserSession:
+    """The session's Chromium (tests/e2e/conftest.py `chromium`, launched once: ~1 s a launch, some 35 a run) as one
+    test's browser: its contexts, each with its own cookies, storage and cache as in a browser of its own, are the
+    test's; `close` closes them and leaves Chromium to the next test."""
+
+    def __init__(self, chromium: Browser) -> None:
+        assert chromium.is_connected(), "the session's Chromium is gone"
+        self.chromium = chromium
+        self.contexts: list[BrowserContext] = []
+
+    async def new_context(self, **options: Any) -> BrowserContext:
+        context = await self.chromium.new_context(**options)
+        self.contexts.append(context)
+        return context
+
+    async def close(self) -> None:
+        while self.contexts:
+            await self.contexts.pop().close()
+
+
+@contextlib.asynccontextmanager
+async def browser_of(chromium: Browser) -> AsyncIterator[BrowserSession]:
+    """A test's browser on the session's Chromium, its contexts closed when the block ends, as a browser launched for
+    the block was: before a console opened in the same `async with` stops (its pages' live streams end first)."""
+    session = BrowserSession(chromium)
+    try:
+        yield session
+    finally:
+        await session.close()
+
+
+async def italian_context(browser: Browser | BrowserSession, **options: Any) -> BrowserContext:
     """A new Playwright browser context with the Italian operator's locale and time zone."""
     return await browser.new_context(locale=BROWSER_LOCALE, timezone_id=BROWSER_TIMEZONE, **options)
 

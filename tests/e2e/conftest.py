@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from services.formatter.app import GROUP as FORMATTER_GROUP
 from services.loader.app import COMMANDS_GROUP, SOURCES_GROUP
@@ -27,6 +28,7 @@ from services.runtime import db
 from services.runtime.settings import Settings
 from services.runtime.topics_admin import apply_topics
 from services.ts_gateway.app import GROUP as GATEWAY_GROUP
+from tests.console_support import CHROMIUM
 from tests.kafka_groups import members_of, wait_until_joined
 from tests.kafka_topics import delete_all_topics
 from tests.log_capture import configure_onto
@@ -123,6 +125,18 @@ async def _clean_topics(bootstrap: str) -> None:
     """Every topic deleted, then the registry's provisioned again (the brokers never auto-create them)."""
     await delete_all_topics(bootstrap)
     await apply_topics(bootstrap, Settings().topic_partitions)
+
+
+@pytest.fixture(scope="session")
+async def chromium() -> AsyncIterator[Browser]:
+    """One Chromium for the session's browser tests, launched at the first that asks: each test opens its own
+    contexts on it and closes them (tests/console_support.py browser_of)."""
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 @pytest.fixture(scope="session")

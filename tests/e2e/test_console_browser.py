@@ -9,20 +9,25 @@ to out/console-screenshots/ (not committed).
 from __future__ import annotations
 
 import logging
-import os
 import re
-import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Page
 
 from services.ts_gateway.sealing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, key_id, sealed_key_id, unseal
 from simulators.cup.generator import month_period
-from tests.console_support import PASSWORD, STRUCTURE, is_current_static_url, italian_context, running_console
+from tests.console_support import (
+    PASSWORD,
+    STRUCTURE,
+    browser_of,
+    is_current_static_url,
+    italian_context,
+    running_console,
+)
 from tests.e2e import test_secrets_canary as canary
 from tests.e2e.driving import _formatted_730, publish_month
 from tests.e2e.test_secrets_canary import folder_files, needles_for, scan_everything, search
@@ -33,7 +38,6 @@ pytestmark = pytest.mark.e2e
 canary_account = canary.canary_account  # the secrets canary's planted TS account (a fixture)
 
 SCREENS = Path(__file__).resolve().parents[2] / "out" / "console-screenshots"
-CHROMIUM = os.environ.get("FLOWS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 # Records every state the badge shows, and proves the page was never reloaded (the marker survives).
 WATCH_STATES = """() => {
   window.__noReload = "kept";
@@ -114,17 +118,16 @@ async def _submit_load(page: Page, month: str, scheduled: datetime | None) -> No
         await page.keyboard.press("Enter")
 
 
-async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None:  # type: ignore[no-untyped-def]
+async def test_an_operator_of_201_works_a_month_in_the_browser(platform, chromium) -> None:  # type: ignore[no-untyped-def]
     pool = await platform.pool()
     cfg = platform.settings
     try:
         await publish_month(platform, pool, "201", "2026-08", 3000, seed=21)
         await publish_month(platform, pool, "201", "2026-07", 300, seed=22, bad=3)
         async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir) as console, \
-                async_playwright() as pw:
+                browser_of(chromium) as browser:
             await console.add_users()
             foreign = await console.instance("202")
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
             context = await italian_context(browser, accept_downloads=True)
             page = await context.new_page()
             axe = Axe()
@@ -259,7 +262,7 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform) -> None
 
 
 async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignore[no-untyped-def]
-        platform, stack, canary_account, tmp_path) -> None:
+        platform, stack, canary_account, tmp_path, chromium) -> None:
     """The browser seals the TS credentials (WebCrypto) into the gateway's box; the console only ever
     receives the box; the gateway opens it, the simulator confirms, and the page shows Confirmed live.
     The canary account's values typed in the browser are then nowhere in clear (nor hex, base64,
@@ -274,9 +277,8 @@ async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignor
     logging.getLogger().addHandler(handler)  # uvicorn's and the console's records, as a deployment keeps them
     try:
         async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir,
-                                   keys_dir=cfg.keys_dir) as console, async_playwright() as pw:
+                                   keys_dir=cfg.keys_dir) as console, browser_of(chromium) as browser:
             await console.add_users()
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
             page = await (await italian_context(browser)).new_page()
             posted: list[str] = []
             page.on("request", lambda r: posted.append(r.post_data or "") if r.method == "POST" else None)
@@ -328,18 +330,17 @@ async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignor
         await pool.close()
 
 
-async def test_the_desk_sees_the_wrong_cell_of_an_uploaded_workbook(fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_the_desk_sees_the_wrong_cell_of_an_uploaded_workbook(fresh_db, tmp_path, chromium) -> None:  # type: ignore[no-untyped-def]
     """A desk user uploads tracciati with a wrong IUP_SSA_CODE and the page names sheet, row, column,
     cell and rule; the structure sees only its own request; axe on the onboarding pages."""
     wrong = aggregation_rows()
     wrong["Prestazioni"][0][3] = "150999"
     book = tmp_path / "allegato-a1.xlsx"
     book.write_bytes(workbook({"Prestazioni": wrong["Prestazioni"]}))
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
         await console.add_users()
         own = await console.onboarding_request("ONB-VESUVIO", STRUCTURE)
         other = await console.onboarding_request("ONB-VOMERO", "150321", "Centro <b>Vomero</b>")
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         axe = Axe()
         page = await (await italian_context(browser)).new_page()
         await _log_in(page, console.url, "desk.1")

@@ -24,7 +24,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from playwright.async_api import CDPSession, Page, Route, async_playwright
+from playwright.async_api import CDPSession, Page, Route
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from contracts import flows
@@ -32,8 +32,8 @@ from services.console import instance_pages
 from services.runtime.eventstore import NewEvent
 from services.runtime.outbox import OutboxRelay
 from services.runtime.read_models import instance_stream
-from tests.console_support import PASSWORD, italian_context, running_console
-from tests.e2e.test_console_browser import CHROMIUM, _log_in
+from tests.console_support import PASSWORD, browser_of, italian_context, running_console
+from tests.e2e.test_console_browser import _log_in
 from tests.pg_outage import postgres_down
 from tests.stack_urls import KAFKA
 
@@ -78,14 +78,13 @@ class StreamMessages:
             pytest.fail(f"the page's stream dispatched {self.names} in {timeout:.0f} s, not {count} {name!r}")
 
 
-async def test_a_change_during_a_slow_refresh_is_not_lost(fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+async def test_a_change_during_a_slow_refresh_is_not_lost(fresh_db, tmp_path, chromium) -> None:  # type: ignore[no-untyped-def]
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
         await console.add_users()
         instance = await console.instance("201")  # Running
         relay = OutboxRelay(console.pool, KAFKA, poll_interval=0.5)  # the loader's and formatter's relay
         stop = asyncio.Event()
         relay_task = asyncio.create_task(relay.run(stop))
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             page = await (await italian_context(browser)).new_page()
             await _log_in(page, console.url, "op.201")
@@ -143,17 +142,16 @@ LIVE = "() => document.getElementById('istanza').dataset.live"
 
 
 async def test_the_page_comes_back_live_after_postgresql_was_down_and_says_so_meanwhile(  # type: ignore[no-untyped-def]
-        fresh_db, tmp_path, monkeypatch) -> None:
+        fresh_db, tmp_path, monkeypatch, chromium) -> None:
     """PostgreSQL stops for real while an instance page is open. The stream's next check of its session cannot be
     made, so the stream ends; the browser reconnects and the console answers 503 (the guard cannot read the
     session). A browser does not reconnect a stream by itself after such an answer: before, the page then stayed
     still for good, showing an old state as if it were current. Now the page says that its updates stopped and
     tries again, backed off; once PostgreSQL is up it is live again and shows the next change without a reload."""
     monkeypatch.setattr(instance_pages, "STREAM_CHECK_S", 0.5)  # production: 15 s, the keep-alive
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
         await console.add_users()
         instance = await console.instance("201")  # Running
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         relay_task, stop = None, asyncio.Event()
         try:
             page = await (await italian_context(browser)).new_page()
@@ -208,17 +206,16 @@ def _subscriptions(page: Page) -> list[str]:
 
 
 async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: ignore[no-untyped-def]
-        fresh_db, tmp_path, monkeypatch) -> None:
+        fresh_db, tmp_path, monkeypatch, chromium) -> None:
     """Every request checks its session in the database; an event stream lives for hours. The user logs out in
     another tab: the open page's stream ends at once (before, it went on feeding a logged-out page for up to the
     15 s of its keep-alive check: here that check is an hour away, so the logout's NOTIFY is what ends it); the page
     says the session ended, does not try again, and links to the login, which brings the operator back to the
     instance, live again."""
     monkeypatch.setattr(instance_pages, "STREAM_CHECK_S", AN_HOUR)
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
         await console.add_users()
         instance = await console.instance("201")
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             context = await italian_context(browser)
             page = await context.new_page()
@@ -262,14 +259,13 @@ async def test_an_open_stream_ends_when_its_session_is_logged_out(  # type: igno
 
 
 async def test_an_administrators_disable_ends_an_operators_open_stream_at_once(  # type: ignore[no-untyped-def]
-        fresh_db, tmp_path, monkeypatch) -> None:
+        fresh_db, tmp_path, monkeypatch, chromium) -> None:
     """An operator has an instance page open, live; the administrator disables it on the users page (another
     browser). The operator's stream ends at once (its keep-alive check is an hour away) and its page says so."""
     monkeypatch.setattr(instance_pages, "STREAM_CHECK_S", AN_HOUR)
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
         await console.add_users()
         instance = await console.instance("201")
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             operator = await (await italian_context(browser)).new_page()
             await _log_in(operator, console.url, "op.201")

@@ -7,24 +7,22 @@ from __future__ import annotations
 
 import pytest
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import async_playwright
 
-from tests.console_support import italian_context, running_console
-from tests.e2e.test_console_browser import CHROMIUM, _axe_clean
+from tests.console_support import browser_of, italian_context, running_console
+from tests.e2e.test_console_browser import _axe_clean
 from tests.oidc_provider import running_provider
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.e2e
 
 
-async def test_an_operator_logs_in_through_the_identity_provider(fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
+async def test_an_operator_logs_in_through_the_identity_provider(fresh_db, tmp_path, chromium) -> None:  # type: ignore[no-untyped-def]
     async with running_provider() as provider, running_console(
             fresh_db, KAFKA, tmp_path / "files", console_oidc_metadata_url=provider.metadata_url,
             console_oidc_client_id=provider.client_id, console_oidc_client_secret=provider.client_secret,
-    ) as console, async_playwright() as pw:
+    ) as console, browser_of(chromium) as browser:
         own = await console.instance("201")
         provider.next_claims = {"preferred_username": "mario.rossi", "flows_role": "operator", "flows_enti": ["201"]}
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             page = await (await italian_context(browser)).new_page()
             await page.goto(f"{console.url}/istanze/{own}")

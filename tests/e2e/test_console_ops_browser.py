@@ -17,7 +17,6 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import async_playwright
 from pydantic import BaseModel, Field
 
 from contracts.envelope import Envelope
@@ -25,8 +24,8 @@ from contracts.topics import Topic
 from services.runtime import deadletters as dl
 from services.runtime.broker import Incoming, consume, create_broker
 from services.runtime.outbox import OutboxRelay
-from tests.console_support import csrf_of, italian_context, running_console
-from tests.e2e.test_console_browser import CHROMIUM, _axe_clean, _log_in
+from tests.console_support import browser_of, csrf_of, italian_context, running_console
+from tests.e2e.test_console_browser import _axe_clean, _log_in
 from tests.kafka_topics import create_topics
 from tests.stack_urls import KAFKA
 
@@ -38,7 +37,7 @@ class Filing(BaseModel):
     pages: int = Field(ge=1)
 
 
-async def test_a_poison_message_is_seen_and_redriven_once_from_the_ops_page(settings, fresh_db, tmp_path):  # type: ignore[no-untyped-def]
+async def test_a_poison_message_is_seen_and_redriven_once_from_the_ops_page(settings, fresh_db, tmp_path, chromium):  # type: ignore[no-untyped-def]
     topic = Topic(f"test.filing-{uuid.uuid4().hex[:8]}", Filing, "source_id", "probe", ("test",))
     group = f"ops-page-{topic.name}"
     archive = {"fine"}  # the cause: the handler needs an archive entry that is missing
@@ -53,14 +52,13 @@ async def test_a_poison_message_is_seen_and_redriven_once_from_the_ops_page(sett
     consume(broker, topic, group_id=group, handler=handler, max_attempts=2, retry_delay=0.01)
     await create_topics(KAFKA, topic.name, topic.dlq)
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True)
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
         await console.add_users()
         relay = OutboxRelay(console.pool, KAFKA, poll_interval=0.5)  # a service's relay publishes the redrive
         stop = asyncio.Event()
         relay_task = asyncio.create_task(relay.run(stop))
         await broker.start()
         await producer.start()
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             poison = Envelope.new(topic.name, "/test")
             await producer.send_and_wait(topic.name, b'{"source_id": "missing", "pages": 3}', key=b"missing",

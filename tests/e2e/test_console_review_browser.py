@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import Browser, Page
 
-from tests.console_support import RunningConsole, italian_context, running_console
-from tests.e2e.test_console_browser import CHROMIUM, _log_in
+from tests.console_support import RunningConsole, browser_of, italian_context, running_console
+from tests.e2e.test_console_browser import _log_in
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.e2e
@@ -31,16 +31,12 @@ async def console(fresh_db: str, tmp_path: Path) -> AsyncIterator[RunningConsole
 
 
 @contextlib.asynccontextmanager
-async def signed_in(console: RunningConsole, user: str) -> AsyncIterator[Page]:
+async def signed_in(chromium: Browser, console: RunningConsole, user: str) -> AsyncIterator[Page]:
     """A Chromium page of an Italian browser, signed in as `user` (a console_support user)."""
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
-        try:
-            page = await (await italian_context(browser)).new_page()
-            await _log_in(page, console.url, user)
-            yield page
-        finally:
-            await browser.close()
+    async with browser_of(chromium) as browser:
+        page = await (await italian_context(browser)).new_page()
+        await _log_in(page, console.url, user)
+        yield page
 
 
 async def _failed_load(console: RunningConsole, records: bytes = FEEDBACK, count: int = 1) -> int:
@@ -49,9 +45,10 @@ async def _failed_load(console: RunningConsole, records: bytes = FEEDBACK, count
                                                                  "feedback": feedback})])
 
 
-async def test_a_page_parameter_it_cannot_read_gets_an_italian_page_naming_it(console: RunningConsole) -> None:
+async def test_a_page_parameter_it_cannot_read_gets_an_italian_page_naming_it(
+        console: RunningConsole, chromium: Browser) -> None:
     instance = await _failed_load(console)
-    async with signed_in(console, "op.201") as page:
+    async with signed_in(chromium, console, "op.201") as page:
         answer = await page.goto(f"{console.url}/istanze/{instance}/feedback?da=abc")
         assert answer is not None and answer.status == 422
         assert "Input should be" not in await page.content()  # FastAPI's English JSON, no page at all
@@ -75,7 +72,7 @@ def _c1_file(records: int) -> bytes:
 
 
 async def test_a_file_page_offers_more_records_only_when_there_are_and_past_its_end_says_so(
-        console: RunningConsole) -> None:
+        console: RunningConsole, chromium: Browser) -> None:
     # A feedback of exactly one page (100 problems): "Record successivi" would lead to "record da 101 a 100".
     hundred = b"record_key;field;code;severity;message\n" + b"".join(
         f"S{n};patient_cf;CF_CHECK_CHAR;error;controllo {n}\n".encode() for n in range(100))
@@ -85,7 +82,7 @@ async def test_a_file_page_offers_more_records_only_when_there_are_and_past_its_
     formatted = await console.instance("201", [("flows.load-checked", {"source_instance": 2, "counts": {}}),
                                                ("flows.formatting-started", {}),
                                                ("flows.formatted", {"files": [c1]})])
-    async with signed_in(console, "op.201") as page:
+    async with signed_in(chromium, console, "op.201") as page:
         await page.goto(f"{console.url}/istanze/{instance}/feedback")
         assert await page.locator("#tabella tbody tr").count() == 100
         assert await page.locator("nav a", has_text="Record successivi").count() == 0
@@ -103,11 +100,11 @@ async def test_a_file_page_offers_more_records_only_when_there_are_and_past_its_
         assert await page.locator("#tabella tbody tr").count() == len(c1_data.splitlines()) < 100
 
 
-async def test_the_access_log_says_in_italian_who_read_what(console: RunningConsole) -> None:
+async def test_the_access_log_says_in_italian_who_read_what(console: RunningConsole, chromium: Browser) -> None:
     instance = await _failed_load(console)
-    async with signed_in(console, "op.201") as page:
+    async with signed_in(chromium, console, "op.201") as page:
         await page.goto(f"{console.url}/istanze/{instance}/feedback")
-    async with signed_in(console, "aud.1") as page:
+    async with signed_in(chromium, console, "aud.1") as page:
         await page.goto(f"{console.url}/accessi")
         cells = await page.locator("main table").first.locator("tbody tr").first.locator("td").all_inner_texts()
         # Ruolo and Cosa in words, with the file read: never the identifiers "operator", "feedback-view"
@@ -115,11 +112,11 @@ async def test_the_access_log_says_in_italian_who_read_what(console: RunningCons
 
 
 async def test_an_access_log_filter_that_is_no_instance_number_is_refused_not_dropped(
-        console: RunningConsole) -> None:
+        console: RunningConsole, chromium: Browser) -> None:
     instance = await _failed_load(console)
-    async with signed_in(console, "op.201") as page:
+    async with signed_in(chromium, console, "op.201") as page:
         await page.goto(f"{console.url}/istanze/{instance}/feedback")
-    async with signed_in(console, "aud.1") as page:
+    async with signed_in(chromium, console, "aud.1") as page:
         await page.goto(f"{console.url}/accessi?istanza=abc")
         assert "Istanza 'abc' non valida" in await page.inner_text("main")
         # not every access listed as if it were that instance's
@@ -128,35 +125,37 @@ async def test_an_access_log_filter_that_is_no_instance_number_is_refused_not_dr
         assert await page.locator("main table").first.locator("tbody tr", has_text="op.201").count() == 1
 
 
-async def test_a_hash_chain_of_one_event_is_said_in_the_singular(console: RunningConsole) -> None:
+async def test_a_hash_chain_of_one_event_is_said_in_the_singular(console: RunningConsole, chromium: Browser) -> None:
     one = await console.instance("201")  # Running: one event in its stream
     two = await _failed_load(console)
-    async with signed_in(console, "op.201") as page:
+    async with signed_in(chromium, console, "op.201") as page:
         await page.goto(f"{console.url}/istanze/{one}")
         assert await page.inner_text("#catena") == "verificata (1 evento)"
         await page.goto(f"{console.url}/istanze/{two}")
         assert await page.inner_text("#catena") == "verificata (2 eventi)"
 
 
-async def test_the_errors_of_a_load_are_counted_as_italians_write_numbers(console: RunningConsole) -> None:
+async def test_the_errors_of_a_load_are_counted_as_italians_write_numbers(
+        console: RunningConsole, chromium: Browser) -> None:
     instance = await _failed_load(console, count=1500)
-    async with signed_in(console, "op.201") as page:
+    async with signed_in(chromium, console, "op.201") as page:
         await page.goto(f"{console.url}/istanze/{instance}")
         said = await page.inner_text("dt:has-text('Errori, avvisi') + dd")
         assert said.startswith("1.500 errori, 0 avvisi"), said
 
 
-async def test_the_deadlines_caption_names_the_month_in_italian(console: RunningConsole) -> None:
-    async with signed_in(console, "op.201") as page:
+async def test_the_deadlines_caption_names_the_month_in_italian(console: RunningConsole, chromium: Browser) -> None:
+    async with signed_in(chromium, console, "op.201") as page:
         await page.goto(f"{console.url}/scadenze?mese=2026-11")
         caption = await page.inner_text("main table caption")
         assert caption.startswith("Scadenze dei periodi che finiscono in novembre 2026 ("), caption
         assert await page.input_value("#mese") == "2026-11"  # the field keeps the value a month input takes
 
 
-async def test_an_onboarding_state_the_dashboard_does_not_know_is_said_not_applied(console: RunningConsole) -> None:
+async def test_an_onboarding_state_the_dashboard_does_not_know_is_said_not_applied(
+        console: RunningConsole, chromium: Browser) -> None:
     await console.onboarding_request("R-REVIEW-1", "150123")
-    async with signed_in(console, "desk.1") as page:
+    async with signed_in(chromium, console, "desk.1") as page:
         await page.goto(f"{console.url}/onboarding?stato=in-lavorazione")
         assert "Stato 'in-lavorazione' sconosciuto" in await page.inner_text("main")
         assert await page.locator("main table tbody tr", has_text="R-REVIEW-1").count() == 1  # not 'Nessuna richiesta'
@@ -165,7 +164,8 @@ async def test_an_onboarding_state_the_dashboard_does_not_know_is_said_not_appli
         assert await page.locator("main table tbody tr", has_text="R-REVIEW-1").count() == 0
 
 
-async def test_a_730_sent_after_the_gateway_key_rotated_is_refused_in_italian(fresh_db: str, tmp_path: Path) -> None:
+async def test_a_730_sent_after_the_gateway_key_rotated_is_refused_in_italian(fresh_db: str, tmp_path: Path,
+                                                                              chromium: Browser) -> None:
     from services.ts_gateway.sealing import PUBLIC_KEY_FILE, ensure_gateway_keypair, new_key_pair, write_atomically
 
     keys = tmp_path / "keys"
@@ -176,7 +176,7 @@ async def test_a_730_sent_after_the_gateway_key_rotated_is_refused_in_italian(fr
         instance = await console.instance("201", [("flows.load-checked", {"source_instance": 2, "counts": {}}),
                                                   ("flows.formatting-started", {}),
                                                   ("flows.formatted", {"files": [zipped]})], flow_type="FLUSSO_730")
-        async with signed_in(console, "op.201") as page:
+        async with signed_in(chromium, console, "op.201") as page:
             await page.goto(f"{console.url}/istanze/{instance}/invia-ts")
             write_atomically(keys / PUBLIC_KEY_FILE, new_key_pair()[0], 0o644)  # flows ts rotate-key, meanwhile
             for field, value in (("#ts-cf", "RSSMRA80A01F839W"), ("#ts-utente", "utente"), ("#ts-password", "pw"),
@@ -189,14 +189,14 @@ async def test_a_730_sent_after_the_gateway_key_rotated_is_refused_in_italian(fr
             assert "sealed to key" not in text and "seal them again" not in text
 
 
-async def test_a_load_form_sent_twice_makes_one_instance(platform) -> None:  # type: ignore[no-untyped-def]
+async def test_a_load_form_sent_twice_makes_one_instance(platform, chromium) -> None:  # type: ignore[no-untyped-def]
     """The same Nuovo caricamento form sent a second time (a double click, the browser's resubmission on F5 of the
     'Richiesta inviata' page) is the same request: the loader's idempotency (request_id) makes one instance of it.
     The same form sent for another period is another request."""
     cfg = platform.settings
     async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir) as console:
         await console.add_users()
-        async with signed_in(console, "op.201") as page:
+        async with signed_in(chromium, console, "op.201") as page:
             await page.goto(console.url + "/istanze/nuova")
             await page.select_option("#tipo", "FLUSSO_MEF")
             await page.fill("#dal", "2024-03-01")
@@ -229,7 +229,7 @@ async def test_a_load_form_sent_twice_makes_one_instance(platform) -> None:  # t
         assert aprils == 1, f"{aprils} instances of April, asked from the same form"
 
 
-async def test_each_esito_of_an_instance_is_read_from_its_own_link(console: RunningConsole) -> None:
+async def test_each_esito_of_an_instance_is_read_from_its_own_link(console: RunningConsole, chromium: Browser) -> None:
     """A 730 whose load warned and which Sistema TS refused in part: the load's feedback and TS's errors of each
     part. Every 'Leggi l'esito' led to the same page, the first file's, so TS's errors could not be read there."""
     feedback = console.file_ref("feedback_1.csv", "feedback", FEEDBACK, 1, "text/csv")
@@ -240,7 +240,7 @@ async def test_each_esito_of_an_instance_is_read_from_its_own_link(console: Runn
                                                                       "warnings": 1, "feedback": feedback}),
                                               ("flows.formatting-started", {}),
                                               ("flows.formatted", {"files": parts})], flow_type="FLUSSO_730")
-    async with signed_in(console, "op.201") as page:
+    async with signed_in(chromium, console, "op.201") as page:
         for name, said in (("ts_errors_1_p2.csv", "documento P2 rifiutato"),
                            ("ts_errors_1_p1.csv", "documento P1 rifiutato"),
                            ("feedback_1.csv", "il carattere di controllo")):
@@ -252,7 +252,7 @@ async def test_each_esito_of_an_instance_is_read_from_its_own_link(console: Runn
 
 
 async def test_the_feedback_download_holds_every_esito_each_line_once_naming_its_esito(
-        console: RunningConsole) -> None:
+        console: RunningConsole, chromium: Browser) -> None:
     """feedback.csv (and the API's feedback) gave the first esito alone: the load's feedback of a 730, without a line
     of Sistema TS's errors. It now holds every esito the pages list, each line once, led by the esito's file name
     (the caption of its page), each esito after its own header; from any esito's page 'Scarica tutti gli esiti'
@@ -273,7 +273,7 @@ async def test_the_feedback_download_holds_every_esito_each_line_once_naming_its
     for name, data in esiti.items():
         header, *lines = _csv_rows(data)
         expected += [["esito", *header], *[[name, *line] for line in lines]]
-    async with signed_in(console, "op.201") as page:
+    async with signed_in(chromium, console, "op.201") as page:
         for url in (f"/istanze/{instance}/feedback.csv", f"/api/istanze/{instance}/feedback"):
             answer = await page.request.get(console.url + url)
             assert answer.ok, url
@@ -292,13 +292,13 @@ def _csv_rows(data: bytes) -> list[list[str]]:
     return list(csv.reader(io.StringIO(data.decode("utf-8"), newline=""), delimiter=";"))
 
 
-async def test_a_730_or_ts_csv_page_past_its_end_says_so_too(console: RunningConsole) -> None:
+async def test_a_730_or_ts_csv_page_past_its_end_says_so_too(console: RunningConsole, chromium: Browser) -> None:
     errors = console.file_ref("ts_errors_1_p1.csv", "ts-errors", b"COD REGIONE;DESCRIZIONE ERRORE\n150;x\n", 1,
                               "text/csv")
     instance = await console.instance("201", [("flows.load-checked", {"source_instance": 2, "counts": {}}),
                                               ("flows.formatting-started", {}),
                                               ("flows.formatted", {"files": [errors]})], flow_type="FLUSSO_730")
-    async with signed_in(console, "op.201") as page:
+    async with signed_in(chromium, console, "op.201") as page:
         answer = await page.goto(f"{console.url}/istanze/{instance}/file/ts_errors_1_p1.csv?da=500")
         assert answer is not None and answer.status == 404
         assert "non ha record dalla posizione 501" in await page.inner_text("main")
@@ -313,11 +313,11 @@ document.addEventListener('securitypolicyviolation',
 """
 
 
-async def test_no_page_breaks_its_own_content_security_policy(console: RunningConsole) -> None:
+async def test_no_page_breaks_its_own_content_security_policy(console: RunningConsole, chromium: Browser) -> None:
     """Bootstrap Italia's CSS embeds the VideoJS icon font as a data: URL; under `default-src 'self'` the browser
     refused it (seen only in its console). The pages load with no CSP violation and no console error."""
     instance = await _failed_load(console)
-    async with signed_in(console, "op.201") as page:
+    async with signed_in(chromium, console, "op.201") as page:
         errors: list[str] = []
         page.on("console", lambda m: errors.append(m.text[:160]) if m.type == "error" else None)
         await page.add_init_script(COLLECT_CSP_VIOLATIONS)

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import pytest
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import async_playwright
 
-from tests.console_support import italian_context, running_console
-from tests.e2e.test_console_browser import CHROMIUM, _axe_clean, _log_in
+from tests.console_support import browser_of, italian_context, running_console
+from tests.e2e.test_console_browser import _axe_clean, _log_in
 from tests.integration.test_console_onboarding import _complete_switch_request, _san_gennaro
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.e2e
 
 
-async def test_a_structure_takes_the_proposed_switch_slot_in_the_browser(fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+async def test_a_structure_takes_the_proposed_switch_slot_in_the_browser(fresh_db, tmp_path, chromium) -> None:  # type: ignore[no-untyped-def]
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
         await console.add_users()
         await _complete_switch_request(console, "ONB-SWITCH")
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             page = await (await italian_context(browser)).new_page()
             await _log_in(page, console.url, "st.1")

@@ -13,23 +13,21 @@ import re
 import httpx
 import pytest
 from axe_playwright_python.async_playwright import Axe
-from playwright.async_api import async_playwright
 from typer.testing import CliRunner
 
 from contracts.deadlines import ITALY
 from services.cli.main import app as flows_app
 from services.console import auth
-from tests.console_support import PASSWORD, csrf_of, italian_context, running_console
-from tests.e2e.test_console_browser import CHROMIUM, _axe_clean, _log_in
+from tests.console_support import PASSWORD, browser_of, csrf_of, italian_context, running_console
+from tests.e2e.test_console_browser import _axe_clean, _log_in
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.e2e
 
 
-async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_path, monkeypatch, chromium) -> None:  # type: ignore[no-untyped-def]
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
         await console.add_users()
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             page = await (await italian_context(browser)).new_page()
             await _log_in(page, console.url, "adm.1")
@@ -134,12 +132,12 @@ async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_pat
             await browser.close()
 
 
-async def test_the_admin_issues_an_api_key_sees_it_once_and_revokes_it_from_the_page(fresh_db, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, async_playwright() as pw:
+async def test_the_admin_issues_an_api_key_sees_it_once_and_revokes_it_from_the_page(  # type: ignore[no-untyped-def]
+        fresh_db, tmp_path, chromium) -> None:
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
         await console.add_users()
         own = await console.instance("201")
         await console.instance("202")
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True)
         try:
             page = await (await italian_context(browser)).new_page()
             visited: list[str] = []
