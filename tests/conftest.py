@@ -20,8 +20,7 @@ import pytest
 from deploy import localstack
 from deploy.localstack import containers
 from services.runtime.settings import Settings
-from tests import stack_urls  # noqa: F401  (sets the test stack's folder and ports before anything starts)
-from tests.stack_urls import port_free
+from tests import stack_urls  # sets the test stack's folder and ports before anything starts
 
 STACK_MODE = pytest.StashKey[containers.Mode]()
 
@@ -44,6 +43,15 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             asyncio.run(isolation.drop_template())
         except (OSError, asyncpg.PostgresError) as exc:  # the server is gone: it goes with the stack
             print(f"the session's template database was not dropped: {exc}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> object:
+    """The ports the test reserved (tests/stack_urls.py) released once its fixtures are torn down."""
+    try:
+        return (yield)
+    finally:
+        stack_urls.release_reserved()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -112,15 +120,16 @@ async def conn(fresh_db: str) -> AsyncIterator[asyncpg.Connection]:
 # ---------------------------------------------------------------- private stacks (fault tests)
 def free_stack_ports(brokers: int) -> tuple[int, int]:
     """A Kafka port base (2 ports per node), its TS simulator port (base + 8), a PostgreSQL port (base + 10) and
-    a console port (base + 12: `private_stack`), all currently free, within the test stack's own range
-    (FLOWS_KAFKA_PORT_BASE + 100 .. + 900): parallel sessions on one machine, each with its own port base, never
-    pick the same ports."""
+    a console port (base + 12: `private_stack`), all currently free and now reserved for the test, within the test
+    stack's own range (FLOWS_KAFKA_PORT_BASE + 100 .. + 900): parallel sessions on one machine, each with its own
+    port base, never pick the same ports."""
     own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
-    for base in range(own + 108, own + 900, 20):
-        wanted = [base + i for i in range(2 * brokers)] + [localstack.ts_sim_port(base), base + 10, base + 12]
-        if all(port_free(p) for p in wanted):
-            return base, base + 10
-    raise AssertionError(f"no free ports in {own + 108}-{own + 900}")
+    got = stack_urls.reserve_first(
+        [base + i for i in range(2 * brokers)] + [localstack.ts_sim_port(base), base + 10, base + 12]
+        for base in range(own + 108, own + 900, 20))
+    if got is None:
+        raise AssertionError(f"no free ports in {own + 108}-{own + 900}")
+    return got[0], got[0] + 10
 
 
 def _link_session_jars(state: Path) -> None:

@@ -7,7 +7,11 @@ messages. DATABASE_URL, when set, points the tests at an external PostgreSQL ins
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,11 +35,63 @@ def port_free(port: int) -> bool:
     return True
 
 
+# Ports a test picks are reserved for its process, in a file beside the session's stack, until the test ends
+# (tests/conftest.py releases them): a port free when one test looks may be taken by a test of another session (or
+# of another worker of this one) before the process that was to listen on it binds it.
+RESERVED_PORTS = Path(os.environ["FLOWS_STACK_DIR"]) / "reserved-ports.json"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _reservations() -> Iterator[dict[int, int]]:
+    """The reserved ports (port -> pid) of live processes, under an exclusive lock; written back at the end."""
+    RESERVED_PORTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESERVED_PORTS.with_suffix(".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            try:
+                raw = json.loads(RESERVED_PORTS.read_text())
+            except (FileNotFoundError, ValueError):
+                raw = {}
+            held = {int(port): pid for port, pid in raw.items() if _alive(pid)}
+            yield held
+            RESERVED_PORTS.write_text(json.dumps(held))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def reserve_first(groups: Iterable[Sequence[int]]) -> Sequence[int] | None:
+    """The first of `groups` of ports whose every port is free and reserved by no other test (of this session or
+    another on this machine), now reserved for this process; None when there is none."""
+    with _reservations() as held:
+        for group in groups:
+            if all(port not in held and port_free(port) for port in group):
+                held.update((port, os.getpid()) for port in group)
+                return group
+    return None
+
+
+def release_reserved() -> None:
+    """This process's reservations released (the end of a test)."""
+    with _reservations() as held:
+        for port in [port for port, pid in held.items() if pid == os.getpid()]:
+            del held[port]
+
+
 def free_port(first: int, last: int) -> int:
-    """A free port between FLOWS_KAFKA_PORT_BASE + first and + last: the machine may run other stacks, so a test
-    stays inside its own stack's range (private stacks take base + 100..900)."""
+    """A free port between FLOWS_KAFKA_PORT_BASE + first and + last, reserved for the test: the machine may run
+    other stacks, so a test stays inside its own stack's range (private stacks take base + 100..900)."""
     base = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
-    for port in range(base + first, base + last):
-        if port_free(port):
-            return port
-    raise RuntimeError(f"no free port in {base + first}..{base + last - 1}")
+    got = reserve_first((port,) for port in range(base + first, base + last))
+    if got is None:
+        raise RuntimeError(f"no free port in {base + first}..{base + last - 1}")
+    return got[0]

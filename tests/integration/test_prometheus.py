@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from deploy import localstack
 from services.cli import observability as obs
+from tests.stack_urls import reserve_first
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,10 @@ async def _api(url: str, path: str, **params: str) -> Any:
 async def test_prometheus_scrapes_the_services_and_loads_the_alert_rules(settings, fresh_db, tmp_path, monkeypatch):
     from services.audit.app import main
 
-    monkeypatch.setenv("FLOWS_OBSERVABILITY_PORT_BASE", str(int(localstack._kafka_port_base()) + 508))
+    own = int(localstack._kafka_port_base())  # Prometheus on the base itself, the audit service's port next to it
+    pair = reserve_first((port, port + 1) for port in range(own + 508, own + 560))
+    assert pair is not None, f"no two free ports in {own + 508}..{own + 560}"
+    monkeypatch.setenv("FLOWS_OBSERVABILITY_PORT_BASE", str(pair[0]))
     ports = obs.health_ports(["audit"])
     cfg = settings.model_copy(update={"database_url": fresh_db, "health_port": ports["audit"],
                                       "checkpoint_key": tmp_path / "k" / "signing.key",

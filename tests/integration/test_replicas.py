@@ -43,7 +43,7 @@ from simulators.cup.generator import generate, month_period
 from tests.integration.outage_loader import start_at_the_end
 from tests.isolation import REPO, logged_process, scratch_database
 from tests.log_capture import json_lines
-from tests.stack_urls import KAFKA, free_port, port_free
+from tests.stack_urls import KAFKA, free_port, reserve_first
 
 pytestmark = pytest.mark.integration
 
@@ -598,10 +598,10 @@ async def test_a_connection_cut_under_a_format_leaves_it_formatting_and_the_next
 def _free_run(count: int) -> int:
     """A port base whose next `count` ports are free, in this stack's own range (base + 700 .. + 900)."""
     own = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
-    for base in range(own + 700, own + 900 - count, count + 1):
-        if all(port_free(p) for p in range(base, base + count + 1)):
-            return base
-    raise AssertionError(f"no {count} free ports in {own + 700}..{own + 900}")
+    got = reserve_first(range(base, base + count + 1) for base in range(own + 700, own + 900 - count, count + 1))
+    if got is None:
+        raise AssertionError(f"no {count} free ports in {own + 700}..{own + 900}")
+    return got[0]
 
 
 def _flows_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

@@ -24,6 +24,7 @@ from contracts.topics import DLQ_MAX_MESSAGE_BYTES, all_topics
 from deploy import localstack
 from services.runtime.settings import Settings
 from services.runtime.topics_admin import apply_topics, list_topics
+from tests.stack_urls import free_port
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -193,7 +194,7 @@ def test_a_service_killed_with_sigkill_runs_again_without_any_command(stack, tmp
     messages) under its supervisor: kill -9 it; its supervisor starts it again, serving, without any command,
     and `flows stack status` shows the restart and the last exit. How fast is not this test's business (a
     timed test); the wait only stops at 120 s, then fails naming what never came back."""
-    port = localstack.ts_sim_port(int(os.environ["FLOWS_KAFKA_PORT_BASE"])) + 50
+    port = free_port(58, 100)  # in the stack's range, reserved: another worker's test may pick from it
     name = f"probe-sim-{os.getpid()}"
     argv = [sys.executable, "-m", "simulators.sistema_ts", "--port", str(port),
             "--cert-out", str(tmp_path / "ts-sim")]
