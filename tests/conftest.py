@@ -24,6 +24,14 @@ from tests import stack_urls  # sets the test stack's folder and ports before an
 
 STACK_MODE = pytest.StashKey[containers.Mode]()
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # A pytest-xdist worker is started by the controller after the controller imported readline (pdb does), which
+    # sets COLUMNS=80 and LINES=24 in the C environment when there is no terminal: the worker then has them in
+    # os.environ, where the session run in one process never does, and the CLI's rich consoles (made at import) would
+    # stay 80 columns wide whatever COLUMNS a test sets. The worker's environment as the one-process session's.
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     """Decides the stack before any test runs: FLOWS_TEST_STACK=containers with no Docker daemon answering
@@ -45,6 +53,22 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             print(f"the session's template database was not dropped: {exc}")
 
 
+def uses_session_stack(item: pytest.Item) -> bool:
+    """Whether a test works on the session's stack (its Kafka, its PostgreSQL, the e2e platform): an integration or
+    e2e test, unless it runs on stacks of its own (`private_stack`, test_two_stacks.py's `two_stacks`)."""
+    if "/integration/" not in str(item.path) and "/e2e/" not in str(item.path):
+        return False
+    return not {"private_stack", "two_stacks"} & set(getattr(item, "fixturenames", ()))
+
+
+@pytest.fixture(autouse=True)
+def _session_stack(request: pytest.FixtureRequest) -> None:
+    """The session's stack for every test that works on it (`uses_session_stack`), even one that only reads
+    tests.stack_urls; never for the others: a pytest-xdist worker given none of them starts no stack."""
+    if uses_session_stack(request.node):
+        request.getfixturevalue("stack")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> object:
     """The ports the test reserved (tests/stack_urls.py) released once its fixtures are torn down."""
@@ -54,12 +78,11 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         stack_urls.release_reserved()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def stack(request):  # type: ignore[no-untyped-def]
-    """The test stack, started once per session when any integration or e2e test is collected."""
-    needs = any("/integration/" in str(i.path) or "/e2e/" in str(i.path) for i in request.session.items)
-    if not needs:
-        return None
+    """The test stack, started once per session, at the first test that works on it: the one ./run started, or a
+    pytest-xdist worker's own (tests/stack_urls.py), which stays running as the first does (./run tests-down stops
+    both)."""
     from services.runtime.topics_admin import apply_topics
 
     if request.config.stash[STACK_MODE] == "containers":
@@ -67,6 +90,8 @@ def stack(request):  # type: ignore[no-untyped-def]
         request.addfinalizer(running.stop)
         info = running.info
     else:
+        if not (localstack.state_dir() / "kafka" / "libs").exists():
+            _link_session_jars(localstack.state_dir())  # a worker's first stack: no Maven run
         info = localstack.up(progress=lambda line: None)
     # The brokers never auto-create topics: the tests run on the registry's topics, provisioned as
     # `flows stack up` provisions them.
@@ -137,7 +162,7 @@ def _link_session_jars(state: Path) -> None:
     from the default .stack/: up() finds them current and does not run Maven (~2 s a private stack; .stack/ is
     absent on a fresh clone, whose tests run in .stack-test/). Nothing to link (a container session): Maven, as
     before."""
-    session_libs = localstack.state_dir() / "kafka" / "libs"
+    session_libs = stack_urls.SESSION_STACK_DIR / "kafka" / "libs"
     if not (session_libs / "pom.sha256").is_file():
         return
     libs = state / "kafka" / "libs"

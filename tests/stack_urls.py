@@ -18,6 +18,21 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FLOWS_STACK_DIR", str(REPO / ".stack-test"))
 os.environ.setdefault("FLOWS_KAFKA_PORT_BASE", "29092")
 os.environ.setdefault("FLOWS_PG_PORT", "25432")
+# The session's stack, as ./run (or whoever started pytest) chose it: the first pytest-xdist worker's, or the only one.
+SESSION_STACK_DIR = Path(os.environ["FLOWS_STACK_DIR"])
+SESSION_KAFKA_PORT_BASE = int(os.environ["FLOWS_KAFKA_PORT_BASE"])
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if WORKER not in ("", "gw0"):
+    # Every other pytest-xdist worker (./run tests runs two) has a stack of its own: its tests stop PostgreSQL and
+    # brokers, delete every topic and run the e2e platform's services, so no two workers may share one. In
+    # worker-gwN/ of the session's folder, on ports of the session's range that no test takes (tests take base + 30
+    # and above): Kafka base + 10N and + 10N + 1, its TS simulator base + 10N + 8, PostgreSQL base + 2 + N.
+    _n = int(WORKER.removeprefix("gw"))
+    if not 1 <= _n <= 2:
+        raise RuntimeError(f"pytest-xdist worker {WORKER}: the test stack's port range has room for 3 workers")
+    os.environ["FLOWS_STACK_DIR"] = str(SESSION_STACK_DIR / f"worker-{WORKER}")
+    os.environ["FLOWS_KAFKA_PORT_BASE"] = str(SESSION_KAFKA_PORT_BASE + 10 * _n)
+    os.environ["FLOWS_PG_PORT"] = str(SESSION_KAFKA_PORT_BASE + 2 + _n)
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"postgresql://postgres@127.0.0.1:{os.environ['FLOWS_PG_PORT']}/flows"
 KAFKA = f"127.0.0.1:{os.environ['FLOWS_KAFKA_PORT_BASE']}"
@@ -38,7 +53,7 @@ def port_free(port: int) -> bool:
 # Ports a test picks are reserved for its process, in a file beside the session's stack, until the test ends
 # (tests/conftest.py releases them): a port free when one test looks may be taken by a test of another session (or
 # of another worker of this one) before the process that was to listen on it binds it.
-RESERVED_PORTS = Path(os.environ["FLOWS_STACK_DIR"]) / "reserved-ports.json"
+RESERVED_PORTS = SESSION_STACK_DIR / "reserved-ports.json"
 
 
 def _alive(pid: int) -> bool:

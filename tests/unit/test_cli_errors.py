@@ -18,7 +18,9 @@ NEVER = ("Traceback", "ValidationError", "ValueError", "errors.pydantic.dev", "B
 
 
 def _run(*args: str) -> tuple[int, str]:
-    result = runner.invoke(app, list(args), env={"FLOWS_DEBUG": ""})
+    # A wide console: rich wraps long lines, and a word longer than the line (a path of pytest's temporary folder,
+    # deeper under a pytest-xdist worker) is cut in two, which joining the lines again does not mend.
+    result = runner.invoke(app, list(args), env={"FLOWS_DEBUG": "", "COLUMNS": "400"})
     text = re.sub(r"[\u2500-\u257f]", " ", result.output or "")  # the usage box's borders
     out = " ".join(text.split())  # rich wraps long lines
     for word in NEVER:
