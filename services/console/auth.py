@@ -342,6 +342,16 @@ class ApiKeyAlreadyIssued(Exception):
         self.key_id, self.label, self.created_at = key_id, label, created_at
 
 
+def api_key_secret() -> str:
+    """A key's secret: 32 random bytes, URL-safe base64, never beginning with '-'. One in 64 would, and a secret
+    pasted alone on a command line (`flows users api-key-revoke <secret>`, a mistake `api_key_id` answers with what
+    to give instead) would then be read as an option ("No such option: -k"). Drawn again when it does: the first
+    character has 63 values instead of 64 (0.02 of 256 bits)."""
+    while (secret := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return secret
+
+
 async def add_api_key(pool: asyncpg.Pool, label: str, enti: list[str], *, by: str,
                       request_id: str | None = None) -> str:
     """A new key bound to `enti`, returned once (only its secret's SHA-256 is kept); recorded as issued `by`.
@@ -349,7 +359,7 @@ async def add_api_key(pool: asyncpg.Pool, label: str, enti: list[str], *, by: st
     that already issued a key issues no other: ApiKeyAlreadyIssued names the first. Two at once: the unique index
     makes the second wait for the first, then find its key."""
     check_api_key(label, enti)
-    key_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+    key_id, secret = secrets.token_hex(6), api_key_secret()
     async with pool.acquire() as conn, conn.transaction():
         inserted = await conn.fetchval(
             "INSERT INTO console_api_key (key_id, secret_hash, label, enti, request_id) VALUES ($1, $2, $3, $4, $5) "
