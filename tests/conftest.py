@@ -46,7 +46,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """The scratch databases' template (tests/isolation.py) dropped, when the session made one."""
     from tests import isolation
 
-    if isolation._template is not None:
+    if isolation.template_made():
         try:
             asyncio.run(isolation.drop_template())
         except (OSError, asyncpg.PostgresError) as exc:  # the server is gone: it goes with the stack
@@ -91,7 +91,7 @@ def stack(request):  # type: ignore[no-untyped-def]
         info = running.info
     else:
         if not (localstack.state_dir() / "kafka" / "libs").exists():
-            _link_session_jars(localstack.state_dir())  # a worker's first stack: no Maven run
+            link_session_jars(localstack.state_dir())  # a worker's first stack: no Maven run
         info = localstack.up(progress=lambda line: None)
     # The brokers never auto-create topics: the tests run on the registry's topics, provisioned as
     # `flows stack up` provisions them.
@@ -157,7 +157,7 @@ def free_stack_ports(brokers: int) -> tuple[int, int]:
     return got[0], got[0] + 10
 
 
-def _link_session_jars(state: Path) -> None:
+def link_session_jars(state: Path) -> None:
     """The session stack's Kafka jars (and their pom.sha256) hard-linked into a new state folder, as up() itself does
     from the default .stack/: up() finds them current and does not run Maven (~2 s a private stack; .stack/ is
     absent on a fresh clone, whose tests run in .stack-test/). Nothing to link (a container session): Maven, as
@@ -181,7 +181,7 @@ def private_stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     its data folder if another session starts while this test runs."""
     base, pg_port = free_stack_ports(brokers=3)
     state = Path(tempfile.mkdtemp(prefix="flows-stack-test-"))
-    _link_session_jars(state)
+    link_session_jars(state)
     monkeypatch.setenv("FLOWS_STACK_DIR", str(state))
     monkeypatch.setenv("FLOWS_KAFKA_PORT_BASE", str(base))
     monkeypatch.setenv("FLOWS_PG_PORT", str(pg_port))

@@ -42,6 +42,11 @@ async def _migrated_template() -> str:
     return _template
 
 
+def template_made() -> bool:
+    """Whether this session made its template (then drop_template has something to drop)."""
+    return _template is not None
+
+
 async def drop_template() -> None:
     """Drops the session's template, if one was made."""
     global _template

@@ -22,7 +22,7 @@ import pytest
 
 from deploy import localstack
 from services.cli.stack import SERVICES
-from tests.conftest import _link_session_jars, free_stack_ports
+from tests.conftest import free_stack_ports, link_session_jars
 from tests.integration.test_localstack import _live, _roundtrip
 
 pytestmark = pytest.mark.integration
@@ -109,7 +109,7 @@ def test_two_stacks_with_different_port_bases_run_side_by_side(
     for _ in range(2):  # the second picks its ports once the first holds its own
         base, pg_port = free_stack_ports(brokers=1)
         state = Path(tempfile.mkdtemp(prefix="flows-two-stacks-"))
-        _link_session_jars(state)  # no Maven run for each (the second takes the first one's, linked from the session's)
+        link_session_jars(state)  # no Maven run for each (the second takes the first one's, linked from the session's)
         two_stacks.append((state, base, pg_port))
         _use(monkeypatch, state, base, pg_port)
         info = localstack.up(brokers=1, progress=lambda _msg: None)
