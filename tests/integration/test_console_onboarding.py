@@ -19,12 +19,14 @@ import httpx
 import pytest
 
 from services.console.labels import WEEKDAYS_IT
+from services.onboarding.switch import SwitchCalendar, load_patron_days
 from tests.console_support import STRUCTURE, RunningConsole, csrf_of, running_console
 from tests.fault_disk import small_disk
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
 
+NAPOLI = "063049"  # the municipality of every request console_support opens
 PDF = b"%PDF-1.4\n% autorizzazione SUAP del Laboratorio Vesuvio, firmata dal dott. Esposito\n"
 
 
@@ -74,18 +76,28 @@ async def test_a_document_is_downloaded_by_the_desk_and_its_structure_only_and_e
 async def _complete_switch_request(console: RunningConsole, request_id: str, declared: date | None = None) -> None:
     """A software-house change of the structure user's own structure, complete: its three documents
     compliant (their facts declared), so the onboarding service judges switch slots for it. The slot its switch
-    document declares (`declared`, 09:00-10:00; by default a valid weekday in 120 days) is judged on completion."""
+    document declares (`declared`, 09:00-10:00; by default the first day from 120 days on that the switch calendar
+    leaves open) is judged on completion. Skipping weekends alone was not enough: on one day in 27 the day came on a
+    public holiday or San Gennaro (today 2026-11-28: Easter Monday 2027), the declared slot was refused, and the test
+    found no switch scheduled."""
     await console.onboarding_request(request_id, STRUCTURE, "Centro Vomero", kind="software-house-change")
     pdf = b"%PDF-1.7 switch"
     await console.onboarding_document(request_id, "richiesta.pdf", pdf, "formal-request-software-house-change",
                                       {"protocol": "2026/5", "letterhead": "yes", "software_house": "Medisoft",
                                        "credentials": "new-oauth2"})
     await console.onboarding_document(request_id, "b2.pdf", pdf, "endpoint-form-b2", {"filled": "yes", "annex": "B2"})
-    far = declared or date.today() + timedelta(days=120)
-    while far.weekday() >= 5:
-        far += timedelta(days=1)
+    far = declared or open_day_from(date.today() + timedelta(days=120))
     await console.onboarding_document(request_id, "data.pdf", pdf, "switch-date-request",
                                       {"switch_date": far.isoformat(), "switch_window": "09:00-10:00"})
+
+
+def open_day_from(day: date) -> date:
+    """The first day from `day` on when a switch can be done at the console's structures (Napoli): no weekend, no
+    public holiday, not San Gennaro (the onboarding service's own calendar)."""
+    calendar = SwitchCalendar(load_patron_days())
+    while calendar.closed_because(day, NAPOLI):
+        day += timedelta(days=1)
+    return day
 
 
 def _san_gennaro() -> date:
