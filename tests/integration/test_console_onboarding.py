@@ -101,8 +101,9 @@ def open_day_from(day: date) -> date:
 
 
 def _san_gennaro() -> date:
-    """The next 19 September on a weekday, beyond the notice: refused for Napoli's patron saint only."""
-    return next(d for d in (date.today() + timedelta(days=n) for n in range(60, 800))
+    """The next 19 September on a weekday, beyond the notice: refused for Napoli's patron saint only. Up to 3 years
+    away: 19 September falls on a weekend two years running (2026 and 2027, then 2037 and 2038)."""
+    return next(d for d in (date.today() + timedelta(days=n) for n in range(60, 1200))
                 if (d.month, d.day) == (9, 19) and d.weekday() < 5)
 
 

@@ -60,7 +60,8 @@ def test_the_desk_sees_the_wrong_cell_then_a_switch_refused_on_san_gennaro_with_
     out = onboarding("assess", "ONB-CLI-2", "endpoint-form-b2", "--compliant")
     assert "taken in charge" in out and "switch refused" in out and "earliest valid slot" in out
 
-    san_gennaro = next(d for d in (datetime.now(UTC).date() + timedelta(days=n) for n in range(60, 800))
+    # up to 3 years away: 19 September falls on a weekend two years running (2026 and 2027, then 2037 and 2038)
+    san_gennaro = next(d for d in (datetime.now(UTC).date() + timedelta(days=n) for n in range(60, 1200))
                        if (d.month, d.day) == (9, 19) and d.weekday() < 5)
     out = onboarding("switch", "ONB-CLI-2", "--date", san_gennaro.isoformat(), "--window", "09:00-10:00")
     assert "è la festa del santo patrono di Napoli (San Gennaro)" in " ".join(out.split())
