@@ -85,18 +85,31 @@ async def _figures(replica: Replica) -> tuple[float | None, float | None]:
 
 
 async def _interrupt(url: str, replicas: list[Replica], event: str, attempt: int) -> dict[str, Any]:
-    """Ends the sessions that wait on the test's lock until the service logs interruption `attempt`. (A session
-    of the attempt before, still waiting after its attempt ended, may be the one cut: then cut again.)"""
+    """Ends the sessions that wait on the test's lock until the service logs interruption `attempt`. The cut attempt
+    logs it before the service can begin the next one, so a session waiting on the lock anew while that line has not
+    come means the cut missed this attempt (it ended a session of the attempt before, still waiting after its attempt
+    ended): that one is cut too. Waited for as such, not for a time: the line looked for during 2 s after a cut
+    (written within 0.06 s on a loaded machine) meant that a replica slowed past them was cut a second time, an
+    interruption the test did not count (`cut.interrupted == cut.lines` then failed on a sound service)."""
+    cut: set[int] = set()  # a terminated backend may still be listed for a moment: not cut again
+    conn = await asyncpg.connect(url)  # outside the blocking transaction: each poll is a transaction of its own
     try:
         async with asyncio.timeout(120):  # a hang guard
-            while True:
-                await _cut_sessions_waiting_on_a_lock(url)
-                for _ in range(40):
+            while not (found := _logged(replicas, event, attempt=attempt)):
+                waiting = {row["pid"] for row in await conn.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")} - cut
+                if waiting:
                     if found := _logged(replicas, event, attempt=attempt):
-                        return found[0]
-                    await asyncio.sleep(0.05)
+                        break  # logged before the next attempt began to wait: that one is for the next cut
+                    await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", list(waiting))
+                    cut |= waiting
+                await asyncio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"no {event} attempt {attempt} within 120 s") from None
+    finally:
+        await conn.close()
+    return found[0]
 
 
 @contextlib.asynccontextmanager
