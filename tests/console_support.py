@@ -172,7 +172,10 @@ class RunningConsole:
     async def login(self, client: httpx.AsyncClient, user: str, password: str = PASSWORD) -> httpx.Response:
         form = await client.get(f"{self.url}/login")
         token = csrf_of(form.text)
-        return await client.post(f"{self.url}/login", data={"utente": user, "password": password, "csrf": token})
+        # its own timeout, whatever the client's (httpx's default is 5 s): the password's argon2id check is CPU work,
+        # 0.79 s measured at load 10 (the slowest request of the console tests by far), a hang guard here
+        return await client.post(f"{self.url}/login", data={"utente": user, "password": password, "csrf": token},
+                                 timeout=30)
 
     @contextlib.asynccontextmanager
     async def client(self, role: str) -> AsyncIterator[httpx.AsyncClient]:

@@ -85,6 +85,8 @@ async def format_instance(instance: int, deps: FormatterDeps, *, taken_up: bool 
                 deps.space.forget(instance)
                 deps.interrupted.forget(instance)
             return
+        if not (deps.space.due(instance) and deps.interrupted.due(instance)):
+            return  # an attempt that let the lock go as this run took it left a wait: read again, under the lock
         began = time.monotonic()
         try:
             async with (tracing.continued(deps.pool, instance_stream(instance), "formatter pass: format taken up",

@@ -121,6 +121,8 @@ async def run_instance(instance: int, deps: LoaderDeps, *, taken_up: bool = Fals
                 deps.space.forget(instance)
                 deps.interrupted.forget(instance)
             return  # another task has it, or it finished meanwhile
+        if not (deps.space.due(instance) and deps.interrupted.due(instance)):
+            return  # an attempt that let the lock go as this run took it left a wait: read again, under the lock
         began = time.monotonic()
         attempt: dict[str, Any] = {}  # what the interruption line names besides the instance (its snapshot)
         try:

@@ -124,7 +124,15 @@ async def test_a_poison_message_is_seen_and_redriven_once_from_the_ops_page(sett
             await _axe_clean(stale, axe, "23-scarto-rifiutato")
 
             await asyncio.sleep(1.5)  # nothing loops: processed once, nothing dead-lettered again
-            assert [source for source, _ in processed] == ["fine", "missing"]
+            # ... and the consumer ran through that time: a message sent after it, on the redriven one's partition, is
+            # processed behind it (without it a starved loop made the window empty, and the check could not fail)
+            archive.add("later")
+            await producer.send_and_wait(topic.name, b'{"source_id": "later", "pages": 1}', key=b"missing",
+                                         headers=Envelope.new(topic.name, "/test").to_headers())
+            async with asyncio.timeout(60):  # a hang guard
+                while not any(source == "later" for source, _ in processed):
+                    await asyncio.sleep(0.1)
+            assert [source for source, _ in processed] == ["fine", "missing", "later"]
             assert len(await dl.list_letters(KAFKA, topic.name)) == 1
             decision = await dl.decision_about(console.store, letter.id)
             assert decision is not None and decision.type == dl.REDRIVEN and decision.actor == "ops.1"

@@ -391,8 +391,9 @@ async def test_a_gateway_killed_after_sistema_ts_accepted_a_zip_adopts_that_prot
         assert box["key_id"] == key_id((platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes())
         assert not await pool.fetchval("SELECT count(*) FROM events WHERE strpos(data::text, $1) > 0", box["sealed"])
     # the gateway restarted (in the test process): its dead predecessor still holds the group's partitions
-    # until its Kafka session times out; the resume pass finds the instance in the database meanwhile
-    row = await _wait_state(pool, instance, FINAL)
+    # until its Kafka session times out, and the restarted one's resume pass begins once its group is joined. A hang
+    # guard: that alone is some 10 s (8-11 s measured to the end at load 2), 120 s was too close on a loaded machine
+    row = await _wait_state(pool, instance, FINAL, timeout=180)
     assert row["state"] == InstanceState.CONFIRMED.value, f"{row['state']}: {row['summary']}"
     assert await _box(pool, instance) is None, "the box outlived its submission"
     submissions = await _sim_submissions(platform)
@@ -473,10 +474,12 @@ async def test_a_key_rotated_mid_submission_still_opens_the_old_box_after_a_rest
         polls_before = sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips)
         assert polls_before > 0, "the killed gateway never polled X"
         monkeypatch.setattr(gateway_keys, "RETIRED_KEY_GRACE_S", 0.0)  # for the gateway that restarts now
-    # the restarted gateway's first resume pass ran (it polls X again), and kept K1: X's box needs it
-    deadline = time.monotonic() + 60
+    # the restarted gateway's first resume pass ran (it polls X again), and kept K1: X's box needs it. A hang guard:
+    # the pass begins once the restarted gateway's group is joined, after the killed one's Kafka session timed out
+    # (8 s measured at load 2, most of it that session), which 60 s did not leave ten times over
+    deadline = time.monotonic() + 180
     while sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips) <= polls_before:
-        assert time.monotonic() < deadline, "the restarted gateway never polled X again"
+        assert time.monotonic() < deadline, "the restarted gateway never polled X again within 180 s"
         await asyncio.sleep(0.2)
     assert (retired / f"{first}.pem").is_file(), "K1 was deleted while X's box was sealed to it"
 

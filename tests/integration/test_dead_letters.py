@@ -182,10 +182,17 @@ async def test_a_long_outage_seeks_back_to_the_poll_loop_and_nothing_is_dead_let
             while not handled:
                 await asyncio.sleep(0.1)
         await asyncio.sleep(2)  # a duplicate delivery would show now
+        # ... and the consumer ran through those 2 s: a message sent after them is handled, behind the first on the
+        # partition (a duplicate of the first would come before it). Without it a starved loop made the window empty
+        await producer.send_and_wait(topic.name, b'{"source_id": "after", "words": 1}', key=b"k",
+                                     headers=Envelope.new(topic.name, "/test").to_headers())
+        async with asyncio.timeout(60):  # a hang guard
+            while "after" not in handled:
+                await asyncio.sleep(0.1)
     finally:
         await producer.stop()
         await broker.stop()
-    assert handled == ["patient"]
+    assert handled == ["patient", "after"]
     assert len(calls) >= 3  # retried through the outage, not given up
     # Up to the DLQ's end offsets, not one 2 s poll of a fresh group (empty whenever the join took longer).
     assert await records_now_on(settings.kafka_bootstrap, topic.dlq) == []

@@ -129,7 +129,13 @@ async def test_two_writers_of_one_stream_one_wins_the_other_gets_concurrency_err
         # Both saw version 1; the loser's insert of version 2 waits on the winner's uncommitted row.
         attempt = asyncio.create_task(store.append("instance-1947", [load_checked(2, by="loser")],
                                                    expected_version=1, key="1947"))
-        await asyncio.sleep(0.2)
+        # Its insert reached the server and waits there, seen waiting on a lock: not a moment slept, in which a loaded
+        # machine may not even have sent it (the check below could not fail then)
+        async with asyncio.timeout(60):  # a hang guard
+            while not await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                          "AND wait_event_type = 'Lock'"):
+                assert not attempt.done(), attempt
+                await asyncio.sleep(0.01)
         assert not attempt.done()
         winner_may_commit.set()
         await attempt

@@ -513,7 +513,9 @@ async def _crash_postgres(url: str) -> None:
     async with asyncio.timeout(60):
         while True:  # the postmaster has reacted once the witness's backend is gone
             try:
-                await witness.fetchval("SELECT 1", timeout=5)
+                # a wide timeout: one that runs out is taken for the reaction, and a SELECT 1 slower than 5 s on a
+                # loaded machine was not one (the next connection could then land before the recovery again)
+                await witness.fetchval("SELECT 1", timeout=30)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 break
             await asyncio.sleep(0.05)

@@ -23,7 +23,7 @@ import contextlib
 import errno
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,9 @@ from prometheus_client import REGISTRY
 from contracts import flows
 from contracts.instance import FlowInstance
 from contracts.states import InstanceState
+from services.formatter import handlers as formatter_handlers
 from services.loader import handlers as loader_handlers
+from services.runtime import instances as instances_module
 from services.runtime.backoff import Interruptions
 from services.runtime.broker import is_transient
 from services.runtime.commands import send_command
@@ -85,18 +87,31 @@ async def _figures(replica: Replica) -> tuple[float | None, float | None]:
 
 
 async def _interrupt(url: str, replicas: list[Replica], event: str, attempt: int) -> dict[str, Any]:
-    """Ends the sessions that wait on the test's lock until the service logs interruption `attempt`. (A session
-    of the attempt before, still waiting after its attempt ended, may be the one cut: then cut again.)"""
+    """Ends the sessions that wait on the test's lock until the service logs interruption `attempt`. The cut attempt
+    logs it before the service can begin the next one, so a session waiting on the lock anew while that line has not
+    come means the cut missed this attempt (it ended a session of the attempt before, still waiting after its attempt
+    ended): that one is cut too. Waited for as such, not for a time: the line looked for during 2 s after a cut
+    (written within 0.06 s on a loaded machine) meant that a replica slowed past them was cut a second time, an
+    interruption the test did not count (`cut.interrupted == cut.lines` then failed on a sound service)."""
+    cut: set[int] = set()  # a terminated backend may still be listed for a moment: not cut again
+    conn = await asyncpg.connect(url)  # outside the blocking transaction: each poll is a transaction of its own
     try:
         async with asyncio.timeout(120):  # a hang guard
-            while True:
-                await _cut_sessions_waiting_on_a_lock(url)
-                for _ in range(40):
+            while not (found := _logged(replicas, event, attempt=attempt)):
+                waiting = {row["pid"] for row in await conn.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")} - cut
+                if waiting:
                     if found := _logged(replicas, event, attempt=attempt):
-                        return found[0]
-                    await asyncio.sleep(0.05)
+                        break  # logged before the next attempt began to wait: that one is for the next cut
+                    await conn.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", list(waiting))
+                    cut |= waiting
+                await asyncio.sleep(0.05)
     except TimeoutError:
         raise AssertionError(f"no {event} attempt {attempt} within 120 s") from None
+    finally:
+        await conn.close()
+    return found[0]
 
 
 @contextlib.asynccontextmanager
@@ -364,3 +379,77 @@ async def test_an_instance_another_replica_finished_is_forgotten_without_a_line_
     assert a.interrupted.waiting == {} and a.space.waiting == {}
     assert REGISTRY.get_sample_value("flows_work_interrupted", {"service": service}) == 0.0
     assert REGISTRY.get_sample_value("flows_work_interrupted_longest_seconds", {"service": service}) == 0.0
+
+
+@pytest.mark.parametrize("work", ["load", "format"])
+async def test_a_run_asked_for_during_an_attempt_starts_none_once_that_attempt_was_interrupted(
+        work: str, stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """A run is asked for (the pass, or the command) while an attempt of the same instance runs in the same
+    service: the instance is due then, and the run takes the instance's lock once that attempt has let it go. When
+    that attempt was interrupted, the run must start nothing: the interruption's wait is not over. Before, the wait
+    was read only before the lock: the formatter's pass began an attempt 18 ms after the one it waited behind was
+    cut (test_a_format_cut_again_and_again_..., its spacing check then failed, at load 6). Here the second run is held
+    at the lock (a gate in instance_lock) until the first attempt was interrupted, every time."""
+    log = _Lines()
+    table = {"load": "load_problem", "format": "snapshot_service"}[work]  # what an attempt reads first
+    async with scratch_database(f"t_due_race_{work}") as url:
+        pool = await create_pool(url, min_size=1, max_size=6)
+        try:
+            await prepare_database(pool, FLOW_PROJECTIONS)
+            loader = _loader(pool, log, tmp_path / "files", "test-due-race", first_s=600.0)
+            instance = await _running(loader, "208")
+            run: Callable[[], Coroutine[Any, Any, None]] = lambda: loader_handlers.run_instance(instance, loader)  # noqa: E731
+            interrupted = loader.interrupted
+            if work == "format":
+                formatter = formatter_handlers.FormatterDeps(
+                    pool=pool, store=EventStore(pool, source="/flows/formatter", projections=FLOW_PROJECTIONS),
+                    files=FileStore(tmp_path / "files"),
+                    interrupted=Interruptions(log, initial_s=600.0, service="test-due-race", work="format"))
+                await loader.instances.append(await loader.instances.read(instance), flows.LoadChecked(
+                    instance=instance, source_instance=instance, counts={}))
+                await formatter.instances.append(await formatter.instances.read(instance),
+                                                 flows.FormattingStarted(instance=instance))
+                run = lambda: formatter_handlers.format_instance(instance, formatter)  # noqa: E731
+                interrupted = formatter.interrupted
+
+            real_lock, asked, gate = instances_module.instance_lock, [], asyncio.Event()
+
+            @contextlib.asynccontextmanager
+            async def gated(*args: Any) -> AsyncIterator[bool]:
+                asked.append(args)
+                if len(asked) == 2:
+                    await gate.wait()  # the second run: at the lock until the first attempt let it go
+                async with real_lock(*args) as held:
+                    yield held
+
+            async def lock_waiters() -> int:
+                return int(await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                               "current_database() AND wait_event_type = 'Lock'"))
+
+            monkeypatch.setattr(instances_module, "instance_lock", gated)
+            async with _locked(url, table):
+                first = asyncio.create_task(run())
+                async with asyncio.timeout(60):  # hang guards, no speed target
+                    while not await lock_waiters():  # the first attempt holds the instance and waits on the table
+                        assert not first.done(), first
+                        await asyncio.sleep(0.01)
+                    second = asyncio.create_task(run())
+                    while len(asked) < 2:  # ... and the second run found it due: it is at the gate
+                        assert not second.done(), second
+                        await asyncio.sleep(0.01)
+                await _cut_sessions_waiting_on_a_lock(url)
+                await asyncio.wait_for(first, 60)  # interrupted: it returns, the instance backed off
+                assert [(e, kw["attempt"]) for e, kw in log.lines] == [(f"{work}.interrupted", 1)], log.lines
+                gate.set()
+                async with asyncio.timeout(60):
+                    while not second.done():
+                        assert not await lock_waiters(), "an attempt began at once, its wait not over"
+                        await asyncio.sleep(0.01)
+                await second
+            state = await pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance)
+        finally:
+            await pool.close()
+
+    assert [(e, kw["attempt"]) for e, kw in log.lines] == [(f"{work}.interrupted", 1)], log.lines
+    assert interrupted.waiting[instance].attempts == 1
+    assert state == (InstanceState.RUNNING if work == "load" else InstanceState.FORMATTING).value

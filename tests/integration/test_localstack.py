@@ -247,10 +247,12 @@ async def test_three_brokers_survive_one_node_down(private_stack: Path) -> None:
     # min.insync.replicas=2: acks=all still succeeds with two of three nodes
     got = await _roundtrip(info.bootstrap_servers, "rf3", acks="all", count=3, group=False)
     assert got == [b"m0", b"m1", b"m2"]
-    localstack.start_kafka_node(first, timeout=60)
+    # Hang guards (180 s): a node of three back took 6 s here, and 10.6 s after the SIGKILL below, on a machine at
+    # load 6-7; 60 s did not leave ten times that
+    localstack.start_kafka_node(first, timeout=180)
     assert localstack.status()["kafka"]["running"] is True
     # A crash (SIGKILL): the node stays in the cluster metadata until its session with the controller expires.
     localstack.stop_kafka_node(second, hard=True)
     await _operator_tools_answer(info.bootstrap_servers)
-    localstack.start_kafka_node(second, timeout=60)
+    localstack.start_kafka_node(second, timeout=180)
     assert localstack.status()["kafka"]["running"] is True
