@@ -26,6 +26,7 @@ from services.runtime.broker import Incoming, consume, create_broker
 from services.runtime.outbox import OutboxRelay
 from tests.console_support import browser_of, csrf_of, italian_context, running_console
 from tests.e2e.test_console_browser import _axe_clean, _log_in
+from tests.integration.test_dlq_cli import processed_behind
 from tests.kafka_topics import create_topics
 from tests.stack_urls import KAFKA
 
@@ -126,12 +127,7 @@ async def test_a_poison_message_is_seen_and_redriven_once_from_the_ops_page(sett
             await asyncio.sleep(1.5)  # nothing loops: processed once, nothing dead-lettered again
             # ... and the consumer ran through that time: a message sent after it, on the redriven one's partition, is
             # processed behind it (without it a starved loop made the window empty, and the check could not fail)
-            archive.add("later")
-            await producer.send_and_wait(topic.name, b'{"source_id": "later", "pages": 1}', key=b"missing",
-                                         headers=Envelope.new(topic.name, "/test").to_headers())
-            async with asyncio.timeout(60):  # a hang guard
-                while not any(source == "later" for source, _ in processed):
-                    await asyncio.sleep(0.1)
+            await processed_behind(producer, topic.name, archive, processed)
             assert [source for source, _ in processed] == ["fine", "missing", "later"]
             assert len(await dl.list_letters(KAFKA, topic.name)) == 1
             decision = await dl.decision_about(console.store, letter.id)

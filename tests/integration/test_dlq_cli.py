@@ -39,6 +39,18 @@ async def _flows(env: dict[str, str], *args: str) -> tuple[int, str]:
     return proc.returncode, " ".join(out.decode().split())
 
 
+async def processed_behind(producer: AIOKafkaProducer, topic: str, archive: set[str],
+                           processed: list[tuple[str, Any]]) -> None:
+    """A message "later" sent on the redriven message's partition (key "missing") and waited for until the consumer
+    processed it: the consumer then ran through whatever came before it on that partition."""
+    archive.add("later")
+    await producer.send_and_wait(topic, b'{"source_id": "later", "pages": 1}', key=b"missing",
+                                 headers=Envelope.new(topic, "/test").to_headers())
+    async with asyncio.timeout(60):  # a hang guard
+        while not any(source == "later" for source, _ in processed):
+            await asyncio.sleep(0.1)
+
+
 async def _letters(bootstrap: str, topic: str, count: int) -> list[dl.DeadLetter]:
     async with asyncio.timeout(30):
         while len(letters := await dl.list_letters(bootstrap, topic)) < count:
@@ -119,12 +131,7 @@ async def test_a_poison_message_is_listed_shown_redriven_once_after_its_fix_and_
         await asyncio.sleep(2)  # nothing loops: the redriven message is processed once, nothing is dead-lettered again
         # ... and the consumer ran through those 2 s: a message sent after them, on the redriven one's partition, is
         # processed behind it (without it a starved loop made the window empty, and the check could not fail)
-        archive.add("later")
-        await producer.send_and_wait(topic.name, b'{"source_id": "later", "pages": 1}', key=b"missing",
-                                     headers=Envelope.new(topic.name, "/test").to_headers())
-        async with asyncio.timeout(60):  # a hang guard
-            while not any(source == "later" for source, _ in processed):
-                await asyncio.sleep(0.1)
+        await processed_behind(producer, topic.name, archive, processed)
         assert [source for source, _ in processed] == ["fine", "missing", "later"]
         assert len(await dl.list_letters(settings.kafka_bootstrap, topic.name)) == 2
         store = EventStore(pool, source="/test")
