@@ -42,6 +42,16 @@ async def _migrated_template() -> str:
     return _template
 
 
+# The sessions of the connection's database that wait on a lock. pg_stat_activity is read once per transaction: poll
+# it from a connection outside any transaction held open, or every poll sees the same rows.
+LOCK_WAITERS = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+
+
+async def lock_waiters(db: asyncpg.Connection | asyncpg.Pool) -> set[int]:
+    """The pids of the sessions of `db`'s database waiting on a lock (LOCK_WAITERS)."""
+    return {row["pid"] for row in await db.fetch(LOCK_WAITERS)}
+
+
 def template_made() -> bool:
     """Whether this session made its template (then drop_template has something to drop)."""
     return _template is not None

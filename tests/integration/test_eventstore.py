@@ -17,6 +17,7 @@ from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent, 
 from services.runtime.migrations import MIGRATIONS_DIR, MigrationError, migrate
 from services.runtime.outbox import mark_processed
 from services.runtime.projections import install, rebuild_and_diff
+from tests.isolation import lock_waiters
 from tests.stack_urls import DATABASE_URL
 
 pytestmark = pytest.mark.integration
@@ -132,8 +133,7 @@ async def test_two_writers_of_one_stream_one_wins_the_other_gets_concurrency_err
         # Its insert reached the server and waits there, seen waiting on a lock: not a moment slept, in which a loaded
         # machine may not even have sent it (the check below could not fail then)
         async with asyncio.timeout(60):  # a hang guard
-            while not await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                                          "AND wait_event_type = 'Lock'"):
+            while not await lock_waiters(pool):
                 assert not attempt.done(), attempt
                 await asyncio.sleep(0.01)
         assert not attempt.done()

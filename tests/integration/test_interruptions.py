@@ -62,7 +62,7 @@ from tests.integration.test_replicas import (
     _until_logged,
     _wait_for,
 )
-from tests.isolation import scratch_database
+from tests.isolation import lock_waiters, scratch_database
 from tests.pg_outage import postgres_down
 from tests.scrape import scraped
 from tests.stack_urls import KAFKA
@@ -98,9 +98,7 @@ async def _interrupt(url: str, replicas: list[Replica], event: str, attempt: int
     try:
         async with asyncio.timeout(120):  # a hang guard
             while not (found := _logged(replicas, event, attempt=attempt)):
-                waiting = {row["pid"] for row in await conn.fetch(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock'")} - cut
+                waiting = await lock_waiters(conn) - cut
                 if waiting:
                     if found := _logged(replicas, event, attempt=attempt):
                         break  # logged before the next attempt began to wait: that one is for the next cut
@@ -422,15 +420,11 @@ async def test_a_run_asked_for_during_an_attempt_starts_none_once_that_attempt_w
                 async with real_lock(*args) as held:
                     yield held
 
-            async def lock_waiters() -> int:
-                return int(await pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                                               "current_database() AND wait_event_type = 'Lock'"))
-
             monkeypatch.setattr(instances_module, "instance_lock", gated)
             async with _locked(url, table):
                 first = asyncio.create_task(run())
                 async with asyncio.timeout(60):  # hang guards, no speed target
-                    while not await lock_waiters():  # the first attempt holds the instance and waits on the table
+                    while not await lock_waiters(pool):  # the first attempt holds the instance and waits on the table
                         assert not first.done(), first
                         await asyncio.sleep(0.01)
                     second = asyncio.create_task(run())
@@ -443,7 +437,7 @@ async def test_a_run_asked_for_during_an_attempt_starts_none_once_that_attempt_w
                 gate.set()
                 async with asyncio.timeout(60):
                     while not second.done():
-                        assert not await lock_waiters(), "an attempt began at once, its wait not over"
+                        assert not await lock_waiters(pool), "an attempt began at once, its wait not over"
                         await asyncio.sleep(0.01)
                 await second
             state = await pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance)

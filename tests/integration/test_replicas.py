@@ -41,7 +41,7 @@ from services.runtime.locks import LOAD_LOCK
 from services.runtime.settings import Settings
 from simulators.cup.generator import generate, month_period
 from tests.integration.outage_loader import start_at_the_end
-from tests.isolation import REPO, logged_process, scratch_database
+from tests.isolation import LOCK_WAITERS, REPO, logged_process, scratch_database
 from tests.log_capture import json_lines
 from tests.stack_urls import KAFKA, free_port, reserve_first
 
@@ -487,16 +487,14 @@ async def test_a_loader_that_lost_its_lock_writes_nothing_over_the_run_that_took
 
 
 async def _cut_sessions_waiting_on_a_lock(url: str) -> int:
-    """Terminates (pg_terminate_backend) the sessions of `url`'s database that wait on a lock, once there are any.
-    Asked from a connection of its own, outside the blocking transaction: pg_stat_activity is read once per
-    transaction, so a poll inside it would see the same rows again and again."""
+    """Terminates (pg_terminate_backend) the sessions of `url`'s database that wait on a lock (LOCK_WAITERS), once
+    there are any. Asked from a connection of its own, outside the blocking transaction."""
     async with asyncio.timeout(60):  # a hang guard
         while True:
             conn = await asyncpg.connect(url)
             try:
                 cut = await conn.fetchval(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND wait_event_type = 'Lock'")
+                    f"SELECT count(pg_terminate_backend(pid)) FROM ({LOCK_WAITERS}) waiting")
             finally:
                 await conn.close()
             if cut:
