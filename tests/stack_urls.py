@@ -84,19 +84,28 @@ def _reservations() -> Iterator[dict[int, int]]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+_reserved_here = False  # whether this process holds reservations: most tests make none, and release nothing
+
+
 def reserve_first(groups: Iterable[Sequence[int]]) -> Sequence[int] | None:
     """The first of `groups` of ports whose every port is free and reserved by no other test (of this session or
     another on this machine), now reserved for this process; None when there is none."""
+    global _reserved_here
     with _reservations() as held:
         for group in groups:
             if all(port not in held and port_free(port) for port in group):
                 held.update((port, os.getpid()) for port in group)
+                _reserved_here = True
                 return group
     return None
 
 
 def release_reserved() -> None:
-    """This process's reservations released (the end of a test)."""
+    """This process's reservations released (the end of a test); without taking the file's lock when it made none."""
+    global _reserved_here
+    if not _reserved_here:
+        return
+    _reserved_here = False
     with _reservations() as held:
         for port in [port for port, pid in held.items() if pid == os.getpid()]:
             del held[port]
