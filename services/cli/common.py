@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import getpass
+import logging
 import os
 import re
 import sys
@@ -115,6 +116,7 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
+        _quiet_client_logs()
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, typer.TyperException):
@@ -158,8 +160,26 @@ def _known_failure(exc: Exception) -> str | None:
         return None
     name = type(exc).__name__
     if name in ("KafkaConnectionError", "KafkaTimeoutError"):
-        return "cannot reach Kafka. Is the platform running? Try `flows stack up`."
+        return f"cannot reach Kafka{_kafka_address()}. Is the platform running? Try `flows stack up`."
     return f"{name}: {exc}"
+
+
+def _kafka_address() -> str:
+    """" at <bootstrap servers>" of the command's settings, for the "cannot reach Kafka" line; "" when the settings
+    themselves cannot be read (that line must not fail in turn)."""
+    try:
+        return f" at {settings().kafka_bootstrap}"
+    except Exception:
+        return ""
+
+
+def _quiet_client_logs() -> None:
+    """aiokafka logs its own connection failures ("Unable connect to ..."); the CLI configures no logging, so
+    Python's last-resort handler printed them on the operator's terminal before the command's own line, which says
+    the same and what to do. A handler that drops them keeps them off; FLOWS_DEBUG=1 shows them again."""
+    client = logging.getLogger("aiokafka")
+    if not os.environ.get("FLOWS_DEBUG") and not any(isinstance(h, logging.NullHandler) for h in client.handlers):
+        client.addHandler(logging.NullHandler())
 
 
 def _fail(message: str) -> None:

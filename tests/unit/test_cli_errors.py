@@ -4,7 +4,11 @@ These fail before any I/O, so they need no platform."""
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+import subprocess
+import sys
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from typer.testing import CliRunner
 
 from services.cli.main import app
 
+REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
 NEVER = ("Traceback", "ValidationError", "ValueError", "errors.pydantic.dev", "BadParameter")
 
@@ -279,3 +284,22 @@ def test_a_path_the_command_cannot_write_is_named_not_taken_for_the_platform_dow
     assert code == 1
     assert "cannot reach the platform" not in out
     assert f"error: cannot use {blocker / 'csv'}" in out and "Not a directory" in out
+
+
+@pytest.mark.parametrize("command", [["lag"], ["dlq", "list"], ["tail", "--since", "1m"]])
+def test_kafka_down_is_one_line_naming_its_address_without_the_client_library_s_own(command: list[str]) -> None:
+    """Kafka not running (nothing listens on the address): the command's line, naming where it looked, and not
+    aiokafka's "Unable connect to ..." log line before it. Run as the operator runs it, in a process of its own:
+    under pytest the root logger has pytest's handlers, so the last-resort handler that printed that line never
+    would."""
+    with socket.socket() as s:  # a port just freed: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if k != "FLOWS_DEBUG"} | {"FLOWS_KAFKA_BOOTSTRAP": address,
+                                                                           "COLUMNS": "400"}
+    done = subprocess.run([sys.executable, "-c", "from services.cli.main import app; app()", *command],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr.strip() == (f"error: cannot reach Kafka at {address}. Is the platform running? "
+                                   "Try `flows stack up`.")
