@@ -400,5 +400,8 @@ def _read(files: FileStore, received: DocumentReceived) -> bytes:
     return content
 
 
-def new_request_id() -> str:
-    return f"ONB-{datetime.now(UTC):%Y%m%d}-{uuid.uuid4().hex[:6].upper()}"
+def new_request_id(now: datetime | None = None) -> str:
+    """ONB-<the Italian day>-<6 hex>: the day the desk and the structure read in it is Italy's, not the host's (a
+    request opened at 00:30 in Rome on New Year's Day is of the new year, while a host in UTC is still in the old)."""
+    day = (now or datetime.now(UTC)).astimezone(domain.ROME)
+    return f"ONB-{day:%Y%m%d}-{uuid.uuid4().hex[:6].upper()}"

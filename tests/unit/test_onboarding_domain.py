@@ -249,3 +249,15 @@ def test_the_credentials_are_those_declared_whatever_order_the_documents_arrive_
     state, events = receive(state, doc("switch-date-request", switch_date="2026-04-14", switch_window="09:00-11:00"))
     assert isinstance(events[-1], SwitchScheduled) and events[-1].credentials == "new-oauth2"
     assert state.completeness.summary == "3 di 3 presenti, tutti conformi"
+
+
+@pytest.mark.parametrize(("now", "day"), [
+    (datetime(2026, 12, 31, 23, 30, tzinfo=UTC), "20270101"),  # 00:30 in Rome (UTC+1): already the new year
+    (datetime(2027, 6, 30, 22, 15, tzinfo=UTC), "20270701"),  # 00:15 in Rome in summer (UTC+2)
+    (datetime(2027, 6, 30, 21, 45, tzinfo=UTC), "20270630"),  # 23:45 in Rome: still that day
+])
+def test_a_request_id_carries_the_italian_day_not_the_host_s(now: datetime, day: str) -> None:
+    from services.onboarding.handlers import new_request_id
+
+    rid = new_request_id(now)
+    assert rid.startswith(f"ONB-{day}-") and len(rid) == len(f"ONB-{day}-") + 6, rid
