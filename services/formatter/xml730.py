@@ -47,6 +47,7 @@ from typing import IO, Any, Protocol
 
 from lxml import etree
 
+from contracts.deadlines import ITALY
 from contracts.ts730 import MAX_ZIP_BYTES, schema_path
 from services.formatter.xml730_rules import (
     MAX_CIPHERTEXT,
@@ -214,7 +215,8 @@ class SubmissionWriter:
     schema: etree.XMLSchema
     max_zip_bytes: int = TS_MAX_ZIP_BYTES
     first_part: int = 1  # parts are numbered across the instance: the part the TS gateway sends
-    when: datetime = field(default_factory=datetime.now)
+    # the zip entry's DOS time has no zone: Italy's, where the file is received and read (the host runs in UTC)
+    when: datetime = field(default_factory=lambda: datetime.now(ITALY))
     problems: list[DocumentProblem] = field(default_factory=ProblemList)
     parts: list[PartFile] = field(default_factory=list)
     _current: _PartWriter | None = None

@@ -10,7 +10,7 @@ import zipfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from lxml import etree
 from stdnum import luhn
 from stdnum.it import codicefiscale
 
+from contracts.deadlines import ITALY
 from services.formatter.xml730 import (
     Owner,
     PartFile,
@@ -279,3 +280,16 @@ def test_the_official_example_passes_the_product_validator(tmp_path):
 def test_the_bundled_schema_is_the_official_one():
     from contracts.ts730 import schema_path
     assert schema_path("2020").read_bytes() == OFFICIAL_XSD.read_bytes()
+
+
+def test_the_zip_entry_is_dated_in_italian_time(cert, tmp_path):
+    """A zip entry's DOS date and time carry no zone: they are Italy's, where the file is received and read, not the
+    host's (UTC here, an hour or two behind)."""
+    before = datetime.now(ITALY).replace(tzinfo=None, microsecond=0)
+    writer = write(a_month_of_documents(3), cert, tmp_path)
+    after = datetime.now(ITALY).replace(tzinfo=None, microsecond=0)
+    (part,) = writer.parts
+    with zipfile.ZipFile(part.path) as zf:
+        (info,) = zf.infolist()
+    dated = datetime(*info.date_time)
+    assert before.replace(second=before.second - before.second % 2) <= dated <= after, (before, dated, after)
