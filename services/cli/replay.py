@@ -59,7 +59,8 @@ async def _prepare(pool: asyncpg.Pool) -> None:
     """The schema and every read model's live tables, as the services create them at start-up (the same function,
     host.prepare_database; idempotent): a database where only the migrations ran (no service started yet, events
     appended by `flows users` or the access log) is replayed and compared like any other, its live tables empty.
-    A read-only replica (the replay may run there, docs/scaling.md) is left as it is: its schema is the primary's."""
+    A read-only replica is left as it is: its schema is the primary's. (The replay itself cannot finish there: the
+    rebuild that follows writes a scratch schema, which a standby refuses; docs/scaling.md, Replay.)"""
     from services.runtime.host import prepare_database
 
     if not await pool.fetchval("SELECT pg_is_in_recovery()"):
