@@ -64,6 +64,7 @@ from services.console.labels import (
     STATE_LABELS,
     STATE_VALUES,
     badge,
+    chain_break_text,
 )
 from services.console.live import next_change
 from services.console.web import (
@@ -431,8 +432,8 @@ async def _instance_view(ctx: Ctx) -> dict[str, Any]:
                 actions.append(action)
         if _sendable(ctx.row):
             actions.append("send")
-    return {"row": ctx.row, "history": history, "chain_breaks": [str(b) for b in breaks], "files": files,
-            "actions": actions}
+    chain_breaks = [chain_break_text(b.link, b.version, b.expected, b.found) for b in breaks]
+    return {"row": ctx.row, "history": history, "chain_breaks": chain_breaks, "files": files, "actions": actions}
 
 
 @route(pages, "GET", "/istanze/{instance}", READ_INSTANCE, "page")
@@ -546,7 +547,13 @@ async def file_view(ctx: Ctx, name: str, da: int = 0) -> Response:
     except UserError as exc:
         if offset and _has_records_from(path, kind, flow_type, version, 0):
             return _past_the_end(ctx, name, name, offset, base)
-        raise HTTPException(409, str(exc)) from exc
+        # file_rows' English is the CLI's: the page says it in Italian and offers the file to download.
+        log.info("console.file_not_a_table", file=name, kind=kind, reason=str(exc))
+        why = ("è la ricevuta PDF di Sistema TS, non una tabella" if kind == "ts-receipt"
+               else "non si può mostrare come tabella: è vuoto, o il suo tipo non ha un tracciato noto alla console")
+        return page(ctx, "message.html", name, status=409, active="/istanze", level="warning",
+                    message=f"Il file {name} {why}. Lo scarichi per leggerlo.", back=base + "/scarica",
+                    back_label="Scarica il file")
     if not rows and offset:  # a 730 zip or Sistema TS's CSV past its end: no error of file_rows, an empty page
         return _past_the_end(ctx, name, name, offset, base)
     await record_access(console.store, ctx.principal, "file-view", int(ctx.row["instance"]), ctx.address,
@@ -714,7 +721,10 @@ async def deadlines_page(ctx: Ctx, mese: str | None = None) -> Response:
     try:
         items = deadlines_for_month(year, month)
     except (DeadlineDataMissing, DeadlineDataInvalid) as exc:
-        error = f"Scadenze non disponibili: {exc}"
+        # The data file's own English (which table to add, which key is wrong) is the operators': logged, and the
+        # page says in Italian what is missing and whom to tell.
+        log.warning("console.deadline_data", month=f"{year:04d}-{month:02d}", error=str(exc))
+        error = _deadline_data_error(exc)
     else:
         enti = None if ctx.principal.role in ("ops", "auditor") else sorted(ctx.principal.enti)
         for ente, deadline, covering in await coverage(console_of(ctx.request).pool, items, None, enti):
@@ -722,6 +732,17 @@ async def deadlines_page(ctx: Ctx, mese: str | None = None) -> Response:
             rows.append({"ente": ente, "d": deadline, "covering": covering, "label": label, "css": css})
     return page(ctx, "deadlines.html", "Scadenze", active="/scadenze", rows=rows, mese=f"{year:04d}-{month:02d}",
                 mese_detto=f"{MONTHS[month - 1]} {year}", error=error)
+
+
+def _deadline_data_error(exc: DeadlineDataMissing | DeadlineDataInvalid) -> str:
+    """Why the Scadenze page has no table, in Italian: the year and flow types whose due dates the data lacks or
+    cannot read, and that the operations team adds them (deadlines change by law: never guessed)."""
+    if isinstance(exc, DeadlineDataMissing):
+        flows_named = ", ".join(FLOW_TYPE_LABELS.get(t, t) for t in exc.flow_types)
+        return (f"Scadenze non disponibili: mancano le date di scadenza del {exc.year} per {flows_named}. Le scadenze "
+                "cambiano per legge e non si ricavano da un altro anno: avvisi l'esercizio perché le aggiunga.")
+    return (f"Scadenze non disponibili: le date di scadenza del {exc.year} per "
+            f"{FLOW_TYPE_LABELS.get(exc.flow_type, exc.flow_type)} non sono leggibili. Avvisi l'esercizio.")
 
 
 # The months as the caption says them ("Scadenze dei periodi che finiscono in novembre 2026"), not 2026-11.
@@ -787,7 +808,12 @@ async def ts_send(ctx: Ctx) -> Response:
         await send_sealed_730(console.settings.kafka_bootstrap, console.pool, console.settings.keys_dir,
                               int(ctx.row["instance"]), sealed, transmission, ctx.principal.name)
     except UserError as exc:
-        raise HTTPException(409, f"Invio non possibile: {exc}") from exc
+        # What the checks above passed and send_sealed_730 then refused (in the CLI's English) changed meanwhile: the
+        # instance's state, or the gateway's key. Logged as said; the page says it in Italian.
+        log.info("console.ts_send_refused", instance=int(ctx.row["instance"]), reason=str(exc))
+        raise HTTPException(409, "Invio non possibile: lo stato dell'istanza o la chiave del gateway TS sono cambiati "
+                                 "mentre la pagina era aperta. Nulla è stato inviato: riapra l'istanza e, se è ancora "
+                                 "da inviare, ripeta l'invio.") from exc
     return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
 
 

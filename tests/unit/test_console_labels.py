@@ -18,6 +18,7 @@ from services.console.labels import (
     FLOW_TYPE_LABELS,
     ONBOARDING_KIND_LABELS,
     ONBOARDING_STATUS_LABELS,
+    chain_break_text,
     event_detail,
 )
 from services.loader.pipeline import _COUNTED_BY_CHECKS
@@ -65,3 +66,10 @@ def test_the_history_says_in_italian_which_part_went_to_ts_and_how_it_ended() ->
     assert event_detail("flows.instance-deleted", {"reason": "caricata due volte"}) == "motivo: caricata due volte"
     assert event_detail("flows.format-failed", {"reasons": ["disco pieno", "riprova"]}) == "disco pieno; riprova"
     assert event_detail("flows.load-checked", {"counts": {"services": 1}}) == ""
+
+
+def test_a_broken_hash_chain_is_said_in_italian_naming_the_event_and_what_no_longer_matches() -> None:
+    assert chain_break_text("hash", 3, "ab12", "cd34") == (
+        "evento 3: il contenuto dell'evento è stato modificato dopo la registrazione (atteso ab12, trovato cd34)")
+    assert chain_break_text("version", 5, "4", "5").startswith("evento 5: la numerazione degli eventi ha un salto")
+    assert "evento precedente" in chain_break_text("prev_hash", 2, "ab", "cd")
