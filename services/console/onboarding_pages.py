@@ -190,8 +190,8 @@ async def onboarding_switch(ctx: Ctx) -> Response:
             decision = events[-1]
             if isinstance(decision, SwitchScheduled):
                 chosen = slot_text(decision.switch_date, decision.window_start, decision.window_end)
-                message = f"Switch fissato per {chosen}" + (f" (attenzione: {decision.warning})."
-                                                            if decision.warning else ".")
+                message = f"Switch pianificato per {chosen}" + (f" (attenzione: {decision.warning})."
+                                                                if decision.warning else ".")
             elif isinstance(decision, SwitchRefused):
                 level = "warning"
                 proposal = {"data": decision.proposed_date.isoformat(), "dalle": decision.proposed_window_start,

@@ -489,7 +489,7 @@ def _nav_of(role: str) -> list[tuple[str, str]]:
     if role in LIST_ONBOARDING.roles:
         nav.append(("/onboarding", "Onboarding"))
     if role in READ_ACCESS_LOG.roles:
-        nav.append(("/accessi", "Registro accessi"))
+        nav.append(("/accessi", "Registro degli accessi"))
     if role in READ_OPS.roles:
         nav.append(("/esercizio", "Esercizio"))
     if role in MANAGE_USERS.roles:

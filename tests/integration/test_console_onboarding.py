@@ -156,7 +156,7 @@ async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_vali
 
         taken = await client.post(url, data={"csrf": csrf, "data": proposed.isoformat(), "dalle": "08:30",
                                              "alle": "10:30", "credenziali": ""})
-        assert taken.status_code == 200 and "Switch fissato per" in html.unescape(taken.text)
+        assert taken.status_code == 200 and "Switch pianificato per" in html.unescape(taken.text)
         last = (await console.store.read_stream(f"onboarding-{rid}"))[-1]
         assert last.type == "onboarding.switch-scheduled" and last.actor == "st.1"
         assert last.data["switch_date"] == proposed.isoformat() and last.data["credentials"] == "new-oauth2"
