@@ -106,13 +106,13 @@ def parse_search(params: Any) -> tuple[Search, list[str]]:
         errors.append(f"Tipo di flusso {q.tipo!r} sconosciuto.")
         q.tipo = None
     q.ente = (params.get("ente") or "").strip().upper() or None
-    for name in ("dal", "al"):
+    for name, label in (("dal", "Creata dal"), ("al", "Creata al")):
         value = params.get(name) or None
         if value:
             try:
                 date.fromisoformat(value)
             except ValueError:
-                errors.append(f"Data {name} {value!r}: atteso AAAA-MM-GG.")
+                errors.append(f"{label}: data non valida ({value!r}), attesa AAAA-MM-GG.")
                 value = None
         setattr(q, name, value)
     q.stato = params.get("stato") or None
@@ -745,7 +745,7 @@ def _deadline_data_error(exc: DeadlineDataMissing | DeadlineDataInvalid) -> str:
             f"{FLOW_TYPE_LABELS.get(exc.flow_type, exc.flow_type)} non sono leggibili. Avvisi l'esercizio.")
 
 
-# The months as the caption says them ("Scadenze dei periodi che finiscono in novembre 2026"), not 2026-11.
+# The months as the caption says them ("Scadenze dei periodi che finiscono a novembre 2026"), not 2026-11.
 MONTHS = ("gennaio", "febbraio", "marzo", "aprile", "maggio", "giugno", "luglio", "agosto", "settembre", "ottobre",
           "novembre", "dicembre")
 

@@ -63,7 +63,8 @@ def event_detail(event_type: str, data: Mapping[str, Any]) -> str:
         return f"parte {data.get('part')} di {data.get('parts')}"
 
     if event_type == _T[flows.LoadScheduled] and data.get("scheduled_at"):
-        return f"avvio alle {datetime.fromisoformat(str(data['scheduled_at'])).astimezone(ROME):%d/%m/%Y %H:%M}"
+        at = datetime.fromisoformat(str(data["scheduled_at"])).astimezone(ROME)
+        return f"avvio il {at:%d/%m/%Y} alle {at:%H:%M}"
     if event_type == _T[flows.LoadFailed]:
         return str(data.get("summary") or "")
     if event_type == _T[flows.FormatFailed]:

@@ -107,7 +107,7 @@ async def _add_uploaded(ctx: Ctx, request_id: str, form: Any) -> tuple[int, str 
         log.warning("store.full", path=str(exc.path), request=request_id, document=name, bytes=exc.size,
                     error=str(exc.__cause__), step="onboarding document")
         return 507, (f"Documento {name} non salvato: spazio su disco esaurito nell'archivio dei documenti. Non è "
-                     "stato registrato nulla: riprovare più tardi (se il problema continua, avvisare l'esercizio)."), \
+                     "stato registrato nulla: riprovi più tardi (se il problema continua, avvisi l'esercizio)."), \
             "danger"
     except (onboarding.OnboardingError, ValueError) as exc:
         return 422, f"Documento non accettato: {exc}", "danger"
@@ -177,7 +177,7 @@ async def onboarding_switch(ctx: Ctx) -> Response:
         errors["credenziali"] = f"Credenziali {form['credenziali']!r} sconosciute: basic o new-oauth2."
     status, message, level, proposal = 200, None, "success", None
     if errors:
-        status, message, level = 422, "Lo switch non è stato chiesto: correggere i campi indicati.", "danger"
+        status, message, level = 422, "Lo switch non è stato chiesto: corregga i campi indicati.", "danger"
     else:
         assert day is not None and window is not None
         try:

@@ -396,7 +396,7 @@ async def _admitted(console: Console, request: Request, rule: Rule, principal: a
 
 
 UPLOAD_SPACE_REFUSED = ("Documento non ricevuto: spazio su disco esaurito sul server durante il caricamento. Non è "
-                        "stato salvato né registrato nulla: riprovare più tardi (se il problema continua, avvisare "
+                        "stato salvato né registrato nulla: riprovi più tardi (se il problema continua, avvisi "
                         "l'esercizio).")
 
 

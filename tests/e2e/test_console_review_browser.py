@@ -148,7 +148,7 @@ async def test_the_deadlines_caption_names_the_month_in_italian(console: Running
     async with signed_in(chromium, console, "op.201") as page:
         await page.goto(f"{console.url}/scadenze?mese=2026-11")
         caption = await page.inner_text("main table caption")
-        assert caption.startswith("Scadenze dei periodi che finiscono in novembre 2026 ("), caption
+        assert caption.startswith("Scadenze dei periodi che finiscono a novembre 2026 ("), caption
         assert await page.input_value("#mese") == "2026-11"  # the field keeps the value a month input takes
 
 

@@ -243,14 +243,14 @@ async def test_a_document_uploaded_on_a_full_disk_is_refused_at_once_in_italian_
                 text = html.unescape(refused.text)
                 assert refused.status_code == 507, text[-2000:]
                 assert "Documento autorizzazione SUAP.pdf non salvato: spazio su disco esaurito" in text, text[-2000:]
-                assert "riprovare più tardi" in text
+                assert "riprovi più tardi" in text
                 assert disk.files() == [] and disk.free_bytes() == free, disk.files()
                 assert await history() == before
 
                 spooled = await upload("planimetria.pdf", large)
                 text = html.unescape(spooled.text)
                 assert spooled.status_code == 507, text[-2000:]
-                assert "Documento non ricevuto: spazio su disco esaurito" in text and "riprovare più tardi" in text
+                assert "Documento non ricevuto: spazio su disco esaurito" in text and "riprovi più tardi" in text
                 assert spool.files() == [] and spool.free_bytes() == spool_free, "the spooled upload holds space"
                 assert disk.files() == [] and await history() == before
 

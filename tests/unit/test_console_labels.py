@@ -62,7 +62,7 @@ def test_the_history_says_in_italian_which_part_went_to_ts_and_how_it_ended() ->
                                                        "reason": "2 CF sconosciuti"}) == (
         "parte 1 di 4: confermato con errori (2 CF sconosciuti)")
     assert event_detail("flows.load-scheduled", {"scheduled_at": "2026-11-02T05:00:00+00:00"}) == (
-        "avvio alle 02/11/2026 06:00")  # Rome's time
+        "avvio il 02/11/2026 alle 06:00")  # Rome's time
     assert event_detail("flows.instance-deleted", {"reason": "caricata due volte"}) == "motivo: caricata due volte"
     assert event_detail("flows.format-failed", {"reasons": ["disco pieno", "riprova"]}) == "disco pieno; riprova"
     assert event_detail("flows.load-checked", {"counts": {"services": 1}}) == ""
