@@ -411,8 +411,10 @@ async def new_load(ctx: Ctx) -> Response:
             return RedirectResponse(f"/istanze/{instance}", status_code=303)
         await asyncio.sleep(0.1)
     return page(ctx, "message.html", "Richiesta inviata", status=202, level="info", back="/istanze",
+                back_label="Vai all'elenco delle istanze",
                 message=f"La richiesta {request_id} è stata inviata; il caricatore non l'ha ancora presa in carico. "
-                        "L'istanza comparirà nell'elenco appena creata.")
+                        "L'istanza comparirà nell'elenco non appena sarà creata: aggiorni l'elenco tra qualche "
+                        "istante.")
 
 
 async def _instance_view(ctx: Ctx) -> dict[str, Any]:
@@ -632,7 +634,7 @@ async def feedback_page(ctx: Ctx, da: int = 0, file: str | None = None) -> Respo
     files = await feedback_files(ctx)
     if not files:
         return page(ctx, "message.html", f"Esito dell'istanza {ctx.row['instance']}", level="success",
-                    back=f"/istanze/{ctx.row['instance']}",
+                    back=f"/istanze/{ctx.row['instance']}", back_label=f"Torna all'istanza {ctx.row['instance']}",
                     message="Nessun problema: l'istanza non ha esiti da leggere.")
     # An instance can have several: the load's feedback and Sistema TS's errors of each part of a 730 (`file` names
     # the one to read; the instance page links each). Only the first was ever shown, whichever link was followed.
@@ -685,7 +687,7 @@ async def format_action(ctx: Ctx) -> Response:
     try:
         await send_format_request(console_of(request).settings.kafka_bootstrap, ctx.row, ctx.principal.name)
     except UserError as exc:
-        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può formattare.") from exc
+        raise HTTPException(409, _not_now(ctx.row, "non si può formattare")) from exc
     return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
 
 
@@ -697,8 +699,16 @@ async def delete_action(ctx: Ctx) -> Response:
     try:
         await append_deletion(console_of(request).pool, ctx.row, ctx.principal.name, reason, source="/flows/console")
     except UserError as exc:
-        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può cancellare.") from exc
+        raise HTTPException(409, _not_now(ctx.row, "non si può cancellare")) from exc
     return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
+
+
+def _not_now(row: asyncpg.Record, refused: str) -> str:
+    """An action the instance's state no longer allows (the page that offered it is older than the state): the state
+    by its label, and where to see what can be done now."""
+    state = STATE_LABELS.get(row["state"], row["state"])
+    return (f"L'istanza {row['instance']} è nello stato «{state}»: {refused}. Ricarichi la pagina dell'istanza per "
+            "vedere le azioni possibili ora.")
 
 
 # ---------------------------------------------------------------- Scadenze
@@ -765,10 +775,11 @@ def _sendable(row: asyncpg.Record) -> bool:
 async def ts_send_form(ctx: Ctx) -> Response:
     assert ctx.row is not None
     if not _sendable(ctx.row):
-        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può inviare a Sistema TS.")
+        raise HTTPException(409, _not_now(ctx.row, "non si può inviare a Sistema TS"))
     public_key = console_of(ctx.request).settings.keys_dir / PUBLIC_KEY_FILE
     if not public_key.exists():
-        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: il gateway è attivo?")
+        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: l'invio non si può preparare "
+                                 "ora. Riprovi tra qualche minuto; se il problema continua, avvisi l'esercizio.")
     return page(ctx, "ts_send.html", f"Invia a Sistema TS l'istanza {ctx.row['instance']}", active="/istanze",
                 row=ctx.row, public_key=public_key.read_text(), today=italian_today().isoformat(), error=None)
 
@@ -779,7 +790,7 @@ async def ts_send(ctx: Ctx) -> Response:
     assert ctx.row is not None
     console = console_of(ctx.request)
     if not _sendable(ctx.row):
-        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può inviare a Sistema TS.")
+        raise HTTPException(409, _not_now(ctx.row, "non si può inviare a Sistema TS"))
     form = await ctx.request.form()
     sealed, when = str(form.get("sigillo") or ""), str(form.get("data") or "")
     try:
@@ -794,8 +805,8 @@ async def ts_send(ctx: Ctx) -> Response:
     # while this page was open (`flows ts rotate-key`), a box that did not arrive whole, no key at all.
     public_key = console.settings.keys_dir / PUBLIC_KEY_FILE
     if not public_key.exists():
-        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: il gateway è attivo? "
-                                 "Nulla è stato inviato.")
+        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: nulla è stato inviato. "
+                                 "Riprovi tra qualche minuto; se il problema continua, avvisi l'esercizio.")
     try:
         sealed_to = sealed_key_id(sealed)
     except SealError:

@@ -551,7 +551,8 @@ ERROR_DETAILS: dict[int, tuple[str, str, str]] = {
     404: ("Pagina non trovata", "La pagina richiesta non esiste o non è accessibile.", "non trovato"),
     405: ("Richiesta non valida", "Questa pagina non accetta questo tipo di richiesta.", "metodo non consentito"),
     403: ("Richiesta rifiutata", "La richiesta è stata rifiutata.", "richiesta rifiutata"),
-    409: ("Azione non consentita", "L'azione non è consentita nello stato attuale.", "azione non consentita"),
+    409: ("Azione non consentita", "L'azione non è consentita nello stato attuale: ricarichi la pagina per vedere "
+                                      "le azioni possibili ora.", "azione non consentita"),
 }
 
 
