@@ -73,3 +73,19 @@ def test_a_broken_hash_chain_is_said_in_italian_naming_the_event_and_what_no_lon
         "evento 3: il contenuto dell'evento è stato modificato dopo la registrazione (atteso ab12, trovato cd34)")
     assert chain_break_text("version", 5, "4", "5").startswith("evento 5: la numerazione degli eventi ha un salto")
     assert "evento precedente" in chain_break_text("prev_hash", 2, "ab", "cd")
+
+
+def test_the_ops_page_writes_counts_and_lag_as_italians_do_and_offsets_as_kafka_does() -> None:
+    from types import SimpleNamespace
+
+    from services.console.web import templates
+
+    html = templates.get_template("ops.html").render(
+        title="Esercizio", principal=None, menu="", assets=SimpleNamespace(head=""), error=None,
+        topics=[{"topic": "flows.load.dlq", "count": 1500, "pending": 1200}],
+        groups={"flows-loader": {"partitions": 6, "lag": 12345, "last": None}},
+        lags=[SimpleNamespace(group="flows-loader", topic="flows.load", partition=0, committed=100000, end=112345,
+                              lag=12345, last_commit=None)])
+    assert '<td class="text-end">1.500</td>' in html and ">1.200</span>" in html  # dead letters, pending
+    assert ">12.345</span>" in html and '<td class="text-end">12.345</td>' in html  # a group's lag, a partition's
+    assert '<td class="text-end">100000</td><td class="text-end">112345</td>' in html  # positions, not quantities
