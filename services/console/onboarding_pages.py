@@ -13,7 +13,7 @@ from fastapi import HTTPException, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from starlette.datastructures import UploadFile
 
-from contracts.onboarding import SwitchRefused, SwitchScheduled
+from contracts.onboarding import DocumentAssessed, SwitchRefused, SwitchScheduled
 from services.console.access import (
     DESK_VERDICT,
     DOWNLOAD_ONBOARDING,
@@ -111,10 +111,19 @@ async def _add_uploaded(ctx: Ctx, request_id: str, form: Any) -> tuple[int, str 
             "danger"
     except (onboarding.OnboardingError, ValueError) as exc:
         return 422, f"Documento non accettato: {exc}", "danger"
-    message = f"Documento {name} ricevuto e valutato."
+    # Only a tracciato (or a document whose facts were declared) is judged at once; the console declares none, so
+    # any other document waits for the desk's verdict: "valutato" would have said otherwise.
+    level = "success"
+    if not added.events and added.ignored_sheets:
+        message = f"Documento {name}: nessuno dei suoi fogli è un tracciato richiesto, non è stato registrato nulla."
+        level = "warning"
+    elif any(isinstance(e, DocumentAssessed) for e in added.events):
+        message = f"Documento {name} ricevuto e valutato: l'esito è nella tabella dei documenti."
+    else:
+        message = f"Documento {name} ricevuto: lo valuterà lo sportello di onboarding."
     if added.ignored_sheets:
         message += f" Fogli non richiesti, ignorati: {', '.join(added.ignored_sheets)}."
-    return 200, message, "success"
+    return 200, message, level
 
 
 @route(pages, "POST", "/onboarding/{request}/documenti", UPLOAD_ONBOARDING, "action")
@@ -220,6 +229,6 @@ async def onboarding_verdict(ctx: Ctx) -> Response:
         await onboarding.desk_verdict(_onboarding_deps(console_of(ctx.request)), str(ctx.row["request_id"]), document,
                                     verdict == "conforme", [reason] if reason else [], ctx.principal.name)
     except onboarding.OnboardingError as exc:
-        raise HTTPException(409, str(exc)) from exc
+        raise HTTPException(409, f"Esito non registrato: {exc}") from exc
     return RedirectResponse(f"/onboarding/{ctx.row['request_id']}", status_code=303)
 
