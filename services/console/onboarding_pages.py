@@ -86,10 +86,16 @@ async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "i
             "is_desk": ctx.principal.role in DESK_VERDICT.roles}
 
 
+def _request_title(row: Any) -> str:
+    """A request's page title: "Richiesta di onboarding ONB-...", not a bare "Richiesta" (the instance pages have
+    theirs: "Richiesta inviata")."""
+    return f"Richiesta di onboarding {row['request_id']}"
+
+
 @route(pages, "GET", "/onboarding/{request}", READ_ONBOARDING, "page")
 async def onboarding_request(ctx: Ctx) -> Response:
     assert ctx.row is not None
-    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", active="/onboarding",
+    return page(ctx, "onboarding_request.html", _request_title(ctx.row), active="/onboarding",
                 **await _onboarding_view(ctx))
 
 
@@ -138,7 +144,7 @@ async def onboarding_upload(ctx: Ctx) -> Response:
     status, message, level = await _add_uploaded(ctx, str(ctx.row["request_id"]), await read_form(ctx.request))
     ctx.row = await console_of(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
                                                         ctx.row["request_id"])
-    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
+    return page(ctx, "onboarding_request.html", _request_title(ctx.row), status=status,
                 active="/onboarding", **await _onboarding_view(ctx, message, level))
 
 
@@ -213,7 +219,7 @@ async def onboarding_switch(ctx: Ctx) -> Response:
     ctx.row = await console_of(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
                                                         ctx.row["request_id"])
     switch = {"form": form, "errors": errors, "proposal": proposal}
-    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
+    return page(ctx, "onboarding_request.html", _request_title(ctx.row), status=status,
                 active="/onboarding", **await _onboarding_view(ctx, message, level, switch))
 
 
