@@ -129,7 +129,8 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
                 principal = await request_principal(console, request)
         ctx = Ctx(principal, request) if principal is not None else None
         response = page(ctx, "message.html", title, status=exc.status_code,
-                        **({} if ctx else {"request": request}), message=message, level="danger", back="/")
+                        **({} if ctx else {"request": request}), message=message, level="danger", back="/",
+                        back_label="Vai alla pagina iniziale")
         if headers:
             response.headers.update(headers)
         return response
@@ -168,7 +169,7 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
         path = request.url.path
         again = path if transient and request.method == "GET" and not path.startswith("//") else None
         response = page(None, "message.html", title, status=status, request=request, message=message,
-                        level="danger", back="/", again=again)
+                        level="danger", back="/", back_label="Vai alla pagina iniziale", again=again)
         response.headers.update(headers)
         return response
 

@@ -79,13 +79,13 @@ def check_user(name: str, role: str, enti: list[str], structure: str | None, pas
     check_enti(enti)
     if role == "operator" and not enti:
         raise UserInputError(f"user {name}: an operator needs at least one --ente", "enti",
-                             "Un operatore ha almeno un ente.")
+                             "Un operatore deve avere almeno un ente.")
     if role != "operator" and enti:
         raise UserInputError(f"user {name}: --ente is for operators only, not for role {role}", "enti",
                              "Gli enti si indicano solo per gli operatori.")
     if role == "structure" and not structure:
         raise UserInputError(f"user {name}: a structure user needs --structure (its code)", "structure",
-                             "Un utente struttura ha il codice della sua struttura.")
+                             "Un utente struttura deve avere il codice della sua struttura.")
     if role != "structure" and structure:
         raise UserInputError(f"user {name}: --structure is for role structure only, not for role {role}",
                              "structure", "La struttura si indica solo per il ruolo struttura.")
@@ -95,7 +95,7 @@ def check_user(name: str, role: str, enti: list[str], structure: str | None, pas
 def check_password(name: str, password: str) -> None:
     if len(password) < 12:
         raise UserInputError(f"user {name}: the password must have at least 12 characters", "password",
-                             "La password ha almeno 12 caratteri.")
+                             "La password deve avere almeno 12 caratteri.")
 
 
 # ---------------------------------------------------------------- the record of user administration
@@ -313,7 +313,7 @@ def check_api_key(label: str, enti: list[str]) -> None:
                              "sistema che userà la chiave.")
     if not enti:
         raise UserInputError(f"API key {label!r}: bind it to at least one --ente", "enti",
-                             "Una chiave API ha almeno un ente.")
+                             "Una chiave API deve avere almeno un ente.")
     check_enti(enti)
 
 

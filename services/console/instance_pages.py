@@ -64,6 +64,7 @@ from services.console.labels import (
     STATE_LABELS,
     STATE_VALUES,
     badge,
+    chain_break_text,
 )
 from services.console.live import next_change
 from services.console.web import (
@@ -105,13 +106,13 @@ def parse_search(params: Any) -> tuple[Search, list[str]]:
         errors.append(f"Tipo di flusso {q.tipo!r} sconosciuto.")
         q.tipo = None
     q.ente = (params.get("ente") or "").strip().upper() or None
-    for name in ("dal", "al"):
+    for name, label in (("dal", "Creata dal"), ("al", "Creata al")):
         value = params.get(name) or None
         if value:
             try:
                 date.fromisoformat(value)
             except ValueError:
-                errors.append(f"Data {name} {value!r}: atteso AAAA-MM-GG.")
+                errors.append(f"{label}: data non valida ({value!r}), attesa AAAA-MM-GG.")
                 value = None
         setattr(q, name, value)
     q.stato = params.get("stato") or None
@@ -410,8 +411,10 @@ async def new_load(ctx: Ctx) -> Response:
             return RedirectResponse(f"/istanze/{instance}", status_code=303)
         await asyncio.sleep(0.1)
     return page(ctx, "message.html", "Richiesta inviata", status=202, level="info", back="/istanze",
+                back_label="Vai all'elenco delle istanze",
                 message=f"La richiesta {request_id} è stata inviata; il caricatore non l'ha ancora presa in carico. "
-                        "L'istanza comparirà nell'elenco appena creata.")
+                        "L'istanza comparirà nell'elenco non appena sarà creata: aggiorni l'elenco tra qualche "
+                        "istante.")
 
 
 async def _instance_view(ctx: Ctx) -> dict[str, Any]:
@@ -431,8 +434,8 @@ async def _instance_view(ctx: Ctx) -> dict[str, Any]:
                 actions.append(action)
         if _sendable(ctx.row):
             actions.append("send")
-    return {"row": ctx.row, "history": history, "chain_breaks": [str(b) for b in breaks], "files": files,
-            "actions": actions}
+    chain_breaks = [chain_break_text(b.link, b.version, b.expected, b.found) for b in breaks]
+    return {"row": ctx.row, "history": history, "chain_breaks": chain_breaks, "files": files, "actions": actions}
 
 
 @route(pages, "GET", "/istanze/{instance}", READ_INSTANCE, "page")
@@ -546,7 +549,13 @@ async def file_view(ctx: Ctx, name: str, da: int = 0) -> Response:
     except UserError as exc:
         if offset and _has_records_from(path, kind, flow_type, version, 0):
             return _past_the_end(ctx, name, name, offset, base)
-        raise HTTPException(409, str(exc)) from exc
+        # file_rows' English is the CLI's: the page says it in Italian and offers the file to download.
+        log.info("console.file_not_a_table", file=name, kind=kind, reason=str(exc))
+        why = ("è la ricevuta PDF di Sistema TS, non una tabella" if kind == "ts-receipt"
+               else "non si può mostrare come tabella: è vuoto, o il suo tipo non ha un tracciato noto alla console")
+        return page(ctx, "message.html", name, status=409, active="/istanze", level="warning",
+                    message=f"Il file {name} {why}. Lo scarichi per leggerlo.", back=base + "/scarica",
+                    back_label="Scarica il file")
     if not rows and offset:  # a 730 zip or Sistema TS's CSV past its end: no error of file_rows, an empty page
         return _past_the_end(ctx, name, name, offset, base)
     await record_access(console.store, ctx.principal, "file-view", int(ctx.row["instance"]), ctx.address,
@@ -625,7 +634,7 @@ async def feedback_page(ctx: Ctx, da: int = 0, file: str | None = None) -> Respo
     files = await feedback_files(ctx)
     if not files:
         return page(ctx, "message.html", f"Esito dell'istanza {ctx.row['instance']}", level="success",
-                    back=f"/istanze/{ctx.row['instance']}",
+                    back=f"/istanze/{ctx.row['instance']}", back_label=f"Torna all'istanza {ctx.row['instance']}",
                     message="Nessun problema: l'istanza non ha esiti da leggere.")
     # An instance can have several: the load's feedback and Sistema TS's errors of each part of a 730 (`file` names
     # the one to read; the instance page links each). Only the first was ever shown, whichever link was followed.
@@ -678,7 +687,7 @@ async def format_action(ctx: Ctx) -> Response:
     try:
         await send_format_request(console_of(request).settings.kafka_bootstrap, ctx.row, ctx.principal.name)
     except UserError as exc:
-        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può formattare.") from exc
+        raise HTTPException(409, _not_now(ctx.row, "non si può formattare")) from exc
     return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
 
 
@@ -690,8 +699,16 @@ async def delete_action(ctx: Ctx) -> Response:
     try:
         await append_deletion(console_of(request).pool, ctx.row, ctx.principal.name, reason, source="/flows/console")
     except UserError as exc:
-        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può cancellare.") from exc
+        raise HTTPException(409, _not_now(ctx.row, "non si può cancellare")) from exc
     return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
+
+
+def _not_now(row: asyncpg.Record, refused: str) -> str:
+    """An action the instance's state no longer allows (the page that offered it is older than the state): the state
+    by its label, and where to see what can be done now."""
+    state = STATE_LABELS.get(row["state"], row["state"])
+    return (f"L'istanza {row['instance']} è nello stato «{state}»: {refused}. Ricarichi la pagina dell'istanza per "
+            "vedere le azioni possibili ora.")
 
 
 # ---------------------------------------------------------------- Scadenze
@@ -714,7 +731,10 @@ async def deadlines_page(ctx: Ctx, mese: str | None = None) -> Response:
     try:
         items = deadlines_for_month(year, month)
     except (DeadlineDataMissing, DeadlineDataInvalid) as exc:
-        error = f"Scadenze non disponibili: {exc}"
+        # The data file's own English (which table to add, which key is wrong) is the operators': logged, and the
+        # page says in Italian what is missing and whom to tell.
+        log.warning("console.deadline_data", month=f"{year:04d}-{month:02d}", error=str(exc))
+        error = _deadline_data_error(exc)
     else:
         enti = None if ctx.principal.role in ("ops", "auditor") else sorted(ctx.principal.enti)
         for ente, deadline, covering in await coverage(console_of(ctx.request).pool, items, None, enti):
@@ -724,7 +744,18 @@ async def deadlines_page(ctx: Ctx, mese: str | None = None) -> Response:
                 mese_detto=f"{MONTHS[month - 1]} {year}", error=error)
 
 
-# The months as the caption says them ("Scadenze dei periodi che finiscono in novembre 2026"), not 2026-11.
+def _deadline_data_error(exc: DeadlineDataMissing | DeadlineDataInvalid) -> str:
+    """Why the Scadenze page has no table, in Italian: the year and flow types whose due dates the data lacks or
+    cannot read, and that the operations team adds them (deadlines change by law: never guessed)."""
+    if isinstance(exc, DeadlineDataMissing):
+        flows_named = ", ".join(FLOW_TYPE_LABELS.get(t, t) for t in exc.flow_types)
+        return (f"Scadenze non disponibili: mancano le date di scadenza del {exc.year} per {flows_named}. Le scadenze "
+                "cambiano per legge e non si ricavano da un altro anno: avvisi l'esercizio perché le aggiunga.")
+    return (f"Scadenze non disponibili: le date di scadenza del {exc.year} per "
+            f"{FLOW_TYPE_LABELS.get(exc.flow_type, exc.flow_type)} non sono leggibili. Avvisi l'esercizio.")
+
+
+# The months as the caption says them ("Scadenze dei periodi che finiscono a novembre 2026"), not 2026-11.
 MONTHS = ("gennaio", "febbraio", "marzo", "aprile", "maggio", "giugno", "luglio", "agosto", "settembre", "ottobre",
           "novembre", "dicembre")
 
@@ -744,10 +775,11 @@ def _sendable(row: asyncpg.Record) -> bool:
 async def ts_send_form(ctx: Ctx) -> Response:
     assert ctx.row is not None
     if not _sendable(ctx.row):
-        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può inviare a Sistema TS.")
+        raise HTTPException(409, _not_now(ctx.row, "non si può inviare a Sistema TS"))
     public_key = console_of(ctx.request).settings.keys_dir / PUBLIC_KEY_FILE
     if not public_key.exists():
-        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: il gateway è attivo?")
+        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: l'invio non si può preparare "
+                                 "ora. Riprovi tra qualche minuto; se il problema continua, avvisi l'esercizio.")
     return page(ctx, "ts_send.html", f"Invia a Sistema TS l'istanza {ctx.row['instance']}", active="/istanze",
                 row=ctx.row, public_key=public_key.read_text(), today=italian_today().isoformat(), error=None)
 
@@ -758,7 +790,7 @@ async def ts_send(ctx: Ctx) -> Response:
     assert ctx.row is not None
     console = console_of(ctx.request)
     if not _sendable(ctx.row):
-        raise HTTPException(409, f"L'istanza è {STATE_LABELS.get(ctx.row['state'])}: non si può inviare a Sistema TS.")
+        raise HTTPException(409, _not_now(ctx.row, "non si può inviare a Sistema TS"))
     form = await ctx.request.form()
     sealed, when = str(form.get("sigillo") or ""), str(form.get("data") or "")
     try:
@@ -773,8 +805,8 @@ async def ts_send(ctx: Ctx) -> Response:
     # while this page was open (`flows ts rotate-key`), a box that did not arrive whole, no key at all.
     public_key = console.settings.keys_dir / PUBLIC_KEY_FILE
     if not public_key.exists():
-        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: il gateway è attivo? "
-                                 "Nulla è stato inviato.")
+        raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: nulla è stato inviato. "
+                                 "Riprovi tra qualche minuto; se il problema continua, avvisi l'esercizio.")
     try:
         sealed_to = sealed_key_id(sealed)
     except SealError:
@@ -787,7 +819,12 @@ async def ts_send(ctx: Ctx) -> Response:
         await send_sealed_730(console.settings.kafka_bootstrap, console.pool, console.settings.keys_dir,
                               int(ctx.row["instance"]), sealed, transmission, ctx.principal.name)
     except UserError as exc:
-        raise HTTPException(409, f"Invio non possibile: {exc}") from exc
+        # What the checks above passed and send_sealed_730 then refused (in the CLI's English) changed meanwhile: the
+        # instance's state, or the gateway's key. Logged as said; the page says it in Italian.
+        log.info("console.ts_send_refused", instance=int(ctx.row["instance"]), reason=str(exc))
+        raise HTTPException(409, "Invio non possibile: lo stato dell'istanza o la chiave del gateway TS sono cambiati "
+                                 "mentre la pagina era aperta. Nulla è stato inviato: riapra l'istanza e, se è ancora "
+                                 "da inviare, ripeta l'invio.") from exc
     return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)
 
 

@@ -63,7 +63,8 @@ def event_detail(event_type: str, data: Mapping[str, Any]) -> str:
         return f"parte {data.get('part')} di {data.get('parts')}"
 
     if event_type == _T[flows.LoadScheduled] and data.get("scheduled_at"):
-        return f"avvio alle {datetime.fromisoformat(str(data['scheduled_at'])).astimezone(ROME):%d/%m/%Y %H:%M}"
+        at = datetime.fromisoformat(str(data["scheduled_at"])).astimezone(ROME)
+        return f"avvio il {at:%d/%m/%Y} alle {at:%H:%M}"
     if event_type == _T[flows.LoadFailed]:
         return str(data.get("summary") or "")
     if event_type == _T[flows.FormatFailed]:
@@ -77,6 +78,22 @@ def event_detail(event_type: str, data: Mapping[str, Any]) -> str:
     if event_type == _T[flows.InstanceDeleted] and data.get("reason"):
         return f"motivo: {data['reason']}"
     return ""
+
+
+# A broken link of an instance's hash chain (services.runtime.eventstore.ChainBreak), as the page's Catena di hash
+# says it: the event, what no longer matches, the expected and found values (hex digests, or version numbers).
+CHAIN_LINK_TEXTS = {
+    "hash": "il contenuto dell'evento è stato modificato dopo la registrazione",
+    "prev_hash": "il collegamento all'evento precedente non corrisponde (un hash riscritto o un evento rimosso)",
+    "version": "la numerazione degli eventi ha un salto (un evento rimosso)",
+}
+
+
+def chain_break_text(link: str, version: int, expected: str, found: str) -> str:
+    """One broken link in Italian: "evento 3: il contenuto dell'evento è stato modificato ... (atteso ..., trovato
+    ...)". ChainBreak's own str() is the English of `flows verify`."""
+    what = CHAIN_LINK_TEXTS.get(link, link)
+    return f"evento {version}: {what} (atteso {expected}, trovato {found})"
 
 
 def switch_slot(day: date | None, window: str | None) -> str:

@@ -177,7 +177,9 @@ class OidcLogin:
         try:
             auth.check_user(name, role, enti, str(structure) if structure else None, "x" * 12)
         except auth.UserInputError as exc:
-            raise OidcRefused(f"Il suo profilo non è valido per questa console: {exc.italian}", str(exc)) from None
+            rule = exc.italian[:1].lower() + exc.italian[1:].rstrip(".")  # a sentence of its own on the users page
+            raise OidcRefused(f"Il suo profilo non è valido per questa console ({rule}): si rivolga "
+                              "all'amministratore.", str(exc)) from None
         return Identity(name, role, sorted(set(enti)), str(structure) if structure else None)
 
 
@@ -189,7 +191,9 @@ async def upsert_user(pool: asyncpg.Pool, who: Identity) -> None:
         "SET role = EXCLUDED.role, enti = EXCLUDED.enti, structure = EXCLUDED.structure "
         "WHERE console_user.origin = 'oidc' RETURNING disabled", who.name, who.role, who.enti, who.structure)
     if row is None:
-        raise OidcRefused("Accesso non riuscito: il nome utente appartiene a un utente locale della console.",
+        raise OidcRefused("Accesso non riuscito: il nome utente appartiene a un utente locale della console. "
+                          "Si rivolga all'amministratore.",
                           f"OIDC user {who.name}: a local user has that name")
     if row["disabled"]:
-        raise OidcRefused("Il suo utente è disattivato in questa console.", f"OIDC user {who.name} is disabled")
+        raise OidcRefused("Il suo utente è disattivato in questa console: si rivolga all'amministratore.",
+                          f"OIDC user {who.name} is disabled")

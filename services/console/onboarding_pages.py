@@ -13,7 +13,7 @@ from fastapi import HTTPException, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from starlette.datastructures import UploadFile
 
-from contracts.onboarding import SwitchRefused, SwitchScheduled
+from contracts.onboarding import DocumentAssessed, SwitchRefused, SwitchScheduled
 from services.console.access import (
     DESK_VERDICT,
     DOWNLOAD_ONBOARDING,
@@ -86,10 +86,16 @@ async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "i
             "is_desk": ctx.principal.role in DESK_VERDICT.roles}
 
 
+def _request_title(row: Any) -> str:
+    """A request's page title: "Richiesta di onboarding ONB-...", not a bare "Richiesta" (the instance pages have
+    theirs: "Richiesta inviata")."""
+    return f"Richiesta di onboarding {row['request_id']}"
+
+
 @route(pages, "GET", "/onboarding/{request}", READ_ONBOARDING, "page")
 async def onboarding_request(ctx: Ctx) -> Response:
     assert ctx.row is not None
-    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", active="/onboarding",
+    return page(ctx, "onboarding_request.html", _request_title(ctx.row), active="/onboarding",
                 **await _onboarding_view(ctx))
 
 
@@ -107,14 +113,23 @@ async def _add_uploaded(ctx: Ctx, request_id: str, form: Any) -> tuple[int, str 
         log.warning("store.full", path=str(exc.path), request=request_id, document=name, bytes=exc.size,
                     error=str(exc.__cause__), step="onboarding document")
         return 507, (f"Documento {name} non salvato: spazio su disco esaurito nell'archivio dei documenti. Non è "
-                     "stato registrato nulla: riprovare più tardi (se il problema continua, avvisare l'esercizio)."), \
+                     "stato registrato nulla: riprovi più tardi (se il problema continua, avvisi l'esercizio)."), \
             "danger"
     except (onboarding.OnboardingError, ValueError) as exc:
         return 422, f"Documento non accettato: {exc}", "danger"
-    message = f"Documento {name} ricevuto e valutato."
+    # Only a tracciato (or a document whose facts were declared) is judged at once; the console declares none, so
+    # any other document waits for the desk's verdict: "valutato" would have said otherwise.
+    level = "success"
+    if not added.events and added.ignored_sheets:
+        message = f"Documento {name}: nessuno dei suoi fogli è un tracciato richiesto, non è stato registrato nulla."
+        level = "warning"
+    elif any(isinstance(e, DocumentAssessed) for e in added.events):
+        message = f"Documento {name} ricevuto e valutato: l'esito è nella tabella dei documenti."
+    else:
+        message = f"Documento {name} ricevuto: lo valuterà lo sportello di onboarding."
     if added.ignored_sheets:
         message += f" Fogli non richiesti, ignorati: {', '.join(added.ignored_sheets)}."
-    return 200, message, "success"
+    return 200, message, level
 
 
 @route(pages, "POST", "/onboarding/{request}/documenti", UPLOAD_ONBOARDING, "action")
@@ -129,7 +144,7 @@ async def onboarding_upload(ctx: Ctx) -> Response:
     status, message, level = await _add_uploaded(ctx, str(ctx.row["request_id"]), await read_form(ctx.request))
     ctx.row = await console_of(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
                                                         ctx.row["request_id"])
-    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
+    return page(ctx, "onboarding_request.html", _request_title(ctx.row), status=status,
                 active="/onboarding", **await _onboarding_view(ctx, message, level))
 
 
@@ -177,7 +192,7 @@ async def onboarding_switch(ctx: Ctx) -> Response:
         errors["credenziali"] = f"Credenziali {form['credenziali']!r} sconosciute: basic o new-oauth2."
     status, message, level, proposal = 200, None, "success", None
     if errors:
-        status, message, level = 422, "Lo switch non è stato chiesto: correggere i campi indicati.", "danger"
+        status, message, level = 422, "Lo switch non è stato chiesto: corregga i campi indicati.", "danger"
     else:
         assert day is not None and window is not None
         try:
@@ -190,8 +205,8 @@ async def onboarding_switch(ctx: Ctx) -> Response:
             decision = events[-1]
             if isinstance(decision, SwitchScheduled):
                 chosen = slot_text(decision.switch_date, decision.window_start, decision.window_end)
-                message = f"Switch fissato per {chosen}" + (f" (attenzione: {decision.warning})."
-                                                            if decision.warning else ".")
+                message = f"Switch pianificato per {chosen}" + (f" (attenzione: {decision.warning})."
+                                                                if decision.warning else ".")
             elif isinstance(decision, SwitchRefused):
                 level = "warning"
                 proposal = {"data": decision.proposed_date.isoformat(), "dalle": decision.proposed_window_start,
@@ -204,7 +219,7 @@ async def onboarding_switch(ctx: Ctx) -> Response:
     ctx.row = await console_of(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
                                                         ctx.row["request_id"])
     switch = {"form": form, "errors": errors, "proposal": proposal}
-    return page(ctx, "onboarding_request.html", f"Richiesta {ctx.row['request_id']}", status=status,
+    return page(ctx, "onboarding_request.html", _request_title(ctx.row), status=status,
                 active="/onboarding", **await _onboarding_view(ctx, message, level, switch))
 
 
@@ -220,6 +235,6 @@ async def onboarding_verdict(ctx: Ctx) -> Response:
         await onboarding.desk_verdict(_onboarding_deps(console_of(ctx.request)), str(ctx.row["request_id"]), document,
                                     verdict == "conforme", [reason] if reason else [], ctx.principal.name)
     except onboarding.OnboardingError as exc:
-        raise HTTPException(409, str(exc)) from exc
+        raise HTTPException(409, f"Esito non registrato: {exc}") from exc
     return RedirectResponse(f"/onboarding/{ctx.row['request_id']}", status_code=303)
 

@@ -396,7 +396,7 @@ async def _admitted(console: Console, request: Request, rule: Rule, principal: a
 
 
 UPLOAD_SPACE_REFUSED = ("Documento non ricevuto: spazio su disco esaurito sul server durante il caricamento. Non è "
-                        "stato salvato né registrato nulla: riprovare più tardi (se il problema continua, avvisare "
+                        "stato salvato né registrato nulla: riprovi più tardi (se il problema continua, avvisi "
                         "l'esercizio).")
 
 
@@ -489,7 +489,7 @@ def _nav_of(role: str) -> list[tuple[str, str]]:
     if role in LIST_ONBOARDING.roles:
         nav.append(("/onboarding", "Onboarding"))
     if role in READ_ACCESS_LOG.roles:
-        nav.append(("/accessi", "Registro accessi"))
+        nav.append(("/accessi", "Registro degli accessi"))
     if role in READ_OPS.roles:
         nav.append(("/esercizio", "Esercizio"))
     if role in MANAGE_USERS.roles:
@@ -551,7 +551,8 @@ ERROR_DETAILS: dict[int, tuple[str, str, str]] = {
     404: ("Pagina non trovata", "La pagina richiesta non esiste o non è accessibile.", "non trovato"),
     405: ("Richiesta non valida", "Questa pagina non accetta questo tipo di richiesta.", "metodo non consentito"),
     403: ("Richiesta rifiutata", "La richiesta è stata rifiutata.", "richiesta rifiutata"),
-    409: ("Azione non consentita", "L'azione non è consentita nello stato attuale.", "azione non consentita"),
+    409: ("Azione non consentita", "L'azione non è consentita nello stato attuale: ricarichi la pagina per vedere "
+                                      "le azioni possibili ora.", "azione non consentita"),
 }
 
 

@@ -25,6 +25,7 @@ from datetime import date, datetime, timedelta
 
 from contracts.deadlines import ITALY, italian_today
 from contracts.onboarding import (
+    KIND_LABELS,
     CompletenessChanged,
     DocumentAssessed,
     DocumentReceived,
@@ -205,10 +206,12 @@ def receive_document(
             if received.document_type == "spoke-closure-act"
             else ""
         )
+        # The structure reads this on the console: the documents by their names, the kind by the note's; the ids
+        # in brackets for the CLI and the desk.
         raise OnboardingError(
-            f"richiesta {rid}, documento {received.filename}: il document_type "
-            f"{received.document_type!r} non è richiesto per una richiesta {request.kind}{hint}; "
-            f"richiesti: {', '.join(required)}"
+            f"richiesta {rid}, documento {received.filename}: «{document_label(received.document_type)}» non è tra "
+            f"i documenti di una richiesta «{KIND_LABELS.get(request.kind, request.kind)}» (document_type "
+            f"{received.document_type!r}, tipo {request.kind}){hint}; richiesti: {_labels(required)}"
         )
     if request.taken_in_charge is not None:
         raise OnboardingError(

@@ -353,6 +353,7 @@ async def test_the_desk_sees_the_wrong_cell_of_an_uploaded_workbook(fresh_db, tm
         await page.set_input_files("#documento", str(book))
         async with page.expect_navigation():
             await page.click("button:has-text('Carica e valuta')")
+        assert "Documento allegato-a1.xlsx ricevuto e valutato" in await page.inner_text("#esito")
         finding = page.locator("tr.rilievo", has_text="150999")
         assert await finding.count() == 1
         cells = await finding.locator("td").all_inner_texts()

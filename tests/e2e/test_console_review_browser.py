@@ -56,7 +56,7 @@ async def test_a_page_parameter_it_cannot_read_gets_an_italian_page_naming_it(
         assert "«da»" in text and "'abc'" in text and "numero intero" in text, text
         # the header with the user and the menu, and a way back: not a dead end
         assert "op.201" in await page.inner_text("header")
-        assert await page.locator("main a", has_text="Torna indietro").count() == 1
+        assert await page.locator("main a", has_text="Vai alla pagina iniziale").count() == 1
 
 
 def _c1_file(records: int) -> bytes:
@@ -148,7 +148,7 @@ async def test_the_deadlines_caption_names_the_month_in_italian(console: Running
     async with signed_in(chromium, console, "op.201") as page:
         await page.goto(f"{console.url}/scadenze?mese=2026-11")
         caption = await page.inner_text("main table caption")
-        assert caption.startswith("Scadenze dei periodi che finiscono in novembre 2026 ("), caption
+        assert caption.startswith("Scadenze dei periodi che finiscono a novembre 2026 ("), caption
         assert await page.input_value("#mese") == "2026-11"  # the field keeps the value a month input takes
 
 

@@ -37,7 +37,7 @@ async def test_a_structure_takes_the_proposed_switch_slot_in_the_browser(fresh_d
             await _axe_clean(page, Axe(), "31-switch-rifiutato")
             async with page.expect_navigation():
                 await page.click("#switch-proposto button")
-            assert "Switch fissato per" in await page.inner_text("#esito")
+            assert "Switch pianificato per" in await page.inner_text("#esito")
             events = await console.store.read_stream("onboarding-ONB-SWITCH")
             assert [e.type for e in events[-2:]] == ["onboarding.switch-refused", "onboarding.switch-scheduled"]
             assert events[-1].actor == "st.1" and events[-1].data["switch_date"] == events[-2].data["proposed_date"]

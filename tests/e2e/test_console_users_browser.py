@@ -42,7 +42,7 @@ async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_pat
             await page.fill("#u-password", PASSWORD)
             async with page.expect_navigation():
                 await page.click("#nuovo-utente button[type=submit]")
-            assert await page.inner_text("#err-enti") == "Un operatore ha almeno un ente."
+            assert await page.inner_text("#err-enti") == "Un operatore deve avere almeno un ente."
             assert await page.get_attribute("#u-enti", "aria-describedby") == "err-enti"
             assert await page.input_value("#u-password") == ""  # the password is never sent back
             await _axe_clean(page, Axe(), "41-utenti-errore")
@@ -85,7 +85,7 @@ async def test_the_admin_adds_and_disables_users_from_the_page(fresh_db, tmp_pat
             await page.fill("#r-password", "corta")
             async with page.expect_navigation():
                 await page.click("#reimposta-password button[type=submit]")
-            assert await page.inner_text("#err-r-password") == "La password ha almeno 12 caratteri."
+            assert await page.inner_text("#err-r-password") == "La password deve avere almeno 12 caratteri."
             assert await page.input_value("#r-name") == "op.bianchi" and await page.input_value("#r-password") == ""
             await _axe_clean(page, Axe(), "42-utenti-password-errore")
             new_password = "una nuova password 2026"

@@ -155,7 +155,7 @@ async def test_bad_input_is_refused_next_to_its_field_in_italian_and_nothing_is_
     cases = [
         ({"label": "  ", "enti": "201"}, "k-label", "Etichetta: da 1 a 100 caratteri stampabili"),
         ({"label": "x" * 101, "enti": "201"}, "k-label", "Etichetta: da 1 a 100 caratteri stampabili"),
-        ({"label": "cruscotto", "enti": ""}, "k-enti", "Una chiave API ha almeno un ente."),
+        ({"label": "cruscotto", "enti": ""}, "k-enti", "Una chiave API deve avere almeno un ente."),
         ({"label": "cruscotto", "enti": "201 999"}, "k-enti", "Ente 999 sconosciuto: gli enti della piattaforma sono "
                                                               "201, 202, 203"),
         ({"label": "cruscotto", "enti": "2011"}, "k-enti", "Ente '2011': un codice di tre cifre o maiuscole"),

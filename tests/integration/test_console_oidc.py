@@ -5,6 +5,7 @@ browser that did not start the login; the client secret never reaches a log line
 
 from __future__ import annotations
 
+import html
 import io
 import logging
 from collections.abc import Iterator
@@ -115,7 +116,10 @@ async def test_a_token_with_a_bad_signature_or_a_foreign_callback_or_bad_claims_
     provider.next_claims = {"preferred_username": "eva.bianchi", "flows_role": "superuser"}
     async with httpx.AsyncClient(timeout=20) as client:
         refused = await _oidc_login(console, client)
-        assert refused.status_code == 401 and "Ruolo &#39;superuser&#39; sconosciuto" in refused.text
+        said = html.unescape(refused.text)
+        assert refused.status_code == 401 and (
+            "Il suo profilo non è valido per questa console (ruolo 'superuser' sconosciuto): si rivolga "
+            "all'amministratore.") in said, said
     # An operator with a well-formed ente list as a string is let in (the claim may be either form).
     provider.next_claims = {"preferred_username": "eva.bianchi", "flows_role": "operator", "flows_enti": "201, 202"}
     async with httpx.AsyncClient(timeout=20) as client:

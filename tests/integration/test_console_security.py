@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import json
 import re
 from datetime import timedelta
@@ -100,6 +101,13 @@ async def test_a_form_without_its_csrf_token_is_refused(console: RunningConsole)
         response = await client.post(console.url + f"/istanze/{instance}/cancella",
                                      data={"motivo": "doppione", "csrf": csrf_of(page.text)})
         assert response.status_code == 303
+        # The same page's form sent again: the instance's state no longer allows it, said by its label and with
+        # where to look now.
+        response = await client.post(console.url + f"/istanze/{instance}/cancella",
+                                     data={"motivo": "doppione", "csrf": csrf_of(page.text)})
+        said = html.unescape(response.text)
+        assert response.status_code == 409 and f"L'istanza {instance} è nello stato «Cancellata»: non si può " \
+            "cancellare. Ricarichi la pagina dell'istanza" in said, said
     assert await console.pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance) == "Deleted"
     assert await console.pool.fetchval("SELECT actor FROM events WHERE stream_id = $1 AND type = "
                                        "'flows.instance-deleted'", f"instance-{instance}") == "op.201"
@@ -150,6 +158,24 @@ async def test_file_names_are_keys_never_paths(console: RunningConsole) -> None:
                 assert response.status_code == 404, name
                 assert b"not a file of this instance" not in response.content
 
+
+
+async def test_a_file_that_is_no_table_is_said_so_in_italian_with_its_download(console: RunningConsole) -> None:
+    receipt = console.file_ref("ricevuta.pdf", "ts-receipt", b"%PDF-1.4 receipt", 1, "application/pdf")
+    empty = console.file_ref("C1.txt", "C1", b"", 0)
+    instance = await console.instance("201", [
+        ("flows.load-checked", {"source_instance": 1, "counts": {}}), ("flows.formatting-started", {}),
+        ("flows.formatted", {"files": [receipt, empty]})])
+    async with console.client("operator") as client:
+        base = console.url + f"/istanze/{instance}/file/"
+        shown = await client.get(base + "ricevuta.pdf")
+        said = html.unescape(shown.text)
+        assert shown.status_code == 409 and "Il file ricevuta.pdf è la ricevuta PDF di Sistema TS" in said, said
+        assert f'href="/istanze/{instance}/file/ricevuta.pdf/scarica"' in shown.text and "receipt" not in said
+        shown = await client.get(base + "C1.txt")
+        said = html.unescape(shown.text)
+        assert shown.status_code == 409 and "Il file C1.txt non si può mostrare come tabella" in said, said
+        assert "no records" not in said
 
 async def test_html_in_names_and_feedback_is_shown_escaped(console: RunningConsole) -> None:
     feedback = console.file_ref(f"{HOSTILE}.csv", "feedback",
@@ -223,6 +249,16 @@ async def test_deadlines_show_the_operators_enti_only_with_their_coverage(consol
         body = (await client.get(console.url + "/scadenze?mese=2026-10")).text
     assert "<td>201</td>" in body and "<td>203</td>" in body and "<td>202</td>" not in body
 
+
+
+async def test_deadlines_of_a_year_without_data_are_said_missing_in_italian(console: RunningConsole) -> None:
+    # contracts/data/deadlines.toml has no 2099: the page names the year and the flows, and whom to tell, without
+    # the data file's English (which is the operators', in the log).
+    async with console.client("operator") as client:
+        body = html.unescape((await client.get(console.url + "/scadenze?mese=2099-03")).text)
+    assert "Scadenze non disponibili: mancano le date di scadenza del 2099 per " in body, body
+    assert "FLUSSO MEF SOGEI" in body and "FLUSSO_MEF" not in body  # the flows by their labels
+    assert "avvisi l'esercizio" in body and "deadline data" not in body
 
 async def test_api_keys_are_stored_hashed_and_bound_to_their_enti(console: RunningConsole) -> None:
     own = await console.instance("201")

@@ -18,6 +18,7 @@ from services.console.labels import (
     FLOW_TYPE_LABELS,
     ONBOARDING_KIND_LABELS,
     ONBOARDING_STATUS_LABELS,
+    chain_break_text,
     event_detail,
 )
 from services.loader.pipeline import _COUNTED_BY_CHECKS
@@ -61,7 +62,30 @@ def test_the_history_says_in_italian_which_part_went_to_ts_and_how_it_ended() ->
                                                        "reason": "2 CF sconosciuti"}) == (
         "parte 1 di 4: confermato con errori (2 CF sconosciuti)")
     assert event_detail("flows.load-scheduled", {"scheduled_at": "2026-11-02T05:00:00+00:00"}) == (
-        "avvio alle 02/11/2026 06:00")  # Rome's time
+        "avvio il 02/11/2026 alle 06:00")  # Rome's time
     assert event_detail("flows.instance-deleted", {"reason": "caricata due volte"}) == "motivo: caricata due volte"
     assert event_detail("flows.format-failed", {"reasons": ["disco pieno", "riprova"]}) == "disco pieno; riprova"
     assert event_detail("flows.load-checked", {"counts": {"services": 1}}) == ""
+
+
+def test_a_broken_hash_chain_is_said_in_italian_naming_the_event_and_what_no_longer_matches() -> None:
+    assert chain_break_text("hash", 3, "ab12", "cd34") == (
+        "evento 3: il contenuto dell'evento è stato modificato dopo la registrazione (atteso ab12, trovato cd34)")
+    assert chain_break_text("version", 5, "4", "5").startswith("evento 5: la numerazione degli eventi ha un salto")
+    assert "evento precedente" in chain_break_text("prev_hash", 2, "ab", "cd")
+
+
+def test_the_ops_page_writes_counts_and_lag_as_italians_do_and_offsets_as_kafka_does() -> None:
+    from types import SimpleNamespace
+
+    from services.console.web import templates
+
+    html = templates.get_template("ops.html").render(
+        title="Esercizio", principal=None, menu="", assets=SimpleNamespace(head=""), error=None,
+        topics=[{"topic": "flows.load.dlq", "count": 1500, "pending": 1200}],
+        groups={"flows-loader": {"partitions": 6, "lag": 12345, "last": None}},
+        lags=[SimpleNamespace(group="flows-loader", topic="flows.load", partition=0, committed=100000, end=112345,
+                              lag=12345, last_commit=None)])
+    assert '<td class="text-end">1.500</td>' in html and ">1.200</span>" in html  # dead letters, pending
+    assert ">12.345</span>" in html and '<td class="text-end">12.345</td>' in html  # a group's lag, a partition's
+    assert '<td class="text-end">100000</td><td class="text-end">112345</td>' in html  # positions, not quantities

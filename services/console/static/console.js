@@ -162,7 +162,8 @@
         document.getElementById("sigillo").value = sealed;
         form.submit();
       }).catch(function () {
-        error.textContent = "Il browser non ha potuto cifrare le credenziali: nulla è stato inviato.";
+        error.textContent = "Il browser non ha potuto cifrare le credenziali: nulla è stato inviato. Ricarichi la " +
+          "pagina e riprovi; se il problema continua, usi un browser aggiornato o avvisi l'esercizio.";
         error.classList.remove("d-none");
       });
     });
