@@ -159,7 +159,6 @@ async def test_file_names_are_keys_never_paths(console: RunningConsole) -> None:
                 assert b"not a file of this instance" not in response.content
 
 
-
 async def test_a_file_that_is_no_table_is_said_so_in_italian_with_its_download(console: RunningConsole) -> None:
     receipt = console.file_ref("ricevuta.pdf", "ts-receipt", b"%PDF-1.4 receipt", 1, "application/pdf")
     empty = console.file_ref("C1.txt", "C1", b"", 0)
@@ -176,6 +175,7 @@ async def test_a_file_that_is_no_table_is_said_so_in_italian_with_its_download(c
         said = html.unescape(shown.text)
         assert shown.status_code == 409 and "Il file C1.txt non si può mostrare come tabella" in said, said
         assert "no records" not in said
+
 
 async def test_html_in_names_and_feedback_is_shown_escaped(console: RunningConsole) -> None:
     feedback = console.file_ref(f"{HOSTILE}.csv", "feedback",
@@ -250,7 +250,6 @@ async def test_deadlines_show_the_operators_enti_only_with_their_coverage(consol
     assert "<td>201</td>" in body and "<td>203</td>" in body and "<td>202</td>" not in body
 
 
-
 async def test_deadlines_of_a_year_without_data_are_said_missing_in_italian(console: RunningConsole) -> None:
     # contracts/data/deadlines.toml has no 2099: the page names the year and the flows, and whom to tell, without
     # the data file's English (which is the operators', in the log).
@@ -259,6 +258,7 @@ async def test_deadlines_of_a_year_without_data_are_said_missing_in_italian(cons
     assert "Scadenze non disponibili: mancano le date di scadenza del 2099 per " in body, body
     assert "FLUSSO MEF SOGEI" in body and "FLUSSO_MEF" not in body  # the flows by their labels
     assert "avvisi l'esercizio" in body and "deadline data" not in body
+
 
 async def test_api_keys_are_stored_hashed_and_bound_to_their_enti(console: RunningConsole) -> None:
     own = await console.instance("201")
