@@ -7,7 +7,7 @@
     flows send-730 <n>                  send a Formatted 730 instance to Sistema TS
     flows ts rotate-key                 a new TS gateway sealing key (the old one goes when unused)
     flows deadlines                     due dates per flow type and entity
-    flows replay [<n>|--all] [--verify] rebuild and verify the history
+    flows replay [<n>|--all] [--verify|--chains-only] rebuild and verify the history
     flows demo                          the whole walk-through on generated data
     flows users add|list|disable|enable|password|history   the console's users and their record
     flows users api-key|api-keys|api-key-revoke           API keys of machine clients
@@ -371,13 +371,16 @@ def deadlines(ente: Annotated[str | None, typer.Option()] = None,
 @user_errors
 def replay(instance: Annotated[int | None, typer.Argument()] = None,
            all_: Annotated[bool, typer.Option("--all")] = False,
-           verify: Annotated[bool, typer.Option(help="verify every hash chain")] = False) -> None:
+           verify: Annotated[bool, typer.Option(help="verify every hash chain")] = False,
+           chains_only: Annotated[bool, typer.Option(
+               "--chains-only", help="verify the hash chains and the signed checkpoint, no rebuild: read-only, so it "
+                                     "also runs on a read-only replica")] = False) -> None:
     """Replay streams, verify hash chains, rebuild the read models and report differences."""
     from services.cli import replay as rp
 
     if instance is None and not all_:
         raise typer.BadParameter("give an instance number or --all")
-    ok = run(rp.replay(instance, verify))
+    ok = run(rp.replay(instance, verify, chains_only))
     if not ok:
         raise typer.Exit(2)
 

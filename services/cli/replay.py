@@ -2,7 +2,8 @@
 schema and compare them with the live ones. Exit code 2 when anything differs.
 
 It first prepares the database as a service does at start-up (migrations, the read models' live tables), so it
-also works where only the migrations ran."""
+also works where only the migrations ran. `--chains-only` verifies the chains and the signed checkpoint without the
+rebuild: it only reads, so it also runs on a read-only replica (an auditor's), where the rebuild is refused."""
 
 from __future__ import annotations
 
@@ -22,10 +23,22 @@ def all_projections() -> list[Projection]:
     return [*FLOW_PROJECTIONS, *onboarding.projections()]
 
 
-async def replay(instance: int | None, verify: bool) -> bool:
+READ_ONLY = ("this database is read-only (a standby, or a read-only user): rebuilding the read models writes a "
+             "scratch schema, which it refuses. Give --chains-only to verify the hash chains and the latest signed "
+             "checkpoint here, or run the rebuild against the primary")
+
+
+async def replay(instance: int | None, verify: bool, chains_only: bool = False) -> bool:
+    """`chains_only`: verify the hash chains and the checkpoint, no rebuild: it only reads, so it runs where an
+    auditor may be given no more than a read-only replica."""
     ok = True
+    verify = verify or chains_only
     async with database() as pool:
-        await _prepare(pool)
+        read_only = await pool.fetchval("SELECT current_setting('transaction_read_only') = 'on'")
+        if read_only and not chains_only:
+            raise UserError(READ_ONLY)
+        if not read_only:
+            await _prepare(pool)
         store = EventStore(pool, source="/flows/cli")
         streams = [instance_stream(instance)] if instance is not None else await store.list_streams()
         events = 0
@@ -45,6 +58,9 @@ async def replay(instance: int | None, verify: bool) -> bool:
             else:
                 console.print("[green]every hash chain verifies[/]")
             ok = await _against_checkpoint(pool, streams if instance is not None else None) and ok
+        if chains_only:
+            console.print("the read models were not rebuilt (--chains-only)")
+            return ok
         report = await rebuild_and_diff(pool, all_projections())
         if report.differences:
             ok = False
@@ -59,12 +75,10 @@ async def _prepare(pool: asyncpg.Pool) -> None:
     """The schema and every read model's live tables, as the services create them at start-up (the same function,
     host.prepare_database; idempotent): a database where only the migrations ran (no service started yet, events
     appended by `flows users` or the access log) is replayed and compared like any other, its live tables empty.
-    A read-only replica is left as it is: its schema is the primary's. (The replay itself cannot finish there: the
-    rebuild that follows writes a scratch schema, which a standby refuses; docs/scaling.md, Replay.)"""
+    Not called on a read-only database (a standby's schema is the primary's; the rebuild could not run there)."""
     from services.runtime.host import prepare_database
 
-    if not await pool.fetchval("SELECT pg_is_in_recovery()"):
-        await prepare_database(pool, all_projections())
+    await prepare_database(pool, all_projections())
 
 
 async def _against_checkpoint(pool: asyncpg.Pool, streams: list[str] | None) -> bool:

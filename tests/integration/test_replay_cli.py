@@ -72,6 +72,70 @@ def test_replay_verify_passes_on_an_intact_log_and_reports_a_tampered_row(fresh_
     assert "read models differ from the log" in tampered.output
 
 
+def test_a_read_only_database_verifies_its_chains_with_chains_only_and_refuses_the_rebuild_saying_why(
+        fresh_db, monkeypatch):
+    """An auditor may be given a read-only replica and nothing more. PostgreSQL itself refuses the writes here (the
+    database's default_transaction_read_only, which makes every transaction read-only as a standby's are): the
+    rebuild, which writes a scratch schema, is refused up front in one line that says what to do; --chains-only
+    verifies the chains there, and still finds a row rewritten behind the event store's back."""
+    asyncio.run(_an_instance_checked(fresh_db))
+    name = fresh_db.rpartition("/")[2]
+
+    async def set_read_only(on: bool) -> None:
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            await conn.execute("SET default_transaction_read_only = off")
+            await conn.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = {'on' if on else 'off'}")
+        finally:
+            await conn.close()
+
+    async def refuses_writes() -> bool:
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            await conn.execute("CREATE TABLE written (id int)")
+        except asyncpg.ReadOnlySQLTransactionError:
+            return True
+        finally:
+            await conn.close()
+        return False
+
+    async def tamper() -> None:
+        conn = await asyncpg.connect(fresh_db)
+        try:
+            await conn.execute("SET default_transaction_read_only = off")
+            await conn.execute("""UPDATE events SET data = jsonb_set(data, '{counts,services}', '300')
+                                  WHERE stream_id = 'instance-1947' AND version = 2""")
+        finally:
+            await conn.close()
+
+    asyncio.run(set_read_only(True))
+    assert asyncio.run(refuses_writes())
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    runner = CliRunner()
+
+    refused = runner.invoke(app, ["replay", "--all", "--verify"], env={"COLUMNS": "400", "FLOWS_DEBUG": ""})
+    assert refused.exit_code == 1, refused.output
+    assert " ".join(refused.output.split()) == (
+        "error: this database is read-only (a standby, or a read-only user): rebuilding the read models writes a "
+        "scratch schema, which it refuses. Give --chains-only to verify the hash chains and the latest signed "
+        "checkpoint here, or run the rebuild against the primary")
+
+    verified = runner.invoke(app, ["replay", "--all", "--chains-only"], env={"COLUMNS": "200"})
+    assert verified.exit_code == 0, verified.output
+    assert "every hash chain verifies" in verified.output
+    assert "the read models were not rebuilt (--chains-only)" in verified.output
+
+    asyncio.run(tamper())
+    tampered = runner.invoke(app, ["replay", "1947", "--chains-only"], env={"COLUMNS": "200"})
+    assert tampered.exit_code == 2, tampered.output
+    assert "hash chain broken" in tampered.output and "instance-1947" in tampered.output
+    assert asyncio.run(refuses_writes())  # still read-only: nothing of the command wrote
+
+    asyncio.run(set_read_only(False))  # the rebuild again where it may write: the tampered row is a difference
+    rebuilt = runner.invoke(app, ["replay", "1947", "--verify"], env={"COLUMNS": "200"})
+    assert rebuilt.exit_code == 2 and "read models differ from the log" in rebuilt.output, rebuilt.output
+
+
 def test_replay_of_an_instance_that_does_not_exist_is_an_error_like_every_command_s(fresh_db, monkeypatch):
     """`flows replay 99999` printed its own red line ('no stream instance-99999') and ended with the exit code of a
     replay that found the log tampered (2); every other command given an instance the platform does not have says
