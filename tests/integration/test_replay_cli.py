@@ -5,8 +5,14 @@ database whose read models were written before a migration changed their shape (
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
 import uuid
 from datetime import date
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -23,6 +29,7 @@ from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.host import prepare_database
 from services.runtime.instances import new_event
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
+from tests.stack_urls import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +141,82 @@ def test_a_read_only_database_verifies_its_chains_with_chains_only_and_refuses_t
     asyncio.run(set_read_only(False))  # the rebuild again where it may write: the tampered row is a difference
     rebuilt = runner.invoke(app, ["replay", "1947", "--verify"], env={"COLUMNS": "200"})
     assert rebuilt.exit_code == 2 and "read models differ from the log" in rebuilt.output, rebuilt.output
+
+
+def test_on_a_real_hot_standby_chains_only_verifies_and_finds_a_tampered_row_and_the_rebuild_is_refused(
+        fresh_db, monkeypatch):
+    """The auditor's case for real: a streaming replica of the test stack's PostgreSQL (pg_basebackup -R, started as
+    a hot standby), where every transaction is read-only because the server is in recovery. --chains-only verifies
+    the chains there; a row rewritten on the primary reaches the standby and is found there; the rebuild is refused
+    in the one line that says what to do."""
+    from deploy.localstack.postgres import PG_SETTINGS, _pg_bin, _pg_env, _pg_runas
+
+    asyncio.run(_an_instance_checked(fresh_db))
+    primary = urlsplit(fresh_db)
+    name = primary.path.lstrip("/")
+    port = free_port(30, 90)
+    runas = _pg_runas()
+    folder = Path(tempfile.mkdtemp(prefix="flows-standby-"))
+    if runas:
+        os.chown(folder, runas["user"], runas["group"])
+    data, log = folder / "data", folder / "postgres.log"
+
+    def pg(*args: str) -> None:
+        done = subprocess.run(list(args), capture_output=True, text=True, env=_pg_env(), timeout=120, check=False,
+                              **runas)
+        assert done.returncode == 0, done.stdout + done.stderr + (log.read_text() if log.exists() else "")
+
+    async def standby_holds(services: str) -> None:
+        """Until the standby replayed the primary's write: instance 1947's Checked with these services."""
+        for _ in range(600):
+            conn = await asyncpg.connect(standby)
+            try:
+                found = await conn.fetchval("SELECT data->'counts'->>'services' FROM events WHERE stream_id = "
+                                            "'instance-1947' AND version = 2")
+                assert await conn.fetchval("SELECT pg_is_in_recovery()")
+            finally:
+                await conn.close()
+            if found == services:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the standby never replayed services = {services}")
+
+    standby = f"postgresql://postgres@127.0.0.1:{port}/{name}"
+    try:
+        pg(_pg_bin("pg_basebackup"), "-h", str(primary.hostname), "-p", str(primary.port), "-U", "postgres",
+           "-D", str(data), "-R", "-X", "stream", "-c", "fast")
+        options = f"-h 127.0.0.1 -p {port} -k {folder} " + " ".join(f"-c {k}={v}" for k, v in PG_SETTINGS.items())
+        pg(_pg_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60", "start")
+        asyncio.run(standby_holds("3"))
+        monkeypatch.setenv("DATABASE_URL", standby)
+        runner = CliRunner()
+
+        refused = runner.invoke(app, ["replay", "--all", "--verify"], env={"COLUMNS": "400", "FLOWS_DEBUG": ""})
+        assert refused.exit_code == 1, refused.output
+        assert " ".join(refused.output.split()).startswith("error: this database is read-only (a standby, or a "
+                                                          "read-only user): rebuilding the read models writes")
+
+        verified = runner.invoke(app, ["replay", "--all", "--chains-only"], env={"COLUMNS": "200"})
+        assert verified.exit_code == 0, verified.output
+        assert "every hash chain verifies" in verified.output
+
+        async def tamper() -> None:  # on the primary, behind the event store's back
+            conn = await asyncpg.connect(fresh_db)
+            try:
+                await conn.execute("""UPDATE events SET data = jsonb_set(data, '{counts,services}', '300')
+                                      WHERE stream_id = 'instance-1947' AND version = 2""")
+            finally:
+                await conn.close()
+
+        asyncio.run(tamper())
+        asyncio.run(standby_holds("300"))
+        tampered = runner.invoke(app, ["replay", "1947", "--chains-only"], env={"COLUMNS": "200"})
+        assert tampered.exit_code == 2, tampered.output
+        assert "hash chain broken" in tampered.output and "instance-1947" in tampered.output
+    finally:
+        if (data / "postmaster.pid").exists():
+            pg(_pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "-t", "60", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_replay_of_an_instance_that_does_not_exist_is_an_error_like_every_command_s(fresh_db, monkeypatch):
