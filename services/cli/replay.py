@@ -34,10 +34,9 @@ async def replay(instance: int | None, verify: bool, chains_only: bool = False) 
     ok = True
     verify = verify or chains_only
     async with database() as pool:
-        read_only = await pool.fetchval("SELECT current_setting('transaction_read_only') = 'on'")
-        if read_only and not chains_only:
-            raise UserError(READ_ONLY)
-        if not read_only:
+        if not chains_only:  # --chains-only never writes, not even the start-up preparation
+            if await pool.fetchval("SELECT current_setting('transaction_read_only') = 'on'"):
+                raise UserError(READ_ONLY)
             await _prepare(pool)
         store = EventStore(pool, source="/flows/cli")
         streams = [instance_stream(instance)] if instance is not None else await store.list_streams()
