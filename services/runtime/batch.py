@@ -242,8 +242,13 @@ class BatchConsumer:
                 pending[1].cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await pending[1]
-            await producer.stop()
-            await consumer.stop()
+            # serve() cancels its loops right after setting `stop`: a loop that saw `stop` first is closing here when
+            # the cancellation comes. The consumer is stopped whatever ends the producer's stop, so it leaves its
+            # group now; skipped, it stayed a member for its whole session (30 s), holding its partitions.
+            try:
+                await producer.stop()
+            finally:
+                await consumer.stop()
 
     def _seek_back(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> None:
         """Back to the first offset of every partition in `records`: they are polled again."""

@@ -8,6 +8,7 @@ Each test has a topic of its own carrying delivered services (with its `.dlq` tw
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import GroupCoordinatorNotAvailableError
+from aiokafka.producer.producer import AIOKafkaProducer as _Producer
 
 from contracts.envelope import Envelope
 from contracts.sources import DeliveredService
@@ -35,6 +37,7 @@ from services.runtime.eventstore import EventStore
 from services.runtime.settings import bootstrap_list
 from tests.integration.batch_intake_process import SESSION_ENV
 from tests.isolation import logged_process, scratch_database
+from tests.kafka_groups import members_of, wait_until_joined
 from tests.kafka_topics import records_now_on
 from tests.stack_urls import KAFKA
 
@@ -225,6 +228,56 @@ async def test_a_batch_naming_each_record_once_takes_the_plain_upsert_with_the_s
     counts, rows = outcomes[1]
     assert counts == (1, 1, 1), "S6 stored, S5 corrected, S0 a duplicate"
     assert [(r[0], r[1], r[2]) for r in rows] == [("S0", 1, 1), ("S5", 2, 2), ("S6", 1, 1)]
+
+
+def _closing_its_producer(task: asyncio.Task[None]) -> bool:
+    """Whether the task waits inside AIOKafkaProducer.stop: the coroutines it awaits, followed down from its own."""
+    awaited: Any = task.get_coro()
+    while awaited is not None and hasattr(awaited, "cr_frame"):
+        if awaited.cr_frame is not None and awaited.cr_frame.f_code is _Producer.stop.__code__:
+            return True
+        awaited = awaited.cr_await
+    return False
+
+
+async def test_a_consumer_cancelled_while_it_closes_on_stop_still_leaves_its_group(intake_db: str) -> None:
+    """The service host (services.runtime.host.serve) sets `stop` and cancels its loops at once: a batch consumer
+    that saw `stop` first is already closing when the cancellation comes, in its dead-letter producer's stop. Its
+    consumer is closed all the same and leaves the group at once. Before, the cancellation skipped the consumer's
+    stop: it stayed a member until its 30 s session ran out, holding its partitions from the other replicas, and
+    aiokafka warned 'Unclosed AIOKafkaConsumer' (the e2e platform's teardown, after a test blocked the loop)."""
+    name = f"t-batch-{uuid.uuid4().hex[:8]}"
+    await _create_topic(name)
+    topic = Topic(name, DeliveredService, "source_id", "batch intake test", ("test",))
+    pool = await create_pool(intake_db, min_size=1, max_size=4)
+    group = f"batch-{uuid.uuid4().hex[:8]}"
+    before = await members_of(KAFKA, [group])
+    stop = asyncio.Event()
+    sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)
+    consumer = BatchConsumer(bootstrap_list(KAFKA), [topic], group, sink, pool)
+    task = asyncio.create_task(consumer.run(stop))
+
+    def running() -> None:
+        assert not task.done(), task
+
+    try:
+        await wait_until_joined(KAFKA, before, deadline_s=120, alive=running)
+        stop.set()  # the loop sees it at its next poll (500 ms at most) and closes
+        async with asyncio.timeout(60):
+            while not _closing_its_producer(task):
+                assert not task.done(), "the consumer closed before it was seen in its producer's stop"
+                await asyncio.sleep(0)
+        task.cancel()  # as serve cancels its loops once `stop` is set
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await pool.close()
+    assert (await members_of(KAFKA, [group]))[group] == frozenset(), "the stopped consumer is still in its group"
 
 
 async def _wait_log(log: Path, text: str, process: asyncio.subprocess.Process, within: float) -> None:

@@ -408,7 +408,7 @@ async def test_names_in_either_unicode_form_load_and_format_to_the_same_bytes_an
                         for p in _feedback(store, loaded))
         formatted = await run_format(pool, store, 1945 + 2 * n, 1946 + 2 * n, "FLUSSO_C", "2020")
         assert formatted.ok, formatted.reasons
-        files = {f.kind: store.open(f.sha256).read() for f in formatted.files}
+        files = {f.kind: store.path(f.sha256).read_bytes() for f in formatted.files}
         seen.append((warned, formatted.warnings, files))
     (warned, cut, files), decomposed = seen
     assert decomposed == seen[0]

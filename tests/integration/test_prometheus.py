@@ -25,7 +25,18 @@ async def _api(url: str, path: str, **params: str) -> Any:
 
 async def test_prometheus_scrapes_the_services_and_loads_the_alert_rules(settings, fresh_db, tmp_path, monkeypatch):
     from services.audit.app import main
+    from services.runtime.db import create_pool
+    from services.runtime.host import prepare_database
+    from services.runtime.read_models import FLOW_PROJECTIONS
 
+    # the read models the platform's other services create at their start (the audit service creates none): on a
+    # database without them every refresh of the ops figures failed (no instance_list), and the refreshed gauge,
+    # exported as 0 from the start, satisfied the wait all the same
+    pool = await create_pool(fresh_db, min_size=1, max_size=1)
+    try:
+        await prepare_database(pool, FLOW_PROJECTIONS)
+    finally:
+        await pool.close()
     own = int(localstack._kafka_port_base())  # Prometheus on the base itself, the audit service's port next to it
     pair = reserve_first((port, port + 1) for port in range(own + 508, own + 560))
     assert pair is not None, f"no two free ports in {own + 508}..{own + 560}"
@@ -43,7 +54,7 @@ async def test_prometheus_scrapes_the_services_and_loads_the_alert_rules(setting
             while True:
                 try:
                     found = await _api(url, "/api/v1/query", query="flows_ops_refreshed_timestamp_seconds")
-                    if found["result"]:
+                    if found["result"] and float(found["result"][0]["value"][1]) > 0:  # 0: never refreshed
                         break
                 except (aiohttp.ClientError, KeyError, ValueError):
                     pass

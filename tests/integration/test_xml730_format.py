@@ -62,7 +62,7 @@ async def insert(pool, docs: Iterable[SpendingDocument], *, amounts_as_numbers: 
 
 
 def read_xml(store: FileStore, sha256: str) -> etree._ElementTree:
-    with zipfile.ZipFile(store.open(sha256)) as zf:
+    with store.open(sha256) as file, zipfile.ZipFile(file) as zf:
         (entry,) = zf.namelist()
         return etree.parse(zf.open(entry))
 

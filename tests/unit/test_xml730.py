@@ -89,8 +89,12 @@ def write(docs, cert, workdir: Path, *, max_zip_bytes: int = 5 * 1024 * 1024,
         owner=owner, encrypt=lambda v: encrypt_for_ts(cert, v), workdir=workdir,
         name_part=lambda n: f"730_150201_000123_2026S2_1947_p{n}.zip", schema=load_schema("2020"),
         max_zip_bytes=max_zip_bytes)
-    writer.add_all(docs)
-    writer.finish()
+    try:
+        writer.add_all(docs)
+        writer.finish()
+    except BaseException:
+        writer.abort()  # as the formatter does (services.formatter.xml730): the open part's file closed
+        raise
     return writer
 
 
