@@ -52,6 +52,18 @@ async def _an_instance_checked(url: str) -> None:
         await pool.close()
 
 
+async def _tamper(url: str) -> None:
+    """Instance 1947's Checked rewritten behind the event store's back (its services 3 -> 300), on a connection that
+    may write even where the database's transactions are read-only by default."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("SET default_transaction_read_only = off")
+        await conn.execute("""UPDATE events SET data = jsonb_set(data, '{counts,services}', '300')
+                              WHERE stream_id = 'instance-1947' AND version = 2""")
+    finally:
+        await conn.close()
+
+
 def test_replay_verify_passes_on_an_intact_log_and_reports_a_tampered_row(fresh_db, monkeypatch):
     asyncio.run(_an_instance_checked(fresh_db))
     monkeypatch.setenv("DATABASE_URL", fresh_db)
@@ -62,15 +74,7 @@ def test_replay_verify_passes_on_an_intact_log_and_reports_a_tampered_row(fresh_
     assert "every hash chain verifies" in intact.output
     assert "equal the live ones" in intact.output
 
-    async def tamper() -> None:
-        conn = await asyncpg.connect(fresh_db)
-        try:
-            await conn.execute("""UPDATE events SET data = jsonb_set(data, '{counts,services}', '300')
-                                  WHERE stream_id = 'instance-1947' AND version = 2""")
-        finally:
-            await conn.close()
-
-    asyncio.run(tamper())
+    asyncio.run(_tamper(fresh_db))
     tampered = runner.invoke(app, ["replay", "1947", "--verify"], env={"COLUMNS": "200"})
     assert tampered.exit_code == 2, tampered.output
     assert "hash chain broken" in tampered.output
@@ -106,15 +110,6 @@ def test_a_read_only_database_verifies_its_chains_with_chains_only_and_refuses_t
             await conn.close()
         return False
 
-    async def tamper() -> None:
-        conn = await asyncpg.connect(fresh_db)
-        try:
-            await conn.execute("SET default_transaction_read_only = off")
-            await conn.execute("""UPDATE events SET data = jsonb_set(data, '{counts,services}', '300')
-                                  WHERE stream_id = 'instance-1947' AND version = 2""")
-        finally:
-            await conn.close()
-
     asyncio.run(set_read_only(True))
     assert asyncio.run(refuses_writes())
     monkeypatch.setenv("DATABASE_URL", fresh_db)
@@ -132,7 +127,7 @@ def test_a_read_only_database_verifies_its_chains_with_chains_only_and_refuses_t
     assert "every hash chain verifies" in verified.output
     assert "the read models were not rebuilt (--chains-only)" in verified.output
 
-    asyncio.run(tamper())
+    asyncio.run(_tamper(fresh_db))
     tampered = runner.invoke(app, ["replay", "1947", "--chains-only"], env={"COLUMNS": "200"})
     assert tampered.exit_code == 2, tampered.output
     assert "hash chain broken" in tampered.output and "instance-1947" in tampered.output
@@ -200,15 +195,7 @@ def test_on_a_real_hot_standby_chains_only_verifies_and_finds_a_tampered_row_and
         assert verified.exit_code == 0, verified.output
         assert "every hash chain verifies" in verified.output
 
-        async def tamper() -> None:  # on the primary, behind the event store's back
-            conn = await asyncpg.connect(fresh_db)
-            try:
-                await conn.execute("""UPDATE events SET data = jsonb_set(data, '{counts,services}', '300')
-                                      WHERE stream_id = 'instance-1947' AND version = 2""")
-            finally:
-                await conn.close()
-
-        asyncio.run(tamper())
+        asyncio.run(_tamper(fresh_db))  # on the primary
         asyncio.run(standby_holds("300"))
         tampered = runner.invoke(app, ["replay", "1947", "--chains-only"], env={"COLUMNS": "200"})
         assert tampered.exit_code == 2, tampered.output
