@@ -251,10 +251,20 @@ async def redrive(pool: asyncpg.Pool, store: EventStore, letter: DeadLetter, by:
             raise AlreadyDecided(f"dead letter {letter.id} was acted on by someone else just now: "
                                  "a dead letter is acted on once only") from None
         await conn.execute(
-            "INSERT INTO outbox (event_id, topic, key, headers, payload) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb)",
-            new_id, letter.original_topic, letter.key, [[k, v] for k, v in headers.items()], body)
+            "INSERT INTO outbox (event_id, topic, key, headers, payload) VALUES ($1, $2, $3, $4, $5)",
+            new_id, letter.original_topic, letter.key,
+            json.dumps([[k, v] for k, v in headers.items()], ensure_ascii=False), _as_text(letter.body, body))
         await conn.execute("SELECT pg_notify($1, '')", outbox.NOTIFY_CHANNEL)
     return fact
+
+
+def _as_text(body: bytes, parsed: object) -> str:
+    """The original body as the outbox's text: byte for byte when it is UTF-8 (as every producer of ours writes),
+    else the JSON it holds, written again in ASCII (json reads UTF-16 and UTF-32 too)."""
+    try:
+        return body.decode()
+    except UnicodeDecodeError:
+        return json.dumps(parsed)
 
 
 async def discard(store: EventStore, letter_id: str, original_topic: str | None, reason: str,

@@ -196,12 +196,13 @@ RETURNING version, position, transaction_id
 """
 
 # Events, their outbox rows and the relay's wake-up in ONE statement: one round trip, and atomic
-# even without an explicit transaction. Outbox topic = event type, payload = event data.
+# even without an explicit transaction. Outbox topic = event type, payload = event data (its canonical JSON
+# text, the bytes the relay sends).
 _INSERT_AND_QUEUE = f"""
 WITH appended AS ({_INSERT}),
 queued AS (
     INSERT INTO outbox (event_id, topic, key, headers, payload)
-    SELECT q.event_id, q.topic, $11, q.headers::jsonb, q.payload::jsonb
+    SELECT q.event_id, q.topic, $11, q.headers, q.payload
     FROM unnest($4::uuid[], $5::text[], $12::text[], $6::text[])
          WITH ORDINALITY AS q(event_id, topic, headers, payload, n)
     ORDER BY q.n
@@ -240,7 +241,7 @@ _CHAIN_ONLY = f"{_CHAIN}\nSELECT version, position, transaction_id, prev_hash, h
 _CHAIN_AND_QUEUE = f"""{_CHAIN},
 queued AS (
     INSERT INTO outbox (event_id, topic, key, headers, payload)
-    SELECT q.event_id, q.topic, $11, q.headers::jsonb, q.payload::jsonb
+    SELECT q.event_id, q.topic, $11, q.headers, q.payload
     FROM unnest($4::uuid[], $5::text[], $12::text[], $6::text[])
          WITH ORDINALITY AS q(event_id, topic, headers, payload, n)
     JOIN appended a ON a.event_id = q.event_id

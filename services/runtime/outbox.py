@@ -269,7 +269,7 @@ class OutboxRelay:
             try:
                 if not _TOPIC_NAME.match(row["topic"]):
                     raise InvalidTopicError(f"{row['topic'][:300]!r} is not a valid Kafka topic name")
-                headers = row["headers"]
+                headers = json.loads(row["headers"])
                 incoming = {name[3:]: value for name, value in headers if name in ("ce_traceparent", "ce_tracestate")}
                 if incoming:  # the relay's own span, child of the append's, whose context goes on in the headers
                     span = tracing.tracer().start_span(
@@ -281,7 +281,7 @@ class OutboxRelay:
                     spans[row["id"]] = span
                     headers = tracing.trace_headers(headers, span.get_span_context())
                 ack = await producer.send(row["topic"], key=row["key"].encode(),
-                                          value=json.dumps(row["payload"], ensure_ascii=False).encode(),
+                                          value=row["payload"].encode(),
                                           headers=[(name, value.encode()) for name, value in headers])
             except Exception as exc:
                 if not is_permanent(exc):
@@ -330,7 +330,7 @@ class OutboxRelay:
         return len(acked) + len(parked)
 
     async def _park(self, conn: asyncpg.Connection, row: asyncpg.Record, exc: BaseException) -> None:
-        size = len(json.dumps(row["payload"], ensure_ascii=False).encode())
+        size = len(row["payload"].encode(errors="replace"))
         reason = f"{type(exc).__name__}: {str(exc)[:500]} (payload {size} bytes)"
         await conn.execute("UPDATE outbox SET parked_at = now(), parked_reason = $2 WHERE id = $1", row["id"], reason)
         self.parked += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import shutil
 import uuid
@@ -74,8 +75,33 @@ async def test_migrations_are_recorded_and_applied_only_once(own_pool: asyncpg.P
     pool = own_pool
     recorded = await pool.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     assert [(r["version"], r["name"]) for r in recorded] == [
-        (1, "event_store"), (2, "outbox"), (3, "processed_message")]
+        (1, "event_store"), (2, "outbox"), (3, "processed_message"), (4, "outbox_text")]
     assert await migrate(pool, foundation_migrations(tmp_path / "again")) == []
+
+
+async def test_outbox_rows_queued_before_the_text_columns_keep_their_headers_and_payload(tmp_path: Path) -> None:
+    """0004 turned the outbox's jsonb headers and payload into text: a row still unpublished then is sent as it was."""
+    async for url in _fresh_database("outbox_text"):
+        pool = await create_pool(url)
+        try:
+            folder = foundation_migrations(tmp_path / "before")
+            (folder / "0004_outbox_text.sql").unlink()
+            await migrate(pool, folder)
+            event_id = uuid.uuid4()
+            await pool.execute(
+                "INSERT INTO events (stream_id, version, event_id, type, data, actor, recorded_at, prev_hash, hash) "
+                "VALUES ('instance-1', 1, $1, 'flows.load-checked', '{\"rows\": 2}', 'system', now(), $2, $2)",
+                event_id, bytes(32))
+            await pool.execute("INSERT INTO outbox (event_id, topic, key, headers, payload) VALUES "
+                               "($1, 'flows.load-checked', '1', $2::jsonb, $3::jsonb)",
+                               event_id, [["ce_id", str(event_id)], ["ce_type", "flows.load-checked"]],
+                               {"rows": 2, "ente": "ASL Napoli 1 – Centro"})
+            assert await migrate(pool, foundation_migrations(tmp_path / "after")) == ["0004_outbox_text.sql"]
+            row = await pool.fetchrow("SELECT headers, payload FROM outbox WHERE event_id = $1", event_id)
+            assert json.loads(row["headers"]) == [["ce_id", str(event_id)], ["ce_type", "flows.load-checked"]]
+            assert json.loads(row["payload"]) == {"rows": 2, "ente": "ASL Napoli 1 – Centro"}
+        finally:
+            await pool.close()
 
 
 async def test_migrations_pick_up_later_files_and_refuse_an_edited_applied_one(
@@ -225,11 +251,11 @@ async def test_a_published_append_queues_one_outbox_row_per_event_with_cloudeven
                             "WHERE event_id = ANY($1::uuid[]) ORDER BY id", [e.id for e in written + internal])
     assert [(r["event_id"], r["topic"], r["key"]) for r in rows] == [
         (e.id, "flows.load-checked", "4004") for e in written]
-    headers = dict(rows[0]["headers"])
+    headers = dict(json.loads(rows[0]["headers"]))
     assert headers["ce_id"] == str(written[0].id) and headers["ce_specversion"] == "1.0"
     assert headers["ce_source"] == "/flows/test" and headers["ce_subject"] == "4004"
     assert headers["ce_type"] == "flows.load-checked" and headers["content-type"] == "application/json"
-    assert rows[1]["payload"] == {"rows": 2}
+    assert rows[1]["payload"] == '{"rows":2}'  # the bytes the relay sends: the data's canonical JSON, as hashed
 
 
 async def test_a_consumer_marks_a_message_once_inside_its_own_transaction(store: EventStore,

@@ -213,7 +213,7 @@ async def test_a_row_too_large_for_the_broker_is_parked_and_only_its_own_stream_
     await append_numbered(store, topic, keys=["7001"], per_key=1)
     # A row from before the append-time size check: 1.2 MB, over the broker's (and producer's) 1 MiB.
     await pool.execute("UPDATE outbox SET payload = jsonb_build_object('key', '7001', 'n', 0, 'blob', "
-                       "repeat('x', 1200000))")
+                       "repeat('x', 1200000))::text")
     await append_numbered_from(store, topic, key="7001", start=1, count=2)  # behind it in its stream
     await append_numbered(store, topic, keys=["7002", "7003"], per_key=3)  # other streams
     stop = asyncio.Event()
