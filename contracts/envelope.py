@@ -43,6 +43,11 @@ class Envelope:
                                 subject=self.subject, dataschema=self.dataschema, extra=self.extensions)
 
 
+def ce_time(time: datetime) -> str:
+    """The ce_time header of `time`: RFC 3339 in UTC, with a Z."""
+    return time.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def to_kafka_headers(*, id: str, type: str, source: str, time: datetime, subject: str | None = None,
                      dataschema: str | None = None,
                      extra: Mapping[str, str] | None = None) -> list[tuple[str, bytes]]:
@@ -51,7 +56,7 @@ def to_kafka_headers(*, id: str, type: str, source: str, time: datetime, subject
         "ce_id": str(id),
         "ce_source": source,
         "ce_type": type,
-        "ce_time": time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "ce_time": ce_time(time),
         "content-type": CONTENT_TYPE,
     }
     if subject is not None:

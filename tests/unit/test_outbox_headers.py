@@ -21,3 +21,17 @@ def test_each_event_gets_the_envelopes_headers_with_its_own_id_and_type() -> Non
             expected += [[f"ce_{name}", value] for name, value in (given or {}).items()]
             assert sorted(map(tuple, json.loads(row))) == sorted(map(tuple, expected))
             assert json.loads(row)[:2] == [["ce_id", str(event_id)], ["ce_type", kind]]
+
+
+def test_appends_of_one_aggregate_share_the_envelope_but_each_carries_its_own_time_and_trace() -> None:
+    first, later = datetime(2026, 11, 2, 6, 0, 1, 5, tzinfo=UTC), datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)
+    event_id = uuid.uuid4()
+    rows = [outbox.headers_json_for_append([(event_id, "flows.formatted")], time=at, key="0001-01-01T00:00:00Z",
+                                           source="/flows/formatter", trace=trace)[0]
+            for at, trace in ((first, None), (later, {"traceparent": "00-aa-bb-01"}), (first, None))]
+    headers = [dict(json.loads(row)) for row in rows]
+    assert [h["ce_time"] for h in headers] == ["2026-11-02T06:00:01.000005Z", "2026-12-31T23:59:59Z",
+                                               "2026-11-02T06:00:01.000005Z"]
+    assert [h.get("ce_traceparent") for h in headers] == [None, "00-aa-bb-01", None]
+    assert all(h["ce_subject"] == "0001-01-01T00:00:00Z" and h["ce_source"] == "/flows/formatter" for h in headers)
+    assert rows[0] == rows[2]
