@@ -252,6 +252,33 @@ SELECT a.version, a.position, a.transaction_id, a.prev_hash, a.hash
 FROM appended a CROSS JOIN (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) AS wake
 """
 
+# The same for ONE event (most appends: a load's Checked, a file's Formatted, an access): scalar parameters at the
+# same positions, no unnest, recursion or join; its generic plan runs in about half the time of the one above.
+_ONE = f"""
+WITH prev AS (
+    SELECT hash FROM events WHERE stream_id = $1 AND version = $10 AND $10 > 0
+    UNION ALL SELECT '\\x{GENESIS_HASH.hex()}'::bytea WHERE $10 = 0
+),
+appended AS (
+    INSERT INTO events (stream_id, version, event_id, type, data, actor, metadata, recorded_at, prev_hash, hash)
+    SELECT $1, $3::int, $4::uuid, $5::text, $6::text::jsonb, $7::text, $8::text::jsonb, $2, p.hash,
+           sha256(p.hash || $9::bytea)
+    FROM prev p
+    RETURNING version, position, transaction_id, prev_hash, hash, event_id
+)"""
+
+_ONE_ONLY = f"{_ONE}\nSELECT version, position, transaction_id, prev_hash, hash FROM appended"
+
+_ONE_AND_QUEUE = f"""{_ONE},
+queued AS (
+    INSERT INTO outbox (event_id, topic, key, headers, payload)
+    SELECT a.event_id, $5::text, $11, $12::text, $6::text FROM appended a
+    RETURNING 1
+)
+SELECT a.version, a.position, a.transaction_id, a.prev_hash, a.hash
+FROM appended a CROSS JOIN (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) AS wake
+"""
+
 
 class _Stale(Exception):
     """The stream is not at the expected version (the caller's ConcurrencyError names where it is)."""
@@ -370,6 +397,9 @@ class EventStore:
         if publish:
             args += [key, outbox.headers_json_for_append([(e.id, e.type) for e in events], time=recorded_at,
                                                          key=key, source=self.source, trace=trace)]
+        if len(events) == 1 and expected_version is not None:  # _ONE: each array's one element
+            args = [arg[0] if isinstance(arg, list) else arg for arg in args]
+            sql = _ONE_AND_QUEUE if publish else _ONE_ONLY
         try:
             rows = await conn.fetch(sql, *args)
         except asyncpg.UniqueViolationError as exc:

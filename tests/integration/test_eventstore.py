@@ -199,6 +199,29 @@ async def test_an_expected_version_the_stream_never_reached_is_refused_and_write
     assert await store.verify_stream("instance-2002") == []
 
 
+@pytest.mark.parametrize("size", [1, 3])  # one event takes the store's scalar statement, several its arrays
+async def test_one_event_and_several_chain_queue_and_refuse_alike(size: int, store: EventStore,
+                                                                   pool: asyncpg.Pool) -> None:
+    stream, key = f"instance-{5000 + size}", str(5000 + size)
+
+    def batch(first: int, **extra: object) -> list[NewEvent]:
+        return [load_checked(first + n, **extra) for n in range(size)]
+
+    first = await store.append(stream, batch(1, ente="Sant'Anna è"), expected_version=0, key=key)
+    second = await store.append(stream, batch(10), expected_version=size, key=key, publish=False)
+    assert [e.version for e in first + second] == list(range(1, 2 * size + 1))
+    assert second[0].prev_hash == first[-1].hash
+    for expected in (0, size, 2 * size + 1):  # moved past (the primary key), or never reached (no row comes back)
+        with pytest.raises(ConcurrencyError, match=f"expected version {expected}, but it is at version {2 * size}"):
+            await store.append(stream, batch(99), expected_version=expected, key=key)
+    assert await store.read_stream(stream) == first + second
+    assert await store.verify_stream(stream) == []
+    rows = await pool.fetch("SELECT event_id, topic, headers, payload FROM outbox WHERE key = $1 ORDER BY id", key)
+    assert [r["event_id"] for r in rows] == [e.id for e in first]  # the unpublished appends queued nothing
+    assert [json.loads(r["payload"]) for r in rows] == [e.data for e in first]
+    assert [dict(json.loads(r["headers"]))["ce_id"] for r in rows] == [str(e.id) for e in first]
+
+
 async def test_without_a_savepoint_a_stale_append_names_the_versions_and_ends_the_callers_transaction(
         store: EventStore, pool: asyncpg.Pool) -> None:
     """savepoint=False (Instances.append in a command's transaction): two round trips fewer; the error still names
