@@ -185,6 +185,10 @@ _COLUMNS = ("stream_id, version, position, transaction_id, event_id, type, data,
 
 _HEAD = "SELECT version, hash FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1"
 
+# An outbox row's headers: its ce_id and ce_type, then what the append's events share ($12, outbox.headers_tail), the
+# text of outbox.headers_json_for_append: a UUID and an event type (EVENT_TYPE) need no JSON escaping.
+_HEADERS = """'[["ce_id", "' || {id} || '"], ["ce_type", "' || {type} || '"], ' || $12::text"""
+
 _INSERT = """
 INSERT INTO events (stream_id, version, event_id, type, data, actor, metadata, recorded_at, prev_hash, hash)
 SELECT $1, u.version, u.event_id, u.type, u.data::jsonb, u.actor, u.metadata::jsonb, $2, u.prev_hash, u.hash
@@ -202,9 +206,8 @@ _INSERT_AND_QUEUE = f"""
 WITH appended AS ({_INSERT}),
 queued AS (
     INSERT INTO outbox (event_id, topic, key, headers, payload)
-    SELECT q.event_id, q.topic, $11, q.headers, q.payload
-    FROM unnest($4::uuid[], $5::text[], $12::text[], $6::text[])
-         WITH ORDINALITY AS q(event_id, topic, headers, payload, n)
+    SELECT q.event_id, q.topic, $11, {_HEADERS.format(id="q.event_id", type="q.topic")}, q.payload
+    FROM unnest($4::uuid[], $5::text[], $6::text[]) WITH ORDINALITY AS q(event_id, topic, payload, n)
     ORDER BY q.n
     RETURNING 1
 )
@@ -241,9 +244,8 @@ _CHAIN_ONLY = f"{_CHAIN}\nSELECT version, position, transaction_id, prev_hash, h
 _CHAIN_AND_QUEUE = f"""{_CHAIN},
 queued AS (
     INSERT INTO outbox (event_id, topic, key, headers, payload)
-    SELECT q.event_id, q.topic, $11, q.headers, q.payload
-    FROM unnest($4::uuid[], $5::text[], $12::text[], $6::text[])
-         WITH ORDINALITY AS q(event_id, topic, headers, payload, n)
+    SELECT q.event_id, q.topic, $11, {_HEADERS.format(id="q.event_id", type="q.topic")}, q.payload
+    FROM unnest($4::uuid[], $5::text[], $6::text[]) WITH ORDINALITY AS q(event_id, topic, payload, n)
     JOIN appended a ON a.event_id = q.event_id
     ORDER BY q.n
     RETURNING 1
@@ -272,7 +274,8 @@ _ONE_ONLY = f"{_ONE}\nSELECT version, position, transaction_id, prev_hash, hash 
 _ONE_AND_QUEUE = f"""{_ONE},
 queued AS (
     INSERT INTO outbox (event_id, topic, key, headers, payload)
-    SELECT a.event_id, $5::text, $11, $12::text, $6::text FROM appended a
+    SELECT a.event_id, $5::text, $11, {_HEADERS.format(id="a.event_id", type="$5::text")}, $6::text
+    FROM appended a
     RETURNING 1
 )
 SELECT a.version, a.position, a.transaction_id, a.prev_hash, a.hash
@@ -395,8 +398,7 @@ class EventStore:
             args += [hashes, expected_version]
             sql = _CHAIN_AND_QUEUE if publish else _CHAIN_ONLY
         if publish:
-            args += [key, outbox.headers_json_for_append([(e.id, e.type) for e in events], time=recorded_at,
-                                                         key=key, source=self.source, trace=trace)]
+            args += [key, outbox.headers_tail(time=recorded_at, key=key, source=self.source, trace=trace)]
         if len(events) == 1 and expected_version is not None:  # _ONE: each array's one element
             args = [arg[0] if isinstance(arg, list) else arg for arg in args]
             sql = _ONE_AND_QUEUE if publish else _ONE_ONLY

@@ -81,25 +81,27 @@ def cloudevent_headers(*, event_id: uuid.UUID, type: str, time: datetime, key: s
 
 def headers_json_for_append(events: Sequence[tuple[uuid.UUID, str]], *, time: datetime, key: str,
                             source: str, trace: Mapping[str, str] | None = None) -> list[str]:
-    """The outbox headers (JSON text) of each (event id, type) of one append.
+    """The outbox headers (JSON text) of each (event id, type) of one append: ce_id and ce_type, then
+    ``headers_tail``. The event store writes the same text in its statement (services.runtime.eventstore,
+    ``_HEADERS``): an event type needs no JSON escaping (``EVENT_TYPE``), nor does a UUID."""
+    tail = headers_tail(time=time, key=key, source=source, trace=trace)
+    return [f'[["ce_id", "{event_id}"], ["ce_type", {json.dumps(type, ensure_ascii=False)}], {tail}'
+            for event_id, type in events]
+
+
+def headers_tail(*, time: datetime, key: str, source: str, trace: Mapping[str, str] | None = None) -> str:
+    """What the outbox headers of every event of one append share, as the end of their JSON text: every header but
+    ce_id and ce_type, and the closing bracket.
 
     One append shares time, key, source and trace context (`trace`: traceparent/tracestate, sent as the
     CloudEvents distributed-tracing extension ce_traceparent/ce_tracestate): the envelope is built once per
     aggregate and source (``_envelope_text``), and per append only its time and trace context are written into
-    it; per event only ce_id and ce_type (a hot path: every append, of one event or of a hundred).
+    it (a hot path: every append, of one event or of a hundred).
     """
     before_time, after_time = _envelope_text(key, source)
     traced = "".join(f', {json.dumps([f"ce_{name}", value], ensure_ascii=False)}'
                      for name, value in (trace or {}).items())
-    tail = f'{before_time}["ce_time", "{ce_time(time)}"]{after_time}{traced}]'
-    types: dict[str, str] = {}
-    out = []
-    for event_id, type in events:
-        type_json = types.get(type)
-        if type_json is None:
-            type_json = types[type] = json.dumps(type, ensure_ascii=False)
-        out.append(f'[["ce_id", "{event_id}"], ["ce_type", {type_json}], {tail}')
-    return out
+    return f'{before_time}["ce_time", "{ce_time(time)}"]{after_time}{traced}]'
 
 
 _TIME_MARK = datetime(1, 1, 1, tzinfo=UTC)  # a time no event has: where the append's time goes
