@@ -1,7 +1,8 @@
 """What the loader does with each message: plain functions of (message, deps).
 
 A load request becomes an instance (number from `flow_instance_seq`), Running, in one
-transaction with the request's dedup record; then the load runs (snapshot + checks) and its
+transaction with the request's dedup record, whose statement also takes the instance's load lock
+(kept on the command's connection until the outcome); then the load runs (snapshot + checks) and its
 outcome, Checked or Failed loading, is appended. A loader that dies in the middle leaves the
 instance Running: `due_instances` finds it again (services/loader/app.py runs it at start and on
 its schedule), and the load runs again (the snapshot of a crashed run is never reused: a new one
