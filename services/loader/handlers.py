@@ -44,7 +44,7 @@ from services.runtime.backoff import INTERRUPTED_CAP_S, Interruptions
 from services.runtime.broker import Incoming, Refused, is_transient
 from services.runtime.db import has_session_state
 from services.runtime.filestore import SpaceWaits, is_full
-from services.runtime.instances import ServiceDeps
+from services.runtime.instances import Handling, ServiceDeps
 from services.runtime.locks import LOAD_LOCK, release_instance_lock
 from services.runtime.logging import get_logger
 from services.runtime.read_models import instance_stream
@@ -85,13 +85,15 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
     # in between: a pass (run_due) of any loader that sees it Running once committed finds it locked.
     async with deps.pool.acquire() as conn:
         clean = not has_session_state(conn)
-        async with deps.instances.handling(msg, conn) as handling:
-            if handling is None:
+        async with conn.transaction():
+            taken = await conn.fetchrow(_NEW_INSTANCE, cmd.request_id, not scheduled, LOAD_LOCK, deps.CONSUMER,
+                                        msg.message_id)
+            if not taken["fresh"]:  # this message was processed already (redelivered): nothing to do
                 return
-            taken = await handling.conn.fetchrow(_NEW_INSTANCE, cmd.request_id, not scheduled, LOAD_LOCK)
-            if taken is None:  # the same request sent twice (a new ce_id): one instance per request id
+            if taken["instance"] is None:  # the same request sent twice (a new ce_id): one instance per request id
                 log.info("load.duplicate_request", request_id=str(cmd.request_id))
                 return
+            handling = Handling(deps.instances, conn, msg)  # its transaction holds the message's dedup record
             instance = int(taken["instance"])
             common: dict[str, Any] = dict(instance=instance, request_id=cmd.request_id, flow_type=cmd.flow_type,
                                           version=cmd.version, ente=cmd.ente, period=cmd.period,
@@ -109,11 +111,19 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
             await run_instance(instance, deps, locked=Locked(conn, current, clean) if taken["locked"] else None)
 
 
-# The instance of a new load request (none for a request id seen before), and, for a load to run now, its load lock
-# taken on the command's connection: services.runtime.locks.instance_lock's two keys.
-_NEW_INSTANCE = ("INSERT INTO load_request (request_id, instance) VALUES ($1, nextval('flow_instance_seq')) "
-                 "ON CONFLICT (request_id) DO NOTHING "
-                 "RETURNING instance, CASE WHEN $2 THEN pg_try_advisory_lock($3, instance::integer) END AS locked")
+# One round trip opens a command's transaction: the message's dedup record (`fresh`: this consumer never processed it;
+# services.runtime.outbox.mark_processed's statement, which a concurrent duplicate waits on until the first commits),
+# then, only for a fresh message, the instance of a new load request (none for a request id seen before) and, for a
+# load to run now, its load lock taken on the command's connection (services.runtime.locks.instance_lock's two keys).
+_NEW_INSTANCE = (
+    "WITH fresh AS (INSERT INTO processed_message (consumer, message_id, processed_at) VALUES ($4, $5, now()) "
+    "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING true), "
+    "made AS (INSERT INTO load_request (request_id, instance) "
+    "SELECT $1::uuid, nextval('flow_instance_seq') FROM fresh ON CONFLICT (request_id) DO NOTHING "
+    "RETURNING instance, "
+    "CASE WHEN $2::boolean THEN pg_try_advisory_lock($3::integer, instance::integer) END AS locked) "
+    "SELECT EXISTS (SELECT FROM fresh) AS fresh, made.instance, made.locked "
+    "FROM (SELECT) AS one LEFT JOIN made ON true")
 
 
 @dataclass(frozen=True)

@@ -68,15 +68,12 @@ class Instances:
         return current
 
     @contextlib.asynccontextmanager
-    async def handling(self, msg: Incoming, conn: asyncpg.Connection | None = None) -> AsyncIterator[Handling | None]:
-        """One transaction for a command: None when this consumer already processed `msg`. On `conn` when given (its
-        caller keeps it after the commit: the loader, a lock taken in the transaction), else on a pool connection."""
-        async with contextlib.nullcontext(conn) if conn is not None else self.pool.acquire() as held:
-            async with held.transaction():
-                async with self.store.first_delivery(held, consumer=self.consumer,
-                                                     message_id=msg.message_id) as fresh:
-                    pass
-                yield Handling(self, held, msg) if fresh else None
+    async def handling(self, msg: Incoming) -> AsyncIterator[Handling | None]:
+        """One transaction for a command: None when this consumer already processed `msg`."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            async with self.store.first_delivery(conn, consumer=self.consumer, message_id=msg.message_id) as fresh:
+                pass
+            yield Handling(self, conn, msg) if fresh else None
 
     @contextlib.asynccontextmanager
     async def working(self, namespace: int, instance: int) -> AsyncIterator[FlowInstance | None]:

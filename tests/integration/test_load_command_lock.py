@@ -4,9 +4,7 @@ is let go after the outcome, and the command's connection goes back to the pool 
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,6 @@ from services.runtime.broker import Incoming
 from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
 from services.runtime.host import prepare_database
-from services.runtime.instances import Instances
 from services.runtime.locks import LOAD_LOCK
 from services.runtime.read_models import FLOW_PROJECTIONS
 
@@ -47,22 +44,19 @@ async def test_the_load_lock_is_held_once_the_instance_is_committed_and_let_go_a
                               requested_by="op.test")
     msg = Incoming(Envelope.new(TOPIC, "/flows/cli"), str(cmd.request_id), TOPIC, 0, 0)
     committed: list[tuple[str, bool]] = []  # (state, could another session take the load lock?) after the commit
-    original = Instances.handling
+    original = handlers.run_instance
 
-    @contextlib.asynccontextmanager
-    async def handling(self: Instances, m: Incoming, conn: Any = None) -> AsyncIterator[Any]:
-        async with original(self, m, *(() if conn is None else (conn,))) as handled:
-            yield handled
-        # The command's transaction has committed: the instance is Running for anyone to see.
-        row = await pool.fetchrow("SELECT l.instance, l.state FROM instance_list l JOIN load_request r USING "
-                                  "(instance) WHERE r.request_id = $1", cmd.request_id)
+    async def run_instance(instance: int, deps: handlers.LoaderDeps, **kw: Any) -> None:
+        # Called once the command's transaction has committed: the instance is Running for anyone to see.
+        state = await pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance)
         async with pool.acquire() as other:
-            took = bool(await other.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOAD_LOCK, row["instance"]))
+            took = bool(await other.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOAD_LOCK, instance))
             if took:
-                await other.fetchval("SELECT pg_advisory_unlock($1, $2)", LOAD_LOCK, row["instance"])
-        committed.append((row["state"], took))
+                await other.fetchval("SELECT pg_advisory_unlock($1, $2)", LOAD_LOCK, instance)
+        committed.append((state, took))
+        await original(instance, deps, **kw)
 
-    monkeypatch.setattr(Instances, "handling", handling)
+    monkeypatch.setattr(handlers, "run_instance", run_instance)
     await handlers.handle_load_requested(cmd, msg, deps)
 
     assert committed == [("Running", False)], "another loader could have started the load the command was running"
@@ -70,9 +64,13 @@ async def test_the_load_lock_is_held_once_the_instance_is_committed_and_let_go_a
                               "WHERE r.request_id = $1", cmd.request_id)
     assert row["state"] == "Checked"  # no data in August 2021: Checked with NO_SOURCE_DATA's warning
     assert await _load_locks(pool, row["instance"]) == 0
-    # The same command again (redelivered): nothing happens and no lock is left behind.
+    # The same command again (redelivered), then the same request under a new message id (re-sent): no instance
+    # more, no load run again, no lock left behind.
     await handlers.handle_load_requested(cmd, msg, deps)
+    await handlers.handle_load_requested(cmd, Incoming(Envelope.new(TOPIC, "/flows/cli"), None, TOPIC, 0, 1), deps)
     assert await pool.fetchval("SELECT count(*) FROM load_request WHERE request_id = $1", cmd.request_id) == 1
+    assert await pool.fetchval("SELECT count(*) FROM processed_message WHERE consumer = 'loader'") == 2
+    assert len(committed) == 1
     assert await _load_locks(pool, row["instance"]) == 0
 
 
