@@ -148,14 +148,16 @@ async def run_instance(instance: int, deps: LoaderDeps, *, taken_up: bool = Fals
                        locked: Locked | None = None) -> None:
     """Runs the load of a Running (or due Scheduled) instance, once, whoever asks first.
 
-    An attempt starts once the instance's lock is held and its history read: a transient error before that
+    An attempt starts once the instance's lock is held and its history read (`locked`: as its command wrote it): a
+    transient error before that
     (PostgreSQL down when the pass or the message comes) propagates to the caller, whose loop waits the outage
     out, and charges the instance nothing. One after it (PostgreSQL gone or restarted, this load's session
     terminated, a connection cut) is an interruption: the instance stays Running and is tried again backed off
     (deps.interrupted; the outage rule is services.runtime.backoff.Interruptions').
 
-    `taken_up`: the pass runs it, not the load's own command (a loader died, it was interrupted, its time came, or
-    the pass got to it between the command's Running and the command's own run): the attempt then continues the
+    `taken_up`: the pass runs it, not the load's own command (a loader died, it was interrupted, or its time came;
+    never between the command's Running and the command's own run, which holds the lock from before its commit):
+    the attempt then continues the
     load's trace (the traceparent stored with its first event), so the trace of `flows load` shows the outcome
     whoever reaches it; the command's run is inside that trace already.
 
