@@ -1,7 +1,8 @@
 """What the loader does with each message: plain functions of (message, deps).
 
 A load request becomes an instance (number from `flow_instance_seq`), Running, in one
-transaction with the request's dedup record; then the load runs (snapshot + checks) and its
+transaction with the request's dedup record, whose statement also takes the instance's load lock
+(kept on the command's connection until the outcome); then the load runs (snapshot + checks) and its
 outcome, Checked or Failed loading, is appended. A loader that dies in the middle leaves the
 instance Running: `due_instances` finds it again (services/loader/app.py runs it at start and on
 its schedule), and the load runs again (the snapshot of a crashed run is never reused: a new one
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -40,9 +42,10 @@ from services.loader.load_rules import period_not_over
 from services.runtime import tracing
 from services.runtime.backoff import INTERRUPTED_CAP_S, Interruptions
 from services.runtime.broker import Incoming, Refused, is_transient
+from services.runtime.db import has_session_state
 from services.runtime.filestore import SpaceWaits, is_full
-from services.runtime.instances import ServiceDeps
-from services.runtime.locks import LOAD_LOCK
+from services.runtime.instances import Handling, ServiceDeps
+from services.runtime.locks import LOAD_LOCK, release_instance_lock
 from services.runtime.logging import get_logger
 from services.runtime.read_models import instance_stream
 
@@ -76,46 +79,94 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
         # command accepted once is accepted again when redelivered: the time only moves on.
         raise Refused(f"load request {cmd.request_id}: period.end {cmd.period.end}: {not_over.reason()}")
     scheduled = cmd.scheduled_at is not None and cmd.scheduled_at > now
-    async with deps.instances.handling(msg) as handling:
-        if handling is None:
-            return
-        taken = await handling.conn.fetchval(
-            "INSERT INTO load_request (request_id, instance) VALUES ($1, nextval('flow_instance_seq')) "
-            "ON CONFLICT (request_id) DO NOTHING RETURNING instance", cmd.request_id)
-        if taken is None:  # the same request sent twice (a new ce_id): one instance per request id
-            log.info("load.duplicate_request", request_id=str(cmd.request_id))
-            return
-        instance = int(taken)
-        common: dict[str, Any] = dict(instance=instance, request_id=cmd.request_id, flow_type=cmd.flow_type,
-                                      version=cmd.version, ente=cmd.ente, period=cmd.period,
-                                      requested_by=cmd.requested_by)
-        first: flows.Payload
-        if scheduled:
-            assert cmd.scheduled_at is not None
-            first = flows.LoadScheduled(**common, scheduled_at=cmd.scheduled_at)
-        else:
-            first = flows.LoadRunning(**common)
-        await handling.append(FlowInstance(instance), first, actor=cmd.requested_by)
-    if not scheduled:
-        await run_instance(instance, deps)
+    # The connection of the command's transaction stays with the load: the statement that makes the instance also
+    # takes its load lock (a session lock: it outlives the commit), so the load starts from the instance it wrote, with
+    # no round trip to take the lock and none to read the history back. Nobody else can have worked on the instance
+    # in between: a pass (run_due) of any loader that sees it Running once committed finds it locked.
+    async with deps.pool.acquire() as conn:
+        clean = not has_session_state(conn)
+        async with conn.transaction():
+            taken = await conn.fetchrow(_NEW_INSTANCE, cmd.request_id, not scheduled, LOAD_LOCK, deps.CONSUMER,
+                                        msg.message_id)
+            if not taken["fresh"]:  # this message was processed already (redelivered): nothing to do
+                return
+            if taken["instance"] is None:  # the same request sent twice (a new ce_id): one instance per request id
+                log.info("load.duplicate_request", request_id=str(cmd.request_id))
+                return
+            handling = Handling(deps.instances, conn, msg)  # its transaction holds the message's dedup record
+            instance = int(taken["instance"])
+            common: dict[str, Any] = dict(instance=instance, request_id=cmd.request_id, flow_type=cmd.flow_type,
+                                          version=cmd.version, ente=cmd.ente, period=cmd.period,
+                                          requested_by=cmd.requested_by)
+            first: flows.Payload
+            if scheduled:
+                assert cmd.scheduled_at is not None
+                first = flows.LoadScheduled(**common, scheduled_at=cmd.scheduled_at)
+            else:
+                first = flows.LoadRunning(**common)
+            current = await handling.append(FlowInstance(instance), first, actor=cmd.requested_by)
+        if not scheduled:
+            # An error of the transaction above leaves with the connection, whose release resets its session (the
+            # lock with it: a statement naming an advisory lock flags the connection).
+            await run_instance(instance, deps, locked=Locked(conn, current, clean) if taken["locked"] else None)
 
 
-async def run_instance(instance: int, deps: LoaderDeps, *, taken_up: bool = False) -> None:
+# One round trip opens a command's transaction: the message's dedup record (`fresh`: this consumer never processed it;
+# services.runtime.outbox.mark_processed's statement, which a concurrent duplicate waits on until the first commits),
+# then, only for a fresh message, the instance of a new load request (none for a request id seen before) and, for a
+# load to run now, its load lock taken on the command's connection (services.runtime.locks.instance_lock's two keys).
+_NEW_INSTANCE = (
+    "WITH fresh AS (INSERT INTO processed_message (consumer, message_id, processed_at) VALUES ($4, $5, now()) "
+    "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING true), "
+    "made AS (INSERT INTO load_request (request_id, instance) "
+    "SELECT $1::uuid, nextval('flow_instance_seq') FROM fresh ON CONFLICT (request_id) DO NOTHING "
+    "RETURNING instance, "
+    "CASE WHEN $2::boolean THEN pg_try_advisory_lock($3::integer, instance::integer) END AS locked) "
+    "SELECT EXISTS (SELECT FROM fresh) AS fresh, made.instance, made.locked "
+    "FROM (SELECT) AS one LEFT JOIN made ON true")
+
+
+@dataclass(frozen=True)
+class Locked:
+    """A load whose lock its command took: the connection that holds it, the instance as the command wrote it, and
+    whether the connection had no session state before (then its release needs no reset once the lock is let go)."""
+
+    conn: asyncpg.Connection
+    current: FlowInstance
+    clean: bool
+
+
+@contextlib.asynccontextmanager
+async def _held(locked: Locked, instance: int) -> AsyncIterator[FlowInstance]:
+    try:
+        yield locked.current
+    finally:
+        await release_instance_lock(locked.conn, LOAD_LOCK, instance, clean=locked.clean)
+
+
+async def run_instance(instance: int, deps: LoaderDeps, *, taken_up: bool = False,
+                       locked: Locked | None = None) -> None:
     """Runs the load of a Running (or due Scheduled) instance, once, whoever asks first.
 
-    An attempt starts once the instance's lock is held and its history read: a transient error before that
+    An attempt starts once the instance's lock is held and its history read (`locked`: as its command wrote it): a
+    transient error before that
     (PostgreSQL down when the pass or the message comes) propagates to the caller, whose loop waits the outage
     out, and charges the instance nothing. One after it (PostgreSQL gone or restarted, this load's session
     terminated, a connection cut) is an interruption: the instance stays Running and is tried again backed off
     (deps.interrupted; the outage rule is services.runtime.backoff.Interruptions').
 
-    `taken_up`: the pass runs it, not the load's own command (a loader died, it was interrupted, its time came, or
-    the pass got to it between the command's Running and the command's own run): the attempt then continues the
+    `taken_up`: the pass runs it, not the load's own command (a loader died, it was interrupted, or its time came;
+    never between the command's Running and the command's own run, which holds the lock from before its commit):
+    the attempt then continues the
     load's trace (the traceparent stored with its first event), so the trace of `flows load` shows the outcome
-    whoever reaches it; the command's run is inside that trace already."""
+    whoever reaches it; the command's run is inside that trace already.
+
+    `locked`: the command took the lock already, in the transaction that wrote `locked.current` (handle_load_requested);
+    released here at the end like one taken here."""
     if not (deps.space.due(instance) and deps.interrupted.due(instance)):
         return  # the store was full at its last attempt, or it was interrupted: later (or once space is freed)
-    async with deps.instances.working(LOAD_LOCK, instance) as current:
+    async with _held(locked, instance) if locked is not None else deps.instances.working(LOAD_LOCK, instance) \
+            as current:
         if current is None or current.state not in (InstanceState.RUNNING, InstanceState.SCHEDULED):
             if current is not None:  # finished elsewhere (another replica) or deleted meanwhile
                 deps.space.forget(instance)

@@ -106,16 +106,19 @@ async def take_snapshot(conn: asyncpg.Connection, snapshot_id: int, flow_type: F
         raise ValueError(f"snapshot {snapshot_id}: period end {period_end} is before its start {period_start}")
     async with conn.transaction():
         # The period's prescriptions are hashed and sorted in memory rather than spilled to disk. The commit does not
-        # wait for the WAL flush (in the same round trip): nothing outside the database depends on the snapshot
-        # before the load's outcome, whose synchronous commit flushes the WAL up to itself, so this with it; a
-        # PostgreSQL crash before that loses at most a snapshot that no outcome names, which is a dead run's
-        # (pipeline.drop_dead_runs), taken again.
-        await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'; SET LOCAL synchronous_commit = off")
-        # one round trip for a new snapshot: a concurrent taker of the same number waits on the primary key,
-        # then finds the row below
+        # wait for the WAL flush: nothing outside the database depends on the snapshot before the load's outcome,
+        # whose synchronous commit flushes the WAL up to itself, so this with it; a PostgreSQL crash before that
+        # loses at most a snapshot that no outcome names, which is a dead run's (pipeline.drop_dead_runs), taken
+        # again. Both settings are made for this transaction only (set_config(..., true), as SET LOCAL) by the
+        # statement that creates the snapshot's row: one round trip for a new snapshot (they were a SET LOCAL
+        # statement of their own before it, one round trip more on every load's path). A concurrent taker of the
+        # same number waits on the primary key, then finds the row below.
         created = await conn.fetchval(
             "INSERT INTO source_snapshot (snapshot_id, instance, flow_type, version, ente, period_start, "
-            "period_end, source_table, rows) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0) "
+            "period_end, source_table, rows) "
+            "SELECT $1::bigint, $2::bigint, $3::text, $4::text, $5::text, $6::date, $7::date, $8::text, 0 "
+            f"FROM (SELECT set_config('work_mem', '{WORK_MEM}', true), "
+            "set_config('synchronous_commit', 'off', true)) AS transaction_settings "
             "ON CONFLICT (snapshot_id) DO NOTHING RETURNING true",
             snapshot_id, instance, flow.value, version, ente, period_start, period_end, selection.snapshot_table)
         if not created:

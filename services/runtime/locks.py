@@ -37,17 +37,27 @@ async def instance_lock(pool: asyncpg.Pool, namespace: int, instance: int) -> As
         try:
             yield held
         finally:
-            # A connection cut took the lock with it (its session ended): nothing to unlock. PostgreSQL crashed or
-            # stopped under the work, asyncpg may have handed the connection back already (connection_gone), or
-            # not have noticed yet, and the unlock then fails on the dead socket: the lock is gone as well. Were the
-            # connection alive after all, it keeps its session state flagged and the pool's reset unlocks it.
-            if held and not connection_gone(conn):
-                try:
-                    released = await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", namespace, instance)
-                except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
-                    released = False
-                if released and clean:  # the lock was its only session state: no reset query on release
-                    session_state_undone(conn)
+            if held:
+                await release_instance_lock(conn, namespace, instance, clean=clean)
+
+
+async def release_instance_lock(conn: asyncpg.Connection, namespace: int, instance: int, *, clean: bool) -> None:
+    """Releases an instance's lock that `conn` holds (instance_lock's, or one its holder took in a statement of its own:
+    services.loader.handlers takes a load's in the statement that makes the instance); `clean`: `conn` had no session
+    state before it took the lock.
+
+    A connection cut took the lock with it (its session ended): nothing to unlock. PostgreSQL crashed or stopped under
+    the work, asyncpg may have handed the connection back already (connection_gone), or not have noticed yet, and the
+    unlock then fails on the dead socket: the lock is gone as well. Were the connection alive after all, it keeps its
+    session state flagged and the pool's reset unlocks it."""
+    if connection_gone(conn):
+        return
+    try:
+        released = await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", namespace, instance)
+    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
+        released = False
+    if released and clean:  # the lock was its only session state: no reset query on release
+        session_state_undone(conn)
 
 
 async def instances_in_state(pool: asyncpg.Pool, *states: str) -> list[int]:

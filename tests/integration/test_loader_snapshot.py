@@ -6,14 +6,14 @@ import asyncio
 import zlib
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import pytest
 
 from contracts.sources import DeliveredService
 from services.loader.intake import store_services
-from services.loader.snapshot import SnapshotConflict, next_number, take_snapshot
+from services.loader.snapshot import WORK_MEM, SnapshotConflict, next_number, take_snapshot
 from simulators.cup.generator import generate
 
 pytestmark = pytest.mark.integration
@@ -107,6 +107,43 @@ async def test_taking_a_snapshot_again_reuses_it_and_another_period_is_refused(c
     assert (first.rows, first.reused, again.rows, again.reused) == (1, False, 1, True)
     with pytest.raises(SnapshotConflict, match="snapshot 7 already holds FLUSSO_C"):
         await take_snapshot(conn, 7, "FLUSSO_C", "204", *JULY, instance=6)
+
+
+class _SettingsOfItsTransaction:
+    """The connection take_snapshot is given: notes the transaction's work_mem and synchronous_commit once the statement
+    that creates the snapshot's row has run, i.e. before the statement that copies the rows is planned."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+        self.seen: tuple[str, str] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        value = await self._conn.fetchval(query, *args)
+        if self.seen is None:
+            row = await self._conn.fetchrow("SELECT current_setting('work_mem'), current_setting('synchronous_commit')")
+            self.seen = (row[0], row[1])
+        return value
+
+
+async def test_the_snapshot_is_copied_with_its_own_work_mem_and_commits_without_a_flush_in_its_transaction_only(
+        conn: asyncpg.Connection) -> None:
+    """The two settings are made by the statement that creates the snapshot's row (set_config(..., true)): were they
+    dropped, a large snapshot would be planned and sorted in the default work_mem and its commit would wait for the
+    flush, and no other test would notice; were they made for the session, they would outlive the snapshot."""
+    await store_services(conn, [service("S-1", "RX-1", date(2020, 8, 5)), service("S-2", "RX-1", date(2020, 8, 7))])
+    session = tuple(await conn.fetchrow("SELECT current_setting('work_mem'), current_setting('synchronous_commit')"))
+    assert session[0] != WORK_MEM and session[1] == "on", session  # else this test could not tell
+    watching = _SettingsOfItsTransaction(conn)
+    taken = await take_snapshot(cast(asyncpg.Connection, watching), 3, "FLUSSO_C", "204", *AUGUST, instance=2)
+    assert watching.seen == (WORK_MEM, "off")
+    assert (taken.rows, taken.reused) == (2, False)
+    assert await _rows(conn, 3) == [("RX-1", "S-1", 1), ("RX-1", "S-2", 2)]
+    assert await conn.fetchval("SELECT rows FROM source_snapshot WHERE snapshot_id = 3") == 2
+    assert tuple(await conn.fetchrow("SELECT current_setting('work_mem'), current_setting('synchronous_commit')")) \
+        == session
 
 
 async def test_a_snapshot_is_consistent_while_another_connection_keeps_inserting(fresh_db: str) -> None:

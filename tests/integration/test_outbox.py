@@ -21,7 +21,14 @@ from contracts.envelope import from_kafka_headers
 from services.runtime.db import create_pool, scratch_database
 from services.runtime.eventstore import EventStore, EventTooLarge, NewEvent
 from services.runtime.migrations import MIGRATIONS_DIR, migrate
-from services.runtime.outbox import OutboxRelay, mark_processed, parked_rows, retry_parked, skip_parked
+from services.runtime.outbox import (
+    _MARK_PUBLISHED,
+    OutboxRelay,
+    mark_processed,
+    parked_rows,
+    retry_parked,
+    skip_parked,
+)
 from tests.isolation import logged_process
 from tests.kafka_topics import create_topics
 from tests.pg_outage import late_close_proxy, postgres_down
@@ -183,6 +190,26 @@ async def append_numbered_from(store: EventStore, topic: str, key: str, start: i
     for n in range(start, start + count):
         await store.append(f"instance-{key}", [NewEvent(type=topic, data={"key": key, "n": n})],
                            expected_version=n, key=key)
+
+
+async def test_the_mark_of_published_rows_commits_without_a_flush_and_leaves_the_session_as_it_was(
+        pool: asyncpg.Pool) -> None:
+    """The relay's mark makes its own transaction commit without waiting for the WAL flush (a lost mark only sends
+    its rows again) and nothing more: a setting that outlived it would make every later statement of the leader's
+    connection commit that way. Alone (its own transaction) and inside the transaction of a batch with a parked row."""
+    store = EventStore(pool, source="/flows/loader")
+    await append_numbered_from(store, "test.relay-mark", key="4004", start=0, count=2)
+    ids = [int(r["id"]) for r in await pool.fetch("SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id")]
+    assert len(ids) == 2
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        async with conn.transaction():
+            assert await conn.execute(_MARK_PUBLISHED, ids[:1]) == "UPDATE 1"
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+        assert await conn.execute(_MARK_PUBLISHED, ids[1:]) == "UPDATE 1"
+        assert await conn.fetchval("SHOW synchronous_commit") == "on"
+    assert await unpublished(pool) == 0
 
 
 async def test_the_relay_wakes_on_notify_not_on_its_poll(pool: asyncpg.Pool) -> None:
