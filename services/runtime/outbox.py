@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
@@ -297,7 +298,7 @@ class OutboxRelay:
             try:
                 if not _TOPIC_NAME.match(row["topic"]):
                     raise InvalidTopicError(f"{row['topic'][:300]!r} is not a valid Kafka topic name")
-                headers = json.loads(row["headers"])
+                headers = orjson.loads(row["headers"])  # [[name, value], ...]: strings only
                 incoming = {name[3:]: value for name, value in headers if name in ("ce_traceparent", "ce_tracestate")}
                 if incoming:  # the relay's own span, child of the append's, whose context goes on in the headers
                     span = tracing.tracer().start_span(
