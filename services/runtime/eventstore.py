@@ -215,15 +215,23 @@ SELECT a.version, a.position, a.transaction_id
 FROM appended a CROSS JOIN (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) AS wake
 """
 
+# The hash of the expected version ($10), or the genesis hash for a new stream; no row when the stream never got there.
+_PREV = f"""prev AS (
+    SELECT hash FROM events WHERE stream_id = $1 AND version = $10 AND $10 > 0
+    UNION ALL SELECT '\\x{GENESIS_HASH.hex()}'::bytea WHERE $10 = 0
+)"""
+_RETURNED = "SELECT version, position, transaction_id, prev_hash, hash FROM appended"
+# An append that publishes wakes the outbox relay (LISTEN {NOTIFY_CHANNEL}) in the statement itself.
+_RETURNED_AND_WAKE = f"""SELECT a.version, a.position, a.transaction_id, a.prev_hash, a.hash FROM appended a
+CROSS JOIN (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) AS wake
+"""
+
 # The append of a caller who names the version it read (expected_version): ONE statement takes the hash
 # of that version from the table, chains the new events from it in PostgreSQL (sha256(prev || body), the
 # bodies built here) and inserts them. A stream that moved past the expected version fails on the primary
 # key; one that never reached it has no such row, so nothing is inserted and no row comes back.
 _CHAIN = f"""
-WITH RECURSIVE prev AS (
-    SELECT hash FROM events WHERE stream_id = $1 AND version = $10 AND $10 > 0
-    UNION ALL SELECT '\\x{GENESIS_HASH.hex()}'::bytea WHERE $10 = 0
-),
+WITH RECURSIVE {_PREV},
 chain AS (
     SELECT 1 AS n, p.hash AS prev_hash, sha256(p.hash || ($9::bytea[])[1]) AS hash FROM prev p
     UNION ALL
@@ -239,7 +247,7 @@ appended AS (
     RETURNING version, position, transaction_id, prev_hash, hash, event_id
 )"""
 
-_CHAIN_ONLY = f"{_CHAIN}\nSELECT version, position, transaction_id, prev_hash, hash FROM appended"
+_CHAIN_ONLY = f"{_CHAIN}\n{_RETURNED}"
 
 _CHAIN_AND_QUEUE = f"""{_CHAIN},
 queued AS (
@@ -250,17 +258,12 @@ queued AS (
     ORDER BY q.n
     RETURNING 1
 )
-SELECT a.version, a.position, a.transaction_id, a.prev_hash, a.hash
-FROM appended a CROSS JOIN (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) AS wake
-"""
+{_RETURNED_AND_WAKE}"""
 
 # The same for ONE event (most appends: a load's Checked, a file's Formatted, an access): scalar parameters at the
 # same positions, no unnest, recursion or join; its generic plan runs in about half the time of the one above.
 _ONE = f"""
-WITH prev AS (
-    SELECT hash FROM events WHERE stream_id = $1 AND version = $10 AND $10 > 0
-    UNION ALL SELECT '\\x{GENESIS_HASH.hex()}'::bytea WHERE $10 = 0
-),
+WITH {_PREV},
 appended AS (
     INSERT INTO events (stream_id, version, event_id, type, data, actor, metadata, recorded_at, prev_hash, hash)
     SELECT $1, $3::int, $4::uuid, $5::text, $6::text::jsonb, $7::text, $8::text::jsonb, $2, p.hash,
@@ -269,7 +272,7 @@ appended AS (
     RETURNING version, position, transaction_id, prev_hash, hash, event_id
 )"""
 
-_ONE_ONLY = f"{_ONE}\nSELECT version, position, transaction_id, prev_hash, hash FROM appended"
+_ONE_ONLY = f"{_ONE}\n{_RETURNED}"
 
 _ONE_AND_QUEUE = f"""{_ONE},
 queued AS (
@@ -278,9 +281,7 @@ queued AS (
     FROM appended a
     RETURNING 1
 )
-SELECT a.version, a.position, a.transaction_id, a.prev_hash, a.hash
-FROM appended a CROSS JOIN (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) AS wake
-"""
+{_RETURNED_AND_WAKE}"""
 
 
 class _Stale(Exception):
