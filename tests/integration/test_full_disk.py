@@ -562,7 +562,12 @@ async def test_a_postgres_crash_while_a_load_waits_for_space_makes_the_loader_ch
         finally:
             await conn.close()
         await _crash_postgres(url)
-        assert await _snapshots(url, big) == [(first_snapshot, 0)], "crash recovery did not empty load_problem"
+        # Crash recovery emptied load_problem: the checked snapshot has lost its problems. Its row may already be gone,
+        # and a new snapshot taken, checked and stopped by the full store again: the loader's next attempt (1, 2, 4 s
+        # after the first) can fall between the restart and this query (CI, 2026-12-06: [(1949, 600)], no 1948). Its
+        # load.checked_problems_lost line (asserted below: this snapshot, 0 found) says what it found either way.
+        after = await _snapshots(url, big)
+        assert (first_snapshot, 0) in after or first_snapshot not in dict(after), "crash recovery kept load_problem"
         disk.grow(ROOMY_KB)
         final = await _until("the load ended", _in_state(url, InstanceState.FAILED_LOADING, "201"), services, 120)
         history = await _events(url, big)
