@@ -200,8 +200,9 @@ class InstanceListRebuild:
     def __init__(self) -> None:
         self._rows: dict[int, list[Any]] = {}
         self._files: dict[tuple[int, str], list[Any]] = {}
-        # (event type, state before, instance_outcome) -> (state changed, state after), as _step decides it
+        # (event type, state before, instance_outcome as copied) -> (state changed, state after), as _step decides it
         self._next: dict[tuple[str, str, str | None], tuple[bool, str]] = {}
+        self._instance_of: dict[str, int] = {}  # stream id -> instance (each stream's events come several times)
 
     @property
     def copy_columns(self) -> str:
@@ -210,21 +211,24 @@ class InstanceListRebuild:
     def feed_copy(self, rows: list[list[str | None]]) -> None:
         """``feed`` of the rows of ``copy_columns`` (COPY text fields): the same fold, on values PostgreSQL took out
         of the payloads. The fields are never NULL (a NULL would put a backslash in the line and take copy_rows off
-        its fast path): '' where the value is NULL, '=' before a text that may be '' (the creating events' values,
-        instance_outcome). Timestamps stay PostgreSQL's text until ``write``."""
+        its fast path): '' where the value is NULL, '=' before a text that may be '' (instance_outcome); a creating
+        event's eight values in one JSON array (strings or null), '' for the other events. Timestamps stay
+        PostgreSQL's text until ``write``."""
         instances, files, creating, steps, loads = self._rows, self._files, _CREATING_STATES, self._next, loads_json
-        prefix = len(INSTANCE_STREAM_PREFIX)
-        for (stream_id, kind, at, flow_type, version, ente, period_start, period_end, requested_by, scheduled_at,
-             request_id, source_instance, counts, errors, warnings, summary, outcome, doc) in rows:
-            instance = int(stream_id[prefix:])  # type: ignore[index]
+        prefix, numbers = len(INSTANCE_STREAM_PREFIX), self._instance_of
+        for stream_id, kind, at, values, source_instance, counts, errors, warnings, summary, outcome, doc in rows:
+            instance = numbers.get(stream_id)  # type: ignore[arg-type]
+            if instance is None:
+                instance = numbers[stream_id] = int(stream_id[prefix:])  # type: ignore[index]
             row = instances.get(instance)
             created = creating.get(kind)  # type: ignore[arg-type]
             if created is not None:
                 if row is None:
+                    flow_type, version, ente, period_start, period_end, requested_by, scheduled_at, request_id = (
+                        loads(values))  # type: ignore[arg-type]
                     instances[instance] = [
-                        instance, _given(flow_type), _given(version), _given(ente), None, at, _given(period_start),
-                        _given(period_end), created, at, _given(requested_by), _given(scheduled_at), None, None,
-                        None, None, kind, 1, _given(request_id), None, None]
+                        instance, flow_type, version, ente, None, at, period_start, period_end, created, at,
+                        requested_by, scheduled_at, None, None, None, None, kind, 1, request_id, None, None]
                 else:
                     row[_STATE] = created
                     row[_STATE_SINCE] = at
@@ -236,7 +240,7 @@ class InstanceListRebuild:
             key = (kind, row[_STATE], outcome)
             step = steps.get(key)  # type: ignore[arg-type]
             if step is None:
-                step = steps[key] = _step(kind, row[_STATE], _given(outcome))  # type: ignore[arg-type,index]
+                step = steps[key] = _step(kind, row[_STATE], outcome[1:] if outcome else None)  # type: ignore[arg-type,index]
             if step[0]:
                 row[_STATE_SINCE] = at
             row[_STATE] = step[1]
@@ -335,11 +339,6 @@ _CREATING = {flows.TYPE_OF[flows.LoadRunning]: InstanceState.RUNNING,
 _CREATING_STATES = {kind: state.value for kind, state in _CREATING.items()}
 
 
-def _given(field: str | None) -> str | None:
-    """A text of ``_COPY_COLUMNS`` that may be NULL or '': '' for NULL, else the value after its '='."""
-    return field[1:] if field else None
-
-
 async def _instants(conn: asyncpg.Connection, rows: Sequence[list[Any]], columns: Sequence[int]) -> None:
     """The timestamps ``feed_copy`` kept as PostgreSQL's text (timestamptz output, in this session's DateStyle
     and TimeZone) made datetimes, in place, for the binary COPY. ISO output (the default DateStyle) is parsed
@@ -382,7 +381,7 @@ def _literal(text: str) -> str:
 
 
 # InstanceListRebuild.copy_columns, as COPY text, never NULL (feed_copy's docstring). The creating events' columns as
-# apply reads them (data[...] as text, ->> of JSON null is NULL as .get() is None), '=' before them; jsonb counts
+# apply reads them (data[...] as text, ->> of JSON null is NULL as .get() is None), in a JSON array; jsonb counts
 # stay text (::jsonb again at the write: the same value); ints as their text, '' for none. The whole payload (doc)
 # only where Python must look: the types whose summary or deletion is made, any event whose files / feedback /
 # errors_file / receipt_file may hold a file (neither missing, null nor []: models dump their None fields), a
@@ -392,15 +391,11 @@ _CREATING_LIST = ", ".join(_literal(t) for t in _CREATING)
 _DOC_TYPES = ", ".join(_literal(t) for t in (_FORMAT_FAILED, _TS_FEEDBACK, _DELETED))
 
 
-def _creating_value(expression: str) -> str:
-    return f"CASE WHEN type IN ({_CREATING_LIST}) THEN coalesce('=' || ({expression}), '') ELSE '' END"
-
-
 _COPY_COLUMNS = ", ".join([
     "stream_id", "type", "recorded_at",
-    *(_creating_value(e) for e in ("data->>'flow_type'", "data->>'version'", "data->>'ente'",
-                                   "data#>>'{period,start}'", "data#>>'{period,end}'", "data->>'requested_by'",
-                                   "data->>'scheduled_at'", "data->>'request_id'")),
+    f"""CASE WHEN type IN ({_CREATING_LIST}) THEN json_build_array(data->>'flow_type', data->>'version', data->>'ente',
+            data#>>'{{period,start}}', data#>>'{{period,end}}', data->>'requested_by', data->>'scheduled_at',
+            data->>'request_id')::text ELSE '' END""",
     "coalesce((data->>'source_instance')::bigint::text, '')",
     "coalesce(CASE WHEN jsonb_typeof(data->'counts') <> 'null' THEN (data->'counts')::text END, '')",
     "coalesce((data->>'errors')::int::text, '')", "coalesce((data->>'warnings')::int::text, '')",
