@@ -234,9 +234,12 @@ async def _replay_copy(conn: asyncpg.Connection, rebuilder: CopyRebuilder, where
     query = (f"SELECT {columns} FROM (SELECT * FROM events WHERE {where} ORDER BY transaction_id, position "
              "OFFSET 0) AS events ORDER BY transaction_id, position")  # asyncpg makes it COPY (...) TO STDOUT
     rest = b""
+    failure: Exception | None = None
 
     async def fold(chunk: bytes) -> None:
-        nonlocal rest, fed
+        nonlocal rest, fed, failure
+        if failure is not None:
+            return  # the rest of the COPY is drained unread
         if rest:
             chunk, rest = rest + chunk, b""
         end = chunk.rfind(b"\n") + 1  # asyncpg hands over whole CopyData messages (lines); kept safe anyway
@@ -244,13 +247,21 @@ async def _replay_copy(conn: asyncpg.Connection, rebuilder: CopyRebuilder, where
             chunk, rest = chunk[:end], chunk[end:]
         if not chunk:
             return
-        rows = copy_rows(chunk.decode())
-        rebuilder.feed_copy(rows)
+        try:
+            rows = copy_rows(chunk.decode())
+            rebuilder.feed_copy(rows)
+        except Exception as error:
+            # Not raised from here: asyncpg would cancel the COPY from another connection, and the connection was
+            # then left closed or hanging (tried). The COPY runs to its end and the error is raised after it.
+            failure = error
+            return
         fed += len(rows)
         if progress is not None:
             progress(fed)
 
     await conn.copy_from_query(query, output=fold)
+    if failure is not None:
+        raise failure
     if rest:
         raise RuntimeError(f"COPY ended inside a line: {rest[:80]!r}")
     return fed
