@@ -13,7 +13,8 @@ recorded_at one second apart. Then, alternating `--rounds` times so that load fr
   rebuild  what `flows replay` does to the read models (services.runtime.projections.rebuild): every event
            in global order into fresh tables of every projection (instance list, files, onboarding
            dashboard) in a scratch schema, in one repeatable-read transaction, rolled back after (each
-           rebuilder reads only its events and the values it folds: services/runtime/projections.py)
+           rebuilder reads only its events and the values it folds, the instance list's as COPY text:
+           services/runtime/projections.py)
   --event-by-event: also the rebuild as it was before the in-memory rebuilders (every event applied with its
            own statements), once, for comparison (slow: about 10x the rebuild)
 Prints events/s of each and the ratio rebuild/raw (aim, issue 14: >= 0.5x at 1,000,000 events).

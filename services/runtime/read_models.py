@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from contracts import flows
 from contracts.states import TRANSITIONS, IllegalTransition, InstanceState, fold, target_of
-from services.runtime.db import dumps_json
+from services.runtime.db import dumps_json, loads_json
 from services.runtime.eventstore import StoredEvent
 
 INSTANCE_STREAM_PREFIX = "instance-"
@@ -181,6 +182,13 @@ FROM {_STAGING} AS u
 _FILE_COLUMNS = ("instance", "name", "kind", "records", "bytes", "sha256", "media_type", "part", "added_at")
 
 
+# A rebuilt instance_list row: a list in the staging table's column order (indexes below), written by the COPY as
+# it is; the state as its text value (a str hashes in C, an enum member in Python), counts as jsonb text.
+(_INSTANCE, _FLOW_TYPE, _VERSION, _ENTE, _SOURCE, _CREATED_AT, _PERIOD_START, _PERIOD_END, _STATE, _STATE_SINCE,
+ _REQUESTED_BY, _SCHEDULED_AT, _COUNTS, _ERRORS, _WARNINGS, _SUMMARY, _LAST_EVENT, _EVENTS, _REQUEST_ID, _DELETED_BY,
+ _DELETION_REASON) = range(21)
+
+
 class InstanceListRebuild:
     """`InstanceList` folded in memory: the rows `apply` would leave after the same events, written by two
     binary COPYs and one INSERT ... SELECT instead of two or three statements per event."""
@@ -190,64 +198,76 @@ class InstanceListRebuild:
     events_where = f"stream_id LIKE '{INSTANCE_STREAM_PREFIX}%' AND type LIKE 'flows.%'"
 
     def __init__(self) -> None:
-        self._rows: dict[int, dict[str, Any]] = {}
-        self._files: dict[tuple[int, str], tuple[Any, ...]] = {}
-        self._next: dict[tuple[str, InstanceState, str | None], tuple[bool, InstanceState]] = {}
+        self._rows: dict[int, list[Any]] = {}
+        self._files: dict[tuple[int, str], list[Any]] = {}
+        # (event type, state before, instance_outcome as copied) -> (state changed, state after), as _step decides it
+        self._next: dict[tuple[str, str, str | None], tuple[bool, str]] = {}
+        self._instance_of: dict[str, int] = {}  # stream id -> instance (each stream's events come several times)
 
     @property
-    def columns(self) -> str:
-        return _NARROW_COLUMNS
+    def copy_columns(self) -> str:
+        return _COPY_COLUMNS
 
-    def feed_rows(self, rows: Sequence[asyncpg.Record]) -> None:
-        """``feed`` of the rows of ``columns``: the same fold, on values PostgreSQL took out of the payloads."""
-        instances, files, creating, prefix = self._rows, self._files, _CREATING, len(INSTANCE_STREAM_PREFIX)
-        for (stream_id, kind, at, flow_type, version, ente, period_start, period_end, requested_by, scheduled_at,
-             request_id, source_instance, counts, errors, warnings, summary, outcome, doc) in rows:
-            instance = int(stream_id[prefix:])
+    def feed_copy(self, rows: list[list[str | None]]) -> None:
+        """``feed`` of the rows of ``copy_columns`` (COPY text fields): the same fold, on values PostgreSQL took out
+        of the payloads. The fields are never NULL (a NULL would put a backslash in the line and take copy_rows off
+        its fast path): '' where the value is NULL, '=' before a text that may be '' (instance_outcome); a creating
+        event's eight values in one JSON array (strings or null), '' for the other events. Timestamps stay
+        PostgreSQL's text until ``write``."""
+        instances, files, creating, steps, loads = self._rows, self._files, _CREATING_STATES, self._next, loads_json
+        prefix, numbers = len(INSTANCE_STREAM_PREFIX), self._instance_of
+        for stream_id, kind, at, values, source_instance, counts, errors, warnings, summary, outcome, doc in rows:
+            instance = numbers.get(stream_id)  # type: ignore[arg-type]
+            if instance is None:
+                instance = numbers[stream_id] = int(stream_id[prefix:])  # type: ignore[index]
             row = instances.get(instance)
-            created = creating.get(kind)
+            created = creating.get(kind)  # type: ignore[arg-type]
             if created is not None:
                 if row is None:
-                    instances[instance] = {
-                        "instance": instance, "flow_type": flow_type, "version": version, "ente": ente,
-                        "source_instance": None, "created_at": at, "period_start": period_start,
-                        "period_end": period_end, "state": created, "state_since": at, "requested_by": requested_by,
-                        "scheduled_at": scheduled_at, "counts": None, "errors": None, "warnings": None,
-                        "summary": None, "last_event": kind, "events": 1, "request_id": request_id,
-                        "deleted_by": None, "deletion_reason": None}
+                    flow_type, version, ente, period_start, period_end, requested_by, scheduled_at, request_id = (
+                        loads(values))  # type: ignore[arg-type]
+                    instances[instance] = [
+                        instance, flow_type, version, ente, None, at, period_start, period_end, created, at,
+                        requested_by, scheduled_at, None, None, None, None, kind, 1, request_id, None, None]
                 else:
-                    row.update(state=created, state_since=at, last_event=kind, events=row["events"] + 1)
+                    row[_STATE] = created
+                    row[_STATE_SINCE] = at
+                    row[_LAST_EVENT] = kind
+                    row[_EVENTS] += 1
                 continue
             if row is None:
                 continue
-            key = (kind, row["state"], outcome)
-            step = self._next.get(key)
+            key = (kind, row[_STATE], outcome)
+            step = steps.get(key)  # type: ignore[arg-type]
             if step is None:
-                step = self._next[key] = _step(kind, row["state"], outcome)
-            changed, row["state"] = step
-            if changed:
-                row["state_since"] = at
-            if source_instance is not None:
-                row["source_instance"] = source_instance
-            if counts is not None:
-                row["counts"] = _JsonText(counts)
-            if errors is not None:
-                row["errors"] = errors
-            if warnings is not None:
-                row["warnings"] = warnings
-            if doc is not None:  # the payload whole: the summary, the deletion and the files as feed() finds them
-                summary = _summary_of(kind, doc)
-                deletion = _deletion_of(kind, doc)
+                step = steps[key] = _step(kind, row[_STATE], outcome[1:] if outcome else None)  # type: ignore[arg-type,index]
+            if step[0]:
+                row[_STATE_SINCE] = at
+            row[_STATE] = step[1]
+            if source_instance:
+                row[_SOURCE] = int(source_instance)
+            if counts:
+                row[_COUNTS] = counts
+            if errors:
+                row[_ERRORS] = int(errors)
+            if warnings:
+                row[_WARNINGS] = int(warnings)
+            if doc:  # the payload whole: the summary, the deletion and the files as feed() finds them
+                data = loads(doc)
+                text = _summary_of(kind, data)  # type: ignore[arg-type]
+                if text is not None:
+                    row[_SUMMARY] = text
+                deletion = _deletion_of(kind, data)  # type: ignore[arg-type]
                 if deletion is not None:
-                    row["deleted_by"], row["deletion_reason"] = deletion
-                for file in _files_in(doc):
-                    files[(instance, file["name"])] = (
+                    row[_DELETED_BY], row[_DELETION_REASON] = deletion
+                for file in _files_in(data):
+                    files[(instance, file["name"])] = [
                         instance, file["name"], file["kind"], file["records"], file["bytes"], file["sha256"],
-                        file.get("media_type", "text/plain"), file.get("part"), at)
-            if summary is not None:
-                row["summary"] = summary
-            row["last_event"] = kind
-            row["events"] += 1
+                        file.get("media_type", "text/plain"), file.get("part"), at]
+            elif summary:
+                row[_SUMMARY] = summary
+            row[_LAST_EVENT] = kind
+            row[_EVENTS] += 1
 
     def feed(self, event: StoredEvent) -> None:
         if not event.stream_id.startswith(INSTANCE_STREAM_PREFIX) or not event.type.startswith("flows."):
@@ -255,83 +275,101 @@ class InstanceListRebuild:
         data = event.data
         instance = int(event.stream_id.removeprefix(INSTANCE_STREAM_PREFIX))
         row = self._rows.get(instance)
+        at = event.recorded_at
         if event.type in _CREATING:
-            created = _CREATING[event.type]
+            created = _CREATING[event.type].value
             if row is None:  # INSERT
-                self._rows[instance] = {
-                    "instance": instance, "flow_type": data["flow_type"], "version": data["version"],
-                    "ente": data["ente"], "source_instance": None, "created_at": event.recorded_at,
-                    "period_start": data["period"]["start"], "period_end": data["period"]["end"], "state": created,
-                    "state_since": event.recorded_at, "requested_by": data["requested_by"],
-                    "scheduled_at": data.get("scheduled_at"), "counts": None, "errors": None, "warnings": None,
-                    "summary": None, "last_event": event.type, "events": 1, "request_id": data.get("request_id"),
-                    "deleted_by": None, "deletion_reason": None}
+                self._rows[instance] = [
+                    instance, data["flow_type"], data["version"], data["ente"], None, at, data["period"]["start"],
+                    data["period"]["end"], created, at, data["requested_by"], data.get("scheduled_at"), None, None,
+                    None, None, event.type, 1, data.get("request_id"), None, None]
             else:  # ON CONFLICT DO UPDATE
-                row.update(state=created, state_since=event.recorded_at, last_event=event.type,
-                           events=row["events"] + 1)
+                row[_STATE] = created
+                row[_STATE_SINCE] = at
+                row[_LAST_EVENT] = event.type
+                row[_EVENTS] += 1
             return
         if row is None:
             return
-        current: InstanceState = row["state"]
+        current = InstanceState(row[_STATE])
         state: InstanceState | None
         try:
             state = target_of(event.type, data, current)
         except IllegalTransition:
             state = current
         if state is not current:
-            row["state_since"] = event.recorded_at
-        row["state"] = state or current
-        for column in ("source_instance", "counts", "errors", "warnings"):  # coalesce($n, column)
-            value = data.get(column)
+            row[_STATE_SINCE] = at
+        row[_STATE] = (state or current).value
+        for index, column in ((_SOURCE, "source_instance"), (_ERRORS, "errors"), (_WARNINGS, "warnings")):
+            value = data.get(column)  # coalesce($n, column)
             if value is not None:
-                row[column] = value
+                row[index] = value
+        counts = data.get("counts")
+        if counts is not None:
+            row[_COUNTS] = dumps_json(counts)  # jsonb text, as feed_rows has it
         summary = _summary(event)
         if summary is not None:
-            row["summary"] = summary
+            row[_SUMMARY] = summary
         deletion = _deletion_of(event.type, data)
         if deletion is not None:
-            row["deleted_by"], row["deletion_reason"] = deletion
-        row["last_event"] = event.type
-        row["events"] += 1
+            row[_DELETED_BY], row[_DELETION_REASON] = deletion
+        row[_LAST_EVENT] = event.type
+        row[_EVENTS] += 1
         for file in _files_of(event):  # ON CONFLICT (instance, name) DO UPDATE: the later one wins
-            self._files[(instance, file["name"])] = (
+            self._files[(instance, file["name"])] = [
                 instance, file["name"], file["kind"], file["records"], file["bytes"], file["sha256"],
-                file.get("media_type", "text/plain"), file.get("part"), event.recorded_at)
+                file.get("media_type", "text/plain"), file.get("part"), at]
 
     async def write(self, conn: asyncpg.Connection) -> None:
-        dumps, text = dumps_json, _JsonText
-        records = [
-            (r["instance"], r["flow_type"], r["version"], r["ente"], r["source_instance"], r["created_at"],
-             r["period_start"], r["period_end"], r["state"].value, r["state_since"], r["requested_by"],
-             r["scheduled_at"], c if c is None or isinstance(c, text) else dumps(c), r["errors"], r["warnings"],
-             r["summary"], r["last_event"], r["events"], r["request_id"], r["deleted_by"], r["deletion_reason"])
-            for r in self._rows.values() for c in (r["counts"],)]
+        rows, files = list(self._rows.values()), list(self._files.values())
+        await _instants(conn, rows, (_CREATED_AT, _STATE_SINCE))
+        await _instants(conn, files, (len(_FILE_COLUMNS) - 1,))  # added_at
         await conn.execute(f"DROP TABLE IF EXISTS pg_temp.{_STAGING}")
         await conn.execute(_STAGE_INSTANCES)
-        try:
-            await conn.copy_records_to_table(_STAGING, records=records, schema_name="pg_temp")
+        try:  # the rows are in the staging table's column order
+            await conn.copy_records_to_table(_STAGING, records=rows, schema_name="pg_temp")
             await conn.execute(_WRITE_INSTANCES)
         finally:
             await conn.execute(f"DROP TABLE pg_temp.{_STAGING}")
-        await conn.copy_records_to_table("instance_files", records=list(self._files.values()), columns=_FILE_COLUMNS)
+        await conn.copy_records_to_table("instance_files", records=files, columns=_FILE_COLUMNS)
 
 
 _CREATING = {flows.TYPE_OF[flows.LoadRunning]: InstanceState.RUNNING,
              flows.TYPE_OF[flows.LoadScheduled]: InstanceState.SCHEDULED}
+_CREATING_STATES = {kind: state.value for kind, state in _CREATING.items()}
 
 
-class _JsonText(str):
-    """jsonb text as PostgreSQL gave it (``feed_rows``): written back as is, where a dict is dumped."""
+async def _instants(conn: asyncpg.Connection, rows: Sequence[list[Any]], columns: Sequence[int]) -> None:
+    """The timestamps ``feed_copy`` kept as PostgreSQL's text (timestamptz output, in this session's DateStyle
+    and TimeZone) made datetimes, in place, for the binary COPY. ISO output (the default DateStyle) is parsed
+    here, to the same instant; any other text (another DateStyle, infinity, BC, a year past 9999) is read back
+    by PostgreSQL itself, in the same session: its output read by its input is the same value."""
+    parse, odd = datetime.fromisoformat, set()
+    for row in rows:
+        for column in columns:
+            value = row[column]
+            if type(value) is str:
+                try:
+                    row[column] = parse(value)
+                except ValueError:
+                    odd.add(value)
+    if odd:
+        exact = dict(await conn.fetch("SELECT t, t::timestamptz FROM unnest($1::text[]) AS t", sorted(odd)))
+        for row in rows:
+            for column in columns:
+                if type(row[column]) is str:
+                    row[column] = exact[row[column]]
 
 
-def _step(kind: str, current: InstanceState, outcome: str | None) -> tuple[bool, InstanceState]:
-    """(state changed, state after) of an event of ``kind`` in state ``current``, as ``apply`` decides it:
+def _step(kind: str, current: str, outcome: str | None) -> tuple[bool, str]:
+    """(state changed, state after) of an event of ``kind`` in state ``current`` (values), as ``feed`` decides it:
     ``target_of`` reads nothing of the payload but ``instance_outcome``."""
+    before = InstanceState(current)
     try:
-        state = target_of(kind, {"instance_outcome": outcome}, current)
+        state = target_of(kind, {"instance_outcome": outcome}, before)
     except IllegalTransition:
-        state = current
-    return state is not current, state or current
+        state = before
+    return state is not before, (state or before).value
 
 
 _FORMAT_FAILED, _TS_FEEDBACK, _DELETED = (flows.TYPE_OF[flows.FormatFailed], flows.TYPE_OF[flows.TsFeedbackReceived],
@@ -342,30 +380,29 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-# InstanceListRebuild.columns. The creating events' columns as apply reads them (data[...] as text, ->> of JSON
-# null is NULL as .get() is None); jsonb counts stay text (::jsonb again at the write: the same value). The
-# whole payload (doc) only where Python must look: the types whose summary or deletion is made, any event whose
-# files / feedback / errors_file / receipt_file may hold a file (neither missing, null nor []: models dump
-# their None fields), a summary that is not a string; else the summary is
-# the string, '' being no summary (``str(summary) if summary else None``).
+# InstanceListRebuild.copy_columns, as COPY text, never NULL (feed_copy's docstring). The creating events' columns as
+# apply reads them (data[...] as text, ->> of JSON null is NULL as .get() is None), in a JSON array; jsonb counts
+# stay text (::jsonb again at the write: the same value); ints as their text, '' for none. The whole payload (doc)
+# only where Python must look: the types whose summary or deletion is made, any event whose files / feedback /
+# errors_file / receipt_file may hold a file (neither missing, null nor []: models dump their None fields), a
+# summary that is not a string; else the summary is the string, '' being no summary (``str(summary) if summary
+# else None``).
 _CREATING_LIST = ", ".join(_literal(t) for t in _CREATING)
 _DOC_TYPES = ", ".join(_literal(t) for t in (_FORMAT_FAILED, _TS_FEEDBACK, _DELETED))
-_NARROW_COLUMNS = f"""stream_id, type, recorded_at,
-  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'flow_type' END,
-  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'version' END,
-  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'ente' END,
-  CASE WHEN type IN ({_CREATING_LIST}) THEN data#>>'{{period,start}}' END,
-  CASE WHEN type IN ({_CREATING_LIST}) THEN data#>>'{{period,end}}' END,
-  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'requested_by' END,
-  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'scheduled_at' END,
-  CASE WHEN type IN ({_CREATING_LIST}) THEN data->>'request_id' END,
-  (data->>'source_instance')::bigint,
-  CASE WHEN jsonb_typeof(data->'counts') <> 'null' THEN (data->'counts')::text END,
-  (data->>'errors')::int, (data->>'warnings')::int,
-  nullif(data->>'summary', ''), data->>'instance_outcome',
-  CASE WHEN type IN ({_DOC_TYPES}) OR data->'files' NOT IN ('null', '[]') OR data->'feedback' <> 'null'
+
+
+_COPY_COLUMNS = ", ".join([
+    "stream_id", "type", "recorded_at",
+    f"""CASE WHEN type IN ({_CREATING_LIST}) THEN json_build_array(data->>'flow_type', data->>'version', data->>'ente',
+            data#>>'{{period,start}}', data#>>'{{period,end}}', data->>'requested_by', data->>'scheduled_at',
+            data->>'request_id')::text ELSE '' END""",
+    "coalesce((data->>'source_instance')::bigint::text, '')",
+    "coalesce(CASE WHEN jsonb_typeof(data->'counts') <> 'null' THEN (data->'counts')::text END, '')",
+    "coalesce((data->>'errors')::int::text, '')", "coalesce((data->>'warnings')::int::text, '')",
+    "coalesce(nullif(data->>'summary', ''), '')", "coalesce('=' || (data->>'instance_outcome'), '')",
+    f"""coalesce(CASE WHEN type IN ({_DOC_TYPES}) OR data->'files' NOT IN ('null', '[]') OR data->'feedback' <> 'null'
             OR data->'errors_file' <> 'null' OR data->'receipt_file' <> 'null'
-            OR coalesce(jsonb_typeof(data->'summary'), 'null') NOT IN ('string', 'null') THEN data END"""
+            OR coalesce(jsonb_typeof(data->'summary'), 'null') NOT IN ('string', 'null') THEN data::text END, '')"""])
 
 
 def _summary(event: StoredEvent) -> str | None:
