@@ -249,16 +249,23 @@ appended AS (
 
 _CHAIN_ONLY = f"{_CHAIN}\n{_RETURNED}"
 
-_CHAIN_AND_QUEUE = f"""{_CHAIN},
-queued AS (
+
+def _queued_and_woken(rows: str) -> str:
+    """The outbox rows of the appended events (`rows`: their SELECT list and FROM), what the append returns, and the
+    relay's wake-up."""
+    return f"""queued AS (
     INSERT INTO outbox (event_id, topic, key, headers, payload)
-    SELECT q.event_id, q.topic, $11, {_HEADERS.format(id="q.event_id", type="q.topic")}, q.payload
-    FROM unnest($4::uuid[], $5::text[], $6::text[]) WITH ORDINALITY AS q(event_id, topic, payload, n)
-    JOIN appended a ON a.event_id = q.event_id
-    ORDER BY q.n
+    {rows}
     RETURNING 1
 )
 {_RETURNED_AND_WAKE}"""
+
+
+_CHAIN_AND_QUEUE = f"""{_CHAIN},
+{_queued_and_woken(f'''SELECT q.event_id, q.topic, $11, {_HEADERS.format(id="q.event_id", type="q.topic")}, q.payload
+    FROM unnest($4::uuid[], $5::text[], $6::text[]) WITH ORDINALITY AS q(event_id, topic, payload, n)
+    JOIN appended a ON a.event_id = q.event_id
+    ORDER BY q.n''')}"""
 
 # The same for ONE event (most appends: a load's Checked, a file's Formatted, an access): scalar parameters at the
 # same positions, no unnest, recursion or join; its generic plan runs in about half the time of the one above.
@@ -275,13 +282,8 @@ appended AS (
 _ONE_ONLY = f"{_ONE}\n{_RETURNED}"
 
 _ONE_AND_QUEUE = f"""{_ONE},
-queued AS (
-    INSERT INTO outbox (event_id, topic, key, headers, payload)
-    SELECT a.event_id, $5::text, $11, {_HEADERS.format(id="a.event_id", type="$5::text")}, $6::text
-    FROM appended a
-    RETURNING 1
-)
-{_RETURNED_AND_WAKE}"""
+{_queued_and_woken(f'''SELECT a.event_id, $5::text, $11, {_HEADERS.format(id="a.event_id", type="$5::text")}, $6::text
+    FROM appended a''')}"""
 
 
 class _Stale(Exception):
