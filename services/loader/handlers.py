@@ -47,6 +47,7 @@ from services.runtime.filestore import SpaceWaits, is_full
 from services.runtime.instances import Handling, ServiceDeps
 from services.runtime.locks import LOAD_LOCK, release_instance_lock
 from services.runtime.logging import get_logger
+from services.runtime.outbox import MARK_PROCESSED
 from services.runtime.read_models import instance_stream
 
 CONSUMER = "loader"
@@ -116,8 +117,7 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
 # then, only for a fresh message, the instance of a new load request (none for a request id seen before) and, for a
 # load to run now, its load lock taken on the command's connection (services.runtime.locks.instance_lock's two keys).
 _NEW_INSTANCE = (
-    "WITH fresh AS (INSERT INTO processed_message (consumer, message_id, processed_at) VALUES ($4, $5, now()) "
-    "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING true), "
+    f"WITH fresh AS ({MARK_PROCESSED.format(consumer='$4', message_id='$5')}), "
     "made AS (INSERT INTO load_request (request_id, instance) "
     "SELECT $1::uuid, nextval('flow_instance_seq') FROM fresh ON CONFLICT (request_id) DO NOTHING "
     "RETURNING instance, "

@@ -132,6 +132,13 @@ def _envelope_text(key: str, source: str) -> tuple[str, str]:
     return before, after
 
 
+# The dedup record of a message (true when it is new), with the parameters' places to fill: mark_processed's
+# statement, also the first part of statements that do more in one round trip (services.loader.handlers._NEW_INSTANCE).
+MARK_PROCESSED = ("INSERT INTO processed_message (consumer, message_id, processed_at) "
+                  "VALUES ({consumer}, {message_id}, now()) "
+                  "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING true")
+
+
 async def mark_processed(conn: asyncpg.Connection, consumer: str, message_id: str) -> bool:
     """True the first time ``consumer`` sees ``message_id``; False for a redelivery (skip the effects).
 
@@ -141,10 +148,9 @@ async def mark_processed(conn: asyncpg.Connection, consumer: str, message_id: st
     if not conn.is_in_transaction():
         raise RuntimeError(f"mark_processed({consumer!r}, {message_id!r}) must run inside the transaction "
                            "that holds the consumer's effects")
-    inserted = await conn.fetchval(
-        "INSERT INTO processed_message (consumer, message_id, processed_at) VALUES ($1, $2, now()) "
-        "ON CONFLICT (consumer, message_id) DO NOTHING RETURNING true", consumer, message_id)
+    inserted = await conn.fetchval(MARK_PROCESSED.format(consumer="$1", message_id="$2"), consumer, message_id)
     return bool(inserted)
+
 
 
 class RelayError(RuntimeError):
