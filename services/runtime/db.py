@@ -192,6 +192,41 @@ async def reset_if_needed(conn: asyncpg.Connection) -> None:
             conn._flows_session_state = False
 
 
+class Fused:
+    """A transaction opened by `fused_transaction`: `status` is what its opening statements answered (the last one's
+    status, e.g. "SELECT 1"); `at_commit`, statements without parameters that travel with the COMMIT."""
+
+    def __init__(self, status: str) -> None:
+        self.status = status
+        self.at_commit = ""
+
+
+@asynccontextmanager
+async def fused_transaction(conn: asyncpg.Connection, opening: str) -> AsyncIterator[Fused]:
+    """A transaction whose BEGIN travels with `opening` in one round trip, and whose COMMIT with `Fused.at_commit`:
+    asyncpg's `conn.transaction()` sends BEGIN and COMMIT each alone, a round trip each on a path of a few statements
+    (a small load's). The texts go by the simple-query protocol, hence without parameters: only statements whose
+    values the caller made itself (SET LOCAL, an integer key) belong there, never a value from outside.
+
+    An error inside rolls the transaction back (a connection already gone has nothing to roll back; a pool's
+    release would roll back too). Not for a connection already in a transaction: BEGIN there would be a warning,
+    and the COMMIT would end the caller's transaction."""
+    if conn.is_in_transaction():
+        raise RuntimeError("fused_transaction opens its own transaction: the connection is in one already")
+    try:
+        fused = Fused(await conn.execute(f"BEGIN; {opening}"))
+        yield fused
+        # a failing statement of at_commit skips the COMMIT after it: the transaction is then rolled back below
+        await conn.execute(f"{fused.at_commit}; COMMIT" if fused.at_commit else "COMMIT")
+    except BaseException:
+        if not connection_gone(conn) and conn.is_in_transaction():
+            try:
+                await conn.execute("ROLLBACK")
+            except Exception:  # the error that ended the transaction is the one to raise
+                pass  # the connection broke on the way (asyncpg's error for it varies): its session is gone with it
+        raise
+
+
 # asyncpg prepares a statement once per connection and keeps it, unless its text is longer than 15 KB (its default):
 # such a statement is parsed and planned again at every call. The loader's checks of a small load are one statement
 # (services/loader/checks.py _small_sql), run by every small load: ~19 KB for MEF, ~47 KB for Flusso C with its name
