@@ -18,6 +18,7 @@ import asyncpg
 
 from contracts.flows import FlowType
 from services.loader.intake import KINDS
+from services.runtime.db import fused_transaction
 
 
 @dataclass(frozen=True)
@@ -69,18 +70,29 @@ async def next_number(conn: asyncpg.Connection) -> int:
     return int(await conn.fetchval("SELECT nextval('flow_instance_seq')"))
 
 
-def snapshot_sql(selection: Selection) -> str:
-    """The single INSERT ... SELECT of a snapshot. Parameters: $1 snapshot_id, $2 ente, $3 start, $4 end."""
+# The snapshot's row, made by the statement that copies its rows (a CTE of it): its `rows` are set by the UPDATE that
+# travels with the COMMIT. Parameters after snapshot_sql's four: $5 instance, $6 flow type, $7 version, $8 table.
+_CREATED = ("created AS (INSERT INTO source_snapshot (snapshot_id, instance, flow_type, version, ente, period_start, "
+            "period_end, source_table, rows) VALUES ($1::bigint, $5::bigint, $6::text, $7::text, $2::text, $3::date, "
+            "$4::date, $8::text, 0))")
+
+
+def snapshot_sql(selection: Selection, *, with_row: bool = False) -> str:
+    """The single INSERT ... SELECT of a snapshot. Parameters: $1 snapshot_id, $2 ente, $3 start, $4 end; `with_row`:
+    the same statement also makes the snapshot's row in source_snapshot (_CREATED: $5-$8)."""
     cols = SOURCE_COLUMNS[selection.source_table]
     col_list = ", ".join(cols)
     s_cols = ", ".join(f"s.{c}" for c in cols)
     if not selection.by_prescription:
-        return (f"INSERT INTO {selection.snapshot_table} (snapshot_id, revision, {col_list}) "
+        return ((f"WITH {_CREATED} " if with_row else "")
+                + f"INSERT INTO {selection.snapshot_table} (snapshot_id, revision, {col_list}) "
                 f"SELECT $1, s.revision, {s_cols} FROM {selection.source_table} s "
                 f"WHERE s.ente = $2 AND s.{selection.period_column} BETWEEN $3 AND $4 AND {selection.condition}")
-    cond, table, when = selection.condition, selection.source_table, selection.period_column
+    cond, table, when, created = selection.condition, selection.source_table, selection.period_column, ""
+    if with_row:
+        created = f"{_CREATED}, "
     return f"""
-        WITH touched AS (          -- prescriptions with a service in the period ...
+        WITH {created}touched AS (          -- prescriptions with a service in the period ...
             SELECT DISTINCT s.prescription_id FROM {table} s
             WHERE s.ente = $2 AND s.{when} BETWEEN $3 AND $4 AND {cond}
         ), closed AS (             -- ... whose LAST service is in the period
@@ -96,6 +108,14 @@ def snapshot_sql(selection: Selection) -> str:
         WHERE s.ente = $2 AND {cond}"""
 
 
+# What the snapshot's transaction opens with, in its BEGIN's round trip (db.fused_transaction). The period's
+# prescriptions are hashed and sorted in memory rather than spilled to disk. The commit does not wait for the WAL
+# flush: nothing outside the database depends on the snapshot before the load's outcome, whose synchronous commit
+# flushes the WAL up to itself, so this with it; a PostgreSQL crash before that loses at most a snapshot that no
+# outcome names, which is a dead run's (pipeline.drop_dead_runs), taken again. Both for this transaction only.
+_SETTINGS = f"SET LOCAL work_mem = '{WORK_MEM}'; SET LOCAL synchronous_commit = off"
+
+
 async def take_snapshot(conn: asyncpg.Connection, snapshot_id: int, flow_type: FlowType | str, ente: str,
                         period_start: date, period_end: date, *, instance: int, version: str = "2020",
                         ) -> SnapshotStats:
@@ -104,34 +124,31 @@ async def take_snapshot(conn: asyncpg.Connection, snapshot_id: int, flow_type: F
     selection = SELECTIONS[flow]
     if period_end < period_start:
         raise ValueError(f"snapshot {snapshot_id}: period end {period_end} is before its start {period_start}")
-    async with conn.transaction():
-        # The period's prescriptions are hashed and sorted in memory rather than spilled to disk. The commit does not
-        # wait for the WAL flush: nothing outside the database depends on the snapshot before the load's outcome,
-        # whose synchronous commit flushes the WAL up to itself, so this with it; a PostgreSQL crash before that
-        # loses at most a snapshot that no outcome names, which is a dead run's (pipeline.drop_dead_runs), taken
-        # again. Both settings are made for this transaction only (set_config(..., true), as SET LOCAL) by the
-        # statement that creates the snapshot's row: one round trip for a new snapshot (they were a SET LOCAL
-        # statement of their own before it, one round trip more on every load's path). A concurrent taker of the
-        # same number waits on the primary key, then finds the row below.
-        created = await conn.fetchval(
-            "INSERT INTO source_snapshot (snapshot_id, instance, flow_type, version, ente, period_start, "
-            "period_end, source_table, rows) "
-            "SELECT $1::bigint, $2::bigint, $3::text, $4::text, $5::text, $6::date, $7::date, $8::text, 0 "
-            f"FROM (SELECT set_config('work_mem', '{WORK_MEM}', true), "
-            "set_config('synchronous_commit', 'off', true)) AS transaction_settings "
-            "ON CONFLICT (snapshot_id) DO NOTHING RETURNING true",
-            snapshot_id, instance, flow.value, version, ente, period_start, period_end, selection.snapshot_table)
-        if not created:
-            existing = await conn.fetchrow("SELECT * FROM source_snapshot WHERE snapshot_id = $1 FOR UPDATE",
-                                           snapshot_id)
-            same = (existing["flow_type"], existing["ente"], existing["period_start"], existing["period_end"],
-                    existing["instance"]) == (flow.value, ente, period_start, period_end, instance)
-            if not same:
-                raise SnapshotConflict(f"snapshot {snapshot_id} already holds {existing['flow_type']} of ente "
-                                       f"{existing['ente']} {existing['period_start']}..{existing['period_end']} "
-                                       f"for instance {existing['instance']}")
-            return SnapshotStats(snapshot_id, selection.snapshot_table, int(existing["rows"]), reused=True)
-        status = await conn.execute(snapshot_sql(selection), snapshot_id, ente, period_start, period_end)
-        rows = int(status.split()[-1])
-        await conn.execute("UPDATE source_snapshot SET rows = $2 WHERE snapshot_id = $1", snapshot_id, rows)
+    # Three round trips (BEGIN with the settings, the copy that also makes the snapshot's row, the row count's
+    # UPDATE with the COMMIT; they were five). A snapshot number taken already fails the copy on source_snapshot's
+    # primary key, which rolls the copy back: the snapshot is then read (a concurrent taker of the same number waits
+    # on that key until the first commits, then reads its row).
+    try:
+        async with fused_transaction(conn, _SETTINGS) as fused:
+            status = await conn.execute(snapshot_sql(selection, with_row=True), snapshot_id, ente, period_start,
+                                        period_end, instance, flow.value, version, selection.snapshot_table)
+            rows = int(status.split()[-1])
+            fused.at_commit = f"UPDATE source_snapshot SET rows = {rows:d} WHERE snapshot_id = {int(snapshot_id):d}"
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != "source_snapshot_pkey":
+            raise
+        return await _taken_already(conn, snapshot_id, flow, ente, period_start, period_end, instance)
     return SnapshotStats(snapshot_id, selection.snapshot_table, rows, reused=False)
+
+
+async def _taken_already(conn: asyncpg.Connection, snapshot_id: int, flow: FlowType, ente: str, period_start: date,
+                         period_end: date, instance: int) -> SnapshotStats:
+    """The snapshot `snapshot_id` that exists: reused when it is the same flow, entity, period and instance."""
+    existing = await conn.fetchrow("SELECT * FROM source_snapshot WHERE snapshot_id = $1", snapshot_id)
+    same = (existing["flow_type"], existing["ente"], existing["period_start"], existing["period_end"],
+            existing["instance"]) == (flow.value, ente, period_start, period_end, instance)
+    if not same:
+        raise SnapshotConflict(f"snapshot {snapshot_id} already holds {existing['flow_type']} of ente "
+                               f"{existing['ente']} {existing['period_start']}..{existing['period_end']} "
+                               f"for instance {existing['instance']}")
+    return SnapshotStats(snapshot_id, existing["source_table"], int(existing["rows"]), reused=True)

@@ -110,8 +110,8 @@ async def test_taking_a_snapshot_again_reuses_it_and_another_period_is_refused(c
 
 
 class _SettingsOfItsTransaction:
-    """The connection take_snapshot is given: notes the transaction's work_mem and synchronous_commit once the statement
-    that creates the snapshot's row has run, i.e. before the statement that copies the rows is planned."""
+    """The connection take_snapshot is given: notes the transaction's work_mem and synchronous_commit once the
+    statements that open its transaction have run, i.e. before the statement that copies the rows is planned."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
@@ -120,8 +120,8 @@ class _SettingsOfItsTransaction:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        value = await self._conn.fetchval(query, *args)
+    async def execute(self, query: str, *args: Any) -> Any:
+        value = await self._conn.execute(query, *args)
         if self.seen is None:
             row = await self._conn.fetchrow("SELECT current_setting('work_mem'), current_setting('synchronous_commit')")
             self.seen = (row[0], row[1])
@@ -130,7 +130,7 @@ class _SettingsOfItsTransaction:
 
 async def test_the_snapshot_is_copied_with_its_own_work_mem_and_commits_without_a_flush_in_its_transaction_only(
         conn: asyncpg.Connection) -> None:
-    """The two settings are made by the statement that creates the snapshot's row (set_config(..., true)): were they
+    """The two settings are made when the snapshot's transaction opens (SET LOCAL): were they
     dropped, a large snapshot would be planned and sorted in the default work_mem and its commit would wait for the
     flush, and no other test would notice; were they made for the session, they would outlive the snapshot."""
     await store_services(conn, [service("S-1", "RX-1", date(2020, 8, 5)), service("S-2", "RX-1", date(2020, 8, 7))])
