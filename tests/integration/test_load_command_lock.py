@@ -87,3 +87,39 @@ async def test_a_scheduled_load_takes_no_lock(pool: asyncpg.Pool, tmp_path: Path
                               "WHERE r.request_id = $1", cmd.request_id)
     assert row["state"] == "Scheduled"
     assert await _load_locks(pool, row["instance"]) == 0
+
+
+async def test_a_first_run_takes_its_snapshot_number_and_the_reference_digest_from_the_command(
+        pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """A load its command locked skips pipeline.earlier_runs: the command's statement drew the snapshot's number
+    (the next after the instance's) and read the stored digest of the reference data. The digest read there decides
+    as earlier_runs' did: the data is copied when none is stored or a different one is, and left alone when it is
+    the files' own."""
+    await prepare_database(pool, FLOW_PROJECTIONS)
+    deps = handlers.LoaderDeps(pool=pool, store=EventStore(pool, source="/flows/loader", projections=FLOW_PROJECTIONS),
+                               files=FileStore(tmp_path / "files"))
+    checked = flows.TYPE_OF[flows.LoadChecked]
+
+    async def load() -> tuple[int, int, datetime]:
+        cmd = flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente="204",
+                                  period=flows.Period(start=date(2021, 8, 1), end=date(2021, 8, 31)),
+                                  requested_by="op.test")
+        await handlers.handle_load_requested(
+            cmd, Incoming(Envelope.new(TOPIC, "/flows/cli"), str(cmd.request_id), TOPIC, 0, 0), deps)
+        instance = int(await pool.fetchval("SELECT instance FROM load_request WHERE request_id = $1", cmd.request_id))
+        source = await pool.fetchval("SELECT (data->>'source_instance')::bigint FROM events WHERE stream_id = $1 "
+                                     "AND type = $2", f"instance-{instance}", checked)
+        synced = await pool.fetchval("SELECT synced_at FROM reference_data_digest WHERE version = $1", cmd.version)
+        return instance, int(source), synced
+
+    assert await pool.fetchval("SELECT count(*) FROM reference_data_digest") == 0
+    instance, snapshot, first_sync = await load()  # nothing stored: copied
+    assert snapshot == instance + 1
+    assert await pool.fetchval("SELECT count(*) FROM source_snapshot WHERE snapshot_id = $1 AND instance = $2",
+                               snapshot, instance) == 1
+    instance, snapshot, synced = await load()  # the files' digest stored: left alone
+    assert (snapshot, synced) == (instance + 1, first_sync)
+    await pool.execute("UPDATE reference_data_digest SET digest = '\\x00'::bytea")  # as if new files were shipped
+    instance, snapshot, synced = await load()
+    assert snapshot == instance + 1 and synced > first_sync
+    assert await pool.fetchval("SELECT digest <> '\\x00'::bytea FROM reference_data_digest")
