@@ -12,7 +12,8 @@ beforehand (not timed). Then, `--loads` times, alternating so that whatever else
         `flows.load-running` names request and instance). Each load takes a snapshot, runs every check,
         appends Running and Checked with their outbox rows; the relay publishes them.
 Both sides use the same idempotent acks=all producer and consumers with the same settings; each round trip is
-timed from just before the send to the consumer's receipt. Prints p50 and p95 of each and the ratios.
+timed from just before the send to the consumer's receipt. Prints p50 and p95 of each and the ratios, and the
+loader process's CPU time per load.
 Aim (issue 14): load p95 within 5x of the raw p95. Kafka: $FLOWS_KAFKA_BOOTSTRAP, else
 127.0.0.1:$FLOWS_KAFKA_PORT_BASE (default 19092); PostgreSQL: $DATABASE_URL, else 127.0.0.1:$FLOWS_PG_PORT.
 """
@@ -53,6 +54,12 @@ ENTE, MONTH, PERIOD = "201", "2020-08", (date(2020, 8, 1), date(2020, 8, 31))
 WARMUP = 5
 RUNNING, CHECKED, FAILED = (flows.TYPE_OF[t] for t in (flows.LoadRunning, flows.LoadChecked, flows.LoadFailed))
 CONSUMER_OPTIONS: dict[str, object] = {"enable_auto_commit": False}  # the same on both sides
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process `pid` so far, from /proc (Linux): the loader's work per load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: int) -> float:
@@ -229,9 +236,11 @@ async def main(loads: int, services: int) -> int:
             stages.clear()
             raw_s: list[float] = []
             load_s: list[float] = []
+            cpu_before = cpu_seconds(loader.pid)
             for _ in range(loads):
                 raw_s.append(await raw_trip())
                 load_s.append(await load_trip())
+            loader_cpu_ms = (cpu_seconds(loader.pid) - cpu_before) / loads * 1000
             if loader.poll() is not None:
                 raise RuntimeError(f"the loader exited ({loader.returncode}) during the bench")
     finally:
@@ -263,8 +272,9 @@ async def main(loads: int, services: int) -> int:
     for index, name in enumerate(names):  # wall clock of one machine: the parts, not an exact sum
         column = [s[index] for s in stages]
         print(f"  {name:<42} p50 {percentile(column, 50) * 1000:7.1f} ms  p95 {percentile(column, 95) * 1000:7.1f} ms")
+    print(f"  loader process CPU (its relay's too)       {loader_cpu_ms:7.2f} ms a load")
     print(json.dumps({**figures, "ratio_p50": round(p50, 2), "ratio_p95": round(p95, 2), "loads": loads,
-                      "services": services}))
+                      "services": services, "loader_cpu_ms": round(loader_cpu_ms, 2)}))
     return 0
 
 
