@@ -565,13 +565,13 @@ async def _run_rule_set(pool: asyncpg.Pool, rule_set: RuleSet, snapshot_id: int,
 CF_BATCH = 50_000  # distinct codes checked at once: memory is bounded by this, not by the period
 
 
-def _cf_groups_sql(plan: CheckPlan) -> str:
+def _cf_groups_sql(plan: CheckPlan, also: str = "") -> str:
     """The distinct (code, person) of the snapshot, the records without a code as one more group, each with how
     many records and first rows of a group (prescriptions) it has: the one scan that also counts the load. In code
-    order, so the distinct codes (the patients) are counted a batch at a time."""
+    order, so the distinct codes (the patients) are counted a batch at a time. `also`: more output columns."""
     person = ", patient_sex, patient_birth_date" if plan.cf_with_person else ""
     first = f"count(*) FILTER (WHERE {plan.first_of_group})" if plan.first_of_group else "0::bigint"
-    return (f"SELECT patient_cf{person}, count(*) AS records, {first} AS first_rows FROM {plan.table} "
+    return (f"SELECT patient_cf{person}, count(*) AS records, {first} AS first_rows{also} FROM {plan.table} "
             f"WHERE snapshot_id = $1 GROUP BY patient_cf{person} ORDER BY patient_cf")
 
 
@@ -581,6 +581,12 @@ class CfCheck:
     codes: int  # distinct codici fiscali of the snapshot (its patients)
     records: int  # records of the snapshot
     first_rows: int  # records that open a group (CheckPlan.first_of_group): the prescriptions; 0 without groups
+    rule_problems: int | None = None  # problems the SQL rule sets found, when counted (the small path counts them)
+
+    @property
+    def no_problem(self) -> bool:
+        """Known to have found nothing at all: no rule problem (counted) and no bad codice fiscale."""
+        return self.rule_problems == 0 and self.findings == 0
 
 
 async def _run_cf_checks(pool: asyncpg.Pool, plan: CheckPlan, snapshot_id: int, batch: int = CF_BATCH) -> CfCheck:
@@ -640,10 +646,13 @@ async def _record_cf_findings(conn: asyncpg.Connection, plan: CheckPlan, snapsho
 def _small_sql(plan: CheckPlan) -> str:
     """ONE statement: the previous problems deleted, every rule set inserted (data-modifying CTEs all see the
     statement's snapshot, so the DELETE never sees the new rows), and the snapshot's codici fiscali grouped with
-    their counts (_cf_groups_sql: the groups count the load too, as on the parallel path)."""
+    their counts (_cf_groups_sql: the groups count the load too, as on the parallel path) and with how many problems
+    the rule sets inserted (a load without any needs no count of its problems: pipeline.run_load)."""
     parts = ["dropped AS (DELETE FROM load_problem WHERE snapshot_id = $1)"]
-    parts += [f"rule_set_{i} AS ({rule_set_sql(rule_set)})" for i, rule_set in enumerate(plan.rule_sets)]
-    return "WITH " + ",\n".join(parts) + "\n" + _cf_groups_sql(plan)
+    parts += [f"rule_set_{i} AS ({rule_set_sql(rule_set)} RETURNING 1)" for i, rule_set in enumerate(plan.rule_sets)]
+    # every group row also carries how many problems the rule sets inserted (a scalar subquery: computed once)
+    problems = " + ".join(f"(SELECT count(*) FROM rule_set_{i})" for i in range(len(plan.rule_sets)))
+    return "WITH " + ",\n".join(parts) + "\n" + _cf_groups_sql(plan, also=f", {problems} AS rule_problems")
 
 
 async def _run_small(conn: asyncpg.Connection, plan: CheckPlan, snapshot_id: int, version: str,
@@ -656,7 +665,8 @@ async def _run_small(conn: asyncpg.Connection, plan: CheckPlan, snapshot_id: int
     rows = [tuple(g)[:1 + person] for g in groups if g[0] is not None]  # (code, sex, birth date), in code order
     codes = [r[0] for r in rows]
     counted = CfCheck(findings=0, codes=len(set(codes)), records=sum(g["records"] for g in groups),
-                      first_rows=sum(g["first_rows"] for g in groups))
+                      first_rows=sum(g["first_rows"] for g in groups),
+                      rule_problems=int(groups[0]["rule_problems"]) if groups else None)
     findings = check_codici_fiscali(
         codes,
         sexes=[r[1] for r in rows] if plan.cf_with_person else None,

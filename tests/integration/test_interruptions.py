@@ -187,6 +187,16 @@ async def _cut_until_recovered(url: str, replicas: list[Replica], replica: Repli
                 _logged(replicas, f"{work}.interrupted", instance=instance), replica.log.read_text(errors="replace"))
 
 
+async def _snapshot_rows(url: str) -> dict[int, int]:
+    """Rows of each snapshot left in snapshot_service."""
+    conn = await asyncpg.connect(url)
+    try:
+        return {int(r[0]): int(r[1]) for r in await conn.fetch(
+            "SELECT snapshot_id, count(*) FROM snapshot_service GROUP BY snapshot_id")}
+    finally:
+        await conn.close()
+
+
 def _assert_cut_then_recovered(cut: _Cut, first_s: float, succeeded: dict[str, Any]) -> None:
     """One line per cut and no attempt more, backed off (_assert_backed_off; `succeeded`: the first line of the
     attempt that got through), the figures up while it waited and down after, nothing escaped to the loops."""
@@ -210,18 +220,23 @@ async def test_a_load_cut_again_and_again_is_retried_backed_off_and_finishes_onc
         replicas = await _start_replicas(running, url, tmp_path, suffix, [("loader-1", "loader")], 780,
                                          FLOWS_INTERRUPTED_RETRY_INITIAL_S=str(first_s), **QUICK_PASS)
         loader = replicas[0]
-        # every attempt reads the problems of the instance's earlier runs first (pipeline.earlier_runs): it
-        # waits on this lock, and the test ends its session there
+        # every attempt the pass takes up reads the problems of the instance's earlier runs first
+        # (pipeline.earlier_runs): it waits on this lock, and the test ends its session there; the command's own
+        # attempt (the instance's first run: no earlier run to read) takes its snapshot, then waits in its checks
         cut = await _cut_until_recovered(url, replicas, loader, "load_problem", "load", cuts, InstanceState.CHECKED,
                                          lambda: _request_load("205"))
+        left = await _snapshot_rows(url)
 
-    assert len(cut.started) == 1, cut.started  # each cut attempt was ended before its snapshot; the last one took it
-    _assert_cut_then_recovered(cut, first_s, cut.started[0])
+    # the first attempt and the one that got through took a snapshot; those in between were cut before theirs
+    assert len(cut.started) == 2, cut.started
+    dead, last = cut.started[0]["snapshot"], cut.started[-1]["snapshot"]
+    _assert_cut_then_recovered(cut, first_s, cut.started[-1])
     # an outage of the platform, not of the instance: its state and history did not move ...
     assert cut.state_between == InstanceState.RUNNING.value and cut.between == LOAD_EVENTS[:1], cut.between
-    # ... and it finished exactly once
+    # ... and it finished exactly once, from the last snapshot: the first attempt's was dropped as a dead run's
     assert [e["type"] for e in cut.events] == LOAD_EVENTS, [e["type"] for e in cut.events]
-    assert cut.events[-1]["data"]["source_instance"] == cut.started[0]["snapshot"]
+    assert cut.events[-1]["data"]["source_instance"] == last != dead
+    assert set(left) == {last}, left
 
 
 async def test_a_format_cut_again_and_again_is_retried_backed_off_and_finishes_once(
