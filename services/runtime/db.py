@@ -194,30 +194,34 @@ async def reset_if_needed(conn: asyncpg.Connection) -> None:
 
 class Fused:
     """A transaction opened by `fused_transaction`: `status` is what its opening statements answered (the last one's
-    status, e.g. "SELECT 1"); `at_commit`, statements without parameters that travel with the COMMIT."""
+    status, e.g. "SELECT 1"); `at_commit` and `after_commit`, statements without parameters that travel with the
+    COMMIT, before it (in the transaction) and after it (run once it committed; not when it failed)."""
 
     def __init__(self, status: str) -> None:
         self.status = status
         self.at_commit = ""
+        self.after_commit = ""
 
 
 @asynccontextmanager
 async def fused_transaction(conn: asyncpg.Connection, opening: str) -> AsyncIterator[Fused]:
-    """A transaction whose BEGIN travels with `opening` in one round trip, and whose COMMIT with `Fused.at_commit`:
-    asyncpg's `conn.transaction()` sends BEGIN and COMMIT each alone, a round trip each on a path of a few statements
-    (a small load's). The texts go by the simple-query protocol, hence without parameters: only statements whose
-    values the caller made itself (SET LOCAL, an integer key) belong there, never a value from outside.
+    """A transaction whose BEGIN travels with `opening` in one round trip, and whose COMMIT with `Fused.at_commit` and
+    `Fused.after_commit`: asyncpg's `conn.transaction()` sends BEGIN and COMMIT each alone, a round trip each on a
+    path of a few statements (a small load's). The texts go by the simple-query protocol, hence without parameters:
+    only statements whose values the caller made itself (SET LOCAL, an integer key) belong there, never a value from
+    outside.
 
     An error inside rolls the transaction back (a connection already gone has nothing to roll back; a pool's
-    release would roll back too). Not for a connection already in a transaction: BEGIN there would be a warning,
-    and the COMMIT would end the caller's transaction."""
+    release would roll back too). A caller must not swallow a statement's error inside: PostgreSQL answers the COMMIT
+    of an aborted transaction with a rollback, not an error, and `after_commit` would run. Not for a connection
+    already in a transaction: BEGIN there would be a warning, and the COMMIT would end the caller's transaction."""
     if conn.is_in_transaction():
         raise RuntimeError("fused_transaction opens its own transaction: the connection is in one already")
     try:
         fused = Fused(await conn.execute(f"BEGIN; {opening}"))
         yield fused
         # a failing statement of at_commit skips the COMMIT after it: the transaction is then rolled back below
-        await conn.execute(f"{fused.at_commit}; COMMIT" if fused.at_commit else "COMMIT")
+        await conn.execute("; ".join(part for part in (fused.at_commit, "COMMIT", fused.after_commit) if part))
     except BaseException:
         if not connection_gone(conn) and conn.is_in_transaction():
             try:
