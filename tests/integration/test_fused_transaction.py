@@ -61,6 +61,33 @@ async def test_a_failing_statement_at_commit_rolls_back_instead_of_committing(ta
     assert await _rows(conn) == []
 
 
+async def _held_lock(other: asyncpg.Connection, key: int) -> bool:
+    return bool(await other.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 "
+                                     "AND objsubid = 1 AND granted", key))
+
+
+async def test_after_commit_runs_once_committed_and_never_when_the_commit_fails(fresh_db: str,
+                                                                                table: asyncpg.Connection) -> None:
+    """The loader lets an instance's lock go this way: after the outcome's COMMIT, never when it did not commit."""
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(42)")
+        with pytest.raises(asyncpg.UniqueViolationError):
+            async with fused_transaction(conn, "SELECT 1") as fused:
+                await conn.execute("INSERT INTO t VALUES (1), (2)")
+                fused.at_commit = "UPDATE t SET n = 1 WHERE n = 2"
+                fused.after_commit = "SELECT pg_advisory_unlock(42)"
+        assert await _held_lock(table, 42), "let go although nothing committed"
+        async with fused_transaction(conn, "SELECT 1") as fused:
+            await conn.execute("INSERT INTO t VALUES (3)")
+            fused.after_commit = "SELECT pg_advisory_unlock(42)"
+        assert not await _held_lock(table, 42)
+        assert not conn.is_in_transaction()
+    finally:
+        await conn.close()
+    assert await _rows(table) == [3]
+
+
 async def test_a_failing_opening_leaves_no_transaction_open(table: asyncpg.Connection) -> None:
     conn = table
     with pytest.raises(asyncpg.UndefinedTableError):
