@@ -4,8 +4,9 @@
 uvicorn writes an answer's head as soon as the app sends `http.response.start`, and its body at
 `http.response.body`: two system calls, and on the client's side two wake-ups and two reads, for a page that fits
 in one. Here the head of an answer with a Content-Length (every page and JSON answer; not a streamed one, which
-keeps its head written at once: an event stream's client waits for it) is held until the body's first message and
-written in front of it. The bytes sent are uvicorn's, in the same order (tests/unit/test_console_server.py).
+keeps its head written at once: an event stream's client waits for it; nor a HEAD's, which has no body) is held
+until the body's first message and written in front of it. The bytes sent are uvicorn's, in the same order
+(tests/unit/test_console_server.py).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class OneWriteCycle(RequestResponseCycle):
                 await super().send(message)
             finally:
                 self.transport = transport
-            if self.chunked_encoding is False and self.expected_content_length > 0:
+            if self.chunked_encoding is False and self.expected_content_length > 0 and self.scope["method"] != "HEAD":
                 self.held = kept.data  # a body follows: written with it
             else:
                 transport.write(kept.data)  # streamed, HEAD, empty: as uvicorn writes it

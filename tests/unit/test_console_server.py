@@ -68,6 +68,7 @@ ANSWERS: dict[str, tuple[str, bool, list[Any]]] = {
     "page in parts": ("GET", True, [start(length=len(PAGE)), body(PAGE[:10], True), body(PAGE[10:])]),
     "page, an empty first part": ("GET", True, [start(length=len(PAGE)), body(b"", True), body(PAGE)]),
     "HEAD": ("HEAD", True, [start(length=len(PAGE)), body(b"")]),
+    "HEAD, the app sending the body anyway": ("HEAD", True, [start(length=len(PAGE)), body(PAGE)]),
     "204": ("GET", True, [start(204), body(b"")]),
     "empty, length 0": ("GET", True, [start(length=0), body(b"")]),
     "streamed": ("GET", True, [start(), body(b"event: ready\n\n", True), body(b"event: change\n\n", True), body(b"")]),
