@@ -28,6 +28,7 @@ from playwright.async_api import Browser, BrowserContext
 from contracts import flows
 from services.console import auth
 from services.console.app import create_app
+from services.console.server import ConsoleHttpProtocol
 from services.console.web import STATIC, VENDOR, ConsoleApp
 from services.onboarding import handlers
 from services.runtime.db import create_pool
@@ -249,7 +250,8 @@ async def running_console(database_url: str, kafka: str, files_dir: Path, static
     pool = await create_pool(database_url, min_size=1, max_size=4)
     await prepare_database(pool, FLOW_PROJECTIONS)
     app = create_app(settings) if static_dir is None else create_app(settings, static_dir)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on",
+                                           http=ConsoleHttpProtocol))  # the deployed protocol (__main__.py)
     task = asyncio.create_task(server.serve())
     try:
         async with asyncio.timeout(30):

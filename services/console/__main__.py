@@ -7,6 +7,7 @@ import asyncio
 import uvicorn
 
 from services.console.app import create_app
+from services.console.server import ConsoleHttpProtocol
 from services.runtime.db import create_pool
 from services.runtime.host import prepare_database
 from services.runtime.logging import configure
@@ -27,10 +28,11 @@ def main() -> None:
     configure(settings.log_level, settings.log_format)
     asyncio.run(_migrate(settings))
     # httptools and uvloop (pinned): the C HTTP parser and event loop take most of uvicorn's own cost off each
-    # request (bench/console.py: the list page's target is 2x the raw SQL of the same page).
+    # request (bench/console.py: the list page's target is 2x the raw SQL of the same page); uvicorn's httptools
+    # protocol with an answer's head and body written at once (services/console/server.py).
     uvicorn.run(create_app(settings), host=settings.console_host, port=settings.console_port,
                 proxy_headers=False, server_header=False, access_log=False, log_config=None, loop="uvloop",
-                http="httptools")
+                http=ConsoleHttpProtocol)
 
 
 if __name__ == "__main__":
