@@ -106,30 +106,35 @@ def headers_tail(*, time: datetime, key: str, source: str, trace: Mapping[str, s
 
     One append shares time, key, source and trace context (`trace`: traceparent/tracestate, sent as the
     CloudEvents distributed-tracing extension ce_traceparent/ce_tracestate): the envelope is built once per
-    aggregate and source (``_envelope_text``), and per append only its time and trace context are written into
-    it (a hot path: every append, of one event or of a hundred).
+    source (``_envelope_text``), and per append only its time, key and trace context are written into it (a hot
+    path: every append, of one event or of a hundred).
     """
-    before_time, after_time = _envelope_text(key, source)
+    before_time, before_key, after_key = _envelope_text(source)
     traced = "".join(f', {json.dumps([f"ce_{name}", value], ensure_ascii=False)}'
                      for name, value in (trace or {}).items())
-    return f'{before_time}["ce_time", "{ce_time(time)}"]{after_time}{traced}]'
+    return (f'{before_time}["ce_time", "{ce_time(time)}"]{before_key}{json.dumps(key, ensure_ascii=False)}'
+            f'{after_key}{traced}]')
 
 
 _TIME_MARK = datetime(1, 1, 1, tzinfo=UTC)  # a time no event has: where the append's time goes
+_KEY_MARK = "key-mark-8f0c2d6a"  # a key whose JSON is itself in quotes: where the append's key goes
 
 
-@functools.lru_cache(maxsize=4096)
-def _envelope_text(key: str, source: str) -> tuple[str, str]:
-    """The JSON of the headers every event of `key` from `source` shares (all but ce_id and ce_type), without
-    its brackets, cut where the ce_time pair goes: the envelope of ``cloudevent_headers``, built once."""
-    template = cloudevent_headers(event_id=uuid.UUID(int=0), type="-", time=_TIME_MARK, key=key, source=source)
+@functools.lru_cache(maxsize=64)
+def _envelope_text(source: str) -> tuple[str, str, str]:
+    """The JSON of the headers every event from `source` shares (all but ce_id and ce_type), without its
+    brackets, cut where the ce_time pair and the key (ce_subject's value) go: the envelope of
+    ``cloudevent_headers``, built once per source. It was once per (key, source): every new aggregate (each load's
+    new instance) missed that cache and built the envelope again, on every append of a load."""
+    template = cloudevent_headers(event_id=uuid.UUID(int=0), type="-", time=_TIME_MARK, key=_KEY_MARK, source=source)
     shared = json.dumps([(name, value) for name, value in template if name not in ("ce_id", "ce_type")],
                         ensure_ascii=False)[1:-1]
     # Inside a JSON string a quote is escaped: this pair's text can only be the pair itself.
     before, mark, after = shared.partition(f'["ce_time", "{ce_time(_TIME_MARK)}"]')
-    if not mark:
-        raise AssertionError(f"the envelope of {source} {key} has no ce_time: {shared}")
-    return before, after
+    between, key_mark, after_key = after.partition(json.dumps(_KEY_MARK))
+    if not mark or not key_mark or _KEY_MARK in before + between + after_key:
+        raise AssertionError(f"the envelope of {source} has no ce_time or no single subject: {shared}")
+    return before, between, after_key
 
 
 # The dedup record of a message (true when it is new), with the parameters' places to fill: mark_processed's
