@@ -232,9 +232,17 @@ class OutboxRelay:
                 wake.set()
 
             await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+
+            async def stop_wakes() -> None:  # a stop ends the wait for a NOTIFY: the loop then sees it
+                await stop.wait()
+                wake.set()
+
+            # One task for the relay's lifetime: a wait for a NOTIFY (two a small load, its Running and its Checked)
+            # was two tasks made, raced by asyncio.wait and cancelled (more loop passes than the wait itself).
             producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap_servers, enable_idempotence=True,
                                         acks="all", **self._producer_options)
             failures = 0
+            stopper = asyncio.create_task(stop_wakes())
             try:
                 await producer.start()
                 while not stop.is_set():
@@ -254,16 +262,12 @@ class OutboxRelay:
                             await asyncio.wait_for(stop.wait(), delay)
                     if sent == self._batch_size:
                         continue  # more may be waiting: no sleep
-                    waiter = asyncio.create_task(wake.wait())
-                    stopper = asyncio.create_task(stop.wait())
-                    try:
-                        await asyncio.wait({waiter, stopper}, timeout=self._poll_interval,
-                                           return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        waiter.cancel()
-                        stopper.cancel()
+                    with suppress(TimeoutError):  # a NOTIFY, the stop (stop_wakes) or the poll interval
+                        async with asyncio.timeout(self._poll_interval):
+                            await wake.wait()
             finally:
                 self.is_leader = False
+                stopper.cancel()
                 try:
                     await producer.stop()
                 finally:

@@ -46,8 +46,8 @@ def test_the_shared_headers_are_byte_for_byte_the_envelopes_json_for_any_key() -
     for source in ("/flows/loader", "/flows/è\"x"):
         for key in keys:
             for given in (None, trace):
-                pairs = [pair for pair in outbox.cloudevent_headers(event_id=uuid.uuid4(), type="t", time=at, key=key,
-                                                                   source=source) if pair[0] not in ("ce_id", "ce_type")]
+                envelope = outbox.cloudevent_headers(event_id=uuid.uuid4(), type="t", time=at, key=key, source=source)
+                pairs = [pair for pair in envelope if pair[0] not in ("ce_id", "ce_type")]
                 pairs += [[f"ce_{name}", value] for name, value in (given or {}).items()]
                 expected = json.dumps(pairs, ensure_ascii=False)[1:]
                 assert outbox.headers_tail(time=at, key=key, source=source, trace=given) == expected
