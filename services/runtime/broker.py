@@ -455,6 +455,12 @@ def dead_letter_headers(topic: Topic, raw: Any, reason: str, attempts: int, grou
     return headers
 
 
+def bind_raw(raw: Any, topic: str) -> None:
+    """The log context of a message that could not be read: its key and ce_id as far as they can be read."""
+    bind_message(aggregate_id=_readable(raw.key), event_id=_header(raw, "ce_id"), topic=topic,
+                 partition=raw.partition, offset=raw.offset)
+
+
 def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handler, max_attempts: int = 3,
             retry_delay: float = 0.2, on_invalid: InvalidHook | None = None, probe: Probe | None = None) -> None:
     """Subscribes `handler(payload_model, incoming)` to `topic` with validation, retries and a DLQ.
@@ -499,24 +505,25 @@ def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handle
             await message.nack()
 
     async def deliver(message: KafkaMessage) -> None:
-        raw: Any = message.raw_message
-        # Every line about this message names it (key and ce_id as far as they can be read, even from a
-        # poison message) and no line names the previous one: the context is replaced here and cleared after.
-        bind_message(aggregate_id=_readable(raw.key), event_id=_header(raw, "ce_id"), topic=topic.name,
-                     partition=raw.partition, offset=raw.offset)
         try:
-            await _deliver(raw)
+            await _deliver(message.raw_message)
         finally:
             forget_message()
 
     async def _deliver(raw: Any) -> None:
+        # Every line about this message names it (key and ce_id as far as they can be read, even from a
+        # poison message) and no line names the previous one: the context is replaced once the message is read
+        # (parsing logs nothing) and cleared after (deliver).
         started = time.monotonic()
         try:
-            key, envelope, _, payload = parse(raw, topic)
+            # parse's verdict; a valid body validated from its bytes, the headers decoded once (parse_valid)
+            key, envelope, payload = parse_valid(raw, topic)
         except Poison as poison:
+            bind_raw(raw, topic.name)
             await reject(raw, raw.key.decode(errors="replace") if raw.key else None, poison, started)
             return
         except Exception as exc:  # whatever else the bytes can do to a parser is still the message's fault
+            bind_raw(raw, topic.name)
             await reject(raw, None, Poison(f"unreadable message: {type(exc).__name__}: {bounded(str(exc), 300)}"),
                          started)
             return

@@ -40,6 +40,7 @@ Pools must come from ``services.runtime.db.create_pool`` (JSON codecs for the js
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import re
 import uuid
@@ -47,7 +48,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 
@@ -281,9 +282,38 @@ appended AS (
 
 _ONE_ONLY = f"{_ONE}\n{_RETURNED}"
 
+_ONE_QUEUED = f"""SELECT a.event_id, $5::text, $11, {_HEADERS.format(id="a.event_id", type="$5::text")}, $6::text
+    FROM appended a"""
 _ONE_AND_QUEUE = f"""{_ONE},
-{_queued_and_woken(f'''SELECT a.event_id, $5::text, $11, {_HEADERS.format(id="a.event_id", type="$5::text")}, $6::text
-    FROM appended a''')}"""
+{_queued_and_woken(_ONE_QUEUED)}"""
+
+
+# _ONE's parameters, without and with its outbox row's ($11 key, $12 headers): a fused change's are numbered after.
+_ONE_PARAMETERS = {False: 10, True: 12}
+_ONE_WITH: dict[tuple[bool, str], str] = {}
+
+
+def _one_with(publish: bool, ctes: str) -> str:
+    """_ONE_AND_QUEUE (or _ONE_ONLY) with `ctes` (a projection's change: services.runtime.read_models) among its
+    CTEs; the same text for the same change (asyncpg keeps its prepared statement)."""
+    sql = _ONE_WITH.get((publish, ctes))
+    if sql is None:
+        sql = _ONE_WITH[(publish, ctes)] = (f"{_ONE},\n{ctes},\n{_queued_and_woken(_ONE_QUEUED)}" if publish
+                                            else f"{_ONE},\n{ctes}\n{_RETURNED}")
+    return sql
+
+
+class FusedProjection(Protocol):
+    """A projection that can put its change to an event into the append's own statement (one event, ``_ONE``).
+
+    ``fused(stream_id, type, data, recorded_at, first)``: CTEs (``name AS (...)``, comma-separated) whose parameters
+    are numbered from ``first``, with their values; each writes only when the append inserted its event (they
+    name ``appended``, the CTE of the inserted event), so a stream that was not at the expected version changes
+    nothing. ("", []): nothing to change; None: this event is applied by ``apply`` after the statement. The rows
+    must be those ``apply`` leaves (``apply`` still rebuilds the read model)."""
+
+    def fused(self, stream_id: str, kind: str, data: dict[str, Any], recorded_at: datetime,
+              first: int) -> tuple[str, list[Any]] | None: ...
 
 
 class _Stale(Exception):
@@ -337,28 +367,53 @@ class EventStore:
     async def _append(self, conn: asyncpg.Connection, stream_id: str, events: Sequence[NewEvent],
                       expected_version: int | None, key: str, publish: bool, savepoint: bool) -> list[StoredEvent]:
         in_callers = conn.is_in_transaction()
+        recorded_at = datetime.now(UTC)  # PostgreSQL keeps microseconds; so does the hash.
+        fused = self._fused(stream_id, events, expected_version, publish, recorded_at)
+        write = functools.partial(self._write, conn, stream_id, events, expected_version, key, publish, recorded_at,
+                                  fused)
         try:
-            if (in_callers and savepoint) or (self._projections and not in_callers):
+            if (in_callers and savepoint) or (self._projections and fused is None and not in_callers):
                 async with conn.transaction():  # a savepoint inside the caller's transaction, else its own
-                    return await self._write(conn, stream_id, events, expected_version, key, publish)
-            # Without projections the write is one statement, hence one transaction on its own; a stream
-            # that moved after the head read fails on the primary key like any concurrent append.
-            return await self._write(conn, stream_id, events, expected_version, key, publish)
+                    return await write()
+            # Without projections, or with their changes in the append's statement (`_fused`), the write is one
+            # statement, hence one transaction on its own; a stream that moved after the head read fails on the
+            # primary key like any concurrent append.
+            return await write()
         except _Stale:
             # Read after the savepoint rolled back, so the caller's transaction is still usable; without a
             # savepoint the caller's transaction is aborted: read outside it.
             reader = None if in_callers and not savepoint else conn
             raise ConcurrencyError(stream_id, expected_version, await self.stream_version(stream_id, reader)) from None
 
+    def _fused(self, stream_id: str, events: Sequence[NewEvent], expected_version: int | None, publish: bool,
+               recorded_at: datetime) -> tuple[str, list[Any]] | None:
+        """The projections' change to this append as CTEs of its own statement, with their parameters, when every
+        projection can put it there (FusedProjection): one event after a named version (_ONE), the single-event
+        append of a command or an outcome. ("", []): none changes anything; None: they are applied after the
+        statement, each by its own statements (in a transaction with it)."""
+        if not self._projections or len(events) != 1 or expected_version is None:
+            return None
+        event, first = events[0], _ONE_PARAMETERS[publish] + 1
+        ctes: list[str] = []
+        args: list[Any] = []
+        for projection in self._projections:
+            fuse = getattr(projection, "fused", None)
+            change = fuse(stream_id, event.type, event.data, recorded_at, first + len(args)) if fuse else None
+            if change is None:
+                return None
+            if change[0]:
+                ctes.append(change[0])
+                args += change[1]
+        return ",\n".join(ctes), args
+
     async def _write(self, conn: asyncpg.Connection, stream_id: str, events: Sequence[NewEvent],
-                     expected_version: int | None, key: str, publish: bool) -> list[StoredEvent]:
+                     expected_version: int | None, key: str, publish: bool, recorded_at: datetime,
+                     fused: tuple[str, list[Any]] | None) -> list[StoredEvent]:
         if expected_version is not None:  # one round trip: the chain is made in the insert (_CHAIN)
             current, prev = expected_version, GENESIS_HASH
         else:
             head = await conn.fetchrow(_HEAD, stream_id)
             current, prev = (head["version"], bytes(head["hash"])) if head else (0, GENESIS_HASH)
-        # PostgreSQL keeps microseconds; so does the hash.
-        recorded_at = datetime.now(UTC)
         # The current span's W3C context (services.runtime.tracing) goes with each event: in its
         # metadata (an event's own traceparent wins) and in its outbox headers as ce_traceparent.
         from services.runtime import outbox, tracing
@@ -405,6 +460,11 @@ class EventStore:
         if len(events) == 1 and expected_version is not None:  # _ONE: each array's one element
             args = [arg[0] if isinstance(arg, list) else arg for arg in args]
             sql = _ONE_AND_QUEUE if publish else _ONE_ONLY
+            if fused is not None and fused[0]:  # the read models' changes: no round trip of their own
+                if len(args) != _ONE_PARAMETERS[publish]:
+                    raise AssertionError(f"_ONE takes {_ONE_PARAMETERS[publish]} parameters, not {len(args)}")
+                sql = _one_with(publish, fused[0])
+                args += fused[1]
         try:
             rows = await conn.fetch(sql, *args)
         except asyncpg.UniqueViolationError as exc:
@@ -425,9 +485,10 @@ class EventStore:
                               data=e.data, actor=e.actor, metadata=e.metadata, recorded_at=recorded_at,
                               prev_hash=p, hash=h)
                   for v, e, p, h in zip(versions, events, prev_hashes, hashes, strict=True)]
-        for projection in self._projections:
-            for stored_event in stored:
-                await projection.apply(conn, stored_event)
+        if fused is None:
+            for projection in self._projections:
+                for stored_event in stored:
+                    await projection.apply(conn, stored_event)
         return stored
 
     async def read_stream(self, stream_id: str, from_version: int = 1) -> list[StoredEvent]:

@@ -22,7 +22,6 @@ Kafka delivers at least once; with this the system behaves exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import re
@@ -66,9 +65,15 @@ ORDER BY id LIMIT $1
 # redelivered ce_id), and every event the marks name was made durable by its own append's synchronous commit. A
 # flushed mark was one more fsync per batch, two a small load (its Running and its Checked), taken on the same WAL
 # as the load's own commits.
-_MARK_PUBLISHED = ("UPDATE outbox SET published_at = now() "
-                   "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS transaction_settings "
-                   "WHERE id = ANY($1::bigint[])")
+_MARK = ("UPDATE outbox SET published_at = now() "
+         "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS transaction_settings "
+         "WHERE id = ANY({ids}::bigint[])")
+_MARK_PUBLISHED = _MARK.format(ids="$1")
+# The rows the previous pass sent ($2) marked in the statement that reads the next ones: a relay that keeps sending
+# marks what it sent with its next read, one round trip a pass instead of two (see OutboxRelay.MARK_DELAY_S). The
+# read does not see the mark (one snapshot): the marked rows are left out by id.
+_MARK_AND_PENDING = (f"WITH marked AS ({_MARK.format(ids='$2')})"
+                     + _PENDING.replace("ORDER BY id", "  AND o.id <> ALL($2::bigint[])\nORDER BY id"))
 
 # A row with one of these will fail the same way at every try: park it.
 _PERMANENT = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError,
@@ -106,30 +111,35 @@ def headers_tail(*, time: datetime, key: str, source: str, trace: Mapping[str, s
 
     One append shares time, key, source and trace context (`trace`: traceparent/tracestate, sent as the
     CloudEvents distributed-tracing extension ce_traceparent/ce_tracestate): the envelope is built once per
-    aggregate and source (``_envelope_text``), and per append only its time and trace context are written into
-    it (a hot path: every append, of one event or of a hundred).
+    source (``_envelope_text``), and per append only its time, key and trace context are written into it (a hot
+    path: every append, of one event or of a hundred).
     """
-    before_time, after_time = _envelope_text(key, source)
+    before_time, before_key, after_key = _envelope_text(source)
     traced = "".join(f', {json.dumps([f"ce_{name}", value], ensure_ascii=False)}'
                      for name, value in (trace or {}).items())
-    return f'{before_time}["ce_time", "{ce_time(time)}"]{after_time}{traced}]'
+    return (f'{before_time}["ce_time", "{ce_time(time)}"]{before_key}{json.dumps(key, ensure_ascii=False)}'
+            f'{after_key}{traced}]')
 
 
 _TIME_MARK = datetime(1, 1, 1, tzinfo=UTC)  # a time no event has: where the append's time goes
+_KEY_MARK = "key-mark-8f0c2d6a"  # a key whose JSON is itself in quotes: where the append's key goes
 
 
-@functools.lru_cache(maxsize=4096)
-def _envelope_text(key: str, source: str) -> tuple[str, str]:
-    """The JSON of the headers every event of `key` from `source` shares (all but ce_id and ce_type), without
-    its brackets, cut where the ce_time pair goes: the envelope of ``cloudevent_headers``, built once."""
-    template = cloudevent_headers(event_id=uuid.UUID(int=0), type="-", time=_TIME_MARK, key=key, source=source)
+@functools.lru_cache(maxsize=64)
+def _envelope_text(source: str) -> tuple[str, str, str]:
+    """The JSON of the headers every event from `source` shares (all but ce_id and ce_type), without its
+    brackets, cut where the ce_time pair and the key (ce_subject's value) go: the envelope of
+    ``cloudevent_headers``, built once per source. It was once per (key, source): every new aggregate (each load's
+    new instance) missed that cache and built the envelope again, on every append of a load."""
+    template = cloudevent_headers(event_id=uuid.UUID(int=0), type="-", time=_TIME_MARK, key=_KEY_MARK, source=source)
     shared = json.dumps([(name, value) for name, value in template if name not in ("ce_id", "ce_type")],
                         ensure_ascii=False)[1:-1]
     # Inside a JSON string a quote is escaped: this pair's text can only be the pair itself.
     before, mark, after = shared.partition(f'["ce_time", "{ce_time(_TIME_MARK)}"]')
-    if not mark:
-        raise AssertionError(f"the envelope of {source} {key} has no ce_time: {shared}")
-    return before, after
+    between, key_mark, after_key = after.partition(json.dumps(_KEY_MARK))
+    if not mark or not key_mark or _KEY_MARK in before + between + after_key:
+        raise AssertionError(f"the envelope of {source} has no ce_time or no single subject: {shared}")
+    return before, between, after_key
 
 
 # The dedup record of a message (true when it is new), with the parameters' places to fill: mark_processed's
@@ -193,7 +203,14 @@ class OutboxRelay:
 
     ``after_ack`` is awaited with the acknowledged row ids before they are marked: the window in
     which a crash produces duplicates (tests use it to kill the relay there).
+
+    The acknowledged rows are marked by the next pass's read of the outbox (one statement), which comes with the
+    next NOTIFY or at most ``MARK_DELAY_S`` later; at a stop they are marked before the relay lets go. The window
+    in which a crash resends rows is that much longer; nothing else changes (every event was made durable by its
+    own append, and the consumers skip a redelivered ce_id).
     """
+
+    MARK_DELAY_S = 0.1
 
     def __init__(self, pool: asyncpg.Pool, bootstrap_servers: str, *, batch_size: int = 500,
                  poll_interval: float = 2.0, retry_delay: float = 1.0,
@@ -210,6 +227,7 @@ class OutboxRelay:
         self.is_leader = False
         self.published = 0  # rows marked published by this relay
         self.parked = 0  # rows parked by this relay
+        self._unmarked: list[int] = []  # acknowledged, to be marked by the next pass
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Waits for leadership, then publishes until ``stop`` is set (or the task is cancelled)."""
@@ -227,9 +245,17 @@ class OutboxRelay:
                 wake.set()
 
             await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+
+            async def stop_wakes() -> None:  # a stop ends the wait for a NOTIFY: the loop then sees it
+                await stop.wait()
+                wake.set()
+
+            # One task for the relay's lifetime: a wait for a NOTIFY (two a small load, its Running and its Checked)
+            # was two tasks made, raced by asyncio.wait and cancelled (more loop passes than the wait itself).
             producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap_servers, enable_idempotence=True,
                                         acks="all", **self._producer_options)
             failures = 0
+            stopper = asyncio.create_task(stop_wakes())
             try:
                 await producer.start()
                 while not stop.is_set():
@@ -249,16 +275,15 @@ class OutboxRelay:
                             await asyncio.wait_for(stop.wait(), delay)
                     if sent == self._batch_size:
                         continue  # more may be waiting: no sleep
-                    waiter = asyncio.create_task(wake.wait())
-                    stopper = asyncio.create_task(stop.wait())
-                    try:
-                        await asyncio.wait({waiter, stopper}, timeout=self._poll_interval,
-                                           return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        waiter.cancel()
-                        stopper.cancel()
+                    # a NOTIFY, the stop (stop_wakes), the poll interval, or the mark of what the pass sent
+                    wait = min(self.MARK_DELAY_S, self._poll_interval) if self._unmarked else self._poll_interval
+                    with suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await wake.wait()
             finally:
                 self.is_leader = False
+                stopper.cancel()
+                await self._mark_sent(conn)
                 try:
                     await producer.stop()
                 finally:
@@ -286,9 +311,28 @@ class OutboxRelay:
                 self._log.warning("outbox relay: its connection could not be cleaned up; terminated, the pool "
                                   "replaces it", error=problem)
 
+    async def _mark_sent(self, conn: asyncpg.Connection) -> None:
+        """Marks what the last pass sent, as the relay stops; when that cannot be done, they are sent again."""
+        if not self._unmarked:
+            return
+        try:
+            if not conn.is_closed():
+                await conn.execute(_MARK_PUBLISHED, self._unmarked)
+                self.published += len(self._unmarked)
+        except Exception as exc:  # PostgresError, InterfaceError, OSError, TimeoutError: the rows go again
+            self._log.warning("outbox relay: rows sent but not marked; they are sent again", rows=len(self._unmarked),
+                              error=f"{type(exc).__name__}: {exc}"[:500])
+        self._unmarked = []
+
     async def _publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
-        """Sends one batch; returns how many rows it marked published or parked (0: nothing to do)."""
-        rows = await conn.fetch(_PENDING, self._batch_size)
+        """Sends one batch; returns how many rows it sent (to be marked by the next pass) or parked (0: nothing to
+        do). Its read marks what the previous pass sent."""
+        if self._unmarked:
+            rows = await conn.fetch(_MARK_AND_PENDING, self._batch_size, self._unmarked)
+            self.published += len(self._unmarked)
+            self._unmarked = []
+        else:
+            rows = await conn.fetch(_PENDING, self._batch_size)
         if not rows:
             return 0
         # send() only enqueues (in order); the futures resolve when the broker acknowledged. A row that
@@ -349,15 +393,18 @@ class OutboxRelay:
             acked.append(row["id"])
         if acked and self._after_ack is not None:
             await self._after_ack(acked)
-        # With a parked row, the batch's outcome in one transaction: nobody sees the acked rows published
-        # before the bad row of the same batch is parked (it would look neither published nor parked).
-        async with conn.transaction() if parked else contextlib.nullcontext():
-            if acked:
-                await conn.execute(_MARK_PUBLISHED, acked)
-            for row in rows:
-                if row["id"] in parked:
-                    await self._park(conn, row, parked[row["id"]])
-        self.published += len(acked)
+        if parked:
+            # With a parked row, the batch's outcome at once and in one transaction: nobody sees the acked rows
+            # published before the bad row of the same batch is parked (it would look neither published nor parked).
+            async with conn.transaction():
+                if acked:
+                    await conn.execute(_MARK_PUBLISHED, acked)
+                for row in rows:
+                    if row["id"] in parked:
+                        await self._park(conn, row, parked[row["id"]])
+            self.published += len(acked)
+        else:
+            self._unmarked = acked  # marked by the next pass's read (or at the stop)
         if failure is not None:
             failed, error = failure
             raise RelayError(f"outbox row {failed['id']} (event {failed['event_id']}, topic {failed['topic']}, "

@@ -106,57 +106,108 @@ class InstanceList:
     }
 
     async def apply(self, conn: asyncpg.Connection, event: StoredEvent) -> None:
-        if not event.stream_id.startswith(INSTANCE_STREAM_PREFIX) or not event.type.startswith("flows."):
+        """The event's change, as statements of its own (a rebuild's replay, an append with several events)."""
+        change = self._change(event.stream_id, event.type, event.data, event.recorded_at)
+        if change is None:
             return
-        data = event.data
-        instance = int(event.stream_id.removeprefix(INSTANCE_STREAM_PREFIX))
-        if event.type in (flows.TYPE_OF[flows.LoadRunning], flows.TYPE_OF[flows.LoadScheduled]):
-            await self._created(conn, instance, event)
+        kind, args, files = change
+        if kind == "created":
+            await conn.execute(_CREATED.format(*_places(1, len(args)), after=""), *args)
             return
         # One round trip: the state each current state moves to is computed here for every state (a dict of
         # the moves; a state absent from it stays), and PostgreSQL picks the row's own.
-        found = await conn.fetchval(
-            """UPDATE instance_list SET state = coalesce($2::jsonb ->> state, state),
-                   state_since = CASE WHEN $2::jsonb ? state THEN $3 ELSE state_since END,
-                   source_instance = coalesce($4, source_instance),
-                   counts = coalesce($5, counts), errors = coalesce($6, errors),
-                   warnings = coalesce($7, warnings), summary = coalesce($8, summary),
-                   last_event = $9, events = events + 1, deleted_by = coalesce($10, deleted_by),
-                   deletion_reason = CASE WHEN $10::text IS NULL THEN deletion_reason ELSE $11 END
-               WHERE instance = $1 RETURNING true""",
-            instance, _moves(event.type, data.get("instance_outcome")), event.recorded_at,
-            data.get("source_instance"), data.get("counts"), data.get("errors"), data.get("warnings"),
-            _summary(event), event.type, *(_deletion_of(event.type, data) or (None, None)))
+        found = await conn.fetchval(_UPDATED.format(*_places(1, len(args)), after=""), *args)
         if not found:
             return  # an event of an instance this read model never saw created: nothing to attach to
-        for file in _files_of(event):
-            await conn.execute(
-                """INSERT INTO instance_files (instance, name, kind, records, bytes, sha256, media_type, part,
-                                              added_at)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                   ON CONFLICT (instance, name) DO UPDATE SET kind = EXCLUDED.kind, records = EXCLUDED.records,
-                       bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, media_type = EXCLUDED.media_type,
-                       part = EXCLUDED.part, added_at = EXCLUDED.added_at""",
-                instance, file["name"], file["kind"], file["records"], file["bytes"], file["sha256"],
-                file.get("media_type", "text/plain"), file.get("part"), event.recorded_at)
+        for file in files:
+            await conn.execute(_FILE.format(*_places(1, 9), after=""), args[0], *_file_values(file), args[2])
+
+    def fused(self, stream_id: str, kind: str, data: dict[str, Any], recorded_at: datetime,
+              first: int) -> tuple[str, list[Any]] | None:
+        """The event's change as CTEs of the append's own statement (services.runtime.eventstore, one event): the
+        statements `apply` runs, each done only when the append inserted its event (`FROM appended`), numbered from
+        parameter `first`; ("", []) for an event that changes nothing here, None for one `apply` must take (files
+        that share a name: the second overwrote the first, which one INSERT cannot do)."""
+        change = self._change(stream_id, kind, data, recorded_at)
+        if change is None:
+            return "", []
+        form, args, files = change
+        if form == "created":
+            return (f"instance_listed AS ({_CREATED.format(*_places(first, len(args)), after='FROM appended')})",
+                    args)
+        sql = f"instance_listed AS ({_UPDATED.format(*_places(first, len(args)), after='FROM appended')})"
+        if not files:
+            return sql, args
+        if len({file["name"] for file in files}) < len(files):
+            return None
+        columns = list(zip(*(_file_values(file) for file in files), strict=True))
+        places = _places(first + len(args), len(columns))
+        return (f"{sql},\ninstance_filed AS ({_FILES.format(*places, instance=f'${first}', at=f'${first + 2}')})",
+                [*args, *(list(column) for column in columns)])
+
+    def _change(self, stream_id: str, kind: str, data: dict[str, Any],
+                recorded_at: datetime) -> tuple[str, list[Any], list[dict[str, Any]]] | None:
+        """("created" or "updated", the statement's parameters, the files to add after an update); None: nothing."""
+        if not stream_id.startswith(INSTANCE_STREAM_PREFIX) or not kind.startswith("flows."):
+            return None
+        instance = int(stream_id.removeprefix(INSTANCE_STREAM_PREFIX))
+        if kind in (flows.TYPE_OF[flows.LoadRunning], flows.TYPE_OF[flows.LoadScheduled]):
+            state = InstanceState.RUNNING if kind == flows.TYPE_OF[flows.LoadRunning] else InstanceState.SCHEDULED
+            return "created", [instance, data["flow_type"], data["version"], data["ente"], recorded_at,
+                               data["period"]["start"], data["period"]["end"], state.value, data["requested_by"],
+                               data.get("scheduled_at"), kind, data.get("request_id")], []
+        return "updated", [instance, _moves(kind, data.get("instance_outcome")), recorded_at,
+                           data.get("source_instance"), data.get("counts"), data.get("errors"), data.get("warnings"),
+                           _summary_of(kind, data), kind, *(_deletion_of(kind, data) or (None, None))], _files_in(data)
 
     def rebuilder(self) -> InstanceListRebuild:
         return InstanceListRebuild()
 
-    async def _created(self, conn: asyncpg.Connection, instance: int, event: StoredEvent) -> None:
-        data = event.data
-        state = InstanceState.RUNNING if event.type == flows.TYPE_OF[flows.LoadRunning] else InstanceState.SCHEDULED
-        await conn.execute(
-            """INSERT INTO instance_list (instance, flow_type, version, ente, created_at, period_start,
+
+def _places(first: int, count: int) -> list[str]:
+    return [f"${n}" for n in range(first, first + count)]
+
+
+def _file_values(file: dict[str, Any]) -> tuple[Any, ...]:
+    return (file["name"], file["kind"], file["records"], file["bytes"], file["sha256"],
+            file.get("media_type", "text/plain"), file.get("part"))
+
+
+# The read model's statements, their parameters' places ({0}, {1}, ...) filled as `apply` runs them alone ($1, ...) or
+# as the append's statement runs them among its own (`fused`, `after` = FROM appended: only when the event went in).
+# Every parameter is cast: alone (VALUES) PostgreSQL would take its type from the column, in a SELECT list it would not.
+_CREATED = """INSERT INTO instance_list (instance, flow_type, version, ente, created_at, period_start,
                                           period_end, state, state_since, requested_by, scheduled_at,
                                           last_event, events, request_id)
-               VALUES ($1, $2, $3, $4, $5, $6::text::date, $7::text::date, $8, $5, $9, $10::text::timestamptz,
-                       $11, 1, $12::text::uuid)
+               SELECT {0}::bigint, {1}::text, {2}::text, {3}::text, {4}::timestamptz, {5}::text::date, {6}::text::date,
+                      {7}::text, {4}::timestamptz, {8}::text, {9}::text::timestamptz, {10}::text, 1, {11}::text::uuid
+               {after}
                ON CONFLICT (instance) DO UPDATE SET state = EXCLUDED.state, state_since = EXCLUDED.state_since,
-                   last_event = EXCLUDED.last_event, events = instance_list.events + 1""",
-            instance, data["flow_type"], data["version"], data["ente"], event.recorded_at,
-            data["period"]["start"], data["period"]["end"], state.value, data["requested_by"],
-            data.get("scheduled_at"), event.type, data.get("request_id"))
+                   last_event = EXCLUDED.last_event, events = instance_list.events + 1"""
+_UPDATED = """UPDATE instance_list SET state = coalesce({1}::jsonb ->> state, state),
+                   state_since = CASE WHEN {1}::jsonb ? state THEN {2} ELSE state_since END,
+                   source_instance = coalesce({3}, source_instance),
+                   counts = coalesce({4}, counts), errors = coalesce({5}, errors),
+                   warnings = coalesce({6}, warnings), summary = coalesce({7}, summary),
+                   last_event = {8}, events = events + 1, deleted_by = coalesce({9}, deleted_by),
+                   deletion_reason = CASE WHEN {9}::text IS NULL THEN deletion_reason ELSE {10} END
+               {after}
+               WHERE instance = {0} RETURNING true"""
+_FILE_UPSERT = """ON CONFLICT (instance, name) DO UPDATE SET kind = EXCLUDED.kind, records = EXCLUDED.records,
+                       bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, media_type = EXCLUDED.media_type,
+                       part = EXCLUDED.part, added_at = EXCLUDED.added_at"""
+_FILE = """INSERT INTO instance_files (instance, name, kind, records, bytes, sha256, media_type, part, added_at)
+                   VALUES ({0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}) {after}
+                   """ + _FILE_UPSERT
+# The files of an update, after it found the row (`instance_listed`: an instance never seen created has none).
+_FILES = ("""INSERT INTO instance_files (instance, name, kind, records, bytes, sha256, media_type, part, added_at)
+                   SELECT {instance}::bigint, f.name, f.kind, f.records, f.bytes, f.sha256, f.media_type, f.part,
+                          {at}::timestamptz
+                   FROM unnest({0}::text[], {1}::text[], {2}::bigint[], {3}::bigint[], {4}::text[], {5}::text[],
+                               {6}::integer[]) WITH ORDINALITY AS f(name, kind, records, bytes, sha256, media_type,
+                                                                    part, n)
+                   CROSS JOIN (SELECT FROM instance_listed LIMIT 1) AS found
+                   """ + _FILE_UPSERT)
 
 
 # The rows go in by binary COPY (an array parameter costs asyncpg an isinstance check per element: half of a

@@ -234,6 +234,32 @@ async def test_the_relay_wakes_on_notify_not_on_its_poll(pool: asyncpg.Pool) -> 
     assert relay.published == 2
 
 
+async def test_what_a_pass_sent_is_marked_by_the_next_pass_or_at_the_stop(pool: asyncpg.Pool) -> None:
+    """The relay marks the rows it sent in the statement of its next read (no round trip of their own), and the last
+    ones as it stops: never left unmarked, or the next relay would send them all again. Its poll and its delay
+    before marking are an hour here: only the next NOTIFY's pass, then the stop, can mark."""
+    store = EventStore(pool, source="/flows/loader")
+    topic = await fresh_topic()
+    stop = asyncio.Event()
+    relay = OutboxRelay(pool, KAFKA, poll_interval=3600)
+    relay.MARK_DELAY_S = 3600
+    # appended before the relay listens: its first pass sends it, and no NOTIFY makes a second pass
+    await append_numbered_from(store, topic, key="5005", start=0, count=1)
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        assert len(await consume_all(topic, expected=1, settle=0.2)) == 1
+        assert (await unpublished(pool), relay.published) == (1, 0)  # sent, its mark waits for the next pass
+        await append_numbered_from(store, topic, key="5005", start=1, count=1)
+        assert len(await consume_all(topic, expected=2, settle=0.2)) == 2
+        # the pass that read the second row marked the first in the same statement
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL AND key = '5005'") == 1
+        assert relay.published == 1
+    finally:
+        stop.set()
+        await running
+    assert (await unpublished(pool), relay.published) == (0, 2)  # the stop marked the last one
+
+
 async def test_a_row_too_large_for_the_broker_is_parked_and_only_its_own_stream_waits(pool: asyncpg.Pool) -> None:
     store = EventStore(pool, source="/flows/loader")
     topic = await fresh_topic()

@@ -35,3 +35,19 @@ def test_appends_of_one_aggregate_share_the_envelope_but_each_carries_its_own_ti
     assert [h.get("ce_traceparent") for h in headers] == [None, "00-aa-bb-01", None]
     assert all(h["ce_subject"] == "0001-01-01T00:00:00Z" and h["ce_source"] == "/flows/formatter" for h in headers)
     assert rows[0] == rows[2]
+
+
+def test_the_shared_headers_are_byte_for_byte_the_envelopes_json_for_any_key() -> None:
+    # The outbox row stores this text and the relay sends it: the envelope is built once per source and each
+    # append writes its key into it, which must give the very bytes json.dumps gives of the whole envelope.
+    at = datetime(2026, 11, 2, 6, 0, 1, 123456, tzinfo=UTC)
+    trace = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "k=v,\"q\""}
+    keys = ["1947", "19\"47", "a\\b", "è ü 日本 🙂", "tab\there\nnewline\x01", "", "key-mark-8f0c2d6a", "]", "\", \""]
+    for source in ("/flows/loader", "/flows/è\"x"):
+        for key in keys:
+            for given in (None, trace):
+                envelope = outbox.cloudevent_headers(event_id=uuid.uuid4(), type="t", time=at, key=key, source=source)
+                pairs = [pair for pair in envelope if pair[0] not in ("ce_id", "ce_type")]
+                pairs += [[f"ce_{name}", value] for name, value in (given or {}).items()]
+                expected = json.dumps(pairs, ensure_ascii=False)[1:]
+                assert outbox.headers_tail(time=at, key=key, source=source, trace=given) == expected
