@@ -283,11 +283,13 @@ class OutboxRelay:
             finally:
                 self.is_leader = False
                 stopper.cancel()
-                await self._mark_sent(conn)
                 try:
-                    await producer.stop()
-                finally:
-                    await self._let_go(conn, on_notify)
+                    await self._mark_sent(conn)
+                finally:  # also when cancelled while marking: the connection is never given back half cleaned
+                    try:
+                        await producer.stop()
+                    finally:
+                        await self._let_go(conn, on_notify)
 
     async def _let_go(self, conn: asyncpg.Connection, on_notify: Callable[..., None]) -> None:
         """Gives the leader's connection back clean: no listener, no leader lock. When that cannot be done (the

@@ -260,6 +260,45 @@ async def test_what_a_pass_sent_is_marked_by_the_next_pass_or_at_the_stop(pool: 
     assert (await unpublished(pool), relay.published) == (0, 2)  # the stop marked the last one
 
 
+async def test_a_relay_cancelled_while_it_marks_at_its_stop_never_gives_its_listening_connection_back(
+        outbox_db: str, pool: asyncpg.Pool) -> None:
+    """A service's shutdown cancels its relay, which may be marking what it sent (at its stop, the marks it kept for
+    the next pass). The mark is held here on a lock of the outbox for real, the stop set, then the relay cancelled in
+    the middle of it: its connection must not go back to the pool with its listener (asyncpg's InterfaceWarning,
+    seen in a full run when a service stopped), and what it did not mark is there for the next relay to send."""
+    store = EventStore(pool, source="/flows/loader")
+    topic = await fresh_topic()
+    stop = asyncio.Event()
+    relay = OutboxRelay(pool, KAFKA, poll_interval=3600)
+    relay.MARK_DELAY_S = 3600  # only the stop marks
+    await append_numbered_from(store, topic, key="5006", start=0, count=1)
+    running = asyncio.create_task(relay.run(stop))
+    blocker = await asyncpg.connect(outbox_db)
+    try:
+        assert len(await consume_all(topic, expected=1, settle=0.2)) == 1
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
+                stop.set()
+                await wait_until(lambda: _lock_waiters(blocker), within=30)  # the stop's mark waits on the lock
+                running.cancel()
+                ended = await asyncio.gather(running, return_exceptions=True)
+            assert isinstance(ended[0], asyncio.CancelledError), ended
+            await asyncio.sleep(0.1)  # a release with its warning would have come by now
+        released = [str(w.message) for w in caught if "released to the pool" in str(w.message)]
+        assert released == [], released
+        assert not relay.is_leader
+        assert await unpublished(pool) == 1  # not marked: the next relay sends it again (consumers skip a ce_id seen)
+    finally:
+        await blocker.close()
+
+
+async def _lock_waiters(conn: asyncpg.Connection) -> bool:
+    return bool(await conn.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'outbox'::regclass"))
+
+
 async def test_a_row_too_large_for_the_broker_is_parked_and_only_its_own_stream_waits(pool: asyncpg.Pool) -> None:
     store = EventStore(pool, source="/flows/loader")
     topic = await fresh_topic()
