@@ -50,14 +50,16 @@ from services.runtime import tracing
 from services.runtime.eventstore import NOTIFY_CHANNEL  # the appends' NOTIFY, the relay's LISTEN
 from services.runtime.locks import RELAY_LOCK_KEY
 
-# Unpublished rows in id order, except parked ones and the rows of a stream (key) behind a parked one.
-_PENDING = """
+# Unpublished rows in id order, except parked ones and the rows of a stream (key) behind a parked one; {also}: more
+# rows to leave out.
+_PENDING_ROWS = """
 SELECT id, event_id, topic, key, headers, payload FROM outbox o
-WHERE published_at IS NULL AND parked_at IS NULL
+WHERE published_at IS NULL AND parked_at IS NULL{also}
   AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.key = o.key AND p.parked_at IS NOT NULL
                   AND p.published_at IS NULL AND p.id < o.id)
 ORDER BY id LIMIT $1
 """
+_PENDING = _PENDING_ROWS.format(also="")
 
 # The acknowledged rows marked published. Its transaction commits without waiting for the WAL flush
 # (set_config(..., true): that transaction only, never the session): a mark lost to a PostgreSQL crash only sends its
@@ -73,7 +75,7 @@ _MARK_PUBLISHED = _MARK.format(ids="$1")
 # marks what it sent with its next read, one round trip a pass instead of two (see OutboxRelay.MARK_DELAY_S). The
 # read does not see the mark (one snapshot): the marked rows are left out by id.
 _MARK_AND_PENDING = (f"WITH marked AS ({_MARK.format(ids='$2')})"
-                     + _PENDING.replace("ORDER BY id", "  AND o.id <> ALL($2::bigint[])\nORDER BY id"))
+                     + _PENDING_ROWS.format(also=" AND o.id <> ALL($2::bigint[])"))
 
 # A row with one of these will fail the same way at every try: park it.
 _PERMANENT = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError,
@@ -160,7 +162,6 @@ async def mark_processed(conn: asyncpg.Connection, consumer: str, message_id: st
                            "that holds the consumer's effects")
     inserted = await conn.fetchval(MARK_PROCESSED.format(consumer="$1", message_id="$2"), consumer, message_id)
     return bool(inserted)
-
 
 
 class RelayError(RuntimeError):
