@@ -42,7 +42,8 @@ from services.loader.load_rules import period_not_over
 from services.runtime import tracing
 from services.runtime.backoff import INTERRUPTED_CAP_S, Interruptions
 from services.runtime.broker import Incoming, Refused, is_transient
-from services.runtime.db import connection_gone, fused_transaction, has_session_state, session_state_undone
+from services.runtime.db import connection_gone, has_session_state
+from services.runtime.eventstore import Guard, GuardFailed
 from services.runtime.filestore import SpaceWaits, is_full
 from services.runtime.instances import Handling, ServiceDeps
 from services.runtime.locks import LOAD_LOCK, release_instance_lock
@@ -133,19 +134,22 @@ _NEW_INSTANCE = (
     "FROM (SELECT) AS one LEFT JOIN made ON true")
 
 
+# The outcome's guard (services.runtime.eventstore.Guard): the snapshot's row, locked by the outcome's statement.
+_SNAPSHOT_HELD = "SELECT FROM source_snapshot WHERE snapshot_id = {0}::bigint FOR SHARE"
+
+
 @dataclass
 class Locked:
     """A load whose lock its command took: the connection that holds it, the instance as the command wrote it,
     whether the connection had no session state before (then its release needs no reset once the lock is let go),
     what pipeline.earlier_runs would have read for this first run (_NEW_INSTANCE): its snapshot's number and the
-    reference data's stored digest; and whether the lock was let go already (with the outcome's commit)."""
+    reference data's stored digest."""
 
     conn: asyncpg.Connection
     current: FlowInstance
     clean: bool
     next_snapshot: int
     reference_digest: bytes | None
-    released: bool = False
 
 
 @contextlib.asynccontextmanager
@@ -153,8 +157,7 @@ async def _held(locked: Locked, instance: int) -> AsyncIterator[FlowInstance]:
     try:
         yield locked.current
     finally:
-        if not locked.released:
-            await release_instance_lock(locked.conn, LOAD_LOCK, instance, clean=locked.clean)
+        await release_instance_lock(locked.conn, LOAD_LOCK, instance, clean=locked.clean)
 
 
 async def run_instance(instance: int, deps: LoaderDeps, *, taken_up: bool = False,
@@ -277,27 +280,21 @@ async def _load(instance: int, current: FlowInstance, deps: LoaderDeps, attempt:
         result = flows.LoadFailed(instance=instance, source_instance=snapshot_id, errors=outcome.errors,
                                   warnings=outcome.warnings, counts=outcome.counts, summary=outcome.summary,
                                   feedback=feedback)
-    # the snapshot is still this run's: see pipeline.drop_dead_runs (a lock whose connection was cut); its row locked
-    # in the round trip of the transaction's BEGIN. A load whose command took its lock writes the outcome on the
-    # lock's connection and lets the lock go in the round trip of the COMMIT, after it: one round trip less. A lock
-    # connection that is gone (its session cut: the lock went with it) is not used: the outcome then goes by a pool
-    # connection, and the snapshot row says whether another run took the load over meanwhile.
+    # The snapshot is still this run's: see pipeline.drop_dead_runs (a lock whose connection was cut). The outcome is
+    # ONE statement, atomic on its own: it locks the snapshot's row (FOR SHARE, the guard) and appends only when the
+    # row is there. A load whose command took its lock writes it on the lock's connection, and the lock is let go
+    # after it (the outcome is committed and the relay woken by then). A lock connection that is gone (its session
+    # cut: the lock went with it) is not used: the outcome then goes by a pool connection, and the snapshot row says
+    # whether another run took the load over meanwhile.
     on_lock = locked if locked is not None and not connection_gone(locked.conn) else None
-    async with (contextlib.nullcontext(on_lock.conn) if on_lock is not None else deps.pool.acquire()) as conn, \
-            fused_transaction(conn, f"SELECT FROM source_snapshot WHERE snapshot_id = {int(snapshot_id):d} "
-                                    "FOR SHARE") as held:
-        if held.status != "SELECT 1":
+    async with contextlib.nullcontext(on_lock.conn) if on_lock is not None else deps.pool.acquire() as conn:
+        try:
+            await deps.instances.append(current, result, conn=conn, guard=Guard(_SNAPSHOT_HELD, (snapshot_id,)))
+        except GuardFailed:
             log.warning("load.taken_over", instance=instance, snapshot=snapshot_id,
                         reason="its snapshot was dropped by another run: this run's lock was lost")
             deps.interrupted.forget(instance)
             return
-        await deps.instances.append(current, result, conn=conn)
-        if on_lock is not None:
-            held.after_commit = f"SELECT pg_advisory_unlock({LOAD_LOCK:d}, {instance:d})"
-    if on_lock is not None:
-        on_lock.released = True
-        if on_lock.clean:  # the lock was the connection's only session state: no reset on its release
-            session_state_undone(on_lock.conn)
     deps.space.done(instance)
     deps.interrupted.done(instance)
     log.info("load.finished", instance=instance, outcome=flows.TYPE_OF[type(result)], errors=outcome.errors)

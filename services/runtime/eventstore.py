@@ -57,8 +57,8 @@ from services.runtime.db import canonical_json, canonical_text, dumps_json
 if TYPE_CHECKING:
     from services.runtime.projections import Projection
 
-__all__ = ["GENESIS_HASH", "ChainBreak", "ConcurrencyError", "EventStore", "EventTooLarge", "NewEvent", "StoredEvent",
-           "canonical_json", "event_hash", "verify_chain"]
+__all__ = ["GENESIS_HASH", "ChainBreak", "ConcurrencyError", "EventStore", "EventTooLarge", "Guard", "GuardFailed",
+           "NewEvent", "StoredEvent", "canonical_json", "event_hash", "verify_chain"]
 
 # The channel an append NOTIFYs and the outbox relay LISTENs on (services.runtime.outbox takes it from here). The
 # outbox and tracing modules are imported where an append or a delivery uses them, not here: they bring aiokafka,
@@ -268,17 +268,26 @@ _CHAIN_AND_QUEUE = f"""{_CHAIN},
     JOIN appended a ON a.event_id = q.event_id
     ORDER BY q.n''')}"""
 
-# The same for ONE event (most appends: a load's Checked, a file's Formatted, an access): scalar parameters at the
-# same positions, no unnest, recursion or join; its generic plan runs in about half the time of the one above.
-_ONE = f"""
-WITH {_PREV},
+
+
+def _one(guard: str = "") -> str:
+    """_ONE, or with `guard` (a SELECT: Guard.sql, its parameters numbered) as a CTE the event is inserted only
+    when it has a row."""
+    guard_cte, only_if = (f"\nguard AS ({guard}),", " WHERE EXISTS (SELECT FROM guard)") if guard else ("", "")
+    return f"""
+WITH {_PREV},{guard_cte}
 appended AS (
     INSERT INTO events (stream_id, version, event_id, type, data, actor, metadata, recorded_at, prev_hash, hash)
     SELECT $1, $3::int, $4::uuid, $5::text, $6::text::jsonb, $7::text, $8::text::jsonb, $2, p.hash,
            sha256(p.hash || $9::bytea)
-    FROM prev p
+    FROM prev p{only_if}
     RETURNING version, position, transaction_id, prev_hash, hash, event_id
 )"""
+
+
+# The same for ONE event (most appends: a load's Checked, a file's Formatted, an access): scalar parameters at the
+# same positions, no unnest, recursion or join; its generic plan runs in about half the time of the one above.
+_ONE = _one()
 
 _ONE_ONLY = f"{_ONE}\n{_RETURNED}"
 
@@ -300,6 +309,44 @@ def _one_with(publish: bool, ctes: str) -> str:
     if sql is None:
         sql = _ONE_WITH[(publish, ctes)] = (f"{_ONE},\n{ctes},\n{_queued_and_woken(_ONE_QUEUED)}" if publish
                                             else f"{_ONE},\n{ctes}\n{_RETURNED}")
+    return sql
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A row an append needs, locked by the append's own statement (`EventStore.append(..., guard=)`): `sql` is a
+    SELECT, with its locking clause (FOR SHARE), whose parameters are written {0}, {1}, ... for `args`. The event is
+    inserted only when the SELECT has a row; else nothing is written and the append raises GuardFailed. One event
+    after a named version only (_ONE). What it buys: an outcome that must find its row still there is ONE statement,
+    atomic without BEGIN and COMMIT, where a transaction that locks the row first takes three round trips."""
+
+    sql: str
+    args: tuple[Any, ...] = ()
+
+
+class GuardFailed(Exception):
+    """The guard of an append found no row: nothing was written."""
+
+
+# _one(guard) with a projection's change and the outbox row, and a first column `held`: whether the guard had a row.
+# Its one row comes back either way; the event's columns are NULL when nothing was inserted.
+_GUARDED: dict[tuple[bool, str, str], str] = {}
+
+
+def _one_guarded(publish: bool, ctes: str, guard: str) -> str:
+    sql = _GUARDED.get((publish, ctes, guard))
+    if sql is None:
+        parts = [_one(guard)] + ([ctes] if ctes else [])
+        if publish:
+            parts.append(f"""queued AS (
+    INSERT INTO outbox (event_id, topic, key, headers, payload)
+    {_ONE_QUEUED}
+    RETURNING 1
+)""")
+        wake = f"\nCROSS JOIN (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) AS wake" if publish else ""
+        sql = _GUARDED[(publish, ctes, guard)] = (
+            ",\n".join(parts) + "\nSELECT h.held, a.version, a.position, a.transaction_id, a.prev_hash, a.hash"
+            "\nFROM (SELECT EXISTS (SELECT FROM guard) AS held) AS h LEFT JOIN appended a ON true" + wake)
     return sql
 
 
@@ -350,27 +397,31 @@ class EventStore:
 
     async def append(self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int | None,
                      key: str, conn: asyncpg.Connection | None = None,
-                     publish: bool = True, savepoint: bool = True) -> list[StoredEvent]:
+                     publish: bool = True, savepoint: bool = True, guard: Guard | None = None) -> list[StoredEvent]:
         """Appends ``events`` after ``expected_version`` (0 = new stream, None = wherever it is).
 
         Raises ConcurrencyError when the stream moved. Inside a caller's transaction (``conn``) the
         append runs in a savepoint, so a ConcurrencyError leaves the caller's transaction usable;
         ``savepoint=False`` spares its two round trips for a caller that ends its transaction on any error
-        of the append (the error then leaves the transaction aborted).
+        of the append (the error then leaves the transaction aborted). ``guard``: see Guard (one event after a named
+        version); GuardFailed when its row is not there.
         """
         _check_append(stream_id, events, expected_version, key)
+        if guard is not None and (len(events) != 1 or expected_version is None):
+            raise ValueError(f"stream {stream_id}: a guarded append is of one event after a named version")
         if conn is not None:
-            return await self._append(conn, stream_id, events, expected_version, key, publish, savepoint)
+            return await self._append(conn, stream_id, events, expected_version, key, publish, savepoint, guard)
         async with self._pool.acquire() as own:
-            return await self._append(own, stream_id, events, expected_version, key, publish, savepoint)
+            return await self._append(own, stream_id, events, expected_version, key, publish, savepoint, guard)
 
     async def _append(self, conn: asyncpg.Connection, stream_id: str, events: Sequence[NewEvent],
-                      expected_version: int | None, key: str, publish: bool, savepoint: bool) -> list[StoredEvent]:
+                      expected_version: int | None, key: str, publish: bool, savepoint: bool,
+                      guard: Guard | None = None) -> list[StoredEvent]:
         in_callers = conn.is_in_transaction()
         recorded_at = datetime.now(UTC)  # PostgreSQL keeps microseconds; so does the hash.
         fused = self._fused(stream_id, events, expected_version, publish, recorded_at)
         write = functools.partial(self._write, conn, stream_id, events, expected_version, key, publish, recorded_at,
-                                  fused)
+                                  fused, guard)
         try:
             if (in_callers and savepoint) or (self._projections and fused is None and not in_callers):
                 async with conn.transaction():  # a savepoint inside the caller's transaction, else its own
@@ -408,7 +459,7 @@ class EventStore:
 
     async def _write(self, conn: asyncpg.Connection, stream_id: str, events: Sequence[NewEvent],
                      expected_version: int | None, key: str, publish: bool, recorded_at: datetime,
-                     fused: tuple[str, list[Any]] | None) -> list[StoredEvent]:
+                     fused: tuple[str, list[Any]] | None, guard: Guard | None = None) -> list[StoredEvent]:
         if expected_version is not None:  # one round trip: the chain is made in the insert (_CHAIN)
             current, prev = expected_version, GENESIS_HASH
         else:
@@ -465,6 +516,12 @@ class EventStore:
                     raise AssertionError(f"_ONE takes {_ONE_PARAMETERS[publish]} parameters, not {len(args)}")
                 sql = _one_with(publish, fused[0])
                 args += fused[1]
+            if guard is not None:
+                if len(args) < _ONE_PARAMETERS[publish]:
+                    raise AssertionError(f"_ONE takes {_ONE_PARAMETERS[publish]} parameters, not {len(args)}")
+                positions = [f"${n}" for n in range(len(args) + 1, len(args) + 1 + len(guard.args))]
+                sql = _one_guarded(publish, fused[0] if fused is not None else "", guard.sql.format(*positions))
+                args += guard.args
         try:
             rows = await conn.fetch(sql, *args)
         except asyncpg.UniqueViolationError as exc:
@@ -474,6 +531,10 @@ class EventStore:
                 raise ConcurrencyError(stream_id, expected_version, None) from exc
             raise ValueError(f"stream {stream_id}: an event id of this append is already stored "
                              f"({exc.detail})") from exc
+        if guard is not None:
+            if not rows or not rows[0]["held"]:
+                raise GuardFailed(f"stream {stream_id}: the row of {guard.sql!r} {guard.args!r} is not there")
+            rows = [row for row in rows if row["version"] is not None]
         if not rows:
             raise _Stale  # the stream never reached the expected version
         by_version = {row["version"]: row for row in rows}

@@ -23,7 +23,7 @@ from contracts import flows
 from contracts.instance import FlowInstance
 from contracts.states import Actor, IllegalTransition, apply_event
 from services.runtime.broker import Incoming, Refused
-from services.runtime.eventstore import EventStore, NewEvent
+from services.runtime.eventstore import EventStore, Guard, NewEvent
 from services.runtime.filestore import FileStore
 from services.runtime.locks import instance_lock
 from services.runtime.read_models import instance_stream
@@ -51,16 +51,17 @@ class Instances:
 
     async def append(self, current: FlowInstance, *payloads: flows.Payload, actor: str | None = None,
                      conn: asyncpg.Connection | None = None, publish: bool = True, data: dict[str, Any] | None = None,
-                     expect: bool = True, **metadata: Any) -> FlowInstance:
+                     expect: bool = True, guard: Guard | None = None, **metadata: Any) -> FlowInstance:
         """Appends `payloads` after `current` and returns the instance after them; with `expect=False`,
         wherever the stream is, and `current` comes back as it was (the events in between were not read).
         In a caller's transaction (`conn`) without a savepoint: every caller (a command's `handling`, the loader's
         outcome) lets an error of the append end its transaction, so the savepoint's two round trips bought
-        nothing."""
+        nothing. `guard`: the append is done only when its row is there (EventStore.append; GuardFailed)."""
         events = [new_event(p, actor or self.actor, data=data, **metadata) for p in payloads]
         stored = await self.store.append(instance_stream(current.number), events,
                                          expected_version=current.version if expect else None,
-                                         key=str(current.number), conn=conn, publish=publish, savepoint=False)
+                                         key=str(current.number), conn=conn, publish=publish, savepoint=False,
+                                         guard=guard)
         if not expect:
             return current
         for event in stored:
