@@ -11,6 +11,7 @@ from typing import Any, cast
 import asyncpg
 import pytest
 
+from contracts.flows import FlowType
 from contracts.sources import DeliveredService
 from services.loader.intake import store_services
 from services.loader.snapshot import WORK_MEM, SnapshotConflict, next_number, take_snapshot
@@ -107,6 +108,31 @@ async def test_taking_a_snapshot_again_reuses_it_and_another_period_is_refused(c
     assert (first.rows, first.reused, again.rows, again.reused) == (1, False, 1, True)
     with pytest.raises(SnapshotConflict, match="snapshot 7 already holds FLUSSO_C"):
         await take_snapshot(conn, 7, "FLUSSO_C", "204", *JULY, instance=6)
+
+
+async def test_the_snapshot_row_sent_with_the_begin_is_the_one_its_parameters_make(conn: asyncpg.Connection) -> None:
+    """The snapshot's row goes as text with the BEGIN when its values are plain (the catalogue's codes are), else by
+    parameters: the same row either way, and a number taken already is found on both paths."""
+    from services.loader.snapshot import _create_text
+
+    await store_services(conn, [service("S-1", "RX-1", date(2020, 8, 5))])
+    plain = ("FLUSSO_C", "204", "2020")
+    odd = "2020'); DROP TABLE events; --"  # never a layout version: here it goes by a parameter, unharmed
+    assert _create_text(8, 6, FlowType.FLUSSO_C, plain[2], plain[1], *AUGUST, "snapshot_service") is not None
+    assert _create_text(9, 6, FlowType.FLUSSO_C, odd, "204", *AUGUST, "snapshot_service") is None
+    assert _create_text(9, 6, FlowType.FLUSSO_C, "2020", "20 4", *AUGUST, "snapshot_service") is None
+    await take_snapshot(conn, 8, "FLUSSO_C", "204", *AUGUST, instance=6, version="2020")
+    await take_snapshot(conn, 9, "FLUSSO_C", "204", *AUGUST, instance=6, version=odd)
+    rows = {r["snapshot_id"]: dict(r) for r in await conn.fetch("SELECT * FROM source_snapshot ORDER BY snapshot_id")}
+    assert rows[9] == {**rows[8], "snapshot_id": 9, "version": odd, "taken_at": rows[9]["taken_at"]}
+    assert rows[8]["taken_at"] <= rows[9]["taken_at"]
+    assert rows[8]["version"] == "2020" and rows[8]["rows"] == 1 and rows[8]["period_end"] == AUGUST[1]
+    assert await conn.fetchval("SELECT to_regclass('events')") is not None
+    for number, version in ((8, "2020"), (9, odd)):  # taken already: reused, on either path
+        again = await take_snapshot(conn, number, "FLUSSO_C", "204", *AUGUST, instance=6, version=version)
+        assert (again.rows, again.reused) == (1, True)
+        with pytest.raises(SnapshotConflict):
+            await take_snapshot(conn, number, "FLUSSO_C", "204", *JULY, instance=6, version=version)
 
 
 class _SettingsOfItsTransaction:
