@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from services.runtime.projections import Projection
 
 __all__ = ["GENESIS_HASH", "ChainBreak", "ConcurrencyError", "EventStore", "EventTooLarge", "Guard", "GuardFailed",
-           "NewEvent", "StoredEvent", "canonical_json", "event_hash", "verify_chain"]
+           "NewEvent", "RowOffers", "StoredEvent", "canonical_json", "event_hash", "verify_chain"]
 
 # The channel an append NOTIFYs and the outbox relay LISTENs on (services.runtime.outbox takes it from here). The
 # outbox and tracing modules are imported where an append or a delivery uses them, not here: they bring aiokafka,
@@ -262,6 +262,23 @@ def _queued_and_woken(rows: str) -> str:
 {_RETURNED_AND_WAKE}"""
 
 
+# A one-event append's wake-up names its outbox row: "<row id> <event id>". The relay of the process that appended
+# sends the row as the append offered it before its statement, without reading it back, once this NOTIFY says it is
+# committed (EventStore.offers, services.runtime.outbox.OutboxRelay.offer: its order and trust rules).
+_NAMED_WAKE = f"(SELECT pg_notify('{NOTIFY_CHANNEL}', q.id::text || ' ' || q.event_id::text) FROM queued q) AS wake"
+
+
+def _queued_and_named(rows: str) -> str:
+    """_queued_and_woken for one event: the wake-up names the outbox row, whose id the append returns."""
+    return f"""queued AS (
+    INSERT INTO outbox (event_id, topic, key, headers, payload)
+    {rows}
+    RETURNING id, event_id
+)
+SELECT a.version, a.position, a.transaction_id, a.prev_hash, a.hash FROM appended a
+CROSS JOIN {_NAMED_WAKE}"""
+
+
 _CHAIN_AND_QUEUE = f"""{_CHAIN},
 {_queued_and_woken(f'''SELECT q.event_id, q.topic, $11, {_HEADERS.format(id="q.event_id", type="q.topic")}, q.payload
     FROM unnest($4::uuid[], $5::text[], $6::text[]) WITH ORDINALITY AS q(event_id, topic, payload, n)
@@ -294,7 +311,7 @@ _ONE_ONLY = f"{_ONE}\n{_RETURNED}"
 _ONE_QUEUED = f"""SELECT a.event_id, $5::text, $11, {_HEADERS.format(id="a.event_id", type="$5::text")}, $6::text
     FROM appended a"""
 _ONE_AND_QUEUE = f"""{_ONE},
-{_queued_and_woken(_ONE_QUEUED)}"""
+{_queued_and_named(_ONE_QUEUED)}"""
 
 
 # _ONE's parameters, without and with its outbox row's ($11 key, $12 headers): a fused change's are numbered after.
@@ -307,7 +324,7 @@ def _one_with(publish: bool, ctes: str) -> str:
     CTEs; the same text for the same change (asyncpg keeps its prepared statement)."""
     sql = _ONE_WITH.get((publish, ctes))
     if sql is None:
-        sql = _ONE_WITH[(publish, ctes)] = (f"{_ONE},\n{ctes},\n{_queued_and_woken(_ONE_QUEUED)}" if publish
+        sql = _ONE_WITH[(publish, ctes)] = (f"{_ONE},\n{ctes},\n{_queued_and_named(_ONE_QUEUED)}" if publish
                                             else f"{_ONE},\n{ctes}\n{_RETURNED}")
     return sql
 
@@ -341,9 +358,9 @@ def _one_guarded(publish: bool, ctes: str, guard: str) -> str:
             parts.append(f"""queued AS (
     INSERT INTO outbox (event_id, topic, key, headers, payload)
     {_ONE_QUEUED}
-    RETURNING 1
+    RETURNING id, event_id
 )""")
-        wake = f"\nCROSS JOIN (SELECT pg_notify('{NOTIFY_CHANNEL}', '')) AS wake" if publish else ""
+        wake = f"\nLEFT JOIN {_NAMED_WAKE} ON true" if publish else ""
         sql = _GUARDED[(publish, ctes, guard)] = (
             ",\n".join(parts) + "\nSELECT h.held, a.version, a.position, a.transaction_id, a.prev_hash, a.hash"
             "\nFROM (SELECT EXISTS (SELECT FROM guard) AS held) AS h LEFT JOIN appended a ON true" + wake)
@@ -361,6 +378,14 @@ class FusedProjection(Protocol):
 
     def fused(self, stream_id: str, kind: str, data: dict[str, Any], recorded_at: datetime,
               first: int) -> tuple[str, list[Any]] | None: ...
+
+
+class RowOffers(Protocol):
+    """Where a one-event append offers its outbox row before its statement (services.runtime.outbox.OutboxRelay.offer):
+    the event's id, the server process id of the connection that writes it, and the row as the relay reads it but its
+    id (event_id, topic, key, headers, payload)."""
+
+    def offer(self, event_id: str, backend_pid: int, row: dict[str, Any]) -> None: ...
 
 
 class _Stale(Exception):
@@ -394,6 +419,9 @@ class EventStore:
         # each event's metadata as `replica`, so the history says which replica did the work.
         self.replica = replica
         self._projections = tuple(projections)
+        # This process's outbox relay (services.runtime.host.serve sets it): each one-event append offers it its
+        # outbox row, which it sends without reading it back once the append's NOTIFY names the row (OutboxRelay.offer).
+        self.offers: RowOffers | None = None
 
     async def append(self, stream_id: str, events: Sequence[NewEvent], *, expected_version: int | None,
                      key: str, conn: asyncpg.Connection | None = None,
@@ -507,7 +535,8 @@ class EventStore:
             args += [hashes, expected_version]
             sql = _CHAIN_AND_QUEUE if publish else _CHAIN_ONLY
         if publish:
-            args += [key, outbox.headers_tail(time=recorded_at, key=key, source=self.source, trace=trace)]
+            tail = outbox.headers_tail(time=recorded_at, key=key, source=self.source, trace=trace)
+            args += [key, tail]
         if len(events) == 1 and expected_version is not None:  # _ONE: each array's one element
             args = [arg[0] if isinstance(arg, list) else arg for arg in args]
             sql = _ONE_AND_QUEUE if publish else _ONE_ONLY
@@ -522,6 +551,13 @@ class EventStore:
                 positions = [f"${n}" for n in range(len(args) + 1, len(args) + 1 + len(guard.args))]
                 sql = _one_guarded(publish, fused[0] if fused is not None else "", guard.sql.format(*positions))
                 args += guard.args
+        if publish and self.offers is not None and len(events) == 1 and expected_version is not None:
+            # the row as _ONE_QUEUED writes it (outbox._HEADERS: ce_id, ce_type, then the tail), offered before the
+            # statement: its NOTIFY may reach the relay before this coroutine sees the statement's answer
+            event = events[0]
+            self.offers.offer(str(event.id), conn.get_server_pid(), {
+                "event_id": event.id, "topic": event.type, "key": key, "payload": datas[0],
+                "headers": f'[["ce_id", "{event.id}"], ["ce_type", "{event.type}"], {tail}'})
         try:
             rows = await conn.fetch(sql, *args)
         except asyncpg.UniqueViolationError as exc:

@@ -112,6 +112,7 @@ async def serve(rt: Runtime, loops: Sequence[Loop] = (), stop: asyncio.Event | N
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     relay = OutboxRelay(rt.pool, rt.settings.kafka_bootstrap, poll_interval=1.0)
+    rt.store.offers = relay  # one-event appends offer their outbox rows: sent without being read back
     if rt.settings.metrics_port:
         from prometheus_client import start_http_server
 

@@ -25,7 +25,9 @@ import asyncio
 import functools
 import json
 import re
+import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -76,6 +78,13 @@ _MARK_PUBLISHED = _MARK.format(ids="$1")
 # read does not see the mark (one snapshot): the marked rows are left out by id.
 _MARK_AND_PENDING = (f"WITH marked AS ({_MARK.format(ids='$2')})"
                      + _PENDING_ROWS.format(also=" AND o.id <> ALL($2::bigint[])"))
+
+# The streams (keys) with a parked row: their rows wait (see _PENDING_ROWS); a rare set, read when a relay takes the
+# lead and when a parked row is retried or skipped.
+_PARKED_KEYS = "SELECT DISTINCT key FROM outbox WHERE parked_at IS NOT NULL AND published_at IS NULL"
+# What retry_parked and skip_parked NOTIFY: the relay reads the parked keys again.
+PARKED_CHANGED = "parked"
+
 
 # A row with one of these will fail the same way at every try: park it.
 _PERMANENT = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError,
@@ -187,7 +196,7 @@ async def retry_parked(pool: asyncpg.Pool, row_id: int) -> bool:
     """Unparks a row (after its cause was fixed, e.g. the topic's limit raised): the relay sends it again."""
     done = await pool.execute("UPDATE outbox SET parked_at = NULL, parked_reason = NULL "
                               "WHERE id = $1 AND parked_at IS NOT NULL AND published_at IS NULL", row_id)
-    await pool.execute(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+    await pool.execute(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{PARKED_CHANGED}')")
     return done.endswith(" 1")
 
 
@@ -195,7 +204,7 @@ async def skip_parked(pool: asyncpg.Pool, row_id: int) -> bool:
     """Gives up on a parked row: it is never published (the event stays in the store), its stream goes on."""
     done = await pool.execute("UPDATE outbox SET published_at = now(), skipped_at = now() "
                               "WHERE id = $1 AND parked_at IS NOT NULL AND published_at IS NULL", row_id)
-    await pool.execute(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
+    await pool.execute(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{PARKED_CHANGED}')")
     return done.endswith(" 1")
 
 
@@ -209,9 +218,22 @@ class OutboxRelay:
     next NOTIFY or at most ``MARK_DELAY_S`` later; at a stop they are marked before the relay lets go. The window
     in which a crash resends rows is that much longer; nothing else changes (every event was made durable by its
     own append, and the consumers skip a redelivered ce_id).
+
+    Offered rows. A one-event append offers its outbox row to the relay of its process (`offer`, wired by
+    services.runtime.host.serve) and its statement NOTIFYs the row's id, which PostgreSQL delivers once it committed,
+    in commit order. A pass sends the rows of the notifications since the last one as offered, without reading the
+    outbox, when every notification names a row offered here, from the connection that wrote it (a NOTIFY, which any
+    session can send, only names a row; what is sent is what the append offered), the relay is caught up (its last
+    read found fewer rows than a batch and no send failed since), no row's stream has a parked row, and the marks are
+    not due. A stream's rows then go in their order as they did (they commit in it, and an earlier row is either
+    named by an earlier notification or was committed before the last read, which found and sent it). Anything else
+    (an append of several events, one from another process, too many notifications waiting) and the pass reads the
+    outbox as before, which also covers every row those notifications named.
     """
 
     MARK_DELAY_S = 0.1
+    OFFERS_KEPT = 10_000  # offered rows awaiting their NOTIFY (a rolled-back append's never comes): the oldest go first
+    WAKES_KEPT = 10_000  # notifications kept between two passes (Kafka down: none is sent); past that, the pass reads
 
     def __init__(self, pool: asyncpg.Pool, bootstrap_servers: str, *, batch_size: int = 500,
                  poll_interval: float = 2.0, retry_delay: float = 1.0,
@@ -229,6 +251,44 @@ class OutboxRelay:
         self.published = 0  # rows marked published by this relay
         self.parked = 0  # rows parked by this relay
         self._unmarked: list[int] = []  # acknowledged, to be marked by the next pass
+        self._unmarked_since = 0.0  # monotonic time of the oldest of them
+        self._offers: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()  # event id -> (backend pid, row)
+        self._wakes: list[tuple[int, str]] = []  # (sender's backend pid, payload) of the NOTIFYs since the last pass
+        self._wakes_dropped = False
+        self._parked_changed = False
+        self._caught_up = False
+        self._read_ids: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())  # the last two reads'
+        self._parked_keys: set[str] = set()
+        self.sent_offered = 0  # rows sent as offered, without a read
+        self.reads = 0  # passes that read the outbox
+
+    def offer(self, event_id: str, backend_pid: int, row: dict[str, Any]) -> None:
+        """A one-event append's outbox row but its id (EventStore.offers), to send as is once its NOTIFY comes."""
+        if not self.is_leader:
+            return
+        self._offers[event_id] = (backend_pid, row)
+        if len(self._offers) > self.OFFERS_KEPT:
+            self._offers.popitem(last=False)
+
+    def _offered_rows(self) -> list[dict[str, Any]] | None:
+        """The rows the notifications since the last pass named, as offered; None: this pass reads the outbox."""
+        wakes, self._wakes = self._wakes, []
+        dropped, self._wakes_dropped = self._wakes_dropped, False
+        rows: list[dict[str, Any]] | None = [] if wakes and self._caught_up and not dropped else None
+        if self._unmarked and (len(self._unmarked) >= self._batch_size
+                               or time.monotonic() - self._unmarked_since >= self.MARK_DELAY_S):
+            rows = None  # the marks are due: the read marks them
+        for pid, payload in wakes:  # every offer named goes, whatever this pass does
+            number, _, event_id = payload.partition(" ")  # "<row id> <event id>" (eventstore._NAMED_WAKE)
+            row_id = int(number) if number.isascii() and number.isdigit() else None
+            offered = self._offers.pop(event_id, None) if row_id is not None else None
+            if rows is None or (row_id is not None and (row_id in self._read_ids[0] or row_id in self._read_ids[1])):
+                continue  # reading anyway, or read (and sent) already
+            if offered is None or offered[0] != pid or offered[1]["key"] in self._parked_keys:
+                rows = None
+                continue
+            rows.append({**offered[1], "id": row_id})
+        return rows
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Waits for leadership, then publishes until ``stop`` is set (or the task is cancelled)."""
@@ -241,11 +301,20 @@ class OutboxRelay:
                     return
             self.is_leader = True
             wake = asyncio.Event()
+            self._wakes, self._wakes_dropped, self._caught_up = [], False, False
+            self._offers.clear()
 
-            def on_notify(*_: object) -> None:
+            def on_notify(_conn: object, pid: int, _channel: str, payload: str) -> None:
+                if len(self._wakes) < self.WAKES_KEPT:
+                    self._wakes.append((pid, payload))
+                else:
+                    self._wakes_dropped = True
+                if payload == PARKED_CHANGED:
+                    self._parked_changed = True
                 wake.set()
 
             await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+            self._parked_keys = {row["key"] for row in await conn.fetch(_PARKED_KEYS)}
 
             async def stop_wakes() -> None:  # a stop ends the wait for a NOTIFY: the loop then sees it
                 await stop.wait()
@@ -262,9 +331,13 @@ class OutboxRelay:
                 while not stop.is_set():
                     wake.clear()  # before reading: a NOTIFY during the pass triggers another one
                     try:
-                        sent = await self._publish_batch(conn, producer)
+                        if self._parked_changed:
+                            self._parked_changed = False
+                            self._parked_keys = {row["key"] for row in await conn.fetch(_PARKED_KEYS)}
+                        sent = await self._publish_batch(conn, producer, self._offered_rows())
                         failures = 0
                     except RelayError as exc:
+                        self._caught_up = False
                         # Transient (broker unreachable, leader moving): capped exponential backoff,
                         # one log line per try.
                         delay = min(self._retry_delay * 2 ** failures, RETRY_CAP_S)
@@ -327,21 +400,29 @@ class OutboxRelay:
                               error=f"{type(exc).__name__}: {exc}"[:500])
         self._unmarked = []
 
-    async def _publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
-        """Sends one batch; returns how many rows it sent (to be marked by the next pass) or parked (0: nothing to
-        do). Its read marks what the previous pass sent."""
-        if self._unmarked:
-            rows = await conn.fetch(_MARK_AND_PENDING, self._batch_size, self._unmarked)
-            self.published += len(self._unmarked)
-            self._unmarked = []
+    async def _publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer,
+                             offered: list[dict[str, Any]] | None = None) -> int:
+        """Sends one batch, `offered` or else what a read of the outbox finds; returns how many rows it sent (to be
+        marked by a later pass) or parked (0: nothing to do). A read marks what earlier passes sent."""
+        rows: Sequence[Mapping[str, Any]]
+        if offered is not None:
+            rows = offered
         else:
-            rows = await conn.fetch(_PENDING, self._batch_size)
+            if self._unmarked:
+                rows = await conn.fetch(_MARK_AND_PENDING, self._batch_size, self._unmarked)
+                self.published += len(self._unmarked)
+                self._unmarked = []
+            else:
+                rows = await conn.fetch(_PENDING, self._batch_size)
+            self.reads += 1
+            self._read_ids = (self._read_ids[1], frozenset(row["id"] for row in rows))
+            self._caught_up = len(rows) < self._batch_size  # every pending row is in this read (or was sent)
         if not rows:
             return 0
         # send() only enqueues (in order); the futures resolve when the broker acknowledged. A row that
         # fails at send() (too large for the producer, not serialisable) is parked at once, and the
         # rows of its stream behind it in this batch are not sent.
-        sent: list[tuple[asyncpg.Record, Any]] = []
+        sent: list[tuple[Mapping[str, Any], Any]] = []
         parked: dict[int, BaseException] = {}
         blocked: set[str] = set()
         spans: dict[int, Any] = {}  # row id -> its relay span (rows that carry a trace context)
@@ -367,6 +448,7 @@ class OutboxRelay:
                                           headers=[(name, value.encode()) for name, value in headers])
             except Exception as exc:
                 if not is_permanent(exc):
+                    self._caught_up = False
                     raise RelayError(f"outbox row {row['id']} (event {row['event_id']}, topic {row['topic']}, "
                                      f"key {row['key']}): {exc!r}"[:2000]) from exc
                 parked[row["id"]] = exc
@@ -382,7 +464,7 @@ class OutboxRelay:
                     span.set_status(tracing.trace.StatusCode.ERROR, f"parked: {type(error).__name__}")
                 span.end()
         acked: list[int] = []
-        failure: tuple[asyncpg.Record, BaseException] | None = None
+        failure: tuple[Mapping[str, Any], BaseException] | None = None
         for (row, _), result in zip(sent, results, strict=True):
             if isinstance(result, BaseException):
                 if is_permanent(result) and row["key"] not in blocked:
@@ -407,14 +489,20 @@ class OutboxRelay:
                         await self._park(conn, row, parked[row["id"]])
             self.published += len(acked)
         else:
-            self._unmarked = acked  # marked by the next pass's read (or at the stop)
+            if acked and not self._unmarked:
+                self._unmarked_since = time.monotonic()
+            self._unmarked += acked  # marked by a later pass's read (or at the stop)
+        if offered is not None:
+            self.sent_offered += len(acked)
         if failure is not None:
+            self._caught_up = False
             failed, error = failure
             raise RelayError(f"outbox row {failed['id']} (event {failed['event_id']}, topic {failed['topic']}, "
                              f"key {failed['key']}): {error!r}"[:2000]) from error
         return len(acked) + len(parked)
 
-    async def _park(self, conn: asyncpg.Connection, row: asyncpg.Record, exc: BaseException) -> None:
+    async def _park(self, conn: asyncpg.Connection, row: Mapping[str, Any], exc: BaseException) -> None:
+        self._parked_keys.add(row["key"])
         size = len(row["payload"].encode(errors="replace"))
         reason = f"{type(exc).__name__}: {str(exc)[:500]} (payload {size} bytes)"
         await conn.execute("UPDATE outbox SET parked_at = now(), parked_reason = $2 WHERE id = $1", row["id"], reason)

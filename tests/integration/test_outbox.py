@@ -431,3 +431,110 @@ async def test_a_relay_stopped_while_postgres_is_down_never_gives_its_listening_
             assert second.published == 2
         finally:
             await pool.close()
+
+
+async def _offering_relay(pool: asyncpg.Pool,
+                          store: EventStore) -> tuple[OutboxRelay, asyncio.Event, asyncio.Task[None]]:
+    """A relay that `store`'s one-event appends offer their rows to (as services.runtime.host.serve wires it), its poll
+    and its marks' delay an hour: only a NOTIFY makes it pass. Returned once it leads and its first pass has read."""
+    relay = OutboxRelay(pool, KAFKA, poll_interval=3600)
+    relay.MARK_DELAY_S = 3600
+    store.offers = relay
+    stop = asyncio.Event()
+    running = asyncio.create_task(relay.run(stop))
+    await wait_until(lambda: _is(relay.is_leader and relay.reads >= 1))
+    return relay, stop, running
+
+
+async def test_rows_offered_by_their_appends_go_without_a_read_and_in_each_streams_order(pool: asyncpg.Pool) -> None:
+    store = EventStore(pool, source="/flows/loader")
+    elsewhere = EventStore(pool, source="/flows/formatter")  # another process's store: it offers this relay nothing
+    topic = await fresh_topic()
+    relay, stop, running = await _offering_relay(pool, store)
+    try:
+        reads = relay.reads
+        for n in range(4):  # one-event appends of three streams: each NOTIFY names a row offered here
+            for key in ("8001", "8002", "8003"):
+                await store.append(f"instance-{key}", [NewEvent(type=topic, data={"key": key, "n": n})],
+                                   expected_version=n, key=key)
+        await wait_until(lambda: _is(relay.sent_offered == 12))
+        assert relay.reads == reads  # not one read
+        # Wake-ups that name no row offered here, among offered ones: an append of two events, another process's.
+        await store.append("instance-8001", [NewEvent(type=topic, data={"key": "8001", "n": n}) for n in (4, 5)],
+                           expected_version=4, key="8001")
+        await elsewhere.append("instance-8002", [NewEvent(type=topic, data={"key": "8002", "n": 4})],
+                               expected_version=4, key="8002")
+        for n in (6, 7, 8):
+            await store.append("instance-8001", [NewEvent(type=topic, data={"key": "8001", "n": n})],
+                               expected_version=n, key="8001")
+        await store.append("instance-8002", [NewEvent(type=topic, data={"key": "8002", "n": 5})],
+                           expected_version=5, key="8002")
+        messages = await consume_all(topic, expected=19)
+    finally:
+        stop.set()
+        await running
+    streams: dict[str, list[int]] = defaultdict(list)
+    for key, _, payload in messages:
+        streams[key].append(payload["n"])
+    assert streams == {"8001": list(range(9)), "8002": list(range(6)), "8003": list(range(4))}  # once each, in order
+    assert relay.reads > reads  # the wake-ups without an offer were read
+    assert await unpublished(pool) == 0 and relay.published == 19  # the reads and the stop marked every one
+
+
+async def test_a_notify_of_another_session_never_sends_an_offered_row_before_its_commit(pool: asyncpg.Pool) -> None:
+    """An offer is made when the row is written, before its transaction commits (it may roll back): only the NOTIFY
+    of the connection that wrote it, which PostgreSQL delivers after the commit, lets the relay send it. Any session
+    can NOTIFY the channel: here one names the row while its transaction is open, and that transaction rolls back."""
+    store = EventStore(pool, source="/flows/loader")
+    topic = await fresh_topic()
+    relay, stop, running = await _offering_relay(pool, store)
+    try:
+        async with pool.acquire() as conn:
+            open_transaction = conn.transaction()
+            await open_transaction.start()
+            [event] = await store.append("instance-8101", [NewEvent(type=topic, data={"key": "8101", "n": 0})],
+                                         expected_version=0, key="8101", conn=conn, savepoint=False)
+            row_id = await conn.fetchval("SELECT id FROM outbox WHERE event_id = $1", event.id)
+            assert str(event.id) in relay._offers
+            reads = relay.reads
+            await pool.execute(f"NOTIFY flows_outbox, '{row_id:d} {event.id}'")  # as the append's NOTIFY names it
+            await wait_until(lambda: _is(relay.reads == reads + 1))  # not trusted: that pass read, and found nothing
+            await open_transaction.rollback()
+        await store.append("instance-8102", [NewEvent(type=topic, data={"key": "8102", "n": 0})],
+                           expected_version=0, key="8102")
+        messages = await consume_all(topic, expected=1)
+    finally:
+        stop.set()
+        await running
+    assert [(key, payload["n"]) for key, _, payload in messages] == [("8102", 0)]
+    assert relay.sent_offered == 1
+
+
+async def test_offered_rows_of_a_stream_with_a_parked_row_wait_behind_it(pool: asyncpg.Pool) -> None:
+    store = EventStore(pool, source="/flows/loader")
+    topic = await fresh_topic()
+    await append_numbered(store, topic, keys=["8201"], per_key=1)
+    await pool.execute("UPDATE outbox SET topic = 'not a valid topic name!'")  # InvalidTopic: parked
+    relay, stop, running = await _offering_relay(pool, store)
+    try:
+        await wait_until(lambda: _parked_count_is(pool, 1))
+        for n in (1, 2):
+            await store.append("instance-8201", [NewEvent(type=topic, data={"key": "8201", "n": n})],
+                               expected_version=n, key="8201")
+        for n in range(3):
+            await store.append("instance-8202", [NewEvent(type=topic, data={"key": "8202", "n": n})],
+                               expected_version=n, key="8202")
+        await wait_until(lambda: _is(relay.sent_offered == 3))
+        assert sorted((k, p["n"]) for k, _, p in await consume_all(topic, expected=3)) == [("8202", n)
+                                                                                          for n in range(3)]
+        # the parked row and the two behind it (the three sent wait for their marks)
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL AND key = '8201'") == 3
+        row = (await parked_rows(pool))[0]
+        await pool.execute("UPDATE outbox SET topic = $1 WHERE id = $2", topic, row["id"])  # the fix
+        assert await retry_parked(pool, row["id"])  # its NOTIFY makes the relay read the parked keys and the outbox
+        messages = await consume_all(topic, expected=6)
+    finally:
+        stop.set()
+        await running
+    assert [p["n"] for k, _, p in messages if k == "8201"] == [0, 1, 2]
+    assert await unpublished(pool) == 0
