@@ -269,7 +269,7 @@ _NAMED_WAKE = f"(SELECT pg_notify('{NOTIFY_CHANNEL}', q.id::text || ' ' || q.eve
 
 
 def _queued_and_named(rows: str) -> str:
-    """_queued_and_woken for one event: the wake-up names the outbox row, whose id the append returns."""
+    """_queued_and_woken for one event: the wake-up names the outbox row (its id and its event's)."""
     return f"""queued AS (
     INSERT INTO outbox (event_id, topic, key, headers, payload)
     {rows}
@@ -284,7 +284,6 @@ _CHAIN_AND_QUEUE = f"""{_CHAIN},
     FROM unnest($4::uuid[], $5::text[], $6::text[]) WITH ORDINALITY AS q(event_id, topic, payload, n)
     JOIN appended a ON a.event_id = q.event_id
     ORDER BY q.n''')}"""
-
 
 
 def _one(guard: str = "") -> str:
