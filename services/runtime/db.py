@@ -208,8 +208,8 @@ async def fused_transaction(conn: asyncpg.Connection, opening: str) -> AsyncIter
     """A transaction whose BEGIN travels with `opening` in one round trip, and whose COMMIT with `Fused.at_commit` and
     `Fused.after_commit`: asyncpg's `conn.transaction()` sends BEGIN and COMMIT each alone, a round trip each on a
     path of a few statements (a small load's). The texts go by the simple-query protocol, hence without parameters:
-    only statements whose values the caller made itself (SET LOCAL, an integer key) belong there, never a value from
-    outside.
+    only statements whose values the caller made itself (SET LOCAL, an integer key) or checked to be plain (a code of
+    letters and digits: services.loader.snapshot._create_text) belong there, never a value from outside as it came.
 
     An error inside rolls the transaction back (a connection already gone has nothing to roll back; a pool's
     release would roll back too). A caller must not swallow a statement's error inside: PostgreSQL answers the COMMIT

@@ -83,13 +83,16 @@ async def test_a_delete_in_flight_is_waited_for_and_one_that_comes_after_waits_f
         store: EventStore, pool: asyncpg.Pool, fresh_db: str) -> None:
     before = await written(pool)
     other = await asyncpg.connect(fresh_db)
+
+    def guarded_append() -> asyncio.Task[Any]:
+        return asyncio.create_task(store.append(instance_stream(1), [checked(1)], expected_version=1, key="1",
+                                                guard=Guard(HELD, (7,))))
     try:
         # the row deleted by a transaction not yet committed: the append waits on it, then finds the row gone
         deleting = other.transaction()
         await deleting.start()
         await other.execute("DELETE FROM guard_row WHERE id = 7")
-        append = asyncio.create_task(store.append(instance_stream(1), [checked(1)], expected_version=1, key="1",
-                                                  guard=Guard(HELD, (7,))))
+        append = guarded_append()
         await asyncio.sleep(0.5)
         assert not append.done()  # waiting on the DELETE's row lock
         await deleting.commit()
@@ -103,8 +106,7 @@ async def test_a_delete_in_flight_is_waited_for_and_one_that_comes_after_waits_f
         blocking = other.transaction()
         await blocking.start()
         await other.execute("SELECT FROM instance_list WHERE instance = 1 FOR UPDATE")
-        append = asyncio.create_task(store.append(instance_stream(1), [checked(1)], expected_version=1, key="1",
-                                                  guard=Guard(HELD, (7,))))
+        append = guarded_append()
         await asyncio.sleep(0.5)
         assert not append.done()
         async with pool.acquire() as third:
