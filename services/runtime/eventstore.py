@@ -268,13 +268,19 @@ def _queued_and_woken(rows: str) -> str:
 _NAMED_WAKE = f"(SELECT pg_notify('{NOTIFY_CHANNEL}', q.id::text || ' ' || q.event_id::text) FROM queued q) AS wake"
 
 
-def _queued_and_named(rows: str) -> str:
-    """_queued_and_woken for one event: the wake-up names the outbox row (its id and its event's)."""
+
+def _queued_one(rows: str) -> str:
+    """The outbox row of one event (`rows`: its SELECT), returning what its wake-up names (_NAMED_WAKE)."""
     return f"""queued AS (
     INSERT INTO outbox (event_id, topic, key, headers, payload)
     {rows}
     RETURNING id, event_id
-)
+)"""
+
+
+def _queued_and_named(rows: str) -> str:
+    """_queued_and_woken for one event: the wake-up names the outbox row (its id and its event's)."""
+    return f"""{_queued_one(rows)}
 SELECT a.version, a.position, a.transaction_id, a.prev_hash, a.hash FROM appended a
 CROSS JOIN {_NAMED_WAKE}"""
 
@@ -354,11 +360,7 @@ def _one_guarded(publish: bool, ctes: str, guard: str) -> str:
     if sql is None:
         parts = [_one(guard)] + ([ctes] if ctes else [])
         if publish:
-            parts.append(f"""queued AS (
-    INSERT INTO outbox (event_id, topic, key, headers, payload)
-    {_ONE_QUEUED}
-    RETURNING id, event_id
-)""")
+            parts.append(_queued_one(_ONE_QUEUED))
         wake = f"\nLEFT JOIN {_NAMED_WAKE} ON true" if publish else ""
         sql = _GUARDED[(publish, ctes, guard)] = (
             ",\n".join(parts) + "\nSELECT h.held, a.version, a.position, a.transaction_id, a.prev_hash, a.hash"
@@ -545,18 +547,16 @@ class EventStore:
                 sql = _one_with(publish, fused[0])
                 args += fused[1]
             if guard is not None:
-                if len(args) < _ONE_PARAMETERS[publish]:
-                    raise AssertionError(f"_ONE takes {_ONE_PARAMETERS[publish]} parameters, not {len(args)}")
                 positions = [f"${n}" for n in range(len(args) + 1, len(args) + 1 + len(guard.args))]
                 sql = _one_guarded(publish, fused[0] if fused is not None else "", guard.sql.format(*positions))
                 args += guard.args
-        if publish and self.offers is not None and len(events) == 1 and expected_version is not None:
-            # the row as _ONE_QUEUED writes it (outbox._HEADERS: ce_id, ce_type, then the tail), offered before the
-            # statement: its NOTIFY may reach the relay before this coroutine sees the statement's answer
-            event = events[0]
-            self.offers.offer(str(event.id), conn.get_server_pid(), {
-                "event_id": event.id, "topic": event.type, "key": key, "payload": datas[0],
-                "headers": f'[["ce_id", "{event.id}"], ["ce_type", "{event.type}"], {tail}'})
+            if publish and self.offers is not None:
+                # the row as _ONE_QUEUED writes it (outbox._HEADERS: ce_id, ce_type, then the tail), offered before
+                # the statement: its NOTIFY may reach the relay before this coroutine sees the statement's answer
+                event = events[0]
+                self.offers.offer(str(event.id), conn.get_server_pid(), {
+                    "event_id": event.id, "topic": event.type, "key": key, "payload": datas[0],
+                    "headers": f'[["ce_id", "{event.id}"], ["ce_type", "{event.type}"], {tail}'})
         try:
             rows = await conn.fetch(sql, *args)
         except asyncpg.UniqueViolationError as exc:

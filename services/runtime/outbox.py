@@ -250,7 +250,7 @@ class OutboxRelay:
         self.is_leader = False
         self.published = 0  # rows marked published by this relay
         self.parked = 0  # rows parked by this relay
-        self._unmarked: list[int] = []  # acknowledged, to be marked by the next pass
+        self._unmarked: list[int] = []  # acknowledged, to be marked by the next read (or at the stop)
         self._unmarked_since = 0.0  # monotonic time of the oldest of them
         self._offers: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()  # event id -> (backend pid, row)
         self._wakes: list[tuple[int, str]] = []  # (sender's backend pid, payload) of the NOTIFYs since the last pass
@@ -314,7 +314,7 @@ class OutboxRelay:
                 wake.set()
 
             await conn.add_listener(NOTIFY_CHANNEL, on_notify)
-            self._parked_keys = {row["key"] for row in await conn.fetch(_PARKED_KEYS)}
+            await self._read_parked_keys(conn)
 
             async def stop_wakes() -> None:  # a stop ends the wait for a NOTIFY: the loop then sees it
                 await stop.wait()
@@ -333,11 +333,11 @@ class OutboxRelay:
                     try:
                         if self._parked_changed:
                             self._parked_changed = False
-                            self._parked_keys = {row["key"] for row in await conn.fetch(_PARKED_KEYS)}
+                            await self._read_parked_keys(conn)
                         sent = await self._publish_batch(conn, producer, self._offered_rows())
                         failures = 0
                     except RelayError as exc:
-                        self._caught_up = False
+                        self._caught_up = False  # a row not sent: the next pass reads
                         # Transient (broker unreachable, leader moving): capped exponential backoff,
                         # one log line per try.
                         delay = min(self._retry_delay * 2 ** failures, RETRY_CAP_S)
@@ -387,8 +387,11 @@ class OutboxRelay:
                 self._log.warning("outbox relay: its connection could not be cleaned up; terminated, the pool "
                                   "replaces it", error=problem)
 
+    async def _read_parked_keys(self, conn: asyncpg.Connection) -> None:
+        self._parked_keys = {row["key"] for row in await conn.fetch(_PARKED_KEYS)}
+
     async def _mark_sent(self, conn: asyncpg.Connection) -> None:
-        """Marks what the last pass sent, as the relay stops; when that cannot be done, they are sent again."""
+        """Marks what was sent since the last read, as the relay stops; when that cannot be done, it is sent again."""
         if not self._unmarked:
             return
         try:
@@ -448,7 +451,6 @@ class OutboxRelay:
                                           headers=[(name, value.encode()) for name, value in headers])
             except Exception as exc:
                 if not is_permanent(exc):
-                    self._caught_up = False
                     raise RelayError(f"outbox row {row['id']} (event {row['event_id']}, topic {row['topic']}, "
                                      f"key {row['key']}): {exc!r}"[:2000]) from exc
                 parked[row["id"]] = exc
@@ -495,7 +497,6 @@ class OutboxRelay:
         if offered is not None:
             self.sent_offered += len(acked)
         if failure is not None:
-            self._caught_up = False
             failed, error = failure
             raise RelayError(f"outbox row {failed['id']} (event {failed['event_id']}, topic {failed['topic']}, "
                              f"key {failed['key']}): {error!r}"[:2000]) from error

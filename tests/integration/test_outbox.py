@@ -455,20 +455,15 @@ async def test_rows_offered_by_their_appends_go_without_a_read_and_in_each_strea
         reads = relay.reads
         for n in range(4):  # one-event appends of three streams: each NOTIFY names a row offered here
             for key in ("8001", "8002", "8003"):
-                await store.append(f"instance-{key}", [NewEvent(type=topic, data={"key": key, "n": n})],
-                                   expected_version=n, key=key)
+                await append_numbered_from(store, topic, key=key, start=n, count=1)
         await wait_until(lambda: _is(relay.sent_offered == 12))
         assert relay.reads == reads  # not one read
         # Wake-ups that name no row offered here, among offered ones: an append of two events, another process's.
         await store.append("instance-8001", [NewEvent(type=topic, data={"key": "8001", "n": n}) for n in (4, 5)],
                            expected_version=4, key="8001")
-        await elsewhere.append("instance-8002", [NewEvent(type=topic, data={"key": "8002", "n": 4})],
-                               expected_version=4, key="8002")
-        for n in (6, 7, 8):
-            await store.append("instance-8001", [NewEvent(type=topic, data={"key": "8001", "n": n})],
-                               expected_version=n, key="8001")
-        await store.append("instance-8002", [NewEvent(type=topic, data={"key": "8002", "n": 5})],
-                           expected_version=5, key="8002")
+        await append_numbered_from(elsewhere, topic, key="8002", start=4, count=1)
+        await append_numbered_from(store, topic, key="8001", start=6, count=3)
+        await append_numbered_from(store, topic, key="8002", start=5, count=1)
         messages = await consume_all(topic, expected=19)
     finally:
         stop.set()
@@ -500,8 +495,7 @@ async def test_a_notify_of_another_session_never_sends_an_offered_row_before_its
             await pool.execute(f"NOTIFY flows_outbox, '{row_id:d} {event.id}'")  # as the append's NOTIFY names it
             await wait_until(lambda: _is(relay.reads == reads + 1))  # not trusted: that pass read, and found nothing
             await open_transaction.rollback()
-        await store.append("instance-8102", [NewEvent(type=topic, data={"key": "8102", "n": 0})],
-                           expected_version=0, key="8102")
+        await append_numbered_from(store, topic, key="8102", start=0, count=1)
         messages = await consume_all(topic, expected=1)
     finally:
         stop.set()
@@ -518,12 +512,8 @@ async def test_offered_rows_of_a_stream_with_a_parked_row_wait_behind_it(pool: a
     relay, stop, running = await _offering_relay(pool, store)
     try:
         await wait_until(lambda: _parked_count_is(pool, 1))
-        for n in (1, 2):
-            await store.append("instance-8201", [NewEvent(type=topic, data={"key": "8201", "n": n})],
-                               expected_version=n, key="8201")
-        for n in range(3):
-            await store.append("instance-8202", [NewEvent(type=topic, data={"key": "8202", "n": n})],
-                               expected_version=n, key="8202")
+        await append_numbered_from(store, topic, key="8201", start=1, count=2)
+        await append_numbered_from(store, topic, key="8202", start=0, count=3)
         await wait_until(lambda: _is(relay.sent_offered == 3))
         assert sorted((k, p["n"]) for k, _, p in await consume_all(topic, expected=3)) == [("8202", n)
                                                                                           for n in range(3)]
