@@ -2,8 +2,9 @@
 
 A load request becomes an instance (number from `flow_instance_seq`), Running, in one
 transaction with the request's dedup record, whose statement also takes the instance's load lock
-(kept on the command's connection until the outcome); then the load runs (snapshot + checks) and its
-outcome, Checked or Failed loading, is appended. A loader that dies in the middle leaves the
+(kept on the command's connection until the outcome); the load (snapshot + checks) starts as soon as that statement
+has made the instance, beside the Running's append and commit, and its snapshot commits only after the Running
+(FirstRun); its outcome, Checked or Failed loading, is appended. A loader that dies in the middle leaves the
 instance Running: `due_instances` finds it again (services/loader/app.py runs it at start and on
 its schedule), and the load runs again (the snapshot of a crashed run is never reused: a new one
 is taken, with a new number).
@@ -25,12 +26,13 @@ attempt that ran is counted: one cut after the instance's lock was taken and its
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -50,6 +52,9 @@ from services.runtime.locks import LOAD_LOCK, release_instance_lock
 from services.runtime.logging import get_logger
 from services.runtime.outbox import MARK_PROCESSED
 from services.runtime.read_models import instance_stream
+
+if TYPE_CHECKING:
+    from services.loader.pipeline import LoadOutcome
 
 CONSUMER = "loader"
 PASS_S = 2.0  # the period of the pass that starts Running and due Scheduled loads (services/loader/app.py)
@@ -87,31 +92,41 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
     # in between: a pass (run_due) of any loader that sees it Running once committed finds it locked.
     async with deps.pool.acquire() as conn:
         clean = not has_session_state(conn)
-        async with conn.transaction():
-            taken = await conn.fetchrow(_NEW_INSTANCE, cmd.request_id, not scheduled, LOAD_LOCK, deps.CONSUMER,
-                                        msg.message_id, cmd.version)
-            if not taken["fresh"]:  # this message was processed already (redelivered): nothing to do
-                return
-            if taken["instance"] is None:  # the same request sent twice (a new ce_id): one instance per request id
-                log.info("load.duplicate_request", request_id=str(cmd.request_id))
-                return
-            handling = Handling(deps.instances, conn, msg)  # its transaction holds the message's dedup record
-            instance = int(taken["instance"])
-            common: dict[str, Any] = dict(instance=instance, request_id=cmd.request_id, flow_type=cmd.flow_type,
-                                          version=cmd.version, ente=cmd.ente, period=cmd.period,
-                                          requested_by=cmd.requested_by)
-            first: flows.Payload
-            if scheduled:
-                assert cmd.scheduled_at is not None
-                first = flows.LoadScheduled(**common, scheduled_at=cmd.scheduled_at)
-            else:
-                first = flows.LoadRunning(**common)
-            current = await handling.append(FlowInstance(instance), first, actor=cmd.requested_by)
+        run: FirstRun | None = None
+        try:
+            async with conn.transaction():
+                taken = await conn.fetchrow(_NEW_INSTANCE, cmd.request_id, not scheduled, LOAD_LOCK, deps.CONSUMER,
+                                            msg.message_id, cmd.version)
+                if not taken["fresh"]:  # this message was processed already (redelivered): nothing to do
+                    return
+                if taken["instance"] is None:  # the same request sent twice (a new ce_id): one instance per request id
+                    log.info("load.duplicate_request", request_id=str(cmd.request_id))
+                    return
+                handling = Handling(deps.instances, conn, msg)  # its transaction holds the message's dedup record
+                instance = int(taken["instance"])
+                if taken["locked"]:  # its load starts now, beside the Running's append and commit (FirstRun)
+                    run = FirstRun.start(deps, instance, cmd, int(taken["next_snapshot"]), taken["reference_digest"])
+                common: dict[str, Any] = dict(instance=instance, request_id=cmd.request_id, flow_type=cmd.flow_type,
+                                              version=cmd.version, ente=cmd.ente, period=cmd.period,
+                                              requested_by=cmd.requested_by)
+                first: flows.Payload
+                if scheduled:
+                    assert cmd.scheduled_at is not None
+                    first = flows.LoadScheduled(**common, scheduled_at=cmd.scheduled_at)
+                else:
+                    first = flows.LoadRunning(**common)
+                current = await handling.append(FlowInstance(instance), first, actor=cmd.requested_by)
+        except BaseException as exc:
+            if run is not None:
+                await run.abandon(exc)
+            raise
         if not scheduled:
             # An error of the transaction above leaves with the connection, whose release resets its session (the
             # lock with it: a statement naming an advisory lock flags the connection).
-            locked = (Locked(conn, current, clean, int(taken["next_snapshot"]), taken["reference_digest"])
-                      if taken["locked"] else None)
+            locked = None
+            if run is not None:
+                run.committed()
+                locked = Locked(conn, current, clean, run)
             await run_instance(instance, deps, locked=locked)
 
 
@@ -139,17 +154,72 @@ _SNAPSHOT_HELD = "SELECT FROM source_snapshot WHERE snapshot_id = {0}::bigint FO
 
 
 @dataclass
+class FirstRun:
+    """A load's first run, started by its command as soon as the command's statement has made the instance and
+    taken its lock: the load's statements (services.loader.pipeline.run_load, on other connections of the pool) run
+    while the command's transaction appends the Running and commits, which takes them off a small load's path.
+
+    The snapshot's commit waits for the Running's (`running`, run_load's `after`): a Running that is not committed
+    (an error, PostgreSQL gone, the handler cancelled) rolls the snapshot back, so no snapshot is ever committed for
+    an instance that is not there, and a loader killed before the Running's commit leaves nothing of either. What
+    pipeline.earlier_runs would have read for a first run comes with the command's statement (_NEW_INSTANCE): the
+    snapshot's number and the reference data's stored digest. While the snapshot waits, a Running that failed on a
+    stream that moved reads the stream's version on a third connection of the pool (services.runtime.eventstore):
+    a command's run takes up to three at once, and the services' pools hold ten (services.runtime.host)."""
+
+    snapshot_id: int
+    reference_digest: bytes | None
+    running: asyncio.Future[None]
+    task: asyncio.Task[LoadOutcome]
+
+    @classmethod
+    def start(cls, deps: LoaderDeps, instance: int, cmd: flows.LoadRequested, snapshot_id: int,
+              reference_digest: bytes | None) -> FirstRun:
+        from services.loader.pipeline import run_load
+
+        running: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(run_load(deps.pool, deps.files, instance, snapshot_id, cmd.flow_type, cmd.version,
+                                            cmd.ente, cmd.period.start, cmd.period.end, None, reference_digest,
+                                            after=running))
+        return cls(snapshot_id, reference_digest, running, task)
+
+    def committed(self) -> None:
+        if not self.running.done():
+            self.running.set_result(None)
+
+    async def abandon(self, exc: BaseException) -> None:
+        """The Running was not committed: the load is rolled back (at its snapshot's commit, or cancelled with the
+        handler), and waited for, so nothing of it outlives the command."""
+        if not self.running.done():
+            self.running.set_exception(RunningNotCommitted(f"the instance's Running was not committed: {exc!r}"))
+        if isinstance(exc, asyncio.CancelledError):
+            self.task.cancel()
+        await self.settle()
+        if not self.running.cancelled():
+            self.running.exception()  # retrieved: a run that failed before its snapshot's commit never awaited it
+
+    async def settle(self) -> None:
+        """The task ended, whatever it did (its outcome, if any, was taken already by whoever needed it)."""
+        if not self.task.done():
+            self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+
+
+class RunningNotCommitted(Exception):
+    """Why a first run's snapshot was rolled back: its instance's Running did not commit."""
+
+
+@dataclass
 class Locked:
     """A load whose lock its command took: the connection that holds it, the instance as the command wrote it,
     whether the connection had no session state before (then its release needs no reset once the lock is let go),
-    what pipeline.earlier_runs would have read for this first run (_NEW_INSTANCE): its snapshot's number and the
-    reference data's stored digest."""
+    and the first run it started (FirstRun)."""
 
     conn: asyncpg.Connection
     current: FlowInstance
     clean: bool
-    next_snapshot: int
-    reference_digest: bytes | None
+    first: FirstRun
 
 
 @contextlib.asynccontextmanager
@@ -157,7 +227,10 @@ async def _held(locked: Locked, instance: int) -> AsyncIterator[FlowInstance]:
     try:
         yield locked.current
     finally:
-        await release_instance_lock(locked.conn, LOAD_LOCK, instance, clean=locked.clean)
+        try:
+            await locked.first.settle()  # awaited by _load already, unless the run ended before it
+        finally:
+            await release_instance_lock(locked.conn, LOAD_LOCK, instance, clean=locked.clean)
 
 
 async def run_instance(instance: int, deps: LoaderDeps, *, taken_up: bool = False,
@@ -177,8 +250,8 @@ async def run_instance(instance: int, deps: LoaderDeps, *, taken_up: bool = Fals
     load's trace (the traceparent stored with its first event), so the trace of `flows load` shows the outcome
     whoever reaches it; the command's run is inside that trace already.
 
-    `locked`: the command took the lock already, in the transaction that wrote `locked.current` (handle_load_requested);
-    released here at the end like one taken here."""
+    `locked`: the command took the lock already, in the transaction that wrote `locked.current` (handle_load_requested),
+    and started the load (`locked.first`); released here at the end like one taken here."""
     if not (deps.space.due(instance) and deps.interrupted.due(instance)):
         return  # the store was full at its last attempt, or it was interrupted: later (or once space is freed)
     async with _held(locked, instance) if locked is not None else deps.instances.working(LOAD_LOCK, instance) \
@@ -222,7 +295,7 @@ async def _load(instance: int, current: FlowInstance, deps: LoaderDeps, attempt:
         current = await deps.instances.append(current, flows.LoadRunning(
             instance=instance, request_id=spec.request_id, flow_type=spec.flow_type, version=spec.version,
             ente=spec.ente, period=spec.period, requested_by=spec.requested_by))
-    earlier = (EarlierRuns(None, 0, locked.next_snapshot, locked.reference_digest) if locked is not None
+    earlier = (EarlierRuns(None, 0, locked.first.snapshot_id, locked.first.reference_digest) if locked is not None
                else await earlier_runs(deps.pool, instance, current.layout_version))
     checked = earlier.checked
     if checked is not None:  # snapshot and checks done (by this process or one that died): the feedback is left
@@ -246,6 +319,8 @@ async def _load(instance: int, current: FlowInstance, deps: LoaderDeps, attempt:
     try:
         if checked is not None:
             outcome = await finish_load(deps.pool, deps.files, checked)
+        elif locked is not None:  # started by the command (FirstRun), with this snapshot number
+            outcome = await locked.first.task
         else:
             outcome = await run_load(deps.pool, deps.files, instance, snapshot_id, current.flow_type,
                                      current.layout_version, current.ente, current.period.start,

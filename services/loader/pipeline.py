@@ -211,9 +211,10 @@ async def finish_load(pool: asyncpg.Pool, filestore: FileStore, checked: ChecksD
 
 async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snapshot_id: int,
                    flow_type: FlowType | str, version: str, ente: str, period_start: date, period_end: date,
-                   progress: Progress | None = None, reference_digest: bytes | None = None) -> LoadOutcome:
+                   progress: Progress | None = None, reference_digest: bytes | None = None,
+                   after: Awaitable[None] | None = None) -> LoadOutcome:
     """`reference_digest`: the reference data's stored digest when the caller read it already (earlier_runs);
-    None: read here."""
+    None: read here. `after`: what the snapshot's commit waits for (snapshot.take_snapshot)."""
     def step(i: int) -> None:
         if progress is not None:
             progress(STEPS[i], i, len(STEPS))
@@ -225,7 +226,7 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
         await sync_reference_data(conn, version, reference_digest)
         step(1)
         stats = await take_snapshot(conn, snapshot_id, flow, ente, period_start, period_end,
-                                    instance=instance, version=version)
+                                    instance=instance, version=version, after=after)
     step(2)
     period = (period_start, period_end)
     if stats.rows > checks.SMALL_SNAPSHOT:  # a small one is checked in one statement: the statistics don't matter

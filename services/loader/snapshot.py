@@ -12,6 +12,7 @@ Row numbers 01..n per prescription follow delivery_date, then source_id.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import date
 
@@ -131,8 +132,12 @@ _SETTINGS = f"SET LOCAL work_mem = '{WORK_MEM}'; SET LOCAL synchronous_commit = 
 
 async def take_snapshot(conn: asyncpg.Connection, snapshot_id: int, flow_type: FlowType | str, ente: str,
                         period_start: date, period_end: date, *, instance: int, version: str = "2020",
-                        ) -> SnapshotStats:
-    """Materialise the period's rows under `snapshot_id`; idempotent for the same parameters."""
+                        after: Awaitable[None] | None = None) -> SnapshotStats:
+    """Materialise the period's rows under `snapshot_id`; idempotent for the same parameters.
+
+    `after`: what the snapshot's commit waits for once its rows are copied (a load's first run: the commit of its
+    instance's Running, services.loader.handlers.FirstRun); if it raises, the snapshot is rolled back with that
+    error, so no snapshot is ever committed for an instance that was not."""
     flow = FlowType(flow_type)
     selection = SELECTIONS[flow]
     if period_end < period_start:
@@ -150,6 +155,8 @@ async def take_snapshot(conn: asyncpg.Connection, snapshot_id: int, flow_type: F
                                    period_end, selection.snapshot_table)
             status = await conn.execute(snapshot_sql(selection), snapshot_id, ente, period_start, period_end)
             rows = int(status.split()[-1])
+            if after is not None:
+                await after
             fused.at_commit = f"UPDATE source_snapshot SET rows = {rows:d} WHERE snapshot_id = {int(snapshot_id):d}"
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name != "source_snapshot_pkey":

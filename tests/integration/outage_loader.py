@@ -1,11 +1,12 @@
 """The real loader service for the outage test, alone in its consumer groups.
 
-    python -m tests.integration.outage_loader SUFFIX
+    python -m tests.integration.outage_loader SUFFIX [--resume]
 
 `services.loader.app.main()` unchanged, except that its consumer groups are `<group>-SUFFIX`: a
 test session may run other loaders (the e2e platform) in the groups `loader` and `loader-sources`,
 which would otherwise share the partitions with this one. The new groups start at the end of each
-topic (committed before the service starts), not at the session's whole history.
+topic (committed before the service starts), not at the session's whole history; with `--resume`
+(a loader after one that was killed, in its groups) they start where that one's commits left them.
 """
 
 from __future__ import annotations
@@ -38,18 +39,19 @@ async def start_at_the_end(bootstrap: str, group: str, topics: list[str]) -> Non
         await consumer.stop()
 
 
-def main(suffix: str) -> None:
+def main(suffix: str, resume: bool = False) -> None:
     def consume_alone(b: Any, topic: Any, *, group_id: str, **kw: Any) -> None:
         broker.consume(b, topic, group_id=f"{group_id}-{suffix}", **kw)
 
     bootstrap = os.environ["FLOWS_KAFKA_BOOTSTRAP"]
     sources = [t.name for t in INTAKE_TOPICS]
-    asyncio.run(start_at_the_end(bootstrap, f"loader-{suffix}", ["flows.load-requested"]))
-    asyncio.run(start_at_the_end(bootstrap, f"loader-sources-{suffix}", sources))
+    if not resume:
+        asyncio.run(start_at_the_end(bootstrap, f"loader-{suffix}", ["flows.load-requested"]))
+        asyncio.run(start_at_the_end(bootstrap, f"loader-sources-{suffix}", sources))
     app.consume = consume_alone  # type: ignore[assignment]
     app.SOURCES_GROUP = f"loader-sources-{suffix}"  # the batched intake (services.loader.batch_intake)
     asyncio.run(app.main())
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], resume="--resume" in sys.argv[2:])
