@@ -123,7 +123,7 @@ async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
 NOTHING = {"load_request": 0, "instance_list": 0, "source_snapshot": 0, "snapshot_service": 0, "processed_message": 0}
 
 
-@pytest.mark.parametrize("held", ["rolled back", "committed"])
+@pytest.mark.parametrize("held", ["rolled back", "committed", "handler cancelled"])
 async def test_the_snapshot_commits_only_after_the_running_and_is_rolled_back_with_it(
         held: str, fresh_db: str, pool: asyncpg.Pool, tmp_path: Path) -> None:
     await prepare_database(pool, FLOW_PROJECTIONS)
@@ -139,11 +139,17 @@ async def test_the_snapshot_commits_only_after_the_running_and_is_rolled_back_wi
             handling = asyncio.create_task(handlers.handle_load_requested(cmd, msg, deps))
             await _running_waits_and_snapshot_copied(observer, blocker.get_server_pid())
             assert await _left_of(observer, instance, cmd.request_id) == NOTHING  # copied, not committed
-            await blocker.execute("ROLLBACK" if held == "rolled back" else "COMMIT")
-            if held == "committed":
-                with pytest.raises(ConcurrencyError):
+            if held == "handler cancelled":  # the service stopping: the Running's statement and the load with it
+                handling.cancel()
+                with pytest.raises(asyncio.CancelledError):
                     async with asyncio.timeout(60):
                         await handling
+            await blocker.execute("COMMIT" if held == "committed" else "ROLLBACK")
+            if held != "rolled back":
+                if held == "committed":
+                    with pytest.raises(ConcurrencyError):
+                        async with asyncio.timeout(60):
+                            await handling
                 assert await _left_of(observer, instance, cmd.request_id) == NOTHING
                 assert not await observer.fetchval(
                     "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = "
