@@ -686,20 +686,24 @@ SMALL_SNAPSHOT = 5_000
 
 
 async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, version: str,
-                     period: tuple[object, object], rows: int | None = None, *, flow_type: str) -> CfCheck:
+                     period: tuple[object, object], rows: int | None = None, *, flow_type: str,
+                     conn: asyncpg.Connection | None = None) -> CfCheck:
     """Evaluate every rule on the snapshot into load_problem (previous problems of it are replaced); the rules of
     the flow's layout `version` too (plan_for: CHARSET).
 
     The rule sets and the codice fiscale check run concurrently on separate connections: PostgreSQL
     runs each INSERT ... SELECT on one core, so parallel statements are how a load uses the machine.
-    A snapshot of at most SMALL_SNAPSHOT `rows` (when the caller knows them) is checked on one connection.
+    A snapshot of at most SMALL_SNAPSHOT `rows` (when the caller knows them) is checked on one connection: `conn`
+    when given (the snapshot's, still held: no release and acquire in between), else one of the pool's.
     Returns what the codice fiscale check counted on the way (records, prescriptions, patients)."""
     plan = plan_for(flow_type, version, snapshot_table)
     if rows is not None and rows <= SMALL_SNAPSHOT:
-        async with pool.acquire() as conn:
+        if conn is not None:
             return await _run_small(conn, plan, snapshot_id, version, period)
-    async with pool.acquire() as conn:
-        await conn.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
+        async with pool.acquire() as own:
+            return await _run_small(own, plan, snapshot_id, version, period)
+    async with pool.acquire() as own:
+        await own.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
     cf, *_ = await asyncio.gather(
         _run_cf_checks(pool, plan, snapshot_id),
         *(_run_rule_set(pool, rs, snapshot_id, version, period) for rs in plan.rule_sets))

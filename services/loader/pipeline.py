@@ -222,17 +222,21 @@ async def run_load(pool: asyncpg.Pool, filestore: FileStore, instance: int, snap
     flow = FlowType(flow_type)
     table = SELECTIONS[flow].snapshot_table
     step(0)
+    period = (period_start, period_end)
     async with pool.acquire() as conn:
         await sync_reference_data(conn, version, reference_digest)
         step(1)
         stats = await take_snapshot(conn, snapshot_id, flow, ente, period_start, period_end,
                                     instance=instance, version=version, after=after)
-    step(2)
-    period = (period_start, period_end)
-    if stats.rows > checks.SMALL_SNAPSHOT:  # a small one is checked in one statement: the statistics don't matter
+        step(2)
+        small = stats.rows <= checks.SMALL_SNAPSHOT
+        if small:  # checked in one statement, on the snapshot's connection: the statistics don't matter
+            counted = await run_checks(pool, table, snapshot_id, version, period, rows=stats.rows,
+                                       flow_type=flow.value, conn=conn)
+    if not small:
         await _analyze(pool, table)
-    counted = await run_checks(pool, table, snapshot_id, version, period, rows=stats.rows,
-                               flow_type=flow.value)
+        counted = await run_checks(pool, table, snapshot_id, version, period, rows=stats.rows,
+                                   flow_type=flow.value)
     counts = dict(zip(_COUNTED_BY_CHECKS[table], (counted.records, counted.first_rows, counted.codes), strict=False))
     step(3)
     if not next(iter(counts.values())):  # no service / booking / document: say so, never a silent Checked
