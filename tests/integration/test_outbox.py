@@ -512,12 +512,18 @@ async def test_offered_rows_of_a_stream_with_a_parked_row_wait_behind_it(pool: a
     relay, stop, running = await _offering_relay(pool, store)
     try:
         await wait_until(lambda: _parked_count_is(pool, 1))
-        await append_numbered_from(store, topic, key="8201", start=1, count=2)
+        # Another stream's offered rows go as offered. (Appended before the parked stream's: a pass whose wake-ups
+        # name a row of a parked stream reads the outbox, and its read would send any of these it found.)
         await append_numbered_from(store, topic, key="8202", start=0, count=3)
         await wait_until(lambda: _is(relay.sent_offered == 3))
         assert sorted((k, p["n"]) for k, _, p in await consume_all(topic, expected=3)) == [("8202", n)
                                                                                           for n in range(3)]
-        # the parked row and the two behind it (the three sent wait for their marks)
+        # The parked stream's offered rows make the relay read, and the read leaves them behind the parked row.
+        reads = relay.reads
+        await append_numbered_from(store, topic, key="8201", start=1, count=2)
+        await wait_until(lambda: _is(relay.reads > reads))
+        assert relay.sent_offered == 3
+        # the parked row and the two behind it
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL AND key = '8201'") == 3
         row = (await parked_rows(pool))[0]
         await pool.execute("UPDATE outbox SET topic = $1 WHERE id = $2", topic, row["id"])  # the fix
