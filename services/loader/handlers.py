@@ -116,9 +116,9 @@ async def handle_load_requested(cmd: flows.LoadRequested, msg: Incoming, deps: L
                 else:
                     first = flows.LoadRunning(**common)
                 current = await handling.append(FlowInstance(instance), first, actor=cmd.requested_by)
-        except BaseException as exc:
-            if run is not None:
-                await run.abandon(exc)
+        except BaseException:
+            if run is not None:  # the Running was not committed: the load goes with it
+                await run.settle()
             raise
         if not scheduled:
             # An error of the transaction above leaves with the connection, whose release resets its session (the
@@ -187,27 +187,14 @@ class FirstRun:
         if not self.running.done():
             self.running.set_result(None)
 
-    async def abandon(self, exc: BaseException) -> None:
-        """The Running was not committed: the load is rolled back (at its snapshot's commit, or cancelled with the
-        handler), and waited for, so nothing of it outlives the command."""
-        if not self.running.done():
-            self.running.set_exception(RunningNotCommitted(f"the instance's Running was not committed: {exc!r}"))
-        if isinstance(exc, asyncio.CancelledError):
-            self.task.cancel()
-        await self.settle()
-        if not self.running.cancelled():
-            self.running.exception()  # retrieved: a run that failed before its snapshot's commit never awaited it
-
     async def settle(self) -> None:
-        """The task ended, whatever it did (its outcome, if any, was taken already by whoever needed it)."""
+        """The task ended, whatever it did: cancelled if it runs still (a Running that was not committed: its
+        snapshot, held back until then, is rolled back), and waited for, so nothing of it outlives the command. Its
+        outcome, if any, was taken already by whoever needed it."""
         if not self.task.done():
             self.task.cancel()
         with contextlib.suppress(BaseException):
             await self.task
-
-
-class RunningNotCommitted(Exception):
-    """Why a first run's snapshot was rolled back: its instance's Running did not commit."""
 
 
 @dataclass
