@@ -268,7 +268,6 @@ def _queued_and_woken(rows: str) -> str:
 _NAMED_WAKE = f"(SELECT pg_notify('{NOTIFY_CHANNEL}', q.id::text || ' ' || q.event_id::text) FROM queued q) AS wake"
 
 
-
 def _queued_one(rows: str) -> str:
     """The outbox row of one event (`rows`: its SELECT), returning what its wake-up names (_NAMED_WAKE)."""
     return f"""queued AS (
@@ -551,12 +550,12 @@ class EventStore:
                 sql = _one_guarded(publish, fused[0] if fused is not None else "", guard.sql.format(*positions))
                 args += guard.args
             if publish and self.offers is not None:
-                # the row as _ONE_QUEUED writes it (outbox._HEADERS: ce_id, ce_type, then the tail), offered before
-                # the statement: its NOTIFY may reach the relay before this coroutine sees the statement's answer
+                # the row as _ONE_QUEUED writes it (_HEADERS: ce_id, ce_type, then the tail), offered before the
+                # statement: its NOTIFY may reach the relay before this coroutine sees the statement's answer
                 event = events[0]
                 self.offers.offer(str(event.id), conn.get_server_pid(), {
                     "event_id": event.id, "topic": event.type, "key": key, "payload": datas[0],
-                    "headers": f'[["ce_id", "{event.id}"], ["ce_type", "{event.type}"], {tail}'})
+                    "headers": outbox.headers_text(event.id, event.type, tail)})
         try:
             rows = await conn.fetch(sql, *args)
         except asyncpg.UniqueViolationError as exc:

@@ -112,8 +112,12 @@ def headers_json_for_append(events: Sequence[tuple[uuid.UUID, str]], *, time: da
     ``headers_tail``. The event store writes the same text in its statement (services.runtime.eventstore,
     ``_HEADERS``): an event type needs no JSON escaping (``EVENT_TYPE``), nor does a UUID."""
     tail = headers_tail(time=time, key=key, source=source, trace=trace)
-    return [f'[["ce_id", "{event_id}"], ["ce_type", {json.dumps(type, ensure_ascii=False)}], {tail}'
-            for event_id, type in events]
+    return [headers_text(event_id, type, tail) for event_id, type in events]
+
+
+def headers_text(event_id: uuid.UUID, type: str, tail: str) -> str:
+    """One outbox row's headers (JSON text): its ce_id and ce_type, then `tail` (``headers_tail``)."""
+    return f'[["ce_id", "{event_id}"], ["ce_type", {json.dumps(type, ensure_ascii=False)}], {tail}'
 
 
 def headers_tail(*, time: datetime, key: str, source: str, trace: Mapping[str, str] | None = None) -> str:
