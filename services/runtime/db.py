@@ -15,7 +15,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeGuard
 
 import asyncpg
 import orjson
@@ -149,9 +149,15 @@ class TrackedConnection(asyncpg.Connection):  # type: ignore[misc]
         return await super().copy_from_query(query, *args, **kw)  # type: ignore[no-any-return]
 
 
+def is_tracked(conn: object) -> TypeGuard[TrackedConnection]:
+    """Whether `conn` itself is a TrackedConnection. Not isinstance(): asyncpg's Connection metaclass answers it True
+    for ANY connection or pool proxy, whatever subclass of Connection is asked (ConnectionMeta.__instancecheck__)."""
+    return TrackedConnection in type(conn).__mro__
+
+
 def _tracked(conn: asyncpg.Connection) -> TrackedConnection | None:
     raw = getattr(conn, "_con", conn)  # a pool's connection is a proxy of the connection
-    return raw if isinstance(raw, TrackedConnection) else None
+    return raw if is_tracked(raw) else None
 
 
 def connection_gone(conn: asyncpg.Connection) -> bool:
@@ -184,7 +190,7 @@ async def reset_if_needed(conn: asyncpg.Connection) -> None:
     listeners (``Connection._reset``); the reset query (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
     RESET ALL``: one round trip, on every release by default) runs only when a statement since the last
     reset may have left session state, so a session advisory lock never passes to the next user."""
-    tracked = isinstance(conn, TrackedConnection)
+    tracked = is_tracked(conn)
     if not tracked or conn._flows_session_state:  # a plain connection: always reset
         if query := conn.get_reset_query():
             await conn.execute(query)

@@ -10,7 +10,14 @@ from datetime import date
 import asyncpg
 import pytest
 
-from services.runtime.db import TrackedConnection, create_pool
+from services.runtime.db import (
+    TrackedConnection,
+    create_pool,
+    has_session_state,
+    is_tracked,
+    reset_if_needed,
+    session_state_undone,
+)
 from services.runtime.locks import instance_lock
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -86,7 +93,7 @@ async def test_session_settings_and_listen_do_not_reach_the_next_user(one_conn_p
 async def test_statements_without_session_state_skip_the_reset(one_conn_pool: asyncpg.Pool) -> None:
     async with one_conn_pool.acquire() as conn:
         raw = conn._con  # the pool's proxy hides the connection; the flag lives on it
-        assert isinstance(raw, TrackedConnection)
+        assert is_tracked(raw)
         async with conn.transaction():
             await conn.execute("SET LOCAL work_mem = '64MB'")  # gone at commit: no reset needed
             await conn.execute("CREATE TEMP TABLE t (x int) ON COMMIT DROP")
@@ -156,3 +163,36 @@ async def test_the_small_loads_checks_statement_is_prepared_once_per_connection(
             await conn.fetch(sql, *checks.rule_args(1, "2020", (date(2020, 8, 1), date(2020, 8, 31))))
         kept = await conn.fetchval("SELECT count(*) FROM pg_prepared_statements WHERE statement = $1", sql)
     assert kept == 1
+
+
+async def test_a_plain_connection_is_never_taken_for_a_tracked_one(fresh_db: str) -> None:
+    """asyncpg's metaclass answers isinstance(conn, TrackedConnection) True for ANY connection: is_tracked looks at
+    the class itself. A plain connection has no flag, so it always counts as having session state, and a pool of
+    plain connections given reset_if_needed resets each release (it used to fail on the missing flag, and asyncpg
+    then terminated the connection)."""
+    plain = await asyncpg.connect(fresh_db)
+    try:
+        assert isinstance(plain, TrackedConnection)  # why is_tracked exists
+        assert not is_tracked(plain)
+        assert has_session_state(plain)
+        session_state_undone(plain)  # nothing to undo on a plain connection, and no error
+        assert has_session_state(plain)
+    finally:
+        await plain.close()
+    tracked = await asyncpg.connect(fresh_db, connection_class=TrackedConnection)
+    try:
+        assert is_tracked(tracked)
+        assert not has_session_state(tracked)
+    finally:
+        await tracked.close()
+    pool = await asyncpg.create_pool(fresh_db, min_size=1, max_size=1, reset=reset_if_needed)
+    try:
+        async with pool.acquire() as conn:
+            assert not is_tracked(conn._con)
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            assert await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", *LOCK)
+        assert await _lock_free_elsewhere(fresh_db)  # the reset query ran on release
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == pid  # the same session, not a terminated one
+    finally:
+        await pool.close()
