@@ -172,7 +172,6 @@ async def test_a_plain_connection_is_never_taken_for_a_tracked_one(fresh_db: str
     then terminated the connection)."""
     plain = await asyncpg.connect(fresh_db)
     try:
-        assert isinstance(plain, TrackedConnection)  # why is_tracked exists
         assert not is_tracked(plain)
         assert has_session_state(plain)
         session_state_undone(plain)  # nothing to undo on a plain connection, and no error
