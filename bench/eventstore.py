@@ -11,13 +11,12 @@ on (the stack keeps PostgreSQL's durability defaults). Modes:
   batched  100 events per append / 100 rows per transaction
 The store's figure includes everything an append does: head read, hash chain, events, outbox
 row, NOTIFY. The baseline inserts the same columns into a plain table with no constraints but
-its primary key.
+its primary key. Both sides run on uvloop, the event loop the services run on (services.runtime.host).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import uvloop
 
 from services.runtime.db import create_database, create_pool, drop_database
 from services.runtime.eventstore import EventStore, NewEvent
@@ -119,4 +119,4 @@ async def main(events: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=3000, help="events in single mode (batched: 10x)")
-    asyncio.run(main(parser.parse_args().events))
+    uvloop.run(main(parser.parse_args().events))

@@ -18,7 +18,6 @@ The database is dropped at the end.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -229,6 +229,6 @@ if __name__ == "__main__":
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        asyncio.run(child(args.dsn, args.snapshot, args.root))
+        uvloop.run(child(args.dsn, args.snapshot, args.root))
     else:
-        asyncio.run(main(args))
+        uvloop.run(main(args))

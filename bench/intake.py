@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -333,6 +334,6 @@ if __name__ == "__main__":
     parser.add_argument("--group", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.replica_of:
-        asyncio.run(replica(args.replica_of.split(","), args.database_url, args.group, args.max_records))
+        uvloop.run(replica(args.replica_of.split(","), args.database_url, args.group, args.max_records))
     else:
-        asyncio.run(main(args.messages, args.max_records, args.replicas))
+        uvloop.run(main(args.messages, args.max_records, args.replicas))

@@ -25,7 +25,6 @@ time, the best ratio any scheduling of that work could reach on this machine.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import os
 import resource
@@ -36,6 +35,7 @@ from datetime import date
 from pathlib import Path
 
 import asyncpg
+import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -223,4 +223,4 @@ if __name__ == "__main__":
     parser.add_argument("--cpu", action="store_true",
                         help="also CPU seconds per step and the CPU floor (PostgreSQL on this machine)")
     args = parser.parse_args()
-    sys.exit(asyncio.run(main(args.services, args.database_url, not args.no_bad, args.cpu)))
+    sys.exit(uvloop.run(main(args.services, args.database_url, not args.no_bad, args.cpu)))
