@@ -190,12 +190,10 @@ async def reset_if_needed(conn: asyncpg.Connection) -> None:
     listeners (``Connection._reset``); the reset query (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
     RESET ALL``: one round trip, on every release by default) runs only when a statement since the last
     reset may have left session state, so a session advisory lock never passes to the next user."""
-    tracked = is_tracked(conn)
-    if not tracked or conn._flows_session_state:  # a plain connection: always reset
+    if has_session_state(conn):  # a plain connection: always
         if query := conn.get_reset_query():
             await conn.execute(query)
-        if tracked:
-            conn._flows_session_state = False
+        session_state_undone(conn)
 
 
 class Fused:
