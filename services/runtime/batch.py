@@ -172,6 +172,18 @@ class Batch:
         return valid, [m for m in self.malformed if m.key in fresh]
 
 
+def split(batch: Batch) -> list[Batch]:
+    """`batch` as one batch per message, in offset order within each partition (a source record's messages share
+    its key, hence its partition: the later still comes later), each naming its own offset in `last_offsets`."""
+    singles = [((v.topic.name, v.raw.partition, v.raw.offset), Batch(batch.consumer, valid=[v])) for v in batch.valid]
+    singles += [((m.topic.name, m.raw.partition, m.raw.offset), Batch(batch.consumer, malformed=[m]))
+                for m in batch.malformed]
+    singles.sort(key=lambda s: s[0])
+    for (topic, partition, offset), single in singles:
+        single.last_offsets[(topic, partition)] = offset
+    return [single for _, single in singles]
+
+
 Sink = Callable[[Batch], Awaitable[None]]
 # A sink may also have a method `decoder(topic) -> broker.Decoder | None`: how it wants that topic's valid
 # bodies (a row, say) instead of the payload model; `Valid.payload` is then the decoder's value.
@@ -349,10 +361,11 @@ class BatchConsumer:
 
     async def _one_by_one(self, batch: Batch, started: float) -> None:
         """After a batch failed for a reason that is not an outage: each message alone, `max_attempts`
-        each; the one that keeps failing goes to its DLQ, the others are stored."""
-        singles: list[Batch] = [Batch(batch.consumer, valid=[v]) for v in batch.valid]
-        singles += [Batch(batch.consumer, malformed=[m]) for m in batch.malformed]
-        for single in singles:
+        each; the one that keeps failing goes to its DLQ, the others are stored. Each goes in offset order within
+        its partition, as a batch of its own that names its offset (`last_offsets`): what a sink does per stored
+        partition (the loader's `sources.stored` watermarks) it does for each of them, never past a message that
+        went to the DLQ unstored."""
+        for single in split(batch):
             attempt = 0
             while True:
                 try:

@@ -197,6 +197,60 @@ async def test_a_batch_with_an_invalid_record_a_duplicate_and_corrections(intake
     assert sum(1 for e in state["events"] if e[1] == "sources.stored") == 1, "one batch, one watermark"
 
 
+_REFUSE_POISON = """
+CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.source_id = 'POISON' THEN
+        RAISE EXCEPTION 'source record % refused by this database', NEW.source_id;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_poison BEFORE INSERT ON source_service FOR EACH ROW EXECUTE FUNCTION refuse_poison();
+"""
+
+
+async def test_a_batch_the_database_refuses_is_stored_message_by_message_with_a_watermark_for_each(
+        intake_db: str) -> None:
+    """A valid record the database refuses (here a trigger: a constraint the contract does not know) fails its
+    whole batch, which is then stored message by message: the others are stored, the refused one goes to the DLQ
+    with the reason, and each stored message appends its partition's `sources.stored`, in offset order and never
+    at the refused one's offset. Before, the messages stored one by one appended no watermark at all: an external
+    system waiting for its offset never learnt that its records were stored."""
+    conn = await asyncpg.connect(intake_db)
+    try:
+        await conn.execute(_REFUSE_POISON)
+    finally:
+        await conn.close()
+    name = f"t-batch-split-{uuid.uuid4().hex[:8]}"
+    await _create_topic(name)
+    last = await _publish(name, [service("S1"), service("POISON"), service("S2"), service("S7")])
+    topic = Topic(name, DeliveredService, "source_id", "batch intake test", ("test",))
+    pool = await create_pool(intake_db, min_size=1, max_size=4)
+    stop = asyncio.Event()
+    sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)
+    group = f"batch-{uuid.uuid4().hex[:8]}"
+    consumer = BatchConsumer(bootstrap_list(KAFKA), [topic], group, sink, pool, max_attempts=2, retry_delay=0.05)
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            while await _committed(group, name) != last + 1:
+                assert not task.done(), task
+                await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await pool.close()
+    state = await _state(intake_db)
+    assert [r[0] for r in state["rows"]] == ["S0", "S1", "S2", "S7"], "the others are stored, POISON is not"
+    watermarks = [json.loads(e[2]) for e in state["events"] if e[1] == "sources.stored"]
+    assert [(w["topic"], w["partition"], w["offset"], w["messages"]) for w in watermarks] == \
+        [(name, 0, 0, 1), (name, 0, 2, 1), (name, 0, 3, 1)], "one watermark per stored message, in offset order"
+    dead = await _dead_letters(name)
+    assert [json.loads(d.value)["source_id"] for d in dead] == ["POISON"]
+    reason = dict(dead[0].headers)["dlq_reason"].decode()
+    assert "processing failed 2 times" in reason and "refused by this database" in reason, reason
+
+
 async def test_a_batch_naming_each_record_once_takes_the_plain_upsert_with_the_same_verdicts(intake_db: str) -> None:
     """The common batch names each source_id once: it skips the window over the sequence. Its verdicts, rows,
     revisions and content hashes are those the sequence statement gives for the same batch (run first and
