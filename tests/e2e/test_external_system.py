@@ -8,9 +8,10 @@ python-codicefiscale package), writes the CloudEvents headers itself, publishes 
 producer and learns the outcome by consuming the platform's topics. Nothing of services/ is
 imported: a CUP integrator has none of it.
 
-The one thing it does not learn from Kafka is when the loader has stored what it published (intake
-answers only rejections): the harness waits on the database for that, as an operator would look at
-`flows sources` before asking for a load.
+It learns when the loader has stored what it published from `sources.stored` (the intake watermark: every
+message of a topic partition up to an offset is in), by the partitions and offsets its own producer got back for
+its records, and only then asks for the load. The harness then checks, once, that the rows are indeed in the
+database: the watermark's promise.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class ExternalSystem:
         self.validators = {t: jsonschema.Draft202012Validator(_schema(t)) for t in
                            ("sources.delivered-service", "flows.load-requested", "flows.format-requested",
                             "flows.load-running", "flows.load-checked", "flows.load-failed", "flows.formatted",
-                            "flows.format-failed")}
+                            "flows.format-failed", "sources.stored")}
+        self.sends: list[tuple[str, asyncio.Future[Any]]] = []  # (topic, the producer's answer) of each record
 
     async def publish(self, topic: str, body: dict[str, Any], key: str) -> None:
         self.validators[topic].validate(body)
@@ -67,7 +69,31 @@ class ExternalSystem:
                    ("ce_source", b"/cup/campania"), ("ce_type", topic.encode()),
                    ("ce_time", datetime.now(UTC).isoformat().encode()), ("ce_subject", key.encode()),
                    ("content-type", b"application/json")]
-        await self.producer.send(topic, json.dumps(body).encode(), key=key.encode(), headers=headers)
+        self.sends.append((topic, await self.producer.send(topic, json.dumps(body).encode(), key=key.encode(),
+                                                           headers=headers)))
+
+    async def wait_stored(self, topic: str, timeout: float = 180) -> None:
+        """Until `sources.stored` says every record we published on `topic` is in: a watermark per partition at
+        or past the offset our producer got back for the last of them."""
+        waiting: dict[int, int] = {}
+        for sent_on, answer in self.sends:
+            if sent_on == topic:
+                where = await answer
+                waiting[where.partition] = max(waiting.get(where.partition, -1), where.offset)
+        consumer = AIOKafkaConsumer("sources.stored", bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
+                                    group_id=f"external-{uuid.uuid4().hex}")
+        await consumer.start()
+        try:
+            async with asyncio.timeout(timeout):
+                while waiting:
+                    for records in (await consumer.getmany(timeout_ms=500)).values():
+                        for record in records:
+                            body = json.loads(record.value)
+                            self.validators["sources.stored"].validate(body)
+                            if body["topic"] == topic and body["offset"] >= waiting.get(body["partition"], 1 << 62):
+                                del waiting[body["partition"]]
+        finally:
+            await consumer.stop()
 
     async def wait_for(self, topic: str, match: Any, timeout: float = 180) -> dict[str, Any]:
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
@@ -195,14 +221,14 @@ async def _publish(ext: ExternalSystem, extract: CupExtract) -> None:
 
 
 async def _load(ext: ExternalSystem, platform: Any, extract: CupExtract) -> dict[str, Any]:
-    pool = await platform.pool()  # the harness's look, see the module docstring
+    await ext.wait_stored("sources.delivered-service")
+    pool = await platform.pool()  # the harness's look, once, see the module docstring
     try:
-        async with asyncio.timeout(180):
-            while await pool.fetchval("SELECT count(*) FROM source_service WHERE source_id LIKE $1",
-                                      extract.prefix + "%") < len(extract.services):
-                await asyncio.sleep(0.3)
+        stored = await pool.fetchval("SELECT count(*) FROM source_service WHERE source_id LIKE $1",
+                                     extract.prefix + "%")
     finally:
         await pool.close()
+    assert stored == len(extract.services), f"sources.stored said all in, the table holds {stored}"
     request_id = str(uuid.uuid4())
     await ext.publish("flows.load-requested", {
         "request_id": request_id, "flow_type": "FLUSSO_C", "version": "2020", "ente": extract.ente,
