@@ -1,5 +1,6 @@
 """The audit service: signs a checkpoint of the event store every `checkpoint_interval_s` seconds,
-and refreshes the platform's ops figures (services.runtime.opsmetrics) for its /metrics.
+refreshes the platform's ops figures (services.runtime.opsmetrics) for its /metrics, and deletes what the
+platform keeps only for a while (services.runtime.housekeeping) every `housekeeping_interval_s`.
 
 It holds the checkpoint signing key (a file on its host, never in the database). A checkpoint is
 only taken when events were appended since the latest one; `flows audit checkpoint` takes one on
@@ -17,7 +18,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from services.runtime import checkpoints, health, opsmetrics
+from services.runtime import checkpoints, health, housekeeping, opsmetrics
 from services.runtime.db import create_pool
 from services.runtime.host import every
 from services.runtime.locks import SIGNER_LOCK_KEY
@@ -61,11 +62,18 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
         async def refresh() -> None:
             await figures.refresh(pool, settings.kafka_bootstrap)
 
+        async def tidy() -> None:
+            pruned = await housekeeping.prune(pool)
+            if pruned.processed or pruned.outbox:
+                log.info("housekeeping.pruned", processed_messages=pruned.processed, outbox_rows=pruned.outbox)
+
         loops: list[Coroutine[Any, Any, Any]] = [stop.wait()]
         if settings.checkpoint_interval_s > 0:
             loops.append(every(settings.checkpoint_interval_s, stop, tick, "audit.checkpoint"))
         if settings.ops_metrics_interval_s > 0:
             loops.append(every(settings.ops_metrics_interval_s, stop, refresh, "audit.ops-metrics"))
+        if settings.housekeeping_interval_s > 0:
+            loops.append(every(settings.housekeeping_interval_s, stop, tidy, "audit.housekeeping"))
         checks = health.service_checks(pool, None, [("signing_key", key_check)])
         async with health.serving("audit", checks, settings.health_host, settings.health_port, registry):
             log.info("service.started", service="audit", interval_s=settings.checkpoint_interval_s)

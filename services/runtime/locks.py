@@ -22,6 +22,7 @@ RELAY_LOCK_KEY = 7_316_004_002  # the outbox relay: only its holder publishes
 PROJECTION_INSTALL_LOCK_KEY = 7_316_004_003  # installing the projections' read-model tables
 CATALOGUE_SYNC_LOCK_KEY = 7_316_004_010  # reference data: two loads must not interleave delete + copy
 SIGNER_LOCK_KEY = 7_316_004_013  # the audit checkpoint signer
+HOUSEKEEPING_LOCK_KEY = 7_316_004_014  # housekeeping (services.runtime.housekeeping): one pruner at a time
 # Two-key locks (instance_lock(pool, namespace, instance)): one namespace per kind of work on an instance.
 LOAD_LOCK = 7316
 FORMAT_LOCK = 7317

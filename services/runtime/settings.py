@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     health_host: str = "127.0.0.1"
     # The audit service refreshes the platform's ops figures (services.runtime.opsmetrics) this often; 0: never.
     ops_metrics_interval_s: float = Field(default=15.0, ge=0)
+    # The audit service deletes old dedup records and published outbox rows (services.runtime.housekeeping) this
+    # often; 0: never.
+    housekeeping_interval_s: float = Field(default=3600.0, ge=0)
 
     # The operator console (services/console).
     console_host: str = "127.0.0.1"
