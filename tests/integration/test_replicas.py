@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -593,6 +594,58 @@ async def test_a_connection_cut_under_a_format_leaves_it_formatting_and_the_next
     assert cut >= 1 and state_between == InstanceState.FORMATTING.value, state_between
     assert [e["type"] for e in events] == LOAD_EVENTS + FORMAT_EVENTS, [e["type"] for e in events]
     assert {f["kind"] for f in events[-1]["data"]["files"]} >= {"C1", "C2"}, events[-1]["data"]
+
+
+async def test_a_formatter_killed_in_the_middle_of_a_format_leaves_it_to_the_other_which_formats_it_once(
+        stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two formatters; the one that takes a format request is killed with SIGKILL while it formats (it holds the
+    instance's lock and waits on its snapshot's read, held up by a lock the test takes). Its session and lock end
+    with it (the server notices when the read goes on), and the other formatter's pass takes the instance over: one
+    Formatting in progress, one Formatted, written by the survivor, with the files it names in the store."""
+    suffix = uuid.uuid4().hex[:8]
+    async with scratch_database("t_fmt_kill") as url, contextlib.AsyncExitStack() as running:
+        await _store_month(url, "204", seed=80)
+        replicas = await _start_replicas(running, url, tmp_path, suffix, [
+            ("loader-1", "loader"), ("formatter-1", "formatter"), ("formatter-2", "formatter")], 780, **QUICK_PASS)
+        await _request_load("204")
+        await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)
+        [instance] = await _states(url)
+
+        blocker = await asyncpg.connect(url)
+        try:
+            blocking = blocker.transaction()
+            await blocking.start()
+            await blocker.execute("LOCK TABLE snapshot_service IN ACCESS EXCLUSIVE MODE")  # what the formatter reads
+            await send_command(KAFKA, "flows.format-requested", flows.FormatRequested(
+                instance=instance, requested_by="test.replicas"), key=str(instance))
+            started = await _until_logged(replicas, "format.started", 60, instance=instance)
+            async with asyncio.timeout(60):  # its read of the snapshot waits on the test's lock
+                while not await blocker.fetchval(f"SELECT count(*) FROM ({LOCK_WAITERS}) waiting"):
+                    await asyncio.sleep(0.1)
+            victim = next(r for r in replicas if r.name == started["replica"])
+            victim.process.send_signal(signal.SIGKILL)
+            assert await victim.process.wait() == -signal.SIGKILL
+            state_between = (await _states(url))[instance]
+            await blocking.rollback()
+        finally:
+            await blocker.close()
+        survivors = [r for r in replicas if r is not victim]
+        await _wait_for(url, InstanceState.FORMATTED, 1, survivors, limit_s=60)
+        events = await _events(url)
+        starts = _logged(replicas, "format.started", instance=instance)
+        files_dir = tmp_path / "files"
+
+    assert state_between == InstanceState.FORMATTING.value, state_between
+    assert [e["type"] for e in events] == LOAD_EVENTS + FORMAT_EVENTS, [e["type"] for e in events]
+    assert [e["version"] for e in events] == list(range(1, len(events) + 1))
+    survivor = next(r.name for r in survivors if r.service == "formatter")
+    assert events[-1]["metadata"]["replica"] == survivor, events[-1]["metadata"]
+    assert sorted(r["replica"] for r in starts) == sorted([victim.name, survivor]), starts
+    files = events[-1]["data"]["files"]
+    assert {f["kind"] for f in files} >= {"C1", "C2"}, files
+    for f in files:  # each file named is in the store, whole
+        data = (files_dir / "sha256" / f["sha256"][:2] / f["sha256"][2:]).read_bytes()
+        assert len(data) == f["bytes"] and hashlib.sha256(data).hexdigest() == f["sha256"], f["name"]
 
 
 def _free_run(count: int) -> int:
