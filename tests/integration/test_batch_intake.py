@@ -39,6 +39,7 @@ from tests.integration.batch_intake_process import SESSION_ENV
 from tests.isolation import logged_process, scratch_database
 from tests.kafka_groups import members_of, wait_until_joined
 from tests.kafka_topics import records_now_on
+from tests.log_capture import json_lines
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -376,3 +377,100 @@ async def test_a_loader_killed_between_store_and_commit_gets_the_batch_again_and
     assert sum(b["stored"] + b["corrected"] + b["rejected"] for b in batches) == 0
     assert await _state(intake_db) == stored, "the redelivery changed nothing"
     await _expect_batch_applied(intake_db, name, last)  # and the invalid record is still dead-lettered once
+
+
+async def _committed_all(group: str, topic: str) -> dict[int, int]:
+    """The group's committed offset of each partition of the topic (absent: nothing committed there)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {tp.partition: int(meta.offset) for tp, meta in offsets.items()
+                if tp.topic == topic and meta.offset >= 0}
+    except GroupCoordinatorNotAvailableError:
+        return {}
+    finally:
+        await admin.close()
+
+
+async def test_two_intake_replicas_share_the_partitions_and_one_killed_loses_nothing(intake_db: str,
+                                                                                       tmp_path: Path) -> None:
+    """Two intake processes in one group share a topic's 4 partitions while records arrive in waves: originals,
+    corrections of some and copies of others (new ce_ids, the same content). One is killed with SIGKILL in the
+    middle; the other gets its partitions and finishes. Each record is stored once with the right revision (the
+    correction wins, a copy changes nothing), every message is recorded once in the dedup table, each partition's
+    last watermark is its last offset, and both processes stored batches. The killed one is held between its
+    batch's transaction and its offset commit (FLOWS_BATCH_PAUSE_BEFORE_COMMIT_S): the survivor gets that batch
+    again, and recognises it."""
+    name = f"t-batch-two-{uuid.uuid4().hex[:8]}"
+    group = f"batch-two-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=4, replication_factor=1),
+                                   NewTopic(f"{name}.dlq", num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+    ids = [f"R{i:03d}" for i in range(240)]
+    waves = [[service(i) for i in ids[w * 40:(w + 1) * 40]] for w in range(6)]
+    waves += [[service(i, quantity=2) for i in ids[:60]], [service(i) for i in ids[60:90]]]  # corrections; copies
+    args = ("-m", "tests.integration.batch_intake_process", name, group, intake_db, KAFKA)
+    env = {**{k: v for k, v in os.environ.items() if k != PAUSE_ENV}, SESSION_ENV: "6000"}
+    logs = [tmp_path / "one.log", tmp_path / "two.log"]
+    async with contextlib.AsyncExitStack() as running:
+        processes = []
+        for log, pause in zip(logs, ({PAUSE_ENV: "120"}, {}), strict=True):  # one after the other: each seen joining
+            before = await members_of(KAFKA, [group])
+            processes.append(await running.enter_async_context(logged_process(log, *args, env={**env, **pause})))
+            await wait_until_joined(KAFKA, before, deadline_s=120)
+        last: dict[int, int] = {}
+
+        async def publish(wave: list[dict[str, Any]]) -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, acks="all")
+            await producer.start()
+            try:
+                for body in wave:
+                    sent = await producer.send_and_wait(name, json.dumps(body).encode(),
+                                                        key=body["source_id"].encode(),
+                                                        headers=Envelope.new(name, "/cup/test").to_headers())
+                    last[sent.partition] = max(last.get(sent.partition, -1), sent.offset)
+            finally:
+                await producer.stop()
+
+        def stored_batches(log: Path) -> int:
+            return sum(1 for line in json_lines(log, "intake.batch") if line["stored"] > 0)
+
+        for wave in waves[:4]:
+            await publish(wave)
+        async with asyncio.timeout(60):
+            while not (stored_batches(logs[0]) and stored_batches(logs[1])):
+                assert all(p.returncode is None for p in processes), [log.read_text()[-2000:] for log in logs]
+                await asyncio.sleep(0.2)
+        processes[0].send_signal(signal.SIGKILL)
+        assert await processes[0].wait() == -signal.SIGKILL
+        for wave in waves[4:]:
+            await publish(wave)
+        async with asyncio.timeout(90):  # the survivor gets the dead one's partitions once its session expires
+            while await _committed_all(group, name) != {p: o + 1 for p, o in last.items()}:
+                assert processes[1].returncode is None, logs[1].read_text(errors="replace")[-3000:]
+                await asyncio.sleep(0.3)
+
+    conn = await asyncpg.connect(intake_db)
+    try:
+        rows = {r["source_id"]: (r["quantity"], r["revision"]) for r in await conn.fetch(
+            "SELECT source_id, quantity, revision FROM source_service WHERE source_id LIKE 'R%'")}
+        recorded = int(await conn.fetchval("SELECT count(*) FROM processed_message"))
+        marks = [json.loads(r["data"]) for r in await conn.fetch(
+            "SELECT data::text AS data FROM events WHERE type = 'sources.stored' ORDER BY position")]
+    finally:
+        await conn.close()
+    assert rows == {i: (2, 2) if n < 60 else (1, 1) for n, i in enumerate(ids)}
+    assert recorded == sum(len(w) for w in waves), "each message recorded once, redelivered or not"
+    highest: dict[int, int] = {}
+    for mark in marks:
+        assert mark["topic"] == name
+        highest[mark["partition"]] = max(highest.get(mark["partition"], -1), mark["offset"])
+    assert highest == last, "each partition's last watermark is its last offset"
+    assert stored_batches(logs[1]) and stored_batches(logs[0])
+    assert sum(line["redelivered"] for line in json_lines(logs[1], "intake.batch")) > 0, \
+        "the survivor got the killed one's uncommitted batch again"
