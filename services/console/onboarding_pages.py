@@ -4,6 +4,7 @@ verdicts) and the switch request judged by the onboarding service's own rule."""
 from __future__ import annotations
 
 import mimetypes
+from collections import Counter
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,15 @@ async def onboarding_dashboard(ctx: Ctx, stato: str | None = None) -> Response:
     rows = await onboarding_rows(console_of(ctx.request).pool, stato or None)
     if ctx.principal.role == "structure":
         rows = [r for r in rows if r["structure_sts11"] == ctx.principal.structure]
+    # The requests counted by kind and state (of those listed): the kinds as rows, the states that occur as columns
+    # in the order of the dashboard's states.
+    counts = Counter((r["kind"], r["status"]) for r in rows)
+    kinds = sorted({kind for kind, _ in counts})
+    states = [s for s in ONBOARDING_STATUS_LABELS if any(status == s for _, status in counts)]
+    states += sorted({status for _, status in counts} - set(states))
     return page(ctx, "onboarding.html", "Onboarding delle strutture", active="/onboarding", rows=rows, stato=stato,
-                error=error)
+                error=error, counts=counts, count_kinds=kinds, count_states=states,
+                kind_totals=Counter(r["kind"] for r in rows))
 
 
 async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "info",

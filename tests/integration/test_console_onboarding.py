@@ -13,12 +13,13 @@ import html
 import os
 import re
 import tempfile
+from collections import Counter
 from datetime import date, timedelta
 
 import httpx
 import pytest
 
-from services.console.labels import WEEKDAYS_IT
+from services.console.labels import ONBOARDING_STATUS_LABELS, WEEKDAYS_IT
 from services.onboarding.switch import SwitchCalendar, load_patron_days
 from tests.console_support import STRUCTURE, RunningConsole, csrf_of, running_console
 from tests.fault_disk import small_disk
@@ -266,3 +267,31 @@ async def test_a_document_uploaded_on_a_full_disk_is_refused_at_once_in_italian_
             for path in disk.files("sha256"):
                 assert hashlib.sha256(path.read_bytes()).hexdigest() == path.parent.name + path.name
             assert (await history()).count("onboarding.document-received") == 2
+
+
+async def test_the_dashboard_counts_requests_by_kind_and_state_and_names_the_documents_to_fix(
+        console: RunningConsole) -> None:
+    """The desk's dashboard (issue 12: "requests by kind and state, missing and non-compliant documents, dates"):
+    a table of the requests counted by kind and state, and on each request's row which documents are missing,
+    awaiting a verdict or non-compliant, written by the onboarding service's own rule (its completeness summary)."""
+    waiting = await console.onboarding_request("ONB-CONTA-1", STRUCTURE)
+    started = await console.onboarding_request("ONB-CONTA-2", "150321", "Centro Vomero")
+    await console.onboarding_document(started, "autorizzazione SUAP.pdf", PDF)
+    summary = await console.pool.fetchval("SELECT summary FROM onboarding_dashboard WHERE request_id = $1", started)
+    assert "presenti" in summary and "manca" in summary, summary  # the service's words: "1 di N presenti, mancano: …"
+    async with console.client("desk") as client:
+        listed = html.unescape((await client.get(f"{console.url}/onboarding")).text)
+    counts = listed.split('id="conteggi"', 1)[1].split("</table>", 1)[0]
+    assert "Richieste per tipo e stato" in counts
+    header = re.findall(r'<th scope="col">([^<]*)</th>', counts)
+    row = re.search(r'<th scope="row">([^<]*)</th>(.*?)</tr>', counts, re.S)
+    assert row is not None, counts
+    cells = dict(zip(header[1:], re.findall(r"<td>(\d+)</td>", row.group(2)), strict=True))
+    rows = await console.pool.fetch("SELECT kind, status FROM onboarding_dashboard")
+    assert row.group(1) == "Nuova aggregazione (laboratorio)" and {r["kind"] for r in rows} == {"new-aggregation"}
+    by_state = Counter(ONBOARDING_STATUS_LABELS[r["status"]] for r in rows)
+    assert cells == {**{k: str(v) for k, v in by_state.items()}, "Totale": str(len(rows))}, (cells, by_state)
+    assert html.unescape(summary) in listed.split(f">{started}</a>", 1)[1].split("</tr>", 1)[0]
+    none_yet = await console.pool.fetchval("SELECT summary FROM onboarding_dashboard WHERE request_id = $1", waiting)
+    assert none_yet.startswith("0 di ") and "mancano" in none_yet, none_yet  # every document still missing
+    assert html.unescape(none_yet) in listed.split(f">{waiting}</a>", 1)[1].split("</tr>", 1)[0]
