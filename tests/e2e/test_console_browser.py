@@ -1,7 +1,8 @@
 """The console in real Chromium (Debian's package, driven by Playwright) against the real services:
 an operator of ente 201 logs in, loads a month and watches it go Scheduled -> Running -> Checked
 with no reload, reads the feedback of a failed load, formats and watches Formatted arrive, views a
-file as a table, downloads it; cannot open ente 202's instance; axe-core finds no serious or
+file as a table, downloads it; cannot open ente 202's instance; fills and sends Nuovo caricamento with the
+keyboard alone; axe-core finds no serious or
 critical violation on any page; the access log holds the file view. Screenshots of every page go
 to out/console-screenshots/ (not committed).
 """
@@ -259,6 +260,73 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform, chromiu
             assert requested == "op.201"
     finally:
         await pool.close()
+
+
+# The id (or tag) of the element that has the keyboard's focus.
+FOCUSED = "document.activeElement.id || document.activeElement.tagName"
+
+
+async def _tab_out_of(page: Page, field: str) -> str:
+    """Tab until the focus leaves `field` (a date input takes one Tab per part: day, month, year); the next's id."""
+    for _ in range(8):
+        await page.keyboard.press("Tab")
+        if (now := await page.evaluate(FOCUSED)) != field:
+            return str(now)
+    raise AssertionError(f"Tab never left #{field}")
+
+
+async def _type_date(page: Page, field: str, iso: str) -> None:
+    """Types `iso` into the focused date input `field` as its segments come. Chromium orders day and month by its own
+    language, not the page's locale (headless Debian chromium: mm/dd/yyyy; an Italian operator's: gg/mm/aaaa):
+    month first is tried, and if the field took it the other way, Shift+Tab back to its first segment, day first."""
+    year, month, day = iso.split("-")
+    await page.keyboard.type(month + day + year)
+    if await page.input_value("#" + field) != iso:
+        for _ in range(2):
+            await page.keyboard.press("Shift+Tab")
+        await page.keyboard.type(day + month + year)
+    assert await page.input_value("#" + field) == iso
+
+
+async def test_the_load_form_is_filled_and_sent_with_the_keyboard_alone(platform, chromium) -> None:  # type: ignore[no-untyped-def]
+    """Nuovo caricamento with no mouse and no fill(): Tab from the top of the page to the form, the flow type chosen
+    with the arrow keys, the dates typed digit by digit into the date fields, the scheduled start left
+    empty, Space on Avvia caricamento; the loader takes the load and the page is its instance."""
+    cfg = platform.settings
+    async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir) as console, \
+            browser_of(chromium) as browser:
+        await console.add_users()
+        page = await (await italian_context(browser)).new_page()
+        await _log_in(page, console.url, "op.201")
+        await page.goto(console.url + "/istanze/nuova")
+        for _ in range(40):  # the header's links and the menu come first
+            await page.keyboard.press("Tab")
+            if await page.evaluate(FOCUSED) == "tipo":
+                break
+        else:
+            raise AssertionError("Tab never reached the form's first field")
+        assert await page.input_value("#tipo") == "FLUSSO_C"
+        for _ in range(2):  # FLUSSO C, FLUSSO C PACC, FLUSSO MEF SOGEI
+            await page.keyboard.press("ArrowDown")
+        assert await page.input_value("#tipo") == "FLUSSO_MEF"
+        assert await _tab_out_of(page, "tipo") == "ente"
+        assert await page.input_value("#ente") == "201"
+        assert await _tab_out_of(page, "ente") == "dal"
+        await _type_date(page, "dal", "2024-05-01")
+        assert await _tab_out_of(page, "dal") == "al"
+        await _type_date(page, "al", "2024-05-31")
+        assert await _tab_out_of(page, "al") == "pianificata"
+        assert await _tab_out_of(page, "pianificata") == "BUTTON"
+        assert await page.evaluate("document.activeElement.textContent") == "Avvia caricamento"
+        async with page.expect_navigation(url=re.compile(re.escape(console.url) + r"/istanze/\d+$")):
+            await page.keyboard.press("Space")
+        instance = int(page.url.rsplit("/", 1)[1])
+        row = await console.pool.fetchrow("SELECT flow_type, ente, period_start, period_end, requested_by "
+                                          "FROM instance_list WHERE instance = $1", instance)
+        assert (row["flow_type"], row["ente"], row["period_start"].isoformat(), row["period_end"].isoformat(),
+                row["requested_by"]) == ("FLUSSO_MEF", "201", "2024-05-01", "2024-05-31", "op.201")
+        shown = await page.inner_text("main dl")
+        assert "FLUSSO MEF SOGEI" in shown and "01/05/2024 – 31/05/2024" in shown, shown
 
 
 async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignore[no-untyped-def]
