@@ -1,10 +1,9 @@
-"""The console in real Chromium (Debian's package, driven by Playwright) against the real services:
-an operator of ente 201 logs in, loads a month and watches it go Scheduled -> Running -> Checked
-with no reload, reads the feedback of a failed load, formats and watches Formatted arrive, views a
-file as a table, downloads it; cannot open ente 202's instance; fills and sends Nuovo caricamento with the
-keyboard alone; axe-core finds no serious or
-critical violation on any page; the access log holds the file view. Screenshots of every page go
-to out/console-screenshots/ (not committed).
+"""The console in real Chromium (Debian's package, driven by Playwright) against the real services: an operator of ente
+201 logs in, loads a month and watches it go Scheduled -> Running -> Checked with no reload, reads the feedback of a
+failed load, formats and watches Formatted arrive, views a file as a table, downloads it; cannot open ente 202's
+instance; fills and sends Nuovo caricamento with the keyboard alone; axe-core finds no serious or critical violation
+on any page; the access log holds the file view. Screenshots of every page go to out/console-screenshots/ (not
+committed).
 """
 
 from __future__ import annotations
