@@ -49,6 +49,23 @@ WATCH_STATES = """() => {
 }"""
 
 
+# The history's rows of a 730's parts as the open page shows them, after each change: [sent, esiti] counts, a new pair
+# whenever they change (the first: what the page had when it landed).
+WATCH_PARTS = """() => {
+  const counts = () => {
+    const details = [...document.querySelectorAll('#stato-istanza table tbody tr td:nth-child(4)')]
+      .map(t => t.textContent);
+    return [details.filter(d => /^parte \\d+ di \\d+, protocollo/.test(d)).length,
+            details.filter(d => /^parte \\d+ di \\d+: /.test(d)).length];
+  };
+  window.__parts = [counts()];
+  new MutationObserver(() => {
+    const now = counts(), last = window.__parts[window.__parts.length - 1];
+    if (now[0] !== last[0] || now[1] !== last[1]) window.__parts.push(now);
+  }).observe(document.getElementById('stato-istanza'), {childList: true, subtree: true});
+}"""
+
+
 # The visible form fields whose boundary cannot be seen (WCAG 2.1 1.4.11, non-text contrast: no side with a border
 # of at least 1px whose colour has 3:1 against the background behind the field). axe does not check this; an
 # <input> without a type once got no border at all from Bootstrap Italia, whose rules name input[type=text].
@@ -331,7 +348,8 @@ async def test_the_load_form_is_filled_and_sent_with_the_keyboard_alone(platform
 async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignore[no-untyped-def]
         platform, stack, canary_account, tmp_path, chromium) -> None:
     """The browser seals the TS credentials (WebCrypto) into the gateway's box; the console only ever
-    receives the box; the gateway opens it, the simulator confirms, and the page shows Confirmed live.
+    receives the box; the gateway opens it, the simulator confirms, and the page shows each part's submission and
+    esito, then Confirmed, live.
     The canary account's values typed in the browser are then nowhere in clear (nor hex, base64,
     UTF-16): not in Kafka, the database, the files, the services' or the console's logs."""
     cfg = platform.settings
@@ -373,8 +391,17 @@ async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignor
             async with page.expect_navigation(url=f"{console.url}/istanze/{instance}"):
                 await page.keyboard.press("Enter")
             await page.evaluate(WATCH_STATES)
+            await page.evaluate(WATCH_PARTS)
             assert await _wait_badge(page, {"Confirmed", "Confirmed with errors", "Rejected"}) == "Confirmed"
             assert await page.evaluate("window.__noReload") == "kept"
+            # The outcome came part by part, live: each part's submission and esito rows of the history arrived on the
+            # open page (the zips are small: several parts), and the page showed some before it showed them all.
+            parts = await pool.fetchval("SELECT count(*) FROM instance_files WHERE instance = $1 AND kind = '730-zip'",
+                                        instance)
+            seen = await page.evaluate("window.__parts")
+            assert parts > 1 and seen[-1] == [parts, parts], (parts, seen)
+            assert seen[0][1] < parts, f"every esito was already on the page it landed on: {seen}"
+            assert any(0 < esiti < parts for _, esiti in seen), f"the esiti arrived all at once: {seen}"
             await _axe_clean(page, axe, "11-confermata")
             await browser.close()
 
