@@ -1,9 +1,9 @@
-"""The console in real Chromium (Debian's package, driven by Playwright) against the real services:
-an operator of ente 201 logs in, loads a month and watches it go Scheduled -> Running -> Checked
-with no reload, reads the feedback of a failed load, formats and watches Formatted arrive, views a
-file as a table, downloads it; cannot open ente 202's instance; axe-core finds no serious or
-critical violation on any page; the access log holds the file view. Screenshots of every page go
-to out/console-screenshots/ (not committed).
+"""The console in real Chromium (Debian's package, driven by Playwright) against the real services: an operator of ente
+201 logs in, loads a month and watches it go Scheduled -> Running -> Checked with no reload, reads the feedback of a
+failed load, formats and watches Formatted arrive, views a file as a table, downloads it; cannot open ente 202's
+instance; fills and sends Nuovo caricamento with the keyboard alone; axe-core finds no serious or critical violation
+on any page; the access log holds the file view. Screenshots of every page go to out/console-screenshots/ (not
+committed).
 """
 
 from __future__ import annotations
@@ -45,6 +45,23 @@ WATCH_STATES = """() => {
   new MutationObserver(() => {
     const b = document.querySelector('#stato .badge');
     if (b && window.__states[window.__states.length - 1] !== b.dataset.state) window.__states.push(b.dataset.state);
+  }).observe(document.getElementById('stato-istanza'), {childList: true, subtree: true});
+}"""
+
+
+# The history's rows of a 730's parts as the open page shows them, after each change: [sent, esiti] counts, a new pair
+# whenever they change (the first: what the page had when it landed).
+WATCH_PARTS = """() => {
+  const counts = () => {
+    const details = [...document.querySelectorAll('#stato-istanza table tbody tr td:nth-child(4)')]
+      .map(t => t.textContent);
+    return [details.filter(d => /^parte \\d+ di \\d+, protocollo/.test(d)).length,
+            details.filter(d => /^parte \\d+ di \\d+: /.test(d)).length];
+  };
+  window.__parts = [counts()];
+  new MutationObserver(() => {
+    const now = counts(), last = window.__parts[window.__parts.length - 1];
+    if (now[0] !== last[0] || now[1] !== last[1]) window.__parts.push(now);
   }).observe(document.getElementById('stato-istanza'), {childList: true, subtree: true});
 }"""
 
@@ -261,10 +278,78 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform, chromiu
         await pool.close()
 
 
+# The id (or tag) of the element that has the keyboard's focus.
+FOCUSED = "document.activeElement.id || document.activeElement.tagName"
+
+
+async def _tab_out_of(page: Page, field: str) -> str:
+    """Tab until the focus leaves `field` (a date input takes one Tab per part: day, month, year); the next's id."""
+    for _ in range(8):
+        await page.keyboard.press("Tab")
+        if (now := await page.evaluate(FOCUSED)) != field:
+            return str(now)
+    raise AssertionError(f"Tab never left #{field}")
+
+
+async def _type_date(page: Page, field: str, iso: str) -> None:
+    """Types `iso` into the focused date input `field` as its segments come. Chromium orders day and month by its own
+    language, not the page's locale (headless Debian chromium: mm/dd/yyyy; an Italian operator's: gg/mm/aaaa):
+    month first is tried, and if the field took it the other way, Shift+Tab back to its first segment, day first."""
+    year, month, day = iso.split("-")
+    await page.keyboard.type(month + day + year)
+    if await page.input_value("#" + field) != iso:
+        for _ in range(2):
+            await page.keyboard.press("Shift+Tab")
+        await page.keyboard.type(day + month + year)
+    assert await page.input_value("#" + field) == iso
+
+
+async def test_the_load_form_is_filled_and_sent_with_the_keyboard_alone(platform, chromium) -> None:  # type: ignore[no-untyped-def]
+    """Nuovo caricamento with no mouse and no fill(): Tab from the top of the page to the form, the flow type chosen
+    with the arrow keys, the dates typed digit by digit into the date fields, the scheduled start left
+    empty, Space on Avvia caricamento; the loader takes the load and the page is its instance."""
+    cfg = platform.settings
+    async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir) as console, \
+            browser_of(chromium) as browser:
+        await console.add_users()
+        page = await (await italian_context(browser)).new_page()
+        await _log_in(page, console.url, "op.201")
+        await page.goto(console.url + "/istanze/nuova")
+        for _ in range(40):  # the header's links and the menu come first
+            await page.keyboard.press("Tab")
+            if await page.evaluate(FOCUSED) == "tipo":
+                break
+        else:
+            raise AssertionError("Tab never reached the form's first field")
+        assert await page.input_value("#tipo") == "FLUSSO_C"
+        for _ in range(2):  # FLUSSO C, FLUSSO C PACC, FLUSSO MEF SOGEI
+            await page.keyboard.press("ArrowDown")
+        assert await page.input_value("#tipo") == "FLUSSO_MEF"
+        assert await _tab_out_of(page, "tipo") == "ente"
+        assert await page.input_value("#ente") == "201"
+        assert await _tab_out_of(page, "ente") == "dal"
+        await _type_date(page, "dal", "2024-05-01")
+        assert await _tab_out_of(page, "dal") == "al"
+        await _type_date(page, "al", "2024-05-31")
+        assert await _tab_out_of(page, "al") == "pianificata"
+        assert await _tab_out_of(page, "pianificata") == "BUTTON"
+        assert await page.evaluate("document.activeElement.textContent") == "Avvia caricamento"
+        async with page.expect_navigation(url=re.compile(re.escape(console.url) + r"/istanze/\d+$")):
+            await page.keyboard.press("Space")
+        instance = int(page.url.rsplit("/", 1)[1])
+        row = await console.pool.fetchrow("SELECT flow_type, ente, period_start, period_end, requested_by "
+                                          "FROM instance_list WHERE instance = $1", instance)
+        assert (row["flow_type"], row["ente"], row["period_start"].isoformat(), row["period_end"].isoformat(),
+                row["requested_by"]) == ("FLUSSO_MEF", "201", "2024-05-01", "2024-05-31", "op.201")
+        shown = await page.inner_text("main dl")
+        assert "FLUSSO MEF SOGEI" in shown and "01/05/2024 – 31/05/2024" in shown, shown
+
+
 async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignore[no-untyped-def]
         platform, stack, canary_account, tmp_path, chromium) -> None:
     """The browser seals the TS credentials (WebCrypto) into the gateway's box; the console only ever
-    receives the box; the gateway opens it, the simulator confirms, and the page shows Confirmed live.
+    receives the box; the gateway opens it, the simulator confirms, and the page shows each part's submission and
+    esito, then Confirmed, live.
     The canary account's values typed in the browser are then nowhere in clear (nor hex, base64,
     UTF-16): not in Kafka, the database, the files, the services' or the console's logs."""
     cfg = platform.settings
@@ -306,8 +391,17 @@ async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignor
             async with page.expect_navigation(url=f"{console.url}/istanze/{instance}"):
                 await page.keyboard.press("Enter")
             await page.evaluate(WATCH_STATES)
+            await page.evaluate(WATCH_PARTS)
             assert await _wait_badge(page, {"Confirmed", "Confirmed with errors", "Rejected"}) == "Confirmed"
             assert await page.evaluate("window.__noReload") == "kept"
+            # The outcome came part by part, live: each part's submission and esito rows of the history arrived on the
+            # open page (the zips are small: several parts), and the page showed some before it showed them all.
+            parts = await pool.fetchval("SELECT count(*) FROM instance_files WHERE instance = $1 AND kind = '730-zip'",
+                                        instance)
+            seen = await page.evaluate("window.__parts")
+            assert parts > 1 and seen[-1] == [parts, parts], (parts, seen)
+            assert seen[0][1] < parts, f"every esito was already on the page it landed on: {seen}"
+            assert any(0 < esiti < parts for _, esiti in seen), f"the esiti arrived all at once: {seen}"
             await _axe_clean(page, axe, "11-confermata")
             await browser.close()
 

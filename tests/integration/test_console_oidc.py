@@ -1,7 +1,8 @@
-"""OpenID Connect login of the console against a small real provider started in the test (tests/oidc_provider.py,
-RS256 ID tokens, PKCE, client secret): the user, its role and enti come from the claims (and change when the
-claims do); a token signed with a key the provider does not publish is refused, and so is a callback in a
-browser that did not start the login; the client secret never reaches a log line."""
+"""OpenID Connect login of the console against a small real provider started in the test (tests/oidc_provider.py, RS256
+ID tokens, PKCE, client secret): the user, its role and enti come from the claims (and change when the claims do),
+from the claims the FLOWS_CONSOLE_OIDC_*_CLAIM settings name when they are not the defaults; a token signed with a
+key the provider does not publish is refused, and so is a callback in a browser that did not start the login; the
+client secret never reaches a log line."""
 
 from __future__ import annotations
 
@@ -129,3 +130,42 @@ async def test_a_token_with_a_bad_signature_or_a_foreign_callback_or_bad_claims_
     # The refusals were logged, by the console's own logger, and not one line holds the client secret.
     assert service_log.getvalue().count('"console.oidc_refused"') >= 2, service_log.getvalue()[-3000:]
     assert provider.client_secret not in service_log.getvalue()
+
+
+async def test_claim_names_set_in_the_environment_are_the_ones_read(fresh_db, tmp_path, provider: Provider,  # type: ignore[no-untyped-def]
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A provider whose claims are not named as the defaults: FLOWS_CONSOLE_OIDC_*_CLAIM name them, and the user,
+    role, enti and structure come from those claims. Each token also carries the default names with other values:
+    read, they would give another role, ente or structure."""
+    for setting, claim in (("USERNAME", "codice_utente"), ("ROLE", "ruolo_flussi"), ("ENTI", "aziende"),
+                           ("STRUCTURE", "struttura_sts11")):
+        monkeypatch.setenv(f"FLOWS_CONSOLE_OIDC_{setting}_CLAIM", claim)
+    decoys = {"preferred_username": "esca", "flows_role": "auditor", "flows_enti": ["201"], "flows_structure": "150321"}
+    async with running_console(fresh_db, KAFKA, tmp_path / "files", console_oidc_metadata_url=provider.metadata_url,
+                               console_oidc_client_id=provider.client_id,
+                               console_oidc_client_secret=provider.client_secret) as console:
+        assert console.settings.console_oidc_role_claim == "ruolo_flussi"
+        own, other = await console.instance("202"), await console.instance("201")
+        provider.next_claims = {**decoys, "codice_utente": "mario.rossi", "ruolo_flussi": "operator",
+                                "aziende": "202"}
+        async with httpx.AsyncClient(timeout=20) as client:
+            assert (await _oidc_login(console, client)).status_code == 200
+            listed = await client.get(f"{console.url}/istanze")
+            assert listed.status_code == 200 and "mario.rossi (operatore: enti 202)" in listed.text
+            assert f'href="/istanze/{own}"' in listed.text and f'href="/istanze/{other}"' not in listed.text
+            assert (await client.get(f"{console.url}/istanze/{other}")).status_code == 404
+
+        mine = await console.onboarding_request("ONB-CLAIM-OWN", "150123")
+        theirs = await console.onboarding_request("ONB-CLAIM-OTHER", "150321", "Centro Vomero")
+        provider.next_claims = {**decoys, "codice_utente": "lab.vesuvio", "ruolo_flussi": "structure",
+                                "struttura_sts11": "150123"}
+        async with httpx.AsyncClient(timeout=20) as client:
+            assert (await _oidc_login(console, client, "/onboarding")).status_code == 200
+            dashboard = await client.get(f"{console.url}/onboarding")
+            assert dashboard.status_code == 200, dashboard.text
+            assert f'href="/onboarding/{mine}"' in dashboard.text
+            assert f'href="/onboarding/{theirs}"' not in dashboard.text
+            assert (await client.get(f"{console.url}/onboarding/{theirs}")).status_code == 404
+        users = {r["name"]: (r["role"], list(r["enti"]), r["structure"]) for r in await console.pool.fetch(
+            "SELECT name, role, enti, structure FROM console_user WHERE origin = 'oidc'")}
+        assert users == {"mario.rossi": ("operator", ["202"], None), "lab.vesuvio": ("structure", [], "150123")}

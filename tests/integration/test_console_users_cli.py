@@ -257,3 +257,42 @@ def test_api_keys_are_listed_revoked_and_their_issue_and_revocation_recorded_wit
         {"key": second_id, "label": "cruscotto", "enti": ["201"]}, {"key": key_id}]
     verified = flows("replay", "--all", "--verify")
     assert "replayed 1 stream(s), 3 events" in verified and "every hash chain verifies" in verified, verified
+
+
+async def test_a_structure_user_added_by_the_cli_sees_its_own_structures_requests_only(fresh_db, tmp_path,  # type: ignore[no-untyped-def]
+                                                                                      monkeypatch) -> None:
+    """`flows users add NAME --role structure --structure STS11`: the user is bound to its structure, logs in with the
+    password the CLI was given, and the console shows it that structure's onboarding requests and no other's (404 on
+    another's, as for one that does not exist). --structure is refused for any other role, and required for it."""
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    monkeypatch.setenv("FLOWS_OPERATOR", "tester")
+    monkeypatch.setenv("COLUMNS", "220")
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console:
+        mine = await console.onboarding_request("ONB-CLI-VESUVIO", "150123")
+        theirs = await console.onboarding_request("ONB-CLI-VOMERO", "150321", "Centro Vomero")
+        out = await asyncio.to_thread(flows, "users", "add", "lab.vesuvio", "--role", "structure", "--structure",
+                                      "150123", "--password-stdin", stdin="la password del laboratorio\n")
+        assert "user lab.vesuvio added (structure" in out, out
+        refused = await asyncio.to_thread(flows, "users", "add", "op.x", "--role", "operator", "--ente", "201",
+                                          "--structure", "150123", "--password-stdin",
+                                          stdin="la password del laboratorio\n", code=1)
+        assert "--structure is for role structure only" in refused, refused
+        missing = await asyncio.to_thread(flows, "users", "add", "lab.x", "--role", "structure", "--password-stdin",
+                                          stdin="la password del laboratorio\n", code=1)
+        assert "needs --structure" in missing, missing
+        row = await console.pool.fetchrow("SELECT role, enti, structure, origin FROM console_user "
+                                          "WHERE name = 'lab.vesuvio'")
+        assert (row["role"], list(row["enti"]), row["structure"]) == ("structure", [], "150123")
+        assert await console.pool.fetchval("SELECT count(*) FROM console_user WHERE name IN ('op.x', 'lab.x')") == 0
+        listed = await asyncio.to_thread(flows, "users", "list")
+        line = next(line for line in listed.splitlines() if "lab.vesuvio" in line)
+        assert "150123" in line and "structure" in line, listed
+
+        async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+            assert (await console.login(client, "lab.vesuvio", "la password del laboratorio")).status_code == 303
+            dashboard = await client.get(f"{console.url}/onboarding")
+            assert dashboard.status_code == 200
+            assert f'href="/onboarding/{mine}"' in dashboard.text
+            assert f'href="/onboarding/{theirs}"' not in dashboard.text and "Centro Vomero" not in dashboard.text
+            assert (await client.get(f"{console.url}/onboarding/{mine}")).status_code == 200
+            assert (await client.get(f"{console.url}/onboarding/{theirs}")).status_code == 404
