@@ -440,7 +440,7 @@ async def test_the_desk_sees_the_wrong_cell_of_an_uploaded_workbook(fresh_db, tm
         await _log_in(page, console.url, "desk.1")
         await page.goto(console.url + "/onboarding")
         assert await page.locator(f"a[href='/onboarding/{other}']").count() == 1
-        assert "Centro <b>Vomero</b>" in await page.locator("table").inner_text()  # shown, not interpreted
+        assert "Centro <b>Vomero</b>" in await page.locator("table#richieste").inner_text()  # shown, not interpreted
         await _axe_clean(page, axe, "12-onboarding")
         await page.goto(f"{console.url}/onboarding/{own}")
         await page.select_option("#tipo-doc", "tracciato-prestazioni")
