@@ -75,7 +75,7 @@ async def test_migrations_are_recorded_and_applied_only_once(own_pool: asyncpg.P
     pool = own_pool
     recorded = await pool.fetch("SELECT version, name FROM schema_migrations ORDER BY version")
     assert [(r["version"], r["name"]) for r in recorded] == [
-        (1, "event_store"), (2, "outbox"), (3, "processed_message"), (4, "outbox_text")]
+        (1, "event_store"), (2, "outbox"), (3, "processed_message"), (4, "outbox_text"), (5, "housekeeping")]
     assert await migrate(pool, foundation_migrations(tmp_path / "again")) == []
 
 
