@@ -7,8 +7,11 @@ intramoenia bookings, as `flows sources generate` publishes them) on three fresh
 stack, then consumes them three times with three fresh consumer groups, each timed from its consumer's
 start (group join included, the same for all three) until all N are done:
   consume   a plain aiokafka consumer (getmany), no database: the broker's floor
-  copy      a plain pipeline: getmany, json.loads, one CSV COPY per topic and poll into the same source
-            tables, no validation, no dedup, no upsert (what a quick script would do)
+  copy      a plain pipeline (what a quick script would do, the fastest of those bench/intake_baselines.py
+            times): getmany, orjson, operator.itemgetter, one COPY in text format per topic and poll into the
+            same source tables (content_hash: sha256 of the body), the poll's COPYs in flight while the next
+            poll is fetched and decoded; no validation, no dedup, no upsert; the collector tuned as the intake's
+            process has it (services.runtime.batch.tune_gc). It must leave all N rows in the tables.
   intake    services.loader.batch_intake: parse + contract validation of every message, one transaction
             per batch (processed_message dedup, COPY into staging, one upsert, watermarks, outbox),
             offsets committed after it. Done when its totals account for all N messages.
@@ -26,18 +29,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import hashlib
-import io
-import json
+import operator
 import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import orjson
 import uvloop
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -46,7 +48,7 @@ from contracts.envelope import Envelope
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, INTAKE_TOPICS, Topic
 from services.loader.batch_intake import BatchIntake
 from services.loader.intake import KINDS
-from services.runtime.batch import BatchConsumer
+from services.runtime.batch import BatchConsumer, tune_gc
 from services.runtime.db import create_database, create_pool, drop_database
 from services.runtime.eventstore import EventStore
 
@@ -139,42 +141,105 @@ async def plain_consume(topics: list[str], n: int) -> float:
     return time.perf_counter() - started
 
 
-def _csv_cell(value: Any) -> Any:
+def _copy_cell(value: Any) -> str:
+    """A cell of COPY text format with NULL 'None', the careful way (see `_copy_line`)."""
+    if value is None:
+        return "None"
+    if value == "None":
+        return "\\None"  # backslash + a plain character is that character; NULL is matched before escapes are read
+    if isinstance(value, bool):
+        return "t" if value else "f"
     if isinstance(value, list | dict):
-        return json.dumps(value)
-    return value  # None -> empty = NULL; True/False and numbers as text PostgreSQL reads
+        value = orjson.dumps(value).decode()
+    return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _copy_line(columns: tuple[str, ...], json_columns: frozenset[str]) -> Callable[[bytes], str]:
+    """A message body -> its line of COPY text format (the columns, then content_hash: sha256 of the body).
+
+    The quick way: str() of each value, tab-joined, COPY's NULL written 'None' (PostgreSQL reads True/False as
+    booleans). Right when no string holds a backslash, a tab, a newline, a CR or is "None": a JSON body holds
+    none of the first four unescaped, so a body without a backslash and without the string "None" takes it; any
+    other body takes the per-cell path (`_copy_cell`)."""
+    get = operator.itemgetter(*columns)
+    json_at = [i for i, c in enumerate(columns) if c in json_columns]
+    loads, dumps, sha256, join = orjson.loads, orjson.dumps, hashlib.sha256, "\t".join
+
+    def line(value: bytes) -> str:
+        cells = get(loads(value))
+        if b"\\" in value or b'"None"' in value:
+            return join([*map(_copy_cell, cells), "\\\\x" + sha256(value).hexdigest()])
+        if json_at:
+            cells = list(cells)
+            for i in json_at:
+                cells[i] = dumps(cells[i]).decode()
+        return join([*map(str, cells), "\\\\x" + sha256(value).hexdigest()])
+    return line
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    """COPY data for asyncpg in one piece (a file object it would read in a thread, 512 KB a read)."""
+    yield data
+
+
+COPY_YIELD_EVERY = 250  # bodies decoded between two turns of the event loop while a COPY is in flight
 
 
 async def plain_copy(topics: list[str], n: int, url: str) -> float:
-    """getmany, json.loads, one CSV COPY per topic and poll: no validation, no dedup."""
+    """The fastest plain consume-and-COPY script measured here (bench/intake_baselines.py, 2026-12-07): getmany,
+    orjson, one COPY (text format) per topic and poll, the poll's COPYs in flight while the next poll is fetched
+    and decoded; no validation, no dedup, no upsert. The collector tuned as the intake's process has it."""
     kinds = {topic: KINDS[topic.rsplit(".", 1)[1]] for topic in topics}
+    lines = {topic: _copy_line(spec.columns, spec.json_columns) for topic, spec in kinds.items()}
     conn = await asyncpg.connect(url)
     consumer = _consumer(topics)
+
+    async def copy(by_topic: dict[str, list[str]]) -> None:
+        for topic, rows in by_topic.items():
+            spec = kinds[topic]
+            await conn.copy_to_table(spec.table, source=_one(("\n".join(rows) + "\n").encode()),
+                                     columns=[*spec.columns, "content_hash"], null="None")
+
+    tune_gc()
     started = time.perf_counter()
     await consumer.start()
     seen = 0
+    pending: asyncio.Task[None] | None = None
     try:
         while seen < n:
-            polled = await consumer.getmany(timeout_ms=500, max_records=5000)
-            by_topic: dict[str, list[Any]] = {}
+            polled = await consumer.getmany(timeout_ms=20 if pending else 500, max_records=5000)
+            by_topic: dict[str, list[str]] = {}
             for tp, records in polled.items():
-                by_topic.setdefault(tp.topic, []).extend(records)
-            for topic, records in by_topic.items():
-                spec = kinds[topic]
-                buf = io.StringIO()
-                writer = csv.writer(buf)
-                for r in records:
-                    body = json.loads(r.value)
-                    writer.writerow([_csv_cell(body.get(c)) for c in spec.columns]
-                                    + ["\\x" + hashlib.sha256(r.value).hexdigest()])
-                await conn.copy_to_table(spec.table, source=io.BytesIO(buf.getvalue().encode()),
-                                         columns=[*spec.columns, "content_hash"], format="csv")
-                seen += len(records)
+                line, rows = lines[tp.topic], by_topic.setdefault(tp.topic, [])
+                for start in range(0, len(records), COPY_YIELD_EVERY):
+                    if pending:
+                        await asyncio.sleep(0)  # the COPY in flight sends its data and reads its answer meanwhile
+                    rows.extend([line(r.value) for r in records[start:start + COPY_YIELD_EVERY]])
+            if pending:
+                await pending
+                pending = None
+            if by_topic:
+                pending = asyncio.create_task(copy(by_topic))
+                seen += sum(map(len, by_topic.values()))
+        if pending:
+            await pending
+            pending = None
         await consumer.commit()
     finally:
+        if pending:
+            pending.cancel()
         await consumer.stop()
         await conn.close()
     return time.perf_counter() - started
+
+
+async def rows_stored(url: str) -> int:
+    """Rows in the source tables of the database of `url`."""
+    conn = await asyncpg.connect(url)
+    try:
+        return sum([int(await conn.fetchval(f"SELECT count(*) FROM {k.table}")) for k in KINDS.values()])
+    finally:
+        await conn.close()
 
 
 def _bench_topics(topics: list[str]) -> list[Topic]:
@@ -291,6 +356,10 @@ async def main(n: int, max_records: int, replicas: int) -> None:
         consume_s = await _timed("consume", lambda: plain_consume(topics, n), n)
         urls.append(await create_database(SERVER_URL, "bench_intake_copy"))
         copy_s = await _timed("copy", lambda: plain_copy(topics, n, urls[-1]), n)
+        copied = await rows_stored(urls[-1])
+        print(f"  copy: rows in the source tables: {copied:,}")
+        if copied != n:
+            raise RuntimeError(f"the plain consume+COPY stored {copied:,} rows of {n:,}")
         urls.append(await create_database(SERVER_URL, "bench_intake_intake"))
         result: list[BatchIntake] = []
 
@@ -300,11 +369,7 @@ async def main(n: int, max_records: int, replicas: int) -> None:
             return seconds
         intake_s = await _timed("intake", intake, n)
         t = result[0].totals
-        conn = await asyncpg.connect(urls[-1])
-        try:
-            rows = sum([int(await conn.fetchval(f"SELECT count(*) FROM {k.table}")) for k in KINDS.values()])
-        finally:
-            await conn.close()
+        rows = await rows_stored(urls[-1])
         print(f"  intake: stored {t.stored:,}, corrected {t.corrected:,}, duplicates {t.duplicates:,}, "
               f"rejected {result[0].rejected:,}; rows in the source tables: {rows:,}")
         rate = n / intake_s
