@@ -160,6 +160,28 @@ async def _expect_batch_applied(url: str, topic: str, last_offset: int) -> None:
     assert "patient_sex" in dict(dead[0].headers)["dlq_reason"].decode()
 
 
+async def _intake_until_committed(url: str, name: str, last: int, **options: Any) -> BatchIntake:
+    """The loader's batched intake (a BatchConsumer in a group of its own, `options` its settings) on topic `name`
+    until the group's committed offset is past `last`; its sink, whose totals count what it did."""
+    topic = Topic(name, DeliveredService, "source_id", "batch intake test", ("test",))
+    pool = await create_pool(url, min_size=1, max_size=4)
+    stop = asyncio.Event()
+    sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)
+    group = f"batch-{uuid.uuid4().hex[:8]}"
+    consumer = BatchConsumer(bootstrap_list(KAFKA), [topic], group, sink, pool, **options)
+    task = asyncio.create_task(consumer.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            while await _committed(group, name) != last + 1:
+                assert not task.done(), task
+                await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await pool.close()
+    return sink
+
+
 @pytest.fixture
 async def intake_db(stack) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
     async with scratch_database("t_batch") as url:
@@ -175,22 +197,7 @@ async def test_a_batch_with_an_invalid_record_a_duplicate_and_corrections(intake
     name = f"t-batch-{uuid.uuid4().hex[:8]}"
     await _create_topic(name)
     last = await _publish(name, _batch())  # all before the consumer starts: one poll, one batch
-    topic = Topic(name, DeliveredService, "source_id", "batch intake test", ("test",))
-    pool = await create_pool(intake_db, min_size=1, max_size=4)
-    stop = asyncio.Event()
-    sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)
-    group = f"batch-{uuid.uuid4().hex[:8]}"
-    consumer = BatchConsumer(bootstrap_list(KAFKA), [topic], group, sink, pool)
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        async with asyncio.timeout(30):
-            while await _committed(group, name) != last + 1:
-                assert not task.done(), task
-                await asyncio.sleep(0.2)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await pool.close()
+    sink = await _intake_until_committed(intake_db, name, last)
     # 9 messages: S1, S2, S4 new; S0, S2 and S4 twice corrected; S1 again a duplicate; S3 rejected
     assert (sink.totals.stored, sink.totals.corrected, sink.totals.duplicates, sink.rejected) == (3, 4, 1, 1)
     await _expect_batch_applied(intake_db, name, last)
@@ -225,22 +232,7 @@ async def test_a_batch_the_database_refuses_is_stored_message_by_message_with_a_
     name = f"t-batch-split-{uuid.uuid4().hex[:8]}"
     await _create_topic(name)
     last = await _publish(name, [service("S1"), service("POISON"), service("S2"), service("S7")])
-    topic = Topic(name, DeliveredService, "source_id", "batch intake test", ("test",))
-    pool = await create_pool(intake_db, min_size=1, max_size=4)
-    stop = asyncio.Event()
-    sink = BatchIntake(EventStore(pool, source="/flows/loader"), pool)
-    group = f"batch-{uuid.uuid4().hex[:8]}"
-    consumer = BatchConsumer(bootstrap_list(KAFKA), [topic], group, sink, pool, max_attempts=2, retry_delay=0.05)
-    task = asyncio.create_task(consumer.run(stop))
-    try:
-        async with asyncio.timeout(60):
-            while await _committed(group, name) != last + 1:
-                assert not task.done(), task
-                await asyncio.sleep(0.2)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        await pool.close()
+    await _intake_until_committed(intake_db, name, last, max_attempts=2, retry_delay=0.05)
     state = await _state(intake_db)
     assert [r[0] for r in state["rows"]] == ["S0", "S1", "S2", "S7"], "the others are stored, POISON is not"
     watermarks = [json.loads(e[2]) for e in state["events"] if e[1] == "sources.stored"]

@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -560,6 +560,23 @@ async def test_a_connection_cut_under_a_load_leaves_it_running_and_the_next_pass
     assert events[-1]["data"]["counts"]["services"] > 0
 
 
+@contextlib.asynccontextmanager
+async def _format_held_at_its_snapshot(url: str, instance: int) -> AsyncIterator[asyncpg.Connection]:
+    """A format request for `instance`, sent while the test's connection (yielded) holds snapshot_service, what the
+    formatter reads, in ACCESS EXCLUSIVE mode: the format waits on that lock until the block ends."""
+    blocker = await asyncpg.connect(url)
+    try:
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("LOCK TABLE snapshot_service IN ACCESS EXCLUSIVE MODE")
+        await send_command(KAFKA, "flows.format-requested", flows.FormatRequested(
+            instance=instance, requested_by="test.replicas"), key=str(instance))
+        yield blocker
+        await blocking.rollback()
+    finally:
+        await blocker.close()
+
+
 async def test_a_connection_cut_under_a_format_leaves_it_formatting_and_the_next_pass_finishes_it(
         stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The formatter's connection is cut while it reads the snapshot (pg_terminate_backend of the session, while
@@ -574,19 +591,10 @@ async def test_a_connection_cut_under_a_format_leaves_it_formatting_and_the_next
         await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)
         [instance] = await _states(url)
 
-        blocker = await asyncpg.connect(url)
-        try:
-            blocking = blocker.transaction()
-            await blocking.start()
-            await blocker.execute("LOCK TABLE snapshot_service IN ACCESS EXCLUSIVE MODE")  # what the formatter reads
-            await send_command(KAFKA, "flows.format-requested", flows.FormatRequested(
-                instance=instance, requested_by="test.replicas"), key=str(instance))
+        async with _format_held_at_its_snapshot(url, instance):
             cut = await _cut_sessions_waiting_on_a_lock(url)
             interrupted = await _until_logged(replicas, "format.interrupted", 60, instance=instance)
             state_between = (await _states(url))[instance]
-            await blocking.rollback()
-        finally:
-            await blocker.close()
         await _wait_for(url, InstanceState.FORMATTED, 1, replicas, limit_s=60)
         events = await _events(url)
 
@@ -611,13 +619,7 @@ async def test_a_formatter_killed_in_the_middle_of_a_format_leaves_it_to_the_oth
         await _wait_for(url, InstanceState.CHECKED, 1, replicas, limit_s=60)
         [instance] = await _states(url)
 
-        blocker = await asyncpg.connect(url)
-        try:
-            blocking = blocker.transaction()
-            await blocking.start()
-            await blocker.execute("LOCK TABLE snapshot_service IN ACCESS EXCLUSIVE MODE")  # what the formatter reads
-            await send_command(KAFKA, "flows.format-requested", flows.FormatRequested(
-                instance=instance, requested_by="test.replicas"), key=str(instance))
+        async with _format_held_at_its_snapshot(url, instance) as blocker:
             started = await _until_logged(replicas, "format.started", 60, instance=instance)
             async with asyncio.timeout(60):  # its read of the snapshot waits on the test's lock
                 while not await blocker.fetchval(f"SELECT count(*) FROM ({LOCK_WAITERS}) waiting"):
@@ -626,9 +628,6 @@ async def test_a_formatter_killed_in_the_middle_of_a_format_leaves_it_to_the_oth
             victim.process.send_signal(signal.SIGKILL)
             assert await victim.process.wait() == -signal.SIGKILL
             state_between = (await _states(url))[instance]
-            await blocking.rollback()
-        finally:
-            await blocker.close()
         survivors = [r for r in replicas if r is not victim]
         await _wait_for(url, InstanceState.FORMATTED, 1, survivors, limit_s=60)
         events = await _events(url)
