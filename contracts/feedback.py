@@ -36,6 +36,8 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "EXEMPTION_REQUIRED": (ERROR, "An SSN prescription with no ticket paid has no exemption code."),
     "AMOUNT_ARITHMETIC": (ERROR, "The ticket paid exceeds the value of the services plus the fixed fee."),
     "DUPLICATE_PRESCRIPTION_NUMBER": (ERROR, "The prescription number is used by another prescription (ID)."),
+    "PRESCRIPTION_NUMBER_CHARACTERS": (ERROR, "The prescription number (NRE, barcode or progressive) holds a "
+                                              "character other than a letter or a digit."),
     "PRESCRIPTION_FIELD_DIFFERS": (ERROR, "The services of one prescription disagree on a value row 99 carries."),
     "APPOINTMENT_BEFORE_BOOKING": (ERROR, "The appointment is before the booking."),
     "PAYMENT_AFTER_PERIOD": (ERROR, "The payment is dated after the period."),

@@ -417,6 +417,13 @@ PRESCRIPTION_RULES = RuleSet(
              "s.number_rank > 1",
              "format('il numero ricetta %s è già usato dalla ricetta %s', "
              "s.prescription_number, s.number_owner)"),
+        # spec/flusso-c.md, C2 13-28: "NRE / barcode without special characters; for direct access a progressive"
+        Rule("PRESCRIPTION_NUMBER_CHARACTERS", ERROR, "prescription_number",
+             "Does the prescription number hold anything but letters and digits (a dash, a slash, a space)?",
+             "s.prescription_number !~ '^[0-9A-Za-z]+$'",
+             "format('il numero ricetta %s contiene caratteri diversi da lettere e cifre: va indicato senza "
+             "caratteri speciali (NRE o codice a barre, o il progressivo per l''accesso diretto)', "
+             "s.prescription_number)"),
         _differs("patient_cf", "patient_differs", "patient", "lo stesso paziente"),
         _differs("delivery_type", "delivery_type_differs", "delivery type", "lo stesso tipo di erogazione"),
         _differs("priority", "priority_differs", "priority class", "la stessa classe di priorità"),

@@ -125,6 +125,9 @@ CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
     ("DUPLICATE_PRESCRIPTION_NUMBER", "prescription_number",
      bad(prescription_number=_OK_NUMBER), "B-1@RX-BAD/99", None,
      f"il numero ricetta {_OK_NUMBER} è già usato dalla ricetta RX-OK"),
+    ("PRESCRIPTION_NUMBER_CHARACTERS", "prescription_number", bad(prescription_number="150A-0000/00 001"),
+     "B-1@RX-BAD/99", None, "il numero ricetta 150A-0000/00 001 contiene caratteri diversi da lettere e cifre: va "
+     "indicato senza caratteri speciali (NRE o codice a barre, o il progressivo per l'accesso diretto)"),
     ("PRESCRIPTION_FIELD_DIFFERS", "priority", [ecg("B-1", "RX-BAD"), ecg("B-2", "RX-BAD", priority="U")],
      "B-1@RX-BAD/99", None, "le prestazioni della ricetta RX-BAD non riportano tutte la stessa classe di priorità"),
 ]
