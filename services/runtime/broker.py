@@ -387,12 +387,13 @@ def parse_checked(raw: Any, topic: Topic,
 
 
 async def _tolerant_parser(record: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:
-    """FastStream's parser decodes every header as UTF-8 and fails BEFORE the handler: the message
-    would be skipped without a trace. The framework gets readable copies; `raw_message` stays the
-    original record, whose bytes the handler checks and dead-letters."""
+    """FastStream's parser decodes every header as UTF-8 and fails BEFORE the handler, on bytes that are not UTF-8
+    and on a header with no value at all (Kafka allows a null one; `None.decode()`): the message would be skipped
+    without a trace, and the next message's commit would pass over it. The framework gets readable copies (a null
+    value as empty); `raw_message` stays the original record, whose bytes the handler checks and dead-letters."""
     try:
         return await original(record)
-    except UnicodeDecodeError:
+    except (UnicodeDecodeError, AttributeError):
         readable = [(k, (v or b"").decode(errors="replace").encode()) for k, v in record.headers or []]
         message = await original(dataclasses.replace(record, headers=readable))
         message.raw_message = record

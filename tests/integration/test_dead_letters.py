@@ -92,6 +92,47 @@ async def test_poison_message_is_dead_lettered_and_the_next_one_is_processed(set
     assert json.loads(dead[3].value)["source_id"] == "always-fails"
 
 
+async def test_a_header_without_a_value_neither_skips_nor_blocks_the_message(settings):
+    """Kafka lets a header have no value at all (null, not empty), and FastStream's parser calls `.decode()` on every
+    header value before any handler runs: such a message was skipped without a trace, and the next message's commit
+    passed over it. Now it reaches the guard like any other: an extra header without a value is harmless (handled),
+    a CloudEvents header without one is a missing attribute (dead-lettered with the reason), and the next message is
+    handled."""
+    topic = Topic(f"test.greeting-{uuid.uuid4().hex[:8]}", Greeting, "source_id", "probe", ("test",))
+    handled: list[str] = []
+
+    async def handler(payload: Greeting, incoming: Incoming) -> None:
+        handled.append(payload.source_id)
+
+    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)
+    broker = create_broker(settings, client_id="null-header-test")
+    consume(broker, topic, group_id=f"null-header-{uuid.uuid4().hex[:8]}", handler=handler, max_attempts=3,
+            retry_delay=0.01)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        envelope = Envelope.new(topic.name, "/test").to_headers
+        await producer.send_and_wait(topic.name, b'{"source_id": "traced", "words": 1}', key=b"k",
+                                     headers=[*envelope(), ("x-trace", None)])  # type: ignore[list-item]
+        await producer.send_and_wait(topic.name, b'{"source_id": "sourceless", "words": 2}', key=b"k",
+                                     headers=[(k, None if k == "ce_source" else v)  # type: ignore[misc]
+                                              for k, v in envelope()])
+        await producer.send_and_wait(topic.name, b'{"source_id": "good", "words": 3}', key=b"k", headers=envelope())
+        await broker.start()
+        async with asyncio.timeout(30):
+            while len(handled) < 2:
+                await asyncio.sleep(0.1)
+        dead = await _drain(settings.kafka_bootstrap, topic.dlq, expected=1)
+    finally:
+        await producer.stop()
+        await broker.stop()
+
+    assert handled == ["traced", "good"]
+    assert [json.loads(r.value)["source_id"] for r in dead] == ["sourceless"]
+    reason = dict((k, (v or b"").decode()) for k, v in dead[0].headers)["dlq_reason"]
+    assert "missing CloudEvents header(s): ce_source" in reason, reason
+
+
 async def test_a_message_reaches_its_handler_without_a_worker_thread(settings, monkeypatch):
     """The consumer hands each message to its handler on the event loop, with nothing between them run on a
     worker thread: FastDepends used to resolve the subscriber's `message` Context through a sync function on
