@@ -87,6 +87,23 @@ class TsAuthError(TsError):
                 "inviare di nuovo l'istanza con le credenziali corrette")
 
 
+class TsCredentialsUnsendable(TsAuthError):
+    """The TS user or password holds what HTTP Basic authentication cannot carry (a character outside Latin-1, such
+    as the euro sign, or a colon in the user): refused here, before any call, as TS would refuse a wrong password.
+    The character is never named, nor its position: it is part of the secret."""
+
+    def __init__(self, operation: str) -> None:
+        TsError.__init__(self, f"TS {operation}: the TS user or password holds a character HTTP Basic authentication "
+                               "cannot carry")
+        self.operation = operation
+        self.status = 0
+
+    @property
+    def reason(self) -> str:
+        return (f"l'utente o la password di Sistema TS contiene un carattere che l'autenticazione HTTP non può "
+                f"trasmettere ({self.operation}): inviare di nuovo l'istanza con le credenziali corrette")
+
+
 class TsQueryFailed(TsError):
     def __init__(self, operation: str, code: str, description: str) -> None:
         super().__init__(f"TS {operation} answered {code}: {description}")
@@ -284,7 +301,11 @@ class TsClient:
     ) -> bytes:
         url = self._settings.endpoints.url(path)
         headers = {"Content-Type": content_type, "SOAPAction": '""', "Accept": "text/xml, multipart/related"}
-        auth = aiohttp.BasicAuth(credentials.user, credentials.password)
+        try:  # aiohttp encodes them as Latin-1 when it sends, and its error names the character and where it is
+            auth = aiohttp.BasicAuth(credentials.user, credentials.password)
+            auth.encode()
+        except (UnicodeEncodeError, ValueError):
+            raise TsCredentialsUnsendable(operation) from None
         try:
             async with self._http().post(url, data=body, headers=headers, auth=auth) as response:
                 payload = await response.read()

@@ -319,6 +319,29 @@ async def test_a_wrong_password_ends_the_part_rejected_with_the_reason_and_no_re
     assert (await _admin(url, "/__sim/submissions"))["intake_calls"] == 0  # refused before intake, once
 
 
+async def test_a_password_basic_auth_cannot_carry_ends_the_part_rejected_and_never_shows_it(  # type: ignore[no-untyped-def]
+        ts, ledger: PgPartLedger, caplog: pytest.LogCaptureFixture) -> None:
+    """A password with a character outside Latin-1 (here the euro sign): aiohttp's Basic authentication raised
+    UnicodeEncodeError naming the character and its position, an error the gateway did not foresee (logged, retried
+    for ever). Now it is a refusal before any call, as a wrong password: the part ends Rejected with the reason, once,
+    and neither the character nor the password is in the error, the reason or the log."""
+    client, url, cert = ts
+    zip_bytes = sample_730_zip(cert, ROSSI.cf_proprietario)
+    key = await _one_part(ledger, zip_bytes, 3)
+    euro = Credentials(ROSSI.user, "Salve€Mondo-77", ROSSI.pincode, ROSSI.cf_proprietario)
+    with pytest.raises(TsAuthError) as refused:
+        await client.invia_file(euro, "730_1947_p1_euro.zip", zip_bytes)
+    assert "€" not in str(refused.value) and "Salve" not in str(refused.value), str(refused.value)
+
+    part = await _runner(ledger, client).send_with_retry(euro, key, zip_bytes)
+
+    assert (part.state, part.protocollo, part.attempts) == (PartState.REJECTED, None, 1)
+    assert part.reason == ("l'utente o la password di Sistema TS contiene un carattere che l'autenticazione HTTP non "
+                           "può trasmettere (inviaFileMtom): inviare di nuovo l'istanza con le credenziali corrette")
+    assert (await _admin(url, "/__sim/submissions"))["intake_calls"] == 0  # nothing reached TS
+    assert "€" not in caplog.text and "Salve€Mondo" not in caplog.text
+
+
 async def test_a_failed_esitoinvii_during_recovery_never_leads_to_a_second_send(ts, ledger: PgPartLedger) -> None:  # type: ignore[no-untyped-def]
     """A part left in "sending" after TS accepted it; on restart EsitoInvii fails (500s): the runner
     must not read that as "nothing received" and send again."""
