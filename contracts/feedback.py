@@ -29,6 +29,8 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "TARIFF_DIFFERS_FROM_CATALOGUE": (WARNING, "The tariff differs from the catalogue's."),
     "TOO_MANY_SERVICES": (ERROR, "The service is beyond row 98 of its prescription (row 99 closes it)."),
     "STRUCTURE_NOT_IN_ENTE": (ERROR, "The structure (STS11) belongs to another entity."),
+    "ANONYMOUS_PATIENT_NAMED": (ERROR, "The codice fiscale is blank (legal anonymity only) but the surname is not "
+                                       "ANONIMO: the file would name a protected patient."),
     "SURNAME_TOO_LONG": (WARNING, "The surname, transliterated to ASCII, is longer than its field: it is cut."),
     "NAME_TOO_LONG": (WARNING, "The name, transliterated to ASCII, is longer than its field: it is cut."),
     "CHARSET": (ERROR, "A text the flow's fixed-width layout writes holds a character with no ASCII transliteration "

@@ -354,6 +354,13 @@ SERVICE_ROW_RULES = RuleSet(
              "Does the delivering structure belong to another entity?",
              "e.sts11 IS NULL",
              _STRUCTURE_MESSAGE),
+        # spec/flusso-c.md, C1: the codice fiscale is "blank only for legal anonymity", the surname "ANONIMO for
+        # protected cases": a blank one beside a real surname would put a protected patient's name in the file
+        Rule("ANONYMOUS_PATIENT_NAMED", ERROR, "patient_surname",
+             "Is the codice fiscale blank (legal anonymity) while the surname is not ANONIMO?",
+             "s.patient_cf IS NULL AND upper(s.patient_surname) <> 'ANONIMO'",
+             "format('il codice fiscale è assente, come solo per l''anonimato previsto dalla legge, ma il cognome è "
+             "%s: per un paziente tutelato va indicato ANONIMO', s.patient_surname)"),
     ),
 )
 
