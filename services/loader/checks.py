@@ -359,8 +359,8 @@ SERVICE_ROW_RULES = RuleSet(
         Rule("ANONYMOUS_PATIENT_NAMED", ERROR, "patient_surname",
              "Is the codice fiscale blank (legal anonymity) while the surname is not ANONIMO?",
              "s.patient_cf IS NULL AND upper(s.patient_surname) <> 'ANONIMO'",
-             "format('il codice fiscale è assente, come solo per l''anonimato previsto dalla legge, ma il cognome è "
-             "%s: per un paziente tutelato va indicato ANONIMO', s.patient_surname)"),
+             "format('il codice fiscale è assente, cosa ammessa solo per l''anonimato previsto dalla legge, ma il "
+             "cognome è %s: per un paziente tutelato va indicato ANONIMO', s.patient_surname)"),
     ),
 )
 

@@ -105,8 +105,8 @@ CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
     ("STRUCTURE_NOT_IN_ENTE", "structure_sts11", bad(structure_sts11="001101"), "B-1@RX-BAD/01", None,
      "la struttura 001101 non è una struttura dell'ente 204"),
     ("ANONYMOUS_PATIENT_NAMED", "patient_surname", bad(patient_cf=None), "B-1@RX-BAD/01", None,
-     "il codice fiscale è assente, come solo per l'anonimato previsto dalla legge, ma il cognome è ROSSI: per un "
-     "paziente tutelato va indicato ANONIMO"),
+     "il codice fiscale è assente, cosa ammessa solo per l'anonimato previsto dalla legge, ma il cognome è ROSSI: per "
+     "un paziente tutelato va indicato ANONIMO"),
     ("SURNAME_TOO_LONG", "patient_surname", bad(patient_surname="ROSSI DI SANTA MARIA CAPUA VETERE"),
      "B-1@RX-BAD/01", None,
      "il cognome ROSSI DI SANTA MARIA CAPUA VETERE ha 33 caratteri in ASCII: sarà troncato a 30"),
