@@ -41,7 +41,7 @@ import operator
 import os
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -50,6 +50,8 @@ import uvloop
 from intake import (  # bench/intake.py: the script's folder is on sys.path
     SERVER_URL,
     _consumer,
+    _copy_line,
+    _one,
     create_topics,
     delete_topics,
     messages,
@@ -99,45 +101,14 @@ async def csv_rows(conn: asyncpg.Connection, spec: Any, loads: Callable[[bytes],
     return row, copy
 
 
-def _text_escape(v: Any) -> str:
-    """A cell of COPY text format with NULL 'None' (a string "None" is written \\None: backslash + a plain
-    character is that character, and the NULL marker is matched before escapes are read)."""
-    if v is None:
-        return "None"
-    if v == "None":
-        return "\\None"
-    if isinstance(v, bool):
-        return "t" if v else "f"
-    if isinstance(v, list | dict):
-        v = orjson.dumps(v).decode()
-    return str(v).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    """The COPY's data as an async iterable: asyncpg reads a file object in a thread (512 KB a read)."""
-    yield data
-
-
 async def text_rows(conn: asyncpg.Connection, spec: Any) -> tuple[Row, Copy]:
+    """bench/intake.py's lines of COPY text (`_copy_line`), handed to asyncpg in one piece."""
     cols = spec.columns
-    get = operator.itemgetter(*cols)
-    json_idx = [i for i, c in enumerate(cols) if c in spec.json_columns]
-    loads, dumps, sha, join = orjson.loads, orjson.dumps, hashlib.sha256, "\t".join
-
-    def row(value: bytes) -> str:
-        vals = get(loads(value))
-        if b"\\" in value or b'"None"' in value:  # a string that str() + NULL 'None' would not carry as it is
-            return join([*map(_text_escape, vals), "\\\\x" + sha(value).hexdigest()])
-        if json_idx:
-            vals = list(vals)
-            for i in json_idx:
-                vals[i] = dumps(vals[i]).decode()
-        return join([*map(str, vals), "\\\\x" + sha(value).hexdigest()])
 
     async def copy(conn: asyncpg.Connection, table: str, rows: list[Any]) -> None:
         await conn.copy_to_table(table, source=_one(("\n".join(rows) + "\n").encode()), columns=[*cols, "content_hash"],
                                  null="None")
-    return row, copy
+    return _copy_line(cols, spec.json_columns), copy
 
 
 async def binary_rows(conn: asyncpg.Connection, spec: Any) -> tuple[Row, Copy]:
