@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from services.runtime import checkpoints, health, housekeeping, opsmetrics
 from services.runtime.db import create_pool
 from services.runtime.host import every
-from services.runtime.locks import SIGNER_LOCK_KEY
+from services.runtime.locks import SIGNER_LOCK_KEY, platform_lock
 from services.runtime.logging import configure, get_logger
 from services.runtime.settings import Settings
 
@@ -40,14 +40,11 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     try:
         async def tick() -> None:
-            async with pool.acquire() as conn:
-                if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SIGNER_LOCK_KEY):
+            async with platform_lock(pool, SIGNER_LOCK_KEY) as held:
+                if held is None:
                     return
-                try:
-                    taken = await checkpoints.take(pool, settings.checkpoint_key, settings.checkpoints_dir,
-                                                   settings.kafka_bootstrap)
-                finally:
-                    await conn.execute("SELECT pg_advisory_unlock($1)", SIGNER_LOCK_KEY)
+                taken = await checkpoints.take(pool, settings.checkpoint_key, settings.checkpoints_dir,
+                                               settings.kafka_bootstrap)
             if taken.new:
                 cp = taken.checkpoint
                 log.info("checkpoint.signed", sequence=cp.sequence, streams=cp.tree_size, events=cp.events,

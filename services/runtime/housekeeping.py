@@ -10,8 +10,8 @@
   records every source message there: 6.5 M rows a month today, 650 M at 100x (docs/scaling.md), kept forever
   before this.
 - ``outbox``: a row published to Kafka is a copy of its event, which the event store keeps. It is kept
-  ``OUTBOX_KEEP`` after publication (``flows dlq`` asks whether its redrive was published; an operator may look),
-  then deleted. A row not published (Kafka down, or parked) is never deleted, however old.
+  ``OUTBOX_KEEP`` after publication (an operator may look at what went out lately), then deleted. A row not
+  published (Kafka down, or parked) is never deleted, however old.
 
 The audit service runs ``prune`` every ``housekeeping_interval_s`` (one process at a time: an advisory lock). It
 deletes by chunks of ``CHUNK`` rows, each its own short transaction, found through the tables' BRIN indexes on their
@@ -27,7 +27,7 @@ from datetime import timedelta
 import asyncpg
 
 from contracts.topics import all_topics
-from services.runtime.locks import HOUSEKEEPING_LOCK_KEY
+from services.runtime.locks import HOUSEKEEPING_LOCK_KEY, platform_lock
 
 SEGMENT_SPAN = timedelta(days=7)  # Kafka's log.roll.hours default: how long a message may outlive its retention
 MARGIN = timedelta(days=1)
@@ -61,14 +61,11 @@ async def prune(pool: asyncpg.Pool, *, dedup_keep: timedelta | None = None, outb
     """Deletes the dedup records older than `dedup_keep` (default ``dedup_horizon()``) and the outbox rows
     published more than `outbox_keep` ago, chunk by chunk; does nothing when another process is at it."""
     keep = dedup_horizon() if dedup_keep is None else dedup_keep
-    async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", HOUSEKEEPING_LOCK_KEY):
+    async with platform_lock(pool, HOUSEKEEPING_LOCK_KEY) as conn:
+        if conn is None:
             return Pruned(0, 0, ran=False)
-        try:
-            processed = await _by_chunks(conn, _PRUNE_PROCESSED, keep, chunk)
-            outbox = await _by_chunks(conn, _PRUNE_OUTBOX, outbox_keep, chunk)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", HOUSEKEEPING_LOCK_KEY)
+        processed = await _by_chunks(conn, _PRUNE_PROCESSED, keep, chunk)
+        outbox = await _by_chunks(conn, _PRUNE_OUTBOX, outbox_keep, chunk)
     return Pruned(processed, outbox, ran=True)
 
 

@@ -42,6 +42,20 @@ async def instance_lock(pool: asyncpg.Pool, namespace: int, instance: int) -> As
                 await release_instance_lock(conn, namespace, instance, clean=clean)
 
 
+@contextlib.asynccontextmanager
+async def platform_lock(pool: asyncpg.Pool, key: int) -> AsyncIterator[asyncpg.Connection | None]:
+    """A single-key lock of the whole platform (one of the keys above): yields the connection that holds it while the
+    block runs, or None when another process holds it (the block then does nothing). Released as instance_lock's."""
+    async with pool.acquire() as conn:
+        clean = not has_session_state(conn)
+        held = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+        try:
+            yield conn if held else None
+        finally:
+            if held:
+                await _unlock(conn, "SELECT pg_advisory_unlock($1)", key, clean=clean)
+
+
 async def release_instance_lock(conn: asyncpg.Connection, namespace: int, instance: int, *, clean: bool) -> None:
     """Releases an instance's lock that `conn` holds (instance_lock's, or one its holder took in a statement of its own:
     services.loader.handlers takes a load's in the statement that makes the instance); `clean`: `conn` had no session
@@ -51,10 +65,14 @@ async def release_instance_lock(conn: asyncpg.Connection, namespace: int, instan
     the work, asyncpg may have handed the connection back already (connection_gone), or not have noticed yet, and the
     unlock then fails on the dead socket: the lock is gone as well. Were the connection alive after all, it keeps its
     session state flagged and the pool's reset unlocks it."""
+    await _unlock(conn, "SELECT pg_advisory_unlock($1, $2)", namespace, instance, clean=clean)
+
+
+async def _unlock(conn: asyncpg.Connection, statement: str, *key: int, clean: bool) -> None:
     if connection_gone(conn):
         return
     try:
-        released = await conn.fetchval("SELECT pg_advisory_unlock($1, $2)", namespace, instance)
+        released = await conn.fetchval(statement, *key)
     except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError):
         released = False
     if released and clean:  # the lock was its only session state: no reset query on release
