@@ -51,6 +51,7 @@ from services.loader.intake import KINDS
 from services.runtime.batch import BatchConsumer, tune_gc
 from services.runtime.db import create_database, create_pool, drop_database
 from services.runtime.eventstore import EventStore
+from services.runtime.kafkarecords import aiokafka_reader
 
 KAFKA = os.environ.get("FLOWS_KAFKA_BOOTSTRAP") or f"127.0.0.1:{os.environ.get('FLOWS_KAFKA_PORT_BASE', '19092')}"
 SERVER_URL = (os.environ.get("DATABASE_URL")
@@ -127,10 +128,17 @@ def _consumer(topics: list[str]) -> AIOKafkaConsumer:
                             max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
 
 
+async def plain_start(consumer: AIOKafkaConsumer) -> None:
+    """Starts a baseline's consumer with aiokafka's own record reader (not the services' tolerant one,
+    services.runtime.kafkarecords): the baselines are what a plain aiokafka script does."""
+    with aiokafka_reader():
+        await consumer.start()
+
+
 async def plain_consume(topics: list[str], n: int) -> float:
     consumer = _consumer(topics)
     started = time.perf_counter()
-    await consumer.start()
+    await plain_start(consumer)
     seen = 0
     try:
         while seen < n:
@@ -202,7 +210,7 @@ async def plain_copy(topics: list[str], n: int, url: str) -> float:
 
     tune_gc()
     started = time.perf_counter()
-    await consumer.start()
+    await plain_start(consumer)
     seen = 0
     pending: asyncio.Task[None] | None = None
     try:

@@ -56,6 +56,7 @@ from intake import (  # bench/intake.py: the script's folder is on sys.path
     delete_topics,
     messages,
     plain_copy,
+    plain_start,
     publish,
 )
 
@@ -166,7 +167,7 @@ async def serial(topics: list[str], n: int, url: str, maker: Maker, max_records:
     makers = {t: (spec.table, *(await maker(conn, spec))) for t, spec in _kinds(topics).items()}
     consumer = _consumer(topics)
     started = time.perf_counter()
-    await consumer.start()
+    await plain_start(consumer)
     seen = 0
     try:
         while seen < n:
@@ -204,7 +205,7 @@ async def overlapped(topics: list[str], n: int, url: str, maker: Maker, max_reco
                 await makers[t][2](first, makers[t][0], rows)
 
     started = time.perf_counter()
-    await consumer.start()
+    await plain_start(consumer)
     seen = 0
     pending: asyncio.Task[None] | None = None
     try:

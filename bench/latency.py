@@ -45,6 +45,7 @@ from contracts.envelope import Envelope
 from contracts.sources import DeliveredService
 from services.loader.intake import store_services
 from services.runtime.db import create_database, drop_database
+from services.runtime.kafkarecords import aiokafka_reader
 from simulators.cup.generator import generate
 
 KAFKA = os.environ.get("FLOWS_KAFKA_BOOTSTRAP") or f"127.0.0.1:{os.environ.get('FLOWS_KAFKA_PORT_BASE', '19092')}"
@@ -191,8 +192,9 @@ async def main(loads: int, services: int) -> int:
             await store_sources(url, services)
             loader = start_loader(url, Path(folder))
             await producer.start()
-            await raw.start()
-            await outcomes.start()
+            with aiokafka_reader():  # the bench's consumers read as plain aiokafka ones (services.runtime.kafkarecords)
+                await raw.start()
+                await outcomes.start()
 
             async def raw_trip() -> float:
                 key = uuid.uuid4().hex

@@ -45,7 +45,8 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.envelope import Envelope, EnvelopeError, check_envelope_text, envelope_from_text, from_kafka_headers
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_REASON_MAX, Topic, all_topics
-from services.runtime import tracing
+from services.runtime import kafkarecords, tracing
+from services.runtime.kafkarecords import header_name_problem, printable_name
 from services.runtime.logging import bind_message, forget_message, get_logger
 from services.runtime.settings import Settings
 
@@ -272,6 +273,10 @@ class Poison(Exception):
         self.data = data
 
 
+# Every consumer of this process gets the records aiokafka's reader refuses (a header name that is not UTF-8):
+# `parse` refuses them, and they go to their DLQ instead of blocking their partition.
+kafkarecords.install()
+
 _KNOWN_TYPES: frozenset[str] | None = None
 
 
@@ -301,6 +306,9 @@ def message_size(raw: Any) -> int:
 def parse(raw: Any, topic: Topic) -> tuple[str | None, Envelope, Any, BaseModel]:
     """(key, envelope, JSON body, payload) of a raw Kafka record, or Poison saying what is wrong."""
     key = _text(raw.key, "the key")
+    for name, _ in raw.headers or ():
+        if problem := header_name_problem(name):
+            raise Poison(problem)
     headers = [(name, _text(value, f"header {name!r}") or "") for name, value in (raw.headers or [])]
     size = message_size(raw)
     if size > topic.max_message_bytes:
@@ -367,10 +375,13 @@ def parse_checked(raw: Any, topic: Topic,
         body = raw.value or b""
         size = len(raw.key or b"") + len(body)
         headers: dict[str, str] = {}
+        odd_name = False
         for name, value in raw.headers or ():
             headers[name] = value.decode() if value else ""
             size += len(name) + len(value or b"")
-        if size <= topic.max_message_bytes and headers.get("ce_type") == topic.name:
+            if not name.isascii():  # perhaps not UTF-8 (kafkarecords): `parse` judges
+                odd_name = True
+        if not odd_name and size <= topic.max_message_bytes and headers.get("ce_type") == topic.name:
             time = check_envelope_text(headers)
             if decoder is None:
                 return key, headers, time, topic.payload.model_validate_json(body)
@@ -443,7 +454,7 @@ def dead_letter_producer(bootstrap: Any) -> AIOKafkaProducer:
 
 def dead_letter_headers(topic: Topic, raw: Any, reason: str, attempts: int, group_id: str) -> list[tuple[str, bytes]]:
     """The original headers (less any dlq_* ones) plus the dlq_* headers saying why and from where."""
-    headers = [(k, v or b"") for k, v in raw.headers or [] if not k.startswith("dlq_")]
+    headers = [(printable_name(k), v or b"") for k, v in raw.headers or [] if not k.startswith("dlq_")]
     headers += [(name, value.encode()) for name, value in (
         ("dlq_reason", bounded(reason)),
         ("dlq_original_topic", topic.name),

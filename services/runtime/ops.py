@@ -21,6 +21,7 @@ from contracts.envelope import EnvelopeError, from_kafka_headers
 from contracts.topics import DLQ_SUFFIX, all_topics, by_name
 from services.runtime.kafkaadmin import admin_client
 from services.runtime.kafkaread import add_new_partitions, assign, history, observer, offset_ranges, read_to_end
+from services.runtime.kafkarecords import printable_name
 
 # --- decoding -----------------------------------------------------------------------------------
 
@@ -95,7 +96,7 @@ class Seen:
 
 
 def decode_headers(raw: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
-    return {k: (v.decode(errors="replace") if isinstance(v, bytes) else str(v)) for k, v in (raw or [])}
+    return {printable_name(k): (v.decode(errors="replace") if isinstance(v, bytes) else str(v)) for k, v in (raw or [])}
 
 
 def decode(record: Any) -> Seen:

@@ -40,6 +40,7 @@ from tests.isolation import logged_process, scratch_database
 from tests.kafka_groups import members_of, wait_until_joined
 from tests.kafka_topics import records_now_on
 from tests.log_capture import json_lines
+from tests.raw_records import publish_with_header_name
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -242,6 +243,37 @@ async def test_a_batch_the_database_refuses_is_stored_message_by_message_with_a_
     assert [json.loads(d.value)["source_id"] for d in dead] == ["POISON"]
     reason = dict(dead[0].headers)["dlq_reason"].decode()
     assert "processing failed 2 times" in reason and "refused by this database" in reason, reason
+
+
+async def test_a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_partition_moves_on(
+        intake_db: str) -> None:
+    """A header name is UTF-8 by the protocol, and aiokafka's reader raises UnicodeDecodeError out of `getmany` on one
+    that is not, before returning any record of the fetch, every time: the intake loop died and its partition was
+    blocked for good. Now the record reaches the intake (services.runtime.kafkarecords), which dead-letters it with
+    the reason (its body and key as they were, the name's bytes escaped) and records its rejection; the records
+    before and after it are stored, and the watermark reaches the last offset."""
+    name = f"t-batch-header-{uuid.uuid4().hex[:8]}"
+    await _create_topic(name)
+    await _publish(name, [service("S1")])
+    body = json.dumps(service("S8")).encode()
+    odd = await publish_with_header_name(KAFKA, name, body, key=b"S8", name=b"\xff\xfeorigine",
+                                         headers=Envelope.new(name, "/cup/test").to_headers())
+    last = await _publish(name, [service("S2")])
+    assert (odd, last) == (1, 2)
+    sink = await _intake_until_committed(intake_db, name, last)
+    assert (sink.totals.stored, sink.rejected) == (2, 1)
+    state = await _state(intake_db)
+    assert [r[0] for r in state["rows"]] == ["S0", "S1", "S2"], "S8 is not stored, the records around it are"
+    dead = await _dead_letters(name)
+    assert [(d.key, d.value) for d in dead] == [(b"S8", body)]
+    headers = dict(dead[0].headers)
+    assert headers["dlq_reason"].decode() == "a header name is not UTF-8 (b'\\xff\\xfeorigine')", headers
+    assert headers["\\xff\\xfeorigine"] == b"x", "the name's bytes escaped, its value kept"
+    assert headers["dlq_original_offset"] == b"1"
+    rejected = [json.loads(e[2]) for e in state["events"] if e[1] == "sources.record-rejected"]
+    assert [r["errors"][0]["reason"] for r in rejected] == ["a header name is not UTF-8 (b'\\xff\\xfeorigine')"]
+    watermarks = [json.loads(e[2]) for e in state["events"] if e[1] == "sources.stored"]
+    assert watermarks[-1]["offset"] == last
 
 
 async def test_a_batch_naming_each_record_once_takes_the_plain_upsert_with_the_same_verdicts(intake_db: str) -> None:

@@ -16,6 +16,7 @@ from contracts.envelope import Envelope
 from contracts.topics import Topic
 from services.runtime.broker import Incoming, consume, create_broker
 from tests.kafka_topics import create_topics, records_now_on
+from tests.raw_records import publish_with_header_name
 from tests.stack_urls import free_port
 
 pytestmark = pytest.mark.integration
@@ -131,6 +132,45 @@ async def test_a_header_without_a_value_neither_skips_nor_blocks_the_message(set
     assert [json.loads(r.value)["source_id"] for r in dead] == ["sourceless"]
     reason = dict((k, (v or b"").decode()) for k, v in dead[0].headers)["dlq_reason"]
     assert "missing CloudEvents header(s): ce_source" in reason, reason
+
+
+async def test_a_header_name_that_is_not_utf8_neither_blocks_nor_loses_the_partition(settings):
+    """aiokafka's reader raises UnicodeDecodeError on a header name that is not UTF-8, out of the poll, before any
+    record of the fetch reaches FastStream, and again at every poll: the partition was blocked, and the message
+    after it never handled. Now the message reaches the guard (services.runtime.kafkarecords), goes to the DLQ with
+    the reason, and the next message is handled."""
+    topic = Topic(f"test.greeting-{uuid.uuid4().hex[:8]}", Greeting, "source_id", "probe", ("test",))
+    handled: list[str] = []
+
+    async def handler(payload: Greeting, incoming: Incoming) -> None:
+        handled.append(payload.source_id)
+
+    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)
+    broker = create_broker(settings, client_id="header-name-test")
+    consume(broker, topic, group_id=f"header-name-{uuid.uuid4().hex[:8]}", handler=handler, max_attempts=3,
+            retry_delay=0.01)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        envelope = Envelope.new(topic.name, "/test").to_headers
+        await producer.send_and_wait(topic.name, b'{"source_id": "before", "words": 1}', key=b"k", headers=envelope())
+        await publish_with_header_name(settings.kafka_bootstrap, topic.name, b'{"source_id": "odd", "words": 2}',
+                                       key=b"k", headers=envelope(), name=b"x-\xe8")
+        await producer.send_and_wait(topic.name, b'{"source_id": "after", "words": 3}', key=b"k", headers=envelope())
+        await broker.start()
+        async with asyncio.timeout(30):
+            while len(handled) < 2:
+                await asyncio.sleep(0.1)
+        dead = await _drain(settings.kafka_bootstrap, topic.dlq, expected=1)
+    finally:
+        await producer.stop()
+        await broker.stop()
+
+    assert handled == ["before", "after"]
+    assert [r.value for r in dead] == [b'{"source_id": "odd", "words": 2}']
+    headers = dict(dead[0].headers)
+    assert headers["dlq_reason"] == b"a header name is not UTF-8 (b'x-\\xe8')", headers
+    assert headers["x-\\xe8"] == b"x" and headers["ce_type"] == topic.name.encode()
 
 
 async def test_a_message_reaches_its_handler_without_a_worker_thread(settings, monkeypatch):
