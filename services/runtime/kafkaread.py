@@ -16,7 +16,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from services.runtime import kafkarecords
 from services.runtime.settings import bootstrap_list
+
+# The operators' tools read every topic through here: a record with a header name that is not UTF-8 is shown (its
+# name escaped, services.runtime.ops.decode_headers) instead of stopping the read (services.runtime.kafkarecords).
+kafkarecords.install()
 
 
 @contextlib.asynccontextmanager
