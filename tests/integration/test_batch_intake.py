@@ -276,6 +276,30 @@ async def test_a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_and
     assert watermarks[-1]["offset"] == last
 
 
+async def test_records_compressed_with_each_codec_kafka_has_are_stored(intake_db: str) -> None:
+    """An outside producer chooses its compression (Java clients often lz4, snappy or zstd), and the broker keeps it
+    (compression.type=producer). aiokafka reads snappy, lz4 and zstd only with cramjam installed (its extras): without
+    it the batch raised UnsupportedCodecError out of the poll, at every poll, and the partition was blocked."""
+    name = f"t-batch-codecs-{uuid.uuid4().hex[:8]}"
+    await _create_topic(name)
+    last = -1
+    for codec in ("gzip", "snappy", "lz4", "zstd"):
+        producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, compression_type=codec)
+        await producer.start()
+        try:
+            sends = [await producer.send(name, json.dumps(service(f"{codec}-{i}")).encode(),
+                                         key=f"{codec}-{i}".encode(),
+                                         headers=Envelope.new(name, "/cup/test").to_headers()) for i in range(20)]
+            last = max(int(sent.offset) for sent in await asyncio.gather(*sends))
+        finally:
+            await producer.stop()
+    sink = await _intake_until_committed(intake_db, name, last)
+    assert (sink.totals.stored, sink.rejected) == (80, 0)
+    state = await _state(intake_db)
+    assert {r[0].split("-")[0] for r in state["rows"] if r[0] != "S0"} == {"gzip", "snappy", "lz4", "zstd"}
+    assert len(state["rows"]) == 81
+
+
 async def test_a_batch_naming_each_record_once_takes_the_plain_upsert_with_the_same_verdicts(intake_db: str) -> None:
     """The common batch names each source_id once: it skips the window over the sequence. Its verdicts, rows,
     revisions and content hashes are those the sequence statement gives for the same batch (run first and
