@@ -123,8 +123,9 @@ class LenientRecord:
 
 def lenient_records(batch: Any, data: bytes) -> Iterator[LenientRecord]:
     """The records of a record batch (magic 2, the bytes `data` of which `batch` is aiokafka's reader), read by the
-    protocol's layout: Length, Attributes, TimestampDelta, OffsetDelta (varints), Key, Value (varint length, -1 for
-    null), then the headers (a varint count; each a name and a value, the same way)."""
+    protocol's layout: Length (a varint), Attributes (an int8), TimestampDelta, OffsetDelta (varints), Key, Value
+    (a varint length, -1 for null, then the bytes), then the headers (a varint count; each a name and a value, the same
+    way)."""
     records = memoryview(data)[_BATCH_HEADER_SIZE:]
     codec_id = batch.compression_type
     if codec_id != DefaultRecordBase.CODEC_NONE:
@@ -135,7 +136,7 @@ def lenient_records(batch: Any, data: bytes) -> Iterator[LenientRecord]:
     while pos < len(buffer):
         length, pos = decode_varint(buffer, pos)
         end = pos + length
-        _, pos = decode_varint(buffer, pos)  # attributes: unused
+        pos += 1  # Attributes, an int8: unused
         ts_delta, pos = decode_varint(buffer, pos)
         offset_delta, pos = decode_varint(buffer, pos)
         key, pos = _bytes(buffer, pos)

@@ -110,6 +110,12 @@ def search(place: str, where: str, blob: bytes, needles: list[Needle]) -> list[H
 # ---- the places ------------------------------------------------------------------------------------
 
 
+def _name_bytes(name: str) -> bytes:
+    """A header name's bytes as they are on the topic: one that is not UTF-8 comes decoded with surrogateescape
+    (services.runtime.kafkarecords; other tests of the session publish such records)."""
+    return name.encode("utf-8", "surrogateescape")
+
+
 async def kafka_records(bootstrap: str) -> AsyncIterator[tuple[str, bytes]]:
     """Every record (key, value, headers) of every partition of every non-internal topic."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -133,7 +139,7 @@ async def kafka_records(bootstrap: str) -> AsyncIterator[tuple[str, bytes]]:
             while pending:
                 for tp, records in (await consumer.getmany(*pending, timeout_ms=1000)).items():
                     for r in records:
-                        headers = b"\n".join(k.encode() + b"=" + (v or b"") for k, v in r.headers or ())
+                        headers = b"\n".join(_name_bytes(k) + b"=" + (v or b"") for k, v in r.headers or ())
                         yield f"{tp.topic}[{tp.partition}]@{r.offset}", b"\n".join((r.key or b"", r.value or b"",
                                                                                      headers))
                 pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}

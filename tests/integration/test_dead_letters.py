@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -94,25 +96,42 @@ async def test_poison_message_is_dead_lettered_and_the_next_one_is_processed(set
     assert json.loads(dead[3].value)["source_id"] == "always-fails"
 
 
+async def _through_the_guard(settings: Any, client: str, publish: Callable[[AIOKafkaProducer, Topic], Awaitable[None]],
+                            *, handled: int, dead: int) -> tuple[Topic, list[str], list[Any]]:
+    """A fresh greeting topic, `publish(producer, topic)` on it, then a consumer with the services' guard (`consume`)
+    until it handled `handled` messages; the source_ids it handled and the topic's `dead` dead letters."""
+    topic = Topic(f"test.greeting-{uuid.uuid4().hex[:8]}", Greeting, "source_id", "probe", ("test",))
+    seen: list[str] = []
+
+    async def handler(payload: Greeting, incoming: Incoming) -> None:
+        seen.append(payload.source_id)
+
+    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)
+    broker = create_broker(settings, client_id=client)
+    consume(broker, topic, group_id=f"{client}-{uuid.uuid4().hex[:8]}", handler=handler, max_attempts=3,
+            retry_delay=0.01)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        await publish(producer, topic)
+        await broker.start()
+        async with asyncio.timeout(30):
+            while len(seen) < handled:
+                await asyncio.sleep(0.1)
+        letters = await _drain(settings.kafka_bootstrap, topic.dlq, expected=dead)
+    finally:
+        await producer.stop()
+        await broker.stop()
+    return topic, seen, letters
+
+
 async def test_a_header_without_a_value_neither_skips_nor_blocks_the_message(settings):
     """Kafka lets a header have no value at all (null, not empty), and FastStream's parser calls `.decode()` on every
     header value before any handler runs: such a message was skipped without a trace, and the next message's commit
     passed over it. Now it reaches the guard like any other: an extra header without a value is harmless (handled),
     a CloudEvents header without one is a missing attribute (dead-lettered with the reason), and the next message is
     handled."""
-    topic = Topic(f"test.greeting-{uuid.uuid4().hex[:8]}", Greeting, "source_id", "probe", ("test",))
-    handled: list[str] = []
-
-    async def handler(payload: Greeting, incoming: Incoming) -> None:
-        handled.append(payload.source_id)
-
-    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)
-    broker = create_broker(settings, client_id="null-header-test")
-    consume(broker, topic, group_id=f"null-header-{uuid.uuid4().hex[:8]}", handler=handler, max_attempts=3,
-            retry_delay=0.01)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
-    await producer.start()
-    try:
+    async def publish(producer: AIOKafkaProducer, topic: Topic) -> None:
         envelope = Envelope.new(topic.name, "/test").to_headers
         await producer.send_and_wait(topic.name, b'{"source_id": "traced", "words": 1}', key=b"k",
                                      headers=[*envelope(), ("x-trace", None)])  # type: ignore[list-item]
@@ -120,15 +139,8 @@ async def test_a_header_without_a_value_neither_skips_nor_blocks_the_message(set
                                      headers=[(k, None if k == "ce_source" else v)  # type: ignore[misc]
                                               for k, v in envelope()])
         await producer.send_and_wait(topic.name, b'{"source_id": "good", "words": 3}', key=b"k", headers=envelope())
-        await broker.start()
-        async with asyncio.timeout(30):
-            while len(handled) < 2:
-                await asyncio.sleep(0.1)
-        dead = await _drain(settings.kafka_bootstrap, topic.dlq, expected=1)
-    finally:
-        await producer.stop()
-        await broker.stop()
 
+    _, handled, dead = await _through_the_guard(settings, "null-header", publish, handled=2, dead=1)
     assert handled == ["traced", "good"]
     assert [json.loads(r.value)["source_id"] for r in dead] == ["sourceless"]
     reason = dict((k, (v or b"").decode()) for k, v in dead[0].headers)["dlq_reason"]
@@ -140,33 +152,14 @@ async def test_a_header_name_that_is_not_utf8_neither_blocks_nor_loses_the_parti
     record of the fetch reaches FastStream, and again at every poll: the partition was blocked, and the message
     after it never handled. Now the message reaches the guard (services.runtime.kafkarecords), goes to the DLQ with
     the reason, and the next message is handled."""
-    topic = Topic(f"test.greeting-{uuid.uuid4().hex[:8]}", Greeting, "source_id", "probe", ("test",))
-    handled: list[str] = []
-
-    async def handler(payload: Greeting, incoming: Incoming) -> None:
-        handled.append(payload.source_id)
-
-    await create_topics(settings.kafka_bootstrap, topic.name, topic.dlq)
-    broker = create_broker(settings, client_id="header-name-test")
-    consume(broker, topic, group_id=f"header-name-{uuid.uuid4().hex[:8]}", handler=handler, max_attempts=3,
-            retry_delay=0.01)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
-    await producer.start()
-    try:
+    async def publish(producer: AIOKafkaProducer, topic: Topic) -> None:
         envelope = Envelope.new(topic.name, "/test").to_headers
         await producer.send_and_wait(topic.name, b'{"source_id": "before", "words": 1}', key=b"k", headers=envelope())
         await publish_with_header_name(settings.kafka_bootstrap, topic.name, b'{"source_id": "odd", "words": 2}',
                                        key=b"k", headers=envelope(), name=b"x-\xe8")
         await producer.send_and_wait(topic.name, b'{"source_id": "after", "words": 3}', key=b"k", headers=envelope())
-        await broker.start()
-        async with asyncio.timeout(30):
-            while len(handled) < 2:
-                await asyncio.sleep(0.1)
-        dead = await _drain(settings.kafka_bootstrap, topic.dlq, expected=1)
-    finally:
-        await producer.stop()
-        await broker.stop()
 
+    topic, handled, dead = await _through_the_guard(settings, "header-name", publish, handled=2, dead=1)
     assert handled == ["before", "after"]
     assert [r.value for r in dead] == [b'{"source_id": "odd", "words": 2}']
     headers = dict(dead[0].headers)
