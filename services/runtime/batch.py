@@ -148,13 +148,25 @@ class Batch:
         return len(self.valid) + len(self.malformed)
 
     async def claim(self, conn: asyncpg.Connection) -> tuple[list[Valid], list[Malformed]]:
-        """Records every message of the batch as processed (one statement, inside the caller's
-        transaction) and returns those seen for the first time: the others are redeliveries."""
+        """Records every message of the batch as processed (inside the caller's transaction) and returns those
+        seen for the first time: the others are redeliveries."""
         if not conn.is_in_transaction():
             raise RuntimeError("Batch.claim must run inside the transaction that holds the batch's effects")
         keys = [v.headers["ce_id"] for v in self.valid] + [m.key for m in self.malformed]  # ce_id: message_id
-        # One row: NULL when every key was recorded now (none seen before, none twice), the common batch;
-        # else the keys recorded now.
+        consumer = self.consumer
+        if len(set(keys)) == len(keys):
+            # The common batch (every key new, none twice) is recorded by a COPY: a plain insertion, where the
+            # statement below inserts each key speculatively (ON CONFLICT) and aggregates what it inserted, nearly
+            # twice the time (5,000 keys: 37-44 ms against 73, with the commit). A key recorded before fails the
+            # COPY, in a savepoint of its own: the statement then says which keys are new, as for any batch.
+            try:
+                async with conn.transaction():
+                    await conn.copy_records_to_table("processed_message", columns=["consumer", "message_id"],
+                                                     records=[(consumer, k) for k in keys])
+                return list(self.valid), list(self.malformed)
+            except asyncpg.UniqueViolationError:
+                pass
+        # One row: NULL when every key was recorded now (none seen before, none twice); else the keys recorded now.
         claimed = await conn.fetchval(
             "WITH claimed AS (INSERT INTO processed_message (consumer, message_id, processed_at) "
             "SELECT $1, k, now() FROM unnest($2::text[]) AS k "  # a key twice: DO NOTHING skips the second
