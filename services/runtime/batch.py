@@ -44,6 +44,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from contracts.envelope import envelope_from_text
 from contracts.topics import Topic
 from services.runtime.broker import (
+    ISOLATION_LEVEL,
     LOG_REASON_MAX,
     Decoder,
     Incoming,
@@ -233,7 +234,7 @@ class BatchConsumer:
             *self._by_name, bootstrap_servers=self.bootstrap, group_id=self.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024, session_timeout_ms=SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 10)
+            heartbeat_interval_ms=SESSION_TIMEOUT_MS // 10, isolation_level=ISOLATION_LEVEL)
         producer = dead_letter_producer(self.bootstrap)
         tune_gc(self.max_records)
         await consumer.start()

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -273,6 +273,10 @@ class Poison(Exception):
         self.data = data
 
 
+# A producer outside (a regional system, a portal) may publish in Kafka transactions: what it aborted never happened,
+# and no consumer of ours reads it (Kafka's default, read_uncommitted, hands aborted records over like any other).
+ISOLATION_LEVEL: Literal["read_committed"] = "read_committed"
+
 # Every consumer of this process gets the records aiokafka's reader refuses (a header name that is not UTF-8):
 # `parse` refuses them, and they go to their DLQ instead of blocking their partition.
 kafkarecords.install()
@@ -504,7 +508,7 @@ def consume(broker: KafkaBroker, topic: Topic, *, group_id: str, handler: Handle
         await patiently(partial(dead_letter, broker, topic, raw, reason, attempts=0, group_id=group_id), started)
 
     @broker.subscriber(topic.name, group_id=group_id, ack_policy=AckPolicy.NACK_ON_ERROR,
-                       auto_offset_reset="earliest", title=f"{group_id}:{topic.name}",
+                       auto_offset_reset="earliest", isolation_level=ISOLATION_LEVEL, title=f"{group_id}:{topic.name}",
                        description=topic.description, decoder=_the_message, parser=_tolerant_parser)
     async def _on_message(message: KafkaMessage) -> None:  # the decoder's value, given as is (apply_types=False)
         try:

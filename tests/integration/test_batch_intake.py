@@ -300,6 +300,29 @@ async def test_records_compressed_with_each_codec_kafka_has_are_stored(intake_db
     assert len(state["rows"]) == 81
 
 
+async def test_records_of_an_aborted_kafka_transaction_are_never_stored(intake_db: str) -> None:
+    """A regional system may publish in Kafka transactions; what it aborted never happened. Kafka's default isolation
+    (read_uncommitted) hands aborted records to the consumer like any other: the intake stored them. It reads
+    committed records only: the aborted S11 is not stored, S12 committed after it is."""
+    name = f"t-batch-tx-{uuid.uuid4().hex[:8]}"
+    await _create_topic(name)
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, transactional_id=f"cup-{uuid.uuid4().hex[:8]}")
+    await producer.start()
+    try:
+        for source_id, commit in (("S11", False), ("S12", True)):
+            await producer.begin_transaction()
+            sent = await producer.send_and_wait(name, json.dumps(service(source_id)).encode(),
+                                                key=source_id.encode(),
+                                                headers=Envelope.new(name, "/cup/test").to_headers())
+            await (producer.commit_transaction() if commit else producer.abort_transaction())
+        last = int(sent.offset)
+    finally:
+        await producer.stop()
+    sink = await _intake_until_committed(intake_db, name, last)
+    assert (sink.totals.stored, sink.rejected) == (1, 0)
+    assert [r[0] for r in (await _state(intake_db))["rows"]] == ["S0", "S12"]
+
+
 async def test_a_batch_naming_each_record_once_takes_the_plain_upsert_with_the_same_verdicts(intake_db: str) -> None:
     """The common batch names each source_id once: it skips the window over the sequence. Its verdicts, rows,
     revisions and content hashes are those the sequence statement gives for the same batch (run first and

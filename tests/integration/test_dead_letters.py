@@ -170,6 +170,29 @@ async def test_a_header_name_that_is_not_utf8_neither_blocks_nor_loses_the_parti
     assert [decode_headers(r.headers).get("x-\\xe8") for r in on_topic] == [None, "x", None]
 
 
+async def test_messages_of_an_aborted_kafka_transaction_are_never_handled(settings):
+    """An outside producer's aborted transaction never happened: the services' consumers read committed messages
+    only (Kafka's default, read_uncommitted, handed the aborted one to the handler)."""
+    async def publish(producer: AIOKafkaProducer, topic: Topic) -> None:
+        envelope = Envelope.new(topic.name, "/test").to_headers
+        transactional = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
+                                         transactional_id=f"portal-{uuid.uuid4().hex[:8]}")
+        await transactional.start()
+        try:
+            for source_id, commit in (("aborted", False), ("committed", True)):
+                await transactional.begin_transaction()
+                await transactional.send_and_wait(topic.name, json.dumps({"source_id": source_id, "words": 1}).encode(),
+                                                  key=b"k", headers=envelope())
+                await (transactional.commit_transaction() if commit else transactional.abort_transaction())
+        finally:
+            await transactional.stop()
+        await producer.send_and_wait(topic.name, b'{"source_id": "plain", "words": 2}', key=b"k", headers=envelope())
+
+    # one partition, in order: an aborted message read would be the first handled
+    _, handled, dead = await _through_the_guard(settings, "transactions", publish, handled=2, dead=0)
+    assert handled == ["committed", "plain"] and dead == []
+
+
 async def test_a_message_reaches_its_handler_without_a_worker_thread(settings, monkeypatch):
     """The consumer hands each message to its handler on the event loop, with nothing between them run on a
     worker thread: FastDepends used to resolve the subscriber's `message` Context through a sync function on
