@@ -7,12 +7,13 @@ the next call fetches the same bytes again. The record never reaches a handler t
 partition is blocked, and with it every consumer of the topic in the group (the brief: a message that cannot be
 processed goes to a dead-letter topic with the reason; it never blocks a partition).
 
-`install()` (done when services.runtime.broker is imported: every service's consumers) puts `memory_records` where
-aiokafka's fetcher makes the reader of a partition's fetched bytes. Its record batches are aiokafka's own (the
-compiled reader, record by record as before); only when one of them refuses a header name is the rest of THAT batch
-read here (`lenient_records`), with the header name decoded with "surrogateescape": the bytes are kept (a name's
-`encode("utf-8", "surrogateescape")` gives them back), and `header_name_problem` says which name is not UTF-8, so that
-`broker.parse` refuses the message as Poison and it goes to the topic's DLQ with the reason.
+`install()` (done when services.runtime.broker or .kafkaread is imported: every service's consumers, the operators'
+Kafka reads) puts `memory_records` where aiokafka's fetcher makes the reader of a partition's fetched bytes. Its
+record batches are aiokafka's own (the compiled reader, record by record as before); only when one of them refuses a
+header name is the rest of THAT batch read here (`lenient_records`), with the header name decoded with
+"surrogateescape": the bytes are kept (a name's `encode("utf-8", "surrogateescape")` gives them back), and
+`header_name_problem` says which name is not UTF-8, so that `broker.parse` refuses the message as Poison and it goes
+to the topic's DLQ with the reason.
 
 `aiokafka_reader()`: consumers started inside it read with aiokafka's reader unchanged (the benchmarks' plain
 baselines: what a plain aiokafka script does). The choice is made when a consumer starts: its fetcher's task keeps the
