@@ -23,6 +23,8 @@ import io
 import json
 import uuid
 from collections import defaultdict
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -80,34 +82,34 @@ class ExternalSystem:
             if sent_on == topic:
                 where = await answer
                 waiting[where.partition] = max(waiting.get(where.partition, -1), where.offset)
-        consumer = AIOKafkaConsumer("sources.stored", bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
-                                    group_id=f"external-{uuid.uuid4().hex}")
-        await consumer.start()
-        try:
-            async with asyncio.timeout(timeout):
-                while waiting:
-                    for records in (await consumer.getmany(timeout_ms=500)).values():
-                        for record in records:
-                            body = json.loads(record.value)
-                            self.validators["sources.stored"].validate(body)
-                            if body["topic"] == topic and body["offset"] >= waiting.get(body["partition"], 1 << 62):
-                                del waiting[body["partition"]]
-        finally:
-            await consumer.stop()
+        if not waiting:
+            return
+        async with asyncio.timeout(timeout), aclosing(self._bodies("sources.stored")) as bodies:
+            async for body in bodies:
+                self.validators["sources.stored"].validate(body)
+                if body["topic"] == topic and body["offset"] >= waiting.get(body["partition"], 1 << 62):
+                    del waiting[body["partition"]]
+                    if not waiting:
+                        return
 
     async def wait_for(self, topic: str, match: Any, timeout: float = 180) -> dict[str, Any]:
+        async with asyncio.timeout(timeout), aclosing(self._bodies(topic)) as bodies:
+            async for body in bodies:
+                if match(body):
+                    self.validators[topic].validate(body)  # what we read is what was published
+                    return body
+        raise AssertionError(f"{topic}: the read ended")  # it never does: the timeout ends it
+
+    async def _bodies(self, topic: str) -> AsyncGenerator[dict[str, Any], None]:
+        """Every record's body on `topic` from its beginning (a group of its own), as long as it is read."""
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=self.bootstrap, auto_offset_reset="earliest",
                                     group_id=f"external-{uuid.uuid4().hex}")
         await consumer.start()
         try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    for records in (await consumer.getmany(timeout_ms=500)).values():
-                        for record in records:
-                            body = json.loads(record.value)
-                            if match(body):
-                                self.validators[topic].validate(body)  # what we read is what was published
-                                return body
+            while True:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for record in records:
+                        yield json.loads(record.value)
         finally:
             await consumer.stop()
 
