@@ -48,7 +48,7 @@ from typing import IO, Any, Protocol
 from lxml import etree
 
 from contracts.deadlines import ITALY
-from contracts.ts730 import MAX_ZIP_BYTES, schema_path
+from contracts.ts730 import MAX_ZIP_BYTES, cf_proprietario_room, schema_path
 from services.formatter.xml730_rules import (
     MAX_CIPHERTEXT,
     DocumentProblem,
@@ -356,8 +356,10 @@ async def format_730(pool: Any, filestore: FileStoreLike, instance: int, snapsho
     """Write the 730 zips of a snapshot into the file store; one dict per zip (a FileRef plus `part`).
 
     `period` labels the names (e.g. "2026S2"); by default it comes from the payment dates of
-    each structure. `cf_proprietario` is only needed when the sender is not the Region
-    (spec v2.5 §5: facoltativo solo in caso di Inviante = Regione); it is encrypted like the CFs.
+    each structure. `cf_proprietario` (mandatory unless the sender is the Region, spec v2.5 §5) is encrypted like
+    the CFs when given; the pipeline does not give it: the operator types it at the send, and the TS gateway adds
+    it to the file then (services.ts_gateway.operations.with_cf_proprietario), in the room that each zip without it
+    leaves below `max_zip_bytes` (contracts.ts730.cf_proprietario_room).
     Raises Xml730Rejected (source problems), Xml730Invalid (formatter defect), SanitelError.
     """
     schema = await asyncio.to_thread(load_schema, version)
@@ -411,7 +413,8 @@ async def _build_and_store(pool: Any, filestore: FileStoreLike, instance: int, s
 
             writer = SubmissionWriter(
                 owner=Owner(region, ente, sts11, cf_owner), encrypt=encrypt, workdir=Path(tmp),
-                name_part=name_part, schema=schema, max_zip_bytes=max_zip_bytes, first_part=len(parts) + 1)
+                name_part=name_part, schema=schema, first_part=len(parts) + 1,
+                max_zip_bytes=max_zip_bytes - (cf_proprietario_room(max_zip_bytes) if cf_owner is None else 0))
             writer.problems = problems  # one list: once anything is wrong, later parts skip validation
             writers.append(writer)
             async with conn.transaction():  # a server-side cursor lives in a transaction

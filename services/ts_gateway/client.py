@@ -183,17 +183,22 @@ class TsClient:
             raise ZipTooLarge(
                 "108", f"{file_name}: {len(zip_bytes)} byte superano il limite di {MAX_ZIP_BYTES} byte; non inviato"
             )
+        cf_proprietario = encrypt_for_ts(self._cert, credentials.cf_proprietario)
         try:
             owner = ops.proprietario_of_zip(file_name, zip_bytes)
+            # the operator's C.F. proprietario goes into the file too (ops.with_cf_proprietario): a thread, since
+            # the XML of a 5 MB zip is inflated and deflated again (~1 s of CPU for the largest)
+            zip_bytes = await asyncio.to_thread(ops.with_cf_proprietario, file_name, zip_bytes, cf_proprietario)
         except ValueError as exc:
             raise RefusedBeforeSending("109", f"blocco proprietario non leggibile ({exc}); non inviato") from None
+        if self._settings.enforce_size_limit and len(zip_bytes) > MAX_ZIP_BYTES:
+            raise ZipTooLarge(
+                "108", f"{file_name}: {len(zip_bytes)} byte con il C.F. proprietario superano il limite di "
+                f"{MAX_ZIP_BYTES} byte; non inviato"
+            )
         content_id = f"documento-{file_name}@ts-gateway"
         envelope = ops.build_invia_file(
-            file_name,
-            encrypt_for_ts(self._cert, credentials.pincode),
-            owner,
-            encrypt_for_ts(self._cert, credentials.cf_proprietario),
-            content_id,
+            file_name, encrypt_for_ts(self._cert, credentials.pincode), owner, cf_proprietario, content_id
         )
         body, content_type = build_mtom(envelope, {content_id: zip_bytes})
         answer = await self._post("inviaFileMtom", ops.INVIO_PATH, credentials, body, content_type)

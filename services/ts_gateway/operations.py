@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -116,6 +119,53 @@ def proprietario_of_zip(file_name: str, zip_bytes: bytes) -> Proprietario:
     except (zipfile.BadZipFile, etree.XMLSyntaxError) as exc:
         raise ValueError(f"{file_name}: not a readable 730 zip ({type(exc).__name__})") from None
     raise ValueError(f"{file_name}: the XML has no proprietario block")
+
+
+# How much of an XML's head holds its proprietario block: the root's start, the three opzionale (empty in our
+# files) and the block itself, a few hundred bytes in every file the formatter writes.
+_HEAD_BYTES = 64 * 1024
+_CIPHERTEXT = re.compile(rb"[A-Za-z0-9+/=]{1,256}")  # base64, and cfType's 256 characters at most
+
+
+def with_cf_proprietario(file_name: str, zip_bytes: bytes, cf_proprietario_cifrato: str) -> bytes:
+    """The 730 zip with `cfProprietario` as the last element of its proprietario block, as the send needs it.
+
+    The file's proprietario names the structure; its cfProprietario (mandatory unless the sender is the Region,
+    ws-asincrono-spec-v2.5 par. 5 "Sezione Proprietario (caso d'uso Struttura)") is the C.F. the operator types
+    with the credentials, at the send: the formatter wrote the file before anyone typed it. Everything else in the
+    XML stays byte for byte as formatted; the zip keeps its one entry's name, date and compression (deflate at the
+    formatter's level, 6). A file whose block has a cfProprietario already is returned as it is.
+    Raises ValueError naming the file when its XML has no proprietario block at its head."""
+    cipher = cf_proprietario_cifrato.encode("ascii", errors="replace")
+    if not _CIPHERTEXT.fullmatch(cipher):
+        raise ValueError(f"{file_name}: the encrypted C.F. proprietario is not base64 of at most 256 characters")
+    try:
+        with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zipped:
+            entries = [info for info in zipped.infolist() if not info.is_dir()]
+            if len(entries) != 1:
+                raise ValueError(f"{file_name}: a 730 zip holds exactly one XML, this one has {len(entries)} entries")
+            entry = entries[0]
+            with zipped.open(entry) as xml:
+                head = xml.read(_HEAD_BYTES)
+                start, end = head.find(b"<proprietario>"), head.find(b"</proprietario>")
+                if start < 0 or end < start:
+                    raise ValueError(f"{file_name}: the XML has no proprietario block in its first "
+                                     f"{_HEAD_BYTES // 1024} KiB")
+                if b"<cfProprietario" in head[start:end]:
+                    return zip_bytes
+                out = io.BytesIO()
+                with zipfile.ZipFile(out, "w") as target:
+                    made = zipfile.ZipInfo(entry.filename, date_time=entry.date_time)
+                    made.compress_type = entry.compress_type
+                    made.external_attr = entry.external_attr
+                    with target.open(made, "w") as sent:
+                        sent.write(head[:end])
+                        sent.write(b"<cfProprietario>" + cipher + b"</cfProprietario>")
+                        sent.write(head[end:])
+                        shutil.copyfileobj(xml, sent, 1 << 20)
+                return out.getvalue()
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise ValueError(f"{file_name}: not a readable 730 zip ({type(exc).__name__})") from None
 
 
 def build_invia_file(

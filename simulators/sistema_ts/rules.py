@@ -152,9 +152,13 @@ def check_proprietario(user: SimUser, private_key_pem: bytes, cf_cifrato: str | 
         raise IntakeRefusal("110")
 
 
-def check_proprietario_matches_file(operation: etree._Element, xml: bytes) -> None:
+def check_proprietario_matches_file(operation: etree._Element, xml: bytes, user: SimUser | None = None,
+                                    private_key_pem: bytes | None = None) -> None:
     """datiProprietario must name the structure (region, ASL, SSA: mandatory in the structure case,
-    ws-asincrono-spec-v2.5 par. 5) that the file's own proprietario block names: else 109."""
+    ws-asincrono-spec-v2.5 par. 5) that the file's own proprietario block names: else 109. With `user` and the key,
+    the file's own cfProprietario too (mandatory in the structure case unless the sender is the Region, which no
+    account of the simulator is): missing or not decryptable 109, another C.F. than the user's 110, as the
+    envelope's."""
     names = ("codiceRegione", "codiceAsl", "codiceSSA")
     envelope = [(operation.findtext(f"datiProprietario/{n}") or "").strip() for n in names]
     if not all(envelope):
@@ -165,6 +169,8 @@ def check_proprietario_matches_file(operation: etree._Element, xml: bytes) -> No
         return  # processing rejects it (stato 5) with the parser's reason
     if [(root.findtext(f"proprietario/{n}") or "").strip() for n in names] != envelope:
         raise IntakeRefusal("109")
+    if user is not None and private_key_pem is not None:
+        check_proprietario(user, private_key_pem, (root.findtext("proprietario/cfProprietario") or "").strip())
 
 
 def unzip_single_xml(file_name: str, document: bytes) -> bytes:
@@ -208,9 +214,6 @@ def process_file(xml: bytes, private_key_pem: bytes, schema: etree.XMLSchema, er
         log = schema_errors(schema)
         where = f" ({log[0]})" if log else ""
         return Processing(len(documents), 5, reason=f"XML non conforme allo schema 730_precompilata.xsd{where}")
-    cf_proprietario = root.findtext("proprietario/cfProprietario")
-    if cf_proprietario and not _decrypts(private_key_pem, cf_proprietario):
-        return Processing(len(documents), 5, reason="cfProprietario del file non decifrabile")
     errors = []
     for document in documents:
         number = document.findtext("idSpesa/numDocumentoFiscale/numDocumento") or ""

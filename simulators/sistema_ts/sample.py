@@ -17,7 +17,7 @@ from services.runtime.sanitel import encrypt_for_ts
 
 def sample_730_xml(
     cert: x509.Certificate,
-    cf_proprietario: str,
+    cf_proprietario: str | None,
     documents: int,
     cf_cittadino: str = "RSSMRA80A01F839W",
     padding_documents: int = 0,
@@ -26,7 +26,8 @@ def sample_730_xml(
     proprietario = etree.SubElement(root, "proprietario")
     for name, value in (("codiceRegione", "150"), ("codiceAsl", "201"), ("codiceSSA", "000123")):
         etree.SubElement(proprietario, name).text = value
-    etree.SubElement(proprietario, "cfProprietario").text = encrypt_for_ts(cert, cf_proprietario)
+    if cf_proprietario is not None:  # None: the file as the formatter writes it, the send adds it
+        etree.SubElement(proprietario, "cfProprietario").text = encrypt_for_ts(cert, cf_proprietario)
     encrypted_cittadino = encrypt_for_ts(cert, cf_cittadino)
     for number in range(1, documents + padding_documents + 1):
         document = etree.SubElement(root, "documentoSpesa")
@@ -56,5 +57,5 @@ def zip_one(xml: bytes, name: str = "730.xml", compress: bool = True) -> bytes:
     return buffer.getvalue()
 
 
-def sample_730_zip(cert: x509.Certificate, cf_proprietario: str, documents: int = 3) -> bytes:
+def sample_730_zip(cert: x509.Certificate, cf_proprietario: str | None, documents: int = 3) -> bytes:
     return zip_one(sample_730_xml(cert, cf_proprietario, documents))

@@ -168,7 +168,7 @@ class TsSimulator:
             check_pincode(account, self._key_pem, child_text(operation, "pincodeInvianteCifrato", "invia") or "")
             check_proprietario(account, self._key_pem, operation.findtext("datiProprietario/cfProprietario"))
             xml = unzip_single_xml(file_name, document)
-            check_proprietario_matches_file(operation, xml)
+            check_proprietario_matches_file(operation, xml, account, self._key_pem)
             if self.behaviour.reject_intake_code:
                 raise IntakeRefusal(self.behaviour.reject_intake_code)
         except IntakeRefusal as refusal:

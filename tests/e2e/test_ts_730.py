@@ -254,7 +254,19 @@ def _document_numbers(platform: Any, sha256: str) -> list[str]:
 
 
 def _submissions_per_zip(submissions: list[dict[str, Any]], zips: list[asyncpg.Record]) -> dict[str, int]:
-    return {z["name"]: sum(1 for s in submissions if s["zip_sha256"] == z["sha256"]) for z in zips}
+    return {z["name"]: sum(1 for s in submissions if z["sha256"].startswith(_stored_zip(s["file_name"]))) for z in zips}
+
+
+async def _polls(platform: Any, zips: set[str]) -> int:
+    """How often TS was asked about the files sent from these stored zips (their hash prefixes)."""
+    return sum(s["polls"] for s in await _sim_submissions(platform) if _stored_zip(s["file_name"]) in zips)
+
+
+def _stored_zip(file_name: str) -> str:
+    """The hash prefix of the stored zip a file TS received was sent from, which the gateway's nomeFileAllegato
+    carries (services.ts_gateway.submission.file_name_for): TS received that zip with the operator's C.F.
+    proprietario added (services.ts_gateway.operations.with_cf_proprietario), whose own hash is another."""
+    return file_name.removesuffix(".zip").rsplit("_", 1)[1]
 
 
 # ---- the tests -------------------------------------------------------------------------------------
@@ -289,7 +301,8 @@ async def test_a_730_month_goes_from_source_data_to_confirmed_by_sistema_ts_with
 
     submissions = await _sim_submissions(platform)
     assert _submissions_per_zip(submissions, zips) == {z["name"]: 1 for z in zips}
-    at_ts = {s["zip_sha256"]: s["protocollo"] for s in submissions}
+    at_ts = {z["sha256"]: s["protocollo"] for s in submissions for z in zips
+             if z["sha256"].startswith(_stored_zip(s["file_name"]))}
     assert {s["zip_sha256"]: s["protocollo"] for s in submitted} == {z["sha256"]: at_ts[z["sha256"]] for z in zips}
     # the instance was bigger than one zip (E2E_MAX_ZIP_BYTES): several parts of one structure
     per_structure = collections.Counter(z["name"].split("_")[2] for z in zips)
@@ -365,7 +378,8 @@ async def test_a_gateway_killed_after_sistema_ts_accepted_a_zip_adopts_that_prot
         class KillTheGatewayOnAccept(list):  # type: ignore[type-arg]
             def append(self, submission: Any) -> None:
                 super().append(submission)
-                if submission.zip_sha256 in ours and not accepted_when_killed:
+                if any(sha.startswith(_stored_zip(submission.file_name)) for sha in ours) \
+                        and not accepted_when_killed:
                     accepted_when_killed.append(submission)
                     _sigkill(gateway)
 
@@ -379,11 +393,12 @@ async def test_a_gateway_killed_after_sistema_ts_accepted_a_zip_adopts_that_prot
         finally:
             simulator.submissions = list(simulator.submissions)
         (in_the_window,) = accepted_when_killed
+        window_zip = next(sha for sha in ours if sha.startswith(_stored_zip(in_the_window.file_name)))
         # what the dead gateway left (no gateway runs yet): TS has the zip, the ledger says "sending", no protocollo
         assert _submissions_per_zip(await _sim_submissions(platform), zips) == {
-            z["name"]: int(z["sha256"] == in_the_window.zip_sha256) for z in zips}
+            z["name"]: int(z["sha256"] == window_zip) for z in zips}
         part = await pool.fetchrow("SELECT * FROM ts_submission_part WHERE instance = $1 AND zip_sha256 = $2",
-                                   instance, in_the_window.zip_sha256)
+                                   instance, window_zip)
         assert part is not None and part["state"] == "sending" and part["protocollo"] is None, part and dict(part)
         # the sealed box survived the kill outside the history: the restarted gateway opens it from there
         box = await _box(pool, instance)
@@ -399,11 +414,11 @@ async def test_a_gateway_killed_after_sistema_ts_accepted_a_zip_adopts_that_prot
     submissions = await _sim_submissions(platform)
     assert _submissions_per_zip(submissions, zips) == {z["name"]: 1 for z in zips}
     recorded = await pool.fetchval("SELECT protocollo FROM ts_submission_part WHERE instance = $1 AND zip_sha256 = $2",
-                                   instance, in_the_window.zip_sha256)
+                                   instance, window_zip)
     assert recorded == in_the_window.protocollo
     submitted = await _events_on(platform.settings.kafka_bootstrap, "flows.ts-submitted",
                                  lambda b: b["instance"] == instance, len(zips))
-    assert {s["zip_sha256"]: s["protocollo"] for s in submitted}[in_the_window.zip_sha256] == in_the_window.protocollo
+    assert {s["zip_sha256"]: s["protocollo"] for s in submitted}[window_zip] == in_the_window.protocollo
 
 
 async def test_a_rejected_send_with_a_wrong_password_can_be_sent_again_and_ends_confirmed(platform, pool):
@@ -463,22 +478,22 @@ async def test_a_key_rotated_mid_submission_still_opens_the_old_box_after_a_rest
 
         # in the middle of X's polling, K1 retired: the kill waits for the gateway's first poll of X (Waiting
         # feedback is recorded before it, and on a loaded machine the rotation's CLI can end before that poll)
-        x_zips = {z["sha256"] for z in await _zips(pool, x)}
+        x_zips = {z["sha256"][:16] for z in await _zips(pool, x)}  # as the names TS received carry them
         deadline = time.monotonic() + 60
-        while not sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips):
+        while not await _polls(platform, x_zips):
             assert time.monotonic() < deadline, "the gateway never polled X"
             assert gateway.returncode is None, "the gateway died before it polled X"
             await asyncio.sleep(0.05)
         _sigkill(gateway)
         assert await asyncio.wait_for(gateway.wait(), 10) == -signal.SIGKILL
-        polls_before = sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips)
+        polls_before = await _polls(platform, x_zips)
         assert polls_before > 0, "the killed gateway never polled X"
         monkeypatch.setattr(gateway_keys, "RETIRED_KEY_GRACE_S", 0.0)  # for the gateway that restarts now
     # the restarted gateway's first resume pass ran (it polls X again), and kept K1: X's box needs it. A hang guard:
     # the pass begins once the restarted gateway's group is joined, after the killed one's Kafka session timed out
     # (8 s measured at load 2, most of it that session), which 60 s did not leave ten times over
     deadline = time.monotonic() + 180
-    while sum(s["polls"] for s in await _sim_submissions(platform) if s["zip_sha256"] in x_zips) <= polls_before:
+    while await _polls(platform, x_zips) <= polls_before:
         assert time.monotonic() < deadline, "the restarted gateway never polled X again within 180 s"
         await asyncio.sleep(0.2)
     assert (retired / f"{first}.pem").is_file(), "K1 was deleted while X's box was sealed to it"

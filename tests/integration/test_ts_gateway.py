@@ -381,33 +381,57 @@ async def test_a_file_ts_discards_in_processing_ends_rejected_with_its_stato_and
     assert instance_outcome([PartState.CONFIRMED, feedback.part.state]) is PartState.REJECTED
 
 
-async def test_the_envelope_names_the_structure_of_the_file_and_ts_refuses_one_that_differs(ts) -> None:  # type: ignore[no-untyped-def]
-    """datiProprietario (region, ASL, SSA) is mandatory for a structure; the client takes it from the
-    file's own proprietario block, so it cannot disagree; a forged envelope gets TS's 109."""
-    client, url, cert = ts
+async def _send_past_the_client(url: str, cert: Any, zip_bytes: bytes, *, owner: Any = None,
+                                cf_proprietario: str | None = None) -> Any:
+    """inviaFileMtom as the client would build it, but with this envelope and these bytes, as they are: what TS
+    does with a request our client never sends. The receipt."""
     from services.runtime.sanitel import encrypt_for_ts
     from services.ts_gateway import operations as ops
-    from services.ts_gateway.soap import build_mtom
+    from services.ts_gateway.soap import build_mtom, parse_multipart
 
-    zip_bytes = sample_730_zip(cert, ROSSI.cf_proprietario)
-    assert ops.proprietario_of_zip("x.zip", zip_bytes) == ops.Proprietario("150", "201", "000123")
-    assert len((await client.invia_file(ROSSI, "730_1947_p1_owner.zip", zip_bytes)).protocollo) == 17
-
-    forged = ops.build_invia_file("730_1947_p1_forged.zip", encrypt_for_ts(cert, ROSSI.pincode),
-                                  ops.Proprietario("150", "999", "000123"),
-                                  encrypt_for_ts(cert, ROSSI.cf_proprietario), "doc@forged")
-    body, content_type = build_mtom(forged, {"doc@forged": zip_bytes})
+    envelope = ops.build_invia_file("730_1947_p1_past.zip", encrypt_for_ts(cert, ROSSI.pincode),
+                                    owner or ops.proprietario_of_zip("x.zip", zip_bytes),
+                                    encrypt_for_ts(cert, cf_proprietario or ROSSI.cf_proprietario), "doc@past")
+    body, content_type = build_mtom(envelope, {"doc@past": zip_bytes})
     async with aiohttp.ClientSession() as http, http.post(
             url + ops.INVIO_PATH, data=body, headers={"Content-Type": content_type},
             auth=aiohttp.BasicAuth(ROSSI.user, ROSSI.password)) as answer:
         raw = await answer.read()
         answer_type = answer.headers.get("Content-Type", "")
     if answer_type.lower().startswith("multipart/related"):
-        from services.ts_gateway.soap import parse_multipart
-
         raw = parse_multipart(raw, answer_type, "answer")[0].content
     receipt = ops.parse_invia_receipt(raw)
-    assert not isinstance(receipt, ops.SoapFault) and receipt.codice_esito == "109", receipt
+    assert not isinstance(receipt, ops.SoapFault), receipt
+    return receipt
+
+
+async def test_the_envelope_names_the_structure_of_the_file_and_ts_refuses_one_that_differs(ts) -> None:  # type: ignore[no-untyped-def]
+    """datiProprietario (region, ASL, SSA) is mandatory for a structure; the client takes it from the
+    file's own proprietario block, so it cannot disagree; a forged envelope gets TS's 109."""
+    client, url, cert = ts
+    from services.ts_gateway import operations as ops
+
+    zip_bytes = sample_730_zip(cert, ROSSI.cf_proprietario)
+    assert ops.proprietario_of_zip("x.zip", zip_bytes) == ops.Proprietario("150", "201", "000123")
+    assert len((await client.invia_file(ROSSI, "730_1947_p1_owner.zip", zip_bytes)).protocollo) == 17
+    assert (await _send_past_the_client(url, cert, zip_bytes, owner=ops.Proprietario("150", "999", "000123"))
+            ).codice_esito == "109"
+
+
+async def test_the_cf_proprietario_typed_at_the_send_goes_into_the_file_which_ts_refuses_without_it(ts) -> None:  # type: ignore[no-untyped-def]
+    """The formatter writes the file before the operator types the C.F. proprietario; the client puts it in the
+    file's proprietario block (ws-asincrono-spec-v2.5 par. 5: mandatory for a structure unless the sender is the
+    Region). TS refuses the file without it (109) and with another person's (110)."""
+    client, url, cert = ts
+    as_formatted = sample_730_zip(cert, None, documents=2)
+    assert len((await client.invia_file(ROSSI, "730_1947_p1_typed.zip", as_formatted)).protocollo) == 17
+    assert (await _send_past_the_client(url, cert, as_formatted)).codice_esito == "109"
+    someone_else = sample_730_zip(cert, "BNCGVN75C12H501K", documents=2)
+    assert (await _send_past_the_client(url, cert, someone_else)).codice_esito == "110"
+    # the client leaves a file that names its C.F. as it is: TS then tells the operator it is not theirs
+    with pytest.raises(TsIntakeRejected) as refused:
+        await client.invia_file(ROSSI, "730_1947_p1_other.zip", someone_else)
+    assert refused.value.code == "110"
 
 
 # ---- the gateway's handlers: the sealed box outside the history ------------------------------------
