@@ -77,6 +77,16 @@ class DocumentProblem:
 
 Rule = Callable[[SpendingDocument], Iterator[DocumentProblem]]
 
+# naturaIVA of a voceSpesa by its tipoSpesa. Since the 2020-12 layout (ws-asincrono-spec-v2.5, voceSpesa:
+# aliquotaIVA "in alternativa al campo NaturaIva", O/F) TS wants one of the two for every voce of a document paid
+# from 2021 on; the source contract carries neither. The health services an ASL or a hospital is paid for (TK:
+# the ticket of an SSN service; SR: a specialist visit or service, intramoenia included; SP: other health
+# services) are exempt from VAT (art. 10, c. 1, n. 18, DPR 633/1972): N4, "esenti", valid for a documento
+# commerciale (D: N1-N6) and an invoice (F). The other tipoSpesa (medicines, devices, aesthetic surgery, ...)
+# have rates the source would have to say: no voce of theirs gets one here (TS reports such a document in the
+# instance's feedback). A region with another rule changes this table.
+VAT_NATURE: dict[str, str] = {"TK": "N4", "SR": "N4", "SP": "N4"}
+
 
 def format_amount(amount: Decimal) -> str:
     """Euro amount as the schema wants it (`[0-9]{1,5}.[0-9]{2}`); never rounds silently."""
@@ -318,19 +328,23 @@ def document_element(doc: SpendingDocument, encrypt: Callable[[str], str]) -> et
         if line.flag_spending_type is not None:
             _leaf(item, "flagTipoSpesa", line.flag_spending_type)
         _leaf(item, "importo", format_amount(line.amount))
+        nature = VAT_NATURE.get(line.spending_type)
+        if nature is not None:
+            _leaf(item, "naturaIVA", nature)
     return el
 
 
 @cache
 def _size_bound_terms() -> tuple[int, int]:
     """(fixed bytes, bytes per voceSpesa) of the largest documentoSpesa the rules let through."""
+    widest = max(VAT_NATURE, key=lambda kind: len(VAT_NATURE[kind]), default="TK")  # every tipoSpesa is 2 letters
     def worst(n_items: int) -> int:
         doc = SpendingDocument(
             source_id="x", ente="XXX", structure_sts11="XXXXXX", issuer_vat="9" * 11,
             issue_date=date(2099, 12, 31), device=999, document_number="X" * 20,
             payment_date=date(2099, 12, 30), traced_payment=False, document_kind="F",
             patient_cf="X", patient_objection=False,
-            items=(SpendingLine("TK", "1", Decimal("99999.99")),) * n_items)
+            items=(SpendingLine(widest, "1", Decimal("99999.99")),) * n_items)
         el = document_element(doc, lambda _: "X" * MAX_CIPHERTEXT)  # payment < issue: with the advance flag
         return len(etree.tostring(el, encoding="UTF-8")) + 1  # + the newline between documents
     one, two = worst(1), worst(2)

@@ -203,6 +203,11 @@ class Processing:
     reason: str = ""
 
 
+# aliquotaIVA or naturaIVA in every voceSpesa, for payments from this day (ws-asincrono-spec-v2.5, 2020-12: the
+# expenses of 2021 on); the simulator reports a voce without either as a document error, as TS's checks would
+VAT_REQUIRED_FROM = "2021-01-01"
+
+
 def process_file(xml: bytes, private_key_pem: bytes, schema: etree.XMLSchema, error_documents: set[str]) -> Processing:
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
     try:
@@ -222,6 +227,10 @@ def process_file(xml: bytes, private_key_pem: bytes, schema: etree.XMLSchema, er
             errors.append(_error(document, "SIM01", "CF CITTADINO NON DECIFRABILE (simulato)"))
         elif number in error_documents:
             errors.append(_error(document, "SIM02", "DOCUMENTO SCARTATO (errore simulato)"))
+        elif (document.findtext("dataPagamento") or "") >= VAT_REQUIRED_FROM and any(
+                voce.find("aliquotaIVA") is None and voce.find("naturaIVA") is None
+                for voce in document.findall("voceSpesa")):
+            errors.append(_error(document, "SIM03", "VOCE DI SPESA SENZA ALIQUOTA IVA NE' NATURA IVA (simulato)"))
     return Processing(len(documents), 3 if errors else 2, errors)
 
 

@@ -46,6 +46,7 @@ def sample_730_xml(
         voce = etree.SubElement(document, "voceSpesa")
         etree.SubElement(voce, "tipoSpesa").text = "TK"
         etree.SubElement(voce, "importo").text = "36.15"
+        etree.SubElement(voce, "naturaIVA").text = "N4"
     return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
 
 

@@ -236,6 +236,23 @@ async def test_stato_3_brings_the_per_document_errors_as_rows(ts, ledger: PgPart
     assert (status.n_inviati, status.n_accolti, status.n_errori) == (5, 3, 2)
 
 
+async def test_a_voce_without_vat_rate_or_nature_is_a_document_error(ts, ledger: PgPartLedger) -> None:  # type: ignore[no-untyped-def]
+    """TS wants aliquotaIVA or naturaIVA in every voceSpesa paid from 2021 on: the simulator reports a document
+    without them, the others of the file are accepted."""
+    client, _, cert = ts
+    xml = sample_730_xml(cert, ROSSI.cf_proprietario, documents=3)
+    head, doc_2, tail = xml.partition(b"<numDocumento>DOC-2</numDocumento>")
+    zip_bytes = zip_one(head + doc_2 + tail.replace(b"<naturaIVA>N4</naturaIVA>", b"", 1))  # DOC-2's only voce
+    key = await _one_part(ledger, zip_bytes, 3)
+    runner = _runner(ledger, client)
+    await runner.send_with_retry(ROSSI, key, zip_bytes)
+
+    feedback = await runner.poll_part(ROSSI, key)
+
+    assert (feedback.part.state, feedback.part.stato) == (PartState.CONFIRMED_WITH_ERRORS, 3)
+    assert [(e.numero_documento, e.codice_errore) for e in feedback.errors] == [("DOC-2", "SIM03")]
+
+
 async def test_a_part_left_sending_after_ts_accepted_it_is_adopted_not_sent_twice(ts, ledger: PgPartLedger) -> None:  # type: ignore[no-untyped-def]
     """The state a gateway killed after sending leaves (no process is killed here: the runner's recovery from
     that ledger state; the kill itself is tests/e2e/test_ts_730.py's)."""

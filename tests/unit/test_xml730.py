@@ -180,6 +180,20 @@ def test_a_ticket_is_tk_and_an_intramoenia_visit_is_sr_with_flag_2(cert, tmp_pat
     assert visit.findtext("pagamentoTracciato") == "SI" and ticket.findtext("pagamentoTracciato") == "NO"
 
 
+def test_an_exempt_health_service_carries_natura_iva_n4_and_a_medicine_no_vat_field(cert, tmp_path):
+    """One of aliquotaIVA / naturaIVA per voceSpesa (ws-asincrono-spec-v2.5); the sources carry neither, so the
+    health services (TK, SR, SP) are written exempt (N4), and a tipoSpesa whose rate only the source can know gets
+    none (services.formatter.xml730_rules.VAT_NATURE)."""
+    (visit, ticket) = a_month_of_documents(2)
+    medicine = replace(ticket, source_id="CUP-FC", document_number="000123/FC",
+                       items=(SpendingLine("FC", None, Decimal("12.50")), SpendingLine("SP", None, Decimal("5.00"))))
+    (part,) = write([visit, ticket, medicine], cert, tmp_path).parts
+    etree.XMLSchema(file=str(OFFICIAL_XSD)).assertValid(xml_of(part))
+    assert [[(v.findtext("tipoSpesa"), v.findtext("naturaIVA"), v.find("aliquotaIVA")) for v in d.findall("voceSpesa")]
+            for d in documents_in(part)] == [
+        [("SR", "N4", None), ("SR", "N4", None)], [("TK", "N4", None)], [("FC", None, None), ("SP", "N4", None)]]
+
+
 @pytest.mark.parametrize(("amount", "text"), [
     (Decimal("36.15"), "36.15"), (Decimal("7"), "7.00"), (Decimal("0.5"), "0.50"),
     (Decimal("0.01"), "0.01"), (Decimal("99999.99"), "99999.99"), (Decimal("120.000"), "120.00")])
