@@ -128,7 +128,8 @@ class PaymentDocument(SourceModel):
     structure_sts11: Sts11
     issuer_vat: Code = Field(pattern=r"^[0-9]{11}$", description="VAT number (partita IVA) of the issuer.")
     issue_date: IsoDate
-    device: StrictInt = Field(ge=1, le=999, description="Issuing device (dispositivo).")
+    device: StrictInt = Field(ge=1, le=999, description="Issuing device (dispositivo): the cash register of a D; 1 on "
+                                                        "an invoice (F), as Sistema TS wants it.")
     document_number: Code = Field(pattern=r"^[A-Za-z0-9_./\\-]{1,20}$")
     payment_date: IsoDate
     traced_payment: StrictBool = Field(description="Paid with a traceable means (pagamentoTracciato).")

@@ -210,6 +210,15 @@ def device_must_be_between_1_and_999(doc: SpendingDocument) -> Iterator[Document
         yield DocumentProblem(doc.source_id, "device", f"{doc.device} è fuori dall'intervallo 1-999 (dispositivo)")
 
 
+def an_invoice_is_on_device_1(doc: SpendingDocument) -> Iterator[DocumentProblem]:
+    """dispositivo is a cash register's number; "per l'emissione di fatture o ricevute fiscali il campo assume il
+    valore 1" (ws-asincrono-spec-v2.5, numDocumentoFiscale): on an invoice another number would file the document
+    under an idSpesa its issuer does not know it by (corrections and TS's error reports name it)."""
+    if doc.document_kind == "F" and doc.device != 1:
+        yield DocumentProblem(doc.source_id, "device",
+                              f"{doc.device}: su una fattura (tipoDocumento F) il dispositivo vale 1")
+
+
 def document_number_must_fit_num_documento(doc: SpendingDocument) -> Iterator[DocumentProblem]:
     if not _DOCUMENT_NUMBER.fullmatch(doc.document_number):
         yield DocumentProblem(doc.source_id, "document_number",
@@ -272,6 +281,7 @@ RULES: tuple[Rule, ...] = (
     issue_date_must_not_precede_2014,
     payment_date_must_not_precede_2015,
     device_must_be_between_1_and_999,
+    an_invoice_is_on_device_1,
     document_number_must_fit_num_documento,
     document_kind_must_be_invoice_or_receipt,
     patient_cf_must_be_present_and_valid_unless_objected,

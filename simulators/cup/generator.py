@@ -273,10 +273,13 @@ class Generation:
             # resumes here, so every document of the month's generation falls in the month it reports
             paid = min((r["delivery_date"] for r in rows if r["delivery_date"] >= self.period_start),
                        default=rows[0]["delivery_date"])
+            # an invoice's dispositivo is 1 (ws-asincrono-spec-v2.5); the cash register's number once drawn here is
+            # drawn still, so that the rest of a generated month (and every figure measured on one) stays as it was
+            rng.randint(1, 3)
             yield _construct(PaymentDocument, dict(
                 source_id=f"{self.prefix}-D{self._dseq:07d}", ente=self.ente,
                 structure_sts11=first["structure_sts11"], issuer_vat=self.vat, issue_date=paid,
-                device=rng.randint(1, 3), document_number=f"{paid.year}/{self.seed % 1000:03d}{self._dseq:07d}",
+                device=1, document_number=f"{paid.year}/{self.seed % 1000:03d}{self._dseq:07d}",
                 payment_date=paid, traced_payment=rng.random() < 0.7, document_kind="F",
                 patient_cf=first["patient_cf"], patient_objection=first["patient_objection"], items=[item]))
 

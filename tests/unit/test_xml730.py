@@ -65,7 +65,8 @@ def a_month_of_documents(count: int, *, structure: str = "000123", ente: str = "
                  if intramoenia else (SpendingLine("TK", None, TICKET),))
         yield SpendingDocument(
             source_id=f"CUP-{ente}-{structure}-{n:06d}", ente=ente, structure_sts11=structure,
-            issuer_vat=partita_iva(4_242_424), issue_date=day, device=1 + n % 3, document_number=f"{structure}/{n:06d}",
+            issuer_vat=partita_iva(4_242_424), issue_date=day, device=1 if intramoenia else 1 + n % 3,  # F: 1
+            document_number=f"{structure}/{n:06d}",
             payment_date=day, traced_payment=n % 2 == 0, document_kind="F" if intramoenia else "D",
             patient_cf=patient_cf(n), patient_objection=n % 7 == 6, items=items)
 
@@ -178,6 +179,16 @@ def test_a_ticket_is_tk_and_an_intramoenia_visit_is_sr_with_flag_2(cert, tmp_pat
             for v in ticket.findall("voceSpesa")] == [("TK", None, "36.15")]
     assert ticket.findtext("flagOperazione") == "I" and ticket.findtext("tipoDocumento") == "D"
     assert visit.findtext("pagamentoTracciato") == "SI" and ticket.findtext("pagamentoTracciato") == "NO"
+
+
+def test_an_invoice_on_another_device_than_1_is_refused_naming_record_and_field(cert, tmp_path):
+    """dispositivo is 1 on an invoice (F); a documento commerciale (D) names its cash register."""
+    (visit, ticket) = a_month_of_documents(2)
+    on_2 = replace(visit, source_id="CUP-F2", device=2)
+    register_2 = replace(ticket, source_id="CUP-D2", document_number="000123/D2", device=2)
+    writer = write([visit, on_2, register_2], cert, tmp_path)
+    assert [(p.source_id, p.field, p.message) for p in writer.problems] == [
+        ("CUP-F2", "device", "2: su una fattura (tipoDocumento F) il dispositivo vale 1")]
 
 
 def test_an_exempt_health_service_carries_natura_iva_n4_and_a_medicine_no_vat_field(cert, tmp_path):
