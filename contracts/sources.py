@@ -112,7 +112,8 @@ class SpendingItem(SourceModel):
         description="Sistema TS tipoSpesa: TK ticket, SR visit / service, ..."
     )
     flag_spending_type: Literal["1", "2"] | None = Field(
-        default=None, description="flagTipoSpesa: 2 for intramoenia (ALPI) services."
+        default=None, description="flagTipoSpesa: 1 on the ticket (TK) of an emergency-room (pronto soccorso) "
+                                  "service, 2 on an intramoenia (ALPI) service (SR); none otherwise."
     )
     amount: Annotated[Decimal, Money(5, positive=True)]  # numeric(7,2), more than 0
     service_source_ids: list[SourceId] = Field(default_factory=list, max_length=1000,
