@@ -322,8 +322,14 @@ def send_730(instance: int,
     transmission date: today sends now, a later day is sent by the gateway on that day)."""
     from contracts.deadlines import italian_today
     from services.cli import ts
+    from services.cli.common import console
 
-    run(ts.check_sendable(instance))  # refuse before asking for any credential
+    warning = run(ts.check_sendable(instance))  # refuse before asking for any credential
+    if warning is not None:
+        console.print(f"[yellow]warning:[/] {warning}")
+        if not typer.confirm("Send it anyway?", default=False):
+            console.print("nothing sent")
+            raise typer.Exit(1)
     cf = typer.prompt("C.F. proprietario")
     user = typer.prompt("TS user")
     password = typer.prompt("TS password", hide_input=True)

@@ -19,6 +19,7 @@ from services.cli.instances import _instance_row, _wait_for_state, print_outcome
 from services.runtime.commands import send_command
 from services.runtime.read_models import instance_stream
 from services.ts_gateway.keys import RETIRED_DIR, RETIRED_KEY_GRACE_S, KeysError, rotate_gateway_key
+from services.ts_gateway.overlap import sent_already, warning_en
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, SealError, key_id, seal, sealed_key_id
 
 FINAL_TS = {InstanceState.CONFIRMED.value, InstanceState.CONFIRMED_WITH_ERRORS.value, InstanceState.REJECTED.value}
@@ -37,11 +38,13 @@ async def _ensure_sendable(pool: Any, instance: int, public_key: Path) -> None:
                         "instances can be sent") from exc
 
 
-async def check_sendable(instance: int) -> None:
-    """Before the operator types any credential: is this an instance the gateway can send?"""
+async def check_sendable(instance: int) -> str | None:
+    """Before the operator types any credential: is this an instance the gateway can send? What to warn of first
+    (documents of it Sistema TS already has from another instance, services.ts_gateway.overlap), or None."""
     cfg = settings()
     async with database(cfg) as pool:
         await _ensure_sendable(pool, instance, cfg.keys_dir / PUBLIC_KEY_FILE)
+        return warning_en(instance, await sent_already(pool, instance))
 
 
 async def send_sealed_730(bootstrap: str, pool: Any, keys_dir: Path, instance: int, sealed: str, when: date,

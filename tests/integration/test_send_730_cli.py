@@ -19,6 +19,7 @@ from services.runtime.host import prepare_database
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 from services.ts_gateway import sealing
 from services.ts_gateway.keys import GatewayKeys
+from tests.integration.test_ts_overlap import ledger_part, payment_documents
 
 pytestmark = pytest.mark.integration
 PROMPTS = ("C.F. proprietario", "TS user", "TS password", "Pincode", "Transmission date")
@@ -87,3 +88,43 @@ def test_send_730_of_an_instance_that_does_not_exist_names_it_before_asking_anyt
     out = " ".join(result.output.split())
     assert result.exit_code == 1, result.output
     assert "there is no instance 4242" in out and not [p for p in PROMPTS if p in out], out
+
+
+async def _formatted_730s(url: str) -> None:
+    """Two Formatted 730 instances of entity 201 and August 2026 holding the same two payment documents: 1950 (its
+    snapshot 1951), whose file TS accepted, and 1952 (its snapshot 1953)."""
+    pool = await create_pool(url, min_size=1, max_size=2)
+    try:
+        store = EventStore(pool, source="/test", projections=FLOW_PROJECTIONS)
+        for instance in (1950, 1952):
+            zipped = flows.FileRef(name=f"730_{instance}.zip", kind="730-zip", records=2, bytes=6, sha256="a" * 64,
+                                   media_type="application/zip")
+            events = [
+                flows.LoadRunning(instance=instance, request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_730,
+                                  version="2020", ente="201", requested_by="op.rossi",
+                                  period=flows.Period.model_validate({"start": "2026-08-01", "end": "2026-08-31"})),
+                flows.LoadChecked(instance=instance, source_instance=instance + 1, counts={}),
+                flows.FormattingStarted(instance=instance), flows.Formatted(instance=instance, files=[zipped])]
+            await store.append(instance_stream(instance), [
+                NewEvent(flows.TYPE_OF[type(e)], e.model_dump(mode="json"), actor="test") for e in events],
+                expected_version=0, key=str(instance))
+            await payment_documents(pool, instance + 1, "201", ["D1", "D2"])
+        await ledger_part(pool, 1950, 1, "confirmed", "26091012000000001")
+    finally:
+        await pool.close()
+
+
+def test_send_730_says_which_documents_ts_has_already_and_sends_nothing_unless_told_to(cli_env: str) -> None:
+    asyncio.run(_formatted_730s(cli_env))
+    result = CliRunner().invoke(app, ["send-730", "1952"], input="n\n" + "SHOULD-NOT-BE-READ\n" * 5,
+                                env={"FLOWS_DEBUG": "", "COLUMNS": "200"})
+    out = " ".join(result.output.split())
+    assert result.exit_code == 1, result.output
+    assert ("Sistema TS already has payment documents of instance 1952: 2 in instance 1950 (protocollo "
+            "26091012000000001)") in out
+    assert "Send it anyway? [y/N]" in out and "nothing sent" in out
+    assert not [p for p in PROMPTS if p in out], out  # no credential was asked
+    # the instance TS accepted has nothing another accepted instance holds: it is not warned of
+    quiet = CliRunner().invoke(app, ["send-730", "1950"], input="\x04", env={"FLOWS_DEBUG": "", "COLUMNS": "200"})
+    assert "already has" not in quiet.output and "C.F. proprietario" in quiet.output, quiet.output
+

@@ -1,0 +1,82 @@
+"""Before a 730 goes to Sistema TS, the operator is told which of its documents TS already has from another instance
+(services.ts_gateway.overlap): on the console's send page, and by `flows send-730`."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+from services.ts_gateway.overlap import SentAlready, sent_already
+from services.ts_gateway.sealing import ensure_gateway_keypair
+from tests.console_support import RunningConsole
+
+AUGUST, AUTUMN, JANUARY = ("2026-08-01", "2026-08-31"), ("2026-08-01", "2026-12-31"), ("2027-01-01", "2027-01-31")
+PROTOCOLLO_A, PROTOCOLLO_A2 = "26091012000000001", "26091012000000002"
+
+
+async def payment_documents(pool: Any, snapshot: int, ente: str, numbers: list[str]) -> None:
+    """The payment documents `numbers` in `snapshot` (issuer, day and device the same: the number tells them
+    apart), as the loader's snapshot of a 730 holds them."""
+    await pool.executemany(
+        "INSERT INTO snapshot_payment_document (snapshot_id, source_id, revision, schema_version, ente, "
+        "structure_sts11, issuer_vat, issue_date, device, document_number, payment_date, traced_payment, "
+        "document_kind, patient_cf, patient_objection, items) "
+        "VALUES ($1, $2, 1, 1, $3, '000123', '03213213210', $4, 1, $5, $4, true, 'F', NULL, false, $6)",
+        [(snapshot, f"CUP-{snapshot}-{n}", ente, date(2026, 8, 14), n, json.dumps([{"spending_type": "SR"}]))
+         for n in numbers])
+
+
+async def ledger_part(pool: Any, instance: int, part: int, state: str, protocollo: str | None) -> None:
+    """The gateway's ledger row of a part of `instance` TS answered (state, protocollo as TS gave it)."""
+    await pool.execute(
+        "INSERT INTO ts_submission_part (instance, part, zip_sha256, parts, file_name, documents, state, protocollo) "
+        "VALUES ($1, $2, $3, 2, $4, 1, $5, $6)", instance, part, f"{instance * 10 + part:064x}",
+        f"730_{instance}_p{part}.zip", state, protocollo)
+
+
+async def _formatted_730(console: RunningConsole, ente: str, period: tuple[str, str], numbers: list[str]) -> int:
+    """A Formatted 730 instance of `ente` whose snapshot holds the payment documents `numbers`."""
+    snapshot = int(await console.pool.fetchval("SELECT nextval('flow_instance_seq')"))
+    zipped = console.file_ref(f"730_{ente}_{snapshot}.zip", "730-zip", b"PK zip", len(numbers), "application/zip")
+    instance = await console.instance(ente, [("flows.load-checked", {"source_instance": snapshot, "counts": {}}),
+                                             ("flows.formatting-started", {}),
+                                             ("flows.formatted", {"files": [zipped]})],
+                                      flow_type="FLUSSO_730", period=period)
+    await payment_documents(console.pool, snapshot, ente, numbers)
+    return instance
+
+
+async def _sent(console: RunningConsole, instance: int, part: int, state: str, protocollo: str | None) -> None:
+    await ledger_part(console.pool, instance, part, state, protocollo)
+
+
+async def _send_page(console: RunningConsole, instance: int) -> Any:
+    async with console.client("operator") as client:
+        return await client.get(f"{console.url}/istanze/{instance}/invia-ts")
+
+
+async def test_the_send_page_names_the_instances_ts_accepted_that_hold_documents_of_this_one(
+        console: RunningConsole) -> None:
+    ensure_gateway_keypair(console.settings.keys_dir)
+    sent_august = await _formatted_730(console, "201", AUGUST, ["A1", "A2", "A3"])
+    await _sent(console, sent_august, 1, "confirmed", PROTOCOLLO_A)
+    await _sent(console, sent_august, 2, "confirmed_with_errors", PROTOCOLLO_A2)
+    refused = await _formatted_730(console, "201", AUGUST, ["A1", "A4"])  # TS refused its file: it has none of it
+    await _sent(console, refused, 1, "rejected", None)
+    january = await _formatted_730(console, "201", JANUARY, ["A2"])  # a period after: not compared
+    await _sent(console, january, 1, "confirmed", "27021012000000003")
+    elsewhere = await _formatted_730(console, "202", AUGUST, ["A3"])  # another entity
+    await _sent(console, elsewhere, 1, "confirmed", "26091012000000004")
+    autumn = await _formatted_730(console, "201", AUTUMN, ["A2", "A3", "A4", "A5"])
+
+    assert await sent_already(console.pool, autumn) == [SentAlready(sent_august, 2, (PROTOCOLLO_A, PROTOCOLLO_A2))]
+    # the other way round: nothing of the instances TS accepted is in one it never accepted a file of
+    assert await sent_already(console.pool, sent_august) == []
+    page = await _send_page(console, autumn)
+    assert page.status_code == 200, page.text
+    assert ("Sistema TS ha già ricevuto documenti di spesa di questa istanza: 2 documenti con l&#39;istanza "
+            f"{sent_august} (protocolli {PROTOCOLLO_A}, {PROTOCOLLO_A2})") in page.text
+    assert 'id="invia-ts"' in page.text  # said, not refused: the form is there
+    quiet = await _send_page(console, sent_august)
+    assert quiet.status_code == 200 and 'id="ts-gia-inviati"' not in quiet.text
