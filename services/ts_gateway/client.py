@@ -187,7 +187,7 @@ class TsClient:
         try:
             owner = ops.proprietario_of_zip(file_name, zip_bytes)
             # the operator's C.F. proprietario goes into the file too (ops.with_cf_proprietario): a thread, since
-            # the XML of a 5 MB zip is inflated and deflated again (~1 s of CPU for the largest)
+            # the XML of a 5 MB zip is inflated and deflated again (0.4-0.5 s of CPU, measured)
             zip_bytes = await asyncio.to_thread(ops.with_cf_proprietario, file_name, zip_bytes, cf_proprietario)
         except ValueError as exc:
             raise RefusedBeforeSending("109", f"blocco proprietario non leggibile ({exc}); non inviato") from None
