@@ -44,7 +44,6 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from contracts.envelope import envelope_from_text
 from contracts.topics import Topic
 from services.runtime.broker import (
-    ISOLATION_LEVEL,
     LOG_REASON_MAX,
     Decoder,
     Incoming,
@@ -58,6 +57,7 @@ from services.runtime.broker import (
     parse_checked,
     wait_out,
 )
+from services.runtime.kafkarecords import ISOLATION_LEVEL
 from services.runtime.logging import get_logger
 
 PAUSE_ENV = "FLOWS_BATCH_PAUSE_BEFORE_COMMIT_S"

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -46,7 +46,7 @@ from pydantic import BaseModel, ValidationError
 from contracts.envelope import Envelope, EnvelopeError, check_envelope_text, envelope_from_text, from_kafka_headers
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_REASON_MAX, Topic, all_topics
 from services.runtime import kafkarecords, tracing
-from services.runtime.kafkarecords import header_name_problem, printable_name
+from services.runtime.kafkarecords import ISOLATION_LEVEL, header_name_problem, printable_name
 from services.runtime.logging import bind_message, forget_message, get_logger
 from services.runtime.settings import Settings
 
@@ -272,10 +272,6 @@ class Poison(Exception):
         self.reason = str(self)
         self.data = data
 
-
-# A producer outside (a regional system, a portal) may publish in Kafka transactions: what it aborted never happened,
-# and no consumer of ours reads it (Kafka's default, read_uncommitted, hands aborted records over like any other).
-ISOLATION_LEVEL: Literal["read_committed"] = "read_committed"
 
 # Every consumer of this process gets the records aiokafka's reader refuses (a header name that is not UTF-8):
 # `parse` refuses them, and they go to their DLQ instead of blocking their partition.

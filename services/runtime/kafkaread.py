@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from services.runtime import kafkarecords
+from services.runtime.kafkarecords import ISOLATION_LEVEL
 from services.runtime.settings import bootstrap_list
 
 # The operators' tools read every topic through here: a record with a header name that is not UTF-8 is shown (its
@@ -26,9 +27,14 @@ kafkarecords.install()
 
 @contextlib.asynccontextmanager
 async def observer(bootstrap: str) -> AsyncIterator[AIOKafkaConsumer]:
-    """A consumer without group_id (so it cannot commit) and without auto-commit."""
+    """A consumer without group_id (so it cannot commit) and without auto-commit.
+
+    It reads committed records only, as the services do (services.runtime.kafkarecords.ISOLATION_LEVEL): a record of a
+    transaction its producer aborted is not shown as if it had happened (the services never handled it), and the
+    end offsets it reads are the last stable ones, those the services' consumers can reach (`flows lag`)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_list(bootstrap), group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="latest", client_id="flows-observer")
+                                auto_offset_reset="latest", client_id="flows-observer",
+                                isolation_level=ISOLATION_LEVEL)
     try:
         await consumer.start()
     except BaseException:

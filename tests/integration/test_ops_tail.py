@@ -17,6 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from services.runtime import ops
+from services.runtime.kafkaread import read_to_end
 from tests.kafka_topics import create_topics
 
 pytestmark = pytest.mark.integration
@@ -74,3 +75,28 @@ async def test_a_long_history_on_one_topic_does_not_put_a_later_event_of_another
             await tail.aclose()
     finally:
         await producer.stop()
+
+
+async def test_the_operators_reads_skip_what_a_producer_aborted_as_the_services_do(stack):
+    """A regional system publishing in Kafka transactions: what it aborted never happened. The services read committed
+    records only (services.runtime.kafkarecords.ISOLATION_LEVEL); `flows tail`, `flows dlq` and the other operators'
+    reads (services.runtime.kafkaread) showed the aborted record as if it had, with the committed one after it."""
+    bootstrap = stack.bootstrap_servers
+    topic = f"test.tail-tx-{uuid.uuid4().hex[:8]}"
+    await create_topics(bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"test-tail-{uuid.uuid4().hex[:8]}")
+    await producer.start()
+    try:
+        for body, commit in ((b"aborted", False), (b"committed", True)):
+            await producer.begin_transaction()
+            await producer.send_and_wait(topic, body)
+            await (producer.commit_transaction() if commit else producer.abort_transaction())
+    finally:
+        await producer.stop()
+
+    assert [r.value for r in await read_to_end(bootstrap, [topic])] == [b"committed"]
+    tail = ops.tail(bootstrap, [topic], ops.TailFilter(), from_beginning=True)
+    try:
+        assert [s.body for s in await _take(tail, 1)] == [b"committed"]
+    finally:
+        await tail.aclose()
