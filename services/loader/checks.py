@@ -296,6 +296,17 @@ _STRUCTURE_MESSAGE = "format('la struttura %s non è una struttura dell''ente %s
 _day, _euro = italian_date_sql, italian_amount_sql
 
 
+# The first day of the period before the load's ($3..$4): a period of whole calendar months (the 1st to a month's
+# last day: every monthly flow) has before it as many whole months (September's is August, 1-31; March's is
+# February); any other period, as many days. One scalar subquery: evaluated once per statement, not per row.
+_PREVIOUS_PERIOD_START = """(SELECT CASE
+    WHEN extract(day FROM $3::date) = 1 AND date_trunc('month', $4::date + 1)::date = $4::date + 1
+    THEN ($3::date - make_interval(months => ((extract(year FROM $4::date) - extract(year FROM $3::date)) * 12
+                                              + extract(month FROM $4::date) - extract(month FROM $3::date) + 1
+                                              )::int))::date
+    ELSE $3::date - ($4::date - $3::date + 1) END)"""
+
+
 SERVICE_ROW_RULES = RuleSet(
     "service rows",
     """snapshot_service s
@@ -305,10 +316,10 @@ SERVICE_ROW_RULES = RuleSet(
     (
         Rule("DATE_OUTSIDE_PERIOD", ERROR, "delivery_date",
              "Is the service dated after the period, or before the previous period (a prescription may span two)?",
-             "s.delivery_date > $4::date OR s.delivery_date < $3::date - ($4::date - $3::date + 1)",
+             f"s.delivery_date > $4::date OR s.delivery_date < {_PREVIOUS_PERIOD_START}",
              "format('la data di erogazione %s è fuori dal periodo ammesso, dal %s al %s (il periodo del "
              "caricamento e, per una ricetta a cavallo di due periodi, quello precedente)', "
-             f"{_day('s.delivery_date')}, {_day('$3::date - ($4::date - $3::date + 1)')}, {_day('$4::date')})"),
+             f"{_day('s.delivery_date')}, {_day(_PREVIOUS_PERIOD_START)}, {_day('$4::date')})"),
         Rule("DELIVERY_BEFORE_PRESCRIPTION", ERROR, "delivery_date",
              "Was the service delivered before it was prescribed?",
              "s.delivery_date < s.prescription_date",

@@ -7,7 +7,7 @@ import csv
 import io
 import unicodedata
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -253,6 +253,34 @@ async def test_a_check_takes_the_record_at_its_edge_and_names_the_one_a_unit_pas
              if (p["code"], p["field"]) == (code, field)}
     assert named == {key: message}
     assert not outcome.checked
+
+
+@pytest.mark.parametrize(("period", "first_allowed"), [
+    ((date(2020, 9, 1), date(2020, 9, 30)), date(2020, 8, 1)),  # 30 days after 31: August whole
+    ((date(2021, 3, 1), date(2021, 3, 31)), date(2021, 2, 1)),  # 31 days after 28: February, no day of January
+    ((date(2020, 7, 1), date(2020, 9, 30)), date(2020, 4, 1)),  # a quarter: the quarter before
+    ((date(2020, 8, 10), date(2020, 8, 19)), date(2020, 7, 31)),  # not whole months: as many days before
+], ids=["september", "march", "a-quarter", "ten-days"])
+async def test_the_previous_period_a_prescription_may_reach_into_is_whole_months_before_a_monthly_load(
+        pool: asyncpg.Pool, tmp_path: Path, period: tuple[date, date], first_allowed: date) -> None:
+    """A prescription whose last service is in the period is taken whole, services of the previous period
+    included (spec/flusso-c.md). The previous period of a September load is August, 1 to 31: counted in days (30
+    before 1 September) it began on 2 August and failed a prescription begun on the 1st; March's began on 29
+    January."""
+    last = period[1] - timedelta(days=2)
+    async with pool.acquire() as conn:
+        await store_services(conn, [
+            *_rx("AT", 2, delivery_date=first_allowed, row2=dict(delivery_date=last), **_IN_PERIOD),
+            *_rx("OVER", 2, delivery_date=first_allowed - timedelta(days=1), row2=dict(delivery_date=last),
+                 **_IN_PERIOD)])
+    store = FileStore(tmp_path)
+    outcome = await run_load(pool, store, 1947, 1948, "FLUSSO_C", "2020", "204", *period)
+    named = {p["record_key"]: p["message"] for p in _feedback(store, outcome) if p["code"] == "DATE_OUTSIDE_PERIOD"}
+    day = "%d/%m/%Y"
+    assert named == {"OVER-1@RX-OVER/01": (
+        f"la data di erogazione {first_allowed - timedelta(days=1):{day}} è fuori dal periodo ammesso, dal "
+        f"{first_allowed:{day}} al {period[1]:{day}} (il periodo del caricamento e, per una ricetta a cavallo di "
+        "due periodi, quello precedente)")}
 
 
 async def test_a_load_with_planted_bad_records_fails_naming_exactly_those(pool: asyncpg.Pool,
