@@ -37,10 +37,14 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
                        "(Cyrillic, Greek, CJK, a backslash): the file could not be written."),
     "EXEMPTION_REQUIRED": (ERROR, "An SSN prescription with no ticket paid has no exemption code."),
     "AMOUNT_ARITHMETIC": (ERROR, "The ticket paid exceeds the value of the services plus the fixed fee."),
-    "DUPLICATE_PRESCRIPTION_NUMBER": (ERROR, "The prescription number is used by another prescription (ID)."),
+    "DUPLICATE_PRESCRIPTION_NUMBER": (ERROR, "The prescription number is used by another prescription (ID), "
+                                             "letter case aside (the file writes it upper case)."),
+    "DUPLICATE_PRESCRIPTION_ID": (ERROR, "The prescription ID is another prescription's but for letter case: "
+                                         "written upper case, the file would hold one key twice."),
     "PRESCRIPTION_NUMBER_CHARACTERS": (ERROR, "The prescription number (NRE, barcode or progressive) holds a "
                                               "character other than a letter or a digit."),
-    "PRESCRIPTION_FIELD_DIFFERS": (ERROR, "The services of one prescription disagree on a value row 99 carries."),
+    "PRESCRIPTION_FIELD_DIFFERS": (ERROR, "The services of one prescription disagree on a value row 99 or every "
+                                          "C1 record of it carries."),
     "APPOINTMENT_BEFORE_BOOKING": (ERROR, "The appointment is before the booking."),
     "PAYMENT_AFTER_PERIOD": (ERROR, "The payment is dated after the period."),
     "CF_FORMAT": (ERROR, "The codice fiscale is not 16 well-placed letters and digits."),
@@ -59,6 +63,7 @@ FEEDBACK_FIELDS: dict[str, str] = {
     "patient_cf": "any record: patient's codice fiscale",
     "patient_surname": "delivered service: patient's surname",
     "patient_name": "delivered service: patient's name",
+    "patient_sex": "delivered service: patient's sex",
     "catalogue_code": "delivered service, booking: service code",
     "quantity": "delivered service: quantity",
     "tariff": "delivered service: unit tariff (or a total built from it)",

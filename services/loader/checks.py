@@ -299,11 +299,8 @@ _day, _euro = italian_date_sql, italian_amount_sql
 # The first day of the period before the load's ($3..$4): a period of whole calendar months (the 1st to a month's
 # last day: every monthly flow) has before it as many whole months (September's is August, 1-31; March's is
 # February); any other period, as many days. One scalar subquery: evaluated once per statement, not per row.
-_PREVIOUS_PERIOD_START = """(SELECT CASE
-    WHEN extract(day FROM $3::date) = 1 AND date_trunc('month', $4::date + 1)::date = $4::date + 1
-    THEN ($3::date - make_interval(months => ((extract(year FROM $4::date) - extract(year FROM $3::date)) * 12
-                                              + extract(month FROM $4::date) - extract(month FROM $3::date) + 1
-                                              )::int))::date
+_PREVIOUS_PERIOD_START = """(SELECT CASE WHEN extract(day FROM $3::date) = 1
+    AND extract(day FROM age($4::date + 1, $3::date)) = 0 THEN ($3::date - age($4::date + 1, $3::date))::date
     ELSE $3::date - ($4::date - $3::date + 1) END)"""
 
 
@@ -375,10 +372,35 @@ SERVICE_ROW_RULES = RuleSet(
     ),
 )
 
+# The C1 record (personal data) is repeated on every row of a prescription, and its join key with C2 holds the
+# charging region and the ID (spec/flusso-c.md "General rules"): what C1 writes must be the same on every row.
+# Letters are written upper case (an AN field), so `Rossi` and `ROSSI` are the same name there, and two IDs or
+# prescription numbers that differ only in case are one in the file: a duplicate key, a file refused.
+_SAME_IN_C1 = {  # column -> (flag, what the rule asks about, what the rows should share in Italian)
+    "region": ("region_differs", "charging region", "la stessa regione addebitante"),
+    "prescriber_code": ("prescriber_differs", "prescriber", "lo stesso medico prescrittore"),
+    "patient_surname": ("surname_differs", "patient's surname", "lo stesso cognome del paziente"),
+    "patient_name": ("name_differs", "patient's name", "lo stesso nome del paziente"),
+    "patient_sex": ("sex_differs", "patient's sex", "lo stesso sesso del paziente"),
+    "patient_birth_date": ("birth_date_differs", "patient's birth date", "la stessa data di nascita del paziente"),
+    "patient_residence_istat": ("residence_differs", "patient's municipality of residence",
+                                "lo stesso comune di residenza del paziente"),
+    "patient_residence_asl": ("residence_asl_differs", "patient's ASL of residence",
+                              "la stessa ASL di residenza del paziente"),
+}
+
+
+def _one_value(column: str) -> str:
+    """SQL over a prescription's rows: do they write more than one value of `column` (a null as nothing)?"""
+    value = f"coalesce({column}::text, '')" if column == "patient_birth_date" else f"upper(coalesce({column}, ''))"
+    return f"min({value}) <> max({value}) AS {_SAME_IN_C1[column][0]}"
+
+
 # One row per prescription of the snapshot, with what the prescription rules ask about.
-_PRESCRIPTIONS = """(
+_PRESCRIPTIONS = f"""(
     SELECT p.*,
-           rank() OVER w AS number_rank, first_value(p.prescription_id) OVER w AS number_owner
+           rank() OVER w AS number_rank, first_value(p.prescription_id) OVER w AS number_owner,
+           rank() OVER v AS id_rank, first_value(p.prescription_id) OVER v AS id_owner
     FROM (
         SELECT prescription_id, min(source_id) FILTER (WHERE row_number = 1) AS first_source_id,
                sum(quantity * tariff) AS services_total, sum(ticket) AS ticket_total,
@@ -390,10 +412,12 @@ _PRESCRIPTIONS = """(
                min(coalesce(priority, '')) <> max(coalesce(priority, '')) AS priority_differs,
                min(coalesce(exemption_code, '')) <> max(coalesce(exemption_code, '')) AS exemption_differs,
                min(prescription_number) <> max(prescription_number) AS number_differs,
-               min(structure_sts11) <> max(structure_sts11) AS structure_differs
+               min(structure_sts11) <> max(structure_sts11) AS structure_differs,
+               {", ".join(_one_value(column) for column in _SAME_IN_C1)}
         FROM snapshot_service WHERE snapshot_id = $1 GROUP BY prescription_id
     ) p
-    WINDOW w AS (PARTITION BY p.prescription_number ORDER BY p.first_source_id, p.prescription_id)
+    WINDOW w AS (PARTITION BY upper(p.prescription_number) ORDER BY p.first_source_id, p.prescription_id),
+           v AS (PARTITION BY upper(p.prescription_id) ORDER BY p.first_source_id, p.prescription_id)
 ) s"""
 
 
@@ -431,7 +455,7 @@ PRESCRIPTION_RULES = RuleSet(
              f"format('il totale netto %s supera {italian_amount(MAX_TOTAL)}', "
              f"{_euro('s.services_total - s.ticket_total')})"),
         Rule("DUPLICATE_PRESCRIPTION_NUMBER", ERROR, "prescription_number",
-             "Is the prescription number already used by another prescription (ID) of the snapshot?",
+             "Is the prescription number (upper case, as the file writes it) another prescription's (ID)?",
              "s.number_rank > 1",
              "format('il numero ricetta %s è già usato dalla ricetta %s', "
              "s.prescription_number, s.number_owner)"),
@@ -448,6 +472,12 @@ PRESCRIPTION_RULES = RuleSet(
         _differs("exemption_code", "exemption_differs", "exemption code", "lo stesso codice di esenzione"),
         _differs("prescription_number", "number_differs", "prescription number", "lo stesso numero ricetta"),
         _differs("structure_sts11", "structure_differs", "structure", "la stessa struttura"),
+        *(_differs(column, flag, what, italian) for column, (flag, what, italian) in _SAME_IN_C1.items()),
+        Rule("DUPLICATE_PRESCRIPTION_ID", ERROR, "prescription_id",
+             "Is the ID, upper case as the file writes it, another prescription's of the snapshot?",
+             "s.id_rank > 1",
+             "format('l''identificativo della ricetta %s nel file si scrive %s, come quello della ricetta %s: "
+             "due ricette con la stessa chiave', s.prescription_id, upper(s.prescription_id), s.id_owner)"),
     ),
     grouped_in_index_order=True,
 )

@@ -133,6 +133,21 @@ CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
      "indicato senza caratteri speciali (NRE o codice a barre, o il progressivo per l'accesso diretto)"),
     ("PRESCRIPTION_FIELD_DIFFERS", "priority", [ecg("B-1", "RX-BAD"), ecg("B-2", "RX-BAD", priority="U")],
      "B-1@RX-BAD/99", None, "le prestazioni della ricetta RX-BAD non riportano tutte la stessa classe di priorità"),
+    # what C1 writes on every row of a prescription, and the region of the C1-C2 key (one case each: _differs)
+    ("PRESCRIPTION_FIELD_DIFFERS", "region", [ecg("B-1", "RX-BAD"), ecg("B-2", "RX-BAD", region="160")],
+     "B-1@RX-BAD/99", None, "le prestazioni della ricetta RX-BAD non riportano tutte la stessa regione addebitante"),
+    ("PRESCRIPTION_FIELD_DIFFERS", "patient_name", [ecg("B-1", "RX-BAD"), ecg("B-2", "RX-BAD", patient_name="MARIA")],
+     "B-1@RX-BAD/99", None, "le prestazioni della ricetta RX-BAD non riportano tutte lo stesso nome del paziente"),
+    ("PRESCRIPTION_FIELD_DIFFERS", "patient_residence_asl",
+     [ecg("B-1", "RX-BAD"), ecg("B-2", "RX-BAD", patient_residence_asl="201")], "B-1@RX-BAD/99", None,
+     "le prestazioni della ricetta RX-BAD non riportano tutte la stessa ASL di residenza del paziente"),
+    # upper case in the file: a number or an ID that differs only in case is another's there
+    ("DUPLICATE_PRESCRIPTION_NUMBER", "prescription_number",
+     bad(prescription_number=_OK_NUMBER.lower()), "B-1@RX-BAD/99", None,
+     f"il numero ricetta {_OK_NUMBER.lower()} è già usato dalla ricetta RX-OK"),
+    ("DUPLICATE_PRESCRIPTION_ID", "prescription_id", [ecg("B-1", "rx-ok", prescription_number="150A000000000042")],
+     "B-1@rx-ok/99", None, "l'identificativo della ricetta rx-ok nel file si scrive RX-OK, come quello della ricetta "
+     "RX-OK: due ricette con la stessa chiave"),
 ]
 
 
@@ -281,6 +296,17 @@ async def test_the_previous_period_a_prescription_may_reach_into_is_whole_months
         f"la data di erogazione {first_allowed - timedelta(days=1):{day}} è fuori dal periodo ammesso, dal "
         f"{first_allowed:{day}} al {period[1]:{day}} (il periodo del caricamento e, per una ricetta a cavallo di "
         "due periodi, quello precedente)")}
+
+
+async def test_rows_that_c1_writes_alike_are_not_told_apart(pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """The file writes letters upper case: `Rossi` on one row and `ROSSI` on the next are one surname in C1."""
+    async with pool.acquire() as conn:
+        await store_services(conn, [ecg("A-1", "RX-OK"), ecg("A-2", "RX-OK", patient_surname="Rossi",
+                                                                patient_name="Mario")])
+    store = FileStore(tmp_path)
+    outcome = await _load(pool, store)
+    assert [p for p in _feedback(store, outcome) if p["code"] == "PRESCRIPTION_FIELD_DIFFERS"] == []
+    assert outcome.checked
 
 
 async def test_a_load_with_planted_bad_records_fails_naming_exactly_those(pool: asyncpg.Pool,
