@@ -38,8 +38,10 @@ SELECTIONS: dict[FlowType, Selection] = {
     # Flusso C: SSN outpatient services outside PACC pathways
     FlowType.FLUSSO_C: Selection("source_service", "snapshot_service", "delivery_date",
                                  "s.regime = 'SSN' AND NOT s.pacc", True),
-    # C PACC: only services delivered inside a PACC (our assumption until the regional spec, see spec)
-    FlowType.FLUSSO_C_PACC: Selection("source_service", "snapshot_service", "delivery_date", "s.pacc", True),
+    # C PACC: only SSN services delivered inside a PACC (our assumption until the regional spec, see spec); an
+    # intramoenia (ALPI) service flagged PACC is paid privately: no SSN flow takes it, as no other ALPI service
+    FlowType.FLUSSO_C_PACC: Selection("source_service", "snapshot_service", "delivery_date",
+                                      "s.regime = 'SSN' AND s.pacc", True),
     # MEF art. 50 DL 269/2003: SSN prescriptions, PACC included
     FlowType.FLUSSO_MEF: Selection("source_service", "snapshot_service", "delivery_date", "s.regime = 'SSN'", True),
     FlowType.FLUSSO_ALPI_TA: Selection("source_intramoenia_booking", "snapshot_booking", "booking_date", "TRUE",

@@ -65,6 +65,9 @@ async def test_each_flow_type_takes_its_own_services(conn: asyncpg.Connection) -
         service("S-SSN", "RX-SSN", date(2020, 8, 5)),
         service("S-PACC", "RX-PACC", date(2020, 8, 5), pacc=True, catalogue_code="PAC01", catalogue_coding="c"),
         service("S-ALPI", "RX-ALPI", date(2020, 8, 5), regime="ALPI"),
+        # paid privately (intramoenia) inside a PACC: in no SSN flow, C PACC included
+        service("S-ALPI-PACC", "RX-ALPI-PACC", date(2020, 8, 5), regime="ALPI", pacc=True, catalogue_code="PAC01",
+                catalogue_coding="c"),
         service("S-OTHER", "RX-OTHER", date(2020, 8, 5), ente="201", structure_sts11="001101")])
     taken = {}
     for n, flow in enumerate(("FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF"), start=1):
