@@ -405,7 +405,8 @@ _PRESCRIPTIONS = f"""(
         SELECT prescription_id, min(source_id) FILTER (WHERE row_number = 1) AS first_source_id,
                sum(quantity * tariff) AS services_total, sum(ticket) AS ticket_total,
                bool_and(regime = 'SSN') AS ssn,
-               max(delivery_type) AS delivery_type, max(exemption_code) AS exemption_code,
+               max(delivery_type) AS delivery_type,
+               max(nullif(btrim(exemption_code), '')) AS exemption_code,  -- blank: none (the file writes none)
                min(prescription_number) AS prescription_number,
                min(coalesce(patient_cf, '')) <> max(coalesce(patient_cf, '')) AS patient_differs,
                min(delivery_type) <> max(delivery_type) AS delivery_type_differs,

@@ -123,6 +123,8 @@ CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
      "tracciato FLUSSO_C 2020 non può scrivere: \\ (U+005C)"),
     ("EXEMPTION_REQUIRED", "exemption_code", bad(ticket=Decimal("0.00")), "B-1@RX-BAD/99", None,
      "nessun ticket pagato su 11,62 € di prestazioni e nessun codice di esenzione"),
+    ("EXEMPTION_REQUIRED", "exemption_code", bad(ticket=Decimal("0.00"), exemption_code="  "), "B-1@RX-BAD/99",
+     None, "nessun ticket pagato su 11,62 € di prestazioni e nessun codice di esenzione"),  # blank: written as none
     ("AMOUNT_ARITHMETIC", "ticket", bad(ticket=Decimal("50.00")), "B-1@RX-BAD/99", None,
      "il ticket 50,00 € supera il totale delle prestazioni 11,62 € più la quota fissa di 10,00 €"),
     ("DUPLICATE_PRESCRIPTION_NUMBER", "prescription_number",
