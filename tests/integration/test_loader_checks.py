@@ -300,17 +300,6 @@ async def test_the_previous_period_a_prescription_may_reach_into_is_whole_months
         "due periodi, quello precedente)")}
 
 
-async def test_rows_that_c1_writes_alike_are_not_told_apart(pool: asyncpg.Pool, tmp_path: Path) -> None:
-    """The file writes letters upper case: `Rossi` on one row and `ROSSI` on the next are one surname in C1."""
-    async with pool.acquire() as conn:
-        await store_services(conn, [ecg("A-1", "RX-OK"), ecg("A-2", "RX-OK", patient_surname="Rossi",
-                                                                patient_name="Mario")])
-    store = FileStore(tmp_path)
-    outcome = await _load(pool, store)
-    assert [p for p in _feedback(store, outcome) if p["code"] == "PRESCRIPTION_FIELD_DIFFERS"] == []
-    assert outcome.checked
-
-
 async def test_a_load_with_planted_bad_records_fails_naming_exactly_those(pool: asyncpg.Pool,
                                                                           tmp_path: Path) -> None:
     generation = generate("204", "2020-08", 6000, seed=1947, bad=13)
