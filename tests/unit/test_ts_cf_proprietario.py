@@ -12,28 +12,17 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from lxml import etree
 
 from contracts.ts730 import cf_proprietario_room
-from services.runtime.sanitel import decrypt_with_key, encrypt_for_ts, make_test_certificate
+from services.runtime.sanitel import decrypt_with_key, encrypt_for_ts
 from services.ts_gateway import operations as ops
 from simulators.sistema_ts.sample import sample_730_xml, zip_one
-from tests.shared_paths import TS730_REFERENCE
-from tests.unit.test_xml730 import a_month_of_documents, write
+from tests.unit import test_xml730
+from tests.unit.test_xml730 import OFFICIAL_XSD, a_month_of_documents, write
 
-OFFICIAL_XSD = TS730_REFERENCE / "WS_AsincronoInvioDati730" / "schemaFileAllegatoInvio" / "730_precompilata.xsd"
 CF = "RSSMRA80A01F839W"
-
-
-@pytest.fixture(scope="module")
-def keys() -> tuple[bytes, bytes]:
-    return make_test_certificate()
-
-
-@pytest.fixture(scope="module")
-def cert(keys: tuple[bytes, bytes]) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(keys[0])
+keys, cert = test_xml730.keys, test_xml730.cert  # the test certificate's fixtures (its key pair, the certificate)
 
 
 def only_entry(zip_bytes: bytes) -> tuple[zipfile.ZipInfo, bytes]:
