@@ -21,6 +21,7 @@ def wire(rt: Runtime) -> handlers.FormatterDeps:
     deps = handlers.FormatterDeps(pool=rt.pool, store=rt.store, files=rt.files,
                                   sanitel_cert=settings.sanitel_cert,
                                   max_zip_bytes=settings.ts_max_zip_bytes,
+                                  line_end=settings.fixed_width_line_end,
                                   interrupted=handlers.interruptions(first_retry_s(settings),
                                                                      settings.interrupted_retry_cap_s),
                                   space=space_waits(settings, handlers.log))

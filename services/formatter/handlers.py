@@ -56,6 +56,7 @@ class FormatterDeps(ServiceDeps):
     CONSUMER = CONSUMER
     sanitel_cert: Any = None
     max_zip_bytes: int = MAX_ZIP_BYTES
+    line_end: str = "LF"  # of the fixed-width files (Settings.fixed_width_line_end)
     space: SpaceWaits = field(default_factory=lambda: SpaceWaits(log))  # instances waiting for a full store
     interrupted: Interruptions = field(default_factory=interruptions)  # formats cut by a transient error
 
@@ -109,7 +110,7 @@ async def _format(instance: int, current: FlowInstance, deps: FormatterDeps) -> 
     try:
         assert current.source_instance is not None  # Formatting in progress comes after Checked
         outcome = await run_format(deps.pool, deps.files, instance, current.source_instance, current.flow_type,
-                                   current.layout_version,
+                                   current.layout_version, line_end=deps.line_end,
                                    options_730={"certificate_path": deps.sanitel_cert,
                                                 "max_zip_bytes": deps.max_zip_bytes})
         if outcome.ok:

@@ -7,6 +7,7 @@ environment below the entrypoints.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,9 @@ class Settings(BaseSettings):
     ts_poll_max_s: float = 60.0
     # A 730 zip is at most 5 MB (TS error 108); a smaller limit splits an instance into more parts.
     ts_max_zip_bytes: int = Field(default=MAX_ZIP_BYTES, gt=0, le=MAX_ZIP_BYTES)
+    # The line end of the fixed-width files (Flusso C, C PACC, MEF, ALPI TA): spec/flusso-c.md, "CRLF or LF as
+    # configured (default LF)"; FLOWS_FIXED_WIDTH_LINE_END=CRLF for a receiver that wants CRLF.
+    fixed_width_line_end: Literal["LF", "CRLF"] = "LF"
     log_format: str = Field(default="auto", description="auto (JSON when not on a terminal), json or console")
     log_level: str = "INFO"
     max_attempts: int = Field(default=3, description="Processing attempts before a message is dead-lettered.")
