@@ -35,12 +35,12 @@ from aiokafka.record.default_records import DefaultRecordBase
 from aiokafka.record.memory_records import _MemoryRecordsPy
 from aiokafka.record.util import decode_varint
 
-# The reader of aiokafka's fetcher before install(): the compiled MemoryRecords.
 # Which records every consumer of ours reads (the services' in services.runtime.broker and .batch, the operators'
 # observers in .kafkaread): a producer outside (a regional system, a portal) may publish in Kafka transactions, and
 # what it aborted never happened; Kafka's default, read_uncommitted, hands aborted records over like any other.
 ISOLATION_LEVEL: Literal["read_committed"] = "read_committed"
 
+# The reader of aiokafka's fetcher before install(): the compiled MemoryRecords.
 _AIOKAFKA_MEMORY_RECORDS: Callable[[bytes], Any] = _fetcher.MemoryRecords
 _PLAIN: contextvars.ContextVar[bool] = contextvars.ContextVar("flows_plain_aiokafka_reader", default=False)
 

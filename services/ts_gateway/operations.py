@@ -99,15 +99,20 @@ class Proprietario:
     codice_ssa: str
 
 
+def _the_xml(file_name: str, zipped: zipfile.ZipFile) -> zipfile.ZipInfo:
+    """The one entry of a 730 zip (ValueError naming the file otherwise)."""
+    entries = [info for info in zipped.infolist() if not info.is_dir()]
+    if len(entries) != 1:
+        raise ValueError(f"{file_name}: a 730 zip holds exactly one XML, this one has {len(entries)} entries")
+    return entries[0]
+
+
 def proprietario_of_zip(file_name: str, zip_bytes: bytes) -> Proprietario:
     """The proprietario block of the one XML inside a 730 zip: the envelope's datiProprietario must
     name the same structure as the file it carries. Reads only up to that block."""
     try:
         with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zipped:
-            entries = [info for info in zipped.infolist() if not info.is_dir()]
-            if len(entries) != 1:
-                raise ValueError(f"{file_name}: a 730 zip holds exactly one XML, this one has {len(entries)} entries")
-            with zipped.open(entries[0]) as xml:
+            with zipped.open(_the_xml(file_name, zipped)) as xml:
                 for _, element in etree.iterparse(xml, events=("end",), tag="proprietario"):
                     values = [(element.findtext(name) or "").strip()
                               for name in ("codiceRegione", "codiceAsl", "codiceSSA")]
@@ -141,10 +146,7 @@ def with_cf_proprietario(file_name: str, zip_bytes: bytes, cf_proprietario_cifra
         raise ValueError(f"{file_name}: the encrypted C.F. proprietario is not base64 of at most 256 characters")
     try:
         with zipfile.ZipFile(io.BytesIO(zip_bytes)) as zipped:
-            entries = [info for info in zipped.infolist() if not info.is_dir()]
-            if len(entries) != 1:
-                raise ValueError(f"{file_name}: a 730 zip holds exactly one XML, this one has {len(entries)} entries")
-            entry = entries[0]
+            entry = _the_xml(file_name, zipped)
             with zipped.open(entry) as xml:
                 head = xml.read(_HEAD_BYTES)
                 start, end = head.find(b"<proprietario>"), head.find(b"</proprietario>")
