@@ -324,12 +324,16 @@ def send_730(instance: int,
     from services.cli import ts
     from services.cli.common import console
 
-    warning = run(ts.check_sendable(instance))  # refuse before asking for any credential
-    if warning is not None:
-        console.print(f"[yellow]warning:[/] {warning}")
-        if not typer.confirm("Send it anyway?", default=False):
+    def confirmed(warnings: list[str]) -> None:
+        for warning in warnings:
+            console.print(f"[yellow]warning:[/] {warning}")
+        if warnings and not typer.confirm("Send it anyway?", default=False):
             console.print("nothing sent")
             raise typer.Exit(1)
+
+    # refuse before asking for any credential; warn of sending on the day given, else today (the prompt's default)
+    checked_on = transmission_date.date() if transmission_date is not None else italian_today()
+    confirmed(run(ts.check_sendable(instance, checked_on)))
     cf = typer.prompt("C.F. proprietario")
     user = typer.prompt("TS user")
     password = typer.prompt("TS password", hide_input=True)
@@ -345,6 +349,8 @@ def send_730(instance: int,
     today = italian_today()
     if when < today:
         raise UserError(f"transmission date {when} is in the past: give today ({today}, in Italy) or a later day")
+    if when != checked_on:  # another day typed: its payment years asked again
+        confirmed([w for w in [run(ts.payment_year_warning(instance, when))] if w is not None])
     run(ts.send_730(instance, cf, user, password, pincode, when, operator_name(), wait))
 
 

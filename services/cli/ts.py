@@ -18,6 +18,7 @@ from services.cli.common import UserError, console, database, settings
 from services.cli.instances import _instance_row, _wait_for_state, print_outcome
 from services.runtime.commands import send_command
 from services.runtime.read_models import instance_stream
+from services.ts_gateway import payment_year
 from services.ts_gateway.keys import RETIRED_DIR, RETIRED_KEY_GRACE_S, KeysError, rotate_gateway_key
 from services.ts_gateway.overlap import sent_already, warning_en
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, SealError, key_id, seal, sealed_key_id
@@ -38,13 +39,23 @@ async def _ensure_sendable(pool: Any, instance: int, public_key: Path) -> None:
                         "instances can be sent") from exc
 
 
-async def check_sendable(instance: int) -> str | None:
-    """Before the operator types any credential: is this an instance the gateway can send? What to warn of first
-    (documents of it Sistema TS already has from another instance, services.ts_gateway.overlap), or None."""
+async def check_sendable(instance: int, on: date) -> list[str]:
+    """Before the operator types any credential: is this an instance the gateway can send? What to warn of first,
+    sent on the day `on`: documents of it Sistema TS already has from another instance (services.ts_gateway.overlap),
+    documents paid in a year TS no longer takes on that day (services.ts_gateway.payment_year); [] when nothing."""
     cfg = settings()
     async with database(cfg) as pool:
         await _ensure_sendable(pool, instance, cfg.keys_dir / PUBLIC_KEY_FILE)
-        return warning_en(instance, await sent_already(pool, instance))
+        said = [warning_en(instance, await sent_already(pool, instance)),
+                payment_year.warning_en(instance, await payment_year.payment_years(pool, instance), on)]
+        return [w for w in said if w is not None]
+
+
+async def payment_year_warning(instance: int, on: date) -> str | None:
+    """services.ts_gateway.payment_year's warning of sending `instance` on `on` (a transmission date typed after
+    check_sendable asked of another day), None when TS takes every document that day."""
+    async with database(settings()) as pool:
+        return payment_year.warning_en(instance, await payment_year.payment_years(pool, instance), on)
 
 
 async def send_sealed_730(bootstrap: str, pool: Any, keys_dir: Path, instance: int, sealed: str, when: date,

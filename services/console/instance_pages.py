@@ -85,6 +85,7 @@ from services.loader.load_rules import period_not_over
 from services.runtime.coverage import coverage
 from services.runtime.esiti import esiti, esiti_csv, esiti_csv_name
 from services.runtime.read_models import instance_stream
+from services.ts_gateway import payment_year
 from services.ts_gateway.overlap import sent_already, warning_it
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, SealError, key_id, sealed_key_id
 
@@ -831,10 +832,13 @@ async def ts_send_form(ctx: Ctx) -> Response:
         raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: l'invio non si può preparare "
                                  "ora. Riprovi tra qualche minuto; se il problema continua, avvisi l'esercizio.")
     # documents TS already has from another instance of this entity (services.ts_gateway.overlap): said, not refused
-    overlap = warning_it(await sent_already(console_of(ctx.request).pool, int(ctx.row["instance"])))
+    pool, instance, today = console_of(ctx.request).pool, int(ctx.row["instance"]), italian_today()
+    overlap = warning_it(await sent_already(pool, instance))
+    # documents paid in a year TS no longer takes if sent today, the form's date (services.ts_gateway.payment_year)
+    late = payment_year.warning_it(await payment_year.payment_years(pool, instance), today)
     return page(ctx, "ts_send.html", f"Invia a Sistema TS l'istanza {ctx.row['instance']}", active="/istanze",
-                row=ctx.row, public_key=public_key.read_text(), today=italian_today().isoformat(), error=None,
-                overlap=overlap)
+                row=ctx.row, public_key=public_key.read_text(), today=today.isoformat(), error=None,
+                overlap=overlap, late=late)
 
 
 @route(pages, "POST", "/istanze/{instance}/invia-ts", ACT_ON_INSTANCE, "action")

@@ -47,7 +47,7 @@ from services.ts_gateway import keys as gateway_keys
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, key_id, seal
 from services.ts_gateway.submission import PROTOCOLLO
 from tests.e2e.conftest import TS_CF, TS_PASSWORD, TS_PINCODE, TS_USER
-from tests.e2e.driving import _formatted_730, _wait_state
+from tests.e2e.driving import _formatted_730, _wait_state, this_years_month
 from tests.isolation import logged_process
 from tests.stack_urls import free_port
 
@@ -459,8 +459,8 @@ async def test_a_key_rotated_mid_submission_still_opens_the_old_box_after_a_rest
     private key (the grace for commands still on Kafka set to 0 here), not before."""
     keys_dir = platform.settings.keys_dir
     retired = keys_dir / gateway_keys.RETIRED_DIR
-    x = await _formatted_730(platform, "202", "2026-07")
-    y = await _formatted_730(platform, "202", "2026-08")
+    x = await _formatted_730(platform, "202", this_years_month(7))
+    y = await _formatted_730(platform, "202", this_years_month(8))
     first = key_id((keys_dir / PUBLIC_KEY_FILE).read_bytes())
     await behaviour(polls_in_progress=1_000_000)  # TS keeps X "in progress" until told otherwise
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from contracts import flows
+from contracts.deadlines import italian_today
 from services.cli.main import app
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore, NewEvent
@@ -90,25 +93,31 @@ def test_send_730_of_an_instance_that_does_not_exist_names_it_before_asking_anyt
     assert "there is no instance 4242" in out and not [p for p in PROMPTS if p in out], out
 
 
+async def _formatted_730(pool: Any, instance: int, paid: date | None = None) -> None:
+    """A Formatted 730 instance of entity 201 and August 2026 (its snapshot instance + 1) holding two payment
+    documents D1 and D2, paid on `paid` (default today: test_ts_overlap.payment_documents)."""
+    store = EventStore(pool, source="/test", projections=FLOW_PROJECTIONS)
+    zipped = flows.FileRef(name=f"730_{instance}.zip", kind="730-zip", records=2, bytes=6, sha256="a" * 64,
+                           media_type="application/zip")
+    events = [
+        flows.LoadRunning(instance=instance, request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_730,
+                          version="2020", ente="201", requested_by="op.rossi",
+                          period=flows.Period.model_validate({"start": "2026-08-01", "end": "2026-08-31"})),
+        flows.LoadChecked(instance=instance, source_instance=instance + 1, counts={}),
+        flows.FormattingStarted(instance=instance), flows.Formatted(instance=instance, files=[zipped])]
+    await store.append(instance_stream(instance), [
+        NewEvent(flows.TYPE_OF[type(e)], e.model_dump(mode="json"), actor="test") for e in events],
+        expected_version=0, key=str(instance))
+    await payment_documents(pool, instance + 1, "201", ["D1", "D2"], paid)
+
+
 async def _formatted_730s(url: str) -> None:
     """Two Formatted 730 instances of entity 201 and August 2026 holding the same two payment documents: 1950 (its
     snapshot 1951), whose file TS accepted, and 1952 (its snapshot 1953)."""
     pool = await create_pool(url, min_size=1, max_size=2)
     try:
-        store = EventStore(pool, source="/test", projections=FLOW_PROJECTIONS)
         for instance in (1950, 1952):
-            zipped = flows.FileRef(name=f"730_{instance}.zip", kind="730-zip", records=2, bytes=6, sha256="a" * 64,
-                                   media_type="application/zip")
-            events = [
-                flows.LoadRunning(instance=instance, request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_730,
-                                  version="2020", ente="201", requested_by="op.rossi",
-                                  period=flows.Period.model_validate({"start": "2026-08-01", "end": "2026-08-31"})),
-                flows.LoadChecked(instance=instance, source_instance=instance + 1, counts={}),
-                flows.FormattingStarted(instance=instance), flows.Formatted(instance=instance, files=[zipped])]
-            await store.append(instance_stream(instance), [
-                NewEvent(flows.TYPE_OF[type(e)], e.model_dump(mode="json"), actor="test") for e in events],
-                expected_version=0, key=str(instance))
-            await payment_documents(pool, instance + 1, "201", ["D1", "D2"])
+            await _formatted_730(pool, instance)
         await ledger_part(pool, 1950, 1, "confirmed", "26091012000000001")
     finally:
         await pool.close()
@@ -128,3 +137,48 @@ def test_send_730_says_which_documents_ts_has_already_and_sends_nothing_unless_t
     quiet = CliRunner().invoke(app, ["send-730", "1950"], input="\x04", env={"FLOWS_DEBUG": "", "COLUMNS": "200"})
     assert "already has" not in quiet.output and "C.F. proprietario" in quiet.output, quiet.output
 
+
+
+async def _formatted_paid(url: str, paid: dict[int, date | None]) -> None:
+    pool = await create_pool(url, min_size=1, max_size=2)
+    try:
+        for instance, day in paid.items():
+            await _formatted_730(pool, instance, day)
+    finally:
+        await pool.close()
+
+
+def _send(*args: str, answers: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["send-730", *args], input=answers, env={"FLOWS_DEBUG": "", "COLUMNS": "200"})
+    return result.exit_code, " ".join(result.output.split())
+
+
+def test_send_730_says_which_documents_ts_refuses_for_their_payment_year_on_the_day_it_would_send(
+        cli_env: str) -> None:
+    """TS takes a payment only in its year and in the January after (services.ts_gateway.payment_year): asked of
+    today before any credential, of the transmission date given as the option, and again of a day typed at the
+    prompt; nothing is sent unless the operator says so."""
+    today = italian_today()
+    asyncio.run(_formatted_paid(cli_env, {1960: date(2020, 3, 2), 1962: None}))
+    code, out = _send("1960", answers="n\n" + "SHOULD-NOT-BE-READ\n" * 5)
+    assert code == 1, out
+    assert ("Sistema TS takes a payment document only in its payment year and, for the year before, in January: "
+            f"sent on {today}, documents of instance 1960 will be refused (2 paid in 2020); they would all have been "
+            "taken only from 2020-01-01 to 2021-01-31, which is past.") in out
+    assert "Send it anyway? [y/N]" in out and "nothing sent" in out
+    assert not [p for p in PROMPTS if p in out], out  # no credential was asked
+
+    # 1962's documents are paid today: taken on any day of this year and of the January after, not one day later
+    last_day = date(today.year + 1, 1, 31)
+    code, out = _send("1962", "--transmission-date", last_day.isoformat(), answers="\x04")
+    assert "will be refused" not in out and "C.F. proprietario" in out, out
+    code, out = _send("1962", "--transmission-date", date(today.year + 1, 2, 1).isoformat(),
+                      answers="n\n" + "SHOULD-NOT-BE-READ\n" * 5)
+    assert code == 1, out
+    assert (f"sent on {today.year + 1}-02-01, documents of instance 1962 will be refused (2 paid in {today.year}); "
+            f"they would all have been taken only from {today.year}-01-01 to {last_day}, which is past.") in out
+    assert "nothing sent" in out and not [p for p in PROMPTS if p in out], out
+    # the day typed at the prompt, after the credentials: asked again, and nothing sent on "no"
+    code, out = _send("1962", answers=f"RSSMRA80A01H501U\nuser\npassword\n1234567890\n{today.year + 1}-02-01\nn\n")
+    assert code == 1, out
+    assert "Transmission date" in out and "will be refused (2 paid in" in out and "nothing sent" in out, out

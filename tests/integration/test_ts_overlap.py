@@ -7,7 +7,9 @@ import json
 from datetime import date
 from typing import Any
 
+from contracts.deadlines import italian_today
 from services.ts_gateway.overlap import SentAlready, sent_already
+from services.ts_gateway.payment_year import payment_years
 from services.ts_gateway.sealing import ensure_gateway_keypair
 from tests.console_support import RunningConsole
 
@@ -15,15 +17,18 @@ AUGUST, AUTUMN, JANUARY = ("2026-08-01", "2026-08-31"), ("2026-08-01", "2026-12-
 PROTOCOLLO_A, PROTOCOLLO_A2 = "26091012000000001", "26091012000000002"
 
 
-async def payment_documents(pool: Any, snapshot: int, ente: str, numbers: list[str]) -> None:
+async def payment_documents(pool: Any, snapshot: int, ente: str, numbers: list[str], paid: date | None = None) -> None:
     """The payment documents `numbers` in `snapshot` (issuer, day and device the same: the number tells them
-    apart), as the loader's snapshot of a 730 holds them."""
+    apart), as the loader's snapshot of a 730 holds them, issued and paid on `paid`: by default today in Italy, a
+    day Sistema TS takes them on (services.ts_gateway.payment_year), so that no test of something else is warned of
+    their year whenever it runs."""
+    paid = paid or italian_today()
     await pool.executemany(
         "INSERT INTO snapshot_payment_document (snapshot_id, source_id, revision, schema_version, ente, "
         "structure_sts11, issuer_vat, issue_date, device, document_number, payment_date, traced_payment, "
         "document_kind, patient_cf, patient_objection, items) "
         "VALUES ($1, $2, 1, 1, $3, '000123', '03213213210', $4, 1, $5, $4, true, 'F', NULL, false, $6)",
-        [(snapshot, f"CUP-{snapshot}-{n}", ente, date(2026, 8, 14), n, json.dumps([{"spending_type": "SR"}]))
+        [(snapshot, f"CUP-{snapshot}-{n}", ente, paid, n, json.dumps([{"spending_type": "SR"}]))
          for n in numbers])
 
 
@@ -35,15 +40,16 @@ async def ledger_part(pool: Any, instance: int, part: int, state: str, protocoll
         f"730_{instance}_p{part}.zip", state, protocollo)
 
 
-async def _formatted_730(console: RunningConsole, ente: str, period: tuple[str, str], numbers: list[str]) -> int:
-    """A Formatted 730 instance of `ente` whose snapshot holds the payment documents `numbers`."""
+async def _formatted_730(console: RunningConsole, ente: str, period: tuple[str, str], numbers: list[str],
+                         paid: date | None = None) -> int:
+    """A Formatted 730 instance of `ente` whose snapshot holds the payment documents `numbers` (paid on `paid`)."""
     snapshot = int(await console.pool.fetchval("SELECT nextval('flow_instance_seq')"))
     zipped = console.file_ref(f"730_{ente}_{snapshot}.zip", "730-zip", b"PK zip", len(numbers), "application/zip")
     instance = await console.instance(ente, [("flows.load-checked", {"source_instance": snapshot, "counts": {}}),
                                              ("flows.formatting-started", {}),
                                              ("flows.formatted", {"files": [zipped]})],
                                       flow_type="FLUSSO_730", period=period)
-    await payment_documents(console.pool, snapshot, ente, numbers)
+    await payment_documents(console.pool, snapshot, ente, numbers, paid)
     return instance
 
 
@@ -80,3 +86,27 @@ async def test_the_send_page_names_the_instances_ts_accepted_that_hold_documents
     assert 'id="invia-ts"' in page.text  # said, not refused: the form is there
     quiet = await _send_page(console, sent_august)
     assert quiet.status_code == 200 and 'id="ts-gia-inviati"' not in quiet.text
+
+
+async def test_the_send_page_says_which_documents_ts_refuses_for_their_payment_year_if_sent_today(
+        console: RunningConsole) -> None:
+    """Documents paid in 2020 and 2021 sent today (2026 or later): TS takes a payment only in its year and in the
+    January after (ws-asincrono-spec-v2.5, dataPagamento), so each is refused; the page says how many of each year,
+    and that the days that would have taken them all are past."""
+    ensure_gateway_keypair(console.settings.keys_dir)
+    late = await _formatted_730(console, "201", AUGUST, ["L1", "L2"], paid=date(2020, 12, 30))
+    snapshot = int(await console.pool.fetchval("SELECT source_instance FROM instance_list WHERE instance = $1", late))
+    await payment_documents(console.pool, snapshot, "201", ["L3"], paid=date(2021, 1, 4))
+    assert await payment_years(console.pool, late) == {2020: 2, 2021: 1}
+    page = await _send_page(console, late)
+    assert page.status_code == 200, page.text
+    today = italian_today()
+    assert ("Sistema TS accetta un documento di spesa solo nell&#39;anno del pagamento e, per i pagamenti "
+            f"dell&#39;anno precedente, nel mese di gennaio. Trasmessi il {today:%d/%m/%Y}, saranno scartati 2 "
+            "documenti pagati nel 2020 e 1 documento pagato nel 2021; tutti sarebbero stati accettati solo se "
+            "trasmessi dal 01/01/2021 al 31/01/2021, un periodo già passato.") in page.text
+    assert 'id="invia-ts"' in page.text  # said, not refused: the form is there
+    current = await _formatted_730(console, "201", AUGUST, ["C1"])  # paid today: taken today
+    assert await payment_years(console.pool, current) == {today.year: 1}
+    quiet = await _send_page(console, current)
+    assert quiet.status_code == 200 and 'id="ts-anno-pagamento"' not in quiet.text
