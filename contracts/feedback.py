@@ -47,6 +47,10 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
                                           "C1 record of it carries."),
     "APPOINTMENT_BEFORE_BOOKING": (ERROR, "The appointment is before the booking."),
     "PAYMENT_AFTER_PERIOD": (ERROR, "The payment is dated after the period."),
+    "TS730_RULE": (ERROR, "The payment document breaks a rule of the 730 file (the Sistema TS specification or "
+                          "730_precompilata.xsd): the formatter would refuse it. The message says which."),
+    "DUPLICATE_DOCUMENT": (ERROR, "The payment document's idSpesa (partita IVA, issue date, device, number) is "
+                                  "another document's of the load: Sistema TS would take one as a duplicate."),
     "CF_FORMAT": (ERROR, "The codice fiscale is not 16 well-placed letters and digits."),
     "CF_CHECK_CHAR": (ERROR, "The check character of the codice fiscale is wrong (omocodia allowed)."),
     "CF_BIRTH_MISMATCH": (ERROR, "The birth date differs from the one the codice fiscale encodes."),
@@ -76,6 +80,12 @@ FEEDBACK_FIELDS: dict[str, str] = {
     "priority": "prescription: priority class",
     "appointment_date": "booking: appointment date",
     "payment_date": "payment document: payment date",
+    "issuer_vat": "payment document: the issuer's partita IVA",
+    "issue_date": "payment document: issue date",
+    "device": "payment document: device (cash register; 1 for an invoice)",
+    "document_number": "payment document: number",
+    "document_kind": "payment document: kind (F invoice, D receipt)",
+    "items": "payment document: its spending items (voci di spesa)",
     "period": "the whole load: its entity and period",
     "region": "delivered service: charging region",
     "ente": "any record: entity (ASL / hospital)",

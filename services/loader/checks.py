@@ -39,6 +39,7 @@ import asyncpg
 from contracts.italian import italian_amount, italian_amount_sql, italian_date_sql
 from services.formatter.fixedwidth import DECOMPOSABLE, TRANSLITERATION, length_changes, writable_ranges
 from services.formatter.layouts import FieldSpec, LayoutRegistry
+from services.loader import ts730_checks
 from services.loader.codice_fiscale import check_codici_fiscali
 from services.loader.snapshot import WORK_MEM
 
@@ -530,6 +531,8 @@ class CheckPlan:
     cf_with_person: bool  # sex and birth date are in the record: compare them with the code
     record_key: str
     first_of_group: str | None = None  # SQL true on one record of each group (prescription), counted on the way
+    # the 730 file's own rules too (services.loader.ts730_checks: the formatter's, in Python, over the documents)
+    ts730_rules: bool = False
 
 
 PLANS: dict[str, CheckPlan] = {
@@ -538,7 +541,7 @@ PLANS: dict[str, CheckPlan] = {
                                   first_of_group="row_number = 1"),
     "snapshot_booking": CheckPlan("snapshot_booking", (BOOKING_RULES,), False, "s.source_id"),
     "snapshot_payment_document": CheckPlan("snapshot_payment_document", (PAYMENT_DOCUMENT_RULES,), False,
-                                           "s.source_id"),
+                                           "s.source_id", ts730_rules=True),
 }
 
 CF_CODES: dict[str, tuple[Severity, str]] = {
@@ -573,6 +576,7 @@ def problem_kinds() -> set[tuple[str, Severity, str]]:
     kinds |= {(r.code, r.severity, r.field) for flow_type, version in LayoutRegistry().available()
               for r in name_rules(flow_type, version) + charset_rules(flow_type, version)}
     kinds |= {(code, severity, "patient_cf") for code, (severity, _) in CF_CODES.items()}
+    kinds |= {(code, ERROR, field) for code, field in ts730_checks.problem_kinds()}  # errors, all of them
     kinds.add(NO_SOURCE_DATA)
     return kinds
 
@@ -729,6 +733,10 @@ async def _run_small(conn: asyncpg.Connection, plan: CheckPlan, snapshot_id: int
         codes,
         sexes=[r[1] for r in rows] if plan.cf_with_person else None,
         birth_dates=[r[2] for r in rows] if plan.cf_with_person else None)
+    if plan.ts730_rules:
+        found = await ts730_checks.check_730_documents(conn, snapshot_id)
+        if counted.rule_problems is not None:  # None (not counted): the pipeline counts them all
+            counted = dataclasses.replace(counted, rule_problems=counted.rule_problems + found)
     if not findings:
         return counted
     async with conn.transaction():
@@ -736,6 +744,11 @@ async def _run_small(conn: asyncpg.Connection, plan: CheckPlan, snapshot_id: int
                                               for f in findings])
         await _record_cf_findings(conn, plan, snapshot_id)
     return dataclasses.replace(counted, findings=len(findings))
+
+
+async def _run_730_rules(pool: asyncpg.Pool, snapshot_id: int) -> int:
+    async with pool.acquire() as conn:
+        return await ts730_checks.check_730_documents(conn, snapshot_id)
 
 
 # Up to this many snapshot rows, the checks run one after the other on one connection (a small load's time is
@@ -764,6 +777,7 @@ async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, 
         await own.execute("DELETE FROM load_problem WHERE snapshot_id = $1", snapshot_id)
     cf, *_ = await asyncio.gather(
         _run_cf_checks(pool, plan, snapshot_id),
-        *(_run_rule_set(pool, rs, snapshot_id, version, period) for rs in plan.rule_sets))
+        *(_run_rule_set(pool, rs, snapshot_id, version, period) for rs in plan.rule_sets),
+        *([_run_730_rules(pool, snapshot_id)] if plan.ts730_rules else []))
     assert isinstance(cf, CfCheck)
     return cf

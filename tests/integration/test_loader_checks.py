@@ -633,3 +633,47 @@ async def test_reference_data_is_copied_once_and_again_only_when_the_files_diffe
         assert await conn.fetchval("SELECT count(*) FROM catalogue_item WHERE version = '2020'") == count
         assert await conn.fetchval("SELECT digest FROM reference_data_digest WHERE version = '2020'") \
             == reference_digest("2020")
+
+
+async def test_a_payment_document_the_730_file_would_refuse_fails_the_load_naming_record_and_field(
+        pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """The 730 formatter's own rules (services.formatter.xml730_rules) and its idSpesa duplicates are asked at load
+    (services.loader.ts730_checks): each payment document that breaks one is named with its field, no other is."""
+    await _store_all(pool, generate("204", "2020-08", 400, seed=1951))
+    async with pool.acquire() as conn:
+        a, b, c, d, e, f = [r["source_id"] for r in await conn.fetch(
+            "SELECT source_id FROM source_payment_document WHERE ente = '204' ORDER BY source_id LIMIT 6")]
+        vat = await conn.fetchval("SELECT issuer_vat FROM source_payment_document WHERE source_id = $1", a)
+        wrong_vat = vat[:10] + str((int(vat[10]) + 1) % 10)  # another check digit: a wrong one
+        await conn.execute("UPDATE source_payment_document SET issuer_vat = $2 WHERE source_id = $1", a, wrong_vat)
+        await conn.execute("UPDATE source_payment_document SET document_kind = 'F', device = 3 WHERE source_id = $1",
+                           b)
+        await conn.execute("UPDATE source_payment_document SET patient_cf = NULL, patient_objection = false "
+                           "WHERE source_id = $1", c)
+        same = await conn.fetchrow("UPDATE source_payment_document d SET (issuer_vat, issue_date, device, "
+                                   "document_number, document_kind) = (SELECT issuer_vat, issue_date, device, "
+                                   "document_number, document_kind FROM source_payment_document WHERE source_id = $2) "
+                                   "WHERE source_id = $1 RETURNING issuer_vat, issue_date, device, document_number",
+                                   d, e)
+        await conn.execute("""UPDATE source_payment_document SET items = jsonb_set(items, '{0}', items->0
+                              || '{"spending_type": "TK", "flag_spending_type": "2"}') WHERE source_id = $1""", f)
+    store = FileStore(tmp_path)
+    outcome = await _load(pool, store, "FLUSSO_730", 2)
+    assert not outcome.checked
+    problems = {(p["record_key"], p["field"], p["code"]): p["message"] for p in _feedback(store, outcome)}
+    assert set(problems) == {(a, "issuer_vat", "TS730_RULE"), (b, "device", "TS730_RULE"),
+                             (c, "patient_cf", "TS730_RULE"), (d, "document_number", "DUPLICATE_DOCUMENT"),
+                             (e, "document_number", "DUPLICATE_DOCUMENT"), (f, "items", "TS730_RULE")}
+    assert problems[(a, "issuer_vat", "TS730_RULE")] == (
+        "partita IVA dell'emittente: la cifra di controllo della partita IVA è errata")
+    assert problems[(b, "device", "TS730_RULE")] == (
+        "dispositivo: 3: su una fattura (tipoDocumento F) il dispositivo vale 1")
+    assert problems[(c, "patient_cf", "TS730_RULE")] == (
+        "codice fiscale del paziente: manca e il paziente non si è opposto (flagOpposizione 0)")
+    assert problems[(f, "items", "TS730_RULE")] == (
+        "voce 1: '2' non è ammesso con tipoSpesa 'TK' (1 richiede TK, 2 richiede SR)")
+    assert problems[(d, "document_number", "DUPLICATE_DOCUMENT")] == (
+        f"il documento ha lo stesso idSpesa (partita IVA {same['issuer_vat']}, emesso il "
+        f"{same['issue_date']:%d/%m/%Y}, dispositivo {same['device']}, numero {same['document_number']}) del "
+        f"documento {e}: Sistema TS li identifica così, e ne scarterebbe uno come già presente")
+    assert outcome.errors == 6 and outcome.summary.startswith("6 errori"), outcome.summary
