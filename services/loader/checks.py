@@ -286,10 +286,39 @@ def charset_rules(flow_type: str, version: str) -> tuple[Rule, ...]:
     non-ASCII one). Almost every record has none, so its rules are not asked: one regular expression per record,
     not one per column (Flusso C writes 17 such columns). The guard reads the texts as they are, not in NFC: NFC
     leaves printable ASCII as it is, so a record it passes has nothing for its rules to find."""
-    columns = written_text_columns(flow_type, version)
-    guard = f"concat({', '.join(f's.{c}' for c in columns)}) ~ '[^{_ascii_bracket()}]'"
+    guard = _charset_guard(flow_type, version)
     return tuple(dataclasses.replace(_charset_rule(flow_type, version, column, label), guard=guard)
-                 for column, label in columns.items())
+                 for column, label in written_text_columns(flow_type, version).items())
+
+
+def _charset_guard(flow_type: str, version: str) -> str:
+    """SQL true when the record's written texts (written_text_columns) hold a character outside plain printable
+    ASCII: the guard of every rule a plain-ASCII record cannot break (charset_rules, layout_value_rules)."""
+    columns = written_text_columns(flow_type, version)
+    return f"concat({', '.join(f's.{c}' for c in columns)}) ~ '[^{_ascii_bracket()}]'"
+
+
+def layout_value_rules(flow_type: str, version: str) -> tuple[Rule, ...]:
+    """VALUE_NOT_ALLOWED: a value of a text field the flow's layout writes from a column (AN, no `map`) with
+    `allowed` values that is none of them, compared as the formatter does (upper case unless the field keeps its
+    case), asked at load so the operator learns it there, not when asking for the files: C PACC's coding letter
+    (a-z: a service of the national catalogue, N, cannot be written there). A null is not written: not asked."""
+    allowed: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+    for _, spec in _layout_fields(flow_type, version):
+        if spec.type == "AN" and spec.column is not None and spec.map is None and spec.allowed is not None:
+            allowed.setdefault(spec.column, (spec.title, spec.case, spec.allowed))
+    rules: list[Rule] = []
+    for column, (label, case, values) in allowed.items():
+        italian = label.replace("'", "''").replace("%", "%%")
+        cased = f"s.{column}" if case == "keep" else f"upper(s.{column})"
+        listed = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+        shown = ", ".join(values).replace("'", "''").replace("%", "%%")
+        rules.append(Rule("VALUE_NOT_ALLOWED", ERROR, column,
+                          f"Is the value one the {flow_type} {version} layout does not allow in its field?",
+                          f"{cased} NOT IN ({listed})",
+                          f"format('il valore %s del campo {italian} non è tra quelli ammessi dal tracciato "
+                          f"{flow_type} {version}: {shown}', s.{column})"))
+    return tuple(rules)
 
 
 _STRUCTURE_MESSAGE = "format('la struttura %s non è una struttura dell''ente %s', s.structure_sts11, s.ente)"
@@ -561,7 +590,7 @@ def plan_for(flow_type: str, version: str, snapshot_table: str) -> CheckPlan:
     """PLANS[snapshot_table] with the rules of the flow's layout (name_rules, charset_rules) in its row rule set (the
     first: one scan of the snapshot for them all). Built once per (flow, version) and process."""
     plan = PLANS[snapshot_table]
-    extra = name_rules(flow_type, version) + charset_rules(flow_type, version)
+    extra = name_rules(flow_type, version) + charset_rules(flow_type, version) + layout_value_rules(flow_type, version)
     if not extra:
         return plan
     rows, *rest = plan.rule_sets
@@ -574,7 +603,8 @@ def problem_kinds() -> set[tuple[str, Severity, str]]:
     kinds: set[tuple[str, Severity, str]] = {(r.code, r.severity, r.field) for plan in PLANS.values()
                                              for rule_set in plan.rule_sets for r in rule_set.rules}
     kinds |= {(r.code, r.severity, r.field) for flow_type, version in LayoutRegistry().available()
-              for r in name_rules(flow_type, version) + charset_rules(flow_type, version)}
+              for r in name_rules(flow_type, version) + charset_rules(flow_type, version)
+              + layout_value_rules(flow_type, version)}
     kinds |= {(code, severity, "patient_cf") for code, (severity, _) in CF_CODES.items()}
     kinds |= {(code, ERROR, field) for code, field in ts730_checks.problem_kinds()}  # errors, all of them
     kinds.add(NO_SOURCE_DATA)

@@ -677,3 +677,26 @@ async def test_a_payment_document_the_730_file_would_refuse_fails_the_load_namin
         f"{same['issue_date']:%d/%m/%Y}, dispositivo {same['device']}, numero {same['document_number']}) del "
         f"documento {e}: Sistema TS li identifica così, e ne scarterebbe uno come già presente")
     assert outcome.errors == 6 and outcome.summary.startswith("6 errori"), outcome.summary
+
+
+async def test_a_c_pacc_service_of_the_national_catalogue_fails_the_load_not_its_format(pool: asyncpg.Pool,
+                                                                                        tmp_path: Path) -> None:
+    """C PACC's layout writes only a regional coding letter (a-z, `allowed`): a PACC service coded N (the national
+    catalogue, the intake's default) passed the load and failed the format; the load now names it
+    (VALUE_NOT_ALLOWED), and only it."""
+    await _store_all(pool, generate("204", "2020-08", 400, seed=1953))
+    store = FileStore(tmp_path)
+    assert (await _load(pool, store, "FLUSSO_C_PACC", 3)).checked  # every PACC service regional: Checked
+    async with pool.acquire() as conn:
+        national = await conn.fetchrow(
+            "UPDATE source_service SET catalogue_coding = 'N', catalogue_code = '89.52' WHERE source_id = "
+            "(SELECT min(source_id) FROM source_service WHERE pacc AND regime = 'SSN' AND ente = '204') "
+            "RETURNING source_id, prescription_id")
+    outcome = await _load(pool, store, "FLUSSO_C_PACC", 4)
+    problems = [p for p in _feedback(store, outcome) if p["severity"] == "error"]  # its tariff: a warning too
+    assert [(p["record_key"].split("@")[0], p["field"], p["code"]) for p in problems] == [
+        (national["source_id"], "catalogue_coding", "VALUE_NOT_ALLOWED")], problems
+    assert problems[0]["message"] == (
+        "il valore N del campo Codifica nomenclatore non è tra quelli ammessi dal tracciato FLUSSO_C_PACC 2020: "
+        + ", ".join("abcdefghijklmnopqrstuvwxyz"))
+    assert not outcome.checked
