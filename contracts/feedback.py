@@ -48,6 +48,8 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "PRESCRIPTION_FIELD_DIFFERS": (ERROR, "The services of one prescription disagree on a value row 99 or every "
                                           "C1 record of it carries."),
     "APPOINTMENT_BEFORE_BOOKING": (ERROR, "The appointment is before the booking."),
+    "WAITING_DAYS_TOO_MANY": (ERROR, "The appointment is more than 999 days after the booking: ALPI TA writes the "
+                                     "days of waiting in 3 digits."),
     "PAYMENT_AFTER_PERIOD": (ERROR, "The payment is dated after the period."),
     "TS730_RULE": (ERROR, "The payment document breaks a rule of the 730 file (the Sistema TS specification or "
                           "730_precompilata.xsd): the formatter would refuse it. The message says which."),

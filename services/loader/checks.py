@@ -533,6 +533,13 @@ BOOKING_RULES = RuleSet(
              "s.appointment_date < s.booking_date",
              "format('la data dell''appuntamento %s è precedente alla data di prenotazione %s', "
              f"{_day('s.appointment_date')}, {_day('s.booking_date')})"),
+        # ALPI TA writes the days of waiting in 3 digits (Giorni di attesa): the formatter refuses more (TOO_LONG)
+        Rule("WAITING_DAYS_TOO_MANY", ERROR, "appointment_date",
+             "Is the appointment more days after the booking than the 3-digit waiting days can write (999)?",
+             "s.appointment_date - s.booking_date > 999",
+             "format('l''appuntamento del %s è a %s giorni dalla prenotazione del %s: il tracciato ALPI TA scrive "
+             f"al massimo 999 giorni di attesa', {_day('s.appointment_date')}, "
+             f"s.appointment_date - s.booking_date, {_day('s.booking_date')})"),
     ),
 )
 

@@ -599,6 +599,18 @@ async def test_booking_and_payment_problems_write_their_days_as_italians_do(pool
     assert named[(booking["source_id"], "APPOINTMENT_BEFORE_BOOKING")] == (
         f"la data dell'appuntamento {booking['appointment_date']:%d/%m/%Y} è precedente alla data di prenotazione "
         f"{booking['booking_date']:%d/%m/%Y}")
+    # a year mistyped: 1,095 days of waiting, which ALPI TA's 3 digits cannot write (the formatter's TOO_LONG)
+    async with pool.acquire() as conn:
+        far = await conn.fetchrow(
+            "UPDATE source_intramoenia_booking SET appointment_date = booking_date + 1095 WHERE source_id = "
+            "(SELECT max(source_id) FROM source_intramoenia_booking) RETURNING source_id, booking_date, "
+            "appointment_date")
+    outcome = await _load(pool, store, "FLUSSO_ALPI_TA", 3)
+    named = {(p["record_key"], p["code"]): p["message"] for p in _feedback(store, outcome)}
+    assert named[(far["source_id"], "WAITING_DAYS_TOO_MANY")] == (
+        f"l'appuntamento del {far['appointment_date']:%d/%m/%Y} è a 1095 giorni dalla prenotazione del "
+        f"{far['booking_date']:%d/%m/%Y}: il tracciato ALPI TA scrive al massimo 999 giorni di attesa")
+    assert sorted(key for key, code in named if code == "WAITING_DAYS_TOO_MANY") == [far["source_id"]]
     # A 730's payments are taken by their payment date, so none is after the period it was loaded for: checked
     # again against a period ending on 10 August, the later ones are.
     loaded = await _load(pool, store, "FLUSSO_730", 2)
