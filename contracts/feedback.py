@@ -37,6 +37,8 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
                        "(Cyrillic, Greek, CJK, a backslash): the file could not be written."),
     "VALUE_NOT_ALLOWED": (ERROR, "A text the flow's fixed-width layout writes is not one of the values its field "
                                  "allows (C PACC: a regional coding letter, a-z)."),
+    "VALUE_TOO_LONG": (ERROR, "A text the flow's fixed-width layout writes is longer than its field once "
+                              "transliterated to ASCII, and the field does not cut it."),
     "EXEMPTION_REQUIRED": (ERROR, "An SSN prescription with no ticket paid has no exemption code."),
     "AMOUNT_ARITHMETIC": (ERROR, "The ticket paid exceeds the value of the services plus the fixed fee."),
     "DUPLICATE_PRESCRIPTION_NUMBER": (ERROR, "The prescription number is used by another prescription (ID), "

@@ -20,7 +20,8 @@ bookings and payment documents, `*` for the whole load. Every code and field is 
 contract (contracts.feedback); `problem_kinds()` is what the rules here can emit.
 
 SQL parameters of every rule: $1 snapshot_id, $2 catalogue version, $3 period start, $4 period end, $5 and $6 the
-CHARSET patterns (charset_patterns); rule_args gives them in that order.
+CHARSET patterns (charset_patterns), $7 on the characters of each length change (LENGTH_CLASSES); rule_args gives
+them in that order.
 """
 
 from __future__ import annotations
@@ -91,21 +92,29 @@ def nfc_sql(column: str) -> str:
     return f"normalize({column}, NFC)"
 
 
-def ascii_length_sql(column: str) -> str:
-    """SQL: the length of `column` once transliterated to ASCII as the formatter writes it: of its NFC form (nfc_sql),
-    where each character that becomes k characters adds k - 1 (services.formatter.fixedwidth.length_changes: `Ò` ->
-    `O'`, `ß` -> `SS`, `ﬁ` -> `FI`, `⑽` -> `(10)`, a combining accent NFC left alone dropped). A name that fits before
-    may not fit after, and one that does not fit before may fit after."""
+@functools.cache
+def length_classes() -> tuple[tuple[int, str], ...]:
+    """(change, characters) for each length change of the transliteration (length_changes), in order of change: the
+    characters that each add `change` to a text's ASCII length."""
     by_change: dict[int, str] = {}
     for ch, change in length_changes().items():
         by_change[change] = by_change.get(change, "") + ch
+    return tuple(sorted(by_change.items()))
+
+
+def ascii_length_sql(column: str, classes: dict[int, str] | None = None) -> str:
+    """SQL: the length of `column` once transliterated to ASCII as the formatter writes it: of its NFC form (nfc_sql),
+    where each character that becomes k characters adds k - 1 (services.formatter.fixedwidth.length_changes: `Ò` ->
+    `O'`, `ß` -> `SS`, `ﬁ` -> `FI`, `⑽` -> `(10)`, a combining accent NFC left alone dropped). A name that fits before
+    may not fit after, and one that does not fit before may fit after. `classes`: the SQL of each change's bracket
+    (the rules': their statement's parameters, LENGTH_CLASSES); by default the brackets written in, ~4 KB."""
     # a bracket of the characters of one change, counted by regexp_count: translate() would compare each character of
     # the name with each of the bracket's (a thousand combining marks: 29 s for 200,000 names, regexp_count 0.5 s).
     # Every character is outside ASCII, so none is special in a bracket (`]`, `-`, `^`, a backslash) or in the
     # literal (`'`).
     text = nfc_sql(column)
-    extra = " + ".join(f"({change}) * regexp_count({text}, '[{chars}]')"
-                       for change, chars in sorted(by_change.items()))
+    brackets = {change: f"'[{chars}]'" if classes is None else classes[change] for change, chars in length_classes()}
+    extra = " + ".join(f"({change}) * regexp_count({text}, {bracket})" for change, bracket in brackets.items())
     return f"(length({text}) + {extra})" if extra else f"length({text})"
 
 
@@ -150,21 +159,21 @@ CHARS_PER_BYTE = max([Fraction(1)] + [Fraction(written_weight_bound(ch), len(ch.
                                          if not unicodedata.is_normalized("NFD", chr(cp))}])
 
 
-def ascii_longer_sql(column: str, length: int) -> str:
+def ascii_longer_sql(column: str, length: int, classes: dict[int, str] | None = None) -> str:
     """SQL: is `column`, transliterated as the formatter writes it, longer than `length`? ascii_length_sql only for a
     name the byte count (CHARS_PER_BYTE) does not rule out and that is not plain ASCII (as long as it is: NFC leaves
     ASCII as it is)."""
     could = length * CHARS_PER_BYTE.denominator // CHARS_PER_BYTE.numerator
     return (f"CASE WHEN octet_length({column}) <= {could} THEN false "  # cannot grow past `length`
             f"WHEN octet_length({column}) = length({column}) THEN length({column}) > {length} "  # ASCII: as it is
-            f"ELSE {ascii_length_sql(column)} > {length} END")
+            f"ELSE {ascii_length_sql(column, classes)} > {length} END")
 
 
 def _name_rule(code: str, field: str, what: str, italian: str, length: int, record: str) -> Rule:
-    ascii_length = ascii_length_sql(f"s.{field}")
+    ascii_length = ascii_length_sql(f"s.{field}", LENGTH_CLASSES)
     return Rule(code, WARNING, field,
                 f"Is the {what}, transliterated to ASCII, longer than the {record} field ({length}) so it will be cut?",
-                ascii_longer_sql(f"s.{field}", length),
+                ascii_longer_sql(f"s.{field}", length, LENGTH_CLASSES),
                 f"format('{italian} %s ha %s caratteri in ASCII: sarà troncato a {length}', s.{field}, "
                 f"{ascii_length})")
 
@@ -197,6 +206,9 @@ def _ascii_bracket() -> str:
 # twice, its message once): its small load's checks were one 248 KB statement, parsed and kept by every connection.
 REFUSED = "$5"  # a character the formatter cannot write: `[^...]`
 WRITABLE_RUN = "$6"  # a run of characters it can: `[...]+`
+# Likewise the characters of each length change of the transliteration (length_classes: ~4 KB together), $7 on, in
+# ascii_length_sql's terms of the rules that count a text's written length (SURNAME_TOO_LONG, VALUE_TOO_LONG).
+LENGTH_CLASSES = {change: f"${7 + i}" for i, (change, _) in enumerate(length_classes())}
 
 
 @functools.cache
@@ -207,8 +219,8 @@ def charset_patterns() -> tuple[str, str]:
 
 
 def rule_args(snapshot_id: int, version: str, period: tuple[object, object]) -> tuple[object, ...]:
-    """The parameters of every rule set's SQL, in order ($1 .. $6)."""
-    return (snapshot_id, version, *period, *charset_patterns())
+    """The parameters of every rule set's SQL, in order ($1 .. $6, then LENGTH_CLASSES')."""
+    return (snapshot_id, version, *period, *charset_patterns(), *(f"[{chars}]" for _, chars in length_classes()))
 
 
 def charset_sql(column: str, refused: str = REFUSED) -> str:
@@ -299,14 +311,26 @@ def _charset_guard(flow_type: str, version: str) -> str:
 
 
 def layout_value_rules(flow_type: str, version: str) -> tuple[Rule, ...]:
-    """VALUE_NOT_ALLOWED: a value of a text field the flow's layout writes from a column (AN, no `map`) with
-    `allowed` values that is none of them, compared as the formatter does (upper case unless the field keeps its
-    case), asked at load so the operator learns it there, not when asking for the files: C PACC's coding letter
-    (a-z: a service of the national catalogue, N, cannot be written there). A null is not written: not asked."""
+    """What else the formatter refuses in a value of a text field the flow's layout writes from a column (AN, no
+    `map`), asked at load so the operator learns it there, not when asking for the files:
+
+    - VALUE_NOT_ALLOWED: a field with `allowed` values, compared as the formatter does (upper case unless the field
+      keeps its case): C PACC's coding letter (a-z: a service of the national catalogue, N, cannot be written
+      there). A null is not written: not asked.
+    - VALUE_TOO_LONG: a value longer than its field once transliterated to ASCII (`RX/2026/À00000000001`, 20
+      characters, is 21 written: `A'`), for a field that does not cut (truncate), at the shortest field writing
+      the column. The intake holds every such column to at most its field's length in characters (a maximum
+      length, a pattern or a list: tests/unit/test_loader_rules.py asks each), and plain ASCII is written as it is,
+      so only a record with another character can break it: behind charset_rules' guard, asked of almost none."""
     allowed: dict[str, tuple[str, str, tuple[str, ...]]] = {}
+    lengths: dict[str, tuple[int, str]] = {}
     for _, spec in _layout_fields(flow_type, version):
-        if spec.type == "AN" and spec.column is not None and spec.map is None and spec.allowed is not None:
+        if spec.type != "AN" or spec.column is None or spec.map is not None:
+            continue
+        if spec.allowed is not None:
             allowed.setdefault(spec.column, (spec.title, spec.case, spec.allowed))
+        if not spec.truncate and spec.length < lengths.get(spec.column, (spec.length + 1, ""))[0]:
+            lengths[spec.column] = (spec.length, spec.title)
     rules: list[Rule] = []
     for column, (label, case, values) in allowed.items():
         italian = label.replace("'", "''").replace("%", "%%")
@@ -318,6 +342,17 @@ def layout_value_rules(flow_type: str, version: str) -> tuple[Rule, ...]:
                           f"{cased} NOT IN ({listed})",
                           f"format('il valore %s del campo {italian} non è tra quelli ammessi dal tracciato "
                           f"{flow_type} {version}: {shown}', s.{column})"))
+    guard = _charset_guard(flow_type, version)
+    for column, (length, label) in lengths.items():
+        italian = label.replace("'", "''").replace("%", "%%")
+        rules.append(Rule("VALUE_TOO_LONG", ERROR, column,
+                          f"Is the value, transliterated to ASCII, longer than its {flow_type} {version} field "
+                          f"({length}), which does not cut it?",
+                          ascii_longer_sql(f"s.{column}", length, LENGTH_CLASSES),
+                          f"format('il valore %s del campo {italian} ha %s caratteri una volta scritto in ASCII: il "
+                          f"tracciato {flow_type} {version} ne ammette {length}', s.{column}, "
+                          f"{ascii_length_sql(f's.{column}', LENGTH_CLASSES)})",
+                          guard=guard))
     return tuple(rules)
 
 
@@ -633,9 +668,10 @@ def rule_set_sql(rule_set: RuleSet) -> str:
     any_broken = " OR ".join(any_of(None) if guard is None else f"(coalesce(({guard}), false) AND ({any_of(guard)}))"
                              for guard in dict.fromkeys(r.guard for r in rule_set.rules))
     snapshot_filter = "" if rule_set is PRESCRIPTION_RULES else "s.snapshot_id = $1 AND "
+    classes = "".join(f", {param}::text" for param in LENGTH_CLASSES.values())
     # the params CTE types every parameter even when a rule set does not use all six (rule_args)
     return f"""
-    WITH params AS (SELECT $1::bigint, $2::text, $3::date, $4::date, {REFUSED}::text, {WRITABLE_RUN}::text)
+    WITH params AS (SELECT $1::bigint, $2::text, $3::date, $4::date, {REFUSED}::text, {WRITABLE_RUN}::text{classes})
     INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message)
     SELECT $1, {rule_set.record_key}, r.field, r.code, r.severity, r.message
     FROM {rule_set.relation}

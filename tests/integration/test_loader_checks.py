@@ -712,3 +712,21 @@ async def test_a_c_pacc_service_of_the_national_catalogue_fails_the_load_not_its
         "il valore N del campo Codifica nomenclatore non è tra quelli ammessi dal tracciato FLUSSO_C_PACC 2020: "
         + ", ".join("abcdefghijklmnopqrstuvwxyz"))
     assert not outcome.checked
+
+
+async def test_an_id_that_outgrows_its_field_once_transliterated_fails_the_load_not_its_format(
+        pool: asyncpg.Pool, tmp_path: Path) -> None:
+    """The intake takes 20 characters of ID, the C1 and C2 field holds 20: `À` is written `A'`, so an ID of 20
+    characters with one is 21 in the file, which the formatter refused (TOO_LONG). The load names it
+    (VALUE_TOO_LONG); one character shorter, it fits and is not named."""
+    long_id, fitting_id = "RX2026À" + "0" * 12 + "1", "RX2026À" + "0" * 11 + "2"
+    assert (len(long_id), len(fitting_id)) == (20, 19)
+    async with pool.acquire() as conn:
+        await store_services(conn, [ecg("L-1", long_id), ecg("L-2", fitting_id)])
+    store = FileStore(tmp_path)
+    outcome = await _load(pool, store)
+    problems = [(p["record_key"], p["field"], p["code"], p["message"]) for p in _feedback(store, outcome)]
+    assert problems == [(f"L-1@{long_id}/01", "prescription_id", "VALUE_TOO_LONG",
+                         f"il valore {long_id} del campo ID ha 21 caratteri una volta scritto in ASCII: il tracciato "
+                         "FLUSSO_C 2020 ne ammette 20")]
+    assert not outcome.checked

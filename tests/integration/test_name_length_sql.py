@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from services.formatter.fixedwidth import PRINTABLE, transliterate
-from services.loader.checks import ascii_length_sql, name_rules
+from services.loader.checks import LENGTH_CLASSES, ascii_length_sql, length_classes, name_rules
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +59,16 @@ def _names_at_the_edge(char: str, field: int) -> list[str]:
     return names
 
 
+def _classes_written(sql: str) -> str:
+    """A rule's SQL with the length classes written in where the checks pass them as the statement's parameters
+    ($7 on: checks.LENGTH_CLASSES), so it runs on its own here, its names the only parameter ($1)."""
+    for (change, chars), param in sorted(zip(length_classes(), LENGTH_CLASSES.values(), strict=True),
+                                         key=lambda c: -int(c[1][1:])):
+        assert LENGTH_CLASSES[change] == param
+        sql = sql.replace(param, f"'[{chars}]'")
+    return sql
+
+
 @pytest.mark.parametrize(("code", "column", "field"), [("SURNAME_TOO_LONG", "patient_surname", 30),
                                                        ("NAME_TOO_LONG", "patient_name", 20)])
 async def test_the_name_rule_warns_exactly_when_the_formatter_will_cut(conn: asyncpg.Connection, code: str,
@@ -67,7 +77,7 @@ async def test_the_name_rule_warns_exactly_when_the_formatter_will_cut(conn: asy
     character, a name written in exactly the field's length is not warned about and one a character longer is."""
     rule = next(r for r in name_rules("FLUSSO_C", "2020") if r.code == code)  # C1: Cognome 30, Nome 20
     names = [name for char in sorted(WRITTEN) for name in _names_at_the_edge(char, field)]
-    rows = await conn.fetch(f"SELECT s.{column} AS name, coalesce(({rule.broken}), false) AS warned "
+    rows = await conn.fetch(f"SELECT s.{column} AS name, coalesce(({_classes_written(rule.broken)}), false) AS warned "
                             f"FROM unnest($1::text[]) AS s({column})", names)
     wrong = {r["name"]: r["warned"] for r in rows
              if r["warned"] != (len(transliterate(r["name"]).upper()) > field)}
@@ -90,8 +100,9 @@ async def test_a_name_in_either_unicode_form_is_warned_about_alike(conn: asyncpg
             half = len(composed) // 2
             names += [composed, unicodedata.normalize("NFD", composed),
                       composed[:half] + unicodedata.normalize("NFD", composed[half:])]
-    rows = await conn.fetch(f"SELECT s.{column} AS name, coalesce(({rule.broken}), false) AS warned, "
-                            f"{rule.message} AS message FROM unnest($1::text[]) AS s({column})", names)
+    broken, message = _classes_written(rule.broken), _classes_written(rule.message)
+    rows = await conn.fetch(f"SELECT s.{column} AS name, coalesce(({broken}), false) AS warned, {message} AS message "
+                            f"FROM unnest($1::text[]) AS s({column})", names)
     said = {r["name"]: (r["warned"], r["message"]) for r in rows}
     for name in names:
         written = len(transliterate(unicodedata.normalize("NFC", name)).upper())

@@ -7,11 +7,16 @@ import re
 import unicodedata
 from fractions import Fraction
 
+import pytest
+from pydantic import ValidationError
+
+from contracts.sources import DeliveredService, IntramoeniaBooking, SourceModel
 from services.formatter.fixedwidth import TRANSLITERATION, length_changes
 from services.formatter.layouts import load_layout
 from services.loader.checks import (
     CF_CODES,
     CHARS_PER_BYTE,
+    LENGTH_CLASSES,
     PLANS,
     PRESCRIPTION_RULES,
     SERVICE_ROW_RULES,
@@ -20,6 +25,8 @@ from services.loader.checks import (
     ascii_longer_sql,
     charset_patterns,
     charset_sql,
+    layout_value_rules,
+    length_classes,
     name_rules,
     plan_for,
     rule_args,
@@ -30,6 +37,7 @@ from services.loader.checks import (
 )
 from services.loader.intake import KINDS, validate_raw
 from services.loader.snapshot import SELECTIONS
+from simulators.cup.generator import generate
 
 SPEC_CODES = {"CF_CHECK_CHAR", "CF_BIRTH_MISMATCH", "DATE_OUTSIDE_PERIOD", "UNKNOWN_SERVICE_CODE",
               "QUANTITY_NOT_POSITIVE", "AMOUNT_ARITHMETIC", "EXEMPTION_REQUIRED", "TOO_MANY_SERVICES",
@@ -79,8 +87,8 @@ def test_the_name_warnings_cut_where_the_c1_fields_end() -> None:
         assert (c1.field("surname").length, c1.field("name").length) == (30, 20)
         rules = {r.code: r for r in name_rules(flow_type, "2020")}
         assert set(rules) == {"SURNAME_TOO_LONG", "NAME_TOO_LONG"}
-        assert rules["SURNAME_TOO_LONG"].broken == ascii_longer_sql("s.patient_surname", 30)
-        assert rules["NAME_TOO_LONG"].broken == ascii_longer_sql("s.patient_name", 20)
+        assert rules["SURNAME_TOO_LONG"].broken == ascii_longer_sql("s.patient_surname", 30, LENGTH_CLASSES)
+        assert rules["NAME_TOO_LONG"].broken == ascii_longer_sql("s.patient_name", 20, LENGTH_CLASSES)
         assert "THEN length(s.patient_surname) > 30 ELSE" in rules["SURNAME_TOO_LONG"].broken
         assert "longer than the C1 field (30)" in rules["SURNAME_TOO_LONG"].question
         # in the plan of the flow's load, with the rules every snapshot_service flow shares
@@ -151,13 +159,17 @@ def test_the_charset_patterns_are_parameters_of_the_checks_not_written_into_them
         plan = plan_for(flow_type, "2020", table)
         sql = _small_sql(plan)
         # ~52 KB for Flusso C with every rule (the C1 fields one prescription's rows must share added ~4 KB); the
-        # ranges written into every CHARSET rule made it 263 KB
+        # ranges written into every CHARSET rule made it 263 KB; the length classes written into each VALUE_TOO_LONG
+        # rule (and the name rules) 241 KB
         assert writable_bracket() not in sql and len(sql.encode()) < 60_000, (flow_type, len(sql.encode()))
+        assert not [chars for _, chars in length_classes() if chars in sql]
         for rule_set in plan.rule_sets:
-            assert "$5::text, $6::text)" in rule_set_sql(rule_set)
+            assert "$5::text, $6::text, $7::text, $8::text, $9::text, $10::text)" in rule_set_sql(rule_set)
     charset = [r for r in plan_for("FLUSSO_C", "2020", "snapshot_service").rule_sets[0].rules if r.code == "CHARSET"]
     assert len(charset) == 17 and all("~ $5" in r.broken and ", $6)" in r.message for r in charset)
-    assert rule_args(1, "2020", ("a", "b")) == (1, "2020", "a", "b", refused, run)
+    assert rule_args(1, "2020", ("a", "b")) == (1, "2020", "a", "b", refused, run,
+                                                *(f"[{chars}]" for _, chars in length_classes()))
+    assert LENGTH_CLASSES == {-1: "$7", 1: "$8", 2: "$9", 3: "$10"}
 
 
 def test_only_a_name_of_more_bytes_than_three_quarters_of_its_field_can_outgrow_it() -> None:
@@ -189,3 +201,20 @@ def test_a_record_without_source_id_is_named_by_its_line() -> None:
 
 def test_source_kinds_cover_every_published_model() -> None:
     assert set(KINDS) == {"delivered-service", "payment-document", "intramoenia-booking"}
+
+
+@pytest.mark.parametrize("flow_type", ["FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA"])
+def test_no_plain_ascii_value_the_intake_takes_is_too_long_for_its_field(flow_type: str) -> None:
+    """VALUE_TOO_LONG is asked only of a record with a character outside plain printable ASCII (charset_rules' guard):
+    sound as long as the intake refuses every ASCII value longer than the field it is written in. Asked of each such
+    column: a value one character too long, of letters, digits, both, is refused by the source contract."""
+    model: type[SourceModel] = IntramoeniaBooking if flow_type == "FLUSSO_ALPI_TA" else DeliveredService
+    base = next(r for r in generate("204", "2020-08", 50, seed=3) if isinstance(r, model)).model_dump(mode="json")
+    too_long = {r.field: int(re.search(r"ne ammette (\d+)", r.message).group(1))  # type: ignore[union-attr]
+                for r in layout_value_rules(flow_type, "2020") if r.code == "VALUE_TOO_LONG"}
+    assert {"prescription_id", "exemption_code"} <= set(too_long) or flow_type == "FLUSSO_ALPI_TA", too_long
+    for column, length in too_long.items():
+        for value in ("A" * (length + 1), "9" * (length + 1), ("A9" * length)[:length + 1], "a" * (length + 1)):
+            with pytest.raises(ValidationError):
+                model.model_validate({**base, column: value})
+        assert column in model.model_fields
