@@ -45,6 +45,7 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
                                              "letter case aside (the file writes it upper case)."),
     "DUPLICATE_PRESCRIPTION_ID": (ERROR, "The prescription ID is another prescription's but for letter case: "
                                          "written upper case, the file would hold one key twice."),
+    "PRESCRIPTION_ID_BLANK": (ERROR, "The prescription ID is made of spaces only: the file would write it blank."),
     "PRESCRIPTION_NUMBER_CHARACTERS": (ERROR, "The prescription number (NRE, barcode or progressive) holds a "
                                               "character other than a letter or a digit."),
     "PRESCRIPTION_FIELD_DIFFERS": (ERROR, "The services of one prescription disagree on a value row 99 or every "

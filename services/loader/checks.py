@@ -485,7 +485,7 @@ _PRESCRIPTIONS = f"""(
         FROM snapshot_service WHERE snapshot_id = $1 GROUP BY prescription_id
     ) p
     WINDOW w AS (PARTITION BY upper(p.prescription_number) ORDER BY p.first_source_id, p.prescription_id),
-           v AS (PARTITION BY upper(p.prescription_id) ORDER BY p.first_source_id, p.prescription_id)
+           v AS (PARTITION BY upper(rtrim(p.prescription_id)) ORDER BY p.first_source_id, p.prescription_id)
 ) s"""
 
 
@@ -541,11 +541,20 @@ PRESCRIPTION_RULES = RuleSet(
         _differs("prescription_number", "number_differs", "prescription number", "lo stesso numero ricetta"),
         _differs("structure_sts11", "structure_differs", "structure", "la stessa struttura"),
         *(_differs(column, flag, what, italian) for column, (flag, what, italian) in _SAME_IN_C1.items()),
+        # the file writes the ID upper case and pads it with spaces: `rx1` and `RX1 ` are both `RX1`, one key
         Rule("DUPLICATE_PRESCRIPTION_ID", ERROR, "prescription_id",
-             "Is the ID, upper case as the file writes it, another prescription's of the snapshot?",
+             "Is the ID, upper case and padded as the file writes it, another prescription's of the snapshot?",
              "s.id_rank > 1",
              "format('l''identificativo della ricetta %s nel file si scrive %s, come quello della ricetta %s: "
-             "due ricette con la stessa chiave', s.prescription_id, upper(s.prescription_id), s.id_owner)"),
+             "due ricette con la stessa chiave', quote_literal(s.prescription_id), "
+             "quote_literal(upper(rtrim(s.prescription_id))), quote_literal(s.id_owner))"),
+        # spec/flusso-c.md C1 131-150: the ID joins C1 and C2; one of spaces only is written blank, a record without
+        # its key (the formatter's MISSING counts the characters, spaces too)
+        Rule("PRESCRIPTION_ID_BLANK", ERROR, "prescription_id",
+             "Is the ID made of spaces only, so the file would write it blank?",
+             "btrim(s.prescription_id) = ''",
+             "format('l''identificativo della ricetta %s è fatto solo di spazi: nel file sarebbe vuoto, e le righe "
+             "della ricetta resterebbero senza chiave', quote_literal(s.prescription_id))"),
     ),
     grouped_in_index_order=True,
 )

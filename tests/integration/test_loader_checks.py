@@ -148,8 +148,15 @@ CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
      bad(prescription_number=_OK_NUMBER.lower()), "B-1@RX-BAD/99", None,
      f"il numero ricetta {_OK_NUMBER.lower()} è già usato dalla ricetta RX-OK"),
     ("DUPLICATE_PRESCRIPTION_ID", "prescription_id", [ecg("B-1", "rx-ok", prescription_number="150A000000000042")],
-     "B-1@rx-ok/99", None, "l'identificativo della ricetta rx-ok nel file si scrive RX-OK, come quello della ricetta "
-     "RX-OK: due ricette con la stessa chiave"),
+     "B-1@rx-ok/99", None, "l'identificativo della ricetta 'rx-ok' nel file si scrive 'RX-OK', come quello della "
+     "ricetta 'RX-OK': due ricette con la stessa chiave"),
+    # padded with spaces in the file: a trailing space is another's ID there too
+    ("DUPLICATE_PRESCRIPTION_ID", "prescription_id", [ecg("B-1", "RX-OK ", prescription_number="150A000000000042")],
+     "B-1@RX-OK /99", None, "l'identificativo della ricetta 'RX-OK ' nel file si scrive 'RX-OK', come quello della "
+     "ricetta 'RX-OK': due ricette con la stessa chiave"),
+    ("PRESCRIPTION_ID_BLANK", "prescription_id", [ecg("B-1", "   ", prescription_number="150A000000000042")],
+     "B-1@   /99", None, "l'identificativo della ricetta '   ' è fatto solo di spazi: nel file sarebbe vuoto, e le "
+     "righe della ricetta resterebbero senza chiave"),
 ]
 
 
