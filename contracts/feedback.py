@@ -29,6 +29,8 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "TARIFF_DIFFERS_FROM_CATALOGUE": (WARNING, "The tariff differs from the catalogue's."),
     "TOO_MANY_SERVICES": (ERROR, "The service is beyond row 98 of its prescription (row 99 closes it)."),
     "STRUCTURE_NOT_IN_ENTE": (ERROR, "The structure (STS11) belongs to another entity."),
+    "STRUCTURE_TYPE_DIFFERS": (ERROR, "The structure type (1 public, 2 private accredited) differs from the one the "
+                                      "regional registry of structures gives the structure."),
     "ANONYMOUS_PATIENT_NAMED": (ERROR, "The codice fiscale is blank (legal anonymity only) but the surname is not "
                                        "ANONIMO: the file would name a protected patient."),
     "SURNAME_TOO_LONG": (WARNING, "The surname, transliterated to ASCII, is longer than its field: it is cut."),
@@ -81,6 +83,7 @@ FEEDBACK_FIELDS: dict[str, str] = {
     "ticket": "delivered service: ticket (or the prescription's ticket)",
     "row_number": "delivered service: its row in the prescription (01..98)",
     "structure_sts11": "any record: structure (STS11)",
+    "structure_type": "delivered service: structure type (1 public, 2 private accredited)",
     "exemption_code": "prescription: exemption code",
     "prescription_number": "prescription: number (NRE)",
     "delivery_type": "prescription: delivery type",

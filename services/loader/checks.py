@@ -427,6 +427,14 @@ SERVICE_ROW_RULES = RuleSet(
              "Does the delivering structure belong to another entity?",
              "e.sts11 IS NULL",
              _STRUCTURE_MESSAGE),
+        # spec/flusso-c.md C2 113 (1 public, 2 private): written as the record says it, and the source contract
+        # defaults it to 1; the regional registry of structures (contracts/data/structures.csv) knows which it is
+        Rule("STRUCTURE_TYPE_DIFFERS", ERROR, "structure_type",
+             "Does the structure type (public or private accredited) differ from the registry's for the structure?",
+             "e.structure_type <> s.structure_type",
+             "format('la struttura %s è %s nell''anagrafe delle strutture (tipo %s), ma la prestazione la indica "
+             "di tipo %s', s.structure_sts11, CASE e.structure_type WHEN '1' THEN 'pubblica' "
+             "ELSE 'privata accreditata' END, e.structure_type, s.structure_type)"),
         # spec/flusso-c.md, C1: the codice fiscale is "blank only for legal anonymity", the surname "ANONIMO for
         # protected cases": a blank one beside a real surname would put a protected patient's name in the file
         Rule("ANONYMOUS_PATIENT_NAMED", ERROR, "patient_surname",

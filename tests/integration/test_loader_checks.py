@@ -143,6 +143,9 @@ CASES: list[tuple[str, str, list[DeliveredService], str, str | None, str]] = [
     ("PRESCRIPTION_FIELD_DIFFERS", "patient_residence_asl",
      [ecg("B-1", "RX-BAD"), ecg("B-2", "RX-BAD", patient_residence_asl="201")], "B-1@RX-BAD/99", None,
      "le prestazioni della ricetta RX-BAD non riportano tutte la stessa ASL di residenza del paziente"),
+    ("STRUCTURE_TYPE_DIFFERS", "structure_type", bad(structure_sts11="004150"), "B-1@RX-BAD/01", None,
+     "la struttura 004150 è privata accreditata nell'anagrafe delle strutture (tipo 2), ma la prestazione la indica "
+     "di tipo 1"),
     # upper case in the file: a number or an ID that differs only in case is another's there
     ("DUPLICATE_PRESCRIPTION_NUMBER", "prescription_number",
      bad(prescription_number=_OK_NUMBER.lower()), "B-1@RX-BAD/99", None,
