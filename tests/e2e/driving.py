@@ -9,7 +9,6 @@ from typing import Any
 import asyncpg
 
 from contracts import flows
-from contracts.deadlines import italian_today
 from contracts.states import InstanceState
 from services.cli.sources import publish
 from services.runtime.commands import send_command
@@ -45,13 +44,6 @@ async def publish_month(platform: Any, pool: asyncpg.Pool, ente: str, month: str
                < counts["payment-document"]):
             await asyncio.sleep(0.3)
     return counts
-
-
-def this_years_month(month: int) -> str:
-    """A month of this year in Italy, as YYYY-MM. Its 730 is paid in the year Sistema TS takes on any day the test
-    may run (services.ts_gateway.payment_year), so `flows send-730` warns of nothing whenever the suite runs: a fixed
-    2026 month would be warned of, and its send wait on a "Send it anyway?" no test answers, from February 2027."""
-    return f"{italian_today().year}-{month:02d}"
 
 
 async def _formatted_730(platform: Any, ente: str, month: str, services: int = 120) -> int:

@@ -29,7 +29,7 @@ from tests.console_support import (
     running_console,
 )
 from tests.e2e import test_secrets_canary as canary
-from tests.e2e.driving import _formatted_730, publish_month, this_years_month
+from tests.e2e.driving import _formatted_730, publish_month
 from tests.e2e.test_secrets_canary import folder_files, needles_for, scan_everything, search
 from tests.fixtures.onboarding.workbooks import aggregation_rows, workbook
 from tests.stack_urls import KAFKA
@@ -353,7 +353,7 @@ async def test_a_730_sent_with_credentials_sealed_in_the_browser(  # type: ignor
     The canary account's values typed in the browser are then nowhere in clear (nor hex, base64,
     UTF-16): not in Kafka, the database, the files, the services' or the console's logs."""
     cfg = platform.settings
-    instance = await _formatted_730(platform, "201", this_years_month(5), services=120)
+    instance = await _formatted_730(platform, "201", "2026-05", services=120)
     pool = await platform.pool()
     typed = canary_account
     console_log = tmp_path / "console-logs" / "console.log"

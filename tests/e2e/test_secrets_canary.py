@@ -48,7 +48,7 @@ from services.runtime.eventstore import EventStore
 from services.runtime.read_models import instance_stream
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, key_id
 from simulators.sistema_ts.rules import SimUser
-from tests.e2e.driving import _formatted_730, _wait_state, this_years_month
+from tests.e2e.driving import _formatted_730, _wait_state
 from tests.e2e.test_ts_730 import FINAL, flows_cli, send_730_cli
 
 pytestmark = pytest.mark.e2e
@@ -270,8 +270,8 @@ async def test_planted_ts_credentials_sent_with_flows_send_730_appear_nowhere_an
     box_of = "SELECT * FROM ts_sealed_credentials WHERE instance = $1"
     pool = await platform.pool()
     try:
-        sent = await _formatted_730(platform, "207", this_years_month(7), services=100)
-        later = await _formatted_730(platform, "207", this_years_month(8), services=60)
+        sent = await _formatted_730(platform, "207", "2026-07", services=100)
+        later = await _formatted_730(platform, "207", "2026-08", services=60)
 
         # Rejected: TS refuses the password (HTTP 401); the box goes with the outcome
         run = await send_730_cli(platform, sent, password=WRONG_PASSWORD, operator=operator, **typed)

@@ -44,10 +44,11 @@ from services.runtime.filestore import FileStore
 from services.runtime.read_models import instance_stream
 from services.runtime.settings import Settings
 from services.ts_gateway import keys as gateway_keys
+from services.ts_gateway import payment_year
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, key_id, seal
 from services.ts_gateway.submission import PROTOCOLLO
 from tests.e2e.conftest import TS_CF, TS_PASSWORD, TS_PINCODE, TS_USER
-from tests.e2e.driving import _formatted_730, _wait_state, this_years_month
+from tests.e2e.driving import _formatted_730, _wait_state
 from tests.isolation import logged_process
 from tests.stack_urls import free_port
 
@@ -113,11 +114,19 @@ async def send_730_cli(platform: Any, instance: int, user: str = TS_USER, passwo
                        operator: str = "e2e.ts", wait: bool = True) -> CliRun:
     """`flows send-730 N` as an operator runs it: C.F., user, password, pincode, then the transmission
     date (Enter: today) when `when` is not given as the option; with `wait` it waits for the outcome
-    (unless the date is later)."""
+    (unless the date is later). An operator who is told that TS refuses documents for their payment year
+    (services.ts_gateway.payment_year: these tests' 2026 payments, sent from February 2027 on) sends anyway: asked
+    of the same documents and day as the command asks, so the answer is there exactly when the question is."""
     args = ["send-730", str(instance), *(["--transmission-date", when.isoformat()] if when else []),
             *([] if wait else ["--no-wait"])]
-    run = await flows_cli(platform, *args, answers=[cf, user, password, pincode, *([] if when else [""])],
-                          operator=operator)
+    pool = await platform.pool()
+    try:
+        years = await payment_year.payment_years(pool, instance)
+    finally:
+        await pool.close()
+    warned = payment_year.warning_en(instance, years, when or italian_today()) is not None
+    run = await flows_cli(platform, *args, answers=[*(["y"] if warned else []), cf, user, password, pincode,
+                                                    *([] if when else [""])], operator=operator)
     assert run.code == 0, f"flows send-730 {instance} ended {run.code}"
     return run
 
@@ -459,8 +468,8 @@ async def test_a_key_rotated_mid_submission_still_opens_the_old_box_after_a_rest
     private key (the grace for commands still on Kafka set to 0 here), not before."""
     keys_dir = platform.settings.keys_dir
     retired = keys_dir / gateway_keys.RETIRED_DIR
-    x = await _formatted_730(platform, "202", this_years_month(7))
-    y = await _formatted_730(platform, "202", this_years_month(8))
+    x = await _formatted_730(platform, "202", "2026-07")
+    y = await _formatted_730(platform, "202", "2026-08")
     first = key_id((keys_dir / PUBLIC_KEY_FILE).read_bytes())
     await behaviour(polls_in_progress=1_000_000)  # TS keeps X "in progress" until told otherwise
 

@@ -167,6 +167,8 @@ def test_send_730_says_which_documents_ts_refuses_for_their_payment_year_on_the_
             "taken only from 2020-01-01 to 2021-01-31, which is past.") in out
     assert "Send it anyway? [y/N]" in out and "nothing sent" in out
     assert not [p for p in PROMPTS if p in out], out  # no credential was asked
+    code, out = _send("1960", answers="y\n\x04")  # told, and sending anyway: the credentials are asked
+    assert "will be refused (2 paid in 2020)" in out and "C.F. proprietario" in out and "nothing sent" not in out
 
     # 1962's documents are paid today: taken on any day of this year and of the January after, not one day later
     last_day = date(today.year + 1, 1, 31)
