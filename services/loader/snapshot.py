@@ -7,6 +7,13 @@ Which rows a flow type takes is data (`SELECTIONS`), not branches in code.
 Period rule (spec/flusso-c.md "General rules"): a prescription spanning two periods belongs to the
 period of its LAST service, and is taken whole (also the services of the earlier period).
 Row numbers 01..n per prescription follow delivery_date, then source_id.
+
+A prescription's ID is unique per year (spec/flusso-c.md, C1 131-150: "unique per year with structure data"), so
+an ID may come back in another year for another prescription: a structure that numbers its IDs from 1 each year.
+The rows of one prescription are those of its ID in the load's year, and in the period before or after the load's
+when that is in another year (a prescription begun in December and ended in January). Rows of its ID further away
+are another prescription's: they neither hold it back as unfinished nor come into it. Within the year a row
+outside the two periods is still taken, and the checks name it (DATE_OUTSIDE_PERIOD).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 
 import asyncpg
 
@@ -97,8 +104,46 @@ def _create_text(snapshot_id: int, instance: int, flow: FlowType, version: str, 
             f"'{ente}', '{period_start.isoformat()}'::date, '{period_end.isoformat()}'::date, '{table}', 0)")
 
 
+def _whole_months(start: date, end: date) -> int | None:
+    """How many whole calendar months the period is (the 1st to a month's last day), None when it is not."""
+    after = end + timedelta(days=1)
+    if start.day != 1 or after.day != 1:
+        return None
+    return (after.year * 12 + after.month) - (start.year * 12 + start.month)
+
+
+def _months_later(day: date, months: int) -> date:
+    """The 1st `day` (a 1st) plus `months` (negative: earlier)."""
+    index = day.year * 12 + day.month - 1 + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def previous_period_start(start: date, end: date) -> date:
+    """The first day of the period before start..end: as many whole calendar months before a period of whole months
+    (every monthly flow: September's is August 1-31, March's February), else as many days. The checks ask the same of
+    their SQL (services.loader.checks: DATE_OUTSIDE_PERIOD; tests/integration/test_loader_snapshot.py compares them)."""
+    months = _whole_months(start, end)
+    return start - timedelta(days=(end - start).days + 1) if months is None else _months_later(start, -months)
+
+
+def next_period_end(start: date, end: date) -> date:
+    """The last day of the period after start..end, alike."""
+    months = _whole_months(start, end)
+    if months is None:
+        return end + timedelta(days=(end - start).days + 1)
+    return _months_later(end + timedelta(days=1), months) - timedelta(days=1)
+
+
+def prescription_reach(start: date, end: date) -> tuple[date, date]:
+    """The days a prescription of the load start..end may have rows on (the module's docstring): its year, and the
+    period before and after the load's, which reach into the years around it at a year's turn."""
+    return (min(date(start.year, 1, 1), previous_period_start(start, end)),
+            max(date(end.year, 12, 31), next_period_end(start, end)))
+
+
 def snapshot_sql(selection: Selection) -> str:
-    """The single INSERT ... SELECT of a snapshot. Parameters: $1 snapshot_id, $2 ente, $3 start, $4 end."""
+    """The single INSERT ... SELECT of a snapshot. Parameters: $1 snapshot_id, $2 ente, $3 start, $4 end; by
+    prescription also $5 and $6, the first and last day of its prescriptions' rows (prescription_reach)."""
     cols = SOURCE_COLUMNS[selection.source_table]
     col_list = ", ".join(cols)
     s_cols = ", ".join(f"s.{c}" for c in cols)
@@ -111,17 +156,21 @@ def snapshot_sql(selection: Selection) -> str:
         WITH touched AS (          -- prescriptions with a service in the period ...
             SELECT DISTINCT s.prescription_id FROM {table} s
             WHERE s.ente = $2 AND s.{when} BETWEEN $3 AND $4 AND {cond}
-        ), closed AS (             -- ... whose LAST service is in the period
-            SELECT t.prescription_id FROM touched t
+        ), closed AS (             -- ... whose LAST service is in the period (a later one of the ID in another
+            SELECT t.prescription_id FROM touched t                  -- year is another prescription's)
             WHERE NOT EXISTS (SELECT 1 FROM {table} s
                               WHERE s.ente = $2 AND s.prescription_id = t.prescription_id
-                                AND s.{when} > $4 AND {cond})
+                                AND s.{when} > $4 AND s.{when} <= $6 AND {cond})
         )
         INSERT INTO {selection.snapshot_table} (snapshot_id, row_number, revision, {col_list})
         SELECT $1, row_number() OVER (PARTITION BY s.prescription_id ORDER BY s.{when}, s.source_id),
                s.revision, {s_cols}
-        FROM {table} s JOIN closed c ON c.prescription_id = s.prescription_id
-        WHERE s.ente = $2 AND {cond}"""
+        -- the closed prescriptions' rows read by the prescription index, in its order (OFFSET 0: the days are not
+        -- pushed into that read, where they made the planner read the period's rows by day, hash them and sort them
+        -- again: 15 s against 7 for 1 M services), then those of its reach: the rows of its ID in other years go
+        FROM (SELECT s.* FROM {table} s JOIN closed c ON c.prescription_id = s.prescription_id
+              WHERE s.ente = $2 AND {cond} OFFSET 0) s
+        WHERE s.{when} BETWEEN $5 AND $4"""
 
 
 # What the snapshot's transaction opens with, in its BEGIN's round trip (db.fused_transaction). The period's
@@ -155,7 +204,8 @@ async def take_snapshot(conn: asyncpg.Connection, snapshot_id: int, flow_type: F
             if create is None:
                 await conn.execute(_CREATE, snapshot_id, instance, flow.value, version, ente, period_start,
                                    period_end, selection.snapshot_table)
-            status = await conn.execute(snapshot_sql(selection), snapshot_id, ente, period_start, period_end)
+            reach = prescription_reach(period_start, period_end) if selection.by_prescription else ()
+            status = await conn.execute(snapshot_sql(selection), snapshot_id, ente, period_start, period_end, *reach)
             rows = int(status.split()[-1])
             if after is not None:
                 await after

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
@@ -13,8 +13,17 @@ import pytest
 
 from contracts.flows import FlowType
 from contracts.sources import DeliveredService
+from services.loader import checks
 from services.loader.intake import store_services
-from services.loader.snapshot import WORK_MEM, SnapshotConflict, next_number, take_snapshot
+from services.loader.snapshot import (
+    WORK_MEM,
+    SnapshotConflict,
+    next_number,
+    next_period_end,
+    prescription_reach,
+    previous_period_start,
+    take_snapshot,
+)
 from simulators.cup.generator import generate
 
 pytestmark = pytest.mark.integration
@@ -51,6 +60,49 @@ async def test_a_prescription_spanning_july_and_august_belongs_to_august_whole(c
     await take_snapshot(conn, 2, "FLUSSO_C", "204", *AUGUST, instance=0)
     assert await _rows(conn, 1) == [("RX-JULY", "S-3", 1)]
     assert await _rows(conn, 2) == [("RX-SPAN", "S-1", 1), ("RX-SPAN", "S-2", 2)]
+
+
+def _month(year: int, month: int) -> tuple[date, date]:
+    return date(year, month, 1), date(year + month // 12, month % 12 + 1, 1) - timedelta(days=1)
+
+
+async def test_an_id_is_one_prescription_within_its_year_and_another_the_next_year(conn: asyncpg.Connection) -> None:
+    """An ID is unique per year (spec/flusso-c.md C1): a structure numbering its IDs from 1 each year gives August
+    2020's RX-1 the ID of August 2019's. Each load takes its own; before, August 2019 took nothing (RX-1 had a
+    later service, so it looked unfinished) and August 2020 took both, failing on the 2019 row. A prescription
+    begun in December and ended in January is still one, January's; and within a year a row outside the two periods
+    is still taken, for the checks to name (DATE_OUTSIDE_PERIOD), and still holds an earlier load's back."""
+    await store_services(conn, [
+        service("S-1", "RX-1", date(2019, 8, 12)), service("S-2", "RX-1", date(2020, 8, 4), patient_name="ANNA"),
+        service("S-3", "RX-2", date(2019, 12, 20)), service("S-4", "RX-2", date(2020, 1, 10)),
+        service("S-5", "RX-3", date(2020, 3, 10)), service("S-6", "RX-3", date(2020, 8, 5))])
+    for snapshot_id, (year, month) in enumerate([(2019, 8), (2020, 8), (2019, 12), (2020, 1), (2020, 3)], start=1):
+        await take_snapshot(conn, snapshot_id, "FLUSSO_C", "204", *_month(year, month), instance=0)
+    assert await _rows(conn, 1) == [("RX-1", "S-1", 1)]
+    assert await _rows(conn, 2) == [("RX-1", "S-2", 1), ("RX-3", "S-5", 1), ("RX-3", "S-6", 2)]
+    assert await _rows(conn, 3) == []
+    assert await _rows(conn, 4) == [("RX-2", "S-3", 1), ("RX-2", "S-4", 2)]
+    assert await _rows(conn, 5) == []
+
+
+async def test_the_snapshot_and_the_checks_put_the_previous_period_on_the_same_day(conn: asyncpg.Connection) -> None:
+    """The snapshot takes a prescription's rows back to the previous period's first day (Python: prescription_reach,
+    a parameter of its statement, where a constant keeps the planner's plan), the checks name a row before it
+    (SQL: DATE_OUTSIDE_PERIOD): one rule, asked of both over months, quarters, a year and days, at every turn."""
+    periods = [_month(year, month) for year in (2019, 2020, 2021) for month in range(1, 13)]
+    periods += [(date(2020, 1, 1), date(2020, 3, 31)), (date(2020, 4, 1), date(2020, 6, 30)),  # quarters, and three
+                (date(2020, 7, 1), date(2020, 9, 30)), (date(2020, 11, 1), date(2021, 1, 31))]  # months across years
+    periods += [(date(2020, 1, 1), date(2020, 12, 31)), (date(2020, 8, 10), date(2020, 8, 19)),
+                (date(2020, 2, 15), date(2020, 3, 14)), (date(2020, 12, 31), date(2020, 12, 31))]
+    for start, end in periods:
+        assert await conn.fetchval(f"SELECT {checks._PREVIOUS_PERIOD_START} FROM (SELECT $1::int, $2::int) unused",
+                                   0, 0, start, end) == \
+            previous_period_start(start, end), (start, end)
+    assert next_period_end(date(2020, 12, 1), date(2020, 12, 31)) == date(2021, 1, 31)
+    assert next_period_end(date(2020, 10, 1), date(2020, 12, 31)) == date(2021, 3, 31)
+    assert next_period_end(date(2020, 8, 10), date(2020, 8, 19)) == date(2020, 8, 29)
+    assert prescription_reach(date(2020, 1, 1), date(2020, 1, 31)) == (date(2019, 12, 1), date(2020, 12, 31))
+    assert prescription_reach(date(2020, 12, 1), date(2020, 12, 31)) == (date(2020, 1, 1), date(2021, 1, 31))
 
 
 async def test_rows_are_numbered_by_delivery_date_then_source_id(conn: asyncpg.Connection) -> None:
