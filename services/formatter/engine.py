@@ -3,7 +3,7 @@
 File naming rule: `<KIND>_<ENTITY>_<YYYYMM>_<INSTANCE>.txt`, e.g. `C1_150201_202611_1947.txt`:
 KIND is the record kind of the layout (C1, C2, MEF, ALPI_TA); ENTITY is charging region + ente
 (`150` + `201`) when the source has a region, else the ente; YYYYMM is the month of the latest
-service (delivery date, or appointment date for bookings) -- a prescription spanning two periods
+service (delivery date, or booking date for bookings: the day their loads select by) -- a prescription spanning two periods
 belongs to the period of its last service (spec/flusso-c.md); INSTANCE is the instance number.
 
 Outcome: `ok` with the files (sha256 in the file store), or not ok with the reasons (the first
@@ -43,7 +43,10 @@ def file_name(kind: str, entity: str, period: str, instance: int) -> str:
 
 async def name_parts(conn: Any, source: str, columns: set[str], snapshot_id: int) -> tuple[str, str]:
     entity = "region || ente" if "region" in columns else "ente"
-    latest = next((c for c in ("delivery_date", "appointment_date", "booking_date") if c in columns), None)
+    # the month of the latest day the flow's period selects by (loader.snapshot.SELECTIONS): the delivery of a
+    # service, the booking of an ALPI TA booking (its appointment may fall months later: a file of April's bookings
+    # is April's)
+    latest = next((c for c in ("delivery_date", "booking_date") if c in columns), None)
     month = f"to_char(max({latest}), 'YYYYMM')" if latest else "NULL"
     row = await conn.fetchrow(f"SELECT min({entity}) AS entity, {month} AS period, count(*) AS n "
                               f"FROM {source} WHERE snapshot_id = $1", snapshot_id)

@@ -162,11 +162,12 @@ async def test_alpi_ta_file_from_bookings(pool: asyncpg.Pool, tmp_path: Path) ->
             "INSERT INTO snapshot_booking (snapshot_id, source_id, ente, structure_sts11, catalogue_code, booking_date,"
             " appointment_date, priority, index_week, revision, schema_version)"
             " SELECT 8001, 'ALPI-' || i, '201', '000123', '89.7',"
-            " date '2026-04-01' + i % 5, date '2026-04-20' + i % 9, 'D', i % 2 = 0, 1, 1 FROM generate_series(1, 40) i")
+            " date '2026-04-01' + i % 5, date '2026-04-25' + i % 9, 'D', i % 2 = 0, 1, 1 FROM generate_series(1, 40) i")
     store = FileStore(tmp_path)
     outcome = await run_format(pool, store, 1953, 8001, "FLUSSO_ALPI_TA", "2020")
     assert outcome.ok, outcome.reasons
     (alpi,) = outcome.files
+    # April's bookings, their appointments up to 3 May: the file is April's, the month the load selects by
     assert alpi.name == "ALPI_TA_201_202604_1953.txt" and alpi.records == 40
     assert store.path(alpi.sha256).read_bytes().count(b"\n") == 40
 
