@@ -3,8 +3,9 @@
 File naming rule: `<KIND>_<ENTITY>_<YYYYMM>_<INSTANCE>.txt`, e.g. `C1_150201_202611_1947.txt`:
 KIND is the record kind of the layout (C1, C2, MEF, ALPI_TA); ENTITY is charging region + ente
 (`150` + `201`) when the source has a region, else the ente; YYYYMM is the month of the latest
-service (delivery date, or booking date for bookings: the day their loads select by) -- a prescription spanning two periods
-belongs to the period of its last service (spec/flusso-c.md); INSTANCE is the instance number.
+service (delivery date, or booking date for bookings: the day their loads select by) -- a prescription
+spanning two periods belongs to the period of its last service (spec/flusso-c.md); INSTANCE is the instance
+number.
 
 Outcome: `ok` with the files (sha256 in the file store), or not ok with the reasons (the first
 errors, each naming the record and the field, and how many there are in all). The reasons are what the
