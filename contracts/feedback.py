@@ -58,6 +58,9 @@ PROBLEM_CODES: dict[str, tuple[str, str]] = {
     "PAYMENT_AFTER_PERIOD": (ERROR, "The payment is dated after the period."),
     "TS730_RULE": (ERROR, "The payment document breaks a rule of the 730 file (the Sistema TS specification or "
                           "730_precompilata.xsd): the formatter would refuse it. The message says which."),
+    "TS730_NO_VAT": (WARNING, "A spending item paid from 2021 on has a tipoSpesa with no VAT nature the platform can "
+                              "give (only the exempt health services TK, SR, SP) and the source carries no rate: "
+                              "Sistema TS will refuse the document."),
     "DUPLICATE_DOCUMENT": (ERROR, "The payment document's idSpesa (partita IVA, issue date, device, number) is "
                                   "another document's of the load: Sistema TS would take one as a duplicate."),
     "CF_FORMAT": (ERROR, "The codice fiscale is not 16 well-placed letters and digits."),

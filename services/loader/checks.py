@@ -665,7 +665,7 @@ def problem_kinds() -> set[tuple[str, Severity, str]]:
               for r in name_rules(flow_type, version) + charset_rules(flow_type, version)
               + layout_value_rules(flow_type, version)}
     kinds |= {(code, severity, "patient_cf") for code, (severity, _) in CF_CODES.items()}
-    kinds |= {(code, ERROR, field) for code, field in ts730_checks.problem_kinds()}  # errors, all of them
+    kinds |= {(code, ERROR if error else WARNING, field) for code, error, field in ts730_checks.problem_kinds()}
     kinds.add(NO_SOURCE_DATA)
     return kinds
 

@@ -13,7 +13,11 @@ load's feedback, naming the record (its source_id) and the field:
   dell'emittente: la cifra di controllo della partita IVA è errata"); a voce's field is `items`, its message names
   the voce ("voce 2: ...");
 - DUPLICATE_DOCUMENT: the document's idSpesa (pIva, dataEmissione, dispositivo, numDocumento) is another's of the
-  snapshot, named.
+  snapshot, named;
+- TS730_NO_VAT (a warning): a voce paid from 2021 on whose tipoSpesa has no naturaIVA the formatter can give
+  (xml730_rules.VAT_NATURE: the exempt health services TK, SR, SP). TS wants aliquotaIVA or naturaIVA on every
+  voce of such a document and refuses it without; the source contract carries no VAT, so the source cannot put
+  it right: the operator is told the document will come back refused, and the load is not failed for it.
 
 The formatter keeps its own checks, and the XSD on every file it writes: the last word stays the file's.
 """
@@ -22,15 +26,26 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import date
 
 import asyncpg
 
 from contracts.italian import italian_date
-from services.formatter.xml730_rules import DocumentProblem, document_from_row, problems_of
+from services.formatter.xml730_rules import (
+    VAT_NATURE,
+    DocumentProblem,
+    SpendingDocument,
+    document_from_row,
+    problems_of,
+)
 
-ERROR = "error"
+ERROR, WARNING = "error", "warning"
 RULE_CODE = "TS730_RULE"
 DUPLICATE_CODE = "DUPLICATE_DOCUMENT"
+NO_VAT_CODE = "TS730_NO_VAT"
+# aliquotaIVA or naturaIVA on every voceSpesa of a document paid from this day (ws-asincrono-spec-v2.5, 2020-12
+# layout: the expenses of 2021 on)
+VAT_REQUIRED_FROM = date(2021, 1, 1)
 BATCH = 10_000  # documents read, checked and their problems copied at once: memory bounded by this, not the load
 
 # The fields xml730_rules names, and what each is, in Italian, at the head of the message. A voce's fields
@@ -86,8 +101,25 @@ def duplicate_message(row: asyncpg.Record) -> str:
             "identifica così, e ne scarterebbe uno come già presente")
 
 
-def _problems(snapshot_id: int, rows: list[asyncpg.Record]) -> list[tuple[int, str, str, str]]:
-    return [(snapshot_id, p.source_id, *feedback_of(p)) for row in rows for p in problems_of(document_from_row(row))]
+def without_vat(doc: SpendingDocument) -> list[tuple[str, str]]:
+    """(field, message) of each voce TS will refuse the document for: paid from VAT_REQUIRED_FROM, a tipoSpesa
+    without a naturaIVA (VAT_NATURE), and no rate in the source to write."""
+    if doc.payment_date < VAT_REQUIRED_FROM:
+        return []
+    return [("items", f"voce {i + 1}: tipoSpesa {line.spending_type} senza aliquota né natura IVA (i dati di origine "
+                      "non riportano l'IVA): Sistema TS scarterà il documento")
+            for i, line in enumerate(doc.items) if line.spending_type not in VAT_NATURE]
+
+
+def _problems(snapshot_id: int, rows: list[asyncpg.Record]) -> list[tuple[int, str, str, str, str, str]]:
+    found: list[tuple[int, str, str, str, str, str]] = []
+    for row in rows:
+        doc = document_from_row(row)
+        found += [(snapshot_id, p.source_id, p_field, RULE_CODE, ERROR, message)
+                  for p in problems_of(doc) for p_field, message in [feedback_of(p)]]
+        found += [(snapshot_id, doc.source_id, v_field, NO_VAT_CODE, WARNING, message)
+                  for v_field, message in without_vat(doc)]
+    return found
 
 
 async def check_730_documents(conn: asyncpg.Connection, snapshot_id: int, batch: int = BATCH) -> int:
@@ -100,9 +132,7 @@ async def check_730_documents(conn: asyncpg.Connection, snapshot_id: int, batch:
             # serving its consumers' heartbeats and other loads' statements meanwhile
             problems = await asyncio.to_thread(_problems, snapshot_id, rows)
             if problems:
-                await conn.copy_records_to_table(
-                    "load_problem", columns=_COLUMNS,
-                    records=[(sid, key, field, RULE_CODE, ERROR, message) for sid, key, field, message in problems])
+                await conn.copy_records_to_table("load_problem", columns=_COLUMNS, records=problems)
                 found += len(problems)
         duplicates = [(snapshot_id, r["source_id"], "document_number", DUPLICATE_CODE, ERROR, duplicate_message(r))
                       for r in await conn.fetch(_DUPLICATES, snapshot_id)]
@@ -112,6 +142,7 @@ async def check_730_documents(conn: asyncpg.Connection, snapshot_id: int, batch:
     return found
 
 
-def problem_kinds() -> set[tuple[str, str]]:
-    """(code, field) of every problem this module can put in a feedback: each an error."""
-    return {(RULE_CODE, field) for field in FIELD_LABELS} | {(DUPLICATE_CODE, "document_number")}
+def problem_kinds() -> set[tuple[str, bool, str]]:
+    """(code, is it an error, field) of every problem this module can put in a feedback."""
+    return ({(RULE_CODE, True, field) for field in FIELD_LABELS} | {(DUPLICATE_CODE, True, "document_number")}
+            | {(NO_VAT_CODE, False, "items")})

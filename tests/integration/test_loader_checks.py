@@ -740,3 +740,27 @@ async def test_an_id_that_outgrows_its_field_once_transliterated_fails_the_load_
                          f"il valore {long_id} del campo ID ha 21 caratteri una volta scritto in ASCII: il tracciato "
                          "FLUSSO_C 2020 ne ammette 20")]
     assert not outcome.checked
+
+
+async def test_a_730_voce_ts_will_refuse_for_want_of_vat_is_a_warning_the_operator_reads(pool: asyncpg.Pool,
+                                                                                        tmp_path: Path) -> None:
+    """From the expenses of 2021 TS wants aliquotaIVA or naturaIVA on every voce; the platform gives N4 to the exempt
+    health services (TK, SR, SP) and the source carries no rate for the rest: a voce of another tipoSpesa (FC, a
+    medicine) comes back refused. The load says so as a warning (the source cannot put it right), naming the
+    document and the voce; the same voce paid in 2020 is not warned of."""
+    await _store_all(pool, [*generate("204", "2021-08", 400, seed=1955), *generate("204", "2020-08", 400, seed=1956)])
+    async with pool.acquire() as conn:
+        paid_2021, paid_2020 = [await conn.fetchval(
+            """UPDATE source_payment_document SET items = jsonb_set(items, '{0,spending_type}', '"FC"')
+               WHERE source_id = (SELECT min(source_id) FROM source_payment_document WHERE payment_date
+               BETWEEN $1 AND $2) RETURNING source_id""", start, end)
+            for start, end in ((date(2021, 8, 1), date(2021, 8, 31)), AUGUST)]
+    store = FileStore(tmp_path)
+    outcome = await run_load(pool, store, 1961, 1962, "FLUSSO_730", "2020", "204", date(2021, 8, 1),
+                             date(2021, 8, 31))
+    assert outcome.checked and outcome.warnings == 1, outcome.summary
+    assert [(p["record_key"], p["field"], p["code"], p["severity"], p["message"]) for p in _feedback(store, outcome)] \
+        == [(paid_2021, "items", "TS730_NO_VAT", "warning", "voce 1: tipoSpesa FC senza aliquota né natura IVA (i "
+             "dati di origine non riportano l'IVA): Sistema TS scarterà il documento")]
+    before = await _load(pool, store, "FLUSSO_730", 5)
+    assert before.checked and before.warnings == 0 and paid_2020, before.summary
