@@ -144,16 +144,32 @@ async def test_an_unknown_layout_version_is_a_failed_outcome(pool: asyncpg.Pool,
     assert not outcome.ok and "no layout for FLUSSO_C version 1999" in outcome.reasons[0]
 
 
-async def test_mef_file_has_one_record_per_service(pool: asyncpg.Pool, tmp_path: Path) -> None:
+async def test_mef_file_has_one_record_per_service_and_a_record_99_per_prescription(pool: asyncpg.Pool,
+                                                                                   tmp_path: Path) -> None:
     store = FileStore(tmp_path)
     outcome = await run_format(pool, store, 1952, SNAPSHOT, "FLUSSO_MEF", "2020")
     assert outcome.ok, outcome.reasons
     (mef,) = outcome.files
-    services = await pool.fetchval("SELECT count(*) FROM snapshot_service WHERE snapshot_id = $1", SNAPSHOT)
-    assert mef.records == services and mef.name == "MEF_150201_202611_1952.txt"
+    services, prescriptions = await pool.fetchrow(
+        "SELECT count(*), count(DISTINCT prescription_id) FROM snapshot_service WHERE snapshot_id = $1", SNAPSHOT)
+    assert prescriptions < services  # some prescriptions have several services
+    assert mef.records == services + prescriptions and mef.name == "MEF_150201_202611_1952.txt"
     lines = store.path(mef.sha256).read_bytes().splitlines()
     rows = list(iter_table(load_layout("FLUSSO_MEF", "2020"), "MEF", lines))
-    assert len(rows) == services and all(r["booking_date"] is not None for r in rows)
+    assert len(rows) == services + prescriptions
+    details = [r for r in rows if r["row_number"] != 99]
+    assert len(details) == services and all(r["booking_date"] is not None for r in details)
+    # each prescription's rows, then its record 99, whose ticket is theirs
+    closing_at = [i for i, r in enumerate(rows) if r["row_number"] == 99]
+    assert len(closing_at) == prescriptions
+    start = 0
+    for at in closing_at:
+        group, closing = rows[start:at], rows[at]
+        assert group and {r["prescription_id"] for r in group} == {closing["prescription_id"]}
+        assert [r["row_number"] for r in group] == list(range(1, len(group) + 1))
+        assert closing["ticket"] == sum(r["ticket"] for r in group) and closing["booking_date"] is None
+        start = at + 1
+    assert start == len(rows)
 
 
 async def test_alpi_ta_file_from_bookings(pool: asyncpg.Pool, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 import shutil
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -128,8 +129,37 @@ def test_mef_has_one_record_per_service_with_booking_and_access_fields() -> None
     mef = load_layout("FLUSSO_MEF", "2020")
     out = ChunkFormatter(mef, ProblemLog()).format(table([service("RX1", 1), service("RX1", 2, access_type="2")]))
     rows = list(iter_table(mef, "MEF", out.records["MEF"].tobytes().splitlines()))
-    assert [(r["row_number"], r["access_type"], r["booking_date"], r["first_offered_date"]) for r in rows] == [
+    assert [(r["row_number"], r["access_type"], r["booking_date"], r["first_offered_date"]) for r in rows][:2] == [
         (1, "1", date(2026, 10, 30), date(2026, 11, 2)), (2, "2", date(2026, 10, 30), date(2026, 11, 2))]
+
+
+def test_mef_closes_each_prescription_with_record_99() -> None:
+    """The manual (seeds/000, Figura 7, the ALPI TA and MEF files): records 01..98, one per service, then record 99
+    closing the prescription. It repeats the prescription and the patient, blanks the service, and carries the
+    prescription's ticket and its net total."""
+    mef = load_layout("FLUSSO_MEF", "2020")
+    rows = [service("RX1", 1, ticket=5.0, exemption_code="E01"),
+            service("RX1", 2, ticket=3.5, quantity=2, exemption_code="E01"),
+            service("RX2", 1, tariff=10.0, ticket=0.0, catalogue_code="90.1")]
+    out = ChunkFormatter(mef, ProblemLog()).format(table(rows))
+    lines = out.records["MEF"].tobytes().splitlines()
+    assert {len(line) for line in lines} == {159}
+    records = list(iter_table(mef, "MEF", lines))
+    assert [(r["prescription_id"], r["row_number"]) for r in records] == [
+        ("RX1", 1), ("RX1", 2), ("RX1", 99), ("RX2", 1), ("RX2", 99)]
+    detail, closing = records[1], records[2]
+    assert (detail["service_code"], detail["quantity"], detail["ticket"], detail["total"]) == (
+        "89.7", 2, Decimal("3.50"), Decimal("41.32"))
+    # record 99: the prescription and the patient as on its rows, nothing of a service
+    same = ("region", "ente", "structure", "prescription_number", "patient_cf", "prescription_date", "prescriber",
+            "priority", "exemption_code", "delivery_type", "structure_type")
+    assert {f: closing[f] for f in same} == {f: detail[f] for f in same}
+    assert [closing[f] for f in ("catalogue_coding", "service_code", "booking_date", "first_offered_date",
+                                 "delivery_date", "access_type")] == ["", "", None, None, None, ""]
+    assert (closing["quantity"], closing["tariff"]) == (0, Decimal("0.00"))
+    # its ticket is the prescription's (5.00 + 3.50); its total the services' (20.66 + 41.32) less that ticket
+    assert (closing["ticket"], closing["total"]) == (Decimal("8.50"), Decimal("53.48"))
+    assert (records[4]["ticket"], records[4]["total"]) == (Decimal("0.00"), Decimal("10.00"))
 
 
 def test_alpi_ta_counts_waiting_days_and_flags_the_index_week() -> None:
