@@ -32,6 +32,7 @@ import functools
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import date
 from fractions import Fraction
 from typing import Any, Literal
 
@@ -42,7 +43,7 @@ from services.formatter.fixedwidth import DECOMPOSABLE, TRANSLITERATION, length_
 from services.formatter.layouts import FieldSpec, LayoutRegistry
 from services.loader import ts730_checks
 from services.loader.codice_fiscale import check_codici_fiscali
-from services.loader.snapshot import WORK_MEM
+from services.loader.snapshot import WORK_MEM, previous_period_start
 
 Severity = Literal["error", "warning"]
 ERROR: Severity = "error"
@@ -209,6 +210,9 @@ WRITABLE_RUN = "$6"  # a run of characters it can: `[...]+`
 # Likewise the characters of each length change of the transliteration (length_classes: ~4 KB together), $7 on, in
 # ascii_length_sql's terms of the rules that count a text's written length (SURNAME_TOO_LONG, VALUE_TOO_LONG).
 LENGTH_CLASSES = {change: f"${7 + i}" for i, (change, _) in enumerate(length_classes())}
+# The first day of the period before the load's ($3..$4), from snapshot.previous_period_start: the day the snapshot
+# takes a prescription's rows back to is the day DATE_OUTSIDE_PERIOD names, one rule in one place (rule_args).
+PREVIOUS_PERIOD_START = f"${7 + len(LENGTH_CLASSES)}::date"
 
 
 @functools.cache
@@ -218,9 +222,10 @@ def charset_patterns() -> tuple[str, str]:
     return f"[^{writable_bracket()}]", f"[{writable_bracket()}]+"
 
 
-def rule_args(snapshot_id: int, version: str, period: tuple[object, object]) -> tuple[object, ...]:
-    """The parameters of every rule set's SQL, in order ($1 .. $6, then LENGTH_CLASSES')."""
-    return (snapshot_id, version, *period, *charset_patterns(), *(f"[{chars}]" for _, chars in length_classes()))
+def rule_args(snapshot_id: int, version: str, period: tuple[date, date]) -> tuple[object, ...]:
+    """The parameters of every rule set's SQL, in order ($1 .. $6, then LENGTH_CLASSES', then PREVIOUS_PERIOD_START)."""
+    return (snapshot_id, version, *period, *charset_patterns(), *(f"[{chars}]" for _, chars in length_classes()),
+            previous_period_start(*period))
 
 
 def charset_sql(column: str, refused: str = REFUSED) -> str:
@@ -361,14 +366,6 @@ _STRUCTURE_MESSAGE = "format('la struttura %s non è una struttura dell''ente %s
 _day, _euro = italian_date_sql, italian_amount_sql
 
 
-# The first day of the period before the load's ($3..$4): a period of whole calendar months (the 1st to a month's
-# last day: every monthly flow) has before it as many whole months (September's is August, 1-31; March's is
-# February); any other period, as many days. One scalar subquery: evaluated once per statement, not per row.
-_PREVIOUS_PERIOD_START = """(SELECT CASE WHEN extract(day FROM $3::date) = 1
-    AND extract(day FROM age($4::date + 1, $3::date)) = 0 THEN ($3::date - age($4::date + 1, $3::date))::date
-    ELSE $3::date - ($4::date - $3::date + 1) END)"""
-
-
 SERVICE_ROW_RULES = RuleSet(
     "service rows",
     """snapshot_service s
@@ -378,10 +375,10 @@ SERVICE_ROW_RULES = RuleSet(
     (
         Rule("DATE_OUTSIDE_PERIOD", ERROR, "delivery_date",
              "Is the service dated after the period, or before the previous period (a prescription may span two)?",
-             f"s.delivery_date > $4::date OR s.delivery_date < {_PREVIOUS_PERIOD_START}",
+             f"s.delivery_date > $4::date OR s.delivery_date < {PREVIOUS_PERIOD_START}",
              "format('la data di erogazione %s è fuori dal periodo ammesso, dal %s al %s (il periodo del "
              "caricamento e, per una ricetta a cavallo di due periodi, quello precedente)', "
-             f"{_day('s.delivery_date')}, {_day(_PREVIOUS_PERIOD_START)}, {_day('$4::date')})"),
+             f"{_day('s.delivery_date')}, {_day(PREVIOUS_PERIOD_START)}, {_day('$4::date')})"),
         Rule("DELIVERY_BEFORE_PRESCRIPTION", ERROR, "delivery_date",
              "Was the service delivered before it was prescribed?",
              "s.delivery_date < s.prescription_date",
@@ -686,9 +683,10 @@ def rule_set_sql(rule_set: RuleSet) -> str:
                              for guard in dict.fromkeys(r.guard for r in rule_set.rules))
     snapshot_filter = "" if rule_set is PRESCRIPTION_RULES else "s.snapshot_id = $1 AND "
     classes = "".join(f", {param}::text" for param in LENGTH_CLASSES.values())
-    # the params CTE types every parameter even when a rule set does not use all six (rule_args)
+    # the params CTE types every parameter even when a rule set does not use them all (rule_args)
     return f"""
-    WITH params AS (SELECT $1::bigint, $2::text, $3::date, $4::date, {REFUSED}::text, {WRITABLE_RUN}::text{classes})
+    WITH params AS (SELECT $1::bigint, $2::text, $3::date, $4::date, {REFUSED}::text, {WRITABLE_RUN}::text{classes},
+                           {PREVIOUS_PERIOD_START})
     INSERT INTO load_problem (snapshot_id, record_key, field, code, severity, message)
     SELECT $1, {rule_set.record_key}, r.field, r.code, r.severity, r.message
     FROM {rule_set.relation}
@@ -699,7 +697,7 @@ def rule_set_sql(rule_set: RuleSet) -> str:
 
 
 async def _run_rule_set(pool: asyncpg.Pool, rule_set: RuleSet, snapshot_id: int, version: str,
-                        period: tuple[object, object]) -> None:
+                        period: tuple[date, date]) -> None:
     async with pool.acquire() as conn, conn.transaction():
         # the prescriptions (grouped, then sorted by number for the duplicate rule) fit in memory with this
         await conn.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
@@ -808,7 +806,7 @@ def _small_sql(plan: CheckPlan) -> str:
 
 
 async def _run_small(conn: asyncpg.Connection, plan: CheckPlan, snapshot_id: int, version: str,
-                     period: tuple[object, object]) -> CfCheck:
+                     period: tuple[date, date]) -> CfCheck:
     """The checks of a small snapshot on one connection in one round trip (_small_sql; at this size PostgreSQL's
     default work_mem is plenty, so no transaction for a SET LOCAL), which counts the load on the way; only codici
     fiscali with findings cost a transaction (their temporary table)."""
@@ -847,7 +845,7 @@ SMALL_SNAPSHOT = 5_000
 
 
 async def run_checks(pool: asyncpg.Pool, snapshot_table: str, snapshot_id: int, version: str,
-                     period: tuple[object, object], rows: int | None = None, *, flow_type: str,
+                     period: tuple[date, date], rows: int | None = None, *, flow_type: str,
                      conn: asyncpg.Connection | None = None) -> CfCheck:
     """Evaluate every rule on the snapshot into load_problem (previous problems of it are replaced); the rules of
     the flow's layout `version` too (plan_for: CHARSET).

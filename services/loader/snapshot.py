@@ -120,8 +120,8 @@ def _months_later(day: date, months: int) -> date:
 
 def previous_period_start(start: date, end: date) -> date:
     """The first day of the period before start..end: as many whole calendar months before a period of whole months
-    (every monthly flow: September's is August 1-31, March's February), else as many days. The checks ask the same of
-    their SQL (services.loader.checks: DATE_OUTSIDE_PERIOD; tests/integration/test_loader_snapshot.py compares them)."""
+    (every monthly flow: September's is August 1-31, March's February), else as many days. The checks take this day
+    as a parameter (services.loader.checks.rule_args), so DATE_OUTSIDE_PERIOD names the day the snapshot reaches."""
     months = _whole_months(start, end)
     return start - timedelta(days=(end - start).days + 1) if months is None else _months_later(start, -months)
 

@@ -85,19 +85,26 @@ async def test_an_id_is_one_prescription_within_its_year_and_another_the_next_ye
     assert await _rows(conn, 5) == []
 
 
-async def test_the_snapshot_and_the_checks_put_the_previous_period_on_the_same_day(conn: asyncpg.Connection) -> None:
-    """The snapshot takes a prescription's rows back to the previous period's first day (Python: prescription_reach,
-    a parameter of its statement, where a constant keeps the planner's plan), the checks name a row before it
-    (SQL: DATE_OUTSIDE_PERIOD): one rule, asked of both over months, quarters, a year and days, at every turn."""
-    periods = [_month(year, month) for year in (2019, 2020, 2021) for month in range(1, 13)]
-    periods += [(date(2020, 1, 1), date(2020, 3, 31)), (date(2020, 4, 1), date(2020, 6, 30)),  # quarters, and three
-                (date(2020, 7, 1), date(2020, 9, 30)), (date(2020, 11, 1), date(2021, 1, 31))]  # months across years
-    periods += [(date(2020, 1, 1), date(2020, 12, 31)), (date(2020, 8, 10), date(2020, 8, 19)),
-                (date(2020, 2, 15), date(2020, 3, 14)), (date(2020, 12, 31), date(2020, 12, 31))]
-    for start, end in periods:
-        assert await conn.fetchval(f"SELECT {checks._PREVIOUS_PERIOD_START} FROM (SELECT $1::int, $2::int) unused",
-                                   0, 0, start, end) == \
-            previous_period_start(start, end), (start, end)
+def test_the_previous_period_is_as_many_whole_months_or_else_as_many_days() -> None:
+    """The snapshot takes a prescription's rows back to the previous period's first day (prescription_reach) and the
+    checks name a row before that day (DATE_OUTSIDE_PERIOD, given it by checks.rule_args): one rule, over months,
+    quarters, a year and days, at every turn."""
+    for year in (2019, 2020, 2021):
+        for month in range(1, 13):
+            start, end = _month(year, month)
+            before = date(year - 1, 12, 1) if month == 1 else date(year, month - 1, 1)
+            assert previous_period_start(start, end) == before, (start, end)
+    whole_months = {(date(2020, 1, 1), date(2020, 3, 31)): date(2019, 10, 1),  # quarters, three months across years,
+                    (date(2020, 4, 1), date(2020, 6, 30)): date(2020, 1, 1),  # a year
+                    (date(2020, 7, 1), date(2020, 9, 30)): date(2020, 4, 1),
+                    (date(2020, 11, 1), date(2021, 1, 31)): date(2020, 8, 1),
+                    (date(2020, 1, 1), date(2020, 12, 31)): date(2019, 1, 1)}
+    days = {(date(2020, 8, 10), date(2020, 8, 19)): date(2020, 7, 31),  # ten days, a month from the 15th, one day
+            (date(2020, 2, 15), date(2020, 3, 14)): date(2020, 1, 17),
+            (date(2020, 12, 31), date(2020, 12, 31)): date(2020, 12, 30)}
+    for (start, end), before in {**whole_months, **days}.items():
+        assert previous_period_start(start, end) == before, (start, end)
+    assert checks.rule_args(1, "2020", (date(2020, 3, 1), date(2020, 3, 31)))[-1] == date(2020, 2, 1)
     assert next_period_end(date(2020, 12, 1), date(2020, 12, 31)) == date(2021, 1, 31)
     assert next_period_end(date(2020, 10, 1), date(2020, 12, 31)) == date(2021, 3, 31)
     assert next_period_end(date(2020, 8, 10), date(2020, 8, 19)) == date(2020, 8, 29)

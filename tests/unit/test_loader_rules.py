@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
+from datetime import date
 from fractions import Fraction
 
 import pytest
@@ -19,6 +20,7 @@ from services.loader.checks import (
     LENGTH_CLASSES,
     PLANS,
     PRESCRIPTION_RULES,
+    PREVIOUS_PERIOD_START,
     SERVICE_ROW_RULES,
     _small_sql,
     ascii_length_sql,
@@ -164,12 +166,14 @@ def test_the_charset_patterns_are_parameters_of_the_checks_not_written_into_them
         assert writable_bracket() not in sql and len(sql.encode()) < 60_000, (flow_type, len(sql.encode()))
         assert not [chars for _, chars in length_classes() if chars in sql]
         for rule_set in plan.rule_sets:
-            assert "$5::text, $6::text, $7::text, $8::text, $9::text, $10::text)" in rule_set_sql(rule_set)
+            assert "$5::text, $6::text, $7::text, $8::text, $9::text, $10::text,\n" in rule_set_sql(rule_set)
+            assert f"{PREVIOUS_PERIOD_START})" in rule_set_sql(rule_set)
     charset = [r for r in plan_for("FLUSSO_C", "2020", "snapshot_service").rule_sets[0].rules if r.code == "CHARSET"]
     assert len(charset) == 17 and all("~ $5" in r.broken and ", $6)" in r.message for r in charset)
-    assert rule_args(1, "2020", ("a", "b")) == (1, "2020", "a", "b", refused, run,
-                                                *(f"[{chars}]" for _, chars in length_classes()))
-    assert LENGTH_CLASSES == {-1: "$7", 1: "$8", 2: "$9", 3: "$10"}
+    september = (date(2020, 9, 1), date(2020, 9, 30))
+    assert rule_args(1, "2020", september) == (1, "2020", *september, refused, run,
+                                               *(f"[{chars}]" for _, chars in length_classes()), date(2020, 8, 1))
+    assert LENGTH_CLASSES == {-1: "$7", 1: "$8", 2: "$9", 3: "$10"} and PREVIOUS_PERIOD_START == "$11::date"
 
 
 def test_only_a_name_of_more_bytes_than_three_quarters_of_its_field_can_outgrow_it() -> None:
