@@ -47,7 +47,8 @@ async def check_sendable(instance: int, on: date) -> list[str]:
     async with database(cfg) as pool:
         await _ensure_sendable(pool, instance, cfg.keys_dir / PUBLIC_KEY_FILE)
         said = [warning_en(instance, await sent_already(pool, instance)),
-                payment_year.warning_en(instance, await payment_year.payment_years(pool, instance), on)]
+                payment_year.warning_en(instance, await payment_year.payment_years(pool, instance), on,
+                                        italian_today())]
         return [w for w in said if w is not None]
 
 
@@ -55,7 +56,8 @@ async def payment_year_warning(instance: int, on: date) -> str | None:
     """services.ts_gateway.payment_year's warning of sending `instance` on `on` (a transmission date typed after
     check_sendable asked of another day), None when TS takes every document that day."""
     async with database(settings()) as pool:
-        return payment_year.warning_en(instance, await payment_year.payment_years(pool, instance), on)
+        return payment_year.warning_en(instance, await payment_year.payment_years(pool, instance), on,
+                                       italian_today())
 
 
 async def send_sealed_730(bootstrap: str, pool: Any, keys_dir: Path, instance: int, sealed: str, when: date,

@@ -837,8 +837,8 @@ async def ts_send_form(ctx: Ctx) -> Response:
     # documents paid in a year TS no longer takes if sent today, the form's date (services.ts_gateway.payment_year)
     late = payment_year.warning_it(await payment_year.payment_years(pool, instance), today)
     return page(ctx, "ts_send.html", f"Invia a Sistema TS l'istanza {ctx.row['instance']}", active="/istanze",
-                row=ctx.row, public_key=public_key.read_text(), today=today.isoformat(), error=None,
-                overlap=overlap, late=late)
+                row=ctx.row, public_key=public_key.read_text(), today=today.isoformat(), chosen=today.isoformat(),
+                overlap=overlap, late=late, unconfirmed=False)
 
 
 @route(pages, "POST", "/istanze/{instance}/invia-ts", ACT_ON_INSTANCE, "action")
@@ -872,9 +872,21 @@ async def ts_send(ctx: Ctx) -> Response:
     if sealed_to != key_id(public_key.read_bytes()):
         raise HTTPException(409, "La chiave del gateway TS è cambiata dopo l'apertura di questa pagina: ricarichi la "
                                  "pagina e inserisca di nuovo le credenziali. Nulla è stato inviato.")
+    # The page warned of the payment years for the day it showed (today): a later day chosen in the form is warned
+    # of here, as `flows send-730` asks again of a date typed at its prompt. Sent only once the operator has seen the
+    # warning for that very day: the form then carries the day (anno-confermato), and the credentials are typed again
+    # (the box they were sealed in is not sent back to the browser).
+    instance = int(ctx.row["instance"])
+    late = payment_year.warning_it(await payment_year.payment_years(console.pool, instance), transmission, today)
+    if late and str(form.get("anno-confermato") or "") != transmission.isoformat():
+        log.info("console.ts_send_unconfirmed_year", instance=instance, transmission=transmission.isoformat())
+        return page(ctx, "ts_send.html", f"Invia a Sistema TS l'istanza {instance}", status=409, active="/istanze",
+                    row=ctx.row, public_key=public_key.read_text(), today=today.isoformat(),
+                    chosen=transmission.isoformat(), overlap=warning_it(await sent_already(console.pool, instance)),
+                    late=late, unconfirmed=True)
     try:
         await send_sealed_730(console.settings.kafka_bootstrap, console.pool, console.settings.keys_dir,
-                              int(ctx.row["instance"]), sealed, transmission, ctx.principal.name)
+                              instance, sealed, transmission, ctx.principal.name)
     except UserError as exc:
         # What the checks above passed and send_sealed_730 then refused (in the CLI's English) changed meanwhile: the
         # instance's state, or the gateway's key. Logged as said; the page says it in Italian.

@@ -62,37 +62,47 @@ def _years_it(years: Mapping[int, int]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " e " + parts[-1]
 
 
-def warning_it(years: Mapping[int, int], on: date) -> str | None:
-    """What the console's send page says, in Italian, of sending on `on` (None when TS takes every document)."""
+def _still_open(window: tuple[date, date], today: date) -> tuple[date, date] | None:
+    """The days of `window` still to come from `today` on (None: it is past). A transmission date chosen later than
+    today may miss a window that today is in: the operator can still send within it."""
+    return (max(window[0], today), window[1]) if window[1] >= today else None
+
+
+def warning_it(years: Mapping[int, int], on: date, today: date | None = None) -> str | None:
+    """What the console's send page says, in Italian, of sending on `on` (None when TS takes every document); the
+    days that would take them all are said from `today` on (by default `on`)."""
     refused = refused_on(years, on)
     if not refused:
         return None
     window = sending_window(years)
+    open_days = _still_open(window, today or on) if window is not None else None
     if window is None:
         when = ("nessun giorno di trasmissione li fa accettare tutti: i pagamenti sono di più di due anni "
                 f"({', '.join(str(y) for y in years)}); carichi periodi separati")
-    elif window[1] < on:
+    elif open_days is None:
         when = (f"tutti sarebbero stati accettati solo se trasmessi dal {window[0]:%d/%m/%Y} al {window[1]:%d/%m/%Y}, "
                 "un periodo già passato")
     else:
-        when = f"tutti sono accettati se trasmessi dal {window[0]:%d/%m/%Y} al {window[1]:%d/%m/%Y}"
+        when = f"tutti sono accettati se trasmessi dal {open_days[0]:%d/%m/%Y} al {open_days[1]:%d/%m/%Y}"
     return (f"Sistema TS accetta un documento di spesa solo nell'anno del pagamento e, per i pagamenti dell'anno "
             f"precedente, nel mese di gennaio. Trasmessi il {on:%d/%m/%Y}, saranno scartati {_years_it(refused)}; "
             f"{when}.")
 
 
-def warning_en(instance: int, years: Mapping[int, int], on: date) -> str | None:
-    """What `flows send-730` prints of sending on `on` (the CLI's English), None when TS takes every document."""
+def warning_en(instance: int, years: Mapping[int, int], on: date, today: date | None = None) -> str | None:
+    """What `flows send-730` prints of sending on `on` (the CLI's English), None when TS takes every document; the
+    days that would take them all are said from `today` on (by default `on`)."""
     refused = refused_on(years, on)
     if not refused:
         return None
     counted = "; ".join(f"{n} paid in {year}" for year, n in refused.items())
     window = sending_window(years)
+    open_days = _still_open(window, today or on) if window is not None else None
     if window is None:
         when = "no transmission day takes them all: the payments span more than two years"
-    elif window[1] < on:
+    elif open_days is None:
         when = f"they would all have been taken only from {window[0]} to {window[1]}, which is past"
     else:
-        when = f"they are all taken from {window[0]} to {window[1]}"
+        when = f"they are all taken from {open_days[0]} to {open_days[1]}"
     return (f"Sistema TS takes a payment document only in its payment year and, for the year before, in January: "
             f"sent on {on}, documents of instance {instance} will be refused ({counted}); {when}.")

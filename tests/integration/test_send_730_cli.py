@@ -177,8 +177,9 @@ def test_send_730_says_which_documents_ts_refuses_for_their_payment_year_on_the_
     code, out = _send("1962", "--transmission-date", date(today.year + 1, 2, 1).isoformat(),
                       answers="n\n" + "SHOULD-NOT-BE-READ\n" * 5)
     assert code == 1, out
+    # the days that take them all are still to come: said from today on, not as past (as they are for 2 February)
     assert (f"sent on {today.year + 1}-02-01, documents of instance 1962 will be refused (2 paid in {today.year}); "
-            f"they would all have been taken only from {today.year}-01-01 to {last_day}, which is past.") in out
+            f"they are all taken from {today} to {last_day}.") in out
     assert "nothing sent" in out and not [p for p in PROMPTS if p in out], out
     # the day typed at the prompt, after the credentials: asked again, and nothing sent on "no"
     code, out = _send("1962", answers=f"RSSMRA80A01H501U\nuser\npassword\n1234567890\n{today.year + 1}-02-01\nn\n")

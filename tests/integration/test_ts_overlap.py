@@ -7,11 +7,14 @@ import json
 from datetime import date
 from typing import Any
 
+from contracts import flows
 from contracts.deadlines import italian_today
+from services.runtime.kafkaread import assign, observer
 from services.ts_gateway.overlap import SentAlready, sent_already
 from services.ts_gateway.payment_year import payment_years
-from services.ts_gateway.sealing import ensure_gateway_keypair
-from tests.console_support import RunningConsole
+from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, ensure_gateway_keypair, seal
+from tests.console_support import RunningConsole, csrf_of
+from tests.stack_urls import KAFKA
 
 AUGUST, AUTUMN, JANUARY = ("2026-08-01", "2026-08-31"), ("2026-08-01", "2026-12-31"), ("2027-01-01", "2027-01-31")
 PROTOCOLLO_A, PROTOCOLLO_A2 = "26091012000000001", "26091012000000002"
@@ -110,3 +113,55 @@ async def test_the_send_page_says_which_documents_ts_refuses_for_their_payment_y
     assert await payment_years(console.pool, current) == {today.year: 1}
     quiet = await _send_page(console, current)
     assert quiet.status_code == 200 and 'id="ts-anno-pagamento"' not in quiet.text
+
+
+async def _requests_carrying(box: str, since: dict[Any, int]) -> int:
+    """How many `flows.ts-submission-requested` commands published after the offsets `since` carry the sealed `box`."""
+    async with observer(KAFKA) as consumer:
+        parts = list(since)
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        for tp in parts:
+            consumer.seek(tp, since[tp])
+        found = 0
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
+            for records in (await consumer.getmany(timeout_ms=1000)).values():
+                found += sum(json.loads(r.value)["sealed_credentials"] == box for r in records)
+        return found
+
+
+async def test_a_later_transmission_date_ts_refuses_the_documents_on_is_warned_of_before_anything_is_sent(
+        console: RunningConsole) -> None:
+    """The page warns of the payment years for today; a later day chosen in its form is asked again, as `flows
+    send-730` asks of a typed date. Documents paid today, sent on 1 February of next year (after the January TS still
+    takes them in): nothing is sent until the form comes back with the warning of that very day seen."""
+    ensure_gateway_keypair(console.settings.keys_dir)
+    today = italian_today()
+    instance = await _formatted_730(console, "201", AUGUST, ["F1", "F2"])  # paid today
+    later = date(today.year + 1, 2, 1)
+    box = seal((console.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes(),
+               Credentials(user="u1", password="p1", pincode="42", cf_proprietario="RSSMRA80A01H501U"))
+    topic = flows.TYPE_OF[flows.TsSubmissionRequested]
+    async with observer(KAFKA) as consumer:
+        since = await consumer.end_offsets(await assign(consumer, [topic]))
+    assert since, f"no topic {topic} on the stack"
+    async with console.client("operator") as client:
+        form = await client.get(f"{console.url}/istanze/{instance}/invia-ts")
+        assert form.status_code == 200 and 'id="ts-anno-pagamento"' not in form.text  # today: taken
+        post = {"csrf": csrf_of(form.text), "sigillo": box, "data": later.isoformat()}
+        asked = await client.post(f"{console.url}/istanze/{instance}/invia-ts", data=post)
+        assert asked.status_code == 409, asked.text
+        # the days still to come that take them all: from today to the end of the January after
+        assert (f"Trasmessi il {later:%d/%m/%Y}, saranno scartati 2 documenti pagati nel {today.year}; tutti sono "
+                f"accettati se trasmessi dal {today:%d/%m/%Y} al 31/01/{today.year + 1}.") in asked.text
+        assert 'id="ts-conferma-anno"' in asked.text and "Nulla è stato inviato" in asked.text
+        assert f'name="anno-confermato" value="{later.isoformat()}"' in asked.text
+        assert f'name="data" type="date" class="form-control" value="{later.isoformat()}"' in asked.text
+        # the warning of another day does not stand for this one
+        other = await client.post(f"{console.url}/istanze/{instance}/invia-ts",
+                                  data={**post, "anno-confermato": date(today.year + 1, 3, 1).isoformat()})
+        assert other.status_code == 409, other.text
+        sent = await client.post(f"{console.url}/istanze/{instance}/invia-ts",
+                                 data={**post, "anno-confermato": later.isoformat()})
+        assert sent.status_code == 303, sent.text
+    assert await _requests_carrying(box, since) == 1  # the confirmed post alone

@@ -75,3 +75,25 @@ def test_the_warning_counts_the_refused_documents_by_year_and_names_the_days_tha
         "Sistema TS takes a payment document only in its payment year and, for the year before, in January: sent on "
         "2027-05-01, documents of instance 1960 will be refused (2 paid in 2026; 1 paid in 2028); no transmission day "
         "takes them all: the payments span more than two years.")
+
+
+def test_a_later_transmission_date_is_told_the_days_still_to_come_that_take_every_document() -> None:
+    """Sent on 1 February 2027, documents paid in 2026 are refused. Asked on 7 December 2026 (a later transmission
+    date chosen in the form or typed at the prompt), the window is not past: the operator can still send until 31
+    January, from today on."""
+    today = date(2026, 12, 7)
+    assert warning_it({2026: 2}, date(2027, 2, 1), today) == (
+        f"{RULE} Trasmessi il 01/02/2027, saranno scartati 2 documenti pagati nel 2026; tutti sono "
+        "accettati se trasmessi dal 07/12/2026 al 31/01/2027.")
+    assert warning_en(1960, {2026: 2}, date(2027, 2, 1), today) == (
+        "Sistema TS takes a payment document only in its payment year and, for the year before, in January: sent on "
+        "2027-02-01, documents of instance 1960 will be refused (2 paid in 2026); they are all taken from 2026-12-07 "
+        "to 2027-01-31.")
+    # past for today too: said as past
+    assert warning_it({2026: 2}, date(2027, 3, 1), date(2027, 2, 1)) == (
+        f"{RULE} Trasmessi il 01/03/2027, saranno scartati 2 documenti pagati nel 2026; tutti sarebbero stati "
+        "accettati solo se trasmessi dal 01/01/2026 al 31/01/2027, un periodo già passato.")
+    # a window that has not begun: from its first day
+    assert warning_it({2027: 2}, date(2026, 12, 20), today) == (
+        f"{RULE} Trasmessi il 20/12/2026, saranno scartati 2 documenti pagati nel 2027; tutti sono "
+        "accettati se trasmessi dal 01/01/2027 al 31/01/2028.")
