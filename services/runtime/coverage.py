@@ -20,31 +20,36 @@ _ENTI_WITH_DATA = """
     SELECT ente FROM sourced WHERE ente IS NOT NULL
     UNION SELECT ente FROM instance_list"""
 
-# Every (entity, deadline) pair in one statement, in the order asked: the latest instance of the deadline's flow
-# type and entity whose period holds the deadline's and whose state covers it (covering_states: a 730 once Sistema
-# TS has it, the other flows once Formatted), or NULL. One pass over the instances, not a query per pair.
+# Every (entity, deadline) pair in one statement, in the order asked. A deadline is covered when the periods of the
+# entity's instances of its flow type whose state covers it (covering_states: a 730 once Sistema TS has it, the other
+# flows once Formatted) together hold every day of its period: one instance of the whole period, or several of its
+# parts (the seed's 730 instances are monthly, against a yearly deadline; a month may be loaded in two halves). The
+# instance named is the latest of them; NULL when some day is left. One pass over the instances, not a query per pair.
 _COVERING = """
     WITH d AS (SELECT * FROM unnest($1::text[], $2::date[], $3::date[])
                         WITH ORDINALITY AS d(flow_type, period_start, period_end, n)),
          e AS (SELECT * FROM unnest($4::text[]) WITH ORDINALITY AS e(ente, m)),
          covers AS (SELECT * FROM unnest($5::text[], $6::text[]) AS c(flow_type, state)),
          found AS (
-             SELECT DISTINCT ON (i.ente, d.n) i.ente, d.n, i.instance
+             SELECT i.ente, d.n, max(i.instance) AS instance
              FROM d JOIN covers c ON c.flow_type = d.flow_type
                     JOIN instance_list i ON i.flow_type = d.flow_type AND i.state = c.state
-                                        AND i.period_start <= d.period_start AND i.period_end >= d.period_end
+                                        AND i.period_start <= d.period_end AND i.period_end >= d.period_start
              WHERE i.ente = ANY($4::text[])
-             ORDER BY i.ente, d.n, i.instance DESC)
+             GROUP BY i.ente, d.n, d.period_start, d.period_end
+             HAVING range_agg(daterange(i.period_start, i.period_end, '[]'))
+                    @> daterange(d.period_start, d.period_end, '[]'))
     SELECT e.ente, d.n, f.instance FROM e CROSS JOIN d LEFT JOIN found f ON f.ente = e.ente AND f.n = d.n
     ORDER BY e.m, d.n"""
 
 
 async def coverage(pool: asyncpg.Pool, items: list[Deadline], ente: str | None,
                    enti: list[str] | None = None) -> list[tuple[str, Deadline, int | None]]:
-    """(ente, deadline, covering instance or None) for each of `items` (contracts.deadlines): of `ente`, or of every
-    one of `enti`, or of every entity the platform knows (its catalogue, and any other that has data). An entity
-    that has loaded nothing yet is listed too: it is the one most likely to miss its deadline (it used to be left
-    out whenever another had data). Entity by entity, each in the order of `items`."""
+    """(ente, deadline, covering instance or None: the latest of those covering it, _COVERING) for each of `items`
+    (contracts.deadlines): of `ente`, or of every one of `enti`, or of every entity the platform knows (its
+    catalogue, and any other that has data). An entity that has loaded nothing yet is listed too: it is the one most
+    likely to miss its deadline (it used to be left out whenever another had data). Entity by entity, each in the
+    order of `items`."""
     if ente:
         entes = [ente]
     elif enti is not None:
