@@ -11,15 +11,20 @@ file is sent: the console's send page of today's date, `flows send-730` of the t
 
 Said, not refused, as the documents TS already has (services.ts_gateway.overlap): the rule is TS's, applied by TS to
 each document, and the operator may have reasons this module cannot see (a file TS is known to take late, by an
-extension the law gave). The January of the rule is the spec's; the deadlines of the 730 (contracts/data/
-deadlines.toml) are 31 January for every year listed, the same day.
+extension the law gave). The January of the rule is the spec's, and it ends with the 730's own deadline for that
+year's data when that is later: 31 January moves to the next working day when it falls on a weekend or a holiday
+(contracts/data/deadlines.toml: 2025 data are due on Monday 2 February 2026), and a file sent by its deadline is
+not refused for being late. So this module and the Scadenze page name the same last day.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import date
 from typing import Any
+
+from contracts.deadlines import DeadlineDataInvalid, DeadlineDataMissing, deadlines_for_month
 
 _SQL = """
 SELECT extract(year FROM d.payment_date)::int AS year, count(*) AS documents
@@ -33,9 +38,22 @@ async def payment_years(pool: Any, instance: int) -> dict[int, int]:
     return {int(r["year"]): int(r["documents"]) for r in await pool.fetch(_SQL, instance)}
 
 
+@functools.cache
+def last_day_for(year: int) -> date:
+    """The last day TS takes payments of `year`: 31 January after it, or the 730's deadline for `year`'s data
+    (contracts.deadlines, the period ending in December) when that is later; 31 January when the data has none."""
+    january = date(year + 1, 1, 31)
+    try:
+        due = [d.due for d in deadlines_for_month(year, 12, flow_types=["FLUSSO_730"])]
+    except (DeadlineDataMissing, DeadlineDataInvalid):
+        return january
+    return max([january, *due])
+
+
 def accepted_years(on: date) -> tuple[int, ...]:
-    """The payment years Sistema TS takes on the day `on`: its own, and in January the year before too."""
-    return (on.year - 1, on.year) if on.month == 1 else (on.year,)
+    """The payment years Sistema TS takes on the day `on`: its own, and the year before until last_day_for it (in
+    January, and up to its 730 deadline moved past a weekend)."""
+    return (on.year - 1, on.year) if on <= last_day_for(on.year - 1) else (on.year,)
 
 
 def refused_on(years: Mapping[int, int], on: date) -> dict[int, int]:
@@ -51,9 +69,9 @@ def sending_window(years: Mapping[int, int]) -> tuple[date, date] | None:
         return None
     first, last = min(years), max(years)
     if last == first:
-        return date(first, 1, 1), date(first + 1, 1, 31)
+        return date(first, 1, 1), last_day_for(first)
     if last == first + 1:
-        return date(last, 1, 1), date(last, 1, 31)
+        return date(last, 1, 1), last_day_for(first)
     return None
 
 
@@ -85,7 +103,8 @@ def warning_it(years: Mapping[int, int], on: date, today: date | None = None) ->
     else:
         when = f"tutti sono accettati se trasmessi dal {open_days[0]:%d/%m/%Y} al {open_days[1]:%d/%m/%Y}"
     return (f"Sistema TS accetta un documento di spesa solo nell'anno del pagamento e, per i pagamenti dell'anno "
-            f"precedente, nel mese di gennaio. Trasmessi il {on:%d/%m/%Y}, saranno scartati {_years_it(refused)}; "
+            f"precedente, nel mese di gennaio (fino alla scadenza del 730, se spostata al primo giorno lavorativo). "
+            f"Trasmessi il {on:%d/%m/%Y}, saranno scartati {_years_it(refused)}; "
             f"{when}.")
 
 
@@ -104,5 +123,6 @@ def warning_en(instance: int, years: Mapping[int, int], on: date, today: date | 
         when = f"they would all have been taken only from {window[0]} to {window[1]}, which is past"
     else:
         when = f"they are all taken from {open_days[0]} to {open_days[1]}"
-    return (f"Sistema TS takes a payment document only in its payment year and, for the year before, in January: "
+    return (f"Sistema TS takes a payment document only in its payment year and, for the year before, in January "
+            f"(up to the 730's deadline when it moves to the next working day): "
             f"sent on {on}, documents of instance {instance} will be refused ({counted}); {when}.")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from services.runtime.host import prepare_database
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 from services.ts_gateway import sealing
 from services.ts_gateway.keys import GatewayKeys
+from services.ts_gateway.payment_year import last_day_for
 from tests.integration.test_ts_overlap import ledger_part, payment_documents
 
 pytestmark = pytest.mark.integration
@@ -162,26 +163,29 @@ def test_send_730_says_which_documents_ts_refuses_for_their_payment_year_on_the_
     asyncio.run(_formatted_paid(cli_env, {1960: date(2020, 3, 2), 1962: None}))
     code, out = _send("1960", answers="n\n" + "SHOULD-NOT-BE-READ\n" * 5)
     assert code == 1, out
-    assert ("Sistema TS takes a payment document only in its payment year and, for the year before, in January: "
-            f"sent on {today}, documents of instance 1960 will be refused (2 paid in 2020); they would all have been "
-            "taken only from 2020-01-01 to 2021-01-31, which is past.") in out
+    assert ("Sistema TS takes a payment document only in its payment year and, for the year before, in January (up "
+            f"to the 730's deadline when it moves to the next working day): sent on {today}, documents of instance "
+            "1960 will be refused (2 paid in 2020); they would all have been taken only from 2020-01-01 to 2021-01-31, "
+            "which is past.") in out
     assert "Send it anyway? [y/N]" in out and "nothing sent" in out
     assert not [p for p in PROMPTS if p in out], out  # no credential was asked
     code, out = _send("1960", answers="y\n\x04")  # told, and sending anyway: the credentials are asked
     assert "will be refused (2 paid in 2020)" in out and "C.F. proprietario" in out and "nothing sent" not in out
 
-    # 1962's documents are paid today: taken on any day of this year and of the January after, not one day later
-    last_day = date(today.year + 1, 1, 31)
+    # 1962's documents are paid today: taken on any day of this year and of the January after (up to the 730's
+    # deadline, moved past a weekend), not one day later
+    last_day = last_day_for(today.year)
+    day_after = last_day + timedelta(days=1)
     code, out = _send("1962", "--transmission-date", last_day.isoformat(), answers="\x04")
     assert "will be refused" not in out and "C.F. proprietario" in out, out
-    code, out = _send("1962", "--transmission-date", date(today.year + 1, 2, 1).isoformat(),
+    code, out = _send("1962", "--transmission-date", day_after.isoformat(),
                       answers="n\n" + "SHOULD-NOT-BE-READ\n" * 5)
     assert code == 1, out
-    # the days that take them all are still to come: said from today on, not as past (as they are for 2 February)
-    assert (f"sent on {today.year + 1}-02-01, documents of instance 1962 will be refused (2 paid in {today.year}); "
+    # the days that take them all are still to come: said from today on, not as past (as they are the day after)
+    assert (f"sent on {day_after}, documents of instance 1962 will be refused (2 paid in {today.year}); "
             f"they are all taken from {today} to {last_day}.") in out
     assert "nothing sent" in out and not [p for p in PROMPTS if p in out], out
     # the day typed at the prompt, after the credentials: asked again, and nothing sent on "no"
-    code, out = _send("1962", answers=f"RSSMRA80A01H501U\nuser\npassword\n1234567890\n{today.year + 1}-02-01\nn\n")
+    code, out = _send("1962", answers=f"RSSMRA80A01H501U\nuser\npassword\n1234567890\n{day_after}\nn\n")
     assert code == 1, out
     assert "Transmission date" in out and "will be refused (2 paid in" in out and "nothing sent" in out, out

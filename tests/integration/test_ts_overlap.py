@@ -11,7 +11,7 @@ from contracts import flows
 from contracts.deadlines import italian_today
 from services.runtime.kafkaread import assign, observer
 from services.ts_gateway.overlap import SentAlready, sent_already
-from services.ts_gateway.payment_year import payment_years
+from services.ts_gateway.payment_year import last_day_for, payment_years
 from services.ts_gateway.sealing import PUBLIC_KEY_FILE, Credentials, ensure_gateway_keypair, seal
 from tests.console_support import RunningConsole, csrf_of
 from tests.stack_urls import KAFKA
@@ -105,7 +105,8 @@ async def test_the_send_page_says_which_documents_ts_refuses_for_their_payment_y
     assert page.status_code == 200, page.text
     today = italian_today()
     assert ("Sistema TS accetta un documento di spesa solo nell&#39;anno del pagamento e, per i pagamenti "
-            f"dell&#39;anno precedente, nel mese di gennaio. Trasmessi il {today:%d/%m/%Y}, saranno scartati 2 "
+            "dell&#39;anno precedente, nel mese di gennaio (fino alla scadenza del 730, se spostata al primo giorno "
+            f"lavorativo). Trasmessi il {today:%d/%m/%Y}, saranno scartati 2 "
             "documenti pagati nel 2020 e 1 documento pagato nel 2021; tutti sarebbero stati accettati solo se "
             "trasmessi dal 01/01/2021 al 31/01/2021, un periodo già passato.") in page.text
     assert 'id="invia-ts"' in page.text  # said, not refused: the form is there
@@ -133,12 +134,13 @@ async def _requests_carrying(box: str, since: dict[Any, int]) -> int:
 async def test_a_later_transmission_date_ts_refuses_the_documents_on_is_warned_of_before_anything_is_sent(
         console: RunningConsole) -> None:
     """The page warns of the payment years for today; a later day chosen in its form is asked again, as `flows
-    send-730` asks of a typed date. Documents paid today, sent on 1 February of next year (after the January TS still
-    takes them in): nothing is sent until the form comes back with the warning of that very day seen."""
+    send-730` asks of a typed date. Documents paid today, sent on 1 March of next year (after the January TS still
+    takes them in, up to the 730's deadline): nothing is sent until the form comes back with the warning of that very
+    day seen."""
     ensure_gateway_keypair(console.settings.keys_dir)
     today = italian_today()
     instance = await _formatted_730(console, "201", AUGUST, ["F1", "F2"])  # paid today
-    later = date(today.year + 1, 2, 1)
+    later = date(today.year + 1, 3, 1)
     box = seal((console.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes(),
                Credentials(user="u1", password="p1", pincode="42", cf_proprietario="RSSMRA80A01H501U"))
     topic = flows.TYPE_OF[flows.TsSubmissionRequested]
@@ -153,13 +155,13 @@ async def test_a_later_transmission_date_ts_refuses_the_documents_on_is_warned_o
         assert asked.status_code == 409, asked.text
         # the days still to come that take them all: from today to the end of the January after
         assert (f"Trasmessi il {later:%d/%m/%Y}, saranno scartati 2 documenti pagati nel {today.year}; tutti sono "
-                f"accettati se trasmessi dal {today:%d/%m/%Y} al 31/01/{today.year + 1}.") in asked.text
+                f"accettati se trasmessi dal {today:%d/%m/%Y} al {last_day_for(today.year):%d/%m/%Y}.") in asked.text
         assert 'id="ts-conferma-anno"' in asked.text and "Nulla è stato inviato" in asked.text
         assert f'name="anno-confermato" value="{later.isoformat()}"' in asked.text
         assert f'name="data" type="date" class="form-control" value="{later.isoformat()}"' in asked.text
         # the warning of another day does not stand for this one
         other = await client.post(f"{console.url}/istanze/{instance}/invia-ts",
-                                  data={**post, "anno-confermato": date(today.year + 1, 3, 1).isoformat()})
+                                  data={**post, "anno-confermato": date(today.year + 1, 3, 2).isoformat()})
         assert other.status_code == 409, other.text
         sent = await client.post(f"{console.url}/istanze/{instance}/invia-ts",
                                  data={**post, "anno-confermato": later.isoformat()})
