@@ -194,6 +194,27 @@ def deadlines_for_month(year: int, month: int, rule_book: dict[str, Any] | None 
     return sorted(out, key=lambda d: (d.due, d.flow_type))
 
 
+def known_deadlines_for_month(year: int, month: int, rule_book: dict[str, Any] | None = None
+                              ) -> tuple[list[Deadline], list[DeadlineDataMissing | DeadlineDataInvalid]]:
+    """deadlines_for_month of every flow type whose data it can read, and what it cannot: one DeadlineDataMissing
+    naming every flow type without data for the year, one DeadlineDataInvalid per unreadable table. A flow type
+    whose year is not listed yet (the MEF's official calendar comes out later than the others' rules) no longer
+    hides the deadlines of every other flow."""
+    book = rule_book if rule_book is not None else rules()
+    found: list[Deadline] = []
+    missing: list[str] = []
+    invalid: list[DeadlineDataMissing | DeadlineDataInvalid] = []
+    for flow_type in book:
+        try:
+            found += deadlines_for_month(year, month, book, flow_types=[flow_type])
+        except DeadlineDataMissing:
+            missing.append(flow_type)
+        except DeadlineDataInvalid as exc:
+            invalid.append(exc)
+    problems = ([DeadlineDataMissing(year, missing)] if missing else []) + invalid
+    return sorted(found, key=lambda d: (d.due, d.flow_type)), problems
+
+
 DUE_SOON_DAYS = 7
 
 

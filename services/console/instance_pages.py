@@ -32,10 +32,10 @@ from contracts import flows
 from contracts.deadlines import (
     DeadlineDataInvalid,
     DeadlineDataMissing,
-    deadlines_for_month,
     default_month,
     italian_day_start_sql,
     italian_today,
+    known_deadlines_for_month,
 )
 from contracts.deadlines import status as deadline_status
 from contracts.flows import FlowType
@@ -779,24 +779,25 @@ async def deadlines_page(ctx: Ctx, mese: str | None = None) -> Response:
         except ValueError:
             error, (year, month) = f"Mese {mese!r} non valido: atteso AAAA-MM.", default_month(today)
     rows: list[dict[str, Any]] = []
-    try:
-        items = deadlines_for_month(year, month)
-    except (DeadlineDataMissing, DeadlineDataInvalid) as exc:
-        # The data file's own English (which table to add, which key is wrong) is the operators': logged, and the
-        # page says in Italian what is missing and whom to tell.
+    items, problems = known_deadlines_for_month(year, month)
+    # The data file's own English (which table to add, which key is wrong) is the operators': logged, and the page
+    # says in Italian what is missing and whom to tell; the flows whose dates it has are shown all the same.
+    for exc in problems:
         log.warning("console.deadline_data", month=f"{year:04d}-{month:02d}", error=str(exc))
-        error = _deadline_data_error(exc)
-    else:
+    gaps = [_deadline_data_error(exc) for exc in problems]
+    if items:
         enti = None if ctx.principal.role in ("ops", "auditor") else sorted(ctx.principal.enti)
         for ente, deadline, covering in await coverage(console_of(ctx.request).pool, items, None, enti):
             label, css = DEADLINE_LABELS[deadline_status(deadline, covering, today)]
             rows.append({"ente": ente, "d": deadline, "covering": covering, "label": label, "css": css})
+        if gaps:
+            gaps.append("Le scadenze degli altri flussi sono nella tabella.")
     return page(ctx, "deadlines.html", "Scadenze", active="/scadenze", rows=rows, mese=f"{year:04d}-{month:02d}",
-                mese_detto=f"{MONTHS[month - 1]} {year}", error=error)
+                mese_detto=f"{MONTHS[month - 1]} {year}", error=error or " ".join(gaps) or None)
 
 
 def _deadline_data_error(exc: DeadlineDataMissing | DeadlineDataInvalid) -> str:
-    """Why the Scadenze page has no table, in Italian: the year and flow types whose due dates the data lacks or
+    """What the Scadenze page cannot show, in Italian: the year and flow types whose due dates the data lacks or
     cannot read, and that the operations team adds them (deadlines change by law: never guessed)."""
     if isinstance(exc, DeadlineDataMissing):
         flows_named = ", ".join(FLOW_TYPE_LABELS.get(t, t) for t in exc.flow_types)

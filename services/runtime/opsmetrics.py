@@ -67,7 +67,7 @@ class OpsMetrics:
             self.dlq.labels(topic).set(count)
 
     async def _database(self, pool: asyncpg.Pool, today: date) -> None:
-        from contracts.deadlines import DeadlineDataInvalid, DeadlineDataMissing, deadlines_for_month
+        from contracts.deadlines import known_deadlines_for_month
         from services.runtime.coverage import coverage
 
         self.instances.clear()
@@ -84,10 +84,10 @@ class OpsMetrics:
         self.deadline.clear()
         months = [(today.year, today.month - 1) if today.month > 1 else (today.year - 1, 12), (today.year, today.month)]
         for year, month in months:
-            try:
-                deadlines = deadlines_for_month(year, month)
-            except (DeadlineDataMissing, DeadlineDataInvalid):
-                continue  # `flows deadlines` names what is missing; no figure beats a guessed one
+            # the flows whose dates the data has: `flows deadlines` names what is missing; no figure beats a guessed one
+            deadlines, _ = known_deadlines_for_month(year, month)
+            if not deadlines:
+                continue
             # every entity known, those that loaded nothing yet too: theirs are the deadlines most likely missed
             for ente, deadline, covered in await coverage(pool, deadlines, None):
                 if covered is None:

@@ -258,6 +258,19 @@ async def test_deadlines_of_a_year_without_data_are_said_missing_in_italian(cons
     assert "Scadenze non disponibili: mancano le date di scadenza del 2099 per " in body, body
     assert "FLUSSO MEF SOGEI" in body and "FLUSSO_MEF" not in body  # the flows by their labels
     assert "avvisi l'esercizio" in body and "deadline data" not in body
+    assert "Nessuna scadenza per questo mese." in body
+
+
+async def test_the_deadlines_a_year_has_are_shown_beside_the_flows_it_lacks(console: RunningConsole) -> None:
+    """2024 has the 730 (its last semiannual year) and none of the monthly flows: the page named the missing ones
+    and showed nothing, not even the 730 due on 31 January 2025."""
+    async with console.client("operator") as client:
+        body = html.unescape((await client.get(console.url + "/scadenze?mese=2024-12")).text)
+    assert "<td>FLUSSO 730</td>" in body and "<td>01/07/2024 – 31/12/2024</td>" in body, body
+    assert "<td>31/01/2025</td>" in body
+    assert ("Scadenze non disponibili: mancano le date di scadenza del 2024 per FLUSSO C, FLUSSO C PACC, FLUSSO MEF "
+            "SOGEI, FLUSSO ALPI TA.") in body
+    assert "Le scadenze degli altri flussi sono nella tabella." in body and "Nessuna scadenza" not in body
 
 
 async def test_api_keys_are_stored_hashed_and_bound_to_their_enti(console: RunningConsole) -> None:

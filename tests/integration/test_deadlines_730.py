@@ -84,3 +84,19 @@ async def test_a_730_covers_its_deadline_once_sistema_ts_has_it_not_once_formatt
     row = await _page_row(console, "FLUSSO 730")
     assert ">Coperta<" in row and f'href="/istanze/{sent}"' in row, row
     assert await _cli_status(fresh_db, "FLUSSO_730") == f"covered by {sent}"
+
+
+async def test_flows_deadlines_lists_the_730_of_a_year_whose_monthly_flows_have_no_data(
+        console: RunningConsole, fresh_db: str) -> None:
+    """December 2024: the 730's last semiannual deadline is in the data, the monthly flows' year is not. The CLI
+    listed nothing (an error); it lists the 730 and names the flows it lacks on stderr."""
+    env = {**os.environ, "DATABASE_URL": fresh_db, "COLUMNS": "200", "NO_COLOR": "1"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli.main", "deadlines", "--ente", "201",
+                                                "--month", "2024-12", env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = (text.decode() for text in await asyncio.wait_for(proc.communicate(), 60))
+    assert proc.returncode == 0, out + err
+    rows = [line for line in out.splitlines() if re.search(r"\b201\b", line)]
+    assert len(rows) == 1 and "FLUSSO_730" in rows[0] and "2025-01-31" in rows[0], out
+    assert "warning: no deadline data for FLUSSO_C, FLUSSO_C_PACC, FLUSSO_MEF, FLUSSO_ALPI_TA in 2024" in err, err
+    assert "the other flows are listed" in err

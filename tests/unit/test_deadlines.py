@@ -15,6 +15,7 @@ from contracts.deadlines import (
     deadlines_for_month,
     default_month,
     italian_today,
+    known_deadlines_for_month,
     next_working_day,
     rules,
 )
@@ -172,6 +173,25 @@ def test_a_year_known_for_one_flow_type_only_names_the_others():
     assert set(caught.value.flow_types) == {"FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA"}
     with pytest.raises(DeadlineDataMissing, match=r"FLUSSO_730 in 2023"):
         deadlines_for_month(2023, 12, flow_types=["FLUSSO_730"])
+
+
+def test_the_flows_with_data_are_given_and_the_others_named():
+    """The 730 of 2024 (its last semiannual year) is known, the monthly flows of 2024 are not: they no longer hide
+    it. A year nobody has data for gives nothing, and names them all."""
+    known, problems = known_deadlines_for_month(2024, 12)
+    assert known == [Deadline("FLUSSO_730", date(2024, 7, 1), date(2024, 12, 31), date(2025, 1, 31))]
+    (missing,) = problems
+    assert isinstance(missing, DeadlineDataMissing) and missing.year == 2024
+    assert set(missing.flow_types) == {"FLUSSO_C", "FLUSSO_C_PACC", "FLUSSO_MEF", "FLUSSO_ALPI_TA"}
+    none, problems = known_deadlines_for_month(2030, 5)
+    assert none == [] and [set(p.flow_types) for p in problems if isinstance(p, DeadlineDataMissing)] == [
+        set(FLOW_TYPES)]
+    # an unreadable table is said on its own, the readable ones still given
+    book = {**_book(kind="weekly"), "OTHER_FLOW": _book(kind="monthly", day=10)["TEST_FLOW"]}
+    known, problems = known_deadlines_for_month(2026, 1, rule_book=book)
+    assert [d.flow_type for d in known] == ["OTHER_FLOW"]
+    assert [type(p).__name__ for p in problems] == ["DeadlineDataInvalid"]
+    assert known == deadlines_for_month(2026, 1, rule_book=book, flow_types=["OTHER_FLOW"])
 
 
 def test_the_cli_turns_a_year_without_data_into_a_user_error_before_touching_the_database():
