@@ -23,6 +23,11 @@ from contracts.flows import FileRef
 from services.formatter.layouts import LayoutError, LayoutRegistry
 from services.formatter.writer import FormatStats, source_types, write_layout
 from services.runtime.filestore import FileStore, FileWriter
+from services.runtime.logging import get_logger
+
+log = get_logger("formatter.engine")
+# What a snapshot holds, as the operators name it, per layout source table
+_RECORDS_OF = {"snapshot_service": "prestazioni", "snapshot_booking": "prenotazioni"}
 
 MAX_REASONS = 20
 NO_730 = "l'istanza fonte non contiene documenti di spesa: non c'è alcun 730 da produrre"
@@ -78,8 +83,11 @@ async def run_format(pool: Any, filestore: FileStore, instance: int, snapshot_id
         return FormatOutcome(ok=True, files=[FileRef(**f) for f in files])
     try:
         layout = (layouts or LayoutRegistry()).get(flow_type, version)
-    except LayoutError as exc:
-        return FormatOutcome(ok=False, reasons=[str(exc)])
+    except LayoutError as exc:  # the data file's own English (which file, which key) is the operators': logged
+        log.error("format.layout_unusable", instance=instance, flow_type=flow_type, version=version, error=str(exc))
+        return FormatOutcome(ok=False, reasons=[
+            f"il tracciato dei file {flow_type.replace('_', ' ')} versione {version} non è disponibile o non è "
+            "leggibile: nessun file è stato prodotto; avvisi l'esercizio (il dettaglio è nel log del formattatore)"])
 
     acquire = pool.acquire() if hasattr(pool, "acquire") else contextlib.nullcontext(pool)
     async with acquire as conn:
@@ -95,7 +103,8 @@ async def run_format(pool: Any, filestore: FileStore, instance: int, snapshot_id
         if stats.error_count > len(reasons):
             reasons.append(f"... {stats.error_count} errori in tutto")
         if stats.records == 0:
-            reasons.append(f"l'istanza fonte {snapshot_id} non ha righe in {layout.source}")
+            reasons.append(f"l'istanza fonte {snapshot_id} non contiene {_RECORDS_OF.get(layout.source, 'record')}: "
+                           "non c'è alcun file da produrre; verifichi il periodo caricato e i dati inviati dalle fonti")
         return FormatOutcome(ok=False, reasons=reasons, warnings=warnings, stats=stats)
     refs = [FileRef(name=file_name(kind, entity, period, instance), kind=kind, records=stats.records, bytes=w.size,
                      sha256=w.sha256, media_type="text/plain") for kind, w in writers.items()]

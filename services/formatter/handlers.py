@@ -32,6 +32,7 @@ from services.runtime import tracing
 from services.runtime.backoff import INTERRUPTED_CAP_S, Interruptions
 from services.runtime.broker import Incoming, is_transient
 from services.runtime.filestore import SpaceWaits, is_full
+from services.runtime.incident import incident_reference, not_completed
 from services.runtime.instances import ServiceDeps
 from services.runtime.locks import FORMAT_LOCK, instances_in_state
 from services.runtime.logging import get_logger
@@ -124,8 +125,10 @@ async def _format(instance: int, current: FlowInstance, deps: FormatterDeps) -> 
             return
         if is_transient(exc):  # PostgreSQL gone or a connection cut under the work: format_instance backs it off
             raise
-        log.exception("format.crashed", instance=instance)
-        result = flows.FormatFailed(instance=instance, reasons=[f"{FORMAT_NOT_COMPLETED}: {type(exc).__name__}: {exc}"])
+        reference = incident_reference()  # the operator reads it in the history; the help desk finds it in the log
+        log.exception("format.crashed", instance=instance, reference=reference)
+        result = flows.FormatFailed(instance=instance, reasons=[
+            not_completed(FORMAT_NOT_COMPLETED, reference, "richieda di nuovo la formattazione dell'istanza")])
     await deps.instances.append(current, result)
     deps.space.done(instance)
     deps.interrupted.done(instance)

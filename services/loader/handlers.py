@@ -47,6 +47,7 @@ from services.runtime.broker import Incoming, Refused, is_transient
 from services.runtime.db import connection_gone, has_session_state
 from services.runtime.eventstore import Guard, GuardFailed
 from services.runtime.filestore import SpaceWaits, is_full
+from services.runtime.incident import incident_reference, not_completed
 from services.runtime.instances import Handling, ServiceDeps
 from services.runtime.locks import LOAD_LOCK, release_instance_lock
 from services.runtime.logging import get_logger
@@ -323,10 +324,11 @@ async def _load(instance: int, current: FlowInstance, deps: LoaderDeps, attempt:
             return
         if is_transient(exc):  # PostgreSQL gone or a connection cut under the load: run_instance backs it off
             raise
-        log.exception("load.crashed", instance=instance)
+        reference = incident_reference()  # the operator reads it in the history; the help desk finds it in the log
+        log.exception("load.crashed", instance=instance, reference=reference)
         await deps.instances.append(current, flows.LoadFailed(
             instance=instance, source_instance=snapshot_id, errors=1,
-            summary=f"{LOAD_NOT_COMPLETED}: {type(exc).__name__}: {exc}"))
+            summary=not_completed(LOAD_NOT_COMPLETED, reference, "richieda di nuovo il caricamento del periodo")))
         deps.interrupted.done(instance)
         return
     feedback = None

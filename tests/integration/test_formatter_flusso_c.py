@@ -141,7 +141,17 @@ async def test_run_format_fails_naming_the_record_and_the_field(pool: asyncpg.Po
 
 async def test_an_unknown_layout_version_is_a_failed_outcome(pool: asyncpg.Pool, tmp_path: Path) -> None:
     outcome = await run_format(pool, FileStore(tmp_path), 1951, SNAPSHOT, "FLUSSO_C", "1999")
-    assert not outcome.ok and "no layout for FLUSSO_C version 1999" in outcome.reasons[0]
+    assert not outcome.ok and outcome.reasons == [
+        "il tracciato dei file FLUSSO C versione 1999 non è disponibile o non è leggibile: nessun file è stato "
+        "prodotto; avvisi l'esercizio (il dettaglio è nel log del formattatore)"]
+
+
+async def test_a_snapshot_without_rows_is_a_failed_outcome_that_says_so_in_italian(pool: asyncpg.Pool,
+                                                                                   tmp_path: Path) -> None:
+    outcome = await run_format(pool, FileStore(tmp_path), 1954, 987654, "FLUSSO_MEF", "2020")
+    assert not outcome.ok and outcome.reasons == [
+        "l'istanza fonte 987654 non contiene prestazioni: non c'è alcun file da produrre; verifichi il periodo "
+        "caricato e i dati inviati dalle fonti"]
 
 
 async def test_mef_file_has_one_record_per_service_and_a_record_99_per_prescription(pool: asyncpg.Pool,
