@@ -9,7 +9,9 @@ statement fails in PostgreSQL with an error that is not an outage (an outage is 
 from __future__ import annotations
 
 import re
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -36,7 +38,7 @@ REASON = re.compile(r"(?P<what>.+) per un errore interno della piattaforma \(rif
                     r"(?P<retry>.+); se l'errore si ripete, comunichi il riferimento all'assistenza\.")
 
 
-def _logged(logs: list[dict], event: str) -> dict:
+def _logged(logs: list[MutableMapping[str, Any]], event: str) -> MutableMapping[str, Any]:
     (line,) = [entry for entry in logs if entry["event"] == event]
     return line
 
