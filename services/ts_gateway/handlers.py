@@ -61,7 +61,7 @@ from services.ts_gateway import boxes
 from services.ts_gateway.client import TsError
 from services.ts_gateway.keys import GatewayKeys
 from services.ts_gateway.receipts import feedback_csv
-from services.ts_gateway.sealing import Credentials, SealError
+from services.ts_gateway.sealing import Credentials, SealError, sealed_key_id
 from services.ts_gateway.submission import FINAL_STATES, PartKey, PartState, SubmissionPart, file_name_for
 from services.ts_gateway.submission import instance_outcome as combine
 from services.ts_gateway.submitter import PollingBlocked, SubmissionRunner
@@ -239,10 +239,24 @@ async def _open_request(instance: int, request: SubmissionRequest, deps: Gateway
     else:
         try:
             return deps.keys.open(sealed)[0]
-        except SealError as exc:
-            reason = f"le credenziali di questa richiesta non si possono più aprire ({exc})"
-    await _abandon(deps, instance, request, f"{reason}; inviare di nuovo l'istanza")
+        except SealError as exc:  # its English is the operators': logged; the reason says it in Italian
+            log.warning("ts.box_unopenable", instance=instance, request=str(request.id), error=str(exc))
+            reason = _unopenable(sealed, deps.keys.current_id)
+    await _abandon(deps, instance, request, f"{reason}; invii di nuovo l'istanza inserendo di nuovo le credenziali")
     return None
+
+
+def _unopenable(sealed: str, current_key: str) -> str:
+    """Why a stored box cannot be opened, in Italian: sealed to a key the gateway no longer holds (rotated, and the
+    old one deleted), or not whole."""
+    try:
+        kid = sealed_key_id(sealed)
+    except SealError:
+        kid = None
+    if kid is not None and kid != current_key:
+        return (f"le credenziali cifrate di questa richiesta sono sigillate con la chiave {kid} del gateway TS, che il "
+                f"gateway non custodisce più (la sua chiave attuale è {current_key})")
+    return "le credenziali cifrate di questa richiesta non si possono aprire: non sono integre"
 
 
 async def _abandon(deps: GatewayDeps, instance: int, request: SubmissionRequest, reason: str) -> None:

@@ -582,9 +582,11 @@ async def test_a_box_whose_key_is_gone_ends_the_request_rejected_naming_the_key_
 
     outcome = (await _history(gateway, 4102))[-1]
     assert outcome[0] == "flows.ts-feedback-received" and outcome[1]["instance_outcome"] == "rejected"
-    assert f"sealed to key {first}, which this gateway does not hold" in outcome[1]["reason"]
-    assert outcome[1]["reason"].startswith("le credenziali di questa richiesta non si possono più aprire (")
-    assert outcome[1]["reason"].endswith("; inviare di nuovo l'istanza")
+    current = key_id((gateway.keys_dir / PUBLIC_KEY_FILE).read_bytes())
+    assert outcome[1]["reason"] == (
+        f"le credenziali cifrate di questa richiesta sono sigillate con la chiave {first} del gateway TS, che il "
+        f"gateway non custodisce più (la sua chiave attuale è {current}); invii di nuovo l'istanza inserendo di "
+        "nuovo le credenziali")
     assert await _boxes(gateway) == {} and await _sends(gateway.url) == 0
 
 

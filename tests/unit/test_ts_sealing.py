@@ -133,3 +133,20 @@ def test_a_version_1_box_without_key_id_still_opens(keypair: tuple[bytes, bytes]
 def test_truncated_or_unknown_boxes_are_refused_by_what_is_wrong(keypair: tuple[bytes, bytes], blob: bytes) -> None:
     with pytest.raises(SealError, match=r"truncated|unknown format"):
         unseal(keypair[1], base64.b64encode(blob).decode())
+
+
+def test_the_gateway_says_in_italian_why_a_stored_box_cannot_be_opened(keypair: tuple[bytes, bytes]) -> None:
+    """What the operator reads when a stored box does not open (services.ts_gateway.handlers._unopenable): the key it
+    was sealed to and the gateway's current one, or that it is not whole; never SealError's English."""
+    from services.ts_gateway.handlers import _unopenable
+
+    sealed = seal(keypair[0], CANARY)
+    mine = key_id(keypair[0])
+    assert _unopenable(sealed, "0123456789abcdef") == (
+        f"le credenziali cifrate di questa richiesta sono sigillate con la chiave {mine} del gateway TS, che il "
+        "gateway non custodisce più (la sua chiave attuale è 0123456789abcdef)")
+    raw = bytearray(base64.b64decode(sealed))
+    raw[-1] ^= 0x01  # sealed to the current key, but not whole
+    for box in (base64.b64encode(bytes(raw)).decode(), "not a box at all"):
+        assert _unopenable(box, mine) == ("le credenziali cifrate di questa richiesta non si possono aprire: non "
+                                          "sono integre")
