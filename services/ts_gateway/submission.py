@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
-from contracts.deadlines import ITALY
+from contracts.deadlines import ITALY, italian_time
 from contracts.states import IllegalTransition  # one exception for every illegal state change
 
 
@@ -255,8 +255,12 @@ def decide_recovery(part: SubmissionPart, records: Sequence[TsRecord], known: se
         return Adopt(candidates[0].protocollo)
     listed = ", ".join(record.protocollo for record in candidates)
     # the reason the operators read (an unresolved part): Italian
+    # (no tool here picks one of them: the operator looks them up where TS shows them, and the help desk records it)
+    since = (f" dal {italian_time(_aware(part.sending_since), '%d/%m/%Y %H:%M')}" if part.sending_since is not None
+             else "")  # (no time: an old ledger row; the format of None would raise)
     return AskOperator(
         f"istanza {part.key.instance} parte {part.key.part}: Sistema TS elenca {len(candidates)} invii con "
-        f"{part.documents} documenti dal {part.sending_since:%Y-%m-%d %H:%M} che qui non risultano ({listed}); "
-        "un nuovo invio potrebbe registrare due volte le spese, quindi un operatore deve indicare quale è il nostro"
+        f"{part.documents} documenti{since} che qui non risultano ({listed}); "
+        "un nuovo invio potrebbe registrare due volte le spese: prima di inviare di nuovo l'istanza, verifichi sul "
+        "portale di Sistema TS quale di questi protocolli è di questa istanza e lo comunichi all'assistenza"
     )

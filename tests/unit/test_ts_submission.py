@@ -197,7 +197,14 @@ def test_two_candidate_sends_go_to_an_operator_instead_of_a_resend() -> None:
     assert "26012010000100001" in decision.reason and "26012010000100002" in decision.reason
     # the operators read it: Italian, saying what they must decide
     assert decision.reason.startswith("istanza 1947 parte 1: Sistema TS elenca 2 invii con ")
-    assert decision.reason.endswith("un operatore deve indicare quale è il nostro")
+    assert decision.reason.endswith(
+        "un nuovo invio potrebbe registrare due volte le spese: prima di inviare di nuovo l'istanza, verifichi sul "
+        "portale di Sistema TS quale di questi protocolli è di questa istanza e lo comunichi all'assistenza")
+    assert "dal 20/01/2026 10:00 " in decision.reason  # Italian time: sent at 09:00 UTC
+    # a part whose first attempt has no time recorded: said without it (the format of None raised)
+    untimed = SubmissionPart(PartKey(1947, 1, SHA), 1, "730_1947_p1.zip", 3, PartState.SENDING, None, 1, None, None)
+    undated = decide_recovery(untimed, [_record("26012010000100001", 1), _record("26012010000100002", 3)], set())
+    assert isinstance(undated, AskOperator) and "3 documenti che qui non risultano" in undated.reason
 
 
 def test_a_send_up_to_five_minutes_before_our_attempt_is_ours_and_not_a_second_more() -> None:
