@@ -54,7 +54,12 @@ class DeadLetter:
 
     @property
     def reason(self) -> str:
-        return self.headers.get("dlq_reason") or "(no reason recorded)"
+        """The service's reason as recorded (the CLI's English fallback when none was); the console says its own."""
+        return self.recorded_reason or "(no reason recorded)"
+
+    @property
+    def recorded_reason(self) -> str | None:
+        return self.headers.get("dlq_reason") or None
 
     @property
     def original_topic(self) -> str:
