@@ -40,6 +40,10 @@ ACCESS_LABELS = {"file-view": "consultazione del file", "file-download": "scaric
 # The flow types as the Flow Manager's "Lista tipi di flusso" names them (seed, Figura 2).
 FLOW_TYPE_LABELS = {"FLUSSO_C": "FLUSSO C", "FLUSSO_C_PACC": "FLUSSO C PACC", "FLUSSO_MEF": "FLUSSO MEF SOGEI",
                     "FLUSSO_ALPI_TA": "FLUSSO ALPI TA", "FLUSSO_730": "FLUSSO 730"}
+# Who recorded an event of an instance's history: a service by its Italian name, a person (or an API key) by their
+# user name, as recorded (contracts.states.Actor; a test keeps them in step).
+ACTOR_LABELS = {"loader": "caricatore (servizio)", "formatter": "formattatore (servizio)",
+                "ts-gateway": "gateway Sistema TS (servizio)"}
 # An instance's history: every lifecycle event (contracts.flows.EVENT_TYPES; a test keeps them in step).
 _T = flows.TYPE_OF
 EVENT_LABELS = {

@@ -18,7 +18,7 @@ import pytest
 from contracts.deadlines import italian_today
 from services.console import auth
 from services.console.access import ROUTE_TABLE
-from services.runtime.eventstore import EventStore
+from services.runtime.eventstore import EventStore, NewEvent
 from tests.console_support import PASSWORD, RunningConsole, csrf_of, running_console
 from tests.log_capture import service_log_lines
 from tests.pg_outage import postgres_down
@@ -193,6 +193,19 @@ async def test_html_in_names_and_feedback_is_shown_escaped(console: RunningConso
         assert download.headers["content-disposition"].startswith('attachment; filename="')
         assert "<" not in download.headers["content-disposition"]
         assert download.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_the_history_names_the_services_in_italian_and_people_by_their_user_name(
+        console: RunningConsole) -> None:
+    instance = await console.instance("201", [("flows.load-checked", {"source_instance": 1, "counts": {}})])
+    await console.store.append(f"instance-{instance}", [NewEvent("flows.format-requested", {"instance": instance},
+                                                                 actor="op.201")],
+                               expected_version=2, key=str(instance), publish=False)
+    async with console.client("operator") as client:
+        body = (await client.get(console.url + f"/istanze/{instance}")).text
+    history = body[body.index("<caption>Eventi dell"):]
+    authors = re.findall(r"<td>([^<]*)</td></tr>", history)
+    assert authors == ["caricatore (servizio)", "caricatore (servizio)", "op.201"], authors
 
 
 async def test_every_view_or_download_of_personal_data_is_in_the_access_log(console: RunningConsole) -> None:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from contracts.flows import EVENT_TYPES, FlowType
 from contracts.onboarding import RequestKind
+from contracts.states import Actor
 from services.console.instance_pages import _list_rows
 from services.console.labels import (
     ACCESS_LABELS,
+    ACTOR_LABELS,
     COUNT_LABELS,
     EVENT_LABELS,
     FLOW_TYPE_CHOICES,
@@ -30,6 +32,12 @@ def test_every_flow_type_event_and_count_has_an_italian_label() -> None:
     assert list(FLOW_TYPE_CHOICES) == [t.value for t in FlowType]  # the form's order, values unchanged
     assert set(EVENT_LABELS) == set(EVENT_TYPES)
     assert {name for names in _COUNTED_BY_CHECKS.values() for name in names} <= set(COUNT_LABELS)
+
+
+def test_every_service_that_records_an_instance_event_is_named_in_italian_in_its_history() -> None:
+    """The history's Autore column (shown: tests/integration/test_console_security.py): the loader, formatter and TS
+    gateway by Italian names, a person by user name."""
+    assert set(ACTOR_LABELS) == {a.value for a in Actor} - {Actor.OPERATOR.value}
 
 
 def test_every_kind_of_access_in_the_access_log_has_an_italian_label() -> None:
