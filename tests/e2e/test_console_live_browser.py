@@ -285,3 +285,35 @@ async def test_an_administrators_disable_ends_an_operators_open_stream_at_once( 
             assert len(subscriptions) == 1, subscriptions
         finally:
             await browser.close()
+
+
+async def test_a_stream_ended_by_a_lost_ente_says_so_and_leads_back_to_the_list(  # type: ignore[no-untyped-def]
+        fresh_db, tmp_path, monkeypatch, chromium) -> None:
+    """An operator of enti 201 and 203 has an instance of 203 open, live; 203 is taken from the user (psql, or an OIDC
+    login with other claims). The stream ends at once, and the page says the instance is no longer readable, with a
+    way back to the list: it said the session had ended and offered a login, which would not help."""
+    from services.console import auth
+
+    monkeypatch.setattr(instance_pages, "STREAM_CHECK_S", AN_HOUR)
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
+        await auth.add_user(console.pool, "op.201.203", "operator", ["201", "203"], None, PASSWORD, by="test")
+        instance = await console.instance("203")
+        try:
+            page = await (await italian_context(browser)).new_page()
+            await _log_in(page, console.url, "op.201.203")
+            await page.goto(f"{console.url}/istanze/{instance}")
+            await page.wait_for_function(f"() => ({LIVE})() === 'ready'", timeout=30_000)
+
+            await console.pool.execute("UPDATE console_user SET enti = '{201}' WHERE name = 'op.201.203'")
+
+            await page.wait_for_function(f"() => ({LIVE})() === 'ended'", timeout=30_000)
+            notice = await page.inner_text("#aggiornamento")
+            assert notice.startswith("Aggiornamento automatico terminato: questa istanza non è più accessibile con le "
+                                     "sue autorizzazioni, o non esiste più."), notice
+            back = page.locator("#aggiornamento a")
+            assert await back.get_attribute("href") == "/istanze" and "sessione" not in notice
+            async with page.expect_navigation():
+                await back.click()
+            assert page.url == f"{console.url}/istanze"  # still signed in: the list, not the login page
+        finally:
+            await browser.close()

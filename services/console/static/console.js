@@ -57,17 +57,28 @@
       function stopped() {
         // Why it was refused: a session that ended (the login page) or an instance no longer readable (404) is not
         // tried again; anything else (503, 502, the network) is.
+        // Said apart: a session that ended (log in again) and an instance this user no longer reads (404: an ente
+        // taken away, or the instance gone; logging in again would not help).
         fetch(root.dataset.fragment, { credentials: "same-origin", redirect: "manual" }).then(function (r) {
-          return r.type === "opaqueredirect" || r.status === 401 || r.status === 404;
-        }, function () { return false; }).then(function (ended) {
+          if (r.type === "opaqueredirect" || r.status === 401) { return "session"; }
+          return r.status === 404 ? "instance" : "";
+        }, function () { return ""; }).then(function (why) {
+          var ended = why !== "";
           root.dataset.live = ended ? "ended" : "closed";
           if (notice) {
             notice.hidden = false;
             if (ended) {
-              notice.textContent = "Aggiornamento automatico terminato: la sessione è scaduta o chiusa. ";
               var again = document.createElement("a");
-              again.href = "/login?next=" + encodeURIComponent(location.pathname);
-              again.textContent = "Accedi di nuovo";
+              if (why === "session") {
+                notice.textContent = "Aggiornamento automatico terminato: la sessione è scaduta o chiusa. ";
+                again.href = "/login?next=" + encodeURIComponent(location.pathname);
+                again.textContent = "Accedi di nuovo";
+              } else {
+                notice.textContent = "Aggiornamento automatico terminato: questa istanza non è più accessibile " +
+                  "con le sue autorizzazioni, o non esiste più. ";
+                again.href = "/istanze";
+                again.textContent = "Torna all'elenco delle istanze";
+              }
               notice.appendChild(again);
             } else {
               notice.textContent = "Aggiornamento automatico interrotto: nuovo tentativo tra " +
