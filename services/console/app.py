@@ -58,6 +58,7 @@ from services.console.web import (
     request_principal,
     route,
     status_phrase,
+    way_back,
 )
 from services.runtime.broker import is_transient
 from services.runtime.db import create_pool
@@ -128,9 +129,10 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
             with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 principal = await request_principal(console, request)
         ctx = Ctx(principal, request) if principal is not None else None
+        back, back_label = way_back(request.url.path, code) if ctx else ("/", "Vai alla pagina iniziale")
         response = page(ctx, "message.html", title, status=exc.status_code,
-                        **({} if ctx else {"request": request}), message=message, level="danger", back="/",
-                        back_label="Vai alla pagina iniziale")
+                        **({} if ctx else {"request": request}), message=message, level="danger", back=back,
+                        back_label=back_label)
         if headers:
             response.headers.update(headers)
         return response

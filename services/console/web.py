@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import tempfile
 import typing
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -555,7 +556,41 @@ ERROR_DETAILS: dict[int, tuple[str, str, str]] = {
     403: ("Richiesta rifiutata", "La richiesta è stata rifiutata.", "richiesta rifiutata"),
     409: ("Azione non consentita", "L'azione non è consentita nello stato attuale: ricarichi la pagina per vedere "
                                       "le azioni possibili ora.", "azione non consentita"),
+    413: ("File troppo grande", "Il file inviato supera la dimensione ammessa.", "file troppo grande"),
+    422: ("Dati non validi", "I dati inviati non sono validi.", "dati non validi"),
+    503: ("Servizio temporaneamente non disponibile", "Il servizio non è disponibile in questo momento: riprovi tra "
+                                                      "qualche minuto.", "servizio non disponibile"),
+    507: ("Spazio su disco esaurito", "La piattaforma ha esaurito lo spazio su disco: nulla è stato registrato. "
+                                      "Avvisi l'esercizio.", "spazio esaurito"),
 }
+
+# The way back from an error page: to the page the failed request came from (an instance's form posts to a path
+# under the instance: back to the instance, where the page's message says to look), not always to the home page.
+# (pattern of the path, the link, its text); a 404 of an instance or a request goes back to its list instead.
+_WAYS_BACK: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (re.compile(r"^/istanze/(\d+)(?:/|$)"), "/istanze/{0}", "Torna all'istanza {0}"),
+    (re.compile(r"^/istanze(?:/|$)"), "/istanze", "Torna all'elenco delle istanze"),
+    (re.compile(r"^/onboarding/([A-Za-z0-9._-]+)(?:/|$)"), "/onboarding/{0}", "Torna alla richiesta {0}"),
+    (re.compile(r"^/onboarding(?:/|$)"), "/onboarding", "Torna all'elenco delle richieste"),
+    (re.compile(r"^/esercizio/scarti(?:/|$)"), "/esercizio/scarti", "Torna ai messaggi non elaborabili"),
+    (re.compile(r"^/esercizio(?:/|$)"), "/esercizio", "Torna all'esercizio"),
+    (re.compile(r"^/utenti(?:/|$)"), "/utenti", "Torna alla gestione degli utenti"),
+)
+_LISTS = {"/istanze/{0}": ("/istanze", "Torna all'elenco delle istanze"),
+          "/onboarding/{0}": ("/onboarding", "Torna all'elenco delle richieste")}
+
+
+def way_back(path: str, status: int) -> tuple[str, str]:
+    """(link, its text) of an error page of `path`: the instance, request or section it belongs to; its list when
+    the error is that very thing's 404; the home page otherwise."""
+    for pattern, link, text in _WAYS_BACK:
+        found = pattern.match(path)
+        if found is None:
+            continue
+        if status == 404 and link in _LISTS:
+            return _LISTS[link]
+        return link.format(*found.groups()), text.format(*found.groups())
+    return "/", "Vai alla pagina iniziale"
 
 
 def status_phrase(code: int) -> str | None:

@@ -56,7 +56,8 @@ async def test_a_page_parameter_it_cannot_read_gets_an_italian_page_naming_it(
         assert "«da»" in text and "'abc'" in text and "numero intero" in text, text
         # the header with the user and the menu, and a way back: not a dead end
         assert "op.201" in await page.inner_text("header")
-        assert await page.locator("main a", has_text="Vai alla pagina iniziale").count() == 1
+        back = page.locator("main a", has_text=f"Torna all'istanza {instance}")  # the page it came from
+        assert await back.count() == 1 and await back.get_attribute("href") == f"/istanze/{instance}"
 
 
 def _c1_file(records: int) -> bytes:

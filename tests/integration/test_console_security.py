@@ -370,6 +370,9 @@ async def test_a_transmission_date_in_the_past_is_refused_and_nothing_is_sent(co
                                      data={"csrf": csrf, "sigillo": "not read", "data": yesterday.isoformat()})
     assert response.status_code == 422, response.text
     assert f"{yesterday:%d/%m/%Y} è nel passato" in response.text
+    # titled as what it is, and a way back to the instance the form belongs to (the home page was the only link)
+    assert "<title>Dati non validi" in response.text, response.text[:500]
+    assert f'<a href="/istanze/{instance}">Torna all&#39;istanza {instance}</a>' in response.text
     assert await console.pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance) == "Formatted"
     assert await console.pool.fetchval("SELECT count(*) FROM events WHERE stream_id = $1 AND type LIKE 'flows.ts-%'",
                                        f"instance-{instance}") == 0

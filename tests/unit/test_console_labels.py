@@ -97,3 +97,20 @@ def test_the_ops_page_writes_counts_and_lag_as_italians_do_and_offsets_as_kafka_
     assert '<td class="text-end">1.500</td>' in html and ">1.200</span>" in html  # dead letters, pending
     assert ">12.345</span>" in html and '<td class="text-end">12.345</td>' in html  # a group's lag, a partition's
     assert '<td class="text-end">100000</td><td class="text-end">112345</td>' in html  # positions, not quantities
+
+
+def test_an_error_page_leads_back_to_the_instance_or_request_it_came_from() -> None:
+    from services.console.web import way_back
+
+    assert way_back("/istanze/1947/invia-ts", 422) == ("/istanze/1947", "Torna all'istanza 1947")
+    assert way_back("/istanze/1947/formatta", 409) == ("/istanze/1947", "Torna all'istanza 1947")
+    assert way_back("/istanze/1947", 404) == ("/istanze", "Torna all'elenco delle istanze")  # not readable: its list
+    assert way_back("/istanze/nuova", 422) == ("/istanze", "Torna all'elenco delle istanze")
+    assert way_back("/onboarding/ONB-VESUVIO/verdetto", 422) == ("/onboarding/ONB-VESUVIO",
+                                                                 "Torna alla richiesta ONB-VESUVIO")
+    assert way_back("/onboarding/ONB-X", 404) == ("/onboarding", "Torna all'elenco delle richieste")
+    assert way_back("/esercizio/scarti/flows.x.dlq:0:5/rilancia", 409) == ("/esercizio/scarti",
+                                                                          "Torna ai messaggi non elaborabili")
+    assert way_back("/utenti/op.201/disabilita", 422) == ("/utenti", "Torna alla gestione degli utenti")
+    assert way_back("/nulla", 404) == ("/", "Vai alla pagina iniziale")
+    assert way_back("/istanze/1947<script>/x", 404)[0] == "/istanze"  # only digits name an instance
