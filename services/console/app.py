@@ -182,7 +182,7 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
 # What a parameter takes, by pydantic's error type, in the words of the pages' other errors ("atteso AAAA-MM-GG").
 EXPECTED = {"int_parsing": "un numero intero", "int_type": "un numero intero", "int_from_float": "un numero intero",
             "date_parsing": "una data AAAA-MM-GG", "date_from_datetime_parsing": "una data AAAA-MM-GG",
-            "bool_parsing": "sì o no"}
+            "bool_parsing": "true o false (oppure 1 o 0)"}
 
 
 def invalid_parameters(errors: Any) -> str:

@@ -405,7 +405,8 @@ def _load_errors(principal: auth.Principal, form: dict[str, str]) -> tuple[dict[
         try:
             values["pianificata"] = datetime.fromisoformat(form["pianificata"]).replace(tzinfo=ROME)
         except ValueError:
-            errors["pianificata"] = f"Avvio pianificato non valido ({form['pianificata']!r})."
+            errors["pianificata"] = (f"Avvio pianificato non valido ({form['pianificata']!r}), atteso "
+                                     "AAAA-MM-GG OO:MM.")
     # The loader's own rule (it refuses such a load too): a period not over when the load would start, now or at
     # its Avvio pianificato. Said beside Fine riferimento; the same month scheduled after its end is sent.
     if not errors and (not_over := period_not_over(values["al"], values["pianificata"])) is not None:
@@ -823,11 +824,21 @@ def _sendable(row: asyncpg.Record) -> bool:
     return True
 
 
+def _not_sendable(row: asyncpg.Record) -> str:
+    """Why an instance cannot be sent to Sistema TS: its flow type never can (only the 730 goes there; the other
+    flows' files are uploaded where each is due), or its state does not allow it now."""
+    if row["flow_type"] not in SENDABLE_FLOW_TYPES:
+        labels = ", ".join(FLOW_TYPE_LABELS.get(t, t) for t in sorted(SENDABLE_FLOW_TYPES))
+        return (f"Solo le istanze {labels} si inviano a Sistema TS: l'istanza {row['instance']} è "
+                f"{FLOW_TYPE_LABELS.get(row['flow_type'], row['flow_type'])}.")
+    return _not_now(row, "non si può inviare a Sistema TS")
+
+
 @route(pages, "GET", "/istanze/{instance}/invia-ts", ACT_ON_INSTANCE, "page")
 async def ts_send_form(ctx: Ctx) -> Response:
     assert ctx.row is not None
     if not _sendable(ctx.row):
-        raise HTTPException(409, _not_now(ctx.row, "non si può inviare a Sistema TS"))
+        raise HTTPException(409, _not_sendable(ctx.row))
     public_key = console_of(ctx.request).settings.keys_dir / PUBLIC_KEY_FILE
     if not public_key.exists():
         raise HTTPException(503, "La chiave pubblica del gateway TS non è disponibile: l'invio non si può preparare "
@@ -848,7 +859,7 @@ async def ts_send(ctx: Ctx) -> Response:
     assert ctx.row is not None
     console = console_of(ctx.request)
     if not _sendable(ctx.row):
-        raise HTTPException(409, _not_now(ctx.row, "non si può inviare a Sistema TS"))
+        raise HTTPException(409, _not_sendable(ctx.row))
     form = await ctx.request.form()
     sealed, when = str(form.get("sigillo") or ""), str(form.get("data") or "")
     try:

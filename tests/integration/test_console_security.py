@@ -378,6 +378,19 @@ async def test_a_transmission_date_in_the_past_is_refused_and_nothing_is_sent(co
                                        f"instance-{instance}") == 0
 
 
+async def test_an_instance_of_a_flow_that_never_goes_to_ts_is_refused_for_its_flow_not_its_state(
+        console: RunningConsole) -> None:
+    """A Formatted Flusso C reached at /invia-ts by URL: it was told its state did not allow the send."""
+    instance = await console.instance("201", [("flows.load-checked", {"source_instance": 1, "counts": {}}),
+                                              ("flows.formatting-started", {}), ("flows.formatted", {"files": []})])
+    async with console.client("operator") as client:
+        response = await client.get(console.url + f"/istanze/{instance}/invia-ts")
+    assert response.status_code == 409
+    assert (f"Solo le istanze FLUSSO 730 si inviano a Sistema TS: l&#39;istanza {instance} è FLUSSO C."
+            in response.text), response.text
+    assert "nello stato" not in response.text
+
+
 async def test_a_path_or_method_no_route_has_gets_the_italian_error_page(console: RunningConsole) -> None:
     """The router's own 404 and 405 (no route runs, so no guard raises them) answer like a route's 404: the
     console's Italian page in its layout, or the API's Italian detail, never Starlette's English JSON."""
