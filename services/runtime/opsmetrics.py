@@ -82,7 +82,12 @@ class OpsMetrics:
         self.outbox.set(pending["n"])
         self.outbox_age.set(float(pending["age"]))
         self.deadline.clear()
-        months = [(today.year, today.month - 1) if today.month > 1 else (today.year - 1, 12), (today.year, today.month)]
+        # The periods that ended two months ago, last month and this month: a deadline is due some days to two months
+        # after its period, and the 730 of a year (its period ends in December) is due on 31 January moved to the next
+        # working day, 1 or 2 February, when last month's list no longer holds it: its figure, and the alert, would
+        # have gone on its very due day.
+        index = today.year * 12 + today.month - 1
+        months = [((index - back) // 12, (index - back) % 12 + 1) for back in (2, 1, 0)]
         for year, month in months:
             # the flows whose dates the data has: `flows deadlines` names what is missing; no figure beats a guessed one
             deadlines, _ = known_deadlines_for_month(year, month)

@@ -50,6 +50,11 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
         registry = CollectorRegistry()
         await OpsMetrics(registry).refresh(pool, settings.kafka_bootstrap, today=date(2026, 11, 8))
         text = generate_latest(registry).decode()
+        # On the 730's due day (2026 data: 31 January 2027 is a Sunday, so Monday 1 February), when its period's
+        # month is two months back: still reported, so the alert fires that day
+        on_due_day = CollectorRegistry()
+        await OpsMetrics(on_due_day).refresh(pool, settings.kafka_bootstrap, today=date(2027, 2, 1))
+        due_day_text = generate_latest(on_due_day).decode()
     finally:
         await producer.stop()
         await pool.close()
@@ -62,6 +67,7 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
     assert 'flows_deadline_uncovered_days{due="2026-11-10",ente="201",flow_type="FLUSSO_C"} 2.0' in text
     # An entity of the catalogue with no instance at all is due too: the alert must not skip the one that loaded nothing
     assert 'flows_deadline_uncovered_days{due="2026-11-10",ente="203",flow_type="FLUSSO_C"} 2.0' in text
+    assert 'flows_deadline_uncovered_days{due="2027-02-01",ente="201",flow_type="FLUSSO_730"} 0.0' in due_day_text
     age = float(next(line.split()[-1] for line in text.splitlines()
                      if line.startswith("flows_outbox_oldest_unpublished_seconds ")))
     assert 3600 <= age < 3600 + 300, age
