@@ -253,8 +253,16 @@ def test_a_month_outside_1_to_12_is_refused(month: int) -> None:
 @pytest.mark.parametrize(("today", "month"), [
     (date(2027, 1, 1), (2026, 12)),  # in January the month that matters is December of the year before
     (date(2027, 1, 31), (2026, 12)),
-    (date(2026, 2, 1), (2026, 1)),  # in February, January of the same year
+    (date(2026, 2, 3), (2026, 1)),  # in February, January of the same year
     (date(2026, 12, 31), (2026, 11)),
+    # ... but on the 730's due day, 31 January moved past a weekend, December still: the 730 of 2025 is due on Monday
+    # 2 February 2026, that of 2026 on Monday 1 February 2027 (2027's 31 January is a Sunday)
+    (date(2026, 2, 1), (2025, 12)),
+    (date(2026, 2, 2), (2025, 12)),
+    (date(2027, 2, 1), (2026, 12)),
+    (date(2027, 2, 2), (2027, 1)),
+    (date(2028, 2, 1), (2028, 1)),  # 31 January 2028 is a Monday: due that day
+    (date(2031, 2, 1), (2031, 1)),  # no data for 2030: the previous month, as before
 ])
 def test_the_month_whose_deadlines_matter_today_is_the_previous_one(today: date, month: tuple[int, int]) -> None:
     assert default_month(today) == month
