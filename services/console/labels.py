@@ -21,12 +21,17 @@ from contracts.onboarding import KIND_LABELS
 ROME = ITALY
 
 
+# A state in Italian, then by the name the Flow Manager gave it: its manual names the states so ("in stato
+# “Running”", "“Checked” o “Failed loading”", "“Formatting in progress”", "“Formatted”", "da "Waiting Feedback" a
+# "Confirmed"", seeds/000), and the operators know them by those names; `flows` says them so too.
 STATE_LABELS = {
-    "Scheduled": "Pianificata", "Running": "In esecuzione", "Checked": "Verificata",
-    "Failed loading": "Caricamento fallito", "Formatting in progress": "Formattazione in corso",
-    "Formatted": "Formattata", "Format failed": "Formattazione fallita", "Waiting feedback": "In attesa di esito",
-    "Confirmed": "Confermata", "Confirmed with errors": "Confermata con errori", "Rejected": "Respinta",
-    "Deleted": "Cancellata",
+    "Scheduled": "Pianificata (Scheduled)", "Running": "In esecuzione (Running)", "Checked": "Verificata (Checked)",
+    "Failed loading": "Caricamento fallito (Failed loading)",
+    "Formatting in progress": "Formattazione in corso (Formatting in progress)",
+    "Formatted": "Formattata (Formatted)", "Format failed": "Formattazione fallita (Format failed)",
+    "Waiting feedback": "In attesa di esito (Waiting Feedback)", "Confirmed": "Confermata (Confirmed)",
+    "Confirmed with errors": "Confermata con errori (Confirmed with errors)", "Rejected": "Respinta (Rejected)",
+    "Deleted": "Cancellata (Deleted)",
 }
 ROLE_LABELS = {"operator": "operatore", "structure": "struttura", "desk": "sportello", "ops": "esercizio",
                "auditor": "revisore", "admin": "amministratore"}

@@ -106,8 +106,8 @@ async def test_a_form_without_its_csrf_token_is_refused(console: RunningConsole)
         response = await client.post(console.url + f"/istanze/{instance}/cancella",
                                      data={"motivo": "doppione", "csrf": csrf_of(page.text)})
         said = html.unescape(response.text)
-        assert response.status_code == 409 and f"L'istanza {instance} è nello stato «Cancellata»: non si può " \
-            "cancellare. Ricarichi la pagina dell'istanza" in said, said
+        assert response.status_code == 409 and f"L'istanza {instance} è nello stato «Cancellata (Deleted)»: non si " \
+            "può cancellare. Ricarichi la pagina dell'istanza" in said, said
     assert await console.pool.fetchval("SELECT state FROM instance_list WHERE instance = $1", instance) == "Deleted"
     assert await console.pool.fetchval("SELECT actor FROM events WHERE stream_id = $1 AND type = "
                                        "'flows.instance-deleted'", f"instance-{instance}") == "op.201"

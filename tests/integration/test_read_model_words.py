@@ -125,7 +125,7 @@ async def test_deleting_an_instance_sistema_ts_accepted_says_it_does_not_withdra
     checked = await console.instance("201", sent[:1], flow_type="FLUSSO_730")
     async with console.client("operator") as client:
         page = (await client.get(f"{console.url}/istanze/{accepted}")).text
-        assert 'data-state="Confirmed">Confermata<' in _dd(page, "Stato")
+        assert 'data-state="Confirmed">Confermata (Confirmed)<' in _dd(page, "Stato")
         hint = " ".join(html.unescape(page.split('id="motivo-aiuto"', 1)[1].split("</p>", 1)[0]).split())
         assert "non ritira i documenti inviati a Sistema TS" in hint and "La storia dell'istanza resta" in hint
         page = (await client.get(f"{console.url}/istanze/{checked}")).text

@@ -20,5 +20,5 @@ def test_list_rows_escape_every_text_cell_and_show_the_dates_as_written() -> Non
     assert "FLUSSO_C&lt;script&gt;" in html and "&lt;b&gt;2" in html
     assert '<a href="/istanze/1947">1947</a>' in html
     assert "<td>02/07/2026 00:30</td><td>01/06/2026</td><td>30/06/2026</td>" in html
-    assert 'data-state="Checked">Verificata</span>' in html
+    assert 'data-state="Checked">Verificata (Checked)</span>' in html
     assert str(badge('x"<i>')) == '<span class="badge bg-primary" data-state="x&#34;&lt;i&gt;">x&#34;&lt;i&gt;</span>'
