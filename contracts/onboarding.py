@@ -164,7 +164,8 @@ DOCUMENT_LABELS: dict[str, str] = {
     "accreditation-resolution": "Delibera di accreditamento",
     "suap-authorisation": "Autorizzazione SUAP",
     "spoke-reconfiguration-act": "Documento formale di riconfigurazione come Spoke dell'HUB",
-    "spoke-closure-act": "Atto di chiusura dello spoke",
+    # seed 003: "la chiusura come Ente indipendente; oppure la cessazione come Spoke di altro HUB" (both cases)
+    "spoke-closure-act": "Atto di chiusura come ente indipendente o di cessazione come SPOKE di altro HUB",
     "formal-request-aggregation": "Richiesta formale di nuova Aggregazione",
     "formal-request-acquisition": "Richiesta formale di nuova acquisizione sul Sistema CUP Regionale",
     "formal-request-software-house-change": "Richiesta formale di cambio Software House",
@@ -177,14 +178,16 @@ DOCUMENT_LABELS: dict[str, str] = {
 
 
 def document_label(document_id: str) -> str:
-    """The Italian name of a document type or slot: `spoke-closure-act:150456` is "Atto di chiusura dello spoke
-    150456". An id without a label (a type of a newer note not named here yet) is returned as it is: a page shows
-    the id rather than fail (tests/unit/test_onboarding_labels.py holds every required type to a label)."""
+    """The Italian name of a document type or slot: `spoke-closure-act:150456` is "Atto di chiusura come ente
+    indipendente o di cessazione come SPOKE di altro HUB (SPOKE 150456)" (a slot's STS11 is always a SPOKE's; bare
+    after the name it read as the HUB's). An id without a label (a type of a newer note not named here yet) is
+    returned as it is: a page shows the id rather than fail (tests/unit/test_onboarding_labels.py holds every
+    required type to a label)."""
     base, sep, sts11 = document_id.partition(":")
     label = DOCUMENT_LABELS.get(base)
     if label is None:
         return document_id
-    return f"{label} {sts11}" if sep else label
+    return f"{label} (SPOKE {sts11})" if sep else label
 
 
 def problem_where(

@@ -32,9 +32,12 @@ def test_every_document_the_service_can_require_has_an_italian_label():
     assert all(document_label(slot) != slot for slot in slots)
 
 
-def test_a_closure_act_is_labelled_with_its_spoke():
-    assert document_label("spoke-closure-act:150456") == "Atto di chiusura dello spoke 150456"
-    assert document_label("spoke-closure-act") == "Atto di chiusura dello spoke"
+def test_a_closure_act_names_both_cases_of_the_note_and_its_spoke():
+    """Seed 003: "la chiusura come Ente indipendente; oppure la cessazione come Spoke di altro HUB"."""
+    assert document_label("spoke-closure-act") == ("Atto di chiusura come ente indipendente o di cessazione come "
+                                                   "SPOKE di altro HUB")
+    assert document_label("spoke-closure-act:150456") == ("Atto di chiusura come ente indipendente o di cessazione "
+                                                          "come SPOKE di altro HUB (SPOKE 150456)")
 
 
 def test_the_labels_are_the_names_of_the_note():
