@@ -193,7 +193,8 @@ def _parse_meta(meta: list[str]) -> dict[str, str]:
 def add_document_cmd(
     request: str = typer.Argument(..., help="Request id."),
     file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True),
-    type_: str = typer.Option(..., "--type", help="Document type id, or `tracciati` for a workbook of sheets."),
+    type_: str = typer.Option(..., "--type", help="Document type id, a SPOKE's slot (spoke-closure-act:150456), "
+                                                  "or `tracciati` for a workbook of sheets."),
     meta: list[str] = typer.Option([], help="Declared fact key=value (protocol, signed, credentials...)."),
     by: str | None = typer.Option(None),
 ) -> None:

@@ -75,15 +75,25 @@ async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "i
         if event.type == "onboarding.document-assessed":
             findings[event.data["document_id"]] = list(event.data.get("problems") or [])
     latest = req.latest_by_slot()
+    required = onboarding.required_slots(req, req.requirements)
+    # A document required once per SPOKE (the closure or cessation act) is offered once per SPOKE that needs it, as
+    # its slot: the choice says which SPOKE it is for (add_document declares it), the one fact the service needs
+    # to file it. Offered as the bare type, it was refused for naming no SPOKE, and the request stayed incomplete.
+    types = ["tracciati"]
+    for type_id in sorted(req.requirements.document_types):
+        if req.requirements.document_type(type_id).per_spoke_already_on_cup:
+            types += [slot for slot in required if slot.partition(":")[0] == type_id]
+        else:
+            types.append(type_id)
     slots = []
-    for slot in onboarding.required_slots(req, req.requirements):
+    for slot in required:
         doc = latest.get(slot)
         state = ("mancante" if doc is None else "da valutare" if doc.compliant is None
                  else "conforme" if doc.compliant else "non conforme")
         slots.append({"slot": slot, "state": state, "doc": doc,
                       "findings": findings.get(doc.document_id, []) if doc else []})
     return {"row": ctx.row, "req": req, "slots": slots, "message": message, "level": level,
-            "types": ["tracciati", *sorted(req.requirements.document_types)],
+            "types": types, "per_spoke": any(":" in t for t in types),
             "can_upload": ctx.principal.role in UPLOAD_ONBOARDING.roles,
             "can_download": ctx.principal.role in DOWNLOAD_ONBOARDING.roles,
             # the form is offered where the service would judge a slot (its rule still decides)

@@ -40,7 +40,7 @@ from contracts.onboarding import (
 from services.onboarding import domain, tracciati
 from services.onboarding.domain import OnboardingError, OnboardingRequest, RequestNotFound
 from services.onboarding.findings import Finding
-from services.onboarding.requirements import Requirements, check_metadata, load_requirements
+from services.onboarding.requirements import PER_SPOKE_KEY, Requirements, check_metadata, load_requirements
 from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow
 from services.runtime.broker import Incoming
 from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent
@@ -142,7 +142,10 @@ def assess_content(request: OnboardingRequest, received: DocumentReceived, conte
     """The automatic assessment of one document, or None when only the desk can judge it."""
     doc_type = request.requirements.document_type(received.document_type)
     if doc_type.assessment == "metadata":
-        return check_metadata(doc_type, received.metadata) if received.metadata else None
+        # The SPOKE a closure act is for says which slot it fills, not a fact of the document: with nothing else
+        # declared (the console declares nothing), the desk judges it, as any other document without facts.
+        declared = {key for key in received.metadata if key != PER_SPOKE_KEY}
+        return check_metadata(doc_type, received.metadata) if declared else None
     layouts = tracciati.load_layouts(request.requirements.tracciati_version)
     layout = layouts[doc_type.sheet or ""]
     try:
@@ -217,10 +220,19 @@ async def add_document(
     metadata: Mapping[str, str],
     actor: str,
 ) -> Added:
-    """CLI intake: store the file, then record it; type `tracciati` = a workbook of several sheets.
+    """CLI intake: store the file, then record it; type `tracciati` = a workbook of several sheets, a slot
+    (`spoke-closure-act:<STS11>`) = that type for that SPOKE (metadata `spoke_sts11`).
     A full file store raises DocumentNotStored before anything is recorded."""
     request = await require(deps, request_id)
     requirements = request.requirements
+    document_type, named = requirements.slot_document(document_type)
+    for key, value in named.items():
+        if metadata.get(key, value).strip().upper() != value:
+            raise OnboardingError(
+                f"richiesta {request_id}, documento {filename}: il documento è indicato per lo SPOKE {value}, "
+                f"il dato {key} dice {metadata[key]!r}"
+            )
+    metadata = {**metadata, **named}
     try:
         # off the event loop: a document of megabytes and its fsync would stall every other request meanwhile
         sha256, size = await asyncio.to_thread(deps.files.put_bytes, content)

@@ -112,6 +112,19 @@ class Requirements:
             return f"{type_id}:{metadata[PER_SPOKE_KEY].strip().upper()}"
         return type_id
 
+    def slot_document(self, slot: str) -> tuple[str, dict[str, str]]:
+        """The inverse of `slot_of`: a slot's document type and the metadata naming its SPOKE. A client that offers
+        the slots (the console's document select) says which SPOKE a closure act is for by the slot chosen."""
+        type_id, sep, sts11 = slot.partition(":")
+        if not sep:
+            return slot, {}
+        if not self.document_type(type_id).per_spoke_already_on_cup:
+            raise RequirementsError(
+                f"requisiti {self.version}: {slot!r} non è un documento da indicare per SPOKE; scegliere "
+                f"il tipo di documento {type_id!r}"
+            )
+        return type_id, {PER_SPOKE_KEY: sts11.strip().upper()}
+
     def tracciato_type_for_sheet(self, sheet: str) -> str | None:
         for doc_type in self.document_types.values():
             if doc_type.sheet is not None and sheet_key(doc_type.sheet) == sheet_key(sheet):

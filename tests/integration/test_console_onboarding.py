@@ -23,6 +23,7 @@ from services.console.labels import ONBOARDING_STATUS_LABELS, WEEKDAYS_IT
 from services.onboarding.switch import SwitchCalendar, load_patron_days
 from tests.console_support import STRUCTURE, RunningConsole, csrf_of, running_console
 from tests.fault_disk import small_disk
+from tests.fixtures.onboarding.workbooks import aggregation_rows, workbook
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -295,3 +296,49 @@ async def test_the_dashboard_counts_requests_by_kind_and_state_and_names_the_doc
     none_yet = await console.pool.fetchval("SELECT summary FROM onboarding_dashboard WHERE request_id = $1", waiting)
     assert none_yet.startswith("0 di ") and "mancano" in none_yet, none_yet  # every document still missing
     assert html.unescape(none_yet) in listed.split(f">{waiting}</a>", 1)[1].split("</tr>", 1)[0]
+
+
+async def test_a_spoke_s_closure_act_is_uploaded_for_its_spoke_and_the_request_completes_on_the_console(
+        console: RunningConsole) -> None:
+    """Seed 003: a SPOKE already on the CUP sends the act of its closure as an independent entity or of its cessation
+    as SPOKE of another HUB. The console's document select offers that act once per such SPOKE, the upload files it
+    under that SPOKE, and with the desk's verdicts the request is complete and taken in charge, every step over HTTP.
+    The select offered the bare type, which the service refused for naming no SPOKE: the request never completed."""
+    rid = await console.onboarding_request("ONB-CHIUSURA", STRUCTURE)  # SPOKE 150456 on the CUP, 150789 not
+    url = f"{console.url}/onboarding/{rid}"
+    uploads = [("tracciati", "allegato-A1.xlsx", workbook(aggregation_rows())),
+               ("accreditation-resolution", "delibera.pdf", b"%PDF-1.7 delibera"),
+               ("suap-authorisation", "suap.pdf", PDF),
+               ("spoke-reconfiguration-act", "riconfigurazione.pdf", b"%PDF-1.7 riconfigurazione"),
+               ("spoke-closure-act:150456", "chiusura-partenope.pdf", b"%PDF-1.7 chiusura Lab Partenope"),
+               ("formal-request-aggregation", "richiesta.pdf", b"%PDF-1.7 richiesta")]
+    async with console.client("structure") as client:
+        page = html.unescape((await client.get(url)).text)
+        select = page.split('id="tipo-doc"', 1)[1].split("</select>", 1)[0]
+        assert ('<option value="spoke-closure-act:150456">Atto di chiusura come ente indipendente o di cessazione '
+                'come SPOKE di altro HUB (SPOKE 150456)</option>') in select, select
+        assert 'value="spoke-closure-act"' not in select and "150789" not in select  # not on the CUP: no act
+        assert "scelga la voce dello SPOKE a cui si riferisce" in page
+        for tipo, name, content in uploads:
+            csrf = csrf_of((await client.get(url)).text)
+            sent = await client.post(f"{url}/documenti", data={"csrf": csrf, "tipo": tipo},
+                                     files={"documento": (name, content, "application/octet-stream")})
+            assert sent.status_code == 200, (tipo, html.unescape(sent.text)[-2000:])
+    received = [e.data for e in await console.store.read_stream(f"onboarding-{rid}")
+                if e.type == "onboarding.document-received" and e.data["document_type"] == "spoke-closure-act"]
+    assert [(d["filename"], d["metadata"]) for d in received] == [("chiusura-partenope.pdf", {"spoke_sts11": "150456"})]
+    row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1", rid)
+    # no fact declared on the console: the acts wait for the desk, the closure act among them, under its SPOKE
+    assert row["missing"] == [] and "spoke-closure-act:150456" in row["pending"] and len(row["pending"]) == 5, row
+
+    async with console.client("desk") as client:
+        page = (await client.get(url)).text
+        waiting = [re.search(r'name="documento" value="([^"]+)"', tr).group(1)  # type: ignore[union-attr]
+                   for tr in page.split("<tr>") if "<td>da valutare</td>" in tr]
+        assert len(waiting) == 5, waiting
+        for document in waiting:
+            done = await client.post(f"{url}/verdetto", data={"csrf": csrf_of(page), "documento": document,
+                                                              "esito": "conforme", "motivo": ""})
+            assert done.status_code == 303, done.text
+    row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1", rid)
+    assert (row["status"], row["summary"]) == ("taken-in-charge", "13 di 13 presenti, tutti conformi"), dict(row)

@@ -117,6 +117,16 @@ def test_the_per_spoke_slot_comes_from_the_metadata():
     assert REQ.slot_of("tracciato-agende", {"spoke_sts11": "150456"}) == "tracciato-agende"
 
 
+def test_a_per_spoke_slot_gives_back_its_type_and_the_spoke_it_is_for():
+    """What the console's document select sends: the slot, which names the SPOKE (the inverse of slot_of)."""
+    assert REQ.slot_document("spoke-closure-act:150456") == ("spoke-closure-act", {"spoke_sts11": "150456"})
+    assert REQ.slot_of(*REQ.slot_document("spoke-closure-act:150456")) == "spoke-closure-act:150456"
+    assert REQ.slot_document("suap-authorisation") == ("suap-authorisation", {})
+    with pytest.raises(RequirementsError, match="'suap-authorisation:150456' non è un documento da indicare per "
+                                                "SPOKE"):
+        REQ.slot_document("suap-authorisation:150456")
+
+
 def test_an_unknown_version_or_document_type_is_an_explicit_error():
     with pytest.raises(RequirementsError, match="2019"):
         load_requirements("2019")
