@@ -262,13 +262,17 @@ class CompletenessChanged(Payload):
 class RequestComplete(Payload):
     """Every required document is present and assessed compliant."""
 
-    completed_on: date = Field(description="Local date the dossier became complete; notices run from it.")
+    completed_on: date = Field(
+        description="Italian day the complete, compliant documentation was received: the latest received day of "
+        "the required documents (not the day of the last verdict). The handling time and the switch notice run "
+        "from it (seed 003: 'decorrenti dalla ricezione della documentazione completa e conforme')."
+    )
 
 
 class TakenInCharge(Payload):
     """The desk took the request in charge; handling takes 4-6 weeks (seed 003)."""
 
-    taken_on: date
+    taken_on: date = Field(description="Italian day the request was found complete and taken in charge.")
     expected_completion_from: date = Field(description="completed_on + 4 weeks.")
     expected_completion_to: date = Field(description="completed_on + 6 weeks.")
 

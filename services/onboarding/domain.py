@@ -9,7 +9,9 @@ seguito della trasmissione della documentazione completa, correttamente compilat
 - a request is complete only when every required slot holds a document assessed compliant
   (the latest document of a slot is the one that counts);
 - once complete it is taken in charge at once, expected completion = complete + 4..6 weeks
-  ("tempi medi ... circa 4-6 settimane decorrenti dalla ricezione della documentazione completa");
+  ("tempi medi ... circa 4-6 settimane decorrenti dalla ricezione della documentazione completa e conforme"),
+  where the completion day is the day the complete documentation was RECEIVED: the latest received day of the
+  required documents, all compliant (`completion_day`), not the day the desk recorded its last verdict;
 - a switch request (software house / interoperability) is then judged for its desired slot.
 
 What people read is Italian: the completeness summary (documents by their `document_label`) and every
@@ -64,6 +66,7 @@ class DocumentState:
     slot: str
     filename: str
     metadata: dict[str, str]
+    received_on: date  # the Italian day it was received (received_at): the documentation's completion counts it
     compliant: bool | None = None  # None = not assessed yet
     problems: list[str] = field(default_factory=list)
 
@@ -111,7 +114,8 @@ class OnboardingRequest:
         if isinstance(event, DocumentReceived):
             slot = self.requirements.slot_of(event.document_type, event.metadata)
             self.documents[event.document_id] = DocumentState(
-                event.document_id, event.document_type, slot, event.filename, dict(event.metadata)
+                event.document_id, event.document_type, slot, event.filename, dict(event.metadata),
+                local_date(event.received_at),
             )
         elif isinstance(event, DocumentAssessed):
             doc = self.documents[event.document_id]
@@ -375,14 +379,15 @@ def _then(
     if current is None or state.complete_on is not None or current.compliant != current.required:
         return events
     today = local_date(now)
+    completed_on = completion_day(state, requirements, today)
     rid = request.request_id
     done: list[Payload] = [
-        RequestComplete(request_id=rid, completed_on=today),
-        TakenInCharge(
+        RequestComplete(request_id=rid, completed_on=completed_on),
+        TakenInCharge(  # taken in charge today; the handling time runs from the documentation's completion
             request_id=rid,
             taken_on=today,
-            expected_completion_from=today + timedelta(weeks=HANDLING_WEEKS[0]),
-            expected_completion_to=today + timedelta(weeks=HANDLING_WEEKS[1]),
+            expected_completion_from=completed_on + timedelta(weeks=HANDLING_WEEKS[0]),
+            expected_completion_to=completed_on + timedelta(weeks=HANDLING_WEEKS[1]),
         ),
     ]
     state = advance(state, done)
@@ -393,6 +398,16 @@ def _then(
         if slot is not None and credentials is not None:
             events.append(_switch_event(state, slot, credentials, calendar))
     return events
+
+
+def completion_day(request: OnboardingRequest, requirements: Requirements, today: date) -> date:
+    """The day the documentation was complete and compliant as received (seed 003: "decorrenti dalla ricezione della
+    documentazione completa e conforme"): the latest day a required slot's document, the one that counts, arrived.
+    A desk's verdict days later does not move it; a corrected document received later does. Never after `today`
+    (a received_at in the future, from an outside publisher's clock, is not a day that has come)."""
+    latest = request.latest_by_slot()
+    received = [latest[slot].received_on for slot in required_slots(request, requirements) if slot in latest]
+    return min(max(received, default=today), today)
 
 
 def _switch_event(request: OnboardingRequest, slot: SwitchSlot, credentials: str, calendar: SwitchCalendar) -> Payload:

@@ -342,3 +342,7 @@ async def test_a_spoke_s_closure_act_is_uploaded_for_its_spoke_and_the_request_c
             assert done.status_code == 303, done.text
     row = await console.pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1", rid)
     assert (row["status"], row["summary"]) == ("taken-in-charge", "13 di 13 presenti, tutti conformi"), dict(row)
+    async with console.client("structure") as client:  # the day the handling time runs from, said on the page
+        shown = html.unescape((await client.get(url)).text).split('id="completa">', 1)[1].split("</dd>", 1)[0]
+    assert shown == f"ricevuta completa e conforme il {row['completed_on']:%d/%m/%Y}: da questo giorno decorrono i " \
+                    "tempi di gestione e il preavviso per lo switch"

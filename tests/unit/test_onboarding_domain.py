@@ -244,6 +244,44 @@ def test_a_request_completed_by_the_desk_without_a_declared_date_is_taken_in_cha
         domain.assess_document(state, _verdict(undated, "data mancante"), REQ, MONDAY_2_MARCH, CAL)
 
 
+def test_the_handling_time_runs_from_the_day_the_complete_documentation_was_received_not_from_the_verdict():
+    """Seed 003: "circa 4-6 settimane decorrenti dalla ricezione della documentazione completa e conforme". The
+    documents arrive by Monday 2 March; the desk judges the last one on Monday 16 March: the request was complete
+    on 2 March (handling until 30 March .. 13 April), taken in charge on the 16th. The events carry the day, so
+    a replay agrees, and a stream recorded before (completed on the verdict's day) replays as it was recorded."""
+    history = domain.open_request(opened(), None, REQ)
+    state = OnboardingRequest.replay(history, REQ)
+    undated = doc("switch-date-request").model_copy(update={"received_at": datetime(2026, 3, 2, 22, 30, tzinfo=UTC)})
+    for received in (doc("formal-request-software-house-change", **SW_REQUEST),
+                     doc("endpoint-form-b2", filled="yes", annex="B2"), undated):  # the last at 23:30 in Rome
+        state, events = receive(state, received)
+        history += events
+    monday_16 = datetime(2026, 3, 16, 11, 0, tzinfo=UTC)
+    events = domain.assess_document(state, _verdict(undated), REQ, monday_16, CAL)
+    complete, taken = events[-2:]
+    assert isinstance(complete, RequestComplete) and isinstance(taken, TakenInCharge)
+    assert complete.completed_on == date(2026, 3, 2) and taken.taken_on == date(2026, 3, 16)
+    assert (taken.expected_completion_from, taken.expected_completion_to) == (date(2026, 3, 30), date(2026, 4, 13))
+    history += events
+    assert OnboardingRequest.replay(history, REQ).complete_on == date(2026, 3, 2)
+    recorded_before = [e.model_copy(update={"completed_on": date(2026, 3, 16)}) if isinstance(e, RequestComplete)
+                       else e for e in history]
+    assert OnboardingRequest.replay(recorded_before, REQ).complete_on == date(2026, 3, 16)
+
+
+def test_a_corrected_document_received_later_moves_the_completion_day():
+    """The latest received day of the documents that count: the corrected form's (9 March, recorded on the 11th from
+    the mailbox), not the refused one's, nor the day it was recorded."""
+    state = start(opened())
+    state, _ = receive(state, doc("formal-request-software-house-change", **SW_REQUEST))
+    state, _ = receive(state, doc("endpoint-form-b2", 1, filled="no", annex="B2"))
+    state, _ = receive(state, doc("switch-date-request", switch_date="2026-05-05", switch_window="09:00-11:00"))
+    fixed = doc("endpoint-form-b2", 2, filled="yes", annex="B2").model_copy(
+        update={"received_at": datetime(2026, 3, 9, 9, 0, tzinfo=UTC)})
+    _, events = receive(state, fixed, datetime(2026, 3, 11, 9, 0, tzinfo=UTC))
+    assert next(e for e in events if isinstance(e, RequestComplete)).completed_on == date(2026, 3, 9)
+
+
 def test_the_credentials_are_those_declared_whatever_order_the_documents_arrive_in():
     """The endpoint form, which declares no credentials, may come before the formal request that does."""
     state = start(opened())
