@@ -12,7 +12,8 @@ seguito della trasmissione della documentazione completa, correttamente compilat
   ("tempi medi ... circa 4-6 settimane decorrenti dalla ricezione della documentazione completa e conforme"),
   where the completion day is the day the complete documentation was RECEIVED: the latest received day of the
   required documents, all compliant (`completion_day`), not the day the desk recorded its last verdict;
-- a switch request (software house / interoperability) is then judged for its desired slot.
+- a switch request (software house / interoperability) is then judged for its desired slot: the notice runs from
+  the later of the completion day and the day the switch is asked (switch.py).
 
 What people read is Italian: the completeness summary (documents by their `document_label`) and every
 refusal (`OnboardingError`), which the console shows as the reason a document or a switch was not accepted.
@@ -271,9 +272,10 @@ def assess_document(
 
 
 def schedule_switch(
-    request: OnboardingRequest, slot: SwitchSlot, credentials: str | None, calendar: SwitchCalendar
+    request: OnboardingRequest, slot: SwitchSlot, credentials: str | None, calendar: SwitchCalendar, today: date
 ) -> list[Payload]:
-    """Judges a (new) desired switch slot for a complete switch request."""
+    """Judges a (new) desired switch slot for a complete switch request, asked `today` (in Italy): the notice runs
+    from today when the request was complete before."""
     rid = request.request_id
     if request.complete_on is None:
         raise OnboardingError(
@@ -283,7 +285,7 @@ def schedule_switch(
     chosen = credentials or declared_credentials(request)
     if chosen is None:
         raise OnboardingError(f"richiesta {rid}: credenziali non indicate (basic o new-oauth2)")
-    return [_switch_event(request, slot, chosen, calendar)]
+    return [_switch_event(request, slot, chosen, calendar, today, today)]
 
 
 def required_slots(request: OnboardingRequest, requirements: Requirements) -> list[str]:
@@ -396,7 +398,8 @@ def _then(
         slot = declared_switch_slot(state, requirements)
         credentials = declared_credentials(state)
         if slot is not None and credentials is not None:
-            events.append(_switch_event(state, slot, credentials, calendar))
+            # declared in the documents: asked when they were complete, judged today (a day past by now is refused)
+            events.append(_switch_event(state, slot, credentials, calendar, today, completed_on))
     return events
 
 
@@ -410,9 +413,17 @@ def completion_day(request: OnboardingRequest, requirements: Requirements, today
     return min(max(received, default=today), today)
 
 
-def _switch_event(request: OnboardingRequest, slot: SwitchSlot, credentials: str, calendar: SwitchCalendar) -> Payload:
+def _switch_event(
+    request: OnboardingRequest,
+    slot: SwitchSlot,
+    credentials: str,
+    calendar: SwitchCalendar,
+    today: date,
+    asked_on: date,
+) -> Payload:
     assert request.complete_on is not None
-    decision = judge_switch(slot, credentials, request.complete_on, request.opened.municipality_istat, calendar)
+    decision = judge_switch(slot, credentials, request.complete_on, request.opened.municipality_istat, calendar,
+                            today=today, asked_on=asked_on)
     rid = request.request_id
     if decision.accepted:
         return SwitchScheduled(

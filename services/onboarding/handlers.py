@@ -322,7 +322,7 @@ async def request_switch(
 ) -> list[Payload]:
     async def attempt() -> list[Payload]:
         request = await require(deps, request_id)
-        events = domain.schedule_switch(request, slot, credentials, deps.calendar)
+        events = domain.schedule_switch(request, slot, credentials, deps.calendar, domain.local_date(deps.clock()))
         await _append(deps, request_id, request.version, events, actor, conn, causation)
         return events
 

@@ -6,8 +6,12 @@ A slot is a local date (Europe/Rome) and an `HH:MM-HH:MM` window. It is valid wh
   package, which knows Easter Monday and, from 2026, 4 October) and not the patron-saint day of
   the structure's municipality (domain.md 8: Naples has 19 September; data in
   `contracts/data/onboarding/patron_saints.csv`, keyed by ISTAT code);
-- it comes at least the notice after the day the request became complete: 3 weeks when only the
-  Basic credentials change, 4 weeks for new OAuth2.0 credentials.
+- it comes at least the notice after the later of the day the request became complete and the day the switch
+  is asked: 3 weeks when only the Basic credentials change, 4 weeks for new OAuth2.0 credentials (a notice is
+  given when asked: a request complete for months does not take a switch for tomorrow);
+- it is after the day it is judged (`today`, in Italy): a day already past, or today, is never a switch day.
+  A slot declared in the request's documents is asked when they were received, so its notice runs from the
+  completion day even when the desk's last verdict comes later; it must still not be past by then.
 
 Choice: the note says "3/4 weeks" and "4/6 weeks"; we take the LOWER bound as the hard minimum
 and warn (without refusing) under the upper bound. A refusal always proposes the earliest valid
@@ -143,19 +147,31 @@ def window_is_within_office_hours(window: SwitchWindow) -> str | None:
     return None
 
 
-def earliest_switch_day(complete_on: date, credentials: str) -> date:
-    return complete_on + timedelta(weeks=NOTICE_WEEKS[credentials][0])
+def earliest_switch_day(complete_on: date, credentials: str, asked_on: date, today: date) -> date:
+    """The first day the notice allows: the minimum notice after the later of the completion day and the day the
+    switch is asked, and never before tomorrow (`today` is the day it is judged, in Italy)."""
+    start = max(complete_on, asked_on)
+    return max(start + timedelta(weeks=NOTICE_WEEKS[credentials][0]), today + timedelta(days=1))
 
 
-def notice_is_respected(day: date, complete_on: date, credentials: str) -> str | None:
-    minimum = earliest_switch_day(complete_on, credentials)
+def notice_is_respected(day: date, complete_on: date, credentials: str, asked_on: date, today: date) -> str | None:
+    minimum = earliest_switch_day(complete_on, credentials, asked_on, today)
     if day >= minimum:
         return None
+    if day <= today:
+        when = "è oggi" if day == today else f"è già passato (oggi è {day_text(today)})"
+        return f"{day_text(day)} {when}: lo switch si fissa per un giorno futuro, non prima di {day_text(minimum)}"
     weeks = NOTICE_WEEKS[credentials][0]
+    since = (
+        f"dalla richiesta dello switch ({day_text(asked_on)})"
+        if asked_on > complete_on
+        else f"dal completamento della richiesta ({day_text(complete_on)})"
+    )
+    days = (day - max(complete_on, asked_on)).days
     return (
-        f"{day_text(day)} è a {(day - complete_on).days} giorni dal completamento della richiesta "
-        f"({day_text(complete_on)}); per {_CREDENTIALS_TEXT[credentials]} è richiesto un preavviso minimo "
-        f"di {weeks} settimane: non prima di {day_text(minimum)}"
+        f"{day_text(day)} è a {days} {'giorno' if days == 1 else 'giorni'} {since}; per "
+        f"{_CREDENTIALS_TEXT[credentials]} è richiesto un preavviso minimo di {weeks} settimane: "
+        f"non prima di {day_text(minimum)}"
     )
 
 
@@ -173,7 +189,13 @@ def judge_switch(
     complete_on: date,
     municipality_istat: str,
     calendar: SwitchCalendar,
+    *,
+    today: date,
+    asked_on: date | None = None,
 ) -> SwitchDecision:
+    """`today`: the day the slot is judged, in Italy; `asked_on`: the day the switch was asked (today, unless the
+    slot was declared in the request's documents: then the day they were complete)."""
+    asked = today if asked_on is None else asked_on
     if credentials not in NOTICE_WEEKS:
         raise ValueError(f"credenziali {credentials!r} sconosciute: previste {', '.join(NOTICE_WEEKS)}")
     reasons = [
@@ -181,7 +203,7 @@ def judge_switch(
         for r in (
             window_is_within_office_hours(requested.window),
             calendar.closed_because(requested.day, municipality_istat),
-            notice_is_respected(requested.day, complete_on, credentials),
+            notice_is_respected(requested.day, complete_on, credentials, asked, today),
         )
         if r
     ]
@@ -191,12 +213,12 @@ def judge_switch(
             f"il santo patrono del comune con codice ISTAT {municipality_istat} non è nei nostri dati: "
             "verificare a mano che il giorno non sia la sua festa"
         )
-    day = max(requested.day, earliest_switch_day(complete_on, credentials))
+    day = max(requested.day, earliest_switch_day(complete_on, credentials, asked, today))
     while calendar.closed_because(day, municipality_istat):
         day += timedelta(days=1)
     proposal = SwitchSlot(day, _proposed_window(requested.window)) if reasons else requested
     lower, upper = NOTICE_WEEKS[credentials]
-    if proposal.day < complete_on + timedelta(weeks=upper):
+    if proposal.day < max(complete_on, asked) + timedelta(weeks=upper):
         warnings.append(
             f"preavviso inferiore a {upper} settimane (la nota indica {lower}/{upper} settimane per "
             f"{_CREDENTIALS_TEXT[credentials]}): lo sportello potrebbe avere bisogno del preavviso più lungo"

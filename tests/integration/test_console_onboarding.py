@@ -14,13 +14,15 @@ import os
 import re
 import tempfile
 from collections import Counter
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 
+from contracts.deadlines import italian_today
 from services.console.labels import ONBOARDING_STATUS_LABELS, WEEKDAYS_IT
-from services.onboarding.switch import SwitchCalendar, load_patron_days
+from services.onboarding.switch import SwitchCalendar, day_text, load_patron_days
 from tests.console_support import STRUCTURE, RunningConsole, csrf_of, running_console
 from tests.fault_disk import small_disk
 from tests.fixtures.onboarding.workbooks import aggregation_rows, workbook
@@ -191,6 +193,52 @@ async def test_a_switch_asked_on_a_broken_rule_is_refused_with_the_earliest_vali
     for role in ("operator", "ops", "auditor"):  # may not ask (404), and see no form
         async with console.client(role) as client:
             assert (await client.post(f"{console.url}/onboarding/{rid}/switch", data={})).status_code == 404, role
+
+
+async def test_a_request_complete_for_months_takes_a_switch_only_with_its_notice_from_today(
+        console: RunningConsole) -> None:
+    """Seed 003: "preavviso minimo di 4/6 settimane" for new OAuth2.0 credentials. A request complete 120 days ago:
+    a switch asked today for tomorrow, or for a day already past, is refused, the page naming the earliest day the
+    notice allows (4 weeks from today in Italy); that day is taken."""
+    from services.console.onboarding_pages import _onboarding_deps
+    from services.console.web import Console
+    from services.onboarding import handlers
+
+    rid, today = "ONB-PREAVVISO", italian_today()
+    long_ago = datetime.now(UTC) - timedelta(days=120)
+    await console.onboarding_request(rid, STRUCTURE, "Centro Vomero", kind="software-house-change")
+    unused: Any = None  # the console's broker and access watch: adding documents needs neither
+    deps = _onboarding_deps(Console(console.settings, console.pool, console.store, console.files, unused, unused))
+    deps.clock = lambda: long_ago  # the documents were received (and the request completed) 120 days ago
+    pdf = b"%PDF-1.7 switch"
+    for name, doc_type, meta in (
+            ("richiesta.pdf", "formal-request-software-house-change",
+             {"protocol": "2026/5", "letterhead": "yes", "software_house": "Medisoft", "credentials": "new-oauth2"}),
+            ("b2.pdf", "endpoint-form-b2", {"filled": "yes", "annex": "B2"}),
+            ("data.pdf", "switch-date-request", {"switch_date": open_day_from(long_ago.date() + timedelta(weeks=6))
+                                                 .isoformat(), "switch_window": "09:00-10:00"})):
+        await handlers.add_document(deps, rid, name, pdf + name.encode(), doc_type, meta, "desk.1")
+    assert (await console.pool.fetchval("SELECT completed_on FROM onboarding_dashboard WHERE request_id = $1",
+                                        rid)) == italian_today(long_ago)
+    earliest = today + timedelta(weeks=4)
+    first = open_day_from(earliest)  # the earliest day, or the first open one after it
+    async with console.client("structure") as client:
+        page = await client.get(f"{console.url}/onboarding/{rid}")
+        url, csrf = f"{console.url}/onboarding/{rid}/switch", csrf_of(page.text)
+        for day in (today + timedelta(days=1), today - timedelta(days=1)):
+            refused = await client.post(url, data={"csrf": csrf, "data": day.isoformat(), "dalle": "09:00",
+                                                   "alle": "10:00"})
+            message = html.unescape(refused.text.split('id="esito">', 1)[1].split("</div>", 1)[0])
+            assert refused.status_code == 200 and "non è possibile" in message, message
+            assert f"non prima di {day_text(earliest)}" in message, message
+            last = (await console.store.read_stream(f"onboarding-{rid}"))[-1]
+            assert last.type == "onboarding.switch-refused" and last.data["switch_date"] == day.isoformat()
+            assert date.fromisoformat(last.data["proposed_date"]) == first
+        taken = await client.post(url, data={"csrf": csrf, "data": first.isoformat(), "dalle": "09:00",
+                                             "alle": "10:00"})
+        assert "Switch pianificato per" in html.unescape(taken.text)
+    last = (await console.store.read_stream(f"onboarding-{rid}"))[-1]
+    assert last.type == "onboarding.switch-scheduled" and last.data["switch_date"] == first.isoformat()
 
 
 async def test_a_refused_switch_is_written_in_italian_from_the_dashboards_data(console: RunningConsole) -> None:

@@ -109,7 +109,8 @@ def test_a_desired_switch_on_easter_monday_is_refused_with_the_tuesday_proposed(
     assert refused.reasons[0] == "lunedì 06/04/2026 è un giorno festivo (Lunedì dell'Angelo)"
     assert (refused.proposed_date, refused.proposed_window_start) == (date(2026, 4, 7), "09:00")
     again = domain.schedule_switch(domain.advance(state, []), SwitchSlot(date(2026, 4, 8),
-                                                                         SwitchWindow.parse("14:00-16:00")), None, CAL)
+                                                                         SwitchWindow.parse("14:00-16:00")), None, CAL,
+                                   date(2026, 3, 2))
     assert isinstance(again[0], SwitchScheduled)
 
 
@@ -165,7 +166,7 @@ def test_tracciato_findings_are_kept_whole_in_the_event_and_counted_in_the_summa
 def test_a_switch_cannot_be_scheduled_before_the_request_is_complete():
     with pytest.raises(OnboardingError, match=r"richiesta ONB-VESUVIO: non ancora completa \(0 di 3 presenti"):
         domain.schedule_switch(start(opened()), SwitchSlot(date(2026, 5, 5), SwitchWindow.parse("09:00-10:00")),
-                               "basic", CAL)
+                               "basic", CAL, date(2026, 3, 2))
 
 
 def test_the_stream_version_counts_every_event_so_the_next_append_expects_it():
@@ -280,6 +281,40 @@ def test_a_corrected_document_received_later_moves_the_completion_day():
         update={"received_at": datetime(2026, 3, 9, 9, 0, tzinfo=UTC)})
     _, events = receive(state, fixed, datetime(2026, 3, 11, 9, 0, tzinfo=UTC))
     assert next(e for e in events if isinstance(e, RequestComplete)).completed_on == date(2026, 3, 9)
+
+
+def test_a_switch_asked_months_after_completion_needs_its_notice_from_the_day_it_is_asked():
+    """Complete on 2 March; on Tuesday 1 September the structure asks for the next day: refused, the notice (3 weeks,
+    Basic credentials) runs from the day asked, not from a completion long past; a past day is refused too."""
+    state = start(opened())
+    state, _ = receive(state, doc("formal-request-software-house-change", **SW_REQUEST))
+    state, _ = receive(state, doc("endpoint-form-b2", filled="yes", annex="B2"))
+    state, _ = receive(state, doc("switch-date-request"))
+    state = domain.advance(state, domain.assess_document(state, _verdict(doc("switch-date-request")), REQ,
+                                                         MONDAY_2_MARCH, CAL))
+    assert state.complete_on == date(2026, 3, 2)
+    morning = SwitchWindow.parse("09:00-11:00")
+    for day in (date(2026, 9, 2), date(2026, 8, 31)):
+        [refused] = domain.schedule_switch(state, SwitchSlot(day, morning), None, CAL, date(2026, 9, 1))
+        assert isinstance(refused, SwitchRefused) and refused.proposed_date == date(2026, 9, 22)
+        assert refused.reasons[0].endswith("non prima di martedì 22/09/2026"), refused.reasons
+    [scheduled] = domain.schedule_switch(state, SwitchSlot(date(2026, 9, 22), morning), None, CAL, date(2026, 9, 1))
+    assert isinstance(scheduled, SwitchScheduled)
+
+
+def test_a_declared_switch_day_gone_by_the_desk_s_late_verdict_is_refused_with_the_next_day_proposed():
+    """The documents, received on 2 March, declare Tuesday 24 March (3 weeks and a day); the desk's verdict on the
+    endpoint form comes on Wednesday 25 March: the notice ran from 2 March, but the 24th is past."""
+    state = start(opened())
+    state, _ = receive(state, doc("formal-request-software-house-change", **SW_REQUEST))
+    state, _ = receive(state, doc("switch-date-request", switch_date="2026-03-24", switch_window="09:00-11:00"))
+    form = doc("endpoint-form-b2")
+    state, _ = receive(state, form)
+    events = domain.assess_document(state, _verdict(form), REQ, datetime(2026, 3, 25, 10, 0, tzinfo=UTC), CAL)
+    refused = events[-1]
+    assert isinstance(refused, SwitchRefused) and refused.proposed_date == date(2026, 3, 26)
+    assert refused.reasons[0] == ("martedì 24/03/2026 è già passato (oggi è mercoledì 25/03/2026): lo switch si fissa "
+                                  "per un giorno futuro, non prima di giovedì 26/03/2026")
 
 
 def test_the_credentials_are_those_declared_whatever_order_the_documents_arrive_in():

@@ -28,8 +28,11 @@ def closed(day: date, municipality: str) -> str:
 
 
 def judge(day: date, complete_on: date = date(2026, 1, 7), credentials: str = "basic",
-          municipality: str = NAPOLI, window: SwitchWindow = MORNING):
-    return judge_switch(SwitchSlot(day, window), credentials, complete_on, municipality, CALENDAR)
+          municipality: str = NAPOLI, window: SwitchWindow = MORNING, today: date | None = None,
+          asked_on: date | None = None):
+    """Asked on the completion day unless `today` says otherwise."""
+    return judge_switch(SwitchSlot(day, window), credentials, complete_on, municipality, CALENDAR,
+                        today=today or complete_on, asked_on=asked_on)
 
 
 @pytest.mark.parametrize(("day", "why"), [
@@ -156,6 +159,47 @@ def test_basic_credentials_warn_under_four_weeks_and_not_from_the_fourth():
     assert warned.accepted and warned.warnings == (
         "preavviso inferiore a 4 settimane (la nota indica 3/4 settimane per l'aggiornamento delle sole credenziali "
         "Basic): lo sportello potrebbe avere bisogno del preavviso più lungo",)
+
+
+MONDAY_2_MARCH = date(2026, 3, 2)
+
+
+def test_a_request_complete_for_months_takes_no_switch_for_tomorrow():
+    """Seed 003: "preavviso minimo di 3/4 settimane". The notice runs from the day the switch is asked when the request
+    was complete before: complete in November, asked on Monday 2 March, the switch is not before Monday 23 March."""
+    refused = judge(date(2026, 3, 3), complete_on=date(2025, 11, 3), today=MONDAY_2_MARCH)
+    assert not refused.accepted and refused.reasons == (
+        "martedì 03/03/2026 è a 1 giorno dalla richiesta dello switch (lunedì 02/03/2026); per l'aggiornamento delle "
+        "sole credenziali Basic è richiesto un preavviso minimo di 3 settimane: non prima di lunedì 23/03/2026",)
+    assert refused.proposal == SwitchSlot(date(2026, 3, 23), MORNING)
+    assert judge(date(2026, 3, 23), complete_on=date(2025, 11, 3), today=MONDAY_2_MARCH).accepted
+    oauth2 = judge(date(2026, 3, 27), date(2025, 11, 3), "new-oauth2", today=MONDAY_2_MARCH)
+    assert not oauth2.accepted and oauth2.reasons[0].endswith("preavviso minimo di 4 settimane: non prima di lunedì "
+                                                               "30/03/2026")
+    assert judge(date(2026, 3, 30), date(2025, 11, 3), "new-oauth2", today=MONDAY_2_MARCH).accepted
+
+
+@pytest.mark.parametrize(("day", "reason"), [
+    (date(2026, 2, 20), "venerdì 20/02/2026 è già passato (oggi è lunedì 02/03/2026): lo switch si fissa per un giorno "
+                        "futuro, non prima di lunedì 23/03/2026"),
+    (MONDAY_2_MARCH, "lunedì 02/03/2026 è oggi: lo switch si fissa per un giorno futuro, non prima di lunedì "
+                     "23/03/2026"),
+])
+def test_a_day_already_past_or_today_is_refused_naming_the_earliest_day(day: date, reason: str):
+    refused = judge(day, complete_on=date(2025, 11, 3), today=MONDAY_2_MARCH)
+    assert not refused.accepted and reason in refused.reasons
+    assert refused.proposal.day == date(2026, 3, 23)
+
+
+def test_a_slot_declared_in_the_documents_keeps_its_notice_from_the_completion_but_must_not_be_past():
+    """Declared when the documents were received (complete on 2 March), judged on 25 March after a late verdict:
+    the notice ran from 2 March (23 March on), but 24 March is gone: the 26th is the first day."""
+    refused = judge(date(2026, 3, 24), MONDAY_2_MARCH, asked_on=MONDAY_2_MARCH, today=date(2026, 3, 25))
+    assert not refused.accepted and refused.reasons == (
+        "martedì 24/03/2026 è già passato (oggi è mercoledì 25/03/2026): lo switch si fissa per un giorno futuro, "
+        "non prima di giovedì 26/03/2026",)
+    assert refused.proposal.day == date(2026, 3, 26)
+    assert judge(date(2026, 3, 26), MONDAY_2_MARCH, asked_on=MONDAY_2_MARCH, today=date(2026, 3, 25)).accepted
 
 
 def test_a_refusal_on_san_gennaro_proposes_the_next_working_day():
