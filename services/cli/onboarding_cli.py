@@ -236,7 +236,8 @@ def switch_cmd(
     request: str = typer.Argument(...),
     on: str = typer.Option(..., "--date", help="Desired day, YYYY-MM-DD."),
     window: str = typer.Option(..., help="Desired window HH:MM-HH:MM within 08:30-17:00."),
-    credentials: str | None = typer.Option(None, help="basic or new-oauth2 (default: as the request states)."),
+    credentials: str | None = typer.Option(None, help="basic or new-oauth2, when the formal request declares none "
+                                                      "(another than the declared option is refused)."),
     by: str | None = typer.Option(None),
 ) -> None:
     """Ask for a (new) switch slot; refused with the earliest valid slot when a rule is broken."""

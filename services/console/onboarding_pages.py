@@ -33,6 +33,10 @@ from services.onboarding.facade import dashboard as onboarding_rows
 from services.runtime.eventstore import EventStore
 
 log = structlog.get_logger("console")
+# The switch's credentials options, as the form offers them (seed 003's words: "aggiornamento delle sole credenziali
+# Basic", "nuove credenziali OAuth2.0").
+CREDENTIALS_OPTIONS = {"basic": "solo aggiornamento delle credenziali Basic",
+                       "new-oauth2": "nuove credenziali OAuth2.0"}
 
 # ---------------------------------------------------------------- onboarding
 def _onboarding_deps(console: Console) -> onboarding.OnboardingDeps:
@@ -101,6 +105,10 @@ async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "i
             and req.requirements.kind(req.kind).switch,
             "switch": switch or {"form": {"data": "", "dalle": "09:00", "alle": "11:00", "credenziali": ""},
                                  "errors": {}, "proposal": None},
+            # declared in the formal request, the option is the request's: said, not offered (the service refuses
+            # another); otherwise the form asks for it
+            "declared_credentials": CREDENTIALS_OPTIONS.get(onboarding.declared_credentials(req) or ""),
+            "credentials_options": CREDENTIALS_OPTIONS,
             "is_desk": ctx.principal.role in DESK_VERDICT.roles}
 
 
@@ -206,7 +214,7 @@ async def onboarding_switch(ctx: Ctx) -> Response:
         window = SwitchWindow.parse(f"{form['dalle']}-{form['alle']}")
     except ValueError:
         errors["alle"] = f"Fascia oraria non valida ({form['dalle']}-{form['alle']}): attesa OO:MM - OO:MM."
-    if form["credenziali"] not in ("", "basic", "new-oauth2"):
+    if form["credenziali"] not in ("", *CREDENTIALS_OPTIONS):
         errors["credenziali"] = f"Credenziali {form['credenziali']!r} sconosciute: basic o new-oauth2."
     status, message, level, proposal = 200, None, "success", None
     if errors:

@@ -44,7 +44,7 @@ from contracts.onboarding import (
 )
 from services.onboarding.findings import Finding
 from services.onboarding.requirements import Requirements
-from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow, judge_switch
+from services.onboarding.switch import CREDENTIALS_TEXT, SwitchCalendar, SwitchSlot, SwitchWindow, judge_switch
 
 ROME = ITALY
 HANDLING_WEEKS = (4, 6)  # seed 003: "circa 4-6 settimane" from the complete, compliant documentation
@@ -282,9 +282,22 @@ def schedule_switch(
             f"richiesta {rid}: non ancora completa ({_summary_of(request)}); "
             "lo switch si fissa quando la richiesta è completa"
         )
-    chosen = credentials or declared_credentials(request)
-    if chosen is None:
-        raise OnboardingError(f"richiesta {rid}: credenziali non indicate (basic o new-oauth2)")
+    # The option the formal protocolled request declares is the request's (seed 003: "indicazione dell'opzione
+    # desiderata in merito alle credenziali OAuth2.0"): it decides the notice, and a form cannot override it.
+    declared = declared_credentials(request)
+    if declared is not None and credentials and credentials != declared:
+        source = request.requirements.kind(request.kind).credentials_from or ""
+        raise OnboardingError(
+            f"richiesta {rid}: «{document_label(source)}» dichiara {_credentials_text(declared)} ({declared}), lo "
+            f"switch è chiesto con {_credentials_text(credentials)} ({credentials}); vale l'opzione dichiarata: "
+            "chieda lo switch con quella, oppure, per cambiarla, invii una nuova richiesta formale protocollata"
+        )
+    chosen = declared or credentials
+    if not chosen:
+        raise OnboardingError(
+            f"richiesta {rid}: la richiesta non dichiara l'opzione delle credenziali; indichi se aggiornare le sole "
+            "credenziali Basic (basic) o chiedere nuove credenziali OAuth2.0 (new-oauth2)"
+        )
     return [_switch_event(request, slot, chosen, calendar, today, today)]
 
 
@@ -333,10 +346,18 @@ def _labels(slots: Iterable[str]) -> str:
 
 
 def declared_credentials(request: OnboardingRequest) -> str | None:
-    for doc in request.latest_by_slot().values():
-        if doc.compliant and doc.metadata.get("credentials"):
-            return doc.metadata["credentials"]
-    return None
+    """The credentials option the request's formal protocolled request declares: the metadata `credentials` of the
+    latest document of the kind's `credentials_from` slot, when compliant. No other document declares it (a
+    `credentials` key on the endpoint form or the switch date is not the request's choice)."""
+    source = request.requirements.kind(request.kind).credentials_from
+    doc = request.latest_by_slot().get(source or "")
+    if doc is None or not doc.compliant:
+        return None
+    return doc.metadata.get("credentials") or None
+
+
+def _credentials_text(credentials: str) -> str:
+    return CREDENTIALS_TEXT.get(credentials, credentials)
 
 
 def declared_switch_slot(request: OnboardingRequest, requirements: Requirements) -> SwitchSlot | None:

@@ -7,6 +7,7 @@ to change: a client names the use cases, the request's state and the refusals be
 - `connect(pool, files, source)`: what every use case takes (event store with the dashboard projection,
   file store, switch calendar); `prepare(pool)` migrates the database and the dashboard first.
 - use cases: `open_request`, `add_document`, `desk_verdict`, `request_switch`, `require`, `dashboard`;
+- a request's facts: `required_slots`, `declared_credentials` (the option its formal request declares);
 - refusals: `OnboardingError` (the request's state refuses; `RequestNotFound` is one), `RequirementsError`
   (the versioned requirements data is missing or invalid).
 """
@@ -21,6 +22,7 @@ from services.onboarding.domain import (
     OnboardingError,
     OnboardingRequest,
     RequestNotFound,
+    declared_credentials,
     required_slots,
 )
 from services.onboarding.handlers import (
@@ -60,6 +62,7 @@ __all__ = [
     "add_document",
     "connect",
     "dashboard",
+    "declared_credentials",
     "desk_verdict",
     "load_patron_days",
     "load_requirements",

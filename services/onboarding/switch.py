@@ -43,7 +43,7 @@ OFFICE_CLOSES = time(17, 0)
 NOTICE_WEEKS = {"basic": (3, 4), "new-oauth2": (4, 6)}
 _WEEKDAYS = ("lunedì", "martedì", "mercoledì", "giovedì", "venerdì", "sabato", "domenica")
 # what each credentials option changes, in the note's words: "aggiornamento delle sole credenziali Basic"
-_CREDENTIALS_TEXT = {
+CREDENTIALS_TEXT = {
     "basic": "l'aggiornamento delle sole credenziali Basic",
     "new-oauth2": "nuove credenziali OAuth2.0",
 }
@@ -170,7 +170,7 @@ def notice_is_respected(day: date, complete_on: date, credentials: str, asked_on
     days = (day - max(complete_on, asked_on)).days
     return (
         f"{day_text(day)} è a {days} {'giorno' if days == 1 else 'giorni'} {since}; per "
-        f"{_CREDENTIALS_TEXT[credentials]} è richiesto un preavviso minimo di {weeks} settimane: "
+        f"{CREDENTIALS_TEXT[credentials]} è richiesto un preavviso minimo di {weeks} settimane: "
         f"non prima di {day_text(minimum)}"
     )
 
@@ -221,6 +221,6 @@ def judge_switch(
     if proposal.day < max(complete_on, asked) + timedelta(weeks=upper):
         warnings.append(
             f"preavviso inferiore a {upper} settimane (la nota indica {lower}/{upper} settimane per "
-            f"{_CREDENTIALS_TEXT[credentials]}): lo sportello potrebbe avere bisogno del preavviso più lungo"
+            f"{CREDENTIALS_TEXT[credentials]}): lo sportello potrebbe avere bisogno del preavviso più lungo"
         )
     return SwitchDecision(not reasons, requested, tuple(reasons), proposal, tuple(warnings))

@@ -241,6 +241,28 @@ async def test_a_request_complete_for_months_takes_a_switch_only_with_its_notice
     assert last.type == "onboarding.switch-scheduled" and last.data["switch_date"] == first.isoformat()
 
 
+async def test_the_switch_form_keeps_the_credentials_the_formal_request_declares(console: RunningConsole) -> None:
+    """The formal request declares new OAuth2.0 credentials (4 weeks of notice): the form says so and offers no other
+    option; a switch posted with Basic credentials (3 weeks) is refused naming both, and nothing is recorded."""
+    rid = "ONB-CREDENZIALI"
+    await _complete_switch_request(console, rid)
+    async with console.client("structure") as client:
+        page = html.unescape((await client.get(f"{console.url}/onboarding/{rid}")).text)
+        declared = page.split('id="switch-credenziali-dichiarate"', 1)[1].split("</p>", 1)[0].split(">", 1)[1]
+        assert declared == "nuove credenziali OAuth2.0, come dichiarato nella richiesta formale", declared
+        assert 'name="credenziali"' not in page.split('id="switch"', 1)[1].split("</form>", 1)[0]
+        version = await console.store.stream_version(f"onboarding-{rid}")
+        day = open_day_from(italian_today() + timedelta(weeks=8))
+        refused = await client.post(f"{console.url}/onboarding/{rid}/switch", data={
+            "csrf": csrf_of(page), "data": day.isoformat(), "dalle": "09:00", "alle": "10:00", "credenziali": "basic"})
+        message = html.unescape(refused.text.split('id="esito">', 1)[1].split("</div>", 1)[0])
+        assert refused.status_code == 409, message
+        assert ("«Richiesta formale di cambio Software House» dichiara nuove credenziali OAuth2.0 (new-oauth2), lo "
+                "switch è chiesto con l'aggiornamento delle sole credenziali Basic (basic); vale l'opzione "
+                "dichiarata") in message, message
+        assert await console.store.stream_version(f"onboarding-{rid}") == version
+
+
 async def test_a_refused_switch_is_written_in_italian_from_the_dashboards_data(console: RunningConsole) -> None:
     """The slot declared on completion is San Gennaro: refused. The request page and the dashboard page write the
     refusal from the dashboard's row (its reasons as the event has them, the proposed day and window); the row has

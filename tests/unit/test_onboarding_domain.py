@@ -317,6 +317,59 @@ def test_a_declared_switch_day_gone_by_the_desk_s_late_verdict_is_refused_with_t
                                   "per un giorno futuro, non prima di giovedì 26/03/2026")
 
 
+def _complete_basic() -> OnboardingRequest:
+    """A software-house change complete on 2 March, its formal request declaring Basic credentials; no slot declared."""
+    state = start(opened())
+    state, _ = receive(state, doc("formal-request-software-house-change", **SW_REQUEST))
+    state, _ = receive(state, doc("endpoint-form-b2", filled="yes", annex="B2"))
+    undated = doc("switch-date-request")
+    state, _ = receive(state, undated)
+    return domain.advance(state, domain.assess_document(state, _verdict(undated), REQ, MONDAY_2_MARCH, CAL))
+
+
+def test_a_switch_asked_with_other_credentials_than_the_formal_request_declares_is_refused_naming_both():
+    """Seed 003: the formal protocolled request states the OAuth2.0 option, and the option decides the notice (3 or 4
+    weeks): the switch form may not choose another."""
+    state, slot = _complete_basic(), SwitchSlot(date(2026, 4, 8), SwitchWindow.parse("09:00-11:00"))
+    with pytest.raises(OnboardingError, match=re.escape(
+            "richiesta ONB-VESUVIO: «Richiesta formale di cambio Software House» dichiara l'aggiornamento delle sole "
+            "credenziali Basic (basic), lo switch è chiesto con nuove credenziali OAuth2.0 (new-oauth2); vale "
+            "l'opzione dichiarata: chieda lo switch con quella, oppure, per cambiarla, invii una nuova richiesta "
+            "formale protocollata")):
+        domain.schedule_switch(state, slot, "new-oauth2", CAL, date(2026, 3, 2))
+    for chosen in ("basic", None):
+        [scheduled] = domain.schedule_switch(state, slot, chosen, CAL, date(2026, 3, 2))
+        assert isinstance(scheduled, SwitchScheduled) and scheduled.credentials == "basic"
+
+
+def test_the_form_s_credentials_count_only_when_the_request_declares_none():
+    """The desk judged the formal request compliant with no fact declared: the switch's own choice decides."""
+    state = start(opened())
+    undeclared = doc("formal-request-software-house-change")
+    for received in (undeclared, doc("endpoint-form-b2", filled="yes", annex="B2"), doc("switch-date-request")):
+        state, _ = receive(state, received)
+    for pending in (undeclared, doc("switch-date-request")):
+        state = domain.advance(state, domain.assess_document(state, _verdict(pending), REQ, MONDAY_2_MARCH, CAL))
+    assert state.complete_on is not None and domain.declared_credentials(state) is None
+    slot = SwitchSlot(date(2026, 4, 8), SwitchWindow.parse("09:00-11:00"))
+    [scheduled] = domain.schedule_switch(state, slot, "new-oauth2", CAL, date(2026, 3, 2))
+    assert isinstance(scheduled, SwitchScheduled) and scheduled.credentials == "new-oauth2"
+    with pytest.raises(OnboardingError, match="la richiesta non dichiara l'opzione delle credenziali; indichi se"):
+        domain.schedule_switch(state, slot, None, CAL, date(2026, 3, 2))
+
+
+def test_the_credentials_are_the_formal_request_s_not_another_document_s():
+    """`credentials_from` names the document that declares them: a `credentials` key on the switch-date document,
+    arrived first, is not the request's choice."""
+    state = start(opened())
+    state, _ = receive(state, doc("switch-date-request", switch_date="2026-04-14", switch_window="09:00-11:00",
+                                  credentials="new-oauth2"))
+    state, _ = receive(state, doc("endpoint-form-b2", filled="yes", annex="B2"))
+    state, events = receive(state, doc("formal-request-software-house-change", **SW_REQUEST))  # basic
+    assert domain.declared_credentials(state) == "basic"
+    assert isinstance(events[-1], SwitchScheduled) and events[-1].credentials == "basic"
+
+
 def test_the_credentials_are_those_declared_whatever_order_the_documents_arrive_in():
     """The endpoint form, which declares no credentials, may come before the formal request that does."""
     state = start(opened())
