@@ -391,6 +391,19 @@ async def test_an_instance_of_a_flow_that_never_goes_to_ts_is_refused_for_its_fl
     assert "nello stato" not in response.text
 
 
+async def test_every_page_gives_the_help_desk_the_flow_manager_gave(console: RunningConsole) -> None:
+    """The manual's help desk (seeds/000, section 6: "Numero Verde: 800-036-700 ... tasto "1" per il CUP Regionale",
+    "hdcup@soresa.it", shown from the main screen): on every page, signed in or not, the error pages too, whose
+    messages ask to tell the help desk a reference."""
+    async with httpx.AsyncClient(follow_redirects=False) as anonymous:
+        pages = [(await anonymous.get(console.url + "/login")).text]
+    async with console.client("operator") as client:
+        pages += [(await client.get(console.url + path)).text for path in ("/istanze", "/pagina-che-non-esiste")]
+    for body in pages:
+        assert 'href="tel:800036700">800-036-700</a>, tasto 1 per il CUP Regionale' in body, body[-800:]
+        assert 'href="mailto:hdcup@soresa.it"' in body
+
+
 async def test_a_path_or_method_no_route_has_gets_the_italian_error_page(console: RunningConsole) -> None:
     """The router's own 404 and 405 (no route runs, so no guard raises them) answer like a route's 404: the
     console's Italian page in its layout, or the API's Italian detail, never Starlette's English JSON."""
