@@ -45,6 +45,25 @@ ACCESS_LABELS = {"file-view": "consultazione del file", "file-download": "scaric
 # The flow types as the Flow Manager's "Lista tipi di flusso" names them (seed, Figura 2).
 FLOW_TYPE_LABELS = {"FLUSSO_C": "FLUSSO C", "FLUSSO_C_PACC": "FLUSSO C PACC", "FLUSSO_MEF": "FLUSSO MEF SOGEI",
                     "FLUSSO_ALPI_TA": "FLUSSO ALPI TA", "FLUSSO_730": "FLUSSO 730"}
+# Where each flow's files go (the Flow Manager's Tabella 1, seeds/000: "Piattaforma su cui effettuare il
+# caricamento", "Invio mediante la Piattaforma CUP (SI/NO)"): only the 730 is sent by the platform itself; the others'
+# files are downloaded and loaded on their platform by the ente (section 4.2).
+UPLOAD_PLATFORMS = {"FLUSSO_C": "SINFONIA", "FLUSSO_C_PACC": "SINFONIA", "FLUSSO_MEF": "Sistema TS",
+                    "FLUSSO_ALPI_TA": "AGENAS", "FLUSSO_730": "Sistema TS"}
+
+
+def upload_platform(flow_type: str) -> str:
+    """Where an instance's files go and who sends them, as the Scadenze page and the instance page say it."""
+    from contracts.states import SENDABLE_FLOW_TYPES  # the states module loads every event model: here, when asked
+
+    where = UPLOAD_PLATFORMS.get(flow_type)
+    if where is None:
+        return "—"
+    if flow_type in SENDABLE_FLOW_TYPES:
+        return f"{where}: lo invia la console (Invia a Sistema TS)"
+    return f"{where}: l'ente vi carica i file scaricati dalla console"
+
+
 # Who recorded an event of an instance's history: a service by its Italian name, a person (or an API key) by their
 # user name, as recorded (contracts.states.Actor; a test keeps them in step).
 ACTOR_LABELS = {"loader": "caricatore (servizio)", "formatter": "formattatore (servizio)",

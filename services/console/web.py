@@ -58,6 +58,7 @@ from services.console.labels import (
     state_class,
     switch_proposal,
     switch_slot,
+    upload_platform,
 )
 from services.console.live import LiveFeed
 from services.console.oidc import OidcLogin
@@ -128,7 +129,7 @@ templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state
                              role_labels=ROLE_LABELS, badge=badge, access_label=lambda w: ACCESS_LABELS.get(w, w),
                              flow_type_label=lambda t: FLOW_TYPE_LABELS.get(t, t),
                              event_label=lambda t: EVENT_LABELS.get(t, t),
-                             actor_label=lambda a: ACTOR_LABELS.get(a, a),
+                             actor_label=lambda a: ACTOR_LABELS.get(a, a), upload_platform=upload_platform,
                              count_label=lambda k: COUNT_LABELS.get(k, k),
                              file_kind_label=lambda k: FILE_KIND_LABELS.get(k, k), event_detail=event_detail,
                              document_label=document_label,

@@ -203,6 +203,8 @@ async def test_the_history_names_the_services_in_italian_and_people_by_their_use
                                expected_version=2, key=str(instance), publish=False)
     async with console.client("operator") as client:
         body = (await client.get(console.url + f"/istanze/{instance}")).text
+    assert '<p id="piattaforma">Destinazione: SINFONIA: l&#39;ente vi carica i file scaricati dalla console.</p>' \
+        in body  # a Flusso C: where its files go (the Flow Manager's Tabella 1)
     history = body[body.index("<caption>Eventi dell"):]
     authors = re.findall(r"<td>([^<]*)</td></tr>", history)
     assert authors == ["caricatore (servizio)", "caricatore (servizio)", "op.201"], authors
@@ -281,6 +283,7 @@ async def test_the_deadlines_a_year_has_are_shown_beside_the_flows_it_lacks(cons
         body = html.unescape((await client.get(console.url + "/scadenze?mese=2024-12")).text)
     assert "<td>FLUSSO 730</td>" in body and "<td>01/07/2024 – 31/12/2024</td>" in body, body
     assert "<td>31/01/2025</td>" in body
+    assert "<td>Sistema TS: lo invia la console (Invia a Sistema TS)</td>" in body  # where it goes (Tabella 1)
     assert ("Scadenze non disponibili: mancano le date di scadenza del 2024 per FLUSSO C, FLUSSO C PACC, FLUSSO MEF "
             "SOGEI, FLUSSO ALPI TA.") in body
     assert "Le scadenze degli altri flussi sono nella tabella." in body and "Nessuna scadenza" not in body

@@ -114,3 +114,13 @@ def test_an_error_page_leads_back_to_the_instance_or_request_it_came_from() -> N
     assert way_back("/utenti/op.201/disabilita", 422) == ("/utenti", "Torna alla gestione degli utenti")
     assert way_back("/nulla", 404) == ("/", "Vai alla pagina iniziale")
     assert way_back("/istanze/1947<script>/x", 404)[0] == "/istanze"  # only digits name an instance
+
+
+def test_every_flow_says_where_its_files_go_as_the_flow_managers_table_1_does() -> None:
+    from services.console.labels import UPLOAD_PLATFORMS, upload_platform
+
+    assert set(UPLOAD_PLATFORMS) == {t.value for t in FlowType}
+    assert upload_platform("FLUSSO_C") == "SINFONIA: l'ente vi carica i file scaricati dalla console"
+    assert upload_platform("FLUSSO_MEF") == "Sistema TS: l'ente vi carica i file scaricati dalla console"
+    assert upload_platform("FLUSSO_ALPI_TA").startswith("AGENAS: l'ente")
+    assert upload_platform("FLUSSO_730") == "Sistema TS: lo invia la console (Invia a Sistema TS)"
