@@ -153,7 +153,7 @@ ONBOARDING_STATUS_LABELS = {
     "switch-scheduled": "switch pianificato", "switch-refused": "switch rifiutato",
 }
 # The kinds of an instance's files other than a layout's record kinds (C1, C2...), which keep their names.
-FILE_KIND_LABELS = {"feedback": "esito dei controlli", "ts-errors": "errori di Sistema TS",
+FILE_KIND_LABELS = {"feedback": "esito dei controlli (FeedBack)", "ts-errors": "errori di Sistema TS",
                     "ts-receipt": "ricevuta di Sistema TS", "730-zip": "730 (zip)"}
 
 

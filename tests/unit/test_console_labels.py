@@ -124,3 +124,10 @@ def test_every_flow_says_where_its_files_go_as_the_flow_managers_table_1_does() 
     assert upload_platform("FLUSSO_MEF") == "Sistema TS: l'ente vi carica i file scaricati dalla console"
     assert upload_platform("FLUSSO_ALPI_TA").startswith("AGENAS: l'ente")
     assert upload_platform("FLUSSO_730") == "Sistema TS: lo invia la console (Invia a Sistema TS)"
+
+
+def test_the_checks_esito_keeps_the_flow_managers_name_for_it() -> None:
+    """The manual's button is "Scarica FeedBack" (seeds/000): the file kind says it beside the console's word."""
+    from services.console.labels import FILE_KIND_LABELS
+
+    assert FILE_KIND_LABELS["feedback"] == "esito dei controlli (FeedBack)"
