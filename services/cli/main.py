@@ -196,7 +196,8 @@ def load(flow_type: Annotated[str, typer.Option("--type", help=" | ".join(FLOW_T
          ente: Annotated[str, typer.Option(help="entity code, e.g. 201")],
          start: Annotated[datetime, typer.Option("--from", formats=["%Y-%m-%d"], help="period start")],
          end: Annotated[datetime, typer.Option("--to", formats=["%Y-%m-%d"], help="period end")],
-         version: Annotated[str, typer.Option(help="layout version")] = "2020",
+         version: Annotated[str | None, typer.Option(help="layout version (default: the one in force for the "
+                                                          "period, the latest not after its year)")] = None,
          at: Annotated[str | None, typer.Option(help="schedule at YYYY-MM-DDTHH:MM, Italian time (as the "
                                                      "console's Avvio pianificato)", callback=time_option)] = None,
          wait: Annotated[bool, typer.Option(help="show progress until Checked or Failed loading")] = True) -> None:
@@ -215,7 +216,10 @@ def load(flow_type: Annotated[str, typer.Option("--type", help=" | ".join(FLOW_T
 
     if end >= start and (not_over := period_not_over(end.date(), scheduled)) is not None:
         raise UserError(f"--to {end.date()}: {not_over.reason()}")
-    run(inst.load(flow_type, ente, start.date(), end.date(), version, scheduled, wait, operator_name()))
+    from services.formatter.layouts import version_in_force
+
+    layout = version or version_in_force(flow_type, start.date())
+    run(inst.load(flow_type, ente, start.date(), end.date(), layout, scheduled, wait, operator_name()))
 
 
 def time_option(value: str | None) -> str | None:

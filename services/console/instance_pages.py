@@ -80,6 +80,7 @@ from services.console.web import (
     route,
     templates,
 )
+from services.formatter.layouts import version_in_force
 from services.loader.catalogue import known_enti
 from services.loader.load_rules import period_not_over
 from services.runtime.coverage import coverage
@@ -442,7 +443,8 @@ async def new_load(ctx: Ctx) -> Response:
     request_id = None
     if not errors:
         try:
-            command = load_request(form["tipo"], form["ente"], values["dal"], values["al"], "2020",
+            command = load_request(form["tipo"], form["ente"], values["dal"], values["al"],
+                                   version_in_force(form["tipo"], values["dal"]),
                                    values["pianificata"], ctx.principal.name)
             if same_request is not None:
                 command = command.model_copy(update={"request_id": form_request_id(same_request, command)})

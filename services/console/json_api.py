@@ -29,6 +29,7 @@ from services.console.instance_pages import (
     search_instances,
 )
 from services.console.web import PAGE_SIZE, Ctx, api, console_of, route
+from services.formatter.layouts import version_in_force
 from services.loader.load_rules import period_not_over
 
 log = structlog.get_logger("console")
@@ -93,7 +94,8 @@ async def api_request_load(ctx: Ctx, body: LoadRequestBody) -> Response:
     if problems:
         return JSONResponse({"detail": problems}, status_code=422)
     try:
-        command = load_request(body.flow_type.value, body.ente, body.period_start, body.period_end, "2020",
+        command = load_request(body.flow_type.value, body.ente, body.period_start, body.period_end,
+                               version_in_force(body.flow_type.value, body.period_start),
                                body.scheduled_at, ctx.principal.name)
     except pydantic.ValidationError as exc:
         return JSONResponse({"detail": {".".join(map(str, e["loc"])): e["msg"] for e in exc.errors()}},

@@ -23,7 +23,9 @@ AMOUNT). A layout without `[grouping]` has no closing rows (one record per sourc
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -279,6 +281,23 @@ class LayoutRegistry:
 
     def available(self) -> list[tuple[str, str]]:
         return sorted((p.parent.name, p.stem) for p in self.root.glob("*/*.toml"))
+
+
+# The 730's file is XML (services/formatter/xml730.py), not a layout of this folder: its loads carry this version.
+DEFAULT_VERSION = "2020"
+
+
+def version_in_force(flow_type: str, period_start: date, versions: Iterable[str] | None = None) -> str:
+    """The layout version a load of a period starting on `period_start` takes: a version is a year, in force from its
+    year on, so the latest one not after the period's year; the earliest when all are later; DEFAULT_VERSION for a
+    flow without layouts (the 730). `versions`: the flow's (default: those of the layouts folder). A console load
+    took "2020" whatever the period, so a new year's layout would never have been used by it."""
+    if versions is None:
+        versions = [v for f, v in LayoutRegistry().available() if f == flow_type]
+    years = sorted(int(v) for v in versions if v.isdigit())
+    if not years:
+        return DEFAULT_VERSION
+    return str(max((y for y in years if y <= period_start.year), default=years[0]))
 
 
 def load_layout(flow_type: str, version: str, root: Path | None = None) -> Layout:

@@ -178,3 +178,17 @@ def test_an_appointment_before_its_booking_is_an_error() -> None:
     ChunkFormatter(load_layout("FLUSSO_ALPI_TA", "2020"), log).format(table([booking]))
     assert [(e.record, e.field, e.code) for e in log.errors] == [
         ("source_id ALPI-8", "ALPI_TA.waiting_days", "NEGATIVE")]
+
+
+def test_a_load_takes_the_layout_in_force_for_its_period() -> None:
+    """A version is a year, in force from that year on: the console and the API took "2020" whatever the period."""
+    from services.formatter.layouts import version_in_force
+
+    versions = ["2020", "2027"]
+    assert version_in_force("FLUSSO_C", date(2026, 12, 1), versions) == "2020"
+    assert version_in_force("FLUSSO_C", date(2027, 1, 1), versions) == "2027"
+    assert version_in_force("FLUSSO_C", date(2031, 5, 1), versions) == "2027"
+    assert version_in_force("FLUSSO_C", date(2019, 5, 1), versions) == "2020"  # before any: the earliest
+    assert version_in_force("FLUSSO_730", date(2026, 5, 1), []) == "2020"  # no layout (XML): the default
+    assert version_in_force("FLUSSO_C", date(2026, 5, 1)) == "2020"  # the folder's own: 2020 only, today
+    assert version_in_force("FLUSSO_730", date(2026, 5, 1)) == "2020"
