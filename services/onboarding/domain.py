@@ -199,8 +199,14 @@ def receive_document(
         known = request.documents[received.document_id]
         if known.filename == received.filename and known.document_type == received.document_type:
             return []  # the same document delivered twice
-        raise OnboardingError(
-            f"richiesta {rid}: il document_id {received.document_id} è già usato per {known.filename}"
+        if received.document_id.endswith(f"-{received.sha256[:10]}"):  # the handlers' id: slot and content
+            raise OnboardingError(
+                f"richiesta {rid}: documento {received.filename} non registrato: lo stesso file è già stato "
+                f"caricato come {known.filename} per «{document_label(known.slot)}»; non serve caricarlo di nuovo"
+            )
+        raise OnboardingError(  # an id an outside publisher gave twice
+            f"richiesta {rid}: documento {received.filename} non registrato: il suo identificativo "
+            f"{received.document_id} è già quello di {known.filename}; ogni documento ne ha uno suo"
         )
     requirements.document_type(received.document_type)
     slot = requirements.slot_of(received.document_type, received.metadata)

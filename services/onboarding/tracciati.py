@@ -51,6 +51,8 @@ class Column:
     max_length: int | None = None
     values: tuple[str, ...] = ()
     pattern: str | None = None
+    # what `pattern` takes, in words (the message a structure reads names it, never the regular expression)
+    format: str | None = None
     iup_ssa_code: bool = False
 
 
@@ -101,11 +103,17 @@ def load_layouts(version: str, data_dir: Path = DATA_DIR) -> dict[str, SheetLayo
                 max_length=c.get("max_length"),
                 values=tuple(c.get("values", ())),
                 pattern=c.get("pattern"),
+                format=c.get("format"),
                 iup_ssa_code=c.get("iup_ssa_code", False),
             )
             for c in sheet["columns"]
         )
         for column in columns:
+            if column.pattern is not None and not column.format:
+                raise RequirementsError(
+                    f"{path.name}: sheet {name}, column {column.name}: a pattern needs its `format`, the words the "
+                    "structures read when a value breaks it"
+                )
             if column.type not in _VALUE_RULES:
                 raise RequirementsError(
                     f"{path.name}: sheet {name}, column {column.name}: unknown type {column.type!r}"
@@ -242,7 +250,11 @@ def _enum(v: str, c: Column) -> str | None:
 
 
 def _code(v: str, c: Column) -> str | None:
-    return None if c.pattern is None or re.fullmatch(c.pattern, v) else f"{v!r} non rispetta il formato {c.pattern}"
+    """A code against its pattern; refused in the words of its `format` (a regular expression told a structure
+    nothing: "'AB-1' non rispetta il formato ^[0-9A-Z]{1,16}$")."""
+    if c.pattern is None or re.fullmatch(c.pattern, v):
+        return None
+    return f"{v!r} non è valido: {c.format}" if c.format else f"{v!r} non rispetta il formato {c.pattern}"
 
 
 _VALUE_RULES: dict[str, Callable[[str, Column], str | None]] = {

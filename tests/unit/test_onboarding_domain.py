@@ -186,9 +186,21 @@ def test_the_same_document_delivered_twice_is_recorded_once_and_another_under_it
     assert domain.receive_document(state, b2, None, REQ, MONDAY_2_MARCH, CAL) == []
     for clash in (b2.model_copy(update={"filename": "altro.pdf"}),
                   b2.model_copy(update={"document_type": "switch-date-request"})):
-        with pytest.raises(OnboardingError, match=r"^richiesta ONB-VESUVIO: il document_id endpoint-form-b2-1 è già "
-                                                  r"usato per endpoint-form-b2-1\.pdf$"):
+        # an id an outside publisher gave twice: said as such, with both files
+        with pytest.raises(OnboardingError, match=r"^richiesta ONB-VESUVIO: documento (altro|endpoint-form-b2-1)\.pdf "
+                                                  r"non registrato: il suo identificativo endpoint-form-b2-1 è già "
+                                                  r"quello di endpoint-form-b2-1\.pdf; ogni documento ne ha uno suo$"):
             domain.receive_document(state, clash, None, REQ, MONDAY_2_MARCH, CAL)
+    # the console's and the CLI's id (the slot and the file's digest): the same file uploaded again under another
+    # name, said in the structure's words, not as an id
+    ours = b2.model_copy(update={"document_id": f"endpoint-form-b2-{b2.sha256[:10]}"})
+    state, _ = receive(start(opened()), ours)
+    with pytest.raises(OnboardingError, match=r"^richiesta ONB-VESUVIO: documento altro\.pdf non registrato: lo "
+                                              r"stesso file è già stato caricato come endpoint-form-b2-1\.pdf per "
+                                              r"«Form di abilitazione degli endpoint[^»]*\(Allegato B2\)»; non serve "
+                                              r"caricarlo di nuovo$"):
+        domain.receive_document(state, ours.model_copy(update={"filename": "altro.pdf"}), None, REQ, MONDAY_2_MARCH,
+                                CAL)
 
 
 def _verdict(received: DocumentReceived, *problems: str, **update: object):

@@ -176,7 +176,9 @@ def test_a_service_code_without_its_dots_breaks_the_code_format():
     rows = aggregation_rows()
     rows["Prestazioni"][0][0] = "90271"
     [finding] = assess("Prestazioni", workbook(rows))
-    assert finding.cell == "A2" and finding.message.startswith("'90271' non rispetta il formato ^[0-9]{2}")
+    assert finding.cell == "A2" and finding.message == (
+        "'90271' non è valido: un codice del nomenclatore con i punti: due cifre, un punto e due cifre, per esempio "
+        "90.27 o 90.27.1")  # in words: the regular expression told a structure nothing
 
 
 def test_date_cells_are_read_as_the_day_they_show_and_a_time_after_the_day_is_allowed():
@@ -246,3 +248,12 @@ def test_codes_have_exactly_their_length_and_an_address_a_domain(sheet: str, row
     rows[sheet][row][column] = value
     [finding] = assess(sheet, workbook(rows))
     assert finding.message == message
+
+
+def test_a_coded_column_without_its_format_in_words_is_refused_when_the_tracciati_are_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from services.onboarding.requirements import RequirementsError
+
+    (tmp_path / "tracciati-test.toml").write_text(
+        '[sheets."Sedi"]\ncolumns = [{ name = "CODICE_SEDE", type = "code", pattern = "^[0-9]{3}$" }]\n')
+    with pytest.raises(RequirementsError, match="column CODICE_SEDE: a pattern needs its `format`"):
+        load_layouts("test", tmp_path)
