@@ -14,7 +14,7 @@ from fastapi import HTTPException, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from starlette.datastructures import UploadFile
 
-from contracts.onboarding import DocumentAssessed, SwitchRefused, SwitchScheduled
+from contracts.onboarding import DocumentAssessed, SwitchRefused, SwitchScheduled, document_label
 from services.console.access import (
     DESK_VERDICT,
     DOWNLOAD_ONBOARDING,
@@ -256,7 +256,14 @@ async def onboarding_verdict(ctx: Ctx) -> Response:
     document, verdict = str(form.get("documento") or ""), str(form.get("esito") or "")
     reason = str(form.get("motivo") or "").strip()
     if verdict not in ("conforme", "non-conforme") or (verdict == "non-conforme" and not reason):
-        raise HTTPException(422, "Indichi l'esito e, se non conforme, il motivo.")
+        # the request's page again, saying which document's verdict was not recorded (its form is still there)
+        view = await _onboarding_view(ctx, level="danger")
+        known = view["req"].documents.get(document)
+        named = f" per «{document_label(known.slot)}» ({known.filename})" if known is not None else ""
+        view["message"] = (f"Esito non registrato{named}: indichi l'esito e, se il documento non è conforme, il "
+                           "motivo.")
+        return page(ctx, "onboarding_request.html", _request_title(ctx.row), status=422, active="/onboarding",
+                    **view)
     try:
         await onboarding.desk_verdict(_onboarding_deps(console_of(ctx.request)), str(ctx.row["request_id"]), document,
                                     verdict == "conforme", [reason] if reason else [], ctx.principal.name)

@@ -406,6 +406,12 @@ async def test_a_spoke_s_closure_act_is_uploaded_for_its_spoke_and_the_request_c
         waiting = [re.search(r'name="documento" value="([^"]+)"', tr).group(1)  # type: ignore[union-attr]
                    for tr in page.split("<tr>") if "<td>da valutare</td>" in tr]
         assert len(waiting) == 5, waiting
+        # non-compliant without a reason: the request's page again, naming the document; nothing recorded
+        refused = await client.post(f"{url}/verdetto", data={"csrf": csrf_of(page), "documento": waiting[0],
+                                                             "esito": "non-conforme", "motivo": " "})
+        said = html.unescape(refused.text)
+        assert refused.status_code == 422 and 'id="esito">Esito non registrato per «' in said, said[-2000:]
+        assert ": indichi l'esito e, se il documento non è conforme, il motivo." in said and 'id="tipo-doc"' in said
         for document in waiting:
             done = await client.post(f"{url}/verdetto", data={"csrf": csrf_of(page), "documento": document,
                                                               "esito": "conforme", "motivo": ""})

@@ -150,6 +150,8 @@ async def test_a_later_transmission_date_ts_refuses_the_documents_on_is_warned_o
     async with console.client("operator") as client:
         form = await client.get(f"{console.url}/istanze/{instance}/invia-ts")
         assert form.status_code == 200 and 'id="ts-anno-pagamento"' not in form.text  # today: taken
+        # the form seals the credentials with JavaScript: a browser without it is told so, and of the CLI
+        assert "<noscript>" in form.text and "<code>flows send-730</code>" in form.text
         post = {"csrf": csrf_of(form.text), "sigillo": box, "data": later.isoformat()}
         asked = await client.post(f"{console.url}/istanze/{instance}/invia-ts", data=post)
         assert asked.status_code == 409, asked.text
