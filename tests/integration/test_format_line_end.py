@@ -10,21 +10,13 @@ import pytest
 from pydantic import ValidationError
 
 from contracts import flows
-from contracts.sources import DeliveredService
 from contracts.states import InstanceState
 from services.formatter import handlers as formatter_handlers
 from services.loader import handlers as loader_handlers
-from services.loader.intake import store_services
-from services.runtime.backoff import Interruptions
-from services.runtime.db import create_pool
-from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
-from services.runtime.host import prepare_database
-from services.runtime.read_models import FLOW_PROJECTIONS
 from services.runtime.settings import Settings
-from simulators.cup.generator import generate
-from tests.integration.test_interruptions import _Lines, _loader, _running
-from tests.isolation import scratch_database
+from tests.handlers_inline import formatter_on, loader_on_services
+from tests.integration.test_interruptions import _running
 
 pytestmark = pytest.mark.integration
 
@@ -40,31 +32,20 @@ def test_the_setting_takes_lf_or_crlf_only(monkeypatch: pytest.MonkeyPatch) -> N
 
 @pytest.mark.parametrize("line_end", ["CRLF", "LF"])
 async def test_a_flusso_c_is_written_with_the_configured_line_end(line_end: str, stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    async with scratch_database(f"t_line_end_{line_end.lower()}") as url:
-        pool = await create_pool(url, min_size=1, max_size=4)
-        try:
-            await prepare_database(pool, FLOW_PROJECTIONS)
-            async with pool.acquire() as conn:
-                await store_services(conn, [r for r in generate("204", "2020-08", 60, seed=44)
-                                            if isinstance(r, DeliveredService)])
-            loader = _loader(pool, _Lines(), tmp_path / "files", "test-line-end")
-            instance = await _running(loader, "204")
-            await loader_handlers.run_instance(instance, loader)
-            checked = await loader.instances.read(instance)
-            assert checked.state is InstanceState.CHECKED, checked.state
-            formatter = formatter_handlers.FormatterDeps(
-                pool=pool, store=EventStore(pool, source="/flows/formatter", projections=FLOW_PROJECTIONS),
-                files=FileStore(tmp_path / "files"), line_end=line_end,
-                interrupted=Interruptions(_Lines(), initial_s=600.0, service="test-line-end", work="format"))
-            await formatter.instances.append(checked, flows.FormattingStarted(instance=instance))
-            await formatter_handlers.format_instance(instance, formatter)
-            formatted = await formatter.instances.read(instance)
-            assert formatted.state is InstanceState.FORMATTED, formatted.state
-            for ref in formatted.files:
-                data = FileStore(tmp_path / "files").path(ref.sha256).read_bytes()
-                lines = data.split(b"\n")[:-1]
-                assert len(lines) == ref.records and lines, ref.name
-                assert all(line.endswith(b"\r") for line in lines) == (line_end == "CRLF"), ref.name
-                assert not any(line.endswith(b"\r") for line in lines) == (line_end == "LF"), ref.name
-        finally:
-            await pool.close()
+    async with loader_on_services(f"t_line_end_{line_end.lower()}", tmp_path / "files", "test-line-end",
+                                  services=60, seed=44) as (pool, loader):
+        instance = await _running(loader, "204")
+        await loader_handlers.run_instance(instance, loader)
+        checked = await loader.instances.read(instance)
+        assert checked.state is InstanceState.CHECKED, checked.state
+        formatter = formatter_on(pool, tmp_path / "files", "test-line-end", line_end=line_end)
+        await formatter.instances.append(checked, flows.FormattingStarted(instance=instance))
+        await formatter_handlers.format_instance(instance, formatter)
+        formatted = await formatter.instances.read(instance)
+        assert formatted.state is InstanceState.FORMATTED, formatted.state
+        for ref in formatted.files:
+            data = FileStore(tmp_path / "files").path(ref.sha256).read_bytes()
+            lines = data.split(b"\n")[:-1]
+            assert len(lines) == ref.records and lines, ref.name
+            assert all(line.endswith(b"\r") for line in lines) == (line_end == "CRLF"), ref.name
+            assert not any(line.endswith(b"\r") for line in lines) == (line_end == "LF"), ref.name
