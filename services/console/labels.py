@@ -17,6 +17,7 @@ from contracts.deadlines import (
 )
 from contracts.flows import FlowType
 from contracts.onboarding import KIND_LABELS
+from contracts.states import SENDABLE_FLOW_TYPES
 
 ROME = ITALY
 
@@ -54,8 +55,6 @@ UPLOAD_PLATFORMS = {"FLUSSO_C": "SINFONIA", "FLUSSO_C_PACC": "SINFONIA", "FLUSSO
 
 def upload_platform(flow_type: str) -> str:
     """Where an instance's files go and who sends them, as the Scadenze page and the instance page say it."""
-    from contracts.states import SENDABLE_FLOW_TYPES  # the states module loads every event model: here, when asked
-
     where = UPLOAD_PLATFORMS.get(flow_type)
     if where is None:
         return "—"
