@@ -115,7 +115,11 @@ async def test_the_desk_records_its_verdicts_and_reads_them_on_the_request_and_t
         await suap.locator("select[name=esito]").select_option("non-conforme")
         async with page.expect_navigation():
             await suap.locator("button:has-text('Registra')").click()
-        assert "se non conforme, il motivo" in await page.inner_text("main")
+        # the request's page again, naming the document (axe on it too: the message is an alert on the page)
+        assert await page.inner_text("#esito") == ("Esito non registrato per «Autorizzazione SUAP» (autorizzazione "
+                                                   "SUAP.pdf): indichi l'esito e, se il documento non è conforme, "
+                                                   "il motivo.")
+        await _axe_clean(page, Axe(), "18b-onboarding-esito-non-registrato")
         assert await console.pool.fetchval("SELECT count(*) FROM events WHERE stream_id LIKE 'onboarding-%' "
                                            "AND type = 'onboarding.document-assessed'") == 0
 
