@@ -394,7 +394,7 @@ def _load_errors(principal: auth.Principal, form: dict[str, str]) -> tuple[dict[
     if form["ente"] not in principal.enti:
         own = ", ".join(sorted(principal.enti))
         errors["ente"] = f"Ente {form['ente']!r}: può scegliere solo tra i suoi enti ({own})."
-    for name, label in (("dal", "Inizio riferimento"), ("al", "Fine riferimento")):
+    for name, label in (("dal", "Inizio periodo di riferimento"), ("al", "Fine periodo di riferimento")):
         try:
             values[name] = date.fromisoformat(form[name])
         except ValueError:

@@ -407,6 +407,18 @@ async def test_every_page_gives_the_help_desk_the_flow_manager_gave(console: Run
         assert 'href="mailto:hdcup@soresa.it"' in body
 
 
+async def test_the_load_form_names_the_period_as_the_flow_manager_did(console: RunningConsole) -> None:
+    """The manual's load form: "Inizio periodo di riferimento", "Fine periodo di riferimento", its "Schedulazione"."""
+    async with console.client("operator") as client:
+        body = (await client.get(console.url + "/istanze/nuova")).text
+        bad = await client.post(console.url + "/istanze/nuova", data={
+            "csrf": csrf_of(body), "tipo": "FLUSSO_C", "ente": "201", "dal": "x", "al": "2026-10-31"})
+    assert '<label for="dal" class="form-label">Inizio periodo di riferimento</label>' in body
+    assert '<label for="al" class="form-label">Fine periodo di riferimento</label>' in body
+    assert "la schedulazione" in body
+    assert "Inizio periodo di riferimento: data non valida (&#39;x&#39;)" in bad.text, bad.text[-1500:]
+
+
 async def test_a_path_or_method_no_route_has_gets_the_italian_error_page(console: RunningConsole) -> None:
     """The router's own 404 and 405 (no route runs, so no guard raises them) answer like a route's 404: the
     console's Italian page in its layout, or the API's Italian detail, never Starlette's English JSON."""
