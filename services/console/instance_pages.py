@@ -409,7 +409,7 @@ def _load_errors(principal: auth.Principal, form: dict[str, str]) -> tuple[dict[
             errors["pianificata"] = (f"Avvio pianificato non valido ({form['pianificata']!r}), atteso "
                                      "AAAA-MM-GG OO:MM.")
     # The loader's own rule (it refuses such a load too): a period not over when the load would start, now or at
-    # its Avvio pianificato. Said beside Fine riferimento; the same month scheduled after its end is sent.
+    # its Avvio pianificato. Said beside Fine periodo di riferimento; the same month scheduled after its end is sent.
     if not errors and (not_over := period_not_over(values["al"], values["pianificata"])) is not None:
         errors["al"] = not_over.italian()
     return errors, values

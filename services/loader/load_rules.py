@@ -40,7 +40,7 @@ class PeriodNotOver:
                 "start then")
 
     def italian(self) -> str:
-        """In Italian, for the console's form (beside Fine riferimento)."""
+        """In Italian, for the console's form (beside Fine periodo di riferimento)."""
         when = "all'avvio pianificato, il" if self.scheduled else "oggi,"
         return (f"Il periodo finisce il {italian_date(self.period_end)}: {when} {italian_date(self.runs_on)}, non è "
                 "ancora concluso, e un periodo non concluso non si può caricare. Lo carichi dal "

@@ -1,7 +1,7 @@
 """A load of a period that is not over when the load would run is refused at once, naming the period's end: by the
-console's Nuovo caricamento form (beside Fine riferimento, in Italian) and by its API (`period_end`), both asking the
-loader's own rule (services/loader/load_rules.py). The same month asked in advance, scheduled to start after its
-end, is sent. On the real console, PostgreSQL and Kafka of the test stack."""
+console's Nuovo caricamento form (beside Fine periodo di riferimento, in Italian) and by its API (`period_end`),
+both asking the loader's own rule (services/loader/load_rules.py). The same month asked in advance, scheduled to
+start after its end, is sent. On the real console, PostgreSQL and Kafka of the test stack."""
 
 from __future__ import annotations
 
