@@ -83,8 +83,12 @@ async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "i
     # A document required once per SPOKE (the closure or cessation act) is offered once per SPOKE that needs it, as
     # its slot: the choice says which SPOKE it is for (add_document declares it), the one fact the service needs
     # to file it. Offered as the bare type, it was refused for naming no SPOKE, and the request stayed incomplete.
-    types = ["tracciati"]
-    for type_id in sorted(req.requirements.document_types):
+    # Only the documents this request requires are offered (another was accepted by the list, then refused by the
+    # service), and the workbook of tracciati only when it requires a tracciato.
+    wanted = sorted({slot.partition(":")[0] for slot in required})
+    tracciati = any(req.requirements.document_type(t).assessment == "tracciato" for t in wanted)
+    types = ["tracciati"] if tracciati else []
+    for type_id in wanted:
         if req.requirements.document_type(type_id).per_spoke_already_on_cup:
             types += [slot for slot in required if slot.partition(":")[0] == type_id]
         else:

@@ -422,3 +422,20 @@ async def test_a_spoke_s_closure_act_is_uploaded_for_its_spoke_and_the_request_c
         shown = html.unescape((await client.get(url)).text).split('id="completa">', 1)[1].split("</dd>", 1)[0]
     assert shown == f"ricevuta completa e conforme il {row['completed_on']:%d/%m/%Y}: da questo giorno decorrono i " \
                     "tempi di gestione e il preavviso per lo switch"
+
+
+async def test_the_upload_offers_only_the_documents_the_request_requires(console: RunningConsole) -> None:
+    """A software house change requires three documents, none a tracciato: its upload list offered every document
+    type of every kind (then refused by the service) and the workbook of tracciati. An aggregation's offers its
+    tracciati, the workbook among them."""
+    await console.onboarding_request("ONB-SOLO-TRE", STRUCTURE, "Centro Vomero", kind="software-house-change")
+    await console.onboarding_request("ONB-AGGREGA", STRUCTURE)
+    async with console.client("structure") as client:
+        pages = {rid: html.unescape((await client.get(f"{console.url}/onboarding/{rid}")).text)
+                 for rid in ("ONB-SOLO-TRE", "ONB-AGGREGA")}
+    offered = {rid: re.findall(r'<option value="([^"]+)"', page.split('id="tipo-doc"', 1)[1].split("</select>")[0])
+               for rid, page in pages.items()}
+    assert offered["ONB-SOLO-TRE"] == ["endpoint-form-b2", "formal-request-software-house-change",
+                                       "switch-date-request"], offered
+    assert offered["ONB-AGGREGA"][0] == "tracciati" and "tracciato-prestazioni" in offered["ONB-AGGREGA"]
+    assert "endpoint-form-b2" not in offered["ONB-AGGREGA"], offered
