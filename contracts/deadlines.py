@@ -229,13 +229,17 @@ def status(deadline: Deadline, covering: int | None, today: date) -> str:
     return "open"
 
 
+def month_before(day: date, back: int) -> tuple[int, int]:
+    """(year, month) `back` months before the month of `day` (0: its own)."""
+    index = day.year * 12 + day.month - 1 - back
+    return index // 12, index % 12 + 1
+
+
 def default_month(today: date, rule_book: dict[str, Any] | None = None) -> tuple[int, int]:
     """The month whose deadlines matter now: the previous one, unless the one before it still has a deadline due
     today or later. That is the 730 of a year, whose period ends in December and which is due on 31 January moved
     past a weekend: on 1 or 2 February the Scadenze page and `flows deadlines` would have opened on January and left
     out the 730 due that very day."""
-    index = today.year * 12 + today.month - 1
-    previous = ((index - 1) // 12, (index - 1) % 12 + 1)
-    before = ((index - 2) // 12, (index - 2) % 12 + 1)
+    previous, before = month_before(today, 1), month_before(today, 2)
     due, _ = known_deadlines_for_month(*before, rule_book=rule_book)
     return before if any(d.due >= today for d in due) else previous

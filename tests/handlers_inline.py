@@ -41,9 +41,10 @@ async def loader_on_services(prefix: str, files: Path, service: str, *, services
             await pool.close()
 
 
-def formatter_on(pool: asyncpg.Pool, files: Path, service: str, **options: str) -> formatter_handlers.FormatterDeps:
-    """A formatter's handlers on `pool` (its files under `files`), `options` its settings (line_end, ...)."""
+def formatter_on(pool: asyncpg.Pool, files: Path, service: str, line_end: str = "LF"
+                 ) -> formatter_handlers.FormatterDeps:
+    """A formatter's handlers on `pool` (its files under `files`, its fixed-width lines ending with `line_end`)."""
     return formatter_handlers.FormatterDeps(
         pool=pool, store=EventStore(pool, source="/flows/formatter", projections=FLOW_PROJECTIONS),
-        files=FileStore(files), interrupted=Interruptions(_Lines(), initial_s=600.0, service=service, work="format"),
-        **options)  # type: ignore[arg-type]
+        files=FileStore(files), line_end=line_end,
+        interrupted=Interruptions(_Lines(), initial_s=600.0, service=service, work="format"))

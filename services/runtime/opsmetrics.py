@@ -67,7 +67,7 @@ class OpsMetrics:
             self.dlq.labels(topic).set(count)
 
     async def _database(self, pool: asyncpg.Pool, today: date) -> None:
-        from contracts.deadlines import known_deadlines_for_month
+        from contracts.deadlines import known_deadlines_for_month, month_before
         from services.runtime.coverage import coverage
 
         self.instances.clear()
@@ -86,8 +86,7 @@ class OpsMetrics:
         # after its period, and the 730 of a year (its period ends in December) is due on 31 January moved to the next
         # working day, 1 or 2 February, when last month's list no longer holds it: its figure, and the alert, would
         # have gone on its very due day.
-        index = today.year * 12 + today.month - 1
-        months = [((index - back) // 12, (index - back) % 12 + 1) for back in (2, 1, 0)]
+        months = [month_before(today, back) for back in (2, 1, 0)]
         for year, month in months:
             # the flows whose dates the data has: `flows deadlines` names what is missing; no figure beats a guessed one
             deadlines, _ = known_deadlines_for_month(year, month)
