@@ -46,7 +46,7 @@ from pydantic import BaseModel, ValidationError
 from contracts.envelope import Envelope, EnvelopeError, check_envelope_text, envelope_from_text, from_kafka_headers
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_REASON_MAX, Topic, all_topics
 from services.runtime import kafkarecords, tracing
-from services.runtime.kafkarecords import ISOLATION_LEVEL, header_name_problem, printable_name
+from services.runtime.kafkarecords import ISOLATION_LEVEL, corrupt_batch_problem, header_name_problem, printable_name
 from services.runtime.logging import bind_message, forget_message, get_logger
 from services.runtime.settings import Settings
 
@@ -305,6 +305,8 @@ def message_size(raw: Any) -> int:
 
 def parse(raw: Any, topic: Topic) -> tuple[str | None, Envelope, Any, BaseModel]:
     """(key, envelope, JSON body, payload) of a raw Kafka record, or Poison saying what is wrong."""
+    if (corrupt := corrupt_batch_problem(raw)) is not None:
+        raise Poison(corrupt)
     key = _text(raw.key, "the key")
     for name, _ in raw.headers or ():
         if problem := header_name_problem(name):

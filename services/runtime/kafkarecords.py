@@ -15,6 +15,17 @@ header name is the rest of THAT batch read here (`lenient_records`), with the he
 `header_name_problem` says which name is not UTF-8, so that `broker.parse` refuses the message as Poison and it goes
 to the topic's DLQ with the reason.
 
+A record batch whose CRC-32C does not match its bytes (a broker's disk or memory corrupted it after the broker
+accepted it: the broker checks a batch when it is produced, never when it is fetched) made aiokafka's fetcher raise
+CorruptRecordException out of `getmany`, at every poll, and block the partition in the same way. Here such a batch is
+read as ONE record (`corrupt_batch`): at the batch's last offset, its value the batch's bytes as they were fetched, no
+key and no headers, its `checksum` a `CorruptBatch` saying which offsets it held and why they cannot be read.
+`broker.parse` refuses it as Poison with that reason (nothing a producer sends can carry a CorruptBatch), so it goes to
+the topic's DLQ like any message that cannot be processed, and the partition moves on past the batch. Its offsets are
+its base offset (outside the CRC, so readable) up to the base offset of the next batch of the same fetch, or, for the
+last batch of a fetch, up to its own last offset delta (inside the CRC: taken as the larger of it and its record count
+less one). Whatever in it the CRC covers is not trusted: it is read as neither a control batch nor a transactional one.
+
 `aiokafka_reader()`: consumers started inside it read with aiokafka's reader unchanged (the benchmarks' plain
 baselines: what a plain aiokafka script does). The choice is made when a consumer starts: its fetcher's task keeps the
 context it was created in.
@@ -33,6 +44,7 @@ from aiokafka import codec
 from aiokafka.consumer import fetcher as _fetcher
 from aiokafka.record.default_records import DefaultRecordBase
 from aiokafka.record.memory_records import _MemoryRecordsPy
+from aiokafka.record.util import calc_crc32c as crc32c
 from aiokafka.record.util import decode_varint
 
 # Which records every consumer of ours reads (the services' in services.runtime.broker and .batch, the operators'
@@ -45,6 +57,7 @@ _AIOKAFKA_MEMORY_RECORDS: Callable[[bytes], Any] = _fetcher.MemoryRecords
 _PLAIN: contextvars.ContextVar[bool] = contextvars.ContextVar("flows_plain_aiokafka_reader", default=False)
 
 _BATCH_HEADER_SIZE = DefaultRecordBase.HEADER_STRUCT.size  # records start after it (magic 2)
+_BASE_OFFSET = struct.Struct(">q")  # a batch's first field
 _MAGIC_OFFSET = struct.calcsize(">qii")
 _DECOMPRESS: dict[int, Callable[[bytes], bytes]] = {
     DefaultRecordBase.CODEC_GZIP: codec.gzip_decode,
@@ -84,12 +97,16 @@ class TolerantMemoryRecords(_MemoryRecordsPy):
         batch = super().next_batch(*args)
         if data is None or batch is None or data[_MAGIC_OFFSET] < 2:
             return batch  # magic 0 and 1 (Kafka < 0.11) have no headers
+        if not batch.validate_crc():  # the fetcher's own check, done here once (_Batch.validate_crc)
+            following = self._next_slice  # the next batch of this fetch, if any (super() moved on to it)
+            next_base = None if following is None else int(_BASE_OFFSET.unpack_from(following)[0])
+            return corrupt_batch(batch, bytes(data), next_base)
         return _Batch(batch, bytes(data))
 
 
 class _Batch:
-    """One record batch: aiokafka's, until it refuses a record; the rest by `lenient_records`. Everything else (CRC,
-    offsets, control and transaction flags) is aiokafka's batch's."""
+    """One record batch: aiokafka's, until it refuses a record; the rest by `lenient_records`. Everything else
+    (offsets, control and transaction flags) is aiokafka's batch's; its CRC was checked by `next_batch`."""
 
     __slots__ = ("_batch", "_data")
 
@@ -99,6 +116,9 @@ class _Batch:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._batch, name)
+
+    def validate_crc(self) -> bool:
+        return True  # TolerantMemoryRecords.next_batch checked it: a batch that fails is a _CorruptBatch
 
     def __next__(self) -> Any:  # a control batch's marker (aiokafka's fetcher reads it with next())
         return next(self._batch)
@@ -113,6 +133,55 @@ class _Batch:
             yield from (r for r in lenient_records(self._batch, self._data) if r.offset > done)
 
 
+class CorruptBatch(str):
+    """Why a record batch cannot be read: the `checksum` of the one record a corrupt batch is read as (a record
+    fetched from Kafka has an int or None there, never this)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _CorruptBatch:
+    """A record batch whose CRC does not match its bytes, read as one record (the module's docstring). The fetcher
+    asks it what it asks a batch: not a control batch, not transactional (those flags are under the CRC), its next
+    offset, its CRC (checked: the record says it is not valid), and its records."""
+
+    base_offset: int
+    next_offset: int
+    record: LenientRecord
+    producer_id: None = None
+    is_control_batch: bool = False
+    is_transactional: bool = False
+
+    def validate_crc(self) -> bool:
+        return True  # it fails: that is what its one record says, to the consumer that reads it
+
+    def __iter__(self) -> Iterator[LenientRecord]:
+        yield self.record
+
+
+def corrupt_batch(batch: Any, data: bytes, next_base: int | None) -> _CorruptBatch:
+    """The batch `data` (aiokafka's reader of it: `batch`) whose CRC failed, `next_base` the base offset of the batch
+    after it in the same fetch (None: it is the fetch's last)."""
+    base = batch.base_offset
+    header = DefaultRecordBase.HEADER_STRUCT.unpack_from(data)
+    stored_crc, last_delta, count = header[4], header[6], header[12]
+    claimed = base + max(last_delta, count - 1, 0)
+    last = next_base - 1 if next_base is not None and next_base > base else claimed
+    computed = crc32c(data[DefaultRecordBase.ATTRIBUTES_OFFSET:])
+    held = f"offset {base}" if last == base else f"offsets {base}..{last}"
+    reason = CorruptBatch(
+        f"record batch at {held} is corrupt: its CRC-32C is {stored_crc:08x}, its {len(data)} bytes give "
+        f"{computed:08x} (damaged on a broker's disk or in memory after it was produced); its records cannot be read, "
+        f"the batch's bytes are this message's value")
+    record = LenientRecord(last, -1, 0, None, data, [], reason)
+    return _CorruptBatch(base, last + 1, record)
+
+
+def corrupt_batch_problem(raw: Any) -> str | None:
+    """What a consumed record says when it is a corrupt batch (`corrupt_batch`), else None."""
+    checksum = getattr(raw, "checksum", None)
+    return str(checksum) if isinstance(checksum, CorruptBatch) else None
+
+
 @dataclass(frozen=True, slots=True)
 class LenientRecord:
     """A record as aiokafka's reader gives it (offset, timestamp, key, value, headers), its header names decoded with
@@ -124,7 +193,7 @@ class LenientRecord:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes | None]]
-    checksum: None = None
+    checksum: CorruptBatch | None = None  # None as aiokafka's magic 2 records; a CorruptBatch (corrupt_batch)
 
 
 def lenient_records(batch: Any, data: bytes) -> Iterator[LenientRecord]:

@@ -21,7 +21,7 @@ from contracts.envelope import EnvelopeError, from_kafka_headers
 from contracts.topics import DLQ_SUFFIX, all_topics, by_name
 from services.runtime.kafkaadmin import admin_client
 from services.runtime.kafkaread import add_new_partitions, assign, history, observer, offset_ranges, read_to_end
-from services.runtime.kafkarecords import printable_name
+from services.runtime.kafkarecords import corrupt_batch_problem, printable_name
 
 # --- decoding -----------------------------------------------------------------------------------
 
@@ -106,6 +106,8 @@ def decode(record: Any) -> Seen:
     base = dict(topic=record.topic, partition=record.partition, offset=record.offset,
                 timestamp=datetime.fromtimestamp(record.timestamp / 1000, UTC), key=key, headers=headers,
                 body=bytes(record.value or b""))
+    if (corrupt := corrupt_batch_problem(record)) is not None:  # a record batch damaged on a broker (kafkarecords)
+        return Seen(**base, problem=corrupt)  # type: ignore[arg-type]
     try:
         envelope = from_kafka_headers(headers)
     except EnvelopeError as exc:

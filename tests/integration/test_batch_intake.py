@@ -41,6 +41,7 @@ from tests.kafka_groups import members_of, wait_until_joined
 from tests.kafka_topics import records_now_on
 from tests.log_capture import json_lines
 from tests.raw_records import publish_with_header_name
+from tests.session_stack import damage_on_disk
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -272,6 +273,39 @@ async def test_a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_and
     assert headers["dlq_original_offset"] == b"1"
     rejected = [json.loads(e[2]) for e in state["events"] if e[1] == "sources.record-rejected"]
     assert [r["errors"][0]["reason"] for r in rejected] == ["a header name is not UTF-8 (b'\\xff\\xfeorigine')"]
+    watermarks = [json.loads(e[2]) for e in state["events"] if e[1] == "sources.stored"]
+    assert watermarks[-1]["offset"] == last
+
+
+async def test_a_batch_damaged_on_the_brokers_disk_is_dead_lettered_and_the_partition_moves_on(
+        intake_db: str) -> None:
+    """A byte of a stored record changed on the broker's disk (the broker checks a batch's CRC when it is produced,
+    not when it serves it): aiokafka's fetcher raised CorruptRecordException out of `getmany` at every poll, so the
+    intake loop died and the partition was blocked for good. Now the batch reaches the intake as one record
+    (services.runtime.kafkarecords), dead-lettered with its bytes and the reason, and rejected; the records before
+    and after it are stored, and the watermark and the committed offset reach the last one."""
+    name = f"t-batch-damaged-{uuid.uuid4().hex[:8]}"
+    await _create_topic(name)
+    marker = f"damaged-{uuid.uuid4().hex[:6]}"  # a source_id (the prescription's ID holds it too: 20 at most)
+    first = await _publish(name, [service("S1")])
+    damaged = await _publish(name, [service(marker)])
+    last = await _publish(name, [service("S2")])
+    assert (first, damaged, last) == (0, 1, 2), "each record its own batch"
+    assert damage_on_disk(name, 0, marker.encode()) >= 1
+    sink = await _intake_until_committed(intake_db, name, last)
+    assert (sink.totals.stored, sink.rejected) == (2, 1)
+    state = await _state(intake_db)
+    assert [r[0] for r in state["rows"]] == ["S0", "S1", "S2"], "the damaged record is not stored, the others are"
+    dead = await _dead_letters(name)
+    assert len(dead) == 1 and dead[0].key is None
+    value = dead[0].value
+    assert value[:8] == (1).to_bytes(8, "big") and marker[1:].encode() in value, "the batch's bytes as fetched"
+    headers = dict(dead[0].headers)
+    reason = headers["dlq_reason"].decode()
+    assert reason.startswith("record batch at offset 1 is corrupt: its CRC-32C is "), reason
+    assert headers["dlq_original_offset"] == b"1"
+    rejected = [json.loads(e[2]) for e in state["events"] if e[1] == "sources.record-rejected"]
+    assert [r["errors"][0]["reason"] for r in rejected] == [reason]
     watermarks = [json.loads(e[2]) for e in state["events"] if e[1] == "sources.stored"]
     assert watermarks[-1]["offset"] == last
 

@@ -20,6 +20,7 @@ from services.runtime.broker import Incoming, consume, create_broker
 from services.runtime.ops import decode_headers
 from tests.kafka_topics import create_topics, records_now_on
 from tests.raw_records import publish_with_header_name
+from tests.session_stack import damage_on_disk
 from tests.stack_urls import free_port
 
 pytestmark = pytest.mark.integration
@@ -168,6 +169,29 @@ async def test_a_header_name_that_is_not_utf8_neither_blocks_nor_loses_the_parti
     # the operators' tools (services.runtime.kafkaread) read the topic through it too, the name shown escaped
     on_topic = await records_now_on(settings.kafka_bootstrap, topic.name)
     assert [decode_headers(r.headers).get("x-\\xe8") for r in on_topic] == [None, "x", None]
+
+
+async def test_a_batch_damaged_on_the_brokers_disk_neither_blocks_nor_loses_the_partition(settings):
+    """A byte of a stored message changed on the broker's disk after the broker took it: aiokafka's fetcher raised
+    CorruptRecordException (its CRC) out of the poll, before FastStream saw any record of the fetch, and again at
+    every poll: the partition was blocked. Now the damaged batch reaches the guard as one message
+    (services.runtime.kafkarecords), goes to the DLQ with its bytes and the reason, and the next message is
+    handled."""
+    marker = f"damaged-{uuid.uuid4().hex}"
+
+    async def publish(producer: AIOKafkaProducer, topic: Topic) -> None:
+        envelope = Envelope.new(topic.name, "/test").to_headers
+        for source_id in ("before", marker, "after"):  # one batch each
+            await producer.send_and_wait(topic.name, json.dumps({"source_id": source_id, "words": 1}).encode(),
+                                         key=b"k", headers=envelope())
+        assert damage_on_disk(topic.name, 0, marker.encode()) >= 1
+
+    _, handled, dead = await _through_the_guard(settings, "damaged", publish, handled=2, dead=1)
+    assert handled == ["before", "after"]
+    assert dead[0].key is None and marker[1:].encode() in dead[0].value
+    headers = dict(dead[0].headers)
+    assert headers["dlq_reason"].decode().startswith("record batch at offset 1 is corrupt: its CRC-32C is "), headers
+    assert headers["dlq_original_offset"] == b"1"
 
 
 async def test_messages_of_an_aborted_kafka_transaction_are_never_handled(settings):

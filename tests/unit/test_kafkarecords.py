@@ -22,7 +22,7 @@ from services.runtime.kafkarecords import (
     memory_records,
     printable_name,
 )
-from services.runtime.ops import decode_headers
+from services.runtime.ops import decode, decode_headers
 from tests.raw_records import HeaderName
 
 CODECS = [0, 1, 2, 3, 4]  # none, gzip, snappy, lz4, zstd: what an outside producer may use
@@ -121,3 +121,69 @@ def test_parse_refuses_a_record_with_a_header_name_that_is_not_utf8() -> None:
     headers = dead_letter_headers(TOPIC, raw, "why", 0, "group")
     assert ("\\xe8-nome", b"v") in headers and all(name.encode() for name, _ in headers)
     assert decode_headers(raw.headers)["\\xe8-nome"] == "v"
+
+
+def _damaged(data: bytes, at: int = -3) -> bytes:
+    """The batch `data` with one byte of its last record changed (under the CRC: its records' bytes)."""
+    damaged = bytearray(data)
+    damaged[at] ^= 0x5A
+    return bytes(damaged)
+
+
+def _fetched(data: bytes, fetch_offset: int) -> tuple[list[Any], int]:
+    """What aiokafka's fetcher makes of one partition's fetched bytes (its records, checking CRCs, as our consumers
+    do) read from `fetch_offset`, and the offset it fetches next."""
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.structs import TopicPartition
+
+    part = PartitionRecords(TopicPartition("t", 0), memory_records(data), [], fetch_offset, None, None, True,
+                            kafkarecords.ISOLATION_LEVEL)
+    return list(part), part.next_fetch_offset
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_batch_whose_crc_fails_is_read_as_one_record_saying_so_and_the_partition_moves_on(codec: int) -> None:
+    """aiokafka's fetcher raised CorruptRecordException out of the poll for a batch whose CRC does not match, at
+    every poll: the partition was blocked. Now the batch is one record at its last offset, its value the batch's
+    bytes, its checksum the reason; the batches around it are read as before."""
+    damaged = _damaged(_batch(codec, n=20, base=150))
+    data = _batch(codec, base=100) + damaged + _batch(codec, base=170)
+    with pytest.raises(Exception, match="Invalid CRC"):
+        with aiokafka_reader():
+            _fetched(data, 100)
+    records, next_offset = _fetched(data, 100)
+    assert [r.offset for r in records] == [*range(100, 150), 169, *range(170, 220)] and next_offset == 220
+    corrupt = records[50]
+    assert (corrupt.key, corrupt.value, corrupt.headers) == (None, damaged, ())
+    stored, computed = int.from_bytes(damaged[17:21], "big"), kafkarecords.crc32c(damaged[21:])
+    assert kafkarecords.corrupt_batch_problem(corrupt) == (
+        f"record batch at offsets 150..169 is corrupt: its CRC-32C is {stored:08x}, its {len(damaged)} bytes give "
+        f"{computed:08x} (damaged on a broker's disk or in memory after it was produced); its records cannot be "
+        "read, the batch's bytes are this message's value")
+    assert all(kafkarecords.corrupt_batch_problem(r) is None for r in records[:50] + records[51:])
+    with pytest.raises(Poison) as refused:
+        parse_checked(corrupt, TOPIC)
+    assert refused.value.reason == kafkarecords.corrupt_batch_problem(corrupt)
+    assert decode(corrupt).problem == refused.value.reason, "the operators' tools (flows tail) say it too"
+
+
+def test_a_corrupt_batch_last_in_its_fetch_spans_its_own_offsets_even_read_from_inside_it() -> None:
+    """The last batch of a fetch has no next batch to end it: its own last offset delta does. A consumer that had
+    committed an offset inside the batch (it read part of it before the damage) still gets the record, at the
+    batch's last offset, and moves past the batch."""
+    damaged = _damaged(_batch(n=20, base=150))
+    for fetch_offset in (150, 157, 169):
+        records, next_offset = _fetched(_batch(base=100) + damaged, fetch_offset)
+        assert [r.offset for r in records if r.offset >= 150] == [169] and next_offset == 170
+        assert "record batch at offsets 150..169 is corrupt" in str(kafkarecords.corrupt_batch_problem(records[-1]))
+    one = _damaged(_batch(n=1, base=7))
+    records, next_offset = _fetched(one, 7)
+    assert [r.offset for r in records] == [7] and next_offset == 8
+    assert str(kafkarecords.corrupt_batch_problem(records[0])).startswith("record batch at offset 7 is corrupt:")
+
+
+def test_a_record_as_a_producer_sends_it_never_passes_for_a_corrupt_batch() -> None:
+    raw = _raw([*Envelope.new(TOPIC.name, "/test").to_headers(), ("checksum", b"record batch at offset 1")])
+    assert kafkarecords.corrupt_batch_problem(raw) is None and parse_checked(raw, TOPIC)[3] == Greeting(source_id="a")
+    for checksum in (None, 12345, "record batch at offset 1 is corrupt"):
+        assert kafkarecords.corrupt_batch_problem(SimpleNamespace(checksum=checksum)) is None
