@@ -30,6 +30,7 @@ from services.runtime.outbox import OutboxRelay
 from services.runtime.projections import Projection
 from services.runtime.read_models import FLOW_PROJECTIONS
 from services.runtime.settings import Settings
+from services.runtime.topics_admin import registry_topic_provisioner
 
 Loop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 OUTAGE_BACKOFF_CAP_S = 30.0
@@ -111,7 +112,8 @@ async def serve(rt: Runtime, loops: Sequence[Loop] = (), stop: asyncio.Event | N
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    relay = OutboxRelay(rt.pool, rt.settings.kafka_bootstrap, poll_interval=1.0)
+    relay = OutboxRelay(rt.pool, rt.settings.kafka_bootstrap, poll_interval=1.0,
+                        provision=registry_topic_provisioner(rt.settings.kafka_bootstrap, rt.settings.topic_partitions))
     rt.store.offers = relay  # one-event appends offer their outbox rows: sent without being read back
     if rt.settings.metrics_port:
         from prometheus_client import start_http_server

@@ -40,10 +40,12 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     CorruptRecordException,
     InvalidTopicError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
     UnsupportedForMessageFormatError,
 )
 
@@ -180,6 +182,16 @@ async def mark_processed(conn: asyncpg.Connection, consumer: str, message_id: st
 class RelayError(RuntimeError):
     """The broker refused an outbox row for a transient reason; the row stays unpublished and is retried."""
 
+    def __init__(self, message: str, row: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.row = row  # the row that was not sent
+
+
+# What aiokafka raises for a row whose topic the cluster does not have (the brokers never create one: deleted by hand):
+# no metadata for it within its request timeout, or the broker's answer to a send on a topic gone meanwhile. Transient
+# as far as aiokafka knows; the relay asks the cluster (OutboxRelay._topic_gone).
+_TOPIC_UNKNOWN = (UnknownTopicOrPartitionError, KafkaTimeoutError)
+
 
 def is_permanent(exc: BaseException) -> bool:
     """True when sending the row again cannot succeed: it is parked instead of retried."""
@@ -242,8 +254,10 @@ class OutboxRelay:
     def __init__(self, pool: asyncpg.Pool, bootstrap_servers: str, *, batch_size: int = 500,
                  poll_interval: float = 2.0, retry_delay: float = 1.0,
                  after_ack: Callable[[list[int]], Awaitable[None]] | None = None,
-                 producer_options: dict[str, Any] | None = None, logger: Any = None) -> None:
+                 producer_options: dict[str, Any] | None = None, logger: Any = None,
+                 provision: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self._pool = pool
+        self._provision = provision  # a topic the cluster lacks -> provisioned? (see _topic_gone)
         self._bootstrap_servers = bootstrap_servers
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -342,6 +356,15 @@ class OutboxRelay:
                         failures = 0
                     except RelayError as exc:
                         self._caught_up = False  # a row not sent: the next pass reads
+                        if isinstance(exc.__cause__, _TOPIC_UNKNOWN) and await self._topic_gone(conn, exc.row):
+                            # provisioned again or the row parked: a new producer, whose metadata and idempotence
+                            # state know nothing of the topic that went away
+                            await producer.stop()
+                            producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap_servers,
+                                                        enable_idempotence=True, acks="all", **self._producer_options)
+                            await producer.start()
+                            failures = 0
+                            continue
                         # Transient (broker unreachable, leader moving): capped exponential backoff,
                         # one log line per try.
                         delay = min(self._retry_delay * 2 ** failures, RETRY_CAP_S)
@@ -456,7 +479,7 @@ class OutboxRelay:
             except Exception as exc:
                 if not is_permanent(exc):
                     raise RelayError(f"outbox row {row['id']} (event {row['event_id']}, topic {row['topic']}, "
-                                     f"key {row['key']}): {exc!r}"[:2000]) from exc
+                                     f"key {row['key']}): {exc!r}"[:2000], row) from exc
                 parked[row["id"]] = exc
                 blocked.add(row["key"])
                 continue
@@ -503,8 +526,33 @@ class OutboxRelay:
         if failure is not None:
             failed, error = failure
             raise RelayError(f"outbox row {failed['id']} (event {failed['event_id']}, topic {failed['topic']}, "
-                             f"key {failed['key']}): {error!r}"[:2000]) from error
+                             f"key {failed['key']}): {error!r}"[:2000], failed) from error
         return len(acked) + len(parked)
+
+    async def _topic_gone(self, conn: asyncpg.Connection, row: Mapping[str, Any]) -> bool:
+        """A row was not sent for want of its topic's metadata: when the cluster has no such topic (deleted by hand),
+        a registry topic is provisioned again (`provision`, services.runtime.topics_admin) and any other has the row
+        parked; True then. False when the topic exists (the broker is slow, a leader moves: the backoff retries), when
+        the cluster cannot say, and without `provision`."""
+        topic = row["topic"]
+        if self._provision is None:
+            return False
+        from services.runtime.topics_admin import topic_exists
+
+        try:
+            if await topic_exists(self._bootstrap_servers, topic):
+                return False
+            provisioned = await self._provision(topic)
+        except Exception as exc:  # Kafka unreachable, the admin request refused: the backoff retries the row
+            self._log.error("outbox relay: could not check or provision a topic", topic=topic, error=repr(exc)[:500])
+            return False
+        if provisioned:
+            self._log.error("outbox relay: topic missing on the cluster, provisioned again from the registry",
+                            topic=topic, row=row["id"])
+            return True
+        await self._park(conn, row, UnknownTopicOrPartitionError(
+            f"the topic {topic!r} does not exist on the cluster and is not in the registry"))
+        return True
 
     async def _park(self, conn: asyncpg.Connection, row: Mapping[str, Any], exc: BaseException) -> None:
         self._parked_keys.add(row["key"])

@@ -18,6 +18,7 @@ decision, not an apply's).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 
-from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_RETENTION_MS, all_topics
+from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_RETENTION_MS, Topic, all_topics
 from services.runtime.kafkaadmin import admin_client
 
 TOPIC_ALREADY_EXISTS = 36
@@ -60,8 +61,9 @@ class TopicState:
         return asdict(self)
 
 
-def wanted_topics(partitions: int, brokers: int) -> list[TopicSpec]:
-    """Every registry topic and its `.dlq` twin, for a cluster of ``brokers`` brokers."""
+def wanted_topics(partitions: int, brokers: int, topics: Sequence[Topic] | None = None) -> list[TopicSpec]:
+    """Every registry topic (`topics`: those, default every one) and its `.dlq` twin, for a cluster of ``brokers``
+    brokers."""
     if partitions < 1:
         raise ValueError(f"topic partitions must be at least 1, got {partitions}")
     if brokers < 1:
@@ -69,7 +71,7 @@ def wanted_topics(partitions: int, brokers: int) -> list[TopicSpec]:
     rf = min(3, brokers)
     common = {"min.insync.replicas": "2"} if rf >= 3 else {"min.insync.replicas": "1"}
     specs = []
-    for topic in all_topics():
+    for topic in all_topics() if topics is None else topics:
         specs.append(TopicSpec(topic.name, partitions, rf, {
             **common, "retention.ms": str(topic.retention_ms), "max.message.bytes": str(topic.max_message_bytes)}))
         specs.append(TopicSpec(topic.dlq, partitions, rf, {
@@ -143,12 +145,13 @@ def _admin(bootstrap: str) -> AIOKafkaAdminClient:
     return admin_client(bootstrap, client_id="flows-topics", request_timeout_ms=30_000)
 
 
-async def apply_topics(bootstrap: str, partitions: int) -> list[TopicState]:
-    """Create, grow and configure every registry topic; returns each topic's state after the apply."""
+async def apply_topics(bootstrap: str, partitions: int, topics: Sequence[Topic] | None = None) -> list[TopicState]:
+    """Create, grow and configure every registry topic (`topics`: those); returns each topic's state after the
+    apply."""
     admin = _admin(bootstrap)
     await admin.start()
     try:
-        specs = wanted_topics(partitions, await _brokers(admin))
+        specs = wanted_topics(partitions, await _brokers(admin), topics)
         existing = await _describe(admin, [s.name for s in specs])
         missing = [s for s in specs if s.name not in existing]
         if missing:
@@ -201,6 +204,32 @@ async def apply_topics(bootstrap: str, partitions: int) -> list[TopicState]:
         return result
     finally:
         await admin.close()
+
+
+async def topic_exists(bootstrap: str, name: str) -> bool:
+    """Whether the cluster has the topic `name` (with its partitions)."""
+    admin = _admin(bootstrap)
+    await admin.start()
+    try:
+        return name in {m["topic"] for m in await admin.describe_topics([name])
+                        if not m["error_code"] and m["partitions"]}
+    finally:
+        await admin.close()
+
+
+def registry_topic_provisioner(bootstrap: str, partitions: int,
+                               topics: Sequence[Topic] | None = None) -> Callable[[str], Awaitable[bool]]:
+    """What the outbox relay calls for a topic the cluster does not have (services.runtime.outbox): a registry topic
+    (`topics`: those, default every one), or its `.dlq` twin, is provisioned again as `flows topics apply` does (every
+    missing one with it) and the call says True; any other name, False."""
+    async def provision(name: str) -> bool:
+        registry = all_topics() if topics is None else topics
+        if name not in {t.name for t in registry} | {t.dlq for t in registry}:
+            return False
+        await apply_topics(bootstrap, partitions, registry)
+        return True
+
+    return provision
 
 
 async def list_topics(bootstrap: str, partitions: int) -> list[TopicState]:

@@ -16,10 +16,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from pydantic import BaseModel
 
 from contracts.envelope import from_kafka_headers
+from contracts.topics import Topic
 from services.runtime.db import create_pool, scratch_database
 from services.runtime.eventstore import EventStore, EventTooLarge, NewEvent
+from services.runtime.kafkaadmin import admin_client
 from services.runtime.migrations import MIGRATIONS_DIR, migrate
 from services.runtime.outbox import (
     _MARK_PUBLISHED,
@@ -29,6 +32,7 @@ from services.runtime.outbox import (
     retry_parked,
     skip_parked,
 )
+from services.runtime.topics_admin import apply_topics, registry_topic_provisioner, topic_exists
 from tests.isolation import logged_process
 from tests.kafka_topics import create_topics
 from tests.pg_outage import late_close_proxy, postgres_down
@@ -534,3 +538,78 @@ async def test_offered_rows_of_a_stream_with_a_parked_row_wait_behind_it(pool: a
         await running
     assert [p["n"] for k, _, p in messages if k == "8201"] == [0, 1, 2]
     assert await unpublished(pool) == 0
+
+
+class _Numbered(BaseModel):
+    key: str
+    n: int
+
+
+async def _delete_topic(name: str) -> None:
+    """Deletes the topic, as an operator's `kafka-topics --delete` does, and waits until the cluster has it no more."""
+    admin = admin_client(KAFKA)
+    await admin.start()
+    try:
+        await admin.delete_topics([name])
+    finally:
+        await admin.close()
+    async with asyncio.timeout(30):
+        while await topic_exists(KAFKA, name):
+            await asyncio.sleep(0.2)
+
+
+async def test_a_registry_topic_deleted_by_hand_is_provisioned_again_and_its_rows_go_in_their_order(
+        pool: asyncpg.Pool) -> None:
+    """The brokers never create a topic, so a registry topic deleted by hand left its rows unsendable: aiokafka waits
+    for the topic's metadata until its request timeout and says so as a transient error, and the relay retried the
+    row for ever, every row of its stream (and every later event of its instances) held behind it. Now the relay
+    asks the cluster, finds the topic gone, provisions it again from the registry as `flows topics apply` does, and
+    the rows go, in their order. The relay's producer knew the topic before (it had sent to it)."""
+    name = f"test.relay-gone-{uuid.uuid4().hex[:8]}"
+    registry = [Topic(name, _Numbered, "key", "a relay test", ("test",))]
+    await apply_topics(KAFKA, 1, registry)
+    store = EventStore(pool, source="/flows/loader")
+    await append_numbered(store, name, keys=["7301"], per_key=2)
+    stop = asyncio.Event()
+    relay = OutboxRelay(pool, KAFKA, poll_interval=0.2, retry_delay=0.2, producer_options={"request_timeout_ms": 3000},
+                        provision=registry_topic_provisioner(KAFKA, 1, registry))
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_until(lambda: _none_left(pool))
+        await _delete_topic(name)
+        await append_numbered_from(store, name, key="7301", start=2, count=2)
+        await wait_until(lambda: _none_left(pool), within=60)
+        assert await topic_exists(KAFKA, name) and relay.parked == 0
+        messages = await consume_all(name, expected=2)
+        assert [(k, p["n"]) for k, _, p in messages] == [("7301", 2), ("7301", 3)], "the new topic's, in order"
+    finally:
+        stop.set()
+        await running
+
+
+async def test_a_deleted_topic_the_registry_does_not_know_has_its_row_parked_and_the_others_go_on(
+        pool: asyncpg.Pool) -> None:
+    """A topic that is not the registry's is not the relay's to create: its row is parked with the reason (the
+    operators retry or skip it, `flows outbox`), its stream waits behind it, and the other streams go on."""
+    gone, other = await fresh_topic(), await fresh_topic()
+    await _delete_topic(gone)
+    store = EventStore(pool, source="/flows/loader")
+    await append_numbered(store, gone, keys=["7401"], per_key=1)
+    await append_numbered_from(store, other, key="7401", start=1, count=1)  # behind it in its stream
+    await append_numbered(store, other, keys=["7402"], per_key=2)
+    stop = asyncio.Event()
+    relay = OutboxRelay(pool, KAFKA, poll_interval=0.2, retry_delay=0.2, producer_options={"request_timeout_ms": 3000},
+                        provision=registry_topic_provisioner(KAFKA, 1, []))
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_until(lambda: _unpublished_is(pool, 2), within=60)
+        parked = await parked_rows(pool)
+        assert [(p["topic"], p["key"], p["waiting"]) for p in parked] == [(gone, "7401", 1)]
+        assert f"the topic '{gone}' does not exist on the cluster and is not in the registry" in \
+            parked[0]["parked_reason"]
+        messages = await consume_all(other, expected=2)
+        assert [(k, p["n"]) for k, _, p in messages] == [("7402", 0), ("7402", 1)]
+        assert not await topic_exists(KAFKA, gone)
+    finally:
+        stop.set()
+        await running
