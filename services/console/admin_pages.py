@@ -159,6 +159,15 @@ def _refused(letter_id: str, exc: dl.AlreadyDecided) -> str:
             "Nessuna nuova azione è stata eseguita.")
 
 
+# Why a dead letter cannot be redriven (deadletters.NotRedrivable's cause), as the page says it.
+_NOT_REDRIVABLE = {
+    "no-key": "non ha una chiave, e il suo argomento è partizionato per chiave",
+    "not-json": "il suo contenuto non è JSON: nessun consumatore potrebbe leggerlo",
+    "corrupt-batch": "è un blocco di record danneggiato su un broker, non un messaggio: i suoi record vanno inviati "
+                     "di nuovo da chi li ha prodotti",
+}
+
+
 @route(pages, "POST", "/esercizio/scarti/{letter}/rilancia", DECIDE_DEAD_LETTER, "action")
 async def dead_letter_redrive(ctx: Ctx, letter: str) -> Response:
     """Re-publishes the message to its original topic (original key, a new ce id) once; the user is the actor."""
@@ -169,8 +178,7 @@ async def dead_letter_redrive(ctx: Ctx, letter: str) -> Response:
     except dl.AlreadyDecided as exc:
         return await _letter_page(ctx, found, 409, _refused(found.id, exc), "danger")
     except dl.NotRedrivable as exc:
-        why = ("non ha una chiave, e il suo argomento è partizionato per chiave" if exc.cause == "no-key"
-               else "il suo contenuto non è JSON: nessun consumatore potrebbe leggerlo")
+        why = _NOT_REDRIVABLE.get(exc.cause, _NOT_REDRIVABLE["not-json"])
         return await _letter_page(ctx, found, 409, f"Il messaggio {found.id} non si può rilanciare: {why}. "
                                                    "Lo scarti indicandone il motivo.", "danger")
     return RedirectResponse(f"/esercizio/scarti/{urllib.parse.quote(found.id, safe='')}", status_code=303)

@@ -46,7 +46,13 @@ from pydantic import BaseModel, ValidationError
 from contracts.envelope import Envelope, EnvelopeError, check_envelope_text, envelope_from_text, from_kafka_headers
 from contracts.topics import DLQ_MAX_MESSAGE_BYTES, DLQ_REASON_MAX, Topic, all_topics
 from services.runtime import kafkarecords, tracing
-from services.runtime.kafkarecords import ISOLATION_LEVEL, corrupt_batch_problem, header_name_problem, printable_name
+from services.runtime.kafkarecords import (
+    DLQ_CORRUPT_BATCH,
+    ISOLATION_LEVEL,
+    corrupt_batch_problem,
+    header_name_problem,
+    printable_name,
+)
 from services.runtime.logging import bind_message, forget_message, get_logger
 from services.runtime.settings import Settings
 
@@ -457,6 +463,8 @@ def dead_letter_producer(bootstrap: Any) -> AIOKafkaProducer:
 def dead_letter_headers(topic: Topic, raw: Any, reason: str, attempts: int, group_id: str) -> list[tuple[str, bytes]]:
     """The original headers (less any dlq_* ones) plus the dlq_* headers saying why and from where."""
     headers = [(printable_name(k), v or b"") for k, v in raw.headers or [] if not k.startswith("dlq_")]
+    if corrupt_batch_problem(raw) is not None:  # not a message: a damaged record batch's bytes (kafkarecords)
+        headers.append((DLQ_CORRUPT_BATCH, b"corrupt"))
     headers += [(name, value.encode()) for name, value in (
         ("dlq_reason", bounded(reason)),
         ("dlq_original_topic", topic.name),

@@ -30,12 +30,13 @@ from contracts.topics import DLQ_SUFFIX
 from services.runtime import outbox
 from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent, StoredEvent
 from services.runtime.kafkaread import existing_topics, observer, offset_ranges, read_to_end
+from services.runtime.kafkarecords import DLQ_CORRUPT_BATCH
 from services.runtime.ops import decode_headers
 
 STREAM_PREFIX = "dead-letter-"
 REDRIVEN, DISCARDED = "ops.dead-letter-redriven", "ops.dead-letter-discarded"
 _DLQ_HEADERS = ("dlq_reason", "dlq_original_topic", "dlq_original_partition", "dlq_original_offset",
-                "dlq_attempts", "dlq_failed_at", "dlq_consumer_group")
+                "dlq_attempts", "dlq_failed_at", "dlq_consumer_group", DLQ_CORRUPT_BATCH)
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,8 @@ async def decisions(store: EventStore) -> dict[str, StoredEvent]:
 
 
 class NotRedrivable(ValueError):
-    """The message cannot go back to its topic: `cause` is "no-key" or "not-json"; discard it instead."""
+    """The message cannot go back to its topic: `cause` is "no-key", "not-json" or "corrupt-batch"; discard it
+    instead."""
 
     def __init__(self, message: str, cause: str) -> None:
         super().__init__(message)
@@ -233,6 +235,10 @@ def _decided_message(letter_id: str, event: StoredEvent) -> str:
 
 async def redrive(pool: asyncpg.Pool, store: EventStore, letter: DeadLetter, by: str) -> DeadLetterRedriven:
     """Records the redrive and queues the original message (new ce_id) for the outbox relay, atomically."""
+    if letter.headers.get(DLQ_CORRUPT_BATCH):
+        raise NotRedrivable(f"cannot redrive {letter.id}: it is a record batch damaged on a broker, not a message "
+                            "(its value is the batch's bytes as they were fetched); its records must be sent again by "
+                            "their producer; discard it with `flows dlq discard --reason`", "corrupt-batch")
     await _refuse_if_decided(store, letter.id)
     if not letter.key:
         raise NotRedrivable(f"cannot redrive {letter.id}: it has no key, and its original topic "

@@ -176,6 +176,11 @@ def corrupt_batch(batch: Any, data: bytes, next_base: int | None) -> _CorruptBat
     return _CorruptBatch(base, last + 1, record)
 
 
+# The dead letter of a corrupt batch says so (broker.dead_letter_headers): its value is the batch's bytes, which no
+# consumer can read, so it is never redriven (services.runtime.deadletters.redrive).
+DLQ_CORRUPT_BATCH = "dlq_record_batch"
+
+
 def corrupt_batch_problem(raw: Any) -> str | None:
     """What a consumed record says when it is a corrupt batch (`corrupt_batch`), else None."""
     checksum = getattr(raw, "checksum", None)

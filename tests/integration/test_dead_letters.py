@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from contracts.envelope import Envelope
 from contracts.topics import Topic
+from services.runtime import deadletters
 from services.runtime.broker import Incoming, consume, create_broker
 from services.runtime.ops import decode_headers
 from tests.kafka_topics import create_topics, records_now_on
@@ -191,7 +192,14 @@ async def test_a_batch_damaged_on_the_brokers_disk_neither_blocks_nor_loses_the_
     assert dead[0].key is None and marker[1:].encode() in dead[0].value
     headers = dict(dead[0].headers)
     assert headers["dlq_reason"].decode().startswith("record batch at offset 1 is corrupt: its CRC-32C is "), headers
-    assert headers["dlq_original_offset"] == b"1"
+    assert headers["dlq_original_offset"] == b"1" and headers["dlq_record_batch"] == b"corrupt"
+    # not a message: it is discarded, never redriven (its bytes would only come back as a message without headers)
+    letter = deadletters._from_record(dead[0])
+    assert letter.original_headers() == {} and letter.original_offset == 1
+    with pytest.raises(deadletters.NotRedrivable) as refused:
+        await deadletters.redrive(None, None, letter, "ops.verdi")  # type: ignore[arg-type]
+    assert refused.value.cause == "corrupt-batch"
+    assert "is a record batch damaged on a broker, not a message" in str(refused.value)
 
 
 async def test_messages_of_an_aborted_kafka_transaction_are_never_handled(settings):

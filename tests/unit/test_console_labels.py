@@ -131,3 +131,16 @@ def test_the_checks_esito_keeps_the_flow_managers_name_for_it() -> None:
     from services.console.labels import FILE_KIND_LABELS
 
     assert FILE_KIND_LABELS["feedback"] == "esito dei controlli (FeedBack)"
+
+
+def test_every_reason_a_dead_letter_cannot_be_redriven_has_the_pages_italian_words() -> None:
+    """The dead letter page says in Italian why a redrive is refused: a word for each cause deadletters raises."""
+    import inspect
+
+    from services.console.admin_pages import _NOT_REDRIVABLE
+    from services.runtime import deadletters
+
+    raised = {re.findall(r', "([a-z-]+)"\)', call)[0]
+              for call in inspect.getsource(deadletters).split("raise NotRedrivable(")[1:]}
+    assert raised == {"no-key", "not-json", "corrupt-batch"}
+    assert set(_NOT_REDRIVABLE) == raised

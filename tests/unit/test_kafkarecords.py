@@ -165,6 +165,9 @@ def test_a_batch_whose_crc_fails_is_read_as_one_record_saying_so_and_the_partiti
         parse_checked(corrupt, TOPIC)
     assert refused.value.reason == kafkarecords.corrupt_batch_problem(corrupt)
     assert decode(corrupt).problem == refused.value.reason, "the operators' tools (flows tail) say it too"
+    headers = dict(dead_letter_headers(TOPIC, corrupt, refused.value.reason, 0, "group"))
+    assert headers["dlq_record_batch"] == b"corrupt" and headers["dlq_reason"].decode().startswith("record batch at")
+    assert "dlq_record_batch" not in dict(dead_letter_headers(TOPIC, records[0], "why", 0, "group"))
 
 
 def test_a_corrupt_batch_last_in_its_fetch_spans_its_own_offsets_even_read_from_inside_it() -> None:
