@@ -18,6 +18,7 @@ from contracts.deadlines import (
 from contracts.flows import FlowType
 from contracts.onboarding import KIND_LABELS
 from contracts.states import SENDABLE_FLOW_TYPES
+from contracts.ts730 import MAX_ZIP_BYTES
 
 ROME = ITALY
 
@@ -46,6 +47,37 @@ ACCESS_LABELS = {"file-view": "consultazione del file", "file-download": "scaric
 # The flow types as the Flow Manager's "Lista tipi di flusso" names them (seed, Figura 2).
 FLOW_TYPE_LABELS = {"FLUSSO_C": "FLUSSO C", "FLUSSO_C_PACC": "FLUSSO C PACC", "FLUSSO_MEF": "FLUSSO MEF SOGEI",
                     "FLUSSO_ALPI_TA": "FLUSSO ALPI TA", "FLUSSO_730": "FLUSSO 730"}
+# What each flow type carries, in a line: the Tipi di flusso page's Descrizione (the Flow Manager's list had one per
+# type, "Tracciato Record FLUSSO C"). Which rows a load of each takes is services/loader/snapshot.py SELECTIONS
+# (Flusso C: SSN services outside PACC; C PACC: SSN services inside one; MEF: SSN services, PACC included; ALPI TA:
+# intramoenia bookings; 730: payment documents); a test keeps every flow type described.
+FLOW_TYPE_DESCRIPTIONS = {
+    "FLUSSO_C": "Prestazioni di specialistica ambulatoriale erogate a carico del SSN, esclusi i percorsi ambulatoriali "
+                "complessi e coordinati (PACC).",
+    "FLUSSO_C_PACC": "Prestazioni di specialistica ambulatoriale erogate a carico del SSN nei percorsi ambulatoriali "
+                     "complessi e coordinati (PACC).",
+    "FLUSSO_MEF": "Ricette SSN e prestazioni di specialistica ambulatoriale erogate, PACC compresi, come chiede l'art. "
+                  "50 del DL 269/2003.",
+    "FLUSSO_ALPI_TA": "Tempi di attesa dell'attività libero-professionale intramuraria (ALPI): le prenotazioni in "
+                      "intramoenia.",
+    "FLUSSO_730": "Spese sanitarie pagate dagli assistiti (documenti di spesa, per esempio ticket e prestazioni in "
+                  "intramoenia) per la dichiarazione dei redditi precompilata (modello 730).",
+}
+# What each file a formatting writes holds, by its kind: a layout's record kinds (contracts/layouts: one fixed-width
+# file each, services/formatter/engine.py) and the 730's zip (services/formatter/xml730.py KIND). A test keeps every
+# record kind of every layout, and the 730's kind, described.
+FILE_CONTENTS = {
+    "C1": "anagrafico (dati dell'assistito)", "C2": "sanitario (prestazioni erogate)",
+    "MEF": "ricette e prestazioni erogate", "ALPI_TA": "prenotazioni in intramoenia",
+    "730-zip": f"documenti di spesa in XML, un file per zip di al massimo {MAX_ZIP_BYTES // 2**20} MB; uno o più zip "
+               "per struttura",
+}
+# The flow types without a record layout (services/formatter/layouts.py DEFAULT_VERSION: the 730 is XML): what their
+# files are, and their file kinds (a test keeps them equal to the formatter's).
+FILES_WITHOUT_LAYOUT = {"FLUSSO_730": ("File XML compressi (zip)", ("730-zip",))}
+# A layout field's type (services/formatter/layouts.py FIELD_TYPES; columnar.py writes them so), for the tracciato's
+# page.
+FIELD_TYPE_LABELS = {"AN": "alfanumerico", "N": "numerico", "DATE": "data (GGMMAAAA)", "AMOUNT": "importo (nnnnn,dd)"}
 # Where each flow's files go (the Flow Manager's Tabella 1, seeds/000: "Piattaforma su cui effettuare il
 # caricamento", "Invio mediante la Piattaforma CUP (SI/NO)"): only the 730 is sent by the platform itself; the others'
 # files are downloaded and loaded on their platform by the ente (section 4.2).

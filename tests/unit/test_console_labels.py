@@ -144,3 +144,46 @@ def test_every_reason_a_dead_letter_cannot_be_redriven_has_the_pages_italian_wor
               for call in inspect.getsource(deadletters).split("raise NotRedrivable(")[1:]}
     assert raised == {"no-key", "not-json", "corrupt-batch"}
     assert set(_NOT_REDRIVABLE) == raised
+
+
+def test_every_flow_type_has_an_italian_description() -> None:
+    """The Tipi di flusso page's Descrizione: a flow type added without one fails here, not on an empty cell."""
+    from services.console.labels import FLOW_TYPE_DESCRIPTIONS
+
+    assert set(FLOW_TYPE_DESCRIPTIONS) == {t.value for t in FlowType}
+    for flow_type, text in FLOW_TYPE_DESCRIPTIONS.items():
+        assert text[:1].isupper() and text.endswith("."), flow_type
+    assert "esclusi i percorsi ambulatoriali complessi" in FLOW_TYPE_DESCRIPTIONS["FLUSSO_C"]
+    assert "PACC compresi" in FLOW_TYPE_DESCRIPTIONS["FLUSSO_MEF"]  # services/loader/snapshot.py SELECTIONS
+
+
+def test_every_file_a_formatting_writes_says_what_it_holds() -> None:
+    """One fixed-width text file per record kind of a layout (services/formatter/engine.py), the 730's zips
+    (services/formatter/xml730.py): every kind of every layout of the folder, and the 730's, is described; the flow
+    types without a layout are those FILES_WITHOUT_LAYOUT names, with the formatter's own kinds."""
+    from contracts.ts730 import MAX_ZIP_BYTES
+    from services.console.labels import FILE_CONTENTS, FILE_KIND_LABELS, FILES_WITHOUT_LAYOUT
+    from services.formatter import xml730
+    from services.formatter.engine import file_name
+    from services.formatter.layouts import LayoutRegistry
+    from services.formatter.xml730_rules import part_file_name
+
+    registry = LayoutRegistry()
+    kinds = {kind for flow_type, version in registry.available() for kind in registry.get(flow_type, version).kinds}
+    assert {"C1", "C2", "MEF", "ALPI_TA"} <= kinds  # the folder was read
+    assert kinds <= set(FILE_CONTENTS), kinds - set(FILE_CONTENTS)
+    assert file_name("C1", "150201", "202610", 1947) == "C1_150201_202610_1947.txt"  # a text file, as the page says
+    with_layout = {flow_type for flow_type, _ in registry.available()}
+    assert set(FILES_WITHOUT_LAYOUT) == {t.value for t in FlowType} - with_layout == {"FLUSSO_730"}
+    assert FILES_WITHOUT_LAYOUT["FLUSSO_730"][1] == (xml730.KIND,)
+    assert xml730.KIND in FILE_CONTENTS and xml730.KIND in FILE_KIND_LABELS
+    assert part_file_name("150", "201", "000123", "2026", 1947, 1).endswith(".zip")
+    # the size the page names is the one the formatter splits below
+    assert MAX_ZIP_BYTES % 2**20 == 0 and f"al massimo {MAX_ZIP_BYTES // 2**20} MB" in FILE_CONTENTS[xml730.KIND]
+
+
+def test_every_type_of_layout_field_has_an_italian_name() -> None:
+    from services.console.labels import FIELD_TYPE_LABELS
+    from services.formatter.layouts import FIELD_TYPES
+
+    assert set(FIELD_TYPE_LABELS) == FIELD_TYPES
