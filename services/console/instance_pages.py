@@ -1,5 +1,6 @@
 """The instance pages: the list (keyset search), a new load, an instance (history, feedback, files, actions,
-its live stream), the deadlines, and the 730's send to Sistema TS with credentials sealed in the browser."""
+its live stream), the deadlines, the flow types and their layouts, and the 730's send to Sistema TS with credentials
+sealed in the browser."""
 
 from __future__ import annotations
 
@@ -28,18 +29,20 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Stre
 from markupsafe import Markup
 from starlette.background import BackgroundTask
 
-from contracts import flows
+from contracts import flows, ts730
 from contracts.deadlines import (
     DeadlineDataInvalid,
     DeadlineDataMissing,
+    deadlines_for_month,
     default_month,
     italian_day_start_sql,
     italian_today,
     known_deadlines_for_month,
 )
+from contracts.deadlines import rules as deadline_rules
 from contracts.deadlines import status as deadline_status
 from contracts.flows import FlowType
-from contracts.italian import italian_number
+from contracts.italian import italian_date, italian_number
 from contracts.states import SENDABLE_FLOW_TYPES, IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError
 from services.cli.fileview import file_rows
@@ -56,7 +59,11 @@ from services.console.access import (
 )
 from services.console.labels import (
     BADGE_HTML,
+    FILE_CONTENTS,
+    FILE_KIND_LABELS,
+    FILES_WITHOUT_LAYOUT,
     FLOW_TYPE_CHOICES,
+    FLOW_TYPE_DESCRIPTIONS,
     FLOW_TYPE_LABEL_VALUES,
     FLOW_TYPE_LABELS,
     FLOW_TYPE_VALUES,
@@ -66,6 +73,7 @@ from services.console.labels import (
     STATE_VALUES,
     badge,
     chain_break_text,
+    upload_platform,
 )
 from services.console.live import next_change
 from services.console.web import (
@@ -80,7 +88,7 @@ from services.console.web import (
     route,
     templates,
 )
-from services.formatter.layouts import version_in_force
+from services.formatter.layouts import LayoutError, LayoutRegistry, version_in_force
 from services.loader.catalogue import known_enti
 from services.loader.load_rules import period_not_over
 from services.runtime.coverage import coverage
@@ -813,6 +821,121 @@ def _deadline_data_error(exc: DeadlineDataMissing | DeadlineDataInvalid) -> str:
 # The months as the caption says them ("Scadenze dei periodi che finiscono a novembre 2026"), not 2026-11.
 MONTHS = ("gennaio", "febbraio", "marzo", "aprile", "maggio", "giugno", "luglio", "agosto", "settembre", "ottobre",
           "novembre", "dicembre")
+
+
+# ---------------------------------------------------------------- Tipi di flusso
+# The Flow Manager's "Lista tipi di flusso" (seeds/000, Amministrazione: NOME, VERSIONE, DESCRIZIONE), from the
+# platform's own data: the layouts' folder (services/formatter/layouts.py), the deadline rules
+# (contracts/deadlines.py), labels.py's names, descriptions and destinations.
+@dataclass(frozen=True)
+class DeadlineRule:
+    """A flow type's deadline rule for one data year, in words: `text`, and `dates` when the rule is a few dated
+    periods (the ALPI TA calendar, the 730's year or halves), each "period: entro il due"; `missing`: the data has no
+    readable rule for the year, and `text` says so."""
+
+    text: str
+    dates: tuple[str, ...] = ()
+    missing: bool = False
+
+
+def _months_between(before: date, after: date) -> int:
+    return (after.year * 12 + after.month) - (before.year * 12 + before.month)
+
+
+def deadline_rule(flow_type: str, year: int, rule_book: dict[str, Any] | None = None) -> DeadlineRule:
+    """`flow_type`'s deadline rule for the data of `year`, as contracts/data/deadlines.toml gives it, in Italian. The
+    dates are those the Scadenze page shows (deadlines_for_month: read and checked by the same code, moved past
+    weekends and holidays); a year without a rule, or with one that cannot be read, is said, never guessed."""
+    book = rule_book if rule_book is not None else deadline_rules()
+    try:
+        found = [d for month in range(1, 13) for d in deadlines_for_month(year, month, book, [flow_type])]
+    except (DeadlineDataMissing, DeadlineDataInvalid) as exc:
+        log.warning("console.deadline_data", year=year, flow_type=flow_type, error=str(exc))
+        what = "mancano" if isinstance(exc, DeadlineDataMissing) else "non sono leggibili"
+        return DeadlineRule(f"Le regole di scadenza per i dati del {year} {what}: avvisi l'esercizio.", missing=True)
+    rule = book[flow_type]["years"][str(year)]
+    kind = rule["kind"]  # deadlines_for_month refused any other kind than these four
+    if kind == "monthly" and "calendar" not in rule:
+        day, after = int(rule["day"]), int(rule.get("months_after", 1))
+        month = "del mese successivo" if after == 1 else f"del {after}° mese successivo"
+        shorter = " (l'ultimo del mese, se è più corto)" if day > 28 else ""
+        return DeadlineRule(f"Mensile: entro il giorno {day}{shorter} {month}.")
+    dates = tuple(f"{italian_date(d.period_start)} – {italian_date(d.period_end)}: entro il {italian_date(d.due)}"
+                  for d in found)
+    if kind == "monthly":  # a calendar of twelve due dates
+        days = sorted({d.due.day for d in found})
+        if all(_months_between(d.period_end, d.due) == 1 for d in found):
+            when = f"il giorno {days[0]}" if len(days) == 1 else f"il giorno fissato, tra il {days[0]} e il {days[-1]}"
+            return DeadlineRule(f"Mensile, secondo il calendario del {year}: entro {when} del mese successivo.")
+        return DeadlineRule(f"Mensile, secondo il calendario del {year}:", dates)
+    if kind == "calendar":
+        return DeadlineRule(f"Per i periodi fissati dal calendario del {year}:", dates)
+    return DeadlineRule("Semestrale:" if kind == "semester" else "Annuale:", dates)
+
+
+@dataclass(frozen=True)
+class FlowTypeRow:
+    """One row of the Tipi di flusso page."""
+
+    flow_type: str
+    name: str
+    description: str
+    versions: tuple[str, ...]
+    in_force: str  # the version a load of the current month takes
+    with_layouts: bool  # its versions are layouts (contracts/layouts): each links to its fields
+    files_lead: str
+    files: tuple[tuple[str, str], ...]  # (the file's kind as the operators see it, what it holds)
+    destination: str
+    deadline: DeadlineRule
+
+
+# The versions of a flow type without a record layout: the 730's are its XSD's (contracts/ts730 SCHEMA_FILES).
+_VERSIONS_WITHOUT_LAYOUT = {"FLUSSO_730": tuple(sorted(ts730.SCHEMA_FILES))}
+
+
+def flow_type_rows(today: date, registry: LayoutRegistry | None = None,
+                   rule_book: dict[str, Any] | None = None) -> list[FlowTypeRow]:
+    """Every flow type the platform handles (FlowType), with what the page says of it on `today` (Italy's): the
+    layout versions of `registry` (the layouts' folder) and the one a load of the current month takes, as a load
+    takes it (version_in_force); the files a formatting writes (one per record kind of the layout in force; the
+    730's zips); its deadline rule for the data of the current year."""
+    registry = registry or LayoutRegistry()
+    available = registry.available()
+    month_start = today.replace(day=1)  # a load of the current month
+    rows = []
+    for flow in FlowType:
+        flow_type = flow.value
+        versions = tuple(v for f, v in available if f == flow_type)
+        in_force = version_in_force(flow_type, month_start, versions)
+        files: tuple[tuple[str, str], ...] = ()
+        if versions:
+            try:
+                kinds = registry.get(flow_type, in_force).kinds
+            except LayoutError as exc:  # the file's own English is the operators': logged
+                log.warning("console.layout_unusable", flow_type=flow_type, version=in_force, error=str(exc))
+                lead = f"Tracciato {in_force} non leggibile: avvisi l'esercizio."
+            else:
+                lead = ("Un file di testo a larghezza fissa" if len(kinds) == 1 else
+                        f"{len(kinds)} file di testo a larghezza fissa, uno per tipo di record")
+                files = tuple((kind, FILE_CONTENTS.get(kind, "")) for kind in kinds)
+        else:
+            lead, kinds = FILES_WITHOUT_LAYOUT.get(flow_type, ("—", ()))
+            files = tuple((FILE_KIND_LABELS.get(kind, kind), FILE_CONTENTS.get(kind, "")) for kind in kinds)
+        rows.append(FlowTypeRow(
+            flow_type, FLOW_TYPE_LABELS.get(flow_type, flow_type), FLOW_TYPE_DESCRIPTIONS.get(flow_type, ""),
+            tuple(sorted({*(versions or _VERSIONS_WITHOUT_LAYOUT.get(flow_type, ())), in_force})), in_force,
+            bool(versions), lead, files, upload_platform(flow_type), deadline_rule(flow_type, today.year, rule_book)))
+    return rows
+
+
+@route(pages, "GET", "/tipi-di-flusso", LIST_INSTANCES, "page")
+async def flow_types_page(ctx: Ctx) -> Response:
+    today = italian_today()
+    # a few small files read (the layouts, the deadline data once) and, at the first page, the holidays' calendars
+    # loaded: off the event loop
+    rows = await asyncio.to_thread(flow_type_rows, today)
+    return page(ctx, "flow_types.html", "Tipi di flusso", active="/tipi-di-flusso", rows=rows, anno=today.year,
+                mese_detto=f"{MONTHS[today.month - 1]} {today.year}")
 
 
 # ---------------------------------------------------------------- Invia a Sistema TS

@@ -490,6 +490,7 @@ def _nav_of(role: str) -> list[tuple[str, str]]:
         nav.append(("/istanze/nuova", "Nuovo caricamento"))
     if role in LIST_INSTANCES.roles:
         nav.append(("/scadenze", "Scadenze"))
+        nav.append(("/tipi-di-flusso", "Tipi di flusso"))
     if role in LIST_ONBOARDING.roles:
         nav.append(("/onboarding", "Onboarding"))
     if role in READ_ACCESS_LOG.roles:
@@ -576,6 +577,7 @@ _WAYS_BACK: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (re.compile(r"^/esercizio/scarti(?:/|$)"), "/esercizio/scarti", "Torna ai messaggi non elaborabili"),
     (re.compile(r"^/esercizio(?:/|$)"), "/esercizio", "Torna all'esercizio"),
     (re.compile(r"^/utenti(?:/|$)"), "/utenti", "Torna alla gestione degli utenti"),
+    (re.compile(r"^/tipi-di-flusso(?:/|$)"), "/tipi-di-flusso", "Torna ai tipi di flusso"),
 )
 _LISTS = {"/istanze/{0}": ("/istanze", "Torna all'elenco delle istanze"),
           "/onboarding/{0}": ("/onboarding", "Torna all'elenco delle richieste")}
