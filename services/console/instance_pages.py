@@ -59,6 +59,7 @@ from services.console.access import (
 )
 from services.console.labels import (
     BADGE_HTML,
+    FIELD_TYPE_LABELS,
     FILE_CONTENTS,
     FILE_KIND_LABELS,
     FILES_WITHOUT_LAYOUT,
@@ -88,7 +89,7 @@ from services.console.web import (
     route,
     templates,
 )
-from services.formatter.layouts import LayoutError, LayoutRegistry, version_in_force
+from services.formatter.layouts import Layout, LayoutError, LayoutRegistry, version_in_force
 from services.loader.catalogue import known_enti
 from services.loader.load_rules import period_not_over
 from services.runtime.coverage import coverage
@@ -936,6 +937,44 @@ async def flow_types_page(ctx: Ctx) -> Response:
     rows = await asyncio.to_thread(flow_type_rows, today)
     return page(ctx, "flow_types.html", "Tipi di flusso", active="/tipi-di-flusso", rows=rows, anno=today.year,
                 mese_detto=f"{MONTHS[today.month - 1]} {today.year}")
+
+
+def _rows_text(layout: Layout, scope: str) -> str:
+    """On which records of a prescription a field is written (a grouped layout: its numbered rows, then the closing
+    one)."""
+    grouping = layout.grouping
+    if grouping is None or scope == "all":
+        return "tutte"
+    if scope == "detail":
+        return f"da 01 a {grouping.max_rows:02d}"
+    return f"{grouping.closing_row} (chiusura)"
+
+
+@route(pages, "GET", "/tipi-di-flusso/{tipo}/{versione}", LIST_INSTANCES, "page")
+async def layout_page(ctx: Ctx, tipo: str, versione: str) -> Response:
+    """A layout's records and fields, as contracts/layouts has them: what each line of a flow's files holds, where."""
+    registry = LayoutRegistry()
+    available = registry.available()
+    if (tipo, versione) not in available:  # only a layout of the folder: no other path is ever read
+        raise HTTPException(404)
+    name = FLOW_TYPE_LABELS.get(tipo, tipo)
+    try:
+        layout = registry.get(tipo, versione)
+    except LayoutError as exc:  # the file's own English is the operators': logged
+        log.warning("console.layout_unusable", flow_type=tipo, version=versione, error=str(exc))
+        return page(ctx, "message.html", f"Tracciato {name} versione {versione}", status=500, level="danger",
+                    active="/tipi-di-flusso", back="/tipi-di-flusso", back_label="Torna ai tipi di flusso",
+                    message=f"Il tracciato {name} versione {versione} non è leggibile: avvisi l'esercizio (il "
+                            "dettaglio è nel log della console).")
+    today = italian_today()
+    in_force = version_in_force(tipo, today.replace(day=1), [v for f, v in available if f == tipo])
+    records = [{"kind": r.kind, "holds": FILE_CONTENTS.get(r.kind, ""), "length": r.length,
+                "fields": [{"title": f.title, "start": f.start, "end": f.end, "length": f.length,
+                            "type": FIELD_TYPE_LABELS.get(f.type, f.type), "required": f.required,
+                            "rows": _rows_text(layout, f.rows)} for f in r.fields]} for r in layout.records]
+    return page(ctx, "layout.html", f"Tracciato {name} versione {versione}", active="/tipi-di-flusso",
+                records=records, grouping=layout.grouping, description=FLOW_TYPE_DESCRIPTIONS.get(tipo, ""),
+                in_force=versione == in_force, mese_detto=f"{MONTHS[today.month - 1]} {today.year}")
 
 
 # ---------------------------------------------------------------- Invia a Sistema TS

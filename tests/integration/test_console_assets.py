@@ -13,6 +13,7 @@ import pytest
 
 from services.console.access import ROUTE_TABLE
 from services.console.web import STATIC, VENDOR
+from services.formatter.layouts import LayoutRegistry
 from tests.console_support import (
     DIRECTORY_URL,
     FILE_URL,
@@ -39,7 +40,9 @@ async def _pages(console: RunningConsole) -> dict[str, str]:
     instance = await console.instance("201", [("flows.load-checked", {"source_instance": 1, "counts": {"services": 1},
                                                                       "warnings": 1, "feedback": feedback})])
     request = await console.onboarding_request("REQ-ASSETS-1", "150123")
-    params = {"{instance}": str(instance), "{name}": "esito.csv", "{request}": request, "{letter}": "nessuna"}
+    flow_type, version = next((f, v) for f, v in LayoutRegistry().available() if f == "FLUSSO_C")
+    params = {"{instance}": str(instance), "{name}": "esito.csv", "{request}": request, "{letter}": "nessuna",
+              "{tipo}": flow_type, "{versione}": version}
     pages: dict[str, str] = {}
     async with httpx.AsyncClient(follow_redirects=False) as anonymous:
         pages["anonymous /login"] = (await anonymous.get(console.url + "/login")).text

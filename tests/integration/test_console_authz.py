@@ -19,12 +19,15 @@ from fastapi import APIRouter, FastAPI
 from services.console import web as console_web
 from services.console.access import ROUTE_TABLE, RouteRule, check_every_route_has_a_rule
 from services.console.auth import ROLES, add_user
+from services.formatter.layouts import LayoutRegistry
 from tests.console_support import PASSWORD, ROLE_USERS, STRUCTURE, RunningConsole, csrf_of
 from tests.stack_urls import KAFKA
 
 MISSING_LETTER = "flows.load-requested.dlq:0:999999999"
 VICTIM, NOBODY = "vittima.1", "nessuno.tale"  # the user the admin's disable route acts on; one that does not exist
 DOCUMENT = "suap-authorisation-5d07f8af1f"  # the same bytes in the same slot: the same id in both requests
+# a layout of the folder, whose page (/tipi-di-flusso/{tipo}/{versione}) the readers of instances see
+LAYOUT = next((f, v) for f, v in LayoutRegistry().available() if f == "FLUSSO_C")
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +115,7 @@ async def _call(client: httpx.AsyncClient, c: RunningConsole, route: RouteRule, 
     path = route.path.replace("{instance}", str(target)).replace("{name}", "errori.csv").replace("{request}",
                                                                                                   str(target))
     path = path.replace("{letter}", str(target)).replace("{document}", DOCUMENT).replace("{user}", str(target))
+    path = path.replace("{tipo}", LAYOUT[0]).replace("{versione}", LAYOUT[1])
     url = c.url + path
     if route.kind == "stream":
         async with client.stream("GET", url) as response:
