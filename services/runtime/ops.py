@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from pydantic import ValidationError
 
+from contracts.deadlines import italian_time
 from contracts.envelope import EnvelopeError, from_kafka_headers
 from contracts.topics import DLQ_SUFFIX, all_topics, by_name
 from services.runtime.kafkaadmin import admin_client
@@ -84,7 +85,7 @@ class Seen:
         return summarise(self.data or {}, width)
 
     def line(self) -> str:
-        when = (self.time or self.timestamp).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+        when = italian_time(self.time or self.timestamp)  # Italy's, as `flows show` and the console (README)
         kind = self.type or self.topic
         return f"{when}  {kind:<30} {self.subject or self.key or '-':<8} {self.actor:<12} {self.summary()}"
 
