@@ -5,7 +5,8 @@ Refreshed every `ops_metrics_interval_s` by the audit service and served on its 
     flows_consumer_lag{group,topic,partition}          end offset - committed offset
     flows_dlq_messages{topic}                          messages on each .dlq topic
     flows_instances{flow_type,state}                   instances per state (Failed loading...)
-    flows_deadline_uncovered_days{ente,flow_type,due}  days left (negative: late) of a deadline no instance covers
+    flows_deadline_uncovered_days{ente,flow_type,due,month}  days left (negative: late) of a deadline no instance
+                                     covers; `month`, its period's, is what `flows deadlines --month` takes
     flows_ts_outcomes{outcome}                         TS outcomes recorded (confirmed, rejected...)
     flows_outbox_unpublished                           outbox rows not yet on Kafka
     flows_outbox_oldest_unpublished_seconds            age of the oldest of them (0: none)
@@ -39,7 +40,7 @@ class OpsMetrics:
         self.instances = gauge("flows_instances", "Instances per flow type and state", ("flow_type", "state"))
         self.deadline = gauge("flows_deadline_uncovered_days",
                               "Days left before a deadline that no instance covers (negative: late)",
-                              ("ente", "flow_type", "due"))
+                              ("ente", "flow_type", "due", "month"))
         self.ts = gauge("flows_ts_outcomes", "Sistema TS outcomes recorded, per outcome", ("outcome",))
         self.outbox = gauge("flows_outbox_unpublished", "Outbox rows not yet published to Kafka")
         self.outbox_age = gauge("flows_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished outbox row")
@@ -95,8 +96,8 @@ class OpsMetrics:
             # every entity known, those that loaded nothing yet too: theirs are the deadlines most likely missed
             for ente, deadline, covered in await coverage(pool, deadlines, None):
                 if covered is None:
-                    self.deadline.labels(ente, deadline.flow_type, deadline.due.isoformat()).set(
-                        (deadline.due - today).days)
+                    self.deadline.labels(ente, deadline.flow_type, deadline.due.isoformat(),
+                                         f"{year}-{month:02d}").set((deadline.due - today).days)
 
 
 _BY_REGISTRY: dict[int, OpsMetrics] = {}

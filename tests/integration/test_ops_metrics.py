@@ -64,10 +64,12 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
     assert f'flows_dlq_messages{{topic="{dlq}"}} 1.0' in text
     assert "flows_ops_refreshed_timestamp_seconds" in text
     # October's Flusso C of ente 201 is due on 10 November: the failed load does not cover it
-    assert 'flows_deadline_uncovered_days{due="2026-11-10",ente="201",flow_type="FLUSSO_C"} 2.0' in text
+    assert 'flows_deadline_uncovered_days{due="2026-11-10",ente="201",flow_type="FLUSSO_C",month="2026-10"} 2.0' in text
     # An entity of the catalogue with no instance at all is due too: the alert must not skip the one that loaded nothing
-    assert 'flows_deadline_uncovered_days{due="2026-11-10",ente="203",flow_type="FLUSSO_C"} 2.0' in text
-    assert 'flows_deadline_uncovered_days{due="2027-02-01",ente="201",flow_type="FLUSSO_730"} 0.0' in due_day_text
+    assert 'flows_deadline_uncovered_days{due="2026-11-10",ente="203",flow_type="FLUSSO_C",month="2026-10"} 2.0' in text
+    # the month `flows deadlines --month` lists it under, as the alert's text says to run it
+    assert 'flows_deadline_uncovered_days{due="2027-02-01",ente="201",flow_type="FLUSSO_730",month="2026-12"} 0.0' \
+        in due_day_text
     age = float(next(line.split()[-1] for line in text.splitlines()
                      if line.startswith("flows_outbox_oldest_unpublished_seconds ")))
     assert 3600 <= age < 3600 + 300, age
