@@ -36,7 +36,7 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    checkpoints.load_or_create_key(settings.checkpoint_key)  # fail at start, not at the first tick
+    checkpoints.signing_key(settings.checkpoint_key, settings.checkpoints_dir)  # fail at start, not at a tick
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     try:
         async def tick() -> None:
@@ -51,7 +51,7 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
                          root=cp.root, file=str(taken.path))
 
         async def key_check() -> tuple[bool, str]:
-            checkpoints.load_or_create_key(settings.checkpoint_key)  # raises when unreadable or too open
+            checkpoints.signing_key(settings.checkpoint_key, settings.checkpoints_dir)  # raises: missing, too open
             return True, f"{settings.checkpoint_key} readable by this user only"
 
         figures = opsmetrics.for_registry(registry or REGISTRY)

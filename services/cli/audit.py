@@ -26,13 +26,17 @@ audit_app = typer.Typer(help="Audit: signed checkpoints, inclusion proofs, repor
 
 @audit_app.command("checkpoint")
 @user_errors
-def checkpoint(force: Annotated[bool, typer.Option(help="sign even when nothing changed")] = False) -> None:
+def checkpoint(force: Annotated[bool, typer.Option(help="sign even when nothing changed")] = False,
+               new_key: Annotated[bool, typer.Option(
+                   help="the signing key is lost for good: make a new one (refused without this when earlier "
+                        "checkpoints exist); give the auditors its public key")] = False) -> None:
     """Sign the head of every stream now; writes checkpoint-N.json and publishes it on audit.checkpoint."""
     cfg = settings()
 
     async def go() -> cps.Taken:
         async with database(cfg) as pool:
-            return await cps.take(pool, cfg.checkpoint_key, cfg.checkpoints_dir, cfg.kafka_bootstrap, force=force)
+            return await cps.take(pool, cfg.checkpoint_key, cfg.checkpoints_dir, cfg.kafka_bootstrap, force=force,
+                                  new_key=new_key)
 
     taken = run(go())
     cp = taken.checkpoint
@@ -46,7 +50,8 @@ def checkpoint(force: Annotated[bool, typer.Option(help="sign even when nothing 
 @user_errors
 def public_key(out: Annotated[Path | None, typer.Option(help="write the PEM here")] = None) -> None:
     """The checkpoint signing key's public half (PEM), for auditors."""
-    pem = cps.public_pem(cps.load_or_create_key(settings().checkpoint_key).public_key())
+    cfg = settings()
+    pem = cps.public_pem(cps.signing_key(cfg.checkpoint_key, cfg.checkpoints_dir).public_key())
     if out:
         out.write_bytes(pem)
         console.print(f"public key written to {out}")

@@ -147,6 +147,25 @@ def load_or_create_key(key_path: Path) -> Ed25519PrivateKey:
     return loaded
 
 
+class SigningKeyMissing(ValueError):
+    """The signing key file is gone while checkpoints it signed are there: a new key is made only when asked."""
+
+
+def signing_key(key_path: Path, directory: Path, *, new_key: bool = False) -> Ed25519PrivateKey:
+    """The signing key (load_or_create_key), refusing to make a new one in place of a key that signed the checkpoints
+    of `directory` unless `new_key`: a lost key replaced without a word left every later checkpoint signed by a key
+    the auditors do not hold, with nothing telling them (`flows replay --all --chains-only` found them matching)."""
+    if not key_path.exists() and not new_key:
+        previous = latest(directory)
+        if previous is not None:
+            raise SigningKeyMissing(
+                f"the checkpoint signing key {key_path} is missing, and checkpoint {previous.sequence} in {directory} "
+                f"was signed by key {previous.key_id}: restore the key file from its backup; only if it is lost for "
+                "good, make a new one with `flows audit checkpoint --new-key` and give the auditors its public key "
+                "(`flows audit public-key`)")
+    return load_or_create_key(key_path)
+
+
 def public_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
@@ -238,12 +257,15 @@ class Taken:
 
 
 async def take(pool: asyncpg.Pool, key_path: Path, directory: Path, bootstrap: str | None, *,
-               force: bool = False) -> Taken:
+               force: bool = False, new_key: bool = False) -> Taken:
     """Signs the current heads, writes checkpoint-N.json and publishes it on `audit.checkpoint`.
 
-    Without `force`, a checkpoint is only taken when events were appended since the latest one.
+    Without `force`, a checkpoint is only taken when events were appended since the latest one. A missing key is
+    made anew only for the first checkpoint or with `new_key` (signing_key).
     """
-    key = load_or_create_key(key_path)
+    key = signing_key(key_path, directory, new_key=new_key)
+    if new_key:
+        force = True  # the new key's first checkpoint, even when nothing was appended: its public key is then in use
     directory.mkdir(parents=True, exist_ok=True)
     heads, transaction_id, position, events = await read_heads(pool)
     previous = latest(directory)

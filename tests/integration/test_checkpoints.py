@@ -175,6 +175,33 @@ def test_a_proof_checks_with_the_public_key_alone_and_fails_with_another(audit_e
     assert cp["root"] in published
 
 
+def test_a_lost_signing_key_is_never_replaced_without_being_asked(audit_env, fresh_db):
+    """The key file moved away (lost, or a restore that forgot it): `flows audit checkpoint` made a new key without a
+    word and signed checkpoint 2 with it, and `flows replay --all --chains-only` then said every stream matched, while
+    the auditors hold only the old public key. Now the checkpoint, the public key and the audit service's start all
+    refuse, naming the key that signed the last checkpoint; `--new-key` makes a new one on purpose."""
+    runner = CliRunner()
+    _checkpoint(runner)
+    key_file = Path(os.environ["FLOWS_CHECKPOINT_KEY"])
+    first = json.loads((audit_env / "checkpoints" / "checkpoint-1.json").read_text())["key_id"]
+    key_file.rename(key_file.with_name("elsewhere.key"))
+    for args in (["audit", "checkpoint"], ["audit", "public-key"]):
+        refused = runner.invoke(app, args, env=WIDE)
+        assert refused.exit_code == 1, refused.output
+        said = " ".join(refused.output.split())
+        assert f"the checkpoint signing key {key_file} is missing, and checkpoint 1" in said, said
+        assert f"was signed by key {first}: restore the key file from its backup" in said, said
+        assert not key_file.exists(), "no key made in its place"
+    assert not (audit_env / "checkpoints" / "checkpoint-2.json").exists()
+
+    renewed = runner.invoke(app, ["audit", "checkpoint", "--new-key"], env=WIDE)
+    assert renewed.exit_code == 0, renewed.output
+    second = json.loads((audit_env / "checkpoints" / "checkpoint-2.json").read_text())["key_id"]
+    assert "checkpoint 2 signed" in renewed.output and second != first and key_file.exists()
+    again = runner.invoke(app, ["audit", "checkpoint"], env=WIDE)
+    assert again.exit_code == 0 and "nothing appended since; latest is" in again.output, again.output
+
+
 async def _published_roots(bootstrap: str) -> set[str]:
     return {json.loads(r.value)["root"] for r in await read_to_end(bootstrap, ["audit.checkpoint"])}
 
@@ -217,3 +244,25 @@ async def test_the_audit_service_signs_periodically_and_only_when_something_was_
     second = json.loads((tmp_path / "cps" / "checkpoint-2.json").read_text())
     assert [h["stream_id"] for h in second["heads"]] == ["instance-7", "instance-8"]
     assert stat.S_IMODE((tmp_path / "k" / "signing.key").stat().st_mode) == 0o600
+
+
+async def test_the_audit_service_does_not_start_without_the_key_that_signed_its_checkpoints(fresh_db, tmp_path,
+                                                                                           settings):
+    """The audit service signs every interval: started with its key file gone, it made a new key at once. Now it
+    refuses to start, saying which key is missing (its health check says the same while it runs)."""
+    from services.audit.app import main
+    from services.runtime import checkpoints
+
+    await _instances_async(fresh_db, [9])
+    key, directory = tmp_path / "k" / "signing.key", tmp_path / "cps"
+    cfg = settings.model_copy(update={"database_url": fresh_db, "checkpoint_key": key, "checkpoints_dir": directory,
+                                      "checkpoint_interval_s": 0.3})
+    pool = await create_pool(fresh_db, min_size=1, max_size=2)
+    try:
+        await checkpoints.take(pool, key, directory, None)
+    finally:
+        await pool.close()
+    key.unlink()
+    with pytest.raises(checkpoints.SigningKeyMissing, match="restore the key file from its backup"):
+        await main(cfg, asyncio.Event())
+    assert not key.exists() and [p.name for p in checkpoints.checkpoint_files(directory)] == ["checkpoint-1.json"]
