@@ -5,6 +5,7 @@
     flows audit prove N [--out F]              the inclusion proof of instance N's stream
     flows audit verify-proof F --public-key K  check a proof with the public key alone
     flows audit report N [--out report.pdf]    an instance's whole history as a PDF
+    flows audit files [--sizes-only]           every file the history names is in the file store, intact
 """
 
 from __future__ import annotations
@@ -57,6 +58,34 @@ def public_key(out: Annotated[Path | None, typer.Option(help="write the PEM here
         console.print(f"public key written to {out}")
     else:
         typer.echo(pem.decode(), nl=False)
+
+
+@audit_app.command("files")
+@user_errors
+def files(sizes_only: Annotated[bool, typer.Option(
+        "--sizes-only", help="check presence and size only, without reading every file whole")] = False) -> None:
+    """Check the file store against the history: every file an instance or an onboarding request names is there,
+    of its size, and its bytes hash to its sha256 (after a restore: do the database and the files belong together?).
+    Exit 0 when all are, 2 naming each one that is not."""
+    from services.runtime.filecheck import Named, check_files, named_files
+    from services.runtime.filestore import FileStore
+
+    cfg = settings()
+
+    async def go() -> list[Named]:
+        async with database(cfg) as pool:
+            return await named_files(pool)
+
+    result = check_files(FileStore(cfg.files_dir), run(go()), contents=not sizes_only)
+    how = "present and of their size" if sizes_only else f"present, of their size, {result.hashed} hashed whole"
+    if result.problems:
+        for found in result.problems:
+            console.print(f"[red]{found.named.where} ({found.named.sha256[:12]}…): {found.problem}[/]")
+        console.print(f"{len(result.problems)} of {result.named} file(s) named by the history are not as recorded "
+                      f"in {cfg.files_dir}")
+        raise typer.Exit(2)
+    console.print(f"{result.named} file(s) named by the history ({result.distinct} distinct), all {how}, in "
+                  f"{cfg.files_dir}")
 
 
 def _latest() -> cps.CheckpointFile:
