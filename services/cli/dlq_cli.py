@@ -69,7 +69,8 @@ def show(letter_id: Annotated[str, typer.Argument(metavar="ID", help="<topic>.dl
     unknown = "unknown"
     console.print(f"[bold]{letter.id}[/]  status: {status}")
     console.print(f"reason:    {letter.reason}")
-    console.print(f"from:      {letter.original_topic} partition {letter.original_partition or unknown} "
+    partition = letter.original_partition  # partition 0 is a partition: never "unknown"
+    console.print(f"from:      {letter.original_topic} partition {partition if partition is not None else unknown} "
                   f"offset {letter.original_offset if letter.original_offset is not None else unknown}, "
                   f"key {letter.key or '-'}")
     console.print(f"failed at: {letter.failed_at:%Y-%m-%d %H:%M:%S %Z} after {letter.attempts or 0} attempt(s), "

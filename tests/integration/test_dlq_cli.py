@@ -105,6 +105,8 @@ async def test_a_poison_message_is_listed_shown_redriven_once_after_its_fix_and_
         assert code == 0, shown
         assert "reason: processing failed 2 times: RuntimeError: no archive entry for missing" in shown
         assert poison.id in shown and '"source_id": "missing"' in shown and "key missing" in shown
+        # one partition: partition 0, said as such (it printed "unknown", 0 being false)
+        assert f"from: {topic.name} partition 0 offset 0," in shown, shown
 
         archive.add("missing")  # the cause is fixed
         code, out = await _flows(env, "dlq", "redrive", missing.id)
