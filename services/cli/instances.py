@@ -68,8 +68,12 @@ async def _wait_for_state(pool: asyncpg.Pool, instance: int, finals: set[str], l
                         instance_stream(instance), ts_outcome_after, flows.TYPE_OF[flows.TsFeedbackReceived])):
                     return row
             if time.monotonic() > deadline:
+                # The request is on Kafka, taken when its service runs: asked again, it is a second request, which
+                # then finds the instance moved on and goes to the dead letters.
                 raise UserError(f"instance {instance} is still {row['state'] if row else 'not created'} after "
-                                f"{timeout:.0f} s; follow it with `flows show {instance}`")
+                                f"{timeout:.0f} s. The request is recorded and waits for its service, which takes it "
+                                "when it runs (is it running? `flows stack status`; its backlog: `flows lag`): do "
+                                f"not ask again; follow it with `flows show {instance}`")
             await asyncio.sleep(0.2)
 
 

@@ -140,3 +140,4 @@ def test_the_documented_backup_and_restore_gives_a_platform_that_verifies(fresh_
         assert files.exit_code == 0 and "4 file(s) named by the history" in files.output, files.output
     finally:
         asyncio.run(drop_database(fresh_db, restored))
+
