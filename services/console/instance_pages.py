@@ -101,6 +101,43 @@ from services.ts_gateway.sealing import PUBLIC_KEY_FILE, SealError, key_id, seal
 
 log = structlog.get_logger("console")
 
+
+# ---------------------------------------------------------------- an instance's actions
+# What an operator may ask of an instance, each by the event that the state machine (contracts/states.py) must allow
+# in the instance's state: Formatta (the formatter's start), Invia a Sistema TS (only a flow type Sistema TS takes),
+# Cancella. The instance page's Azioni shows `instance_actions`; any other page that offers them asks it too.
+_ACTION_EVENTS = (("format", flows.TYPE_OF[flows.FormattingStarted]),
+                  ("send", flows.TYPE_OF[flows.TsSubmissionRequested]),
+                  ("delete", flows.TYPE_OF[flows.InstanceDeleted]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _state_actions(flow_type: str, state: str) -> tuple[str, ...]:
+    """The actions the state machine allows on an instance of `flow_type` in `state` ("format", "send", "delete"),
+    whoever asks; none in a state this console does not know. Cached: a list page asks it for each row's shape."""
+    try:
+        current = InstanceState(state)
+    except ValueError:
+        return ()
+    allowed = []
+    for action, event in _ACTION_EVENTS:
+        if action == "send" and flow_type not in SENDABLE_FLOW_TYPES:
+            continue
+        with contextlib.suppress(IllegalTransition):
+            target_of(event, {}, current)
+            allowed.append(action)
+    return tuple(allowed)
+
+
+def instance_actions(principal: auth.Principal, ente: str, flow_type: str, state: str) -> tuple[str, ...]:
+    """The actions `principal` may take on an instance of `ente`, `flow_type`, in `state`: the one decision of what
+    a page offers. Only who may act on the ente (ACT_ON_INSTANCE: an operator of
+    it) has any, then those its state allows (`_state_actions`); the routes check the same again when asked."""
+    if not may(principal, ACT_ON_INSTANCE, ente):
+        return ()
+    return _state_actions(flow_type, state)
+
+
 # ---------------------------------------------------------------- instances
 @dataclass
 class Search:
@@ -488,15 +525,7 @@ async def _instance_view(ctx: Ctx) -> dict[str, Any]:
     breaks = await console.store.verify_stream(instance_stream(instance))
     files = await console.pool.fetch(
         "SELECT * FROM instance_files WHERE instance = $1 ORDER BY kind = 'feedback', name", instance)
-    actions = []
-    if may(ctx.principal, ACT_ON_INSTANCE, ctx.row["ente"]):
-        for action, event in (("format", flows.TYPE_OF[flows.FormattingStarted]),
-                              ("delete", flows.TYPE_OF[flows.InstanceDeleted])):
-            with contextlib.suppress(IllegalTransition):
-                target_of(event, {}, InstanceState(ctx.row["state"]))
-                actions.append(action)
-        if _sendable(ctx.row):
-            actions.append("send")
+    actions = instance_actions(ctx.principal, ctx.row["ente"], ctx.row["flow_type"], ctx.row["state"])
     chain_breaks = [chain_break_text(b.link, b.version, b.expected, b.found) for b in breaks]
     return {"row": ctx.row, "history": history, "chain_breaks": chain_breaks, "files": files, "actions": actions}
 
@@ -979,13 +1008,7 @@ async def layout_page(ctx: Ctx, tipo: str, versione: str) -> Response:
 
 # ---------------------------------------------------------------- Invia a Sistema TS
 def _sendable(row: asyncpg.Record) -> bool:
-    if row["flow_type"] not in SENDABLE_FLOW_TYPES:
-        return False
-    try:
-        target_of(flows.TYPE_OF[flows.TsSubmissionRequested], {}, InstanceState(row["state"]))
-    except IllegalTransition:
-        return False
-    return True
+    return "send" in _state_actions(row["flow_type"], row["state"])
 
 
 def _not_sendable(row: asyncpg.Record) -> str:

@@ -478,12 +478,14 @@ async def test_postgres_down_answers_an_italian_page_with_a_reference_and_the_co
 
 async def test_an_unexpected_error_answers_an_italian_500_with_the_reference_of_its_log_line(
         console: RunningConsole) -> None:
-    """A fault the console does not expect (here a read model row edited by hand into a state no code knows, so the
-    instance page's own code raises): 500 with an Italian page that asks to report its reference, the same
-    reference on the log line with the error; nothing internal on the page, no "Riprova" (trying again will not
-    help), and the other pages still work."""
+    """A fault the console does not expect (here a read model row edited by hand into counts no code writes, a list
+    where the instance page reads a mapping, so its template raises; a state no code knows no longer does: the page
+    shows it and offers no action, test_console_list_page.py): 500 with an Italian page that asks to report its
+    reference, the same reference on the log line with the error; nothing internal on the page, no "Riprova" (trying
+    again will not help), and the other pages still work."""
     instance = await console.instance("201")
-    await console.pool.execute("UPDATE instance_list SET state = 'Stato ignoto' WHERE instance = $1", instance)
+    await console.pool.execute("""UPDATE instance_list SET counts = '["Conteggio ignoto"]' WHERE instance = $1""",
+                               instance)
     async with httpx.AsyncClient(follow_redirects=False, timeout=30) as client:
         await console.login(client, "op.201")
         with service_log_lines() as logs:
@@ -493,11 +495,11 @@ async def test_an_unexpected_error_answers_an_italian_500_with_the_reference_of_
 
     assert broken.status_code == 500 and broken.headers["content-type"].startswith("text/html")
     assert "Errore interno" in broken.text and "Internal Server Error" not in broken.text
-    assert "Stato ignoto" not in broken.text and "ValueError" not in broken.text and "Riprova" not in broken.text
+    assert "list object" not in broken.text and "UndefinedError" not in broken.text and "Riprova" not in broken.text
     reference = re.search(r"riferimento ([0-9A-F]{8})", broken.text)
     assert reference is not None, broken.text
     assert [(line["reference"], line["transient"]) for line in lines] == [(reference[1], False)], lines
-    assert "ValueError" in lines[0]["error"] and "Stato ignoto" in lines[0]["error"]
+    assert "UndefinedError" in lines[0]["error"] and "'list object' has no attribute 'items'" in lines[0]["error"]
     assert still.status_code == 200
 
 
