@@ -93,7 +93,7 @@ from services.formatter.layouts import Layout, LayoutError, LayoutRegistry, vers
 from services.loader.catalogue import known_enti
 from services.loader.load_rules import period_not_over
 from services.runtime.coverage import coverage
-from services.runtime.esiti import esiti, esiti_csv, esiti_csv_name
+from services.runtime.esiti import FEEDBACK_KINDS, esiti, esiti_csv, esiti_csv_name
 from services.runtime.read_models import instance_stream
 from services.ts_gateway import payment_year
 from services.ts_gateway.overlap import sent_already, warning_it
@@ -105,7 +105,7 @@ log = structlog.get_logger("console")
 # ---------------------------------------------------------------- an instance's actions
 # What an operator may ask of an instance, each by the event that the state machine (contracts/states.py) must allow
 # in the instance's state: Formatta (the formatter's start), Invia a Sistema TS (only a flow type Sistema TS takes),
-# Cancella. The instance page's Azioni shows `instance_actions`; any other page that offers them asks it too.
+# Cancella. The instance page's Azioni and the list's Azioni column both show `instance_actions`.
 _ACTION_EVENTS = (("format", flows.TYPE_OF[flows.FormattingStarted]),
                   ("send", flows.TYPE_OF[flows.TsSubmissionRequested]),
                   ("delete", flows.TYPE_OF[flows.InstanceDeleted]))
@@ -130,8 +130,8 @@ def _state_actions(flow_type: str, state: str) -> tuple[str, ...]:
 
 
 def instance_actions(principal: auth.Principal, ente: str, flow_type: str, state: str) -> tuple[str, ...]:
-    """The actions `principal` may take on an instance of `ente`, `flow_type`, in `state`: the one decision of what
-    a page offers. Only who may act on the ente (ACT_ON_INSTANCE: an operator of
+    """The actions `principal` may take on an instance of `ente`, `flow_type`, in `state`: the one decision the
+    instance page and the list's Azioni column show. Only who may act on the ente (ACT_ON_INSTANCE: an operator of
     it) has any, then those its state allows (`_state_actions`); the routes check the same again when asked."""
     if not may(principal, ACT_ON_INSTANCE, ente):
         return ()
@@ -223,12 +223,21 @@ def _list_for_principal_sql(columns: str, names: tuple[str, ...], every_ente: bo
 # Its three dates come as the page shows them, written by PostgreSQL: the creation time as Rome's wall-clock time
 # (to_char of `AT TIME ZONE`), the period's days as dd/mm/yyyy. Three date objects a row decoded and formatted back
 # to text in Python were most of the rows' Python time (bench/console.py).
+# `files` is what the row's Azioni column offers to download, as bits of one integer (NULL: no file at all): _ESITO an
+# esito (the load's feedback, Sistema TS's errors: services/runtime/esiti.py), _OTHER_FILES any other file (the
+# formatted files, a 730's zips and receipts). Read from instance_files by its primary key (instance, name) in the
+# page's own statement: no query per row, and true of every state (a deleted instance keeps its files).
+_ESITO, _OTHER_FILES = 1, 2
 _LIST_PAGE_TYPES = [("instance", "bigint"), ("flow_type", "text"), ("ente", "text"), ("source_instance", "bigint"),
-                    ("created_text", "text"), ("start_text", "text"), ("end_text", "text"), ("state", "text")]
+                    ("created_text", "text"), ("start_text", "text"), ("end_text", "text"), ("state", "text"),
+                    ("files", "integer")]
 LIST_PAGE_COLUMNS = ("instance, flow_type, ente, source_instance, "
                      f"to_char(created_at AT TIME ZONE '{ROME.key}', 'DD/MM/YYYY HH24:MI') AS created_text, "
                      "to_char(period_start, 'DD/MM/YYYY') AS start_text, "
-                     "to_char(period_end, 'DD/MM/YYYY') AS end_text, state")
+                     "to_char(period_end, 'DD/MM/YYYY') AS end_text, state, "
+                     f"(SELECT bit_or(CASE WHEN f.kind IN ({', '.join(repr(k) for k in FEEDBACK_KINDS)}) "
+                     f"THEN {_ESITO} ELSE {_OTHER_FILES} END) FROM instance_files f "
+                     "WHERE f.instance = instance_list.instance) AS files")
 
 
 @functools.cache
@@ -310,24 +319,63 @@ _INSTANCE_COLUMN = _PAGE_COLUMNS  # the first of them, the instance's number
 _NAME_COLUMN = auth.SESSION_COLUMNS.index("u.name")  # the principal's name, first of the principal's columns
 
 
-def _list_rows(rows: list[asyncpg.Record]) -> Markup:
+# The Azioni cell's items, in this order: what the row's state lets the principal do, then what it may download, then
+# Cancella. `{n}` is where the row's instance number goes. Each names its instance in visually hidden text, as the
+# instance page's file links name their file: a screen reader lists a page's links and buttons by their names, and
+# fifty "Formatta" would be one. Formatta is a button of the page's one form `azioni` (instances.html: the session's
+# CSRF token, once a page) posted to the button's own formaction, as the instance page's form posts: so a cell is the
+# same for every principal, and the token is not repeated in every row. Cancella leads to the instance page's form
+# (`#cancella`), which asks for the reason a deletion records.
+_ACTION_ITEMS = {
+    "format": ('<button type="submit" form="azioni" formaction="/istanze/{n}/formatta" class="btn btn-primary btn-xs">'
+               "Formatta<span class=\"visually-hidden\"> l'istanza {n}</span></button>"),
+    "send": ('<a class="btn btn-outline-primary btn-xs" href="/istanze/{n}/invia-ts">Invia a Sistema TS'
+             "<span class=\"visually-hidden\"> l'istanza {n}</span></a>"),
+    "files": ('<a href="/istanze/{n}/file.zip">Scarica i file (zip)'
+              "<span class=\"visually-hidden\"> dell'istanza {n}</span></a>"),
+    "esito": ("<a href=\"/istanze/{n}/feedback.csv\">Scarica l'esito (FeedBack)"
+              "<span class=\"visually-hidden\"> dell'istanza {n}</span></a>"),
+    "delete": ('<a href="/istanze/{n}#cancella">Cancella…<span class="visually-hidden"> l\'istanza {n}</span></a>'),
+}
+
+
+@functools.lru_cache(maxsize=256)
+def _actions_cell(actions: tuple[str, ...], files: int | None) -> tuple[str, ...]:
+    """The Azioni cell of a row on which the principal may take `actions` (`instance_actions`) and whose files are
+    `files` (LIST_PAGE_COLUMNS), as the pieces the row's instance number joins (`str.join`: one call puts it in every
+    place); empty when there is nothing to do nor to download. A few shapes in all, each made once."""
+    wanted = [a for a in ("format", "send") if a in actions]
+    wanted += [*(["files"] if (files or 0) & _OTHER_FILES else []), *(["esito"] if (files or 0) & _ESITO else []),
+               *(["delete"] if "delete" in actions else [])]
+    return tuple(f'<td class="azioni">{" ".join(_ACTION_ITEMS[a] for a in wanted)}</td>'.split("{n}"))
+
+
+def _list_rows(principal: auth.Principal, rows: list[asyncpg.Record]) -> Markup:
     """The list's table rows as one piece of HTML, every text cell escaped (html.escape: quotes too). Built
     here rather than in a Jinja loop: with 50 rows the loop's ~900 output pieces (and Jinja's attribute lookup
     on a Record, which fails over to an item lookup through an exception per cell) were most of the page's
     time (bench/console.py); markupsafe's escape and Markup formatting cost 3x html.escape and plain str.
     The few distinct flow types and enti are escaped once; the dates come as text from PostgreSQL
-    (LIST_PAGE_COLUMNS), made of digits and '/', ':' and ' ' only. A row's page columns are its last eight
+    (LIST_PAGE_COLUMNS), made of digits and '/', ':' and ' ' only. A row's page columns are its last nine
     (`_LIST_PAGE_TYPES`), sliced off and unpacked at once: a third less than a lookup by name per cell, and a
-    fifth less than a starred unpacking (which builds a list of the principal's five columns for every row)."""
+    fifth less than a starred unpacking (which builds a list of the principal's five columns for every row).
+    The Azioni cell is decided once per shape of row on the page (ente, flow type, state, files: a handful in 50
+    rows) by `instance_actions`, the instance page's own decision, and is then the shape's pieces joined by the
+    row's number (`_actions_cell`)."""
     out = []
+    cells: dict[tuple[str, str, str, int | None], tuple[str, ...]] = {}  # this page's row shapes -> their Azioni cell
     badges, texts, flow_types = BADGE_HTML, _TEXT_HTML, _FLOW_TYPE_HTML
     for row in rows:
-        n, flow_type, ente, source, created, start, end, state = row[_PAGE_COLUMNS:]
+        n, flow_type, ente, source, created, start, end, state, files = row[_PAGE_COLUMNS:]
+        number = str(n)
+        cell = cells.get(shape := (ente, flow_type, state, files))
+        if cell is None:
+            cell = cells[shape] = _actions_cell(instance_actions(principal, ente, flow_type, state), files)
         out.append(f'<tr><td>{flow_types.get(flow_type) or _escaped(flow_type)}</td>'
                    f'<td>{texts.get(ente) or _escaped(ente)}'
-                   f'</td><td><a href="/istanze/{n}">{n}</a></td><td>{"" if source is None else source}</td>'
+                   f'</td><td><a href="/istanze/{number}">{number}</a></td><td>{"" if source is None else source}</td>'
                    f"<td>{created}</td><td>{start}</td><td>{end}</td>"
-                   f"<td>{badges.get(state) or badge(state)}</td></tr>\n")
+                   f"<td>{badges.get(state) or badge(state)}</td>{number.join(cell)}</tr>\n")
     return Markup("".join(out))
 
 
@@ -389,16 +437,17 @@ def _list_page(ctx: Ctx, q: Search, errors: list[str], rows: list[asyncpg.Record
         split = _MARKS.split(marked)
         if split[1::2] != [_COUNT_MARK, _ROWS_MARK, *([_NEXT_MARK] if more else [])]:  # a mark from elsewhere
             next_url = f"{next_prefix}{int(rows[-1][_INSTANCE_COLUMN])}" if more else None
-            return _instances_html(ctx, q, errors, _list_rows(rows), len(rows), next_url, first_url)
+            return _instances_html(ctx, q, errors, _list_rows(ctx.principal, rows), len(rows), next_url, first_url)
         if len(_PIECES) >= _PIECES_MAX:
             _PIECES.clear()
         pieces = _PIECES[key] = tuple(split[0::2])
     if more:
         before, caption, table, after = pieces
-        body = f"{before}{len(rows)}{caption}{_list_rows(rows)}{table}{int(rows[-1][_INSTANCE_COLUMN])}{after}"
+        body = (f"{before}{len(rows)}{caption}{_list_rows(principal, rows)}{table}{int(rows[-1][_INSTANCE_COLUMN])}"
+                f"{after}")
     else:
         before, caption, after = pieces
-        body = f"{before}{len(rows)}{caption}{_list_rows(rows)}{after}"
+        body = f"{before}{len(rows)}{caption}{_list_rows(principal, rows)}{after}"
     return HTMLResponse(body)
 
 

@@ -312,3 +312,150 @@ async def test_an_ente_typed_in_the_address_is_no_key_of_the_options_cache(conso
         assert _options.cache_info().currsize == before
         chosen = await op.get(console.url + "/istanze", params={"ente": "201"})
         assert '<option value="201" selected>' in chosen.text and _listed(chosen.text) == {own}
+
+
+FEEDBACK_CSV = b"record_key;field;code;severity;message\nS1@P1/01;patient_cf;CF_CHECK_CHAR;error;RSSMRA80A01H501U\n"
+
+
+def _row_of(body: str, instance: int) -> str:
+    found = re.search(rf'<tr><td>(?:(?!</tr>).)*?<a href="/istanze/{instance}">{instance}</a>.*?</tr>', body, re.S)
+    assert found, f"no row of {instance}"
+    return found.group(0)
+
+
+def _azioni(body: str, instance: int) -> dict[str, str]:
+    """The Azioni cell of `instance`'s row on the list: each item's visible text -> its href or formaction, and the
+    name a screen reader gives it (the hidden text too) under the key "names"."""
+    cell = _row_of(body, instance).split('<td class="azioni">')[1].split("</td>")[0]
+    items = re.findall(r'<(a|button)[^>]*?(?:href|formaction)="([^"]+)"[^>]*>(.*?)</\1>', cell)
+    return {re.sub(r'<span class="visually-hidden">.*?</span>', "", inner): target for _, target, inner in items}
+
+
+def _names(body: str, instance: int) -> list[str]:
+    cell = _row_of(body, instance).split('<td class="azioni">')[1].split("</td>")[0]
+    return [re.sub(r"<[^>]+>", "", inner) for _, inner in re.findall(r"<(a|button)\b[^>]*>(.*?)</\1>", cell)]
+
+
+# What the list's Azioni and the instance page's Azioni call each action.
+LIST_ACTION = {"format": "Formatta", "send": "Invia a Sistema TS", "delete": "Cancella…"}
+
+
+def _page_actions(body: str, instance: int) -> set[str]:
+    """The actions the instance page's Azioni section offers."""
+    section = body.split('<h2 class="h4">Azioni</h2>')[1].split('<h2 class="h4">File</h2>')[0] \
+        if '<h2 class="h4">Azioni</h2>' in body else ""
+    return {action for action, there in (("format", f'action="/istanze/{instance}/formatta"'),
+                                         ("send", f'href="/istanze/{instance}/invia-ts"'),
+                                         ("delete", f'action="/istanze/{instance}/cancella"')) if there in section}
+
+
+async def test_each_rows_actions_are_its_instance_pages_and_each_link_leads_there(console: RunningConsole) -> None:
+    """The list's Azioni column (the last of nine) offers, for each row, the actions its instance page offers the same
+    user (one decision: instance_pages.instance_actions), and the downloads of its files: the feedback of a failed
+    or warned load, the zip of a formatted one. An operator may act, ops and the auditor only read. Every item names
+    its instance for a screen reader. Each link answers what it says: the esito's CSV, the zip, the instance page's
+    delete form (#cancella, where the reason is asked); Formatta posts the page's CSRF token and lands on the
+    instance page."""
+    feedback = console.file_ref("feedback_1.csv", "feedback", FEEDBACK_CSV, 1, "text/csv")
+    c1 = console.file_ref("C1_201.txt", "C1", b"C1 record\n", 1)
+    c2 = console.file_ref("C2_201.txt", "C2", b"C2 record\n", 1)
+    checked: list[tuple[str, dict[str, Any]]] = [("flows.load-checked", {"source_instance": 1,
+                                                                          "counts": {"services": 1}})]
+    formatted = [*checked, ("flows.formatting-started", {}), ("flows.formatted", {"files": [c1, c2]})]
+    instances = {
+        "checked": await console.instance("201", checked),
+        "warned": await console.instance("201", [("flows.load-checked", {
+            "source_instance": 1, "counts": {"services": 1}, "warnings": 1, "feedback": feedback})]),
+        "failed": await console.instance("201", [("flows.load-failed", {"errors": 1, "summary": "1 errore",
+                                                                         "feedback": feedback})]),
+        "crashed": await console.instance("201", [("flows.load-failed", {"errors": 1, "summary": "interrotto"})]),
+        "running": await console.instance("201"),
+        "formatted": await console.instance("201", formatted),
+        "formatted-730": await console.instance("201", formatted, flow_type="FLUSSO_730"),
+        "deleted": await console.instance("201", [*formatted, ("flows.instance-deleted", {"deleted_by": "op.201",
+                                                                                            "reason": "doppia"})]),
+    }
+    expected_operator = {
+        "checked": {"Formatta", "Cancella…"},
+        "warned": {"Formatta", "Scarica l'esito (FeedBack)", "Cancella…"},
+        "failed": {"Scarica l'esito (FeedBack)", "Cancella…"},
+        "crashed": {"Cancella…"},  # no feedback was written
+        "running": set(),
+        "formatted": {"Scarica i file (zip)", "Cancella…"},
+        "formatted-730": {"Invia a Sistema TS", "Scarica i file (zip)", "Cancella…"},
+        "deleted": {"Scarica i file (zip)"},
+    }
+    for role in ("operator", "ops", "auditor"):
+        async with console.client(role) as client:
+            listed = await client.get(console.url + "/istanze")
+            assert listed.status_code == 200
+            body = listed.text
+            head = body.split("<thead>")[1].split("</thead>")[0]
+            assert re.findall(r'<th scope="col">([^<]+)</th>', head)[-1] == "Azioni" and head.count("<th") == 9
+            for what, n in instances.items():
+                assert _row_of(body, n).count("<td") == 9, what
+                shown = _azioni(body, n)
+                page = await client.get(console.url + f"/istanze/{n}")
+                on_page = {LIST_ACTION[a] for a in _page_actions(page.text, n)}
+                assert set(shown) & set(LIST_ACTION.values()) == on_page, (role, what, shown, on_page)
+                downloads = set(shown) - set(LIST_ACTION.values())
+                want = expected_operator[what]
+                assert set(shown) == (want if role == "operator" else want - set(LIST_ACTION.values())), (role, what)
+                assert downloads == want - set(LIST_ACTION.values()), (role, what)
+                # Each item names its instance for a screen reader (the only thing that tells fifty apart).
+                assert all(name.endswith(f"istanza {n}") for name in _names(body, n)), _names(body, n)
+                for text, target in shown.items():
+                    assert target.startswith(f"/istanze/{n}"), target
+                    if text == "Cancella…":
+                        assert target == f"/istanze/{n}#cancella" and 'id="cancella"' in page.text
+                        assert f'action="/istanze/{n}/cancella" id="cancella"' in page.text
+                    elif text == "Scarica l'esito (FeedBack)":
+                        got = await client.get(console.url + target)
+                        assert got.status_code == 200 and got.content == FEEDBACK_CSV, what
+                        assert got.headers["content-disposition"].startswith("attachment")
+                    elif text == "Scarica i file (zip)":
+                        got = await client.get(console.url + target)
+                        assert got.status_code == 200 and got.content[:2] == b"PK", what
+            if role != "operator":
+                assert "formaction=" not in body and "#cancella" not in body
+                # nor may it post one: the route's own rule (404, as for every route a role may not use)
+                posted = await client.post(console.url + f"/istanze/{instances['checked']}/formatta",
+                                           data={"csrf": csrf_of(body)})
+                assert posted.status_code == 404
+                continue
+            # Formatta: a button of the page's one form, whose CSRF token is the session's; it lands on the instance.
+            form = re.search(r'<form id="azioni" method="post"><input type="hidden" name="csrf" value="([^"]+)">'
+                             r"</form>", body)
+            assert form and form.group(1) == csrf_of(body)
+            button = re.search(rf'<button type="submit" form="azioni" formaction="(/istanze/{instances["checked"]}'
+                               r'/formatta)"', body)
+            assert button
+            posted = await client.post(console.url + button.group(1), data={"csrf": form.group(1)})
+            assert posted.status_code == 303 and posted.headers["location"] == f"/istanze/{instances['checked']}"
+            # Without the token it is refused, as every form of the console
+            refused = await client.post(console.url + button.group(1), data={})
+            assert refused.status_code == 403
+    views = await console.pool.fetch("SELECT data->>'what' AS what, actor FROM events WHERE stream_id LIKE 'access-%' "
+                                     "AND (data->>'instance')::bigint = $1", instances["failed"])
+    assert {("feedback-download", user) for user in ("op.201", "ops.1", "aud.1")} <= {(v["what"], v["actor"])
+                                                                                      for v in views}
+
+
+async def test_an_empty_list_spans_every_column(console: RunningConsole) -> None:
+    async with console.client("operator") as client:
+        body = (await client.get(console.url + "/istanze")).text
+    assert '<tr><td colspan="9">Nessuna istanza corrisponde alla ricerca.</td></tr>' in body
+
+
+async def test_a_state_no_code_knows_is_shown_with_no_action(console: RunningConsole) -> None:
+    """A read model row edited by hand into a state the console does not know: the list and the instance page show it
+    (escaped, as it is) and offer no action on it, since the state machine allows none (instance_actions); the
+    instance page no longer fails on it."""
+    instance = await console.instance("201", [("flows.load-checked", {"source_instance": 1, "counts": {}})])
+    await console.pool.execute("UPDATE instance_list SET state = 'Stato <ignoto>' WHERE instance = $1", instance)
+    async with console.client("operator") as client:
+        listed = (await client.get(console.url + "/istanze")).text
+        page = await client.get(console.url + f"/istanze/{instance}")
+    assert _azioni(listed, instance) == {} and "Stato &lt;ignoto&gt;" in _row_of(listed, instance)
+    assert page.status_code == 200 and _page_actions(page.text, instance) == set()
+    assert "Stato &lt;ignoto&gt;" in page.text and "<ignoto>" not in page.text

@@ -10,6 +10,7 @@ from pathlib import Path
 from contracts.flows import EVENT_TYPES, FlowType
 from contracts.onboarding import RequestKind
 from contracts.states import Actor
+from services.console.auth import Principal
 from services.console.instance_pages import _list_rows
 from services.console.labels import (
     ACCESS_LABELS,
@@ -58,8 +59,9 @@ def test_every_onboarding_kind_and_state_has_an_italian_label() -> None:
 
 
 def test_the_instance_list_shows_the_flow_types_as_the_flow_manager_names_them() -> None:
-    record = ("operator", 1947, "FLUSSO_MEF", "201", None, "02/07/2026 00:30", "01/06/2026", "30/06/2026", "Checked")
-    html = str(_list_rows([record]))  # type: ignore[list-item]
+    record = ("operator", 1947, "FLUSSO_MEF", "201", None, "02/07/2026 00:30", "01/06/2026", "30/06/2026", "Checked",
+              None)
+    html = str(_list_rows(Principal("aud.1", "auditor"), [record]))  # type: ignore[list-item]
     assert html.startswith("<tr><td>FLUSSO MEF SOGEI</td><td>201</td>")
 
 

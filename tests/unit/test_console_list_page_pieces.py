@@ -29,12 +29,15 @@ def ctx(principal: Principal, assets: PageAssets = ASSETS) -> Ctx:
 
 
 def rows(first: int, n: int, ente: str = "201") -> list[Any]:
-    """Rows as the page's statement gives them: the principal's five columns (NULL), then the page's eight."""
+    """Rows as the page's statement gives them: the principal's five columns (NULL), then the page's nine (their
+    states, flow types and files vary: the Azioni column shows each of its items on some rows)."""
     made = []
     for instance in range(first, first - n, -1):
-        row = {"instance": instance, "flow_type": "FLUSSO_C", "ente": ente, "source_instance": None if instance % 2
-               else instance - 7, "created_text": "02/07/2026 00:30", "start_text": "01/06/2026",
-               "end_text": "30/06/2026", "state": ("Checked", "Failed loading", "Running")[instance % 3]}
+        row = {"instance": instance, "flow_type": ("FLUSSO_C", "FLUSSO_730")[instance % 2], "ente": ente,
+               "source_instance": None if instance % 2 else instance - 7, "created_text": "02/07/2026 00:30",
+               "start_text": "01/06/2026", "end_text": "30/06/2026",
+               "state": ("Checked", "Failed loading", "Running", "Formatted", "Deleted")[instance % 5],
+               "files": (None, 1, 2, 3)[instance % 4]}
         made.append((None, None, None, None, None, *(row[name] for name, _ in _LIST_PAGE_TYPES)))
     return made
 
@@ -53,8 +56,9 @@ def expected(c: Ctx, params: dict[str, str], page_rows: list[Any], more: bool) -
     q, errors = parse_search(params)
     kept = {k: v for k, v in vars(q).items() if v is not None and k != "prima"}
     first_url = "/istanze?" + urllib.parse.urlencode(kept)
-    next_url = f"{first_url}{'&' if kept else ''}prima={page_rows[-1][-8]}" if more else None
-    return bytes(_instances_html(c, q, errors, _list_rows(page_rows), len(page_rows), next_url, first_url).body)
+    next_url = f"{first_url}{'&' if kept else ''}prima={page_rows[-1][-len(_LIST_PAGE_TYPES)]}" if more else None
+    return bytes(_instances_html(c, q, errors, _list_rows(c.principal, page_rows), len(page_rows), next_url,
+                                 first_url).body)
 
 
 def served(c: Ctx, params: dict[str, str], page_rows: list[Any], more: bool) -> bytes:
