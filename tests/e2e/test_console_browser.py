@@ -1,23 +1,29 @@
 """The console in real Chromium (Debian's package, driven by Playwright) against the real services: an operator of ente
 201 logs in, loads a month and watches it go Scheduled -> Running -> Checked with no reload, reads the feedback of a
 failed load, formats and watches Formatted arrive, views a file as a table, downloads it; cannot open ente 202's
-instance; fills and sends Nuovo caricamento with the keyboard alone; axe-core finds no serious or critical violation
-on any page; the access log holds the file view. Screenshots of every page go to out/console-screenshots/ (not
-committed).
+instance; fills and sends Nuovo caricamento with the keyboard alone; formats a Checked instance from its row of the
+list and downloads a failed load's feedback from its row, where the auditor is offered no action; axe-core finds no
+serious or critical violation on any page; the access log holds the file view. Screenshots of every page go to
+out/console-screenshots/ (not committed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import asyncpg
 import pytest
 from axe_playwright_python.async_playwright import Axe
 from playwright.async_api import Page
 
+from contracts import flows
+from services.runtime.commands import send_command
 from services.ts_gateway.sealing import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, key_id, sealed_key_id, unseal
 from simulators.cup.generator import month_period
 from tests.console_support import (
@@ -29,7 +35,7 @@ from tests.console_support import (
     running_console,
 )
 from tests.e2e import test_secrets_canary as canary
-from tests.e2e.driving import _formatted_730, publish_month
+from tests.e2e.driving import _formatted_730, _wait_state, publish_month
 from tests.e2e.test_secrets_canary import folder_files, needles_for, scan_everything, search
 from tests.fixtures.onboarding.workbooks import aggregation_rows, workbook
 from tests.stack_urls import KAFKA
@@ -276,6 +282,114 @@ async def test_an_operator_of_201_works_a_month_in_the_browser(platform, chromiu
             assert requested == "op.201"
     finally:
         await pool.close()
+
+
+async def _loaded(platform, pool: asyncpg.Pool, ente: str, month: str) -> asyncpg.Record:  # type: ignore[no-untyped-def]
+    """A FLUSSO_C load of `ente`'s `month` asked on Kafka as the console asks it: its instance_list row once the loader
+    has checked it (Checked or Failed loading)."""
+    start, end = month_period(month)
+    request = flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_C, ente=ente,
+                                  period=flows.Period(start=start, end=end), requested_by="op.201")
+    await send_command(platform.settings.kafka_bootstrap, "flows.load-requested", request,
+                       key=str(request.request_id))
+    async with asyncio.timeout(60):
+        while (instance := await pool.fetchval("SELECT instance FROM instance_list WHERE request_id = $1",
+                                               request.request_id)) is None:
+            await asyncio.sleep(0.2)
+    return await _wait_state(pool, instance, {"Checked", "Failed loading"})
+
+
+async def test_the_list_offers_each_rows_actions_to_whom_may_take_them(platform, chromium) -> None:  # type: ignore[no-untyped-def]
+    """The list's Azioni column (Lista istanze di flusso: AZIONE, CANCELLA, Scarica FeedBack): the operator formats a
+    Checked instance from its row and the instance moves on to Formatted, whose row then offers its files; downloads
+    the feedback of a Failed loading from its row; Cancella leads to the instance page's form, which asks the reason.
+    The auditor reads the same rows and downloads the same feedback, and is offered no action. Every link and button
+    of the column has a name of its own for a screen reader, naming its instance; axe finds nothing serious."""
+    pool = await platform.pool()
+    cfg = platform.settings
+    try:
+        await publish_month(platform, pool, "201", "2026-01", 200, seed=31)
+        await publish_month(platform, pool, "201", "2026-04", 300, seed=32, bad=3)
+        checked = await _loaded(platform, pool, "201", "2026-01")
+        failed = await _loaded(platform, pool, "201", "2026-04")
+        assert (checked["state"], failed["state"]) == ("Checked", "Failed loading"), (dict(checked), dict(failed))
+        ok, bad = int(checked["instance"]), int(failed["instance"])
+        async with running_console(cfg.database_url, cfg.kafka_bootstrap, cfg.files_dir) as console, \
+                browser_of(chromium) as browser:
+            await console.add_users()
+            axe = Axe()
+            page = await (await italian_context(browser, accept_downloads=True)).new_page()
+            await _log_in(page, console.url, "op.201")
+            await page.goto(console.url + "/istanze")
+            assert (await page.locator("table thead th").all_inner_texts())[-1] == "Azioni"
+            await _axe_clean(page, axe, "14-istanze-azioni")
+            assert await page.evaluate(UNIQUE_ACTION_NAMES) == [], "two items of the column have the same name"
+
+            # The Failed loading row: its feedback and Cancella, nothing to format.
+            assert await page.get_by_role("button", name=f"Formatta l'istanza {bad}", exact=True).count() == 0
+            async with page.expect_download() as got:
+                await page.get_by_role("link", name=f"Scarica l'esito (FeedBack) dell'istanza {bad}",
+                                       exact=True).click()
+            download = await got.value
+            assert download.suggested_filename == f"feedback_{bad}.csv"
+            stored = await pool.fetchval("SELECT sha256 FROM instance_files WHERE instance = $1 AND kind = 'feedback'",
+                                         bad)
+            body = Path(await download.path()).read_bytes()
+            assert body == console.files.path(stored).read_bytes() and body.count(b"\n") >= 4
+            assert body.startswith(b"record_key;field;code;severity;message")
+            # Cancella leads to the instance page's form: a deletion needs its reason.
+            await page.get_by_role("link", name=f"Cancella… l'istanza {bad}", exact=True).click()
+            await page.wait_for_url(f"{console.url}/istanze/{bad}#cancella")
+            assert await page.locator("form#cancella #motivo").is_visible()
+
+            # The Checked row: Formatta starts the formatting, and the instance page shows it arrive.
+            await page.goto(console.url + "/istanze")
+            formatta = page.get_by_role("button", name=f"Formatta l'istanza {ok}", exact=True)
+            async with page.expect_navigation(url=f"{console.url}/istanze/{ok}"):
+                await formatta.click()
+            assert await _wait_badge(page, {"Formatted", "Format failed"}) == "Formatted"
+            await page.goto(console.url + "/istanze")
+            row = page.locator(f"tbody tr:has(a[href='/istanze/{ok}'])")
+            assert await row.locator(".badge").get_attribute("data-state") == "Formatted"
+            assert await row.get_by_role("button").count() == 0  # formatted: nothing to format any more
+            async with page.expect_download() as zipped:
+                await page.get_by_role("link", name=f"Scarica i file (zip) dell'istanza {ok}", exact=True).click()
+            assert (await zipped.value).suggested_filename == f"istanza-{ok}.zip"
+            await _axe_clean(page, axe, "15-istanze-formattata")
+            actors = [(h["type"], h["actor"]) for h in await pool.fetch(
+                "SELECT type, actor FROM events WHERE stream_id = $1 ORDER BY version", f"instance-{ok}")]
+            assert ("flows.format-requested", "op.201") in actors
+
+            # The auditor reads every row and downloads the feedback, and may act on none.
+            auditor = await (await italian_context(browser, accept_downloads=True)).new_page()
+            await _log_in(auditor, console.url, "aud.1")
+            await auditor.goto(console.url + "/istanze")
+            assert await auditor.locator(f"tbody tr:has(a[href='/istanze/{bad}'])").count() == 1
+            assert await auditor.locator("td.azioni button").count() == 0
+            assert await auditor.locator("td.azioni a[href$='#cancella'], td.azioni a[href$='/invia-ts']").count() == 0
+            assert await auditor.get_by_role("link", name=re.compile(r"^(Formatta|Cancella)")).count() == 0
+            async with auditor.expect_download() as got:
+                await auditor.get_by_role("link", name=f"Scarica l'esito (FeedBack) dell'istanza {bad}",
+                                          exact=True).click()
+            assert (await got.value).suggested_filename == f"feedback_{bad}.csv"
+            assert await auditor.evaluate(UNIQUE_ACTION_NAMES) == []
+            await _axe_clean(auditor, axe, "16-istanze-revisore")
+            await browser.close()
+        downloads = await pool.fetch("SELECT actor FROM events WHERE stream_id LIKE 'access-%' "
+                                     "AND data->>'what' = 'feedback-download' AND (data->>'instance')::bigint = $1",
+                                     bad)
+        assert {d["actor"] for d in downloads} >= {"op.201", "aud.1"}
+    finally:
+        await pool.close()
+
+
+# The accessible names (text content, visually hidden parts included) of the Azioni column's links and buttons that
+# another one has too: none, when each names its instance.
+UNIQUE_ACTION_NAMES = """() => {
+  const names = [...document.querySelectorAll('td.azioni a, td.azioni button')]
+    .map(e => e.textContent.replace(/\\s+/g, ' ').trim());
+  return names.filter((n, i) => names.indexOf(n) !== i || !/istanza \\d+$/.test(n));
+}"""
 
 
 # The id (or tag) of the element that has the keyboard's focus.
