@@ -10,6 +10,11 @@ console Italian, the CLI English). `summary` is the text the event that last had
 summary, a format failure's reasons, Sistema TS's reason), as its producer wrote it; a deletion has none and
 leaves it as it was. A deletion is `deleted_by` and `deletion_reason` (the reason as given, NULL when none was),
 as the `flows.instance-deleted` event has them (migration 0072 moved the rows written before into that shape).
+`has_esiti` and `has_files` say whether the instance's files (instance_files) hold an esito (kind `feedback` or
+`ts-errors`: services/runtime/esiti.py) and whether they hold any other file (formatted files, a 730's zips, Sistema
+TS's receipts): what the console's list offers to download on each row, read with the row rather than looked up in
+instance_files for each row of the page (migration 0077 filled them for the rows written before). A file that
+replaces another of the same name replaces its kind too: an event's files are weighed with those kept from before.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import asyncpg
 from contracts import flows
 from contracts.states import TRANSITIONS, IllegalTransition, InstanceState, fold, target_of
 from services.runtime.db import dumps_json, loads_json
+from services.runtime.esiti import FEEDBACK_KINDS
 from services.runtime.eventstore import StoredEvent
 
 INSTANCE_STREAM_PREFIX = "instance-"
@@ -87,7 +93,9 @@ class InstanceList:
                 events          integer NOT NULL,
                 request_id      uuid,
                 deleted_by      text,
-                deletion_reason text
+                deletion_reason text,
+                has_esiti       boolean NOT NULL DEFAULT false,
+                has_files       boolean NOT NULL DEFAULT false
             );
             CREATE INDEX IF NOT EXISTS instance_list_request_id ON instance_list (request_id)""",
         "instance_files": """
@@ -156,9 +164,11 @@ class InstanceList:
             return "created", [instance, data["flow_type"], data["version"], data["ente"], recorded_at,
                                data["period"]["start"], data["period"]["end"], state.value, data["requested_by"],
                                data.get("scheduled_at"), kind, data.get("request_id")], []
+        files = _files_in(data)
         return "updated", [instance, _moves(kind, data.get("instance_outcome")), recorded_at,
                            data.get("source_instance"), data.get("counts"), data.get("errors"), data.get("warnings"),
-                           _summary_of(kind, data), kind, *(_deletion_of(kind, data) or (None, None))], _files_in(data)
+                           _summary_of(kind, data), kind, *(_deletion_of(kind, data) or (None, None)),
+                           *_kinds_of(files)], files
 
     def rebuilder(self) -> InstanceListRebuild:
         return InstanceListRebuild()
@@ -190,9 +200,15 @@ _UPDATED = """UPDATE instance_list SET state = coalesce({1}::jsonb ->> state, st
                    counts = coalesce({4}, counts), errors = coalesce({5}, errors),
                    warnings = coalesce({6}, warnings), summary = coalesce({7}, summary),
                    last_event = {8}, events = events + 1, deleted_by = coalesce({9}, deleted_by),
-                   deletion_reason = CASE WHEN {9}::text IS NULL THEN deletion_reason ELSE {10} END
+                   deletion_reason = CASE WHEN {9}::text IS NULL THEN deletion_reason ELSE {10} END,
+                   has_esiti = CASE WHEN {11}::text[] IS NULL THEN has_esiti ELSE {12}::boolean OR EXISTS (
+                       SELECT FROM instance_files f WHERE f.instance = {0}::bigint AND f.kind IN (ESITI)
+                       AND f.name <> ALL({11}::text[])) END,
+                   has_files = CASE WHEN {11}::text[] IS NULL THEN has_files ELSE {13}::boolean OR EXISTS (
+                       SELECT FROM instance_files f WHERE f.instance = {0}::bigint AND f.kind NOT IN (ESITI)
+                       AND f.name <> ALL({11}::text[])) END
                {after}
-               WHERE instance = {0} RETURNING true"""
+               WHERE instance = {0} RETURNING true""".replace("ESITI", ", ".join(f"'{k}'" for k in FEEDBACK_KINDS))
 _FILE_UPSERT = """ON CONFLICT (instance, name) DO UPDATE SET kind = EXCLUDED.kind, records = EXCLUDED.records,
                        bytes = EXCLUDED.bytes, sha256 = EXCLUDED.sha256, media_type = EXCLUDED.media_type,
                        part = EXCLUDED.part, added_at = EXCLUDED.added_at"""
@@ -219,15 +235,16 @@ CREATE TEMP TABLE {_STAGING} (instance bigint, flow_type text, version text, ent
                               created_at timestamptz, period_start text, period_end text, state text,
                               state_since timestamptz, requested_by text, scheduled_at text, counts text,
                               errors int, warnings int, summary text, last_event text, events int, request_id text,
-                              deleted_by text, deletion_reason text)
+                              deleted_by text, deletion_reason text, has_esiti boolean, has_files boolean)
 """
 _WRITE_INSTANCES = f"""
 INSERT INTO instance_list (instance, flow_type, version, ente, source_instance, created_at, period_start, period_end,
                            state, state_since, requested_by, scheduled_at, counts, errors, warnings, summary,
-                           last_event, events, request_id, deleted_by, deletion_reason)
+                           last_event, events, request_id, deleted_by, deletion_reason, has_esiti, has_files)
 SELECT u.instance, u.flow_type, u.version, u.ente, u.source_instance, u.created_at, u.period_start::date,
        u.period_end::date, u.state, u.state_since, u.requested_by, u.scheduled_at::timestamptz, u.counts::jsonb,
-       u.errors, u.warnings, u.summary, u.last_event, u.events, u.request_id::uuid, u.deleted_by, u.deletion_reason
+       u.errors, u.warnings, u.summary, u.last_event, u.events, u.request_id::uuid, u.deleted_by, u.deletion_reason,
+       u.has_esiti, u.has_files
 FROM {_STAGING} AS u
 """
 _FILE_COLUMNS = ("instance", "name", "kind", "records", "bytes", "sha256", "media_type", "part", "added_at")
@@ -237,7 +254,7 @@ _FILE_COLUMNS = ("instance", "name", "kind", "records", "bytes", "sha256", "medi
 # it is; the state as its text value (a str hashes in C, an enum member in Python), counts as jsonb text.
 (_INSTANCE, _FLOW_TYPE, _VERSION, _ENTE, _SOURCE, _CREATED_AT, _PERIOD_START, _PERIOD_END, _STATE, _STATE_SINCE,
  _REQUESTED_BY, _SCHEDULED_AT, _COUNTS, _ERRORS, _WARNINGS, _SUMMARY, _LAST_EVENT, _EVENTS, _REQUEST_ID, _DELETED_BY,
- _DELETION_REASON) = range(21)
+ _DELETION_REASON, _HAS_ESITI, _HAS_FILES) = range(23)
 
 
 class InstanceListRebuild:
@@ -279,7 +296,8 @@ class InstanceListRebuild:
                         loads(values))  # type: ignore[arg-type]
                     instances[instance] = [
                         instance, flow_type, version, ente, None, at, period_start, period_end, created, at,
-                        requested_by, scheduled_at, None, None, None, None, kind, 1, request_id, None, None]
+                        requested_by, scheduled_at, None, None, None, None, kind, 1, request_id, None, None, False,
+                        False]
                 else:
                     row[_STATE] = created
                     row[_STATE_SINCE] = at
@@ -333,7 +351,7 @@ class InstanceListRebuild:
                 self._rows[instance] = [
                     instance, data["flow_type"], data["version"], data["ente"], None, at, data["period"]["start"],
                     data["period"]["end"], created, at, data["requested_by"], data.get("scheduled_at"), None, None,
-                    None, None, event.type, 1, data.get("request_id"), None, None]
+                    None, None, event.type, 1, data.get("request_id"), None, None, False, False]
             else:  # ON CONFLICT DO UPDATE
                 row[_STATE] = created
                 row[_STATE_SINCE] = at
@@ -373,6 +391,8 @@ class InstanceListRebuild:
 
     async def write(self, conn: asyncpg.Connection) -> None:
         rows, files = list(self._rows.values()), list(self._files.values())
+        for file in files:  # the files as instance_files will hold them (a name's later file won): the row's kinds
+            self._rows[file[0]][_HAS_ESITI if file[2] in FEEDBACK_KINDS else _HAS_FILES] = True
         await _instants(conn, rows, (_CREATED_AT, _STATE_SINCE))
         await _instants(conn, files, (len(_FILE_COLUMNS) - 1,))  # added_at
         await conn.execute(f"DROP TABLE IF EXISTS pg_temp.{_STAGING}")
@@ -483,6 +503,16 @@ def _deletion_of(kind: str, data: dict[str, Any]) -> tuple[str, str | None] | No
 
 def _files_of(event: StoredEvent) -> list[dict[str, Any]]:
     return _files_in(event.data)
+
+
+def _kinds_of(files: list[dict[str, Any]]) -> tuple[list[str] | None, bool, bool]:
+    """An event's files as `_UPDATED` takes them: their names (None: no file, the kinds stay), whether they hold an
+    esito and whether any other file, by name as instance_files keeps them (a name's later file wins)."""
+    if not files:
+        return None, False, False
+    kinds = {file["name"]: file["kind"] for file in files}
+    esiti = sum(kind in FEEDBACK_KINDS for kind in kinds.values())
+    return list(kinds), esiti > 0, esiti < len(kinds)
 
 
 def _files_in(data: dict[str, Any]) -> list[dict[str, Any]]:

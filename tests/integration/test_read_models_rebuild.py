@@ -14,6 +14,7 @@ from contracts import flows
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.host import prepare_database
 from services.runtime.instances import new_event
+from services.runtime.migrations import migrate
 from services.runtime.projections import rebuild_and_diff
 from services.runtime.read_models import FLOW_PROJECTIONS, InstanceList, instance_stream
 
@@ -98,6 +99,12 @@ async def test_the_bulk_rebuild_equals_the_inline_projection(pool: asyncpg.Pool)
     assert live[2]["scheduled_at"] is not None and live[3]["summary"] == "disk full; retry"
     assert await pool.fetchval("SELECT kind FROM instance_files WHERE name = 'feedback_3.csv'") == "C1"
     assert await pool.fetchval("SELECT count(*) FROM instance_files") == 9  # the illegal Formatted of 5 too
+    # Whether its files hold an esito and any other file, as instance_files has them: 3's feedback was replaced by a
+    # C1 of the same name, so it has none left.
+    assert {i: (r["has_esiti"], r["has_files"]) for i, r in live.items()} == {
+        1: (False, True), 2: (True, False), 3: (False, True), 5: (False, True), 6: (True, True), 7: (False, False),
+        8: (False, False), 9: (False, False)}
+    assert {i: (r["has_esiti"], r["has_files"]) for i, r in live.items()} == await _kinds_from_files(pool)
 
     assert hasattr(InstanceList(), "rebuilder")  # the bulk path is the one under test
     report = await rebuild_and_diff(pool, FLOW_PROJECTIONS)
@@ -111,6 +118,33 @@ async def test_the_bulk_rebuild_equals_the_inline_projection(pool: asyncpg.Pool)
     assert sorted((d.table, d.only_in) for d in report.differences) == [
         ("instance_files", "live"), ("instance_files", "rebuilt"), ("instance_list", "live"),
         ("instance_list", "rebuilt")]
+
+
+async def _kinds_from_files(pool: asyncpg.Pool) -> dict[int, tuple[bool, bool]]:
+    """has_esiti and has_files as instance_files says them (what migration 0077 fills from)."""
+    return {r["instance"]: (r["esiti"], r["others"]) for r in await pool.fetch(
+        "SELECT l.instance, coalesce(bool_or(f.kind IN ('feedback', 'ts-errors')), false) AS esiti, "
+        "coalesce(bool_or(f.kind NOT IN ('feedback', 'ts-errors')), false) AS others "
+        "FROM instance_list l LEFT JOIN instance_files f USING (instance) GROUP BY l.instance")}
+
+
+async def test_migration_0077_fills_the_files_kinds_of_the_rows_written_before(pool: asyncpg.Pool) -> None:
+    """A live table written before has_esiti and has_files were columns: the migration adds them and fills them from
+    instance_files, so that the live rows equal the ones rebuilt from the log."""
+    await prepare_database(pool, FLOW_PROJECTIONS)
+    store = EventStore(pool, source="/flows/test", projections=FLOW_PROJECTIONS)
+    for instance, history in histories().items():
+        events = [item if isinstance(item, NewEvent) else new_event(item, "loader") for item in history]
+        await store.append(instance_stream(instance), events, expected_version=0, key=str(instance))
+    kept = await _kinds_from_files(pool)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("ALTER TABLE instance_list DROP COLUMN has_esiti, DROP COLUMN has_files")
+        await conn.execute("DELETE FROM schema_migrations WHERE version = 77")
+    await migrate(pool)
+    filled = {r["instance"]: (r["has_esiti"], r["has_files"])
+              for r in await pool.fetch("SELECT instance, has_esiti, has_files FROM instance_list")}
+    assert filled == kept and filled[6] == (True, True) and filled[7] == (False, False)
+    assert (await rebuild_and_diff(pool, FLOW_PROJECTIONS)).differences == []
 
 
 def onboarding_history(rid: str) -> list[NewEvent]:
