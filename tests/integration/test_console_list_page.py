@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import html
 import itertools
 import re
 from datetime import UTC, date, datetime
@@ -324,16 +325,17 @@ def _row_of(body: str, instance: int) -> str:
 
 
 def _azioni(body: str, instance: int) -> dict[str, str]:
-    """The Azioni cell of `instance`'s row on the list: each item's visible text -> its href or formaction, and the
-    name a screen reader gives it (the hidden text too) under the key "names"."""
+    """The Azioni cell of `instance`'s row on the list: each item's visible text -> its href or formaction."""
     cell = _row_of(body, instance).split('<td class="azioni">')[1].split("</td>")[0]
     items = re.findall(r'<(a|button)[^>]*?(?:href|formaction)="([^"]+)"[^>]*>(.*?)</\1>', cell)
-    return {re.sub(r'<span class="visually-hidden">.*?</span>', "", inner): target for _, target, inner in items}
+    return {html.unescape(re.sub(r'<span class="visually-hidden">.*?</span>', "", inner)): target
+            for _, target, inner in items}
 
 
 def _names(body: str, instance: int) -> list[str]:
     cell = _row_of(body, instance).split('<td class="azioni">')[1].split("</td>")[0]
-    return [re.sub(r"<[^>]+>", "", inner) for _, inner in re.findall(r"<(a|button)\b[^>]*>(.*?)</\1>", cell)]
+    return [html.unescape(re.sub(r"<[^>]+>", "", inner))
+            for _, inner in re.findall(r"<(a|button)\b[^>]*>(.*?)</\1>", cell)]
 
 
 # What the list's Azioni and the instance page's Azioni call each action.

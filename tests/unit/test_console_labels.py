@@ -60,7 +60,7 @@ def test_every_onboarding_kind_and_state_has_an_italian_label() -> None:
 
 def test_the_instance_list_shows_the_flow_types_as_the_flow_manager_names_them() -> None:
     record = ("operator", 1947, "FLUSSO_MEF", "201", None, "02/07/2026 00:30", "01/06/2026", "30/06/2026", "Checked",
-              None)
+              False, False)
     html = str(_list_rows(Principal("aud.1", "auditor"), [record]))  # type: ignore[list-item]
     assert html.startswith("<tr><td>FLUSSO MEF SOGEI</td><td>201</td>")
 

@@ -29,7 +29,7 @@ def ctx(principal: Principal, assets: PageAssets = ASSETS) -> Ctx:
 
 
 def rows(first: int, n: int, ente: str = "201") -> list[Any]:
-    """Rows as the page's statement gives them: the principal's five columns (NULL), then the page's nine (their
+    """Rows as the page's statement gives them: the principal's five columns (NULL), then the page's ten (their
     states, flow types and files vary: the Azioni column shows each of its items on some rows)."""
     made = []
     for instance in range(first, first - n, -1):
@@ -37,7 +37,7 @@ def rows(first: int, n: int, ente: str = "201") -> list[Any]:
                "source_instance": None if instance % 2 else instance - 7, "created_text": "02/07/2026 00:30",
                "start_text": "01/06/2026", "end_text": "30/06/2026",
                "state": ("Checked", "Failed loading", "Running", "Formatted", "Deleted")[instance % 5],
-               "files": (None, 1, 2, 3)[instance % 4]}
+               "has_esiti": instance % 4 in (1, 3), "has_files": instance % 4 >= 2}
         made.append((None, None, None, None, None, *(row[name] for name, _ in _LIST_PAGE_TYPES)))
     return made
 

@@ -1,6 +1,6 @@
 """The instance list's rows are built in Python (services/console/instance_pages.py `_list_rows`, for speed): every text
 cell is still escaped, and the dates are shown as PostgreSQL wrote them (the creation time as Rome's wall-clock time:
-tests/integration/test_console_list_page.py checks it on the real page). A row is read by position, its last nine
+tests/integration/test_console_list_page.py checks it on the real page). A row is read by position, its last ten
 values in `_LIST_PAGE_TYPES` order, as an asyncpg Record unpacks.
 
 The last cell, Azioni, offers what the instance page offers the same principal (`instance_actions`, one decision for
@@ -10,6 +10,7 @@ each link and button named for a screen reader by its instance."""
 from __future__ import annotations
 
 import re
+from html import unescape
 from typing import Any
 
 import pytest
@@ -21,15 +22,15 @@ from services.console.labels import badge
 
 OPERATOR = Principal("op.201", "operator", frozenset({"201"}), csrf_token="t")
 OPS, AUDITOR = Principal("ops.1", "ops"), Principal("aud.1", "auditor")
-ESITO, FILES = 1, 2  # the `files` column's bits (instance_pages._ESITO, _OTHER_FILES)
+ESITO, FILES = 1, 2  # the instance has an esito, other files (the read model's has_esiti, has_files)
 
 
 def record(instance: int = 1947, flow_type: str = "FLUSSO_C", ente: str = "201", state: str = "Checked",
            files: int | None = None, **other: Any) -> tuple[Any, ...]:
-    """A row as the page's statement gives it: the principal's columns first (one here), then the page's nine."""
+    """A row as the page's statement gives it: the principal's columns first (one here), then the page's ten."""
     row = {"instance": instance, "flow_type": flow_type, "ente": ente, "source_instance": None,
            "created_text": "02/07/2026 00:30", "start_text": "01/06/2026", "end_text": "30/06/2026", "state": state,
-           "files": files, **other}
+           "has_esiti": bool((files or 0) & ESITO), "has_files": bool((files or 0) & FILES), **other}
     return ("operator", *(row[name] for name, _ in _LIST_PAGE_TYPES))
 
 
@@ -52,7 +53,7 @@ def _items(cell_html: str) -> dict[str, str]:
     cell = cell_html.split('<td class="azioni">')[1].split("</td>")[0]
     found = {}
     for _tag, target, inner in re.findall(r'<(a|button)[^>]*?(?:href|formaction)="([^"]+)"[^>]*>(.*?)</\1>', cell):
-        found[re.sub(r'<span class="visually-hidden">.*?</span>', "", inner)] = target
+        found[unescape(re.sub(r'<span class="visually-hidden">.*?</span>', "", inner))] = target
     return found
 
 
@@ -118,9 +119,10 @@ def test_the_formatta_button_posts_the_pages_form_and_every_name_is_unique() -> 
     assert ('<button type="submit" form="azioni" formaction="/istanze/1998/formatta" class="btn btn-primary btn-xs">'
             "Formatta<span class=\"visually-hidden\"> l'istanza 1998</span></button>") in html
     assert "csrf" not in html  # the token is the page's form's, once
-    names = [re.sub(r"<[^>]+>", "", inner) for _, inner in re.findall(r"<(a|button)\b[^>]*>(.*?)</\1>", html)]
+    names = [unescape(re.sub(r"<[^>]+>", "", inner)) for _, inner in re.findall(r"<(a|button)\b[^>]*>(.*?)</\1>", html)]
     names = [n for n in names if not n.isdigit()]  # the instance's own link, its number
     assert len(names) == len(set(names)) > 140, names[:10]
     assert "Formatta l'istanza 1998" in names and "Scarica l'esito (FeedBack) dell'istanza 1997" in names
     assert "Invia a Sistema TS l'istanza 1999" in names and "Cancella… l'istanza 1999" in names
     assert "Scarica i file (zip) dell'istanza 1999" in names
+
