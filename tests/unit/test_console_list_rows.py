@@ -126,3 +126,13 @@ def test_the_formatta_button_posts_the_pages_form_and_every_name_is_unique() -> 
     assert "Invia a Sistema TS l'istanza 1999" in names and "Cancella… l'istanza 1999" in names
     assert "Scarica i file (zip) dell'istanza 1999" in names
 
+
+def test_the_rows_are_ascii_whatever_they_offer() -> None:
+    """Every shape of the Azioni cell is ASCII (&hellip;, not the character): a single character beyond Latin-1 in
+    the rows makes Python hold the whole page as 2-byte text, slower to put together and to encode."""
+    for state in InstanceState:
+        for flow_type in ("FLUSSO_C", "FLUSSO_730"):
+            for principal in (OPERATOR, AUDITOR):
+                for files in (None, ESITO, FILES, ESITO | FILES):
+                    row = record(flow_type=flow_type, state=state.value, files=files)
+                    assert str(_list_rows(principal, [row])).isascii(), (state, flow_type, principal.role, files)  # type: ignore[list-item]
