@@ -74,18 +74,34 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+# The files of an instance in each state, as the services leave them (instance_files, and the read model's has_esiti
+# and has_files, which the list page reads for its Azioni column): a failed load's feedback, a Checked load's when it
+# warned (every other one here), a formatted one's C1 and C2.
+FILES = {"Checked": (("feedback",), ()), "Failed loading": (("feedback",),) * 2, "Formatted": (("C1", "C2"),) * 2,
+         "Confirmed": (("C1", "C2"),) * 2, "Running": ((), ())}
+
+
 async def fill(pool: asyncpg.Pool, n: int) -> None:
     start = datetime(2024, 1, 1, tzinfo=UTC)
-    rows = []
+    rows, files = [], []
     for i in range(n):
         created = start + timedelta(minutes=7 * i)
         month = created.date().replace(day=1)
-        rows.append((1947 + i, "FLUSSO_C", "2020", f"{201 + i % 10}", created, month, month + timedelta(days=27),
-                     STATES[i % len(STATES)], created, "bench", "flows.load-checked", 3))
+        instance, state = 1947 + i, STATES[i % len(STATES)]
+        kinds = FILES[state][i % 2]
+        rows.append((instance, "FLUSSO_C", "2020", f"{201 + i % 10}", created, month, month + timedelta(days=27),
+                     state, created, "bench", "flows.load-checked", 3, "feedback" in kinds,
+                     any(kind != "feedback" for kind in kinds)))
+        for kind in kinds:
+            name = f"feedback_{instance}.csv" if kind == "feedback" else f"{kind}_{instance}.txt"
+            files.append((instance, name, kind, 10, 1000, "0" * 64, "text/plain", created))
     await pool.copy_records_to_table("instance_list", records=rows, columns=[
         "instance", "flow_type", "version", "ente", "created_at", "period_start", "period_end", "state",
-        "state_since", "requested_by", "last_event", "events"])
+        "state_since", "requested_by", "last_event", "events", "has_esiti", "has_files"])
+    await pool.copy_records_to_table("instance_files", records=files, columns=[
+        "instance", "name", "kind", "records", "bytes", "sha256", "media_type", "added_at"])
     await pool.execute("ANALYZE instance_list")
+    await pool.execute("ANALYZE instance_files")
 
 
 async def login(client: httpx.AsyncClient, url: str, user: str) -> None:
