@@ -95,6 +95,37 @@ class DeadLetterDiscarded(BaseModel):
     by: str
 
 
+
+class OutboxRowRetried(BaseModel):
+    """An operator unparked an outbox row the relay had parked, after fixing its cause (stream `outbox-row-<id>`).
+
+    A row may be parked again (its cause was not fixed) and retried again: one event per retry.
+    """
+
+    schema_version: int = 1
+    row: int = Field(description="the outbox row's id")
+    event_id: str = Field(description="the event (and ce_id) the row carries")
+    topic: str
+    key: str = Field(description="the aggregate: its stream's later rows waited behind this one")
+    parked_at: datetime
+    parked_reason: str | None = Field(default=None, description="why the relay had parked it")
+    by: str
+
+
+class OutboxRowSkipped(BaseModel):
+    """An operator gave up on a parked outbox row, and said why: the event stays in the event store, it is never
+    published, and its stream's later rows go on (stream `outbox-row-<id>`, its last event)."""
+
+    schema_version: int = 1
+    row: int
+    event_id: str
+    topic: str
+    key: str
+    parked_at: datetime
+    parked_reason: str | None = None
+    reason: str = Field(min_length=1)
+    by: str
+
 # ---- topics -------------------------------------------------------------------------------------
 
 TOPICS = [

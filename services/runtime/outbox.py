@@ -11,6 +11,14 @@ rows leave in id order. One aggregate's rows have increasing ids because its str
 serialise the appends (an append that committed before the next one started took its ids first),
 and the idempotent producer keeps them in order inside the partition chosen by the key.
 
+Parked rows. A row the broker refuses for a permanent reason (too large for its topic, an invalid topic name, a
+topic the cluster lacks and the registry does not know) is parked: it stays unpublished with ``parked_at`` and
+``parked_reason``, the relay logs ``outbox relay: row parked`` and goes on with every other stream, while its own
+stream's later rows wait behind it. An operator lists them (``flows outbox parked``, ``parked_rows``; the audit
+service's ``flows_outbox_parked``), fixes the cause, then retries the row (``retry_parked``) or gives up on it
+(``skip_parked``); each decision is an event of the row's stream ``outbox-row-<id>`` in the event store (who, when,
+why), and NOTIFYs the relay, which reads the parked rows again.
+
 The leader's connection (its lock, its LISTEN) goes back to the pool clean, or is terminated when it cannot be
 cleaned (PostgreSQL down): see ``OutboxRelay._let_go``.
 
@@ -49,9 +57,15 @@ from aiokafka.errors import (
     UnsupportedForMessageFormatError,
 )
 
+from contracts.audit import OutboxRowRetried, OutboxRowSkipped
 from contracts.envelope import ce_time, to_kafka_headers
 from services.runtime import tracing
-from services.runtime.eventstore import NOTIFY_CHANNEL  # the appends' NOTIFY, the relay's LISTEN
+from services.runtime.eventstore import (  # NOTIFY_CHANNEL: the appends' NOTIFY, the relay's LISTEN
+    NOTIFY_CHANNEL,
+    EventStore,
+    NewEvent,
+    StoredEvent,
+)
 from services.runtime.locks import RELAY_LOCK_KEY
 
 # Unpublished rows in id order, except parked ones and the rows of a stream (key) behind a parked one; {also}: more
@@ -208,20 +222,97 @@ async def parked_rows(pool: asyncpg.Pool) -> list[dict[str, Any]]:
     return [dict(row) for row in rows]
 
 
-async def retry_parked(pool: asyncpg.Pool, row_id: int) -> bool:
-    """Unparks a row (after its cause was fixed, e.g. the topic's limit raised): the relay sends it again."""
-    done = await pool.execute("UPDATE outbox SET parked_at = NULL, parked_reason = NULL "
-                              "WHERE id = $1 AND parked_at IS NOT NULL AND published_at IS NULL", row_id)
-    await pool.execute(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{PARKED_CHANGED}')")
-    return done.endswith(" 1")
+# An operator's decision about a parked row (`flows outbox retry|skip`) is an event of the row's own stream in the event
+# store, appended in the transaction that changes the row (hash-chained, covered by the checkpoints): who, when, why.
+# The row itself goes 7 days after it was published or skipped (services.runtime.housekeeping); the record stays.
+DECISION_STREAM_PREFIX = "outbox-row-"
+RETRIED, SKIPPED = "ops.outbox-row-retried", "ops.outbox-row-skipped"
 
 
-async def skip_parked(pool: asyncpg.Pool, row_id: int) -> bool:
-    """Gives up on a parked row: it is never published (the event stays in the store), its stream goes on."""
-    done = await pool.execute("UPDATE outbox SET published_at = now(), skipped_at = now() "
-                              "WHERE id = $1 AND parked_at IS NOT NULL AND published_at IS NULL", row_id)
-    await pool.execute(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '{PARKED_CHANGED}')")
-    return done.endswith(" 1")
+class NotParked(ValueError):
+    """The row named is not parked (unknown, already published, skipped, or waiting to be sent): nothing was done."""
+
+
+def decision_stream(row_id: int) -> str:
+    return f"{DECISION_STREAM_PREFIX}{row_id}"
+
+
+async def retry_parked(pool: asyncpg.Pool, row_id: int, *, by: str, source: str = "/flows/cli") -> OutboxRowRetried:
+    """Unparks a row (after its cause was fixed, e.g. the topic's limit raised): the relay sends it again, first of its
+    stream. Records who did it (an ``ops.outbox-row-retried`` event); NotParked when the row is not parked."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _parked_for_update(conn, row_id)
+        fact = OutboxRowRetried(row=row_id, event_id=str(row["event_id"]), topic=row["topic"], key=row["key"],
+                                parked_at=row["parked_at"], parked_reason=row["parked_reason"], by=by)
+        await conn.execute("UPDATE outbox SET parked_at = NULL, parked_reason = NULL WHERE id = $1", row_id)
+        await _record(conn, pool, source, RETRIED, fact.model_dump(mode="json"), row_id, by)
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, PARKED_CHANGED)  # delivered at the commit
+    return fact
+
+
+async def skip_parked(pool: asyncpg.Pool, row_id: int, *, reason: str, by: str,
+                      source: str = "/flows/cli") -> OutboxRowSkipped:
+    """Gives up on a parked row: it is never published (the event stays in the store), its stream goes on. Records who
+    did it and why (an ``ops.outbox-row-skipped`` event); ValueError for an empty reason, NotParked when the row is not
+    parked. The row keeps its parked_at/parked_reason and gets skipped_at."""
+    if not reason.strip():
+        raise ValueError("skip: --reason is empty; say why the row is given up on (it will never be published)")
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _parked_for_update(conn, row_id)
+        fact = OutboxRowSkipped(row=row_id, event_id=str(row["event_id"]), topic=row["topic"], key=row["key"],
+                                parked_at=row["parked_at"], parked_reason=row["parked_reason"], reason=reason, by=by)
+        await conn.execute("UPDATE outbox SET published_at = now(), skipped_at = now() WHERE id = $1", row_id)
+        await _record(conn, pool, source, SKIPPED, fact.model_dump(mode="json"), row_id, by)
+        await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, PARKED_CHANGED)
+    return fact
+
+
+async def _parked_for_update(conn: asyncpg.Connection, row_id: int) -> asyncpg.Record:
+    """The parked row `row_id`, locked until the caller's transaction ends (a second operator's retry or skip waits,
+    then finds it no longer parked); NotParked, saying what the row is, when it is not parked."""
+    row = await conn.fetchrow("SELECT id, event_id, topic, key, parked_at, parked_reason, published_at, skipped_at "
+                              "FROM outbox WHERE id = $1 FOR UPDATE", row_id)
+    if row is None:
+        raise NotParked(f"there is no outbox row {row_id}: `flows outbox parked` lists the parked rows (a row is "
+                        "deleted 7 days after it was published or skipped; `flows outbox show` still shows the "
+                        "decisions about it)")
+    if row["skipped_at"] is not None:
+        raise NotParked(f"outbox row {row_id} is not parked: it was skipped at {_utc(row['skipped_at'])} "
+                        f"(`flows outbox show {row_id}` says by whom and why)")
+    if row["published_at"] is not None:
+        raise NotParked(f"outbox row {row_id} is not parked: it was published at {_utc(row['published_at'])}")
+    if row["parked_at"] is None:
+        raise NotParked(f"outbox row {row_id} is not parked: it waits for the relay, which sends it in its turn "
+                        "(`flows outbox parked` lists the parked rows)")
+    return row
+
+
+async def _record(conn: asyncpg.Connection, pool: asyncpg.Pool, source: str, type: str, data: dict[str, Any],
+                  row_id: int, by: str) -> None:
+    stream = decision_stream(row_id)
+    await EventStore(pool, source=source).append(stream, [NewEvent(type, data, actor=by)], expected_version=None,
+                                                 key=stream, conn=conn, publish=False)
+
+
+async def decisions(pool: asyncpg.Pool, row_id: int) -> list[StoredEvent]:
+    """The operators' decisions about one outbox row (retries, a skip), oldest first; they outlive the row."""
+    return await EventStore(pool, source="/flows/cli").read_stream(decision_stream(row_id))
+
+
+async def outbox_row(pool: asyncpg.Pool, row_id: int) -> dict[str, Any] | None:
+    """One outbox row as an operator reads it (no payload: its size), with how many rows of its stream wait behind
+    it; None when there is no such row (never written, or deleted once published or skipped)."""
+    row = await pool.fetchrow("""
+        SELECT o.id, o.event_id, o.topic, o.key, o.created_at, o.parked_at, o.parked_reason, o.published_at,
+               o.skipped_at, octet_length(o.payload) AS payload_bytes,
+               (SELECT count(*) FROM outbox w WHERE w.key = o.key AND w.id > o.id AND w.published_at IS NULL)
+                   AS waiting
+        FROM outbox o WHERE o.id = $1""", row_id)
+    return None if row is None else dict(row)
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 class OutboxRelay:

@@ -325,7 +325,7 @@ async def test_a_row_too_large_for_the_broker_is_parked_and_only_its_own_stream_
         assert sorted((k, p["n"]) for k, _, p in messages) == [(k, n) for k in ("7002", "7003") for n in range(3)]
 
         # The operator skips it: its stream goes on, in order.
-        assert await skip_parked(pool, parked[0]["id"])
+        assert await skip_parked(pool, parked[0]["id"], reason="test: too large", by="ops.test")
         await wait_until(lambda: _none_left(pool))
         messages = await consume_all(topic, expected=8)
         assert [p["n"] for k, _, p in messages if k == "7001"] == [1, 2]
@@ -350,7 +350,7 @@ async def test_a_parked_row_retried_after_its_cause_is_fixed_is_published_first(
         assert await unpublished(pool) == 2
         row = (await parked_rows(pool))[0]
         await pool.execute("UPDATE outbox SET topic = $1 WHERE id = $2", topic, row["id"])  # the fix
-        assert await retry_parked(pool, row["id"])
+        assert await retry_parked(pool, row["id"], by="ops.test")
         await wait_until(lambda: _none_left(pool))
         messages = await consume_all(topic, expected=2)
         assert [p["n"] for _, _, p in messages] == [0, 1]
@@ -531,7 +531,8 @@ async def test_offered_rows_of_a_stream_with_a_parked_row_wait_behind_it(pool: a
         assert await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL AND key = '8201'") == 3
         row = (await parked_rows(pool))[0]
         await pool.execute("UPDATE outbox SET topic = $1 WHERE id = $2", topic, row["id"])  # the fix
-        assert await retry_parked(pool, row["id"])  # its NOTIFY makes the relay read the parked keys and the outbox
+        # its NOTIFY makes the relay read the parked keys and the outbox
+        assert await retry_parked(pool, row["id"], by="ops.test")
         messages = await consume_all(topic, expected=6)
     finally:
         stop.set()
