@@ -51,6 +51,8 @@ LAZY: dict[str, Lazy] = {
     "audit": Lazy("services.cli.audit", "audit_app", "Audit: signed checkpoints, inclusion proofs, reports.",
                   group=True),
     "dlq": Lazy("services.cli.dlq_cli", "dlq_app", "Dead letters: list, show, redrive (once), discard.", group=True),
+    "outbox": Lazy("services.cli.outbox_cli", "outbox_app",
+                   "Parked outbox rows: list, show, retry (after the fix), skip (with a reason).", group=True),
     "users": Lazy("services.cli.users", "users_app", "The console's users (local accounts) and API keys.",
                   group=True),
 }

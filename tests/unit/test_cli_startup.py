@@ -24,19 +24,19 @@ REPO = Path(__file__).resolve().parents[2]
 # `flows --help` as main.py's eager registration listed it (add_typer / ops_cli.register / app.command at import).
 EVERY_COMMAND = [
     "tail", "lag", "access-log", "load", "instances", "show", "format", "files", "export", "feedback", "delete",
-    "send-730", "deadlines", "replay", "demo", "stack", "sources", "ts", "topics", "audit", "dlq", "users",
+    "send-730", "deadlines", "replay", "demo", "stack", "sources", "ts", "topics", "audit", "dlq", "outbox", "users",
 ]
 # Modules a command needs only once it talks to the platform, or that belong to one group.
 HEAVY = ["aiokafka", "asyncpg", "pydantic", "structlog", "rich.progress", "contracts.flows", "contracts.states",
          "services.runtime.tracing", "services.runtime.settings", "services.runtime.eventstore", "deploy.localstack",
          "services.cli.instances", "services.cli.users", "services.cli.audit", "services.cli.dlq_cli",
-         "services.cli.ops_cli"]
+         "services.cli.outbox_cli", "services.cli.ops_cli"]
 
 
 def eager_app() -> typer.Typer:
     """`flows` registered as main.py did before the lazy table: every module imported, tail, lag and access-log
-    before main's own commands, the audit, dlq and users groups after main's own groups."""
-    from services.cli import audit, dlq_cli, ops_cli, users
+    before main's own commands, the audit, dlq, outbox and users groups after main's own groups."""
+    from services.cli import audit, dlq_cli, ops_cli, outbox_cli, users
 
     eager = typer.Typer(help=app.info.help, **main.APP_SETTINGS)
     eager.command("tail")(ops_cli.tail)
@@ -46,6 +46,7 @@ def eager_app() -> typer.Typer:
     eager.registered_groups += app.registered_groups
     eager.add_typer(audit.audit_app, name="audit")
     eager.add_typer(dlq_cli.dlq_app, name="dlq")
+    eager.add_typer(outbox_cli.outbox_app, name="outbox")
     eager.add_typer(users.users_app, name="users")
     return eager
 
@@ -67,7 +68,7 @@ def test_flows_help_lists_every_command_with_its_help() -> None:
     assert _help(app) == _help(eager_app())
 
 
-@pytest.mark.parametrize("name", ["tail", "lag", "access-log", "audit", "dlq", "users"])
+@pytest.mark.parametrize("name", ["tail", "lag", "access-log", "audit", "dlq", "outbox", "users"])
 def test_the_lazy_table_is_each_modules_real_command(name: str) -> None:
     real = main.load_lazy(name)
     first = inspect.cleandoc(real.short_help or real.help or "").split("\n\n")[0].strip()
@@ -99,10 +100,11 @@ def test_help_and_usage_errors_import_nothing_heavy() -> None:
 
 
 CLI_MODULES = {"services.cli.instances", "services.cli.users", "services.cli.audit", "services.cli.dlq_cli",
-               "services.cli.ops_cli"}
+               "services.cli.outbox_cli", "services.cli.ops_cli"}
 
 
 @pytest.mark.parametrize(("argv", "module"), [(["dlq", "--help"], "services.cli.dlq_cli"),
+                                              (["outbox", "--help"], "services.cli.outbox_cli"),
                                               (["audit", "--help"], "services.cli.audit"),
                                               (["users", "--help"], "services.cli.users"),
                                               (["access-log", "--help"], "services.cli.users"),
