@@ -10,6 +10,7 @@ Refreshed every `ops_metrics_interval_s` by the audit service and served on its 
     flows_ts_outcomes{outcome}                         TS outcomes recorded (confirmed, rejected...)
     flows_outbox_unpublished                           outbox rows not yet on Kafka
     flows_outbox_oldest_unpublished_seconds            age of the oldest of them (0: none)
+    flows_outbox_parked                                outbox rows the relay parked (neither published nor skipped)
     flows_ops_refreshed_timestamp_seconds              when these figures were last refreshed
 """
 
@@ -44,6 +45,9 @@ class OpsMetrics:
         self.ts = gauge("flows_ts_outcomes", "Sistema TS outcomes recorded, per outcome", ("outcome",))
         self.outbox = gauge("flows_outbox_unpublished", "Outbox rows not yet published to Kafka")
         self.outbox_age = gauge("flows_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished outbox row")
+        self.outbox_parked = gauge("flows_outbox_parked",
+                                   "Outbox rows the relay parked, neither retried, published nor skipped: their "
+                                   "streams wait (flows outbox parked)")
         self.refreshed = gauge("flows_ops_refreshed_timestamp_seconds", "When the ops figures were last refreshed")
 
     async def refresh(self, pool: asyncpg.Pool, bootstrap: str, today: date | None = None) -> None:
@@ -79,9 +83,11 @@ class OpsMetrics:
                                     "WHERE type = $1 GROUP BY 1", flows.TYPE_OF[flows.TsFeedbackReceived]):
             self.ts.labels(row["outcome"] or "unknown").set(row["n"])
         pending = await pool.fetchrow("SELECT count(*) AS n, coalesce(extract(epoch FROM now() - min(created_at)), 0) "
-                                      "AS age FROM outbox WHERE published_at IS NULL")
+                                      "AS age, count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked "
+                                      "FROM outbox WHERE published_at IS NULL")
         self.outbox.set(pending["n"])
         self.outbox_age.set(float(pending["age"]))
+        self.outbox_parked.set(pending["parked"])
         self.deadline.clear()
         # The periods that ended two months ago, last month and this month: a deadline is due some days to two months
         # after its period, and the 730 of a year (its period ends in December) is due on 31 January moved to the next

@@ -1,8 +1,9 @@
 """The ops figures the alert rules use, computed from the real stack: an event waiting in the outbox,
-a failed load, a TS rejection and a dead letter each show in the exporter's output."""
+a failed load, a TS rejection, a dead letter and a row the relay parked each show in the exporter's output."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import date
 
@@ -15,6 +16,7 @@ from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.host import prepare_database
 from services.runtime.opsmetrics import OpsMetrics
+from services.runtime.outbox import OutboxRelay, parked_rows, skip_parked
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 from tests.kafka_topics import create_topics
 
@@ -73,3 +75,48 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
     age = float(next(line.split()[-1] for line in text.splitlines()
                      if line.startswith("flows_outbox_oldest_unpublished_seconds ")))
     assert 3600 <= age < 3600 + 300, age
+
+
+async def test_the_exporter_reports_the_parked_outbox_rows_until_they_are_skipped(settings, fresh_db):
+    """A row the real relay parked (an invalid topic name) counts in flows_outbox_parked, and in
+    flows_outbox_unpublished with the row of its stream waiting behind it; once skipped, neither."""
+    pool = await create_pool(fresh_db, min_size=1, max_size=4)
+    topic = f"test.parked-{uuid.uuid4().hex[:8]}"
+    await create_topics(settings.kafka_bootstrap, topic)
+    await prepare_database(pool, FLOW_PROJECTIONS)  # the tables the other figures read
+    store = EventStore(pool, source="/test")
+    for key in ("8101", "8102"):
+        for n in range(2):
+            await store.append(f"instance-{key}", [NewEvent(topic, {"n": n})], expected_version=n, key=key)
+    first = await pool.fetchval("SELECT min(id) FROM outbox WHERE key = '8101'")
+    await pool.execute("UPDATE outbox SET topic = 'not a valid topic name!' WHERE id = $1", first)
+
+    async def figures() -> str:
+        registry = CollectorRegistry()
+        await OpsMetrics(registry).refresh(pool, settings.kafka_bootstrap, today=date(2026, 11, 8))
+        return generate_latest(registry).decode()
+
+    relay = OutboxRelay(pool, settings.kafka_bootstrap, poll_interval=0.2)
+    stop = asyncio.Event()
+    try:
+        waiting = await figures()  # 4 rows wait, none is parked yet (no relay ran)
+        running = asyncio.create_task(relay.run(stop))
+        try:
+            async with asyncio.timeout(30):
+                while await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL") != 2 \
+                        or not await parked_rows(pool):
+                    await asyncio.sleep(0.05)
+            parked = await figures()
+            await skip_parked(pool, first, reason="test: a typo in the topic", by="ops.test")
+            async with asyncio.timeout(30):
+                while await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"):
+                    await asyncio.sleep(0.05)
+            skipped = await figures()
+        finally:
+            stop.set()
+            await running
+    finally:
+        await pool.close()
+    assert "flows_outbox_unpublished 4.0" in waiting and "flows_outbox_parked 0.0" in waiting
+    assert "flows_outbox_unpublished 2.0" in parked and "flows_outbox_parked 1.0" in parked
+    assert "flows_outbox_unpublished 0.0" in skipped and "flows_outbox_parked 0.0" in skipped
