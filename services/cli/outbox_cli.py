@@ -102,9 +102,9 @@ def show(row_id: Annotated[int, ROW_ID]) -> None:
     for event in decided:
         what = "retried" if event.type == outbox.RETRIED else "skipped"
         why = f": {event.data['reason']}" if event.type == outbox.SKIPPED else ""
-        console.print(f"{what} by {event.actor} at {_utc(event.recorded_at)} UTC{why} (parked at "
-                      f"{event.data.get('parked_at', '?')}: {_short(event.data.get('parked_reason'), 200)})",
-                      markup=False, highlight=False)
+        parked_at = _utc(datetime.fromisoformat(event.data["parked_at"])) if event.data.get("parked_at") else "?"
+        console.print(f"{what} by {event.actor} at {_utc(event.recorded_at)} UTC{why} (parked at {parked_at} UTC: "
+                      f"{_short(event.data.get('parked_reason'), 200)})", markup=False, highlight=False)
 
 
 @outbox_app.command("retry")
