@@ -33,6 +33,9 @@ from tests.kafka_topics import create_topics, records_now_on
 pytestmark = pytest.mark.integration
 
 SMALL_LIMIT = 2000  # bytes: the lowered max.message.bytes; the parked event is 5000
+# The relay reads the outbox when a NOTIFY wakes it, else at this interval: longer than any wait of these tests, so a
+# retried or skipped row that goes out in time was sent because the command's NOTIFY woke the relay.
+RELAY_POLL_S = 120.0
 
 
 class Numbered(BaseModel):
@@ -66,7 +69,7 @@ async def _append(store: EventStore, topic: str, key: str, numbers: range, blob_
         await store.append(f"instance-{key}", [NewEvent(topic, data)], expected_version=n, key=key)
 
 
-async def _wait_until(condition: Callable[[], Awaitable[bool]], within: float = 30.0) -> None:
+async def _wait_until(condition: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
     async with asyncio.timeout(within):
         while not await condition():
             await asyncio.sleep(0.05)
@@ -112,7 +115,7 @@ async def test_a_row_refused_by_its_topic_is_listed_retried_after_the_fix_and_it
     pool = await create_pool(fresh_db, min_size=1, max_size=4)
     store = EventStore(pool, source="/test")
     env = _env(settings, fresh_db)
-    relay = OutboxRelay(pool, bootstrap, poll_interval=0.5)
+    relay = OutboxRelay(pool, bootstrap, poll_interval=RELAY_POLL_S)
     stop = asyncio.Event()
     running = asyncio.create_task(relay.run(stop))
     try:
@@ -197,7 +200,7 @@ async def test_a_skipped_row_records_who_and_why_and_its_stream_goes_on(settings
     code, out = await _flows(env, "outbox", "skip", str(first), "--reason", "a typo")
     assert code == 1 and f"outbox row {first} is not parked" in _one_line(out), out
 
-    relay = OutboxRelay(pool, bootstrap, poll_interval=0.5)
+    relay = OutboxRelay(pool, bootstrap, poll_interval=RELAY_POLL_S)
     stop = asyncio.Event()
     running = asyncio.create_task(relay.run(stop))
     try:
