@@ -60,6 +60,7 @@ from services.console.web import (
     status_phrase,
     way_back,
 )
+from services.runtime import health
 from services.runtime.broker import is_transient
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
@@ -69,6 +70,14 @@ from services.runtime.settings import Settings
 log = structlog.get_logger("console")
 # Imported, these declare their routes on web.pages and web.api, which create_app includes.
 ROUTE_MODULES = (instance_pages, onboarding_pages, admin_pages, json_api)
+
+
+def console_checks(pool: asyncpg.Pool, feed: LiveFeed) -> dict[str, health.Check]:
+    """What the health port's /readyz checks: what the console's own /readyz does (PostgreSQL, the Kafka feed)."""
+    async def feed_ready() -> tuple[bool, str]:
+        return (True, "sees the instance topics") if feed.ready.is_set() else (False, "not ready")
+
+    return {"postgresql": health.postgres_check(pool), "kafka_feed": feed_ready}
 
 
 def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
@@ -83,7 +92,11 @@ def create_app(settings: Settings, static_dir: Path = STATIC) -> ConsoleApp:
         await feed.start()
         await access.start()
         try:
-            yield
+            # /healthz, /readyz and /metrics on FLOWS_HEALTH_PORT, as every service serves them (Prometheus scrapes
+            # the console there); not when that is the console's own port, whose /healthz and /readyz answer anyway.
+            port = settings.health_port if settings.health_port != settings.console_port else None
+            async with health.serving("console", console_checks(pool, feed), settings.health_host, port):
+                yield
         finally:
             await access.stop()
             await feed.stop()
