@@ -65,8 +65,8 @@ async def test_prometheus_scrapes_the_services_and_loads_the_alert_rules(setting
         rules = await _api(url, "/api/v1/rules")
         names = {rule["name"] for group in rules["groups"] for rule in group["rules"]}
         assert names == {"ConsumerLagGrowing", "DeadLetterReceived", "LoadsFailing", "DeadlineNotCovered",
-                         "TsRejections", "OutboxBehind", "OutboxRowParked", "OpsFiguresStale", "FileStoreFull",
-                         "WorkInterrupted"}
+                         "TsRejections", "OutboxBehind", "OutboxRowParked", "OpsFiguresStale", "OpsFiguresMissing",
+                         "FileStoreFull", "WorkInterrupted", "TargetDown"}
     finally:
         await asyncio.to_thread(localstack.stop_service, "prometheus")
         stop.set()
