@@ -2,11 +2,12 @@
 
 Replicas (`flows stack up --replicas N`): each service of REPLICATED runs as N supervised processes,
 `loader`, `loader-2`, ... `loader-N`, each with its own log (logs/<name>.log), traces file, health port
-(when health ports are served: `--observability` or N > 1) and FLOWS_REPLICA (its name, recorded in the
-metadata of every event it appends: `replica`). They share the consumer groups (Kafka spreads the
-partitions over them), PostgreSQL (the per-instance advisory locks decide who works on an instance) and
-the file store. The TS simulator, the audit service (no consumer; its signer holds a lock anyway) and the
-console stay one process. A later `up` with a smaller N stops and forgets the replicas past N.
+(when health ports are served: `--observability` or N > 1; the same whatever N, see observability_ports) and
+FLOWS_REPLICA (its name, recorded in the metadata of every event it appends: `replica`). They share the
+consumer groups (Kafka spreads the partitions over them), PostgreSQL (the per-instance advisory locks decide
+who works on an instance) and the file store. The TS simulator, the audit service (no consumer; its signer
+holds a lock anyway) and the console stay one process. A later `up` with a smaller N
+stops and forgets the replicas past N.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import re
 import sys
+from typing import Any
 
 from deploy import localstack
 from services.cli import topics
@@ -61,10 +63,30 @@ def surplus_replicas(running: list[str], replicas: int) -> list[str]:
 
 
 def observability_ports(replicas: int = 1) -> dict[str, int]:
-    """The health/metrics port of each platform process (not the TS simulator): one per replica."""
+    """The health/metrics port of each platform process (not the TS simulator): one per replica, each the same
+    whatever the replicas. The first process of each service: FLOWS_OBSERVABILITY_PORT_BASE + 1 (loader) ... + 6
+    (console), as a one-replica stack always had; replica k >= 2 of the replicated services the ports after those,
+    k by k (loader-2 + 7, formatter-2 + 8 ..., loader-3 + 11 ...). Scaling so moves no process's port: numbered in
+    order, every port after loader-2's shifted, and a Prometheus still scraping the old ones read another service
+    under each job's name."""
+    if replicas < 1:
+        raise ValueError("replicas must be at least 1")
     from services.cli import observability as obs
 
-    return obs.health_ports([name for service, name in processes(replicas) if service != "ts-simulator"])
+    base = obs.port_base()
+    first = [service for service in SERVICES if service != "ts-simulator"]
+    ports = {service: base + 1 + i for i, service in enumerate(first)}
+    for k in range(2, replicas + 1):
+        for j, service in enumerate(REPLICATED):
+            ports[replica_name(service, k)] = base + 1 + len(first) + (k - 2) * len(REPLICATED) + j
+    return ports
+
+
+def prometheus_targets(services: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """What Prometheus scrapes: every recorded process with a health port that the stack keeps running (its
+    supervisor alive, the process running or being restarted), by name; not one stopped on purpose (`down`)."""
+    return {name: int(s["health_port"]) for name, s in sorted(services.items())
+            if s.get("health_port") and s.get("supervisor_pid")}
 
 
 def service_env(info: localstack.StackInfo) -> dict[str, str]:
@@ -104,24 +126,30 @@ def up(brokers: int = 1, with_services: bool = True, observability: bool = False
         names = []
         for service, name in processes(replicas):
             names.append(name)
-            if running.get(name, {}).get("running") and not observability and name not in ports:
+            recorded = running.get(name, {})
+            if recorded.get("running") and name not in ports:
                 continue
+            # A process a plain `up` starts again (its supervisor was stopped or killed) keeps the health port it
+            # was recorded with: Prometheus scrapes it there, and its probes answer there.
+            port = ports.get(name) or recorded.get("health_port")
             args = [a.replace("{state}", str(info.state_dir)).replace("{ts_port}", str(info.ts_port))
                     for a in SERVICES[service]]
             extra = {"FLOWS_REPLICA": name}
-            if name in ports:
-                extra["FLOWS_HEALTH_PORT"] = str(ports[name])
+            if port:
+                extra["FLOWS_HEALTH_PORT"] = str(port)
             extra.update(trace_env(info, name))
             pid = localstack.start_service(name, [sys.executable, "-m", *args], {**env, **extra},
-                                           about={"service": service, "health_port": ports.get(name)})
+                                           about={"service": service, "health_port": port})
             console.print(f"[dim]stack[/] started {name} (supervisor pid {pid})")
         # "platform up" only once every service runs and stays up: a service that exits at start (a bad
         # bootstrap, a missing topic) fails `up` with its last exit and log, instead of a false success.
         localstack.wait_services_alive(names)
-    if observability:
+    recorded = localstack.status().get("services", {})
+    if observability or recorded.get("prometheus", {}).get("supervisor_pid"):
+        # Also on a plain `up` while Prometheus runs: a scale-down or a restart changes what it must scrape.
         from services.cli import observability as obs
 
-        _, url = obs.start_prometheus(info.state_dir, observability_ports(replicas) if with_services else {})
+        _, url = obs.start_prometheus(info.state_dir, prometheus_targets(recorded))
         console.print(f"[dim]stack[/] Prometheus at {url}, scraping every service's /metrics, alerts loaded")
     console.print(f"[green]platform up[/]: Kafka {info.bootstrap_servers}, PostgreSQL "
                   f"{info.database_url.split('@')[-1]}, state in {info.state_dir}")

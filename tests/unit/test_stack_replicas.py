@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,29 @@ def test_every_replica_gets_its_own_health_port() -> None:
     assert "ts-simulator" not in ports
     assert {"loader", "loader-2", "formatter-2", "ts-gateway-2", "onboarding-2", "audit", "console"} <= set(ports)
     assert len(set(ports.values())) == len(ports)
+
+
+def test_a_process_keeps_its_health_port_whatever_the_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scaling moves no port: numbered in order, audit's moved from base + 5 to base + 9 with 2 replicas, and a
+    Prometheus still on its old configuration scraped the TS gateway under the job `audit`."""
+    monkeypatch.setenv("FLOWS_OBSERVABILITY_PORT_BASE", "19500")
+    one, two, three = (stack.observability_ports(n) for n in (1, 2, 3))
+    assert one == {"loader": 19501, "formatter": 19502, "ts-gateway": 19503, "onboarding": 19504, "audit": 19505,
+                   "console": 19506}
+    assert {name: two[name] for name in one} == one == {name: three[name] for name in one}
+    assert {name: three[name] for name in two} == two
+    assert len(set(three.values())) == len(three) == 6 + 2 * len(stack.REPLICATED)
+    assert min(three.values()) == 19501 and max(three.values()) == 19500 + len(three)  # no gap, Prometheus's own
+
+
+def test_prometheus_scrapes_every_kept_process_with_a_health_port() -> None:
+    services: dict[str, dict[str, Any]] = {
+        "loader": {"health_port": 19501, "supervisor_pid": 10, "running": True},
+        "formatter": {"health_port": 19502, "supervisor_pid": 11, "running": False},  # being restarted
+        "audit": {"health_port": 19505, "supervisor_pid": None, "running": False},  # stopped by `down`
+        "ts-simulator": {"supervisor_pid": 12, "running": True},
+        "prometheus": {"supervisor_pid": 13, "running": True}}
+    assert stack.prometheus_targets(services) == {"loader": 19501, "formatter": 19502}
 
 
 def test_a_scale_down_removes_only_the_replicas_past_n() -> None:
