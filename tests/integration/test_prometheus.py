@@ -37,9 +37,12 @@ async def test_prometheus_scrapes_the_services_and_loads_the_alert_rules(setting
         await prepare_database(pool, FLOW_PROJECTIONS)
     finally:
         await pool.close()
-    own = int(localstack._kafka_port_base())  # Prometheus on the base itself, the audit service's port next to it
-    pair = reserve_first((port, port + 1) for port in range(own + 508, own + 560))
-    assert pair is not None, f"no two free ports in {own + 508}..{own + 560}"
+    # Prometheus on the base itself, the audit service's port next to it: in the stack's own range below the private
+    # stacks' (+ 100 .. + 900), as tests/integration/test_stack_observability.py; + 508 reached a stack on the
+    # next port range (base 28592: 29100, the TS simulator of a stack on 29092)
+    own = int(localstack._kafka_port_base())
+    pair = reserve_first((port, port + 1) for port in range(own + 30, own + 100))
+    assert pair is not None, f"no two free ports in {own + 30}..{own + 100}"
     monkeypatch.setenv("FLOWS_OBSERVABILITY_PORT_BASE", str(pair[0]))
     ports = obs.health_ports(["audit"])
     cfg = settings.model_copy(update={"database_url": fresh_db, "health_port": ports["audit"],
