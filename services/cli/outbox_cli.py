@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import asyncpg
 import typer
 
 from services.cli.common import UserError, console, database, operator_name, settings, table, user_errors
@@ -107,23 +109,29 @@ def show(row_id: Annotated[int, ROW_ID]) -> None:
                       f"{_short(event.data.get('parked_reason'), 200)})", markup=False, highlight=False)
 
 
-@outbox_app.command("retry")
-@user_errors
-def retry(row_id: Annotated[int, ROW_ID]) -> None:
-    """Unpark a row once its cause is fixed: the relay sends it again, then its stream's later rows; who is recorded."""
+def _decide(row_id: int, decide: Callable[[asyncpg.Pool], Awaitable[Any]]) -> tuple[Any, int]:
+    """An operator's decision about a parked row (`decide(pool)`: retry_parked or skip_parked), and how many later rows
+    of its stream wait behind it; NotParked as the command's error."""
     cfg = settings()
-    by = operator_name()
 
     async def go() -> tuple[Any, dict[str, Any] | None]:
         async with database(cfg) as pool:
-            fact = await outbox.retry_parked(pool, row_id, by=by)
+            fact = await decide(pool)
             return fact, await outbox.outbox_row(pool, row_id)
 
     try:
         fact, row = asyncio.run(go())
     except outbox.NotParked as exc:
         raise UserError(str(exc)) from None
-    waiting = row["waiting"] if row is not None else 0
+    return fact, row["waiting"] if row is not None else 0
+
+
+@outbox_app.command("retry")
+@user_errors
+def retry(row_id: Annotated[int, ROW_ID]) -> None:
+    """Unpark a row once its cause is fixed: the relay sends it again, then its stream's later rows; who is recorded."""
+    by = operator_name()
+    fact, waiting = _decide(row_id, lambda pool: outbox.retry_parked(pool, row_id, by=by))
     console.print(f"retried outbox row {row_id} (event {fact.event_id}, topic {fact.topic}, key {fact.key}) by {by}: "
                   f"unparked; the relay of a running service sends it, then {waiting} later row(s) of its stream. "
                   f"Parked again if its cause remains: `flows outbox parked`.", markup=False, highlight=False)
@@ -137,19 +145,8 @@ def skip(row_id: Annotated[int, ROW_ID],
     recorded."""
     if not reason.strip():
         raise UserError("--reason is empty: say why the row is given up on (it will never be published)")
-    cfg = settings()
     by = operator_name()
-
-    async def go() -> tuple[Any, dict[str, Any] | None]:
-        async with database(cfg) as pool:
-            fact = await outbox.skip_parked(pool, row_id, reason=reason, by=by)
-            return fact, await outbox.outbox_row(pool, row_id)
-
-    try:
-        fact, row = asyncio.run(go())
-    except outbox.NotParked as exc:
-        raise UserError(str(exc)) from None
-    waiting = row["waiting"] if row is not None else 0
+    fact, waiting = _decide(row_id, lambda pool: outbox.skip_parked(pool, row_id, reason=reason, by=by))
     console.print(f"skipped outbox row {row_id} (event {fact.event_id}, topic {fact.topic}, key {fact.key}) by {by}: "
                   f"{reason}. The event stays in the event store and is never published; {waiting} later row(s) of "
                   "its stream go on.", markup=False, highlight=False)
