@@ -106,6 +106,8 @@ PARKED_CHANGED = "parked"
 _PERMANENT = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError,
               TopicAuthorizationFailedError, UnsupportedForMessageFormatError, CorruptRecordException,
               TypeError, ValueError)  # TypeError/ValueError: the row cannot be serialised
+# What the broker answers for a record batch with a record over the topic's max.message.bytes (OutboxRelay._one_by_one)
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 RETRY_CAP_S = 30.0
 # Kafka's rule for topic names; aiokafka would wait for metadata of an invalid one until it times out.
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
@@ -544,6 +546,7 @@ class OutboxRelay:
         # fails at send() (too large for the producer, not serialisable) is parked at once, and the
         # rows of its stream behind it in this batch are not sent.
         sent: list[tuple[Mapping[str, Any], Any]] = []
+        messages: dict[int, dict[str, Any]] = {}  # row id -> what was sent (key, value, headers)
         parked: dict[int, BaseException] = {}
         blocked: set[str] = set()
         spans: dict[int, Any] = {}  # row id -> its relay span (rows that carry a trace context)
@@ -564,9 +567,10 @@ class OutboxRelay:
                                     "messaging.kafka.message.key": row["key"]})
                     spans[row["id"]] = span
                     headers = tracing.trace_headers(headers, span.get_span_context())
-                ack = await producer.send(row["topic"], key=row["key"].encode(),
-                                          value=row["payload"].encode(),
-                                          headers=[(name, value.encode()) for name, value in headers])
+                message = {"key": row["key"].encode(), "value": row["payload"].encode(),
+                           "headers": [(name, value.encode()) for name, value in headers]}
+                messages[row["id"]] = message
+                ack = await producer.send(row["topic"], **message)
             except Exception as exc:
                 if not is_permanent(exc):
                     raise RelayError(f"outbox row {row['id']} (event {row['event_id']}, topic {row['topic']}, "
@@ -577,6 +581,7 @@ class OutboxRelay:
             sent.append((row, ack))
         try:
             results = await asyncio.gather(*(ack for _, ack in sent), return_exceptions=True)
+            results = await self._one_by_one(producer, sent, messages, results)
         finally:
             for row_id, span in spans.items():
                 error = parked.get(row_id)
@@ -619,6 +624,30 @@ class OutboxRelay:
             raise RelayError(f"outbox row {failed['id']} (event {failed['event_id']}, topic {failed['topic']}, "
                              f"key {failed['key']}): {error!r}"[:2000], failed) from error
         return len(acked) + len(parked)
+
+    @staticmethod
+    async def _one_by_one(producer: AIOKafkaProducer, sent: list[tuple[Mapping[str, Any], Any]],
+                          messages: dict[int, dict[str, Any]], results: list[Any]) -> list[Any]:
+        """The results of a batch, with the rows the broker refused as too large sent again one by one. The broker
+        refuses a produce request's record batch whole when one record in it is over the topic's max.message.bytes,
+        and aiokafka does not split it: every row of that partition's batch came back refused, and each was parked for
+        another row's size, its own stream held behind it. Sent alone, in their order, only a row too large by itself
+        is refused again; a stream's rows after a refused one are not sent (they wait behind it, parked)."""
+        refused = [i for i, result in enumerate(results) if isinstance(result, _TOO_LARGE)]
+        if len(refused) < 2:
+            return results
+        results = list(results)
+        held: set[str] = set()
+        for i in refused:
+            row = sent[i][0]
+            if row["key"] in held:
+                continue
+            try:
+                results[i] = await producer.send_and_wait(row["topic"], **messages[row["id"]])
+            except Exception as exc:
+                results[i] = exc
+                held.add(row["key"])
+        return results
 
     async def _topic_gone(self, conn: asyncpg.Connection, row: Mapping[str, Any]) -> bool:
         """A row was not sent for want of its topic's metadata: when the cluster has no such topic (deleted by hand),

@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import NewTopic
 from pydantic import BaseModel
 
 from contracts.envelope import from_kafka_headers
@@ -611,6 +612,42 @@ async def test_a_deleted_topic_the_registry_does_not_know_has_its_row_parked_and
         messages = await consume_all(other, expected=2)
         assert [(k, p["n"]) for k, _, p in messages] == [("7402", 0), ("7402", 1)]
         assert not await topic_exists(KAFKA, gone)
+    finally:
+        stop.set()
+        await running
+
+
+async def test_a_row_over_its_topics_limit_parks_alone_not_the_rows_sent_beside_it(pool: asyncpg.Pool) -> None:
+    """The broker refuses a produce request's record batch whole when one record in it is over the topic's
+    max.message.bytes, and aiokafka does not split it: every row sent beside the large one came back refused, and each
+    was parked for another row's size, its stream held behind it. Now the refused rows go again one by one: only the
+    large row is parked, the others are published, each stream in its order."""
+    name = f"test.relay-limit-{uuid.uuid4().hex[:8]}"
+    admin = admin_client(KAFKA)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, 1, 1, topic_configs={"max.message.bytes": "2000"})])
+    finally:
+        await admin.close()
+    async with asyncio.timeout(30):
+        while not await topic_exists(KAFKA, name):
+            await asyncio.sleep(0.1)
+    store = EventStore(pool, source="/flows/loader")
+    await append_numbered(store, name, keys=["7501"], per_key=1)
+    await pool.execute("UPDATE outbox SET payload = jsonb_build_object('key', '7501', 'n', 0, 'blob', "
+                       "repeat('x', 3000))::text")  # over the topic's 2,000 bytes, under the producer's limit
+    await append_numbered_from(store, name, key="7501", start=1, count=1)  # behind it in its stream
+    await append_numbered(store, name, keys=["7502", "7503"], per_key=2)  # beside it, in the same batch
+    stop = asyncio.Event()
+    relay = OutboxRelay(pool, KAFKA, poll_interval=0.2)
+    running = asyncio.create_task(relay.run(stop))
+    try:
+        await wait_until(lambda: _unpublished_is(pool, 2))  # the large row and the one behind it
+        parked = await parked_rows(pool)
+        assert [(p["key"], p["waiting"]) for p in parked] == [("7501", 1)], parked
+        assert relay.parked == 1
+        messages = await consume_all(name, expected=4)
+        assert [(k, p["n"]) for k, _, p in messages] == [("7502", 0), ("7503", 0), ("7502", 1), ("7503", 1)]
     finally:
         stop.set()
         await running
