@@ -50,9 +50,11 @@ class OpsMetrics:
                                    "streams wait (flows outbox parked)")
         self.refreshed = gauge("flows_ops_refreshed_timestamp_seconds", "When the ops figures were last refreshed")
 
-    async def refresh(self, pool: asyncpg.Pool, bootstrap: str, today: date | None = None) -> None:
+    async def refresh(self, pool: asyncpg.Pool, bootstrap: str, today: date | None = None,
+                      watched_from: date | None = None) -> None:
+        """`watched_from`: deadlines due before it are not reported (Settings.deadlines_watched_from)."""
         await self._kafka(bootstrap)
-        await self._database(pool, today or italian_today())
+        await self._database(pool, today or italian_today(), watched_from)
         self.refreshed.set(time.time())
 
     async def _kafka(self, bootstrap: str) -> None:
@@ -71,7 +73,7 @@ class OpsMetrics:
         for topic, count in per_topic.items():
             self.dlq.labels(topic).set(count)
 
-    async def _database(self, pool: asyncpg.Pool, today: date) -> None:
+    async def _database(self, pool: asyncpg.Pool, today: date, watched_from: date | None = None) -> None:
         from contracts.deadlines import known_deadlines_for_month, month_before
         from services.runtime.coverage import coverage
 
@@ -101,7 +103,7 @@ class OpsMetrics:
                 continue
             # every entity known, those that loaded nothing yet too: theirs are the deadlines most likely missed
             for ente, deadline, covered in await coverage(pool, deadlines, None):
-                if covered is None:
+                if covered is None and (watched_from is None or deadline.due >= watched_from):
                     self.deadline.labels(ente, deadline.flow_type, deadline.due.isoformat(),
                                          f"{year}-{month:02d}").set((deadline.due - today).days)
 

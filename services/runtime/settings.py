@@ -6,6 +6,7 @@ environment below the entrypoints.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -66,6 +67,9 @@ class Settings(BaseSettings):
     health_host: str = "127.0.0.1"
     # The audit service refreshes the platform's ops figures (services.runtime.opsmetrics) this often; 0: never.
     ops_metrics_interval_s: float = Field(default=15.0, ge=0)
+    # The platform's go-live (YYYY-MM-DD): a deadline due before it is not reported as uncovered (the deadlines the
+    # old Flow Manager covered would otherwise all be "late" on a new platform). None: every deadline is watched.
+    deadlines_watched_from: date | None = None
     # The audit service deletes old dedup records and published outbox rows (services.runtime.housekeeping) this
     # often; 0: never.
     housekeeping_interval_s: float = Field(default=3600.0, ge=0)

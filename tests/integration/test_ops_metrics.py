@@ -57,6 +57,14 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
         on_due_day = CollectorRegistry()
         await OpsMetrics(on_due_day).refresh(pool, settings.kafka_bootstrap, today=date(2027, 2, 1))
         due_day_text = generate_latest(on_due_day).decode()
+        # A platform live from 11 November (FLOWS_DEADLINES_WATCHED_FROM) does not report the 10 November deadlines,
+        # which the system before it covered; one live from the 10th does
+        watched = {}
+        for live_from in (date(2026, 11, 11), date(2026, 11, 10)):
+            registry_from = CollectorRegistry()
+            await OpsMetrics(registry_from).refresh(pool, settings.kafka_bootstrap, today=date(2026, 11, 8),
+                                                    watched_from=live_from)
+            watched[live_from] = generate_latest(registry_from).decode()
     finally:
         await producer.stop()
         await pool.close()
@@ -69,6 +77,9 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
     assert 'flows_deadline_uncovered_days{due="2026-11-10",ente="201",flow_type="FLUSSO_C",month="2026-10"} 2.0' in text
     # An entity of the catalogue with no instance at all is due too: the alert must not skip the one that loaded nothing
     assert 'flows_deadline_uncovered_days{due="2026-11-10",ente="203",flow_type="FLUSSO_C",month="2026-10"} 2.0' in text
+    october = 'flows_deadline_uncovered_days{due="2026-11-10",ente="201",flow_type="FLUSSO_C",month="2026-10"} 2.0'
+    assert october not in watched[date(2026, 11, 11)] and october in watched[date(2026, 11, 10)]
+    assert 'due="2026-11-10"' not in watched[date(2026, 11, 11)], "no deadline due before the go-live"
     # the month `flows deadlines --month` lists it under, as the alert's text says to run it
     assert 'flows_deadline_uncovered_days{due="2027-02-01",ente="201",flow_type="FLUSSO_730",month="2026-12"} 0.0' \
         in due_day_text
