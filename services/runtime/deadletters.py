@@ -174,8 +174,9 @@ async def fetch(bootstrap: str, letter_id: str, timeout_ms: int = 10_000) -> Dea
         ends = await consumer.end_offsets([tp])
         begins = await consumer.beginning_offsets([tp])
         if not begins[tp] <= offset < ends[tp]:
-            raise ValueError(f"no dead letter {letter_id}: {topic} partition {partition} holds offsets "
-                             f"{begins[tp]} to {ends[tp] - 1}")
+            held = (f"holds offsets {begins[tp]} to {ends[tp] - 1}" if begins[tp] < ends[tp] else
+                    "holds no dead letter" + (f" (its {ends[tp]} were deleted by retention)" if ends[tp] else ""))
+            raise ValueError(f"no dead letter {letter_id}: {topic} partition {partition} {held}")
         consumer.seek(tp, offset)
         batches = await consumer.getmany(tp, timeout_ms=timeout_ms)
         for record in batches.get(tp, []):

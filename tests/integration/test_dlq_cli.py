@@ -156,3 +156,8 @@ async def test_a_dead_letter_id_that_does_not_exist_is_named_in_the_error(settin
     assert code == 1 and "is not <topic>.dlq:<partition>:<offset>" in out, out
     code, out = await _flows(env, "dlq", "redrive", "nowhere.dlq:3:7")
     assert code == 1 and "no dead letter nowhere.dlq:3:7" in out, out
+    # an empty partition of a DLQ that exists: it holds none (it said "offsets 0 to -1")
+    empty = f"test.empty-{uuid.uuid4().hex[:8]}.dlq"
+    await create_topics(settings.kafka_bootstrap, empty)
+    code, out = await _flows(env, "dlq", "show", f"{empty}:0:5")
+    assert code == 1 and f"no dead letter {empty}:0:5: {empty} partition 0 holds no dead letter" in out, out
