@@ -7,7 +7,6 @@ the inclusion proof of the instance's stream in the latest signed checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,11 +59,8 @@ def _file_refs(data: dict[str, Any]) -> list[dict[str, Any]]:
 def _stored_check(files: FileStore, sha256: str) -> str:
     if not files.exists(sha256):
         return "not in this file store"
-    digest = hashlib.sha256()
-    with files.open(sha256) as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return "stored bytes match" if digest.hexdigest() == sha256 else f"STORED BYTES DIFFER ({digest.hexdigest()})"
+    stored = files.content_sha256(sha256)
+    return "stored bytes match" if stored == sha256 else f"STORED BYTES DIFFER ({stored})"
 
 
 async def gather(pool: asyncpg.Pool, settings: Settings, instance: int) -> ReportData:

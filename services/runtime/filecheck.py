@@ -10,7 +10,6 @@ each file that is missing, of another size, or whose bytes are not what the hist
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,8 +18,6 @@ import asyncpg
 from contracts.onboarding import TYPE_OF as ONBOARDING_TYPE_OF
 from contracts.onboarding import DocumentReceived
 from services.runtime.filestore import FileStore
-
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -57,14 +54,6 @@ async def named_files(pool: asyncpg.Pool) -> list[Named]:
     return named
 
 
-def _sha256_of(store: FileStore, sha256: str) -> str:
-    digest = hashlib.sha256()
-    with store.open(sha256) as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_files(store: FileStore, named: Iterable[Named], *, contents: bool = True) -> FileCheck:
     """Each distinct content once: present, of the size recorded and (with `contents`) hashing to its name. A problem
     is reported for every place the history names the content."""
@@ -86,7 +75,7 @@ def check_files(store: FileStore, named: Iterable[Named], *, contents: bool = Tr
                 problem = f"{size} bytes in the file store, {' or '.join(str(s) for s in sorted(sizes))} recorded"
             elif contents:
                 hashed += 1
-                got = _sha256_of(store, sha256)
+                got = store.content_sha256(sha256)
                 if got != sha256:
                     problem = f"its bytes hash to {got}, not to the sha256 recorded {sha256}"
         if problem is not None:
