@@ -145,9 +145,15 @@ class LoadFailed(Payload):
     feedback: FileRef | None = Field(default=None, description="Every error and warning. " + FEEDBACK_FORMAT)
 
 
+SEEN_VERSION = ("The version of the instance's history the requester read when it asked (optional). A request "
+                "taken after another request of the same kind was recorded past that version repeats it (asked "
+                "twice while the first waited): it is acknowledged and changes nothing.")
+
+
 class FormatRequested(Payload):
     instance: int
     requested_by: Actor
+    seen_version: int | None = Field(default=None, ge=0, description=SEEN_VERSION)
 
 
 class FormattingStarted(Payload):
@@ -184,6 +190,7 @@ class TsSubmissionRequested(Payload):
                     "id as associated data. TSG1 (no key id) is still accepted.")
     transmission_date: date
     requested_by: Actor
+    seen_version: int | None = Field(default=None, ge=0, description=SEEN_VERSION)
 
 
 class TsSubmitted(Payload):

@@ -68,12 +68,13 @@ async def _wait_for_state(pool: asyncpg.Pool, instance: int, finals: set[str], l
                         instance_stream(instance), ts_outcome_after, flows.TYPE_OF[flows.TsFeedbackReceived])):
                     return row
             if time.monotonic() > deadline:
-                # The request is on Kafka, taken when its service runs: asked again, it is a second request, which
-                # then finds the instance moved on and goes to the dead letters.
+                # The request is on Kafka, taken when its service runs. Asked again, it names the same version of
+                # the history, so its service acknowledges it as a repeat and does nothing twice.
                 raise UserError(f"instance {instance} is still {row['state'] if row else 'not created'} after "
                                 f"{timeout:.0f} s. The request is recorded and waits for its service, which takes it "
-                                "when it runs (is it running? `flows stack status`; its backlog: `flows lag`): do "
-                                f"not ask again; follow it with `flows show {instance}`")
+                                "when it runs (is it running? `flows stack status`; its backlog: `flows lag`): "
+                                "asking again adds nothing, the service takes a repeat as the same request; follow "
+                                f"it with `flows show {instance}`")
             await asyncio.sleep(0.2)
 
 
@@ -168,8 +169,9 @@ async def _load(cfg: Settings, flow_type: str, ente: str, start: date, end: date
         return int(instance)
 
 
-async def send_format_request(bootstrap: str, row: asyncpg.Record, requested_by: str) -> None:
-    """The format command for the instance of `row` (its instance_list row), if its state allows it."""
+async def send_format_request(bootstrap: str, pool: asyncpg.Pool, row: asyncpg.Record, requested_by: str) -> None:
+    """The format command for the instance of `row` (its instance_list row), if its state allows it. It names
+    the version of the history read now: asked again before the first is taken, the formatter knows it repeats."""
     from contracts import flows
     from contracts.states import IllegalTransition, InstanceState, target_of
     from services.runtime.commands import send_command
@@ -181,7 +183,16 @@ async def send_format_request(bootstrap: str, row: asyncpg.Record, requested_by:
         raise UserError(f"instance {instance} is {row['state']}: it cannot be formatted "
                         "(only Checked or Format failed instances can)") from exc
     await send_command(bootstrap, flows.TYPE_OF[flows.FormatRequested],
-                       flows.FormatRequested(instance=instance, requested_by=requested_by), key=str(instance))
+                       flows.FormatRequested(instance=instance, requested_by=requested_by,
+                                             seen_version=await stream_version(pool, instance)), key=str(instance))
+
+
+async def stream_version(pool: asyncpg.Pool, instance: int) -> int:
+    """The version of the instance's history now: its last event's (0 before the first)."""
+    from services.runtime.read_models import instance_stream
+
+    return int(await pool.fetchval("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
+                                   instance_stream(instance)))
 
 
 async def instance_trace(pool: asyncpg.Pool, instance: int) -> dict[str, str]:
@@ -209,7 +220,7 @@ async def _format(pool: asyncpg.Pool, cfg: Settings, instance: int, wait: bool, 
                   timeout: float) -> None:
     from contracts.states import InstanceState
 
-    await send_format_request(cfg.kafka_bootstrap, await _instance_row(pool, instance), requested_by)
+    await send_format_request(cfg.kafka_bootstrap, pool, await _instance_row(pool, instance), requested_by)
     if wait:
         await _wait_for_state(pool, instance, {InstanceState.FORMATTING.value, *final_format()}, "formatting", 60)
         done = await _wait_for_state(pool, instance, final_format(), "formatting", timeout)

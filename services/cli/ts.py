@@ -15,9 +15,8 @@ from contracts import flows
 from contracts.deadlines import italian_today
 from contracts.states import IllegalTransition, InstanceState, target_of
 from services.cli.common import UserError, console, database, settings
-from services.cli.instances import _instance_row, _wait_for_state, print_outcome
+from services.cli.instances import _instance_row, _wait_for_state, print_outcome, stream_version
 from services.runtime.commands import send_command
-from services.runtime.read_models import instance_stream
 from services.ts_gateway import payment_year
 from services.ts_gateway.keys import RETIRED_DIR, RETIRED_KEY_GRACE_S, KeysError, rotate_gateway_key
 from services.ts_gateway.overlap import sent_already, warning_en
@@ -73,10 +72,9 @@ async def send_sealed_730(bootstrap: str, pool: Any, keys_dir: Path, instance: i
     if sealed_to != key_id(public_key.read_bytes()):
         raise UserError(f"the credentials were sealed to key {sealed_to}, not to the gateway's current key: "
                         "seal them again")
+    before = await stream_version(pool, instance)
     request = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed, transmission_date=when,
-                                          requested_by=operator)
-    before = int(await pool.fetchval("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1",
-                                     instance_stream(instance)))
+                                          requested_by=operator, seen_version=before)
     await send_command(bootstrap, flows.TYPE_OF[flows.TsSubmissionRequested], request, key=str(instance))
     return before
 

@@ -839,7 +839,8 @@ async def format_action(ctx: Ctx) -> Response:
     request = ctx.request
     assert ctx.row is not None
     try:
-        await send_format_request(console_of(request).settings.kafka_bootstrap, ctx.row, ctx.principal.name)
+        console = console_of(request)
+        await send_format_request(console.settings.kafka_bootstrap, console.pool, ctx.row, ctx.principal.name)
     except UserError as exc:
         raise HTTPException(409, _not_now(ctx.row, "non si può formattare")) from exc
     return RedirectResponse(f"/istanze/{ctx.row['instance']}", status_code=303)

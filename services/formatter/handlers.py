@@ -66,6 +66,11 @@ async def handle_format_requested(cmd: flows.FormatRequested, msg: Incoming, dep
     async with deps.instances.handling(msg) as handling:
         if handling is None:
             return
+        earlier = await handling.repeats(cmd.instance, flows.FormatRequested, cmd.seen_version)
+        if earlier is not None:  # asked again while the first request waited: that one formats (or did)
+            log.info("format.request_repeated", instance=cmd.instance, requested_by=cmd.requested_by,
+                     seen_version=cmd.seen_version, earlier_request_version=earlier)
+            return
         current = await handling.read(cmd.instance, refusal="cannot be formatted", allows=[
             (flows.FormatRequested, Actor.OPERATOR), (flows.FormattingStarted, Actor.FORMATTER)])
         current = await handling.append(current, cmd, actor=cmd.requested_by, publish=False)

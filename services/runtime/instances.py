@@ -117,6 +117,17 @@ class Handling:
         self.check(current, allows, refusal)
         return current
 
+    async def repeats(self, instance: int, command: type[flows.Payload], seen_version: int | None) -> int | None:
+        """The version of an earlier `command` recorded in the instance's history after `seen_version` (the
+        version its requester read when it asked), None when there is none: a request asked again while the
+        first waited for its service repeats it, and is acknowledged without doing anything twice."""
+        if seen_version is None:
+            return None
+        found = await self.conn.fetchval(
+            "SELECT min(version) FROM events WHERE stream_id = $1 AND type = $2 AND version > $3",
+            instance_stream(instance), flows.TYPE_OF[command], seen_version)
+        return None if found is None else int(found)
+
     @staticmethod
     def check(current: FlowInstance, allows: Sequence[tuple[type[flows.Payload], Actor]],
               refusal: str = "cannot be handled") -> None:

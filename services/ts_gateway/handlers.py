@@ -160,6 +160,13 @@ async def handle_submission_requested(cmd: flows.TsSubmissionRequested, msg: Inc
     async with deps.instances.handling(msg) as handling:
         if handling is None:
             return
+        earlier = await handling.repeats(cmd.instance, flows.TsSubmissionRequested, cmd.seen_version)
+        if earlier is not None:
+            # asked again while the first request waited: that one sends (or sent), and a rejection it gets is
+            # the operator's to read before the instance goes again. The box is dropped unopened.
+            log.info("ts.request_repeated", instance=cmd.instance, requested_by=cmd.requested_by,
+                     seen_version=cmd.seen_version, earlier_request_version=earlier)
+            return
         current = await handling.read(cmd.instance)
         if current.flow_type not in SENDABLE_FLOW_TYPES:
             raise Refused(f"instance {cmd.instance} is {current.flow_type}: only the 730 is sent to "

@@ -147,6 +147,59 @@ async def test_formatting_a_failed_load_is_refused_into_the_dead_letters_with_th
         await pool.close()
 
 
+async def _format_requests_handled(pool: Any, ids: list[str], timeout: float = 60) -> None:
+    """Until the formatter has handled each command of `ids`: it records one in the transaction of its effects, and a
+    refused one (dead-lettered) rolls that back, so a recorded command was acknowledged, not refused."""
+    async with asyncio.timeout(timeout):
+        while await pool.fetchval("SELECT count(*) FROM processed_message WHERE consumer = 'formatter' "
+                                  "AND message_id = ANY($1::text[])", ids) < len(ids):
+            await asyncio.sleep(0.1)
+
+
+async def test_a_format_asked_again_before_the_first_is_taken_runs_once_and_one_asked_after_its_outcome_runs(
+        platform):
+    """An operator whose `flows format` timed out (the formatter was down) asked again: both requests name the
+    version of the history they read. The first formats; the second, taken after it, repeats it: acknowledged,
+    nothing recorded, not dead-lettered (it was, as "cannot be formatted: Formatting in progress"). A request made
+    after reading the outcome is not a repeat: this month has no source data, so the format fails (no records),
+    and asked again then, it runs again."""
+    bootstrap = platform.settings.kafka_bootstrap
+    pool = await platform.pool()
+    try:
+        request = flows.LoadRequested(request_id=uuid.uuid4(), flow_type=flows.FlowType.FLUSSO_MEF, ente="204",
+                                      period=flows.Period.model_validate({"start": "2025-11-01",
+                                                                          "end": "2025-11-30"}),
+                                      requested_by="op.bianchi")
+        await send_command(bootstrap, "flows.load-requested", request, key=str(request.request_id))
+        instance = await _instance_of(pool, request.request_id)
+        assert await _state_of(pool, instance, {"Checked", "Failed loading"}) == "Checked"
+        stream = f"instance-{instance}"
+        seen = await pool.fetchval("SELECT max(version) FROM events WHERE stream_id = $1", stream)
+        asked = [await send_command(bootstrap, "flows.format-requested",
+                                    flows.FormatRequested(instance=instance, requested_by="op.bianchi",
+                                                          seen_version=seen), key=str(instance))
+                 for _ in range(2)]
+        await _format_requests_handled(pool, asked)
+        assert await _state_of(pool, instance, {"Formatted", "Format failed"}) == "Format failed"
+        after = await pool.fetchval("SELECT max(version) FROM events WHERE stream_id = $1", stream)
+        assert [r["type"] for r in await pool.fetch(
+            "SELECT type FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version", stream, seen)] == [
+            "flows.format-requested", "flows.formatting-started", "flows.format-failed"]
+
+        again = await send_command(bootstrap, "flows.format-requested",
+                                   flows.FormatRequested(instance=instance, requested_by="op.bianchi",
+                                                         seen_version=after), key=str(instance))
+        await _format_requests_handled(pool, [again])
+        async with asyncio.timeout(60):
+            while (types := [r["type"] for r in await pool.fetch(
+                    "SELECT type FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version",
+                    stream, after)])[-1:] != ["flows.format-failed"]:
+                await asyncio.sleep(0.1)
+        assert types == ["flows.format-requested", "flows.formatting-started", "flows.format-failed"], types
+    finally:
+        await pool.close()
+
+
 async def test_after_all_this_the_read_models_rebuilt_from_the_log_equal_the_live_ones(platform):
     """Whatever the session did before, plus a load of its own: run alone, it used to find no event at all."""
     pool = await platform.pool()

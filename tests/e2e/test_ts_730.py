@@ -61,14 +61,14 @@ FLOWS = Path(sys.executable).with_name("flows")  # the console script `uv sync` 
 
 
 async def _send_730(platform: Any, instance: int, user: str = TS_USER, password: str = TS_PASSWORD,
-                    pincode: str = TS_PINCODE, cf: str = TS_CF) -> None:
-    """What `flows send-730` does: seal to the gateway's public key, publish the command."""
+                    pincode: str = TS_PINCODE, cf: str = TS_CF, seen_version: int | None = None) -> str:
+    """What `flows send-730` does: seal to the gateway's public key, publish the command (its ce_id)."""
     public_key = (platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes()
     sealed = seal(public_key, Credentials(user=user, password=password, pincode=pincode, cf_proprietario=cf))
-    request = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed,
+    request = flows.TsSubmissionRequested(instance=instance, sealed_credentials=sealed, seen_version=seen_version,
                                           transmission_date=italian_today(), requested_by="e2e.ts")
-    await send_command(platform.settings.kafka_bootstrap, "flows.ts-submission-requested", request,
-                       key=str(instance))
+    return await send_command(platform.settings.kafka_bootstrap, "flows.ts-submission-requested", request,
+                              key=str(instance))
 
 
 @dataclass(frozen=True)
@@ -457,6 +457,32 @@ async def test_a_rejected_send_with_a_wrong_password_can_be_sent_again_and_ends_
     current = key_id((platform.settings.keys_dir / PUBLIC_KEY_FILE).read_bytes())
     assert [(r["requested_by"], r["transmission_date"], r["sealed_to_key"], "sealed_credentials" in r)
             for r in await _requests(pool, instance)] == [("e2e.ts", italian_today().isoformat(), current, False)] * 2
+
+
+async def test_a_send_asked_again_while_the_first_waited_is_not_sent_after_the_first_is_rejected(platform, pool):
+    """Two requests that read the same history (the console's form sent twice, or `flows send-730` again after
+    a timeout): the first goes, and TS refuses its password. The second repeats it: acknowledged, never sent and
+    never dead-lettered, even though a Rejected instance may be sent again: a request the operator makes after
+    reading the rejection goes (it used to go at once, so a wrong password was tried on the TS account twice)."""
+    instance = await _formatted_730(platform, "206", "2026-09", services=60)
+    zips = await _zips(pool, instance)
+    seen = await pool.fetchval("SELECT max(version) FROM events WHERE stream_id = $1", instance_stream(instance))
+    await _send_730(platform, instance, password="Not-The-Password-2", seen_version=seen)
+    repeat = await _send_730(platform, instance, seen_version=seen)  # the right password, but asked as a repeat
+    # The gateway records a handled command in the transaction of its effects; a refused one (dead-lettered) rolls
+    # that back: recorded, the repeat was acknowledged, not refused.
+    async with asyncio.timeout(120):
+        while not await pool.fetchval("SELECT 1 FROM processed_message WHERE consumer = 'ts-gateway' "
+                                      "AND message_id = $1", repeat):
+            await asyncio.sleep(0.2)
+    row = await _wait_state(pool, instance, FINAL)
+    assert row["state"] == InstanceState.REJECTED.value and "HTTP 401" in (row["summary"] or ""), dict(row)
+    after = await pool.fetchval("SELECT max(version) FROM events WHERE stream_id = $1", instance_stream(instance))
+    await _send_730(platform, instance, seen_version=after)  # read the rejection, sent again
+    await _wait_state(pool, instance, {InstanceState.CONFIRMED.value})
+    assert _submissions_per_zip(await _sim_submissions(platform), zips) == {z["name"]: 1 for z in zips}
+    # the repeat recorded nothing: the requests recorded are the first and the one asked after the rejection
+    assert [r["seen_version"] for r in await _requests(pool, instance)] == [seen, after]
 
 
 async def test_a_key_rotated_mid_submission_still_opens_the_old_box_after_a_restart_and_is_deleted_once_unused(

@@ -22,7 +22,8 @@ async def test_a_wait_that_times_out_says_the_request_waits_for_its_service_and_
         fresh_db: str) -> None:
     """`flows format N` with the formatter stopped waited, then said only "still Checked": an operator asked again,
     and the second request, taken after the first, went to the dead letters (the runbook's audit). The timeout now
-    says the request is recorded and waits for its service, and not to ask again."""
+    says the request is recorded and waits for its service, and that a repeat adds nothing (the formatter takes it
+    as the same request: tests/e2e/test_instance_lifecycle.py)."""
     pool = await create_pool(fresh_db, min_size=1, max_size=2)
     try:
         await prepare_database(pool, FLOW_PROJECTIONS)
@@ -43,4 +44,4 @@ async def test_a_wait_that_times_out_says_the_request_waits_for_its_service_and_
     said = str(waited.value)
     assert said.startswith("instance 1960 is still Checked after 0 s. The request is recorded and waits for its "
                            "service"), said
-    assert "do not ask again" in said and "`flows show 1960`" in said
+    assert "asking again adds nothing" in said and "`flows show 1960`" in said
