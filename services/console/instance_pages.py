@@ -29,7 +29,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Stre
 from markupsafe import Markup
 from starlette.background import BackgroundTask
 
-from contracts import flows, ts730
+from contracts import flows
 from contracts.deadlines import (
     DeadlineDataInvalid,
     DeadlineDataMissing,
@@ -89,7 +89,7 @@ from services.console.web import (
     route,
     templates,
 )
-from services.formatter.layouts import Layout, LayoutError, LayoutRegistry, version_in_force
+from services.formatter.layouts import Layout, LayoutError, LayoutRegistry, version_in_force, versions_without_layout
 from services.loader.catalogue import known_enti
 from services.loader.load_rules import period_not_over
 from services.runtime.coverage import coverage
@@ -982,10 +982,6 @@ class FlowTypeRow:
     deadline: DeadlineRule
 
 
-# The versions of a flow type without a record layout: the 730's are its XSD's (contracts/ts730 SCHEMA_FILES).
-_VERSIONS_WITHOUT_LAYOUT = {"FLUSSO_730": tuple(sorted(ts730.SCHEMA_FILES))}
-
-
 def flow_type_rows(today: date, registry: LayoutRegistry | None = None,
                    rule_book: dict[str, Any] | None = None) -> list[FlowTypeRow]:
     """Every flow type the platform handles (FlowType), with what the page says of it on `today` (Italy's): the
@@ -1016,7 +1012,7 @@ def flow_type_rows(today: date, registry: LayoutRegistry | None = None,
             files = tuple((FILE_KIND_LABELS.get(kind, kind), FILE_CONTENTS.get(kind, "")) for kind in kinds)
         rows.append(FlowTypeRow(
             flow_type, FLOW_TYPE_LABELS.get(flow_type, flow_type), FLOW_TYPE_DESCRIPTIONS.get(flow_type, ""),
-            tuple(sorted({*(versions or _VERSIONS_WITHOUT_LAYOUT.get(flow_type, ())), in_force})), in_force,
+            tuple(sorted({*(versions or versions_without_layout(flow_type)), in_force})), in_force,
             bool(versions), lead, files, upload_platform(flow_type), deadline_rule(flow_type, today.year, rule_book)))
     return rows
 

@@ -72,8 +72,8 @@ FILE_CONTENTS = {
     "730-zip": f"documenti di spesa in XML, un file per zip di al massimo {MAX_ZIP_BYTES // 2**20} MB; uno o più zip "
                "per struttura",
 }
-# The flow types without a record layout (services/formatter/layouts.py DEFAULT_VERSION: the 730 is XML): what their
-# files are, and their file kinds (a test keeps them equal to the formatter's).
+# The flow types without a record layout (services/formatter/layouts.py versions_without_layout: the 730 is XML):
+# what their files are, and their file kinds (a test keeps them equal to the formatter's).
 FILES_WITHOUT_LAYOUT = {"FLUSSO_730": ("File XML compressi (zip)", ("730-zip",))}
 # A layout field's type (services/formatter/layouts.py FIELD_TYPES; columnar.py writes them so), for the tracciato's
 # page.

@@ -283,18 +283,30 @@ class LayoutRegistry:
         return sorted((p.parent.name, p.stem) for p in self.root.glob("*/*.toml"))
 
 
-# The 730's file is XML (services/formatter/xml730.py), not a layout of this folder: its loads carry this version.
+# A flow type without a layout of this folder when it has no version of its own.
 DEFAULT_VERSION = "2020"
+
+
+def versions_without_layout(flow_type: str) -> tuple[str, ...]:
+    """The versions of a flow type whose file is not a layout of this folder: the 730 is XML
+    (services/formatter/xml730.py), and its versions are its XSD's (contracts.ts730.SCHEMA_FILES: a new year is a new
+    file and one line there). Read at each call, as the layouts' folder is."""
+    from contracts import ts730
+
+    return tuple(sorted(ts730.SCHEMA_FILES)) if flow_type == "FLUSSO_730" else ()
 
 
 def version_in_force(flow_type: str, period_start: date, versions: Iterable[str] | None = None) -> str:
     """The layout version a load of a period starting on `period_start` takes: a version is a year, in force from its
-    year on, so the latest one not after the period's year; the earliest when all are later; DEFAULT_VERSION for a
-    flow without layouts (the 730). `versions`: the flow's (default: those of the layouts folder). A console load
-    took "2020" whatever the period, so a new year's layout would never have been used by it."""
+    year on, so the latest one not after the period's year; the earliest when all are later. `versions`: the flow's
+    (default: those of the layouts folder); a flow without layouts takes its own (versions_without_layout: the 730's
+    XSD years), DEFAULT_VERSION when it has none. A console load took "2020" whatever the period, so a new year's
+    layout (or 730 XSD) would never have been used by it."""
     if versions is None:
         versions = [v for f, v in LayoutRegistry().available() if f == flow_type]
     years = sorted(int(v) for v in versions if v.isdigit())
+    if not years:
+        years = sorted(int(v) for v in versions_without_layout(flow_type) if v.isdigit())
     if not years:
         return DEFAULT_VERSION
     return str(max((y for y in years if y <= period_start.year), default=years[0]))

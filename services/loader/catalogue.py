@@ -1,8 +1,8 @@
 """Reference data the checks need, shipped as versioned data files in contracts/data.
 
-- `catalogue/<version>.csv`: the outpatient catalogue (nomenclatore) of a layout version: coding
+- `catalogue/<year>.csv`: the outpatient catalogue (nomenclatore) in force from that year on: coding
   (`N` national, a lower-case letter for a regional catalogue), code with dots, description, tariff.
-  A new year is a new file, not new code.
+  A new year is a new file, not new code; a layout version takes its year's catalogue (`catalogue_path`).
 - `structures.csv`: the STS11 structures of each entity (Ente), for STRUCTURE_NOT_IN_ENTE.
 
 The files are read into plain dataclasses (no I/O at import); `sync_reference_data` copies them into
@@ -56,9 +56,23 @@ def _rows(path: Path, header: list[str]) -> list[dict[str, str]]:
         return list(reader)
 
 
+def catalogue_path(version: str, data_dir: Path = DATA_DIR) -> Path:
+    """The catalogue file of a layout version: its year's own when there is one, else the catalogue in force that
+    year (the latest year not after it, the earliest when all are later), so a new layout year (or 730 XSD) does not
+    need a copy of an unchanged catalogue; a new catalogue is in force from its year on. A version that is not a year
+    takes only its own file."""
+    own = data_dir / "catalogue" / f"{version}.csv"
+    if own.is_file() or not version.isdigit():
+        return own
+    years = sorted(int(p.stem) for p in (data_dir / "catalogue").glob("*.csv") if p.stem.isdigit())
+    if not years:
+        return own
+    return data_dir / "catalogue" / f"{max((y for y in years if y <= int(version)), default=years[0])}.csv"
+
+
 @cache
 def load_catalogue(version: str, data_dir: Path = DATA_DIR) -> tuple[CatalogueItem, ...]:
-    path = data_dir / "catalogue" / f"{version}.csv"
+    path = catalogue_path(version, data_dir)
     items: list[CatalogueItem] = []
     seen: set[tuple[str, str]] = set()
     for line, row in enumerate(_rows(path, ["coding", "code", "description", "tariff"]), start=2):

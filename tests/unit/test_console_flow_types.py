@@ -120,3 +120,12 @@ def test_the_menu_of_every_role_that_lists_instances_leads_to_the_flow_types_aft
     for role in ("structure", "desk", "admin"):
         assert "/tipi-di-flusso" not in [path for path, _ in _nav_of(role)], role
     assert way_back("/tipi-di-flusso/FLUSSO_C/1999", 404) == ("/tipi-di-flusso", "Torna ai tipi di flusso")
+
+
+def test_a_new_730_xsd_year_is_listed_and_in_force_from_its_year(monkeypatch: Any) -> None:
+    """The page listed a new 730 XSD year but named "2020" in force for it, as loads took it: both take it now."""
+    monkeypatch.setitem(ts730.SCHEMA_FILES, "2027", ts730.SCHEMA_FILES["2020"])
+    (row,) = [r for r in flow_type_rows(date(2027, 2, 1)) if r.flow_type == "FLUSSO_730"]
+    assert (row.versions, row.in_force) == (("2020", "2027"), "2027")
+    (earlier,) = [r for r in flow_type_rows(date(2026, 12, 1)) if r.flow_type == "FLUSSO_730"]
+    assert (earlier.versions, earlier.in_force) == (("2020", "2027"), "2020")

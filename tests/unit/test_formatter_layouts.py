@@ -192,3 +192,35 @@ def test_a_load_takes_the_layout_in_force_for_its_period() -> None:
     assert version_in_force("FLUSSO_730", date(2026, 5, 1), []) == "2020"  # no layout (XML): the default
     assert version_in_force("FLUSSO_C", date(2026, 5, 1)) == "2020"  # the folder's own: 2020 only, today
     assert version_in_force("FLUSSO_730", date(2026, 5, 1)) == "2020"
+
+
+def test_a_new_730_xsd_year_is_the_version_a_load_of_that_year_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 730 has no layout: its versions are its XSD's (contracts.ts730.SCHEMA_FILES). A new year registered there
+    was listed by the Tipi di flusso page, but a load took "2020" whatever its period, so the new XSD was never used."""
+    from contracts import ts730
+    from services.formatter.layouts import version_in_force, versions_without_layout
+
+    monkeypatch.setitem(ts730.SCHEMA_FILES, "2027", ts730.SCHEMA_FILES["2020"])
+    assert versions_without_layout("FLUSSO_730") == ("2020", "2027")
+    assert version_in_force("FLUSSO_730", date(2027, 1, 1)) == "2027"
+    assert version_in_force("FLUSSO_730", date(2026, 12, 1)) == "2020"
+    assert version_in_force("FLUSSO_730", date(2027, 3, 1), []) == "2027"  # the layouts' folder has none for it
+    assert versions_without_layout("FLUSSO_C") == ()
+
+
+def test_a_layout_year_without_a_catalogue_of_its_own_takes_the_catalogue_in_force(tmp_path: Path) -> None:
+    """A load of a new layout year (or 730 XSD year) read catalogue/<year>.csv and failed without one, although the
+    nomenclatore had not changed: it takes the latest catalogue not after its year; a new catalogue from its year on."""
+    from services.loader.catalogue import DATA_DIR, catalogue_path, load_catalogue
+
+    folder = tmp_path / "catalogue"
+    folder.mkdir()
+    for year in ("2020", "2024"):
+        (folder / f"{year}.csv").write_text("coding;code;description;tariff\nN;89.7;VISITA;20.66\n", encoding="utf-8")
+    assert catalogue_path("2020", tmp_path) == folder / "2020.csv"
+    assert catalogue_path("2023", tmp_path) == folder / "2020.csv"
+    assert catalogue_path("2027", tmp_path) == folder / "2024.csv"
+    assert catalogue_path("2019", tmp_path) == folder / "2020.csv"  # before any: the earliest
+    assert catalogue_path("v2", tmp_path) == folder / "v2.csv"  # not a year: its own file only
+    assert load_catalogue("2027") == load_catalogue("2020")  # the shipped data: one catalogue, 2020
+    assert catalogue_path("2027") == DATA_DIR / "catalogue" / "2020.csv"
