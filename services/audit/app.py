@@ -57,7 +57,8 @@ async def main(settings: Settings | None = None, stop: asyncio.Event | None = No
         figures = opsmetrics.for_registry(registry or REGISTRY)
 
         async def refresh() -> None:
-            await figures.refresh(pool, settings.kafka_bootstrap, watched_from=settings.deadlines_watched_from)
+            await figures.refresh(pool, settings.kafka_bootstrap, watched_from=settings.deadlines_watched_from,
+                                  enti=settings.deadlines_enti)
 
         async def tidy() -> None:
             pruned = await housekeeping.prune(pool)

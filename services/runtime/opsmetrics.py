@@ -17,6 +17,7 @@ Refreshed every `ops_metrics_interval_s` by the audit service and served on its 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from datetime import date
 
 import asyncpg
@@ -51,10 +52,12 @@ class OpsMetrics:
         self.refreshed = gauge("flows_ops_refreshed_timestamp_seconds", "When the ops figures were last refreshed")
 
     async def refresh(self, pool: asyncpg.Pool, bootstrap: str, today: date | None = None,
-                      watched_from: date | None = None) -> None:
-        """`watched_from`: deadlines due before it are not reported (Settings.deadlines_watched_from)."""
+                      watched_from: date | None = None, enti: Mapping[str, date | None] | None = None) -> None:
+        """`watched_from`: deadlines due before it are not reported (Settings.deadlines_watched_from). `enti`: only
+        these entities' deadlines are, each from its own go-live day when it has one (Settings.deadlines_enti);
+        None: every entity's."""
         await self._kafka(bootstrap)
-        await self._database(pool, today or italian_today(), watched_from)
+        await self._database(pool, today or italian_today(), watched_from, enti)
         self.refreshed.set(time.time())
 
     async def _kafka(self, bootstrap: str) -> None:
@@ -73,7 +76,8 @@ class OpsMetrics:
         for topic, count in per_topic.items():
             self.dlq.labels(topic).set(count)
 
-    async def _database(self, pool: asyncpg.Pool, today: date, watched_from: date | None = None) -> None:
+    async def _database(self, pool: asyncpg.Pool, today: date, watched_from: date | None = None,
+                        enti: Mapping[str, date | None] | None = None) -> None:
         from contracts.deadlines import known_deadlines_for_month, month_before
         from services.runtime.coverage import coverage
 
@@ -101,9 +105,11 @@ class OpsMetrics:
             deadlines, _ = known_deadlines_for_month(year, month)
             if not deadlines:
                 continue
-            # every entity known, those that loaded nothing yet too: theirs are the deadlines most likely missed
-            for ente, deadline, covered in await coverage(pool, deadlines, None):
-                if covered is None and (watched_from is None or deadline.due >= watched_from):
+            # every entity known (or watched), those that loaded nothing yet too: theirs are the deadlines most likely
+            # missed
+            for ente, deadline, covered in await coverage(pool, deadlines, None, None if enti is None else list(enti)):
+                since = (enti or {}).get(ente) or watched_from
+                if covered is None and (since is None or deadline.due >= since):
                     self.deadline.labels(ente, deadline.flow_type, deadline.due.isoformat(),
                                          f"{year}-{month:02d}").set((deadline.due - today).days)
 

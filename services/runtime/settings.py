@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contracts.ts730 import MAX_ZIP_BYTES
 
@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # The platform's go-live (YYYY-MM-DD): a deadline due before it is not reported as uncovered (the deadlines the
     # old Flow Manager covered would otherwise all be "late" on a new platform). None: every deadline is watched.
     deadlines_watched_from: date | None = None
+    # The entities whose deadlines are watched, for a region that goes live entity by entity: "201,202:2027-02-01"
+    # (an entity, with its own go-live day after a colon; without one, deadlines_watched_from's). None: every entity
+    # the platform knows. An entity of the catalogue that does not use the platform yet would otherwise page
+    # DeadlineNotCovered every month.
+    deadlines_enti: Annotated[dict[str, date | None] | None, NoDecode] = None
     # The audit service deletes old dedup records and published outbox rows (services.runtime.housekeeping) this
     # often; 0: never.
     housekeeping_interval_s: float = Field(default=3600.0, ge=0)
@@ -107,6 +112,32 @@ class Settings(BaseSettings):
     otlp_endpoint: str | None = None
     traces_file: Path | None = None
     service_name: str | None = None
+
+    @field_validator("deadlines_enti", mode="before")
+    @classmethod
+    def _watched_enti(cls, value: Any) -> Any:
+        """"201,202:2027-02-01" -> {"201": None, "202": date(2027, 2, 1)}; each entity must be in the catalogue."""
+        if not isinstance(value, str):
+            return value
+        from services.loader.catalogue import known_enti
+
+        watched: dict[str, date | None] = {}
+        for item in (part.strip() for part in value.split(",")):
+            ente, _, day = (p.strip() for p in item.partition(":"))
+            if not ente:
+                raise ValueError(f"{value!r}: an empty entity; give ENTE[:YYYY-MM-DD],... or leave it unset to "
+                                 "watch every entity")
+            if ente in watched:
+                raise ValueError(f"{value!r}: entity {ente} is given twice")
+            if ente not in known_enti():
+                raise ValueError(f"{value!r}: {ente} is not an entity of the catalogue (contracts/data/structures.csv:"
+                                 f" {', '.join(sorted(known_enti()))})")
+            try:
+                watched[ente] = date.fromisoformat(day) if day else None
+            except ValueError:
+                raise ValueError(f"{value!r}: the go-live day of entity {ente}, {day!r}, is not a date "
+                                 "YYYY-MM-DD") from None
+        return watched
 
     def bootstrap_list(self) -> list[str]:
         """`kafka_bootstrap` as the list of host:port aiokafka wants. FastStream wraps a plain string

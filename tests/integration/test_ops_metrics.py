@@ -65,6 +65,12 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
             await OpsMetrics(registry_from).refresh(pool, settings.kafka_bootstrap, today=date(2026, 11, 8),
                                                     watched_from=live_from)
             watched[live_from] = generate_latest(registry_from).decode()
+        # A region going live entity by entity (FLOWS_DEADLINES_ENTI="201:2026-11-11,202"): only those entities, 201
+        # from its own go-live day (after its 10 November deadline), 202 from the platform's (none: every deadline)
+        by_ente = CollectorRegistry()
+        await OpsMetrics(by_ente).refresh(pool, settings.kafka_bootstrap, today=date(2026, 11, 8),
+                                          enti={"201": date(2026, 11, 11), "202": None})
+        by_ente_text = generate_latest(by_ente).decode()
     finally:
         await producer.stop()
         await pool.close()
@@ -80,6 +86,11 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
     october = 'flows_deadline_uncovered_days{due="2026-11-10",ente="201",flow_type="FLUSSO_C",month="2026-10"} 2.0'
     assert october not in watched[date(2026, 11, 11)] and october in watched[date(2026, 11, 10)]
     assert 'due="2026-11-10"' not in watched[date(2026, 11, 11)], "no deadline due before the go-live"
+    reported = {line.split('ente="')[1].split('"')[0] for line in by_ente_text.splitlines()
+                if line.startswith("flows_deadline_uncovered_days{")}
+    assert reported == {"201", "202"}, reported  # 203 and the others of the catalogue: not on the platform yet
+    assert october not in by_ente_text  # 201 went live on the 11th
+    assert october.replace('ente="201"', 'ente="202"') in by_ente_text
     # the month `flows deadlines --month` lists it under, as the alert's text says to run it
     assert 'flows_deadline_uncovered_days{due="2027-02-01",ente="201",flow_type="FLUSSO_730",month="2026-12"} 0.0' \
         in due_day_text

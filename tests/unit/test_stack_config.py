@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import date
 
 import pytest
 
@@ -72,6 +73,28 @@ def test_partitions_come_from_the_setting(monkeypatch: pytest.MonkeyPatch) -> No
     assert Settings().topic_partitions == 6
     with pytest.raises(ValueError):
         wanted_topics(partitions=0, brokers=1)
+
+
+def test_the_watched_entities_come_from_the_setting_each_with_its_own_go_live(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWS_DEADLINES_ENTI", " 201 , 202:2027-02-01")
+    assert Settings().deadlines_enti == {"201": None, "202": date(2027, 2, 1)}
+    monkeypatch.delenv("FLOWS_DEADLINES_ENTI")
+    assert Settings().deadlines_enti is None  # every entity
+
+
+@pytest.mark.parametrize(("raw", "said"), [
+    ("201,299", "299 is not an entity of the catalogue"),
+    ("201,,202", "an empty entity"),
+    ("", "an empty entity"),
+    ("201,201:2027-01-01", "entity 201 is given twice"),
+    ("201:01/02/2027", "the go-live day of entity 201, '01/02/2027', is not a date YYYY-MM-DD"),
+])
+def test_a_wrong_list_of_watched_entities_is_refused_naming_the_item(monkeypatch: pytest.MonkeyPatch, raw: str,
+                                                                     said: str) -> None:
+    monkeypatch.setenv("FLOWS_DEADLINES_ENTI", raw)
+    with pytest.raises(ValueError, match="deadlines_enti") as refused:
+        Settings()
+    assert said in str(refused.value)
 
 
 def test_restart_backoff_doubles_from_one_second_and_is_capped_at_thirty() -> None:
