@@ -53,7 +53,7 @@ from services.runtime.kafkarecords import (
     header_name_problem,
     printable_name,
 )
-from services.runtime.logging import bind_message, forget_message, get_logger
+from services.runtime.logging import BROKER_LOGGER, bind_message, forget_message, get_logger
 from services.runtime.settings import Settings
 
 
@@ -103,7 +103,7 @@ def create_broker(settings: Settings, *, client_id: str) -> KafkaBroker:
     # message: two thread switches and a loop wake-up per message for a dict lookup.
     return KafkaBroker(settings.bootstrap_list(), client_id=client_id, enable_idempotence=True, acks="all",
                        middlewares=middlewares, log_level=logging.DEBUG, allow_auto_create_topics=False,
-                       apply_types=False)
+                       apply_types=False, logger=logging.getLogger(BROKER_LOGGER))
 
 
 

@@ -16,7 +16,15 @@ import structlog
 _configured = False
 
 
+# The stdlib logger the Kafka broker logs its own lines to (partitions assigned, a consumer's errors): passed to
+# FastStream (services.runtime.broker.create_broker), whose default logger printed coloured text to stdout, between
+# the JSON lines of the same log file.
+BROKER_LOGGER = "flows.broker"
+
+
 def configure(level: str = "INFO", fmt: str = "auto") -> None:
+    """structlog's lines, and every stdlib logger's (the broker's, aiokafka's, asyncpg's, uvicorn's), rendered alike
+    on stderr: one JSON object a line when not on a terminal, so a log file is JSON lines throughout."""
     global _configured
     if _configured:
         return
@@ -34,7 +42,21 @@ def configure(level: str = "INFO", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,  # the message being handled, as structlog's own lines
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            structlog.stdlib.ExtraAdder(),  # what the library passed as `extra` (the broker: topic, group_id)
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, renderer]))
+    root = logging.getLogger()
+    root.addHandler(handler)  # beside any already there (a test runner's capture), as basicConfig was not
+    root.setLevel(logging.WARNING)
+    logging.getLogger(BROKER_LOGGER).setLevel(logging.INFO)
     _configured = True
 
 
