@@ -12,7 +12,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.kafka_groups import _admin, describe_groups, members_of, wait_until_joined
+from services.runtime.kafkagroups import describe_groups
+from tests.kafka_groups import _admin, members_of, wait_until_joined
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -47,8 +48,12 @@ async def test_a_second_member_joining_is_waited_for_through_the_rebalance() -> 
         await wait_until_joined(KAFKA, before, deadline_s=120)
         async with _admin(KAFKA) as admin:
             state = (await describe_groups(admin, [group]))[group]
-        assert state.state == "Stable" and len(state.members) == 2 and len(state.members - before[group]) == 1
+        assert state.state == "Stable" and len(state.members) == 2 and len(state.member_ids - before[group]) == 1
         assert state.subscribed == {TOPIC} and state.assigned == {(TOPIC, p) for p in range(6)}
+        # each member holds its own share, named by its client id and host
+        assert sorted(len(m.partitions) for m in state.members) == [3, 3], state.members
+        assert all(m.client_id.startswith("aiokafka-") and m.host.lstrip("/") == "127.0.0.1" for m in state.members)
+        assert state.holder(TOPIC, 0) in state.members
     finally:
         stop.set()
         with contextlib.suppress(asyncio.CancelledError):
