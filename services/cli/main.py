@@ -45,7 +45,8 @@ LAZY: dict[str, Lazy] = {
                  "Follow topics live, one line per CloudEvent decoded through the contracts. Never joins a\n"
                  "consumer group, never commits an offset."),
     "lag": Lazy("services.cli.ops_cli", "lag",
-                "Per consumer group and partition: committed offset, end offset, lag, last commit time."),
+                "Per consumer group: its state and members; per partition: committed offset, end offset, lag, last\n"
+                "commit time, the member holding it."),
     "access-log": Lazy("services.cli.users", "access_log",
                        "Who viewed or downloaded personal data in the console: when, what, from which address."),
     "audit": Lazy("services.cli.audit", "audit_app", "Audit: signed checkpoints, inclusion proofs, reports.",

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from collections.abc import Iterable
+from typing import Annotated, Any
 
 import typer
 from aiokafka import TopicPartition
+from rich.markup import escape
 
 from services.cli.common import console, err, settings, table, user_errors
 from services.runtime import ops
@@ -53,21 +55,58 @@ def tail(topics: Annotated[list[str] | None, typer.Argument(help="topics (defaul
         pass
 
 
+def _partitions_text(partitions: Iterable[tuple[str, int]]) -> str:
+    """flows.a 0,1,2; flows.b 4: the partitions of a member, per topic."""
+    per_topic: dict[str, list[int]] = {}
+    for topic, partition in sorted(partitions):
+        per_topic.setdefault(topic, []).append(partition)
+    return "; ".join(f"{topic} {','.join(map(str, ps))}" for topic, ps in per_topic.items()) or "no partition"
+
+
+def _group_json(g: ops.GroupLag) -> dict[str, Any]:
+    return {"group": g.group, "state": g.described.state, "lag": g.lag, "mark": g.mark(), "warning": g.warning(),
+            "members": [{"member_id": m.member_id, "client_id": m.client_id, "host": m.host,
+                         "partitions": [{"topic": t, "partition": p} for t, p in m.partitions]}
+                        for m in g.described.members],
+            "partitions": [{"topic": r.topic, "partition": r.partition, "committed": r.committed, "end": r.end,
+                            "lag": r.lag, "last_commit": r.last_commit.isoformat() if r.last_commit else None,
+                            "held_by": holder.member_id if (holder := g.described.holder(r.topic, r.partition))
+                            else None}
+                           for r in g.partitions]}
+
+
 @user_errors
 def lag(group: Annotated[list[str] | None, typer.Option(help="only these consumer groups")] = None,
         as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Per consumer group and partition: committed offset, end offset, lag, last commit time."""
-    rows = asyncio.run(ops.consumer_lag(settings().kafka_bootstrap, group))
+    """Per consumer group: its state and members; per partition: committed offset, end offset, lag, last
+    commit time, the member holding it.
+
+    A group with committed offsets and no member is marked NO MEMBER; with lag too, NOBODY CONSUMING (its messages
+    wait for nobody)."""
+    groups = asyncio.run(ops.consumer_groups(settings().kafka_bootstrap, group))
     if as_json:
-        typer.echo(json.dumps([{"group": r.group, "topic": r.topic, "partition": r.partition,
-                                "committed": r.committed, "end": r.end, "lag": r.lag,
-                                "last_commit": r.last_commit.isoformat() if r.last_commit else None}
-                               for r in rows], indent=2))
+        typer.echo(json.dumps([_group_json(g) for g in groups], indent=2))
         return
-    if not rows:
+    if not groups:
+        console.print("no consumer group" + (f" named {', '.join(group)}" if group else "") + " on the cluster")
+        return
+    console.print(table("consumer groups", ["group", "state", "members (client id@host: partitions held)", "lag",
+                                            "mark"],
+                        [(g.group, g.described.state,
+                          "\n".join(f"{m.name}: {_partitions_text(m.partitions)}" for m in g.described.members)
+                          or "none", g.lag, g.mark() or "")
+                         for g in groups]))
+    rows = [(g, r) for g in groups for r in g.partitions]
+    if rows:
+        console.print(table("consumer lag", ["group", "topic", "partition", "committed", "end", "lag", "last commit",
+                                             "held by"],
+                            [(r.group, r.topic, r.partition, r.committed, r.end, r.lag,
+                              r.last_commit.strftime("%Y-%m-%d %H:%M:%S UTC") if r.last_commit else "?",
+                              holder.name if (holder := g.described.holder(r.topic, r.partition)) else "nobody")
+                             for g, r in rows]))
+    else:
         console.print("no consumer group has committed an offset yet")
-        return
-    console.print(table("consumer lag", ["group", "topic", "partition", "committed", "end", "lag", "last commit"],
-                        [(r.group, r.topic, r.partition, r.committed, r.end, r.lag,
-                          r.last_commit.strftime("%Y-%m-%d %H:%M:%S UTC") if r.last_commit else "?")
-                         for r in rows]))
+    for g in groups:
+        if warning := g.warning():
+            style = "bold red" if g.lag else "yellow"
+            console.print(f"[{style}]{escape(g.group)}: {escape(warning)}[/]", highlight=False)

@@ -15,12 +15,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from contracts.deadlines import italian_time
 from contracts.envelope import EnvelopeError, from_kafka_headers
 from contracts.topics import DLQ_SUFFIX, all_topics, by_name
 from services.runtime.kafkaadmin import admin_client
+from services.runtime.kafkagroups import GroupState, describe_groups
 from services.runtime.kafkaread import add_new_partitions, assign, history, observer, offset_ranges, read_to_end
 from services.runtime.kafkarecords import corrupt_batch_problem, printable_name
 
@@ -213,6 +215,9 @@ async def tail(bootstrap: str, topics: Sequence[str], flt: TailFilter, *, from_b
 
 # --- lag ------------------------------------------------------------------------------------------
 
+# How long `flows lag` asks again for a group's coordinator (it moves when a broker stops) before it gives up.
+GROUP_COORDINATOR_WAIT_S = 15.0
+
 
 @dataclass(frozen=True)
 class Lag:
@@ -259,22 +264,19 @@ async def commit_times(bootstrap: str) -> dict[tuple[str, str, int], datetime]:
     return times
 
 
-async def consumer_lag(bootstrap: str, groups: Sequence[str] | None = None, *,
-                       with_commit_times: bool = True) -> list[Lag]:
-    """Committed offset, end offset and lag of every partition each consumer group committed on
-    (commit times read `__consumer_offsets` whole: the metrics exporter goes without)."""
-    admin = admin_client(bootstrap, client_id="flows-lag")
-    await admin.start()
-    try:
-        names = sorted({g[0] for g in await admin.list_consumer_groups()})
-        if groups:
-            names = [g for g in names if g in groups]
-        committed: dict[str, dict[TopicPartition, int]] = {}
-        for group in names:
-            offsets = await admin.list_consumer_group_offsets(group)
-            committed[group] = {tp: om.offset for tp, om in offsets.items() if om.offset >= 0}
-    finally:
-        await admin.close()
+async def _committed(admin: AIOKafkaAdminClient, groups: Sequence[str] | None) -> dict[str, dict[TopicPartition, int]]:
+    """The consumer groups the brokers know (only `groups` when given), each with the offsets it committed."""
+    names = sorted({g[0] for g in await admin.list_consumer_groups()})
+    if groups:
+        names = [g for g in names if g in groups]
+    committed: dict[str, dict[TopicPartition, int]] = {}
+    for group in names:
+        offsets = await admin.list_consumer_group_offsets(group)
+        committed[group] = {tp: om.offset for tp, om in offsets.items() if om.offset >= 0}
+    return committed
+
+
+async def _lags(bootstrap: str, committed: dict[str, dict[TopicPartition, int]], with_commit_times: bool) -> list[Lag]:
     parts = sorted({tp for per in committed.values() for tp in per})
     ends: dict[TopicPartition, int] = {}
     if parts:
@@ -282,4 +284,79 @@ async def consumer_lag(bootstrap: str, groups: Sequence[str] | None = None, *,
             _, ends = await offset_ranges(consumer, parts)
     times = await commit_times(bootstrap) if parts and with_commit_times else {}
     return [Lag(group, tp.topic, tp.partition, offset, ends.get(tp, offset), times.get((group, tp.topic, tp.partition)))
-            for group in names for tp, offset in sorted(committed[group].items())]
+            for group, per in committed.items() for tp, offset in sorted(per.items())]
+
+
+async def consumer_lag(bootstrap: str, groups: Sequence[str] | None = None, *,
+                       with_commit_times: bool = True) -> list[Lag]:
+    """Committed offset, end offset and lag of every partition each consumer group committed on
+    (commit times read `__consumer_offsets` whole: the metrics exporter goes without)."""
+    admin = admin_client(bootstrap, client_id="flows-lag")
+    await admin.start()
+    try:
+        committed = await _committed(admin, groups)
+    finally:
+        await admin.close()
+    return await _lags(bootstrap, committed, with_commit_times)
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    """One consumer group as `flows lag` shows it: Kafka's state and members beside its committed offsets."""
+
+    described: GroupState
+    partitions: list[Lag]  # the partitions it committed on, in (topic, partition) order
+
+    @property
+    def group(self) -> str:
+        return self.described.group
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+    @property
+    def unheld(self) -> list[Lag]:
+        """The partitions with lag that no member holds while the group has members (Stable): nobody reads them."""
+        if not self.described.members or self.described.state != "Stable":
+            return []
+        return [p for p in self.partitions if p.lag and self.described.holder(p.topic, p.partition) is None]
+
+    def mark(self) -> str | None:
+        """NOBODY_CONSUMING, NO_MEMBER or None: the first words of `warning`."""
+        warning = self.warning()
+        return None if warning is None else warning.partition(":")[0]
+
+    def warning(self) -> str | None:
+        """What an operator must not miss (None: nothing): a group with committed offsets and no member (its service
+        is not running, or cannot reach Kafka), above all one with lag (nobody consumes its messages), or a group
+        whose members leave partitions with lag unheld."""
+        if self.described.members:
+            if unheld := self.unheld:
+                return (f"{NOBODY_CONSUMING}: lag {sum(p.lag for p in unheld)} on {len(unheld)} partition(s) that no "
+                        "member holds")
+            return None
+        if self.lag:
+            return f"{NOBODY_CONSUMING}: lag {self.lag} and no member; is its service running? (`flows stack status`)"
+        if self.partitions:
+            return f"{NO_MEMBER}: offsets committed, lag 0; its service is not running, or not connected"
+        return None
+
+
+# The marks `flows lag` puts on a group (GroupLag.warning), first in its line: what a runbook or a grep looks for.
+NOBODY_CONSUMING = "NOBODY CONSUMING"
+NO_MEMBER = "NO MEMBER"
+
+
+async def consumer_groups(bootstrap: str, groups: Sequence[str] | None = None) -> list[GroupLag]:
+    """Every consumer group the brokers know (only `groups` when given), in name order, with its state, its members
+    and the partitions each holds (services.runtime.kafkagroups), and its lag per partition with the commit times."""
+    admin = admin_client(bootstrap, client_id="flows-lag")
+    await admin.start()
+    try:
+        committed = await _committed(admin, groups)
+        described = await describe_groups(admin, committed, coordinator_wait_s=GROUP_COORDINATOR_WAIT_S)
+    finally:
+        await admin.close()
+    lags = await _lags(bootstrap, committed, with_commit_times=True)
+    return [GroupLag(described[group], [lag for lag in lags if lag.group == group]) for group in committed]

@@ -124,12 +124,14 @@ async def test_tail_shows_a_load_as_it_happens_and_filters_by_instance(platform)
         await pool.close()
 
 
-async def _loader_lag(platform: Any) -> tuple[int, list[dict[str, Any]]]:
+async def _loader_lag(platform: Any) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    """The loader's lag on its commands, those partitions, and its group as `flows lag --json` shows it."""
     proc = await _flows(platform, "lag", "--group", "loader", "--json")
     out, errors = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, errors.decode()
-    rows = [r for r in json.loads(out) if r["topic"] == "flows.load-requested"]
-    return sum(r["lag"] for r in rows), rows
+    [group] = json.loads(out)
+    rows = [r for r in group["partitions"] if r["topic"] == "flows.load-requested"]
+    return sum(r["lag"] for r in rows), rows, group
 
 
 async def test_lag_grows_while_the_loader_is_stopped_and_is_zero_once_it_caught_up(platform):
@@ -147,11 +149,15 @@ async def test_lag_grows_while_the_loader_is_stopped_and_is_zero_once_it_caught_
         # loop above was inside it whenever `flows lag` and the stop took less than that, and filled --limit 3.
         stopped_at = datetime.now(UTC)
         requests = [await _load(platform, "205", months[0])]
-        one, _ = await _loader_lag(platform)
+        one, _, _ = await _loader_lag(platform)
         requests += [await _load(platform, "205", months[1]), await _load(platform, "205", months[2])]
-        three, rows = await _loader_lag(platform)
+        three, rows, stopped = await _loader_lag(platform)
         assert (one, three) == (1, 3), rows
         assert all(r["last_commit"] for r in rows) and all(r["end"] - r["committed"] == r["lag"] for r in rows)
+        # the stopped loader left its group: the lag waits for nobody, and `flows lag` says so
+        assert stopped["state"] == "Empty" and stopped["members"] == [] and stopped["mark"] == "NOBODY CONSUMING", \
+            stopped
+        assert all(r["held_by"] is None for r in rows)
         # reading the very messages the stopped loader has not consumed commits nothing in its group
         peek = await _flows(platform, "tail", "flows.load-requested", "--type", "flows.load-requested",
                             "--since", stopped_at.isoformat(), "--limit", "3", "--json")
@@ -164,6 +170,9 @@ async def test_lag_grows_while_the_loader_is_stopped_and_is_zero_once_it_caught_
             while (lag := await _loader_lag(platform))[0]:
                 await asyncio.sleep(0.5)
         assert lag[0] == 0
+        running = lag[2]  # the loader back in its group, holding the partitions it consumed
+        assert running["members"] and running["mark"] is None, running
+        assert all(r["held_by"] in {m["member_id"] for m in running["members"]} for r in lag[1]), running
         for request_id in requests:  # and the stopped-time requests were processed
             await _instance_of(pool, request_id)
     finally:

@@ -217,6 +217,7 @@ async def _operator_tools_answer(bootstrap: str) -> None:
         states = await topics_admin.list_topics(bootstrap, 3)
         assert {s.name for s in states} >= {"flows.load-requested", "flows.load-requested.dlq"}
         assert await ops.consumer_lag(bootstrap) == []  # no group has committed on this stack
+        assert await ops.consumer_groups(bootstrap) == []  # nor has one joined
 
 
 async def test_three_brokers_survive_one_node_down(private_stack: Path) -> None:
