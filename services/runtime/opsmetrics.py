@@ -10,6 +10,9 @@ Refreshed every `ops_metrics_interval_s` by the audit service and served on its 
     flows_ts_outcomes{outcome}                         TS outcomes recorded (confirmed, rejected...)
     flows_outbox_unpublished                           outbox rows not yet on Kafka
     flows_outbox_oldest_unpublished_seconds            age of the oldest of them (0: none)
+    flows_outbox_oldest_pending_seconds                age of the oldest row the relay is still to send: parked rows
+                                     and the rows of their streams waiting behind them left out (0: none); OutboxBehind
+                                     alerts on it, so a parked row pages once, as OutboxRowParked
     flows_outbox_parked                                outbox rows the relay parked (neither published nor skipped)
     flows_ops_refreshed_timestamp_seconds              when these figures were last refreshed
 """
@@ -30,6 +33,16 @@ from contracts.topics import DLQ_SUFFIX
 from services.runtime.kafkaread import existing_topics, observer, offset_ranges
 from services.runtime.ops import consumer_lag
 
+# The age of the oldest row the relay still sends in its turn: the rows of services.runtime.outbox's _PENDING_ROWS,
+# unpublished, not parked, not behind a parked row of their stream (key). A parked row and the rows waiting behind it
+# are OutboxRowParked's story, not the relay's falling behind.
+_OLDEST_PENDING_AGE = """
+SELECT coalesce(extract(epoch FROM now() - min(o.created_at)), 0) FROM outbox o
+WHERE o.published_at IS NULL AND o.parked_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.key = o.key AND p.parked_at IS NOT NULL
+                  AND p.published_at IS NULL AND p.id < o.id)
+"""
+
 
 class OpsMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
@@ -46,6 +59,9 @@ class OpsMetrics:
         self.ts = gauge("flows_ts_outcomes", "Sistema TS outcomes recorded, per outcome", ("outcome",))
         self.outbox = gauge("flows_outbox_unpublished", "Outbox rows not yet published to Kafka")
         self.outbox_age = gauge("flows_outbox_oldest_unpublished_seconds", "Age of the oldest unpublished outbox row")
+        self.outbox_pending_age = gauge("flows_outbox_oldest_pending_seconds",
+                                        "Age of the oldest outbox row the relay is still to send (neither parked nor "
+                                        "behind a parked row of its stream)")
         self.outbox_parked = gauge("flows_outbox_parked",
                                    "Outbox rows the relay parked, neither retried, published nor skipped: their "
                                    "streams wait (flows outbox parked)")
@@ -94,6 +110,7 @@ class OpsMetrics:
         self.outbox.set(pending["n"])
         self.outbox_age.set(float(pending["age"]))
         self.outbox_parked.set(pending["parked"])
+        self.outbox_pending_age.set(float(await pool.fetchval(_OLDEST_PENDING_AGE)))
         self.deadline.clear()
         # The periods that ended two months ago, last month and this month: a deadline is due some days to two months
         # after its period, and the 730 of a year (its period ends in December) is due on 31 January moved to the next

@@ -94,14 +94,21 @@ async def test_the_exporter_reports_outbox_failed_load_ts_rejection_dead_letter_
     # the month `flows deadlines --month` lists it under, as the alert's text says to run it
     assert 'flows_deadline_uncovered_days{due="2027-02-01",ente="201",flow_type="FLUSSO_730",month="2026-12"} 0.0' \
         in due_day_text
-    age = float(next(line.split()[-1] for line in text.splitlines()
-                     if line.startswith("flows_outbox_oldest_unpublished_seconds ")))
+    age = _figure(text, "flows_outbox_oldest_unpublished_seconds")
     assert 3600 <= age < 3600 + 300, age
+    # no row is parked: every one waits for the relay, the oldest too (OutboxBehind's figure)
+    assert _figure(text, "flows_outbox_oldest_pending_seconds") == pytest.approx(age, abs=60)
+
+
+def _figure(text: str, name: str) -> float:
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(f"{name} ")))
 
 
 async def test_the_exporter_reports_the_parked_outbox_rows_until_they_are_skipped(settings, fresh_db):
     """A row the real relay parked (an invalid topic name) counts in flows_outbox_parked, and in
-    flows_outbox_unpublished with the row of its stream waiting behind it; once skipped, neither."""
+    flows_outbox_unpublished with the row of its stream waiting behind it; once skipped, neither. Neither it nor the
+    row behind it is in flows_outbox_oldest_pending_seconds (OutboxBehind's): the relay sent every row it could, and
+    the parked row pages once, as OutboxRowParked."""
     pool = await create_pool(fresh_db, min_size=1, max_size=4)
     topic = f"test.parked-{uuid.uuid4().hex[:8]}"
     await create_topics(settings.kafka_bootstrap, topic)
@@ -112,6 +119,8 @@ async def test_the_exporter_reports_the_parked_outbox_rows_until_they_are_skippe
             await store.append(f"instance-{key}", [NewEvent(topic, {"n": n})], expected_version=n, key=key)
     first = await pool.fetchval("SELECT min(id) FROM outbox WHERE key = '8101'")
     await pool.execute("UPDATE outbox SET topic = 'not a valid topic name!' WHERE id = $1", first)
+    # appended an hour ago: a parked row's age is then far over OutboxBehind's 120 s, and must not count there
+    await pool.execute("UPDATE outbox SET created_at = now() - interval '1 hour'")
 
     async def figures() -> str:
         registry = CollectorRegistry()
@@ -142,3 +151,7 @@ async def test_the_exporter_reports_the_parked_outbox_rows_until_they_are_skippe
     assert "flows_outbox_unpublished 4.0" in waiting and "flows_outbox_parked 0.0" in waiting
     assert "flows_outbox_unpublished 2.0" in parked and "flows_outbox_parked 1.0" in parked
     assert "flows_outbox_unpublished 0.0" in skipped and "flows_outbox_parked 0.0" in skipped
+    assert _figure(waiting, "flows_outbox_oldest_pending_seconds") >= 3600  # before the relay ran: all of them wait
+    assert _figure(parked, "flows_outbox_oldest_unpublished_seconds") >= 3600
+    assert _figure(parked, "flows_outbox_oldest_pending_seconds") == 0
+    assert _figure(skipped, "flows_outbox_oldest_pending_seconds") == 0
