@@ -60,9 +60,9 @@ SWITCH_REQUEST = Rule("a switch request for a request (desk, or its own structur
 DOWNLOAD_ONBOARDING = Rule("a request's document, downloaded (desk, or its own structure)",
                            frozenset({"structure", "desk"}), "request")
 MANAGE_USERS = Rule("the users page: list, add, disable (admin)", frozenset({"admin"}))
-# The ops page: dead letters and consumer lag are no entity's (a dead letter may be malformed beyond
+# The ops page: dead letters, parked outbox rows and consumer lag are no entity's (a dead letter may be malformed beyond
 # telling whose it is), so the role is the whole check. The auditor reads them; admin manages users only.
-READ_OPS = Rule("the ops page: dead letters and consumer lag", frozenset({"ops", "auditor"}))
+READ_OPS = Rule("the ops page: dead letters, parked outbox rows, consumer lag", frozenset({"ops", "auditor"}))
 DECIDE_DEAD_LETTER = Rule("a redrive or discard of a dead letter (actor = the user)", frozenset({"ops"}))
 
 

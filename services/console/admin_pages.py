@@ -27,7 +27,7 @@ from services.console.access import (
 from services.console.labels import ROLE_LABELS, ROME
 from services.console.web import Ctx, console_of, page, pages, route
 from services.runtime import deadletters as dl
-from services.runtime import ops
+from services.runtime import ops, outbox
 
 log = structlog.get_logger("console")
 
@@ -67,7 +67,8 @@ def _decision_text(event: Any) -> str:
 
 @route(pages, "GET", "/esercizio", READ_OPS, "page")
 async def ops_page(ctx: Ctx) -> Response:
-    """Per `.dlq` topic: dead letters and those still pending; per consumer group and partition: the lag."""
+    """Per `.dlq` topic: dead letters and those still pending; the outbox rows the relay parked; per consumer group
+    and partition: the lag."""
     console = console_of(ctx.request)
     topics: list[dict[str, Any]] = []
     lags: list[ops.Lag] = []
@@ -91,8 +92,13 @@ async def ops_page(ctx: Ctx) -> Response:
         g["lag"] += lag.lag
         if lag.last_commit and (g["last"] is None or lag.last_commit > g["last"]):
             g["last"] = lag.last_commit
-    return page(ctx, "ops.html", "Esercizio: messaggi non elaborabili e ritardo dei consumatori", active="/esercizio",
-                topics=topics, groups=groups, lags=lags, error=error)
+    # The parked outbox rows (`flows outbox parked`): PostgreSQL's, shown whether Kafka answers or not. What to do about
+    # each stays in the CLI, which the page names.
+    parked = await outbox.parked_rows(console.pool)
+    oldest = min((row["parked_at"] for row in parked), default=None)
+    return page(ctx, "ops.html", "Esercizio: messaggi non elaborabili, eventi fermi e ritardo dei consumatori",
+                active="/esercizio", topics=topics, groups=groups, lags=lags, error=error, parked=parked,
+                oldest_parked=oldest)
 
 
 @route(pages, "GET", "/esercizio/scarti", READ_OPS, "page")

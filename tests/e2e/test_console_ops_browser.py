@@ -19,10 +19,13 @@ from aiokafka import AIOKafkaProducer
 from axe_playwright_python.async_playwright import Axe
 from pydantic import BaseModel, Field
 
+from contracts.deadlines import italian_time
 from contracts.envelope import Envelope
 from contracts.topics import Topic
 from services.runtime import deadletters as dl
+from services.runtime import outbox
 from services.runtime.broker import Incoming, consume, create_broker
+from services.runtime.eventstore import NewEvent
 from services.runtime.outbox import OutboxRelay
 from tests.console_support import browser_of, csrf_of, italian_context, running_console
 from tests.e2e.test_console_browser import _axe_clean, _log_in
@@ -188,3 +191,73 @@ async def test_a_dead_letter_discarded_from_the_page_names_its_reason_and_cannot
             refused = await client.post(url + "/rilancia", data={"csrf": csrf})
             assert refused.status_code == 409
             assert f"Il messaggio {letter_id} è già stato scartato da ops.1 il " in html.unescape(refused.text)
+
+
+async def test_the_parked_outbox_rows_are_on_the_ops_page_with_the_commands_to_run(fresh_db, tmp_path, chromium):  # type: ignore[no-untyped-def]
+    """A row the real relay parked (a topic name Kafka refuses) is on the ops page, with how many, the oldest, its
+    key, topic, reason, since when and the `flows outbox` commands to run; the auditor reads it too, the other roles
+    have no ops page at all (404, no menu entry). Once the row is skipped, the page says nothing is stuck. axe-core:
+    no violation at all on the page with the row."""
+    topic = f"test.parked-page-{uuid.uuid4().hex[:8]}"
+    await create_topics(KAFKA, topic)
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
+        await console.add_users()
+        for key in ("8101", "8102"):
+            for n in range(2):
+                await console.store.append(f"instance-{key}", [NewEvent(topic, {"n": n})], expected_version=n,
+                                           key=key)
+        first = await console.pool.fetchval("SELECT min(id) FROM outbox WHERE key = '8101'")
+        await console.pool.execute("UPDATE outbox SET topic = 'not a valid topic name!' WHERE id = $1", first)
+        relay = OutboxRelay(console.pool, KAFKA, poll_interval=0.2)
+        stop = asyncio.Event()
+        relay_task = asyncio.create_task(relay.run(stop))
+        try:
+            async with asyncio.timeout(30):  # parked, and the other stream sent
+                while not await outbox.parked_rows(console.pool) or await console.pool.fetchval(
+                        "SELECT count(*) FROM outbox WHERE published_at IS NULL") != 2:
+                    await asyncio.sleep(0.05)
+            [row] = await outbox.parked_rows(console.pool)
+            since = italian_time(row["parked_at"], "%d/%m/%Y %H:%M:%S")
+
+            axe = Axe()
+            page = await (await italian_context(browser)).new_page()
+            await _log_in(page, console.url, "ops.1")
+            await page.goto(console.url + "/esercizio")
+            summary = " ".join((await page.inner_text("#eventi-fermi-riepilogo")).split())
+            assert summary.startswith(f"1 evento fermo dal {since}. Un evento fermo è stato rifiutato da Kafka"), \
+                summary
+            cells = await page.locator("#righe-ferme tr.riga-ferma td").all_inner_texts()
+            assert cells[:5] == [str(first), "8101", "not a valid topic name!", since, "1"], cells
+            assert cells[5] == row["parked_reason"] and "InvalidTopicError" in cells[5], cells
+            assert cells[6].split("\n") == [f"flows outbox show {first}", f"flows outbox retry {first}",
+                                            f'flows outbox skip {first} --reason "..."'], cells
+            assert "flows outbox retry RIGA" in await page.inner_text("#eventi-fermi-comandi")
+            assert await page.locator("#righe-ferme form, #righe-ferme button").count() == 0  # the actions: the CLI's
+            await _axe_clean(page, axe, "24-esercizio-eventi-fermi")
+            every = (await axe.run(page)).response["violations"]
+            assert every == [], [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3]) for v in every]
+
+            # The auditor reads the same; the roles without the ops page see nothing of it
+            async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+                assert (await console.login(client, "aud.1")).status_code == 303
+                shown = await client.get(f"{console.url}/esercizio")
+                assert shown.status_code == 200 and f"flows outbox retry {first}" in shown.text
+            for user in ("op.201", "adm.1", "desk.1", "st.1"):
+                async with httpx.AsyncClient(follow_redirects=False, timeout=20) as client:
+                    assert (await console.login(client, user)).status_code == 303
+                    refused = await client.get(f"{console.url}/esercizio")
+                    assert refused.status_code == 404, (user, refused.status_code)  # the guard's: no such page
+                    assert "not a valid topic name" not in refused.text and "flows outbox" not in refused.text
+                    home = await client.get(f"{console.url}/")
+                    assert 'href="/esercizio"' not in home.text, user
+
+            await outbox.skip_parked(console.pool, first, reason="test: a typo in the topic", by="ops.test")
+            await page.reload()
+            assert await page.inner_text("#eventi-fermi-riepilogo") == \
+                "Nessun evento fermo: l'outbox non ha righe che Kafka abbia rifiutato."
+            assert await page.locator("#righe-ferme").count() == 0
+            await _axe_clean(page, axe, "25-esercizio-nessun-evento-fermo")
+        finally:
+            await browser.close()
+            stop.set()
+            await relay_task

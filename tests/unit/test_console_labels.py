@@ -101,6 +101,25 @@ def test_the_ops_page_writes_counts_and_lag_as_italians_do_and_offsets_as_kafka_
     assert '<td class="text-end">100000</td><td class="text-end">112345</td>' in html  # positions, not quantities
 
 
+def test_the_ops_page_counts_the_parked_outbox_rows_and_names_the_oldest_in_italian_time() -> None:
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from services.console.web import templates
+
+    def row(n: int, parked_at: datetime) -> dict[str, object]:
+        return {"id": n, "key": f"19{n}", "topic": "flows.load-checked", "parked_at": parked_at, "waiting": 1200,
+                "parked_reason": "MessageSizeTooLargeError: ... (payload 2000000 bytes)"}
+
+    oldest = datetime(2026, 7, 1, 6, 5, 9, tzinfo=UTC)
+    html = " ".join(templates.get_template("ops.html").render(
+        title="Esercizio", principal=None, menu="", assets=SimpleNamespace(head=""), error=None, topics=[], groups={},
+        lags=[], parked=[row(7, oldest), row(9, datetime(2026, 7, 2, tzinfo=UTC))], oldest_parked=oldest).split())
+    assert "<strong>2 eventi fermi</strong>, il più vecchio dal 01/07/2026 08:05:09." in html  # summer: UTC+2
+    assert '<td class="text-end">1.200</td>' in html  # the rows waiting behind, counted as Italians write
+    assert "<code>flows outbox retry 7</code>" in html and "<code>flows outbox retry 9</code>" in html
+
+
 def test_an_error_page_leads_back_to_the_instance_or_request_it_came_from() -> None:
     from services.console.web import way_back
 
