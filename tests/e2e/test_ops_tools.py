@@ -1,6 +1,7 @@
 """The ops team's tools on the running platform: `flows tail` shows a load's events as they happen and
 filters by instance, without joining any consumer group; `flows lag` shows the loader's lag growing
-while it is stopped and back to zero once it caught up."""
+while it is stopped, its group then without member and marked NOBODY CONSUMING, and back to zero once it caught
+up, its member back holding the partitions."""
 
 from __future__ import annotations
 
