@@ -94,16 +94,20 @@ def users_list() -> None:
 @user_errors
 def users_disable(name: str) -> None:
     """Disable a user and end its sessions at once."""
-    _with_users(lambda pool: auth.disable_user(pool, name, by=_by()))
-    console.print(f"user {name} disabled; its sessions are closed")
+    if _with_users(lambda pool: auth.disable_user(pool, name, by=_by())):
+        console.print(f"user {name} disabled; its sessions are closed")
+    else:  # a no-op, as `flows audit checkpoint` with nothing new: said, exit 0, nothing recorded
+        console.print(f"user {name} is already disabled: nothing changed, nothing recorded")
 
 
 @users_app.command("enable")
 @user_errors
 def users_enable(name: str) -> None:
     """Make a disabled user active again (it logs in with its own password)."""
-    _with_users(lambda pool: auth.enable_user(pool, name, by=_by()))
-    console.print(f"user {name} enabled")
+    if _with_users(lambda pool: auth.enable_user(pool, name, by=_by())):
+        console.print(f"user {name} enabled")
+    else:
+        console.print(f"user {name} is already active: nothing changed, nothing recorded")
 
 
 @users_app.command("password")

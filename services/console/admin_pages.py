@@ -220,15 +220,17 @@ async def _users_page(ctx: Ctx, status: int = 200, form: dict[str, str] | None =
                       reset: dict[str, str] | None = None, reset_errors: dict[str, str] | None = None,
                       key_form: dict[str, str] | None = None, key_errors: dict[str, str] | None = None,
                       revoke_error: str | None = None, issued: dict[str, Any] | None = None,
-                      repeated: str | None = None) -> Response:
+                      repeated: str | None = None, level: str = "success") -> Response:
     """The users page: the users and the API keys, each with its forms. `issued`: a key just issued, whose whole
     key (with its secret) this answer shows, the only time it is ever shown. `repeated`: why a key form sent
-    again issued nothing. Every rendering gives the key form a new one-time request id (KEY_REQUEST)."""
+    again issued nothing. `level`: the alert's colour for `message` (info: nothing was done). Every rendering gives
+    the key form a new one-time request id (KEY_REQUEST)."""
     pool = console_of(ctx.request).pool
     users, keys = await auth.list_users(pool), await auth.list_api_keys(pool)
     return page(ctx, "users.html", "Utenti della console", status=status, active="/utenti", users=users,
                 roles=auth.ROLES, form=form or {"name": "", "role": "operator", "enti": "", "structure": ""},
-                errors=errors or {}, message=message, reset=reset or {"name": ""}, reset_errors=reset_errors or {},
+                errors=errors or {}, message=message, level=level, reset=reset or {"name": ""},
+                reset_errors=reset_errors or {},
                 keys=keys, key_form=key_form or {"label": "", "enti": ""}, key_errors=key_errors or {},
                 revoke_error=revoke_error, issued=issued, repeated=repeated, label_max=auth.API_KEY_LABEL_MAX,
                 key_request=secrets.token_urlsafe(KEY_REQUEST_BYTES))
@@ -260,23 +262,27 @@ async def user_disable(ctx: Ctx, user: str) -> Response:
     """Disables the user and closes its sessions at once (auth.disable_user, as `flows users disable`)."""
     if user == ctx.principal.name:
         raise HTTPException(409, "Non può disattivare il suo stesso utente: lo chieda a un altro amministratore.")
-    return await _changed_user(ctx, user, auth.disable_user, f"Utente {user} disattivato; le sue sessioni sono chiuse.")
+    return await _changed_user(ctx, user, auth.disable_user, f"Utente {user} disattivato; le sue sessioni sono chiuse.",
+                               f"L'utente {user} è già disattivato: nulla è cambiato e nulla è stato registrato.")
 
 
 @route(pages, "POST", "/utenti/{user}/riattiva", MANAGE_USERS, "action")
 async def user_enable(ctx: Ctx, user: str) -> Response:
     """A disabled user active again (auth.enable_user, as `flows users enable`): it logs in with its own password."""
-    return await _changed_user(ctx, user, auth.enable_user, f"Utente {user} riattivato.")
+    return await _changed_user(ctx, user, auth.enable_user, f"Utente {user} riattivato.",
+                               f"L'utente {user} è già attivo: nulla è cambiato e nulla è stato registrato.")
 
 
-async def _changed_user(ctx: Ctx, user: str, change: Callable[..., Awaitable[None]], message: str) -> Response:
+async def _changed_user(ctx: Ctx, user: str, change: Callable[..., Awaitable[bool]], message: str,
+                        unchanged: str) -> Response:
     """An administrator's change of `user` (one of auth's, recorded as done by the administrator); the users page
-    with `message`, or 404 for a user that does not exist."""
+    with `message`, or `unchanged` when the user already was so (a page left open while another administrator
+    acted: nothing recorded), or 404 for a user that does not exist."""
     try:
-        await change(console_of(ctx.request).pool, user, by=ctx.principal.name)
+        changed = await change(console_of(ctx.request).pool, user, by=ctx.principal.name)
     except auth.UserInputError:
         raise HTTPException(404) from None
-    return await _users_page(ctx, message=message)
+    return await _users_page(ctx, message=message if changed else unchanged, level="success" if changed else "info")
 
 
 @route(pages, "POST", "/utenti/password", MANAGE_USERS, "action")

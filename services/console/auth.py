@@ -181,21 +181,33 @@ def _no_user(name: str) -> UserInputError:
                           f"Non esiste l'utente {name!r}.")
 
 
-async def disable_user(pool: asyncpg.Pool, name: str, *, by: str) -> None:
-    """Disables `name` and closes its sessions at once; recorded as done `by`."""
-    async with pool.acquire() as conn, conn.transaction():
-        if await conn.execute("UPDATE console_user SET disabled = true WHERE name = $1", name) == "UPDATE 0":
-            raise _no_user(name)
-        await _close_sessions(conn, name)
-        await _recorded(pool, conn, USER_DISABLED, {"user": name}, by)
+async def disable_user(pool: asyncpg.Pool, name: str, *, by: str) -> bool:
+    """Disables `name` and closes its sessions at once; recorded as done `by`. False when it already was disabled:
+    nothing changed and nothing is recorded (a second "disabled" in the record told the auditor of a change that
+    was none)."""
+    return await _set_disabled(pool, name, True, USER_DISABLED, by)
 
 
-async def enable_user(pool: asyncpg.Pool, name: str, *, by: str) -> None:
-    """A disabled user active again (disabled by mistake, back from leave): it logs in with its own password."""
+async def enable_user(pool: asyncpg.Pool, name: str, *, by: str) -> bool:
+    """A disabled user active again (disabled by mistake, back from leave): it logs in with its own password. False
+    when it already was active: nothing changed, nothing recorded."""
+    return await _set_disabled(pool, name, False, USER_ENABLED, by)
+
+
+async def _set_disabled(pool: asyncpg.Pool, name: str, disabled: bool, event_type: str, by: str) -> bool:
+    """Sets the user's disabled flag and records the change, only when the flag changes. Two administrators at once:
+    the second UPDATE waits for the first's row lock, then finds the flag already set and changes nothing."""
     async with pool.acquire() as conn, conn.transaction():
-        if await conn.execute("UPDATE console_user SET disabled = false WHERE name = $1", name) == "UPDATE 0":
-            raise _no_user(name)
-        await _recorded(pool, conn, USER_ENABLED, {"user": name}, by)
+        done = await conn.execute("UPDATE console_user SET disabled = $2 WHERE name = $1 AND disabled <> $2",
+                                  name, disabled)
+        if done == "UPDATE 0":
+            if await conn.fetchval("SELECT 1 FROM console_user WHERE name = $1", name) is None:
+                raise _no_user(name)
+            return False
+        if disabled:
+            await _close_sessions(conn, name)
+        await _recorded(pool, conn, event_type, {"user": name}, by)
+        return True
 
 
 async def set_password(pool: asyncpg.Pool, name: str, password: str, *, by: str) -> None:

@@ -17,7 +17,7 @@ from services.console.auth import Principal
 from services.runtime.db import create_pool
 from services.runtime.eventstore import EventStore
 from services.runtime.migrations import migrate
-from tests.console_support import running_console
+from tests.console_support import csrf_of, running_console
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -296,3 +296,54 @@ async def test_a_structure_user_added_by_the_cli_sees_its_own_structures_request
             assert f'href="/onboarding/{theirs}"' not in dashboard.text and "Centro Vomero" not in dashboard.text
             assert (await client.get(f"{console.url}/onboarding/{mine}")).status_code == 200
             assert (await client.get(f"{console.url}/onboarding/{theirs}")).status_code == 404
+
+
+async def test_disabling_a_disabled_user_or_enabling_an_active_one_says_so_and_records_nothing(  # type: ignore[no-untyped-def]
+        fresh_db, tmp_path, monkeypatch) -> None:
+    """A second disable (two administrators, a script run twice, a console page left open) used to record a second
+    "disabled": the record told the auditor of a change that was none. Now the CLI says the user already is so (exit
+    0, as the CLI's other no-ops: `flows audit checkpoint` with nothing new) and the console's page says it in an
+    info alert; neither records anything."""
+    monkeypatch.setenv("DATABASE_URL", fresh_db)
+    monkeypatch.setenv("FLOWS_OPERATOR", "tester")
+    monkeypatch.setenv("COLUMNS", "220")
+
+    def cli(*args: str) -> str:  # the CLI runs its own event loop: in a thread, beside the test's
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    async with running_console(fresh_db, KAFKA, tmp_path / "files") as console:
+        await console.add_users()
+        await auth.add_user(console.pool, "op.neri", "operator", ["201"], None, "una password lunga", by="test")
+
+        async def recorded() -> list[tuple[str, str]]:
+            return [(r["type"], r["actor"]) for r in reversed(await auth.user_history(console.pool, "op.neri"))]
+
+        assert await asyncio.to_thread(cli, "users", "enable", "op.neri") == (
+            "user op.neri is already active: nothing changed, nothing recorded")
+        assert await asyncio.to_thread(cli, "users", "disable", "op.neri") == (
+            "user op.neri disabled; its sessions are closed")
+        assert await asyncio.to_thread(cli, "users", "disable", "op.neri") == (
+            "user op.neri is already disabled: nothing changed, nothing recorded")
+        assert await recorded() == [(auth.USER_ADDED, "test"), (auth.USER_DISABLED, "cli:tester")]
+
+        # The admin's page, sent for a user already so (the page shows no such button, but a page left open while
+        # another administrator acted still posts it): said, in an info alert, nothing recorded.
+        async with console.client("admin") as client:
+            csrf = csrf_of((await client.get(console.url + "/utenti")).text)
+            again = await client.post(console.url + "/utenti/op.neri/disabilita", data={"csrf": csrf})
+            assert again.status_code == 200, again.text
+            assert ('class="alert alert-info" role="status" id="esito">L&#39;utente op.neri è già disattivato: nulla è '
+                    "cambiato e nulla è stato registrato.") in again.text, again.text
+            enabled = await client.post(console.url + "/utenti/op.neri/riattiva", data={"csrf": csrf})
+            assert 'class="alert alert-success" role="status" id="esito">Utente op.neri riattivato.' in enabled.text
+            enabled_again = await client.post(console.url + "/utenti/op.neri/riattiva", data={"csrf": csrf})
+            assert "L&#39;utente op.neri è già attivo: nulla è cambiato" in enabled_again.text, enabled_again.text
+            unknown = await client.post(console.url + "/utenti/nessuno/disabilita", data={"csrf": csrf})
+            assert unknown.status_code == 404
+        assert await recorded() == [(auth.USER_ADDED, "test"), (auth.USER_DISABLED, "cli:tester"),
+                                    (auth.USER_ENABLED, "adm.1")]
+        assert await console.pool.fetchval("SELECT disabled FROM console_user WHERE name = 'op.neri'") is False
+        assert "user op.neri is already active" in await asyncio.to_thread(cli, "users", "enable", "op.neri")
+        assert len(await recorded()) == 3
