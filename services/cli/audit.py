@@ -4,7 +4,8 @@
     flows audit public-key [--out F]           the public key an auditor verifies with
     flows audit prove N [--out F]              the inclusion proof of instance N's stream
     flows audit verify-proof F --public-key K  check a proof with the public key alone
-    flows audit report N [--out report.pdf]    an instance's whole history as a PDF
+    flows audit report N [--out F]             an instance's whole history as a PDF (default: in
+                                               FLOWS_REPORTS_DIR, never over an existing file)
     flows audit files [--sizes-only]           every file the history names is in the file store, intact
 """
 
@@ -133,25 +134,33 @@ def verify_proof(file: Path, public_key_file: Annotated[Path, typer.Option("--pu
 @audit_app.command("report")
 @user_errors
 def report(instance: int,
-           out: Annotated[Path | None, typer.Option(help="the PDF (default report-N.pdf)")] = None) -> None:
+           out: Annotated[Path | None, typer.Option(help="the PDF (default: FLOWS_REPORTS_DIR/report-N-<UTC time>.pdf, "
+                                                         "the stack's <state>/audit/reports)")] = None,
+           overwrite: Annotated[bool, typer.Option(help="replace the file --out names if it exists")] = False) -> None:
     """An instance's whole history as a PDF: events, actors, files and sha256, feedback, TS protocolli and
-    outcomes, the chain verification and the checkpoint proof."""
+    outcomes, the chain verification and the checkpoint proof. Never replaces an existing file unless --overwrite."""
     from services.runtime import audit_report
 
     cfg = settings()
-    target = out or Path(f"report-{instance}.pdf")
+    if out is not None and (out.is_dir() or (out.exists() and not overwrite)):
+        raise UserError(f"--out {out} " + ("is a folder: give the PDF's file name" if out.is_dir() else
+                                           "already exists: give another name, or add --overwrite to replace it"))
 
     async def go() -> audit_report.ReportData:
         async with database(cfg) as pool:
             return await audit_report.gather(pool, cfg, instance)
 
     data = run(go())
-    audit_report.render(data, target, operator_name())
+    try:
+        target = audit_report.write(data, out, cfg.reports_dir, operator_name(), overwrite=overwrite)
+    except FileExistsError as exc:  # --out taken meanwhile: said, not read as "cannot reach the platform"
+        raise UserError(str(exc)) from None
     verdict = "chain verifies" if not data.chain else f"CHAIN BROKEN ({len(data.chain)} break(s))"
     proof = {None: "no checkpoint covers it yet", True: "checkpoint proof verifies",
              False: "CHECKPOINT PROOF FAILS"}[data.checkpoint_ok]
     console.print(f"report of instance {instance}: {len(data.events)} events, {len(data.files)} file(s), "
-                  f"{verdict}, {proof}: {target}")
+                  f"{verdict}, {proof}", highlight=False)
+    console.print(f"file: {target}", markup=False, highlight=False, soft_wrap=True)
 
 
 async def check_latest(pool: asyncpg.Pool, stream_ids: list[str] | None) -> tuple[int | None, list[str]]:

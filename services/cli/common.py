@@ -55,6 +55,7 @@ def stack_environment(info: StackInfo) -> dict[str, str]:
         "FLOWS_TS_ENDPOINT": f"http://127.0.0.1:{info.ts_port}",
         "FLOWS_CHECKPOINT_KEY": str(info.state_dir / "audit" / "checkpoint-signing.key"),
         "FLOWS_CHECKPOINTS_DIR": str(info.state_dir / "audit" / "checkpoints"),
+        "FLOWS_REPORTS_DIR": str(info.state_dir / "audit" / "reports"),
     }
 
 

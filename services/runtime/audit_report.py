@@ -7,6 +7,8 @@ the inclusion proof of the instance's stream in the latest signed checkpoint.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -120,6 +122,45 @@ def _table(rows: list[list[Any]], widths: list[float]) -> Table:
         ("FONTSIZE", (0, 0), (-1, -1), 7.5), ("VALIGN", (0, 0), (-1, -1), "TOP"),
         ("BACKGROUND", (0, 0), (-1, 0), colors.lightgrey), ("GRID", (0, 0), (-1, -1), 0.25, colors.grey)]))
     return table
+
+
+def default_name(instance: int, when: datetime, attempt: int = 1) -> str:
+    """report-N-<UTC time>.pdf; a second report of the same second gets -2, and so on."""
+    return f"report-{instance}-{when.astimezone(UTC):%Y%m%d-%H%M%S}{f'-{attempt}' if attempt > 1 else ''}.pdf"
+
+
+def write(data: ReportData, out: Path | None, reports_dir: Path, generated_by: str, *, overwrite: bool = False,
+          now: datetime | None = None) -> Path:
+    """Renders the report and puts it at `out`, or in `reports_dir` under `default_name`; the absolute path written.
+    The PDF is rendered beside its target first, then linked in: the link fails if a file took the name meanwhile,
+    so an existing report is never replaced unless `overwrite` (and a failed render leaves no half-written file at
+    the name). An existing `out` without `overwrite`: FileExistsError."""
+    target = (out if out is not None else reports_dir / default_name(data.instance, now or datetime.now(UTC)))
+    target = target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=".report-", suffix=".pdf.part", dir=target.parent)
+    os.close(handle)
+    part = Path(name)
+    try:
+        render(data, part, generated_by)
+        mask = os.umask(0)  # mkstemp made it 0600: the mode any new file of this process gets
+        os.umask(mask)
+        part.chmod(0o666 & ~mask)
+        if overwrite:
+            os.replace(part, target)
+            return target
+        for attempt in range(2, 100):
+            try:
+                os.link(part, target)
+                return target
+            except FileExistsError:
+                if out is not None:
+                    raise FileExistsError(f"--out {out} already exists: give another name, or add --overwrite to "
+                                          "replace it") from None
+                target = target.with_name(default_name(data.instance, now or datetime.now(UTC), attempt))
+        raise FileExistsError(f"{target.parent} already holds 99 reports of instance {data.instance} of this second")
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def render(data: ReportData, out: Path, generated_by: str) -> None:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     checkpoint_key: Path = REPO_ROOT / ".stack" / "audit" / "checkpoint-signing.key"
     checkpoints_dir: Path = REPO_ROOT / ".stack" / "audit" / "checkpoints"
     checkpoint_interval_s: float = Field(default=900.0, ge=0, description="0: only on demand")
+    # Where `flows audit report N` writes its PDF when no --out is given (report-N-<UTC time>.pdf): one known place
+    # whatever folder the command runs from.
+    reports_dir: Path = REPO_ROOT / ".stack" / "audit" / "reports"
     # /healthz, /readyz and /metrics of the service process (services.runtime.health); None: not served.
     health_port: int | None = None
     health_host: str = "127.0.0.1"
