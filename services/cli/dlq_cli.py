@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from services.cli.common import UserError, console, database, operator_name, settings, table, user_errors
+from services.cli.personal import access_log_database, command_line, record_read
 from services.runtime import deadletters as dl
 from services.runtime.eventstore import EventStore
 
@@ -26,11 +27,20 @@ def list_(topic: Annotated[str | None, typer.Argument(help="a topic or its .dlq 
           pending: Annotated[bool, typer.Option(help="only those neither redriven nor discarded")] = False) -> None:
     """Every dead letter: id, when, original topic and key, reason, what was decided."""
     cfg = settings()
+    command = command_line("dlq", "list", *([topic] if topic else []), pending=pending)
 
     async def go() -> list[tuple[str, ...]]:
-        letters = await dl.list_letters(cfg.kafka_bootstrap, topic)
-        async with database(cfg) as pool:
+        # the access log's database first: unreachable, nothing is read from the dead letters
+        async with access_log_database(cfg, command) as pool:
+            letters = await dl.list_letters(cfg.kafka_bootstrap, topic)
             decided = await dl.decisions(EventStore(pool, source="/flows/cli"))
+            rows = _rows(letters, decided)
+            if rows:  # a reason quotes the refused value (a codice fiscale): recorded before any is shown
+                await record_read(pool, command, "dead-letter-list", None,
+                                  topic=dl.dlq_topic(topic) if topic else None)
+        return rows
+
+    def _rows(letters: list[dl.DeadLetter], decided: dict[str, Any]) -> list[tuple[str, ...]]:
         rows: list[tuple[str, ...]] = []
         for letter in letters:
             decision = decided.get(letter.id)
@@ -55,11 +65,17 @@ def list_(topic: Annotated[str | None, typer.Argument(help="a topic or its .dlq 
 def show(letter_id: Annotated[str, typer.Argument(metavar="ID", help="<topic>.dlq:<partition>:<offset>")]) -> None:
     """One dead letter: its reason, where it came from, its original headers and body."""
     cfg = settings()
+    command = command_line("dlq", "show", letter_id)
 
     async def go() -> tuple[dl.DeadLetter, str]:
-        letter = await dl.fetch(cfg.kafka_bootstrap, letter_id)
-        async with database(cfg) as pool:
+        # the access log's database first: unreachable, nothing is read from the dead letters
+        async with access_log_database(cfg, command) as pool:
+            letter = await dl.fetch(cfg.kafka_bootstrap, letter_id)
             decision = (await dl.decisions(EventStore(pool, source="/flows/cli"))).get(letter.id)
+            # its body is a message as it was sent (a source record names its patient): recorded before it is shown,
+            # as the console's dead letter page records it
+            await record_read(pool, command, "dead-letter-view", None, dead_letter=letter.id,
+                              topic=letter.original_topic)
         status = "pending" if decision is None else (
             f"{'redriven' if decision.type == dl.REDRIVEN else 'discarded'} by {decision.actor} at "
             f"{decision.recorded_at:%Y-%m-%d %H:%M:%S %Z}: {json.dumps(decision.data, sort_keys=True)}")

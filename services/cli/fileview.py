@@ -23,7 +23,7 @@ from typing import Any
 
 from lxml import etree
 
-from services.cli.common import UserError, console, table
+from services.cli.common import UserError
 from services.formatter.fixedwidth import iter_table
 from services.formatter.layouts import load_layout
 
@@ -38,11 +38,6 @@ _730_ITEMS = "Voci di spesa"
 FEEDBACK_TITLES = {"record_key": "Record", "field": "Campo", "code": "Codice", "severity": "Gravità",
                    "message": "Messaggio"}
 SEVERITY_SHOWN = {"error": "errore", "warning": "avviso"}
-
-
-def render_file(path: Path, kind: str, flow_type: str, version: str, limit: int, offset: int) -> None:
-    title, columns, rows = file_rows(path, kind, flow_type, version, limit, offset)
-    console.print(table(title, columns, rows))
 
 
 def cell(value: Any) -> str:

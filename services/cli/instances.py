@@ -297,21 +297,29 @@ async def list_files(instance: int) -> None:
 
 
 async def view_file(instance: int, name: str, limit: int, offset: int) -> None:
-    from services.cli.fileview import render_file
+    """`flows files N --view NAME`: a file's records, recorded in the access log first (services/cli/personal.py)."""
+    from services.cli.fileview import file_rows
+    from services.cli.personal import command_line, record_read
     from services.runtime.filestore import FileStore
 
     cfg = settings()
     async with database(cfg) as pool:
         rows = {r["name"]: r for r in await _files(pool, instance)}
-        created = await pool.fetchrow("SELECT flow_type, version FROM instance_list WHERE instance = $1", instance)
-    if name not in rows:
-        raise UserError(f"instance {instance} has no file {name!r}; it has: {', '.join(rows) or 'none'}")
-    r = rows[name]
-    path = FileStore(cfg.files_dir).path(r["sha256"])
-    render_file(path, r["kind"], created["flow_type"], created["version"], limit, offset)
+        created = await pool.fetchrow("SELECT flow_type, version, ente FROM instance_list WHERE instance = $1",
+                                      instance)
+        if name not in rows:
+            raise UserError(f"instance {instance} has no file {name!r}; it has: {', '.join(rows) or 'none'}")
+        r = rows[name]
+        path = FileStore(cfg.files_dir).path(r["sha256"])
+        # read first (a file that is no table, an offset past its end: refused, nothing shown, nothing recorded)
+        title, columns, records = file_rows(path, r["kind"], created["flow_type"], created["version"], limit, offset)
+        await record_read(pool, command_line("files", instance, view=name, limit=limit, offset=offset or None),
+                          "file-view", instance, ente=created["ente"], file=name)
+    console.print(table(title, columns, records))
 
 
 async def export(instance: int, out: Path) -> None:
+    from services.cli.personal import command_line, record_read
     from services.runtime.filestore import FileStore
 
     # A folder that cannot be one is said naming --out: the OSError reached user_errors, which read it as
@@ -321,8 +329,12 @@ async def export(instance: int, out: Path) -> None:
     cfg = settings()
     async with database(cfg) as pool:
         rows = await _files(pool, instance)
-    if not rows:
-        raise UserError(f"instance {instance} has no files yet")
+        if not rows:
+            raise UserError(f"instance {instance} has no files yet")
+        # every file of the instance leaves the platform: recorded before the first byte is written
+        await record_read(pool, command_line("export", instance, out=out), "files-export", instance,
+                          ente=await pool.fetchval("SELECT ente FROM instance_list WHERE instance = $1", instance),
+                          file=", ".join(r["name"] for r in rows), out=str(out.absolute()))
     store = FileStore(cfg.files_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -339,6 +351,7 @@ async def export(instance: int, out: Path) -> None:
 
 
 async def feedback(instance: int, out: Path | None, limit: int) -> None:
+    from services.cli.personal import command_line, record_read
     from services.runtime.esiti import esiti, esiti_csv
     from services.runtime.filestore import FileStore
 
@@ -346,9 +359,13 @@ async def feedback(instance: int, out: Path | None, limit: int) -> None:
     async with database(cfg) as pool:
         row = await _instance_row(pool, instance)
         files = await esiti(pool, instance)  # the console's feedback pages list the same, in the same order
-    if not files:
-        console.print(f"instance {instance} ({row['state']}) has no feedback: nothing was wrong")
-        return
+        if not files:
+            console.print(f"instance {instance} ({row['state']}) has no feedback: nothing was wrong")
+            return
+        # its lines name records, fields and codici fiscali: recorded before any is shown or written
+        await record_read(pool, command_line("feedback", instance, out=out, limit=limit if out is None else None),
+                          "feedback-download" if out is not None else "feedback-view", instance, ente=row["ente"],
+                          file=", ".join(f["name"] for f in files), out=str(out.absolute()) if out else None)
     store = FileStore(cfg.files_dir)
     if out is not None:
         # One file with every esito (each written over the one before kept only the last): services/runtime/esiti.py

@@ -48,7 +48,8 @@ LAZY: dict[str, Lazy] = {
                 "Per consumer group: its state and members; per partition: committed offset, end offset, lag, last\n"
                 "commit time, the member holding it."),
     "access-log": Lazy("services.cli.users", "access_log",
-                       "Who viewed or downloaded personal data in the console: when, what, from which address."),
+                       "Who viewed or downloaded personal data, in the console or with a `flows` command: when,\n"
+                       "what, from where."),
     "audit": Lazy("services.cli.audit", "audit_app", "Audit: signed checkpoints, inclusion proofs, reports.",
                   group=True),
     "dlq": Lazy("services.cli.dlq_cli", "dlq_app", "Dead letters: list, show, redrive (once), discard.", group=True),

@@ -13,6 +13,7 @@ from aiokafka import TopicPartition
 from rich.markup import escape
 
 from services.cli.common import console, err, settings, table, user_errors
+from services.cli.personal import access_log_database, command_line, record_read, tail_reads_personal_data
 from services.runtime import ops
 
 
@@ -37,9 +38,22 @@ def tail(topics: Annotated[list[str] | None, typer.Argument(help="topics (defaul
         followed = sorted({tp.topic for tp in parts})
         err.print(f"following {len(parts)} partition(s) of {len(followed)} topic(s) (Ctrl-C to stop)")
 
+    cfg = settings()
+    personal = tail_reads_personal_data(names, instance, type_)
+
+    async def recorded() -> None:
+        """A tail that may show source records (services/cli/personal.py) is in the access log before it starts:
+        who, which of its topics carry them, the entity and the command."""
+        command = command_line("tail", *(topics or []), instance=instance, ente=ente, type=type_,
+                               from_beginning=from_beginning, since=since, json=as_json, limit=limit)
+        async with access_log_database(cfg, command) as pool:
+            await record_read(pool, command, "topic-tail", instance, topics=", ".join(personal), ente=ente)
+
     async def follow() -> None:
+        if personal:
+            await recorded()
         shown = 0
-        async for seen in ops.tail(settings().kafka_bootstrap, names, flt, from_beginning=from_beginning,
+        async for seen in ops.tail(cfg.kafka_bootstrap, names, flt, from_beginning=from_beginning,
                                    since=start, on_ready=ready):
             if as_json:
                 typer.echo(json.dumps(seen.as_json(), default=str, ensure_ascii=False))

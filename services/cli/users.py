@@ -1,6 +1,6 @@
 """`flows users add|list|disable|enable|password|history|api-key|api-keys|api-key-revoke` (the console's local
 users, the API keys of machine clients, and the record of their administration) and `flows access-log` (who viewed
-or downloaded personal data)."""
+or downloaded personal data, in the console or with a `flows` command)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from services.cli.common import (
     user_errors,
 )
 from services.console import auth
-from services.console.access import read_access_log
+from services.console.access import access_detail, read_access_log
 from services.runtime.migrations import migrate
 
 T = TypeVar("T")
@@ -189,18 +189,20 @@ def users_api_key_revoke(key_id: Annotated[str, typer.Argument(help="the key's i
 
 
 @user_errors
-def access_log(user: Annotated[str | None, typer.Option(help="only this user's accesses")] = None,
+def access_log(user: Annotated[str | None, typer.Option(help="only this user's accesses (a command's reader: "
+                                                              "cli:<name>)")] = None,
                instance: Annotated[int | None, typer.Option(help="only accesses to this instance")] = None,
                limit: Annotated[int, typer.Option()] = 500) -> None:
-    """Who viewed or downloaded personal data in the console: when, what, from which address."""
+    """Who viewed or downloaded personal data, in the console or with a `flows` command: when,
+    what, from where."""
     async def rows() -> list:
         async with database() as pool:
             return await read_access_log(pool, user, instance, limit)
 
     found = run(rows())
-    console.print(table("Access log", ["time", "user", "role", "what", "instance", "detail", "address"],
-                        [(italian_time(r["recorded_at"]), r["data"]["user"], r["data"]["role"],
-                          r["data"]["what"], r["data"]["instance"], r["data"].get("file") or "",
-                          r["data"]["address"]) for r in found]))
+    console.print(table("Access log", ["time", "user", "role", "channel", "what", "instance", "detail", "address"],
+                        [(italian_time(r["recorded_at"]), r["data"]["user"], r["data"]["role"] or "-",
+                          r["data"].get("channel") or "console", r["data"]["what"], r["data"]["instance"],
+                          access_detail(r["data"]), r["data"]["address"]) for r in found]))
     if not found:
         console.print("no access recorded for this filter")

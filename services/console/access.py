@@ -139,7 +139,13 @@ def may(principal: Principal, rule: Rule, ente: str | None) -> bool:
 
 
 # ---------------------------------------------------------------- access log
+# One log for both ways personal data is read: the console's pages and API (channel "console", user = the
+# logged-in user or api:<key id>, address = the client's) and the `flows` commands that show or write it (channel
+# "cli", user = cli:<FLOWS_OPERATOR or login>, as the record of user administration names a shell's actor, no role,
+# address = the host the command ran on, `command` = the command). Records written before the channel was kept have
+# none: they are the console's. The auditor reads both on /accessi and with `flows access-log`.
 ACCESS_EVENT = "console.personal-data-accessed"
+CONSOLE, CLI = "console", "cli"
 
 
 def access_stream(when: datetime) -> str:
@@ -152,8 +158,21 @@ async def record_access(store: EventStore, principal: Principal, what: str, inst
     """Appends who read which personal data, when and from where. Raises if it cannot be written:
     the page is not shown without its record."""
     data: dict[str, Any] = {"user": principal.name, "role": principal.role, "what": what, "instance": instance,
-                            "address": address, **(detail or {})}
-    event = NewEvent(ACCESS_EVENT, data, id=uuid.uuid4(), actor=principal.name)
+                            "address": address, "channel": CONSOLE, **(detail or {})}
+    await _append_access(store, data, principal.name)
+
+
+async def record_cli_access(store: EventStore, user: str, what: str, instance: int | None, host: str,
+                            command: str, detail: dict[str, Any] | None = None) -> None:
+    """The same record for a `flows` command that shows or writes personal data (services/cli/personal.py); raises
+    if it cannot be written: the command then shows nothing."""
+    data: dict[str, Any] = {"user": user, "role": None, "what": what, "instance": instance, "address": host,
+                            "channel": CLI, "command": command, **(detail or {})}
+    await _append_access(store, data, user)
+
+
+async def _append_access(store: EventStore, data: dict[str, Any], actor: str) -> None:
+    event = NewEvent(ACCESS_EVENT, data, id=uuid.uuid4(), actor=actor)
     for attempt in range(20):
         stream = access_stream(datetime.now(UTC))
         try:
@@ -161,7 +180,18 @@ async def record_access(store: EventStore, principal: Principal, what: str, inst
             return
         except ConcurrencyError:
             await asyncio.sleep(0.005 * (attempt + 1))
-    raise RuntimeError(f"the access log could not be written ({what}, instance {instance})")
+    raise RuntimeError(f"the access log could not be written ({data['what']}, instance {data['instance']})")
+
+
+def access_detail(data: dict[str, Any]) -> str:
+    """What else a record names besides its kind and instance, in one line (`flows access-log`'s detail column): the
+    file(s), the dead letter and its topic, the onboarding request, the topics followed, the entity, where it was
+    written, the API, the command."""
+    named = [str(data[k]) for k in ("file", "dead_letter") if data.get(k)]
+    named += [f"{k} {data[k]}" for k in ("topic", "request", "topics", "ente", "out") if data.get(k)]
+    named += ["via api"] if data.get("via") == "api" else []
+    named += [str(data["command"])] if data.get("command") else []
+    return "; ".join(named)
 
 
 async def read_access_log(pool: asyncpg.Pool, user: str | None, instance: int | None,

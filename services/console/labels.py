@@ -42,7 +42,13 @@ ACCESS_LABELS = {"file-view": "consultazione del file", "file-download": "scaric
                  "files-zip": "scaricamento di tutti i file (zip)", "feedback-view": "consultazione dell'esito",
                  "feedback-download": "scaricamento dell'esito",
                  "dead-letter-view": "consultazione di un messaggio non elaborabile",
-                 "onboarding-document-download": "scaricamento di un documento di onboarding"}
+                 "onboarding-document-download": "scaricamento di un documento di onboarding",
+                 # the `flows` commands' (services/cli/personal.py)
+                 "files-export": "esportazione di tutti i file in una cartella",
+                 "dead-letter-list": "elenco dei messaggi non elaborabili (con i motivi)",
+                 "topic-tail": "lettura dei messaggi dei topic (flows tail)"}
+# Where a read was made: the console (its pages and API), or a `flows` command on a host.
+CHANNEL_LABELS = {"console": "console", "cli": "riga di comando (flows)"}
 # What the operators read instead of the platform's identifiers (the values stay in forms, URLs and the API).
 # The flow types as the Flow Manager's "Lista tipi di flusso" names them (seed, Figura 2).
 FLOW_TYPE_LABELS = {"FLUSSO_C": "FLUSSO C", "FLUSSO_C_PACC": "FLUSSO C PACC", "FLUSSO_MEF": "FLUSSO MEF SOGEI",

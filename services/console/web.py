@@ -45,6 +45,7 @@ from services.console.assets import StaticAssets
 from services.console.labels import (
     ACCESS_LABELS,
     ACTOR_LABELS,
+    CHANNEL_LABELS,
     COUNT_LABELS,
     EVENT_LABELS,
     FILE_KIND_LABELS,
@@ -127,6 +128,7 @@ def quanti(n: int, one: str, many: str) -> str:
 
 templates.env.globals.update(state_label=lambda s: STATE_LABELS.get(s, s), state_class=state_class,
                              role_labels=ROLE_LABELS, badge=badge, access_label=lambda w: ACCESS_LABELS.get(w, w),
+                             channel_label=lambda c: CHANNEL_LABELS.get(c or "console", c),
                              flow_type_label=lambda t: FLOW_TYPE_LABELS.get(t, t),
                              event_label=lambda t: EVENT_LABELS.get(t, t),
                              actor_label=lambda a: ACTOR_LABELS.get(a, a), upload_platform=upload_platform,
