@@ -118,6 +118,11 @@ async def dead_letters_page(ctx: Ctx, coda: str | None = None, da_decidere: bool
         if da_decidere and decision is not None:
             continue
         rows.append({"letter": letter, "status": _decision_text(decision) if decision else "da decidere"})
+    if rows:
+        # a reason quotes the value a service refused (`patient_cf: ... (got '...')`): a list of them is a read of
+        # personal data, recorded as `flows dlq list` records it (services/cli/personal.py)
+        await record_access(console.store, ctx.principal, "dead-letter-list", None, ctx.address,
+                            {"topic": dl.dlq_topic(coda) if coda else None})
     title = f"Messaggi non elaborabili di {dl.dlq_topic(coda)}" if coda else "Messaggi non elaborabili"
     return page(ctx, "dead_letters.html", title, active="/esercizio", rows=rows, coda=coda or "",
                 da_decidere=da_decidere, error=error)

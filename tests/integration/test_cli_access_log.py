@@ -26,7 +26,7 @@ from services.runtime.filestore import FileStore
 from services.runtime.host import prepare_database
 from services.runtime.instances import new_event
 from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
-from tests.console_support import running_console
+from tests.console_support import RunningConsole, running_console
 from tests.kafka_topics import create_topics
 from tests.pg_outage import postgres_down
 from tests.stack_urls import KAFKA
@@ -292,3 +292,24 @@ async def test_with_postgresql_stopped_a_command_refuses_to_show_personal_data_i
     out, _ = await _flows(env, *tail)
     assert "sources.delivered-service" in out
     assert [r["what"] for r in await _reads(fresh_db)] == ["topic-tail"]
+
+
+async def test_a_list_of_dead_letters_is_recorded_in_the_console_as_with_the_cli(console: RunningConsole,
+                                                                                tmp_path: Path) -> None:
+    """The Esercizio list shows each dead letter's reason, which quotes the refused value, as `flows dlq list` does:
+    recorded on both channels, the same kind and topic; an empty list shows nothing and records nothing."""
+    topic = f"test.sources-{uuid.uuid4().hex[:8]}"
+    await _a_dead_letter_naming_a_patient(topic)
+    async with console.client("ops") as ops:
+        listed = await ops.get(f"{console.url}/esercizio/scarti", params={"coda": topic})
+        assert listed.status_code == 200 and f"{CF[:15]}X" in listed.text
+        empty = await ops.get(f"{console.url}/esercizio/scarti", params={"coda": f"test.none-{uuid.uuid4().hex}"})
+        assert "Nessun messaggio non elaborabile" in empty.text
+    await _flows(_env(console.settings.database_url, tmp_path / "files"), "dlq", "list", topic)
+    reads = await _reads(console.settings.database_url)
+    assert [(r["what"], r["user"], r["channel"], r["topic"]) for r in reads] == [
+        ("dead-letter-list", "ops.1", "console", f"{topic}.dlq"),
+        ("dead-letter-list", f"cli:{OPERATOR}", "cli", f"{topic}.dlq")], reads
+    async with console.client("auditor") as auditor:
+        page = (await auditor.get(f"{console.url}/accessi")).text
+    assert page.count(f"elenco dei messaggi non elaborabili (con i motivi) di {topic}.dlq") == 2, page
