@@ -30,9 +30,9 @@ def list_(topic: Annotated[str | None, typer.Argument(help="a topic or its .dlq 
     command = command_line("dlq", "list", *([topic] if topic else []), pending=pending)
 
     async def go() -> list[tuple[str, ...]]:
-        # the access log's database first: unreachable, nothing is read from the dead letters
+        letters = await dl.list_letters(cfg.kafka_bootstrap, topic)
+        # read, not shown yet: without the access log, it never is
         async with access_log_database(cfg, command) as pool:
-            letters = await dl.list_letters(cfg.kafka_bootstrap, topic)
             decided = await dl.decisions(EventStore(pool, source="/flows/cli"))
             rows = _rows(letters, decided)
             if rows:  # a reason quotes the refused value (a codice fiscale): recorded before any is shown
@@ -68,9 +68,9 @@ def show(letter_id: Annotated[str, typer.Argument(metavar="ID", help="<topic>.dl
     command = command_line("dlq", "show", letter_id)
 
     async def go() -> tuple[dl.DeadLetter, str]:
-        # the access log's database first: unreachable, nothing is read from the dead letters
+        letter = await dl.fetch(cfg.kafka_bootstrap, letter_id)
+        # read, not shown yet: without the access log, it never is
         async with access_log_database(cfg, command) as pool:
-            letter = await dl.fetch(cfg.kafka_bootstrap, letter_id)
             decision = (await dl.decisions(EventStore(pool, source="/flows/cli"))).get(letter.id)
             # its body is a message as it was sent (a source record names its patient): recorded before it is shown,
             # as the console's dead letter page records it

@@ -34,24 +34,22 @@ def tail(topics: Annotated[list[str] | None, typer.Argument(help="topics (defaul
     names = topics or ops.business_topics()
     flt = ops.TailFilter(instance=instance, ente=ente, type=type_)
 
-    def ready(parts: list[TopicPartition]) -> None:
-        followed = sorted({tp.topic for tp in parts})
-        err.print(f"following {len(parts)} partition(s) of {len(followed)} topic(s) (Ctrl-C to stop)")
-
     cfg = settings()
     personal = tail_reads_personal_data(names, instance, type_)
 
-    async def recorded() -> None:
-        """A tail that may show source records (services/cli/personal.py) is in the access log before it starts:
-        who, which of its topics carry them, the entity and the command."""
-        command = command_line("tail", *(topics or []), instance=instance, ente=ente, type=type_,
-                               from_beginning=from_beginning, since=since, json=as_json, limit=limit)
-        async with access_log_database(cfg, command) as pool:
-            await record_read(pool, command, "topic-tail", instance, topics=", ".join(personal), ente=ente)
+    async def ready(parts: list[TopicPartition]) -> None:
+        """Kafka answered and the partitions are assigned. A tail that may show source records
+        (services/cli/personal.py) is recorded in the access log now, before any record is read: who, which of its
+        topics carry them, the entity and the command; refused if it cannot be."""
+        if personal:
+            command = command_line("tail", *(topics or []), instance=instance, ente=ente, type=type_,
+                                   from_beginning=from_beginning, since=since, json=as_json, limit=limit)
+            async with access_log_database(cfg, command) as pool:
+                await record_read(pool, command, "topic-tail", instance, topics=", ".join(personal), ente=ente)
+        followed = sorted({tp.topic for tp in parts})
+        err.print(f"following {len(parts)} partition(s) of {len(followed)} topic(s) (Ctrl-C to stop)")
 
     async def follow() -> None:
-        if personal:
-            await recorded()
         shown = 0
         async for seen in ops.tail(cfg.kafka_bootstrap, names, flt, from_beginning=from_beginning,
                                    since=start, on_ready=ready):

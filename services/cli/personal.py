@@ -103,7 +103,7 @@ def _where(cfg: Settings) -> str:
 @contextlib.asynccontextmanager
 async def access_log_database(cfg: Settings, command: str) -> AsyncIterator[asyncpg.Pool]:
     """The database of the access log, for a command that reads its personal data elsewhere (Kafka: `flows tail`,
-    `flows dlq`): unreachable, the command is refused naming the access log, before it reads anything."""
+    `flows dlq`): unreachable, the command is refused naming the access log, before it shows anything."""
     import asyncpg
 
     from services.runtime.db import create_pool
@@ -132,5 +132,7 @@ async def record_read(pool: asyncpg.Pool, command: str, what: str, instance: int
     try:
         await record_cli_access(EventStore(pool, source="/flows/cli"), actor(), what, instance, socket.gethostname(),
                                 command, {k: v for k, v in detail.items() if v is not None})
+    except asyncpg.UndefinedTableError:
+        raise  # a database never migrated: user_errors says so (nothing is shown either)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError) as exc:
         raise UserError(_refusal(command, f"{type(exc).__name__}: {exc}")) from None

@@ -9,7 +9,7 @@ import asyncio
 import json
 import re
 import struct
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -182,15 +182,17 @@ class TailFilter:
 
 
 async def tail(bootstrap: str, topics: Sequence[str], flt: TailFilter, *, from_beginning: bool = False,
-               since: datetime | None = None, on_ready: Callable[[list[TopicPartition]], None] | None = None,
+               since: datetime | None = None,
+               on_ready: Callable[[list[TopicPartition]], Awaitable[None] | None] | None = None,
                rescan_s: float = 2.0) -> AsyncGenerator[Seen, None]:
     """Follows `topics` and yields the records `flt` accepts, forever. A topic created meanwhile (its
-    first message) is picked up within `rescan_s` and read from its beginning."""
+    first message) is picked up within `rescan_s` and read from its beginning. `on_ready(parts)` is called (and
+    awaited, if it answers an awaitable) once the partitions are assigned, before any record is read."""
     async with observer(bootstrap) as consumer:
         since_ms = int(since.timestamp() * 1000) if since else None
         parts = await assign(consumer, topics, from_beginning=from_beginning, since_ms=since_ms)
-        if on_ready is not None:
-            on_ready(parts)
+        if on_ready is not None and (ready := on_ready(parts)) is not None:
+            await ready  # e.g. `flows tail` recording its read before any record is read (services/cli/personal.py)
         if parts and (from_beginning or since is not None):
             async for record in history(consumer, parts):
                 seen = decode(record)
