@@ -24,7 +24,7 @@ from services.console.access import (
     read_access_log,
     record_access,
 )
-from services.console.labels import ROLE_LABELS, ROME
+from services.console.labels import GROUP_MARK_LABELS, GROUP_STATE_LABELS, ROLE_LABELS, ROME
 from services.console.web import Ctx, console_of, page, pages, route
 from services.runtime import deadletters as dl
 from services.runtime import ops, outbox
@@ -71,13 +71,13 @@ async def ops_page(ctx: Ctx) -> Response:
     and partition: the lag."""
     console = console_of(ctx.request)
     topics: list[dict[str, Any]] = []
-    lags: list[ops.Lag] = []
+    consumer_groups: list[ops.GroupLag] = []
     error = None
     try:
         async with asyncio.timeout(KAFKA_WAIT_S):
             found = await dl.dlq_topics(console.settings.kafka_bootstrap)
             decided = await dl.decisions(console.store)
-            lags = await ops.consumer_lag(console.settings.kafka_bootstrap)
+            consumer_groups = await ops.consumer_groups(console.settings.kafka_bootstrap)
     except (TimeoutError, KafkaError, OSError):
         error = KAFKA_DOWN.format(s=KAFKA_WAIT_S)
     else:
@@ -85,13 +85,20 @@ async def ops_page(ctx: Ctx) -> Response:
             if t.count:
                 done = sum(1 for letter_id in decided if t.holds(letter_id))
                 topics.append({"topic": t.topic, "count": t.count, "pending": max(t.count - done, 0)})
+    # Per group, as `flows lag` shows it: Kafka's state and members beside the offsets, so that a group whose service
+    # is stopped (offsets committed, no member) does not look like an idle healthy one.
     groups: dict[str, dict[str, Any]] = {}
-    for lag in lags:
-        g = groups.setdefault(lag.group, {"partitions": 0, "lag": 0, "last": None})
-        g["partitions"] += 1
-        g["lag"] += lag.lag
-        if lag.last_commit and (g["last"] is None or lag.last_commit > g["last"]):
-            g["last"] = lag.last_commit
+    lags: list[tuple[ops.Lag, str | None]] = []  # each partition with the member holding it
+    for g in consumer_groups:
+        last = max((p.last_commit for p in g.partitions if p.last_commit), default=None)
+        mark = g.mark()
+        groups[g.group] = {"partitions": len(g.partitions), "lag": g.lag, "last": last,
+                           "state": GROUP_STATE_LABELS.get(g.described.state, g.described.state),
+                           "members": [m.name for m in g.described.members],
+                           "mark": GROUP_MARK_LABELS.get(mark, mark) if mark else None, "urgent": bool(mark and g.lag)}
+        for p in g.partitions:
+            holder = g.described.holder(p.topic, p.partition)
+            lags.append((p, holder.name if holder else None))
     # The parked outbox rows (`flows outbox parked`): PostgreSQL's, shown whether Kafka answers or not. What to do about
     # each stays in the CLI, which the page names.
     parked = await outbox.parked_rows(console.pool)

@@ -49,6 +49,12 @@ ACCESS_LABELS = {"file-view": "consultazione del file", "file-download": "scaric
                  "topic-tail": "lettura dei messaggi dei topic (flows tail)"}
 # Where a read was made: the console (its pages and API), or a `flows` command on a host.
 CHANNEL_LABELS = {"console": "console", "cli": "riga di comando (flows)"}
+# A consumer group's state as Kafka reports it (services.runtime.kafkagroups), and what the Esercizio page says of a
+# group nobody consumes for (services.runtime.ops.GroupLag.mark, the marks `flows lag` prints).
+GROUP_STATE_LABELS = {"Stable": "attivo", "Empty": "senza membri", "PreparingRebalance": "in ribilanciamento",
+                      "CompletingRebalance": "in ribilanciamento", "Dead": "eliminato"}
+GROUP_MARK_LABELS = {"NOBODY CONSUMING": "nessuno consuma i messaggi in attesa",
+                     "NO MEMBER": "nessun membro attivo: il servizio è fermo o non raggiunge Kafka"}
 # What the operators read instead of the platform's identifiers (the values stay in forms, URLs and the API).
 # The flow types as the Flow Manager's "Lista tipi di flusso" names them (seed, Figura 2).
 FLOW_TYPE_LABELS = {"FLUSSO_C": "FLUSSO C", "FLUSSO_C_PACC": "FLUSSO C PACC", "FLUSSO_MEF": "FLUSSO MEF SOGEI",

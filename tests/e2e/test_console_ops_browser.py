@@ -56,6 +56,7 @@ async def test_a_poison_message_is_seen_and_redriven_once_from_the_ops_page(sett
     consume(broker, topic, group_id=group, handler=handler, max_attempts=2, retry_delay=0.01)
     await create_topics(KAFKA, topic.name, topic.dlq)
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True)
+    stopped = False
     async with running_console(fresh_db, KAFKA, tmp_path / "files") as console, browser_of(chromium) as browser:
         await console.add_users()
         relay = OutboxRelay(console.pool, KAFKA, poll_interval=0.5)  # a service's relay publishes the redrive
@@ -81,9 +82,10 @@ async def test_a_poison_message_is_seen_and_redriven_once_from_the_ops_page(sett
             await page.goto(console.url + "/esercizio")
             row = page.locator("#code-dlq tr", has_text=topic.dlq)
             assert (await row.locator("td").all_inner_texts())[1:] == ["1", "1"]  # one letter, pending
-            # The consumer's group committed past both messages: it is on the page, with no lag.
+            # The consumer's group committed past both messages: it is on the page, with no lag, and its member
             group_row = page.locator("#gruppi tr", has_text=group)
-            assert (await group_row.locator("td").all_inner_texts())[2] == "0"
+            cells = await group_row.locator("td").all_inner_texts()
+            assert cells[1] == "attivo" and cells[2].startswith("ops-page-test@") and cells[4] == "0", cells
             await _axe_clean(page, axe, "20-esercizio")
 
             await row.locator("a").click()
@@ -147,12 +149,22 @@ async def test_a_poison_message_is_seen_and_redriven_once_from_the_ops_page(sett
                 shown = await client.get(f"{console.url}/esercizio/scarti/{letter.id}")
                 assert shown.status_code == 200 and "rilanciato da ops.1" in shown.text
                 assert 'id="rilancia"' not in shown.text and "/scarta" not in shown.text
+
+            # Its service stopped, the group keeps its offsets and has no member: the page says nobody consumes
+            await broker.stop()
+            stopped = True
+            await page.goto(console.url + "/esercizio")
+            cells = await page.locator("#gruppi tr", has_text=group).locator("td").all_inner_texts()
+            assert cells[1].startswith("senza membri") and "nessun membro attivo" in cells[1], cells
+            assert cells[2] == "nessuno" and cells[4] == "0", cells
+            await _axe_clean(page, axe, "24-esercizio-gruppo-fermo")
         finally:
             await browser.close()
             stop.set()
             await relay_task
             await producer.stop()
-            await broker.stop()
+            if not stopped:
+                await broker.stop()
 
 
 async def test_a_dead_letter_discarded_from_the_page_names_its_reason_and_cannot_be_redriven(  # type: ignore[no-untyped-def]

@@ -93,12 +93,24 @@ def test_the_ops_page_writes_counts_and_lag_as_italians_do_and_offsets_as_kafka_
     html = templates.get_template("ops.html").render(
         title="Esercizio", principal=None, menu="", assets=SimpleNamespace(head=""), error=None,
         topics=[{"topic": "flows.load.dlq", "count": 1500, "pending": 1200}],
-        groups={"flows-loader": {"partitions": 6, "lag": 12345, "last": None}},
-        lags=[SimpleNamespace(group="flows-loader", topic="flows.load", partition=0, committed=100000, end=112345,
-                              lag=12345, last_commit=None)])
+        groups={"flows-loader": {"partitions": 6, "lag": 12345, "last": None, "state": "senza membri", "members": [],
+                                 "mark": "nessuno consuma i messaggi in attesa", "urgent": True}},
+        lags=[(SimpleNamespace(group="flows-loader", topic="flows.load", partition=0, committed=100000, end=112345,
+                               lag=12345, last_commit=None), None)])
     assert '<td class="text-end">1.500</td>' in html and ">1.200</span>" in html  # dead letters, pending
     assert ">12.345</span>" in html and '<td class="text-end">12.345</td>' in html  # a group's lag, a partition's
     assert '<td class="text-end">100000</td><td class="text-end">112345</td>' in html  # positions, not quantities
+    # a group with lag and no member: said, and marked as the table's most urgent row
+    assert '<tr class="table-danger"><td>flows-loader</td>' in html
+    assert "<strong>nessuno consuma i messaggi in attesa</strong>" in html and "<td>nessuno</td>" in html
+
+
+def test_every_mark_and_group_state_flows_lag_gives_has_an_italian_label() -> None:
+    from services.console.labels import GROUP_MARK_LABELS, GROUP_STATE_LABELS
+    from services.runtime import ops
+
+    assert set(GROUP_MARK_LABELS) == {ops.NOBODY_CONSUMING, ops.NO_MEMBER}
+    assert {"Stable", "Empty", "PreparingRebalance", "CompletingRebalance", "Dead"} <= set(GROUP_STATE_LABELS)
 
 
 def test_the_ops_page_counts_the_parked_outbox_rows_and_names_the_oldest_in_italian_time() -> None:
