@@ -43,7 +43,11 @@ def prometheus_config(targets: dict[str, int], rules: Path = RULES, interval_s: 
     return json.dumps({
         "global": {"scrape_interval": f"{interval_s}s", "evaluation_interval": f"{interval_s}s"},
         "rule_files": [str(rules)],
-        "scrape_configs": [{"job_name": name, "metrics_path": "/metrics",
+        # honor_labels: a figure that names its own service keeps it (flows_work_interrupted_longest_seconds{service=
+        # "ts_gateway"}, which WorkInterrupted groups and words by); the target's `service` (the process: loader-2,
+        # ts-gateway) labels the others. Without it Prometheus renamed the figure's label to exported_service, so
+        # the alert named a replica, and its words for the gateway never matched.
+        "scrape_configs": [{"job_name": name, "metrics_path": "/metrics", "honor_labels": True,
                             "static_configs": [{"targets": [f"127.0.0.1:{port}"], "labels": {"service": name}}]}
                            for name, port in sorted(targets.items())],
     }, indent=2) + "\n"

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from deploy import localstack
@@ -41,10 +42,22 @@ async def test_prometheus_scrapes_the_services_and_loads_the_alert_rules(setting
     # stacks' (+ 100 .. + 900), as tests/integration/test_stack_observability.py; + 508 reached a stack on the
     # next port range (base 28592: 29100, the TS simulator of a stack on 29092)
     own = int(localstack._kafka_port_base())
-    pair = reserve_first((port, port + 1) for port in range(own + 30, own + 100))
-    assert pair is not None, f"no two free ports in {own + 30}..{own + 100}"
-    monkeypatch.setenv("FLOWS_OBSERVABILITY_PORT_BASE", str(pair[0]))
-    ports = obs.health_ports(["audit"])
+    triple = reserve_first((port, port + 1, port + 2) for port in range(own + 30, own + 100))
+    assert triple is not None, f"no three free ports in {own + 30}..{own + 100}"
+    monkeypatch.setenv("FLOWS_OBSERVABILITY_PORT_BASE", str(triple[0]))
+    # A second replica of the TS gateway, as a process named ts-gateway-2 whose figure names its service: the alert
+    # groups by that name (its words differ for the gateway), never by the replica's
+    ports = obs.health_ports(["audit", "ts-gateway-2"])
+    gateway = web.Application()
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text="# TYPE flows_work_interrupted_longest_seconds gauge\n"
+                                 'flows_work_interrupted_longest_seconds{service="ts_gateway"} 1000\n')
+
+    gateway.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(gateway)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", ports["ts-gateway-2"]).start()
     cfg = settings.model_copy(update={"database_url": fresh_db, "health_port": ports["audit"],
                                       "checkpoint_key": tmp_path / "k" / "signing.key",
                                       "checkpoints_dir": tmp_path / "cps", "checkpoint_interval_s": 0,
@@ -65,6 +78,12 @@ async def test_prometheus_scrapes_the_services_and_loads_the_alert_rules(setting
         assert found["result"][0]["metric"]["service"] == "audit"
         up = await _api(url, "/api/v1/query", query='up{job="audit"}')
         assert up["result"][0]["value"][1] == "1"
+        async with asyncio.timeout(60):
+            while not (longest := await _api(url, "/api/v1/query",
+                                             query="max by (service) (flows_work_interrupted_longest_seconds)"))[
+                    "result"]:
+                await asyncio.sleep(1)
+        assert [r["metric"] for r in longest["result"]] == [{"service": "ts_gateway"}], longest
         rules = await _api(url, "/api/v1/rules")
         names = {rule["name"] for group in rules["groups"] for rule in group["rules"]}
         assert names == {"ConsumerLagGrowing", "DeadLetterReceived", "LoadsFailing", "DeadlineNotCovered",
@@ -72,5 +91,6 @@ async def test_prometheus_scrapes_the_services_and_loads_the_alert_rules(setting
                          "FileStoreFull", "WorkInterrupted", "TargetDown"}
     finally:
         await asyncio.to_thread(localstack.stop_service, "prometheus")
+        await runner.cleanup()
         stop.set()
         await asyncio.wait_for(service, 30)
