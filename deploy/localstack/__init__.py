@@ -31,7 +31,14 @@ from deploy.localstack.kafka import new_cluster_id
 from deploy.localstack.lifecycle import down, endpoints, info, start_kafka_node, status, stop_kafka_node, up
 from deploy.localstack.postgres import _stop_postgres
 from deploy.localstack.processes import _run_async
-from deploy.localstack.services import remove_service, start_service, stop_service, wait_services_alive
+from deploy.localstack.services import (
+    Started,
+    ensure_service,
+    remove_service,
+    start_service,
+    stop_service,
+    wait_services_alive,
+)
 from deploy.localstack.state import (
     DEFAULT_KAFKA_PORT_BASE,
     DEFAULT_PG_PORT,
@@ -47,8 +54,9 @@ from deploy.localstack.state import (
 )
 
 __all__ = [
-    "DEFAULT_KAFKA_PORT_BASE", "DEFAULT_PG_PORT", "REPO_ROOT", "Progress", "StackError", "StackInfo",
-    "_kafka_port_base", "_load_state", "_locked", "_run_async", "_stop_postgres", "down", "endpoints", "info",
-    "main", "new_cluster_id", "remove_service", "start_kafka_node", "start_service", "state_dir", "status",
+    "DEFAULT_KAFKA_PORT_BASE", "DEFAULT_PG_PORT", "REPO_ROOT", "Progress", "StackError", "StackInfo", "Started",
+    "_kafka_port_base", "_load_state", "_locked", "_run_async", "_stop_postgres", "down", "endpoints",
+    "ensure_service", "info", "main", "new_cluster_id", "remove_service", "start_kafka_node", "start_service",
+    "state_dir", "status",
     "stop_kafka_node", "stop_service", "ts_sim_port", "up", "uuid", "wait_services_alive",
 ]

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,27 +70,66 @@ def wait_services_alive(names: list[str], settle_s: float = 5.0, timeout: float 
         time.sleep(0.2)
 
 
+@dataclass(frozen=True)
+class Started:
+    """What `ensure_service` did. ``action``: "running" (it runs with this command and environment: left alone),
+    "started" (it was not running) or "restarted" (it ran with another command or environment, which ``why``
+    names). ``pid``: the supervisor's (the recorded pid)."""
+
+    action: str
+    pid: int
+    why: str = ""
+
+
+def fingerprint(argv: list[str], env: dict[str, str]) -> str:
+    """What a running service is compared against: its command and the environment the caller gives it (not the
+    rest of the caller's environment, which the service inherits but the caller does not choose for it)."""
+    return hashlib.sha256(json.dumps([argv, sorted(env.items())]).encode()).hexdigest()
+
+
+def _why_restarted(rec: dict[str, Any], argv: list[str], env: dict[str, str]) -> str:
+    """What changed between the recorded run and this one, as far as the record tells (it keeps the names of the
+    environment's variables, not their values: some are secrets)."""
+    if rec.get("argv") != argv:
+        return "its command changed"
+    if "env_names" not in rec:
+        return "its environment changed (recorded before the stack kept its variables' names)"
+    before, now = set(rec["env_names"]), set(env)
+    parts = [f"{', '.join(sorted(now - before))} added"] if now - before else []
+    parts += [f"{', '.join(sorted(before - now))} removed"] if before - now else []
+    return "its environment changed: " + ("; ".join(parts) if parts else "the value of one of its settings")
+
+
 def start_service(name: str, argv: list[str], env: dict[str, str], supervised: bool = True,
                   about: dict[str, Any] | None = None) -> int:
-    """Start a detached process (own session, survives the caller) logging to ``logs/<name>.log``.
+    """`ensure_service`, returning the recorded pid (the supervisor's when supervised)."""
+    return ensure_service(name, argv, env, supervised, about).pid
+
+
+def ensure_service(name: str, argv: list[str], env: dict[str, str], supervised: bool = True,
+                   about: dict[str, Any] | None = None) -> Started:
+    """Have ``name`` run ``argv`` with ``env``: a detached process (own session, survives the caller) logging to
+    ``logs/<name>.log``.
 
     ``supervised`` (the default) runs it under deploy/supervisor.py, which restarts it when it dies; the
-    returned and recorded pid is then the supervisor's (`status` shows the service's own).
+    recorded pid is then the supervisor's (`status` shows the service's own).
 
-    ``env`` is laid over the current environment. If ``name`` already runs with the same argv and env,
-    its pid is returned and nothing is started (so a repeated ``flows stack up`` is harmless); if it
-    runs with different arguments it is restarted. ``about`` (e.g. the service a replica belongs to, its
-    health port) is recorded with it and shown by `status`."""
+    ``env`` is laid over the current environment; it and ``argv`` are the service's fingerprint. If ``name``
+    already runs with the same fingerprint, nothing is started (so a repeated ``flows stack up`` is harmless); if
+    it runs with another one it is stopped and started again. ``about`` (e.g. the service a replica belongs to,
+    its health port) is recorded with it and shown by `status`."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"bad service name {name!r}")
     sd = state_dir()
     with _locked(sd):
         state = _load_state(sd)
         rec = state["services"].get(name)
-        fingerprint = hashlib.sha256(json.dumps([argv, sorted(env.items())]).encode()).hexdigest()
+        print_ = fingerprint(argv, env)
+        action, why = "started", ""
         if rec and _alive(rec):
-            if rec.get("fingerprint") == fingerprint:
-                return int(rec["pid"])
+            if rec.get("fingerprint") == print_:
+                return Started("running", int(rec["pid"]))
+            action, why = "restarted", _why_restarted(rec, argv, env)
             stop_service(name)
             state = _load_state(sd)
         log = sd / "logs" / f"{name}.log"
@@ -110,13 +150,14 @@ def start_service(name: str, argv: list[str], env: dict[str, str], supervised: b
             "pid": proc.pid,
             **_identity(proc.pid),
             "argv": argv,
-            "fingerprint": fingerprint,
+            "fingerprint": print_,
+            "env_names": sorted(env),
             "log": str(log),
             "status_file": str(status_file) if supervised else None,
             **(about or {}),
         }
         _save_state(sd, state)
-        return proc.pid
+        return Started(action, proc.pid, why)
 
 
 def stop_service(name: str) -> None:

@@ -1,8 +1,14 @@
 """`flows stack up|status`: the local stack and the service processes on it.
 
+`up` compares each process with what it would start (`process_spec`: its command and the environment the stack
+gives it, not the caller's whole environment) and starts what does not run, restarts what runs with another
+command or environment (a setting or a port it is given changed) and leaves the rest running, saying which is
+which.
+
 Replicas (`flows stack up --replicas N`): each service of REPLICATED runs as N supervised processes,
 `loader`, `loader-2`, ... `loader-N`, each with its own log (logs/<name>.log), traces file, health port
-(when health ports are served: `--observability` or N > 1; the same whatever N, see observability_ports) and
+(when health ports are served: `--observability` or N > 1; the same whatever N, see observability_ports; a
+scale-up gives one to the processes it starts, not to the first replicas running without one, see health_port) and
 FLOWS_REPLICA (its name, recorded in the metadata of every event it appends: `replica`). They share the
 consumer groups (Kafka spreads the partitions over them), PostgreSQL (the per-instance advisory locks decide
 who works on an instance) and the file store. The TS simulator, the audit service (no consumer; its signer
@@ -89,15 +95,64 @@ def prometheus_targets(services: dict[str, dict[str, Any]]) -> dict[str, int]:
             if s.get("health_port") and s.get("supervisor_pid")}
 
 
+# The caller's variables a service reads besides those the stack gives it: the platform's settings (FLOWS_*:
+# services/runtime/settings.py, the TS simulator's FLOWS_TS_SIM_*), the simulator's account (TS_SIM_*), the
+# formatter's Arrow memory pool. They are part of what `up` compares a running service with.
+SETTING_PREFIXES = ("FLOWS_", "TS_SIM_")
+SETTING_NAMES = frozenset({"ARROW_DEFAULT_MEMORY_POOL"})
+# ...but not these: where the stack itself runs (`up` turns them into each service's addresses and ports, which are
+# in its environment or command), what only the CLI and ./run read, and what the stack sets per process.
+NOT_SETTINGS = frozenset({"FLOWS_KAFKA_PORT_BASE", "FLOWS_PG_PORT", "FLOWS_TS_SIM_PORT",
+                          "FLOWS_OBSERVABILITY_PORT_BASE", "FLOWS_OPERATOR", "FLOWS_DEBUG", "FLOWS_TEST_STACK",
+                          "FLOWS_HEALTH_PORT", "FLOWS_REPLICA", "FLOWS_TRACES_FILE"})
+
+
+def service_setting(name: str) -> bool:
+    """A variable of the caller's environment that the stack passes on to its services as one of their settings."""
+    return (name.startswith(SETTING_PREFIXES) or name in SETTING_NAMES) and name not in NOT_SETTINGS
+
+
 def service_env(info: localstack.StackInfo) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWS_") or k == "FLOWS_STACK_DIR"}
+    """The environment the stack gives every service: the caller's settings (`service_setting`), then the stack's
+    addresses over them. Not the rest of the caller's environment (PATH, TERM, COLUMNS, ...): the services inherit
+    it, but it is not theirs, and a difference in it must not restart them."""
+    env = {k: v for k, v in os.environ.items() if service_setting(k)}
     env.update(stack_environment(info))
     env.update({
+        "FLOWS_STACK_DIR": str(info.state_dir),
         "FLOWS_LOG_FORMAT": "json",
         "FLOWS_CONSOLE_PORT": os.environ.get("FLOWS_CONSOLE_PORT", "18080"),
         "PYTHONUNBUFFERED": "1",
     })
     return env
+
+
+def process_spec(info: localstack.StackInfo, service: str, name: str, health_port: int | None,
+                 ) -> tuple[list[str], dict[str, str]]:
+    """The command and the environment of process `name` (`service`, or one of its replicas): what `up`, `start`
+    and `restart` run, and what a running one is compared with."""
+    args = [a.replace("{state}", str(info.state_dir)).replace("{ts_port}", str(info.ts_port))
+            for a in SERVICES[service]]
+    env = {**service_env(info), "FLOWS_REPLICA": name, **trace_env(info, name)}
+    if health_port:
+        env["FLOWS_HEALTH_PORT"] = str(health_port)
+    return [sys.executable, "-m", *args], env
+
+
+def health_port(name: str, ports: dict[str, int], recorded: dict[str, Any], observability: bool) -> int | None:
+    """The health port `up` gives process `name`; `ports`: `observability_ports` when `up` serves health ports
+    (`--observability` or more than one replica), else empty; `recorded`: the process as `status` shows it.
+    - `--observability`: its port, to every process (one running without a port is restarted with it: Prometheus
+      scrapes every process);
+    - a process recorded with a port keeps it (a plain `up` that starts it again included), at `ports`' number
+      when `up` serves ports (the same, unless FLOWS_OBSERVABILITY_PORT_BASE changed);
+    - a process running without a port goes on without one: a scale-up does not restart the first replicas;
+    - a process started now gets its port of `ports`, if any."""
+    if observability:
+        return ports.get(name)
+    if recorded.get("health_port"):
+        return ports.get(name) or int(recorded["health_port"])
+    return None if recorded.get("supervisor_pid") else ports.get(name)
 
 
 def trace_env(info: localstack.StackInfo, name: str) -> dict[str, str]:
@@ -117,30 +172,26 @@ def up(brokers: int = 1, with_services: bool = True, observability: bool = False
         # Migrate before the services start (they would race to do it) and before the caller's first
         # query: a command right after `up` must find the schema.
         asyncio.run(_prepare(info.database_url))
-        env = service_env(info)
         running = localstack.status().get("services", {})
         for name in surplus_replicas(list(running), replicas):
             localstack.remove_service(name)
             console.print(f"[dim]stack[/] stopped {name} (more than {replicas} replica(s))")
         ports = observability_ports(replicas) if observability or replicas > 1 else {}
-        names = []
+        names, kept = [], []
         for service, name in processes(replicas):
             names.append(name)
             recorded = running.get(name, {})
-            if recorded.get("running") and name not in ports:
-                continue
-            # A process a plain `up` starts again (its supervisor was stopped or killed) keeps the health port it
-            # was recorded with: Prometheus scrapes it there, and its probes answer there.
-            port = ports.get(name) or recorded.get("health_port")
-            args = [a.replace("{state}", str(info.state_dir)).replace("{ts_port}", str(info.ts_port))
-                    for a in SERVICES[service]]
-            extra = {"FLOWS_REPLICA": name}
-            if port:
-                extra["FLOWS_HEALTH_PORT"] = str(port)
-            extra.update(trace_env(info, name))
-            pid = localstack.start_service(name, [sys.executable, "-m", *args], {**env, **extra},
-                                           about={"service": service, "health_port": port})
-            console.print(f"[dim]stack[/] started {name} (supervisor pid {pid})")
+            port = health_port(name, ports, recorded, observability)
+            argv, env = process_spec(info, service, name, port)
+            done = localstack.ensure_service(name, argv, env, about={"service": service, "health_port": port})
+            if done.action == "running":
+                kept.append(name)
+            elif done.action == "restarted":
+                console.print(f"[dim]stack[/] restarted {name} (supervisor pid {done.pid}): {done.why}", soft_wrap=True)
+            else:
+                console.print(f"[dim]stack[/] started {name} (supervisor pid {done.pid})", soft_wrap=True)
+        if kept:
+            console.print(f"[dim]stack[/] left running, unchanged: {', '.join(kept)}", soft_wrap=True)
         # "platform up" only once every service runs and stays up: a service that exits at start (a bad
         # bootstrap, a missing topic) fails `up` with its last exit and log, instead of a false success.
         localstack.wait_services_alive(names)
@@ -152,7 +203,7 @@ def up(brokers: int = 1, with_services: bool = True, observability: bool = False
         _, url = obs.start_prometheus(info.state_dir, prometheus_targets(recorded))
         console.print(f"[dim]stack[/] Prometheus at {url}, scraping every service's /metrics, alerts loaded")
     console.print(f"[green]platform up[/]: Kafka {info.bootstrap_servers}, PostgreSQL "
-                  f"{info.database_url.split('@')[-1]}, state in {info.state_dir}")
+                  f"{info.database_url.split('@')[-1]}, state in {info.state_dir}", soft_wrap=True)
     return info
 
 
