@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequen
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -213,6 +213,21 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     for row in rows:
         t.add_row(*["" if v is None else str(v) for v in row])
     return t
+
+
+def print_whole(renderable: RenderableType) -> None:
+    """Print `renderable` (a table) at its natural width when the console is narrower: rich fits a table to the
+    console, 80 columns when stdout is no terminal (a pipe, a log, a test), and cuts its cells to fit (`/work/wt-s…`);
+    a path or an address cut so names nothing. A terminal narrower than the table wraps its lines instead."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update(max_width=10_000), renderable).maximum
+    if needed <= console.width:
+        console.print(renderable)
+        return
+    wide = Console(file=console.file, width=needed, force_terminal=console.is_terminal, no_color=console.no_color,
+                   color_system=console.color_system)  # type: ignore[arg-type]
+    wide.print(renderable)
 
 
 def interactive() -> bool:

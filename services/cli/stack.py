@@ -27,7 +27,7 @@ from typing import Any
 
 from deploy import localstack
 from services.cli import topics
-from services.cli.common import console, stack_environment, table
+from services.cli.common import console, print_whole, stack_environment, table
 
 # Each runs as `python -m <module>`; the TS simulator stands in for Sistema TS locally.
 SERVICES: dict[str, list[str]] = {
@@ -236,8 +236,9 @@ def status(as_json: bool) -> None:
         health = f"127.0.0.1:{s['health_port']}" if s.get("health_port") else ""
         rows.append((name, _service_state(s), s.get("pid"), s.get("log"), health, s.get("restarts"),
                      s.get("last_exit")))
-    console.print(table("flows stack", ["component", "state", "pid", "where", "health", "restarts", "last exit"],
-                        rows))
+    # Whole, however narrow the terminal (80 columns when not one): a log's path cut to `/work/wt-s…` names nothing.
+    print_whole(table("flows stack", ["component", "state", "pid", "where", "health", "restarts", "last exit"],
+                      rows))
 
 
 def _service_state(s: dict[str, object]) -> str:

@@ -1,17 +1,23 @@
 """What `flows stack up` compares a running process with (its command and the environment the stack gives it, not the
-caller's whole environment) and which health port it gives each process. (The same on a real stack:
-tests/integration/test_stack_process_commands.py.)"""
+caller's whole environment), which health port it gives each process, and `flows stack status` printed whole without
+a terminal. (The same on a real stack: tests/integration/test_stack_process_commands.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from deploy import localstack
 from deploy.localstack.services import _why_restarted, fingerprint
 from services.cli import stack
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _info(state: Path, ts_port: int = 27108) -> localstack.StackInfo:
@@ -104,3 +110,30 @@ def test_health_ports_a_scale_up_gives_the_new_replicas_only(monkeypatch: pytest
     # a process started now (new, or stopped) with ports served gets its own
     assert stack.health_port("loader", two, {"supervisor_pid": None}, observability=False) == 27501
     assert stack.health_port("ts-simulator", two, {}, observability=True) is None
+
+
+def _status_without_terminal(state: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    return subprocess.run([sys.executable, "-m", "services.cli.main", "stack", "status"], capture_output=True,
+                          text=True, cwd=REPO, env={**env, "FLOWS_STACK_DIR": str(state)}, timeout=60, check=True)
+
+
+def test_status_prints_paths_whole_without_a_terminal(tmp_path: Path) -> None:
+    """Without a terminal rich fits a table in 80 columns and cut the logs' paths to `/tmp/pytest-of-…`. A stack
+    recorded in a deep folder, nothing running (the records' pids are gone): every path whole, on its row."""
+    state = tmp_path / "a-state-folder-deep-enough" / "that-its-paths-are-wider-than-any-default-terminal"
+    logs = state / "logs"
+    services: dict[str, dict[str, Any]] = {
+        name: {"pid": None, "argv": [], "log": str(logs / f"{name}.log"), "service": name.split("-")[0],
+               "status_file": str(state / "supervisor" / f"{name}.json"), "health_port": 27500 + i}
+        for i, name in enumerate(["loader", "loader-2", "onboarding-2"], start=1)}
+    state.mkdir(parents=True)
+    (state / "stack.json").write_text(json.dumps({
+        "services": services, "kafka": {"nodes": {"1": {"pid": None, "port": 27092}}},
+        "postgres": {"pid": None, "port": 27432, "database_url": "postgresql://postgres@127.0.0.1:27432/flows"}}))
+    out = _status_without_terminal(state).stdout
+    assert len(max(out.splitlines(), key=len)) > 80  # what it used to be cut to
+    for name, rec in services.items():
+        row = next(line for line in out.splitlines() if f" {name} " in line)
+        assert rec["log"] in row and f"127.0.0.1:{rec['health_port']}" in row, row
+    assert "postgresql://postgres@127.0.0.1:27432/flows" in out
