@@ -33,6 +33,7 @@ from deploy.localstack.postgres import _stop_postgres
 from deploy.localstack.processes import _run_async
 from deploy.localstack.services import (
     Started,
+    Stopped,
     ensure_service,
     remove_service,
     start_service,
@@ -55,7 +56,7 @@ from deploy.localstack.state import (
 
 __all__ = [
     "DEFAULT_KAFKA_PORT_BASE", "DEFAULT_PG_PORT", "REPO_ROOT", "Progress", "StackError", "StackInfo", "Started",
-    "_kafka_port_base", "_load_state", "_locked", "_run_async", "_stop_postgres", "down", "endpoints",
+    "Stopped", "_kafka_port_base", "_load_state", "_locked", "_run_async", "_stop_postgres", "down", "endpoints",
     "ensure_service", "info", "main", "new_cluster_id", "remove_service", "start_kafka_node", "start_service",
     "state_dir", "status",
     "stop_kafka_node", "stop_service", "ts_sim_port", "up", "uuid", "wait_services_alive",

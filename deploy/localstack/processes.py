@@ -98,11 +98,13 @@ def _threads_still_exiting(pid: int) -> bool:
     return False
 
 
-def _terminate(rec: dict[str, Any] | None, timeout: float = 20.0, group: bool = False, hard: bool = False) -> None:
+def _terminate(rec: dict[str, Any] | None, timeout: float = 20.0, group: bool = False, hard: bool = False) -> bool:
     """SIGTERM (or SIGKILL when ``hard``), wait up to ``timeout``, then SIGKILL. ``group`` signals the whole
-    process group (services are session leaders; their children must not outlive them)."""
+    process group (services are session leaders; their children must not outlive them). True when the process
+    had to be killed (still running ``timeout`` after the SIGTERM), False when it ended on the SIGTERM or was not
+    running."""
     if not _alive(rec):
-        return
+        return False
     assert rec is not None
     pid = int(rec["pid"])
 
@@ -115,11 +117,13 @@ def _terminate(rec: dict[str, Any] | None, timeout: float = 20.0, group: bool = 
 
     send(signal.SIGKILL if hard else signal.SIGTERM)
     deadline = time.monotonic() + timeout
+    killed = hard
     while time.monotonic() < deadline:
         if not _alive(rec):
             break
         time.sleep(0.1)
     else:
+        killed = True
         send(signal.SIGKILL)
         deadline = time.monotonic() + 10
         while _alive(rec) and time.monotonic() < deadline:
@@ -131,6 +135,7 @@ def _terminate(rec: dict[str, Any] | None, timeout: float = 20.0, group: bool = 
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
     _reap(pid)
+    return killed
 
 
 def _group_members(pgid: int) -> list[int]:

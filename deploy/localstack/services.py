@@ -27,7 +27,7 @@ def _service_status(rec: dict[str, Any]) -> dict[str, Any]:
     when its supervisor and the service under it both are; ``pid`` is the service's, ``restarts`` and
     ``last_exit`` come from the supervisor's status file."""
     supervisor_alive = _alive(rec)
-    about = {k: rec[k] for k in ("service", "health_port") if rec.get(k) is not None}
+    about = {k: rec[k] for k in ("service", "health_port", "stopped_by", "stopped_at") if rec.get(k) is not None}
     if not rec.get("status_file"):
         return {"running": supervisor_alive, "pid": rec.get("pid") if supervisor_alive else None,
                 "log": rec.get("log"), "restarts": None, "last_exit": None, "supervisor_pid": None, **about}
@@ -81,6 +81,24 @@ class Started:
     why: str = ""
 
 
+@dataclass(frozen=True)
+class Stopped:
+    """What `stop_service` did to a service. ``pid`` is the service's own, ``supervisor_pid`` its supervisor's
+    (None when it was not running); ``killed``: still running ``timeout`` s after the SIGTERM, the group was
+    SIGKILLed; ``last_exit`` is the service's exit as its supervisor recorded it ("exit 0", "killed by SIGKILL")."""
+
+    name: str
+    supervisor_pid: int | None
+    pid: int | None
+    killed: bool
+    last_exit: str | None
+    seconds: float
+
+    @property
+    def was_running(self) -> bool:
+        return self.supervisor_pid is not None
+
+
 def fingerprint(argv: list[str], env: dict[str, str]) -> str:
     """What a running service is compared against: its command and the environment the caller gives it (not the
     rest of the caller's environment, which the service inherits but the caller does not choose for it)."""
@@ -117,7 +135,8 @@ def ensure_service(name: str, argv: list[str], env: dict[str, str], supervised: 
     ``env`` is laid over the current environment; it and ``argv`` are the service's fingerprint. If ``name``
     already runs with the same fingerprint, nothing is started (so a repeated ``flows stack up`` is harmless); if
     it runs with another one it is stopped and started again. ``about`` (e.g. the service a replica belongs to,
-    its health port) is recorded with it and shown by `status`."""
+    its health port) is recorded with it and shown by `status`. A new record drops the mark of a service the
+    operator stopped (`stop_service(by=...)`)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise ValueError(f"bad service name {name!r}")
     sd = state_dir()
@@ -160,18 +179,31 @@ def ensure_service(name: str, argv: list[str], env: dict[str, str], supervised: 
         return Started(action, proc.pid, why)
 
 
-def stop_service(name: str) -> None:
-    """SIGTERM the service's process group (its supervisor first stops restarting it, then waits for it),
-    SIGKILL after 20 s; no error if it is not running."""
+def stop_service(name: str, by: str | None = None, timeout: float = 20.0) -> Stopped | None:
+    """SIGTERM the service's process group (its supervisor first stops restarting it, then waits for it), SIGKILL
+    after ``timeout`` s; no error if it is not running, None if no such service is recorded. ``by`` (who stopped
+    it, `flows stack stop`) is recorded with the time: `status` shows it stopped by the operator, not crashed,
+    until something starts it again."""
+    from deploy.supervisor import read_status
+
     sd = state_dir()
     with _locked(sd):
         state = _load_state(sd)
         rec = state["services"].get(name)
         if rec is None:
-            return
-        _terminate(rec, timeout=20.0, group=True)
+            return None
+        status_file = Path(rec["status_file"]) if rec.get("status_file") else None
+        supervisor = int(rec["pid"]) if _alive(rec) else None
+        child = (read_status(status_file).get("child_pid") if status_file else supervisor) if supervisor else None
+        began = time.monotonic()
+        killed = _terminate(rec, timeout=timeout, group=True)
+        seconds = time.monotonic() - began
         rec["pid"] = None
+        if by is not None:
+            rec["stopped_by"], rec["stopped_at"] = by, time.time()
         _save_state(sd, state)
+        last_exit = read_status(status_file).get("last_exit") if status_file and supervisor else None
+        return Stopped(name, supervisor, child, killed, last_exit, seconds)
 
 
 def remove_service(name: str) -> None:

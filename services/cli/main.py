@@ -1,6 +1,7 @@
 """`flows`: the operator's command line.
 
     flows stack up|down|status          local Kafka + PostgreSQL + every service
+    flows stack stop|start|restart NAME one service or replica of the local stack (loader, loader-2, ...)
     flows topics apply|list [--json]    the Kafka topics, provisioned from the topic registry
     flows sources generate|import       source data ("Fonti dati")
     flows load / instances / show / format / files / export / feedback / delete
@@ -143,6 +144,36 @@ def stack_status(as_json: Annotated[bool, typer.Option("--json")] = False) -> No
     from services.cli import stack
 
     stack.status(as_json)
+
+
+STACK_NAME = typer.Argument(help="a service or one replica, as `flows stack status` names it (loader, loader-2, ...)")
+
+
+@stack_app.command("stop")
+@user_errors
+def stack_stop(name: Annotated[str, STACK_NAME]) -> None:
+    """Stop one service (SIGTERM, SIGKILL after 15 s); it stays stopped until `flows stack start` or `up`."""
+    from services.cli import stack
+
+    stack.stop(name)
+
+
+@stack_app.command("start")
+@user_errors
+def stack_start(name: Annotated[str, STACK_NAME]) -> None:
+    """Start one stopped service again (its health port kept); one that runs is left alone."""
+    from services.cli import stack
+
+    stack.start(name)
+
+
+@stack_app.command("restart")
+@user_errors
+def stack_restart(name: Annotated[str, STACK_NAME]) -> None:
+    """Stop one service, start it again with the settings `up` would give it now; prints its new pid."""
+    from services.cli import stack
+
+    stack.restart(name)
 
 
 # ---------------------------------------------------------------- topics

@@ -1,9 +1,11 @@
-"""`flows stack up|status`: the local stack and the service processes on it.
+"""`flows stack up|status|stop|start|restart`: the local stack and the service processes on it.
 
 `up` compares each process with what it would start (`process_spec`: its command and the environment the stack
 gives it, not the caller's whole environment) and starts what does not run, restarts what runs with another
 command or environment (a setting or a port it is given changed) and leaves the rest running, saying which is
-which.
+which. `stop NAME` stops one process (a service or one replica, as `status` names them) and records that the
+operator stopped it: nothing starts it again but `start NAME`, `restart NAME` or a later `up` (which starts every
+process of the platform that does not run).
 
 Replicas (`flows stack up --replicas N`): each service of REPLICATED runs as N supervised processes,
 `loader`, `loader-2`, ... `loader-N`, each with its own log (logs/<name>.log), traces file, health port
@@ -23,11 +25,14 @@ import json
 import os
 import re
 import sys
+import time
 from typing import Any
+
+import typer
 
 from deploy import localstack
 from services.cli import topics
-from services.cli.common import console, print_whole, stack_environment, table
+from services.cli.common import UserError, console, operator_name, print_whole, stack_environment, table
 
 # Each runs as `python -m <module>`; the TS simulator stands in for Sistema TS locally.
 SERVICES: dict[str, list[str]] = {
@@ -189,7 +194,8 @@ def up(brokers: int = 1, with_services: bool = True, observability: bool = False
             elif done.action == "restarted":
                 console.print(f"[dim]stack[/] restarted {name} (supervisor pid {done.pid}): {done.why}", soft_wrap=True)
             else:
-                console.print(f"[dim]stack[/] started {name} (supervisor pid {done.pid})", soft_wrap=True)
+                again = " (it was stopped with `flows stack stop`)" if recorded.get("stopped_by") else ""
+                console.print(f"[dim]stack[/] started {name} (supervisor pid {done.pid}){again}", soft_wrap=True)
         if kept:
             console.print(f"[dim]stack[/] left running, unchanged: {', '.join(kept)}", soft_wrap=True)
         # "platform up" only once every service runs and stays up: a service that exits at start (a bad
@@ -241,7 +247,138 @@ def status(as_json: bool) -> None:
                       rows))
 
 
-def _service_state(s: dict[str, object]) -> str:
+def _service_state(s: dict[str, Any]) -> str:
     if s.get("running"):
         return "running"
-    return "restarting" if s.get("supervisor_pid") else "stopped"
+    if s.get("supervisor_pid"):
+        return "restarting"
+    if s.get("stopped_by"):
+        return f"stopped by {s['stopped_by']} at {_utc(s.get('stopped_at'))} UTC"
+    return "stopped"
+
+
+def _utc(epoch: object) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(epoch))) if isinstance(epoch, int | float) else "?"
+
+
+# ---------------------------------------------------------------- one process: stop, start, restart
+
+
+def _process(name: str) -> dict[str, Any]:
+    """Process `name` as `status` shows it, if `stop|start|restart` can act on it: a recorded process of one of
+    the platform's services (a replica by its own name, as `status` names it), or Prometheus. Anything else is a
+    usage error (exit 2) that lists the names it could be."""
+    services = localstack.status().get("services") or {}
+    known = sorted(n for n, s in services.items() if s.get("service") in SERVICES or n == "prometheus")
+    if name in known:
+        return dict(services[name])
+    if not known:
+        raise typer.BadParameter(f"{name!r}: this stack ({localstack.state_dir()}) runs no service; start them with "
+                                 "`flows stack up`", param_hint="NAME")
+    why = " is infrastructure: `flows stack down` and `flows stack up` stop and start it" \
+        if re.fullmatch(r"kafka-\d+|postgres", name) else " is not a service of this stack"
+    raise typer.BadParameter(f"{name!r}{why}. One of: {', '.join(known)}", param_hint="NAME")
+
+
+def stop(name: str) -> None:
+    """Stops process `name` and records that the operator did (`status`: "stopped by ..."): its supervisor goes
+    first, so nothing starts it again until `start`, `restart` or `up`."""
+    from deploy.supervisor import STOP_GRACE_S
+
+    s = _process(name)
+    if not s.get("supervisor_pid"):
+        console.print(f"{name} is not running ({_service_state(s)}): nothing to stop", soft_wrap=True)
+        return
+    console.print(f"[dim]stack[/] stopping {name} (pid {s.get('pid') or '-'}, supervisor pid {s['supervisor_pid']}): "
+                  f"SIGTERM, then SIGKILL if it still runs after {STOP_GRACE_S:.0f} s", soft_wrap=True)
+    done = localstack.stop_service(name, by=operator_name(), timeout=STOP_GRACE_S + 5)
+    assert done is not None
+    console.print(f"[green]{name} stopped[/] in {done.seconds:.1f} s ({_how_it_ended(done)}); it stays stopped until "
+                  f"`flows stack start {name}` (or `flows stack up`)", soft_wrap=True)
+    _prometheus_follows(name)
+
+
+def _how_it_ended(done: localstack.Stopped) -> str:
+    if done.killed:
+        return "it did not end on SIGTERM: killed with SIGKILL"
+    if done.last_exit == "killed by SIGKILL":
+        return "it did not end on SIGTERM: its supervisor killed it with SIGKILL"
+    return done.last_exit or "ended"
+
+
+def start(name: str) -> None:
+    """Starts process `name` again with what `up` would give it now (its recorded health port kept), once it
+    stays up; one that runs is left alone."""
+    s = _process(name)
+    if s.get("supervisor_pid"):
+        console.print(f"{name} is already running (pid {s.get('pid') or '- (being restarted)'}, supervisor pid "
+                      f"{s['supervisor_pid']}): nothing to do", soft_wrap=True)
+        return
+    _start(name, s)
+
+
+def restart(name: str) -> None:
+    """`stop` (without the operator's mark: it is started again at once), then `start`; says the new pid."""
+    from deploy.supervisor import STOP_GRACE_S
+
+    s = _process(name)
+    if s.get("supervisor_pid"):
+        old = s.get("pid") or "-"
+        console.print(f"[dim]stack[/] stopping {name} (pid {old}, supervisor pid {s['supervisor_pid']}): SIGTERM, "
+                      f"then SIGKILL if it still runs after {STOP_GRACE_S:.0f} s", soft_wrap=True)
+        done = localstack.stop_service(name, timeout=STOP_GRACE_S + 5)
+        assert done is not None
+        console.print(f"[dim]stack[/] {name} stopped in {done.seconds:.1f} s ({_how_it_ended(done)})", soft_wrap=True)
+    else:
+        console.print(f"[dim]stack[/] {name} was not running ({_service_state(s)})", soft_wrap=True)
+    _start(name, s)
+
+
+def _start(name: str, s: dict[str, Any]) -> None:
+    info = localstack.info()
+    if info is None:
+        raise UserError(f"cannot start {name}: the Kafka of this stack ({localstack.state_dir()}) is not running; "
+                        "start the stack with `flows stack up`")
+    if name == "prometheus":
+        from services.cli import observability as obs
+
+        services = localstack.status().get("services") or {}
+        _, url = obs.start_prometheus(info.state_dir, prometheus_targets(services), port=_prometheus_port())
+        now = localstack.status()["services"][name]
+        console.print(f"[green]prometheus running[/]: pid {now.get('pid')} (supervisor pid {now.get('supervisor_pid')})"
+                      f", at {url}", soft_wrap=True)
+        return
+    service, port = str(s["service"]), s.get("health_port")
+    argv, env = process_spec(info, service, name, int(port) if port else None)
+    localstack.ensure_service(name, argv, env, about={"service": service, "health_port": port})
+    localstack.wait_services_alive([name])
+    now = localstack.status()["services"][name]
+    health = f", health 127.0.0.1:{port}" if port else ""
+    console.print(f"[green]{name} running[/]: pid {now.get('pid')} (supervisor pid {now.get('supervisor_pid')}){health}"
+                  f", log {now.get('log')}", soft_wrap=True)
+    _prometheus_follows(name)
+
+
+def _prometheus_port() -> int | None:
+    """The port the recorded Prometheus listens on (its --web.listen-address), so that starting it again or
+    reloading it does not move it to whatever FLOWS_OBSERVABILITY_PORT_BASE the caller has."""
+    rec = localstack._load_state(localstack.state_dir())["services"].get("prometheus") or {}
+    for arg in rec.get("argv") or []:
+        if arg.startswith("--web.listen-address="):
+            return int(arg.rsplit(":", 1)[1])
+    return None
+
+
+def _prometheus_follows(name: str) -> None:
+    """When Prometheus runs, it scrapes what the stack keeps running (`prometheus_targets`): a process stopped by
+    the operator is no target (no TargetDown alert for it), one started again is."""
+    if name == "prometheus":
+        return
+    services = localstack.status().get("services") or {}
+    if not services.get("prometheus", {}).get("supervisor_pid"):
+        return
+    from services.cli import observability as obs
+
+    _, url = obs.start_prometheus(localstack.state_dir(), prometheus_targets(services), port=_prometheus_port())
+    console.print(f"[dim]stack[/] Prometheus at {url} reloaded: it scrapes {len(prometheus_targets(services))} "
+                  "processes", soft_wrap=True)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +125,12 @@ def test_status_prints_paths_whole_without_a_terminal(tmp_path: Path) -> None:
     recorded in a deep folder, nothing running (the records' pids are gone): every path whole, on its row."""
     state = tmp_path / "a-state-folder-deep-enough" / "that-its-paths-are-wider-than-any-default-terminal"
     logs = state / "logs"
+    stopped_at = time.time()
     services: dict[str, dict[str, Any]] = {
         name: {"pid": None, "argv": [], "log": str(logs / f"{name}.log"), "service": name.split("-")[0],
                "status_file": str(state / "supervisor" / f"{name}.json"), "health_port": 27500 + i}
         for i, name in enumerate(["loader", "loader-2", "onboarding-2"], start=1)}
+    services["loader-2"].update(stopped_by="ops.verdi", stopped_at=stopped_at)
     state.mkdir(parents=True)
     (state / "stack.json").write_text(json.dumps({
         "services": services, "kafka": {"nodes": {"1": {"pid": None, "port": 27092}}},
@@ -137,3 +141,8 @@ def test_status_prints_paths_whole_without_a_terminal(tmp_path: Path) -> None:
         row = next(line for line in out.splitlines() if f" {name} " in line)
         assert rec["log"] in row and f"127.0.0.1:{rec['health_port']}" in row, row
     assert "postgresql://postgres@127.0.0.1:27432/flows" in out
+    row = next(line for line in out.splitlines() if " loader-2 " in line)
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(stopped_at))
+    assert re.search(rf"stopped by ops\.verdi at {when} UTC", row), row
+    row = next(line for line in out.splitlines() if " loader " in line)
+    assert re.search(r"│ stopped +│", row), row  # stopped, not by the operator (e.g. by `down`)
