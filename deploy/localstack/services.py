@@ -94,10 +94,6 @@ class Stopped:
     last_exit: str | None
     seconds: float
 
-    @property
-    def was_running(self) -> bool:
-        return self.supervisor_pid is not None
-
 
 def fingerprint(argv: list[str], env: dict[str, str]) -> str:
     """What a running service is compared against: its command and the environment the caller gives it (not the
