@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,20 @@ def wait_services_alive(names: list[str], settle_s: float = 5.0, timeout: float 
             missing = sorted(set(names) - set(settled))
             raise StackError(f"services not running after {timeout:.0f} s: {', '.join(missing)}")
         time.sleep(0.2)
+
+
+def log_rotation() -> tuple[int, int]:
+    """(bytes, files) of a supervised service's log rotation: FLOWS_STACK_LOG_MAX_MB (default 50) and
+    FLOWS_STACK_LOG_KEEP (default 5) rotated files beside the live one (deploy/supervisor.py)."""
+    try:
+        max_mb, keep = (float(os.environ.get("FLOWS_STACK_LOG_MAX_MB", "50")),
+                        int(os.environ.get("FLOWS_STACK_LOG_KEEP", "5")))
+    except ValueError as exc:
+        raise StackError(f"FLOWS_STACK_LOG_MAX_MB must be a number and FLOWS_STACK_LOG_KEEP a whole number: {exc}") \
+            from None
+    if max_mb <= 0 or keep < 1:
+        raise StackError("FLOWS_STACK_LOG_MAX_MB must be above 0 and FLOWS_STACK_LOG_KEEP at least 1")
+    return int(max_mb * 2**20), keep
 
 
 @dataclass(frozen=True)
@@ -153,9 +168,13 @@ def ensure_service(name: str, argv: list[str], env: dict[str, str], supervised: 
         command = argv
         if supervised:
             status_file.unlink(missing_ok=True)
-            command = [sys.executable, "-m", "deploy.supervisor", "--status", str(status_file), "--", *argv]
-        with open(log, "ab") as fh:
-            fh.write(f"\n=== starting {name} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {argv} ===\n".encode())
+            max_bytes, keep = log_rotation()
+            command = [sys.executable, "-m", "deploy.supervisor", "--status", str(status_file), "--log", str(log),
+                       "--log-max-bytes", str(max_bytes), "--log-keep", str(keep), "--", *argv]
+        with open(log, "ab") as fh:  # appending: the supervisor rotates it by copy and truncation
+            stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+            fh.write((json.dumps({"event": "stack.service_starting", "service": name, "argv": argv, "logger": "stack",
+                                  "level": "info", "timestamp": stamp}) + "\n").encode())
             fh.flush()
             proc = subprocess.Popen(
                 command, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from deploy.supervisor import rotate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,3 +88,39 @@ def test_a_supervised_service_log_is_rotated_while_it_writes_and_every_line_stay
     assert all(r["logger"] == "supervisor" and "timestamp" in r for r in said), said
     exited = next(r for r in said if r["event"] == "supervisor.service_exited")
     assert exited["exit"] == "killed by SIGKILL" and exited["level"] == "warning", exited
+
+
+def test_the_stack_starts_a_service_under_a_supervisor_that_rotates_its_log(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`flows stack up`'s way (localstack.start_service): the limit and the files kept come from
+    FLOWS_STACK_LOG_MAX_MB / FLOWS_STACK_LOG_KEEP, and the stack's own line opening the log is JSON too."""
+    from deploy import localstack
+
+    monkeypatch.setenv("FLOWS_STACK_DIR", str(tmp_path))
+    monkeypatch.setenv("FLOWS_STACK_LOG_MAX_MB", "0.02")  # ~20 KB
+    monkeypatch.setenv("FLOWS_STACK_LOG_KEEP", "1")
+    localstack.start_service("chatty", [sys.executable, "-c", CHATTY], {})
+    logs = tmp_path / "logs"
+    try:
+        deadline = time.monotonic() + 60
+        while not (logs / "chatty.log.1").exists():
+            assert time.monotonic() < deadline, (logs / "chatty.log").read_text()[-2000:]
+            time.sleep(0.2)
+    finally:
+        localstack.stop_service("chatty")
+    first = json.loads((logs / "chatty.log.1").read_text().splitlines()[0])
+    assert first["event"] == "stack.service_starting" and first["service"] == "chatty", first
+    assert sorted(p.name for p in logs.iterdir()) == ["chatty.log", "chatty.log.1"]
+
+
+@pytest.mark.parametrize("limits", [{"FLOWS_STACK_LOG_MAX_MB": "a lot"}, {"FLOWS_STACK_LOG_KEEP": "0"},
+                                    {"FLOWS_STACK_LOG_MAX_MB": "0"}])
+def test_a_wrong_log_limit_is_refused_naming_the_setting(limits: dict[str, str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from deploy.localstack.services import log_rotation
+    from deploy.localstack.state import StackError
+
+    for name, value in limits.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(StackError, match="FLOWS_STACK_LOG_MAX_MB"):
+        log_rotation()
