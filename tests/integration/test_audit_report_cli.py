@@ -16,11 +16,7 @@ from typer.testing import CliRunner
 
 from contracts import flows
 from services.cli.main import app
-from services.runtime.db import create_pool
-from services.runtime.eventstore import EventStore
-from services.runtime.host import prepare_database
-from services.runtime.instances import new_event
-from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
+from tests.seeding import seed_instance
 
 pytestmark = pytest.mark.integration
 INSTANCE = 1961
@@ -33,14 +29,7 @@ async def _a_checked_instance(url: str) -> None:
                           period=flows.Period.model_validate({"start": "2026-10-01", "end": "2026-10-31"}),
                           requested_by="op.rossi"),
         flows.LoadChecked(instance=INSTANCE, source_instance=INSTANCE + 1, counts={"services": 4})]
-    pool = await create_pool(url, min_size=1, max_size=2)
-    try:
-        await prepare_database(pool, FLOW_PROJECTIONS)
-        await EventStore(pool, source="/test", projections=FLOW_PROJECTIONS).append(
-            instance_stream(INSTANCE), [new_event(p, "loader") for p in history], expected_version=0,
-            key=str(INSTANCE), publish=False)
-    finally:
-        await pool.close()
+    await seed_instance(url, INSTANCE, history)
 
 
 def flows_cli(*args: str, code: int = 0) -> str:

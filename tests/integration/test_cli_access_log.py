@@ -20,15 +20,11 @@ from aiokafka import AIOKafkaProducer
 from contracts import flows
 from contracts.envelope import Envelope
 from services.console.access import ACCESS_EVENT
-from services.runtime.db import create_pool
-from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
-from services.runtime.host import prepare_database
-from services.runtime.instances import new_event
-from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
 from tests.console_support import RunningConsole, running_console
 from tests.kafka_topics import create_topics
 from tests.pg_outage import postgres_down
+from tests.seeding import seed_instance
 from tests.stack_urls import KAFKA
 
 pytestmark = pytest.mark.integration
@@ -60,14 +56,7 @@ async def _formatted_instance(url: str, files_dir: Path) -> None:
                           feedback=ref(f"feedback_{INSTANCE}.csv", "feedback", FEEDBACK)),
         flows.FormattingStarted(instance=INSTANCE),
         flows.Formatted(instance=INSTANCE, files=[ref(f"C1_150201_202610_{INSTANCE}.txt", "C1", C1)])]
-    pool = await create_pool(url, min_size=1, max_size=2)
-    try:
-        await prepare_database(pool, FLOW_PROJECTIONS)
-        await EventStore(pool, source="/test", projections=FLOW_PROJECTIONS).append(
-            instance_stream(INSTANCE), [new_event(p, "loader") for p in history], expected_version=0,
-            key=str(INSTANCE), publish=False)
-    finally:
-        await pool.close()
+    await seed_instance(url, INSTANCE, history)
 
 
 def _env(url: str, files_dir: Path) -> dict[str, str]:

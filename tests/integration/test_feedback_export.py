@@ -16,12 +16,8 @@ from typer.testing import CliRunner
 
 from contracts import flows
 from services.cli.main import app
-from services.runtime.db import create_pool
-from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
-from services.runtime.host import prepare_database
-from services.runtime.instances import new_event
-from services.runtime.read_models import FLOW_PROJECTIONS, instance_stream
+from tests.seeding import seed_instance
 
 pytestmark = pytest.mark.integration
 
@@ -65,14 +61,7 @@ async def _a_730_with_esiti(url: str, files_dir: Path, esiti: dict[str, bytes]) 
         history += [flows.FormattingStarted(instance=n), flows.Formatted(instance=n, files=[])]
         history += [flows.TsFeedbackReceived(instance=n, part=k, parts=len(parts), outcome="confirmed_with_errors",
                                              errors_file=f) for k, f in enumerate(parts, start=1)]
-    pool = await create_pool(url, min_size=1, max_size=2)
-    try:
-        await prepare_database(pool, FLOW_PROJECTIONS)
-        store = EventStore(pool, source="/test", projections=FLOW_PROJECTIONS)
-        await store.append(instance_stream(n), [new_event(p, "loader") for p in history], expected_version=0,
-                           key=str(n), publish=False)
-    finally:
-        await pool.close()
+    await seed_instance(url, n, history)
     return n
 
 
