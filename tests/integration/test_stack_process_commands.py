@@ -111,8 +111,8 @@ def _answers(port: int) -> bool:
     return True
 
 
-def test_up_again_restarts_nothing_and_a_scale_up_keeps_the_first_replicas(private_stack: Path,
-                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_again_restarts_nothing_a_scale_up_keeps_the_first_replicas_and_one_is_stopped_by_name(
+        private_stack: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _observability_base(monkeypatch)
     out = _ok("stack", "up")
     assert {line.split()[2] for line in out.splitlines() if line.startswith("stack started ")} == set(FIRST), out
@@ -137,7 +137,10 @@ def test_up_again_restarts_nothing_and_a_scale_up_keeps_the_first_replicas(priva
     assert _left_running(repeated) == set(FIRST + SECOND), repeated
     assert _pids(FIRST + SECOND) == both
 
+    _one_replica_stopped_started_and_restarted_by_name()
+
     # a setting every service receives (its default value: nothing else changes) is a change that concerns them
+    both = _pids(FIRST + SECOND)
     changed = _ok("stack", "up", "--replicas", "2", env={"FLOWS_LOG_LEVEL": "INFO"})
     restarted = {line.split()[2]: line for line in changed.splitlines() if line.startswith("stack restarted ")}
     assert set(restarted) == set(FIRST + SECOND), changed
@@ -147,10 +150,8 @@ def test_up_again_restarts_nothing_and_a_scale_up_keeps_the_first_replicas(priva
     assert not [pid for pair in both.values() for pid in pair if not _gone(pid)]
 
 
-def test_one_replica_stopped_started_and_restarted_by_name(private_stack: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    _observability_base(monkeypatch)
-    _ok("stack", "up", "--replicas", "2")
+def _one_replica_stopped_started_and_restarted_by_name() -> None:
+    """On the stack `up --replicas 2` left (one stack for both tests: each took one to two minutes to start)."""
     before = _pids(FIRST + SECOND)
     services = _services()
     port = int(services["loader-2"]["health_port"])

@@ -549,7 +549,8 @@ async def test_the_request_is_recorded_without_its_box_which_survives_a_restart_
 
     (recorded,) = [d for t, d in await _history(gateway, 4101) if t == "flows.ts-submission-requested"]
     assert recorded == {"schema_version": 1, "instance": 4101, "transmission_date": "2026-02-11",
-                        "requested_by": "it.operator", "sealed_to_key": current}
+                        "requested_by": "it.operator", "sealed_to_key": current,
+                        "seen_version": None}  # a producer that did not say which version it read
     request_id = (await gateway.deps.store.read_stream(instance_stream(4101)))[-1].id
     assert await _boxes(gateway) == {4101: (request_id, current, sealed)}
     assert await _sends(gateway.url) == 0
