@@ -283,19 +283,25 @@ def _process(name: str) -> dict[str, Any]:
 def stop(name: str) -> None:
     """Stops process `name` and records that the operator did (`status`: "stopped by ..."): its supervisor goes
     first, so nothing starts it again until `start`, `restart` or `up`."""
-    from deploy.supervisor import STOP_GRACE_S
-
     s = _process(name)
     if not s.get("supervisor_pid"):
         console.print(f"{name} is not running ({_service_state(s)}): nothing to stop", soft_wrap=True)
         return
-    console.print(f"[dim]stack[/] stopping {name} (pid {s.get('pid') or '-'}, supervisor pid {s['supervisor_pid']}): "
-                  f"SIGTERM, then SIGKILL if it still runs after {STOP_GRACE_S:.0f} s", soft_wrap=True)
-    done = localstack.stop_service(name, by=operator_name(), timeout=STOP_GRACE_S + 5)
-    assert done is not None
+    done = _stop(name, s, by=operator_name())
     console.print(f"[green]{name} stopped[/] in {done.seconds:.1f} s ({_how_it_ended(done)}); it stays stopped until "
                   f"`flows stack start {name}` (or `flows stack up`)", soft_wrap=True)
     _prometheus_follows(name)
+
+
+def _stop(name: str, s: dict[str, Any], by: str | None) -> localstack.Stopped:
+    """Stops running process `name` (`s`: as `status` shows it), saying how first; `by`: the operator's mark."""
+    from deploy.supervisor import STOP_GRACE_S
+
+    console.print(f"[dim]stack[/] stopping {name} (pid {s.get('pid') or '-'}, supervisor pid {s['supervisor_pid']}): "
+                  f"SIGTERM, then SIGKILL if it still runs after {STOP_GRACE_S:.0f} s", soft_wrap=True)
+    done = localstack.stop_service(name, by=by, timeout=STOP_GRACE_S + 5)
+    assert done is not None
+    return done
 
 
 def _how_it_ended(done: localstack.Stopped) -> str:
@@ -319,15 +325,9 @@ def start(name: str) -> None:
 
 def restart(name: str) -> None:
     """`stop` (without the operator's mark: it is started again at once), then `start`; says the new pid."""
-    from deploy.supervisor import STOP_GRACE_S
-
     s = _process(name)
     if s.get("supervisor_pid"):
-        old = s.get("pid") or "-"
-        console.print(f"[dim]stack[/] stopping {name} (pid {old}, supervisor pid {s['supervisor_pid']}): SIGTERM, "
-                      f"then SIGKILL if it still runs after {STOP_GRACE_S:.0f} s", soft_wrap=True)
-        done = localstack.stop_service(name, timeout=STOP_GRACE_S + 5)
-        assert done is not None
+        done = _stop(name, s, by=None)
         console.print(f"[dim]stack[/] {name} stopped in {done.seconds:.1f} s ({_how_it_ended(done)})", soft_wrap=True)
     else:
         console.print(f"[dim]stack[/] {name} was not running ({_service_state(s)})", soft_wrap=True)

@@ -32,16 +32,13 @@ from contracts.deadlines import italian_today
 from contracts.topics import DLQ_SUFFIX
 from services.runtime.kafkaread import existing_topics, observer, offset_ranges
 from services.runtime.ops import consumer_lag
+from services.runtime.outbox import PENDING_WHERE
 
 # The age of the oldest row the relay still sends in its turn: the rows of services.runtime.outbox's _PENDING_ROWS,
 # unpublished, not parked, not behind a parked row of their stream (key). A parked row and the rows waiting behind it
 # are OutboxRowParked's story, not the relay's falling behind.
-_OLDEST_PENDING_AGE = """
-SELECT coalesce(extract(epoch FROM now() - min(o.created_at)), 0) FROM outbox o
-WHERE o.published_at IS NULL AND o.parked_at IS NULL
-  AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.key = o.key AND p.parked_at IS NOT NULL
-                  AND p.published_at IS NULL AND p.id < o.id)
-"""
+_OLDEST_PENDING_AGE = ("SELECT coalesce(extract(epoch FROM now() - min(o.created_at)), 0) FROM outbox o WHERE "
+                       + PENDING_WHERE)
 
 
 class OpsMetrics:

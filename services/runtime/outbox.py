@@ -70,11 +70,14 @@ from services.runtime.locks import RELAY_LOCK_KEY
 
 # Unpublished rows in id order, except parked ones and the rows of a stream (key) behind a parked one; {also}: more
 # rows to leave out.
+# The rows the relay sends in their turn (alias o): unpublished, not parked, not behind a parked row of their stream
+# (key). The ops figures' pending age (services.runtime.opsmetrics) reads the same set.
+PENDING_WHERE = """o.published_at IS NULL AND o.parked_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.key = o.key AND p.parked_at IS NOT NULL
+                  AND p.published_at IS NULL AND p.id < o.id)"""
 _PENDING_ROWS = """
 SELECT id, event_id, topic, key, headers, payload FROM outbox o
-WHERE published_at IS NULL AND parked_at IS NULL{also}
-  AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.key = o.key AND p.parked_at IS NOT NULL
-                  AND p.published_at IS NULL AND p.id < o.id)
+WHERE """ + PENDING_WHERE + """{also}
 ORDER BY id LIMIT $1
 """
 _PENDING = _PENDING_ROWS.format(also="")
