@@ -7,7 +7,8 @@ CLI, the pytest fixtures and the benchmarks can all call :func:`up` and get the 
 
 Layout of the state folder (default ``<repo>/.stack``, override with ``FLOWS_STACK_DIR``)::
 
-    stack.json                 pids (+ process start times, to survive pid reuse), ports, mode, urls
+    stack.json                 pids (+ process start times, to survive pid reuse), ports, mode, urls, fingerprints
+    fingerprint.key            the key of the services' fingerprints (HMAC-SHA256; 0600)
     .lock                      flock held while the stack is being changed
     kafka/libs/                jars resolved by Maven, plus pom.sha256 (re-resolved only if the pom changes)
     kafka/log4j.properties

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -110,10 +112,47 @@ class Stopped:
     seconds: float
 
 
-def fingerprint(argv: list[str], env: dict[str, str]) -> str:
+FINGERPRINT_KEY = "fingerprint.key"
+
+
+def fingerprint(argv: list[str], env: dict[str, str], key: bytes) -> str:
     """What a running service is compared against: its command and the environment the caller gives it (not the
-    rest of the caller's environment, which the service inherits but the caller does not choose for it)."""
-    return hashlib.sha256(json.dumps([argv, sorted(env.items())]).encode()).hexdigest()
+    rest of the caller's environment, which the service inherits but the caller does not choose for it).
+
+    Keyed (HMAC-SHA256 with the stack's own key, `fingerprint_key`): the environment holds secrets (the TS
+    simulator's password, a database URL's), and a plain hash of it in stack.json would let whoever reads that
+    file test a guessed password offline. Without the key, the fingerprint says nothing of the values."""
+    return "hmac-sha256:" + hmac.new(key, _fingerprinted(argv, env), hashlib.sha256).hexdigest()
+
+
+def _fingerprinted(argv: list[str], env: dict[str, str]) -> bytes:
+    return json.dumps([argv, sorted(env.items())]).encode()
+
+
+def _unkeyed_fingerprint(argv: list[str], env: dict[str, str]) -> str:
+    """The fingerprint a stack recorded before it had a key: recognised once, then recorded keyed (ensure_service)."""
+    return hashlib.sha256(_fingerprinted(argv, env)).hexdigest()
+
+
+def fingerprint_key(sd: Path) -> bytes:
+    """The stack's fingerprint key: 32 random bytes in `<state dir>/fingerprint.key`, readable by its owner only,
+    made at the first need (under the stack's lock). `flows stack down` leaves it: the records it keys stay."""
+    path = sd / FINGERPRINT_KEY
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = b""
+    if len(key) == 32:
+        return key
+    key = secrets.token_bytes(32)
+    sd.mkdir(parents=True, exist_ok=True)
+    tmp = sd / f"{FINGERPRINT_KEY}.tmp"
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    os.replace(tmp, path)
+    return key
 
 
 def _why_restarted(rec: dict[str, Any], argv: list[str], env: dict[str, str]) -> str:
@@ -154,10 +193,14 @@ def ensure_service(name: str, argv: list[str], env: dict[str, str], supervised: 
     with _locked(sd):
         state = _load_state(sd)
         rec = state["services"].get(name)
-        print_ = fingerprint(argv, env)
+        print_ = fingerprint(argv, env, fingerprint_key(sd))
         action, why = "started", ""
         if rec and _alive(rec):
             if rec.get("fingerprint") == print_:
+                return Started("running", int(rec["pid"]))
+            if rec.get("fingerprint") == _unkeyed_fingerprint(argv, env):  # recorded before the key: the same run
+                rec["fingerprint"] = print_
+                _save_state(sd, state)
                 return Started("running", int(rec["pid"]))
             action, why = "restarted", _why_restarted(rec, argv, env)
             stop_service(name)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from deploy import localstack
-from deploy.localstack.services import _why_restarted, fingerprint
+from deploy.localstack.services import _unkeyed_fingerprint, _why_restarted, fingerprint, fingerprint_key
 from services.cli import stack
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,8 +28,11 @@ def _info(state: Path, ts_port: int = 27108) -> localstack.StackInfo:
                                 external_database=False, ts_port=ts_port)
 
 
+KEY = bytes(range(32))
+
+
 def _print(info: localstack.StackInfo, service: str = "loader", name: str = "loader", port: int | None = None) -> str:
-    return fingerprint(*stack.process_spec(info, service, name, port))
+    return fingerprint(*stack.process_spec(info, service, name, port), KEY)
 
 
 @pytest.fixture
@@ -84,6 +87,48 @@ def test_a_port_or_address_the_stack_gives_changes_the_fingerprint(caller: pytes
     simulator = _print(info, "ts-simulator", "ts-simulator")
     assert _print(_info(tmp_path, ts_port=27109), "ts-simulator", "ts-simulator") != simulator  # its --port
     assert _print(_info(tmp_path, ts_port=27109)) != _print(info)  # the gateway's FLOWS_TS_ENDPOINT, in every env
+
+
+def test_the_fingerprint_is_keyed_by_the_stack_s_own_key(caller: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """stack.json keeps each service's fingerprint, and the environment it covers holds secrets (the TS simulator's
+    password): a plain SHA-256 of it let whoever reads stack.json test a guessed password offline. The fingerprint is
+    an HMAC with the stack's key, a file of its owner's only, made once and kept."""
+    caller.setenv("TS_SIM_PASSWORD", "Segreta123")
+    argv, env = stack.process_spec(_info(tmp_path), "ts-simulator", "ts-simulator", None)
+    key = fingerprint_key(tmp_path)
+    assert len(key) == 32 and fingerprint_key(tmp_path) == key  # made once, then read
+    assert (tmp_path / "fingerprint.key").stat().st_mode & 0o777 == 0o600
+    assert fingerprint_key(tmp_path / "other") != key  # each stack its own
+    keyed = fingerprint(argv, env, key)
+    assert keyed == fingerprint(argv, env, key) != fingerprint(argv, env, fingerprint_key(tmp_path / "other"))
+    # a guess of the password checked as a plain hash allowed, with what stack.json shows: no match without the key
+    assert _unkeyed_fingerprint(argv, env) not in keyed
+
+
+def test_a_service_recorded_with_the_unkeyed_fingerprint_keeps_running_and_is_recorded_keyed(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A stack started before the key: its next `up` finds each service with the same command and settings under
+    the old, unkeyed fingerprint. It is the same run (not restarted), and its record is rewritten keyed, so the plain
+    hash leaves stack.json."""
+    from deploy.localstack.services import ensure_service, stop_service
+
+    monkeypatch.setenv("FLOWS_STACK_DIR", str(tmp_path))
+    argv, env = [sys.executable, "-c", "import time; time.sleep(60)"], {"TS_SIM_PASSWORD": "Segreta123"}
+    first = ensure_service("sleeper", argv, env, supervised=False)
+    try:
+        state = json.loads((tmp_path / "stack.json").read_text())
+        state["services"]["sleeper"]["fingerprint"] = _unkeyed_fingerprint(argv, env)  # as recorded before
+        (tmp_path / "stack.json").write_text(json.dumps(state))
+        again = ensure_service("sleeper", argv, env, supervised=False)
+        assert (again.action, again.pid) == ("running", first.pid)
+        text = (tmp_path / "stack.json").read_text()
+        assert _unkeyed_fingerprint(argv, env) not in text
+        recorded = json.loads(text)["services"]["sleeper"]["fingerprint"]
+        assert recorded == fingerprint(argv, env, fingerprint_key(tmp_path))
+        changed = ensure_service("sleeper", argv, {**env, "TS_SIM_PASSWORD": "Altra456"}, supervised=False)
+        assert changed.action == "restarted" and changed.pid != first.pid
+    finally:
+        stop_service("sleeper", timeout=5)
 
 
 def test_a_restart_says_what_changed_without_the_values() -> None:
