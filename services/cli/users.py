@@ -184,8 +184,12 @@ def users_api_key_revoke(key_id: Annotated[str, typer.Argument(help="the key's i
         key_id = auth.api_key_id(key_id)
     except auth.UserInputError as exc:
         raise UserError(str(exc)) from exc
-    _with_users(lambda pool: auth.revoke_api_key(pool, key_id, by=_by()))
-    console.print(f"API key {key_id} revoked: the API refuses it from now on")
+    revocation = _with_users(lambda pool: auth.revoke_api_key(pool, key_id, by=_by()))
+    if revocation.done:
+        console.print(f"API key {key_id} revoked: the API refuses it from now on")
+    else:  # a no-op, as disabling a disabled user: said, exit 0, nothing recorded
+        since = f" since {italian_time(revocation.revoked_at, '%Y-%m-%d %H:%M')}" if revocation.revoked_at else ""
+        console.print(f"API key {key_id} is already revoked{since}: nothing changed, nothing recorded")
 
 
 @user_errors

@@ -354,15 +354,20 @@ async def api_key_add(ctx: Ctx) -> Response:
 @route(pages, "POST", "/utenti/chiavi/revoca", MANAGE_USERS, "action")
 async def api_key_revoke(ctx: Ctx) -> Response:
     """Revokes the key whose id the form carries (auth.revoke_api_key, as `flows users api-key-revoke`; recorded as
-    done by the administrator): the API answers 401 to it from the next request on. An unknown id, one already
-    revoked (another administrator, a stale page) or a whole key given is refused, said above the keys' table (a
-    whole key or a long value is never repeated: it may be a secret)."""
+    done by the administrator): the API answers 401 to it from the next request on. An unknown id or a whole key
+    given is refused, said above the keys' table (a whole key or a long value is never repeated: it may be a
+    secret). A key already revoked (another administrator, a stale page) is what was asked: said as information,
+    nothing recorded."""
     given = str((await ctx.request.form()).get("key") or "").strip()
     try:
         key_id = auth.api_key_id(given)
-        await auth.revoke_api_key(console_of(ctx.request).pool, key_id, by=ctx.principal.name)
+        revocation = await auth.revoke_api_key(console_of(ctx.request).pool, key_id, by=ctx.principal.name)
     except auth.UserInputError as exc:
         return await _users_page(ctx, 422, revoke_error=exc.italian)
+    if not revocation.done:
+        since = f" dal {revocation.revoked_at.astimezone(ROME):%d/%m/%Y %H:%M}" if revocation.revoked_at else ""
+        return await _users_page(ctx, message=f"La chiave API {key_id} era già revocata{since}: nulla è cambiato.",
+                                 level="info")
     return await _users_page(ctx, message=f"Chiave API {key_id} revocata: l'API la rifiuta da ora.")
 
 

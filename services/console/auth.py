@@ -18,7 +18,6 @@ import asyncpg
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from contracts.deadlines import ITALY
 from services.loader.catalogue import known_enti
 from services.runtime.eventstore import ConcurrencyError, EventStore, NewEvent
 
@@ -408,23 +407,32 @@ def api_key_id(given: str) -> str:
     return key_id
 
 
-async def revoke_api_key(pool: asyncpg.Pool, key_id: str, *, by: str) -> None:
-    """Revokes the key (refused from the next request on, 401 as an unknown key); recorded as done `by`. Unknown
-    or already revoked: UserInputError naming it (a second revocation records nothing)."""
+@dataclass(frozen=True)
+class Revocation:
+    """What `revoke_api_key` did: `done` (revoked now, recorded) or not (it already was: nothing changed, nothing
+    recorded); `revoked_at`: when the key was revoked (None for a key revoked before the time was kept)."""
+
+    done: bool
+    revoked_at: datetime | None
+
+
+async def revoke_api_key(pool: asyncpg.Pool, key_id: str, *, by: str) -> Revocation:
+    """Revokes the key (refused from the next request on, 401 as an unknown key); recorded as done `by`. Already
+    revoked (another administrator, a stale page, a command run twice): a no-op, as disabling a disabled user is,
+    said by the Revocation (a second record would tell the auditor of a change that was none). Unknown:
+    UserInputError naming it."""
     key_id = api_key_id(key_id)
     async with pool.acquire() as conn, conn.transaction():
-        done = await conn.execute("UPDATE console_api_key SET revoked = true, revoked_at = now() "
-                                  "WHERE key_id = $1 AND NOT revoked", key_id)
-        if done == "UPDATE 0":
+        revoked_at = await conn.fetchval("UPDATE console_api_key SET revoked = true, revoked_at = now() "
+                                         "WHERE key_id = $1 AND NOT revoked RETURNING revoked_at", key_id)
+        if revoked_at is None:
             row = await conn.fetchrow("SELECT revoked_at FROM console_api_key WHERE key_id = $1", key_id)
             if row is None:
                 raise UserInputError(f"there is no API key {key_id!r}; `flows users api-keys` lists them", "key",
                                      f"Non esiste la chiave API {key_id!r}.")
-            since = f" since {row['revoked_at']:%Y-%m-%d %H:%M:%S %Z}" if row["revoked_at"] else ""
-            dal = f" dal {row['revoked_at'].astimezone(ITALY):%d/%m/%Y %H:%M}" if row["revoked_at"] else ""
-            raise UserInputError(f"API key {key_id} is already revoked{since}; nothing changed", "key",
-                                 f"La chiave API {key_id} è già revocata{dal}: nulla è cambiato.")
+            return Revocation(False, row["revoked_at"])
         await _recorded(pool, conn, API_KEY_REVOKED, {"key": key_id}, by)
+        return Revocation(True, revoked_at)
 
 
 async def list_api_keys(pool: asyncpg.Pool) -> list[asyncpg.Record]:
