@@ -154,9 +154,11 @@ async def add_user(pool: asyncpg.Pool, name: str, role: str, enti: list[str], st
 async def set_demo_user(pool: asyncpg.Pool, name: str, ente: str, password: str) -> None:
     """The demo's operator (`flows demo`): created, or given this new password (recorded as done by `demo`). A new
     password closes the user's open sessions, as `set_password` does: a session opened with the password of an
-    earlier demo run (printed on a terminal, maybe shared) ends with it."""
+    earlier demo run (printed on a terminal, maybe shared) ends with it. A demo user that was disabled is enabled
+    again, and that is recorded too (by `demo`), as `enable_user` records it: the record shows every change."""
     check_user(name, "operator", [ente], None, password)
     async with pool.acquire() as conn, conn.transaction():
+        was_disabled = await conn.fetchval("SELECT disabled FROM console_user WHERE name = $1 FOR UPDATE", name)
         added = await conn.fetchval(
             "INSERT INTO console_user (name, role, enti, password_hash) VALUES ($1, 'operator', $2, $3) "
             "ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash, disabled = false "
@@ -167,6 +169,8 @@ async def set_demo_user(pool: asyncpg.Pool, name: str, ente: str, password: str)
         else:
             await _close_sessions(conn, name)
             await _recorded(pool, conn, USER_PASSWORD_SET, {"user": name}, "demo")
+            if was_disabled:
+                await _recorded(pool, conn, USER_ENABLED, {"user": name}, "demo")
 
 
 async def _close_sessions(conn: asyncpg.Connection, name: str) -> None:

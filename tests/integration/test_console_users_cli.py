@@ -148,7 +148,10 @@ def test_the_access_log_filters_by_user_and_instance(cli_env) -> None:  # type: 
 
 
 def test_the_demo_user_is_recorded_added_then_given_its_new_password(cli_env) -> None:  # type: ignore[no-untyped-def]
-    async def twice() -> None:
+    """`flows demo` run again gives its user a new password, recorded. A demo user an administrator had disabled is
+    active again after it, and the record says that too (it said only the password: the auditor saw a disabled user
+    log in)."""
+    async def thrice() -> None:
         pool = await create_pool(cli_env, min_size=1, max_size=2)
         try:
             await migrate(pool)
@@ -156,13 +159,19 @@ def test_the_demo_user_is_recorded_added_then_given_its_new_password(cli_env) ->
             await auth.set_demo_user(pool, "demo.201", "201", "seconda password demo")
             assert await auth.authenticate(pool, "demo.201", "seconda password demo", "test", max_failures=5,
                                            window_s=60) == "demo.201"
+            assert await auth.disable_user(pool, "demo.201", by="adm.1")
+            await auth.set_demo_user(pool, "demo.201", "201", "terza password demo")
+            assert await auth.authenticate(pool, "demo.201", "terza password demo", "test", max_failures=5,
+                                           window_s=60) == "demo.201"
         finally:
             await pool.close()
 
-    asyncio.run(twice())
+    asyncio.run(thrice())
     history = flows("users", "history")
     changes = [[cell.strip() for cell in line.split("│")[1:-1]] for line in history.splitlines() if "demo.201" in line]
-    assert [(c[1], c[3]) for c in changes] == [("user-password-set", "demo"), ("user-added", "demo")], history
+    assert [(c[1], c[3]) for c in changes] == [
+        ("user-enabled", "demo"), ("user-password-set", "demo"), ("user-disabled", "adm.1"),
+        ("user-password-set", "demo"), ("user-added", "demo")], history
 
 
 async def test_flows_demo_run_again_closes_the_demo_users_sessions_of_the_old_password(fresh_db, tmp_path,  # type: ignore[no-untyped-def]
