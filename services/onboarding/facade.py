@@ -8,6 +8,7 @@ to change: a client names the use cases, the request's state and the refusals be
   file store, switch calendar); `prepare(pool)` migrates the database and the dashboard first.
 - use cases: `open_request`, `add_document`, `desk_verdict`, `request_switch`, `require`, `dashboard`;
 - a request's facts: `required_slots`, `declared_credentials` (the option its formal request declares);
+- a declared fact judged by its rule: `broken_rule` (the console's form of facts);
 - refusals: `OnboardingError` (the request's state refuses; `RequestNotFound` is one), `RequirementsError`
   (the versioned requirements data is missing or invalid).
 """
@@ -38,7 +39,13 @@ from services.onboarding.handlers import (
     stream_of,
 )
 from services.onboarding.projection import DashboardProjection, dashboard
-from services.onboarding.requirements import DocumentType, Requirements, RequirementsError, load_requirements
+from services.onboarding.requirements import (
+    DocumentType,
+    Requirements,
+    RequirementsError,
+    broken_rule,
+    load_requirements,
+)
 from services.onboarding.switch import SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
 from services.runtime.eventstore import EventStore
 from services.runtime.filestore import FileStore
@@ -60,6 +67,7 @@ __all__ = [
     "SwitchSlot",
     "SwitchWindow",
     "add_document",
+    "broken_rule",
     "connect",
     "dashboard",
     "declared_credentials",

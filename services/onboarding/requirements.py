@@ -265,12 +265,20 @@ _RULES = {
 }
 
 
+def broken_rule(rule: str, value: str | None) -> str | None:
+    """What is wrong with a declared `value` under `rule` (`date`, `one-of:a|b` ...), in the words of the finding
+    after "il dato dichiarato <key>", or None when it is good. The one judge of a declared fact: `check_metadata`
+    asks it, and so does the console's form of facts, which refuses a value of the wrong shape before anything is
+    recorded (its message is then the finding's own)."""
+    name, _, arg = rule.partition(":")
+    return _RULES[name](value, arg)
+
+
 def check_metadata(doc_type: DocumentType, metadata: Mapping[str, str]) -> list[Finding]:
     """Every declared fact the document type needs, judged by its rule; one finding per broken rule."""
     findings = []
     for key, rule in doc_type.meta.items():
-        name, _, arg = rule.partition(":")
-        broken = _RULES[name](metadata.get(key), arg)
+        broken = broken_rule(rule, metadata.get(key))
         if broken:
             findings.append(Finding(f"il dato dichiarato {key} {broken}", column=key))
     return findings
