@@ -195,6 +195,20 @@ ONBOARDING_STATUS_LABELS = {
     "compliant": "conforme", "complete": "completa", "taken-in-charge": "presa in carico",
     "switch-scheduled": "switch pianificato", "switch-refused": "switch rifiutato",
 }
+# The facts a document's rules ask for (the metadata keys of contracts/data/onboarding/requirements-*.toml, the CLI's
+# `--meta key=value`), as the desk's upload form asks them (services/console/onboarding_facts.py); a test keeps
+# every key of every version of the requirements labelled. The keys stay as they are in events and findings.
+FACT_LABELS = {
+    "protocol": "Numero di protocollo", "date": "Data del documento", "signed": "Firmato",
+    "software_house": "Software House che gestirà l'ente", "letterhead": "Su carta intestata dell'ente",
+    "credentials": "Credenziali OAuth2.0", "software_house_changes": "Cambia anche la Software House",
+    "switch_date": "Giorno desiderato per lo switch", "switch_window": "Fascia oraria desiderata per lo switch",
+    "filled": "Compilato in ogni sua parte", "annex": "Allegato", "spoke_sts11": "STS11 dello SPOKE",
+}
+# The switch's credentials options (seed 003's words: "aggiornamento delle sole credenziali Basic", "nuove
+# credenziali OAuth2.0"): the switch form's and the formal request's fact `credentials`.
+CREDENTIALS_OPTIONS = {"basic": "solo aggiornamento delle credenziali Basic",
+                       "new-oauth2": "nuove credenziali OAuth2.0"}
 # The kinds of an instance's files other than a layout's record kinds (C1, C2...), which keep their names.
 FILE_KIND_LABELS = {"feedback": "esito dei controlli (FeedBack)", "ts-errors": "errori di Sistema TS",
                     "ts-receipt": "ricevuta di Sistema TS", "730-zip": "730 (zip)"}

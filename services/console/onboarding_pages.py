@@ -25,7 +25,8 @@ from services.console.access import (
     record_access,
 )
 from services.console.instance_pages import attachment_headers
-from services.console.labels import ONBOARDING_STATUS_LABELS, slot_text
+from services.console.labels import CREDENTIALS_OPTIONS, ONBOARDING_STATUS_LABELS, slot_text
+from services.console.onboarding_facts import FactField, declared, declared_names, fact_fields, read_facts
 from services.console.web import Console, Ctx, console_of, page, pages, read_form, route
 from services.onboarding import facade as onboarding  # the onboarding service's one door
 from services.onboarding.facade import DashboardProjection, SwitchCalendar, SwitchSlot, SwitchWindow, load_patron_days
@@ -33,10 +34,6 @@ from services.onboarding.facade import dashboard as onboarding_rows
 from services.runtime.eventstore import EventStore
 
 log = structlog.get_logger("console")
-# The switch's credentials options, as the form offers them (seed 003's words: "aggiornamento delle sole credenziali
-# Basic", "nuove credenziali OAuth2.0").
-CREDENTIALS_OPTIONS = {"basic": "solo aggiornamento delle credenziali Basic",
-                       "new-oauth2": "nuove credenziali OAuth2.0"}
 
 # ---------------------------------------------------------------- onboarding
 def _onboarding_deps(console: Console) -> onboarding.OnboardingDeps:
@@ -67,24 +64,13 @@ async def onboarding_dashboard(ctx: Ctx, stato: str | None = None) -> Response:
                 kind_totals=Counter(r["kind"] for r in rows))
 
 
-async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "info",
-                           switch: dict[str, Any] | None = None) -> dict[str, Any]:
-    assert ctx.row is not None
-    deps = _onboarding_deps(console_of(ctx.request))
-    request_id = str(ctx.row["request_id"])
-    req = await onboarding.require(deps, request_id)
-    history = await deps.store.read_stream(onboarding.stream_of(request_id))
-    findings: dict[str, list[dict[str, Any]]] = {}
-    for event in history:
-        if event.type == "onboarding.document-assessed":
-            findings[event.data["document_id"]] = list(event.data.get("problems") or [])
-    latest = req.latest_by_slot()
+def _upload_choices(req: onboarding.OnboardingRequest) -> list[str]:
+    """What the upload's document select offers: the documents this request requires, the workbook of tracciati
+    when it requires a tracciato, and a document required once per SPOKE (the closure or cessation act) once per
+    SPOKE that needs it, as its slot: the choice says which SPOKE it is for (add_document declares it), the one fact
+    the service needs to file it. Offered as the bare type, it was refused for naming no SPOKE, and the request
+    stayed incomplete; another kind's document was accepted by the list, then refused by the service."""
     required = onboarding.required_slots(req, req.requirements)
-    # A document required once per SPOKE (the closure or cessation act) is offered once per SPOKE that needs it, as
-    # its slot: the choice says which SPOKE it is for (add_document declares it), the one fact the service needs
-    # to file it. Offered as the bare type, it was refused for naming no SPOKE, and the request stayed incomplete.
-    # Only the documents this request requires are offered (another was accepted by the list, then refused by the
-    # service), and the workbook of tracciati only when it requires a tracciato.
     wanted = sorted({slot.partition(":")[0] for slot in required})
     tracciati = any(req.requirements.document_type(t).assessment == "tracciato" for t in wanted)
     types = ["tracciati"] if tracciati else []
@@ -93,17 +79,67 @@ async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "i
             types += [slot for slot in required if slot.partition(":")[0] == type_id]
         else:
             types.append(type_id)
+    return types
+
+
+def _fact_fields(req: onboarding.OnboardingRequest, choices: list[str]) -> dict[str, list[FactField]]:
+    """The facts each offered document's rules ask for (a tracciato's none: it is read cell by cell)."""
+    fields = {}
+    for choice in choices:
+        if choice == "tracciati":
+            continue
+        type_id, named = req.requirements.slot_document(choice)
+        asked = fact_fields(choice, req.requirements.document_type(type_id), named)
+        if asked:
+            fields[choice] = asked
+    return fields
+
+
+def _declares(ctx: Ctx) -> bool:
+    """Who declares a document's facts on the upload: whoever may give the desk's verdict. Declared facts ARE a
+    verdict (the service judges the document on them at once): a structure saying "signed: yes" of its own document
+    would pass it. A structure's upload waits for the desk, as before."""
+    return ctx.principal.role in DESK_VERDICT.roles
+
+
+async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "info",
+                           switch: dict[str, Any] | None = None,
+                           upload: dict[str, Any] | None = None) -> dict[str, Any]:
+    assert ctx.row is not None
+    deps = _onboarding_deps(console_of(ctx.request))
+    request_id = str(ctx.row["request_id"])
+    req = await onboarding.require(deps, request_id)
+    history = await deps.store.read_stream(onboarding.stream_of(request_id))
+    findings: dict[str, list[dict[str, Any]]] = {}
+    received_by: dict[str, str] = {}
+    for event in history:
+        if event.type == "onboarding.document-assessed":
+            findings[event.data["document_id"]] = list(event.data.get("problems") or [])
+        elif event.type == "onboarding.document-received":
+            received_by[event.data["document_id"]] = str(event.data.get("received_by") or event.actor)
+    latest = req.latest_by_slot()
+    required = onboarding.required_slots(req, req.requirements)
+    types = _upload_choices(req)
     slots = []
     for slot in required:
         doc = latest.get(slot)
         state = ("mancante" if doc is None else "da valutare" if doc.compliant is None
                  else "conforme" if doc.compliant else "non conforme")
+        # the facts the document was judged on, and who declared them (the event's actor: the desk's user, or the
+        # CLI's), so the structure reads what its document was held to
+        facts = declared(doc.metadata, req.requirements.document_type(doc.document_type),
+                         req.requirements.slot_document(slot)[1]) if doc else []
         slots.append({"slot": slot, "state": state, "doc": doc,
-                      "findings": findings.get(doc.document_id, []) if doc else []})
+                      "findings": findings.get(doc.document_id, []) if doc else [],
+                      "facts": facts, "declared_by": received_by.get(doc.document_id) if doc and facts else None})
+    can_declare = _declares(ctx)
     return {"row": ctx.row, "req": req, "slots": slots, "message": message, "level": level,
             "types": types, "per_spoke": any(":" in t for t in types),
             "can_upload": ctx.principal.role in UPLOAD_ONBOARDING.roles,
             "can_download": ctx.principal.role in DOWNLOAD_ONBOARDING.roles,
+            # the facts form is the desk's: a fieldset per document choice whose rules ask for facts
+            "facts": _fact_fields(req, types) if can_declare else {},
+            "upload": upload or {"tipo": None, "values": {}, "errors": {}},
             # the form is offered where the service would judge a slot (its rule still decides)
             "can_switch": ctx.principal.role in SWITCH_REQUEST.roles and req.complete_on is not None
             and req.requirements.kind(req.kind).switch,
@@ -129,37 +165,57 @@ async def onboarding_request(ctx: Ctx) -> Response:
                 **await _onboarding_view(ctx))
 
 
-async def _add_uploaded(ctx: Ctx, request_id: str, form: Any) -> tuple[int, str | None, str]:
-    """The uploaded document given to the onboarding service: (status, message, level) for the page."""
+async def _add_uploaded(ctx: Ctx, request_id: str,
+                        form: Any) -> tuple[int, str | None, str, dict[str, Any] | None]:
+    """The uploaded document given to the onboarding service with the facts declared of it, as the CLI's
+    `add-document --meta`: (status, message, level, the upload form again when it is refused for its facts)."""
     upload, doc_type = form.get("documento"), str(form.get("tipo") or "")
+    values = {name: str(form.get(name) or "") for name in form if name.startswith("dato:")}
+    if values and not _declares(ctx):
+        # the page offers a structure no facts; these were sent some other way: refused, not silently dropped
+        if declared_names(values):
+            return 422, ("Documento non accettato, non è stato registrato nulla: i dati del documento (protocollo, "
+                         "firma...) li dichiara lo sportello di onboarding quando lo valuta. Lo carichi senza "
+                         "dati."), "danger", None
+        values = {}
+    metadata: dict[str, str] = {}
+    if values:
+        req = await onboarding.require(_onboarding_deps(console_of(ctx.request)), request_id)
+        metadata, errors = read_facts(values, doc_type, _fact_fields(req, _upload_choices(req)))
+        if errors:
+            message = ("Documento non caricato, non è stato registrato nulla: corregga i dati indicati. "
+                       + " ".join(errors.values()))
+            return 422, message, "danger", {"tipo": doc_type, "values": values, "errors": errors}
     if not isinstance(upload, UploadFile) or not upload.filename:
-        return 422, "Scelga il file da caricare.", "danger"
+        return 422, "Scelga il file da caricare.", "danger", {"tipo": doc_type, "values": values, "errors": {}}
     name = Path(upload.filename).name
     content = await upload.read()
     try:
         added = await onboarding.add_document(_onboarding_deps(console_of(ctx.request)), request_id,
-                                              name, content, doc_type, {}, ctx.principal.name)
+                                              name, content, doc_type, metadata, ctx.principal.name)
     except onboarding.DocumentNotStored as exc:
         log.warning("store.full", path=str(exc.path), request=request_id, document=name, bytes=exc.size,
                     error=str(exc.__cause__), step="onboarding document")
         return 507, (f"Documento {name} non salvato: spazio su disco esaurito nell'archivio dei documenti. Non è "
                      "stato registrato nulla: riprovi più tardi (se il problema continua, avvisi l'esercizio)."), \
-            "danger"
+            "danger", {"tipo": doc_type, "values": values, "errors": {}}
     except (onboarding.OnboardingError, ValueError) as exc:
-        return 422, f"Documento non accettato: {exc}", "danger"
-    # Only a tracciato (or a document whose facts were declared) is judged at once; the console declares none, so
-    # any other document waits for the desk's verdict: "valutato" would have said otherwise.
+        return 422, f"Documento non accettato: {exc}", "danger", {"tipo": doc_type, "values": values, "errors": {}}
+    # Only a tracciato or a document whose facts were declared is judged at once; any other document waits for the
+    # desk's verdict: "valutato" would have said otherwise.
     level = "success"
     if not added.events and added.ignored_sheets:
         message = f"Documento {name}: nessuno dei suoi fogli è un tracciato richiesto, non è stato registrato nulla."
         level = "warning"
     elif any(isinstance(e, DocumentAssessed) for e in added.events):
         message = f"Documento {name} ricevuto e valutato: l'esito è nella tabella dei documenti."
+    elif not added.events:
+        message = f"Documento {name} già ricevuto: non è stato registrato di nuovo."
     else:
         message = f"Documento {name} ricevuto: lo valuterà lo sportello di onboarding."
     if added.ignored_sheets:
         message += f" Fogli non richiesti, ignorati: {', '.join(added.ignored_sheets)}."
-    return 200, message, level
+    return 200, message, level, None
 
 
 @route(pages, "POST", "/onboarding/{request}/documenti", UPLOAD_ONBOARDING, "action")
@@ -171,11 +227,12 @@ async def onboarding_upload(ctx: Ctx) -> Response:
     temporary folder, where a large upload is spooled while it arrives (read_form: the name is not known yet).
     Each refusal is a `store.full` warning for the operators."""
     assert ctx.row is not None
-    status, message, level = await _add_uploaded(ctx, str(ctx.row["request_id"]), await read_form(ctx.request))
+    status, message, level, upload = await _add_uploaded(ctx, str(ctx.row["request_id"]),
+                                                         await read_form(ctx.request))
     ctx.row = await console_of(ctx.request).pool.fetchrow("SELECT * FROM onboarding_dashboard WHERE request_id = $1",
                                                         ctx.row["request_id"])
     return page(ctx, "onboarding_request.html", _request_title(ctx.row), status=status,
-                active="/onboarding", **await _onboarding_view(ctx, message, level))
+                active="/onboarding", **await _onboarding_view(ctx, message, level, upload=upload))
 
 
 @route(pages, "GET", "/onboarding/{request}/documenti/{document}", DOWNLOAD_ONBOARDING, "download")

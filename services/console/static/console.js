@@ -180,6 +180,29 @@
     });
   }
 
+  // ---- The upload of an onboarding document: the facts to declare are those of the chosen document type. Without
+  // this every type's fieldset is on the page (only the chosen type's is read); with it the others are hidden and
+  // disabled (a disabled fieldset's fields are not sent), shown again when the type changes: no reload, so no
+  // change of context while choosing (WCAG 3.2.2).
+  function documentFacts() {
+    var select = document.getElementById("tipo-doc");
+    var sets = document.querySelectorAll("#dati-documento fieldset[data-tipo]");
+    var box = document.getElementById("dati-documento");
+    if (!select || !box) { return; }
+    function show() {
+      var any = false;
+      sets.forEach(function (set) {
+        var mine = set.dataset.tipo === select.value;
+        set.hidden = !mine;
+        set.disabled = !mine;
+        any = any || mine;
+      });
+      box.hidden = !any;
+    }
+    select.addEventListener("change", show);
+    show();
+  }
+
   // The bundle declares its fonts only when asked (loadFonts adds their @font-face rules, below __PUBLIC_PATH__):
   // without this the pages fall back to the system's sans-serif. The bundle runs after this file (both deferred,
   // in order), before DOMContentLoaded.
@@ -187,5 +210,5 @@
     if (window.bootstrap && typeof window.bootstrap.loadFonts === "function") { window.bootstrap.loadFonts(); }
   }
 
-  document.addEventListener("DOMContentLoaded", function () { fonts(); liveInstance(); sortableTables(); tsSendForm(); });
+  document.addEventListener("DOMContentLoaded", function () { fonts(); liveInstance(); sortableTables(); tsSendForm(); documentFacts(); });
 })();
