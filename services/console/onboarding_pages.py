@@ -139,6 +139,10 @@ async def _onboarding_view(ctx: Ctx, message: str | None = None, level: str = "i
             "can_download": ctx.principal.role in DOWNLOAD_ONBOARDING.roles,
             # the facts form is the desk's: a fieldset per document choice whose rules ask for facts
             "facts": _fact_fields(req, types) if can_declare else {},
+            # said to a structure's user: what it uploads other than a tracciato waits for the desk
+            "desk_judges": not can_declare and any(
+                req.requirements.document_type(req.requirements.slot_document(t)[0]).assessment == "metadata"
+                for t in types if t != "tracciati"),
             "upload": upload or {"tipo": None, "values": {}, "errors": {}},
             # the form is offered where the service would judge a slot (its rule still decides)
             "can_switch": ctx.principal.role in SWITCH_REQUEST.roles and req.complete_on is not None

@@ -143,7 +143,8 @@ def assess_content(request: OnboardingRequest, received: DocumentReceived, conte
     doc_type = request.requirements.document_type(received.document_type)
     if doc_type.assessment == "metadata":
         # The SPOKE a closure act is for says which slot it fills, not a fact of the document: with nothing else
-        # declared (the console declares nothing), the desk judges it, as any other document without facts.
+        # declared (a structure's upload on the console declares nothing), the desk judges it, as any other
+        # document without facts.
         declared = {key for key in received.metadata if key != PER_SPOKE_KEY}
         return check_metadata(doc_type, received.metadata) if declared else None
     layouts = tracciati.load_layouts(request.requirements.tracciati_version)
