@@ -214,7 +214,10 @@ async def _add_uploaded(ctx: Ctx, request_id: str,
     elif any(isinstance(e, DocumentAssessed) for e in added.events):
         message = f"Documento {name} ricevuto e valutato: l'esito è nella tabella dei documenti."
     elif not added.events:
-        message = f"Documento {name} già ricevuto: non è stato registrato di nuovo."
+        # the same file for the same document: the service's no-op. Said, since facts declared now change nothing
+        # (the desk's verdict does): "ricevuto" would have said it was recorded again.
+        message = (f"Documento {name} già ricevuto: non è stato registrato di nuovo, né valutato con i dati indicati "
+                   "ora. Per cambiarne l'esito registri il verdetto dello sportello.")
     else:
         message = f"Documento {name} ricevuto: lo valuterà lo sportello di onboarding."
     if added.ignored_sheets:

@@ -161,6 +161,8 @@ async def test_a_structure_gets_no_facts_form_and_its_upload_waits_for_the_desk(
         await page.goto(f"{console.url}/onboarding/{rid}")
         assert await page.locator("#dati-documento").count() == 0
         assert await page.locator("[name^='dato:']").count() == 0
+        assert "gli altri documenti (delibere, atti, richieste formali, form) li valuta lo sportello di onboarding" \
+            in await page.inner_text("#valuta-sportello")
         await page.select_option("#tipo-doc", "spoke-reconfiguration-act")
         await page.set_input_files("#documento", pdf("riconfigurazione.pdf"))
         assert "ricevuto: lo valuterà lo sportello di onboarding" in await upload(page)

@@ -64,6 +64,14 @@ async def test_the_desk_declares_facts_and_the_document_is_assessed_at_once_as_t
                               {"protocol": "2026/77", "date": "2026-03-12"})
         failed = await upload(client, url, "spoke-reconfiguration-act", RECONFIGURATION,
                               {"protocol": "2026/78", "signed": "no"})
+        recorded = await console.pool.fetchval("SELECT count(*) FROM events")
+        # the same file for the same document again, now "signed": the service's no-op, and the page says so
+        again = await upload(client, url, "spoke-reconfiguration-act", RECONFIGURATION,
+                             {"protocol": "2026/78", "signed": "yes"})
+        assert again.status_code == 200 and (
+            "Documento riconfigurazione.pdf già ricevuto: non è stato registrato di nuovo, né valutato con i dati "
+            "indicati ora.") in html.unescape(again.text)
+        assert await console.pool.fetchval("SELECT count(*) FROM events") == recorded
     for sent in (passed, failed):
         assert sent.status_code == 200, html.unescape(sent.text)[-2000:]
         assert "ricevuto e valutato: l'esito è nella tabella dei documenti." in html.unescape(sent.text)
