@@ -112,6 +112,10 @@ _PERMANENT = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeE
 # What the broker answers for a record batch with a record over the topic's max.message.bytes (OutboxRelay._one_by_one)
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 RETRY_CAP_S = 30.0
+# aiokafka's default max_request_size, the relay's unless its producer_options say otherwise; and how long a parked
+# row's reason waits for the topic's own limit (OutboxRelay._limits)
+PRODUCER_MAX_REQUEST_SIZE = 1048576
+LIMITS_TIMEOUT_S = 5.0
 # Kafka's rule for topic names; aiokafka would wait for metadata of an invalid one until it times out.
 _TOPIC_NAME = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 
@@ -677,10 +681,30 @@ class OutboxRelay:
             f"the topic {topic!r} does not exist on the cluster and is not in the registry"))
         return True
 
+    async def _limits(self, row: Mapping[str, Any], exc: BaseException) -> str:
+        """For a row too large: the two limits it may be over, so that the operator knows which to raise before
+        retrying it (`flows outbox retry`): the topic's max.message.bytes (the broker refuses a record over it) and
+        the relay producer's max_request_size (aiokafka refuses it before sending). Best effort: '' when the cluster
+        does not answer within a few seconds (the reason is written without them)."""
+        if not isinstance(exc, _TOO_LARGE):
+            return ""
+        from services.runtime.topics_admin import topic_setting
+
+        producer = int(self._producer_options.get("max_request_size", PRODUCER_MAX_REQUEST_SIZE))
+        try:
+            async with asyncio.timeout(LIMITS_TIMEOUT_S):
+                topic = await topic_setting(self._bootstrap_servers, row["topic"], "max.message.bytes")
+        except Exception as error:  # Kafka unreachable, the request refused: said without the topic's limit
+            self._log.warning("outbox relay: the topic's size limit is unknown", topic=row["topic"],
+                              error=repr(error)[:300])
+            topic = None
+        said = f"; the topic's max.message.bytes is {topic}" if topic is not None else ""
+        return f"{said}; the relay's producer sends at most {producer} bytes a request (max_request_size)"
+
     async def _park(self, conn: asyncpg.Connection, row: Mapping[str, Any], exc: BaseException) -> None:
         self._parked_keys.add(row["key"])
         size = len(row["payload"].encode(errors="replace"))
-        reason = f"{type(exc).__name__}: {str(exc)[:500]} (payload {size} bytes)"
+        reason = f"{type(exc).__name__}: {str(exc)[:500]} (payload {size} bytes{await self._limits(row, exc)})"
         await conn.execute("UPDATE outbox SET parked_at = now(), parked_reason = $2 WHERE id = $1", row["id"], reason)
         self.parked += 1
         self._log.error("outbox relay: row parked; its stream waits, the others go on", row=row["id"],

@@ -217,6 +217,21 @@ async def topic_exists(bootstrap: str, name: str) -> bool:
         await admin.close()
 
 
+async def topic_setting(bootstrap: str, name: str, setting: str) -> str | None:
+    """The value of one of the topic's settings (its own or the broker's default), or None when the cluster does not
+    say (no such topic, no such setting)."""
+    admin = _admin(bootstrap)
+    await admin.start()
+    try:
+        for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)]):
+            for code, _msg, _rtype, topic, entries in response.resources:
+                if topic == name and not code:
+                    return next((e[1] for e in entries if e[0] == setting), None)
+        return None
+    finally:
+        await admin.close()
+
+
 def registry_topic_provisioner(bootstrap: str, partitions: int,
                                topics: Sequence[Topic] | None = None) -> Callable[[str], Awaitable[bool]]:
     """What the outbox relay calls for a topic the cluster does not have (services.runtime.outbox): a registry topic

@@ -321,6 +321,10 @@ async def test_a_row_too_large_for_the_broker_is_parked_and_only_its_own_stream_
         parked = await parked_rows(pool)
         assert [(p["key"], p["waiting"]) for p in parked] == [("7001", 2)]
         assert "MessageSizeTooLarge" in parked[0]["parked_reason"] and "bytes" in parked[0]["parked_reason"]
+        # which limit to raise: here the producer's (the topic's, the broker's default, is higher)
+        assert "the relay's producer sends at most 1048576 bytes a request (max_request_size)" in \
+            parked[0]["parked_reason"], parked[0]["parked_reason"]
+        assert "the topic's max.message.bytes is " in parked[0]["parked_reason"]
         assert relay.parked == 1
         messages = await consume_all(topic, expected=6)
         assert sorted((k, p["n"]) for k, _, p in messages) == [(k, n) for k in ("7002", "7003") for n in range(3)]
@@ -645,6 +649,7 @@ async def test_a_row_over_its_topics_limit_parks_alone_not_the_rows_sent_beside_
         await wait_until(lambda: _unpublished_is(pool, 2))  # the large row and the one behind it
         parked = await parked_rows(pool)
         assert [(p["key"], p["waiting"]) for p in parked] == [("7501", 1)], parked
+        assert "; the topic's max.message.bytes is 2000;" in parked[0]["parked_reason"], parked  # the limit to raise
         assert relay.parked == 1
         messages = await consume_all(name, expected=4)
         assert [(k, p["n"]) for k, _, p in messages] == [("7502", 0), ("7503", 0), ("7502", 1), ("7503", 1)]
