@@ -439,3 +439,6 @@ async def test_the_upload_offers_only_the_documents_the_request_requires(console
                                        "switch-date-request"], offered
     assert offered["ONB-AGGREGA"][0] == "tracciati" and "tracciato-prestazioni" in offered["ONB-AGGREGA"]
     assert "endpoint-form-b2" not in offered["ONB-AGGREGA"], offered
+    # the help on workbooks and CSV files of tracciati only where a tracciato is asked for
+    assert "Per i tracciati" in pages["ONB-AGGREGA"] and 'aria-describedby="tipo-doc-aiuto"' in pages["ONB-AGGREGA"]
+    assert "Per i tracciati" not in pages["ONB-SOLO-TRE"] and "tipo-doc-aiuto" not in pages["ONB-SOLO-TRE"]
