@@ -19,7 +19,6 @@ Meaning kept from the per-message intake (one message = one `intake.store` of on
 
 from __future__ import annotations
 
-import collections
 import functools
 import operator
 import uuid
@@ -43,7 +42,7 @@ from services.loader.intake import (
     staging,
     upsert_sql,
 )
-from services.runtime.batch import Batch, BatchConsumer, Malformed
+from services.runtime.batch import Batch, BatchConsumer, Malformed, per_partition
 from services.runtime.broker import Decoder, is_transient
 from services.runtime.eventstore import EventStore, NewEvent
 from services.runtime.logging import get_logger
@@ -192,8 +191,8 @@ class BatchIntake:
 
         Appended without a savepoint each: any error of an append leaves this method and the sink, so the
         batch's transaction is rolled back whether or not a savepoint had kept it usable."""
-        fresh = _per_partition(valid, malformed)
-        counts = fresh if len(valid) + len(malformed) == len(batch) else _per_partition(batch.valid, batch.malformed)
+        counts = batch.per_partition()
+        fresh = counts if len(valid) + len(malformed) == len(batch) else per_partition(valid, malformed)
         for (topic, partition), offset in sorted(batch.last_offsets.items()):
             if not fresh.get((topic, partition)):
                 continue
@@ -204,13 +203,6 @@ class BatchIntake:
                                                                data=payload.model_dump(mode="json"),
                                                                actor="loader")],
                                     expected_version=None, key=key, conn=conn, savepoint=False)
-
-
-def _per_partition(valid: Sequence[Any], malformed: Sequence[Malformed]) -> dict[tuple[str, int], int]:
-    """How many of these messages each (topic, partition) holds."""
-    counts = collections.Counter((v.topic.name, v.raw.partition) for v in valid)
-    counts.update((m.topic.name, m.raw.partition) for m in malformed)
-    return counts
 
 
 def batch_consumer(store: EventStore, pool: asyncpg.Pool, bootstrap: list[str], *, group_id: str = GROUP,

@@ -30,7 +30,7 @@ def _raw(offset: int) -> ConsumerRecord:
 
 
 def _valid(ce_id: str, offset: int) -> Valid:
-    return Valid(TOPIC, _raw(offset), "k", {"ce_id": ce_id}, datetime.now(UTC), (ce_id,))
+    return Valid(TOPIC, _raw(offset), ce_id, datetime.now(UTC), (ce_id,))
 
 
 def _malformed(offset: int) -> Malformed:
