@@ -204,7 +204,9 @@ async def test_a_batch_with_an_invalid_record_a_duplicate_and_corrections(intake
     assert (sink.totals.stored, sink.totals.corrected, sink.totals.duplicates, sink.rejected) == (3, 4, 1, 1)
     await _expect_batch_applied(intake_db, name, last)
     state = await _state(intake_db)
-    assert sum(1 for e in state["events"] if e[1] == "sources.stored") == 1, "one batch, one watermark"
+    watermarks = [json.loads(e[2]) for e in state["events"] if e[1] == "sources.stored"]
+    assert len(watermarks) == 1, "one batch, one watermark"
+    assert (watermarks[0]["offset"], watermarks[0]["messages"]) == (last, 9), "the partition's 9 messages, counted"
 
 
 _REFUSE_POISON = """
