@@ -218,16 +218,13 @@ async def topic_exists(bootstrap: str, name: str) -> bool:
 
 
 async def topic_setting(bootstrap: str, name: str, setting: str) -> str | None:
-    """The value of one of the topic's settings (its own or the broker's default), or None when the cluster does not
-    say (no such topic, no such setting)."""
+    """The value of one of the settings `flows topics list` reports (_REPORTED: the topic's own or the broker's
+    default), or None when the cluster does not say (no such topic)."""
     admin = _admin(bootstrap)
     await admin.start()
     try:
-        for response in await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)]):
-            for code, _msg, _rtype, topic, entries in response.resources:
-                if topic == name and not code:
-                    return next((e[1] for e in entries if e[0] == setting), None)
-        return None
+        state = (await _describe(admin, [name])).get(name)
+        return None if state is None else state.configs.get(setting)
     finally:
         await admin.close()
 
