@@ -12,6 +12,7 @@ import contextlib
 import heapq
 import itertools
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -121,7 +122,25 @@ async def read_to_end(bootstrap: str, topics: Sequence[str]) -> list[Any]:
         while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
             for batch in (await consumer.getmany(timeout_ms=500)).values():
                 records.extend(r for r in batch if r.offset < ends[TopicPartition(r.topic, r.partition)])
-        return sorted(records, key=lambda r: (r.timestamp, r.topic, r.partition, r.offset))
+        return sorted(records, key=lambda r: (*order_key(r), r.topic, r.partition, r.offset))
+
+
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
+
+
+def order_key(record: ConsumerRecord) -> tuple[int, datetime]:
+    """Where `record` goes in the order of what happened: its timestamp (milliseconds), then its event's time (the
+    ce_time header, microseconds). Two events of one instance on two topics, Running and Checked of a small load,
+    are often sent by the relay within one millisecond: by the timestamp alone their order was the order their
+    partitions were fetched in, and a tail showed the Checked before the Running (once, on a fast machine). A
+    record without a readable ce_time goes first among its millisecond's."""
+    for name, value in record.headers or ():
+        if name == "ce_time":
+            try:
+                return record.timestamp, datetime.fromisoformat(value.decode())
+            except (ValueError, UnicodeDecodeError):
+                break
+    return record.timestamp, _NO_TIME
 
 
 async def history(consumer: AIOKafkaConsumer, parts: Sequence[TopicPartition], *,
@@ -141,7 +160,8 @@ async def history(consumer: AIOKafkaConsumer, parts: Sequence[TopicPartition], *
     ends = await consumer.end_offsets(list(parts))
     behind = {tp for tp in parts if await consumer.position(tp) < ends[tp]}
     queued: dict[TopicPartition, collections.deque[ConsumerRecord]] = {tp: collections.deque() for tp in parts}
-    heads: list[tuple[int, int, TopicPartition]] = []  # (timestamp, tie-break, partition) of each queue's first
+    heads: list[tuple[tuple[int, datetime], int, TopicPartition]] = []  # (order_key, tie-break, partition) of each
+    # queue's first
     order = itertools.count()
     loop = asyncio.get_running_loop()
     empty_since: dict[TopicPartition, float] = {}  # when a starved partition last had records or began to wait
@@ -156,7 +176,7 @@ async def history(consumer: AIOKafkaConsumer, parts: Sequence[TopicPartition], *
                     records = batches.get(tp, [])
                     if records:
                         queued[tp].extend(records)
-                        heapq.heappush(heads, (records[0].timestamp, next(order), tp))
+                        heapq.heappush(heads, (order_key(records[0]), next(order), tp))
                         empty_since.pop(tp, None)
                     if await consumer.position(tp) >= ends[tp]:
                         behind.discard(tp)
@@ -167,7 +187,7 @@ async def history(consumer: AIOKafkaConsumer, parts: Sequence[TopicPartition], *
             queue = queued[tp]
             record = queue.popleft()
             if queue:
-                heapq.heappush(heads, (queue[0].timestamp, next(order), tp))
+                heapq.heappush(heads, (order_key(queue[0]), next(order), tp))
             yield record
     finally:
         consumer.resume(*parts)

@@ -23,7 +23,15 @@ from contracts.envelope import EnvelopeError, from_kafka_headers
 from contracts.topics import DLQ_SUFFIX, all_topics, by_name
 from services.runtime.kafkaadmin import admin_client
 from services.runtime.kafkagroups import GroupState, describe_groups
-from services.runtime.kafkaread import add_new_partitions, assign, history, observer, offset_ranges, read_to_end
+from services.runtime.kafkaread import (
+    add_new_partitions,
+    assign,
+    history,
+    observer,
+    offset_ranges,
+    order_key,
+    read_to_end,
+)
 from services.runtime.kafkarecords import corrupt_batch_problem, printable_name
 
 # --- decoding -----------------------------------------------------------------------------------
@@ -208,7 +216,7 @@ async def tail(bootstrap: str, topics: Sequence[str], flt: TailFilter, *, from_b
                 await asyncio.sleep(rescan_s)
                 continue
             batches = await consumer.getmany(timeout_ms=500)
-            records = sorted((r for batch in batches.values() for r in batch), key=lambda r: r.timestamp)
+            records = sorted((r for batch in batches.values() for r in batch), key=order_key)
             for record in records:
                 seen = decode(record)
                 if flt.accepts(seen):
